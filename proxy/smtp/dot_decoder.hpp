@@ -1,0 +1,54 @@
+// The DATA decoder (RFC 5321 §4.1.1.4, §4.5.2): finds the end of the message,
+// removes dot-stuffing and enforces strict CRLF.
+//
+// The only end of data is CRLF "." CRLF. A bare CR or LF, or a NUL, anywhere
+// in the message marks it broken but decoding goes on to the real end, so the
+// client and the proxy stay in step: that is what makes every SMTP smuggling
+// ending ("\n.\n", "\r.\r", "\r\n.\r", "\r\n\0.\r\n", ...) harmless — the
+// message is refused whole and nothing of it goes upstream.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace portcullis::smtp {
+
+class dot_decoder {
+ public:
+  enum class fault { none, bare_line_ending, nul, too_big };
+
+  // `max_size`: message bytes (after unstuffing) kept before `too_big`.
+  explicit dot_decoder(std::size_t max_size) : max_size_(max_size) {}
+
+  // Consumes bytes up to and including the terminating CRLF.CRLF, appends the
+  // message (unstuffed, with its CRLFs) to `out` while no fault is seen, and
+  // returns how many bytes of `in` it consumed. Bytes after the end belong to
+  // the next command (pipelining) and are left alone.
+  std::size_t feed(std::string_view in, std::string& out);
+
+  bool done() const { return state_ == state::done; }
+  fault failure() const { return fault_; }
+  std::size_t size() const { return size_; }  // message octets seen, kept or not
+
+ private:
+  enum class state { line_start, mid_line, cr, dot, dot_cr, done };
+  void fail(fault f) {
+    if (fault_ == fault::none) fault_ = f;
+  }
+  void emit(std::string& out, std::string_view bytes);
+
+  std::size_t max_size_;
+  std::size_t size_ = 0;
+  state state_ = state::line_start;
+  fault fault_ = fault::none;
+};
+
+// Dot-stuffing for the wire (RFC 5321 §4.5.2): the pieces, in order, that
+// send `message` followed by the end-of-data line. Pieces point into
+// `message` or into static storage: no copy of the body is made. A message
+// not ending in CRLF gets one. `message` must use CRLF line endings only.
+std::vector<std::string_view> dot_stuffed_pieces(std::string_view message);
+
+}  // namespace portcullis::smtp

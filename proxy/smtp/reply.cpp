@@ -1,0 +1,102 @@
+#include "smtp/reply.hpp"
+
+#include "smtp/text.hpp"
+
+namespace portcullis::smtp {
+
+
+const std::string& reply::text() const {
+  static const std::string empty;
+  return lines.empty() ? empty : lines.front();
+}
+
+std::string reply::wire() const {
+  std::string out;
+  const std::string code_str = std::to_string(code);
+  const std::size_t n = lines.empty() ? 1 : lines.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    out += code_str;
+    out += (i + 1 < n) ? '-' : ' ';
+    if (!status.empty()) {
+      out += status;
+      if (!lines.empty() && !lines[i].empty()) out += ' ';
+    }
+    if (!lines.empty()) out += lines[i];
+    out += "\r\n";
+  }
+  return out;
+}
+
+std::string reply::summary() const {
+  std::string out = std::to_string(code);
+  if (!status.empty()) out += ' ' + status;
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    out += i == 0 ? " " : " / ";
+    out += lines[i];
+  }
+  return out;
+}
+
+bool is_enhanced_status(std::string_view s) {
+  // class "." subject "." detail; subject and detail 1-3 digits (RFC 3463 §2)
+  if (s.size() < 5 || (s[0] != '2' && s[0] != '4' && s[0] != '5') || s[1] != '.') return false;
+  std::size_t i = 2;
+  for (int part = 0; part < 2; ++part) {
+    std::size_t start = i;
+    while (i < s.size() && is_digit(s[i])) ++i;
+    if (i == start || i - start > 3) return false;
+    if (part == 0) {
+      if (i >= s.size() || s[i] != '.') return false;
+      ++i;
+    }
+  }
+  return i == s.size();
+}
+
+bool is_safe_reply_text(std::string_view s) {
+  for (unsigned char c : s)
+    if (c < 0x20 || c == 0x7f) return false;
+  return true;
+}
+
+reply_parser::state reply_parser::feed_line(std::string_view line) {
+  // RFC 5321 §4.2: Reply-line = *( Reply-code "-" [ textstring ] CRLF ) Reply-code [ SP textstring ] CRLF
+  if (line.size() < 3 || !is_digit(line[0]) || !is_digit(line[1]) || !is_digit(line[2]) || line[0] < '2' ||
+      line[0] > '5')
+    return state::malformed;
+  const int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+  if (started_ && code != building_.code) return state::malformed;
+  bool last = true;
+  if (line.size() > 3) {
+    if (line[3] == '-')
+      last = false;
+    else if (line[3] != ' ')
+      return state::malformed;
+  }
+  std::string_view text = line.size() > 4 ? line.substr(4) : std::string_view{};
+  if (!is_safe_reply_text(text)) return state::malformed;
+  // Keep the enhanced code apart when every line carries one of the reply's class.
+  std::string_view status;
+  if (auto sp = text.find(' '); is_enhanced_status(text.substr(0, sp)) && text[0] == line[0]) {
+    status = text.substr(0, sp);
+    text = sp == std::string_view::npos ? std::string_view{} : text.substr(sp + 1);
+  }
+  if (!started_) {
+    building_ = reply{};
+    building_.code = code;
+    building_.status = std::string(status);
+    started_ = true;
+  } else if (building_.status != status) {
+    // Mixed status codes: keep text verbatim without separating the status.
+    building_.status.clear();
+  }
+  building_.lines.emplace_back(text);
+  return last ? state::complete : state::need_more;
+}
+
+reply reply_parser::take() {
+  started_ = false;
+  return std::move(building_);
+}
+
+}  // namespace portcullis::smtp

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs every Debian package that building and testing Portcullis needs.
+# Idempotent: apt-get runs only when something is missing.
+set -euo pipefail
+
+BUILD_PACKAGES=(
+  build-essential cmake pkg-config
+  libboost1.81-dev          # Asio with awaitable_operators (1.74 lacks them)
+  libssl-dev libtoml11-dev libspdlog-dev libfmt-dev
+  pybind11-dev python3-dev libpython3.11-dev
+)
+TEST_PACKAGES=(
+  libgtest-dev clang libclang-rt-14-dev   # table tests, libFuzzer, ASan/UBSan
+  python3-pytest python3-aiosmtpd swaks
+)
+
+want=("${BUILD_PACKAGES[@]}")
+if [[ "${1:-}" == "--test" ]]; then want+=("${TEST_PACKAGES[@]}"); fi
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
