@@ -89,6 +89,14 @@ bool parse_address_literal(scanner& sc) {
   if (close == std::string_view::npos) return false;
   const std::string inner(sc.s.substr(sc.pos, close - sc.pos));
   sc.pos = close + 1;
+  // dcontent = %d33-90 / %d94-126, checked before inet_pton: it reads a C
+  // string and would stop at a NUL, letting "[1.2.3.4\0\r\nRSET]" through.
+  // '<' and '>' are dcontent, but no standardized tag needs them and inside a
+  // path they would end it early for a naive parser upstream.
+  for (const char ch : inner) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 33 || c > 126 || c == '[' || c == '\\' || c == ']' || c == '<' || c == '>') return false;
+  }
   unsigned char buf[16];
   if (starts_with_nocase(inner, "IPv6:")) return inet_pton(AF_INET6, inner.c_str() + 5, buf) == 1;
   if (inet_pton(AF_INET, inner.c_str(), buf) == 1) return true;
@@ -97,10 +105,6 @@ bool parse_address_literal(scanner& sc) {
   if (colon == std::string::npos || colon == 0 || colon + 1 == inner.size()) return false;
   for (std::size_t i = 0; i < colon; ++i)
     if (!is_let_dig(inner[i], false) && inner[i] != '-') return false;
-  for (std::size_t i = colon + 1; i < inner.size(); ++i) {
-    const auto c = static_cast<unsigned char>(inner[i]);
-    if (c < 33 || c > 126 || c == '[' || c == '\\' || c == ']') return false;
-  }
   return true;
 }
 
@@ -164,6 +168,7 @@ std::optional<address> parse_mailbox(std::string_view text, bool utf8) {
 
 bool is_valid_address(const address& a, bool utf8) {
   if (a.null()) return true;
+  if (a.domain.empty()) return equals_nocase(a.local, "postmaster");
   const auto parsed = parse_mailbox(a.str(), utf8);
   return parsed && *parsed == a && a.str().size() + 2 <= max_path;
 }
@@ -199,10 +204,16 @@ path_result parse_path_argument(std::string_view arg, bool reverse, bool utf8_se
   if (!sc.take('<')) return {std::nullopt, path_error::syntax};
   path_argument result;
   if (!(reverse && sc.peek() == '>')) {
-    if (!skip_source_route(sc)) return {std::nullopt, path_error::syntax};
-    auto a = parse_mailbox_at(sc, true);
-    if (!a) return {std::nullopt, path_error::syntax};
-    result.addr = std::move(*a);
+    if (!reverse && starts_with_nocase(arg.substr(sc.pos), "postmaster>")) {
+      // RFC 5321 §4.1.1.3: "RCPT TO:<Postmaster>" with no domain must be accepted.
+      result.addr.local = std::string(arg.substr(sc.pos, 10));
+      sc.pos += 10;
+    } else {
+      if (!skip_source_route(sc)) return {std::nullopt, path_error::syntax};
+      auto a = parse_mailbox_at(sc, true);
+      if (!a) return {std::nullopt, path_error::syntax};
+      result.addr = std::move(*a);
+    }
   }
   if (!sc.take('>')) return {std::nullopt, path_error::syntax};
   if (!lengths_ok(result.addr) || sc.pos > max_path) return {std::nullopt, path_error::too_long};

@@ -21,7 +21,8 @@ struct address {
   std::string local;   // as on the wire: a dot-string or a quoted-string with its quotes
   std::string domain;  // a domain or an address literal "[...]"; empty for the null path
   bool null() const { return local.empty() && domain.empty(); }
-  std::string str() const { return null() ? std::string{} : local + '@' + domain; }
+  // "Postmaster" alone is a valid RCPT (RFC 5321 §4.1.1.3), hence no "@" without a domain.
+  std::string str() const { return domain.empty() ? local : local + '@' + domain; }
   bool operator==(const address&) const = default;
 };
 

@@ -74,7 +74,11 @@ reply_parser::state reply_parser::feed_line(std::string_view line) {
       return state::malformed;
   }
   std::string_view text = line.size() > 4 ? line.substr(4) : std::string_view{};
-  if (!is_safe_reply_text(text)) return state::malformed;
+  // textstring = 1*(%d09 / %d32-126) (§4.2): unlike the text we put in a
+  // reply (is_safe_reply_text), a server's may carry HT.
+  for (const unsigned char c : text)
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return state::malformed;
+  const std::string_view verbatim = text;
   // Keep the enhanced code apart when every line carries one of the reply's class.
   std::string_view status;
   if (auto sp = text.find(' '); is_enhanced_status(text.substr(0, sp)) && text[0] == line[0]) {
@@ -87,8 +91,13 @@ reply_parser::state reply_parser::feed_line(std::string_view line) {
     building_.status = std::string(status);
     started_ = true;
   } else if (building_.status != status) {
-    // Mixed status codes: keep text verbatim without separating the status.
-    building_.status.clear();
+    // Mixed status codes: keep text verbatim without separating the status,
+    // the earlier lines' included.
+    if (!building_.status.empty()) {
+      for (auto& l : building_.lines) l = l.empty() ? building_.status : building_.status + ' ' + l;
+      building_.status.clear();
+    }
+    text = verbatim;
   }
   building_.lines.emplace_back(text);
   return last ? state::complete : state::need_more;
@@ -97,6 +106,19 @@ reply_parser::state reply_parser::feed_line(std::string_view line) {
 reply reply_parser::take() {
   started_ = false;
   return std::move(building_);
+}
+
+}  // namespace portcullis::smtp
+
+namespace portcullis::smtp {
+
+reply with_status(reply r, std::string_view success) {
+  if (!r.status.empty() || r.code == 354) return r;
+  if (r.code < 400)
+    r.status = std::string(success);
+  else
+    r.status = r.code < 500 ? "4.0.0" : "5.0.0";
+  return r;
 }
 
 }  // namespace portcullis::smtp

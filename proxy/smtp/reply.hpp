@@ -51,3 +51,12 @@ class reply_parser {
 };
 
 }  // namespace portcullis::smtp
+
+namespace portcullis::smtp {
+
+// Fills in an enhanced status when the reply has none (an upstream without
+// ENHANCEDSTATUSCODES): we advertise the extension, so every reply needs one.
+// `success` is the code for a 2xx/3xx ("2.1.0" for MAIL, "2.1.5" for RCPT...).
+reply with_status(reply r, std::string_view success);
+
+}  // namespace portcullis::smtp

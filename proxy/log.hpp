@@ -1,0 +1,39 @@
+// Logging to stderr through spdlog. Every line of a session carries its id.
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <string>
+
+namespace portcullis {
+
+void init_logging();
+
+// A session's (or its upstream's) logger: the id in front of every line.
+class session_log {
+ public:
+  explicit session_log(std::string id) : id_(std::move(id)) {}
+  const std::string& id() const { return id_; }
+
+  template <class... A>
+  void info(fmt::format_string<A...> f, A&&... a) const { log(spdlog::level::info, f, std::forward<A>(a)...); }
+  template <class... A>
+  void warn(fmt::format_string<A...> f, A&&... a) const { log(spdlog::level::warn, f, std::forward<A>(a)...); }
+  template <class... A>
+  void error(fmt::format_string<A...> f, A&&... a) const { log(spdlog::level::err, f, std::forward<A>(a)...); }
+  template <class... A>
+  void debug(fmt::format_string<A...> f, A&&... a) const { log(spdlog::level::debug, f, std::forward<A>(a)...); }
+
+ private:
+  template <class... A>
+  void log(spdlog::level::level_enum lvl, fmt::format_string<A...> f, A&&... a) const {
+    if (!spdlog::should_log(lvl)) return;
+    spdlog::log(lvl, "{}: {}", id_, fmt::format(f, std::forward<A>(a)...));
+  }
+  std::string id_;
+};
+
+// Shows untrusted text (a client's command, an upstream reply) safely in a log line.
+std::string printable(std::string_view s, std::size_t max = 200);
+
+}  // namespace portcullis

@@ -1,0 +1,68 @@
+// portcullis: the SMTP policy proxy daemon (see CONTRACT.md, "Command line").
+#include <csignal>
+#include <cstring>
+#include <iostream>
+
+#include "config/config.hpp"
+#include "log.hpp"
+#include "server/server.hpp"
+
+namespace {
+
+constexpr const char* usage =
+    "usage: portcullis --config FILE        run in the foreground, log to stderr\n"
+    "       portcullis --check-config FILE  check the config, print problems, exit 0 or 1\n"
+    "       portcullis --version\n";
+
+// Settings of the contract that this build cannot honour yet: refusing to
+// start beats running without the TLS or the policies the operator asked for.
+std::vector<std::string> unsupported(const portcullis::config& cfg) {
+  std::vector<std::string> out;
+  const std::string f = cfg.file.string() + ": ";
+  if (!cfg.server.listen_tls.empty()) out.push_back(f + "server.listen_tls: implicit TLS is not supported by this build yet");
+  if (cfg.tls.enabled) out.push_back(f + "[tls]: STARTTLS is not supported by this build yet");
+  if (cfg.auth.enabled) out.push_back(f + "[auth]: AUTH is not supported by this build yet");
+  if (cfg.server.require_tls || cfg.server.require_auth)
+    out.push_back(f + "server.require_tls/require_auth: not supported by this build yet");
+  if (cfg.server.proxy_protocol) out.push_back(f + "server.proxy_protocol: not supported by this build yet");
+  if (cfg.relay.enabled) out.push_back(f + "[relay]: relay control is not supported by this build yet");
+  if (!cfg.policy.files.empty()) out.push_back(f + "policy.files: Python policies are not supported by this build yet");
+  return out;
+}
+
+std::shared_ptr<const portcullis::config> load_or_report(const char* file) {
+  try {
+    auto cfg = portcullis::load_config(file);
+    const auto problems = unsupported(*cfg);
+    if (problems.empty()) return cfg;
+    for (const auto& p : problems) std::cerr << p << "\n";
+  } catch (const portcullis::config_error& e) {
+    for (const auto& p : e.problems()) std::cerr << p << "\n";
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 2 && std::strcmp(argv[1], "--version") == 0) {
+    std::cout << "portcullis " << PORTCULLIS_VERSION << "\n";
+    return 0;
+  }
+  if (argc != 3 || (std::strcmp(argv[1], "--config") != 0 && std::strcmp(argv[1], "--check-config") != 0)) {
+    std::cerr << usage;
+    return 2;
+  }
+  const bool check_only = std::strcmp(argv[1], "--check-config") == 0;
+  auto cfg = load_or_report(argv[2]);
+  if (!cfg) return 1;
+  if (check_only) {
+    std::cout << argv[2] << ": ok\n";
+    return 0;
+  }
+  std::signal(SIGPIPE, SIG_IGN);
+  portcullis::init_logging();
+  spdlog::info("portcullis {} starting as {}", PORTCULLIS_VERSION, cfg->server.hostname);
+  portcullis::server daemon(std::move(cfg));
+  return daemon.run();
+}

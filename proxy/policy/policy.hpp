@@ -1,0 +1,53 @@
+// The policy await point: at every stage the session asks its policy for a
+// verdict and awaits it without blocking its I/O thread (the Python engine
+// runs hooks on its own threads and resumes the session on its strand).
+// check -> policy -> proceed: the session validates syntax and sequence
+// first, asks the policy second, and only then changes state.
+#pragma once
+
+#include <string_view>
+#include <vector>
+
+#include "asio.hpp"
+#include "session/state.hpp"
+#include "smtp/reply.hpp"
+
+namespace portcullis {
+
+struct verdict {
+  enum class kind {
+    next,      // no opinion: proceed (relay to the upstream)
+    accept,    // proceed; `reply` text, if any, replaces ours
+    reject,    // `reply` (5xx) goes to the client, nothing upstream
+    tempfail,  // `reply` (4xx) goes to the client, nothing upstream
+  };
+  kind what = kind::next;
+  smtp::reply reply;
+
+  bool stops() const { return what == kind::reject || what == kind::tempfail; }
+};
+
+class policy {
+ public:
+  virtual ~policy() = default;
+  virtual awaitable<verdict> on_connect(connection_state& conn) = 0;
+  virtual awaitable<verdict> on_helo(connection_state& conn, std::string_view hostname) = 0;
+  virtual awaitable<verdict> on_mail(connection_state& conn, transaction& tx) = 0;
+  virtual awaitable<verdict> on_rcpt(connection_state& conn, transaction& tx, smtp::address& rcpt) = 0;
+  // `message` is the whole message as received (CRLF lines, unstuffed).
+  virtual awaitable<verdict> on_data(connection_state& conn, transaction& tx, std::string& message) = 0;
+  virtual awaitable<void> on_disconnect(connection_state& conn) = 0;
+};
+
+// With no policy files configured, every stage proceeds: the upstream decides.
+class upstream_decides final : public policy {
+ public:
+  awaitable<verdict> on_connect(connection_state&) override { co_return verdict{}; }
+  awaitable<verdict> on_helo(connection_state&, std::string_view) override { co_return verdict{}; }
+  awaitable<verdict> on_mail(connection_state&, transaction&) override { co_return verdict{}; }
+  awaitable<verdict> on_rcpt(connection_state&, transaction&, smtp::address&) override { co_return verdict{}; }
+  awaitable<verdict> on_data(connection_state&, transaction&, std::string&) override { co_return verdict{}; }
+  awaitable<void> on_disconnect(connection_state&) override { co_return; }
+};
+
+}  // namespace portcullis

@@ -1,0 +1,212 @@
+#include "server/server.hpp"
+
+#include <csignal>
+#include <random>
+#include <thread>
+
+#include "log.hpp"
+#include "session/session.hpp"
+
+namespace portcullis {
+
+namespace {
+
+constexpr std::chrono::seconds refusal_timeout{5};  // writing a 421 to a client we will not serve
+constexpr std::chrono::milliseconds drain_poll{50};
+
+// 12 hex digits: unique in this run, not guessable from the outside.
+std::string next_session_id() {
+  static const std::uint64_t base = std::random_device{}() * 0x100000001ULL ^ std::random_device{}();
+  static std::atomic<std::uint64_t> counter{0};
+  const std::uint64_t n = (base + ++counter * 0x9E3779B97F4A7C15ULL) & 0xFFFFFFFFFFFFULL;
+  return fmt::format("{:012X}", n);
+}
+
+tcp::endpoint parse_endpoint(const std::string& hostport) {
+  const auto colon = hostport.rfind(':');
+  std::string host = hostport.substr(0, colon);
+  if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  return {asio::ip::make_address(host), static_cast<unsigned short>(std::stoul(hostport.substr(colon + 1)))};
+}
+
+// Canonical client address for per-client limits: v4-mapped v6 counts as v4.
+asio::ip::address client_key(const asio::ip::address& a) {
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+  return a;
+}
+
+}  // namespace
+
+server::server(std::shared_ptr<const config> cfg)
+    : ctx_(std::move(cfg), std::make_shared<upstream_decides>()), signals_(io_, SIGINT, SIGTERM, SIGHUP) {}
+
+server::~server() = default;
+
+int server::run() {
+  const auto cfg = ctx_.current_config();
+  for (const auto& l : cfg->server.listen) {
+    try {
+      tcp::acceptor a(io_);
+      const auto ep = parse_endpoint(l);
+      a.open(ep.protocol());
+      a.set_option(tcp::acceptor::reuse_address(true));
+      a.bind(ep);
+      a.listen(asio::socket_base::max_listen_connections);
+      acceptors_.push_back(std::move(a));
+      spdlog::info("listening on {}", l);
+    } catch (const std::exception& e) {
+      spdlog::critical("cannot listen on {}: {}", l, e.what());
+      return 1;
+    }
+  }
+  spdlog::info("upstream {}", cfg->upstream.url);
+  if (!cfg->relay.enabled) spdlog::info("no [relay] table: the upstream decides who may relay");
+  for (auto& a : acceptors_)
+    asio::co_spawn(asio::make_strand(io_), accept_loop(a), [](std::exception_ptr e) {
+      if (e) std::rethrow_exception(e);
+    });
+  asio::co_spawn(io_, handle_signals(), asio::detached);
+
+  unsigned n = cfg->server.threads ? cfg->server.threads : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < n; ++i) threads.emplace_back([this] { io_.run(); });
+  io_.run();
+  for (auto& t : threads) t.join();
+  spdlog::info("stopped");
+  return 0;
+}
+
+awaitable<void> server::accept_loop(tcp::acceptor& acceptor) {
+  for (;;) {
+    boost::system::error_code ec;
+    tcp::socket socket = co_await acceptor.async_accept(asio::make_strand(io_), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;  // shutting down
+      spdlog::warn("accept: {}", ec.message());  // e.g. out of file descriptors: keep serving the others
+      asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(asio::use_awaitable);
+      continue;
+    }
+    const auto peer = socket.remote_endpoint(ec);
+    if (ec) continue;  // the client is already gone
+    socket.set_option(tcp::no_delay(true), ec);
+    std::string why;
+    if (!admit(peer.address(), why)) {
+      asio::co_spawn(socket.get_executor(), refuse(std::move(socket), why), asio::detached);
+      continue;
+    }
+    const std::string id = next_session_id();
+    auto s = std::make_shared<session>(std::move(socket), peer, id, ctx_);
+    {
+      std::lock_guard lock(sessions_mutex_);
+      sessions_[id] = s;
+    }
+    asio::co_spawn(s->executor(), s->run(), [this, s, id, addr = peer.address()](std::exception_ptr e) {
+      if (e) {
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          spdlog::error("{}: session failed: {}", id, ex.what());
+        }
+      }
+      release(addr, id);
+    });
+  }
+}
+
+bool server::admit(const asio::ip::address& client, std::string& why) {
+  const auto cfg = ctx_.current_config();
+  std::lock_guard lock(sessions_mutex_);
+  if (ctx_.stopping()) {
+    why = "shutting down";
+    return false;
+  }
+  if (total_ >= cfg->server.max_connections) {
+    why = "too many connections";
+    return false;
+  }
+  auto& n = per_client_[client_key(client)];
+  if (n >= cfg->server.max_connections_per_client) {
+    why = "too many connections from your address";
+    return false;
+  }
+  ++n;
+  ++total_;
+  return true;
+}
+
+void server::release(const asio::ip::address& client, const std::string& id) {
+  std::lock_guard lock(sessions_mutex_);
+  sessions_.erase(id);
+  --total_;
+  auto it = per_client_.find(client_key(client));
+  if (it != per_client_.end() && --it->second == 0) per_client_.erase(it);
+}
+
+awaitable<void> server::refuse(tcp::socket socket, std::string reason) {
+  boost::system::error_code ec;
+  const auto peer = socket.remote_endpoint(ec);
+  spdlog::warn("refused {}: {}", ec ? std::string("client") : peer.address().to_string(), reason);
+  line_stream stream(std::move(socket));
+  const auto r = smtp::reply{421, "4.7.0", ctx_.current_config()->server.hostname + " " + reason + ", try again later"};
+  (void)co_await stream.write(r.wire(), refusal_timeout);
+  stream.close();
+}
+
+awaitable<void> server::handle_signals() {
+  for (;;) {
+    const int sig = co_await signals_.async_wait(asio::use_awaitable);
+    if (sig == SIGHUP) {
+      reload();
+      continue;
+    }
+    spdlog::info("signal {}: no new connections; draining sessions", sig == SIGTERM ? "TERM" : "INT");
+    co_await drain();
+    co_return;
+  }
+}
+
+void server::reload() {
+  const auto old = ctx_.current_config();
+  try {
+    auto fresh = load_config(old->file);
+    if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
+      spdlog::warn("reload: listen addresses changed; they take effect on restart");
+    ctx_.replace(std::move(fresh), ctx_.current_policy());
+    spdlog::info("reload: {} reloaded; new sessions use it", old->file.string());
+  } catch (const config_error& e) {
+    for (const auto& p : e.problems()) spdlog::error("reload: {}", p);
+    spdlog::error("reload: keeping the running configuration");
+  }
+}
+
+awaitable<void> server::drain() {
+  ctx_.set_stopping();
+  for (auto& a : acceptors_) {
+    boost::system::error_code ignored;
+    a.close(ignored);
+  }
+  {
+    std::lock_guard lock(sessions_mutex_);
+    for (auto& [id, weak] : sessions_)
+      if (auto s = weak.lock()) asio::post(s->executor(), [s] { s->stop(); });
+  }
+  const auto grace = ctx_.current_config()->server.shutdown_grace;
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  asio::steady_timer timer(io_);
+  for (;;) {
+    {
+      std::lock_guard lock(sessions_mutex_);
+      if (total_ == 0) break;
+      if (std::chrono::steady_clock::now() >= deadline) {
+        spdlog::warn("grace period over; dropping {} session(s); their unfinished mail was not acknowledged", total_);
+        break;
+      }
+    }
+    timer.expires_after(drain_poll);
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+  io_.stop();
+}
+
+}  // namespace portcullis

@@ -1,0 +1,44 @@
+// The daemon: listeners, admission limits, signals (SIGHUP reload,
+// SIGTERM/SIGINT drain), and the I/O threads that run every session.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "asio.hpp"
+#include "server/server_context.hpp"
+
+namespace portcullis {
+
+class session;
+
+class server {
+ public:
+  explicit server(std::shared_ptr<const config> cfg);
+  ~server();
+  // Listens and serves until SIGTERM/SIGINT and the drain are over. Returns the exit code.
+  int run();
+
+ private:
+  awaitable<void> accept_loop(tcp::acceptor& acceptor);
+  awaitable<void> handle_signals();
+  awaitable<void> drain();
+  awaitable<void> refuse(tcp::socket socket, std::string reason);
+  void reload();
+  bool admit(const asio::ip::address& client, std::string& why);
+  void release(const asio::ip::address& client, const std::string& id);
+
+  asio::io_context io_;
+  server_context ctx_;
+  std::vector<tcp::acceptor> acceptors_;
+  asio::signal_set signals_;
+
+  std::mutex sessions_mutex_;  // guards the three below (sessions live on many threads)
+  std::unordered_map<std::string, std::weak_ptr<session>> sessions_;
+  std::map<asio::ip::address, std::size_t> per_client_;
+  std::size_t total_ = 0;
+};
+
+}  // namespace portcullis

@@ -1,0 +1,376 @@
+#include "session/session.hpp"
+
+#include <charconv>
+#include <ctime>
+
+#include "config/config.hpp"
+#include "policy/policy.hpp"
+#include "server/server_context.hpp"
+#include "session/received_header.hpp"
+#include "smtp/dot_decoder.hpp"
+#include "smtp/text.hpp"
+
+namespace portcullis {
+
+namespace {
+
+using smtp::reply;
+
+// RFC 5321 §4.2.2 / RFC 3463 replies the session gives itself.
+reply ok() { return {250, "2.0.0", "Ok"}; }
+reply bad_sequence(std::string text) { return {503, "5.5.1", std::move(text)}; }
+reply bad_syntax(std::string text) { return {501, "5.5.4", std::move(text)}; }
+reply upstream_lost() { return {451, "4.4.1", "Upstream connection lost, try again later"}; }
+
+constexpr std::chrono::seconds goodbye_timeout{10};  // writing the last reply to a client that left
+
+// RFC 5321 §4.1.1.1: Domain or address-literal. We accept any single token of
+// visible ASCII (as Postfix does by default); policies may be stricter.
+bool plausible_helo(std::string_view s) {
+  if (s.empty() || s.size() > smtp::max_domain) return false;
+  for (unsigned char c : s)
+    if (c <= 0x20 || c >= 0x7f) return false;
+  return true;
+}
+
+std::string join_recipients(const std::vector<smtp::address>& rcpts) {
+  std::string out;
+  for (const auto& r : rcpts) {
+    if (!out.empty()) out += ',';
+    out += '<' + r.str() + '>';
+  }
+  return out;
+}
+
+}  // namespace
+
+session::session(tcp::socket socket, tcp::endpoint client, std::string id, server_context& server)
+    : cfg_(server.current_config()),
+      policy_(server.current_policy()),
+      server_(server),
+      log_(id),
+      client_(std::move(socket)) {
+  conn_.id = std::move(id);
+  conn_.client = client;
+}
+
+session::~session() = default;
+
+void session::stop() {
+  stopping_ = true;
+  client_.wake();
+}
+
+void session::queue(const reply& r) { out_ += r.wire(); }
+
+awaitable<bool> session::flush() {
+  if (out_.empty()) co_return true;
+  const bool written = co_await client_.write(std::string_view(out_), cfg_->server.idle_timeout);
+  out_.clear();
+  if (!written) {
+    log_.info("write to client failed; closing");
+    closing_ = true;
+  }
+  co_return written;
+}
+
+upstream& session::upstream_connection() {
+  if (!upstream_) upstream_ = make_upstream(*cfg_, log_, client_.socket().get_executor(), server_.blocking_pool());
+  return *upstream_;
+}
+
+awaitable<void> session::run() {
+  const auto& s = cfg_->server;
+  log_.info("connect from {}", address_literal(conn_.client.address()) + ":" + std::to_string(conn_.client.port()));
+  auto v = co_await policy_->on_connect(conn_);
+  if (v.stops()) {
+    // RFC 5321 §3.1: a 554 greeting; we then simply close rather than wait for QUIT.
+    queue(v.reply);
+    closing_ = true;
+  } else {
+    queue(reply{220, "", s.hostname + " ESMTP Portcullis"});
+  }
+
+  while (!closing_) {
+    // RFC 2920 §3.2: hold replies while pipelined commands are waiting.
+    if (!client_.has_buffered_input()) {
+      const bool flushed = co_await flush();
+      if (!flushed) break;
+    }
+    if ((stopping_ || server_.stopping()) && !tx_.active) {
+      queue(reply{421, "4.3.2", s.hostname + " Service shutting down, closing connection"});
+      break;
+    }
+    auto line = co_await client_.read_line(s.max_line_length, s.idle_timeout);
+    if (line.st == line_stream::status::woken) continue;
+    if (line.st == line_stream::status::eof) {
+      log_.info("client closed the connection{}", tx_.active ? " in a transaction; nothing delivered" : "");
+      break;
+    }
+    if (line.st == line_stream::status::timeout) {
+      log_.info("timeout waiting for a command");
+      queue(reply{421, "4.4.2", s.hostname + " Timeout, closing connection"});
+      break;
+    }
+    reply r;
+    if (line.st == line_stream::status::too_long) {
+      r = reply{500, "5.5.2", "Line too long"};  // RFC 5321 §4.5.3.1.4
+    } else if (!line.crlf || line.text.find_first_of(std::string_view("\r\0", 2)) != std::string_view::npos) {
+      r = reply{500, "5.5.2", "Command lines must end with CRLF and hold no bare CR or NUL"};
+    } else {
+      const auto cmd = smtp::parse_command(line.text);
+      log_.debug("<- {}", printable(cmd.kind == smtp::verb::auth ? cmd.name : line.text));
+      r = co_await dispatch(cmd);
+    }
+    if (r.code) queue(r);  // 0: the reply was already written (DATA's 354 path failed)
+    if (r.code >= 500 && ++errors_ >= s.max_errors) {
+      log_.warn("too many errors ({}); closing", errors_);
+      queue(reply{421, "4.7.0", s.hostname + " Too many errors, closing connection"});
+      break;
+    }
+    if (r.code == 421 || r.code == 221) closing_ = true;
+  }
+  // The last replies go out even when the client no longer reads.
+  if (!out_.empty()) (void)co_await client_.write(std::string_view(out_), goodbye_timeout);
+  out_.clear();
+  if (tx_.active) co_await reset_transaction();
+  if (upstream_) co_await upstream_->quit();
+  co_await policy_->on_disconnect(conn_);
+  client_.close();
+  log_.info("disconnect from {} transactions={} errors={}", address_literal(conn_.client.address()),
+            conn_.transactions, errors_);
+}
+
+awaitable<reply> session::dispatch(const smtp::command& cmd) {
+  using smtp::verb;
+  switch (cmd.kind) {
+    case verb::helo: co_return co_await on_helo(cmd, false);
+    case verb::ehlo: co_return co_await on_helo(cmd, true);
+    case verb::mail: co_return co_await on_mail(cmd);
+    case verb::rcpt: co_return co_await on_rcpt(cmd);
+    case verb::data: co_return co_await on_data(cmd);
+    case verb::rset: co_return co_await on_rset(cmd);
+    case verb::noop: co_return ok();
+    case verb::quit:
+      co_return reply{221, "2.0.0", cfg_->server.hostname + " Bye"};
+    case verb::help:
+      co_return reply{214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY"};
+    case verb::vrfy:
+      if (cmd.arg.empty()) co_return bad_syntax("Syntax: VRFY address");
+      // RFC 5321 §3.5.3: we cannot verify, but will relay.
+      co_return reply{252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"};
+    case verb::expn: co_return reply{502, "5.5.1", "EXPN not available"};
+    case verb::http:
+      // A web client or a cross-protocol attack: nothing good can follow (Postfix does the same).
+      log_.warn("HTTP command '{}' on the SMTP port; closing", printable(cmd.name));
+      co_return reply{221, "2.7.0", "This is an SMTP server, not a web server; closing connection"};
+    case verb::xclient:
+    case verb::xforward:
+      // Only we may tell the upstream who the client is; never forwarded.
+      co_return reply{502, "5.5.1", std::string(cmd.name) + " not available"};
+    case verb::starttls:
+    case verb::auth:
+    case verb::bdat:
+      co_return reply{502, "5.5.1", std::string(cmd.name) + " not implemented"};
+    case verb::unknown: break;
+  }
+  co_return reply{500, "5.5.1", "Command unrecognized"};
+}
+
+awaitable<reply> session::on_helo(const smtp::command& cmd, bool extended) {
+  const auto& s = cfg_->server;
+  if (cmd.arg.empty()) co_return bad_syntax(extended ? "Syntax: EHLO hostname" : "Syntax: HELO hostname");
+  if (!plausible_helo(cmd.arg)) co_return reply{501, "5.5.2", "Invalid hostname"};
+  auto v = co_await policy_->on_helo(conn_, cmd.arg);
+  if (v.stops()) co_return v.reply;
+  // RFC 5321 §4.1.4: EHLO/HELO ends any transaction in progress.
+  co_await reset_transaction();
+  conn_.helo = std::string(cmd.arg);
+  conn_.esmtp = extended;
+  // RFC 2034 §3: no enhanced status code in the reply to HELO/EHLO.
+  if (!extended) co_return reply{250, "", s.hostname};
+  co_return reply{250, "",
+                  std::vector<std::string>{
+                      s.hostname + " Hello " + conn_.helo + " " + address_literal(conn_.client.address()),
+                      "PIPELINING",                                    // RFC 2920
+                      "SIZE " + std::to_string(s.max_message_size),   // RFC 1870
+                      "8BITMIME",                                      // RFC 6152
+                      "SMTPUTF8",                                      // RFC 6531
+                      "ENHANCEDSTATUSCODES",                           // RFC 2034
+                  }};
+}
+
+awaitable<reply> session::on_mail(const smtp::command& cmd) {
+  const auto& s = cfg_->server;
+  // check: sequence and syntax
+  if (conn_.helo.empty()) co_return bad_sequence("Send EHLO or HELO first");
+  if (tx_.active) co_return bad_sequence("Nested MAIL command");
+  if (cmd.bad_syntax) co_return bad_syntax("Syntax: MAIL FROM:<address>");
+  auto parsed = smtp::parse_path_argument(cmd.arg, true, false);
+  switch (parsed.error) {
+    case smtp::path_error::none: break;
+    case smtp::path_error::non_ascii: co_return reply{553, "5.6.7", "Non-ASCII address needs SMTPUTF8"};
+    case smtp::path_error::bad_params: co_return bad_syntax("Bad ESMTP parameter syntax");
+    default: co_return reply{501, "5.1.7", "Bad sender address syntax"};
+  }
+  mail_options options;
+  std::vector<std::string> seen;
+  for (const auto& p : parsed.value->params) {
+    if (!conn_.esmtp) co_return reply{555, "5.5.4", "ESMTP parameters need EHLO"};
+    if (std::find(seen.begin(), seen.end(), p.keyword) != seen.end())
+      co_return bad_syntax("Duplicate parameter " + p.keyword);
+    seen.push_back(p.keyword);
+    if (p.keyword == "SIZE") {  // RFC 1870 §6
+      std::uint64_t size = 0;
+      const auto [end, ec] = std::from_chars(p.value.data(), p.value.data() + p.value.size(), size);
+      if (ec != std::errc{} || end != p.value.data() + p.value.size() || p.value.size() > 20)
+        co_return bad_syntax("Bad SIZE value");
+      if (size > s.max_message_size) co_return reply{552, "5.3.4", "Message size exceeds fixed maximum message size"};
+      options.size = size;
+    } else if (p.keyword == "BODY") {  // RFC 6152 §2
+      if (smtp::equals_nocase(p.value, "8BITMIME"))
+        options.body_8bit = true;
+      else if (!smtp::equals_nocase(p.value, "7BIT"))
+        co_return bad_syntax("BODY must be 7BIT or 8BITMIME");
+    } else if (p.keyword == "SMTPUTF8") {  // RFC 6531 §3.4
+      if (p.has_value) co_return bad_syntax("SMTPUTF8 takes no value");
+      options.smtputf8 = true;
+    } else {
+      co_return reply{555, "5.5.4", "Unsupported parameter " + p.keyword};
+    }
+  }
+  // A new transaction; the policy sees it before anything goes upstream.
+  tx_ = transaction{};
+  tx_.id = conn_.id + "." + std::to_string(++conn_.transactions);
+  tx_.sender = parsed.value->addr;
+  tx_.options = options;
+  auto v = co_await policy_->on_mail(conn_, tx_);
+  if (v.stops()) {
+    tx_ = transaction{};
+    co_return v.reply;
+  }
+  // proceed: the upstream's own reply goes to the client
+  auto r = smtp::with_status(co_await upstream_connection().mail(tx_.sender, tx_.options), "2.1.0");
+  if (r.positive()) {
+    tx_.active = true;
+    log_.debug("transaction {} from=<{}>", tx_.id, printable(tx_.sender.str()));
+  } else {
+    log_.info("MAIL FROM:<{}> refused: {}", printable(tx_.sender.str()), printable(r.summary()));
+    tx_ = transaction{};
+  }
+  co_return r;
+}
+
+awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
+  if (!tx_.active) co_return bad_sequence("Need MAIL before RCPT");
+  if (cmd.bad_syntax) co_return bad_syntax("Syntax: RCPT TO:<address>");
+  auto parsed = smtp::parse_path_argument(cmd.arg, false, tx_.options.smtputf8);
+  switch (parsed.error) {
+    case smtp::path_error::none: break;
+    case smtp::path_error::non_ascii: co_return reply{553, "5.6.7", "Non-ASCII address needs SMTPUTF8"};
+    case smtp::path_error::bad_params: co_return bad_syntax("Bad ESMTP parameter syntax");
+    default: co_return reply{501, "5.1.3", "Bad recipient address syntax"};
+  }
+  if (!parsed.value->params.empty())
+    co_return reply{555, "5.5.4", "Unsupported parameter " + parsed.value->params.front().keyword};
+  if (tx_.upstream_lost) co_return upstream_lost();
+  // RFC 5321 §4.5.3.1.8: 452 for too many recipients; the client sends the rest later.
+  if (tx_.recipients.size() >= cfg_->server.max_recipients) co_return reply{452, "4.5.3", "Too many recipients"};
+  smtp::address rcpt = parsed.value->addr;
+  auto v = co_await policy_->on_rcpt(conn_, tx_, rcpt);
+  if (v.stops()) {
+    ++tx_.rejected_recipients;
+    co_return v.reply;
+  }
+  auto r = smtp::with_status(co_await upstream_connection().rcpt(rcpt), "2.1.5");
+  if (r.positive()) {
+    tx_.recipients.push_back(std::move(rcpt));
+  } else {
+    ++tx_.rejected_recipients;
+    log_.info("RCPT TO:<{}> refused: {}", printable(rcpt.str()), printable(r.summary()));
+    // The upstream went away: the rest of this transaction cannot go through.
+    if (!upstream_->connected()) tx_.upstream_lost = true;
+  }
+  co_return r;
+}
+
+awaitable<reply> session::on_data(const smtp::command& cmd) {
+  if (!tx_.active) co_return bad_sequence("Need MAIL before DATA");
+  if (!cmd.arg.empty()) co_return bad_syntax("Syntax: DATA");
+  // RFC 2920 §3.1: with pipelining, DATA after only failed RCPTs gets 554.
+  if (tx_.recipients.empty()) co_return reply{554, "5.5.1", "No valid recipients"};
+  if (tx_.upstream_lost) {
+    co_await reset_transaction();
+    co_return upstream_lost();
+  }
+  queue(reply{354, "", "End data with <CR><LF>.<CR><LF>"});
+  if (!co_await flush()) co_return reply{};
+  auto refused = co_await receive_message();
+  if (!refused) {
+    closing_ = true;
+    co_return reply{421, "4.4.2", cfg_->server.hostname + " Timeout or lost connection during DATA"};
+  }
+  reply r = *refused;
+  if (!r.code) r = co_await deliver();
+  log_transaction(r, message_.size());
+  co_await reset_transaction();
+  co_return r;
+}
+
+awaitable<std::optional<reply>> session::receive_message() {
+  const auto& s = cfg_->server;
+  message_.clear();
+  if (tx_.options.size) message_.reserve(std::min<std::uint64_t>(*tx_.options.size, s.max_message_size) + 1024);
+  smtp::dot_decoder decoder(s.max_message_size);
+  while (!decoder.done()) {
+    auto in = co_await client_.read_some(s.data_timeout);
+    if (in.empty()) {
+      log_.info("{} during DATA; nothing delivered",
+                client_.last_status() == line_stream::status::timeout ? "timeout" : "client lost");
+      co_return std::nullopt;
+    }
+    client_.consume(decoder.feed(in, message_));
+  }
+  switch (decoder.failure()) {
+    case smtp::dot_decoder::fault::none: co_return reply{};
+    case smtp::dot_decoder::fault::bare_line_ending:
+      log_.warn("message refused: bare CR or LF (possible SMTP smuggling)");
+      co_return reply{550, "5.5.2", "Message refused: bare CR or LF; lines must end with CRLF"};
+    case smtp::dot_decoder::fault::nul:
+      log_.warn("message refused: NUL byte");
+      co_return reply{550, "5.6.0", "Message refused: NUL byte in message"};
+    case smtp::dot_decoder::fault::too_big:
+      co_return reply{552, "5.3.4", "Message size exceeds fixed maximum message size"};  // RFC 1870 §6.1
+  }
+  co_return reply{};
+}
+
+awaitable<reply> session::deliver() {
+  auto v = co_await policy_->on_data(conn_, tx_, message_);
+  if (v.stops()) co_return v.reply;
+  const std::string header = received_header(conn_, tx_, cfg_->server.hostname, std::time(nullptr));
+  // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
+  co_return smtp::with_status(co_await upstream_connection().data(header, message_), "2.0.0");
+}
+
+awaitable<reply> session::on_rset(const smtp::command& cmd) {
+  if (!cmd.arg.empty()) co_return bad_syntax("Syntax: RSET");
+  co_await reset_transaction();
+  co_return ok();
+}
+
+awaitable<void> session::reset_transaction() {
+  if (upstream_ && tx_.active) co_await upstream_->reset();
+  tx_ = transaction{};
+  if (message_.capacity() > (1 << 20)) std::string().swap(message_);  // do not keep a big buffer per idle session
+}
+
+void session::log_transaction(const reply& outcome, std::size_t size) {
+  const char* verdict = outcome.positive() ? "delivered" : outcome.transient() ? "tempfail" : "rejected";
+  log_.info("tx={} client={} helo={} from=<{}> to={} rejected_rcpts={} size={} upstream=\"{}\" queue_id={} verdict={}",
+            tx_.id, address_literal(conn_.client.address()), printable(conn_.helo), printable(tx_.sender.str()),
+            printable(join_recipients(tx_.recipients), 2000), tx_.rejected_recipients, size,
+            printable(outcome.summary()), queue_id_of(outcome), verdict);
+}
+
+}  // namespace portcullis

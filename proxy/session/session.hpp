@@ -1,0 +1,68 @@
+// One SMTP client session: the state machine (RFC 5321 §4.1.4 ordering),
+// relaying to the upstream in lock step. One coroutine owns the client
+// socket and the upstream connection; the read loop alone writes replies.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "asio.hpp"
+#include "log.hpp"
+#include "net/line_stream.hpp"
+#include "session/state.hpp"
+#include "smtp/command.hpp"
+#include "smtp/reply.hpp"
+
+namespace portcullis {
+
+class server_context;
+class policy;
+struct config;
+
+class session : public std::enable_shared_from_this<session> {
+ public:
+  session(tcp::socket socket, tcp::endpoint client, std::string id, server_context& server);
+  ~session();
+
+  awaitable<void> run();
+  // Shutdown: an idle session closes now (421), a busy one after its transaction.
+  // Call on the session's executor.
+  void stop();
+  asio::any_io_executor executor() { return client_.socket().get_executor(); }
+
+ private:
+  using reply = smtp::reply;
+
+  awaitable<reply> dispatch(const smtp::command& cmd);
+  awaitable<reply> on_helo(const smtp::command& cmd, bool extended);
+  awaitable<reply> on_mail(const smtp::command& cmd);
+  awaitable<reply> on_rcpt(const smtp::command& cmd);
+  awaitable<reply> on_data(const smtp::command& cmd);
+  awaitable<reply> on_rset(const smtp::command& cmd);
+
+  // Reads the message after 354; nullopt when the session must end (timeout, lost client).
+  awaitable<std::optional<reply>> receive_message();
+  awaitable<reply> deliver();
+  awaitable<void> reset_transaction();
+  upstream& upstream_connection();
+
+  void queue(const reply& r);
+  awaitable<bool> flush();
+  void log_transaction(const reply& outcome, std::size_t size);
+
+  std::shared_ptr<const config> cfg_;
+  std::shared_ptr<policy> policy_;
+  server_context& server_;
+  session_log log_;
+  line_stream client_;
+  connection_state conn_;
+  transaction tx_;
+  std::unique_ptr<upstream> upstream_;
+  std::string message_;  // the message being received; reused across transactions
+  std::string out_;      // replies waiting to be written (RFC 2920 §3.2: one write per batch)
+  std::size_t errors_ = 0;
+  bool closing_ = false;
+  bool stopping_ = false;
+};
+
+}  // namespace portcullis

@@ -1,0 +1,35 @@
+// What a session knows: connection state and transaction state kept apart
+// (as OpenSMTPD does), so one reset_transaction() clears exactly one of them.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "asio.hpp"
+#include "smtp/address.hpp"
+#include "upstream/upstream.hpp"
+
+namespace portcullis {
+
+struct connection_state {
+  std::string id;              // session id, in every log line
+  tcp::endpoint client;        // the real client (after a PROXY header, once that exists)
+  std::string helo;            // HELO/EHLO argument; empty before it
+  bool esmtp = false;          // EHLO rather than HELO
+  bool tls = false;
+  std::optional<std::string> auth_user;
+  unsigned transactions = 0;   // started so far, for transaction ids
+};
+
+struct transaction {
+  bool active = false;         // MAIL was accepted (by policy and upstream)
+  std::string id;              // "<session id>.<n>": Received id, log lines
+  smtp::address sender;
+  mail_options options;
+  std::vector<smtp::address> recipients;  // accepted: these will be delivered
+  std::size_t rejected_recipients = 0;
+  bool upstream_lost = false;  // the upstream failed mid-transaction: nothing more goes through
+};
+
+}  // namespace portcullis

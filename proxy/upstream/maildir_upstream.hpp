@@ -1,0 +1,31 @@
+// Local delivery into a Maildir (the `maildir:PATH` upstream): for the quick
+// start and for hosts with no mail server. Each recipient gets its own copy
+// with Return-Path and Delivered-To, written to tmp/, synced, then renamed
+// into new/ — the 250 is given only once every copy is on disk.
+#pragma once
+
+#include "upstream/upstream.hpp"
+
+namespace portcullis {
+
+class maildir_upstream final : public upstream {
+ public:
+  maildir_upstream(const config& cfg, const session_log& log, asio::any_io_executor io, asio::thread_pool& blocking);
+
+  awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) override;
+  awaitable<smtp::reply> rcpt(const smtp::address& recipient) override;
+  awaitable<smtp::reply> data(std::string_view header, std::string_view message) override;
+  awaitable<void> reset() override;
+  awaitable<void> quit() override { co_return; }
+  bool connected() const override { return true; }
+
+ private:
+  std::filesystem::path root_;
+  std::string hostname_;
+  const session_log& log_;
+  asio::thread_pool& blocking_;  // file I/O and fsync never run on an I/O thread
+  smtp::address sender_;
+  std::vector<smtp::address> recipients_;
+};
+
+}  // namespace portcullis

@@ -1,0 +1,213 @@
+// The upstream as an SMTP client (RFC 5321 §3, §4.5.3.2 timeouts).
+#include <set>
+
+#include "log.hpp"
+#include "net/line_stream.hpp"
+#include "smtp/dot_decoder.hpp"
+#include "smtp/text.hpp"
+#include "upstream/maildir_upstream.hpp"
+#include "upstream/upstream.hpp"
+
+namespace portcullis {
+
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+// An upstream reply line longer than this is nonsense (RFC 5321 §4.5.3.1.5 says 512).
+constexpr std::size_t max_reply_line = 4096;
+constexpr std::size_t max_reply_lines = 100;
+constexpr std::chrono::seconds quit_timeout{5};  // we do not wait long to say goodbye
+
+smtp::reply unavailable() { return {451, "4.4.1", "Upstream server unavailable, try again later"}; }
+smtp::reply nonsense() { return {451, "4.3.0", "Upstream server error, try again later"}; }
+
+class smtp_upstream final : public upstream {
+ public:
+  smtp_upstream(const config& cfg, const session_log& log, asio::any_io_executor io)
+      : cfg_(cfg.upstream), log_(log), io_(std::move(io)) {}
+
+  awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) override {
+    if (!stream_) {
+      if (auto failure = co_await connect()) co_return *failure;
+    }
+    std::string cmd = "MAIL FROM:<" + sender.str() + ">";
+    if (options.size && caps_.count("SIZE")) cmd += " SIZE=" + std::to_string(*options.size);
+    if (options.body_8bit) {
+      // RFC 6152 §3: we may not push 8-bit data to a server that has not asked for it.
+      if (!caps_.count("8BITMIME")) co_return smtp::reply{554, "5.6.3", "Upstream server cannot accept 8-bit content"};
+      cmd += " BODY=8BITMIME";
+    }
+    if (options.smtputf8) {
+      if (!caps_.count("SMTPUTF8")) co_return smtp::reply{553, "5.6.7", "Upstream server does not support SMTPUTF8"};
+      cmd += " SMTPUTF8";
+    }
+    auto r = co_await command(cmd, "MAIL");
+    in_transaction_ = r.positive();
+    co_return r;
+  }
+
+  awaitable<smtp::reply> rcpt(const smtp::address& recipient) override {
+    if (!stream_) co_return unavailable();
+    co_return co_await command("RCPT TO:<" + recipient.str() + ">", "RCPT");
+  }
+
+  awaitable<smtp::reply> data(std::string_view header, std::string_view message) override {
+    if (!stream_) co_return unavailable();
+    auto go_ahead = co_await command("DATA", "DATA");
+    if (go_ahead.code != 354) {
+      if (go_ahead.positive()) co_return fail("a non-354 positive reply to DATA", true);
+      co_return go_ahead;
+    }
+    // One gather write: our header, then the body as dot-stuffed slices of itself.
+    const auto pieces = smtp::dot_stuffed_pieces(message);
+    std::vector<asio::const_buffer> buffers;
+    buffers.reserve(pieces.size() + 1);
+    buffers.emplace_back(header.data(), header.size());
+    for (auto p : pieces) buffers.emplace_back(p.data(), p.size());
+    if (!co_await stream_->write(buffers, cfg_.timeout)) co_return fail("write failed while sending the message", false);
+    auto r = co_await read_reply("end of data");
+    in_transaction_ = false;
+    co_return r;
+  }
+
+  awaitable<void> reset() override {
+    if (!stream_ || !in_transaction_) co_return;
+    auto r = co_await command("RSET", "RSET");
+    in_transaction_ = false;
+    if (r.code != 250) close();
+  }
+
+  bool connected() const override { return stream_.has_value(); }
+
+  awaitable<void> quit() override {
+    if (!stream_) co_return;
+    if (co_await stream_->write(std::string_view("QUIT\r\n"), quit_timeout))
+      (void)co_await stream_->read_line(max_reply_line, quit_timeout);
+    close();
+  }
+
+ private:
+  // Connects, reads the greeting, EHLOs. Returns a reply only on failure.
+  awaitable<std::optional<smtp::reply>> connect() {
+    if (cfg_.scheme == upstream_config::kind::smtps || cfg_.starttls == "required") {
+      log_.error("upstream: TLS to the upstream is not supported by this build; refusing to send in clear");
+      co_return smtp::reply{451, "4.7.0", "Upstream server unavailable, try again later"};
+    }
+    asio::steady_timer timer(io_);
+    timer.expires_after(cfg_.timeout);
+    tcp::resolver resolver(io_);
+    tcp::socket socket(io_);
+    boost::system::error_code ec;
+    auto resolved = co_await (resolver.async_resolve(cfg_.host, cfg_.port, asio::redirect_error(asio::use_awaitable, ec)) ||
+                              timer.async_wait(asio::use_awaitable));
+    if (resolved.index() != 0 || ec) {
+      log_.warn("upstream: cannot resolve {}:{}: {}", cfg_.host, cfg_.port, ec ? ec.message() : "timed out");
+      co_return unavailable();
+    }
+    auto connected = co_await (asio::async_connect(socket, std::get<0>(resolved), asio::redirect_error(asio::use_awaitable, ec)) ||
+                               timer.async_wait(asio::use_awaitable));
+    if (connected.index() != 0 || ec) {
+      log_.warn("upstream: cannot connect to {}:{}: {}", cfg_.host, cfg_.port, ec ? ec.message() : "timed out");
+      co_return unavailable();
+    }
+    socket.set_option(tcp::no_delay(true), ec);
+    stream_.emplace(std::move(socket));
+    auto greeting = co_await read_reply("greeting");
+    if (greeting.code != 220) {
+      if (stream_) log_.warn("upstream: greeting refused: {}", printable(greeting.summary()));
+      close();
+      co_return greeting.code == 421 || greeting.transient() ? greeting : unavailable();
+    }
+    auto ehlo = co_await command("EHLO " + cfg_.helo, "EHLO");
+    if (ehlo.permanent() && stream_) ehlo = co_await command("HELO " + cfg_.helo, "HELO");  // RFC 5321 §3.2
+    if (ehlo.code != 250) {
+      if (stream_) log_.warn("upstream: EHLO refused: {}", printable(ehlo.summary()));
+      close();
+      co_return unavailable();
+    }
+    caps_.clear();
+    for (std::size_t i = 1; i < ehlo.lines.size(); ++i) {
+      const auto& l = ehlo.lines[i];
+      caps_.insert(smtp::to_upper(std::string_view(l).substr(0, l.find(' '))));
+    }
+    log_.debug("upstream: connected to {}:{}", cfg_.host, cfg_.port);
+    co_return std::nullopt;
+  }
+
+  awaitable<smtp::reply> command(const std::string& line, const char* stage) {
+    if (!co_await stream_->write(line + "\r\n", cfg_.timeout)) co_return fail(std::string("write failed at ") + stage, false);
+    co_return co_await read_reply(stage);
+  }
+
+  awaitable<smtp::reply> read_reply(const char* stage) {
+    smtp::reply_parser parser;
+    for (std::size_t n = 0; n < max_reply_lines; ++n) {
+      auto line = co_await stream_->read_line(max_reply_line, cfg_.timeout);
+      switch (line.st) {
+        case line_stream::status::ok: break;
+        case line_stream::status::timeout: co_return fail(std::string("timed out waiting for the reply to ") + stage, false);
+        case line_stream::status::too_long: co_return fail(std::string("over-long reply line to ") + stage, true);
+        default: co_return fail(std::string("connection lost waiting for the reply to ") + stage, false);
+      }
+      switch (parser.feed_line(line.text)) {
+        case smtp::reply_parser::state::need_more: continue;
+        case smtp::reply_parser::state::malformed:
+          co_return fail(std::string("malformed reply to ") + stage + ": " + printable(line.text), true);
+        case smtp::reply_parser::state::complete: {
+          auto r = parser.take();
+          if (r.code == 421) {
+            // RFC 5321 §3.8: the upstream is closing; so do we, cleanly.
+            log_.warn("upstream: closing at {}: {}", stage, printable(r.summary()));
+            close();
+          }
+          co_return r;
+        }
+      }
+    }
+    co_return fail(std::string("too many reply lines to ") + stage, true);
+  }
+
+  smtp::reply fail(const std::string& why, bool protocol_error) {
+    log_.warn("upstream: {}", why);
+    close();
+    return protocol_error ? nonsense() : unavailable();
+  }
+
+  void close() {
+    if (stream_) stream_->close();
+    stream_.reset();
+    in_transaction_ = false;
+  }
+
+  const upstream_config& cfg_;
+  const session_log& log_;
+  asio::any_io_executor io_;
+  std::optional<line_stream> stream_;
+  std::set<std::string> caps_;  // EHLO keywords, upper case
+  bool in_transaction_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, asio::any_io_executor io,
+                                        asio::thread_pool& blocking) {
+  if (cfg.upstream.scheme == upstream_config::kind::maildir)
+    return std::make_unique<maildir_upstream>(cfg, log, io, blocking);
+  return std::make_unique<smtp_upstream>(cfg, log, std::move(io));
+}
+
+std::string queue_id_of(const smtp::reply& r) {
+  for (const auto& line : r.lines) {
+    for (std::string_view marker : {"queued as ", "id="}) {
+      auto at = line.find(marker);
+      if (at == std::string::npos) continue;
+      std::string_view rest = std::string_view(line).substr(at + marker.size());
+      rest = rest.substr(0, rest.find_first_of(" ;,)"));
+      if (!rest.empty()) return printable(rest, 64);
+    }
+  }
+  return {};
+}
+
+}  // namespace portcullis
