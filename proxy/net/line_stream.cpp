@@ -30,7 +30,8 @@ void line_stream::close() {
 void line_stream::consume(std::size_t n) { begin_ += n; }
 
 awaitable<bool> line_stream::fill(std::chrono::steady_clock::time_point deadline) {
-  if (woken_) {
+  if (woken_) {  // one wake, one `woken`: the owner decides whether to go on reading
+    woken_ = false;
     last_ = status::woken;
     co_return false;
   }
@@ -58,6 +59,7 @@ awaitable<bool> line_stream::fill(std::chrono::steady_clock::time_point deadline
     co_return false;
   }
   if (woken_) {
+    woken_ = n > 0;  // data came with the wake: report `woken` on the next fill instead
     last_ = status::woken;
     co_return n > 0;
   }

@@ -48,7 +48,7 @@ class line_stream {
   awaitable<bool> write(std::span<const asio::const_buffer> buffers, duration timeout);
   awaitable<bool> write(std::string_view bytes, duration timeout);
 
-  void wake();   // makes a pending or the next read return `woken`
+  void wake();   // makes a pending or the next read return `woken`, once
   void close();  // idempotent
   tcp::socket& socket() { return socket_; }
 

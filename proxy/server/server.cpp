@@ -63,7 +63,12 @@ int server::run() {
   if (!cfg->relay.enabled) spdlog::info("no [relay] table: the upstream decides who may relay");
   for (auto& a : acceptors_)
     asio::co_spawn(asio::make_strand(io_), accept_loop(a), [](std::exception_ptr e) {
-      if (e) std::rethrow_exception(e);
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        spdlog::critical("accept loop ended: {}", ex.what());
+      }
     });
   asio::co_spawn(io_, handle_signals(), asio::detached);
 

@@ -23,6 +23,7 @@ reply bad_syntax(std::string text) { return {501, "5.5.4", std::move(text)}; }
 reply upstream_lost() { return {451, "4.4.1", "Upstream connection lost, try again later"}; }
 
 constexpr std::chrono::seconds goodbye_timeout{10};  // writing the last reply to a client that left
+constexpr std::uint64_t max_size_hint = 4 << 20;     // most we reserve up front from MAIL SIZE=
 
 // RFC 5321 §4.1.1.1: Domain or address-literal. We accept any single token of
 // visible ASCII (as Postfix does by default); policies may be stricter.
@@ -320,10 +321,12 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
 awaitable<std::optional<reply>> session::receive_message() {
   const auto& s = cfg_->server;
   message_.clear();
-  if (tx_.options.size) message_.reserve(std::min<std::uint64_t>(*tx_.options.size, s.max_message_size) + 1024);
+  // Trust a declared SIZE only so far: it is the client's word, not its bytes.
+  if (tx_.options.size) message_.reserve(std::min<std::uint64_t>(*tx_.options.size, max_size_hint) + 1024);
   smtp::dot_decoder decoder(s.max_message_size);
   while (!decoder.done()) {
     auto in = co_await client_.read_some(s.data_timeout);
+    if (in.empty() && client_.last_status() == line_stream::status::woken) continue;  // shutdown: finish this message
     if (in.empty()) {
       log_.info("{} during DATA; nothing delivered",
                 client_.last_status() == line_stream::status::timeout ? "timeout" : "client lost");

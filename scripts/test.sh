@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every test tier: installs what is missing, builds, and runs
+#   1. C++ table tests of the pure layer and the config (release build)
+#   2. the same under ASan/UBSan
+#   3. libFuzzer on the command parser, address parser and DATA decoder (bounded time)
+#   4. end-to-end tests: the built daemon between real clients and real upstreams
+# Environment: FUZZ_SECONDS (per target, default 30), JOBS (default nproc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh --test
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "build (release)"
+scripts/build.sh release
+step "C++ tests (release)"
+ctest --test-dir build --output-on-failure
+
+step "build (ASan/UBSan)"
+scripts/build.sh asan
+step "C++ tests (ASan/UBSan)"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure
+
+step "fuzz (${FUZZ_SECONDS:-30}s per target)"
+scripts/build.sh fuzz
+tests/fuzz/run.sh build-fuzz "${FUZZ_SECONDS:-30}"
+
+step "end-to-end (release daemon)"
+PORTCULLIS_BIN="$PWD/build/portcullis" /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
