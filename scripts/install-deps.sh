@@ -14,8 +14,13 @@ TEST_PACKAGES=(
   python3-pytest python3-aiosmtpd swaks
 )
 
+BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools
+
 want=("${BUILD_PACKAGES[@]}")
-if [[ "${1:-}" == "--test" ]]; then want+=("${TEST_PACKAGES[@]}"); fi
+case "${1:-}" in
+  --test) want+=("${TEST_PACKAGES[@]}") ;;
+  --bench) want+=("${BENCH_PACKAGES[@]}") ;;
+esac
 
 missing=()
 for p in "${want[@]}"; do
@@ -25,5 +30,7 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
   $SUDO apt-get update -qq
+  # Postfix must not ask questions or start a system MTA on port 25.
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

@@ -100,12 +100,12 @@ awaitable<line_stream::line> line_stream::read_line(std::size_t max_len, duratio
     } else {
       scanned = in.size();
     }
-    if (!co_await fill(deadline)) co_return line{last_, {}, true};
+    const bool got = co_await fill(deadline);
+    if (!got) co_return line{last_, {}, true};
   }
 }
 
 awaitable<std::string_view> line_stream::read_some(duration timeout) {
-  // (g++ 12 miscompiles co_await inside && and ?:, hence the plain ifs here and elsewhere)
   if (!has_buffered_input()) {
     const bool got = co_await fill(std::chrono::steady_clock::now() + timeout);
     if (!got) co_return std::string_view{};
@@ -127,7 +127,8 @@ awaitable<bool> line_stream::write(std::span<const asio::const_buffer> buffers, 
 
 awaitable<bool> line_stream::write(std::string_view bytes, duration timeout) {
   const asio::const_buffer buf(bytes.data(), bytes.size());
-  co_return co_await write(std::span<const asio::const_buffer>(&buf, 1), timeout);
+  const bool written = co_await write(std::span<const asio::const_buffer>(&buf, 1), timeout);
+  co_return written;
 }
 
 }  // namespace portcullis

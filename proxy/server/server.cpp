@@ -154,7 +154,9 @@ awaitable<void> server::refuse(tcp::socket socket, std::string reason) {
   spdlog::warn("refused {}: {}", ec ? std::string("client") : peer.address().to_string(), reason);
   line_stream stream(std::move(socket));
   const auto r = smtp::reply{421, "4.7.0", ctx_.current_config()->server.hostname + " " + reason + ", try again later"};
-  (void)co_await stream.write(r.wire(), refusal_timeout);
+  const std::string wire = r.wire();
+  const bool written = co_await stream.write(std::string_view(wire), refusal_timeout);
+  (void)written;
   stream.close();
 }
 

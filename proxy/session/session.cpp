@@ -132,7 +132,10 @@ awaitable<void> session::run() {
     if (r.code == 421 || r.code == 221) closing_ = true;
   }
   // The last replies go out even when the client no longer reads.
-  if (!out_.empty()) (void)co_await client_.write(std::string_view(out_), goodbye_timeout);
+  if (!out_.empty()) {
+    const bool written = co_await client_.write(std::string_view(out_), goodbye_timeout);
+    (void)written;
+  }
   out_.clear();
   if (tx_.active) co_await reset_transaction();
   if (upstream_) co_await upstream_->quit();
@@ -251,7 +254,8 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
     co_return v.reply;
   }
   // proceed: the upstream's own reply goes to the client
-  auto r = smtp::with_status(co_await upstream_connection().mail(tx_.sender, tx_.options), "2.1.0");
+  auto upstream_reply = co_await upstream_connection().mail(tx_.sender, tx_.options);
+  auto r = smtp::with_status(std::move(upstream_reply), "2.1.0");
   if (r.positive()) {
     tx_.active = true;
     log_.debug("transaction {} from=<{}>", tx_.id, printable(tx_.sender.str()));
@@ -283,7 +287,8 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
     ++tx_.rejected_recipients;
     co_return v.reply;
   }
-  auto r = smtp::with_status(co_await upstream_connection().rcpt(rcpt), "2.1.5");
+  auto upstream_reply = co_await upstream_connection().rcpt(rcpt);
+  auto r = smtp::with_status(std::move(upstream_reply), "2.1.5");
   if (r.positive()) {
     tx_.recipients.push_back(std::move(rcpt));
   } else {
@@ -305,14 +310,18 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
     co_return upstream_lost();
   }
   queue(reply{354, "", "End data with <CR><LF>.<CR><LF>"});
-  if (!co_await flush()) co_return reply{};
+  const bool flushed = co_await flush();
+  if (!flushed) co_return reply{};
   auto refused = co_await receive_message();
   if (!refused) {
     closing_ = true;
     co_return reply{421, "4.4.2", cfg_->server.hostname + " Timeout or lost connection during DATA"};
   }
   reply r = *refused;
-  if (!r.code) r = co_await deliver();
+  if (!r.code) {
+    auto delivered = co_await deliver();
+    r = std::move(delivered);
+  }
   log_transaction(r, message_.size());
   co_await reset_transaction();
   co_return r;
@@ -353,7 +362,8 @@ awaitable<reply> session::deliver() {
   if (v.stops()) co_return v.reply;
   const std::string header = received_header(conn_, tx_, cfg_->server.hostname, std::time(nullptr));
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
-  co_return smtp::with_status(co_await upstream_connection().data(header, message_), "2.0.0");
+  auto upstream_reply = co_await upstream_connection().data(header, message_);
+  co_return smtp::with_status(std::move(upstream_reply), "2.0.0");
 }
 
 awaitable<reply> session::on_rset(const smtp::command& cmd) {

@@ -29,7 +29,8 @@ class smtp_upstream final : public upstream {
 
   awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) override {
     if (!stream_) {
-      if (auto failure = co_await connect()) co_return *failure;
+      auto failure = co_await connect();
+      if (failure) co_return *failure;
     }
     std::string cmd = "MAIL FROM:<" + sender.str() + ">";
     if (options.size && caps_.count("SIZE")) cmd += " SIZE=" + std::to_string(*options.size);
@@ -42,7 +43,7 @@ class smtp_upstream final : public upstream {
       if (!caps_.count("SMTPUTF8")) co_return smtp::reply{553, "5.6.7", "Upstream server does not support SMTPUTF8"};
       cmd += " SMTPUTF8";
     }
-    auto r = co_await command(cmd, "MAIL");
+    auto r = co_await command(cmd, "MAIL");  // cmd is a named local: see asio.hpp
     in_transaction_ = r.positive();
     co_return r;
   }
@@ -65,7 +66,8 @@ class smtp_upstream final : public upstream {
     buffers.reserve(pieces.size() + 1);
     buffers.emplace_back(header.data(), header.size());
     for (auto p : pieces) buffers.emplace_back(p.data(), p.size());
-    if (!co_await stream_->write(buffers, cfg_.timeout)) co_return fail("write failed while sending the message", false);
+    const bool written = co_await stream_->write(buffers, cfg_.timeout);
+    if (!written) co_return fail("write failed while sending the message", false);
     auto r = co_await read_reply("end of data");
     in_transaction_ = false;
     co_return r;
@@ -82,8 +84,8 @@ class smtp_upstream final : public upstream {
 
   awaitable<void> quit() override {
     if (!stream_) co_return;
-    if (co_await stream_->write(std::string_view("QUIT\r\n"), quit_timeout))
-      (void)co_await stream_->read_line(max_reply_line, quit_timeout);
+    const bool written = co_await stream_->write(std::string_view("QUIT\r\n"), quit_timeout);
+    if (written) (void)co_await stream_->read_line(max_reply_line, quit_timeout);
     close();
   }
 
@@ -120,7 +122,10 @@ class smtp_upstream final : public upstream {
       co_return greeting.code == 421 || greeting.transient() ? greeting : unavailable();
     }
     auto ehlo = co_await command("EHLO " + cfg_.helo, "EHLO");
-    if (ehlo.permanent() && stream_) ehlo = co_await command("HELO " + cfg_.helo, "HELO");  // RFC 5321 §3.2
+    if (ehlo.permanent() && stream_) {
+      auto helo = co_await command("HELO " + cfg_.helo, "HELO");  // RFC 5321 §3.2
+      ehlo = std::move(helo);
+    }
     if (ehlo.code != 250) {
       if (stream_) log_.warn("upstream: EHLO refused: {}", printable(ehlo.summary()));
       close();
@@ -136,8 +141,11 @@ class smtp_upstream final : public upstream {
   }
 
   awaitable<smtp::reply> command(const std::string& line, const char* stage) {
-    if (!co_await stream_->write(line + "\r\n", cfg_.timeout)) co_return fail(std::string("write failed at ") + stage, false);
-    co_return co_await read_reply(stage);
+    const std::string wire = line + "\r\n";
+    const bool written = co_await stream_->write(std::string_view(wire), cfg_.timeout);
+    if (!written) co_return fail(std::string("write failed at ") + stage, false);
+    auto r = co_await read_reply(stage);
+    co_return r;
   }
 
   awaitable<smtp::reply> read_reply(const char* stage) {
