@@ -1,17 +1,39 @@
 #include "net/line_stream.hpp"
 
+#include <algorithm>
+#include <cstring>
+
 namespace portcullis {
 
-using namespace asio::experimental::awaitable_operators;
-
 namespace {
-constexpr std::size_t read_chunk = 64 * 1024;  // one read's worth: DATA arrives in large pieces
-constexpr std::size_t compact_above = 256 * 1024;
+constexpr std::size_t command_space = 4 * 1024;  // enough for a pipelined batch of commands
+constexpr std::size_t data_space = 64 * 1024;    // DATA arrives in large pieces: fewer reads
 }  // namespace
 
 line_stream::line_stream(tcp::socket socket)
     : socket_(std::move(socket)),
       deadline_timer_(socket_.get_executor()) {}
+
+line_stream::~line_stream() { token_->armed = 0; }
+
+void line_stream::arm(std::chrono::steady_clock::time_point deadline) {
+  token_->armed = ++operations_;
+  token_->expired = false;
+  deadline_timer_.expires_at(deadline);
+  deadline_timer_.async_wait([token = token_, op = operations_, socket = &socket_](boost::system::error_code ec) {
+    // Only the operation it was armed for, and only if that one is still pending.
+    if (ec || token->armed != op) return;
+    token->expired = true;
+    boost::system::error_code ignored;
+    socket->cancel(ignored);
+  });
+}
+
+bool line_stream::disarm() {
+  token_->armed = 0;
+  deadline_timer_.cancel();
+  return token_->expired;
+}
 
 void line_stream::wake() {
   woken_ = true;
@@ -25,36 +47,48 @@ void line_stream::close() {
   socket_.close(ignored);
 }
 
-// Only moves the index: views handed out stay intact until the next fill()
-// (clear() would write a terminator over the first byte of a returned line).
+// Only moves the index: views handed out stay intact until the next fill().
 void line_stream::consume(std::size_t n) { begin_ += n; }
 
-awaitable<bool> line_stream::fill(std::chrono::steady_clock::time_point deadline) {
+void line_stream::shrink_if_idle() {
+  if (begin_ == end_ && capacity_ > command_space) {
+    buf_.reset();
+    capacity_ = begin_ = end_ = 0;
+  }
+}
+
+// At least `want` free bytes after end_: first by moving unread bytes to the
+// front, then by growing (only past the longest line or the DATA chunk size).
+void line_stream::make_space(std::size_t want) {
+  if (begin_ == end_) begin_ = end_ = 0;
+  if (capacity_ - end_ >= want) return;
+  if (begin_ > 0) {
+    std::memmove(buf_.get(), buf_.get() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+    if (capacity_ - end_ >= want) return;
+  }
+  const std::size_t grown = std::max({capacity_ * 2, end_ + want, command_space});
+  auto bigger = std::make_unique_for_overwrite<char[]>(grown);
+  if (end_) std::memcpy(bigger.get(), buf_.get(), end_);
+  buf_ = std::move(bigger);
+  capacity_ = grown;
+}
+
+awaitable<bool> line_stream::fill(std::chrono::steady_clock::time_point deadline, std::size_t want_space) {
   if (woken_) {  // one wake, one `woken`: the owner decides whether to go on reading
     woken_ = false;
     last_ = status::woken;
     co_return false;
   }
-  if (begin_ == buf_.size()) {
-    buf_.clear();
-    begin_ = 0;
-  } else if (begin_ > compact_above) {
-    buf_.erase(0, begin_);
-    begin_ = 0;
-  }
-  const std::size_t old = buf_.size();
-  buf_.resize(old + read_chunk);
-  deadline_timer_.expires_at(deadline);
+  make_space(want_space);
   boost::system::error_code ec;
-  std::size_t n = 0;
-  // The read never throws (redirect_error), so it counts as the success
-  // that ends the race whenever it completes; the timer wins only by expiring.
-  auto result = co_await (socket_.async_read_some(asio::buffer(buf_.data() + old, read_chunk),
-                                                  asio::redirect_error(asio::use_awaitable, ec)) ||
-                          deadline_timer_.async_wait(asio::use_awaitable));
-  if (result.index() == 0) n = std::get<0>(result);
-  buf_.resize(old + n);
-  if (result.index() == 1) {
+  arm(deadline);
+  const std::size_t n = co_await socket_.async_read_some(asio::buffer(buf_.get() + end_, capacity_ - end_),
+                                                         asio::redirect_error(asio::use_awaitable, ec));
+  const bool expired = disarm();
+  end_ += n;
+  if (expired && n == 0) {
     last_ = status::timeout;
     co_return false;
   }
@@ -68,6 +102,18 @@ awaitable<bool> line_stream::fill(std::chrono::steady_clock::time_point deadline
     co_return false;
   }
   co_return true;
+}
+
+awaitable<boost::system::error_code> line_stream::connect(const tcp::resolver::results_type& endpoints,
+                                                          duration timeout) {
+  boost::system::error_code ec;
+  arm(std::chrono::steady_clock::now() + timeout);
+  const auto endpoint = co_await asio::async_connect(socket_, endpoints, asio::redirect_error(asio::use_awaitable, ec));
+  (void)endpoint;
+  const bool expired = disarm();
+  if (expired) co_return asio::error::timed_out;
+  if (!ec) socket_.set_option(tcp::no_delay(true), ec);
+  co_return ec;
 }
 
 awaitable<line_stream::line> line_stream::read_line(std::size_t max_len, duration timeout) {
@@ -100,25 +146,26 @@ awaitable<line_stream::line> line_stream::read_line(std::size_t max_len, duratio
     } else {
       scanned = in.size();
     }
-    const bool got = co_await fill(deadline);
+    const bool got = co_await fill(deadline, command_space);
     if (!got) co_return line{last_, {}, true};
   }
 }
 
 awaitable<std::string_view> line_stream::read_some(duration timeout) {
   if (!has_buffered_input()) {
-    const bool got = co_await fill(std::chrono::steady_clock::now() + timeout);
+    const bool got = co_await fill(std::chrono::steady_clock::now() + timeout, data_space);
     if (!got) co_return std::string_view{};
   }
   co_return buffered();
 }
 
 awaitable<bool> line_stream::write(std::span<const asio::const_buffer> buffers, duration timeout) {
-  deadline_timer_.expires_after(timeout);
   boost::system::error_code ec;
-  auto result = co_await (asio::async_write(socket_, buffers, asio::redirect_error(asio::use_awaitable, ec)) ||
-                          deadline_timer_.async_wait(asio::use_awaitable));
-  if (result.index() != 0 || ec) {
+  arm(std::chrono::steady_clock::now() + timeout);
+  const std::size_t n = co_await asio::async_write(socket_, buffers, asio::redirect_error(asio::use_awaitable, ec));
+  (void)n;
+  const bool expired = disarm();
+  if (expired || ec) {
     close();
     co_return false;
   }

@@ -1,10 +1,16 @@
 // A byte stream with an input buffer and deadlines: what both sides of the
 // proxy (the client session and the upstream client) read lines and DATA
-// from. Every read and write has a deadline (a timer raced against the I/O
-// with awaitable operators), and a pending read can be woken for shutdown.
+// from. Every read and write has a deadline, and a pending read can be woken
+// for shutdown.
+//
+// The deadline is a timer armed around each operation that cancels the
+// socket when it expires. (Racing the I/O against the timer with awaitable
+// operators costs two co_spawns and an exception per operation: the
+// cancelled loser throws.) The socket's executor must be a strand.
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -18,6 +24,9 @@ class line_stream {
   using duration = std::chrono::steady_clock::duration;
 
   explicit line_stream(tcp::socket socket);
+  ~line_stream();
+  line_stream(const line_stream&) = delete;
+  line_stream& operator=(const line_stream&) = delete;
 
   enum class status {
     ok,        // `text` holds a line
@@ -32,6 +41,9 @@ class line_stream {
     bool crlf = true;       // false: ended in a bare LF
   };
 
+  // Connects the (unopened) socket to the first endpoint that answers.
+  awaitable<boost::system::error_code> connect(const tcp::resolver::results_type& endpoints, duration timeout);
+
   // One line ending in LF, at most `max_len` bytes including the line ending.
   awaitable<line> read_line(std::size_t max_len, duration timeout);
 
@@ -42,7 +54,9 @@ class line_stream {
   status last_status() const { return last_; }
 
   // Is there input already buffered (pipelined commands waiting)?
-  bool has_buffered_input() const { return begin_ < buf_.size(); }
+  bool has_buffered_input() const { return begin_ < end_; }
+  // Gives back a large buffer once nothing is buffered (an idle session keeps little).
+  void shrink_if_idle();
 
   // Writes all of it; false on error or timeout (the stream is then closed).
   awaitable<bool> write(std::span<const asio::const_buffer> buffers, duration timeout);
@@ -54,14 +68,28 @@ class line_stream {
 
  private:
   // One read into the buffer; false when it returned nothing.
-  awaitable<bool> fill(std::chrono::steady_clock::time_point deadline);
-  std::string_view buffered() const { return std::string_view(buf_).substr(begin_); }
+  awaitable<bool> fill(std::chrono::steady_clock::time_point deadline, std::size_t want_space);
+  void make_space(std::size_t want);
+  // Arms the deadline for one operation; disarm() returns whether it expired.
+  void arm(std::chrono::steady_clock::time_point deadline);
+  bool disarm();
+  std::string_view buffered() const { return {buf_.get() + begin_, end_ - begin_}; }
 
   tcp::socket socket_;
   asio::steady_timer deadline_timer_;
+  // Shared with the timer's callback, which may run after this stream is gone.
+  struct deadline_token {
+    std::uint64_t armed = 0;  // which operation the pending callback belongs to; 0: none
+    bool expired = false;
+  };
+  std::shared_ptr<deadline_token> token_ = std::make_shared<deadline_token>();
+  std::uint64_t operations_ = 0;
   bool woken_ = false;
-  std::string buf_;
-  std::size_t begin_ = 0;  // start of unread bytes in buf_
+  // Input buffer, not a std::string: resize() would zero-fill every read.
+  std::unique_ptr<char[]> buf_;
+  std::size_t capacity_ = 0;
+  std::size_t begin_ = 0;  // unread bytes are [begin_, end_)
+  std::size_t end_ = 0;
   bool skipping_ = false;  // discarding the rest of a too-long line
   status last_ = status::ok;
 };

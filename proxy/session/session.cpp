@@ -375,7 +375,9 @@ awaitable<reply> session::on_rset(const smtp::command& cmd) {
 awaitable<void> session::reset_transaction() {
   if (upstream_ && tx_.active) co_await upstream_->reset();
   tx_ = transaction{};
-  if (message_.capacity() > (1 << 20)) std::string().swap(message_);  // do not keep a big buffer per idle session
+  // An idle session keeps no big buffers.
+  if (message_.capacity() > (1 << 20)) std::string().swap(message_);
+  client_.shrink_if_idle();
 }
 
 void session::log_transaction(const reply& outcome, std::size_t size) {

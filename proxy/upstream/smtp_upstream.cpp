@@ -96,25 +96,15 @@ class smtp_upstream final : public upstream {
       log_.error("upstream: TLS to the upstream is not supported by this build; refusing to send in clear");
       co_return smtp::reply{451, "4.7.0", "Upstream server unavailable, try again later"};
     }
-    asio::steady_timer timer(io_);
-    timer.expires_after(cfg_.timeout);
-    tcp::resolver resolver(io_);
-    tcp::socket socket(io_);
-    boost::system::error_code ec;
-    auto resolved = co_await (resolver.async_resolve(cfg_.host, cfg_.port, asio::redirect_error(asio::use_awaitable, ec)) ||
-                              timer.async_wait(asio::use_awaitable));
-    if (resolved.index() != 0 || ec) {
-      log_.warn("upstream: cannot resolve {}:{}: {}", cfg_.host, cfg_.port, ec ? ec.message() : "timed out");
+    auto endpoints = co_await resolve();
+    if (!endpoints) co_return unavailable();
+    stream_.emplace(tcp::socket(io_));
+    const auto ec = co_await stream_->connect(*endpoints, cfg_.timeout);
+    if (ec) {
+      log_.warn("upstream: cannot connect to {}:{}: {}", cfg_.host, cfg_.port, ec.message());
+      close();
       co_return unavailable();
     }
-    auto connected = co_await (asio::async_connect(socket, std::get<0>(resolved), asio::redirect_error(asio::use_awaitable, ec)) ||
-                               timer.async_wait(asio::use_awaitable));
-    if (connected.index() != 0 || ec) {
-      log_.warn("upstream: cannot connect to {}:{}: {}", cfg_.host, cfg_.port, ec ? ec.message() : "timed out");
-      co_return unavailable();
-    }
-    socket.set_option(tcp::no_delay(true), ec);
-    stream_.emplace(std::move(socket));
     auto greeting = co_await read_reply("greeting");
     if (greeting.code != 220) {
       if (stream_) log_.warn("upstream: greeting refused: {}", printable(greeting.summary()));
@@ -138,6 +128,24 @@ class smtp_upstream final : public upstream {
     }
     log_.debug("upstream: connected to {}:{}", cfg_.host, cfg_.port);
     co_return std::nullopt;
+  }
+
+  // A numeric address needs no resolver (whose thread costs more than the rest of a connect).
+  awaitable<std::optional<tcp::resolver::results_type>> resolve() {
+    boost::system::error_code ec;
+    const auto numeric = asio::ip::make_address(cfg_.host, ec);
+    const auto port = static_cast<unsigned short>(std::stoul(cfg_.port));
+    if (!ec) co_return tcp::resolver::results_type::create(tcp::endpoint(numeric, port), cfg_.host, cfg_.port);
+    asio::steady_timer timer(io_);
+    timer.expires_after(cfg_.timeout);
+    tcp::resolver resolver(io_);
+    auto resolved = co_await (resolver.async_resolve(cfg_.host, cfg_.port, asio::redirect_error(asio::use_awaitable, ec)) ||
+                              timer.async_wait(asio::use_awaitable));
+    if (resolved.index() != 0 || ec) {
+      log_.warn("upstream: cannot resolve {}: {}", cfg_.host, ec ? ec.message() : "timed out");
+      co_return std::nullopt;
+    }
+    co_return std::get<0>(resolved);
   }
 
   awaitable<smtp::reply> command(const std::string& line, const char* stage) {
