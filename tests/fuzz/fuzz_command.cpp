@@ -1,0 +1,40 @@
+// libFuzzer target: one command line (without CRLF) into parse_command, and
+// MAIL/RCPT arguments on into the path parser.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "address_invariants.hpp"
+#include "fuzz_check.hpp"
+#include "smtp/command.hpp"
+#include "smtp/text.hpp"
+
+using namespace portcullis::smtp;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string_view line(reinterpret_cast<const char*>(data), size);
+  const command cmd = parse_command(line);
+
+  // The name is the line up to the first space; the argument a tail of it.
+  FUZZ_CHECK(line.substr(0, cmd.name.size()) == cmd.name);
+  FUZZ_CHECK(cmd.name.find(' ') == std::string_view::npos);
+  FUZZ_CHECK(cmd.name.size() == line.size() || line[cmd.name.size()] == ' ');
+  FUZZ_CHECK(cmd.arg.size() <= line.size());
+  FUZZ_CHECK(line.substr(line.size() - cmd.arg.size()) == cmd.arg);
+
+  // The verb depends on the name alone, whatever its case.
+  FUZZ_CHECK(parse_command(to_upper(cmd.name)).kind == cmd.kind);
+  FUZZ_CHECK(parse_command(to_lower(cmd.name)).kind == cmd.kind);
+
+  FUZZ_CHECK(!cmd.bad_syntax || cmd.kind == verb::mail || cmd.kind == verb::rcpt);
+  if (cmd.kind == verb::mail && !cmd.bad_syntax) FUZZ_CHECK(starts_with_nocase(line, "MAIL FROM:"));
+  if (cmd.kind == verb::rcpt && !cmd.bad_syntax) FUZZ_CHECK(starts_with_nocase(line, "RCPT TO:"));
+
+  if ((cmd.kind == verb::mail || cmd.kind == verb::rcpt) && !cmd.bad_syntax) {
+    const bool reverse = cmd.kind == verb::mail;
+    portcullis::smtp::fuzz::check_path_argument(cmd.arg, reverse, false);
+    portcullis::smtp::fuzz::check_path_argument(cmd.arg, reverse, true);
+  }
+  return 0;
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs every libFuzzer target of a fuzz build for a while, each over a COPY of
+# its seed corpus in a temporary folder: the committed corpus never grows.
+# Builds nothing. Exits non-zero when any target crashes, hangs or breaks an
+# invariant; the crashing inputs are kept in BUILD_DIR/fuzz-artifacts/NAME/.
+#
+#   CXX=clang++ cmake -S . -B build-fuzz -DPORTCULLIS_PURE_ONLY=ON -DPORTCULLIS_FUZZ=ON
+#   cmake --build build-fuzz -j2
+#   tests/fuzz/run.sh build-fuzz [SECONDS_PER_TARGET]    # default 30
+set -euo pipefail
+
+if [[ $# -lt 1 || $# -gt 2 ]]; then
+  echo "usage: $0 BUILD_DIR [SECONDS_PER_TARGET]" >&2
+  exit 2
+fi
+build=$1
+seconds=${2:-30}
+if ! [[ $seconds =~ ^[0-9]+$ ]] || ((seconds < 1)); then
+  echo "$0: SECONDS_PER_TARGET must be a positive integer, not '$seconds'" >&2
+  exit 2
+fi
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+targets=(fuzz_command fuzz_address fuzz_dot_decoder)
+per_input_timeout=10  # seconds; longer is a hang, reported as a failure
+
+for target in "${targets[@]}"; do
+  if [[ ! -x $build/tests/$target ]]; then
+    echo "$0: no $build/tests/$target (configure with -DPORTCULLIS_FUZZ=ON and build)" >&2
+    exit 2
+  fi
+done
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-fuzz.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+failed=()
+for target in "${targets[@]}"; do
+  name=${target#fuzz_}
+  corpus=$work/$name
+  artifacts=$(cd "$build" && pwd)/fuzz-artifacts/$name
+  mkdir -p "$corpus" "$artifacts"
+  cp -R "$here/corpus/$name/." "$corpus/"
+  log=$work/$name.log
+
+  echo "== $target: ${seconds}s over a copy of tests/fuzz/corpus/$name ($(find "$corpus" -type f | wc -l) seeds)"
+  if "$build/tests/$target" -max_total_time="$seconds" -timeout="$per_input_timeout" \
+      -dict="$here/smtp.dict" -artifact_prefix="$artifacts/" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
+    grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true
+    grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
+  else
+    failed+=("$target")
+    echo "!! $target failed; the end of its log:" >&2
+    tail -n 40 "$log" >&2
+    echo "!! inputs kept in $artifacts" >&2
+  fi
+done
+
+if ((${#failed[@]})); then
+  echo "FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "all fuzz targets ran clean"
