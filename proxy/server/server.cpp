@@ -54,8 +54,8 @@ int server::run() {
       a.listen(asio::socket_base::max_listen_connections);
       acceptors_.push_back(std::move(a));
       spdlog::info("listening on {}", l);
-    } catch (const std::exception& e) {
-      spdlog::critical("cannot listen on {}: {}", l, e.what());
+    } catch (const boost::system::system_error& e) {
+      spdlog::critical("cannot listen on {}: {}", l, e.code().message());
       return 1;
     }
   }

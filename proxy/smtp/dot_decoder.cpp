@@ -1,6 +1,27 @@
 #include "smtp/dot_decoder.hpp"
 
+#include <cstring>
+
 namespace portcullis::smtp {
+
+namespace {
+
+// End of the plain text starting at `from`: the first CR, LF or NUL, or the
+// end of input. memchr is vectorised, so long lines cost a few instructions
+// per 32 bytes instead of three compares per byte.
+std::size_t text_run_end(std::string_view in, std::size_t from) {
+  const char* begin = in.data() + from;
+  const char* end = in.data() + in.size();
+  const char* cr = static_cast<const char*>(std::memchr(begin, '\r', static_cast<std::size_t>(end - begin)));
+  if (cr) end = cr;
+  for (char stop : {'\n', '\0'}) {
+    const char* p = static_cast<const char*>(std::memchr(begin, stop, static_cast<std::size_t>(end - begin)));
+    if (p) end = p;
+  }
+  return static_cast<std::size_t>(end - in.data());
+}
+
+}  // namespace
 
 void dot_decoder::emit(std::string& out, std::string_view bytes) {
   size_ += bytes.size();
@@ -24,8 +45,7 @@ std::size_t dot_decoder::feed(std::string_view in, std::string& out) {
         state_ = state::mid_line;
         continue;  // the same byte, judged as text
       case state::mid_line: {
-        std::size_t run = i;
-        while (run < in.size() && in[run] != '\r' && in[run] != '\n' && in[run] != '\0') ++run;
+        const std::size_t run = text_run_end(in, i);
         if (run > i) {
           emit(out, in.substr(i, run - i));
           i = run;
