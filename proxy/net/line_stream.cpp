@@ -1,7 +1,11 @@
 #include "net/line_stream.hpp"
 
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <vector>
 
 namespace portcullis {
 
@@ -33,6 +37,14 @@ bool line_stream::disarm() {
   token_->armed = 0;
   deadline_timer_.cancel();
   return token_->expired;
+}
+
+bool line_stream::peer_gone() {
+  if (has_buffered_input()) return true;
+  char byte;
+  const ssize_t n = ::recv(socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK;
+  return true;  // 0: closed; 1: unsolicited data
 }
 
 void line_stream::wake() {
@@ -160,14 +172,29 @@ awaitable<std::string_view> line_stream::read_some(duration timeout) {
 }
 
 awaitable<bool> line_stream::write(std::span<const asio::const_buffer> buffers, duration timeout) {
-  boost::system::error_code ec;
-  arm(std::chrono::steady_clock::now() + timeout);
-  const std::size_t n = co_await asio::async_write(socket_, buffers, asio::redirect_error(asio::use_awaitable, ec));
-  (void)n;
-  const bool expired = disarm();
-  if (expired || ec) {
-    close();
-    co_return false;
+  // The deadline is per step, not for the whole write (RFC 5321 §4.5.3.2):
+  // a peer that reads steadily gets a big message however long it takes.
+  std::vector<asio::const_buffer> pending(buffers.begin(), buffers.end());
+  std::size_t first = 0;  // pending[first..] is still to go
+  while (first < pending.size()) {
+    constexpr std::size_t max_iov = 64;  // well under IOV_MAX
+    const auto batch = std::span(pending).subspan(first, std::min(max_iov, pending.size() - first));
+    boost::system::error_code ec;
+    arm(std::chrono::steady_clock::now() + timeout);
+    std::size_t n = co_await socket_.async_write_some(batch, asio::redirect_error(asio::use_awaitable, ec));
+    const bool expired = disarm();
+    if (expired || ec) {
+      last_ = expired ? status::timeout : status::eof;
+      close();
+      co_return false;
+    }
+    while (n > 0 && first < pending.size()) {
+      const std::size_t take = std::min(n, pending[first].size());
+      pending[first] += take;
+      n -= take;
+      if (pending[first].size() == 0) ++first;
+    }
+    while (first < pending.size() && pending[first].size() == 0) ++first;
   }
   co_return true;
 }

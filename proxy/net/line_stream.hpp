@@ -41,6 +41,10 @@ class line_stream {
     bool crlf = true;       // false: ended in a bare LF
   };
 
+  // Has the peer closed, or said something unasked (an idle-timeout 421),
+  // while we were not reading? For a connection about to be reused.
+  bool peer_gone();
+
   // Connects the (unopened) socket to the first endpoint that answers.
   awaitable<boost::system::error_code> connect(const tcp::resolver::results_type& endpoints, duration timeout);
 
@@ -58,7 +62,8 @@ class line_stream {
   // Gives back a large buffer once nothing is buffered (an idle session keeps little).
   void shrink_if_idle();
 
-  // Writes all of it; false on error or timeout (the stream is then closed).
+  // Writes all of it; false on error or when one step makes no progress
+  // within `timeout` (last_status() tells which; the stream is then closed).
   awaitable<bool> write(std::span<const asio::const_buffer> buffers, duration timeout);
   awaitable<bool> write(std::string_view bytes, duration timeout);
 

@@ -225,11 +225,14 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
       co_return bad_syntax("Duplicate parameter " + p.keyword);
     seen.push_back(p.keyword);
     if (p.keyword == "SIZE") {  // RFC 1870 §6
+      // size-value = 1*20DIGIT: twenty digits may overflow 64 bits, and are then simply too big.
       std::uint64_t size = 0;
+      const bool digits = !p.value.empty() && p.value.size() <= 20 &&
+                          p.value.find_first_not_of("0123456789") == std::string::npos;
+      if (!digits) co_return bad_syntax("Bad SIZE value");
       const auto [end, ec] = std::from_chars(p.value.data(), p.value.data() + p.value.size(), size);
-      if (ec != std::errc{} || end != p.value.data() + p.value.size() || p.value.size() > 20)
-        co_return bad_syntax("Bad SIZE value");
-      if (size > s.max_message_size) co_return reply{552, "5.3.4", "Message size exceeds fixed maximum message size"};
+      if (ec == std::errc::result_out_of_range || size > s.max_message_size)
+        co_return reply{552, "5.3.4", "Message size exceeds fixed maximum message size"};
       options.size = size;
     } else if (p.keyword == "BODY") {  // RFC 6152 §2
       if (smtp::equals_nocase(p.value, "8BITMIME"))

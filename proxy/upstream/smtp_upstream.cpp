@@ -28,6 +28,22 @@ class smtp_upstream final : public upstream {
       : cfg_(cfg.upstream), log_(log), io_(std::move(io)) {}
 
   awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) override {
+    // A kept connection the upstream closed while idle (its own timeout) is
+    // replaced; and if it dies at this very MAIL, we try once more on a fresh
+    // one: nothing of the transaction has reached the upstream yet.
+    if (stream_ && stream_->peer_gone()) {
+      log_.info("upstream: idle connection closed by the upstream; reconnecting");
+      close();
+    }
+    for (int attempt = 0;; ++attempt) {
+      const bool reused = stream_.has_value();
+      auto r = co_await mail_once(sender, options);
+      if (reused && !stream_ && attempt == 0) continue;
+      co_return r;
+    }
+  }
+
+  awaitable<smtp::reply> mail_once(const smtp::address& sender, const mail_options& options) {
     if (!stream_) {
       auto failure = co_await connect();
       if (failure) co_return *failure;
@@ -67,7 +83,7 @@ class smtp_upstream final : public upstream {
     buffers.emplace_back(header.data(), header.size());
     for (auto p : pieces) buffers.emplace_back(p.data(), p.size());
     const bool written = co_await stream_->write(buffers, cfg_.timeout);
-    if (!written) co_return fail("write failed while sending the message", false);
+    if (!written) co_return fail(write_failure("sending the message"), false);
     auto r = co_await read_reply("end of data");
     in_transaction_ = false;
     co_return r;
@@ -151,7 +167,7 @@ class smtp_upstream final : public upstream {
   awaitable<smtp::reply> command(const std::string& line, const char* stage) {
     const std::string wire = line + "\r\n";
     const bool written = co_await stream_->write(std::string_view(wire), cfg_.timeout);
-    if (!written) co_return fail(std::string("write failed at ") + stage, false);
+    if (!written) co_return fail(write_failure(stage), false);
     auto r = co_await read_reply(stage);
     co_return r;
   }
@@ -182,6 +198,10 @@ class smtp_upstream final : public upstream {
       }
     }
     co_return fail(std::string("too many reply lines to ") + stage, true);
+  }
+
+  std::string write_failure(const std::string& stage) const {
+    return (stream_->last_status() == line_stream::status::timeout ? "write timed out at " : "write failed at ") + stage;
   }
 
   smtp::reply fail(const std::string& why, bool protocol_error) {

@@ -231,8 +231,6 @@ def test_size_param_at_the_limit_accepted(start_daemon, aiosmtpd_upstream):
         c.exchange("MAIL FROM:<a@example.test> SIZE=10001", 552, "5.3.4")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a 20-digit SIZE (valid per RFC 1870 size-value = 1*20DIGIT) that overflows "
-                   "uint64 gets 501 5.5.4 'Bad SIZE value' instead of 552 5.3.4")
 def test_size_param_of_twenty_digits_is_too_big_not_bad_syntax(start_daemon, fake_upstream):
     d = start_daemon(fake_upstream().url, server={"max_message_size": 10000})
     with d.connect() as c:

@@ -160,9 +160,6 @@ def test_upstream_recovers_after_restart_of_a_dead_port(start_daemon, fake_upstr
     assert env["rcpt_tos"] == [R1]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an upstream connection closed by the upstream between two transactions "
-                   "(its idle timeout) is reused for the next MAIL: the client gets the stale 421 (and is "
-                   "disconnected) or 451 4.4.1, instead of the proxy reconnecting")
 @pytest.mark.parametrize(
     "goodbye",
     ["250 2.0.0 Ok: queued as IDLE1\r\n421 4.4.2 fake.upstream Error: timeout exceeded|close",
@@ -187,9 +184,6 @@ def test_upstream_closed_between_transactions_is_reconnected(start_daemon, fake_
     assert up.wait_for(lambda: len(up.messages) == 2)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: upstream.timeout bounds the whole write of the message to the upstream, "
-                   "not each step: a big message to an upstream that reads steadily but takes longer than "
-                   "the timeout in total fails with 451 4.4.1 ('write failed while sending the message')")
 def test_slow_but_steady_upstream_gets_a_big_message(start_daemon, fake_upstream):
     """RFC 5321 §4.5.3.2.5/6: the DATA timeouts are per block sent and for the
     final reply; progress resets them. The upstream here reads ~8 MB/s, so the
