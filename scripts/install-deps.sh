@@ -12,6 +12,7 @@ BUILD_PACKAGES=(
 TEST_PACKAGES=(
   libgtest-dev clang libclang-rt-14-dev   # table tests, libFuzzer, ASan/UBSan
   python3-pytest python3-aiosmtpd swaks
+  postfix                                 # smtp-source/smtp-sink; a real upstream
 )
 
 BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools
