@@ -1,0 +1,12 @@
+// The functions of the `_portcullis_core` Python module that are the same in
+// the daemon (embedded) and in plain Python (the extension module that
+// policy unit tests import): the validators, so both enforce one set of rules.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace portcullis::bindings {
+
+void define_core(pybind11::module_& m);
+
+}  // namespace portcullis::bindings

@@ -1,0 +1,45 @@
+#include "smtp/message_check.hpp"
+
+namespace portcullis::smtp {
+
+bool is_valid_header_name(std::string_view name) {
+  if (name.empty()) return false;
+  for (unsigned char c : name)
+    if (c < 33 || c > 126 || c == ':') return false;
+  return true;
+}
+
+bool is_valid_header_value(std::string_view value) {
+  return value.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
+}
+
+std::optional<std::string> message_problem(std::string_view message) {
+  bool in_header = true;
+  std::size_t line_no = 0;
+  std::size_t pos = 0;
+  while (pos < message.size()) {
+    ++line_no;
+    const auto crlf = message.find("\r\n", pos);
+    const std::string_view line = message.substr(pos, crlf == std::string_view::npos ? std::string_view::npos : crlf - pos);
+    if (crlf == std::string_view::npos && line.empty()) break;
+    if (line.find_first_of(std::string_view("\r\n", 2)) != std::string_view::npos)
+      return "bare CR or LF on line " + std::to_string(line_no);
+    if (line.find('\0') != std::string_view::npos) return "NUL on line " + std::to_string(line_no);
+    if (in_header) {
+      if (line.empty()) {
+        in_header = false;
+      } else if (line.front() == ' ' || line.front() == '\t') {
+        if (line_no == 1) return "the message starts with a continuation line";
+      } else {
+        const auto colon = line.find(':');
+        if (colon == std::string_view::npos || !is_valid_header_name(line.substr(0, colon)))
+          return "malformed header on line " + std::to_string(line_no);
+      }
+    }
+    if (crlf == std::string_view::npos) break;  // a last line without CRLF gets one on the wire
+    pos = crlf + 2;
+  }
+  return std::nullopt;
+}
+
+}  // namespace portcullis::smtp

@@ -1,0 +1,23 @@
+// Checks of what a policy hands back before it may reach the wire:
+// header fields (RFC 5322 §2.2, §3.6.8) and whole messages (RFC 5321 §2.3.8:
+// CRLF only). Pure; shared by the daemon and the Python module.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace portcullis::smtp {
+
+// field-name = 1*ftext; ftext = %d33-57 / %d59-126 (printable, no colon)
+bool is_valid_header_name(std::string_view name);
+
+// An unfolded value: no CR, LF or NUL (folding is ours to add).
+bool is_valid_header_value(std::string_view value);
+
+// The whole message: CRLF line endings only, no NUL, and a header section of
+// "name: value" lines (with CRLF+WSP folding) up to the first empty line.
+// Returns what is wrong, or nothing.
+std::optional<std::string> message_problem(std::string_view message);
+
+}  // namespace portcullis::smtp
