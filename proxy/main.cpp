@@ -5,6 +5,7 @@
 
 #include "config/config.hpp"
 #include "log.hpp"
+#include "policy/python_engine.hpp"
 #include "server/server.hpp"
 
 namespace {
@@ -26,7 +27,6 @@ std::vector<std::string> unsupported(const portcullis::config& cfg) {
     out.push_back(f + "server.require_tls/require_auth: not supported by this build yet");
   if (cfg.server.proxy_protocol) out.push_back(f + "server.proxy_protocol: not supported by this build yet");
   if (cfg.relay.enabled) out.push_back(f + "[relay]: relay control is not supported by this build yet");
-  if (!cfg.policy.files.empty()) out.push_back(f + "policy.files: Python policies are not supported by this build yet");
   return out;
 }
 
@@ -56,13 +56,27 @@ int main(int argc, char** argv) {
   const bool check_only = std::strcmp(argv[1], "--check-config") == 0;
   auto cfg = load_or_report(argv[2]);
   if (!cfg) return 1;
+  portcullis::init_logging();
   if (check_only) {
+    // Loading every policy is part of the check: a policy that does not import fails it.
+    if (!cfg->policy.files.empty()) {
+      try {
+        portcullis::python_engine engine(*cfg);
+      } catch (const std::exception& e) {
+        std::cerr << argv[2] << ": policy.files: " << e.what() << "\n";
+        return 1;
+      }
+    }
     std::cout << argv[2] << ": ok\n";
     return 0;
   }
   std::signal(SIGPIPE, SIG_IGN);
-  portcullis::init_logging();
   spdlog::info("portcullis {} starting as {}", PORTCULLIS_VERSION, cfg->server.hostname);
-  portcullis::server daemon(std::move(cfg));
-  return daemon.run();
+  try {
+    portcullis::server daemon(std::move(cfg));
+    return daemon.run();
+  } catch (const std::exception& e) {
+    spdlog::critical("cannot start: {}", e.what());
+    return 1;
+  }
 }

@@ -226,6 +226,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
       for (const auto& f : files) cfg->policy.files.push_back(base / f);
       t.get_seconds("timeout", cfg->policy.timeout);
       t.get("on_error", cfg->policy.on_error);
+      t.get_count("threads", cfg->policy.threads);
       if (cfg->policy.on_error != "tempfail" && cfg->policy.on_error != "accept")
         t.problem_at("on_error", "policy.on_error must be \"tempfail\" or \"accept\"");
     });

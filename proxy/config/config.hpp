@@ -65,6 +65,7 @@ struct policy_config {
   std::vector<std::filesystem::path> files;
   std::chrono::seconds timeout{10};
   std::string on_error = "tempfail";
+  unsigned threads = 16;  // for plain (sync) hooks; async hooks share one event loop
 };
 
 struct checks_config {

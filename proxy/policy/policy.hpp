@@ -3,6 +3,10 @@
 // runs hooks on its own threads and resumes the session on its strand).
 // check -> policy -> proceed: the session validates syntax and sequence
 // first, asks the policy second, and only then changes state.
+//
+// A policy may also rewrite: the sender and recipients in `tx`, the
+// recipient being added, and the message. Whatever it hands back has been
+// validated before the session sees it.
 #pragma once
 
 #include <string_view>
@@ -17,12 +21,15 @@ namespace portcullis {
 struct verdict {
   enum class kind {
     next,      // no opinion: proceed (relay to the upstream)
-    accept,    // proceed; `reply` text, if any, replaces ours
+    accept,    // proceed; a non-empty reply text replaces the upstream's on success
     reject,    // `reply` (5xx) goes to the client, nothing upstream
     tempfail,  // `reply` (4xx) goes to the client, nothing upstream
+    discard,   // rcpt: accept but do not deliver to it; data: accept and deliver nothing
+    redirect,  // rcpt: accept and deliver to `redirect_to` instead
   };
   kind what = kind::next;
   smtp::reply reply;
+  std::vector<smtp::address> redirect_to;
 
   bool stops() const { return what == kind::reject || what == kind::tempfail; }
 };

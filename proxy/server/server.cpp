@@ -5,6 +5,8 @@
 #include <thread>
 
 #include "log.hpp"
+#include "policy/python_engine.hpp"
+#include "policy/python_policy.hpp"
 #include "session/session.hpp"
 
 namespace portcullis {
@@ -38,7 +40,14 @@ asio::ip::address client_key(const asio::ip::address& a) {
 }  // namespace
 
 server::server(std::shared_ptr<const config> cfg)
-    : ctx_(std::move(cfg), std::make_shared<upstream_decides>()), signals_(io_, SIGINT, SIGTERM, SIGHUP) {}
+    : engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
+      ctx_(cfg, make_policy(*cfg)),
+      signals_(io_, SIGINT, SIGTERM, SIGHUP) {}
+
+std::shared_ptr<policy> server::make_policy(const config& cfg) {
+  if (cfg.policy.files.empty()) return std::make_shared<upstream_decides>();
+  return std::make_shared<python_policy>(engine_, cfg);
+}
 
 server::~server() = default;
 
@@ -175,16 +184,47 @@ awaitable<void> server::handle_signals() {
 
 void server::reload() {
   const auto old = ctx_.current_config();
+  std::shared_ptr<const config> fresh;
   try {
-    auto fresh = load_config(old->file);
-    if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
-      spdlog::warn("reload: listen addresses changed; they take effect on restart");
-    ctx_.replace(std::move(fresh), ctx_.current_policy());
-    spdlog::info("reload: {} reloaded; new sessions use it", old->file.string());
+    fresh = load_config(old->file);
   } catch (const config_error& e) {
     for (const auto& p : e.problems()) spdlog::error("reload: {}", p);
     spdlog::error("reload: keeping the running configuration");
+    return;
   }
+  if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
+    spdlog::warn("reload: listen addresses changed; they take effect on restart");
+  auto swap_in = [this, fresh] {
+    ctx_.replace(fresh, make_policy(*fresh));
+    spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
+  };
+  if (fresh->policy.files.empty()) {
+    swap_in();
+    return;
+  }
+  if (!engine_) {
+    // Policies where there were none: the interpreter starts now (this
+    // thread waits for the import; a restart avoids that).
+    try {
+      engine_ = std::make_shared<python_engine>(*fresh);
+    } catch (const std::exception& e) {
+      spdlog::error("reload: policies did not load, keeping the running configuration: {}", e.what());
+      return;
+    }
+    swap_in();
+    return;
+  }
+  // Sessions in progress keep the policies they started with; the policy
+  // thread loads the new ones and we swap only if that worked.
+  engine_->reload(*fresh, [this, swap_in](std::optional<std::string> error) {
+    asio::post(io_, [error = std::move(error), swap_in] {
+      if (error) {
+        spdlog::error("reload: policies did not load, keeping the running ones and configuration: {}", *error);
+        return;
+      }
+      swap_in();
+    });
+  });
 }
 
 awaitable<void> server::drain() {

@@ -13,6 +13,7 @@
 namespace portcullis {
 
 class session;
+class python_engine;
 
 class server {
  public:
@@ -27,10 +28,12 @@ class server {
   awaitable<void> drain();
   awaitable<void> refuse(tcp::socket socket, std::string reason);
   void reload();
+  std::shared_ptr<policy> make_policy(const config& cfg);
   bool admit(const asio::ip::address& client, std::string& why);
   void release(const asio::ip::address& client, const std::string& id);
 
   asio::io_context io_;
+  std::shared_ptr<python_engine> engine_;  // only with [policy] files; before ctx_, which uses it
   server_context ctx_;
   std::vector<tcp::acceptor> acceptors_;
   asio::signal_set signals_;

@@ -22,6 +22,12 @@ reply bad_sequence(std::string text) { return {503, "5.5.1", std::move(text)}; }
 reply bad_syntax(std::string text) { return {501, "5.5.4", std::move(text)}; }
 reply upstream_lost() { return {451, "4.4.1", "Upstream connection lost, try again later"}; }
 
+// pc.accept(text): on success the client reads the policy's text with the upstream's code.
+reply with_policy_text(reply r, const verdict& v) {
+  if (v.what == verdict::kind::accept && r.positive() && !v.reply.text().empty()) r.lines = v.reply.lines;
+  return r;
+}
+
 constexpr std::chrono::seconds goodbye_timeout{10};  // writing the last reply to a client that left
 constexpr std::uint64_t max_size_hint = 4 << 20;     // most we reserve up front from MAIL SIZE=
 
@@ -89,7 +95,8 @@ awaitable<void> session::run() {
     queue(v.reply);
     closing_ = true;
   } else {
-    queue(reply{220, "", s.hostname + " ESMTP Portcullis"});
+    const bool own_text = v.what == verdict::kind::accept && !v.reply.text().empty();
+    queue(reply{220, "", s.hostname + " " + (own_text ? v.reply.text() : "ESMTP Portcullis")});
   }
 
   while (!closing_) {
@@ -250,17 +257,19 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   tx_ = transaction{};
   tx_.id = conn_.id + "." + std::to_string(++conn_.transactions);
   tx_.sender = parsed.value->addr;
+  tx_.sender_params = parsed.value->params;
   tx_.options = options;
   auto v = co_await policy_->on_mail(conn_, tx_);
   if (v.stops()) {
     tx_ = transaction{};
     co_return v.reply;
   }
-  // proceed: the upstream's own reply goes to the client
+  // proceed: the upstream's own reply goes to the client (with the sender a policy may have rewritten)
   auto upstream_reply = co_await upstream_connection().mail(tx_.sender, tx_.options);
-  auto r = smtp::with_status(std::move(upstream_reply), "2.1.0");
+  auto r = with_policy_text(smtp::with_status(std::move(upstream_reply), "2.1.0"), v);
   if (r.positive()) {
     tx_.active = true;
+    tx_.upstream_sender = tx_.sender;
     log_.debug("transaction {} from=<{}>", tx_.id, printable(tx_.sender.str()));
   } else {
     log_.info("MAIL FROM:<{}> refused: {}", printable(tx_.sender.str()), printable(r.summary()));
@@ -290,11 +299,36 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
     ++tx_.rejected_recipients;
     co_return v.reply;
   }
-  auto upstream_reply = co_await upstream_connection().rcpt(rcpt);
-  auto r = smtp::with_status(std::move(upstream_reply), "2.1.5");
+  if (v.what == verdict::kind::discard) {
+    // Accepted, never delivered: the client must not learn the difference.
+    ++tx_.accepted_recipients;
+    log_.info("RCPT TO:<{}> discarded by policy", printable(rcpt.str()));
+    co_return reply{250, "2.1.5", "Ok"};
+  }
+  // A redirect delivers to its targets instead; each goes upstream in turn.
+  const std::vector<smtp::address> targets =
+      v.what == verdict::kind::redirect ? v.redirect_to : std::vector<smtp::address>{rcpt};
+  const std::size_t delivered_before = tx_.recipients.size();
+  reply r;
+  for (const auto& target : targets) {
+    if (std::find(tx_.recipients.begin(), tx_.recipients.end(), target) != tx_.recipients.end()) {
+      r = reply{250, "2.1.5", "Ok"};  // already a recipient: delivered once
+      continue;
+    }
+    auto upstream_reply = co_await upstream_connection().rcpt(target);
+    r = smtp::with_status(std::move(upstream_reply), "2.1.5");
+    if (!r.positive()) break;
+    tx_.recipients.push_back(target);
+    tx_.upstream_recipients.push_back(target);
+  }
+  r = with_policy_text(std::move(r), v);
   if (r.positive()) {
-    tx_.recipients.push_back(std::move(rcpt));
+    ++tx_.accepted_recipients;
+    if (v.what == verdict::kind::redirect) log_.info("RCPT TO:<{}> redirected by policy", printable(rcpt.str()));
   } else {
+    // Targets of a failed redirect that the upstream took are not delivered:
+    // the envelope is redone before DATA.
+    tx_.recipients.resize(std::min(tx_.recipients.size(), delivered_before));
     ++tx_.rejected_recipients;
     log_.info("RCPT TO:<{}> refused: {}", printable(rcpt.str()), printable(r.summary()));
     // The upstream went away: the rest of this transaction cannot go through.
@@ -307,7 +341,7 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
   if (!tx_.active) co_return bad_sequence("Need MAIL before DATA");
   if (!cmd.arg.empty()) co_return bad_syntax("Syntax: DATA");
   // RFC 2920 §3.1: with pipelining, DATA after only failed RCPTs gets 554.
-  if (tx_.recipients.empty()) co_return reply{554, "5.5.1", "No valid recipients"};
+  if (tx_.accepted_recipients == 0) co_return reply{554, "5.5.1", "No valid recipients"};
   if (tx_.upstream_lost) {
     co_await reset_transaction();
     co_return upstream_lost();
@@ -363,10 +397,43 @@ awaitable<std::optional<reply>> session::receive_message() {
 awaitable<reply> session::deliver() {
   auto v = co_await policy_->on_data(conn_, tx_, message_);
   if (v.stops()) co_return v.reply;
+  if (v.what == verdict::kind::discard) {
+    log_.info("message discarded by policy");
+    co_return reply{250, "2.0.0", "Ok: discarded"};
+  }
+  if (tx_.recipients.empty()) {
+    log_.info("every recipient was discarded by policy; nothing to deliver");
+    co_return reply{250, "2.0.0", "Ok: discarded"};
+  }
+  auto refused = co_await sync_upstream_envelope();
+  if (refused) co_return *refused;
   const std::string header = received_header(conn_, tx_, cfg_->server.hostname, std::time(nullptr));
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
   auto upstream_reply = co_await upstream_connection().data(header, message_);
-  co_return smtp::with_status(std::move(upstream_reply), "2.0.0");
+  co_return with_policy_text(smtp::with_status(std::move(upstream_reply), "2.0.0"), v);
+}
+
+awaitable<std::optional<reply>> session::sync_upstream_envelope() {
+  if (tx_.sender == tx_.upstream_sender && tx_.recipients == tx_.upstream_recipients) co_return std::nullopt;
+  // A policy changed what the upstream was given: it gets the final envelope
+  // in a fresh transaction. Any refusal now is the client's answer to its DATA.
+  log_.info("envelope rewritten by policy: from=<{}> to={}; redoing the upstream transaction",
+            printable(tx_.sender.str()), printable(join_recipients(tx_.recipients), 2000));
+  auto& up = upstream_connection();
+  co_await up.reset();
+  tx_.upstream_recipients.clear();
+  auto mail_reply = co_await up.mail(tx_.sender, tx_.options);
+  if (!mail_reply.positive()) co_return smtp::with_status(std::move(mail_reply), "2.1.0");
+  tx_.upstream_sender = tx_.sender;
+  for (const auto& r : tx_.recipients) {
+    auto rcpt_reply = co_await up.rcpt(r);
+    if (!rcpt_reply.positive()) {
+      log_.info("rewritten recipient <{}> refused: {}", printable(r.str()), printable(rcpt_reply.summary()));
+      co_return smtp::with_status(std::move(rcpt_reply), "2.1.5");
+    }
+    tx_.upstream_recipients.push_back(r);
+  }
+  co_return std::nullopt;
 }
 
 awaitable<reply> session::on_rset(const smtp::command& cmd) {

@@ -43,6 +43,9 @@ class session : public std::enable_shared_from_this<session> {
   // Reads the message after 354; nullopt when the session must end (timeout, lost client).
   awaitable<std::optional<reply>> receive_message();
   awaitable<reply> deliver();
+  // Redoes the upstream transaction when policies changed the envelope after
+  // it went upstream; returns the upstream's refusal, if any.
+  awaitable<std::optional<reply>> sync_upstream_envelope();
   awaitable<void> reset_transaction();
   upstream& upstream_connection();
 

@@ -12,6 +12,8 @@
 
 namespace portcullis {
 
+using esmtp_param_list = std::vector<smtp::esmtp_param>;
+
 struct connection_state {
   std::string id;              // session id, in every log line
   tcp::endpoint client;        // the real client (after a PROXY header, once that exists)
@@ -25,9 +27,17 @@ struct connection_state {
 struct transaction {
   bool active = false;         // MAIL was accepted (by policy and upstream)
   std::string id;              // "<session id>.<n>": Received id, log lines
+  // The envelope to deliver: policies may rewrite both.
   smtp::address sender;
+  esmtp_param_list sender_params;      // as the client gave them (for policies)
   mail_options options;
-  std::vector<smtp::address> recipients;  // accepted: these will be delivered
+  std::vector<smtp::address> recipients;
+  // What the upstream was actually given in this transaction. When it differs
+  // from the envelope above (a policy rewrote it), the upstream transaction is
+  // redone before DATA.
+  smtp::address upstream_sender;
+  std::vector<smtp::address> upstream_recipients;
+  std::size_t accepted_recipients = 0;  // RCPTs the client got a 2xx for (discarded ones too)
   std::size_t rejected_recipients = 0;
   bool upstream_lost = false;  // the upstream failed mid-transaction: nothing more goes through
 };

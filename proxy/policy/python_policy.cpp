@@ -1,0 +1,202 @@
+#include "policy/python_policy.hpp"
+
+#include "log.hpp"
+#include "session/received_header.hpp"
+#include "smtp/message_check.hpp"
+#include "smtp/text.hpp"
+
+namespace portcullis {
+
+namespace {
+
+// Python enforces policy.timeout per hook; this is the backstop for a policy
+// thread that cannot answer at all (a hook spinning in C with the GIL held).
+constexpr std::chrono::seconds safety_margin{5};
+
+policy_job base_job(const char* stage, const connection_state& conn) {
+  policy_job j;
+  j.stage = stage;
+  j.session_id = conn.id;
+  const auto& a = conn.client.address();
+  j.client_ip = (a.is_v6() && a.to_v6().is_v4_mapped())
+                    ? asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).to_string()
+                    : a.to_string();
+  j.client_port = conn.client.port();
+  j.helo = conn.helo;
+  j.tls = conn.tls;
+  j.auth_user = conn.auth_user;
+  return j;
+}
+
+void add_transaction(policy_job& j, const transaction& tx) {
+  j.has_tx = true;
+  j.tx_id = tx.id;
+  j.sender = tx.sender.str();
+  j.sender_params = tx.sender_params;
+  for (const auto& r : tx.recipients) j.recipients.push_back(r.str());
+}
+
+std::optional<smtp::address> address_from(const std::string& s, bool utf8, bool null_ok) {
+  if (s.empty()) return null_ok ? std::optional(smtp::address{}) : std::nullopt;
+  if (smtp::equals_nocase(s, "postmaster") && !null_ok) return smtp::address{s, ""};
+  auto a = smtp::parse_mailbox(s, utf8);
+  if (!a || !smtp::is_valid_address(*a, utf8)) return std::nullopt;
+  return a;
+}
+
+// A reply a policy may give: the right class, a matching enhanced status, clean text.
+bool valid_reply(int code, const std::string& status, const std::optional<std::string>& text, char cls) {
+  if (code / 100 != cls - '0' || code % 100 > 99) return false;
+  if (!smtp::is_enhanced_status(status) || status[0] != cls) return false;
+  return !text || (text->size() <= 512 && smtp::is_safe_reply_text(*text) && smtp::is_valid_utf8(*text));
+}
+
+}  // namespace
+
+python_policy::python_policy(std::shared_ptr<python_engine> engine, const config& cfg)
+    : engine_(std::move(engine)),
+      safety_timeout_(cfg.policy.timeout * static_cast<long>(std::max<std::size_t>(1, cfg.policy.files.size())) +
+                      safety_margin),
+      accept_on_error_(cfg.policy.on_error == "accept") {}
+
+awaitable<policy_result> python_policy::run(policy_job job) {
+  // One waiter per job: the engine's answer and the backstop timer race on
+  // the session's strand; the first to arrive resumes the session.
+  auto ex = co_await asio::this_coro::executor;
+  auto result = co_await asio::async_initiate<const asio::use_awaitable_t<>, void(policy_result)>(
+      [&](auto handler) {
+        using handler_t = decltype(handler);
+        struct waiter {
+          explicit waiter(handler_t h, asio::any_io_executor e) : handler(std::move(h)), timer(e) {}
+          handler_t handler;
+          asio::steady_timer timer;
+          bool done = false;
+          void finish(policy_result r) {
+            if (done) return;
+            done = true;
+            timer.cancel();
+            std::move(handler)(std::move(r));
+          }
+        };
+        auto w = std::make_shared<waiter>(std::move(handler), ex);
+        w->timer.expires_after(safety_timeout_);
+        w->timer.async_wait([w](boost::system::error_code ec) {
+          if (ec) return;
+          policy_result r;
+          r.error = "no answer from the policy engine in time";
+          w->finish(std::move(r));
+        });
+        engine_->submit(std::move(job), [w, ex](policy_result r) {
+          asio::post(ex, [w, r = std::move(r)]() mutable { w->finish(std::move(r)); });
+        });
+      },
+      asio::use_awaitable);
+  co_return result;
+}
+
+verdict python_policy::failure(const connection_state& conn, const std::string& stage, const std::string& why) const {
+  session_log(conn.id).error("policy error in {}: {}", stage, why);
+  if (accept_on_error_) return verdict{};
+  return verdict{verdict::kind::tempfail, smtp::reply{451, "4.3.0", "Temporary policy failure, try again later"}, {}};
+}
+
+verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result result,
+                              transaction* tx, std::string* message) {
+  if (result.error) return failure(conn, stage, *result.error);
+  const bool utf8 = tx && tx->options.smtputf8;
+  // Rewrites first: they accumulate whatever the verdict.
+  if (tx && result.sender) {
+    auto s = address_from(*result.sender, utf8, true);
+    if (!s) return failure(conn, stage, "invalid sender from policy: " + printable(*result.sender));
+    tx->sender = *s;
+  }
+  if (tx && result.recipients) {
+    std::vector<smtp::address> rcpts;
+    for (const auto& r : *result.recipients) {
+      auto a = address_from(r, utf8, false);
+      if (!a) return failure(conn, stage, "invalid recipient from policy: " + printable(r));
+      rcpts.push_back(std::move(*a));
+    }
+    tx->recipients = std::move(rcpts);
+  }
+  if (message && result.message) {
+    if (auto problem = smtp::message_problem(*result.message))
+      return failure(conn, stage, "invalid message from policy: " + *problem);
+    *message = std::move(*result.message);
+  }
+
+  verdict v;
+  const auto& k = result.verdict;
+  if (k.empty()) return v;
+  if (k == "accept") {
+    if (result.text && (!smtp::is_safe_reply_text(*result.text) || result.text->size() > 512))
+      return failure(conn, stage, "invalid accept text");
+    v.what = verdict::kind::accept;
+    if (result.text) v.reply = smtp::reply{250, "", *result.text};
+  } else if (k == "reject" || k == "tempfail") {
+    const char cls = k == "reject" ? '5' : '4';
+    if (!valid_reply(result.code, result.status, result.text, cls))
+      return failure(conn, stage, "invalid " + k + " verdict (code " + std::to_string(result.code) + ")");
+    v.what = k == "reject" ? verdict::kind::reject : verdict::kind::tempfail;
+    v.reply = smtp::reply{result.code, result.status, result.text.value_or(k == "reject" ? "Rejected" : "Try again later")};
+  } else if (k == "discard" && (stage == "rcpt" || stage == "data")) {
+    v.what = verdict::kind::discard;
+  } else if (k == "redirect" && stage == "rcpt") {
+    if (result.addresses.empty()) return failure(conn, stage, "redirect without addresses");
+    for (const auto& r : result.addresses) {
+      auto a = address_from(r, utf8, false);
+      if (!a) return failure(conn, stage, "invalid redirect address: " + printable(r));
+      v.redirect_to.push_back(std::move(*a));
+    }
+    v.what = verdict::kind::redirect;
+  } else {
+    return failure(conn, stage, "verdict '" + printable(k) + "' is not allowed in on_" + stage);
+  }
+  return v;
+}
+
+awaitable<verdict> python_policy::on_connect(connection_state& conn) {
+  auto result = co_await run(base_job("connect", conn));
+  auto v = decide("connect", conn, std::move(result), nullptr, nullptr);
+  // RFC 5321 §3.1/§4.2: a greeting refusal is 554 (or 421 for a temporary one).
+  if (v.what == verdict::kind::reject) v.reply.code = 554;
+  if (v.what == verdict::kind::tempfail) v.reply.code = 421;
+  co_return v;
+}
+
+awaitable<verdict> python_policy::on_helo(connection_state& conn, std::string_view hostname) {
+  auto job = base_job("helo", conn);
+  job.hostname = std::string(hostname);
+  auto result = co_await run(std::move(job));
+  co_return decide("helo", conn, std::move(result), nullptr, nullptr);
+}
+
+awaitable<verdict> python_policy::on_mail(connection_state& conn, transaction& tx) {
+  auto job = base_job("mail", conn);
+  add_transaction(job, tx);
+  auto result = co_await run(std::move(job));
+  co_return decide("mail", conn, std::move(result), &tx, nullptr);
+}
+
+awaitable<verdict> python_policy::on_rcpt(connection_state& conn, transaction& tx, smtp::address& rcpt) {
+  auto job = base_job("rcpt", conn);
+  add_transaction(job, tx);
+  job.rcpt = rcpt.str();
+  auto result = co_await run(std::move(job));
+  co_return decide("rcpt", conn, std::move(result), &tx, nullptr);
+}
+
+awaitable<verdict> python_policy::on_data(connection_state& conn, transaction& tx, std::string& message) {
+  auto job = base_job("data", conn);
+  add_transaction(job, tx);
+  job.message = &message;
+  auto result = co_await run(std::move(job));
+  co_return decide("data", conn, std::move(result), &tx, &message);
+}
+
+awaitable<void> python_policy::on_disconnect(connection_state& conn) {
+  auto result = co_await run(base_job("disconnect", conn));
+  if (result.error) session_log(conn.id).warn("policy error in disconnect: {}", *result.error);
+}
+
+}  // namespace portcullis

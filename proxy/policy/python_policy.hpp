@@ -1,0 +1,39 @@
+// The policy that asks the operator's Python hooks (through python_engine),
+// re-validates whatever they hand back, and maps failures per policy.on_error.
+#pragma once
+
+#include <memory>
+
+#include "config/config.hpp"
+#include "policy/policy.hpp"
+#include "policy/python_engine.hpp"
+
+namespace portcullis {
+
+class python_policy final : public policy {
+ public:
+  python_policy(std::shared_ptr<python_engine> engine, const config& cfg);
+
+  awaitable<verdict> on_connect(connection_state& conn) override;
+  awaitable<verdict> on_helo(connection_state& conn, std::string_view hostname) override;
+  awaitable<verdict> on_mail(connection_state& conn, transaction& tx) override;
+  awaitable<verdict> on_rcpt(connection_state& conn, transaction& tx, smtp::address& rcpt) override;
+  awaitable<verdict> on_data(connection_state& conn, transaction& tx, std::string& message) override;
+  awaitable<void> on_disconnect(connection_state& conn) override;
+
+ private:
+  // Submits the job and waits, on the session's strand, for its result; past
+  // the safety deadline the result is abandoned and counts as an error.
+  awaitable<policy_result> run(policy_job job);
+  // The result as a verdict, with the rewrites applied to `tx`/`message`;
+  // anything invalid counts as a hook error.
+  verdict decide(const std::string& stage, const connection_state& conn, policy_result result, transaction* tx,
+                 std::string* message);
+  verdict failure(const connection_state& conn, const std::string& stage, const std::string& why) const;
+
+  std::shared_ptr<python_engine> engine_;
+  std::chrono::seconds safety_timeout_;
+  bool accept_on_error_;
+};
+
+}  // namespace portcullis
