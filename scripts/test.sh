@@ -28,3 +28,8 @@ tests/fuzz/run.sh build-fuzz "${FUZZ_SECONDS:-30}"
 
 step "end-to-end (release daemon)"
 PORTCULLIS_BIN="$PWD/build/portcullis" /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
+
+step "end-to-end (ASan/UBSan daemon)"
+PORTCULLIS_BIN="$PWD/build-asan/portcullis" PORTCULLIS_SANITIZED=1 \
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e

@@ -3,6 +3,7 @@ daemon's file descriptors and memory do not grow with the number served."""
 
 from __future__ import annotations
 
+import os
 import smtplib
 import time
 
@@ -59,7 +60,10 @@ def test_soak_sequential_transactions(start_daemon, aiosmtpd_upstream):
         assert f"\r\nX-Seq: {i}\r\n".encode() in env["content"]
         assert env["content"].count(b"soak line\r\n") == 1 + i % 20
     assert fds_end <= fds_warm + FD_MARGIN, f"fd leak: {fds_warm} after {WARMUP}, {fds_end} after {TOTAL}"
-    assert rss_end <= rss_warm + RSS_MARGIN_KIB, f"RSS grew: {rss_warm} KiB after {WARMUP}, {rss_end} KiB after {TOTAL}"
+    # Under ASan freed memory sits in the quarantine by design: there, leaks
+    # show up as LeakSanitizer reports (a non-zero exit), not as RSS.
+    if not os.environ.get("PORTCULLIS_SANITIZED"):
+        assert rss_end <= rss_warm + RSS_MARGIN_KIB, f"RSS grew: {rss_warm} KiB after {WARMUP}, {rss_end} KiB after {TOTAL}"
     assert d.log_text().count("verdict=delivered") == TOTAL
     print(f"\nsoak: {TOTAL} transactions in {elapsed:.1f}s; fds {fds_warm}->{fds_end}; RSS {rss_warm}->{rss_end} KiB")
 
