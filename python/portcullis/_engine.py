@@ -1,0 +1,893 @@
+"""The Python side of the policy engine: loading policies, running hooks, answering jobs.
+
+The daemon's policy thread calls ``run_host`` and never returns from it until
+it asks to stop; see docs/policy-engine.md for the job and result dicts and
+``run_host`` below for the exchange with ``_portcullis_core``. Policy authors
+use ``portcullis.testing``, which drives this same engine in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import importlib.util
+import inspect
+import itertools
+import linecache
+import os
+import queue
+import re
+import sys
+import threading
+import tomllib
+import traceback
+import types
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import _portcullis_core as _core
+
+from . import _context
+from ._address import Address, AddressList, as_recipient, as_sender
+from ._log import log
+from ._message import Message
+from ._objects import Connection, DkimSignature, DmarcResult, SpfResult, Transaction
+from ._verdicts import Verdict
+
+#: The stages in SMTP order, with the arguments each hook is called with.
+HOOK_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "connect": ("conn",),
+    "helo": ("conn", "hostname"),
+    "auth": ("conn", "mechanism", "username", "password"),
+    "mail": ("tx", "sender"),
+    "rcpt": ("tx", "rcpt"),
+    "data": ("tx", "message"),
+    "disconnect": ("conn",),
+}
+HOOK_NAMES = {f"on_{stage}": stage for stage in HOOK_ARGUMENTS}
+
+#: The positive reply of each stage, for verdicts that leave code and status to
+#: the stage (accept, discard, redirect). RFC 2034 §3: no enhanced status code
+#: in the greeting or the HELO/EHLO reply.
+STAGE_POSITIVE_REPLY: dict[str, tuple[int, str]] = {
+    "connect": (220, ""),
+    "helo": (250, ""),
+    "auth": (235, "2.7.0"),  # RFC 4954 §6
+    "mail": (250, "2.1.0"),
+    "rcpt": (250, "2.1.5"),
+    "data": (250, "2.0.0"),
+}
+
+#: What the client gets for a hook error when policy.on_error is "tempfail".
+POLICY_ERROR_REPLY = (451, "4.3.0", "Temporary policy failure, try again later")
+
+ON_ERROR_CHOICES = ("tempfail", "accept")
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_THREADS = 16
+#: Seconds a stopping engine gives cancelled async hooks to unwind (the daemon waits 5 s in all).
+STOP_GRACE = 1.0
+
+_generations = itertools.count(1)
+# Frames of these files are the engine's, not the policy's: left out of tracebacks and stacks.
+_INTERNAL_FILES = (__file__, os.path.dirname(concurrent.futures.__file__), os.path.dirname(asyncio.__file__),
+                   threading.__file__)
+
+
+def empty_result() -> dict[str, Any]:
+    """A result with no verdict, no error and no rewrite: "next" (docs/policy-engine.md)."""
+    return {"verdict": None, "auth": None, "error": None, "sender": None, "recipients": None, "message": None}
+
+
+def error_result(text: str) -> dict[str, Any]:
+    """A result that reports a failure; C++ applies policy.on_error."""
+    result = empty_result()
+    result["error"] = text
+    return result
+
+
+# -- loading -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadProblem:
+    """One thing wrong with a policy file or the config: where, what, and the traceback."""
+
+    file: str
+    line: int | None
+    message: str
+    traceback: str = ""
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.message}"
+
+
+class PolicyLoadError(Exception):
+    """The policies (or the config) could not be loaded; ``problems`` says where and why.
+
+    ``str()`` is one ``file:line: message`` line per problem, followed by the
+    tracebacks.
+    """
+
+    def __init__(self, problems: Sequence[LoadProblem]) -> None:
+        self.problems = list(problems)
+        lines = [str(p) for p in self.problems]
+        lines += [p.traceback.rstrip() for p in self.problems if p.traceback]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One policy module's hook for one stage."""
+
+    stage: str
+    function: Callable[..., Any]
+    file: str
+    is_async: bool
+
+    @property
+    def label(self) -> str:
+        return f"on_{self.stage} in {self.file}"
+
+
+def load_config(config_path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The whole TOML config as a dict ({} without a file); PolicyLoadError on a bad file."""
+    if config_path is None:
+        return {}
+    try:
+        with open(config_path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        match = re.search(r"at line (\d+)", str(e))
+        raise PolicyLoadError([LoadProblem(str(config_path), int(match.group(1)) if match else None, str(e))]) from e
+    except OSError as e:
+        raise PolicyLoadError([LoadProblem(str(config_path), None, f"cannot read the config: {e.strerror}")]) from e
+
+
+def _problem_from_exception(path: str, exc: BaseException) -> LoadProblem:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, SyntaxError):
+        return LoadProblem(exc.filename or path, exc.lineno, f"{type(exc).__name__}: {exc.msg}", text)
+    # The line: the innermost frame in the policy file itself.
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == path:
+            line = lineno
+    return LoadProblem(path, line, f"{type(exc).__name__}: {exc}", text)
+
+
+class Engine:
+    """One generation of loaded policies: the modules, their hooks, the config and the thread pool.
+
+    ``files`` are loaded in order, each as its own module (a unique name, so
+    two files called ``rules.py`` do not collide); relative paths are relative
+    to the config file's folder (the current folder without one).
+    ``portcullis.config`` is the config while the modules load and while
+    their hooks run. Any problem (a missing file, a syntax error, an exception
+    at import, a hook that is not callable or cannot take its arguments)
+    raises ``PolicyLoadError`` listing every problem with file and line.
+    """
+
+    def __init__(
+        self,
+        files: Iterable[str | os.PathLike[str]],
+        config_path: str | os.PathLike[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_error: str = "tempfail",
+        threads: int = DEFAULT_THREADS,
+        *,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"policy timeout must be a positive number of seconds, not {timeout!r}")
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"policy on_error must be one of {', '.join(ON_ERROR_CHOICES)}, not {on_error!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"policy threads must be a positive integer, not {threads!r}")
+        self.timeout = float(timeout)
+        self.on_error = on_error
+        self.threads = threads
+        self.config_path = None if config_path is None else str(config_path)
+        self.config: dict[str, Any] = config if config is not None else load_config(config_path)
+        base = Path(config_path).resolve().parent if config_path is not None else Path.cwd()
+        self.files = [str(base / Path(f)) for f in files]
+        self.generation = next(_generations)
+        self.sessions = 0  # sessions bound to this generation (see EngineHost)
+        self.modules: list[types.ModuleType] = []
+        self.hooks: dict[str, list[Hook]] = {stage: [] for stage in HOOK_ARGUMENTS}
+
+        problems: list[LoadProblem] = []
+        token = _context.engine_config.set(self.config)
+        try:
+            for index, path in enumerate(self.files):
+                problems += self._load(index, path)
+        finally:
+            _context.engine_config.reset(token)
+        if problems:
+            self._unregister_modules()
+            raise PolicyLoadError(problems)
+        self.executor = DaemonThreadPool(threads, f"portcullis-policy-{self.generation}")
+        self.closed = False
+
+    def _load(self, index: int, path: str) -> list[LoadProblem]:
+        if not os.path.isfile(path):
+            return [LoadProblem(path, None, "no such policy file")]
+        stem = re.sub(r"\W", "_", Path(path).stem)
+        name = f"portcullis_policy_{self.generation}_{index}_{stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            return [LoadProblem(path, None, "not loadable as a Python module")]
+        module = importlib.util.module_from_spec(spec)
+        # Registered like any module, so dataclasses, pickle and typing can find it.
+        sys.modules[name] = module
+        self.modules.append(module)
+        try:
+            spec.loader.exec_module(module)
+        except (Exception, SystemExit) as e:
+            return [_problem_from_exception(path, e)]
+        return self._collect_hooks(module, path)
+
+    def _collect_hooks(self, module: types.ModuleType, path: str) -> list[LoadProblem]:
+        problems = []
+        for attr, value in vars(module).items():
+            stage = HOOK_NAMES.get(attr)
+            if stage is None:
+                if attr.startswith("on_") and inspect.isfunction(value) and value.__module__ == module.__name__:
+                    log.warning("%s:%d: %s is not a hook name (hooks: %s); it is never called",
+                                path, value.__code__.co_firstlineno, attr, ", ".join(HOOK_NAMES))
+                continue
+            line = getattr(getattr(value, "__code__", None), "co_firstlineno", None)
+            if not callable(value):
+                problems.append(LoadProblem(path, line, f"{attr} is not a function"))
+                continue
+            arguments = HOOK_ARGUMENTS[stage]
+            try:
+                inspect.signature(value).bind(*arguments)
+            except TypeError:
+                problems.append(LoadProblem(
+                    path, line, f"{attr} cannot be called with its {len(arguments)} argument(s) ({', '.join(arguments)})"))
+                continue
+            except ValueError:
+                pass  # no signature to inspect (some builtins): find out at the call
+            is_async = inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
+                getattr(value, "__call__", None))
+            self.hooks[stage].append(Hook(stage, value, path, is_async))
+        return problems
+
+    def _unregister_modules(self) -> None:
+        for module in self.modules:
+            if sys.modules.get(module.__name__) is module:
+                del sys.modules[module.__name__]
+
+    def close(self) -> None:
+        """Drops this generation: its thread pool (hooks still running are left to finish) and modules."""
+        if getattr(self, "closed", True):
+            return
+        self.closed = True
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._unregister_modules()
+
+    def __repr__(self) -> str:
+        return f"<Engine generation {self.generation}: {len(self.files)} file(s), {self.sessions} session(s)>"
+
+
+def check_policies(files: Iterable[str], config_path: str | None = None) -> list[str]:
+    """For ``portcullis --check-config``: every problem as ``file:line: message``; [] when all load."""
+    try:
+        Engine(files, config_path).close()
+    except PolicyLoadError as e:
+        return [str(p) for p in e.problems]
+    return []
+
+
+# -- running hooks ---------------------------------------------------------------
+
+
+class DaemonThreadPool(concurrent.futures.Executor):
+    """A fixed-size pool of daemon threads for plain hooks.
+
+    Like ``ThreadPoolExecutor`` (threads started as work arrives, up to
+    ``max_workers``), except that its threads are daemon threads: a hook that
+    never returns must not keep the daemon from exiting, and
+    ``ThreadPoolExecutor`` joins its threads at interpreter exit.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._shut_down = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            if self._shut_down:
+                raise RuntimeError("cannot run hooks on a closed engine")
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            self._queue.put((future, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
+                thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as e:
+                    future.set_exception(e)
+                    del e
+                else:
+                    future.set_result(result)
+                    del result
+            del future, fn, args, kwargs
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shut_down = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            for _ in self._threads:
+                self._queue.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+class HookFailure(Exception):
+    """A hook raised, ran past the timeout, or returned something it may not. ``text`` is for the log."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class HookExit(Exception):
+    """A hook called sys.exit(): the daemon must not exit for that."""
+
+
+def _is_internal(filename: str) -> bool:
+    return filename == __file__ or filename.startswith(_INTERNAL_FILES[1:])
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback of ``exc`` starting at the policy's code (engine and asyncio frames left out)."""
+    tb = exc.__traceback__
+    while tb is not None and _is_internal(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _format_frames(frames: Iterable[tuple[str, int, str]]) -> str:
+    lines = []
+    for filename, lineno, name in frames:
+        if _is_internal(filename):
+            continue
+        lines.append(f'  File "{filename}", line {lineno}, in {name}\n')
+        source = linecache.getline(filename, lineno).strip()
+        if source:
+            lines.append(f"    {source}\n")
+    return "".join(lines)
+
+
+def _coroutine_frames(coro: Any) -> list[tuple[str, int, str]]:
+    """Where a suspended coroutine (and what it awaits, down the chain) stands."""
+    frames = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return frames
+
+
+def _thread_frames(thread_id: int | None) -> list[tuple[str, int, str]]:
+    frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+    return [(f.f_code.co_filename, lineno, f.f_code.co_name) for f, lineno in traceback.walk_stack(frame)][::-1] \
+        if frame is not None else []
+
+
+async def _guarded(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except SystemExit as e:
+        raise HookExit(f"the hook called sys.exit({e.code!r})") from None
+
+
+def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[str, int]) -> Any:
+    where["thread"] = threading.get_ident()
+    try:
+        return function(*args)
+    except SystemExit as e:
+        raise HookExit(f"the hook called sys.exit({e.code!r})") from None
+
+
+async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
+    """Runs one hook with the engine's timeout; returns its value or raises HookFailure.
+
+    ``async def`` hooks run as tasks on this loop and are cancelled on
+    timeout; plain hooks run in the engine's thread pool (in a copy of this
+    context, so ``pc.log`` knows the session) and are abandoned on timeout: a
+    thread cannot be stopped, it frees its pool slot when the hook returns.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + engine.timeout
+    try:
+        if hook.is_async:
+            value = await _await_with_deadline(hook, hook.function(*args), deadline, engine.timeout)
+        else:
+            where: dict[str, int] = {}
+            context = contextvars.copy_context()
+            future = loop.run_in_executor(engine.executor, context.run, _call_sync, hook.function, args, where)
+            try:
+                done, _ = await asyncio.wait({future}, timeout=engine.timeout)
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            if not done:
+                if future.cancel() and "thread" not in where:
+                    fate = f"never started: all {engine.threads} policy threads were busy"
+                    raise HookFailure(_timeout_text(hook, engine.timeout, fate, ""))
+                stack = _format_frames(_thread_frames(where.get("thread")))
+                raise HookFailure(_timeout_text(hook, engine.timeout, "abandoned (its thread runs on)", stack))
+            value = future.result()
+            if inspect.isawaitable(value):  # a plain function that returned a coroutine
+                value = await _await_with_deadline(hook, value, deadline, engine.timeout)
+    except HookFailure:
+        raise
+    except Exception as e:
+        raise HookFailure(f"{hook.label} raised an exception:\n{format_exception(e)}") from e
+    return value
+
+
+async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, timeout: float) -> Any:
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(_guarded(awaitable))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+    except asyncio.CancelledError:  # the job itself is cancelled (the daemon stops)
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise
+    if not done:
+        stack = _format_frames(_coroutine_frames(awaitable))
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise HookFailure(_timeout_text(hook, timeout, "cancelled", stack))
+    return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    # A cancelled hook may still fail while unwinding: nobody waits for it any more.
+    if not task.cancelled():
+        task.exception()
+
+
+def _timeout_text(hook: Hook, timeout: float, fate: str, stack: str) -> str:
+    text = f"{hook.label} ran past policy.timeout ({timeout:g} s) and was {fate}"
+    return text + (f"; it was at:\n{stack}" if stack else "")
+
+
+# -- sessions and jobs -------------------------------------------------------------
+
+
+class _Session:
+    """What the host keeps per session: the engine it is bound to, its Connection, its Transaction."""
+
+    __slots__ = ("engine", "conn", "tx")
+
+    def __init__(self, engine: Engine, conn: Connection) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.tx: Transaction | None = None
+
+
+class EngineHost:
+    """The current Engine, the sessions bound to engines, and ``dispatch`` for jobs.
+
+    A session is bound to the engine that is current at its first job
+    (connect) and stays on it until its disconnect, so a reload leaves
+    sessions in progress on the old code; an old engine is dropped when its
+    last session ends. Everything here runs on one asyncio loop (the policy
+    thread's); hooks themselves may run in the engines' thread pools.
+    """
+
+    def __init__(
+        self,
+        files: Iterable[str | os.PathLike[str]],
+        config_path: str | os.PathLike[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_error: str = "tempfail",
+        threads: int = DEFAULT_THREADS,
+        *,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self._settings: dict[str, Any] = {
+            "files": [str(f) for f in files], "config_path": config_path, "timeout": timeout,
+            "on_error": on_error, "threads": threads, "config": config,
+        }
+        self.engine = Engine(**self._settings)
+        _context.set_default_config(self.engine.config)
+        self._sessions: dict[str, _Session] = {}
+        self._retired: list[Engine] = []
+        self._reload_lock: asyncio.Lock | None = None
+        # Policies load off the loop (hooks keep running meanwhile), on a
+        # daemon thread: a module that hangs at import must not block exit.
+        self._loader = DaemonThreadPool(1, "portcullis-policy-loader")
+
+    # -- reload --------------------------------------------------------------
+
+    def _settings_with(self, changes: dict[str, Any]) -> dict[str, Any]:
+        settings = dict(self._settings)
+        settings.update({k: v for k, v in changes.items() if v is not None})
+        if changes.get("config_path") is not None and changes.get("config") is None:
+            settings["config"] = None  # a new file: read it
+        return settings
+
+    def _swap(self, engine: Engine, settings: dict[str, Any]) -> Engine:
+        old, self.engine, self._settings = self.engine, engine, settings
+        _context.set_default_config(engine.config)
+        if old.sessions == 0:
+            old.close()
+        else:
+            self._retired.append(old)
+        return engine
+
+    def reload(self, **changes: Any) -> Engine:
+        """Loads the policies anew (with any of files, config_path, timeout, on_error,
+        threads, config changed) and makes them current for new sessions.
+
+        On failure raises ``PolicyLoadError`` and the engine in place stays.
+        Blocks while the modules load; ``areload`` loads in a thread instead.
+        """
+        settings = self._settings_with(changes)
+        return self._swap(Engine(**settings), settings)
+
+    async def areload(self, **changes: Any) -> Engine:
+        """``reload`` for the loop: the modules load in a worker thread, hooks keep running meanwhile."""
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            settings = self._settings_with(changes)
+            loop = asyncio.get_running_loop()
+            engine = await loop.run_in_executor(self._loader, functools.partial(Engine, **settings))
+            return self._swap(engine, settings)
+
+    async def reload_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Answers a ``{"stage": "reload", ...}`` job: error None, or why the old policies stay."""
+        changes = {k: job.get(k) for k in ("files", "config_path", "timeout", "on_error", "threads")}
+        try:
+            engine = await self.areload(**changes)
+        except Exception as e:  # PolicyLoadError, or a bad setting in the job
+            log.error("policy reload failed; the policies loaded before stay in force:\n%s", e)
+            return error_result(str(e))
+        log.info("policies reloaded (generation %d): %s", engine.generation, ", ".join(engine.files) or "none")
+        return empty_result()
+
+    def close(self) -> None:
+        """Drops every engine (for shutdown)."""
+        self._loader.shutdown(wait=False, cancel_futures=True)
+        for engine in [self.engine, *self._retired]:
+            engine.close()
+        self._retired.clear()
+        self._sessions.clear()
+
+    @property
+    def session_count(self) -> int:
+        """Sessions in progress (between their connect and disconnect jobs)."""
+        return len(self._sessions)
+
+    def engine_of(self, session_id: str) -> Engine | None:
+        """The engine a session is bound to, or None for an unknown session."""
+        session = self._sessions.get(session_id)
+        return session.engine if session else None
+
+    # -- jobs ------------------------------------------------------------------
+
+    async def dispatch(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Runs one job (docs/policy-engine.md) and returns its result dict. Never raises."""
+        stage = job.get("stage") if isinstance(job, dict) else None
+        if stage == "reload":
+            return await self.reload_job(job)
+        if stage not in HOOK_ARGUMENTS:
+            return error_result(f"unknown job stage {stage!r}")
+        try:
+            session = self._session_for(job)
+        except Exception as e:
+            log.error("malformed %s job: %s", stage, e)
+            return error_result(f"malformed {stage} job: {format_exception(e)}")
+        sid_token = _context.session_id.set(session.conn.id)
+        config_token = _context.engine_config.set(session.engine.config)
+        try:
+            if stage == "disconnect":
+                await self._notify_disconnect(session)
+                return empty_result()
+            return await self._decide(session, stage, job)
+        except Exception as e:  # a bug here must still answer the job
+            text = f"internal error in the policy engine at {stage}:\n{format_exception(e)}"
+            log.error("%s", text)
+            return error_result(text)
+        finally:
+            _context.engine_config.reset(config_token)
+            _context.session_id.reset(sid_token)
+            if stage == "disconnect":
+                self._drop_session(session)
+
+    def _session_for(self, job: dict[str, Any]) -> _Session:
+        snapshot = job["session"]
+        sid = str(snapshot["id"])
+        session = self._sessions.get(sid)
+        if session is None or job["stage"] == "connect":
+            if session is not None:
+                self._drop_session(session)
+            conn = Connection(sid, str(snapshot.get("client_ip", "")), int(snapshot.get("client_port", 0)))
+            session = _Session(self.engine, conn)
+            self.engine.sessions += 1
+            self._sessions[sid] = session
+        session.conn._update(snapshot)
+        session.tx = self._transaction_for(session, job.get("tx"))
+        return session
+
+    @staticmethod
+    def _transaction_for(session: _Session, snapshot: dict[str, Any] | None) -> Transaction | None:
+        if snapshot is None:
+            return None
+        tx = session.tx
+        if tx is None or tx.id != str(snapshot["id"]):
+            tx = Transaction(session.conn, id=str(snapshot["id"]))
+        # The daemon's envelope is the truth: rewrites it did not apply are gone.
+        tx.sender = Address(snapshot.get("sender", ""), snapshot.get("sender_params") or {})
+        tx.recipients = AddressList(snapshot.get("recipients") or [])
+        if snapshot.get("spf") is not None:
+            tx.spf = SpfResult(**snapshot["spf"])
+        if snapshot.get("dkim") is not None:
+            tx.dkim = [DkimSignature(**s) for s in snapshot["dkim"]]
+        if snapshot.get("dmarc") is not None:
+            tx.dmarc = DmarcResult(**snapshot["dmarc"])
+        return tx
+
+    def _drop_session(self, session: _Session) -> None:
+        if self._sessions.get(session.conn.id) is session:
+            del self._sessions[session.conn.id]
+        engine = session.engine
+        engine.sessions -= 1
+        if engine.sessions == 0 and engine is not self.engine and engine in self._retired:
+            self._retired.remove(engine)
+            engine.close()
+
+    async def _notify_disconnect(self, session: _Session) -> None:
+        for hook in session.engine.hooks["disconnect"]:
+            try:
+                await call_hook(session.engine, hook, (session.conn,))
+            except HookFailure as f:
+                log.error("%s", f.text)
+
+    async def _decide(self, session: _Session, stage: str, job: dict[str, Any]) -> dict[str, Any]:
+        engine, conn, tx = session.engine, session.conn, session.tx
+        message: Message | None = None
+        if stage == "connect":
+            args: tuple[Any, ...] = (conn,)
+        elif stage == "helo":
+            args = (conn, str(job["hostname"]))
+        elif stage == "auth":
+            args = (conn, str(job["mechanism"]), str(job["username"]), str(job["password"]))
+        else:
+            if tx is None:
+                return error_result(f"a {stage} job without a transaction")
+            if stage == "mail":
+                args = (tx, tx.sender)
+            elif stage == "rcpt":
+                args = (tx, Address(str(job["rcpt"]), job.get("rcpt_params") or {}))
+            else:
+                message = Message(job["message"])
+                args = (tx, message)
+        before = None if tx is None else (str(tx.sender), [str(r) for r in tx.recipients])
+
+        result = empty_result()
+        for hook in engine.hooks[stage]:
+            try:
+                value = await call_hook(engine, hook, args)
+                if value is None:
+                    continue
+                if stage == "auth" and isinstance(value, bool):
+                    result["auth"] = value
+                    break
+                verdict = self._checked_verdict(hook, stage, value)
+            except HookFailure as f:
+                log.error("%s", f.text)
+                return error_result(f.text)
+            result["verdict"] = verdict_dict(verdict, stage)
+            if stage == "auth":
+                result["auth"] = verdict.kind == "accept"
+            break
+
+        try:
+            result.update(self._rewrites(tx, before, message))
+        except (ValueError, TypeError) as e:
+            text = f"a rewrite at {stage} was refused: {type(e).__name__}: {e}"
+            log.error("%s", text)
+            return error_result(text)
+        return result
+
+    @staticmethod
+    def _checked_verdict(hook: Hook, stage: str, value: Any) -> Verdict:
+        if not isinstance(value, Verdict):
+            expected = "None, True, False or a verdict" if stage == "auth" else "None or a verdict (pc.accept(), pc.reject(...), ...)"
+            raise HookFailure(f"{hook.label} returned {value!r:.200}; it must return {expected}")
+        if not value.allowed_at(stage):
+            where = "on_rcpt" if value.kind == "redirect" else "on_rcpt and on_data"
+            raise HookFailure(f"{hook.label} returned {value!r}, which only {where} may return")
+        return value
+
+    @staticmethod
+    def _rewrites(tx: Transaction | None, before: tuple[str, list[str]] | None,
+                  message: Message | None) -> dict[str, Any]:
+        changes: dict[str, Any] = {}
+        if tx is not None and before is not None:
+            sender = str(as_sender(tx.sender))
+            if sender != before[0]:
+                changes["sender"] = sender
+            recipients = [str(as_recipient(r)) for r in tx.recipients]
+            if recipients != before[1]:
+                changes["recipients"] = recipients
+        if message is not None and message.changed:
+            raw = message.raw
+            _core.check_message(raw)
+            changes["message"] = raw
+        return changes
+
+
+def verdict_dict(verdict: Verdict, stage: str) -> dict[str, Any]:
+    """A verdict as the result's "verdict" dict, with the stage's code and status where it leaves them."""
+    code, status = verdict.code, verdict.status
+    if code is None or status is None:
+        code, status = STAGE_POSITIVE_REPLY[stage]
+    return {
+        "kind": verdict.kind,
+        "code": code,
+        "status": status,
+        "text": verdict.text,
+        "addresses": [str(a) for a in verdict.addresses],
+    }
+
+
+# -- the daemon's policy thread ------------------------------------------------------
+
+
+class _JobRunner:
+    """Takes jobs from the daemon when its eventfd fires, runs each as a task, completes it."""
+
+    def __init__(self, host: EngineHost, loop: asyncio.AbstractEventLoop, core: Any, wakeup_fd: int) -> None:
+        self.host, self.loop, self.core, self.wakeup_fd = host, loop, core, wakeup_fd
+        self.tasks: dict[asyncio.Task[dict[str, Any]], Any] = {}  # task -> job id
+        self.stopping = False
+        self.stopped: asyncio.Future[None] = loop.create_future()
+
+    async def run(self) -> None:
+        self.loop.add_reader(self.wakeup_fd, self.on_wakeup)
+        try:
+            self.drain()  # jobs queued before the reader was in place
+            await self.stopped
+        finally:
+            self.loop.remove_reader(self.wakeup_fd)
+
+    def on_wakeup(self) -> None:
+        # Reset the eventfd first: a job queued after this read writes it again.
+        try:
+            os.read(self.wakeup_fd, 8)
+        except (BlockingIOError, InterruptedError):
+            pass
+        self.drain()
+
+    def drain(self) -> None:
+        try:
+            jobs = self.core.take_jobs()
+        except Exception:
+            log.exception("take_jobs failed")
+            jobs = []
+        for job_id, job in jobs:
+            task = self.loop.create_task(self.run_job(job))
+            self.tasks[task] = job_id
+            task.add_done_callback(self.job_done)
+        if self.core.should_stop() and not self.stopping:
+            # The daemon stops once its sessions are done (or their grace ran
+            # out): what still runs is cancelled, and answered with an error.
+            self.stopping = True
+            for task in self.tasks:
+                task.cancel()
+        self.maybe_stop()
+
+    async def run_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.host.dispatch(job)
+        except Exception as e:
+            return error_result(f"internal error in the policy engine:\n{format_exception(e)}")
+
+    def job_done(self, task: asyncio.Task[dict[str, Any]]) -> None:
+        # Every job is completed here, exactly once, even one cancelled before it started.
+        job_id = self.tasks.pop(task)
+        if task.cancelled():
+            result = error_result("the policy engine is stopping")
+        else:
+            result = task.result()
+        try:
+            self.core.complete(job_id, result)
+        except Exception as e:
+            log.error("the result of job %s could not be handed over: %s", job_id, e)
+            try:
+                self.core.complete(job_id, error_result(f"the policy result could not be handed over: {e}"))
+            except Exception:
+                log.exception("job %s could not be completed", job_id)
+        self.maybe_stop()
+
+    def maybe_stop(self) -> None:
+        if self.stopping and not self.tasks and not self.stopped.done():
+            self.stopped.set_result(None)
+
+
+def run_host(
+    files: Sequence[str],
+    config_path: str | None,
+    timeout: float,
+    on_error: str,
+    threads: int,
+    wakeup_fd: int,
+) -> None:
+    """The policy thread's whole life. Called by the daemon with the GIL held; returns on stop.
+
+    1. Loads the policies (``PolicyLoadError`` propagates: the daemon reports
+       it and does not start) and creates this thread's asyncio loop.
+    2. Watches ``wakeup_fd`` (the daemon's eventfd, ideally ``EFD_NONBLOCK``).
+       Each time it is readable: reads it (resetting it), then calls
+       ``_portcullis_core.take_jobs()`` -> ``[(job_id, job_dict), ...]`` and
+       starts one task per job: ``EngineHost.dispatch`` for a stage job,
+       a reload for ``{"stage": "reload", "files"?, "config_path"?,
+       "timeout"?, "on_error"?, "threads"?}`` (missing keys keep their
+       values). Each task ends with ``_portcullis_core.complete(job_id,
+       result)``; every job is completed exactly once, whatever happens.
+    3. After each wake-up it asks ``_portcullis_core.should_stop()``; once
+       true it cancels the jobs still running (``async`` hooks are cancelled,
+       threads of plain hooks abandoned), completes each with an error,
+       drops the engines and returns promptly.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        host = EngineHost(files, config_path, timeout, on_error, threads)
+        try:
+            loop.run_until_complete(_JobRunner(host, loop, _core, wakeup_fd).run())
+        finally:
+            # Hooks still running (cancelled with their jobs) get a moment to
+            # unwind; one that ignores the cancellation is left behind.
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+                task.add_done_callback(_forget)
+            if leftovers:
+                loop.run_until_complete(asyncio.wait(leftovers, timeout=STOP_GRACE))
+            host.close()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

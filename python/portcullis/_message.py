@@ -1,0 +1,293 @@
+"""``portcullis.Message``: the message at on_data, with edits that keep untouched bytes intact.
+
+A header field the hook did not touch is written back exactly as it came
+(its raw bytes, folding and 8-bit octets included), so DKIM signatures over
+it still verify. Only added or replaced fields are generated, folded per
+RFC 5322 §2.2.3.
+"""
+
+from __future__ import annotations
+
+import email.message
+import email.parser
+import email.policy
+
+import _portcullis_core as _core
+
+CRLF = b"\r\n"
+_WSP = b" \t"
+
+#: RFC 5322 §2.1.1: lines SHOULD be at most 78 characters; generated fields fold there.
+FOLD_SOFT_LIMIT = 78
+#: RFC 5322 §2.1.1: lines MUST be at most 998 characters (excluding CRLF).
+FOLD_HARD_LIMIT = 998
+
+
+class _Field:
+    """One header field: its name, unfolded value, and the bytes it is written as."""
+
+    __slots__ = ("name", "value", "raw")
+
+    def __init__(self, name: str, value: str, raw: bytes) -> None:
+        self.name = name
+        self.value = value
+        self.raw = raw  # ends with CRLF, except a last field of a message that has no final CRLF
+
+    @classmethod
+    def parsed(cls, raw: bytes, colon: int) -> _Field:
+        # RFC 5322 §2.2.3: unfolding removes each CRLF that precedes WSP.
+        unfolded = raw[colon + 1 :].replace(CRLF, b"").strip(_WSP)
+        return cls(raw[:colon].decode("ascii"), unfolded.decode("utf-8", "surrogateescape"), raw)
+
+    @classmethod
+    def generated(cls, name: str, value: str) -> _Field:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError("header names and values are str")
+        _core.check_header_name(name)
+        try:
+            encoded = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"header value cannot be encoded: {e}") from None
+        # The octets are what goes on the wire; as Latin-1 text they reach the
+        # C++ validator one to one (a value read from an 8-bit header holds
+        # surrogates, which the binding could not pass as UTF-8).
+        _core.check_header_value(encoded.decode("latin-1"))
+        return cls(name, value, fold(name.encode("ascii"), encoded))
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+
+def fold(name: bytes, value: bytes) -> bytes:
+    """``name: value`` as header lines ending in CRLF, folded at whitespace.
+
+    Folding inserts CRLF before a run of whitespace (RFC 5322 §2.2.3), so
+    unfolding gives the value back unchanged. Lines are packed up to
+    FOLD_SOFT_LIMIT octets where the value allows; a run without whitespace
+    that cannot fit in FOLD_HARD_LIMIT octets raises ValueError.
+    """
+    line = name + b":" + (b" " + value if value else b"")
+    if len(line) <= FOLD_SOFT_LIMIT:
+        return line + CRLF
+    # Fold points: the start of a whitespace run that follows a non-whitespace
+    # octet of the value and is followed by more non-whitespace, so no line is
+    # whitespace only (§3.2.2) and "Name:" never stands alone.
+    starts = [0]
+    last_text = len(line.rstrip(_WSP))
+    for i in range(len(name) + 3, last_text):
+        if line[i] in _WSP and line[i - 1] not in _WSP:
+            starts.append(i)
+    starts.append(len(line))
+    chunks = [line[a:b] for a, b in zip(starts, starts[1:])]
+    lines: list[bytes] = []
+    current = chunks[0]
+    for chunk in chunks[1:]:
+        if len(current) + len(chunk) <= FOLD_SOFT_LIMIT:
+            current += chunk
+        else:
+            lines.append(current)
+            current = chunk
+    lines.append(current)
+    for folded_line in lines:
+        if len(folded_line) > FOLD_HARD_LIMIT:
+            raise ValueError(
+                f"header {name.decode()} has {len(folded_line)} octets without whitespace to fold at;"
+                f" lines are limited to {FOLD_HARD_LIMIT} (RFC 5322 §2.1.1)"
+            )
+    return CRLF.join(lines) + CRLF
+
+
+def _check_line_endings(raw: bytes) -> None:
+    if b"\0" in raw:
+        raise ValueError("message holds a NUL byte")
+    crlf = raw.count(CRLF)
+    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+        raise ValueError("message holds a bare CR or LF; lines must end with CRLF")
+
+
+def _header_name_end(line: bytes) -> int:
+    """The index of the colon ending a well-formed field name in ``line``, or -1."""
+    colon = line.find(b":")
+    if colon <= 0:
+        return -1
+    # RFC 5322 §3.6.8: ftext is printable US-ASCII except ":" (no space, no obs WSP before ":").
+    if any(c < 33 or c > 126 for c in line[:colon]):
+        return -1
+    return colon
+
+
+def _parse(raw: bytes) -> tuple[list[_Field], bool, int]:
+    """Splits ``raw`` into header fields, whether a blank line ends them, and where the body starts.
+
+    The header section ends at the first empty line, or at the first line that
+    is neither a field nor a continuation of one (what follows is body, as
+    mail readers treat it).
+    """
+    fields: list[_Field] = []
+    pos, size = 0, len(raw)
+    field_start, colon = -1, -1
+    blank_line = False
+    while pos < size:
+        end = raw.find(CRLF, pos)
+        line_end = size if end < 0 else end + 2
+        if end == pos:
+            blank_line = True
+            break
+        if raw[pos] in _WSP:
+            if field_start < 0:
+                break  # a continuation with nothing to continue: body
+        else:
+            name_end = _header_name_end(raw[pos : line_end if end < 0 else end])
+            if name_end < 0:
+                break
+            if field_start >= 0:
+                fields.append(_Field.parsed(raw[field_start:pos], colon))
+            field_start, colon = pos, name_end
+        pos = line_end
+    if field_start >= 0:
+        fields.append(_Field.parsed(raw[field_start:pos], colon))
+    return fields, blank_line, pos + 2 if blank_line else pos
+
+
+class Message:
+    """The whole message at on_data: header fields in order, and the body.
+
+    Reading: ``headers`` (a list of ``(name, value)`` pairs, values unfolded),
+    ``get(name)``, ``get_all(name)``, ``body``, ``raw``, ``as_email()``.
+
+    Changing: ``add_header``, ``remove_header``, ``replace_header``, and
+    assigning ``body``. Names and values are checked by the daemon's own
+    validators: a name must be printable ASCII without colon or space, a value
+    must not hold CR, LF or NUL (``ValueError``), so a hook cannot inject
+    header lines. Fields the hook does not touch are written back byte for
+    byte; new values are folded at whitespace, lines kept within 78 octets
+    where possible and never over 998 (RFC 5322 §2.1.1).
+
+    Header values are ``str``: 8-bit octets that are not UTF-8 come through
+    as lone surrogates (``surrogateescape``) and are written back as the same
+    octets.
+    """
+
+    __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_changed")
+
+    def __init__(self, raw: bytes) -> None:
+        """Parses ``raw``: the message as received (CRLF line ends, no NUL), ``ValueError`` otherwise."""
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a message is bytes, not {type(raw).__name__}")
+        raw = bytes(raw)
+        _check_line_endings(raw)
+        self._original = raw
+        self._fields, self._blank_line, self._body_start = _parse(raw)
+        self._body: bytes | None = None  # sliced from _original when first read
+        self._changed = False
+
+    # -- reading -----------------------------------------------------------
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """``(name, value)`` of every header field, top to bottom; values unfolded.
+
+        A new list each time: change the message with the methods below.
+        """
+        return [(f.name, f.value) for f in self._fields]
+
+    def get(self, name: str) -> str | None:
+        """The value of the first field called ``name`` (any case), or None."""
+        key = name.lower()
+        return next((f.value for f in self._fields if f.key == key), None)
+
+    def get_all(self, name: str) -> list[str]:
+        """The values of every field called ``name`` (any case), top to bottom."""
+        key = name.lower()
+        return [f.value for f in self._fields if f.key == key]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    @property
+    def body(self) -> bytes:
+        """The body: everything after the empty line that ends the header section.
+
+        Assignable (bytes): CR, LF and CRLF line ends all become CRLF, a
+        final CRLF is added when missing, and a NUL raises ``ValueError``.
+        """
+        if self._body is None:
+            self._body = self._original[self._body_start :]
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"body is bytes, not {type(value).__name__}")
+        data = bytes(value)
+        if b"\0" in data:
+            raise ValueError("body holds a NUL byte")
+        # RFC 5321 §2.3.8: lines end with CRLF, and only there.
+        data = data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+        if data and not data.endswith(CRLF):
+            data += CRLF
+        self._body = data
+        self._changed = True
+
+    @property
+    def raw(self) -> bytes:
+        """The whole message as bytes (CRLF line ends), with every change applied."""
+        if not self._changed:
+            return self._original
+        parts = []
+        for f in self._fields:
+            parts.append(f.raw if f.raw.endswith(CRLF) else f.raw + CRLF)
+        body = self.body
+        if self._blank_line or body:
+            parts.append(CRLF)
+        parts.append(body)
+        return b"".join(parts)
+
+    def __bytes__(self) -> bytes:
+        return self.raw
+
+    def as_email(self) -> email.message.EmailMessage:
+        """The message as a stdlib ``EmailMessage`` (a parsed copy: changing it changes nothing here)."""
+        parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(self.raw)
+        assert isinstance(parsed, email.message.EmailMessage)
+        return parsed
+
+    # -- changing ----------------------------------------------------------
+
+    def add_header(self, name: str, value: str) -> None:
+        """Adds ``name: value`` at the top of the header section (above every other field,
+        so the last one added is first, as trace fields are)."""
+        self._fields.insert(0, _Field.generated(name, value))
+        self._changed = True
+
+    def remove_header(self, name: str) -> int:
+        """Removes every field called ``name`` (any case); returns how many there were."""
+        key = name.lower()
+        kept = [f for f in self._fields if f.key != key]
+        removed = len(self._fields) - len(kept)
+        if removed:
+            self._fields = kept
+            self._changed = True
+        return removed
+
+    def replace_header(self, name: str, value: str) -> None:
+        """Replaces the value of the first field called ``name`` (any case) where it stands,
+        keeping any later fields of that name; adds the field at the top if there is none."""
+        new = _Field.generated(name, value)
+        key = name.lower()
+        for i, f in enumerate(self._fields):
+            if f.key == key:
+                self._fields[i] = new
+                break
+        else:
+            self._fields.insert(0, new)
+        self._changed = True
+
+    @property
+    def changed(self) -> bool:
+        """Whether a hook changed the message (a header or the body)."""
+        return self._changed and self.raw != self._original
+
+    def __repr__(self) -> str:
+        return f"<Message {len(self._fields)} header fields, {len(self.body)} bytes of body>"

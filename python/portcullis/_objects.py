@@ -1,0 +1,187 @@
+"""``Connection`` and ``Transaction``: what a hook knows about the session and the mail in it.
+
+Connection and transaction state are kept apart (as in the daemon), so one
+RSET drops exactly the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ._address import Address, AddressList, as_sender
+
+
+class Connection:
+    """One client connection (an SMTP session), passed to on_connect, on_helo,
+    on_auth and on_disconnect, and reachable as ``tx.conn``.
+
+    The attributes reflect the daemon's state when the hook was called and are
+    read-only; ``data`` is a dict of your own kept for the whole connection
+    (across transactions), dropped at disconnect.
+    """
+
+    __slots__ = ("_id", "_client_ip", "_client_port", "_helo", "_tls", "_auth_user", "data")
+
+    def __init__(
+        self,
+        id: str,
+        client_ip: str,
+        client_port: int = 0,
+        helo: str | None = None,
+        tls: bool = False,
+        auth_user: str | None = None,
+    ) -> None:
+        self._id = id
+        self._client_ip = client_ip
+        self._client_port = client_port
+        self._helo = helo
+        self._tls = tls
+        self._auth_user = auth_user
+        self.data: dict[str, Any] = {}
+
+    @property
+    def id(self) -> str:
+        """The session id, as in every daemon log line about this connection."""
+        return self._id
+
+    @property
+    def client_ip(self) -> str:
+        """The client's IP address (``"192.0.2.1"``, ``"2001:db8::1"``)."""
+        return self._client_ip
+
+    @property
+    def client_port(self) -> int:
+        """The client's TCP port."""
+        return self._client_port
+
+    @property
+    def helo(self) -> str | None:
+        """The last accepted HELO/EHLO argument; None before it. (on_helo gets the new one as an argument.)"""
+        return self._helo
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection is encrypted (STARTTLS done, or implicit TLS)."""
+        return self._tls
+
+    @property
+    def auth_user(self) -> str | None:
+        """The authenticated login, or None."""
+        return self._auth_user
+
+    def _update(self, snapshot: dict[str, Any]) -> None:
+        """Takes the daemon's view of the session (a job's "session" dict)."""
+        self._client_ip = str(snapshot.get("client_ip", self._client_ip))
+        self._client_port = int(snapshot.get("client_port", self._client_port))
+        self._helo = snapshot.get("helo")
+        self._tls = bool(snapshot.get("tls", False))
+        self._auth_user = snapshot.get("auth_user")
+
+    def __repr__(self) -> str:
+        return (
+            f"<Connection {self._id} from {self._client_ip}:{self._client_port}"
+            f" helo={self._helo!r} tls={self._tls} auth_user={self._auth_user!r}>"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SpfResult:
+    """The SPF check of the MAIL FROM (RFC 7208)."""
+
+    result: str  #: pass, fail, softfail, neutral, none, temperror or permerror
+    domain: str
+    explanation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSignature:
+    """One DKIM signature's verification (RFC 6376)."""
+
+    result: str  #: pass, fail, neutral, temperror or permerror
+    domain: str
+    selector: str
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcResult:
+    """The DMARC evaluation of the message (RFC 7489)."""
+
+    result: str  #: pass, fail, none, temperror or permerror
+    domain: str
+    policy: str | None = None
+
+
+class Transaction:
+    """One mail transaction (MAIL, RCPT..., DATA), passed to on_mail, on_rcpt and on_data.
+
+    ``sender`` and ``recipients`` are the envelope that will be delivered; a
+    hook may rewrite both. Assigning ``sender`` takes a ``str`` or an
+    ``Address`` and raises ``ValueError`` on bad syntax (``""`` is the null
+    sender). ``recipients`` is a list of ``Address``; assign a new list or
+    change it in place (a ``str`` is turned into an ``Address``, checked as it
+    goes in). In on_rcpt the list holds the recipients accepted so far, not the
+    one being decided: that one is added after the stage unless the verdict
+    refuses, discards or redirects it.
+
+    ``spf``, ``dkim`` and ``dmarc`` are None while the daemon runs no such
+    check (this build has none yet): test ``if tx.spf is not None``. When set,
+    ``spf`` is an ``SpfResult`` (before on_mail), ``dkim`` a list of
+    ``DkimSignature`` and ``dmarc`` a ``DmarcResult`` (before on_data).
+
+    ``data`` is a dict of your own kept for this transaction; RSET or the
+    next MAIL starts a new one.
+    """
+
+    __slots__ = ("_conn", "_id", "_sender", "_recipients", "spf", "dkim", "dmarc", "data")
+
+    def __init__(
+        self,
+        conn: Connection,
+        sender: Address | str = "",
+        recipients: Iterable[Address | str] = (),
+        id: str = "",
+    ) -> None:
+        self._conn = conn
+        self._id = id
+        self._sender = as_sender(sender)
+        self._recipients = AddressList(recipients)
+        self.spf: SpfResult | None = None
+        self.dkim: list[DkimSignature] | None = None
+        self.dmarc: DmarcResult | None = None
+        self.data: dict[str, Any] = {}
+
+    @property
+    def conn(self) -> Connection:
+        """The connection this transaction runs on."""
+        return self._conn
+
+    @property
+    def id(self) -> str:
+        """The transaction id (``<session id>.<n>``), as in the daemon's log and Received header."""
+        return self._id
+
+    @property
+    def sender(self) -> Address:
+        """The envelope sender (``Address("")`` for ``<>``). Assignable: str or Address."""
+        return self._sender
+
+    @sender.setter
+    def sender(self, value: Address | str) -> None:
+        self._sender = as_sender(value)
+
+    @property
+    def recipients(self) -> AddressList:
+        """The recipients that will be delivered. Assignable, and changeable in place."""
+        return self._recipients
+
+    @recipients.setter
+    def recipients(self, value: Iterable[Address | str]) -> None:
+        if isinstance(value, (str, Address)):
+            raise TypeError("recipients is a list of addresses; to set one, assign [address]")
+        self._recipients = AddressList(value)
+
+    def __repr__(self) -> str:
+        rcpts = ", ".join(f"<{r}>" for r in self._recipients)
+        return f"<Transaction {self._id} from=<{self._sender}> to=[{rcpts}]>"

@@ -1,0 +1,30 @@
+"""pytest for the `portcullis` package: run from the repository root as
+`PYTHONPATH=python:build/python /usr/bin/python3 -m pytest -q tests/python`
+(the paths are also added here, so plain `pytest tests/python` works after a build)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+for path in (ROOT / "python", ROOT / "build" / "python"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Callable[..., str]:
+    """Writes a policy file from source (dedented) and returns its path."""
+    counter = iter(range(1000))
+
+    def write(source: str, name: str | None = None) -> str:
+        path = tmp_path / (name or f"policy{next(counter)}.py")
+        path.write_text(textwrap.dedent(source))
+        return str(path)
+
+    return write

@@ -1,0 +1,212 @@
+import email.message
+
+import pytest
+
+import portcullis as pc
+
+MESSAGE = (
+    b"Received: from a by b;\r\n"
+    b"\tSat, 1 Jan 2022 00:00:00 +0000\r\n"
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=sel;\r\n"
+    b"  h=From:To:Subject; bh=abc=;\r\n"
+    b"  b=XYZ\r\n"
+    b"From: J\xc3\xb6rg <jorg@example.test>\r\n"
+    b"To: you@example.test\r\n"
+    b"Subject: =?utf-8?q?caf=C3=A9?=   \r\n"
+    b"X-Latin1: caf\xe9\r\n"
+    b"x-spam:   no\r\n"
+    b"X-Spam: also\r\n"
+    b"\r\n"
+    b"Hello\r\n"
+    b"\r\n"
+    b"Bye\r\n"
+)
+
+
+def test_headers_in_order_unfolded():
+    m = pc.Message(MESSAGE)
+    names = [n for n, _ in m.headers]
+    assert names == ["Received", "DKIM-Signature", "From", "To", "Subject", "X-Latin1", "x-spam", "X-Spam"]
+    assert m.get("received") == "from a by b;\tSat, 1 Jan 2022 00:00:00 +0000"
+    assert m.get("DKIM-SIGNATURE") == "v=1; a=rsa-sha256; d=example.test; s=sel;  h=From:To:Subject; bh=abc=;  b=XYZ"
+    assert m.get("From") == "Jörg <jorg@example.test>"
+    assert m.get("Subject") == "=?utf-8?q?caf=C3=A9?="
+    assert m.get("X-Spam") == "no" and m.get_all("X-SPAM") == ["no", "also"]
+    assert m.get("Absent") is None and m.get_all("Absent") == []
+    assert "to" in m and "nope" not in m
+    assert m.body == b"Hello\r\n\r\nBye\r\n"
+
+
+def test_untouched_message_is_the_same_bytes():
+    m = pc.Message(MESSAGE)
+    assert m.raw == MESSAGE and bytes(m) == MESSAGE and not m.changed
+
+
+def test_untouched_headers_keep_their_bytes_when_others_change():
+    m = pc.Message(MESSAGE)
+    m.add_header("X-Checked", "yes")
+    assert m.remove_header("x-spam") == 2
+    m.replace_header("To", "them@example.test")
+    m.body = b"New body\r\n"
+    raw = m.raw
+    assert raw.startswith(b"X-Checked: yes\r\nReceived: from a by b;\r\n\tSat, 1 Jan 2022 00:00:00 +0000\r\n")
+    # folding, spacing and 8-bit octets of untouched fields survive exactly (DKIM still verifies)
+    assert b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=sel;\r\n  h=From:To:Subject; bh=abc=;\r\n  b=XYZ\r\n" in raw
+    assert b"From: J\xc3\xb6rg <jorg@example.test>\r\n" in raw
+    assert b"Subject: =?utf-8?q?caf=C3=A9?=   \r\n" in raw
+    assert b"X-Latin1: caf\xe9\r\n" in raw
+    assert b"To: them@example.test\r\nSubject:" in raw  # replaced in place
+    assert b"spam" not in raw.lower()
+    assert raw.endswith(b"X-Latin1: caf\xe9\r\n\r\nNew body\r\n")
+    assert m.changed
+
+
+def test_8bit_header_values_round_trip_through_str():
+    m = pc.Message(MESSAGE)
+    latin = m.get("X-Latin1")
+    assert latin == "caf\udce9"  # surrogateescape: the octet is kept
+    m.replace_header("X-Copy", latin)
+    assert b"X-Copy: caf\xe9\r\n" in m.raw
+
+
+def test_add_header_goes_on_top_last_first():
+    m = pc.Message(b"Subject: x\r\n\r\nbody\r\n")
+    m.add_header("X-A", "1")
+    m.add_header("X-B", "2")
+    assert m.headers == [("X-B", "2"), ("X-A", "1"), ("Subject", "x")]
+    assert m.raw == b"X-B: 2\r\nX-A: 1\r\nSubject: x\r\n\r\nbody\r\n"
+
+
+def test_replace_header_adds_when_absent_and_keeps_later_duplicates():
+    m = pc.Message(b"X-A: 1\r\nX-B: b\r\nX-A: 2\r\n\r\n")
+    m.replace_header("x-a", "one")
+    assert m.headers == [("x-a", "one"), ("X-B", "b"), ("X-A", "2")]
+    m.replace_header("X-New", "n")
+    assert m.headers[0] == ("X-New", "n")
+
+
+def test_remove_header_counts():
+    m = pc.Message(MESSAGE)
+    assert m.remove_header("Nope") == 0 and not m.changed
+    assert m.remove_header("received") == 1
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [("X-Evil", "a\r\nBcc: victim@example.test"), ("X-Evil", "a\nb"), ("X-Evil", "a\rb"), ("X-Evil", "a\x00b"),
+     ("X-Evil\r\nBcc", "x"), ("X Evil", "x"), ("X:Evil", "x"), ("", "x"), ("Sübject", "x"), ("X-Evil\n", "x")],
+)
+def test_header_injection_refused(name, value):
+    m = pc.Message(MESSAGE)
+    with pytest.raises(ValueError):
+        m.add_header(name, value)
+    with pytest.raises(ValueError):
+        m.replace_header(name, value)
+    assert m.raw == MESSAGE
+
+
+def test_header_types_checked():
+    m = pc.Message(MESSAGE)
+    with pytest.raises(TypeError):
+        m.add_header("X-A", 5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        m.add_header(b"X-A", "x")  # type: ignore[arg-type]
+
+
+def test_long_values_fold_at_whitespace():
+    m = pc.Message(b"Subject: x\r\n\r\n")
+    value = " ".join(f"word{i}" for i in range(300))
+    m.add_header("X-Long", value)
+    header = m.raw.split(b"\r\n\r\n")[0]
+    lines = header.split(b"\r\n")
+    assert all(len(line) <= 78 for line in lines)
+    assert all(line[:1] in b" \t" for line in lines[1:-1])  # continuation lines start with the whitespace
+    assert pc.Message(m.raw).get("X-Long") == value  # unfolding gives the value back
+    assert m.get("X-Long") == value
+
+
+def test_long_word_folds_within_998():
+    m = pc.Message(b"\r\n")
+    word = "a" * 900
+    m.add_header("X-Word", f"short {word} tail")
+    lines = m.raw.split(b"\r\n")
+    assert max(len(line) for line in lines) <= 998
+    assert pc.Message(m.raw).get("X-Word") == f"short {word} tail"
+
+
+def test_unfoldable_value_refused():
+    m = pc.Message(b"\r\n")
+    with pytest.raises(ValueError):
+        m.add_header("X-Huge", "a" * 1000)
+
+
+def test_tab_and_utf8_values():
+    m = pc.Message(b"\r\n")
+    m.add_header("Subject", "Grüße\tan alle")
+    assert m.raw.startswith("Subject: Grüße\tan alle\r\n".encode())
+    m.add_header("X-Empty", "")
+    assert m.raw.startswith(b"X-Empty:\r\n")
+
+
+def test_body_normalised_to_crlf():
+    m = pc.Message(b"Subject: x\r\n\r\nold\r\n")
+    m.body = b"a\nb\rc\r\nd"
+    assert m.body == b"a\r\nb\r\nc\r\nd\r\n"
+    assert m.raw == b"Subject: x\r\n\r\na\r\nb\r\nc\r\nd\r\n"
+    m.body = bytearray(b"")
+    assert m.raw == b"Subject: x\r\n\r\n"
+    with pytest.raises(ValueError):
+        m.body = b"nul\x00"
+    with pytest.raises(TypeError):
+        m.body = "text"  # type: ignore[assignment]
+
+
+def test_message_must_be_crlf_without_nul():
+    for bad in (b"Subject: x\n\nbody\n", b"Subject: x\r\n\r\nbare\rcr\r\n", b"Subject: x\r\n\r\nnul\x00\r\n"):
+        with pytest.raises(ValueError):
+            pc.Message(bad)
+    with pytest.raises(TypeError):
+        pc.Message("Subject: x\r\n\r\n")  # type: ignore[arg-type]
+
+
+def test_odd_shapes_round_trip():
+    for raw in (b"", b"\r\n", b"\r\nbody only\r\n", b"Subject: no body\r\n", b"Subject: no final crlf",
+                b"From nobody Sat Jan 1\r\nSubject: x\r\n\r\nb\r\n", b" continuation first\r\n\r\n",
+                b"Subject: x\r\nnot a header line\r\nmore\r\n"):
+        assert pc.Message(raw).raw == raw
+
+
+def test_header_section_ends_at_a_malformed_line():
+    m = pc.Message(b"Subject: x\r\nnot a header\r\n\r\nbody\r\n")
+    assert m.headers == [("Subject", "x")]
+    assert m.body == b"not a header\r\n\r\nbody\r\n"
+    m.add_header("X-A", "1")
+    # once changed, the message is well formed: the stray line is body, after a blank line
+    assert m.raw == b"X-A: 1\r\nSubject: x\r\n\r\nnot a header\r\n\r\nbody\r\n"
+    import _portcullis_core
+
+    _portcullis_core.check_message(m.raw)
+
+
+def test_changes_to_header_only_message():
+    m = pc.Message(b"Subject: no final crlf")
+    m.add_header("X-A", "1")
+    assert m.raw == b"X-A: 1\r\nSubject: no final crlf\r\n"
+    m.body = b"now a body"
+    assert m.raw == b"X-A: 1\r\nSubject: no final crlf\r\n\r\nnow a body\r\n"
+
+
+def test_as_email():
+    m = pc.Message(MESSAGE)
+    e = m.as_email()
+    assert isinstance(e, email.message.EmailMessage)
+    assert e["Subject"].strip() == "café"
+    assert e["To"] == "you@example.test"
+    m.add_header("X-New", "v")
+    assert m.as_email()["X-New"] == "v"
+
+
+def test_headers_is_a_copy():
+    m = pc.Message(MESSAGE)
+    m.headers.append(("X", "y"))
+    assert ("X", "y") not in m.headers and not m.changed

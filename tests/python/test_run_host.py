@@ -1,0 +1,139 @@
+"""run_host: the exchange with the daemon's policy thread, with a stand-in for the embedded module."""
+
+import os
+import queue
+import threading
+import time
+
+import pytest
+from enginehelp import job, tx
+
+from portcullis import _engine
+
+
+class FakeCore:
+    """The embedded `_portcullis_core`'s job plumbing, as python_engine.cpp provides it."""
+
+    def __init__(self):
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.lock = threading.Lock()
+        self.jobs = []
+        self.completed = queue.Queue()
+        self.stop = False
+        self.next_id = 1
+
+    def submit(self, j):
+        with self.lock:
+            job_id = self.next_id
+            self.next_id += 1
+            self.jobs.append((job_id, j))
+        os.eventfd_write(self.fd, 1)
+        return job_id
+
+    def take_jobs(self):
+        with self.lock:
+            jobs, self.jobs = self.jobs, []
+        return jobs
+
+    def complete(self, job_id, result):
+        self.completed.put((job_id, result))
+
+    def should_stop(self):
+        return self.stop
+
+    def request_stop(self):
+        self.stop = True
+        os.eventfd_write(self.fd, 1)
+
+    def results(self, n, timeout=5):
+        return dict(self.completed.get(timeout=timeout) for _ in range(n))
+
+
+@pytest.fixture
+def daemon(monkeypatch, policy_file):
+    core = FakeCore()
+    monkeypatch.setattr(_engine, "_core", core)
+    errors = []
+
+    def start(files, timeout=2.0):
+        def thread_main():
+            try:
+                _engine.run_host(files, None, timeout, "tempfail", 4, core.fd)
+            except BaseException as e:  # reported to the test
+                errors.append(e)
+
+        t = threading.Thread(target=thread_main, daemon=True)
+        t.start()
+        return t
+
+    yield core, start, errors
+    core.request_stop()
+    os.close(core.fd)
+
+
+def test_jobs_in_results_out(daemon, policy_file):
+    core, start, errors = daemon
+    f = policy_file("""
+        import asyncio
+        import portcullis as pc
+        async def on_mail(tx, sender):
+            await asyncio.sleep(0.2)
+            return pc.reject(f"no {sender}")
+    """)
+    thread = start([])
+    reload_id = core.submit({"stage": "reload", "files": [f], "config_path": None})
+    assert core.results(1) == {reload_id: _engine.empty_result()}
+    ids = [core.submit(job("mail", sid=f"S{i}", tx_snapshot=tx(f"S{i}.1", sender=f"u{i}@example.test")))
+           for i in range(10)]
+    start_time = time.monotonic()
+    results = core.results(10)
+    assert time.monotonic() - start_time < 1.5  # overlapping, not 10 x 0.2 s
+    for i, job_id in enumerate(ids):
+        assert results[job_id]["verdict"]["text"] == f"no u{i}@example.test"
+    core.request_stop()
+    thread.join(5)
+    assert not thread.is_alive() and errors == []
+
+
+def test_broken_reload_is_reported_and_stop_cancels_running_jobs(daemon, policy_file):
+    core, start, errors = daemon
+    bad = policy_file("def on_connect(conn):\n    return (\n")
+    slow = policy_file("import asyncio\nasync def on_connect(conn):\n    await asyncio.sleep(30)\n")
+    thread = start([], timeout=60)
+    rid = core.submit({"stage": "reload", "files": [bad], "config_path": None})
+    assert "SyntaxError" in core.results(1)[rid]["error"]
+    rid = core.submit({"stage": "reload", "files": [slow], "config_path": None})
+    assert core.results(1)[rid]["error"] is None
+    jid = core.submit(job("connect"))
+    time.sleep(0.1)
+    core.request_stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert core.results(1) == {jid: _engine.error_result("the policy engine is stopping")}
+
+
+def test_every_job_is_completed_even_if_the_result_cannot_be_handed_over(daemon):
+    core, start, errors = daemon
+    calls = []
+    real_complete = core.complete
+
+    def picky_complete(job_id, result):
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise TypeError("cannot convert")
+        real_complete(job_id, result)
+
+    core.complete = picky_complete
+    thread = start([])
+    jid = core.submit(job("connect"))
+    result = core.results(1)[jid]
+    assert "could not be handed over" in result["error"]
+    core.request_stop()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_startup_failure_propagates(monkeypatch, tmp_path):
+    monkeypatch.setattr(_engine, "_core", FakeCore())
+    with pytest.raises(_engine.PolicyLoadError):
+        _engine.run_host([str(tmp_path / "missing.py")], None, 1.0, "tempfail", 1, 0)

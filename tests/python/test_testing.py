@@ -1,0 +1,343 @@
+"""portcullis.testing.Harness: scripted dialogues through the engine, replies as the daemon gives them."""
+
+import pytest
+
+from portcullis.testing import Delivery, Harness, PolicyLoadError, Reply, SessionClosed
+
+MSG = b"Subject: hello\r\nFrom: a@example.test\r\n\r\nHi there\r\n"
+
+
+@pytest.fixture
+def harness(policy_file):
+    made = []
+
+    def make(source="", **kw):
+        h = Harness([policy_file(source)], **kw)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def test_default_dialogue(harness):
+    h = harness()
+    s = h.connect(client_ip="198.51.100.7")
+    assert s.greeting == (220, "", "mx.example.test ESMTP Portcullis")
+    ehlo = s.ehlo("client.example")
+    assert ehlo.code == 250 and ehlo.text.split("\n") == [
+        "mx.example.test Hello client.example [198.51.100.7]", "PIPELINING", "SIZE 52428800", "8BITMIME",
+        "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+    assert s.mail("a@example.test") == (250, "2.1.0", "Ok")
+    assert s.rcpt("b@example.test") == (250, "2.1.5", "Ok")
+    assert s.rcpt("c@example.test") == (250, "2.1.5", "Ok")
+    assert s.data(MSG) == (250, "2.0.0", "Ok")
+    assert s.delivered == [Delivery("a@example.test", ("b@example.test", "c@example.test"), MSG)]
+    assert h.deliveries == s.delivered
+    assert s.noop() == (250, "2.0.0", "Ok") and s.rset() == (250, "2.0.0", "Ok")
+    assert s.quit() == (221, "2.0.0", "mx.example.test Bye")
+    assert s.closed
+    with pytest.raises(SessionClosed):
+        s.mail("a@example.test")
+    assert str(Reply(250, "2.1.0", "Ok")) == "250 2.1.0 Ok"
+
+
+def test_sequence_and_syntax_replies_are_the_daemons(harness):
+    s = harness().connect()
+    assert s.mail("a@example.test") == (503, "5.5.1", "Send EHLO or HELO first")
+    assert s.ehlo("") == (501, "5.5.4", "Syntax: EHLO hostname")
+    assert s.helo("bad host") == (501, "5.5.2", "Invalid hostname")
+    assert s.helo("client.example") == (250, "", "mx.example.test")
+    assert s.rcpt("b@example.test") == (503, "5.5.1", "Need MAIL before RCPT")
+    assert s.data(MSG) == (503, "5.5.1", "Need MAIL before DATA")
+    assert s.mail("not an address") == (501, "5.1.7", "Bad sender address syntax")
+    assert s.mail("") == (250, "2.1.0", "Ok")
+    assert s.mail("a@example.test") == (503, "5.5.1", "Nested MAIL command")
+    assert s.rcpt("bad") == (501, "5.1.3", "Bad recipient address syntax")
+    assert s.data(MSG) == (554, "5.5.1", "No valid recipients")
+    assert s.rcpt("Postmaster") == (250, "2.1.5", "Ok")
+    assert s.data(b"Subject: x\r\n\r\nnul \x00\r\n") == (550, "5.6.0", "Message refused: NUL byte in message")
+    assert s.delivered == []
+
+
+def test_verdict_replies_are_exact(harness):
+    h = harness("""
+        import portcullis as pc
+        def on_mail(tx, sender):
+            if sender.local == "spammer":
+                return pc.reject("Go away", code=553, status="5.7.1")
+            if sender.local == "grey":
+                return pc.tempfail("Greylisted, try again", code=450, status="4.2.0")
+            if sender.local == "vip":
+                return pc.accept("Welcome, VIP")
+        def on_rcpt(tx, rcpt):
+            if rcpt.local == "nobody":
+                return pc.reject("No such user", status="5.1.1")
+        def on_data(tx, message):
+            if message.get("Subject") == "spam":
+                return pc.reject("Looks like spam", code=554, status="5.7.1")
+            return pc.accept("Queued, thanks")
+    """)
+    s = h.connect(helo="client.example")
+    assert s.mail("spammer@example.test") == (553, "5.7.1", "Go away")
+    assert s.mail("grey@example.test") == (450, "4.2.0", "Greylisted, try again")
+    assert s.mail("vip@example.test") == (250, "2.1.0", "Welcome, VIP")
+    assert s.rcpt("nobody@example.test") == (550, "5.1.1", "No such user")
+    assert s.rcpt("b@example.test") == (250, "2.1.5", "Ok")
+    assert s.data(b"Subject: spam\r\n\r\nbuy\r\n") == (554, "5.7.1", "Looks like spam")
+    assert s.delivered == []
+    s.mail("a@example.test")
+    s.rcpt("b@example.test")
+    assert s.data(MSG) == (250, "2.0.0", "Queued, thanks")
+    assert len(s.delivered) == 1
+
+
+def test_connect_refusal_closes_the_session(harness):
+    h = harness("""
+        import portcullis as pc
+        def on_connect(conn):
+            if conn.client_ip == "203.0.113.1":
+                return pc.reject("You are listed")
+            if conn.client_ip == "203.0.113.2":
+                return pc.tempfail("Too busy")
+            return pc.accept("Hi there")
+    """)
+    s = h.connect(client_ip="203.0.113.1", helo="x.example")
+    assert s.greeting == (554, "5.7.1", "You are listed") and s.closed  # RFC 5321 §3.1: 554
+    with pytest.raises(SessionClosed):
+        s.ehlo("x.example")
+    assert h.connect(client_ip="203.0.113.2").greeting == (421, "4.7.1", "Too busy")
+    assert h.connect().greeting == (220, "", "mx.example.test Hi there")
+
+
+def test_helo_refusal(harness):
+    h = harness("""
+        import portcullis as pc
+        def on_helo(conn, hostname):
+            if hostname == "localhost":
+                return pc.reject("Liar", code=550, status="5.7.1")
+    """)
+    s = h.connect()
+    assert s.ehlo("localhost") == (550, "5.7.1", "Liar")
+    assert s.mail("a@example.test") == (503, "5.5.1", "Send EHLO or HELO first")
+    assert s.ehlo("good.example").code == 250
+
+
+def test_discard_and_redirect(harness):
+    h = harness("""
+        import portcullis as pc
+        def on_rcpt(tx, rcpt):
+            if rcpt.local == "blackhole":
+                return pc.discard()
+            if rcpt.local == "team":
+                return pc.redirect("ann@example.test", "bob@example.test")
+    """)
+    s = h.connect(helo="c.example")
+    s.mail("a@example.test")
+    assert s.rcpt("blackhole@example.test") == (250, "2.1.5", "Ok")
+    assert s.rcpt("team@example.test") == (250, "2.1.5", "Ok")
+    assert s.rcpt("bob@example.test") == (250, "2.1.5", "Ok")  # already a target: delivered once
+    assert s.data(MSG) == (250, "2.0.0", "Ok")
+    assert s.delivered[0].recipients == ("ann@example.test", "bob@example.test")
+    # only discarded recipients: DATA goes through, nothing is delivered
+    s.mail("a@example.test")
+    s.rcpt("blackhole@example.test")
+    assert s.data(MSG) == (250, "2.0.0", "Ok: discarded")
+    assert len(s.delivered) == 1
+
+
+def test_discard_at_data(harness):
+    h = harness("import portcullis as pc\ndef on_data(tx, message): return pc.discard()\n")
+    s = h.connect(helo="c.example")
+    s.mail("a@example.test")
+    s.rcpt("b@example.test")
+    assert s.data(MSG) == (250, "2.0.0", "Ok: discarded")
+    assert h.deliveries == []
+
+
+def test_rewrites_across_stages_reach_the_delivery(harness):
+    h = harness("""
+        import portcullis as pc
+        def on_mail(tx, sender):
+            tx.sender = "bounces+" + sender.local + "@lists.example.test"
+        def on_rcpt(tx, rcpt):
+            assert str(tx.sender).startswith("bounces+")  # the mail stage's rewrite is in force
+            if rcpt.local == "archive":
+                tx.recipients.append("copy@archive.example.test")
+        def on_data(tx, message):
+            tx.recipients.remove(pc.Address("drop@example.test"))
+            message.add_header("X-List", "yes")
+            message.replace_header("Subject", "[list] " + message.get("Subject"))
+    """)
+    s = h.connect(helo="c.example")
+    s.mail("alice@example.test")
+    s.rcpt("archive@example.test")
+    s.rcpt("drop@example.test")
+    assert s.data(MSG) == (250, "2.0.0", "Ok")
+    d = s.delivered[0]
+    assert d.sender == "bounces+alice@lists.example.test"
+    assert d.recipients == ("copy@archive.example.test", "archive@example.test")
+    assert d.message == b"X-List: yes\r\nSubject: [list] hello\r\nFrom: a@example.test\r\n\r\nHi there\r\n"
+    assert d.as_email()["Subject"] == "[list] hello"
+
+
+def test_errors_tempfail_by_default(harness):
+    h = harness("""
+        import time
+        def on_mail(tx, sender):
+            if sender.local == "crash":
+                raise RuntimeError("bug in policy")
+            if sender.local == "hang":
+                time.sleep(0.5)
+        async def on_data(tx, message):
+            return "not a verdict"
+    """, timeout=0.1)
+    s = h.connect(helo="c.example")
+    assert s.mail("crash@example.test") == (451, "4.3.0", "Temporary policy failure, try again later")
+    assert s.mail("hang@example.test") == (451, "4.3.0", "Temporary policy failure, try again later")
+    assert s.mail("fine@example.test").code == 250  # the session lives on
+    s.rcpt("b@example.test")
+    assert s.data(MSG) == (451, "4.3.0", "Temporary policy failure, try again later")
+    assert s.delivered == []
+    errors = [line for line in h.logs if line.level >= 40]
+    assert len(errors) == 3 and all(line.session_id == s.id for line in errors)
+    assert "RuntimeError: bug in policy" in errors[0].message
+    assert "policy.timeout" in errors[1].message
+    assert "returned 'not a verdict'" in errors[2].message
+
+
+def test_on_error_accept_proceeds_without_the_rewrites(harness):
+    h = harness("""
+        def on_mail(tx, sender):
+            tx.sender = "rewritten@example.test"
+            raise RuntimeError("oops")
+    """, on_error="accept")
+    s = h.connect(helo="c.example")
+    assert s.mail("a@example.test") == (250, "2.1.0", "Ok")
+    s.rcpt("b@example.test")
+    s.data(MSG)
+    assert s.delivered[0].sender == "a@example.test"
+
+
+def test_connect_error_gives_421(harness):
+    h = harness("def on_connect(conn): raise ValueError('x')\n")
+    assert h.connect().greeting == (421, "4.3.0", "Temporary policy failure, try again later")
+
+
+def test_auth(harness):
+    h = harness("""
+        import portcullis as pc
+        USERS = {"alice": "secret"}
+        def on_auth(conn, mechanism, username, password):
+            if username == "locked":
+                return pc.tempfail("Account locked", code=454, status="4.7.0")
+            return USERS.get(username) == password if username in USERS else None
+        def on_mail(tx, sender):
+            if tx.conn.auth_user is None:
+                return pc.reject("Authenticate first", code=530, status="5.7.0")
+    """)
+    s = h.connect()
+    assert s.auth("alice", "secret") == (503, "5.5.1", "Send EHLO first")
+    s.ehlo("c.example")
+    assert s.mail("alice@example.test") == (530, "5.7.0", "Authenticate first")
+    assert s.auth("alice", "wrong") == (535, "5.7.8", "Authentication credentials invalid")
+    assert s.auth("mallory", "x") == (535, "5.7.8", "Authentication credentials invalid")
+    assert s.auth("locked", "x") == (454, "4.7.0", "Account locked")
+    assert s.auth("alice", "secret") == (235, "2.7.0", "Authentication successful")
+    assert s.auth("alice", "secret") == (503, "5.5.1", "Already authenticated")
+    assert s.mail("alice@example.test").code == 250
+    # a connection can start authenticated (and with TLS)
+    s2 = h.connect(helo="c.example", tls=True, auth_user="bob")
+    assert s2.mail("bob@example.test").code == 250
+
+
+def test_connection_data_and_state(harness):
+    h = harness("""
+        import portcullis as pc
+        def on_connect(conn):
+            conn.data["mails"] = 0
+        def on_mail(tx, sender):
+            tx.conn.data["mails"] += 1
+            return pc.accept(f"{tx.conn.helo} tls={tx.conn.tls} port={tx.conn.client_port}")
+    """)
+    s = h.connect(helo="c.example", tls=True, client_port=1234)
+    assert s.mail("a@example.test") == (250, "2.1.0", "c.example tls=True port=1234")
+    s.rset()
+    s.mail("a@example.test")
+    assert s.conn.data == {"mails": 2}
+    s.quit()
+    assert s.conn is None
+
+
+def test_disconnect_runs_on_quit_close_and_harness_close(harness):
+    h = harness("""
+        import portcullis as pc
+        def on_disconnect(conn):
+            pc.log.info("bye %s", conn.id)
+    """)
+    a, b, c = h.connect(), h.connect(), h.connect()
+    a.quit()
+    b.close()
+    h.close()
+    assert sorted(line.message for line in h.logs) == [f"bye {a.id}", f"bye {b.id}", f"bye {c.id}"]
+
+
+def test_message_line_ends_are_normalised(harness):
+    h = harness()
+    s = h.connect(helo="c.example")
+    s.mail("a@example.test")
+    s.rcpt("b@example.test")
+    s.data("Subject: é\n\nline one\nline two")
+    assert s.delivered[0].message == "Subject: é\r\n\r\nline one\r\nline two\r\n".encode()
+
+
+def test_config_and_hostname_from_a_config_file(tmp_path):
+    (tmp_path / "rules.py").write_text(
+        "import portcullis as pc\n"
+        "BLOCKED = set(pc.config['rules']['blocked'])\n"
+        "def on_mail(tx, sender):\n"
+        "    if sender.domain in BLOCKED:\n"
+        "        return pc.reject('Blocked domain')\n")
+    conf = tmp_path / "portcullis.toml"
+    conf.write_text('[server]\nhostname = "mx.test.example"\n\n[policy]\nfiles = ["rules.py"]\ntimeout = 3\n\n'
+                    '[rules]\nblocked = ["spam.example"]\n')
+    with Harness(config_path=conf) as h:
+        assert h.config["rules"]["blocked"] == ["spam.example"]
+        assert h.host.engine.timeout == 3
+        s = h.connect(helo="c.example")
+        assert s.greeting.text.startswith("mx.test.example ")
+        assert s.mail("x@spam.example") == (550, "5.7.1", "Blocked domain")
+    with Harness(config_path=conf, config={"rules": {"blocked": []}}) as h:
+        assert h.connect(helo="c.example").mail("x@spam.example").code == 250
+
+
+def test_broken_policy_raises_at_construction(policy_file):
+    with pytest.raises(PolicyLoadError) as e:
+        Harness([policy_file("def on_connect(conn):\n    return pc.accept(\n")])
+    assert ":2: SyntaxError" in str(e.value) or ":3: SyntaxError" in str(e.value)
+
+
+def test_reload_in_the_harness(policy_file, tmp_path):
+    path = tmp_path / "v.py"
+    path.write_text("import portcullis as pc\ndef on_mail(tx, s): return pc.accept('v1')\n")
+    with Harness([path]) as h:
+        old = h.connect(helo="c.example")
+        path.write_text("import portcullis as pc\ndef on_mail(tx, s): return pc.accept('v2')\n")
+        h.reload()
+        new = h.connect(helo="c.example")
+        assert old.mail("a@example.test").text == "v1"
+        assert new.mail("a@example.test").text == "v2"
+        path.write_text("this is not python\n")
+        with pytest.raises(PolicyLoadError):
+            h.reload()
+        assert h.connect(helo="c.example").mail("a@example.test").text == "v2"
+
+
+def test_max_recipients(harness):
+    h = harness(config={"server": {"max_recipients": 2}})
+    s = h.connect(helo="c.example")
+    s.mail("a@example.test")
+    s.rcpt("b@example.test")
+    s.rcpt("c@example.test")
+    assert s.rcpt("d@example.test") == (452, "4.5.3", "Too many recipients")
