@@ -149,7 +149,12 @@ def load_config(config_path: str | os.PathLike[str] | None) -> dict[str, Any]:
 
 
 def _problem_from_exception(path: str, exc: BaseException) -> LoadProblem:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    # The traceback from the policy's own code on (not the import machinery's).
+    tb = exc.__traceback__
+    while tb is not None and (_is_internal(tb.tb_frame.f_code.co_filename)
+                              or tb.tb_frame.f_code.co_filename.startswith("<frozen")):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
     if isinstance(exc, SyntaxError):
         return LoadProblem(exc.filename or path, exc.lineno, f"{type(exc).__name__}: {exc.msg}", text)
     # The line: the innermost frame in the policy file itself.
@@ -580,7 +585,7 @@ class EngineHost:
         try:
             engine = await self.areload(**changes)
         except Exception as e:  # PolicyLoadError, or a bad setting in the job
-            log.error("policy reload failed; the policies loaded before stay in force:\n%s", e)
+            log.error("policies did not load (any loaded before stay in force):\n%s", e)
             return error_result(str(e))
         log.info("policies reloaded (generation %d): %s", engine.generation, ", ".join(engine.files) or "none")
         return empty_result()
