@@ -2,8 +2,10 @@
 # Every test tier: installs what is missing, builds, and runs
 #   1. C++ table tests of the pure layer and the config (release build)
 #   2. the same under ASan/UBSan
-#   3. libFuzzer on the command parser, address parser and DATA decoder (bounded time)
-#   4. end-to-end tests: the built daemon between real clients and real upstreams
+#   3. pytest of the Python package (python/portcullis) and the policy engine
+#   4. libFuzzer on the command parser, address parser and DATA decoder (bounded time)
+#   5. end-to-end tests: the built daemon between real clients and real upstreams
+#      (release and ASan/UBSan builds), Python policies included
 # Environment: FUZZ_SECONDS (per target, default 30), JOBS (default nproc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,9 @@ scripts/build.sh asan
 step "C++ tests (ASan/UBSan)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure
+
+step "Python API and engine (pytest, tests/python)"
+PYTHONPATH="$PWD/python:$PWD/build/python" /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python
 
 step "fuzz (${FUZZ_SECONDS:-30}s per target)"
 scripts/build.sh fuzz

@@ -130,6 +130,9 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
         d["stage"] = "reload";
         d["files"] = *q.reload_files;
         d["config_path"] = q.reload_config;
+        d["timeout"] = q.reload_timeout;
+        d["on_error"] = q.reload_on_error;
+        d["threads"] = q.reload_threads;
       } else {
         d = portcullis::job_dict(q.job);
       }
@@ -234,7 +237,7 @@ void python_engine::submit(policy_job job, completion done) {
     }
     const auto id = next_id_++;
     waiting_.emplace(id, std::move(done));
-    queue_.push_back(queued{id, std::move(job), std::nullopt, {}});
+    queue_.push_back(queued{id, std::move(job), std::nullopt, {}, 0, {}, 0});
   }
   wake();
 }
@@ -246,7 +249,8 @@ void python_engine::reload(const config& cfg, std::function<void(std::optional<s
     std::lock_guard lock(mutex_);
     const auto id = next_id_++;
     waiting_.emplace(id, [done = std::move(done)](policy_result r) { done(std::move(r.error)); });
-    queue_.push_back(queued{id, {}, std::move(files), cfg.file.string()});
+    queue_.push_back(queued{id, {}, std::move(files), cfg.file.string(),
+                            static_cast<double>(cfg.policy.timeout.count()), cfg.policy.on_error, cfg.policy.threads});
   }
   wake();
 }

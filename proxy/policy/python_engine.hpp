@@ -81,8 +81,11 @@ class python_engine {
   struct queued {
     std::uint64_t id;
     policy_job job;
-    std::optional<std::vector<std::string>> reload_files;
+    std::optional<std::vector<std::string>> reload_files;  // set: a reload job
     std::string reload_config;
+    double reload_timeout = 0;
+    std::string reload_on_error;
+    unsigned reload_threads = 0;
   };
   std::vector<queued> take_jobs();
   void complete(std::uint64_t id, policy_result result);

@@ -95,14 +95,20 @@ awaitable<policy_result> python_policy::run(policy_job job) {
 }
 
 verdict python_policy::failure(const connection_state& conn, const std::string& stage, const std::string& why) const {
-  session_log(conn.id).error("policy error in {}: {}", stage, why);
+  session_log(conn.id).error("policy error in on_{}: {}", stage, why);
   if (accept_on_error_) return verdict{};
   return verdict{verdict::kind::tempfail, smtp::reply{451, "4.3.0", "Temporary policy failure, try again later"}, {}};
 }
 
 verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result result,
                               transaction* tx, std::string* message) {
-  if (result.error) return failure(conn, stage, *result.error);
+  if (result.error) {
+    // Python logged the traceback with the session id; one line here says what we did about it.
+    session_log(conn.id).warn("policy error in on_{} ({}); see the traceback above", stage,
+                              accept_on_error_ ? "accepting, per policy.on_error" : "451 4.3.0");
+    if (accept_on_error_) return verdict{};
+    return verdict{verdict::kind::tempfail, smtp::reply{451, "4.3.0", "Temporary policy failure, try again later"}, {}};
+  }
   const bool utf8 = tx && tx->options.smtputf8;
   // Rewrites first: they accumulate whatever the verdict.
   if (tx && result.sender) {
