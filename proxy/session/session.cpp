@@ -70,6 +70,11 @@ void session::stop() {
 
 void session::queue(const reply& r) { out_ += r.wire(); }
 
+reply session::refused_by_policy(const std::string& what, const verdict& v) {
+  log_.info("{} refused by policy: {}", printable(what), printable(v.reply.summary()));
+  return v.reply;
+}
+
 awaitable<bool> session::flush() {
   if (out_.empty()) co_return true;
   const bool written = co_await client_.write(std::string_view(out_), cfg_->server.idle_timeout);
@@ -92,7 +97,7 @@ awaitable<void> session::run() {
   auto v = co_await policy_->on_connect(conn_);
   if (v.stops()) {
     // RFC 5321 §3.1: a 554 greeting; we then simply close rather than wait for QUIT.
-    queue(v.reply);
+    queue(refused_by_policy("connection", v));
     closing_ = true;
   } else {
     const bool own_text = v.what == verdict::kind::accept && !v.reply.text().empty();
@@ -193,7 +198,7 @@ awaitable<reply> session::on_helo(const smtp::command& cmd, bool extended) {
   if (cmd.arg.empty()) co_return bad_syntax(extended ? "Syntax: EHLO hostname" : "Syntax: HELO hostname");
   if (!plausible_helo(cmd.arg)) co_return reply{501, "5.5.2", "Invalid hostname"};
   auto v = co_await policy_->on_helo(conn_, cmd.arg);
-  if (v.stops()) co_return v.reply;
+  if (v.stops()) co_return refused_by_policy("HELO " + std::string(cmd.arg), v);
   // RFC 5321 §4.1.4: EHLO/HELO ends any transaction in progress.
   co_await reset_transaction();
   conn_.helo = std::string(cmd.arg);
@@ -262,7 +267,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   auto v = co_await policy_->on_mail(conn_, tx_);
   if (v.stops()) {
     tx_ = transaction{};
-    co_return v.reply;
+    co_return refused_by_policy("MAIL FROM:<" + parsed.value->addr.str() + ">", v);
   }
   // proceed: the upstream's own reply goes to the client (with the sender a policy may have rewritten)
   auto upstream_reply = co_await upstream_connection().mail(tx_.sender, tx_.options);
@@ -297,7 +302,7 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
   auto v = co_await policy_->on_rcpt(conn_, tx_, rcpt);
   if (v.stops()) {
     ++tx_.rejected_recipients;
-    co_return v.reply;
+    co_return refused_by_policy("RCPT TO:<" + rcpt.str() + ">", v);
   }
   if (v.what == verdict::kind::discard) {
     // Accepted, never delivered: the client must not learn the difference.
@@ -396,7 +401,7 @@ awaitable<std::optional<reply>> session::receive_message() {
 
 awaitable<reply> session::deliver() {
   auto v = co_await policy_->on_data(conn_, tx_, message_);
-  if (v.stops()) co_return v.reply;
+  if (v.stops()) co_return refused_by_policy("message", v);
   if (v.what == verdict::kind::discard) {
     log_.info("message discarded by policy");
     co_return reply{250, "2.0.0", "Ok: discarded"};

@@ -18,6 +18,7 @@ namespace portcullis {
 class server_context;
 class policy;
 struct config;
+struct verdict;
 
 class session : public std::enable_shared_from_this<session> {
  public:
@@ -50,6 +51,7 @@ class session : public std::enable_shared_from_this<session> {
   upstream& upstream_connection();
 
   void queue(const reply& r);
+  reply refused_by_policy(const std::string& what, const verdict& v);
   awaitable<bool> flush();
   void log_transaction(const reply& outcome, std::size_t size);
 
