@@ -5,6 +5,7 @@
 
 #include "config/config.hpp"
 #include "log.hpp"
+#include "net/tls_context.hpp"
 #include "policy/python_engine.hpp"
 #include "server/server.hpp"
 
@@ -20,11 +21,10 @@ constexpr const char* usage =
 std::vector<std::string> unsupported(const portcullis::config& cfg) {
   std::vector<std::string> out;
   const std::string f = cfg.file.string() + ": ";
-  if (!cfg.server.listen_tls.empty()) out.push_back(f + "server.listen_tls: implicit TLS is not supported by this build yet");
-  if (cfg.tls.enabled) out.push_back(f + "[tls]: STARTTLS is not supported by this build yet");
+  if (!cfg.server.listen_tls.empty() && !cfg.tls.enabled) out.push_back(f + "server.listen_tls needs [tls] cert and key");
+  if (cfg.server.require_tls && !cfg.tls.enabled) out.push_back(f + "server.require_tls needs [tls] cert and key");
   if (cfg.auth.enabled) out.push_back(f + "[auth]: AUTH is not supported by this build yet");
-  if (cfg.server.require_tls || cfg.server.require_auth)
-    out.push_back(f + "server.require_tls/require_auth: not supported by this build yet");
+  if (cfg.server.require_auth) out.push_back(f + "server.require_auth: not supported by this build yet");
   if (cfg.server.proxy_protocol) out.push_back(f + "server.proxy_protocol: not supported by this build yet");
   if (cfg.relay.enabled) out.push_back(f + "[relay]: relay control is not supported by this build yet");
   return out;
@@ -58,6 +58,14 @@ int main(int argc, char** argv) {
   if (!cfg) return 1;
   portcullis::init_logging();
   if (check_only) {
+    if (cfg->tls.enabled) {
+      try {
+        portcullis::tls_server_context tls(cfg->tls);
+      } catch (const portcullis::tls_error& e) {
+        std::cerr << e.what() << "\n";
+        return 1;
+      }
+    }
     // Loading every policy is part of the check: a policy that does not import fails it.
     if (!cfg->policy.files.empty()) {
       try {

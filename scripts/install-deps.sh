@@ -11,7 +11,7 @@ BUILD_PACKAGES=(
 )
 TEST_PACKAGES=(
   libgtest-dev clang libclang-rt-14-dev   # table tests, libFuzzer, ASan/UBSan
-  python3-pytest python3-aiosmtpd swaks
+  python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl   # swaks --tls needs Net::SSLeay
   postfix                                 # smtp-source/smtp-sink; a real upstream
 )
 

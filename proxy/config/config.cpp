@@ -68,6 +68,34 @@ class table_reader {
     if (!s.empty()) out = base / s;
   }
 
+  // A list of tables ("certificates = [{cert = ..., key = ...}]"): each read by its own reader.
+  template <class F>
+  void each_table(const std::string& key, F&& read) {
+    read_.insert(key);
+    if (!table_.contains(key)) return;
+    const auto& v = table_.at(key);
+    if (!v.is_array()) {
+      problem(v, "'" + qualified(key) + "' must be a list of tables");
+      return;
+    }
+    std::size_t i = 0;
+    for (const auto& item : v.as_array()) {
+      if (!item.is_table()) {
+        problem(item, "'" + qualified(key) + "' must be a list of tables");
+        continue;
+      }
+      table_reader nested(item, qualified(key) + "[" + std::to_string(i++) + "]", problems_);
+      read(nested);
+    }
+  }
+
+  void require(const std::string& key) {
+    if (!table_.contains(key)) {
+      const auto& loc = table_.location();
+      problems_.push_back(loc.file_name() + ":" + std::to_string(loc.line()) + ": '" + qualified(key) + "' is required");
+    }
+  }
+
   void problem_at(const std::string& key, const std::string& msg) {
     if (table_.contains(key)) problem(table_.at(key), msg);
   }
@@ -151,6 +179,9 @@ void read_upstream(table_reader& t, upstream_config& u, const std::filesystem::p
   t.get("starttls", u.starttls);
   t.get_seconds("timeout", u.timeout);
   t.get("helo", u.helo);
+  t.get("tls_verify", u.tls_verify);
+  t.get_path("tls_ca_file", u.tls_ca_file, base);
+  t.get("tls_name", u.tls_name);
   if (u.starttls != "never" && u.starttls != "opportunistic" && u.starttls != "required")
     t.problem_at("starttls", "upstream.starttls must be \"never\", \"opportunistic\" or \"required\"");
   const std::string& url = u.url;
@@ -212,8 +243,18 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     if (cfg->server.hostname.empty()) cfg->server.hostname = default_hostname();
     section("upstream", [&](table_reader& t) { read_upstream(t, cfg->upstream, base); });
     cfg->tls.enabled = section("tls", [&](table_reader& t) {
+      t.require("cert");
+      t.require("key");
       t.get_path("cert", cfg->tls.cert, base);
       t.get_path("key", cfg->tls.key, base);
+      t.each_table("certificates", [&](table_reader& pair_reader) {
+        tls_config::pair pair;
+        pair_reader.require("cert");
+        pair_reader.require("key");
+        pair_reader.get_path("cert", pair.cert, base);
+        pair_reader.get_path("key", pair.key, base);
+        cfg->tls.certificates.push_back(std::move(pair));
+      });
     });
     cfg->auth.enabled = section("auth", [&](table_reader& t) { t.get_path("users_file", cfg->auth.users_file, base); });
     cfg->relay.enabled = section("relay", [&](table_reader& t) {
@@ -245,6 +286,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     });
   }
   if (cfg->upstream.helo.empty()) cfg->upstream.helo = cfg->server.hostname;
+  if (cfg->upstream.tls_name.empty()) cfg->upstream.tls_name = cfg->upstream.host;
   if (!problems.empty()) throw config_error(std::move(problems));
   return cfg;
 }

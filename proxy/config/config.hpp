@@ -43,11 +43,19 @@ struct upstream_config {
   std::string starttls = "opportunistic";
   std::chrono::seconds timeout{60};
   std::string helo;  // our EHLO name upstream; default server.hostname
+  // Upstream TLS: verification of the upstream's certificate.
+  bool tls_verify = false;             // opportunistic TLS is usually unauthenticated (as Postfix's "may")
+  std::filesystem::path tls_ca_file;   // empty: the system's CA store
+  std::string tls_name;                // the name to expect (and send as SNI); default: the url's host
 };
 
 struct tls_config {
+  struct pair {
+    std::filesystem::path cert, key;
+  };
   bool enabled = false;
-  std::filesystem::path cert, key;
+  std::filesystem::path cert, key;   // the default pair
+  std::vector<pair> certificates;    // more pairs, chosen by SNI (RFC 6066)
 };
 
 struct auth_config {

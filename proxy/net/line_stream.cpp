@@ -96,8 +96,12 @@ awaitable<bool> line_stream::fill(std::chrono::steady_clock::time_point deadline
   make_space(want_space);
   boost::system::error_code ec;
   arm(deadline);
-  const std::size_t n = co_await socket_.async_read_some(asio::buffer(buf_.get() + end_, capacity_ - end_),
-                                                         asio::redirect_error(asio::use_awaitable, ec));
+  const auto space = asio::buffer(buf_.get() + end_, capacity_ - end_);
+  std::size_t n = 0;
+  if (tls_)
+    n = co_await tls_->async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+  else
+    n = co_await socket_.async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
   const bool expired = disarm();
   end_ += n;
   if (expired && n == 0) {
@@ -172,6 +176,10 @@ awaitable<std::string_view> line_stream::read_some(duration timeout) {
 }
 
 awaitable<bool> line_stream::write(std::span<const asio::const_buffer> buffers, duration timeout) {
+  if (tls_) {
+    const bool written = co_await write_tls(buffers, timeout);
+    co_return written;
+  }
   // The deadline is per step, not for the whole write (RFC 5321 §4.5.3.2):
   // a peer that reads steadily gets a big message however long it takes.
   std::vector<asio::const_buffer> pending(buffers.begin(), buffers.end());
@@ -197,6 +205,77 @@ awaitable<bool> line_stream::write(std::span<const asio::const_buffer> buffers, 
     while (first < pending.size() && pending[first].size() == 0) ++first;
   }
   co_return true;
+}
+
+// TLS writes one record per buffer handed to it: the pieces (a dot-stuffed
+// body is many) are gathered into chunks of a few records first.
+awaitable<bool> line_stream::write_tls(std::span<const asio::const_buffer> buffers, duration timeout) {
+  constexpr std::size_t chunk_size = 64 * 1024;
+  std::string chunk;
+  chunk.reserve(chunk_size);
+  auto send = [&]() -> awaitable<bool> {
+    boost::system::error_code ec;
+    arm(std::chrono::steady_clock::now() + timeout);
+    const std::size_t n = co_await asio::async_write(*tls_, asio::buffer(chunk), asio::redirect_error(asio::use_awaitable, ec));
+    (void)n;
+    const bool expired = disarm();
+    chunk.clear();
+    if (expired || ec) {
+      last_ = expired ? status::timeout : status::eof;
+      close();
+      co_return false;
+    }
+    co_return true;
+  };
+  for (const auto& b : buffers) {
+    auto rest = std::string_view(static_cast<const char*>(b.data()), b.size());
+    while (!rest.empty()) {
+      const std::size_t take = std::min(rest.size(), chunk_size - chunk.size());
+      chunk.append(rest.substr(0, take));
+      rest.remove_prefix(take);
+      if (chunk.size() == chunk_size) {
+        const bool sent = co_await send();
+        if (!sent) co_return false;
+      }
+    }
+  }
+  if (!chunk.empty()) {
+    const bool sent = co_await send();
+    if (!sent) co_return false;
+  }
+  co_return true;
+}
+
+awaitable<bool> line_stream::start_tls(ssl::context& ctx, ssl::stream_base::handshake_type side,
+                                       const std::string& server_name, duration timeout) {
+  tls_.emplace(socket_, ctx);
+  SSL* native = tls_->native_handle();
+  if (side == ssl::stream_base::client && !server_name.empty()) {
+    SSL_set_tlsext_host_name(native, server_name.c_str());
+    // Checked by OpenSSL during the handshake when the context verifies peers.
+    SSL_set1_host(native, server_name.c_str());
+  }
+  boost::system::error_code ec;
+  arm(std::chrono::steady_clock::now() + timeout);
+  co_await tls_->async_handshake(side, asio::redirect_error(asio::use_awaitable, ec));
+  const bool expired = disarm();
+  if (expired || ec) {
+    last_error_ = expired ? std::string("handshake timed out") : ec.message();
+    if (!expired && ec.category() == asio::error::get_ssl_category()) {
+      const long verify = SSL_get_verify_result(native);
+      if (verify != X509_V_OK) last_error_ += std::string(" (") + X509_verify_cert_error_string(verify) + ")";
+    }
+    close();
+    co_return false;
+  }
+  co_return true;
+}
+
+std::size_t line_stream::discard_buffered() {
+  const std::size_t n = end_ - begin_;
+  begin_ = end_ = 0;
+  skipping_ = false;
+  return n;
 }
 
 awaitable<bool> line_stream::write(std::string_view bytes, duration timeout) {

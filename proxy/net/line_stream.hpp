@@ -11,11 +11,13 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 
 #include "asio.hpp"
+#include "net/tls_context.hpp"
 
 namespace portcullis {
 
@@ -67,6 +69,18 @@ class line_stream {
   awaitable<bool> write(std::span<const asio::const_buffer> buffers, duration timeout);
   awaitable<bool> write(std::string_view bytes, duration timeout);
 
+  // Switches to TLS on this connection (STARTTLS, implicit TLS, or towards
+  // the upstream). `server_name`: SNI and the name to verify, client side.
+  // False on failure: the reason is in last_error() and the stream is closed.
+  awaitable<bool> start_tls(ssl::context& ctx, ssl::stream_base::handshake_type side, const std::string& server_name,
+                            duration timeout);
+  bool tls_active() const { return tls_.has_value(); }
+  tls_session_info tls_info() { return tls_ ? describe(tls_->native_handle()) : tls_session_info{}; }
+  const std::string& last_error() const { return last_error_; }
+  // Forgets whatever input is buffered: what a client pipelined behind
+  // STARTTLS was sent in clear and must never be acted on (CVE-2011-0411).
+  std::size_t discard_buffered();
+
   void wake();   // makes a pending or the next read return `woken`, once
   void close();  // idempotent
   tcp::socket& socket() { return socket_; }
@@ -75,12 +89,15 @@ class line_stream {
   // One read into the buffer; false when it returned nothing.
   awaitable<bool> fill(std::chrono::steady_clock::time_point deadline, std::size_t want_space);
   void make_space(std::size_t want);
+  awaitable<bool> write_tls(std::span<const asio::const_buffer> buffers, duration timeout);
   // Arms the deadline for one operation; disarm() returns whether it expired.
   void arm(std::chrono::steady_clock::time_point deadline);
   bool disarm();
   std::string_view buffered() const { return {buf_.get() + begin_, end_ - begin_}; }
 
   tcp::socket socket_;
+  std::optional<ssl::stream<tcp::socket&>> tls_;  // once TLS is on, all I/O goes through it
+  std::string last_error_;
   asio::steady_timer deadline_timer_;
   // Shared with the timer's callback, which may run after this stream is gone.
   struct deadline_token {

@@ -37,11 +37,16 @@ asio::ip::address client_key(const asio::ip::address& a) {
   return a;
 }
 
+// Null without [tls]; throws tls_error when a certificate or key cannot be used.
+std::shared_ptr<tls_server_context> make_tls(const config& cfg) {
+  return cfg.tls.enabled ? std::make_shared<tls_server_context>(cfg.tls) : nullptr;
+}
+
 }  // namespace
 
 server::server(std::shared_ptr<const config> cfg)
     : engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
-      ctx_(cfg, make_policy(*cfg)),
+      ctx_(cfg, make_policy(*cfg), make_tls(*cfg)),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {}
 
 std::shared_ptr<policy> server::make_policy(const config& cfg) {
@@ -53,25 +58,27 @@ server::~server() = default;
 
 int server::run() {
   const auto cfg = ctx_.current_config();
-  for (const auto& l : cfg->server.listen) {
-    try {
-      tcp::acceptor a(io_);
-      const auto ep = parse_endpoint(l);
-      a.open(ep.protocol());
-      a.set_option(tcp::acceptor::reuse_address(true));
-      a.bind(ep);
-      a.listen(asio::socket_base::max_listen_connections);
-      acceptors_.push_back(std::move(a));
-      spdlog::info("listening on {}", l);
-    } catch (const boost::system::system_error& e) {
-      spdlog::critical("cannot listen on {}: {}", l, e.code().message());
-      return 1;
+  for (const bool implicit_tls : {false, true}) {
+    for (const auto& l : implicit_tls ? cfg->server.listen_tls : cfg->server.listen) {
+      try {
+        tcp::acceptor a(io_);
+        const auto ep = parse_endpoint(l);
+        a.open(ep.protocol());
+        a.set_option(tcp::acceptor::reuse_address(true));
+        a.bind(ep);
+        a.listen(asio::socket_base::max_listen_connections);
+        listeners_.push_back({std::move(a), implicit_tls});
+        spdlog::info("listening on {}{}", l, implicit_tls ? " (implicit TLS)" : cfg->tls.enabled ? " (STARTTLS)" : "");
+      } catch (const boost::system::system_error& e) {
+        spdlog::critical("cannot listen on {}: {}", l, e.code().message());
+        return 1;
+      }
     }
   }
   spdlog::info("upstream {}", cfg->upstream.url);
   if (!cfg->relay.enabled) spdlog::info("no [relay] table: the upstream decides who may relay");
-  for (auto& a : acceptors_)
-    asio::co_spawn(asio::make_strand(io_), accept_loop(a), [](std::exception_ptr e) {
+  for (auto& l : listeners_)
+    asio::co_spawn(asio::make_strand(io_), accept_loop(l.acceptor, l.implicit_tls), [](std::exception_ptr e) {
       if (!e) return;
       try {
         std::rethrow_exception(e);
@@ -90,7 +97,7 @@ int server::run() {
   return 0;
 }
 
-awaitable<void> server::accept_loop(tcp::acceptor& acceptor) {
+awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) {
   for (;;) {
     boost::system::error_code ec;
     tcp::socket socket = co_await acceptor.async_accept(asio::make_strand(io_), asio::redirect_error(asio::use_awaitable, ec));
@@ -110,7 +117,7 @@ awaitable<void> server::accept_loop(tcp::acceptor& acceptor) {
       continue;
     }
     const std::string id = next_session_id();
-    auto s = std::make_shared<session>(std::move(socket), peer, id, ctx_);
+    auto s = std::make_shared<session>(std::move(socket), peer, id, ctx_, implicit_tls);
     {
       std::lock_guard lock(sessions_mutex_);
       sessions_[id] = s;
@@ -194,8 +201,16 @@ void server::reload() {
   }
   if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
     spdlog::warn("reload: listen addresses changed; they take effect on restart");
-  auto swap_in = [this, fresh] {
-    ctx_.replace(fresh, make_policy(*fresh));
+  // Certificates are read again: a renewed certificate needs only a SIGHUP.
+  std::shared_ptr<tls_server_context> tls;
+  try {
+    tls = make_tls(*fresh);
+  } catch (const tls_error& e) {
+    spdlog::error("reload: {}; keeping the running configuration", e.what());
+    return;
+  }
+  auto swap_in = [this, fresh, tls] {
+    ctx_.replace(fresh, make_policy(*fresh), tls);
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
   };
   if (fresh->policy.files.empty()) {
@@ -229,9 +244,9 @@ void server::reload() {
 
 awaitable<void> server::drain() {
   ctx_.set_stopping();
-  for (auto& a : acceptors_) {
+  for (auto& l : listeners_) {
     boost::system::error_code ignored;
-    a.close(ignored);
+    l.acceptor.close(ignored);
   }
   {
     std::lock_guard lock(sessions_mutex_);

@@ -23,7 +23,7 @@ class server {
   int run();
 
  private:
-  awaitable<void> accept_loop(tcp::acceptor& acceptor);
+  awaitable<void> accept_loop(tcp::acceptor& acceptor, bool implicit_tls);
   awaitable<void> handle_signals();
   awaitable<void> drain();
   awaitable<void> refuse(tcp::socket socket, std::string reason);
@@ -35,7 +35,11 @@ class server {
   asio::io_context io_;
   std::shared_ptr<python_engine> engine_;  // only with [policy] files; before ctx_, which uses it
   server_context ctx_;
-  std::vector<tcp::acceptor> acceptors_;
+  struct listener {
+    tcp::acceptor acceptor;
+    bool implicit_tls;
+  };
+  std::vector<listener> listeners_;
   asio::signal_set signals_;
 
   std::mutex sessions_mutex_;  // guards the three below (sessions live on many threads)

@@ -8,14 +8,15 @@
 
 #include "asio.hpp"
 #include "config/config.hpp"
+#include "net/tls_context.hpp"
 #include "policy/policy.hpp"
 
 namespace portcullis {
 
 class server_context {
  public:
-  explicit server_context(std::shared_ptr<const config> cfg, std::shared_ptr<policy> pol)
-      : config_(std::move(cfg)), policy_(std::move(pol)) {}
+  server_context(std::shared_ptr<const config> cfg, std::shared_ptr<policy> pol, std::shared_ptr<tls_server_context> tls)
+      : config_(std::move(cfg)), policy_(std::move(pol)), tls_(std::move(tls)) {}
 
   // A session takes one snapshot at its start: SIGHUP changes only new sessions.
   std::shared_ptr<const config> current_config() const {
@@ -26,10 +27,16 @@ class server_context {
     std::lock_guard lock(mutex_);
     return policy_;
   }
-  void replace(std::shared_ptr<const config> cfg, std::shared_ptr<policy> pol) {
+  // The server's TLS context; null without [tls].
+  std::shared_ptr<tls_server_context> current_tls() const {
+    std::lock_guard lock(mutex_);
+    return tls_;
+  }
+  void replace(std::shared_ptr<const config> cfg, std::shared_ptr<policy> pol, std::shared_ptr<tls_server_context> tls) {
     std::lock_guard lock(mutex_);
     config_ = std::move(cfg);
     policy_ = std::move(pol);
+    tls_ = std::move(tls);
   }
 
   asio::thread_pool& blocking_pool() { return blocking_; }
@@ -40,6 +47,7 @@ class server_context {
   mutable std::mutex mutex_;
   std::shared_ptr<const config> config_;
   std::shared_ptr<policy> policy_;
+  std::shared_ptr<tls_server_context> tls_;
   asio::thread_pool blocking_{2};  // file I/O (maildir); never an I/O thread
   std::atomic<bool> stopping_{false};
 };

@@ -38,8 +38,12 @@ std::string received_header(const connection_state& conn, const transaction& tx,
   gmtime_r(&now, &tm);
   char date[64];
   std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-  std::string h = "Received: from " + header_safe_helo(conn.helo) + " (" + address_literal(conn.client.address()) +
-                  ")\r\n\tby " + hostname + " (Portcullis) with " + protocol_name(conn, tx) + " id " + tx.id;
+  std::string h = "Received: from " + header_safe_helo(conn.helo) + " (" + address_literal(conn.client.address()) + ")";
+  // The TLS details as a comment, as Postfix writes them.
+  if (conn.tls)
+    h += "\r\n\t(using " + conn.tls_version + " with cipher " + conn.tls_cipher + " (" + std::to_string(conn.tls_bits) +
+         "/" + std::to_string(conn.tls_bits) + " bits))";
+  h += "\r\n\tby " + hostname + " (Portcullis) with " + protocol_name(conn, tx) + " id " + tx.id;
   // Only a single recipient is named: more would disclose Bcc recipients.
   if (tx.recipients.size() == 1) h += "\r\n\tfor <" + tx.recipients.front().str() + ">";
   h += "; ";

@@ -51,10 +51,12 @@ std::string join_recipients(const std::vector<smtp::address>& rcpts) {
 
 }  // namespace
 
-session::session(tcp::socket socket, tcp::endpoint client, std::string id, server_context& server)
+session::session(tcp::socket socket, tcp::endpoint client, std::string id, server_context& server, bool implicit_tls)
     : cfg_(server.current_config()),
       policy_(server.current_policy()),
+      tls_(server.current_tls()),
       server_(server),
+      implicit_tls_(implicit_tls),
       log_(id),
       client_(std::move(socket)) {
   conn_.id = std::move(id);
@@ -93,7 +95,15 @@ upstream& session::upstream_connection() {
 
 awaitable<void> session::run() {
   const auto& s = cfg_->server;
-  log_.info("connect from {}", address_literal(conn_.client.address()) + ":" + std::to_string(conn_.client.port()));
+  log_.info("connect from {}{}", address_literal(conn_.client.address()) + ":" + std::to_string(conn_.client.port()),
+            implicit_tls_ ? " (implicit TLS)" : "");
+  if (implicit_tls_) {
+    const bool secured = co_await handshake();
+    if (!secured) {
+      client_.close();
+      co_return;
+    }
+  }
   auto v = co_await policy_->on_connect(conn_);
   if (v.stops()) {
     // RFC 5321 §3.1: a 554 greeting; we then simply close rather than wait for QUIT.
@@ -184,7 +194,7 @@ awaitable<reply> session::dispatch(const smtp::command& cmd) {
     case verb::xforward:
       // Only we may tell the upstream who the client is; never forwarded.
       co_return reply{502, "5.5.1", std::string(cmd.name) + " not available"};
-    case verb::starttls:
+    case verb::starttls: co_return co_await on_starttls(cmd);
     case verb::auth:
     case verb::bdat:
       co_return reply{502, "5.5.1", std::string(cmd.name) + " not implemented"};
@@ -206,14 +216,61 @@ awaitable<reply> session::on_helo(const smtp::command& cmd, bool extended) {
   // RFC 2034 §3: no enhanced status code in the reply to HELO/EHLO.
   if (!extended) co_return reply{250, "", s.hostname};
   co_return reply{250, "",
-                  std::vector<std::string>{
-                      s.hostname + " Hello " + conn_.helo + " " + address_literal(conn_.client.address()),
-                      "PIPELINING",                                    // RFC 2920
-                      "SIZE " + std::to_string(s.max_message_size),   // RFC 1870
-                      "8BITMIME",                                      // RFC 6152
-                      "SMTPUTF8",                                      // RFC 6531
-                      "ENHANCEDSTATUSCODES",                           // RFC 2034
-                  }};
+                  ehlo_lines()};
+}
+
+std::vector<std::string> session::ehlo_lines() const {
+  const auto& s = cfg_->server;
+  std::vector<std::string> lines{
+      s.hostname + " Hello " + conn_.helo + " " + address_literal(conn_.client.address()),
+      "PIPELINING",                                   // RFC 2920
+      "SIZE " + std::to_string(s.max_message_size),  // RFC 1870
+      "8BITMIME",                                     // RFC 6152
+      "SMTPUTF8",                                     // RFC 6531
+      "ENHANCEDSTATUSCODES",                          // RFC 2034
+  };
+  if (tls_ && !conn_.tls) lines.push_back("STARTTLS");  // RFC 3207
+  return lines;
+}
+
+awaitable<bool> session::handshake() {
+  const bool ok = co_await client_.start_tls(tls_->context(), ssl::stream_base::server, {}, cfg_->server.idle_timeout);
+  if (!ok) {
+    log_.info("TLS handshake failed: {}", client_.last_error());
+    co_return false;
+  }
+  const auto info = client_.tls_info();
+  conn_.tls = true;
+  conn_.tls_version = info.version;
+  conn_.tls_cipher = info.cipher;
+  conn_.tls_bits = info.bits;
+  log_.info("TLS established: {} with {} ({} bits)", info.version, info.cipher, info.bits);
+  co_return true;
+}
+
+awaitable<reply> session::on_starttls(const smtp::command& cmd) {
+  if (!tls_) co_return reply{502, "5.5.1", "STARTTLS not available"};
+  if (conn_.tls) co_return reply{554, "5.5.1", "TLS already active"};  // RFC 3207 §4
+  if (!cmd.arg.empty()) co_return bad_syntax("Syntax: STARTTLS");
+  if (tx_.active) co_return bad_sequence("STARTTLS not allowed during a mail transaction");
+  queue(reply{220, "2.0.0", "Ready to start TLS"});
+  const bool flushed = co_await flush();
+  if (!flushed) co_return reply{};
+  // CVE-2011-0411: anything pipelined behind STARTTLS came in clear; it is
+  // dropped unread and gets no reply.
+  if (const auto dropped = client_.discard_buffered())
+    log_.warn("discarded {} bytes pipelined behind STARTTLS (possible command injection)", dropped);
+  const bool secured = co_await handshake();
+  if (!secured) {
+    closing_ = true;
+    co_return reply{};
+  }
+  // RFC 3207 §4.2: forget everything learnt before; the client says EHLO again.
+  co_await reset_transaction();
+  conn_.helo.clear();
+  conn_.esmtp = false;
+  conn_.auth_user.reset();
+  co_return reply{};
 }
 
 awaitable<reply> session::on_mail(const smtp::command& cmd) {
@@ -221,6 +278,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   // check: sequence and syntax
   if (conn_.helo.empty()) co_return bad_sequence("Send EHLO or HELO first");
   if (tx_.active) co_return bad_sequence("Nested MAIL command");
+  if (s.require_tls && !conn_.tls) co_return reply{530, "5.7.0", "Must issue a STARTTLS command first"};
   if (cmd.bad_syntax) co_return bad_syntax("Syntax: MAIL FROM:<address>");
   auto parsed = smtp::parse_path_argument(cmd.arg, true, false);
   switch (parsed.error) {

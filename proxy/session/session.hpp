@@ -9,6 +9,7 @@
 #include "asio.hpp"
 #include "log.hpp"
 #include "net/line_stream.hpp"
+#include "net/tls_context.hpp"
 #include "session/state.hpp"
 #include "smtp/command.hpp"
 #include "smtp/reply.hpp"
@@ -22,7 +23,8 @@ struct verdict;
 
 class session : public std::enable_shared_from_this<session> {
  public:
-  session(tcp::socket socket, tcp::endpoint client, std::string id, server_context& server);
+  // `implicit_tls`: a listen_tls connection, TLS from the first byte (RFC 8314).
+  session(tcp::socket socket, tcp::endpoint client, std::string id, server_context& server, bool implicit_tls);
   ~session();
 
   awaitable<void> run();
@@ -40,6 +42,10 @@ class session : public std::enable_shared_from_this<session> {
   awaitable<reply> on_rcpt(const smtp::command& cmd);
   awaitable<reply> on_data(const smtp::command& cmd);
   awaitable<reply> on_rset(const smtp::command& cmd);
+  awaitable<reply> on_starttls(const smtp::command& cmd);
+  std::vector<std::string> ehlo_lines() const;
+  // The TLS handshake as server; false (logged) when it failed and the session must end.
+  awaitable<bool> handshake();
 
   // Reads the message after 354; nullopt when the session must end (timeout, lost client).
   awaitable<std::optional<reply>> receive_message();
@@ -57,7 +63,9 @@ class session : public std::enable_shared_from_this<session> {
 
   std::shared_ptr<const config> cfg_;
   std::shared_ptr<policy> policy_;
+  std::shared_ptr<tls_server_context> tls_;
   server_context& server_;
+  bool implicit_tls_;
   session_log log_;
   line_stream client_;
   connection_state conn_;

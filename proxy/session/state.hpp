@@ -20,6 +20,8 @@ struct connection_state {
   std::string helo;            // HELO/EHLO argument; empty before it
   bool esmtp = false;          // EHLO rather than HELO
   bool tls = false;
+  std::string tls_version, tls_cipher;  // "TLSv1.3", "TLS_AES_256_GCM_SHA384"
+  int tls_bits = 0;
   std::optional<std::string> auth_user;
   unsigned transactions = 0;   // started so far, for transaction ids
 };

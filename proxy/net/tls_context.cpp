@@ -1,0 +1,105 @@
+#include "net/tls_context.hpp"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+namespace portcullis {
+
+namespace {
+
+// Mozilla's "intermediate" TLS 1.2 ciphers (TLS 1.3 suites are OpenSSL's defaults).
+constexpr const char* intermediate_ciphers =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384";
+
+void harden(ssl::context& ctx) {
+  ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                  ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::no_compression |
+                  ssl::context::single_dh_use);
+  SSL_CTX* native = ctx.native_handle();
+  SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
+  SSL_CTX_set_options(native, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+  if (SSL_CTX_set_cipher_list(native, intermediate_ciphers) != 1) throw tls_error("cannot set the cipher list");
+}
+
+std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& cert, const std::filesystem::path& key) {
+  auto ctx = std::make_unique<ssl::context>(ssl::context::tls_server);
+  harden(*ctx);
+  boost::system::error_code ec;
+  ctx->use_certificate_chain_file(cert.string(), ec);
+  if (ec) throw tls_error(cert.string() + ": cannot use the certificate chain: " + openssl_errors());
+  ctx->use_private_key_file(key.string(), ssl::context::pem, ec);
+  if (ec) throw tls_error(key.string() + ": cannot use the private key: " + openssl_errors());
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
+    throw tls_error(key.string() + ": the key does not match " + cert.string());
+  ctx->set_verify_mode(ssl::verify_none);  // client certificates are not asked for
+  return ctx;
+}
+
+// SNI (RFC 6066 §3): switch to the first pair whose certificate covers the name.
+int choose_certificate(SSL* ssl, int*, void* arg) {
+  const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (!name) return SSL_TLSEXT_ERR_NOACK;
+  auto* contexts = static_cast<std::vector<std::unique_ptr<ssl::context>>*>(arg);
+  for (auto& ctx : *contexts) {
+    X509* cert = SSL_CTX_get0_certificate(ctx->native_handle());
+    if (cert && X509_check_host(cert, name, 0, 0, nullptr) == 1) {
+      if (ctx.get() != contexts->front().get()) SSL_set_SSL_CTX(ssl, ctx->native_handle());
+      return SSL_TLSEXT_ERR_OK;
+    }
+  }
+  return SSL_TLSEXT_ERR_NOACK;  // the default certificate it is
+}
+
+}  // namespace
+
+std::string openssl_errors() {
+  std::string out;
+  while (unsigned long e = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out.empty() ? "unknown error" : out;
+}
+
+tls_server_context::tls_server_context(const tls_config& cfg) {
+  contexts_.push_back(server_context_for(cfg.cert, cfg.key));
+  for (const auto& pair : cfg.certificates) contexts_.push_back(server_context_for(pair.cert, pair.key));
+  if (contexts_.size() > 1) {
+    SSL_CTX* def = contexts_.front()->native_handle();
+    SSL_CTX_set_tlsext_servername_callback(def, choose_certificate);
+    SSL_CTX_set_tlsext_servername_arg(def, &contexts_);
+  }
+}
+
+tls_client_context::tls_client_context(const upstream_config& cfg) : context_(ssl::context::tls_client) {
+  harden(context_);
+  if (!cfg.tls_verify) {
+    context_.set_verify_mode(ssl::verify_none);
+    return;
+  }
+  context_.set_verify_mode(ssl::verify_peer);
+  boost::system::error_code ec;
+  if (cfg.tls_ca_file.empty())
+    context_.set_default_verify_paths(ec);
+  else
+    context_.load_verify_file(cfg.tls_ca_file.string(), ec);
+  if (ec) throw tls_error("upstream.tls_ca_file: cannot load CA certificates: " + openssl_errors());
+}
+
+tls_session_info describe(SSL* ssl) {
+  tls_session_info info;
+  info.version = SSL_get_version(ssl);
+  const SSL_CIPHER* c = SSL_get_current_cipher(ssl);
+  if (c) {
+    info.cipher = SSL_CIPHER_get_name(c);
+    info.bits = SSL_CIPHER_get_bits(c, nullptr);
+  }
+  return info;
+}
+
+}  // namespace portcullis
