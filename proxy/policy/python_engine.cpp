@@ -39,6 +39,8 @@ py::dict job_dict(const policy_job& j) {
   session["client_port"] = j.client_port;
   session["helo"] = j.helo.empty() ? py::object(py::none()) : py::object(py::str(j.helo));
   session["tls"] = j.tls;
+  session["tls_version"] = j.tls ? py::object(py::str(j.tls_version)) : py::object(py::none());
+  session["tls_cipher"] = j.tls ? py::object(py::str(j.tls_cipher)) : py::object(py::none());
   session["auth_user"] = optional_str(j.auth_user);
   py::dict d;
   d["stage"] = j.stage;

@@ -30,6 +30,7 @@ struct policy_job {
   std::string session_id, client_ip, helo;
   unsigned short client_port = 0;
   bool tls = false;
+  std::string tls_version, tls_cipher;
   std::optional<std::string> auth_user;
   // transaction (mail, rcpt, data)
   bool has_tx = false;

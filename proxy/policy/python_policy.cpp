@@ -24,6 +24,8 @@ policy_job base_job(const char* stage, const connection_state& conn) {
   j.client_port = conn.client.port();
   j.helo = conn.helo;
   j.tls = conn.tls;
+  j.tls_version = conn.tls_version;
+  j.tls_cipher = conn.tls_cipher;
   j.auth_user = conn.auth_user;
   return j;
 }

@@ -22,7 +22,8 @@ class Connection:
     (across transactions), dropped at disconnect.
     """
 
-    __slots__ = ("_id", "_client_ip", "_client_port", "_helo", "_tls", "_auth_user", "data")
+    __slots__ = ("_id", "_client_ip", "_client_port", "_helo", "_tls", "_tls_version", "_tls_cipher", "_auth_user",
+                 "data")
 
     def __init__(
         self,
@@ -38,6 +39,8 @@ class Connection:
         self._client_port = client_port
         self._helo = helo
         self._tls = tls
+        self._tls_version: str | None = None
+        self._tls_cipher: str | None = None
         self._auth_user = auth_user
         self.data: dict[str, Any] = {}
 
@@ -67,6 +70,16 @@ class Connection:
         return self._tls
 
     @property
+    def tls_version(self) -> str | None:
+        """The TLS protocol version (``"TLSv1.3"``), or None without TLS."""
+        return self._tls_version
+
+    @property
+    def tls_cipher(self) -> str | None:
+        """The TLS cipher suite (``"TLS_AES_256_GCM_SHA384"``), or None without TLS."""
+        return self._tls_cipher
+
+    @property
     def auth_user(self) -> str | None:
         """The authenticated login, or None."""
         return self._auth_user
@@ -77,6 +90,8 @@ class Connection:
         self._client_port = int(snapshot.get("client_port", self._client_port))
         self._helo = snapshot.get("helo")
         self._tls = bool(snapshot.get("tls", False))
+        self._tls_version = snapshot.get("tls_version") or None
+        self._tls_cipher = snapshot.get("tls_cipher") or None
         self._auth_user = snapshot.get("auth_user")
 
     def __repr__(self) -> str:
