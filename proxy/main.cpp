@@ -58,9 +58,10 @@ int main(int argc, char** argv) {
   if (!cfg) return 1;
   portcullis::init_logging();
   if (check_only) {
-    if (cfg->tls.enabled) {
+    {
       try {
-        portcullis::tls_server_context tls(cfg->tls);
+        if (cfg->tls.enabled) portcullis::tls_server_context tls(cfg->tls);
+        if (cfg->upstream.tls_verify) portcullis::tls_client_context upstream_tls(cfg->upstream);
       } catch (const portcullis::tls_error& e) {
         std::cerr << e.what() << "\n";
         return 1;

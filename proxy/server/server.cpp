@@ -42,11 +42,19 @@ std::shared_ptr<tls_server_context> make_tls(const config& cfg) {
   return cfg.tls.enabled ? std::make_shared<tls_server_context>(cfg.tls) : nullptr;
 }
 
+// Null when nothing will speak TLS to the upstream.
+std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
+  const auto& u = cfg.upstream;
+  const bool wanted = u.scheme == upstream_config::kind::smtps ||
+                      (u.scheme == upstream_config::kind::smtp && u.starttls != "never");
+  return wanted ? std::make_shared<tls_client_context>(u) : nullptr;
+}
+
 }  // namespace
 
 server::server(std::shared_ptr<const config> cfg)
     : engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
-      ctx_(cfg, make_policy(*cfg), make_tls(*cfg)),
+      ctx_({cfg, make_policy(*cfg), make_tls(*cfg), make_upstream_tls(*cfg)}),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {}
 
 std::shared_ptr<policy> server::make_policy(const config& cfg) {
@@ -203,14 +211,16 @@ void server::reload() {
     spdlog::warn("reload: listen addresses changed; they take effect on restart");
   // Certificates are read again: a renewed certificate needs only a SIGHUP.
   std::shared_ptr<tls_server_context> tls;
+  std::shared_ptr<tls_client_context> upstream_tls;
   try {
     tls = make_tls(*fresh);
+    upstream_tls = make_upstream_tls(*fresh);
   } catch (const tls_error& e) {
     spdlog::error("reload: {}; keeping the running configuration", e.what());
     return;
   }
-  auto swap_in = [this, fresh, tls] {
-    ctx_.replace(fresh, make_policy(*fresh), tls);
+  auto swap_in = [this, fresh, tls, upstream_tls] {
+    ctx_.replace({fresh, make_policy(*fresh), tls, upstream_tls});
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
   };
   if (fresh->policy.files.empty()) {

@@ -15,28 +15,37 @@ namespace portcullis {
 
 class server_context {
  public:
-  server_context(std::shared_ptr<const config> cfg, std::shared_ptr<policy> pol, std::shared_ptr<tls_server_context> tls)
-      : config_(std::move(cfg)), policy_(std::move(pol)), tls_(std::move(tls)) {}
+  // What SIGHUP rebuilds together: a new config brings its policies and certificates.
+  struct generation {
+    std::shared_ptr<const config> cfg;
+    std::shared_ptr<policy> pol;
+    std::shared_ptr<tls_server_context> tls;           // null without [tls]
+    std::shared_ptr<tls_client_context> upstream_tls;  // null for a maildir: upstream or starttls = "never"
+  };
+
+  explicit server_context(generation g) : current_(std::move(g)) {}
 
   // A session takes one snapshot at its start: SIGHUP changes only new sessions.
   std::shared_ptr<const config> current_config() const {
     std::lock_guard lock(mutex_);
-    return config_;
+    return current_.cfg;
   }
   std::shared_ptr<policy> current_policy() const {
     std::lock_guard lock(mutex_);
-    return policy_;
+    return current_.pol;
+  }
+  std::shared_ptr<tls_client_context> current_upstream_tls() const {
+    std::lock_guard lock(mutex_);
+    return current_.upstream_tls;
   }
   // The server's TLS context; null without [tls].
   std::shared_ptr<tls_server_context> current_tls() const {
     std::lock_guard lock(mutex_);
-    return tls_;
+    return current_.tls;
   }
-  void replace(std::shared_ptr<const config> cfg, std::shared_ptr<policy> pol, std::shared_ptr<tls_server_context> tls) {
+  void replace(generation g) {
     std::lock_guard lock(mutex_);
-    config_ = std::move(cfg);
-    policy_ = std::move(pol);
-    tls_ = std::move(tls);
+    current_ = std::move(g);
   }
 
   asio::thread_pool& blocking_pool() { return blocking_; }
@@ -45,9 +54,7 @@ class server_context {
 
  private:
   mutable std::mutex mutex_;
-  std::shared_ptr<const config> config_;
-  std::shared_ptr<policy> policy_;
-  std::shared_ptr<tls_server_context> tls_;
+  generation current_;
   asio::thread_pool blocking_{2};  // file I/O (maildir); never an I/O thread
   std::atomic<bool> stopping_{false};
 };

@@ -55,6 +55,7 @@ session::session(tcp::socket socket, tcp::endpoint client, std::string id, serve
     : cfg_(server.current_config()),
       policy_(server.current_policy()),
       tls_(server.current_tls()),
+      upstream_tls_(server.current_upstream_tls()),
       server_(server),
       implicit_tls_(implicit_tls),
       log_(id),
@@ -89,7 +90,8 @@ awaitable<bool> session::flush() {
 }
 
 upstream& session::upstream_connection() {
-  if (!upstream_) upstream_ = make_upstream(*cfg_, log_, client_.socket().get_executor(), server_.blocking_pool());
+  if (!upstream_)
+    upstream_ = make_upstream(*cfg_, log_, client_.socket().get_executor(), server_.blocking_pool(), upstream_tls_);
   return *upstream_;
 }
 

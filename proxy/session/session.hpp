@@ -64,6 +64,7 @@ class session : public std::enable_shared_from_this<session> {
   std::shared_ptr<const config> cfg_;
   std::shared_ptr<policy> policy_;
   std::shared_ptr<tls_server_context> tls_;
+  std::shared_ptr<tls_client_context> upstream_tls_;
   server_context& server_;
   bool implicit_tls_;
   session_log log_;

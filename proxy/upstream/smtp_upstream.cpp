@@ -24,8 +24,9 @@ smtp::reply nonsense() { return {451, "4.3.0", "Upstream server error, try again
 
 class smtp_upstream final : public upstream {
  public:
-  smtp_upstream(const config& cfg, const session_log& log, asio::any_io_executor io)
-      : cfg_(cfg.upstream), log_(log), io_(std::move(io)) {}
+  smtp_upstream(const config& cfg, const session_log& log, asio::any_io_executor io,
+                std::shared_ptr<tls_client_context> tls)
+      : cfg_(cfg.upstream), log_(log), io_(std::move(io)), tls_(std::move(tls)) {}
 
   awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) override {
     // A kept connection the upstream closed while idle (its own timeout) is
@@ -107,11 +108,21 @@ class smtp_upstream final : public upstream {
 
  private:
   // Connects, reads the greeting, EHLOs. Returns a reply only on failure.
+  // Connects, reads the greeting, EHLOs, and secures the connection as
+  // upstream.starttls says. An opportunistic STARTTLS whose handshake fails
+  // is retried once in clear on a new connection (as Postfix's "may" level).
   awaitable<std::optional<smtp::reply>> connect() {
-    if (cfg_.scheme == upstream_config::kind::smtps || cfg_.starttls == "required") {
-      log_.error("upstream: TLS to the upstream is not supported by this build; refusing to send in clear");
-      co_return smtp::reply{451, "4.7.0", "Upstream server unavailable, try again later"};
+    auto failure = co_await connect_once(true);
+    if (failure && failure->status == "4.7.5" && cfg_.starttls == "opportunistic" &&
+        cfg_.scheme == upstream_config::kind::smtp) {
+      log_.warn("upstream: retrying without TLS (upstream.starttls = \"opportunistic\")");
+      auto plain = co_await connect_once(false);
+      co_return plain;
     }
+    co_return failure;
+  }
+
+  awaitable<std::optional<smtp::reply>> connect_once(bool try_starttls) {
     auto endpoints = co_await resolve();
     if (!endpoints) co_return unavailable();
     stream_.emplace(tcp::socket(io_));
@@ -121,12 +132,68 @@ class smtp_upstream final : public upstream {
       close();
       co_return unavailable();
     }
+    if (cfg_.scheme == upstream_config::kind::smtps) {  // RFC 8314: TLS from the first byte
+      const bool secured = co_await secure();
+      if (!secured) co_return tls_failure();
+    }
+    auto ready = co_await greet_and_ehlo();
+    if (ready) co_return ready;
+    if (cfg_.scheme != upstream_config::kind::smtp || cfg_.starttls == "never") co_return std::nullopt;
+    if (!caps_.count("STARTTLS") || !try_starttls) {
+      if (cfg_.starttls == "required") {
+        log_.error("upstream: STARTTLS required but {}", try_starttls ? "not offered" : "it failed");
+        close();
+        co_return tls_failure();
+      }
+      co_return std::nullopt;  // opportunistic: in clear
+    }
+    auto go_ahead = co_await command("STARTTLS", "STARTTLS");
+    if (go_ahead.code != 220) {
+      log_.warn("upstream: STARTTLS refused: {}", printable(go_ahead.summary()));
+      close();
+      co_return tls_failure();
+    }
+    // Anything the upstream sent after its 220 came in clear: a response
+    // injection (the client side of CVE-2011-0411). Nothing of it is used.
+    if (stream_->has_buffered_input()) {
+      log_.error("upstream: data after the 220 to STARTTLS (response injection?); dropping the connection");
+      close();
+      co_return nonsense();
+    }
+    const bool secured = co_await secure();
+    if (!secured) co_return tls_failure();
+    // RFC 3207 §4.2: forget what the upstream said before TLS; EHLO again.
+    auto again = co_await ehlo();
+    co_return again;
+  }
+
+  awaitable<bool> secure() {
+    const bool ok = co_await stream_->start_tls(tls_->context(), ssl::stream_base::client, cfg_.tls_name, cfg_.timeout);
+    if (!ok) {
+      log_.warn("upstream: TLS handshake with {} failed: {}", cfg_.tls_name, stream_->last_error());
+      close();
+      co_return false;
+    }
+    const auto info = stream_->tls_info();
+    log_.debug("upstream: TLS {} with {}", info.version, info.cipher);
+    co_return true;
+  }
+
+  static smtp::reply tls_failure() { return {451, "4.7.5", "Upstream server TLS failure, try again later"}; }
+
+  awaitable<std::optional<smtp::reply>> greet_and_ehlo() {
     auto greeting = co_await read_reply("greeting");
     if (greeting.code != 220) {
       if (stream_) log_.warn("upstream: greeting refused: {}", printable(greeting.summary()));
       close();
       co_return greeting.code == 421 || greeting.transient() ? greeting : unavailable();
     }
+    auto capabilities = co_await ehlo();
+    co_return capabilities;
+  }
+
+  // EHLO (HELO when refused) and the upstream's extensions; a reply on failure.
+  awaitable<std::optional<smtp::reply>> ehlo() {
     auto ehlo = co_await command("EHLO " + cfg_.helo, "EHLO");
     if (ehlo.permanent() && stream_) {
       auto helo = co_await command("HELO " + cfg_.helo, "HELO");  // RFC 5321 §3.2
@@ -220,6 +287,7 @@ class smtp_upstream final : public upstream {
   const session_log& log_;
   asio::any_io_executor io_;
   std::optional<line_stream> stream_;
+  std::shared_ptr<tls_client_context> tls_;
   std::set<std::string> caps_;  // EHLO keywords, upper case
   bool in_transaction_ = false;
 };
@@ -227,10 +295,10 @@ class smtp_upstream final : public upstream {
 }  // namespace
 
 std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, asio::any_io_executor io,
-                                        asio::thread_pool& blocking) {
+                                        asio::thread_pool& blocking, std::shared_ptr<tls_client_context> tls) {
   if (cfg.upstream.scheme == upstream_config::kind::maildir)
     return std::make_unique<maildir_upstream>(cfg, log, io, blocking);
-  return std::make_unique<smtp_upstream>(cfg, log, std::move(io));
+  return std::make_unique<smtp_upstream>(cfg, log, std::move(io), std::move(tls));
 }
 
 std::string queue_id_of(const smtp::reply& r) {

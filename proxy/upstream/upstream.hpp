@@ -43,8 +43,11 @@ class upstream {
   virtual awaitable<void> quit() = 0;
 };
 
+class tls_client_context;
+
+// `tls`: for smtps:// and STARTTLS to the upstream (null with upstream.starttls = "never").
 std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, asio::any_io_executor io,
-                                        asio::thread_pool& blocking);
+                                        asio::thread_pool& blocking, std::shared_ptr<tls_client_context> tls);
 
 // "250 2.0.0 Ok: queued as 4F2A1C" -> "4F2A1C" (Postfix, Exim and aiosmtpd say it so).
 std::string queue_id_of(const smtp::reply& r);
