@@ -26,7 +26,6 @@ std::vector<std::string> unsupported(const portcullis::config& cfg) {
   if (cfg.auth.enabled) out.push_back(f + "[auth]: AUTH is not supported by this build yet");
   if (cfg.server.require_auth) out.push_back(f + "server.require_auth: not supported by this build yet");
   if (cfg.server.proxy_protocol) out.push_back(f + "server.proxy_protocol: not supported by this build yet");
-  if (cfg.relay.enabled) out.push_back(f + "[relay]: relay control is not supported by this build yet");
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include "config/config.hpp"
 
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -127,6 +128,25 @@ std::string default_hostname() {
   return buf;
 }
 
+// "192.0.2.1", "192.0.2.0/24", "2001:db8::/32" (checked here without Asio;
+// net/network.cpp does the matching).
+bool is_network(const std::string& s) {
+  const auto slash = s.find('/');
+  const std::string host = s.substr(0, slash);
+  unsigned char buf[16];
+  const bool v4 = inet_pton(AF_INET, host.c_str(), buf) == 1;
+  if (!v4 && inet_pton(AF_INET6, host.c_str(), buf) != 1) return false;
+  if (slash == std::string::npos) return true;
+  const std::string bits = s.substr(slash + 1);
+  if (bits.empty() || bits.size() > 3 || bits.find_first_not_of("0123456789") != std::string::npos) return false;
+  return std::stoul(bits) <= (v4 ? 32u : 128u);
+}
+
+void check_networks(table_reader& t, const std::string& key, const std::vector<std::string>& entries) {
+  for (const auto& e : entries)
+    if (!is_network(e)) t.problem_at(key, "'" + e + "' is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)");
+}
+
 // "HOST:PORT" or "[V6]:PORT"
 bool split_host_port(const std::string& s, std::string& host, std::string& port) {
   std::size_t colon;
@@ -155,6 +175,7 @@ void read_server(table_reader& t, server_config& s) {
   t.get("require_auth", s.require_auth);
   t.get("proxy_protocol", s.proxy_protocol);
   t.get("proxy_trusted", s.proxy_trusted);
+  check_networks(t, "proxy_trusted", s.proxy_trusted);
   t.get_count("max_line_length", s.max_line_length, 512);  // RFC 5321 §4.5.3.1.4 minimum
   t.get_count("max_errors", s.max_errors);
   t.get_seconds("idle_timeout", s.idle_timeout);
@@ -260,6 +281,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     cfg->relay.enabled = section("relay", [&](table_reader& t) {
       t.get("local_domains", cfg->relay.local_domains);
       t.get("trusted_networks", cfg->relay.trusted_networks);
+      check_networks(t, "trusted_networks", cfg->relay.trusted_networks);
     });
     section("policy", [&](table_reader& t) {
       std::vector<std::string> files;

@@ -1,5 +1,7 @@
 #include "server/server.hpp"
 
+#include <fmt/ranges.h>
+
 #include <csignal>
 #include <random>
 #include <thread>
@@ -54,7 +56,7 @@ std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
 
 server::server(std::shared_ptr<const config> cfg)
     : engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
-      ctx_({cfg, make_policy(*cfg), make_tls(*cfg), make_upstream_tls(*cfg)}),
+      ctx_({cfg, make_policy(*cfg), make_tls(*cfg), make_upstream_tls(*cfg), std::make_shared<relay_guard>(cfg->relay)}),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {}
 
 std::shared_ptr<policy> server::make_policy(const config& cfg) {
@@ -84,7 +86,13 @@ int server::run() {
     }
   }
   spdlog::info("upstream {}", cfg->upstream.url);
-  if (!cfg->relay.enabled) spdlog::info("no [relay] table: the upstream decides who may relay");
+  if (!cfg->relay.enabled)
+    spdlog::info("no [relay] table: the upstream decides who may relay");
+  else
+    spdlog::info("relay: anyone may send to {}; other domains need AUTH{}", fmt::join(cfg->relay.local_domains, ", "),
+                 cfg->relay.trusted_networks.empty()
+                     ? std::string()
+                     : fmt::format(" or a client in {}", fmt::join(cfg->relay.trusted_networks, ", ")));
   for (auto& l : listeners_)
     asio::co_spawn(asio::make_strand(io_), accept_loop(l.acceptor, l.implicit_tls), [](std::exception_ptr e) {
       if (!e) return;
@@ -220,7 +228,7 @@ void server::reload() {
     return;
   }
   auto swap_in = [this, fresh, tls, upstream_tls] {
-    ctx_.replace({fresh, make_policy(*fresh), tls, upstream_tls});
+    ctx_.replace({fresh, make_policy(*fresh), tls, upstream_tls, std::make_shared<relay_guard>(fresh->relay)});
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
   };
   if (fresh->policy.files.empty()) {

@@ -10,6 +10,7 @@
 #include "config/config.hpp"
 #include "net/tls_context.hpp"
 #include "policy/policy.hpp"
+#include "session/relay_guard.hpp"
 
 namespace portcullis {
 
@@ -21,6 +22,7 @@ class server_context {
     std::shared_ptr<policy> pol;
     std::shared_ptr<tls_server_context> tls;           // null without [tls]
     std::shared_ptr<tls_client_context> upstream_tls;  // null for a maildir: upstream or starttls = "never"
+    std::shared_ptr<const relay_guard> relay;
   };
 
   explicit server_context(generation g) : current_(std::move(g)) {}
@@ -39,6 +41,10 @@ class server_context {
     return current_.upstream_tls;
   }
   // The server's TLS context; null without [tls].
+  std::shared_ptr<const relay_guard> current_relay() const {
+    std::lock_guard lock(mutex_);
+    return current_.relay;
+  }
   std::shared_ptr<tls_server_context> current_tls() const {
     std::lock_guard lock(mutex_);
     return current_.tls;

@@ -56,6 +56,7 @@ session::session(tcp::socket socket, tcp::endpoint client, std::string id, serve
       policy_(server.current_policy()),
       tls_(server.current_tls()),
       upstream_tls_(server.current_upstream_tls()),
+      relay_(server.current_relay()),
       server_(server),
       implicit_tls_(implicit_tls),
       log_(id),
@@ -356,6 +357,12 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
   if (!parsed.value->params.empty())
     co_return reply{555, "5.5.4", "Unsupported parameter " + parsed.value->params.front().keyword};
   if (tx_.upstream_lost) co_return upstream_lost();
+  // Not an open relay: decided here, before the policy or the upstream hear of it.
+  if (relay_->enabled() && !conn_.auth_user && !relay_->trusted(conn_.client.address()) &&
+      !relay_->is_local(parsed.value->addr)) {
+    log_.info("RCPT TO:<{}> refused: relay access denied", printable(parsed.value->addr.str()));
+    co_return reply{554, "5.7.1", "Relay access denied"};
+  }
   // RFC 5321 §4.5.3.1.8: 452 for too many recipients; the client sends the rest later.
   if (tx_.recipients.size() >= cfg_->server.max_recipients) co_return reply{452, "4.5.3", "Too many recipients"};
   smtp::address rcpt = parsed.value->addr;

@@ -10,6 +10,7 @@
 #include "log.hpp"
 #include "net/line_stream.hpp"
 #include "net/tls_context.hpp"
+#include "session/relay_guard.hpp"
 #include "session/state.hpp"
 #include "smtp/command.hpp"
 #include "smtp/reply.hpp"
@@ -65,6 +66,7 @@ class session : public std::enable_shared_from_this<session> {
   std::shared_ptr<policy> policy_;
   std::shared_ptr<tls_server_context> tls_;
   std::shared_ptr<tls_client_context> upstream_tls_;
+  std::shared_ptr<const relay_guard> relay_;
   server_context& server_;
   bool implicit_tls_;
   session_log log_;
