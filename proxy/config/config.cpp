@@ -203,6 +203,9 @@ void read_upstream(table_reader& t, upstream_config& u, const std::filesystem::p
   t.get("tls_verify", u.tls_verify);
   t.get_path("tls_ca_file", u.tls_ca_file, base);
   t.get("tls_name", u.tls_name);
+  t.get("client_info", u.client_info);
+  if (u.client_info != "none" && u.client_info != "xclient" && u.client_info != "xforward")
+    t.problem_at("client_info", "upstream.client_info must be \"none\", \"xclient\" or \"xforward\"");
   if (u.starttls != "never" && u.starttls != "opportunistic" && u.starttls != "required")
     t.problem_at("starttls", "upstream.starttls must be \"never\", \"opportunistic\" or \"required\"");
   const std::string& url = u.url;

@@ -47,6 +47,9 @@ struct upstream_config {
   bool tls_verify = false;             // opportunistic TLS is usually unauthenticated (as Postfix's "may")
   std::filesystem::path tls_ca_file;   // empty: the system's CA store
   std::string tls_name;                // the name to expect (and send as SNI); default: the url's host
+  // Tell the upstream the real client: "xclient" (Postfix XCLIENT: its
+  // restrictions and logs see the client), "xforward" (logs only), "none".
+  std::string client_info = "none";
 };
 
 struct tls_config {

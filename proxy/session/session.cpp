@@ -92,7 +92,7 @@ awaitable<bool> session::flush() {
 
 upstream& session::upstream_connection() {
   if (!upstream_)
-    upstream_ = make_upstream(*cfg_, log_, client_.socket().get_executor(), server_.blocking_pool(), upstream_tls_);
+    upstream_ = make_upstream(*cfg_, log_, conn_, client_.socket().get_executor(), server_.blocking_pool(), upstream_tls_);
   return *upstream_;
 }
 

@@ -1,8 +1,12 @@
 // The upstream as an SMTP client (RFC 5321 §3, §4.5.3.2 timeouts).
+#include <map>
 #include <set>
+#include <sstream>
 
 #include "log.hpp"
 #include "net/line_stream.hpp"
+#include "net/network.hpp"
+#include "session/state.hpp"
 #include "smtp/dot_decoder.hpp"
 #include "smtp/text.hpp"
 #include "upstream/maildir_upstream.hpp"
@@ -24,9 +28,9 @@ smtp::reply nonsense() { return {451, "4.3.0", "Upstream server error, try again
 
 class smtp_upstream final : public upstream {
  public:
-  smtp_upstream(const config& cfg, const session_log& log, asio::any_io_executor io,
+  smtp_upstream(const config& cfg, const session_log& log, const connection_state& client, asio::any_io_executor io,
                 std::shared_ptr<tls_client_context> tls)
-      : cfg_(cfg.upstream), log_(log), io_(std::move(io)), tls_(std::move(tls)) {}
+      : cfg_(cfg.upstream), log_(log), client_(client), io_(std::move(io)), tls_(std::move(tls)) {}
 
   awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) override {
     // A kept connection the upstream closed while idle (its own timeout) is
@@ -48,6 +52,19 @@ class smtp_upstream final : public upstream {
     if (!stream_) {
       auto failure = co_await connect();
       if (failure) co_return *failure;
+    }
+    if (cfg_.client_info == "xforward") {
+      // XFORWARD attributes hold for the next transaction only: sent before each MAIL.
+      const std::string attributes = client_attributes("XFORWARD");
+      if (attributes.empty()) {
+        log_.error("upstream: upstream.client_info = \"xforward\" but the upstream does not offer XFORWARD to us");
+        co_return fail("no XFORWARD", true);
+      }
+      auto forwarded = co_await command("XFORWARD" + attributes, "XFORWARD");
+      if (forwarded.code != 250) {
+        log_.error("upstream: XFORWARD refused: {}", printable(forwarded.summary()));
+        co_return fail("XFORWARD refused", true);
+      }
     }
     std::string cmd = "MAIL FROM:<" + sender.str() + ">";
     if (options.size && caps_.count("SIZE")) cmd += " SIZE=" + std::to_string(*options.size);
@@ -112,11 +129,11 @@ class smtp_upstream final : public upstream {
   // upstream.starttls says. An opportunistic STARTTLS whose handshake fails
   // is retried once in clear on a new connection (as Postfix's "may" level).
   awaitable<std::optional<smtp::reply>> connect() {
-    auto failure = co_await connect_once(true);
+    auto failure = co_await connect_and_identify(true);
     if (failure && failure->status == "4.7.5" && cfg_.starttls == "opportunistic" &&
         cfg_.scheme == upstream_config::kind::smtp) {
       log_.warn("upstream: retrying without TLS (upstream.starttls = \"opportunistic\")");
-      auto plain = co_await connect_once(false);
+      auto plain = co_await connect_and_identify(false);
       co_return plain;
     }
     co_return failure;
@@ -167,6 +184,14 @@ class smtp_upstream final : public upstream {
     co_return again;
   }
 
+  // After TLS: XCLIENT when configured (its 220 and our new EHLO end the set-up).
+  awaitable<std::optional<smtp::reply>> connect_and_identify(bool try_starttls) {
+    auto failure = co_await connect_once(try_starttls);
+    if (failure || cfg_.client_info != "xclient") co_return failure;
+    auto identified = co_await send_xclient();
+    co_return identified;
+  }
+
   awaitable<bool> secure() {
     const bool ok = co_await stream_->start_tls(tls_->context(), ssl::stream_base::client, cfg_.tls_name, cfg_.timeout);
     if (!ok) {
@@ -180,6 +205,63 @@ class smtp_upstream final : public upstream {
   }
 
   static smtp::reply tls_failure() { return {451, "4.7.5", "Upstream server TLS failure, try again later"}; }
+
+  // XCLIENT / XFORWARD attributes the upstream asked for, xtext-encoded
+  // (RFC 3461 §4): NAME ADDR PORT PROTO HELO LOGIN.
+  std::string client_attributes(const std::string& verb) const {
+    const auto offered = caps_.find(verb);
+    if (offered == caps_.end()) return {};
+    std::set<std::string> wanted;
+    std::istringstream words(smtp::to_upper(offered->second));
+    for (std::string w; words >> w;) wanted.insert(w);
+    const auto ip = unmapped(client_.client.address());
+    std::string out;
+    auto add = [&](const char* name, const std::string& value) {
+      if (wanted.count(name)) out += std::string(" ") + name + "=" + xtext(value);
+    };
+    add("NAME", "[UNAVAILABLE]");  // no reverse DNS lookups in the proxy
+    add("ADDR", ip.is_v6() ? "IPV6:" + ip.to_string() : ip.to_string());
+    add("PORT", std::to_string(client_.client.port()));
+    add("PROTO", client_.esmtp ? "ESMTP" : "SMTP");
+    add("HELO", client_.helo.empty() ? "[UNAVAILABLE]" : client_.helo);
+    if (verb == "XCLIENT") add("LOGIN", client_.auth_user.value_or("[UNAVAILABLE]"));
+    return out;
+  }
+
+  static std::string xtext(const std::string& s) {
+    static constexpr char hex[] = "0123456789ABCDEF";
+    std::string out;
+    for (unsigned char c : s) {
+      if (c >= 33 && c <= 126 && c != '+' && c != '=') {
+        out += static_cast<char>(c);
+      } else {
+        out += '+';
+        out += hex[c >> 4];
+        out += hex[c & 15];
+      }
+    }
+    return out;
+  }
+
+  // Postfix XCLIENT: the upstream then treats us as the client itself and
+  // greets again. Refused, we fail closed: relaying as 127.0.0.1 could make
+  // the upstream trust every client.
+  awaitable<std::optional<smtp::reply>> send_xclient() {
+    const std::string attributes = client_attributes("XCLIENT");
+    if (attributes.empty()) {
+      log_.error("upstream: upstream.client_info = \"xclient\" but the upstream does not offer XCLIENT to us");
+      close();
+      co_return nonsense();
+    }
+    auto greeting = co_await command("XCLIENT" + attributes, "XCLIENT");
+    if (greeting.code != 220) {
+      log_.error("upstream: XCLIENT refused: {}", printable(greeting.summary()));
+      close();
+      co_return nonsense();
+    }
+    auto again = co_await ehlo();
+    co_return again;
+  }
 
   awaitable<std::optional<smtp::reply>> greet_and_ehlo() {
     auto greeting = co_await read_reply("greeting");
@@ -207,7 +289,8 @@ class smtp_upstream final : public upstream {
     caps_.clear();
     for (std::size_t i = 1; i < ehlo.lines.size(); ++i) {
       const auto& l = ehlo.lines[i];
-      caps_.insert(smtp::to_upper(std::string_view(l).substr(0, l.find(' '))));
+      const auto sp = l.find(' ');
+      caps_[smtp::to_upper(std::string_view(l).substr(0, sp))] = sp == std::string::npos ? "" : l.substr(sp + 1);
     }
     log_.debug("upstream: connected to {}:{}", cfg_.host, cfg_.port);
     co_return std::nullopt;
@@ -285,20 +368,22 @@ class smtp_upstream final : public upstream {
 
   const upstream_config& cfg_;
   const session_log& log_;
+  const connection_state& client_;  // the session's: who the client really is
   asio::any_io_executor io_;
   std::optional<line_stream> stream_;
   std::shared_ptr<tls_client_context> tls_;
-  std::set<std::string> caps_;  // EHLO keywords, upper case
+  std::map<std::string, std::string> caps_;  // EHLO keyword (upper case) -> its parameters
   bool in_transaction_ = false;
 };
 
 }  // namespace
 
-std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, asio::any_io_executor io,
-                                        asio::thread_pool& blocking, std::shared_ptr<tls_client_context> tls) {
+std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, const connection_state& client,
+                                        asio::any_io_executor io, asio::thread_pool& blocking,
+                                        std::shared_ptr<tls_client_context> tls) {
   if (cfg.upstream.scheme == upstream_config::kind::maildir)
     return std::make_unique<maildir_upstream>(cfg, log, io, blocking);
-  return std::make_unique<smtp_upstream>(cfg, log, std::move(io), std::move(tls));
+  return std::make_unique<smtp_upstream>(cfg, log, client, std::move(io), std::move(tls));
 }
 
 std::string queue_id_of(const smtp::reply& r) {

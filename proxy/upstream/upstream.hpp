@@ -44,10 +44,13 @@ class upstream {
 };
 
 class tls_client_context;
+struct connection_state;
 
+// `client`: the session's connection state (for XCLIENT/XFORWARD); it outlives the upstream.
 // `tls`: for smtps:// and STARTTLS to the upstream (null with upstream.starttls = "never").
-std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, asio::any_io_executor io,
-                                        asio::thread_pool& blocking, std::shared_ptr<tls_client_context> tls);
+std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, const connection_state& client,
+                                        asio::any_io_executor io, asio::thread_pool& blocking,
+                                        std::shared_ptr<tls_client_context> tls);
 
 // "250 2.0.0 Ok: queued as 4F2A1C" -> "4F2A1C" (Postfix, Exim and aiosmtpd say it so).
 std::string queue_id_of(const smtp::reply& r);
