@@ -21,7 +21,7 @@ if ! [[ $seconds =~ ^[0-9]+$ ]] || ((seconds < 1)); then
 fi
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-targets=(fuzz_command fuzz_address fuzz_dot_decoder)
+targets=(fuzz_command fuzz_address fuzz_dot_decoder fuzz_proxy_header fuzz_sasl)
 per_input_timeout=10  # seconds; longer is a hang, reported as a failure
 
 for target in "${targets[@]}"; do
@@ -42,10 +42,12 @@ for target in "${targets[@]}"; do
   mkdir -p "$corpus" "$artifacts"
   cp -R "$here/corpus/$name/." "$corpus/"
   log=$work/$name.log
+  dict=$here/$name.dict  # a target's own tokens when it has them, else SMTP's
+  [[ -f $dict ]] || dict=$here/smtp.dict
 
   echo "== $target: ${seconds}s over a copy of tests/fuzz/corpus/$name ($(find "$corpus" -type f | wc -l) seeds)"
   if "$build/tests/$target" -max_total_time="$seconds" -timeout="$per_input_timeout" \
-      -dict="$here/smtp.dict" -artifact_prefix="$artifacts/" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
+      -dict="$dict" -artifact_prefix="$artifacts/" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
     grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true
     grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
   else
