@@ -5,6 +5,7 @@
 
 #include "config/config.hpp"
 #include "log.hpp"
+#include "auth/users_file.hpp"
 #include "net/tls_context.hpp"
 #include "policy/python_engine.hpp"
 #include "server/server.hpp"
@@ -23,8 +24,7 @@ std::vector<std::string> unsupported(const portcullis::config& cfg) {
   const std::string f = cfg.file.string() + ": ";
   if (!cfg.server.listen_tls.empty() && !cfg.tls.enabled) out.push_back(f + "server.listen_tls needs [tls] cert and key");
   if (cfg.server.require_tls && !cfg.tls.enabled) out.push_back(f + "server.require_tls needs [tls] cert and key");
-  if (cfg.auth.enabled) out.push_back(f + "[auth]: AUTH is not supported by this build yet");
-  if (cfg.server.require_auth) out.push_back(f + "server.require_auth: not supported by this build yet");
+  if (cfg.server.require_auth && !cfg.auth.enabled) out.push_back(f + "server.require_auth needs an [auth] table");
   if (cfg.server.proxy_protocol) out.push_back(f + "server.proxy_protocol: not supported by this build yet");
   return out;
 }
@@ -61,8 +61,12 @@ int main(int argc, char** argv) {
       try {
         if (cfg->tls.enabled) portcullis::tls_server_context tls(cfg->tls);
         if (cfg->upstream.tls_verify) portcullis::tls_client_context upstream_tls(cfg->upstream);
+        if (!cfg->auth.users_file.empty()) portcullis::auth::users_file::load(cfg->auth.users_file);
       } catch (const portcullis::tls_error& e) {
         std::cerr << e.what() << "\n";
+        return 1;
+      } catch (const portcullis::auth::users_file_error& e) {
+        for (const auto& p : e.problems()) std::cerr << p << "\n";
         return 1;
       }
     }

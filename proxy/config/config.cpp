@@ -280,7 +280,13 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
         cfg->tls.certificates.push_back(std::move(pair));
       });
     });
-    cfg->auth.enabled = section("auth", [&](table_reader& t) { t.get_path("users_file", cfg->auth.users_file, base); });
+    cfg->auth.enabled = section("auth", [&](table_reader& t) {
+      t.get_path("users_file", cfg->auth.users_file, base);
+      t.get("allow_plaintext", cfg->auth.allow_plaintext);
+      t.get_count("max_failures", cfg->auth.max_failures);
+      t.get_count("max_failures_per_client", cfg->auth.max_failures_per_client);
+      t.get_seconds("failure_window", cfg->auth.failure_window);
+    });
     cfg->relay.enabled = section("relay", [&](table_reader& t) {
       t.get("local_domains", cfg->relay.local_domains);
       t.get("trusted_networks", cfg->relay.trusted_networks);

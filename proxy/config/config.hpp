@@ -62,8 +62,12 @@ struct tls_config {
 };
 
 struct auth_config {
-  bool enabled = false;
-  std::filesystem::path users_file;
+  bool enabled = false;                 // [auth] present: AUTH PLAIN/LOGIN offered
+  std::filesystem::path users_file;     // empty: only on_auth hooks decide
+  bool allow_plaintext = false;         // offer AUTH without TLS (never on the internet)
+  std::size_t max_failures = 3;         // per session, then 421 4.7.0
+  std::size_t max_failures_per_client = 10;    // per client address within failure_window, then 421 4.7.0
+  std::chrono::seconds failure_window{600};
 };
 
 struct relay_config {

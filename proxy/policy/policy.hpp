@@ -39,6 +39,9 @@ class policy {
   virtual ~policy() = default;
   virtual awaitable<verdict> on_connect(connection_state& conn) = 0;
   virtual awaitable<verdict> on_helo(connection_state& conn, std::string_view hostname) = 0;
+  // accept: authenticated; reject/tempfail: refused with that reply; next: the users_file decides.
+  virtual awaitable<verdict> on_auth(connection_state& conn, std::string_view mechanism, std::string_view username,
+                                     std::string_view password) = 0;
   virtual awaitable<verdict> on_mail(connection_state& conn, transaction& tx) = 0;
   virtual awaitable<verdict> on_rcpt(connection_state& conn, transaction& tx, smtp::address& rcpt) = 0;
   // `message` is the whole message as received (CRLF lines, unstuffed).
@@ -51,6 +54,9 @@ class upstream_decides final : public policy {
  public:
   awaitable<verdict> on_connect(connection_state&) override { co_return verdict{}; }
   awaitable<verdict> on_helo(connection_state&, std::string_view) override { co_return verdict{}; }
+  awaitable<verdict> on_auth(connection_state&, std::string_view, std::string_view, std::string_view) override {
+    co_return verdict{};
+  }
   awaitable<verdict> on_mail(connection_state&, transaction&) override { co_return verdict{}; }
   awaitable<verdict> on_rcpt(connection_state&, transaction&, smtp::address&) override { co_return verdict{}; }
   awaitable<verdict> on_data(connection_state&, transaction&, std::string&) override { co_return verdict{}; }

@@ -179,6 +179,29 @@ awaitable<verdict> python_policy::on_helo(connection_state& conn, std::string_vi
   co_return decide("helo", conn, std::move(result), nullptr, nullptr);
 }
 
+awaitable<verdict> python_policy::on_auth(connection_state& conn, std::string_view mechanism,
+                                          std::string_view username, std::string_view password) {
+  auto job = base_job("auth", conn);
+  job.mechanism = std::string(mechanism);
+  job.username = std::string(username);
+  job.password = std::string(password);
+  auto result = co_await run(std::move(job));
+  // A failing hook never authenticates anyone: with on_error = "accept" the users_file decides.
+  if (result.error) {
+    auto v = failure(conn, "auth", "hook error (see the traceback above)");
+    co_return v;
+  }
+  const auto auth = result.auth;
+  auto v = decide("auth", conn, std::move(result), nullptr, nullptr);
+  if (v.what == verdict::kind::next && auth) {
+    // True / False from the hook, without a verdict of its own.
+    v.what = *auth ? verdict::kind::accept : verdict::kind::reject;
+    if (!*auth) v.reply = smtp::reply{535, "5.7.8", "Authentication credentials invalid"};
+  }
+  if (v.what == verdict::kind::accept) v.reply = {};  // the reply to a success is always 235
+  co_return v;
+}
+
 awaitable<verdict> python_policy::on_mail(connection_state& conn, transaction& tx) {
   auto job = base_job("mail", conn);
   add_transaction(job, tx);

@@ -16,6 +16,8 @@ class python_policy final : public policy {
 
   awaitable<verdict> on_connect(connection_state& conn) override;
   awaitable<verdict> on_helo(connection_state& conn, std::string_view hostname) override;
+  awaitable<verdict> on_auth(connection_state& conn, std::string_view mechanism, std::string_view username,
+                             std::string_view password) override;
   awaitable<verdict> on_mail(connection_state& conn, transaction& tx) override;
   awaitable<verdict> on_rcpt(connection_state& conn, transaction& tx, smtp::address& rcpt) override;
   awaitable<verdict> on_data(connection_state& conn, transaction& tx, std::string& message) override;

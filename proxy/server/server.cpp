@@ -44,6 +44,12 @@ std::shared_ptr<tls_server_context> make_tls(const config& cfg) {
   return cfg.tls.enabled ? std::make_shared<tls_server_context>(cfg.tls) : nullptr;
 }
 
+// Null without [auth] users_file; throws auth::users_file_error listing file:line problems.
+std::shared_ptr<const auth::users_file> load_users(const config& cfg) {
+  if (!cfg.auth.enabled || cfg.auth.users_file.empty()) return nullptr;
+  return std::make_shared<const auth::users_file>(auth::users_file::load(cfg.auth.users_file));
+}
+
 // Null when nothing will speak TLS to the upstream.
 std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
   const auto& u = cfg.upstream;
@@ -56,7 +62,8 @@ std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
 
 server::server(std::shared_ptr<const config> cfg)
     : engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
-      ctx_({cfg, make_policy(*cfg), make_tls(*cfg), make_upstream_tls(*cfg), std::make_shared<relay_guard>(cfg->relay)}),
+      ctx_({cfg, make_policy(*cfg), make_tls(*cfg), make_upstream_tls(*cfg), std::make_shared<relay_guard>(cfg->relay),
+            load_users(*cfg)}),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {}
 
 std::shared_ptr<policy> server::make_policy(const config& cfg) {
@@ -220,15 +227,21 @@ void server::reload() {
   // Certificates are read again: a renewed certificate needs only a SIGHUP.
   std::shared_ptr<tls_server_context> tls;
   std::shared_ptr<tls_client_context> upstream_tls;
+  std::shared_ptr<const auth::users_file> users;
   try {
     tls = make_tls(*fresh);
     upstream_tls = make_upstream_tls(*fresh);
+    users = load_users(*fresh);  // the users_file is read again too
+  } catch (const auth::users_file_error& e) {
+    for (const auto& p : e.problems()) spdlog::error("reload: {}", p);
+    spdlog::error("reload: keeping the running configuration");
+    return;
   } catch (const tls_error& e) {
     spdlog::error("reload: {}; keeping the running configuration", e.what());
     return;
   }
-  auto swap_in = [this, fresh, tls, upstream_tls] {
-    ctx_.replace({fresh, make_policy(*fresh), tls, upstream_tls, std::make_shared<relay_guard>(fresh->relay)});
+  auto swap_in = [this, fresh, tls, upstream_tls, users] {
+    ctx_.replace({fresh, make_policy(*fresh), tls, upstream_tls, std::make_shared<relay_guard>(fresh->relay), users});
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
   };
   if (fresh->policy.files.empty()) {

@@ -9,7 +9,9 @@
 #include "asio.hpp"
 #include "config/config.hpp"
 #include "net/tls_context.hpp"
+#include "auth/users_file.hpp"
 #include "policy/policy.hpp"
+#include "server/auth_failures.hpp"
 #include "session/relay_guard.hpp"
 
 namespace portcullis {
@@ -23,6 +25,7 @@ class server_context {
     std::shared_ptr<tls_server_context> tls;           // null without [tls]
     std::shared_ptr<tls_client_context> upstream_tls;  // null for a maildir: upstream or starttls = "never"
     std::shared_ptr<const relay_guard> relay;
+    std::shared_ptr<const auth::users_file> users;     // null without [auth] users_file
   };
 
   explicit server_context(generation g) : current_(std::move(g)) {}
@@ -45,6 +48,11 @@ class server_context {
     std::lock_guard lock(mutex_);
     return current_.relay;
   }
+  std::shared_ptr<const auth::users_file> current_users() const {
+    std::lock_guard lock(mutex_);
+    return current_.users;
+  }
+  auth_failures& failed_logins() { return auth_failures_; }
   std::shared_ptr<tls_server_context> current_tls() const {
     std::lock_guard lock(mutex_);
     return current_.tls;
@@ -61,6 +69,7 @@ class server_context {
  private:
   mutable std::mutex mutex_;
   generation current_;
+  auth_failures auth_failures_;
   asio::thread_pool blocking_{2};  // file I/O (maildir); never an I/O thread
   std::atomic<bool> stopping_{false};
 };

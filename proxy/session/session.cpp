@@ -8,6 +8,7 @@
 #include "server/server_context.hpp"
 #include "session/received_header.hpp"
 #include "smtp/dot_decoder.hpp"
+#include "smtp/sasl.hpp"
 #include "smtp/text.hpp"
 
 namespace portcullis {
@@ -57,6 +58,7 @@ session::session(tcp::socket socket, tcp::endpoint client, std::string id, serve
       tls_(server.current_tls()),
       upstream_tls_(server.current_upstream_tls()),
       relay_(server.current_relay()),
+      users_(server.current_users()),
       server_(server),
       implicit_tls_(implicit_tls),
       log_(id),
@@ -127,7 +129,11 @@ awaitable<void> session::run() {
       queue(reply{421, "4.3.2", s.hostname + " Service shutting down, closing connection"});
       break;
     }
-    auto line = co_await client_.read_line(s.max_line_length, s.idle_timeout);
+    // AUTH may carry a long initial response (RFC 4954 §4); every other
+    // command keeps max_line_length, checked below.
+    const std::size_t read_limit = cfg_->auth.enabled ? std::max(s.max_line_length, smtp::sasl_max_line_length)
+                                                      : s.max_line_length;
+    auto line = co_await client_.read_line(read_limit, s.idle_timeout);
     if (line.st == line_stream::status::woken) continue;
     if (line.st == line_stream::status::eof) {
       log_.info("client closed the connection{}", tx_.active ? " in a transaction; nothing delivered" : "");
@@ -139,7 +145,10 @@ awaitable<void> session::run() {
       break;
     }
     reply r;
-    if (line.st == line_stream::status::too_long) {
+    const bool too_long = line.st == line_stream::status::too_long ||
+                          (line.text.size() + 2 > s.max_line_length &&
+                           smtp::parse_command(line.text).kind != smtp::verb::auth);
+    if (too_long) {
       r = reply{500, "5.5.2", "Line too long"};  // RFC 5321 §4.5.3.1.4
     } else if (!line.crlf || line.text.find_first_of(std::string_view("\r\0", 2)) != std::string_view::npos) {
       r = reply{500, "5.5.2", "Command lines must end with CRLF and hold no bare CR or NUL"};
@@ -198,7 +207,7 @@ awaitable<reply> session::dispatch(const smtp::command& cmd) {
       // Only we may tell the upstream who the client is; never forwarded.
       co_return reply{502, "5.5.1", std::string(cmd.name) + " not available"};
     case verb::starttls: co_return co_await on_starttls(cmd);
-    case verb::auth:
+    case verb::auth: co_return co_await on_auth(cmd);
     case verb::bdat:
       co_return reply{502, "5.5.1", std::string(cmd.name) + " not implemented"};
     case verb::unknown: break;
@@ -233,7 +242,80 @@ std::vector<std::string> session::ehlo_lines() const {
       "ENHANCEDSTATUSCODES",                          // RFC 2034
   };
   if (tls_ && !conn_.tls) lines.push_back("STARTTLS");  // RFC 3207
+  if (auth_offered() && !conn_.auth_user) lines.push_back("AUTH PLAIN LOGIN");  // RFC 4954
   return lines;
+}
+
+bool session::auth_offered() const { return cfg_->auth.enabled && (conn_.tls || cfg_->auth.allow_plaintext); }
+
+awaitable<reply> session::on_auth(const smtp::command& cmd) {
+  const auto& a = cfg_->auth;
+  if (!a.enabled) co_return reply{502, "5.5.1", "AUTH not available"};
+  if (!conn_.esmtp) co_return bad_sequence("Send EHLO first");
+  if (conn_.auth_user) co_return bad_sequence("Already authenticated");  // RFC 4954 §4
+  if (tx_.active) co_return bad_sequence("AUTH not allowed during a mail transaction");
+  if (!auth_offered()) co_return reply{538, "5.7.11", "Encryption required for requested authentication mechanism"};
+  if (server_.failed_logins().over_limit(conn_.client.address(), a.max_failures_per_client, a.failure_window)) {
+    log_.warn("too many failed logins from this address; closing");
+    co_return reply{421, "4.7.0", cfg_->server.hostname + " Too many failed logins, try again later"};
+  }
+  smtp::sasl_exchange exchange;
+  auto step = exchange.start(cmd.arg);
+  while (step.state == smtp::sasl_exchange::status::challenge) {
+    queue(reply{334, "", step.challenge});
+    const bool flushed = co_await flush();
+    if (!flushed) co_return reply{};
+    auto line = co_await client_.read_line(smtp::sasl_max_line_length, cfg_->server.idle_timeout);
+    if (line.st == line_stream::status::too_long) {
+      step.state = smtp::sasl_exchange::status::failed;
+      step.error = smtp::sasl_error::line_too_long;
+      break;
+    }
+    if (line.st != line_stream::status::ok) {
+      closing_ = true;
+      co_return reply{421, "4.4.2", cfg_->server.hostname + " Timeout or lost connection during AUTH"};
+    }
+    step = exchange.respond(line.text);
+  }
+  reply r;
+  if (step.state == smtp::sasl_exchange::status::failed) {
+    log_.info("AUTH failed: {}", smtp::to_string(step.error));  // never the credentials
+    r = smtp::reply_for(step.error);
+  } else {
+    const auto& creds = exchange.credentials();
+    const char* mechanism = creds.mechanism == smtp::sasl_mechanism::plain ? "PLAIN" : "LOGIN";
+    r = co_await check_credentials(mechanism, creds.authcid, creds.password);
+    if (r.code == 235) {
+      conn_.auth_user = creds.authcid;
+      log_.info("AUTH {} as {}", mechanism, printable(creds.authcid));
+      co_return r;
+    }
+    log_.info("AUTH {} as {} refused: {}", mechanism, printable(creds.authcid), printable(r.summary()));
+  }
+  if (r.code == 535 || step.error == smtp::sasl_error::malformed || step.error == smtp::sasl_error::bad_base64) {
+    server_.failed_logins().record(conn_.client.address());
+    if (++auth_failures_ >= a.max_failures) {
+      log_.warn("{} failed logins in this session; closing", auth_failures_);
+      queue(r);
+      co_return reply{421, "4.7.0", cfg_->server.hostname + " Too many failed logins, closing connection"};
+    }
+  }
+  co_return r;
+}
+
+awaitable<reply> session::check_credentials(std::string_view mechanism, const std::string& user,
+                                            const std::string& password) {
+  // RFC 4954 §6: one reply for an unknown user and a wrong password.
+  const reply invalid{535, "5.7.8", "Authentication credentials invalid"};
+  auto v = co_await policy_->on_auth(conn_, mechanism, user, password);
+  if (v.what == verdict::kind::accept) co_return reply{235, "2.7.0", "Authentication successful"};
+  if (v.stops()) co_return v.reply;
+  if (!users_) co_return invalid;
+  // crypt(3) is deliberately slow: it runs on the blocking pool, never here.
+  auto verify = [users = users_, user, password]() -> awaitable<bool> { co_return users->verify(user, password); };
+  const bool ok = co_await asio::co_spawn(server_.blocking_pool(), std::move(verify), asio::use_awaitable);
+  if (!ok) co_return invalid;
+  co_return reply{235, "2.7.0", "Authentication successful"};
 }
 
 awaitable<bool> session::handshake() {
@@ -282,6 +364,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   if (conn_.helo.empty()) co_return bad_sequence("Send EHLO or HELO first");
   if (tx_.active) co_return bad_sequence("Nested MAIL command");
   if (s.require_tls && !conn_.tls) co_return reply{530, "5.7.0", "Must issue a STARTTLS command first"};
+  if (s.require_auth && !conn_.auth_user) co_return reply{530, "5.7.0", "Authentication required"};  // RFC 4954 §6
   if (cmd.bad_syntax) co_return bad_syntax("Syntax: MAIL FROM:<address>");
   auto parsed = smtp::parse_path_argument(cmd.arg, true, false);
   switch (parsed.error) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "asio.hpp"
+#include "auth/users_file.hpp"
 #include "log.hpp"
 #include "net/line_stream.hpp"
 #include "net/tls_context.hpp"
@@ -44,6 +45,10 @@ class session : public std::enable_shared_from_this<session> {
   awaitable<reply> on_data(const smtp::command& cmd);
   awaitable<reply> on_rset(const smtp::command& cmd);
   awaitable<reply> on_starttls(const smtp::command& cmd);
+  awaitable<reply> on_auth(const smtp::command& cmd);
+  // on_auth's check of the credentials: the policy first, then the users_file.
+  awaitable<reply> check_credentials(std::string_view mechanism, const std::string& user, const std::string& password);
+  bool auth_offered() const;
   std::vector<std::string> ehlo_lines() const;
   // The TLS handshake as server; false (logged) when it failed and the session must end.
   awaitable<bool> handshake();
@@ -67,6 +72,8 @@ class session : public std::enable_shared_from_this<session> {
   std::shared_ptr<tls_server_context> tls_;
   std::shared_ptr<tls_client_context> upstream_tls_;
   std::shared_ptr<const relay_guard> relay_;
+  std::shared_ptr<const auth::users_file> users_;
+  std::size_t auth_failures_ = 0;
   server_context& server_;
   bool implicit_tls_;
   session_log log_;

@@ -121,9 +121,10 @@ awaitable<smtp::reply> maildir_upstream::rcpt(const smtp::address& recipient) {
 
 awaitable<smtp::reply> maildir_upstream::data(std::string_view header, std::string_view message) {
   const std::string content = to_lf(header, message);
-  auto result = co_await asio::co_spawn(
-      blocking_, [&]() -> awaitable<delivery_result> { co_return deliver(root_, hostname_, sender_, recipients_, content); },
-      asio::use_awaitable);
+  auto write_copies = [&]() -> awaitable<delivery_result> {
+    co_return deliver(root_, hostname_, sender_, recipients_, content);
+  };
+  auto result = co_await asio::co_spawn(blocking_, std::move(write_copies), asio::use_awaitable);
   recipients_.clear();
   if (!result.error.empty()) {
     log_.error("maildir: {}", result.error);
