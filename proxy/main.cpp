@@ -25,7 +25,6 @@ std::vector<std::string> unsupported(const portcullis::config& cfg) {
   if (!cfg.server.listen_tls.empty() && !cfg.tls.enabled) out.push_back(f + "server.listen_tls needs [tls] cert and key");
   if (cfg.server.require_tls && !cfg.tls.enabled) out.push_back(f + "server.require_tls needs [tls] cert and key");
   if (cfg.server.require_auth && !cfg.auth.enabled) out.push_back(f + "server.require_auth needs an [auth] table");
-  if (cfg.server.proxy_protocol) out.push_back(f + "server.proxy_protocol: not supported by this build yet");
   return out;
 }
 

@@ -175,6 +175,12 @@ awaitable<std::string_view> line_stream::read_some(duration timeout) {
   co_return buffered();
 }
 
+awaitable<std::string_view> line_stream::read_more(duration timeout) {
+  const bool got = co_await fill(std::chrono::steady_clock::now() + timeout, command_space);
+  if (!got) co_return std::string_view{};
+  co_return buffered();
+}
+
 awaitable<bool> line_stream::write(std::span<const asio::const_buffer> buffers, duration timeout) {
   if (tls_) {
     const bool written = co_await write_tls(buffers, timeout);

@@ -56,7 +56,10 @@ class line_stream {
   // Whatever is buffered or, when nothing is, one read from the socket.
   // Empty on eof, timeout or wake (see last_status()).
   awaitable<std::string_view> read_some(duration timeout);
-  void consume(std::size_t n);  // drop bytes returned by read_some
+  // One more read even when bytes are buffered (a header still incomplete);
+  // returns everything buffered, empty on eof, timeout or wake.
+  awaitable<std::string_view> read_more(duration timeout);
+  void consume(std::size_t n);  // drop bytes returned by read_some / read_more
   status last_status() const { return last_; }
 
   // Is there input already buffered (pipelined commands waiting)?

@@ -63,7 +63,7 @@ std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
 server::server(std::shared_ptr<const config> cfg)
     : engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
       ctx_({cfg, make_policy(*cfg), make_tls(*cfg), make_upstream_tls(*cfg), std::make_shared<relay_guard>(cfg->relay),
-            load_users(*cfg)}),
+            load_users(*cfg), std::make_shared<network_list>(cfg->server.proxy_trusted)}),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {}
 
 std::shared_ptr<policy> server::make_policy(const config& cfg) {
@@ -241,7 +241,8 @@ void server::reload() {
     return;
   }
   auto swap_in = [this, fresh, tls, upstream_tls, users] {
-    ctx_.replace({fresh, make_policy(*fresh), tls, upstream_tls, std::make_shared<relay_guard>(fresh->relay), users});
+    ctx_.replace({fresh, make_policy(*fresh), tls, upstream_tls, std::make_shared<relay_guard>(fresh->relay), users,
+                  std::make_shared<network_list>(fresh->server.proxy_trusted)});
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
   };
   if (fresh->policy.files.empty()) {

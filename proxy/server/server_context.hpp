@@ -8,6 +8,7 @@
 
 #include "asio.hpp"
 #include "config/config.hpp"
+#include "net/network.hpp"
 #include "net/tls_context.hpp"
 #include "auth/users_file.hpp"
 #include "policy/policy.hpp"
@@ -26,6 +27,7 @@ class server_context {
     std::shared_ptr<tls_client_context> upstream_tls;  // null for a maildir: upstream or starttls = "never"
     std::shared_ptr<const relay_guard> relay;
     std::shared_ptr<const auth::users_file> users;     // null without [auth] users_file
+    std::shared_ptr<const network_list> proxy_trusted;  // who may send a PROXY header
   };
 
   explicit server_context(generation g) : current_(std::move(g)) {}
@@ -53,6 +55,10 @@ class server_context {
     return current_.users;
   }
   auth_failures& failed_logins() { return auth_failures_; }
+  std::shared_ptr<const network_list> current_proxy_trusted() const {
+    std::lock_guard lock(mutex_);
+    return current_.proxy_trusted;
+  }
   std::shared_ptr<tls_server_context> current_tls() const {
     std::lock_guard lock(mutex_);
     return current_.tls;

@@ -8,6 +8,7 @@
 #include "server/server_context.hpp"
 #include "session/received_header.hpp"
 #include "smtp/dot_decoder.hpp"
+#include "smtp/proxy_header.hpp"
 #include "smtp/sasl.hpp"
 #include "smtp/text.hpp"
 
@@ -59,6 +60,7 @@ session::session(tcp::socket socket, tcp::endpoint client, std::string id, serve
       upstream_tls_(server.current_upstream_tls()),
       relay_(server.current_relay()),
       users_(server.current_users()),
+      proxy_trusted_(server.current_proxy_trusted()),
       server_(server),
       implicit_tls_(implicit_tls),
       log_(id),
@@ -102,6 +104,13 @@ awaitable<void> session::run() {
   const auto& s = cfg_->server;
   log_.info("connect from {}{}", address_literal(conn_.client.address()) + ":" + std::to_string(conn_.client.port()),
             implicit_tls_ ? " (implicit TLS)" : "");
+  if (s.proxy_protocol) {
+    const bool told = co_await read_proxy_header();
+    if (!told) {
+      client_.close();
+      co_return;
+    }
+  }
   if (implicit_tls_) {
     const bool secured = co_await handshake();
     if (!secured) {
@@ -316,6 +325,40 @@ awaitable<reply> session::check_credentials(std::string_view mechanism, const st
   const bool ok = co_await asio::co_spawn(server_.blocking_pool(), std::move(verify), asio::use_awaitable);
   if (!ok) co_return invalid;
   co_return reply{235, "2.7.0", "Authentication successful"};
+}
+
+awaitable<bool> session::read_proxy_header() {
+  // Only a trusted load balancer may say who the client is; anyone else
+  // could claim any address (and with it, trusted_networks).
+  if (!proxy_trusted_->contains(conn_.client.address())) {
+    log_.warn("{} is not in server.proxy_trusted but server.proxy_protocol is on; closing",
+              address_literal(conn_.client.address()));
+    co_return false;
+  }
+  smtp::proxy_header header;
+  for (;;) {
+    auto in = co_await client_.read_more(cfg_->server.idle_timeout);
+    if (in.empty()) {
+      log_.info("no PROXY header before the connection ended or timed out");
+      co_return false;
+    }
+    const auto parsed = smtp::parse_proxy_header(in, header);
+    if (parsed == smtp::proxy_parse::invalid) {
+      log_.warn("invalid PROXY header ({}); closing", header.problem.empty() ? "malformed" : header.problem);
+      co_return false;
+    }
+    if (parsed == smtp::proxy_parse::done) break;
+  }
+  client_.consume(header.length);
+  if (!header.local_or_unknown) {
+    // From here on the header's source is the client: policies, relay
+    // decisions, logs, Received and XCLIENT all see it.
+    const auto via = conn_.client;
+    conn_.client = tcp::endpoint(asio::ip::make_address(header.source_ip), header.source_port);
+    log_.info("PROXY v{}: client {}:{} via {}", header.version, address_literal(conn_.client.address()),
+              conn_.client.port(), address_literal(via.address()));
+  }
+  co_return true;
 }
 
 awaitable<bool> session::handshake() {

@@ -52,6 +52,8 @@ class session : public std::enable_shared_from_this<session> {
   std::vector<std::string> ehlo_lines() const;
   // The TLS handshake as server; false (logged) when it failed and the session must end.
   awaitable<bool> handshake();
+  // The PROXY v1/v2 header (server.proxy_protocol); false (logged) when the session must end.
+  awaitable<bool> read_proxy_header();
 
   // Reads the message after 354; nullopt when the session must end (timeout, lost client).
   awaitable<std::optional<reply>> receive_message();
@@ -73,6 +75,7 @@ class session : public std::enable_shared_from_this<session> {
   std::shared_ptr<tls_client_context> upstream_tls_;
   std::shared_ptr<const relay_guard> relay_;
   std::shared_ptr<const auth::users_file> users_;
+  std::shared_ptr<const network_list> proxy_trusted_;
   std::size_t auth_failures_ = 0;
   server_context& server_;
   bool implicit_tls_;
