@@ -175,10 +175,27 @@ awaitable<std::string_view> line_stream::read_some(duration timeout) {
   co_return buffered();
 }
 
-awaitable<std::string_view> line_stream::read_more(duration timeout) {
-  const bool got = co_await fill(std::chrono::steady_clock::now() + timeout, command_space);
-  if (!got) co_return std::string_view{};
-  co_return buffered();
+awaitable<std::string_view> line_stream::peek(std::size_t max, duration timeout) {
+  boost::system::error_code ec;
+  arm(std::chrono::steady_clock::now() + timeout);
+  co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+  const bool expired = disarm();
+  if (expired || ec) {
+    last_ = expired ? status::timeout : status::eof;
+    co_return std::string_view{};
+  }
+  peeked_.resize(max);
+  const ssize_t n = ::recv(socket_.native_handle(), peeked_.data(), max, MSG_PEEK | MSG_DONTWAIT);
+  if (n <= 0) {
+    last_ = status::eof;
+    co_return std::string_view{};
+  }
+  co_return std::string_view(peeked_.data(), static_cast<std::size_t>(n));
+}
+
+bool line_stream::skip_peeked(std::size_t n) {
+  peeked_.resize(std::max(peeked_.size(), n));
+  return ::recv(socket_.native_handle(), peeked_.data(), n, MSG_DONTWAIT) == static_cast<ssize_t>(n);
 }
 
 awaitable<bool> line_stream::write(std::span<const asio::const_buffer> buffers, duration timeout) {

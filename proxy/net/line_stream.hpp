@@ -56,10 +56,14 @@ class line_stream {
   // Whatever is buffered or, when nothing is, one read from the socket.
   // Empty on eof, timeout or wake (see last_status()).
   awaitable<std::string_view> read_some(duration timeout);
-  // One more read even when bytes are buffered (a header still incomplete);
-  // returns everything buffered, empty on eof, timeout or wake.
-  awaitable<std::string_view> read_more(duration timeout);
-  void consume(std::size_t n);  // drop bytes returned by read_some / read_more
+  // Looks at up to `max` bytes waiting on the socket without taking them
+  // (MSG_PEEK), once the socket is readable: for a PROXY header, which must
+  // not pull in what follows it (a TLS ClientHello that TLS must read itself).
+  // Empty on eof or timeout (see last_status()).
+  awaitable<std::string_view> peek(std::size_t max, duration timeout);
+  // Takes `n` bytes that peek() showed off the socket.
+  bool skip_peeked(std::size_t n);
+  void consume(std::size_t n);  // drop bytes returned by read_some
   status last_status() const { return last_; }
 
   // Is there input already buffered (pipelined commands waiting)?
@@ -101,6 +105,7 @@ class line_stream {
   tcp::socket socket_;
   std::optional<ssl::stream<tcp::socket&>> tls_;  // once TLS is on, all I/O goes through it
   std::string last_error_;
+  std::string peeked_;
   asio::steady_timer deadline_timer_;
   // Shared with the timer's callback, which may run after this stream is gone.
   struct deadline_token {

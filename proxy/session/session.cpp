@@ -32,6 +32,7 @@ reply with_policy_text(reply r, const verdict& v) {
 
 constexpr std::chrono::seconds goodbye_timeout{10};  // writing the last reply to a client that left
 constexpr std::uint64_t max_size_hint = 4 << 20;     // most we reserve up front from MAIL SIZE=
+constexpr std::chrono::milliseconds proxy_header_pause{20};  // between peeks at a partial PROXY header
 
 // RFC 5321 §4.1.1.1: Domain or address-literal. We accept any single token of
 // visible ASCII (as Postfix does by default); policies may be stricter.
@@ -335,9 +336,17 @@ awaitable<bool> session::read_proxy_header() {
               address_literal(conn_.client.address()));
     co_return false;
   }
+  // Peeked, never read past: what follows may be a TLS ClientHello.
   smtp::proxy_header header;
+  const auto deadline = std::chrono::steady_clock::now() + cfg_->server.idle_timeout;
+  std::size_t seen = 0;
   for (;;) {
-    auto in = co_await client_.read_more(cfg_->server.idle_timeout);
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    std::string_view in;
+    if (left.count() > 0) {
+      auto peeked = co_await client_.peek(smtp::proxy_v2_max_length, left);
+      in = peeked;
+    }
     if (in.empty()) {
       log_.info("no PROXY header before the connection ended or timed out");
       co_return false;
@@ -348,8 +357,17 @@ awaitable<bool> session::read_proxy_header() {
       co_return false;
     }
     if (parsed == smtp::proxy_parse::done) break;
+    if (in.size() == seen) {
+      // The rest of the header has not arrived: the socket stays readable, so wait a moment.
+      asio::steady_timer pause(client_.socket().get_executor(), proxy_header_pause);
+      co_await pause.async_wait(asio::use_awaitable);
+    }
+    seen = in.size();
   }
-  client_.consume(header.length);
+  if (!client_.skip_peeked(header.length)) {
+    log_.info("lost the connection while reading the PROXY header");
+    co_return false;
+  }
   if (!header.local_or_unknown) {
     // From here on the header's source is the client: policies, relay
     // decisions, logs, Received and XCLIENT all see it.
