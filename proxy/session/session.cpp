@@ -181,10 +181,12 @@ awaitable<void> session::run() {
     (void)written;
   }
   out_.clear();
+  // The client has had its last word: it is let go before we tidy up
+  // upstream and notify the policy, however long that takes.
+  client_.close();
   if (tx_.active) co_await reset_transaction();
   if (upstream_) co_await upstream_->quit();
   co_await policy_->on_disconnect(conn_);
-  client_.close();
   log_.info("disconnect from {} transactions={} errors={}", address_literal(conn_.client.address()),
             conn_.transactions, errors_);
 }
