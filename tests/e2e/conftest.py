@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -364,3 +365,41 @@ def fake_upstream():
     yield make
     for f in started:
         f.stop()
+
+
+# --------------------------------------------------------------------------
+# Python policies
+
+POLICY_DIR = Path(__file__).parent / "policies"
+
+
+@pytest.fixture
+def policy_daemon(start_daemon, tmp_path):
+    """policy_daemon(upstream_url, *policies, policy={...}, log_level=None, **tables) -> Daemon.
+
+    Each of `policies` is Python source (dedented and written to
+    tmp_path/policies/policyN.py) or a Path (used as it is, e.g. one of
+    tests/e2e/policies/). They become `[policy] files`, in order; `policy`
+    adds to that table (timeout, on_error, threads) and every other table
+    goes into the config as it is (a policy reads its own via pc.config).
+    The daemon gets `policy_files`, the paths in order.
+    """
+    pdir = tmp_path / "policies"
+    counter = iter(range(1000))
+
+    def start(upstream_url: str, *policies, policy: dict | None = None, log_level: str | None = None, **tables):
+        pdir.mkdir(exist_ok=True)
+        files = []
+        for p in policies:
+            if isinstance(p, Path):
+                files.append(p)
+            else:
+                path = pdir / f"policy{next(counter)}.py"
+                path.write_text(textwrap.dedent(p))
+                files.append(path)
+        d = start_daemon(upstream_url, log_level=log_level, policy={"files": [str(f) for f in files], **(policy or {})},
+                         **tables)
+        d.policy_files = files
+        return d
+
+    return start

@@ -1,0 +1,97 @@
+"""Hooks of different sessions overlap (issue 3, "Concurrency"): eight
+sessions whose async hooks each await one second, and eight whose plain
+hooks each sleep one second (the thread pool), all finish in well under two
+seconds, and each message arrives with its own envelope."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+SESSIONS = 8
+
+SLOW = {
+    "async-rcpt": """
+        import asyncio
+        import portcullis as pc
+
+        async def on_rcpt(tx, rcpt):
+            tx.data["slept"] = True
+            await asyncio.sleep(1)
+            return pc.accept(f"waited for {rcpt.local}")
+    """,
+    "async-mail": """
+        import asyncio
+        import portcullis as pc
+
+        async def on_mail(tx, sender):
+            await asyncio.sleep(1)
+            return pc.accept(f"waited for {sender.local}")
+    """,
+    "sync-rcpt": """
+        import time
+        import portcullis as pc
+
+        def on_rcpt(tx, rcpt):
+            time.sleep(1)
+            return pc.accept(f"waited for {rcpt.local}")
+    """,
+    "sync-mail": """
+        import time
+        import portcullis as pc
+
+        def on_mail(tx, sender):
+            time.sleep(1)
+            return pc.accept(f"waited for {sender.local}")
+    """,
+}
+
+
+@pytest.mark.parametrize("kind", list(SLOW))
+def test_eight_sessions_with_one_second_hooks_overlap(policy_daemon, aiosmtpd_upstream, kind):
+    d = policy_daemon(aiosmtpd_upstream.url, SLOW[kind])
+    stage = kind.split("-")[1]
+    clients = [d.connect(f"c{i}.test") for i in range(SESSIONS)]  # connected before the clock starts
+    errors: list[str] = []
+    hook_replies: dict[int, tuple] = {}
+    barrier = threading.Barrier(SESSIONS + 1)
+
+    def session(i: int) -> None:
+        c = clients[i]
+        try:
+            barrier.wait()
+            c.cmd(f"MAIL FROM:<s{i}@example.test>")
+            r = c.expect(250, "2.1.0")
+            c.cmd(f"RCPT TO:<r{i}@example.test>")
+            r2 = c.expect(250, "2.1.5")
+            hook_replies[i] = (r if stage == "mail" else r2).raw
+            c.exchange("DATA", 354)
+            c.send(f"Subject: session {i}\r\n\r\nbody {i}\r\n.\r\n")
+            c.expect(250, "2.0.0")
+            c.exchange("QUIT", 221)
+        except Exception as e:  # reported below
+            errors.append(f"session {i}: {e!r}")
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(SESSIONS)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.monotonic()
+    for t in threads:
+        t.join(10)
+    elapsed = time.monotonic() - t0
+    assert not errors, errors
+    assert 1.0 <= elapsed < 1.8, f"{SESSIONS} sessions with 1 s {kind} hooks took {elapsed:.2f} s"
+    code_status = "250 2.1.0" if stage == "mail" else "250 2.1.5"
+    who = "s" if stage == "mail" else "r"
+    assert hook_replies == {i: f"{code_status} waited for {who}{i}\r\n".encode() for i in range(SESSIONS)}
+    envs = aiosmtpd_upstream.wait_messages(SESSIONS)
+    assert sorted((e["mail_from"], tuple(e["rcpt_tos"])) for e in envs) == sorted(
+        (f"s{i}@example.test", (f"r{i}@example.test",)) for i in range(SESSIONS))
+    for e in envs:
+        i = int(e["mail_from"][1:].split("@")[0])
+        assert e["content"].endswith(f"Subject: session {i}\r\n\r\nbody {i}\r\n".encode())
