@@ -46,11 +46,27 @@ std::optional<smtp::address> address_from(const std::string& s, bool utf8, bool 
   return a;
 }
 
-// A reply a policy may give: the right class, a matching enhanced status, clean text.
+// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
+constexpr std::size_t max_reply_line = 512;
+
+bool text_fits(const std::string& text, std::size_t status_size) {
+  return 3 + 1 + status_size + 1 + text.size() + 2 <= max_reply_line && smtp::is_safe_reply_text(text) &&
+         smtp::is_valid_utf8(text);
+}
+
+// A reply a policy may give: the right class, a second digit 0-5 (RFC 5321
+// §4.2.1), a matching enhanced status, and clean text that fits one line.
 bool valid_reply(int code, const std::string& status, const std::optional<std::string>& text, char cls) {
-  if (code / 100 != cls - '0' || code % 100 > 99) return false;
+  if (code / 100 != cls - '0' || (code / 10) % 10 > 5) return false;
   if (!smtp::is_enhanced_status(status) || status[0] != cls) return false;
-  return !text || (text->size() <= 512 && smtp::is_safe_reply_text(*text) && smtp::is_valid_utf8(*text));
+  return !text || text_fits(*text, status.size());
+}
+
+// Policies hand back lists; each mailbox is delivered once.
+void add_once(std::vector<smtp::address>& list, smtp::address a) {
+  for (const auto& x : list)
+    if (smtp::same_mailbox(x, a)) return;
+  list.push_back(std::move(a));
 }
 
 }  // namespace
@@ -123,7 +139,7 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
     for (const auto& r : *result.recipients) {
       auto a = address_from(r, utf8, false);
       if (!a) return failure(conn, stage, "invalid recipient from policy: " + printable(r));
-      rcpts.push_back(std::move(*a));
+      add_once(rcpts, std::move(*a));
     }
     tx->recipients = std::move(rcpts);
   }
@@ -137,7 +153,7 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
   const auto& k = result.verdict;
   if (k.empty()) return v;
   if (k == "accept") {
-    if (result.text && (!smtp::is_safe_reply_text(*result.text) || result.text->size() > 512))
+    if (result.text && !text_fits(*result.text, std::string_view("2.0.0").size()))
       return failure(conn, stage, "invalid accept text");
     v.what = verdict::kind::accept;
     if (result.text) v.reply = smtp::reply{250, "", *result.text};
@@ -154,7 +170,7 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
     for (const auto& r : result.addresses) {
       auto a = address_from(r, utf8, false);
       if (!a) return failure(conn, stage, "invalid redirect address: " + printable(r));
-      v.redirect_to.push_back(std::move(*a));
+      add_once(v.redirect_to, std::move(*a));
     }
     v.what = verdict::kind::redirect;
   } else {

@@ -1,5 +1,6 @@
 #include "session/session.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <ctime>
 
@@ -529,7 +530,9 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
   const std::size_t delivered_before = tx_.recipients.size();
   reply r;
   for (const auto& target : targets) {
-    if (std::find(tx_.recipients.begin(), tx_.recipients.end(), target) != tx_.recipients.end()) {
+    const bool known = std::any_of(tx_.recipients.begin(), tx_.recipients.end(),
+                                   [&](const smtp::address& a) { return smtp::same_mailbox(a, target); });
+    if (known) {
       r = reply{250, "2.1.5", "Ok"};  // already a recipient: delivered once
       continue;
     }
@@ -542,7 +545,11 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
   r = with_policy_text(std::move(r), v);
   if (r.positive()) {
     ++tx_.accepted_recipients;
-    if (v.what == verdict::kind::redirect) log_.info("RCPT TO:<{}> redirected by policy", printable(rcpt.str()));
+    if (v.what == verdict::kind::redirect) {
+      log_.info("RCPT TO:<{}> redirected by policy", printable(rcpt.str()));
+      // The upstream's reply may name the target; where mail goes is not the client's business.
+      r = reply{250, "2.1.5", "Ok"};
+    }
   } else {
     // Targets of a failed redirect that the upstream took are not delivered:
     // the envelope is redone before DATA.

@@ -166,6 +166,10 @@ std::optional<address> parse_mailbox(std::string_view text, bool utf8) {
   return a;
 }
 
+bool same_mailbox(const address& a, const address& b) {
+  return a.local == b.local && equals_nocase(a.domain, b.domain);
+}
+
 bool is_valid_address(const address& a, bool utf8) {
   if (a.null()) return true;
   if (a.domain.empty()) return equals_nocase(a.local, "postmaster");

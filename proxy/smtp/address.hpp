@@ -67,4 +67,8 @@ std::optional<std::vector<esmtp_param>> parse_esmtp_params(std::string_view text
 // Is the address safe to put on the wire inside "<...>"? (what rewrites are checked with)
 bool is_valid_address(const address& a, bool utf8);
 
+// One mailbox or two? The local part is exact (RFC 5321 §2.4: only the
+// destination host may interpret it); the domain is case-insensitive.
+bool same_mailbox(const address& a, const address& b);
+
 }  // namespace portcullis::smtp

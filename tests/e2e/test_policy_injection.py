@@ -17,7 +17,7 @@ import textwrap
 
 import pytest
 
-from conftest import AiosmtpdUpstream, Daemon
+from conftest import AiosmtpdUpstream, Daemon, sanitized_python_env
 
 POLICY_FAILURE = "Temporary policy failure, try again later"
 MESSAGE = b"Subject: injection\r\nFrom: Ann <ann@example.test>\r\n\r\nHello\r\n"
@@ -100,7 +100,7 @@ for name, verdict, changes in [
     ("accept-crlf", "pc.accept('Fine')", {"text": "Fine\r\n554 5.0.0 Forged"}),
     ("accept-as-reject", "pc.accept()", {"kind": "reject"}),
     ("redirect-nowhere", "pc.redirect('ok@example.test')", {"addresses": ()}),
-    # Known bugs (xfail below): these two pass the C++ check.
+    # Code with a second digit over 5 (RFC 5321 §4.2.1); a line over 512 octets (§4.5.3.1.5).
     ("reject-599", "pc.reject('No')", {"code": 599}),
     ("reject-line-522-octets", "pc.reject('No')", {"text": "x" * 510}),
 ]:
@@ -177,7 +177,10 @@ def shared(portcullis_bin, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("injection")
     policy = workdir / "cases.py"
     policy.write_text(shared_policy())
-    d = Daemon(portcullis_bin, workdir, upstream.url, {"policy": {"files": [str(policy)]}}, None).start()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in sanitized_python_env().items():
+            mp.setenv(name, value)
+        d = Daemon(portcullis_bin, workdir, upstream.url, {"policy": {"files": [str(policy)]}}, None).start()
     yield d, upstream
     rc = d.stop()
     upstream.controller.stop()
@@ -201,19 +204,10 @@ def run_to(c, stage: str, sender: str):
     return c.reply()
 
 
-KNOWN_BUGS = {
-    "forged-verdict-reject-599": "BUG: python_policy.cpp valid_reply() checks `code % 100 > 99` (always false), so a "
-                                 "reply code whose second digit is 6-9 (599) passes the C++ re-validation: the "
-                                 "client gets '599 5.7.1 No'",
-    "forged-verdict-reject-line-522-octets": "BUG: python_policy.cpp limits the policy's reply text to 512 octets, not "
-                                             "the whole reply line (RFC 5321 §4.5.3.1.5): a 510-octet text goes out "
-                                             "as a 522-octet '550 5.7.1 xxx...' line",
-}
 
 
 @pytest.mark.parametrize(
-    "n", [pytest.param(n, id=c[0], marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c[0]])]
-                       if c[0] in KNOWN_BUGS else []) for n, c in enumerate(CASES)])
+    "n", [pytest.param(n, id=c[0]) for n, c in enumerate(CASES)])
 def test_refused_with_451_and_nothing_delivered(shared, n):
     d, upstream = shared
     _, stage, _, log = CASES[n]

@@ -327,10 +327,6 @@ def test_rewritten_recipient_refused_by_the_upstream_answers_data(policy_daemon,
     assert up.messages == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a recipient a policy appends to tx.recipients in on_data when it is "
-                                       "already there is sent upstream twice (RCPT TO:<bob@example.test> x2 in the "
-                                       "redone transaction; aiosmtpd rcpt_tos has it twice): no de-duplication of "
-                                       "policy-rewritten recipients, unlike RCPT and redirect")
 def test_recipient_appended_twice_is_delivered_once(policy_daemon, aiosmtpd_upstream):
     d = policy_daemon(aiosmtpd_upstream.url, """
         def on_data(tx, message):
