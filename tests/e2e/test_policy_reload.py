@@ -6,6 +6,7 @@ does not load leaves the old one running with the reason in the log. Also
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, render_toml, wait_until
+from conftest import free_port, render_toml, sanitized_python_env, wait_until
 
 TAGGER = """
     import portcullis as pc
@@ -185,7 +186,7 @@ def check_config(portcullis_bin, tmp_path: Path, source: str) -> subprocess.Comp
         "policy": {"files": ["policy0.py"]},
     }))
     return subprocess.run([str(portcullis_bin), "--check-config", str(config)], capture_output=True, text=True,
-                          timeout=30, cwd=tmp_path)
+                          timeout=30, cwd=tmp_path, env={**os.environ, **sanitized_python_env()})
 
 
 @pytest.mark.parametrize("broken", ["syntax-error", "missing-module", "bad-hook-signature"])
@@ -240,6 +241,7 @@ def test_daemon_does_not_start_with_a_broken_policy(portcullis_bin, tmp_path):
         "upstream": {"url": "smtp://127.0.0.1:2526"},
         "policy": {"files": ["policy0.py"]},
     }))
-    out = subprocess.run([str(portcullis_bin), "--config", str(config)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([str(portcullis_bin), "--config", str(config)], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, **sanitized_python_env()})
     assert out.returncode == 1, out
     assert re.search(problem, out.stdout + out.stderr), out
