@@ -29,9 +29,10 @@ std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& ce
   harden(*ctx);
   boost::system::error_code ec;
   ctx->use_certificate_chain_file(cert.string(), ec);
-  if (ec) throw tls_error(cert.string() + ": cannot use the certificate chain: " + openssl_errors());
+  // Asio has already taken OpenSSL's error queue into `ec`.
+  if (ec) throw tls_error(cert.string() + ": cannot use the certificate chain: " + ec.message());
   ctx->use_private_key_file(key.string(), ssl::context::pem, ec);
-  if (ec) throw tls_error(key.string() + ": cannot use the private key: " + openssl_errors());
+  if (ec) throw tls_error(key.string() + ": cannot use the private key: " + ec.message());
   if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
     throw tls_error(key.string() + ": the key does not match " + cert.string());
   ctx->set_verify_mode(ssl::verify_none);  // client certificates are not asked for

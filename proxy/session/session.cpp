@@ -462,6 +462,10 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
     } else if (p.keyword == "SMTPUTF8") {  // RFC 6531 §3.4
       if (p.has_value) co_return bad_syntax("SMTPUTF8 takes no value");
       options.smtputf8 = true;
+    } else if (p.keyword == "AUTH" && cfg_->auth.enabled) {
+      // RFC 4954 §5: part of the AUTH extension we offer. Accepted and not
+      // passed on: the upstream learns who authenticated through XCLIENT.
+      if (!p.has_value) co_return bad_syntax("AUTH needs a value");
     } else {
       co_return reply{555, "5.5.4", "Unsupported parameter " + p.keyword};
     }

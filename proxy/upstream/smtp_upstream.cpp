@@ -60,7 +60,8 @@ class smtp_upstream final : public upstream {
         log_.error("upstream: upstream.client_info = \"xforward\" but the upstream does not offer XFORWARD to us");
         co_return fail("no XFORWARD", true);
       }
-      auto forwarded = co_await command("XFORWARD" + attributes, "XFORWARD");
+      const std::string line = "XFORWARD" + attributes;
+      auto forwarded = co_await command(line, "XFORWARD");
       if (forwarded.code != 250) {
         log_.error("upstream: XFORWARD refused: {}", printable(forwarded.summary()));
         co_return fail("XFORWARD refused", true);
@@ -84,7 +85,9 @@ class smtp_upstream final : public upstream {
 
   awaitable<smtp::reply> rcpt(const smtp::address& recipient) override {
     if (!stream_) co_return unavailable();
-    co_return co_await command("RCPT TO:<" + recipient.str() + ">", "RCPT");
+    const std::string line = "RCPT TO:<" + recipient.str() + ">";
+    auto r = co_await command(line, "RCPT");
+    co_return r;
   }
 
   awaitable<smtp::reply> data(std::string_view header, std::string_view message) override {
@@ -253,13 +256,16 @@ class smtp_upstream final : public upstream {
       close();
       co_return nonsense();
     }
-    auto greeting = co_await command("XCLIENT" + attributes, "XCLIENT");
+    const std::string line = "XCLIENT" + attributes;
+    auto greeting = co_await command(line, "XCLIENT");
     if (greeting.code != 220) {
       log_.error("upstream: XCLIENT refused: {}", printable(greeting.summary()));
       close();
       co_return nonsense();
     }
-    auto again = co_await ehlo();
+    // Our EHLO now speaks for the client: its name, or XCLIENT's HELO would be overwritten.
+    const std::string name = client_.helo.empty() ? cfg_.helo : client_.helo;
+    auto again = co_await ehlo(name);
     co_return again;
   }
 
@@ -276,9 +282,16 @@ class smtp_upstream final : public upstream {
 
   // EHLO (HELO when refused) and the upstream's extensions; a reply on failure.
   awaitable<std::optional<smtp::reply>> ehlo() {
-    auto ehlo = co_await command("EHLO " + cfg_.helo, "EHLO");
+    auto result = co_await ehlo(cfg_.helo);
+    co_return result;
+  }
+
+  awaitable<std::optional<smtp::reply>> ehlo(const std::string& name) {
+    const std::string line = "EHLO " + name;
+    auto ehlo = co_await command(line, "EHLO");
     if (ehlo.permanent() && stream_) {
-      auto helo = co_await command("HELO " + cfg_.helo, "HELO");  // RFC 5321 §3.2
+      const std::string helo_line = "HELO " + name;
+      auto helo = co_await command(helo_line, "HELO");  // RFC 5321 §3.2
       ehlo = std::move(helo);
     }
     if (ehlo.code != 250) {

@@ -523,9 +523,6 @@ def test_require_auth_submission(auth_daemon, aiosmtpd_upstream):
     assert aiosmtpd_upstream.handler.mails == [("alice@example.test", [])]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the AUTH parameter of MAIL FROM (RFC 4954 §5, part of the advertised AUTH "
-                   "extension; Exim sends AUTH=<> after authenticating) is refused with 555 5.5.4 Unsupported "
-                   "parameter AUTH")
 def test_mail_auth_parameter_accepted(auth_daemon, aiosmtpd_upstream):
     d = auth_daemon(server={"require_auth": True})
     with d.tls_connect() as c:

@@ -106,9 +106,6 @@ def test_xclient_postfix_restrictions_apply_to_the_real_client(sec_daemon, postf
         c.exchange("RCPT TO:<victim@foreign.test>", 250, "2.1.5")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after XCLIENT (which carries HELO=<client's name>) the proxy sends "
-                   "'EHLO <server.hostname>', which replaces the client's HELO name in Postfix: Postfix logs and "
-                   "checks helo=<mx.test> instead of the client's")
 def test_xclient_postfix_sees_the_client_helo(sec_daemon, postfix_tls):
     d = sec_daemon(postfix_tls.url, upstream={"client_info": "xclient"})
     with d.connect(ehlo="helo-of-the-client.test", source="127.0.0.5") as c:
