@@ -254,15 +254,7 @@ def start_daemon(portcullis_bin, tmp_path):
         return d.start()
 
     yield start
-    failures = []
-    for d in daemons:
-        if d.proc is None:
-            continue
-        rc = d.stop()
-        if rc != 0:
-            failures.append(f"daemon exited {rc}; log tail:\n{d.log_text()[-4000:]}")
-    if failures:
-        pytest.fail("\n".join(failures), pytrace=False)
+    stop_all(daemons)
 
 
 # --------------------------------------------------------------------------
@@ -417,3 +409,32 @@ def policy_daemon(start_daemon, tmp_path, monkeypatch):
         return d
 
     return start
+
+
+def stop_all(daemons) -> None:
+    """Teardown of the daemon fixtures: SIGTERM each one; any exit but 0 fails the test."""
+    failures = []
+    for d in daemons:
+        if d.proc is None:
+            continue
+        rc = d.stop()
+        if rc != 0:
+            failures.append(f"daemon exited {rc}; log tail:\n{d.log_text()[-4000:]}")
+    if failures:
+        pytest.fail("\n".join(failures), pytrace=False)
+
+
+RECEIVED = re.compile(rb"Received: from \S+ \(\[127\.0\.0\.1\]\)\r\n\tby mx\.test \(Portcullis\) with \w+ id [0-9A-F]{12}\.\d+"
+                      rb"(?:\r\n\tfor <[^>]*>)?; [^\r\n]+\r\n")
+
+
+def exact(r, code: int, status: str, text: str) -> None:
+    """The reply is exactly this code, enhanced status and text."""
+    assert (r.code, r.status, r.text) == (code, status, text), f"got {r}"
+
+
+def content_without_received(content: bytes) -> bytes:
+    """The message as the upstream got it, less our one Received: header on top."""
+    m = RECEIVED.match(content)
+    assert m, f"no Received: header of ours on top: {content[:200]!r}"
+    return content[m.end():]

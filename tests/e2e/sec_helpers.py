@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, Daemon, wait_until
+from conftest import HOSTNAME, Daemon, stop_all, wait_until
 from smtp_client import RawClient
 
 with warnings.catch_warnings():
@@ -183,15 +183,7 @@ def sec_daemon(portcullis_bin, tmp_path):
         return d
 
     yield start
-    failures = []
-    for d in daemons:
-        if d.proc is None:
-            continue
-        rc = d.stop()
-        if rc != 0:
-            failures.append(f"daemon exited {rc}; log tail:\n{d.log_text()[-4000:]}")
-    if failures:
-        pytest.fail("\n".join(failures), pytrace=False)
+    stop_all(daemons)
 
 
 # --------------------------------------------------------------------------

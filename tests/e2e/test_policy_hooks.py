@@ -9,21 +9,9 @@ import json
 import re
 from pathlib import Path
 
-from conftest import POLICY_DIR, wait_until
+from conftest import POLICY_DIR, content_without_received, exact, wait_until
 
 RECORDER = POLICY_DIR / "recorder.py"
-RECEIVED = re.compile(rb"Received: from \S+ \(\[127\.0\.0\.1\]\)\r\n\tby mx\.test \(Portcullis\) with \w+ id [0-9A-F]{12}\.\d+"
-                      rb"(?:\r\n\tfor <[^>]*>)?; [^\r\n]+\r\n")
-
-
-def exact(r, code: int, status: str, text: str) -> None:
-    assert (r.code, r.status, r.text) == (code, status, text), f"got {r}"
-
-
-def content_without_received(content: bytes) -> bytes:
-    m = RECEIVED.match(content)
-    assert m, f"no Received: header of ours on top: {content[:200]!r}"
-    return content[m.end():]
 
 
 def records(path: Path, until: str = "disconnect", count: int = 1) -> list[dict]:

@@ -10,20 +10,8 @@ import re
 
 import pytest
 
-from conftest import wait_until
+from conftest import content_without_received, exact, wait_until
 
-RECEIVED = re.compile(rb"Received: from \S+ \(\[127\.0\.0\.1\]\)\r\n\tby mx\.test \(Portcullis\) with \w+ id [0-9A-F]{12}\.\d+"
-                      rb"(?:\r\n\tfor <[^>]*>)?; [^\r\n]+\r\n")
-
-
-def exact(r, code: int, status: str, text: str) -> None:
-    assert (r.code, r.status, r.text) == (code, status, text), f"got {r}"
-
-
-def content_without_received(content: bytes) -> bytes:
-    m = RECEIVED.match(content)
-    assert m, f"no Received: header of ours on top: {content[:200]!r}"
-    return content[m.end():]
 
 
 def send(c, sender: str, rcpts: list[str], message: bytes, mail_params: str = ""):
