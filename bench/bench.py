@@ -7,6 +7,7 @@ messages/s, MB/s, the proxy's CPU seconds and its peak RSS (VmHWM).
 
     bench/run.sh                    # builds, then runs every scenario
     bench/bench.py --bin build/portcullis --messages 20000
+    bench/bench.py --policy bench/policies/noop.py   # the same through the Python engine
 """
 import argparse
 import os
@@ -62,6 +63,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="build/portcullis")
     ap.add_argument("--messages", type=int, default=10000)
+    ap.add_argument("--policy", help="a policy file to run at every stage (see bench/policies/)")
     args = ap.parse_args()
 
     scenarios = [  # name, parallel sessions, messages, message size, recipients
@@ -84,6 +86,8 @@ max_connections_per_client = 2000
 [upstream]
 url = "smtp://127.0.0.1:{sink_port}"
 """)
+        if args.policy:
+            f.write(f'[policy]\nfiles = ["{os.path.abspath(args.policy)}"]\n')
     log = open(os.path.join(work, "portcullis.log"), "w")
     proxy = subprocess.Popen([args.bin, "--config", cfg], stderr=log,
                              env={**os.environ, "PORTCULLIS_LOG_LEVEL": "warn"})
