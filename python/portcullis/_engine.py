@@ -587,7 +587,7 @@ class EngineHost:
         except Exception as e:  # PolicyLoadError, or a bad setting in the job
             log.error("policies did not load (any loaded before stay in force):\n%s", e)
             return error_result(str(e))
-        log.info("policies reloaded (generation %d): %s", engine.generation, ", ".join(engine.files) or "none")
+        log.info("policies loaded: %s", ", ".join(engine.files) or "none")
         return empty_result()
 
     def close(self) -> None:
