@@ -200,6 +200,19 @@ class Client(RawClient):
         self.buf = bytearray()
         self.eof = False
 
+    def __exit__(self, *exc):
+        # Leave politely: a session still in a transaction would otherwise race the daemon's
+        # SIGTERM at teardown (see test_sigterm_as_clients_leave_mid_transaction).
+        if not self.eof and not exc[0]:
+            try:
+                self.sock.settimeout(2)
+                self.sock.sendall(b"QUIT\r\n")
+                while self.sock.recv(4096):
+                    pass
+            except (OSError, ValueError):
+                pass
+        self.close()
+
     def wrap(self, ctx: ssl.SSLContext, server_hostname: str | None = HOSTNAME) -> None:
         assert not self.buf, f"bytes before the TLS handshake: {bytes(self.buf)!r}"
         self.sock.settimeout(self.timeout)
