@@ -108,7 +108,10 @@ awaitable<bool> line_stream::fill(std::chrono::steady_clock::time_point deadline
     last_ = status::timeout;
     co_return false;
   }
-  if (woken_) {
+  // A read that ended the stream (not one our wake cancelled) is the end,
+  // woken or not: asio reports an end of file only once.
+  const bool ended = n == 0 && ec != asio::error::operation_aborted;
+  if (woken_ && !ended) {
     woken_ = n > 0;  // data came with the wake: report `woken` on the next fill instead
     last_ = status::woken;
     co_return n > 0;

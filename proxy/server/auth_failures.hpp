@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <deque>
+#include <iterator>
 #include <map>
 #include <mutex>
 
@@ -15,9 +16,17 @@ class auth_failures {
  public:
   using clock = std::chrono::steady_clock;
 
-  void record(const asio::ip::address& client, clock::time_point now = clock::now()) {
+  void record(const asio::ip::address& client, clock::duration window, clock::time_point now = clock::now()) {
     std::lock_guard lock(mutex_);
     failures_[client].push_back(now);
+    // Now and then, forget addresses that failed once and never came back.
+    if (++records_ % sweep_every == 0) {
+      for (auto it = failures_.begin(); it != failures_.end();) {
+        auto& times = it->second;
+        while (!times.empty() && times.front() < now - window) times.pop_front();
+        it = times.empty() ? failures_.erase(it) : std::next(it);
+      }
+    }
   }
 
   // Has this client failed `limit` times within `window`? (Old entries go.)
@@ -36,7 +45,9 @@ class auth_failures {
   }
 
  private:
+  static constexpr std::size_t sweep_every = 1024;
   std::mutex mutex_;
+  std::size_t records_ = 0;
   std::map<asio::ip::address, std::deque<clock::time_point>> failures_;
 };
 

@@ -110,6 +110,7 @@ awaitable<void> session::run() {
     const bool told = co_await read_proxy_header();
     if (!told) {
       client_.close();
+      log_.info("disconnect from {} before SMTP began", address_literal(conn_.client.address()));
       co_return;
     }
   }
@@ -117,6 +118,7 @@ awaitable<void> session::run() {
     const bool secured = co_await handshake();
     if (!secured) {
       client_.close();
+      log_.info("disconnect from {} before SMTP began", address_literal(conn_.client.address()));
       co_return;
     }
   }
@@ -306,7 +308,7 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
     log_.info("AUTH {} as {} refused: {}", mechanism, printable(creds.authcid), printable(r.summary()));
   }
   if (r.code == 535 || step.error == smtp::sasl_error::malformed || step.error == smtp::sasl_error::bad_base64) {
-    server_.failed_logins().record(conn_.client.address());
+    server_.failed_logins().record(conn_.client.address(), a.failure_window);
     if (++auth_failures_ >= a.max_failures) {
       log_.warn("{} failed logins in this session; closing", auth_failures_);
       queue(r);

@@ -286,10 +286,6 @@ def test_xforward_command_on_the_wire(sec_daemon, fake_upstream):
 # Found while running these tests: SIGTERM as clients leave in a transaction
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a session woken by SIGTERM's drain while its read has just completed at "
-                   "EOF treats the EOF as 'woken' (line_stream::fill) and reads again; Asio's edge-triggered epoll "
-                   "never reports that EOF again, so the session sits in CLOSE-WAIT until shutdown_grace ends "
-                   "('grace period over; dropping N session(s)')")
 def test_sigterm_as_clients_leave_mid_transaction(sec_daemon, fake_upstream):
     up = fake_upstream()
     for attempt in range(12):
