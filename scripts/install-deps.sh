@@ -8,9 +8,11 @@ BUILD_PACKAGES=(
   libboost1.81-dev          # Asio with awaitable_operators (1.74 lacks them)
   libssl-dev libtoml11-dev libspdlog-dev libfmt-dev
   pybind11-dev python3-dev libpython3.11-dev
+  libgtest-dev              # the build configures the C++ tests too
 )
 TEST_PACKAGES=(
-  libgtest-dev clang libclang-rt-14-dev   # table tests, libFuzzer, ASan/UBSan
+  clang libclang-rt-14-dev                # libFuzzer, ASan/UBSan
+  openssl                                 # test certificates
   python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl   # swaks --tls needs Net::SSLeay
   postfix                                 # smtp-source/smtp-sink; a real upstream
 )
