@@ -1,7 +1,7 @@
 #include "policy/python_policy.hpp"
 
 #include "log.hpp"
-#include "session/received_header.hpp"
+#include "net/network.hpp"
 #include "smtp/message_check.hpp"
 #include "smtp/text.hpp"
 
@@ -17,10 +17,7 @@ policy_job base_job(const char* stage, const connection_state& conn) {
   policy_job j;
   j.stage = stage;
   j.session_id = conn.id;
-  const auto& a = conn.client.address();
-  j.client_ip = (a.is_v6() && a.to_v6().is_v4_mapped())
-                    ? asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).to_string()
-                    : a.to_string();
+  j.client_ip = unmapped(conn.client.address()).to_string();
   j.client_port = conn.client.port();
   j.helo = conn.helo;
   j.tls = conn.tls;
@@ -112,10 +109,14 @@ awaitable<policy_result> python_policy::run(policy_job job) {
   co_return result;
 }
 
-verdict python_policy::failure(const connection_state& conn, const std::string& stage, const std::string& why) const {
-  session_log(conn.id).error("policy error in on_{}: {}", stage, why);
+verdict python_policy::on_error() const {
   if (accept_on_error_) return verdict{};
   return verdict{verdict::kind::tempfail, smtp::reply{451, "4.3.0", "Temporary policy failure, try again later"}, {}};
+}
+
+verdict python_policy::failure(const connection_state& conn, const std::string& stage, const std::string& why) const {
+  session_log(conn.id).error("policy error in on_{}: {}", stage, why);
+  return on_error();
 }
 
 verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result result,
@@ -124,8 +125,7 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
     // Python logged the traceback with the session id; one line here says what we did about it.
     session_log(conn.id).warn("policy error in on_{} ({}); see the traceback above", stage,
                               accept_on_error_ ? "accepting, per policy.on_error" : "451 4.3.0");
-    if (accept_on_error_) return verdict{};
-    return verdict{verdict::kind::tempfail, smtp::reply{451, "4.3.0", "Temporary policy failure, try again later"}, {}};
+    return on_error();
   }
   const bool utf8 = tx && tx->options.smtputf8;
   // Rewrites first: they accumulate whatever the verdict.

@@ -31,6 +31,9 @@ class python_policy final : public policy {
   // anything invalid counts as a hook error.
   verdict decide(const std::string& stage, const connection_state& conn, policy_result result, transaction* tx,
                  std::string* message);
+  // What policy.on_error says a failed hook means: proceed, or 451 4.3.0.
+  verdict on_error() const;
+  // A failure found here (invalid verdict or rewrite): logged, then on_error().
   verdict failure(const connection_state& conn, const std::string& stage, const std::string& why) const;
 
   std::shared_ptr<python_engine> engine_;

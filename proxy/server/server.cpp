@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "log.hpp"
+#include "net/network.hpp"
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
 #include "session/session.hpp"
@@ -31,12 +32,6 @@ tcp::endpoint parse_endpoint(const std::string& hostport) {
   std::string host = hostport.substr(0, colon);
   if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
   return {asio::ip::make_address(host), static_cast<unsigned short>(std::stoul(hostport.substr(colon + 1)))};
-}
-
-// Canonical client address for per-client limits: v4-mapped v6 counts as v4.
-asio::ip::address client_key(const asio::ip::address& a) {
-  if (a.is_v6() && a.to_v6().is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
-  return a;
 }
 
 // Null without [tls]; throws tls_error when a certificate or key cannot be used.
@@ -169,7 +164,7 @@ bool server::admit(const asio::ip::address& client, std::string& why) {
     why = "too many connections";
     return false;
   }
-  auto& n = per_client_[client_key(client)];
+  auto& n = per_client_[unmapped(client)];
   if (n >= cfg->server.max_connections_per_client) {
     why = "too many connections from your address";
     return false;
@@ -183,7 +178,7 @@ void server::release(const asio::ip::address& client, const std::string& id) {
   std::lock_guard lock(sessions_mutex_);
   sessions_.erase(id);
   --total_;
-  auto it = per_client_.find(client_key(client));
+  auto it = per_client_.find(unmapped(client));
   if (it != per_client_.end() && --it->second == 0) per_client_.erase(it);
 }
 

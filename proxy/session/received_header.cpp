@@ -1,5 +1,7 @@
 #include "session/received_header.hpp"
 
+#include "net/network.hpp"
+
 namespace portcullis {
 
 namespace {
@@ -26,9 +28,8 @@ std::string protocol_name(const connection_state& conn, const transaction& tx) {
 
 }  // namespace
 
-std::string address_literal(const asio::ip::address& a) {
-  if (a.is_v6() && a.to_v6().is_v4_mapped())
-    return "[" + asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).to_string() + "]";
+std::string address_literal(const asio::ip::address& raw) {
+  const auto a = unmapped(raw);
   return a.is_v6() ? "[IPv6:" + a.to_string() + "]" : "[" + a.to_string() + "]";
 }
 
