@@ -49,8 +49,10 @@ bool line_stream::peer_gone() {
 
 void line_stream::wake() {
   woken_ = true;
+  if (!reading_) return;  // the next fill() reports it
+  // socket.cancel() cancels everything pending on the socket: only a read may be.
   boost::system::error_code ignored;
-  socket_.cancel(ignored);  // a pending read completes with operation_aborted
+  socket_.cancel(ignored);  // the pending read completes with operation_aborted
 }
 
 void line_stream::close() {
@@ -98,10 +100,12 @@ awaitable<bool> line_stream::fill(std::chrono::steady_clock::time_point deadline
   arm(deadline);
   const auto space = asio::buffer(buf_.get() + end_, capacity_ - end_);
   std::size_t n = 0;
+  reading_ = true;
   if (tls_)
     n = co_await tls_->async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
   else
     n = co_await socket_.async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+  reading_ = false;
   const bool expired = disarm();
   end_ += n;
   if (expired && n == 0) {

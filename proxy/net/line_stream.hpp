@@ -68,6 +68,8 @@ class line_stream {
 
   // Is there input already buffered (pipelined commands waiting)?
   bool has_buffered_input() const { return begin_ < end_; }
+  // Is a whole line buffered (a pipelined command that a read_line would return at once)?
+  bool has_buffered_line() const { return buffered().find('\n') != std::string_view::npos; }
   // Gives back a large buffer once nothing is buffered (an idle session keeps little).
   void shrink_if_idle();
 
@@ -88,7 +90,9 @@ class line_stream {
   // STARTTLS was sent in clear and must never be acted on (CVE-2011-0411).
   std::size_t discard_buffered();
 
-  void wake();   // makes a pending or the next read return `woken`, once
+  // Makes a pending read (or the next one) return `woken`, once. Only a read
+  // is interrupted: a write or a TLS handshake in progress goes on.
+  void wake();
   void close();  // idempotent
   tcp::socket& socket() { return socket_; }
 
@@ -115,6 +119,7 @@ class line_stream {
   std::shared_ptr<deadline_token> token_ = std::make_shared<deadline_token>();
   std::uint64_t operations_ = 0;
   bool woken_ = false;
+  bool reading_ = false;  // a socket read is pending (what wake() may cancel)
   // Input buffer, not a std::string: resize() would zero-fill every read.
   std::unique_ptr<char[]> buf_;
   std::size_t capacity_ = 0;

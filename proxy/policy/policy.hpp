@@ -1,20 +1,25 @@
 // The policy await point: at every stage the session asks its policy for a
 // verdict and awaits it without blocking its I/O thread (the Python engine
 // runs hooks on its own threads and resumes the session on its strand).
-// check -> policy -> proceed: the session validates syntax and sequence
-// first, asks the policy second, and only then changes state.
 //
-// A policy may also rewrite: the sender and recipients in `tx`, the
-// recipient being added, and the message. Whatever it hands back has been
-// validated before the session sees it.
+// check -> policy -> proceed: the session validates syntax and sequence
+// first, asks the policy second, and only then changes state. The policy's
+// inputs are read only; a verdict carries the rewrites the hooks made (the
+// sender, the recipients, the message), already validated, and the session
+// applies them in its proceed step: state changes in one place, and a stage
+// whose rewrites are not all valid changes nothing.
 #pragma once
 
+#include <memory>
+#include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "asio.hpp"
-#include "session/state.hpp"
 #include "smtp/reply.hpp"
+#include "state/connection_state.hpp"
+#include "state/transaction.hpp"
 
 namespace portcullis {
 
@@ -31,36 +36,50 @@ struct verdict {
   smtp::reply reply;
   std::vector<smtp::address> redirect_to;
 
+  // Rewrites, applied by the session whatever the verdict (a rewrite made in
+  // a stage that rejects still matters if the transaction goes on).
+  std::optional<smtp::address> sender;
+  std::optional<std::vector<smtp::address>> recipients;
+  std::shared_ptr<const std::string> message;  // on_data: the edited message (CRLF lines, unstuffed)
+
   bool stops() const { return what == kind::reject || what == kind::tempfail; }
 };
+
+// The message as received (CRLF lines, unstuffed). Shared, never copied: a
+// policy job may hold it longer than the session waits for the job.
+using message_ptr = std::shared_ptr<const std::string>;
 
 class policy {
  public:
   virtual ~policy() = default;
-  virtual awaitable<verdict> on_connect(connection_state& conn) = 0;
-  virtual awaitable<verdict> on_helo(connection_state& conn, std::string_view hostname) = 0;
+  virtual awaitable<verdict> on_connect(const connection_state& conn) = 0;
+  virtual awaitable<verdict> on_helo(const connection_state& conn, std::string_view hostname) = 0;
   // accept: authenticated; reject/tempfail: refused with that reply; next: the users_file decides.
-  virtual awaitable<verdict> on_auth(connection_state& conn, std::string_view mechanism, std::string_view username,
-                                     std::string_view password) = 0;
-  virtual awaitable<verdict> on_mail(connection_state& conn, transaction& tx) = 0;
-  virtual awaitable<verdict> on_rcpt(connection_state& conn, transaction& tx, smtp::address& rcpt) = 0;
-  // `message` is the whole message as received (CRLF lines, unstuffed).
-  virtual awaitable<verdict> on_data(connection_state& conn, transaction& tx, std::string& message) = 0;
-  virtual awaitable<void> on_disconnect(connection_state& conn) = 0;
+  virtual awaitable<verdict> on_auth(const connection_state& conn, std::string_view mechanism,
+                                     std::string_view username, std::string_view password) = 0;
+  virtual awaitable<verdict> on_mail(const connection_state& conn, const transaction& tx) = 0;
+  virtual awaitable<verdict> on_rcpt(const connection_state& conn, const transaction& tx,
+                                     const smtp::address& rcpt) = 0;
+  virtual awaitable<verdict> on_data(const connection_state& conn, const transaction& tx, message_ptr message) = 0;
+  virtual awaitable<void> on_disconnect(const connection_state& conn) = 0;
 };
 
 // With no policy files configured, every stage proceeds: the upstream decides.
 class upstream_decides final : public policy {
  public:
-  awaitable<verdict> on_connect(connection_state&) override { co_return verdict{}; }
-  awaitable<verdict> on_helo(connection_state&, std::string_view) override { co_return verdict{}; }
-  awaitable<verdict> on_auth(connection_state&, std::string_view, std::string_view, std::string_view) override {
+  awaitable<verdict> on_connect(const connection_state&) override { co_return verdict{}; }
+  awaitable<verdict> on_helo(const connection_state&, std::string_view) override { co_return verdict{}; }
+  awaitable<verdict> on_auth(const connection_state&, std::string_view, std::string_view, std::string_view) override {
     co_return verdict{};
   }
-  awaitable<verdict> on_mail(connection_state&, transaction&) override { co_return verdict{}; }
-  awaitable<verdict> on_rcpt(connection_state&, transaction&, smtp::address&) override { co_return verdict{}; }
-  awaitable<verdict> on_data(connection_state&, transaction&, std::string&) override { co_return verdict{}; }
-  awaitable<void> on_disconnect(connection_state&) override { co_return; }
+  awaitable<verdict> on_mail(const connection_state&, const transaction&) override { co_return verdict{}; }
+  awaitable<verdict> on_rcpt(const connection_state&, const transaction&, const smtp::address&) override {
+    co_return verdict{};
+  }
+  awaitable<verdict> on_data(const connection_state&, const transaction&, message_ptr) override {
+    co_return verdict{};
+  }
+  awaitable<void> on_disconnect(const connection_state&) override { co_return; }
 };
 
 }  // namespace portcullis

@@ -2,6 +2,7 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <csignal>
 #include <random>
 #include <thread>
@@ -57,9 +58,35 @@ std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
 
 server::server(std::shared_ptr<const config> cfg)
     : engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
-      ctx_({cfg, make_policy(*cfg), make_tls(*cfg), make_upstream_tls(*cfg), std::make_shared<relay_guard>(cfg->relay),
-            load_users(*cfg), std::make_shared<network_list>(cfg->server.proxy_trusted)}),
-      signals_(io_, SIGINT, SIGTERM, SIGHUP) {}
+      env_(nullptr),
+      signals_(io_, SIGINT, SIGTERM, SIGHUP) {
+  auto g = make_generation(cfg);
+  g->pol = make_policy(*cfg);
+  env_.replace(std::move(g));
+}
+
+std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config> cfg) {
+  auto g = std::make_shared<generation>();
+  g->cfg = cfg;
+  // Certificates and the users_file are read again on every reload: a renewed
+  // certificate needs only a SIGHUP.
+  g->tls = make_tls(*cfg);
+  g->relay = std::make_shared<relay_guard>(cfg->relay);
+  g->users = load_users(*cfg);
+  g->proxy_trusted = std::make_shared<network_list>(cfg->server.proxy_trusted);
+  g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool()](
+                         const session_log& log, const connection_state& client, asio::any_io_executor io) {
+    return portcullis::make_upstream(*cfg, log, client, std::move(io), pool, tls);
+  };
+  return g;
+}
+
+std::optional<std::string> server::cannot_serve_listeners(const config& cfg) const {
+  const bool implicit_tls = std::any_of(listeners_.begin(), listeners_.end(), [](const listener& l) { return l.implicit_tls; });
+  if (implicit_tls && !cfg.tls.enabled)
+    return "the listen_tls ports stay open until a restart and need [tls] cert and key";
+  return std::nullopt;
+}
 
 std::shared_ptr<policy> server::make_policy(const config& cfg) {
   if (cfg.policy.files.empty()) return std::make_shared<upstream_decides>();
@@ -69,7 +96,7 @@ std::shared_ptr<policy> server::make_policy(const config& cfg) {
 server::~server() = default;
 
 int server::run() {
-  const auto cfg = ctx_.current_config();
+  const auto cfg = env_.current()->cfg;
   for (const bool implicit_tls : {false, true}) {
     for (const auto& l : implicit_tls ? cfg->server.listen_tls : cfg->server.listen) {
       try {
@@ -135,7 +162,7 @@ awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) 
       continue;
     }
     const std::string id = next_session_id();
-    auto s = std::make_shared<session>(std::move(socket), peer, id, ctx_, implicit_tls);
+    auto s = std::make_shared<session>(std::move(socket), peer, id, env_, implicit_tls);
     {
       std::lock_guard lock(sessions_mutex_);
       sessions_[id] = s;
@@ -154,9 +181,9 @@ awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) 
 }
 
 bool server::admit(const asio::ip::address& client, std::string& why) {
-  const auto cfg = ctx_.current_config();
+  const auto cfg = env_.current()->cfg;
   std::lock_guard lock(sessions_mutex_);
-  if (ctx_.stopping()) {
+  if (env_.stopping()) {
     why = "shutting down";
     return false;
   }
@@ -187,7 +214,7 @@ awaitable<void> server::refuse(tcp::socket socket, std::string reason) {
   const auto peer = socket.remote_endpoint(ec);
   spdlog::warn("refused {}: {}", ec ? std::string("client") : peer.address().to_string(), reason);
   line_stream stream(std::move(socket));
-  const auto r = smtp::reply{421, "4.7.0", ctx_.current_config()->server.hostname + " " + reason + ", try again later"};
+  const auto r = smtp::reply{421, "4.7.0", env_.current()->cfg->server.hostname + " " + reason + ", try again later"};
   const std::string wire = r.wire();
   const bool written = co_await stream.write(std::string_view(wire), refusal_timeout);
   (void)written;
@@ -208,36 +235,32 @@ awaitable<void> server::handle_signals() {
 }
 
 void server::reload() {
-  const auto old = ctx_.current_config();
+  const auto old = env_.current()->cfg;
+  // Exactly the checks of start-up (load_config runs them all), then what
+  // only a running server can tell: whether its open listeners can be served.
   std::shared_ptr<const config> fresh;
+  std::shared_ptr<generation> next;
   try {
     fresh = load_config(old->file);
+    if (auto why = cannot_serve_listeners(*fresh)) throw std::invalid_argument(*why);
+    next = make_generation(fresh);
   } catch (const config_error& e) {
     for (const auto& p : e.problems()) spdlog::error("reload: {}", p);
     spdlog::error("reload: keeping the running configuration");
     return;
-  }
-  if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
-    spdlog::warn("reload: listen addresses changed; they take effect on restart");
-  // Certificates are read again: a renewed certificate needs only a SIGHUP.
-  std::shared_ptr<tls_server_context> tls;
-  std::shared_ptr<tls_client_context> upstream_tls;
-  std::shared_ptr<const auth::users_file> users;
-  try {
-    tls = make_tls(*fresh);
-    upstream_tls = make_upstream_tls(*fresh);
-    users = load_users(*fresh);  // the users_file is read again too
   } catch (const auth::users_file_error& e) {
     for (const auto& p : e.problems()) spdlog::error("reload: {}", p);
     spdlog::error("reload: keeping the running configuration");
     return;
-  } catch (const tls_error& e) {
+  } catch (const std::exception& e) {  // tls_error, a bad network list, a listener it cannot serve
     spdlog::error("reload: {}; keeping the running configuration", e.what());
     return;
   }
-  auto swap_in = [this, fresh, tls, upstream_tls, users] {
-    ctx_.replace({fresh, make_policy(*fresh), tls, upstream_tls, std::make_shared<relay_guard>(fresh->relay), users,
-                  std::make_shared<network_list>(fresh->server.proxy_trusted)});
+  if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
+    spdlog::warn("reload: listen addresses changed; they take effect on restart");
+  auto swap_in = [this, fresh, next] {
+    next->pol = make_policy(*fresh);
+    env_.replace(next);
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
   };
   if (fresh->policy.files.empty()) {
@@ -270,7 +293,7 @@ void server::reload() {
 }
 
 awaitable<void> server::drain() {
-  ctx_.set_stopping();
+  env_.set_stopping();
   for (auto& l : listeners_) {
     boost::system::error_code ignored;
     l.acceptor.close(ignored);
@@ -280,7 +303,7 @@ awaitable<void> server::drain() {
     for (auto& [id, weak] : sessions_)
       if (auto s = weak.lock()) asio::post(s->executor(), [s] { s->stop(); });
   }
-  const auto grace = ctx_.current_config()->server.shutdown_grace;
+  const auto grace = env_.current()->cfg->server.shutdown_grace;
   const auto deadline = std::chrono::steady_clock::now() + grace;
   asio::steady_timer timer(io_);
   for (;;) {

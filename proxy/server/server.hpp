@@ -8,7 +8,7 @@
 #include <unordered_map>
 
 #include "asio.hpp"
-#include "server/server_context.hpp"
+#include "session/environment.hpp"
 
 namespace portcullis {
 
@@ -28,13 +28,18 @@ class server {
   awaitable<void> drain();
   awaitable<void> refuse(tcp::socket socket, std::string reason);
   void reload();
+  // Everything a generation holds but its policy; throws (config_error,
+  // tls_error, users_file_error, std::invalid_argument) when something cannot be used.
+  std::shared_ptr<generation> make_generation(std::shared_ptr<const config> cfg);
+  // Can the listeners open now serve sessions of `cfg`? The reason they cannot, if not.
+  std::optional<std::string> cannot_serve_listeners(const config& cfg) const;
   std::shared_ptr<policy> make_policy(const config& cfg);
   bool admit(const asio::ip::address& client, std::string& why);
   void release(const asio::ip::address& client, const std::string& id);
 
   asio::io_context io_;
-  std::shared_ptr<python_engine> engine_;  // only with [policy] files; before ctx_, which uses it
-  server_context ctx_;
+  std::shared_ptr<python_engine> engine_;  // only with [policy] files; before env_, which uses it
+  session_environment env_;
   struct listener {
     tcp::acceptor acceptor;
     bool implicit_tls;

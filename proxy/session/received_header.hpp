@@ -4,7 +4,8 @@
 #include <ctime>
 #include <string>
 
-#include "session/state.hpp"
+#include "state/connection_state.hpp"
+#include "state/transaction.hpp"
 
 namespace portcullis {
 

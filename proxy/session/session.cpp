@@ -1,14 +1,13 @@
 #include "session/session.hpp"
 
 #include <algorithm>
-#include <charconv>
 #include <ctime>
 
 #include "config/config.hpp"
 #include "policy/policy.hpp"
-#include "server/server_context.hpp"
 #include "session/received_header.hpp"
 #include "smtp/dot_decoder.hpp"
+#include "smtp/mail_options.hpp"
 #include "smtp/proxy_header.hpp"
 #include "smtp/sasl.hpp"
 #include "smtp/text.hpp"
@@ -24,6 +23,7 @@ reply ok() { return {250, "2.0.0", "Ok"}; }
 reply bad_sequence(std::string text) { return {503, "5.5.1", std::move(text)}; }
 reply bad_syntax(std::string text) { return {501, "5.5.4", std::move(text)}; }
 reply upstream_lost() { return {451, "4.4.1", "Upstream connection lost, try again later"}; }
+reply too_many_recipients() { return {452, "4.5.3", "Too many recipients"}; }  // RFC 5321 §4.5.3.1.8
 
 // pc.accept(text): on success the client reads the policy's text with the upstream's code.
 reply with_policy_text(reply r, const verdict& v) {
@@ -34,6 +34,11 @@ reply with_policy_text(reply r, const verdict& v) {
 constexpr std::chrono::seconds goodbye_timeout{10};  // writing the last reply to a client that left
 constexpr std::uint64_t max_size_hint = 4 << 20;     // most we reserve up front from MAIL SIZE=
 constexpr std::chrono::milliseconds proxy_header_pause{20};  // between peeks at a partial PROXY header
+// RFC 2920 §3.2 lets a server hold replies while complete pipelined commands
+// wait, not forever: past this many octets of replies they go out first, and
+// a client that does not read them stops being read (the write times out).
+constexpr std::size_t max_held_replies = 16 * 1024;
+constexpr std::size_t keep_message_buffer = 1 << 20;  // an idle session keeps no bigger message buffer
 
 // RFC 5321 §4.1.1.1: Domain or address-literal. We accept any single token of
 // visible ASCII (as Postfix does by default); policies may be stricter.
@@ -42,6 +47,10 @@ bool plausible_helo(std::string_view s) {
   for (unsigned char c : s)
     if (c <= 0x20 || c >= 0x7f) return false;
   return true;
+}
+
+bool has_8bit(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
 }
 
 std::string join_recipients(const std::vector<smtp::address>& rcpts) {
@@ -53,20 +62,29 @@ std::string join_recipients(const std::vector<smtp::address>& rcpts) {
   return out;
 }
 
+const char* stage_name(session::stage s) {
+  switch (s) {
+    case session::stage::connected: return "connected";
+    case session::stage::greeted: return "greeted";
+    case session::stage::ready: return "ready";
+    case session::stage::transaction: return "transaction";
+    case session::stage::data: return "data";
+    case session::stage::closing: return "closing";
+  }
+  return "?";
+}
+
 }  // namespace
 
-session::session(tcp::socket socket, tcp::endpoint client, std::string id, server_context& server, bool implicit_tls)
-    : cfg_(server.current_config()),
-      policy_(server.current_policy()),
-      tls_(server.current_tls()),
-      upstream_tls_(server.current_upstream_tls()),
-      relay_(server.current_relay()),
-      users_(server.current_users()),
-      proxy_trusted_(server.current_proxy_trusted()),
-      server_(server),
+session::session(tcp::socket socket, tcp::endpoint client, std::string id, session_environment& env, bool implicit_tls)
+    : gen_(env.current()),
+      cfg_(*gen_->cfg),
+      policy_(*gen_->pol),
+      env_(env),
       implicit_tls_(implicit_tls),
       log_(id),
-      client_(std::move(socket)) {
+      client_(std::move(socket)),
+      relay_(gen_->make_upstream, log_, conn_, client_.socket().get_executor()) {
   conn_.id = std::move(id);
   conn_.client = client;
 }
@@ -75,7 +93,15 @@ session::~session() = default;
 
 void session::stop() {
   stopping_ = true;
-  client_.wake();
+  // Only a session blocked on the next command is interrupted; one busy with
+  // a command (DATA, AUTH, a TLS handshake, a write) finishes it.
+  if (awaiting_command_) client_.wake();
+}
+
+void session::set_stage(stage to) {
+  if (to == stage_) return;
+  log_.debug("stage {} -> {}", stage_name(stage_), stage_name(to));
+  stage_ = to;
 }
 
 void session::queue(const reply& r) { out_ += r.wire(); }
@@ -87,69 +113,76 @@ reply session::refused_by_policy(const std::string& what, const verdict& v) {
 
 awaitable<bool> session::flush() {
   if (out_.empty()) co_return true;
-  const bool written = co_await client_.write(std::string_view(out_), cfg_->server.idle_timeout);
+  const bool written = co_await client_.write(std::string_view(out_), cfg_.server.idle_timeout);
   out_.clear();
   if (!written) {
-    log_.info("write to client failed; closing");
-    closing_ = true;
+    log_.info("write to client failed or timed out; closing");
+    set_stage(stage::closing);
   }
   co_return written;
 }
 
-upstream& session::upstream_connection() {
-  if (!upstream_)
-    upstream_ = make_upstream(*cfg_, log_, conn_, client_.socket().get_executor(), server_.blocking_pool(), upstream_tls_);
-  return *upstream_;
-}
-
 awaitable<void> session::run() {
-  const auto& s = cfg_->server;
   log_.info("connect from {}{}", address_literal(conn_.client.address()) + ":" + std::to_string(conn_.client.port()),
             implicit_tls_ ? " (implicit TLS)" : "");
+  bool greeted = false;
+  try {
+    co_await serve();
+    greeted = stage_ != stage::connected;
+  } catch (const std::exception& e) {
+    greeted = true;  // on_connect may have run: on_disconnect must
+    log_.error("session failed: {}; cleaning up", e.what());
+  }
+  if (!greeted) {
+    client_.close();
+    log_.info("disconnect from {} before SMTP began", address_literal(conn_.client.address()));
+    co_return;
+  }
+  co_await finish();
+}
+
+awaitable<void> session::serve() {
+  const auto& s = cfg_.server;
   if (s.proxy_protocol) {
     const bool told = co_await read_proxy_header();
-    if (!told) {
-      client_.close();
-      log_.info("disconnect from {} before SMTP began", address_literal(conn_.client.address()));
-      co_return;
-    }
+    if (!told) co_return;
   }
   if (implicit_tls_) {
     const bool secured = co_await handshake();
-    if (!secured) {
-      client_.close();
-      log_.info("disconnect from {} before SMTP began", address_literal(conn_.client.address()));
-      co_return;
-    }
+    if (!secured) co_return;
   }
-  auto v = co_await policy_->on_connect(conn_);
+  auto v = co_await policy_.on_connect(conn_);
+  set_stage(stage::greeted);
   if (v.stops()) {
     // RFC 5321 §3.1: a 554 greeting; we then simply close rather than wait for QUIT.
     queue(refused_by_policy("connection", v));
-    closing_ = true;
+    set_stage(stage::closing);
   } else {
     const bool own_text = v.what == verdict::kind::accept && !v.reply.text().empty();
     queue(reply{220, "", s.hostname + " " + (own_text ? v.reply.text() : "ESMTP Portcullis")});
   }
 
-  while (!closing_) {
-    // RFC 2920 §3.2: hold replies while pipelined commands are waiting.
-    if (!client_.has_buffered_input()) {
+  while (stage_ != stage::closing) {
+    // RFC 2920 §3.2: replies wait only while complete commands do, and only so many.
+    if (!client_.has_buffered_line() || out_.size() >= max_held_replies) {
       const bool flushed = co_await flush();
       if (!flushed) break;
     }
-    if ((stopping_ || server_.stopping()) && !tx_.active) {
+    if ((stopping_ || env_.stopping()) && stage_ != stage::transaction) {
       queue(reply{421, "4.3.2", s.hostname + " Service shutting down, closing connection"});
       break;
     }
     // AUTH may carry a long initial response (RFC 4954 §4); every other
     // command keeps max_line_length, checked below.
-    const std::size_t read_limit = cfg_->auth.enabled ? std::max(s.max_line_length, smtp::sasl_max_line_length)
-                                                      : s.max_line_length;
+    const std::size_t read_limit = cfg_.auth.enabled ? std::max(s.max_line_length, smtp::sasl_max_line_length)
+                                                     : s.max_line_length;
+    awaiting_command_ = true;
     auto line = co_await client_.read_line(read_limit, s.idle_timeout);
+    awaiting_command_ = false;
     if (line.st == line_stream::status::woken) continue;
     if (line.st == line_stream::status::eof) {
-      log_.info("client closed the connection{}", tx_.active ? " in a transaction; nothing delivered" : "");
+      log_.info("client closed the connection{}",
+                stage_ == stage::transaction ? " in a transaction; nothing delivered" : "");
       break;
     }
     if (line.st == line_stream::status::timeout) {
@@ -171,25 +204,42 @@ awaitable<void> session::run() {
       r = co_await dispatch(cmd);
     }
     if (r.code) queue(r);  // 0: the reply was already written (DATA's 354 path failed)
-    if (r.code >= 500 && ++errors_ >= s.max_errors) {
+    // Refusals cost the client, temporary ones too: each may have cost an upstream round trip.
+    if (r.code >= 400 && r.code != 421 && ++errors_ >= s.max_errors) {
       log_.warn("too many errors ({}); closing", errors_);
       queue(reply{421, "4.7.0", s.hostname + " Too many errors, closing connection"});
       break;
     }
-    if (r.code == 421 || r.code == 221) closing_ = true;
+    if (r.code == 421 || r.code == 221) set_stage(stage::closing);
   }
+  set_stage(stage::closing);
+}
+
+awaitable<void> session::finish() {
   // The last replies go out even when the client no longer reads.
   if (!out_.empty()) {
-    const bool written = co_await client_.write(std::string_view(out_), goodbye_timeout);
-    (void)written;
+    try {
+      const bool written = co_await client_.write(std::string_view(out_), goodbye_timeout);
+      (void)written;
+    } catch (const std::exception& e) {
+      log_.warn("writing the last reply failed: {}", e.what());
+    }
   }
   out_.clear();
   // The client has had its last word: it is let go before we tidy up
   // upstream and notify the policy, however long that takes.
   client_.close();
-  if (tx_.active) co_await reset_transaction();
-  if (upstream_) co_await upstream_->quit();
-  co_await policy_->on_disconnect(conn_);
+  try {
+    co_await relay_.reset();
+    co_await relay_.quit();
+  } catch (const std::exception& e) {
+    log_.warn("upstream clean-up failed: {}", e.what());
+  }
+  try {
+    co_await policy_.on_disconnect(conn_);
+  } catch (const std::exception& e) {
+    log_.warn("on_disconnect failed: {}", e.what());
+  }
   log_.info("disconnect from {} transactions={} errors={}", address_literal(conn_.client.address()),
             conn_.transactions, errors_);
 }
@@ -205,7 +255,7 @@ awaitable<reply> session::dispatch(const smtp::command& cmd) {
     case verb::rset: co_return co_await on_rset(cmd);
     case verb::noop: co_return ok();
     case verb::quit:
-      co_return reply{221, "2.0.0", cfg_->server.hostname + " Bye"};
+      co_return reply{221, "2.0.0", cfg_.server.hostname + " Bye"};
     case verb::help:
       co_return reply{214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY"};
     case verb::vrfy:
@@ -231,23 +281,23 @@ awaitable<reply> session::dispatch(const smtp::command& cmd) {
 }
 
 awaitable<reply> session::on_helo(const smtp::command& cmd, bool extended) {
-  const auto& s = cfg_->server;
+  const auto& s = cfg_.server;
   if (cmd.arg.empty()) co_return bad_syntax(extended ? "Syntax: EHLO hostname" : "Syntax: HELO hostname");
   if (!plausible_helo(cmd.arg)) co_return reply{501, "5.5.2", "Invalid hostname"};
-  auto v = co_await policy_->on_helo(conn_, cmd.arg);
+  auto v = co_await policy_.on_helo(conn_, cmd.arg);
   if (v.stops()) co_return refused_by_policy("HELO " + std::string(cmd.arg), v);
   // RFC 5321 §4.1.4: EHLO/HELO ends any transaction in progress.
   co_await reset_transaction();
   conn_.helo = std::string(cmd.arg);
   conn_.esmtp = extended;
+  set_stage(stage::ready);
   // RFC 2034 §3: no enhanced status code in the reply to HELO/EHLO.
   if (!extended) co_return reply{250, "", s.hostname};
-  co_return reply{250, "",
-                  ehlo_lines()};
+  co_return reply{250, "", ehlo_lines()};
 }
 
 std::vector<std::string> session::ehlo_lines() const {
-  const auto& s = cfg_->server;
+  const auto& s = cfg_.server;
   std::vector<std::string> lines{
       s.hostname + " Hello " + conn_.helo + " " + address_literal(conn_.client.address()),
       "PIPELINING",                                   // RFC 2920
@@ -256,23 +306,23 @@ std::vector<std::string> session::ehlo_lines() const {
       "SMTPUTF8",                                     // RFC 6531
       "ENHANCEDSTATUSCODES",                          // RFC 2034
   };
-  if (tls_ && !conn_.tls) lines.push_back("STARTTLS");  // RFC 3207
+  if (gen_->tls && !conn_.tls) lines.push_back("STARTTLS");  // RFC 3207
   if (auth_offered() && !conn_.auth_user) lines.push_back("AUTH PLAIN LOGIN");  // RFC 4954
   return lines;
 }
 
-bool session::auth_offered() const { return cfg_->auth.enabled && (conn_.tls || cfg_->auth.allow_plaintext); }
+bool session::auth_offered() const { return cfg_.auth.enabled && (conn_.tls || cfg_.auth.allow_plaintext); }
 
 awaitable<reply> session::on_auth(const smtp::command& cmd) {
-  const auto& a = cfg_->auth;
+  const auto& a = cfg_.auth;
   if (!a.enabled) co_return reply{502, "5.5.1", "AUTH not available"};
   if (!conn_.esmtp) co_return bad_sequence("Send EHLO first");
   if (conn_.auth_user) co_return bad_sequence("Already authenticated");  // RFC 4954 §4
-  if (tx_.active) co_return bad_sequence("AUTH not allowed during a mail transaction");
+  if (stage_ == stage::transaction) co_return bad_sequence("AUTH not allowed during a mail transaction");
   if (!auth_offered()) co_return reply{538, "5.7.11", "Encryption required for requested authentication mechanism"};
-  if (server_.failed_logins().over_limit(conn_.client.address(), a.max_failures_per_client, a.failure_window)) {
+  if (env_.failed_logins().over_limit(conn_.client.address(), a.max_failures_per_client, a.failure_window)) {
     log_.warn("too many failed logins from this address; closing");
-    co_return reply{421, "4.7.0", cfg_->server.hostname + " Too many failed logins, try again later"};
+    co_return reply{421, "4.7.0", cfg_.server.hostname + " Too many failed logins, try again later"};
   }
   smtp::sasl_exchange exchange;
   auto step = exchange.start(cmd.arg);
@@ -280,15 +330,15 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
     queue(reply{334, "", step.challenge});
     const bool flushed = co_await flush();
     if (!flushed) co_return reply{};
-    auto line = co_await client_.read_line(smtp::sasl_max_line_length, cfg_->server.idle_timeout);
+    auto line = co_await client_.read_line(smtp::sasl_max_line_length, cfg_.server.idle_timeout);
     if (line.st == line_stream::status::too_long) {
       step.state = smtp::sasl_exchange::status::failed;
       step.error = smtp::sasl_error::line_too_long;
       break;
     }
     if (line.st != line_stream::status::ok) {
-      closing_ = true;
-      co_return reply{421, "4.4.2", cfg_->server.hostname + " Timeout or lost connection during AUTH"};
+      set_stage(stage::closing);
+      co_return reply{421, "4.4.2", cfg_.server.hostname + " Timeout or lost connection during AUTH"};
     }
     step = exchange.respond(line.text);
   }
@@ -308,11 +358,11 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
     log_.info("AUTH {} as {} refused: {}", mechanism, printable(creds.authcid), printable(r.summary()));
   }
   if (r.code == 535 || step.error == smtp::sasl_error::malformed || step.error == smtp::sasl_error::bad_base64) {
-    server_.failed_logins().record(conn_.client.address(), a.failure_window);
+    env_.failed_logins().record(conn_.client.address(), a.failure_window);
     if (++auth_failures_ >= a.max_failures) {
       log_.warn("{} failed logins in this session; closing", auth_failures_);
       queue(r);
-      co_return reply{421, "4.7.0", cfg_->server.hostname + " Too many failed logins, closing connection"};
+      co_return reply{421, "4.7.0", cfg_.server.hostname + " Too many failed logins, closing connection"};
     }
   }
   co_return r;
@@ -322,13 +372,13 @@ awaitable<reply> session::check_credentials(std::string_view mechanism, const st
                                             const std::string& password) {
   // RFC 4954 §6: one reply for an unknown user and a wrong password.
   const reply invalid{535, "5.7.8", "Authentication credentials invalid"};
-  auto v = co_await policy_->on_auth(conn_, mechanism, user, password);
+  auto v = co_await policy_.on_auth(conn_, mechanism, user, password);
   if (v.what == verdict::kind::accept) co_return reply{235, "2.7.0", "Authentication successful"};
   if (v.stops()) co_return v.reply;
-  if (!users_) co_return invalid;
+  if (!gen_->users) co_return invalid;
   // crypt(3) is deliberately slow: it runs on the blocking pool, never here.
-  auto verify = [users = users_, user, password]() -> awaitable<bool> { co_return users->verify(user, password); };
-  const bool ok = co_await asio::co_spawn(server_.blocking_pool(), std::move(verify), asio::use_awaitable);
+  auto verify = [users = gen_->users, user, password]() -> awaitable<bool> { co_return users->verify(user, password); };
+  const bool ok = co_await asio::co_spawn(env_.blocking_pool(), std::move(verify), asio::use_awaitable);
   if (!ok) co_return invalid;
   co_return reply{235, "2.7.0", "Authentication successful"};
 }
@@ -336,14 +386,14 @@ awaitable<reply> session::check_credentials(std::string_view mechanism, const st
 awaitable<bool> session::read_proxy_header() {
   // Only a trusted load balancer may say who the client is; anyone else
   // could claim any address (and with it, trusted_networks).
-  if (!proxy_trusted_->contains(conn_.client.address())) {
+  if (!gen_->proxy_trusted->contains(conn_.client.address())) {
     log_.warn("{} is not in server.proxy_trusted but server.proxy_protocol is on; closing",
               address_literal(conn_.client.address()));
     co_return false;
   }
   // Peeked, never read past: what follows may be a TLS ClientHello.
   smtp::proxy_header header;
-  const auto deadline = std::chrono::steady_clock::now() + cfg_->server.idle_timeout;
+  const auto deadline = std::chrono::steady_clock::now() + cfg_.server.idle_timeout;
   std::size_t seen = 0;
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -385,7 +435,11 @@ awaitable<bool> session::read_proxy_header() {
 }
 
 awaitable<bool> session::handshake() {
-  const bool ok = co_await client_.start_tls(tls_->context(), ssl::stream_base::server, {}, cfg_->server.idle_timeout);
+  if (!gen_->tls) {  // a listen_tls port whose generation has no [tls]: the server never lets this happen
+    log_.error("no TLS certificate for this connection; closing");
+    co_return false;
+  }
+  const bool ok = co_await client_.start_tls(gen_->tls->context(), ssl::stream_base::server, {}, cfg_.server.idle_timeout);
   if (!ok) {
     log_.info("TLS handshake failed: {}", client_.last_error());
     co_return false;
@@ -400,10 +454,10 @@ awaitable<bool> session::handshake() {
 }
 
 awaitable<reply> session::on_starttls(const smtp::command& cmd) {
-  if (!tls_) co_return reply{502, "5.5.1", "STARTTLS not available"};
+  if (!gen_->tls) co_return reply{502, "5.5.1", "STARTTLS not available"};
   if (conn_.tls) co_return reply{554, "5.5.1", "TLS already active"};  // RFC 3207 §4
   if (!cmd.arg.empty()) co_return bad_syntax("Syntax: STARTTLS");
-  if (tx_.active) co_return bad_sequence("STARTTLS not allowed during a mail transaction");
+  if (stage_ == stage::transaction) co_return bad_sequence("STARTTLS not allowed during a mail transaction");
   queue(reply{220, "2.0.0", "Ready to start TLS"});
   const bool flushed = co_await flush();
   if (!flushed) co_return reply{};
@@ -413,7 +467,7 @@ awaitable<reply> session::on_starttls(const smtp::command& cmd) {
     log_.warn("discarded {} bytes pipelined behind STARTTLS (possible command injection)", dropped);
   const bool secured = co_await handshake();
   if (!secured) {
-    closing_ = true;
+    set_stage(stage::closing);
     co_return reply{};
   }
   // RFC 3207 §4.2: forget everything learnt before; the client says EHLO again.
@@ -421,14 +475,15 @@ awaitable<reply> session::on_starttls(const smtp::command& cmd) {
   conn_.helo.clear();
   conn_.esmtp = false;
   conn_.auth_user.reset();
+  set_stage(stage::greeted);
   co_return reply{};
 }
 
 awaitable<reply> session::on_mail(const smtp::command& cmd) {
-  const auto& s = cfg_->server;
+  const auto& s = cfg_.server;
   // check: sequence and syntax
-  if (conn_.helo.empty()) co_return bad_sequence("Send EHLO or HELO first");
-  if (tx_.active) co_return bad_sequence("Nested MAIL command");
+  if (stage_ == stage::greeted) co_return bad_sequence("Send EHLO or HELO first");
+  if (stage_ == stage::transaction) co_return bad_sequence("Nested MAIL command");
   if (s.require_tls && !conn_.tls) co_return reply{530, "5.7.0", "Must issue a STARTTLS command first"};
   if (s.require_auth && !conn_.auth_user) co_return reply{530, "5.7.0", "Authentication required"};  // RFC 4954 §6
   if (cmd.bad_syntax) co_return bad_syntax("Syntax: MAIL FROM:<address>");
@@ -439,56 +494,29 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
     case smtp::path_error::bad_params: co_return bad_syntax("Bad ESMTP parameter syntax");
     default: co_return reply{501, "5.1.7", "Bad sender address syntax"};
   }
-  mail_options options;
-  std::vector<std::string> seen;
-  for (const auto& p : parsed.value->params) {
-    if (!conn_.esmtp) co_return reply{555, "5.5.4", "ESMTP parameters need EHLO"};
-    if (std::find(seen.begin(), seen.end(), p.keyword) != seen.end())
-      co_return bad_syntax("Duplicate parameter " + p.keyword);
-    seen.push_back(p.keyword);
-    if (p.keyword == "SIZE") {  // RFC 1870 §6
-      // size-value = 1*20DIGIT: twenty digits may overflow 64 bits, and are then simply too big.
-      std::uint64_t size = 0;
-      const bool digits = !p.value.empty() && p.value.size() <= 20 &&
-                          p.value.find_first_not_of("0123456789") == std::string::npos;
-      if (!digits) co_return bad_syntax("Bad SIZE value");
-      const auto [end, ec] = std::from_chars(p.value.data(), p.value.data() + p.value.size(), size);
-      if (ec == std::errc::result_out_of_range || size > s.max_message_size)
-        co_return reply{552, "5.3.4", "Message size exceeds fixed maximum message size"};
-      options.size = size;
-    } else if (p.keyword == "BODY") {  // RFC 6152 §2
-      if (smtp::equals_nocase(p.value, "8BITMIME"))
-        options.body_8bit = true;
-      else if (!smtp::equals_nocase(p.value, "7BIT"))
-        co_return bad_syntax("BODY must be 7BIT or 8BITMIME");
-    } else if (p.keyword == "SMTPUTF8") {  // RFC 6531 §3.4
-      if (p.has_value) co_return bad_syntax("SMTPUTF8 takes no value");
-      options.smtputf8 = true;
-    } else if (p.keyword == "AUTH" && cfg_->auth.enabled) {
-      // RFC 4954 §5: part of the AUTH extension we offer. Accepted and not
-      // passed on: the upstream learns who authenticated through XCLIENT.
-      if (!p.has_value) co_return bad_syntax("AUTH needs a value");
-    } else {
-      co_return reply{555, "5.5.4", "Unsupported parameter " + p.keyword};
-    }
-  }
-  // A new transaction; the policy sees it before anything goes upstream.
-  tx_ = transaction{};
-  tx_.id = conn_.id + "." + std::to_string(++conn_.transactions);
-  tx_.sender = parsed.value->addr;
-  tx_.sender_params = parsed.value->params;
-  tx_.options = options;
-  auto v = co_await policy_->on_mail(conn_, tx_);
+  auto options = smtp::parse_mail_params(parsed.value->params,
+                                         {s.max_message_size, conn_.esmtp, cfg_.auth.enabled});
+  if (auto* refusal = std::get_if<reply>(&options)) co_return *refusal;
+
+  // policy: it sees the transaction before anything goes upstream
+  transaction tx;
+  tx.id = conn_.id + "." + std::to_string(conn_.transactions + 1);
+  tx.sender = parsed.value->addr;
+  tx.sender_params = parsed.value->params;
+  tx.options = std::get<smtp::mail_options>(options);
+  auto v = co_await policy_.on_mail(conn_, tx);
+  ++conn_.transactions;
+  tx_ = std::move(tx);
+  apply_rewrites(v);
   if (v.stops()) {
     tx_ = transaction{};
     co_return refused_by_policy("MAIL FROM:<" + parsed.value->addr.str() + ">", v);
   }
   // proceed: the upstream's own reply goes to the client (with the sender a policy may have rewritten)
-  auto upstream_reply = co_await upstream_connection().mail(tx_.sender, tx_.options);
-  auto r = with_policy_text(smtp::with_status(std::move(upstream_reply), "2.1.0"), v);
+  auto upstream_reply = co_await relay_.mail(tx_);
+  auto r = with_policy_text(std::move(upstream_reply), v);
   if (r.positive()) {
-    tx_.active = true;
-    tx_.upstream_sender = tx_.sender;
+    set_stage(stage::transaction);
     log_.debug("transaction {} from=<{}>", tx_.id, printable(tx_.sender.str()));
   } else {
     log_.info("MAIL FROM:<{}> refused: {}", printable(tx_.sender.str()), printable(r.summary()));
@@ -498,7 +526,8 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
 }
 
 awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
-  if (!tx_.active) co_return bad_sequence("Need MAIL before RCPT");
+  const auto max_recipients = cfg_.server.max_recipients;
+  if (stage_ != stage::transaction) co_return bad_sequence("Need MAIL before RCPT");
   if (cmd.bad_syntax) co_return bad_syntax("Syntax: RCPT TO:<address>");
   auto parsed = smtp::parse_path_argument(cmd.arg, false, tx_.options.smtputf8);
   switch (parsed.error) {
@@ -509,48 +538,53 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
   }
   if (!parsed.value->params.empty())
     co_return reply{555, "5.5.4", "Unsupported parameter " + parsed.value->params.front().keyword};
-  if (tx_.upstream_lost) co_return upstream_lost();
+  if (relay_.lost()) co_return upstream_lost();
+  const auto& gen = *gen_;
   // Not an open relay: decided here, before the policy or the upstream hear of it.
-  if (relay_->enabled() && !conn_.auth_user && !relay_->trusted(conn_.client.address()) &&
-      !relay_->is_local(parsed.value->addr)) {
+  if (gen.relay->enabled() && !conn_.auth_user && !gen.relay->trusted(conn_.client.address()) &&
+      !gen.relay->is_local(parsed.value->addr)) {
     log_.info("RCPT TO:<{}> refused: relay access denied", printable(parsed.value->addr.str()));
     co_return reply{554, "5.7.1", "Relay access denied"};
   }
-  // RFC 5321 §4.5.3.1.8: 452 for too many recipients; the client sends the rest later.
-  if (tx_.recipients.size() >= cfg_->server.max_recipients) co_return reply{452, "4.5.3", "Too many recipients"};
-  smtp::address rcpt = parsed.value->addr;
-  auto v = co_await policy_->on_rcpt(conn_, tx_, rcpt);
+  // Accepted RCPTs count, discarded ones too, and so does every mailbox to deliver to.
+  if (tx_.accepted_rcpts >= max_recipients || tx_.recipients.size() >= max_recipients)
+    co_return too_many_recipients();
+  const smtp::address& rcpt = parsed.value->addr;
+  auto v = co_await policy_.on_rcpt(conn_, tx_, rcpt);
+  apply_rewrites(v);
   if (v.stops()) {
-    ++tx_.rejected_recipients;
+    ++tx_.rejected_rcpts;
     co_return refused_by_policy("RCPT TO:<" + rcpt.str() + ">", v);
   }
   if (v.what == verdict::kind::discard) {
     // Accepted, never delivered: the client must not learn the difference.
-    ++tx_.accepted_recipients;
+    ++tx_.accepted_rcpts;
     log_.info("RCPT TO:<{}> discarded by policy", printable(rcpt.str()));
     co_return reply{250, "2.1.5", "Ok"};
   }
   // A redirect delivers to its targets instead; each goes upstream in turn.
-  const std::vector<smtp::address> targets =
-      v.what == verdict::kind::redirect ? v.redirect_to : std::vector<smtp::address>{rcpt};
-  const std::size_t delivered_before = tx_.recipients.size();
-  reply r;
-  for (const auto& target : targets) {
+  std::vector<smtp::address> targets;
+  for (const auto& t : v.what == verdict::kind::redirect ? v.redirect_to : std::vector<smtp::address>{rcpt}) {
     const bool known = std::any_of(tx_.recipients.begin(), tx_.recipients.end(),
-                                   [&](const smtp::address& a) { return smtp::same_mailbox(a, target); });
-    if (known) {
-      r = reply{250, "2.1.5", "Ok"};  // already a recipient: delivered once
-      continue;
-    }
-    auto upstream_reply = co_await upstream_connection().rcpt(target);
-    r = smtp::with_status(std::move(upstream_reply), "2.1.5");
+                                   [&](const smtp::address& a) { return smtp::same_mailbox(a, t); });
+    if (!known) targets.push_back(t);  // already a recipient: delivered once
+  }
+  if (tx_.recipients.size() + targets.size() > max_recipients) {
+    log_.info("RCPT TO:<{}> refused: its {} new recipient(s) would pass server.max_recipients",
+              printable(rcpt.str()), targets.size());
+    ++tx_.rejected_rcpts;
+    co_return too_many_recipients();
+  }
+  const std::size_t delivered_before = tx_.recipients.size();
+  reply r{250, "2.1.5", "Ok"};
+  for (const auto& target : targets) {
+    r = co_await relay_.rcpt(target);
     if (!r.positive()) break;
     tx_.recipients.push_back(target);
-    tx_.upstream_recipients.push_back(target);
   }
   r = with_policy_text(std::move(r), v);
   if (r.positive()) {
-    ++tx_.accepted_recipients;
+    ++tx_.accepted_rcpts;
     if (v.what == verdict::kind::redirect) {
       log_.info("RCPT TO:<{}> redirected by policy", printable(rcpt.str()));
       // The upstream's reply may name the target; where mail goes is not the client's business.
@@ -559,47 +593,50 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
   } else {
     // Targets of a failed redirect that the upstream took are not delivered:
     // the envelope is redone before DATA.
-    tx_.recipients.resize(std::min(tx_.recipients.size(), delivered_before));
-    ++tx_.rejected_recipients;
+    tx_.recipients.resize(delivered_before);
+    ++tx_.rejected_rcpts;
     log_.info("RCPT TO:<{}> refused: {}", printable(rcpt.str()), printable(r.summary()));
-    // The upstream went away: the rest of this transaction cannot go through.
-    if (!upstream_->connected()) tx_.upstream_lost = true;
   }
   co_return r;
 }
 
 awaitable<reply> session::on_data(const smtp::command& cmd) {
-  if (!tx_.active) co_return bad_sequence("Need MAIL before DATA");
+  if (stage_ != stage::transaction) co_return bad_sequence("Need MAIL before DATA");
   if (!cmd.arg.empty()) co_return bad_syntax("Syntax: DATA");
   // RFC 2920 §3.1: with pipelining, DATA after only failed RCPTs gets 554.
-  if (tx_.accepted_recipients == 0) co_return reply{554, "5.5.1", "No valid recipients"};
-  if (tx_.upstream_lost) {
+  if (tx_.accepted_rcpts == 0) co_return reply{554, "5.5.1", "No valid recipients"};
+  if (relay_.lost()) {
     co_await reset_transaction();
     co_return upstream_lost();
   }
+  set_stage(stage::data);
   queue(reply{354, "", "End data with <CR><LF>.<CR><LF>"});
   const bool flushed = co_await flush();
   if (!flushed) co_return reply{};
   auto refused = co_await receive_message();
   if (!refused) {
-    closing_ = true;
-    co_return reply{421, "4.4.2", cfg_->server.hostname + " Timeout or lost connection during DATA"};
+    set_stage(stage::closing);
+    co_return reply{421, "4.4.2", cfg_.server.hostname + " Timeout or lost connection during DATA"};
   }
   reply r = *refused;
+  std::size_t size = message_->size();
   if (!r.code) {
-    auto delivered = co_await deliver();
+    auto delivered = co_await deliver(size);
     r = std::move(delivered);
   }
-  log_transaction(r, message_.size());
+  log_transaction(r, size);
   co_await reset_transaction();
   co_return r;
 }
 
 awaitable<std::optional<reply>> session::receive_message() {
-  const auto& s = cfg_->server;
-  message_.clear();
+  const auto& s = cfg_.server;
+  // A buffer no policy job still holds is reused; otherwise the job keeps its own.
+  if (!message_ || message_.use_count() > 1) message_ = std::make_shared<std::string>();
+  auto& message = *message_;
+  message.clear();
   // Trust a declared SIZE only so far: it is the client's word, not its bytes.
-  if (tx_.options.size) message_.reserve(std::min<std::uint64_t>(*tx_.options.size, max_size_hint) + 1024);
+  if (tx_.options.size) message.reserve(std::min<std::uint64_t>(*tx_.options.size, max_size_hint) + 1024);
   smtp::dot_decoder decoder(s.max_message_size);
   while (!decoder.done()) {
     auto in = co_await client_.read_some(s.data_timeout);
@@ -609,7 +646,7 @@ awaitable<std::optional<reply>> session::receive_message() {
                 client_.last_status() == line_stream::status::timeout ? "timeout" : "client lost");
       co_return std::nullopt;
     }
-    client_.consume(decoder.feed(in, message_));
+    client_.consume(decoder.feed(in, message));
   }
   switch (decoder.failure()) {
     case smtp::dot_decoder::fault::none: co_return reply{};
@@ -625,8 +662,19 @@ awaitable<std::optional<reply>> session::receive_message() {
   co_return reply{};
 }
 
-awaitable<reply> session::deliver() {
-  auto v = co_await policy_->on_data(conn_, tx_, message_);
+awaitable<reply> session::deliver(std::size_t& size) {
+  const message_ptr received = message_;
+  auto v = co_await policy_.on_data(conn_, tx_, received);
+  apply_rewrites(v);
+  message_ptr message = received;
+  if (v.message) {
+    // RFC 6152 §3: 8-bit text an edit brought in is declared to the upstream
+    // (the envelope is then redone with BODY=8BITMIME).
+    if (!tx_.options.body_8bit && !tx_.options.smtputf8 && has_8bit(*v.message) && !has_8bit(*received))
+      tx_.options.body_8bit = true;
+    message = v.message;
+  }
+  size = message->size();
   if (v.stops()) co_return refused_by_policy("message", v);
   if (v.what == verdict::kind::discard) {
     log_.info("message discarded by policy");
@@ -636,35 +684,17 @@ awaitable<reply> session::deliver() {
     log_.info("every recipient was discarded by policy; nothing to deliver");
     co_return reply{250, "2.0.0", "Ok: discarded"};
   }
-  auto refused = co_await sync_upstream_envelope();
+  auto refused = co_await relay_.sync(tx_);
   if (refused) co_return *refused;
-  const std::string header = received_header(conn_, tx_, cfg_->server.hostname, std::time(nullptr));
+  const std::string header = received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
-  auto upstream_reply = co_await upstream_connection().data(header, message_);
-  co_return with_policy_text(smtp::with_status(std::move(upstream_reply), "2.0.0"), v);
+  auto upstream_reply = co_await relay_.data(header, *message);
+  co_return with_policy_text(std::move(upstream_reply), v);
 }
 
-awaitable<std::optional<reply>> session::sync_upstream_envelope() {
-  if (tx_.sender == tx_.upstream_sender && tx_.recipients == tx_.upstream_recipients) co_return std::nullopt;
-  // A policy changed what the upstream was given: it gets the final envelope
-  // in a fresh transaction. Any refusal now is the client's answer to its DATA.
-  log_.info("envelope rewritten by policy: from=<{}> to={}; redoing the upstream transaction",
-            printable(tx_.sender.str()), printable(join_recipients(tx_.recipients), 2000));
-  auto& up = upstream_connection();
-  co_await up.reset();
-  tx_.upstream_recipients.clear();
-  auto mail_reply = co_await up.mail(tx_.sender, tx_.options);
-  if (!mail_reply.positive()) co_return smtp::with_status(std::move(mail_reply), "2.1.0");
-  tx_.upstream_sender = tx_.sender;
-  for (const auto& r : tx_.recipients) {
-    auto rcpt_reply = co_await up.rcpt(r);
-    if (!rcpt_reply.positive()) {
-      log_.info("rewritten recipient <{}> refused: {}", printable(r.str()), printable(rcpt_reply.summary()));
-      co_return smtp::with_status(std::move(rcpt_reply), "2.1.5");
-    }
-    tx_.upstream_recipients.push_back(r);
-  }
-  co_return std::nullopt;
+void session::apply_rewrites(const verdict& v) {
+  if (v.sender) tx_.sender = *v.sender;
+  if (v.recipients) tx_.recipients = *v.recipients;
 }
 
 awaitable<reply> session::on_rset(const smtp::command& cmd) {
@@ -674,10 +704,11 @@ awaitable<reply> session::on_rset(const smtp::command& cmd) {
 }
 
 awaitable<void> session::reset_transaction() {
-  if (upstream_ && tx_.active) co_await upstream_->reset();
+  co_await relay_.reset();
   tx_ = transaction{};
+  if (stage_ == stage::transaction || stage_ == stage::data) set_stage(stage::ready);
   // An idle session keeps no big buffers.
-  if (message_.capacity() > (1 << 20)) std::string().swap(message_);
+  if (message_ && message_->capacity() > keep_message_buffer) message_.reset();
   client_.shrink_if_idle();
 }
 
@@ -685,7 +716,7 @@ void session::log_transaction(const reply& outcome, std::size_t size) {
   const char* verdict = outcome.positive() ? "delivered" : outcome.transient() ? "tempfail" : "rejected";
   log_.info("tx={} client={} helo={} from=<{}> to={} rejected_rcpts={} size={} upstream=\"{}\" queue_id={} verdict={}",
             tx_.id, address_literal(conn_.client.address()), printable(conn_.helo), printable(tx_.sender.str()),
-            printable(join_recipients(tx_.recipients), 2000), tx_.rejected_recipients, size,
+            printable(join_recipients(tx_.recipients), 2000), tx_.rejected_rcpts, size,
             printable(outcome.summary()), queue_id_of(outcome), verdict);
 }
 

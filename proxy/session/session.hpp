@@ -1,42 +1,54 @@
-// One SMTP client session: the state machine (RFC 5321 §4.1.4 ordering),
-// relaying to the upstream in lock step. One coroutine owns the client
-// socket and the upstream connection; the read loop alone writes replies.
+// One SMTP client session: the protocol with the client (RFC 5321 §4.1.4
+// ordering, one method per verb), in stages. One coroutine owns the client
+// socket; the read loop alone writes replies. Every command goes through
+// check (syntax, sequence) -> policy -> proceed (the only step that changes
+// state). The upstream side of the lock step is upstream_relay's.
 #pragma once
 
 #include <memory>
 #include <string>
 
 #include "asio.hpp"
-#include "auth/users_file.hpp"
 #include "log.hpp"
 #include "net/line_stream.hpp"
-#include "net/tls_context.hpp"
-#include "session/relay_guard.hpp"
-#include "session/state.hpp"
+#include "session/environment.hpp"
+#include "session/upstream_relay.hpp"
 #include "smtp/command.hpp"
 #include "smtp/reply.hpp"
+#include "state/connection_state.hpp"
+#include "state/transaction.hpp"
 
 namespace portcullis {
 
-class server_context;
-class policy;
-struct config;
-struct verdict;
-
 class session : public std::enable_shared_from_this<session> {
  public:
+  enum class stage {
+    connected,    // before the greeting (PROXY header, implicit TLS handshake, on_connect)
+    greeted,      // 220 sent; waiting for EHLO/HELO
+    ready,        // EHLO/HELO said; no transaction
+    transaction,  // MAIL accepted; RCPTs
+    data,         // receiving and delivering the message
+    closing,      // the last reply is out or about to be
+  };
+
   // `implicit_tls`: a listen_tls connection, TLS from the first byte (RFC 8314).
-  session(tcp::socket socket, tcp::endpoint client, std::string id, server_context& server, bool implicit_tls);
+  session(tcp::socket socket, tcp::endpoint client, std::string id, session_environment& env, bool implicit_tls);
   ~session();
 
+  // Serves the client to the end; tidies up (upstream QUIT, on_disconnect)
+  // on every way out, exceptions included.
   awaitable<void> run();
-  // Shutdown: an idle session closes now (421), a busy one after its transaction.
-  // Call on the session's executor.
+  // Shutdown: a session waiting for a command closes now (421); one in a
+  // transaction finishes it first. Call on the session's executor.
   void stop();
   asio::any_io_executor executor() { return client_.socket().get_executor(); }
 
  private:
   using reply = smtp::reply;
+
+  awaitable<void> serve();
+  awaitable<void> finish();
+  void set_stage(stage to);
 
   awaitable<reply> dispatch(const smtp::command& cmd);
   awaitable<reply> on_helo(const smtp::command& cmd, bool extended);
@@ -57,38 +69,35 @@ class session : public std::enable_shared_from_this<session> {
 
   // Reads the message after 354; nullopt when the session must end (timeout, lost client).
   awaitable<std::optional<reply>> receive_message();
-  awaitable<reply> deliver();
-  // Redoes the upstream transaction when policies changed the envelope after
-  // it went upstream; returns the upstream's refusal, if any.
-  awaitable<std::optional<reply>> sync_upstream_envelope();
+  // The policy, then the upstream; `size` becomes the size of what went (or would have gone) upstream.
+  awaitable<reply> deliver(std::size_t& size);
+  // Ends the transaction, here and upstream.
   awaitable<void> reset_transaction();
-  upstream& upstream_connection();
+  // proceed: a verdict's rewrites become the transaction's.
+  void apply_rewrites(const verdict& v);
 
   void queue(const reply& r);
   reply refused_by_policy(const std::string& what, const verdict& v);
   awaitable<bool> flush();
   void log_transaction(const reply& outcome, std::size_t size);
 
-  std::shared_ptr<const config> cfg_;
-  std::shared_ptr<policy> policy_;
-  std::shared_ptr<tls_server_context> tls_;
-  std::shared_ptr<tls_client_context> upstream_tls_;
-  std::shared_ptr<const relay_guard> relay_;
-  std::shared_ptr<const auth::users_file> users_;
-  std::shared_ptr<const network_list> proxy_trusted_;
-  std::size_t auth_failures_ = 0;
-  server_context& server_;
+  std::shared_ptr<const generation> gen_;  // one snapshot for the whole session
+  const config& cfg_;
+  policy& policy_;
+  session_environment& env_;
   bool implicit_tls_;
   session_log log_;
   line_stream client_;
   connection_state conn_;
   transaction tx_;
-  std::unique_ptr<upstream> upstream_;
-  std::string message_;  // the message being received; reused across transactions
-  std::string out_;      // replies waiting to be written (RFC 2920 §3.2: one write per batch)
+  upstream_relay relay_;
+  stage stage_ = stage::connected;
+  std::shared_ptr<std::string> message_;  // the message being received (shared with policy jobs)
+  std::string out_;                       // replies waiting to be written (RFC 2920 §3.2)
   std::size_t errors_ = 0;
-  bool closing_ = false;
+  std::size_t auth_failures_ = 0;
   bool stopping_ = false;
+  bool awaiting_command_ = false;  // blocked reading the next command: stop() may wake it
 };
 
 }  // namespace portcullis

@@ -1,0 +1,91 @@
+#include "session/upstream_relay.hpp"
+
+#include "log.hpp"
+#include "smtp/text.hpp"
+
+namespace portcullis {
+
+namespace {
+
+std::string join_recipients(const std::vector<smtp::address>& rcpts) {
+  std::string out;
+  for (const auto& r : rcpts) {
+    if (!out.empty()) out += ',';
+    out += '<' + r.str() + '>';
+  }
+  return out;
+}
+
+}  // namespace
+
+upstream_relay::upstream_relay(upstream_factory make, const session_log& log, const connection_state& client,
+                               asio::any_io_executor io)
+    : make_(std::move(make)), log_(log), client_(client), io_(std::move(io)) {}
+
+upstream_relay::~upstream_relay() = default;
+
+upstream& upstream_relay::connection() {
+  if (!upstream_) upstream_ = make_(log_, client_, io_);
+  return *upstream_;
+}
+
+awaitable<smtp::reply> upstream_relay::mail(const transaction& tx) {
+  auto& up = connection();
+  lost_ = false;
+  auto r = co_await up.mail(tx.sender, tx.options);
+  r = smtp::with_status(std::move(r), "2.1.0");
+  open_ = r.positive();
+  sender_ = tx.sender;
+  options_ = tx.options;
+  recipients_.clear();
+  co_return r;
+}
+
+awaitable<smtp::reply> upstream_relay::rcpt(const smtp::address& recipient) {
+  auto& up = connection();
+  auto r = co_await up.rcpt(recipient);
+  r = smtp::with_status(std::move(r), "2.1.5");
+  if (r.positive())
+    recipients_.push_back(recipient);
+  else if (!up.connected())
+    lost_ = true;  // the upstream went away: the rest of this transaction cannot go through
+  co_return r;
+}
+
+awaitable<std::optional<smtp::reply>> upstream_relay::sync(const transaction& tx) {
+  if (open_ && tx.sender == sender_ && tx.options == options_ && tx.recipients == recipients_) co_return std::nullopt;
+  log_.info("envelope rewritten by policy: from=<{}> to={}; redoing the upstream transaction",
+            printable(tx.sender.str()), printable(join_recipients(tx.recipients), 2000));
+  co_await reset();
+  auto mail_reply = co_await mail(tx);
+  if (!mail_reply.positive()) co_return mail_reply;
+  for (const auto& r : tx.recipients) {
+    auto rcpt_reply = co_await rcpt(r);
+    if (!rcpt_reply.positive()) {
+      log_.info("rewritten recipient <{}> refused: {}", printable(r.str()), printable(rcpt_reply.summary()));
+      co_return rcpt_reply;
+    }
+  }
+  co_return std::nullopt;
+}
+
+awaitable<smtp::reply> upstream_relay::data(std::string_view header, std::string_view message) {
+  auto& up = connection();
+  auto r = co_await up.data(header, message);
+  open_ = false;  // the final reply ends the upstream transaction, whatever it says
+  co_return smtp::with_status(std::move(r), "2.0.0");
+}
+
+awaitable<void> upstream_relay::reset() {
+  if (upstream_ && open_) co_await upstream_->reset();
+  open_ = false;
+  lost_ = false;
+  recipients_.clear();
+}
+
+awaitable<void> upstream_relay::quit() {
+  if (upstream_) co_await upstream_->quit();
+  open_ = false;
+}
+
+}  // namespace portcullis

@@ -1,0 +1,25 @@
+// What a session knows about its client connection. Plain values, below the
+// session, the policy and the upstream: each of them reads it, only the
+// session changes it.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "asio.hpp"
+
+namespace portcullis {
+
+struct connection_state {
+  std::string id;              // session id, in every log line
+  tcp::endpoint client;        // the real client (the PROXY header's source, when there is one)
+  std::string helo;            // HELO/EHLO argument; empty before it
+  bool esmtp = false;          // EHLO rather than HELO
+  bool tls = false;
+  std::string tls_version, tls_cipher;  // "TLSv1.3", "TLS_AES_256_GCM_SHA384"
+  int tls_bits = 0;
+  std::optional<std::string> auth_user;
+  unsigned transactions = 0;   // started so far, for transaction ids
+};
+
+}  // namespace portcullis

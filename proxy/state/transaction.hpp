@@ -1,0 +1,28 @@
+// One mail transaction's envelope (RFC 5321 §3.3), kept apart from the
+// connection state (as OpenSMTPD does) so that one reset clears exactly it.
+// What the upstream was given is the relay's business, not this struct's.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "smtp/address.hpp"
+#include "smtp/mail_options.hpp"
+
+namespace portcullis {
+
+using smtp::mail_options;
+using esmtp_param_list = std::vector<smtp::esmtp_param>;
+
+struct transaction {
+  std::string id;                      // "<session id>.<n>": Received id, log lines
+  // The envelope to deliver: policies may rewrite both.
+  smtp::address sender;
+  esmtp_param_list sender_params;      // as the client gave them (for policies)
+  mail_options options;
+  std::vector<smtp::address> recipients;
+  std::size_t accepted_rcpts = 0;      // RCPT commands the client got a 2xx for (discarded ones too)
+  std::size_t rejected_rcpts = 0;
+};
+
+}  // namespace portcullis

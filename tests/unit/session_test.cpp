@@ -1,0 +1,372 @@
+// The session in process, as chasquid tests its connection: a real client
+// socket on loopback, a scripted upstream (command -> reply) and a scripted
+// policy (stage -> verdict), no Python and no upstream server.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "asio.hpp"
+#include "session/session.hpp"
+
+namespace portcullis {
+namespace {
+
+using namespace std::chrono_literals;
+using smtp::reply;
+
+// What the scripted upstream saw, and what it answers. Shared with the test thread.
+struct upstream_script {
+  std::mutex mutex;
+  std::vector<std::string> commands;            // "MAIL <a>", "RCPT <b>", "DATA", "RSET", "QUIT"
+  std::map<std::string, std::deque<reply>> replies;  // by verb; default 250
+  std::string throw_on;                          // verb whose call throws (an exception escaping the session)
+  std::string last_message;
+
+  void record(const std::string& c) {
+    std::lock_guard lock(mutex);
+    commands.push_back(c);
+  }
+  reply answer(const std::string& verb) {
+    std::lock_guard lock(mutex);
+    if (verb == throw_on) throw std::runtime_error("scripted upstream failure at " + verb);
+    auto& q = replies[verb];
+    if (q.empty()) return verb == "DATA" ? reply{250, "2.0.0", "Ok: queued as T1"} : reply{250, "", "Ok"};
+    auto r = q.front();
+    q.pop_front();
+    return r;
+  }
+  std::vector<std::string> seen() {
+    std::lock_guard lock(mutex);
+    return commands;
+  }
+};
+
+class scripted_upstream final : public upstream {
+ public:
+  explicit scripted_upstream(std::shared_ptr<upstream_script> s) : s_(std::move(s)) {}
+  awaitable<reply> mail(const smtp::address& sender, const mail_options& o) override {
+    s_->record("MAIL <" + sender.str() + ">" + (o.body_8bit ? " BODY=8BITMIME" : ""));
+    co_return s_->answer("MAIL");
+  }
+  awaitable<reply> rcpt(const smtp::address& r) override {
+    s_->record("RCPT <" + r.str() + ">");
+    co_return s_->answer("RCPT");
+  }
+  awaitable<reply> data(std::string_view, std::string_view message) override {
+    s_->record("DATA");
+    {
+      std::lock_guard lock(s_->mutex);
+      s_->last_message = std::string(message);
+    }
+    co_return s_->answer("DATA");
+  }
+  awaitable<void> reset() override {
+    s_->record("RSET");
+    co_return;
+  }
+  bool connected() const override { return true; }
+  awaitable<void> quit() override {
+    s_->record("QUIT");
+    co_return;
+  }
+
+ private:
+  std::shared_ptr<upstream_script> s_;
+};
+
+// A policy whose verdicts the test sets per stage; it counts disconnects.
+class scripted_policy final : public policy {
+ public:
+  std::function<verdict(const transaction&, const smtp::address&)> rcpt;
+  std::function<verdict(const transaction&)> data;
+  std::atomic<int> disconnects{0};
+
+  awaitable<verdict> on_connect(const connection_state&) override { co_return verdict{}; }
+  awaitable<verdict> on_helo(const connection_state&, std::string_view) override { co_return verdict{}; }
+  awaitable<verdict> on_auth(const connection_state&, std::string_view, std::string_view, std::string_view) override {
+    co_return verdict{};
+  }
+  awaitable<verdict> on_mail(const connection_state&, const transaction&) override { co_return verdict{}; }
+  awaitable<verdict> on_rcpt(const connection_state&, const transaction& tx, const smtp::address& r) override {
+    co_return rcpt ? rcpt(tx, r) : verdict{};
+  }
+  awaitable<verdict> on_data(const connection_state&, const transaction& tx, message_ptr) override {
+    co_return data ? data(tx) : verdict{};
+  }
+  awaitable<void> on_disconnect(const connection_state&) override {
+    ++disconnects;
+    co_return;
+  }
+};
+
+smtp::address addr(const std::string& s) { return *smtp::parse_mailbox(s, false); }
+
+// One daemon-side session on loopback, and a blocking client for the test.
+class harness {
+ public:
+  explicit harness(std::function<void(config&)> tweak = {}) {
+    auto cfg = std::make_shared<config>();
+    cfg->server.hostname = "mx.test";
+    if (tweak) tweak(*cfg);
+    auto g = std::make_shared<generation>();
+    g->cfg = cfg;
+    g->pol = pol;
+    g->relay = std::make_shared<relay_guard>(cfg->relay);
+    g->proxy_trusted = std::make_shared<network_list>(cfg->server.proxy_trusted);
+    g->make_upstream = [s = script](const session_log&, const connection_state&, asio::any_io_executor) {
+      return std::make_unique<scripted_upstream>(s);
+    };
+    env = std::make_unique<session_environment>(g);
+    acceptor.open(tcp::v4());
+    acceptor.bind({asio::ip::make_address("127.0.0.1"), 0});
+    acceptor.listen();
+    acceptor.async_accept(asio::make_strand(io), [this](boost::system::error_code ec, tcp::socket s) {
+      if (ec) return;
+      const auto peer = s.remote_endpoint();
+      sess = std::make_shared<session>(std::move(s), peer, "TESTSESSION1", *env, false);
+      asio::co_spawn(sess->executor(), sess->run(), [this](std::exception_ptr e) {
+        escaped = static_cast<bool>(e);
+        ended.set_value();
+      });
+    });
+    thread = std::thread([this] { io.run(); });
+    client.connect(acceptor.local_endpoint());
+    EXPECT_EQ(read_reply().substr(0, 4), "220 ");
+  }
+  ~harness() {
+    boost::system::error_code ignored;
+    client.close(ignored);
+    if (ended_future.wait_for(10s) != std::future_status::ready) ADD_FAILURE() << "the session did not end";
+    io.stop();
+    thread.join();
+  }
+
+  void send(const std::string& s) { asio::write(client, asio::buffer(s)); }
+  // One whole reply (all its lines), "" when the connection closed first.
+  std::string read_reply() {
+    std::string out;
+    for (;;) {
+      boost::system::error_code ec;
+      const auto n = asio::read_until(client, in, "\r\n", ec);
+      if (ec) return out;
+      std::string line(asio::buffers_begin(in.data()), asio::buffers_begin(in.data()) + n);
+      in.consume(n);
+      out += line;
+      if (line.size() >= 4 && line[3] == ' ') return out;
+    }
+  }
+  std::string say(const std::string& line) {
+    send(line + "\r\n");
+    return read_reply();
+  }
+  // Whether a reply arrives within `wait` (without reading past it).
+  bool reply_within(std::chrono::milliseconds wait) {
+    auto f = std::async(std::launch::async, [this] { return read_reply(); });
+    if (f.wait_for(wait) != std::future_status::ready) return false;
+    last = f.get();
+    return true;
+  }
+  bool session_ended_within(std::chrono::seconds wait) { return ended_future.wait_for(wait) == std::future_status::ready; }
+
+  std::shared_ptr<upstream_script> script = std::make_shared<upstream_script>();
+  std::shared_ptr<scripted_policy> pol = std::make_shared<scripted_policy>();
+  asio::io_context io;
+  tcp::acceptor acceptor{io};
+  std::unique_ptr<session_environment> env;
+  std::shared_ptr<session> sess;
+  std::promise<void> ended;
+  std::shared_future<void> ended_future = ended.get_future().share();
+  bool escaped = false;
+  std::thread thread;
+  asio::io_context client_io;
+  tcp::socket client{client_io};
+  asio::streambuf in;
+  std::string last;
+};
+
+TEST(session, relays_a_transaction_in_lock_step) {
+  harness h;
+  EXPECT_EQ(h.say("EHLO client.test").substr(0, 4), "250-");
+  EXPECT_EQ(h.say("MAIL FROM:<a@example.test>"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(h.say("RCPT TO:<b@example.test>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(h.say("DATA").substr(0, 4), "354 ");
+  EXPECT_EQ(h.say("Subject: x\r\n\r\nhello\r\n."), "250 2.0.0 Ok: queued as T1\r\n");
+  EXPECT_EQ(h.say("QUIT").substr(0, 4), "221 ");
+  ASSERT_TRUE(h.session_ended_within(5s));
+  EXPECT_EQ(h.script->seen(), (std::vector<std::string>{"MAIL <a@example.test>", "RCPT <b@example.test>", "DATA", "QUIT"}));
+  EXPECT_EQ(h.pol->disconnects, 1);
+}
+
+// Issue 7 A: replies were written only once the input buffer was empty, so a
+// stream of pipelined commands (always ending in a partial line) was never answered.
+TEST(session, answers_pipelined_commands_while_a_partial_line_waits) {
+  harness h;
+  h.say("EHLO client.test");
+  h.send("NOOP\r\nNOOP\r\nNO");
+  ASSERT_TRUE(h.reply_within(3000ms)) << "replies held back behind a partial command";
+  EXPECT_EQ(h.last, "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(h.read_reply(), "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(h.say("OP"), "250 2.0.0 Ok\r\n");
+}
+
+// Issue 7 A: a client that writes and never reads is not read forever (the
+// replies are bounded; the write times out and the session ends).
+TEST(session, stops_reading_a_client_that_does_not_read_its_replies) {
+  harness h([](config& c) { c.server.idle_timeout = std::chrono::seconds(1); });
+  h.client.non_blocking(true);
+  std::string burst;
+  for (int i = 0; i < 1000; ++i) burst += "EHLO client.test\r\n";
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  std::size_t sent = 0;
+  bool refused = false;
+  while (std::chrono::steady_clock::now() < deadline) {
+    boost::system::error_code ec;
+    sent += h.client.write_some(asio::buffer(burst), ec);
+    if (ec == asio::error::would_block) {
+      std::this_thread::sleep_for(10ms);
+      if (h.session_ended_within(0s)) break;
+      continue;
+    }
+    if (ec) {
+      refused = true;
+      break;
+    }
+  }
+  EXPECT_TRUE(refused || h.session_ended_within(5s)) << "the session kept reading a client that never reads";
+  // What it took in is bounded by the socket buffers and our reply limit, not the client's stamina.
+  EXPECT_LT(sent, std::size_t(64) << 20);
+}
+
+// Issue 7 item 4: an exception inside the session still tidies up: the
+// upstream gets QUIT and the policy its on_disconnect.
+TEST(session, cleans_up_when_an_exception_escapes_a_command) {
+  harness h;
+  h.script->throw_on = "RCPT";
+  h.say("EHLO client.test");
+  h.say("MAIL FROM:<a@example.test>");
+  h.send("RCPT TO:<b@example.test>\r\n");
+  ASSERT_TRUE(h.session_ended_within(5s));
+  EXPECT_FALSE(h.escaped);
+  EXPECT_EQ(h.pol->disconnects, 1);
+  const auto seen = h.script->seen();
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.back(), "QUIT");
+}
+
+// Issue 7 items 8 and G: discarded recipients and a redirect's extra
+// targets count against max_recipients.
+TEST(session, discarded_recipients_count_against_max_recipients) {
+  harness h([](config& c) { c.server.max_recipients = 2; });
+  h.pol->rcpt = [](const transaction&, const smtp::address&) {
+    verdict v;
+    v.what = verdict::kind::discard;
+    return v;
+  };
+  h.say("EHLO client.test");
+  h.say("MAIL FROM:<a@example.test>");
+  EXPECT_EQ(h.say("RCPT TO:<b1@example.test>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(h.say("RCPT TO:<b2@example.test>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(h.say("RCPT TO:<b3@example.test>"), "452 4.5.3 Too many recipients\r\n");
+}
+
+TEST(session, a_redirect_fan_out_counts_against_max_recipients) {
+  harness h([](config& c) { c.server.max_recipients = 3; });
+  h.pol->rcpt = [](const transaction&, const smtp::address& r) {
+    verdict v;
+    if (r.str() == "list@example.test") {
+      v.what = verdict::kind::redirect;
+      v.redirect_to = {addr("m1@example.test"), addr("m2@example.test"), addr("m3@example.test")};
+    }
+    return v;
+  };
+  h.say("EHLO client.test");
+  h.say("MAIL FROM:<a@example.test>");
+  EXPECT_EQ(h.say("RCPT TO:<x@example.test>"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(h.say("RCPT TO:<list@example.test>"), "452 4.5.3 Too many recipients\r\n");
+  for (const auto& c : h.script->seen()) EXPECT_EQ(c.find("RCPT <m"), std::string::npos) << c;
+}
+
+// Issue 7 G: temporary refusals count as errors too (each may cost an upstream round trip).
+TEST(session, temporary_refusals_count_against_max_errors) {
+  harness h([](config& c) { c.server.max_errors = 3; });
+  for (int i = 0; i < 3; ++i) h.script->replies["RCPT"].push_back(reply{450, "4.2.0", "Busy"});
+  h.say("EHLO client.test");
+  h.say("MAIL FROM:<a@example.test>");
+  EXPECT_EQ(h.say("RCPT TO:<b@example.test>"), "450 4.2.0 Busy\r\n");
+  EXPECT_EQ(h.say("RCPT TO:<b@example.test>"), "450 4.2.0 Busy\r\n");
+  EXPECT_EQ(h.say("RCPT TO:<b@example.test>"), "450 4.2.0 Busy\r\n");
+  const auto last = h.read_reply();
+  EXPECT_NE(last.find("421 4.7.0"), std::string::npos) << last;
+  EXPECT_TRUE(h.session_ended_within(5s));
+}
+
+// Issue 7 item 6: shutdown interrupts only a session waiting for a command;
+// one receiving a message finishes it, then gets 421.
+TEST(session, stop_lets_a_message_in_progress_finish) {
+  harness h;
+  h.say("EHLO client.test");
+  h.say("MAIL FROM:<a@example.test>");
+  h.say("RCPT TO:<b@example.test>");
+  EXPECT_EQ(h.say("DATA").substr(0, 4), "354 ");
+  h.send("Subject: x\r\n\r\nfirst half\r\n");
+  std::this_thread::sleep_for(100ms);
+  asio::post(h.sess->executor(), [s = h.sess] { s->stop(); });
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(h.say("second half\r\n."), "250 2.0.0 Ok: queued as T1\r\n");
+  EXPECT_NE(h.read_reply().find("421 4.3.2"), std::string::npos);
+  EXPECT_TRUE(h.session_ended_within(5s));
+}
+
+TEST(session, stop_closes_a_session_waiting_for_a_command) {
+  harness h;
+  h.say("EHLO client.test");
+  std::this_thread::sleep_for(50ms);
+  asio::post(h.sess->executor(), [s = h.sess] { s->stop(); });
+  EXPECT_NE(h.read_reply().find("421 4.3.2"), std::string::npos);
+  EXPECT_TRUE(h.session_ended_within(5s));
+}
+
+// A verdict's rewrites are applied by the session, whatever the verdict.
+TEST(session, applies_a_verdicts_rewrites_in_its_proceed_step) {
+  harness h;
+  h.pol->rcpt = [](const transaction&, const smtp::address& r) {
+    verdict v;
+    v.sender = addr("srs@fwd.example.test");
+    return v;
+  };
+  h.say("EHLO client.test");
+  h.say("MAIL FROM:<a@example.test>");
+  h.say("RCPT TO:<b@example.test>");
+  h.say("DATA");
+  EXPECT_EQ(h.say("Subject: x\r\n\r\nhello\r\n."), "250 2.0.0 Ok: queued as T1\r\n");
+  const auto seen = h.script->seen();
+  // The envelope changed after MAIL went upstream: redone before DATA.
+  EXPECT_NE(std::find(seen.begin(), seen.end(), "MAIL <srs@fwd.example.test>"), seen.end());
+}
+
+// RFC 6152 §3: an edit that brings 8-bit text into a 7-bit transaction is declared upstream.
+TEST(session, an_edit_that_adds_8bit_text_declares_8bitmime_upstream) {
+  harness h;
+  h.pol->data = [](const transaction&) {
+    verdict v;
+    v.message = std::make_shared<const std::string>("Subject: x\r\n\r\nGr\xc3\xbc\xc3\x9f" "e\r\n");
+    return v;
+  };
+  h.say("EHLO client.test");
+  h.say("MAIL FROM:<a@example.test>");
+  h.say("RCPT TO:<b@example.test>");
+  h.say("DATA");
+  EXPECT_EQ(h.say("Subject: x\r\n\r\nhello\r\n."), "250 2.0.0 Ok: queued as T1\r\n");
+  const auto seen = h.script->seen();
+  EXPECT_NE(std::find(seen.begin(), seen.end(), "MAIL <a@example.test> BODY=8BITMIME"), seen.end());
+}
+
+}  // namespace
+}  // namespace portcullis
