@@ -1,5 +1,6 @@
 // portcullis: the SMTP policy proxy daemon (see CONTRACT.md, "Command line").
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 
@@ -17,27 +18,28 @@ constexpr const char* usage =
     "       portcullis --check-config FILE  check the config, print problems, exit 0 or 1\n"
     "       portcullis --version\n";
 
-// Settings of the contract that this build cannot honour yet: refusing to
-// start beats running without the TLS or the policies the operator asked for.
-std::vector<std::string> unsupported(const portcullis::config& cfg) {
-  std::vector<std::string> out;
-  const std::string f = cfg.file.string() + ": ";
-  if (!cfg.server.listen_tls.empty() && !cfg.tls.enabled) out.push_back(f + "server.listen_tls needs [tls] cert and key");
-  if (cfg.server.require_tls && !cfg.tls.enabled) out.push_back(f + "server.require_tls needs [tls] cert and key");
-  if (cfg.server.require_auth && !cfg.auth.enabled) out.push_back(f + "server.require_auth needs an [auth] table");
-  return out;
-}
-
+// Every check (the cross-checks between tables too) is load_config's, so
+// that start-up, --check-config and a SIGHUP reload refuse the same files.
 std::shared_ptr<const portcullis::config> load_or_report(const char* file) {
   try {
-    auto cfg = portcullis::load_config(file);
-    const auto problems = unsupported(*cfg);
-    if (problems.empty()) return cfg;
-    for (const auto& p : problems) std::cerr << p << "\n";
+    return portcullis::load_config(file);
   } catch (const portcullis::config_error& e) {
     for (const auto& p : e.problems()) std::cerr << p << "\n";
   }
   return nullptr;
+}
+
+spdlog::level::level_enum spdlog_level(portcullis::log_level l) {
+  using portcullis::log_level;
+  switch (l) {
+    case log_level::trace: return spdlog::level::trace;
+    case log_level::debug: return spdlog::level::debug;
+    case log_level::info: return spdlog::level::info;
+    case log_level::warning: return spdlog::level::warn;
+    case log_level::error: return spdlog::level::err;
+    case log_level::critical: return spdlog::level::critical;
+  }
+  return spdlog::level::info;
 }
 
 }  // namespace
@@ -55,6 +57,8 @@ int main(int argc, char** argv) {
   auto cfg = load_or_report(argv[2]);
   if (!cfg) return 1;
   portcullis::init_logging();
+  // log.level, unless PORTCULLIS_LOG_LEVEL (read by init_logging) says otherwise.
+  if (!std::getenv("PORTCULLIS_LOG_LEVEL")) spdlog::set_level(spdlog_level(cfg->log.level));
   if (check_only) {
     {
       try {

@@ -8,9 +8,41 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace portcullis {
+
+// The string-choice keys, as typed values. to_string gives the config's own
+// spelling ("opportunistic", ...) for logs and for the Python side.
+
+// upstream.starttls
+enum class starttls_mode {
+  never,          // never STARTTLS to the upstream
+  opportunistic,  // STARTTLS when offered; in clear otherwise or after a failed handshake
+  required,       // no TLS, no mail (451 4.7.5)
+};
+// upstream.client_info: how the upstream learns who the real client is.
+enum class client_info_mode {
+  none,
+  xclient,   // Postfix XCLIENT: its restrictions and logs see the client
+  xforward,  // Postfix XFORWARD: logs only
+};
+// policy.on_error: what a hook that raises or times out means.
+enum class on_error_mode {
+  tempfail,  // 451 4.3.0
+  accept,    // as if the hook had returned None
+};
+// log.level
+enum class log_level { trace, debug, info, warning, error, critical };
+// log.format ("json" is refused by load_config until it is implemented)
+enum class log_format { text, json };
+
+std::string to_string(starttls_mode m);
+std::string to_string(client_info_mode m);
+std::string to_string(on_error_mode m);
+std::string to_string(log_level l);
+std::string to_string(log_format f);
 
 struct server_config {
   std::string hostname;                       // banner, EHLO, Received
@@ -40,16 +72,14 @@ struct upstream_config {
   std::string host = "127.0.0.1";
   std::string port = "25";
   std::filesystem::path maildir;
-  std::string starttls = "opportunistic";
+  starttls_mode starttls = starttls_mode::opportunistic;
   std::chrono::seconds timeout{60};
   std::string helo;  // our EHLO name upstream; default server.hostname
   // Upstream TLS: verification of the upstream's certificate.
   bool tls_verify = false;             // opportunistic TLS is usually unauthenticated (as Postfix's "may")
   std::filesystem::path tls_ca_file;   // empty: the system's CA store
   std::string tls_name;                // the name to expect (and send as SNI); default: the url's host
-  // Tell the upstream the real client: "xclient" (Postfix XCLIENT: its
-  // restrictions and logs see the client), "xforward" (logs only), "none".
-  std::string client_info = "none";
+  client_info_mode client_info = client_info_mode::none;  // tell the upstream the real client
 };
 
 struct tls_config {
@@ -79,17 +109,24 @@ struct relay_config {
 struct policy_config {
   std::vector<std::filesystem::path> files;
   std::chrono::seconds timeout{10};
-  std::string on_error = "tempfail";
+  on_error_mode on_error = on_error_mode::tempfail;
   unsigned threads = 16;  // for plain (sync) hooks; async hooks share one event loop
 };
 
+// Not implemented in this version: load_config refuses `true` (the daemon
+// must not claim checks it does not make), so these are always false today.
 struct checks_config {
-  bool spf = true, dkim = true, dmarc = true, authentication_results = true;
+  bool spf = false, dkim = false, dmarc = false, authentication_results = false;
 };
 
 struct dns_config {
-  std::string nameserver;  // "host:port"; empty: the system resolver
+  std::string nameserver;  // "IP:PORT"; refused by load_config until the checks' resolver exists
   std::chrono::seconds timeout{5};
+};
+
+struct log_config {
+  log_level level = log_level::info;  // at start-up; PORTCULLIS_LOG_LEVEL overrides
+  log_format format = log_format::text;
 };
 
 struct config {
@@ -102,6 +139,7 @@ struct config {
   policy_config policy;
   checks_config checks;
   dns_config dns;
+  log_config log;
 };
 
 // Every problem found, one "file:line: message" each.
@@ -114,7 +152,34 @@ class config_error : public std::runtime_error {
   std::vector<std::string> problems_;
 };
 
-// Reads and validates; throws config_error listing every problem.
+// Reads and validates; throws config_error listing every problem, each as
+// "FILE:LINE: key: what is wrong". Start-up, --check-config and a SIGHUP
+// reload all go through here, so they make exactly the same checks
+// (including the cross-checks between tables: listen_tls needs [tls], ...).
 std::shared_ptr<const config> load_config(const std::filesystem::path& file);
+
+// Nesting bound checked before the text reaches the TOML parser, which
+// recurses once per level (a 10,000-deep array overflows the stack): arrays,
+// inline tables, table headers and dotted keys together.
+inline constexpr std::size_t max_config_nesting = 32;
+
+// Value ranges (inclusive). Durations are whole seconds; a day bounds every
+// one of them, far below what std::chrono arithmetic in nanoseconds can hold.
+inline constexpr std::chrono::seconds max_config_duration{86400};
+inline constexpr std::uint64_t max_config_message_size = 1ull << 30;  // 1 GiB: a message is held in memory whole
+inline constexpr std::size_t min_config_line_length = 512;           // RFC 5321 §4.5.3.1.4-6
+inline constexpr std::size_t max_config_line_length = 65536;
+inline constexpr std::size_t max_config_recipients = 100000;
+inline constexpr std::size_t max_config_errors = 1000;
+inline constexpr std::size_t max_config_connections = 1000000;
+inline constexpr unsigned max_config_threads = 1024;
+inline constexpr unsigned max_config_policy_threads = 1024;
+inline constexpr std::size_t max_config_auth_failures = 1000000;
+
+// RFC 5321 §4.1.2 Domain (RFC 1035 §2.3.1 labels, RFC 1123 §2.1): labels of
+// letters, digits and '-', 1-63 octets, not starting or ending with '-';
+// 253 octets in all; no trailing dot; the last label not all digits (RFC
+// 3696 §2: that would read as an IPv4 address).
+bool is_domain(std::string_view s);
 
 }  // namespace portcullis

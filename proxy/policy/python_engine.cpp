@@ -156,7 +156,7 @@ python_engine::python_engine(const config& cfg) {
   // The thread starts with no policies; the first reload loads them, so a
   // start and a SIGHUP go through the same path.
   thread_ = std::thread(&python_engine::thread_main, this, std::vector<std::string>{}, cfg.file.string(),
-                        static_cast<double>(cfg.policy.timeout.count()), cfg.policy.on_error, cfg.policy.threads);
+                        static_cast<double>(cfg.policy.timeout.count()), to_string(cfg.policy.on_error), cfg.policy.threads);
   reload(cfg, [this](std::optional<std::string> error) { loaded(std::move(error)); });
   std::unique_lock lock(mutex_);
   if (!loaded_cv_.wait_for(lock, load_wait, [this] { return load_reported_; }))
@@ -252,7 +252,7 @@ void python_engine::reload(const config& cfg, std::function<void(std::optional<s
     const auto id = next_id_++;
     waiting_.emplace(id, [done = std::move(done)](policy_result r) { done(std::move(r.error)); });
     queue_.push_back(queued{id, {}, std::move(files), cfg.file.string(),
-                            static_cast<double>(cfg.policy.timeout.count()), cfg.policy.on_error, cfg.policy.threads});
+                            static_cast<double>(cfg.policy.timeout.count()), to_string(cfg.policy.on_error), cfg.policy.threads});
   }
   wake();
 }

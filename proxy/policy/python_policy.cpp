@@ -72,7 +72,7 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
     : engine_(std::move(engine)),
       safety_timeout_(cfg.policy.timeout * static_cast<long>(std::max<std::size_t>(1, cfg.policy.files.size())) +
                       safety_margin),
-      accept_on_error_(cfg.policy.on_error == "accept") {}
+      accept_on_error_(cfg.policy.on_error == on_error_mode::accept) {}
 
 awaitable<policy_result> python_policy::run(policy_job job) {
   // One waiter per job: the engine's answer and the backstop timer race on

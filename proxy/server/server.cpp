@@ -50,7 +50,7 @@ std::shared_ptr<const auth::users_file> load_users(const config& cfg) {
 std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
   const auto& u = cfg.upstream;
   const bool wanted = u.scheme == upstream_config::kind::smtps ||
-                      (u.scheme == upstream_config::kind::smtp && u.starttls != "never");
+                      (u.scheme == upstream_config::kind::smtp && u.starttls != starttls_mode::never);
   return wanted ? std::make_shared<tls_client_context>(u) : nullptr;
 }
 

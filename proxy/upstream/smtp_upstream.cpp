@@ -53,7 +53,7 @@ class smtp_upstream final : public upstream {
       auto failure = co_await connect();
       if (failure) co_return *failure;
     }
-    if (cfg_.client_info == "xforward") {
+    if (cfg_.client_info == client_info_mode::xforward) {
       // XFORWARD attributes hold for the next transaction only: sent before each MAIL.
       const std::string attributes = client_attributes("XFORWARD");
       if (attributes.empty()) {
@@ -133,7 +133,7 @@ class smtp_upstream final : public upstream {
   // is retried once in clear on a new connection (as Postfix's "may" level).
   awaitable<std::optional<smtp::reply>> connect() {
     auto failure = co_await connect_and_identify(true);
-    if (failure && failure->status == "4.7.5" && cfg_.starttls == "opportunistic" &&
+    if (failure && failure->status == "4.7.5" && cfg_.starttls == starttls_mode::opportunistic &&
         cfg_.scheme == upstream_config::kind::smtp) {
       log_.warn("upstream: retrying without TLS (upstream.starttls = \"opportunistic\")");
       auto plain = co_await connect_and_identify(false);
@@ -158,9 +158,9 @@ class smtp_upstream final : public upstream {
     }
     auto ready = co_await greet_and_ehlo();
     if (ready) co_return ready;
-    if (cfg_.scheme != upstream_config::kind::smtp || cfg_.starttls == "never") co_return std::nullopt;
+    if (cfg_.scheme != upstream_config::kind::smtp || cfg_.starttls == starttls_mode::never) co_return std::nullopt;
     if (!caps_.count("STARTTLS") || !try_starttls) {
-      if (cfg_.starttls == "required") {
+      if (cfg_.starttls == starttls_mode::required) {
         log_.error("upstream: STARTTLS required but {}", try_starttls ? "not offered" : "it failed");
         close();
         co_return tls_failure();
@@ -190,7 +190,7 @@ class smtp_upstream final : public upstream {
   // After TLS: XCLIENT when configured (its 220 and our new EHLO end the set-up).
   awaitable<std::optional<smtp::reply>> connect_and_identify(bool try_starttls) {
     auto failure = co_await connect_once(try_starttls);
-    if (failure || cfg_.client_info != "xclient") co_return failure;
+    if (failure || cfg_.client_info != client_info_mode::xclient) co_return failure;
     auto identified = co_await send_xclient();
     co_return identified;
   }

@@ -83,8 +83,8 @@ def test_sighup_applies_to_new_sessions_only(start_daemon, aiosmtpd_upstream):
 @pytest.mark.parametrize(
     "bad,problem",
     [
-        ('max_errors = "lots"', r":4: 'server\.max_errors' has the wrong type \(want an integer\)"),
-        ("bogus_key = 1", r":4: unknown key 'server\.bogus_key'"),
+        ('max_errors = "lots"', r":4: server\.max_errors: wrong type \(want an integer\)"),
+        ("bogus_key = 1", r":4: server\.bogus_key: unknown key"),
         ("max_errors = [", r":\d+: .+"),  # TOML syntax error
     ],
     ids=["wrong-type", "unknown-key", "toml-syntax"],
@@ -219,11 +219,12 @@ def test_check_config_bad_prints_every_problem_with_line(portcullis_bin, tmp_pat
     assert p.returncode == 1
     out = p.stdout + p.stderr
     for want in [
-        f"{cfg}:3: 'server.max_recipients' must be at least 1",
-        f"{cfg}:4: bad listen address 'nonsense' (want HOST:PORT)",
-        f"{cfg}:5: unknown key 'server.frobnicate'",
-        f"{cfg}:8: upstream.url must be smtp://HOST:PORT, smtps://HOST:PORT or maildir:PATH",
-        f"{cfg}:9: upstream.starttls must be \"never\", \"opportunistic\" or \"required\"",
+        f"{cfg}:3: server.max_recipients: 0 is out of range (want 1 to 100000)",
+        f"{cfg}:4: server.listen: \"nonsense\" is not IP:PORT (want 192.0.2.1:25 or [2001:db8::1]:25, port 1-65535; "
+        "names are not resolved)",
+        f"{cfg}:5: server.frobnicate: unknown key",
+        f"{cfg}:8: upstream.url: \"ftp://example.test\" is not smtp://HOST:PORT, smtps://HOST:PORT or maildir:PATH",
+        f"{cfg}:9: upstream.starttls: \"maybe\" is not one of \"never\", \"opportunistic\", \"required\"",
     ]:
         assert want in out.splitlines(), f"missing {want!r} in:\n{out}"
     assert "ok" not in p.stdout
@@ -248,7 +249,7 @@ def test_bad_config_refuses_to_start(portcullis_bin, tmp_path):
     cfg.write_text('[server]\nhostname = "mx.test"\nlisten = ["127.0.0.1:1"]\nnope = 1\n')
     p = run_cli(portcullis_bin, "--config", str(cfg))
     assert p.returncode == 1
-    assert f"{cfg}:4: unknown key 'server.nope'" in p.stdout + p.stderr
+    assert f"{cfg}:4: server.nope: unknown key" in p.stdout + p.stderr
 
 
 def test_version(portcullis_bin):
