@@ -59,10 +59,22 @@ bool is_safe_reply_text(std::string_view s) {
   return true;
 }
 
+std::string sanitized_reply_text(std::string_view text, std::size_t max_octets) {
+  std::string out(text.substr(0, max_octets));
+  for (char& c : out) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u == '\t')
+      c = ' ';
+    else if (u < 0x20 || u >= 0x7f)
+      c = '?';
+  }
+  return out;
+}
+
 reply_parser::state reply_parser::feed_line(std::string_view line) {
   // RFC 5321 §4.2: Reply-line = *( Reply-code "-" [ textstring ] CRLF ) Reply-code [ SP textstring ] CRLF
-  if (line.size() < 3 || !is_digit(line[0]) || !is_digit(line[1]) || !is_digit(line[2]) || line[0] < '2' ||
-      line[0] > '5')
+  //                Reply-code = %x32-35 %x30-35 %x30-39
+  if (line.size() < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '5' || !is_digit(line[2]))
     return state::malformed;
   const int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
   if (started_ && code != building_.code) return state::malformed;
@@ -74,10 +86,6 @@ reply_parser::state reply_parser::feed_line(std::string_view line) {
       return state::malformed;
   }
   std::string_view text = line.size() > 4 ? line.substr(4) : std::string_view{};
-  // textstring = 1*(%d09 / %d32-126) (§4.2): unlike the text we put in a
-  // reply (is_safe_reply_text), a server's may carry HT.
-  for (const unsigned char c : text)
-    if ((c < 0x20 && c != '\t') || c == 0x7f) return state::malformed;
   const std::string_view verbatim = text;
   // Keep the enhanced code apart when every line carries one of the reply's class.
   std::string_view status;
@@ -92,14 +100,15 @@ reply_parser::state reply_parser::feed_line(std::string_view line) {
     started_ = true;
   } else if (building_.status != status) {
     // Mixed status codes: keep text verbatim without separating the status,
-    // the earlier lines' included.
+    // the earlier lines' included (cut again: the status is now text).
     if (!building_.status.empty()) {
-      for (auto& l : building_.lines) l = l.empty() ? building_.status : building_.status + ' ' + l;
+      for (auto& l : building_.lines)
+        l = sanitized_reply_text(l.empty() ? building_.status : building_.status + ' ' + l, max_reply_text({}));
       building_.status.clear();
     }
     text = verbatim;
   }
-  building_.lines.emplace_back(text);
+  building_.lines.push_back(sanitized_reply_text(text, max_reply_text(building_.status)));
   return last ? state::complete : state::need_more;
 }
 
@@ -119,6 +128,44 @@ reply with_status(reply r, std::string_view success) {
   else
     r.status = r.code < 500 ? "4.0.0" : "5.0.0";
   return r;
+}
+
+std::string_view name(reply_to what) {
+  switch (what) {
+    case reply_to::greeting: return "greeting";
+    case reply_to::ehlo: return "EHLO";
+    case reply_to::helo: return "HELO";
+    case reply_to::starttls: return "STARTTLS";
+    case reply_to::xclient: return "XCLIENT";
+    case reply_to::xforward: return "XFORWARD";
+    case reply_to::mail: return "MAIL";
+    case reply_to::rcpt: return "RCPT";
+    case reply_to::data: return "DATA";
+    case reply_to::end_of_data: return "end of data";
+    case reply_to::rset: return "RSET";
+    case reply_to::quit: return "QUIT";
+  }
+  return "?";
+}
+
+reply_fit fit(reply_to what, int code) {
+  if (code >= 400 && code <= 599) return reply_fit::refusal;
+  int success = 0, also = 0;
+  switch (what) {
+    case reply_to::greeting:
+    case reply_to::starttls:
+    case reply_to::xclient: success = 220; break;
+    case reply_to::ehlo:
+    case reply_to::helo:
+    case reply_to::xforward:
+    case reply_to::mail:
+    case reply_to::end_of_data:
+    case reply_to::rset: success = 250; break;
+    case reply_to::rcpt: success = 250, also = 251; break;  // 251: "will forward" (§3.4)
+    case reply_to::data: success = 354; break;
+    case reply_to::quit: success = 221; break;
+  }
+  return code == success || (also && code == also) ? reply_fit::success : reply_fit::out_of_place;
 }
 
 }  // namespace portcullis::smtp

@@ -1,6 +1,7 @@
 // SMTP replies: the value every command ends in (RFC 5321 §4.2, RFC 2034/3463).
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -35,9 +36,30 @@ bool is_enhanced_status(std::string_view s);
 // Text a policy or config may put in a reply: printable, no CR/LF/NUL.
 bool is_safe_reply_text(std::string_view s);
 
+// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, code and CRLF included.
+inline constexpr std::size_t max_reply_line_octets = 512;
+// "ddd-" and CRLF around every line's text.
+inline constexpr std::size_t reply_line_frame = 6;
+// What with_status() puts before the text of a reply that has no status: "x.y.z ".
+inline constexpr std::size_t generic_status_prefix = 6;
+
+// The longest text a line with this enhanced status (empty: none, so
+// with_status may add one) can carry within 512 octets.
+constexpr std::size_t max_reply_text(std::string_view status) {
+  return max_reply_line_octets - reply_line_frame - (status.empty() ? generic_status_prefix : status.size() + 1);
+}
+
+// A server's reply text made fit for our client: every byte outside printable
+// US-ASCII (8-bit, controls, DEL; RFC 5321 §4.2 textstring) becomes '?', HT a
+// space, and the text is cut to `max_octets` (§4.5.3.1.5).
+std::string sanitized_reply_text(std::string_view text, std::size_t max_octets);
+
 // Accumulates the lines of one reply from a server (the upstream).
-// Lines come without CRLF. Anything that is not "ddd[- ]text" or changes code
-// between lines is a protocol error: the upstream is answering nonsense.
+// Lines come without CRLF. Anything that is not "ddd[- ]text" (RFC 5321 §4.2:
+// first digit 2-5, second 0-5) or changes code between lines is a protocol
+// error: the upstream is answering nonsense. The text of a well-formed line is
+// sanitised (sanitized_reply_text): it reaches our client, and an over-long
+// line or 8-bit text is no reason to lose the transaction.
 class reply_parser {
  public:
   enum class state { need_more, complete, malformed };
@@ -58,5 +80,23 @@ namespace portcullis::smtp {
 // ENHANCEDSTATUSCODES): we advertise the extension, so every reply needs one.
 // `success` is the code for a 2xx/3xx ("2.1.0" for MAIL, "2.1.5" for RCPT...).
 reply with_status(reply r, std::string_view success);
+
+// What a server's reply answers: its greeting, or the command we sent it.
+enum class reply_to { greeting, ehlo, helo, starttls, xclient, xforward, mail, rcpt, data, end_of_data, rset, quit };
+// For logs: "greeting", "EHLO", ..., "end of data".
+std::string_view name(reply_to what);
+
+// How a reply fits what it answers (RFC 5321 §4.3.2).
+enum class reply_fit {
+  success,       // the positive reply this command may get: go on
+  refusal,       // a 4xx/5xx: the command failed (421 is allowed everywhere, §3.8)
+  out_of_place,  // a positive reply this command cannot get (a 354 to RCPT, a 221 to MAIL):
+                 // the upstream is out of step with us; nothing it says can be trusted
+};
+// greeting 220; EHLO/HELO 250; MAIL 250; RCPT 250 251; DATA 354; end of data
+// 250; RSET 250; QUIT 221 (§4.3.2); STARTTLS 220 (RFC 3207 §4); XCLIENT 220,
+// XFORWARD 250 (Postfix XCLIENT_README, XFORWARD_README). Any 4xx/5xx is a
+// refusal; codes outside 200-599 never fit.
+reply_fit fit(reply_to what, int code);
 
 }  // namespace portcullis::smtp

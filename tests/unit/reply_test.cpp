@@ -136,8 +136,6 @@ std::vector<parse_case> parse_cases() {
       {{"250 "}, {done}, 250, "", {""}},
       {{"250-", "250 x"}, {more, done}, 250, "", {"", "x"}},
       {{"250-a", "250"}, {more, done}, 250, "", {"a", ""}},
-      // textstring = 1*(%d09 / %d32-126): HT is allowed.
-      {{"250 a\tb"}, {done}, 250, "", {"a\tb"}},
       // Protocol errors: the upstream is answering nonsense.
       {{"250-a", "251 b"}, {more, bad}},
       {{"250-a", "550 b"}, {more, bad}},
@@ -152,12 +150,15 @@ std::vector<parse_case> parse_cases() {
       {{"199 x"}, {bad}},
       {{"099 x"}, {bad}},
       {{"600 x"}, {bad}},
-      {{"250 a\rb"}, {bad}},
-      {{"250 a\nb"}, {bad}},
-      {{"250 a\0b"s}, {bad}},
-      {{"250 a\x7f"}, {bad}},
-      {{"250-a", "250 b\x1b[2J"}, {more, bad}},
-      {{"250-a", "250-b\r"}, {more, bad}},
+      {{"100 x"}, {bad}},
+      {{"150 go ahead"}, {bad}},  // RFC 5321 §4.2.1: no 1yz reply in SMTP
+      {{"260 x"}, {bad}},         // Reply-code = %x32-35 %x30-35 %x30-39
+      {{"290 x"}, {bad}},
+      {{"2:0 x"}, {bad}},
+      {{"25: x"}, {bad}},
+      {{"250-a", "xyz"}, {more, bad}},  // garbage continuation
+      {{"250-a", "250-b", "25"}, {more, more, bad}},
+      {{"250-a", " 250 b"}, {more, bad}},
   };
 }
 
@@ -202,6 +203,145 @@ TEST(ReplyParser, TakeResets) {
   EXPECT_EQ(second.code, 354);
   EXPECT_EQ(second.status, "");
   EXPECT_EQ(second.lines, (lines{"go ahead"}));
+}
+
+// Text that must not reach the client as it came: 8-bit and control bytes
+// (RFC 5321 §4.2 textstring is printable US-ASCII and HT) and lines over 512
+// octets (§4.5.3.1.5). The reply is kept, its text made fit.
+TEST(ReplyParser, SanitisesText) {
+  struct row {
+    std::vector<std::string> in;
+    int code;
+    std::string status;
+    std::vector<std::string> text;
+  };
+  const std::string long_text(600, 'x');
+  const std::string cut(max_reply_text({}), 'x');        // 500: room for with_status's "x.y.z "
+  const std::string cut_st(max_reply_text("2.0.0"), 'x');  // 500: "250 2.0.0 " + 500 + CRLF
+  const std::string cut_long(max_reply_text("5.123.456"), 'x');  // 496
+  const std::string fits(512 - 12, 'y');  // a line of exactly 512 octets with "2.1.5 "
+  const std::vector<row> cases = {
+      {{"250 a\tb"}, 250, "", {"a b"}},  // HT is allowed upstream; we send a space
+      {{"250 a\rb"}, 250, "", {"a?b"}},
+      {{"250 a\0b"s}, 250, "", {"a?b"}},
+      {{"250 a\x7f"}, 250, "", {"a?"}},
+      {{"250-a", "250 b\x1b[2J"}, 250, "", {"a", "b?[2J"}},
+      {{"250-a", "250-b\r", "250 c"}, 250, "", {"a", "b?", "c"}},
+      {{"250 2.0.0 Gr\xc3\xbc\xc3\x9f" "e"}, 250, "2.0.0", {"Gr????e"}},
+      {{"554 5.7.1 \xff\xfe spam"}, 554, "5.7.1", {"?? spam"}},
+      {{"250 " + long_text}, 250, "", {cut}},
+      {{"250 2.0.0 " + long_text}, 250, "2.0.0", {cut_st}},
+      {{"550 5.123.456 " + long_text}, 550, "5.123.456", {cut_long}},
+      {{"250-" + long_text, "250 ok"}, 250, "", {cut, "ok"}},
+      {{"250 2.1.5 " + fits}, 250, "2.1.5", {fits}},  // within 512: unchanged
+      {{"250 2.1.5 " + fits + "z"}, 250, "2.1.5", {fits}},
+      // Mixed statuses: the earlier line's status becomes text and the line is cut again.
+      {{"250-2.0.0 " + long_text, "250 b"}, 250, "", {"2.0.0 " + cut.substr(6), "b"}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(testing::Message() << "first line: \"" << c.in.front().substr(0, 40) << "\"");
+    reply_parser p;
+    for (std::size_t i = 0; i < c.in.size(); ++i)
+      ASSERT_EQ(p.feed_line(c.in[i]), i + 1 < c.in.size() ? st::need_more : st::complete) << "line " << i;
+    reply r = p.take();
+    EXPECT_EQ(r.code, c.code);
+    EXPECT_EQ(r.status, c.status);
+    EXPECT_EQ(r.lines, c.text);
+    // Whatever status the client is given, every line fits in 512 octets and is printable ASCII.
+    for (const reply& sent : {r, with_status(r, "2.0.0")}) {
+      const std::string wire = sent.wire();
+      std::size_t start = 0;
+      for (auto end = wire.find("\r\n"); end != std::string::npos; start = end + 2, end = wire.find("\r\n", start)) {
+        EXPECT_LE(end + 2 - start, max_reply_line_octets);
+        EXPECT_TRUE(is_safe_reply_text(std::string_view(wire).substr(start, end - start)));
+      }
+    }
+  }
+}
+
+TEST(SanitizedReplyText, Table) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"", ""},
+      {"Ok", "Ok"},
+      {"<a@b>: rejected (see https://x/y?z=1)", "<a@b>: rejected (see https://x/y?z=1)"},
+      {"a\tb", "a b"},
+      {"a\r\n250 b", "a??250 b"},
+      {"\0"s, "?"},
+      {"\x01\x1f\x7f\x80\xff", "?????"},
+      {"caf\xc3\xa9", "caf??"},
+      {std::string(500, 'a'), std::string(500, 'a')},
+      {std::string(501, 'a'), std::string(500, 'a')},
+      {std::string(5000, '\xe9'), std::string(500, '?')},
+  };
+  for (const auto& [in, want] : cases)
+    EXPECT_EQ(sanitized_reply_text(in, 500), want) << '"' << in.substr(0, 40) << '"';
+  EXPECT_EQ(sanitized_reply_text("abc", 0), "");
+  // 512 octets = "ddd-" + status and its space + text + CRLF.
+  static_assert(max_reply_text("") == 500);
+  static_assert(max_reply_text("2.0.0") == 500);
+  static_assert(max_reply_text("5.10.0") == 499);
+  static_assert(max_reply_text("5.123.456") == 496);
+}
+
+// ---------------------------------------------------------------------------
+// fit: which replies each command may get (RFC 5321 §4.3.2). A positive reply
+// out of place means the upstream is out of step (an extra 354 after a RCPT
+// reply would otherwise pass for DATA's go-ahead).
+
+TEST(ReplyFit, Table) {
+  using enum reply_fit;
+  struct row {
+    reply_to what;
+    int code;
+    reply_fit want;
+  };
+  const std::vector<row> cases = {
+      {reply_to::greeting, 220, success},   {reply_to::greeting, 421, refusal},
+      {reply_to::greeting, 554, refusal},   {reply_to::greeting, 250, out_of_place},
+      {reply_to::greeting, 354, out_of_place},
+      {reply_to::ehlo, 250, success},       {reply_to::ehlo, 502, refusal},
+      {reply_to::ehlo, 220, out_of_place},  {reply_to::ehlo, 251, out_of_place},
+      {reply_to::helo, 250, success},       {reply_to::helo, 504, refusal},
+      {reply_to::helo, 354, out_of_place},
+      {reply_to::starttls, 220, success},   {reply_to::starttls, 454, refusal},
+      {reply_to::starttls, 250, out_of_place},
+      {reply_to::xclient, 220, success},    {reply_to::xclient, 550, refusal},
+      {reply_to::xclient, 503, refusal},    {reply_to::xclient, 250, out_of_place},
+      {reply_to::xforward, 250, success},   {reply_to::xforward, 550, refusal},
+      {reply_to::xforward, 220, out_of_place},
+      {reply_to::mail, 250, success},       {reply_to::mail, 451, refusal},
+      {reply_to::mail, 452, refusal},       {reply_to::mail, 550, refusal},
+      {reply_to::mail, 555, refusal},       {reply_to::mail, 251, out_of_place},
+      {reply_to::mail, 354, out_of_place},  {reply_to::mail, 221, out_of_place},
+      {reply_to::mail, 220, out_of_place},  {reply_to::mail, 252, out_of_place},
+      {reply_to::rcpt, 250, success},       {reply_to::rcpt, 251, success},
+      {reply_to::rcpt, 450, refusal},       {reply_to::rcpt, 550, refusal},
+      {reply_to::rcpt, 421, refusal},       {reply_to::rcpt, 354, out_of_place},
+      {reply_to::rcpt, 221, out_of_place},  {reply_to::rcpt, 252, out_of_place},
+      {reply_to::rcpt, 220, out_of_place},
+      {reply_to::data, 354, success},       {reply_to::data, 451, refusal},
+      {reply_to::data, 554, refusal},       {reply_to::data, 250, out_of_place},
+      {reply_to::data, 221, out_of_place},
+      {reply_to::end_of_data, 250, success}, {reply_to::end_of_data, 452, refusal},
+      {reply_to::end_of_data, 554, refusal}, {reply_to::end_of_data, 354, out_of_place},
+      {reply_to::end_of_data, 251, out_of_place}, {reply_to::end_of_data, 221, out_of_place},
+      {reply_to::rset, 250, success},       {reply_to::rset, 354, out_of_place},
+      {reply_to::rset, 500, refusal},
+      {reply_to::quit, 221, success},       {reply_to::quit, 250, out_of_place},
+      {reply_to::quit, 421, refusal},
+      // Never a reply in SMTP at all.
+      {reply_to::data, 154, out_of_place},  {reply_to::mail, 0, out_of_place},
+      {reply_to::mail, 600, out_of_place},  {reply_to::mail, 399, out_of_place},
+  };
+  for (const auto& c : cases)
+    EXPECT_EQ(fit(c.what, c.code), c.want) << name(c.what) << " " << c.code;
+}
+
+TEST(ReplyTo, Names) {
+  EXPECT_EQ(name(reply_to::greeting), "greeting");
+  EXPECT_EQ(name(reply_to::end_of_data), "end of data");
+  EXPECT_EQ(name(reply_to::mail), "MAIL");
+  EXPECT_EQ(name(reply_to::xclient), "XCLIENT");
 }
 
 // with_status: an upstream without ENHANCEDSTATUSCODES still gives the client
