@@ -1,7 +1,8 @@
 // Local delivery into a Maildir (the `maildir:PATH` upstream): for the quick
-// start and for hosts with no mail server. Each recipient gets its own copy
-// with Return-Path and Delivered-To, written to tmp/, synced, then renamed
-// into new/ — the 250 is given only once every copy is on disk.
+// start and for hosts with no mail server. One Maildir is one mailbox, so a
+// transaction is one file whatever its recipients (maildir_delivery.hpp):
+// Return-Path and one Delivered-To per recipient, written to tmp/, synced,
+// then renamed into new/. The 250 is given once it is in new/.
 #pragma once
 
 #include "upstream/upstream.hpp"
