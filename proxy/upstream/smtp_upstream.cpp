@@ -1,4 +1,15 @@
 // The upstream as an SMTP client (RFC 5321 §3, §4.5.3.2 timeouts).
+//
+// Lock step: one command at a time, never pipelined, so the upstream owes us
+// exactly one reply per command, and that reply must be one the command can
+// get (RFC 5321 §4.3.2, smtp::fit). A reply out of place, or bytes the
+// upstream sends while it owes us nothing, mean the two ends are out of step
+// (a stray 354 after a RCPT reply would pass for DATA's go-ahead, and the
+// message's final reply would then be that DATA's 354): the connection is
+// dropped, the client gets 451 4.3.0, and the next MAIL opens a fresh one.
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <map>
 #include <set>
 #include <sstream>
@@ -6,7 +17,7 @@
 #include "log.hpp"
 #include "net/line_stream.hpp"
 #include "net/network.hpp"
-#include "session/state.hpp"
+#include "state/connection_state.hpp"
 #include "smtp/dot_decoder.hpp"
 #include "smtp/text.hpp"
 #include "upstream/maildir_upstream.hpp"
@@ -16,15 +27,58 @@ namespace portcullis {
 
 using namespace asio::experimental::awaitable_operators;
 
+std::string_view name(upstream_failure f) {
+  switch (f) {
+    case upstream_failure::unreachable: return "unreachable";
+    case upstream_failure::timeout: return "timeout";
+    case upstream_failure::lost: return "lost";
+    case upstream_failure::protocol: return "protocol";
+    case upstream_failure::tls: return "tls";
+    case upstream_failure::client_info_refused: return "client_info_refused";
+  }
+  return "?";
+}
+
+smtp::reply failure_reply(upstream_failure f) {
+  switch (f) {
+    case upstream_failure::unreachable:
+    case upstream_failure::timeout:
+    case upstream_failure::lost: return {451, "4.4.1", "Upstream server unavailable, try again later"};
+    case upstream_failure::protocol:
+    case upstream_failure::client_info_refused: return {451, "4.3.0", "Upstream server error, try again later"};
+    case upstream_failure::tls: return {451, "4.7.5", "Upstream server TLS failure, try again later"};
+  }
+  return {451, "4.3.0", "Upstream server error, try again later"};
+}
+
 namespace {
 
-// An upstream reply line longer than this is nonsense (RFC 5321 §4.5.3.1.5 says 512).
-constexpr std::size_t max_reply_line = 4096;
+// The longest reply line we read at all. RFC 5321 §4.5.3.1.5 says 512 octets;
+// longer ones up to this are taken and cut (smtp::sanitized_reply_text),
+// beyond it the upstream is answering nonsense.
+constexpr std::size_t max_reply_read = 4096;
 constexpr std::size_t max_reply_lines = 100;
 constexpr std::chrono::seconds quit_timeout{5};  // we do not wait long to say goodbye
 
-smtp::reply unavailable() { return {451, "4.4.1", "Upstream server unavailable, try again later"}; }
-smtp::reply nonsense() { return {451, "4.3.0", "Upstream server error, try again later"}; }
+using smtp::reply_fit;
+using smtp::reply_to;
+
+// What one command got back.
+struct answer {
+  smtp::reply reply;                        // the upstream's, or failure_reply(*failed)
+  std::optional<upstream_failure> failed;   // set: no usable reply; the connection is closed
+  reply_fit fit = reply_fit::out_of_place;  // with !failed: success or refusal
+  bool ok() const { return !failed && fit == reply_fit::success; }
+};
+
+// A connection set-up (or identification) that did not succeed: why, and the
+// upstream's own reply when it is worth passing on (a 421 or 4xx greeting).
+struct setup_failure {
+  upstream_failure kind;
+  std::optional<smtp::reply> upstream_reply = std::nullopt;
+  smtp::reply client_reply() const { return upstream_reply ? *upstream_reply : failure_reply(kind); }
+};
+using setup_result = std::optional<setup_failure>;  // nullopt: ready
 
 class smtp_upstream final : public upstream {
  public:
@@ -51,22 +105,10 @@ class smtp_upstream final : public upstream {
   awaitable<smtp::reply> mail_once(const smtp::address& sender, const mail_options& options) {
     if (!stream_) {
       auto failure = co_await connect();
-      if (failure) co_return *failure;
+      if (failure) co_return failure->client_reply();
     }
-    if (cfg_.client_info == client_info_mode::xforward) {
-      // XFORWARD attributes hold for the next transaction only: sent before each MAIL.
-      const std::string attributes = client_attributes("XFORWARD");
-      if (attributes.empty()) {
-        log_.error("upstream: upstream.client_info = \"xforward\" but the upstream does not offer XFORWARD to us");
-        co_return fail("no XFORWARD", true);
-      }
-      const std::string line = "XFORWARD" + attributes;
-      auto forwarded = co_await command(line, "XFORWARD");
-      if (forwarded.code != 250) {
-        log_.error("upstream: XFORWARD refused: {}", printable(forwarded.summary()));
-        co_return fail("XFORWARD refused", true);
-      }
-    }
+    auto identified = co_await identify();
+    if (identified) co_return identified->client_reply();
     std::string cmd = "MAIL FROM:<" + sender.str() + ">";
     if (options.size && caps_.count("SIZE")) cmd += " SIZE=" + std::to_string(*options.size);
     if (options.body_8bit) {
@@ -78,25 +120,23 @@ class smtp_upstream final : public upstream {
       if (!caps_.count("SMTPUTF8")) co_return smtp::reply{553, "5.6.7", "Upstream server does not support SMTPUTF8"};
       cmd += " SMTPUTF8";
     }
-    auto r = co_await command(cmd, "MAIL");  // cmd is a named local: see asio.hpp
-    in_transaction_ = r.positive();
-    co_return r;
+    auto a = co_await command(cmd, reply_to::mail);  // cmd is a named local: see asio.hpp
+    in_transaction_ = a.ok();
+    co_return std::move(a.reply);
   }
 
   awaitable<smtp::reply> rcpt(const smtp::address& recipient) override {
-    if (!stream_) co_return unavailable();
+    if (!stream_) co_return failure_reply(upstream_failure::lost);
     const std::string line = "RCPT TO:<" + recipient.str() + ">";
-    auto r = co_await command(line, "RCPT");
-    co_return r;
+    auto a = co_await command(line, reply_to::rcpt);
+    co_return std::move(a.reply);
   }
 
   awaitable<smtp::reply> data(std::string_view header, std::string_view message) override {
-    if (!stream_) co_return unavailable();
-    auto go_ahead = co_await command("DATA", "DATA");
-    if (go_ahead.code != 354) {
-      if (go_ahead.positive()) co_return fail("a non-354 positive reply to DATA", true);
-      co_return go_ahead;
-    }
+    if (!stream_) co_return failure_reply(upstream_failure::lost);
+    const std::string line = "DATA";
+    auto go_ahead = co_await command(line, reply_to::data);
+    if (!go_ahead.ok()) co_return std::move(go_ahead.reply);  // its refusal, or a failure (a 250 is one)
     // One gather write: our header, then the body as dot-stuffed slices of itself.
     const auto pieces = smtp::dot_stuffed_pieces(message);
     std::vector<asio::const_buffer> buffers;
@@ -104,17 +144,18 @@ class smtp_upstream final : public upstream {
     buffers.emplace_back(header.data(), header.size());
     for (auto p : pieces) buffers.emplace_back(p.data(), p.size());
     const bool written = co_await stream_->write(buffers, cfg_.timeout);
-    if (!written) co_return fail(write_failure("sending the message"), false);
-    auto r = co_await read_reply("end of data");
+    if (!written) co_return fail(write_failure_kind(), write_failure("sending the message")).reply;
+    auto final_reply = co_await read_reply(reply_to::end_of_data);
     in_transaction_ = false;
-    co_return r;
+    co_return std::move(final_reply.reply);
   }
 
   awaitable<void> reset() override {
     if (!stream_ || !in_transaction_) co_return;
-    auto r = co_await command("RSET", "RSET");
+    const std::string line = "RSET";
+    auto a = co_await command(line, reply_to::rset);
     in_transaction_ = false;
-    if (r.code != 250) close();
+    if (!a.ok()) close();
   }
 
   bool connected() const override { return stream_.has_value(); }
@@ -122,77 +163,73 @@ class smtp_upstream final : public upstream {
   awaitable<void> quit() override {
     if (!stream_) co_return;
     const bool written = co_await stream_->write(std::string_view("QUIT\r\n"), quit_timeout);
-    if (written) (void)co_await stream_->read_line(max_reply_line, quit_timeout);
+    if (written) (void)co_await stream_->read_line(max_reply_read, quit_timeout);
     close();
   }
 
  private:
-  // Connects, reads the greeting, EHLOs. Returns a reply only on failure.
+  // The config's choices (one place to read them).
+  bool starttls_never() const { return cfg_.starttls == starttls_mode::never; }
+  bool starttls_opportunistic() const { return cfg_.starttls == starttls_mode::opportunistic; }
+  bool starttls_required() const { return cfg_.starttls == starttls_mode::required; }
+  bool sends_xclient() const { return cfg_.client_info == client_info_mode::xclient; }
+  bool sends_xforward() const { return cfg_.client_info == client_info_mode::xforward; }
+
   // Connects, reads the greeting, EHLOs, and secures the connection as
-  // upstream.starttls says. An opportunistic STARTTLS whose handshake fails
-  // is retried once in clear on a new connection (as Postfix's "may" level).
-  awaitable<std::optional<smtp::reply>> connect() {
-    auto failure = co_await connect_and_identify(true);
-    if (failure && failure->status == "4.7.5" && cfg_.starttls == starttls_mode::opportunistic &&
+  // upstream.starttls says. An opportunistic STARTTLS that fails is retried
+  // once in clear on a new connection (as Postfix's "may" level).
+  awaitable<setup_result> connect() {
+    auto failure = co_await connect_once(true);
+    if (failure && failure->kind == upstream_failure::tls && starttls_opportunistic() &&
         cfg_.scheme == upstream_config::kind::smtp) {
       log_.warn("upstream: retrying without TLS (upstream.starttls = \"opportunistic\")");
-      auto plain = co_await connect_and_identify(false);
+      auto plain = co_await connect_once(false);
       co_return plain;
     }
     co_return failure;
   }
 
-  awaitable<std::optional<smtp::reply>> connect_once(bool try_starttls) {
+  awaitable<setup_result> connect_once(bool try_starttls) {
     auto endpoints = co_await resolve();
-    if (!endpoints) co_return unavailable();
+    if (!endpoints) co_return setup_failure{upstream_failure::unreachable};
     stream_.emplace(tcp::socket(io_));
     const auto ec = co_await stream_->connect(*endpoints, cfg_.timeout);
     if (ec) {
       log_.warn("upstream: cannot connect to {}:{}: {}", cfg_.host, cfg_.port, ec.message());
       close();
-      co_return unavailable();
+      co_return setup_failure{upstream_failure::unreachable};
     }
     if (cfg_.scheme == upstream_config::kind::smtps) {  // RFC 8314: TLS from the first byte
       const bool secured = co_await secure();
-      if (!secured) co_return tls_failure();
+      if (!secured) co_return setup_failure{upstream_failure::tls};
     }
     auto ready = co_await greet_and_ehlo();
     if (ready) co_return ready;
-    if (cfg_.scheme != upstream_config::kind::smtp || cfg_.starttls == starttls_mode::never) co_return std::nullopt;
+    if (cfg_.scheme != upstream_config::kind::smtp || starttls_never()) co_return std::nullopt;
     if (!caps_.count("STARTTLS") || !try_starttls) {
-      if (cfg_.starttls == starttls_mode::required) {
+      if (starttls_required()) {
         log_.error("upstream: STARTTLS required but {}", try_starttls ? "not offered" : "it failed");
         close();
-        co_return tls_failure();
+        co_return setup_failure{upstream_failure::tls};
       }
       co_return std::nullopt;  // opportunistic: in clear
     }
-    auto go_ahead = co_await command("STARTTLS", "STARTTLS");
-    if (go_ahead.code != 220) {
-      log_.warn("upstream: STARTTLS refused: {}", printable(go_ahead.summary()));
-      close();
-      co_return tls_failure();
-    }
+    const std::string line = "STARTTLS";
+    auto go_ahead = co_await command(line, reply_to::starttls);
     // Anything the upstream sent after its 220 came in clear: a response
-    // injection (the client side of CVE-2011-0411). Nothing of it is used.
-    if (stream_->has_buffered_input()) {
-      log_.error("upstream: data after the 220 to STARTTLS (response injection?); dropping the connection");
+    // injection (the client side of CVE-2011-0411). read_reply() dropped the
+    // connection for it (a protocol failure, never retried in clear).
+    if (go_ahead.failed == upstream_failure::protocol) co_return setup_failure{upstream_failure::protocol};
+    if (!go_ahead.ok()) {
+      if (!go_ahead.failed) log_.warn("upstream: STARTTLS refused: {}", printable(go_ahead.reply.summary()));
       close();
-      co_return nonsense();
+      co_return setup_failure{upstream_failure::tls};
     }
     const bool secured = co_await secure();
-    if (!secured) co_return tls_failure();
+    if (!secured) co_return setup_failure{upstream_failure::tls};
     // RFC 3207 §4.2: forget what the upstream said before TLS; EHLO again.
-    auto again = co_await ehlo();
+    auto again = co_await ehlo(cfg_.helo);
     co_return again;
-  }
-
-  // After TLS: XCLIENT when configured (its 220 and our new EHLO end the set-up).
-  awaitable<std::optional<smtp::reply>> connect_and_identify(bool try_starttls) {
-    auto failure = co_await connect_once(try_starttls);
-    if (failure || cfg_.client_info != client_info_mode::xclient) co_return failure;
-    auto identified = co_await send_xclient();
-    co_return identified;
   }
 
   awaitable<bool> secure() {
@@ -207,7 +244,47 @@ class smtp_upstream final : public upstream {
     co_return true;
   }
 
-  static smtp::reply tls_failure() { return {451, "4.7.5", "Upstream server TLS failure, try again later"}; }
+  // Before each MAIL: tell the upstream who the client is. XFORWARD holds for
+  // one transaction, so it goes every time. XCLIENT holds for the connection,
+  // so it goes whenever what it would say differs from what it last said on
+  // this connection: the first time, and after an AUTH, a STARTTLS that
+  // cleared the login, or a new HELO. Otherwise the upstream would decide
+  // relaying on a stale LOGIN=.
+  awaitable<setup_result> identify() {
+    if (sends_xclient()) {
+      const std::string attributes = client_attributes("XCLIENT");
+      if (attributes.empty()) {
+        log_.error("upstream: upstream.client_info = \"xclient\" but the upstream does not offer XCLIENT to us");
+        close();
+        co_return setup_failure{upstream_failure::client_info_refused};
+      }
+      if (attributes == xclient_sent_) co_return std::nullopt;
+      if (in_transaction_) {
+        // Postfix refuses XCLIENT inside a transaction (503); the session resets before MAIL, but be sure.
+        co_await reset();
+        if (!stream_) co_return setup_failure{upstream_failure::lost};
+      }
+      auto sent = co_await send_xclient(attributes);
+      co_return sent;
+    }
+    if (sends_xforward()) {
+      const std::string attributes = client_attributes("XFORWARD");
+      if (attributes.empty()) {
+        log_.error("upstream: upstream.client_info = \"xforward\" but the upstream does not offer XFORWARD to us");
+        close();
+        co_return setup_failure{upstream_failure::client_info_refused};
+      }
+      const std::string line = "XFORWARD" + attributes;
+      auto forwarded = co_await command(line, reply_to::xforward);
+      if (forwarded.failed) co_return setup_failure{*forwarded.failed};
+      if (!forwarded.ok()) {
+        log_.error("upstream: XFORWARD refused: {}", printable(forwarded.reply.summary()));
+        close();
+        co_return setup_failure{upstream_failure::client_info_refused};
+      }
+    }
+    co_return std::nullopt;
+  }
 
   // XCLIENT / XFORWARD attributes the upstream asked for, xtext-encoded
   // (RFC 3461 §4): NAME ADDR PORT PROTO HELO LOGIN.
@@ -247,61 +324,56 @@ class smtp_upstream final : public upstream {
   }
 
   // Postfix XCLIENT: the upstream then treats us as the client itself and
-  // greets again. Refused, we fail closed: relaying as 127.0.0.1 could make
-  // the upstream trust every client.
-  awaitable<std::optional<smtp::reply>> send_xclient() {
-    const std::string attributes = client_attributes("XCLIENT");
-    if (attributes.empty()) {
-      log_.error("upstream: upstream.client_info = \"xclient\" but the upstream does not offer XCLIENT to us");
-      close();
-      co_return nonsense();
-    }
+  // greets again; we EHLO again (XCLIENT_README). Refused, we fail closed:
+  // relaying as 127.0.0.1 could make the upstream trust every client.
+  awaitable<setup_result> send_xclient(const std::string& attributes) {
     const std::string line = "XCLIENT" + attributes;
-    auto greeting = co_await command(line, "XCLIENT");
-    if (greeting.code != 220) {
-      log_.error("upstream: XCLIENT refused: {}", printable(greeting.summary()));
+    auto greeting = co_await command(line, reply_to::xclient);
+    if (greeting.failed) co_return setup_failure{*greeting.failed};
+    if (!greeting.ok()) {
+      log_.error("upstream: XCLIENT refused: {}", printable(greeting.reply.summary()));
       close();
-      co_return nonsense();
+      co_return setup_failure{upstream_failure::client_info_refused};
     }
+    xclient_sent_ = attributes;
     // Our EHLO now speaks for the client: its name, or XCLIENT's HELO would be overwritten.
     const std::string name = client_.helo.empty() ? cfg_.helo : client_.helo;
     auto again = co_await ehlo(name);
     co_return again;
   }
 
-  awaitable<std::optional<smtp::reply>> greet_and_ehlo() {
-    auto greeting = co_await read_reply("greeting");
-    if (greeting.code != 220) {
-      if (stream_) log_.warn("upstream: greeting refused: {}", printable(greeting.summary()));
+  awaitable<setup_result> greet_and_ehlo() {
+    auto greeting = co_await read_reply(reply_to::greeting);
+    if (greeting.failed) co_return setup_failure{*greeting.failed};
+    if (!greeting.ok()) {
+      if (stream_) log_.warn("upstream: greeting refused: {}", printable(greeting.reply.summary()));
       close();
-      co_return greeting.code == 421 || greeting.transient() ? greeting : unavailable();
+      // A 421 or 4xx greeting is the upstream's own word for "later": the client hears it.
+      if (greeting.reply.transient()) co_return setup_failure{upstream_failure::unreachable, greeting.reply};
+      co_return setup_failure{upstream_failure::unreachable};
     }
-    auto capabilities = co_await ehlo();
+    auto capabilities = co_await ehlo(cfg_.helo);
     co_return capabilities;
   }
 
-  // EHLO (HELO when refused) and the upstream's extensions; a reply on failure.
-  awaitable<std::optional<smtp::reply>> ehlo() {
-    auto result = co_await ehlo(cfg_.helo);
-    co_return result;
-  }
-
-  awaitable<std::optional<smtp::reply>> ehlo(const std::string& name) {
+  // EHLO (HELO when refused) and the upstream's extensions.
+  awaitable<setup_result> ehlo(const std::string& name) {
     const std::string line = "EHLO " + name;
-    auto ehlo = co_await command(line, "EHLO");
-    if (ehlo.permanent() && stream_) {
+    auto ehlo = co_await command(line, reply_to::ehlo);
+    if (!ehlo.failed && ehlo.reply.permanent() && stream_) {
       const std::string helo_line = "HELO " + name;
-      auto helo = co_await command(helo_line, "HELO");  // RFC 5321 §3.2
+      auto helo = co_await command(helo_line, reply_to::helo);  // RFC 5321 §3.2
       ehlo = std::move(helo);
     }
-    if (ehlo.code != 250) {
-      if (stream_) log_.warn("upstream: EHLO refused: {}", printable(ehlo.summary()));
+    if (ehlo.failed) co_return setup_failure{*ehlo.failed};
+    if (!ehlo.ok()) {
+      if (stream_) log_.warn("upstream: EHLO refused: {}", printable(ehlo.reply.summary()));
       close();
-      co_return unavailable();
+      co_return setup_failure{upstream_failure::unreachable};
     }
     caps_.clear();
-    for (std::size_t i = 1; i < ehlo.lines.size(); ++i) {
-      const auto& l = ehlo.lines[i];
+    for (std::size_t i = 1; i < ehlo.reply.lines.size(); ++i) {
+      const auto& l = ehlo.reply.lines[i];
       const auto sp = l.find(' ');
       caps_[smtp::to_upper(std::string_view(l).substr(0, sp))] = sp == std::string::npos ? "" : l.substr(sp + 1);
     }
@@ -327,56 +399,100 @@ class smtp_upstream final : public upstream {
     co_return std::get<0>(resolved);
   }
 
-  awaitable<smtp::reply> command(const std::string& line, const char* stage) {
+  awaitable<answer> command(const std::string& line, reply_to what) {
+    if (unsolicited_input())
+      co_return fail(upstream_failure::protocol, "unsolicited data from the upstream before " + std::string(name(what)) +
+                                                     "; dropping the connection");
     const std::string wire = line + "\r\n";
     const bool written = co_await stream_->write(std::string_view(wire), cfg_.timeout);
-    if (!written) co_return fail(write_failure(stage), false);
-    auto r = co_await read_reply(stage);
-    co_return r;
+    if (!written) co_return fail(write_failure_kind(), write_failure(std::string(name(what))));
+    auto a = co_await read_reply(what);
+    co_return a;
   }
 
-  awaitable<smtp::reply> read_reply(const char* stage) {
+  // The one reply the upstream owes us for `what`.
+  awaitable<answer> read_reply(reply_to what) {
+    const std::string stage(name(what));
     smtp::reply_parser parser;
     for (std::size_t n = 0; n < max_reply_lines; ++n) {
-      auto line = co_await stream_->read_line(max_reply_line, cfg_.timeout);
+      auto line = co_await stream_->read_line(max_reply_read, cfg_.timeout);
       switch (line.st) {
         case line_stream::status::ok: break;
-        case line_stream::status::timeout: co_return fail(std::string("timed out waiting for the reply to ") + stage, false);
-        case line_stream::status::too_long: co_return fail(std::string("over-long reply line to ") + stage, true);
-        default: co_return fail(std::string("connection lost waiting for the reply to ") + stage, false);
+        case line_stream::status::timeout:
+          co_return fail(upstream_failure::timeout, "timed out waiting for the reply to " + stage);
+        case line_stream::status::too_long:
+          co_return fail(upstream_failure::protocol, "over-long reply line to " + stage);
+        default: co_return fail(upstream_failure::lost, "connection lost waiting for the reply to " + stage);
       }
       switch (parser.feed_line(line.text)) {
         case smtp::reply_parser::state::need_more: continue;
         case smtp::reply_parser::state::malformed:
-          co_return fail(std::string("malformed reply to ") + stage + ": " + printable(line.text), true);
-        case smtp::reply_parser::state::complete: {
-          auto r = parser.take();
-          if (r.code == 421) {
-            // RFC 5321 §3.8: the upstream is closing; so do we, cleanly.
-            log_.warn("upstream: closing at {}: {}", stage, printable(r.summary()));
-            close();
-          }
-          co_return r;
-        }
+          co_return fail(upstream_failure::protocol, "malformed reply to " + stage + ": " + printable(line.text));
+        case smtp::reply_parser::state::complete: break;
       }
+      auto r = parser.take();
+      if (r.code == 421) {
+        // RFC 5321 §3.8: the upstream is closing; so do we, cleanly.
+        log_.warn("upstream: closing at {}: {}", stage, printable(r.summary()));
+        close();
+        co_return answer{std::move(r), std::nullopt, reply_fit::refusal};
+      }
+      const auto fits = smtp::fit(what, r.code);
+      if (fits == reply_fit::out_of_place)
+        co_return fail(upstream_failure::protocol,
+                       "a " + std::to_string(r.code) + " reply does not answer " + stage + " (RFC 5321 §4.3.2): " +
+                           printable(r.summary()) + "; dropping the connection");
+      // Lock step: nothing more is owed until our next command.
+      if (stream_->has_buffered_input()) {
+        if (what == reply_to::end_of_data && fits == reply_fit::success) {
+          // The upstream took the message (RFC 5321 §6.1: its 250 takes on
+          // responsibility for it): a 451 now would make the client send it
+          // twice. The client hears the 250; the connection is not reused.
+          log_.warn("upstream: unsolicited data after the 250 to end of data (the message is queued upstream); "
+                    "dropping the connection");
+          close();
+          co_return answer{std::move(r), std::nullopt, fits};
+        }
+        co_return fail(upstream_failure::protocol, "unsolicited data after the reply to " + stage +
+                                                       " (out of step, or a response injection); dropping the connection");
+      }
+      co_return answer{std::move(r), std::nullopt, fits};
     }
-    co_return fail(std::string("too many reply lines to ") + stage, true);
+    co_return fail(upstream_failure::protocol, "too many reply lines to " + stage);
+  }
+
+  // Bytes from the upstream while it owes us no reply. In clear, a look at
+  // the socket (MSG_PEEK) sees what came after the last reply's segment too.
+  // Under TLS only what TLS decrypted counts: raw bytes may be TLS's own
+  // records (a late session ticket), and what they carry is caught by
+  // read_reply's check or by the next reply not fitting its command.
+  bool unsolicited_input() {
+    if (stream_->has_buffered_input()) return true;
+    if (stream_->tls_active()) return false;
+    char byte;
+    const ssize_t n = ::recv(stream_->socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n > 0;  // 0: closed (the write or read that follows says so); -1: nothing waiting
+  }
+
+  upstream_failure write_failure_kind() const {
+    return stream_->last_status() == line_stream::status::timeout ? upstream_failure::timeout : upstream_failure::lost;
   }
 
   std::string write_failure(const std::string& stage) const {
     return (stream_->last_status() == line_stream::status::timeout ? "write timed out at " : "write failed at ") + stage;
   }
 
-  smtp::reply fail(const std::string& why, bool protocol_error) {
+  answer fail(upstream_failure kind, const std::string& why) {
     log_.warn("upstream: {}", why);
     close();
-    return protocol_error ? nonsense() : unavailable();
+    return answer{failure_reply(kind), kind, reply_fit::out_of_place};
   }
 
   void close() {
     if (stream_) stream_->close();
     stream_.reset();
     in_transaction_ = false;
+    xclient_sent_.clear();
   }
 
   const upstream_config& cfg_;
@@ -387,6 +503,7 @@ class smtp_upstream final : public upstream {
   std::shared_ptr<tls_client_context> tls_;
   std::map<std::string, std::string> caps_;  // EHLO keyword (upper case) -> its parameters
   bool in_transaction_ = false;
+  std::string xclient_sent_;  // the attributes of the last XCLIENT the upstream took on this connection
 };
 
 }  // namespace

@@ -1,8 +1,9 @@
 // Where accepted mail goes: the upstream MTA over SMTP, or a Maildir.
 // The session drives it in lock step, one command at a time, and hands the
 // client whatever reply comes back. An upstream never throws: a failure to
-// reach or understand the upstream is itself a reply (451 4.4.1 / 4.3.0),
-// after which the upstream is closed and reconnects on the next MAIL.
+// reach or understand the upstream is itself a reply (failure_reply: 451
+// 4.4.1 / 4.3.0 / 4.7.5), after which the upstream is closed and reconnects
+// on the next MAIL.
 #pragma once
 
 #include <memory>
@@ -14,18 +15,29 @@
 #include "asio.hpp"
 #include "config/config.hpp"
 #include "smtp/address.hpp"
+#include "smtp/mail_options.hpp"
 #include "smtp/reply.hpp"
 
 namespace portcullis {
 
 class session_log;
 
-// What MAIL FROM carried besides the address (RFC 1870, 6152, 6531).
-struct mail_options {
-  std::optional<std::uint64_t> size;
-  bool body_8bit = false;
-  bool smtputf8 = false;
+using smtp::mail_options;  // what MAIL FROM carried besides the address
+
+// Why the upstream could not serve, as opposed to what it replied. Each kind
+// has exactly one reply to the client (failure_reply).
+enum class upstream_failure {
+  unreachable,          // cannot resolve or connect; greeting or EHLO refused
+  timeout,              // no reply, or no write progress, within upstream.timeout (RFC 5321 §4.5.3.2)
+  lost,                 // the connection broke
+  protocol,             // not a reply, a reply out of place (RFC 5321 §4.3.2), or unsolicited bytes
+  tls,                  // STARTTLS to the upstream required but not offered, refused or failed
+  client_info_refused,  // XCLIENT/XFORWARD not offered or refused: fail closed, never relay as ourselves
 };
+// For logs: "unreachable", "timeout", ...
+std::string_view name(upstream_failure f);
+// 451 4.4.1 (unreachable, timeout, lost), 451 4.3.0 (protocol, client info), 451 4.7.5 (tls).
+smtp::reply failure_reply(upstream_failure f);
 
 class upstream {
  public:

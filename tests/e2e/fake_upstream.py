@@ -20,6 +20,14 @@ A behaviour is either reply text ("451 4.3.0 busy"; multi-line replies use
     "garbage"  answer "xyz"
     "421"      answer "421 4.3.2 fake.upstream closing" and close
     "TEXT|close"  answer TEXT, then close (e.g. a 250 followed by an idle 421)
+    b"BYTES"   send exactly these bytes (no CRLF added): 8-bit text, bare endings
+    {"send": TEXT, "then": TEXT2, "delay": SECONDS}
+               answer TEXT, then SECONDS later send TEXT2 unasked (str or
+               bytes each; a str gets CRLF): a reply in one segment and
+               unsolicited bytes in another
+
+Hostile replies are plain text too: "250 ok\r\n354 go" answers and adds an
+unsolicited 354 in the same segment; "354 go" to MAIL is a reply out of place.
 
 A list of behaviours is consumed one per occurrence of the stage (across all
 connections); when it runs out the default reply is used. So {"MAIL": ["stall"]}
@@ -194,11 +202,31 @@ class FakeUpstream:
             self.connections.append(conn)
         buf = bytearray()
 
-        def send(text: str) -> None:
-            sock.sendall(text.encode("utf-8") + b"\r\n")
+        def send(text: str | bytes) -> None:
+            sock.sendall(text if isinstance(text, bytes) else text.encode("utf-8") + b"\r\n")
+
+        def send_later(text: str | bytes, delay: float) -> None:
+            def later():
+                if self._stop.wait(delay):
+                    return
+                try:
+                    send(text)
+                except OSError:
+                    pass
+
+            t = threading.Thread(target=later, name="fake-upstream-later", daemon=True)
+            t.start()
+            self._threads.append(t)
 
         def act(behaviour) -> bool:
             """Carries out a behaviour; False when the connection is over."""
+            if isinstance(behaviour, dict):
+                send(behaviour["send"])
+                send_later(behaviour["then"], float(behaviour.get("delay", 0.2)))
+                return True
+            if isinstance(behaviour, bytes):
+                send(behaviour)
+                return True
             if behaviour == "close":
                 return False
             if behaviour == "stall":
@@ -260,14 +288,14 @@ class FakeUpstream:
                 verb = line.split(" ", 1)[0].upper()
                 if verb == "MAIL":
                     b = self._behaviour("MAIL")
-                    if isinstance(b, str) and b.startswith("250"):
+                    if _starts(b, "250"):
                         mail_from, rcpts, mail_line = _angle(line), [], line
                     if not act(b):
                         return
                 elif verb == "RCPT":
                     addr = _angle(line)
                     b = self._behaviour(f"RCPT {addr}", "RCPT")
-                    if isinstance(b, str) and b.startswith("250"):
+                    if _starts(b, "250"):
                         rcpts.append(addr)
                     if not act(b):
                         return
@@ -275,7 +303,7 @@ class FakeUpstream:
                     b = self._behaviour("DATA")
                     if not act(b):
                         return
-                    if not (isinstance(b, str) and b.startswith("354")):
+                    if not _starts(b, "354"):
                         continue
                     # The message: up to CRLF.CRLF; the BODY stage fires on its first bytes.
                     while not buf:
@@ -298,7 +326,7 @@ class FakeUpstream:
                     wire = bytes(buf[: end + 2])
                     del buf[: end + 5]
                     b = self._behaviour("DOT")
-                    if isinstance(b, str) and b.startswith("250"):
+                    if _starts(b, "250"):
                         with self._lock:
                             self.messages.append(Message(mail_from, list(rcpts), wire, _unstuff(wire), mail_line))
                     mail_from, rcpts = None, []
@@ -320,6 +348,15 @@ class FakeUpstream:
                 sock.close()
             except OSError:
                 pass
+
+
+def _starts(behaviour, code: str) -> bool:
+    """Does this behaviour answer with `code` (first, when it says more)?"""
+    if isinstance(behaviour, dict):
+        behaviour = behaviour["send"]
+    if isinstance(behaviour, bytes):
+        return behaviour.startswith(code.encode())
+    return isinstance(behaviour, str) and behaviour.startswith(code)
 
 
 def _angle(line: str) -> str:

@@ -58,7 +58,7 @@ CASES = [
     ("data-554", {"DATA": ["554 5.0.0 no"]}, [OK_MAIL, OK_RCPT, OK_RCPT, OK_RCPT, GO, (554, "5.0.0", "no")], None, None, False),
     ("data-451", {"DATA": ["451 4.3.0 not now"]}, [OK_MAIL, OK_RCPT, OK_RCPT, OK_RCPT, GO, (451, "4.3.0", "not now")], None, None, False),
     ("data-250-instead-of-354", {"DATA": ["250 2.0.0 what"]}, [OK_MAIL, OK_RCPT, OK_RCPT, OK_RCPT, GO, NONSENSE], None,
-     r"upstream: a non-354 positive reply to DATA", False),
+     r"upstream: a 250 reply does not answer DATA \(RFC 5321 §4\.3\.2\): 250 2\.0\.0 what; dropping the connection", False),
     ("data-stall", {"DATA": ["stall"]}, [OK_MAIL, OK_RCPT, OK_RCPT, OK_RCPT, GO, UNAVAILABLE], None,
      r"upstream: timed out waiting for the reply to DATA", True),
     ("body-close", {"BODY": ["close"]}, [OK_MAIL, OK_RCPT, OK_RCPT, OK_RCPT, GO, UNAVAILABLE], None,
