@@ -268,7 +268,8 @@ def test_helo_gets_no_esmtp(start_daemon, aiosmtpd_upstream):
     assert rest == b"Subject: helo\r\n\r\nold school\r\n"
 
 
-def test_maildir_one_file_per_recipient(start_daemon, tmp_path):
+def test_maildir_one_file_per_transaction(start_daemon, tmp_path):
+    """One Maildir is one mailbox: one file, one Delivered-To per recipient (issue 7 E)."""
     maildir = tmp_path / "Maildir"
     d = start_daemon(f"maildir:{maildir}")
     rcpts = ["one@example.test", "two@example.test"]
@@ -277,23 +278,18 @@ def test_maildir_one_file_per_recipient(start_daemon, tmp_path):
         r = c.transaction("sender@example.test", rcpts, b"Subject: md\r\n\r\nline\r\n..dot line")
         assert (r.code, r.status) == (250, "2.0.0")
         assert re.fullmatch(r"Ok: queued as \S+", r.text), r.text
-    files = sorted((maildir / "new").iterdir())
-    assert len(files) == 2
+    [f] = sorted((maildir / "new").iterdir())
     assert list((maildir / "tmp").iterdir()) == []
-    delivered_to = set()
-    for f in files:
-        content = f.read_bytes()
-        m = re.match(
-            rb"Return-Path: <sender@example\.test>\nDelivered-To: (?P<to>\S+)\n"
-            rb"Received: from client\.test \(\[127\.0\.0\.1\]\)\n\tby mx\.test \(Portcullis\) with ESMTP id "
-            + sid.encode() + rb"\.1; [^\n]+\n",
-            content,
-        )
-        assert m, content
-        delivered_to.add(m["to"].decode())
-        # Local line endings; the stuffed dot is gone.
-        assert content[m.end():] == b"Subject: md\n\nline\n.dot line\n"
-    assert delivered_to == set(rcpts)
+    content = f.read_bytes()
+    m = re.match(
+        rb"Return-Path: <sender@example\.test>\nDelivered-To: one@example\.test\nDelivered-To: two@example\.test\n"
+        rb"Received: from client\.test \(\[127\.0\.0\.1\]\)\n\tby mx\.test \(Portcullis\) with ESMTP id "
+        + sid.encode() + rb"\.1; [^\n]+\n",
+        content,
+    )
+    assert m, content
+    # Local line endings; the stuffed dot is gone.
+    assert content[m.end():] == b"Subject: md\n\nline\n.dot line\n"
 
 
 def test_empty_message_and_leading_dot_lines(start_daemon, fake_upstream):
