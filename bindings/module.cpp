@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "bindings/core.hpp"
+#include "log_text.hpp"
 
 namespace py = pybind11;
 
@@ -13,7 +14,9 @@ PYBIND11_MODULE(_portcullis_core, m) {
   m.def(
       "log",
       [](int level, std::string_view session_id, std::string_view message) {
-        std::cerr << (session_id.empty() ? "-" : session_id) << ": " << message << "\n";
+        // One call, one line, as in the daemon: control characters escaped.
+        std::cerr << portcullis::escape_log_text(session_id.empty() ? "-" : session_id) << ": "
+                  << portcullis::escape_log_text(message) << "\n";
       },
       py::arg("level"), py::arg("session_id"), py::arg("message"));
 }

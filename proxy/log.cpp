@@ -1,15 +1,58 @@
 #include "log.hpp"
 
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
+
+#include "log_text.hpp"
 
 namespace portcullis {
 
+namespace {
+
+constexpr const char* line_pattern = "%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v";
+
+// The pattern formatter, fed the message with its control characters escaped:
+// no source (a client's text in a C++ line, a policy's pc.log line) can start
+// a new line or send escape sequences to a terminal.
+class escaping_formatter final : public spdlog::formatter {
+ public:
+  escaping_formatter() : inner_(std::make_unique<spdlog::pattern_formatter>(line_pattern)) {}
+
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    const std::string_view payload(msg.payload.data(), msg.payload.size());
+    if (is_log_safe(payload)) {
+      inner_->format(msg, dest);
+      return;
+    }
+    const std::string escaped = escape_log_text(payload);
+    spdlog::details::log_msg copy = msg;
+    copy.payload = spdlog::string_view_t(escaped.data(), escaped.size());
+    inner_->format(copy, dest);
+  }
+
+  std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<escaping_formatter>(); }
+
+ private:
+  std::unique_ptr<spdlog::formatter> inner_;
+};
+
+// Never freed (see lasting_logger): reachable from here, so not a leak to LeakSanitizer.
+std::shared_ptr<spdlog::logger>* lasting = nullptr;
+
+}  // namespace
+
 void init_logging() {
   auto logger = spdlog::stderr_logger_mt("portcullis");
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  logger->set_formatter(std::make_unique<escaping_formatter>());
   spdlog::set_default_logger(logger);
   spdlog::flush_on(spdlog::level::info);
   if (const char* lvl = std::getenv("PORTCULLIS_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(lvl));
+  if (!lasting) lasting = new std::shared_ptr<spdlog::logger>(logger);
+}
+
+spdlog::logger& lasting_logger() {
+  if (!lasting) lasting = new std::shared_ptr<spdlog::logger>(spdlog::default_logger());
+  return **lasting;
 }
 
 std::string printable(std::string_view s, std::size_t max) {

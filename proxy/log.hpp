@@ -1,13 +1,21 @@
-// Logging to stderr through spdlog. Every line of a session carries its id.
+// Logging to stderr through spdlog. Every line of a session carries its id,
+// and every line is one line: control characters in it, whatever wrote them,
+// are escaped by the formatter (log_text.hpp).
 #pragma once
 
 #include <spdlog/spdlog.h>
 
+#include <memory>
 #include <string>
 
 namespace portcullis {
 
 void init_logging();
+
+// The daemon's logger, for threads that may outlive main() (a policy thread
+// left behind in a hook stuck in C code): it is never destroyed, whereas
+// spdlog's registry goes with the other statics at exit.
+spdlog::logger& lasting_logger();
 
 // A session's (or its upstream's) logger: the id in front of every line.
 class session_log {

@@ -1,18 +1,19 @@
-// The embedded Python interpreter, on a thread of its own.
+// The embedded Python interpreter, and the policy thread that runs hooks in it.
 //
 // Sessions hand it jobs (one per hook stage) through a mutex-guarded queue
 // and an eventfd; they never take the GIL. The policy thread runs
 // `portcullis._engine.run_host`, an asyncio loop that reads the eventfd,
-// takes the jobs, runs the hooks and hands each result back through
-// `_portcullis_core.complete`. See docs/policy-engine.md for the protocol.
+// takes the jobs, runs the hooks and hands each result back. See
+// docs/policy-engine.md for the protocol and the threads.
+//
+// The interpreter is started once per process (CPython cannot be started
+// twice) and never finalised; an engine is one policy thread in it. So an
+// engine may be made again after one failed to load or was destroyed.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
-#include <map>
-#include <mutex>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -37,12 +38,17 @@ struct policy_job {
   std::string tx_id, sender;
   std::vector<smtp::esmtp_param> sender_params;
   std::vector<std::string> recipients;
+  bool smtputf8 = false;   // MAIL ... SMTPUTF8 (RFC 6531): headers may be UTF-8 (RFC 6532)
+  bool body_8bit = false;  // MAIL ... BODY=8BITMIME (RFC 6152)
   // stage arguments
   std::string hostname;                          // helo
   std::string mechanism, username, password;     // auth
   std::string rcpt;                              // rcpt
   std::vector<smtp::esmtp_param> rcpt_params;    // rcpt
-  const std::string* message = nullptr;          // data: the session's buffer, stable while it waits
+  // data: the message, shared with the session (no copy). The job owns it:
+  // the session may stop waiting (and drop its own reference) before the
+  // policy thread takes the job.
+  std::shared_ptr<const std::string> message;
 };
 
 // A hook stage's outcome, as plain C++ values (converted on the policy thread).
@@ -61,56 +67,46 @@ struct policy_result {
 
 class python_engine {
  public:
+  using job_id = std::uint64_t;
   using completion = std::function<void(policy_result)>;
 
-  // Starts the interpreter and loads the policies of `cfg`; throws
-  // std::runtime_error with the Python traceback when they do not load.
+  // Starts the interpreter (the first time in the process), starts the
+  // policy thread and loads the policies of `cfg` (none is fine); throws
+  // std::runtime_error with the Python traceback when they do not load. The
+  // engine is then stopped and gone, and another may be made later (a
+  // SIGHUP onto a fixed config).
   explicit python_engine(const config& cfg);
+  // Stops the policy thread: jobs still running are cancelled and answered
+  // with an error. A thread stuck in C code (a hook that never returns to
+  // Python) is left behind after a few seconds; it owns what it may still
+  // touch (see engine_channel in the .cpp), so it can finish whenever.
   ~python_engine();
   python_engine(const python_engine&) = delete;
   python_engine& operator=(const python_engine&) = delete;
 
-  // Queues a job. `done` runs on the policy thread exactly once: it must only
-  // hand the result over (post to the session's strand), never block.
-  void submit(policy_job job, completion done);
+  // Queues a job and returns its id. `done` runs exactly once, on the policy
+  // thread (or on the caller's, when the engine has stopped), unless the job
+  // is abandoned first: it must only hand the result over (post to the
+  // session's strand), never block.
+  job_id submit(policy_job job, completion done);
+
+  // The submitter stopped waiting for `id` (its deadline passed): a job still
+  // queued is dropped and never runs; one Python already took is cancelled
+  // and its result discarded. After this `done` is not called, unless it was
+  // already being called (a result that raced the deadline). Unknown or
+  // finished ids are ignored.
+  void abandon(job_id id);
 
   // Reloads the policies of `cfg` (SIGHUP): sessions in progress keep the old
   // code. `done` gets the error, if any (the old policies then stay).
   void reload(const config& cfg, std::function<void(std::optional<std::string>)> done);
 
-  // For the embedded module (policy thread, GIL held).
-  struct queued {
-    std::uint64_t id;
-    policy_job job;
-    std::optional<std::vector<std::string>> reload_files;  // set: a reload job
-    std::string reload_config;
-    double reload_timeout = 0;
-    std::string reload_on_error;
-    unsigned reload_threads = 0;
-  };
-  std::vector<queued> take_jobs();
-  void complete(std::uint64_t id, policy_result result);
-  bool stopping() const;
-  void loaded(std::optional<std::string> error);
+  struct channel;  // shared by the engine and its policy thread (python_engine.cpp)
 
  private:
-  void thread_main(std::vector<std::string> files, std::string config_path, double timeout, std::string on_error,
-                   unsigned threads);
-  void wake();
   void stop();  // idempotent: leaves the loop and ends (or lets go of) the thread
 
-  int wakeup_fd_ = -1;
-  mutable std::mutex mutex_;
-  std::deque<queued> queue_;
-  std::map<std::uint64_t, completion> waiting_;
-  std::map<std::uint64_t, std::function<void(std::optional<std::string>)>> reloads_;
-  std::uint64_t next_id_ = 1;
-  bool stopping_ = false;
-  // start-up handshake: the thread reports whether the policies loaded
-  std::condition_variable loaded_cv_;
-  bool load_reported_ = false;
-  bool thread_done_ = false;
-  std::optional<std::string> load_error_;
+  std::shared_ptr<channel> channel_;
   std::thread thread_;
 };
 

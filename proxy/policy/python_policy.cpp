@@ -33,6 +33,10 @@ void add_transaction(policy_job& j, const transaction& tx) {
   j.sender = tx.sender.str();
   j.sender_params = tx.sender_params;
   for (const auto& r : tx.recipients) j.recipients.push_back(r.str());
+  // Python encodes the header values a policy generates per RFC 2047 unless
+  // the transaction may carry UTF-8 headers (RFC 6532).
+  j.smtputf8 = tx.options.smtputf8;
+  j.body_8bit = tx.options.body_8bit;
 }
 
 std::optional<smtp::address> address_from(const std::string& s, bool utf8, bool null_ok) {
@@ -76,8 +80,11 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
 
 awaitable<policy_result> python_policy::run(policy_job job) {
   // One waiter per job: the engine's answer and the backstop timer race on
-  // the session's strand; the first to arrive resumes the session.
+  // the session's strand; the first to arrive resumes the session. When the
+  // backstop wins, the engine is told to drop the job: a job still queued
+  // never runs, and the answer of one already running is discarded.
   auto ex = co_await asio::this_coro::executor;
+  const std::weak_ptr<python_engine> engine = engine_;
   auto result = co_await asio::async_initiate<const asio::use_awaitable_t<>, void(policy_result)>(
       [&](auto handler) {
         using handler_t = decltype(handler);
@@ -94,15 +101,16 @@ awaitable<policy_result> python_policy::run(policy_job job) {
           }
         };
         auto w = std::make_shared<waiter>(std::move(handler), ex);
+        const auto id = engine_->submit(std::move(job), [w, ex](policy_result r) {
+          asio::post(ex, [w, r = std::move(r)]() mutable { w->finish(std::move(r)); });
+        });
         w->timer.expires_after(safety_timeout_);
-        w->timer.async_wait([w](boost::system::error_code ec) {
-          if (ec) return;
+        w->timer.async_wait([w, engine, id](boost::system::error_code ec) {
+          if (ec || w->done) return;
+          if (auto e = engine.lock()) e->abandon(id);
           policy_result r;
           r.error = "no answer from the policy engine in time";
           w->finish(std::move(r));
-        });
-        engine_->submit(std::move(job), [w, ex](policy_result r) {
-          asio::post(ex, [w, r = std::move(r)]() mutable { w->finish(std::move(r)); });
         });
       },
       asio::use_awaitable);

@@ -33,7 +33,7 @@ import _portcullis_core as _core
 
 from . import _context
 from ._address import Address, AddressList, as_recipient, as_sender
-from ._log import log
+from ._log import DETAIL, log, traceback_lines
 from ._message import Message
 from ._objects import Connection, DkimSignature, DmarcResult, SpfResult, Transaction
 from ._verdicts import Verdict
@@ -360,11 +360,21 @@ class DaemonThreadPool(concurrent.futures.Executor):
 
 
 class HookFailure(Exception):
-    """A hook raised, ran past the timeout, or returned something it may not. ``text`` is for the log."""
+    """A hook raised, ran past the timeout, or returned something it may not.
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
+    ``summary`` is one line; ``detail`` the traceback or stack lines under it
+    (each its own log line); ``text`` both, for the result's ``error``.
+    """
+
+    def __init__(self, summary: str, detail: Sequence[str] = ()) -> None:
+        self.summary = summary
+        self.detail = list(detail)
+        self.text = summary + "".join("\n" + line for line in self.detail) + ("\n" if self.detail else "")
+        super().__init__(self.text)
+
+    def log(self) -> None:
+        """Logs it: the summary, then the detail a line at a time."""
+        log.error("%s", self.summary, extra={DETAIL: self.detail})
 
 
 class HookExit(Exception):
@@ -381,6 +391,11 @@ def format_exception(exc: BaseException) -> str:
     while tb is not None and _is_internal(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def exception_lines(exc: BaseException) -> list[str]:
+    """``format_exception`` as log lines (see ``_log.traceback_lines``)."""
+    return traceback_lines(exc, _is_internal)
 
 
 def _format_frames(frames: Iterable[tuple[str, int, str]]) -> str:
@@ -453,16 +468,16 @@ async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
             if not done:
                 if future.cancel() and "thread" not in where:
                     fate = f"never started: all {engine.threads} policy threads were busy"
-                    raise HookFailure(_timeout_text(hook, engine.timeout, fate, ""))
+                    raise _timeout_failure(hook, engine.timeout, fate, "")
                 stack = _format_frames(_thread_frames(where.get("thread")))
-                raise HookFailure(_timeout_text(hook, engine.timeout, "abandoned (its thread runs on)", stack))
+                raise _timeout_failure(hook, engine.timeout, "abandoned (its thread runs on)", stack)
             value = future.result()
             if inspect.isawaitable(value):  # a plain function that returned a coroutine
                 value = await _await_with_deadline(hook, value, deadline, engine.timeout)
     except HookFailure:
         raise
     except Exception as e:
-        raise HookFailure(f"{hook.label} raised an exception:\n{format_exception(e)}") from e
+        raise HookFailure(f"{hook.label} raised an exception:", exception_lines(e)) from e
     return value
 
 
@@ -479,7 +494,7 @@ async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, time
         stack = _format_frames(_coroutine_frames(awaitable))
         task.cancel()
         task.add_done_callback(_forget)
-        raise HookFailure(_timeout_text(hook, timeout, "cancelled", stack))
+        raise _timeout_failure(hook, timeout, "cancelled", stack)
     return task.result()
 
 
@@ -489,9 +504,11 @@ def _forget(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _timeout_text(hook: Hook, timeout: float, fate: str, stack: str) -> str:
+def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookFailure:
     text = f"{hook.label} ran past policy.timeout ({timeout:g} s) and was {fate}"
-    return text + (f"; it was at:\n{stack}" if stack else "")
+    if not stack:
+        return HookFailure(text)
+    return HookFailure(text + "; it was at:", stack.rstrip("\n").split("\n"))
 
 
 # -- sessions and jobs -------------------------------------------------------------
@@ -585,7 +602,9 @@ class EngineHost:
         try:
             engine = await self.areload(**changes)
         except Exception as e:  # PolicyLoadError, or a bad setting in the job
-            log.error("policies did not load (any loaded before stay in force):\n%s", e)
+            # The problems name the operator's files and lines: safe to give a line each.
+            log.error("policies did not load (any loaded before stay in force):",
+                      extra={DETAIL: str(e).rstrip("\n").split("\n")})
             return error_result(str(e))
         log.info("policies loaded: %s", ", ".join(engine.files) or "none")
         return empty_result()
@@ -631,7 +650,7 @@ class EngineHost:
             return await self._decide(session, stage, job)
         except Exception as e:  # a bug here must still answer the job
             text = f"internal error in the policy engine at {stage}:\n{format_exception(e)}"
-            log.error("%s", text)
+            log.error("internal error in the policy engine at %s:", stage, extra={DETAIL: exception_lines(e)})
             return error_result(text)
         finally:
             _context.engine_config.reset(config_token)
@@ -659,8 +678,11 @@ class EngineHost:
         if snapshot is None:
             return None
         tx = session.tx
+        options = snapshot.get("options") or {}
         if tx is None or tx.id != str(snapshot["id"]):
             tx = Transaction(session.conn, id=str(snapshot["id"]))
+        tx._smtputf8 = bool(options.get("smtputf8", False))
+        tx._body_8bit = bool(options.get("body_8bit", False))
         # The daemon's envelope is the truth: rewrites it did not apply are gone.
         tx.sender = Address(snapshot.get("sender", ""), snapshot.get("sender_params") or {})
         tx.recipients = AddressList(snapshot.get("recipients") or [])
@@ -686,7 +708,7 @@ class EngineHost:
             try:
                 await call_hook(session.engine, hook, (session.conn,))
             except HookFailure as f:
-                log.error("%s", f.text)
+                f.log()
 
     async def _decide(self, session: _Session, stage: str, job: dict[str, Any]) -> dict[str, Any]:
         engine, conn, tx = session.engine, session.conn, session.tx
@@ -705,7 +727,8 @@ class EngineHost:
             elif stage == "rcpt":
                 args = (tx, Address(str(job["rcpt"]), job.get("rcpt_params") or {}))
             else:
-                message = Message(job["message"])
+                # Outside SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
+                message = Message(job["message"], smtputf8=tx.smtputf8)
                 args = (tx, message)
         before = None if tx is None else (str(tx.sender), [str(r) for r in tx.recipients])
 
@@ -720,7 +743,7 @@ class EngineHost:
                     break
                 verdict = self._checked_verdict(hook, stage, value)
             except HookFailure as f:
-                log.error("%s", f.text)
+                f.log()
                 return error_result(f.text)
             result["verdict"] = verdict_dict(verdict, stage)
             if stage == "auth":
@@ -786,6 +809,7 @@ class _JobRunner:
     def __init__(self, host: EngineHost, loop: asyncio.AbstractEventLoop, core: Any, wakeup_fd: int) -> None:
         self.host, self.loop, self.core, self.wakeup_fd = host, loop, core, wakeup_fd
         self.tasks: dict[asyncio.Task[dict[str, Any]], Any] = {}  # task -> job id
+        self.by_id: dict[Any, asyncio.Task[dict[str, Any]]] = {}  # job id -> task
         self.stopping = False
         self.stopped: asyncio.Future[None] = loop.create_future()
 
@@ -814,7 +838,22 @@ class _JobRunner:
         for job_id, job in jobs:
             task = self.loop.create_task(self.run_job(job))
             self.tasks[task] = job_id
+            self.by_id[job_id] = task
             task.add_done_callback(self.job_done)
+        # Jobs whose session stopped waiting (the daemon's backstop fired while
+        # this loop was stalled): their hooks are cancelled, their results
+        # discarded by the daemon.
+        take_cancelled = getattr(self.core, "take_cancelled", None)
+        if take_cancelled is not None:
+            try:
+                abandoned = take_cancelled()
+            except Exception:
+                log.exception("take_cancelled failed")
+                abandoned = []
+            for job_id in abandoned:
+                task = self.by_id.get(job_id)
+                if task is not None:
+                    task.cancel()
         if self.core.should_stop() and not self.stopping:
             # The daemon stops once its sessions are done (or their grace ran
             # out): what still runs is cancelled, and answered with an error.
@@ -832,6 +871,7 @@ class _JobRunner:
     def job_done(self, task: asyncio.Task[dict[str, Any]]) -> None:
         # Every job is completed here, exactly once, even one cancelled before it started.
         job_id = self.tasks.pop(task)
+        self.by_id.pop(job_id, None)
         if task.cancelled():
             result = error_result("the policy engine is stopping")
         else:
@@ -858,20 +898,28 @@ def run_host(
     on_error: str,
     threads: int,
     wakeup_fd: int,
+    core: Any = None,
 ) -> None:
     """The policy thread's whole life. Called by the daemon with the GIL held; returns on stop.
+
+    ``core`` is the daemon's side of the exchange (an engine's
+    ``_portcullis_core.Channel``; the module ``_portcullis_core`` itself by
+    default): ``take_jobs``, ``complete``, ``should_stop`` and, optionally,
+    ``take_cancelled``.
 
     1. Loads the policies (``PolicyLoadError`` propagates: the daemon reports
        it and does not start) and creates this thread's asyncio loop.
     2. Watches ``wakeup_fd`` (the daemon's eventfd, ideally ``EFD_NONBLOCK``).
        Each time it is readable: reads it (resetting it), then calls
-       ``_portcullis_core.take_jobs()`` -> ``[(job_id, job_dict), ...]`` and
+       ``core.take_jobs()`` -> ``[(job_id, job_dict), ...]`` and
        starts one task per job: ``EngineHost.dispatch`` for a stage job,
        a reload for ``{"stage": "reload", "files"?, "config_path"?,
        "timeout"?, "on_error"?, "threads"?}`` (missing keys keep their
-       values). Each task ends with ``_portcullis_core.complete(job_id,
-       result)``; every job is completed exactly once, whatever happens.
-    3. After each wake-up it asks ``_portcullis_core.should_stop()``; once
+       values). Each task ends with ``core.complete(job_id, result)``;
+       every job is completed exactly once, whatever happens. The tasks of
+       the ids ``core.take_cancelled()`` returns (jobs the daemon stopped
+       waiting for) are cancelled; they are completed all the same.
+    3. After each wake-up it asks ``core.should_stop()``; once
        true it cancels the jobs still running (``async`` hooks are cancelled,
        threads of plain hooks abandoned), completes each with an error,
        drops the engines and returns promptly.
@@ -881,7 +929,7 @@ def run_host(
     try:
         host = EngineHost(files, config_path, timeout, on_error, threads)
         try:
-            loop.run_until_complete(_JobRunner(host, loop, _core, wakeup_fd).run())
+            loop.run_until_complete(_JobRunner(host, loop, _core if core is None else core, wakeup_fd).run())
         finally:
             # Hooks still running (cancelled with their jobs) get a moment to
             # unwind; one that ignores the cancellation is left behind.

@@ -8,9 +8,11 @@ RFC 5322 §2.2.3.
 
 from __future__ import annotations
 
+import base64
 import email.message
 import email.parser
 import email.policy
+import re
 
 import _portcullis_core as _core
 
@@ -21,6 +23,13 @@ _WSP = b" \t"
 FOLD_SOFT_LIMIT = 78
 #: RFC 5322 §2.1.1: lines MUST be at most 998 characters (excluding CRLF).
 FOLD_HARD_LIMIT = 998
+#: RFC 2047 §2: an encoded-word is at most 75 characters.
+ENCODED_WORD_LIMIT = 75
+#: RFC 2047 §5 (3): in a phrase, Q-encoded text may hold only these as they are
+#: (the strictest of the three contexts, so one encoding fits every header).
+_Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+#: Text that a reader would take for an encoded-word: encoded too when in a non-ASCII value.
+_LOOKS_ENCODED = re.compile(r"=\?.*\?=")
 
 
 class _Field:
@@ -40,7 +49,10 @@ class _Field:
         return cls(raw[:colon].decode("ascii"), unfolded.decode("utf-8", "surrogateescape"), raw)
 
     @classmethod
-    def generated(cls, name: str, value: str) -> _Field:
+    def generated(cls, name: str, value: str, utf8: bool) -> _Field:
+        """A new field. ``utf8``: the transaction is SMTPUTF8, so a non-ASCII
+        value goes out as UTF-8 (RFC 6532 §3.2); otherwise as RFC 2047
+        encoded-words, so the header stays ASCII (RFC 5322 §2.2)."""
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError("header names and values are str")
         _core.check_header_name(name)
@@ -52,6 +64,8 @@ class _Field:
         # C++ validator one to one (a value read from an 8-bit header holds
         # surrogates, which the binding could not pass as UTF-8).
         _core.check_header_value(encoded.decode("latin-1"))
+        if not utf8 and not value.isascii():
+            encoded = encode_words(value, len(name) + 2).encode("ascii")
         return cls(name, value, fold(name.encode("ascii"), encoded))
 
     @property
@@ -96,6 +110,92 @@ def fold(name: bytes, value: bytes) -> bytes:
                 f" lines are limited to {FOLD_HARD_LIMIT} (RFC 5322 §2.1.1)"
             )
     return CRLF.join(lines) + CRLF
+
+
+def encode_words(value: str, start: int = 0) -> str:
+    """``value`` with its non-ASCII words as RFC 2047 encoded-words; ASCII words stay as they are.
+
+    Consecutive words to encode are encoded together, the whitespace between
+    them inside (RFC 2047 §6.2: whitespace between adjacent encoded-words is
+    not displayed), as few encoded-words of at most ENCODED_WORD_LIMIT
+    characters as they need, each holding whole characters (§5), separated
+    by a space where ``fold`` may break the line. Charset ``utf-8``; octets
+    that are not UTF-8 (surrogates, from a field read as it came) are labelled
+    ``unknown-8bit``, as Python's email package does. Q or B, whichever is
+    shorter; Q uses only the characters a phrase allows (§5 (3)), so a display
+    name is encoded right too. An address or a quoted string is not a place
+    for encoded-words (§5): non-ASCII there needs an SMTPUTF8 transaction.
+    ``start``: the octets before the value on its first line (``Name: ``);
+    an encoded-word that begins the value is kept short enough to fit after
+    them, since ``fold`` does not break between the name and the value.
+    """
+    parts = re.split(r"([ \t]+)", value)  # words at even indexes, whitespace at odd ones
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        word = parts[i]
+        if not _needs_encoding(word):
+            out.append(word)
+            if i + 1 < len(parts):
+                out.append(parts[i + 1])
+            i += 2
+            continue
+        # The run: this word, and the following ones that need encoding too.
+        j = i
+        while j + 2 < len(parts) and _needs_encoding(parts[j + 2]):
+            j += 2
+        first_room = FOLD_SOFT_LIMIT - start if i == 0 else ENCODED_WORD_LIMIT
+        out.append(" ".join(_encoded_words("".join(parts[i:j + 1]), first_room)))
+        if j + 1 < len(parts):
+            out.append(parts[j + 1])
+        i = j + 2
+    return "".join(out)
+
+
+def _needs_encoding(word: str) -> bool:
+    return not word.isascii() or _LOOKS_ENCODED.search(word) is not None
+
+
+def _q_octet(octet: int) -> str:
+    if octet in _Q_SAFE:
+        return chr(octet)
+    return "_" if octet == 0x20 else f"={octet:02X}"
+
+
+def _encoded_words(text: str, first_limit: int = ENCODED_WORD_LIMIT) -> list[str]:
+    """``text`` as encoded-words of at most ENCODED_WORD_LIMIT characters (the
+    first at most ``first_limit``, where it leaves room for one character),
+    split between characters."""
+    charset = "utf-8" if not any("\udc80" <= c <= "\udcff" for c in text) else "unknown-8bit"
+    chars = [c.encode("utf-8", "surrogateescape") for c in text]
+    q_size = sum(len(_q_octet(b)) for octets in chars for b in octets)
+    b_size = (sum(len(octets) for octets in chars) + 2) // 3 * 4
+    kind = "q" if q_size <= b_size else "b"
+    prefix, suffix = f"=?{charset}?{kind}?", "?="
+    room = ENCODED_WORD_LIMIT - len(prefix) - len(suffix)
+    # Room for the first word: at least one character in either encoding (4 octets as B or Q).
+    first_room = max(min(first_limit, ENCODED_WORD_LIMIT) - len(prefix) - len(suffix), 12)
+
+    def size(octets: bytes) -> int:
+        if kind == "q":
+            return sum(len(_q_octet(b)) for b in octets)
+        return (len(octets) + 2) // 3 * 4
+
+    def encode(octets: bytes) -> str:
+        if kind == "q":
+            return "".join(_q_octet(b) for b in octets)
+        return base64.b64encode(octets).decode("ascii")
+
+    words: list[str] = []
+    chunk = b""
+    for octets in chars:
+        if chunk and size(chunk + octets) > (room if words else first_room):
+            words.append(prefix + encode(chunk) + suffix)
+            chunk = b""
+        chunk += octets
+    if chunk:
+        words.append(prefix + encode(chunk) + suffix)
+    return words
 
 
 def _check_line_endings(raw: bytes) -> None:
@@ -167,11 +267,16 @@ class Message:
     Header values are ``str``: 8-bit octets that are not UTF-8 come through
     as lone surrogates (``surrogateescape``) and are written back as the same
     octets.
+
+    ``smtputf8``: whether the transaction is SMTPUTF8 (the engine sets it from
+    the MAIL command). Outside one, a value added or replaced that is not
+    ASCII is written as RFC 2047 encoded-words (``get`` still returns the
+    value as set); inside, as UTF-8 (RFC 6532).
     """
 
-    __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_changed")
+    __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_changed", "_smtputf8")
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, *, smtputf8: bool = False) -> None:
         """Parses ``raw``: the message as received (CRLF line ends, no NUL), ``ValueError`` otherwise."""
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise TypeError(f"a message is bytes, not {type(raw).__name__}")
@@ -181,6 +286,12 @@ class Message:
         self._fields, self._blank_line, self._body_start = _parse(raw)
         self._body: bytes | None = None  # sliced from _original when first read
         self._changed = False
+        self._smtputf8 = bool(smtputf8)
+
+    @property
+    def smtputf8(self) -> bool:
+        """Whether generated header values may be UTF-8 (an SMTPUTF8 transaction) or are RFC 2047 encoded."""
+        return self._smtputf8
 
     # -- reading -----------------------------------------------------------
 
@@ -258,7 +369,7 @@ class Message:
     def add_header(self, name: str, value: str) -> None:
         """Adds ``name: value`` at the top of the header section (above every other field,
         so the last one added is first, as trace fields are)."""
-        self._fields.insert(0, _Field.generated(name, value))
+        self._fields.insert(0, _Field.generated(name, value, self._smtputf8))
         self._changed = True
 
     def remove_header(self, name: str) -> int:
@@ -274,7 +385,7 @@ class Message:
     def replace_header(self, name: str, value: str) -> None:
         """Replaces the value of the first field called ``name`` (any case) where it stands,
         keeping any later fields of that name; adds the field at the top if there is none."""
-        new = _Field.generated(name, value)
+        new = _Field.generated(name, value, self._smtputf8)
         key = name.lower()
         for i, f in enumerate(self._fields):
             if f.key == key:

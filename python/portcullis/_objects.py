@@ -145,11 +145,17 @@ class Transaction:
     ``spf`` is an ``SpfResult`` (before on_mail), ``dkim`` a list of
     ``DkimSignature`` and ``dmarc`` a ``DmarcResult`` (before on_data).
 
+    ``smtputf8`` and ``body_8bit`` say what the client declared on MAIL
+    (``SMTPUTF8``, RFC 6531; ``BODY=8BITMIME``, RFC 6152); read only. Without
+    SMTPUTF8, header values a hook adds or replaces that are not ASCII are
+    sent as RFC 2047 encoded-words.
+
     ``data`` is a dict of your own kept for this transaction; RSET or the
     next MAIL starts a new one.
     """
 
-    __slots__ = ("_conn", "_id", "_sender", "_recipients", "spf", "dkim", "dmarc", "data")
+    __slots__ = ("_conn", "_id", "_sender", "_recipients", "_smtputf8", "_body_8bit", "spf", "dkim", "dmarc",
+                 "data")
 
     def __init__(
         self,
@@ -157,9 +163,13 @@ class Transaction:
         sender: Address | str = "",
         recipients: Iterable[Address | str] = (),
         id: str = "",
+        smtputf8: bool = False,
+        body_8bit: bool = False,
     ) -> None:
         self._conn = conn
         self._id = id
+        self._smtputf8 = bool(smtputf8)
+        self._body_8bit = bool(body_8bit)
         self._sender = as_sender(sender)
         self._recipients = AddressList(recipients)
         self.spf: SpfResult | None = None
@@ -176,6 +186,16 @@ class Transaction:
     def id(self) -> str:
         """The transaction id (``<session id>.<n>``), as in the daemon's log and Received header."""
         return self._id
+
+    @property
+    def smtputf8(self) -> bool:
+        """Whether the client said SMTPUTF8 on MAIL (RFC 6531): header values may then be UTF-8 (RFC 6532)."""
+        return self._smtputf8
+
+    @property
+    def body_8bit(self) -> bool:
+        """Whether the client said BODY=8BITMIME on MAIL (RFC 6152)."""
+        return self._body_8bit
 
     @property
     def sender(self) -> Address:

@@ -117,6 +117,28 @@ def _ok() -> Reply:
     return Reply(250, "2.0.0", "Ok")
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _mailbox_key(address: str) -> tuple[str, str]:
+    # The daemon's smtp::same_mailbox: the local part exactly, the domain
+    # without ASCII case (RFC 5321 §2.4).
+    local, at, domain = address.rpartition("@")
+    return (local, domain.translate(_ASCII_LOWER)) if at else (address, "")
+
+
+def _once(addresses: Iterable[str]) -> list[str]:
+    """Each mailbox once, the first spelling kept, in order."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for a in addresses:
+        key = _mailbox_key(a)
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
 class _LogCapture(logging.Handler):
     def __init__(self, harness: Harness) -> None:
         super().__init__(logging.DEBUG)
@@ -300,8 +322,11 @@ class Session:
     def _ask(self, stage: str, **arguments: Any) -> dict[str, Any]:
         tx = None
         if self._tx is not None:
+            params = {k.upper(): v for k, v in self._tx["params"].items()}
+            options = {"smtputf8": "SMTPUTF8" in params,
+                       "body_8bit": (params.get("BODY") or "").upper() == "8BITMIME"}
             tx = {"id": self._tx["id"], "sender": self._tx["sender"], "sender_params": dict(self._tx["params"]),
-                  "recipients": list(self._tx["recipients"])}
+                  "recipients": list(self._tx["recipients"]), "options": options}
         return self.harness.ask({"stage": stage, "session": self._snapshot(), "tx": tx, **arguments})
 
     def _outcome(self, result: dict[str, Any]) -> tuple[Reply | None, dict[str, Any]]:
@@ -318,7 +343,7 @@ class Session:
         if result.get("sender") is not None:
             self._tx["sender"] = result["sender"]
         if result.get("recipients") is not None:
-            self._tx["recipients"] = list(result["recipients"])
+            self._tx["recipients"] = _once(result["recipients"])
 
     @staticmethod
     def _verdict_reply(verdict: dict[str, Any]) -> Reply:
@@ -461,9 +486,8 @@ class Session:
             self._tx["accepted"] += 1
             return self._reply(Reply(250, "2.1.5", "Ok"))
         targets = verdict["addresses"] if verdict and verdict["kind"] == "redirect" else [str(address)]
-        for target in targets:
-            if target not in self._tx["recipients"]:  # a recipient is delivered once
-                self._tx["recipients"].append(target)
+        # A mailbox is delivered once (the domain compared without case, as the daemon does).
+        self._tx["recipients"] = _once([*self._tx["recipients"], *targets])
         self._tx["accepted"] += 1
         return self._reply(self._with_policy_text(Reply(250, "2.1.5", "Ok"), verdict))
 
@@ -495,7 +519,7 @@ class Session:
         if refused:
             return self._reply(refused)
         sender = result["sender"] if result["sender"] is not None else tx["sender"]
-        recipients = result["recipients"] if result["recipients"] is not None else tx["recipients"]
+        recipients = _once(result["recipients"]) if result["recipients"] is not None else tx["recipients"]
         verdict = result["verdict"]
         if self._stops(verdict):
             return self._reply(self._verdict_reply(verdict))

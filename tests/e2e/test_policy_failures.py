@@ -93,14 +93,14 @@ def test_a_hook_that_raises_gives_451_and_logs_the_traceback(policy_daemon, aios
             c.exchange("QUIT", 221)
     d.wait_log(
         rf"^\S+ error {sid}: on_{stage} in {path} raised an exception:\n"
-        rf"Traceback \(most recent call last\):\n"
-        rf"  File \"{path}\", line {RAISE_LINES[stage]}, in on_{stage}\n"
-        rf"(?:    .*\n)+"
-        rf"{re.escape(EXCEPTIONS[stage])}\n"
+        rf"\S+ error {sid}: Traceback \(most recent call last\):\n"
+        rf"\S+ error {sid}:   File \"{path}\", line {RAISE_LINES[stage]}, in on_{stage}\n"
+        rf"(?:\S+ error {sid}:     .*\n)+"
+        rf"\S+ error {sid}: {re.escape(EXCEPTIONS[stage])}\n"
     )
     d.wait_log(rf"^\S+ warning {sid}: policy error in on_{stage} \(451 4\.3\.0\)")
     # on_disconnect fails too: logged, nothing else.
-    d.wait_log(rf"^\S+ error {sid}: on_disconnect in {path} raised an exception:\n(?:.*\n)*?RuntimeError: boom at disconnect")
+    d.wait_log(rf"^\S+ error {sid}: on_disconnect in {path} raised an exception:\n(?:.*\n)*?\S+ error {sid}: RuntimeError: boom at disconnect")
     assert d.proc.poll() is None
 
 
@@ -121,7 +121,7 @@ def test_on_error_accept_proceeds(policy_daemon, aiosmtpd_upstream, stage):
             assert r.raw.startswith(b"250-mx.test Hello boom.test [127.0.0.1]\r\n")
         else:
             assert r.raw == expected[stage]
-    d.wait_log(rf"^\S+ error {sid}: on_{stage} in \S+ raised an exception:\n(?:.*\n)*?{re.escape(EXCEPTIONS[stage])}$")
+    d.wait_log(rf"^\S+ error {sid}: on_{stage} in \S+ raised an exception:\n(?:.*\n)*?\S+ error {sid}: {re.escape(EXCEPTIONS[stage])}$")
     d.wait_log(rf"^\S+ warning {sid}: policy error in on_{stage} \(accepting, per policy\.on_error\)")
     if stage == "data":
         [env] = aiosmtpd_upstream.wait_messages(1)
@@ -232,7 +232,8 @@ def test_a_hanging_hook_gives_451_within_the_timeout_while_others_flow(policy_da
     fate = "abandoned \\(its thread runs on\\)" if kind == "sync" else "cancelled"
     statement = "time\\.sleep\\(2\\.5\\).*" if kind == "sync" else "await asyncio\\.sleep\\(100\\)"
     d.wait_log(rf"^\S+ error {sid}: on_{stage} in {path} ran past policy\.timeout \(1 s\) and was {fate}; "
-               rf"it was at:\n  File \"{path}\", line \d+, in on_{stage}\n    {statement}\n")
+               rf"it was at:\n\S+ error {sid}:   File \"{path}\", line \d+, in on_{stage}\n"
+               rf"\S+ error {sid}:     {statement}\n")
     if kind == "async":
         d.wait_log(rf"{sid}: on_data was cancelled$")
     # The session itself carries on.

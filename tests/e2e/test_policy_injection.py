@@ -24,7 +24,8 @@ MESSAGE = b"Subject: injection\r\nFrom: Ann <ann@example.test>\r\n\r\nHello\r\n"
 ARGS = {"mail": "tx, sender", "rcpt": "tx, rcpt", "data": "tx, message"}
 
 # Logged for a hook that raised ValueError, and for a refusal by the C++ re-validation.
-RAISED = r"^\S+ error SID: on_STAGE in \S+ raised an exception:\nTraceback \(most recent call last\):\n(?:.*\n)*?ValueError: "
+RAISED = (r"^\S+ error SID: on_STAGE in \S+ raised an exception:\n\S+ error SID: Traceback \(most recent call last\):\n"
+          r"(?:.*\n)*?\S+ error SID: ValueError: ")
 CPP = r"^\S+ error SID: policy error in on_STAGE: "
 
 

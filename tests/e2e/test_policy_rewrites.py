@@ -167,7 +167,8 @@ def test_header_edits_keep_untouched_fields_byte_for_byte(policy_daemon, aiosmtp
     [env] = aiosmtpd_upstream.wait_messages(1)
     assert content_without_received(env["content"]) == (
         b"X-Absent: added at the top\r\n"
-        b"X-Copy-8bit: caf\xc3\xa9 \xff\xfe raw\r\n"
+        # Generated outside SMTPUTF8: an RFC 2047 encoded-word (issue 7, item 11).
+        b"X-Copy-8bit: =?unknown-8bit?b?Y2Fmw6kg//4=?= raw\r\n"
         b"X-Removed-Count: 2\r\n"
         b"Received: from relay.example.test by mx.example.test; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
         b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=sel;\r\n"

@@ -188,7 +188,11 @@ def test_raise_is_an_error_with_the_traceback_logged_with_the_session(policy_fil
     assert "Traceback (most recent call last)" in err and "KeyError: 'boom'" in err
     assert f'File "{f}", line 5, in on_rcpt' in err and f'File "{f}", line 3, in helper' in err
     assert "_engine.py" not in err  # the engine's own frames are left out
-    assert [(lvl, sid) for lvl, sid, msg in core_log if "boom" in msg] == [(40, "S42")]
+    # One log line per traceback line, every one with the session id.
+    assert {(lvl, sid) for lvl, sid, msg in core_log if "boom" in msg} == {(40, "S42")}
+    assert [msg for _, _, msg in core_log][:2] == [f"on_rcpt in {f} raised an exception:",
+                                                    "Traceback (most recent call last):"]
+    assert all("\n" not in msg for _, _, msg in core_log)
 
 
 def test_async_raise_is_an_error(policy_file):
@@ -326,8 +330,11 @@ def test_log_carries_the_session_id_in_sync_and_async_hooks(policy_file, core_lo
     run(go())
     assert sorted(sid for lvl, sid, msg in core_log if msg == "sync hello") == ["S0", "S1", "S2"]
     assert sorted(sid for lvl, sid, msg in core_log if msg == "async hello" and lvl == 30) == ["S0", "S1", "S2"]
-    caught = [msg for lvl, sid, msg in core_log if msg.startswith("caught") and sid == "S0"]
-    assert caught and "ZeroDivisionError" in caught[0] and "Traceback" in caught[0]
+    # The traceback follows its message, a line per call, each with the session id.
+    s0 = [msg for lvl, sid, msg in core_log if sid == "S0" and lvl == 40]
+    first = s0.index("caught")
+    assert s0[first + 1] == "Traceback (most recent call last):"
+    assert "ZeroDivisionError: division by zero" in s0[first + 2:]
 
 
 def test_rewrites_accumulate_across_policies(policy_file):

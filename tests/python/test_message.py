@@ -66,6 +66,10 @@ def test_8bit_header_values_round_trip_through_str():
     latin = m.get("X-Latin1")
     assert latin == "caf\udce9"  # surrogateescape: the octet is kept
     m.replace_header("X-Copy", latin)
+    # Outside SMTPUTF8 a generated field is ASCII: the octet as an encoded-word (RFC 2047).
+    assert b"X-Copy: =?unknown-8bit?q?caf=E9?=\r\n" in m.raw
+    m = pc.Message(MESSAGE, smtputf8=True)
+    m.replace_header("X-Copy", m.get("X-Latin1"))
     assert b"X-Copy: caf\xe9\r\n" in m.raw
 
 
@@ -141,7 +145,7 @@ def test_unfoldable_value_refused():
 
 
 def test_tab_and_utf8_values():
-    m = pc.Message(b"\r\n")
+    m = pc.Message(b"\r\n", smtputf8=True)
     m.add_header("Subject", "Grüße\tan alle")
     assert m.raw.startswith("Subject: Grüße\tan alle\r\n".encode())
     m.add_header("X-Empty", "")

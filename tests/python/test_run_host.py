@@ -21,6 +21,7 @@ class FakeCore:
         self.completed = queue.Queue()
         self.stop = False
         self.next_id = 1
+        self.cancelled = []
 
     def submit(self, j):
         with self.lock:
@@ -34,6 +35,17 @@ class FakeCore:
         with self.lock:
             jobs, self.jobs = self.jobs, []
         return jobs
+
+    def take_cancelled(self):
+        with self.lock:
+            ids, self.cancelled = self.cancelled, []
+        return ids
+
+    def abandon(self, job_id):
+        """As python_engine::abandon for a job Python already took."""
+        with self.lock:
+            self.cancelled.append(job_id)
+        os.eventfd_write(self.fd, 1)
 
     def complete(self, job_id, result):
         self.completed.put((job_id, result))
@@ -137,3 +149,44 @@ def test_startup_failure_propagates(monkeypatch, tmp_path):
     monkeypatch.setattr(_engine, "_core", FakeCore())
     with pytest.raises(_engine.PolicyLoadError):
         _engine.run_host([str(tmp_path / "missing.py")], None, 1.0, "tempfail", 1, 0)
+
+
+def test_an_abandoned_job_is_cancelled_and_still_completed(daemon, policy_file):
+    core, start, errors = daemon
+    f = policy_file("""
+        import asyncio
+        import portcullis as pc
+        async def on_mail(tx, sender):
+            if sender.local == "slow":
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    pc.log.info("cancelled")
+                    raise
+            return pc.reject("fast")
+    """)
+    thread = start([], timeout=60)
+    rid = core.submit({"stage": "reload", "files": [f], "config_path": None})
+    assert core.results(1)[rid]["error"] is None
+    slow = core.submit(job("mail", sid="S1", tx_snapshot=tx("S1.1", sender="slow@example.test")))
+    time.sleep(0.2)  # taken and running
+    core.abandon(slow)
+    assert core.results(1, timeout=2)[slow]["error"] is not None  # answered at once (the daemon drops it)
+    fast = core.submit(job("mail", sid="S2", tx_snapshot=tx("S2.1", sender="fast@example.test")))
+    assert core.results(1)[fast]["verdict"]["text"] == "fast"
+    core.request_stop()
+    thread.join(5)
+    assert not thread.is_alive() and errors == []
+
+
+def test_run_host_takes_its_core_as_an_argument(policy_file):
+    core = FakeCore()
+    thread = threading.Thread(target=_engine.run_host, args=([], None, 2.0, "tempfail", 2, core.fd),
+                              kwargs={"core": core}, daemon=True)
+    thread.start()
+    jid = core.submit(job("connect"))
+    assert core.results(1)[jid] == _engine.empty_result()
+    core.request_stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    os.close(core.fd)

@@ -1,0 +1,224 @@
+"""The policy engine under faults (issue 7): a job whose session gave up
+waiting (item 1), a reload after a failed one when the daemon started with no
+policies (item B), a policy thread stuck at shutdown (item 9), log lines a
+client tries to forge (item F), and non-ASCII header values a policy adds to
+a transaction without SMTPUTF8 (item 11).
+
+The first three are memory-safety bugs: run them against the ASan build too
+(PORTCULLIS_SANITIZED=1, see conftest) - a report makes the daemon exit
+non-zero, which fails the teardown.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import signal
+import textwrap
+import time
+
+from conftest import content_without_received, exact
+
+POLICY_FAILURE = (451, "4.3.0", "Temporary policy failure, try again later")
+# python_policy.cpp: the backstop is policy.timeout x files + 5 s.
+TIMEOUT = 1
+BACKSTOP = TIMEOUT * 1 + 5
+
+
+def up_to_data(c) -> None:
+    """A transaction up to DATA's 354."""
+    c.expect(220)
+    c.exchange("EHLO client.test", 250)
+    c.exchange("MAIL FROM:<ann@example.test>", 250)
+    c.exchange("RCPT TO:<bob@example.test>", 250)
+    c.exchange("DATA", 354)
+
+
+def send_message(c, subject: str) -> None:
+    """The message and its final dot (the reply is left to read)."""
+    c.send(f"Subject: {subject}\r\n\r\nbody\r\n.\r\n".encode())
+
+
+def assert_clean(d) -> None:
+    log = d.log_text()
+    for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer", "terminate called", "Segmentation"):
+        assert marker not in log, log[-6000:]
+
+
+# -- item 1: a job outlives the session's wait ------------------------------------
+
+STALLER = f"""
+    import time
+
+    async def on_data(tx, message):
+        if message.get("Subject") == "stall":
+            # Looks async, is not: blocks the whole loop past the daemon's backstop.
+            time.sleep({BACKSTOP + 2.5})
+"""
+
+
+def test_a_job_whose_session_gave_up_is_dropped_not_run(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, STALLER, policy={"timeout": TIMEOUT})
+    with d.client() as a, d.client() as b:
+        up_to_data(a)
+        up_to_data(b)
+        send_message(a, "stall")
+        time.sleep(0.3)  # A's job is taken: the loop is stuck in its hook
+        started = time.monotonic()
+        # B's job waits in the queue behind it, carrying B's message.
+        send_message(b, "queued")
+        exact(a.reply(timeout=BACKSTOP + 5), *POLICY_FAILURE)
+        exact(b.reply(timeout=BACKSTOP + 5), *POLICY_FAILURE)
+        assert time.monotonic() - started < BACKSTOP + 1
+        # B leaves at once: the session and its message are freed while the
+        # loop is still stuck. Its queued job must never run (it would read them).
+        b.exchange("QUIT", 221)
+    # The loop comes back (the hook returns): B's job is not run, A's result is
+    # dropped, and the engine serves the next session.
+    d.wait_log(r"policy error in on_data", count=2)
+    time.sleep(3)
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("EHLO client.test", 250)
+        r = c.transaction("ann@example.test", ["bob@example.test"], b"Subject: after\r\n\r\nbody")
+        assert (r.code, r.status) == (250, "2.0.0"), r
+        c.exchange("QUIT", 221)
+    subjects = [re.search(rb"Subject: (\w+)", e["content"]).group(1) for e in aiosmtpd_upstream.envelopes]
+    assert subjects == [b"after"]
+    assert d.stop() == 0
+    assert_clean(d)
+
+
+# -- item B: policies where there were none, after a broken reload ----------------
+
+FIXED = """
+    def on_data(tx, message):
+        message.add_header("X-Policy", "fixed")
+"""
+
+
+def test_reload_onto_a_broken_then_a_fixed_policy_from_none(start_daemon, aiosmtpd_upstream, tmp_path, monkeypatch):
+    from conftest import sanitized_python_env
+
+    for name, value in sanitized_python_env().items():
+        monkeypatch.setenv(name, value)
+    d = start_daemon(aiosmtpd_upstream.url)
+    policy = tmp_path / "policy.py"
+    policy.write_text("def on_data(tx, message):\n    return (\n")  # a syntax error
+    d.reload({"policy": {"files": [str(policy)], "timeout": 5}}, expect_ok=False)
+    d.wait_log(r"reload: policies did not load")
+    assert d.proc.poll() is None
+    policy.write_text(textwrap.dedent(FIXED))
+    d.reload()
+    assert d.proc.poll() is None, d.log_text()[-4000:]
+    with d.connect() as c:
+        r = c.transaction("ann@example.test", ["bob@example.test"], b"Subject: hi\r\n\r\nbody")
+        assert (r.code, r.status) == (250, "2.0.0"), r
+        c.exchange("QUIT", 221)
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    assert b"\r\nX-Policy: fixed\r\n" in env["content"]
+    assert d.stop() == 0
+    assert_clean(d)
+
+
+# -- item 9: a policy thread stuck at shutdown ----------------------------------------
+
+def test_a_policy_thread_stuck_at_shutdown_is_left_behind_safely(policy_daemon, fake_upstream, tmp_path,
+                                                                  monkeypatch):
+    flag = tmp_path / "let-go"
+    # The left-behind thread still runs Python while the process exits: the
+    # objects its frames hold live in CPython's mmap'd frame stack, which
+    # LeakSanitizer does not scan, so it calls them leaked. Only the
+    # interpreter's allocations are excused; any ASan error still fails.
+    suppressions = tmp_path / "lsan.supp"
+    suppressions.write_text("leak:libpython3.11.so\n")
+    monkeypatch.setenv("LSAN_OPTIONS", f"suppressions={suppressions}")
+    d = policy_daemon(fake_upstream().url, f"""
+        import os
+        import time
+
+        async def on_disconnect(conn):
+            # Stuck in C calls on the loop's own thread until the test lets it go.
+            while not os.path.exists({str(flag)!r}):
+                time.sleep(0.001)
+    """, policy={"timeout": TIMEOUT}, server={"shutdown_grace": 1})
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("QUIT", 221)
+    # The session gives up on its disconnect job after the backstop and ends.
+    d.wait_log(r"policy error in (on_)?disconnect", timeout=BACKSTOP + 5)
+    d.signal(signal.SIGTERM)
+    # The engine waits for the loop, then lets the thread go, and the daemon
+    # exits; the thread wakes up then, while everything it may touch must
+    # still be there.
+    d.wait_log(r"leaving it behind", timeout=15)
+    flag.touch()
+    assert d.proc.wait(timeout=15) == 0, d.log_text()[-6000:]
+    assert_clean(d)
+
+
+# -- item F: log lines a client cannot forge ------------------------------------------
+
+LOGGER = """
+    import portcullis as pc
+
+    def on_auth(conn, mechanism, username, password):
+        pc.log.info("login attempt by %s", username)
+        if username.startswith("boom"):
+            raise ValueError("bad user " + username)
+        return None
+"""
+
+FORGED = "2026-12-01T00:00:00.000 info FORGED: AUTH PLAIN as root"
+LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} (trace|debug|info|warning|error|critical) \S")
+
+
+def test_no_log_line_can_be_forged_through_a_username(policy_daemon, fake_upstream):
+    d = policy_daemon(fake_upstream().url, LOGGER, auth={"allow_plaintext": True})
+    with d.connect() as c:
+        # No decision is a refusal (535); a hook that raises is a policy error (451).
+        for user, code in ((f"alice\n{FORGED}\r", 535), (f"boom\r\n{FORGED}\x1b[2J", 451)):
+            token = base64.b64encode(f"\0{user}\0secret".encode()).decode()
+            c.exchange(f"AUTH PLAIN {token}", code)
+        c.exchange("QUIT", 221)
+    d.wait_log(r"ValueError: bad user boom")
+    assert d.stop() == 0
+    text = d.log_text()
+    for line in text.splitlines():
+        assert LINE.match(line), f"a log line that is not a record: {line!r}"
+        assert "\x1b" not in line
+    assert not any(line.startswith(FORGED) for line in text.splitlines())
+    # The text is there, escaped, on the line of the session that sent it.
+    assert f"login attempt by alice\\n{FORGED}\\r" in text
+    assert f"ValueError: bad user boom\\r\\n{FORGED}\\x1b[2J" in text
+
+
+# -- item 11: generated headers outside SMTPUTF8 ---------------------------------------
+
+NOTE = """
+    def on_data(tx, message):
+        message.add_header("X-Note", "Grüße vom Proxy")
+"""
+
+
+def test_a_non_ascii_header_is_encoded_without_smtputf8(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, NOTE)
+    with d.connect() as c:
+        r = c.transaction("ann@example.test", ["bob@example.test"], b"Subject: plain\r\n\r\nascii body")
+        assert (r.code, r.status) == (250, "2.0.0"), r
+        c.exchange("MAIL FROM:<ann@example.test> SMTPUTF8", 250)
+        c.exchange("RCPT TO:<bob@example.test>", 250)
+        c.exchange("DATA", 354)
+        c.send(b"Subject: utf8\r\n\r\nascii body\r\n.\r\n")
+        c.expect(250, "2.0.0")
+        c.exchange("QUIT", 221)
+    plain, utf8 = aiosmtpd_upstream.wait_messages(2)
+    # RFC 2047: the header upstream is ASCII; the MAIL command says nothing new.
+    assert content_without_received(plain["content"]) == (
+        b"X-Note: =?utf-8?b?R3LDvMOfZQ==?= vom Proxy\r\nSubject: plain\r\n\r\nascii body\r\n")
+    assert content_without_received(plain["content"]).isascii()
+    assert plain["mail_options"] == [] and not plain["smtp_utf8"]
+    # RFC 6532: in an SMTPUTF8 transaction the value stays UTF-8.
+    assert content_without_received(utf8["content"]) == (
+        "X-Note: Grüße vom Proxy\r\nSubject: utf8\r\n\r\nascii body\r\n".encode())
+    assert utf8["smtp_utf8"]
