@@ -15,6 +15,7 @@ an injected line, and our EHLO upstream is one command.
 from __future__ import annotations
 
 import os
+import signal
 import re
 import socket
 import subprocess
@@ -297,3 +298,14 @@ def test_greeting_and_ehlo_never_carry_an_injected_line(start_daemon, fake_upstr
     assert cmds[:first_mail] == ["EHLO proxy.example.test"], cmds
     mails = [c for c in cmds if c.startswith("MAIL")]
     assert len(mails) == 1 and mails[0].startswith("MAIL FROM:<a@example.test>"), cmds
+
+
+def test_log_level_applies_at_startup(start_daemon, aiosmtpd_upstream):
+    """log.level is honoured, not merely accepted: at "warning" no info line is written."""
+    d = start_daemon(aiosmtpd_upstream.url, log={"level": "warning"})
+    send_mail(d, "quiet")
+    aiosmtpd_upstream.wait_messages(1)
+    d.write_config(render(d.tables, CASES[0])[0])  # a refused reload is an error: still logged
+    d.signal(signal.SIGHUP)
+    d.wait_log(r"error reload: keeping the running configuration$")
+    assert not re.search(r"^\S+ info ", d.log_text(), re.M), d.log_text()[-2000:]
