@@ -47,13 +47,16 @@ def assert_clean(d) -> None:
 
 # -- item 1: a job outlives the session's wait ------------------------------------
 
+# Past two backstops: the data job's, then the disconnect job's of a session
+# that leaves, so that the session is gone before the loop runs again.
+STALL = 2 * BACKSTOP + 1.5
 STALLER = f"""
     import time
 
     async def on_data(tx, message):
         if message.get("Subject") == "stall":
             # Looks async, is not: blocks the whole loop past the daemon's backstop.
-            time.sleep({BACKSTOP + 2.5})
+            time.sleep({STALL})
 """
 
 
@@ -62,6 +65,7 @@ def test_a_job_whose_session_gave_up_is_dropped_not_run(policy_daemon, aiosmtpd_
     with d.client() as a, d.client() as b:
         up_to_data(a)
         up_to_data(b)
+        sid_b = d.session_id(b.local_port)
         send_message(a, "stall")
         time.sleep(0.3)  # A's job is taken: the loop is stuck in its hook
         started = time.monotonic()
@@ -70,13 +74,16 @@ def test_a_job_whose_session_gave_up_is_dropped_not_run(policy_daemon, aiosmtpd_
         exact(a.reply(timeout=BACKSTOP + 5), *POLICY_FAILURE)
         exact(b.reply(timeout=BACKSTOP + 5), *POLICY_FAILURE)
         assert time.monotonic() - started < BACKSTOP + 1
-        # B leaves at once: the session and its message are freed while the
-        # loop is still stuck. Its queued job must never run (it would read them).
+        # B leaves at once: once its disconnect job times out too, the session
+        # and its message are freed while the loop is still stuck. Its queued
+        # data job must never run (it would read them).
         b.exchange("QUIT", 221)
+    d.wait_log(rf"{sid_b}: disconnect from", timeout=BACKSTOP + 5)
+    assert time.monotonic() < started + STALL - 0.5, "the loop came back before the session was gone"
     # The loop comes back (the hook returns): B's job is not run, A's result is
     # dropped, and the engine serves the next session.
     d.wait_log(r"policy error in on_data", count=2)
-    time.sleep(3)
+    time.sleep(max(0.0, started + STALL + 0.5 - time.monotonic()))
     with d.client() as c:
         c.expect(220)
         c.exchange("EHLO client.test", 250)
