@@ -318,8 +318,9 @@ void start_interpreter_once() {
 // engine says stop. `ch` keeps alive what it touches, however long it runs.
 void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, std::string on_error,
                    unsigned threads) {
-  // The GIL for the thread's life, through the C API (a thread state of its
-  // own, deleted on release).
+  // The GIL for the thread's life, through the C API: a thread state of its
+  // own, deleted on release. (pybind11's gil_scoped_acquire crashed in
+  // _PyThreadState_DeleteCurrent at the end of such a thread.)
   const PyGILState_STATE gil = PyGILState_Ensure();
   {
     try {
@@ -329,6 +330,9 @@ void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, s
       engine.attr("run_host")(std::vector<std::string>{}, py::none(), timeout, on_error, threads, ch->wakeup_fd,
                               py::arg("core") = py::cast(ch));
     } catch (const py::error_already_set& e) {
+      lasting_logger().critical("policy engine stopped: {}", e.what());
+      ch->loaded(std::string(e.what()));
+    } catch (const std::exception& e) {  // a conversion error: still no exception out of a thread
       lasting_logger().critical("policy engine stopped: {}", e.what());
       ch->loaded(std::string(e.what()));
     }
