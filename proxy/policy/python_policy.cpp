@@ -76,7 +76,9 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
     : engine_(std::move(engine)),
       safety_timeout_(cfg.policy.timeout * static_cast<long>(std::max<std::size_t>(1, cfg.policy.files.size())) +
                       safety_margin),
-      accept_on_error_(cfg.policy.on_error == on_error_mode::accept) {}
+      accept_on_error_(cfg.policy.on_error == on_error_mode::accept),
+      max_recipients_(cfg.server.max_recipients),
+      max_message_size_(cfg.server.max_message_size) {}
 
 awaitable<policy_result> python_policy::run(policy_job job) {
   // One waiter per job: the engine's answer and the backstop timer race on
@@ -119,7 +121,10 @@ awaitable<policy_result> python_policy::run(policy_job job) {
 
 verdict python_policy::on_error() const {
   if (accept_on_error_) return verdict{};
-  return verdict{verdict::kind::tempfail, smtp::reply{451, "4.3.0", "Temporary policy failure, try again later"}, {}};
+  verdict v;
+  v.what = verdict::kind::tempfail;
+  v.reply = smtp::reply{451, "4.3.0", "Temporary policy failure, try again later"};
+  return v;
 }
 
 verdict python_policy::failure(const connection_state& conn, const std::string& stage, const std::string& why) const {
@@ -128,7 +133,7 @@ verdict python_policy::failure(const connection_state& conn, const std::string& 
 }
 
 verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result result,
-                              transaction* tx, std::string* message) {
+                              const transaction* tx) const {
   if (result.error) {
     // Python logged the traceback with the session id; one line here says what we did about it.
     session_log(conn.id).warn("policy error in on_{} ({}); see the traceback above", stage,
@@ -136,11 +141,12 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
     return on_error();
   }
   const bool utf8 = tx && tx->options.smtputf8;
-  // Rewrites first: they accumulate whatever the verdict.
+  verdict v;
+  // Rewrites: every one validated before the verdict carries any.
   if (tx && result.sender) {
     auto s = address_from(*result.sender, utf8, true);
     if (!s) return failure(conn, stage, "invalid sender from policy: " + printable(*result.sender));
-    tx->sender = *s;
+    v.sender = std::move(*s);
   }
   if (tx && result.recipients) {
     std::vector<smtp::address> rcpts;
@@ -149,15 +155,20 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
       if (!a) return failure(conn, stage, "invalid recipient from policy: " + printable(r));
       add_once(rcpts, std::move(*a));
     }
-    tx->recipients = std::move(rcpts);
+    if (rcpts.size() > max_recipients_)
+      return failure(conn, stage, "policy set " + std::to_string(rcpts.size()) + " recipients; server.max_recipients is " +
+                                      std::to_string(max_recipients_));
+    v.recipients = std::move(rcpts);
   }
-  if (message && result.message) {
+  if (stage == "data" && result.message) {
     if (auto problem = smtp::message_problem(*result.message))
       return failure(conn, stage, "invalid message from policy: " + *problem);
-    *message = std::move(*result.message);
+    if (result.message->size() > max_message_size_)
+      return failure(conn, stage, "the message from policy has " + std::to_string(result.message->size()) +
+                                      " octets; server.max_message_size is " + std::to_string(max_message_size_));
+    v.message = std::make_shared<const std::string>(std::move(*result.message));
   }
 
-  verdict v;
   const auto& k = result.verdict;
   if (k.empty()) return v;
   if (k == "accept") {
@@ -180,6 +191,9 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
       if (!a) return failure(conn, stage, "invalid redirect address: " + printable(r));
       add_once(v.redirect_to, std::move(*a));
     }
+    if (v.redirect_to.size() > max_recipients_)
+      return failure(conn, stage, "redirect to " + std::to_string(v.redirect_to.size()) +
+                                      " addresses; server.max_recipients is " + std::to_string(max_recipients_));
     v.what = verdict::kind::redirect;
   } else {
     return failure(conn, stage, "verdict '" + printable(k) + "' is not allowed in on_" + stage);
@@ -187,23 +201,23 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
   return v;
 }
 
-awaitable<verdict> python_policy::on_connect(connection_state& conn) {
+awaitable<verdict> python_policy::on_connect(const connection_state& conn) {
   auto result = co_await run(base_job("connect", conn));
-  auto v = decide("connect", conn, std::move(result), nullptr, nullptr);
+  auto v = decide("connect", conn, std::move(result), nullptr);
   // RFC 5321 §3.1/§4.2: a greeting refusal is 554 (or 421 for a temporary one).
   if (v.what == verdict::kind::reject) v.reply.code = 554;
   if (v.what == verdict::kind::tempfail) v.reply.code = 421;
   co_return v;
 }
 
-awaitable<verdict> python_policy::on_helo(connection_state& conn, std::string_view hostname) {
+awaitable<verdict> python_policy::on_helo(const connection_state& conn, std::string_view hostname) {
   auto job = base_job("helo", conn);
   job.hostname = std::string(hostname);
   auto result = co_await run(std::move(job));
-  co_return decide("helo", conn, std::move(result), nullptr, nullptr);
+  co_return decide("helo", conn, std::move(result), nullptr);
 }
 
-awaitable<verdict> python_policy::on_auth(connection_state& conn, std::string_view mechanism,
+awaitable<verdict> python_policy::on_auth(const connection_state& conn, std::string_view mechanism,
                                           std::string_view username, std::string_view password) {
   auto job = base_job("auth", conn);
   job.mechanism = std::string(mechanism);
@@ -216,40 +230,43 @@ awaitable<verdict> python_policy::on_auth(connection_state& conn, std::string_vi
     co_return v;
   }
   const auto auth = result.auth;
-  auto v = decide("auth", conn, std::move(result), nullptr, nullptr);
+  auto v = decide("auth", conn, std::move(result), nullptr);
   if (v.what == verdict::kind::next && auth) {
     // True / False from the hook, without a verdict of its own.
     v.what = *auth ? verdict::kind::accept : verdict::kind::reject;
     if (!*auth) v.reply = smtp::reply{535, "5.7.8", "Authentication credentials invalid"};
   }
-  if (v.what == verdict::kind::accept) v.reply = {};  // the reply to a success is always 235
+  // A success is always 235 2.7.0 (RFC 4954 §6); pc.accept(text) chooses only the words.
+  if (v.what == verdict::kind::accept)
+    v.reply = smtp::reply{235, "2.7.0", v.reply.text().empty() ? std::string("Authentication successful") : v.reply.text()};
   co_return v;
 }
 
-awaitable<verdict> python_policy::on_mail(connection_state& conn, transaction& tx) {
+awaitable<verdict> python_policy::on_mail(const connection_state& conn, const transaction& tx) {
   auto job = base_job("mail", conn);
   add_transaction(job, tx);
   auto result = co_await run(std::move(job));
-  co_return decide("mail", conn, std::move(result), &tx, nullptr);
+  co_return decide("mail", conn, std::move(result), &tx);
 }
 
-awaitable<verdict> python_policy::on_rcpt(connection_state& conn, transaction& tx, smtp::address& rcpt) {
+awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const transaction& tx,
+                                          const smtp::address& rcpt) {
   auto job = base_job("rcpt", conn);
   add_transaction(job, tx);
   job.rcpt = rcpt.str();
   auto result = co_await run(std::move(job));
-  co_return decide("rcpt", conn, std::move(result), &tx, nullptr);
+  co_return decide("rcpt", conn, std::move(result), &tx);
 }
 
-awaitable<verdict> python_policy::on_data(connection_state& conn, transaction& tx, std::string& message) {
+awaitable<verdict> python_policy::on_data(const connection_state& conn, const transaction& tx, message_ptr message) {
   auto job = base_job("data", conn);
   add_transaction(job, tx);
-  job.message = &message;
+  job.message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
   auto result = co_await run(std::move(job));
-  co_return decide("data", conn, std::move(result), &tx, &message);
+  co_return decide("data", conn, std::move(result), &tx);
 }
 
-awaitable<void> python_policy::on_disconnect(connection_state& conn) {
+awaitable<void> python_policy::on_disconnect(const connection_state& conn) {
   auto result = co_await run(base_job("disconnect", conn));
   if (result.error) session_log(conn.id).warn("policy error in disconnect: {}", *result.error);
 }

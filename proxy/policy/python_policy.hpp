@@ -14,23 +14,24 @@ class python_policy final : public policy {
  public:
   python_policy(std::shared_ptr<python_engine> engine, const config& cfg);
 
-  awaitable<verdict> on_connect(connection_state& conn) override;
-  awaitable<verdict> on_helo(connection_state& conn, std::string_view hostname) override;
-  awaitable<verdict> on_auth(connection_state& conn, std::string_view mechanism, std::string_view username,
+  awaitable<verdict> on_connect(const connection_state& conn) override;
+  awaitable<verdict> on_helo(const connection_state& conn, std::string_view hostname) override;
+  awaitable<verdict> on_auth(const connection_state& conn, std::string_view mechanism, std::string_view username,
                              std::string_view password) override;
-  awaitable<verdict> on_mail(connection_state& conn, transaction& tx) override;
-  awaitable<verdict> on_rcpt(connection_state& conn, transaction& tx, smtp::address& rcpt) override;
-  awaitable<verdict> on_data(connection_state& conn, transaction& tx, std::string& message) override;
-  awaitable<void> on_disconnect(connection_state& conn) override;
+  awaitable<verdict> on_mail(const connection_state& conn, const transaction& tx) override;
+  awaitable<verdict> on_rcpt(const connection_state& conn, const transaction& tx, const smtp::address& rcpt) override;
+  awaitable<verdict> on_data(const connection_state& conn, const transaction& tx, message_ptr message) override;
+  awaitable<void> on_disconnect(const connection_state& conn) override;
 
  private:
   // Submits the job and waits, on the session's strand, for its result; past
   // the safety deadline the result is abandoned and counts as an error.
   awaitable<policy_result> run(policy_job job);
-  // The result as a verdict, with the rewrites applied to `tx`/`message`;
-  // anything invalid counts as a hook error.
-  verdict decide(const std::string& stage, const connection_state& conn, policy_result result, transaction* tx,
-                 std::string* message);
+  // The result as a verdict carrying its rewrites, all validated (syntax and
+  // the server's limits) before any is handed on: anything invalid makes the
+  // whole result a hook error, so a failed stage rewrites nothing.
+  verdict decide(const std::string& stage, const connection_state& conn, policy_result result,
+                 const transaction* tx) const;
   // What policy.on_error says a failed hook means: proceed, or 451 4.3.0.
   verdict on_error() const;
   // A failure found here (invalid verdict or rewrite): logged, then on_error().
@@ -39,6 +40,8 @@ class python_policy final : public policy {
   std::shared_ptr<python_engine> engine_;
   std::chrono::seconds safety_timeout_;
   bool accept_on_error_;
+  std::size_t max_recipients_;
+  std::uint64_t max_message_size_;
 };
 
 }  // namespace portcullis

@@ -373,7 +373,7 @@ awaitable<reply> session::check_credentials(std::string_view mechanism, const st
   // RFC 4954 §6: one reply for an unknown user and a wrong password.
   const reply invalid{535, "5.7.8", "Authentication credentials invalid"};
   auto v = co_await policy_.on_auth(conn_, mechanism, user, password);
-  if (v.what == verdict::kind::accept) co_return reply{235, "2.7.0", "Authentication successful"};
+  if (v.what == verdict::kind::accept) co_return v.reply.code == 235 ? v.reply : reply{235, "2.7.0", "Authentication successful"};
   if (v.stops()) co_return v.reply;
   if (!gen_->users) co_return invalid;
   // crypt(3) is deliberately slow: it runs on the blocking pool, never here.

@@ -105,10 +105,7 @@ CASES: list[Case] = [
     _auth_case("auth-tempfail", 'pc.tempfail("Directory down", code=454, status="4.7.0")',
                (454, "4.7.0", "Directory down")),
     # docs/policy-api.md: "True or accept(...) authenticates the client (235 2.7.0, or your text)".
-    _auth_case("auth-accept-text", 'pc.accept("Welcome aboard")', (235, "2.7.0", "Welcome aboard"),
-               daemon_xfail="the daemon answers 235 2.7.0 Authentication successful whatever the text: "
-                            "python_policy::on_auth clears the accept reply and session::check_credentials "
-                            "replies a fixed text"),
+    _auth_case("auth-accept-text", 'pc.accept("Welcome aboard")', (235, "2.7.0", "Welcome aboard")),
     _auth_case("auth-none", "None", (535, "5.7.8", "Authentication credentials invalid")),
     Case("mail-reject", """
         def on_mail(tx, sender):
