@@ -53,14 +53,6 @@ bool has_8bit(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
 }
 
-std::string join_recipients(const std::vector<smtp::address>& rcpts) {
-  std::string out;
-  for (const auto& r : rcpts) {
-    if (!out.empty()) out += ',';
-    out += '<' + r.str() + '>';
-  }
-  return out;
-}
 
 const char* stage_name(session::stage s) {
   switch (s) {
@@ -716,7 +708,7 @@ void session::log_transaction(const reply& outcome, std::size_t size) {
   const char* verdict = outcome.positive() ? "delivered" : outcome.transient() ? "tempfail" : "rejected";
   log_.info("tx={} client={} helo={} from=<{}> to={} rejected_rcpts={} size={} upstream=\"{}\" queue_id={} verdict={}",
             tx_.id, address_literal(conn_.client.address()), printable(conn_.helo), printable(tx_.sender.str()),
-            printable(join_recipients(tx_.recipients), 2000), tx_.rejected_rcpts, size,
+            printable(smtp::join_paths(tx_.recipients), 2000), tx_.rejected_rcpts, size,
             printable(outcome.summary()), queue_id_of(outcome), verdict);
 }
 

@@ -5,19 +5,6 @@
 
 namespace portcullis {
 
-namespace {
-
-std::string join_recipients(const std::vector<smtp::address>& rcpts) {
-  std::string out;
-  for (const auto& r : rcpts) {
-    if (!out.empty()) out += ',';
-    out += '<' + r.str() + '>';
-  }
-  return out;
-}
-
-}  // namespace
-
 upstream_relay::upstream_relay(upstream_factory make, const session_log& log, const connection_state& client,
                                asio::any_io_executor io)
     : make_(std::move(make)), log_(log), client_(client), io_(std::move(io)) {}
@@ -55,7 +42,7 @@ awaitable<smtp::reply> upstream_relay::rcpt(const smtp::address& recipient) {
 awaitable<std::optional<smtp::reply>> upstream_relay::sync(const transaction& tx) {
   if (open_ && tx.sender == sender_ && tx.options == options_ && tx.recipients == recipients_) co_return std::nullopt;
   log_.info("envelope rewritten by policy: from=<{}> to={}; redoing the upstream transaction",
-            printable(tx.sender.str()), printable(join_recipients(tx.recipients), 2000));
+            printable(tx.sender.str()), printable(smtp::join_paths(tx.recipients), 2000));
   co_await reset();
   auto mail_reply = co_await mail(tx);
   if (!mail_reply.positive()) co_return mail_reply;

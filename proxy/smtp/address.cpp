@@ -234,4 +234,13 @@ path_result parse_path_argument(std::string_view arg, bool reverse, bool utf8_se
   return {std::move(result), path_error::none};
 }
 
+std::string join_paths(const std::vector<address>& list) {
+  std::string out;
+  for (const auto& a : list) {
+    if (!out.empty()) out += ',';
+    out += '<' + a.str() + '>';
+  }
+  return out;
+}
+
 }  // namespace portcullis::smtp

@@ -71,4 +71,7 @@ bool is_valid_address(const address& a, bool utf8);
 // destination host may interpret it); the domain is case-insensitive.
 bool same_mailbox(const address& a, const address& b);
 
+// "<a@x>,<b@y>": a list of paths as log lines show them.
+std::string join_paths(const std::vector<address>& list);
+
 }  // namespace portcullis::smtp

@@ -173,6 +173,15 @@ class harness {
     last = f.get();
     return true;
   }
+  // EHLO, one message from a@ to b@ that the upstream takes; what the upstream saw.
+  std::vector<std::string> one_message() {
+    say("EHLO client.test");
+    say("MAIL FROM:<a@example.test>");
+    say("RCPT TO:<b@example.test>");
+    say("DATA");
+    EXPECT_EQ(say("Subject: x\r\n\r\nhello\r\n."), "250 2.0.0 Ok: queued as T1\r\n");
+    return script->seen();
+  }
   bool session_ended_within(std::chrono::seconds wait) { return ended_future.wait_for(wait) == std::future_status::ready; }
 
   std::shared_ptr<upstream_script> script = std::make_shared<upstream_script>();
@@ -341,12 +350,7 @@ TEST(session, applies_a_verdicts_rewrites_in_its_proceed_step) {
     v.sender = addr("srs@fwd.example.test");
     return v;
   };
-  h.say("EHLO client.test");
-  h.say("MAIL FROM:<a@example.test>");
-  h.say("RCPT TO:<b@example.test>");
-  h.say("DATA");
-  EXPECT_EQ(h.say("Subject: x\r\n\r\nhello\r\n."), "250 2.0.0 Ok: queued as T1\r\n");
-  const auto seen = h.script->seen();
+  const auto seen = h.one_message();
   // The envelope changed after MAIL went upstream: redone before DATA.
   EXPECT_NE(std::find(seen.begin(), seen.end(), "MAIL <srs@fwd.example.test>"), seen.end());
 }
@@ -359,12 +363,7 @@ TEST(session, an_edit_that_adds_8bit_text_declares_8bitmime_upstream) {
     v.message = std::make_shared<const std::string>("Subject: x\r\n\r\nGr\xc3\xbc\xc3\x9f" "e\r\n");
     return v;
   };
-  h.say("EHLO client.test");
-  h.say("MAIL FROM:<a@example.test>");
-  h.say("RCPT TO:<b@example.test>");
-  h.say("DATA");
-  EXPECT_EQ(h.say("Subject: x\r\n\r\nhello\r\n."), "250 2.0.0 Ok: queued as T1\r\n");
-  const auto seen = h.script->seen();
+  const auto seen = h.one_message();
   EXPECT_NE(std::find(seen.begin(), seen.end(), "MAIL <a@example.test> BODY=8BITMIME"), seen.end());
 }
 
