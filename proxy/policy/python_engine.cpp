@@ -76,6 +76,7 @@ struct python_engine::channel {
   std::condition_variable cv;
   bool load_reported = false;
   std::optional<std::string> load_error;
+  policy_generation load_generation = 0;
 
   void wake() {
     const std::uint64_t one = 1;
@@ -131,11 +132,12 @@ struct python_engine::channel {
     return stopping;
   }
 
-  void loaded(std::optional<std::string> error) {
+  void loaded(std::optional<std::string> error, policy_generation generation = 0) {
     std::lock_guard lock(mutex);
     if (load_reported) return;
     load_reported = true;
     load_error = std::move(error);
+    load_generation = generation;
     cv.notify_all();
   }
 
@@ -177,6 +179,7 @@ py::dict job_dict(const policy_job& j) {
   session["auth_user"] = optional_str(j.auth_user);
   py::dict d;
   d["stage"] = j.stage;
+  d["generation"] = j.generation;
   d["session"] = session;
   if (j.has_tx) {
     py::dict tx;
@@ -229,6 +232,7 @@ policy_result result_from(py::handle h) {
     if (auto s = get("sender"); !s.is_none()) r.sender = s.cast<std::string>();
     if (auto rc = get("recipients"); !rc.is_none()) r.recipients = rc.cast<std::vector<std::string>>();
     if (auto m = get("message"); !m.is_none()) r.message = m.cast<std::string>();
+    if (auto g = get("generation"); !g.is_none()) r.generation = g.cast<policy_generation>();
   } catch (const std::exception& e) {
     r = policy_result{};
     r.error = std::string("the policy engine returned a malformed result: ") + e.what();
@@ -357,7 +361,7 @@ python_engine::python_engine(const config& cfg) {
                         to_string(cfg.policy.on_error), cfg.policy.threads);
   // The completion lives in the channel it reports to: a raw pointer, no cycle.
   channel* ch = channel_.get();
-  channel_->push({}, settings_of(cfg), [ch](policy_result r) { ch->loaded(std::move(r.error)); });
+  channel_->push({}, settings_of(cfg), [ch](policy_result r) { ch->loaded(std::move(r.error), r.generation); });
   std::unique_lock lock(ch->mutex);
   if (!ch->cv.wait_for(lock, load_wait, [ch] { return ch->load_reported; }))
     ch->load_error = "the policies did not load within " + std::to_string(load_wait.count()) + " seconds";
@@ -367,6 +371,7 @@ python_engine::python_engine(const config& cfg) {
     stop();
     throw std::runtime_error(why);
   }
+  first_generation_ = ch->load_generation;
 }
 
 python_engine::~python_engine() { stop(); }
@@ -418,8 +423,16 @@ void python_engine::abandon(job_id id) {
   if (taken) channel_->wake();  // the loop cancels the task once it can
 }
 
-void python_engine::reload(const config& cfg, std::function<void(std::optional<std::string>)> done) {
-  channel_->push({}, settings_of(cfg), [done = std::move(done)](policy_result r) { done(std::move(r.error)); });
+void python_engine::reload(const config& cfg, reload_done done) {
+  channel_->push({}, settings_of(cfg),
+                 [done = std::move(done)](policy_result r) { done(std::move(r.error), r.generation); });
+}
+
+void python_engine::release(policy_generation generation) {
+  policy_job job;
+  job.stage = "release";
+  job.generation = generation;
+  channel_->push(std::move(job), std::nullopt, [](policy_result) {});
 }
 
 }  // namespace portcullis

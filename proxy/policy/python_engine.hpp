@@ -24,9 +24,15 @@
 
 namespace portcullis {
 
+// A loaded set of policies (one per successful load or reload, counting up).
+// The daemon's settings snapshot and its sessions' Python policies are tied
+// by this number, so a session never mixes two reloads.
+using policy_generation = std::uint64_t;
+
 // One hook stage's input, as plain C++ values (built on an I/O thread).
 struct policy_job {
-  std::string stage;  // connect helo auth mail rcpt data disconnect
+  std::string stage;  // connect helo auth mail rcpt data disconnect; release (a generation)
+  policy_generation generation = 0;  // the policies to bind a new session to; 0: the current ones
   // connection
   std::string session_id, client_ip, helo;
   unsigned short client_port = 0;
@@ -63,6 +69,7 @@ struct policy_result {
   std::optional<std::string> sender;
   std::optional<std::vector<std::string>> recipients;
   std::optional<std::string> message;
+  policy_generation generation = 0;  // reload: the generation loaded
 };
 
 class python_engine {
@@ -99,7 +106,14 @@ class python_engine {
 
   // Reloads the policies of `cfg` (SIGHUP): sessions in progress keep the old
   // code. `done` gets the error, if any (the old policies then stay).
-  void reload(const config& cfg, std::function<void(std::optional<std::string>)> done);
+  // `done` gets the error, or the new generation's number.
+  using reload_done = std::function<void(std::optional<std::string> error, policy_generation loaded)>;
+  void reload(const config& cfg, reload_done done);
+  // The generation the constructor loaded.
+  policy_generation first_generation() const { return first_generation_; }
+  // The daemon will bind no more sessions to `generation` (its settings moved
+  // on): Python drops those policies once their last session ends.
+  void release(policy_generation generation);
 
   struct channel;  // shared by the engine and its policy thread (python_engine.cpp)
 
@@ -108,6 +122,7 @@ class python_engine {
 
   std::shared_ptr<channel> channel_;
   std::thread thread_;
+  policy_generation first_generation_ = 0;
 };
 
 }  // namespace portcullis

@@ -72,15 +72,21 @@ void add_once(std::vector<smtp::address>& list, smtp::address a) {
 
 }  // namespace
 
-python_policy::python_policy(std::shared_ptr<python_engine> engine, const config& cfg)
+python_policy::python_policy(std::shared_ptr<python_engine> engine, const config& cfg,
+                             policy_generation generation)
     : engine_(std::move(engine)),
+      generation_(generation),
       safety_timeout_(cfg.policy.timeout * static_cast<long>(std::max<std::size_t>(1, cfg.policy.files.size())) +
                       safety_margin),
       accept_on_error_(cfg.policy.on_error == on_error_mode::accept),
       max_recipients_(cfg.server.max_recipients),
       max_message_size_(cfg.server.max_message_size) {}
 
+// The last session of this settings snapshot is gone (or it never had one).
+python_policy::~python_policy() { engine_->release(generation_); }
+
 awaitable<policy_result> python_policy::run(policy_job job) {
+  job.generation = generation_;
   // One waiter per job: the engine's answer and the backstop timer race on
   // the session's strand; the first to arrive resumes the session. When the
   // backstop wins, the engine is told to drop the job: a job still queued

@@ -12,7 +12,10 @@ namespace portcullis {
 
 class python_policy final : public policy {
  public:
-  python_policy(std::shared_ptr<python_engine> engine, const config& cfg);
+  // The policies of `generation` (loaded for `cfg`): every session made with
+  // this object runs on them, whatever reloads come later.
+  python_policy(std::shared_ptr<python_engine> engine, const config& cfg, policy_generation generation);
+  ~python_policy() override;
 
   awaitable<verdict> on_connect(const connection_state& conn) override;
   awaitable<verdict> on_helo(const connection_state& conn, std::string_view hostname) override;
@@ -38,6 +41,7 @@ class python_policy final : public policy {
   verdict failure(const connection_state& conn, const std::string& stage, const std::string& why) const;
 
   std::shared_ptr<python_engine> engine_;
+  policy_generation generation_;
   std::chrono::seconds safety_timeout_;
   bool accept_on_error_;
   std::size_t max_recipients_;

@@ -61,7 +61,7 @@ server::server(std::shared_ptr<const config> cfg)
       env_(nullptr),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {
   auto g = make_generation(cfg);
-  g->pol = make_policy(*cfg);
+  g->pol = make_policy(*cfg, engine_ ? engine_->first_generation() : 0);
   env_.replace(std::move(g));
 }
 
@@ -88,9 +88,9 @@ std::optional<std::string> server::cannot_serve_listeners(const config& cfg) con
   return std::nullopt;
 }
 
-std::shared_ptr<policy> server::make_policy(const config& cfg) {
+std::shared_ptr<policy> server::make_policy(const config& cfg, policy_generation loaded) {
   if (cfg.policy.files.empty()) return std::make_shared<upstream_decides>();
-  return std::make_shared<python_policy>(engine_, cfg);
+  return std::make_shared<python_policy>(engine_, cfg, loaded);
 }
 
 server::~server() = default;
@@ -258,13 +258,13 @@ void server::reload() {
   }
   if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
     spdlog::warn("reload: listen addresses changed; they take effect on restart");
-  auto swap_in = [this, fresh, next] {
-    next->pol = make_policy(*fresh);
+  auto swap_in = [this, fresh, next](policy_generation loaded) {
+    next->pol = make_policy(*fresh, loaded);
     env_.replace(next);
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
   };
   if (fresh->policy.files.empty()) {
-    swap_in();
+    swap_in(0);
     return;
   }
   if (!engine_) {
@@ -276,18 +276,18 @@ void server::reload() {
       spdlog::error("reload: policies did not load, keeping the running configuration: {}", e.what());
       return;
     }
-    swap_in();
+    swap_in(engine_->first_generation());
     return;
   }
   // Sessions in progress keep the policies they started with; the policy
   // thread loads the new ones and we swap only if that worked.
-  engine_->reload(*fresh, [this, swap_in](std::optional<std::string> error) {
-    asio::post(io_, [error = std::move(error), swap_in] {
+  engine_->reload(*fresh, [this, swap_in](std::optional<std::string> error, policy_generation loaded) {
+    asio::post(io_, [error = std::move(error), swap_in, loaded] {
       if (error) {
         spdlog::error("reload: policies did not load, keeping the running ones and configuration: {}", *error);
         return;
       }
-      swap_in();
+      swap_in(loaded);
     });
   });
 }

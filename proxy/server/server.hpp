@@ -33,7 +33,8 @@ class server {
   std::shared_ptr<generation> make_generation(std::shared_ptr<const config> cfg);
   // Can the listeners open now serve sessions of `cfg`? The reason they cannot, if not.
   std::optional<std::string> cannot_serve_listeners(const config& cfg) const;
-  std::shared_ptr<policy> make_policy(const config& cfg);
+  // The policy for sessions of `cfg`: its Python policies of generation `loaded`, or none.
+  std::shared_ptr<policy> make_policy(const config& cfg, std::uint64_t loaded);
   bool admit(const asio::ip::address& client, std::string& why);
   void release(const asio::ip::address& client, const std::string& id);
 

@@ -202,6 +202,7 @@ class Engine:
         self.files = [str(base / Path(f)) for f in files]
         self.generation = next(_generations)
         self.sessions = 0  # sessions bound to this generation (see EngineHost)
+        self.held = False  # the daemon still hands out sessions of this generation (see EngineHost)
         self.modules: list[types.ModuleType] = []
         self.hooks: dict[str, list[Hook]] = {stage: [] for stage in HOOK_ARGUMENTS}
 
@@ -570,11 +571,33 @@ class EngineHost:
     def _swap(self, engine: Engine, settings: dict[str, Any]) -> Engine:
         old, self.engine, self._settings = self.engine, engine, settings
         _context.set_default_config(engine.config)
-        if old.sessions == 0:
-            old.close()
-        else:
-            self._retired.append(old)
+        self._retired.append(old)
+        self._close_if_unused(old)
         return engine
+
+    def _close_if_unused(self, engine: Engine) -> None:
+        # A retired generation lives while sessions are bound to it or the
+        # daemon may still bind new ones (its settings snapshot has not moved on).
+        if engine is not self.engine and engine.sessions == 0 and not engine.held and engine in self._retired:
+            self._retired.remove(engine)
+            engine.close()
+
+    def _engine_of_generation(self, generation: Any) -> Engine:
+        if not generation:
+            return self.engine
+        for engine in (self.engine, *self._retired):
+            if engine.generation == generation:
+                return engine
+        raise LookupError(f"policy generation {generation} is no longer loaded")
+
+    def release(self, generation: int) -> None:
+        """The daemon will start no more sessions on ``generation`` (its settings moved on)."""
+        try:
+            engine = self._engine_of_generation(generation)
+        except LookupError:
+            return
+        engine.held = False
+        self._close_if_unused(engine)
 
     def reload(self, **changes: Any) -> Engine:
         """Loads the policies anew (with any of files, config_path, timeout, on_error,
@@ -601,13 +624,18 @@ class EngineHost:
         changes = {k: job.get(k) for k in ("files", "config_path", "timeout", "on_error", "threads")}
         try:
             engine = await self.areload(**changes)
+            # The daemon makes its settings snapshot from this generation and
+            # binds its sessions to it by number until it sends "release".
+            engine.held = True
         except Exception as e:  # PolicyLoadError, or a bad setting in the job
             # The problems name the operator's files and lines: safe to give a line each.
             log.error("policies did not load (any loaded before stay in force):",
                       extra={DETAIL: str(e).rstrip("\n").split("\n")})
             return error_result(str(e))
         log.info("policies loaded: %s", ", ".join(engine.files) or "none")
-        return empty_result()
+        result = empty_result()
+        result["generation"] = engine.generation
+        return result
 
     def close(self) -> None:
         """Drops every engine (for shutdown)."""
@@ -634,6 +662,9 @@ class EngineHost:
         stage = job.get("stage") if isinstance(job, dict) else None
         if stage == "reload":
             return await self.reload_job(job)
+        if stage == "release":
+            self.release(job.get("generation"))
+            return empty_result()
         if stage not in HOOK_ARGUMENTS:
             return error_result(f"unknown job stage {stage!r}")
         try:
@@ -665,9 +696,12 @@ class EngineHost:
         if session is None or job["stage"] == "connect":
             if session is not None:
                 self._drop_session(session)
+            # The generation the daemon's session was made with: its C++
+            # settings and its Python policies are one snapshot.
+            engine = self._engine_of_generation(job.get("generation"))
             conn = Connection(sid, str(snapshot.get("client_ip", "")), int(snapshot.get("client_port", 0)))
-            session = _Session(self.engine, conn)
-            self.engine.sessions += 1
+            session = _Session(engine, conn)
+            engine.sessions += 1
             self._sessions[sid] = session
         session.conn._update(snapshot)
         session.tx = self._transaction_for(session, job.get("tx"))
@@ -697,11 +731,8 @@ class EngineHost:
     def _drop_session(self, session: _Session) -> None:
         if self._sessions.get(session.conn.id) is session:
             del self._sessions[session.conn.id]
-        engine = session.engine
-        engine.sessions -= 1
-        if engine.sessions == 0 and engine is not self.engine and engine in self._retired:
-            self._retired.remove(engine)
-            engine.close()
+        session.engine.sessions -= 1
+        self._close_if_unused(session.engine)
 
     async def _notify_disconnect(self, session: _Session) -> None:
         for hook in session.engine.hooks["disconnect"]:

@@ -659,13 +659,46 @@ def test_broken_reload_keeps_the_old_engine(policy_file, tmp_path, core_log):
     assert dispatch(host, job("helo", hostname="h"))["verdict"]["text"] == "v1 v1"
 
 
+def test_sessions_bind_to_the_generation_the_daemon_names(policy_file, tmp_path):
+    """The daemon's settings snapshot and its sessions' policies are one:
+    a session made before a reload reached the daemon runs on the policies
+    of its snapshot, even when Python has loaded newer ones meanwhile; a
+    generation is dropped only once the daemon released it and its last
+    session ended."""
+    path = tmp_path / "v.py"
+    path.write_text(VERSIONED)
+    for v in ("v1", "v2"):
+        (tmp_path / f"{v}.toml").write_text(f'version = "{v}"\n')
+    host = EngineHost([])
+    first = dispatch(host, {"stage": "reload", "files": [str(path)], "config_path": str(tmp_path / "v1.toml")})
+    first = first["generation"]
+    old = host.engine
+    path.write_text(VERSIONED.replace("VERSION}", "VERSION}!"))
+    second = dispatch(host, {"stage": "reload", "files": [str(path)], "config_path": str(tmp_path / "v2.toml")})
+    second = second["generation"]
+    assert second > first and host.engine is not old
+    assert not old.closed, "dropped while the daemon may still bind sessions to it"
+    # A session of the old snapshot, starting after Python's reload:
+    dispatch(host, {**job("connect", sid="late"), "generation": first})
+    assert dispatch(host, {**job("helo", sid="late", hostname="h"), "generation": first})["verdict"]["text"] == "v1 v1"
+    dispatch(host, {**job("connect", sid="new"), "generation": second})
+    assert dispatch(host, {**job("helo", sid="new", hostname="h")})["verdict"]["text"] == "v2! v2"
+    dispatch(host, {"stage": "release", "generation": first})
+    assert not old.closed, "dropped under a session still bound to it"
+    dispatch(host, job("disconnect", sid="late"))
+    assert old.closed
+    # A generation that is gone cannot take sessions: the job fails, it does not run on other code.
+    r = dispatch(host, {**job("connect", sid="ghost"), "generation": first})
+    assert "no longer loaded" in r["error"]
+
+
 def test_reload_job_swaps_files(policy_file):
     a = policy_file("import portcullis as pc\ndef on_connect(conn): return pc.accept('a')\n")
     b = policy_file("import portcullis as pc\ndef on_connect(conn): return pc.accept('b')\n")
     host = EngineHost([])
     assert dispatch(host, job("connect", sid="x"))["verdict"] is None
     r = dispatch(host, {"stage": "reload", "files": [a]})
-    assert r == _engine.empty_result()
+    assert r == {**_engine.empty_result(), "generation": host.engine.generation}
     assert dispatch(host, job("connect", sid="y"))["verdict"]["text"] == "a"
     dispatch(host, {"stage": "reload", "files": [b], "timeout": 3})
     assert host.engine.timeout == 3

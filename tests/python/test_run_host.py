@@ -94,7 +94,8 @@ def test_jobs_in_results_out(daemon, policy_file):
     """)
     thread = start([])
     reload_id = core.submit({"stage": "reload", "files": [f], "config_path": None})
-    assert core.results(1) == {reload_id: _engine.empty_result()}
+    loaded = core.results(1)[reload_id]
+    assert loaded == {**_engine.empty_result(), "generation": loaded["generation"]} and loaded["generation"] > 0
     ids = [core.submit(job("mail", sid=f"S{i}", tx_snapshot=tx(f"S{i}.1", sender=f"u{i}@example.test")))
            for i in range(10)]
     start_time = time.monotonic()
