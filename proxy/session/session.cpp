@@ -168,6 +168,7 @@ awaitable<void> session::serve() {
     // command keeps max_line_length, checked below.
     const std::size_t read_limit = cfg_.auth.enabled ? std::max(s.max_line_length, smtp::sasl_max_line_length)
                                                      : s.max_line_length;
+    client_.shrink_if_idle();  // between commands: no argument points into the buffer now
     awaiting_command_ = true;
     auto line = co_await client_.read_line(read_limit, s.idle_timeout);
     awaiting_command_ = false;
@@ -276,11 +277,12 @@ awaitable<reply> session::on_helo(const smtp::command& cmd, bool extended) {
   const auto& s = cfg_.server;
   if (cmd.arg.empty()) co_return bad_syntax(extended ? "Syntax: EHLO hostname" : "Syntax: HELO hostname");
   if (!plausible_helo(cmd.arg)) co_return reply{501, "5.5.2", "Invalid hostname"};
-  auto v = co_await policy_.on_helo(conn_, cmd.arg);
-  if (v.stops()) co_return refused_by_policy("HELO " + std::string(cmd.arg), v);
+  std::string hostname(cmd.arg);  // owned: the command's view is not kept across the awaits below
+  auto v = co_await policy_.on_helo(conn_, hostname);
+  if (v.stops()) co_return refused_by_policy("HELO " + hostname, v);
   // RFC 5321 §4.1.4: EHLO/HELO ends any transaction in progress.
   co_await reset_transaction();
-  conn_.helo = std::string(cmd.arg);
+  conn_.helo = std::move(hostname);
   conn_.esmtp = extended;
   set_stage(stage::ready);
   // RFC 2034 §3: no enhanced status code in the reply to HELO/EHLO.
@@ -699,9 +701,9 @@ awaitable<void> session::reset_transaction() {
   co_await relay_.reset();
   tx_ = transaction{};
   if (stage_ == stage::transaction || stage_ == stage::data) set_stage(stage::ready);
-  // An idle session keeps no big buffers.
+  // An idle session keeps no big buffers (the input buffer is given back
+  // between commands, in serve(): a command's arguments point into it).
   if (message_ && message_->capacity() > keep_message_buffer) message_.reset();
-  client_.shrink_if_idle();
 }
 
 void session::log_transaction(const reply& outcome, std::size_t size) {

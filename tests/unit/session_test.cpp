@@ -225,6 +225,18 @@ TEST(session, answers_pipelined_commands_while_a_partial_line_waits) {
   EXPECT_EQ(h.say("OP"), "250 2.0.0 Ok\r\n");
 }
 
+// Found by ASan on the test below: EHLO ended the transaction, which gave
+// back the grown input buffer while the command's argument still pointed
+// into it. The buffer is now only given back between commands.
+TEST(session, ehlo_at_the_end_of_a_large_pipelined_batch_keeps_its_argument) {
+  harness h;
+  std::string batch;
+  while (batch.size() < 3 * 4096) batch += "NOOP\r\n";
+  h.send(batch + "EHLO last.client.test\r\n");
+  for (std::size_t i = 0; i < batch.size() / 6; ++i) ASSERT_EQ(h.read_reply(), "250 2.0.0 Ok\r\n");
+  EXPECT_NE(h.read_reply().find("Hello last.client.test "), std::string::npos);
+}
+
 // Issue 7 A: a client that writes and never reads is not read forever (the
 // replies are bounded; the write times out and the session ends).
 TEST(session, stops_reading_a_client_that_does_not_read_its_replies) {
