@@ -566,6 +566,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     if (const auto line = too_deep_at(text, max_config_nesting))
       throw config_error({f + ":" + std::to_string(line) + ": nested more than " + std::to_string(max_config_nesting) +
                           " levels deep (arrays, inline tables, table headers and dotted keys together)"});
+    cfg->text = text;
     try {
       std::istringstream stream(text);
       root = toml::parse(stream, f);

@@ -131,6 +131,9 @@ struct log_config {
 
 struct config {
   std::filesystem::path file;  // where it was read from
+  // The bytes parsed: policies read their tables (pc.config) from these same
+  // bytes, never from the file again, which may have changed since.
+  std::string text;
   server_config server;
   upstream_config upstream;
   tls_config tls;

@@ -30,6 +30,7 @@ constexpr auto load_wait = std::chrono::seconds(120);   // for the policies to i
 struct reload_settings {
   std::vector<std::string> files;
   std::string config_path;
+  std::string config_text;  // what the daemon parsed: one snapshot for C++ and Python
   double timeout = 0;
   std::string on_error;
   unsigned threads = 0;
@@ -39,6 +40,7 @@ reload_settings settings_of(const config& cfg) {
   reload_settings r;
   for (const auto& f : cfg.policy.files) r.files.push_back(f.string());
   r.config_path = cfg.file.string();
+  r.config_text = cfg.text;
   r.timeout = static_cast<double>(cfg.policy.timeout.count());
   r.on_error = to_string(cfg.policy.on_error);
   r.threads = cfg.policy.threads;
@@ -280,6 +282,7 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
                  d["stage"] = "reload";
                  d["files"] = q.reload->files;
                  d["config_path"] = q.reload->config_path;
+                 d["config_text"] = py::bytes(q.reload->config_text);
                  d["timeout"] = q.reload->timeout;
                  d["on_error"] = q.reload->on_error;
                  d["threads"] = q.reload->threads;

@@ -140,12 +140,18 @@ def load_config(config_path: str | os.PathLike[str] | None) -> dict[str, Any]:
         return {}
     try:
         with open(config_path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        match = re.search(r"at line (\d+)", str(e))
-        raise PolicyLoadError([LoadProblem(str(config_path), int(match.group(1)) if match else None, str(e))]) from e
+            return parse_config(f.read(), config_path)
     except OSError as e:
         raise PolicyLoadError([LoadProblem(str(config_path), None, f"cannot read the config: {e.strerror}")]) from e
+
+
+def parse_config(text: bytes, config_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The config from the bytes the daemon parsed (so C++ and Python read one snapshot of the file)."""
+    try:
+        return tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        match = re.search(r"at line (\d+)", str(e))
+        raise PolicyLoadError([LoadProblem(str(config_path), int(match.group(1)) if match else None, str(e))]) from e
 
 
 def _problem_from_exception(path: str, exc: BaseException) -> LoadProblem:
@@ -623,6 +629,9 @@ class EngineHost:
         """Answers a ``{"stage": "reload", ...}`` job: error None, or why the old policies stay."""
         changes = {k: job.get(k) for k in ("files", "config_path", "timeout", "on_error", "threads")}
         try:
+            if job.get("config_text") is not None:
+                # The file may have changed since the daemon read it: never read it again.
+                changes["config"] = parse_config(bytes(job["config_text"]), job.get("config_path"))
             engine = await self.areload(**changes)
             # The daemon makes its settings snapshot from this generation and
             # binds its sessions to it by number until it sends "release".

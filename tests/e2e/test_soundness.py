@@ -8,6 +8,7 @@ doubles or crashes nothing."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -87,7 +88,9 @@ def test_pipelined_stream_without_reading_costs_bounded_memory(start_daemon, aio
     growth_mib = (d.rss_kib() - rss_before) / 1024
     for s in socks:
         s.close()
-    assert growth_mib < 32, f"RSS grew by {growth_mib:.0f} MiB while clients sent {sent >> 20} MiB without reading"
+    # (ASan keeps freed memory in quarantine, so RSS says nothing under it.)
+    if not os.environ.get("PORTCULLIS_SANITIZED"):
+        assert growth_mib < 32, f"RSS grew by {growth_mib:.0f} MiB while clients sent {sent >> 20} MiB without reading"
     # The daemon stopped reading them: their writes time out and the sessions end.
     d.wait_log(r"write to client failed or timed out; closing", timeout=15, count=1)
     with d.connect() as c:

@@ -692,6 +692,19 @@ def test_sessions_bind_to_the_generation_the_daemon_names(policy_file, tmp_path)
     assert "no longer loaded" in r["error"]
 
 
+def test_a_reload_reads_the_config_the_daemon_parsed_not_the_file(policy_file, tmp_path):
+    """Found by the SIGHUP storm: the file was rewritten between the daemon's
+    parse and Python's, and hooks saw another config than the daemon."""
+    f = policy_file("import portcullis as pc\ndef on_connect(conn): return pc.accept(pc.config['probe']['tag'])\n")
+    conf = tmp_path / "portcullis.toml"
+    conf.write_text("[server\nbroken =\n")  # what the file holds by the time Python would read it
+    host = EngineHost([])
+    r = dispatch(host, {"stage": "reload", "files": [f], "config_path": str(conf),
+                        "config_text": b'[probe]\ntag = "parsed"\n'})
+    assert r["error"] is None
+    assert dispatch(host, job("connect", sid="x"))["verdict"]["text"] == "parsed"
+
+
 def test_reload_job_swaps_files(policy_file):
     a = policy_file("import portcullis as pc\ndef on_connect(conn): return pc.accept('a')\n")
     b = policy_file("import portcullis as pc\ndef on_connect(conn): return pc.accept('b')\n")
