@@ -135,6 +135,12 @@ def test_a_body_rewrite_over_max_message_size_is_a_policy_error(policy_daemon, a
 
 # -- the SIGHUP storm ---------------------------------------------------------------------
 
+def write_atomically(path, text: str) -> None:
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 STORM_POLICY = """
 import portcullis as pc
 
@@ -177,10 +183,12 @@ def test_sighup_storm_under_traffic_loses_doubles_and_crashes_nothing(policy_dae
     try:
         wait_until(lambda: len(accepted) >= 20, timeout=20, what="traffic")
         for i in range(1, 201):
+            # Written whole (rename), as an operator's tooling should: a half-written
+            # file may be valid TOML with half the settings, which no daemon can tell.
             if i % 2:
-                d.write_config(valid.replace('tag = "g0"', f'tag = "g{i}"'))
+                write_atomically(d.config_path, valid.replace('tag = "g0"', f'tag = "g{i}"'))
             else:
-                d.write_config(valid + "\n[server\nbroken = \n")  # not TOML: refused, the old one kept
+                write_atomically(d.config_path, valid + "\n[server\nbroken = \n")  # not TOML: refused
             d.signal(signal.SIGHUP)
             reloads += 1
             time.sleep(0.02)
