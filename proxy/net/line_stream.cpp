@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -12,6 +13,8 @@ namespace portcullis {
 namespace {
 constexpr std::size_t command_space = 4 * 1024;  // enough for a pipelined batch of commands
 constexpr std::size_t data_space = 64 * 1024;    // DATA arrives in large pieces: fewer reads
+constexpr std::size_t discard_chunk = 16 * 1024;   // close_after_drain's reads
+constexpr std::size_t max_discarded = 1 << 20;     // close_after_drain gives up after this much
 }  // namespace
 
 line_stream::line_stream(tcp::socket socket)
@@ -59,6 +62,27 @@ void line_stream::close() {
   boost::system::error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
+}
+
+awaitable<void> line_stream::close_after_drain(duration drain_limit) {
+  char probe;
+  const bool unread = has_buffered_input() ||
+                      ::recv(socket_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+  if (unread && socket_.is_open()) {
+    boost::system::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_send, ec);
+    // Raw reads, TLS or not: these bytes are only thrown away.
+    std::array<char, discard_chunk> scratch;
+    std::size_t discarded = 0;
+    arm(std::chrono::steady_clock::now() + drain_limit);
+    while (!ec && discarded < max_discarded) {
+      const std::size_t n =
+          co_await socket_.async_read_some(asio::buffer(scratch), asio::redirect_error(asio::use_awaitable, ec));
+      discarded += n;
+    }
+    disarm();
+  }
+  close();
 }
 
 // Only moves the index: views handed out stay intact until the next fill().

@@ -94,6 +94,11 @@ class line_stream {
   // is interrupted: a write or a TLS handshake in progress goes on.
   void wake();
   void close();  // idempotent
+  // Closes so that the peer can read all we wrote. Closing with its input
+  // unread makes the kernel send RST, and a peer that gets RST may drop what
+  // it had not read yet (our last reply): with input left, we send FIN and
+  // discard what still comes, until the peer closes or `drain_limit` passes.
+  awaitable<void> close_after_drain(duration drain_limit);
   tcp::socket& socket() { return socket_; }
 
  private:

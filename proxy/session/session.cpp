@@ -32,6 +32,7 @@ reply with_policy_text(reply r, const verdict& v) {
 }
 
 constexpr std::chrono::seconds goodbye_timeout{10};  // writing the last reply to a client that left
+constexpr std::chrono::seconds goodbye_drain{2};     // for a client that still sends, to read our last reply
 constexpr std::uint64_t max_size_hint = 4 << 20;     // most we reserve up front from MAIL SIZE=
 constexpr std::chrono::milliseconds proxy_header_pause{20};  // between peeks at a partial PROXY header
 // RFC 2920 §3.2 lets a server hold replies while complete pipelined commands
@@ -221,7 +222,11 @@ awaitable<void> session::finish() {
   out_.clear();
   // The client has had its last word: it is let go before we tidy up
   // upstream and notify the policy, however long that takes.
-  client_.close();
+  try {
+    co_await client_.close_after_drain(goodbye_drain);
+  } catch (const std::exception& e) {
+    client_.close();
+  }
   try {
     co_await relay_.reset();
     co_await relay_.quit();

@@ -111,7 +111,9 @@ smtp::address addr(const std::string& s) { return *smtp::parse_mailbox(s, false)
 // One daemon-side session on loopback, and a blocking client for the test.
 class harness {
  public:
-  explicit harness(std::function<void(config&)> tweak = {}) {
+  // `client_rcvbuf`: the client's receive buffer, set before connecting (so
+  // that the window is small and the session's writes block).
+  explicit harness(std::function<void(config&)> tweak = {}, int client_rcvbuf = 0) {
     auto cfg = std::make_shared<config>();
     cfg->server.hostname = "mx.test";
     if (tweak) tweak(*cfg);
@@ -137,6 +139,8 @@ class harness {
       });
     });
     thread = std::thread([this] { io.run(); });
+    client.open(tcp::v4());
+    if (client_rcvbuf) client.set_option(asio::socket_base::receive_buffer_size(client_rcvbuf));
     client.connect(acceptor.local_endpoint());
     EXPECT_EQ(read_reply().substr(0, 4), "220 ");
   }
@@ -343,6 +347,33 @@ TEST(session, stop_lets_a_message_in_progress_finish) {
   EXPECT_EQ(h.say("second half\r\n."), "250 2.0.0 Ok: queued as T1\r\n");
   EXPECT_NE(h.read_reply().find("421 4.3.2"), std::string::npos);
   EXPECT_TRUE(h.session_ended_within(5s));
+}
+
+// Issue 7 item 6: shutdown used to cancel whatever was pending on the
+// socket, a write of replies included, and so cut a busy session off.
+TEST(session, stop_does_not_cut_off_a_write_in_progress) {
+  harness h({}, 4096);
+  constexpr int commands = 50000;  // some 9 MB of replies: more than the socket buffers hold
+  std::string batch;
+  for (int i = 0; i < commands; ++i) batch += "EHLO client.test\r\n";
+  std::thread writer([&] {
+    boost::system::error_code ec;
+    asio::write(h.client, asio::buffer(batch), ec);
+  });
+  std::this_thread::sleep_for(500ms);  // the session now waits for the client to read its replies
+  asio::post(h.sess->executor(), [s = h.sess] { s->stop(); });
+  std::this_thread::sleep_for(200ms);
+  int answered = 0;
+  std::string last;
+  for (;;) {
+    last = h.read_reply();
+    if (last.rfind("250-", 0) != 0) break;
+    ++answered;
+  }
+  writer.join();
+  // Every command read before the stop is answered in full, then 421.
+  EXPECT_GT(answered, 0);
+  EXPECT_NE(last.find("421 4.3.2"), std::string::npos) << "after " << answered << " replies: " << last;
 }
 
 TEST(session, stop_closes_a_session_waiting_for_a_command) {
