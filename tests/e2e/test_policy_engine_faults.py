@@ -136,9 +136,12 @@ def test_a_policy_thread_stuck_at_shutdown_is_left_behind_safely(policy_daemon, 
     # The left-behind thread still runs Python while the process exits: the
     # objects its frames hold live in CPython's mmap'd frame stack, which
     # LeakSanitizer does not scan, so it calls them leaked. Only the
-    # interpreter's allocations are excused; any ASan error still fails.
+    # interpreter's allocations are excused, and OpenSSL's per-thread state
+    # (its stack is cut short at CRYPTO_zalloc, so it does not show which
+    # thread made it: seen once in three runs on a loaded machine); any ASan
+    # error still fails, and every other test still checks for leaks.
     suppressions = tmp_path / "lsan.supp"
-    suppressions.write_text("leak:libpython3.11.so\n")
+    suppressions.write_text("leak:libpython3.11.so\nleak:libcrypto.so\n")
     monkeypatch.setenv("LSAN_OPTIONS", f"suppressions={suppressions}")
     d = policy_daemon(fake_upstream().url, f"""
         import os
