@@ -18,7 +18,7 @@ _REPLY_CODE = re.compile(r"[2-5][0-5][0-9]\Z")
 # RFC 3463 §2: class "." subject "." detail, subject and detail 1-3 digits.
 _ENHANCED_STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}\Z")
 
-#: Which stages each kind of verdict may decide (CONTRACT.md, "Python policies").
+#: Which stages each kind of verdict may decide (docs/policy-api.md, "Verdicts").
 STAGES_ALLOWED: dict[str, frozenset[str]] = {
     "accept": frozenset({"connect", "helo", "auth", "mail", "rcpt", "data"}),
     "reject": frozenset({"connect", "helo", "auth", "mail", "rcpt", "data"}),
