@@ -42,13 +42,15 @@ bool line_stream::disarm() {
   return token_->expired;
 }
 
-bool line_stream::peer_gone() {
-  if (has_buffered_input()) return true;
+line_stream::waiting line_stream::peek_socket() {
   char byte;
   const ssize_t n = ::recv(socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK;
-  return true;  // 0: closed; 1: unsolicited data
+  if (n > 0) return waiting::data;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return waiting::nothing;
+  return waiting::end;
 }
+
+bool line_stream::peer_gone() { return has_buffered_input() || peek_socket() != waiting::nothing; }
 
 void line_stream::wake() {
   woken_ = true;
@@ -65,10 +67,8 @@ void line_stream::close() {
 }
 
 awaitable<void> line_stream::close_after_drain(duration drain_limit) {
-  char probe;
-  const bool unread = has_buffered_input() ||
-                      ::recv(socket_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
-  if (unread && socket_.is_open()) {
+  const bool unread = socket_.is_open() && (has_buffered_input() || peek_socket() == waiting::data);
+  if (unread) {
     boost::system::error_code ec;
     socket_.shutdown(tcp::socket::shutdown_send, ec);
     // Raw reads, TLS or not: these bytes are only thrown away.

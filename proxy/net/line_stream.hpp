@@ -47,6 +47,12 @@ class line_stream {
   // while we were not reading? For a connection about to be reused.
   bool peer_gone();
 
+  // What the socket holds that we have not read, looked at without waiting
+  // or taking it (MSG_PEEK): nothing yet, bytes, or the end (closed or failed).
+  // Raw bytes: under TLS they may be TLS's own records.
+  enum class waiting { nothing, data, end };
+  waiting peek_socket();
+
   // Connects the (unopened) socket to the first endpoint that answers.
   awaitable<boost::system::error_code> connect(const tcp::resolver::results_type& endpoints, duration timeout);
 

@@ -235,6 +235,10 @@ awaitable<void> server::handle_signals() {
 }
 
 void server::reload() {
+  const auto keep_running = [](const std::vector<std::string>& problems) {
+    for (const auto& p : problems) spdlog::error("reload: {}", p);
+    spdlog::error("reload: keeping the running configuration");
+  };
   const auto old = env_.current()->cfg;
   // Exactly the checks of start-up (load_config runs them all), then what
   // only a running server can tell: whether its open listeners can be served.
@@ -245,12 +249,10 @@ void server::reload() {
     if (auto why = cannot_serve_listeners(*fresh)) throw std::invalid_argument(*why);
     next = make_generation(fresh);
   } catch (const config_error& e) {
-    for (const auto& p : e.problems()) spdlog::error("reload: {}", p);
-    spdlog::error("reload: keeping the running configuration");
+    keep_running(e.problems());
     return;
   } catch (const auth::users_file_error& e) {
-    for (const auto& p : e.problems()) spdlog::error("reload: {}", p);
-    spdlog::error("reload: keeping the running configuration");
+    keep_running(e.problems());
     return;
   } catch (const std::exception& e) {  // tls_error, a bad network list, a listener it cannot serve
     spdlog::error("reload: {}; keeping the running configuration", e.what());

@@ -50,10 +50,6 @@ bool plausible_helo(std::string_view s) {
   return true;
 }
 
-bool has_8bit(std::string_view s) {
-  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
-}
-
 
 const char* stage_name(session::stage s) {
   switch (s) {
@@ -669,7 +665,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
   if (v.message) {
     // RFC 6152 §3: 8-bit text an edit brought in is declared to the upstream
     // (the envelope is then redone with BODY=8BITMIME).
-    if (!tx_.options.body_8bit && !tx_.options.smtputf8 && has_8bit(*v.message) && !has_8bit(*received))
+    if (!tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*v.message) && smtp::is_ascii(*received))
       tx_.options.body_8bit = true;
     message = v.message;
   }

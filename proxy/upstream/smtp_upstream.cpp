@@ -7,9 +7,6 @@
 // (a stray 354 after a RCPT reply would pass for DATA's go-ahead, and the
 // message's final reply would then be that DATA's 354): the connection is
 // dropped, the client gets 451 4.3.0, and the next MAIL opens a fresh one.
-#include <sys/socket.h>
-
-#include <cerrno>
 #include <map>
 #include <set>
 #include <sstream>
@@ -144,7 +141,7 @@ class smtp_upstream final : public upstream {
     buffers.emplace_back(header.data(), header.size());
     for (auto p : pieces) buffers.emplace_back(p.data(), p.size());
     const bool written = co_await stream_->write(buffers, cfg_.timeout);
-    if (!written) co_return fail(write_failure_kind(), write_failure("sending the message")).reply;
+    if (!written) co_return write_failed("sending the message").reply;
     auto final_reply = co_await read_reply(reply_to::end_of_data);
     in_transaction_ = false;
     co_return std::move(final_reply.reply);
@@ -405,7 +402,7 @@ class smtp_upstream final : public upstream {
                                                      "; dropping the connection");
     const std::string wire = line + "\r\n";
     const bool written = co_await stream_->write(std::string_view(wire), cfg_.timeout);
-    if (!written) co_return fail(write_failure_kind(), write_failure(std::string(name(what))));
+    if (!written) co_return write_failed(std::string(name(what)));
     auto a = co_await read_reply(what);
     co_return a;
   }
@@ -466,20 +463,17 @@ class smtp_upstream final : public upstream {
   // Under TLS only what TLS decrypted counts: raw bytes may be TLS's own
   // records (a late session ticket), and what they carry is caught by
   // read_reply's check or by the next reply not fitting its command.
+  // (A closed socket is no unsolicited input: the write or read that follows says so.)
   bool unsolicited_input() {
     if (stream_->has_buffered_input()) return true;
-    if (stream_->tls_active()) return false;
-    char byte;
-    const ssize_t n = ::recv(stream_->socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n > 0;  // 0: closed (the write or read that follows says so); -1: nothing waiting
+    return !stream_->tls_active() && stream_->peek_socket() == line_stream::waiting::data;
   }
 
-  upstream_failure write_failure_kind() const {
-    return stream_->last_status() == line_stream::status::timeout ? upstream_failure::timeout : upstream_failure::lost;
-  }
-
-  std::string write_failure(const std::string& stage) const {
-    return (stream_->last_status() == line_stream::status::timeout ? "write timed out at " : "write failed at ") + stage;
+  // A write to the upstream that timed out or failed, at `stage`.
+  answer write_failed(const std::string& stage) {
+    const bool timed_out = stream_->last_status() == line_stream::status::timeout;
+    return fail(timed_out ? upstream_failure::timeout : upstream_failure::lost,
+                (timed_out ? "write timed out at " : "write failed at ") + stage);
   }
 
   answer fail(upstream_failure kind, const std::string& why) {
