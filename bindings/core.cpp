@@ -44,6 +44,8 @@ void define_core(py::module_& m) {
         if (auto problem = smtp::message_problem(view)) throw py::value_error(*problem);
       },
       "Raises ValueError unless the message uses CRLF only, has no NUL and a well-formed header section.");
+
+  define_protocol(m);
 }
 
 }  // namespace portcullis::bindings

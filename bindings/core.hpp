@@ -8,5 +8,7 @@
 namespace portcullis::bindings {
 
 void define_core(pybind11::module_& m);
+// The policy protocol's classes (bindings/protocol.cpp); define_core calls it.
+void define_protocol(pybind11::module_& m);
 
 }  // namespace portcullis::bindings

@@ -23,7 +23,7 @@ namespace portcullis {
 
 namespace {
 
-constexpr auto stop_wait = std::chrono::seconds(5);     // for the policy thread to leave its loop
+constexpr auto stop_wait = std::chrono::seconds(5);     // for the policy threads to leave their loops
 constexpr auto load_wait = std::chrono::seconds(120);   // for the policies to import
 
 // A reload job's settings (the [policy] table and the config file).
@@ -49,31 +49,50 @@ reload_settings settings_of(const config& cfg) {
 
 }  // namespace
 
-// What the engine and its policy thread share, owned by both (and by the
-// Python object run_host holds): the queue, the answers awaited and the
-// eventfd. A policy thread left behind in a stuck hook still holds it after
-// the engine is gone, so nothing it touches dangles; the last owner closes
-// the eventfd, after the loop stopped watching it.
+// What the engine and its policy threads share, owned by all of them (and by
+// the Python object run_host holds): the queues, the answers awaited and the
+// eventfd. A thread left behind in a stuck hook still holds it after the
+// engine is gone, so nothing it touches dangles; the last owner closes the
+// eventfd, after the loop stopped watching it.
 struct python_engine::channel {
+  enum class kind { stage, reload, release };
   struct queued {
-    job_id id;
+    job_id id = 0;
+    kind what = kind::stage;
     policy_job job;
-    std::optional<reload_settings> reload;  // set: a reload job
+    std::optional<reload_settings> reload;
+  };
+  // A plain job abandoned while a worker runs it: the loop logs where it stands.
+  struct stuck {
+    unsigned long thread;  // the worker's Python thread ident
+    std::string session_id;
   };
 
-  explicit channel(int fd) : wakeup_fd(fd) {}
+  channel(int fd, unsigned max_workers) : wakeup_fd(fd), max_workers(std::max(1u, max_workers)) {}
   ~channel() { ::close(wakeup_fd); }
   channel(const channel&) = delete;
   channel& operator=(const channel&) = delete;
 
   const int wakeup_fd;
-  std::mutex mutex;
-  std::deque<queued> queue;
+  const unsigned max_workers;
+  mutable std::mutex mutex;
+  std::deque<queued> loop_queue;    // for the event loop: async stages, reloads, releases
+  std::deque<queued> worker_queue;  // for the workers: stages with a plain hook
   std::map<job_id, completion> waiting;  // submitted, not answered, not abandoned
-  std::vector<job_id> cancelled;         // abandoned after Python took them: tasks to cancel
+  std::map<job_id, stuck> running;       // plain jobs on a worker now
+  std::vector<job_id> cancelled;         // async jobs abandoned after Python took them: tasks to cancel
+  std::vector<stuck> stuck_jobs;         // plain jobs abandoned while running: stacks to log
+  std::vector<std::string> forgotten;    // sessions Python may drop
+  std::map<policy_generation, generation_hooks> generations;  // loaded and not released
   job_id next_id = 1;
   bool stopping = false;
-  bool thread_done = false;
+  bool thread_done = false;  // the loop's thread
+  // the workers: started as work arrives, up to max_workers, never more
+  std::condition_variable work_cv;
+  unsigned workers = 0, idle_workers = 0;
+  unsigned wake_tokens = 0;  // idle workers woken for a job and not yet up
+  // `host.run_plain` while the loop runs; read and written under the GIL only
+  PyObject* plain_runner = nullptr;
   // start-up handshake: the thread reports whether the policies loaded
   std::condition_variable cv;
   bool load_reported = false;
@@ -85,36 +104,50 @@ struct python_engine::channel {
     [[maybe_unused]] auto n = ::write(wakeup_fd, &one, sizeof one);
   }
 
-  job_id push(policy_job job, std::optional<reload_settings> reload, completion done) {
+  job_id push(std::shared_ptr<channel> self, queued q, route where, completion done) {
     std::unique_lock lock(mutex);
-    if (thread_done) {
+    if (thread_done || stopping) {
       lock.unlock();
       policy_result r;
       r.error = "the policy engine has stopped";
       done(std::move(r));
       return 0;
     }
-    const auto id = next_id++;
+    const auto id = q.id = next_id++;
     waiting.emplace(id, std::move(done));
-    queue.push_back(queued{id, std::move(job), std::move(reload)});
-    lock.unlock();
-    wake();
+    if (where == route::loop) {
+      loop_queue.push_back(std::move(q));
+      lock.unlock();
+      wake();
+      return id;
+    }
+    worker_queue.push_back(std::move(q));
+    if (idle_workers > 0) {
+      // One idle worker per job: a job queued behind a hook that blocks must not wait for it.
+      --idle_workers;
+      ++wake_tokens;
+      work_cv.notify_one();
+    } else if (workers < max_workers) {
+      ++workers;
+      std::thread(run_worker, std::move(self)).detach();
+    }
     return id;
   }
 
-  // For the policy thread (GIL held).
-  std::vector<queued> take_jobs() {
+  // For the loop's thread (GIL held).
+  std::vector<queued> take_loop_jobs() {
     std::uint64_t drained;
     [[maybe_unused]] auto n = ::read(wakeup_fd, &drained, sizeof drained);
     std::lock_guard lock(mutex);
-    std::vector<queued> out(std::make_move_iterator(queue.begin()), std::make_move_iterator(queue.end()));
-    queue.clear();
+    std::vector<queued> out(std::make_move_iterator(loop_queue.begin()), std::make_move_iterator(loop_queue.end()));
+    loop_queue.clear();
     return out;
   }
 
-  std::vector<job_id> take_cancelled() {
+  template <class T>
+  std::vector<T> take(std::vector<T>& list) {
     std::lock_guard lock(mutex);
-    return std::exchange(cancelled, {});
+    return std::exchange(list, {});
   }
 
   void complete(job_id id, policy_result result) {
@@ -149,7 +182,8 @@ struct python_engine::channel {
     {
       std::lock_guard lock(mutex);
       orphans.swap(waiting);
-      queue.clear();
+      loop_queue.clear();
+      worker_queue.clear();
     }
     for (auto& [id, done] : orphans) {
       policy_result r;
@@ -157,89 +191,44 @@ struct python_engine::channel {
       done(std::move(r));
     }
   }
+
+  static void run_worker(std::shared_ptr<channel> self);
 };
 
 namespace {
 
-py::dict params_dict(const std::vector<smtp::esmtp_param>& params) {
-  py::dict d;
-  for (const auto& p : params) d[py::str(p.keyword)] = p.has_value ? py::object(py::str(p.value)) : py::object(py::none());
-  return d;
-}
-
-py::object optional_str(const std::optional<std::string>& s) { return s ? py::object(py::str(*s)) : py::object(py::none()); }
-
-py::dict job_dict(const policy_job& j) {
-  py::dict session;
-  session["id"] = j.session_id;
-  session["client_ip"] = j.client_ip;
-  session["client_port"] = j.client_port;
-  session["helo"] = j.helo.empty() ? py::object(py::none()) : py::object(py::str(j.helo));
-  session["tls"] = j.tls;
-  session["tls_version"] = j.tls ? py::object(py::str(j.tls_version)) : py::object(py::none());
-  session["tls_cipher"] = j.tls ? py::object(py::str(j.tls_cipher)) : py::object(py::none());
-  session["auth_user"] = optional_str(j.auth_user);
-  py::dict d;
-  d["stage"] = j.stage;
-  d["generation"] = j.generation;
-  d["session"] = session;
-  if (j.has_tx) {
-    py::dict tx;
-    tx["id"] = j.tx_id;
-    tx["sender"] = j.sender;
-    tx["sender_params"] = params_dict(j.sender_params);
-    tx["recipients"] = j.recipients;
-    py::dict options;
-    options["smtputf8"] = j.smtputf8;
-    options["body_8bit"] = j.body_8bit;
-    tx["options"] = options;
-    d["tx"] = tx;
-  } else {
-    d["tx"] = py::none();
-  }
-  if (j.stage == "helo") d["hostname"] = j.hostname;
-  if (j.stage == "auth") {
-    d["mechanism"] = j.mechanism;
-    d["username"] = j.username;
-    d["password"] = j.password;
-  }
-  if (j.stage == "rcpt") {
-    d["rcpt"] = j.rcpt;
-    d["rcpt_params"] = params_dict(j.rcpt_params);
-  }
-  if (j.stage == "data" && j.message) d["message"] = py::bytes(*j.message);
-  return d;
-}
-
-// Python's half of the protocol, read defensively: anything of the wrong
-// shape is a policy error, never undefined behaviour.
-policy_result result_from(py::handle h) {
-  policy_result r;
+// Python's answer, read defensively: anything but None or a Result is a
+// policy error, never undefined behaviour.
+policy_result result_of(py::handle h) {
+  if (h.is_none()) return {};
   try {
-    auto d = py::reinterpret_borrow<py::dict>(h);
-    auto get = [&](const char* key) -> py::object {
-      return d.contains(key) ? py::reinterpret_borrow<py::object>(d[key]) : py::none();
-    };
-    if (auto e = get("error"); !e.is_none()) r.error = py::str(e).cast<std::string>();
-    if (auto v = get("verdict"); !v.is_none()) {
-      auto vd = py::reinterpret_borrow<py::dict>(v);
-      r.verdict = vd["kind"].cast<std::string>();
-      r.code = vd.contains("code") && !vd["code"].is_none() ? vd["code"].cast<int>() : 0;
-      r.status = vd.contains("status") && !vd["status"].is_none() ? vd["status"].cast<std::string>() : "";
-      if (vd.contains("text") && !vd["text"].is_none()) r.text = vd["text"].cast<std::string>();
-      if (vd.contains("addresses") && !vd["addresses"].is_none())
-        r.addresses = vd["addresses"].cast<std::vector<std::string>>();
-    }
-    if (auto a = get("auth"); !a.is_none()) r.auth = a.cast<bool>();
-    if (auto s = get("sender"); !s.is_none()) r.sender = s.cast<std::string>();
-    if (auto rc = get("recipients"); !rc.is_none()) r.recipients = rc.cast<std::vector<std::string>>();
-    if (auto m = get("message"); !m.is_none()) r.message = m.cast<std::string>();
-    if (auto g = get("generation"); !g.is_none()) r.generation = g.cast<policy_generation>();
+    return h.cast<policy_result>();
   } catch (const std::exception& e) {
-    r = policy_result{};
+    policy_result r;
     r.error = std::string("the policy engine returned a malformed result: ") + e.what();
+    return r;
   }
+}
+
+policy_result error_result(std::string why) {
+  policy_result r;
+  r.error = std::move(why);
   return r;
+}
+
+// One plain-route job, on a worker, GIL held: `host.run_plain(job, forgotten)`.
+policy_result run_plain(python_engine::channel& ch, policy_job job, std::vector<std::string> forgotten) {
+  if (ch.plain_runner == nullptr) return error_result("the policy engine has stopped");
+  try {
+    auto runner = py::reinterpret_borrow<py::object>(ch.plain_runner);
+    auto forget = forgotten.empty() ? py::object(py::none()) : py::cast(std::move(forgotten));
+    auto out = runner(py::cast(std::move(job)), forget);
+    return result_of(out);
+  } catch (const py::error_already_set& e) {
+    return error_result(std::string("internal error in the policy engine: ") + e.what());
+  } catch (const std::exception& e) {
+    return error_result(std::string("internal error in the policy engine: ") + e.what());
+  }
 }
 
 spdlog::level::level_enum level_from_python(int level) {
@@ -257,9 +246,54 @@ std::string python_dir() {
 
 }  // namespace
 
+// A policy worker's life: take plain-route jobs, run each with the GIL
+// held, hand the result back; leave when the engine stops. Its thread state
+// is made once. It holds the channel, so a worker stuck in a hook after the
+// engine is gone touches nothing that was freed.
+void python_engine::channel::run_worker(std::shared_ptr<channel> self) {
+  channel& ch = *self;
+  const PyGILState_STATE gil = PyGILState_Ensure();
+  const unsigned long ident = PyThread_get_thread_ident();
+  PyThreadState* state = PyEval_SaveThread();
+  std::unique_lock lock(ch.mutex);
+  for (;;) {
+    if (ch.worker_queue.empty() && !ch.stopping) {
+      ++ch.idle_workers;
+      ch.work_cv.wait(lock, [&] { return ch.stopping || ch.wake_tokens > 0; });
+      if (ch.wake_tokens > 0) {
+        --ch.wake_tokens;  // push() counted us out of the idle ones
+      } else {
+        --ch.idle_workers;
+      }
+    }
+    if (ch.stopping) break;
+    if (ch.worker_queue.empty()) continue;
+    queued q = std::move(ch.worker_queue.front());
+    ch.worker_queue.pop_front();
+    ch.running.emplace(q.id, stuck{ident, q.job.session_id});
+    auto forgotten = std::exchange(ch.forgotten, {});
+    lock.unlock();
+
+    PyEval_RestoreThread(state);
+    auto result = run_plain(ch, std::move(q.job), std::move(forgotten));
+    state = PyEval_SaveThread();
+
+    lock.lock();
+    ch.running.erase(q.id);
+    lock.unlock();
+    ch.complete(q.id, std::move(result));
+    lock.lock();
+  }
+  --ch.workers;
+  ch.cv.notify_all();
+  lock.unlock();
+  PyEval_RestoreThread(state);
+  PyGILState_Release(gil);
+}
+
 }  // namespace portcullis
 
-// The daemon's `_portcullis_core`: the shared validators plus the job plumbing.
+// The daemon's `_portcullis_core`: the shared validators and protocol classes, plus the job plumbing.
 PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
   using channel = portcullis::python_engine::channel;
   portcullis::bindings::define_core(m);
@@ -276,9 +310,10 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
       .def("take_jobs",
            [](channel& ch) {
              py::list out;
-             for (auto& q : ch.take_jobs()) {
-               py::dict d;
-               if (q.reload) {
+             for (auto& q : ch.take_loop_jobs()) {
+               py::object job;
+               if (q.what == channel::kind::reload) {
+                 py::dict d;
                  d["stage"] = "reload";
                  d["files"] = q.reload->files;
                  d["config_path"] = q.reload->config_path;
@@ -286,16 +321,34 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
                  d["timeout"] = q.reload->timeout;
                  d["on_error"] = q.reload->on_error;
                  d["threads"] = q.reload->threads;
+                 job = d;
+               } else if (q.what == channel::kind::release) {
+                 py::dict d;
+                 d["stage"] = "release";
+                 d["generation"] = q.job.generation;
+                 job = d;
                } else {
-                 d = portcullis::job_dict(q.job);
+                 job = py::cast(std::move(q.job));
                }
-               out.append(py::make_tuple(q.id, d));
+               out.append(py::make_tuple(q.id, job));
              }
              return out;
            })
-      .def("take_cancelled", [](channel& ch) { return ch.take_cancelled(); })
+      .def("take_cancelled", [](channel& ch) { return ch.take(ch.cancelled); })
+      .def("take_stuck",
+           [](channel& ch) {
+             py::list out;
+             for (auto& s : ch.take(ch.stuck_jobs)) out.append(py::make_tuple(s.thread, s.session_id));
+             return out;
+           })
+      .def("take_forgotten", [](channel& ch) { return ch.take(ch.forgotten); })
+      .def("set_plain_runner",
+           [](channel& ch, py::object runner) {
+             Py_XDECREF(ch.plain_runner);
+             ch.plain_runner = runner.is_none() ? nullptr : runner.release().ptr();
+           })
       .def("complete",
-           [](channel& ch, std::uint64_t id, py::handle result) { ch.complete(id, portcullis::result_from(result)); })
+           [](channel& ch, std::uint64_t id, py::handle result) { ch.complete(id, portcullis::result_of(result)); })
       .def("should_stop", [](channel& ch) { return ch.should_stop(); });
 }
 
@@ -306,7 +359,7 @@ namespace {
 // CPython cannot be initialised twice in a process (nor finalised safely
 // while a hook thread may be stuck in C code), so it is started once, on the
 // first engine's constructor, and kept; the GIL is then released, and each
-// policy thread takes it for its life (PyGILState_Ensure).
+// policy thread takes it when it runs Python.
 void start_interpreter_once() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -321,7 +374,7 @@ void start_interpreter_once() {
   });
 }
 
-// The policy thread's whole life: the asyncio loop of run_host, until the
+// The loop thread's whole life: the asyncio loop of run_host, until the
 // engine says stop. `ch` keeps alive what it touches, however long it runs.
 void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, std::string on_error,
                    unsigned threads) {
@@ -343,12 +396,16 @@ void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, s
       lasting_logger().critical("policy engine stopped: {}", e.what());
       ch->loaded(std::string(e.what()));
     }
+    // No worker may start a hook of a host that is gone.
+    Py_CLEAR(ch->plain_runner);
   }
   PyGILState_Release(gil);
   {
     std::lock_guard lock(ch->mutex);
     ch->thread_done = true;
+    ch->stopping = true;
     ch->cv.notify_all();
+    ch->work_cv.notify_all();
   }
   ch->fail_waiting("the policy engine has stopped");
 }
@@ -359,12 +416,21 @@ python_engine::python_engine(const config& cfg) {
   start_interpreter_once();
   const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (fd < 0) throw std::runtime_error("eventfd failed");
-  channel_ = std::make_shared<channel>(fd);
+  channel_ = std::make_shared<channel>(fd, cfg.policy.threads);
   thread_ = std::thread(policy_thread, channel_, static_cast<double>(cfg.policy.timeout.count()),
                         to_string(cfg.policy.on_error), cfg.policy.threads);
   // The completion lives in the channel it reports to: a raw pointer, no cycle.
   channel* ch = channel_.get();
-  channel_->push({}, settings_of(cfg), [ch](policy_result r) { ch->loaded(std::move(r.error), r.generation); });
+  channel::queued q;
+  q.what = channel::kind::reload;
+  q.reload = settings_of(cfg);
+  channel_->push(channel_, std::move(q), route::loop, [ch](policy_result r) {
+    if (!r.error) {
+      std::lock_guard lock(ch->mutex);
+      ch->generations[r.generation] = r.hooks;
+    }
+    ch->loaded(std::move(r.error), r.generation);
+  });
   std::unique_lock lock(ch->mutex);
   if (!ch->cv.wait_for(lock, load_wait, [ch] { return ch->load_reported; }))
     ch->load_error = "the policies did not load within " + std::to_string(load_wait.count()) + " seconds";
@@ -384,58 +450,95 @@ void python_engine::stop() {
   {
     std::lock_guard lock(channel_->mutex);
     channel_->stopping = true;
+    channel_->work_cv.notify_all();
   }
   channel_->wake();
-  // The loop leaves promptly; a hook stuck in C code must not hold up exit.
+  // The loop and idle workers leave promptly; a hook stuck in C code must not hold up exit.
   std::unique_lock lock(channel_->mutex);
-  const bool finished = channel_->cv.wait_for(lock, stop_wait, [this] { return channel_->thread_done; });
+  const bool finished = channel_->cv.wait_for(
+      lock, stop_wait, [this] { return channel_->thread_done && channel_->workers == 0; });
+  const bool loop_done = channel_->thread_done;
   lock.unlock();
-  if (finished) {
+  if (loop_done) {
     thread_.join();
   } else {
-    spdlog::warn("the policy thread did not stop within {} s (a hook stuck outside Python?); leaving it behind",
-                 stop_wait.count());
     thread_.detach();
   }
-  // Whoever still waits is answered now, whatever the thread does later.
+  if (!finished)
+    spdlog::warn("a policy thread did not stop within {} s (a hook stuck outside Python?); leaving it behind",
+                 stop_wait.count());
+  // Whoever still waits is answered now, whatever the threads do later.
   channel_->fail_waiting("the policy engine has stopped");
 }
 
-python_engine::job_id python_engine::submit(policy_job job, completion done) {
-  return channel_->push(std::move(job), std::nullopt, std::move(done));
+python_engine::job_id python_engine::submit(policy_job job, route where, completion done) {
+  channel::queued q;
+  q.job = std::move(job);
+  return channel_->push(channel_, std::move(q), where, std::move(done));
 }
 
-void python_engine::abandon(job_id id) {
+void python_engine::forget(std::string session_id) {
+  std::lock_guard lock(channel_->mutex);
+  channel_->forgotten.push_back(std::move(session_id));
+}
+
+generation_hooks python_engine::hooks(policy_generation generation) const {
+  std::lock_guard lock(channel_->mutex);
+  auto it = channel_->generations.find(generation);
+  return it == channel_->generations.end() ? generation_hooks{} : it->second;
+}
+
+python_engine::abandoned python_engine::abandon(job_id id) {
   completion dropped;  // destroyed outside the lock
-  bool taken = false;
+  abandoned what;
   {
     std::lock_guard lock(channel_->mutex);
     auto it = channel_->waiting.find(id);
-    if (it == channel_->waiting.end()) return;  // answered already (or never queued)
+    if (it == channel_->waiting.end()) return abandoned::not_waiting;  // answered already (or never queued)
     dropped = std::move(it->second);
     channel_->waiting.erase(it);
-    auto& q = channel_->queue;
-    auto queued = std::find_if(q.begin(), q.end(), [id](const channel::queued& j) { return j.id == id; });
-    if (queued != q.end()) {
-      q.erase(queued);  // never reaches Python
+    auto drop_queued = [id](std::deque<channel::queued>& q) {
+      auto found = std::find_if(q.begin(), q.end(), [id](const channel::queued& j) { return j.id == id; });
+      if (found == q.end()) return false;
+      q.erase(found);  // never reaches Python
+      return true;
+    };
+    if (drop_queued(channel_->worker_queue) || drop_queued(channel_->loop_queue)) return abandoned::never_started;
+    if (auto running = channel_->running.find(id); running != channel_->running.end()) {
+      channel_->stuck_jobs.push_back(running->second);  // the loop logs where the hook stands
+      what = abandoned::left_running;
     } else {
-      channel_->cancelled.push_back(id);
-      taken = true;
+      channel_->cancelled.push_back(id);  // the loop cancels the task once it can
+      what = abandoned::cancelled;
     }
   }
-  if (taken) channel_->wake();  // the loop cancels the task once it can
+  channel_->wake();
+  return what;
 }
 
 void python_engine::reload(const config& cfg, reload_done done) {
-  channel_->push({}, settings_of(cfg),
-                 [done = std::move(done)](policy_result r) { done(std::move(r.error), r.generation); });
+  channel::queued q;
+  q.what = channel::kind::reload;
+  q.reload = settings_of(cfg);
+  channel* ch = channel_.get();
+  channel_->push(channel_, std::move(q), route::loop, [ch, done = std::move(done)](policy_result r) {
+    if (!r.error) {
+      std::lock_guard lock(ch->mutex);
+      ch->generations[r.generation] = r.hooks;
+    }
+    done(std::move(r.error), r.generation);
+  });
 }
 
 void python_engine::release(policy_generation generation) {
-  policy_job job;
-  job.stage = "release";
-  job.generation = generation;
-  channel_->push(std::move(job), std::nullopt, [](policy_result) {});
+  {
+    std::lock_guard lock(channel_->mutex);
+    channel_->generations.erase(generation);
+  }
+  channel::queued q;
+  q.what = channel::kind::release;
+  q.job.generation = generation;
+  channel_->push(channel_, std::move(q), route::loop, [](policy_result) {});
 }
 
 }  // namespace portcullis

@@ -1,9 +1,11 @@
-// The embedded Python interpreter, and the policy thread that runs hooks in it.
+// The embedded Python interpreter, and the threads that run hooks in it.
 //
-// Sessions hand it jobs (one per hook stage) through a mutex-guarded queue
-// and an eventfd; they never take the GIL. The policy thread runs
-// `portcullis._engine.run_host`, an asyncio loop that reads the eventfd,
-// takes the jobs, runs the hooks and hands each result back. See
+// Sessions hand it jobs (one per hook stage); they never take the GIL. A job
+// whose stage has a plain hook goes to a pool of policy workers, C++ threads
+// that take the GIL, run the stage's hooks in place and hand the result back
+// (no event loop, no second thread hop). A job whose hooks are all `async
+// def` goes to the policy thread, which runs `portcullis._engine.run_host`,
+// an asyncio loop woken by an eventfd; reloads go there too. See
 // docs/policy-engine.md for the protocol and the threads.
 //
 // The interpreter is started once per process (CPython cannot be started
@@ -20,57 +22,9 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "smtp/address.hpp"
+#include "policy/policy_job.hpp"
 
 namespace portcullis {
-
-// A loaded set of policies (one per successful load or reload, counting up).
-// The daemon's settings snapshot and its sessions' Python policies are tied
-// by this number, so a session never mixes two reloads.
-using policy_generation = std::uint64_t;
-
-// One hook stage's input, as plain C++ values (built on an I/O thread).
-struct policy_job {
-  std::string stage;  // connect helo auth mail rcpt data disconnect; release (a generation)
-  policy_generation generation = 0;  // the policies to bind a new session to; 0: the current ones
-  // connection
-  std::string session_id, client_ip, helo;
-  unsigned short client_port = 0;
-  bool tls = false;
-  std::string tls_version, tls_cipher;
-  std::optional<std::string> auth_user;
-  // transaction (mail, rcpt, data)
-  bool has_tx = false;
-  std::string tx_id, sender;
-  std::vector<smtp::esmtp_param> sender_params;
-  std::vector<std::string> recipients;
-  bool smtputf8 = false;   // MAIL ... SMTPUTF8 (RFC 6531): headers may be UTF-8 (RFC 6532)
-  bool body_8bit = false;  // MAIL ... BODY=8BITMIME (RFC 6152)
-  // stage arguments
-  std::string hostname;                          // helo
-  std::string mechanism, username, password;     // auth
-  std::string rcpt;                              // rcpt
-  std::vector<smtp::esmtp_param> rcpt_params;    // rcpt
-  // data: the message, shared with the session (no copy). The job owns it:
-  // the session may stop waiting (and drop its own reference) before the
-  // policy thread takes the job.
-  std::shared_ptr<const std::string> message;
-};
-
-// A hook stage's outcome, as plain C++ values (converted on the policy thread).
-struct policy_result {
-  std::optional<std::string> error;  // a hook failed; the traceback (already logged by Python)
-  std::string verdict;               // "" (none), accept reject tempfail discard redirect
-  int code = 0;
-  std::string status;
-  std::optional<std::string> text;
-  std::vector<std::string> addresses;  // redirect
-  std::optional<bool> auth;
-  std::optional<std::string> sender;
-  std::optional<std::vector<std::string>> recipients;
-  std::optional<std::string> message;
-  policy_generation generation = 0;  // reload: the generation loaded
-};
 
 class python_engine {
  public:
@@ -91,18 +45,32 @@ class python_engine {
   python_engine(const python_engine&) = delete;
   python_engine& operator=(const python_engine&) = delete;
 
-  // Queues a job and returns its id. `done` runs exactly once, on the policy
+  // Where a job runs: a policy worker (the stage has a plain hook) or the
+  // event loop (every hook of the stage is `async def`).
+  enum class route { worker, loop };
+
+  // Queues a job and returns its id. `done` runs exactly once, on a policy
   // thread (or on the caller's, when the engine has stopped), unless the job
   // is abandoned first: it must only hand the result over (post to the
   // session's strand), never block.
-  job_id submit(policy_job job, completion done);
+  job_id submit(policy_job job, route where, completion done);
+
+  // Python may drop what it keeps for the session (its Connection, its
+  // data): the session ended and its policies have no on_disconnect hook.
+  // No job and no wake-up: the next thread to run Python does it.
+  void forget(std::string session_id);
+
+  // The hooks each stage of `generation` has (all zero once it is released).
+  generation_hooks hooks(policy_generation generation) const;
 
   // The submitter stopped waiting for `id` (its deadline passed): a job still
   // queued is dropped and never runs; one Python already took is cancelled
-  // and its result discarded. After this `done` is not called, unless it was
+  // (an async one) or abandoned to its worker, whose stack is logged (a
+  // plain one), and its result discarded. After this `done` is not called, unless it was
   // already being called (a result that raced the deadline). Unknown or
   // finished ids are ignored.
-  void abandon(job_id id);
+  enum class abandoned { not_waiting, never_started, left_running, cancelled };
+  abandoned abandon(job_id id);
 
   // Reloads the policies of `cfg` (SIGHUP): sessions in progress keep the old
   // code. `done` gets the error, if any (the old policies then stay).
@@ -121,7 +89,7 @@ class python_engine {
   void stop();  // idempotent: leaves the loop and ends (or lets go of) the thread
 
   std::shared_ptr<channel> channel_;
-  std::thread thread_;
+  std::thread thread_;  // the event loop's; the workers are detached and own their share of the channel
   policy_generation first_generation_ = 0;
 };
 

@@ -9,11 +9,12 @@ namespace portcullis {
 
 namespace {
 
-// Python enforces policy.timeout per hook; this is the backstop for a policy
-// thread that cannot answer at all (a hook spinning in C with the GIL held).
-constexpr std::chrono::seconds safety_margin{5};
+// Async hooks: Python enforces policy.timeout per hook (and cancels); this
+// is the backstop for an event loop that cannot answer at all (an async hook
+// spinning in C with the GIL held).
+constexpr std::chrono::seconds loop_safety_margin{5};
 
-policy_job base_job(const char* stage, const connection_state& conn) {
+policy_job base_job(policy_stage stage, const connection_state& conn) {
   policy_job j;
   j.stage = stage;
   j.session_id = conn.id;
@@ -76,8 +77,9 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
                              policy_generation generation)
     : engine_(std::move(engine)),
       generation_(generation),
-      safety_timeout_(cfg.policy.timeout * static_cast<long>(std::max<std::size_t>(1, cfg.policy.files.size())) +
-                      safety_margin),
+      hooks_(engine_->hooks(generation)),
+      timeout_(cfg.policy.timeout),
+      threads_(cfg.policy.threads),
       accept_on_error_(cfg.policy.on_error == on_error_mode::accept),
       max_recipients_(cfg.server.max_recipients),
       max_message_size_(cfg.server.max_message_size) {}
@@ -87,12 +89,31 @@ python_policy::~python_policy() { engine_->release(generation_); }
 
 awaitable<policy_result> python_policy::run(policy_job job) {
   job.generation = generation_;
-  // One waiter per job: the engine's answer and the backstop timer race on
-  // the session's strand; the first to arrive resumes the session. When the
-  // backstop wins, the engine is told to drop the job: a job still queued
+  const auto stage = job.stage;
+  const auto route = hooks_.on_loop(stage) ? python_engine::route::loop : python_engine::route::worker;
+  // A plain hook cannot be stopped: its job's deadline is policy.timeout per
+  // hook from now (time queued behind busy workers included), and the
+  // session goes on without it. Async hooks are cancelled by Python at
+  // policy.timeout; the deadline here is only a backstop.
+  const auto hooks = static_cast<long>(hooks_.count[static_cast<std::size_t>(stage)]);
+  const auto deadline = timeout_ * std::max(1L, hooks) +
+                        (route == python_engine::route::loop ? loop_safety_margin : std::chrono::seconds(0));
+  {
+    std::lock_guard lock(known_mutex_);
+    if (stage == policy_stage::disconnect) {
+      known_.erase(job.session_id);
+    } else {
+      known_.insert(job.session_id);
+    }
+  }
+  // One waiter per job: the engine's answer and the deadline race on the
+  // session's strand; the first to arrive resumes the session. When the
+  // deadline wins, the engine is told to drop the job: a job still queued
   // never runs, and the answer of one already running is discarded.
   auto ex = co_await asio::this_coro::executor;
   const std::weak_ptr<python_engine> engine = engine_;
+  const unsigned threads = threads_;
+  const auto seconds = timeout_.count();
   auto result = co_await asio::async_initiate<const asio::use_awaitable_t<>, void(policy_result)>(
       [&](auto handler) {
         using handler_t = decltype(handler);
@@ -109,15 +130,28 @@ awaitable<policy_result> python_policy::run(policy_job job) {
           }
         };
         auto w = std::make_shared<waiter>(std::move(handler), ex);
-        const auto id = engine_->submit(std::move(job), [w, ex](policy_result r) {
+        const auto id = engine_->submit(std::move(job), route, [w, ex](policy_result r) {
           asio::post(ex, [w, r = std::move(r)]() mutable { w->finish(std::move(r)); });
         });
-        w->timer.expires_after(safety_timeout_);
-        w->timer.async_wait([w, engine, id](boost::system::error_code ec) {
+        w->timer.expires_after(deadline);
+        w->timer.async_wait([w, engine, id, stage, threads, seconds](boost::system::error_code ec) {
           if (ec || w->done) return;
-          if (auto e = engine.lock()) e->abandon(id);
+          auto fate = python_engine::abandoned::not_waiting;
+          if (auto e = engine.lock()) fate = e->abandon(id);
           policy_result r;
-          r.error = "no answer from the policy engine in time";
+          const std::string hook = "on_" + std::string(to_string(stage));
+          switch (fate) {
+            case python_engine::abandoned::never_started:
+              r.error = hook + " ran past policy.timeout (" + std::to_string(seconds) + " s) and never started: all " +
+                        std::to_string(threads) + " policy threads were busy";
+              break;
+            case python_engine::abandoned::left_running:
+              r.error = hook + " ran past policy.timeout (" + std::to_string(seconds) +
+                        " s) and was abandoned (its thread runs on)";
+              break;
+            default:
+              r.error = "no answer from the policy engine in time";
+          }
           w->finish(std::move(r));
         });
       },
@@ -142,8 +176,9 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
                               const transaction* tx) const {
   if (result.error) {
     // Python logged the traceback with the session id; one line here says what we did about it.
-    session_log(conn.id).warn("policy error in on_{} ({}); see the traceback above", stage,
-                              accept_on_error_ ? "accepting, per policy.on_error" : "451 4.3.0");
+    session_log(conn.id).warn("policy error in on_{} ({}): {}", stage,
+                              accept_on_error_ ? "accepting, per policy.on_error" : "451 4.3.0",
+                              std::string_view(*result.error).substr(0, result.error->find('\n')));
     return on_error();
   }
   const bool utf8 = tx && tx->options.smtputf8;
@@ -175,26 +210,27 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
     v.message = std::make_shared<const std::string>(std::move(*result.message));
   }
 
-  const auto& k = result.verdict;
-  if (k.empty()) return v;
+  if (!result.verdict) return v;
+  const auto& r = *result.verdict;
+  const auto& k = r.kind;
   if (k == "accept") {
-    if (result.text && !text_fits(*result.text, std::string_view("2.0.0").size()))
+    if (r.text && !text_fits(*r.text, std::string_view("2.0.0").size()))
       return failure(conn, stage, "invalid accept text");
     v.what = verdict::kind::accept;
-    if (result.text) v.reply = smtp::reply{250, "", *result.text};
+    if (r.text) v.reply = smtp::reply{250, "", *r.text};
   } else if (k == "reject" || k == "tempfail") {
     const char cls = k == "reject" ? '5' : '4';
-    if (!valid_reply(result.code, result.status, result.text, cls))
-      return failure(conn, stage, "invalid " + k + " verdict (code " + std::to_string(result.code) + ")");
+    if (!valid_reply(r.code, r.status, r.text, cls))
+      return failure(conn, stage, "invalid " + k + " verdict (code " + std::to_string(r.code) + ")");
     v.what = k == "reject" ? verdict::kind::reject : verdict::kind::tempfail;
-    v.reply = smtp::reply{result.code, result.status, result.text.value_or(k == "reject" ? "Rejected" : "Try again later")};
+    v.reply = smtp::reply{r.code, r.status, r.text.value_or(k == "reject" ? "Rejected" : "Try again later")};
   } else if (k == "discard" && (stage == "rcpt" || stage == "data")) {
     v.what = verdict::kind::discard;
   } else if (k == "redirect" && stage == "rcpt") {
-    if (result.addresses.empty()) return failure(conn, stage, "redirect without addresses");
-    for (const auto& r : result.addresses) {
-      auto a = address_from(r, utf8, false);
-      if (!a) return failure(conn, stage, "invalid redirect address: " + printable(r));
+    if (r.addresses.empty()) return failure(conn, stage, "redirect without addresses");
+    for (const auto& to : r.addresses) {
+      auto a = address_from(to, utf8, false);
+      if (!a) return failure(conn, stage, "invalid redirect address: " + printable(to));
       add_once(v.redirect_to, std::move(*a));
     }
     if (v.redirect_to.size() > max_recipients_)
@@ -208,7 +244,8 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
 }
 
 awaitable<verdict> python_policy::on_connect(const connection_state& conn) {
-  auto result = co_await run(base_job("connect", conn));
+  if (!has_hooks(policy_stage::connect)) co_return verdict{};
+  auto result = co_await run(base_job(policy_stage::connect, conn));
   auto v = decide("connect", conn, std::move(result), nullptr);
   // RFC 5321 §3.1/§4.2: a greeting refusal is 554 (or 421 for a temporary one).
   if (v.what == verdict::kind::reject) v.reply.code = 554;
@@ -217,7 +254,8 @@ awaitable<verdict> python_policy::on_connect(const connection_state& conn) {
 }
 
 awaitable<verdict> python_policy::on_helo(const connection_state& conn, std::string_view hostname) {
-  auto job = base_job("helo", conn);
+  if (!has_hooks(policy_stage::helo)) co_return verdict{};
+  auto job = base_job(policy_stage::helo, conn);
   job.hostname = std::string(hostname);
   auto result = co_await run(std::move(job));
   co_return decide("helo", conn, std::move(result), nullptr);
@@ -225,7 +263,8 @@ awaitable<verdict> python_policy::on_helo(const connection_state& conn, std::str
 
 awaitable<verdict> python_policy::on_auth(const connection_state& conn, std::string_view mechanism,
                                           std::string_view username, std::string_view password) {
-  auto job = base_job("auth", conn);
+  if (!has_hooks(policy_stage::auth)) co_return verdict{};
+  auto job = base_job(policy_stage::auth, conn);
   job.mechanism = std::string(mechanism);
   job.username = std::string(username);
   job.password = std::string(password);
@@ -249,7 +288,8 @@ awaitable<verdict> python_policy::on_auth(const connection_state& conn, std::str
 }
 
 awaitable<verdict> python_policy::on_mail(const connection_state& conn, const transaction& tx) {
-  auto job = base_job("mail", conn);
+  if (!has_hooks(policy_stage::mail)) co_return verdict{};
+  auto job = base_job(policy_stage::mail, conn);
   add_transaction(job, tx);
   auto result = co_await run(std::move(job));
   co_return decide("mail", conn, std::move(result), &tx);
@@ -257,7 +297,8 @@ awaitable<verdict> python_policy::on_mail(const connection_state& conn, const tr
 
 awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const transaction& tx,
                                           const smtp::address& rcpt) {
-  auto job = base_job("rcpt", conn);
+  if (!has_hooks(policy_stage::rcpt)) co_return verdict{};
+  auto job = base_job(policy_stage::rcpt, conn);
   add_transaction(job, tx);
   job.rcpt = rcpt.str();
   auto result = co_await run(std::move(job));
@@ -265,7 +306,8 @@ awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const tr
 }
 
 awaitable<verdict> python_policy::on_data(const connection_state& conn, const transaction& tx, message_ptr message) {
-  auto job = base_job("data", conn);
+  if (!has_hooks(policy_stage::data)) co_return verdict{};
+  auto job = base_job(policy_stage::data, conn);
   add_transaction(job, tx);
   job.message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
   auto result = co_await run(std::move(job));
@@ -273,7 +315,17 @@ awaitable<verdict> python_policy::on_data(const connection_state& conn, const tr
 }
 
 awaitable<void> python_policy::on_disconnect(const connection_state& conn) {
-  auto result = co_await run(base_job("disconnect", conn));
+  if (!has_hooks(policy_stage::disconnect)) {
+    // No hook to run: Python only needs to drop its record, and nobody waits for that.
+    bool known;
+    {
+      std::lock_guard lock(known_mutex_);
+      known = known_.erase(conn.id) > 0;
+    }
+    if (known) engine_->forget(conn.id);
+    co_return;
+  }
+  auto result = co_await run(base_job(policy_stage::disconnect, conn));
   if (result.error) session_log(conn.id).warn("policy error in disconnect: {}", *result.error);
 }
 

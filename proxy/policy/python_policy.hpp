@@ -3,6 +3,9 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
 
 #include "config/config.hpp"
 #include "policy/policy.hpp"
@@ -27,8 +30,10 @@ class python_policy final : public policy {
   awaitable<void> on_disconnect(const connection_state& conn) override;
 
  private:
+  // Whether the stage has hooks; a stage without any costs no job.
+  bool has_hooks(policy_stage stage) const { return hooks_.any(stage); }
   // Submits the job and waits, on the session's strand, for its result; past
-  // the safety deadline the result is abandoned and counts as an error.
+  // the deadline the result is abandoned and counts as an error.
   awaitable<policy_result> run(policy_job job);
   // The result as a verdict carrying its rewrites, all validated (syntax and
   // the server's limits) before any is handed on: anything invalid makes the
@@ -42,7 +47,13 @@ class python_policy final : public policy {
 
   std::shared_ptr<python_engine> engine_;
   policy_generation generation_;
-  std::chrono::seconds safety_timeout_;
+  generation_hooks hooks_;
+  std::chrono::seconds timeout_;  // policy.timeout, per hook call
+  unsigned threads_;              // policy.threads
+  // Sessions Python holds a record of (it got a job of theirs): their end is
+  // told to Python even when no hook runs at disconnect.
+  std::mutex known_mutex_;
+  std::unordered_set<std::string> known_;
   bool accept_on_error_;
   std::size_t max_recipients_;
   std::uint64_t max_message_size_;

@@ -21,10 +21,11 @@ import queue
 import re
 import sys
 import threading
+import time
 import tomllib
 import traceback
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from . import _context
 from ._address import Address, AddressList, as_recipient, as_sender
 from ._log import DETAIL, log, traceback_lines
 from ._message import Message
-from ._objects import Connection, DkimSignature, DmarcResult, SpfResult, Transaction
+from ._objects import Connection, Transaction
 from ._verdicts import Verdict
 
 #: The stages in SMTP order, with the arguments each hook is called with.
@@ -77,16 +78,62 @@ _INTERNAL_FILES = (__file__, os.path.dirname(concurrent.futures.__file__), os.pa
                    threading.__file__)
 
 
-def empty_result() -> dict[str, Any]:
-    """A result with no verdict, no error and no rewrite: "next" (docs/policy-engine.md)."""
-    return {"verdict": None, "auth": None, "error": None, "sender": None, "recipients": None, "message": None}
-
-
-def error_result(text: str) -> dict[str, Any]:
-    """A result that reports a failure; C++ applies policy.on_error."""
-    result = empty_result()
-    result["error"] = text
+def error_result(text: str) -> _core.Result:
+    """A result that reports a failure; C++ applies policy.on_error. (None is the empty result: "next".)"""
+    result = _core.Result()
+    result.error = text
     return result
+
+
+def job_from_dict(job: dict[str, Any]) -> Any:
+    """A ``_core.Job`` from the dict form of docs/policy-engine.md (for ``portcullis.testing`` and tests)."""
+    j = _core.Job()
+    j.stage = job["stage"]
+    j.generation = job.get("generation") or 0
+    session = job.get("session") or {}
+    j.session_id = str(session.get("id", ""))
+    j.client_ip = str(session.get("client_ip", ""))
+    j.client_port = int(session.get("client_port", 0))
+    j.helo = session.get("helo") or ""
+    j.tls = bool(session.get("tls", False))
+    j.tls_version = session.get("tls_version") or ""
+    j.tls_cipher = session.get("tls_cipher") or ""
+    j.auth_user = session.get("auth_user")
+    tx = job.get("tx")
+    if tx is not None:
+        options = tx.get("options") or {}
+        j.has_tx = True
+        j.tx_id = str(tx["id"])
+        j.sender = str(tx.get("sender", ""))
+        j.sender_params = dict(tx.get("sender_params") or {})
+        j.recipients = [str(r) for r in tx.get("recipients") or []]
+        j.smtputf8 = bool(options.get("smtputf8", False))
+        j.body_8bit = bool(options.get("body_8bit", False))
+    for key in ("hostname", "mechanism", "username", "password", "rcpt"):
+        if job.get(key) is not None:
+            setattr(j, key, str(job[key]))
+    if job.get("rcpt_params") is not None:
+        j.rcpt_params = dict(job["rcpt_params"])
+    if job.get("message") is not None:
+        j.message = bytes(job["message"])
+    return j
+
+
+def result_as_dict(result: Any) -> dict[str, Any]:
+    """A ``_core.Result`` (or None) in the dict form of docs/policy-engine.md (for tests and the harness)."""
+    d: dict[str, Any] = {"verdict": None, "auth": None, "error": None, "sender": None, "recipients": None,
+                         "message": None}
+    if result is None:
+        return d
+    v = result.verdict
+    if v is not None:
+        d["verdict"] = {"kind": v.kind, "code": v.code, "status": v.status, "text": v.text,
+                        "addresses": list(v.addresses)}
+    d.update(auth=result.auth, error=result.error, sender=result.sender, recipients=result.recipients,
+             message=result.message)
+    if result.generation:
+        d["generation"] = result.generation
+    return d
 
 
 # -- loading -------------------------------------------------------------------
@@ -224,6 +271,12 @@ class Engine:
             raise PolicyLoadError(problems)
         self.executor = DaemonThreadPool(threads, f"portcullis-policy-{self.generation}")
         self.closed = False
+        # What the daemon needs to route jobs: hooks per stage, and the stages
+        # whose hooks are all async (they run on the event loop, the others
+        # on the daemon's policy workers). _core.STAGES is the daemon's order.
+        self.hook_counts = [len(self.hooks[stage]) for stage in _core.STAGES]
+        self.async_only = sum(1 << i for i, stage in enumerate(_core.STAGES)
+                              if self.hooks[stage] and all(h.is_async for h in self.hooks[stage]))
 
     def _load(self, index: int, path: str) -> list[LoadProblem]:
         if not os.path.isfile(path):
@@ -489,20 +542,32 @@ async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
 
 
 async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, timeout: float) -> Any:
+    # Awaited in this very task (no task, no wait set, no extra loop turns
+    # per hook); at the deadline a timer notes where the hook stands and
+    # cancels the task, and the cancellation becomes the timeout failure.
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(_guarded(awaitable))
+    task = asyncio.current_task()
+    assert task is not None
+    expired: list[str] = []
+
+    def expire() -> None:
+        expired.append(_format_frames(_coroutine_frames(awaitable)))
+        task.cancel()
+
+    timer = loop.call_at(deadline, expire)
     try:
-        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
-    except asyncio.CancelledError:  # the job itself is cancelled (the daemon stops)
-        task.cancel()
-        task.add_done_callback(_forget)
-        raise
-    if not done:
-        stack = _format_frames(_coroutine_frames(awaitable))
-        task.cancel()
-        task.add_done_callback(_forget)
-        raise _timeout_failure(hook, timeout, "cancelled", stack)
-    return task.result()
+        value = await _guarded(awaitable)
+    except asyncio.CancelledError:
+        if not expired:
+            raise  # the job itself is cancelled (abandoned, or the daemon stops)
+        task.uncancel()
+        raise _timeout_failure(hook, timeout, "cancelled", expired[0]) from None
+    finally:
+        timer.cancel()
+    if expired:  # the hook swallowed the cancellation and returned: too late all the same
+        task.uncancel()
+        raise _timeout_failure(hook, timeout, "cancelled", expired[0])
+    return value
 
 
 def _forget(task: asyncio.Future[Any]) -> None:
@@ -535,11 +600,16 @@ class _Session:
 class EngineHost:
     """The current Engine, the sessions bound to engines, and ``dispatch`` for jobs.
 
-    A session is bound to the engine that is current at its first job
-    (connect) and stays on it until its disconnect, so a reload leaves
-    sessions in progress on the old code; an old engine is dropped when its
-    last session ends. Everything here runs on one asyncio loop (the policy
-    thread's); hooks themselves may run in the engines' thread pools.
+    A session is bound to the engine of its first job's generation and
+    stays on it until its disconnect, so a reload leaves sessions in progress
+    on the old code; an old engine is dropped when its last session ends.
+
+    Two drivers run a stage's hooks, both through ``_stage``: ``dispatch``
+    (async: the daemon's event loop for stages whose hooks are all async,
+    and ``portcullis.testing``; plain hooks go to the engine's thread pool)
+    and ``run_plain`` (the daemon's policy workers: hooks called in place).
+    The session table is shared by those threads, so it changes under
+    ``_lock``; one session's jobs never run at once (the daemon awaits each).
     """
 
     def __init__(
@@ -560,7 +630,13 @@ class EngineHost:
         _context.set_default_config(self.engine.config)
         self._sessions: dict[str, _Session] = {}
         self._retired: list[Engine] = []
+        self._lock = threading.Lock()  # the session table and the engines' session counts
         self._reload_lock: asyncio.Lock | None = None
+        #: The event loop async hooks run on when a policy worker meets one (set by run_host).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Plain hooks running on policy workers, by thread: the loop logs
+        # where one stands when the daemon abandons its job.
+        self._running: dict[int, tuple[Hook, float]] = {}
         # Policies load off the loop (hooks keep running meanwhile), on a
         # daemon thread: a module that hangs at import must not block exit.
         self._loader = DaemonThreadPool(1, "portcullis-policy-loader")
@@ -575,14 +651,15 @@ class EngineHost:
         return settings
 
     def _swap(self, engine: Engine, settings: dict[str, Any]) -> Engine:
-        old, self.engine, self._settings = self.engine, engine, settings
-        _context.set_default_config(engine.config)
-        self._retired.append(old)
-        self._close_if_unused(old)
+        with self._lock:
+            old, self.engine, self._settings = self.engine, engine, settings
+            _context.set_default_config(engine.config)
+            self._retired.append(old)
+            self._close_if_unused(old)
         return engine
 
     def _close_if_unused(self, engine: Engine) -> None:
-        # A retired generation lives while sessions are bound to it or the
+        # (Under _lock.) A retired generation lives while sessions are bound to it or the
         # daemon may still bind new ones (its settings snapshot has not moved on).
         if engine is not self.engine and engine.sessions == 0 and not engine.held and engine in self._retired:
             self._retired.remove(engine)
@@ -598,12 +675,13 @@ class EngineHost:
 
     def release(self, generation: int) -> None:
         """The daemon will start no more sessions on ``generation`` (its settings moved on)."""
-        try:
-            engine = self._engine_of_generation(generation)
-        except LookupError:
-            return
-        engine.held = False
-        self._close_if_unused(engine)
+        with self._lock:
+            try:
+                engine = self._engine_of_generation(generation)
+            except LookupError:
+                return
+            engine.held = False
+            self._close_if_unused(engine)
 
     def reload(self, **changes: Any) -> Engine:
         """Loads the policies anew (with any of files, config_path, timeout, on_error,
@@ -625,7 +703,7 @@ class EngineHost:
             engine = await loop.run_in_executor(self._loader, functools.partial(Engine, **settings))
             return self._swap(engine, settings)
 
-    async def reload_job(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def reload_job(self, job: dict[str, Any]) -> _core.Result:
         """Answers a ``{"stage": "reload", ...}`` job: error None, or why the old policies stay."""
         changes = {k: job.get(k) for k in ("files", "config_path", "timeout", "on_error", "threads")}
         try:
@@ -642,8 +720,10 @@ class EngineHost:
                       extra={DETAIL: str(e).rstrip("\n").split("\n")})
             return error_result(str(e))
         log.info("policies loaded: %s", ", ".join(engine.files) or "none")
-        result = empty_result()
-        result["generation"] = engine.generation
+        result = _core.Result()
+        result.generation = engine.generation
+        result.hook_counts = engine.hook_counts
+        result.async_only = engine.async_only
         return result
 
     def close(self) -> None:
@@ -666,137 +746,235 @@ class EngineHost:
 
     # -- jobs ------------------------------------------------------------------
 
-    async def dispatch(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Runs one job (docs/policy-engine.md) and returns its result dict. Never raises."""
-        stage = job.get("stage") if isinstance(job, dict) else None
-        if stage == "reload":
-            return await self.reload_job(job)
-        if stage == "release":
-            self.release(job.get("generation"))
-            return empty_result()
-        if stage not in HOOK_ARGUMENTS:
+    async def dispatch(self, job: Any) -> Any:
+        """Runs one job (a ``_core.Job``, or a reload/release dict) on this loop. Never raises.
+
+        Returns a ``_core.Result``, or None for the empty result ("next").
+        """
+        if isinstance(job, dict):
+            stage = job.get("stage")
+            if stage == "reload":
+                return await self.reload_job(job)
+            if stage == "release":
+                self.release(job.get("generation"))
+                return None
             return error_result(f"unknown job stage {stage!r}")
+        prepared = self._prepare(job)
+        if not isinstance(prepared, _Prepared):
+            return prepared
+        tokens = prepared.enter()
+        try:
+            stage = prepared.steps
+            value: Any = None
+            failure: HookFailure | None = None
+            while True:
+                try:
+                    hook, args = stage.send(value) if failure is None else stage.throw(failure)
+                except StopIteration as done:
+                    return done.value
+                try:
+                    value, failure = await call_hook(prepared.session.engine, hook, args), None
+                except HookFailure as f:
+                    value, failure = None, f
+        except Exception as e:  # a bug here must still answer the job
+            return _internal_error(job.stage, e)
+        finally:
+            prepared.leave(tokens)
+
+    def run_plain(self, job: Any, forgotten: Sequence[str] | None = None) -> Any:
+        """Runs one job on the calling thread (a daemon policy worker, GIL held). Never raises.
+
+        Plain hooks are called in place; the daemon enforces policy.timeout
+        (it stops waiting and this thread's result is dropped). An async
+        hook in the stage runs on the event loop meanwhile. ``forgotten``:
+        sessions that ended without a disconnect job, dropped first.
+        """
+        if forgotten:
+            self.forget(forgotten)
+        prepared = self._prepare(job)
+        if not isinstance(prepared, _Prepared):
+            return prepared
+        tokens = prepared.enter()
+        try:
+            stage = prepared.steps
+            value: Any = None
+            failure: HookFailure | None = None
+            while True:
+                try:
+                    hook, args = stage.send(value) if failure is None else stage.throw(failure)
+                except StopIteration as done:
+                    return done.value
+                try:
+                    value, failure = self._call_in_place(prepared.session.engine, hook, args), None
+                except HookFailure as f:
+                    value, failure = None, f
+        except Exception as e:  # a bug here must still answer the job
+            return _internal_error(job.stage, e)
+        finally:
+            prepared.leave(tokens)
+
+    def forget(self, session_ids: Iterable[str]) -> None:
+        """Drops the sessions (they ended; their policies had no on_disconnect hook)."""
+        with self._lock:
+            for sid in session_ids:
+                session = self._sessions.get(sid)
+                if session is not None:
+                    self._drop_session(session)
+
+    def report_stuck(self, thread: int, session_id: str) -> None:
+        """The daemon abandoned the plain hook running on ``thread``: logs where it stands."""
+        running = self._running.get(thread)
+        if running is None:
+            return  # it returned meanwhile
+        hook, timeout = running
+        stack = _format_frames(_thread_frames(thread))
+        token = _context.session_id.set(session_id)
+        try:
+            _timeout_failure(hook, timeout, "abandoned (its thread runs on)", stack).log()
+        finally:
+            _context.session_id.reset(token)
+
+    def _call_in_place(self, engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
+        thread = threading.get_ident()
+        self._running[thread] = (hook, engine.timeout)
+        start = time.monotonic()
+        try:
+            value = _call_sync(hook.function, args, {})
+            if inspect.isawaitable(value):  # an async hook, or a plain one that returned a coroutine
+                value = self._await_from_thread(engine, hook, value, start + engine.timeout)
+        except HookFailure:
+            raise
+        except Exception as e:
+            raise HookFailure(f"{hook.label} raised an exception:", exception_lines(e)) from e
+        finally:
+            del self._running[thread]
+        if time.monotonic() - start > engine.timeout:
+            # The daemon may still wait (several hooks share the job's deadline): not for this one.
+            raise HookFailure(f"{hook.label} ran past policy.timeout ({engine.timeout:g} s); its answer came too late")
+        return value
+
+    def _await_from_thread(self, engine: Engine, hook: Hook, awaitable: Any, deadline: float) -> Any:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return asyncio.run(_await_with_deadline(hook, awaitable, time.monotonic() + engine.timeout,
+                                                    engine.timeout))
+        context = contextvars.copy_context()  # pc.log knows the session there too
+
+        async def on_loop() -> Any:
+            return await _await_with_deadline(hook, awaitable, loop.time() + max(0.0, deadline - time.monotonic()),
+                                              engine.timeout)
+
+        future = asyncio.run_coroutine_threadsafe(context.run(on_loop), loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise HookFailure(f"{hook.label} was cancelled (the policy engine is stopping)") from None
+
+    def _prepare(self, job: Any) -> _Prepared | _core.Result:
+        stage = job.stage
         try:
             session = self._session_for(job)
         except Exception as e:
             log.error("malformed %s job: %s", stage, e)
             return error_result(f"malformed {stage} job: {format_exception(e)}")
-        sid_token = _context.session_id.set(session.conn.id)
-        config_token = _context.engine_config.set(session.engine.config)
-        try:
-            if stage == "disconnect":
-                await self._notify_disconnect(session)
-                return empty_result()
-            return await self._decide(session, stage, job)
-        except Exception as e:  # a bug here must still answer the job
-            text = f"internal error in the policy engine at {stage}:\n{format_exception(e)}"
-            log.error("internal error in the policy engine at %s:", stage, extra={DETAIL: exception_lines(e)})
-            return error_result(text)
-        finally:
-            _context.engine_config.reset(config_token)
-            _context.session_id.reset(sid_token)
-            if stage == "disconnect":
-                self._drop_session(session)
+        return _Prepared(self, session, stage, job)
 
-    def _session_for(self, job: dict[str, Any]) -> _Session:
-        snapshot = job["session"]
-        sid = str(snapshot["id"])
-        session = self._sessions.get(sid)
-        if session is None or job["stage"] == "connect":
-            if session is not None:
-                self._drop_session(session)
-            # The generation the daemon's session was made with: its C++
-            # settings and its Python policies are one snapshot.
-            engine = self._engine_of_generation(job.get("generation"))
-            conn = Connection(sid, str(snapshot.get("client_ip", "")), int(snapshot.get("client_port", 0)))
-            session = _Session(engine, conn)
-            engine.sessions += 1
-            self._sessions[sid] = session
-        session.conn._update(snapshot)
-        session.tx = self._transaction_for(session, job.get("tx"))
+    def _session_for(self, job: Any) -> _Session:
+        sid, client_ip, client_port, *state = job.connection()
+        with self._lock:
+            session = self._sessions.get(sid)
+            if session is None:
+                # The generation the daemon's session was made with: its C++
+                # settings and its Python policies are one snapshot.
+                engine = self._engine_of_generation(job.generation)
+                session = _Session(engine, Connection(sid, client_ip, client_port))
+                engine.sessions += 1
+                self._sessions[sid] = session
+        session.conn._update(client_ip, client_port, *state)
+        session.tx = self._transaction_for(session, job)
         return session
 
     @staticmethod
-    def _transaction_for(session: _Session, snapshot: dict[str, Any] | None) -> Transaction | None:
-        if snapshot is None:
+    def _transaction_for(session: _Session, job: Any) -> Transaction | None:
+        envelope = job.envelope()
+        if envelope is None:
             return None
+        tx_id, sender, recipients, smtputf8, body_8bit = envelope
         tx = session.tx
-        options = snapshot.get("options") or {}
-        if tx is None or tx.id != str(snapshot["id"]):
-            tx = Transaction(session.conn, id=str(snapshot["id"]))
-        tx._smtputf8 = bool(options.get("smtputf8", False))
-        tx._body_8bit = bool(options.get("body_8bit", False))
+        if tx is None or tx.id != tx_id:
+            tx = Transaction(session.conn, id=tx_id)
+        tx._smtputf8 = smtputf8
+        tx._body_8bit = body_8bit
         # The daemon's envelope is the truth: rewrites it did not apply are gone.
-        tx.sender = Address(snapshot.get("sender", ""), snapshot.get("sender_params") or {})
-        tx.recipients = AddressList(snapshot.get("recipients") or [])
-        if snapshot.get("spf") is not None:
-            tx.spf = SpfResult(**snapshot["spf"])
-        if snapshot.get("dkim") is not None:
-            tx.dkim = [DkimSignature(**s) for s in snapshot["dkim"]]
-        if snapshot.get("dmarc") is not None:
-            tx.dmarc = DmarcResult(**snapshot["dmarc"])
+        tx.sender = Address(sender, job.sender_params if sender else {})
+        tx.recipients = AddressList(recipients)
         return tx
 
     def _drop_session(self, session: _Session) -> None:
+        # (Under _lock.)
         if self._sessions.get(session.conn.id) is session:
             del self._sessions[session.conn.id]
         session.engine.sessions -= 1
         self._close_if_unused(session.engine)
 
-    async def _notify_disconnect(self, session: _Session) -> None:
-        for hook in session.engine.hooks["disconnect"]:
-            try:
-                await call_hook(session.engine, hook, (session.conn,))
-            except HookFailure as f:
-                f.log()
-
-    async def _decide(self, session: _Session, stage: str, job: dict[str, Any]) -> dict[str, Any]:
+    def _stage(self, session: _Session, stage: str, job: Any) -> Generator[tuple[Hook, tuple[Any, ...]], Any, Any]:
+        """One stage's hooks in file order, as a generator the drivers run: it
+        yields ``(hook, args)``, gets each hook's value sent back (or its
+        HookFailure thrown in) and returns the job's result (None: "next")."""
         engine, conn, tx = session.engine, session.conn, session.tx
+        if stage == "disconnect":
+            for hook in engine.hooks["disconnect"]:
+                try:
+                    yield hook, (conn,)
+                except HookFailure as f:
+                    f.log()
+            return None
         message: Message | None = None
         if stage == "connect":
             args: tuple[Any, ...] = (conn,)
         elif stage == "helo":
-            args = (conn, str(job["hostname"]))
+            args = (conn, job.hostname)
         elif stage == "auth":
-            args = (conn, str(job["mechanism"]), str(job["username"]), str(job["password"]))
+            args = (conn, job.mechanism, job.username, job.password)
         else:
             if tx is None:
                 return error_result(f"a {stage} job without a transaction")
             if stage == "mail":
                 args = (tx, tx.sender)
             elif stage == "rcpt":
-                args = (tx, Address(str(job["rcpt"]), job.get("rcpt_params") or {}))
+                args = (tx, Address(job.rcpt, job.rcpt_params))
             else:
-                # Outside SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
-                message = Message(job["message"], smtputf8=tx.smtputf8)
+                # Read from the daemon when a hook first looks at it. Outside
+                # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
+                message = Message._lazy(lambda: job.message, smtputf8=tx.smtputf8)
                 args = (tx, message)
         before = None if tx is None else (str(tx.sender), [str(r) for r in tx.recipients])
 
-        result = empty_result()
+        result: _core.Result | None = None
         for hook in engine.hooks[stage]:
             try:
-                value = await call_hook(engine, hook, args)
+                value = yield hook, args
                 if value is None:
                     continue
+                result = _core.Result()
                 if stage == "auth" and isinstance(value, bool):
-                    result["auth"] = value
+                    result.auth = value
                     break
                 verdict = self._checked_verdict(hook, stage, value)
             except HookFailure as f:
                 f.log()
                 return error_result(f.text)
-            result["verdict"] = verdict_dict(verdict, stage)
+            result.verdict = verdict_reply(verdict, stage)
             if stage == "auth":
-                result["auth"] = verdict.kind == "accept"
+                result.auth = verdict.kind == "accept"
             break
 
         try:
-            result.update(self._rewrites(tx, before, message))
+            return self._with_rewrites(result, tx, before, message)
         except (ValueError, TypeError) as e:
             text = f"a rewrite at {stage} was refused: {type(e).__name__}: {e}"
             log.error("%s", text)
             return error_result(text)
-        return result
 
     @staticmethod
     def _checked_verdict(hook: Hook, stage: str, value: Any) -> Verdict:
@@ -809,35 +987,57 @@ class EngineHost:
         return value
 
     @staticmethod
-    def _rewrites(tx: Transaction | None, before: tuple[str, list[str]] | None,
-                  message: Message | None) -> dict[str, Any]:
-        changes: dict[str, Any] = {}
+    def _with_rewrites(result: _core.Result | None, tx: Transaction | None, before: tuple[str, list[str]] | None,
+                       message: Message | None) -> _core.Result | None:
         if tx is not None and before is not None:
             sender = str(as_sender(tx.sender))
-            if sender != before[0]:
-                changes["sender"] = sender
             recipients = [str(as_recipient(r)) for r in tx.recipients]
-            if recipients != before[1]:
-                changes["recipients"] = recipients
+            if sender != before[0] or recipients != before[1]:
+                result = result or _core.Result()
+                if sender != before[0]:
+                    result.sender = sender
+                if recipients != before[1]:
+                    result.recipients = recipients
         if message is not None and message.changed:
             raw = message.raw
             _core.check_message(raw)
-            changes["message"] = raw
-        return changes
+            result = result or _core.Result()
+            result.message = raw
+        return result
 
 
-def verdict_dict(verdict: Verdict, stage: str) -> dict[str, Any]:
-    """A verdict as the result's "verdict" dict, with the stage's code and status where it leaves them."""
+class _Prepared:
+    """A stage job bound to its session: the hooks' generator and the context they run in."""
+
+    __slots__ = ("host", "session", "stage", "steps")
+
+    def __init__(self, host: EngineHost, session: _Session, stage: str, job: Any) -> None:
+        self.host, self.session, self.stage = host, session, stage
+        self.steps = host._stage(session, stage, job)
+
+    def enter(self) -> tuple[Any, Any]:
+        return (_context.session_id.set(self.session.conn.id),
+                _context.engine_config.set(self.session.engine.config))
+
+    def leave(self, tokens: tuple[Any, Any]) -> None:
+        _context.engine_config.reset(tokens[1])
+        _context.session_id.reset(tokens[0])
+        if self.stage == "disconnect":
+            with self.host._lock:
+                self.host._drop_session(self.session)
+
+
+def _internal_error(stage: str, e: Exception) -> _core.Result:
+    log.error("internal error in the policy engine at %s:", stage, extra={DETAIL: exception_lines(e)})
+    return error_result(f"internal error in the policy engine at {stage}:\n{format_exception(e)}")
+
+
+def verdict_reply(verdict: Verdict, stage: str) -> _core.VerdictReply:
+    """A verdict as the daemon applies it, with the stage's code and status where it leaves them."""
     code, status = verdict.code, verdict.status
     if code is None or status is None:
         code, status = STAGE_POSITIVE_REPLY[stage]
-    return {
-        "kind": verdict.kind,
-        "code": code,
-        "status": status,
-        "text": verdict.text,
-        "addresses": [str(a) for a in verdict.addresses],
-    }
+    return _core.VerdictReply(verdict.kind, code, status, verdict.text, [str(a) for a in verdict.addresses])
 
 
 # -- the daemon's policy thread ------------------------------------------------------
@@ -848,18 +1048,24 @@ class _JobRunner:
 
     def __init__(self, host: EngineHost, loop: asyncio.AbstractEventLoop, core: Any, wakeup_fd: int) -> None:
         self.host, self.loop, self.core, self.wakeup_fd = host, loop, core, wakeup_fd
-        self.tasks: dict[asyncio.Task[dict[str, Any]], Any] = {}  # task -> job id
-        self.by_id: dict[Any, asyncio.Task[dict[str, Any]]] = {}  # job id -> task
+        self.tasks: dict[asyncio.Task[None], Any] = {}  # task -> job id
+        self.by_id: dict[Any, asyncio.Task[None]] = {}  # job id -> task
         self.stopping = False
         self.stopped: asyncio.Future[None] = loop.create_future()
 
     async def run(self) -> None:
+        self.host.loop = self.loop
+        set_runner = getattr(self.core, "set_plain_runner", None)
+        if set_runner is not None:
+            set_runner(self.host.run_plain)  # the daemon's policy workers call it
         self.loop.add_reader(self.wakeup_fd, self.on_wakeup)
         try:
             self.drain()  # jobs queued before the reader was in place
             await self.stopped
         finally:
             self.loop.remove_reader(self.wakeup_fd)
+            if set_runner is not None:
+                set_runner(None)
 
     def on_wakeup(self) -> None:
         # Reset the eventfd first: a job queued after this read writes it again.
@@ -869,31 +1075,34 @@ class _JobRunner:
             pass
         self.drain()
 
-    def drain(self) -> None:
+    def _take(self, name: str) -> list[Any]:
+        take = getattr(self.core, name, None)
+        if take is None:
+            return []
         try:
-            jobs = self.core.take_jobs()
+            return list(take())
         except Exception:
-            log.exception("take_jobs failed")
-            jobs = []
-        for job_id, job in jobs:
-            task = self.loop.create_task(self.run_job(job))
+            log.exception("%s failed", name)
+            return []
+
+    def drain(self) -> None:
+        forgotten = self._take("take_forgotten")
+        if forgotten:
+            self.host.forget(forgotten)
+        for job_id, job in self._take("take_jobs"):
+            task = self.loop.create_task(self.run_job(job_id, job))
             self.tasks[task] = job_id
             self.by_id[job_id] = task
             task.add_done_callback(self.job_done)
-        # Jobs whose session stopped waiting (the daemon's backstop fired while
-        # this loop was stalled): their hooks are cancelled, their results
-        # discarded by the daemon.
-        take_cancelled = getattr(self.core, "take_cancelled", None)
-        if take_cancelled is not None:
-            try:
-                abandoned = take_cancelled()
-            except Exception:
-                log.exception("take_cancelled failed")
-                abandoned = []
-            for job_id in abandoned:
-                task = self.by_id.get(job_id)
-                if task is not None:
-                    task.cancel()
+        # Jobs whose session stopped waiting (its deadline passed): async
+        # hooks are cancelled, their results discarded by the daemon; a plain
+        # hook's thread cannot be stopped, so where it stands is logged.
+        for job_id in self._take("take_cancelled"):
+            task = self.by_id.get(job_id)
+            if task is not None:
+                task.cancel()
+        for thread, session_id in self._take("take_stuck"):
+            self.host.report_stuck(thread, session_id)
         if self.core.should_stop() and not self.stopping:
             # The daemon stops once its sessions are done (or their grace ran
             # out): what still runs is cancelled, and answered with an error.
@@ -902,20 +1111,17 @@ class _JobRunner:
                 task.cancel()
         self.maybe_stop()
 
-    async def run_job(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def run_job(self, job_id: Any, job: Any) -> None:
+        # Completed in the task itself: no extra loop turn per job.
         try:
-            return await self.host.dispatch(job)
+            result = await self.host.dispatch(job)
+        except asyncio.CancelledError:
+            result = error_result("the policy engine is stopping" if self.stopping else "the job was abandoned")
         except Exception as e:
-            return error_result(f"internal error in the policy engine:\n{format_exception(e)}")
+            result = error_result(f"internal error in the policy engine:\n{format_exception(e)}")
+        self.complete(job_id, result)
 
-    def job_done(self, task: asyncio.Task[dict[str, Any]]) -> None:
-        # Every job is completed here, exactly once, even one cancelled before it started.
-        job_id = self.tasks.pop(task)
-        self.by_id.pop(job_id, None)
-        if task.cancelled():
-            result = error_result("the policy engine is stopping")
-        else:
-            result = task.result()
+    def complete(self, job_id: Any, result: Any) -> None:
         try:
             self.core.complete(job_id, result)
         except Exception as e:
@@ -924,6 +1130,12 @@ class _JobRunner:
                 self.core.complete(job_id, error_result(f"the policy result could not be handed over: {e}"))
             except Exception:
                 log.exception("job %s could not be completed", job_id)
+
+    def job_done(self, task: asyncio.Task[None]) -> None:
+        job_id = self.tasks.pop(task)
+        self.by_id.pop(job_id, None)
+        if task.cancelled():  # cancelled before it ever ran: still completed, exactly once
+            self.complete(job_id, error_result("the policy engine is stopping"))
         self.maybe_stop()
 
     def maybe_stop(self) -> None:
@@ -945,14 +1157,16 @@ def run_host(
     ``core`` is the daemon's side of the exchange (an engine's
     ``_portcullis_core.Channel``; the module ``_portcullis_core`` itself by
     default): ``take_jobs``, ``complete``, ``should_stop`` and, optionally,
-    ``take_cancelled``.
+    ``take_cancelled``, ``take_stuck``, ``take_forgotten`` and
+    ``set_plain_runner`` (the daemon's workers then call ``run_plain``).
 
     1. Loads the policies (``PolicyLoadError`` propagates: the daemon reports
        it and does not start) and creates this thread's asyncio loop.
     2. Watches ``wakeup_fd`` (the daemon's eventfd, ideally ``EFD_NONBLOCK``).
        Each time it is readable: reads it (resetting it), then calls
-       ``core.take_jobs()`` -> ``[(job_id, job_dict), ...]`` and
-       starts one task per job: ``EngineHost.dispatch`` for a stage job,
+       ``core.take_jobs()`` -> ``[(job_id, job), ...]`` and
+       starts one task per job: ``EngineHost.dispatch`` for a stage job
+       (a ``_core.Job``),
        a reload for ``{"stage": "reload", "files"?, "config_path"?,
        "timeout"?, "on_error"?, "threads"?}`` (missing keys keep their
        values). Each task ends with ``core.complete(job_id, result)``;

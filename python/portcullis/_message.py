@@ -13,6 +13,8 @@ import email.message
 import email.parser
 import email.policy
 import re
+from collections.abc import Callable
+from typing import Any
 
 import _portcullis_core as _core
 
@@ -250,6 +252,9 @@ def _parse(raw: bytes) -> tuple[list[_Field], bool, int]:
     return fields, blank_line, pos + 2 if blank_line else pos
 
 
+_LAZY_SLOTS = frozenset({"_original", "_fields", "_blank_line", "_body_start", "_body"})
+
+
 class Message:
     """The whole message at on_data: header fields in order, and the body.
 
@@ -274,10 +279,26 @@ class Message:
     value as set); inside, as UTF-8 (RFC 6532).
     """
 
-    __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_changed", "_smtputf8")
+    __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_changed", "_smtputf8", "_loader")
 
     def __init__(self, raw: bytes, *, smtputf8: bool = False) -> None:
         """Parses ``raw``: the message as received (CRLF line ends, no NUL), ``ValueError`` otherwise."""
+        self._loader = None
+        self._changed = False
+        self._smtputf8 = bool(smtputf8)
+        self._load(raw)
+
+    @classmethod
+    def _lazy(cls, loader: Callable[[], bytes], *, smtputf8: bool = False) -> Message:
+        """A message read from ``loader()`` the first time a hook looks at it (the engine's: the
+        daemon's bytes are not copied for a hook that never reads them)."""
+        message = cls.__new__(cls)
+        message._loader = loader
+        message._changed = False
+        message._smtputf8 = bool(smtputf8)
+        return message
+
+    def _load(self, raw: bytes) -> None:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise TypeError(f"a message is bytes, not {type(raw).__name__}")
         raw = bytes(raw)
@@ -285,8 +306,16 @@ class Message:
         self._original = raw
         self._fields, self._blank_line, self._body_start = _parse(raw)
         self._body: bytes | None = None  # sliced from _original when first read
-        self._changed = False
-        self._smtputf8 = bool(smtputf8)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for a lazy message's slots not yet filled: load, then read as usual.
+        if name in _LAZY_SLOTS:
+            loader = object.__getattribute__(self, "_loader")
+            if loader is not None:
+                self._loader = None
+                self._load(loader())
+                return object.__getattribute__(self, name)
+        raise AttributeError(name)
 
     @property
     def smtputf8(self) -> bool:

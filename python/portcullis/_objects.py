@@ -84,15 +84,16 @@ class Connection:
         """The authenticated login, or None."""
         return self._auth_user
 
-    def _update(self, snapshot: dict[str, Any]) -> None:
-        """Takes the daemon's view of the session (a job's "session" dict)."""
-        self._client_ip = str(snapshot.get("client_ip", self._client_ip))
-        self._client_port = int(snapshot.get("client_port", self._client_port))
-        self._helo = snapshot.get("helo")
-        self._tls = bool(snapshot.get("tls", False))
-        self._tls_version = snapshot.get("tls_version") or None
-        self._tls_cipher = snapshot.get("tls_cipher") or None
-        self._auth_user = snapshot.get("auth_user")
+    def _update(self, client_ip: str, client_port: int, helo: str | None, tls: bool, tls_version: str | None,
+                tls_cipher: str | None, auth_user: str | None) -> None:
+        """Takes the daemon's view of the session (``_core.Job.connection()`` without the id)."""
+        self._client_ip = client_ip
+        self._client_port = client_port
+        self._helo = helo
+        self._tls = tls
+        self._tls_version = tls_version
+        self._tls_cipher = tls_cipher
+        self._auth_user = auth_user
 
     def __repr__(self) -> str:
         return (

@@ -31,8 +31,8 @@ simulated is the SMTP side around it):
   the daemon does, but not ESMTP parameters, line lengths, TLS or
   ``require_auth``; ``tls=`` and ``auth_user=`` of ``connect()`` set the state
   directly. ``auth()`` asks the on_auth hooks only (no ``[auth] users_file``).
-- Commands run one at a time; use the engine (``h.host.dispatch``) directly
-  to run sessions concurrently.
+- Commands run one at a time; use the engine (``h.host.dispatch``, with
+  ``_core.Job`` objects) directly to run sessions concurrently.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from ._address import Address
-from ._engine import POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, load_config
+from ._engine import POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, job_from_dict, load_config, result_as_dict
 from ._log import LOGGER_NAME, format_record, record_session_id
 
 __all__ = ["Delivery", "Harness", "LogLine", "PolicyLoadError", "Reply", "Session", "SessionClosed"]
@@ -231,8 +231,8 @@ class Harness:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def ask(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Hands one raw job (docs/policy-engine.md) to the engine and returns its result dict."""
-        return self.run(self.host.dispatch(job))
+        """Hands one job, in the dict form of docs/policy-engine.md, to the engine and returns its result dict."""
+        return result_as_dict(self.run(self.host.dispatch(job_from_dict(job))))
 
     def reload(self, files: Iterable[str | os.PathLike[str]] | None = None,
                config: Mapping[str, Any] | None = None) -> None:

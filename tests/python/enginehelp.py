@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from portcullis._engine import job_from_dict, result_as_dict
+
 RESULT_KEYS = {"verdict", "auth", "error", "sender", "recipients", "message"}
 
 
@@ -22,11 +24,17 @@ def tx(tid: str = "S1.1", sender: str = "a@example.test", recipients: list[str] 
     return snap
 
 
-def job(stage: str, sid: str = "S1", tx_snapshot: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+def job(stage: str, sid: str = "S1", tx_snapshot: dict[str, Any] | None = None, **kw: Any) -> Any:
+    """A ``_core.Job``, as the daemon sends it, from the dict form."""
     j = {"stage": stage, "session": session(sid, **kw.pop("session", {})), "tx": tx_snapshot}
     j.update(kw)
-    return j
+    return job_from_dict(j)
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+async def ask(host: Any, j: Any) -> dict[str, Any]:
+    """``host.dispatch(j)``, its result in the dict form (docs/policy-engine.md)."""
+    return result_as_dict(await host.dispatch(j))

@@ -10,7 +10,7 @@ import email.parser
 import email.policy
 
 import pytest
-from enginehelp import job, run, tx
+from enginehelp import ask, job, run, tx
 
 import portcullis as pc
 from portcullis._engine import EngineHost
@@ -95,7 +95,7 @@ def test_the_engine_encodes_per_the_transaction(policy_file, smtputf8, want):
     """)
     host = EngineHost([f], timeout=2)
     snapshot = tx(options={"smtputf8": smtputf8, "body_8bit": True})
-    r = run(host.dispatch(job("data", tx_snapshot=snapshot, message=b"Subject: hi\r\n\r\nbody\r\n")))
+    r = run(ask(host, job("data", tx_snapshot=snapshot, message=b"Subject: hi\r\n\r\nbody\r\n")))
     assert r["error"] is None
     assert r["message"] == want + b"Subject: hi\r\n\r\nbody\r\n"
     assert host._sessions["S1"].tx.data["seen"] == (smtputf8, True)
@@ -108,7 +108,7 @@ def test_a_job_without_options_is_not_smtputf8(policy_file):
             message.add_header("X-Note", "é")
     """)
     host = EngineHost([f], timeout=2)
-    r = run(host.dispatch(job("data", tx_snapshot=tx(), message=b"\r\n")))
+    r = run(ask(host, job("data", tx_snapshot=tx(), message=b"\r\n")))
     assert r["message"] == b"X-Note: =?utf-8?b?w6k=?=\r\n\r\n"
     host.close()
 

@@ -48,7 +48,7 @@ class FakeCore:
         os.eventfd_write(self.fd, 1)
 
     def complete(self, job_id, result):
-        self.completed.put((job_id, result))
+        self.completed.put((job_id, _engine.result_as_dict(result)))
 
     def should_stop(self):
         return self.stop
@@ -64,13 +64,12 @@ class FakeCore:
 @pytest.fixture
 def daemon(monkeypatch, policy_file):
     core = FakeCore()
-    monkeypatch.setattr(_engine, "_core", core)
     errors = []
 
     def start(files, timeout=2.0):
         def thread_main():
             try:
-                _engine.run_host(files, None, timeout, "tempfail", 4, core.fd)
+                _engine.run_host(files, None, timeout, "tempfail", 4, core.fd, core=core)
             except BaseException as e:  # reported to the test
                 errors.append(e)
 
@@ -95,7 +94,7 @@ def test_jobs_in_results_out(daemon, policy_file):
     thread = start([])
     reload_id = core.submit({"stage": "reload", "files": [f], "config_path": None})
     loaded = core.results(1)[reload_id]
-    assert loaded == {**_engine.empty_result(), "generation": loaded["generation"]} and loaded["generation"] > 0
+    assert loaded == {**_engine.result_as_dict(None), "generation": loaded["generation"]} and loaded["generation"] > 0
     ids = [core.submit(job("mail", sid=f"S{i}", tx_snapshot=tx(f"S{i}.1", sender=f"u{i}@example.test")))
            for i in range(10)]
     start_time = time.monotonic()
@@ -122,7 +121,7 @@ def test_broken_reload_is_reported_and_stop_cancels_running_jobs(daemon, policy_
     core.request_stop()
     thread.join(5)
     assert not thread.is_alive()
-    assert core.results(1) == {jid: _engine.error_result("the policy engine is stopping")}
+    assert core.results(1) == {jid: _engine.result_as_dict(_engine.error_result("the policy engine is stopping"))}
 
 
 def test_every_job_is_completed_even_if_the_result_cannot_be_handed_over(daemon):
@@ -186,7 +185,7 @@ def test_run_host_takes_its_core_as_an_argument(policy_file):
                               kwargs={"core": core}, daemon=True)
     thread.start()
     jid = core.submit(job("connect"))
-    assert core.results(1)[jid] == _engine.empty_result()
+    assert core.results(1)[jid] == _engine.result_as_dict(None)
     core.request_stop()
     thread.join(5)
     assert not thread.is_alive()

@@ -1,0 +1,166 @@
+// `_portcullis_core.Job`, `.VerdictReply` and `.Result`: the policy protocol
+// (proxy/policy/policy_job.hpp) as Python classes. Reading a field converts
+// it then, so a hook that never looks at the message never copies it. The
+// setters exist for the engine's tests, which build the daemon's own objects.
+#include <pybind11/stl.h>
+
+#include "bindings/core.hpp"
+#include "policy/policy_job.hpp"
+
+namespace py = pybind11;
+
+namespace portcullis::bindings {
+
+namespace {
+
+py::dict params_dict(const std::vector<smtp::esmtp_param>& params) {
+  py::dict d;
+  for (const auto& p : params) d[py::str(p.keyword)] = p.has_value ? py::object(py::str(p.value)) : py::object(py::none());
+  return d;
+}
+
+std::vector<smtp::esmtp_param> params_from(const py::dict& d) {
+  std::vector<smtp::esmtp_param> out;
+  for (auto [k, v] : d) {
+    smtp::esmtp_param p;
+    p.keyword = py::str(k).cast<std::string>();
+    p.has_value = !v.is_none();
+    if (p.has_value) p.value = py::str(v).cast<std::string>();
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+py::object none_if_empty(const std::string& s) { return s.empty() ? py::object(py::none()) : py::object(py::str(s)); }
+
+policy_stage stage_from(std::string_view name) {
+  for (std::size_t i = 0; i < policy_stage_count; ++i)
+    if (policy_stage_names[i] == name) return static_cast<policy_stage>(i);
+  throw py::value_error("unknown stage " + std::string(name));
+}
+
+// The stage names as interned Python strings: a job's stage is read at every job.
+const py::str& stage_str(policy_stage s) {
+  static const auto names = [] {
+    std::array<py::str, policy_stage_count> a;
+    for (std::size_t i = 0; i < policy_stage_count; ++i) {
+      PyObject* o = PyUnicode_FromStringAndSize(policy_stage_names[i].data(),
+                                                static_cast<Py_ssize_t>(policy_stage_names[i].size()));
+      PyUnicode_InternInPlace(&o);
+      a[i] = py::reinterpret_steal<py::str>(o);
+    }
+    return new std::array<py::str, policy_stage_count>(std::move(a));  // never freed: the interpreter is never finalised
+  }();
+  return (*names)[static_cast<std::size_t>(s)];
+}
+
+}  // namespace
+
+void define_protocol(py::module_& m) {
+  py::class_<policy_job>(m, "Job", "One hook stage's input from the daemon (docs/policy-engine.md).")
+      .def(py::init<>())
+      .def_property(
+          "stage", [](const policy_job& j) { return stage_str(j.stage); },
+          [](policy_job& j, std::string_view s) { j.stage = stage_from(s); })
+      .def_readwrite("generation", &policy_job::generation)
+      .def_readwrite("session_id", &policy_job::session_id)
+      .def_readwrite("client_ip", &policy_job::client_ip)
+      .def_readwrite("client_port", &policy_job::client_port)
+      .def_readwrite("helo", &policy_job::helo)
+      .def_readwrite("tls", &policy_job::tls)
+      .def_readwrite("tls_version", &policy_job::tls_version)
+      .def_readwrite("tls_cipher", &policy_job::tls_cipher)
+      .def_readwrite("auth_user", &policy_job::auth_user)
+      .def_readwrite("has_tx", &policy_job::has_tx)
+      .def_readwrite("tx_id", &policy_job::tx_id)
+      .def_readwrite("sender", &policy_job::sender)
+      .def_property(
+          "sender_params", [](const policy_job& j) { return params_dict(j.sender_params); },
+          [](policy_job& j, const py::dict& d) { j.sender_params = params_from(d); })
+      .def_readwrite("recipients", &policy_job::recipients)
+      .def_readwrite("smtputf8", &policy_job::smtputf8)
+      .def_readwrite("body_8bit", &policy_job::body_8bit)
+      .def_readwrite("hostname", &policy_job::hostname)
+      .def_readwrite("mechanism", &policy_job::mechanism)
+      .def_readwrite("username", &policy_job::username)
+      .def_readwrite("password", &policy_job::password)
+      .def_readwrite("rcpt", &policy_job::rcpt)
+      .def_property(
+          "rcpt_params", [](const policy_job& j) { return params_dict(j.rcpt_params); },
+          [](policy_job& j, const py::dict& d) { j.rcpt_params = params_from(d); })
+      .def_property(
+          "message",
+          [](const policy_job& j) -> py::object {
+            if (!j.message) return py::none();
+            return py::bytes(*j.message);
+          },
+          [](policy_job& j, const py::object& raw) {
+            j.message = raw.is_none() ? nullptr : std::make_shared<const std::string>(raw.cast<std::string>());
+          })
+      .def(
+          "connection",
+          [](const policy_job& j) {
+            return py::make_tuple(j.session_id, j.client_ip, j.client_port, none_if_empty(j.helo), j.tls,
+                                  j.tls ? none_if_empty(j.tls_version) : py::none(),
+                                  j.tls ? none_if_empty(j.tls_cipher) : py::none(),
+                                  j.auth_user ? py::object(py::str(*j.auth_user)) : py::object(py::none()));
+          },
+          "(id, client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user) in one call; "
+          "helo, the TLS fields and auth_user are None when unset.")
+      .def(
+          "envelope",
+          [](const policy_job& j) -> py::object {
+            if (!j.has_tx) return py::none();
+            return py::make_tuple(j.tx_id, j.sender, j.recipients, j.smtputf8, j.body_8bit);
+          },
+          "(tx id, sender, recipients, smtputf8, body_8bit) in one call, or None outside a transaction.");
+
+  py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")
+      .def(py::init<>())
+      .def(py::init([](std::string kind, int code, std::string status, std::optional<std::string> text,
+                       std::vector<std::string> addresses) {
+             return policy_reply{std::move(kind), code, std::move(status), std::move(text), std::move(addresses)};
+           }),
+           py::arg("kind"), py::arg("code"), py::arg("status"), py::arg("text") = py::none(),
+           py::arg("addresses") = std::vector<std::string>{})
+      .def_readwrite("kind", &policy_reply::kind)
+      .def_readwrite("code", &policy_reply::code)
+      .def_readwrite("status", &policy_reply::status)
+      .def_readwrite("text", &policy_reply::text)
+      .def_readwrite("addresses", &policy_reply::addresses);
+
+  py::class_<policy_result>(m, "Result", "A hook stage's outcome for the daemon; None stands for the empty one.")
+      .def(py::init<>())
+      .def_readwrite("error", &policy_result::error)
+      .def_readwrite("verdict", &policy_result::verdict)
+      .def_readwrite("auth", &policy_result::auth)
+      .def_readwrite("sender", &policy_result::sender)
+      .def_readwrite("recipients", &policy_result::recipients)
+      .def_property(
+          "message",
+          [](const policy_result& r) -> py::object {
+            if (!r.message) return py::none();
+            return py::bytes(*r.message);
+          },
+          [](policy_result& r, const py::object& raw) {
+            if (raw.is_none()) {
+              r.message.reset();
+            } else {
+              r.message = raw.cast<std::string>();
+            }
+          })
+      .def_readwrite("generation", &policy_result::generation)
+      .def_property(
+          "hook_counts", [](const policy_result& r) { return std::vector<unsigned>(r.hooks.count.begin(), r.hooks.count.end()); },
+          [](policy_result& r, const std::vector<unsigned>& counts) {
+            if (counts.size() != policy_stage_count) throw py::value_error("one count per stage");
+            std::copy(counts.begin(), counts.end(), r.hooks.count.begin());
+          })
+      .def_property(
+          "async_only", [](const policy_result& r) { return r.hooks.async_only; },
+          [](policy_result& r, std::uint32_t mask) { r.hooks.async_only = mask; });
+
+  m.attr("STAGES") = py::cast(std::vector<std::string>(policy_stage_names.begin(), policy_stage_names.end()));
+}
+
+}  // namespace portcullis::bindings

@@ -1,0 +1,94 @@
+// The C++ <-> Python policy protocol, typed once: a job (one hook stage's
+// input) and its result. bindings/protocol.cpp binds both structs as
+// `_portcullis_core.Job` and `_portcullis_core.Result`, in the daemon and in
+// the extension module alike, so Python reads the daemon's own values
+// (converted when a hook touches them, not before) and the engine's tests
+// build the very objects the daemon sends. docs/policy-engine.md has the
+// fields and who fills them.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "smtp/address.hpp"
+
+namespace portcullis {
+
+// A loaded set of policies (one per successful load or reload, counting up).
+// The daemon's settings snapshot and its sessions' Python policies are tied
+// by this number, so a session never mixes two reloads.
+using policy_generation = std::uint64_t;
+
+// The hook stages, in SMTP order (their index is a bit in stage masks).
+enum class policy_stage : std::uint8_t { connect, helo, auth, mail, rcpt, data, disconnect };
+inline constexpr std::size_t policy_stage_count = 7;
+inline constexpr std::array<std::string_view, policy_stage_count> policy_stage_names = {
+    "connect", "helo", "auth", "mail", "rcpt", "data", "disconnect"};
+constexpr std::string_view to_string(policy_stage s) { return policy_stage_names[static_cast<std::size_t>(s)]; }
+
+// One hook stage's input, as plain C++ values (built on an I/O thread).
+struct policy_job {
+  policy_stage stage = policy_stage::connect;
+  policy_generation generation = 0;  // the policies to bind a new session to; 0: the current ones
+  // connection
+  std::string session_id, client_ip, helo;
+  unsigned short client_port = 0;
+  bool tls = false;
+  std::string tls_version, tls_cipher;
+  std::optional<std::string> auth_user;
+  // transaction (mail, rcpt, data)
+  bool has_tx = false;
+  std::string tx_id, sender;
+  std::vector<smtp::esmtp_param> sender_params;
+  std::vector<std::string> recipients;
+  bool smtputf8 = false;   // MAIL ... SMTPUTF8 (RFC 6531): headers may be UTF-8 (RFC 6532)
+  bool body_8bit = false;  // MAIL ... BODY=8BITMIME (RFC 6152)
+  // stage arguments
+  std::string hostname;                          // helo
+  std::string mechanism, username, password;     // auth
+  std::string rcpt;                              // rcpt
+  std::vector<smtp::esmtp_param> rcpt_params;    // rcpt
+  // data: the message, shared with the session (no copy). The job owns it:
+  // the session may stop waiting (and drop its own reference) before a
+  // policy thread takes the job.
+  std::shared_ptr<const std::string> message;
+};
+
+// A verdict a hook returned, with the stage's code and status filled in.
+struct policy_reply {
+  std::string kind;  // accept reject tempfail discard redirect
+  int code = 0;
+  std::string status;
+  std::optional<std::string> text;
+  std::vector<std::string> addresses;  // redirect
+};
+
+// What a loaded generation has at each stage, so the daemon sends no job to
+// a stage without hooks and sends each job where it runs best.
+struct generation_hooks {
+  std::array<unsigned, policy_stage_count> count{};  // hooks per stage
+  std::uint32_t async_only = 0;  // bit per stage: every hook is `async def` (runs on the event loop)
+  bool any(policy_stage s) const { return count[static_cast<std::size_t>(s)] > 0; }
+  bool on_loop(policy_stage s) const { return (async_only >> static_cast<unsigned>(s)) & 1U; }
+};
+
+// A hook stage's outcome (Python fills it; None from Python is the empty one: "next").
+struct policy_result {
+  std::optional<std::string> error;  // a hook failed; the traceback (already logged by Python)
+  std::optional<policy_reply> verdict;
+  std::optional<bool> auth;  // on_auth's True/False
+  // rewrites: set when a hook changed them
+  std::optional<std::string> sender;
+  std::optional<std::vector<std::string>> recipients;
+  std::optional<std::string> message;
+  // reload: the generation loaded and its hooks
+  policy_generation generation = 0;
+  generation_hooks hooks;
+};
+
+}  // namespace portcullis
