@@ -2,6 +2,7 @@
 
 #include <pybind11/embed.h>
 #include <pybind11/stl.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -25,6 +26,8 @@ namespace {
 
 constexpr auto stop_wait = std::chrono::seconds(5);     // for the policy threads to leave their loops
 constexpr auto load_wait = std::chrono::seconds(120);   // for the policies to import
+// A plain hook running this long may be a slow lookup: a job queued behind it gets another worker.
+constexpr auto slow_hook = std::chrono::milliseconds(2);
 
 // A reload job's settings (the [policy] table and the config file).
 struct reload_settings {
@@ -62,10 +65,18 @@ struct python_engine::channel {
     policy_job job;
     std::optional<reload_settings> reload;
   };
-  // A plain job abandoned while a worker runs it: the loop logs where it stands.
+  using clock = std::chrono::steady_clock;
+  // A plain job on a worker (and, once abandoned, whose stack the loop logs).
   struct stuck {
     unsigned long thread;  // the worker's Python thread ident
     std::string session_id;
+    clock::time_point started;
+  };
+  // An idle worker waits on its own slot, so the one idle the shortest is
+  // woken first: warm caches, and few threads taking turns at the GIL.
+  struct idle_slot {
+    std::condition_variable cv;
+    bool woken = false;
   };
 
   channel(int fd, unsigned max_workers) : wakeup_fd(fd), max_workers(std::max(1u, max_workers)) {}
@@ -87,10 +98,14 @@ struct python_engine::channel {
   job_id next_id = 1;
   bool stopping = false;
   bool thread_done = false;  // the loop's thread
-  // the workers: started as work arrives, up to max_workers, never more
-  std::condition_variable work_cv;
-  unsigned workers = 0, idle_workers = 0;
-  unsigned wake_tokens = 0;  // idle workers woken for a job and not yet up
+  // The workers: one more is started only when a job would wait behind
+  // workers that are all in hooks taking long (a slow lookup must not hold
+  // up other sessions), up to max_workers. The monitor starts one when jobs
+  // wait and nothing else happens.
+  std::vector<idle_slot*> idle;  // a stack: the last in is woken first
+  unsigned workers = 0;
+  std::condition_variable monitor_cv;
+  bool monitor_started = false, monitor_waiting = false;
   // `host.run_plain` while the loop runs; read and written under the GIL only
   PyObject* plain_runner = nullptr;
   // start-up handshake: the thread reports whether the policies loaded
@@ -122,16 +137,42 @@ struct python_engine::channel {
       return id;
     }
     worker_queue.push_back(std::move(q));
-    if (idle_workers > 0) {
-      // One idle worker per job: a job queued behind a hook that blocks must not wait for it.
-      --idle_workers;
-      ++wake_tokens;
-      work_cv.notify_one();
-    } else if (workers < max_workers) {
-      ++workers;
-      std::thread(run_worker, std::move(self)).detach();
+    if (!idle.empty()) {
+      idle_slot* slot = idle.back();
+      idle.pop_back();
+      slot->woken = true;
+      slot->cv.notify_one();
+    } else if (must_start_worker(clock::now())) {
+      start_worker(std::move(self));
+    } else if (!monitor_started) {
+      monitor_started = true;
+      std::thread(run_monitor, std::move(self)).detach();
+    } else if (monitor_waiting) {
+      monitor_cv.notify_one();
     }
     return id;
+  }
+
+  // (Under the mutex.) Whether a queued job needs one more worker: none is
+  // idle (the caller checked), and every worker is in a hook that has run
+  // for a while (one that just started is likely a fast hook about to return).
+  bool must_start_worker(clock::time_point now) const {
+    if (workers >= max_workers) return false;
+    if (running.size() < workers) return false;  // one is between jobs and takes the queue itself
+    for (const auto& [id, r] : running)
+      if (now - r.started < slow_hook) return false;
+    return true;
+  }
+
+  void start_worker(std::shared_ptr<channel> self) {
+    ++workers;
+    std::thread(run_worker, std::move(self)).detach();
+  }
+
+  // (Under the mutex.) Stopping: every idle worker and the monitor leave.
+  void wake_all_threads() {
+    for (idle_slot* slot : idle) slot->cv.notify_one();
+    monitor_cv.notify_all();
   }
 
   // For the loop's thread (GIL held).
@@ -193,6 +234,7 @@ struct python_engine::channel {
   }
 
   static void run_worker(std::shared_ptr<channel> self);
+  static void run_monitor(std::shared_ptr<channel> self);
 };
 
 namespace {
@@ -252,43 +294,77 @@ std::string python_dir() {
 // engine is gone touches nothing that was freed.
 void python_engine::channel::run_worker(std::shared_ptr<channel> self) {
   channel& ch = *self;
+  pthread_setname_np(pthread_self(), "pc-policy");  // in top -H and perf
   const PyGILState_STATE gil = PyGILState_Ensure();
   const unsigned long ident = PyThread_get_thread_ident();
   PyThreadState* state = PyEval_SaveThread();
-  std::unique_lock lock(ch.mutex);
+  idle_slot slot;
+  std::optional<queued> next;
+  std::vector<std::string> forgotten;  // sessions Python may drop, handed over with a job
+  completion done;
+  policy_result result;
+  job_id finished = 0;
   for (;;) {
-    if (ch.worker_queue.empty() && !ch.stopping) {
-      ++ch.idle_workers;
-      ch.work_cv.wait(lock, [&] { return ch.stopping || ch.wake_tokens > 0; });
-      if (ch.wake_tokens > 0) {
-        --ch.wake_tokens;  // push() counted us out of the idle ones
-      } else {
-        --ch.idle_workers;
+    {
+      // One turn of the lock per job: hand the last one back, take the next.
+      std::unique_lock lock(ch.mutex);
+      if (finished != 0) {
+        ch.running.erase(finished);
+        if (auto it = ch.waiting.find(finished); it != ch.waiting.end()) {
+          done = std::move(it->second);
+          ch.waiting.erase(it);
+        }
+      }
+      if (!done && ch.worker_queue.empty() && !ch.stopping) {
+        slot.woken = false;
+        ch.idle.push_back(&slot);
+        slot.cv.wait(lock, [&] { return slot.woken || ch.stopping; });
+        if (!slot.woken) std::erase(ch.idle, &slot);
+      }
+      if (ch.stopping) {
+        --ch.workers;
+        ch.cv.notify_all();
+        break;
+      }
+      if (!ch.worker_queue.empty()) {
+        next.emplace(std::move(ch.worker_queue.front()));
+        ch.worker_queue.pop_front();
+        ch.running.emplace(next->id, stuck{ident, next->job.session_id, clock::now()});
+        forgotten.swap(ch.forgotten);
       }
     }
-    if (ch.stopping) break;
-    if (ch.worker_queue.empty()) continue;
-    queued q = std::move(ch.worker_queue.front());
-    ch.worker_queue.pop_front();
-    ch.running.emplace(q.id, stuck{ident, q.job.session_id});
-    auto forgotten = std::exchange(ch.forgotten, {});
-    lock.unlock();
+    if (done) std::exchange(done, nullptr)(std::move(result));  // outside the lock: it posts to the session
+    finished = 0;
+    if (!next) continue;
 
     PyEval_RestoreThread(state);
-    auto result = run_plain(ch, std::move(q.job), std::move(forgotten));
+    result = run_plain(ch, std::move(next->job), std::move(forgotten));
     state = PyEval_SaveThread();
-
-    lock.lock();
-    ch.running.erase(q.id);
-    lock.unlock();
-    ch.complete(q.id, std::move(result));
-    lock.lock();
+    finished = next->id;
+    next.reset();
   }
-  --ch.workers;
-  ch.cv.notify_all();
-  lock.unlock();
+  if (done) done(std::move(result));
   PyEval_RestoreThread(state);
   PyGILState_Release(gil);
+}
+
+// Starts a worker when jobs wait behind workers that are all in slow hooks
+// and no new job comes to notice it. Sleeps while the queue is empty.
+void python_engine::channel::run_monitor(std::shared_ptr<channel> self) {
+  channel& ch = *self;
+  pthread_setname_np(pthread_self(), "pc-monitor");
+  std::unique_lock lock(ch.mutex);
+  while (!ch.stopping) {
+    if (ch.worker_queue.empty() || ch.workers >= ch.max_workers) {
+      ch.monitor_waiting = true;
+      ch.monitor_cv.wait(lock);
+      ch.monitor_waiting = false;
+      continue;
+    }
+    ch.monitor_cv.wait_for(lock, slow_hook);
+    if (!ch.stopping && !ch.worker_queue.empty() && ch.idle.empty() && ch.must_start_worker(clock::now()))
+      ch.start_worker(self);
+  }
 }
 
 }  // namespace portcullis
@@ -378,6 +454,7 @@ void start_interpreter_once() {
 // engine says stop. `ch` keeps alive what it touches, however long it runs.
 void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, std::string on_error,
                    unsigned threads) {
+  pthread_setname_np(pthread_self(), "pc-loop");
   // The GIL for the thread's life, through the C API: a thread state of its
   // own, deleted on release. (pybind11's gil_scoped_acquire crashed in
   // _PyThreadState_DeleteCurrent at the end of such a thread.)
@@ -405,7 +482,7 @@ void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, s
     ch->thread_done = true;
     ch->stopping = true;
     ch->cv.notify_all();
-    ch->work_cv.notify_all();
+    ch->wake_all_threads();
   }
   ch->fail_waiting("the policy engine has stopped");
 }
@@ -450,7 +527,7 @@ void python_engine::stop() {
   {
     std::lock_guard lock(channel_->mutex);
     channel_->stopping = true;
-    channel_->work_cv.notify_all();
+    channel_->wake_all_threads();
   }
   channel_->wake();
   // The loop and idle workers leave promptly; a hook stuck in C code must not hold up exit.

@@ -495,8 +495,9 @@ async def _guarded(awaitable: Any) -> Any:
         raise HookExit(f"the hook called sys.exit({e.code!r})") from None
 
 
-def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[str, int]) -> Any:
-    where["thread"] = threading.get_ident()
+def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[str, int] | None) -> Any:
+    if where is not None:
+        where["thread"] = threading.get_ident()
     try:
         return function(*args)
     except SystemExit as e:
@@ -589,12 +590,17 @@ def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookF
 class _Session:
     """What the host keeps per session: the engine it is bound to, its Connection, its Transaction."""
 
-    __slots__ = ("engine", "conn", "tx")
+    __slots__ = ("engine", "conn", "tx", "envelope", "candidate", "before")
 
     def __init__(self, engine: Engine, conn: Connection) -> None:
         self.engine = engine
         self.conn = conn
         self.tx: Transaction | None = None
+        # The daemon's envelope tx holds unchanged (None: rebuild it at the next job), and the one
+        # the running stage started from.
+        self.envelope: tuple[Any, ...] | None = None
+        self.candidate: tuple[Any, ...] | None = None
+        self.before: tuple[str, list[str]] = ("", [])  # tx's sender and recipients as made, for rewrites
 
 
 class EngineHost:
@@ -839,8 +845,8 @@ class EngineHost:
         self._running[thread] = (hook, engine.timeout)
         start = time.monotonic()
         try:
-            value = _call_sync(hook.function, args, {})
-            if inspect.isawaitable(value):  # an async hook, or a plain one that returned a coroutine
+            value = _call_sync(hook.function, args, None)
+            if value is not None and inspect.isawaitable(value):  # an async hook, or a plain one returning a coroutine
                 value = self._await_from_thread(engine, hook, value, start + engine.timeout)
         except HookFailure:
             raise
@@ -898,9 +904,16 @@ class EngineHost:
     def _transaction_for(session: _Session, job: Any) -> Transaction | None:
         envelope = job.envelope()
         if envelope is None:
+            session.envelope = None
             return None
-        tx_id, sender, recipients, smtputf8, body_8bit = envelope
         tx = session.tx
+        if tx is not None and envelope == session.envelope:
+            # As the daemon has it, and no hook changed it since: valid again
+            # only once this stage ends without a change (see _with_rewrites).
+            session.envelope = None
+            session.candidate = envelope
+            return tx
+        tx_id, sender, recipients, smtputf8, body_8bit = envelope
         if tx is None or tx.id != tx_id:
             tx = Transaction(session.conn, id=tx_id)
         tx._smtputf8 = smtputf8
@@ -908,6 +921,9 @@ class EngineHost:
         # The daemon's envelope is the truth: rewrites it did not apply are gone.
         tx.sender = Address(sender, job.sender_params if sender else {})
         tx.recipients = AddressList(recipients)
+        session.envelope = None
+        session.candidate = envelope
+        session.before = (str(tx.sender), [str(r) for r in tx.recipients])
         return tx
 
     def _drop_session(self, session: _Session) -> None:
@@ -948,8 +964,6 @@ class EngineHost:
                 # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
                 message = Message._lazy(lambda: job.message, smtputf8=tx.smtputf8)
                 args = (tx, message)
-        before = None if tx is None else (str(tx.sender), [str(r) for r in tx.recipients])
-
         result: _core.Result | None = None
         for hook in engine.hooks[stage]:
             try:
@@ -970,7 +984,7 @@ class EngineHost:
             break
 
         try:
-            return self._with_rewrites(result, tx, before, message)
+            return self._with_rewrites(result, session, message)
         except (ValueError, TypeError) as e:
             text = f"a rewrite at {stage} was refused: {type(e).__name__}: {e}"
             log.error("%s", text)
@@ -987,16 +1001,19 @@ class EngineHost:
         return value
 
     @staticmethod
-    def _with_rewrites(result: _core.Result | None, tx: Transaction | None, before: tuple[str, list[str]] | None,
-                       message: Message | None) -> _core.Result | None:
-        if tx is not None and before is not None:
+    def _with_rewrites(result: _core.Result | None, session: _Session, message: Message | None) -> _core.Result | None:
+        tx = session.tx
+        if tx is not None:
+            before_sender, before_recipients = session.before
             sender = str(as_sender(tx.sender))
             recipients = [str(as_recipient(r)) for r in tx.recipients]
-            if sender != before[0] or recipients != before[1]:
+            if sender == before_sender and recipients == before_recipients:
+                session.envelope = session.candidate  # tx still is what the daemon sent
+            else:
                 result = result or _core.Result()
-                if sender != before[0]:
+                if sender != before_sender:
                     result.sender = sender
-                if recipients != before[1]:
+                if recipients != before_recipients:
                     result.recipients = recipients
         if message is not None and message.changed:
             raw = message.raw

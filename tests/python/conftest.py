@@ -28,3 +28,11 @@ def policy_file(tmp_path: Path) -> Callable[..., str]:
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def core_log(monkeypatch):
+    """What reaches _portcullis_core.log: (level, session id, message)."""
+    lines = []
+    monkeypatch.setattr("portcullis._log._core.log", lambda level, sid, msg: lines.append((level, sid, msg)))
+    return lines

@@ -10,14 +10,6 @@ from portcullis import _engine
 from portcullis._engine import Engine, EngineHost, PolicyLoadError, check_policies, result_as_dict
 
 
-@pytest.fixture
-def core_log(monkeypatch):
-    """What reaches _portcullis_core.log: (level, session id, message)."""
-    lines = []
-    monkeypatch.setattr("portcullis._log._core.log", lambda level, sid, msg: lines.append((level, sid, msg)))
-    return lines
-
-
 def host_for(*files, **kw):
     kw.setdefault("timeout", 2)
     return EngineHost(list(files), **kw)
