@@ -21,7 +21,65 @@ def check_message(raw: bytes) -> None:
 def log(level: int, session_id: str, message: str) -> None:
     """One line in the daemon's log (stderr outside it), tagged with the session id."""
 
-# Only in the daemon (embedded):
-def take_jobs() -> list[tuple[int, dict[str, Any]]]: ...
-def complete(job_id: int, result: dict[str, Any]) -> None: ...
-def should_stop() -> bool: ...
+#: The hook stages in the daemon's order (bit i of Result.async_only is STAGES[i]).
+STAGES: list[str]
+
+class Job:
+    """One hook stage's input (proxy/policy/policy_job.hpp); fields convert when read."""
+    stage: str
+    generation: int
+    session_id: str
+    client_ip: str
+    client_port: int
+    helo: str
+    tls: bool
+    tls_version: str
+    tls_cipher: str
+    auth_user: str | None
+    has_tx: bool
+    tx_id: str
+    sender: str
+    sender_params: dict[str, str | None]
+    recipients: list[str]
+    smtputf8: bool
+    body_8bit: bool
+    hostname: str
+    mechanism: str
+    username: str
+    password: str
+    rcpt: str
+    rcpt_params: dict[str, str | None]
+    message: bytes | None
+    def connection(self) -> tuple[str, str, int, str | None, bool, str | None, str | None, str | None]: ...
+    def envelope(self) -> tuple[str, str, list[str], bool, bool] | None: ...
+
+class VerdictReply:
+    kind: str
+    code: int
+    status: str
+    text: str | None
+    addresses: list[str]
+    def __init__(self, kind: str, code: int, status: str, text: str | None = None,
+                 addresses: list[str] = ...) -> None: ...
+
+class Result:
+    """A stage's outcome for the daemon (None stands for the empty one)."""
+    error: str | None
+    verdict: VerdictReply | None
+    auth: bool | None
+    sender: str | None
+    recipients: list[str] | None
+    message: bytes | None
+    generation: int
+    hook_counts: list[int]
+    async_only: int
+
+# Only in the daemon (embedded): an engine's Channel, run_host's `core`.
+class Channel:
+    def take_jobs(self) -> list[tuple[int, Job | dict[str, Any]]]: ...
+    def take_cancelled(self) -> list[int]: ...
+    def take_stuck(self) -> list[tuple[int, str]]: ...
+    def take_forgotten(self) -> list[str]: ...
+    def set_plain_runner(self, runner: Any) -> None: ...
+    def complete(self, job_id: int, result: Result | None) -> None: ...
+    def should_stop(self) -> bool: ...
