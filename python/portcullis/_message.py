@@ -367,6 +367,7 @@ class Message:
         data = data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
         if data and not data.endswith(CRLF):
             data += CRLF
+        self._fields  # a lazy message loads now, or loading later would undo this
         self._body = data
         self._changed = True
 

@@ -214,3 +214,19 @@ def test_headers_is_a_copy():
     m = pc.Message(MESSAGE)
     m.headers.append(("X", "y"))
     assert ("X", "y") not in m.headers and not m.changed
+
+
+def test_a_lazy_message_loads_once_and_keeps_every_change():
+    reads = []
+
+    def load():
+        reads.append(1)
+        return b"Subject: hi\r\n\r\nold body\r\n"
+
+    untouched = pc.Message._lazy(load)
+    assert not untouched.changed and reads == []  # nobody looked: nothing read
+    m = pc.Message._lazy(load)
+    m.body = b"new body"  # written before anything was read
+    m.add_header("X-Seen", "yes")
+    assert m.raw == b"X-Seen: yes\r\nSubject: hi\r\n\r\nnew body\r\n"
+    assert m.changed and reads == [1]
