@@ -207,7 +207,7 @@ py::dict job_dict(const policy_job& j) {
     d["rcpt"] = j.rcpt;
     d["rcpt_params"] = params_dict(j.rcpt_params);
   }
-  if (j.stage == "data" && j.message) d["message"] = py::bytes(*j.message);
+  if (j.stage == "data" && j.message) d["message"] = py::bytes(j.message->read_all());
   return d;
 }
 

@@ -21,6 +21,7 @@
 
 #include "config/config.hpp"
 #include "smtp/address.hpp"
+#include "store/message_store.hpp"
 
 namespace portcullis {
 
@@ -54,7 +55,7 @@ struct policy_job {
   // data: the message, shared with the session (no copy). The job owns it:
   // the session may stop waiting (and drop its own reference) before the
   // policy thread takes the job.
-  std::shared_ptr<const std::string> message;
+  std::shared_ptr<const message_store> message;
 };
 
 // A hook stage's outcome, as plain C++ values (converted on the policy thread).

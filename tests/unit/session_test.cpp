@@ -59,11 +59,11 @@ class scripted_upstream final : public upstream {
     s_->record("RCPT <" + r.str() + ">");
     co_return s_->answer("RCPT");
   }
-  awaitable<reply> data(std::string_view, std::string_view message) override {
+  awaitable<reply> data(std::string_view, const message_store& message) override {
     s_->record("DATA");
     {
       std::lock_guard lock(s_->mutex);
-      s_->last_message = std::string(message);
+      s_->last_message = message.read_all();
     }
     co_return s_->answer("DATA");
   }
