@@ -142,10 +142,7 @@ bool message_store::flush() {
 
 bool message_store::append(std::string_view bytes) {
   if (failed()) return false;
-  if (sealed_) {
-    fail("write after the end of the message");
-    return false;
-  }
+  if (sealed_) return false;  // read-only now: readers on other threads may be at it
   if (bytes.empty()) return true;
   if (fd_ < 0) {
     if (grow(size_ + bytes.size())) {

@@ -165,3 +165,25 @@ def test_a_spill_file_that_cannot_be_made_is_452_and_the_session_goes_on(start_d
         assert r.code == 250, r
     msgs = aiosmtpd_upstream.wait_messages(1)
     assert len(msgs) == 1 and b"Subject: again" in msgs[0]["content"]
+
+
+def test_a_policy_reads_and_rewrites_a_message_held_in_a_file(policy_daemon, aiosmtpd_upstream, tmp_path):
+    """on_data gets every byte of a spilled message, and its edit goes upstream."""
+    d = policy_daemon(aiosmtpd_upstream.url, """
+        import hashlib
+
+        def on_data(tx, message):
+            raw = message.raw
+            message.add_header("X-Len", str(len(raw)))
+            message.add_header("X-Sha", hashlib.sha256(raw).hexdigest())
+        """, log_level="debug", server={"message_memory_threshold": 4096})
+    message = big_message(1 * MiB)
+    with d.connect() as c:
+        r = c.transaction("a@example.test", ["b@example.test"], stuffed(message)[:-2])
+        assert r.code == 250, r
+        sid = d.session_id(c.local_port)
+    d.wait_log(rf" {sid}: message goes to a temporary file .*\(larger than server.message_memory_threshold\)")
+    got = aiosmtpd_upstream.wait_messages(1)[0]["content"]
+    assert f"X-Len: {len(message)}\r\n".encode() in got
+    assert f"X-Sha: {hashlib.sha256(message).hexdigest()}\r\n".encode() in got
+    assert got.endswith(message[message.index(b"\r\n\r\n"):])
