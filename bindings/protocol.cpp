@@ -92,10 +92,11 @@ void define_protocol(py::module_& m) {
           "message",
           [](const policy_job& j) -> py::object {
             if (!j.message) return py::none();
-            return py::bytes(*j.message);
+            return py::bytes(j.message->read_all());  // a spilled message is read from its file here
           },
           [](policy_job& j, const py::object& raw) {
-            j.message = raw.is_none() ? nullptr : std::make_shared<const std::string>(raw.cast<std::string>());
+            j.message = raw.is_none() ? nullptr
+                                      : message_store::wrap(std::make_shared<const std::string>(raw.cast<std::string>()));
           })
       .def(
           "connection",

@@ -458,7 +458,7 @@ void read_listeners(table_reader& t, const std::string& key, std::vector<std::st
   }
 }
 
-void read_server(table_reader& t, server_config& s) {
+void read_server(table_reader& t, server_config& s, const std::filesystem::path& base) {
   if (t.get("hostname", s.hostname) && !is_domain(s.hostname)) t.problem_at("hostname", as_shown(s.hostname) + " " + domain_want);
   std::map<std::string, std::string> listening;
   read_listeners(t, "listen", s.listen, listening);
@@ -480,6 +480,15 @@ void read_server(table_reader& t, server_config& s) {
   t.get_count("max_connections_per_client", s.max_connections_per_client, 1, max_config_connections);
   t.get_seconds("shutdown_grace", s.shutdown_grace, std::chrono::seconds(0));
   t.get_count("threads", s.threads, 0, max_config_threads);
+  // 0 is allowed for both: every message then goes to a file.
+  t.get_count("message_memory_threshold", s.message_memory_threshold, 0, max_config_message_memory_threshold);
+  t.get_count("message_memory_budget", s.message_memory_budget, 0, max_config_message_memory_budget);
+  t.get_path("message_spill_dir", s.message_spill_dir, base);
+  if (!s.message_spill_dir.empty()) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(s.message_spill_dir, ec))
+      t.problem_at("message_spill_dir", as_shown(s.message_spill_dir.string()) + " is not a directory");
+  }
   // CONTRACT keys this version does not implement.
   std::int64_t workers = 1;
   if (t.get("workers", workers) && workers != 1)
@@ -599,7 +608,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     return loc.file_name() + ":" + std::to_string(loc.line()) + ": " + table + "." + key + ": ";
   };
 
-  section("server", [&](table_reader& t) { read_server(t, cfg->server); });
+  section("server", [&](table_reader& t) { read_server(t, cfg->server, base); });
   if (cfg->server.hostname.empty()) {
     cfg->server.hostname = default_hostname();
     if (!is_domain(cfg->server.hostname))

@@ -63,6 +63,12 @@ struct server_config {
   std::size_t max_connections_per_client = 20;
   std::chrono::seconds shutdown_grace{30};    // SIGTERM: how long sessions may finish
   unsigned threads = 0;                       // I/O threads; 0: one per core
+  // Where a message is held while it is received and relayed (store/message_store.hpp):
+  // in memory up to the threshold while the budget (all sessions together)
+  // lasts, else in an unlinked file in the spill directory.
+  std::size_t message_memory_threshold = 256 * 1024;     // 4 KiB mail stays in memory; big mail costs no RSS
+  std::size_t message_memory_budget = 64 * 1024 * 1024;  // 256 sessions mid-DATA at the threshold
+  std::filesystem::path message_spill_dir;               // empty: the system's temporary directory
 };
 
 struct upstream_config {
@@ -169,7 +175,9 @@ inline constexpr std::size_t max_config_nesting = 32;
 // Value ranges (inclusive). Durations are whole seconds; a day bounds every
 // one of them, far below what std::chrono arithmetic in nanoseconds can hold.
 inline constexpr std::chrono::seconds max_config_duration{86400};
-inline constexpr std::uint64_t max_config_message_size = 1ull << 30;  // 1 GiB: a message is held in memory whole
+inline constexpr std::uint64_t max_config_message_size = 1ull << 30;  // 1 GiB
+inline constexpr std::uint64_t max_config_message_memory_threshold = 1ull << 30;  // no message needs more in memory
+inline constexpr std::uint64_t max_config_message_memory_budget = 1ull << 40;
 inline constexpr std::size_t min_config_line_length = 512;           // RFC 5321 §4.5.3.1.4-6
 inline constexpr std::size_t max_config_line_length = 65536;
 inline constexpr std::size_t max_config_recipients = 100000;

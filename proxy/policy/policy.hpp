@@ -20,6 +20,7 @@
 #include "smtp/reply.hpp"
 #include "state/connection_state.hpp"
 #include "state/transaction.hpp"
+#include "store/message_store.hpp"
 
 namespace portcullis {
 
@@ -45,9 +46,10 @@ struct verdict {
   bool stops() const { return what == kind::reject || what == kind::tempfail; }
 };
 
-// The message as received (CRLF lines, unstuffed). Shared, never copied: a
-// policy job may hold it longer than the session waits for the job.
-using message_ptr = std::shared_ptr<const std::string>;
+// The message as received (CRLF lines, unstuffed), sealed: nobody writes to
+// it any more. Shared, never copied: a policy job may hold it longer than the
+// session waits for the job (its memory or spill file lives as long).
+using message_ptr = std::shared_ptr<const message_store>;
 
 class policy {
  public:

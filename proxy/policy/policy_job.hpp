@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "smtp/address.hpp"
+#include "store/message_store.hpp"
 
 namespace portcullis {
 
@@ -55,8 +56,8 @@ struct policy_job {
   std::vector<smtp::esmtp_param> rcpt_params;    // rcpt
   // data: the message, shared with the session (no copy). The job owns it:
   // the session may stop waiting (and drop its own reference) before a
-  // policy thread takes the job.
-  std::shared_ptr<const std::string> message;
+  // policy thread takes the job. Python reads it only if a hook does.
+  std::shared_ptr<const message_store> message;
 };
 
 // A verdict a hook returned, with the stage's code and status filled in.

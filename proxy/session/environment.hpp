@@ -1,7 +1,8 @@
 // What a session runs in: the generation of settings it took at its start
 // (config, policy, certificates, relay rules, users, and where mail goes),
 // plus what every session shares with the others: the pool for blocking
-// work, the failed-login records and the shutdown flag.
+// work, the failed-login records, the memory budget for messages and the
+// shutdown flag.
 #pragma once
 
 #include <atomic>
@@ -17,6 +18,7 @@
 #include "policy/policy.hpp"
 #include "session/auth_failures.hpp"
 #include "session/relay_guard.hpp"
+#include "store/message_store.hpp"
 #include "upstream/upstream.hpp"
 
 namespace portcullis {
@@ -42,7 +44,8 @@ struct generation {
 
 class session_environment {
  public:
-  explicit session_environment(std::shared_ptr<const generation> g) : current_(std::move(g)) {}
+  // `g` may be null until the first replace() (the server makes its first generation after this).
+  explicit session_environment(std::shared_ptr<const generation> g) : current_(std::move(g)) { take_limits(); }
 
   std::shared_ptr<const generation> current() const {
     std::lock_guard lock(mutex_);
@@ -51,17 +54,28 @@ class session_environment {
   void replace(std::shared_ptr<const generation> g) {
     std::lock_guard lock(mutex_);
     current_ = std::move(g);
+    take_limits();
   }
 
   asio::thread_pool& blocking_pool() { return blocking_; }
   auth_failures& failed_logins() { return auth_failures_; }
+  // server.message_memory_budget, shared by every session's messages (a store
+  // holds it too: it may outlive its session in a policy job).
+  const std::shared_ptr<message_memory>& messages_memory() const { return message_memory_; }
   bool stopping() const { return stopping_.load(); }
   void set_stopping() { stopping_ = true; }
 
  private:
+  // One budget across reloads: the bytes held now stay counted, the limit is the new one.
+  void take_limits() {
+    if (current_ && current_->cfg) message_memory_->set_limit(current_->cfg->server.message_memory_budget);
+  }
+
   mutable std::mutex mutex_;
   std::shared_ptr<const generation> current_;
   auth_failures auth_failures_;
+  std::shared_ptr<message_memory> message_memory_ =
+      std::make_shared<message_memory>(server_config{}.message_memory_budget);
   asio::thread_pool blocking_{2};  // file I/O (maildir), crypt(3); never an I/O thread
   std::atomic<bool> stopping_{false};
 };

@@ -33,13 +33,38 @@ reply with_policy_text(reply r, const verdict& v) {
 
 constexpr std::chrono::seconds goodbye_timeout{10};  // writing the last reply to a client that left
 constexpr std::chrono::seconds goodbye_drain{2};     // for a client that still sends, to read our last reply
-constexpr std::uint64_t max_size_hint = 4 << 20;     // most we reserve up front from MAIL SIZE=
 constexpr std::chrono::milliseconds proxy_header_pause{20};  // between peeks at a partial PROXY header
 // RFC 2920 §3.2 lets a server hold replies while complete pipelined commands
 // wait, not forever: past this many octets of replies they go out first, and
 // a client that does not read them stops being read (the write times out).
 constexpr std::size_t max_held_replies = 16 * 1024;
-constexpr std::size_t keep_message_buffer = 1 << 20;  // an idle session keeps no bigger message buffer
+
+// RFC 5321 §4.2.2 452 with RFC 3463's X.3.1 "mail system full": the message
+// could not be stored (the spill file could not be made or written).
+reply storage_full() { return {452, "4.3.1", "Insufficient system storage, try again later"}; }
+
+// The DATA decoder writes straight into the session's message_store.
+struct store_sink final : smtp::byte_sink {
+  message_store& store;
+  explicit store_sink(message_store& s) : store(s) {}
+  void write(std::string_view bytes) override { store.append(bytes); }  // a failure is read after the end
+};
+
+bool is_ascii(const message_store& m) {
+  message_store::reader in(m);
+  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next())
+    if (!smtp::is_ascii(chunk)) return false;
+  return true;
+}
+
+const char* spill_reason_name(message_store::spill_reason r) {
+  switch (r) {
+    case message_store::spill_reason::none: return "none";
+    case message_store::spill_reason::threshold: return "larger than server.message_memory_threshold";
+    case message_store::spill_reason::budget: return "server.message_memory_budget in use by other messages";
+  }
+  return "?";
+}
 
 // RFC 5321 §4.1.1.1: Domain or address-literal. We accept any single token of
 // visible ASCII (as Postfix does by default); policies may be stricter.
@@ -610,6 +635,7 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
   if (!flushed) co_return reply{};
   auto refused = co_await receive_message();
   if (!refused) {
+    message_.reset();  // its memory back to the budget now, not when the session is gone
     set_stage(stage::closing);
     co_return reply{421, "4.4.2", cfg_.server.hostname + " Timeout or lost connection during DATA"};
   }
@@ -626,12 +652,11 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
 
 awaitable<std::optional<reply>> session::receive_message() {
   const auto& s = cfg_.server;
-  // A buffer no policy job still holds is reused; otherwise the job keeps its own.
-  if (!message_ || message_.use_count() > 1) message_ = std::make_shared<std::string>();
-  auto& message = *message_;
-  message.clear();
-  // Trust a declared SIZE only so far: it is the client's word, not its bytes.
-  if (tx_.options.size) message.reserve(std::min<std::uint64_t>(*tx_.options.size, max_size_hint) + 1024);
+  // A new store for every message: one a policy job still holds is its own.
+  message_ = std::make_shared<message_store>(env_.messages_memory(),
+                                             spill_settings{s.message_memory_threshold, s.message_spill_dir});
+  store_sink sink(*message_);
+  bool spill_logged = false;
   smtp::dot_decoder decoder(s.max_message_size);
   while (!decoder.done()) {
     auto in = co_await client_.read_some(s.data_timeout);
@@ -641,10 +666,21 @@ awaitable<std::optional<reply>> session::receive_message() {
                 client_.last_status() == line_stream::status::timeout ? "timeout" : "client lost");
       co_return std::nullopt;
     }
-    client_.consume(decoder.feed(in, message));
+    client_.consume(decoder.feed(in, sink));
+    if (message_->spilled() && !spill_logged) {
+      spill_logged = true;
+      log_.debug("message goes to a temporary file in {} at {} octets ({})", message_->spill_directory().string(),
+                 message_->size(), spill_reason_name(message_->why_spilled()));
+    }
   }
+  const bool stored = message_->seal();
   switch (decoder.failure()) {
-    case smtp::dot_decoder::fault::none: co_return reply{};
+    case smtp::dot_decoder::fault::none:
+      if (!stored) {
+        log_.error("message not stored: {}", message_->error());
+        co_return storage_full();
+      }
+      co_return reply{};
     case smtp::dot_decoder::fault::bare_line_ending:
       log_.warn("message refused: bare CR or LF (possible SMTP smuggling)");
       co_return reply{550, "5.5.2", "Message refused: bare CR or LF; lines must end with CRLF"};
@@ -665,9 +701,9 @@ awaitable<reply> session::deliver(std::size_t& size) {
   if (v.message) {
     // RFC 6152 §3: 8-bit text an edit brought in is declared to the upstream
     // (the envelope is then redone with BODY=8BITMIME).
-    if (!tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*v.message) && smtp::is_ascii(*received))
+    if (!tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*v.message) && is_ascii(*received))
       tx_.options.body_8bit = true;
-    message = v.message;
+    message = message_store::wrap(v.message);
   }
   size = message->size();
   if (v.stops()) co_return refused_by_policy("message", v);
@@ -704,7 +740,7 @@ awaitable<void> session::reset_transaction() {
   if (stage_ == stage::transaction || stage_ == stage::data) set_stage(stage::ready);
   // An idle session keeps no big buffers (the input buffer is given back
   // between commands, in serve(): a command's arguments point into it).
-  if (message_ && message_->capacity() > keep_message_buffer) message_.reset();
+  message_.reset();  // its memory back to the budget, its spill file gone (unless a policy job still holds it)
 }
 
 void session::log_transaction(const reply& outcome, std::size_t size) {

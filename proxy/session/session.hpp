@@ -92,7 +92,10 @@ class session : public std::enable_shared_from_this<session> {
   transaction tx_;
   upstream_relay relay_;
   stage stage_ = stage::connected;
-  std::shared_ptr<std::string> message_;  // the message being received (shared with policy jobs)
+  // The message being received, then delivered (shared with policy jobs once
+  // sealed). Dropped at the end of the transaction: its memory goes back to
+  // the budget and its spill file goes.
+  std::shared_ptr<message_store> message_;
   std::string out_;                       // replies waiting to be written (RFC 2920 §3.2)
   std::size_t errors_ = 0;
   std::size_t auth_failures_ = 0;

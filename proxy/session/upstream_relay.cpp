@@ -56,7 +56,7 @@ awaitable<std::optional<smtp::reply>> upstream_relay::sync(const transaction& tx
   co_return std::nullopt;
 }
 
-awaitable<smtp::reply> upstream_relay::data(std::string_view header, std::string_view message) {
+awaitable<smtp::reply> upstream_relay::data(std::string_view header, const message_store& message) {
   auto& up = connection();
   auto r = co_await up.data(header, message);
   open_ = false;  // the final reply ends the upstream transaction, whatever it says

@@ -36,7 +36,7 @@ class upstream_relay {
   // upstream's refusal, if any, is the client's answer to its DATA.
   awaitable<std::optional<smtp::reply>> sync(const transaction& tx);
   // DATA, our `header`, the message; the upstream's final reply.
-  awaitable<smtp::reply> data(std::string_view header, std::string_view message);
+  awaitable<smtp::reply> data(std::string_view header, const message_store& message);
   // Ends the upstream transaction, if one is open (RSET), so the connection serves the next.
   awaitable<void> reset();
   // QUIT; the session is over.

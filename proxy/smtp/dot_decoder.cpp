@@ -21,15 +21,26 @@ std::size_t text_run_end(std::string_view in, std::size_t from) {
   return static_cast<std::size_t>(end - in.data());
 }
 
+struct string_sink final : byte_sink {
+  std::string& out;
+  explicit string_sink(std::string& s) : out(s) {}
+  void write(std::string_view bytes) override { out.append(bytes); }
+};
+
 }  // namespace
 
-void dot_decoder::emit(std::string& out, std::string_view bytes) {
+void dot_decoder::emit(byte_sink& out, std::string_view bytes) {
   size_ += bytes.size();
   if (size_ > max_size_) fail(fault::too_big);
-  if (fault_ == fault::none) out.append(bytes);
+  if (fault_ == fault::none) out.write(bytes);
 }
 
 std::size_t dot_decoder::feed(std::string_view in, std::string& out) {
+  string_sink sink(out);
+  return feed(in, sink);
+}
+
+std::size_t dot_decoder::feed(std::string_view in, byte_sink& out) {
   std::size_t i = 0;
   // Plain text runs are appended in one go; the state machine sees only the
   // bytes that matter (CR, LF, NUL, a dot at the start of a line).
@@ -100,27 +111,42 @@ std::size_t dot_decoder::feed(std::string_view in, std::string& out) {
 }
 
 std::vector<std::string_view> dot_stuffed_pieces(std::string_view message) {
+  std::vector<std::string_view> pieces;
+  dot_stuffer stuffer;
+  stuffer.stuff(message, pieces);
+  stuffer.finish(pieces);
+  return pieces;
+}
+
+void dot_stuffer::stuff(std::string_view chunk, std::vector<std::string_view>& pieces) {
   static constexpr std::string_view dot = ".";
+  if (chunk.empty()) return;
+  std::size_t start = 0;  // start of the current piece
+  // A line starting at `line` that begins with a dot gets an extra one (§4.5.2).
+  auto line_at = [&](std::size_t line) {
+    if (line >= chunk.size() || chunk[line] != '.') return;
+    if (line > start) pieces.push_back(chunk.substr(start, line - start));
+    pieces.push_back(dot);
+    start = line;
+  };
+  if (line_start_) line_at(0);
+  // A line starts after each CRLF; the CR may end the previous chunk.
+  for (auto nl = chunk.find('\n'); nl != std::string_view::npos; nl = chunk.find('\n', nl + 1)) {
+    const char before = nl > 0 ? chunk[nl - 1] : last_;
+    if (before == '\r') line_at(nl + 1);
+  }
+  if (start < chunk.size()) pieces.push_back(chunk.substr(start));
+  const char before_last = chunk.size() > 1 ? chunk[chunk.size() - 2] : last_;
+  line_start_ = chunk.back() == '\n' && before_last == '\r';
+  last_ = chunk.back();
+  empty_ = false;
+}
+
+void dot_stuffer::finish(std::vector<std::string_view>& pieces) {
   static constexpr std::string_view crlf = "\r\n";
   static constexpr std::string_view end = ".\r\n";
-  std::vector<std::string_view> pieces;
-  std::size_t start = 0;  // start of the current piece
-  std::size_t line = 0;   // start of the current line
-  while (line < message.size()) {
-    if (message[line] == '.') {
-      // Cut here and send an extra dot before the line.
-      if (line > start) pieces.push_back(message.substr(start, line - start));
-      pieces.push_back(dot);
-      start = line;
-    }
-    const auto nl = message.find("\r\n", line);
-    if (nl == std::string_view::npos) break;
-    line = nl + 2;
-  }
-  if (start < message.size()) pieces.push_back(message.substr(start));
-  if (!message.empty() && !message.ends_with("\r\n")) pieces.push_back(crlf);
+  if (!empty_ && !line_start_) pieces.push_back(crlf);
   pieces.push_back(end);
-  return pieces;
 }
 
 }  // namespace portcullis::smtp

@@ -15,6 +15,16 @@
 
 namespace portcullis::smtp {
 
+// Where the decoder puts the message: a string, or a message_store (the
+// session's), without an intermediate copy.
+class byte_sink {
+ public:
+  virtual void write(std::string_view bytes) = 0;
+
+ protected:
+  ~byte_sink() = default;
+};
+
 class dot_decoder {
  public:
   enum class fault { none, bare_line_ending, nul, too_big };
@@ -26,6 +36,7 @@ class dot_decoder {
   // message (unstuffed, with its CRLFs) to `out` while no fault is seen, and
   // returns how many bytes of `in` it consumed. Bytes after the end belong to
   // the next command (pipelining) and are left alone.
+  std::size_t feed(std::string_view in, byte_sink& out);
   std::size_t feed(std::string_view in, std::string& out);
 
   bool done() const { return state_ == state::done; }
@@ -37,7 +48,7 @@ class dot_decoder {
   void fail(fault f) {
     if (fault_ == fault::none) fault_ = f;
   }
-  void emit(std::string& out, std::string_view bytes);
+  void emit(byte_sink& out, std::string_view bytes);
 
   std::size_t max_size_;
   std::size_t size_ = 0;
@@ -50,5 +61,22 @@ class dot_decoder {
 // `message` or into static storage: no copy of the body is made. A message
 // not ending in CRLF gets one. `message` must use CRLF line endings only.
 std::vector<std::string_view> dot_stuffed_pieces(std::string_view message);
+
+// The same for a message that comes in chunks (read from a message_store):
+// the state that crosses a chunk boundary (a CRLF cut in two, a line that
+// starts in the next chunk) is kept here.
+class dot_stuffer {
+ public:
+  // Appends the wire form of the message's next `chunk` to `pieces`: slices of
+  // `chunk` (valid as long as it is) and static dots.
+  void stuff(std::string_view chunk, std::vector<std::string_view>& pieces);
+  // The end of the message: a CRLF if it did not end with one, then ".\r\n".
+  void finish(std::vector<std::string_view>& pieces);
+
+ private:
+  bool line_start_ = true;  // the next byte starts a line
+  bool empty_ = true;
+  char last_ = 0;           // the last byte of the previous chunk
+};
 
 }  // namespace portcullis::smtp

@@ -53,23 +53,45 @@ std::string delivery_headers(const smtp::address& sender, const std::vector<smtp
   return out;
 }
 
+void lf_converter::feed(std::string_view in, std::string& out) {
+  if (in.empty()) return;
+  if (pending_cr_) {
+    if (in.front() != '\n') out += '\r';
+    pending_cr_ = false;
+  }
+  std::size_t pos = 0;
+  for (auto crlf = in.find("\r\n"); crlf != std::string_view::npos; crlf = in.find("\r\n", pos)) {
+    out.append(in.substr(pos, crlf - pos));
+    out += '\n';
+    pos = crlf + 2;
+  }
+  if (in.back() == '\r' && pos < in.size()) {
+    out.append(in.substr(pos, in.size() - 1 - pos));
+    pending_cr_ = true;
+  } else {
+    out.append(in.substr(pos));
+  }
+}
+
+void lf_converter::finish(std::string& out) {
+  if (pending_cr_) out += '\r';
+  pending_cr_ = false;
+}
+
 std::string to_lf(std::string_view header, std::string_view message) {
   std::string out;
   out.reserve(header.size() + message.size());
-  for (auto part : {header, message}) {
-    std::size_t pos = 0;
-    for (auto crlf = part.find("\r\n"); crlf != std::string_view::npos; crlf = part.find("\r\n", pos)) {
-      out.append(part.substr(pos, crlf - pos));
-      out += '\n';
-      pos = crlf + 2;
-    }
-    out.append(part.substr(pos));
-  }
+  lf_converter c;
+  c.feed(header, out);
+  c.finish(out);
+  c.feed(message, out);
+  c.finish(out);
   return out;
 }
 
 delivery deliver(const std::filesystem::path& root, const std::string& hostname, const smtp::address& sender,
-                 const std::vector<smtp::address>& recipients, std::string_view content, directory_sync sync) {
+                 const std::vector<smtp::address>& recipients, std::string_view header,
+                 const message_store& message, directory_sync sync) {
   std::error_code ec;
   for (const char* sub : {"tmp", "new", "cur"}) std::filesystem::create_directories(root / sub, ec);
   timespec now{};
@@ -88,9 +110,22 @@ delivery deliver(const std::filesystem::path& root, const std::string& hostname,
   {
     fd_guard f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)};
     if (f.fd < 0) return {{}, "open " + tmp.string() + ": " + std::strerror(errno), {}};
-    const std::string head = delivery_headers(sender, recipients);
-    if (!write_all(f.fd, head) || !write_all(f.fd, content) || ::fsync(f.fd) != 0) {
-      const std::string why = std::strerror(errno);
+    std::string out = delivery_headers(sender, recipients);
+    lf_converter lf;
+    lf.feed(header, out);
+    lf.finish(out);
+    // The message in chunks, converted as it goes: never a whole copy of it.
+    message_store::reader in(message);
+    bool written = true;
+    for (auto chunk = in.next(); written && !chunk.empty(); chunk = in.next()) {
+      lf.feed(chunk, out);
+      written = write_all(f.fd, out);
+      out.clear();
+    }
+    lf.finish(out);
+    written = written && write_all(f.fd, out);
+    if (!written || in.failed() || ::fsync(f.fd) != 0) {
+      const std::string why = in.failed() ? in.error() : std::strerror(errno);
       std::filesystem::remove(tmp, ec);
       return {{}, "write " + tmp.string() + ": " + why, {}};
     }

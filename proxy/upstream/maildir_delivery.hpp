@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "smtp/address.hpp"
+#include "store/message_store.hpp"
 
 namespace portcullis::maildir {
 
@@ -36,12 +37,24 @@ std::string delivery_headers(const smtp::address& sender, const std::vector<smtp
 // the local line ending, as every delivery agent writes them.
 std::string to_lf(std::string_view header, std::string_view message);
 
-// Writes delivery_headers + `content` (LF line endings) to tmp/, fsyncs it,
+// The same for a message that comes in chunks: a CR that ends one chunk waits
+// to see whether the next begins with LF.
+class lf_converter {
+ public:
+  void feed(std::string_view in, std::string& out);
+  void finish(std::string& out);  // a CR left waiting at the very end is kept
+
+ private:
+  bool pending_cr_ = false;
+};
+
+// Writes delivery_headers, `header` and `message` (both CRLF, written with LF
+// line endings, read in chunks from the store) to tmp/, fsyncs it,
 // renames it into new/ and fsyncs new/. Once the rename is done the message
 // is delivered whatever follows: a failed fsync of new/ is a warning, not an
 // error, or the client would retry a message that is already there.
 delivery deliver(const std::filesystem::path& root, const std::string& hostname, const smtp::address& sender,
-                 const std::vector<smtp::address>& recipients, std::string_view content,
-                 directory_sync sync = sync_directory);
+                 const std::vector<smtp::address>& recipients, std::string_view header,
+                 const message_store& message, directory_sync sync = sync_directory);
 
 }  // namespace portcullis::maildir

@@ -20,10 +20,10 @@ awaitable<smtp::reply> maildir_upstream::rcpt(const smtp::address& recipient) {
   co_return smtp::reply{250, "2.1.5", "Ok"};
 }
 
-awaitable<smtp::reply> maildir_upstream::data(std::string_view header, std::string_view message) {
-  const std::string content = maildir::to_lf(header, message);
+awaitable<smtp::reply> maildir_upstream::data(std::string_view header, const message_store& message) {
+  // The session keeps `message` alive until this returns.
   auto write_file = [&]() -> awaitable<maildir::delivery> {
-    co_return maildir::deliver(root_, hostname_, sender_, recipients_, content);
+    co_return maildir::deliver(root_, hostname_, sender_, recipients_, header, message);
   };
   auto result = co_await asio::co_spawn(blocking_, std::move(write_file), asio::use_awaitable);
   recipients_.clear();

@@ -15,7 +15,7 @@ class maildir_upstream final : public upstream {
 
   awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) override;
   awaitable<smtp::reply> rcpt(const smtp::address& recipient) override;
-  awaitable<smtp::reply> data(std::string_view header, std::string_view message) override;
+  awaitable<smtp::reply> data(std::string_view header, const message_store& message) override;
   awaitable<void> reset() override;
   awaitable<void> quit() override { co_return; }
   bool connected() const override { return true; }

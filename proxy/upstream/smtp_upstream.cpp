@@ -129,19 +129,40 @@ class smtp_upstream final : public upstream {
     co_return std::move(a.reply);
   }
 
-  awaitable<smtp::reply> data(std::string_view header, std::string_view message) override {
+  awaitable<smtp::reply> data(std::string_view header, const message_store& message) override {
     if (!stream_) co_return failure_reply(upstream_failure::lost);
     const std::string line = "DATA";
     auto go_ahead = co_await command(line, reply_to::data);
     if (!go_ahead.ok()) co_return std::move(go_ahead.reply);  // its refusal, or a failure (a 250 is one)
-    // One gather write: our header, then the body as dot-stuffed slices of itself.
-    const auto pieces = smtp::dot_stuffed_pieces(message);
+    // One gather write per chunk of the store (one in all for a message held
+    // in memory): our header first, then the body as dot-stuffed slices of
+    // the chunk. No copy of the message is made.
+    message_store::reader in(message);
+    smtp::dot_stuffer stuffer;
+    std::vector<std::string_view> pieces;
     std::vector<asio::const_buffer> buffers;
-    buffers.reserve(pieces.size() + 1);
-    buffers.emplace_back(header.data(), header.size());
-    for (auto p : pieces) buffers.emplace_back(p.data(), p.size());
-    const bool written = co_await stream_->write(buffers, cfg_.timeout);
-    if (!written) co_return write_failed("sending the message").reply;
+    bool first = true;
+    for (;;) {
+      const auto chunk = in.next();
+      if (in.failed()) {
+        // Never the end-of-data dot after a part of the message: closing the
+        // connection makes the upstream drop what it got.
+        log_.error("upstream: cannot read the message to send it: {}", in.error());
+        close();
+        co_return smtp::reply{451, "4.3.0", "Local error reading the message, try again later"};
+      }
+      pieces.clear();
+      buffers.clear();
+      if (first) buffers.emplace_back(header.data(), header.size());
+      first = false;
+      stuffer.stuff(chunk, pieces);
+      const bool last = in.at_end();
+      if (last) stuffer.finish(pieces);  // in the same write as the last chunk
+      for (auto p : pieces) buffers.emplace_back(p.data(), p.size());
+      const bool written = co_await stream_->write(buffers, cfg_.timeout);
+      if (!written) co_return write_failed("sending the message").reply;
+      if (last) break;
+    }
     auto final_reply = co_await read_reply(reply_to::end_of_data);
     in_transaction_ = false;
     co_return std::move(final_reply.reply);

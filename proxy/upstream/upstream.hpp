@@ -17,6 +17,7 @@
 #include "smtp/address.hpp"
 #include "smtp/mail_options.hpp"
 #include "smtp/reply.hpp"
+#include "store/message_store.hpp"
 
 namespace portcullis {
 
@@ -45,8 +46,9 @@ class upstream {
   // Connects if needed (first MAIL of the session, or after a failure), then MAIL.
   virtual awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) = 0;
   virtual awaitable<smtp::reply> rcpt(const smtp::address& recipient) = 0;
-  // DATA, then `header` (our Received:) and `message`, dot-stuffed, then the final reply.
-  virtual awaitable<smtp::reply> data(std::string_view header, std::string_view message) = 0;
+  // DATA, then `header` (our Received:) and `message` (sealed; read in
+  // chunks, dot-stuffed as it goes), then the final reply.
+  virtual awaitable<smtp::reply> data(std::string_view header, const message_store& message) = 0;
   // Ends the transaction in progress (RSET) so the connection serves the next one.
   virtual awaitable<void> reset() = 0;
   // False once a failure closed the connection (until the next MAIL reconnects).

@@ -130,5 +130,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(again.done && again.failure == dot_decoder::fault::none);
   FUZZ_CHECK(again.consumed == wire.size());
   FUZZ_CHECK(again.out == whole.out);
+
+  // Stuffed in chunks (as the upstream writer reads a message_store): the
+  // same wire, wherever the chunks are cut.
+  const std::size_t chunk = 1 + (in.empty() ? 0 : static_cast<unsigned char>(in[0]) % 16);
+  dot_stuffer stuffer;
+  std::vector<std::string_view> pieces;
+  for (std::size_t at = 0; at < whole.out.size(); at += chunk)
+    stuffer.stuff(std::string_view(whole.out).substr(at, chunk), pieces);
+  stuffer.finish(pieces);
+  std::string chunked;
+  for (const auto piece : pieces) chunked += piece;
+  FUZZ_CHECK(chunked == wire);
   return 0;
 }

@@ -74,6 +74,9 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_EQ(cfg->server.listen, std::vector<std::string>{"127.0.0.1:2525"});
   EXPECT_TRUE(cfg->server.listen_tls.empty());
   EXPECT_EQ(cfg->server.max_message_size, 52428800u);
+  EXPECT_EQ(cfg->server.message_memory_threshold, 262144u);
+  EXPECT_EQ(cfg->server.message_memory_budget, 67108864u);
+  EXPECT_EQ(cfg->server.message_spill_dir, fs::path());  // the system's temporary directory
   EXPECT_EQ(cfg->server.max_recipients, 1000u);
   EXPECT_FALSE(cfg->server.require_tls);
   EXPECT_FALSE(cfg->server.require_auth);
@@ -202,6 +205,7 @@ format = "text"
 
 // Keys beyond the contract (limits with RFC/Postfix defaults).
 TEST_F(ConfigTest, ExtraKeys) {
+  fs::create_directories(dir_ / "spill");
   const auto cfg = load_config(write(R"(
 [server]
 max_line_length = 4096
@@ -212,6 +216,9 @@ max_connections = 10
 max_connections_per_client = 2
 shutdown_grace = 0
 threads = 4
+message_memory_threshold = 0
+message_memory_budget = 1048576
+message_spill_dir = "spill"
 
 [upstream]
 helo = "proxy.example.test"
@@ -228,6 +235,9 @@ threads = 4
   EXPECT_EQ(cfg->server.max_connections_per_client, 2u);
   EXPECT_EQ(cfg->server.shutdown_grace, 0s);
   EXPECT_EQ(cfg->server.threads, 4u);
+  EXPECT_EQ(cfg->server.message_memory_threshold, 0u);
+  EXPECT_EQ(cfg->server.message_memory_budget, 1048576u);
+  EXPECT_EQ(cfg->server.message_spill_dir, dir_ / "spill");  // relative to the config's folder
   EXPECT_EQ(cfg->upstream.helo, "proxy.example.test");
   EXPECT_EQ(cfg->upstream.client_info, client_info_mode::xforward);
   EXPECT_EQ(cfg->policy.threads, 4u);
@@ -406,6 +416,17 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
        "2: server.max_connections_per_client: 0 is out of range (want 1 to 1000000)"},
       {"[server]\nthreads = -1\n", "2: server.threads: -1 is out of range (want 0 to 1024)"},
       {"[server]\nthreads = 4294967296\n", "2: server.threads: 4294967296 is out of range (want 0 to 1024)"},
+      {"[server]\nmessage_memory_threshold = -1\n",
+       "2: server.message_memory_threshold: -1 is out of range (want 0 to 1073741824)"},
+      {"[server]\nmessage_memory_threshold = 1073741825\n",
+       "2: server.message_memory_threshold: 1073741825 is out of range (want 0 to 1073741824)"},
+      {"[server]\nmessage_memory_budget = -1\n",
+       "2: server.message_memory_budget: -1 is out of range (want 0 to 1099511627776)"},
+      {"[server]\nmessage_memory_budget = 1099511627777\n",
+       "2: server.message_memory_budget: 1099511627777 is out of range (want 0 to 1099511627776)"},
+      {"[server]\nmessage_spill_dir = \"\"\n", "2: server.message_spill_dir: empty path"},
+      {"[server]\nmessage_spill_dir = \"nowhere\"\n",
+       "2: server.message_spill_dir: \"" + (dir_ / "nowhere").string() + "\" is not a directory"},
       {"[policy]\nthreads = 0\n", "2: policy.threads: 0 is out of range (want 1 to 1024)"},
       {"[policy]\nthreads = 100000\n", "2: policy.threads: 100000 is out of range (want 1 to 1024)"},
       {"[auth]\nmax_failures = 0\n", "2: auth.max_failures: 0 is out of range (want 1 to 1000000)"},

@@ -313,6 +313,22 @@ TEST(DotStuffedPieces, Table) {
   }
 }
 
+// dot_stuffer: the message in chunks cut anywhere (a CRLF or a line's
+// leading dot on a boundary) is stuffed exactly as whole.
+TEST(DotStuffer, ChunksCutAnywhere) {
+  for (const auto& c : encode_cases()) {
+    for (std::size_t size = 1; size <= std::max<std::size_t>(c.message.size(), 1); ++size) {
+      SCOPED_TRACE(testing::Message() << "message: \"" << escape(c.message) << "\" chunks of " << size);
+      dot_stuffer stuffer;
+      std::vector<std::string_view> pieces;
+      for (std::size_t at = 0; at < c.message.size(); at += size)
+        stuffer.stuff(std::string_view(c.message).substr(at, size), pieces);
+      stuffer.finish(pieces);
+      EXPECT_EQ(escape(concat(pieces)), escape(c.wire));
+    }
+  }
+}
+
 // decode(encode(m)) == m, with a CRLF added when m lacks a final one.
 TEST(DotStuffedPieces, RoundTrip) {
   std::vector<std::string> messages = {

@@ -19,6 +19,11 @@ namespace fs = std::filesystem;
 
 smtp::address addr(const std::string& local, const std::string& domain) { return smtp::address{local, domain}; }
 
+// A message as the session hands it over: a sealed store.
+std::shared_ptr<const message_store> stored(std::string content) {
+  return message_store::wrap(std::make_shared<const std::string>(std::move(content)));
+}
+
 std::vector<fs::path> files_in(const fs::path& dir) {
   std::vector<fs::path> out;
   std::error_code ec;
@@ -67,6 +72,19 @@ TEST(DeliveryHeaders, Table) {
   for (const auto& c : cases) EXPECT_EQ(delivery_headers(c.sender, c.recipients), c.want);
 }
 
+// Chunks cut anywhere, a CRLF across two of them included, give what the whole does.
+TEST(LfConverter, ChunksCutAnywhere) {
+  const std::string whole = "a\r\nb\rc\r\n\r\n.\r\nd\r";
+  const std::string want = "a\nb\rc\n\n.\nd\r";
+  for (std::size_t size = 1; size <= whole.size(); ++size) {
+    lf_converter c;
+    std::string out;
+    for (std::size_t at = 0; at < whole.size(); at += size) c.feed(std::string_view(whole).substr(at, size), out);
+    c.finish(out);
+    EXPECT_EQ(out, want) << "chunks of " << size;
+  }
+}
+
 TEST(ToLf, Table) {
   EXPECT_EQ(to_lf("Received: x\r\n", "Subject: s\r\n\r\nbody\r\n"), "Received: x\nSubject: s\n\nbody\n");
   EXPECT_EQ(to_lf("", "a\rb\nc\r\n"), "a\rb\nc\n");  // only CRLF pairs change
@@ -78,7 +96,7 @@ TEST_F(MaildirDelivery, OneFilePerTransaction) {
   std::vector<smtp::address> rcpts;
   for (int i = 0; i < 200; ++i) rcpts.push_back(addr("user" + std::to_string(i), "example.test"));
   const std::string content = "Subject: hello\n\nbody\n";
-  const auto d = deliver(root_, "mx.test", addr("a", "example.test"), rcpts, content);
+  const auto d = deliver(root_, "mx.test", addr("a", "example.test"), rcpts, "", *stored(content));
   ASSERT_TRUE(d.delivered()) << d.error;
   EXPECT_EQ(d.warning, "");
   EXPECT_FALSE(d.queue_id.empty());
@@ -98,11 +116,31 @@ bool fsync_fails(const fs::path&) {
   return false;
 }
 
+// A message spilled to a file is read in chunks; a CRLF cut by a chunk
+// boundary is one LF in the file, and every byte arrives.
+TEST_F(MaildirDelivery, SpilledMessageByteExact) {
+  auto memory = std::make_shared<message_memory>(0);  // no memory: the store is a file
+  message_store m(memory, {0, base_});
+  std::string body = "Subject: big\r\n\r\n";
+  while (body.size() < message_store::reader::default_chunk - 1) body += "0123456789abcdef\r\n";
+  body.resize(message_store::reader::default_chunk - 1);
+  body += "\r\nnext line\r\n";  // the CR ends the first chunk, its LF starts the second
+  for (int i = 0; i < 20000; ++i) body += "line " + std::to_string(i) + "\r\n";
+  ASSERT_TRUE(m.append(body));
+  ASSERT_TRUE(m.seal());
+  ASSERT_TRUE(m.spilled());
+  const auto d = deliver(root_, "mx.test", addr("a", "x.test"), {addr("b", "x.test")}, "Received: x\r\n", m);
+  ASSERT_TRUE(d.delivered()) << d.error;
+  const auto files = files_in(root_ / "new");
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_EQ(read_all(files[0]), delivery_headers(addr("a", "x.test"), {addr("b", "x.test")}) + to_lf("Received: x\r\n", body));
+}
+
 // Item 5 of issue 7: once the message is in new/, a failed fsync of new/ is
 // no reason for a 451 (the client's retry would deliver it twice).
 TEST_F(MaildirDelivery, FailedDirectorySyncAfterRenameIsStillDelivered) {
   fsync_fails_calls = 0;
-  const auto d = deliver(root_, "mx.test", addr("a", "example.test"), {addr("b", "example.test")}, "x\n", fsync_fails);
+  const auto d = deliver(root_, "mx.test", addr("a", "example.test"), {addr("b", "example.test")}, "", *stored("x\n"), fsync_fails);
   EXPECT_EQ(fsync_fails_calls, 1);
   EXPECT_TRUE(d.delivered()) << d.error;
   EXPECT_FALSE(d.queue_id.empty());
@@ -114,7 +152,7 @@ TEST_F(MaildirDelivery, FailedDirectorySyncAfterRenameIsStillDelivered) {
 // Failures before the rename: not delivered, nothing left behind.
 TEST_F(MaildirDelivery, NoMaildirIsAnErrorAndLeavesNothing) {
   { std::ofstream(base_ / "file") << "in the way\n"; }
-  const auto d = deliver(base_ / "file", "mx.test", addr("a", "x.test"), {addr("b", "x.test")}, "x\n");
+  const auto d = deliver(base_ / "file", "mx.test", addr("a", "x.test"), {addr("b", "x.test")}, "", *stored("x\n"));
   EXPECT_FALSE(d.delivered());
   EXPECT_EQ(d.error.rfind("open " + (base_ / "file" / "tmp").string() + "/", 0), 0u) << d.error;
   EXPECT_EQ(read_all(base_ / "file"), "in the way\n");
@@ -129,7 +167,7 @@ TEST_F(MaildirDelivery, UnwritableNewIsAnErrorAndLeavesNothing) {
     fs::create_directories(root_ / "new");
     fs::permissions(root_ / "new", fs::perms::owner_read | fs::perms::owner_exec);
   }
-  const auto d = deliver(root_, "mx.test", addr("a", "x.test"), {addr("b", "x.test")}, "x\n");
+  const auto d = deliver(root_, "mx.test", addr("a", "x.test"), {addr("b", "x.test")}, "", *stored("x\n"));
   EXPECT_FALSE(d.delivered());
   EXPECT_EQ(d.error.rfind("rename into new/: ", 0), 0u) << d.error;
   EXPECT_TRUE(files_in(root_ / "tmp").empty());
@@ -137,7 +175,7 @@ TEST_F(MaildirDelivery, UnwritableNewIsAnErrorAndLeavesNothing) {
 
 TEST_F(MaildirDelivery, NamesAreUnique) {
   for (int i = 0; i < 20; ++i) {
-    const auto d = deliver(root_, "mx.test", addr("a", "x.test"), {addr("b", "x.test")}, "x\n");
+    const auto d = deliver(root_, "mx.test", addr("a", "x.test"), {addr("b", "x.test")}, "", *stored("x\n"));
     ASSERT_TRUE(d.delivered()) << d.error;
   }
   EXPECT_EQ(files_in(root_ / "new").size(), 20u);

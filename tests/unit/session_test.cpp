@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <map>
@@ -59,11 +60,11 @@ class scripted_upstream final : public upstream {
     s_->record("RCPT <" + r.str() + ">");
     co_return s_->answer("RCPT");
   }
-  awaitable<reply> data(std::string_view, std::string_view message) override {
+  awaitable<reply> data(std::string_view, const message_store& message) override {
     s_->record("DATA");
     {
       std::lock_guard lock(s_->mutex);
-      s_->last_message = std::string(message);
+      s_->last_message = message.read_all();
     }
     co_return s_->answer("DATA");
   }
@@ -408,6 +409,63 @@ TEST(session, an_edit_that_adds_8bit_text_declares_8bitmime_upstream) {
   };
   const auto seen = h.one_message();
   EXPECT_NE(std::find(seen.begin(), seen.end(), "MAIL <a@example.test> BODY=8BITMIME"), seen.end());
+}
+
+// The message store's memory goes back to the budget however the message
+// ends: delivered, the client lost mid-DATA, a DATA timeout.
+bool eventually(const std::function<bool()>& f) {
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!f()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+TEST(session, message_memory_comes_back_however_the_message_ends) {
+  enum class ending { delivered, client_lost, data_timeout };
+  for (const auto end : {ending::delivered, ending::client_lost, ending::data_timeout}) {
+    SCOPED_TRACE(static_cast<int>(end));
+    auto h = std::make_unique<harness>([](config& c) { c.server.data_timeout = std::chrono::seconds(1); });
+    const auto memory = h->env->messages_memory();
+    h->say("EHLO client.test");
+    h->say("MAIL FROM:<a@example.test>");
+    h->say("RCPT TO:<b@example.test>");
+    EXPECT_EQ(h->say("DATA").substr(0, 4), "354 ");
+    h->send("Subject: x\r\n\r\nhello\r\n");
+    ASSERT_TRUE(eventually([&] { return memory->in_use() > 0; })) << "the message is not in memory";
+    switch (end) {
+      case ending::delivered:
+        EXPECT_EQ(h->say("."), "250 2.0.0 Ok: queued as T1\r\n");
+        EXPECT_EQ(memory->in_use(), 0u);  // given back before the reply
+        break;
+      case ending::client_lost:
+        h.reset();  // closes the client, waits for the session's end
+        EXPECT_EQ(memory->in_use(), 0u);
+        break;
+      case ending::data_timeout:
+        EXPECT_EQ(h->read_reply().substr(0, 10), "421 4.4.2 ");
+        EXPECT_TRUE(eventually([&] { return memory->in_use() == 0; }));
+        break;
+    }
+  }
+}
+
+// A spill file that cannot be made: 452 4.3.1 for that message; the session goes on.
+TEST(session, a_message_that_cannot_be_stored_is_452_and_the_session_goes_on) {
+  const auto missing = std::filesystem::temp_directory_path() / "portcullis-session-test-no-such-dir";
+  harness h([&](config& c) {
+    c.server.message_memory_threshold = 4;
+    c.server.message_spill_dir = missing;
+  });
+  h.say("EHLO client.test");
+  h.say("MAIL FROM:<a@example.test>");
+  h.say("RCPT TO:<b@example.test>");
+  h.say("DATA");
+  EXPECT_EQ(h.say("Subject: x\r\n\r\nhello\r\n."), "452 4.3.1 Insufficient system storage, try again later\r\n");
+  EXPECT_EQ(h.script->seen(), (std::vector<std::string>{"MAIL <a@example.test>", "RCPT <b@example.test>", "RSET"}));
+  EXPECT_EQ(h.env->messages_memory()->in_use(), 0u);
+  EXPECT_EQ(h.say("MAIL FROM:<a@example.test>"), "250 2.1.0 Ok\r\n");
 }
 
 }  // namespace

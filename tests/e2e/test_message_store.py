@@ -1,0 +1,189 @@
+"""Messages held by the message store (README "How messages are held"): a
+big message goes through an unlinked temporary file, byte-exact, without
+growing the daemon's memory; many clients sending big messages without the
+final dot stay within the memory budget, which comes back when they leave;
+and a spill file that cannot be made is 452 4.3.1 for that message only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+import socket
+import threading
+
+import pytest
+
+from conftest import HOSTNAME, free_port, wait_until
+
+MiB = 1 << 20
+SANITIZED = bool(os.environ.get("PORTCULLIS_SANITIZED"))
+
+
+def vm_hwm_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def big_message(size: int) -> bytes:
+    """A message of about `size` octets, CRLF lines of up to 998 octets, some
+    starting with a dot (stuffed on the way in and again on the way out)."""
+    rnd = random.Random(size)
+    lines = [b"From: a@example.test", b"To: b@example.test", b"Subject: big", b""]
+    total = sum(len(l) + 2 for l in lines)
+    while total < size:
+        line = base64.b64encode(rnd.randbytes(rnd.randrange(0, 700)))
+        if rnd.random() < 0.05:
+            line = b"." + line
+        lines.append(line)
+        total += len(line) + 2
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def stuffed(message: bytes) -> bytes:
+    body = message.replace(b"\r\n.", b"\r\n..")
+    return b"." + body if body.startswith(b".") else body
+
+
+@pytest.fixture
+def big_upstream():
+    """aiosmtpd without its 32 MiB DATA limit."""
+    from aiosmtpd.controller import Controller
+
+    from conftest import RecordingHandler
+
+    class Up:
+        handler = RecordingHandler()
+        port = free_port()
+        url = f"smtp://127.0.0.1:{port}"
+
+    up = Up()
+    up.controller = Controller(up.handler, hostname="127.0.0.1", port=up.port, data_size_limit=0,
+                               server_hostname="aio.upstream")
+    up.controller.start()
+    yield up
+    up.controller.stop()
+
+
+def test_a_50_mib_message_arrives_byte_exact_without_growing_rss(start_daemon, big_upstream, tmp_path):
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    d = start_daemon(big_upstream.url, log_level="debug",
+                     server={"max_message_size": 64 * MiB, "message_spill_dir": str(spill)})
+    message = big_message(50 * MiB)
+    with d.connect() as c:
+        # A small one first: what every session costs is in the baseline.
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: small\r\n\r\nhi").code == 250
+        before = vm_hwm_kib(d.pid)
+        r = c.transaction("a@example.test", ["b@example.test"], stuffed(message)[:-2])
+        assert r.code == 250, r
+        after = vm_hwm_kib(d.pid)
+        sid = d.session_id(c.local_port)
+    d.wait_log(rf" {sid}: message goes to a temporary file in {spill} at \d+ octets "
+               r"\(larger than server.message_memory_threshold\)")
+    assert not os.listdir(spill)  # the file had no name
+    got = big_upstream.handler.envelopes[-1]["content"]
+    head, sep, body = got.partition(b"\r\nFrom: a@example.test\r\n")
+    assert head.startswith(b"Received: ") and sep
+    assert len(sep[2:] + body) == len(message)
+    assert hashlib.sha256(sep[2:] + body).digest() == hashlib.sha256(message).digest()
+    growth = (after - before) / 1024
+    print(f"VmHWM {before} KiB -> {after} KiB (+{growth:.1f} MiB) for a {len(message) / MiB:.0f} MiB message")
+    if not SANITIZED:  # ASan's quarantine and shadow memory say nothing about ours
+        assert growth < 8, f"VmHWM grew by {growth:.1f} MiB for a 50 MiB message"
+
+
+def test_clients_sending_big_messages_without_the_dot_stay_within_the_budget(start_daemon, aiosmtpd_upstream, tmp_path):
+    clients, each = 20, 6 * MiB
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    # Each message is under the threshold: only the budget sends them to files.
+    d = start_daemon(aiosmtpd_upstream.url, log_level="debug",
+                     server={"max_message_size": 16 * MiB, "message_memory_threshold": 8 * MiB,
+                             "message_memory_budget": 4 * MiB, "message_spill_dir": str(spill),
+                             "max_connections_per_client": clients + 5})
+    with d.connect() as c:
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: warm\r\n\r\nhi").code == 250
+    before = vm_hwm_kib(d.pid)
+    chunk = (b"x" * 998 + b"\r\n") * 1024
+    hogs = []
+    for _ in range(clients):
+        c = d.connect()
+        c.exchange("MAIL FROM:<a@example.test>", 250)
+        c.exchange("RCPT TO:<b@example.test>", 250)
+        c.exchange("DATA", 354)
+        hogs.append(c)
+
+    def send(c):
+        for _ in range(each // len(chunk)):
+            c.send(chunk)
+
+    threads = [threading.Thread(target=send, args=(c,)) for c in hogs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    d.wait_log(r"message goes to a temporary file .*\(server.message_memory_budget in use by other messages\)",
+               count=clients - 1, timeout=20)
+    after = vm_hwm_kib(d.pid)
+    growth = (after - before) / 1024
+    print(f"VmHWM {before} KiB -> {after} KiB (+{growth:.1f} MiB) with {clients} x {each // MiB} MiB unfinished")
+    if not SANITIZED:
+        # 4 MiB of budget, then per-session buffers; without the budget it would be 120 MiB.
+        assert growth < 40, f"VmHWM grew by {growth:.1f} MiB"
+    for c in hogs:
+        c.close()
+    d.wait_log(r"client lost during DATA; nothing delivered", count=clients, timeout=10)
+    # The budget came back: a 3 MiB message fits in memory again.
+    with d.connect() as c:
+        r = c.transaction("a@example.test", ["b@example.test"], stuffed(big_message(3 * MiB))[:-2])
+        assert r.code == 250, r
+        sid = d.session_id(c.local_port)
+    assert not [l for l in d.session_log(sid) if "temporary file" in l], d.session_log(sid)
+    assert not os.listdir(spill)
+
+
+def test_a_spill_file_that_cannot_be_made_is_452_and_the_session_goes_on(start_daemon, aiosmtpd_upstream, tmp_path):
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    d = start_daemon(aiosmtpd_upstream.url, server={"message_memory_threshold": 0, "message_spill_dir": str(spill)})
+    spill.rmdir()  # after the config was checked: as if the disk went away
+    with d.connect() as c:
+        r = c.transaction("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\n" + b"y" * 100000)
+        assert (r.code, r.status) == (452, "4.3.1"), r
+        sid = d.session_id(c.local_port)
+        line = d.wait_log(rf" {sid}: message not stored: cannot create a temporary file in {spill}: "
+                          r"No such file or directory$")
+        assert line
+        spill.mkdir()
+        r = c.transaction("a@example.test", ["b@example.test"], b"Subject: again\r\n\r\nok")
+        assert r.code == 250, r
+    msgs = aiosmtpd_upstream.wait_messages(1)
+    assert len(msgs) == 1 and b"Subject: again" in msgs[0]["content"]
+
+
+def test_a_policy_reads_and_rewrites_a_message_held_in_a_file(policy_daemon, aiosmtpd_upstream, tmp_path):
+    """on_data gets every byte of a spilled message, and its edit goes upstream."""
+    d = policy_daemon(aiosmtpd_upstream.url, """
+        import hashlib
+
+        def on_data(tx, message):
+            raw = message.raw
+            message.add_header("X-Len", str(len(raw)))
+            message.add_header("X-Sha", hashlib.sha256(raw).hexdigest())
+        """, log_level="debug", server={"message_memory_threshold": 4096})
+    message = big_message(1 * MiB)
+    with d.connect() as c:
+        r = c.transaction("a@example.test", ["b@example.test"], stuffed(message)[:-2])
+        assert r.code == 250, r
+        sid = d.session_id(c.local_port)
+    d.wait_log(rf" {sid}: message goes to a temporary file .*\(larger than server.message_memory_threshold\)")
+    got = aiosmtpd_upstream.wait_messages(1)[0]["content"]
+    assert f"X-Len: {len(message)}\r\n".encode() in got
+    assert f"X-Sha: {hashlib.sha256(message).hexdigest()}\r\n".encode() in got
+    assert got.endswith(message[message.index(b"\r\n\r\n"):])
