@@ -59,7 +59,7 @@ std::optional<pooled_connection> upstream_pool::take(const upstream_config& u, a
     // One look (a non-blocking peek): the upstream closed it while idle, or
     // said something unasked (its idle-timeout 421). Either way it is done.
     if (c->stream->peer_gone()) {
-      spdlog::debug("upstream pool: an idle connection was closed by the upstream; dropping it");
+      spdlog::info("upstream pool: a kept connection was closed by the upstream while idle (or it spoke unasked); dropped");
       c->stream->close();
       continue;
     }
@@ -137,6 +137,8 @@ awaitable<void> upstream_pool::reap() {
       }
     }
     if (!expired.empty()) spdlog::debug("upstream pool: closing {} connection(s) idle for upstream.pool_idle_timeout", expired.size());
+    if (!gone.empty())
+      spdlog::info("upstream pool: {} kept connection(s) closed by the upstream while idle (or it spoke unasked); dropped", gone.size());
     retire(std::move(expired), true);
     retire(std::move(gone), false);
     if (done) co_return;
