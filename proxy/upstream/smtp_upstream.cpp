@@ -510,15 +510,15 @@ class smtp_upstream final : public upstream {
   // last reply is in the buffer (free to check, and read_reply already did).
   // What came in a later segment needs a look at the socket (MSG_PEEK, one
   // syscall), taken only where a reply out of step would do harm:
-  // - before DATA: its 354 sends the message, and every reply owed for MAIL
-  //   and RCPT has arrived by then, so one look catches any shift in the
-  //   step (a stray 354 taken for the go-ahead; a stray 250 taken for RCPT's
-  //   leaves RCPT's real reply waiting); between MAIL and RCPT a stray reply
-  //   is either out of place (caught by smtp::fit) or shifts the step, which
-  //   this look then sees;
+  // - before DATA: its 354 sends the message, and every reply owed for
+  //   XFORWARD, MAIL and RCPT has arrived by then, so one look catches any
+  //   shift in the step (a stray 354 taken for the go-ahead; a stray 250
+  //   taken for RCPT's leaves RCPT's real reply waiting); before those
+  //   commands a stray reply is either out of place (caught by smtp::fit) or
+  //   shifts the step, which this look then sees;
   // - before STARTTLS (what came after the 220 in clear is an injection,
-  //   CVE-2011-0411), XCLIENT and XFORWARD (who the client is must not be
-  //   answered by a stray reply);
+  //   CVE-2011-0411) and XCLIENT (who the client is for the whole
+  //   connection must not be answered by a stray reply); both are rare;
   // - before the first command on a kept or pooled connection: peer_gone()
   //   in mail() and upstream_pool::take().
   // Under TLS only what TLS decrypted counts: raw bytes may be TLS's own
@@ -527,8 +527,7 @@ class smtp_upstream final : public upstream {
   // (A closed socket is no unsolicited input: the write or read that follows says so.)
   bool unsolicited_input(reply_to what) {
     if (stream_->has_buffered_input()) return true;
-    const bool look = what == reply_to::data || what == reply_to::starttls || what == reply_to::xclient ||
-                      what == reply_to::xforward;
+    const bool look = what == reply_to::data || what == reply_to::starttls || what == reply_to::xclient;
     return look && !stream_->tls_active() && stream_->peek_socket() == line_stream::waiting::data;
   }
 
