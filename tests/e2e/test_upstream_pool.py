@@ -12,12 +12,12 @@ QUIT after the idle timeout, all of them at SIGTERM; a reload that changes
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
-from conftest import wait_until
-from sec_helpers import b64, certs, sec_daemon, write_users  # noqa: F401  (fixtures)
+from sec_helpers import b64, sec_daemon, write_users  # noqa: F401  (sec_daemon is a fixture)
 
 BODY = b"Subject: pooled\r\n\r\none message per connection"
 
@@ -265,3 +265,24 @@ def test_xclient_is_sent_again_for_another_client(xclient_daemon):
                      "ADDR=127.0.0.5 HELO=c.test LOGIN=[UNAVAILABLE]", "MAIL",
                      "MAIL",
                      "ADDR=127.0.0.6 HELO=d.test LOGIN=[UNAVAILABLE]", "MAIL"], order
+
+
+# --------------------------------------------------------------------------
+# A real Postfix: one kept STARTTLS connection serves two clients, and
+# XCLIENT makes Postfix see each of them (it takes XCLIENT again on a connection).
+
+from test_postfix_upstream import deliver, postfix_tls  # noqa: E402,F401  (postfix_tls is a fixture)
+
+
+def test_postfix_sees_each_client_on_one_kept_tls_connection(sec_daemon, postfix_tls):  # noqa: F811
+    d = sec_daemon(postfix_tls.url, upstream={"client_info": "xclient", "starttls": "required"})
+    before = postfix_tls.log_text().count("connect from localhost[127.0.0.1]")
+    first = deliver(d, "127.0.0.5", helo="first.test")
+    time.sleep(0.3)  # the first session has handed its connection back (RSET, 250)
+    second = deliver(d, "127.0.0.6", helo="second.test")
+    postfix_tls.wait_log(rf"postfix/smtpd\[\d+\]: {first}: client=unknown\[127\.0\.0\.5\]$")
+    postfix_tls.wait_log(rf"postfix/smtpd\[\d+\]: {second}: client=unknown\[127\.0\.0\.6\]$")
+    log = postfix_tls.log_text()
+    assert log.count("connect from localhost[127.0.0.1]") - before == 1, log[-3000:]
+    assert re.search(r"Anonymous TLS connection established from localhost\[127\.0\.0\.1\]|"
+                     r"TLS connection established from localhost\[127\.0\.0\.1\]", log), log[-3000:]
