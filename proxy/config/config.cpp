@@ -509,6 +509,8 @@ void read_upstream(table_reader& t, upstream_config& u, const std::filesystem::p
   if (t.get("tls_name", u.tls_name) && !is_domain(u.tls_name) && !is_ip(u.tls_name, v6))
     t.problem_at("tls_name", as_shown(u.tls_name) + " is not a domain name or IP address");
   t.get_choice("client_info", u.client_info, client_info_names);
+  t.get_count("pool_size", u.pool_size, 0, max_config_pool_size);
+  t.get_seconds("pool_idle_timeout", u.pool_idle_timeout, std::chrono::seconds(1), max_config_pool_idle_timeout);
   const std::string& url = u.url;
   if (url.starts_with("maildir:")) {
     u.scheme = upstream_config::kind::maildir;

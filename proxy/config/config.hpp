@@ -86,6 +86,14 @@ struct upstream_config {
   std::filesystem::path tls_ca_file;   // empty: the system's CA store
   std::string tls_name;                // the name to expect (and send as SNI); default: the url's host
   client_info_mode client_info = client_info_mode::none;  // tell the upstream the real client
+  // Idle connections kept for the next sessions (0: every session opens and
+  // QUITs its own), and how long one may stay idle: well under the 5 minutes
+  // an MTA waits for our next command (RFC 5321 §4.5.3.2.7).
+  std::size_t pool_size = 16;
+  std::chrono::seconds pool_idle_timeout{30};
+
+  // The same settings: a pooled connection made under one serves the other.
+  bool operator==(const upstream_config&) const = default;
 };
 
 struct tls_config {
@@ -183,6 +191,9 @@ inline constexpr std::size_t max_config_line_length = 65536;
 inline constexpr std::size_t max_config_recipients = 100000;
 inline constexpr std::size_t max_config_errors = 1000;
 inline constexpr std::size_t max_config_connections = 1000000;
+inline constexpr std::size_t max_config_pool_size = 1000;  // idle upstream connections: each is a socket on both ends
+// Below the 5 minutes an upstream waits for a command (RFC 5321 §4.5.3.2.7), with room to spare.
+inline constexpr std::chrono::seconds max_config_pool_idle_timeout{240};
 inline constexpr unsigned max_config_threads = 1024;
 inline constexpr unsigned max_config_policy_threads = 1024;
 inline constexpr std::size_t max_config_auth_failures = 1000000;

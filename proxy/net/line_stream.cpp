@@ -42,6 +42,12 @@ bool line_stream::disarm() {
   return token_->expired;
 }
 
+void line_stream::rebind(asio::any_io_executor ex) {
+  token_->armed = 0;
+  token_ = std::make_shared<deadline_token>();
+  deadline_timer_ = asio::steady_timer(std::move(ex));
+}
+
 line_stream::waiting line_stream::peek_socket() {
   char byte;
   const ssize_t n = ::recv(socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);

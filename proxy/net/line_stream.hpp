@@ -53,6 +53,13 @@ class line_stream {
   enum class waiting { nothing, data, end };
   waiting peek_socket();
 
+  // Hands an idle stream (no operation pending) to another strand: a pooled
+  // upstream connection taken by another session. The deadline timer's
+  // callback is the only handler of ours with no executor of its own (our
+  // reads and writes complete on the awaiting coroutine's): it moves to `ex`,
+  // with a token of its own so that a late callback of the old strand touches nothing.
+  void rebind(asio::any_io_executor ex);
+
   // Connects the (unopened) socket to the first endpoint that answers.
   awaitable<boost::system::error_code> connect(const tcp::resolver::results_type& endpoints, duration timeout);
 

@@ -12,6 +12,7 @@
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
 #include "session/session.hpp"
+#include "upstream/upstream_pool.hpp"
 
 namespace portcullis {
 
@@ -57,12 +58,14 @@ std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
 }  // namespace
 
 server::server(std::shared_ptr<const config> cfg)
-    : engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
+    : upstream_pool_(std::make_shared<upstream_pool>(io_)),
+      engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
       env_(nullptr),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {
   auto g = make_generation(cfg);
   g->pol = make_policy(*cfg, engine_ ? engine_->first_generation() : 0);
   env_.replace(std::move(g));
+  upstream_pool_->configure(cfg);
 }
 
 std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config> cfg) {
@@ -74,9 +77,9 @@ std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config
   g->relay = std::make_shared<relay_guard>(cfg->relay);
   g->users = load_users(*cfg);
   g->proxy_trusted = std::make_shared<network_list>(cfg->server.proxy_trusted);
-  g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool()](
+  g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool(), kept = upstream_pool_](
                          const session_log& log, const connection_state& client, asio::any_io_executor io) {
-    return portcullis::make_upstream(*cfg, log, client, std::move(io), pool, tls);
+    return portcullis::make_upstream(*cfg, log, client, std::move(io), pool, tls, kept);
   };
   return g;
 }
@@ -263,6 +266,8 @@ void server::reload() {
   auto swap_in = [this, fresh, next](policy_generation loaded) {
     next->pol = make_policy(*fresh, loaded);
     env_.replace(next);
+    // Kept upstream connections serve the new sessions only if [upstream] is unchanged.
+    upstream_pool_->configure(fresh);
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
   };
   if (fresh->policy.files.empty()) {
@@ -320,6 +325,7 @@ awaitable<void> server::drain() {
     timer.expires_after(drain_poll);
     co_await timer.async_wait(asio::use_awaitable);
   }
+  co_await upstream_pool_->close_all();  // QUIT to every kept upstream connection
   io_.stop();
 }
 

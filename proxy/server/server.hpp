@@ -14,6 +14,7 @@ namespace portcullis {
 
 class session;
 class python_engine;
+class upstream_pool;
 
 class server {
  public:
@@ -39,6 +40,8 @@ class server {
   void release(const asio::ip::address& client, const std::string& id);
 
   asio::io_context io_;
+  // Idle upstream connections shared by every session (they close before io_ stops: drain()).
+  std::shared_ptr<upstream_pool> upstream_pool_;
   std::shared_ptr<python_engine> engine_;  // only with [policy] files; before env_, which uses it
   session_environment env_;
   struct listener {

@@ -249,8 +249,7 @@ awaitable<void> session::finish() {
     client_.close();
   }
   try {
-    co_await relay_.reset();
-    co_await relay_.quit();
+    co_await relay_.finish();
   } catch (const std::exception& e) {
     log_.warn("upstream clean-up failed: {}", e.what());
   }

@@ -75,4 +75,14 @@ awaitable<void> upstream_relay::quit() {
   open_ = false;
 }
 
+awaitable<void> upstream_relay::finish() {
+  if (!upstream_) co_return;
+  if (open_) {
+    co_await reset();
+    co_await quit();
+    co_return;
+  }
+  co_await upstream_->release();
+}
+
 }  // namespace portcullis

@@ -41,6 +41,10 @@ class upstream_relay {
   awaitable<void> reset();
   // QUIT; the session is over.
   awaitable<void> quit();
+  // The session is over. A client that left a transaction open upstream
+  // (it went away mid-transaction) costs the connection: RSET, QUIT. Otherwise
+  // the connection may serve another session (upstream::release).
+  awaitable<void> finish();
 
   // The upstream failed in this transaction: nothing more of it goes through.
   bool lost() const { return lost_; }

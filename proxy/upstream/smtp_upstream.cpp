@@ -19,6 +19,7 @@
 #include "smtp/text.hpp"
 #include "upstream/maildir_upstream.hpp"
 #include "upstream/upstream.hpp"
+#include "upstream/upstream_pool.hpp"
 
 namespace portcullis {
 
@@ -80,26 +81,31 @@ using setup_result = std::optional<setup_failure>;  // nullopt: ready
 class smtp_upstream final : public upstream {
  public:
   smtp_upstream(const config& cfg, const session_log& log, const connection_state& client, asio::any_io_executor io,
-                std::shared_ptr<tls_client_context> tls)
-      : cfg_(cfg.upstream), log_(log), client_(client), io_(std::move(io)), tls_(std::move(tls)) {}
+                std::shared_ptr<tls_client_context> tls, std::shared_ptr<upstream_pool> pool)
+      : cfg_(cfg.upstream), log_(log), client_(client), io_(std::move(io)), tls_(std::move(tls)), pool_(std::move(pool)) {}
 
   awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) override {
     // A kept connection the upstream closed while idle (its own timeout) is
-    // replaced; and if it dies at this very MAIL, we try once more on a fresh
-    // one: nothing of the transaction has reached the upstream yet.
+    // replaced (the one look at the socket before MAIL; a pooled one had its
+    // look when taken); and if a kept or pooled one dies at this very MAIL,
+    // we try once more on a fresh one: nothing of the transaction has
+    // reached the upstream yet, and the client must not pay for a stale connection.
     if (stream_ && stream_->peer_gone()) {
       log_.info("upstream: idle connection closed by the upstream; reconnecting");
       close();
     }
     for (int attempt = 0;; ++attempt) {
-      const bool reused = stream_.has_value();
-      auto r = co_await mail_once(sender, options);
-      if (reused && !stream_ && attempt == 0) continue;
+      const bool fresh = attempt > 0;
+      const bool had = stream_ != nullptr;
+      auto r = co_await mail_once(sender, options, fresh);
+      if ((had || reused_) && !stream_ && !fresh) continue;
       co_return r;
     }
   }
 
-  awaitable<smtp::reply> mail_once(const smtp::address& sender, const mail_options& options) {
+  awaitable<smtp::reply> mail_once(const smtp::address& sender, const mail_options& options, bool fresh) {
+    reused_ = false;
+    if (!stream_ && !fresh) adopt_pooled();
     if (!stream_) {
       auto failure = co_await connect();
       if (failure) co_return failure->client_reply();
@@ -142,6 +148,7 @@ class smtp_upstream final : public upstream {
     std::vector<std::string_view> pieces;
     std::vector<asio::const_buffer> buffers;
     bool first = true;
+    owed_ = true;  // from the first byte of the message on, its final reply is owed
     for (;;) {
       const auto chunk = in.next();
       if (in.failed()) {
@@ -176,13 +183,38 @@ class smtp_upstream final : public upstream {
     if (!a.ok()) close();
   }
 
-  bool connected() const override { return stream_.has_value(); }
+  bool connected() const override { return stream_ != nullptr; }
 
   awaitable<void> quit() override {
     if (!stream_) co_return;
     const bool written = co_await stream_->write(std::string_view("QUIT\r\n"), quit_timeout);
     if (written) (void)co_await stream_->read_line(max_reply_read, quit_timeout);
     close();
+  }
+
+  // Back to the pool only in step (no reply owed, nothing unread) and after
+  // RSET got exactly 250: RFC 5321 §4.1.1.5 makes 250 the only answer to
+  // RSET, so anything else (a refusal, a 421, no reply) means the connection
+  // cannot be trusted with another client's mail. The session makes sure no
+  // transaction of its client was left open (upstream_relay::finish).
+  awaitable<void> release() override {
+    if (stream_ && pool_ && !owed_ && !in_transaction_ && pool_->keeps(cfg_)) {
+      const std::string line = "RSET";
+      auto a = co_await command(line, reply_to::rset);
+      if (stream_ && a.ok() && a.reply.code == 250) {
+        pooled_connection c{std::move(stream_), std::move(caps_), std::move(xclient_sent_)};
+        auto refused = pool_->give_back(cfg_, std::move(c));
+        if (!refused) {
+          log_.debug("upstream: connection kept for the next session");
+          close();
+          co_return;
+        }
+        stream_ = std::move(refused->stream);  // the pool is full (or shutting down): QUIT it
+      } else if (stream_) {
+        log_.warn("upstream: RSET answered {}, not 250; closing the connection", printable(a.reply.summary()));
+      }
+    }
+    co_await quit();
   }
 
  private:
@@ -210,7 +242,7 @@ class smtp_upstream final : public upstream {
   awaitable<setup_result> connect_once(bool try_starttls) {
     auto endpoints = co_await resolve();
     if (!endpoints) co_return setup_failure{upstream_failure::unreachable};
-    stream_.emplace(tcp::socket(io_));
+    stream_ = std::make_unique<line_stream>(tcp::socket(io_));
     const auto ec = co_await stream_->connect(*endpoints, cfg_.timeout);
     if (ec) {
       log_.warn("upstream: cannot connect to {}:{}: {}", cfg_.host, cfg_.port, ec.message());
@@ -417,11 +449,26 @@ class smtp_upstream final : public upstream {
     co_return std::get<0>(resolved);
   }
 
+  // Takes a kept connection from the pool, if one is there.
+  void adopt_pooled() {
+    if (!pool_) return;
+    auto c = pool_->take(cfg_, io_);
+    if (!c) return;
+    stream_ = std::move(c->stream);
+    caps_ = std::move(c->caps);
+    xclient_sent_ = std::move(c->xclient_sent);
+    in_transaction_ = false;
+    owed_ = false;
+    reused_ = true;
+    log_.debug("upstream: reusing a kept connection");
+  }
+
   awaitable<answer> command(const std::string& line, reply_to what) {
-    if (unsolicited_input())
+    if (unsolicited_input(what))
       co_return fail(upstream_failure::protocol, "unsolicited data from the upstream before " + std::string(name(what)) +
                                                      "; dropping the connection");
     const std::string wire = line + "\r\n";
+    owed_ = true;
     const bool written = co_await stream_->write(std::string_view(wire), cfg_.timeout);
     if (!written) co_return write_failed(std::string(name(what)));
     auto a = co_await read_reply(what);
@@ -474,20 +521,35 @@ class smtp_upstream final : public upstream {
         co_return fail(upstream_failure::protocol, "unsolicited data after the reply to " + stage +
                                                        " (out of step, or a response injection); dropping the connection");
       }
+      owed_ = false;
       co_return answer{std::move(r), std::nullopt, fits};
     }
     co_return fail(upstream_failure::protocol, "too many reply lines to " + stage);
   }
 
-  // Bytes from the upstream while it owes us no reply. In clear, a look at
-  // the socket (MSG_PEEK) sees what came after the last reply's segment too.
+  // Bytes from the upstream while it owes us no reply. What came with the
+  // last reply is in the buffer (free to check, and read_reply already did).
+  // What came in a later segment needs a look at the socket (MSG_PEEK, one
+  // syscall), taken only where a reply out of step would do harm:
+  // - before DATA: its 354 sends the message, and every reply owed for
+  //   XFORWARD, MAIL and RCPT has arrived by then, so one look catches any
+  //   shift in the step (a stray 354 taken for the go-ahead; a stray 250
+  //   taken for RCPT's leaves RCPT's real reply waiting); before those
+  //   commands a stray reply is either out of place (caught by smtp::fit) or
+  //   shifts the step, which this look then sees;
+  // - before STARTTLS (what came after the 220 in clear is an injection,
+  //   CVE-2011-0411) and XCLIENT (who the client is for the whole
+  //   connection must not be answered by a stray reply); both are rare;
+  // - before the first command on a kept or pooled connection: peer_gone()
+  //   in mail() and upstream_pool::take().
   // Under TLS only what TLS decrypted counts: raw bytes may be TLS's own
   // records (a late session ticket), and what they carry is caught by
   // read_reply's check or by the next reply not fitting its command.
   // (A closed socket is no unsolicited input: the write or read that follows says so.)
-  bool unsolicited_input() {
+  bool unsolicited_input(reply_to what) {
     if (stream_->has_buffered_input()) return true;
-    return !stream_->tls_active() && stream_->peek_socket() == line_stream::waiting::data;
+    const bool look = what == reply_to::data || what == reply_to::starttls || what == reply_to::xclient;
+    return look && !stream_->tls_active() && stream_->peek_socket() == line_stream::waiting::data;
   }
 
   // A write to the upstream that timed out or failed, at `stage`.
@@ -507,6 +569,7 @@ class smtp_upstream final : public upstream {
     if (stream_) stream_->close();
     stream_.reset();
     in_transaction_ = false;
+    owed_ = false;
     xclient_sent_.clear();
   }
 
@@ -514,10 +577,13 @@ class smtp_upstream final : public upstream {
   const session_log& log_;
   const connection_state& client_;  // the session's: who the client really is
   asio::any_io_executor io_;
-  std::optional<line_stream> stream_;
+  std::unique_ptr<line_stream> stream_;  // a unique_ptr: it may go to the pool and come to another session
   std::shared_ptr<tls_client_context> tls_;
+  std::shared_ptr<upstream_pool> pool_;  // null: no connection is kept past the session
   std::map<std::string, std::string> caps_;  // EHLO keyword (upper case) -> its parameters
   bool in_transaction_ = false;
+  bool owed_ = false;    // a command (or message) went out and its reply has not been read: out of step
+  bool reused_ = false;  // this MAIL's connection came from the pool
   std::string xclient_sent_;  // the attributes of the last XCLIENT the upstream took on this connection
 };
 
@@ -525,10 +591,10 @@ class smtp_upstream final : public upstream {
 
 std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, const connection_state& client,
                                         asio::any_io_executor io, asio::thread_pool& blocking,
-                                        std::shared_ptr<tls_client_context> tls) {
+                                        std::shared_ptr<tls_client_context> tls, std::shared_ptr<upstream_pool> pool) {
   if (cfg.upstream.scheme == upstream_config::kind::maildir)
-    return std::make_unique<maildir_upstream>(cfg, log, io, blocking);
-  return std::make_unique<smtp_upstream>(cfg, log, client, std::move(io), std::move(tls));
+    return std::make_unique<maildir_upstream>(cfg, log, io, blocking);  // nothing to keep open
+  return std::make_unique<smtp_upstream>(cfg, log, client, std::move(io), std::move(tls), std::move(pool));
 }
 
 std::string queue_id_of(const smtp::reply& r) {

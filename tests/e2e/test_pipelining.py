@@ -74,7 +74,7 @@ def test_second_rcpt_refused_by_upstream(start_daemon, fake_upstream):
 
 def test_all_rcpts_refused_then_data_gets_554(start_daemon, fake_upstream):
     up = fake_upstream({"RCPT": "550 5.1.1 no such user"})
-    d = start_daemon(up.url)
+    d = start_daemon(up.url, upstream={"pool_size": 0})  # the whole upstream dialogue of one session, down to its QUIT: no pooled connection
     with d.connect() as c:
         c.send(BATCH)
         got = [(r.code, r.status) for r in read_replies(c, 4)]

@@ -240,7 +240,7 @@ def test_body_rewrite_is_normalised_and_dot_stuffed(policy_daemon, aiosmtpd_upst
     assert aiosmtpd_upstream.handler.mails == [("ann@example.test", [])]
     # On the wire: dot-stuffed, one message, nothing after the final dot.
     up = fake_upstream()
-    d2 = policy_daemon(up.url, policy)
+    d2 = policy_daemon(up.url, policy, upstream={"pool_size": 0})  # its upstream dialogue down to QUIT: no pooling
     with d2.connect() as c:
         r = send(c, "ann@example.test", ["bob@example.test"], MESSAGE)
         assert r.code == 250 and r.status == "2.0.0"

@@ -366,7 +366,7 @@ def test_upstream_without_8bitmime_or_smtputf8(start_daemon, fake_upstream):
 
 def test_ehlo_mid_transaction_resets_it(start_daemon, fake_upstream):
     up = fake_upstream()
-    d = start_daemon(up.url)
+    d = start_daemon(up.url, upstream={"pool_size": 0})  # the whole upstream dialogue of one session, down to its QUIT: no pooled connection
     with d.connect() as c:
         c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
         c.exchange("RCPT TO:<b@example.test>", 250, "2.1.5")

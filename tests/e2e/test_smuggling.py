@@ -36,7 +36,7 @@ SMUGGLED = (
 @pytest.mark.parametrize("ending,status", [e[1:] for e in ENDINGS], ids=[e[0] for e in ENDINGS])
 def test_smuggled_transaction_is_refused(start_daemon, fake_upstream, ending, status):
     up = fake_upstream()
-    d = start_daemon(up.url)
+    d = start_daemon(up.url, upstream={"pool_size": 0})  # the whole upstream dialogue of one session, down to its QUIT: no pooled connection
     with d.connect() as c:
         sid = d.session_id(c.local_port)
         c.exchange("MAIL FROM:<alice@example.test>", 250, "2.1.0")
@@ -67,7 +67,7 @@ def test_smuggling_split_across_segments(start_daemon, fake_upstream):
     """The fake ending arrives byte by byte, so a decoder that only looks
     within one read would miss it."""
     up = fake_upstream()
-    d = start_daemon(up.url)
+    d = start_daemon(up.url, upstream={"pool_size": 0})  # the whole upstream dialogue of one session, down to its QUIT: no pooled connection
     with d.connect() as c:
         c.exchange("MAIL FROM:<alice@example.test>", 250, "2.1.0")
         c.exchange("RCPT TO:<bob@example.test>", 250, "2.1.5")

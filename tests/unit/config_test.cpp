@@ -89,6 +89,8 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_EQ(cfg->upstream.starttls, starttls_mode::opportunistic);
   EXPECT_EQ(cfg->upstream.client_info, client_info_mode::none);
   EXPECT_EQ(cfg->upstream.timeout, 60s);
+  EXPECT_EQ(cfg->upstream.pool_size, 16u);
+  EXPECT_EQ(cfg->upstream.pool_idle_timeout, 30s);
   EXPECT_EQ(cfg->upstream.helo, cfg->server.hostname);
   EXPECT_FALSE(cfg->tls.enabled);
   EXPECT_FALSE(cfg->auth.enabled);
@@ -223,6 +225,8 @@ message_spill_dir = "spill"
 [upstream]
 helo = "proxy.example.test"
 client_info = "xforward"
+pool_size = 0
+pool_idle_timeout = 5
 
 [policy]
 threads = 4
@@ -240,6 +244,8 @@ threads = 4
   EXPECT_EQ(cfg->server.message_spill_dir, dir_ / "spill");  // relative to the config's folder
   EXPECT_EQ(cfg->upstream.helo, "proxy.example.test");
   EXPECT_EQ(cfg->upstream.client_info, client_info_mode::xforward);
+  EXPECT_EQ(cfg->upstream.pool_size, 0u);
+  EXPECT_EQ(cfg->upstream.pool_idle_timeout, 5s);
   EXPECT_EQ(cfg->policy.threads, 4u);
 }
 
@@ -391,6 +397,10 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[server]\nshutdown_grace = 100000\n", "2: server.shutdown_grace: 100000 is out of range (want 0 to 86400 seconds)"},
       {"[upstream]\ntimeout = 0\n", "2: upstream.timeout: 0" + range_1_day},
       {"[upstream]\ntimeout = 31536000\n", "2: upstream.timeout: 31536000" + range_1_day},
+      {"[upstream]\npool_size = -1\n", "2: upstream.pool_size: -1 is out of range (want 0 to 1000)"},
+      {"[upstream]\npool_size = 1001\n", "2: upstream.pool_size: 1001 is out of range (want 0 to 1000)"},
+      {"[upstream]\npool_idle_timeout = 0\n", "2: upstream.pool_idle_timeout: 0 is out of range (want 1 to 240 seconds)"},
+      {"[upstream]\npool_idle_timeout = 300\n", "2: upstream.pool_idle_timeout: 300 is out of range (want 1 to 240 seconds)"},
       {"[policy]\ntimeout = -5\n", "2: policy.timeout: -5" + range_1_day},
       {"[policy]\ntimeout = 9999999999\n", "2: policy.timeout: 9999999999" + range_1_day},
       {"[auth]\nfailure_window = 0\n", "2: auth.failure_window: 0" + range_1_day},
