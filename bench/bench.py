@@ -176,7 +176,7 @@ class Sink:
 
 
 class Proxy:
-    def __init__(self, binary, work, sink_port, policy):
+    def __init__(self, binary, work, sink_port, policy, server_extra=""):
         self.port = free_port()
         cfg = os.path.join(work, f"bench-{self.port}.toml")
         limit = IDLE_CONNECTIONS + 1000
@@ -187,6 +187,7 @@ listen = ["127.0.0.1:{self.port}"]
 max_connections = {limit}
 max_connections_per_client = {limit}
 max_message_size = {MAX_MESSAGE_SIZE}
+{server_extra}
 [upstream]
 url = "smtp://127.0.0.1:{sink_port}"
 """)
