@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Throughput and memory of the proxy, measured with Postfix's own load tools.
+"""Throughput, latency and memory of the proxy, measured with Postfix's own load tools.
 
 smtp-source (client) -> portcullis -> smtp-sink (upstream), against the same
 load sent straight to smtp-sink. Direct and proxied runs alternate, round
@@ -9,15 +9,26 @@ that counts is the ratio to direct, as a median over the rounds.
     bench/run.sh                                  # builds, then every case, 3 rounds
     bench/bench.py --bin build/portcullis --rounds 5 --messages 5000
     bench/bench.py --only "no policy"             # the cases whose name contains this
+    bench/bench.py --json bench.json              # the figures as JSON too
 
-Each line: messages/s direct and through the proxy (medians), the ratio,
-the proxy's CPU per message (median, user + system), its peak RSS (VmHWM)
-and whether the sink received every message sent through the proxy (a run
-that loses mail fails: exit 1).
+Every case starts a fresh daemon, so its peak RSS (VmHWM) is its own.
+Throughput cases: messages/s direct and through the proxy (medians), the
+ratio, the proxy's CPU per message (median, user + system), p50/p99 of a
+transaction (connect to the 250 after the final dot) measured by a small
+probe client after each smtp-source run, peak RSS, and whether the sink
+received every message sent through the proxy. The 50 MiB case reports the
+RSS the daemon grows by for one message; the idle case the RSS per idle
+connection at 10,000 connections (proxy only: there is nothing to compare
+directly). A table at the end repeats every case with its targets from
+issue 8 and whether each holds. Exit 1 if any mail was lost or the daemon
+failed; targets missed are reported, not an exit code.
 """
 import argparse
+import asyncio
+import json
 import os
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -27,18 +38,53 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MIB = 1 << 20
 
-# name, policy file (bench/policies/), parallel sessions, messages (x --messages), size, recipients
+# Hook calls of each policy per message and per recipient, with one message per
+# connection (smtp-source's way): on_connect, on_helo, on_mail, on_data and
+# on_disconnect once, on_rcpt per recipient, where the policy defines them.
+HOOK_CALLS = {"noop_plain.py": (5, 1), "noop_async.py": (5, 1), "noop.py": (4, 1), "one_hook.py": (0, 1)}
+
+
+
+def hook_calls(policy, recipients):
+    once, each = HOOK_CALLS.get(policy, (0, 0))
+    return once + each * recipients
+
+
+# Targets from issue 8.
+HOOK_COST_MAX_US = 15              # CPU per hook call, plain or async
+RATIO_MIN_NO_POLICY_20 = 0.65      # 20 sessions, 4 KiB, no policy
+RATIO_MIN_HOOKS_20 = 0.55          # 20 sessions, 4 KiB, no-op hooks at every stage
+RATIO_MIN_HOOKS_1 = 0.45           # 1 session, no-op hooks
+PEAK_RSS_MAX_BYTES = 60_000_000    # 20 busy sessions with hooks, 1 MiB messages ("60 MB")
+IDLE_CONN_MAX_BYTES = 64 << 10     # RSS per idle connection at 10,000
+BIG_GROWTH_MAX_BYTES = 5 * MIB     # "a 50 MiB message must not grow RSS by more than a few MiB"
+
+IDLE_CONNECTIONS = 10_000
+IDLE_SOURCES = 8                   # 127.0.0.2 .. : spreads the connections over source addresses
+IDLE_HANDSHAKES_IN_FLIGHT = 200    # below the listen backlog (net.core.somaxconn)
+IDLE_REPLY_TIMEOUT = 15           # seconds for the banner, EHLO's reply: a daemon that stops accepting fails fast
+IDLE_HOLD_SECONDS = 2              # idle before RSS is read, so nothing is still being set up
+BIG_MESSAGE = 50 * MIB
+MAX_MESSAGE_SIZE = 64 * MIB        # the bench config's server.max_message_size: room for BIG_MESSAGE + headers
+PROBE_TIMEOUT = 120                # seconds per probe reply (a 1 MiB message on a loaded machine)
+
+# kind, name, policy file (bench/policies/), parallel sessions, messages (x --messages), size, recipients
 CASES = [
-    ("no policy, 20 sessions, 4 KiB", None, 20, 1.0, 4096, 1),
-    ("no policy, 20 sessions, 4 KiB x5 rcpt", None, 20, 0.5, 4096, 5),
-    ("no policy, 1 session, 4 KiB", None, 1, 0.1, 4096, 1),
-    ("no policy, 4 sessions, 1 MiB", None, 4, 0.02, 1 << 20, 1),
-    ("no-op hooks (plain), 20 sessions, 4 KiB", "noop_plain.py", 20, 1.0, 4096, 1),
-    ("no-op hooks (async), 20 sessions, 4 KiB", "noop_async.py", 20, 1.0, 4096, 1),
-    ("no-op hooks (plain), 1 session, 4 KiB", "noop_plain.py", 1, 0.1, 4096, 1),
-    ("one hook (rcpt), 20 sessions, 4 KiB", "one_hook.py", 20, 1.0, 4096, 1),
-    ("no-op hooks (mixed), 4 sessions, 1 MiB", "noop.py", 4, 0.02, 1 << 20, 1),
+    ("flow", "no policy, 20 sessions, 4 KiB", None, 20, 1.0, 4096, 1),
+    ("flow", "no policy, 20 sessions, 4 KiB x5 rcpt", None, 20, 0.5, 4096, 5),
+    ("flow", "no policy, 1 session, 4 KiB", None, 1, 0.1, 4096, 1),
+    ("flow", "no policy, 4 sessions, 1 MiB", None, 4, 0.02, MIB, 1),
+    ("flow", "no policy, 20 sessions, 1 MiB", None, 20, 0.04, MIB, 1),
+    ("flow", "no-op hooks (plain), 20 sessions, 4 KiB", "noop_plain.py", 20, 1.0, 4096, 1),
+    ("flow", "no-op hooks (async), 20 sessions, 4 KiB", "noop_async.py", 20, 1.0, 4096, 1),
+    ("flow", "no-op hooks (plain), 1 session, 4 KiB", "noop_plain.py", 1, 0.1, 4096, 1),
+    ("flow", "one hook (rcpt), 20 sessions, 4 KiB", "one_hook.py", 20, 1.0, 4096, 1),
+    ("flow", "no-op hooks (mixed), 4 sessions, 1 MiB", "noop.py", 4, 0.02, MIB, 1),
+    ("flow", "no-op hooks (plain), 20 sessions, 1 MiB", "noop_plain.py", 20, 0.04, MIB, 1),
+    ("big", "no policy, one 50 MiB message", None, 1, 0, BIG_MESSAGE, 1),
+    ("idle", "no policy, 10,000 idle connections", None, IDLE_CONNECTIONS, 0, 0, 0),
 ]
 
 
@@ -60,17 +106,43 @@ def wait_port(port, timeout=10):
 
 
 def proc_status(pid, key):
+    """A /proc/PID/status figure in bytes (VmRSS, VmHWM)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(key + ":"):
-                return int(line.split()[1])  # kB
+                return int(line.split()[1]) * 1024
     return 0
 
 
+def reset_peak_rss(pid):
+    """VmHWM back to the current RSS (Linux >= 4.0); False when not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The process's CPU time (user + system, every thread, ended ones too).
+
+    Its CPU-time clock (clock_getcpuclockid: ~pid << 3 | CPUCLOCK_SCHED) counts in
+    nanoseconds; /proc/PID/stat counts in ticks of 10 ms, too coarse for a short
+    run's CPU per message."""
+    try:
+        return time.clock_gettime((~pid << 3) | 2)
+    except OSError:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raise_fd_limit():
+    """Soft RLIMIT_NOFILE up to the hard limit: 10,000 idle connections need the descriptors."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 class Sink:
@@ -104,15 +176,18 @@ class Sink:
 
 
 class Proxy:
-    def __init__(self, binary, work, sink_port, policy):
+    def __init__(self, binary, work, sink_port, policy, server_extra=""):
         self.port = free_port()
         cfg = os.path.join(work, f"bench-{self.port}.toml")
+        limit = IDLE_CONNECTIONS + 1000
         with open(cfg, "w") as f:
             f.write(f"""[server]
 hostname = "bench.test"
 listen = ["127.0.0.1:{self.port}"]
-max_connections = 2000
-max_connections_per_client = 2000
+max_connections = {limit}
+max_connections_per_client = {limit}
+max_message_size = {MAX_MESSAGE_SIZE}
+{server_extra}
 [upstream]
 url = "smtp://127.0.0.1:{sink_port}"
 """)
@@ -120,7 +195,8 @@ url = "smtp://127.0.0.1:{sink_port}"
                 f.write(f'[policy]\nfiles = ["{os.path.join(HERE, "policies", policy)}"]\n')
         self.log = os.path.join(work, f"portcullis-{self.port}.log")
         self.proc = subprocess.Popen([binary, "--config", cfg], stderr=open(self.log, "w"),
-                                     env={**os.environ, "PORTCULLIS_LOG_LEVEL": "warn"})
+                                     env={**os.environ, "PORTCULLIS_LOG_LEVEL": "warn"},
+                                     preexec_fn=raise_fd_limit)
         wait_port(self.port)
 
     def stop(self):
@@ -139,46 +215,317 @@ def smtp_source(port, sessions, messages, size, recipients):
     return time.perf_counter() - start
 
 
+# ---------------------------------------------------------------- latency probe
+
+def probe_body(size):
+    """A message of about `size` bytes of body, in 78-octet lines (none starts with a dot)."""
+    head = b"From: <bench@source.test>\r\nTo: <rcpt@sink.test>\r\nSubject: probe\r\n\r\n"
+    line = b"x" * 76 + b"\r\n"
+    return head + line * max(1, size // len(line)) + b".\r\n"
+
+
+async def read_reply(reader, timeout=PROBE_TIMEOUT):
+    """One SMTP reply, every line of it; its code."""
+    while True:
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        if len(line) < 4:
+            raise RuntimeError(f"probe: connection closed or bad reply {line!r}")
+        if line[3:4] != b"-":
+            return int(line[:3])
+
+
+async def probe_transaction(port, body, recipients):
+    """Connect, EHLO, MAIL, RCPT x n, DATA, the message: seconds from connect to the 250 after the dot.
+
+    One message per connection and no pipelining, like smtp-source; QUIT after
+    the clock stops. The same code measures direct and proxied runs."""
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        want = [(None, 220), (b"EHLO probe.test\r\n", 250), (b"MAIL FROM:<bench@source.test>\r\n", 250)]
+        want += [(f"RCPT TO:<{i}rcpt@sink.test>\r\n".encode(), 250) for i in range(recipients)]
+        want += [(b"DATA\r\n", 354), (body, 250)]
+        for line, code in want:
+            if line is not None:
+                writer.write(line)
+                await writer.drain()
+            got = await read_reply(reader)
+            if got != code:
+                raise RuntimeError(f"probe: {line!r} got {got}, want {code}")
+        elapsed = time.perf_counter() - start
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        await read_reply(reader)
+        return elapsed
+    finally:
+        writer.close()
+
+
+async def probe_run(port, sessions, transactions, body, recipients):
+    todo = iter(range(transactions))
+    times = []
+
+    async def worker():
+        for _ in todo:
+            times.append(await probe_transaction(port, body, recipients))
+
+    await asyncio.gather(*(worker() for _ in range(sessions)))
+    return times
+
+
+def probe(port, sessions, transactions, size, recipients):
+    """Latencies (seconds) of `transactions` transactions, `sessions` at a time."""
+    return asyncio.run(probe_run(port, sessions, transactions, probe_body(size), recipients))
+
+
+def percentile(samples, p):
+    if not samples:
+        return None
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+# ---------------------------------------------------------------- cases
+
+def run_flow(args, sink, work, case):
+    """Throughput, CPU, latency, peak RSS and delivery for one smtp-source load."""
+    _, name, policy, sessions, share, size, rcpts = case
+    messages = max(20, int(args.messages * share))
+    transactions = max(2 * sessions, min(args.probe, messages))
+    proxy = Proxy(args.bin, work, sink.port, policy)
+    direct, via, cpu, lat_direct, lat_proxy = [], [], [], [], []
+    ok = True
+    try:
+        reset_peak_rss(proxy.proc.pid)  # start-up (loading Python, the policy) is not the case's
+        for _ in range(args.rounds):
+            direct.append(messages / smtp_source(sink.port, sessions, messages, size, rcpts))
+            lat_direct += probe(sink.port, sessions, transactions, size, rcpts)
+            before = sink.settle()
+            cpu0 = cpu_seconds(proxy.proc.pid)
+            via.append(messages / smtp_source(proxy.port, sessions, messages, size, rcpts))
+            cpu.append((cpu_seconds(proxy.proc.pid) - cpu0) / messages * 1e6)
+            lat_proxy += probe(proxy.port, sessions, transactions, size, rcpts)
+            ok = ok and sink.settle() - before == messages + transactions
+        rss = proc_status(proxy.proc.pid, "VmHWM")
+    finally:
+        proxy.stop()
+    d, p = statistics.median(direct), statistics.median(via)
+    ms = lambda samples, q: None if not samples else percentile(samples, q) * 1e3
+    return {"case": name, "kind": "flow", "policy": policy, "sessions": sessions, "messages": messages,
+            "size": size, "recipients": rcpts, "direct_per_s": d, "proxy_per_s": p, "ratio": p / d,
+            "cpu_us_per_msg": statistics.median(cpu),
+            "hook_calls_per_msg": hook_calls(policy, rcpts),
+            "p50_direct_ms": ms(lat_direct, 50), "p99_direct_ms": ms(lat_direct, 99),
+            "p50_proxy_ms": ms(lat_proxy, 50), "p99_proxy_ms": ms(lat_proxy, 99),
+            "probe_transactions": len(lat_proxy), "peak_rss_bytes": rss, "delivered_all": ok}
+
+
+def run_big(args, sink, work, case):
+    """One 50 MiB message per round: throughput and how much the daemon's RSS grows for it."""
+    _, name, policy, _, _, size, _ = case
+    proxy = Proxy(args.bin, work, sink.port, policy)
+    direct, via = [], []
+    ok = True
+    try:
+        # A small message first, so that what one upstream transaction sets up once is in the baseline.
+        before = sink.settle()
+        smtp_source(proxy.port, 1, 1, 4096, 1)
+        ok = sink.settle() - before == 1
+        time.sleep(0.5)
+        baseline = proc_status(proxy.proc.pid, "VmRSS")
+        peak_is_own = reset_peak_rss(proxy.proc.pid)
+        for _ in range(args.rounds):
+            direct.append(size / MIB / smtp_source(sink.port, 1, 1, size, 1))
+            before = sink.settle()
+            via.append(size / MIB / smtp_source(proxy.port, 1, 1, size, 1))
+            ok = ok and sink.settle() - before == 1
+        peak = proc_status(proxy.proc.pid, "VmHWM")
+    finally:
+        proxy.stop()
+    d, p = statistics.median(direct), statistics.median(via)
+    return {"case": name, "kind": "big", "policy": policy, "size": size, "direct_mib_per_s": d,
+            "proxy_mib_per_s": p, "ratio": p / d, "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
+            "rss_growth_bytes": peak - baseline, "peak_since_start": not peak_is_own, "delivered_all": ok}
+
+
+async def idle_open(port, count):
+    """`count` connections that read the banner and EHLO's reply, then stay idle. Returns (writers, refused)."""
+    gate = asyncio.Semaphore(IDLE_HANDSHAKES_IN_FLIGHT)
+    writers, refused = [], []
+
+    async def one(i):
+        async with gate:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            # The source address spreads the 4-tuples; the port is chosen at connect (no bind-time exhaustion).
+            sock.setsockopt(socket.SOL_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
+            sock.bind((f"127.0.0.{2 + i % IDLE_SOURCES}", 0))
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+                reader, writer = await asyncio.open_connection(sock=sock)
+                banner = await read_reply(reader, IDLE_REPLY_TIMEOUT)
+                writer.write(b"EHLO idle.test\r\n")
+                await writer.drain()
+                ehlo = await read_reply(reader, IDLE_REPLY_TIMEOUT)
+                if (banner, ehlo) != (220, 250):
+                    raise RuntimeError(f"banner {banner}, EHLO {ehlo}")
+                writers.append(writer)
+            except (OSError, RuntimeError, asyncio.TimeoutError) as e:
+                sock.close()
+                refused.append(str(e) or type(e).__name__)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return writers, refused
+
+
+def run_idle(args, sink, work, case):
+    """RSS per idle connection (after banner and EHLO) at 10,000 connections: the proxy alone."""
+    _, name, policy, count, _, _, _ = case
+    proxy = Proxy(args.bin, work, sink.port, policy)
+    try:
+        time.sleep(0.5)
+        before = proc_status(proxy.proc.pid, "VmRSS")
+
+        async def hold():
+            writers, refused = await idle_open(proxy.port, count)
+            await asyncio.sleep(IDLE_HOLD_SECONDS)
+            during = proc_status(proxy.proc.pid, "VmRSS")
+            for w in writers:
+                w.close()
+            return len(writers), refused, during
+
+        opened, refused, during = asyncio.run(hold())
+        alive = proxy.proc.poll() is None
+    finally:
+        proxy.stop()
+    return {"case": name, "kind": "idle", "policy": policy, "connections": count, "opened": opened,
+            "refused": len(refused), "refused_why": sorted(set(refused))[:5], "rss_before_bytes": before,
+            "rss_idle_bytes": during, "rss_per_connection_bytes": (during - before) / max(1, opened),
+            "daemon_alive": alive, "delivered_all": True}
+
+
+# ---------------------------------------------------------------- targets and the table
+
+def targets(results):
+    """Each result's checks: (what, holds) against issue 8's targets."""
+    by_name = {r["case"]: r for r in results}
+    for r in results:
+        checks = []
+        name = r["case"]
+        if r["kind"] == "flow" and r["policy"]:
+            base = by_name.get(f"no policy, {name.split(', ', 1)[1]}")
+            if base and r["hook_calls_per_msg"]:
+                r["hook_us_per_call"] = (r["cpu_us_per_msg"] - base["cpu_us_per_msg"]) / r["hook_calls_per_msg"]
+                if r["policy"] in ("noop_plain.py", "noop_async.py") and r["size"] == 4096:
+                    checks.append((f"hook < {HOOK_COST_MAX_US} us/call", r["hook_us_per_call"] < HOOK_COST_MAX_US))
+        if name == "no policy, 20 sessions, 4 KiB":
+            checks.append((f"ratio >= {RATIO_MIN_NO_POLICY_20}", r["ratio"] >= RATIO_MIN_NO_POLICY_20))
+        if name in ("no-op hooks (plain), 20 sessions, 4 KiB", "no-op hooks (async), 20 sessions, 4 KiB"):
+            checks.append((f"ratio >= {RATIO_MIN_HOOKS_20}", r["ratio"] >= RATIO_MIN_HOOKS_20))
+        if name == "no-op hooks (plain), 1 session, 4 KiB":
+            checks.append((f"ratio >= {RATIO_MIN_HOOKS_1}", r["ratio"] >= RATIO_MIN_HOOKS_1))
+        if name == "no-op hooks (plain), 20 sessions, 1 MiB":
+            checks.append(("peak RSS < 60 MB", r["peak_rss_bytes"] < PEAK_RSS_MAX_BYTES))
+        if r["kind"] == "big":
+            checks.append((f"RSS growth <= {BIG_GROWTH_MAX_BYTES // MIB} MiB", r["rss_growth_bytes"] <= BIG_GROWTH_MAX_BYTES))
+        if r["kind"] == "idle":
+            checks.append(("all accepted", r["opened"] == r["connections"] and r["daemon_alive"]))
+            checks.append((f"< {IDLE_CONN_MAX_BYTES >> 10} KiB/conn", r["rss_per_connection_bytes"] < IDLE_CONN_MAX_BYTES))
+        checks.append(("every message arrived", r["delivered_all"]))
+        r["targets"] = [{"target": what, "holds": holds} for what, holds in checks]
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def row_text(r):
+    """The columns a result shares with the others; the kind-specific figures go to `notes`."""
+    cols = {"direct": None, "proxy": None, "ratio": r.get("ratio"), "cpu": r.get("cpu_us_per_msg"),
+            "hook": r.get("hook_us_per_call"), "p50d": r.get("p50_direct_ms"), "p99d": r.get("p99_direct_ms"),
+            "p50p": r.get("p50_proxy_ms"), "p99p": r.get("p99_proxy_ms"), "rss": r.get("peak_rss_bytes")}
+    if r["kind"] == "flow":
+        cols["direct"], cols["proxy"] = f"{r['direct_per_s']:.0f}", f"{r['proxy_per_s']:.0f}"
+    elif r["kind"] == "big":
+        cols["direct"], cols["proxy"] = f"{r['direct_mib_per_s']:.0f}MiB", f"{r['proxy_mib_per_s']:.0f}MiB"
+    else:
+        cols["rss"] = r["rss_idle_bytes"]
+    return (f"{r['case']:42} {cols['direct'] or '-':>8} {cols['proxy'] or '-':>8} {fmt(cols['ratio'], '.2f'):>5} "
+            f"{fmt(cols['cpu'], '.0f'):>6} {fmt(cols['hook'], '.1f'):>6} "
+            f"{fmt(cols['p50d'], '.1f'):>6} {fmt(cols['p99d'], '.1f'):>6} "
+            f"{fmt(cols['p50p'], '.1f'):>6} {fmt(cols['p99p'], '.1f'):>6} "
+            f"{fmt(cols['rss'] / MIB if cols['rss'] else None, '.1f'):>7} {'all' if r['delivered_all'] else 'LOST':>4}")
+
+
+HEADER = (f"{'case':42} {'direct/s':>8} {'proxy/s':>8} {'ratio':>5} {'CPU us':>6} {'us/hk':>6} "
+          f"{'p50 d':>6} {'p99 d':>6} {'p50 p':>6} {'p99 p':>6} {'RSS MiB':>7} {'mail':>4}")
+
+
+def notes(r):
+    if r["kind"] == "big":
+        return (f"RSS {r['baseline_rss_bytes'] / MIB:.1f} MiB before, peak {r['peak_rss_bytes'] / MIB:.1f} MiB: "
+                f"grew {r['rss_growth_bytes'] / MIB:.1f} MiB" + (" (peak since start-up)" if r["peak_since_start"] else ""))
+    if r["kind"] == "idle":
+        s = (f"{r['opened']} of {r['connections']} open, RSS {r['rss_before_bytes'] / MIB:.1f} -> "
+             f"{r['rss_idle_bytes'] / MIB:.1f} MiB: {r['rss_per_connection_bytes'] / 1024:.1f} KiB per connection")
+        if r["refused"]:
+            s += f"; {r['refused']} refused: {'; '.join(r['refused_why'])}"
+        return s + ("" if r["daemon_alive"] else "; THE DAEMON DIED")
+    return ""
+
+
+def print_table(results):
+    print("\n" + HEADER)
+    for r in results:
+        print(row_text(r))
+    print("\ncase: targets (issue 8)")
+    for r in results:
+        checks = ", ".join(f"{t['target']}: {'pass' if t['holds'] else 'FAIL'}" for t in r["targets"])
+        extra = notes(r)
+        print(f"  {r['case']}: {checks}" + (f"\n      {extra}" if extra else ""))
+    met = sum(t["holds"] for r in results for t in r["targets"])
+    total = sum(len(r["targets"]) for r in results)
+    print(f"\n{met} of {total} targets hold", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default="build/portcullis")
     ap.add_argument("--messages", type=int, default=5000, help="messages of a 20-session 4 KiB case")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--probe", type=int, default=200, help="latency probe transactions per run (at most the messages)")
     ap.add_argument("--only", default="", help="run the cases whose name contains this")
+    ap.add_argument("--json", metavar="FILE", help="write the figures and targets as JSON")
     args = ap.parse_args()
 
-    cases = [c for c in CASES if args.only in c[0]]
+    fd_limit = raise_fd_limit()
+    cases = [c for c in CASES if args.only in c[1]]
+    if any(c[0] == "idle" for c in cases) and fd_limit < IDLE_CONNECTIONS + 100:
+        sys.exit(f"the idle case needs {IDLE_CONNECTIONS + 100} file descriptors; the hard limit is {fd_limit}")
     work = tempfile.mkdtemp(prefix="portcullis-bench-")
     sink = Sink(work)
-    lost = False
-    print(f"{'case':42} {'direct/s':>9} {'proxy/s':>8} {'ratio':>6} {'CPU us/msg':>10} {'RSS MiB':>8} delivered",
-          flush=True)
+    results = []
+    print(HEADER, flush=True)
     try:
-        for policy in dict.fromkeys(c[1] for c in cases):  # one proxy per policy, in order
-            proxy = Proxy(args.bin, work, sink.port, policy)
-            try:
-                for name, _, sessions, share, size, rcpts in (c for c in cases if c[1] == policy):
-                    messages = max(20, int(args.messages * share))
-                    direct, via, cpu_per_msg = [], [], []
-                    ok = True
-                    for _ in range(args.rounds):
-                        direct.append(messages / smtp_source(sink.port, sessions, messages, size, rcpts))
-                        before = sink.settle()
-                        cpu0 = cpu_seconds(proxy.proc.pid)
-                        via.append(messages / smtp_source(proxy.port, sessions, messages, size, rcpts))
-                        cpu_per_msg.append((cpu_seconds(proxy.proc.pid) - cpu0) / messages * 1e6)
-                        ok = ok and sink.settle() - before == messages
-                    lost = lost or not ok
-                    d, p = statistics.median(direct), statistics.median(via)
-                    rss = proc_status(proxy.proc.pid, "VmHWM") / 1024
-                    print(f"{name:42} {d:9.0f} {p:8.0f} {p / d:6.2f} {statistics.median(cpu_per_msg):10.0f} "
-                          f"{rss:8.1f} {'all' if ok else 'LOST MAIL'}", flush=True)
-            finally:
-                proxy.stop()
+        for case in cases:
+            run = {"flow": run_flow, "big": run_big, "idle": run_idle}[case[0]]
+            r = run(args, sink, work, case)
+            results.append(r)
+            print(row_text(r), flush=True)
     finally:
         sink.stop()
-    if lost:
+    targets(results)
+    print_table(results)
+    if args.json:
+        meta = {"rounds": args.rounds, "messages": args.messages, "cpus": os.cpu_count(), "time": time.time(),
+                "commit": subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                         text=True).stdout.strip()}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+    if not all(r["delivered_all"] for r in results):
         sys.exit("mail was lost: see above")
+    if any(r["kind"] == "idle" and not r["daemon_alive"] for r in results):
+        sys.exit("the daemon died during the idle case")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ namespace portcullis {
 
 namespace {
 constexpr std::size_t command_space = 4 * 1024;  // enough for a pipelined batch of commands
-constexpr std::size_t data_space = 64 * 1024;    // DATA arrives in large pieces: fewer reads
+// DATA arrives in large pieces: fewer reads (a 1 MiB message takes about 13
+// reads, not 24 at 64 KiB). The buffer is given back between commands
+// (shrink_if_idle), so only sessions in DATA hold one.
+constexpr std::size_t data_space = 256 * 1024;
 constexpr std::size_t discard_chunk = 16 * 1024;   // close_after_drain's reads
 constexpr std::size_t max_discarded = 1 << 20;     // close_after_drain gives up after this much
 }  // namespace
@@ -21,24 +24,39 @@ line_stream::line_stream(tcp::socket socket)
     : socket_(std::move(socket)),
       deadline_timer_(socket_.get_executor()) {}
 
-line_stream::~line_stream() { token_->armed = 0; }
+line_stream::~line_stream() { token_->alive = false; }
 
 void line_stream::arm(std::chrono::steady_clock::time_point deadline) {
-  token_->armed = ++operations_;
+  token_->pending = true;
   token_->expired = false;
-  deadline_timer_.expires_at(deadline);
-  deadline_timer_.async_wait([token = token_, op = operations_, socket = &socket_](boost::system::error_code ec) {
-    // Only the operation it was armed for, and only if that one is still pending.
-    if (ec || token->armed != op) return;
+  token_->deadline = deadline;
+  // A wait that fires later than this deadline is moved; one that fires
+  // earlier stays, and its callback waits again for this deadline.
+  if (!token_->waiting || deadline < token_->wait_at) wait_until(deadline);
+}
+
+void line_stream::wait_until(std::chrono::steady_clock::time_point at) {
+  token_->waiting = true;
+  token_->wait_at = at;
+  const std::uint64_t wait = ++token_->wait;
+  deadline_timer_.expires_at(at);  // cancels the wait it replaces: that callback sees a newer `wait`
+  deadline_timer_.async_wait([token = token_, wait, self = this](boost::system::error_code ec) {
+    // On the stream's strand, like every use of the stream: `self` is valid while token->alive.
+    if (!token->alive || token->wait != wait) return;
+    token->waiting = false;
+    if (ec || !token->pending) return;  // cancelled (close), or no operation in progress: rest
+    if (std::chrono::steady_clock::now() < token->deadline) {
+      self->wait_until(token->deadline);  // armed earlier for an operation since finished
+      return;
+    }
     token->expired = true;
     boost::system::error_code ignored;
-    socket->cancel(ignored);
+    self->socket_.cancel(ignored);
   });
 }
 
 bool line_stream::disarm() {
-  token_->armed = 0;
-  deadline_timer_.cancel();
+  token_->pending = false;  // the timer keeps waiting: the next operation's deadline is likely later
   return token_->expired;
 }
 
@@ -67,6 +85,10 @@ void line_stream::wake() {
 }
 
 void line_stream::close() {
+  // No wait outstanding on a closed stream: nothing keeps its executor busy.
+  ++token_->wait;
+  token_->waiting = false;
+  deadline_timer_.cancel();
   boost::system::error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);

@@ -3,10 +3,17 @@
 // from. Every read and write has a deadline, and a pending read can be woken
 // for shutdown.
 //
-// The deadline is a timer armed around each operation that cancels the
-// socket when it expires. (Racing the I/O against the timer with awaitable
-// operators costs two co_spawns and an exception per operation: the
-// cancelled loser throws.) The socket's executor must be a strand.
+// The deadline is a timer that cancels the socket when the operation in
+// progress is past its deadline. (Racing the I/O against the timer with
+// awaitable operators costs two co_spawns and an exception per operation: the
+// cancelled loser throws.) The timer is not re-armed for every operation:
+// each operation only sets its deadline, and the timer, while it waits, is
+// moved only to an earlier one; when it fires before the deadline of the
+// operation then in progress it waits again for that one, and with no
+// operation in progress it rests. A stream of commands under the same
+// timeout thus costs no timer syscall (timerfd_settime) and no trip through
+// the reactor's timer queue per read or write. The socket's executor must
+// be a strand.
 #pragma once
 
 #include <chrono>
@@ -119,9 +126,10 @@ class line_stream {
   awaitable<bool> fill(std::chrono::steady_clock::time_point deadline, std::size_t want_space);
   void make_space(std::size_t want);
   awaitable<bool> write_tls(std::span<const asio::const_buffer> buffers, duration timeout);
-  // Arms the deadline for one operation; disarm() returns whether it expired.
+  // Sets the deadline of one operation; disarm() ends it and returns whether it expired.
   void arm(std::chrono::steady_clock::time_point deadline);
   bool disarm();
+  void wait_until(std::chrono::steady_clock::time_point at);  // (re)starts the timer
   std::string_view buffered() const { return {buf_.get() + begin_, end_ - begin_}; }
 
   tcp::socket socket_;
@@ -131,11 +139,15 @@ class line_stream {
   asio::steady_timer deadline_timer_;
   // Shared with the timer's callback, which may run after this stream is gone.
   struct deadline_token {
-    std::uint64_t armed = 0;  // which operation the pending callback belongs to; 0: none
-    bool expired = false;
+    bool alive = true;                           // false once the stream is destroyed
+    bool pending = false;                        // an operation is in progress
+    bool expired = false;                        // ... and went past its deadline
+    std::chrono::steady_clock::time_point deadline;  // the operation's
+    bool waiting = false;                        // the timer has a wait outstanding
+    std::chrono::steady_clock::time_point wait_at;   // ... that fires then
+    std::uint64_t wait = 0;                      // which wait is current: a replaced one's callback does nothing
   };
   std::shared_ptr<deadline_token> token_ = std::make_shared<deadline_token>();
-  std::uint64_t operations_ = 0;
   bool woken_ = false;
   bool reading_ = false;  // a socket read is pending (what wake() may cancel)
   // Input buffer, not a std::string: resize() would zero-fill every read.

@@ -148,7 +148,9 @@ int server::run() {
 awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) {
   for (;;) {
     boost::system::error_code ec;
-    tcp::socket socket = co_await acceptor.async_accept(asio::make_strand(io_), asio::redirect_error(asio::use_awaitable, ec));
+    tcp::endpoint peer;  // filled by accept() itself: no getpeername() per connection
+    tcp::socket socket =
+        co_await acceptor.async_accept(asio::make_strand(io_), peer, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;  // shutting down
       spdlog::warn("accept: {}", ec.message());  // e.g. out of file descriptors: keep serving the others
@@ -156,8 +158,9 @@ awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) 
       co_await pause.async_wait(asio::use_awaitable);
       continue;
     }
-    const auto peer = socket.remote_endpoint(ec);
-    if (ec) continue;  // the client is already gone
+    // Replies go out one write per batch (a whole pipelined group at once):
+    // Nagle's algorithm would only hold the next batch back until the
+    // client's delayed ACK of the previous one.
     socket.set_option(tcp::no_delay(true), ec);
     std::string why;
     if (!admit(peer.address(), why)) {

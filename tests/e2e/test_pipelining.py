@@ -38,6 +38,33 @@ def test_batch_in_one_write(start_daemon, aiosmtpd_upstream):
     assert env["content"].endswith(b"\r\nSubject: pipelined\r\n\r\nbody\r\n")
 
 
+SLOW_RCPT = """
+    import time
+
+    def on_rcpt(tx, rcpt):
+        time.sleep(0.2)
+"""
+
+
+def test_replies_to_a_batch_come_in_one_write(policy_daemon, aiosmtpd_upstream):
+    """RFC 2920 §3.2 lets the server hold replies while pipelined commands
+    wait: each batch's replies leave in one write. Each RCPT's hook takes
+    0.2 s, so replies written one by one would reach the client apart: the
+    first read after the batch must hold them all."""
+    d = policy_daemon(aiosmtpd_upstream.url, SLOW_RCPT)
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("EHLO pipe.test", 250, text="PIPELINING")
+        c.send(BATCH)
+        c.sock.settimeout(10)
+        first = c.sock.recv(65536)
+        assert [line[:3] for line in first.split(b"\r\n") if line] == [b"250", b"250", b"250", b"354"], first
+        c.send(b"Subject: pipelined\r\n\r\nbody\r\n.\r\nNOOP\r\nQUIT\r\n")
+        last = c.sock.recv(65536)
+        assert [line[:3] for line in last.split(b"\r\n") if line] == [b"250", b"250", b"221"], last
+    aiosmtpd_upstream.wait_messages(1)
+
+
 def test_ehlo_and_everything_in_one_write(start_daemon, aiosmtpd_upstream):
     """A client that pipelines from EHLO to QUIT, body included (what some
     spam engines do): replies still come in order and the mail goes through."""

@@ -1,0 +1,127 @@
+// line_stream's deadlines over a real loopback connection: the timer is not
+// re-armed per operation (it moves only to an earlier deadline and, when it
+// fires early, waits again for the operation then in progress), and every
+// operation must still time out at its own deadline, never earlier.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+#include <thread>
+
+#include "asio.hpp"
+#include "net/line_stream.hpp"
+
+namespace portcullis {
+namespace {
+
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+// A connected pair: `server` for the line_stream (on a strand), `peer` a plain blocking socket.
+struct loopback {
+  asio::io_context io;
+  asio::io_context peer_io;
+  tcp::socket server{asio::make_strand(io)};
+  tcp::socket peer{peer_io};
+
+  loopback() {
+    tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    peer.connect(acceptor.local_endpoint());
+    acceptor.accept(server);
+  }
+  void send(std::string_view bytes) { asio::write(peer, asio::buffer(bytes)); }
+};
+
+// Runs `body` as a coroutine on the stream's strand until it and the stream's timer are done.
+void run(loopback& l, std::function<awaitable<void>(line_stream&)> body) {
+  auto stream = std::make_shared<line_stream>(std::move(l.server));
+  bool finished = false;
+  asio::co_spawn(stream->socket().get_executor(),
+                 [stream, body, &finished]() -> awaitable<void> {
+                   co_await body(*stream);
+                   stream->close();
+                   finished = true;
+                 },
+                 [](std::exception_ptr e) {
+                   if (e) std::rethrow_exception(e);
+                 });
+  l.io.run();
+  EXPECT_TRUE(finished);
+}
+
+double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
+
+TEST(LineStreamDeadline, ShortDeadlineAfterLongOneTimesOutOnTime) {
+  loopback l;
+  l.send("HELO a\r\n");
+  run(l, [](line_stream& s) -> awaitable<void> {
+    auto first = co_await s.read_line(512, 20s);  // the timer now waits 20 s
+    EXPECT_EQ(first.st, line_stream::status::ok);
+    const auto start = clock_type::now();
+    auto second = co_await s.read_line(512, 200ms);  // must move it to 200 ms
+    EXPECT_EQ(second.st, line_stream::status::timeout);
+    EXPECT_GE(seconds_since(start), 0.19);
+    EXPECT_LT(seconds_since(start), 5.0);
+  });
+}
+
+TEST(LineStreamDeadline, LaterDeadlineIsNotCutShortByAnEarlierWait) {
+  loopback l;
+  l.send("HELO a\r\n");
+  std::thread late([&] {
+    std::this_thread::sleep_for(600ms);  // after the first operation's deadline has passed
+    l.send("MAIL FROM:<a@b>\r\n");
+  });
+  run(l, [](line_stream& s) -> awaitable<void> {
+    auto first = co_await s.read_line(512, 200ms);  // the timer waits for 200 ms
+    EXPECT_EQ(first.st, line_stream::status::ok);
+    auto second = co_await s.read_line(512, 10s);   // fires at 200 ms, must wait again
+    EXPECT_EQ(second.st, line_stream::status::ok);
+    EXPECT_EQ(second.text, "MAIL FROM:<a@b>");
+  });
+  late.join();
+}
+
+TEST(LineStreamDeadline, TimesOutAfterTheTimerRested) {
+  loopback l;
+  l.send("HELO a\r\n");
+  run(l, [](line_stream& s) -> awaitable<void> {
+    auto first = co_await s.read_line(512, 100ms);
+    EXPECT_EQ(first.st, line_stream::status::ok);
+    asio::steady_timer idle(s.socket().get_executor(), 400ms);  // the timer fires with nothing in progress
+    co_await idle.async_wait(asio::use_awaitable);
+    const auto start = clock_type::now();
+    auto second = co_await s.read_line(512, 200ms);
+    EXPECT_EQ(second.st, line_stream::status::timeout);
+    EXPECT_GE(seconds_since(start), 0.19);
+    EXPECT_LT(seconds_since(start), 5.0);
+  });
+}
+
+TEST(LineStreamDeadline, WritesKeepTheirDeadlineToo) {
+  loopback l;  // the peer never reads: the write fills both socket buffers and stalls
+  run(l, [](line_stream& s) -> awaitable<void> {
+    const std::string big(64 << 20, 'x');
+    const auto start = clock_type::now();
+    const bool written = co_await s.write(big, 300ms);
+    EXPECT_FALSE(written);
+    EXPECT_EQ(s.last_status(), line_stream::status::timeout);
+    EXPECT_LT(seconds_since(start), 10.0);
+  });
+}
+
+TEST(LineStreamDeadline, ClosedStreamLeavesNoTimerBehind) {
+  loopback l;
+  l.send("HELO a\r\n");
+  const auto start = clock_type::now();
+  // run() returns only when nothing is left to do: a timer still waiting for
+  // the 20 s deadline would hold it that long.
+  run(l, [](line_stream& s) -> awaitable<void> {
+    auto line = co_await s.read_line(512, 20s);
+    EXPECT_EQ(line.st, line_stream::status::ok);
+  });
+  EXPECT_LT(seconds_since(start), 5.0);
+}
+
+}  // namespace
+}  // namespace portcullis
