@@ -113,6 +113,9 @@ hostname = "bench.test"
 listen = ["127.0.0.1:{self.port}"]
 max_connections = 2000
 max_connections_per_client = 2000
+# One process: CPU and RSS below are read from this pid alone (the default,
+# one worker per core, would put the work in child processes).
+workers = 1
 [upstream]
 url = "smtp://127.0.0.1:{sink_port}"
 """)
