@@ -23,14 +23,18 @@ CONNECT = r"^\S+ \[(\d+)\] info (\w+): connect from \[127\.0\.0\.1\]:{port}( .*)
 
 
 def worker_pids(d, n: int = 2) -> set[int]:
-    """The pids of the workers running now (the latest process of each worker number)."""
+    """The pids of the workers running now (the latest process of each
+    worker number), once each of them listens."""
     def current():
+        log = d.log_text()
         latest = {}
-        for w, pid in re.findall(r"supervisor: worker (\d+) is process (\d+)$", d.log_text(), re.M):
+        for w, pid in re.findall(r"supervisor: worker (\d+) is process (\d+)$", log, re.M):
             latest[w] = int(pid)
-        return latest if len(latest) >= n else None
+        pids = set(latest.values())
+        listening = {int(p) for p in re.findall(r"^\S+ \[(\d+)\] info listening on ", log, re.M)}
+        return pids if len(pids) >= n and pids <= listening else None
 
-    return set(wait_until(current, timeout=10, what="the workers to start").values())
+    return wait_until(current, timeout=10, what="the workers to listen")
 
 
 def worker_of(d, client_port: int) -> int:
@@ -241,3 +245,35 @@ def test_proxy_protocol_in_workers(sec_daemon, aiosmtpd_upstream):
     assert served == pids
     for e in aiosmtpd_upstream.wait_messages(len(served)):
         assert e["content"].startswith(b"Received: from client.test ([192.0.2.10])\r\n")
+
+
+CRASH_AT_START = """
+import os, signal
+import portcullis as pc
+
+if os.path.exists(pc.config["probe"]["marker"]):
+    os.kill(os.getpid(), signal.SIGKILL)   # a worker that dies as it starts
+
+def on_helo(conn, hostname):
+    return None
+"""
+
+
+def test_a_worker_that_dies_at_start_is_restarted_with_back_off(policy_daemon, aiosmtpd_upstream, tmp_path):
+    marker = tmp_path / "crash"
+    d = policy_daemon(aiosmtpd_upstream.url, CRASH_AT_START, server=WORKERS, probe={"marker": str(marker)})
+    pids = worker_pids(d)
+    marker.touch()
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    # The restarted worker dies as it starts: the wait doubles (0.5 s, then 1 s, ...), it never spins.
+    m = d.wait_log(r"supervisor: worker (\d) \(process \d+\) killed by signal 9 \(KILL\); its connections were dropped; "
+                   r"restarting it in (\d+\.\d) s$", count=2, timeout=10)
+    assert [float(x.group(2)) for x in m] == [0.5, 1.0]
+    assert len({x.group(1) for x in m}) == 1  # the same worker number
+    # The other worker serves meanwhile.
+    with d.connect() as c:
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: t\r\n\r\nx").code == 250
+    # Once it can start again, it comes back.
+    marker.unlink()
+    wait_until(lambda: len(children(d.pid)) == 2 and children(d.pid) != pids, timeout=10, what="the worker back")
