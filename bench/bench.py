@@ -187,6 +187,9 @@ listen = ["127.0.0.1:{self.port}"]
 max_connections = {limit}
 max_connections_per_client = {limit}
 max_message_size = {MAX_MESSAGE_SIZE}
+# One process: CPU and RSS below are read from this pid alone (the default,
+# one worker per core, would put the work in child processes).
+workers = 1
 {server_extra}
 [upstream]
 url = "smtp://127.0.0.1:{sink_port}"

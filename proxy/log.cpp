@@ -10,13 +10,16 @@ namespace portcullis {
 namespace {
 
 constexpr const char* line_pattern = "%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v";
+// A worker's lines (server.workers > 1) name its process.
+constexpr const char* worker_line_pattern = "%Y-%m-%dT%H:%M:%S.%e [%P] %^%l%$ %v";
 
 // The pattern formatter, fed the message with its control characters escaped:
 // no source (a client's text in a C++ line, a policy's pc.log line) can start
 // a new line or send escape sequences to a terminal.
 class escaping_formatter final : public spdlog::formatter {
  public:
-  escaping_formatter() : inner_(std::make_unique<spdlog::pattern_formatter>(line_pattern)) {}
+  explicit escaping_formatter(std::string pattern = line_pattern)
+      : pattern_(std::move(pattern)), inner_(std::make_unique<spdlog::pattern_formatter>(pattern_)) {}
 
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
     const std::string_view payload(msg.payload.data(), msg.payload.size());
@@ -30,9 +33,10 @@ class escaping_formatter final : public spdlog::formatter {
     inner_->format(copy, dest);
   }
 
-  std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<escaping_formatter>(); }
+  std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<escaping_formatter>(pattern_); }
 
  private:
+  std::string pattern_;
   std::unique_ptr<spdlog::formatter> inner_;
 };
 
@@ -49,6 +53,8 @@ void init_logging() {
   if (const char* lvl = std::getenv("PORTCULLIS_LOG_LEVEL")) spdlog::set_level(spdlog::level::from_str(lvl));
   if (!lasting) lasting = new std::shared_ptr<spdlog::logger>(logger);
 }
+
+void log_as_worker() { spdlog::default_logger()->set_formatter(std::make_unique<escaping_formatter>(worker_line_pattern)); }
 
 spdlog::logger& lasting_logger() {
   if (!lasting) lasting = new std::shared_ptr<spdlog::logger>(spdlog::default_logger());

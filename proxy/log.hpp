@@ -11,6 +11,8 @@
 namespace portcullis {
 
 void init_logging();
+// In a worker process (server.workers > 1): every line carries the process id.
+void log_as_worker();
 
 // The daemon's logger, for threads that may outlive main() (a policy thread
 // left behind in a hook stuck in C code): it is never destroyed, whereas

@@ -10,6 +10,8 @@
 #include "net/tls_context.hpp"
 #include "policy/python_engine.hpp"
 #include "server/server.hpp"
+#include "server/supervisor.hpp"
+#include "session/client_table.hpp"
 
 namespace {
 
@@ -86,10 +88,30 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::signal(SIGPIPE, SIG_IGN);
-  spdlog::info("portcullis {} starting as {}", PORTCULLIS_VERSION, cfg->server.hostname);
+  const unsigned workers = portcullis::worker_count(cfg->server);
+  spdlog::info("portcullis {} starting as {}{}", PORTCULLIS_VERSION, cfg->server.hostname,
+               workers > 1 ? fmt::format(" with {} workers", workers) : std::string());
+  const auto serve = [](std::shared_ptr<const portcullis::config> c, portcullis::client_table& clients, unsigned worker) {
+    try {
+      portcullis::server daemon(std::move(c), clients, worker);
+      return daemon.run();
+    } catch (const std::exception& e) {
+      spdlog::critical("cannot start: {}", e.what());
+      return 1;
+    }
+  };
   try {
-    portcullis::server daemon(std::move(cfg));
-    return daemon.run();
+    // Before any fork: every worker inherits this one shared mapping.
+    portcullis::client_table clients(workers);
+    // One process, as before: no supervisor.
+    if (workers == 1) return serve(std::move(cfg), clients, 0);
+    // Forked before any thread or the interpreter starts (supervisor.hpp).
+    portcullis::supervisor parent(std::move(cfg), clients,
+                                  [&](unsigned worker, std::shared_ptr<const portcullis::config> c) {
+                                    portcullis::log_as_worker();
+                                    return serve(std::move(c), clients, worker);
+                                  });
+    return parent.run();
   } catch (const std::exception& e) {
     spdlog::critical("cannot start: {}", e.what());
     return 1;

@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <toml.hpp>
 #include <utility>
 
@@ -489,10 +490,8 @@ void read_server(table_reader& t, server_config& s, const std::filesystem::path&
     if (!std::filesystem::is_directory(s.message_spill_dir, ec))
       t.problem_at("message_spill_dir", as_shown(s.message_spill_dir.string()) + " is not a directory");
   }
+  t.get_count("workers", s.workers, 0, max_config_workers);
   // CONTRACT keys this version does not implement.
-  std::int64_t workers = 1;
-  if (t.get("workers", workers) && workers != 1)
-    t.not_implemented("workers", "runs one process (workers = 1); use server.threads for more I/O threads");
   std::string user;
   if (t.get("user", user)) t.not_implemented("user", "does not drop privileges; start it as the user it should run as");
 }
@@ -542,6 +541,14 @@ std::string to_string(client_info_mode m) { return name_of(client_info_names, m)
 std::string to_string(on_error_mode m) { return name_of(on_error_names, m); }
 std::string to_string(log_level l) { return name_of(log_level_names, l); }
 std::string to_string(log_format f) { return name_of(log_format_names, f); }
+
+unsigned worker_count(const server_config& s) {
+  return s.workers ? s.workers : std::max(1u, std::thread::hardware_concurrency());
+}
+
+unsigned io_thread_count(const server_config& s) {
+  return s.threads ? s.threads : std::max(1u, std::thread::hardware_concurrency() / worker_count(s));
+}
 
 bool is_domain(std::string_view s) {
   constexpr std::size_t max_name = 253, max_label = 63;  // RFC 1035 §2.3.4

@@ -62,7 +62,8 @@ struct server_config {
   std::size_t max_connections = 1000;
   std::size_t max_connections_per_client = 20;
   std::chrono::seconds shutdown_grace{30};    // SIGTERM: how long sessions may finish
-  unsigned threads = 0;                       // I/O threads; 0: one per core
+  unsigned threads = 0;                       // I/O threads per worker; 0: the cores shared among the workers
+  unsigned workers = 0;                       // processes sharing the listeners; 0: one per core
   // Where a message is held while it is received and relayed (store/message_store.hpp):
   // in memory up to the threshold while the budget (all sessions together)
   // lasts, else in an unlinked file in the spill directory.
@@ -195,6 +196,7 @@ inline constexpr std::size_t max_config_pool_size = 1000;  // idle upstream conn
 // Below the 5 minutes an upstream waits for a command (RFC 5321 §4.5.3.2.7), with room to spare.
 inline constexpr std::chrono::seconds max_config_pool_idle_timeout{240};
 inline constexpr unsigned max_config_threads = 1024;
+inline constexpr unsigned max_config_workers = 256;
 inline constexpr unsigned max_config_policy_threads = 1024;
 inline constexpr std::size_t max_config_auth_failures = 1000000;
 
@@ -203,5 +205,10 @@ inline constexpr std::size_t max_config_auth_failures = 1000000;
 // 253 octets in all; no trailing dot; the last label not all digits (RFC
 // 3696 §2: that would read as an IPv4 address).
 bool is_domain(std::string_view s);
+
+// server.workers, 0 resolved: one per core (at least one).
+unsigned worker_count(const server_config& s);
+// I/O threads of each worker: server.threads, or (0) the cores shared among the workers.
+unsigned io_thread_count(const server_config& s);
 
 }  // namespace portcullis

@@ -61,7 +61,7 @@ bool line_stream::disarm() {
 }
 
 void line_stream::rebind(asio::any_io_executor ex) {
-  token_->armed = 0;
+  token_->alive = false;  // the old timer's last callback (on the old strand) does nothing
   token_ = std::make_shared<deadline_token>();
   deadline_timer_ = asio::steady_timer(std::move(ex));
 }

@@ -4,13 +4,13 @@
 
 #include <algorithm>
 #include <csignal>
-#include <random>
 #include <thread>
 
 #include "log.hpp"
 #include "net/network.hpp"
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
+#include "session/client_table.hpp"
 #include "session/session.hpp"
 #include "upstream/upstream_pool.hpp"
 
@@ -20,14 +20,6 @@ namespace {
 
 constexpr std::chrono::seconds refusal_timeout{5};  // writing a 421 to a client we will not serve
 constexpr std::chrono::milliseconds drain_poll{50};
-
-// 12 hex digits: unique in this run, not guessable from the outside.
-std::string next_session_id() {
-  static const std::uint64_t base = std::random_device{}() * 0x100000001ULL ^ std::random_device{}();
-  static std::atomic<std::uint64_t> counter{0};
-  const std::uint64_t n = (base + ++counter * 0x9E3779B97F4A7C15ULL) & 0xFFFFFFFFFFFFULL;
-  return fmt::format("{:012X}", n);
-}
 
 tcp::endpoint parse_endpoint(const std::string& hostport) {
   const auto colon = hostport.rfind(':');
@@ -57,11 +49,14 @@ std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
 
 }  // namespace
 
-server::server(std::shared_ptr<const config> cfg)
-    : upstream_pool_(std::make_shared<upstream_pool>(io_)),
+server::server(std::shared_ptr<const config> cfg, client_table& clients, unsigned worker)
+    : clients_(clients),
+      worker_(worker),
+      upstream_pool_(std::make_shared<upstream_pool>(io_)),
       engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
       env_(nullptr),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {
+  env_.failed_logins().share(clients_);
   auto g = make_generation(cfg);
   g->pol = make_policy(*cfg, engine_ ? engine_->first_generation() : 0);
   env_.replace(std::move(g));
@@ -98,6 +93,14 @@ std::shared_ptr<policy> server::make_policy(const config& cfg, policy_generation
 
 server::~server() = default;
 
+// 12 hex digits: unique in this run across every worker (the shared counter
+// through a bijection of 48-bit numbers), not guessable from the outside (the seed).
+std::string server::next_session_id() {
+  constexpr std::uint64_t mask = 0xFFFFFFFFFFFFULL;
+  const std::uint64_t n = (clients_.session_seed() + clients_.next_session_number() * 0x9E3779B97F4A7C15ULL) & mask;
+  return fmt::format("{:012X}", n);
+}
+
 int server::run() {
   const auto cfg = env_.current()->cfg;
   for (const bool implicit_tls : {false, true}) {
@@ -107,6 +110,9 @@ int server::run() {
         const auto ep = parse_endpoint(l);
         a.open(ep.protocol());
         a.set_option(tcp::acceptor::reuse_address(true));
+        // Every worker listens on its own socket; the kernel spreads new
+        // connections over them by a hash of the addresses (README "Workers").
+        if (clients_.workers() > 1) a.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
         a.bind(ep);
         a.listen(asio::socket_base::max_listen_connections);
         listeners_.push_back({std::move(a), implicit_tls});
@@ -135,8 +141,14 @@ int server::run() {
       }
     });
   asio::co_spawn(io_, handle_signals(), asio::detached);
+  // A worker is forked with these blocked (supervisor.cpp): signals_ handles them from now on.
+  sigset_t mine;
+  sigemptyset(&mine);
+  for (const int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&mine, sig);
+  pthread_sigmask(SIG_UNBLOCK, &mine, nullptr);
+  clients_.set_ready(worker_);
 
-  unsigned n = cfg->server.threads ? cfg->server.threads : std::max(1u, std::thread::hardware_concurrency());
+  const unsigned n = io_thread_count(cfg->server);
   std::vector<std::thread> threads;
   for (unsigned i = 1; i < n; ++i) threads.emplace_back([this] { io_.run(); });
   io_.run();
@@ -193,26 +205,29 @@ bool server::admit(const asio::ip::address& client, std::string& why) {
     why = "shutting down";
     return false;
   }
-  if (total_ >= cfg->server.max_connections) {
-    why = "too many connections";
-    return false;
+  // Counted across every worker: the limits are the daemon's, not each process's.
+  switch (clients_.admit(worker_, unmapped(client), cfg->server.max_connections_per_client, cfg->server.max_connections)) {
+    case client_table::admission::admitted:
+      ++total_;
+      return true;
+    case client_table::admission::too_many_connections:
+      why = "too many connections";
+      return false;
+    case client_table::admission::too_many_from_client:
+      why = "too many connections from your address";
+      return false;
+    case client_table::admission::table_full:
+      why = "too many clients";
+      return false;
   }
-  auto& n = per_client_[unmapped(client)];
-  if (n >= cfg->server.max_connections_per_client) {
-    why = "too many connections from your address";
-    return false;
-  }
-  ++n;
-  ++total_;
-  return true;
+  return false;
 }
 
 void server::release(const asio::ip::address& client, const std::string& id) {
   std::lock_guard lock(sessions_mutex_);
   sessions_.erase(id);
   --total_;
-  auto it = per_client_.find(unmapped(client));
-  if (it != per_client_.end() && --it->second == 0) per_client_.erase(it);
+  clients_.release(worker_, unmapped(client));
 }
 
 awaitable<void> server::refuse(tcp::socket socket, std::string reason) {

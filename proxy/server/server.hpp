@@ -16,9 +16,14 @@ class session;
 class python_engine;
 class upstream_pool;
 
+class client_table;
+
 class server {
  public:
-  explicit server(std::shared_ptr<const config> cfg);
+  // Worker `worker` of clients.workers(): the counts per client address live
+  // in `clients` (shared by every worker process); with more than one worker
+  // each opens its listening sockets with SO_REUSEPORT.
+  server(std::shared_ptr<const config> cfg, client_table& clients, unsigned worker);
   ~server();
   // Listens and serves until SIGTERM/SIGINT and the drain are over. Returns the exit code.
   int run();
@@ -38,7 +43,10 @@ class server {
   std::shared_ptr<policy> make_policy(const config& cfg, std::uint64_t loaded);
   bool admit(const asio::ip::address& client, std::string& why);
   void release(const asio::ip::address& client, const std::string& id);
+  std::string next_session_id();
 
+  client_table& clients_;
+  unsigned worker_;
   asio::io_context io_;
   // Idle upstream connections shared by every session (they close before io_ stops: drain()).
   std::shared_ptr<upstream_pool> upstream_pool_;
@@ -51,10 +59,9 @@ class server {
   std::vector<listener> listeners_;
   asio::signal_set signals_;
 
-  std::mutex sessions_mutex_;  // guards the three below (sessions live on many threads)
+  std::mutex sessions_mutex_;  // guards the two below (sessions live on many threads)
   std::unordered_map<std::string, std::weak_ptr<session>> sessions_;
-  std::map<asio::ip::address, std::size_t> per_client_;
-  std::size_t total_ = 0;
+  std::size_t total_ = 0;  // of this process (clients_ counts those of every worker)
 };
 
 }  // namespace portcullis

@@ -1,54 +1,41 @@
 // Failed AUTH attempts per client address over a sliding window: what stops
 // a password-guessing client that opens a new connection after each 421.
+// Kept in the client_table every worker shares (so the limit holds across
+// worker processes); a table of its own until the server shares its table.
 #pragma once
 
-#include <chrono>
-#include <deque>
-#include <iterator>
-#include <map>
-#include <mutex>
+#include <memory>
 
 #include "asio.hpp"
+#include "session/client_table.hpp"
 
 namespace portcullis {
 
 class auth_failures {
  public:
-  using clock = std::chrono::steady_clock;
+  using clock = client_table::clock;
 
-  void record(const asio::ip::address& client, clock::duration window, clock::time_point now = clock::now()) {
-    std::lock_guard lock(mutex_);
-    failures_[client].push_back(now);
-    // Now and then, forget addresses that failed once and never came back.
-    if (++records_ % sweep_every == 0) {
-      for (auto it = failures_.begin(); it != failures_.end();) {
-        auto& times = it->second;
-        while (!times.empty() && times.front() < now - window) times.pop_front();
-        it = times.empty() ? failures_.erase(it) : std::next(it);
-      }
-    }
+  auth_failures() : own_(std::make_unique<client_table>(1)), table_(own_.get()) {}
+
+  // From now on, count in `shared` (the server's, made before the workers forked).
+  void share(client_table& shared) {
+    table_ = &shared;
+    own_.reset();
   }
 
-  // Has this client failed `limit` times within `window`? (Old entries go.)
+  void record(const asio::ip::address& client, clock::duration window, clock::time_point now = clock::now()) {
+    table_->record_failure(client, window, now);
+  }
+
+  // Has this client failed `limit` times within `window`?
   bool over_limit(const asio::ip::address& client, std::size_t limit, clock::duration window,
                   clock::time_point now = clock::now()) {
-    std::lock_guard lock(mutex_);
-    auto it = failures_.find(client);
-    if (it == failures_.end()) return false;
-    auto& times = it->second;
-    while (!times.empty() && times.front() < now - window) times.pop_front();
-    if (times.empty()) {
-      failures_.erase(it);
-      return false;
-    }
-    return times.size() >= limit;
+    return table_->over_failure_limit(client, limit, window, now);
   }
 
  private:
-  static constexpr std::size_t sweep_every = 1024;
-  std::mutex mutex_;
-  std::size_t records_ = 0;
-  std::map<asio::ip::address, std::deque<clock::time_point>> failures_;
+  std::unique_ptr<client_table> own_;
+  client_table* table_;
 };
 
 }  // namespace portcullis

@@ -90,7 +90,9 @@ class Daemon:
         self.log_path = workdir / "portcullis.log"
         self.tables = self._merge(
             {
-                "server": {"hostname": HOSTNAME, "listen": [f"127.0.0.1:{self.port}"], "threads": 2},
+                # One process (no supervisor): tests read its pid, RSS and log as one daemon's.
+                # test_workers.py sets workers itself.
+                "server": {"hostname": HOSTNAME, "listen": [f"127.0.0.1:{self.port}"], "threads": 2, "workers": 1},
                 "upstream": {"url": upstream_url, "timeout": 10},
             },
             tables,

@@ -4,6 +4,8 @@
 #include "config/config.hpp"
 
 #include <gtest/gtest.h>
+
+#include <thread>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace portcullis {
@@ -82,6 +85,9 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_FALSE(cfg->server.require_auth);
   EXPECT_FALSE(cfg->server.proxy_protocol);
   EXPECT_EQ(cfg->server.proxy_trusted, (std::vector<std::string>{"127.0.0.0/8", "::1"}));
+  EXPECT_EQ(cfg->server.workers, 0u);  // one per core
+  EXPECT_EQ(worker_count(cfg->server), std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_GE(io_thread_count(cfg->server), 1u);
   EXPECT_EQ(cfg->upstream.url, "smtp://127.0.0.1:25");
   EXPECT_EQ(cfg->upstream.scheme, upstream_config::kind::smtp);
   EXPECT_EQ(cfg->upstream.host, "127.0.0.1");
@@ -221,6 +227,7 @@ threads = 4
 message_memory_threshold = 0
 message_memory_budget = 1048576
 message_spill_dir = "spill"
+workers = 3
 
 [upstream]
 helo = "proxy.example.test"
@@ -242,6 +249,9 @@ threads = 4
   EXPECT_EQ(cfg->server.message_memory_threshold, 0u);
   EXPECT_EQ(cfg->server.message_memory_budget, 1048576u);
   EXPECT_EQ(cfg->server.message_spill_dir, dir_ / "spill");  // relative to the config's folder
+  EXPECT_EQ(cfg->server.workers, 3u);
+  EXPECT_EQ(worker_count(cfg->server), 3u);
+  EXPECT_EQ(io_thread_count(cfg->server), 4u);
   EXPECT_EQ(cfg->upstream.helo, "proxy.example.test");
   EXPECT_EQ(cfg->upstream.client_info, client_info_mode::xforward);
   EXPECT_EQ(cfg->upstream.pool_size, 0u);
@@ -422,6 +432,8 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[server]\nmax_errors = 1001\n", "2: server.max_errors: 1001 is out of range (want 1 to 1000)"},
       {"[server]\nmax_connections = 0\n", "2: server.max_connections: 0 is out of range (want 1 to 1000000)"},
       {"[server]\nmax_connections = -5\n", "2: server.max_connections: -5 is out of range (want 1 to 1000000)"},
+      {"[server]\nworkers = 257\n", "2: server.workers: 257 is out of range (want 0 to 256)"},
+      {"[server]\nworkers = -1\n", "2: server.workers: -1 is out of range (want 0 to 256)"},
       {"[server]\nmax_connections_per_client = 0\n",
        "2: server.max_connections_per_client: 0 is out of range (want 1 to 1000000)"},
       {"[server]\nthreads = -1\n", "2: server.threads: -1 is out of range (want 0 to 1024)"},
@@ -538,8 +550,6 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[store]\nurl = \"memory:\"\n", "2: store.url: this version has no pc.store yet; remove [store]"},
       {"[metrics]\nlisten = \"127.0.0.1:9325\"\n", "2: metrics.listen: this version serves no metrics yet; remove [metrics]"},
       {"[log]\nformat = \"json\"\n", "2: log.format: this version writes text logs only (format = \"text\")"},
-      {"[server]\nworkers = 4\n",
-       "2: server.workers: this version runs one process (workers = 1); use server.threads for more I/O threads"},
       {"[server]\nuser = \"nobody\"\n",
        "2: server.user: this version does not drop privileges; start it as the user it should run as"},
   };
@@ -582,6 +592,8 @@ TEST_F(ConfigTest, ValuesThatPass) {
       "[relay]\nlocal_domains = [\"example.test\", \"EXAMPLE.org\", \"localhost\"]\n",
       "[checks]\nspf = false\ndkim = false\ndmarc = false\nauthentication_results = false\n",
       "[server]\nworkers = 1\n",
+      "[server]\nworkers = 0\n",
+      "[server]\nworkers = 256\n",
       "[log]\nlevel = \"warning\"\nformat = \"text\"\n",
       "[dkim_sign]\n[store]\n[metrics]\n",
   };

@@ -1,0 +1,262 @@
+#include "server/supervisor.hpp"
+
+#include <poll.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <sstream>
+#include <string>
+
+#include "log.hpp"
+
+extern char** environ;
+
+namespace portcullis {
+
+namespace {
+
+// A worker that crashes soon after it started waits before the next try,
+// twice as long each time, so that one failing at start does not spin.
+constexpr std::chrono::milliseconds restart_delay_first{500};
+constexpr std::chrono::seconds restart_delay_max{30};
+constexpr std::chrono::seconds stable_run{10};  // ran this long: restarted at once, back-off reset
+// Past shutdown_grace (each worker drops its sessions then), how long the
+// workers get to exit (a policy thread stuck in a hook is waited 5 s) before SIGKILL.
+constexpr std::chrono::seconds stop_margin{15};
+// A reload's policy check (a child running --check-config) may take this long.
+constexpr std::chrono::seconds check_timeout{60};
+constexpr std::chrono::seconds idle_wake{1};  // sigtimedwait with nothing scheduled
+
+std::string describe(int status) {
+  if (WIFEXITED(status)) return "exited with " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    return "killed by signal " + std::to_string(sig) + " (" + sigabbrev_np(sig) + ")";
+  }
+  return "stopped (status " + std::to_string(status) + ")";
+}
+
+std::string seconds(std::chrono::steady_clock::duration d) {
+  return fmt::format("{:.1f} s", std::chrono::duration<double>(d).count());
+}
+
+// Runs this program with --check-config (the policies load in that child,
+// never in the supervisor). Its output lines when the check failed; empty when it passed.
+std::vector<std::string> check_config(const std::filesystem::path& file, const sigset_t& child_mask) {
+  std::vector<std::string> problems;
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return {std::string("cannot check the policies: pipe: ") + std::strerror(errno)};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDERR_FILENO);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setsigmask(&attr, &child_mask);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+  std::string self = "/proc/self/exe", flag = "--check-config", path = file.string();
+  char* argv[] = {self.data(), flag.data(), path.data(), nullptr};
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, self.c_str(), &actions, &attr, argv, environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  close(out[1]);
+  if (rc != 0) {
+    close(out[0]);
+    return {std::string("cannot check the policies: ") + std::strerror(rc)};
+  }
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + check_timeout;
+  bool timed_out = false;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd p{out[0], POLLIN, 0};
+    const int n = poll(&p, 1, static_cast<int>(left.count()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) continue;
+    char buf[4096];
+    const ssize_t got = read(out[0], buf, sizeof buf);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    text.append(buf, static_cast<std::size_t>(got));
+  }
+  close(out[0]);
+  if (timed_out) kill(pid, SIGKILL);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (timed_out) return {fmt::format("the policy check did not finish within {} s", check_timeout.count())};
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);)
+    if (!line.empty()) problems.push_back(line);
+  if (problems.empty()) problems.push_back("the policy check " + describe(status));
+  return problems;
+}
+
+}  // namespace
+
+supervisor::supervisor(std::shared_ptr<const config> cfg, client_table& clients, worker_main run_worker)
+    : cfg_(std::move(cfg)), clients_(clients), run_worker_(std::move(run_worker)), workers_(clients.workers()) {
+  sigemptyset(&handled_);
+  for (const int sig : {SIGCHLD, SIGHUP, SIGTERM, SIGINT}) sigaddset(&handled_, sig);
+}
+
+int supervisor::run() {
+  // Blocked here and taken with sigtimedwait; each worker gets the old mask
+  // back and installs its own handlers (Asio's signal_set).
+  sigprocmask(SIG_BLOCK, &handled_, &before_);
+  spdlog::info("supervisor {}: starting {} workers", getpid(), workers_.size());
+  for (unsigned w = 0; w < workers_.size(); ++w) start(w);
+  while (!(stopping_ && running() == 0)) {
+    auto now = clock::now();
+    auto wake = now + idle_wake;
+    for (const auto& w : workers_)
+      if (!w.pid && !stopping_) wake = std::min(wake, w.restart_at);
+    if (stopping_) wake = std::min(wake, kill_at_);
+    const auto wait = std::max(clock::duration::zero(), wake - now);
+    const auto s = std::chrono::duration_cast<std::chrono::seconds>(wait);
+    const timespec ts{static_cast<time_t>(s.count()),
+                      static_cast<long>(std::chrono::duration_cast<std::chrono::nanoseconds>(wait - s).count())};
+    siginfo_t info;
+    const int sig = sigtimedwait(&handled_, &info, &ts);
+    if (sig == SIGCHLD) reap();
+    else if (sig == SIGHUP) reload();
+    else if (sig == SIGTERM || sig == SIGINT) stop(sig);
+    now = clock::now();
+    if (!stopping_) {
+      for (unsigned w = 0; w < workers_.size(); ++w)
+        if (!workers_[w].pid && now >= workers_[w].restart_at) start(w);
+    } else if (now >= kill_at_ && running() > 0) {
+      spdlog::error("supervisor: {} worker(s) still running {} s past the grace period; killing them", running(),
+                    stop_margin.count());
+      for (const auto& w : workers_)
+        if (w.pid) kill(w.pid, SIGKILL);
+      kill_at_ = clock::time_point::max();
+    }
+  }
+  spdlog::info("supervisor: every worker has stopped");
+  return failed_ ? 1 : 0;
+}
+
+void supervisor::start(unsigned w) {
+  auto& wk = workers_[w];
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // SIGCHLD as before; SIGHUP/SIGTERM/SIGINT stay blocked (pending) until
+    // the worker's server has its handlers (server::run lets them in): one
+    // arriving while the worker starts is then acted on, not fatal.
+    sigset_t mask = before_;
+    sigdelset(&mask, SIGCHLD);
+    for (const int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&mask, sig);
+    sigprocmask(SIG_SETMASK, &mask, nullptr);
+    // The supervisor gone (killed), its workers drain and stop instead of serving on unsupervised.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) std::_Exit(0);
+    std::exit(run_worker_(w, cfg_));
+  }
+  wk.started = clock::now();
+  if (pid < 0) {
+    wk.delay = std::min<clock::duration>(std::max<clock::duration>(wk.delay * 2, restart_delay_first), restart_delay_max);
+    wk.restart_at = wk.started + wk.delay;
+    spdlog::error("supervisor: cannot start worker {}: {}; trying again in {}", w, std::strerror(errno), seconds(wk.delay));
+    return;
+  }
+  wk.pid = pid;
+  spdlog::info("supervisor: worker {} is process {}", w, pid);
+}
+
+void supervisor::reap() {
+  int status = 0;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    const auto it = std::find_if(workers_.begin(), workers_.end(), [pid](const worker& w) { return w.pid == pid; });
+    if (it == workers_.end()) continue;
+    const auto w = static_cast<unsigned>(it - workers_.begin());
+    const bool was_ready = clients_.ready(w);
+    // Its sessions are gone with it: their connections no longer count against their clients.
+    clients_.forget_worker(w);
+    it->pid = 0;
+    const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (stopping_) {
+      if (!clean) failed_ = true;
+      spdlog::log(clean ? spdlog::level::info : spdlog::level::err, "supervisor: worker {} (process {}) {}", w, pid,
+                  describe(status));
+      continue;
+    }
+    if (it->first && !was_ready && WIFEXITED(status)) {
+      // It said why (cannot listen, policies that do not load): as a single process would, give up.
+      spdlog::critical("supervisor: worker {} (process {}) could not start ({}); stopping", w, pid, describe(status));
+      failed_ = true;
+      stop(SIGTERM);
+      continue;
+    }
+    it->first = false;
+    const auto now = clock::now();
+    it->delay = now - it->started >= stable_run
+                    ? clock::duration::zero()
+                    : std::min<clock::duration>(std::max<clock::duration>(it->delay * 2, restart_delay_first),
+                                                restart_delay_max);
+    it->restart_at = now + it->delay;
+    spdlog::error("supervisor: worker {} (process {}) {}; its connections were dropped; restarting it in {}", w, pid,
+                  describe(status), seconds(it->delay));
+  }
+}
+
+void supervisor::reload() {
+  if (stopping_) return;
+  const auto keep_running = [](const std::vector<std::string>& problems) {
+    for (const auto& p : problems) spdlog::error("reload: {}", p);
+    spdlog::error("reload: keeping the running configuration");
+  };
+  // Checked once here, so that a bad file is reported once, not by every
+  // worker: the config (load_config), then what needs the policies, the
+  // certificates and the users file, in a --check-config child.
+  std::shared_ptr<const config> fresh;
+  try {
+    fresh = load_config(cfg_->file);
+  } catch (const config_error& e) {
+    keep_running(e.problems());
+    return;
+  }
+  if (!cfg_->server.listen_tls.empty() && !fresh->tls.enabled) {
+    keep_running({"the listen_tls ports stay open until a restart and need [tls] cert and key"});
+    return;
+  }
+  if (auto problems = check_config(fresh->file, before_); !problems.empty()) {
+    keep_running(problems);
+    return;
+  }
+  if (worker_count(fresh->server) != workers_.size())
+    spdlog::warn("reload: server.workers changed; that takes effect on restart");
+  cfg_ = fresh;  // for the workers started from now on
+  for (const auto& w : workers_)
+    if (w.pid) kill(w.pid, SIGHUP);
+}
+
+void supervisor::stop(int sig) {
+  if (!stopping_) {
+    spdlog::info("supervisor: signal {}: stopping every worker", sig == SIGINT ? "INT" : "TERM");
+    stopping_ = true;
+    kill_at_ = clock::now() + cfg_->server.shutdown_grace + stop_margin;
+  }
+  for (const auto& w : workers_)
+    if (w.pid) kill(w.pid, sig);
+}
+
+std::size_t supervisor::running() const {
+  return static_cast<std::size_t>(std::count_if(workers_.begin(), workers_.end(), [](const worker& w) { return w.pid != 0; }));
+}
+
+}  // namespace portcullis

@@ -1,0 +1,107 @@
+// What the worker processes (server.workers) share about client addresses,
+// so that limits per address hold across all of them, not N times over:
+// open connections (server.max_connections_per_client, and
+// server.max_connections in all) and failed AUTH attempts
+// (auth.max_failures_per_client within auth.failure_window). Also the
+// session counter that keeps session ids unique across workers.
+//
+// It lives in one anonymous shared mapping (MAP_SHARED|MAP_ANONYMOUS) made
+// before fork and inherited by every worker; with one process it is simply
+// private memory. One process-shared *robust* mutex guards it: a worker
+// killed while holding it leaves it to the next locker (EOWNERDEAD), and
+// every update is a single store, so what it leaves behind is consistent.
+//
+// Connections are counted per worker (one counter per worker and address):
+// the supervisor zeroes a dead worker's counters when it reaps it, so the
+// connections of a crashed worker never stay counted.
+//
+// A fixed-size open-addressing hash of addresses (seeded per run, so a
+// client cannot pick colliding addresses): an address is looked for among
+// client_table_probe slots from its hash. When none of those slots is free,
+// an address that only has failed logins on record (the oldest-expiring
+// one) gives its slot up; when all of them hold open connections, the new
+// connection is refused (admission::table_full: 421 4.7.0) and a failed
+// login is not recorded. That takes client_table_capacity addresses with
+// open connections at once, far more than server.max_connections allows by
+// default.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+#include "asio.hpp"
+
+namespace portcullis {
+
+inline constexpr std::size_t client_table_capacity = 16384;  // addresses held at once
+inline constexpr std::size_t client_table_probe = 32;        // slots looked at for one address
+// A failure window is counted in this many slices (sliding, in steps of a
+// slice): a failure counts for at least failure_window and at most one
+// slice (failure_window / (slices - 1)) longer; never less.
+inline constexpr std::size_t failure_slices = 16;
+
+class client_table {
+ public:
+  using clock = std::chrono::steady_clock;  // CLOCK_MONOTONIC: one clock for every process
+  enum class admission { admitted, too_many_connections, too_many_from_client, table_full };
+
+  // Room for `workers` processes (worker numbers 0 .. workers-1).
+  explicit client_table(unsigned workers, std::size_t capacity = client_table_capacity);
+  ~client_table();
+  client_table(const client_table&) = delete;
+  client_table& operator=(const client_table&) = delete;
+
+  unsigned workers() const { return workers_; }
+
+  // A new connection from `client` on `worker`, unless the daemon has
+  // `total_limit` connections, or `client` has `per_client_limit`.
+  admission admit(unsigned worker, const asio::ip::address& client, std::size_t per_client_limit,
+                  std::size_t total_limit);
+  // The end of a connection admit() let in.
+  void release(unsigned worker, const asio::ip::address& client);
+  // Open connections from `client` (every worker), and in all.
+  std::size_t connections(const asio::ip::address& client);
+  std::size_t connections();
+
+  void record_failure(const asio::ip::address& client, clock::duration window, clock::time_point now = clock::now());
+  // Has `client` failed `limit` times within `window`?
+  bool over_failure_limit(const asio::ip::address& client, std::size_t limit, clock::duration window,
+                          clock::time_point now = clock::now());
+
+  // The supervisor, once `worker` is reaped: none of its connections is open any more.
+  void forget_worker(unsigned worker);
+  // A worker says it is listening (the supervisor tells a worker that fails
+  // at start-up from one that crashed later); forget_worker clears it.
+  void set_ready(unsigned worker);
+  bool ready(unsigned worker) const;
+
+  // A number no other call in any worker returns (for session ids).
+  std::uint64_t next_session_number();
+  // Drawn once per run, the same in every worker.
+  std::uint64_t session_seed() const;
+
+ private:
+  struct header;
+  struct worker_slot;
+  struct entry;
+  class lock;
+
+  // Under the lock: the slot of `client`, or npos; with `create`, a slot is
+  // made for it if one can be (see the top of this file).
+  std::size_t find(const std::uint8_t (&key)[16], bool create, std::int64_t now_ms);
+  std::size_t open_connections(std::size_t slot) const;
+  std::uint32_t& count(unsigned worker, std::size_t slot) const;
+
+  unsigned workers_;
+  std::size_t capacity_;
+  std::size_t bytes_ = 0;
+  void* map_ = nullptr;
+  header* header_ = nullptr;
+  worker_slot* worker_slots_ = nullptr;
+  entry* entries_ = nullptr;
+  std::uint32_t* counts_ = nullptr;  // [workers][capacity]
+};
+
+}  // namespace portcullis

@@ -1,0 +1,279 @@
+"""server.workers = 2: worker processes behind one supervisor. Both serve;
+a killed worker is restarted and its message in flight is neither accepted
+nor doubled; SIGHUP reaches every worker (a bad config is reported once);
+SIGTERM stops them all and the supervisor exits 0; the limits per client
+address (connections, AUTH failures) hold across the workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from conftest import wait_until
+from sec_helpers import b64, certs, sec_daemon, write_users  # noqa: F401  (fixtures)
+from smtp_client import ConnectionClosed
+
+WORKERS = {"workers": 2}
+# A worker's lines: "TIME [PID] LEVEL text".
+CONNECT = r"^\S+ \[(\d+)\] info (\w+): connect from \[127\.0\.0\.1\]:{port}( .*)?$"
+
+
+def worker_pids(d, n: int = 2) -> set[int]:
+    """The pids of the workers running now (the latest process of each
+    worker number), once each of them listens."""
+    def current():
+        log = d.log_text()
+        latest = {}
+        for w, pid in re.findall(r"supervisor: worker (\d+) is process (\d+)$", log, re.M):
+            latest[w] = int(pid)
+        pids = set(latest.values())
+        listening = {int(p) for p in re.findall(r"^\S+ \[(\d+)\] info listening on ", log, re.M)}
+        return pids if len(pids) >= n and pids <= listening else None
+
+    return wait_until(current, timeout=10, what="the workers to listen")
+
+
+def worker_of(d, client_port: int) -> int:
+    return int(d.wait_log(CONNECT.format(port=client_port))[0].group(1))
+
+
+def children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def serve_on_both(d, wanted: set[int], tries: int = 60):
+    """Connections until each worker in `wanted` served one (the kernel picks
+    the worker by a hash of the addresses). Returns {pid: client past EHLO}.
+    The others are closed at once; a refused one (a per-client limit whose
+    count has not caught up with a close yet) is tried again."""
+    held = {}
+    for _ in range(tries):
+        c = d.client()
+        if c.reply().code != 220:
+            c.close()
+            time.sleep(0.05)
+            continue
+        pid = worker_of(d, c.local_port)
+        if pid in held:
+            c.exchange("QUIT", 221)
+            c.close()
+        else:
+            c.exchange("EHLO client.test", 250)
+            held[pid] = c
+        if set(held) == wanted:
+            break
+    assert set(held) == wanted, f"served by {set(held)}, want {wanted}"
+    return held
+
+
+def test_both_workers_serve_and_sigterm_stops_all(start_daemon, aiosmtpd_upstream):
+    d = start_daemon(aiosmtpd_upstream.url, server=WORKERS)
+    pids = worker_pids(d)
+    assert children(d.pid) == pids  # the supervisor's children are the workers
+    held = serve_on_both(d, pids)
+    for pid, c in held.items():
+        r = c.transaction("a@example.test", ["b@example.test"], f"Subject: from {pid}\r\n\r\nhi".encode())
+        assert r.code == 250, r
+        c.exchange("QUIT", 221)
+    aiosmtpd_upstream.wait_messages(2)
+    # Session ids stay unique across workers (one shared counter).
+    sids = [m.group(1) for m in re.finditer(r"^\S+ \[\d+\] info (\w+): connect from", d.log_text(), re.M)]
+    assert len(sids) == len(set(sids))
+    assert d.stop() == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the supervisor"
+    d.wait_log(r"supervisor: every worker has stopped$")
+    assert len(re.findall(r"\] info signal TERM: no new connections; draining sessions$", d.log_text(), re.M)) == 2
+
+
+def test_killed_worker_restarts_and_its_message_is_not_accepted_nor_doubled(start_daemon, aiosmtpd_upstream):
+    d = start_daemon(aiosmtpd_upstream.url, server={**WORKERS, "max_connections_per_client": 2})
+    pids = worker_pids(d)
+    c = d.connect()
+    victim = worker_of(d, c.local_port)
+    c.exchange("MAIL FROM:<a@example.test>", 250)
+    c.exchange("RCPT TO:<b@example.test>", 250)
+    c.exchange("DATA", 354)
+    body = b"Subject: in flight\r\nMessage-ID: <once@example.test>\r\n\r\n" + b"x" * 70 + b"\r\nlast line"
+    c.send(body)
+    os.kill(victim, signal.SIGKILL)
+    # The client sees its connection drop, never a 250.
+    with pytest.raises(ConnectionClosed):
+        c.reply(timeout=5)
+    c.close()
+    d.wait_log(rf"supervisor: worker \d \(process {victim}\) killed by signal 9 \(KILL\); its connections were dropped;"
+               r" restarting it in \d+\.\d s$")
+    new = wait_until(lambda: (worker_pids(d) - pids) or None, timeout=10, what="the restarted worker")
+    assert children(d.pid) == (pids - {victim}) | new
+    # The client tries again and the message arrives once. The killed
+    # worker's connection no longer counts: two at once are admitted.
+    c1, c2 = d.connect(), d.connect()
+    r = c1.transaction("a@example.test", ["b@example.test"], body)
+    assert r.code == 250, r
+    c1.close()
+    c2.close()
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    time.sleep(0.3)
+    assert [e for e in aiosmtpd_upstream.envelopes if b"<once@example.test>" in e["content"]] == [env]
+    # Both workers (the restarted one too) serve.
+    serve_on_both(d, worker_pids(d))
+
+
+POLICY = """
+import portcullis as pc
+
+TAG = "{tag}"
+
+def on_data(tx, message):
+    message.add_header("X-Tag", TAG)
+"""
+
+
+def test_sighup_reloads_every_worker_and_a_bad_config_is_reported_once(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, POLICY.format(tag="old"), server=WORKERS)
+    pids = worker_pids(d)
+    d.policy_files[0].write_text(POLICY.format(tag="new"))
+    d.signal(signal.SIGHUP)
+    d.wait_log(r"^\S+ \[\d+\] info reload: .* reloaded; new sessions use it$", count=2, timeout=10)
+    held = serve_on_both(d, pids)
+    for pid, c in held.items():
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: t\r\n\r\nx").code == 250
+        c.close()
+    envs = aiosmtpd_upstream.wait_messages(2)
+    assert all(b"X-Tag: new\r\n" in e["content"] for e in envs), [e["content"][:300] for e in envs]
+
+    # A policy that does not load: reported once (by the supervisor), every worker keeps the running one.
+    d.policy_files[0].write_text("def on_data(tx, message:\n")
+    d.signal(signal.SIGHUP)
+    d.wait_log(r"^\S+ error reload: keeping the running configuration$", timeout=20)
+    time.sleep(0.5)
+    log = d.log_text()
+    assert len(re.findall(r"reload: keeping the running configuration$", log, re.M)) == 1
+    assert "SyntaxError" in log or "invalid syntax" in log or "was never closed" in log
+    # A config error too.
+    d.write_config(d.config_path.read_text() + "\n[server]\nbogus = 1\n")
+    d.signal(signal.SIGHUP)
+    d.wait_log(r"^\S+ error reload: keeping the running configuration$", count=2, timeout=10)
+    time.sleep(0.5)
+    assert len(re.findall(r"reload: keeping the running configuration$", d.log_text(), re.M)) == 2
+    held = serve_on_both(d, pids)
+    for pid, c in held.items():
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: t\r\n\r\nx").code == 250
+        c.close()
+    envs = aiosmtpd_upstream.wait_messages(4)
+    assert all(b"X-Tag: new\r\n" in e["content"] for e in envs[2:])
+    assert children(d.pid) == pids  # nothing crashed
+
+
+def test_connections_per_client_hold_across_workers(start_daemon, aiosmtpd_upstream):
+    d = start_daemon(aiosmtpd_upstream.url, server={**WORKERS, "max_connections_per_client": 2})
+    pids = worker_pids(d)
+    a, b = d.connect(), d.connect()
+    # The third, whichever worker takes it: tried until both workers refused one.
+    refusing = set()
+    for _ in range(60):
+        with d.client() as c:
+            c.expect(421, "4.7.0", "too many connections from your address")
+        refusing = {int(p) for p in re.findall(r"^\S+ \[(\d+)\] warning refused 127\.0\.0\.1: too many connections "
+                                                r"from your address$", d.log_text(), re.M)}
+        if refusing == pids:
+            break
+    assert refusing == pids
+    a.close()
+    wait_until(lambda: _admitted(d), timeout=5, what="a connection slot once one closed")
+    b.close()
+
+
+def _admitted(d) -> bool:
+    c = d.client()
+    try:
+        return c.reply(timeout=5).code == 220
+    finally:
+        c.close()
+
+
+ALICE_PW = "Wonderland-7f3kQ"
+
+
+def test_auth_failure_limit_holds_across_workers(sec_daemon, aiosmtpd_upstream, certs, tmp_path):
+    cert, key = certs["mx"]
+    users = write_users(tmp_path / "users.txt", {"alice": ALICE_PW})
+    d = sec_daemon(aiosmtpd_upstream.url, tls_port=True, server=WORKERS, tls={"cert": str(cert), "key": str(key)},
+                   auth={"users_file": str(users), "max_failures": 10, "max_failures_per_client": 3})
+    pids = worker_pids(d)
+    for i in range(3):
+        with d.tls_connect() as c:  # STARTTLS in a worker
+            c.exchange("AUTH PLAIN " + b64(f"\0alice\0wrong-{i}"), 535, "5.7.8")
+    # Every worker now refuses even the right password (tried until both did).
+    refusing = set()
+    for _ in range(60):
+        c = d.tls_client()  # implicit TLS in a worker
+        c.expect(220)
+        c.exchange("EHLO client.test", 250)
+        refusing.add(worker_of(d, c.local_port))
+        c.cmd("AUTH PLAIN " + b64(f"\0alice\0{ALICE_PW}"))
+        c.expect(421, "4.7.0", "Too many failed logins, try again later")
+        c.close()
+        if refusing == pids:
+            break
+    assert refusing == pids
+    # Another address is not affected.
+    with d.tls_connect(source="127.0.0.2") as c:
+        c.exchange("AUTH PLAIN " + b64(f"\0alice\0{ALICE_PW}"), 235, "2.7.0")
+
+
+def test_proxy_protocol_in_workers(sec_daemon, aiosmtpd_upstream):
+    d = sec_daemon(aiosmtpd_upstream.url, server={**WORKERS, "proxy_protocol": True})
+    pids = worker_pids(d)
+    served = set()
+    for i in range(60):
+        with d.client() as c:
+            c.send(f"PROXY TCP4 192.0.2.10 127.0.0.1 {40000 + i} 25\r\n")
+            c.expect(220)
+            c.exchange("EHLO client.test", 250, text="[192.0.2.10]")
+            assert c.transaction("a@example.test", ["b@example.test"], b"Subject: proxied\r\n\r\nx").code == 250
+            c.exchange("QUIT", 221)
+        m = d.wait_log(rf"^\S+ \[(\d+)\] info \w+: PROXY v1: client \[192\.0\.2\.10\]:{40000 + i} via ")
+        served.add(int(m[0].group(1)))
+        if served == pids:
+            break
+    assert served == pids
+    for e in aiosmtpd_upstream.wait_messages(len(served)):
+        assert e["content"].startswith(b"Received: from client.test ([192.0.2.10])\r\n")
+
+
+CRASH_AT_START = """
+import os, signal
+import portcullis as pc
+
+if os.path.exists(pc.config["probe"]["marker"]):
+    os.kill(os.getpid(), signal.SIGKILL)   # a worker that dies as it starts
+
+def on_helo(conn, hostname):
+    return None
+"""
+
+
+def test_a_worker_that_dies_at_start_is_restarted_with_back_off(policy_daemon, aiosmtpd_upstream, tmp_path):
+    marker = tmp_path / "crash"
+    d = policy_daemon(aiosmtpd_upstream.url, CRASH_AT_START, server=WORKERS, probe={"marker": str(marker)})
+    pids = worker_pids(d)
+    marker.touch()
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    # The restarted worker dies as it starts: the wait doubles (0.5 s, then 1 s, ...), it never spins.
+    m = d.wait_log(r"supervisor: worker (\d) \(process \d+\) killed by signal 9 \(KILL\); its connections were dropped; "
+                   r"restarting it in (\d+\.\d) s$", count=2, timeout=10)
+    assert [float(x.group(2)) for x in m] == [0.5, 1.0]
+    assert len({x.group(1) for x in m}) == 1  # the same worker number
+    # The other worker serves meanwhile.
+    with d.connect() as c:
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: t\r\n\r\nx").code == 250
+    # Once it can start again, it comes back.
+    marker.unlink()
+    wait_until(lambda: len(children(d.pid)) == 2 and children(d.pid) != pids, timeout=10, what="the worker back")
