@@ -109,7 +109,11 @@ class Daemon:
         return out
 
     def write_config(self, text: str | None = None) -> None:
-        self.config_path.write_text(text if text is not None else render_toml(self.tables))
+        # Atomically (a new file renamed over the old): a SIGHUP still on its
+        # way must read the old config or the new, never half of one.
+        tmp = self.config_path.with_name(self.config_path.name + ".new")
+        tmp.write_text(text if text is not None else render_toml(self.tables))
+        os.replace(tmp, self.config_path)
 
     def start(self) -> "Daemon":
         env = dict(os.environ)
