@@ -13,6 +13,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 
 #include "bindings/core.hpp"
@@ -79,6 +80,16 @@ struct python_engine::channel {
     bool woken = false;
   };
 
+  // What a submitter waits for: its completion, and the deadline past which
+  // the engine answers for the job itself (no timer per job on the I/O side).
+  struct waiter {
+    completion done;
+    clock::time_point deadline;
+    route where;
+    policy_stage stage;
+    std::chrono::seconds hook_timeout;
+  };
+
   channel(int fd, unsigned max_workers) : wakeup_fd(fd), max_workers(std::max(1u, max_workers)) {}
   ~channel() { ::close(wakeup_fd); }
   channel(const channel&) = delete;
@@ -89,7 +100,8 @@ struct python_engine::channel {
   mutable std::mutex mutex;
   std::deque<queued> loop_queue;    // for the event loop: async stages, reloads, releases
   std::deque<queued> worker_queue;  // for the workers: stages with a plain hook
-  std::map<job_id, completion> waiting;  // submitted, not answered, not abandoned
+  std::map<job_id, waiter> waiting;      // submitted, not answered, not past their deadline
+  std::set<std::pair<clock::time_point, job_id>> deadlines;  // of the jobs waited for, soonest first
   std::map<job_id, stuck> running;       // plain jobs on a worker now
   std::vector<job_id> cancelled;         // async jobs abandoned after Python took them: tasks to cancel
   std::vector<stuck> stuck_jobs;         // plain jobs abandoned while running: stacks to log
@@ -100,12 +112,14 @@ struct python_engine::channel {
   bool thread_done = false;  // the loop's thread
   // The workers: one more is started only when a job would wait behind
   // workers that are all in hooks taking long (a slow lookup must not hold
-  // up other sessions), up to max_workers. The monitor starts one when jobs
-  // wait and nothing else happens.
+  // up other sessions), up to max_workers.
   std::vector<idle_slot*> idle;  // a stack: the last in is woken first
   unsigned workers = 0;
+  // The monitor answers jobs past their deadline and starts a worker when
+  // jobs wait behind slow hooks with nothing else happening. It sleeps until
+  // `monitor_until`; a push that needs it sooner wakes it.
   std::condition_variable monitor_cv;
-  bool monitor_started = false, monitor_waiting = false;
+  clock::time_point monitor_until = clock::time_point::min();  // min: awake
   // `host.run_plain` while the loop runs; read and written under the GIL only
   PyObject* plain_runner = nullptr;
   // start-up handshake: the thread reports whether the policies loaded
@@ -119,7 +133,8 @@ struct python_engine::channel {
     [[maybe_unused]] auto n = ::write(wakeup_fd, &one, sizeof one);
   }
 
-  job_id push(std::shared_ptr<channel> self, queued q, route where, completion done) {
+  job_id push(std::shared_ptr<channel> self, queued q, route where, clock::time_point deadline,
+             std::chrono::seconds hook_timeout, completion done) {
     std::unique_lock lock(mutex);
     if (thread_done || stopping) {
       lock.unlock();
@@ -129,28 +144,64 @@ struct python_engine::channel {
       return 0;
     }
     const auto id = q.id = next_id++;
-    waiting.emplace(id, std::move(done));
+    waiting.emplace(id, waiter{std::move(done), deadline, where, q.job.stage, hook_timeout});
+    deadlines.emplace(deadline, id);
+    clock::time_point monitor_needed = deadline;
     if (where == route::loop) {
       loop_queue.push_back(std::move(q));
-      lock.unlock();
-      wake();
-      return id;
+    } else {
+      worker_queue.push_back(std::move(q));
+      if (!idle.empty()) {
+        idle_slot* slot = idle.back();
+        idle.pop_back();
+        slot->woken = true;
+        slot->cv.notify_one();
+      } else if (must_start_worker(clock::now())) {
+        start_worker(std::move(self));
+      } else {
+        monitor_needed = std::min(monitor_needed, clock::now() + slow_hook);  // a worker may be stuck
+      }
     }
-    worker_queue.push_back(std::move(q));
-    if (!idle.empty()) {
-      idle_slot* slot = idle.back();
-      idle.pop_back();
-      slot->woken = true;
-      slot->cv.notify_one();
-    } else if (must_start_worker(clock::now())) {
-      start_worker(std::move(self));
-    } else if (!monitor_started) {
-      monitor_started = true;
-      std::thread(run_monitor, std::move(self)).detach();
-    } else if (monitor_waiting) {
-      monitor_cv.notify_one();
-    }
+    if (monitor_needed < monitor_until) monitor_cv.notify_one();
+    lock.unlock();
+    if (where == route::loop) wake();
     return id;
+  }
+
+  // (Under the mutex.) The completion of a job answered now, if anybody still waits for it.
+  completion take_waiter(job_id id) {
+    auto it = waiting.find(id);
+    if (it == waiting.end()) return {};  // past its deadline: answered already
+    deadlines.erase({it->second.deadline, id});
+    completion done = std::move(it->second.done);
+    waiting.erase(it);
+    return done;
+  }
+
+  // (Under the mutex.) A job past its deadline: dropped if still queued, else
+  // left to its worker (its stack is logged) or cancelled (an async job).
+  policy_result expire(job_id id, const waiter& w) {
+    const std::string hook = "on_" + std::string(to_string(w.stage));
+    const std::string past = hook + " ran past policy.timeout (" + std::to_string(w.hook_timeout.count()) + " s)";
+    auto drop_queued = [id](std::deque<queued>& q) {
+      auto found = std::find_if(q.begin(), q.end(), [id](const queued& j) { return j.id == id; });
+      if (found == q.end()) return false;
+      q.erase(found);  // never reaches Python
+      return true;
+    };
+    policy_result r;
+    if (drop_queued(worker_queue)) {
+      r.error = past + " and never started: all " + std::to_string(max_workers) + " policy threads were busy";
+    } else if (drop_queued(loop_queue)) {
+      r.error = "no answer from the policy engine's event loop in time";
+    } else if (auto running_job = running.find(id); running_job != running.end()) {
+      stuck_jobs.push_back(running_job->second);  // the loop logs where the hook stands
+      r.error = past + " and was abandoned (its thread runs on)";
+    } else {
+      cancelled.push_back(id);  // the loop cancels the task once it can
+      r.error = "no answer from the policy engine in time";
+    }
+    return r;
   }
 
   // (Under the mutex.) Whether a queued job needs one more worker: none is
@@ -195,12 +246,9 @@ struct python_engine::channel {
     completion done;
     {
       std::lock_guard lock(mutex);
-      auto it = waiting.find(id);
-      if (it == waiting.end()) return;  // abandoned: nobody waits for it
-      done = std::move(it->second);
-      waiting.erase(it);
+      done = take_waiter(id);
     }
-    done(std::move(result));
+    if (done) done(std::move(result));
   }
 
   bool should_stop() {
@@ -219,17 +267,18 @@ struct python_engine::channel {
 
   // Everything still awaited gets an answer (outside the lock: a completion may submit again).
   void fail_waiting(const std::string& why) {
-    std::map<job_id, completion> orphans;
+    std::map<job_id, waiter> orphans;
     {
       std::lock_guard lock(mutex);
       orphans.swap(waiting);
+      deadlines.clear();
       loop_queue.clear();
       worker_queue.clear();
     }
-    for (auto& [id, done] : orphans) {
+    for (auto& [id, w] : orphans) {
       policy_result r;
       r.error = why;
-      done(std::move(r));
+      w.done(std::move(r));
     }
   }
 
@@ -310,10 +359,7 @@ void python_engine::channel::run_worker(std::shared_ptr<channel> self) {
       std::unique_lock lock(ch.mutex);
       if (finished != 0) {
         ch.running.erase(finished);
-        if (auto it = ch.waiting.find(finished); it != ch.waiting.end()) {
-          done = std::move(it->second);
-          ch.waiting.erase(it);
-        }
+        done = ch.take_waiter(finished);
       }
       if (!done && ch.worker_queue.empty() && !ch.stopping) {
         slot.woken = false;
@@ -348,22 +394,42 @@ void python_engine::channel::run_worker(std::shared_ptr<channel> self) {
   PyGILState_Release(gil);
 }
 
-// Starts a worker when jobs wait behind workers that are all in slow hooks
-// and no new job comes to notice it. Sleeps while the queue is empty.
+// Answers jobs past their deadline, and starts a worker when jobs wait
+// behind workers that are all in slow hooks and no new job comes to notice it.
 void python_engine::channel::run_monitor(std::shared_ptr<channel> self) {
   channel& ch = *self;
   pthread_setname_np(pthread_self(), "pc-monitor");
   std::unique_lock lock(ch.mutex);
   while (!ch.stopping) {
-    if (ch.worker_queue.empty() || ch.workers >= ch.max_workers) {
-      ch.monitor_waiting = true;
-      ch.monitor_cv.wait(lock);
-      ch.monitor_waiting = false;
+    const auto now = clock::now();
+    std::vector<std::pair<completion, policy_result>> late;
+    while (!ch.deadlines.empty() && ch.deadlines.begin()->first <= now) {
+      const job_id id = ch.deadlines.begin()->second;
+      ch.deadlines.erase(ch.deadlines.begin());
+      auto it = ch.waiting.find(id);
+      if (it == ch.waiting.end()) continue;
+      waiter w = std::move(it->second);
+      ch.waiting.erase(it);
+      auto result = ch.expire(id, w);
+      late.emplace_back(std::move(w.done), std::move(result));
+    }
+    if (!ch.worker_queue.empty() && ch.idle.empty() && ch.must_start_worker(now)) ch.start_worker(self);
+    if (!late.empty()) {
+      lock.unlock();
+      ch.wake();  // the loop logs stuck hooks and cancels abandoned tasks
+      for (auto& [done, result] : late) done(std::move(result));
+      lock.lock();
       continue;
     }
-    ch.monitor_cv.wait_for(lock, slow_hook);
-    if (!ch.stopping && !ch.worker_queue.empty() && ch.idle.empty() && ch.must_start_worker(clock::now()))
-      ch.start_worker(self);
+    auto until = ch.deadlines.empty() ? clock::time_point::max() : ch.deadlines.begin()->first;
+    if (!ch.worker_queue.empty() && ch.workers < ch.max_workers) until = std::min(until, now + slow_hook);
+    ch.monitor_until = until;
+    if (until == clock::time_point::max()) {
+      ch.monitor_cv.wait(lock);
+    } else {
+      ch.monitor_cv.wait_until(lock, until);
+    }
+    ch.monitor_until = clock::time_point::min();
   }
 }
 
@@ -494,6 +560,7 @@ python_engine::python_engine(const config& cfg) {
   const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (fd < 0) throw std::runtime_error("eventfd failed");
   channel_ = std::make_shared<channel>(fd, cfg.policy.threads);
+  std::thread(channel::run_monitor, channel_).detach();  // it leaves when the engine stops
   thread_ = std::thread(policy_thread, channel_, static_cast<double>(cfg.policy.timeout.count()),
                         to_string(cfg.policy.on_error), cfg.policy.threads);
   // The completion lives in the channel it reports to: a raw pointer, no cycle.
@@ -501,7 +568,7 @@ python_engine::python_engine(const config& cfg) {
   channel::queued q;
   q.what = channel::kind::reload;
   q.reload = settings_of(cfg);
-  channel_->push(channel_, std::move(q), route::loop, [ch](policy_result r) {
+  channel_->push(channel_, std::move(q), route::loop, channel::clock::time_point::max(), {}, [ch](policy_result r) {
     if (!r.error) {
       std::lock_guard lock(ch->mutex);
       ch->generations[r.generation] = r.hooks;
@@ -548,10 +615,11 @@ void python_engine::stop() {
   channel_->fail_waiting("the policy engine has stopped");
 }
 
-python_engine::job_id python_engine::submit(policy_job job, route where, completion done) {
+void python_engine::submit(policy_job job, route where, std::chrono::steady_clock::time_point deadline,
+                           std::chrono::seconds hook_timeout, completion done) {
   channel::queued q;
   q.job = std::move(job);
-  return channel_->push(channel_, std::move(q), where, std::move(done));
+  channel_->push(channel_, std::move(q), where, deadline, hook_timeout, std::move(done));
 }
 
 void python_engine::forget(std::string session_id) {
@@ -565,40 +633,13 @@ generation_hooks python_engine::hooks(policy_generation generation) const {
   return it == channel_->generations.end() ? generation_hooks{} : it->second;
 }
 
-python_engine::abandoned python_engine::abandon(job_id id) {
-  completion dropped;  // destroyed outside the lock
-  abandoned what;
-  {
-    std::lock_guard lock(channel_->mutex);
-    auto it = channel_->waiting.find(id);
-    if (it == channel_->waiting.end()) return abandoned::not_waiting;  // answered already (or never queued)
-    dropped = std::move(it->second);
-    channel_->waiting.erase(it);
-    auto drop_queued = [id](std::deque<channel::queued>& q) {
-      auto found = std::find_if(q.begin(), q.end(), [id](const channel::queued& j) { return j.id == id; });
-      if (found == q.end()) return false;
-      q.erase(found);  // never reaches Python
-      return true;
-    };
-    if (drop_queued(channel_->worker_queue) || drop_queued(channel_->loop_queue)) return abandoned::never_started;
-    if (auto running = channel_->running.find(id); running != channel_->running.end()) {
-      channel_->stuck_jobs.push_back(running->second);  // the loop logs where the hook stands
-      what = abandoned::left_running;
-    } else {
-      channel_->cancelled.push_back(id);  // the loop cancels the task once it can
-      what = abandoned::cancelled;
-    }
-  }
-  channel_->wake();
-  return what;
-}
-
 void python_engine::reload(const config& cfg, reload_done done) {
   channel::queued q;
   q.what = channel::kind::reload;
   q.reload = settings_of(cfg);
   channel* ch = channel_.get();
-  channel_->push(channel_, std::move(q), route::loop, [ch, done = std::move(done)](policy_result r) {
+  channel_->push(channel_, std::move(q), route::loop, channel::clock::time_point::max(), {},
+                 [ch, done = std::move(done)](policy_result r) {
     if (!r.error) {
       std::lock_guard lock(ch->mutex);
       ch->generations[r.generation] = r.hooks;
@@ -615,7 +656,7 @@ void python_engine::release(policy_generation generation) {
   channel::queued q;
   q.what = channel::kind::release;
   q.job.generation = generation;
-  channel_->push(channel_, std::move(q), route::loop, [](policy_result) {});
+  channel_->push(channel_, std::move(q), route::loop, channel::clock::time_point::max(), {}, [](policy_result) {});
 }
 
 }  // namespace portcullis

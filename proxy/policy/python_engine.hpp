@@ -13,6 +13,7 @@
 // engine may be made again after one failed to load or was destroyed.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,11 +50,16 @@ class python_engine {
   // event loop (every hook of the stage is `async def`).
   enum class route { worker, loop };
 
-  // Queues a job and returns its id. `done` runs exactly once, on a policy
-  // thread (or on the caller's, when the engine has stopped), unless the job
-  // is abandoned first: it must only hand the result over (post to the
-  // session's strand), never block.
-  job_id submit(policy_job job, route where, completion done);
+  // Queues a job. `done` runs exactly once, on a policy thread (or on the
+  // caller's, when the engine has stopped): with the job's result, or, once
+  // `deadline` passes, with an error saying what became of it (a job still
+  // queued is dropped and never runs; a plain hook running is left to its
+  // worker, and the loop logs where it stands; an async job is cancelled).
+  // A late result is discarded. `hook_timeout` (policy.timeout) is for that
+  // message. `done` must only hand the result over (post to the session's
+  // strand), never block.
+  void submit(policy_job job, route where, std::chrono::steady_clock::time_point deadline,
+              std::chrono::seconds hook_timeout, completion done);
 
   // Python may drop what it keeps for the session (its Connection, its
   // data): the session ended and its policies have no on_disconnect hook.
@@ -62,15 +68,6 @@ class python_engine {
 
   // The hooks each stage of `generation` has (all zero once it is released).
   generation_hooks hooks(policy_generation generation) const;
-
-  // The submitter stopped waiting for `id` (its deadline passed): a job still
-  // queued is dropped and never runs; one Python already took is cancelled
-  // (an async one) or abandoned to its worker, whose stack is logged (a
-  // plain one), and its result discarded. After this `done` is not called, unless it was
-  // already being called (a result that raced the deadline). Unknown or
-  // finished ids are ignored.
-  enum class abandoned { not_waiting, never_started, left_running, cancelled };
-  abandoned abandon(job_id id);
 
   // Reloads the policies of `cfg` (SIGHUP): sessions in progress keep the old
   // code. `done` gets the error, if any (the old policies then stay).

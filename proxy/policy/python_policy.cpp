@@ -79,7 +79,6 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
       generation_(generation),
       hooks_(engine_->hooks(generation)),
       timeout_(cfg.policy.timeout),
-      threads_(cfg.policy.threads),
       accept_on_error_(cfg.policy.on_error == on_error_mode::accept),
       max_recipients_(cfg.server.max_recipients),
       max_message_size_(cfg.server.max_message_size) {}
@@ -106,54 +105,17 @@ awaitable<policy_result> python_policy::run(policy_job job) {
       known_.insert(job.session_id);
     }
   }
-  // One waiter per job: the engine's answer and the deadline race on the
-  // session's strand; the first to arrive resumes the session. When the
-  // deadline wins, the engine is told to drop the job: a job still queued
-  // never runs, and the answer of one already running is discarded.
+  // The engine answers exactly once: with the result, or at the deadline
+  // with what became of the job (it keeps the deadlines: no timer per job
+  // here). The answer resumes the session on its strand.
   auto ex = co_await asio::this_coro::executor;
-  const std::weak_ptr<python_engine> engine = engine_;
-  const unsigned threads = threads_;
-  const auto seconds = timeout_.count();
   auto result = co_await asio::async_initiate<const asio::use_awaitable_t<>, void(policy_result)>(
       [&](auto handler) {
-        using handler_t = decltype(handler);
-        struct waiter {
-          explicit waiter(handler_t h, asio::any_io_executor e) : handler(std::move(h)), timer(e) {}
-          handler_t handler;
-          asio::steady_timer timer;
-          bool done = false;
-          void finish(policy_result r) {
-            if (done) return;
-            done = true;
-            timer.cancel();
-            std::move(handler)(std::move(r));
-          }
-        };
-        auto w = std::make_shared<waiter>(std::move(handler), ex);
-        const auto id = engine_->submit(std::move(job), route, [w, ex](policy_result r) {
-          asio::post(ex, [w, r = std::move(r)]() mutable { w->finish(std::move(r)); });
-        });
-        w->timer.expires_after(deadline);
-        w->timer.async_wait([w, engine, id, stage, threads, seconds](boost::system::error_code ec) {
-          if (ec || w->done) return;
-          auto fate = python_engine::abandoned::not_waiting;
-          if (auto e = engine.lock()) fate = e->abandon(id);
-          policy_result r;
-          const std::string hook = "on_" + std::string(to_string(stage));
-          switch (fate) {
-            case python_engine::abandoned::never_started:
-              r.error = hook + " ran past policy.timeout (" + std::to_string(seconds) + " s) and never started: all " +
-                        std::to_string(threads) + " policy threads were busy";
-              break;
-            case python_engine::abandoned::left_running:
-              r.error = hook + " ran past policy.timeout (" + std::to_string(seconds) +
-                        " s) and was abandoned (its thread runs on)";
-              break;
-            default:
-              r.error = "no answer from the policy engine in time";
-          }
-          w->finish(std::move(r));
-        });
+        auto resume = std::make_shared<decltype(handler)>(std::move(handler));  // std::function copies
+        engine_->submit(std::move(job), route, std::chrono::steady_clock::now() + deadline, timeout_,
+                        [resume, ex](policy_result r) {
+                          asio::post(ex, [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); });
+                        });
       },
       asio::use_awaitable);
   co_return result;

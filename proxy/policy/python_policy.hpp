@@ -49,7 +49,6 @@ class python_policy final : public policy {
   policy_generation generation_;
   generation_hooks hooks_;
   std::chrono::seconds timeout_;  // policy.timeout, per hook call
-  unsigned threads_;              // policy.threads
   // Sessions Python holds a record of (it got a job of theirs): their end is
   // told to Python even when no hook runs at disconnect.
   std::mutex known_mutex_;
