@@ -12,12 +12,16 @@ that counts is the ratio to direct, as a median over the rounds.
     bench/bench.py --json bench.json              # the figures as JSON too
 
 Every case starts a fresh daemon, so its peak RSS (VmHWM) is its own.
+The daemon runs as shipped (--workers 0: a supervisor and one worker process
+per core); CPU and RSS are sums over its processes (the supervisor and every
+worker), and a worker restarted during a case fails the run. --workers 1 runs
+one process with no supervisor.
 Throughput cases: messages/s direct and through the proxy (medians), the
 ratio, the proxy's CPU per message (median, user + system), p50/p99 of a
 transaction (connect to the 250 after the final dot) measured by a small
 probe client after each smtp-source run, peak RSS, and whether the sink
 received every message sent through the proxy. The 50 MiB case reports the
-RSS the daemon grows by for one message; the idle case the RSS per idle
+RSS the worker that took it grows by for one message; the idle case the RSS per idle
 connection at 10,000 connections (proxy only: there is nothing to compare
 directly). A table at the end repeats every case with its targets from
 issue 8 and whether each holds. Exit 1 if any mail was lost or the daemon
@@ -67,6 +71,7 @@ IDLE_HANDSHAKES_IN_FLIGHT = 200    # below the listen backlog (net.core.somaxcon
 IDLE_REPLY_TIMEOUT = 15           # seconds for the banner, EHLO's reply: a daemon that stops accepting fails fast
 IDLE_HOLD_SECONDS = 2              # idle before RSS is read, so nothing is still being set up
 BIG_MESSAGE = 50 * MIB
+WARM_UP_PER_WORKER = 16            # small messages per worker before the 50 MiB one (see run_big)
 MAX_MESSAGE_SIZE = 64 * MIB        # the bench config's server.max_message_size: room for BIG_MESSAGE + headers
 PROBE_TIMEOUT = 120                # seconds per probe reply (a 1 MiB message on a loaded machine)
 
@@ -124,6 +129,38 @@ def reset_peak_rss(pid):
         return False
 
 
+def children(pid):
+    """The pids of a process's children (the workers under the supervisor).
+
+    /proc/PID/task/TID/children where the kernel has it (CONFIG_PROC_CHILDREN),
+    else every /proc/N/stat whose parent is `pid`."""
+    try:
+        kids = set()
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.update(int(k) for k in f.read().split())
+        return sorted(kids)
+    except FileNotFoundError:
+        pass
+    kids = []
+    for n in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{n}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            kids.append(int(n))
+    return sorted(kids)
+
+
+def listeners(port):
+    """Sockets listening on 127.0.0.1:port: one per worker (SO_REUSEPORT)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return sum(1 for line in f.readlines()[1:] if line.split()[1] == want and line.split()[3] == "0A")
+
+
 def cpu_seconds(pid):
     """The process's CPU time (user + system, every thread, ended ones too).
 
@@ -176,8 +213,17 @@ class Sink:
 
 
 class Proxy:
-    def __init__(self, binary, work, sink_port, policy, server_extra=""):
+    """The daemon with the bench config; `workers` is server.workers (0: the daemon's default, one per core).
+
+    Its processes: the pid started and, under a supervisor, the workers it
+    forked. `pids` is taken once every worker listens; CPU and RSS are summed
+    over them, and `restarted()` says whether that set changed (a worker died
+    and was started again: its CPU and peak RSS are lost, the run is void)."""
+
+    def __init__(self, binary, work, sink_port, policy, server_extra="", workers=1):
         self.port = free_port()
+        # The daemon's own count for 0 (std::thread::hardware_concurrency: the online CPUs).
+        self.workers = workers or os.cpu_count() or 1
         cfg = os.path.join(work, f"bench-{self.port}.toml")
         limit = IDLE_CONNECTIONS + 1000
         with open(cfg, "w") as f:
@@ -187,9 +233,7 @@ listen = ["127.0.0.1:{self.port}"]
 max_connections = {limit}
 max_connections_per_client = {limit}
 max_message_size = {MAX_MESSAGE_SIZE}
-# One process: CPU and RSS below are read from this pid alone (the default,
-# one worker per core, would put the work in child processes).
-workers = 1
+workers = {workers}
 {server_extra}
 [upstream]
 url = "smtp://127.0.0.1:{sink_port}"
@@ -201,6 +245,51 @@ url = "smtp://127.0.0.1:{sink_port}"
                                      env={**os.environ, "PORTCULLIS_LOG_LEVEL": "warn"},
                                      preexec_fn=raise_fd_limit)
         wait_port(self.port)
+        self.pids = self.wait_workers()
+
+    def wait_workers(self, timeout=30):
+        """The daemon's pids once every worker listens (each opens its own socket after loading its policies)."""
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                sys.exit(f"portcullis exited {self.proc.returncode}; see {self.log}")
+            kids = children(self.proc.pid) if self.workers > 1 else []
+            if len(kids) == (self.workers if self.workers > 1 else 0) and listeners(self.port) == self.workers:
+                return [self.proc.pid] + kids
+            if time.time() > deadline:
+                sys.exit(f"portcullis: {len(kids)} workers, {listeners(self.port)} listening, "
+                         f"not {self.workers}; see {self.log}")
+            time.sleep(0.05)
+
+    def current_pids(self):
+        return [self.proc.pid] + (children(self.proc.pid) if self.workers > 1 else [])
+
+    def restarted(self):
+        """True when the daemon's processes are no longer the ones of start-up (a worker restarted)."""
+        return self.current_pids() != self.pids
+
+    def cpu(self):
+        """CPU seconds of every process of the daemon, summed (a process gone counts 0: see restarted())."""
+        total = 0.0
+        for pid in self.pids:
+            try:
+                total += cpu_seconds(pid)
+            except OSError:
+                pass
+        return total
+
+    def status(self, key):
+        """{pid: /proc/PID/status figure in bytes} for every process of the daemon (0 for one gone)."""
+        out = {}
+        for pid in self.pids:
+            try:
+                out[pid] = proc_status(pid, key)
+            except OSError:
+                out[pid] = 0
+        return out
+
+    def reset_peak_rss(self):
+        return all([reset_peak_rss(pid) for pid in self.pids])
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -295,21 +384,22 @@ def run_flow(args, sink, work, case):
     _, name, policy, sessions, share, size, rcpts = case
     messages = max(20, int(args.messages * share))
     transactions = max(2 * sessions, min(args.probe, messages))
-    proxy = Proxy(args.bin, work, sink.port, policy)
+    proxy = Proxy(args.bin, work, sink.port, policy, workers=args.workers)
     direct, via, cpu, lat_direct, lat_proxy = [], [], [], [], []
     ok = True
     try:
-        reset_peak_rss(proxy.proc.pid)  # start-up (loading Python, the policy) is not the case's
+        proxy.reset_peak_rss()  # start-up (loading Python, the policy) is not the case's
         for _ in range(args.rounds):
             direct.append(messages / smtp_source(sink.port, sessions, messages, size, rcpts))
             lat_direct += probe(sink.port, sessions, transactions, size, rcpts)
             before = sink.settle()
-            cpu0 = cpu_seconds(proxy.proc.pid)
+            cpu0 = proxy.cpu()
             via.append(messages / smtp_source(proxy.port, sessions, messages, size, rcpts))
-            cpu.append((cpu_seconds(proxy.proc.pid) - cpu0) / messages * 1e6)
+            cpu.append((proxy.cpu() - cpu0) / messages * 1e6)
             lat_proxy += probe(proxy.port, sessions, transactions, size, rcpts)
             ok = ok and sink.settle() - before == messages + transactions
-        rss = proc_status(proxy.proc.pid, "VmHWM")
+        rss = sum(proxy.status("VmHWM").values())  # each process's peak, summed
+        restarted = proxy.restarted()
     finally:
         proxy.stop()
     d, p = statistics.median(direct), statistics.median(via)
@@ -320,35 +410,47 @@ def run_flow(args, sink, work, case):
             "hook_calls_per_msg": hook_calls(policy, rcpts),
             "p50_direct_ms": ms(lat_direct, 50), "p99_direct_ms": ms(lat_direct, 99),
             "p50_proxy_ms": ms(lat_proxy, 50), "p99_proxy_ms": ms(lat_proxy, 99),
-            "probe_transactions": len(lat_proxy), "peak_rss_bytes": rss, "delivered_all": ok}
+            "probe_transactions": len(lat_proxy), "peak_rss_bytes": rss, "processes": len(proxy.pids),
+            "restarted": restarted, "delivered_all": ok}
 
 
 def run_big(args, sink, work, case):
-    """One 50 MiB message per round: throughput and how much the daemon's RSS grows for it."""
+    """One 50 MiB message per round: throughput and how much RSS grows for it in the worker that took it.
+
+    Per process (VmHWM after minus VmRSS before), the largest growth: each
+    round's message goes to one worker, whichever the kernel picks."""
     _, name, policy, _, _, size, _ = case
-    proxy = Proxy(args.bin, work, sink.port, policy)
+    proxy = Proxy(args.bin, work, sink.port, policy, workers=args.workers)
     direct, via = [], []
     ok = True
     try:
-        # A small message first, so that what one upstream transaction sets up once is in the baseline.
+        # Small messages first, so that what one upstream transaction sets up once is in the baseline of
+        # every worker: each is a connection of its own, which the kernel gives to a worker by a hash of
+        # its ports, so WARM_UP_PER_WORKER per worker leaves a given worker out with odds under e^-16.
+        warm = WARM_UP_PER_WORKER * proxy.workers
         before = sink.settle()
-        smtp_source(proxy.port, 1, 1, 4096, 1)
-        ok = sink.settle() - before == 1
+        smtp_source(proxy.port, 1, warm, 4096, 1)
+        ok = sink.settle() - before == warm
         time.sleep(0.5)
-        baseline = proc_status(proxy.proc.pid, "VmRSS")
-        peak_is_own = reset_peak_rss(proxy.proc.pid)
+        baseline = proxy.status("VmRSS")
+        peak_is_own = proxy.reset_peak_rss()
         for _ in range(args.rounds):
             direct.append(size / MIB / smtp_source(sink.port, 1, 1, size, 1))
             before = sink.settle()
             via.append(size / MIB / smtp_source(proxy.port, 1, 1, size, 1))
             ok = ok and sink.settle() - before == 1
-        peak = proc_status(proxy.proc.pid, "VmHWM")
+        peak = proxy.status("VmHWM")
+        restarted = proxy.restarted()
     finally:
         proxy.stop()
     d, p = statistics.median(direct), statistics.median(via)
+    took = max(peak, key=lambda pid: peak[pid] - baseline[pid])  # the process that grew most
     return {"case": name, "kind": "big", "policy": policy, "size": size, "direct_mib_per_s": d,
-            "proxy_mib_per_s": p, "ratio": p / d, "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,
-            "rss_growth_bytes": peak - baseline, "peak_since_start": not peak_is_own, "delivered_all": ok}
+            "proxy_mib_per_s": p, "ratio": p / d, "baseline_rss_bytes": baseline[took],
+            "peak_rss_bytes": peak[took], "rss_growth_bytes": peak[took] - baseline[took],
+            "grown_pid_is_worker": took != proxy.proc.pid or proxy.workers == 1,
+            "peak_since_start": not peak_is_own, "processes": len(proxy.pids), "restarted": restarted,
+            "delivered_all": ok}
 
 
 async def idle_open(port, count):
@@ -384,27 +486,28 @@ async def idle_open(port, count):
 def run_idle(args, sink, work, case):
     """RSS per idle connection (after banner and EHLO) at 10,000 connections: the proxy alone."""
     _, name, policy, count, _, _, _ = case
-    proxy = Proxy(args.bin, work, sink.port, policy)
+    proxy = Proxy(args.bin, work, sink.port, policy, workers=args.workers)
     try:
         time.sleep(0.5)
-        before = proc_status(proxy.proc.pid, "VmRSS")
+        before = sum(proxy.status("VmRSS").values())  # every process's, summed
 
         async def hold():
             writers, refused = await idle_open(proxy.port, count)
             await asyncio.sleep(IDLE_HOLD_SECONDS)
-            during = proc_status(proxy.proc.pid, "VmRSS")
+            during = sum(proxy.status("VmRSS").values())
             for w in writers:
                 w.close()
             return len(writers), refused, during
 
         opened, refused, during = asyncio.run(hold())
         alive = proxy.proc.poll() is None
+        restarted = proxy.restarted()
     finally:
         proxy.stop()
     return {"case": name, "kind": "idle", "policy": policy, "connections": count, "opened": opened,
             "refused": len(refused), "refused_why": sorted(set(refused))[:5], "rss_before_bytes": before,
             "rss_idle_bytes": during, "rss_per_connection_bytes": (during - before) / max(1, opened),
-            "daemon_alive": alive, "delivered_all": True}
+            "daemon_alive": alive, "processes": len(proxy.pids), "restarted": restarted, "delivered_all": True}
 
 
 # ---------------------------------------------------------------- targets and the table
@@ -435,6 +538,8 @@ def targets(results):
             checks.append(("all accepted", r["opened"] == r["connections"] and r["daemon_alive"]))
             checks.append((f"< {IDLE_CONN_MAX_BYTES >> 10} KiB/conn", r["rss_per_connection_bytes"] < IDLE_CONN_MAX_BYTES))
         checks.append(("every message arrived", r["delivered_all"]))
+        if r["restarted"]:
+            checks.append(("no worker restarted", False))
         r["targets"] = [{"target": what, "holds": holds} for what, holds in checks]
 
 
@@ -465,8 +570,13 @@ HEADER = (f"{'case':42} {'direct/s':>8} {'proxy/s':>8} {'ratio':>5} {'CPU us':>6
 
 
 def notes(r):
+    if r["restarted"]:
+        return "A WORKER WAS RESTARTED during the case: its figures are void (see the daemon's log)"
     if r["kind"] == "big":
-        return (f"RSS {r['baseline_rss_bytes'] / MIB:.1f} MiB before, peak {r['peak_rss_bytes'] / MIB:.1f} MiB: "
+        who = "the worker that took it" if r["processes"] > 1 else "the daemon"
+        if not r["grown_pid_is_worker"]:
+            who = "the supervisor (no worker grew more)"
+        return (f"RSS of {who}: {r['baseline_rss_bytes'] / MIB:.1f} MiB before, peak {r['peak_rss_bytes'] / MIB:.1f} MiB: "
                 f"grew {r['rss_growth_bytes'] / MIB:.1f} MiB" + (" (peak since start-up)" if r["peak_since_start"] else ""))
     if r["kind"] == "idle":
         s = (f"{r['opened']} of {r['connections']} open, RSS {r['rss_before_bytes'] / MIB:.1f} -> "
@@ -477,8 +587,18 @@ def notes(r):
     return ""
 
 
-def print_table(results):
-    print("\n" + HEADER)
+def processes_note(workers):
+    """What CPU and RSS are taken over, for the line above the table."""
+    n = workers or os.cpu_count() or 1
+    if n == 1:
+        return f"workers = {workers}: one process, no supervisor; CPU and RSS are its own"
+    return (f"workers = {workers} ({n} worker processes and their supervisor): CPU us and RSS MiB are sums over "
+            f"the {n + 1} processes (RSS: each one's peak); the 50 MiB case: the worker that grew most")
+
+
+def print_table(results, workers):
+    print("\n" + processes_note(workers))
+    print(HEADER)
     for r in results:
         print(row_text(r))
     print("\ncase: targets (issue 8)")
@@ -499,7 +619,11 @@ def main():
     ap.add_argument("--probe", type=int, default=200, help="latency probe transactions per run (at most the messages)")
     ap.add_argument("--only", default="", help="run the cases whose name contains this")
     ap.add_argument("--json", metavar="FILE", help="write the figures and targets as JSON")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="server.workers of the daemon (default 0, the daemon's own: one per core; 1: one process)")
     args = ap.parse_args()
+    if args.workers < 0:
+        ap.error("--workers must be 0 or more")
 
     fd_limit = raise_fd_limit()
     cases = [c for c in CASES if args.only in c[1]]
@@ -508,6 +632,7 @@ def main():
     work = tempfile.mkdtemp(prefix="portcullis-bench-")
     sink = Sink(work)
     results = []
+    print(processes_note(args.workers))
     print(HEADER, flush=True)
     try:
         for case in cases:
@@ -518,9 +643,10 @@ def main():
     finally:
         sink.stop()
     targets(results)
-    print_table(results)
+    print_table(results, args.workers)
     if args.json:
-        meta = {"rounds": args.rounds, "messages": args.messages, "cpus": os.cpu_count(), "time": time.time(),
+        meta = {"rounds": args.rounds, "messages": args.messages, "cpus": os.cpu_count(), "workers": args.workers,
+                "time": time.time(),
                 "commit": subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True,
                                          text=True).stdout.strip()}
         with open(args.json, "w") as f:
@@ -529,6 +655,8 @@ def main():
         sys.exit("mail was lost: see above")
     if any(r["kind"] == "idle" and not r["daemon_alive"] for r in results):
         sys.exit("the daemon died during the idle case")
+    if any(r["restarted"] for r in results):
+        sys.exit("a worker was restarted during a case: see above")
 
 
 if __name__ == "__main__":
