@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -117,6 +118,38 @@ def proc_status(pid, key):
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def proc_pss(pid):
+    """A process's proportional set size in bytes (/proc/PID/smaps_rollup): each page it
+    shares with others (libpython, the libraries, pages shared since fork) counted in
+    proportion, so summing over the workers does not count them once per worker."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class PssSampler(threading.Thread):
+    """The peak of the daemon's PSS summed over its processes, sampled every 100 ms
+    (the kernel keeps no PSS high-water mark)."""
+
+    def __init__(self, pids):
+        super().__init__(daemon=True)
+        self.pids, self.peak, self.done = list(pids), 0, threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, sum(proc_pss(pid) for pid in self.pids))
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        return self.peak
 
 
 def reset_peak_rss(pid):
@@ -387,8 +420,10 @@ def run_flow(args, sink, work, case):
     proxy = Proxy(args.bin, work, sink.port, policy, workers=args.workers)
     direct, via, cpu, lat_direct, lat_proxy = [], [], [], [], []
     ok = True
+    pss = PssSampler(proxy.pids)
     try:
         proxy.reset_peak_rss()  # start-up (loading Python, the policy) is not the case's
+        pss.start()
         for _ in range(args.rounds):
             direct.append(messages / smtp_source(sink.port, sessions, messages, size, rcpts))
             lat_direct += probe(sink.port, sessions, transactions, size, rcpts)
@@ -401,6 +436,7 @@ def run_flow(args, sink, work, case):
         rss = sum(proxy.status("VmHWM").values())  # each process's peak, summed
         restarted = proxy.restarted()
     finally:
+        peak_pss = pss.stop() if pss.is_alive() else 0
         proxy.stop()
     d, p = statistics.median(direct), statistics.median(via)
     ms = lambda samples, q: None if not samples else percentile(samples, q) * 1e3
@@ -410,7 +446,8 @@ def run_flow(args, sink, work, case):
             "hook_calls_per_msg": hook_calls(policy, rcpts),
             "p50_direct_ms": ms(lat_direct, 50), "p99_direct_ms": ms(lat_direct, 99),
             "p50_proxy_ms": ms(lat_proxy, 50), "p99_proxy_ms": ms(lat_proxy, 99),
-            "probe_transactions": len(lat_proxy), "peak_rss_bytes": rss, "processes": len(proxy.pids),
+            "probe_transactions": len(lat_proxy), "peak_rss_bytes": rss, "peak_pss_bytes": peak_pss,
+            "processes": len(proxy.pids),
             "restarted": restarted, "delivered_all": ok}
 
 
@@ -551,7 +588,8 @@ def row_text(r):
     """The columns a result shares with the others; the kind-specific figures go to `notes`."""
     cols = {"direct": None, "proxy": None, "ratio": r.get("ratio"), "cpu": r.get("cpu_us_per_msg"),
             "hook": r.get("hook_us_per_call"), "p50d": r.get("p50_direct_ms"), "p99d": r.get("p99_direct_ms"),
-            "p50p": r.get("p50_proxy_ms"), "p99p": r.get("p99_proxy_ms"), "rss": r.get("peak_rss_bytes")}
+            "p50p": r.get("p50_proxy_ms"), "p99p": r.get("p99_proxy_ms"), "rss": r.get("peak_rss_bytes"),
+            "pss": r.get("peak_pss_bytes")}
     if r["kind"] == "flow":
         cols["direct"], cols["proxy"] = f"{r['direct_per_s']:.0f}", f"{r['proxy_per_s']:.0f}"
     elif r["kind"] == "big":
@@ -562,11 +600,12 @@ def row_text(r):
             f"{fmt(cols['cpu'], '.0f'):>6} {fmt(cols['hook'], '.1f'):>6} "
             f"{fmt(cols['p50d'], '.1f'):>6} {fmt(cols['p99d'], '.1f'):>6} "
             f"{fmt(cols['p50p'], '.1f'):>6} {fmt(cols['p99p'], '.1f'):>6} "
-            f"{fmt(cols['rss'] / MIB if cols['rss'] else None, '.1f'):>7} {'all' if r['delivered_all'] else 'LOST':>4}")
+            f"{fmt(cols['rss'] / MIB if cols['rss'] else None, '.1f'):>7} "
+            f"{fmt(cols['pss'] / MIB if cols['pss'] else None, '.1f'):>7} {'all' if r['delivered_all'] else 'LOST':>4}")
 
 
 HEADER = (f"{'case':42} {'direct/s':>8} {'proxy/s':>8} {'ratio':>5} {'CPU us':>6} {'us/hk':>6} "
-          f"{'p50 d':>6} {'p99 d':>6} {'p50 p':>6} {'p99 p':>6} {'RSS MiB':>7} {'mail':>4}")
+          f"{'p50 d':>6} {'p99 d':>6} {'p50 p':>6} {'p99 p':>6} {'RSS MiB':>7} {'PSS MiB':>7} {'mail':>4}")
 
 
 def notes(r):
@@ -593,7 +632,8 @@ def processes_note(workers):
     if n == 1:
         return f"workers = {workers}: one process, no supervisor; CPU and RSS are its own"
     return (f"workers = {workers} ({n} worker processes and their supervisor): CPU us and RSS MiB are sums over "
-            f"the {n + 1} processes (RSS: each one's peak); the 50 MiB case: the worker that grew most")
+            f"the {n + 1} processes (RSS: each one's peak, shared pages counted once per process; PSS: the peak of "
+            f"the sum, sampled every 100 ms, shared pages counted once); the 50 MiB case: the worker that grew most")
 
 
 def print_table(results, workers):
