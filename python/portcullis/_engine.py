@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import itertools
 import linecache
+import operator
 import os
 import queue
 import re
@@ -25,7 +26,7 @@ import time
 import tomllib
 import traceback
 import types
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -590,17 +591,19 @@ def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookF
 class _Session:
     """What the host keeps per session: the engine it is bound to, its Connection, its Transaction."""
 
-    __slots__ = ("engine", "conn", "tx", "envelope", "candidate", "before")
+    __slots__ = ("engine", "conn", "tx", "connection", "envelope", "candidate", "before", "before_objects")
 
     def __init__(self, engine: Engine, conn: Connection) -> None:
         self.engine = engine
         self.conn = conn
         self.tx: Transaction | None = None
+        self.connection: tuple[Any, ...] = ()  # the daemon's view of the connection conn was last set from
         # The daemon's envelope tx holds unchanged (None: rebuild it at the next job), and the one
         # the running stage started from.
         self.envelope: tuple[Any, ...] | None = None
         self.candidate: tuple[Any, ...] | None = None
         self.before: tuple[str, list[str]] = ("", [])  # tx's sender and recipients as made, for rewrites
+        self.before_objects: tuple[Any, list[Any]] = (None, [])  # ... and the objects themselves
 
 
 class EngineHost:
@@ -765,27 +768,7 @@ class EngineHost:
                 self.release(job.get("generation"))
                 return None
             return error_result(f"unknown job stage {stage!r}")
-        prepared = self._prepare(job)
-        if not isinstance(prepared, _Prepared):
-            return prepared
-        tokens = prepared.enter()
-        try:
-            stage = prepared.steps
-            value: Any = None
-            failure: HookFailure | None = None
-            while True:
-                try:
-                    hook, args = stage.send(value) if failure is None else stage.throw(failure)
-                except StopIteration as done:
-                    return done.value
-                try:
-                    value, failure = await call_hook(prepared.session.engine, hook, args), None
-                except HookFailure as f:
-                    value, failure = None, f
-        except Exception as e:  # a bug here must still answer the job
-            return _internal_error(job.stage, e)
-        finally:
-            prepared.leave(tokens)
+        return await self._drive(job, call_hook)
 
     def run_plain(self, job: Any, forgotten: Sequence[str] | None = None) -> Any:
         """Runs one job on the calling thread (a daemon policy worker, GIL held). Never raises.
@@ -797,6 +780,17 @@ class EngineHost:
         """
         if forgotten:
             self.forget(forgotten)
+        # The driver never suspends with an in-place call: one step runs it to the end.
+        driver = self._drive(job, self._in_place)
+        try:
+            driver.send(None)
+        except StopIteration as done:
+            return done.value
+        driver.close()
+        return error_result("internal error in the policy engine: a plain job suspended")
+
+    async def _drive(self, job: Any, call: Callable[[Engine, Hook, tuple[Any, ...]], Awaitable[Any]]) -> Any:
+        """Runs a stage job's hooks through ``call`` (which raises HookFailure for a failed hook)."""
         prepared = self._prepare(job)
         if not isinstance(prepared, _Prepared):
             return prepared
@@ -811,13 +805,16 @@ class EngineHost:
                 except StopIteration as done:
                     return done.value
                 try:
-                    value, failure = self._call_in_place(prepared.session.engine, hook, args), None
+                    value, failure = await call(prepared.session.engine, hook, args), None
                 except HookFailure as f:
                     value, failure = None, f
         except Exception as e:  # a bug here must still answer the job
             return _internal_error(job.stage, e)
         finally:
             prepared.leave(tokens)
+
+    async def _in_place(self, engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
+        return self._call_in_place(engine, hook, args)
 
     def forget(self, session_ids: Iterable[str]) -> None:
         """Drops the sessions (they ended; their policies had no on_disconnect hook)."""
@@ -886,17 +883,21 @@ class EngineHost:
         return _Prepared(self, session, stage, job)
 
     def _session_for(self, job: Any) -> _Session:
-        sid, client_ip, client_port, *state = job.connection()
-        with self._lock:
-            session = self._sessions.get(sid)
-            if session is None:
+        connection = job.connection()
+        sid = connection[0]
+        # A session's jobs never run at once, so only a new one needs the lock.
+        session = self._sessions.get(sid)
+        if session is None:
+            with self._lock:
                 # The generation the daemon's session was made with: its C++
                 # settings and its Python policies are one snapshot.
                 engine = self._engine_of_generation(job.generation)
-                session = _Session(engine, Connection(sid, client_ip, client_port))
+                session = _Session(engine, Connection(sid, connection[1], connection[2]))
                 engine.sessions += 1
                 self._sessions[sid] = session
-        session.conn._update(client_ip, client_port, *state)
+        if connection != session.connection:  # the daemon's view moved (HELO, STARTTLS, AUTH)
+            session.conn._update(*connection[1:])
+            session.connection = connection
         session.tx = self._transaction_for(session, job)
         return session
 
@@ -924,6 +925,7 @@ class EngineHost:
         session.envelope = None
         session.candidate = envelope
         session.before = (str(tx.sender), [str(r) for r in tx.recipients])
+        session.before_objects = (tx.sender, list(tx.recipients))
         return tx
 
     def _drop_session(self, session: _Session) -> None:
@@ -1003,7 +1005,9 @@ class EngineHost:
     @staticmethod
     def _with_rewrites(result: _core.Result | None, session: _Session, message: Message | None) -> _core.Result | None:
         tx = session.tx
-        if tx is not None:
+        if tx is not None and _same_objects(tx, session.before_objects):
+            session.envelope = session.candidate  # nothing assigned or put in: tx still is what the daemon sent
+        elif tx is not None:
             before_sender, before_recipients = session.before
             sender = str(as_sender(tx.sender))
             recipients = [str(as_recipient(r)) for r in tx.recipients]
@@ -1021,6 +1025,13 @@ class EngineHost:
             result = result or _core.Result()
             result.message = raw
         return result
+
+
+def _same_objects(tx: Transaction, before: tuple[Address, list[Address]]) -> bool:
+    # Addresses are immutable: the same objects in the same order are the same envelope.
+    sender, recipients = before
+    now = tx.recipients
+    return tx.sender is sender and len(now) == len(recipients) and all(map(operator.is_, now, recipients))
 
 
 class _Prepared:
