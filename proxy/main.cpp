@@ -88,6 +88,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::signal(SIGPIPE, SIG_IGN);
+  // A spill file past RLIMIT_FSIZE: the write fails with EFBIG and the
+  // client gets 452 4.3.1, instead of the signal killing the daemon.
+  std::signal(SIGXFSZ, SIG_IGN);
   const unsigned workers = portcullis::worker_count(cfg->server);
   spdlog::info("portcullis {} starting as {}{}", PORTCULLIS_VERSION, cfg->server.hostname,
                workers > 1 ? fmt::format(" with {} workers", workers) : std::string());

@@ -88,6 +88,7 @@ class Daemon:
         self.port = free_port()
         self.config_path = workdir / "portcullis.toml"
         self.log_path = workdir / "portcullis.log"
+        self.preexec = None  # a function run in the child before exec (resource limits)
         self.tables = self._merge(
             {
                 # One process (no supervisor): tests read its pid, RSS and log as one daemon's.
@@ -126,6 +127,7 @@ class Daemon:
             stdout=self._log_file,
             stderr=self._log_file,
             env=env,
+            preexec_fn=self.preexec,
         )
         # Ready when the kernel has the listening socket (no probe session to
         # pollute the log or the per-client counts).
@@ -252,10 +254,11 @@ def start_daemon(portcullis_bin, tmp_path):
     """
     daemons: list[Daemon] = []
 
-    def start(upstream_url: str, log_level: str | None = None, **tables) -> Daemon:
+    def start(upstream_url: str, log_level: str | None = None, preexec=None, **tables) -> Daemon:
         wd = tmp_path / f"daemon{len(daemons)}"
         wd.mkdir()
         d = Daemon(portcullis_bin, wd, upstream_url, tables, log_level)
+        d.preexec = preexec
         daemons.append(d)
         return d.start()
 

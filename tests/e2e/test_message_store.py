@@ -167,6 +167,27 @@ def test_a_spill_file_that_cannot_be_made_is_452_and_the_session_goes_on(start_d
     assert len(msgs) == 1 and b"Subject: again" in msgs[0]["content"]
 
 
+def test_a_spill_past_the_file_size_limit_is_452_not_a_dead_daemon(start_daemon, aiosmtpd_upstream, tmp_path):
+    """RLIMIT_FSIZE (an operator's ulimit -f): the write that crosses it fails
+    (SIGXFSZ is ignored), so the client gets 452 4.3.1 and the daemon serves on."""
+    limit = 2 << 20
+
+    def small_files():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    d = start_daemon(aiosmtpd_upstream.url, preexec=small_files,
+                     server={"message_memory_threshold": 0, "message_spill_dir": str(tmp_path)})
+    with d.connect() as c:
+        r = c.transaction("a@example.test", ["b@example.test"], b"Subject: big\r\n\r\n" + b"y" * (3 << 20))
+        assert (r.code, r.status) == (452, "4.3.1"), r
+        r = c.transaction("a@example.test", ["b@example.test"], b"Subject: small\r\n\r\nok")
+        assert r.code == 250, r
+    assert d.proc.poll() is None, "the daemon died"
+    msgs = aiosmtpd_upstream.wait_messages(1)
+    assert len(msgs) == 1 and b"Subject: small" in msgs[0]["content"]
+
+
 def test_a_policy_reads_and_rewrites_a_message_held_in_a_file(policy_daemon, aiosmtpd_upstream, tmp_path):
     """on_data gets every byte of a spilled message, and its edit goes upstream."""
     d = policy_daemon(aiosmtpd_upstream.url, """
