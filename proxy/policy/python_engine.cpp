@@ -256,6 +256,13 @@ struct python_engine::channel {
     return stopping;
   }
 
+  // A load's answer: the hooks of the generation it loaded, for routing its jobs.
+  void record_generation(const policy_result& r) {
+    if (r.error) return;
+    std::lock_guard lock(mutex);
+    generations[r.generation] = r.hooks;
+  }
+
   void loaded(std::optional<std::string> error, policy_generation generation = 0) {
     std::lock_guard lock(mutex);
     if (load_reported) return;
@@ -569,10 +576,7 @@ python_engine::python_engine(const config& cfg) {
   q.what = channel::kind::reload;
   q.reload = settings_of(cfg);
   channel_->push(channel_, std::move(q), route::loop, channel::clock::time_point::max(), {}, [ch](policy_result r) {
-    if (!r.error) {
-      std::lock_guard lock(ch->mutex);
-      ch->generations[r.generation] = r.hooks;
-    }
+    ch->record_generation(r);
     ch->loaded(std::move(r.error), r.generation);
   });
   std::unique_lock lock(ch->mutex);
@@ -640,10 +644,7 @@ void python_engine::reload(const config& cfg, reload_done done) {
   channel* ch = channel_.get();
   channel_->push(channel_, std::move(q), route::loop, channel::clock::time_point::max(), {},
                  [ch, done = std::move(done)](policy_result r) {
-    if (!r.error) {
-      std::lock_guard lock(ch->mutex);
-      ch->generations[r.generation] = r.hooks;
-    }
+    ch->record_generation(r);
     done(std::move(r.error), r.generation);
   });
 }

@@ -70,8 +70,8 @@ class python_engine {
   generation_hooks hooks(policy_generation generation) const;
 
   // Reloads the policies of `cfg` (SIGHUP): sessions in progress keep the old
-  // code. `done` gets the error, if any (the old policies then stay).
-  // `done` gets the error, or the new generation's number.
+  // code. `done` gets the error (the old policies then stay), or the new
+  // generation's number.
   using reload_done = std::function<void(std::optional<std::string> error, policy_generation loaded)>;
   void reload(const config& cfg, reload_done done);
   // The generation the constructor loaded.

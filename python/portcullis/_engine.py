@@ -591,7 +591,7 @@ def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookF
 class _Session:
     """What the host keeps per session: the engine it is bound to, its Connection, its Transaction."""
 
-    __slots__ = ("engine", "conn", "tx", "connection", "envelope", "candidate", "before", "before_objects")
+    __slots__ = ("engine", "conn", "tx", "connection", "envelope", "candidate", "before")
 
     def __init__(self, engine: Engine, conn: Connection) -> None:
         self.engine = engine
@@ -602,8 +602,7 @@ class _Session:
         # the running stage started from.
         self.envelope: tuple[Any, ...] | None = None
         self.candidate: tuple[Any, ...] | None = None
-        self.before: tuple[str, list[str]] = ("", [])  # tx's sender and recipients as made, for rewrites
-        self.before_objects: tuple[Any, list[Any]] = (None, [])  # ... and the objects themselves
+        self.before: tuple[Any, list[Any]] = (None, [])  # tx's sender and recipients as made, for rewrites
 
 
 class EngineHost:
@@ -908,11 +907,12 @@ class EngineHost:
             session.envelope = None
             return None
         tx = session.tx
-        if tx is not None and envelope == session.envelope:
-            # As the daemon has it, and no hook changed it since: valid again
-            # only once this stage ends without a change (see _with_rewrites).
-            session.envelope = None
-            session.candidate = envelope
+        # The envelope as the daemon has it, valid again only once this stage
+        # ends with no hook having changed it (see _with_rewrites).
+        unchanged = tx is not None and envelope == session.envelope
+        session.envelope = None
+        session.candidate = envelope
+        if unchanged:
             return tx
         tx_id, sender, recipients, smtputf8, body_8bit = envelope
         if tx is None or tx.id != tx_id:
@@ -922,10 +922,7 @@ class EngineHost:
         # The daemon's envelope is the truth: rewrites it did not apply are gone.
         tx.sender = Address(sender, job.sender_params if sender else {})
         tx.recipients = AddressList(recipients)
-        session.envelope = None
-        session.candidate = envelope
-        session.before = (str(tx.sender), [str(r) for r in tx.recipients])
-        session.before_objects = (tx.sender, list(tx.recipients))
+        session.before = (tx.sender, list(tx.recipients))
         return tx
 
     def _drop_session(self, session: _Session) -> None:
@@ -1005,10 +1002,12 @@ class EngineHost:
     @staticmethod
     def _with_rewrites(result: _core.Result | None, session: _Session, message: Message | None) -> _core.Result | None:
         tx = session.tx
-        if tx is not None and _same_objects(tx, session.before_objects):
+        if tx is not None and _same_objects(tx, session.before):
             session.envelope = session.candidate  # nothing assigned or put in: tx still is what the daemon sent
         elif tx is not None:
-            before_sender, before_recipients = session.before
+            # Addresses are immutable: the strings of the objects tx was made with are the daemon's.
+            before_sender = str(session.before[0])
+            before_recipients = [str(r) for r in session.before[1]]
             sender = str(as_sender(tx.sender))
             recipients = [str(as_recipient(r)) for r in tx.recipients]
             if sender == before_sender and recipients == before_recipients:
