@@ -4,6 +4,9 @@
 // setters exist for the engine's tests, which build the daemon's own objects.
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cctype>
+
 #include "bindings/core.hpp"
 #include "policy/policy_job.hpp"
 
@@ -24,11 +27,26 @@ std::vector<smtp::esmtp_param> params_from(const py::dict& d) {
   for (auto [k, v] : d) {
     smtp::esmtp_param p;
     p.keyword = py::str(k).cast<std::string>();
+    std::transform(p.keyword.begin(), p.keyword.end(), p.keyword.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::toupper(c)); });  // as the daemon's parser
     p.has_value = !v.is_none();
     if (p.has_value) p.value = py::str(v).cast<std::string>();
     out.push_back(std::move(p));
   }
   return out;
+}
+
+// An envelope address as (local part, domain), parsed by the daemon's own
+// parser (a job built in a test may hold anything); the null sender and
+// "Postmaster" have no domain. Python makes its Address from these as they are.
+py::tuple address_parts(const std::string& text) {
+  if (text.empty() || (text.size() == 10 && std::equal(text.begin(), text.end(), "postmaster", [](char a, char b) {
+                         return std::tolower(static_cast<unsigned char>(a)) == b;
+                       })))
+    return py::make_tuple(text, "");
+  auto a = smtp::parse_mailbox(text, true);
+  if (!a || !smtp::is_valid_address(*a, true)) throw py::value_error("invalid address: " + text.substr(0, 300));
+  return py::make_tuple(a->local, a->domain);
 }
 
 py::object none_if_empty(const std::string& s) { return s.empty() ? py::object(py::none()) : py::object(py::str(s)); }
@@ -112,9 +130,16 @@ void define_protocol(py::module_& m) {
           "envelope",
           [](const policy_job& j) -> py::object {
             if (!j.has_tx) return py::none();
-            return py::make_tuple(j.tx_id, j.sender, j.recipients, j.smtputf8, j.body_8bit);
+            py::list recipients(j.recipients.size());
+            for (std::size_t i = 0; i < j.recipients.size(); ++i) recipients[i] = address_parts(j.recipients[i]);
+            return py::make_tuple(j.tx_id, address_parts(j.sender), params_dict(j.sender_params), std::move(recipients),
+                                  j.smtputf8, j.body_8bit);
           },
-          "(tx id, sender, recipients, smtputf8, body_8bit) in one call, or None outside a transaction.");
+          "(tx id, sender, sender_params, recipients, smtputf8, body_8bit) in one call, or None outside a "
+          "transaction; each address as (local part, domain).")
+      .def(
+          "rcpt_address", [](const policy_job& j) { return py::make_tuple(address_parts(j.rcpt), params_dict(j.rcpt_params)); },
+          "The recipient of a rcpt job and its ESMTP parameters in one call: ((local part, domain), params).");
 
   py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")
       .def(py::init<>())
@@ -159,7 +184,10 @@ void define_protocol(py::module_& m) {
           })
       .def_property(
           "async_only", [](const policy_result& r) { return r.hooks.async_only; },
-          [](policy_result& r, std::uint32_t mask) { r.hooks.async_only = mask; });
+          [](policy_result& r, std::uint32_t mask) { r.hooks.async_only = mask; })
+      .def_property(
+          "any_async", [](const policy_result& r) { return r.hooks.any_async; },
+          [](policy_result& r, std::uint32_t mask) { r.hooks.any_async = mask; });
 
   m.attr("STAGES") = py::cast(std::vector<std::string>(policy_stage_names.begin(), policy_stage_names.end()));
 }

@@ -74,8 +74,11 @@ struct policy_reply {
 struct generation_hooks {
   std::array<unsigned, policy_stage_count> count{};  // hooks per stage
   std::uint32_t async_only = 0;  // bit per stage: every hook is `async def` (runs on the event loop)
+  std::uint32_t any_async = 0;   // bit per stage: some hook is `async def`
   bool any(policy_stage s) const { return count[static_cast<std::size_t>(s)] > 0; }
   bool on_loop(policy_stage s) const { return (async_only >> static_cast<unsigned>(s)) & 1U; }
+  // Every hook plain: nothing the stage runs waits for the event loop.
+  bool all_plain(policy_stage s) const { return !((any_async >> static_cast<unsigned>(s)) & 1U); }
 };
 
 // A hook stage's outcome (Python fills it; None from Python is the empty one: "next").

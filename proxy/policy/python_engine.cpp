@@ -18,6 +18,7 @@
 
 #include "bindings/core.hpp"
 #include "log.hpp"
+#include "net/io_pool.hpp"
 
 namespace py = pybind11;
 
@@ -27,8 +28,12 @@ namespace {
 
 constexpr auto stop_wait = std::chrono::seconds(5);     // for the policy threads to leave their loops
 constexpr auto load_wait = std::chrono::seconds(120);   // for the policies to import
-// A plain hook running this long may be a slow lookup: a job queued behind it gets another worker.
+// A plain hook running this long may be a slow lookup: a job queued behind it
+// gets another worker, an I/O thread held by it a spare.
 constexpr auto slow_hook = std::chrono::milliseconds(2);
+// The monitor looks at hooks on I/O threads every slow_hook while they come
+// this often (no wake-up per job), and sleeps until the next deadline once they stop.
+constexpr auto in_place_spell = std::chrono::milliseconds(100);
 
 // A reload job's settings (the [policy] table and the config file).
 struct reload_settings {
@@ -67,11 +72,15 @@ struct python_engine::channel {
     std::optional<reload_settings> reload;
   };
   using clock = std::chrono::steady_clock;
-  // A plain job on a worker (and, once abandoned, whose stack the loop logs).
+  // A plain job running (and, once abandoned, whose stack the loop logs).
   struct stuck {
-    unsigned long thread;  // the worker's Python thread ident
+    unsigned long thread;  // the running thread's Python thread ident
     std::string session_id;
     clock::time_point started;
+    // Run in place on an I/O thread of this pool (null: on a worker); the
+    // pool runs a spare thread while the hook is slow (`held`).
+    std::shared_ptr<io_pool> pool = nullptr;
+    bool held = false;
   };
   // An idle worker waits on its own slot, so the one idle the shortest is
   // woken first: warm caches, and few threads taking turns at the GIL.
@@ -102,7 +111,7 @@ struct python_engine::channel {
   std::deque<queued> worker_queue;  // for the workers: stages with a plain hook
   std::map<job_id, waiter> waiting;      // submitted, not answered, not past their deadline
   std::set<std::pair<clock::time_point, job_id>> deadlines;  // of the jobs waited for, soonest first
-  std::map<job_id, stuck> running;       // plain jobs on a worker now
+  std::map<job_id, stuck> running;       // plain jobs on a worker or an I/O thread now
   std::vector<job_id> cancelled;         // async jobs abandoned after Python took them: tasks to cancel
   std::vector<stuck> stuck_jobs;         // plain jobs abandoned while running: stacks to log
   std::vector<std::string> forgotten;    // sessions Python may drop
@@ -120,6 +129,7 @@ struct python_engine::channel {
   // `monitor_until`; a push that needs it sooner wakes it.
   std::condition_variable monitor_cv;
   clock::time_point monitor_until = clock::time_point::min();  // min: awake
+  clock::time_point last_in_place = clock::time_point::min();  // the last job run on an I/O thread started
   // `host.run_plain` while the loop runs; read and written under the GIL only
   PyObject* plain_runner = nullptr;
   // start-up handshake: the thread reports whether the policies loaded
@@ -147,6 +157,21 @@ struct python_engine::channel {
     waiting.emplace(id, waiter{std::move(done), deadline, where, q.job.stage, hook_timeout});
     deadlines.emplace(deadline, id);
     clock::time_point monitor_needed = deadline;
+    if (where == route::in_place && running.empty() && worker_queue.empty()) {
+      // Nobody runs Python for a plain hook: an I/O thread runs it in place,
+      // with no hand-off (the caller is outside the session's strand, which a
+      // deadline answer resumes even while the hook runs on).
+      if (auto pool = io_pool::current()) {
+        const auto now = clock::now();
+        running.emplace(id, stuck{PyThread_get_thread_ident(), q.job.session_id, now, std::move(pool)});
+        last_in_place = now;
+        if (now + slow_hook < monitor_until) monitor_cv.notify_one();  // it looks again within slow_hook
+        auto drop = std::exchange(forgotten, {});
+        lock.unlock();
+        run_in_place(id, std::move(q.job), std::move(drop));
+        return id;
+      }
+    }
     if (where == route::loop) {
       loop_queue.push_back(std::move(q));
     } else {
@@ -209,11 +234,32 @@ struct python_engine::channel {
   // for a while (one that just started is likely a fast hook about to return).
   bool must_start_worker(clock::time_point now) const {
     if (workers >= max_workers) return false;
-    if (running.size() < workers) return false;  // one is between jobs and takes the queue itself
-    for (const auto& [id, r] : running)
+    unsigned on_workers = 0;  // (a job on an I/O thread never takes from the queue)
+    for (const auto& [id, r] : running) {
+      if (r.pool) continue;
+      ++on_workers;
       if (now - r.started < slow_hook) return false;
-    return true;
+    }
+    return on_workers >= workers;  // else one is between jobs and takes the queue itself
   }
+
+  // (Under the mutex.) Hooks on I/O threads running slow_hook or more get a
+  // spare thread each; returns when the next one would (max: none runs).
+  clock::time_point hold_slow_in_place(clock::time_point now) {
+    clock::time_point next = clock::time_point::max();
+    for (auto& [id, r] : running) {
+      if (!r.pool || r.held) continue;
+      if (now - r.started >= slow_hook) {
+        r.held = true;
+        r.pool->hold();
+      } else {
+        next = std::min(next, r.started + slow_hook);
+      }
+    }
+    return next;
+  }
+
+  void run_in_place(job_id id, policy_job job, std::vector<std::string> forgotten);
 
   void start_worker(std::shared_ptr<channel> self) {
     ++workers;
@@ -329,6 +375,33 @@ policy_result run_plain(python_engine::channel& ch, policy_job job, std::vector<
   }
 }
 
+// An I/O thread's Python thread state: made the first time the thread runs
+// a hook, kept (GIL released) between hooks, deleted when the thread ends.
+class io_thread_python {
+ public:
+  io_thread_python() = default;
+  io_thread_python(const io_thread_python&) = delete;
+  io_thread_python& operator=(const io_thread_python&) = delete;
+  ~io_thread_python() {
+    if (state_ == nullptr) return;
+    PyEval_RestoreThread(state_);
+    PyGILState_Release(PyGILState_UNLOCKED);
+  }
+  void take_gil() {
+    if (state_ == nullptr) {
+      PyGILState_Ensure();
+    } else {
+      PyEval_RestoreThread(state_);
+    }
+  }
+  void drop_gil() { state_ = PyEval_SaveThread(); }
+
+ private:
+  PyThreadState* state_ = nullptr;
+};
+
+thread_local io_thread_python this_io_thread;
+
 spdlog::level::level_enum level_from_python(int level) {
   if (level >= 50) return spdlog::level::critical;
   if (level >= 40) return spdlog::level::err;
@@ -343,6 +416,22 @@ std::string python_dir() {
 }
 
 }  // namespace
+
+// A plain job on the calling I/O thread, as a worker would run it (push() registered it as running).
+void python_engine::channel::run_in_place(job_id id, policy_job job, std::vector<std::string> drop) {
+  this_io_thread.take_gil();
+  policy_result result = run_plain(*this, std::move(job), std::move(drop));
+  this_io_thread.drop_gil();
+  completion done;
+  std::shared_ptr<io_pool> held;
+  {
+    std::lock_guard lock(mutex);
+    if (auto node = running.extract(id); !node.empty() && node.mapped().held) held = std::move(node.mapped().pool);
+    done = take_waiter(id);
+  }
+  if (held) held->release();  // its spare may go
+  if (done) done(std::move(result));
+}
 
 // A policy worker's life: take plain-route jobs, run each with the GIL
 // held, hand the result back; leave when the engine stops. Its thread state
@@ -421,6 +510,7 @@ void python_engine::channel::run_monitor(std::shared_ptr<channel> self) {
       late.emplace_back(std::move(w.done), std::move(result));
     }
     if (!ch.worker_queue.empty() && ch.idle.empty() && ch.must_start_worker(now)) ch.start_worker(self);
+    const auto next_hold = ch.hold_slow_in_place(now);
     if (!late.empty()) {
       lock.unlock();
       ch.wake();  // the loop logs stuck hooks and cancels abandoned tasks
@@ -430,6 +520,8 @@ void python_engine::channel::run_monitor(std::shared_ptr<channel> self) {
     }
     auto until = ch.deadlines.empty() ? clock::time_point::max() : ch.deadlines.begin()->first;
     if (!ch.worker_queue.empty() && ch.workers < ch.max_workers) until = std::min(until, now + slow_hook);
+    until = std::min(until, next_hold);
+    if (now - ch.last_in_place < in_place_spell) until = std::min(until, now + slow_hook);
     ch.monitor_until = until;
     if (until == clock::time_point::max()) {
       ch.monitor_cv.wait(lock);

@@ -46,12 +46,17 @@ class python_engine {
   python_engine(const python_engine&) = delete;
   python_engine& operator=(const python_engine&) = delete;
 
-  // Where a job runs: a policy worker (the stage has a plain hook) or the
+  // Where a job runs: the calling I/O thread itself when no other thread
+  // runs Python, else a policy worker (every hook of the stage is plain); a
+  // policy worker (plain and async hooks: it waits for the async ones); the
   // event loop (every hook of the stage is `async def`).
-  enum class route { worker, loop };
+  enum class route { in_place, worker, loop };
 
-  // Queues a job. `done` runs exactly once, on a policy thread (or on the
-  // caller's, when the engine has stopped): with the job's result, or, once
+  // Queues a job, or runs it at once (route::in_place, called on an I/O
+  // thread of an io_pool, outside any strand: the hook may block, and the
+  // monitor then has the pool start a spare thread). `done` runs exactly
+  // once, on a policy thread (or on the caller's, when the engine has
+  // stopped or ran it in place): with the job's result, or, once
   // `deadline` passes, with an error saying what became of it (a job still
   // queued is dropped and never runs; a plain hook running is left to its
   // worker, and the loop logs where it stands; an async job is cancelled).

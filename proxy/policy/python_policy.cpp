@@ -89,7 +89,9 @@ python_policy::~python_policy() { engine_->release(generation_); }
 awaitable<policy_result> python_policy::run(policy_job job) {
   job.generation = generation_;
   const auto stage = job.stage;
-  const auto route = hooks_.on_loop(stage) ? python_engine::route::loop : python_engine::route::worker;
+  const auto route = hooks_.on_loop(stage)     ? python_engine::route::loop
+                     : hooks_.all_plain(stage) ? python_engine::route::in_place
+                                               : python_engine::route::worker;
   // A plain hook cannot be stopped: its job's deadline is policy.timeout per
   // hook from now (time queued behind busy workers included), and the
   // session goes on without it. Async hooks are cancelled by Python at
@@ -112,10 +114,22 @@ awaitable<policy_result> python_policy::run(policy_job job) {
   auto result = co_await asio::async_initiate<const asio::use_awaitable_t<>, void(policy_result)>(
       [&](auto handler) {
         auto resume = std::make_shared<decltype(handler)>(std::move(handler));  // std::function copies
-        engine_->submit(std::move(job), route, std::chrono::steady_clock::now() + deadline, timeout_,
-                        [resume, ex](policy_result r) {
-                          asio::post(ex, [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); });
-                        });
+        auto done = [resume, ex](policy_result r) {
+          asio::post(ex, [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); });
+        };
+        const auto by = std::chrono::steady_clock::now() + deadline;
+        if (route != python_engine::route::in_place) {
+          engine_->submit(std::move(job), route, by, timeout_, std::move(done));
+          return;
+        }
+        // Submitted from outside the session's strand (sessions run on
+        // strands of the daemon's io_context): the engine may run the hooks
+        // right there, on this I/O thread, and a deadline answer still
+        // reaches the session while a hook runs on.
+        auto& io = static_cast<asio::io_context&>(asio::query(ex, asio::execution::context));
+        asio::post(io, [engine = engine_, job = std::move(job), by, timeout = timeout_, done = std::move(done)]() mutable {
+          engine->submit(std::move(job), python_engine::route::in_place, by, timeout, std::move(done));
+        });
       },
       asio::use_awaitable);
   co_return result;

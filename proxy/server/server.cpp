@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <thread>
 
 #include "log.hpp"
+#include "net/io_pool.hpp"
 #include "net/network.hpp"
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
@@ -20,6 +22,8 @@ namespace {
 
 constexpr std::chrono::seconds refusal_timeout{5};  // writing a 421 to a client we will not serve
 constexpr std::chrono::milliseconds drain_poll{50};
+// For I/O threads still in a plain hook once the context stopped (the policy engine gives its threads as long).
+constexpr std::chrono::seconds io_thread_grace{5};
 
 tcp::endpoint parse_endpoint(const std::string& hostport) {
   const auto colon = hostport.rfind(':');
@@ -148,11 +152,17 @@ int server::run() {
   pthread_sigmask(SIG_UNBLOCK, &mine, nullptr);
   clients_.set_ready(worker_);
 
-  const unsigned n = io_thread_count(cfg->server);
-  std::vector<std::thread> threads;
-  for (unsigned i = 1; i < n; ++i) threads.emplace_back([this] { io_.run(); });
-  io_.run();
-  for (auto& t : threads) t.join();
+  // Up to policy.threads spares stand in for I/O threads held in slow plain hooks.
+  auto threads = std::make_shared<io_pool>(io_, io_thread_count(cfg->server), cfg->policy.threads);
+  if (!threads->run(io_thread_grace)) {
+    // A hook that never returns: its thread would return into the io_context
+    // and what it serves, so nothing is destroyed; the engine answered every job.
+    spdlog::warn("an I/O thread is still in a policy hook {} s after the stop; leaving it behind",
+                 std::chrono::duration_cast<std::chrono::seconds>(io_thread_grace).count());
+    spdlog::info("stopped");
+    spdlog::shutdown();
+    std::_Exit(0);
+  }
   spdlog::info("stopped");
   return 0;
 }

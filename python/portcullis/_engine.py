@@ -26,7 +26,7 @@ import time
 import tomllib
 import traceback
 import types
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,12 +272,15 @@ class Engine:
             raise PolicyLoadError(problems)
         self.executor = DaemonThreadPool(threads, f"portcullis-policy-{self.generation}")
         self.closed = False
-        # What the daemon needs to route jobs: hooks per stage, and the stages
-        # whose hooks are all async (they run on the event loop, the others
-        # on the daemon's policy workers). _core.STAGES is the daemon's order.
+        # What the daemon needs to route jobs: hooks per stage, the stages
+        # whose hooks are all async (they run on the event loop) and those
+        # with any (a policy worker runs them; the others, all plain, run on
+        # the I/O thread itself). _core.STAGES is the daemon's order.
         self.hook_counts = [len(self.hooks[stage]) for stage in _core.STAGES]
         self.async_only = sum(1 << i for i, stage in enumerate(_core.STAGES)
                               if self.hooks[stage] and all(h.is_async for h in self.hooks[stage]))
+        self.any_async = sum(1 << i for i, stage in enumerate(_core.STAGES)
+                             if any(h.is_async for h in self.hooks[stage]))
 
     def _load(self, index: int, path: str) -> list[LoadProblem]:
         if not os.path.isfile(path):
@@ -612,7 +615,7 @@ class EngineHost:
     stays on it until its disconnect, so a reload leaves sessions in progress
     on the old code; an old engine is dropped when its last session ends.
 
-    Two drivers run a stage's hooks, both through ``_stage``: ``dispatch``
+    Two drivers run a stage's hooks, both through ``_drive`` and ``_StageRun``: ``dispatch``
     (async: the daemon's event loop for stages whose hooks are all async,
     and ``portcullis.testing``; plain hooks go to the engine's thread pool)
     and ``run_plain`` (the daemon's policy workers: hooks called in place).
@@ -732,6 +735,7 @@ class EngineHost:
         result.generation = engine.generation
         result.hook_counts = engine.hook_counts
         result.async_only = engine.async_only
+        result.any_async = engine.any_async
         return result
 
     def close(self) -> None:
@@ -767,7 +771,7 @@ class EngineHost:
                 self.release(job.get("generation"))
                 return None
             return error_result(f"unknown job stage {stage!r}")
-        return await self._drive(job, call_hook)
+        return await self._drive(job)
 
     def run_plain(self, job: Any, forgotten: Sequence[str] | None = None) -> Any:
         """Runs one job on the calling thread (a daemon policy worker, GIL held). Never raises.
@@ -779,41 +783,56 @@ class EngineHost:
         """
         if forgotten:
             self.forget(forgotten)
-        # The driver never suspends with an in-place call: one step runs it to the end.
-        driver = self._drive(job, self._in_place)
+        run = self._start(job)
+        if not isinstance(run, _StageRun):
+            return run
+        tokens = run.enter()
         try:
-            driver.send(None)
-        except StopIteration as done:
-            return done.value
-        driver.close()
-        return error_result("internal error in the policy engine: a plain job suspended")
-
-    async def _drive(self, job: Any, call: Callable[[Engine, Hook, tuple[Any, ...]], Awaitable[Any]]) -> Any:
-        """Runs a stage job's hooks through ``call`` (which raises HookFailure for a failed hook)."""
-        prepared = self._prepare(job)
-        if not isinstance(prepared, _Prepared):
-            return prepared
-        tokens = prepared.enter()
-        try:
-            stage = prepared.steps
-            value: Any = None
-            failure: HookFailure | None = None
-            while True:
+            for hook in run.hooks:
                 try:
-                    hook, args = stage.send(value) if failure is None else stage.throw(failure)
-                except StopIteration as done:
-                    return done.value
-                try:
-                    value, failure = await call(prepared.session.engine, hook, args), None
+                    value = self._call_in_place(run.engine, hook, run.args)
                 except HookFailure as f:
-                    value, failure = None, f
+                    value = f
+                if value is not None and run.took(hook, value):
+                    break
+            return run.finish()
         except Exception as e:  # a bug here must still answer the job
-            return _internal_error(job.stage, e)
+            return _internal_error(run.stage, e)
         finally:
-            prepared.leave(tokens)
+            self._leave(run, tokens)
 
-    async def _in_place(self, engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
-        return self._call_in_place(engine, hook, args)
+    async def _drive(self, job: Any) -> Any:
+        """``run_plain`` for the loop: each hook through ``call_hook`` (plain ones in the engine's thread pool)."""
+        run = self._start(job)
+        if not isinstance(run, _StageRun):
+            return run
+        tokens = run.enter()
+        try:
+            for hook in run.hooks:
+                try:
+                    value = await call_hook(run.engine, hook, run.args)
+                except HookFailure as f:
+                    value = f
+                if value is not None and run.took(hook, value):
+                    break
+            return run.finish()
+        except Exception as e:  # a bug here must still answer the job
+            return _internal_error(run.stage, e)
+        finally:
+            self._leave(run, tokens)
+
+    def _start(self, job: Any) -> _StageRun | _core.Result:
+        try:
+            return _StageRun(self._session_for(job), job)
+        except Exception as e:
+            log.error("malformed %s job: %s", job.stage, e)
+            return error_result(f"malformed {job.stage} job: {format_exception(e)}")
+
+    def _leave(self, run: _StageRun, tokens: tuple[Any, Any]) -> None:
+        run.leave(tokens)
+        if run.stage == "disconnect":
+            with self._lock:
+                self._drop_session(run.session)
 
     def forget(self, session_ids: Iterable[str]) -> None:
         """Drops the sessions (they ended; their policies had no on_disconnect hook)."""
@@ -872,15 +891,6 @@ class EngineHost:
         except concurrent.futures.CancelledError:
             raise HookFailure(f"{hook.label} was cancelled (the policy engine is stopping)") from None
 
-    def _prepare(self, job: Any) -> _Prepared | _core.Result:
-        stage = job.stage
-        try:
-            session = self._session_for(job)
-        except Exception as e:
-            log.error("malformed %s job: %s", stage, e)
-            return error_result(f"malformed {stage} job: {format_exception(e)}")
-        return _Prepared(self, session, stage, job)
-
     def _session_for(self, job: Any) -> _Session:
         connection = job.connection()
         sid = connection[0]
@@ -914,15 +924,15 @@ class EngineHost:
         session.candidate = envelope
         if unchanged:
             return tx
-        tx_id, sender, recipients, smtputf8, body_8bit = envelope
+        tx_id, sender, sender_params, recipients, smtputf8, body_8bit = envelope
         if tx is None or tx.id != tx_id:
             tx = Transaction(session.conn, id=tx_id)
         tx._smtputf8 = smtputf8
         tx._body_8bit = body_8bit
         # The daemon's envelope is the truth: rewrites it did not apply are gone.
-        tx.sender = Address(sender, job.sender_params if sender else {})
-        tx.recipients = AddressList(recipients)
-        session.before = (tx.sender, list(tx.recipients))
+        tx._sender = Address._parsed(sender, sender_params)
+        tx._recipients = AddressList._parsed(recipients)
+        session.before = (tx._sender, list(tx._recipients))
         return tx
 
     def _drop_session(self, session: _Session) -> None:
@@ -932,75 +942,113 @@ class EngineHost:
         session.engine.sessions -= 1
         self._close_if_unused(session.engine)
 
-    def _stage(self, session: _Session, stage: str, job: Any) -> Generator[tuple[Hook, tuple[Any, ...]], Any, Any]:
-        """One stage's hooks in file order, as a generator the drivers run: it
-        yields ``(hook, args)``, gets each hook's value sent back (or its
-        HookFailure thrown in) and returns the job's result (None: "next")."""
-        engine, conn, tx = session.engine, session.conn, session.tx
-        if stage == "disconnect":
-            for hook in engine.hooks["disconnect"]:
-                try:
-                    yield hook, (conn,)
-                except HookFailure as f:
-                    f.log()
-            return None
-        message: Message | None = None
-        if stage == "connect":
-            args: tuple[Any, ...] = (conn,)
+
+
+def _checked_verdict(hook: Hook, stage: str, value: Any) -> Verdict:
+    if not isinstance(value, Verdict):
+        expected = "None, True, False or a verdict" if stage == "auth" else "None or a verdict (pc.accept(), pc.reject(...), ...)"
+        raise HookFailure(f"{hook.label} returned {value!r:.200}; it must return {expected}")
+    if not value.allowed_at(stage):
+        where = "on_rcpt" if value.kind == "redirect" else "on_rcpt and on_data"
+        raise HookFailure(f"{hook.label} returned {value!r}, which only {where} may return")
+    return value
+
+
+def _same_objects(tx: Transaction, before: tuple[Address, list[Address]]) -> bool:
+    # Addresses are immutable: the same objects in the same order are the same envelope.
+    sender, recipients = before
+    now = tx.recipients
+    return tx.sender is sender and len(now) == len(recipients) and all(map(operator.is_, now, recipients))
+
+
+class _StageRun:
+    """One stage job bound to its session: the hooks to call in file order,
+    their arguments, and how their values make the job's result (None: "next").
+    The drivers call ``decide`` with each value other than None and ``fail``
+    with each HookFailure, stop when either says the stage ended, then ``finish``."""
+
+    __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result")
+
+    def __init__(self, session: _Session, job: Any) -> None:
+        self.session = session
+        self.engine = engine = session.engine
+        self.stage = stage = job.stage
+        self.hooks: list[Hook] = engine.hooks[stage]
+        self.message: Message | None = None
+        self.result: _core.Result | None = None
+        conn, tx = session.conn, session.tx
+        if stage == "connect" or stage == "disconnect":
+            self.args: tuple[Any, ...] = (conn,)
         elif stage == "helo":
-            args = (conn, job.hostname)
+            self.args = (conn, job.hostname)
         elif stage == "auth":
-            args = (conn, job.mechanism, job.username, job.password)
+            self.args = (conn, job.mechanism, job.username, job.password)
+        elif tx is None:
+            raise LookupError(f"a {stage} job without a transaction")
+        elif stage == "mail":
+            self.args = (tx, tx.sender)
+        elif stage == "rcpt":
+            self.args = (tx, Address._parsed(*job.rcpt_address()))
         else:
-            if tx is None:
-                return error_result(f"a {stage} job without a transaction")
-            if stage == "mail":
-                args = (tx, tx.sender)
-            elif stage == "rcpt":
-                args = (tx, Address(job.rcpt, job.rcpt_params))
-            else:
-                # Read from the daemon when a hook first looks at it. Outside
-                # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
-                message = Message._lazy(lambda: job.message, smtputf8=tx.smtputf8)
-                args = (tx, message)
-        result: _core.Result | None = None
-        for hook in engine.hooks[stage]:
-            try:
-                value = yield hook, args
-                if value is None:
-                    continue
-                result = _core.Result()
-                if stage == "auth" and isinstance(value, bool):
-                    result.auth = value
-                    break
-                verdict = self._checked_verdict(hook, stage, value)
-            except HookFailure as f:
-                f.log()
-                return error_result(f.text)
+            # Read from the daemon when a hook first looks at it. Outside
+            # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
+            self.message = Message._lazy(lambda: job.message, smtputf8=tx.smtputf8)
+            self.args = (tx, self.message)
+
+    def enter(self) -> tuple[Any, Any]:
+        """Sets what the hooks see as pc.log's session and pc.config; returns the tokens for ``leave``."""
+        return _context.session_id.set(self.session.conn.id), _context.engine_config.set(self.engine.config)
+
+    def leave(self, tokens: tuple[Any, Any]) -> None:
+        _context.engine_config.reset(tokens[1])
+        _context.session_id.reset(tokens[0])
+
+    def took(self, hook: Hook, value: Any) -> bool:
+        """A hook's value (not None) or HookFailure: whether the stage ends with it."""
+        if isinstance(value, HookFailure):
+            return self.fail(value)
+        try:
+            return self.decide(hook, value)
+        except HookFailure as f:
+            return self.fail(f)
+
+    def decide(self, hook: Hook, value: Any) -> bool:
+        """A hook returned ``value`` (not None): whether the stage ends with it."""
+        stage = self.stage
+        if stage == "disconnect":
+            return False  # nothing left to decide: the next hooks run
+        result = _core.Result()
+        if stage == "auth" and isinstance(value, bool):
+            result.auth = value
+        else:
+            verdict = _checked_verdict(hook, stage, value)
             result.verdict = verdict_reply(verdict, stage)
             if stage == "auth":
                 result.auth = verdict.kind == "accept"
-            break
+        self.result = result
+        return True
 
+    def fail(self, failure: HookFailure) -> bool:
+        """A hook failed: logged; whether the stage ends with the error (not at disconnect)."""
+        failure.log()
+        if self.stage == "disconnect":
+            return False
+        self.result = error_result(failure.text)
+        return True
+
+    def finish(self) -> _core.Result | None:
+        """The job's result: the deciding hook's, or the error, with the hooks' rewrites."""
+        if self.stage == "disconnect" or (self.result is not None and self.result.error is not None):
+            return None if self.stage == "disconnect" else self.result
         try:
-            return self._with_rewrites(result, session, message)
+            return self._with_rewrites(self.result)
         except (ValueError, TypeError) as e:
-            text = f"a rewrite at {stage} was refused: {type(e).__name__}: {e}"
+            text = f"a rewrite at {self.stage} was refused: {type(e).__name__}: {e}"
             log.error("%s", text)
             return error_result(text)
 
-    @staticmethod
-    def _checked_verdict(hook: Hook, stage: str, value: Any) -> Verdict:
-        if not isinstance(value, Verdict):
-            expected = "None, True, False or a verdict" if stage == "auth" else "None or a verdict (pc.accept(), pc.reject(...), ...)"
-            raise HookFailure(f"{hook.label} returned {value!r:.200}; it must return {expected}")
-        if not value.allowed_at(stage):
-            where = "on_rcpt" if value.kind == "redirect" else "on_rcpt and on_data"
-            raise HookFailure(f"{hook.label} returned {value!r}, which only {where} may return")
-        return value
-
-    @staticmethod
-    def _with_rewrites(result: _core.Result | None, session: _Session, message: Message | None) -> _core.Result | None:
+    def _with_rewrites(self, result: _core.Result | None) -> _core.Result | None:
+        session, message = self.session, self.message
         tx = session.tx
         if tx is not None and _same_objects(tx, session.before):
             session.envelope = session.candidate  # nothing assigned or put in: tx still is what the daemon sent
@@ -1024,34 +1072,6 @@ class EngineHost:
             result = result or _core.Result()
             result.message = raw
         return result
-
-
-def _same_objects(tx: Transaction, before: tuple[Address, list[Address]]) -> bool:
-    # Addresses are immutable: the same objects in the same order are the same envelope.
-    sender, recipients = before
-    now = tx.recipients
-    return tx.sender is sender and len(now) == len(recipients) and all(map(operator.is_, now, recipients))
-
-
-class _Prepared:
-    """A stage job bound to its session: the hooks' generator and the context they run in."""
-
-    __slots__ = ("host", "session", "stage", "steps")
-
-    def __init__(self, host: EngineHost, session: _Session, stage: str, job: Any) -> None:
-        self.host, self.session, self.stage = host, session, stage
-        self.steps = host._stage(session, stage, job)
-
-    def enter(self) -> tuple[Any, Any]:
-        return (_context.session_id.set(self.session.conn.id),
-                _context.engine_config.set(self.session.engine.config))
-
-    def leave(self, tokens: tuple[Any, Any]) -> None:
-        _context.engine_config.reset(tokens[1])
-        _context.session_id.reset(tokens[0])
-        if self.stage == "disconnect":
-            with self.host._lock:
-                self.host._drop_session(self.session)
 
 
 def _internal_error(stage: str, e: Exception) -> _core.Result:

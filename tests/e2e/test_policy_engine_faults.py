@@ -167,6 +167,42 @@ def test_a_policy_thread_stuck_at_shutdown_is_left_behind_safely(policy_daemon, 
     assert_clean(d)
 
 
+def test_a_plain_hook_stuck_on_an_io_thread_at_shutdown_is_left_behind(policy_daemon, fake_upstream, tmp_path,
+                                                                       monkeypatch):
+    flag = tmp_path / "let-go"
+    suppressions = tmp_path / "lsan.supp"  # as above: the thread runs Python while the process exits
+    suppressions.write_text("leak:libpython3.11.so\nleak:libcrypto.so\n")
+    monkeypatch.setenv("LSAN_OPTIONS", f"suppressions={suppressions}")
+    d = policy_daemon(fake_upstream().url, f"""
+        import os
+        import time
+
+        import portcullis as pc
+
+        def on_disconnect(conn):
+            # A plain hook runs on the I/O thread that took its job: stuck there.
+            pc.log.info("on_disconnect is stuck")
+            while not os.path.exists({str(flag)!r}):
+                time.sleep(0.001)
+    """, policy={"timeout": TIMEOUT}, server={"shutdown_grace": 1, "threads": 1})
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("QUIT", 221)
+    d.wait_log(r"on_disconnect is stuck")
+    # A spare thread serves in its place: a new client still gets its greeting.
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("NOOP", 250)
+    d.wait_log(r"on_disconnect in \S+ ran past policy\.timeout \(1 s\) and was abandoned", timeout=TIMEOUT + 5)
+    d.signal(signal.SIGTERM)
+    # The context stops; its other threads end, the stuck one is left behind
+    # and the process leaves without destroying what that thread returns into.
+    d.wait_log(r"an I/O thread is still in a policy hook 5 s after the stop; leaving it behind", timeout=20)
+    assert d.proc.wait(timeout=15) == 0, d.log_text()[-6000:]
+    flag.touch()
+    assert_clean(d)
+
+
 # -- item F: log lines a client cannot forge ------------------------------------------
 
 LOGGER = """

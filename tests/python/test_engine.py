@@ -487,6 +487,27 @@ def test_unknown_stage_and_malformed_job(core_log):
     assert "without a transaction" in dispatch(host, job("mail"))["error"]
     r = dispatch(host, job("mail", tx_snapshot=tx(sender="bad sender")))
     assert r["error"] and "invalid address" in r["error"]
+    r = dispatch(host, job("rcpt", tx_snapshot=tx(), rcpt="bad rcpt", rcpt_params={}))
+    assert r["error"] and "invalid address" in r["error"]
+
+
+def test_the_daemons_addresses_reach_hooks_as_parsed(policy_file):
+    # The job hands addresses over split by the daemon's parser; Python takes them as they are.
+    f = policy_file("""
+seen = []
+def on_rcpt(tx, rcpt):
+    seen.append((tx.sender.local, tx.sender.domain, tx.sender.params, [str(r) for r in tx.recipients],
+                 rcpt.local, rcpt.domain, rcpt.params, rcpt.is_postmaster))
+""")
+    host = host_for(f)
+    quoted = '"a@b"@Example.TEST'
+    sender_tx = tx(sender=quoted, recipients=["Postmaster", "c@example.test"], sender_params={"size": "10"})
+    r = dispatch(host, job("connect"), job("rcpt", tx_snapshot=sender_tx, rcpt="POSTMASTER",
+                                           rcpt_params={"notify": "NEVER", "RET": None}))
+    assert r[-1]["error"] is None
+    [seen] = host.engine.modules[0].seen
+    assert seen == ('"a@b"', "Example.TEST", {"SIZE": "10"}, ["Postmaster", "c@example.test"],
+                    "POSTMASTER", "", {"NOTIFY": "NEVER", "RET": None}, True)
 
 
 # -- loading ---------------------------------------------------------------------

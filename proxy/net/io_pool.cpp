@@ -1,0 +1,81 @@
+#include "net/io_pool.hpp"
+
+#include <pthread.h>
+
+#include <thread>
+
+namespace portcullis {
+
+namespace {
+thread_local io_pool* this_threads_pool = nullptr;
+// An idle spare looks this often whether it may leave.
+constexpr auto spare_check = std::chrono::milliseconds(100);
+}  // namespace
+
+io_pool::io_pool(asio::io_context& io, unsigned threads, unsigned max_spares)
+    : io_(io), threads_(std::max(1u, threads)), max_spares_(max_spares) {}
+
+std::shared_ptr<io_pool> io_pool::current() {
+  return this_threads_pool ? this_threads_pool->shared_from_this() : nullptr;
+}
+
+bool io_pool::run(std::chrono::steady_clock::duration grace) {
+  std::unique_lock lock(mutex_);
+  for (unsigned i = 0; i < threads_; ++i) start_thread(false);
+  // A thread leaves run() only once the context stopped (or ran out of work).
+  ended_.wait(lock, [this] { return stopped_; });
+  return ended_.wait_for(lock, grace, [this] { return alive_ == 0; });
+}
+
+void io_pool::start_thread(bool spare) {
+  ++alive_;
+  if (spare) ++spares_;
+  // Detached: one held in a hook at exit is left behind (run() says so).
+  std::thread([self = shared_from_this(), spare] { self->thread_main(spare); }).detach();
+}
+
+void io_pool::thread_main(bool spare) {
+  pthread_setname_np(pthread_self(), spare ? "pc-io-spare" : "pc-io");
+  this_threads_pool = this;
+  bool counted_out = false;
+  if (spare) {
+    // One handler at a time (or a short wait), to leave soon after the held thread is back.
+    for (;;) {
+      io_.run_one_for(spare_check);
+      if (io_.stopped()) break;
+      if ((counted_out = spare_may_leave())) break;
+    }
+  } else {
+    io_.run();
+  }
+  std::lock_guard lock(mutex_);
+  if (spare && !counted_out) --spares_;
+  if (!counted_out) stopped_ = true;  // run() returns once the context stopped (or has no work left)
+  --alive_;
+  ended_.notify_all();
+}
+
+bool io_pool::spare_may_leave() {
+  std::lock_guard lock(mutex_);
+  if (spares_ <= held_) return false;
+  --spares_;
+  return true;
+}
+
+void io_pool::hold() {
+  std::lock_guard lock(mutex_);
+  ++held_;
+  if (spares_ < held_ && spares_ < max_spares_ && !io_.stopped()) start_thread(true);
+}
+
+void io_pool::release() {
+  std::lock_guard lock(mutex_);
+  if (held_ > 0) --held_;
+}
+
+unsigned io_pool::running() const {
+  std::lock_guard lock(mutex_);
+  return alive_;
+}
+
+}  // namespace portcullis
