@@ -129,7 +129,8 @@ struct python_engine::channel {
   // `monitor_until`; a push that needs it sooner wakes it.
   std::condition_variable monitor_cv;
   clock::time_point monitor_until = clock::time_point::min();  // min: awake
-  clock::time_point last_in_place = clock::time_point::min();  // the last job run on an I/O thread started
+  // When the last job run on an I/O thread started (the clock's epoch, its boot: long ago).
+  clock::time_point last_in_place{};
   // `host.run_plain` while the loop runs; read and written under the GIL only
   PyObject* plain_runner = nullptr;
   // start-up handshake: the thread reports whether the policies loaded

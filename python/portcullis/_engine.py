@@ -786,7 +786,9 @@ class EngineHost:
         run = self._start(job)
         if not isinstance(run, _StageRun):
             return run
-        tokens = run.enter()
+        # pc.log's session and pc.config, for the hooks
+        session_token = _context.session_id.set(run.session.conn.id)
+        config_token = _context.engine_config.set(run.engine.config)
         try:
             for hook in run.hooks:
                 try:
@@ -799,14 +801,19 @@ class EngineHost:
         except Exception as e:  # a bug here must still answer the job
             return _internal_error(run.stage, e)
         finally:
-            self._leave(run, tokens)
+            _context.engine_config.reset(config_token)
+            _context.session_id.reset(session_token)
+            if run.stage == "disconnect":
+                with self._lock:
+                    self._drop_session(run.session)
 
     async def _drive(self, job: Any) -> Any:
         """``run_plain`` for the loop: each hook through ``call_hook`` (plain ones in the engine's thread pool)."""
         run = self._start(job)
         if not isinstance(run, _StageRun):
             return run
-        tokens = run.enter()
+        session_token = _context.session_id.set(run.session.conn.id)
+        config_token = _context.engine_config.set(run.engine.config)
         try:
             for hook in run.hooks:
                 try:
@@ -819,7 +826,11 @@ class EngineHost:
         except Exception as e:  # a bug here must still answer the job
             return _internal_error(run.stage, e)
         finally:
-            self._leave(run, tokens)
+            _context.engine_config.reset(config_token)
+            _context.session_id.reset(session_token)
+            if run.stage == "disconnect":
+                with self._lock:
+                    self._drop_session(run.session)
 
     def _start(self, job: Any) -> _StageRun | _core.Result:
         try:
@@ -827,12 +838,6 @@ class EngineHost:
         except Exception as e:
             log.error("malformed %s job: %s", job.stage, e)
             return error_result(f"malformed {job.stage} job: {format_exception(e)}")
-
-    def _leave(self, run: _StageRun, tokens: tuple[Any, Any]) -> None:
-        run.leave(tokens)
-        if run.stage == "disconnect":
-            with self._lock:
-                self._drop_session(run.session)
 
     def forget(self, session_ids: Iterable[str]) -> None:
         """Drops the sessions (they ended; their policies had no on_disconnect hook)."""
@@ -925,14 +930,13 @@ class EngineHost:
         if unchanged:
             return tx
         tx_id, sender, sender_params, recipients, smtputf8, body_8bit = envelope
-        if tx is None or tx.id != tx_id:
-            tx = Transaction(session.conn, id=tx_id)
-        tx._smtputf8 = smtputf8
-        tx._body_8bit = body_8bit
         # The daemon's envelope is the truth: rewrites it did not apply are gone.
-        tx._sender = Address._parsed(sender, sender_params)
-        tx._recipients = AddressList._parsed(recipients)
-        session.before = (tx._sender, list(tx._recipients))
+        sender_address, recipient_list = Address._parsed(sender, sender_params), AddressList._parsed(recipients)
+        if tx is None or tx.id != tx_id:
+            tx = Transaction._of(session.conn, tx_id, sender_address, recipient_list, smtputf8, body_8bit)
+        else:
+            tx._sender, tx._recipients, tx._smtputf8, tx._body_8bit = sender_address, recipient_list, smtputf8, body_8bit
+        session.before = (sender_address, list(recipient_list))
         return tx
 
     def _drop_session(self, session: _Session) -> None:
@@ -995,14 +999,6 @@ class _StageRun:
             self.message = Message._lazy(lambda: job.message, smtputf8=tx.smtputf8)
             self.args = (tx, self.message)
 
-    def enter(self) -> tuple[Any, Any]:
-        """Sets what the hooks see as pc.log's session and pc.config; returns the tokens for ``leave``."""
-        return _context.session_id.set(self.session.conn.id), _context.engine_config.set(self.engine.config)
-
-    def leave(self, tokens: tuple[Any, Any]) -> None:
-        _context.engine_config.reset(tokens[1])
-        _context.session_id.reset(tokens[0])
-
     def took(self, hook: Hook, value: Any) -> bool:
         """A hook's value (not None) or HookFailure: whether the stage ends with it."""
         if isinstance(value, HookFailure):
@@ -1040,6 +1036,12 @@ class _StageRun:
         """The job's result: the deciding hook's, or the error, with the hooks' rewrites."""
         if self.stage == "disconnect" or (self.result is not None and self.result.error is not None):
             return None if self.stage == "disconnect" else self.result
+        session = self.session
+        tx = session.tx
+        if self.message is None and (tx is None or _same_objects(tx, session.before)):
+            if tx is not None:
+                session.envelope = session.candidate  # nothing assigned or put in: tx still is what the daemon sent
+            return self.result
         try:
             return self._with_rewrites(self.result)
         except (ValueError, TypeError) as e:
