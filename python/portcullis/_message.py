@@ -9,12 +9,12 @@ RFC 5322 §2.2.3.
 from __future__ import annotations
 
 import base64
-import email.message
-import email.parser
-import email.policy
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import email.message  # imported by as_email() only: the email package costs each worker ~4 MiB
 
 import _portcullis_core as _core
 
@@ -390,6 +390,10 @@ class Message:
 
     def as_email(self) -> email.message.EmailMessage:
         """The message as a stdlib ``EmailMessage`` (a parsed copy: changing it changes nothing here)."""
+        import email.message
+        import email.parser
+        import email.policy
+
         parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(self.raw)
         assert isinstance(parsed, email.message.EmailMessage)
         return parsed
