@@ -72,6 +72,20 @@ const py::str& stage_str(policy_stage s) {
   return (*names)[static_cast<std::size_t>(s)];
 }
 
+py::tuple connection_tuple(const policy_job& j) {
+  return py::make_tuple(j.session_id, j.client_ip, j.client_port, none_if_empty(j.helo), j.tls,
+                        j.tls ? none_if_empty(j.tls_version) : py::none(), j.tls ? none_if_empty(j.tls_cipher) : py::none(),
+                        j.auth_user ? py::object(py::str(*j.auth_user)) : py::object(py::none()));
+}
+
+py::object envelope_tuple(const policy_job& j) {
+  if (!j.has_tx) return py::none();
+  py::list recipients(j.recipients.size());
+  for (std::size_t i = 0; i < j.recipients.size(); ++i) recipients[i] = address_parts(j.recipients[i]);
+  return py::make_tuple(j.tx_id, address_parts(j.sender), params_dict(j.sender_params), std::move(recipients),
+                        j.smtputf8, j.body_8bit);
+}
+
 }  // namespace
 
 void define_protocol(py::module_& m) {
@@ -116,27 +130,15 @@ void define_protocol(py::module_& m) {
             j.message = raw.is_none() ? nullptr
                                       : message_store::wrap(std::make_shared<const std::string>(raw.cast<std::string>()));
           })
+      .def("connection", &connection_tuple,
+           "(id, client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user) in one call; "
+           "helo, the TLS fields and auth_user are None when unset.")
+      .def("envelope", &envelope_tuple,
+           "(tx id, sender, sender_params, recipients, smtputf8, body_8bit) in one call, or None outside a "
+           "transaction; each address as (local part, domain).")
       .def(
-          "connection",
-          [](const policy_job& j) {
-            return py::make_tuple(j.session_id, j.client_ip, j.client_port, none_if_empty(j.helo), j.tls,
-                                  j.tls ? none_if_empty(j.tls_version) : py::none(),
-                                  j.tls ? none_if_empty(j.tls_cipher) : py::none(),
-                                  j.auth_user ? py::object(py::str(*j.auth_user)) : py::object(py::none()));
-          },
-          "(id, client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user) in one call; "
-          "helo, the TLS fields and auth_user are None when unset.")
-      .def(
-          "envelope",
-          [](const policy_job& j) -> py::object {
-            if (!j.has_tx) return py::none();
-            py::list recipients(j.recipients.size());
-            for (std::size_t i = 0; i < j.recipients.size(); ++i) recipients[i] = address_parts(j.recipients[i]);
-            return py::make_tuple(j.tx_id, address_parts(j.sender), params_dict(j.sender_params), std::move(recipients),
-                                  j.smtputf8, j.body_8bit);
-          },
-          "(tx id, sender, sender_params, recipients, smtputf8, body_8bit) in one call, or None outside a "
-          "transaction; each address as (local part, domain).")
+          "state", [](const policy_job& j) { return py::make_tuple(stage_str(j.stage), connection_tuple(j), envelope_tuple(j)); },
+          "(stage, connection(), envelope()): what every job needs, in one call.")
       .def(
           "rcpt_address", [](const policy_job& j) { return py::make_tuple(address_parts(j.rcpt), params_dict(j.rcpt_params)); },
           "The recipient of a rcpt job and its ESMTP parameters in one call: ((local part, domain), params).");

@@ -834,7 +834,8 @@ class EngineHost:
 
     def _start(self, job: Any) -> _StageRun | _core.Result:
         try:
-            return _StageRun(self._session_for(job), job)
+            stage, connection, envelope = job.state()  # one call into the daemon's job for what every stage needs
+            return _StageRun(self._session_for(job, connection, envelope), job, stage)
         except Exception as e:
             log.error("malformed %s job: %s", job.stage, e)
             return error_result(f"malformed {job.stage} job: {format_exception(e)}")
@@ -896,8 +897,7 @@ class EngineHost:
         except concurrent.futures.CancelledError:
             raise HookFailure(f"{hook.label} was cancelled (the policy engine is stopping)") from None
 
-    def _session_for(self, job: Any) -> _Session:
-        connection = job.connection()
+    def _session_for(self, job: Any, connection: tuple[Any, ...], envelope: tuple[Any, ...] | None) -> _Session:
         sid = connection[0]
         # A session's jobs never run at once, so only a new one needs the lock.
         session = self._sessions.get(sid)
@@ -912,12 +912,11 @@ class EngineHost:
         if connection != session.connection:  # the daemon's view moved (HELO, STARTTLS, AUTH)
             session.conn._update(*connection[1:])
             session.connection = connection
-        session.tx = self._transaction_for(session, job)
+        session.tx = self._transaction_for(session, envelope)
         return session
 
     @staticmethod
-    def _transaction_for(session: _Session, job: Any) -> Transaction | None:
-        envelope = job.envelope()
+    def _transaction_for(session: _Session, envelope: tuple[Any, ...] | None) -> Transaction | None:
         if envelope is None:
             session.envelope = None
             return None
@@ -973,10 +972,10 @@ class _StageRun:
 
     __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result")
 
-    def __init__(self, session: _Session, job: Any) -> None:
+    def __init__(self, session: _Session, job: Any, stage: str) -> None:
         self.session = session
         self.engine = engine = session.engine
-        self.stage = stage = job.stage
+        self.stage = stage
         self.hooks: list[Hook] = engine.hooks[stage]
         self.message: Message | None = None
         self.result: _core.Result | None = None
