@@ -95,3 +95,43 @@ def test_eight_sessions_with_one_second_hooks_overlap(policy_daemon, aiosmtpd_up
     for e in envs:
         i = int(e["mail_from"][1:].split("@")[0])
         assert e["content"].endswith(f"Subject: session {i}\r\n\r\nbody {i}\r\n".encode())
+
+
+# -- where each kind of stage runs ------------------------------------------------
+
+THREAD_NAME = """
+    import threading
+
+    import portcullis as pc
+
+    def thread_name():
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:
+            return f.read().strip()
+"""
+
+PLAIN = THREAD_NAME + """
+    def on_helo(conn, hostname):          # every hook plain: on the I/O thread itself
+        pc.log.info("helo ran on %s", thread_name())
+
+    def on_mail(tx, sender):              # with the async one below: a policy worker
+        pc.log.info("mail ran on %s", thread_name())
+"""
+
+ASYNC = THREAD_NAME + """
+    async def on_mail(tx, sender):
+        pass
+
+    async def on_rcpt(tx, rcpt):          # every hook async: the event loop
+        pc.log.info("rcpt ran on %s", thread_name())
+"""
+
+
+def test_each_kind_of_stage_runs_where_it_costs_least(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, PLAIN, ASYNC, server={"threads": 1})
+    with d.connect() as c:
+        r = c.transaction("ann@example.test", ["bob@example.test"], b"Subject: x\r\n\r\nbody")
+        assert r.code == 250, r
+        c.exchange("QUIT", 221)
+    d.wait_log(r"helo ran on pc-io$")
+    d.wait_log(r"mail ran on pc-policy$")
+    d.wait_log(r"rcpt ran on pc-loop$")
