@@ -22,16 +22,41 @@ std::shared_ptr<io_pool> io_pool::current() {
 bool io_pool::run(std::chrono::steady_clock::duration grace) {
   std::unique_lock lock(mutex_);
   for (unsigned i = 0; i < threads_; ++i) start_thread(false);
-  // A thread leaves run() only once the context stopped (or ran out of work).
-  ended_.wait(lock, [this] { return stopped_; });
-  return ended_.wait_for(lock, grace, [this] { return alive_ == 0; });
+  // Joins spares as they leave; a pool thread leaves run() for good only once
+  // the context stopped (or ran out of work).
+  for (;;) {
+    ended_.wait(lock, [this] { return stopped_ || !finished_.empty(); });
+    join_finished(lock);
+    if (stopped_) break;
+  }
+  const auto until = std::chrono::steady_clock::now() + grace;
+  while (!started_.empty() && ended_.wait_until(lock, until, [this] { return !finished_.empty(); }))
+    join_finished(lock);
+  if (started_.empty()) return true;
+  for (auto& [id, thread] : started_) thread.detach();  // held in a hook: left behind
+  started_.clear();
+  return false;
+}
+
+void io_pool::join_finished(std::unique_lock<std::mutex>& lock) {
+  std::vector<std::thread> done;
+  for (const auto id : std::exchange(finished_, {})) {
+    done.push_back(std::move(started_.at(id)));
+    started_.erase(id);
+  }
+  lock.unlock();
+  // Joined, not only counted: a thread's exit still runs its thread-local
+  // destructors (OpenSSL's among them), which must be over before exit().
+  for (auto& thread : done) thread.join();
+  lock.lock();
 }
 
 void io_pool::start_thread(bool spare) {
   ++alive_;
   if (spare) ++spares_;
-  // Detached: one held in a hook at exit is left behind (run() says so).
-  std::thread([self = shared_from_this(), spare] { self->thread_main(spare); }).detach();
+  std::thread thread([self = shared_from_this(), spare] { self->thread_main(spare); });
+  const auto id = thread.get_id();
+  started_.emplace(id, std::move(thread));  // (its end waits for mutex_, held here)
 }
 
 void io_pool::thread_main(bool spare) {
@@ -52,6 +77,7 @@ void io_pool::thread_main(bool spare) {
   if (spare && !counted_out) --spares_;
   if (!counted_out) stopped_ = true;  // run() returns once the context stopped (or has no work left)
   --alive_;
+  finished_.push_back(std::this_thread::get_id());
   ended_.notify_all();
 }
 

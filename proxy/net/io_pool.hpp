@@ -10,8 +10,11 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #include "asio.hpp"
 
@@ -44,6 +47,7 @@ class io_pool : public std::enable_shared_from_this<io_pool> {
   void start_thread(bool spare);  // (under mutex_)
   void thread_main(bool spare);
   bool spare_may_leave();
+  void join_finished(std::unique_lock<std::mutex>& lock);  // (run()'s thread)
 
   asio::io_context& io_;
   const unsigned threads_;
@@ -54,6 +58,8 @@ class io_pool : public std::enable_shared_from_this<io_pool> {
   unsigned held_ = 0;    // threads held in slow hooks
   unsigned spares_ = 0;  // spare threads alive
   bool stopped_ = false;  // a thread left the context for good
+  std::map<std::thread::id, std::thread> started_;  // not joined yet
+  std::vector<std::thread::id> finished_;           // ended, to join
 };
 
 }  // namespace portcullis
