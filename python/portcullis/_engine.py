@@ -1068,8 +1068,7 @@ class _StageRun:
                 if recipients != before_recipients:
                     result.recipients = recipients
         if message is not None and message.changed:
-            raw = message.raw
-            _core.check_message(raw)
+            raw = message._checked_raw()
             result = result or _core.Result()
             result.message = raw
         return result

@@ -252,7 +252,7 @@ def _parse(raw: bytes) -> tuple[list[_Field], bool, int]:
     return fields, blank_line, pos + 2 if blank_line else pos
 
 
-_LAZY_SLOTS = frozenset({"_original", "_fields", "_blank_line", "_body_start", "_body"})
+_LAZY_SLOTS = frozenset({"_original", "_fields", "_blank_line", "_body_start", "_body", "_body_set"})
 
 
 class Message:
@@ -279,14 +279,14 @@ class Message:
     value as set); inside, as UTF-8 (RFC 6532).
     """
 
-    __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_changed", "_smtputf8", "_loader")
+    __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_body_set", "_changed", "_smtputf8", "_loader")
 
     def __init__(self, raw: bytes, *, smtputf8: bool = False) -> None:
         """Parses ``raw``: the message as received (CRLF line ends, no NUL), ``ValueError`` otherwise."""
         self._loader = None
         self._changed = False
         self._smtputf8 = bool(smtputf8)
-        self._load(raw)
+        self._load(raw, checked=False)
 
     @classmethod
     def _lazy(cls, loader: Callable[[], bytes], *, smtputf8: bool = False) -> Message:
@@ -298,14 +298,17 @@ class Message:
         message._smtputf8 = bool(smtputf8)
         return message
 
-    def _load(self, raw: bytes) -> None:
+    def _load(self, raw: bytes, checked: bool) -> None:
+        # ``checked``: the daemon's own bytes (it refuses a bare CR or LF and a NUL at DATA).
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise TypeError(f"a message is bytes, not {type(raw).__name__}")
         raw = bytes(raw)
-        _check_line_endings(raw)
+        if not checked:
+            _check_line_endings(raw)
         self._original = raw
         self._fields, self._blank_line, self._body_start = _parse(raw)
         self._body: bytes | None = None  # sliced from _original when first read
+        self._body_set = False
 
     def __getattr__(self, name: str) -> Any:
         # Only for a lazy message's slots not yet filled: load, then read as usual.
@@ -313,7 +316,7 @@ class Message:
             loader = object.__getattribute__(self, "_loader")
             if loader is not None:
                 self._loader = None
-                self._load(loader())
+                self._load(loader(), checked=True)
                 return object.__getattribute__(self, name)
         raise AttributeError(name)
 
@@ -369,6 +372,7 @@ class Message:
             data += CRLF
         self._fields  # a lazy message loads now, or loading later would undo this
         self._body = data
+        self._body_set = True
         self._changed = True
 
     @property
@@ -387,6 +391,17 @@ class Message:
 
     def __bytes__(self) -> bytes:
         return self.raw
+
+    def _checked_raw(self) -> bytes:
+        """``raw``, checked as the daemon checks a message it relays (``ValueError``). The
+        body as received was checked already: with only header fields changed, only the
+        header section is checked again (a 1 MiB body is not scanned for one added field)."""
+        raw = self.raw
+        if not self._body_set and self._blank_line:
+            _core.check_message(raw[: len(raw) - (len(self._original) - self._body_start)])
+        else:
+            _core.check_message(raw)
+        return raw
 
     def as_email(self) -> email.message.EmailMessage:
         """The message as a stdlib ``EmailMessage`` (a parsed copy: changing it changes nothing here)."""

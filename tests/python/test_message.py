@@ -230,3 +230,20 @@ def test_a_lazy_message_loads_once_and_keeps_every_change():
     m.add_header("X-Seen", "yes")
     assert m.raw == b"X-Seen: yes\r\nSubject: hi\r\n\r\nnew body\r\n"
     assert m.changed and reads == [1]
+
+
+def test_a_header_edit_checks_the_header_section_and_keeps_the_body():
+    # The daemon's bytes were checked at DATA: with only fields changed, the
+    # body is neither scanned again nor copied apart from the final join.
+    body = b"x" * 998 + b"\r\n"
+    raw = b"Subject: hi\r\n\r\n" + body * 100
+    m = pc.Message._lazy(lambda: raw)
+    m.add_header("X-Checked", "yes")
+    assert m._checked_raw() == b"X-Checked: yes\r\n" + raw
+    # Without an empty line after the fields, what follows them is body: one goes in.
+    odd = pc.Message._lazy(lambda: b"not a field\r\nbody\r\n")
+    odd.add_header("X-Checked", "yes")
+    assert odd._checked_raw() == b"X-Checked: yes\r\n\r\nnot a field\r\nbody\r\n"
+    # A new body is checked with the rest.
+    m.body = b"new body\n"
+    assert m._checked_raw() == b"X-Checked: yes\r\nSubject: hi\r\n\r\nnew body\r\n"
