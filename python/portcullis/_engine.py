@@ -771,7 +771,7 @@ class EngineHost:
                 self.release(job.get("generation"))
                 return None
             return error_result(f"unknown job stage {stage!r}")
-        return await self._drive(job)
+        return await self._drive(job, call_hook)
 
     def run_plain(self, job: Any, forgotten: Sequence[str] | None = None) -> Any:
         """Runs one job on the calling thread (a daemon policy worker, GIL held). Never raises.
@@ -783,6 +783,17 @@ class EngineHost:
         """
         if forgotten:
             self.forget(forgotten)
+        # The driver never suspends with an in-place call: one step runs it to the end.
+        driver = self._drive(job, self._in_place)
+        try:
+            driver.send(None)
+        except StopIteration as done:
+            return done.value
+        driver.close()
+        return error_result("internal error in the policy engine: a plain job suspended")
+
+    async def _drive(self, job: Any, call: Callable[[Engine, Hook, tuple[Any, ...]], Awaitable[Any]]) -> Any:
+        """Runs a stage job's hooks in file order through ``call`` (which raises HookFailure for a failed hook)."""
         run = self._start(job)
         if not isinstance(run, _StageRun):
             return run
@@ -792,7 +803,7 @@ class EngineHost:
         try:
             for hook in run.hooks:
                 try:
-                    value = self._call_in_place(run.engine, hook, run.args)
+                    value = await call(run.engine, hook, run.args)
                 except HookFailure as f:
                     value = f
                 if value is not None and run.took(hook, value):
@@ -807,30 +818,8 @@ class EngineHost:
                 with self._lock:
                     self._drop_session(run.session)
 
-    async def _drive(self, job: Any) -> Any:
-        """``run_plain`` for the loop: each hook through ``call_hook`` (plain ones in the engine's thread pool)."""
-        run = self._start(job)
-        if not isinstance(run, _StageRun):
-            return run
-        session_token = _context.session_id.set(run.session.conn.id)
-        config_token = _context.engine_config.set(run.engine.config)
-        try:
-            for hook in run.hooks:
-                try:
-                    value = await call_hook(run.engine, hook, run.args)
-                except HookFailure as f:
-                    value = f
-                if value is not None and run.took(hook, value):
-                    break
-            return run.finish()
-        except Exception as e:  # a bug here must still answer the job
-            return _internal_error(run.stage, e)
-        finally:
-            _context.engine_config.reset(config_token)
-            _context.session_id.reset(session_token)
-            if run.stage == "disconnect":
-                with self._lock:
-                    self._drop_session(run.session)
+    async def _in_place(self, engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
+        return self._call_in_place(engine, hook, args)
 
     def _start(self, job: Any) -> _StageRun | _core.Result:
         try:

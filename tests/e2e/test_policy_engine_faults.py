@@ -130,8 +130,9 @@ def test_reload_onto_a_broken_then_a_fixed_policy_from_none(start_daemon, aiosmt
 
 # -- item 9: a policy thread stuck at shutdown ----------------------------------------
 
-def test_a_policy_thread_stuck_at_shutdown_is_left_behind_safely(policy_daemon, fake_upstream, tmp_path,
-                                                                  monkeypatch):
+def stuck_at_disconnect(policy_daemon, fake_upstream, tmp_path, monkeypatch, hook: str, **server):
+    """A daemon whose on_disconnect (``hook``: "async def" or "def") is stuck in
+    C calls once a client has quit, until the test creates the returned flag file."""
     flag = tmp_path / "let-go"
     # The left-behind thread still runs Python while the process exits: the
     # objects its frames hold live in CPython's mmap'd frame stack, which
@@ -147,14 +148,24 @@ def test_a_policy_thread_stuck_at_shutdown_is_left_behind_safely(policy_daemon, 
         import os
         import time
 
-        async def on_disconnect(conn):
-            # Stuck in C calls on the loop's own thread until the test lets it go.
+        import portcullis as pc
+
+        {hook} on_disconnect(conn):
+            pc.log.info("on_disconnect is stuck")
             while not os.path.exists({str(flag)!r}):
                 time.sleep(0.001)
-    """, policy={"timeout": TIMEOUT}, server={"shutdown_grace": 1})
+    """, policy={"timeout": TIMEOUT}, server={"shutdown_grace": 1, **server})
     with d.client() as c:
         c.expect(220)
         c.exchange("QUIT", 221)
+    d.wait_log(r"on_disconnect is stuck")
+    return d, flag
+
+
+def test_a_policy_thread_stuck_at_shutdown_is_left_behind_safely(policy_daemon, fake_upstream, tmp_path,
+                                                                  monkeypatch):
+    # An async hook stuck in C calls holds the loop's own thread.
+    d, flag = stuck_at_disconnect(policy_daemon, fake_upstream, tmp_path, monkeypatch, "async def")
     # The session gives up on its disconnect job after the backstop and ends.
     d.wait_log(r"policy error in (on_)?disconnect", timeout=BACKSTOP + 5)
     d.signal(signal.SIGTERM)
@@ -169,26 +180,8 @@ def test_a_policy_thread_stuck_at_shutdown_is_left_behind_safely(policy_daemon, 
 
 def test_a_plain_hook_stuck_on_an_io_thread_at_shutdown_is_left_behind(policy_daemon, fake_upstream, tmp_path,
                                                                        monkeypatch):
-    flag = tmp_path / "let-go"
-    suppressions = tmp_path / "lsan.supp"  # as above: the thread runs Python while the process exits
-    suppressions.write_text("leak:libpython3.11.so\nleak:libcrypto.so\n")
-    monkeypatch.setenv("LSAN_OPTIONS", f"suppressions={suppressions}")
-    d = policy_daemon(fake_upstream().url, f"""
-        import os
-        import time
-
-        import portcullis as pc
-
-        def on_disconnect(conn):
-            # A plain hook runs on the I/O thread that took its job: stuck there.
-            pc.log.info("on_disconnect is stuck")
-            while not os.path.exists({str(flag)!r}):
-                time.sleep(0.001)
-    """, policy={"timeout": TIMEOUT}, server={"shutdown_grace": 1, "threads": 1})
-    with d.client() as c:
-        c.expect(220)
-        c.exchange("QUIT", 221)
-    d.wait_log(r"on_disconnect is stuck")
+    # A plain hook runs on the I/O thread that took its job: stuck there, the only one.
+    d, flag = stuck_at_disconnect(policy_daemon, fake_upstream, tmp_path, monkeypatch, "def", threads=1)
     # A spare thread serves in its place: a new client still gets its greeting.
     with d.client() as c:
         c.expect(220)

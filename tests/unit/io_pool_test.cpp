@@ -24,27 +24,40 @@ bool eventually(F done) {
   return done();
 }
 
-TEST(IoPool, RunsItsThreadsUntilTheContextStops) {
+// A pool of `threads` (and up to `spares` spares) running a context with
+// work, its run() on a thread of the test's; stop() ends it.
+struct running_pool {
   asio::io_context io;
-  auto guard = asio::make_work_guard(io);
-  auto pool = std::make_shared<io_pool>(io, 3, 4);
-  auto ran = std::async(std::launch::async, [&] { return pool->run(1s); });
+  asio::executor_work_guard<asio::io_context::executor_type> guard = asio::make_work_guard(io);
+  std::shared_ptr<io_pool> pool;
+  std::future<bool> ran;
+  running_pool(unsigned threads, unsigned spares) : pool(std::make_shared<io_pool>(io, threads, spares)) {
+    ran = std::async(std::launch::async, [this] { return pool->run(1s); });
+  }
+  bool stop() {
+    io.stop();
+    return ran.get();
+  }
+};
+
+TEST(IoPool, RunsItsThreadsUntilTheContextStops) {
+  running_pool r(3, 4);
+  auto& io = r.io;
+  auto& pool = r.pool;
   ASSERT_TRUE(eventually([&] { return pool->running() == 3; }));
   // Handlers run on the pool's threads, which know their pool.
   std::promise<std::shared_ptr<io_pool>> seen;
   asio::post(io, [&] { seen.set_value(io_pool::current()); });
   EXPECT_EQ(seen.get_future().get(), pool);
   EXPECT_EQ(io_pool::current(), nullptr);  // not an I/O thread
-  io.stop();
-  EXPECT_TRUE(ran.get());
+  EXPECT_TRUE(r.stop());
   EXPECT_EQ(pool->running(), 0u);
 }
 
 TEST(IoPool, ASpareServesWhileTheOnlyThreadIsHeld) {
-  asio::io_context io;
-  auto guard = asio::make_work_guard(io);
-  auto pool = std::make_shared<io_pool>(io, 1, 2);
-  auto ran = std::async(std::launch::async, [&] { return pool->run(1s); });
+  running_pool r(1, 2);
+  auto& io = r.io;
+  auto& pool = r.pool;
   std::promise<void> let_go;
   auto released = let_go.get_future().share();
   std::atomic<bool> held{false};
@@ -67,23 +80,19 @@ TEST(IoPool, ASpareServesWhileTheOnlyThreadIsHeld) {
   pool->release();
   for (int i = 0; i < 3; ++i) asio::post(io, [&] { ++later; });
   EXPECT_TRUE(eventually([&] { return later == 4 && pool->running() == 1; }));
-  io.stop();
-  EXPECT_TRUE(ran.get());
+  EXPECT_TRUE(r.stop());
 }
 
 TEST(IoPool, SparesAreBounded) {
-  asio::io_context io;
-  auto guard = asio::make_work_guard(io);
-  auto pool = std::make_shared<io_pool>(io, 1, 1);
-  auto ran = std::async(std::launch::async, [&] { return pool->run(1s); });
+  running_pool r(1, 1);
+  auto& pool = r.pool;
   ASSERT_TRUE(eventually([&] { return pool->running() == 1; }));
   pool->hold();
   pool->hold();  // a second held thread gets no second spare: max_spares is 1
   EXPECT_TRUE(eventually([&] { return pool->running() == 2; }));
   std::this_thread::sleep_for(50ms);
   EXPECT_EQ(pool->running(), 2u);
-  io.stop();
-  EXPECT_TRUE(ran.get());
+  EXPECT_TRUE(r.stop());
 }
 
 TEST(IoPool, AThreadStuckPastTheGraceIsLeftBehind) {
