@@ -10,6 +10,8 @@ namespace {
 thread_local io_pool* this_threads_pool = nullptr;
 // An idle spare looks this often whether it may leave.
 constexpr auto spare_check = std::chrono::milliseconds(100);
+// How long spares stay once there are more than held threads.
+constexpr auto spare_linger = std::chrono::seconds(1);
 }  // namespace
 
 io_pool::io_pool(asio::io_context& io, unsigned threads, unsigned max_spares)
@@ -83,7 +85,16 @@ void io_pool::thread_main(bool spare) {
 
 bool io_pool::spare_may_leave() {
   std::lock_guard lock(mutex_);
-  if (spares_ <= held_) return false;
+  const auto now = std::chrono::steady_clock::now();
+  if (spares_ <= held_) {
+    surplus_since_.reset();
+    return false;
+  }
+  // A surplus spare lingers a while: hooks that are often slow reuse it
+  // instead of starting a thread each.
+  if (!surplus_since_) surplus_since_ = now;
+  if (now - *surplus_since_ < spare_linger) return false;
+  surplus_since_.reset();
   --spares_;
   return true;
 }

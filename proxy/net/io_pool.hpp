@@ -5,7 +5,7 @@
 // hook may block (a slow lookup, a hung one): the policy engine then says so
 // with hold(), and a spare thread runs the context in the held one's place,
 // so other sessions never wait for a hook; once the hook returns, release()
-// lets one thread go again.
+// lets one thread go again (after a second, so often-slow hooks reuse it).
 #pragma once
 
 #include <chrono>
@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -60,6 +61,7 @@ class io_pool : public std::enable_shared_from_this<io_pool> {
   bool stopped_ = false;  // a thread left the context for good
   std::map<std::thread::id, std::thread> started_;  // not joined yet
   std::vector<std::thread::id> finished_;           // ended, to join
+  std::optional<std::chrono::steady_clock::time_point> surplus_since_;  // more spares than held threads
 };
 
 }  // namespace portcullis

@@ -95,6 +95,21 @@ TEST(IoPool, SparesAreBounded) {
   EXPECT_TRUE(r.stop());
 }
 
+TEST(IoPool, ASpareLingersAndIsReused) {
+  running_pool r(1, 2);
+  auto& pool = r.pool;
+  ASSERT_TRUE(eventually([&] { return pool->running() == 1; }));
+  pool->hold();
+  ASSERT_TRUE(eventually([&] { return pool->running() == 2; }));
+  pool->release();
+  pool->hold();  // a hook slow again soon after: the lingering spare takes it, no new thread
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(pool->running(), 2u);
+  pool->release();
+  EXPECT_TRUE(eventually([&] { return pool->running() == 1; }));  // after the linger
+  EXPECT_TRUE(r.stop());
+}
+
 TEST(IoPool, AThreadStuckPastTheGraceIsLeftBehind) {
   // On the heap, freed only once the stuck thread is out of it.
   auto* io = new asio::io_context;
