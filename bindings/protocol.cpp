@@ -8,6 +8,7 @@
 #include <cctype>
 
 #include "bindings/core.hpp"
+#include "smtp/text.hpp"
 #include "policy/policy_job.hpp"
 
 namespace py = pybind11;
@@ -40,10 +41,7 @@ std::vector<smtp::esmtp_param> params_from(const py::dict& d) {
 // parser (a job built in a test may hold anything); the null sender and
 // "Postmaster" have no domain. Python makes its Address from these as they are.
 py::tuple address_parts(const std::string& text) {
-  if (text.empty() || (text.size() == 10 && std::equal(text.begin(), text.end(), "postmaster", [](char a, char b) {
-                         return std::tolower(static_cast<unsigned char>(a)) == b;
-                       })))
-    return py::make_tuple(text, "");
+  if (text.empty() || smtp::equals_nocase(text, "postmaster")) return py::make_tuple(text, "");
   auto a = smtp::parse_mailbox(text, true);
   if (!a || !smtp::is_valid_address(*a, true)) throw py::value_error("invalid address: " + text.substr(0, 300));
   return py::make_tuple(a->local, a->domain);
@@ -72,6 +70,7 @@ const py::str& stage_str(policy_stage s) {
   return (*names)[static_cast<std::size_t>(s)];
 }
 
+// The parts of job.state().
 py::tuple connection_tuple(const policy_job& j) {
   return py::make_tuple(j.session_id, j.client_ip, j.client_port, none_if_empty(j.helo), j.tls,
                         j.tls ? none_if_empty(j.tls_version) : py::none(), j.tls ? none_if_empty(j.tls_cipher) : py::none(),
@@ -130,15 +129,12 @@ void define_protocol(py::module_& m) {
             j.message = raw.is_none() ? nullptr
                                       : message_store::wrap(std::make_shared<const std::string>(raw.cast<std::string>()));
           })
-      .def("connection", &connection_tuple,
-           "(id, client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user) in one call; "
-           "helo, the TLS fields and auth_user are None when unset.")
-      .def("envelope", &envelope_tuple,
-           "(tx id, sender, sender_params, recipients, smtputf8, body_8bit) in one call, or None outside a "
-           "transaction; each address as (local part, domain).")
       .def(
           "state", [](const policy_job& j) { return py::make_tuple(stage_str(j.stage), connection_tuple(j), envelope_tuple(j)); },
-          "(stage, connection(), envelope()): what every job needs, in one call.")
+          "(stage, connection, envelope): what every job needs, in one call. connection: (id, client_ip, "
+          "client_port, helo, tls, tls_version, tls_cipher, auth_user), None for what is unset; envelope: None "
+          "outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, body_8bit), each "
+          "address as (local part, domain).")
       .def(
           "rcpt_address", [](const policy_job& j) { return py::make_tuple(address_parts(j.rcpt), params_dict(j.rcpt_params)); },
           "The recipient of a rcpt job and its ESMTP parameters in one call: ((local part, domain), params).");

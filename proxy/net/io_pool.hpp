@@ -38,7 +38,7 @@ class io_pool : public std::enable_shared_from_this<io_pool> {
   // One of the pool's threads is held in a slow hook: a spare takes its
   // place (up to max_spares). Any thread may call these.
   void hold();
-  // A held thread came back: one thread leaves after the handler it runs.
+  // A held thread came back: a spare leaves once it has been surplus for a second.
   void release();
 
   // Threads now running the context, spares included (for tests and logs).

@@ -615,10 +615,11 @@ class EngineHost:
     stays on it until its disconnect, so a reload leaves sessions in progress
     on the old code; an old engine is dropped when its last session ends.
 
-    Two drivers run a stage's hooks, both through ``_drive`` and ``_StageRun``: ``dispatch``
-    (async: the daemon's event loop for stages whose hooks are all async,
-    and ``portcullis.testing``; plain hooks go to the engine's thread pool)
-    and ``run_plain`` (the daemon's policy workers: hooks called in place).
+    One driver, ``_drive`` (with ``_StageRun``), runs a stage's hooks two
+    ways: ``dispatch`` awaits it (the daemon's event loop for stages whose
+    hooks are all async, and ``portcullis.testing``; plain hooks go to the
+    engine's thread pool) and ``run_plain`` steps it once (the daemon's I/O
+    threads and policy workers: hooks called in place).
     The session table is shared by those threads, so it changes under
     ``_lock``; one session's jobs never run at once (the daemon awaits each).
     """
@@ -774,7 +775,7 @@ class EngineHost:
         return await self._drive(job, call_hook)
 
     def run_plain(self, job: Any, forgotten: Sequence[str] | None = None) -> Any:
-        """Runs one job on the calling thread (a daemon policy worker, GIL held). Never raises.
+        """Runs one job on the calling thread (a daemon I/O thread or policy worker, GIL held). Never raises.
 
         Plain hooks are called in place; the daemon enforces policy.timeout
         (it stops waiting and this thread's result is dropped). An async
@@ -935,7 +936,6 @@ class EngineHost:
         self._close_if_unused(session.engine)
 
 
-
 def _checked_verdict(hook: Hook, stage: str, value: Any) -> Verdict:
     if not isinstance(value, Verdict):
         expected = "None, True, False or a verdict" if stage == "auth" else "None or a verdict (pc.accept(), pc.reject(...), ...)"
@@ -956,8 +956,8 @@ def _same_objects(tx: Transaction, before: tuple[Address, list[Address]]) -> boo
 class _StageRun:
     """One stage job bound to its session: the hooks to call in file order,
     their arguments, and how their values make the job's result (None: "next").
-    The drivers call ``decide`` with each value other than None and ``fail``
-    with each HookFailure, stop when either says the stage ended, then ``finish``."""
+    The driver calls ``took`` with each value other than None or HookFailure,
+    stops when it says the stage ended, then ``finish``."""
 
     __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result")
 
@@ -1022,13 +1022,9 @@ class _StageRun:
 
     def finish(self) -> _core.Result | None:
         """The job's result: the deciding hook's, or the error, with the hooks' rewrites."""
-        if self.stage == "disconnect" or (self.result is not None and self.result.error is not None):
-            return None if self.stage == "disconnect" else self.result
-        session = self.session
-        tx = session.tx
-        if self.message is None and (tx is None or _same_objects(tx, session.before)):
-            if tx is not None:
-                session.envelope = session.candidate  # nothing assigned or put in: tx still is what the daemon sent
+        if self.stage == "disconnect":
+            return None
+        if self.result is not None and self.result.error is not None:
             return self.result
         try:
             return self._with_rewrites(self.result)

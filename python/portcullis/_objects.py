@@ -86,7 +86,7 @@ class Connection:
 
     def _update(self, client_ip: str, client_port: int, helo: str | None, tls: bool, tls_version: str | None,
                 tls_cipher: str | None, auth_user: str | None) -> None:
-        """Takes the daemon's view of the session (``_core.Job.connection()`` without the id)."""
+        """Takes the daemon's view of the session (the connection of ``_core.Job.state()`` without the id)."""
         self._client_ip = client_ip
         self._client_port = client_port
         self._helo = helo

@@ -24,6 +24,13 @@ bool eventually(F done) {
   return done();
 }
 
+// The pool comes to `n` running threads and stays there (no thread starts late).
+void expect_running_stays(const io_pool& pool, unsigned n) {
+  EXPECT_TRUE(eventually([&] { return pool.running() == n; }));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(pool.running(), n);
+}
+
 // A pool of `threads` (and up to `spares` spares) running a context with
 // work, its run() on a thread of the test's; stop() ends it.
 struct running_pool {
@@ -75,7 +82,7 @@ TEST(IoPool, ASpareServesWhileTheOnlyThreadIsHeld) {
   pool->hold();
   EXPECT_TRUE(eventually([&] { return later == 1; }));
   EXPECT_EQ(pool->running(), 2u);
-  // The held thread comes back: one thread leaves after its next handler.
+  // The held thread comes back: the spare leaves once surplus for a second.
   let_go.set_value();
   pool->release();
   for (int i = 0; i < 3; ++i) asio::post(io, [&] { ++later; });
@@ -89,9 +96,7 @@ TEST(IoPool, SparesAreBounded) {
   ASSERT_TRUE(eventually([&] { return pool->running() == 1; }));
   pool->hold();
   pool->hold();  // a second held thread gets no second spare: max_spares is 1
-  EXPECT_TRUE(eventually([&] { return pool->running() == 2; }));
-  std::this_thread::sleep_for(50ms);
-  EXPECT_EQ(pool->running(), 2u);
+  expect_running_stays(*pool, 2);
   EXPECT_TRUE(r.stop());
 }
 
@@ -103,8 +108,7 @@ TEST(IoPool, ASpareLingersAndIsReused) {
   ASSERT_TRUE(eventually([&] { return pool->running() == 2; }));
   pool->release();
   pool->hold();  // a hook slow again soon after: the lingering spare takes it, no new thread
-  std::this_thread::sleep_for(50ms);
-  EXPECT_EQ(pool->running(), 2u);
+  expect_running_stays(*pool, 2);
   pool->release();
   EXPECT_TRUE(eventually([&] { return pool->running() == 1; }));  // after the linger
   EXPECT_TRUE(r.stop());
