@@ -37,15 +37,30 @@ std::vector<smtp::esmtp_param> params_from(const py::dict& d) {
   return out;
 }
 
-// An envelope address as (local part, domain), parsed by the daemon's own
-// parser (a job built in a test may hold anything); the null sender and
-// "Postmaster" have no domain. Python makes its Address from these as they are.
-py::tuple address_parts(const std::string& text) {
-  if (text.empty() || smtp::equals_nocase(text, "postmaster")) return py::make_tuple(text, "");
+// An address a test sets on a job, checked with the daemon's own parser (the
+// daemon's jobs carry what it parsed off the wire); the null sender and
+// "Postmaster" have no domain.
+smtp::address address_of(const std::string& text) {
+  if (text.empty() || smtp::equals_nocase(text, "postmaster")) return smtp::address{text, ""};
   auto a = smtp::parse_mailbox(text, true);
   if (!a || !smtp::is_valid_address(*a, true)) throw py::value_error("invalid address: " + text.substr(0, 300));
-  return py::make_tuple(a->local, a->domain);
+  return *a;
 }
+
+std::vector<smtp::address> addresses_of(const std::vector<std::string>& texts) {
+  std::vector<smtp::address> out;
+  for (const auto& t : texts) out.push_back(address_of(t));
+  return out;
+}
+
+std::vector<std::string> address_texts(const std::vector<smtp::address>& list) {
+  std::vector<std::string> out;
+  for (const auto& a : list) out.push_back(a.str());
+  return out;
+}
+
+// An address as (local part, domain): Python makes its Address from these as they are.
+py::tuple address_parts(const smtp::address& a) { return py::make_tuple(a.local, a.domain); }
 
 py::object none_if_empty(const std::string& s) { return s.empty() ? py::object(py::none()) : py::object(py::str(s)); }
 
@@ -85,6 +100,16 @@ py::object envelope_tuple(const policy_job& j) {
                         j.smtputf8, j.body_8bit);
 }
 
+// The stage's own arguments: what its hooks get besides conn or tx.
+py::object arguments_tuple(const policy_job& j) {
+  switch (j.stage) {
+    case policy_stage::helo: return py::str(j.hostname);
+    case policy_stage::auth: return py::make_tuple(j.mechanism, j.username, j.password);
+    case policy_stage::rcpt: return py::make_tuple(address_parts(j.rcpt), params_dict(j.rcpt_params));
+    default: return py::none();
+  }
+}
+
 }  // namespace
 
 void define_protocol(py::module_& m) {
@@ -104,18 +129,24 @@ void define_protocol(py::module_& m) {
       .def_readwrite("auth_user", &policy_job::auth_user)
       .def_readwrite("has_tx", &policy_job::has_tx)
       .def_readwrite("tx_id", &policy_job::tx_id)
-      .def_readwrite("sender", &policy_job::sender)
+      .def_property(
+          "sender", [](const policy_job& j) { return j.sender.str(); },
+          [](policy_job& j, const std::string& s) { j.sender = address_of(s); })
       .def_property(
           "sender_params", [](const policy_job& j) { return params_dict(j.sender_params); },
           [](policy_job& j, const py::dict& d) { j.sender_params = params_from(d); })
-      .def_readwrite("recipients", &policy_job::recipients)
+      .def_property(
+          "recipients", [](const policy_job& j) { return address_texts(j.recipients); },
+          [](policy_job& j, const std::vector<std::string>& list) { j.recipients = addresses_of(list); })
       .def_readwrite("smtputf8", &policy_job::smtputf8)
       .def_readwrite("body_8bit", &policy_job::body_8bit)
       .def_readwrite("hostname", &policy_job::hostname)
       .def_readwrite("mechanism", &policy_job::mechanism)
       .def_readwrite("username", &policy_job::username)
       .def_readwrite("password", &policy_job::password)
-      .def_readwrite("rcpt", &policy_job::rcpt)
+      .def_property(
+          "rcpt", [](const policy_job& j) { return j.rcpt.str(); },
+          [](policy_job& j, const std::string& s) { j.rcpt = address_of(s); })
       .def_property(
           "rcpt_params", [](const policy_job& j) { return params_dict(j.rcpt_params); },
           [](policy_job& j, const py::dict& d) { j.rcpt_params = params_from(d); })
@@ -130,14 +161,15 @@ void define_protocol(py::module_& m) {
                                       : message_store::wrap(std::make_shared<const std::string>(raw.cast<std::string>()));
           })
       .def(
-          "state", [](const policy_job& j) { return py::make_tuple(stage_str(j.stage), connection_tuple(j), envelope_tuple(j)); },
-          "(stage, connection, envelope): what every job needs, in one call. connection: (id, client_ip, "
-          "client_port, helo, tls, tls_version, tls_cipher, auth_user), None for what is unset; envelope: None "
-          "outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, body_8bit), each "
-          "address as (local part, domain).")
-      .def(
-          "rcpt_address", [](const policy_job& j) { return py::make_tuple(address_parts(j.rcpt), params_dict(j.rcpt_params)); },
-          "The recipient of a rcpt job and its ESMTP parameters in one call: ((local part, domain), params).");
+          "state",
+          [](const policy_job& j) {
+            return py::make_tuple(stage_str(j.stage), connection_tuple(j), envelope_tuple(j), arguments_tuple(j));
+          },
+          "(stage, connection, envelope, arguments): what every job needs, in one call. connection: (id, "
+          "client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user), None for what is unset; "
+          "envelope: None outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, "
+          "body_8bit); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
+          "(recipient, rcpt_params)), else None; each address as (local part, domain).");
 
   py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")
       .def(py::init<>())

@@ -43,16 +43,18 @@ struct policy_job {
   std::string tls_version, tls_cipher;
   std::optional<std::string> auth_user;
   // transaction (mail, rcpt, data)
+  // Addresses as the daemon parsed them (Python gets their parts, not text to parse again).
   bool has_tx = false;
-  std::string tx_id, sender;
+  std::string tx_id;
+  smtp::address sender;
   std::vector<smtp::esmtp_param> sender_params;
-  std::vector<std::string> recipients;
+  std::vector<smtp::address> recipients;
   bool smtputf8 = false;   // MAIL ... SMTPUTF8 (RFC 6531): headers may be UTF-8 (RFC 6532)
   bool body_8bit = false;  // MAIL ... BODY=8BITMIME (RFC 6152)
   // stage arguments
   std::string hostname;                          // helo
   std::string mechanism, username, password;     // auth
-  std::string rcpt;                              // rcpt
+  smtp::address rcpt;                            // rcpt
   std::vector<smtp::esmtp_param> rcpt_params;    // rcpt
   // data: the message, shared with the session (no copy). The job owns it:
   // the session may stop waiting (and drop its own reference) before a

@@ -31,9 +31,9 @@ policy_job base_job(policy_stage stage, const connection_state& conn) {
 void add_transaction(policy_job& j, const transaction& tx) {
   j.has_tx = true;
   j.tx_id = tx.id;
-  j.sender = tx.sender.str();
+  j.sender = tx.sender;
   j.sender_params = tx.sender_params;
-  for (const auto& r : tx.recipients) j.recipients.push_back(r.str());
+  j.recipients = tx.recipients;
   // Python encodes the header values a policy generates per RFC 2047 unless
   // the transaction may carry UTF-8 headers (RFC 6532).
   j.smtputf8 = tx.options.smtputf8;
@@ -276,7 +276,7 @@ awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const tr
   if (!has_hooks(policy_stage::rcpt)) co_return verdict{};
   auto job = base_job(policy_stage::rcpt, conn);
   add_transaction(job, tx);
-  job.rcpt = rcpt.str();
+  job.rcpt = rcpt;
   auto result = co_await run(std::move(job));
   co_return decide("rcpt", conn, std::move(result), &tx);
 }

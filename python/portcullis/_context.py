@@ -1,6 +1,6 @@
 """Which session, and which engine generation, the running hook belongs to.
 
-The engine sets these context variables around every hook call. asyncio
+The engine sets this context variable around every hook call. asyncio
 tasks copy the context when they are created; hooks run in executor threads
 get it through ``contextvars.copy_context().run`` (``run_in_executor`` alone
 would not carry it), so ``portcullis.log`` and ``portcullis.config`` answer
@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextvars
 from typing import Any
 
-#: The id of the session whose hook is running ("" outside any hook).
-session_id: contextvars.ContextVar[str] = contextvars.ContextVar("portcullis_session_id", default="")
-
-#: The config of the engine generation the running hook (or the policy module
-#: being loaded) belongs to; None outside a hook.
-engine_config: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "portcullis_engine_config", default=None
+#: (session id, engine config) of the running hook: the id of the session
+#: ("" outside any hook) and the config of the engine generation the hook (or
+#: the policy module being loaded) belongs to (None outside a hook). One
+#: variable, so a hook call sets and resets one context entry.
+scope: contextvars.ContextVar[tuple[str, dict[str, Any] | None]] = contextvars.ContextVar(
+    "portcullis_scope", default=("", None)
 )
 
 # The config of the host's current engine: what ``portcullis.config`` is
@@ -34,5 +33,10 @@ def set_default_config(config: dict[str, Any]) -> None:
 
 def current_config() -> dict[str, Any]:
     """The config dict ``portcullis.config`` stands for right now."""
-    config = engine_config.get()
+    config = scope.get()[1]
     return _default_config if config is None else config
+
+
+def session_id() -> str:
+    """The id of the session whose hook is running ("" outside any hook)."""
+    return scope.get()[0]

@@ -74,6 +74,7 @@ DEFAULT_THREADS = 16
 STOP_GRACE = 1.0
 
 _generations = itertools.count(1)
+_get_ident, _monotonic = threading.get_ident, time.monotonic  # called at every hook
 # Frames of these files are the engine's, not the policy's: left out of tracebacks and stacks.
 _INTERNAL_FILES = (__file__, os.path.dirname(concurrent.futures.__file__), os.path.dirname(asyncio.__file__),
                    threading.__file__)
@@ -261,12 +262,12 @@ class Engine:
         self.hooks: dict[str, list[Hook]] = {stage: [] for stage in HOOK_ARGUMENTS}
 
         problems: list[LoadProblem] = []
-        token = _context.engine_config.set(self.config)
+        token = _context.scope.set(("", self.config))
         try:
             for index, path in enumerate(self.files):
                 problems += self._load(index, path)
         finally:
-            _context.engine_config.reset(token)
+            _context.scope.reset(token)
         if problems:
             self._unregister_modules()
             raise PolicyLoadError(problems)
@@ -508,6 +509,10 @@ def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[
         raise HookExit(f"the hook called sys.exit({e.code!r})") from None
 
 
+def _raised(hook: Hook, e: BaseException) -> HookFailure:
+    return HookFailure(f"{hook.label} raised an exception:", exception_lines(e))
+
+
 async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
     """Runs one hook with the engine's timeout; returns its value or raises HookFailure.
 
@@ -542,7 +547,7 @@ async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
     except HookFailure:
         raise
     except Exception as e:
-        raise HookFailure(f"{hook.label} raised an exception:", exception_lines(e)) from e
+        raise _raised(hook, e) from e
     return value
 
 
@@ -594,11 +599,12 @@ def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookF
 class _Session:
     """What the host keeps per session: the engine it is bound to, its Connection, its Transaction."""
 
-    __slots__ = ("engine", "conn", "tx", "connection", "envelope", "candidate", "before")
+    __slots__ = ("engine", "conn", "scope", "tx", "connection", "envelope", "candidate", "before")
 
     def __init__(self, engine: Engine, conn: Connection) -> None:
         self.engine = engine
         self.conn = conn
+        self.scope = (conn.id, engine.config)  # what _context.scope holds while its hooks run
         self.tx: Transaction | None = None
         self.connection: tuple[Any, ...] = ()  # the daemon's view of the connection conn was last set from
         # The daemon's envelope tx holds unchanged (None: rebuild it at the next job), and the one
@@ -781,26 +787,51 @@ class EngineHost:
         (it stops waiting and this thread's result is dropped). An async
         hook in the stage runs on the event loop meanwhile. ``forgotten``:
         sessions that ended without a disconnect job, dropped first.
+        This is the daemon's hot path (a call per hook stage): kept flat.
         """
         if forgotten:
             self.forget(forgotten)
-        # The driver never suspends with an in-place call: one step runs it to the end.
-        driver = self._drive(job, self._in_place)
+        run = self._stage_run(job)
+        if run.__class__ is not _StageRun:
+            return run
+        engine, args = run.engine, run.args
+        timeout, running, thread = engine.timeout, self._running, _get_ident()
+        token = _context.scope.set(run.session.scope)
         try:
-            driver.send(None)
-        except StopIteration as done:
-            return done.value
-        driver.close()
-        return error_result("internal error in the policy engine: a plain job suspended")
+            for hook in run.hooks:
+                running[thread] = (hook, timeout)  # where report_stuck looks
+                start = _monotonic()
+                try:
+                    value = hook.function(*args)
+                    if value is not None and inspect.isawaitable(value):  # async, or a plain hook returning a coroutine
+                        value = self._await_from_thread(engine, hook, value, start + timeout)
+                    if _monotonic() - start > timeout:
+                        # The daemon may still wait (several hooks share the job's deadline): not for this one.
+                        value = HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late")
+                except HookFailure as f:
+                    value = f
+                except SystemExit as e:
+                    value = _raised(hook, HookExit(f"the hook called sys.exit({e.code!r})"))
+                except Exception as e:
+                    value = _raised(hook, e)
+                finally:
+                    del running[thread]
+                if value is not None and run.took(hook, value):
+                    break
+            return run.finish()
+        except Exception as e:  # a bug here must still answer the job
+            return _internal_error(run.stage, e)
+        finally:
+            _context.scope.reset(token)
+            if run.stage == "disconnect":
+                self._end_session(run.session)
 
     async def _drive(self, job: Any, call: Callable[[Engine, Hook, tuple[Any, ...]], Awaitable[Any]]) -> Any:
         """Runs a stage job's hooks in file order through ``call`` (which raises HookFailure for a failed hook)."""
-        run = self._start(job)
-        if not isinstance(run, _StageRun):
+        run = self._stage_run(job)
+        if run.__class__ is not _StageRun:
             return run
-        # pc.log's session and pc.config, for the hooks
-        session_token = _context.session_id.set(run.session.conn.id)
-        config_token = _context.engine_config.set(run.engine.config)
+        token = _context.scope.set(run.session.scope)  # pc.log's session and pc.config, for the hooks
         try:
             for hook in run.hooks:
                 try:
@@ -813,22 +844,22 @@ class EngineHost:
         except Exception as e:  # a bug here must still answer the job
             return _internal_error(run.stage, e)
         finally:
-            _context.engine_config.reset(config_token)
-            _context.session_id.reset(session_token)
+            _context.scope.reset(token)
             if run.stage == "disconnect":
-                with self._lock:
-                    self._drop_session(run.session)
+                self._end_session(run.session)
 
-    async def _in_place(self, engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
-        return self._call_in_place(engine, hook, args)
-
-    def _start(self, job: Any) -> _StageRun | _core.Result:
+    def _stage_run(self, job: Any) -> _StageRun | _core.Result:
+        """The job bound to its session, or the error answering a malformed job."""
         try:
-            stage, connection, envelope = job.state()  # one call into the daemon's job for what every stage needs
-            return _StageRun(self._session_for(job, connection, envelope), job, stage)
+            stage, connection, envelope, arguments = job.state()  # one call into the daemon's job for it all
+            return _StageRun(self._session_for(job, connection, envelope), job, stage, arguments)
         except Exception as e:
             log.error("malformed %s job: %s", job.stage, e)
             return error_result(f"malformed {job.stage} job: {format_exception(e)}")
+
+    def _end_session(self, session: _Session) -> None:
+        with self._lock:
+            self._drop_session(session)
 
     def forget(self, session_ids: Iterable[str]) -> None:
         """Drops the sessions (they ended; their policies had no on_disconnect hook)."""
@@ -845,30 +876,11 @@ class EngineHost:
             return  # it returned meanwhile
         hook, timeout = running
         stack = _format_frames(_thread_frames(thread))
-        token = _context.session_id.set(session_id)
+        token = _context.scope.set((session_id, None))
         try:
             _timeout_failure(hook, timeout, "abandoned (its thread runs on)", stack).log()
         finally:
-            _context.session_id.reset(token)
-
-    def _call_in_place(self, engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
-        thread = threading.get_ident()
-        self._running[thread] = (hook, engine.timeout)
-        start = time.monotonic()
-        try:
-            value = _call_sync(hook.function, args, None)
-            if value is not None and inspect.isawaitable(value):  # an async hook, or a plain one returning a coroutine
-                value = self._await_from_thread(engine, hook, value, start + engine.timeout)
-        except HookFailure:
-            raise
-        except Exception as e:
-            raise HookFailure(f"{hook.label} raised an exception:", exception_lines(e)) from e
-        finally:
-            del self._running[thread]
-        if time.monotonic() - start > engine.timeout:
-            # The daemon may still wait (several hooks share the job's deadline): not for this one.
-            raise HookFailure(f"{hook.label} ran past policy.timeout ({engine.timeout:g} s); its answer came too late")
-        return value
+            _context.scope.reset(token)
 
     def _await_from_thread(self, engine: Engine, hook: Hook, awaitable: Any, deadline: float) -> Any:
         loop = self.loop
@@ -946,13 +958,6 @@ def _checked_verdict(hook: Hook, stage: str, value: Any) -> Verdict:
     return value
 
 
-def _same_objects(tx: Transaction, before: tuple[Address, list[Address]]) -> bool:
-    # Addresses are immutable: the same objects in the same order are the same envelope.
-    sender, recipients = before
-    now = tx.recipients
-    return tx.sender is sender and len(now) == len(recipients) and all(map(operator.is_, now, recipients))
-
-
 class _StageRun:
     """One stage job bound to its session: the hooks to call in file order,
     their arguments, and how their values make the job's result (None: "next").
@@ -961,7 +966,7 @@ class _StageRun:
 
     __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result")
 
-    def __init__(self, session: _Session, job: Any, stage: str) -> None:
+    def __init__(self, session: _Session, job: Any, stage: str, arguments: Any) -> None:
         self.session = session
         self.engine = engine = session.engine
         self.stage = stage
@@ -972,15 +977,15 @@ class _StageRun:
         if stage == "connect" or stage == "disconnect":
             self.args: tuple[Any, ...] = (conn,)
         elif stage == "helo":
-            self.args = (conn, job.hostname)
+            self.args = (conn, arguments)
         elif stage == "auth":
-            self.args = (conn, job.mechanism, job.username, job.password)
+            self.args = (conn, *arguments)
         elif tx is None:
             raise LookupError(f"a {stage} job without a transaction")
         elif stage == "mail":
             self.args = (tx, tx.sender)
         elif stage == "rcpt":
-            self.args = (tx, Address._parsed(*job.rcpt_address()))
+            self.args = (tx, Address._parsed(*arguments))
         else:
             # Read from the daemon when a hook first looks at it. Outside
             # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
@@ -1022,36 +1027,43 @@ class _StageRun:
 
     def finish(self) -> _core.Result | None:
         """The job's result: the deciding hook's, or the error, with the hooks' rewrites."""
+        result = self.result
         if self.stage == "disconnect":
             return None
-        if self.result is not None and self.result.error is not None:
-            return self.result
+        if result is not None and result.error is not None:
+            return result
+        tx = self.session.tx
+        if tx is None and self.message is None:
+            return result  # connect, helo, auth: nothing to rewrite
         try:
-            return self._with_rewrites(self.result)
+            return self._with_rewrites(tx, result)
         except (ValueError, TypeError) as e:
             text = f"a rewrite at {self.stage} was refused: {type(e).__name__}: {e}"
             log.error("%s", text)
             return error_result(text)
 
-    def _with_rewrites(self, result: _core.Result | None) -> _core.Result | None:
+    def _with_rewrites(self, tx: Transaction | None, result: _core.Result | None) -> _core.Result | None:
         session, message = self.session, self.message
-        tx = session.tx
-        if tx is not None and _same_objects(tx, session.before):
-            session.envelope = session.candidate  # nothing assigned or put in: tx still is what the daemon sent
-        elif tx is not None:
-            # Addresses are immutable: the strings of the objects tx was made with are the daemon's.
-            before_sender = str(session.before[0])
-            before_recipients = [str(r) for r in session.before[1]]
-            sender = str(as_sender(tx.sender))
-            recipients = [str(as_recipient(r)) for r in tx.recipients]
-            if sender == before_sender and recipients == before_recipients:
-                session.envelope = session.candidate  # tx still is what the daemon sent
+        if tx is not None:
+            before_sender, before_recipients = session.before
+            now = tx.recipients
+            # Addresses are immutable: the same objects in the same order are the same envelope.
+            if (tx.sender is before_sender and len(now) == len(before_recipients)
+                    and all(map(operator.is_, now, before_recipients))):
+                session.envelope = session.candidate  # nothing assigned or put in: tx still is what the daemon sent
             else:
-                result = result or _core.Result()
-                if sender != before_sender:
-                    result.sender = sender
-                if recipients != before_recipients:
-                    result.recipients = recipients
+                # The strings of the objects tx was made with are the daemon's.
+                old_sender, old_recipients = str(before_sender), [str(r) for r in before_recipients]
+                sender = str(as_sender(tx.sender))
+                recipients = [str(as_recipient(r)) for r in now]
+                if sender == old_sender and recipients == old_recipients:
+                    session.envelope = session.candidate  # tx still is what the daemon sent
+                else:
+                    result = result or _core.Result()
+                    if sender != old_sender:
+                        result.sender = sender
+                    if recipients != old_recipients:
+                        result.recipients = recipients
         if message is not None and message.changed:
             raw = message._checked_raw()
             result = result or _core.Result()

@@ -40,7 +40,7 @@ class CoreLogHandler(logging.Handler):
 def record_session_id(record: logging.LogRecord) -> str:
     """The session id of a record: set explicitly (``extra=``) or from the hook context."""
     explicit = getattr(record, "session_id", None)
-    return explicit if isinstance(explicit, str) else _context.session_id.get()
+    return explicit if isinstance(explicit, str) else _context.session_id()
 
 
 def traceback_lines(exc: BaseException, skip: Callable[[str], bool] | None = None) -> list[str]:

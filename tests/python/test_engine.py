@@ -485,10 +485,13 @@ def test_unknown_stage_and_malformed_job(core_log):
     assert "unknown job stage" in dispatch(host, {"stage": "bogus"})["error"]
     assert "unknown job stage" in dispatch(host, {"stage": "mail", "session": {}})["error"]  # stage jobs are Jobs
     assert "without a transaction" in dispatch(host, job("mail"))["error"]
-    r = dispatch(host, job("mail", tx_snapshot=tx(sender="bad sender")))
-    assert r["error"] and "invalid address" in r["error"]
-    r = dispatch(host, job("rcpt", tx_snapshot=tx(), rcpt="bad rcpt", rcpt_params={}))
-    assert r["error"] and "invalid address" in r["error"]
+    # A Job holds addresses as the daemon parsed them: one that does not parse cannot be set.
+    with pytest.raises(ValueError, match="invalid address"):
+        job("mail", tx_snapshot=tx(sender="bad sender"))
+    with pytest.raises(ValueError, match="invalid address"):
+        job("rcpt", tx_snapshot=tx(), rcpt="bad rcpt", rcpt_params={})
+    with pytest.raises(ValueError, match="invalid address"):
+        job("data", tx_snapshot=tx(recipients=["ok@example.test", "not one"]))
 
 
 def test_the_daemons_addresses_reach_hooks_as_parsed(policy_file):
