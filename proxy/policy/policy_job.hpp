@@ -62,6 +62,9 @@ struct policy_job {
   std::shared_ptr<const message_store> message;
 };
 
+// A job travels from the session to Python by this one allocation: moved as a pointer, never copied.
+using policy_job_ptr = std::unique_ptr<policy_job>;
+
 // A verdict a hook returned, with the stage's code and status filled in.
 struct policy_reply {
   std::string kind;  // accept reject tempfail discard redirect

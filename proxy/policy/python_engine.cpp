@@ -68,7 +68,8 @@ struct python_engine::channel {
   struct queued {
     job_id id = 0;
     kind what = kind::stage;
-    policy_job job;
+    policy_job_ptr job;                 // stage
+    policy_generation generation = 0;  // release
     std::optional<reload_settings> reload;
   };
   using clock = std::chrono::steady_clock;
@@ -155,7 +156,7 @@ struct python_engine::channel {
       return 0;
     }
     const auto id = q.id = next_id++;
-    waiting.emplace(id, waiter{std::move(done), deadline, where, q.job.stage, hook_timeout});
+    waiting.emplace(id, waiter{std::move(done), deadline, where, q.job ? q.job->stage : policy_stage::connect, hook_timeout});
     deadlines.emplace(deadline, id);
     clock::time_point monitor_needed = deadline;
     if (where == route::in_place && running.empty() && worker_queue.empty()) {
@@ -164,7 +165,7 @@ struct python_engine::channel {
       // deadline answer resumes even while the hook runs on).
       if (auto pool = io_pool::current()) {
         const auto now = clock::now();
-        running.emplace(id, stuck{PyThread_get_thread_ident(), q.job.session_id, now, std::move(pool)});
+        running.emplace(id, stuck{PyThread_get_thread_ident(), q.job->session_id, now, std::move(pool)});
         last_in_place = now;
         if (now + slow_hook < monitor_until) monitor_cv.notify_one();  // it looks again within slow_hook
         auto drop = std::exchange(forgotten, {});
@@ -260,7 +261,7 @@ struct python_engine::channel {
     return next;
   }
 
-  void run_in_place(job_id id, policy_job job, std::vector<std::string> forgotten);
+  void run_in_place(job_id id, policy_job_ptr job, std::vector<std::string> forgotten);
 
   void start_worker(std::shared_ptr<channel> self) {
     ++workers;
@@ -362,7 +363,7 @@ policy_result error_result(std::string why) {
 }
 
 // One plain-route job, on a worker, GIL held: `host.run_plain(job, forgotten)`.
-policy_result run_plain(python_engine::channel& ch, policy_job job, std::vector<std::string> forgotten) {
+policy_result run_plain(python_engine::channel& ch, policy_job_ptr job, std::vector<std::string> forgotten) {
   if (ch.plain_runner == nullptr) return error_result("the policy engine has stopped");
   try {
     auto runner = py::reinterpret_borrow<py::object>(ch.plain_runner);
@@ -419,7 +420,7 @@ std::string python_dir() {
 }  // namespace
 
 // A plain job on the calling I/O thread, as a worker would run it (push() registered it as running).
-void python_engine::channel::run_in_place(job_id id, policy_job job, std::vector<std::string> drop) {
+void python_engine::channel::run_in_place(job_id id, policy_job_ptr job, std::vector<std::string> drop) {
   this_io_thread.take_gil();
   policy_result result = run_plain(*this, std::move(job), std::move(drop));
   this_io_thread.drop_gil();
@@ -472,7 +473,7 @@ void python_engine::channel::run_worker(std::shared_ptr<channel> self) {
       if (!ch.worker_queue.empty()) {
         next.emplace(std::move(ch.worker_queue.front()));
         ch.worker_queue.pop_front();
-        ch.running.emplace(next->id, stuck{ident, next->job.session_id, clock::now()});
+        ch.running.emplace(next->id, stuck{ident, next->job->session_id, clock::now()});
         forgotten.swap(ch.forgotten);
       }
     }
@@ -567,7 +568,7 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
                } else if (q.what == channel::kind::release) {
                  py::dict d;
                  d["stage"] = "release";
-                 d["generation"] = q.job.generation;
+                 d["generation"] = q.generation;
                  job = d;
                } else {
                  job = py::cast(std::move(q.job));
@@ -712,7 +713,7 @@ void python_engine::stop() {
   channel_->fail_waiting("the policy engine has stopped");
 }
 
-void python_engine::submit(policy_job job, route where, std::chrono::steady_clock::time_point deadline,
+void python_engine::submit(policy_job_ptr job, route where, std::chrono::steady_clock::time_point deadline,
                            std::chrono::seconds hook_timeout, completion done) {
   channel::queued q;
   q.job = std::move(job);
@@ -749,7 +750,7 @@ void python_engine::release(policy_generation generation) {
   }
   channel::queued q;
   q.what = channel::kind::release;
-  q.job.generation = generation;
+  q.generation = generation;
   channel_->push(channel_, std::move(q), route::loop, channel::clock::time_point::max(), {}, [](policy_result) {});
 }
 

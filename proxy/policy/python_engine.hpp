@@ -63,7 +63,7 @@ class python_engine {
   // A late result is discarded. `hook_timeout` (policy.timeout) is for that
   // message. `done` must only hand the result over (post to the session's
   // strand), never block.
-  void submit(policy_job job, route where, std::chrono::steady_clock::time_point deadline,
+  void submit(policy_job_ptr job, route where, std::chrono::steady_clock::time_point deadline,
               std::chrono::seconds hook_timeout, completion done);
 
   // Python may drop what it keeps for the session (its Connection, its

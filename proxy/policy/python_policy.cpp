@@ -14,8 +14,9 @@ namespace {
 // spinning in C with the GIL held).
 constexpr std::chrono::seconds loop_safety_margin{5};
 
-policy_job base_job(policy_stage stage, const connection_state& conn) {
-  policy_job j;
+policy_job_ptr base_job(policy_stage stage, const connection_state& conn) {
+  auto job = std::make_unique<policy_job>();
+  auto& j = *job;
   j.stage = stage;
   j.session_id = conn.id;
   j.client_ip = unmapped(conn.client.address()).to_string();
@@ -25,7 +26,7 @@ policy_job base_job(policy_stage stage, const connection_state& conn) {
   j.tls_version = conn.tls_version;
   j.tls_cipher = conn.tls_cipher;
   j.auth_user = conn.auth_user;
-  return j;
+  return job;
 }
 
 void add_transaction(policy_job& j, const transaction& tx) {
@@ -86,9 +87,9 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
 // The last session of this settings snapshot is gone (or it never had one).
 python_policy::~python_policy() { engine_->release(generation_); }
 
-awaitable<policy_result> python_policy::run(policy_job job) {
-  job.generation = generation_;
-  const auto stage = job.stage;
+awaitable<policy_result> python_policy::run(policy_job_ptr job) {
+  job->generation = generation_;
+  const auto stage = job->stage;
   const auto route = hooks_.on_loop(stage)     ? python_engine::route::loop
                      : hooks_.all_plain(stage) ? python_engine::route::in_place
                                                : python_engine::route::worker;
@@ -102,9 +103,9 @@ awaitable<policy_result> python_policy::run(policy_job job) {
   {
     std::lock_guard lock(known_mutex_);
     if (stage == policy_stage::disconnect) {
-      known_.erase(job.session_id);
+      known_.erase(job->session_id);
     } else {
-      known_.insert(job.session_id);
+      known_.insert(job->session_id);
     }
   }
   // The engine answers exactly once: with the result, or at the deadline
@@ -232,7 +233,7 @@ awaitable<verdict> python_policy::on_connect(const connection_state& conn) {
 awaitable<verdict> python_policy::on_helo(const connection_state& conn, std::string_view hostname) {
   if (!has_hooks(policy_stage::helo)) co_return verdict{};
   auto job = base_job(policy_stage::helo, conn);
-  job.hostname = std::string(hostname);
+  job->hostname = std::string(hostname);
   auto result = co_await run(std::move(job));
   co_return decide("helo", conn, std::move(result), nullptr);
 }
@@ -241,9 +242,9 @@ awaitable<verdict> python_policy::on_auth(const connection_state& conn, std::str
                                           std::string_view username, std::string_view password) {
   if (!has_hooks(policy_stage::auth)) co_return verdict{};
   auto job = base_job(policy_stage::auth, conn);
-  job.mechanism = std::string(mechanism);
-  job.username = std::string(username);
-  job.password = std::string(password);
+  job->mechanism = std::string(mechanism);
+  job->username = std::string(username);
+  job->password = std::string(password);
   auto result = co_await run(std::move(job));
   // A failing hook never authenticates anyone: with on_error = "accept" the users_file decides.
   if (result.error) {
@@ -266,7 +267,7 @@ awaitable<verdict> python_policy::on_auth(const connection_state& conn, std::str
 awaitable<verdict> python_policy::on_mail(const connection_state& conn, const transaction& tx) {
   if (!has_hooks(policy_stage::mail)) co_return verdict{};
   auto job = base_job(policy_stage::mail, conn);
-  add_transaction(job, tx);
+  add_transaction(*job, tx);
   auto result = co_await run(std::move(job));
   co_return decide("mail", conn, std::move(result), &tx);
 }
@@ -275,8 +276,8 @@ awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const tr
                                           const smtp::address& rcpt) {
   if (!has_hooks(policy_stage::rcpt)) co_return verdict{};
   auto job = base_job(policy_stage::rcpt, conn);
-  add_transaction(job, tx);
-  job.rcpt = rcpt;
+  add_transaction(*job, tx);
+  job->rcpt = rcpt;
   auto result = co_await run(std::move(job));
   co_return decide("rcpt", conn, std::move(result), &tx);
 }
@@ -284,8 +285,8 @@ awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const tr
 awaitable<verdict> python_policy::on_data(const connection_state& conn, const transaction& tx, message_ptr message) {
   if (!has_hooks(policy_stage::data)) co_return verdict{};
   auto job = base_job(policy_stage::data, conn);
-  add_transaction(job, tx);
-  job.message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
+  add_transaction(*job, tx);
+  job->message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
   auto result = co_await run(std::move(job));
   co_return decide("data", conn, std::move(result), &tx);
 }

@@ -34,7 +34,7 @@ class python_policy final : public policy {
   bool has_hooks(policy_stage stage) const { return hooks_.any(stage); }
   // Submits the job and waits, on the session's strand, for its result; past
   // the deadline the result is abandoned and counts as an error.
-  awaitable<policy_result> run(policy_job job);
+  awaitable<policy_result> run(policy_job_ptr job);
   // The result as a verdict carrying its rewrites, all validated (syntax and
   // the server's limits) before any is handed on: anything invalid makes the
   // whole result a hook error, so a failed stage rewrites nothing.

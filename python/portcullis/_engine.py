@@ -493,13 +493,6 @@ def _thread_frames(thread_id: int | None) -> list[tuple[str, int, str]]:
         if frame is not None else []
 
 
-async def _guarded(awaitable: Any) -> Any:
-    try:
-        return await awaitable
-    except SystemExit as e:
-        raise HookExit(f"the hook called sys.exit({e.code!r})") from None
-
-
 def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[str, int] | None) -> Any:
     if where is not None:
         where["thread"] = threading.get_ident()
@@ -552,9 +545,18 @@ async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
 
 
 async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, timeout: float) -> Any:
-    # Awaited in this very task (no task, no wait set, no extra loop turns
-    # per hook); at the deadline a timer notes where the hook stands and
-    # cancels the task, and the cancellation becomes the timeout failure.
+    # Most hooks finish without ever suspending: their first step runs here,
+    # in this task, and only a hook that suspends gets a timer. At the
+    # deadline the timer notes where the hook stands and cancels the task,
+    # and the cancellation becomes the timeout failure. Awaited in this very
+    # task: no task, no wait set, no extra loop turns per hook.
+    steps = awaitable.__await__()
+    try:
+        first = steps.send(None)
+    except StopIteration as done:
+        return done.value
+    except SystemExit as e:
+        raise HookExit(f"the hook called sys.exit({e.code!r})") from None
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -566,18 +568,43 @@ async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, time
 
     timer = loop.call_at(deadline, expire)
     try:
-        value = await _guarded(awaitable)
+        value = await _rest_of(steps, first)
     except asyncio.CancelledError:
         if not expired:
             raise  # the job itself is cancelled (abandoned, or the daemon stops)
         task.uncancel()
         raise _timeout_failure(hook, timeout, "cancelled", expired[0]) from None
+    except SystemExit as e:
+        raise HookExit(f"the hook called sys.exit({e.code!r})") from None
     finally:
         timer.cancel()
     if expired:  # the hook swallowed the cancellation and returned: too late all the same
         task.uncancel()
         raise _timeout_failure(hook, timeout, "cancelled", expired[0])
     return value
+
+
+@types.coroutine
+def _rest_of(steps: Any, yielded: Any) -> Any:
+    """Awaits the rest of an awaitable whose first step yielded ``yielded``
+    (what ``yield from`` does, from its second step on): the task waits for
+    what it yields, and sends and throws into it."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            steps.close()
+            raise
+        except BaseException as e:
+            try:
+                yielded = steps.throw(e)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                yielded = steps.send(sent)
+            except StopIteration as done:
+                return done.value
 
 
 def _forget(task: asyncio.Future[Any]) -> None:
@@ -621,11 +648,12 @@ class EngineHost:
     stays on it until its disconnect, so a reload leaves sessions in progress
     on the old code; an old engine is dropped when its last session ends.
 
-    One driver, ``_drive`` (with ``_StageRun``), runs a stage's hooks two
-    ways: ``dispatch`` awaits it (the daemon's event loop for stages whose
-    hooks are all async, and ``portcullis.testing``; plain hooks go to the
-    engine's thread pool) and ``run_plain`` steps it once (the daemon's I/O
-    threads and policy workers: hooks called in place).
+    A stage's hooks run two ways, both through ``_StageRun`` (the job bound
+    to its session, and what the hooks' values make of it): ``dispatch``
+    awaits ``_drive`` (the daemon's event loop for stages whose hooks are
+    all async, and ``portcullis.testing``; plain hooks go to the engine's
+    thread pool), and ``run_plain`` calls them in place in a flat loop (the
+    daemon's I/O threads and policy workers: its hot path).
     The session table is shared by those threads, so it changes under
     ``_lock``; one session's jobs never run at once (the daemon awaits each).
     """

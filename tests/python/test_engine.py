@@ -207,6 +207,39 @@ def test_sys_exit_in_a_hook_does_not_stop_the_engine(policy_file):
     assert "sys.exit(4)" in dispatch(host, job("helo", hostname="x"))["error"]
 
 
+def test_an_async_hook_that_suspends_is_awaited_to_its_end(policy_file):
+    # An async hook's first step runs at once; one that suspends is awaited on
+    # from there: what it gets back, what it raises and its verdict all arrive.
+    f = policy_file("""
+        import asyncio, sys
+        import portcullis as pc
+        async def twice(x):
+            await asyncio.sleep(0)
+            fut = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.01, fut.set_result, x)
+            return await fut
+        async def on_connect(conn):
+            if await twice(1) == 1:
+                return pc.reject("from the second step")
+        async def on_helo(conn, hostname):
+            await asyncio.sleep(0)
+            if hostname == "exit":
+                sys.exit(5)
+            try:
+                await asyncio.sleep(0)
+                raise KeyError("inner")
+            except KeyError:
+                pass
+            await asyncio.sleep(0)
+            raise RuntimeError("after three steps")
+    """)
+    host = host_for(f)
+    r = dispatch(host, job("connect"), job("helo", hostname="exit"), job("helo", hostname="x"))
+    assert r[0]["verdict"]["kind"] == "reject" and r[0]["verdict"]["text"] == "from the second step"
+    assert "sys.exit(5)" in r[1]["error"]
+    assert "RuntimeError: after three steps" in r[2]["error"] and "in on_helo" in r[2]["error"]
+
+
 def test_sync_timeout_is_abandoned_with_where_it_hung(policy_file, core_log):
     f = policy_file("""
         import time
