@@ -847,12 +847,8 @@ class EngineHost:
                 if value is not None and run.took(hook, value):
                     break
             return run.finish()
-        except Exception as e:  # a bug here must still answer the job
-            return _internal_error(run.stage, e)
         finally:
-            _context.scope.reset(token)
-            if run.stage == "disconnect":
-                self._end_session(run.session)
+            self._leave(run, token)
 
     async def _drive(self, job: Any, call: Callable[[Engine, Hook, tuple[Any, ...]], Awaitable[Any]]) -> Any:
         """Runs a stage job's hooks in file order through ``call`` (which raises HookFailure for a failed hook)."""
@@ -869,12 +865,8 @@ class EngineHost:
                 if value is not None and run.took(hook, value):
                     break
             return run.finish()
-        except Exception as e:  # a bug here must still answer the job
-            return _internal_error(run.stage, e)
         finally:
-            _context.scope.reset(token)
-            if run.stage == "disconnect":
-                self._end_session(run.session)
+            self._leave(run, token)
 
     def _stage_run(self, job: Any) -> _StageRun | _core.Result:
         """The job bound to its session, or the error answering a malformed job."""
@@ -885,9 +877,12 @@ class EngineHost:
             log.error("malformed %s job: %s", job.stage, e)
             return error_result(f"malformed {job.stage} job: {format_exception(e)}")
 
-    def _end_session(self, session: _Session) -> None:
-        with self._lock:
-            self._drop_session(session)
+    def _leave(self, run: _StageRun, token: contextvars.Token[Any]) -> None:
+        """After a stage's hooks: the context as it was; a disconnect ends the session."""
+        _context.scope.reset(token)
+        if run.stage == "disconnect":
+            with self._lock:
+                self._drop_session(run.session)
 
     def forget(self, session_ids: Iterable[str]) -> None:
         """Drops the sessions (they ended; their policies had no on_disconnect hook)."""
@@ -1021,13 +1016,17 @@ class _StageRun:
             self.args = (tx, self.message)
 
     def took(self, hook: Hook, value: Any) -> bool:
-        """A hook's value (not None) or HookFailure: whether the stage ends with it."""
-        if isinstance(value, HookFailure):
-            return self.fail(value)
+        """A hook's value (not None) or HookFailure: whether the stage ends with it. Never raises."""
         try:
-            return self.decide(hook, value)
-        except HookFailure as f:
-            return self.fail(f)
+            if isinstance(value, HookFailure):
+                return self.fail(value)
+            try:
+                return self.decide(hook, value)
+            except HookFailure as f:
+                return self.fail(f)
+        except Exception as e:  # a bug here must still answer the job
+            self.result = _internal_error(self.stage, e)
+            return True
 
     def decide(self, hook: Hook, value: Any) -> bool:
         """A hook returned ``value`` (not None): whether the stage ends with it."""
@@ -1054,7 +1053,7 @@ class _StageRun:
         return True
 
     def finish(self) -> _core.Result | None:
-        """The job's result: the deciding hook's, or the error, with the hooks' rewrites."""
+        """The job's result: the deciding hook's, or the error, with the hooks' rewrites. Never raises."""
         result = self.result
         if self.stage == "disconnect":
             return None
@@ -1069,6 +1068,8 @@ class _StageRun:
             text = f"a rewrite at {self.stage} was refused: {type(e).__name__}: {e}"
             log.error("%s", text)
             return error_result(text)
+        except Exception as e:  # a bug here must still answer the job
+            return _internal_error(self.stage, e)
 
     def _with_rewrites(self, tx: Transaction | None, result: _core.Result | None) -> _core.Result | None:
         session, message = self.session, self.message

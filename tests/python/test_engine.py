@@ -785,3 +785,30 @@ def test_a_hook_waiting_for_a_busy_pool_times_out_too(policy_file):
     a, b = run(go())
     assert "abandoned" in a["error"]
     assert "never started: all 1 policy threads were busy" in b["error"]
+
+
+@pytest.mark.parametrize("where", ["verdict_reply", "as_recipient"])
+def test_a_bug_in_the_engine_still_answers_the_job_both_ways(policy_file, monkeypatch, core_log, where):
+    # A bug while deciding (verdict_reply) or while reading rewrites (as_recipient)
+    # answers the job with an internal error, on the loop and in place alike,
+    # and the session goes on with its next job.
+    f = policy_file("""
+        import portcullis as pc
+        def on_rcpt(tx, rcpt):
+            tx.recipients.append(pc.Address("extra@example.test"))
+            return pc.accept()
+    """)
+    host = host_for(f)
+
+    def broken(*args, **kwargs):
+        raise AttributeError("engine bug")
+
+    monkeypatch.setattr(_engine, where, broken)
+    rcpt = job("rcpt", tx_snapshot=tx(), rcpt="a@example.test", rcpt_params={})
+    awaited = dispatch(host, job("connect"), rcpt)[-1]
+    in_place = result_as_dict(host.run_plain(job("rcpt", tx_snapshot=tx(), rcpt="a@example.test", rcpt_params={})))
+    for r in (awaited, in_place):
+        assert r["error"].startswith("internal error in the policy engine at rcpt:")
+        assert "AttributeError: engine bug" in r["error"]
+    assert host.session_count == 1
+    assert result_as_dict(host.run_plain(job("disconnect")))["error"] is None and host.session_count == 0
