@@ -274,20 +274,26 @@ struct python_engine::channel {
     monitor_cv.notify_all();
   }
 
-  // For the loop's thread (GIL held).
-  std::vector<queued> take_loop_jobs() {
+  // What the loop takes at a wake-up, in one turn of the lock (its thread, GIL held).
+  struct loop_intake {
+    std::vector<std::string> forgotten;
+    std::vector<queued> jobs;
+    std::vector<job_id> cancelled;
+    std::vector<stuck> stuck_jobs;
+    bool stopping = false;
+  };
+  loop_intake take_for_loop() {
     std::uint64_t drained;
     [[maybe_unused]] auto n = ::read(wakeup_fd, &drained, sizeof drained);
     std::lock_guard lock(mutex);
-    std::vector<queued> out(std::make_move_iterator(loop_queue.begin()), std::make_move_iterator(loop_queue.end()));
+    loop_intake in;
+    in.forgotten = std::exchange(forgotten, {});
+    in.jobs.assign(std::make_move_iterator(loop_queue.begin()), std::make_move_iterator(loop_queue.end()));
     loop_queue.clear();
-    return out;
-  }
-
-  template <class T>
-  std::vector<T> take(std::vector<T>& list) {
-    std::lock_guard lock(mutex);
-    return std::exchange(list, {});
+    in.cancelled = std::exchange(cancelled, {});
+    in.stuck_jobs = std::exchange(stuck_jobs, {});
+    in.stopping = stopping;
+    return in;
   }
 
   void complete(job_id id, policy_result result) {
@@ -297,11 +303,6 @@ struct python_engine::channel {
       done = take_waiter(id);
     }
     if (done) done(std::move(result));
-  }
-
-  bool should_stop() {
-    std::lock_guard lock(mutex);
-    return stopping;
   }
 
   // A load's answer: the hooks of the generation it loaded, for routing its jobs.
@@ -550,10 +551,11 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
   });
   // The job plumbing of one engine, handed to run_host as its `core`.
   py::class_<channel, std::shared_ptr<channel>>(m, "Channel")
-      .def("take_jobs",
+      .def("take_all",
            [](channel& ch) {
-             py::list out;
-             for (auto& q : ch.take_loop_jobs()) {
+             auto in = ch.take_for_loop();
+             py::list jobs;
+             for (auto& q : in.jobs) {
                py::object job;
                if (q.what == channel::kind::reload) {
                  py::dict d;
@@ -573,26 +575,20 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
                } else {
                  job = py::cast(std::move(q.job));
                }
-               out.append(py::make_tuple(q.id, job));
+               jobs.append(py::make_tuple(q.id, job));
              }
-             return out;
+             py::list stuck;
+             for (auto& s : in.stuck_jobs) stuck.append(py::make_tuple(s.thread, s.session_id));
+             return py::make_tuple(py::cast(in.forgotten), std::move(jobs), py::cast(in.cancelled), std::move(stuck),
+                                   in.stopping);
            })
-      .def("take_cancelled", [](channel& ch) { return ch.take(ch.cancelled); })
-      .def("take_stuck",
-           [](channel& ch) {
-             py::list out;
-             for (auto& s : ch.take(ch.stuck_jobs)) out.append(py::make_tuple(s.thread, s.session_id));
-             return out;
-           })
-      .def("take_forgotten", [](channel& ch) { return ch.take(ch.forgotten); })
       .def("set_plain_runner",
            [](channel& ch, py::object runner) {
              Py_XDECREF(ch.plain_runner);
              ch.plain_runner = runner.is_none() ? nullptr : runner.release().ptr();
            })
       .def("complete",
-           [](channel& ch, std::uint64_t id, py::handle result) { ch.complete(id, portcullis::result_of(result)); })
-      .def("should_stop", [](channel& ch) { return ch.should_stop(); });
+           [](channel& ch, std::uint64_t id, py::handle result) { ch.complete(id, portcullis::result_of(result)); });
 }
 
 namespace portcullis {

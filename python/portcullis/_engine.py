@@ -1148,51 +1148,68 @@ class _JobRunner:
             pass
         self.drain()
 
-    def _take(self, name: str) -> list[Any]:
-        take = getattr(self.core, name, None)
-        if take is None:
-            return []
-        try:
-            return list(take())
-        except Exception:
-            log.exception("%s failed", name)
-            return []
-
     def drain(self) -> None:
-        forgotten = self._take("take_forgotten")
+        try:
+            # One call into the daemon per wake-up, for everything it has for the loop.
+            forgotten, jobs, cancelled, stuck, stopping = self.core.take_all()
+        except Exception:
+            log.exception("take_all failed")
+            return
         if forgotten:
             self.host.forget(forgotten)
-        for job_id, job in self._take("take_jobs"):
+        for job_id, job in jobs:
             task = self.loop.create_task(self.run_job(job_id, job))
             self.tasks[task] = job_id
             self.by_id[job_id] = task
-            task.add_done_callback(self.job_done)
         # Jobs whose session stopped waiting (its deadline passed): async
         # hooks are cancelled, their results discarded by the daemon; a plain
         # hook's thread cannot be stopped, so where it stands is logged.
-        for job_id in self._take("take_cancelled"):
+        for job_id in cancelled:
             task = self.by_id.get(job_id)
             if task is not None:
-                task.cancel()
-        for thread, session_id in self._take("take_stuck"):
+                self.cancel(task)
+        for thread, session_id in stuck:
             self.host.report_stuck(thread, session_id)
-        if self.core.should_stop() and not self.stopping:
+        if stopping and not self.stopping:
             # The daemon stops once its sessions are done (or their grace ran
             # out): what still runs is cancelled, and answered with an error.
             self.stopping = True
-            for task in self.tasks:
-                task.cancel()
+            for task in list(self.tasks):
+                self.cancel(task)
         self.maybe_stop()
 
     async def run_job(self, job_id: Any, job: Any) -> None:
-        # Completed in the task itself: no extra loop turn per job.
+        # Completed and let go in the task itself: no done callback, no extra loop turn per job.
         try:
-            result = await self.host.dispatch(job)
-        except asyncio.CancelledError:
-            result = error_result("the policy engine is stopping" if self.stopping else "the job was abandoned")
-        except Exception as e:
-            result = error_result(f"internal error in the policy engine:\n{format_exception(e)}")
-        self.complete(job_id, result)
+            try:
+                result = await self.host.dispatch(job)
+            except asyncio.CancelledError:
+                result = self.cancelled_result()
+            except Exception as e:
+                result = error_result(f"internal error in the policy engine:\n{format_exception(e)}")
+            self.complete(job_id, result)
+        finally:
+            self.let_go(job_id)
+
+    def cancel(self, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        # A task cancelled before its first step never runs run_job: answered here then.
+        task.add_done_callback(self.cancelled_unstarted)
+
+    def cancelled_unstarted(self, task: asyncio.Task[None]) -> None:
+        job_id = self.tasks.get(task)
+        if job_id is not None:  # run_job never ran: it did not answer
+            self.complete(job_id, self.cancelled_result())
+            self.let_go(job_id)
+
+    def cancelled_result(self) -> _core.Result:
+        return error_result("the policy engine is stopping" if self.stopping else "the job was abandoned")
+
+    def let_go(self, job_id: Any) -> None:
+        task = self.by_id.pop(job_id, None)
+        if task is not None:
+            del self.tasks[task]
+        self.maybe_stop()
 
     def complete(self, job_id: Any, result: Any) -> None:
         try:
@@ -1203,13 +1220,6 @@ class _JobRunner:
                 self.core.complete(job_id, error_result(f"the policy result could not be handed over: {e}"))
             except Exception:
                 log.exception("job %s could not be completed", job_id)
-
-    def job_done(self, task: asyncio.Task[None]) -> None:
-        job_id = self.tasks.pop(task)
-        self.by_id.pop(job_id, None)
-        if task.cancelled():  # cancelled before it ever ran: still completed, exactly once
-            self.complete(job_id, error_result("the policy engine is stopping"))
-        self.maybe_stop()
 
     def maybe_stop(self) -> None:
         if self.stopping and not self.tasks and not self.stopped.done():
@@ -1229,25 +1239,25 @@ def run_host(
 
     ``core`` is the daemon's side of the exchange (an engine's
     ``_portcullis_core.Channel``; the module ``_portcullis_core`` itself by
-    default): ``take_jobs``, ``complete``, ``should_stop`` and, optionally,
-    ``take_cancelled``, ``take_stuck``, ``take_forgotten`` and
+    default): ``take_all``, ``complete`` and, optionally,
     ``set_plain_runner`` (the daemon's workers then call ``run_plain``).
 
     1. Loads the policies (``PolicyLoadError`` propagates: the daemon reports
        it and does not start) and creates this thread's asyncio loop.
     2. Watches ``wakeup_fd`` (the daemon's eventfd, ideally ``EFD_NONBLOCK``).
        Each time it is readable: reads it (resetting it), then calls
-       ``core.take_jobs()`` -> ``[(job_id, job), ...]`` and
-       starts one task per job: ``EngineHost.dispatch`` for a stage job
+       ``core.take_all()`` -> ``(forgotten, jobs, cancelled, stuck,
+       stopping)``: the sessions Python may drop, ``[(job_id, job), ...]``,
+       the ids of jobs the daemon stopped waiting for, ``[(thread,
+       session_id), ...]`` of plain hooks it abandoned (their stacks are
+       logged), and whether it stops. It starts one task per job: ``EngineHost.dispatch`` for a stage job
        (a ``_core.Job``),
        a reload for ``{"stage": "reload", "files"?, "config_path"?,
        "timeout"?, "on_error"?, "threads"?}`` (missing keys keep their
        values). Each task ends with ``core.complete(job_id, result)``;
        every job is completed exactly once, whatever happens. The tasks of
-       the ids ``core.take_cancelled()`` returns (jobs the daemon stopped
-       waiting for) are cancelled; they are completed all the same.
-    3. After each wake-up it asks ``core.should_stop()``; once
-       true it cancels the jobs still running (``async`` hooks are cancelled,
+       the cancelled ids are cancelled; they are completed all the same.
+    3. Once ``stopping`` is true it cancels the jobs still running (``async`` hooks are cancelled,
        threads of plain hooks abandoned), completes each with an error,
        drops the engines and returns promptly.
     """

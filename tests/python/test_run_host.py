@@ -31,15 +31,11 @@ class FakeCore:
         os.eventfd_write(self.fd, 1)
         return job_id
 
-    def take_jobs(self):
+    def take_all(self):
         with self.lock:
             jobs, self.jobs = self.jobs, []
-        return jobs
-
-    def take_cancelled(self):
-        with self.lock:
             ids, self.cancelled = self.cancelled, []
-        return ids
+            return [], jobs, ids, [], self.stop
 
     def abandon(self, job_id):
         """As python_engine::abandon for a job Python already took."""
@@ -49,9 +45,6 @@ class FakeCore:
 
     def complete(self, job_id, result):
         self.completed.put((job_id, _engine.result_as_dict(result)))
-
-    def should_stop(self):
-        return self.stop
 
     def request_stop(self):
         self.stop = True
@@ -177,6 +170,28 @@ def test_an_abandoned_job_is_cancelled_and_still_completed(daemon, policy_file):
     core.request_stop()
     thread.join(5)
     assert not thread.is_alive() and errors == []
+
+
+def test_jobs_cancelled_before_their_task_ran_are_still_completed_once(daemon, policy_file):
+    # A job abandoned, or caught by the stop, in the very wake-up that brings
+    # it: its task is cancelled before its first step and never runs its code;
+    # it is answered all the same, exactly once, and the loop still stops.
+    core, start, errors = daemon
+    thread = start([], timeout=60)
+    with core.lock:  # both arrive with one wake-up
+        core.jobs.append((101, job("connect", sid="S1")))
+        core.cancelled.append(101)
+    os.eventfd_write(core.fd, 1)
+    assert core.results(1)[101]["error"] == "the job was abandoned"
+    with core.lock:
+        core.jobs += [(102, job("connect", sid="S2")), (103, job("connect", sid="S3"))]
+        core.stop = True
+    os.eventfd_write(core.fd, 1)
+    stopping = _engine.result_as_dict(_engine.error_result("the policy engine is stopping"))
+    assert core.results(2) == {102: stopping, 103: stopping}
+    thread.join(5)
+    assert not thread.is_alive() and errors == []
+    assert core.completed.empty()  # nothing answered twice
 
 
 def test_run_host_takes_its_core_as_an_argument(policy_file):
