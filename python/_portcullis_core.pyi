@@ -38,7 +38,7 @@ class Job:
     auth_user: str | None
     has_tx: bool
     tx_id: str
-    sender: str
+    sender: str  # addresses are held parsed: setting one that does not parse raises ValueError
     sender_params: dict[str, str | None]
     recipients: list[str]
     smtputf8: bool
@@ -50,8 +50,15 @@ class Job:
     rcpt: str
     rcpt_params: dict[str, str | None]
     message: bytes | None
-    def connection(self) -> tuple[str, str, int, str | None, bool, str | None, str | None, str | None]: ...
-    def envelope(self) -> tuple[str, str, list[str], bool, bool] | None: ...
+    # (stage, connection, envelope, arguments); see docs/policy-engine.md
+    def state(
+        self,
+    ) -> tuple[
+        str,
+        tuple[str, str, int, str | None, bool, str | None, str | None, str | None],
+        tuple[str, tuple[str, str], dict[str, str | None], list[tuple[str, str]], bool, bool] | None,
+        Any,
+    ]: ...
 
 class VerdictReply:
     kind: str
