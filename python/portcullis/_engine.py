@@ -493,13 +493,17 @@ def _thread_frames(thread_id: int | None) -> list[tuple[str, int, str]]:
         if frame is not None else []
 
 
+def _exit_of(e: SystemExit) -> HookExit:
+    return HookExit(f"the hook called sys.exit({e.code!r})")
+
+
 def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[str, int] | None) -> Any:
     if where is not None:
         where["thread"] = threading.get_ident()
     try:
         return function(*args)
     except SystemExit as e:
-        raise HookExit(f"the hook called sys.exit({e.code!r})") from None
+        raise _exit_of(e) from None
 
 
 def _raised(hook: Hook, e: BaseException) -> HookFailure:
@@ -556,7 +560,7 @@ async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, time
     except StopIteration as done:
         return done.value
     except SystemExit as e:
-        raise HookExit(f"the hook called sys.exit({e.code!r})") from None
+        raise _exit_of(e) from None
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -575,7 +579,7 @@ async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, time
         task.uncancel()
         raise _timeout_failure(hook, timeout, "cancelled", expired[0]) from None
     except SystemExit as e:
-        raise HookExit(f"the hook called sys.exit({e.code!r})") from None
+        raise _exit_of(e) from None
     finally:
         timer.cancel()
     if expired:  # the hook swallowed the cancellation and returned: too late all the same
@@ -839,7 +843,7 @@ class EngineHost:
                 except HookFailure as f:
                     value = f
                 except SystemExit as e:
-                    value = _raised(hook, HookExit(f"the hook called sys.exit({e.code!r})"))
+                    value = _raised(hook, _exit_of(e))
                 except Exception as e:
                     value = _raised(hook, e)
                 finally:
@@ -1250,16 +1254,16 @@ def run_host(
        stopping)``: the sessions Python may drop, ``[(job_id, job), ...]``,
        the ids of jobs the daemon stopped waiting for, ``[(thread,
        session_id), ...]`` of plain hooks it abandoned (their stacks are
-       logged), and whether it stops. It starts one task per job: ``EngineHost.dispatch`` for a stage job
-       (a ``_core.Job``),
+       logged), and whether it stops. It starts one task per job:
+       ``EngineHost.dispatch`` for a stage job (a ``_core.Job``),
        a reload for ``{"stage": "reload", "files"?, "config_path"?,
        "timeout"?, "on_error"?, "threads"?}`` (missing keys keep their
        values). Each task ends with ``core.complete(job_id, result)``;
        every job is completed exactly once, whatever happens. The tasks of
        the cancelled ids are cancelled; they are completed all the same.
-    3. Once ``stopping`` is true it cancels the jobs still running (``async`` hooks are cancelled,
-       threads of plain hooks abandoned), completes each with an error,
-       drops the engines and returns promptly.
+    3. Once ``stopping`` is true it cancels the jobs still running
+       (``async`` hooks are cancelled, threads of plain hooks abandoned),
+       completes each with an error, drops the engines and returns promptly.
     """
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
