@@ -9,16 +9,21 @@ namespace py = pybind11;
 
 namespace portcullis::bindings {
 
+smtp::address checked_mailbox(std::string_view text, bool utf8) {
+  auto a = smtp::parse_mailbox(text, utf8);
+  if (!a || !smtp::is_valid_address(*a, utf8))
+    throw py::value_error("invalid address: " + std::string(text.substr(0, 300)));
+  return *a;
+}
+
 void define_core(py::module_& m) {
   m.doc() = "Portcullis's C++ core: the validators every policy rewrite passes through.";
 
   m.def(
       "parse_address",
       [](std::string_view text, bool utf8) {
-        auto a = smtp::parse_mailbox(text, utf8);
-        if (!a || !smtp::is_valid_address(*a, utf8))
-          throw py::value_error("invalid address: " + std::string(text.substr(0, 300)));
-        return py::make_tuple(a->local, a->domain);
+        auto a = checked_mailbox(text, utf8);
+        return py::make_tuple(a.local, a.domain);
       },
       py::arg("text"), py::arg("utf8") = true,
       "Parses 'local@domain' (RFC 5321 §4.1.2, SMTPUTF8 allowed by default); raises ValueError.");

@@ -5,7 +5,14 @@
 
 #include <pybind11/pybind11.h>
 
+#include <string_view>
+
+#include "smtp/address.hpp"
+
 namespace portcullis::bindings {
+
+// "local@domain" parsed and checked by the daemon's own rules, or ValueError.
+smtp::address checked_mailbox(std::string_view text, bool utf8);
 
 void define_core(pybind11::module_& m);
 // The policy protocol's classes (bindings/protocol.cpp); define_core calls it.

@@ -42,9 +42,7 @@ std::vector<smtp::esmtp_param> params_from(const py::dict& d) {
 // "Postmaster" have no domain.
 smtp::address address_of(const std::string& text) {
   if (text.empty() || smtp::equals_nocase(text, "postmaster")) return smtp::address{text, ""};
-  auto a = smtp::parse_mailbox(text, true);
-  if (!a || !smtp::is_valid_address(*a, true)) throw py::value_error("invalid address: " + text.substr(0, 300));
-  return *a;
+  return checked_mailbox(text, true);
 }
 
 std::vector<smtp::address> addresses_of(const std::vector<std::string>& texts) {
