@@ -274,7 +274,9 @@ struct python_engine::channel {
     monitor_cv.notify_all();
   }
 
-  // What the loop takes at a wake-up, in one turn of the lock (its thread, GIL held).
+  // What the loop takes at a wake-up, in one turn of the lock (its thread, GIL
+  // held). The loop reset the eventfd before it asked: a job queued after
+  // that wakes it again.
   struct loop_intake {
     std::vector<std::string> forgotten;
     std::vector<queued> jobs;
@@ -283,8 +285,6 @@ struct python_engine::channel {
     bool stopping = false;
   };
   loop_intake take_for_loop() {
-    std::uint64_t drained;
-    [[maybe_unused]] auto n = ::read(wakeup_fd, &drained, sizeof drained);
     std::lock_guard lock(mutex);
     loop_intake in;
     in.forgotten = std::exchange(forgotten, {});
