@@ -75,6 +75,7 @@ STOP_GRACE = 1.0
 
 _generations = itertools.count(1)
 _get_ident, _monotonic = threading.get_ident, time.monotonic  # called at every hook
+_scope = _context.scope  # set around every stage's hooks
 # Frames of these files are the engine's, not the policy's: left out of tracebacks and stacks.
 _INTERNAL_FILES = (__file__, os.path.dirname(concurrent.futures.__file__), os.path.dirname(asyncio.__file__),
                    threading.__file__)
@@ -630,7 +631,7 @@ def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookF
 class _Session:
     """What the host keeps per session: the engine it is bound to, its Connection, its Transaction."""
 
-    __slots__ = ("engine", "conn", "scope", "tx", "connection", "envelope", "candidate", "before")
+    __slots__ = ("engine", "conn", "scope", "tx", "connection", "envelope", "before")
 
     def __init__(self, engine: Engine, conn: Connection) -> None:
         self.engine = engine
@@ -638,10 +639,8 @@ class _Session:
         self.scope = (conn.id, engine.config)  # what _context.scope holds while its hooks run
         self.tx: Transaction | None = None
         self.connection: tuple[Any, ...] = ()  # the daemon's view of the connection conn was last set from
-        # The daemon's envelope tx holds unchanged (None: rebuild it at the next job), and the one
-        # the running stage started from.
+        # The daemon's envelope tx holds unchanged (None: rebuild it at the next job).
         self.envelope: tuple[Any, ...] | None = None
-        self.candidate: tuple[Any, ...] | None = None
         self.before: tuple[Any, list[Any]] = (None, [])  # tx's sender and recipients as made, for rewrites
 
 
@@ -823,12 +822,13 @@ class EngineHost:
         """
         if forgotten:
             self.forget(forgotten)
-        run = self._stage_run(job)
-        if run.__class__ is not _StageRun:
-            return run
+        try:
+            run = _StageRun(self, job)
+        except Exception as e:
+            return _malformed(job, e)
         engine, args = run.engine, run.args
         timeout, running, thread = engine.timeout, self._running, _get_ident()
-        token = _context.scope.set(run.session.scope)
+        token = _scope.set(run.session.scope)
         try:
             for hook in run.hooks:
                 running[thread] = (hook, timeout)  # where report_stuck looks
@@ -852,14 +852,17 @@ class EngineHost:
                     break
             return run.finish()
         finally:
-            self._leave(run, token)
+            _scope.reset(token)
+            if run.stage == "disconnect":
+                self._end_session(run.session)
 
     async def _drive(self, job: Any, call: Callable[[Engine, Hook, tuple[Any, ...]], Awaitable[Any]]) -> Any:
         """Runs a stage job's hooks in file order through ``call`` (which raises HookFailure for a failed hook)."""
-        run = self._stage_run(job)
-        if run.__class__ is not _StageRun:
-            return run
-        token = _context.scope.set(run.session.scope)  # pc.log's session and pc.config, for the hooks
+        try:
+            run = _StageRun(self, job)
+        except Exception as e:
+            return _malformed(job, e)
+        token = _scope.set(run.session.scope)  # pc.log's session and pc.config, for the hooks
         try:
             for hook in run.hooks:
                 try:
@@ -870,23 +873,9 @@ class EngineHost:
                     break
             return run.finish()
         finally:
-            self._leave(run, token)
-
-    def _stage_run(self, job: Any) -> _StageRun | _core.Result:
-        """The job bound to its session, or the error answering a malformed job."""
-        try:
-            stage, connection, envelope, arguments = job.state()  # one call into the daemon's job for it all
-            return _StageRun(self._session_for(job, connection, envelope), job, stage, arguments)
-        except Exception as e:
-            log.error("malformed %s job: %s", job.stage, e)
-            return error_result(f"malformed {job.stage} job: {format_exception(e)}")
-
-    def _leave(self, run: _StageRun, token: contextvars.Token[Any]) -> None:
-        """After a stage's hooks: the context as it was; a disconnect ends the session."""
-        _context.scope.reset(token)
-        if run.stage == "disconnect":
-            with self._lock:
-                self._drop_session(run.session)
+            _scope.reset(token)
+            if run.stage == "disconnect":
+                self._end_session(run.session)
 
     def forget(self, session_ids: Iterable[str]) -> None:
         """Drops the sessions (they ended; their policies had no on_disconnect hook)."""
@@ -926,46 +915,20 @@ class EngineHost:
         except concurrent.futures.CancelledError:
             raise HookFailure(f"{hook.label} was cancelled (the policy engine is stopping)") from None
 
-    def _session_for(self, job: Any, connection: tuple[Any, ...], envelope: tuple[Any, ...] | None) -> _Session:
-        sid = connection[0]
+    def _new_session(self, job: Any, sid: str) -> _Session:
         # A session's jobs never run at once, so only a new one needs the lock.
-        session = self._sessions.get(sid)
-        if session is None:
-            with self._lock:
-                # The generation the daemon's session was made with: its C++
-                # settings and its Python policies are one snapshot.
-                engine = self._engine_of_generation(job.generation)
-                session = _Session(engine, Connection(sid, connection[1], connection[2]))
-                engine.sessions += 1
-                self._sessions[sid] = session
-        if connection != session.connection:  # the daemon's view moved (HELO, STARTTLS, AUTH)
-            session.conn._update(*connection[1:])
-            session.connection = connection
-        session.tx = self._transaction_for(session, envelope)
+        with self._lock:
+            # The generation the daemon's session was made with: its C++
+            # settings and its Python policies are one snapshot.
+            engine = self._engine_of_generation(job.generation)
+            session = _Session(engine, Connection(sid, ""))
+            engine.sessions += 1
+            self._sessions[sid] = session
         return session
 
-    @staticmethod
-    def _transaction_for(session: _Session, envelope: tuple[Any, ...] | None) -> Transaction | None:
-        if envelope is None:
-            session.envelope = None
-            return None
-        tx = session.tx
-        # The envelope as the daemon has it, valid again only once this stage
-        # ends with no hook having changed it (see _with_rewrites).
-        unchanged = tx is not None and envelope == session.envelope
-        session.envelope = None
-        session.candidate = envelope
-        if unchanged:
-            return tx
-        tx_id, sender, sender_params, recipients, smtputf8, body_8bit = envelope
-        # The daemon's envelope is the truth: rewrites it did not apply are gone.
-        sender_address, recipient_list = Address._parsed(sender, sender_params), AddressList._parsed(recipients)
-        if tx is None or tx.id != tx_id:
-            tx = Transaction._of(session.conn, tx_id, sender_address, recipient_list, smtputf8, body_8bit)
-        else:
-            tx._sender, tx._recipients, tx._smtputf8, tx._body_8bit = sender_address, recipient_list, smtputf8, body_8bit
-        session.before = (sender_address, list(recipient_list))
-        return tx
+    def _end_session(self, session: _Session) -> None:
+        with self._lock:
+            self._drop_session(session)
 
     def _drop_session(self, session: _Session) -> None:
         # (Under _lock.)
@@ -973,6 +936,12 @@ class EngineHost:
             del self._sessions[session.conn.id]
         session.engine.sessions -= 1
         self._close_if_unused(session.engine)
+
+
+def _malformed(job: Any, e: Exception) -> _core.Result:
+    """The error answering a job the engine could not bind to its session."""
+    log.error("malformed %s job: %s", job.stage, e)
+    return error_result(f"malformed {job.stage} job: {format_exception(e)}")
 
 
 def _checked_verdict(hook: Hook, stage: str, value: Any) -> Verdict:
@@ -991,16 +960,33 @@ class _StageRun:
     The driver calls ``took`` with each value other than None or HookFailure,
     stops when it says the stage ended, then ``finish``."""
 
-    __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result")
+    __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result", "envelope")
 
-    def __init__(self, session: _Session, job: Any, stage: str, arguments: Any) -> None:
+    def __init__(self, host: EngineHost, job: Any) -> None:
+        stage, connection, envelope, arguments = job.state()  # one call into the daemon's job for it all
+        session = host._sessions.get(connection[0])
+        if session is None:
+            session = host._new_session(job, connection[0])
+        if connection != session.connection:  # the daemon's view moved (HELO, STARTTLS, AUTH)
+            session.conn._update(*connection[1:])
+            session.connection = connection
         self.session = session
         self.engine = engine = session.engine
         self.stage = stage
         self.hooks: list[Hook] = engine.hooks[stage]
         self.message: Message | None = None
         self.result: _core.Result | None = None
-        conn, tx = session.conn, session.tx
+        # The daemon's envelope, which session.tx holds unchanged again only
+        # once this stage ends with no hook having changed it (see finish).
+        self.envelope = envelope
+        if envelope is None:
+            session.tx = session.envelope = tx = None
+        else:
+            tx = session.tx
+            if tx is None or envelope != session.envelope:
+                tx = _transaction_of(session, envelope)
+            session.envelope = None
+        conn = session.conn
         if stage == "connect" or stage == "disconnect":
             self.args: tuple[Any, ...] = (conn,)
         elif stage == "helo":
@@ -1009,14 +995,14 @@ class _StageRun:
             self.args = (conn, *arguments)
         elif tx is None:
             raise LookupError(f"a {stage} job without a transaction")
-        elif stage == "mail":
-            self.args = (tx, tx.sender)
         elif stage == "rcpt":
             self.args = (tx, Address._parsed(*arguments))
+        elif stage == "mail":
+            self.args = (tx, tx._sender)
         else:
             # Read from the daemon when a hook first looks at it. Outside
             # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
-            self.message = Message._lazy(lambda: job.message, smtputf8=tx.smtputf8)
+            self.message = Message._lazy(lambda: job.message, smtputf8=tx._smtputf8)
             self.args = (tx, self.message)
 
     def took(self, hook: Hook, value: Any) -> bool:
@@ -1079,18 +1065,18 @@ class _StageRun:
         session, message = self.session, self.message
         if tx is not None:
             before_sender, before_recipients = session.before
-            now = tx.recipients
+            now = tx._recipients
             # Addresses are immutable: the same objects in the same order are the same envelope.
-            if (tx.sender is before_sender and len(now) == len(before_recipients)
+            if (tx._sender is before_sender and len(now) == len(before_recipients)
                     and all(map(operator.is_, now, before_recipients))):
-                session.envelope = session.candidate  # nothing assigned or put in: tx still is what the daemon sent
+                session.envelope = self.envelope  # nothing assigned or put in: tx still is what the daemon sent
             else:
                 # The strings of the objects tx was made with are the daemon's.
                 old_sender, old_recipients = str(before_sender), [str(r) for r in before_recipients]
-                sender = str(as_sender(tx.sender))
+                sender = str(as_sender(tx._sender))
                 recipients = [str(as_recipient(r)) for r in now]
                 if sender == old_sender and recipients == old_recipients:
-                    session.envelope = session.candidate  # tx still is what the daemon sent
+                    session.envelope = self.envelope  # tx still is what the daemon sent
                 else:
                     result = result or _core.Result()
                     if sender != old_sender:
@@ -1102,6 +1088,21 @@ class _StageRun:
             result = result or _core.Result()
             result.message = raw
         return result
+
+
+def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction:
+    """session.tx made (or brought up to date) from the daemon's envelope, which is the truth:
+    rewrites it did not apply are gone."""
+    tx_id, sender, sender_params, recipients, smtputf8, body_8bit = envelope
+    sender_address, recipient_list = Address._parsed(sender, sender_params), AddressList._parsed(recipients)
+    tx = session.tx
+    if tx is None or tx._id != tx_id:
+        tx = Transaction._of(session.conn, tx_id, sender_address, recipient_list, smtputf8, body_8bit)
+    else:
+        tx._sender, tx._recipients, tx._smtputf8, tx._body_8bit = sender_address, recipient_list, smtputf8, body_8bit
+    session.tx = tx
+    session.before = (sender_address, list(recipient_list))
+    return tx
 
 
 def _internal_error(stage: str, e: Exception) -> _core.Result:
