@@ -19,7 +19,7 @@ policy_job_ptr base_job(policy_stage stage, const connection_state& conn) {
   auto& j = *job;
   j.stage = stage;
   j.session_id = conn.id;
-  j.client_ip = unmapped(conn.client.address()).to_string();
+  j.client_ip = conn.client_ip;
   j.client_port = conn.client.port();
   j.helo = conn.helo;
   j.tls = conn.tls;

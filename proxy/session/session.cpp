@@ -100,7 +100,7 @@ session::session(tcp::socket socket, tcp::endpoint client, std::string id, sessi
       client_(std::move(socket)),
       relay_(gen_->make_upstream, log_, conn_, client_.socket().get_executor()) {
   conn_.id = std::move(id);
-  conn_.client = client;
+  conn_.set_client(client);
 }
 
 session::~session() = default;
@@ -446,7 +446,7 @@ awaitable<bool> session::read_proxy_header() {
     // From here on the header's source is the client: policies, relay
     // decisions, logs, Received and XCLIENT all see it.
     const auto via = conn_.client;
-    conn_.client = tcp::endpoint(asio::ip::make_address(header.source_ip), header.source_port);
+    conn_.set_client(tcp::endpoint(asio::ip::make_address(header.source_ip), header.source_port));
     log_.info("PROXY v{}: client {}:{} via {}", header.version, address_literal(conn_.client.address()),
               conn_.client.port(), address_literal(via.address()));
   }

@@ -7,12 +7,14 @@
 #include <string>
 
 #include "asio.hpp"
+#include "net/network.hpp"
 
 namespace portcullis {
 
 struct connection_state {
   std::string id;              // session id, in every log line
-  tcp::endpoint client;        // the real client (the PROXY header's source, when there is one)
+  tcp::endpoint client;        // the real client (the PROXY header's source, when there is one): set_client
+  std::string client_ip;       // its address as text, IPv4-mapped IPv6 as IPv4 (what policies see)
   std::string helo;            // HELO/EHLO argument; empty before it
   bool esmtp = false;          // EHLO rather than HELO
   bool tls = false;
@@ -20,6 +22,12 @@ struct connection_state {
   int tls_bits = 0;
   std::optional<std::string> auth_user;
   unsigned transactions = 0;   // started so far, for transaction ids
+
+  // The client and its text together (formatted once, not for every hook).
+  void set_client(const tcp::endpoint& e) {
+    client = e;
+    client_ip = unmapped(e.address()).to_string();
+  }
 };
 
 }  // namespace portcullis
