@@ -1,5 +1,6 @@
 """run_host: the exchange with the daemon's policy thread, with a stand-in for the embedded module."""
 
+import asyncio
 import os
 import queue
 import threading
@@ -192,6 +193,30 @@ def test_jobs_cancelled_before_their_task_ran_are_still_completed_once(daemon, p
     thread.join(5)
     assert not thread.is_alive() and errors == []
     assert core.completed.empty()  # nothing answered twice
+
+
+def test_a_job_whose_hooks_never_suspend_is_answered_in_the_wake_up_that_brought_it(policy_file):
+    # Its task's first step runs in the wake-up (no second turn of the loop
+    # per job); a job whose hook suspends is answered on a later turn.
+    quick = policy_file("async def on_connect(conn):\n    return None\n")
+    waits = policy_file("import asyncio\nasync def on_helo(conn, name):\n    await asyncio.sleep(0)\n")
+    core, loop = FakeCore(), asyncio.new_event_loop()
+    runner = _engine._JobRunner(_engine.EngineHost([quick, waits]), loop, core, core.fd)
+    core.jobs += [(1, job("connect", sid="S1")), (2, job("helo", sid="S2", hostname="client.test"))]
+    answered_in_the_wake_up = []
+
+    def wake_up():
+        runner.drain()
+        answered_in_the_wake_up.extend(job_id for job_id, _ in list(core.completed.queue))
+
+    loop.call_soon(wake_up)
+    try:
+        loop.run_until_complete(asyncio.sleep(0.05))
+    finally:
+        loop.close()
+        os.close(core.fd)
+    assert answered_in_the_wake_up == [1]
+    assert sorted(core.results(2)) == [1, 2] and runner.tasks == {} and runner.by_id == {}
 
 
 def test_run_host_takes_its_core_as_an_argument(policy_file):
