@@ -42,6 +42,16 @@ int open_unlinked(const std::filesystem::path& dir, std::string& error) {
   return fd;
 }
 
+// $TMPDIR or /tmp, looked up once (a store is made for every message).
+const std::filesystem::path& default_spill_directory() {
+  static const std::filesystem::path dir = [] {
+    std::error_code ec;
+    auto p = std::filesystem::temp_directory_path(ec);
+    return ec ? std::filesystem::path("/tmp") : p;
+  }();
+  return dir;
+}
+
 }  // namespace
 
 bool message_memory::try_take(std::size_t n) {
@@ -54,11 +64,7 @@ bool message_memory::try_take(std::size_t n) {
 
 message_store::message_store(std::shared_ptr<message_memory> memory, spill_settings settings)
     : memory_(std::move(memory)), settings_(std::move(settings)) {
-  if (settings_.directory.empty()) {
-    std::error_code ec;
-    settings_.directory = std::filesystem::temp_directory_path(ec);
-    if (ec) settings_.directory = "/tmp";
-  }
+  if (settings_.directory.empty()) settings_.directory = default_spill_directory();
 }
 
 message_store::~message_store() {
@@ -99,7 +105,7 @@ bool message_store::grow(std::size_t need) {
       std::min(std::max({need, capacity_ * 2, min_memory_capacity}), settings_.memory_threshold);
   // The budget is taken before the allocation, for the whole allocation.
   if (!memory_ || !memory_->try_take(want - capacity_)) return false;
-  auto bigger = std::make_unique<char[]>(want);
+  auto bigger = std::make_unique_for_overwrite<char[]>(want);
   if (size_) std::memcpy(bigger.get(), buf_.get(), size_);
   buf_ = std::move(bigger);
   capacity_ = want;
@@ -129,7 +135,7 @@ bool message_store::spill(spill_reason why) {
   reason_ = why;
   if (!write_file({buf_.get(), size_})) return false;
   release_memory();
-  staging_ = std::make_unique<char[]>(staging_size);
+  staging_ = std::make_unique_for_overwrite<char[]>(staging_size);
   return true;
 }
 
@@ -181,7 +187,7 @@ std::string_view message_store::reader::next() {
     offset_ = m_.size_;
     return m_.memory_view();
   }
-  if (!buf_) buf_ = std::make_unique<char[]>(chunk_);
+  if (!buf_) buf_ = std::make_unique_for_overwrite<char[]>(chunk_);
   const std::size_t want = std::min(chunk_, m_.size_ - offset_);
   for (;;) {
     const ssize_t n = ::pread(m_.fd_, buf_.get(), want, static_cast<off_t>(offset_));
