@@ -42,15 +42,33 @@ std::size_t dot_decoder::feed(std::string_view in, std::string& out) {
 
 std::size_t dot_decoder::feed(std::string_view in, byte_sink& out) {
   std::size_t i = 0;
-  // Plain text runs are appended in one go; the state machine sees only the
-  // bytes that matter (CR, LF, NUL, a dot at the start of a line).
+  // The bytes [span, i) go to `out` as they are, in one write when something
+  // breaks the run (a stuffed dot, the end of the input) rather than a write
+  // per line: the state machine sees only the bytes that matter (CR, LF, NUL,
+  // a dot at the start of a line), and plain text runs are skipped with memchr.
+  std::size_t span = 0;
+  auto flush = [&](std::size_t upto) {
+    if (upto > span) emit(out, in.substr(span, upto - span));
+  };
+  // A fault at `at` (bytes before it counted, not it): the first fault in the
+  // message's order wins, so a size already too big there comes first.
+  auto fail_at = [&](fault f, std::size_t at) {
+    if (size_ + (at - span) > max_size_) fail(fault::too_big);
+    fail(f);
+  };
+  if (state_ == state::cr && !in.empty()) {
+    // The CR that ended the previous input, kept back until its fate was known.
+    if (in[0] != '\n') fail(fault::bare_line_ending);
+    emit(out, "\r");
+  }
   while (i < in.size() && state_ != state::done) {
     const char c = in[i];
     switch (state_) {
       case state::line_start:
         if (c == '.') {
+          flush(i);  // the dot is not the message's: stuffing (§4.5.2) or the end
           state_ = state::dot;
-          ++i;
+          span = ++i;
           continue;
         }
         state_ = state::mid_line;
@@ -58,35 +76,31 @@ std::size_t dot_decoder::feed(std::string_view in, byte_sink& out) {
       case state::mid_line: {
         const std::size_t run = text_run_end(in, i);
         if (run > i) {
-          emit(out, in.substr(i, run - i));
           i = run;
           continue;
         }
         if (c == '\r') {
           state_ = state::cr;
         } else {
-          fail(c == '\0' ? fault::nul : fault::bare_line_ending);
-          emit(out, in.substr(i, 1));
+          fail_at(c == '\0' ? fault::nul : fault::bare_line_ending, i);
         }
-        ++i;
+        ++i;  // kept either way (a bare CR, LF or NUL fails the message, and is counted)
         continue;
       }
       case state::cr:
         if (c == '\n') {
-          emit(out, "\r\n");
           state_ = state::line_start;
           ++i;
         } else {
           // A CR not followed by LF; "\r\r\n" keeps the second CR as a candidate.
-          fail(fault::bare_line_ending);
-          emit(out, "\r");
+          if (i > 0) fail_at(fault::bare_line_ending, i - 1);  // (else failed above)
           state_ = state::mid_line;
         }
         continue;
       case state::dot:
         if (c == '\r') {
           state_ = state::dot_cr;
-          ++i;
+          span = ++i;  // kept back: ".\r\n" is the end, not text
           continue;
         }
         // "." then more text: the stuffed dot goes, the rest is text (§4.5.2).
@@ -95,10 +109,11 @@ std::size_t dot_decoder::feed(std::string_view in, byte_sink& out) {
       case state::dot_cr:
         if (c == '\n') {
           state_ = state::done;
-          ++i;
+          span = ++i;
           continue;
         }
-        // ".\r" then not LF: a bare CR on a line that started with a dot.
+        // ".\r" then not LF: a bare CR on a line that started with a dot (the CR
+        // may have come in the previous input: written from here).
         fail(fault::bare_line_ending);
         emit(out, "\r");
         state_ = state::mid_line;
@@ -107,6 +122,8 @@ std::size_t dot_decoder::feed(std::string_view in, byte_sink& out) {
         break;
     }
   }
+  // A CR at the very end waits for the next input to say what it is.
+  flush(state_ == state::cr ? i - 1 : i);
   return i;
 }
 
