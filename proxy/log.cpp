@@ -3,6 +3,8 @@
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
+#include <algorithm>
+
 #include "log_text.hpp"
 
 namespace portcullis {
@@ -62,9 +64,13 @@ spdlog::logger& lasting_logger() {
 }
 
 std::string printable(std::string_view s, std::size_t max) {
-  std::string out;
-  for (unsigned char c : s.substr(0, max)) {
-    if (c >= 0x20 && c != 0x7f && c != '\\') {
+  const auto plain = [](unsigned char c) { return c >= 0x20 && c != 0x7f && c != '\\'; };
+  const std::string_view shown = s.substr(0, max);
+  // Most text needs no escape: copied in one go.
+  const auto first_escape = std::find_if_not(shown.begin(), shown.end(), plain);
+  std::string out(shown.begin(), first_escape);
+  for (unsigned char c : shown.substr(static_cast<std::size_t>(first_escape - shown.begin()))) {
+    if (plain(c)) {
       out += static_cast<char>(c);
     } else {
       static constexpr char hex[] = "0123456789abcdef";

@@ -33,6 +33,8 @@ class session_log {
   void error(fmt::format_string<A...> f, A&&... a) const { log(spdlog::level::err, f, std::forward<A>(a)...); }
   template <class... A>
   void debug(fmt::format_string<A...> f, A&&... a) const { log(spdlog::level::debug, f, std::forward<A>(a)...); }
+  // Whether debug lines are written: test it before working out a debug line's arguments.
+  static bool debugging() { return spdlog::should_log(spdlog::level::debug); }
 
  private:
   template <class... A>

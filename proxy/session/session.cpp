@@ -215,7 +215,7 @@ awaitable<void> session::serve() {
       r = reply{500, "5.5.2", "Command lines must end with CRLF and hold no bare CR or NUL"};
     } else {
       const auto cmd = smtp::parse_command(line.text);
-      log_.debug("<- {}", printable(cmd.kind == smtp::verb::auth ? cmd.name : line.text));
+      if (log_.debugging()) log_.debug("<- {}", printable(cmd.kind == smtp::verb::auth ? cmd.name : line.text));
       r = co_await dispatch(cmd);
     }
     if (r.code) queue(r);  // 0: the reply was already written (DATA's 354 path failed)
@@ -536,7 +536,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   auto r = with_policy_text(std::move(upstream_reply), v);
   if (r.positive()) {
     set_stage(stage::transaction);
-    log_.debug("transaction {} from=<{}>", tx_.id, printable(tx_.sender.str()));
+    if (log_.debugging()) log_.debug("transaction {} from=<{}>", tx_.id, printable(tx_.sender.str()));
   } else {
     log_.info("MAIL FROM:<{}> refused: {}", printable(tx_.sender.str()), printable(r.summary()));
     tx_ = transaction{};

@@ -12,8 +12,11 @@
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "asio.hpp"
+#include "log.hpp"
 #include "session/session.hpp"
 
 namespace portcullis {
@@ -21,6 +24,26 @@ namespace {
 
 using namespace std::chrono_literals;
 using smtp::reply;
+
+// What a session's log lines show of client text: printable ASCII and 8-bit
+// octets as they are, control characters, DEL and the backslash as \xNN, at
+// most `max` octets and "..." after them.
+TEST(Printable, Table) {
+  using namespace std::literals;
+  const std::vector<std::tuple<std::string, std::size_t, std::string>> cases = {
+      {"", 200, ""},
+      {"alice@example.test", 200, "alice@example.test"},
+      {"a\r\nb", 200, "a\\x0d\\x0ab"},
+      {"\0x"s, 200, "\\x00x"},
+      {"back\\slash", 200, "back\\x5cslash"},
+      {"del\x7f", 200, "del\\x7f"},
+      {"Gr\xc3\xbc\xc3\x9f" "e", 200, "Gr\xc3\xbc\xc3\x9f" "e"},
+      {"abcdef", 3, "abc..."},
+      {"ab\ncdef", 3, "ab\\x0a..."},
+      {"abc", 3, "abc"},
+  };
+  for (const auto& [in, max, want] : cases) EXPECT_EQ(printable(in, max), want) << in;
+}
 
 // What the scripted upstream saw, and what it answers. Shared with the test thread.
 struct upstream_script {
