@@ -10,9 +10,8 @@ namespace py = pybind11;
 namespace portcullis::bindings {
 
 smtp::address checked_mailbox(std::string_view text, bool utf8) {
-  auto a = smtp::parse_mailbox(text, utf8);
-  if (!a || !smtp::is_valid_address(*a, utf8))
-    throw py::value_error("invalid address: " + std::string(text.substr(0, 300)));
+  auto a = smtp::parse_valid_mailbox(text, utf8);
+  if (!a) throw py::value_error("invalid address: " + std::string(text.substr(0, 300)));
   return *a;
 }
 

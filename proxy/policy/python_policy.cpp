@@ -44,9 +44,7 @@ void add_transaction(policy_job& j, const transaction& tx) {
 std::optional<smtp::address> address_from(const std::string& s, bool utf8, bool null_ok) {
   if (s.empty()) return null_ok ? std::optional(smtp::address{}) : std::nullopt;
   if (smtp::equals_nocase(s, "postmaster") && !null_ok) return smtp::address{s, ""};
-  auto a = smtp::parse_mailbox(s, utf8);
-  if (!a || !smtp::is_valid_address(*a, utf8)) return std::nullopt;
-  return a;
+  return smtp::parse_valid_mailbox(s, utf8);
 }
 
 // RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, CRLF included.

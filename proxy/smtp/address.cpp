@@ -177,6 +177,12 @@ bool is_valid_address(const address& a, bool utf8) {
   return parsed && *parsed == a && a.str().size() + 2 <= max_path;
 }
 
+std::optional<address> parse_valid_mailbox(std::string_view text, bool utf8) {
+  auto a = parse_mailbox(text, utf8);
+  if (!a || !is_valid_address(*a, utf8)) return std::nullopt;
+  return a;
+}
+
 std::optional<std::vector<esmtp_param>> parse_esmtp_params(std::string_view text, bool utf8) {
   std::vector<esmtp_param> out;
   std::size_t pos = 0;

@@ -67,6 +67,9 @@ std::optional<std::vector<esmtp_param>> parse_esmtp_params(std::string_view text
 // Is the address safe to put on the wire inside "<...>"? (what rewrites are checked with)
 bool is_valid_address(const address& a, bool utf8);
 
+// A mailbox a policy or a test hands over as text: parsed, and only if it is valid on the wire too.
+std::optional<address> parse_valid_mailbox(std::string_view text, bool utf8);
+
 // One mailbox or two? The local part is exact (RFC 5321 §2.4: only the
 // destination host may interpret it); the domain is case-insensitive.
 bool same_mailbox(const address& a, const address& b);

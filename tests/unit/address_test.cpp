@@ -241,6 +241,16 @@ TEST(ParseMailbox, AcceptedIsValidAndStable) {
   }
 }
 
+// A mailbox handed over as text (a policy's rewrite): what parses and fits in a path.
+TEST(ParseValidMailbox, ParsedAndFitsInAPath) {
+  for (const auto& c : mailbox_cases()) {
+    SCOPED_TRACE(testing::Message() << "text: \"" << escape(c.text) << "\" utf8=" << c.utf8);
+    const auto got = parse_valid_mailbox(c.text, c.utf8);
+    EXPECT_EQ(got.has_value(), c.want.has_value() && c.text.size() + 2 <= max_path);
+    if (got) EXPECT_EQ(*got, *c.want);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // parse_path_argument: "<path> [params]" after FROM:/TO:.
 
