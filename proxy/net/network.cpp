@@ -10,6 +10,13 @@ asio::ip::address unmapped(const asio::ip::address& a) {
   return a;
 }
 
+std::string address_literal(const asio::ip::address& a) { return address_literal(unmapped(a).to_string()); }
+
+std::string address_literal(std::string_view ip) {
+  const bool v6 = ip.find(':') != std::string_view::npos;
+  return (v6 ? "[IPv6:" : "[") + std::string(ip) + "]";
+}
+
 std::optional<network> network::parse(std::string_view text) {
   const auto slash = text.find('/');
   boost::system::error_code ec;

@@ -34,4 +34,9 @@ class network_list {
 // v4-mapped v6 ("::ffff:192.0.2.1") as plain v4; anything else unchanged.
 asio::ip::address unmapped(const asio::ip::address& a);
 
+// "[192.0.2.1]" or "[IPv6:2001:db8::1]" (RFC 5321 §4.1.3); v4-mapped v6 shown as v4.
+std::string address_literal(const asio::ip::address& a);
+// The same for an address already written as text (unmapped).
+std::string address_literal(std::string_view ip);
+
 }  // namespace portcullis

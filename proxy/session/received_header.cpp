@@ -28,18 +28,13 @@ std::string protocol_name(const connection_state& conn, const transaction& tx) {
 
 }  // namespace
 
-std::string address_literal(const asio::ip::address& raw) {
-  const auto a = unmapped(raw);
-  return a.is_v6() ? "[IPv6:" + a.to_string() + "]" : "[" + a.to_string() + "]";
-}
-
 std::string received_header(const connection_state& conn, const transaction& tx, const std::string& hostname,
                             std::time_t now) {
   std::tm tm{};
   gmtime_r(&now, &tm);
   char date[64];
   std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-  std::string h = "Received: from " + header_safe_helo(conn.helo) + " (" + address_literal(conn.client.address()) + ")";
+  std::string h = "Received: from " + header_safe_helo(conn.helo) + " (" + conn.client_literal + ")";
   // The TLS details as a comment, as Postfix writes them.
   if (conn.tls)
     h += "\r\n\t(using " + conn.tls_version + " with cipher " + conn.tls_cipher + " (" + std::to_string(conn.tls_bits) +

@@ -13,7 +13,4 @@ namespace portcullis {
 std::string received_header(const connection_state& conn, const transaction& tx, const std::string& hostname,
                              std::time_t now);
 
-// "[192.0.2.1]" or "[IPv6:2001:db8::1]" (RFC 5321 §4.1.3); v4-mapped v6 shown as v4.
-std::string address_literal(const asio::ip::address& a);
-
 }  // namespace portcullis

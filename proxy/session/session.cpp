@@ -137,7 +137,7 @@ awaitable<bool> session::flush() {
 }
 
 awaitable<void> session::run() {
-  log_.info("connect from {}{}", address_literal(conn_.client.address()) + ":" + std::to_string(conn_.client.port()),
+  log_.info("connect from {}{}", conn_.client_literal + ":" + std::to_string(conn_.client.port()),
             implicit_tls_ ? " (implicit TLS)" : "");
   bool greeted = false;
   try {
@@ -149,7 +149,7 @@ awaitable<void> session::run() {
   }
   if (!greeted) {
     client_.close();
-    log_.info("disconnect from {} before SMTP began", address_literal(conn_.client.address()));
+    log_.info("disconnect from {} before SMTP began", conn_.client_literal);
     co_return;
   }
   co_await finish();
@@ -258,7 +258,7 @@ awaitable<void> session::finish() {
   } catch (const std::exception& e) {
     log_.warn("on_disconnect failed: {}", e.what());
   }
-  log_.info("disconnect from {} transactions={} errors={}", address_literal(conn_.client.address()),
+  log_.info("disconnect from {} transactions={} errors={}", conn_.client_literal,
             conn_.transactions, errors_);
 }
 
@@ -318,7 +318,7 @@ awaitable<reply> session::on_helo(const smtp::command& cmd, bool extended) {
 std::vector<std::string> session::ehlo_lines() const {
   const auto& s = cfg_.server;
   std::vector<std::string> lines{
-      s.hostname + " Hello " + conn_.helo + " " + address_literal(conn_.client.address()),
+      s.hostname + " Hello " + conn_.helo + " " + conn_.client_literal,
       "PIPELINING",                                   // RFC 2920
       "SIZE " + std::to_string(s.max_message_size),  // RFC 1870
       "8BITMIME",                                     // RFC 6152
@@ -407,7 +407,7 @@ awaitable<bool> session::read_proxy_header() {
   // could claim any address (and with it, trusted_networks).
   if (!gen_->proxy_trusted->contains(conn_.client.address())) {
     log_.warn("{} is not in server.proxy_trusted but server.proxy_protocol is on; closing",
-              address_literal(conn_.client.address()));
+              conn_.client_literal);
     co_return false;
   }
   // Peeked, never read past: what follows may be a TLS ClientHello.
@@ -447,7 +447,7 @@ awaitable<bool> session::read_proxy_header() {
     // decisions, logs, Received and XCLIENT all see it.
     const auto via = conn_.client;
     conn_.set_client(tcp::endpoint(asio::ip::make_address(header.source_ip), header.source_port));
-    log_.info("PROXY v{}: client {}:{} via {}", header.version, address_literal(conn_.client.address()),
+    log_.info("PROXY v{}: client {}:{} via {}", header.version, conn_.client_literal,
               conn_.client.port(), address_literal(via.address()));
   }
   co_return true;
@@ -745,7 +745,7 @@ awaitable<void> session::reset_transaction() {
 void session::log_transaction(const reply& outcome, std::size_t size) {
   const char* verdict = outcome.positive() ? "delivered" : outcome.transient() ? "tempfail" : "rejected";
   log_.info("tx={} client={} helo={} from=<{}> to={} rejected_rcpts={} size={} upstream=\"{}\" queue_id={} verdict={}",
-            tx_.id, address_literal(conn_.client.address()), printable(conn_.helo), printable(tx_.sender.str()),
+            tx_.id, conn_.client_literal, printable(conn_.helo), printable(tx_.sender.str()),
             printable(smtp::join_paths(tx_.recipients), 2000), tx_.rejected_rcpts, size,
             printable(outcome.summary()), queue_id_of(outcome), verdict);
 }
