@@ -881,9 +881,9 @@ class EngineHost:
         """Drops the sessions (they ended; their policies had no on_disconnect hook)."""
         with self._lock:
             for sid in session_ids:
-                session = self._sessions.get(sid)
+                session = self._sessions.pop(sid, None)
                 if session is not None:
-                    self._drop_session(session)
+                    self._release(session.engine)
 
     def report_stuck(self, thread: int, session_id: str) -> None:
         """The daemon abandoned the plain hook running on ``thread``: logs where it stands."""
@@ -915,27 +915,29 @@ class EngineHost:
         except concurrent.futures.CancelledError:
             raise HookFailure(f"{hook.label} was cancelled (the policy engine is stopping)") from None
 
-    def _new_session(self, job: Any, sid: str) -> _Session:
+    def _new_session(self, job: Any, connection: tuple[Any, ...]) -> _Session:
         # A session's jobs never run at once, so only a new one needs the lock.
         with self._lock:
             # The generation the daemon's session was made with: its C++
             # settings and its Python policies are one snapshot.
             engine = self._engine_of_generation(job.generation)
-            session = _Session(engine, Connection(sid, ""))
+            session = _Session(engine, Connection._of(*connection))
+            session.connection = connection
             engine.sessions += 1
-            self._sessions[sid] = session
+            self._sessions[connection[0]] = session
         return session
 
     def _end_session(self, session: _Session) -> None:
+        sid = session.scope[0]
         with self._lock:
-            self._drop_session(session)
+            if self._sessions.get(sid) is session:
+                del self._sessions[sid]
+            self._release(session.engine)
 
-    def _drop_session(self, session: _Session) -> None:
-        # (Under _lock.)
-        if self._sessions.get(session.conn.id) is session:
-            del self._sessions[session.conn.id]
-        session.engine.sessions -= 1
-        self._close_if_unused(session.engine)
+    def _release(self, engine: Engine) -> None:
+        # (Under _lock.) One session fewer on the engine.
+        engine.sessions -= 1
+        self._close_if_unused(engine)
 
 
 def _malformed(job: Any, e: Exception) -> _core.Result:
@@ -966,8 +968,8 @@ class _StageRun:
         stage, connection, envelope, arguments = job.state()  # one call into the daemon's job for it all
         session = host._sessions.get(connection[0])
         if session is None:
-            session = host._new_session(job, connection[0])
-        if connection != session.connection:  # the daemon's view moved (HELO, STARTTLS, AUTH)
+            session = host._new_session(job, connection)
+        elif connection != session.connection:  # the daemon's view moved (HELO, STARTTLS, AUTH)
             session.conn._update(*connection[1:])
             session.connection = connection
         self.session = session
