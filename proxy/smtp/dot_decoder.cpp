@@ -58,8 +58,12 @@ std::size_t dot_decoder::feed(std::string_view in, byte_sink& out) {
     fail(f);
   };
   if (state_ == state::cr && !in.empty()) {
-    // The CR that ended the previous input, kept back until its fate was known.
-    if (in[0] != '\n') fail(fault::bare_line_ending);
+    // The CR that ended the previous input, kept back until its fate was known:
+    // before LF the loop goes on from state cr; else it was a bare CR.
+    if (in[0] != '\n') {
+      fail(fault::bare_line_ending);
+      state_ = state::mid_line;
+    }
     emit(out, "\r");
   }
   while (i < in.size() && state_ != state::done) {
@@ -94,8 +98,9 @@ std::size_t dot_decoder::feed(std::string_view in, byte_sink& out) {
           state_ = state::line_start;
           ++i;
         } else {
-          // A CR not followed by LF; "\r\r\n" keeps the second CR as a candidate.
-          if (i > 0) fail_at(fault::bare_line_ending, i - 1);  // (else failed above)
+          // A CR not followed by LF (at i - 1: one from the previous input was
+          // judged above); "\r\r\n" keeps the second CR as a candidate.
+          fail_at(fault::bare_line_ending, i - 1);
           state_ = state::mid_line;
         }
         continue;
