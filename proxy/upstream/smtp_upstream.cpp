@@ -344,13 +344,13 @@ class smtp_upstream final : public upstream {
     std::set<std::string> wanted;
     std::istringstream words(smtp::to_upper(offered->second));
     for (std::string w; words >> w;) wanted.insert(w);
-    const auto ip = unmapped(client_.client.address());
+    const bool v6 = unmapped(client_.client.address()).is_v6();
     std::string out;
     auto add = [&](const char* name, const std::string& value) {
       if (wanted.count(name)) out += std::string(" ") + name + "=" + xtext(value);
     };
     add("NAME", "[UNAVAILABLE]");  // no reverse DNS lookups in the proxy
-    add("ADDR", ip.is_v6() ? "IPV6:" + ip.to_string() : ip.to_string());
+    add("ADDR", v6 ? "IPV6:" + client_.client_ip : client_.client_ip);  // formatted once, by set_client
     add("PORT", std::to_string(client_.client.port()));
     add("PROTO", client_.esmtp ? "ESMTP" : "SMTP");
     add("HELO", client_.helo.empty() ? "[UNAVAILABLE]" : client_.helo);
