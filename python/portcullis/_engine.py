@@ -928,7 +928,7 @@ class EngineHost:
         return session
 
     def _end_session(self, session: _Session) -> None:
-        sid = session.scope[0]
+        sid = session.conn._id
         with self._lock:
             if self._sessions.get(sid) is session:
                 del self._sessions[sid]
