@@ -50,6 +50,7 @@ void define_core(py::module_& m) {
       "Raises ValueError unless the message uses CRLF only, has no NUL and a well-formed header section.");
 
   define_protocol(m);
+  define_dns(m);
 }
 
 }  // namespace portcullis::bindings

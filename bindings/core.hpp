@@ -5,6 +5,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <string_view>
 
 #include "smtp/address.hpp"
@@ -17,5 +18,18 @@ smtp::address checked_mailbox(std::string_view text, bool utf8);
 void define_core(pybind11::module_& m);
 // The policy protocol's classes (bindings/protocol.cpp); define_core calls it.
 void define_protocol(pybind11::module_& m);
+// pc.dns's lookups (bindings/dns.cpp); define_core calls it.
+void define_dns(pybind11::module_& m);
+
+}  // namespace portcullis::bindings
+
+namespace portcullis::dns {
+class resolver;
+}
+
+namespace portcullis::bindings {
+
+// The daemon's resolver for pc.dns (null: one of pc.dns's own, made on first use).
+void set_resolver(std::shared_ptr<dns::resolver> resolver);
 
 }  // namespace portcullis::bindings

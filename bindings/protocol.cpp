@@ -90,12 +90,25 @@ py::tuple connection_tuple(const policy_job& j) {
                         j.auth_user ? py::object(py::str(*j.auth_user)) : py::object(py::none()));
 }
 
+checks::spf_result::kind spf_kind_named(std::string_view name) {
+  using k = checks::spf_result::kind;
+  for (k kind : {k::none, k::neutral, k::pass, k::fail, k::softfail, k::temperror, k::permerror})
+    if (checks::to_string(kind) == name) return kind;
+  throw py::value_error("unknown SPF result " + std::string(name));
+}
+
+// (result, domain, explanation or None), or None without an SPF check.
+py::object spf_tuple(const policy_job& j) {
+  if (!j.spf) return py::none();
+  return py::make_tuple(std::string(checks::to_string(j.spf->result)), j.spf->domain, none_if_empty(j.spf->explanation));
+}
+
 py::object envelope_tuple(const policy_job& j) {
   if (!j.has_tx) return py::none();
   py::list recipients(j.recipients.size());
   for (std::size_t i = 0; i < j.recipients.size(); ++i) recipients[i] = address_parts(j.recipients[i]);
   return py::make_tuple(j.tx_id, address_parts(j.sender), params_dict(j.sender_params), std::move(recipients),
-                        j.smtputf8, j.body_8bit);
+                        j.smtputf8, j.body_8bit, spf_tuple(j));
 }
 
 // The stage's own arguments: what its hooks get besides conn or tx.
@@ -137,6 +150,20 @@ void define_protocol(py::module_& m) {
           "recipients", [](const policy_job& j) { return address_texts(j.recipients); },
           [](policy_job& j, const std::vector<std::string>& list) { j.recipients = addresses_of(list); })
       .def_readwrite("smtputf8", &policy_job::smtputf8)
+      .def_property(
+          "spf", [](const policy_job& j) { return spf_tuple(j); },
+          [](policy_job& j, const py::object& t) {
+            if (t.is_none()) {
+              j.spf.reset();
+              return;
+            }
+            auto [result, domain, explanation] = t.cast<std::tuple<std::string, std::string, std::optional<std::string>>>();
+            checks::spf_result r;
+            r.result = spf_kind_named(result);
+            r.domain = std::move(domain);
+            r.explanation = explanation.value_or("");
+            j.spf = std::move(r);
+          })
       .def_readwrite("body_8bit", &policy_job::body_8bit)
       .def_readwrite("hostname", &policy_job::hostname)
       .def_readwrite("mechanism", &policy_job::mechanism)
@@ -166,7 +193,7 @@ void define_protocol(py::module_& m) {
           "(stage, connection, envelope, arguments): what every job needs, in one call. connection: (id, "
           "client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user), None for what is unset; "
           "envelope: None outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, "
-          "body_8bit); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
+          "body_8bit, spf), spf being None or (result, domain, explanation); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
           "(recipient, rcpt_params)), else None; each address as (local part, domain).");
 
   py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")

@@ -9,12 +9,16 @@ BUILD_PACKAGES=(
   libssl-dev libtoml11-dev libspdlog-dev libfmt-dev
   pybind11-dev python3-dev libpython3.11-dev
   libgtest-dev              # the build configures the C++ tests too
+  libunbound-dev            # the DNS resolver (proxy/dns)
+  libspf2-dev               # SPF (proxy/checks)
 )
 TEST_PACKAGES=(
   clang libclang-rt-14-dev                # libFuzzer, ASan/UBSan
   openssl                                 # test certificates
   python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl   # swaks --tls needs Net::SSLeay
   postfix                                 # smtp-source/smtp-sink; a real upstream
+  python3-dnslib python3-yaml             # the test DNS server (tests/dns) and the RFC 7208 suite's YAML
+  python3-spf python3-dnspython python3-dns   # pyspf, the reference SPF the daemon is compared with
 )
 
 BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools

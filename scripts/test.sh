@@ -2,7 +2,8 @@
 # Every test tier: installs what is missing, builds, and runs
 #   1. C++ table tests of the pure layer and the config (release build)
 #   2. the same under ASan/UBSan
-#   3. pytest of the Python package (python/portcullis) and the policy engine
+#   3. pytest of the Python package (python/portcullis) and the policy engine, and of
+#      the test DNS server against independent clients (tests/dns)
 #   4. libFuzzer on the command parser, address parser and DATA decoder (bounded time)
 #   5. end-to-end tests: the built daemon between real clients and real upstreams
 #      (release and ASan/UBSan builds), Python policies included
@@ -26,6 +27,9 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 
 step "Python API and engine (pytest, tests/python)"
 PYTHONPATH="$PWD/python:$PWD/build/python" /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python
+
+step "the test DNS server and the reference SPF implementation (pytest, tests/dns)"
+/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/dns
 
 step "fuzz (${FUZZ_SECONDS:-30}s per target)"
 scripts/build.sh fuzz

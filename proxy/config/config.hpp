@@ -128,15 +128,21 @@ struct policy_config {
   unsigned threads = 16;  // for plain (sync) hooks; async hooks share one event loop
 };
 
-// Not implemented in this version: load_config refuses `true` (the daemon
-// must not claim checks it does not make), so these are always false today.
 struct checks_config {
-  bool spf = false, dkim = false, dmarc = false, authentication_results = false;
+  bool spf = false;  // RFC 7208, before on_mail (tx.spf)
+  // Not implemented in this version: load_config refuses `true` (the daemon
+  // must not claim checks it does not make), so these are always false today.
+  bool dkim = false, dmarc = false;
+  bool authentication_results = false;  // RFC 8601 header on relayed mail
+  unsigned threads = 8;  // run libspf2, which blocks on DNS (never an I/O thread)
 };
 
 struct dns_config {
-  std::string nameserver;  // "IP:PORT"; refused by load_config until the checks' resolver exists
-  std::chrono::seconds timeout{5};
+  std::string nameserver;  // "IP:PORT"; empty: the nameservers of /etc/resolv.conf
+  std::chrono::seconds timeout{5};  // per lookup
+  std::size_t cache_size = 8 * 1024 * 1024;  // bytes of cached answers, by TTL
+
+  bool operator==(const dns_config&) const = default;
 };
 
 struct log_config {
@@ -198,6 +204,9 @@ inline constexpr std::chrono::seconds max_config_pool_idle_timeout{240};
 inline constexpr unsigned max_config_threads = 1024;
 inline constexpr unsigned max_config_workers = 256;
 inline constexpr unsigned max_config_policy_threads = 1024;
+inline constexpr unsigned max_config_check_threads = 256;
+inline constexpr std::uint64_t min_config_dns_cache = 64 * 1024;
+inline constexpr std::uint64_t max_config_dns_cache = 1ull << 32;
 inline constexpr std::size_t max_config_auth_failures = 1000000;
 
 // RFC 5321 §4.1.2 Domain (RFC 1035 §2.3.1 labels, RFC 1123 §2.1): labels of

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "checks/results.hpp"
 #include "smtp/address.hpp"
 #include "store/message_store.hpp"
 
@@ -51,6 +52,7 @@ struct policy_job {
   std::vector<smtp::address> recipients;
   bool smtputf8 = false;   // MAIL ... SMTPUTF8 (RFC 6531): headers may be UTF-8 (RFC 6532)
   bool body_8bit = false;  // MAIL ... BODY=8BITMIME (RFC 6152)
+  std::optional<checks::spf_result> spf;  // [checks] spf on: the MAIL FROM's check
   // stage arguments
   std::string hostname;                          // helo
   std::string mechanism, username, password;     // auth

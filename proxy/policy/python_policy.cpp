@@ -39,6 +39,7 @@ void add_transaction(policy_job& j, const transaction& tx) {
   // the transaction may carry UTF-8 headers (RFC 6532).
   j.smtputf8 = tx.options.smtputf8;
   j.body_8bit = tx.options.body_8bit;
+  j.spf = tx.spf;
 }
 
 std::optional<smtp::address> address_from(const std::string& s, bool utf8, bool null_ok) {

@@ -5,8 +5,13 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
+#include "bindings/core.hpp"
+#include "checks/spf_checker.hpp"
+#include "dns/resolver.hpp"
 #include "log.hpp"
 #include "net/io_pool.hpp"
 #include "net/network.hpp"
@@ -63,8 +68,54 @@ server::server(std::shared_ptr<const config> cfg, client_table& clients, unsigne
   env_.failed_logins().share(clients_);
   auto g = make_generation(cfg);
   g->pol = make_policy(*cfg, engine_ ? engine_->first_generation() : 0);
-  env_.replace(std::move(g));
+  use_generation(std::move(g));
   upstream_pool_->configure(cfg);
+}
+
+namespace {
+
+// The nameservers the system resolver would ask (resolv.conf(5)).
+bool resolv_conf_has_nameserver() {
+  std::ifstream in("/etc/resolv.conf");
+  std::string word, line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    if (fields >> word && word == "nameserver") return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
+  const bool wants_dns = cfg.checks.spf || !cfg.policy.files.empty();  // policies may use pc.dns
+  if (!wants_dns) return nullptr;
+  if (cfg.checks.spf && cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver())
+    throw std::invalid_argument("[checks] spf needs DNS: set [dns] nameserver, or a nameserver in /etc/resolv.conf");
+  dns::resolver_options options;
+  options.nameserver = cfg.dns.nameserver;
+  options.timeout = cfg.dns.timeout;
+  options.cache_bytes = cfg.dns.cache_size;
+  auto resolver = resolver_ && resolver_dns_ == cfg.dns ? resolver_ : std::make_shared<dns::resolver>(options);
+  if (!cfg.checks.spf) {
+    resolver_ = std::move(resolver);
+    resolver_dns_ = cfg.dns;
+    return nullptr;
+  }
+  const bool same = spf_ && &spf_->resolver() == resolver.get() && spf_receiver_ == cfg.server.hostname &&
+                    spf_threads_ == cfg.checks.threads;
+  auto spf = same ? spf_ : std::make_shared<checks::spf_checker>(resolver, cfg.server.hostname, cfg.checks.threads);
+  resolver_ = std::move(resolver);
+  resolver_dns_ = cfg.dns;
+  spf_ = spf;
+  spf_receiver_ = cfg.server.hostname;
+  spf_threads_ = cfg.checks.threads;
+  return spf;
+}
+
+void server::use_generation(std::shared_ptr<generation> g) {
+  env_.replace(std::move(g));
+  bindings::set_resolver(resolver_);  // pc.dns: null without one (Python then makes its own)
 }
 
 std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config> cfg) {
@@ -76,6 +127,7 @@ std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config
   g->relay = std::make_shared<relay_guard>(cfg->relay);
   g->users = load_users(*cfg);
   g->proxy_trusted = std::make_shared<network_list>(cfg->server.proxy_trusted);
+  g->checks = make_checks(*cfg);
   g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool(), kept = upstream_pool_](
                          const session_log& log, const connection_state& client, asio::any_io_executor io) {
     return portcullis::make_upstream(*cfg, log, client, std::move(io), pool, tls, kept);
@@ -293,7 +345,7 @@ void server::reload() {
     spdlog::warn("reload: listen addresses changed; they take effect on restart");
   auto swap_in = [this, fresh, next](policy_generation loaded) {
     next->pol = make_policy(*fresh, loaded);
-    env_.replace(next);
+    use_generation(next);
     // Kept upstream connections serve the new sessions only if [upstream] is unchanged.
     upstream_pool_->configure(fresh);
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());

@@ -15,6 +15,12 @@ namespace portcullis {
 class session;
 class python_engine;
 class upstream_pool;
+namespace dns {
+class resolver;
+}
+namespace checks {
+class spf_checker;
+}
 
 class client_table;
 
@@ -39,6 +45,10 @@ class server {
   std::shared_ptr<generation> make_generation(std::shared_ptr<const config> cfg);
   // Can the listeners open now serve sessions of `cfg`? The reason they cannot, if not.
   std::optional<std::string> cannot_serve_listeners(const config& cfg) const;
+  // The sender checks `cfg` asks for (null: none), on the resolver its [dns] describes.
+  std::shared_ptr<checks::sender_checks> make_checks(const config& cfg);
+  // From now on new sessions run in `g` (and pc.dns asks its resolver).
+  void use_generation(std::shared_ptr<generation> g);
   // The policy for sessions of `cfg`: its Python policies of generation `loaded`, or none.
   std::shared_ptr<policy> make_policy(const config& cfg, std::uint64_t loaded);
   bool admit(const asio::ip::address& client, std::string& why);
@@ -51,6 +61,13 @@ class server {
   // Idle upstream connections shared by every session (they close before io_ stops: drain()).
   std::shared_ptr<upstream_pool> upstream_pool_;
   std::shared_ptr<python_engine> engine_;  // only with [policy] files; before env_, which uses it
+  // The resolver and the SPF checker of the last generation made, kept by
+  // the next one while its settings are the same (a reload keeps the cache).
+  std::shared_ptr<dns::resolver> resolver_;
+  dns_config resolver_dns_;
+  std::shared_ptr<checks::spf_checker> spf_;
+  std::string spf_receiver_;
+  unsigned spf_threads_ = 0;
   session_environment env_;
   struct listener {
     tcp::acceptor acceptor;

@@ -12,6 +12,7 @@
 
 #include "asio.hpp"
 #include "auth/users_file.hpp"
+#include "checks/sender_checks.hpp"
 #include "config/config.hpp"
 #include "net/network.hpp"
 #include "net/tls_context.hpp"
@@ -39,6 +40,7 @@ struct generation {
   std::shared_ptr<const relay_guard> relay;
   std::shared_ptr<const auth::users_file> users;      // null without [auth] users_file
   std::shared_ptr<const network_list> proxy_trusted;  // who may send a PROXY header
+  std::shared_ptr<checks::sender_checks> checks;      // null unless [checks] asks for one
   upstream_factory make_upstream;
 };
 

@@ -523,6 +523,13 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   tx.sender = parsed.value->addr;
   tx.sender_params = parsed.value->params;
   tx.options = std::get<smtp::mail_options>(options);
+  if (gen_->checks && cfg_.checks.spf) {
+    // RFC 7208 §2.4: the MAIL FROM identity, from the real client (after PROXY/XCLIENT).
+    const auto client = conn_.client.address();
+    auto spf = co_await gen_->checks->spf(client, conn_.helo, tx.sender);
+    log_spf(spf);
+    tx.spf = std::move(spf);
+  }
   auto v = co_await policy_.on_mail(conn_, tx);
   ++conn_.transactions;
   tx_ = std::move(tx);
@@ -740,6 +747,17 @@ awaitable<void> session::reset_transaction() {
   // An idle session keeps no big buffers (the input buffer is given back
   // between commands, in serve(): a command's arguments point into it).
   message_.reset();  // its memory back to the budget, its spill file gone (unless a policy job still holds it)
+}
+
+void session::log_spf(const checks::spf_result& spf) const {
+  const auto result = checks::to_string(spf.result);
+  const auto identity = spf.helo ? "helo" : "mailfrom";
+  if (spf.problem.empty()) {
+    log_.info("spf={} {}={} client={}", result, identity, printable(spf.domain), conn_.client_literal);
+  } else {
+    log_.info("spf={} {}={} client={} ({})", result, identity, printable(spf.domain), conn_.client_literal,
+              printable(spf.problem));
+  }
 }
 
 void session::log_transaction(const reply& outcome, std::size_t size) {

@@ -3,9 +3,11 @@
 // What the upstream was given is the relay's business, not this struct's.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "checks/results.hpp"
 #include "smtp/address.hpp"
 #include "smtp/mail_options.hpp"
 
@@ -23,6 +25,7 @@ struct transaction {
   std::vector<smtp::address> recipients;
   std::size_t accepted_rcpts = 0;      // RCPT commands the client got a 2xx for (discarded ones too)
   std::size_t rejected_rcpts = 0;
+  std::optional<checks::spf_result> spf;  // [checks] spf: made before the policy's on_mail
 };
 
 }  // namespace portcullis

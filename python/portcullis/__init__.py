@@ -7,6 +7,9 @@ A policy is a Python file with any of the hooks ``on_connect(conn)``,
 returns None (let the next policy decide) or a verdict: ``accept``,
 ``reject``, ``tempfail``, ``discard`` or ``redirect``.
 
+``dns`` looks names up through the daemon's resolver (``await
+pc.dns.resolve(name, "TXT")``, ``pc.dns.resolve_sync`` in plain hooks).
+
 ``config`` is the daemon's whole config file as a dict (a policy reads its
 own table: ``pc.config["aliases"]``); ``log`` is a ``logging.Logger`` whose
 lines carry the id of the session whose hook logged them.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import dns
 from ._address import Address, AddressList
 from ._log import log
 from ._message import Message
@@ -40,6 +44,7 @@ __all__ = [
     "accept",
     "config",
     "discard",
+    "dns",
     "log",
     "redirect",
     "reject",

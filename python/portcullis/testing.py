@@ -22,8 +22,9 @@ simulated is the SMTP side around it):
 
 - The upstream accepts everything: MAIL ``250 2.1.0 Ok``, RCPT
   ``250 2.1.5 Ok``, end of data ``250 2.0.0 Ok``.
-- No ``Received:`` header is added, and nothing checks SPF, DKIM or DMARC
-  (``tx.spf``, ``tx.dkim``, ``tx.dmarc`` stay None).
+- No ``Received:`` header is added, and nothing checks SPF, DKIM or DMARC:
+  ``tx.spf`` is what ``mail(..., spf=...)`` says (None by default), and
+  ``tx.dkim`` and ``tx.dmarc`` stay None.
 - ``data()`` takes the message as it is meant, not as SMTP carries it: lone
   LF or CR become CRLF (as ``smtplib`` does), a final CRLF is added, and
   there is no dot-stuffing to do. A NUL gives ``550 5.6.0`` as in the daemon.
@@ -54,6 +55,7 @@ from typing import Any, NamedTuple, TypeVar
 from ._address import Address
 from ._engine import POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, job_from_dict, load_config, result_as_dict
 from ._log import LOGGER_NAME, format_record, record_session_id
+from ._objects import SpfResult
 
 __all__ = ["Delivery", "Harness", "LogLine", "PolicyLoadError", "Reply", "Session", "SessionClosed"]
 
@@ -327,6 +329,9 @@ class Session:
                        "body_8bit": (params.get("BODY") or "").upper() == "8BITMIME"}
             tx = {"id": self._tx["id"], "sender": self._tx["sender"], "sender_params": dict(self._tx["params"]),
                   "recipients": list(self._tx["recipients"]), "options": options}
+            spf = self._tx.get("spf")
+            if spf is not None:
+                tx["spf"] = {"result": spf.result, "domain": spf.domain, "explanation": spf.explanation}
         return self.harness.ask({"stage": stage, "session": self._snapshot(), "tx": tx, **arguments})
 
     def _outcome(self, result: dict[str, Any]) -> tuple[Reply | None, dict[str, Any]]:
@@ -435,8 +440,14 @@ class Session:
             return self._reply(self._with_policy_text(Reply(235, "2.7.0", "Authentication successful"), verdict))
         return self._reply(Reply(535, "5.7.8", "Authentication credentials invalid"))  # RFC 4954 §6
 
-    def mail(self, sender: str, params: Mapping[str, str | None] | None = None) -> Reply:
-        """MAIL FROM:<sender>: on_mail runs (``""`` is the null sender)."""
+    def mail(self, sender: str, params: Mapping[str, str | None] | None = None,
+             spf: SpfResult | str | None = None) -> Reply:
+        """MAIL FROM:<sender>: on_mail runs (``""`` is the null sender).
+
+        ``spf`` is the SPF check the daemon would have made (``tx.spf``): an
+        ``SpfResult``, or a result name ("pass", "fail", ...) for the sender's
+        domain (the HELO name for ``""``).
+        """
         self._check_open()
         if self.helo_name is None:
             return self._reply(Reply(503, "5.5.1", "Send EHLO or HELO first"))
@@ -449,8 +460,10 @@ class Session:
         except ValueError:
             return self._reply(Reply(501, "5.1.7", "Bad sender address syntax"))
         self._transactions += 1
+        if isinstance(spf, str):
+            spf = SpfResult(spf, address.domain if sender else (self.helo_name or ""))
         self._tx = {"id": f"{self.id}.{self._transactions}", "sender": str(address), "params": address.params,
-                    "recipients": [], "accepted": 0}
+                    "recipients": [], "accepted": 0, "spf": spf}
         refused, result = self._outcome(self._ask("mail"))
         verdict = result["verdict"]
         if refused or self._stops(verdict):

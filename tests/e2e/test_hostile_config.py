@@ -105,7 +105,7 @@ CASES = [
             {"server": {"require_tls": "true"}}),
     Hostile("require-auth-without-auth", r"server\.require_auth: needs an \[auth\] table", {"server": {"require_auth": "true"}}),
     # What this version does not do is refused, not silently ignored.
-    Hostile("checks-spf", r"checks\.spf: this version does not implement SPF checks \(RFC 7208\) yet", {"checks": {"spf": "true"}}),
+    Hostile("checks-dkim", r"checks\.dkim: this version does not implement DKIM verification", {"checks": {"dkim": "true"}}),
     Hostile("checks-authentication-results", r"checks\.authentication_results: this version does not implement",
             {"checks": {"authentication_results": "true"}}),
     Hostile("dkim-sign", r"dkim_sign\.domains: this version does not sign mail with DKIM yet",
@@ -113,8 +113,9 @@ CASES = [
     Hostile("metrics", r"metrics\.listen: this version serves no metrics yet", {"metrics": {"listen": '"127.0.0.1:9325"'}}),
     Hostile("store-redis", r"store\.url: this version has no pc\.store yet", {"store": {"url": '"redis://127.0.0.1:6379/0"'}}),
     Hostile("log-json", r"log\.format: this version writes text logs only", {"log": {"format": '"json"'}}),
-    Hostile("dns-nameserver", r"dns\.nameserver: this version makes no DNS queries of its own yet",
-            {"dns": {"nameserver": '"127.0.0.1:5353"'}}),
+    Hostile("dns-nameserver", rf'dns\.nameserver: "ns\.example\.test:53" {NOT_ENDPOINT}',
+            {"dns": {"nameserver": '"ns.example.test:53"'}}),
+    Hostile("dns-cache-size", r"dns\.cache_size: 10 is out of range", {"dns": {"cache_size": "10"}}),
 ]
 
 

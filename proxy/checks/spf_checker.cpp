@@ -1,0 +1,170 @@
+#include "checks/spf_checker.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+
+#include "checks/spf_dns_layer.hpp"
+#include "net/network.hpp"
+
+namespace portcullis::checks {
+
+namespace {
+
+// Explanations reach a reply as one printable ASCII line (RFC 7208 §6.2:
+// the domain's text is untrusted), at most this long.
+constexpr std::size_t max_explanation = 200;
+
+// libspf2's fatal-error handler must not return, and its default abort()s
+// the daemon: a throw unwinds to check_now, which answers temperror.
+struct libspf2_fault : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void on_libspf2_error(const char* file, int line, const char* message) {
+  throw libspf2_fault(std::string("libspf2: ") + (message ? message : "?") + " (" + (file ? file : "?") + ":" +
+                      std::to_string(line) + ")");
+}
+void on_libspf2_message(const char*, int, const char*) {}  // warnings, info, debug: not ours to print
+
+void install_handlers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    SPF_error_handler = on_libspf2_error;
+    SPF_warning_handler = on_libspf2_message;
+    SPF_info_handler = on_libspf2_message;
+    SPF_debug_handler = on_libspf2_message;
+  });
+}
+
+spf_result::kind kind_of(SPF_result_t r) {
+  switch (r) {
+    case SPF_RESULT_PASS: return spf_result::kind::pass;
+    case SPF_RESULT_FAIL: return spf_result::kind::fail;
+    case SPF_RESULT_SOFTFAIL: return spf_result::kind::softfail;
+    case SPF_RESULT_NEUTRAL: return spf_result::kind::neutral;
+    case SPF_RESULT_NONE: return spf_result::kind::none;
+    case SPF_RESULT_TEMPERROR: return spf_result::kind::temperror;
+    default: return spf_result::kind::permerror;
+  }
+}
+
+// The domain an SPF check is about: the sender's, or for <> the HELO name (§2.4).
+std::string identity_domain(std::string_view helo, const smtp::address& sender, bool& is_helo) {
+  is_helo = sender.local.empty() && sender.domain.empty();
+  return is_helo ? std::string(helo) : sender.domain;
+}
+
+// RFC 7208 §4.3: a domain that is not a multi-label name is "none", without a lookup.
+bool checkable_domain(const std::string& d) {
+  if (d.empty() || d.front() == '[' || d.find('.') == std::string::npos) return false;
+  return dns::valid_query_name(d);
+}
+
+struct libspf2_objects {
+  SPF_server_t* server = nullptr;
+  SPF_request_t* request = nullptr;
+  SPF_response_t* response = nullptr;
+  libspf2_objects() = default;
+  libspf2_objects(const libspf2_objects&) = delete;
+  libspf2_objects& operator=(const libspf2_objects&) = delete;
+  ~libspf2_objects() {
+    if (response) SPF_response_free(response);
+    if (request) SPF_request_free(request);
+    if (server) SPF_server_free(server);
+  }
+};
+
+void set_client(SPF_request_t* request, const asio::ip::address& client) {
+  if (client.is_v4()) {
+    const auto bytes = client.to_v4().to_bytes();
+    in_addr a{};
+    std::memcpy(&a, bytes.data(), sizeof a);
+    SPF_request_set_ipv4(request, a);
+  } else {
+    const auto bytes = client.to_v6().to_bytes();
+    in6_addr a{};
+    std::memcpy(&a, bytes.data(), sizeof a);
+    SPF_request_set_ipv6(request, a);
+  }
+}
+
+}  // namespace
+
+spf_checker::spf_checker(std::shared_ptr<dns::resolver> resolver, std::string receiver, unsigned threads,
+                         spf_limits limits)
+    : resolver_(std::move(resolver)), receiver_(std::move(receiver)), limits_(limits), pool_(std::max(1u, threads)) {
+  install_handlers();
+}
+
+spf_checker::~spf_checker() { pool_.join(); }
+
+spf_result spf_checker::check_now(const asio::ip::address& client_address, std::string_view helo,
+                                  const smtp::address& sender) const {
+  spf_result out;
+  out.domain = identity_domain(helo, sender, out.helo);
+  if (!checkable_domain(out.domain)) {
+    out.problem = out.domain.empty() ? "no domain to check" : "not a domain name: " + out.domain;
+    return out;  // none (§4.3)
+  }
+  const auto client = unmapped(client_address);  // an IPv4-mapped IPv6 client is checked as IPv4
+  if (client.is_loopback()) {
+    // A process on this host (libspf2 would pass it unasked): nothing to check it against.
+    out.problem = "a loopback client is not checked";
+    return out;
+  }
+  spf_evaluation e(*resolver_, limits_, client);
+  SPF_dns_server_t layer = spf_dns_layer(e);
+  try {
+    libspf2_objects o;
+    o.server = SPF_server_new_dns(&layer, 0);
+    if (o.server == nullptr) throw libspf2_fault("SPF_server_new_dns failed");
+    SPF_server_set_rec_dom(o.server, receiver_.c_str());
+    SPF_server_set_max_dns_mech(o.server, static_cast<int>(limits_.dns_terms));
+    SPF_server_set_max_dns_mx(o.server, static_cast<int>(limits_.mx_hosts));
+    SPF_server_set_max_dns_ptr(o.server, static_cast<int>(limits_.mx_hosts));
+    // No default explanation (libspf2's points at a dead web site): only a domain's own exp= text.
+    SPF_response_t* exp_response = nullptr;
+    SPF_server_set_explanation(o.server, "", &exp_response);
+    if (exp_response) SPF_response_free(exp_response);
+    o.request = SPF_request_new(o.server);
+    if (o.request == nullptr) throw libspf2_fault("SPF_request_new failed");
+    e.request = o.request;
+    set_client(o.request, client);
+    // HELO first, so that <> is checked as postmaster@HELO (§2.4).
+    const std::string helo_text(helo);
+    if (!helo_text.empty()) SPF_request_set_helo_dom(o.request, helo_text.c_str());
+    const std::string from = out.helo ? "postmaster@" + out.domain : sender.local + "@" + sender.domain;
+    SPF_request_set_env_from(o.request, from.c_str());
+    const SPF_errcode_t err = SPF_request_query_mailfrom(o.request, &o.response);
+    if (o.response == nullptr) throw libspf2_fault("no response");
+    out.result = kind_of(SPF_response_result(o.response));
+    // libspf2 reports some failures only as an error code: the DNS's are
+    // temporary, the rest are the record's fault (§2.6.6, §2.6.7).
+    if (err != SPF_E_SUCCESS && err != SPF_E_NOT_SPF) {
+      out.result = e.dns_trouble || err == SPF_E_DNS_ERROR ? spf_result::kind::temperror : spf_result::kind::permerror;
+      out.problem = SPF_strerror(err);
+    }
+    if (e.permerror) {
+      out.result = spf_result::kind::permerror;
+      out.problem = *e.permerror;
+    } else if (e.out_of_time) {
+      out.result = spf_result::kind::temperror;
+      out.problem = "the check took longer than " + std::to_string(limits_.budget.count() / 1000) + " s";
+    }
+    if (out.result == spf_result::kind::fail) {
+      // get_exp made it one printable line: shortened here.
+      if (const char* exp = SPF_response_get_explanation(o.response)) out.explanation = std::string(exp).substr(0, max_explanation);
+    }
+    if (out.problem.empty() && (out.result == spf_result::kind::permerror || out.result == spf_result::kind::temperror))
+      out.problem = SPF_strerror(SPF_response_errcode(o.response));
+  } catch (const std::exception& ex) {
+    out.result = spf_result::kind::temperror;
+    out.problem = ex.what();
+    out.explanation.clear();
+  }
+  return out;
+}
+
+}  // namespace portcullis::checks

@@ -1,0 +1,278 @@
+// libspf2's DNS layer (SPF_dns_server_t), made of our resolver: every
+// lookup libspf2 makes for one check comes here, with the check's
+// accounting (RFC 7208 §4.6.4 limits, its time budget, DNS trouble), and the
+// records it is given pass our validator first.
+#include "checks/spf_dns_layer.hpp"
+
+#include <cctype>
+#include <cstdlib>
+#include <cstring>
+
+#include "checks/spf_record.hpp"
+#include "smtp/text.hpp"
+
+namespace portcullis::checks {
+
+namespace {
+
+spf_evaluation& evaluation_of(SPF_dns_server_t* layer) { return *static_cast<spf_evaluation*>(layer->hook); }
+
+std::optional<dns::rr_type> our_type(ns_type t) {
+  switch (t) {
+    case ns_t_a: return dns::rr_type::a;
+    case ns_t_aaaa: return dns::rr_type::aaaa;
+    case ns_t_mx: return dns::rr_type::mx;
+    case ns_t_txt: return dns::rr_type::txt;
+    case ns_t_ptr: return dns::rr_type::ptr;
+    default: return std::nullopt;  // type SPF (99) among them: RFC 7208 §3.1 uses TXT only
+  }
+}
+
+std::string name_key(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (!out.empty() && out.back() == '.') out.pop_back();
+  return out;
+}
+
+// §4.8: an expanded name longer than 253 characters loses labels on its left until it fits.
+std::string fitted(std::string name) {
+  if (!name.empty() && name.back() == '.') name.pop_back();
+  while (name.size() > 253) {
+    const auto dot = name.find('.');
+    if (dot == std::string::npos) break;
+    name.erase(0, dot + 1);
+  }
+  return name;
+}
+
+void count_dns_term(spf_evaluation& e) {
+  if (++e.dns_terms > e.limits.dns_terms && !e.permerror)
+    e.permerror = "more than " + std::to_string(e.limits.dns_terms) + " DNS-querying terms (RFC 7208 §4.6.4)";
+}
+
+// One lookup with the check's accounting: its time budget, void lookups, DNS trouble.
+dns::answer fetch(spf_evaluation& e, std::string name, dns::rr_type type) {
+  dns::answer nothing;
+  nothing.what = dns::answer::status::ok;  // NODATA: all a check past a permerror is told
+  if (e.permerror) return nothing;
+  if (std::chrono::steady_clock::now() >= e.deadline) {
+    e.out_of_time = true;
+    nothing.what = dns::answer::status::timeout;
+    return nothing;
+  }
+  auto answer = e.resolver.lookup_sync(fitted(std::move(name)), type);
+  if (answer.is_void() && ++e.voids > e.limits.void_lookups && !e.permerror)
+    e.permerror = "more than " + std::to_string(e.limits.void_lookups) + " lookups named nothing (RFC 7208 §4.6.4)";
+  if (answer.what == dns::answer::status::timeout || answer.what == dns::answer::status::failure) e.dns_trouble = true;
+  return answer;
+}
+
+// Whether `name` carries any_address_suffix (it loses it).
+bool strip_any_address(std::string& name) {
+  if (!name.empty() && name.back() == '.') name.pop_back();
+  const auto n = any_address_suffix.size();
+  if (name.size() <= n || !smtp::equals_nocase(std::string_view(name).substr(name.size() - n), any_address_suffix))
+    return false;
+  name.resize(name.size() - n);
+  return true;
+}
+
+SPF_dns_rr_t* rr_of(SPF_dns_server_t* layer, const char* domain, ns_type type, const dns::answer& answer) {
+  switch (answer.what) {
+    case dns::answer::status::nxdomain: return SPF_dns_rr_new_init(layer, domain, type, 0, HOST_NOT_FOUND);
+    case dns::answer::status::timeout:
+    case dns::answer::status::failure: return SPF_dns_rr_new_init(layer, domain, type, 0, TRY_AGAIN);
+    case dns::answer::status::ok: break;
+  }
+  const int ttl = static_cast<int>(answer.ttl);
+  SPF_dns_rr_t* rr = SPF_dns_rr_new_init(layer, domain, type, ttl, answer.records.empty() ? NO_DATA : NETDB_SUCCESS);
+  if (rr == nullptr) return nullptr;
+  int n = 0;
+  for (const auto& r : answer.records) {
+    if (type == ns_t_a) {
+      in_addr a{};
+      if (::inet_pton(AF_INET, r.value.c_str(), &a) != 1) continue;
+      if (SPF_dns_rr_buf_realloc(rr, n, sizeof a) != SPF_E_SUCCESS) break;
+      rr->rr[n]->a = a;
+    } else if (type == ns_t_aaaa) {
+      in6_addr a{};
+      if (::inet_pton(AF_INET6, r.value.c_str(), &a) != 1) continue;
+      if (SPF_dns_rr_buf_realloc(rr, n, sizeof a) != SPF_E_SUCCESS) break;
+      rr->rr[n]->aaaa = a;
+    } else {
+      // MX and PTR names (TXT goes through get_spf and get_exp, which keep every byte).
+      if (r.value.find('\0') != std::string::npos) continue;
+      if (SPF_dns_rr_buf_realloc(rr, n, r.value.size() + 1) != SPF_E_SUCCESS) break;
+      std::memcpy(rr->rr[n]->txt, r.value.c_str(), r.value.size() + 1);
+    }
+    ++n;
+  }
+  rr->num_rr = n;
+  if (n == 0) rr->herrno = NO_DATA;
+  return rr;
+}
+
+SPF_dns_rr_t* lookup(SPF_dns_server_t* layer, const char* domain, ns_type type, int /*should_cache*/) {
+  auto& e = evaluation_of(layer);
+  const auto ours = our_type(type);
+  if (!ours || e.permerror) return SPF_dns_rr_new_init(layer, domain, type, 0, NO_DATA);
+  // Each term that queries DNS (a, mx, ptr, exists here; include and
+  // redirect in get_spf) makes one lookup of its own; an mx or ptr term then
+  // looks up the names it found, which are not terms (§4.6.4).
+  if (*ours == dns::rr_type::mx || *ours == dns::rr_type::ptr) {
+    count_dns_term(e);
+    e.follow_ups.clear();
+  } else if (*ours == dns::rr_type::a || *ours == dns::rr_type::aaaa) {
+    if (e.follow_ups.erase(name_key(domain)) == 0) {
+      count_dns_term(e);
+      e.follow_ups.clear();
+    }
+  }
+  std::string name = domain;
+  const bool any_address = strip_any_address(name);
+  auto answer = fetch(e, std::move(name), *ours);
+  if (answer.ok() && any_address) {
+    if (*ours == dns::rr_type::mx) {
+      for (auto& r : answer.records) r.value += any_address_suffix;  // their addresses are "any" too
+    } else if (!answer.records.empty() && (*ours == dns::rr_type::a) == e.client.is_v4()) {
+      answer.records.assign(1, dns::record{e.client.to_string(), 0});  // it has an address: the client's matches
+    }
+  }
+  // §4.6.4: of more than 10 PTR names only the first 10 count (libspf2 would
+  // call that permerror); more than 10 MX hosts are permerror, libspf2's way.
+  if (*ours == dns::rr_type::ptr && answer.records.size() > e.limits.mx_hosts) answer.records.resize(e.limits.mx_hosts);
+  if (answer.ok() && (*ours == dns::rr_type::mx || *ours == dns::rr_type::ptr)) {
+    for (const auto& r : answer.records) e.follow_ups.insert(name_key(r.value));
+  }
+  return rr_of(layer, domain, type, answer);
+}
+
+bool is_spf_record(std::string_view txt) {
+  constexpr std::string_view version = "v=spf1";
+  return smtp::starts_with_nocase(txt, version) && (txt.size() == version.size() || txt[version.size()] == ' ');
+}
+
+// The SPF record of the request's current domain (the checked one, or an
+// include/redirect target), found as libspf2's own SPF_server_get_record
+// does, but checked by our validator and given to libspf2 in a form it reads
+// right for this client.
+SPF_errcode_t get_spf(SPF_server_t* server, SPF_request_t* request, SPF_response_t* response, SPF_record_t** recordp) {
+  auto& e = evaluation_of(server->resolver);
+  const char* domain = request->cur_dom;
+  *recordp = nullptr;
+  const auto fail = [&](SPF_result_t result, SPF_errcode_t code, const std::string& why) {
+    response->result = result;
+    response->reason = SPF_REASON_FAILURE;
+    return SPF_response_add_error(response, code, "%s", why.c_str());
+  };
+  if (std::exchange(e.record_fetched, true)) count_dns_term(e);  // an include or a redirect
+  e.follow_ups.clear();
+  const auto answer = fetch(e, domain, dns::rr_type::txt);
+  const std::string where = std::string(" for '") + domain + "'";
+  if (e.permerror) return fail(SPF_RESULT_PERMERROR, SPF_E_BIG_DNS, *e.permerror);
+  if (answer.what == dns::answer::status::timeout || answer.what == dns::answer::status::failure)
+    return fail(SPF_RESULT_TEMPERROR, SPF_E_DNS_ERROR, "temporary DNS failure" + where);
+  std::vector<std::string_view> records;  // whole, NULs and all: the validator judges them
+  for (const auto& r : answer.records)
+    if (is_spf_record(r.value)) records.push_back(r.value);
+  // §4.5: no record is "none"; more than one is permerror.
+  if (records.empty()) return fail(SPF_RESULT_NONE, SPF_E_NOT_SPF, "no SPF record" + where);
+  if (records.size() > 1) return fail(SPF_RESULT_PERMERROR, SPF_E_MULTIPLE_RECORDS, "several SPF records" + where);
+  if (auto error = spf_record_error(records.front())) {
+    e.permerror = *error + where;
+    return fail(SPF_RESULT_PERMERROR, SPF_E_SYNTAX, *e.permerror);
+  }
+  const std::string text = spf_record_for_client(spf_record_for_libspf2(records.front()), !e.client.is_v4());
+  const auto [mechanisms, modifiers] = spf_term_counts(text);
+  const bool compiled = SPF_record_compile(server, response, recordp, text.c_str()) == SPF_E_SUCCESS;
+  // libspf2 drops the terms past 511 bytes of its compiled form without a
+  // word (SPF_MAX_MECH_LEN): it would evaluate another record than the
+  // domain's, and answer wrong (neutral, the final -all lost).
+  const bool whole = compiled && (*recordp)->num_mech == mechanisms && (*recordp)->num_mod == modifiers;
+  if (whole) return SPF_E_SUCCESS;
+  if (*recordp != nullptr) {
+    SPF_record_free(*recordp);
+    *recordp = nullptr;
+  }
+  e.permerror = compiled ? "the SPF record" + where + " is too big for libspf2 (" + std::to_string(mechanisms) +
+                               " mechanisms, " + std::to_string(text.size()) + " bytes)"
+                         : "libspf2 cannot compile the SPF record" + where;
+  return fail(SPF_RESULT_PERMERROR, compiled ? SPF_E_BIG_MECH : SPF_E_NOT_SPF, *e.permerror);
+}
+
+// Sets libspf2's out-buffer (malloc'd, *buflenp bytes) to `text`.
+SPF_errcode_t put(const std::string& text, char** bufp, size_t* buflenp) {
+  if (*bufp == nullptr || *buflenp < text.size() + 1) {
+    char* grown = static_cast<char*>(std::realloc(*bufp, text.size() + 1));
+    if (grown == nullptr) return SPF_E_NO_MEMORY;
+    *bufp = grown;
+    *buflenp = text.size() + 1;
+  }
+  std::memcpy(*bufp, text.c_str(), text.size() + 1);
+  return SPF_E_SUCCESS;
+}
+
+// One macro-string expanded for the request, or nullopt on a syntax error.
+std::optional<std::string> expand(SPF_server_t* server, SPF_request_t* request, const std::string& text) {
+  if (text.empty()) return std::string();
+  SPF_response_t* scratch = SPF_response_new(request);
+  SPF_macro_t* macro = nullptr;
+  std::optional<std::string> out;
+  if (scratch != nullptr && SPF_record_compile_macro(server, scratch, &macro, text.c_str()) == SPF_E_SUCCESS && macro) {
+    char* buf = nullptr;
+    size_t len = 0;
+    // The macro's data follows its header (libspf2's SPF_macro_data, not exported).
+    auto* data = reinterpret_cast<SPF_data_t*>(reinterpret_cast<char*>(macro) + sizeof(SPF_macro_t));
+    if (SPF_record_expand_data(server, request, scratch, data, macro->macro_len, &buf, &len) == SPF_E_SUCCESS && buf)
+      out = std::string(buf);
+    std::free(buf);
+  }
+  if (macro) SPF_macro_free(macro);
+  if (scratch) SPF_response_free(scratch);
+  return out;
+}
+
+// The explanation at `domain` (the exp= target, expanded), RFC 7208 §6.2.
+// libspf2's own expansion garbles every space of the text, so each
+// space-separated macro-string is expanded on its own. A lookup that does
+// not give exactly one record, text that is not printable ASCII or does not
+// expand: no explanation (empty), as if there were no exp=.
+SPF_errcode_t get_exp(SPF_server_t* server, const char* domain, char** bufp, size_t* buflenp) {
+  auto& e = evaluation_of(server->resolver);
+  std::string explanation;
+  const bool in_time = std::chrono::steady_clock::now() < e.deadline;
+  const auto answer = in_time ? e.resolver.lookup_sync(fitted(domain), dns::rr_type::txt) : dns::answer{};
+  const auto printable = [](std::string_view s) {
+    return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c < 0x7F; });
+  };
+  if (answer.ok() && answer.records.size() == 1 && printable(answer.records.front().value) && e.request != nullptr) {
+    const std::string& text = answer.records.front().value;
+    bool ok = true;
+    for (std::size_t start = 0; ok;) {
+      const auto space = text.find(' ', start);
+      auto word = expand(server, e.request, text.substr(start, space == std::string::npos ? space : space - start));
+      ok = word.has_value();
+      if (ok) explanation += *word;
+      if (space == std::string::npos) break;
+      explanation += ' ';
+      start = space + 1;
+    }
+    if (!ok) explanation.clear();
+  }
+  return put(explanation, bufp, buflenp);
+}
+
+}  // namespace
+
+SPF_dns_server_t spf_dns_layer(spf_evaluation& e) {
+  SPF_dns_server_t layer{};
+  layer.lookup = lookup;
+  layer.get_spf = get_spf;
+  layer.get_exp = get_exp;
+  layer.name = "portcullis";
+  layer.hook = &e;
+  return layer;
+}
+
+}  // namespace portcullis::checks

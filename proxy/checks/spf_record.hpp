@@ -1,0 +1,73 @@
+// SPF records held to RFC 7208's grammar (§4.5, §4.6, §5, §6, §7, §12)
+// before libspf2 sees them: libspf2 compiles many records the RFC makes a
+// permerror, and refuses a few the RFC allows. Pure: no DNS, no libspf2.
+//
+// Syntax only. What the RFC decides while evaluating is left to the
+// evaluator: the limit of 10 DNS-querying terms and of 2 void lookups
+// (§4.6.4), a missing or duplicated record (§4.5), a redirect or include
+// target without a record (§5.2, §6.1), labels too long once expanded
+// (§4.3, §4.8: the RFC leaves the result open).
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace portcullis::checks {
+
+// Why `record` (one TXT record's strings joined, starting "v=spf1") is a
+// permerror under RFC 7208, or nullopt when it is valid. The message names
+// the first bad term, e.g. "ip4:1.2.3.256: bad IPv4 address"; bytes outside
+// visible ASCII appear as \xHH and a long term is cut (spf_error_term_chars),
+// so the message is fit for a log line or a reply text.
+std::optional<std::string> spf_record_error(std::string_view record);
+
+// The record as libspf2 should see it: the same text, except for valid
+// constructs libspf2 refuses, rewritten into an equivalent form it accepts:
+//   - ip4:N/0 -> ip4:0.0.0.0/1 ip4:128.0.0.0/1, ip6:N/0 -> ip6:::/1
+//     ip6:8000::/1, each with the original qualifier (libspf2 keeps a CIDR
+//     length of 0 to mean "none");
+//   - unknown modifiers are dropped: RFC 7208 §6 has them ignored, and
+//     libspf2 refuses some valid ones ("moo.cow=", macros it rejects);
+//   - in macros (§7.1), an upper-case "R" transformer becomes "r" and a
+//     DIGIT transformer above libspf2_max_macro_parts becomes that maximum.
+// What has no equivalent is left as it is: a /0 (or //0) on a or mx (no
+// libspf2 term matches "any address of that family": spf_record_for_client
+// marks those for the checker's DNS layer), the "," and "/" macro
+// delimiters and a literal run of more than 255 octets in a domain-spec
+// (libspf2 refuses them). Only called on records for which
+// spf_record_error returned nullopt.
+std::string spf_record_for_libspf2(std::string_view record);
+
+// What marks a name whose every address matches: an a or mx term whose
+// CIDR length for the client's family is 0 (§5.3, §5.4). libspf2 reads a
+// length of 0 as "none" (/32, /128) and has no term for it, so the name
+// gets this suffix instead, and the checker's DNS layer answers a lookup of
+// a marked name with the client's own address when the name has any (and a
+// marked MX lookup with marked host names). ".invalid" (RFC 6761) never
+// names anything real.
+inline constexpr std::string_view any_address_suffix = ".any-address.portcullis.invalid";
+
+// A record from spf_record_for_libspf2 made ready for a client of one
+// family: an a or mx term keeps only that family's CIDR length, and one of
+// 0 marks the name (any_address_suffix, "%{d}" when there is none);
+// redirect= goes after the mechanisms, where §6.1 applies it (libspf2
+// applies it where it stands), or goes when there is an "all" (§6.1: then
+// it is ignored).
+std::string spf_record_for_client(std::string_view libspf2_record, bool ipv6);
+
+// (mechanisms, modifiers) of a valid record as libspf2 counts them once it
+// compiled it (redirect= among the mechanisms): fewer means it dropped some.
+std::pair<std::size_t, std::size_t> spf_term_counts(std::string_view record);
+
+// The longest part of a bad term quoted in an error message.
+inline constexpr std::size_t spf_error_term_chars = 64;
+
+// libspf2 refuses a macro's DIGIT transformer above 128. RFC 7208 §7.3 asks
+// for at least 127 and sets no maximum; a domain name has at most 127
+// labels (253 octets), so keeping 128 parts keeps every label of one.
+inline constexpr int libspf2_max_macro_parts = 128;
+
+}  // namespace portcullis::checks

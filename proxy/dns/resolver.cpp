@@ -1,0 +1,364 @@
+#include "dns/resolver.hpp"
+
+#include <arpa/inet.h>
+#include <sys/mman.h>
+#include <unbound.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <future>
+#include <map>
+#include <stdexcept>
+#include <thread>
+
+namespace portcullis::dns {
+
+namespace {
+
+constexpr int class_in = 1;
+constexpr int rcode_nxdomain = 3;
+
+// Zones unbound answers itself by default (RFC 6761, RFC 6303, AS112). A
+// stub resolver asks its nameserver about every name: tests serve `.test`
+// and documentation networks, and an operator's nameserver may serve
+// reverse zones of private networks. `unblock-lan-zones` covers RFC 1918.
+constexpr std::array own_zones{
+    "test.", "invalid.", "onion.", "home.arpa.", "resolver.arpa.", "service.arpa.",
+    "0.in-addr.arpa.", "254.169.in-addr.arpa.", "2.0.192.in-addr.arpa.", "100.51.198.in-addr.arpa.",
+    "113.0.203.in-addr.arpa.", "255.255.255.255.in-addr.arpa.",
+    "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.",
+    "d.f.ip6.arpa.", "8.e.f.ip6.arpa.", "9.e.f.ip6.arpa.", "a.e.f.ip6.arpa.", "b.e.f.ip6.arpa.",
+    "8.b.d.0.1.0.0.2.ip6.arpa."};
+
+// "192.0.2.1:53" / "[2001:db8::1]:53" / "192.0.2.1" -> unbound's "ADDR@PORT".
+std::string unbound_address(const std::string& endpoint) {
+  std::string host = endpoint, port = "53";
+  if (!endpoint.empty() && endpoint.front() == '[') {
+    const auto close = endpoint.find(']');
+    if (close == std::string::npos) throw std::runtime_error("bad nameserver " + endpoint);
+    host = endpoint.substr(1, close - 1);
+    if (close + 1 < endpoint.size() && endpoint[close + 1] == ':') port = endpoint.substr(close + 2);
+  } else if (const auto colon = endpoint.rfind(':'); colon != std::string::npos &&
+                                                     endpoint.find(':') == colon) {
+    host = endpoint.substr(0, colon);
+    port = endpoint.substr(colon + 1);
+  }
+  return host + "@" + port;
+}
+
+// unbound reads its settings as a config file; ub_ctx_set_option cannot set
+// local-zone. The file lives in memory and is gone once read.
+void configure(ub_ctx* ctx, const resolver_options& o) {
+  std::string text = "server:\n";
+  text += "  module-config: \"iterator\"\n";       // no DNSSEC validation: no trust anchor to validate with
+  text += "  do-not-query-localhost: no\n";        // the nameserver may well be on 127.0.0.1
+  text += "  infra-keep-probing: yes\n";           // a nameserver that timed out once is asked again
+  text += "  unblock-lan-zones: yes\n  insecure-lan-zones: yes\n";
+  for (const char* zone : own_zones) text += std::string("  local-zone: \"") + zone + "\" nodefault\n";
+  const auto bytes = std::max<std::size_t>(o.cache_bytes, 64 * 1024);
+  text += "  rrset-cache-size: " + std::to_string(bytes / 2) + "\n";
+  text += "  msg-cache-size: " + std::to_string(bytes / 2) + "\n";
+  const int fd = ::memfd_create("portcullis-unbound.conf", MFD_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot configure the resolver: memfd_create failed");
+  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  const int rc = written ? ub_ctx_config(ctx, path.c_str()) : -1;
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(std::string("cannot configure the resolver: ") + (written ? ub_strerror(rc) : "write failed"));
+}
+
+void check(int rc, const char* what) {
+  if (rc != 0) throw std::runtime_error(std::string(what) + ": " + ub_strerror(rc));
+}
+
+// A domain name in uncompressed wire format (libunbound hands rdata names
+// uncompressed) as text without the final dot; nullopt if malformed.
+std::optional<std::string> wire_name(const unsigned char* p, std::size_t n) {
+  std::string out;
+  std::size_t i = 0;
+  while (i < n) {
+    const std::size_t len = p[i++];
+    if (len == 0) return out.empty() ? std::optional<std::string>(".") : std::optional<std::string>(out);
+    if (len > 63 || i + len > n) return std::nullopt;  // (a compression pointer lands here too)
+    if (!out.empty()) out += '.';
+    out.append(reinterpret_cast<const char*>(p + i), len);
+    i += len;
+  }
+  return std::nullopt;
+}
+
+std::optional<record> decode(rr_type type, const unsigned char* p, std::size_t n) {
+  record r;
+  char text[INET6_ADDRSTRLEN];
+  switch (type) {
+    case rr_type::a:
+      if (n != 4 || !::inet_ntop(AF_INET, p, text, sizeof text)) return std::nullopt;
+      r.value = text;
+      return r;
+    case rr_type::aaaa:
+      if (n != 16 || !::inet_ntop(AF_INET6, p, text, sizeof text)) return std::nullopt;
+      r.value = text;
+      return r;
+    case rr_type::mx: {
+      if (n < 3) return std::nullopt;
+      r.preference = static_cast<std::uint16_t>(p[0] << 8 | p[1]);
+      auto host = wire_name(p + 2, n - 2);
+      if (!host) return std::nullopt;
+      r.value = std::move(*host);
+      return r;
+    }
+    case rr_type::ptr: {
+      auto host = wire_name(p, n);
+      if (!host) return std::nullopt;
+      r.value = std::move(*host);
+      return r;
+    }
+    case rr_type::txt:
+      for (std::size_t i = 0; i < n;) {
+        const std::size_t len = p[i++];
+        if (i + len > n) return std::nullopt;
+        r.value.append(reinterpret_cast<const char*>(p + i), len);
+        i += len;
+      }
+      return r;
+  }
+  return std::nullopt;
+}
+
+answer answer_of(rr_type type, const ub_result& res) {
+  answer a;
+  if (res.rcode == rcode_nxdomain || res.nxdomain) {
+    a.what = answer::status::nxdomain;
+    a.ttl = static_cast<std::uint32_t>(std::max(res.ttl, 0));
+    return a;
+  }
+  if (res.rcode != 0) {
+    a.error = "rcode " + std::to_string(res.rcode) + (res.rcode == 2 ? " (SERVFAIL)" : res.rcode == 5 ? " (REFUSED)" : "");
+    return a;
+  }
+  a.what = answer::status::ok;
+  a.ttl = static_cast<std::uint32_t>(std::max(res.ttl, 0));
+  if (!res.havedata) return a;
+  for (int i = 0; res.data[i] != nullptr; ++i) {
+    auto r = decode(type, reinterpret_cast<const unsigned char*>(res.data[i]), static_cast<std::size_t>(res.len[i]));
+    if (r) a.records.push_back(std::move(*r));
+  }
+  if (type == rr_type::mx) {
+    std::stable_sort(a.records.begin(), a.records.end(),
+                     [](const record& x, const record& y) { return x.preference < y.preference; });
+  }
+  return a;
+}
+
+}  // namespace
+
+std::string_view to_string(rr_type t) {
+  switch (t) {
+    case rr_type::a: return "A";
+    case rr_type::ptr: return "PTR";
+    case rr_type::mx: return "MX";
+    case rr_type::txt: return "TXT";
+    case rr_type::aaaa: return "AAAA";
+  }
+  return "?";
+}
+
+std::optional<rr_type> rr_type_named(std::string_view name) {
+  for (rr_type t : {rr_type::a, rr_type::aaaa, rr_type::mx, rr_type::txt, rr_type::ptr}) {
+    const auto n = to_string(t);
+    if (n.size() == name.size() &&
+        std::equal(n.begin(), n.end(), name.begin(), [](char x, char y) { return x == std::toupper(static_cast<unsigned char>(y)); }))
+      return t;
+  }
+  return std::nullopt;
+}
+
+std::string_view to_string(answer::status s) {
+  switch (s) {
+    case answer::status::ok: return "ok";
+    case answer::status::nxdomain: return "nxdomain";
+    case answer::status::timeout: return "timeout";
+    case answer::status::failure: return "failure";
+  }
+  return "?";
+}
+
+bool valid_query_name(std::string_view name) {
+  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
+  if (name.empty() || name.size() > 253) return false;
+  std::size_t label = 0;
+  for (char c : name) {
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+    } else if (++label > 63 || c == '\0') {
+      return false;
+    }
+  }
+  return label > 0;
+}
+
+struct resolver::impl {
+  struct pending {
+    callback done;
+    asio::steady_timer timer;
+    int ub_id = 0;
+    rr_type type;
+  };
+
+  explicit impl(const resolver_options& o)
+      : timeout(o.timeout), ctx(ub_ctx_create()), watch(io), guard(asio::make_work_guard(io)) {
+    if (ctx == nullptr) throw std::runtime_error("cannot create the resolver");
+    try {
+      configure(ctx, o);
+      if (o.nameserver.empty()) {
+        check(ub_ctx_resolvconf(ctx, nullptr), "cannot read /etc/resolv.conf");
+        check(ub_ctx_hosts(ctx, nullptr), "cannot read /etc/hosts");
+      } else {
+        check(ub_ctx_set_fwd(ctx, unbound_address(o.nameserver).c_str()), "bad nameserver");
+      }
+      // unbound's own thread does the network work; its fd says when answers wait for ub_process.
+      check(ub_ctx_async(ctx, 1), "cannot start the resolver");
+      watch.assign(ub_fd(ctx));
+    } catch (...) {
+      ub_ctx_delete(ctx);
+      throw;
+    }
+    thread = std::thread([this] {
+      pthread_setname_np(pthread_self(), "pc-dns");
+      processing = this;
+      io.run();
+    });
+  }
+
+  ~impl() {
+    asio::post(io, [this] {
+      for (auto& [id, p] : queries) {
+        ub_cancel(ctx, p->ub_id);
+        p->timer.cancel();
+      }
+      auto left = std::exchange(queries, {});
+      for (auto& [id, p] : left) finish(*p, failed("the resolver stopped"));
+      watch.cancel();
+      guard.reset();
+    });
+    thread.join();
+    watch.release();  // unbound's fd: ub_ctx_delete closes it
+    ub_ctx_delete(ctx);
+  }
+
+  static answer failed(std::string why) {
+    answer a;
+    a.error = std::move(why);
+    return a;
+  }
+
+  static void finish(pending& p, answer a) {
+    try {
+      p.done(std::move(a));
+    } catch (...) {
+      // a callback's failure is its own; the resolver goes on
+    }
+  }
+
+  // (Resolver thread.)
+  void start(std::string name, rr_type type, callback done) {
+    if (!valid_query_name(name)) {
+      answer a;
+      a.what = answer::status::nxdomain;
+      done(std::move(a));
+      return;
+    }
+    const std::uint64_t id = next_id++;
+    auto p = std::make_unique<pending>(pending{std::move(done), asio::steady_timer(io, timeout), 0, type});
+    auto* raw = p.get();
+    // unbound gets the id, not the pointer: an answer that comes after the timeout finds nothing.
+    const int rc = ub_resolve_async(ctx, name.c_str(), static_cast<int>(type), class_in,
+                                    reinterpret_cast<void*>(static_cast<std::uintptr_t>(id)), &impl::on_result_thunk,
+                                    &raw->ub_id);
+    if (rc != 0) {
+      finish(*p, failed(std::string("cannot ask: ") + ub_strerror(rc)));
+      return;
+    }
+    raw->timer.async_wait([this, id](const boost::system::error_code& ec) {
+      if (ec) return;
+      auto it = queries.find(id);
+      if (it == queries.end()) return;
+      auto p = std::move(it->second);
+      queries.erase(it);
+      ub_cancel(ctx, p->ub_id);
+      answer a;
+      a.what = answer::status::timeout;
+      a.error = "no answer within " + std::to_string(timeout.count()) + " ms";
+      finish(*p, std::move(a));
+    });
+    queries.emplace(id, std::move(p));
+    if (!watching) arm();
+  }
+
+  // The fd is watched while lookups run (answers come only for those).
+  void arm() {
+    watching = true;
+    watch.async_wait(asio::posix::descriptor_base::wait_read, [this](const boost::system::error_code& ec) {
+      watching = false;
+      if (ec) return;
+      ub_process(ctx);  // calls on_result for every answer ready
+      if (!queries.empty()) arm();
+    });
+  }
+
+  // ub_process runs on the resolver thread only: the impl it processes for is that thread's.
+  static thread_local impl* processing;
+  static void on_result_thunk(void* arg, int err, ub_result* result) {
+    processing->on_result(static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(arg)), err, result);
+  }
+
+  void on_result(std::uint64_t id, int err, ub_result* result) {
+    auto it = queries.find(id);
+    if (it == queries.end()) {
+      if (result) ub_resolve_free(result);
+      return;
+    }
+    auto p = std::move(it->second);
+    queries.erase(it);
+    p->timer.cancel();
+    answer a = err != 0 || result == nullptr ? failed(ub_strerror(err)) : answer_of(p->type, *result);
+    if (result) ub_resolve_free(result);
+    finish(*p, std::move(a));
+  }
+
+  const std::chrono::milliseconds timeout;
+  ub_ctx* ctx;
+  asio::io_context io;
+  asio::posix::stream_descriptor watch;
+  asio::executor_work_guard<asio::io_context::executor_type> guard;
+  std::map<std::uint64_t, std::unique_ptr<pending>> queries;
+  std::uint64_t next_id = 1;
+  bool watching = false;
+  std::thread thread;
+};
+
+thread_local resolver::impl* resolver::impl::processing = nullptr;
+
+resolver::resolver(const resolver_options& options) : impl_(std::make_unique<impl>(options)) {}
+
+resolver::~resolver() = default;
+
+std::chrono::milliseconds resolver::timeout() const { return impl_->timeout; }
+
+void resolver::lookup(std::string name, rr_type type, callback done) {
+  asio::post(impl_->io, [p = impl_.get(), name = std::move(name), type, done = std::move(done)]() mutable {
+    p->start(std::move(name), type, std::move(done));
+  });
+}
+
+answer resolver::lookup_sync(std::string name, rr_type type) {
+  auto promise = std::make_shared<std::promise<answer>>();
+  auto result = promise->get_future();
+  lookup(std::move(name), type, [promise](answer a) { promise->set_value(std::move(a)); });
+  return result.get();
+}
+
+}  // namespace portcullis::dns

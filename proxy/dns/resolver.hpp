@@ -1,0 +1,116 @@
+// The daemon's one DNS resolver: SPF, DKIM, DMARC and the policies' pc.dns
+// all ask it, so `[dns] nameserver` and `timeout` hold for every lookup and
+// one cache serves them all.
+//
+// libunbound does the work (the protocol, UDP with TCP fallback on
+// truncation, EDNS, a cache by TTL bounded in bytes, negative answers
+// cached per RFC 2308); this class runs it on a thread of its own ("pc-dns"),
+// bounds every lookup by the timeout and hands each answer back exactly
+// once: to a callback, a coroutine (on the caller's executor) or a blocked
+// caller. It is a stub resolver: every name, `.test` and the reverse zones
+// of private networks included, is asked of the nameserver.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "asio.hpp"
+
+namespace portcullis::dns {
+
+// The record types the checks and the policies look up.
+enum class rr_type : std::uint16_t { a = 1, ptr = 12, mx = 15, txt = 16, aaaa = 28 };
+
+std::string_view to_string(rr_type t);
+// "A", "aaaa", "TXT", ...: the type of that name, if it is one of ours.
+std::optional<rr_type> rr_type_named(std::string_view name);
+
+struct record {
+  // A/AAAA: the address as text; MX and PTR: the host name (no final dot);
+  // TXT: the record's character-strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
+  std::string value;
+  std::uint16_t preference = 0;  // MX
+};
+
+struct answer {
+  enum class status {
+    ok,        // records (empty: the name exists without records of the type, NODATA)
+    nxdomain,  // the name does not exist (or is not a valid domain name)
+    timeout,   // no answer within the timeout
+    failure,   // SERVFAIL, REFUSED, an unusable answer, the resolver stopping
+  };
+  status what = status::failure;
+  std::vector<record> records;
+  std::uint32_t ttl = 0;
+  std::string error;  // timeout and failure: what happened, for logs
+
+  bool ok() const { return what == status::ok; }
+  // RFC 7208 §4.6.4: an answer that names nothing (NODATA or NXDOMAIN).
+  bool is_void() const { return what == status::nxdomain || (what == status::ok && records.empty()); }
+};
+
+std::string_view to_string(answer::status s);
+
+struct resolver_options {
+  std::string nameserver;  // "IP:PORT" or "[IPv6]:PORT"; empty: the servers of /etc/resolv.conf
+  std::chrono::milliseconds timeout{5000};
+  std::size_t cache_bytes = 8 * 1024 * 1024;  // records and answers together
+};
+
+// A DNS name a lookup may ask for: labels of 1-63 bytes, 253 at most in all
+// (RFC 1035 §2.3.4), a final dot allowed. Others are answered NXDOMAIN
+// without a query, as the name cannot exist.
+bool valid_query_name(std::string_view name);
+
+class resolver {
+ public:
+  using callback = std::function<void(answer)>;
+
+  // Throws std::runtime_error when libunbound refuses the settings.
+  explicit resolver(const resolver_options& options);
+  // Lookups still running are answered `failure` ("the resolver stopped").
+  ~resolver();
+  resolver(const resolver&) = delete;
+  resolver& operator=(const resolver&) = delete;
+
+  // `done` runs on the resolver's thread, exactly once, within the timeout
+  // (plus the time a busy thread takes to notice): it must not block.
+  void lookup(std::string name, rr_type type, callback done);
+
+  // Blocks the calling thread until the answer: for libspf2, OpenDKIM and
+  // plain Python hooks, never for an I/O thread.
+  answer lookup_sync(std::string name, rr_type type);
+
+  // The answer, delivered through the token's executor (a coroutine resumes
+  // where it awaited).
+  template <class CompletionToken>
+  auto async_lookup(std::string name, rr_type type, CompletionToken&& token) {
+    return asio::async_initiate<CompletionToken, void(answer)>(
+        [this](auto handler, std::string n, rr_type t) {
+          auto executor = asio::get_associated_executor(handler);
+          auto work = asio::make_work_guard(executor);
+          // std::function needs a copyable callable: the handler rides in a shared_ptr.
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          lookup(std::move(n), t, [h, work = std::move(work)](answer a) mutable {
+            auto ex = work.get_executor();
+            asio::post(ex, [h, a = std::move(a)]() mutable { std::move (*h)(std::move(a)); });
+            work.reset();
+          });
+        },
+        token, std::move(name), type);
+  }
+
+  std::chrono::milliseconds timeout() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace portcullis::dns

@@ -1,0 +1,291 @@
+"""SPF ([checks] spf, RFC 7208) through the daemon: a real DNS server on
+loopback (tests/dns/dns_server.py) serves the records, PROXY headers give
+each connection the client address under test, and a policy reports the
+tx.spf it was given in its reply. The openspf RFC 7208 suite runs whole, and
+pyspf, on the same DNS, is the independent implementation results are
+compared with."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import exact
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dns"))
+from dns_server import DnsServer  # noqa: E402
+from reference_spf import reference_spf  # noqa: E402
+from spf_suite import SUITE_CASE_COUNT, all_cases, load_suite  # noqa: E402
+
+# Reports tx.spf in a 451 at MAIL (nothing is relayed), or, with
+# [probe] deliver, lets everything but an SPF fail through.
+REPORTER = """
+import portcullis as pc
+
+def on_mail(tx, sender):
+    spf = tx.spf
+    if pc.config.get("probe", {}).get("deliver"):
+        if spf is not None and spf.result == "fail":
+            return pc.reject(f"SPF fail: {spf.explanation or 'not permitted'}", code=550, status="5.7.23")
+        return None
+    if spf is None:
+        return pc.tempfail("spf=unset")
+    return pc.tempfail(f"spf={spf.result} domain={spf.domain or '-'} exp={spf.explanation or '-'}")
+"""
+
+ZONES = {
+    "pass.example.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all"}],
+    "fail.example.test": [{"TXT": "v=spf1 -all exp=why.fail.example.test"}],
+    "why.fail.example.test": [{"TXT": "%{i} may not send for %{d}"}],
+    "soft.example.test": [{"TXT": "v=spf1 ~all"}],
+    "neutral.example.test": [{"TXT": "v=spf1 ?all"}],
+    "nothing.example.test": [{"A": "192.0.2.1"}],
+    "broken.example.test": [{"TXT": "v=spf1 ip4:192.0.2.256 -all"}],
+    "two.example.test": [{"TXT": "v=spf1 -all"}, {"TXT": "v=spf1 +all"}],
+    "slow.example.test": ["TIMEOUT"],
+    "helo.example.test": [{"TXT": "v=spf1 a -all"}, {"A": "192.0.2.20"}],
+    "incl.example.test": [{"TXT": "v=spf1 include:pass.example.test -all"}],
+    "mx.example.test": [{"TXT": "v=spf1 mx -all"}, {"MX": [10, "mail.mx.example.test"]}],
+    "mail.mx.example.test": [{"A": "198.51.100.5"}],
+    # RFC 7208 §4.6.4: more than 10 DNS-querying terms, more than 2 void lookups.
+    "many.example.test": [{"TXT": "v=spf1 " + " ".join(f"a:h{i}.many.example.test" for i in range(11)) + " -all"}],
+    **{f"h{i}.many.example.test": [{"A": "203.0.113.1"}] for i in range(11)},
+    "voids.example.test": [{"TXT": "v=spf1 a:n1.example.test a:n2.example.test a:n3.example.test -all"}],
+    "loop.example.test": [{"TXT": "v=spf1 include:loop2.example.test -all"}],
+    "loop2.example.test": [{"TXT": "v=spf1 include:loop.example.test -all"}],
+    # Hostile records: a macro that expands to the longest name, a huge record.
+    "bomb.example.test": [{"TXT": "v=spf1 exists:%{l}%{l}%{l}%{l}%{l}%{l}%{l}%{l}.%{d}.%{d}.%{d}.%{d} -all"}],
+    "huge.example.test": [{"TXT": "v=spf1 " + " ".join(f"ip4:10.{i // 250}.{i % 250}.1" for i in range(2500))
+                           + " -all"}],
+}
+
+
+def v1(src: str, port: int = 40000) -> bytes:
+    family = "TCP6" if ":" in src else "TCP4"
+    dst = "::1" if ":" in src else "127.0.0.1"
+    return f"PROXY {family} {src} {dst} {port} 25\r\n".encode()
+
+
+@pytest.fixture
+def dns_server():
+    with DnsServer(ZONES) as server:
+        yield server
+
+
+@pytest.fixture
+def spf_daemon(policy_daemon, aiosmtpd_upstream, dns_server):
+    def start(deliver: bool = False, **tables):
+        return policy_daemon(
+            aiosmtpd_upstream.url, REPORTER, probe={"deliver": deliver},
+            server={"proxy_protocol": True, **tables.pop("server", {})},
+            checks={"spf": True}, dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1}, **tables)
+
+    return start
+
+
+def spf_of(d, client: str, sender: str, helo: str = "client.example.test") -> tuple[str, str, str]:
+    """(result, domain, explanation) of tx.spf as the policy saw it."""
+    with d.client() as c:
+        c.send(v1(client))
+        c.expect(220)
+        c.exchange(f"EHLO {helo}", 250)
+        c.cmd(f"MAIL FROM:<{sender}>")
+        r = c.reply()
+    m = re.fullmatch(r"spf=(\S+) domain=(\S+) exp=(.*)", r.text)
+    assert r.code == 451 and m, str(r)
+    return m.group(1), m.group(2), m.group(3)
+
+
+def test_every_result_reaches_the_policy_before_on_mail(spf_daemon):
+    d = spf_daemon()
+    assert spf_of(d, "192.0.2.7", "a@pass.example.test") == ("pass", "pass.example.test", "-")
+    assert spf_of(d, "2001:db8::7", "a@pass.example.test")[0] == "pass"
+    assert spf_of(d, "198.51.100.1", "a@pass.example.test")[0] == "fail"
+    assert spf_of(d, "198.51.100.1", "a@soft.example.test")[0] == "softfail"
+    assert spf_of(d, "198.51.100.1", "a@neutral.example.test")[0] == "neutral"
+    assert spf_of(d, "198.51.100.1", "a@nothing.example.test")[0] == "none"
+    assert spf_of(d, "198.51.100.1", "a@nowhere.example.test")[0] == "none"  # NXDOMAIN
+    assert spf_of(d, "198.51.100.1", "a@broken.example.test")[0] == "permerror"
+    assert spf_of(d, "198.51.100.1", "a@two.example.test")[0] == "permerror"  # §4.5
+    assert spf_of(d, "192.0.2.9", "a@incl.example.test")[0] == "pass"
+    assert spf_of(d, "198.51.100.5", "a@mx.example.test")[0] == "pass"
+    assert spf_of(d, "198.51.100.6", "a@mx.example.test")[0] == "fail"
+
+
+def test_the_explanation_is_the_domains_text_expanded(spf_daemon):
+    d = spf_daemon()
+    assert spf_of(d, "198.51.100.1", "a@fail.example.test") == (
+        "fail", "fail.example.test", "198.51.100.1 may not send for fail.example.test")
+
+
+def test_the_null_sender_is_checked_as_postmaster_at_the_helo_name(spf_daemon):
+    d = spf_daemon()
+    assert spf_of(d, "192.0.2.20", "", helo="helo.example.test") == ("pass", "helo.example.test", "-")
+    assert spf_of(d, "192.0.2.21", "", helo="helo.example.test")[0] == "fail"
+    assert spf_of(d, "192.0.2.21", "", helo="[192.0.2.21]") == ("none", "[192.0.2.21]", "-")  # no domain (§2.3)
+
+
+def test_an_ipv4_mapped_client_is_checked_as_ipv4(spf_daemon):
+    d = spf_daemon()
+    assert spf_of(d, "::ffff:192.0.2.7", "a@pass.example.test")[0] == "pass"
+
+
+def test_the_limits_of_rfc_7208_hold(spf_daemon):
+    d = spf_daemon()
+    assert spf_of(d, "198.51.100.1", "a@many.example.test")[0] == "permerror"  # 11 DNS terms
+    assert spf_of(d, "198.51.100.1", "a@voids.example.test")[0] == "permerror"  # 3 void lookups
+    assert spf_of(d, "198.51.100.1", "a@loop.example.test")[0] == "permerror"
+    started = time.monotonic()
+    assert spf_of(d, "198.51.100.1", "x" * 60 + "@bomb.example.test")[0] in ("fail", "permerror")
+    assert spf_of(d, "10.3.1.1", "a@huge.example.test")[0] == "permerror"  # read over TCP; too big for libspf2
+    assert time.monotonic() - started < 10
+
+
+def test_dns_trouble_is_a_temperror_and_the_session_goes_on(spf_daemon, aiosmtpd_upstream):
+    d = spf_daemon()
+    started = time.monotonic()
+    assert spf_of(d, "198.51.100.1", "a@slow.example.test")[0] == "temperror"
+    assert time.monotonic() - started < 5
+    d2 = spf_daemon(deliver=True)
+    with d2.client() as c:
+        c.send(v1("198.51.100.1"))
+        c.expect(220)
+        c.exchange("EHLO client.example.test", 250)
+        r = c.transaction("a@slow.example.test", ["b@example.test"], b"Subject: hi\r\n\r\nbody\r\n")
+        assert r.code == 250, str(r)
+    aiosmtpd_upstream.wait_messages(1)
+
+
+def test_a_dead_nameserver_is_a_temperror_not_a_hang(policy_daemon, aiosmtpd_upstream):
+    from conftest import free_port
+
+    d = policy_daemon(aiosmtpd_upstream.url, REPORTER, server={"proxy_protocol": True}, checks={"spf": True},
+                      dns={"nameserver": f"127.0.0.1:{free_port()}", "timeout": 1})
+    started = time.monotonic()
+    assert spf_of(d, "198.51.100.1", "a@pass.example.test")[0] == "temperror"
+    assert time.monotonic() - started < 5
+
+
+def test_a_policy_rejects_on_fail_and_the_log_says_why(spf_daemon, aiosmtpd_upstream):
+    d = spf_daemon(deliver=True)
+    with d.client() as c:
+        c.send(v1("198.51.100.1"))
+        c.expect(220)
+        c.exchange("EHLO client.example.test", 250)
+        c.cmd("MAIL FROM:<a@fail.example.test>")
+        exact(c.reply(), 550, "5.7.23", "SPF fail: 198.51.100.1 may not send for fail.example.test")
+        r = c.transaction("a@soft.example.test", ["b@example.test"], b"Subject: hi\r\n\r\nbody\r\n")
+        assert r.code == 250, str(r)
+    [m] = d.wait_log(r"([0-9A-F]{12}): spf=fail mailfrom=fail\.example\.test client=\[198\.51\.100\.1\]$")
+    d.wait_log(rf"{m.group(1)}: spf=softfail mailfrom=soft\.example\.test client=\[198\.51\.100\.1\]$")
+    aiosmtpd_upstream.wait_messages(1)
+
+
+def test_a_loopback_client_is_not_checked(spf_daemon):
+    d = spf_daemon(server={"proxy_protocol": False})
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("EHLO client.example.test", 250)
+        c.cmd("MAIL FROM:<a@pass.example.test>")
+        r = c.reply()
+    assert r.text == "spf=none domain=pass.example.test exp=-", str(r)
+
+
+# The suite's cases the daemon does not pass, and why. Any other failure fails the test.
+KNOWN_FAILURES = {
+    # The SMTP layer refuses these MAIL FROM and EHLO arguments (RFC 5321
+    # §4.1.2 syntax) before any SPF check: the suite calls check_host() directly.
+    "toolonglabel": "MAIL FROM with a 64-octet label: 501 5.1.7",
+    "emptylabel": "MAIL FROM with an empty label: 501 5.1.7",
+    "nolocalpart": "MAIL FROM:<@domain>: 501 5.1.7",
+    "dorky-sentinel": "MAIL FROM local part with a quote and space: 501 5.1.7",
+    "invalid-hello-macro": "EHLO argument with a space: 501 5.5.2",
+    # unbound answers SERVFAIL for a CNAME loop, which is temperror (pyspf on a real DNS server too).
+    "ptr-cname-loop": "CNAME loop -> SERVFAIL -> temperror",
+    # libspf2 writes %{i} nibbles and URL escapes in lower case; the suite wants upper case.
+    "v-macro-ip6": "explanation text in lower case",
+    "upper-macro": "explanation text in lower case",
+}
+
+
+def test_the_rfc_7208_suite_through_the_daemon(spf_daemon, dns_server):
+    """Every case of the openspf RFC 7208 suite, each scenario's zones served
+    in turn; at least 195 of 203 pass (issue 9 asks for 185), the others are
+    the known ones above, and every failure is printed with pyspf's result
+    on the same DNS."""
+    scenarios = load_suite()
+    cases = list(all_cases(scenarios))
+    assert len(cases) == SUITE_CASE_COUNT
+    passed, failures = 0, []
+    current, d = None, None
+    for scenario, case in cases:
+        if scenario is not current:
+            # Scenarios give the same names different records: each gets a
+            # daemon of its own, whose DNS cache has seen no other scenario.
+            if d is not None:
+                assert d.stop() == 0
+            dns_server.set_zones(scenario.served_zonedata())
+            d = spf_daemon()
+            current = scenario
+        try:
+            result, _domain, explanation = spf_of(d, case.host, case.mailfrom, helo=case.helo)
+        except AssertionError as e:
+            result, explanation = f"refused ({str(e)[:80]})", "-"
+        # No exp= text: the suite's "DEFAULT" (the daemon has no default text of its own).
+        if case.accepts(result, "DEFAULT" if explanation == "-" else explanation):
+            passed += 1
+        else:
+            theirs = reference_spf(dns_server.port, case.host, case.helo, case.mailfrom, timeout=1.0)[0]
+            got = result if result not in case.results else f"{result} explaining {explanation!r}"
+            want = "/".join(case.results) + ("" if result not in case.results else f" explaining {case.explanation!r}")
+            failures.append(f"{case.name}: want {want}, got {got} (pyspf: {theirs})")
+    print(f"\nRFC 7208 suite through the daemon: {passed} of {len(cases)} pass")
+    for f in failures:
+        print("  " + f)
+    unexpected = [f for f in failures if f.split(":")[0] not in KNOWN_FAILURES]
+    assert not unexpected, "\n".join(unexpected)
+    assert passed >= 195, "\n".join(failures)
+
+
+def test_a_reload_turns_spf_on_and_moves_the_nameserver(policy_daemon, aiosmtpd_upstream, dns_server):
+    d = policy_daemon(aiosmtpd_upstream.url, REPORTER, server={"proxy_protocol": True})
+    with d.client() as c:
+        c.send(v1("192.0.2.7"))
+        c.expect(220)
+        c.exchange("EHLO client.example.test", 250)
+        c.cmd("MAIL FROM:<a@pass.example.test>")
+        assert c.reply().text == "spf=unset"
+    d.reload({"checks": {"spf": True}, "dns": {"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1}})
+    assert spf_of(d, "192.0.2.7", "a@pass.example.test")[0] == "pass"
+    with DnsServer({"pass.example.test": [{"TXT": "v=spf1 -all"}]}) as other:
+        d.reload({"dns": {"nameserver": f"127.0.0.1:{other.port}", "timeout": 1}})
+        assert spf_of(d, "192.0.2.7", "a@pass.example.test")[0] == "fail"  # a new resolver: a new cache
+        assert other.queries("pass.example.test", "TXT") == 1
+
+
+LOOKUPS = """
+import portcullis as pc
+
+async def on_helo(conn, hostname):
+    conn.data["mx"] = await pc.dns.resolve("mx.example.test", "MX")
+    try:
+        await pc.dns.resolve("nowhere.example.test", "A")
+    except pc.dns.NXDOMAIN as e:
+        conn.data["nx"] = e.name
+
+def on_mail(tx, sender):
+    txt = pc.dns.resolve_sync(sender.domain, "TXT")
+    return pc.tempfail(f"mx={tx.conn.data['mx']} nx={tx.conn.data['nx']} txt={txt}")
+"""
+
+
+def test_policies_look_names_up_through_the_daemons_resolver(policy_daemon, aiosmtpd_upstream, dns_server):
+    d = policy_daemon(aiosmtpd_upstream.url, LOOKUPS, dns={"nameserver": f"127.0.0.1:{dns_server.port}"})
+    with d.connect() as c:
+        c.cmd("MAIL FROM:<a@soft.example.test>")
+        r = c.reply()
+    assert r.text == ("mx=[(10, 'mail.mx.example.test')] nx=nowhere.example.test txt=['v=spf1 ~all']"), str(r)

@@ -1,0 +1,182 @@
+// The resolver against a real DNS server on loopback (tests/dns/dns_server.py,
+// dnslib, UDP and TCP), started by the test for its zones and stopped after.
+#include "dns/resolver.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "unit/dns_server_process.hpp"
+
+namespace portcullis::dns {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::dns_server;
+
+const std::string long_text(3000, 'x');
+
+const std::string zones = R"({
+  "mail.example.test": [{"A": "192.0.2.10"}, {"AAAA": "2001:db8::10"}, {"TXT": "v=spf1 -all"}],
+  "example.test": [{"MX": [20, "mx2.example.test"]}, {"MX": [10, "mx1.example.test"]},
+                   {"TXT": ["v=spf1 ", "ip4:192.0.2.0/24 ", "-all"]}],
+  "long.example.test": [{"TXT": ")" + long_text + R"("}],
+  "10.2.0.192.in-addr.arpa": [{"PTR": "mail.example.test"}],
+  "slow.example.test": ["TIMEOUT"],
+  "after.example.test": [{"A": "192.0.2.11"}]
+})";
+
+resolver_options options_for(const dns_server& server, std::chrono::milliseconds timeout = 1000ms) {
+  resolver_options o;
+  o.nameserver = server.endpoint();
+  o.timeout = timeout;
+  return o;
+}
+
+std::vector<std::string> values(const answer& a) {
+  std::vector<std::string> out;
+  for (const auto& r : a.records) out.push_back(r.value);
+  return out;
+}
+
+TEST(Resolver, AnswersEachTypeFromTheNameserver) {
+  dns_server server(zones);
+  resolver r(options_for(server));
+  auto a = r.lookup_sync("mail.example.test", rr_type::a);
+  ASSERT_TRUE(a.ok()) << a.error;
+  EXPECT_EQ(values(a), std::vector<std::string>{"192.0.2.10"});
+  EXPECT_GT(a.ttl, 0u);
+  EXPECT_EQ(values(r.lookup_sync("mail.example.test", rr_type::aaaa)), std::vector<std::string>{"2001:db8::10"});
+  auto mx = r.lookup_sync("example.test", rr_type::mx);
+  ASSERT_EQ(mx.records.size(), 2u);
+  EXPECT_EQ(mx.records[0].preference, 10);  // lowest preference first
+  EXPECT_EQ(mx.records[0].value, "mx1.example.test");
+  EXPECT_EQ(mx.records[1].value, "mx2.example.test");
+  // A TXT record's character-strings are joined without a separator (RFC 7208 §3.3).
+  EXPECT_EQ(values(r.lookup_sync("example.test", rr_type::txt)),
+            std::vector<std::string>{"v=spf1 ip4:192.0.2.0/24 -all"});
+  EXPECT_EQ(values(r.lookup_sync("10.2.0.192.in-addr.arpa", rr_type::ptr)),
+            std::vector<std::string>{"mail.example.test"});
+}
+
+TEST(Resolver, TellsNoSuchNameFromNoSuchRecord) {
+  dns_server server(zones);
+  resolver r(options_for(server));
+  auto nx = r.lookup_sync("nothing.example.test", rr_type::a);
+  EXPECT_EQ(nx.what, answer::status::nxdomain);
+  EXPECT_TRUE(nx.is_void());
+  auto nodata = r.lookup_sync("example.test", rr_type::a);
+  EXPECT_EQ(nodata.what, answer::status::ok);
+  EXPECT_TRUE(nodata.records.empty());
+  EXPECT_TRUE(nodata.is_void());
+}
+
+TEST(Resolver, ReadsAnAnswerTooBigForUdpOverTcp) {
+  dns_server server(zones);
+  resolver r(options_for(server));
+  auto a = r.lookup_sync("long.example.test", rr_type::txt);
+  ASSERT_TRUE(a.ok()) << a.error;
+  EXPECT_EQ(values(a), std::vector<std::string>{long_text});
+}
+
+TEST(Resolver, AnswersMalformedNamesWithoutAsking) {
+  dns_server server(zones);
+  resolver r(options_for(server));
+  for (std::string name : {std::string(64, 'a') + ".example.test", std::string("a..example.test"), std::string(""),
+                           std::string(300, 'a'), std::string(".")}) {
+    EXPECT_EQ(r.lookup_sync(name, rr_type::txt).what, answer::status::nxdomain) << name;
+  }
+  EXPECT_TRUE(valid_query_name("example.test."));
+  EXPECT_FALSE(valid_query_name(std::string("a\0b.test", 8)));
+}
+
+TEST(Resolver, ATimeoutIsAnAnswerAndTheNameserverStaysInUse) {
+  dns_server server(zones);
+  resolver r(options_for(server, 300ms));
+  const auto start = std::chrono::steady_clock::now();
+  auto slow = r.lookup_sync("slow.example.test", rr_type::txt);
+  EXPECT_EQ(slow.what, answer::status::timeout);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  auto after = r.lookup_sync("after.example.test", rr_type::a);
+  ASSERT_TRUE(after.ok()) << after.error;
+  EXPECT_EQ(values(after), std::vector<std::string>{"192.0.2.11"});
+}
+
+TEST(Resolver, CachesAnswersForTheirTtl) {
+  dns_server server(zones);
+  resolver r(options_for(server, 300ms));
+  ASSERT_TRUE(r.lookup_sync("mail.example.test", rr_type::a).ok());
+  ASSERT_EQ(r.lookup_sync("nothing.example.test", rr_type::a).what, answer::status::nxdomain);
+  server.stop();  // from now on only the cache answers
+  auto cached = r.lookup_sync("mail.example.test", rr_type::a);
+  ASSERT_TRUE(cached.ok()) << cached.error;
+  EXPECT_EQ(values(cached), std::vector<std::string>{"192.0.2.10"});
+  EXPECT_EQ(r.lookup_sync("nothing.example.test", rr_type::a).what, answer::status::nxdomain);  // RFC 2308
+  EXPECT_EQ(r.lookup_sync("after.example.test", rr_type::a).what, answer::status::timeout);
+}
+
+TEST(Resolver, DeliversToCoroutinesOnTheirExecutor) {
+  dns_server server(zones);
+  resolver r(options_for(server));
+  asio::io_context io;
+  std::vector<std::string> got;
+  std::thread::id on;
+  asio::co_spawn(
+      io,
+      [&]() -> awaitable<void> {
+        auto a = co_await r.async_lookup("mail.example.test", rr_type::a, asio::use_awaitable);
+        on = std::this_thread::get_id();
+        got = values(a);
+      },
+      asio::detached);
+  io.run();
+  EXPECT_EQ(got, std::vector<std::string>{"192.0.2.10"});
+  EXPECT_EQ(on, std::this_thread::get_id());
+}
+
+TEST(Resolver, ServesManyThreadsAtOnce) {
+  dns_server server(zones);
+  resolver r(options_for(server));
+  std::atomic<int> right{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        auto a = r.lookup_sync(i % 2 ? "mail.example.test" : "after.example.test", rr_type::a);
+        if (a.ok() && a.records.size() == 1) ++right;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(right.load(), 400);
+}
+
+TEST(Resolver, AnswersLookupsStillRunningWhenItStops) {
+  dns_server server(zones);
+  std::atomic<int> answered{0};
+  answer last;
+  {
+    resolver r(options_for(server, 5000ms));
+    for (int i = 0; i < 3; ++i) {
+      r.lookup("slow.example.test", rr_type::txt, [&](answer a) {
+        last = std::move(a);
+        ++answered;
+      });
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(answered.load(), 3);
+  EXPECT_EQ(last.what, answer::status::failure);
+  EXPECT_EQ(last.error, "the resolver stopped");
+}
+
+TEST(Resolver, KnowsTheTypesPoliciesName) {
+  EXPECT_EQ(rr_type_named("txt"), rr_type::txt);
+  EXPECT_EQ(rr_type_named("AAAA"), rr_type::aaaa);
+  EXPECT_EQ(rr_type_named("SRV"), std::nullopt);
+  EXPECT_EQ(to_string(rr_type::mx), "MX");
+}
+
+}  // namespace
+}  // namespace portcullis::dns

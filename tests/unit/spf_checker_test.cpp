@@ -1,0 +1,158 @@
+// The SPF checker (libspf2 on our resolver, behind our record validator)
+// against a real DNS server on loopback. Run under ASan/UBSan too: the glue
+// hands libspf2 buffers it frees, and takes back buffers it made.
+#include "checks/spf_checker.hpp"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "dns/resolver.hpp"
+#include "unit/dns_server_process.hpp"
+
+namespace portcullis::checks {
+namespace {
+
+using namespace std::chrono_literals;
+using kind = spf_result::kind;
+
+std::string huge_record() {
+  std::string r = "v=spf1";
+  for (int i = 0; i < 2500; ++i) r += " ip4:10." + std::to_string(i / 250) + "." + std::to_string(i % 250) + ".1";
+  return r + " -all";
+}
+
+std::string zones() {
+  std::string many = "v=spf1";
+  std::string hosts, ptrs;
+  for (int i = 0; i < 11; ++i) {
+    many += " a:h" + std::to_string(i) + ".many.example.test";
+    hosts += ",\n  \"h" + std::to_string(i) + ".many.example.test\": [{\"A\": \"203.0.113.1\"}]";
+    hosts += ",\n  \"p" + std::to_string(i) + ".example.org\": [{\"A\": \"192.0.2.55\"}]";
+    ptrs += std::string(i ? ", " : "") + "{\"PTR\": \"p" + std::to_string(i) + ".example.org\"}";
+  }
+  hosts += ",\n  \"55.2.0.192.in-addr.arpa\": [" + ptrs + "]";
+  return R"({
+  "pass.example.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all"}],
+  "fail.example.test": [{"TXT": "v=spf1 -all exp=why.fail.example.test"}],
+  "why.fail.example.test": [{"TXT": "%{i} may not  send for %{d}"}],
+  "badexp.example.test": [{"TXT": "v=spf1 -all exp=why.badexp.example.test"}],
+  "why.badexp.example.test": [{"TXT": "broken %{z} macro"}],
+  "soft.example.test": [{"TXT": "v=spf1 ~all"}],
+  "all0.example.test": [{"TXT": "v=spf1 ip4:192.0.2.1/0 -all"}],
+  "broken.example.test": [{"TXT": "v=spf1 ip4:192.0.2.256 -all"}],
+  "slow.example.test": ["TIMEOUT"],
+  "ptrs.example.test": [{"TXT": "v=spf1 ptr ?all"}],
+  "helo.example.test": [{"TXT": "v=spf1 a -all"}, {"A": "192.0.2.20"}],
+  "voids.example.test": [{"TXT": "v=spf1 a:n1.example.test a:n2.example.test a:n3.example.test -all"}],
+  "huge.example.test": [{"TXT": ")" + huge_record() + R"("}],
+  "many.example.test": [{"TXT": ")" + many + R"( -all"}])" + hosts + "\n}";
+}
+
+class SpfChecker : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { server_ = new testing::dns_server(zones()); }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    dns::resolver_options o;
+    o.nameserver = server_->endpoint();
+    o.timeout = 500ms;
+    checker_ = std::make_unique<spf_checker>(std::make_shared<dns::resolver>(o), "mx.example.test", 2);
+  }
+  spf_result check(const std::string& ip, const std::string& sender, const std::string& helo = "client.test") {
+    const auto at = sender.find('@');
+    smtp::address from = sender.empty() ? smtp::address{} : smtp::address{sender.substr(0, at), sender.substr(at + 1)};
+    return checker_->check_now(asio::ip::make_address(ip), helo, from);
+  }
+
+  static testing::dns_server* server_;
+  std::unique_ptr<spf_checker> checker_;
+};
+
+testing::dns_server* SpfChecker::server_ = nullptr;
+
+TEST_F(SpfChecker, GivesEachResult) {
+  EXPECT_EQ(check("192.0.2.7", "a@pass.example.test").result, kind::pass);
+  EXPECT_EQ(check("2001:db8::7", "a@pass.example.test").result, kind::pass);
+  EXPECT_EQ(check("::ffff:192.0.2.7", "a@pass.example.test").result, kind::pass);
+  EXPECT_EQ(check("198.51.100.1", "a@pass.example.test").result, kind::fail);
+  EXPECT_EQ(check("198.51.100.1", "a@soft.example.test").result, kind::softfail);
+  EXPECT_EQ(check("198.51.100.1", "a@nowhere.example.test").result, kind::none);
+  EXPECT_EQ(check("198.51.100.1", "a@all0.example.test").result, kind::pass);  // ip4:x/0 matches everyone (libspf2 alone refuses it)
+}
+
+TEST_F(SpfChecker, ExplainsAFailWithTheDomainsTextOnly) {
+  auto r = check("198.51.100.1", "a@fail.example.test");
+  EXPECT_EQ(r.result, kind::fail);
+  EXPECT_EQ(r.explanation, "198.51.100.1 may not  send for fail.example.test");
+  auto bad = check("198.51.100.1", "a@badexp.example.test");
+  EXPECT_EQ(bad.result, kind::fail);
+  EXPECT_EQ(bad.explanation, "");  // a syntax error in the text: as if there were no exp= (RFC 7208 §6.2)
+  EXPECT_EQ(check("198.51.100.1", "a@pass.example.test").explanation, "");  // no exp=, no default text
+}
+
+TEST_F(SpfChecker, ChecksTheHeloNameForTheNullSender) {
+  auto r = check("192.0.2.20", "", "helo.example.test");
+  EXPECT_EQ(r.result, kind::pass);
+  EXPECT_TRUE(r.helo);
+  EXPECT_EQ(r.domain, "helo.example.test");
+  EXPECT_EQ(check("192.0.2.21", "", "helo.example.test").result, kind::fail);
+  EXPECT_EQ(check("192.0.2.21", "", "[192.0.2.21]").result, kind::none);
+}
+
+TEST_F(SpfChecker, RefusesWhatRfc7208Refuses) {
+  auto bad = check("198.51.100.1", "a@broken.example.test");
+  EXPECT_EQ(bad.result, kind::permerror);
+  EXPECT_NE(bad.problem.find("192.0.2.256"), std::string::npos) << bad.problem;
+  EXPECT_EQ(check("198.51.100.1", "a@voids.example.test").result, kind::permerror);
+  auto many = check("198.51.100.1", "a@many.example.test");
+  EXPECT_EQ(many.result, kind::permerror) << many.problem;
+}
+
+TEST_F(SpfChecker, LooksAtTenPtrNamesAtMost) {
+  // §4.6.4: the names past the tenth are ignored (libspf2 alone: permerror).
+  auto r = check("192.0.2.55", "a@ptrs.example.test");
+  EXPECT_EQ(r.result, kind::neutral) << r.problem;
+}
+
+TEST_F(SpfChecker, SaysSoWhenLibspf2CannotHoldARecord) {
+  // libspf2 would drop the terms past its 511-byte limit and answer neutral.
+  auto r = check("10.3.1.1", "a@huge.example.test");
+  EXPECT_EQ(r.result, kind::permerror);
+  EXPECT_NE(r.problem.find("too big for libspf2 (2501 mechanisms"), std::string::npos) << r.problem;
+}
+
+TEST_F(SpfChecker, ADnsTimeoutIsATemperror) {
+  auto r = check("198.51.100.1", "a@slow.example.test");
+  EXPECT_EQ(r.result, kind::temperror) << r.problem;
+}
+
+TEST_F(SpfChecker, DoesNotCheckLoopbackClients) {
+  auto r = check("127.0.0.1", "a@pass.example.test");
+  EXPECT_EQ(r.result, kind::none);
+  EXPECT_EQ(r.problem, "a loopback client is not checked");
+}
+
+TEST_F(SpfChecker, RunsChecksOnItsThreadsForCoroutines) {
+  asio::io_context io;
+  std::vector<spf_result> got;
+  for (int i = 0; i < 6; ++i) {
+    asio::co_spawn(
+        io,
+        [&]() -> awaitable<void> {
+          smtp::address from{"a", "pass.example.test"};
+          auto r = co_await checker_->spf(asio::ip::make_address("192.0.2.7"), "client.test", from);
+          got.push_back(std::move(r));
+        },
+        asio::detached);
+  }
+  io.run();
+  ASSERT_EQ(got.size(), 6u);
+  for (const auto& r : got) EXPECT_EQ(r.result, kind::pass);
+}
+
+}  // namespace
+}  // namespace portcullis::checks
