@@ -662,6 +662,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   });
   section("checks", [&](table_reader& t) {
     t.get("spf", cfg->checks.spf);
+    t.get("authentication_results", cfg->checks.authentication_results);
     t.get_count("threads", cfg->checks.threads, 1, max_config_check_threads);
     // The daemon must not claim checks it does not make (issue 7 item 10).
     const auto not_yet = [&](const char* key, bool& out, const char* what) {
@@ -670,7 +671,6 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     };
     not_yet("dkim", cfg->checks.dkim, "DKIM verification (RFC 6376)");
     not_yet("dmarc", cfg->checks.dmarc, "DMARC (RFC 7489)");
-    not_yet("authentication_results", cfg->checks.authentication_results, "the Authentication-Results header (RFC 8601)");
   });
   section("dns", [&](table_reader& t) {
     if (t.get("nameserver", cfg->dns.nameserver) && !is_ip_endpoint(cfg->dns.nameserver))

@@ -5,6 +5,7 @@
 
 #include "config/config.hpp"
 #include "policy/policy.hpp"
+#include "checks/authentication_results.hpp"
 #include "session/received_header.hpp"
 #include "smtp/dot_decoder.hpp"
 #include "smtp/mail_options.hpp"
@@ -723,10 +724,55 @@ awaitable<reply> session::deliver(std::size_t& size) {
   }
   auto refused = co_await relay_.sync(tx_);
   if (refused) co_return *refused;
-  const std::string header = received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
+  std::string header;
+  if (cfg_.checks.authentication_results) {
+    // Ours goes on top, and no field claiming to be ours comes with it (RFC 8601 §5, §7.1).
+    message = without_claimed_results(std::move(message));
+    if (!message) co_return storage_full();
+    header = checks::authentication_results_header(cfg_.server.hostname, tx_.spf);
+  }
+  header += received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
   auto upstream_reply = co_await relay_.data(header, *message);
   co_return with_policy_text(std::move(upstream_reply), v);
+}
+
+message_ptr session::without_claimed_results(message_ptr message) {
+  const auto& hostname = cfg_.server.hostname;
+  checks::claimed_results_finder finder(hostname);
+  message_store::reader in(*message);
+  for (auto chunk = in.next(); !chunk.empty() && finder.feed(chunk); chunk = in.next()) {
+  }
+  if (in.failed()) return message;  // the upstream's read fails the same way, and says so
+  finder.finish();
+  const auto& claimed = finder.claimed();
+  if (claimed.empty()) return message;
+  const auto& s = cfg_.server;
+  auto kept = std::make_shared<message_store>(env_.messages_memory(),
+                                              spill_settings{s.message_memory_threshold, s.message_spill_dir});
+  message_store::reader again(*message);
+  std::uint64_t offset = 0;
+  auto next_claim = claimed.begin();
+  for (auto chunk = again.next(); !chunk.empty(); chunk = again.next()) {
+    // The chunk less the claimed ranges it overlaps.
+    const std::uint64_t end = offset + chunk.size();
+    std::uint64_t at = offset;
+    while (at < end) {
+      while (next_claim != claimed.end() && next_claim->second <= at) ++next_claim;
+      const std::uint64_t stop = next_claim == claimed.end() ? end : std::min(end, next_claim->first);
+      if (stop > at) kept->append(chunk.substr(at - offset, stop - at));
+      at = next_claim == claimed.end() || stop < next_claim->first ? stop : std::min(end, next_claim->second);
+    }
+    offset = end;
+  }
+  if (again.failed() || !kept->seal()) {
+    log_.error("message not stored without its forged Authentication-Results: {}",
+               again.failed() ? again.error() : kept->error());
+    return nullptr;
+  }
+  log_.info("removed {} Authentication-Results field{} claiming {}", claimed.size(), claimed.size() == 1 ? "" : "s",
+            hostname);
+  return kept;
 }
 
 void session::apply_rewrites(const verdict& v) {

@@ -71,6 +71,9 @@ class session : public std::enable_shared_from_this<session> {
   awaitable<std::optional<reply>> receive_message();
   // The policy, then the upstream; `size` becomes the size of what went (or would have gone) upstream.
   awaitable<reply> deliver(std::size_t& size);
+  // `message` without the Authentication-Results fields that claim our
+  // hostname (itself when it has none); null when the copy cannot be stored.
+  message_ptr without_claimed_results(message_ptr message);
   // Ends the transaction, here and upstream.
   awaitable<void> reset_transaction();
   // proceed: a verdict's rewrites become the transaction's.

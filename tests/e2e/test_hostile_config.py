@@ -106,8 +106,7 @@ CASES = [
     Hostile("require-auth-without-auth", r"server\.require_auth: needs an \[auth\] table", {"server": {"require_auth": "true"}}),
     # What this version does not do is refused, not silently ignored.
     Hostile("checks-dkim", r"checks\.dkim: this version does not implement DKIM verification", {"checks": {"dkim": "true"}}),
-    Hostile("checks-authentication-results", r"checks\.authentication_results: this version does not implement",
-            {"checks": {"authentication_results": "true"}}),
+    Hostile("checks-dmarc", r"checks\.dmarc: this version does not implement DMARC", {"checks": {"dmarc": "true"}}),
     Hostile("dkim-sign", r"dkim_sign\.domains: this version does not sign mail with DKIM yet",
             {"dkim_sign": {"domains": '["example.test"]', "selector": '"s1"'}}),
     Hostile("metrics", r"metrics\.listen: this version serves no metrics yet", {"metrics": {"listen": '"127.0.0.1:9325"'}}),

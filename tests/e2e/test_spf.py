@@ -81,8 +81,8 @@ def spf_daemon(policy_daemon, aiosmtpd_upstream, dns_server):
     def start(deliver: bool = False, **tables):
         return policy_daemon(
             aiosmtpd_upstream.url, REPORTER, probe={"deliver": deliver},
-            server={"proxy_protocol": True, **tables.pop("server", {})},
-            checks={"spf": True}, dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1}, **tables)
+            server={"proxy_protocol": True, **tables.pop("server", {})}, checks={"spf": True, **tables.pop("checks", {})},
+            dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1}, **tables)
 
     return start
 
@@ -289,3 +289,42 @@ def test_policies_look_names_up_through_the_daemons_resolver(policy_daemon, aios
         c.cmd("MAIL FROM:<a@soft.example.test>")
         r = c.reply()
     assert r.text == ("mx=[(10, 'mail.mx.example.test')] nx=nowhere.example.test txt=['v=spf1 ~all']"), str(r)
+
+
+def test_the_upstream_gets_our_authentication_results_and_no_forged_ones(spf_daemon, aiosmtpd_upstream):
+    from conftest import HOSTNAME
+
+    # A small threshold: the forged fields are also cut from a message held in a file.
+    d = spf_daemon(deliver=True, checks={"spf": True, "authentication_results": True},
+                   server={"message_memory_threshold": 100})
+    forged = (f"Authentication-Results: {HOSTNAME}; spf=pass smtp.mailfrom=bank.example\r\n"
+              "Authentication-Results: relay.example.net; dkim=pass header.d=example.net\r\n"
+              f"authentication-results: (sneaky)\r\n\t{HOSTNAME.upper()}; dkim=pass\r\n"
+              "Subject: hi\r\n\r\n"
+              f"Authentication-Results: {HOSTNAME}; this line is body\r\n")
+    with d.client() as c:
+        c.send(v1("192.0.2.7"))
+        c.expect(220)
+        c.exchange("EHLO client.example.test", 250)
+        r = c.transaction("a@pass.example.test", ["b@example.test"], forged.encode())
+        assert r.code == 250, str(r)
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    content = env["content"].decode()
+    assert content.startswith(f"Authentication-Results: {HOSTNAME};\r\n\tspf=pass smtp.mailfrom=pass.example.test\r\n"
+                              "Received: from client.example.test "), content[:300]
+    headers, body = content.split("\r\n\r\n", 1)
+    assert "bank.example" not in headers and "sneaky" not in headers
+    assert "Authentication-Results: relay.example.net; dkim=pass header.d=example.net" in headers
+    assert body.startswith(f"Authentication-Results: {HOSTNAME}; this line is body\r\n")
+    d.wait_log(rf"removed 2 Authentication-Results fields claiming {re.escape(HOSTNAME)}$")
+
+
+def test_authentication_results_without_a_check_says_none(policy_daemon, aiosmtpd_upstream):
+    from conftest import HOSTNAME
+
+    d = policy_daemon(aiosmtpd_upstream.url, "def on_mail(tx, sender):\n    return None\n",
+                      checks={"authentication_results": True})
+    with d.connect() as c:
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: hi\r\n\r\nbody\r\n").code == 250
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    assert env["content"].startswith(f"Authentication-Results: {HOSTNAME}; none\r\nReceived: ".encode())

@@ -21,7 +21,8 @@ if ! [[ $seconds =~ ^[0-9]+$ ]] || ((seconds < 1)); then
 fi
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-targets=(fuzz_command fuzz_address fuzz_dot_decoder fuzz_proxy_header fuzz_sasl fuzz_reply fuzz_spf_record)
+targets=(fuzz_command fuzz_address fuzz_dot_decoder fuzz_proxy_header fuzz_sasl fuzz_reply fuzz_spf_record
+         fuzz_authentication_results)
 per_input_timeout=10  # seconds; longer is a hang, reported as a failure
 
 for target in "${targets[@]}"; do

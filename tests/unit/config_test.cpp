@@ -169,7 +169,7 @@ on_error = "accept"
 spf = true
 dkim = false
 dmarc = false
-authentication_results = false
+authentication_results = true
 threads = 3
 
 [dns]
@@ -211,7 +211,7 @@ format = "text"
   EXPECT_TRUE(cfg->checks.spf);
   EXPECT_FALSE(cfg->checks.dkim);
   EXPECT_FALSE(cfg->checks.dmarc);
-  EXPECT_FALSE(cfg->checks.authentication_results);
+  EXPECT_TRUE(cfg->checks.authentication_results);
   EXPECT_EQ(cfg->checks.threads, 3u);
   EXPECT_EQ(cfg->dns.nameserver, "[::1]:5353");
   EXPECT_EQ(cfg->dns.timeout, 2s);
@@ -545,9 +545,7 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[checks]\ndkim = true\n",
        "2: checks.dkim: this version does not implement DKIM verification (RFC 6376) yet; set it to false"},
       {"[checks]\ndmarc = true\n", "2: checks.dmarc: this version does not implement DMARC (RFC 7489) yet; set it to false"},
-      {"[checks]\nauthentication_results = true\n",
-       "2: checks.authentication_results: this version does not implement the Authentication-Results header (RFC 8601) "
-       "yet; set it to false"},
+
       {"[dkim_sign]\ndomains = [\"example.test\"]\nselector = \"s1\"\n",
        "2: dkim_sign.domains: this version does not sign mail with DKIM yet; remove [dkim_sign]"},
       {"[dkim_sign]\nkey_file = \"dkim.key\"\n",

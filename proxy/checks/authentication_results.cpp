@@ -1,0 +1,139 @@
+#include "checks/authentication_results.hpp"
+
+#include "smtp/text.hpp"
+
+namespace portcullis::checks {
+
+namespace {
+
+constexpr std::string_view field_name = "Authentication-Results";
+// Enough of a field to read its name and authserv-id: comments before the
+// id are CFWS and may be long, but a longer run of them is no id of ours.
+constexpr std::size_t kept_field_bytes = 2048;
+constexpr std::size_t max_reason = 200;
+
+bool is_wsp(char c) { return c == ' ' || c == '\t'; }
+
+// A MIME token (RFC 2045 §5.1), which RFC 8601 §2.2 takes for a value.
+bool is_token(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7F || std::string_view("()<>@,;:\\\"/[]?=").find(c) != std::string_view::npos) return false;
+  }
+  return true;
+}
+
+// A value as RFC 8601 writes it: a token, or a quoted-string of printable ASCII.
+std::string value(std::string_view s, std::size_t max = 255) {
+  if (is_token(s) && s.size() <= max) return std::string(s);
+  std::string out = "\"";
+  for (std::size_t i = 0; i < s.size() && i < max; ++i) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    if (s[i] == '"' || s[i] == '\\') out += '\\';
+    out += (u >= 0x20 && u < 0x7F) ? s[i] : '?';
+  }
+  return out + "\"";
+}
+
+// Skips CFWS (RFC 5322 §3.2.2): white space, folding, nested comments.
+std::size_t skip_cfws(std::string_view s, std::size_t i) {
+  int depth = 0;
+  while (i < s.size()) {
+    const char c = s[i];
+    if (depth > 0 && c == '\\') {
+      i += 2;
+      continue;
+    }
+    if (c == '(') {
+      ++depth;
+    } else if (c == ')' && depth > 0) {
+      --depth;
+    } else if (depth == 0 && !is_wsp(c) && c != '\r' && c != '\n') {
+      break;
+    }
+    ++i;
+  }
+  return i;
+}
+
+}  // namespace
+
+std::string authserv_id_of(std::string_view v) {
+  std::size_t i = skip_cfws(v, 0);
+  std::string id;
+  if (i < v.size() && v[i] == '"') {
+    for (++i; i < v.size() && v[i] != '"'; ++i) {
+      if (v[i] == '\\' && i + 1 < v.size()) ++i;
+      if (v[i] != '\r' && v[i] != '\n') id += v[i];
+    }
+    return id;
+  }
+  while (i < v.size() && !is_wsp(v[i]) && v[i] != ';' && v[i] != '(' && v[i] != '\r' && v[i] != '\n') id += v[i++];
+  return id;
+}
+
+std::string authentication_results_header(std::string_view authserv_id, const std::optional<spf_result>& spf) {
+  std::string h = std::string(field_name) + ": " + std::string(authserv_id) + ";";
+  if (!spf) return h + " none\r\n";  // §2.2: no method was applied
+  h += "\r\n\tspf=";
+  h += to_string(spf->result);
+  if (!spf->problem.empty()) h += " reason=" + value(spf->problem, max_reason);
+  h += spf->helo ? " smtp.helo=" : " smtp.mailfrom=";
+  h += value(spf->domain);
+  return h + "\r\n";
+}
+
+claimed_results_finder::claimed_results_finder(std::string_view authserv_id) : authserv_id_(authserv_id) {}
+
+void claimed_results_finder::end_field(std::uint64_t end) {
+  if (!in_field_) return;
+  in_field_ = false;
+  const auto colon = field_.find(':');
+  if (colon == std::string::npos) return;
+  std::string_view name(field_.data(), colon);
+  while (!name.empty() && is_wsp(name.back())) name.remove_suffix(1);  // RFC 5322 §4.5.3 (obsolete syntax)
+  if (!smtp::equals_nocase(name, field_name)) return;
+  if (smtp::equals_nocase(authserv_id_of(std::string_view(field_).substr(colon + 1)), authserv_id_))
+    claimed_.emplace_back(field_start_, end);
+}
+
+bool claimed_results_finder::feed(std::string_view bytes) {
+  for (char c : bytes) {
+    if (done_) return false;
+    if (at_line_start_) {
+      if (saw_cr_ && c == '\n') {  // the empty line: the header section ends
+        end_field(offset_ - 1);
+        done_ = true;
+        ++offset_;
+        return false;
+      }
+      if (c == '\r' && !saw_cr_) {
+        saw_cr_ = true;
+        ++offset_;
+        continue;
+      }
+      if (!is_wsp(c)) {  // a new field (a WSP would fold the current one)
+        end_field(offset_ - (saw_cr_ ? 1 : 0));
+        in_field_ = true;
+        field_start_ = offset_ - (saw_cr_ ? 1 : 0);
+        field_.clear();
+        if (saw_cr_) field_ += '\r';
+      }
+      saw_cr_ = false;
+      at_line_start_ = false;
+    }
+    if (in_field_ && field_.size() < kept_field_bytes) field_ += c;
+    if (c == '\n') at_line_start_ = true;
+    ++offset_;
+  }
+  return !done_;
+}
+
+void claimed_results_finder::finish() {
+  if (done_) return;
+  end_field(offset_);
+  done_ = true;
+}
+
+}  // namespace portcullis::checks

@@ -1,0 +1,59 @@
+// The Authentication-Results header field (RFC 8601): the one we add, and
+// the ones a message arrives with that claim to be ours. Pure: bytes in,
+// bytes and ranges out.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "checks/results.hpp"
+
+namespace portcullis::checks {
+
+// "Authentication-Results: <authserv_id>;\r\n\tspf=pass smtp.mailfrom=example.com\r\n",
+// one method a folded line (§2.2), "none" when no check was made. A
+// temperror, permerror or none says why in a reason (§2.3), printable
+// ASCII, quoted, shortened.
+std::string authentication_results_header(std::string_view authserv_id, const std::optional<spf_result>& spf);
+
+// Finds, in a message's header section fed in pieces, the
+// Authentication-Results fields whose authserv-id is ours, so that they can
+// be removed before ours is added: a downstream reader trusts ours, and
+// anyone can write one (RFC 8601 §5, §7.1). Only the first bytes of a field
+// are kept while it is read, however long it is.
+class claimed_results_finder {
+ public:
+  using range = std::pair<std::uint64_t, std::uint64_t>;  // [begin, end) offsets in the message
+
+  explicit claimed_results_finder(std::string_view authserv_id);
+
+  // The next bytes of the message; false once the header section has ended
+  // (the rest need not be fed).
+  bool feed(std::string_view bytes);
+  // The end of the message (a header section without a body ends there).
+  void finish();
+  const std::vector<range>& claimed() const { return claimed_; }
+
+ private:
+  void end_field(std::uint64_t end);  // the current field ends before `end`
+
+  std::string authserv_id_;
+  std::vector<range> claimed_;
+  std::uint64_t offset_ = 0;        // of the next byte fed
+  std::uint64_t field_start_ = 0;
+  bool in_field_ = false;
+  bool at_line_start_ = true;
+  bool saw_cr_ = false;
+  bool done_ = false;
+  std::string field_;               // the current field's first bytes
+};
+
+// The authserv-id an Authentication-Results field value starts with (after
+// CFWS, RFC 8601 §2.2), or empty.
+std::string authserv_id_of(std::string_view value);
+
+}  // namespace portcullis::checks

@@ -1,0 +1,115 @@
+// The Authentication-Results header we add, and the fields claiming our
+// authserv-id that a message must lose first (RFC 8601 §5, §7.1).
+#include "checks/authentication_results.hpp"
+
+#include <gtest/gtest.h>
+
+namespace portcullis::checks {
+namespace {
+
+using kind = spf_result::kind;
+
+spf_result spf(kind k, std::string domain, bool helo = false, std::string problem = "") {
+  spf_result r;
+  r.result = k;
+  r.domain = std::move(domain);
+  r.helo = helo;
+  r.problem = std::move(problem);
+  return r;
+}
+
+TEST(AuthenticationResultsHeader, Table) {
+  struct header_case {
+    std::optional<spf_result> spf;
+    std::string want;
+  };
+  const std::vector<header_case> cases = {
+      {std::nullopt, "Authentication-Results: mx.example.test; none\r\n"},
+      {spf(kind::pass, "example.com"), "Authentication-Results: mx.example.test;\r\n\tspf=pass smtp.mailfrom=example.com\r\n"},
+      {spf(kind::fail, "helo.example.com", true),
+       "Authentication-Results: mx.example.test;\r\n\tspf=fail smtp.helo=helo.example.com\r\n"},
+      {spf(kind::none, "[192.0.2.1]", true, "not a domain name: [192.0.2.1]"),
+       "Authentication-Results: mx.example.test;\r\n\tspf=none reason=\"not a domain name: [192.0.2.1]\" "
+       "smtp.helo=\"[192.0.2.1]\"\r\n"},
+      // A reason is what a domain's records or a nameserver made: quoted, escaped, printable.
+      {spf(kind::permerror, "example.com", false, "ip4:1.2.3.256: bad \"IPv4\" \\ address\r\nX-Injected: 1"),
+       "Authentication-Results: mx.example.test;\r\n\tspf=permerror reason=\"ip4:1.2.3.256: bad \\\"IPv4\\\" \\\\ "
+       "address??X-Injected: 1\" smtp.mailfrom=example.com\r\n"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.want);
+    EXPECT_EQ(authentication_results_header("mx.example.test", c.spf), c.want);
+  }
+  const auto long_reason = authentication_results_header("mx", spf(kind::temperror, "e.com", false, std::string(5000, 'x')));
+  EXPECT_LT(long_reason.size(), 300u);
+}
+
+TEST(AuthservId, ReadsTokenQuotedAndAfterComments) {
+  EXPECT_EQ(authserv_id_of(" mx.example.test; spf=pass"), "mx.example.test");
+  EXPECT_EQ(authserv_id_of(" mx.example.test 1; spf=pass"), "mx.example.test");  // with a version
+  EXPECT_EQ(authserv_id_of(" (a (nested) comment)\r\n\tmx.example.test;"), "mx.example.test");
+  EXPECT_EQ(authserv_id_of(" \"mx.example.test\"; none"), "mx.example.test");
+  EXPECT_EQ(authserv_id_of(" mx.example.test(comment); none"), "mx.example.test");
+  EXPECT_EQ(authserv_id_of("   "), "");
+}
+
+std::vector<std::string> claimed_fields(const std::string& message, std::size_t piece = 0) {
+  claimed_results_finder finder("MX.example.test");
+  if (piece == 0) {
+    finder.feed(message);
+  } else {
+    for (std::size_t i = 0; i < message.size(); i += piece) finder.feed(std::string_view(message).substr(i, piece));
+  }
+  finder.finish();
+  std::vector<std::string> out;
+  for (auto [b, e] : finder.claimed()) out.push_back(message.substr(b, e - b));
+  return out;
+}
+
+const std::string forged =
+    "Received: from a\r\n"
+    "Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=bank.example\r\n"
+    "Authentication-Results: other.example.net; dkim=pass\r\n"
+    "authentication-results:(forged)\r\n\tMX.EXAMPLE.TEST;\r\n dkim=pass header.d=bank.example\r\n"
+    "Authentication-Results : \"mx.example.test\" 1; dmarc=pass\r\n"
+    "Authentication-Results-Extra: mx.example.test; none\r\n"
+    "Subject: hi\r\n"
+    "\r\n"
+    "Authentication-Results: mx.example.test; in the body, not a field\r\n";
+
+TEST(ClaimedResultsFinder, FindsEveryFieldClaimingOurIdInTheHeaderSectionOnly) {
+  const std::vector<std::string> want = {
+      "Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=bank.example\r\n",
+      "authentication-results:(forged)\r\n\tMX.EXAMPLE.TEST;\r\n dkim=pass header.d=bank.example\r\n",
+      "Authentication-Results : \"mx.example.test\" 1; dmarc=pass\r\n",
+  };
+  EXPECT_EQ(claimed_fields(forged), want);
+  // However the message arrives in pieces.
+  for (std::size_t piece = 1; piece < 40; ++piece) EXPECT_EQ(claimed_fields(forged, piece), want) << piece;
+}
+
+TEST(ClaimedResultsFinder, StopsAtTheEndOfTheHeaderSection) {
+  claimed_results_finder finder("mx.example.test");
+  EXPECT_TRUE(finder.feed("Subject: a\r\n"));
+  EXPECT_FALSE(finder.feed("\r\nAuthentication-Results: mx.example.test; none\r\n"));
+  finder.finish();
+  EXPECT_TRUE(finder.claimed().empty());
+}
+
+TEST(ClaimedResultsFinder, AFieldEndingTheMessageCounts) {
+  EXPECT_EQ(claimed_fields("Authentication-Results: mx.example.test; none\r\n"),
+            std::vector<std::string>{"Authentication-Results: mx.example.test; none\r\n"});
+  EXPECT_TRUE(claimed_fields("").empty());
+}
+
+TEST(ClaimedResultsFinder, KeepsOnlyTheStartOfALongField) {
+  // A long run of comments before the id is not read to its end: no claim (and no growth).
+  std::string message = "Authentication-Results: (" + std::string(100000, 'c') + ") mx.example.test; none\r\n\r\n";
+  EXPECT_TRUE(claimed_fields(message).empty());
+  message = "Authentication-Results: mx.example.test; " + std::string(100000, 'x') + "\r\n\r\nbody";
+  ASSERT_EQ(claimed_fields(message).size(), 1u);
+  EXPECT_EQ(claimed_fields(message)[0].size(), message.size() - 6);
+}
+
+}  // namespace
+}  // namespace portcullis::checks
