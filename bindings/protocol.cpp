@@ -103,12 +103,27 @@ py::object spf_tuple(const policy_job& j) {
   return py::make_tuple(std::string(checks::to_string(j.spf->result)), j.spf->domain, none_if_empty(j.spf->explanation));
 }
 
+// [(result, domain, selector), ...] in the message's order, or None without a DKIM check.
+py::object dkim_list(const policy_job& j) {
+  if (!j.dkim) return py::none();
+  py::list out;
+  for (const auto& s : *j.dkim) out.append(py::make_tuple(std::string(checks::to_string(s.result)), s.domain, s.selector));
+  return out;
+}
+
+checks::dkim_signature::kind dkim_kind_named(std::string_view name) {
+  using k = checks::dkim_signature::kind;
+  for (k kind : {k::pass, k::fail, k::neutral, k::temperror, k::permerror})
+    if (checks::to_string(kind) == name) return kind;
+  throw py::value_error("unknown DKIM result " + std::string(name));
+}
+
 py::object envelope_tuple(const policy_job& j) {
   if (!j.has_tx) return py::none();
   py::list recipients(j.recipients.size());
   for (std::size_t i = 0; i < j.recipients.size(); ++i) recipients[i] = address_parts(j.recipients[i]);
   return py::make_tuple(j.tx_id, address_parts(j.sender), params_dict(j.sender_params), std::move(recipients),
-                        j.smtputf8, j.body_8bit, spf_tuple(j));
+                        j.smtputf8, j.body_8bit, spf_tuple(j), dkim_list(j));
 }
 
 // The stage's own arguments: what its hooks get besides conn or tx.
@@ -164,6 +179,24 @@ void define_protocol(py::module_& m) {
             r.explanation = explanation.value_or("");
             j.spf = std::move(r);
           })
+      .def_property(
+          "dkim", [](const policy_job& j) { return dkim_list(j); },
+          [](policy_job& j, const py::object& list) {
+            if (list.is_none()) {
+              j.dkim.reset();
+              return;
+            }
+            checks::dkim_results out;
+            for (auto item : list) {
+              auto [result, domain, selector] = item.cast<std::tuple<std::string, std::string, std::string>>();
+              checks::dkim_signature s;
+              s.result = dkim_kind_named(result);
+              s.domain = std::move(domain);
+              s.selector = std::move(selector);
+              out.push_back(std::move(s));
+            }
+            j.dkim = std::move(out);
+          })
       .def_readwrite("body_8bit", &policy_job::body_8bit)
       .def_readwrite("hostname", &policy_job::hostname)
       .def_readwrite("mechanism", &policy_job::mechanism)
@@ -193,7 +226,8 @@ void define_protocol(py::module_& m) {
           "(stage, connection, envelope, arguments): what every job needs, in one call. connection: (id, "
           "client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user), None for what is unset; "
           "envelope: None outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, "
-          "body_8bit, spf), spf being None or (result, domain, explanation); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
+          "body_8bit, spf, dkim), spf being None or (result, domain, explanation), dkim None or [(result, domain, "
+          "selector), ...]; arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
           "(recipient, rcpt_params)), else None; each address as (local part, domain).");
 
   py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")

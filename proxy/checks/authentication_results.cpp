@@ -73,15 +73,28 @@ std::string authserv_id_of(std::string_view v) {
   return id;
 }
 
-std::string authentication_results_header(std::string_view authserv_id, const std::optional<spf_result>& spf) {
+std::string authentication_results_header(std::string_view authserv_id, const std::optional<spf_result>& spf,
+                                          const std::optional<dkim_results>& dkim) {
   std::string h = std::string(field_name) + ": " + std::string(authserv_id) + ";";
-  if (!spf) return h + " none\r\n";  // §2.2: no method was applied
-  h += "\r\n\tspf=";
-  h += to_string(spf->result);
-  if (!spf->problem.empty()) h += " reason=" + value(spf->problem, max_reason);
-  h += spf->helo ? " smtp.helo=" : " smtp.mailfrom=";
-  h += value(spf->domain);
-  return h + "\r\n";
+  if (!spf && !dkim) return h + " none\r\n";  // §2.2: no method was applied
+  std::string methods;
+  const auto method = [&](std::string text) {
+    if (!methods.empty()) methods += ";";
+    methods += "\r\n\t" + text;
+  };
+  if (spf) {
+    std::string m = "spf=" + std::string(to_string(spf->result));
+    if (!spf->problem.empty()) m += " reason=" + value(spf->problem, max_reason);
+    m += spf->helo ? " smtp.helo=" : " smtp.mailfrom=";
+    method(m + value(spf->domain));
+  }
+  if (dkim && dkim->empty()) method("dkim=none");
+  for (const auto& sig : dkim ? *dkim : dkim_results{}) {
+    std::string m = "dkim=" + std::string(to_string(sig.result));
+    if (!sig.problem.empty()) m += " reason=" + value(sig.problem, max_reason);
+    method(m + " header.d=" + value(sig.domain) + " header.s=" + value(sig.selector));
+  }
+  return h + methods + "\r\n";
 }
 
 claimed_results_finder::claimed_results_finder(std::string_view authserv_id) : authserv_id_(authserv_id) {}

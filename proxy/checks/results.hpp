@@ -5,6 +5,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace portcullis::checks {
 
@@ -30,5 +31,33 @@ constexpr std::string_view to_string(spf_result::kind k) {
   }
   return "?";
 }
+
+// One DKIM signature's verification (RFC 6376; results of RFC 8601 §2.7.1).
+struct dkim_signature {
+  enum class kind {
+    pass,       // the signature and the body hash verify
+    fail,       // they do not (the message changed, or a wrong key)
+    neutral,    // not evaluated: past [checks] dkim_signatures
+    temperror,  // the key could not be fetched now (DNS timeout or failure)
+    permerror,  // a broken signature, no key, a revoked or unusable key
+  };
+  kind result = kind::neutral;
+  std::string domain;    // d=
+  std::string selector;  // s=
+  std::string problem;   // why, unless pass
+};
+
+constexpr std::string_view to_string(dkim_signature::kind k) {
+  switch (k) {
+    case dkim_signature::kind::pass: return "pass";
+    case dkim_signature::kind::fail: return "fail";
+    case dkim_signature::kind::neutral: return "neutral";
+    case dkim_signature::kind::temperror: return "temperror";
+    case dkim_signature::kind::permerror: return "permerror";
+  }
+  return "?";
+}
+
+using dkim_results = std::vector<dkim_signature>;  // in the message's order; empty: no signature
 
 }  // namespace portcullis::checks

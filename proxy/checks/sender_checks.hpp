@@ -1,6 +1,6 @@
 // The sender checks as the session sees them: one await per check, the
 // work done elsewhere (libspf2 on the checks' threads, DNS on the
-// resolver's). The server makes the real ones (checks/spf_checker.hpp);
+// resolver's). The server makes the real ones (checks/sender_checker.hpp);
 // session tests script their own.
 #pragma once
 
@@ -9,14 +9,21 @@
 #include "asio.hpp"
 #include "checks/results.hpp"
 #include "smtp/address.hpp"
+#include "store/message_store.hpp"
 
 namespace portcullis::checks {
+
+using message_ptr = std::shared_ptr<const message_store>;
 
 class sender_checks {
  public:
   virtual ~sender_checks() = default;
+  // (Arguments by reference: the caller's named locals, alive until the result.)
   // RFC 7208 check_host() for the MAIL FROM identity (the HELO one for <>), from `client`.
-  virtual awaitable<spf_result> spf(asio::ip::address client, std::string helo, smtp::address sender) = 0;
+  virtual awaitable<spf_result> spf(const asio::ip::address& client, const std::string& helo,
+                                    const smtp::address& sender) = 0;
+  // RFC 6376 verification of every DKIM-Signature of the message as received.
+  virtual awaitable<dkim_results> dkim(const message_ptr& message) = 0;
 };
 
 }  // namespace portcullis::checks

@@ -92,13 +92,10 @@ void set_client(SPF_request_t* request, const asio::ip::address& client) {
 
 }  // namespace
 
-spf_checker::spf_checker(std::shared_ptr<dns::resolver> resolver, std::string receiver, unsigned threads,
-                         spf_limits limits)
-    : resolver_(std::move(resolver)), receiver_(std::move(receiver)), limits_(limits), pool_(std::max(1u, threads)) {
+spf_checker::spf_checker(std::shared_ptr<dns::resolver> resolver, std::string receiver, spf_limits limits)
+    : resolver_(std::move(resolver)), receiver_(std::move(receiver)), limits_(limits) {
   install_handlers();
 }
-
-spf_checker::~spf_checker() { pool_.join(); }
 
 spf_result spf_checker::check_now(const asio::ip::address& client_address, std::string_view helo,
                                   const smtp::address& sender) const {

@@ -129,12 +129,14 @@ struct policy_config {
 };
 
 struct checks_config {
-  bool spf = false;  // RFC 7208, before on_mail (tx.spf)
+  bool spf = false;   // RFC 7208, before on_mail (tx.spf)
+  bool dkim = false;  // RFC 6376, before on_data (tx.dkim)
+  unsigned dkim_signatures = 5;  // evaluated per message; the others are neutral
   // Not implemented in this version: load_config refuses `true` (the daemon
-  // must not claim checks it does not make), so these are always false today.
-  bool dkim = false, dmarc = false;
+  // must not claim checks it does not make), so it is always false today.
+  bool dmarc = false;
   bool authentication_results = false;  // RFC 8601 header on relayed mail
-  unsigned threads = 8;  // run libspf2, which blocks on DNS (never an I/O thread)
+  unsigned threads = 8;  // run libspf2 and OpenDKIM, which block on DNS (never an I/O thread)
 };
 
 struct dns_config {
@@ -205,6 +207,7 @@ inline constexpr unsigned max_config_threads = 1024;
 inline constexpr unsigned max_config_workers = 256;
 inline constexpr unsigned max_config_policy_threads = 1024;
 inline constexpr unsigned max_config_check_threads = 256;
+inline constexpr unsigned max_config_dkim_signatures = 100;
 inline constexpr std::uint64_t min_config_dns_cache = 64 * 1024;
 inline constexpr std::uint64_t max_config_dns_cache = 1ull << 32;
 inline constexpr std::size_t max_config_auth_failures = 1000000;

@@ -49,6 +49,9 @@ struct answer {
   std::vector<record> records;
   std::uint32_t ttl = 0;
   std::string error;  // timeout and failure: what happened, for logs
+  // ok and nxdomain: the reply as it came in wire format (RFC 1035 §4), for
+  // libraries that parse replies themselves (OpenDKIM).
+  std::string packet;
 
   bool ok() const { return what == status::ok; }
   // RFC 7208 §4.6.4: an answer that names nothing (NODATA or NXDOMAIN).

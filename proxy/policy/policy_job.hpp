@@ -52,7 +52,8 @@ struct policy_job {
   std::vector<smtp::address> recipients;
   bool smtputf8 = false;   // MAIL ... SMTPUTF8 (RFC 6531): headers may be UTF-8 (RFC 6532)
   bool body_8bit = false;  // MAIL ... BODY=8BITMIME (RFC 6152)
-  std::optional<checks::spf_result> spf;  // [checks] spf on: the MAIL FROM's check
+  std::optional<checks::spf_result> spf;     // [checks] spf on: the MAIL FROM's check
+  std::optional<checks::dkim_results> dkim;  // [checks] dkim on, from data on: the message's signatures
   // stage arguments
   std::string hostname;                          // helo
   std::string mechanism, username, password;     // auth

@@ -40,6 +40,7 @@ void add_transaction(policy_job& j, const transaction& tx) {
   j.smtputf8 = tx.options.smtputf8;
   j.body_8bit = tx.options.body_8bit;
   j.spf = tx.spf;
+  j.dkim = tx.dkim;
 }
 
 std::optional<smtp::address> address_from(const std::string& s, bool utf8, bool null_ok) {

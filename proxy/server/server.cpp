@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "bindings/core.hpp"
-#include "checks/spf_checker.hpp"
+#include "checks/sender_checker.hpp"
 #include "dns/resolver.hpp"
 #include "log.hpp"
 #include "net/io_pool.hpp"
@@ -88,29 +88,31 @@ bool resolv_conf_has_nameserver() {
 }  // namespace
 
 std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
-  const bool wants_dns = cfg.checks.spf || !cfg.policy.files.empty();  // policies may use pc.dns
+  const bool any_check = cfg.checks.spf || cfg.checks.dkim;
+  const bool wants_dns = any_check || !cfg.policy.files.empty();  // policies may use pc.dns
   if (!wants_dns) return nullptr;
-  if (cfg.checks.spf && cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver())
-    throw std::invalid_argument("[checks] spf needs DNS: set [dns] nameserver, or a nameserver in /etc/resolv.conf");
+  if (any_check && cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver())
+    throw std::invalid_argument("[checks] need DNS: set [dns] nameserver, or a nameserver in /etc/resolv.conf");
   dns::resolver_options options;
   options.nameserver = cfg.dns.nameserver;
   options.timeout = cfg.dns.timeout;
   options.cache_bytes = cfg.dns.cache_size;
   auto resolver = resolver_ && resolver_dns_ == cfg.dns ? resolver_ : std::make_shared<dns::resolver>(options);
-  if (!cfg.checks.spf) {
-    resolver_ = std::move(resolver);
-    resolver_dns_ = cfg.dns;
-    return nullptr;
+  checks::sender_checker_settings settings;
+  settings.spf = cfg.checks.spf;
+  settings.dkim = cfg.checks.dkim;
+  settings.receiver = cfg.server.hostname;
+  settings.threads = cfg.checks.threads;
+  settings.max_dkim_signatures = cfg.checks.dkim_signatures;
+  std::shared_ptr<checks::sender_checker> checker;
+  if (any_check) {
+    const bool same = checker_ && checker_->resolver() == resolver && checker_->settings() == settings;
+    checker = same ? checker_ : std::make_shared<checks::sender_checker>(resolver, settings);
   }
-  const bool same = spf_ && &spf_->resolver() == resolver.get() && spf_receiver_ == cfg.server.hostname &&
-                    spf_threads_ == cfg.checks.threads;
-  auto spf = same ? spf_ : std::make_shared<checks::spf_checker>(resolver, cfg.server.hostname, cfg.checks.threads);
   resolver_ = std::move(resolver);
   resolver_dns_ = cfg.dns;
-  spf_ = spf;
-  spf_receiver_ = cfg.server.hostname;
-  spf_threads_ = cfg.checks.threads;
-  return spf;
+  checker_ = checker;
+  return checker;
 }
 
 void server::use_generation(std::shared_ptr<generation> g) {

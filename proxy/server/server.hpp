@@ -19,7 +19,7 @@ namespace dns {
 class resolver;
 }
 namespace checks {
-class spf_checker;
+class sender_checker;
 }
 
 class client_table;
@@ -61,13 +61,11 @@ class server {
   // Idle upstream connections shared by every session (they close before io_ stops: drain()).
   std::shared_ptr<upstream_pool> upstream_pool_;
   std::shared_ptr<python_engine> engine_;  // only with [policy] files; before env_, which uses it
-  // The resolver and the SPF checker of the last generation made, kept by
+  // The resolver and the sender checker of the last generation made, kept by
   // the next one while its settings are the same (a reload keeps the cache).
   std::shared_ptr<dns::resolver> resolver_;
   dns_config resolver_dns_;
-  std::shared_ptr<checks::spf_checker> spf_;
-  std::string spf_receiver_;
-  unsigned spf_threads_ = 0;
+  std::shared_ptr<checks::sender_checker> checker_;
   session_environment env_;
   struct listener {
     tcp::acceptor acceptor;

@@ -527,7 +527,9 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   if (gen_->checks && cfg_.checks.spf) {
     // RFC 7208 §2.4: the MAIL FROM identity, from the real client (after PROXY/XCLIENT).
     const auto client = conn_.client.address();
-    auto spf = co_await gen_->checks->spf(client, conn_.helo, tx.sender);
+    const std::string helo = conn_.helo;
+    const smtp::address sender = tx.sender;
+    auto spf = co_await gen_->checks->spf(client, helo, sender);
     log_spf(spf);
     tx.spf = std::move(spf);
   }
@@ -702,6 +704,12 @@ awaitable<std::optional<reply>> session::receive_message() {
 
 awaitable<reply> session::deliver(std::size_t& size) {
   const message_ptr received = message_;
+  if (gen_->checks && cfg_.checks.dkim) {
+    // RFC 6376 over the message exactly as received, before any policy sees or edits it.
+    auto dkim = co_await gen_->checks->dkim(received);
+    log_dkim(dkim);
+    tx_.dkim = std::move(dkim);
+  }
   auto v = co_await policy_.on_data(conn_, tx_, received);
   apply_rewrites(v);
   message_ptr message = received;
@@ -729,7 +737,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
     // Ours goes on top, and no field claiming to be ours comes with it (RFC 8601 §5, §7.1).
     message = without_claimed_results(std::move(message));
     if (!message) co_return storage_full();
-    header = checks::authentication_results_header(cfg_.server.hostname, tx_.spf);
+    header = checks::authentication_results_header(cfg_.server.hostname, tx_.spf, tx_.dkim);
   }
   header += received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
@@ -803,6 +811,21 @@ void session::log_spf(const checks::spf_result& spf) const {
   } else {
     log_.info("spf={} {}={} client={} ({})", result, identity, printable(spf.domain), conn_.client_literal,
               printable(spf.problem));
+  }
+}
+
+void session::log_dkim(const checks::dkim_results& dkim) const {
+  if (dkim.empty()) {
+    log_.info("dkim=none (no signature)");
+    return;
+  }
+  for (const auto& s : dkim) {
+    if (s.problem.empty()) {
+      log_.info("dkim={} d={} s={}", checks::to_string(s.result), printable(s.domain), printable(s.selector));
+    } else {
+      log_.info("dkim={} d={} s={} ({})", checks::to_string(s.result), printable(s.domain), printable(s.selector),
+                printable(s.problem));
+    }
   }
 }
 

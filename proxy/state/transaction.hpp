@@ -25,7 +25,8 @@ struct transaction {
   std::vector<smtp::address> recipients;
   std::size_t accepted_rcpts = 0;      // RCPT commands the client got a 2xx for (discarded ones too)
   std::size_t rejected_rcpts = 0;
-  std::optional<checks::spf_result> spf;  // [checks] spf: made before the policy's on_mail
+  std::optional<checks::spf_result> spf;     // [checks] spf: made before the policy's on_mail
+  std::optional<checks::dkim_results> dkim;  // [checks] dkim: made before the policy's on_data
 };
 
 }  // namespace portcullis

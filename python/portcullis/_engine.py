@@ -37,7 +37,7 @@ from . import _context
 from ._address import Address, AddressList, as_recipient, as_sender
 from ._log import DETAIL, log, traceback_lines
 from ._message import Message
-from ._objects import Connection, SpfResult, Transaction
+from ._objects import Connection, DkimSignature, SpfResult, Transaction
 from ._verdicts import Verdict
 
 #: The stages in SMTP order, with the arguments each hook is called with.
@@ -115,6 +115,9 @@ def job_from_dict(job: dict[str, Any]) -> Any:
         spf = tx.get("spf")
         if spf is not None:
             j.spf = (spf["result"], spf.get("domain", ""), spf.get("explanation"))
+        dkim = tx.get("dkim")
+        if dkim is not None:
+            j.dkim = [(d["result"], d.get("domain", ""), d.get("selector", "")) for d in dkim]
     for key in ("hostname", "mechanism", "username", "password", "rcpt"):
         if job.get(key) is not None:
             setattr(j, key, str(job[key]))
@@ -1098,7 +1101,7 @@ class _StageRun:
 def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction:
     """session.tx made (or brought up to date) from the daemon's envelope, which is the truth:
     rewrites it did not apply are gone."""
-    tx_id, sender, sender_params, recipients, smtputf8, body_8bit, spf = envelope
+    tx_id, sender, sender_params, recipients, smtputf8, body_8bit, spf, dkim = envelope
     sender_address, recipient_list = Address._parsed(sender, sender_params), AddressList._parsed(recipients)
     tx = session.tx
     if tx is None or tx._id != tx_id:
@@ -1106,6 +1109,7 @@ def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction
     else:
         tx._sender, tx._recipients, tx._smtputf8, tx._body_8bit = sender_address, recipient_list, smtputf8, body_8bit
     tx.spf = None if spf is None else SpfResult(*spf)
+    tx.dkim = None if dkim is None else [DkimSignature(*signature) for signature in dkim]
     session.tx = tx
     session.before = (sender_address, list(recipient_list))
     return tx

@@ -23,8 +23,8 @@ simulated is the SMTP side around it):
 - The upstream accepts everything: MAIL ``250 2.1.0 Ok``, RCPT
   ``250 2.1.5 Ok``, end of data ``250 2.0.0 Ok``.
 - No ``Received:`` header is added, and nothing checks SPF, DKIM or DMARC:
-  ``tx.spf`` is what ``mail(..., spf=...)`` says (None by default), and
-  ``tx.dkim`` and ``tx.dmarc`` stay None.
+  ``tx.spf`` is what ``mail(..., spf=...)`` says and ``tx.dkim`` what
+  ``data(..., dkim=...)`` says (None by default); ``tx.dmarc`` stays None.
 - ``data()`` takes the message as it is meant, not as SMTP carries it: lone
   LF or CR become CRLF (as ``smtplib`` does), a final CRLF is added, and
   there is no dot-stuffing to do. A NUL gives ``550 5.6.0`` as in the daemon.
@@ -55,7 +55,7 @@ from typing import Any, NamedTuple, TypeVar
 from ._address import Address
 from ._engine import POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, job_from_dict, load_config, result_as_dict
 from ._log import LOGGER_NAME, format_record, record_session_id
-from ._objects import SpfResult
+from ._objects import DkimSignature, SpfResult
 
 __all__ = ["Delivery", "Harness", "LogLine", "PolicyLoadError", "Reply", "Session", "SessionClosed"]
 
@@ -332,6 +332,9 @@ class Session:
             spf = self._tx.get("spf")
             if spf is not None:
                 tx["spf"] = {"result": spf.result, "domain": spf.domain, "explanation": spf.explanation}
+            dkim = self._tx.get("dkim")
+            if dkim is not None:
+                tx["dkim"] = [{"result": d.result, "domain": d.domain, "selector": d.selector} for d in dkim]
         return self.harness.ask({"stage": stage, "session": self._snapshot(), "tx": tx, **arguments})
 
     def _outcome(self, result: dict[str, Any]) -> tuple[Reply | None, dict[str, Any]]:
@@ -504,12 +507,16 @@ class Session:
         self._tx["accepted"] += 1
         return self._reply(self._with_policy_text(Reply(250, "2.1.5", "Ok"), verdict))
 
-    def data(self, message: bytes | str) -> Reply:
+    def data(self, message: bytes | str, dkim: Iterable[DkimSignature | tuple[str, str, str]] | None = None) -> Reply:
         """DATA and the message: on_data runs; the final reply is returned.
 
         ``message`` is the message itself (a ``str`` is UTF-8 encoded); line
-        ends are made CRLF.
+        ends are made CRLF. ``dkim`` is the verification the daemon would
+        have made (``tx.dkim``): ``DkimSignature``s or ``(result, domain,
+        selector)`` tuples.
         """
+        if self._tx is not None and dkim is not None:
+            self._tx["dkim"] = [d if isinstance(d, DkimSignature) else DkimSignature(*d) for d in dkim]
         self._check_open()
         if self._tx is None:
             return self._reply(Reply(503, "5.5.1", "Need MAIL before DATA"))

@@ -105,7 +105,7 @@ CASES = [
             {"server": {"require_tls": "true"}}),
     Hostile("require-auth-without-auth", r"server\.require_auth: needs an \[auth\] table", {"server": {"require_auth": "true"}}),
     # What this version does not do is refused, not silently ignored.
-    Hostile("checks-dkim", r"checks\.dkim: this version does not implement DKIM verification", {"checks": {"dkim": "true"}}),
+    Hostile("checks-dkim-signatures", r"checks\.dkim_signatures: 0 is out of range", {"checks": {"dkim_signatures": "0"}}),
     Hostile("checks-dmarc", r"checks\.dmarc: this version does not implement DMARC", {"checks": {"dmarc": "true"}}),
     Hostile("dkim-sign", r"dkim_sign\.domains: this version does not sign mail with DKIM yet",
             {"dkim_sign": {"domains": '["example.test"]', "selector": '"s1"'}}),

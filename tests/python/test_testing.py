@@ -341,3 +341,30 @@ def test_max_recipients(harness):
     s.rcpt("b@example.test")
     s.rcpt("c@example.test")
     assert s.rcpt("d@example.test") == (452, "4.5.3", "Too many recipients")
+
+
+def test_the_harness_hands_hooks_the_checks_a_test_chooses(policy_file) -> None:
+    from portcullis.testing import Harness
+
+    path = policy_file("""
+        import portcullis as pc
+
+        def on_mail(tx, sender):
+            if tx.spf is not None and tx.spf.result == "fail":
+                return pc.reject("SPF says no", code=550, status="5.7.23")
+
+        def on_data(tx, message):
+            if tx.dkim and tx.dkim[0].result != "pass":
+                return pc.reject(f"DKIM {tx.dkim[0].result} for {tx.dkim[0].domain}", code=550, status="5.7.20")
+        """)
+    with Harness([path]) as h:
+        s = h.connect(helo="client.example")
+        assert s.mail("a@example.com", spf="fail") == (550, "5.7.23", "SPF says no")
+        assert s.mail("a@example.com", spf="pass").code == 250
+        assert s.rcpt("b@example.test").code == 250
+        assert s.data(b"Subject: x\r\n\r\nbody\r\n", dkim=[("fail", "example.com", "s1")]) == (
+            550, "5.7.20", "DKIM fail for example.com")
+        s.rset()
+        assert s.mail("a@example.com").code == 250
+        assert s.rcpt("b@example.test").code == 250
+        assert s.data(b"Subject: x\r\n\r\nbody\r\n").code == 250  # tx.dkim None: unchecked

@@ -113,6 +113,7 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_FALSE(cfg->checks.dmarc);
   EXPECT_FALSE(cfg->checks.authentication_results);
   EXPECT_EQ(cfg->checks.threads, 8u);
+  EXPECT_EQ(cfg->checks.dkim_signatures, 5u);
   EXPECT_EQ(cfg->dns.nameserver, "");
   EXPECT_EQ(cfg->dns.timeout, 5s);
   EXPECT_EQ(cfg->dns.cache_size, 8u * 1024 * 1024);
@@ -167,7 +168,8 @@ on_error = "accept"
 
 [checks]
 spf = true
-dkim = false
+dkim = true
+dkim_signatures = 7
 dmarc = false
 authentication_results = true
 threads = 3
@@ -209,7 +211,8 @@ format = "text"
   EXPECT_EQ(cfg->policy.timeout, 3s);
   EXPECT_EQ(cfg->policy.on_error, on_error_mode::accept);
   EXPECT_TRUE(cfg->checks.spf);
-  EXPECT_FALSE(cfg->checks.dkim);
+  EXPECT_TRUE(cfg->checks.dkim);
+  EXPECT_EQ(cfg->checks.dkim_signatures, 7u);
   EXPECT_FALSE(cfg->checks.dmarc);
   EXPECT_TRUE(cfg->checks.authentication_results);
   EXPECT_EQ(cfg->checks.threads, 3u);
@@ -426,6 +429,7 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[dns]\ntimeout = 0\n", "2: dns.timeout: 0 is out of range (want 1 to 60 seconds)"},
       {"[dns]\ncache_size = 1000\n", "2: dns.cache_size: 1000 is out of range (want 65536 to 4294967296)"},
       {"[checks]\nthreads = 0\n", "2: checks.threads: 0 is out of range (want 1 to 256)"},
+      {"[checks]\ndkim_signatures = 0\n", "2: checks.dkim_signatures: 0 is out of range (want 1 to 100)"},
       {"[dns]\ntimeout = 61\n", "2: dns.timeout: 61 is out of range (want 1 to 60 seconds)"},
       // Sizes and counts.
       {"[server]\nmax_recipients = 0\n", "2: server.max_recipients: 0 is out of range (want 1 to 100000)"},
@@ -542,8 +546,6 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[server]\n\nrequire_tls = true\n", "3: server.require_tls: needs a [tls] table with cert and key"},
       {"[server]\nrequire_auth = true\n", "2: server.require_auth: needs an [auth] table"},
       // What this version does not do is an error, not silently ignored (issue 7 item 10).
-      {"[checks]\ndkim = true\n",
-       "2: checks.dkim: this version does not implement DKIM verification (RFC 6376) yet; set it to false"},
       {"[checks]\ndmarc = true\n", "2: checks.dmarc: this version does not implement DMARC (RFC 7489) yet; set it to false"},
 
       {"[dkim_sign]\ndomains = [\"example.test\"]\nselector = \"s1\"\n",

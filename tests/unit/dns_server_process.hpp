@@ -4,6 +4,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,6 +28,7 @@ class dns_server {
     if (::pipe(out) != 0) throw std::runtime_error("pipe");
     pid_ = ::fork();
     if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a test that crashes takes its server along
       ::dup2(out[1], 1);
       ::close(out[0]);
       ::execl("/usr/bin/python3", "python3", PORTCULLIS_SOURCE_DIR "/tests/dns/dns_server.py", "--zones",

@@ -3,10 +3,13 @@
 // hands libspf2 buffers it frees, and takes back buffers it made.
 #include "checks/spf_checker.hpp"
 
+#include <set>
+
 #include <gtest/gtest.h>
 
 #include <thread>
 
+#include "checks/sender_checker.hpp"
 #include "dns/resolver.hpp"
 #include "unit/dns_server_process.hpp"
 
@@ -60,7 +63,8 @@ class SpfChecker : public ::testing::Test {
     dns::resolver_options o;
     o.nameserver = server_->endpoint();
     o.timeout = 500ms;
-    checker_ = std::make_unique<spf_checker>(std::make_shared<dns::resolver>(o), "mx.example.test", 2);
+    resolver_ = std::make_shared<dns::resolver>(o);
+    checker_ = std::make_unique<spf_checker>(resolver_, "mx.example.test");
   }
   spf_result check(const std::string& ip, const std::string& sender, const std::string& helo = "client.test") {
     const auto at = sender.find('@');
@@ -69,6 +73,7 @@ class SpfChecker : public ::testing::Test {
   }
 
   static testing::dns_server* server_;
+  std::shared_ptr<dns::resolver> resolver_;
   std::unique_ptr<spf_checker> checker_;
 };
 
@@ -136,15 +141,24 @@ TEST_F(SpfChecker, DoesNotCheckLoopbackClients) {
   EXPECT_EQ(r.problem, "a loopback client is not checked");
 }
 
-TEST_F(SpfChecker, RunsChecksOnItsThreadsForCoroutines) {
+TEST_F(SpfChecker, RunsOnTheCheckersThreadsForCoroutines) {
+  sender_checker_settings settings;
+  settings.spf = true;
+  settings.receiver = "mx.example.test";
+  settings.threads = 2;
+  sender_checker checks(resolver_, settings);
   asio::io_context io;
   std::vector<spf_result> got;
+  std::set<std::thread::id> ran_on;
   for (int i = 0; i < 6; ++i) {
     asio::co_spawn(
         io,
         [&]() -> awaitable<void> {
-          smtp::address from{"a", "pass.example.test"};
-          auto r = co_await checker_->spf(asio::ip::make_address("192.0.2.7"), "client.test", from);
+          const smtp::address from{"a", "pass.example.test"};
+          const auto client = asio::ip::make_address("192.0.2.7");
+          const std::string helo = "client.test";
+          auto r = co_await checks.spf(client, helo, from);
+          ran_on.insert(std::this_thread::get_id());  // back on this io_context's thread
           got.push_back(std::move(r));
         },
         asio::detached);
@@ -152,6 +166,7 @@ TEST_F(SpfChecker, RunsChecksOnItsThreadsForCoroutines) {
   io.run();
   ASSERT_EQ(got.size(), 6u);
   for (const auto& r : got) EXPECT_EQ(r.result, kind::pass);
+  EXPECT_EQ(ran_on, std::set<std::thread::id>{std::this_thread::get_id()});
 }
 
 }  // namespace

@@ -1,0 +1,53 @@
+// The sender checks a generation asks for ([checks]), as the session sees
+// them (checks/sender_checks.hpp): each runs on the checker's own threads
+// (libspf2 and OpenDKIM block on DNS), and its result comes back to the
+// awaiting session's executor.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "asio.hpp"
+#include "checks/dkim_verifier.hpp"
+#include "checks/sender_checks.hpp"
+#include "checks/spf_checker.hpp"
+
+namespace portcullis::checks {
+
+struct sender_checker_settings {
+  bool spf = false;
+  bool dkim = false;
+  std::string receiver;            // our host name (SPF's %{r})
+  unsigned threads = 8;
+  unsigned max_dkim_signatures = 5;
+
+  bool operator==(const sender_checker_settings&) const = default;
+};
+
+class sender_checker final : public sender_checks {
+ public:
+  // Throws std::runtime_error when a library does not start.
+  sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings);
+  ~sender_checker() override;
+
+  awaitable<spf_result> spf(const asio::ip::address& client, const std::string& helo,
+                            const smtp::address& sender) override;
+  awaitable<dkim_results> dkim(const message_ptr& message) override;
+
+  const std::shared_ptr<dns::resolver>& resolver() const { return resolver_; }
+  const sender_checker_settings& settings() const { return settings_; }
+
+ private:
+  // Runs `work` on the pool; its value comes back through the caller's executor.
+  template <class Result, class Work>
+  awaitable<Result> off_thread(const Work& work);
+
+  std::shared_ptr<dns::resolver> resolver_;
+  sender_checker_settings settings_;
+  std::optional<spf_checker> spf_;
+  std::optional<dkim_verifier> dkim_;
+  asio::thread_pool pool_;
+};
+
+}  // namespace portcullis::checks
