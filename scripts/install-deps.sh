@@ -11,6 +11,7 @@ BUILD_PACKAGES=(
   libgtest-dev              # the build configures the C++ tests too
   libunbound-dev            # the DNS resolver (proxy/dns)
   libspf2-dev               # SPF (proxy/checks)
+  libopendkim-dev           # DKIM (proxy/checks)
 )
 TEST_PACKAGES=(
   clang libclang-rt-14-dev                # libFuzzer, ASan/UBSan
@@ -19,6 +20,7 @@ TEST_PACKAGES=(
   postfix                                 # smtp-source/smtp-sink; a real upstream
   python3-dnslib python3-yaml             # the test DNS server (tests/dns) and the RFC 7208 suite's YAML
   python3-spf python3-dnspython python3-dns   # pyspf, the reference SPF the daemon is compared with
+  python3-dkim python3-nacl                   # dkimpy: signs the DKIM tests' mail, the reference verifier
 )
 
 BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools
