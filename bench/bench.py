@@ -96,6 +96,9 @@ CASES = [
     ("flow", "one hook (rcpt), 20 sessions, 4 KiB", "one_hook.py", 20, 1.0, 4096, 1),
     ("flow", "no-op hooks (mixed), 4 sessions, 1 MiB", "noop.py", 4, 0.02, MIB, 1),
     ("flow", "no-op hooks (plain), 20 sessions, 1 MiB", "noop_plain.py", 20, 0.04, MIB, 1),
+    # [checks] spf and authentication_results, against the test DNS server (warm cache: the
+    # same sender domain throughout), the client on a non-loopback address of this host.
+    ("flow", "SPF + Authentication-Results, 20 sessions, 4 KiB", None, 20, 1.0, 4096, 1, "checks"),
     ("big", "no policy, one 50 MiB message", None, 1, 0, BIG_MESSAGE, 1),
     ("idle", "no policy, 10,000 idle connections", None, IDLE_CONNECTIONS, 0, 0, 0),
 ]
@@ -304,16 +307,18 @@ class Proxy:
     over them, and `restarted()` says whether that set changed (a worker died
     and was started again: its CPU and peak RSS are lost, the run is void)."""
 
-    def __init__(self, binary, work, sink_port, policy, server_extra="", workers=1):
+    def __init__(self, binary, work, sink_port, policy, server_extra="", workers=1, listen_ip="127.0.0.1", tables=""):
         self.port = free_port()
         # The daemon's own count for 0 (std::thread::hardware_concurrency: the online CPUs).
         self.workers = workers or os.cpu_count() or 1
         cfg = os.path.join(work, f"bench-{self.port}.toml")
+        # Also on listen_ip, for a client SPF checks (the probe and the readiness checks use loopback).
+        listen = ", ".join(f'"{ip}:{self.port}"' for ip in dict.fromkeys(["127.0.0.1", listen_ip]))
         limit = IDLE_CONNECTIONS + 1000
         with open(cfg, "w") as f:
             f.write(f"""[server]
 hostname = "bench.test"
-listen = ["127.0.0.1:{self.port}"]
+listen = [{listen}]
 max_connections = {limit}
 max_connections_per_client = {limit}
 max_message_size = {MAX_MESSAGE_SIZE}
@@ -321,7 +326,7 @@ workers = {workers}
 {server_extra}
 [upstream]
 url = "smtp://127.0.0.1:{sink_port}"
-""")
+{tables}""")
             if policy:
                 f.write(f'[policy]\nfiles = ["{os.path.join(HERE, "policies", policy)}"]\n')
         self.log = os.path.join(work, f"portcullis-{self.port}.log")
@@ -382,10 +387,10 @@ url = "smtp://127.0.0.1:{sink_port}"
             sys.exit(f"portcullis exited {code}; see {self.log}")
 
 
-def smtp_source(port, sessions, messages, size, recipients):
+def smtp_source(port, sessions, messages, size, recipients, host="127.0.0.1"):
     cmd = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
            "-r", str(recipients), "-f", "bench@source.test", "-t", "rcpt@sink.test",
-           f"127.0.0.1:{port}"]
+           f"{host}:{port}"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=900)
     return time.perf_counter() - start
@@ -463,12 +468,38 @@ def percentile(samples, p):
 
 # ---------------------------------------------------------------- cases
 
+def local_address():
+    """An address of this host other than loopback (SPF does not check loopback clients), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: the kernel only picks the route
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def checks_setup(work):
+    """(the DNS server, the address smtp-source connects from, the config tables) for a checks case."""
+    sys.path.insert(0, os.path.join(HERE, "..", "tests", "dns"))
+    from dns_server import DnsServer
+
+    ip = local_address()
+    if ip is None:
+        sys.exit("the checks case needs an address of this host other than loopback")
+    server = DnsServer({"source.test": [{"TXT": f"v=spf1 ip4:{ip} -all"}, {"A": ip}]}).start()
+    tables = (f'[checks]\nspf = true\nauthentication_results = true\n'
+              f'[dns]\nnameserver = "127.0.0.1:{server.port}"\n')
+    return server, ip, tables
+
+
 def run_flow(args, sink, work, case):
     """Throughput, CPU, latency, peak RSS and delivery for one smtp-source load."""
-    _, name, policy, sessions, share, size, rcpts = case
+    _, name, policy, sessions, share, size, rcpts, *options = case
     messages = max(20, int(args.messages * share))
     transactions = max(2 * sessions, min(args.probe, messages))
-    proxy = Proxy(args.bin, work, sink.port, policy, workers=args.workers)
+    dns_server, host, tables = checks_setup(work) if "checks" in options else (None, "127.0.0.1", "")
+    proxy = Proxy(args.bin, work, sink.port, policy, workers=args.workers, listen_ip=host, tables=tables)
     # A case with a policy runs the same load through a daemon without one in
     # each round too: the hook cost is the difference of two CPU figures taken
     # a moment apart, not minutes apart in two cases (this machine drifts).
@@ -488,7 +519,7 @@ def run_flow(args, sink, work, case):
                 bare_cpu.append((bare.cpu() - cpu0) / messages * 1e6)
             before = sink.settle()
             cpu0 = proxy.cpu()
-            via.append(messages / smtp_source(proxy.port, sessions, messages, size, rcpts))
+            via.append(messages / smtp_source(proxy.port, sessions, messages, size, rcpts, host))
             cpu.append((proxy.cpu() - cpu0) / messages * 1e6)
             lat_proxy += probe(proxy.port, sessions, transactions, size, rcpts)
             ok = ok and sink.settle() - before == messages + transactions
@@ -499,6 +530,8 @@ def run_flow(args, sink, work, case):
         proxy.stop()
         if bare:
             bare.stop()
+        if dns_server:
+            dns_server.stop()
     d, p = statistics.median(direct), statistics.median(via)
     calls = hook_calls(policy, rcpts)
     ms = lambda samples, q: None if not samples else percentile(samples, q) * 1e3

@@ -25,11 +25,14 @@ void define_dns(pybind11::module_& m);
 
 namespace portcullis::dns {
 class resolver;
+struct resolver_options;
 }
 
 namespace portcullis::bindings {
 
 // The daemon's resolver for pc.dns (null: one of pc.dns's own, made on first use).
 void set_resolver(std::shared_ptr<dns::resolver> resolver);
+// pc.dns makes its own resolver with these at its next lookup (the daemon's [dns], without checks).
+void set_resolver_options(const dns::resolver_options& options);
 
 }  // namespace portcullis::bindings

@@ -88,6 +88,16 @@ void set_resolver(std::shared_ptr<dns::resolver> resolver) {
   // `old` ends here, outside the lock (its lookups still running are answered into the queue).
 }
 
+void set_resolver_options(const dns::resolver_options& options) {
+  std::shared_ptr<dns::resolver> old;
+  {
+    auto& s = state();
+    std::lock_guard lock(s.mutex);
+    s.options = options;
+    old = std::move(s.resolver);  // the next lookup makes one with these options
+  }
+}
+
 void define_dns(py::module_& m) {
   m.def(
       "dns_configure",

@@ -90,11 +90,44 @@ py::tuple connection_tuple(const policy_job& j) {
                         j.auth_user ? py::object(py::str(*j.auth_user)) : py::object(py::none()));
 }
 
-checks::spf_result::kind spf_kind_named(std::string_view name) {
-  using k = checks::spf_result::kind;
-  for (k kind : {k::none, k::neutral, k::pass, k::fail, k::softfail, k::temperror, k::permerror})
+// A check's result by its name (the tests set the daemon's checks on a job).
+template <class Kind>
+Kind kind_named(std::string_view name, std::initializer_list<Kind> kinds, std::string_view check) {
+  for (Kind kind : kinds)
     if (checks::to_string(kind) == name) return kind;
-  throw py::value_error("unknown SPF result " + std::string(name));
+  throw py::value_error("unknown " + std::string(check) + " result " + std::string(name));
+}
+
+void set_spf(policy_job& j, const py::object& t) {
+  if (t.is_none()) {
+    j.spf.reset();
+    return;
+  }
+  using k = checks::spf_result::kind;
+  auto [result, domain, explanation] = t.cast<std::tuple<std::string, std::string, std::optional<std::string>>>();
+  checks::spf_result r;
+  r.result = kind_named(result, {k::none, k::neutral, k::pass, k::fail, k::softfail, k::temperror, k::permerror}, "SPF");
+  r.domain = std::move(domain);
+  r.explanation = explanation.value_or("");
+  j.spf = std::move(r);
+}
+
+void set_dkim(policy_job& j, const py::object& list) {
+  if (list.is_none()) {
+    j.dkim.reset();
+    return;
+  }
+  using k = checks::dkim_signature::kind;
+  checks::dkim_results out;
+  for (auto item : list) {
+    auto [result, domain, selector] = item.cast<std::tuple<std::string, std::string, std::string>>();
+    checks::dkim_signature sig;
+    sig.result = kind_named(result, {k::pass, k::fail, k::neutral, k::temperror, k::permerror}, "DKIM");
+    sig.domain = std::move(domain);
+    sig.selector = std::move(selector);
+    out.push_back(std::move(sig));
+  }
+  j.dkim = std::move(out);
 }
 
 // (result, domain, explanation or None), or None without an SPF check.
@@ -109,13 +142,6 @@ py::object dkim_list(const policy_job& j) {
   py::list out;
   for (const auto& s : *j.dkim) out.append(py::make_tuple(std::string(checks::to_string(s.result)), s.domain, s.selector));
   return out;
-}
-
-checks::dkim_signature::kind dkim_kind_named(std::string_view name) {
-  using k = checks::dkim_signature::kind;
-  for (k kind : {k::pass, k::fail, k::neutral, k::temperror, k::permerror})
-    if (checks::to_string(kind) == name) return kind;
-  throw py::value_error("unknown DKIM result " + std::string(name));
 }
 
 py::object envelope_tuple(const policy_job& j) {
@@ -165,38 +191,8 @@ void define_protocol(py::module_& m) {
           "recipients", [](const policy_job& j) { return address_texts(j.recipients); },
           [](policy_job& j, const std::vector<std::string>& list) { j.recipients = addresses_of(list); })
       .def_readwrite("smtputf8", &policy_job::smtputf8)
-      .def_property(
-          "spf", [](const policy_job& j) { return spf_tuple(j); },
-          [](policy_job& j, const py::object& t) {
-            if (t.is_none()) {
-              j.spf.reset();
-              return;
-            }
-            auto [result, domain, explanation] = t.cast<std::tuple<std::string, std::string, std::optional<std::string>>>();
-            checks::spf_result r;
-            r.result = spf_kind_named(result);
-            r.domain = std::move(domain);
-            r.explanation = explanation.value_or("");
-            j.spf = std::move(r);
-          })
-      .def_property(
-          "dkim", [](const policy_job& j) { return dkim_list(j); },
-          [](policy_job& j, const py::object& list) {
-            if (list.is_none()) {
-              j.dkim.reset();
-              return;
-            }
-            checks::dkim_results out;
-            for (auto item : list) {
-              auto [result, domain, selector] = item.cast<std::tuple<std::string, std::string, std::string>>();
-              checks::dkim_signature s;
-              s.result = dkim_kind_named(result);
-              s.domain = std::move(domain);
-              s.selector = std::move(selector);
-              out.push_back(std::move(s));
-            }
-            j.dkim = std::move(out);
-          })
+      .def_property("spf", spf_tuple, set_spf)
+      .def_property("dkim", dkim_list, set_dkim)
       .def_readwrite("body_8bit", &policy_job::body_8bit)
       .def_readwrite("hostname", &policy_job::hostname)
       .def_readwrite("mechanism", &policy_job::mechanism)

@@ -6,7 +6,7 @@ namespace portcullis::checks {
 
 sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings)
     : resolver_(std::move(resolver)), settings_(settings), pool_(std::max(1u, settings.threads)) {
-  if (settings.spf) spf_.emplace(resolver_, settings.receiver);
+  if (settings.spf) spf_.emplace(resolver_, settings.receiver, settings.spf_skip_networks);
   if (settings.dkim) dkim_.emplace(resolver_, settings.max_dkim_signatures);
 }
 

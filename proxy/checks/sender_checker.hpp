@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "asio.hpp"
 #include "checks/dkim_verifier.hpp"
@@ -19,6 +20,7 @@ struct sender_checker_settings {
   bool spf = false;
   bool dkim = false;
   std::string receiver;            // our host name (SPF's %{r})
+  std::vector<std::string> spf_skip_networks{"127.0.0.0/8", "::1"};
   unsigned threads = 8;
   unsigned max_dkim_signatures = 5;
 

@@ -92,8 +92,9 @@ void set_client(SPF_request_t* request, const asio::ip::address& client) {
 
 }  // namespace
 
-spf_checker::spf_checker(std::shared_ptr<dns::resolver> resolver, std::string receiver, spf_limits limits)
-    : resolver_(std::move(resolver)), receiver_(std::move(receiver)), limits_(limits) {
+spf_checker::spf_checker(std::shared_ptr<dns::resolver> resolver, std::string receiver,
+                         const std::vector<std::string>& skip, spf_limits limits)
+    : resolver_(std::move(resolver)), receiver_(std::move(receiver)), skip_(skip), limits_(limits) {
   install_handlers();
 }
 
@@ -106,9 +107,13 @@ spf_result spf_checker::check_now(const asio::ip::address& client_address, std::
     return out;  // none (§4.3)
   }
   const auto client = unmapped(client_address);  // an IPv4-mapped IPv6 client is checked as IPv4
+  if (skip_.contains(client)) {
+    out.problem = "not checked: the client is in [checks] spf_skip_networks";
+    return out;
+  }
   if (client.is_loopback()) {
-    // A process on this host (libspf2 would pass it unasked): nothing to check it against.
-    out.problem = "a loopback client is not checked";
+    // libspf2 passes a loopback client unasked: checked here, it is not asked at all.
+    out.problem = "not checked: a loopback client";
     return out;
   }
   spf_evaluation e(*resolver_, limits_, client);

@@ -9,9 +9,11 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "asio.hpp"
 #include "checks/results.hpp"
+#include "net/network.hpp"
 #include "smtp/address.hpp"
 
 namespace portcullis::dns {
@@ -30,8 +32,10 @@ struct spf_limits {
 
 class spf_checker {
  public:
-  // `receiver` is our host name (the %{r} macro).
-  spf_checker(std::shared_ptr<dns::resolver> resolver, std::string receiver, spf_limits limits = {});
+  // `receiver` is our host name (the %{r} macro); clients in `skip` are
+  // not checked (result none); throws std::invalid_argument for a bad entry.
+  spf_checker(std::shared_ptr<dns::resolver> resolver, std::string receiver,
+              const std::vector<std::string>& skip = {"127.0.0.0/8", "::1"}, spf_limits limits = {});
 
   // The check, on the calling thread (blocks on DNS).
   spf_result check_now(const asio::ip::address& client, std::string_view helo, const smtp::address& sender) const;
@@ -39,6 +43,7 @@ class spf_checker {
  private:
   std::shared_ptr<dns::resolver> resolver_;
   std::string receiver_;
+  network_list skip_;
   spf_limits limits_;
 };
 

@@ -662,6 +662,8 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   });
   section("checks", [&](table_reader& t) {
     t.get("spf", cfg->checks.spf);
+    t.get_list("spf_skip_networks", cfg->checks.spf_skip_networks, is_network,
+               "is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)");
     t.get("dkim", cfg->checks.dkim);
     t.get_count("dkim_signatures", cfg->checks.dkim_signatures, 1, max_config_dkim_signatures);
     t.get("authentication_results", cfg->checks.authentication_results);

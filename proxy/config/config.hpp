@@ -130,6 +130,9 @@ struct policy_config {
 
 struct checks_config {
   bool spf = false;   // RFC 7208, before on_mail (tx.spf)
+  // Clients SPF does not check (result none): this host's own processes, as
+  // policyd-spf's skip_addresses.
+  std::vector<std::string> spf_skip_networks{"127.0.0.0/8", "::1"};
   bool dkim = false;  // RFC 6376, before on_data (tx.dkim)
   unsigned dkim_signatures = 5;  // evaluated per message; the others are neutral
   // Not implemented in this version: load_config refuses `true` (the daemon

@@ -85,30 +85,32 @@ bool resolv_conf_has_nameserver() {
   return false;
 }
 
+dns::resolver_options resolver_options_of(const dns_config& d) {
+  dns::resolver_options o;
+  o.nameserver = d.nameserver;
+  o.timeout = d.timeout;
+  o.cache_bytes = d.cache_size;
+  return o;
+}
+
 }  // namespace
 
 std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
   const bool any_check = cfg.checks.spf || cfg.checks.dkim;
-  const bool wants_dns = any_check || !cfg.policy.files.empty();  // policies may use pc.dns
-  if (!wants_dns) return nullptr;
-  if (any_check && cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver())
+  if (!any_check) return nullptr;  // (pc.dns makes the resolver at its first lookup: use_generation)
+  if (cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver())
     throw std::invalid_argument("[checks] need DNS: set [dns] nameserver, or a nameserver in /etc/resolv.conf");
-  dns::resolver_options options;
-  options.nameserver = cfg.dns.nameserver;
-  options.timeout = cfg.dns.timeout;
-  options.cache_bytes = cfg.dns.cache_size;
-  auto resolver = resolver_ && resolver_dns_ == cfg.dns ? resolver_ : std::make_shared<dns::resolver>(options);
+  const bool same_dns = resolver_ && resolver_dns_ == cfg.dns;
+  auto resolver = same_dns ? resolver_ : std::make_shared<dns::resolver>(resolver_options_of(cfg.dns));
   checks::sender_checker_settings settings;
   settings.spf = cfg.checks.spf;
   settings.dkim = cfg.checks.dkim;
   settings.receiver = cfg.server.hostname;
+  settings.spf_skip_networks = cfg.checks.spf_skip_networks;
   settings.threads = cfg.checks.threads;
   settings.max_dkim_signatures = cfg.checks.dkim_signatures;
-  std::shared_ptr<checks::sender_checker> checker;
-  if (any_check) {
-    const bool same = checker_ && checker_->resolver() == resolver && checker_->settings() == settings;
-    checker = same ? checker_ : std::make_shared<checks::sender_checker>(resolver, settings);
-  }
+  const bool same = checker_ && checker_->resolver() == resolver && checker_->settings() == settings;
+  auto checker = same ? checker_ : std::make_shared<checks::sender_checker>(resolver, settings);
   resolver_ = std::move(resolver);
   resolver_dns_ = cfg.dns;
   checker_ = checker;
@@ -116,8 +118,16 @@ std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
 }
 
 void server::use_generation(std::shared_ptr<generation> g) {
+  const bool checks_resolver = g->checks != nullptr;
+  const auto dns = g->cfg->dns;
   env_.replace(std::move(g));
-  bindings::set_resolver(resolver_);  // pc.dns: null without one (Python then makes its own)
+  // pc.dns asks the checks' resolver, or one made with [dns] at its first
+  // lookup (a policy that never looks anything up costs no resolver).
+  if (checks_resolver) {
+    bindings::set_resolver(resolver_);
+  } else {
+    bindings::set_resolver_options(resolver_options_of(dns));
+  }
 }
 
 std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config> cfg) {

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <ctime>
 
+#include "checks/authentication_results.hpp"
 #include "config/config.hpp"
 #include "policy/policy.hpp"
-#include "checks/authentication_results.hpp"
 #include "session/received_header.hpp"
 #include "smtp/dot_decoder.hpp"
 #include "smtp/mail_options.hpp"

@@ -193,6 +193,8 @@ def test_a_loopback_client_is_not_checked(spf_daemon):
         c.cmd("MAIL FROM:<a@pass.example.test>")
         r = c.reply()
     assert r.text == "spf=none domain=pass.example.test exp=-", str(r)
+    d.wait_log(r"spf=none mailfrom=pass\.example\.test client=\[127\.0\.0\.1\] "
+               r"\(not checked: the client is in \[checks\] spf_skip_networks\)$")
 
 
 # The suite's cases the daemon does not pass, and why. Any other failure fails the test.

@@ -113,6 +113,7 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_FALSE(cfg->checks.dmarc);
   EXPECT_FALSE(cfg->checks.authentication_results);
   EXPECT_EQ(cfg->checks.threads, 8u);
+  EXPECT_EQ(cfg->checks.spf_skip_networks, (std::vector<std::string>{"127.0.0.0/8", "::1"}));
   EXPECT_EQ(cfg->checks.dkim_signatures, 5u);
   EXPECT_EQ(cfg->dns.nameserver, "");
   EXPECT_EQ(cfg->dns.timeout, 5s);
@@ -168,6 +169,7 @@ on_error = "accept"
 
 [checks]
 spf = true
+spf_skip_networks = ["10.0.0.0/8"]
 dkim = true
 dkim_signatures = 7
 dmarc = false
@@ -211,6 +213,7 @@ format = "text"
   EXPECT_EQ(cfg->policy.timeout, 3s);
   EXPECT_EQ(cfg->policy.on_error, on_error_mode::accept);
   EXPECT_TRUE(cfg->checks.spf);
+  EXPECT_EQ(cfg->checks.spf_skip_networks, std::vector<std::string>{"10.0.0.0/8"});
   EXPECT_TRUE(cfg->checks.dkim);
   EXPECT_EQ(cfg->checks.dkim_signatures, 7u);
   EXPECT_FALSE(cfg->checks.dmarc);
@@ -430,6 +433,8 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[dns]\ncache_size = 1000\n", "2: dns.cache_size: 1000 is out of range (want 65536 to 4294967296)"},
       {"[checks]\nthreads = 0\n", "2: checks.threads: 0 is out of range (want 1 to 256)"},
       {"[checks]\ndkim_signatures = 0\n", "2: checks.dkim_signatures: 0 is out of range (want 1 to 100)"},
+      {"[checks]\nspf_skip_networks = [\"10.0.0.0/33\"]\n",
+       "2: checks.spf_skip_networks: \"10.0.0.0/33\" is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)"},
       {"[dns]\ntimeout = 61\n", "2: dns.timeout: 61 is out of range (want 1 to 60 seconds)"},
       // Sizes and counts.
       {"[server]\nmax_recipients = 0\n", "2: server.max_recipients: 0 is out of range (want 1 to 100000)"},

@@ -34,15 +34,27 @@ resolver_options options_for(const dns_server& server, std::chrono::milliseconds
   return o;
 }
 
+// One server for the tests that leave it running (starting one takes a moment).
+class Resolver : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { shared_ = new dns_server(zones); }
+  static void TearDownTestSuite() {
+    delete shared_;
+    shared_ = nullptr;
+  }
+  static dns_server* shared_;
+};
+
+dns_server* Resolver::shared_ = nullptr;
+
 std::vector<std::string> values(const answer& a) {
   std::vector<std::string> out;
   for (const auto& r : a.records) out.push_back(r.value);
   return out;
 }
 
-TEST(Resolver, AnswersEachTypeFromTheNameserver) {
-  dns_server server(zones);
-  resolver r(options_for(server));
+TEST_F(Resolver, AnswersEachTypeFromTheNameserver) {
+  resolver r(options_for(*shared_));
   auto a = r.lookup_sync("mail.example.test", rr_type::a);
   ASSERT_TRUE(a.ok()) << a.error;
   EXPECT_EQ(values(a), std::vector<std::string>{"192.0.2.10"});
@@ -60,9 +72,8 @@ TEST(Resolver, AnswersEachTypeFromTheNameserver) {
             std::vector<std::string>{"mail.example.test"});
 }
 
-TEST(Resolver, TellsNoSuchNameFromNoSuchRecord) {
-  dns_server server(zones);
-  resolver r(options_for(server));
+TEST_F(Resolver, TellsNoSuchNameFromNoSuchRecord) {
+  resolver r(options_for(*shared_));
   auto nx = r.lookup_sync("nothing.example.test", rr_type::a);
   EXPECT_EQ(nx.what, answer::status::nxdomain);
   EXPECT_TRUE(nx.is_void());
@@ -72,17 +83,15 @@ TEST(Resolver, TellsNoSuchNameFromNoSuchRecord) {
   EXPECT_TRUE(nodata.is_void());
 }
 
-TEST(Resolver, ReadsAnAnswerTooBigForUdpOverTcp) {
-  dns_server server(zones);
-  resolver r(options_for(server));
+TEST_F(Resolver, ReadsAnAnswerTooBigForUdpOverTcp) {
+  resolver r(options_for(*shared_));
   auto a = r.lookup_sync("long.example.test", rr_type::txt);
   ASSERT_TRUE(a.ok()) << a.error;
   EXPECT_EQ(values(a), std::vector<std::string>{long_text});
 }
 
-TEST(Resolver, AnswersMalformedNamesWithoutAsking) {
-  dns_server server(zones);
-  resolver r(options_for(server));
+TEST_F(Resolver, AnswersMalformedNamesWithoutAsking) {
+  resolver r(options_for(*shared_));
   for (std::string name : {std::string(64, 'a') + ".example.test", std::string("a..example.test"), std::string(""),
                            std::string(300, 'a'), std::string(".")}) {
     EXPECT_EQ(r.lookup_sync(name, rr_type::txt).what, answer::status::nxdomain) << name;
@@ -91,9 +100,8 @@ TEST(Resolver, AnswersMalformedNamesWithoutAsking) {
   EXPECT_FALSE(valid_query_name(std::string("a\0b.test", 8)));
 }
 
-TEST(Resolver, ATimeoutIsAnAnswerAndTheNameserverStaysInUse) {
-  dns_server server(zones);
-  resolver r(options_for(server, 300ms));
+TEST_F(Resolver, ATimeoutIsAnAnswerAndTheNameserverStaysInUse) {
+  resolver r(options_for(*shared_, 300ms));
   const auto start = std::chrono::steady_clock::now();
   auto slow = r.lookup_sync("slow.example.test", rr_type::txt);
   EXPECT_EQ(slow.what, answer::status::timeout);
@@ -103,7 +111,7 @@ TEST(Resolver, ATimeoutIsAnAnswerAndTheNameserverStaysInUse) {
   EXPECT_EQ(values(after), std::vector<std::string>{"192.0.2.11"});
 }
 
-TEST(Resolver, CachesAnswersForTheirTtl) {
+TEST_F(Resolver, CachesAnswersForTheirTtl) {
   dns_server server(zones);
   resolver r(options_for(server, 300ms));
   ASSERT_TRUE(r.lookup_sync("mail.example.test", rr_type::a).ok());
@@ -116,9 +124,8 @@ TEST(Resolver, CachesAnswersForTheirTtl) {
   EXPECT_EQ(r.lookup_sync("after.example.test", rr_type::a).what, answer::status::timeout);
 }
 
-TEST(Resolver, DeliversToCoroutinesOnTheirExecutor) {
-  dns_server server(zones);
-  resolver r(options_for(server));
+TEST_F(Resolver, DeliversToCoroutinesOnTheirExecutor) {
+  resolver r(options_for(*shared_));
   asio::io_context io;
   std::vector<std::string> got;
   std::thread::id on;
@@ -135,9 +142,8 @@ TEST(Resolver, DeliversToCoroutinesOnTheirExecutor) {
   EXPECT_EQ(on, std::this_thread::get_id());
 }
 
-TEST(Resolver, ServesManyThreadsAtOnce) {
-  dns_server server(zones);
-  resolver r(options_for(server));
+TEST_F(Resolver, ServesManyThreadsAtOnce) {
+  resolver r(options_for(*shared_));
   std::atomic<int> right{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {
@@ -152,12 +158,11 @@ TEST(Resolver, ServesManyThreadsAtOnce) {
   EXPECT_EQ(right.load(), 400);
 }
 
-TEST(Resolver, AnswersLookupsStillRunningWhenItStops) {
-  dns_server server(zones);
+TEST_F(Resolver, AnswersLookupsStillRunningWhenItStops) {
   std::atomic<int> answered{0};
   answer last;
   {
-    resolver r(options_for(server, 5000ms));
+    resolver r(options_for(*shared_, 5000ms));
     for (int i = 0; i < 3; ++i) {
       r.lookup("slow.example.test", rr_type::txt, [&](answer a) {
         last = std::move(a);
@@ -171,7 +176,7 @@ TEST(Resolver, AnswersLookupsStillRunningWhenItStops) {
   EXPECT_EQ(last.error, "the resolver stopped");
 }
 
-TEST(Resolver, KnowsTheTypesPoliciesName) {
+TEST_F(Resolver, KnowsTheTypesPoliciesName) {
   EXPECT_EQ(rr_type_named("txt"), rr_type::txt);
   EXPECT_EQ(rr_type_named("AAAA"), rr_type::aaaa);
   EXPECT_EQ(rr_type_named("SRV"), std::nullopt);

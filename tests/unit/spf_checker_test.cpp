@@ -138,7 +138,20 @@ TEST_F(SpfChecker, ADnsTimeoutIsATemperror) {
 TEST_F(SpfChecker, DoesNotCheckLoopbackClients) {
   auto r = check("127.0.0.1", "a@pass.example.test");
   EXPECT_EQ(r.result, kind::none);
-  EXPECT_EQ(r.problem, "a loopback client is not checked");
+  EXPECT_EQ(r.problem, "not checked: the client is in [checks] spf_skip_networks");
+  // Without the default list a loopback client is still not checked: libspf2 would pass it unasked.
+  spf_checker bare(resolver_, "mx.example.test", {});
+  EXPECT_EQ(bare.check_now(asio::ip::make_address("::1"), "h.test", smtp::address{"a", "pass.example.test"}).problem,
+            "not checked: a loopback client");
+}
+
+TEST_F(SpfChecker, DoesNotCheckTheNetworksItIsToldToSkip) {
+  spf_checker skipping(resolver_, "mx.example.test", {"198.51.100.0/24"});
+  auto r = skipping.check_now(asio::ip::make_address("198.51.100.1"), "h.test", smtp::address{"a", "pass.example.test"});
+  EXPECT_EQ(r.result, kind::none);
+  EXPECT_EQ(r.problem, "not checked: the client is in [checks] spf_skip_networks");
+  EXPECT_EQ(skipping.check_now(asio::ip::make_address("192.0.2.7"), "h.test", smtp::address{"a", "pass.example.test"}).result,
+            kind::pass);
 }
 
 TEST_F(SpfChecker, RunsOnTheCheckersThreadsForCoroutines) {
