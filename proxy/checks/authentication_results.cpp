@@ -12,8 +12,6 @@ constexpr std::string_view field_name = "Authentication-Results";
 constexpr std::size_t kept_field_bytes = 2048;
 constexpr std::size_t max_reason = 200;
 
-bool is_wsp(char c) { return c == ' ' || c == '\t'; }
-
 // A MIME token (RFC 2045 §5.1), which RFC 8601 §2.2 takes for a value.
 bool is_token(std::string_view s) {
   if (s.empty()) return false;
@@ -49,7 +47,7 @@ std::size_t skip_cfws(std::string_view s, std::size_t i) {
       ++depth;
     } else if (c == ')' && depth > 0) {
       --depth;
-    } else if (depth == 0 && !is_wsp(c) && c != '\r' && c != '\n') {
+    } else if (depth == 0 && !smtp::is_wsp(c) && c != '\r' && c != '\n') {
       break;
     }
     ++i;
@@ -69,7 +67,7 @@ std::string authserv_id_of(std::string_view v) {
     }
     return id;
   }
-  while (i < v.size() && !is_wsp(v[i]) && v[i] != ';' && v[i] != '(' && v[i] != '\r' && v[i] != '\n') id += v[i++];
+  while (i < v.size() && !smtp::is_wsp(v[i]) && v[i] != ';' && v[i] != '(' && v[i] != '\r' && v[i] != '\n') id += v[i++];
   return id;
 }
 
@@ -105,7 +103,7 @@ void claimed_results_finder::end_field(std::uint64_t end) {
   const auto colon = field_.find(':');
   if (colon == std::string::npos) return;
   std::string_view name(field_.data(), colon);
-  while (!name.empty() && is_wsp(name.back())) name.remove_suffix(1);  // RFC 5322 §4.5.3 (obsolete syntax)
+  while (!name.empty() && smtp::is_wsp(name.back())) name.remove_suffix(1);  // RFC 5322 §4.5.3 (obsolete syntax)
   if (!smtp::equals_nocase(name, field_name)) return;
   if (smtp::equals_nocase(authserv_id_of(std::string_view(field_).substr(colon + 1)), authserv_id_))
     claimed_.emplace_back(field_start_, end);
@@ -126,7 +124,7 @@ bool claimed_results_finder::feed(std::string_view bytes) {
         ++offset_;
         continue;
       }
-      if (!is_wsp(c)) {  // a new field (a WSP would fold the current one)
+      if (!smtp::is_wsp(c)) {  // a new field (a WSP would fold the current one)
         end_field(offset_ - (saw_cr_ ? 1 : 0));
         in_field_ = true;
         field_start_ = offset_ - (saw_cr_ ? 1 : 0);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "dns/resolver.hpp"
+#include "smtp/text.hpp"
 
 // OpenDKIM's header uses C's _Bool.
 #define _Bool bool
@@ -126,8 +127,6 @@ struct handle {
   }
 };
 
-bool is_wsp(char c) { return c == ' ' || c == '\t'; }
-
 }  // namespace
 
 struct dkim_verifier::library {
@@ -185,7 +184,7 @@ dkim_results dkim_verifier::verify_now(const message_store& message) const {
         end_field();
         dkim_eoh(h.dkim);
         in_body = true;
-      } else if (is_wsp(line.front())) {
+      } else if (smtp::is_wsp(line.front())) {
         field += line;  // folded (RFC 5322 §2.2.3)
       } else {
         end_field();
@@ -198,7 +197,7 @@ dkim_results dkim_verifier::verify_now(const message_store& message) const {
   }
   if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
   if (!in_body) {  // a message of header fields only
-    if (is_wsp(line.empty() ? 'x' : line.front())) field += line; else { end_field(); field.swap(line); }
+    if (smtp::is_wsp(line.empty() ? 'x' : line.front())) field += line; else { end_field(); field.swap(line); }
     if (!field.empty() && field.back() != '\n') field += "\r\n";
     end_field();
     dkim_eoh(h.dkim);

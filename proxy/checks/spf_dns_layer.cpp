@@ -4,7 +4,6 @@
 // records it is given pass our validator first.
 #include "checks/spf_dns_layer.hpp"
 
-#include <cctype>
 #include <cstdlib>
 #include <cstring>
 
@@ -29,8 +28,7 @@ std::optional<dns::rr_type> our_type(ns_type t) {
 }
 
 std::string name_key(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::string out = smtp::to_lower(s);
   if (!out.empty() && out.back() == '.') out.pop_back();
   return out;
 }

@@ -7,11 +7,12 @@
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <future>
 #include <map>
 #include <stdexcept>
 #include <thread>
+
+#include "smtp/text.hpp"
 
 namespace portcullis::dns {
 
@@ -168,12 +169,8 @@ std::string_view to_string(rr_type t) {
 }
 
 std::optional<rr_type> rr_type_named(std::string_view name) {
-  for (rr_type t : {rr_type::a, rr_type::aaaa, rr_type::mx, rr_type::txt, rr_type::ptr}) {
-    const auto n = to_string(t);
-    if (n.size() == name.size() &&
-        std::equal(n.begin(), n.end(), name.begin(), [](char x, char y) { return x == std::toupper(static_cast<unsigned char>(y)); }))
-      return t;
-  }
+  for (rr_type t : {rr_type::a, rr_type::aaaa, rr_type::mx, rr_type::txt, rr_type::ptr})
+    if (smtp::equals_nocase(to_string(t), name)) return t;
   return std::nullopt;
 }
 

@@ -11,6 +11,7 @@ constexpr char ascii_upper(char c) { return (c >= 'a' && c <= 'z') ? char(c - 'a
 constexpr char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c; }
 constexpr bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 constexpr bool is_digit(char c) { return c >= '0' && c <= '9'; }
+constexpr bool is_wsp(char c) { return c == ' ' || c == '\t'; }  // RFC 5322 WSP
 
 inline bool equals_nocase(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
