@@ -130,6 +130,51 @@ void set_dkim(policy_job& j, const py::object& list) {
   j.dkim = std::move(out);
 }
 
+checks::dmarc_result::policy_kind policy_named(const std::optional<std::string>& name) {
+  using p = checks::dmarc_result::policy_kind;
+  if (!name) return p::unspecified;
+  for (p kind : {p::none, p::quarantine, p::reject})
+    if (checks::to_string(kind) == *name) return kind;
+  throw py::value_error("unknown DMARC policy " + *name);
+}
+
+std::optional<std::string> policy_name(checks::dmarc_result::policy_kind p) {
+  if (p == checks::dmarc_result::policy_kind::unspecified) return std::nullopt;
+  return std::string(checks::to_string(p));
+}
+
+using dmarc_fields = std::tuple<std::string, std::string, std::optional<std::string>, std::optional<std::string>,
+                                std::string, unsigned, bool, bool>;
+
+void set_dmarc(policy_job& j, const py::object& t) {
+  if (t.is_none()) {
+    j.dmarc.reset();
+    return;
+  }
+  using k = checks::dmarc_result::kind;
+  auto [result, domain, policy, disposition, org_domain, pct, spf_aligned, dkim_aligned] = t.cast<dmarc_fields>();
+  checks::dmarc_result r;
+  r.result = kind_named(result, {k::none, k::pass, k::fail, k::temperror, k::permerror}, "DMARC");
+  r.domain = std::move(domain);
+  r.policy = policy_named(policy);
+  r.disposition = policy_named(disposition);
+  r.org_domain = std::move(org_domain);
+  r.pct = pct;
+  r.spf_aligned = spf_aligned;
+  r.dkim_aligned = dkim_aligned;
+  j.dmarc = std::move(r);
+}
+
+// (result, domain, policy, disposition, org_domain, pct, spf_aligned,
+// dkim_aligned), policy and disposition None when no record applies; or None
+// without a DMARC check.
+py::object dmarc_tuple(const policy_job& j) {
+  if (!j.dmarc) return py::none();
+  const auto& d = *j.dmarc;
+  return py::cast(dmarc_fields{std::string(checks::to_string(d.result)), d.domain, policy_name(d.policy),
+                               policy_name(d.disposition), d.org_domain, d.pct, d.spf_aligned, d.dkim_aligned});
+}
+
 // (result, domain, explanation or None), or None without an SPF check.
 py::object spf_tuple(const policy_job& j) {
   if (!j.spf) return py::none();
@@ -149,7 +194,7 @@ py::object envelope_tuple(const policy_job& j) {
   py::list recipients(j.recipients.size());
   for (std::size_t i = 0; i < j.recipients.size(); ++i) recipients[i] = address_parts(j.recipients[i]);
   return py::make_tuple(j.tx_id, address_parts(j.sender), params_dict(j.sender_params), std::move(recipients),
-                        j.smtputf8, j.body_8bit, spf_tuple(j), dkim_list(j));
+                        j.smtputf8, j.body_8bit, spf_tuple(j), dkim_list(j), dmarc_tuple(j));
 }
 
 // The stage's own arguments: what its hooks get besides conn or tx.
@@ -193,6 +238,7 @@ void define_protocol(py::module_& m) {
       .def_readwrite("smtputf8", &policy_job::smtputf8)
       .def_property("spf", spf_tuple, set_spf)
       .def_property("dkim", dkim_list, set_dkim)
+      .def_property("dmarc", dmarc_tuple, set_dmarc)
       .def_readwrite("body_8bit", &policy_job::body_8bit)
       .def_readwrite("hostname", &policy_job::hostname)
       .def_readwrite("mechanism", &policy_job::mechanism)
@@ -222,8 +268,9 @@ void define_protocol(py::module_& m) {
           "(stage, connection, envelope, arguments): what every job needs, in one call. connection: (id, "
           "client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user), None for what is unset; "
           "envelope: None outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, "
-          "body_8bit, spf, dkim), spf being None or (result, domain, explanation), dkim None or [(result, domain, "
-          "selector), ...]; arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
+          "body_8bit, spf, dkim, dmarc), spf being None or (result, domain, explanation), dkim None or [(result, "
+          "domain, selector), ...], dmarc None or (result, domain, policy, disposition, org_domain, pct, "
+          "spf_aligned, dkim_aligned); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
           "(recipient, rcpt_params)), else None; each address as (local part, domain).");
 
   py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")

@@ -12,6 +12,8 @@ BUILD_PACKAGES=(
   libunbound-dev            # the DNS resolver (proxy/dns)
   libspf2-dev               # SPF (proxy/checks)
   libopendkim-dev           # DKIM (proxy/checks)
+  libopendmarc-dev          # DMARC records (proxy/checks)
+  libpsl-dev publicsuffix   # organizational domains: the Public Suffix List
 )
 TEST_PACKAGES=(
   clang libclang-rt-14-dev                # libFuzzer, ASan/UBSan
@@ -21,6 +23,7 @@ TEST_PACKAGES=(
   python3-dnslib python3-yaml             # the test DNS server (tests/dns) and the RFC 7208 suite's YAML
   python3-spf python3-dnspython python3-dns   # pyspf, the reference SPF the daemon is compared with
   python3-dkim python3-nacl                   # dkimpy: signs the DKIM tests' mail, the reference verifier
+  python3-authheaders                         # the reference DMARC evaluation
 )
 
 BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools

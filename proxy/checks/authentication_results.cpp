@@ -72,9 +72,10 @@ std::string authserv_id_of(std::string_view v) {
 }
 
 std::string authentication_results_header(std::string_view authserv_id, const std::optional<spf_result>& spf,
-                                          const std::optional<dkim_results>& dkim) {
+                                          const std::optional<dkim_results>& dkim,
+                                          const std::optional<dmarc_result>& dmarc) {
   std::string h = std::string(field_name) + ": " + std::string(authserv_id) + ";";
-  if (!spf && !dkim) return h + " none\r\n";  // §2.2: no method was applied
+  if (!spf && !dkim && !dmarc) return h + " none\r\n";  // §2.2: no method was applied
   std::string methods;
   const auto method = [&](std::string text) {
     if (!methods.empty()) methods += ";";
@@ -91,6 +92,15 @@ std::string authentication_results_header(std::string_view authserv_id, const st
     std::string m = "dkim=" + std::string(to_string(sig.result));
     if (!sig.problem.empty()) m += " reason=" + value(sig.problem, max_reason);
     method(m + " header.d=" + value(sig.domain) + " header.s=" + value(sig.selector));
+  }
+  if (dmarc) {
+    // RFC 7489 §11.2, with the policy and the disposition in a comment as OpenDMARC writes them.
+    std::string m = "dmarc=" + std::string(to_string(dmarc->result));
+    if (dmarc->policy != dmarc_result::policy_kind::unspecified)
+      m += " (p=" + std::string(to_string(dmarc->policy)) + " dis=" + std::string(to_string(dmarc->disposition)) + ")";
+    if (!dmarc->problem.empty()) m += " reason=" + value(dmarc->problem, max_reason);
+    if (!dmarc->domain.empty()) m += " header.from=" + value(dmarc->domain);
+    method(m);
   }
   return h + methods + "\r\n";
 }

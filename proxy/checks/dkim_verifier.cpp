@@ -9,7 +9,7 @@
 #include <string>
 
 #include "dns/resolver.hpp"
-#include "smtp/text.hpp"
+#include "smtp/message_header.hpp"
 
 // OpenDKIM's header uses C's _Bool.
 #define _Bool bool
@@ -165,41 +165,24 @@ dkim_results dkim_verifier::verify_now(const message_store& message) const {
 
   // The header fields one by one (each with its folding, without its final
   // CRLF), then the body as it came.
-  message_store::reader in(message);
-  std::string field, line;
-  bool in_body = false;
-  const auto end_field = [&] {
-    if (field.size() >= 2) dkim_header(h.dkim, reinterpret_cast<u_char*>(field.data()), field.size() - 2);
-    field.clear();
+  smtp::header_reader header;
+  const auto on_field = [&](std::string_view field) {
+    field.remove_suffix(field.ends_with("\r\n") ? 2 : 1);  // (a field handed over ends with its line end)
+    dkim_header(h.dkim, reinterpret_cast<u_char*>(const_cast<char*>(field.data())), field.size());
   };
+  message_store::reader in(message);
   for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
-    std::size_t i = 0;
-    while (!in_body && i < chunk.size()) {
-      const auto newline = chunk.find('\n', i);
-      const auto end = newline == std::string_view::npos ? chunk.size() : newline + 1;
-      line.append(chunk.substr(i, end - i));
-      i = end;
-      if (newline == std::string_view::npos) break;  // the line goes on in the next chunk
-      if (line == "\r\n") {  // the empty line: the body follows
-        end_field();
-        dkim_eoh(h.dkim);
-        in_body = true;
-      } else if (smtp::is_wsp(line.front())) {
-        field += line;  // folded (RFC 5322 §2.2.3)
-      } else {
-        end_field();
-        field.swap(line);
-      }
-      line.clear();
+    std::size_t used = 0;
+    if (!header.done()) {
+      used = header.feed(chunk, on_field);
+      if (header.done()) dkim_eoh(h.dkim);
     }
-    if (in_body && i < chunk.size())
-      dkim_body(h.dkim, reinterpret_cast<u_char*>(const_cast<char*>(chunk.data() + i)), chunk.size() - i);
+    if (used < chunk.size())
+      dkim_body(h.dkim, reinterpret_cast<u_char*>(const_cast<char*>(chunk.data() + used)), chunk.size() - used);
   }
   if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
-  if (!in_body) {  // a message of header fields only
-    if (smtp::is_wsp(line.empty() ? 'x' : line.front())) field += line; else { end_field(); field.swap(line); }
-    if (!field.empty() && field.back() != '\n') field += "\r\n";
-    end_field();
+  if (!header.done()) {  // a message of header fields only
+    header.finish(on_field);
     dkim_eoh(h.dkim);
   }
   dkim_eom(h.dkim, nullptr);

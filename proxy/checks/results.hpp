@@ -60,4 +60,49 @@ constexpr std::string_view to_string(dkim_signature::kind k) {
 
 using dkim_results = std::vector<dkim_signature>;  // in the message's order; empty: no signature
 
+// The DMARC evaluation of a message (RFC 7489; results of RFC 8601 §2.7.1).
+struct dmarc_result {
+  enum class kind {
+    none,       // the From domain publishes no DMARC policy (nor does its organizational domain)
+    pass,       // SPF or DKIM passed for a domain aligned with the From domain
+    fail,       // neither did
+    temperror,  // the policy could not be fetched now (DNS timeout or failure)
+    permerror,  // no usable From domain (none, several, malformed), or a broken record
+  };
+  enum class policy_kind { unspecified, none, quarantine, reject };
+  kind result = kind::none;
+  std::string domain;      // the From domain (RFC 5322.From, lower-cased); empty if there is none
+  std::string org_domain;  // its organizational domain (the Public Suffix List, §3.2)
+  bool org_record = false;             // the policy is the organizational domain's (§6.6.3)
+  policy_kind policy = policy_kind::unspecified;       // p=, or sp= for a subdomain under the org's record
+  policy_kind disposition = policy_kind::unspecified;  // what the domain asks for this message: none if it
+                                                       // passed, else the policy (one step milder when pct= left it out)
+  unsigned pct = 100;
+  bool spf_aligned = false;
+  bool dkim_aligned = false;
+  std::string problem;  // why, for temperror, permerror and none
+};
+
+constexpr std::string_view to_string(dmarc_result::kind k) {
+  switch (k) {
+    case dmarc_result::kind::none: return "none";
+    case dmarc_result::kind::pass: return "pass";
+    case dmarc_result::kind::fail: return "fail";
+    case dmarc_result::kind::temperror: return "temperror";
+    case dmarc_result::kind::permerror: return "permerror";
+  }
+  return "?";
+}
+
+// "" for unspecified (no policy), else the p= value's name.
+constexpr std::string_view to_string(dmarc_result::policy_kind p) {
+  switch (p) {
+    case dmarc_result::policy_kind::unspecified: return "";
+    case dmarc_result::policy_kind::none: return "none";
+    case dmarc_result::policy_kind::quarantine: return "quarantine";
+    case dmarc_result::policy_kind::reject: return "reject";
+  }
+  return "?";
+}
+
 }  // namespace portcullis::checks

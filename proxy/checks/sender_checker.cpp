@@ -8,6 +8,10 @@ sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const se
     : resolver_(std::move(resolver)), settings_(settings), pool_(std::max(1u, settings.threads)) {
   if (settings.spf) spf_.emplace(resolver_, settings.receiver, settings.spf_skip_networks);
   if (settings.dkim) dkim_.emplace(resolver_, settings.max_dkim_signatures);
+  if (settings.dmarc) {
+    auto* r = resolver_.get();  // (the checker, and so the evaluator, holds the resolver)
+    dmarc_.emplace([r](const std::string& name) { return r->lookup_sync(name, dns::rr_type::txt); });
+  }
 }
 
 sender_checker::~sender_checker() { pool_.join(); }
@@ -51,6 +55,23 @@ awaitable<dkim_results> sender_checker::dkim(const message_ptr& message) {
     }
   };
   auto result = co_await off_thread<dkim_results>(work);
+  co_return result;
+}
+
+awaitable<dmarc_result> sender_checker::dmarc(const message_ptr& message, const std::optional<spf_result>& spf,
+                                              const std::optional<dkim_results>& dkim) {
+  if (!dmarc_) co_return dmarc_result{};
+  const auto work = [this, message, spf, dkim] {
+    try {
+      return dmarc_->evaluate_now(*message, spf, dkim);
+    } catch (const std::exception& e) {
+      dmarc_result r;
+      r.result = dmarc_result::kind::temperror;
+      r.problem = e.what();
+      return r;
+    }
+  };
+  auto result = co_await off_thread<dmarc_result>(work);
   co_return result;
 }
 

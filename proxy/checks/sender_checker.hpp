@@ -1,6 +1,6 @@
 // The sender checks a generation asks for ([checks]), as the session sees
 // them (checks/sender_checks.hpp): each runs on the checker's own threads
-// (libspf2 and OpenDKIM block on DNS), and its result comes back to the
+// (libspf2, OpenDKIM and the DMARC lookups block on DNS), and its result comes back to the
 // awaiting session's executor.
 #pragma once
 
@@ -11,6 +11,7 @@
 
 #include "asio.hpp"
 #include "checks/dkim_verifier.hpp"
+#include "checks/dmarc_evaluator.hpp"
 #include "checks/sender_checks.hpp"
 #include "checks/spf_checker.hpp"
 
@@ -19,6 +20,7 @@ namespace portcullis::checks {
 struct sender_checker_settings {
   bool spf = false;
   bool dkim = false;
+  bool dmarc = false;
   std::string receiver;            // our host name (SPF's %{r})
   std::vector<std::string> spf_skip_networks{"127.0.0.0/8", "::1"};
   unsigned threads = 8;
@@ -36,6 +38,8 @@ class sender_checker final : public sender_checks {
   awaitable<spf_result> spf(const asio::ip::address& client, const std::string& helo,
                             const smtp::address& sender) override;
   awaitable<dkim_results> dkim(const message_ptr& message) override;
+  awaitable<dmarc_result> dmarc(const message_ptr& message, const std::optional<spf_result>& spf,
+                                const std::optional<dkim_results>& dkim) override;
 
   const std::shared_ptr<dns::resolver>& resolver() const { return resolver_; }
   const sender_checker_settings& settings() const { return settings_; }
@@ -49,6 +53,7 @@ class sender_checker final : public sender_checks {
   sender_checker_settings settings_;
   std::optional<spf_checker> spf_;
   std::optional<dkim_verifier> dkim_;
+  std::optional<dmarc_evaluator> dmarc_;
   asio::thread_pool pool_;
 };
 

@@ -4,6 +4,7 @@
 // session tests script their own.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "asio.hpp"
@@ -24,6 +25,9 @@ class sender_checks {
                                     const smtp::address& sender) = 0;
   // RFC 6376 verification of every DKIM-Signature of the message as received.
   virtual awaitable<dkim_results> dkim(const message_ptr& message) = 0;
+  // RFC 7489 evaluation of the message's From domain, from the SPF and DKIM results it got.
+  virtual awaitable<dmarc_result> dmarc(const message_ptr& message, const std::optional<spf_result>& spf,
+                                        const std::optional<dkim_results>& dkim) = 0;
 };
 
 }  // namespace portcullis::checks

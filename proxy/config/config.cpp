@@ -668,12 +668,9 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     t.get_count("dkim_signatures", cfg->checks.dkim_signatures, 1, max_config_dkim_signatures);
     t.get("authentication_results", cfg->checks.authentication_results);
     t.get_count("threads", cfg->checks.threads, 1, max_config_check_threads);
-    // The daemon must not claim checks it does not make (issue 7 item 10).
-    const auto not_yet = [&](const char* key, bool& out, const char* what) {
-      if (t.get(key, out) && out) t.not_implemented(key, std::string("does not implement ") + what + " yet; set it to false");
-      out = false;
-    };
-    not_yet("dmarc", cfg->checks.dmarc, "DMARC (RFC 7489)");
+    // DMARC judges the SPF and DKIM results: without one of them it would fail mail that passes.
+    if (t.get("dmarc", cfg->checks.dmarc) && cfg->checks.dmarc && !(cfg->checks.spf && cfg->checks.dkim))
+      t.problem_at("dmarc", "needs spf = true and dkim = true (DMARC passes on an aligned SPF or DKIM pass)");
   });
   section("dns", [&](table_reader& t) {
     if (t.get("nameserver", cfg->dns.nameserver) && !is_ip_endpoint(cfg->dns.nameserver))

@@ -54,6 +54,7 @@ struct policy_job {
   bool body_8bit = false;  // MAIL ... BODY=8BITMIME (RFC 6152)
   std::optional<checks::spf_result> spf;     // [checks] spf on: the MAIL FROM's check
   std::optional<checks::dkim_results> dkim;  // [checks] dkim on, from data on: the message's signatures
+  std::optional<checks::dmarc_result> dmarc;  // [checks] dmarc on, from data on
   // stage arguments
   std::string hostname;                          // helo
   std::string mechanism, username, password;     // auth

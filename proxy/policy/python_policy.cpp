@@ -41,6 +41,7 @@ void add_transaction(policy_job& j, const transaction& tx) {
   j.body_8bit = tx.options.body_8bit;
   j.spf = tx.spf;
   j.dkim = tx.dkim;
+  j.dmarc = tx.dmarc;
 }
 
 std::optional<smtp::address> address_from(const std::string& s, bool utf8, bool null_ok) {

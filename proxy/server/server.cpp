@@ -96,7 +96,7 @@ dns::resolver_options resolver_options_of(const dns_config& d) {
 }  // namespace
 
 std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
-  const bool any_check = cfg.checks.spf || cfg.checks.dkim;
+  const bool any_check = cfg.checks.spf || cfg.checks.dkim || cfg.checks.dmarc;
   if (!any_check) return nullptr;  // (pc.dns makes the resolver at its first lookup: use_generation)
   if (cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver())
     throw std::invalid_argument("[checks] need DNS: set [dns] nameserver, or a nameserver in /etc/resolv.conf");
@@ -105,6 +105,7 @@ std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
   checks::sender_checker_settings settings;
   settings.spf = cfg.checks.spf;
   settings.dkim = cfg.checks.dkim;
+  settings.dmarc = cfg.checks.dmarc;
   settings.receiver = cfg.server.hostname;
   settings.spf_skip_networks = cfg.checks.spf_skip_networks;
   settings.threads = cfg.checks.threads;

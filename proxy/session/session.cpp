@@ -710,6 +710,14 @@ awaitable<reply> session::deliver(std::size_t& size) {
     log_dkim(dkim);
     tx_.dkim = std::move(dkim);
   }
+  if (gen_->checks && cfg_.checks.dmarc) {
+    // The From domain's policy, judged on the SPF and DKIM results just made (RFC 7489).
+    const auto& spf = tx_.spf;
+    const auto& dkim = tx_.dkim;
+    auto dmarc = co_await gen_->checks->dmarc(received, spf, dkim);
+    log_dmarc(dmarc);
+    tx_.dmarc = std::move(dmarc);
+  }
   auto v = co_await policy_.on_data(conn_, tx_, received);
   apply_rewrites(v);
   message_ptr message = received;
@@ -737,7 +745,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
     // Ours goes on top, and no field claiming to be ours comes with it (RFC 8601 §5, §7.1).
     message = without_claimed_results(std::move(message));
     if (!message) co_return storage_full();
-    header = checks::authentication_results_header(cfg_.server.hostname, tx_.spf, tx_.dkim);
+    header = checks::authentication_results_header(cfg_.server.hostname, tx_.spf, tx_.dkim, tx_.dmarc);
   }
   header += received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
@@ -811,6 +819,17 @@ void session::log_spf(const checks::spf_result& spf) const {
   } else {
     log_.info("spf={} {}={} client={} ({})", result, identity, printable(spf.domain), conn_.client_literal,
               printable(spf.problem));
+  }
+}
+
+void session::log_dmarc(const checks::dmarc_result& dmarc) const {
+  const auto result = checks::to_string(dmarc.result);
+  if (dmarc.result == checks::dmarc_result::kind::pass || dmarc.result == checks::dmarc_result::kind::fail) {
+    log_.info("dmarc={} header.from={} p={} dis={}{}", result, printable(dmarc.domain), checks::to_string(dmarc.policy),
+              checks::to_string(dmarc.disposition), dmarc.org_record ? " (the organizational domain's policy)" : "");
+  } else {
+    log_.info("dmarc={} header.from={} ({})", result, dmarc.domain.empty() ? "-" : printable(dmarc.domain),
+              printable(dmarc.problem));
   }
 }
 

@@ -83,6 +83,7 @@ class session : public std::enable_shared_from_this<session> {
   reply refused_by_policy(const std::string& what, const verdict& v);
   awaitable<bool> flush();
   void log_spf(const checks::spf_result& spf) const;
+  void log_dmarc(const checks::dmarc_result& dmarc) const;
   void log_dkim(const checks::dkim_results& dkim) const;
   void log_transaction(const reply& outcome, std::size_t size);
 

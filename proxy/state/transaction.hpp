@@ -27,6 +27,7 @@ struct transaction {
   std::size_t rejected_rcpts = 0;
   std::optional<checks::spf_result> spf;     // [checks] spf: made before the policy's on_mail
   std::optional<checks::dkim_results> dkim;  // [checks] dkim: made before the policy's on_data
+  std::optional<checks::dmarc_result> dmarc;  // [checks] dmarc: made after dkim, before on_data
 };
 
 }  // namespace portcullis

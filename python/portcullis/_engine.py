@@ -37,7 +37,7 @@ from . import _context
 from ._address import Address, AddressList, as_recipient, as_sender
 from ._log import DETAIL, log, traceback_lines
 from ._message import Message
-from ._objects import Connection, DkimSignature, SpfResult, Transaction
+from ._objects import Connection, DkimSignature, DmarcResult, SpfResult, Transaction
 from ._verdicts import Verdict
 
 #: The stages in SMTP order, with the arguments each hook is called with.
@@ -118,6 +118,11 @@ def job_from_dict(job: dict[str, Any]) -> Any:
         dkim = tx.get("dkim")
         if dkim is not None:
             j.dkim = [(d["result"], d.get("domain", ""), d.get("selector", "")) for d in dkim]
+        dmarc = tx.get("dmarc")
+        if dmarc is not None:
+            j.dmarc = (dmarc["result"], dmarc.get("domain", ""), dmarc.get("policy"), dmarc.get("disposition"),
+                       dmarc.get("org_domain", ""), int(dmarc.get("pct", 100)), bool(dmarc.get("spf_aligned")),
+                       bool(dmarc.get("dkim_aligned")))
     for key in ("hostname", "mechanism", "username", "password", "rcpt"):
         if job.get(key) is not None:
             setattr(j, key, str(job[key]))
@@ -1101,7 +1106,7 @@ class _StageRun:
 def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction:
     """session.tx made (or brought up to date) from the daemon's envelope, which is the truth:
     rewrites it did not apply are gone."""
-    tx_id, sender, sender_params, recipients, smtputf8, body_8bit, spf, dkim = envelope
+    tx_id, sender, sender_params, recipients, smtputf8, body_8bit, spf, dkim, dmarc = envelope
     sender_address, recipient_list = Address._parsed(sender, sender_params), AddressList._parsed(recipients)
     tx = session.tx
     if tx is None or tx._id != tx_id:
@@ -1110,6 +1115,7 @@ def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction
         tx._sender, tx._recipients, tx._smtputf8, tx._body_8bit = sender_address, recipient_list, smtputf8, body_8bit
     tx.spf = None if spf is None else SpfResult(*spf)
     tx.dkim = None if dkim is None else [DkimSignature(*signature) for signature in dkim]
+    tx.dmarc = None if dmarc is None else DmarcResult(*dmarc)
     session.tx = tx
     session.before = (sender_address, list(recipient_list))
     return tx

@@ -132,11 +132,24 @@ class DkimSignature:
 
 @dataclass(frozen=True, slots=True)
 class DmarcResult:
-    """The DMARC evaluation of the message (RFC 7489)."""
+    """The DMARC evaluation of the message (RFC 7489).
+
+    ``domain`` is the From domain; ``policy`` what its record asks for
+    (``p=``, or ``sp=`` for a subdomain under its organizational domain's
+    record: none, quarantine or reject; None without a usable record);
+    ``disposition`` what it asks for this message: "none" when it passed, else
+    the policy, one step milder when ``pct=`` sampled the message out.
+    Rejecting is the operator's choice: see ``policies/dmarc.py``.
+    """
 
     result: str  #: pass, fail, none, temperror or permerror
     domain: str
     policy: str | None = None
+    disposition: str | None = None
+    org_domain: str = ""  #: the From domain's organizational domain (Public Suffix List)
+    pct: int = 100
+    spf_aligned: bool = False  #: SPF passed for a domain aligned with the From domain
+    dkim_aligned: bool = False  #: a DKIM signature passed for a domain aligned with it
 
 
 class Transaction:
@@ -152,7 +165,7 @@ class Transaction:
     refuses, discards or redirects it.
 
     ``spf``, ``dkim`` and ``dmarc`` are None while the daemon runs no such
-    check (this build has none yet): test ``if tx.spf is not None``. When set,
+    check (``[checks]``): test ``if tx.spf is not None``. When set,
     ``spf`` is an ``SpfResult`` (before on_mail), ``dkim`` a list of
     ``DkimSignature`` and ``dmarc`` a ``DmarcResult`` (before on_data).
 

@@ -5,18 +5,14 @@ every result compared with dkimpy's own verification on the same DNS."""
 
 from __future__ import annotations
 
-import base64
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import dkim
-import dns.resolver
-import nacl.signing
 import pytest
 
 from conftest import HOSTNAME
+from dkim_helpers import dkimpy_results, make_keys, sign
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dns"))
 from dns_server import DnsServer  # noqa: E402
@@ -53,19 +49,7 @@ MESSAGE = (b"From: Alice <alice@example.test>\r\n"
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    """An RSA 2048 and an Ed25519 key pair: (private keys, the DNS records for them)."""
-    d = tmp_path_factory.mktemp("dkim")
-    rsa_key = d / "rsa.pem"
-    subprocess.run(["openssl", "genrsa", "-out", str(rsa_key), "2048"], check=True, capture_output=True)
-    der = subprocess.run(["openssl", "rsa", "-in", str(rsa_key), "-pubout", "-outform", "DER"], check=True,
-                         capture_output=True).stdout
-    ed = nacl.signing.SigningKey.generate()
-    return {
-        "rsa": rsa_key.read_bytes(),
-        "ed25519": base64.b64encode(bytes(ed)),
-        "rsa_record": "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode(),
-        "ed25519_record": "v=DKIM1; k=ed25519; p=" + base64.b64encode(bytes(ed.verify_key)).decode(),
-    }
+    return make_keys(tmp_path_factory.mktemp("dkim"))
 
 
 @pytest.fixture
@@ -79,38 +63,6 @@ def dns_server(keys):
     }
     with DnsServer(zones) as server:
         yield server
-
-
-def sign(message: bytes, keys: dict, selector: str = "rsa", algorithm: str = "rsa") -> bytes:
-    key = keys["ed25519"] if algorithm == "ed25519" else keys["rsa"]
-    signature = dkim.sign(message, selector.encode(), b"example.test", key,
-                          include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
-                          signature_algorithm=b"ed25519-sha256" if algorithm == "ed25519" else b"rsa-sha256",
-                          canonicalize=(b"relaxed", b"simple"))
-    return signature + message
-
-
-def dkimpy_results(message: bytes, port: int) -> list[bool]:
-    """dkimpy's own verdict on each signature, resolving keys at our DNS server."""
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], port, 2.0
-
-    def txt(name, timeout=5):
-        try:
-            answer = resolver.resolve(name.decode() if isinstance(name, bytes) else name, "TXT")
-        except Exception:
-            return None
-        return b"".join(b"".join(r.strings) for r in answer)
-
-    d = dkim.DKIM(message)
-    count = sum(1 for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n") if line.lower().startswith(b"dkim-signature:"))
-    out = []
-    for i in range(count):
-        try:
-            out.append(bool(d.verify(idx=i, dnsfunc=txt)))
-        except dkim.DKIMException:
-            out.append(False)
-    return out
 
 
 @pytest.fixture
@@ -189,3 +141,15 @@ def test_authentication_results_carry_each_signature(dkim_daemon, keys, aiosmtpd
                     "\tdkim=permerror reason=\"key not found in DNS\" header.d=example.test header.s=missing"), head
     d.wait_log(r"[0-9A-F]{12}: dkim=pass d=example\.test s=rsa$")
     d.wait_log(r"[0-9A-F]{12}: dkim=permerror d=example\.test s=missing \(key not found in DNS\)$")
+
+
+def test_a_message_of_header_fields_only_verifies(dkim_daemon, keys, dns_server):
+    """No empty line and no body (RFC 5322 §3.5 allows it): the fields end the message."""
+    header_only = MESSAGE.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    signed = sign(header_only, keys)
+    assert b"\r\n\r\n" not in signed
+    assert dkimpy_results(signed, dns_server.port) == [True]
+    d = dkim_daemon()
+    assert dkim_of(d, signed[:-2]) == "pass:example.test:rsa"  # (the client adds the final CRLF)
+    tampered = signed.replace(b"Subject: DKIM test", b"Subject: DKIM test!")
+    assert dkim_of(d, tampered[:-2]) == "fail:example.test:rsa"

@@ -103,10 +103,10 @@ CASES = [
             {"server": {"listen_tls": '["127.0.0.1:2465"]'}}),
     Hostile("require-tls-without-tls", r"server\.require_tls: needs a \[tls\] table with cert and key",
             {"server": {"require_tls": "true"}}),
+    Hostile("checks-dmarc-alone", r"checks\.dmarc: needs spf = true and dkim = true", {"checks": {"dmarc": "true"}}),
     Hostile("require-auth-without-auth", r"server\.require_auth: needs an \[auth\] table", {"server": {"require_auth": "true"}}),
     # What this version does not do is refused, not silently ignored.
     Hostile("checks-dkim-signatures", r"checks\.dkim_signatures: 0 is out of range", {"checks": {"dkim_signatures": "0"}}),
-    Hostile("checks-dmarc", r"checks\.dmarc: this version does not implement DMARC", {"checks": {"dmarc": "true"}}),
     Hostile("dkim-sign", r"dkim_sign\.domains: this version does not sign mail with DKIM yet",
             {"dkim_sign": {"domains": '["example.test"]', "selector": '"s1"'}}),
     Hostile("metrics", r"metrics\.listen: this version serves no metrics yet", {"metrics": {"listen": '"127.0.0.1:9325"'}}),

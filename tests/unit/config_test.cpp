@@ -550,8 +550,10 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[server]\nlisten_tls = [\"127.0.0.1:4650\"]\n", "2: server.listen_tls: needs a [tls] table with cert and key"},
       {"[server]\n\nrequire_tls = true\n", "3: server.require_tls: needs a [tls] table with cert and key"},
       {"[server]\nrequire_auth = true\n", "2: server.require_auth: needs an [auth] table"},
+      {"[checks]\ndmarc = true\n", "2: checks.dmarc: needs spf = true and dkim = true (DMARC passes on an aligned SPF or DKIM pass)"},
+      {"[checks]\nspf = true\ndmarc = true\n",
+       "3: checks.dmarc: needs spf = true and dkim = true (DMARC passes on an aligned SPF or DKIM pass)"},
       // What this version does not do is an error, not silently ignored (issue 7 item 10).
-      {"[checks]\ndmarc = true\n", "2: checks.dmarc: this version does not implement DMARC (RFC 7489) yet; set it to false"},
 
       {"[dkim_sign]\ndomains = [\"example.test\"]\nselector = \"s1\"\n",
        "2: dkim_sign.domains: this version does not sign mail with DKIM yet; remove [dkim_sign]"},

@@ -1,0 +1,91 @@
+"""DMARC enforcement (RFC 7489): what a domain's published policy asks for.
+
+The daemon evaluates DMARC (``[checks] dmarc = true``, with ``spf`` and
+``dkim``) and hands the result to ``on_data`` as ``tx.dmarc``; whether
+failing mail is refused is the operator's choice, made here. Configure it
+in ``[dmarc]`` (every key optional; the defaults shown):
+
+    [dmarc]
+    reject = "reject"              # p=reject: "reject" (550 5.7.1), "quarantine" or "none"
+    quarantine = "quarantine"      # p=quarantine: "quarantine" (mark it), "reject" or "none"
+    quarantine_header = "X-Portcullis-Quarantine"
+    honour_pct = true              # pct= sampling; false applies p= to every failing message
+    temperror = "accept"           # DNS trouble fetching the policy: "accept" or "tempfail" (451 4.7.5)
+    skip_authenticated = true      # mail from AUTH clients is ours, not a forgery
+    skip_domains = []              # From domains never enforced (mailing lists you trust, ...)
+
+"Quarantine" marks the message with one header (``quarantine_header:
+DMARC policy of example.com (p=quarantine)``) that the upstream files on
+(a Sieve rule, Postfix ``header_checks`` with ``HOLD``, ...). A header of that
+name the message came with is removed first, so a sender cannot forge or
+mask the mark.
+"""
+
+from __future__ import annotations
+
+import portcullis as pc
+
+ACTIONS = ("reject", "quarantine", "none")
+
+
+def _settings() -> dict:
+    table = dict(pc.config.get("dmarc", {}))
+    settings = {
+        "reject": table.pop("reject", "reject"),
+        "quarantine": table.pop("quarantine", "quarantine"),
+        "quarantine_header": table.pop("quarantine_header", "X-Portcullis-Quarantine"),
+        "honour_pct": table.pop("honour_pct", True),
+        "temperror": table.pop("temperror", "accept"),
+        "skip_authenticated": table.pop("skip_authenticated", True),
+        "skip_domains": table.pop("skip_domains", []),
+    }
+    # A typo must not silently turn enforcement off: refuse what we do not know.
+    if table:
+        raise ValueError(f"[dmarc]: unknown key(s) {', '.join(sorted(table))}")
+    for key in ("reject", "quarantine"):
+        if settings[key] not in ACTIONS:
+            raise ValueError(f"[dmarc] {key} = {settings[key]!r}: want one of {', '.join(ACTIONS)}")
+    if settings["temperror"] not in ("accept", "tempfail"):
+        raise ValueError(f"[dmarc] temperror = {settings['temperror']!r}: want accept or tempfail")
+    for key in ("honour_pct", "skip_authenticated"):
+        if not isinstance(settings[key], bool):
+            raise ValueError(f"[dmarc] {key}: want true or false")
+    name = settings["quarantine_header"]
+    if not isinstance(name, str) or not name or any(c <= " " or c == ":" or c > "~" for c in name):
+        raise ValueError(f"[dmarc] quarantine_header = {name!r}: not a header field name")
+    domains = settings["skip_domains"]
+    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+        raise ValueError("[dmarc] skip_domains: want a list of domains")
+    settings["skip_domains"] = frozenset(d.lower().rstrip(".") for d in domains)
+    return settings
+
+
+SETTINGS = _settings()
+
+
+def on_data(tx, message):
+    header = SETTINGS["quarantine_header"]
+    message.remove_header(header)  # only our mark counts
+    result = tx.dmarc
+    if result is None:
+        return None  # the daemon does not evaluate DMARC: nothing to enforce
+    if SETTINGS["skip_authenticated"] and tx.conn.auth_user is not None:
+        return None
+    if result.domain in SETTINGS["skip_domains"]:
+        return None
+    if result.result == "temperror":
+        if SETTINGS["temperror"] == "tempfail":
+            return pc.tempfail(f"DMARC policy of {result.domain} could not be fetched, try again later",
+                               status="4.7.5")
+        return None
+    if result.result != "fail":
+        return None
+    asked = result.disposition if SETTINGS["honour_pct"] else result.policy
+    action = SETTINGS.get(asked, "none") if asked in ("reject", "quarantine") else "none"
+    if action == "reject":
+        pc.log.info("DMARC: rejected, From domain %s (p=%s)", result.domain, result.policy)
+        return pc.reject(f"Message rejected: DMARC policy of {result.domain} (p={result.policy})")
+    if action == "quarantine":
+        pc.log.info("DMARC: quarantined, From domain %s (p=%s)", result.domain, result.policy)
+        message.add_header(header, f"DMARC policy of {result.domain} (p={result.policy})")
+    return None

@@ -1,0 +1,57 @@
+// DMARC (RFC 7489): the From domain's policy found through our resolver
+// (§6.6.3: the From domain, else its organizational domain), parsed by
+// libopendmarc, and the SPF and DKIM results the session already has
+// judged for alignment against the Public Suffix List (libpsl).
+//
+// libopendmarc parses the record; alignment is ours: its own compares
+// reversed names by prefix with a suffix list that knows no default rule,
+// so a signature by a public suffix (d=co.uk) would align with every domain
+// under it, and a domain under an unlisted TLD (.test) would have no
+// organizational domain. Blocks on DNS: the checks' threads call it.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "checks/results.hpp"
+#include "dns/resolver.hpp"
+#include "store/message_store.hpp"
+
+namespace portcullis::checks {
+
+class dmarc_evaluator {
+ public:
+  // A TXT lookup (the resolver's, blocking; a table in the tests).
+  using txt_lookup = std::function<dns::answer(const std::string& name)>;
+  // A number in [0, 100) for the pct= sample (random; fixed in the tests).
+  using sample = std::function<unsigned()>;
+
+  // Throws std::runtime_error when the Public Suffix List cannot be loaded.
+  explicit dmarc_evaluator(txt_lookup lookup, sample draw = {});
+  ~dmarc_evaluator();
+  dmarc_evaluator(const dmarc_evaluator&) = delete;
+  dmarc_evaluator& operator=(const dmarc_evaluator&) = delete;
+
+  // The message's From field(s), read from its header section.
+  dmarc_result evaluate_now(const message_store& message, const std::optional<spf_result>& spf,
+                            const std::optional<dkim_results>& dkim) const;
+  // The same from the From fields' values (each unfolded).
+  dmarc_result evaluate(const std::vector<std::string>& from_values, const std::optional<spf_result>& spf,
+                        const std::optional<dkim_results>& dkim) const;
+
+  // The organizational domain (§3.2): the registrable domain by the Public
+  // Suffix List, its "*" default rule included; a public suffix is its own.
+  std::string organizational_domain(std::string_view domain) const;
+
+ private:
+  struct library;
+  txt_lookup lookup_;
+  sample draw_;
+  std::unique_ptr<library> lib_;
+};
+
+}  // namespace portcullis::checks

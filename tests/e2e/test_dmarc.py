@@ -1,0 +1,226 @@
+"""DMARC ([checks] dmarc, RFC 7489) through the daemon: SPF records, DKIM
+keys and DMARC policies served by a real DNS server on loopback, mail
+signed by dkimpy, PROXY headers giving each connection the client address
+under test. tx.dmarc is reported by a policy and compared, case by case,
+with an independent implementation (authheaders, the DMARC of dkimpy's
+authors) on the same DNS; policies/dmarc.py enforces it."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from authheaders import check_dmarc
+from authres import DKIMAuthenticationResult, SPFAuthenticationResult
+
+from conftest import HOSTNAME
+from dkim_helpers import make_keys, sign, txt_lookup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dns"))
+from dns_server import DnsServer  # noqa: E402
+
+DMARC_POLICY = Path(__file__).resolve().parents[2] / "policies" / "dmarc.py"
+
+# Reports what the checks found in a 451 after the data (nothing is relayed).
+REPORTER = """
+import portcullis as pc
+
+def on_data(tx, message):
+    d = tx.dmarc
+    if d is None:
+        return pc.tempfail("dmarc=unset")
+    return pc.tempfail(f"dmarc={d.result} from={d.domain or '-'} p={d.policy} dis={d.disposition} "
+                       f"org={d.org_domain or '-'} spf={tx.spf.result}:{int(d.spf_aligned)} "
+                       f"dkim={','.join(s.result + ':' + s.domain for s in tx.dkim) or '-'}:{int(d.dkim_aligned)}")
+"""
+
+CLIENT = "192.0.2.7"         # permitted by the SPF records below
+STRANGER = "198.51.100.1"    # permitted by none
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return make_keys(tmp_path_factory.mktemp("dmarc"))
+
+
+def zones(keys: dict) -> dict:
+    spf = [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}]
+    key = [{"TXT": keys["rsa_record"]}]
+    return {
+        "example.co.uk": spf,
+        "bounces.example.co.uk": spf,
+        "_dmarc.example.co.uk": [{"TXT": "v=DMARC1; p=reject; sp=quarantine; rua=mailto:dmarc@example.co.uk"}],
+        "rsa._domainkey.example.co.uk": key,
+        "other.co.uk": spf,  # no DMARC record
+        "rsa._domainkey.other.co.uk": key,
+        "strict.co.uk": spf,
+        "bounces.strict.co.uk": spf,
+        "_dmarc.strict.co.uk": [{"TXT": "v=DMARC1; p=reject; aspf=s; adkim=s"}],
+        "quarantine.co.uk": [{"TXT": "v=spf1 -all"}],
+        "_dmarc.quarantine.co.uk": [{"TXT": "v=DMARC1; p=quarantine"}],
+        "pct.co.uk": [{"TXT": "v=spf1 -all"}],
+        "_dmarc.pct.co.uk": [{"TXT": "v=DMARC1; p=reject; pct=0"}],
+        "_dmarc.slow.co.uk": ["TIMEOUT"],
+        "_dmarc.broken.co.uk": [{"TXT": "v=DMARC1; rua=mailto:dmarc@broken.co.uk"}],  # no p=
+    }
+
+
+@pytest.fixture
+def dns_server(keys):
+    with DnsServer(zones(keys)) as server:
+        yield server
+
+
+@pytest.fixture
+def dmarc_daemon(policy_daemon, aiosmtpd_upstream, dns_server):
+    def start(*policies, **tables):
+        return policy_daemon(
+            aiosmtpd_upstream.url, *(policies or (REPORTER,)),
+            server={"proxy_protocol": True, **tables.pop("server", {})},
+            checks={"spf": True, "dkim": True, "dmarc": True, **tables.pop("checks", {})},
+            dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1}, **tables)
+
+    return start
+
+
+def message(author: str, subject: str = "DMARC test") -> bytes:
+    return (f"From: Alice <{author}>\r\nTo: bob@example.net\r\nSubject: {subject}\r\n"
+            "Date: Wed, 02 Dec 2026 12:00:00 +0000\r\nMessage-ID: <dmarc-test@example.test>\r\n\r\n"
+            "Hello Bob.\r\n").encode()
+
+
+def send(d, client: str, mail_from: str, body: bytes):
+    """One transaction from `client` (a PROXY header); the reply after the data."""
+    with d.client() as c:
+        c.send(f"PROXY TCP4 {client} 127.0.0.1 40000 25\r\n".encode())
+        c.expect(220)
+        c.exchange("EHLO client.example.test", 250)
+        return c.transaction(mail_from, ["bob@example.net"], body.rstrip(b"\r\n"))
+
+
+def dmarc_of(d, client: str, mail_from: str, body: bytes) -> dict[str, str]:
+    r = send(d, client, mail_from, body)
+    assert r.code == 451 and r.text.startswith("dmarc="), str(r)
+    return dict(field.split("=", 1) for field in r.text.split())
+
+
+# (name, client, MAIL FROM, From, signer's d= or None, expected result, p, disposition)
+CASES = [
+    ("spf-aligned-relaxed", CLIENT, "a@bounces.example.co.uk", "alice@example.co.uk", None, "pass", "reject", "none"),
+    ("dkim-aligned", STRANGER, "a@other.co.uk", "alice@example.co.uk", "example.co.uk", "pass", "reject", "none"),
+    ("nothing-aligned", CLIENT, "a@other.co.uk", "alice@example.co.uk", None, "fail", "reject", "reject"),
+    ("third-party-signature", STRANGER, "a@other.co.uk", "alice@example.co.uk", "other.co.uk", "fail", "reject", "reject"),
+    ("no-record", CLIENT, "a@example.co.uk", "bob@other.co.uk", None, "none", "None", "None"),
+    ("strict-spf", CLIENT, "a@bounces.strict.co.uk", "alice@strict.co.uk", None, "fail", "reject", "reject"),
+    ("strict-same-name", CLIENT, "a@strict.co.uk", "alice@strict.co.uk", None, "pass", "reject", "none"),
+    ("subdomain-sp", STRANGER, "a@news.example.co.uk", "alice@news.example.co.uk", None, "fail", "quarantine",
+     "quarantine"),
+    ("quarantine", CLIENT, "a@quarantine.co.uk", "alice@quarantine.co.uk", None, "fail", "quarantine", "quarantine"),
+    ("pct-0", CLIENT, "a@pct.co.uk", "alice@pct.co.uk", None, "fail", "reject", "quarantine"),
+]
+
+
+# From domains whose own record has sp=: authheaders' policy for them is that sp=.
+# (The domains are under a suffix the Public Suffix List names, co.uk: for a TLD it does not
+# list, such as .test, authheaders' list library gives the TLD as every domain's organizational
+# domain, and so aligns all of them; libpsl applies the list's "*" default rule.)
+REFERENCE_SP_QUIRK = {"example.co.uk": "quarantine"}
+
+
+def reference_dmarc(port: int, body: bytes, spf: str, mail_from: str, dkim: tuple[str, str] | None):
+    """authheaders' DMARC on the same message, SPF and DKIM results and DNS: (result, policy)."""
+    txt = txt_lookup(port)
+
+    def dnsfunc(name, timeout=5):
+        answer = txt(name)
+        return answer.decode() if answer else None
+
+    spf_result = SPFAuthenticationResult(result=spf, smtp_mailfrom=mail_from)
+    dkim_result = DKIMAuthenticationResult(result=dkim[0], header_d=dkim[1]) if dkim else None
+    r = check_dmarc(body, spf_result=spf_result, dkim_result=dkim_result, dnsfunc=dnsfunc)
+    return r.result, getattr(r, "policy", None)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_results_agree_with_an_independent_implementation(dmarc_daemon, dns_server, keys, case):
+    name, client, mail_from, author, signer, result, policy, disposition = case
+    body = message(author)
+    if signer:
+        body = sign(body, keys, domain=signer)
+    d = dmarc_daemon()
+    got = dmarc_of(d, client, mail_from, body)
+    assert (got["dmarc"], got["p"], got["dis"]) == (result, policy, disposition), got
+    assert got["from"] == author.split("@")[1]
+    spf = got["spf"].split(":")[0]
+    dkim = None
+    if got["dkim"] != "-:0":
+        first = got["dkim"].rsplit(":", 1)[0].split(",")[0]
+        dkim = tuple(first.split(":"))
+    ref_result, ref_policy = reference_dmarc(dns_server.port, body, spf, mail_from, dkim)
+    assert ref_result == result, (name, ref_result, got)
+    if result != "none":
+        # authheaders applies sp= to the From domain's own record too; RFC 7489 §6.3 makes sp= the
+        # policy for subdomains, found at the organizational domain (as test_the_subdomain_policy shows).
+        assert ref_policy == REFERENCE_SP_QUIRK.get(got["from"], policy), (name, ref_policy, got)
+
+
+def test_dns_trouble_is_temperror_and_a_broken_record_permerror(dmarc_daemon):
+    d = dmarc_daemon()
+    started = time.monotonic()
+    got = dmarc_of(d, CLIENT, "a@example.co.uk", message("alice@slow.co.uk"))
+    assert got["dmarc"] == "temperror", got
+    assert time.monotonic() - started < 5
+    assert dmarc_of(d, CLIENT, "a@example.co.uk", message("alice@broken.co.uk"))["dmarc"] == "permerror"
+    d.wait_log(r"[0-9A-F]{12}: dmarc=permerror header\.from=broken\.co\.uk \(the DMARC record of broken\.co\.uk: .*\)$")
+
+
+def test_no_usable_from_is_permerror(dmarc_daemon):
+    d = dmarc_daemon()
+    two_domains = message("alice@example.co.uk").replace(b"From: Alice <alice@example.co.uk>",
+                                                         b"From: alice@example.co.uk, mallory@other.co.uk")
+    assert dmarc_of(d, CLIENT, "a@example.co.uk", two_domains)["dmarc"] == "permerror"
+    two_fields = b"From: mallory@other.co.uk\r\n" + message("alice@example.co.uk")
+    assert dmarc_of(d, CLIENT, "a@example.co.uk", two_fields)["dmarc"] == "permerror"
+    no_from = re.sub(rb"From: [^\r]*\r\n", b"", message("alice@example.co.uk"))
+    got = dmarc_of(d, CLIENT, "a@example.co.uk", no_from)
+    assert (got["dmarc"], got["from"]) == ("permerror", "-")
+
+
+def test_the_policy_enforces_reject_and_quarantine(dmarc_daemon, aiosmtpd_upstream):
+    d = dmarc_daemon(DMARC_POLICY, checks={"authentication_results": True})
+    r = send(d, CLIENT, "a@other.co.uk", message("alice@example.co.uk"))
+    assert (r.code, r.status) == (550, "5.7.1") and "DMARC policy of example.co.uk" in r.text, str(r)
+    # A forged quarantine mark is removed; a failing p=quarantine message gets ours.
+    forged = b"X-Portcullis-Quarantine: no\r\n" + message("alice@quarantine.co.uk")
+    r = send(d, CLIENT, "a@quarantine.co.uk", forged)
+    assert r.code == 250, str(r)
+    ok = send(d, CLIENT, "a@bounces.example.co.uk", message("alice@example.co.uk", "passes"))
+    assert ok.code == 250, str(ok)
+    quarantined, passed = aiosmtpd_upstream.wait_messages(2)
+    head = quarantined["content"].split(b"\r\n\r\n", 1)[0].decode()
+    assert head.count("X-Portcullis-Quarantine:") == 1
+    assert "X-Portcullis-Quarantine: DMARC policy of quarantine.co.uk (p=quarantine)" in head
+    assert (f"Authentication-Results: {HOSTNAME};\r\n\tspf=fail smtp.mailfrom=quarantine.co.uk;\r\n\tdkim=none;\r\n"
+            "\tdmarc=fail (p=quarantine dis=quarantine) header.from=quarantine.co.uk\r\n") in head, head
+    head = passed["content"].split(b"\r\n\r\n", 1)[0].decode()
+    assert "X-Portcullis-Quarantine" not in head
+    assert "\tdmarc=pass (p=reject dis=none) header.from=example.co.uk\r\n" in head, head
+    d.wait_log(r"[0-9A-F]{12}: dmarc=fail header\.from=example\.co\.uk p=reject dis=reject$")
+
+
+def test_the_policy_options(dmarc_daemon, aiosmtpd_upstream):
+    d = dmarc_daemon(DMARC_POLICY, dmarc={"reject": "quarantine", "temperror": "tempfail",
+                                          "skip_domains": ["strict.co.uk"]})
+    r = send(d, CLIENT, "a@other.co.uk", message("alice@example.co.uk"))
+    assert r.code == 250, str(r)  # p=reject handled as quarantine
+    r = send(d, CLIENT, "a@bounces.strict.co.uk", message("alice@strict.co.uk"))
+    assert r.code == 250, str(r)  # skipped domain
+    r = send(d, CLIENT, "a@example.co.uk", message("alice@slow.co.uk"))
+    assert (r.code, r.status) == (451, "4.7.5"), str(r)
+    first, second = aiosmtpd_upstream.wait_messages(2)
+    assert b"X-Portcullis-Quarantine: DMARC policy of example.co.uk (p=reject)" in first["content"]
+    assert b"X-Portcullis-Quarantine" not in second["content"]
+

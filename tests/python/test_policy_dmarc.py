@@ -1,0 +1,85 @@
+"""policies/dmarc.py with the testing harness: what it does with each
+tx.dmarc (the daemon's own evaluation is tested end to end in
+tests/e2e/test_dmarc.py), and its [dmarc] options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import portcullis as pc
+from portcullis.testing import Harness, PolicyLoadError
+
+POLICY = Path(__file__).resolve().parents[2] / "policies" / "dmarc.py"
+MESSAGE = "From: alice@example.test\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nHello\r\n"
+HEADER = "X-Portcullis-Quarantine"
+
+
+def dmarc(result="fail", policy="reject", disposition=None, domain="example.test"):
+    return pc.DmarcResult(result, domain, policy, disposition if disposition is not None else policy,
+                          domain, 100, False, False)
+
+
+def deliver(h: Harness, result: pc.DmarcResult | None, message: str = MESSAGE, auth_user=None):
+    s = h.connect(helo="client.example.test", auth_user=auth_user)
+    s.mail("a@example.test")
+    s.rcpt("bob@example.net")
+    reply = s.data(message, dmarc=result)
+    return reply, (s.delivered[-1] if s.delivered else None)
+
+
+def test_reject_quarantine_and_what_passes():
+    h = Harness([POLICY])
+    reply, _ = deliver(h, dmarc("fail", "reject"))
+    assert reply[:2] == (550, "5.7.1") and "DMARC policy of example.test" in reply.text
+    reply, delivered = deliver(h, dmarc("fail", "quarantine"))
+    assert reply.code == 250
+    assert delivered.as_email()[HEADER] == "DMARC policy of example.test (p=quarantine)"
+    for result in (dmarc("pass", "reject", "none"), dmarc("none", None), dmarc("permerror", None),
+                   dmarc("fail", "none"), dmarc("temperror", None), None):
+        reply, delivered = deliver(h, result)
+        assert reply.code == 250, result
+        assert HEADER not in delivered.as_email(), result
+
+
+def test_a_forged_mark_is_removed():
+    h = Harness([POLICY])
+    forged = f"{HEADER}: no\r\n{HEADER}: really\r\n" + MESSAGE
+    _, delivered = deliver(h, dmarc("pass", "reject", "none"), forged)
+    assert HEADER not in delivered.as_email()
+    _, delivered = deliver(h, dmarc("fail", "quarantine"), forged)
+    assert delivered.as_email().get_all(HEADER) == ["DMARC policy of example.test (p=quarantine)"]
+
+
+def test_pct_is_honoured_unless_told_otherwise():
+    sampled_out = dmarc("fail", "reject", "quarantine")
+    reply, delivered = deliver(Harness([POLICY]), sampled_out)
+    assert reply.code == 250 and HEADER in delivered.as_email()
+    reply, _ = deliver(Harness([POLICY], config={"dmarc": {"honour_pct": False}}), sampled_out)
+    assert reply.code == 550
+
+
+def test_options():
+    h = Harness([POLICY], config={"dmarc": {"reject": "none", "quarantine": "reject", "temperror": "tempfail",
+                                            "skip_domains": ["Lists.Example.test"], "quarantine_header": "X-Q"}})
+    assert deliver(h, dmarc("fail", "reject"))[0].code == 250
+    assert deliver(h, dmarc("fail", "quarantine"))[0].code == 550
+    assert deliver(h, dmarc("temperror", None))[0][:2] == (451, "4.7.5")
+    assert deliver(h, dmarc("fail", "quarantine", domain="lists.example.test"))[0].code == 250
+    h = Harness([POLICY], config={"dmarc": {"quarantine_header": "X-Q"}})
+    assert deliver(h, dmarc("fail", "quarantine"))[1].as_email()["X-Q"].startswith("DMARC policy")
+
+
+def test_authenticated_senders_are_not_enforced_unless_told():
+    assert deliver(Harness([POLICY]), dmarc("fail", "reject"), auth_user="alice")[0].code == 250
+    h = Harness([POLICY], config={"dmarc": {"skip_authenticated": False}})
+    assert deliver(h, dmarc("fail", "reject"), auth_user="alice")[0].code == 550
+
+
+@pytest.mark.parametrize("table", [{"rejet": "none"}, {"reject": "bounce"}, {"temperror": "reject"},
+                                   {"honour_pct": "yes"}, {"quarantine_header": "X Bad"},
+                                   {"skip_domains": "example.test"}])
+def test_a_bad_table_stops_the_policy_loading(table):
+    with pytest.raises(PolicyLoadError):
+        Harness([POLICY], config={"dmarc": table})

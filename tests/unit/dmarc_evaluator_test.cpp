@@ -1,0 +1,205 @@
+// DMARC evaluation (RFC 7489) with real libopendmarc and libpsl, the DNS
+// answers given by a table (the e2e tests use a real DNS server and compare
+// with an independent implementation).
+#include "checks/dmarc_evaluator.hpp"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+using namespace portcullis;
+using namespace portcullis::checks;
+using kind = dmarc_result::kind;
+using policy = dmarc_result::policy_kind;
+
+namespace {
+
+struct zone {
+  std::map<std::string, std::vector<std::string>> txt;  // name -> TXT records
+  std::map<std::string, dns::answer::status> trouble;  // name -> timeout or failure
+  mutable std::vector<std::string> asked;
+
+  dns::answer operator()(const std::string& name) const {
+    asked.push_back(name);
+    dns::answer a;
+    if (auto t = trouble.find(name); t != trouble.end()) {
+      a.what = t->second;
+      return a;
+    }
+    auto it = txt.find(name);
+    if (it == txt.end()) {
+      a.what = dns::answer::status::nxdomain;
+      return a;
+    }
+    a.what = dns::answer::status::ok;
+    for (const auto& r : it->second) a.records.push_back({r, 0});
+    return a;
+  }
+};
+
+spf_result spf(spf_result::kind k, std::string domain) {
+  spf_result r;
+  r.result = k;
+  r.domain = std::move(domain);
+  return r;
+}
+
+dkim_results dkim(dkim_signature::kind k, std::string domain) {
+  dkim_signature s;
+  s.result = k;
+  s.domain = std::move(domain);
+  s.selector = "s";
+  return {s};
+}
+
+struct fixture {
+  std::shared_ptr<zone> dns = std::make_shared<zone>();
+  unsigned draw = 50;
+  dmarc_evaluator evaluator{[z = dns](const std::string& n) { return (*z)(n); }, [this] { return draw; }};
+
+  dmarc_result from(const std::string& value, const std::optional<spf_result>& s = std::nullopt,
+                    const std::optional<dkim_results>& d = dkim_results{}) {
+    return evaluator.evaluate({value}, s, d);
+  }
+};
+
+}  // namespace
+
+TEST(DmarcEvaluator, OrganizationalDomainsByThePublicSuffixList) {
+  fixture f;
+  EXPECT_EQ(f.evaluator.organizational_domain("mail.example.co.uk"), "example.co.uk");
+  EXPECT_EQ(f.evaluator.organizational_domain("Example.COM"), "example.com");
+  EXPECT_EQ(f.evaluator.organizational_domain("a.b.example.test"), "example.test");  // the "*" default rule
+  EXPECT_EQ(f.evaluator.organizational_domain("co.uk"), "co.uk");                    // a public suffix is its own
+}
+
+TEST(DmarcEvaluator, PassBySpfOrDkimAlignment) {
+  fixture f;
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject"};
+  auto r = f.from("a@example.test", spf(spf_result::kind::pass, "bounces.example.test"));
+  EXPECT_EQ(r.result, kind::pass);
+  EXPECT_TRUE(r.spf_aligned);
+  EXPECT_FALSE(r.dkim_aligned);
+  EXPECT_EQ(r.policy, policy::reject);
+  EXPECT_EQ(r.disposition, policy::none);
+  EXPECT_EQ(r.domain, "example.test");
+  EXPECT_FALSE(r.org_record);
+
+  r = f.from("a@example.test", spf(spf_result::kind::fail, "example.test"),
+             dkim(dkim_signature::kind::pass, "Example.Test"));
+  EXPECT_EQ(r.result, kind::pass);
+  EXPECT_TRUE(r.dkim_aligned);
+  EXPECT_FALSE(r.spf_aligned);
+}
+
+TEST(DmarcEvaluator, FailWhenNothingAlignedPasses) {
+  fixture f;
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=quarantine; rua=mailto:d@example.test"};
+  // SPF passes for another organization; the DKIM pass is another's; the aligned one fails.
+  auto r = f.from("a@example.test", spf(spf_result::kind::pass, "example.net"),
+                  dkim_results{dkim(dkim_signature::kind::pass, "example.net")[0],
+                               dkim(dkim_signature::kind::fail, "example.test")[0]});
+  EXPECT_EQ(r.result, kind::fail);
+  EXPECT_EQ(r.policy, policy::quarantine);
+  EXPECT_EQ(r.disposition, policy::quarantine);
+  // softfail and neutral are not pass.
+  r = f.from("a@example.test", spf(spf_result::kind::softfail, "example.test"));
+  EXPECT_EQ(r.result, kind::fail);
+}
+
+TEST(DmarcEvaluator, StrictAlignmentWantsTheSameName) {
+  fixture f;
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject; adkim=s; aspf=s"};
+  auto r = f.from("a@example.test", spf(spf_result::kind::pass, "bounces.example.test"),
+                  dkim(dkim_signature::kind::pass, "mail.example.test"));
+  EXPECT_EQ(r.result, kind::fail);
+  r = f.from("a@example.test", spf(spf_result::kind::pass, "EXAMPLE.test"));
+  EXPECT_EQ(r.result, kind::pass);
+}
+
+TEST(DmarcEvaluator, APublicSuffixAlignsWithNothing) {
+  fixture f;
+  f.dns->txt["_dmarc.example.co.uk"] = {"v=DMARC1; p=reject"};
+  // libopendmarc's own check would align d=co.uk with example.co.uk (a prefix of the reversed name).
+  auto r = f.from("a@example.co.uk", std::nullopt, dkim(dkim_signature::kind::pass, "co.uk"));
+  EXPECT_EQ(r.result, kind::fail);
+  r = f.from("a@example.co.uk", std::nullopt, dkim(dkim_signature::kind::pass, "other.co.uk"));
+  EXPECT_EQ(r.result, kind::fail);
+  r = f.from("a@example.co.uk", std::nullopt, dkim(dkim_signature::kind::pass, "mail.example.co.uk"));
+  EXPECT_EQ(r.result, kind::pass);
+}
+
+TEST(DmarcEvaluator, TheOrganizationalDomainsRecordAndItsSubdomainPolicy) {
+  fixture f;
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=none; sp=reject"};
+  auto r = f.from("a@news.example.test", spf(spf_result::kind::fail, "news.example.test"));
+  EXPECT_EQ(r.result, kind::fail);
+  EXPECT_TRUE(r.org_record);
+  EXPECT_EQ(r.org_domain, "example.test");
+  EXPECT_EQ(r.policy, policy::reject);
+  EXPECT_EQ(f.dns->asked, (std::vector<std::string>{"_dmarc.news.example.test", "_dmarc.example.test"}));
+  // Without sp=, p= holds for subdomains too; the From domain's own record wins over the org's.
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=quarantine"};
+  EXPECT_EQ(f.from("a@news.example.test").policy, policy::quarantine);
+  f.dns->txt["_dmarc.news.example.test"] = {"v=DMARC1; p=none; sp=reject"};
+  r = f.from("a@news.example.test");
+  EXPECT_EQ(r.policy, policy::none);
+  EXPECT_FALSE(r.org_record);
+}
+
+TEST(DmarcEvaluator, PctSamplesTheMessagesThePolicyIsFor) {
+  fixture f;
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject; pct=20"};
+  f.draw = 19;
+  auto r = f.from("a@example.test");
+  EXPECT_EQ(r.pct, 20u);
+  EXPECT_EQ(r.disposition, policy::reject);
+  f.draw = 20;  // left out: one step milder (§6.6.4)
+  EXPECT_EQ(f.from("a@example.test").disposition, policy::quarantine);
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=quarantine; pct=0"};
+  f.draw = 0;
+  EXPECT_EQ(f.from("a@example.test").disposition, policy::none);
+}
+
+TEST(DmarcEvaluator, NoneWithoutOneRecord) {
+  fixture f;
+  auto r = f.from("a@example.test");
+  EXPECT_EQ(r.result, kind::none);
+  EXPECT_EQ(r.policy, policy::unspecified);
+  // Other TXT records at the name are not DMARC records; "v=DMARC1" must come first, in capitals.
+  f.dns->txt["_dmarc.example.test"] = {"v=spf1 -all", "p=reject; v=DMARC1", "v=dmarc1; p=reject"};
+  EXPECT_EQ(f.from("a@example.test").result, kind::none);
+  // Two DMARC records: no DMARC processing (§6.6.3 step 5), and no org fallback.
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject", "v = DMARC1 ; p=none"};
+  r = f.from("a@example.test");
+  EXPECT_EQ(r.result, kind::none);
+  EXPECT_NE(r.problem.find("several"), std::string::npos);
+}
+
+TEST(DmarcEvaluator, TemperrorWhenThePolicyCannotBeFetched) {
+  fixture f;
+  f.dns->trouble["_dmarc.example.test"] = dns::answer::status::timeout;
+  EXPECT_EQ(f.from("a@example.test", spf(spf_result::kind::pass, "example.test")).result, kind::temperror);
+  f.dns->trouble["_dmarc.example.test"] = dns::answer::status::failure;
+  EXPECT_EQ(f.from("a@sub.example.test").result, kind::temperror);  // at the org domain
+}
+
+TEST(DmarcEvaluator, PermerrorForABrokenRecordOrNoUsableFromDomain) {
+  fixture f;
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; rua=mailto:d@example.test"};  // no p=
+  auto r = f.from("a@example.test");
+  EXPECT_EQ(r.result, kind::permerror);
+  EXPECT_NE(r.problem.find("example.test"), std::string::npos);
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=bogus"};
+  EXPECT_EQ(f.from("a@example.test").result, kind::permerror);
+
+  EXPECT_EQ(f.evaluator.evaluate({}, std::nullopt, std::nullopt).result, kind::permerror);
+  EXPECT_EQ(f.evaluator.evaluate({"a@example.test", "b@example.test"}, std::nullopt, std::nullopt).result,
+            kind::permerror);
+  EXPECT_EQ(f.from("a@one.test, b@two.test").result, kind::permerror);
+  EXPECT_EQ(f.from("not an address").result, kind::permerror);
+  EXPECT_EQ(f.from("a@[192.0.2.1]").result, kind::permerror);
+  // Several mailboxes of one domain are that domain.
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject"};
+  EXPECT_EQ(f.from("a@example.test, B <b@EXAMPLE.test>").result, kind::fail);
+}
