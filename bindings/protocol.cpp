@@ -294,6 +294,7 @@ void define_protocol(py::module_& m) {
       .def_readwrite("auth", &policy_result::auth)
       .def_readwrite("sender", &policy_result::sender)
       .def_readwrite("recipients", &policy_result::recipients)
+      .def_readwrite("dkim_sign", &policy_result::dkim_sign)
       .def_property(
           "message",
           [](const policy_result& r) -> py::object {

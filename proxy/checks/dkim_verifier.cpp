@@ -9,14 +9,8 @@
 #include <string>
 
 #include "dns/resolver.hpp"
-#include "smtp/message_header.hpp"
+#include "checks/opendkim.hpp"
 
-// OpenDKIM's header uses C's _Bool.
-#define _Bool bool
-extern "C" {
-#include <opendkim/dkim.h>
-}
-#undef _Bool
 
 namespace portcullis::checks {
 
@@ -120,13 +114,6 @@ std::string problem_of(DKIM_SIGINFO* sig, dkim_signature::kind kind, unsigned ma
 
 std::string text_of(const unsigned char* s) { return s ? reinterpret_cast<const char*>(s) : ""; }
 
-struct handle {
-  DKIM* dkim = nullptr;
-  ~handle() {
-    if (dkim) dkim_free(dkim);
-  }
-};
-
 }  // namespace
 
 struct dkim_verifier::library {
@@ -157,34 +144,13 @@ dkim_verifier::~dkim_verifier() = default;
 
 dkim_results dkim_verifier::verify_now(const message_store& message) const {
   DKIM_STAT status = DKIM_STAT_OK;
-  handle h;
+  dkim_handle h;
   h.dkim = dkim_verify(lib_->lib, reinterpret_cast<const unsigned char*>("portcullis"), nullptr, &status);
   if (h.dkim == nullptr) throw std::runtime_error(std::string("OpenDKIM: ") + dkim_getresultstr(status));
   unsigned max = max_signatures_;
   dkim_set_user_context(h.dkim, &max);
 
-  // The header fields one by one (each with its folding, without its final
-  // CRLF), then the body as it came.
-  smtp::header_reader header;
-  const auto on_field = [&](std::string_view field) {
-    field.remove_suffix(field.ends_with("\r\n") ? 2 : 1);  // (a field handed over ends with its line end)
-    dkim_header(h.dkim, reinterpret_cast<u_char*>(const_cast<char*>(field.data())), field.size());
-  };
-  message_store::reader in(message);
-  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
-    std::size_t used = 0;
-    if (!header.done()) {
-      used = header.feed(chunk, on_field);
-      if (header.done()) dkim_eoh(h.dkim);
-    }
-    if (used < chunk.size())
-      dkim_body(h.dkim, reinterpret_cast<u_char*>(const_cast<char*>(chunk.data() + used)), chunk.size() - used);
-  }
-  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
-  if (!header.done()) {  // a message of header fields only
-    header.finish(on_field);
-    dkim_eoh(h.dkim);
-  }
+  feed_message(h.dkim, message);
   dkim_eom(h.dkim, nullptr);
 
   DKIM_SIGINFO** sigs = nullptr;

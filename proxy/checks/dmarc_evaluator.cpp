@@ -6,6 +6,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "checks/message_fields.hpp"
 #include "smtp/message_header.hpp"
 #include "smtp/text.hpp"
 
@@ -128,19 +129,14 @@ std::string dmarc_evaluator::organizational_domain(std::string_view domain) cons
 dmarc_result dmarc_evaluator::evaluate_now(const message_store& message, const std::optional<spf_result>& spf,
                                            const std::optional<dkim_results>& dkim) const {
   std::vector<std::string> from;
-  smtp::header_reader header;
-  const auto on_field = [&](std::string_view field) {
-    if (smtp::equals_nocase(smtp::header_field_name(field), "From")) from.push_back(smtp::header_field_value(field));
-  };
-  message_store::reader in(message);
-  for (auto chunk = in.next(); !chunk.empty() && !header.done(); chunk = in.next()) header.feed(chunk, on_field);
-  if (in.failed()) {
+  try {
+    from = header_values(message, "From");
+  } catch (const std::runtime_error& e) {
     dmarc_result r;
     r.result = dmarc_result::kind::temperror;
-    r.problem = "the message could not be read: " + in.error();
+    r.problem = e.what();
     return r;
   }
-  header.finish(on_field);
   return evaluate(from, spf, dkim);
 }
 

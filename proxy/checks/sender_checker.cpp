@@ -2,6 +2,8 @@
 
 #include <exception>
 
+#include "checks/off_thread.hpp"
+
 namespace portcullis::checks {
 
 sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings)
@@ -16,28 +18,11 @@ sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const se
 
 sender_checker::~sender_checker() { pool_.join(); }
 
-// (g++ 12: every co_await is a statement of its own, with named locals for
-// arguments and no temporary alive across it; see asio.hpp.)
-template <class Result, class Work>
-awaitable<Result> sender_checker::off_thread(const Work& work) {
-  auto initiate = [this, work](auto handler) mutable {
-    auto guard = asio::make_work_guard(asio::get_associated_executor(handler));
-    asio::post(pool_, [handler = std::move(handler), guard = std::move(guard), work = std::move(work)]() mutable {
-      Result r = work();
-      auto ex = guard.get_executor();
-      asio::post(ex, [handler = std::move(handler), r = std::move(r)]() mutable { std::move(handler)(std::move(r)); });
-      guard.reset();
-    });
-  };
-  auto result = co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result)>(initiate, asio::use_awaitable);
-  co_return result;
-}
-
 awaitable<spf_result> sender_checker::spf(const asio::ip::address& client, const std::string& helo,
                                           const smtp::address& sender) {
   if (!spf_) co_return spf_result{};
   const auto work = [this, client, helo, sender] { return spf_->check_now(client, helo, sender); };
-  auto result = co_await off_thread<spf_result>(work);
+  auto result = co_await off_thread<spf_result>(pool_, work);
   co_return result;
 }
 
@@ -54,7 +39,7 @@ awaitable<dkim_results> sender_checker::dkim(const message_ptr& message) {
       return dkim_results{s};
     }
   };
-  auto result = co_await off_thread<dkim_results>(work);
+  auto result = co_await off_thread<dkim_results>(pool_, work);
   co_return result;
 }
 
@@ -71,7 +56,7 @@ awaitable<dmarc_result> sender_checker::dmarc(const message_ptr& message, const 
       return r;
     }
   };
-  auto result = co_await off_thread<dmarc_result>(work);
+  auto result = co_await off_thread<dmarc_result>(pool_, work);
   co_return result;
 }
 

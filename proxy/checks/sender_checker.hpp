@@ -45,10 +45,6 @@ class sender_checker final : public sender_checks {
   const sender_checker_settings& settings() const { return settings_; }
 
  private:
-  // Runs `work` on the pool; its value comes back through the caller's executor.
-  template <class Result, class Work>
-  awaitable<Result> off_thread(const Work& work);
-
   std::shared_ptr<dns::resolver> resolver_;
   sender_checker_settings settings_;
   std::optional<spf_checker> spf_;

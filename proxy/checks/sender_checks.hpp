@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "asio.hpp"
 #include "checks/results.hpp"
@@ -28,6 +29,28 @@ class sender_checks {
   // RFC 7489 evaluation of the message's From domain, from the SPF and DKIM results it got.
   virtual awaitable<dmarc_result> dmarc(const message_ptr& message, const std::optional<spf_result>& spf,
                                         const std::optional<dkim_results>& dkim) = 0;
+};
+
+// A message's DKIM signature, or why it has none.
+struct dkim_signing {
+  std::string field;    // "DKIM-Signature: ...\r\n"; empty: not signed
+  std::string domain;   // d=
+  std::string why_not;  // not signed (no From domain of ours, ...)
+  std::string error;    // signing failed (the message could not be read, OpenDKIM failed)
+};
+
+// Outbound signing ([dkim_sign]) as the session sees it. The server makes
+// the real one (checks/dkim_signer.hpp); session tests script their own.
+class mail_signer {
+ public:
+  virtual ~mail_signer() = default;
+  // Mail from this client is signed without AUTH.
+  virtual bool trusts(const asio::ip::address& client) const = 0;
+  // `domain` is one of ours to sign as.
+  virtual bool signs_as(std::string_view domain) const = 0;
+  // The message signed as `domain`, or, with an empty one, as its From
+  // domain (when that is ours). Works on a pool of its own.
+  virtual awaitable<dkim_signing> sign(const message_ptr& message, const std::string& domain) = 0;
 };
 
 }  // namespace portcullis::checks

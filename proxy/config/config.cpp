@@ -14,6 +14,8 @@
 #include <toml.hpp>
 #include <utility>
 
+#include "smtp/text.hpp"
+
 namespace portcullis {
 
 namespace {
@@ -678,19 +680,22 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     t.get_seconds("timeout", cfg->dns.timeout, std::chrono::seconds(1), std::chrono::seconds(60));
     t.get_count("cache_size", cfg->dns.cache_size, min_config_dns_cache, max_config_dns_cache);
   });
-  section("dkim_sign", [&](table_reader& t) {
-    std::vector<std::string> domains;
-    std::string s;
-    t.get("domains", domains);
-    t.get("selector", s);
-    t.get("key_file", s);
-    for (const char* key : {"domains", "selector", "key_file"}) {
-      if (t.has(key)) {
-        t.not_implemented(key, "does not sign mail with DKIM yet; remove [dkim_sign]");
-        break;
-      }
-    }
+  cfg->dkim_sign.enabled = section("dkim_sign", [&](table_reader& t) {
+    auto& k = cfg->dkim_sign;
+    if (!t.has("domains") && !t.has("selector") && !t.has("key_file")) return;  // an empty table signs nothing
+    t.require("domains");
+    t.require("selector");
+    t.require("key_file");
+    t.get_list("domains", k.domains, [](const std::string& d) { return is_domain(d); }, domain_want);
+    for (auto& d : k.domains) d = smtp::to_lower(d);
+    // The selector is a name under _domainkey (RFC 6376 §3.1): labels, dot-separated.
+    if (t.get("selector", k.selector) && !is_domain(k.selector))
+      t.problem_at("selector", as_shown(k.selector) + " is not a selector (DNS labels: letters, digits, hyphens, dots)");
+    t.get_path("key_file", k.key_file, base);
+    t.get_list("networks", k.networks, is_network, "is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)");
+    t.get("subdomains", k.subdomains);
   });
+  if (cfg->dkim_sign.enabled && cfg->dkim_sign.domains.empty()) cfg->dkim_sign.enabled = false;
   section("store", [&](table_reader& t) {
     std::string url;
     if (t.get("url", url)) t.not_implemented("url", "has no pc.store yet; remove [store]");

@@ -148,6 +148,21 @@ struct dns_config {
   bool operator==(const dns_config&) const = default;
 };
 
+// Signing outbound mail with DKIM (RFC 6376): mail whose From domain is one
+// of `domains`, from an authenticated client or one in `networks`, gets a
+// signature made with the key (RSA or Ed25519, by the key file) as the last
+// change before it goes upstream; a policy may choose otherwise per message.
+struct dkim_sign_config {
+  bool enabled = false;  // the table has its three keys
+  std::vector<std::string> domains;  // lower-cased
+  std::string selector;
+  std::filesystem::path key_file;
+  std::vector<std::string> networks{"127.0.0.0/8", "::1"};  // clients signed for without AUTH
+  bool subdomains = false;  // a From domain under one of `domains` is signed as that domain
+
+  bool operator==(const dkim_sign_config&) const = default;
+};
+
 struct log_config {
   log_level level = log_level::info;  // at start-up; PORTCULLIS_LOG_LEVEL overrides
   log_format format = log_format::text;
@@ -166,6 +181,7 @@ struct config {
   policy_config policy;
   checks_config checks;
   dns_config dns;
+  dkim_sign_config dkim_sign;
   log_config log;
 };
 

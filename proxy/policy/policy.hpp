@@ -42,6 +42,7 @@ struct verdict {
   std::optional<smtp::address> sender;
   std::optional<std::vector<smtp::address>> recipients;
   std::shared_ptr<const std::string> message;  // on_data: the edited message (CRLF lines, unstuffed)
+  std::optional<std::string> dkim_sign;  // on_data: tx.dkim_sign ("": do not sign; else the domain to sign as)
 
   bool stops() const { return what == kind::reject || what == kind::tempfail; }
 };

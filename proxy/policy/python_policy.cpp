@@ -179,6 +179,11 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
                                       std::to_string(max_recipients_));
     v.recipients = std::move(rcpts);
   }
+  if (stage == "data" && result.dkim_sign) {
+    if (!result.dkim_sign->empty() && !is_domain(*result.dkim_sign))
+      return failure(conn, stage, "tx.dkim_sign is not a domain: " + printable(*result.dkim_sign));
+    v.dkim_sign = smtp::to_lower(*result.dkim_sign);
+  }
   if (stage == "data" && result.message) {
     if (auto problem = smtp::message_problem(*result.message))
       return failure(conn, stage, "invalid message from policy: " + *problem);

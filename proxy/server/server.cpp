@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "bindings/core.hpp"
+#include "checks/dkim_signer.hpp"
 #include "checks/sender_checker.hpp"
 #include "dns/resolver.hpp"
 #include "log.hpp"
@@ -141,6 +142,8 @@ std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config
   g->users = load_users(*cfg);
   g->proxy_trusted = std::make_shared<network_list>(cfg->server.proxy_trusted);
   g->checks = make_checks(*cfg);
+  // The key is read again on every reload: a rotated key needs only a SIGHUP.
+  if (cfg->dkim_sign.enabled) g->signer = std::make_shared<checks::dkim_signer>(cfg->dkim_sign);
   g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool(), kept = upstream_pool_](
                          const session_log& log, const connection_state& client, asio::any_io_executor io) {
     return portcullis::make_upstream(*cfg, log, client, std::move(io), pool, tls, kept);

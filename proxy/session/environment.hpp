@@ -41,6 +41,7 @@ struct generation {
   std::shared_ptr<const auth::users_file> users;      // null without [auth] users_file
   std::shared_ptr<const network_list> proxy_trusted;  // who may send a PROXY header
   std::shared_ptr<checks::sender_checks> checks;      // null unless [checks] asks for one
+  std::shared_ptr<checks::mail_signer> signer;        // null without [dkim_sign]
   upstream_factory make_upstream;
 };
 

@@ -720,6 +720,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
   }
   auto v = co_await policy_.on_data(conn_, tx_, received);
   apply_rewrites(v);
+  if (v.dkim_sign) tx_.dkim_sign = v.dkim_sign;
   message_ptr message = received;
   if (v.message) {
     // RFC 6152 §3: 8-bit text an edit brought in is declared to the upstream
@@ -747,10 +748,47 @@ awaitable<reply> session::deliver(std::size_t& size) {
     if (!message) co_return storage_full();
     header = checks::authentication_results_header(cfg_.server.hostname, tx_.spf, tx_.dkim, tx_.dmarc);
   }
-  header += received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
+  std::string signature;
+  if (auto failed = co_await dkim_sign(message, signature)) co_return *failed;
+  header = signature + header + received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
   auto upstream_reply = co_await relay_.data(header, *message);
   co_return with_policy_text(std::move(upstream_reply), v);
+}
+
+awaitable<std::optional<reply>> session::dkim_sign(const message_ptr& message, std::string& field) {
+  // The last change to the message: over it as the upstream gets it, after every policy edit.
+  const auto& choice = tx_.dkim_sign;  // the policy's: unset, the rule; "", not signed; else the domain
+  if (choice && choice->empty()) co_return std::nullopt;
+  const reply policy_failure{451, "4.3.0", "Temporary policy failure, try again later"};
+  if (!gen_->signer) {
+    if (!choice) co_return std::nullopt;
+    log_.error("policy asked to sign as {}, but there is no [dkim_sign]", printable(*choice));
+    co_return policy_failure;
+  }
+  std::string domain;  // empty: the From domain's, when it is ours
+  if (choice) {
+    if (!gen_->signer->signs_as(*choice)) {
+      log_.error("policy asked to sign as {}, which is not one of [dkim_sign] domains", printable(*choice));
+      co_return policy_failure;
+    }
+    domain = *choice;
+  } else if (!conn_.auth_user && !gen_->signer->trusts(conn_.client.address())) {
+    co_return std::nullopt;  // not our users' mail: never lend it our signature
+  }
+  auto signed_ = co_await gen_->signer->sign(message, domain);
+  if (!signed_.error.empty()) {
+    // Sent unsigned, it would fail DKIM (and DMARC) at its destination: the client tries again.
+    log_.error("DKIM signing failed: {}", printable(signed_.error));
+    co_return reply{451, "4.3.0", "Local error: the message could not be signed, try again later"};
+  }
+  if (signed_.field.empty()) {
+    log_.info("not DKIM signed: {}", printable(signed_.why_not));
+    co_return std::nullopt;
+  }
+  log_.info("DKIM signed d={} s={}", signed_.domain, cfg_.dkim_sign.selector);
+  field = std::move(signed_.field);
+  co_return std::nullopt;
 }
 
 message_ptr session::without_claimed_results(message_ptr message) {

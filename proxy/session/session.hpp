@@ -73,6 +73,10 @@ class session : public std::enable_shared_from_this<session> {
   awaitable<reply> deliver(std::size_t& size);
   // `message` without the Authentication-Results fields that claim our
   // hostname (itself when it has none); null when the copy cannot be stored.
+  // [dkim_sign]: the DKIM-Signature field for the message going upstream (or
+  // none); a reply when the message must not go (signing failed, a policy
+  // asked for a key we do not have).
+  awaitable<std::optional<reply>> dkim_sign(const message_ptr& message, std::string& field);
   message_ptr without_claimed_results(message_ptr message);
   // Ends the transaction, here and upstream.
   awaitable<void> reset_transaction();

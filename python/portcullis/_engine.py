@@ -1100,6 +1100,9 @@ class _StageRun:
             raw = message._checked_raw()
             result = result or _core.Result()
             result.message = raw
+        if tx is not None and tx._dkim_sign is not None and self.stage == "data":
+            result = result or _core.Result()
+            result.dkim_sign = "" if tx._dkim_sign is False else tx._dkim_sign
         return result
 
 

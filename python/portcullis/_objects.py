@@ -174,12 +174,19 @@ class Transaction:
     SMTPUTF8, header values a hook adds or replaces that are not ASCII are
     sent as RFC 2047 encoded-words.
 
+    ``dkim_sign`` chooses how the message is DKIM signed on its way out
+    (``[dkim_sign]``): None (the default) leaves it to the config (mail from an
+    authenticated client, or one in ``[dkim_sign] networks``, whose From domain
+    is listed); False does not sign; a domain of ``[dkim_sign] domains`` signs
+    as that domain, whoever sent it. Read when the message goes upstream, after
+    ``on_data``.
+
     ``data`` is a dict of your own kept for this transaction; RSET or the
     next MAIL starts a new one.
     """
 
     __slots__ = ("_conn", "_id", "_sender", "_recipients", "_smtputf8", "_body_8bit", "spf", "dkim", "dmarc",
-                 "data")
+                 "_dkim_sign", "data")
 
     def __init__(
         self,
@@ -199,6 +206,7 @@ class Transaction:
         self.spf: SpfResult | None = None
         self.dkim: list[DkimSignature] | None = None
         self.dmarc: DmarcResult | None = None
+        self._dkim_sign: str | bool | None = None
         self.data: dict[str, Any] = {}
 
     @classmethod
@@ -208,7 +216,7 @@ class Transaction:
         tx = cls.__new__(cls)
         tx._conn, tx._id, tx._sender, tx._recipients = conn, id, sender, recipients
         tx._smtputf8, tx._body_8bit = smtputf8, body_8bit
-        tx.spf = tx.dkim = tx.dmarc = None
+        tx.spf = tx.dkim = tx.dmarc = tx._dkim_sign = None
         tx.data = {}
         return tx
 
@@ -251,6 +259,21 @@ class Transaction:
         if isinstance(value, (str, Address)):
             raise TypeError("recipients is a list of addresses; to set one, assign [address]")
         self._recipients = AddressList(value)
+
+    @property
+    def dkim_sign(self) -> str | bool | None:
+        """How the message is signed: None (the config decides), False (not signed) or the domain to sign as."""
+        return self._dkim_sign
+
+    @dkim_sign.setter
+    def dkim_sign(self, value: str | bool | None) -> None:
+        if value is True or not (value is None or value is False or isinstance(value, str)):
+            raise TypeError("dkim_sign is None, False or a domain (str)")
+        if isinstance(value, str):
+            value = value.strip().lower().rstrip(".")
+            if not value or len(value) > 253 or any(not label or len(label) > 63 for label in value.split(".")):
+                raise ValueError(f"dkim_sign: {value!r} is not a domain")
+        self._dkim_sign = value
 
     def __repr__(self) -> str:
         rcpts = ", ".join(f"<{r}>" for r in self._recipients)

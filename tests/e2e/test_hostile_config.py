@@ -107,8 +107,8 @@ CASES = [
     Hostile("require-auth-without-auth", r"server\.require_auth: needs an \[auth\] table", {"server": {"require_auth": "true"}}),
     # What this version does not do is refused, not silently ignored.
     Hostile("checks-dkim-signatures", r"checks\.dkim_signatures: 0 is out of range", {"checks": {"dkim_signatures": "0"}}),
-    Hostile("dkim-sign", r"dkim_sign\.domains: this version does not sign mail with DKIM yet",
-            {"dkim_sign": {"domains": '["example.test"]', "selector": '"s1"'}}),
+    Hostile("dkim-sign-selector", r'dkim_sign\.selector: "s 1" is not a selector',
+            {"dkim_sign": {"selector": '"s 1"', "domains": '["example.test"]', "key_file": '"dkim.pem"'}}),
     Hostile("metrics", r"metrics\.listen: this version serves no metrics yet", {"metrics": {"listen": '"127.0.0.1:9325"'}}),
     Hostile("store-redis", r"store\.url: this version has no pc\.store yet", {"store": {"url": '"redis://127.0.0.1:6379/0"'}}),
     Hostile("log-json", r"log\.format: this version writes text logs only", {"log": {"format": '"json"'}}),

@@ -70,3 +70,20 @@ def test_auth_results_types():
     assert spf.result == "pass"
     assert pc.DkimSignature("pass", "example.test", "sel").selector == "sel"
     assert pc.DmarcResult("none", "example.test").policy is None
+
+
+def test_dkim_sign_takes_none_false_or_a_domain():
+    tx = pc.Transaction(pc.Connection("S1", "192.0.2.1", 25), "a@example.test", ["b@example.net"])
+    assert tx.dkim_sign is None
+    tx.dkim_sign = False
+    assert tx.dkim_sign is False
+    tx.dkim_sign = "Example.TEST."
+    assert tx.dkim_sign == "example.test"
+    tx.dkim_sign = None
+    assert tx.dkim_sign is None
+    for bad in (True, 1, b"example.test", ["example.test"]):
+        with pytest.raises(TypeError):
+            tx.dkim_sign = bad
+    for bad in ("", "a..b", "x" * 64 + ".test", ".", " "):
+        with pytest.raises(ValueError):
+            tx.dkim_sign = bad

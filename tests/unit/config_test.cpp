@@ -555,10 +555,15 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
        "3: checks.dmarc: needs spf = true and dkim = true (DMARC passes on an aligned SPF or DKIM pass)"},
       // What this version does not do is an error, not silently ignored (issue 7 item 10).
 
-      {"[dkim_sign]\ndomains = [\"example.test\"]\nselector = \"s1\"\n",
-       "2: dkim_sign.domains: this version does not sign mail with DKIM yet; remove [dkim_sign]"},
-      {"[dkim_sign]\nkey_file = \"dkim.key\"\n",
-       "2: dkim_sign.key_file: this version does not sign mail with DKIM yet; remove [dkim_sign]"},
+      {"[dkim_sign]\ndomains = [\"example.test\"]\nselector = \"s1\"\n", "1: dkim_sign.key_file: required"},
+      {"[dkim_sign]\nkey_file = \"dkim.key\"\n", "1: dkim_sign.selector: required"},
+      {"[dkim_sign]\ndomains = [\"example..test\"]\nselector = \"s1\"\nkey_file = \"k\"\n",
+       "2: dkim_sign.domains: \"example..test\" is not a domain name (RFC 5321 §4.1.2: labels of letters, digits and "
+       "'-', joined by '.')"},
+      {"[dkim_sign]\ndomains = [\"example.test\"]\nselector = \"s 1\"\nkey_file = \"k\"\n",
+       "3: dkim_sign.selector: \"s 1\" is not a selector (DNS labels: letters, digits, hyphens, dots)"},
+      {"[dkim_sign]\ndomains = [\"a.test\"]\nselector = \"s\"\nkey_file = \"k\"\nnetworks = [\"10.0.0.0/33\"]\n",
+       "5: dkim_sign.networks: \"10.0.0.0/33\" is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)"},
       {"[store]\nurl = \"redis://127.0.0.1:6379/0\"\n", "2: store.url: this version has no pc.store yet; remove [store]"},
       {"[store]\nurl = \"memory:\"\n", "2: store.url: this version has no pc.store yet; remove [store]"},
       {"[metrics]\nlisten = \"127.0.0.1:9325\"\n", "2: metrics.listen: this version serves no metrics yet; remove [metrics]"},

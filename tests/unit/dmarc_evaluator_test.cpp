@@ -203,3 +203,27 @@ TEST(DmarcEvaluator, PermerrorForABrokenRecordOrNoUsableFromDomain) {
   f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject"};
   EXPECT_EQ(f.from("a@example.test, B <b@EXAMPLE.test>").result, kind::fail);
 }
+
+TEST(DmarcEvaluator, HostileRecordsAndFromFields) {
+  fixture f;
+  // A 40 KB tag, thousands of report addresses, a long list of tags: parsed (or refused) without harm.
+  f.dns->txt["_dmarc.big.test"] = {"v=DMARC1; p=reject; rua=mailto:" + std::string(40000, 'a') + "@big.test"};
+  auto r = f.from("a@big.test");
+  EXPECT_TRUE(r.result == kind::fail || r.result == kind::permerror) << to_string(r.result);
+  std::string many = "v=DMARC1; p=quarantine; rua=";
+  for (int i = 0; i < 3000; ++i) many += "mailto:r" + std::to_string(i) + "@many.test,";
+  many += "mailto:last@many.test";
+  f.dns->txt["_dmarc.many.test"] = {many};
+  r = f.from("a@many.test");
+  EXPECT_TRUE(r.result == kind::fail || r.result == kind::permerror) << to_string(r.result);
+  std::string tags = "v=DMARC1; p=none";
+  for (int i = 0; i < 5000; ++i) tags += "; x" + std::to_string(i) + "=y";
+  f.dns->txt["_dmarc.tags.test"] = {tags};
+  EXPECT_EQ(f.from("a@tags.test").policy, policy::none);
+  // A From field of 100,000 mailboxes of one domain, and one of 64 KB of nested comments.
+  std::string list;
+  for (int i = 0; i < 100000; ++i) list += (i ? ", u" : "u") + std::to_string(i) + "@tags.test";
+  EXPECT_EQ(f.from(list).domain, "tags.test");
+  EXPECT_EQ(f.from(std::string(32768, '(') + std::string(32768, ')') + "a@tags.test").domain, "tags.test");
+  EXPECT_EQ(f.from(std::string(65536, '(')).result, kind::permerror);
+}

@@ -1,0 +1,62 @@
+// DKIM signing of outbound mail ([dkim_sign], RFC 6376; rsa-sha256, or
+// ed25519-sha256 of RFC 8463 for an Ed25519 key) with OpenDKIM:
+// relaxed/relaxed canonicalization, the header fields RFC 6376 §5.4.1
+// recommends plus the MIME ones, From signed once more than it occurs (so a
+// From added on the way breaks the signature). Signing reads the whole
+// message (a spilled one from its file): it runs on the signer's own
+// threads, never an I/O thread.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "asio.hpp"
+#include "checks/sender_checks.hpp"
+#include "config/config.hpp"
+#include "net/network.hpp"
+#include "store/message_store.hpp"
+
+namespace portcullis::checks {
+
+class dkim_signer final : public mail_signer {
+ public:
+  // Reads the key file; throws std::runtime_error naming it when it is no
+  // usable key (not PEM, not RSA or Ed25519, RSA under 1024 bits) or when
+  // OpenDKIM does not start.
+  explicit dkim_signer(const dkim_sign_config& settings);
+  ~dkim_signer() override;
+  dkim_signer(const dkim_signer&) = delete;
+  dkim_signer& operator=(const dkim_signer&) = delete;
+
+  const dkim_sign_config& settings() const { return settings_; }
+  std::string_view algorithm() const;  // "rsa-sha256" or "ed25519-sha256"
+
+  // Mail from this client is signed without AUTH ([dkim_sign] networks).
+  bool trusts(const asio::ip::address& client) const override { return networks_.contains(client); }
+  // `domain` is one of ours to sign as.
+  bool signs_as(std::string_view domain) const override;
+  awaitable<dkim_signing> sign(const message_ptr& message, const std::string& domain) override;
+  // What to sign a message from `from_domain` as: that domain if it is
+  // ours, else (with subdomains) the nearest of ours above it.
+  std::optional<std::string> domain_for(std::string_view from_domain) const;
+
+  // The "DKIM-Signature: ...\r\n" field for the message signed as `domain`,
+  // folded with CRLF. Throws std::runtime_error when OpenDKIM fails or the
+  // message cannot be read.
+  std::string sign_now(const message_store& message, const std::string& domain) const;
+
+  // The domain of the message's one From field (one domain only), or
+  // nullopt with why in `problem`. Throws like sign_now.
+  static std::optional<std::string> from_domain(const message_store& message, std::string& problem);
+
+ private:
+  struct library;
+  dkim_sign_config settings_;
+  network_list networks_;
+  std::unique_ptr<library> lib_;
+  asio::thread_pool pool_{2};  // signing is CPU work: two threads keep up with two I/O threads
+};
+
+}  // namespace portcullis::checks
