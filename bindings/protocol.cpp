@@ -175,6 +175,25 @@ py::object dmarc_tuple(const policy_job& j) {
                                policy_name(d.disposition), d.org_domain, d.pct, d.spf_aligned, d.dkim_aligned});
 }
 
+void set_arc(policy_job& j, const py::object& t) {
+  if (t.is_none()) {
+    j.arc.reset();
+    return;
+  }
+  using k = checks::arc_result::kind;
+  auto [result, instances] = t.cast<std::tuple<std::string, unsigned>>();
+  checks::arc_result r;
+  r.result = kind_named(result, {k::none, k::pass, k::fail}, "ARC");
+  r.instances = instances;
+  j.arc = std::move(r);
+}
+
+// (result, instances), or None without an ARC check.
+py::object arc_tuple(const policy_job& j) {
+  if (!j.arc) return py::none();
+  return py::make_tuple(std::string(checks::to_string(j.arc->result)), j.arc->instances);
+}
+
 // (result, domain, explanation or None), or None without an SPF check.
 py::object spf_tuple(const policy_job& j) {
   if (!j.spf) return py::none();
@@ -194,7 +213,7 @@ py::object envelope_tuple(const policy_job& j) {
   py::list recipients(j.recipients.size());
   for (std::size_t i = 0; i < j.recipients.size(); ++i) recipients[i] = address_parts(j.recipients[i]);
   return py::make_tuple(j.tx_id, address_parts(j.sender), params_dict(j.sender_params), std::move(recipients),
-                        j.smtputf8, j.body_8bit, spf_tuple(j), dkim_list(j), dmarc_tuple(j));
+                        j.smtputf8, j.body_8bit, spf_tuple(j), dkim_list(j), dmarc_tuple(j), arc_tuple(j));
 }
 
 // The stage's own arguments: what its hooks get besides conn or tx.
@@ -239,6 +258,7 @@ void define_protocol(py::module_& m) {
       .def_property("spf", spf_tuple, set_spf)
       .def_property("dkim", dkim_list, set_dkim)
       .def_property("dmarc", dmarc_tuple, set_dmarc)
+      .def_property("arc", arc_tuple, set_arc)
       .def_readwrite("body_8bit", &policy_job::body_8bit)
       .def_readwrite("hostname", &policy_job::hostname)
       .def_readwrite("mechanism", &policy_job::mechanism)
@@ -268,9 +288,9 @@ void define_protocol(py::module_& m) {
           "(stage, connection, envelope, arguments): what every job needs, in one call. connection: (id, "
           "client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user), None for what is unset; "
           "envelope: None outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, "
-          "body_8bit, spf, dkim, dmarc), spf being None or (result, domain, explanation), dkim None or [(result, "
+          "body_8bit, spf, dkim, dmarc, arc), spf being None or (result, domain, explanation), dkim None or [(result, "
           "domain, selector), ...], dmarc None or (result, domain, policy, disposition, org_domain, pct, "
-          "spf_aligned, dkim_aligned); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
+          "spf_aligned, dkim_aligned), arc None or (result, instances); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
           "(recipient, rcpt_params)), else None; each address as (local part, domain).");
 
   py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")

@@ -73,9 +73,10 @@ std::string authserv_id_of(std::string_view v) {
 
 std::string authentication_results_header(std::string_view authserv_id, const std::optional<spf_result>& spf,
                                           const std::optional<dkim_results>& dkim,
-                                          const std::optional<dmarc_result>& dmarc) {
+                                          const std::optional<dmarc_result>& dmarc,
+                                          const std::optional<arc_result>& arc) {
   std::string h = std::string(field_name) + ": " + std::string(authserv_id) + ";";
-  if (!spf && !dkim && !dmarc) return h + " none\r\n";  // §2.2: no method was applied
+  if (!spf && !dkim && !dmarc && !arc) return h + " none\r\n";  // §2.2: no method was applied
   std::string methods;
   const auto method = [&](std::string text) {
     if (!methods.empty()) methods += ";";
@@ -100,6 +101,12 @@ std::string authentication_results_header(std::string_view authserv_id, const st
       m += " (p=" + std::string(to_string(dmarc->policy)) + " dis=" + std::string(to_string(dmarc->disposition)) + ")";
     if (!dmarc->problem.empty()) m += " reason=" + value(dmarc->problem, max_reason);
     if (!dmarc->domain.empty()) m += " header.from=" + value(dmarc->domain);
+    method(m);
+  }
+  if (arc) {
+    // RFC 8617 §10.1 (the arc= of the set we may add takes its cv= from here).
+    std::string m = "arc=" + std::string(to_string(arc->result));
+    if (arc->result == arc_result::kind::fail && !arc->problem.empty()) m += " reason=" + value(arc->problem, max_reason);
     method(m);
   }
   return h + methods + "\r\n";

@@ -22,7 +22,8 @@ namespace portcullis::checks {
 // (§2.3), printable ASCII, quoted, shortened.
 std::string authentication_results_header(std::string_view authserv_id, const std::optional<spf_result>& spf,
                                           const std::optional<dkim_results>& dkim = std::nullopt,
-                                          const std::optional<dmarc_result>& dmarc = std::nullopt);
+                                          const std::optional<dmarc_result>& dmarc = std::nullopt,
+                                          const std::optional<arc_result>& arc = std::nullopt);
 
 // Finds, in a message's header section fed in pieces, the
 // Authentication-Results fields whose authserv-id is ours, so that they can

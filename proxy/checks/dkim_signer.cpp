@@ -37,13 +37,37 @@ struct pkey {
   }
 };
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("[dkim_sign] key_file " + path.string() + ": cannot be read");
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 }  // namespace
+
+signing_key read_signing_key(const std::filesystem::path& path, std::string_view table, bool rsa_only) {
+  const std::string where = "[" + std::string(table) + "] key_file " + path.string() + ": ";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(where + "cannot be read");
+  signing_key key;
+  key.pem.assign(std::istreambuf_iterator<char>(in), {});
+  // The key's type decides the algorithm; a key the signer would refuse at
+  // the first message is refused here, at start-up or reload.
+  pkey k;
+  {
+    BIO* bio = BIO_new_mem_buf(key.pem.data(), static_cast<int>(key.pem.size()));
+    if (bio) k.key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+  }
+  if (k.key == nullptr) throw std::runtime_error(where + "no PEM private key");
+  switch (EVP_PKEY_get_base_id(k.key)) {
+    case EVP_PKEY_RSA:
+      if (EVP_PKEY_get_bits(k.key) < 1024)
+        throw std::runtime_error(where + "an RSA key of " + std::to_string(EVP_PKEY_get_bits(k.key)) +
+                                 " bits; RFC 8301 wants at least 1024 (2048 is usual)");
+      break;
+    case EVP_PKEY_ED25519:
+      if (rsa_only) throw std::runtime_error(where + "an Ed25519 key; ARC seals with RSA (RFC 8617 §4.1.3)");
+      key.ed25519 = true;
+      break;
+    default: throw std::runtime_error(where + "neither an RSA nor an Ed25519 key");
+  }
+  return key;
+}
 
 struct dkim_signer::library {
   DKIM_LIB* lib = nullptr;
@@ -56,29 +80,9 @@ struct dkim_signer::library {
 
 dkim_signer::dkim_signer(const dkim_sign_config& settings)
     : settings_(settings), networks_(settings.networks), lib_(std::make_unique<library>()) {
-  const auto& path = settings.key_file;
-  lib_->key = read_file(path);
-  // The key's type decides the algorithm; a key OpenDKIM would refuse at the
-  // first message is refused here, at start-up or reload.
-  pkey k;
-  {
-    BIO* bio = BIO_new_mem_buf(lib_->key.data(), static_cast<int>(lib_->key.size()));
-    if (bio) k.key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
-    BIO_free(bio);
-  }
-  if (k.key == nullptr) throw std::runtime_error("[dkim_sign] key_file " + path.string() + ": no PEM private key");
-  switch (EVP_PKEY_get_base_id(k.key)) {
-    case EVP_PKEY_RSA:
-      if (EVP_PKEY_get_bits(k.key) < 1024)
-        throw std::runtime_error("[dkim_sign] key_file " + path.string() + ": an RSA key of " +
-                                 std::to_string(EVP_PKEY_get_bits(k.key)) +
-                                 " bits; RFC 8301 wants at least 1024 (2048 is usual)");
-      lib_->algorithm = DKIM_SIGN_RSASHA256;
-      break;
-    case EVP_PKEY_ED25519: lib_->algorithm = DKIM_SIGN_ED25519SHA256; break;
-    default: throw std::runtime_error("[dkim_sign] key_file " + path.string() + ": neither an RSA nor an Ed25519 key");
-  }
-
+  const auto key = read_signing_key(settings.key_file, "dkim_sign");
+  lib_->key = key.pem;
+  lib_->algorithm = key.ed25519 ? DKIM_SIGN_ED25519SHA256 : DKIM_SIGN_RSASHA256;
   lib_->lib = dkim_init(nullptr, nullptr);
   if (lib_->lib == nullptr) throw std::runtime_error("OpenDKIM did not start (dkim_init)");
   // (The option is the NULL-terminated array itself, copied by the library.)

@@ -20,6 +20,16 @@
 
 namespace portcullis::checks {
 
+// A private key for signing, read from its PEM file and checked.
+struct signing_key {
+  std::string pem;
+  bool ed25519 = false;  // else RSA
+};
+// Throws std::runtime_error naming `table`.key_file when the file cannot be
+// read or holds no usable key: not PEM, neither RSA nor Ed25519, RSA under
+// 1024 bits (RFC 8301), or Ed25519 when `rsa_only`.
+signing_key read_signing_key(const std::filesystem::path& path, std::string_view table, bool rsa_only = false);
+
 class dkim_signer final : public mail_signer {
  public:
   // Reads the key file; throws std::runtime_error naming it when it is no

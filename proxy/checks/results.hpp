@@ -94,6 +94,24 @@ constexpr std::string_view to_string(dmarc_result::kind k) {
   return "?";
 }
 
+// The validation of the ARC chain a message arrives with (RFC 8617 §5.2;
+// results of RFC 8601's arc method).
+struct arc_result {
+  enum class kind { none, pass, fail };
+  kind result = kind::none;
+  unsigned instances = 0;  // ARC sets in the chain
+  std::string problem;     // why, unless pass
+};
+
+constexpr std::string_view to_string(arc_result::kind k) {
+  switch (k) {
+    case arc_result::kind::none: return "none";
+    case arc_result::kind::pass: return "pass";
+    case arc_result::kind::fail: return "fail";
+  }
+  return "?";
+}
+
 // "" for unspecified (no policy), else the p= value's name.
 constexpr std::string_view to_string(dmarc_result::policy_kind p) {
   switch (p) {

@@ -6,8 +6,10 @@
 
 namespace portcullis::checks {
 
-sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings)
-    : resolver_(std::move(resolver)), settings_(settings), pool_(std::max(1u, settings.threads)) {
+sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings,
+                               std::shared_ptr<arc_engine> arc)
+    : resolver_(std::move(resolver)), settings_(settings), arc_(settings.arc ? std::move(arc) : nullptr),
+      pool_(std::max(1u, settings.threads)) {
   if (settings.spf) spf_.emplace(resolver_, settings.receiver, settings.spf_skip_networks);
   if (settings.dkim) dkim_.emplace(resolver_, settings.max_dkim_signatures);
   if (settings.dmarc) {
@@ -57,6 +59,13 @@ awaitable<dmarc_result> sender_checker::dmarc(const message_ptr& message, const 
     }
   };
   auto result = co_await off_thread<dmarc_result>(pool_, work);
+  co_return result;
+}
+
+awaitable<arc_result> sender_checker::arc(const message_ptr& message) {
+  if (!arc_) co_return arc_result{};
+  const auto work = [arc = arc_, message] { return arc->verify_now(*message); };
+  auto result = co_await off_thread<arc_result>(pool_, work);
   co_return result;
 }
 

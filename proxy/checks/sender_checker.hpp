@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "asio.hpp"
+#include "checks/arc_engine.hpp"
 #include "checks/dkim_verifier.hpp"
 #include "checks/dmarc_evaluator.hpp"
 #include "checks/sender_checks.hpp"
@@ -21,6 +22,7 @@ struct sender_checker_settings {
   bool spf = false;
   bool dkim = false;
   bool dmarc = false;
+  bool arc = false;
   std::string receiver;            // our host name (SPF's %{r})
   std::vector<std::string> spf_skip_networks{"127.0.0.0/8", "::1"};
   unsigned threads = 8;
@@ -32,7 +34,9 @@ struct sender_checker_settings {
 class sender_checker final : public sender_checks {
  public:
   // Throws std::runtime_error when a library does not start.
-  sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings);
+  // `arc`: the ARC engine, when settings.arc (the Python layer's).
+  sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings,
+                 std::shared_ptr<arc_engine> arc = nullptr);
   ~sender_checker() override;
 
   awaitable<spf_result> spf(const asio::ip::address& client, const std::string& helo,
@@ -40,6 +44,7 @@ class sender_checker final : public sender_checks {
   awaitable<dkim_results> dkim(const message_ptr& message) override;
   awaitable<dmarc_result> dmarc(const message_ptr& message, const std::optional<spf_result>& spf,
                                 const std::optional<dkim_results>& dkim) override;
+  awaitable<arc_result> arc(const message_ptr& message) override;
 
   const std::shared_ptr<dns::resolver>& resolver() const { return resolver_; }
   const sender_checker_settings& settings() const { return settings_; }
@@ -50,6 +55,7 @@ class sender_checker final : public sender_checks {
   std::optional<spf_checker> spf_;
   std::optional<dkim_verifier> dkim_;
   std::optional<dmarc_evaluator> dmarc_;
+  std::shared_ptr<arc_engine> arc_;
   asio::thread_pool pool_;
 };
 

@@ -29,6 +29,8 @@ class sender_checks {
   // RFC 7489 evaluation of the message's From domain, from the SPF and DKIM results it got.
   virtual awaitable<dmarc_result> dmarc(const message_ptr& message, const std::optional<spf_result>& spf,
                                         const std::optional<dkim_results>& dkim) = 0;
+  // RFC 8617 validation of the message's ARC chain, as received.
+  virtual awaitable<arc_result> arc(const message_ptr& message) = 0;
 };
 
 // A message's DKIM signature, or why it has none.
@@ -51,6 +53,15 @@ class mail_signer {
   // The message signed as `domain`, or, with an empty one, as its From
   // domain (when that is ours). Works on a pool of its own.
   virtual awaitable<dkim_signing> sign(const message_ptr& message, const std::string& domain) = 0;
+};
+
+// Sealing with ARC ([arc_seal]) as the session sees it: the ARC set for the
+// message as it goes upstream (`prefix`, our fields on top, then `message`).
+class mail_sealer {
+ public:
+  virtual ~mail_sealer() = default;
+  // field: the three ARC fields; error: sealing failed; why_not: not sealed.
+  virtual awaitable<dkim_signing> seal(const std::string& prefix, const message_ptr& message) = 0;
 };
 
 }  // namespace portcullis::checks

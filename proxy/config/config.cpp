@@ -600,7 +600,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   // Known tables are checked key by key; any other table belongs to a policy
   // (portcullis.config["aliases"]) and is left to it.
   const std::set<std::string> known{"server", "upstream", "tls",       "auth",  "relay",   "policy",
-                                    "checks", "dns",      "dkim_sign", "store", "metrics", "log"};
+                                    "checks", "dns",      "dkim_sign", "arc_seal", "store", "metrics", "log"};
   for (const auto& [key, value] : root.as_table()) {
     const auto& loc = value.location();
     const std::string where = loc.file_name() + ":" + std::to_string(loc.line()) + ": ";
@@ -668,6 +668,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
                "is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)");
     t.get("dkim", cfg->checks.dkim);
     t.get_count("dkim_signatures", cfg->checks.dkim_signatures, 1, max_config_dkim_signatures);
+    t.get("arc", cfg->checks.arc);
     t.get("authentication_results", cfg->checks.authentication_results);
     t.get_count("threads", cfg->checks.threads, 1, max_config_check_threads);
     // DMARC judges the SPF and DKIM results: without one of them it would fail mail that passes.
@@ -696,6 +697,17 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     t.get("subdomains", k.subdomains);
   });
   if (cfg->dkim_sign.enabled && cfg->dkim_sign.domains.empty()) cfg->dkim_sign.enabled = false;
+  cfg->arc_seal.enabled = section("arc_seal", [&](table_reader& t) {
+    auto& k = cfg->arc_seal;
+    t.require("domain");
+    t.require("selector");
+    t.require("key_file");
+    if (t.get("domain", k.domain) && !is_domain(k.domain)) t.problem_at("domain", as_shown(k.domain) + " " + domain_want);
+    k.domain = smtp::to_lower(k.domain);
+    if (t.get("selector", k.selector) && !is_domain(k.selector))
+      t.problem_at("selector", as_shown(k.selector) + " is not a selector (DNS labels: letters, digits, hyphens, dots)");
+    t.get_path("key_file", k.key_file, base);
+  });
   section("store", [&](table_reader& t) {
     std::string url;
     if (t.get("url", url)) t.not_implemented("url", "has no pc.store yet; remove [store]");
@@ -719,6 +731,12 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     problems.push_back(at("server", "require_tls") + "needs a [tls] table with cert and key");
   if (cfg->server.require_auth && !cfg->auth.enabled)
     problems.push_back(at("server", "require_auth") + "needs an [auth] table");
+  // The seal's cv= is the arc= of our Authentication-Results (RFC 8617 §5.1.1).
+  if (cfg->arc_seal.enabled && !(cfg->checks.arc && cfg->checks.authentication_results) &&
+      root.at("arc_seal").contains("domain"))
+    problems.push_back(at("arc_seal", "domain") +
+                       "needs [checks] arc = true and authentication_results = true (the seal carries the chain's "
+                       "validation, taken from our Authentication-Results)");
 
   if (cfg->upstream.helo.empty()) cfg->upstream.helo = cfg->server.hostname;
   if (cfg->upstream.tls_name.empty()) cfg->upstream.tls_name = cfg->upstream.host;

@@ -136,6 +136,7 @@ struct checks_config {
   bool dkim = false;  // RFC 6376, before on_data (tx.dkim)
   unsigned dkim_signatures = 5;  // evaluated per message; the others are neutral
   bool dmarc = false;  // RFC 7489, after dkim, before on_data (tx.dmarc); needs spf and dkim
+  bool arc = false;    // RFC 8617: the chain validated before on_data (tx.arc), by dkimpy
   bool authentication_results = false;  // RFC 8601 header on relayed mail
   unsigned threads = 8;  // run libspf2, OpenDKIM and DMARC, which block on DNS (never an I/O thread)
 };
@@ -163,6 +164,16 @@ struct dkim_sign_config {
   bool operator==(const dkim_sign_config&) const = default;
 };
 
+// ARC sealing (RFC 8617) of every relayed message, as the last change.
+struct arc_seal_config {
+  bool enabled = false;
+  std::string domain;  // d=, lower-cased
+  std::string selector;
+  std::filesystem::path key_file;  // RSA
+
+  bool operator==(const arc_seal_config&) const = default;
+};
+
 struct log_config {
   log_level level = log_level::info;  // at start-up; PORTCULLIS_LOG_LEVEL overrides
   log_format format = log_format::text;
@@ -182,6 +193,7 @@ struct config {
   checks_config checks;
   dns_config dns;
   dkim_sign_config dkim_sign;
+  arc_seal_config arc_seal;
   log_config log;
 };
 

@@ -55,6 +55,7 @@ struct policy_job {
   std::optional<checks::spf_result> spf;     // [checks] spf on: the MAIL FROM's check
   std::optional<checks::dkim_results> dkim;  // [checks] dkim on, from data on: the message's signatures
   std::optional<checks::dmarc_result> dmarc;  // [checks] dmarc on, from data on
+  std::optional<checks::arc_result> arc;      // [checks] arc on, from data on
   // stage arguments
   std::string hostname;                          // helo
   std::string mechanism, username, password;     // auth

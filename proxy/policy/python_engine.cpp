@@ -652,6 +652,8 @@ void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, s
 
 }  // namespace
 
+void start_python_interpreter() { start_interpreter_once(); }
+
 python_engine::python_engine(const config& cfg) {
   start_interpreter_once();
   const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -27,6 +27,10 @@
 
 namespace portcullis {
 
+// Starts the embedded interpreter if no engine has yet (the ARC engine runs
+// dkimpy in it with or without policies); the GIL is left released.
+void start_python_interpreter();
+
 class python_engine {
  public:
   using job_id = std::uint64_t;

@@ -42,6 +42,7 @@ void add_transaction(policy_job& j, const transaction& tx) {
   j.spf = tx.spf;
   j.dkim = tx.dkim;
   j.dmarc = tx.dmarc;
+  j.arc = tx.arc;
 }
 
 std::optional<smtp::address> address_from(const std::string& s, bool utf8, bool null_ok) {

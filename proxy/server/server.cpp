@@ -10,12 +10,14 @@
 #include <thread>
 
 #include "bindings/core.hpp"
+#include "checks/arc_sealer.hpp"
 #include "checks/dkim_signer.hpp"
 #include "checks/sender_checker.hpp"
 #include "dns/resolver.hpp"
 #include "log.hpp"
 #include "net/io_pool.hpp"
 #include "net/network.hpp"
+#include "policy/python_arc.hpp"
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
 #include "session/client_table.hpp"
@@ -96,8 +98,13 @@ dns::resolver_options resolver_options_of(const dns_config& d) {
 
 }  // namespace
 
+const std::shared_ptr<checks::arc_engine>& server::arc_engine() {
+  if (!arc_engine_) arc_engine_ = std::make_shared<python_arc>();
+  return arc_engine_;
+}
+
 std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
-  const bool any_check = cfg.checks.spf || cfg.checks.dkim || cfg.checks.dmarc;
+  const bool any_check = cfg.checks.spf || cfg.checks.dkim || cfg.checks.dmarc || cfg.checks.arc;
   if (!any_check) return nullptr;  // (pc.dns makes the resolver at its first lookup: use_generation)
   if (cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver())
     throw std::invalid_argument("[checks] need DNS: set [dns] nameserver, or a nameserver in /etc/resolv.conf");
@@ -107,12 +114,15 @@ std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
   settings.spf = cfg.checks.spf;
   settings.dkim = cfg.checks.dkim;
   settings.dmarc = cfg.checks.dmarc;
+  settings.arc = cfg.checks.arc;
   settings.receiver = cfg.server.hostname;
   settings.spf_skip_networks = cfg.checks.spf_skip_networks;
   settings.threads = cfg.checks.threads;
   settings.max_dkim_signatures = cfg.checks.dkim_signatures;
   const bool same = checker_ && checker_->resolver() == resolver && checker_->settings() == settings;
-  auto checker = same ? checker_ : std::make_shared<checks::sender_checker>(resolver, settings);
+  auto checker = same ? checker_
+                      : std::make_shared<checks::sender_checker>(resolver, settings,
+                                                                 settings.arc ? arc_engine() : nullptr);
   resolver_ = std::move(resolver);
   resolver_dns_ = cfg.dns;
   checker_ = checker;
@@ -144,6 +154,8 @@ std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config
   g->checks = make_checks(*cfg);
   // The key is read again on every reload: a rotated key needs only a SIGHUP.
   if (cfg->dkim_sign.enabled) g->signer = std::make_shared<checks::dkim_signer>(cfg->dkim_sign);
+  if (cfg->arc_seal.enabled)
+    g->sealer = std::make_shared<checks::arc_sealer>(cfg->arc_seal, cfg->server.hostname, arc_engine());
   g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool(), kept = upstream_pool_](
                          const session_log& log, const connection_state& client, asio::any_io_executor io) {
     return portcullis::make_upstream(*cfg, log, client, std::move(io), pool, tls, kept);

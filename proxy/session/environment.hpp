@@ -42,6 +42,7 @@ struct generation {
   std::shared_ptr<const network_list> proxy_trusted;  // who may send a PROXY header
   std::shared_ptr<checks::sender_checks> checks;      // null unless [checks] asks for one
   std::shared_ptr<checks::mail_signer> signer;        // null without [dkim_sign]
+  std::shared_ptr<checks::mail_sealer> sealer;        // null without [arc_seal]
   upstream_factory make_upstream;
 };
 

@@ -718,6 +718,16 @@ awaitable<reply> session::deliver(std::size_t& size) {
     log_dmarc(dmarc);
     tx_.dmarc = std::move(dmarc);
   }
+  if (gen_->checks && cfg_.checks.arc) {
+    // The chain of intermediaries' seals the message arrives with (RFC 8617 §5.2).
+    auto arc = co_await gen_->checks->arc(received);
+    if (arc.problem.empty()) {
+      log_.info("arc={} (i={})", checks::to_string(arc.result), arc.instances);
+    } else {
+      log_.info("arc={} ({})", checks::to_string(arc.result), printable(arc.problem));
+    }
+    tx_.arc = std::move(arc);
+  }
   auto v = co_await policy_.on_data(conn_, tx_, received);
   apply_rewrites(v);
   if (v.dkim_sign) tx_.dkim_sign = v.dkim_sign;
@@ -746,11 +756,25 @@ awaitable<reply> session::deliver(std::size_t& size) {
     // Ours goes on top, and no field claiming to be ours comes with it (RFC 8601 §5, §7.1).
     message = without_claimed_results(std::move(message));
     if (!message) co_return storage_full();
-    header = checks::authentication_results_header(cfg_.server.hostname, tx_.spf, tx_.dkim, tx_.dmarc);
+    header = checks::authentication_results_header(cfg_.server.hostname, tx_.spf, tx_.dkim, tx_.dmarc, tx_.arc);
   }
   std::string signature;
   if (auto failed = co_await dkim_sign(message, signature)) co_return *failed;
   header = signature + header + received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
+  if (gen_->sealer) {
+    // ARC: the very last change, over everything the upstream gets (RFC 8617 §5.1).
+    auto sealed = co_await gen_->sealer->seal(header, message);
+    if (!sealed.error.empty()) {
+      log_.error("ARC sealing failed: {}", printable(sealed.error));
+      co_return reply{451, "4.3.0", "Local error: the message could not be sealed, try again later"};
+    }
+    if (sealed.field.empty()) {
+      log_.info("not ARC sealed: {}", printable(sealed.why_not));
+    } else {
+      log_.info("ARC sealed d={} s={}", sealed.domain, cfg_.arc_seal.selector);
+      header = sealed.field + header;
+    }
+  }
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
   auto upstream_reply = co_await relay_.data(header, *message);
   co_return with_policy_text(std::move(upstream_reply), v);

@@ -28,6 +28,7 @@ struct transaction {
   std::optional<checks::spf_result> spf;     // [checks] spf: made before the policy's on_mail
   std::optional<checks::dkim_results> dkim;  // [checks] dkim: made before the policy's on_data
   std::optional<checks::dmarc_result> dmarc;  // [checks] dmarc: made after dkim, before on_data
+  std::optional<checks::arc_result> arc;      // [checks] arc: made before on_data
   // DKIM signing as a policy chose it (tx.dkim_sign): unset, [dkim_sign]'s
   // rule; empty, not signed; else the domain to sign as.
   std::optional<std::string> dkim_sign;

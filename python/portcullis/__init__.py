@@ -26,7 +26,7 @@ from . import dns
 from ._address import Address, AddressList
 from ._log import log
 from ._message import Message
-from ._objects import Connection, DkimSignature, DmarcResult, SpfResult, Transaction
+from ._objects import ArcResult, Connection, DkimSignature, DmarcResult, SpfResult, Transaction
 from ._verdicts import Verdict, accept, discard, redirect, reject, tempfail
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Address",
     "AddressList",
+    "ArcResult",
     "Connection",
     "DkimSignature",
     "DmarcResult",

@@ -37,7 +37,7 @@ from . import _context
 from ._address import Address, AddressList, as_recipient, as_sender
 from ._log import DETAIL, log, traceback_lines
 from ._message import Message
-from ._objects import Connection, DkimSignature, DmarcResult, SpfResult, Transaction
+from ._objects import ArcResult, Connection, DkimSignature, DmarcResult, SpfResult, Transaction
 from ._verdicts import Verdict
 
 #: The stages in SMTP order, with the arguments each hook is called with.
@@ -123,6 +123,9 @@ def job_from_dict(job: dict[str, Any]) -> Any:
             j.dmarc = (dmarc["result"], dmarc.get("domain", ""), dmarc.get("policy"), dmarc.get("disposition"),
                        dmarc.get("org_domain", ""), int(dmarc.get("pct", 100)), bool(dmarc.get("spf_aligned")),
                        bool(dmarc.get("dkim_aligned")))
+        arc = tx.get("arc")
+        if arc is not None:
+            j.arc = (arc["result"], int(arc.get("instances", 0)))
     for key in ("hostname", "mechanism", "username", "password", "rcpt"):
         if job.get(key) is not None:
             setattr(j, key, str(job[key]))
@@ -1109,7 +1112,7 @@ class _StageRun:
 def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction:
     """session.tx made (or brought up to date) from the daemon's envelope, which is the truth:
     rewrites it did not apply are gone."""
-    tx_id, sender, sender_params, recipients, smtputf8, body_8bit, spf, dkim, dmarc = envelope
+    tx_id, sender, sender_params, recipients, smtputf8, body_8bit, spf, dkim, dmarc, arc = envelope
     sender_address, recipient_list = Address._parsed(sender, sender_params), AddressList._parsed(recipients)
     tx = session.tx
     if tx is None or tx._id != tx_id:
@@ -1119,6 +1122,7 @@ def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction
     tx.spf = None if spf is None else SpfResult(*spf)
     tx.dkim = None if dkim is None else [DkimSignature(*signature) for signature in dkim]
     tx.dmarc = None if dmarc is None else DmarcResult(*dmarc)
+    tx.arc = None if arc is None else ArcResult(*arc)
     session.tx = tx
     session.before = (sender_address, list(recipient_list))
     return tx

@@ -152,6 +152,14 @@ class DmarcResult:
     dkim_aligned: bool = False  #: a DKIM signature passed for a domain aligned with it
 
 
+@dataclass(frozen=True, slots=True)
+class ArcResult:
+    """The validation of the ARC chain the message arrived with (RFC 8617)."""
+
+    result: str  #: pass, fail or none (no ARC set)
+    instances: int = 0  #: ARC sets in the chain (each an intermediary that sealed it)
+
+
 class Transaction:
     """One mail transaction (MAIL, RCPT..., DATA), passed to on_mail, on_rcpt and on_data.
 
@@ -164,10 +172,11 @@ class Transaction:
     one being decided: that one is added after the stage unless the verdict
     refuses, discards or redirects it.
 
-    ``spf``, ``dkim`` and ``dmarc`` are None while the daemon runs no such
-    check (``[checks]``): test ``if tx.spf is not None``. When set,
+    ``spf``, ``dkim``, ``dmarc`` and ``arc`` are None while the daemon runs no
+    such check (``[checks]``): test ``if tx.spf is not None``. When set,
     ``spf`` is an ``SpfResult`` (before on_mail), ``dkim`` a list of
-    ``DkimSignature`` and ``dmarc`` a ``DmarcResult`` (before on_data).
+    ``DkimSignature``, ``dmarc`` a ``DmarcResult`` and ``arc`` an
+    ``ArcResult`` (before on_data).
 
     ``smtputf8`` and ``body_8bit`` say what the client declared on MAIL
     (``SMTPUTF8``, RFC 6531; ``BODY=8BITMIME``, RFC 6152); read only. Without
@@ -186,7 +195,7 @@ class Transaction:
     """
 
     __slots__ = ("_conn", "_id", "_sender", "_recipients", "_smtputf8", "_body_8bit", "spf", "dkim", "dmarc",
-                 "_dkim_sign", "data")
+                 "arc", "_dkim_sign", "data")
 
     def __init__(
         self,
@@ -206,6 +215,7 @@ class Transaction:
         self.spf: SpfResult | None = None
         self.dkim: list[DkimSignature] | None = None
         self.dmarc: DmarcResult | None = None
+        self.arc: ArcResult | None = None
         self._dkim_sign: str | bool | None = None
         self.data: dict[str, Any] = {}
 
@@ -216,7 +226,7 @@ class Transaction:
         tx = cls.__new__(cls)
         tx._conn, tx._id, tx._sender, tx._recipients = conn, id, sender, recipients
         tx._smtputf8, tx._body_8bit = smtputf8, body_8bit
-        tx.spf = tx.dkim = tx.dmarc = tx._dkim_sign = None
+        tx.spf = tx.dkim = tx.dmarc = tx.arc = tx._dkim_sign = None
         tx.data = {}
         return tx
 

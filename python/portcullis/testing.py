@@ -23,8 +23,9 @@ simulated is the SMTP side around it):
 - The upstream accepts everything: MAIL ``250 2.1.0 Ok``, RCPT
   ``250 2.1.5 Ok``, end of data ``250 2.0.0 Ok``.
 - No ``Received:`` header is added, and nothing checks SPF, DKIM or DMARC:
-  ``tx.spf`` is what ``mail(..., spf=...)`` says, ``tx.dkim`` and
-  ``tx.dmarc`` what ``data(..., dkim=..., dmarc=...)`` says (None by default).
+  ``tx.spf`` is what ``mail(..., spf=...)`` says, ``tx.dkim``, ``tx.dmarc``
+  and ``tx.arc`` what ``data(..., dkim=..., dmarc=..., arc=...)`` says (None
+  by default).
 - ``data()`` takes the message as it is meant, not as SMTP carries it: lone
   LF or CR become CRLF (as ``smtplib`` does), a final CRLF is added, and
   there is no dot-stuffing to do. A NUL gives ``550 5.6.0`` as in the daemon.
@@ -56,7 +57,7 @@ from typing import Any, NamedTuple, TypeVar
 from ._address import Address
 from ._engine import POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, job_from_dict, load_config, result_as_dict
 from ._log import LOGGER_NAME, format_record, record_session_id
-from ._objects import DkimSignature, DmarcResult, SpfResult
+from ._objects import ArcResult, DkimSignature, DmarcResult, SpfResult
 
 __all__ = ["Delivery", "Harness", "LogLine", "PolicyLoadError", "Reply", "Session", "SessionClosed"]
 
@@ -339,6 +340,9 @@ class Session:
             dmarc = self._tx.get("dmarc")
             if dmarc is not None:
                 tx["dmarc"] = dataclasses.asdict(dmarc)
+            arc = self._tx.get("arc")
+            if arc is not None:
+                tx["arc"] = dataclasses.asdict(arc)
         return self.harness.ask({"stage": stage, "session": self._snapshot(), "tx": tx, **arguments})
 
     def _outcome(self, result: dict[str, Any]) -> tuple[Reply | None, dict[str, Any]]:
@@ -512,19 +516,21 @@ class Session:
         return self._reply(self._with_policy_text(Reply(250, "2.1.5", "Ok"), verdict))
 
     def data(self, message: bytes | str, dkim: Iterable[DkimSignature | tuple[str, str, str]] | None = None,
-             dmarc: DmarcResult | None = None) -> Reply:
+             dmarc: DmarcResult | None = None, arc: ArcResult | None = None) -> Reply:
         """DATA and the message: on_data runs; the final reply is returned.
 
         ``message`` is the message itself (a ``str`` is UTF-8 encoded); line
         ends are made CRLF. ``dkim`` is the verification the daemon would
         have made (``tx.dkim``): ``DkimSignature``s or ``(result, domain,
         selector)`` tuples; ``dmarc`` its DMARC evaluation (``tx.dmarc``), a
-        ``DmarcResult``.
+        ``DmarcResult``; ``arc`` its ARC validation (``tx.arc``), an ``ArcResult``.
         """
         if self._tx is not None and dkim is not None:
             self._tx["dkim"] = [d if isinstance(d, DkimSignature) else DkimSignature(*d) for d in dkim]
         if self._tx is not None and dmarc is not None:
             self._tx["dmarc"] = dmarc
+        if self._tx is not None and arc is not None:
+            self._tx["arc"] = arc
         self._check_open()
         if self._tx is None:
             return self._reply(Reply(503, "5.5.1", "Need MAIL before DATA"))

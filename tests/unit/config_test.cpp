@@ -391,7 +391,8 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[auth]\nusers = \"u\"\n", "2: auth.users: unknown key"},
       {"[relay]\nlocal_domain = []\n", "2: relay.local_domain: unknown key"},
       {"[policy]\nfile = []\n", "2: policy.file: unknown key"},
-      {"[checks]\narc = true\n", "2: checks.arc: unknown key"},
+      {"[checks]\nbimi = true\n", "2: checks.bimi: unknown key"},
+      {"[arc_seal]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\nkeyfile = \"k\"\n", "5: arc_seal.keyfile: unknown key"},
       {"[dns]\nserver = \"x\"\n", "2: dns.server: unknown key"},
       {"[log]\nfile = \"x\"\n", "2: log.file: unknown key"},
       {"[metrics]\nport = 1\n", "2: metrics.port: unknown key"},
@@ -553,6 +554,10 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[checks]\ndmarc = true\n", "2: checks.dmarc: needs spf = true and dkim = true (DMARC passes on an aligned SPF or DKIM pass)"},
       {"[checks]\nspf = true\ndmarc = true\n",
        "3: checks.dmarc: needs spf = true and dkim = true (DMARC passes on an aligned SPF or DKIM pass)"},
+      {"[arc_seal]\ndomain = \"a.test\"\nselector = \"s\"\nkey_file = \"k\"\n",
+       "2: arc_seal.domain: needs [checks] arc = true and authentication_results = true (the seal carries the chain's "
+       "validation, taken from our Authentication-Results)"},
+      {"[arc_seal]\ndomain = \"a.test\"\n", "1: arc_seal.selector: required"},
       // What this version does not do is an error, not silently ignored (issue 7 item 10).
 
       {"[dkim_sign]\ndomains = [\"example.test\"]\nselector = \"s1\"\n", "1: dkim_sign.key_file: required"},

@@ -1,0 +1,72 @@
+#include "policy/python_arc.hpp"
+
+#include <pybind11/embed.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <tuple>
+
+#include "policy/python_engine.hpp"
+
+namespace py = pybind11;
+
+namespace portcullis {
+
+namespace {
+
+// Runs `call` holding the GIL, on whatever thread this is (a thread state is
+// made for it and dropped after); Python errors come out as runtime_error.
+template <class Call>
+auto with_python(Call&& call) {
+  const PyGILState_STATE gil = PyGILState_Ensure();
+  struct release {
+    PyGILState_STATE gil;
+    ~release() { PyGILState_Release(gil); }
+  } released{gil};
+  try {
+    return call(py::module_::import("portcullis._arc"));
+  } catch (py::error_already_set& e) {
+    throw std::runtime_error(e.what());
+  }
+}
+
+}  // namespace
+
+python_arc::python_arc() { start_python_interpreter(); }
+
+checks::arc_result python_arc::verify_now(const message_store& message) {
+  using kind = checks::arc_result::kind;
+  checks::arc_result r;
+  if (message.size() > checks::max_arc_message) {
+    r.problem = "not checked: the message is larger than 16 MiB";
+    return r;
+  }
+  try {
+    const std::string bytes = message.read_all();
+    const auto [result, instances, why] = with_python([&](py::module_ arc) {
+      py::object out = arc.attr("verify")(py::bytes(bytes));
+      return out.cast<std::tuple<std::string, unsigned, std::string>>();
+    });
+    r.result = result == "pass" ? kind::pass : result == "fail" ? kind::fail : kind::none;
+    r.instances = instances;
+    r.problem = why;
+  } catch (const std::exception& e) {
+    r.result = kind::fail;
+    r.problem = e.what();
+  }
+  return r;
+}
+
+std::string python_arc::seal_now(std::string_view prefix, const message_store& message, const checks::arc_key& key,
+                                 const std::string& authserv_id) {
+  if (message.size() + prefix.size() > checks::max_arc_message)
+    throw std::runtime_error("not sealed: the message is larger than 16 MiB");
+  std::string bytes(prefix);
+  bytes += message.read_all();
+  return with_python([&](py::module_ arc) {
+    py::object out = arc.attr("seal")(py::bytes(bytes), key.selector, key.domain, py::bytes(key.pem), authserv_id);
+    return out.cast<std::string>();
+  });
+}
+
+}  // namespace portcullis
