@@ -6,25 +6,39 @@ threads; policies read the result as ``tx.arc``."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import dkim
 
 from . import dns
 
+#: Seconds one validation may spend on key lookups in all: a chain may hold
+#: 50 sets (RFC 8617 §4.2.1), each naming keys of its own on slow servers.
+TIME_BUDGET = 20.0
 
-def _txt(name: bytes | str, timeout: float = 5) -> bytes | None:
-    """dkimpy's key lookup: the first TXT record at `name`, None when there is none."""
-    name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-    try:
-        records = dns.resolve_sync(name.rstrip("."), "TXT")
-    except dns.NXDOMAIN:
-        return None
-    return records[0].encode() if records else None
+
+def _txt_until(deadline: float) -> Callable[..., bytes | None]:
+    """dkimpy's key lookup: the first TXT record at `name`, None when there is none; past the
+    deadline, a timeout without asking."""
+
+    def txt(name: bytes | str, timeout: float = 5) -> bytes | None:
+        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        if time.monotonic() > deadline:
+            raise dns.Timeout(name, "TXT", f"over the {TIME_BUDGET:.0f} s budget of one ARC validation")
+        try:
+            records = dns.resolve_sync(name.rstrip("."), "TXT")
+        except dns.NXDOMAIN:
+            return None
+        return records[0].encode() if records else None
+
+    return txt
 
 
 def verify(message: bytes) -> tuple[str, int, str]:
     """The chain's validation (RFC 8617 §5.2): ("pass" | "fail" | "none", the number of ARC sets, why)."""
     try:
-        cv, results, comment = dkim.arc_verify(message, dnsfunc=_txt)
+        cv, results, comment = dkim.arc_verify(message, dnsfunc=_txt_until(time.monotonic() + TIME_BUDGET))
     except dns.Error as e:  # a key lookup timed out or failed: the chain cannot be shown valid
         return "fail", 0, f"DNS: {e}"
     except Exception as e:  # dkimpy on a malformed set: a broken chain
