@@ -103,13 +103,20 @@ const std::shared_ptr<checks::arc_engine>& server::arc_engine() {
   return arc_engine_;
 }
 
-std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
+std::shared_ptr<dns::resolver> server::resolver_for(const config& cfg) {
+  if (cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver()) return nullptr;
+  if (!resolver_ || !(resolver_dns_ == cfg.dns)) {
+    resolver_ = std::make_shared<dns::resolver>(resolver_options_of(cfg.dns));
+    resolver_dns_ = cfg.dns;
+  }
+  return resolver_;
+}
+
+std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg, const std::shared_ptr<dns::resolver>& resolver) {
   const bool any_check = cfg.checks.spf || cfg.checks.dkim || cfg.checks.dmarc || cfg.checks.arc;
-  if (!any_check) return nullptr;  // (pc.dns makes the resolver at its first lookup: use_generation)
-  if (cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver())
+  if (!any_check) return nullptr;
+  if (!resolver)
     throw std::invalid_argument("[checks] need DNS: set [dns] nameserver, or a nameserver in /etc/resolv.conf");
-  const bool same_dns = resolver_ && resolver_dns_ == cfg.dns;
-  auto resolver = same_dns ? resolver_ : std::make_shared<dns::resolver>(resolver_options_of(cfg.dns));
   checks::sender_checker_settings settings;
   settings.spf = cfg.checks.spf;
   settings.dkim = cfg.checks.dkim;
@@ -123,20 +130,19 @@ std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg) {
   auto checker = same ? checker_
                       : std::make_shared<checks::sender_checker>(resolver, settings,
                                                                  settings.arc ? arc_engine() : nullptr);
-  resolver_ = std::move(resolver);
-  resolver_dns_ = cfg.dns;
   checker_ = checker;
   return checker;
 }
 
 void server::use_generation(std::shared_ptr<generation> g) {
-  const bool checks_resolver = g->checks != nullptr;
+  const auto resolver = g->resolver;
   const auto dns = g->cfg->dns;
   env_.replace(std::move(g));
-  // pc.dns asks the checks' resolver, or one made with [dns] at its first
-  // lookup (a policy that never looks anything up costs no resolver).
-  if (checks_resolver) {
-    bindings::set_resolver(resolver_);
+  // pc.dns asks the resolver of the checks and the upstream, or one made
+  // with [dns] at its first lookup (a policy that never looks anything up
+  // costs no resolver).
+  if (resolver) {
+    bindings::set_resolver(resolver);
   } else {
     bindings::set_resolver_options(resolver_options_of(dns));
   }
@@ -151,14 +157,21 @@ std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config
   g->relay = std::make_shared<relay_guard>(cfg->relay);
   g->users = load_users(*cfg);
   g->proxy_trusted = std::make_shared<network_list>(cfg->server.proxy_trusted);
-  g->checks = make_checks(*cfg);
+  // One resolver for the checks and an upstream given by name (a numeric one needs none).
+  boost::system::error_code numeric;
+  asio::ip::make_address(cfg->upstream.host, numeric);
+  const bool upstream_by_name = cfg->upstream.scheme != upstream_config::kind::maildir && numeric;
+  const bool any_check = cfg->checks.spf || cfg->checks.dkim || cfg->checks.dmarc || cfg->checks.arc;
+  if (upstream_by_name || any_check) g->resolver = resolver_for(*cfg);
+  g->checks = make_checks(*cfg, g->resolver);
   // The key is read again on every reload: a rotated key needs only a SIGHUP.
   if (cfg->dkim_sign.enabled) g->signer = std::make_shared<checks::dkim_signer>(cfg->dkim_sign);
   if (cfg->arc_seal.enabled)
     g->sealer = std::make_shared<checks::arc_sealer>(cfg->arc_seal, cfg->server.hostname, arc_engine());
-  g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool(), kept = upstream_pool_](
+  g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool(), kept = upstream_pool_,
+                       resolver = upstream_by_name ? g->resolver : nullptr](
                          const session_log& log, const connection_state& client, asio::any_io_executor io) {
-    return portcullis::make_upstream(*cfg, log, client, std::move(io), pool, tls, kept);
+    return portcullis::make_upstream(*cfg, log, client, std::move(io), pool, tls, kept, resolver);
   };
   return g;
 }

@@ -47,7 +47,10 @@ class server {
   // Can the listeners open now serve sessions of `cfg`? The reason they cannot, if not.
   std::optional<std::string> cannot_serve_listeners(const config& cfg) const;
   // The sender checks `cfg` asks for (null: none), on the resolver its [dns] describes.
-  std::shared_ptr<checks::sender_checks> make_checks(const config& cfg);
+  // The resolver for `cfg`'s [dns]: the one in use when [dns] is the same (its
+  // cache kept), else a new one; null without any nameserver to ask.
+  std::shared_ptr<dns::resolver> resolver_for(const config& cfg);
+  std::shared_ptr<checks::sender_checks> make_checks(const config& cfg, const std::shared_ptr<dns::resolver>& resolver);
   // From now on new sessions run in `g` (and pc.dns asks its resolver).
   void use_generation(std::shared_ptr<generation> g);
   // The policy for sessions of `cfg`: its Python policies of generation `loaded`, or none.

@@ -24,6 +24,9 @@
 
 namespace portcullis {
 
+namespace dns {
+class resolver;
+}
 class session_log;
 
 // Opens the session's way to the upstream (not yet connected: it connects at
@@ -43,6 +46,7 @@ struct generation {
   std::shared_ptr<checks::sender_checks> checks;      // null unless [checks] asks for one
   std::shared_ptr<checks::mail_signer> signer;        // null without [dkim_sign]
   std::shared_ptr<checks::mail_sealer> sealer;        // null without [arc_seal]
+  std::shared_ptr<dns::resolver> resolver;            // of the checks and a named upstream; null when neither
   upstream_factory make_upstream;
 };
 

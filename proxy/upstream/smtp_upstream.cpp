@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "dns/resolver.hpp"
 #include "log.hpp"
 #include "net/line_stream.hpp"
 #include "net/network.hpp"
@@ -81,8 +82,10 @@ using setup_result = std::optional<setup_failure>;  // nullopt: ready
 class smtp_upstream final : public upstream {
  public:
   smtp_upstream(const config& cfg, const session_log& log, const connection_state& client, asio::any_io_executor io,
-                std::shared_ptr<tls_client_context> tls, std::shared_ptr<upstream_pool> pool)
-      : cfg_(cfg.upstream), log_(log), client_(client), io_(std::move(io)), tls_(std::move(tls)), pool_(std::move(pool)) {}
+                std::shared_ptr<tls_client_context> tls, std::shared_ptr<upstream_pool> pool,
+                std::shared_ptr<dns::resolver> resolver)
+      : cfg_(cfg.upstream), log_(log), client_(client), io_(std::move(io)), tls_(std::move(tls)), pool_(std::move(pool)),
+        resolver_(std::move(resolver)) {}
 
   awaitable<smtp::reply> mail(const smtp::address& sender, const mail_options& options) override {
     // A kept connection the upstream closed while idle (its own timeout) is
@@ -437,6 +440,10 @@ class smtp_upstream final : public upstream {
     const auto numeric = asio::ip::make_address(cfg_.host, ec);
     const auto port = static_cast<unsigned short>(std::stoul(cfg_.port));
     if (!ec) co_return tcp::resolver::results_type::create(tcp::endpoint(numeric, port), cfg_.host, cfg_.port);
+    if (resolver_) {
+      auto found = co_await resolve_with_ours(port);
+      co_return found;
+    }
     asio::steady_timer timer(io_);
     timer.expires_after(cfg_.timeout);
     tcp::resolver resolver(io_);
@@ -447,6 +454,30 @@ class smtp_upstream final : public upstream {
       co_return std::nullopt;
     }
     co_return std::get<0>(resolved);
+  }
+
+  // The daemon's resolver ([dns], its cache and timeout): the AAAA then the
+  // A records, tried in that order (as getaddrinfo orders them on a host with both).
+  awaitable<std::optional<tcp::resolver::results_type>> resolve_with_ours(unsigned short port) {
+    std::vector<tcp::endpoint> endpoints;
+    std::string trouble;
+    for (const auto type : {dns::rr_type::aaaa, dns::rr_type::a}) {
+      const auto answer = co_await resolver_->async_lookup(cfg_.host, type, asio::use_awaitable);
+      if (answer.ok()) {
+        for (const auto& r : answer.records) {
+          boost::system::error_code ec;
+          const auto address = asio::ip::make_address(r.value, ec);
+          if (!ec) endpoints.emplace_back(address, port);
+        }
+      } else if (answer.what != dns::answer::status::nxdomain) {
+        trouble = std::string(dns::to_string(answer.what)) + (answer.error.empty() ? "" : ": " + answer.error);
+      }
+    }
+    if (endpoints.empty()) {
+      log_.warn("upstream: cannot resolve {}: {}", cfg_.host, trouble.empty() ? "no such name, or no address" : trouble);
+      co_return std::nullopt;
+    }
+    co_return tcp::resolver::results_type::create(endpoints.begin(), endpoints.end(), cfg_.host, cfg_.port);
   }
 
   // Takes a kept connection from the pool, if one is there.
@@ -580,6 +611,7 @@ class smtp_upstream final : public upstream {
   std::unique_ptr<line_stream> stream_;  // a unique_ptr: it may go to the pool and come to another session
   std::shared_ptr<tls_client_context> tls_;
   std::shared_ptr<upstream_pool> pool_;  // null: no connection is kept past the session
+  std::shared_ptr<dns::resolver> resolver_;  // null: the system's (getaddrinfo)
   std::map<std::string, std::string> caps_;  // EHLO keyword (upper case) -> its parameters
   bool in_transaction_ = false;
   bool owed_ = false;    // a command (or message) went out and its reply has not been read: out of step
@@ -591,10 +623,12 @@ class smtp_upstream final : public upstream {
 
 std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, const connection_state& client,
                                         asio::any_io_executor io, asio::thread_pool& blocking,
-                                        std::shared_ptr<tls_client_context> tls, std::shared_ptr<upstream_pool> pool) {
+                                        std::shared_ptr<tls_client_context> tls, std::shared_ptr<upstream_pool> pool,
+                                        std::shared_ptr<dns::resolver> resolver) {
   if (cfg.upstream.scheme == upstream_config::kind::maildir)
     return std::make_unique<maildir_upstream>(cfg, log, io, blocking);  // nothing to keep open
-  return std::make_unique<smtp_upstream>(cfg, log, client, std::move(io), std::move(tls), std::move(pool));
+  return std::make_unique<smtp_upstream>(cfg, log, client, std::move(io), std::move(tls), std::move(pool),
+                                         std::move(resolver));
 }
 
 std::string queue_id_of(const smtp::reply& r) {

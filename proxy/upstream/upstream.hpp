@@ -60,6 +60,9 @@ class upstream {
   virtual awaitable<void> release() { co_await quit(); }
 };
 
+namespace dns {
+class resolver;
+}
 class tls_client_context;
 class upstream_pool;
 struct connection_state;
@@ -67,9 +70,11 @@ struct connection_state;
 // `client`: the session's connection state (for XCLIENT/XFORWARD); it outlives the upstream.
 // `tls`: for smtps:// and STARTTLS to the upstream (null with upstream.starttls = "never").
 // `pool`: where idle SMTP connections wait for the next session (null: none kept).
+// `resolver`: the daemon's, for an upstream host given by name (null: the system's).
 std::unique_ptr<upstream> make_upstream(const config& cfg, const session_log& log, const connection_state& client,
                                         asio::any_io_executor io, asio::thread_pool& blocking,
-                                        std::shared_ptr<tls_client_context> tls, std::shared_ptr<upstream_pool> pool);
+                                        std::shared_ptr<tls_client_context> tls, std::shared_ptr<upstream_pool> pool,
+                                        std::shared_ptr<dns::resolver> resolver = nullptr);
 
 // "250 2.0.0 Ok: queued as 4F2A1C" -> "4F2A1C" (Postfix, Exim and aiosmtpd say it so).
 std::string queue_id_of(const smtp::reply& r);
