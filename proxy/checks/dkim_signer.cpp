@@ -5,13 +5,14 @@
 #include <openssl/pem.h>
 
 #include <algorithm>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
 
 #include "checks/message_fields.hpp"
 #include "checks/off_thread.hpp"
-#include "checks/opendkim.hpp"
+#include "checks/dkim_canon.hpp"
 #include "smtp/message_header.hpp"
 #include "smtp/text.hpp"
 
@@ -21,14 +22,30 @@ namespace {
 
 // RFC 6376 §5.4.1's recommended fields, and the MIME ones that say how the
 // body reads. Fields absent from a message are not listed in its h=.
-const char* const signed_fields[] = {
-    "from",       "reply-to",          "subject",        "date",         "to",          "cc",
-    "resent-date", "resent-from",      "resent-sender",  "resent-to",    "resent-cc",   "in-reply-to",
-    "references", "list-id",           "list-help",      "list-unsubscribe", "list-subscribe", "list-post",
-    "list-owner", "list-archive",      "message-id",     "mime-version", "content-type", "content-transfer-encoding",
-    "content-id", "content-description", "sender",       nullptr};
+const std::vector<std::string_view> signed_names = {
+    "from",        "reply-to",    "subject",       "date",           "to",          "cc",
+    "resent-date", "resent-from", "resent-sender", "resent-to",      "resent-cc",   "in-reply-to",
+    "references",  "list-id",     "list-help",     "list-unsubscribe", "list-subscribe", "list-post",
+    "list-owner",  "list-archive", "message-id",   "mime-version",   "content-type", "content-transfer-encoding",
+    "content-id",  "content-description", "sender"};
 // Signed once more than present: a second From added later fails the signature.
-const char* const oversigned_fields[] = {"from", nullptr};
+const std::vector<std::string_view> oversigned_names = {"from"};
+
+std::string base64(const unsigned char* data, std::size_t n) {
+  std::string out(4 * ((n + 2) / 3), '\0');
+  const int written = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data, static_cast<int>(n));
+  out.resize(static_cast<std::size_t>(written));
+  return out;
+}
+
+struct md_context {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  ~md_context() { EVP_MD_CTX_free(ctx); }
+};
+
+void check(int ok, const char* what) {
+  if (ok != 1) throw std::runtime_error(std::string("OpenSSL: ") + what + " failed");
+}
 
 struct pkey {
   EVP_PKEY* key = nullptr;
@@ -70,27 +87,21 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
 }
 
 struct dkim_signer::library {
-  DKIM_LIB* lib = nullptr;
-  std::string key;  // PEM, as OpenDKIM reads it
-  dkim_alg_t algorithm = DKIM_SIGN_RSASHA256;
+  EVP_PKEY* key = nullptr;  // parsed once: OpenSSL 3 takes longer to parse a key than to sign with it
+  bool ed25519 = false;
   ~library() {
-    if (lib) dkim_close(lib);
+    if (key) EVP_PKEY_free(key);
   }
 };
 
 dkim_signer::dkim_signer(const dkim_sign_config& settings)
     : settings_(settings), networks_(settings.networks), lib_(std::make_unique<library>()) {
   const auto key = read_signing_key(settings.key_file, "dkim_sign");
-  lib_->key = key.pem;
-  lib_->algorithm = key.ed25519 ? DKIM_SIGN_ED25519SHA256 : DKIM_SIGN_RSASHA256;
-  lib_->lib = dkim_init(nullptr, nullptr);
-  if (lib_->lib == nullptr) throw std::runtime_error("OpenDKIM did not start (dkim_init)");
-  // (The option is the NULL-terminated array itself, copied by the library.)
-  auto* sign = const_cast<char**>(signed_fields);
-  auto* oversign = const_cast<char**>(oversigned_fields);
-  if (dkim_options(lib_->lib, DKIM_OP_SETOPT, DKIM_OPTS_SIGNHDRS, sign, sizeof sign) != DKIM_STAT_OK ||
-      dkim_options(lib_->lib, DKIM_OP_SETOPT, DKIM_OPTS_OVERSIGNHDRS, oversign, sizeof oversign) != DKIM_STAT_OK)
-    throw std::runtime_error("OpenDKIM refused the list of fields to sign");
+  BIO* bio = BIO_new_mem_buf(key.pem.data(), static_cast<int>(key.pem.size()));
+  if (bio) lib_->key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  if (lib_->key == nullptr) throw std::runtime_error("[dkim_sign] key_file: the key could not be loaded");
+  lib_->ed25519 = key.ed25519;
 }
 
 dkim_signer::~dkim_signer() { pool_.join(); }
@@ -120,9 +131,7 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
   co_return result;
 }
 
-std::string_view dkim_signer::algorithm() const {
-  return lib_->algorithm == DKIM_SIGN_ED25519SHA256 ? "ed25519-sha256" : "rsa-sha256";
-}
+std::string_view dkim_signer::algorithm() const { return lib_->ed25519 ? "ed25519-sha256" : "rsa-sha256"; }
 
 bool dkim_signer::signs_as(std::string_view domain) const {
   const auto d = smtp::to_lower(domain);
@@ -161,31 +170,68 @@ std::optional<std::string> dkim_signer::from_domain(const message_store& message
 }
 
 std::string dkim_signer::sign_now(const message_store& message, const std::string& domain) const {
-  DKIM_STAT status = DKIM_STAT_OK;
-  dkim_handle h;
-  std::string selector = settings_.selector, d = domain;
-  h.dkim = dkim_sign(lib_->lib, reinterpret_cast<const unsigned char*>("portcullis"), nullptr,
-                     reinterpret_cast<dkim_sigkey_t>(lib_->key.data()), reinterpret_cast<const u_char*>(selector.c_str()),
-                     reinterpret_cast<const u_char*>(d.c_str()), DKIM_CANON_RELAXED, DKIM_CANON_RELAXED,
-                     lib_->algorithm, -1, &status);
-  if (h.dkim == nullptr) throw std::runtime_error(std::string("OpenDKIM: ") + dkim_getresultstr(status));
-  feed_message(h.dkim, message);
-  status = dkim_eom(h.dkim, nullptr);
-  if (status != DKIM_STAT_OK) {
-    const char* why = dkim_geterror(h.dkim);
-    throw std::runtime_error(std::string("OpenDKIM: ") + (why && *why ? why : dkim_getresultstr(status)));
+  // The header fields, and the body's hash (relaxed, RFC 6376 §3.4.4, §3.7), in one read.
+  std::vector<std::string> fields;
+  smtp::header_reader header;
+  const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
+  relaxed_body body;
+  std::string canonical;
+  md_context body_hash;
+  check(EVP_DigestInit_ex(body_hash.ctx, EVP_sha256(), nullptr), "SHA-256");
+  message_store::reader in(message);
+  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
+    const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
+    if (!header.done()) continue;
+    body.feed(chunk.substr(used), canonical);
+    check(EVP_DigestUpdate(body_hash.ctx, canonical.data(), canonical.size()), "SHA-256");
+    canonical.clear();
   }
-  constexpr std::string_view name = "DKIM-Signature";
-  unsigned char* value = nullptr;
-  std::size_t length = 0;
-  status = dkim_getsighdr_d(h.dkim, name.size() + 2, &value, &length);
-  if (status != DKIM_STAT_OK || value == nullptr)
-    throw std::runtime_error(std::string("OpenDKIM: ") + dkim_getresultstr(status));
-  // OpenDKIM folds with bare LF; the message goes out with CRLF (RFC 5322 §2.2.3).
-  std::string field = std::string(name) + ": ";
-  for (std::size_t i = 0; i < length; ++i) {
-    if (value[i] == '\n' && (i == 0 || value[i - 1] != '\r')) field += '\r';
-    field += static_cast<char>(value[i]);
+  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
+  header.finish(on_field);
+  body.finish(canonical);
+  check(EVP_DigestUpdate(body_hash.ctx, canonical.data(), canonical.size()), "SHA-256");
+  unsigned char bh[EVP_MAX_MD_SIZE];
+  unsigned int bh_size = 0;
+  check(EVP_DigestFinal_ex(body_hash.ctx, bh, &bh_size), "SHA-256");
+
+  // The signature field with an empty b= (§3.5), folded; b= comes last, so
+  // that the value added after signing is all a verifier takes out.
+  const auto h = signed_field_names(fields, signed_names, oversigned_names);
+  std::string names;
+  for (const auto& n : h) names += (names.empty() ? "" : ":") + n;
+  std::string field = "DKIM-Signature: v=1; a=" + std::string(algorithm()) + "; c=relaxed/relaxed; d=" + domain +
+                      "; s=" + settings_.selector + ";\r\n\tt=" + std::to_string(std::time(nullptr)) + "; h=" + names +
+                      ";\r\n\tbh=" + base64(bh, bh_size) + ";\r\n\tb=";
+
+  // What is signed (§3.7): the covered fields, then this one without its CRLF.
+  std::string data = signed_fields_relaxed(fields, h) + relaxed_header(field + "\r\n");
+  data.resize(data.size() - 2);
+  std::string signature;
+  {
+    md_context sign;
+    std::string hashed;  // Ed25519 signs the SHA-256 hash of the data (RFC 8463 §3)
+    const EVP_MD* md = EVP_sha256();
+    if (lib_->ed25519) {
+      unsigned char digest[EVP_MAX_MD_SIZE];
+      unsigned int n = 0;
+      check(EVP_Digest(data.data(), data.size(), digest, &n, EVP_sha256(), nullptr), "SHA-256");
+      hashed.assign(reinterpret_cast<const char*>(digest), n);
+      md = nullptr;
+    }
+    const std::string& input = lib_->ed25519 ? hashed : data;
+    check(EVP_DigestSignInit(sign.ctx, nullptr, md, nullptr, lib_->key), "signing");
+    std::size_t size = 0;
+    const auto* bytes = reinterpret_cast<const unsigned char*>(input.data());
+    check(EVP_DigestSign(sign.ctx, nullptr, &size, bytes, input.size()), "signing");
+    std::string raw(size, '\0');
+    check(EVP_DigestSign(sign.ctx, reinterpret_cast<unsigned char*>(raw.data()), &size, bytes, input.size()),
+          "signing");
+    signature = base64(reinterpret_cast<const unsigned char*>(raw.data()), size);
+  }
+  // b= folded at 72 columns (a verifier drops its whitespace with the value).
+  for (std::size_t i = 0; i < signature.size(); i += 72) {
+    if (i > 0) field += "\r\n\t ";
+    field += signature.substr(i, 72);
   }
   return field + "\r\n";
 }

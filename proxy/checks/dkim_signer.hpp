@@ -1,6 +1,7 @@
 // DKIM signing of outbound mail ([dkim_sign], RFC 6376; rsa-sha256, or
-// ed25519-sha256 of RFC 8463 for an Ed25519 key) with OpenDKIM:
-// relaxed/relaxed canonicalization, the header fields RFC 6376 §5.4.1
+// ed25519-sha256 of RFC 8463 for an Ed25519 key): relaxed/relaxed
+// canonicalization (checks/dkim_canon), the key parsed once and signed with
+// by OpenSSL, the header fields RFC 6376 §5.4.1
 // recommends plus the MIME ones, From signed once more than it occurs (so a
 // From added on the way breaks the signature). Signing reads the whole
 // message (a spilled one from its file): it runs on the signer's own
@@ -33,8 +34,7 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
 class dkim_signer final : public mail_signer {
  public:
   // Reads the key file; throws std::runtime_error naming it when it is no
-  // usable key (not PEM, not RSA or Ed25519, RSA under 1024 bits) or when
-  // OpenDKIM does not start.
+  // usable key (not PEM, not RSA or Ed25519, RSA under 1024 bits).
   explicit dkim_signer(const dkim_sign_config& settings);
   ~dkim_signer() override;
   dkim_signer(const dkim_signer&) = delete;
@@ -53,7 +53,7 @@ class dkim_signer final : public mail_signer {
   std::optional<std::string> domain_for(std::string_view from_domain) const;
 
   // The "DKIM-Signature: ...\r\n" field for the message signed as `domain`,
-  // folded with CRLF. Throws std::runtime_error when OpenDKIM fails or the
+  // folded with CRLF. Throws std::runtime_error when OpenSSL fails or the
   // message cannot be read.
   std::string sign_now(const message_store& message, const std::string& domain) const;
 

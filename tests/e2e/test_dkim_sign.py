@@ -223,3 +223,30 @@ def test_an_unusable_key_stops_start_up(portcullis_bin, tmp_path, keys, key, err
         r = subprocess.run([str(portcullis_bin), mode, str(config)], capture_output=True, text=True, timeout=30)
         assert r.returncode != 0
         assert re.search(error, r.stderr), (mode, r.stderr)
+
+
+VERIFIER = """
+import portcullis as pc
+
+def on_data(tx, message):
+    return pc.tempfail("dkim=" + ",".join(f"{s.result}:{s.domain}" for s in tx.dkim or []))
+"""
+
+
+@pytest.mark.parametrize("key,selector", [("rsa_file", "rsa"), ("ed_file", "ed")])
+def test_opendkim_verifies_our_signatures_too(signing_daemon, policy_daemon, aiosmtpd_upstream, dns_server, key,
+                                              selector):
+    """What we sign passes OpenDKIM (a second daemon's [checks] dkim) as well as dkimpy, whatever the body."""
+    d = signing_daemon(key=key, selector=selector)
+    verifier = policy_daemon(aiosmtpd_upstream.url, VERIFIER, checks={"dkim": True},
+                             dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1})
+    head = MESSAGE.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    bodies = [b"", b"\r\n\r\n", b"one line without spaces\r\n", b"  leading, \t inner\t and trailing  \t\r\n",
+              b"x" * 990 + b"\r\n", b"\r\n\r\nafter empty lines\r\n\r\n\r\n", b"\xc3\xa9t\xc3\xa9 8-bit\r\n"]
+    for body in bodies:
+        content = deliver(d, aiosmtpd_upstream, head + body)
+        assert verifies(content, dns_server.port), body
+        with verifier.connect() as c:
+            r = c.transaction("alice@example.test", ["bob@example.net"],
+                              content.replace(b"\r\n.", b"\r\n..")[:-2] if content.endswith(b"\r\n") else content)
+        assert r.text == "dkim=pass:example.test", (body, str(r))

@@ -1,0 +1,51 @@
+#include "checks/dkim_canon.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace portcullis::checks;
+
+namespace {
+
+std::string body(std::string_view in, std::size_t piece = 4096) {
+  relaxed_body b;
+  std::string out;
+  for (std::size_t i = 0; i < in.size(); i += piece) b.feed(in.substr(i, piece), out);
+  b.finish(out);
+  return out;
+}
+
+}  // namespace
+
+TEST(DkimCanon, TheExampleOfRfc6376) {  // §3.4.5
+  EXPECT_EQ(relaxed_header("A: X\r\n"), "a:X\r\n");
+  EXPECT_EQ(relaxed_header("B : Y\t\r\n\tZ  \r\n"), "b:Y Z\r\n");
+  for (std::size_t piece : {1u, 2u, 3u, 4096u}) EXPECT_EQ(body(" C \r\nD \t E\r\n\r\n\r\n", piece), " C\r\nD E\r\n");
+}
+
+TEST(DkimCanon, RelaxedHeaderFields) {
+  EXPECT_EQ(relaxed_header("Subject:\r\n"), "subject:\r\n");
+  EXPECT_EQ(relaxed_header("SUBJECT:   \t \r\n"), "subject:\r\n");
+  EXPECT_EQ(relaxed_header("To: a@b.test,\r\n  c@d.test\r\n"), "to:a@b.test, c@d.test\r\n");
+  EXPECT_EQ(relaxed_header("X-Tab:\ta\t\tb\r\n"), "x-tab:a b\r\n");
+  EXPECT_EQ(relaxed_header("From: \xc3\xa9t\xc3\xa9 <a@b.test>\r\n"), "from:\xc3\xa9t\xc3\xa9 <a@b.test>\r\n");
+}
+
+TEST(DkimCanon, RelaxedBodies) {
+  EXPECT_EQ(body(""), "");               // an empty body stays empty (§3.4.4)
+  EXPECT_EQ(body("\r\n\r\n"), "");       // only empty lines: none kept
+  EXPECT_EQ(body(" \t \r\n"), "");       // only whitespace: an empty line
+  EXPECT_EQ(body("a"), "a\r\n");         // a last line without CRLF gets one
+  EXPECT_EQ(body("a  \r\n\r\n b\r\n"), "a\r\n\r\n b\r\n");  // empty lines inside are kept
+  EXPECT_EQ(body("\r\n\r\na\r\n"), "\r\n\r\na\r\n");        // ... and at the start
+  EXPECT_EQ(body("a\r\n \r\n\t\r\n"), "a\r\n");
+  EXPECT_EQ(body(".\r\n"), ".\r\n");
+}
+
+TEST(DkimCanon, TheFieldsASignatureCovers) {
+  const std::vector<std::string> fields = {"Received: x\r\n", "From: a@b.test\r\n", "To: c@d.test\r\n",
+                                           "Subject: one\r\n", "Subject: two\r\n"};
+  const auto h = signed_field_names(fields, {"from", "subject", "date", "to"}, {"from"});
+  EXPECT_EQ(h, (std::vector<std::string>{"from", "from", "subject", "subject", "to"}));
+  // Bottom up for repeated names (§5.4.2); the oversigned From contributes nothing.
+  EXPECT_EQ(signed_fields_relaxed(fields, h), "from:a@b.test\r\nsubject:two\r\nsubject:one\r\nto:c@d.test\r\n");
+}
