@@ -9,8 +9,13 @@
 namespace portcullis::checks {
 
 std::string relaxed_header(std::string_view field) {
+  // Unfolded first (§3.4.2): a CRLF goes wherever it is, the name included.
   const auto colon = field.find(':');
-  std::string out = smtp::to_lower(smtp::header_field_name(field));
+  std::string out;
+  for (char c : field.substr(0, colon)) {
+    if (c != '\r' && c != '\n') out += smtp::ascii_lower(c);
+  }
+  while (!out.empty() && smtp::is_wsp(out.back())) out.pop_back();
   out += ':';
   if (colon == std::string_view::npos) return out + "\r\n";
   std::string_view value = field.substr(colon + 1);
