@@ -763,17 +763,10 @@ awaitable<reply> session::deliver(std::size_t& size) {
   header = signature + header + received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
   if (gen_->sealer) {
     // ARC: the very last change, over everything the upstream gets (RFC 8617 §5.1).
-    auto sealed = co_await gen_->sealer->seal(header, message);
-    if (!sealed.error.empty()) {
-      log_.error("ARC sealing failed: {}", printable(sealed.error));
-      co_return reply{451, "4.3.0", "Local error: the message could not be sealed, try again later"};
-    }
-    if (sealed.field.empty()) {
-      log_.info("not ARC sealed: {}", printable(sealed.why_not));
-    } else {
-      log_.info("ARC sealed d={} s={}", sealed.domain, cfg_.arc_seal.selector);
-      header = sealed.field + header;
-    }
+    const auto sealed = co_await gen_->sealer->seal(header, message);
+    std::string seal;
+    if (auto failed = take_signature(sealed, "ARC sealed", cfg_.arc_seal.selector, seal)) co_return *failed;
+    header = seal + header;
   }
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
   auto upstream_reply = co_await relay_.data(header, *message);
@@ -800,19 +793,24 @@ awaitable<std::optional<reply>> session::dkim_sign(const message_ptr& message, s
   } else if (!conn_.auth_user && !gen_->signer->trusts(conn_.client.address())) {
     co_return std::nullopt;  // not our users' mail: never lend it our signature
   }
-  auto signed_ = co_await gen_->signer->sign(message, domain);
-  if (!signed_.error.empty()) {
-    // Sent unsigned, it would fail DKIM (and DMARC) at its destination: the client tries again.
-    log_.error("DKIM signing failed: {}", printable(signed_.error));
-    co_return reply{451, "4.3.0", "Local error: the message could not be signed, try again later"};
+  const auto signed_ = co_await gen_->signer->sign(message, domain);
+  co_return take_signature(signed_, "DKIM signed", cfg_.dkim_sign.selector, field);
+}
+
+std::optional<reply> session::take_signature(const checks::dkim_signing& s, std::string_view done,
+                                             std::string_view selector, std::string& field) const {
+  if (!s.error.empty()) {
+    // Sent without it, the message could fail at its destination: the client tries again.
+    log_.error("not {}: {}", done, printable(s.error));
+    return reply{451, "4.3.0", "Local error: the message could not be signed, try again later"};
   }
-  if (signed_.field.empty()) {
-    log_.info("not DKIM signed: {}", printable(signed_.why_not));
-    co_return std::nullopt;
+  if (s.field.empty()) {
+    log_.info("not {}: {}", done, printable(s.why_not));
+  } else {
+    log_.info("{} d={} s={}", done, s.domain, selector);
+    field = s.field;
   }
-  log_.info("DKIM signed d={} s={}", signed_.domain, cfg_.dkim_sign.selector);
-  field = std::move(signed_.field);
-  co_return std::nullopt;
+  return std::nullopt;
 }
 
 message_ptr session::without_claimed_results(message_ptr message) {

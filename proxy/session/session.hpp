@@ -77,6 +77,10 @@ class session : public std::enable_shared_from_this<session> {
   // none); a reply when the message must not go (signing failed, a policy
   // asked for a key we do not have).
   awaitable<std::optional<reply>> dkim_sign(const message_ptr& message, std::string& field);
+  // A signature or seal made (its field into `field`, a log line), not
+  // made (a log line), or failed (the 451 for the client).
+  std::optional<reply> take_signature(const checks::dkim_signing& s, std::string_view done, std::string_view selector,
+                                      std::string& field) const;
   message_ptr without_claimed_results(message_ptr message);
   // Ends the transaction, here and upstream.
   awaitable<void> reset_transaction();
