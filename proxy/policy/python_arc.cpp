@@ -30,6 +30,16 @@ auto with_python(Call&& call) {
   }
 }
 
+// `prefix` + the message as Python bytes, read under the GIL: the GIL lets
+// one ARC job at a time hold a copy, however many threads ask (the copy
+// is not under the message memory budget). The C++ copy is gone before
+// dkimpy runs.
+py::bytes message_bytes(std::string_view prefix, const message_store& message) {
+  std::string bytes(prefix);
+  bytes += message.read_all();
+  return py::bytes(bytes);
+}
+
 }  // namespace
 
 python_arc::python_arc() { start_python_interpreter(); }
@@ -42,9 +52,8 @@ checks::arc_result python_arc::verify_now(const message_store& message) {
     return r;
   }
   try {
-    const std::string bytes = message.read_all();
     const auto [result, instances, why] = with_python([&](py::module_ arc) {
-      py::object out = arc.attr("verify")(py::bytes(bytes));
+      py::object out = arc.attr("verify")(message_bytes("", message));
       return out.cast<std::tuple<std::string, unsigned, std::string>>();
     });
     r.result = result == "pass" ? kind::pass : result == "fail" ? kind::fail : kind::none;
@@ -61,10 +70,9 @@ std::string python_arc::seal_now(std::string_view prefix, const message_store& m
                                  const std::string& authserv_id) {
   if (message.size() + prefix.size() > checks::max_arc_message)
     throw std::runtime_error("not sealed: the message is larger than 16 MiB");
-  std::string bytes(prefix);
-  bytes += message.read_all();
   return with_python([&](py::module_ arc) {
-    py::object out = arc.attr("seal")(py::bytes(bytes), key.selector, key.domain, py::bytes(key.pem), authserv_id);
+    py::object out =
+        arc.attr("seal")(message_bytes(prefix, message), key.selector, key.domain, py::bytes(key.pem), authserv_id);
     return out.cast<std::string>();
   });
 }
