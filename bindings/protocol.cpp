@@ -181,17 +181,20 @@ void set_arc(policy_job& j, const py::object& t) {
     return;
   }
   using k = checks::arc_result::kind;
-  auto [result, instances] = t.cast<std::tuple<std::string, unsigned>>();
+  auto [result, instances, sealers] = t.cast<std::tuple<std::string, unsigned, std::vector<std::string>>>();
   checks::arc_result r;
   r.result = kind_named(result, {k::none, k::pass, k::fail}, "ARC");
   r.instances = instances;
+  r.sealers = std::move(sealers);
   j.arc = std::move(r);
 }
 
-// (result, instances), or None without an ARC check.
+// (result, instances, (sealer domain, ...)), or None without an ARC check.
 py::object arc_tuple(const policy_job& j) {
   if (!j.arc) return py::none();
-  return py::make_tuple(std::string(checks::to_string(j.arc->result)), j.arc->instances);
+  py::tuple sealers(j.arc->sealers.size());
+  for (std::size_t i = 0; i < j.arc->sealers.size(); ++i) sealers[i] = py::str(j.arc->sealers[i]);
+  return py::make_tuple(std::string(checks::to_string(j.arc->result)), j.arc->instances, std::move(sealers));
 }
 
 // (result, domain, explanation or None), or None without an SPF check.
@@ -290,7 +293,7 @@ void define_protocol(py::module_& m) {
           "envelope: None outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, "
           "body_8bit, spf, dkim, dmarc, arc), spf being None or (result, domain, explanation), dkim None or [(result, "
           "domain, selector), ...], dmarc None or (result, domain, policy, disposition, org_domain, pct, "
-          "spf_aligned, dkim_aligned), arc None or (result, instances); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
+          "spf_aligned, dkim_aligned), arc None or (result, instances, sealers); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
           "(recipient, rcpt_params)), else None; each address as (local part, domain).");
 
   py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")
@@ -315,6 +318,7 @@ void define_protocol(py::module_& m) {
       .def_readwrite("sender", &policy_result::sender)
       .def_readwrite("recipients", &policy_result::recipients)
       .def_readwrite("dkim_sign", &policy_result::dkim_sign)
+      .def_readwrite("arc_seal", &policy_result::arc_seal)
       .def_property(
           "message",
           [](const policy_result& r) -> py::object {

@@ -12,7 +12,13 @@ in ``[dmarc]`` (every key optional; the defaults shown):
     honour_pct = true              # pct= sampling; false applies p= to every failing message
     temperror = "accept"           # DNS trouble fetching the policy: "accept" or "tempfail" (451 4.7.5)
     skip_authenticated = true      # mail from AUTH clients is ours, not a forgery
-    skip_domains = []              # From domains never enforced (mailing lists you trust, ...)
+    skip_domains = []              # From domains never enforced
+    trusted_forwarders = []        # ARC sealers (d=) whose valid chain excuses a DMARC failure
+
+A mailing list that changes the message breaks its author's DKIM signature
+and so its DMARC. When the list seals what it received with ARC (RFC 8617)
+and its domain is in ``trusted_forwarders``, a message whose chain passes
+(``[checks] arc = true``) and was sealed by one of them is not enforced.
 
 "Quarantine" marks the message with one header (``quarantine_header:
 DMARC policy of example.com (p=quarantine)``) that the upstream files on
@@ -38,6 +44,7 @@ def _settings() -> dict:
         "temperror": table.pop("temperror", "accept"),
         "skip_authenticated": table.pop("skip_authenticated", True),
         "skip_domains": table.pop("skip_domains", []),
+        "trusted_forwarders": table.pop("trusted_forwarders", []),
     }
     # A typo must not silently turn enforcement off: refuse what we do not know.
     if table:
@@ -53,10 +60,11 @@ def _settings() -> dict:
     name = settings["quarantine_header"]
     if not isinstance(name, str) or not name or any(c <= " " or c == ":" or c > "~" for c in name):
         raise ValueError(f"[dmarc] quarantine_header = {name!r}: not a header field name")
-    domains = settings["skip_domains"]
-    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
-        raise ValueError("[dmarc] skip_domains: want a list of domains")
-    settings["skip_domains"] = frozenset(d.lower().rstrip(".") for d in domains)
+    for key in ("skip_domains", "trusted_forwarders"):
+        domains = settings[key]
+        if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+            raise ValueError(f"[dmarc] {key}: want a list of domains")
+        settings[key] = frozenset(d.lower().rstrip(".") for d in domains)
     return settings
 
 
@@ -80,6 +88,12 @@ def on_data(tx, message):
         return None
     if result.result != "fail":
         return None
+    arc = tx.arc
+    if arc is not None and arc.result == "pass":
+        forwarders = SETTINGS["trusted_forwarders"].intersection(arc.sealers)
+        if forwarders:
+            pc.log.info("DMARC: fail for %s excused: ARC chain sealed by %s", result.domain, ", ".join(sorted(forwarders)))
+            return None
     asked = result.disposition if SETTINGS["honour_pct"] else result.policy
     action = SETTINGS.get(asked, "none") if asked in ("reject", "quarantine") else "none"
     if action == "reject":

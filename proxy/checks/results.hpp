@@ -100,6 +100,7 @@ struct arc_result {
   enum class kind { none, pass, fail };
   kind result = kind::none;
   unsigned instances = 0;  // ARC sets in the chain
+  std::vector<std::string> sealers;  // the d= of each ARC-Seal, the first intermediary first
   std::string problem;     // why, unless pass
 };
 

@@ -43,6 +43,7 @@ struct verdict {
   std::optional<std::vector<smtp::address>> recipients;
   std::shared_ptr<const std::string> message;  // on_data: the edited message (CRLF lines, unstuffed)
   std::optional<std::string> dkim_sign;  // on_data: tx.dkim_sign ("": do not sign; else the domain to sign as)
+  std::optional<bool> arc_seal;          // on_data: tx.arc_seal (false: do not seal)
 
   bool stops() const { return what == kind::reject || what == kind::tempfail; }
 };

@@ -101,6 +101,7 @@ struct policy_result {
   std::optional<std::vector<std::string>> recipients;
   std::optional<std::string> message;
   std::optional<std::string> dkim_sign;  // tx.dkim_sign: "" for False, else the domain
+  std::optional<bool> arc_seal;          // tx.arc_seal: False
   // reload: the generation loaded and its hooks
   policy_generation generation = 0;
   generation_hooks hooks;

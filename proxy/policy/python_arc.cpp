@@ -52,13 +52,14 @@ checks::arc_result python_arc::verify_now(const message_store& message) {
     return r;
   }
   try {
-    const auto [result, instances, why] = with_python([&](py::module_ arc) {
+    auto [result, instances, why, sealers] = with_python([&](py::module_ arc) {
       py::object out = arc.attr("verify")(message_bytes("", message));
-      return out.cast<std::tuple<std::string, unsigned, std::string>>();
+      return out.cast<std::tuple<std::string, unsigned, std::string, std::vector<std::string>>>();
     });
     r.result = result == "pass" ? kind::pass : result == "fail" ? kind::fail : kind::none;
     r.instances = instances;
-    r.problem = why;
+    r.problem = std::move(why);
+    r.sealers = std::move(sealers);
   } catch (const std::exception& e) {
     r.result = kind::fail;
     r.problem = e.what();

@@ -185,6 +185,7 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
       return failure(conn, stage, "tx.dkim_sign is not a domain: " + printable(*result.dkim_sign));
     v.dkim_sign = smtp::to_lower(*result.dkim_sign);
   }
+  if (stage == "data" && result.arc_seal) v.arc_seal = result.arc_seal;
   if (stage == "data" && result.message) {
     if (auto problem = smtp::message_problem(*result.message))
       return failure(conn, stage, "invalid message from policy: " + *problem);

@@ -722,7 +722,9 @@ awaitable<reply> session::deliver(std::size_t& size) {
     // The chain of intermediaries' seals the message arrives with (RFC 8617 §5.2).
     auto arc = co_await gen_->checks->arc(received);
     if (arc.problem.empty()) {
-      log_.info("arc={} (i={})", checks::to_string(arc.result), arc.instances);
+      std::string by;
+      for (const auto& d : arc.sealers) by += (by.empty() ? " by " : ", ") + d;
+      log_.info("arc={} (i={}{})", checks::to_string(arc.result), arc.instances, printable(by));
     } else {
       log_.info("arc={} ({})", checks::to_string(arc.result), printable(arc.problem));
     }
@@ -731,6 +733,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
   auto v = co_await policy_.on_data(conn_, tx_, received);
   apply_rewrites(v);
   if (v.dkim_sign) tx_.dkim_sign = v.dkim_sign;
+  if (v.arc_seal) tx_.arc_seal = v.arc_seal;
   message_ptr message = received;
   if (v.message) {
     // RFC 6152 §3: 8-bit text an edit brought in is declared to the upstream
@@ -761,7 +764,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
   std::string signature;
   if (auto failed = co_await dkim_sign(message, signature)) co_return *failed;
   header = signature + header + received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
-  if (gen_->sealer) {
+  if (gen_->sealer && tx_.arc_seal.value_or(true)) {
     // ARC: the very last change, over everything the upstream gets (RFC 8617 §5.1).
     const auto sealed = co_await gen_->sealer->seal(header, message);
     std::string seal;

@@ -32,6 +32,7 @@ struct transaction {
   // DKIM signing as a policy chose it (tx.dkim_sign): unset, [dkim_sign]'s
   // rule; empty, not signed; else the domain to sign as.
   std::optional<std::string> dkim_sign;
+  std::optional<bool> arc_seal;  // tx.arc_seal: false, not sealed; unset, [arc_seal] decides
 };
 
 }  // namespace portcullis

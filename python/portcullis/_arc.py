@@ -35,20 +35,23 @@ def _txt_until(deadline: float) -> Callable[..., bytes | None]:
     return txt
 
 
-def verify(message: bytes) -> tuple[str, int, str]:
-    """The chain's validation (RFC 8617 §5.2): ("pass" | "fail" | "none", the number of ARC sets, why)."""
+def verify(message: bytes) -> tuple[str, int, str, list[str]]:
+    """The chain's validation (RFC 8617 §5.2): ("pass" | "fail" | "none", the number of ARC sets, why,
+    the sealers' domains (d= of each ARC-Seal, the first intermediary first))."""
     try:
         cv, results, comment = dkim.arc_verify(message, dnsfunc=_txt_until(time.monotonic() + TIME_BUDGET))
     except dns.Error as e:  # a key lookup timed out or failed: the chain cannot be shown valid
-        return "fail", 0, f"DNS: {e}"
+        return "fail", 0, f"DNS: {e}", []
     except Exception as e:  # dkimpy on a malformed set: a broken chain
-        return "fail", 0, f"{type(e).__name__}: {e}"
+        return "fail", 0, f"{type(e).__name__}: {e}", []
     instances = max((r.get("instance", 0) for r in results), default=0)
+    sealers = [r["as-domain"].decode("ascii", "replace").lower()
+               for r in sorted(results, key=lambda r: r.get("instance", 0)) if r.get("as-domain")]
     if cv == dkim.CV_Pass:
-        return "pass", instances, ""
+        return "pass", instances, "", sealers
     if cv == dkim.CV_None and not results:
-        return "none", 0, comment or ""
-    return "fail", instances, comment or "the chain did not validate"
+        return "none", 0, comment or "", []
+    return "fail", instances, comment or "the chain did not validate", sealers
 
 
 def seal(message: bytes, selector: str, domain: str, key: bytes, authserv_id: str) -> bytes:

@@ -125,7 +125,7 @@ def job_from_dict(job: dict[str, Any]) -> Any:
                        bool(dmarc.get("dkim_aligned")))
         arc = tx.get("arc")
         if arc is not None:
-            j.arc = (arc["result"], int(arc.get("instances", 0)))
+            j.arc = (arc["result"], int(arc.get("instances", 0)), list(arc.get("sealers", ())))
     for key in ("hostname", "mechanism", "username", "password", "rcpt"):
         if job.get(key) is not None:
             setattr(j, key, str(job[key]))
@@ -1103,9 +1103,12 @@ class _StageRun:
             raw = message._checked_raw()
             result = result or _core.Result()
             result.message = raw
-        if tx is not None and tx._dkim_sign is not None and self.stage == "data":
+        if tx is not None and self.stage == "data" and (tx._dkim_sign is not None or tx._arc_seal is not None):
             result = result or _core.Result()
-            result.dkim_sign = "" if tx._dkim_sign is False else tx._dkim_sign
+            if tx._dkim_sign is not None:
+                result.dkim_sign = "" if tx._dkim_sign is False else tx._dkim_sign
+            if tx._arc_seal is not None:
+                result.arc_seal = tx._arc_seal
         return result
 
 

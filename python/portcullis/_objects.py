@@ -158,6 +158,7 @@ class ArcResult:
 
     result: str  #: pass, fail or none (no ARC set)
     instances: int = 0  #: ARC sets in the chain (each an intermediary that sealed it)
+    sealers: tuple[str, ...] = ()  #: the domain (d=) of each ARC-Seal, the first intermediary first
 
 
 class Transaction:
@@ -188,14 +189,15 @@ class Transaction:
     authenticated client, or one in ``[dkim_sign] networks``, whose From domain
     is listed); False does not sign; a domain of ``[dkim_sign] domains`` signs
     as that domain, whoever sent it. Read when the message goes upstream, after
-    ``on_data``.
+    ``on_data``. ``arc_seal = False`` sends the message without our ARC seal
+    (``[arc_seal]`` seals every relayed message otherwise; None is the default).
 
     ``data`` is a dict of your own kept for this transaction; RSET or the
     next MAIL starts a new one.
     """
 
     __slots__ = ("_conn", "_id", "_sender", "_recipients", "_smtputf8", "_body_8bit", "spf", "dkim", "dmarc",
-                 "arc", "_dkim_sign", "data")
+                 "arc", "_dkim_sign", "_arc_seal", "data")
 
     def __init__(
         self,
@@ -217,6 +219,7 @@ class Transaction:
         self.dmarc: DmarcResult | None = None
         self.arc: ArcResult | None = None
         self._dkim_sign: str | bool | None = None
+        self._arc_seal: bool | None = None
         self.data: dict[str, Any] = {}
 
     @classmethod
@@ -226,7 +229,7 @@ class Transaction:
         tx = cls.__new__(cls)
         tx._conn, tx._id, tx._sender, tx._recipients = conn, id, sender, recipients
         tx._smtputf8, tx._body_8bit = smtputf8, body_8bit
-        tx.spf = tx.dkim = tx.dmarc = tx.arc = tx._dkim_sign = None
+        tx.spf = tx.dkim = tx.dmarc = tx.arc = tx._dkim_sign = tx._arc_seal = None
         tx.data = {}
         return tx
 
@@ -284,6 +287,17 @@ class Transaction:
             if not value or len(value) > 253 or any(not label or len(label) > 63 for label in value.split(".")):
                 raise ValueError(f"dkim_sign: {value!r} is not a domain")
         self._dkim_sign = value
+
+    @property
+    def arc_seal(self) -> bool | None:
+        """False: the message goes without our ARC seal; None: [arc_seal] decides."""
+        return self._arc_seal
+
+    @arc_seal.setter
+    def arc_seal(self, value: bool | None) -> None:
+        if value is not None and value is not False:
+            raise TypeError("arc_seal is None or False")
+        self._arc_seal = value
 
     def __repr__(self) -> str:
         rcpts = ", ".join(f"<{r}>" for r in self._recipients)

@@ -28,7 +28,7 @@ def on_data(tx, message):
         return None
     if tx.arc is None:
         return pc.tempfail("arc=unset")
-    return pc.tempfail(f"arc={tx.arc.result} i={tx.arc.instances}")
+    return pc.tempfail(f"arc={tx.arc.result} i={tx.arc.instances} by={','.join(tx.arc.sealers) or '-'}")
 """
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: list@lists.test\r\nSubject: ARC test\r\n"
@@ -71,6 +71,12 @@ def arc_daemon(policy_daemon, aiosmtpd_upstream, dns_server):
     return start
 
 
+def write_no_seal(d) -> Path:
+    path = d.policy_files[0].parent / "no_seal.py"
+    path.write_text("def on_data(tx, message):\n    tx.arc_seal = False\n")
+    return path
+
+
 def arc_of(d, message: bytes) -> str:
     with d.connect() as c:
         r = c.transaction("alice@example.test", ["bob@example.net"], message[:-2])
@@ -83,10 +89,10 @@ def test_chains_dkimpy_made_verify(arc_daemon, keys, dns_server):
     signed = sign(MESSAGE, keys)
     one, two = forwarded(signed, keys), forwarded(signed, keys, hops=2)
     assert dkim.arc_verify(two, dnsfunc=txt_lookup(dns_server.port))[0] == dkim.CV_Pass
-    assert arc_of(d, MESSAGE) == "arc=none i=0"
-    assert arc_of(d, one) == "arc=pass i=1"
-    assert arc_of(d, two) == "arc=pass i=2"
-    d.wait_log(r"[0-9A-F]{12}: arc=pass \(i=2\)$")
+    assert arc_of(d, MESSAGE) == "arc=none i=0 by=-"
+    assert arc_of(d, one) == "arc=pass i=1 by=lists.test"
+    assert arc_of(d, two) == "arc=pass i=2 by=lists.test,lists.test"
+    d.wait_log(r"[0-9A-F]{12}: arc=pass \(i=2 by lists\.test, lists\.test\)$")
     # A body changed after the last seal, a seal removed, a key that does not answer: fail.
     assert arc_of(d, two.replace(b"Hello list.", b"Hello all.")).startswith("arc=fail")
     without_newest_seal = two.split(b"\r\nARC-Message-Signature: i=2", 1)
@@ -113,6 +119,12 @@ def test_our_seal_verifies_elsewhere(arc_daemon, keys, dns_server, aiosmtpd_upst
         head = content.split(b"\r\n\r\n", 1)[0].decode()
         assert f"\tarc={'none' if instance == 1 else 'pass'}" in head, head
     d.wait_log(r"[0-9A-F]{12}: ARC sealed d=mx\.test s=seal$")
+    # A policy may send a message without our seal.
+    d.reload({"policy": {"files": [str(d.policy_files[0]), str(write_no_seal(d))]}})
+    with d.connect() as c:
+        r = c.transaction("alice@example.test", ["bob@example.net"], sign(MESSAGE, keys)[:-2])
+    assert r.code == 250, str(r)
+    assert b"ARC-Seal" not in aiosmtpd_upstream.wait_messages(3)[-1]["content"]
     # A change after the seal breaks it.
     assert dkim.arc_verify(content.replace(b"Hello list.", b"Hello all."), dnsfunc=txt)[0] == dkim.CV_Fail
 

@@ -34,6 +34,6 @@ def test_broken_sets_fail_without_raising():
 
 def test_key_lookups_stop_at_the_time_budget(sealed, monkeypatch):
     monkeypatch.setattr(_arc, "TIME_BUDGET", -1.0)
-    result, _, why = _arc.verify(sealed)
+    result, _, why, _ = _arc.verify(sealed)
     assert result == "fail"
     assert "budget" in why

@@ -21,11 +21,11 @@ def dmarc(result="fail", policy="reject", disposition=None, domain="example.test
                           domain, 100, False, False)
 
 
-def deliver(h: Harness, result: pc.DmarcResult | None, message: str = MESSAGE, auth_user=None):
+def deliver(h: Harness, result: pc.DmarcResult | None, message: str = MESSAGE, auth_user=None, arc=None):
     s = h.connect(helo="client.example.test", auth_user=auth_user)
     s.mail("a@example.test")
     s.rcpt("bob@example.net")
-    reply = s.data(message, dmarc=result)
+    reply = s.data(message, dmarc=result, arc=arc)
     return reply, (s.delivered[-1] if s.delivered else None)
 
 
@@ -77,7 +77,18 @@ def test_authenticated_senders_are_not_enforced_unless_told():
     assert deliver(h, dmarc("fail", "reject"), auth_user="alice")[0].code == 550
 
 
-@pytest.mark.parametrize("table", [{"rejet": "none"}, {"reject": "bounce"}, {"temperror": "reject"},
+def test_a_trusted_forwarders_arc_chain_excuses_a_failure():
+    h = Harness([POLICY], config={"dmarc": {"trusted_forwarders": ["Lists.Example.net"]}})
+    by_list = pc.ArcResult("pass", 1, ("lists.example.net",))
+    assert deliver(h, dmarc("fail", "reject"), arc=by_list)[0].code == 250
+    assert any("excused" in line.message for line in h.logs)
+    # A chain that fails, or one sealed by others only, excuses nothing.
+    assert deliver(h, dmarc("fail", "reject"), arc=pc.ArcResult("fail", 1, ("lists.example.net",)))[0].code == 550
+    assert deliver(h, dmarc("fail", "reject"), arc=pc.ArcResult("pass", 1, ("other.test",)))[0].code == 550
+    assert deliver(Harness([POLICY]), dmarc("fail", "reject"), arc=by_list)[0].code == 550
+
+
+@pytest.mark.parametrize("table", [{"trusted_forwarders": "lists.test"}, {"rejet": "none"}, {"reject": "bounce"}, {"temperror": "reject"},
                                    {"honour_pct": "yes"}, {"quarantine_header": "X Bad"},
                                    {"skip_domains": "example.test"}])
 def test_a_bad_table_stops_the_policy_loading(table):
