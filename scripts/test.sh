@@ -7,7 +7,7 @@
 #   4. libFuzzer on the command parser, address parser and DATA decoder (bounded time)
 #   5. end-to-end tests: the built daemon between real clients and real upstreams
 #      (release and ASan/UBSan builds), Python policies included
-# Environment: FUZZ_SECONDS (per target, default 15), JOBS (default nproc).
+# Environment: FUZZ_SECONDS (per target, default 10), JOBS (default nproc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
@@ -31,9 +31,9 @@ PYTHONPATH="$PWD/python:$PWD/build/python" /usr/bin/python3 -m pytest -q -p no:c
 step "the test DNS server and the reference SPF implementation (pytest, tests/dns)"
 /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/dns
 
-step "fuzz (${FUZZ_SECONDS:-15}s per target)"
+step "fuzz (${FUZZ_SECONDS:-10}s per target)"
 scripts/build.sh fuzz
-tests/fuzz/run.sh build-fuzz "${FUZZ_SECONDS:-15}"
+tests/fuzz/run.sh build-fuzz "${FUZZ_SECONDS:-10}"
 
 step "end-to-end (release daemon)"
 PORTCULLIS_BIN="$PWD/build/portcullis" /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
