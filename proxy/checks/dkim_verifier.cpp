@@ -9,12 +9,57 @@
 #include <string>
 
 #include "dns/resolver.hpp"
-#include "checks/opendkim.hpp"
+#include "smtp/message_header.hpp"
 
+
+// OpenDKIM's header uses C's _Bool.
+#define _Bool bool
+extern "C" {
+#include <opendkim/dkim.h>
+}
+#undef _Bool
 
 namespace portcullis::checks {
 
 namespace {
+
+// One verifying handle, freed with its scope.
+struct dkim_handle {
+  DKIM* dkim = nullptr;
+  dkim_handle() = default;
+  dkim_handle(const dkim_handle&) = delete;
+  dkim_handle& operator=(const dkim_handle&) = delete;
+  ~dkim_handle() {
+    if (dkim) dkim_free(dkim);
+  }
+};
+
+// Feeds the message, exactly as stored, to `dkim`: the header fields one by
+// one (each with its folding, without its final CRLF), the end of the
+// header, then the body as it came. Throws std::runtime_error when a spilled
+// message cannot be read. The caller ends with dkim_eom.
+void feed_message(DKIM* dkim, const message_store& message) {
+  smtp::header_reader header;
+  const auto on_field = [&](std::string_view field) {
+    field.remove_suffix(field.ends_with("\r\n") ? 2 : 1);  // (a field handed over ends with its line end)
+    dkim_header(dkim, reinterpret_cast<u_char*>(const_cast<char*>(field.data())), field.size());
+  };
+  message_store::reader in(message);
+  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
+    std::size_t used = 0;
+    if (!header.done()) {
+      used = header.feed(chunk, on_field);
+      if (header.done()) dkim_eoh(dkim);
+    }
+    if (used < chunk.size())
+      dkim_body(dkim, reinterpret_cast<u_char*>(const_cast<char*>(chunk.data() + used)), chunk.size() - used);
+  }
+  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
+  if (!header.done()) {  // a message of header fields only
+    header.finish(on_field);
+    dkim_eoh(dkim);
+  }
+}
 
 // OpenDKIM's key lookups, made through our resolver: it parses replies
 // itself, so it gets the reply packet. The lookup is made at "start" (this
