@@ -47,13 +47,6 @@ void check(int ok, const char* what) {
   if (ok != 1) throw std::runtime_error(std::string("OpenSSL: ") + what + " failed");
 }
 
-struct pkey {
-  EVP_PKEY* key = nullptr;
-  ~pkey() {
-    if (key) EVP_PKEY_free(key);
-  }
-};
-
 }  // namespace
 
 signing_key read_signing_key(const std::filesystem::path& path, std::string_view table, bool rsa_only) {
@@ -64,17 +57,17 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
   key.pem.assign(std::istreambuf_iterator<char>(in), {});
   // The key's type decides the algorithm; a key the signer would refuse at
   // the first message is refused here, at start-up or reload.
-  pkey k;
   {
     BIO* bio = BIO_new_mem_buf(key.pem.data(), static_cast<int>(key.pem.size()));
-    if (bio) k.key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+    if (bio) key.parsed.reset(PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr), EVP_PKEY_free);
     BIO_free(bio);
   }
-  if (k.key == nullptr) throw std::runtime_error(where + "no PEM private key");
-  switch (EVP_PKEY_get_base_id(k.key)) {
+  EVP_PKEY* k = key.parsed.get();
+  if (k == nullptr) throw std::runtime_error(where + "no PEM private key");
+  switch (EVP_PKEY_get_base_id(k)) {
     case EVP_PKEY_RSA:
-      if (EVP_PKEY_get_bits(k.key) < 1024)
-        throw std::runtime_error(where + "an RSA key of " + std::to_string(EVP_PKEY_get_bits(k.key)) +
+      if (EVP_PKEY_get_bits(k) < 1024)
+        throw std::runtime_error(where + "an RSA key of " + std::to_string(EVP_PKEY_get_bits(k)) +
                                  " bits; RFC 8301 wants at least 1024 (2048 is usual)");
       break;
     case EVP_PKEY_ED25519:
@@ -86,23 +79,8 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
   return key;
 }
 
-struct dkim_signer::library {
-  EVP_PKEY* key = nullptr;  // parsed once: OpenSSL 3 takes longer to parse a key than to sign with it
-  bool ed25519 = false;
-  ~library() {
-    if (key) EVP_PKEY_free(key);
-  }
-};
-
 dkim_signer::dkim_signer(const dkim_sign_config& settings)
-    : settings_(settings), networks_(settings.networks), lib_(std::make_unique<library>()) {
-  const auto key = read_signing_key(settings.key_file, "dkim_sign");
-  BIO* bio = BIO_new_mem_buf(key.pem.data(), static_cast<int>(key.pem.size()));
-  if (bio) lib_->key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
-  BIO_free(bio);
-  if (lib_->key == nullptr) throw std::runtime_error("[dkim_sign] key_file: the key could not be loaded");
-  lib_->ed25519 = key.ed25519;
-}
+    : settings_(settings), networks_(settings.networks), key_(read_signing_key(settings.key_file, "dkim_sign")) {}
 
 dkim_signer::~dkim_signer() { pool_.join(); }
 
@@ -112,7 +90,7 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
     try {
       s.domain = domain;
       if (s.domain.empty()) {
-        const auto from = from_domain(*message, s.why_not);
+        const auto from = author_domain(header_values(*message, "From"), s.why_not);
         if (!from) return s;
         const auto ours = domain_for(*from);
         if (!ours) {
@@ -131,7 +109,7 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
   co_return result;
 }
 
-std::string_view dkim_signer::algorithm() const { return lib_->ed25519 ? "ed25519-sha256" : "rsa-sha256"; }
+std::string_view dkim_signer::algorithm() const { return key_.ed25519 ? "ed25519-sha256" : "rsa-sha256"; }
 
 bool dkim_signer::signs_as(std::string_view domain) const {
   const auto d = smtp::to_lower(domain);
@@ -147,26 +125,6 @@ std::optional<std::string> dkim_signer::domain_for(std::string_view from_domain)
     if (signs_as(parent)) return parent;
   }
   return std::nullopt;
-}
-
-std::optional<std::string> dkim_signer::from_domain(const message_store& message, std::string& problem) {
-  const auto from = header_values(message, "From");
-  if (from.size() != 1) {
-    problem = from.empty() ? "no From field" : std::to_string(from.size()) + " From fields";
-    return std::nullopt;
-  }
-  auto domains = smtp::mailbox_domains(from.front());
-  if (!domains) {
-    problem = "the From field is not a list of mailboxes";
-    return std::nullopt;
-  }
-  for (const auto& d : *domains) {
-    if (d != domains->front()) {
-      problem = "the From field names several domains";
-      return std::nullopt;
-    }
-  }
-  return domains->front();
 }
 
 std::string dkim_signer::sign_now(const message_store& message, const std::string& domain) const {
@@ -211,15 +169,15 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
     md_context sign;
     std::string hashed;  // Ed25519 signs the SHA-256 hash of the data (RFC 8463 §3)
     const EVP_MD* md = EVP_sha256();
-    if (lib_->ed25519) {
+    if (key_.ed25519) {
       unsigned char digest[EVP_MAX_MD_SIZE];
       unsigned int n = 0;
       check(EVP_Digest(data.data(), data.size(), digest, &n, EVP_sha256(), nullptr), "SHA-256");
       hashed.assign(reinterpret_cast<const char*>(digest), n);
       md = nullptr;
     }
-    const std::string& input = lib_->ed25519 ? hashed : data;
-    check(EVP_DigestSignInit(sign.ctx, nullptr, md, nullptr, lib_->key), "signing");
+    const std::string& input = key_.ed25519 ? hashed : data;
+    check(EVP_DigestSignInit(sign.ctx, nullptr, md, nullptr, key_.parsed.get()), "signing");
     std::size_t size = 0;
     const auto* bytes = reinterpret_cast<const unsigned char*>(input.data());
     check(EVP_DigestSign(sign.ctx, nullptr, &size, bytes, input.size()), "signing");

@@ -13,6 +13,8 @@
 #include <string>
 #include <string_view>
 
+#include <openssl/evp.h>
+
 #include "asio.hpp"
 #include "checks/sender_checks.hpp"
 #include "config/config.hpp"
@@ -21,9 +23,11 @@
 
 namespace portcullis::checks {
 
-// A private key for signing, read from its PEM file and checked.
+// A private key for signing, read from its PEM file, parsed and checked.
 struct signing_key {
   std::string pem;
+  // Parsed once: OpenSSL 3 takes longer to parse a key than to sign with it.
+  std::shared_ptr<EVP_PKEY> parsed;
   bool ed25519 = false;  // else RSA
 };
 // Throws std::runtime_error naming `table`.key_file when the file cannot be
@@ -57,15 +61,10 @@ class dkim_signer final : public mail_signer {
   // message cannot be read.
   std::string sign_now(const message_store& message, const std::string& domain) const;
 
-  // The domain of the message's one From field (one domain only), or
-  // nullopt with why in `problem`. Throws like sign_now.
-  static std::optional<std::string> from_domain(const message_store& message, std::string& problem);
-
  private:
-  struct library;
   dkim_sign_config settings_;
   network_list networks_;
-  std::unique_ptr<library> lib_;
+  signing_key key_;
   asio::thread_pool pool_{2};  // signing is CPU work: two threads keep up with two I/O threads
 };
 

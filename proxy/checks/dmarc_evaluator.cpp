@@ -7,7 +7,6 @@
 #include <stdexcept>
 
 #include "checks/message_fields.hpp"
-#include "smtp/message_header.hpp"
 #include "smtp/text.hpp"
 
 extern "C" {
@@ -152,14 +151,10 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
   };
 
   // The author's domain (§3.1, §6.6.1): one From field, its mailboxes all of one domain.
-  if (from_values.empty()) return stop(kind::permerror, "no From field");
-  if (from_values.size() > 1) return stop(kind::permerror, std::to_string(from_values.size()) + " From fields");
-  auto domains = smtp::mailbox_domains(from_values.front());
-  if (!domains) return stop(kind::permerror, "the From field is not a list of mailboxes");
-  std::sort(domains->begin(), domains->end());
-  domains->erase(std::unique(domains->begin(), domains->end()), domains->end());
-  if (domains->size() > 1) return stop(kind::permerror, "the From field names several domains");
-  r.domain = domains->front();
+  std::string problem;
+  auto domain = author_domain(from_values, problem);
+  if (!domain) return stop(kind::permerror, problem);
+  r.domain = std::move(*domain);
   if (r.domain.front() == '[') return stop(kind::permerror, "the From domain is an address literal");
   r.org_domain = organizational_domain(r.domain);
 

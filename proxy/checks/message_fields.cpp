@@ -20,4 +20,23 @@ std::vector<std::string> header_values(const message_store& message, std::string
   return out;
 }
 
+std::optional<std::string> author_domain(const std::vector<std::string>& from_values, std::string& problem) {
+  if (from_values.size() != 1) {
+    problem = from_values.empty() ? "no From field" : std::to_string(from_values.size()) + " From fields";
+    return std::nullopt;
+  }
+  const auto domains = smtp::mailbox_domains(from_values.front());
+  if (!domains) {
+    problem = "the From field is not a list of mailboxes";
+    return std::nullopt;
+  }
+  for (const auto& d : *domains) {
+    if (d != domains->front()) {
+      problem = "the From field names several domains";
+      return std::nullopt;
+    }
+  }
+  return domains->front();
+}
+
 }  // namespace portcullis::checks
