@@ -11,7 +11,7 @@ BUILD_PACKAGES=(
   libgtest-dev              # the build configures the C++ tests too
   libunbound-dev            # the DNS resolver (proxy/dns)
   libspf2-dev               # SPF (proxy/checks)
-  libopendkim-dev           # DKIM (proxy/checks)
+  libopendkim-dev           # OpenDKIM: the tests' second opinion on DKIM (tests/tools)
   libopendmarc-dev          # DMARC records (proxy/checks)
   libpsl-dev publicsuffix   # organizational domains: the Public Suffix List
 )

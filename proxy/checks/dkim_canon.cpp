@@ -19,6 +19,7 @@ std::string relaxed_header(std::string_view field) {
   out += ':';
   if (colon == std::string_view::npos) return out + "\r\n";
   std::string_view value = field.substr(colon + 1);
+  const std::size_t value_start = out.size();
   bool wsp = false;
   for (char c : value) {
     if (c == '\r' || c == '\n') continue;  // unfolding
@@ -26,14 +27,47 @@ std::string relaxed_header(std::string_view field) {
       wsp = true;
       continue;
     }
-    if (wsp && out.back() != ':') out += ' ';  // (none right after the colon)
+    if (wsp && out.size() > value_start) out += ' ';  // (none before the value)
     wsp = false;
     out += c;
   }
   return out + "\r\n";
 }
 
-void relaxed_body::feed(std::string_view bytes, std::string& out) {
+std::string canonical_header(std::string_view field, dkim_canonicalization c) {
+  if (c == dkim_canonicalization::relaxed) return relaxed_header(field);
+  std::string out(field);
+  if (!out.ends_with("\r\n")) {  // (a last field of a header-only message may lack its line end)
+    if (out.ends_with('\n')) out.pop_back();
+    out += "\r\n";
+  }
+  return out;
+}
+
+std::string unsigned_signature_field(std::string_view field, dkim_canonicalization c) {
+  while (field.ends_with('\n') || field.ends_with('\r')) field.remove_suffix(1);
+  std::string f(field);
+  // The tag named "b" (not "bh"): the value after its "=", up to the next ";" or the end.
+  for (auto start = f.find(':'); start != std::string::npos && start < f.size(); start = f.find(';', start)) {
+    ++start;
+    const auto equals = f.find('=', start);
+    if (equals == std::string::npos) break;
+    std::string_view name(f.data() + start, equals - start);
+    const auto fws = [](char ch) { return smtp::is_wsp(ch) || ch == '\r' || ch == '\n'; };
+    while (!name.empty() && fws(name.front())) name.remove_prefix(1);
+    while (!name.empty() && fws(name.back())) name.remove_suffix(1);
+    if (name == "b") {
+      const auto end = f.find(';', equals);
+      f.erase(equals + 1, (end == std::string::npos ? f.size() : end) - equals - 1);
+      break;
+    }
+  }
+  std::string out = canonical_header(f, c);
+  out.resize(out.size() - 2);  // the CRLF canonical_header ends with
+  return out;
+}
+
+void canonical_body::feed(std::string_view bytes, std::string& out) {
   for (char c : bytes) {
     if (c == '\r') continue;  // lines end with CRLF (the DATA decoder saw to it): LF ends them
     if (c == '\n') {
@@ -45,21 +79,22 @@ void relaxed_body::feed(std::string_view bytes, std::string& out) {
       content_ = wsp_ = false;
       continue;
     }
-    if (smtp::is_wsp(c)) {
+    if (relaxed_ && smtp::is_wsp(c)) {
       wsp_ = true;
       continue;
     }
     for (; !content_ && empty_lines_ > 0; --empty_lines_) out += "\r\n";  // they were inside the body after all
     if (wsp_) out += ' ';
     wsp_ = false;
-    content_ = true;
+    content_ = any_ = true;
     out += c;
   }
 }
 
-void relaxed_body::finish(std::string& out) {
-  if (content_) out += "\r\n";  // a last line without its CRLF
-  content_ = wsp_ = false;
+void canonical_body::finish(std::string& out) {
+  // A last line without its CRLF gets one; an empty body is one CRLF in simple, nothing in relaxed.
+  if (content_ || (!relaxed_ && !any_)) out += "\r\n";
+  content_ = wsp_ = any_ = false;
   empty_lines_ = 0;
 }
 
@@ -77,7 +112,8 @@ std::vector<std::string> signed_field_names(const std::vector<std::string>& fiel
   return h;
 }
 
-std::string signed_fields_relaxed(const std::vector<std::string>& fields, const std::vector<std::string>& h) {
+std::string signed_fields(const std::vector<std::string>& fields, const std::vector<std::string>& h,
+                          dkim_canonicalization c) {
   std::map<std::string, std::size_t> taken;  // name -> fields of that name taken, from the bottom
   std::string out;
   for (const auto& name : h) {
@@ -85,7 +121,7 @@ std::string signed_fields_relaxed(const std::vector<std::string>& fields, const 
     for (auto f = fields.rbegin(); f != fields.rend(); ++f) {
       if (!smtp::equals_nocase(smtp::header_field_name(*f), name)) continue;
       if (skip-- == 0) {
-        out += relaxed_header(*f);
+        out += canonical_header(*f, c);
         break;
       }
     }

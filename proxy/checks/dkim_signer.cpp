@@ -132,7 +132,7 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
   std::vector<std::string> fields;
   smtp::header_reader header;
   const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
-  relaxed_body body;
+  canonical_body body(dkim_canonicalization::relaxed);
   std::string canonical;
   md_context body_hash;
   check(EVP_DigestInit_ex(body_hash.ctx, EVP_sha256(), nullptr), "SHA-256");
@@ -162,7 +162,7 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
                       ";\r\n\tbh=" + base64(bh, bh_size) + ";\r\n\tb=";
 
   // What is signed (§3.7): the covered fields, then this one without its CRLF.
-  std::string data = signed_fields_relaxed(fields, h) + relaxed_header(field + "\r\n");
+  std::string data = signed_fields(fields, h, dkim_canonicalization::relaxed) + relaxed_header(field + "\r\n");
   data.resize(data.size() - 2);
   std::string signature;
   {

@@ -1,214 +1,277 @@
 #include "checks/dkim_verifier.hpp"
 
-#include <arpa/nameser.h>
-#include <sys/time.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include <algorithm>
-#include <cstring>
+#include <ctime>
+#include <mutex>
 #include <stdexcept>
-#include <string>
+#include <unordered_map>
 
-#include "dns/resolver.hpp"
+#include "checks/dkim_canon.hpp"
+#include "checks/dkim_fields.hpp"
 #include "smtp/message_header.hpp"
-
-
-// OpenDKIM's header uses C's _Bool.
-#define _Bool bool
-extern "C" {
-#include <opendkim/dkim.h>
-}
-#undef _Bool
+#include "smtp/text.hpp"
 
 namespace portcullis::checks {
 
 namespace {
 
-// One verifying handle, freed with its scope.
-struct dkim_handle {
-  DKIM* dkim = nullptr;
-  dkim_handle() = default;
-  dkim_handle(const dkim_handle&) = delete;
-  dkim_handle& operator=(const dkim_handle&) = delete;
-  ~dkim_handle() {
-    if (dkim) dkim_free(dkim);
+using pkey_ptr = std::shared_ptr<EVP_PKEY>;
+
+// SHA-256 fetched once: OpenSSL 3 looks an algorithm up (under a lock) each
+// time one is named by EVP_sha256().
+const EVP_MD* sha256() {
+  static EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  if (md == nullptr) throw std::runtime_error("OpenSSL has no SHA-256");
+  return md;
+}
+
+struct md_context {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  md_context() {
+    if (ctx == nullptr) throw std::bad_alloc();
   }
+  ~md_context() { EVP_MD_CTX_free(ctx); }
+  md_context(const md_context&) = delete;
+  md_context& operator=(const md_context&) = delete;
 };
 
-// Feeds the message, exactly as stored, to `dkim`: the header fields one by
-// one (each with its folding, without its final CRLF), the end of the
-// header, then the body as it came. Throws std::runtime_error when a spilled
-// message cannot be read. The caller ends with dkim_eom.
-void feed_message(DKIM* dkim, const message_store& message) {
-  smtp::header_reader header;
-  const auto on_field = [&](std::string_view field) {
-    field.remove_suffix(field.ends_with("\r\n") ? 2 : 1);  // (a field handed over ends with its line end)
-    dkim_header(dkim, reinterpret_cast<u_char*>(const_cast<char*>(field.data())), field.size());
-  };
-  message_store::reader in(message);
-  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
-    std::size_t used = 0;
-    if (!header.done()) {
-      used = header.feed(chunk, on_field);
-      if (header.done()) dkim_eoh(dkim);
-    }
-    if (used < chunk.size())
-      dkim_body(dkim, reinterpret_cast<u_char*>(const_cast<char*>(chunk.data() + used)), chunk.size() - used);
-  }
-  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
-  if (!header.done()) {  // a message of header fields only
-    header.finish(on_field);
-    dkim_eoh(dkim);
-  }
+// Checked base64 (dkim_fields) to bytes.
+std::string base64_decode(std::string_view s) {
+  std::string out(s.size() / 4 * 3, '\0');
+  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(s.data()), static_cast<int>(s.size()));
+  if (n < 0) return {};
+  // (EVP_DecodeBlock counts the padding as zero bytes.)
+  const auto pad = static_cast<std::size_t>(std::count(s.end() - std::min<std::size_t>(s.size(), 2), s.end(), '='));
+  out.resize(static_cast<std::size_t>(n) - pad);
+  return out;
 }
 
-// OpenDKIM's key lookups, made through our resolver: it parses replies
-// itself, so it gets the reply packet. The lookup is made at "start" (this
-// thread blocks there); "waitreply" hands the result over, "cancel" frees it.
-struct key_query {
-  std::size_t bytes = 0;
-  bool failed = false;  // timeout, SERVFAIL, no usable reply: KEYFAIL (temperror)
+// The body canonicalized one way, up to l= octets, hashed as it streams by.
+class body_hasher {
+ public:
+  body_hasher(dkim_canonicalization canon, std::optional<std::uint64_t> limit)
+      : canon_(canon), limit_(limit), body_(canon) {
+    if (EVP_DigestInit_ex(hash_.ctx, sha256(), nullptr) != 1) throw std::runtime_error("OpenSSL: SHA-256 failed");
+  }
+  bool wants(dkim_canonicalization canon, std::optional<std::uint64_t> limit) const {
+    return canon == canon_ && limit == limit_;
+  }
+  void feed(std::string_view bytes) {
+    body_.feed(bytes, canonical_);
+    take();
+  }
+  void finish() {
+    body_.finish(canonical_);
+    take();
+    unsigned int n = 0;
+    digest_.resize(EVP_MAX_MD_SIZE);
+    if (EVP_DigestFinal_ex(hash_.ctx, reinterpret_cast<unsigned char*>(digest_.data()), &n) != 1)
+      throw std::runtime_error("OpenSSL: SHA-256 failed");
+    digest_.resize(n);
+  }
+  // After finish: the body's canonical length, and its hash (of the first l= octets).
+  std::uint64_t length() const { return length_; }
+  const std::string& digest() const { return digest_; }
+
+ private:
+  void take() {
+    std::size_t n = canonical_.size();
+    if (limit_) n = static_cast<std::size_t>(std::min<std::uint64_t>(n, *limit_ - std::min(*limit_, length_)));
+    if (n > 0) EVP_DigestUpdate(hash_.ctx, canonical_.data(), n);
+    length_ += canonical_.size();
+    canonical_.clear();
+  }
+
+  dkim_canonicalization canon_;
+  std::optional<std::uint64_t> limit_;
+  canonical_body body_;
+  std::string canonical_;
+  md_context hash_;
+  std::uint64_t length_ = 0;
+  std::string digest_;
 };
 
-// A reply saying NXDOMAIN to `name`, TXT, for a name the resolver refused
-// to ask (it cannot exist): OpenDKIM reads the question back from it.
-std::string nxdomain_reply(const std::string& name) {
-  std::string p = {0, 0, char(0x81), char(0x83), 0, 1, 0, 0, 0, 0, 0, 0};  // QR RD RA, rcode 3, qdcount 1
-  std::size_t start = 0;
-  while (start < name.size()) {
-    auto dot = name.find('.', start);
-    if (dot == std::string::npos) dot = name.size();
-    const auto label = std::min<std::size_t>(dot - start, 63);
-    p += static_cast<char>(label);
-    p += name.substr(start, label);
-    start = dot + 1;
+// One DKIM-Signature field on its way to a result.
+struct signature_state {
+  std::size_t field = 0;     // its index among the header fields
+  dkim_signature_fields tags;
+  dkim_signature result;     // result.problem set: decided (unless pass)
+  std::size_t hasher = 0;
+  bool decided = false;
+};
+
+// The signature over the header data (§3.7): rsa-sha256 signs the data;
+// ed25519-sha256 signs its SHA-256 hash (RFC 8463 §3).
+bool signature_verifies(EVP_PKEY* key, bool ed25519, const std::string& data, const std::string& signature) {
+  md_context c;
+  const auto* sig = reinterpret_cast<const unsigned char*>(signature.data());
+  bool ok = false;
+  if (ed25519) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    ok = EVP_Digest(data.data(), data.size(), digest, &n, sha256(), nullptr) == 1 &&
+         EVP_DigestVerifyInit(c.ctx, nullptr, nullptr, nullptr, key) == 1 &&
+         EVP_DigestVerify(c.ctx, sig, signature.size(), digest, n) == 1;
+  } else {
+    ok = EVP_DigestVerifyInit(c.ctx, nullptr, sha256(), nullptr, key) == 1 &&
+         EVP_DigestVerify(c.ctx, sig, signature.size(), reinterpret_cast<const unsigned char*>(data.data()),
+                          data.size()) == 1;
   }
-  p += '\0';
-  p += std::string{0, char(ns_t_txt), 0, char(ns_c_in)};
-  return p;
+  ERR_clear_error();  // a failed verification leaves its reasons on this thread's queue
+  return ok;
 }
-
-int query_start(void* service, int type, unsigned char* query, unsigned char* buf, size_t buflen, void** qh) {
-  auto* resolver = static_cast<dns::resolver*>(service);
-  auto q = new key_query;
-  *qh = q;
-  const std::string name(reinterpret_cast<const char*>(query));
-  if (type != ns_t_txt) {
-    q->failed = true;
-    return 0;
-  }
-  const auto answer = resolver->lookup_sync(name, dns::rr_type::txt);
-  std::string packet = answer.packet;
-  if (answer.what == dns::answer::status::nxdomain && packet.empty()) packet = nxdomain_reply(name);
-  const bool usable = (answer.ok() || answer.what == dns::answer::status::nxdomain) && !packet.empty() &&
-                      packet.size() <= buflen;
-  if (!usable) {
-    q->failed = true;
-    return 0;
-  }
-  std::memcpy(buf, packet.data(), packet.size());
-  q->bytes = packet.size();
-  return 0;
-}
-
-int query_waitreply(void*, void* qh, struct timeval*, size_t* bytes, int* error, int* dnssec) {
-  auto* q = static_cast<key_query*>(qh);
-  if (error) *error = 0;
-  if (dnssec) *dnssec = DKIM_DNSSEC_UNKNOWN;
-  if (q->failed) return DKIM_DNS_ERROR;
-  *bytes = q->bytes;
-  return DKIM_DNS_SUCCESS;
-}
-
-int query_cancel(void*, void* qh) {
-  delete static_cast<key_query*>(qh);
-  return DKIM_DNS_SUCCESS;
-}
-
-// Signatures past the limit are not evaluated (no key lookup, no hashing).
-DKIM_CBSTAT limit_signatures(DKIM* dkim, DKIM_SIGINFO** sigs, int nsigs) {
-  const auto max = *static_cast<const unsigned*>(dkim_get_user_context(dkim));
-  for (int i = static_cast<int>(max); i < nsigs; ++i) dkim_sig_ignore(sigs[i]);
-  return DKIM_CBSTAT_CONTINUE;
-}
-
-dkim_signature::kind kind_of(DKIM_SIGINFO* sig) {
-  using k = dkim_signature::kind;
-  const unsigned flags = dkim_sig_getflags(sig);
-  if (flags & DKIM_SIGFLAG_IGNORE) return k::neutral;
-  if ((flags & DKIM_SIGFLAG_PASSED) && dkim_sig_getbh(sig) == DKIM_SIGBH_MATCH) return k::pass;
-  switch (dkim_sig_geterror(sig)) {
-    case DKIM_SIGERROR_KEYFAIL: return k::temperror;
-    case DKIM_SIGERROR_OK:  // verified, but the body hash differs
-    case DKIM_SIGERROR_BADSIG:
-      return (flags & DKIM_SIGFLAG_PROCESSED) ? k::fail : k::permerror;
-    default: return k::permerror;  // the signature, the key or the reply is unusable
-  }
-}
-
-std::string problem_of(DKIM_SIGINFO* sig, dkim_signature::kind kind, unsigned max) {
-  switch (kind) {
-    case dkim_signature::kind::pass: return "";
-    case dkim_signature::kind::neutral: return "not evaluated: more than " + std::to_string(max) + " signatures";
-    default: break;
-  }
-  const int error = dkim_sig_geterror(sig);
-  if (error == DKIM_SIGERROR_OK && dkim_sig_getbh(sig) == DKIM_SIGBH_MISMATCH) return "body hash did not verify";
-  const char* text = dkim_sig_geterrorstr(error);
-  return text ? text : "error " + std::to_string(error);
-}
-
-std::string text_of(const unsigned char* s) { return s ? reinterpret_cast<const char*>(s) : ""; }
 
 }  // namespace
 
-struct dkim_verifier::library {
-  DKIM_LIB* lib = nullptr;
-  ~library() {
-    if (lib) dkim_close(lib);
+// Public keys parsed from their records' p= values, shared by the checks'
+// threads. Keyed by the value itself, so a key changed in DNS is a new
+// entry; bounded: when full it starts over.
+struct dkim_verifier::key_cache {
+  static constexpr std::size_t max_keys = 1024;
+  std::mutex mutex;
+  std::unordered_map<std::string, pkey_ptr> keys;
+
+  pkey_ptr get(const dkim_key_fields& record, std::string& problem) {
+    const bool ed25519 = record.key_type == dkim_key_fields::type::ed25519;
+    const std::string id = (ed25519 ? "e:" : "r:") + record.key;
+    {
+      std::lock_guard lock(mutex);
+      if (auto found = keys.find(id); found != keys.end()) return found->second;
+    }
+    const std::string der = base64_decode(record.key);
+    const auto* bytes = reinterpret_cast<const unsigned char*>(der.data());
+    pkey_ptr key;
+    if (ed25519) {
+      // RFC 8463 §4: the 32 octets of the public key, bare.
+      if (der.size() == 32)
+        key.reset(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, bytes, der.size()), EVP_PKEY_free);
+    } else {
+      // RFC 6376 §3.6.1: an RSA SubjectPublicKeyInfo.
+      key.reset(d2i_PUBKEY(nullptr, &bytes, static_cast<long>(der.size())), EVP_PKEY_free);
+      if (key && EVP_PKEY_get_base_id(key.get()) != EVP_PKEY_RSA) key.reset();
+    }
+    ERR_clear_error();
+    if (!key) {
+      problem = "unable to apply public key";
+      return nullptr;
+    }
+    std::lock_guard lock(mutex);
+    if (keys.size() >= max_keys) keys.clear();
+    keys.emplace(id, key);
+    return key;
   }
 };
 
-dkim_verifier::dkim_verifier(std::shared_ptr<dns::resolver> resolver, unsigned max_signatures)
-    : resolver_(std::move(resolver)), max_signatures_(max_signatures), lib_(std::make_unique<library>()) {
-  lib_->lib = dkim_init(nullptr, nullptr);
-  if (lib_->lib == nullptr) throw std::runtime_error("OpenDKIM did not start (dkim_init)");
-  // Its resolver is ours: it neither makes one (init) nor frees ours as if it were its own (close).
-  dkim_dns_set_init(lib_->lib, [](void** service) { return *service != nullptr ? 0 : -1; });
-  dkim_dns_set_close(lib_->lib, [](void*) {});
-  dkim_dns_set_query_service(lib_->lib, resolver_.get());
-  dkim_dns_set_query_start(lib_->lib, query_start);
-  dkim_dns_set_query_waitreply(lib_->lib, query_waitreply);
-  dkim_dns_set_query_cancel(lib_->lib, query_cancel);
-  dkim_set_prescreen(lib_->lib, limit_signatures);
-  // Header fields as received, with their folding, are what the signer signed (RFC 6376 §3.4).
-  unsigned int flags = DKIM_LIBFLAGS_FIXCRLF;
-  dkim_options(lib_->lib, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags, sizeof flags);
+dkim_verifier::dkim_verifier(txt_lookup lookup, unsigned max_signatures)
+    : lookup_(std::move(lookup)), max_signatures_(max_signatures), keys_(std::make_unique<key_cache>()) {
+  sha256();  // (fails here, at start-up, if ever)
 }
 
 dkim_verifier::~dkim_verifier() = default;
 
-dkim_results dkim_verifier::verify_now(const message_store& message) const {
-  DKIM_STAT status = DKIM_STAT_OK;
-  dkim_handle h;
-  h.dkim = dkim_verify(lib_->lib, reinterpret_cast<const unsigned char*>("portcullis"), nullptr, &status);
-  if (h.dkim == nullptr) throw std::runtime_error(std::string("OpenDKIM: ") + dkim_getresultstr(status));
-  unsigned max = max_signatures_;
-  dkim_set_user_context(h.dkim, &max);
+dkim_results dkim_verifier::verify_now(const message_store& message, std::optional<std::int64_t> now) const {
+  using kind = dkim_signature::kind;
+  std::vector<std::string> fields;
+  std::vector<signature_state> sigs;
+  std::vector<std::unique_ptr<body_hasher>> hashers;
 
-  feed_message(h.dkim, message);
-  dkim_eom(h.dkim, nullptr);
+  const auto decide = [](signature_state& s, kind k, std::string problem) {
+    s.result.result = k;
+    s.result.problem = std::move(problem);
+    s.decided = true;
+  };
+  // Once the header is read: the signatures, each parsed, and a body hasher for each way the body is wanted.
+  const auto read_signatures = [&] {
+    for (std::size_t i = 0; i < fields.size(); ++i) {
+      if (!smtp::equals_nocase(smtp::header_field_name(fields[i]), "DKIM-Signature")) continue;
+      signature_state s;
+      s.field = i;
+      if (sigs.size() >= max_signatures_) {
+        const auto value = smtp::header_field_value(fields[i]);
+        parse_dkim_signature(value, s.tags);  // (only to name it)
+        decide(s, kind::neutral, "not evaluated: more than " + std::to_string(max_signatures_) + " signatures");
+      } else if (auto problem = parse_dkim_signature(smtp::header_field_value(fields[i]), s.tags); !problem.empty()) {
+        decide(s, kind::permerror, std::move(problem));
+      } else if (problem = check_dkim_times(s.tags, now.value_or(std::time(nullptr))); !problem.empty()) {
+        decide(s, kind::permerror, std::move(problem));
+      } else {
+        const auto same = std::find_if(hashers.begin(), hashers.end(),
+                                       [&](const auto& h) { return h->wants(s.tags.body_canon, s.tags.length); });
+        s.hasher = static_cast<std::size_t>(same - hashers.begin());
+        if (same == hashers.end()) hashers.push_back(std::make_unique<body_hasher>(s.tags.body_canon, s.tags.length));
+      }
+      s.result.domain = s.tags.domain;
+      s.result.selector = s.tags.selector;
+      sigs.push_back(std::move(s));
+    }
+  };
 
-  DKIM_SIGINFO** sigs = nullptr;
-  int nsigs = 0;
+  smtp::header_reader header;
+  const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
+  bool header_read = false;
+  message_store::reader in(message);
+  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
+    const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
+    if (!header.done()) continue;
+    if (!header_read) {
+      header_read = true;
+      read_signatures();
+      if (hashers.empty()) break;  // nothing wants the body
+    }
+    for (auto& h : hashers) h->feed(chunk.substr(used));
+  }
+  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
+  if (!header_read) {  // a message of header fields only
+    header.finish(on_field);
+    read_signatures();
+  }
+  for (auto& h : hashers) h->finish();
+
   dkim_results out;
-  if (dkim_getsiglist(h.dkim, &sigs, &nsigs) != DKIM_STAT_OK) return out;
-  for (int i = 0; i < nsigs; ++i) {
-    dkim_signature s;
-    s.result = kind_of(sigs[i]);
-    s.domain = text_of(dkim_sig_getdomain(sigs[i]));
-    s.selector = text_of(dkim_sig_getselector(sigs[i]));
-    s.problem = problem_of(sigs[i], s.result, max_signatures_);
-    out.push_back(std::move(s));
+  for (auto& s : sigs) {
+    if (!s.decided) {
+      // The key (§6.1.2).
+      const auto answer = lookup_(s.tags.selector + "._domainkey." + s.tags.domain);
+      dkim_key_fields record;
+      pkey_ptr key;
+      std::string problem;
+      if (answer.what == dns::answer::status::timeout || answer.what == dns::answer::status::failure) {
+        decide(s, kind::temperror, "key DNS query failed");
+      } else if (answer.is_void()) {
+        decide(s, kind::permerror, "key not found in DNS");
+      } else if (answer.records.size() > 1) {
+        decide(s, kind::permerror, "multiple keys found");
+      } else if (problem = parse_dkim_key(answer.records.front().value, record); !problem.empty()) {
+        decide(s, kind::permerror, std::move(problem));
+      } else if ((record.key_type == dkim_key_fields::type::ed25519) != (s.tags.algorithm == "ed25519-sha256")) {
+        decide(s, kind::permerror, "signature-key type mismatch");
+      } else if (record.strict && s.tags.identity_domain != s.tags.domain) {
+        decide(s, kind::permerror, "unauthorized subdomain");
+      } else if (key = keys_->get(record, problem); !key) {
+        decide(s, kind::permerror, std::move(problem));
+      } else if (record.key_type == dkim_key_fields::type::rsa && EVP_PKEY_get_bits(key.get()) < 1024) {
+        decide(s, kind::permerror, "signing key too small");  // RFC 8301 §3.2
+      }
+      // The body (§6.1.3), then the header fields and the signature itself.
+      const body_hasher* body = s.decided ? nullptr : hashers[s.hasher].get();
+      if (body && s.tags.length && *s.tags.length > body->length()) {
+        decide(s, kind::permerror, "length tag value exceeds body size");
+      } else if (body && base64_decode(s.tags.body_hash) != body->digest()) {
+        decide(s, kind::fail, "body hash did not verify");
+      } else if (body) {
+        const std::string data = signed_fields(fields, s.tags.headers, s.tags.header_canon) +
+                                 unsigned_signature_field(fields[s.field], s.tags.header_canon);
+        const bool ok = signature_verifies(key.get(), record.key_type == dkim_key_fields::type::ed25519, data,
+                                           base64_decode(s.tags.signature));
+        decide(s, ok ? kind::pass : kind::fail, ok ? "" : "signature verification failed");
+      }
+    }
+    out.push_back(std::move(s.result));
   }
   return out;
 }

@@ -11,11 +11,10 @@ sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const se
     : resolver_(std::move(resolver)), settings_(settings), arc_(settings.arc ? std::move(arc) : nullptr),
       pool_(std::max(1u, settings.threads)) {
   if (settings.spf) spf_.emplace(resolver_, settings.receiver, settings.spf_skip_networks);
-  if (settings.dkim) dkim_.emplace(resolver_, settings.max_dkim_signatures);
-  if (settings.dmarc) {
-    auto* r = resolver_.get();  // (the checker, and so the evaluator, holds the resolver)
-    dmarc_.emplace([r](const std::string& name) { return r->lookup_sync(name, dns::rr_type::txt); });
-  }
+  auto* r = resolver_.get();  // (the checker, and so the verifier and the evaluator, holds the resolver)
+  const auto txt = [r](const std::string& name) { return r->lookup_sync(name, dns::rr_type::txt); };
+  if (settings.dkim) dkim_.emplace(txt, settings.max_dkim_signatures);
+  if (settings.dmarc) dmarc_.emplace(txt);
 }
 
 sender_checker::~sender_checker() { pool_.join(); }
@@ -34,7 +33,7 @@ awaitable<dkim_results> sender_checker::dkim(const message_ptr& message) {
     try {
       return dkim_->verify_now(*message);
     } catch (const std::exception& e) {
-      // OpenDKIM could not run (memory) or the message could not be read: nothing verified.
+      // OpenSSL failed (memory) or the message could not be read: nothing verified.
       dkim_signature s;
       s.result = dkim_signature::kind::temperror;
       s.problem = e.what();

@@ -1,6 +1,6 @@
 // The sender checks a generation asks for ([checks]), as the session sees
 // them (checks/sender_checks.hpp): each runs on the checker's own threads
-// (libspf2, OpenDKIM and the DMARC lookups block on DNS), and its result comes back to the
+// (libspf2 and the DKIM and DMARC lookups block on DNS), and its result comes back to the
 // awaiting session's executor.
 #pragma once
 

@@ -38,7 +38,7 @@ struct dkim_signing {
   std::string field;    // "DKIM-Signature: ...\r\n"; empty: not signed
   std::string domain;   // d=
   std::string why_not;  // not signed (no From domain of ours, ...)
-  std::string error;    // signing failed (the message could not be read, OpenDKIM failed)
+  std::string error;    // signing failed (the message could not be read, OpenSSL failed)
 };
 
 // Outbound signing ([dkim_sign]) as the session sees it. The server makes

@@ -138,7 +138,7 @@ struct checks_config {
   bool dmarc = false;  // RFC 7489, after dkim, before on_data (tx.dmarc); needs spf and dkim
   bool arc = false;    // RFC 8617: the chain validated before on_data (tx.arc), by dkimpy
   bool authentication_results = false;  // RFC 8601 header on relayed mail
-  unsigned threads = 8;  // run libspf2, OpenDKIM and DMARC, which block on DNS (never an I/O thread)
+  unsigned threads = 8;  // run libspf2, DKIM and DMARC, which block on DNS (never an I/O thread)
 };
 
 struct dns_config {

@@ -130,8 +130,6 @@ std::optional<record> decode(rr_type type, const unsigned char* p, std::size_t n
 
 answer answer_of(rr_type type, const ub_result& res) {
   answer a;
-  if (res.answer_packet != nullptr && res.answer_len > 0)
-    a.packet.assign(static_cast<const char*>(res.answer_packet), static_cast<std::size_t>(res.answer_len));
   if (res.rcode == rcode_nxdomain || res.nxdomain) {
     a.what = answer::status::nxdomain;
     a.ttl = static_cast<std::uint32_t>(std::max(res.ttl, 0));

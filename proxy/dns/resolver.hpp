@@ -49,9 +49,6 @@ struct answer {
   std::vector<record> records;
   std::uint32_t ttl = 0;
   std::string error;  // timeout and failure: what happened, for logs
-  // ok and nxdomain: the reply as it came in wire format (RFC 1035 §4), for
-  // libraries that parse replies themselves (OpenDKIM).
-  std::string packet;
 
   bool ok() const { return what == status::ok; }
   // RFC 7208 §4.6.4: an answer that names nothing (NODATA or NXDOMAIN).
@@ -86,7 +83,7 @@ class resolver {
   // (plus the time a busy thread takes to notice): it must not block.
   void lookup(std::string name, rr_type type, callback done);
 
-  // Blocks the calling thread until the answer: for libspf2, OpenDKIM and
+  // Blocks the calling thread until the answer: for libspf2, the DKIM verifier and
   // plain Python hooks, never for an I/O thread.
   answer lookup_sync(std::string name, rr_type type);
 

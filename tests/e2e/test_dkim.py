@@ -5,6 +5,9 @@ every result compared with dkimpy's own verification on the same DNS."""
 
 from __future__ import annotations
 
+import base64
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import HOSTNAME
-from dkim_helpers import dkimpy_results, make_keys, sign
+import dkim
+from dkim_helpers import dkimpy_results, make_keys, opendkim_results, sign
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dns"))
 from dns_server import DnsServer  # noqa: E402
@@ -52,16 +56,41 @@ def keys(tmp_path_factory):
     return make_keys(tmp_path_factory.mktemp("dkim"))
 
 
-@pytest.fixture
-def dns_server(keys):
-    zones = {
+@pytest.fixture(scope="module")
+def small_key(tmp_path_factory):
+    """A 512-bit RSA key (RFC 8301 wants 1024 at least) and its record."""
+    path = tmp_path_factory.mktemp("small") / "small.pem"
+    subprocess.run(["openssl", "genrsa", "-out", str(path), "512"], check=True, capture_output=True)
+    der = subprocess.run(["openssl", "rsa", "-in", str(path), "-pubout", "-outform", "DER"], check=True,
+                         capture_output=True).stdout
+    return path.read_bytes(), "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+
+
+def key_zones(keys, small_key) -> dict:
+    """Selectors of example.test with good, odd and broken keys."""
+    rsa_p = keys["rsa_record"].split("p=", 1)[1]
+    return {
         "rsa._domainkey.example.test": [{"TXT": keys["rsa_record"]}],
         "ed._domainkey.example.test": [{"TXT": keys["ed25519_record"]}],
         "revoked._domainkey.example.test": [{"TXT": "v=DKIM1; k=rsa; p="}],
         "slow._domainkey.example.test": ["TIMEOUT"],
+        "small._domainkey.example.test": [{"TXT": small_key[1]}],
+        "strict._domainkey.example.test": [{"TXT": f"v=DKIM1; t=s; p={rsa_p}"}],
+        "testing._domainkey.example.test": [{"TXT": f"v=DKIM1; t=y; p={rsa_p}"}],
+        "email._domainkey.example.test": [{"TXT": f"v=DKIM1; h=sha1:sha256; s=email; p={rsa_p}"}],
+        "sha1only._domainkey.example.test": [{"TXT": f"v=DKIM1; h=sha1; p={rsa_p}"}],
+        "service._domainkey.example.test": [{"TXT": f"v=DKIM1; s=tlsrpt; p={rsa_p}"}],
+        "edtype._domainkey.example.test": [{"TXT": f"v=DKIM1; k=ed25519; p={rsa_p}"}],
+        "version._domainkey.example.test": [{"TXT": f"v=DKIM2; p={rsa_p}"}],
+        "garbage._domainkey.example.test": [{"TXT": "v=DKIM1; p=QUJDRA=="}],
+        "nokey._domainkey.example.test": [{"TXT": "v=spf1 -all"}],
         "example.test": [{"A": "192.0.2.1"}],
     }
-    with DnsServer(zones) as server:
+
+
+@pytest.fixture
+def dns_server(keys, small_key):
+    with DnsServer(key_zones(keys, small_key)) as server:
         yield server
 
 
@@ -166,3 +195,107 @@ def test_a_40_kb_tag_is_bounded(dkim_daemon, keys, dns_server):
     big_selector = signed.replace(b"s=rsa;", b"s=" + b"s" * 40_000 + b";", 1)
     assert dkim_of(d, big_selector) == "permerror:example.test:" + "s" * 40  # no DNS name can hold it
     assert time.monotonic() - started < 5
+
+
+def dkim_corpus(keys, small_key) -> dict[str, bytes]:
+    """Messages dkimpy signed every way, then changed the ways mail changes on its travels, and signatures
+    that are broken or odd: name -> message."""
+    def signed(message=MESSAGE, selector="rsa", canon=("relaxed", "simple"), algorithm="rsa-sha256", key=None,
+               headers=(b"from", b"to", b"subject", b"date", b"message-id"), **options):
+        if key is None:
+            key = keys["ed25519"] if algorithm == "ed25519-sha256" else keys["rsa"]
+        field = dkim.sign(message, selector.encode(), b"example.test", key, signature_algorithm=algorithm.encode(),
+                          canonicalize=tuple(c.encode() for c in canon), include_headers=list(headers), **options)
+        return field + message
+
+    corpus = {}
+    for hc in ("simple", "relaxed"):
+        for bc in ("simple", "relaxed"):
+            base = signed(canon=(hc, bc))
+            corpus[f"{hc}/{bc}"] = base
+            corpus[f"{hc}/{bc} body spaces changed"] = base.replace(b"this message is", b"this  message is ")
+            corpus[f"{hc}/{bc} empty lines added at the end"] = base + b"\r\n\r\n"
+            corpus[f"{hc}/{bc} body changed"] = base.replace(b"Hello", b"Hallo")
+            corpus[f"{hc}/{bc} header refolded"] = base.replace(b"Subject: DKIM test", b"Subject:  DKIM\r\n\ttest")
+            corpus[f"{hc}/{bc} header name case"] = base.replace(b"Subject:", b"SUBJECT:")
+            corpus[f"{hc}/{bc} unsigned field added"] = base.replace(b"Subject:", b"X-Added: yes\r\nSubject:")
+            corpus[f"{hc}/{bc} b= refolded"] = re.sub(rb"b=([A-Za-z0-9+/]{20})", rb"b=\1\r\n \t ", base, count=1)
+            corpus[f"{hc}/{bc} signature field renamed in case"] = base.replace(b"DKIM-Signature:", b"dkim-signature:", 1)
+    corpus["ed25519 relaxed"] = signed(algorithm="ed25519-sha256", selector="ed", canon=("relaxed", "relaxed"))
+    corpus["ed25519 simple"] = signed(algorithm="ed25519-sha256", selector="ed", canon=("simple", "simple"))
+    corpus["ed25519 body changed"] = corpus["ed25519 relaxed"].replace(b"Hello", b"Hallo")
+    corpus["colon and spaces in a value"] = signed(MESSAGE.replace(b"Subject: DKIM test", b"Subject: Re:  a : b  c"),
+                                                   canon=("relaxed", "relaxed"))
+    corpus["8-bit header and body"] = signed(MESSAGE.replace(b"Bob,", b"B\xc3\xb6b,").replace(b"DKIM test", b"\xc3\xa9t\xc3\xa9"))
+    corpus["no body"] = signed(MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\n", canon=("simple", "simple"))
+    corpus["repeated field signed bottom up"] = signed(
+        MESSAGE.replace(b"Subject:", b"Cc: one@example.net\r\nCc: two@example.net\r\nSubject:"),
+        headers=(b"from", b"cc", b"cc", b"cc"))
+    corpus["repeated field reordered"] = corpus["repeated field signed bottom up"].replace(
+        b"Cc: one@example.net\r\nCc: two@example.net", b"Cc: two@example.net\r\nCc: one@example.net")
+    corpus["length limit, text appended"] = signed(length=True) + b"appended by a list\r\n"
+    corpus["length limit past the body"] = signed(length=True).replace(b"this message is signed.\r\n", b"")
+    corpus["identity in a subdomain"] = signed(identity=b"alice@news.example.test")
+    corpus["identity in a subdomain, strict key"] = signed(selector="strict", identity=b"alice@news.example.test")
+    corpus["identity, strict key"] = signed(selector="strict", identity=b"alice@example.test")
+    corpus["testing key"] = signed(selector="testing")
+    corpus["key for email"] = signed(selector="email")
+    corpus["key for sha1 only"] = signed(selector="sha1only")
+    corpus["key for another service"] = signed(selector="service")
+    corpus["key of the other type"] = signed(selector="edtype")
+    corpus["unknown key version"] = signed(selector="version")
+    corpus["garbage key"] = signed(selector="garbage")
+    corpus["not a key record"] = signed(selector="nokey")
+    corpus["no key"] = signed(selector="missing")
+    corpus["revoked key"] = signed(selector="revoked")
+    corpus["512-bit key"] = signed(selector="small", key=small_key[0])
+    corpus["rsa-sha1"] = signed(algorithm="rsa-sha1")
+    corpus["v=2"] = corpus["relaxed/simple"].replace(b"v=1;", b"v=2;", 1)
+    corpus["tag twice"] = corpus["relaxed/simple"].replace(b"v=1;", b"v=1; v=1;", 1)
+    corpus["unknown tag added"] = corpus["relaxed/simple"].replace(b"v=1;", b"v=1; zz=top;", 1)
+    corpus["no From in h="] = corpus["relaxed/simple"].replace(b"h=from : to", b"h=to", 1)
+    corpus["i= outside d="] = corpus["relaxed/simple"].replace(b"i=@example.test", b"i=@example.net", 1)
+    corpus["unknown canonicalization"] = corpus["relaxed/simple"].replace(b"c=relaxed/simple", b"c=loose/simple", 1)
+    corpus["q= other"] = corpus["relaxed/simple"].replace(b"q=dns/txt", b"q=http", 1)
+    corpus["bh= not base64"] = re.sub(rb"bh=[^;]+;", b"bh=%%%%;", corpus["relaxed/simple"], count=1)
+    corpus["three signatures"] = signed(signed(signed(selector="missing"), selector="ed",
+                                               algorithm="ed25519-sha256"))
+    corpus["second signature broken"] = signed(corpus["relaxed/simple"].replace(b"Hello", b"Hallo"), selector="ed",
+                                               algorithm="ed25519-sha256", canon=("relaxed", "relaxed"))
+    return corpus
+
+
+# Where we differ from an implementation on purpose: corpus name -> (ours, the other's).
+DKIMPY_DIFFERS = {
+    "rsa-sha1": ("permerror", True),  # RFC 8301 §3.1: rsa-sha1 signatures are not valid
+    "identity in a subdomain, strict key": ("permerror", True),  # RFC 6376 §3.6.1 t=s: dkimpy ignores it
+    "key for sha1 only": ("permerror", True),  # §3.6.1 h=: the key does not allow sha256
+}
+OPENDKIM_DIFFERS = {
+    "rsa-sha1": ("permerror", "pass"),  # RFC 8301 §3.1
+    "key of the other type": ("permerror", "pass"),  # §6.1.2: a key that does not suit k= is a PERMFAIL
+    "tag twice": ("permerror", "fail"),  # §3.2: a tag named twice makes the whole tag-list invalid
+    "bh= not base64": ("permerror", "fail"),  # §6.1.1: a malformed signature is a PERMFAIL
+}
+
+
+def test_results_agree_with_dkimpy_and_opendkim(dkim_daemon, keys, small_key, dns_server, portcullis_bin, tmp_path):
+    """Every message of the corpus: the daemon's result for each signature is dkimpy's verdict and OpenDKIM's
+    result on the same keys, but for the differences listed above (each with its reason)."""
+    d = dkim_daemon()
+    zones = key_zones(keys, small_key)
+    disagreements = []
+    for name, message in dkim_corpus(keys, small_key).items():
+        ours = [r.split(":")[0] for r in re.sub(r"\*(\d+)", "", dkim_of(d, message)).split(",")]
+        theirs = dkimpy_results(message, dns_server.port)
+        opendkim = opendkim_results(message, zones, portcullis_bin, tmp_path)
+        expected_dkimpy = [r == "pass" for r in ours]
+        expected_opendkim = list(ours)
+        if name in DKIMPY_DIFFERS:
+            expected_dkimpy[0] = DKIMPY_DIFFERS[name][1]
+        if name in OPENDKIM_DIFFERS:
+            expected_opendkim[0] = OPENDKIM_DIFFERS[name][1]
+        known = DKIMPY_DIFFERS.get(name, OPENDKIM_DIFFERS.get(name, (None,)))[0]
+        if theirs != expected_dkimpy or opendkim != expected_opendkim or known not in (None, ours[0]):
+            disagreements.append(f"{name}: ours {ours}, dkimpy {theirs}, OpenDKIM {opendkim}")
+    assert not disagreements, "\n".join(disagreements)

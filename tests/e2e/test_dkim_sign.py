@@ -15,14 +15,14 @@ from pathlib import Path
 import dkim
 import pytest
 
-from dkim_helpers import make_keys, txt_lookup
+from dkim_helpers import make_keys, opendkim_results, txt_lookup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dns"))
 from dns_server import DnsServer  # noqa: E402
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\n"
            b"To: Bob <bob@example.net>\r\n"
-           b"Subject: signed on the way out\r\n"
+           b"Subject: signed on the way out: a colon,  and  runs of spaces\r\n"
            b"Date: Wed, 02 Dec 2026 12:00:00 +0000\r\n"
            b"Message-ID: <sign-test@example.test>\r\n"
            b"MIME-Version: 1.0\r\n"
@@ -53,14 +53,17 @@ def keys(tmp_path_factory):
     return k
 
 
-@pytest.fixture
-def dns_server(keys):
-    zones = {
+def key_zones(keys) -> dict:
+    return {
         "rsa._domainkey.example.test": [{"TXT": keys["rsa_record"]}],
         "rsa._domainkey.other.test": [{"TXT": keys["rsa_record"]}],
         "ed._domainkey.example.test": [{"TXT": keys["ed_record"]}],
     }
-    with DnsServer(zones) as server:
+
+
+@pytest.fixture
+def dns_server(keys):
+    with DnsServer(key_zones(keys)) as server:
         yield server
 
 
@@ -235,8 +238,9 @@ def on_data(tx, message):
 
 @pytest.mark.parametrize("key,selector", [("rsa_file", "rsa"), ("ed_file", "ed")])
 def test_opendkim_verifies_our_signatures_too(signing_daemon, policy_daemon, aiosmtpd_upstream, dns_server, key,
-                                              selector):
-    """What we sign passes OpenDKIM (a second daemon's [checks] dkim) as well as dkimpy, whatever the body."""
+                                              selector, keys, portcullis_bin, tmp_path):
+    """What we sign passes dkimpy, OpenDKIM and our own verifier (a second daemon's [checks] dkim), whatever
+    the body."""
     d = signing_daemon(key=key, selector=selector)
     verifier = policy_daemon(aiosmtpd_upstream.url, VERIFIER, checks={"dkim": True},
                              dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1})
@@ -246,6 +250,7 @@ def test_opendkim_verifies_our_signatures_too(signing_daemon, policy_daemon, aio
     for body in bodies:
         content = deliver(d, aiosmtpd_upstream, head + body)
         assert verifies(content, dns_server.port), body
+        assert opendkim_results(content, key_zones(keys), portcullis_bin, tmp_path) == ["pass"], body
         with verifier.connect() as c:
             r = c.transaction("alice@example.test", ["bob@example.net"],
                               content.replace(b"\r\n.", b"\r\n..")[:-2] if content.endswith(b"\r\n") else content)

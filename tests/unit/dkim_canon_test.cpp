@@ -7,7 +7,7 @@ using namespace portcullis::checks;
 namespace {
 
 std::string body(std::string_view in, std::size_t piece = 4096) {
-  relaxed_body b;
+  canonical_body b(dkim_canonicalization::relaxed);
   std::string out;
   for (std::size_t i = 0; i < in.size(); i += piece) b.feed(in.substr(i, piece), out);
   b.finish(out);
@@ -28,6 +28,38 @@ TEST(DkimCanon, RelaxedHeaderFields) {
   EXPECT_EQ(relaxed_header("To: a@b.test,\r\n  c@d.test\r\n"), "to:a@b.test, c@d.test\r\n");
   EXPECT_EQ(relaxed_header("X-Tab:\ta\t\tb\r\n"), "x-tab:a b\r\n");
   EXPECT_EQ(relaxed_header("From: \xc3\xa9t\xc3\xa9 <a@b.test>\r\n"), "from:\xc3\xa9t\xc3\xa9 <a@b.test>\r\n");
+  // Only the whitespace before the value goes: a colon inside it is text like any other.
+  EXPECT_EQ(relaxed_header("Subject: Re: hi\r\n"), "subject:Re: hi\r\n");
+  EXPECT_EQ(relaxed_header("X: a :  b\r\n"), "x:a : b\r\n");
+}
+
+TEST(DkimCanon, SimpleHeaderFieldsAreAsTheyCame) {
+  EXPECT_EQ(canonical_header("SUBJECT :  a \r\n\tb\r\n", dkim_canonicalization::simple), "SUBJECT :  a \r\n\tb\r\n");
+  EXPECT_EQ(canonical_header("X: y", dkim_canonicalization::simple), "X: y\r\n");  // a header-only message's last
+}
+
+TEST(DkimCanon, TheSignatureFieldWithoutItsSignature) {  // §3.7
+  const std::string field = "DKIM-Signature: v=1; bh=AAAA;\r\n b=abc\r\n def ; d=x.test\r\n";
+  EXPECT_EQ(unsigned_signature_field(field, dkim_canonicalization::simple),
+            "DKIM-Signature: v=1; bh=AAAA;\r\n b=; d=x.test");
+  EXPECT_EQ(unsigned_signature_field(field, dkim_canonicalization::relaxed), "dkim-signature:v=1; bh=AAAA; b=; d=x.test");
+  EXPECT_EQ(unsigned_signature_field("DKIM-Signature: b = x; bh=y\r\n", dkim_canonicalization::simple),
+            "DKIM-Signature: b =; bh=y");
+}
+
+TEST(DkimCanon, SimpleBodies) {  // §3.4.3
+  const auto simple = [](std::string_view in) {
+    canonical_body b(dkim_canonicalization::simple);
+    std::string out;
+    for (char c : in) b.feed(std::string_view(&c, 1), out);  // byte by byte: pieces cannot matter
+    b.finish(out);
+    return out;
+  };
+  EXPECT_EQ(simple(""), "\r\n");  // an empty body is one CRLF
+  EXPECT_EQ(simple("\r\n\r\n"), "\r\n");
+  EXPECT_EQ(simple("a  \r\n\r\n b\r\n\r\n\r\n"), "a  \r\n\r\n b\r\n");  // whitespace kept, trailing empty lines not
+  EXPECT_EQ(simple(" \r\n"), " \r\n");  // a line of spaces is no empty line
+  EXPECT_EQ(simple("a"), "a\r\n");
 }
 
 TEST(DkimCanon, RelaxedBodies) {
@@ -47,5 +79,5 @@ TEST(DkimCanon, TheFieldsASignatureCovers) {
   const auto h = signed_field_names(fields, {"from", "subject", "date", "to"}, {"from"});
   EXPECT_EQ(h, (std::vector<std::string>{"from", "from", "subject", "subject", "to"}));
   // Bottom up for repeated names (§5.4.2); the oversigned From contributes nothing.
-  EXPECT_EQ(signed_fields_relaxed(fields, h), "from:a@b.test\r\nsubject:two\r\nsubject:one\r\nto:c@d.test\r\n");
+  EXPECT_EQ(signed_fields(fields, h, dkim_canonicalization::relaxed), "from:a@b.test\r\nsubject:two\r\nsubject:one\r\nto:c@d.test\r\n");
 }

@@ -1,0 +1,184 @@
+// DKIM verification (checks/dkim_verifier) of messages an independent
+// implementation signed (dkimpy, every canonicalization), DNS answers from
+// a table; then the same messages changed, and keys broken every way.
+#include "checks/dkim_verifier.hpp"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+namespace portcullis::checks {
+namespace {
+
+// RSA 1024 (the least RFC 8301 allows), made for these tests.
+const std::string rsa_record =
+    "v=DKIM1; k=rsa; "
+    "p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDHZouu5BiBafJm1OfnAJAuPe4IfeSvG95yqC4NHUYbEhoGTtuqDYDGc0WPp7UCG+oqiM4FjE"
+    "LeoIb/QEsIe1Cq21S31b9BvXPcJEejt999djOqLdjdwHniAuThuW3Ugxtbto/hqTxDvN5RPJlDHnug2FFjLntH8BzbG/TKr/lx9wIDAQAB";
+
+// The message dkimpy signed (LF lines here), and its signatures.
+const std::string message = R"MSG(From: Alice <alice@example.test>
+To: Bob <bob@example.net>
+Subject: DKIM  test
+Date: Tue, 01 Dec 2026 12:00:00 +0000
+
+Hello Bob,
+  this message  is signed.
+
+
+)MSG";
+// dkimpy, c=relaxed/relaxed
+const std::string relaxed_relaxed = R"MSG(DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test;
+ i=@example.test; q=dns/txt; s=rsa; t=1796190049; h=from : to : subject
+ : date; bh=d7L045xzzGG6R1Ak6D4ZGdoqE+cJH4B6yKwCm6UVybI=;
+ b=enWVkv3r9X4T16SkNsZM0fDA0vk0Aqy96CUwB/UBhcT1iZf9CFKUBgmuBt8UzrtwmFi9K
+ EukKRuj0uH98Q/t2LcId2eC308XEvtuz/542V2xKMvPmacfYMYMVEvOk9Qun4LFpX04RFhH
+ swBSEJMb/0QCvaNkfLuKTdr1l3wXOcw=
+)MSG" + message;
+// dkimpy, c=relaxed/simple
+const std::string relaxed_simple = R"MSG(DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/simple; d=example.test;
+ i=@example.test; q=dns/txt; s=rsa; t=1796190049; h=from : to : subject
+ : date; bh=cHoDFOT9C3wprsLyF/MjXo4oIS1ckusUMAjuPYgoErA=;
+ b=CTu/K/iAK6wjT3LmoYUm9Q6zqLtr0R1UiFemtwQvOIZyJjQkYJrwPrIsPa5knDahsPuXS
+ RwZzv+QlcPg4taomBYEhkT7mLy/QFewG4AgTLi0cIU/XSgC8pq/uq2AO8H/Pc2JtsmI46Zy
+ geWKqqH5E/4w6JiMq8OP6ONov4IrMPc=
+)MSG" + message;
+// dkimpy, c=simple/relaxed
+const std::string simple_relaxed = R"MSG(DKIM-Signature: v=1; a=rsa-sha256; c=simple/relaxed; d=example.test;
+ i=@example.test; q=dns/txt; s=rsa; t=1796190049; h=from : to : subject
+ : date; bh=d7L045xzzGG6R1Ak6D4ZGdoqE+cJH4B6yKwCm6UVybI=;
+ b=DZv0Y8CJtmPNae4KYIl1FQj3JKFhdG6REUiORUP1jHqGEX7sc4WqpJvp+cD0Vb6zsWyrs
+ wrO/Y6v+30ih6mDUock6vFbgYpHj1Ni+A8+7rI1I2JhhwpKA/dKFXgWwcf4r73NJaos9DFq
+ hR4BeaeJGXQdfVvKF2Eapgj6+DePsdo=
+)MSG" + message;
+// dkimpy, c=simple/simple
+const std::string simple_simple = R"MSG(DKIM-Signature: v=1; a=rsa-sha256; c=simple/simple; d=example.test;
+ i=@example.test; q=dns/txt; s=rsa; t=1796190049; h=from : to : subject
+ : date; bh=cHoDFOT9C3wprsLyF/MjXo4oIS1ckusUMAjuPYgoErA=;
+ b=QmXOFcBdS6HPMP2wir8eSsUtHLHjPnF0O1obwWnHqceokUICvCavjpXd3H0oqDhcK7GZc
+ jzqgg6T2FWwjxjWv4MclbLkX59OIbPMtAVKy6V/6Q3c/EcQM3w2Idy6P3yuIqouaxiOWZix
+ H8XtM6veCoo7fZz8mtCFF5QZCLPIaVQ=
+)MSG" + message;
+
+// LF lines (as kept in this file) to the CRLF lines of mail.
+std::string crlf(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\n') out += '\r';
+    out += c;
+  }
+  return out;
+}
+
+struct table {
+  std::map<std::string, dns::answer> answers;
+  void txt(const std::string& name, const std::string& value) {
+    dns::answer a;
+    a.what = dns::answer::status::ok;
+    a.records.push_back({value});
+    answers[name] = a;
+  }
+  void trouble(const std::string& name, dns::answer::status what) {
+    dns::answer a;
+    a.what = what;
+    answers[name] = a;
+  }
+  dkim_verifier::txt_lookup lookup() {
+    return [this](const std::string& name) {
+      if (auto found = answers.find(name); found != answers.end()) return found->second;
+      dns::answer a;
+      a.what = dns::answer::status::nxdomain;
+      return a;
+    };
+  }
+};
+
+std::string verify(table& dns, const std::string& message_lf, unsigned max = 5, std::optional<std::int64_t> now = {}) {
+  const dkim_verifier v(dns.lookup(), max);
+  const auto results = v.verify_now(*message_store::wrap(std::make_shared<std::string>(crlf(message_lf))), now);
+  std::string out;
+  for (const auto& r : results) {
+    out += (out.empty() ? "" : ",") + std::string(to_string(r.result));
+    if (!r.problem.empty()) out += "(" + r.problem + ")";
+  }
+  return out;
+}
+
+TEST(DkimVerifier, DkimpySignaturesVerifyInEveryCanonicalization) {
+  table dns;
+  dns.txt("rsa._domainkey.example.test", rsa_record);
+  EXPECT_EQ(verify(dns, simple_simple), "pass");
+  EXPECT_EQ(verify(dns, simple_relaxed), "pass");
+  EXPECT_EQ(verify(dns, relaxed_simple), "pass");
+  EXPECT_EQ(verify(dns, relaxed_relaxed), "pass");
+}
+
+TEST(DkimVerifier, ChangesBreakWhatTheCanonicalizationKeeps) {
+  table dns;
+  dns.txt("rsa._domainkey.example.test", rsa_record);
+  const auto respaced = [](std::string m) { return m.replace(m.find("this message"), 12, "this   message"); };
+  EXPECT_EQ(verify(dns, respaced(simple_simple)), "fail(body hash did not verify)");
+  EXPECT_EQ(verify(dns, respaced(relaxed_relaxed)), "pass");
+  const auto recased = [](std::string m) { return m.replace(m.find("Subject:"), 8, "SUBJECT:"); };
+  EXPECT_EQ(verify(dns, recased(simple_simple)), "fail(signature verification failed)");
+  EXPECT_EQ(verify(dns, recased(relaxed_simple)), "pass");
+  EXPECT_EQ(verify(dns, simple_simple + "\n\n"), "pass");  // empty lines at the end do not count
+}
+
+TEST(DkimVerifier, KeyTroubleAndItsResults) {
+  table dns;
+  EXPECT_EQ(verify(dns, relaxed_simple), "permerror(key not found in DNS)");
+  dns.trouble("rsa._domainkey.example.test", dns::answer::status::timeout);
+  EXPECT_EQ(verify(dns, relaxed_simple), "temperror(key DNS query failed)");
+  dns.trouble("rsa._domainkey.example.test", dns::answer::status::failure);
+  EXPECT_EQ(verify(dns, relaxed_simple), "temperror(key DNS query failed)");
+  dns.trouble("rsa._domainkey.example.test", dns::answer::status::ok);  // NODATA
+  EXPECT_EQ(verify(dns, relaxed_simple), "permerror(key not found in DNS)");
+  dns.txt("rsa._domainkey.example.test", rsa_record);
+  dns.answers["rsa._domainkey.example.test"].records.push_back({rsa_record});
+  EXPECT_EQ(verify(dns, relaxed_simple), "permerror(multiple keys found)");
+  dns.txt("rsa._domainkey.example.test", "v=DKIM1; p=");
+  EXPECT_EQ(verify(dns, relaxed_simple), "permerror(key revoked)");
+  dns.txt("rsa._domainkey.example.test", "v=DKIM1; p=QUJDRA==");
+  EXPECT_EQ(verify(dns, relaxed_simple), "permerror(unable to apply public key)");
+  dns.txt("rsa._domainkey.example.test", "v=DKIM1; k=ed25519; p=" + rsa_record.substr(rsa_record.find("p=") + 2));
+  EXPECT_EQ(verify(dns, relaxed_simple), "permerror(signature-key type mismatch)");
+}
+
+TEST(DkimVerifier, TimesAreCheckedAgainstTheClock) {
+  table dns;
+  dns.txt("rsa._domainkey.example.test", rsa_record);
+  // (the fixtures carry t=1796190049 and no x=)
+  EXPECT_EQ(verify(dns, relaxed_simple, 5, 1796190049 - 3600), "permerror(signature timestamp in the future)");
+  EXPECT_EQ(verify(dns, relaxed_simple, 5, 1796190049 - 60), "pass");
+}
+
+TEST(DkimVerifier, SignaturesPastTheLimitAreNotEvaluated) {
+  table dns;
+  dns.txt("rsa._domainkey.example.test", rsa_record);
+  const std::string field = relaxed_simple.substr(0, relaxed_simple.find("From:"));
+  EXPECT_EQ(verify(dns, field + field + relaxed_simple, 2),
+            "pass,pass,neutral(not evaluated: more than 2 signatures)");
+  EXPECT_EQ(verify(dns, field + "Received: by x\n" + relaxed_simple, 5), "pass,pass");  // signed fields above: fine
+}
+
+TEST(DkimVerifier, AKeyChangedInDnsIsANewKey) {
+  // The parsed-key cache is keyed by the record's key, not by its name.
+  table dns;
+  dns.txt("rsa._domainkey.example.test", rsa_record);
+  const dkim_verifier v(dns.lookup(), 5);
+  const auto once = [&] {
+    return v.verify_now(*message_store::wrap(std::make_shared<std::string>(crlf(relaxed_simple))))[0].result;
+  };
+  EXPECT_EQ(once(), dkim_signature::kind::pass);
+  dns.txt("rsa._domainkey.example.test",
+          "v=DKIM1; p=MFwwDQYJKoZIhvcNAQEBBQADSwAwSAJBAMEtodjnu4evz1P4ENGIC7S/f0/HZW96qkGwLrpf66sfZxNd4Utvs2Uq43t8Btz"
+          "A7j+RkOVB2MtRi829mxPUuwECAwEAAQ==");
+  EXPECT_EQ(v.verify_now(*message_store::wrap(std::make_shared<std::string>(crlf(relaxed_simple))))[0].problem,
+            "signing key too small");  // (a 512-bit key, RFC 8301)
+  dns.txt("rsa._domainkey.example.test", rsa_record);
+  EXPECT_EQ(once(), dkim_signature::kind::pass);
+}
+
+}  // namespace
+}  // namespace portcullis::checks
