@@ -22,7 +22,8 @@ std::optional<std::string> message_problem(std::string_view message) {
     const auto crlf = message.find("\r\n", pos);
     const std::string_view line = message.substr(pos, crlf == std::string_view::npos ? std::string_view::npos : crlf - pos);
     if (crlf == std::string_view::npos && line.empty()) break;
-    if (line.find_first_of(std::string_view("\r\n", 2)) != std::string_view::npos)
+    // (Three memchr scans: find_first_of tests each byte against the set, several times slower.)
+    if (line.find('\r') != std::string_view::npos || line.find('\n') != std::string_view::npos)
       return "bare CR or LF on line " + std::to_string(line_no);
     if (line.find('\0') != std::string_view::npos) return "NUL on line " + std::to_string(line_no);
     if (in_header) {
