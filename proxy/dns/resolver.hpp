@@ -60,7 +60,7 @@ std::string_view to_string(answer::status s);
 struct resolver_options {
   std::string nameserver;  // "IP:PORT" or "[IPv6]:PORT"; empty: the servers of /etc/resolv.conf
   std::chrono::milliseconds timeout{5000};
-  std::size_t cache_bytes = 8 * 1024 * 1024;  // records and answers together
+  std::size_t cache_bytes = 8 * 1024 * 1024;  // records and answers together (an eighth: fresh answers served at once)
 };
 
 // A DNS name a lookup may ask for: labels of 1-63 bytes, 253 at most in all
@@ -79,8 +79,9 @@ class resolver {
   resolver(const resolver&) = delete;
   resolver& operator=(const resolver&) = delete;
 
-  // `done` runs on the resolver's thread, exactly once, within the timeout
-  // (plus the time a busy thread takes to notice): it must not block.
+  // `done` runs exactly once, within the timeout (plus the time a busy
+  // thread takes to notice), on the resolver's thread; or at once, on the
+  // caller's, for an answer still within its TTL. It must not block.
   void lookup(std::string name, rr_type type, callback done);
 
   // Blocks the calling thread until the answer: for libspf2, the DKIM verifier and

@@ -17,7 +17,8 @@ namespace portcullis::testing {
 
 class dns_server {
  public:
-  explicit dns_server(const std::string& zones_json) {
+  // `ttl`: the TTL of every record, seconds (else the server's default, 300).
+  explicit dns_server(const std::string& zones_json, int ttl = -1) {
     char path[] = "/tmp/portcullis-zonesXXXXXX";
     const int fd = ::mkstemp(path);
     if (fd < 0) throw std::runtime_error("mkstemp");
@@ -31,8 +32,14 @@ class dns_server {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a test that crashes takes its server along
       ::dup2(out[1], 1);
       ::close(out[0]);
-      ::execl("/usr/bin/python3", "python3", PORTCULLIS_SOURCE_DIR "/tests/dns/dns_server.py", "--zones",
-              zones_.c_str(), static_cast<char*>(nullptr));
+      const std::string ttl_text = std::to_string(ttl);
+      if (ttl >= 0) {
+        ::execl("/usr/bin/python3", "python3", PORTCULLIS_SOURCE_DIR "/tests/dns/dns_server.py", "--zones",
+                zones_.c_str(), "--ttl", ttl_text.c_str(), static_cast<char*>(nullptr));
+      } else {
+        ::execl("/usr/bin/python3", "python3", PORTCULLIS_SOURCE_DIR "/tests/dns/dns_server.py", "--zones",
+                zones_.c_str(), static_cast<char*>(nullptr));
+      }
       ::_exit(127);
     }
     ::close(out[1]);

@@ -124,6 +124,22 @@ TEST_F(Resolver, CachesAnswersForTheirTtl) {
   EXPECT_EQ(r.lookup_sync("after.example.test", rr_type::a).what, answer::status::timeout);
 }
 
+TEST_F(Resolver, CachedAnswersAgeAndExpire) {
+  dns_server server(zones, 2);  // every record's TTL: 2 s
+  resolver r(options_for(server, 300ms));
+  const auto first = r.lookup_sync("Mail.Example.Test.", rr_type::a);
+  ASSERT_TRUE(first.ok()) << first.error;
+  EXPECT_LE(first.ttl, 2u);
+  server.stop();
+  std::this_thread::sleep_for(1100ms);
+  const auto again = r.lookup_sync("mail.example.test", rr_type::a);  // the same name in other spelling
+  ASSERT_TRUE(again.ok()) << again.error;
+  EXPECT_EQ(values(again), std::vector<std::string>{"192.0.2.10"});
+  EXPECT_LE(again.ttl, 1u);  // what is left of it
+  std::this_thread::sleep_for(2000ms);  // (libunbound counts whole seconds: give it one more)
+  EXPECT_EQ(r.lookup_sync("mail.example.test", rr_type::a).what, answer::status::timeout);  // expired everywhere
+}
+
 TEST_F(Resolver, DeliversToCoroutinesOnTheirExecutor) {
   resolver r(options_for(*shared_));
   asio::io_context io;
