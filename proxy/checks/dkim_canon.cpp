@@ -68,26 +68,32 @@ std::string unsigned_signature_field(std::string_view field, dkim_canonicalizati
 }
 
 void canonical_body::feed(std::string_view bytes, std::string& out) {
-  for (char c : bytes) {
-    if (c == '\r') continue;  // lines end with CRLF (the DATA decoder saw to it): LF ends them
-    if (c == '\n') {
+  const auto plain = [this](char c) { return c != '\r' && c != '\n' && !(relaxed_ && smtp::is_wsp(c)); };
+  for (std::size_t i = 0; i < bytes.size();) {
+    const char c = bytes[i];
+    if (c == '\r') {  // lines end with CRLF (the DATA decoder saw to it): LF ends them
+      ++i;
+    } else if (c == '\n') {
       if (content_) {
         out += "\r\n";
       } else {
         ++empty_lines_;
       }
       content_ = wsp_ = false;
-      continue;
-    }
-    if (relaxed_ && smtp::is_wsp(c)) {
+      ++i;
+    } else if (!plain(c)) {  // relaxed: WSP
       wsp_ = true;
-      continue;
+      ++i;
+    } else {
+      for (; !content_ && empty_lines_ > 0; --empty_lines_) out += "\r\n";  // they were inside the body after all
+      if (wsp_) out += ' ';
+      wsp_ = false;
+      content_ = any_ = true;
+      std::size_t end = i + 1;  // the run of plain bytes, copied at once
+      while (end < bytes.size() && plain(bytes[end])) ++end;
+      out.append(bytes.data() + i, end - i);
+      i = end;
     }
-    for (; !content_ && empty_lines_ > 0; --empty_lines_) out += "\r\n";  // they were inside the body after all
-    if (wsp_) out += ' ';
-    wsp_ = false;
-    content_ = any_ = true;
-    out += c;
   }
 }
 

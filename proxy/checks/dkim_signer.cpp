@@ -80,7 +80,14 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
 }
 
 dkim_signer::dkim_signer(const dkim_sign_config& settings)
-    : settings_(settings), networks_(settings.networks), key_(read_signing_key(settings.key_file, "dkim_sign")) {}
+    : settings_(settings), networks_(settings.networks), key_(read_signing_key(settings.key_file, "dkim_sign")) {
+  if (key_.ed25519) {
+    ed25519_template_.reset(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    if (!ed25519_template_ ||
+        EVP_DigestSignInit(ed25519_template_.get(), nullptr, nullptr, nullptr, key_.parsed.get()) != 1)
+      throw std::runtime_error("[dkim_sign] key_file " + settings.key_file.string() + ": OpenSSL cannot sign with it");
+  }
+}
 
 dkim_signer::~dkim_signer() { pool_.join(); }
 
@@ -177,7 +184,12 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
       md = nullptr;
     }
     const std::string& input = key_.ed25519 ? hashed : data;
-    check(EVP_DigestSignInit(sign.ctx, nullptr, md, nullptr, key_.parsed.get()), "signing");
+    if (key_.ed25519) {
+      std::lock_guard lock(template_mutex_);
+      check(EVP_MD_CTX_copy_ex(sign.ctx, ed25519_template_.get()), "signing");
+    } else {
+      check(EVP_DigestSignInit(sign.ctx, nullptr, md, nullptr, key_.parsed.get()), "signing");
+    }
     std::size_t size = 0;
     const auto* bytes = reinterpret_cast<const unsigned char*>(input.data());
     check(EVP_DigestSign(sign.ctx, nullptr, &size, bytes, input.size()), "signing");
