@@ -18,7 +18,7 @@
 #include <string>
 
 #include "checks/results.hpp"
-#include "dns/resolver.hpp"
+#include "dns/answer.hpp"
 #include "store/message_store.hpp"
 
 namespace portcullis::checks {
