@@ -13,6 +13,7 @@
 #include "checks/message_fields.hpp"
 #include "checks/off_thread.hpp"
 #include "checks/dkim_canon.hpp"
+#include "checks/dkim_crypto.hpp"
 #include "smtp/message_header.hpp"
 #include "smtp/text.hpp"
 
@@ -30,18 +31,6 @@ const std::vector<std::string_view> signed_names = {
     "content-id",  "content-description", "sender"};
 // Signed once more than present: a second From added later fails the signature.
 const std::vector<std::string_view> oversigned_names = {"from"};
-
-std::string base64(const unsigned char* data, std::size_t n) {
-  std::string out(4 * ((n + 2) / 3), '\0');
-  const int written = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data, static_cast<int>(n));
-  out.resize(static_cast<std::size_t>(written));
-  return out;
-}
-
-struct md_context {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  ~md_context() { EVP_MD_CTX_free(ctx); }
-};
 
 void check(int ok, const char* what) {
   if (ok != 1) throw std::runtime_error(std::string("OpenSSL: ") + what + " failed");
@@ -139,25 +128,15 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
   std::vector<std::string> fields;
   smtp::header_reader header;
   const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
-  canonical_body body(dkim_canonicalization::relaxed);
-  std::string canonical;
-  md_context body_hash;
-  check(EVP_DigestInit_ex(body_hash.ctx, EVP_sha256(), nullptr), "SHA-256");
+  body_hasher body(dkim_canonicalization::relaxed, std::nullopt);
   message_store::reader in(message);
   for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
     const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
-    if (!header.done()) continue;
-    body.feed(chunk.substr(used), canonical);
-    check(EVP_DigestUpdate(body_hash.ctx, canonical.data(), canonical.size()), "SHA-256");
-    canonical.clear();
+    if (header.done()) body.feed(chunk.substr(used));
   }
   if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
   header.finish(on_field);
-  body.finish(canonical);
-  check(EVP_DigestUpdate(body_hash.ctx, canonical.data(), canonical.size()), "SHA-256");
-  unsigned char bh[EVP_MAX_MD_SIZE];
-  unsigned int bh_size = 0;
-  check(EVP_DigestFinal_ex(body_hash.ctx, bh, &bh_size), "SHA-256");
+  body.finish();
 
   // The signature field with an empty b= (§3.5), folded; b= comes last, so
   // that the value added after signing is all a verifier takes out.
@@ -166,38 +145,28 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
   for (const auto& n : h) names += (names.empty() ? "" : ":") + n;
   std::string field = "DKIM-Signature: v=1; a=" + std::string(algorithm()) + "; c=relaxed/relaxed; d=" + domain +
                       "; s=" + settings_.selector + ";\r\n\tt=" + std::to_string(std::time(nullptr)) + "; h=" + names +
-                      ";\r\n\tbh=" + base64(bh, bh_size) + ";\r\n\tb=";
+                      ";\r\n\tbh=" + base64_encode(body.digest()) + ";\r\n\tb=";
 
-  // What is signed (§3.7): the covered fields, then this one without its CRLF.
-  std::string data = signed_fields(fields, h, dkim_canonicalization::relaxed) + relaxed_header(field + "\r\n");
-  data.resize(data.size() - 2);
-  std::string signature;
-  {
-    md_context sign;
-    std::string hashed;  // Ed25519 signs the SHA-256 hash of the data (RFC 8463 §3)
-    const EVP_MD* md = EVP_sha256();
-    if (key_.ed25519) {
-      unsigned char digest[EVP_MAX_MD_SIZE];
-      unsigned int n = 0;
-      check(EVP_Digest(data.data(), data.size(), digest, &n, EVP_sha256(), nullptr), "SHA-256");
-      hashed.assign(reinterpret_cast<const char*>(digest), n);
-      md = nullptr;
-    }
-    const std::string& input = key_.ed25519 ? hashed : data;
-    if (key_.ed25519) {
-      std::lock_guard lock(template_mutex_);
-      check(EVP_MD_CTX_copy_ex(sign.ctx, ed25519_template_.get()), "signing");
-    } else {
-      check(EVP_DigestSignInit(sign.ctx, nullptr, md, nullptr, key_.parsed.get()), "signing");
-    }
-    std::size_t size = 0;
-    const auto* bytes = reinterpret_cast<const unsigned char*>(input.data());
-    check(EVP_DigestSign(sign.ctx, nullptr, &size, bytes, input.size()), "signing");
-    std::string raw(size, '\0');
-    check(EVP_DigestSign(sign.ctx, reinterpret_cast<unsigned char*>(raw.data()), &size, bytes, input.size()),
-          "signing");
-    signature = base64(reinterpret_cast<const unsigned char*>(raw.data()), size);
+  // What is signed (§3.7): the covered fields, then this one as the verifier will take it.
+  const std::string data = signed_fields(fields, h, dkim_canonicalization::relaxed) +
+                           unsigned_signature_field(field, dkim_canonicalization::relaxed);
+  md_context sign;
+  const std::string hashed = key_.ed25519 ? sha256_of(data) : "";  // Ed25519 signs the hash (RFC 8463 §3)
+  const std::string& input = key_.ed25519 ? hashed : data;
+  if (key_.ed25519) {
+    std::lock_guard lock(template_mutex_);
+    check(EVP_MD_CTX_copy_ex(sign.ctx, ed25519_template_.get()), "signing");
+  } else {
+    check(EVP_DigestSignInit(sign.ctx, nullptr, sha256(), nullptr, key_.parsed.get()), "signing");
   }
+  std::size_t size = 0;
+  const auto* bytes = reinterpret_cast<const unsigned char*>(input.data());
+  check(EVP_DigestSign(sign.ctx, nullptr, &size, bytes, input.size()), "signing");
+  std::string raw(size, '\0');
+  check(EVP_DigestSign(sign.ctx, reinterpret_cast<unsigned char*>(raw.data()), &size, bytes, input.size()),
+        "signing");
+  raw.resize(size);
+  const std::string signature = base64_encode(raw);
   // b= folded at 72 columns (a verifier drops its whitespace with the value).
   for (std::size_t i = 0; i < signature.size(); i += 72) {
     if (i > 0) field += "\r\n\t ";

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "checks/dkim_canon.hpp"
+#include "checks/dkim_crypto.hpp"
 #include "checks/dkim_fields.hpp"
 #include "smtp/message_header.hpp"
 #include "smtp/text.hpp"
@@ -19,81 +20,6 @@
 namespace portcullis::checks {
 
 namespace {
-
-// SHA-256 fetched once: OpenSSL 3 looks an algorithm up (under a lock) each
-// time one is named by EVP_sha256().
-const EVP_MD* sha256() {
-  static EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-  if (md == nullptr) throw std::runtime_error("OpenSSL has no SHA-256");
-  return md;
-}
-
-struct md_context {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  md_context() {
-    if (ctx == nullptr) throw std::bad_alloc();
-  }
-  ~md_context() { EVP_MD_CTX_free(ctx); }
-  md_context(const md_context&) = delete;
-  md_context& operator=(const md_context&) = delete;
-};
-
-// Checked base64 (dkim_fields) to bytes.
-std::string base64_decode(std::string_view s) {
-  std::string out(s.size() / 4 * 3, '\0');
-  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                reinterpret_cast<const unsigned char*>(s.data()), static_cast<int>(s.size()));
-  if (n < 0) return {};
-  // (EVP_DecodeBlock counts the padding as zero bytes.)
-  const auto pad = static_cast<std::size_t>(std::count(s.end() - std::min<std::size_t>(s.size(), 2), s.end(), '='));
-  out.resize(static_cast<std::size_t>(n) - pad);
-  return out;
-}
-
-// The body canonicalized one way, up to l= octets, hashed as it streams by.
-class body_hasher {
- public:
-  body_hasher(dkim_canonicalization canon, std::optional<std::uint64_t> limit)
-      : canon_(canon), limit_(limit), body_(canon) {
-    if (EVP_DigestInit_ex(hash_.ctx, sha256(), nullptr) != 1) throw std::runtime_error("OpenSSL: SHA-256 failed");
-  }
-  bool wants(dkim_canonicalization canon, std::optional<std::uint64_t> limit) const {
-    return canon == canon_ && limit == limit_;
-  }
-  void feed(std::string_view bytes) {
-    body_.feed(bytes, canonical_);
-    take();
-  }
-  void finish() {
-    body_.finish(canonical_);
-    take();
-    unsigned int n = 0;
-    digest_.resize(EVP_MAX_MD_SIZE);
-    if (EVP_DigestFinal_ex(hash_.ctx, reinterpret_cast<unsigned char*>(digest_.data()), &n) != 1)
-      throw std::runtime_error("OpenSSL: SHA-256 failed");
-    digest_.resize(n);
-  }
-  // After finish: the body's canonical length, and its hash (of the first l= octets).
-  std::uint64_t length() const { return length_; }
-  const std::string& digest() const { return digest_; }
-
- private:
-  void take() {
-    std::size_t n = canonical_.size();
-    if (limit_) n = static_cast<std::size_t>(std::min<std::uint64_t>(n, *limit_ - std::min(*limit_, length_)));
-    if (n > 0) EVP_DigestUpdate(hash_.ctx, canonical_.data(), n);
-    length_ += canonical_.size();
-    canonical_.clear();
-  }
-
-  dkim_canonicalization canon_;
-  std::optional<std::uint64_t> limit_;
-  canonical_body body_;
-  std::string canonical_;
-  md_context hash_;
-  std::uint64_t length_ = 0;
-  std::string digest_;
-};
 
 // One DKIM-Signature field on its way to a result.
 struct signature_state {
@@ -118,21 +44,21 @@ struct verifying_key {
 // SHA-256 hash (PKCS #1 v1.5); ed25519-sha256 signs the hash with PureEdDSA
 // (RFC 8463 §3).
 bool signature_verifies(verifying_key& k, const std::string& data, const std::string& signature) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
+  const std::string digest = sha256_of(data);
   const auto* sig = reinterpret_cast<const unsigned char*>(signature.data());
-  bool ok = EVP_Digest(data.data(), data.size(), digest, &n, sha256(), nullptr) == 1;
-  if (ok && k.ed25519) {
+  const auto* hashed = reinterpret_cast<const unsigned char*>(digest.data());
+  bool ok = false;
+  if (k.ed25519) {
     md_context c;
     ok = EVP_DigestVerifyInit(c.ctx, nullptr, nullptr, nullptr, k.key.get()) == 1 &&
-         EVP_DigestVerify(c.ctx, sig, signature.size(), digest, n) == 1;
-  } else if (ok) {
+         EVP_DigestVerify(c.ctx, sig, signature.size(), hashed, digest.size()) == 1;
+  } else {
     std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> c(nullptr, EVP_PKEY_CTX_free);
     {
       std::lock_guard lock(k.copying);
       c.reset(EVP_PKEY_CTX_dup(k.rsa_template.get()));
     }
-    ok = c && EVP_PKEY_verify(c.get(), sig, signature.size(), digest, n) == 1;
+    ok = c && EVP_PKEY_verify(c.get(), sig, signature.size(), hashed, digest.size()) == 1;
   }
   ERR_clear_error();  // a failed verification leaves its reasons on this thread's queue
   return ok;

@@ -1,0 +1,71 @@
+#include "checks/dkim_crypto.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace portcullis::checks {
+
+const EVP_MD* sha256() {
+  static EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  if (md == nullptr) throw std::runtime_error("OpenSSL has no SHA-256");
+  return md;
+}
+
+std::string sha256_of(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (EVP_Digest(data.data(), data.size(), digest, &n, sha256(), nullptr) != 1)
+    throw std::runtime_error("OpenSSL: SHA-256 failed");
+  return std::string(reinterpret_cast<const char*>(digest), n);
+}
+
+std::string base64_encode(std::string_view bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
+  const int written = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                      reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+  out.resize(static_cast<std::size_t>(written));
+  return out;
+}
+
+std::string base64_decode(std::string_view text) {
+  std::string out(text.size() / 4 * 3, '\0');
+  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(text.data()), static_cast<int>(text.size()));
+  if (n < 0) return {};
+  // (EVP_DecodeBlock counts the padding as zero bytes.)
+  const auto pad =
+      static_cast<std::size_t>(std::count(text.end() - std::min<std::size_t>(text.size(), 2), text.end(), '='));
+  out.resize(static_cast<std::size_t>(n) - pad);
+  return out;
+}
+
+body_hasher::body_hasher(dkim_canonicalization canon, std::optional<std::uint64_t> limit)
+    : canon_(canon), limit_(limit), body_(canon) {
+  if (EVP_DigestInit_ex(hash_.ctx, sha256(), nullptr) != 1) throw std::runtime_error("OpenSSL: SHA-256 failed");
+}
+
+void body_hasher::feed(std::string_view bytes) {
+  body_.feed(bytes, canonical_);
+  take();
+}
+
+void body_hasher::finish() {
+  body_.finish(canonical_);
+  take();
+  unsigned int n = 0;
+  digest_.resize(EVP_MAX_MD_SIZE);
+  if (EVP_DigestFinal_ex(hash_.ctx, reinterpret_cast<unsigned char*>(digest_.data()), &n) != 1)
+    throw std::runtime_error("OpenSSL: SHA-256 failed");
+  digest_.resize(n);
+}
+
+void body_hasher::take() {
+  std::size_t n = canonical_.size();
+  if (limit_) n = static_cast<std::size_t>(std::min<std::uint64_t>(n, *limit_ - std::min(*limit_, length_)));
+  if (n > 0 && EVP_DigestUpdate(hash_.ctx, canonical_.data(), n) != 1)
+    throw std::runtime_error("OpenSSL: SHA-256 failed");
+  length_ += canonical_.size();
+  canonical_.clear();
+}
+
+}  // namespace portcullis::checks

@@ -1,0 +1,65 @@
+// The OpenSSL pieces the DKIM signer and verifier share: SHA-256 (fetched
+// once), digest contexts, base64, and the body hash (RFC 6376 §3.7) taken
+// as the body streams by.
+#pragma once
+
+#include <openssl/evp.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "checks/dkim_canon.hpp"
+
+namespace portcullis::checks {
+
+// SHA-256, fetched once: OpenSSL 3 looks an algorithm up (under a lock) each
+// time one is named by EVP_sha256(). Throws std::runtime_error if absent.
+const EVP_MD* sha256();
+
+// The SHA-256 hash of `data`, as bytes.
+std::string sha256_of(std::string_view data);
+
+// An EVP_MD_CTX freed with its scope (std::bad_alloc when none can be had).
+struct md_context {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  md_context() {
+    if (ctx == nullptr) throw std::bad_alloc();
+  }
+  ~md_context() { EVP_MD_CTX_free(ctx); }
+  md_context(const md_context&) = delete;
+  md_context& operator=(const md_context&) = delete;
+};
+
+std::string base64_encode(std::string_view bytes);
+// Checked base64 (dkim_fields: groups of four, "=" only at the end) to bytes.
+std::string base64_decode(std::string_view text);
+
+// The body canonicalized one way, up to l= octets (none: all of it),
+// hashed as it streams by. Throws std::runtime_error when OpenSSL fails.
+class body_hasher {
+ public:
+  body_hasher(dkim_canonicalization canon, std::optional<std::uint64_t> limit);
+  bool wants(dkim_canonicalization canon, std::optional<std::uint64_t> limit) const {
+    return canon == canon_ && limit == limit_;
+  }
+  void feed(std::string_view bytes);
+  void finish();
+  // After finish: the body's canonical length, and its hash (of the first l= octets).
+  std::uint64_t length() const { return length_; }
+  const std::string& digest() const { return digest_; }
+
+ private:
+  void take();
+
+  dkim_canonicalization canon_;
+  std::optional<std::uint64_t> limit_;
+  canonical_body body_;
+  std::string canonical_;
+  md_context hash_;
+  std::uint64_t length_ = 0;
+  std::string digest_;
+};
+
+}  // namespace portcullis::checks
