@@ -1,28 +1,49 @@
 #include "checks/arc_sealer.hpp"
 
+#include <ctime>
 #include <exception>
 
-#include "checks/dkim_signer.hpp"
+#include "checks/arc_sets.hpp"
+#include "checks/dkim_canon.hpp"
+#include "checks/dkim_crypto.hpp"
 #include "checks/off_thread.hpp"
+#include "smtp/message_header.hpp"
+#include "smtp/text.hpp"
 
 namespace portcullis::checks {
 
-arc_sealer::arc_sealer(const arc_seal_config& settings, std::string authserv_id, std::shared_ptr<arc_engine> engine)
-    : authserv_id_(std::move(authserv_id)), engine_(std::move(engine)) {
-  key_.domain = settings.domain;
-  key_.selector = settings.selector;
-  key_.pem = read_signing_key(settings.key_file, "arc_seal", true).pem;
+namespace {
+
+// The value of our own Authentication-Results (it starts with our
+// authserv-id), as it is written: what our ARC-Authentication-Results says.
+std::optional<std::string_view> our_results(const std::vector<std::string>& fields, std::string_view authserv_id) {
+  for (const auto& f : fields) {
+    if (!smtp::equals_nocase(smtp::header_field_name(f), "Authentication-Results")) continue;
+    std::string_view value(f);
+    value.remove_prefix(value.find(':') + 1);
+    while (!value.empty() && smtp::is_wsp(value.front())) value.remove_prefix(1);
+    if (value.starts_with(authserv_id) &&
+        (value.size() == authserv_id.size() || value[authserv_id.size()] == ';' || smtp::is_wsp(value[authserv_id.size()])))
+      return value;  // (with its final CRLF)
+  }
+  return std::nullopt;
 }
+
+}  // namespace
+
+arc_sealer::arc_sealer(const arc_seal_config& settings, std::string authserv_id)
+    : settings_(settings), authserv_id_(std::move(authserv_id)),
+      key_(read_signing_key(settings.key_file, "arc_seal", true)) {}
 
 arc_sealer::~arc_sealer() { pool_.join(); }
 
-awaitable<dkim_signing> arc_sealer::seal(const std::string& prefix, const message_ptr& message) {
-  const auto work = [this, prefix, message] {
+awaitable<dkim_signing> arc_sealer::seal(const std::string& prefix, const message_ptr& message,
+                                         const std::optional<arc_result>& chain) {
+  const auto work = [this, prefix, message, chain] {
     dkim_signing s;
-    s.domain = key_.domain;
+    s.domain = settings_.domain;
     try {
-      s.field = engine_->seal_now(prefix, *message, key_, authserv_id_);
-      if (s.field.empty()) s.why_not = "the chain it came with may not be continued";
+      s.field = seal_now(prefix, *message, chain, s.why_not);
     } catch (const std::exception& e) {
       s.error = e.what();
     }
@@ -30,6 +51,71 @@ awaitable<dkim_signing> arc_sealer::seal(const std::string& prefix, const messag
   };
   auto result = co_await off_thread<dkim_signing>(pool_, work);
   co_return result;
+}
+
+std::string arc_sealer::seal_now(std::string_view prefix, const message_store& message,
+                                 const std::optional<arc_result>& checked, std::string& why_not,
+                                 std::optional<std::int64_t> now) const {
+  body_hasher body(dkim_canonicalization::relaxed, std::nullopt);
+  auto fields = header_fields_hashing_body(message, body, prefix);
+  const auto chain = find_arc_chain(fields);
+  // §5.1.1: cv= is the chain's validation on arrival; a chain that ended in
+  // failure, or that has no room, is not continued.
+  if (!checked) {
+    why_not = "the chain it came with was not validated ([checks] arc)";
+    return "";
+  }
+  if (chain.ended) {
+    why_not = "the chain it came with ended in failure";
+    return "";
+  }
+  const unsigned instance = chain.newest + 1;
+  if (instance > max_arc_instance) {
+    why_not = "the chain it came with has " + std::to_string(max_arc_instance) + " sets already";
+    return "";
+  }
+  const bool failed = checked->result == arc_result::kind::fail;
+  if (!failed && instance != checked->instances + 1) {
+    why_not = "the chain changed since it was validated";  // (a policy's edit)
+    return "";
+  }
+  const auto results = our_results(fields, authserv_id_);
+  if (!results) {
+    why_not = "no Authentication-Results of ours to carry";
+    return "";
+  }
+
+  const std::string i = "i=" + std::to_string(instance) + "; ";
+  const std::string t = std::to_string(now.value_or(std::time(nullptr)));
+  const std::string ids = "d=" + settings_.domain + "; s=" + settings_.selector + "; t=" + t;
+  const auto sign = [this](const std::string& data) {
+    md_context ctx;
+    if (EVP_DigestSignInit(ctx.ctx, nullptr, sha256(), nullptr, key_.parsed.get()) != 1)
+      throw std::runtime_error("OpenSSL: signing failed");
+    return folded_signature(ctx.ctx, key_, data);
+  };
+
+  std::string aar = "ARC-Authentication-Results: " + i + std::string(*results);
+  // The message signature (§4.1.2): DKIM's, over what our DKIM signature covers.
+  const auto h = fields_to_sign(fields);
+  std::string names;
+  for (const auto& n : h) names += (names.empty() ? "" : ":") + n;
+  std::string ams = "ARC-Message-Signature: " + i + "a=rsa-sha256; c=relaxed/relaxed; " + ids + ";\r\n\th=" + names +
+                    ";\r\n\tbh=" + base64_encode(body.digest()) + ";\r\n\tb=";
+  ams += sign(signed_fields(fields, h, dkim_canonicalization::relaxed) +
+              unsigned_signature_field(ams, dkim_canonicalization::relaxed));
+
+  // The seal (§4.1.3, §5.1.2): over every set, or over ours alone when the chain failed.
+  std::string as = "ARC-Seal: " + i + "cv=" + std::string(to_string(checked->result)) + "; a=rsa-sha256; " + ids +
+                   ";\r\n\tb=";
+  std::vector<arc_set_fields> sets;
+  if (!failed) {
+    for (const auto& set : chain.sets)
+      sets.push_back({fields[set.results], fields[set.message_signature], fields[set.seal]});
+  }
+  sets.push_back({aar, ams, as});
+  as += sign(arc_seal_data(sets));
+  return as + ams + aar;
 }
 
 }  // namespace portcullis::checks

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "smtp/message_header.hpp"
+
 namespace portcullis::checks {
 
 const EVP_MD* sha256() {
@@ -66,6 +68,23 @@ void body_hasher::take() {
     throw std::runtime_error("OpenSSL: SHA-256 failed");
   length_ += canonical_.size();
   canonical_.clear();
+}
+
+std::vector<std::string> header_fields_hashing_body(const message_store& message, body_hasher& body,
+                                                    std::string_view prefix) {
+  std::vector<std::string> fields;
+  smtp::header_reader header;
+  const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
+  if (!prefix.empty()) header.feed(prefix, on_field);
+  message_store::reader in(message);
+  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
+    const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
+    if (header.done()) body.feed(chunk.substr(used));
+  }
+  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
+  header.finish(on_field);
+  body.finish();
+  return fields;
 }
 
 }  // namespace portcullis::checks

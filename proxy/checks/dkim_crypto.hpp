@@ -9,8 +9,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "checks/dkim_canon.hpp"
+#include "store/message_store.hpp"
 
 namespace portcullis::checks {
 
@@ -61,5 +63,11 @@ class body_hasher {
   std::uint64_t length_ = 0;
   std::string digest_;
 };
+
+// The header fields of `prefix` (whole fields, to go on top) and of the
+// message, in order, with the message's body fed to `body` (finished), in
+// one read. Throws std::runtime_error when a spilled message cannot be read.
+std::vector<std::string> header_fields_hashing_body(const message_store& message, body_hasher& body,
+                                                    std::string_view prefix = {});
 
 }  // namespace portcullis::checks

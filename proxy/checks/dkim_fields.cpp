@@ -145,7 +145,40 @@ std::optional<dkim_tags> parse_dkim_tags(std::string_view list, std::string& err
   return tags;
 }
 
-std::string parse_dkim_signature(std::string_view value, dkim_signature_fields& out) {
+// A DKIM-Signature's or ARC-Message-Signature's h=, i=, l= and q= (a seal has none of them).
+std::string parse_covered(const dkim_tags& tags, dkim_signature_fields& out, bool dkim) {
+  std::string problem;
+  const auto h = required(tags, "h", "header list", problem);
+  if (!h) return problem;
+  for (auto name : colon_list(*h)) {
+    if (name.empty()) return "header list invalid";
+    out.headers.push_back(smtp::to_lower(name));
+  }
+  if (std::find(out.headers.begin(), out.headers.end(), "from") == out.headers.end())
+    return "header list does not cover From";
+  // RFC 8617 §4.1.2: a message signature never covers seals (they come after it).
+  if (!dkim && std::find(out.headers.begin(), out.headers.end(), "arc-seal") != out.headers.end())
+    return "header list covers ARC-Seal";
+  if (const auto i = tag(tags, "i"); i && dkim) {
+    const auto at = i->rfind('@');
+    if (at == std::string_view::npos) return "identity (i=) invalid";
+    out.identity_domain = smtp::to_lower(i->substr(at + 1));
+    const bool covered = out.identity_domain == out.domain ||
+                         (out.identity_domain.size() > out.domain.size() &&
+                          out.identity_domain.ends_with("." + out.domain));
+    if (!covered) return "invalid domain coverage";
+  }
+  if (const auto l = tag(tags, "l")) {
+    out.length = decimal<std::uint64_t>(*l, 76);
+    if (!out.length) return "body length value invalid";
+  }
+  if (const auto q = tag(tags, "q"); q && !lists(*q, "dns/txt")) return "query method invalid";
+  return "";
+}
+
+std::string parse_dkim_signature(std::string_view value, dkim_signature_fields& out, dkim_signature_kind kind) {
+  const bool dkim = kind == dkim_signature_kind::dkim;
+  const bool seal = kind == dkim_signature_kind::arc_seal;
   std::string problem;
   const auto tags = parse_dkim_tags(value, problem);
   if (!tags) return "signature syntax: " + problem;
@@ -153,9 +186,17 @@ std::string parse_dkim_signature(std::string_view value, dkim_signature_fields& 
   if (const auto d = tag(*tags, "d")) out.domain = smtp::to_lower(*d);
   if (const auto s = tag(*tags, "s")) out.selector = std::string(*s);
 
-  const auto v = required(*tags, "v", "version", problem);
-  if (!v) return problem;
-  if (*v != "1") return "unsupported signature version";
+  if (dkim) {
+    const auto v = required(*tags, "v", "version", problem);
+    if (!v) return problem;
+    if (*v != "1") return "unsupported signature version";
+  } else {
+    const auto i = required(*tags, "i", "instance", problem);
+    if (!i) return problem;
+    const auto n = decimal<unsigned>(*i, 2);
+    if (!n || *n < 1 || *n > max_arc_instance) return "instance (i=) invalid";
+    out.instance = *n;
+  }
   const auto a = required(*tags, "a", "signature algorithm", problem);
   if (!a) return problem;
   if (*a == "rsa-sha1") return "rsa-sha1 is not accepted (RFC 8301)";
@@ -165,47 +206,38 @@ std::string parse_dkim_signature(std::string_view value, dkim_signature_fields& 
   if (!b) return problem;
   out.signature = without_fws(*b);
   if (!is_base64(out.signature)) return "signature data corrupt";
-  const auto bh = required(*tags, "bh", "body hash", problem);
-  if (!bh) return problem;
-  out.body_hash = without_fws(*bh);
-  if (!is_base64(out.body_hash)) return "body hash corrupt";
-  if (const auto c = tag(*tags, "c")) {
-    const auto slash = c->find('/');
-    const auto header = canonicalization(c->substr(0, slash));
-    if (!header) return "invalid header canonicalization";
-    out.header_canon = *header;
-    if (slash != std::string_view::npos) {
-      const auto body = canonicalization(c->substr(slash + 1));
-      if (!body) return "invalid body canonicalization";
-      out.body_canon = *body;
+  if (seal) {
+    // RFC 8617 §4.1.3: relaxed header canonicalization, no body, no h=.
+    const auto cv = required(*tags, "cv", "chain validation status", problem);
+    if (!cv) return problem;
+    if (*cv != "none" && *cv != "fail" && *cv != "pass") return "chain validation status (cv=) invalid";
+    out.chain_status = std::string(*cv);
+    if (tag(*tags, "h")) return "h= in an ARC-Seal";
+    out.header_canon = dkim_canonicalization::relaxed;
+  } else {
+    const auto bh = required(*tags, "bh", "body hash", problem);
+    if (!bh) return problem;
+    out.body_hash = without_fws(*bh);
+    if (!is_base64(out.body_hash)) return "body hash corrupt";
+    if (const auto c = tag(*tags, "c")) {
+      const auto slash = c->find('/');
+      const auto header = canonicalization(c->substr(0, slash));
+      if (!header) return "invalid header canonicalization";
+      out.header_canon = *header;
+      if (slash != std::string_view::npos) {
+        const auto body = canonicalization(c->substr(slash + 1));
+        if (!body) return "invalid body canonicalization";
+        out.body_canon = *body;
+      }
     }
   }
   if (!required(*tags, "d", "domain tag", problem)) return problem;
   if (!is_domain(out.domain)) return "domain tag invalid";
   if (!required(*tags, "s", "selector tag", problem)) return problem;
-  const auto h = required(*tags, "h", "header list", problem);
-  if (!h) return problem;
-  for (auto name : colon_list(*h)) {
-    if (name.empty()) return "header list invalid";
-    out.headers.push_back(smtp::to_lower(name));
-  }
-  if (std::find(out.headers.begin(), out.headers.end(), "from") == out.headers.end())
-    return "header list does not cover From";
   out.identity_domain = out.domain;
-  if (const auto i = tag(*tags, "i")) {
-    const auto at = i->rfind('@');
-    if (at == std::string_view::npos) return "identity (i=) invalid";
-    out.identity_domain = smtp::to_lower(i->substr(at + 1));
-    const bool covered = out.identity_domain == out.domain ||
-                         (out.identity_domain.size() > out.domain.size() &&
-                          out.identity_domain.ends_with("." + out.domain));
-    if (!covered) return "invalid domain coverage";
+  if (!seal) {
+    if (auto p = parse_covered(*tags, out, dkim); !p.empty()) return p;
   }
-  if (const auto l = tag(*tags, "l")) {
-    out.length = decimal<std::uint64_t>(*l, 76);
-    if (!out.length) return "body length value invalid";
-  }
-  if (const auto q = tag(*tags, "q"); q && !lists(*q, "dns/txt")) return "query method invalid";
   if (const auto t = tag(*tags, "t")) {
     out.timestamp = decimal<std::int64_t>(*t, 12);
     if (!out.timestamp) return "timestamp (t=) invalid";
@@ -215,6 +247,19 @@ std::string parse_dkim_signature(std::string_view value, dkim_signature_fields& 
     if (!out.expires) return "expiration (x=) invalid";
   }
   return "";
+}
+
+std::optional<unsigned> arc_results_instance(std::string_view value) {
+  value = trim_fws(value);
+  if (value.empty() || (value.front() != 'i' && value.front() != 'I')) return std::nullopt;
+  value = trim_fws(value.substr(1));
+  if (value.empty() || value.front() != '=') return std::nullopt;
+  value = trim_fws(value.substr(1));
+  const auto semicolon = value.find(';');
+  if (semicolon == std::string_view::npos) return std::nullopt;
+  const auto n = decimal<unsigned>(trim_fws(value.substr(0, semicolon)), 2);
+  if (!n || *n < 1 || *n > max_arc_instance) return std::nullopt;
+  return n;
 }
 
 std::string check_dkim_times(const dkim_signature_fields& sig, std::int64_t now, std::int64_t drift) {

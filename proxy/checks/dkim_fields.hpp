@@ -34,14 +34,32 @@ struct dkim_signature_fields {
   std::optional<std::uint64_t> length;    // l=
   std::optional<std::int64_t> timestamp;  // t=
   std::optional<std::int64_t> expires;    // x=
+  // ARC (RFC 8617 §4.1): its i= is the set's instance, not an identity.
+  unsigned instance = 0;
+  std::string chain_status;  // an ARC-Seal's cv=: none, fail or pass
 };
+
+// The fields that carry DKIM signatures: DKIM-Signature (RFC 6376 §3.5), and
+// ARC's ARC-Message-Signature and ARC-Seal (RFC 8617 §4.1.2, §4.1.3), which
+// take its tags with their own differences (no v=; i= the instance; a seal
+// has cv= and signs no body and no h= list).
+enum class dkim_signature_kind { dkim, arc_message, arc_seal };
+
+// RFC 8617 §4.2.1: an ARC chain has at most 50 sets.
+inline constexpr unsigned max_arc_instance = 50;
+
+// The instance an ARC-Authentication-Results value starts with (RFC 8617
+// §4.1.1: "i=" 1*2DIGIT ";", with folding whitespace around its parts);
+// nullopt when it does not, or it is not 1 to max_arc_instance.
+std::optional<unsigned> arc_results_instance(std::string_view value);
 
 // Parses a DKIM-Signature field's value (what follows the colon, folding
 // and all). Returns the problem ("" when usable): a tag-list error, a tag
 // missing or malformed, rsa-sha1 (RFC 8301 §3.1), no From in h=, an i=
 // outside d=. `out.domain` and `out.selector` are set whenever present,
 // so that a broken signature can still be named.
-std::string parse_dkim_signature(std::string_view value, dkim_signature_fields& out);
+std::string parse_dkim_signature(std::string_view value, dkim_signature_fields& out,
+                                 dkim_signature_kind kind = dkim_signature_kind::dkim);
 
 // Times (§3.5 t= and x=): "" or the problem at `now` (seconds since the
 // epoch): expired, timestamped more than `drift` seconds ahead, or x= < t=.

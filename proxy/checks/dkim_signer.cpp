@@ -38,6 +38,29 @@ void check(int ok, const char* what) {
 
 }  // namespace
 
+std::vector<std::string> fields_to_sign(const std::vector<std::string>& fields) {
+  return signed_field_names(fields, signed_names, oversigned_names);
+}
+
+std::string folded_signature(EVP_MD_CTX* ctx, const signing_key& key, const std::string& data) {
+  const std::string hashed = key.ed25519 ? sha256_of(data) : "";
+  const std::string& input = key.ed25519 ? hashed : data;
+  std::size_t size = 0;
+  const auto* bytes = reinterpret_cast<const unsigned char*>(input.data());
+  check(EVP_DigestSign(ctx, nullptr, &size, bytes, input.size()), "signing");
+  std::string raw(size, '\0');
+  check(EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(raw.data()), &size, bytes, input.size()), "signing");
+  raw.resize(size);
+  const std::string signature = base64_encode(raw);
+  // Folded (a verifier drops b='s whitespace with the value).
+  std::string out;
+  for (std::size_t i = 0; i < signature.size(); i += 72) {
+    if (i > 0) out += "\r\n\t ";
+    out += signature.substr(i, 72);
+  }
+  return out + "\r\n";
+}
+
 signing_key read_signing_key(const std::filesystem::path& path, std::string_view table, bool rsa_only) {
   const std::string where = "[" + std::string(table) + "] key_file " + path.string() + ": ";
   std::ifstream in(path, std::ios::binary);
@@ -125,22 +148,12 @@ std::optional<std::string> dkim_signer::domain_for(std::string_view from_domain)
 
 std::string dkim_signer::sign_now(const message_store& message, const std::string& domain) const {
   // The header fields, and the body's hash (relaxed, RFC 6376 §3.4.4, §3.7), in one read.
-  std::vector<std::string> fields;
-  smtp::header_reader header;
-  const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
   body_hasher body(dkim_canonicalization::relaxed, std::nullopt);
-  message_store::reader in(message);
-  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
-    const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
-    if (header.done()) body.feed(chunk.substr(used));
-  }
-  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
-  header.finish(on_field);
-  body.finish();
+  const auto fields = header_fields_hashing_body(message, body);
 
   // The signature field with an empty b= (§3.5), folded; b= comes last, so
   // that the value added after signing is all a verifier takes out.
-  const auto h = signed_field_names(fields, signed_names, oversigned_names);
+  const auto h = fields_to_sign(fields);
   std::string names;
   for (const auto& n : h) names += (names.empty() ? "" : ":") + n;
   std::string field = "DKIM-Signature: v=1; a=" + std::string(algorithm()) + "; c=relaxed/relaxed; d=" + domain +
@@ -151,28 +164,13 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
   const std::string data = signed_fields(fields, h, dkim_canonicalization::relaxed) +
                            unsigned_signature_field(field, dkim_canonicalization::relaxed);
   md_context sign;
-  const std::string hashed = key_.ed25519 ? sha256_of(data) : "";  // Ed25519 signs the hash (RFC 8463 §3)
-  const std::string& input = key_.ed25519 ? hashed : data;
   if (key_.ed25519) {
     std::lock_guard lock(template_mutex_);
     check(EVP_MD_CTX_copy_ex(sign.ctx, ed25519_template_.get()), "signing");
   } else {
     check(EVP_DigestSignInit(sign.ctx, nullptr, sha256(), nullptr, key_.parsed.get()), "signing");
   }
-  std::size_t size = 0;
-  const auto* bytes = reinterpret_cast<const unsigned char*>(input.data());
-  check(EVP_DigestSign(sign.ctx, nullptr, &size, bytes, input.size()), "signing");
-  std::string raw(size, '\0');
-  check(EVP_DigestSign(sign.ctx, reinterpret_cast<unsigned char*>(raw.data()), &size, bytes, input.size()),
-        "signing");
-  raw.resize(size);
-  const std::string signature = base64_encode(raw);
-  // b= folded at 72 columns (a verifier drops its whitespace with the value).
-  for (std::size_t i = 0; i < signature.size(); i += 72) {
-    if (i > 0) field += "\r\n\t ";
-    field += signature.substr(i, 72);
-  }
-  return field + "\r\n";
+  return field + folded_signature(sign.ctx, key_, data);
 }
 
 }  // namespace portcullis::checks

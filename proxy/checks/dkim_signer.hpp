@@ -36,6 +36,17 @@ struct signing_key {
 // 1024 bits (RFC 8301), or Ed25519 when `rsa_only`.
 signing_key read_signing_key(const std::filesystem::path& path, std::string_view table, bool rsa_only = false);
 
+// The b= value signing `data` (RFC 6376 §3.7's header data) with `ctx`,
+// set up to sign with `key` (RSA: with SHA-256; Ed25519: bare, as it signs
+// the data's SHA-256 hash, RFC 8463 §3), folded at 72 columns, with a final
+// CRLF. Throws std::runtime_error when OpenSSL fails.
+std::string folded_signature(EVP_MD_CTX* ctx, const signing_key& key, const std::string& data);
+
+// The header fields of RFC 6376 §5.4.1 (and the MIME ones) that a message
+// with these fields has, From once more than present (checks/dkim_canon's
+// signed_field_names): what our DKIM and ARC message signatures cover.
+std::vector<std::string> fields_to_sign(const std::vector<std::string>& fields);
+
 class dkim_signer final : public mail_signer {
  public:
   // Reads the key file; throws std::runtime_error naming it when it is no

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 
+#include "checks/dkim_keys.hpp"
 #include "checks/results.hpp"
 #include "dns/answer.hpp"
 #include "store/message_store.hpp"
@@ -26,7 +27,7 @@ namespace portcullis::checks {
 class dkim_verifier {
  public:
   // A TXT lookup (the resolver's, blocking; a table in the tests).
-  using txt_lookup = std::function<dns::answer(const std::string& name)>;
+  using txt_lookup = checks::txt_lookup;
 
   // At most `max_signatures` signatures are evaluated (the first ones, top
   // down); the others are listed neutral.
@@ -41,10 +42,9 @@ class dkim_verifier {
   dkim_results verify_now(const message_store& message, std::optional<std::int64_t> now = {}) const;
 
  private:
-  struct key_cache;
   txt_lookup lookup_;
   unsigned max_signatures_;
-  std::unique_ptr<key_cache> keys_;
+  std::unique_ptr<dkim_key_cache> keys_;
 };
 
 }  // namespace portcullis::checks

@@ -6,15 +6,14 @@
 
 namespace portcullis::checks {
 
-sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings,
-                               std::shared_ptr<arc_engine> arc)
-    : resolver_(std::move(resolver)), settings_(settings), arc_(settings.arc ? std::move(arc) : nullptr),
-      pool_(std::max(1u, settings.threads)) {
+sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings)
+    : resolver_(std::move(resolver)), settings_(settings), pool_(std::max(1u, settings.threads)) {
   if (settings.spf) spf_.emplace(resolver_, settings.receiver, settings.spf_skip_networks);
   auto* r = resolver_.get();  // (the checker, and so the verifier and the evaluator, holds the resolver)
   const auto txt = [r](const std::string& name) { return r->lookup_sync(name, dns::rr_type::txt); };
   if (settings.dkim) dkim_.emplace(txt, settings.max_dkim_signatures);
   if (settings.dmarc) dmarc_.emplace(txt);
+  if (settings.arc) arc_.emplace(txt);
 }
 
 sender_checker::~sender_checker() { pool_.join(); }
@@ -63,7 +62,16 @@ awaitable<dmarc_result> sender_checker::dmarc(const message_ptr& message, const 
 
 awaitable<arc_result> sender_checker::arc(const message_ptr& message) {
   if (!arc_) co_return arc_result{};
-  const auto work = [arc = arc_, message] { return arc->verify_now(*message); };
+  const auto work = [this, message] {
+    try {
+      return arc_->verify_now(*message);
+    } catch (const std::exception& e) {  // the message could not be read: nothing validated
+      arc_result r;
+      r.result = arc_result::kind::fail;
+      r.problem = e.what();
+      return r;
+    }
+  };
   auto result = co_await off_thread<arc_result>(pool_, work);
   co_return result;
 }

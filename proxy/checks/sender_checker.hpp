@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "asio.hpp"
-#include "checks/arc_engine.hpp"
+#include "checks/arc_verifier.hpp"
 #include "checks/dkim_verifier.hpp"
 #include "checks/dmarc_evaluator.hpp"
 #include "checks/sender_checks.hpp"
@@ -34,9 +34,7 @@ struct sender_checker_settings {
 class sender_checker final : public sender_checks {
  public:
   // Throws std::runtime_error when a library does not start.
-  // `arc`: the ARC engine, when settings.arc (the Python layer's).
-  sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings,
-                 std::shared_ptr<arc_engine> arc = nullptr);
+  sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings);
   ~sender_checker() override;
 
   awaitable<spf_result> spf(const asio::ip::address& client, const std::string& helo,
@@ -55,7 +53,7 @@ class sender_checker final : public sender_checks {
   std::optional<spf_checker> spf_;
   std::optional<dkim_verifier> dkim_;
   std::optional<dmarc_evaluator> dmarc_;
-  std::shared_ptr<arc_engine> arc_;
+  std::optional<arc_verifier> arc_;
   asio::thread_pool pool_;
 };
 

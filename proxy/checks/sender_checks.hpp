@@ -56,12 +56,14 @@ class mail_signer {
 };
 
 // Sealing with ARC ([arc_seal]) as the session sees it: the ARC set for the
-// message as it goes upstream (`prefix`, our fields on top, then `message`).
+// message as it goes upstream (`prefix`, our fields on top, then `message`),
+// whose chain validated as `chain` on arrival.
 class mail_sealer {
  public:
   virtual ~mail_sealer() = default;
   // field: the three ARC fields; error: sealing failed; why_not: not sealed.
-  virtual awaitable<dkim_signing> seal(const std::string& prefix, const message_ptr& message) = 0;
+  virtual awaitable<dkim_signing> seal(const std::string& prefix, const message_ptr& message,
+                                       const std::optional<arc_result>& chain) = 0;
 };
 
 }  // namespace portcullis::checks

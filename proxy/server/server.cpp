@@ -17,7 +17,6 @@
 #include "log.hpp"
 #include "net/io_pool.hpp"
 #include "net/network.hpp"
-#include "policy/python_arc.hpp"
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
 #include "session/client_table.hpp"
@@ -98,11 +97,6 @@ dns::resolver_options resolver_options_of(const dns_config& d) {
 
 }  // namespace
 
-const std::shared_ptr<checks::arc_engine>& server::arc_engine() {
-  if (!arc_engine_) arc_engine_ = std::make_shared<python_arc>();
-  return arc_engine_;
-}
-
 std::shared_ptr<dns::resolver> server::resolver_for(const config& cfg) {
   if (cfg.dns.nameserver.empty() && !resolv_conf_has_nameserver()) return nullptr;
   if (!resolver_ || !(resolver_dns_ == cfg.dns)) {
@@ -127,9 +121,7 @@ std::shared_ptr<checks::sender_checks> server::make_checks(const config& cfg, co
   settings.threads = cfg.checks.threads;
   settings.max_dkim_signatures = cfg.checks.dkim_signatures;
   const bool same = checker_ && checker_->resolver() == resolver && checker_->settings() == settings;
-  auto checker = same ? checker_
-                      : std::make_shared<checks::sender_checker>(resolver, settings,
-                                                                 settings.arc ? arc_engine() : nullptr);
+  auto checker = same ? checker_ : std::make_shared<checks::sender_checker>(resolver, settings);
   checker_ = checker;
   return checker;
 }
@@ -167,7 +159,7 @@ std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config
   // The key is read again on every reload: a rotated key needs only a SIGHUP.
   if (cfg->dkim_sign.enabled) g->signer = std::make_shared<checks::dkim_signer>(cfg->dkim_sign);
   if (cfg->arc_seal.enabled)
-    g->sealer = std::make_shared<checks::arc_sealer>(cfg->arc_seal, cfg->server.hostname, arc_engine());
+    g->sealer = std::make_shared<checks::arc_sealer>(cfg->arc_seal, cfg->server.hostname);
   g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool(), kept = upstream_pool_,
                        resolver = upstream_by_name ? g->resolver : nullptr](
                          const session_log& log, const connection_state& client, asio::any_io_executor io) {

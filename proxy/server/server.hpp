@@ -19,7 +19,6 @@ namespace dns {
 class resolver;
 }
 namespace checks {
-class arc_engine;
 class sender_checker;
 }
 
@@ -70,9 +69,6 @@ class server {
   std::shared_ptr<dns::resolver> resolver_;
   dns_config resolver_dns_;
   std::shared_ptr<checks::sender_checker> checker_;
-  // dkimpy in the embedded interpreter, made when ARC is first asked for.
-  std::shared_ptr<checks::arc_engine> arc_engine_;
-  const std::shared_ptr<checks::arc_engine>& arc_engine();
   session_environment env_;
   struct listener {
     tcp::acceptor acceptor;

@@ -766,7 +766,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
   header = signature + header + received_header(conn_, tx_, cfg_.server.hostname, std::time(nullptr));
   if (gen_->sealer && tx_.arc_seal.value_or(true)) {
     // ARC: the very last change, over everything the upstream gets (RFC 8617 §5.1).
-    const auto sealed = co_await gen_->sealer->seal(header, message);
+    const auto sealed = co_await gen_->sealer->seal(header, message, tx_.arc);
     std::string seal;
     if (auto failed = take_signature(sealed, "ARC sealed", cfg_.arc_seal.selector, seal)) co_return *failed;
     header = seal + header;

@@ -13,6 +13,7 @@
 
 #include "checks/dkim_verifier.hpp"
 #include "fuzz_check.hpp"
+#include "fuzz_txt_table.hpp"
 #include "smtp/message_header.hpp"
 #include "smtp/text.hpp"
 #include "store/message_store.hpp"
@@ -25,36 +26,21 @@ const std::string rsa_key =
     "MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDHZouu5BiBafJm1OfnAJAuPe4IfeSvG95yqC4NHUYbEhoGTtuqDYDGc0WPp7UCG+oqiM4FjE"
     "LeoIb/QEsIe1Cq21S31b9BvXPcJEejt999djOqLdjdwHniAuThuW3Ugxtbto/hqTxDvN5RPJlDHnug2FFjLntH8BzbG/TKr/lx9wIDAQAB";
 
-dns::answer txt(std::string value) {
-  dns::answer a;
-  a.what = dns::answer::status::ok;
-  a.records.push_back({std::move(value)});
-  return a;
-}
-
 const std::map<std::string, dns::answer>& table() {
   static const std::map<std::string, dns::answer> t = [] {
     std::map<std::string, dns::answer> m;
-    m["rsa._domainkey.example.test"] = txt("v=DKIM1; k=rsa; p=" + rsa_key);
-    m["strict._domainkey.example.test"] = txt("v=DKIM1; t=s; h=sha256; p=" + rsa_key);
-    m["ed._domainkey.example.test"] = txt("v=DKIM1; k=ed25519; p=9rs1PJ74YPnXu2T4Qhv+M3lySa8qXvlkfIPA+B+zaKI=");
-    m["revoked._domainkey.example.test"] = txt("v=DKIM1; p=");
-    m["garbage._domainkey.example.test"] = txt("v=DKIM1; p=QUJDRA==");
-    dns::answer slow;
-    slow.what = dns::answer::status::timeout;
-    m["slow._domainkey.example.test"] = slow;
+    m["rsa._domainkey.example.test"] = fuzz::txt("v=DKIM1; k=rsa; p=" + rsa_key);
+    m["strict._domainkey.example.test"] = fuzz::txt("v=DKIM1; t=s; h=sha256; p=" + rsa_key);
+    m["ed._domainkey.example.test"] = fuzz::txt("v=DKIM1; k=ed25519; p=9rs1PJ74YPnXu2T4Qhv+M3lySa8qXvlkfIPA+B+zaKI=");
+    m["revoked._domainkey.example.test"] = fuzz::txt("v=DKIM1; p=");
+    m["garbage._domainkey.example.test"] = fuzz::txt("v=DKIM1; p=QUJDRA==");
+    m["slow._domainkey.example.test"] = fuzz::timeout();
     return m;
   }();
   return t;
 }
 
-dns::answer lookup(const std::string& name) {
-  const auto& t = table();
-  if (auto found = t.find(portcullis::smtp::to_lower(name)); found != t.end()) return found->second;
-  dns::answer a;
-  a.what = dns::answer::status::nxdomain;
-  return a;
-}
+dns::answer lookup(const std::string& name) { return fuzz::lookup_in(table(), name); }
 
 }  // namespace
 

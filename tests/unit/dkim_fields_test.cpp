@@ -87,6 +87,52 @@ TEST(DkimFields, BrokenSignatures) {
   EXPECT_EQ(f.selector, "sel");
 }
 
+// RFC 8617 §4.1.2, §4.1.3: ARC's signatures take DKIM's tags, with i= the instance.
+TEST(DkimFields, ArcSignatures) {
+  const std::string ams = "i=2; a=rsa-sha256; c=relaxed/relaxed; d=lists.test; s=arc; h=from:to; bh=AAAA; b=QUJD";
+  dkim_signature_fields f;
+  ASSERT_EQ(parse_dkim_signature(ams, f, dkim_signature_kind::arc_message), "");
+  EXPECT_EQ(f.instance, 2u);
+  EXPECT_EQ(f.identity_domain, "lists.test");
+  const auto message_problem = [](const std::string& value) {
+    dkim_signature_fields g;
+    return parse_dkim_signature(value, g, dkim_signature_kind::arc_message);
+  };
+  EXPECT_EQ(message_problem(ams.substr(5)), "instance missing");
+  EXPECT_EQ(message_problem("i=0" + ams.substr(3)), "instance (i=) invalid");
+  EXPECT_EQ(message_problem("i=51" + ams.substr(3)), "instance (i=) invalid");
+  EXPECT_EQ(message_problem("i=x" + ams.substr(3)), "instance (i=) invalid");
+  EXPECT_EQ(message_problem(ams + "; v=1"), "");  // an unknown tag to ARC: ignored
+  EXPECT_EQ(message_problem(ams.substr(0, ams.find("h=")) + "h=from:arc-seal; bh=AAAA; b=QUJD"),
+            "header list covers ARC-Seal");
+
+  const std::string seal = "i=1; cv=none; a=rsa-sha256; d=lists.test; s=arc; t=12; b=QUJD";
+  dkim_signature_fields g;
+  ASSERT_EQ(parse_dkim_signature(seal, g, dkim_signature_kind::arc_seal), "");
+  EXPECT_EQ(g.chain_status, "none");
+  EXPECT_EQ(g.header_canon, dkim_canonicalization::relaxed);
+  EXPECT_EQ(g.timestamp, 12);
+  const auto seal_problem = [](const std::string& value) {
+    dkim_signature_fields h;
+    return parse_dkim_signature(value, h, dkim_signature_kind::arc_seal);
+  };
+  EXPECT_EQ(seal_problem(seal.substr(0, 5) + seal.substr(14)), "chain validation status missing");
+  EXPECT_EQ(seal_problem("i=1; cv=maybe" + seal.substr(12)), "chain validation status (cv=) invalid");
+  EXPECT_EQ(seal_problem(seal + "; h=from"), "h= in an ARC-Seal");
+  EXPECT_EQ(seal_problem("i=1; cv=none; a=rsa-sha256; s=arc; b=QUJD"), "domain tag missing");
+}
+
+TEST(DkimFields, ArcResultsInstance) {  // RFC 8617 §4.1.1
+  EXPECT_EQ(arc_results_instance("i=1; mx.test; spf=pass"), 1u);
+  EXPECT_EQ(arc_results_instance(" I = 12 ;mx.test"), 12u);
+  EXPECT_EQ(arc_results_instance("\r\n\ti=3;\r\n\tmx.test"), 3u);
+  EXPECT_EQ(arc_results_instance("i=0; mx.test"), std::nullopt);
+  EXPECT_EQ(arc_results_instance("i=51; mx.test"), std::nullopt);
+  EXPECT_EQ(arc_results_instance("i=1 mx.test"), std::nullopt);
+  EXPECT_EQ(arc_results_instance("mx.test; i=1;"), std::nullopt);
+  EXPECT_EQ(arc_results_instance("i=; mx.test"), std::nullopt);
+}
+
 TEST(DkimFields, Times) {
   dkim_signature_fields f;
   f.timestamp = 1000;

@@ -5,7 +5,7 @@
 
 #include <gtest/gtest.h>
 
-#include <map>
+#include "unit/txt_table.hpp"
 
 namespace portcullis::checks {
 namespace {
@@ -59,39 +59,6 @@ const std::string simple_simple = R"MSG(DKIM-Signature: v=1; a=rsa-sha256; c=sim
  jzqgg6T2FWwjxjWv4MclbLkX59OIbPMtAVKy6V/6Q3c/EcQM3w2Idy6P3yuIqouaxiOWZix
  H8XtM6veCoo7fZz8mtCFF5QZCLPIaVQ=
 )MSG" + message;
-
-// LF lines (as kept in this file) to the CRLF lines of mail.
-std::string crlf(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '\n') out += '\r';
-    out += c;
-  }
-  return out;
-}
-
-struct table {
-  std::map<std::string, dns::answer> answers;
-  void txt(const std::string& name, const std::string& value) {
-    dns::answer a;
-    a.what = dns::answer::status::ok;
-    a.records.push_back({value});
-    answers[name] = a;
-  }
-  void trouble(const std::string& name, dns::answer::status what) {
-    dns::answer a;
-    a.what = what;
-    answers[name] = a;
-  }
-  dkim_verifier::txt_lookup lookup() {
-    return [this](const std::string& name) {
-      if (auto found = answers.find(name); found != answers.end()) return found->second;
-      dns::answer a;
-      a.what = dns::answer::status::nxdomain;
-      return a;
-    };
-  }
-};
 
 std::string verify(table& dns, const std::string& message_lf, unsigned max = 5, std::optional<std::int64_t> now = {}) {
   const dkim_verifier v(dns.lookup(), max);

@@ -1,0 +1,107 @@
+#include "checks/arc_verifier.hpp"
+
+#include <ctime>
+#include <stdexcept>
+
+#include "checks/arc_sets.hpp"
+#include "checks/dkim_canon.hpp"
+#include "checks/dkim_crypto.hpp"
+#include "smtp/message_header.hpp"
+
+namespace portcullis::checks {
+
+arc_verifier::arc_verifier(txt_lookup lookup, std::chrono::milliseconds budget)
+    : lookup_(std::move(lookup)), budget_(budget), keys_(std::make_unique<dkim_key_cache>()) {
+  sha256();  // (fails here, at start-up, if ever)
+}
+
+arc_verifier::~arc_verifier() = default;
+
+arc_result arc_verifier::verify_now(const message_store& message, std::optional<std::int64_t> now) const {
+  arc_result r;
+  const auto fail = [&r](std::string problem) {
+    r.result = arc_result::kind::fail;
+    r.problem = std::move(problem);
+    return std::move(r);
+  };
+
+  // The header fields; then, once the chain is known, the newest message
+  // signature's body hash as the rest streams by.
+  std::vector<std::string> fields;
+  arc_chain chain;
+  std::optional<body_hasher> body;
+  smtp::header_reader header;
+  const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
+  bool header_read = false;
+  const auto read_chain = [&] {
+    header_read = true;
+    chain = find_arc_chain(fields);
+    if (!chain.sets.empty()) {
+      const auto& ams = chain.sets.back().message_tags;
+      body.emplace(ams.body_canon, ams.length);
+    }
+  };
+  message_store::reader in(message);
+  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
+    const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
+    if (!header.done()) continue;
+    if (!header_read) {
+      read_chain();
+      if (!body) break;  // nothing wants the body
+    }
+    body->feed(chunk.substr(used));
+  }
+  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
+  if (!header_read) {  // a message of header fields only
+    header.finish(on_field);
+    read_chain();
+  }
+  if (body) body->finish();
+
+  if (!chain.any) return r;  // §5.2 step 1: none
+  if (!chain.problem.empty()) return fail(chain.problem);
+  const auto& sets = chain.sets;
+  r.instances = static_cast<unsigned>(sets.size());
+  for (const auto& set : sets) r.sealers.push_back(set.seal_tags.domain);
+
+  const auto deadline = std::chrono::steady_clock::now() + budget_;
+  const std::int64_t at = now.value_or(std::time(nullptr));
+  // One signature over `data`: "" or why it does not verify.
+  const auto verify = [&](const dkim_signature_fields& sig, const std::string& data) -> std::string {
+    if (auto problem = check_dkim_times(sig, at); !problem.empty()) return problem;
+    if (std::chrono::steady_clock::now() > deadline)
+      return "not verified: key lookups took over " + std::to_string(budget_.count() / 1000) + " s in all";
+    auto found = find_dkim_key(lookup_, *keys_, sig);
+    if (!found.key) return found.problem;
+    return signature_verifies(*found.key, data, base64_decode(sig.signature)) ? "" : "signature verification failed";
+  };
+
+  // §5.2 step 5: the newest message signature.
+  const auto& newest = sets.back();
+  const auto& ams = newest.message_tags;
+  std::string problem;
+  if (ams.length && *ams.length > body->length()) {
+    problem = "length tag value exceeds body size";
+  } else if (base64_decode(ams.body_hash) != body->digest()) {
+    problem = "body hash did not verify";
+  } else {
+    problem = verify(ams, signed_fields(fields, ams.headers, ams.header_canon) +
+                              unsigned_signature_field(fields[newest.message_signature], ams.header_canon));
+  }
+  if (!problem.empty())
+    return fail("ARC-Message-Signature[" + std::to_string(sets.size()) + "] did not validate: " + problem);
+
+  // §5.2 step 7: every seal, the newest first; seal i covers sets 1 to i.
+  std::vector<arc_set_fields> covered;
+  for (const auto& set : sets)
+    covered.push_back({fields[set.results], fields[set.message_signature], fields[set.seal]});
+  for (std::size_t i = sets.size(); i > 0; --i) {
+    covered.resize(i);
+    if (problem = verify(sets[i - 1].seal_tags, arc_seal_data(covered)); !problem.empty())
+      return fail("ARC-Seal[" + std::to_string(i) + "] did not validate: " + problem);
+  }
+  r.result = arc_result::kind::pass;
+  return r;
+}
+
+}  // namespace portcullis::checks
