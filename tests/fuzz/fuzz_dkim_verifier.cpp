@@ -1,8 +1,10 @@
 // libFuzzer target: the DKIM verifier whole (checks/dkim_verifier): a
 // message's header read, its signatures parsed, the body canonicalized and
 // hashed, keys parsed and cached, OpenSSL verifying. DNS answers come from a
-// fixed table (good RSA and Ed25519 keys, a revoked one, garbage, a timeout),
-// the seeds are messages dkimpy signed with the RSA key. Whatever the bytes:
+// fixed table (good RSA and Ed25519 keys, a revoked one, garbage, a timeout)
+// and, for the selector "fuzz", from the message's own X-Fuzz-Key field (so
+// random key records reach the key parser and OpenSSL's). The seeds are
+// messages dkimpy signed with the RSA key. Whatever the bytes:
 // no crash, no sanitizer report, one result per DKIM-Signature field, and
 // the same results when verified again (the key cache changes nothing).
 #include <cstddef>
@@ -40,24 +42,32 @@ const std::map<std::string, dns::answer>& table() {
   return t;
 }
 
-dns::answer lookup(const std::string& name) { return fuzz::lookup_in(table(), name); }
+std::string fuzzed_key;  // this input's X-Fuzz-Key value (the fuzzer runs one input at a time)
+
+dns::answer lookup(const std::string& name) {
+  if (smtp::equals_nocase(name, "fuzz._domainkey.example.test")) return fuzz::txt(fuzzed_key);
+  return fuzz::lookup_in(table(), name);
+}
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static const checks::dkim_verifier verifier(lookup, 5);
+  const std::string_view bytes(reinterpret_cast<const char*>(data), size);
+  std::size_t signatures = 0;
+  fuzzed_key.clear();
+  smtp::header_reader header;
+  const auto read = [&](std::string_view field) {
+    const auto name = smtp::header_field_name(field);
+    if (smtp::equals_nocase(name, "DKIM-Signature")) ++signatures;
+    if (smtp::equals_nocase(name, "X-Fuzz-Key")) fuzzed_key = smtp::header_field_value(field);
+  };
+  header.feed(bytes, read);
+  header.finish(read);
+
   auto message = message_store::wrap(std::make_shared<const std::string>(reinterpret_cast<const char*>(data), size));
   const std::int64_t now = 1796190049 + 60;  // (the seeds' t=)
   const auto results = verifier.verify_now(*message, now);
-
-  std::size_t signatures = 0;
-  smtp::header_reader header;
-  const auto count = [&](std::string_view field) {
-    if (smtp::equals_nocase(smtp::header_field_name(field), "DKIM-Signature")) ++signatures;
-  };
-  const std::string_view bytes(reinterpret_cast<const char*>(data), size);
-  header.feed(bytes, count);
-  header.finish(count);
   FUZZ_CHECK(results.size() == signatures);
 
   const auto again = verifier.verify_now(*message, now);
