@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "checks/spf_dns_layer.hpp"
+#include "dns/resolver.hpp"
 #include "net/network.hpp"
 
 namespace portcullis::checks {
@@ -22,7 +23,8 @@ struct libspf2_fault : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-[[noreturn]] void on_libspf2_error(const char* file, int line, const char* message) {
+// GNU's noreturn, as libspf2 declares the pointer: clang counts it in the type.
+__attribute__((noreturn)) void on_libspf2_error(const char* file, int line, const char* message) {
   throw libspf2_fault(std::string("libspf2: ") + (message ? message : "?") + " (" + (file ? file : "?") + ":" +
                       std::to_string(line) + ")");
 }
@@ -90,11 +92,22 @@ void set_client(SPF_request_t* request, const asio::ip::address& client) {
   }
 }
 
+// The lookup holds the resolver: it lives as long as the checker.
+spf_checker::dns_lookup lookup_on(std::shared_ptr<dns::resolver> resolver) {
+  return [resolver = std::move(resolver)](const std::string& name, dns::rr_type type) {
+    return resolver->lookup_sync(name, type);
+  };
+}
+
 }  // namespace
 
 spf_checker::spf_checker(std::shared_ptr<dns::resolver> resolver, std::string receiver,
                          const std::vector<std::string>& skip, spf_limits limits)
-    : resolver_(std::move(resolver)), receiver_(std::move(receiver)), skip_(skip), limits_(limits) {
+    : spf_checker(lookup_on(std::move(resolver)), std::move(receiver), skip, limits) {}
+
+spf_checker::spf_checker(dns_lookup lookup, std::string receiver, const std::vector<std::string>& skip,
+                         spf_limits limits)
+    : lookup_(std::move(lookup)), receiver_(std::move(receiver)), skip_(skip), limits_(limits) {
   install_handlers();
 }
 
@@ -116,7 +129,7 @@ spf_result spf_checker::check_now(const asio::ip::address& client_address, std::
     out.problem = "not checked: a loopback client";
     return out;
   }
-  spf_evaluation e(*resolver_, limits_, client);
+  spf_evaluation e(lookup_, limits_, client);
   SPF_dns_server_t layer = spf_dns_layer(e);
   try {
     libspf2_objects o;

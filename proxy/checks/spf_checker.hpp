@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -13,6 +14,7 @@
 
 #include "asio.hpp"
 #include "checks/results.hpp"
+#include "dns/answer.hpp"
 #include "net/network.hpp"
 #include "smtp/address.hpp"
 
@@ -32,16 +34,22 @@ struct spf_limits {
 
 class spf_checker {
  public:
+  // Where a check's DNS answers come from: the resolver (blocking), or a
+  // table in the tests and the fuzzer, so that they run the daemon's code.
+  using dns_lookup = std::function<dns::answer(const std::string& name, dns::rr_type type)>;
+
   // `receiver` is our host name (the %{r} macro); clients in `skip` are
   // not checked (result none); throws std::invalid_argument for a bad entry.
   spf_checker(std::shared_ptr<dns::resolver> resolver, std::string receiver,
               const std::vector<std::string>& skip = {"127.0.0.0/8", "::1"}, spf_limits limits = {});
+  spf_checker(dns_lookup lookup, std::string receiver, const std::vector<std::string>& skip = {"127.0.0.0/8", "::1"},
+              spf_limits limits = {});
 
   // The check, on the calling thread (blocks on DNS).
   spf_result check_now(const asio::ip::address& client, std::string_view helo, const smtp::address& sender) const;
 
  private:
-  std::shared_ptr<dns::resolver> resolver_;
+  dns_lookup lookup_;
   std::string receiver_;
   network_list skip_;
   spf_limits limits_;

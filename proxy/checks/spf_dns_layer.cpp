@@ -1,7 +1,7 @@
-// libspf2's DNS layer (SPF_dns_server_t), made of our resolver: every
-// lookup libspf2 makes for one check comes here, with the check's
-// accounting (RFC 7208 §4.6.4 limits, its time budget, DNS trouble), and the
-// records it is given pass our validator first.
+// libspf2's DNS layer (SPF_dns_server_t), made of our resolver (or a test's
+// table: spf_checker::dns_lookup): every lookup libspf2 makes for one check
+// comes here, with the check's accounting (RFC 7208 §4.6.4 limits, its time
+// budget, DNS trouble), and the records it is given pass our validator first.
 #include "checks/spf_dns_layer.hpp"
 
 #include <cstdlib>
@@ -59,7 +59,7 @@ dns::answer fetch(spf_evaluation& e, std::string name, dns::rr_type type) {
     nothing.what = dns::answer::status::timeout;
     return nothing;
   }
-  auto answer = e.resolver.lookup_sync(fitted(std::move(name)), type);
+  auto answer = e.lookup(fitted(std::move(name)), type);
   if (answer.is_void() && ++e.voids > e.limits.void_lookups && !e.permerror)
     e.permerror = "more than " + std::to_string(e.limits.void_lookups) + " lookups named nothing (RFC 7208 §4.6.4)";
   if (answer.what == dns::answer::status::timeout || answer.what == dns::answer::status::failure) e.dns_trouble = true;
@@ -151,6 +151,28 @@ bool is_spf_record(std::string_view txt) {
   return smtp::starts_with_nocase(txt, version) && (txt.size() == version.size() || txt[version.size()] == ' ');
 }
 
+// What the macro letters stand for in this request (RFC 7208 §7.3), for
+// spf_macros_for_values; "p" (the client's validated name) is not known yet.
+spf_macro_value macro_values(const spf_evaluation& e, SPF_request_t* request) {
+  return [&e, request](char letter) -> std::optional<std::string> {
+    const auto text = [](const char* s) { return s ? std::optional<std::string>(s) : std::nullopt; };
+    switch (letter) {
+      case 's': return text(request->env_from);
+      case 'l': return text(request->env_from_lp);
+      case 'o': return text(request->env_from_dp);
+      case 'd': return text(request->cur_dom);
+      case 'h': return text(request->helo_dom);
+      case 'r': return text(SPF_request_get_rec_dom(request));
+      case 'i':  // dotted: an IPv6 address as its 32 nibbles
+        return e.client.is_v4() ? e.client.to_string() : std::string(31, '.');
+      case 'c': return e.client.to_string();
+      case 'v': return e.client.is_v4() ? "in-addr" : "ip6";
+      case 't': return "0";
+      default: return std::nullopt;
+    }
+  };
+}
+
 // The SPF record of the request's current domain (the checked one, or an
 // include/redirect target), found as libspf2's own SPF_server_get_record
 // does, but checked by our validator and given to libspf2 in a form it reads
@@ -181,7 +203,8 @@ SPF_errcode_t get_spf(SPF_server_t* server, SPF_request_t* request, SPF_response
     e.permerror = *error + where;
     return fail(SPF_RESULT_PERMERROR, SPF_E_SYNTAX, *e.permerror);
   }
-  const std::string text = spf_record_for_client(spf_record_for_libspf2(records.front()), !e.client.is_v4());
+  const std::string text = spf_macros_for_values(
+      spf_record_for_client(spf_record_for_libspf2(records.front()), !e.client.is_v4()), macro_values(e, request));
   const auto [mechanisms, modifiers] = spf_term_counts(text);
   const bool compiled = SPF_record_compile(server, response, recordp, text.c_str()) == SPF_E_SUCCESS;
   // libspf2 drops the terms past 511 bytes of its compiled form without a
@@ -240,7 +263,7 @@ SPF_errcode_t get_exp(SPF_server_t* server, const char* domain, char** bufp, siz
   auto& e = evaluation_of(server->resolver);
   std::string explanation;
   const bool in_time = std::chrono::steady_clock::now() < e.deadline;
-  const auto answer = in_time ? e.resolver.lookup_sync(fitted(domain), dns::rr_type::txt) : dns::answer{};
+  const auto answer = in_time ? e.lookup(fitted(domain), dns::rr_type::txt) : dns::answer{};
   const auto printable = [](std::string_view s) {
     return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c < 0x7F; });
   };
@@ -249,7 +272,8 @@ SPF_errcode_t get_exp(SPF_server_t* server, const char* domain, char** bufp, siz
     bool ok = true;
     for (std::size_t start = 0; ok;) {
       const auto space = text.find(' ', start);
-      auto word = expand(server, e.request, text.substr(start, space == std::string::npos ? space : space - start));
+      const auto word_text = text.substr(start, space == std::string::npos ? space : space - start);
+      auto word = expand(server, e.request, spf_macros_for_values(word_text, macro_values(e, e.request)));
       ok = word.has_value();
       if (ok) explanation += *word;
       if (space == std::string::npos) break;

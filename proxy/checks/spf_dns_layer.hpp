@@ -19,16 +19,16 @@ extern "C" {
 
 #include "asio.hpp"
 #include "checks/spf_checker.hpp"
-#include "dns/resolver.hpp"
+#include "dns/answer.hpp"
 
 namespace portcullis::checks {
 
 // One check's state: libspf2 hands it to the layer's functions as their hook.
 struct spf_evaluation {
-  spf_evaluation(dns::resolver& r, const spf_limits& l, asio::ip::address c)
-      : resolver(r), limits(l), client(std::move(c)), deadline(std::chrono::steady_clock::now() + l.budget) {}
+  spf_evaluation(const spf_checker::dns_lookup& d, const spf_limits& l, asio::ip::address c)
+      : lookup(d), limits(l), client(std::move(c)), deadline(std::chrono::steady_clock::now() + l.budget) {}
 
-  dns::resolver& resolver;
+  const spf_checker::dns_lookup& lookup;
   const spf_limits& limits;
   const asio::ip::address client;  // IPv4-mapped IPv6 already made IPv4
   const std::chrono::steady_clock::time_point deadline;

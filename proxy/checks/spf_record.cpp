@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 
 #include "smtp/text.hpp"
@@ -405,9 +406,9 @@ std::string macro_for_libspf2(std::string_view body) {
   const auto digits = body.substr(1, i - 1);
   const auto significant = digits.substr(std::min(digits.find_first_not_of('0'), digits.size()));
   const auto most = std::to_string(libspf2_max_macro_parts);
-  const bool too_many = significant.size() > most.size() ||
-                        (significant.size() == most.size() && significant > std::string_view(most));
-  out += too_many ? std::string_view(most) : digits;
+  const bool all_labels = significant.size() > most.size() ||
+                          (significant.size() == most.size() && significant >= std::string_view(most));
+  if (!all_labels) out += digits;
   if (i < body.size() && body[i] == 'R') {
     out += 'r';
     ++i;
@@ -416,7 +417,9 @@ std::string macro_for_libspf2(std::string_view body) {
   return out;
 }
 
-std::string macros_for_libspf2(std::string_view s) {
+// `s` with the body of each of its macros ("%{...}") rewritten by `body`.
+template <typename Rewrite>
+std::string with_macros(std::string_view s, Rewrite&& body) {
   std::string out;
   std::size_t i = 0;
   while (i < s.size()) {
@@ -424,7 +427,7 @@ std::string macros_for_libspf2(std::string_view s) {
       const auto close = s.find('}', i + 2);
       if (close == std::string_view::npos) break;
       out += "%{";
-      out += macro_for_libspf2(s.substr(i + 2, close - i - 2));
+      out += body(s.substr(i + 2, close - i - 2));
       out += '}';
       i = close + 1;
     } else {
@@ -438,6 +441,8 @@ std::string macros_for_libspf2(std::string_view s) {
   out += s.substr(std::min(i, s.size()));
   return out;
 }
+
+std::string macros_for_libspf2(std::string_view s) { return with_macros(s, macro_for_libspf2); }
 
 // One term as libspf2 should see it; empty to drop it.
 std::string term_for_libspf2(std::string_view term) {
@@ -473,6 +478,26 @@ std::optional<std::string> spf_record_error(std::string_view record) {
     return !error;
   });
   return error;
+}
+
+std::string spf_macros_for_values(std::string_view text, const spf_macro_value& value_of) {
+  return with_macros(text, [&](std::string_view body) -> std::string {
+    if (body.empty()) return {};
+    std::size_t i = 1;
+    while (i < body.size() && is_digit(body[i])) ++i;
+    const auto digits = body.substr(1, i - 1);
+    const auto value = value_of(static_cast<char>(std::tolower(static_cast<unsigned char>(body[0]))));
+    if (digits.empty() || !value) return std::string(body);
+    // §7.3: the value split at the delimiters (after an "r", "." by default).
+    const std::size_t after_r = i < body.size() && (body[i] == 'r' || body[i] == 'R') ? i + 1 : i;
+    const auto delimiters = after_r < body.size() ? body.substr(after_r) : std::string_view(".");
+    const auto parts = 1 + static_cast<std::size_t>(std::count_if(value->begin(), value->end(), [&](char c) {
+                         return delimiters.find(c) != std::string_view::npos;
+                       }));
+    const auto significant = digits.substr(std::min(digits.find_first_not_of('0'), digits.size()));
+    const bool all = significant.size() > 3 || (!significant.empty() && std::stoul(std::string(significant)) >= parts);
+    return all ? std::string(body.substr(0, 1)) + std::string(body.substr(i)) : std::string(body);
+  });
 }
 
 std::string spf_record_for_client(std::string_view record, bool ipv6) {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,7 +33,8 @@ std::optional<std::string> spf_record_error(std::string_view record);
 //   - unknown modifiers are dropped: RFC 7208 §6 has them ignored, and
 //     libspf2 refuses some valid ones ("moo.cow=", macros it rejects);
 //   - in macros (§7.1), an upper-case "R" transformer becomes "r" and a
-//     DIGIT transformer above libspf2_max_macro_parts becomes that maximum.
+//     DIGIT transformer of libspf2_max_macro_parts or more goes (all the
+//     labels, §7.3).
 // What has no equivalent is left as it is: a /0 (or //0) on a or mx (no
 // libspf2 term matches "any address of that family": spf_record_for_client
 // marks those for the checker's DNS layer), the "," and "/" macro
@@ -62,12 +64,26 @@ std::string spf_record_for_client(std::string_view libspf2_record, bool ipv6);
 // compiled it (redirect= among the mechanisms): fewer means it dropped some.
 std::pair<std::size_t, std::size_t> spf_term_counts(std::string_view record);
 
+// What a macro letter (lower case) stands for in one check (RFC 7208 §7.3),
+// where it is known before libspf2 expands it; nullopt where not ("p").
+using spf_macro_value = std::function<std::optional<std::string>(char letter)>;
+
+// `text` (a record as spf_record_for_libspf2 made it, or an explanation)
+// with the DIGIT transformer of each macro dropped where it keeps as many
+// labels as the macro's value has, or more: all of them either way (§7.3),
+// and libspf2 would cut the value's first character instead (see
+// libspf2_max_macro_parts). A DIGIT of 0 is left for libspf2 to refuse.
+std::string spf_macros_for_values(std::string_view text, const spf_macro_value& value_of);
+
 // The longest part of a bad term quoted in an error message.
 inline constexpr std::size_t spf_error_term_chars = 64;
 
-// libspf2 refuses a macro's DIGIT transformer above 128. RFC 7208 §7.3 asks
-// for at least 127 and sets no maximum; a domain name has at most 127
-// labels (253 octets), so keeping 128 parts keeps every label of one.
+// libspf2 refuses a macro's DIGIT transformer above 128, and given one of
+// as many labels as the value has or more it drops the value's first
+// character (spf_expand.c, "truncate, from the right hand side": %{d2} of
+// "example.test" is "xample.test"). RFC 7208 §7.3 asks for at least 127 and
+// sets no maximum; a domain name has at most 127 labels (253 octets), and a
+// longer name is cut to that (§4.8), so from 128 on a DIGIT means "all".
 inline constexpr int libspf2_max_macro_parts = 128;
 
 }  // namespace portcullis::checks

@@ -23,7 +23,7 @@ fi
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 targets=(fuzz_command fuzz_address fuzz_dot_decoder fuzz_proxy_header fuzz_sasl fuzz_reply fuzz_spf_record
          fuzz_authentication_results fuzz_message_header fuzz_dkim_canon fuzz_dkim_fields fuzz_dkim_verifier
-         fuzz_arc_verifier)
+         fuzz_arc_verifier fuzz_spf_evaluation)
 per_input_timeout=10  # seconds; longer is a hang, reported as a failure
 
 for target in "${targets[@]}"; do

@@ -405,15 +405,17 @@ TEST(SpfRecordForLibspf2, Table) {
       {"v=spf1 -all ra=postmaster  rp=100", "v=spf1 -all"},
       {"v=spf1 default=+", "v=spf1"},
       {"v=spf1 a=b a", "v=spf1 a"},
-      // Macro transformers libspf2 refuses: "R", a DIGIT above 128.
+      // Macro transformers libspf2 refuses ("R", a DIGIT above 128) or
+      // reads wrong (a DIGIT of as many labels as the value has or more):
+      // from 128 on, a DIGIT means every label of a name.
       {"v=spf1 exists:%{dR}.example.com", "v=spf1 exists:%{dr}.example.com"},
       {"v=spf1 exists:%{d2R-}.x.example.com", "v=spf1 exists:%{d2r-}.x.example.com"},
-      {"v=spf1 a:%{d999}.com", "v=spf1 a:%{d128}.com"},
-      {"v=spf1 a:%{d129r}.com", "v=spf1 a:%{d128r}.com"},
-      {"v=spf1 a:%{d128}.com a:%{d0128}.com", "v=spf1 a:%{d128}.com a:%{d0128}.com"},
-      {"v=spf1 a:%{d000999999999999999999}.com", "v=spf1 a:%{d128}.com"},
+      {"v=spf1 a:%{d999}.com", "v=spf1 a:%{d}.com"},
+      {"v=spf1 a:%{d129r}.com", "v=spf1 a:%{dr}.com"},
+      {"v=spf1 a:%{d127}.com a:%{d128}.com a:%{d0128}.com", "v=spf1 a:%{d127}.com a:%{d}.com a:%{d}.com"},
+      {"v=spf1 a:%{d000999999999999999999}.com", "v=spf1 a:%{d}.com"},
       {"v=spf1 redirect=%{D2R}.example.com", "v=spf1 redirect=%{D2r}.example.com"},
-      {"v=spf1 -all exp=%{O200R}.example.com", "v=spf1 -all exp=%{O128r}.example.com"},
+      {"v=spf1 -all exp=%{O200R}.example.com", "v=spf1 -all exp=%{Or}.example.com"},
       {"v=spf1 a:%%{dR}.example.com", "v=spf1 a:%%{dR}.example.com"},  // "%%" then a literal "{dR}"
       // No equivalent for libspf2: left for it to refuse.
       {"v=spf1 a/0 mx//0 -all", "v=spf1 a/0 mx//0 -all"},
@@ -466,6 +468,38 @@ TEST(SpfTermCounts, CountsAsLibspf2Does) {
   EXPECT_EQ(spf_term_counts("v=spf1 ip4:192.0.2.0/24  redirect=r.example.com exp=e.example.com"),
             std::make_pair(std::size_t{2}, std::size_t{1}));
   EXPECT_EQ(spf_term_counts("v=spf1 exists:%{i}.x.example.com/24 ~all"), std::make_pair(std::size_t{2}, std::size_t{0}));
+}
+
+// libspf2 cuts a value's first character when a DIGIT keeps as many labels as
+// it has or more; §7.3 keeps them all, so the DIGIT goes where the value is known.
+TEST(SpfMacrosForValues, Table) {
+  const auto values = [](char letter) -> std::optional<std::string> {
+    switch (letter) {
+      case 'd': return "example.test";
+      case 'l': return "post-master";
+      case 'i': return "192.0.2.7";
+      default: return std::nullopt;
+    }
+  };
+  const std::vector<std::pair<std::string, std::string>> table = {
+      {"exists:%{d2}.x", "exists:%{d}.x"},          // as many labels
+      {"exists:%{d3}.x", "exists:%{d}.x"},          // more
+      {"exists:%{d1}.x", "exists:%{d1}.x"},         // fewer: libspf2 does it right
+      {"exists:%{D2r}.x", "exists:%{Dr}.x"},        // URL-encoded, reversed
+      {"exists:%{d2r-}.x", "exists:%{dr-}.x"},      // no "-" in the value: one label
+      {"exists:%{l2-}.x", "exists:%{l-}.x"},        // two at "-"
+      {"exists:%{l1-}.x", "exists:%{l1-}.x"},
+      {"exists:%{l1}.x", "exists:%{l}.x"},          // one at "."
+      {"exists:%{i4}.x", "exists:%{i}.x"},
+      {"exists:%{i3r}.x", "exists:%{i3r}.x"},
+      {"exists:%{p1}.x", "exists:%{p1}.x"},         // unknown until libspf2 looks it up
+      {"exists:%{d0002}.x", "exists:%{d}.x"},
+      {"exists:%{d0}.x", "exists:%{d0}.x"},         // invalid: libspf2 refuses it
+      {"exists:%{d9999}.x", "exists:%{d}.x"},
+      {"exists:%%{d2}.x", "exists:%%{d2}.x"},       // an escaped "%": no macro
+      {"a:%{d2}%{d1}", "a:%{d}%{d1}"},
+  };
+  for (const auto& [in, want] : table) EXPECT_EQ(spf_macros_for_values(in, values), want) << in;
 }
 
 }  // namespace
