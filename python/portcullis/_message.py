@@ -30,6 +30,8 @@ ENCODED_WORD_LIMIT = 75
 #: RFC 2047 §5 (3): in a phrase, Q-encoded text may hold only these as they are
 #: (the strictest of the three contexts, so one encoding fits every header).
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+#: RFC 5322 §3.6.8: a field name is ftext, printable US-ASCII but ":" (no space, no obs WSP before ":").
+_FIELD_NAME = re.compile(rb"[!-9;-~]+")
 #: Text that a reader would take for an encoded-word: encoded too when in a non-ASCII value.
 _LOOKS_ENCODED = re.compile(r"=\?.*\?=")
 
@@ -208,15 +210,29 @@ def _check_line_endings(raw: bytes) -> None:
         raise ValueError("message holds a bare CR or LF; lines must end with CRLF")
 
 
+def _message_bytes(raw: Any) -> bytes:
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a message is bytes, not {type(raw).__name__}")
+    return bytes(raw)
+
+
+def _starts_with_field(raw: bytes) -> bool:
+    """Whether fields put on top of ``raw`` continue its header section as they are (it has
+    none, or starts with a field): otherwise an empty line must come between."""
+    if not raw:
+        return True
+    end = raw.find(CRLF)
+    if end < 0 or not raw.endswith(CRLF):
+        return False  # (never the daemon's: its messages end with CRLF)
+    return end == 0 or (raw[0] not in _WSP and _header_name_end(raw[:end]) >= 0)
+
+
 def _header_name_end(line: bytes) -> int:
     """The index of the colon ending a well-formed field name in ``line``, or -1."""
     colon = line.find(b":")
     if colon <= 0:
         return -1
-    # RFC 5322 §3.6.8: ftext is printable US-ASCII except ":" (no space, no obs WSP before ":").
-    if any(c < 33 or c > 126 for c in line[:colon]):
-        return -1
-    return colon
+    return colon if _FIELD_NAME.fullmatch(line, 0, colon) else -1
 
 
 def _parse(raw: bytes) -> tuple[list[_Field], bool, int]:
@@ -252,7 +268,8 @@ def _parse(raw: bytes) -> tuple[list[_Field], bool, int]:
     return fields, blank_line, pos + 2 if blank_line else pos
 
 
-_LAZY_SLOTS = frozenset({"_original", "_fields", "_blank_line", "_body_start", "_body", "_body_set"})
+#: A lazy message's slots filled when its header section is parsed.
+_PARSED_SLOTS = frozenset({"_fields", "_blank_line", "_body_start", "_body", "_body_set"})
 
 
 class Message:
@@ -279,45 +296,58 @@ class Message:
     value as set); inside, as UTF-8 (RFC 6532).
     """
 
-    __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_body_set", "_changed", "_smtputf8", "_loader")
+    __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_body_set", "_changed", "_smtputf8",
+                 "_loader", "_prepended")
 
     def __init__(self, raw: bytes, *, smtputf8: bool = False) -> None:
         """Parses ``raw``: the message as received (CRLF line ends, no NUL), ``ValueError`` otherwise."""
         self._loader = None
+        self._prepended: list[_Field] = []
         self._changed = False
         self._smtputf8 = bool(smtputf8)
-        self._load(raw, checked=False)
+        self._original = _message_bytes(raw)
+        _check_line_endings(self._original)
+        self._parse_original()
 
     @classmethod
     def _lazy(cls, loader: Callable[[], bytes], *, smtputf8: bool = False) -> Message:
         """A message read from ``loader()`` the first time a hook looks at it (the engine's: the
-        daemon's bytes are not copied for a hook that never reads them)."""
+        daemon's bytes are not copied for a hook that never reads them), and parsed the first
+        time a hook needs its fields (fields added on top need no parsing: the commonest edit)."""
         message = cls.__new__(cls)
         message._loader = loader
+        message._prepended = []
         message._changed = False
         message._smtputf8 = bool(smtputf8)
         return message
 
-    def _load(self, raw: bytes, checked: bool) -> None:
-        # ``checked``: the daemon's own bytes (it refuses a bare CR or LF and a NUL at DATA).
-        if not isinstance(raw, (bytes, bytearray, memoryview)):
-            raise TypeError(f"a message is bytes, not {type(raw).__name__}")
-        raw = bytes(raw)
-        if not checked:
-            _check_line_endings(raw)
-        self._original = raw
-        self._fields, self._blank_line, self._body_start = _parse(raw)
+    def _parse_original(self) -> None:
+        self._fields, self._blank_line, self._body_start = _parse(self._original)
         self._body: bytes | None = None  # sliced from _original when first read
         self._body_set = False
+        # Fields added before the parse go on top, the last added first.
+        self._fields[:0] = self._prepended[::-1]
+        self._prepended = []
+
+    def _parsed(self) -> bool:
+        try:
+            object.__getattribute__(self, "_fields")
+        except AttributeError:
+            return False
+        return True
 
     def __getattr__(self, name: str) -> Any:
-        # Only for a lazy message's slots not yet filled: load, then read as usual.
-        if name in _LAZY_SLOTS:
+        # Only for a lazy message's slots not yet filled: read or parse, then read as usual.
+        if name == "_original":
             loader = object.__getattribute__(self, "_loader")
             if loader is not None:
                 self._loader = None
-                self._load(loader(), checked=True)
-                return object.__getattribute__(self, name)
+                # The daemon's own bytes: it refused a bare CR or LF and a NUL at DATA.
+                self._original = _message_bytes(loader())
+                return self._original
+        elif name in _PARSED_SLOTS:
+            self._parse_original()
+            return object.__getattribute__(self, name)
         raise AttributeError(name)
 
     @property
@@ -380,6 +410,8 @@ class Message:
         """The whole message as bytes (CRLF line ends), with every change applied."""
         if not self._changed:
             return self._original
+        if not self._parsed() and _starts_with_field(self._original):  # fields added on top, and nothing else
+            return b"".join(f.raw for f in reversed(self._prepended)) + self._original
         parts = []
         for f in self._fields:
             parts.append(f.raw if f.raw.endswith(CRLF) else f.raw + CRLF)
@@ -397,6 +429,8 @@ class Message:
         body as received was checked already: with only header fields changed, only the
         header section is checked again (a 1 MiB body is not scanned for one added field)."""
         raw = self.raw
+        if not self._parsed():
+            return raw  # the daemon's message under fields checked as they were made
         if not self._body_set and self._blank_line:
             _core.check_message(raw[: len(raw) - (len(self._original) - self._body_start)])
         else:
@@ -418,7 +452,11 @@ class Message:
     def add_header(self, name: str, value: str) -> None:
         """Adds ``name: value`` at the top of the header section (above every other field,
         so the last one added is first, as trace fields are)."""
-        self._fields.insert(0, _Field.generated(name, value, self._smtputf8))
+        field = _Field.generated(name, value, self._smtputf8)
+        if self._parsed():
+            self._fields.insert(0, field)
+        else:
+            self._prepended.append(field)
         self._changed = True
 
     def remove_header(self, name: str) -> int:
@@ -447,6 +485,8 @@ class Message:
     @property
     def changed(self) -> bool:
         """Whether a hook changed the message (a header or the body)."""
+        if self._changed and not self._parsed():
+            return bool(self._prepended)
         return self._changed and self.raw != self._original
 
     def __repr__(self) -> str:

@@ -247,3 +247,38 @@ def test_a_header_edit_checks_the_header_section_and_keeps_the_body():
     # A new body is checked with the rest.
     m.body = b"new body\n"
     assert m._checked_raw() == b"X-Checked: yes\r\nSubject: hi\r\n\r\nnew body\r\n"
+
+
+@pytest.mark.parametrize("raw", [
+    b"Subject: hi\r\nTo: a@b.test\r\n\r\nbody\r\n",
+    b"\r\nbody only\r\n",
+    b"",
+    b"not a field\r\nbody\r\n",
+    b" continued\r\nbody\r\n",
+    b"Subject: no body\r\n",
+    b"Subject: no final line end",
+])
+def test_fields_added_to_an_unread_message_are_what_a_parsed_one_gets(raw):
+    # The engine's message is parsed only when a hook needs its fields: fields
+    # added on top before that give the very bytes they would after a parse.
+    lazy = pc.Message._lazy(lambda: raw)
+    parsed = pc.Message._lazy(lambda: raw)
+    parsed.headers  # parsed now
+    for m in (lazy, parsed):
+        m.add_header("X-First", "1")
+        m.add_header("X-Second", "2")
+    assert lazy.changed and parsed.changed
+    assert lazy._checked_raw() == parsed._checked_raw()
+    # Reading afterwards parses, with the added fields on top, the last added first.
+    late = pc.Message._lazy(lambda: raw)
+    late.add_header("X-First", "1")
+    late.add_header("X-Second", "2")
+    assert [n for n, _ in late.headers][:2] == ["X-Second", "X-First"]
+    assert late.raw == parsed.raw
+
+
+def test_an_unread_message_with_fields_added_is_not_parsed():
+    m = pc.Message._lazy(lambda: b"Subject: hi\r\n\r\nbody\r\n")
+    m.add_header("X-Checked", "yes")
+    assert m._checked_raw() == b"X-Checked: yes\r\nSubject: hi\r\n\r\nbody\r\n"
+    assert not m._parsed()
