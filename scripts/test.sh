@@ -36,11 +36,11 @@ scripts/build.sh fuzz
 tests/fuzz/run.sh build-fuzz "${FUZZ_SECONDS:-10}"
 
 step "end-to-end (release daemon)"
-PORTCULLIS_BIN="$PWD/build/portcullis" /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
+PORTCULLIS_BIN="$PWD/build/portcullis" /usr/bin/python3 -m pytest -q -p no:cacheprovider --durations=10 tests/e2e
 
 step "end-to-end (ASan/UBSan daemon)"
 # PYTHONMALLOC=malloc: LeakSanitizer cannot see into pymalloc's arenas, so
 # the embedded interpreter (never finalised, by design) would read as leaks.
 PORTCULLIS_BIN="$PWD/build-asan/portcullis" PORTCULLIS_SANITIZED=1 PYTHONMALLOC=malloc \
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
+  /usr/bin/python3 -m pytest -q -p no:cacheprovider --durations=10 tests/e2e

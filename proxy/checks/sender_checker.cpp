@@ -26,53 +26,44 @@ awaitable<spf_result> sender_checker::spf(const asio::ip::address& client, const
   co_return result;
 }
 
-awaitable<dkim_results> sender_checker::dkim(const message_ptr& message) {
-  if (!dkim_) co_return dkim_results{};
-  const auto work = [this, message] {
-    try {
-      return dkim_->verify_now(*message);
-    } catch (const std::exception& e) {
-      // OpenSSL failed (memory) or the message could not be read: nothing verified.
-      dkim_signature s;
-      s.result = dkim_signature::kind::temperror;
-      s.problem = e.what();
-      return dkim_results{s};
+awaitable<message_results> sender_checker::message(const message_ptr& message, const std::optional<spf_result>& spf) {
+  const auto work = [this, message, spf] {
+    message_results found;
+    // Each check answers for itself: OpenSSL failing (memory) or a spilled
+    // message that cannot be read is that check's temperror (ARC: fail).
+    if (dkim_) {
+      try {
+        found.dkim = dkim_->verify_now(*message);
+      } catch (const std::exception& e) {
+        dkim_signature s;
+        s.result = dkim_signature::kind::temperror;
+        s.problem = e.what();
+        found.dkim = dkim_results{s};
+      }
     }
-  };
-  auto result = co_await off_thread<dkim_results>(pool_, work);
-  co_return result;
-}
-
-awaitable<dmarc_result> sender_checker::dmarc(const message_ptr& message, const std::optional<spf_result>& spf,
-                                              const std::optional<dkim_results>& dkim) {
-  if (!dmarc_) co_return dmarc_result{};
-  const auto work = [this, message, spf, dkim] {
-    try {
-      return dmarc_->evaluate_now(*message, spf, dkim);
-    } catch (const std::exception& e) {
-      dmarc_result r;
-      r.result = dmarc_result::kind::temperror;
-      r.problem = e.what();
-      return r;
+    if (dmarc_) {
+      try {
+        found.dmarc = dmarc_->evaluate_now(*message, spf, found.dkim);
+      } catch (const std::exception& e) {
+        dmarc_result r;
+        r.result = dmarc_result::kind::temperror;
+        r.problem = e.what();
+        found.dmarc = std::move(r);
+      }
     }
-  };
-  auto result = co_await off_thread<dmarc_result>(pool_, work);
-  co_return result;
-}
-
-awaitable<arc_result> sender_checker::arc(const message_ptr& message) {
-  if (!arc_) co_return arc_result{};
-  const auto work = [this, message] {
-    try {
-      return arc_->verify_now(*message);
-    } catch (const std::exception& e) {  // the message could not be read: nothing validated
-      arc_result r;
-      r.result = arc_result::kind::fail;
-      r.problem = e.what();
-      return r;
+    if (arc_) {
+      try {
+        found.arc = arc_->verify_now(*message);
+      } catch (const std::exception& e) {
+        arc_result r;
+        r.result = arc_result::kind::fail;
+        r.problem = e.what();
+        found.arc = std::move(r);
+      }
     }
+    return found;
   };
-  auto result = co_await off_thread<arc_result>(pool_, work);
+  auto result = co_await off_thread<message_results>(pool_, work);
   co_return result;
 }
 

@@ -39,10 +39,7 @@ class sender_checker final : public sender_checks {
 
   awaitable<spf_result> spf(const asio::ip::address& client, const std::string& helo,
                             const smtp::address& sender) override;
-  awaitable<dkim_results> dkim(const message_ptr& message) override;
-  awaitable<dmarc_result> dmarc(const message_ptr& message, const std::optional<spf_result>& spf,
-                                const std::optional<dkim_results>& dkim) override;
-  awaitable<arc_result> arc(const message_ptr& message) override;
+  awaitable<message_results> message(const message_ptr& message, const std::optional<spf_result>& spf) override;
 
   const std::shared_ptr<dns::resolver>& resolver() const { return resolver_; }
   const sender_checker_settings& settings() const { return settings_; }

@@ -17,6 +17,13 @@ namespace portcullis::checks {
 
 using message_ptr = std::shared_ptr<const message_store>;
 
+// What the checks of a received message found.
+struct message_results {
+  std::optional<dkim_results> dkim;
+  std::optional<dmarc_result> dmarc;
+  std::optional<arc_result> arc;
+};
+
 class sender_checks {
  public:
   virtual ~sender_checks() = default;
@@ -24,13 +31,12 @@ class sender_checks {
   // RFC 7208 check_host() for the MAIL FROM identity (the HELO one for <>), from `client`.
   virtual awaitable<spf_result> spf(const asio::ip::address& client, const std::string& helo,
                                     const smtp::address& sender) = 0;
-  // RFC 6376 verification of every DKIM-Signature of the message as received.
-  virtual awaitable<dkim_results> dkim(const message_ptr& message) = 0;
-  // RFC 7489 evaluation of the message's From domain, from the SPF and DKIM results it got.
-  virtual awaitable<dmarc_result> dmarc(const message_ptr& message, const std::optional<spf_result>& spf,
-                                        const std::optional<dkim_results>& dkim) = 0;
-  // RFC 8617 validation of the message's ARC chain, as received.
-  virtual awaitable<arc_result> arc(const message_ptr& message) = 0;
+  // The checks of the message as received that the checker was made for,
+  // in one hop to its threads (a thread switch costs more than some checks):
+  // RFC 6376 verification of every DKIM-Signature, then RFC 7489 evaluation
+  // of the From domain from those results and `spf`, and RFC 8617 validation
+  // of the ARC chain. A check not asked for is left unset.
+  virtual awaitable<message_results> message(const message_ptr& message, const std::optional<spf_result>& spf) = 0;
 };
 
 // A message's DKIM signature, or why it has none.

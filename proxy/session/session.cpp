@@ -704,31 +704,18 @@ awaitable<std::optional<reply>> session::receive_message() {
 
 awaitable<reply> session::deliver(std::size_t& size) {
   const message_ptr received = message_;
-  if (gen_->checks && cfg_.checks.dkim) {
-    // RFC 6376 over the message exactly as received, before any policy sees or edits it.
-    auto dkim = co_await gen_->checks->dkim(received);
-    log_dkim(dkim);
-    tx_.dkim = std::move(dkim);
-  }
-  if (gen_->checks && cfg_.checks.dmarc) {
-    // The From domain's policy, judged on the SPF and DKIM results just made (RFC 7489).
+  if (gen_->checks && (cfg_.checks.dkim || cfg_.checks.dmarc || cfg_.checks.arc)) {
+    // Over the message exactly as received, before any policy sees or edits
+    // it: DKIM (RFC 6376), DMARC judged on those results and SPF's (RFC
+    // 7489), and the chain of intermediaries' seals (RFC 8617 §5.2).
     const auto& spf = tx_.spf;
-    const auto& dkim = tx_.dkim;
-    auto dmarc = co_await gen_->checks->dmarc(received, spf, dkim);
-    log_dmarc(dmarc);
-    tx_.dmarc = std::move(dmarc);
-  }
-  if (gen_->checks && cfg_.checks.arc) {
-    // The chain of intermediaries' seals the message arrives with (RFC 8617 §5.2).
-    auto arc = co_await gen_->checks->arc(received);
-    if (arc.problem.empty()) {
-      std::string by;
-      for (const auto& d : arc.sealers) by += (by.empty() ? " by " : ", ") + d;
-      log_.info("arc={} (i={}{})", checks::to_string(arc.result), arc.instances, printable(by));
-    } else {
-      log_.info("arc={} ({})", checks::to_string(arc.result), printable(arc.problem));
-    }
-    tx_.arc = std::move(arc);
+    auto found = co_await gen_->checks->message(received, spf);
+    if (found.dkim) log_dkim(*found.dkim);
+    if (found.dmarc) log_dmarc(*found.dmarc);
+    if (found.arc) log_arc(*found.arc);
+    tx_.dkim = std::move(found.dkim);
+    tx_.dmarc = std::move(found.dmarc);
+    tx_.arc = std::move(found.arc);
   }
   auto v = co_await policy_.on_data(conn_, tx_, received);
   apply_rewrites(v);
@@ -882,6 +869,16 @@ void session::log_spf(const checks::spf_result& spf) const {
   } else {
     log_.info("spf={} {}={} client={} ({})", result, identity, printable(spf.domain), conn_.client_literal,
               printable(spf.problem));
+  }
+}
+
+void session::log_arc(const checks::arc_result& arc) const {
+  if (arc.problem.empty()) {
+    std::string by;
+    for (const auto& d : arc.sealers) by += (by.empty() ? " by " : ", ") + d;
+    log_.info("arc={} (i={}{})", checks::to_string(arc.result), arc.instances, printable(by));
+  } else {
+    log_.info("arc={} ({})", checks::to_string(arc.result), printable(arc.problem));
   }
 }
 

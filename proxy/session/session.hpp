@@ -93,6 +93,7 @@ class session : public std::enable_shared_from_this<session> {
   void log_spf(const checks::spf_result& spf) const;
   void log_dmarc(const checks::dmarc_result& dmarc) const;
   void log_dkim(const checks::dkim_results& dkim) const;
+  void log_arc(const checks::arc_result& arc) const;
   void log_transaction(const reply& outcome, std::size_t size);
 
   std::shared_ptr<const generation> gen_;  // one snapshot for the whole session
