@@ -32,6 +32,8 @@ ENCODED_WORD_LIMIT = 75
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 #: RFC 5322 §3.6.8: a field name is ftext, printable US-ASCII but ":" (no space, no obs WSP before ":").
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")
+#: A header section of fields only (with their continuation lines), then an empty line or the end.
+_WHOLE_HEAD = re.compile(rb"(?:[!-9;-~]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*(?:\r\n|\Z)")
 #: Text that a reader would take for an encoded-word: encoded too when in a non-ASCII value.
 _LOOKS_ENCODED = re.compile(r"=\?.*\?=")
 
@@ -216,15 +218,10 @@ def _message_bytes(raw: Any) -> bytes:
     return bytes(raw)
 
 
-def _starts_with_field(raw: bytes) -> bool:
-    """Whether fields put on top of ``raw`` continue its header section as they are (it has
-    none, or starts with a field): otherwise an empty line must come between."""
-    if not raw:
-        return True
-    end = raw.find(CRLF)
-    if end < 0 or not raw.endswith(CRLF):
-        return False  # (never the daemon's: its messages end with CRLF)
-    return end == 0 or (raw[0] not in _WSP and _header_name_end(raw[:end]) >= 0)
+def _head_is_whole(raw: bytes) -> bool:
+    """Whether ``raw``'s header section is all fields (each line a field or its continuation), up
+    to an empty line or the end: fields put on top of it then give what a parse would."""
+    return _WHOLE_HEAD.match(raw) is not None
 
 
 def _header_name_end(line: bytes) -> int:
@@ -410,7 +407,7 @@ class Message:
         """The whole message as bytes (CRLF line ends), with every change applied."""
         if not self._changed:
             return self._original
-        if not self._parsed() and _starts_with_field(self._original):  # fields added on top, and nothing else
+        if not self._parsed() and _head_is_whole(self._original):  # fields added on top, and nothing else
             return b"".join(f.raw for f in reversed(self._prepended)) + self._original
         parts = []
         for f in self._fields:

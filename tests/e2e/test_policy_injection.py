@@ -262,11 +262,13 @@ def test_a_policy_that_catches_the_value_error_delivers_the_clean_message(policy
         ("""
             _portcullis_core.check_message = lambda raw: None
             message.add_header("X-Ok", "1")
+            message.headers  # parsed now: the body is read from its slot
             message._body = b"line\\rMAIL FROM:<evil@example.test>\\r\\n"
          """, "bare"),
         ("""
             _portcullis_core.check_message = lambda raw: None
             message.add_header("X-Ok", "1")
+            message.headers  # parsed now: the body is read from its slot
             message._body = b"NUL \\x00 here\\r\\n"
          """, "NUL"),
     ],

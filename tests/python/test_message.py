@@ -257,6 +257,9 @@ def test_a_header_edit_checks_the_header_section_and_keeps_the_body():
     b" continued\r\nbody\r\n",
     b"Subject: no body\r\n",
     b"Subject: no final line end",
+    b"Subject: x\r\nnot a header line\r\nX-Later: y\r\n\r\nbody\r\n",
+    b"Subject: x\r\n continued\r\nTo: y\r\n\r\n",
+    b"Subject: x\r\nTo: y\r\n",
 ])
 def test_fields_added_to_an_unread_message_are_what_a_parsed_one_gets(raw):
     # The engine's message is parsed only when a hook needs its fields: fields
