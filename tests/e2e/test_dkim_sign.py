@@ -128,6 +128,19 @@ def test_rsa_signatures_verify_elsewhere(signing_daemon, aiosmtpd_upstream, dns_
     assert not verifies(content.replace(b"Hello Bob", b"Hello Eve"), dns_server.port)
 
 
+@pytest.mark.parametrize("server", [{"message_memory_threshold": 1048576}, {"message_memory_threshold": 0}],
+                         ids=["in memory", "spilled"])
+def test_large_and_spilled_messages_are_signed_too(signing_daemon, aiosmtpd_upstream, dns_server, server):
+    # A message of 350 KB, in memory or read from its file (the signer hashes it as it streams).
+    d = signing_daemon(server=server)
+    big = MESSAGE + b"more text, line after line\r\n" * 12_000
+    content = deliver(d, aiosmtpd_upstream, big)
+    assert len(content) > 300_000
+    assert verifies(content, dns_server.port)
+    small = deliver(d, aiosmtpd_upstream)
+    assert verifies(small, dns_server.port)
+
+
 def test_ed25519_signatures_verify_elsewhere(signing_daemon, aiosmtpd_upstream, dns_server):
     d = signing_daemon(key="ed_file", selector="ed")
     content = deliver(d, aiosmtpd_upstream)
