@@ -57,7 +57,7 @@ std::string arc_sealer::seal_now(std::string_view prefix, const message_store& m
                                  const std::optional<arc_result>& checked, std::string& why_not,
                                  std::optional<std::int64_t> now) const {
   body_hasher body(dkim_canonicalization::relaxed, std::nullopt);
-  auto fields = header_fields_hashing_body(message, body, prefix);
+  const auto fields = read_for_signatures(message, prefix, [&body](const auto&) { return std::vector{&body}; });
   const auto chain = find_arc_chain(fields);
   // §5.1.1: cv= is the chain's validation on arrival; a chain that ended in
   // failure, or that has no room, is not continued.
@@ -98,9 +98,7 @@ std::string arc_sealer::seal_now(std::string_view prefix, const message_store& m
   std::string aar = "ARC-Authentication-Results: " + i + std::string(*results);
   // The message signature (§4.1.2): DKIM's, over what our DKIM signature covers.
   const auto h = fields_to_sign(fields);
-  std::string names;
-  for (const auto& n : h) names += (names.empty() ? "" : ":") + n;
-  std::string ams = "ARC-Message-Signature: " + i + "a=rsa-sha256; c=relaxed/relaxed; " + ids + ";\r\n\th=" + names +
+  std::string ams = "ARC-Message-Signature: " + i + "a=rsa-sha256; c=relaxed/relaxed; " + ids + ";\r\n\th=" + h_tag_value(h) +
                     ";\r\n\tbh=" + base64_encode(body.digest()) + ";\r\n\tb=";
   ams += sign(signed_fields(fields, h, dkim_canonicalization::relaxed) +
               unsigned_signature_field(ams, dkim_canonicalization::relaxed));
@@ -108,11 +106,7 @@ std::string arc_sealer::seal_now(std::string_view prefix, const message_store& m
   // The seal (§4.1.3, §5.1.2): over every set, or over ours alone when the chain failed.
   std::string as = "ARC-Seal: " + i + "cv=" + std::string(to_string(checked->result)) + "; a=rsa-sha256; " + ids +
                    ";\r\n\tb=";
-  std::vector<arc_set_fields> sets;
-  if (!failed) {
-    for (const auto& set : chain.sets)
-      sets.push_back({fields[set.results], fields[set.message_signature], fields[set.seal]});
-  }
+  auto sets = failed ? std::vector<arc_set_fields>{} : arc_set_fields_of(fields, chain.sets);
   sets.push_back({aar, ams, as});
   as += sign(arc_seal_data(sets));
   return as + ams + aar;

@@ -84,6 +84,12 @@ arc_chain find_arc_chain(const std::vector<std::string>& fields) {
   return chain;
 }
 
+std::vector<arc_set_fields> arc_set_fields_of(const std::vector<std::string>& fields, const std::vector<arc_set>& sets) {
+  std::vector<arc_set_fields> out;
+  for (const auto& set : sets) out.push_back({fields[set.results], fields[set.message_signature], fields[set.seal]});
+  return out;
+}
+
 std::string arc_seal_data(const std::vector<arc_set_fields>& sets) {
   std::string data;
   for (std::size_t i = 0; i < sets.size(); ++i) {

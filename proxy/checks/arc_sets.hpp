@@ -46,4 +46,7 @@ arc_chain find_arc_chain(const std::vector<std::string>& fields);
 using arc_set_fields = std::array<std::string_view, 3>;  // results, message signature, seal
 std::string arc_seal_data(const std::vector<arc_set_fields>& sets);
 
+// The fields of each of `sets` (found among `fields`), for arc_seal_data.
+std::vector<arc_set_fields> arc_set_fields_of(const std::vector<std::string>& fields, const std::vector<arc_set>& sets);
+
 }  // namespace portcullis::checks

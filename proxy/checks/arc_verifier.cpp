@@ -1,12 +1,10 @@
 #include "checks/arc_verifier.hpp"
 
 #include <ctime>
-#include <stdexcept>
 
 #include "checks/arc_sets.hpp"
 #include "checks/dkim_canon.hpp"
 #include "checks/dkim_crypto.hpp"
-#include "smtp/message_header.hpp"
 
 namespace portcullis::checks {
 
@@ -27,36 +25,14 @@ arc_result arc_verifier::verify_now(const message_store& message, std::optional<
 
   // The header fields; then, once the chain is known, the newest message
   // signature's body hash as the rest streams by.
-  std::vector<std::string> fields;
   arc_chain chain;
   std::optional<body_hasher> body;
-  smtp::header_reader header;
-  const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
-  bool header_read = false;
-  const auto read_chain = [&] {
-    header_read = true;
-    chain = find_arc_chain(fields);
-    if (!chain.sets.empty()) {
-      const auto& ams = chain.sets.back().message_tags;
-      body.emplace(ams.body_canon, ams.length);
-    }
-  };
-  message_store::reader in(message);
-  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
-    const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
-    if (!header.done()) continue;
-    if (!header_read) {
-      read_chain();
-      if (!body) break;  // nothing wants the body
-    }
-    body->feed(chunk.substr(used));
-  }
-  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
-  if (!header_read) {  // a message of header fields only
-    header.finish(on_field);
-    read_chain();
-  }
-  if (body) body->finish();
+  const auto fields = read_for_signatures(message, {}, [&](const std::vector<std::string>& header) {
+    chain = find_arc_chain(header);
+    if (chain.sets.empty()) return std::vector<body_hasher*>{};
+    const auto& ams = chain.sets.back().message_tags;
+    return std::vector{&body.emplace(ams.body_canon, ams.length)};
+  });
 
   if (!chain.any) return r;  // §5.2 step 1: none
   if (!chain.problem.empty()) return fail(chain.problem);
@@ -92,9 +68,7 @@ arc_result arc_verifier::verify_now(const message_store& message, std::optional<
     return fail("ARC-Message-Signature[" + std::to_string(sets.size()) + "] did not validate: " + problem);
 
   // §5.2 step 7: every seal, the newest first; seal i covers sets 1 to i.
-  std::vector<arc_set_fields> covered;
-  for (const auto& set : sets)
-    covered.push_back({fields[set.results], fields[set.message_signature], fields[set.seal]});
+  auto covered = arc_set_fields_of(fields, sets);
   for (std::size_t i = sets.size(); i > 0; --i) {
     covered.resize(i);
     if (problem = verify(sets[i - 1].seal_tags, arc_seal_data(covered)); !problem.empty())

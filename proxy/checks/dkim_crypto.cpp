@@ -70,20 +70,31 @@ void body_hasher::take() {
   canonical_.clear();
 }
 
-std::vector<std::string> header_fields_hashing_body(const message_store& message, body_hasher& body,
-                                                    std::string_view prefix) {
+std::vector<std::string> read_for_signatures(const message_store& message, std::string_view prefix,
+                                             const body_wanted& wanted) {
   std::vector<std::string> fields;
   smtp::header_reader header;
   const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
   if (!prefix.empty()) header.feed(prefix, on_field);
+  std::vector<body_hasher*> hashers;
+  bool asked = false;
   message_store::reader in(message);
   for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
     const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
-    if (header.done()) body.feed(chunk.substr(used));
+    if (!header.done()) continue;
+    if (!asked) {
+      asked = true;
+      hashers = wanted(fields);
+      if (hashers.empty()) break;  // nothing wants the body
+    }
+    for (auto* h : hashers) h->feed(chunk.substr(used));
   }
   if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
-  header.finish(on_field);
-  body.finish();
+  if (!asked) {  // a message of header fields only
+    header.finish(on_field);
+    hashers = wanted(fields);
+  }
+  for (auto* h : hashers) h->finish();
   return fields;
 }
 

@@ -6,6 +6,7 @@
 #include <openssl/evp.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -64,10 +65,13 @@ class body_hasher {
   std::string digest_;
 };
 
-// The header fields of `prefix` (whole fields, to go on top) and of the
-// message, in order, with the message's body fed to `body` (finished), in
-// one read. Throws std::runtime_error when a spilled message cannot be read.
-std::vector<std::string> header_fields_hashing_body(const message_store& message, body_hasher& body,
-                                                    std::string_view prefix = {});
+// A message read once for its signatures: the header fields of `prefix`
+// (whole fields, to go on top) and of the message, in order; once they are
+// all read, `wanted(fields)` names the body hashers its body goes to (none:
+// the body is not read), each finished at the end. Throws
+// std::runtime_error when a spilled message cannot be read.
+using body_wanted = std::function<std::vector<body_hasher*>(const std::vector<std::string>& fields)>;
+std::vector<std::string> read_for_signatures(const message_store& message, std::string_view prefix,
+                                             const body_wanted& wanted);
 
 }  // namespace portcullis::checks

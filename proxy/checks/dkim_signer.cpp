@@ -42,6 +42,12 @@ std::vector<std::string> fields_to_sign(const std::vector<std::string>& fields) 
   return signed_field_names(fields, signed_names, oversigned_names);
 }
 
+std::string h_tag_value(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ":") + n;
+  return out;
+}
+
 std::string folded_signature(EVP_MD_CTX* ctx, const signing_key& key, const std::string& data) {
   const std::string hashed = key.ed25519 ? sha256_of(data) : "";
   const std::string& input = key.ed25519 ? hashed : data;
@@ -149,15 +155,14 @@ std::optional<std::string> dkim_signer::domain_for(std::string_view from_domain)
 std::string dkim_signer::sign_now(const message_store& message, const std::string& domain) const {
   // The header fields, and the body's hash (relaxed, RFC 6376 §3.4.4, §3.7), in one read.
   body_hasher body(dkim_canonicalization::relaxed, std::nullopt);
-  const auto fields = header_fields_hashing_body(message, body);
+  const auto fields = read_for_signatures(message, {}, [&body](const auto&) { return std::vector{&body}; });
 
   // The signature field with an empty b= (§3.5), folded; b= comes last, so
   // that the value added after signing is all a verifier takes out.
   const auto h = fields_to_sign(fields);
-  std::string names;
-  for (const auto& n : h) names += (names.empty() ? "" : ":") + n;
   std::string field = "DKIM-Signature: v=1; a=" + std::string(algorithm()) + "; c=relaxed/relaxed; d=" + domain +
-                      "; s=" + settings_.selector + ";\r\n\tt=" + std::to_string(std::time(nullptr)) + "; h=" + names +
+                      "; s=" + settings_.selector + ";\r\n\tt=" + std::to_string(std::time(nullptr)) +
+                      "; h=" + h_tag_value(h) +
                       ";\r\n\tbh=" + base64_encode(body.digest()) + ";\r\n\tb=";
 
   // What is signed (§3.7): the covered fields, then this one as the verifier will take it.

@@ -46,6 +46,8 @@ std::string folded_signature(EVP_MD_CTX* ctx, const signing_key& key, const std:
 // with these fields has, From once more than present (checks/dkim_canon's
 // signed_field_names): what our DKIM and ARC message signatures cover.
 std::vector<std::string> fields_to_sign(const std::vector<std::string>& fields);
+// Those names as an h= value ("from:to:...").
+std::string h_tag_value(const std::vector<std::string>& names);
 
 class dkim_signer final : public mail_signer {
  public:

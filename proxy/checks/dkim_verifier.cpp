@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <ctime>
-#include <stdexcept>
 
 #include "checks/dkim_canon.hpp"
 #include "checks/dkim_crypto.hpp"
@@ -35,7 +34,6 @@ dkim_verifier::~dkim_verifier() = default;
 
 dkim_results dkim_verifier::verify_now(const message_store& message, std::optional<std::int64_t> now) const {
   using kind = dkim_signature::kind;
-  std::vector<std::string> fields;
   std::vector<signature_state> sigs;
   std::vector<std::unique_ptr<body_hasher>> hashers;
 
@@ -45,7 +43,7 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
     s.decided = true;
   };
   // Once the header is read: the signatures, each parsed, and a body hasher for each way the body is wanted.
-  const auto read_signatures = [&] {
+  const auto read_signatures = [&](const std::vector<std::string>& fields) {
     for (std::size_t i = 0; i < fields.size(); ++i) {
       if (!smtp::equals_nocase(smtp::header_field_name(fields[i]), "DKIM-Signature")) continue;
       signature_state s;
@@ -68,28 +66,11 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
       s.result.selector = s.tags.selector;
       sigs.push_back(std::move(s));
     }
+    std::vector<body_hasher*> wanted;
+    for (auto& h : hashers) wanted.push_back(h.get());
+    return wanted;
   };
-
-  smtp::header_reader header;
-  const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
-  bool header_read = false;
-  message_store::reader in(message);
-  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
-    const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
-    if (!header.done()) continue;
-    if (!header_read) {
-      header_read = true;
-      read_signatures();
-      if (hashers.empty()) break;  // nothing wants the body
-    }
-    for (auto& h : hashers) h->feed(chunk.substr(used));
-  }
-  if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
-  if (!header_read) {  // a message of header fields only
-    header.finish(on_field);
-    read_signatures();
-  }
-  for (auto& h : hashers) h->finish();
+  const auto fields = read_for_signatures(message, {}, read_signatures);
 
   dkim_results out;
   for (auto& s : sigs) {

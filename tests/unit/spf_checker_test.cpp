@@ -215,36 +215,27 @@ TEST(SpfCheckerOnATable, AsksTheLookupItIsGiven) {
   EXPECT_EQ(asked, (std::vector<std::string>{"example.test", "_spf.example.test", "h.example.test"}));
 }
 
-// libspf2 refuses a DIGIT above 128 and drops the value's first character
-// for one of as many labels as the value has: %{d200} was %{d128} for it,
-// and "example.test" became "xample.test" (spf_record.hpp).
-TEST(SpfCheckerOnATable, TakesEveryLabelForALargeMacroDigit) {
-  std::vector<std::string> asked;
-  const spf_checker checker(from_table({{{"example.test", dns::rr_type::txt}, {"v=spf1 exists:%{d200}.list.test -all"}},
-                                        {{"example.test.list.test", dns::rr_type::a}, {"127.0.0.2"}}},
-                                       &asked),
-                            "mx.example.test");
-  const auto r = checker.check_now(asio::ip::make_address("192.0.2.7"), "h.test", smtp::address{"a", "example.test"});
-  EXPECT_EQ(r.result, kind::pass) << r.problem;
-  EXPECT_EQ(asked, (std::vector<std::string>{"example.test", "example.test.list.test"}));
-}
-
 // Found by fuzz_spf_evaluation: libspf2 1.2.10 (spf_expand.c,
 // SPF_record_expand_data, "truncate, from the right hand side") drops the
 // first character of a macro's value when its DIGIT transformer asks for as
 // many labels as the value has or more: %{d2} of "example.test" expands to
 // "xample.test", %{l1} of "postmaster" to "ostmaster"; RFC 7208 §7.3 keeps
 // every label. The DNS layer drops such a DIGIT, knowing the values
-// (spf_macros_for_values); in an explanation too.
+// (spf_macros_for_values); in an explanation too. And libspf2 refuses a
+// DIGIT above 128: %{d200} was %{d128} for it, and hit the same bug.
 TEST(SpfCheckerOnATable, KeepsEveryLabelWhenAMacroAsksForAsManyOrMore) {
   std::vector<std::string> asked;
-  const spf_checker checker(from_table({{{"example.test", dns::rr_type::txt}, {"v=spf1 exists:%{d2}.list.test -all"}},
-                                        {{"example.test.list.test", dns::rr_type::a}, {"127.0.0.2"}}},
-                                       &asked),
-                            "mx.example.test");
-  const auto r = checker.check_now(asio::ip::make_address("192.0.2.7"), "h.test", smtp::address{"a", "example.test"});
-  EXPECT_EQ(r.result, kind::pass) << r.problem;
-  EXPECT_EQ(asked, (std::vector<std::string>{"example.test", "example.test.list.test"}));
+  for (const std::string macro : {"%{d200}", "%{d2}"}) {
+    asked.clear();
+    const spf_checker checker(
+        from_table({{{"example.test", dns::rr_type::txt}, {"v=spf1 exists:" + macro + ".list.test -all"}},
+                    {{"example.test.list.test", dns::rr_type::a}, {"127.0.0.2"}}},
+                   &asked),
+        "mx.example.test");
+    const auto r = checker.check_now(asio::ip::make_address("192.0.2.7"), "h.test", smtp::address{"a", "example.test"});
+    EXPECT_EQ(r.result, kind::pass) << macro << ": " << r.problem;
+    EXPECT_EQ(asked, (std::vector<std::string>{"example.test", "example.test.list.test"})) << macro;
+  }
 
   // Fewer labels than the value has: libspf2 keeps the right ones itself; the local part and the explanation too.
   asked.clear();
