@@ -18,7 +18,8 @@ BUILD_PACKAGES=(
 TEST_PACKAGES=(
   clang libclang-rt-14-dev                # libFuzzer, ASan/UBSan
   openssl                                 # test certificates
-  python3-pytest python3-aiosmtpd swaks libnet-ssleay-perl   # swaks --tls needs Net::SSLeay
+  python3-pytest python3-pytest-xdist     # the end-to-end tests run in parallel (pytest -n)
+  python3-aiosmtpd swaks libnet-ssleay-perl   # swaks --tls needs Net::SSLeay
   postfix                                 # smtp-source/smtp-sink; a real upstream
   python3-dnslib python3-yaml             # the test DNS server (tests/dns) and the RFC 7208 suite's YAML
   python3-spf python3-dnspython python3-dns   # pyspf, the reference SPF the daemon is compared with

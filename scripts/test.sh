@@ -7,7 +7,9 @@
 #   4. libFuzzer on the command parser, address parser and DATA decoder (bounded time)
 #   5. end-to-end tests: the built daemon between real clients and real upstreams
 #      (release and ASan/UBSan builds), Python policies included
-# Environment: FUZZ_SECONDS (per target, default 10), JOBS (default nproc).
+# Environment: FUZZ_SECONDS (per target, default 10), JOBS (default nproc),
+# E2E_WORKERS (parallel end-to-end test processes, pytest-xdist; default 3:
+# the tests spend most of their time waiting on sockets and daemons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
@@ -36,11 +38,12 @@ scripts/build.sh fuzz
 tests/fuzz/run.sh build-fuzz "${FUZZ_SECONDS:-10}"
 
 step "end-to-end (release daemon)"
-PORTCULLIS_BIN="$PWD/build/portcullis" /usr/bin/python3 -m pytest -q -p no:cacheprovider --durations=10 tests/e2e
+e2e_workers=${E2E_WORKERS:-3}
+PORTCULLIS_BIN="$PWD/build/portcullis" /usr/bin/python3 -m pytest -q -p no:cacheprovider -n "$e2e_workers" --durations=10 tests/e2e
 
 step "end-to-end (ASan/UBSan daemon)"
 # PYTHONMALLOC=malloc: LeakSanitizer cannot see into pymalloc's arenas, so
 # the embedded interpreter (never finalised, by design) would read as leaks.
 PORTCULLIS_BIN="$PWD/build-asan/portcullis" PORTCULLIS_SANITIZED=1 PYTHONMALLOC=malloc \
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  /usr/bin/python3 -m pytest -q -p no:cacheprovider --durations=10 tests/e2e
+  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n "$e2e_workers" --durations=10 tests/e2e

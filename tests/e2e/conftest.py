@@ -1,6 +1,7 @@
 """End-to-end fixtures: the built daemon, a real upstream (aiosmtpd) and a
-scriptable fault-injecting one (fake_upstream.py), all on 127.0.0.1 with
-ports picked by the kernel.
+scriptable fault-injecting one (fake_upstream.py), all on 127.0.0.1: on
+ports the kernel picks, or (for what binds later, the daemon) from this test
+process's own block (`free_port`), so tests may run in parallel (pytest -n).
 
     def test_x(start_daemon, aiosmtpd_upstream):
         d = start_daemon(aiosmtpd_upstream.url, server={"max_recipients": 2})
@@ -12,6 +13,7 @@ The daemon's stderr goes to a file (`d.log_text()`, `d.wait_log(regex)`,
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -34,10 +36,31 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HOSTNAME = "mx.test"
 
 
+def _port_block() -> range:
+    """The ports this process hands out: a block of its own per pytest-xdist
+    worker, below the kernel's ephemeral range (32768 and up), so that
+    neither another worker nor a bind(0) or connect() elsewhere takes a port
+    between free_port() and the daemon binding it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ...
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    low = 12000 + (index % 10) * 2000
+    return range(low, low + 2000)
+
+
+_next_ports = itertools.cycle(_port_block())
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 that nothing listens on, for a server that binds it later."""
+    for _ in range(len(_port_block())):
+        port = next(_next_ports)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or in TIME_WAIT): the next one
+            return port
+    raise RuntimeError("no free port left in this test process's block")
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01, what: str = "condition"):

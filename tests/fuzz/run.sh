@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target of a fuzz build for a while, each over a COPY of
 # its seed corpus in a temporary folder: the committed corpus never grows.
-# Builds nothing. Exits non-zero when any target crashes, hangs or breaks an
-# invariant; the crashing inputs are kept in BUILD_DIR/fuzz-artifacts/NAME/.
+# Targets run JOBS at a time (default: one per core). Builds nothing. Exits
+# non-zero when any target crashes, hangs or breaks an invariant; the
+# crashing inputs are kept in BUILD_DIR/fuzz-artifacts/NAME/.
 #
 #   CXX=clang++ cmake -S . -B build-fuzz -DPORTCULLIS_PURE_ONLY=ON -DPORTCULLIS_FUZZ=ON
 #   cmake --build build-fuzz -j2
@@ -36,28 +37,41 @@ done
 work=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-fuzz.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-failed=()
-for target in "${targets[@]}"; do
-  name=${target#fuzz_}
-  corpus=$work/$name
+# One target: its summary in $work/NAME.report, its exit status in $work/NAME.status.
+fuzz_one() {
+  local target=$1 name=${1#fuzz_}
+  local corpus=$work/$name artifacts log=$work/$name.log report=$work/$name.report
   artifacts=$(cd "$build" && pwd)/fuzz-artifacts/$name
   mkdir -p "$corpus" "$artifacts"
   cp -R "$here/corpus/$name/." "$corpus/"
-  log=$work/$name.log
-  dict=$here/$name.dict  # a target's own tokens when it has them, else SMTP's
+  local dict=$here/$name.dict  # a target's own tokens when it has them, else SMTP's
   [[ -f $dict ]] || dict=$here/smtp.dict
 
-  echo "== $target: ${seconds}s over a copy of tests/fuzz/corpus/$name ($(find "$corpus" -type f | wc -l) seeds)"
+  echo "== $target: ${seconds}s over a copy of tests/fuzz/corpus/$name ($(find "$corpus" -type f | wc -l) seeds)" >"$report"
   if "$build/tests/$target" -max_total_time="$seconds" -timeout="$per_input_timeout" \
       -dict="$dict" -artifact_prefix="$artifacts/" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
-    grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true
-    grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
+    { grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true
+      grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true; } >>"$report"
+    echo 0 >"$work/$name.status"
   else
-    failed+=("$target")
-    echo "!! $target failed; the end of its log:" >&2
-    tail -n 40 "$log" >&2
-    echo "!! inputs kept in $artifacts" >&2
+    { echo "!! $target failed; the end of its log:"; tail -n 40 "$log"; echo "!! inputs kept in $artifacts"; } >>"$report"
+    echo 1 >"$work/$name.status"
   fi
+}
+
+# Targets run side by side, one per core (each is single-threaded); reports print in order.
+lanes=${JOBS:-$(nproc)}
+for target in "${targets[@]}"; do
+  while (($(jobs -rp | wc -l) >= lanes)); do wait -n || true; done
+  fuzz_one "$target" &
+done
+wait
+
+failed=()
+for target in "${targets[@]}"; do
+  name=${target#fuzz_}
+  cat "$work/$name.report"
+  [[ $(cat "$work/$name.status" 2>/dev/null) == 0 ]] || failed+=("$target")
 done
 
 if ((${#failed[@]})); then
