@@ -25,6 +25,7 @@ TEST_PACKAGES=(
   python3-spf python3-dnspython python3-dns   # pyspf, the reference SPF the daemon is compared with
   python3-dkim python3-nacl                   # dkimpy: signs the DKIM tests' mail, the reference verifier
   python3-authheaders                         # the reference DMARC evaluation
+  postsrsd                                    # SRS made by libsrs2's code: portcullis.srs must agree with it
 )
 
 BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools

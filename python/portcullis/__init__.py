@@ -11,8 +11,10 @@ returns None (let the next policy decide) or a verdict: ``accept``,
 pc.dns.resolve(name, "TXT")``, ``pc.dns.resolve_sync`` in plain hooks).
 
 ``config`` is the daemon's whole config file as a dict (a policy reads its
-own table: ``pc.config["aliases"]``); ``log`` is a ``logging.Logger`` whose
-lines carry the id of the session whose hook logged them.
+own table: ``pc.config["aliases"]``); ``path(name)`` resolves a file name
+from it as the daemon resolves its own (relative to the config file's
+folder, ``config_dir``); ``log`` is a ``logging.Logger`` whose lines carry
+the id of the session whose hook logged them.
 
 See docs/policy-api.md for the hook order, what each object offers and how
 errors are handled; ``portcullis.testing`` runs policies in a unit test.
@@ -20,6 +22,8 @@ errors are handled; ``portcullis.testing`` runs policies in a unit test.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from . import dns
@@ -44,9 +48,11 @@ __all__ = [
     "Verdict",
     "accept",
     "config",
+    "config_dir",
     "discard",
     "dns",
     "log",
+    "path",
     "redirect",
     "reject",
     "tempfail",
@@ -56,11 +62,22 @@ __all__ = [
 # a policy module loads, it is the config of that engine generation, so after
 # a SIGHUP reload sessions still on the old policies see the old config.
 config: dict[str, Any]
+config_dir: Path
+
+
+def path(name: str | os.PathLike[str]) -> Path:
+    """``name`` (a file named in the config) as an absolute path: relative to
+    the config file's folder, as the daemon reads its own paths."""
+    from . import _context
+
+    return _context.config_folder() / Path(name)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "config":
-        from . import _context
+    from . import _context
 
+    if name == "config":
         return _context.current_config()
+    if name == "config_dir":
+        return _context.config_folder()
     raise AttributeError(f"module 'portcullis' has no attribute {name!r}")

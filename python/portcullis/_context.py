@@ -10,31 +10,43 @@ for the right session in both kinds of hook.
 from __future__ import annotations
 
 import contextvars
+from pathlib import Path
 from typing import Any
 
-#: (session id, engine config) of the running hook: the id of the session
-#: ("" outside any hook) and the config of the engine generation the hook (or
-#: the policy module being loaded) belongs to (None outside a hook). One
-#: variable, so a hook call sets and resets one context entry.
-scope: contextvars.ContextVar[tuple[str, dict[str, Any] | None]] = contextvars.ContextVar(
-    "portcullis_scope", default=("", None)
+#: (session id, engine config, config folder) of the running hook: the id of
+#: the session ("" outside any hook), and the config of the engine generation
+#: the hook (or the policy module being loaded) belongs to with the folder of
+#: its file (None outside a hook). One variable, so a hook call sets and
+#: resets one context entry.
+scope: contextvars.ContextVar[tuple[str, dict[str, Any] | None, Path | None]] = contextvars.ContextVar(
+    "portcullis_scope", default=("", None, None)
 )
 
-# The config of the host's current engine: what ``portcullis.config`` is
-# outside any hook (e.g. in a policy's helper called from a test).
+# The config of the host's current engine and its folder: what
+# ``portcullis.config`` and ``config_dir`` are outside any hook (e.g. in a
+# policy's helper called from a test).
 _default_config: dict[str, Any] = {}
+_default_folder: Path | None = None
 
 
-def set_default_config(config: dict[str, Any]) -> None:
-    """Makes ``config`` what ``portcullis.config`` returns outside any hook."""
-    global _default_config
-    _default_config = config
+def set_default_config(config: dict[str, Any], folder: Path | None = None) -> None:
+    """Makes ``config`` (read from a file in ``folder``) what ``portcullis.config`` returns outside any hook."""
+    global _default_config, _default_folder
+    _default_config, _default_folder = config, folder
 
 
 def current_config() -> dict[str, Any]:
     """The config dict ``portcullis.config`` stands for right now."""
     config = scope.get()[1]
     return _default_config if config is None else config
+
+
+def config_folder() -> Path:
+    """The folder of the config file ``portcullis.config`` came from (the current one without a file)."""
+    _, config, folder = scope.get()
+    if config is None:
+        folder = _default_folder
+    return Path.cwd() if folder is None else folder
 
 
 def session_id() -> str:

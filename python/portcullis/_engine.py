@@ -269,6 +269,7 @@ class Engine:
         self.config_path = None if config_path is None else str(config_path)
         self.config: dict[str, Any] = config if config is not None else load_config(config_path)
         base = Path(config_path).resolve().parent if config_path is not None else Path.cwd()
+        self.folder = base  # pc.path() resolves a policy's files as the daemon resolves config paths
         self.files = [str(base / Path(f)) for f in files]
         self.generation = next(_generations)
         self.sessions = 0  # sessions bound to this generation (see EngineHost)
@@ -277,7 +278,7 @@ class Engine:
         self.hooks: dict[str, list[Hook]] = {stage: [] for stage in HOOK_ARGUMENTS}
 
         problems: list[LoadProblem] = []
-        token = _context.scope.set(("", self.config))
+        token = _context.scope.set(("", self.config, self.folder))
         try:
             for index, path in enumerate(self.files):
                 problems += self._load(index, path)
@@ -650,7 +651,7 @@ class _Session:
     def __init__(self, engine: Engine, conn: Connection) -> None:
         self.engine = engine
         self.conn = conn
-        self.scope = (conn.id, engine.config)  # what _context.scope holds while its hooks run
+        self.scope = (conn.id, engine.config, engine.folder)  # what _context.scope holds while its hooks run
         self.tx: Transaction | None = None
         self.connection: tuple[Any, ...] = ()  # the daemon's view of the connection conn was last set from
         # The daemon's envelope tx holds unchanged (None: rebuild it at the next job).
@@ -690,7 +691,7 @@ class EngineHost:
             "on_error": on_error, "threads": threads, "config": config,
         }
         self.engine = Engine(**self._settings)
-        _context.set_default_config(self.engine.config)
+        _context.set_default_config(self.engine.config, self.engine.folder)
         self._sessions: dict[str, _Session] = {}
         self._retired: list[Engine] = []
         self._lock = threading.Lock()  # the session table and the engines' session counts
@@ -716,7 +717,7 @@ class EngineHost:
     def _swap(self, engine: Engine, settings: dict[str, Any]) -> Engine:
         with self._lock:
             old, self.engine, self._settings = self.engine, engine, settings
-            _context.set_default_config(engine.config)
+            _context.set_default_config(engine.config, engine.folder)
             self._retired.append(old)
             self._close_if_unused(old)
         return engine
@@ -906,7 +907,7 @@ class EngineHost:
             return  # it returned meanwhile
         hook, timeout = running
         stack = _format_frames(_thread_frames(thread))
-        token = _context.scope.set((session_id, None))
+        token = _context.scope.set((session_id, None, None))
         try:
             _timeout_failure(hook, timeout, "abandoned (its thread runs on)", stack).log()
         finally:

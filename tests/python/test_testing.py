@@ -368,3 +368,23 @@ def test_the_harness_hands_hooks_the_checks_a_test_chooses(policy_file) -> None:
         assert s.mail("a@example.com").code == 250
         assert s.rcpt("b@example.test").code == 250
         assert s.data(b"Subject: x\r\n\r\nbody\r\n").code == 250  # tx.dkim None: unchecked
+
+
+def test_a_policy_finds_its_files_relative_to_the_config_file(tmp_path, monkeypatch) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "words.txt").write_text("spam\n")
+    (tmp_path / "etc" / "policy.py").write_text(
+        "import portcullis as pc\n"
+        "WORDS = pc.path(pc.config['demo']['file']).read_text().split()\n"
+        "FOLDER = pc.config_dir\n"
+        "def on_helo(conn, hostname):\n"
+        "    if hostname in WORDS and pc.path('words.txt').parent == pc.config_dir == FOLDER:\n"
+        "        return pc.reject('no', code=550, status='5.7.1')\n")
+    config = tmp_path / "etc" / "portcullis.toml"
+    config.write_text('[policy]\nfiles = ["policy.py"]\n[demo]\nfile = "words.txt"\n')
+    monkeypatch.chdir(tmp_path)  # elsewhere: the config's folder counts, not the current one
+    with Harness(config_path=config) as h:
+        assert h.connect().ehlo("spam") == (550, "5.7.1", "no")
+        import portcullis as pc
+        assert pc.config_dir == tmp_path / "etc"  # outside a hook: the harness's engine
+        assert str(pc.path("/abs/file")) == "/abs/file"  # absolute paths stay as they are

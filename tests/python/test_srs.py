@@ -1,0 +1,246 @@
+"""portcullis.srs: the forms libsrs2 makes, rotation, expiry, forgery, and
+interoperability with a real postsrsd (Debian's), both ways."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from portcullis.srs import SRS, SRSError, is_srs
+
+DAY = 86400
+# 2026-12-02 12:00 UTC: day 20789, stamp "JV" (20789 % 1024 = 309 = 9*32 + 21).
+NOW = 20789 * DAY + 12 * 3600
+
+
+def make(secrets=("s3cret",), now=NOW, **kw) -> SRS:
+    clock = [now]
+    srs = SRS(list(secrets), "fwd.example.test", clock=lambda: clock[0], **kw)
+    srs.clock = clock  # the tests move it
+    return srs
+
+
+def test_srs0_has_the_libsrs2_form():
+    address = make().forward("alice@example.com")
+    local, _, domain = address.rpartition("@")
+    tag, hash_, stamp, orig_domain, orig_local = local.split("=")
+    assert (tag, stamp, orig_domain, orig_local, domain) == ("SRS0", "JV", "example.com", "alice", "fwd.example.test")
+    assert len(hash_) == 4
+
+
+def test_the_hash_is_keyed_lowercased_hmac_sha1():
+    # Computed independently: base64(HMAC-SHA1("s3cret", "jv" + "example.com" + "alice"))[:4].
+    import base64, hashlib, hmac
+    want = base64.b64encode(hmac.new(b"s3cret", b"jvexample.comalice", hashlib.sha1).digest()).decode()[:4]
+    assert make().forward("alice@example.com") == f"SRS0={want}=JV=example.com=alice@fwd.example.test"
+    # The hash covers the lowercased parts; the address keeps its case.
+    upper = make().forward("ALICE@Example.COM")
+    assert upper.split("=")[1] == want and upper.endswith("=Example.COM=ALICE@fwd.example.test")
+
+
+def test_reverse_gives_the_original_and_survives_case_folding():
+    srs = make()
+    address = srs.forward("Bob.Smith+tag@example.org")
+    assert srs.reverse(address) == "Bob.Smith+tag@example.org"
+    assert srs.reverse(address.lower()) == "bob.smith+tag@example.org"
+    assert srs.reverse(address.upper()).lower() == "bob.smith+tag@example.org"
+
+
+def test_a_local_part_with_equals_signs_round_trips():
+    srs = make()
+    assert srs.reverse(srs.forward("a=b=c@d.test")) == "a=b=c@d.test"
+
+
+def test_our_own_domain_is_not_rewritten_unless_asked():
+    assert make().forward("x@FWD.example.test") == "x@FWD.example.test"
+    assert make(always_rewrite=True).forward("x@fwd.example.test").startswith("SRS0=")
+
+
+def test_srs1_wraps_another_forwarders_srs0_and_reverses_to_it():
+    ours = make()
+    theirs = SRS("other secret", "hop1.test", clock=lambda: NOW)
+    hop1 = theirs.forward("alice@example.com")
+    assert hop1.startswith("SRS0=") and hop1.endswith("@hop1.test")
+    srs1 = ours.forward(hop1)
+    rest = hop1.rpartition("@")[0][4:]  # "=HASH=TT=example.com=alice"
+    assert srs1.startswith("SRS1=") and srs1.endswith(f"=hop1.test={rest}@fwd.example.test")
+    back = ours.reverse(srs1)
+    assert back == hop1 and theirs.reverse(back) == "alice@example.com"
+    # An SRS1 forwarded again keeps the first hop: no growth per hop.
+    srs1_again = SRS("third", "hop3.test", clock=lambda: NOW).forward(srs1)
+    assert srs1_again.startswith("SRS1=") and f"=hop1.test={rest}@hop3.test" in srs1_again
+
+
+def test_expired_and_future_stamps_are_refused():
+    srs = make(max_age=21)
+    address = srs.forward("alice@example.com")
+    srs.clock[0] = NOW + 21 * DAY
+    assert srs.reverse(address) == "alice@example.com"
+    srs.clock[0] = NOW + 22 * DAY
+    with pytest.raises(SRSError, match="expired"):
+        srs.reverse(address)
+    srs.clock[0] = NOW - 2 * DAY  # made "in the future": wraps to ~1022 days old
+    with pytest.raises(SRSError, match="expired"):
+        srs.reverse(address)
+
+
+def test_stamps_wrap_every_1024_days():
+    srs = make()
+    address = srs.forward("alice@example.com")
+    srs.clock[0] = NOW + 1024 * DAY + 3 * DAY
+    assert srs.reverse(address) == "alice@example.com"
+
+
+def test_forged_hashes_and_other_secrets_are_refused():
+    srs = make()
+    address = srs.forward("alice@example.com")
+    tag, hash_, rest = address.split("=", 2)
+    forged = f"{tag}={'AAAA' if hash_ != 'AAAA' else 'BBBB'}={rest}"
+    with pytest.raises(SRSError, match="not ours"):
+        srs.reverse(forged)
+    # Same hash, another original: the hash covers the address.
+    with pytest.raises(SRSError, match="not ours"):
+        srs.reverse(address.replace("=alice@", "=mallory@"))
+    with pytest.raises(SRSError, match="not ours"):
+        make(secrets=["another"]).reverse(address)
+
+
+def test_secrets_rotate_new_first_old_still_verifies():
+    old = make(secrets=["old"]).forward("alice@example.com")
+    rotated = make(secrets=["new", "old"])
+    assert rotated.reverse(old) == "alice@example.com"
+    assert rotated.forward("alice@example.com") == make(secrets=["new"]).forward("alice@example.com")
+
+
+def test_short_hashes_are_refused_and_long_ones_cut():
+    srs = make()
+    tag, hash_, rest = srs.forward("alice@example.com").split("=", 2)
+    with pytest.raises(SRSError, match="too short"):
+        srs.reverse(f"{tag}={hash_[:3]}={rest}")
+    assert srs.reverse(f"{tag}={hash_}XYZ={rest}") == "alice@example.com"
+    lenient = make(hash_min=3)
+    assert lenient.reverse(f"{tag}={hash_[:3]}={rest}") == "alice@example.com"
+
+
+def test_the_url_safe_alphabet_of_postsrsd_2_is_accepted():
+    srs = make()
+    for sender in (f"user{i}@example.com" for i in range(200)):
+        address = srs.forward(sender)
+        if "+" in address.split("=")[1] or "/" in address.split("=")[1]:
+            safe = address.replace("+", "-", 1) if "+" in address.split("=")[1] else address.replace("/", "_", 1)
+            assert srs.reverse(safe) == sender
+            return
+    pytest.fail("no hash with + or / in 200 tries")
+
+
+@pytest.mark.parametrize("bad", [
+    "alice@example.com", "SRS0@fwd.example.test", "SRS0=@fwd.example.test", "SRS0=abcd=JV=example.com@fwd.example.test",
+    "SRS0=abcd=J!=example.com=alice@fwd.example.test", "SRS1=abcd=hop1.test@fwd.example.test",
+    "SRS1=abcd@fwd.example.test", "SRS2=abcd=JV=a=b@fwd.example.test", "SRS0xabcd=JV=a=b@fwd.example.test",
+])
+def test_malformed_addresses_are_refused(bad):
+    with pytest.raises(SRSError):
+        make().reverse(bad)
+
+
+def test_is_srs_and_the_separators():
+    assert is_srs("SRS0=a=b=c=d@x") and is_srs("srs1+a=b=c@x") and is_srs("SRS0-a=b=c=d")
+    assert not is_srs("SRS0@x") and not is_srs("SRS3=a@x") and not is_srs("alice@x")
+    plus = make(separator="+")
+    address = plus.forward("alice@example.com")
+    assert address.startswith("SRS0+") and plus.reverse(address) == "alice@example.com"
+
+
+@pytest.mark.parametrize("kw", [
+    {"secrets": []}, {"secrets": [""]}, {"domain": ""}, {"domain": "a@b"}, {"separator": "x"},
+    {"hash_length": 0}, {"hash_length": 28}, {"hash_min": 5}, {"max_age": 1024},
+])
+def test_bad_settings_are_refused(kw):
+    args = {"secrets": ["s"], "domain": "fwd.example.test", **kw}
+    with pytest.raises(ValueError):
+        SRS(args.pop("secrets"), args.pop("domain"), **args)
+
+
+def test_an_address_without_a_domain_is_not_forwarded():
+    with pytest.raises(SRSError):
+        make().forward("postmaster")
+    with pytest.raises(SRSError):
+        make().forward("")
+
+
+# -- interoperability with postsrsd (Debian's postsrsd: libsrs2's code)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postsrsd(tmp_path: Path):
+    """A real postsrsd on loopback: (forward port, reverse port), secret "tops3cret", domain fwd.example.test."""
+    secret = tmp_path / "secret"
+    secret.write_text("tops3cret\n")
+    forward, reverse = _free_port(), _free_port()
+    proc = subprocess.Popen(["/usr/sbin/postsrsd", "-s", str(secret), "-d", "fwd.example.test", "-l", "127.0.0.1",
+                             "-f", str(forward), "-r", str(reverse)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", reverse), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"postsrsd did not start: {proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.05)
+    yield forward, reverse
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _lookup(port: int, address: str) -> tuple[int, str]:
+    """A Postfix tcp_table(5) lookup: "get ADDRESS" -> "200 VALUE" or "500 why"."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"get {address}\n".encode())
+        line = s.makefile("rb").readline().decode().rstrip("\n")
+    code, _, value = line.partition(" ")
+    return int(code), value
+
+
+SENDERS = ["alice@example.com", "Bob.Smith@Example.ORG", "x=y@d.test", "a.b-c_d@sub.example.net",
+           "SRS0=abcd=AB=orig.test=user@hop1.test"] + [f"user{i}@host{i}.example" for i in range(40)]
+
+
+def test_postsrsd_reads_what_we_make_and_we_read_what_it_makes(postsrsd):
+    forward, reverse = postsrsd
+    ours = SRS("tops3cret", "fwd.example.test")  # the real clock, as postsrsd's
+    for sender in SENDERS:
+        made = ours.forward(sender)
+        assert _lookup(forward, sender) == (200, made), sender  # byte for byte the same address
+        assert _lookup(reverse, made) == (200, ours.reverse(made)), made
+        assert ours.reverse(made) == sender  # (an SRS0 sender made an SRS1, which reverses to it)
+    # Case folded on the way back (a hash with letters of both cases).
+    made = ours.forward("alice@example.com")
+    assert _lookup(reverse, made.lower())[0] == 200
+
+
+def test_postsrsd_refuses_what_we_refuse(postsrsd):
+    forward, reverse = postsrsd
+    ours = SRS("tops3cret", "fwd.example.test")
+    made = ours.forward("alice@example.com")
+    for bad in (made.replace("=alice@", "=mallory@"), SRS("other", "fwd.example.test").forward("alice@example.com")):
+        assert _lookup(reverse, bad)[0] == 500
+        with pytest.raises(SRSError):
+            ours.reverse(bad)
+    # An expired one: made 30 days ago by both (ours with the clock set back).
+    old = SRS("tops3cret", "fwd.example.test", clock=lambda: time.time() - 30 * DAY).forward("alice@example.com")
+    assert _lookup(reverse, old)[0] == 500
+    with pytest.raises(SRSError, match="expired"):
+        ours.reverse(old)
