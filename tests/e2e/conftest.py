@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/helpers: shared with tests/python
 
 from fake_upstream import FakeUpstream  # noqa: E402
 from smtp_client import RawClient  # noqa: E402

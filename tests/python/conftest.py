@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-for path in (ROOT / "python", ROOT / "build" / "python"):
+for path in (ROOT / "python", ROOT / "build" / "python", ROOT / "tests"):  # tests/helpers: shared helpers
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

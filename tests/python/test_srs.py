@@ -3,13 +3,12 @@ interoperability with a real postsrsd (Debian's), both ways."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from helpers.postsrsd import DOMAIN, SECRET, running_postsrsd
 from portcullis.srs import SRS, SRSError, is_srs
 
 DAY = 86400
@@ -175,43 +174,10 @@ def test_an_address_without_a_domain_is_not_forwarded():
 # -- interoperability with postsrsd (Debian's postsrsd: libsrs2's code)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postsrsd(tmp_path: Path):
-    """A real postsrsd on loopback: (forward port, reverse port), secret "tops3cret", domain fwd.example.test."""
-    secret = tmp_path / "secret"
-    secret.write_text("tops3cret\n")
-    forward, reverse = _free_port(), _free_port()
-    proc = subprocess.Popen(["/usr/sbin/postsrsd", "-s", str(secret), "-d", "fwd.example.test", "-l", "127.0.0.1",
-                             "-f", str(forward), "-r", str(reverse)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", reverse), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"postsrsd did not start: {proc.stderr.read().decode(errors='replace')}")
-            time.sleep(0.05)
-    yield forward, reverse
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _lookup(port: int, address: str) -> tuple[int, str]:
-    """A Postfix tcp_table(5) lookup: "get ADDRESS" -> "200 VALUE" or "500 why"."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(f"get {address}\n".encode())
-        line = s.makefile("rb").readline().decode().rstrip("\n")
-    code, _, value = line.partition(" ")
-    return int(code), value
+    with running_postsrsd(tmp_path) as p:
+        yield p
 
 
 SENDERS = ["alice@example.com", "Bob.Smith@Example.ORG", "x=y@d.test", "a.b-c_d@sub.example.net",
@@ -219,28 +185,25 @@ SENDERS = ["alice@example.com", "Bob.Smith@Example.ORG", "x=y@d.test", "a.b-c_d@
 
 
 def test_postsrsd_reads_what_we_make_and_we_read_what_it_makes(postsrsd):
-    forward, reverse = postsrsd
-    ours = SRS("tops3cret", "fwd.example.test")  # the real clock, as postsrsd's
+    ours = SRS(SECRET, DOMAIN)  # the real clock, as postsrsd's
     for sender in SENDERS:
         made = ours.forward(sender)
-        assert _lookup(forward, sender) == (200, made), sender  # byte for byte the same address
-        assert _lookup(reverse, made) == (200, ours.reverse(made)), made
+        assert postsrsd.forward(sender) == (200, made), sender  # byte for byte the same address
+        assert postsrsd.reverse(made) == (200, ours.reverse(made)), made
         assert ours.reverse(made) == sender  # (an SRS0 sender made an SRS1, which reverses to it)
     # Case folded on the way back (a hash with letters of both cases).
-    made = ours.forward("alice@example.com")
-    assert _lookup(reverse, made.lower())[0] == 200
+    assert postsrsd.reverse(ours.forward("alice@example.com").lower())[0] == 200
 
 
 def test_postsrsd_refuses_what_we_refuse(postsrsd):
-    forward, reverse = postsrsd
-    ours = SRS("tops3cret", "fwd.example.test")
+    ours = SRS(SECRET, DOMAIN)
     made = ours.forward("alice@example.com")
-    for bad in (made.replace("=alice@", "=mallory@"), SRS("other", "fwd.example.test").forward("alice@example.com")):
-        assert _lookup(reverse, bad)[0] == 500
+    for bad in (made.replace("=alice@", "=mallory@"), SRS("other", DOMAIN).forward("alice@example.com")):
+        assert postsrsd.reverse(bad)[0] == 500
         with pytest.raises(SRSError):
             ours.reverse(bad)
     # An expired one: made 30 days ago by both (ours with the clock set back).
-    old = SRS("tops3cret", "fwd.example.test", clock=lambda: time.time() - 30 * DAY).forward("alice@example.com")
-    assert _lookup(reverse, old)[0] == 500
+    old = SRS(SECRET, DOMAIN, clock=lambda: time.time() - 30 * DAY).forward("alice@example.com")
+    assert postsrsd.reverse(old)[0] == 500
     with pytest.raises(SRSError, match="expired"):
         ours.reverse(old)

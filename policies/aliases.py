@@ -1,0 +1,155 @@
+"""Alias expansion and forwarding, with SRS for forwarded mail.
+
+Reads a Postfix virtual(5)-format file at load (so on start-up and on every
+SIGHUP; a file with an error or a loop keeps the old policies and says
+where). Configure it in ``[aliases]`` (the defaults shown; ``file`` is
+required, relative to the config file's folder):
+
+    [aliases]
+    file = "aliases"                 # lines "PATTERN  TARGET[, TARGET...]"
+    local_domains = []               # domains this host receives mail for
+    recipient_delimiter = "+"        # alice+tag@ is looked up as alice@ ("" for none; each character is one)
+    propagate_extension = true       # alice+tag@ -> its targets with +tag added, as Postfix does
+    max_depth = 20                   # nesting of aliases in aliases
+    max_targets = 1000               # final addresses one recipient may expand to
+    srs_secret = ""                  # set (a string, or a list: the first signs): forwarded mail gets an SRS sender
+    srs_secret_file = ""             # or: a file with one secret a line (postsrsd's format)
+    srs_domain = ""                  # the domain of SRS addresses (its MX must be this host); required with a secret
+    srs_max_age = 21                 # days an SRS address is good for bounces
+    srs_hash_length = 4              # characters of the hash (libsrs2 and postsrsd: 4)
+
+At each RCPT of a local domain (``local_domains``, the domains named in the
+file, and ``srs_domain``):
+
+- an SRS address of ``srs_domain`` is delivered to the original sender when
+  its hash and age check out (a bounce finds its way home), else ``550
+  5.1.1``;
+- a recipient with an entry, or a catch-all for its domain, goes to what
+  it expands to (``pc.redirect``); one that expands to itself alone is left
+  to the next policy and the upstream;
+- a recipient with neither gets ``550 5.1.1``;
+- a loop met through a catch-all, or a bound passed, gets ``451 4.3.0``
+  (the mail waits while the table is fixed) and an error in the log.
+
+When a recipient expands to an address outside the local domains, the
+sender's domain is not local and SRS is configured, the envelope sender
+becomes its SRS form, so that SPF at the next hop sees our domain. Mail
+from ``<>`` keeps its null sender. Recipients of other domains are left to
+the next policy.
+"""
+
+from __future__ import annotations
+
+import portcullis as pc
+from portcullis.aliases import AliasError, AliasTable
+from portcullis.srs import SRS, SRSError, is_srs
+
+_DEFAULTS = {
+    "file": None,
+    "local_domains": [],
+    "recipient_delimiter": "+",
+    "propagate_extension": True,
+    "max_depth": 20,
+    "max_targets": 1000,
+    "srs_secret": "",
+    "srs_secret_file": "",
+    "srs_domain": "",
+    "srs_max_age": 21,
+    "srs_hash_length": 4,
+}
+
+
+def _settings() -> dict:
+    table = dict(pc.config.get("aliases", {}))
+    unknown = sorted(set(table) - set(_DEFAULTS))
+    if unknown:  # a typo must not silently turn a rule off
+        raise ValueError(f"[aliases]: unknown key(s) {', '.join(unknown)}")
+    settings = {**_DEFAULTS, **table}
+    if not settings["file"] or not isinstance(settings["file"], str):
+        raise ValueError("[aliases] file: the alias file is required")
+    domains = settings["local_domains"]
+    if not isinstance(domains, list) or not all(isinstance(d, str) and d for d in domains):
+        raise ValueError("[aliases] local_domains: want a list of domain names")
+    for key in ("recipient_delimiter", "srs_secret_file", "srs_domain"):
+        if not isinstance(settings[key], str):
+            raise ValueError(f"[aliases] {key}: want a string")
+    for key, low in (("max_depth", 1), ("max_targets", 1), ("srs_max_age", 0), ("srs_hash_length", 1)):
+        if isinstance(settings[key], bool) or not isinstance(settings[key], int) or settings[key] < low:
+            raise ValueError(f"[aliases] {key}: want an integer of at least {low}")
+    if not isinstance(settings["propagate_extension"], bool):
+        raise ValueError("[aliases] propagate_extension: want true or false")
+    return settings
+
+
+def _srs(settings: dict) -> SRS | None:
+    secrets = settings["srs_secret"]
+    if isinstance(secrets, str):
+        secrets = [secrets] if secrets else []
+    if not isinstance(secrets, list) or not all(isinstance(s, str) and s for s in secrets):
+        raise ValueError("[aliases] srs_secret: want a string or a list of non-empty strings")
+    if settings["srs_secret_file"]:
+        if secrets:
+            raise ValueError("[aliases]: srs_secret and srs_secret_file both set; keep one")
+        path = pc.path(settings["srs_secret_file"])
+        try:
+            secrets = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise ValueError(f"[aliases] srs_secret_file: cannot read {path}: {e.strerror}") from None
+        if not secrets:
+            raise ValueError(f"[aliases] srs_secret_file: {path} holds no secret")
+    if not secrets:
+        if settings["srs_domain"]:
+            raise ValueError("[aliases] srs_domain is set but no srs_secret: SRS needs both")
+        return None
+    if not settings["srs_domain"]:
+        raise ValueError("[aliases] srs_domain: required with an SRS secret")
+    return SRS(secrets, settings["srs_domain"], max_age=settings["srs_max_age"],
+               hash_length=settings["srs_hash_length"])
+
+
+def _load() -> tuple[AliasTable, SRS | None]:
+    settings = _settings()
+    srs = _srs(settings)
+    domains = list(settings["local_domains"]) + ([srs.domain] if srs else [])
+    table = AliasTable.read(pc.path(settings["file"]), local_domains=domains,
+                            recipient_delimiter=settings["recipient_delimiter"],
+                            propagate_extension=settings["propagate_extension"],
+                            max_depth=settings["max_depth"], max_targets=settings["max_targets"])
+    if table.loops:
+        shown = "; ".join(" -> ".join(f"{k} (line {table.lines[k]})" for k in loop[:-1]) + f" -> {loop[-1]}"
+                          for loop in table.loops[:5])
+        raise ValueError(f"{table.path}: alias loop{'s' if len(table.loops) > 1 else ''}: {shown}")
+    pc.log.info("aliases: %d entries from %s", len(table), table.path)
+    return table, srs
+
+
+TABLE, FORWARDER = _load()
+_LOCAL_SENDER_DOMAINS = TABLE.domains  # senders of these domains need no SRS: our SPF covers them
+
+
+def on_rcpt(tx, rcpt):
+    domain = rcpt.domain.lower()
+    if not TABLE.is_local(domain):
+        return None
+    address = str(rcpt)
+    if FORWARDER is not None and domain == FORWARDER.domain and is_srs(rcpt.local):
+        try:
+            return pc.redirect(FORWARDER.reverse(address))
+        except SRSError as e:
+            pc.log.info("aliases: RCPT <%s> refused: %s", address, e)
+            return pc.reject(f"<{address}>: Recipient address rejected: invalid or expired SRS address",
+                             code=550, status="5.1.1")
+    try:
+        targets = TABLE.expand(address)
+    except AliasError as e:
+        pc.log.error("aliases: RCPT <%s> deferred: %s (in %s)", address, e, TABLE.path)
+        return pc.tempfail(f"<{address}>: alias expansion failed; try again later", code=451, status="4.3.0")
+    if targets is None:
+        return pc.reject(f"<{address}>: Recipient address rejected: User unknown", code=550, status="5.1.1")
+    if len(targets) == 1 and targets[0].lower() == address.lower():
+        return None  # its own mailbox: the next policy and the upstream decide
+    sender = tx.sender
+    if (FORWARDER is not None and sender and sender.domain.lower() not in _LOCAL_SENDER_DOMAINS
+            and any(t.rpartition("@")[2].lower() not in _LOCAL_SENDER_DOMAINS for t in targets)):
+        tx.sender = FORWARDER.forward(sender)
+    return pc.redirect(*targets)

@@ -1,0 +1,205 @@
+"""Alias tables in Postfix virtual(5) form: lookup and recursive expansion.
+
+``policies/aliases.py`` runs this at RCPT; a policy of your own may use it
+too (``AliasTable.read(path, local_domains=...)``). The rules are
+virtual(5)'s:
+
+- A key is ``user@domain`` (exact), ``@domain`` (catch-all: used when no
+  exact entry matches) or a bare ``domain`` (declares a local domain; its
+  value is ignored, as Postfix ignores it).
+- An address is looked up as it is, then, when its local part has the
+  recipient delimiter, without its extension (``alice+tag@`` as ``alice@``),
+  then as its domain's catch-all. An extension matched away is put back on
+  every target (``alice+tag@`` -> ``alice.smith+tag@``), as Postfix's
+  ``propagate_unmatched_extensions`` does by default; ``propagate_extension
+  = False`` turns that off.
+- Targets are expanded again, recursively. A target equal to the address
+  being expanded is that address's own mailbox: delivered, not expanded.
+  Each final address is delivered once.
+- Bounds: a loop, nesting deeper than ``max_depth``, or more than
+  ``max_targets`` final addresses raise ``AliasError`` (the mail should
+  wait while the operator fixes the table, not bounce). Loops among exact
+  entries are found when the table is read (``AliasTable.loops``).
+
+Lookups are dictionary lookups: the size of the table does not slow a RCPT.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from ._address import Address
+from .maps import MapError, PostfixMap, read_map
+
+__all__ = ["AliasError", "AliasTable"]
+
+
+class AliasError(Exception):
+    """An expansion that cannot finish: a loop, too deep, or too many targets."""
+
+
+class AliasTable:
+    """An alias table and the domains it answers for."""
+
+    def __init__(
+        self,
+        table: PostfixMap,
+        *,
+        local_domains: Iterable[str] = (),
+        recipient_delimiter: str = "+",
+        propagate_extension: bool = True,
+        max_depth: int = 20,
+        max_targets: int = 1000,
+    ) -> None:
+        self.path = table.path
+        self.delimiters = recipient_delimiter
+        self.propagate_extension = propagate_extension
+        self.max_depth = max_depth
+        self.max_targets = max_targets
+        self.domains: set[str] = {d.lower().rstrip(".") for d in local_domains}
+        self.exact: dict[str, tuple[str, ...]] = {}
+        self.catchall: dict[str, tuple[str, ...]] = {}
+        self.lines: dict[str, int] = {}  # key -> its line, for messages
+        for key, entry in table.entries.items():
+            local, at, domain = key.rpartition("@")
+            if not at:
+                if not _is_domain(key):
+                    raise MapError(table.path, entry.line,
+                                   f"{key!r} is neither user@domain, @domain nor a domain (a bare user needs a domain here)")
+                self.domains.add(key.rstrip("."))  # a virtual alias domain: the value does not matter
+                continue
+            targets = tuple(_checked_target(table.path, entry.line, t) for t in entry.values)
+            if local:
+                _checked_target(table.path, entry.line, key)
+                self.exact[key] = targets
+            elif _is_domain(domain):
+                self.catchall[domain] = targets
+            else:
+                raise MapError(table.path, entry.line, f"{key!r}: no domain after the @")
+            self.lines[key] = entry.line
+            self.domains.add(domain)
+        #: Loops among exact entries, each as the keys around it (a -> b -> a): empty when there are none.
+        self.loops = self._find_loops()
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str], **settings: object) -> AliasTable:
+        """Reads a virtual(5) file; raises ``MapError`` saying where it is wrong."""
+        return cls(read_map(path), **settings)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.catchall)
+
+    def is_local(self, domain: str) -> bool:
+        """Whether mail for ``domain`` is ours to expand (listed local, or named in the table)."""
+        return domain.lower().rstrip(".") in self.domains
+
+    def lookup(self, address: str) -> tuple[str, tuple[str, ...]] | None:
+        """The entry ``address`` matches, as (key, targets with any extension put back), or None."""
+        local, _, domain = address.rpartition("@")
+        domain = domain.lower()
+        key = f"{local.lower()}@{domain}"
+        targets = self.exact.get(key)
+        if targets is not None:
+            return key, targets
+        base, extension = self._split_extension(local)
+        if extension:
+            key = f"{base.lower()}@{domain}"
+            targets = self.exact.get(key)
+        if targets is None:
+            key = "@" + domain
+            targets = self.catchall.get(domain)
+            if targets is None:
+                return None
+        if extension and self.propagate_extension:
+            targets = tuple(_with_extension(t, extension) for t in targets)
+        return key, targets
+
+    def expand(self, address: str) -> list[str] | None:
+        """The final addresses mail for ``address`` goes to, each once, in
+        table order; None when the table has no entry for it. Raises
+        ``AliasError`` for a loop or when a bound is passed."""
+        if self.lookup(address) is None:
+            return None
+        final: list[str] = []
+        seen: set[str] = set()
+        # Depth first, in table order: (address, the keys on its path).
+        stack: list[tuple[str, tuple[str, ...]]] = [(address, ())]
+        while stack:
+            current, path = stack.pop()
+            found = self.lookup(current)
+            if found is None or (path and current.lower() == path[-1]):  # no entry, or its own mailbox
+                if current.lower() not in seen:
+                    seen.add(current.lower())
+                    final.append(current)
+                    if len(final) > self.max_targets:
+                        raise AliasError(f"{address} expands to more than {self.max_targets} addresses (max_targets)")
+                continue
+            if len(path) >= self.max_depth:
+                raise AliasError(f"{address} nests deeper than {self.max_depth} levels (max_depth): "
+                                 + " -> ".join(path + (current,)))
+            here = current.lower()
+            below = path + (here,)
+            for target in found[1]:
+                folded = target.lower()
+                if folded != here and folded in path:  # (equal to here: its own mailbox, final)
+                    raise AliasError(f"alias loop: {' -> '.join(below + (folded,))}")
+            stack.extend((target, below) for target in reversed(found[1]))
+        return final
+
+    # -- the pieces
+
+    def _split_extension(self, local: str) -> tuple[str, str]:
+        """(base, extension with its delimiter) of a local part; extension "" without one."""
+        if not self.delimiters:
+            return local, ""
+        cut = min((i for i in (local.find(d) for d in self.delimiters) if i > 0), default=-1)
+        return (local, "") if cut < 0 else (local[:cut], local[cut:])
+
+    def _find_loops(self) -> list[list[str]]:
+        """Cycles among exact entries (a target that is itself an exact key, not the entry's own key)."""
+        state: dict[str, int] = {}  # 1: on the current path, 2: done
+        loops: list[list[str]] = []
+        for start in self.exact:
+            if state.get(start):
+                continue
+            path: list[str] = [start]
+            iters = [iter(self.exact[start])]
+            state[start] = 1
+            while iters:
+                target = next(iters[-1], None)
+                if target is None:
+                    state[path.pop()] = 2
+                    iters.pop()
+                    continue
+                key = target.lower()
+                if key == path[-1] or key not in self.exact:
+                    continue
+                if state.get(key) == 1:
+                    loops.append(path[path.index(key):] + [key])
+                elif not state.get(key):
+                    state[key] = 1
+                    path.append(key)
+                    iters.append(iter(self.exact[key]))
+        return loops
+
+
+def _is_domain(text: str) -> bool:
+    # A bare key needs a dot to be a domain: "alice" alone is a user with its domain left out.
+    labels = text.rstrip(".").split(".")
+    return "@" not in text and len(labels) > 1 and all(labels)
+
+
+def _checked_target(path: str, line: int, target: str) -> str:
+    if "@" not in target:
+        raise MapError(path, line, f"{target!r} has no domain")
+    try:
+        address = Address(target)
+    except ValueError as e:
+        raise MapError(path, line, f"{target!r} is not an address: {e}") from None
+    return target
+
+
+def _with_extension(target: str, extension: str) -> str:
+    local, _, domain = target.rpartition("@")
+    return f"{local}{extension}@{domain}"

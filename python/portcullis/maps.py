@@ -1,0 +1,110 @@
+"""Postfix lookup table files (the text ``postmap`` reads), for policies.
+
+The format mail operators already keep their aliases, sender logins and
+access rules in (postmap(1), virtual(5))::
+
+    # a comment: a line whose first non-blank character is "#"
+    alice@example.test      alice@example.test
+    team@example.test       alice@example.test, bob@example.test,
+                            carol@example.net          (a line starting with blanks continues the one before)
+    @example.test           catchall@example.test
+
+A logical line is a key, blanks, and a value; ``read_map`` splits the value
+into items at commas and blanks (``values``), as virtual(5) and
+smtpd_sender_login_maps read it. Keys are lowercased (as ``postmap`` does
+without ``-f``); values keep their case. A key listed twice keeps its first
+entry, as Postfix does, and the later line is reported in ``duplicates``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["MapEntry", "MapError", "PostfixMap", "read_map"]
+
+_ITEM_SEPARATORS = re.compile(r"[,\s]+")
+
+
+class MapError(ValueError):
+    """A table file that cannot be read, or a line in it that makes no sense; says where."""
+
+    def __init__(self, path: str, line: int | None, why: str) -> None:
+        self.path, self.line, self.why = path, line, why
+        super().__init__(f"{path}, line {line}: {why}" if line else f"{path}: {why}")
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    """One logical line: its key (lowercased), its value's items, and the line it starts on."""
+
+    key: str
+    values: tuple[str, ...]
+    line: int
+
+
+@dataclass
+class PostfixMap:
+    """A table file read: its entries by key (the first of each key), in file order."""
+
+    path: str
+    entries: dict[str, MapEntry] = field(default_factory=dict)
+    duplicates: list[MapEntry] = field(default_factory=list)  # later lines of a key already seen: ignored
+
+
+def read_map(path: str | os.PathLike[str], *, lowercase_keys: bool = True) -> PostfixMap:
+    """Reads a Postfix table file; raises ``MapError`` (with file and line) for a
+    file that cannot be read or is not UTF-8, or a key without a value."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise MapError(name, None, f"cannot read it: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise MapError(name, line, "not UTF-8") from None
+    table = PostfixMap(name)
+    for key, value, line in _logical_lines(name, text):
+        if lowercase_keys:
+            key = key.lower()
+        items = tuple(v for v in _ITEM_SEPARATORS.split(value) if v)
+        if not items:  # only commas
+            raise MapError(name, line, f"{key!r} has no value")
+        entry = MapEntry(key, items, line)
+        if key in table.entries:
+            table.duplicates.append(entry)
+        else:
+            table.entries[key] = entry
+    return table
+
+
+def _logical_lines(name: str, text: str):  # -> Iterator[tuple[str, str, int]]
+    """(key, value, first line number) of each logical line: blank and comment lines
+    skipped, lines starting with blanks joined to the one before."""
+    key_line: tuple[str, int] | None = None
+    parts: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[0] in " \t":
+            if key_line is None:
+                raise MapError(name, number, "a continuation line (it starts with blanks) with no line before it")
+            parts.append(stripped)
+            continue
+        if key_line is not None:
+            yield _split(name, " ".join(parts), key_line[1])
+        key_line, parts = (stripped, number), [stripped]
+    if key_line is not None:
+        yield _split(name, " ".join(parts), key_line[1])
+
+
+def _split(name: str, logical: str, line: int) -> tuple[str, str, int]:
+    key, *value = logical.split(None, 1)
+    if not value:
+        raise MapError(name, line, f"{key!r} has no value")
+    return key, value[0], line

@@ -1,0 +1,293 @@
+"""portcullis.maps (Postfix table files), portcullis.aliases (virtual(5)
+expansion) and policies/aliases.py through the testing harness. The daemon
+end to end, with a real upstream and postsrsd: tests/e2e/test_aliases.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from portcullis.aliases import AliasError, AliasTable
+from portcullis.maps import MapError, read_map
+from portcullis.srs import SRS
+from portcullis.testing import Harness, PolicyLoadError
+
+POLICY = Path(__file__).resolve().parents[2] / "policies" / "aliases.py"
+SECRET = "alias-test-secret"
+
+
+def table_of(tmp_path: Path, text: str, **settings) -> AliasTable:
+    path = tmp_path / "virtual"
+    path.write_text(text)
+    settings.setdefault("local_domains", ["example.test"])
+    return AliasTable.read(path, **settings)
+
+
+# -- maps
+
+
+def test_map_lines_comments_continuations_and_duplicates(tmp_path):
+    path = tmp_path / "map"
+    path.write_text(
+        "# comment\n"
+        "\n"
+        "Alice@Example.TEST   Alice.Smith@example.test\n"
+        "team@example.test a@example.test,b@example.test ,\n"
+        "   c@example.net\n"
+        "\t  # a comment inside a continuation is skipped\n"
+        "\td@example.net\n"
+        "team@example.test  other@example.test\n")
+    m = read_map(path)
+    assert list(m.entries) == ["alice@example.test", "team@example.test"]
+    assert m.entries["alice@example.test"].values == ("Alice.Smith@example.test",)  # values keep their case
+    assert m.entries["team@example.test"].values == ("a@example.test", "b@example.test", "c@example.net",
+                                                     "d@example.net")
+    assert m.entries["team@example.test"].line == 4
+    assert [(d.key, d.line) for d in m.duplicates] == [("team@example.test", 8)]  # the first one wins
+
+
+@pytest.mark.parametrize("text,line,why", [
+    ("lonely@example.test\n", 1, "has no value"),
+    ("  starts@example.test with blanks\n", 1, "continuation"),
+    ("ok@example.test a@example.test\nbad@example.test ,,,\n", 2, "has no value"),
+])
+def test_map_errors_say_where(tmp_path, text, line, why):
+    path = tmp_path / "map"
+    path.write_text(text)
+    with pytest.raises(MapError, match=why) as e:
+        read_map(path)
+    assert e.value.line == line and str(e.value).startswith(f"{path}, line {line}: ")
+
+
+def test_map_that_cannot_be_read_or_is_not_utf8(tmp_path):
+    with pytest.raises(MapError, match="cannot read it"):
+        read_map(tmp_path / "missing")
+    (tmp_path / "latin1").write_bytes(b"a@example.test b@example.test\nc@example.test caf\xe9@example.test\n")
+    with pytest.raises(MapError, match="line 2: not UTF-8"):
+        read_map(tmp_path / "latin1")
+
+
+# -- the table
+
+
+def test_exact_catchall_and_unknown(tmp_path):
+    t = table_of(tmp_path, "info@example.test alice@example.test\n@other.test postmaster@example.test\n")
+    assert t.expand("info@example.test") == ["alice@example.test"]
+    assert t.expand("INFO@Example.Test") == ["alice@example.test"]  # keys are case-insensitive
+    assert t.expand("anyone@other.test") == ["postmaster@example.test"]
+    assert t.expand("nobody@example.test") is None
+    assert t.is_local("example.test") and t.is_local("OTHER.test") and not t.is_local("example.net")
+
+
+def test_an_exact_entry_beats_the_catchall_and_the_extension_is_tried_before_it(tmp_path):
+    t = table_of(tmp_path, "alice@example.test alice@example.test\n@example.test catchall@example.test\n")
+    assert t.expand("alice@example.test") == ["alice@example.test"]
+    assert t.expand("alice+news@example.test") == ["alice+news@example.test"]  # alice@, tag put back
+    assert t.expand("bob+news@example.test") == ["catchall+news@example.test"]
+    assert t.expand("catchall@example.test") == ["catchall@example.test"]  # the catch-all's own mailbox
+
+
+def test_the_delimiter_and_extension_propagation_are_settings(tmp_path):
+    text = "alice@example.test alice.smith@example.test, alice@example.net\n"
+    assert table_of(tmp_path, text).expand("alice+x@example.test") == [
+        "alice.smith+x@example.test", "alice+x@example.net"]
+    assert table_of(tmp_path, text, propagate_extension=False).expand("alice+x@example.test") == [
+        "alice.smith@example.test", "alice@example.net"]
+    assert table_of(tmp_path, text, recipient_delimiter="").expand("alice+x@example.test") is None
+    assert table_of(tmp_path, text, recipient_delimiter="-+").expand("alice-x@example.test") == [
+        "alice.smith-x@example.test", "alice-x@example.net"]
+    # An exact entry with the extension wins over the base.
+    t = table_of(tmp_path, text + "alice+x@example.test other@example.test\n")
+    assert t.expand("alice+x@example.test") == ["other@example.test"]
+
+
+def test_recursion_self_reference_and_duplicates(tmp_path):
+    t = table_of(tmp_path,
+                 "all@example.test sales@example.test, dev@example.test, boss@example.test\n"
+                 "sales@example.test alice@example.test, bob@example.test\n"
+                 "dev@example.test bob@example.test, carol@example.net\n"
+                 "bob@example.test bob@example.test, bob@backup.example.net\n"
+                 "Boss@example.test Boss@example.test\n")
+    assert t.expand("all@example.test") == ["alice@example.test", "bob@example.test", "bob@backup.example.net",
+                                            "carol@example.net", "Boss@example.test"]
+    assert t.loops == []
+
+
+def test_loops_are_found_when_read_and_when_expanded(tmp_path):
+    t = table_of(tmp_path, "a@example.test b@example.test\nb@example.test c@example.test, a@example.test\n"
+                           "c@example.test c@example.test\n")
+    assert t.loops == [["a@example.test", "b@example.test", "a@example.test"]]
+    with pytest.raises(AliasError, match="alias loop: a@example.test -> b@example.test -> a@example.test"):
+        t.expand("a@example.test")
+    # Through catch-alls only (not an exact loop): found at RCPT.
+    t = table_of(tmp_path, "@example.test x@other.test\n@other.test y@example.test\n")
+    assert t.loops == []
+    with pytest.raises(AliasError, match="alias loop"):
+        t.expand("q@example.test")
+
+
+def test_depth_and_fan_out_bounds(tmp_path):
+    chain = "".join(f"l{i}@example.test l{i + 1}@example.test\n" for i in range(30))
+    t = table_of(tmp_path, chain, max_depth=20)
+    with pytest.raises(AliasError, match="deeper than 20"):
+        t.expand("l0@example.test")
+    assert table_of(tmp_path, chain, max_depth=40).expand("l0@example.test") == ["l30@example.test"]
+    fan = "list@example.test " + ", ".join(f"m{i}@example.net" for i in range(50)) + "\n"
+    with pytest.raises(AliasError, match="more than 10"):
+        table_of(tmp_path, fan, max_targets=10).expand("list@example.test")
+    assert len(table_of(tmp_path, fan).expand("list@example.test")) == 50
+
+
+@pytest.mark.parametrize("line,why", [
+    ("alice alice@example.test", "neither user@domain"),
+    ("alice@example.test x..y@example.test", "not an address"),
+    ("alice@example.test bob", "has no domain"),
+    ("@ x@example.test", "no domain after the @"),
+    ("@localhost x@example.test", "no domain after the @"),
+])
+def test_table_errors_say_where(tmp_path, line, why):
+    with pytest.raises(MapError, match=why) as e:
+        table_of(tmp_path, "ok@example.test ok@example.test\n" + line + "\n")
+    assert e.value.line == 2
+
+
+def test_a_bare_domain_declares_a_local_domain(tmp_path):
+    t = table_of(tmp_path, "virtual.test anything\nsales@virtual.test alice@example.test\n", local_domains=[])
+    assert t.is_local("virtual.test") and t.expand("sales@virtual.test") == ["alice@example.test"]
+    assert t.expand("nobody@virtual.test") is None
+
+
+def test_a_large_table_reads_fast_and_looks_up_in_constant_time(tmp_path):
+    lines = "".join(f"user{i}@example.test mailbox{i}@example.test, user{i}@example.net\n" for i in range(100_000))
+    start = time.process_time()
+    t = table_of(tmp_path, lines)
+    read_cpu = time.process_time() - start
+    assert len(t) == 100_000 and t.loops == []
+    assert read_cpu < 30  # (a bound against pathologies, not a benchmark: bench/ measures)
+    assert t.expand("user99999@example.test") == ["mailbox99999@example.test", "user99999@example.net"]
+
+
+# -- the policy
+
+
+def harness(tmp_path: Path, aliases: str, **table) -> Harness:
+    (tmp_path / "virtual").write_text(aliases)
+    settings = {"file": "virtual", "local_domains": ["example.test"], **table}
+    config = tmp_path / "portcullis.toml"
+    config.write_text("")
+    return Harness([POLICY], config_path=config, config={"aliases": settings})
+
+
+ALIASES = ("alice@example.test alice@example.test\n"
+           "bob@example.test bob@example.test\n"
+           "team@example.test alice@example.test, bob@example.test, carol@example.net\n"
+           "fwd@example.test someone@example.org\n"
+           "@catchall.test alice@example.test\n"
+           "catchall.test -\n")
+
+
+def test_the_policy_expands_refuses_and_leaves_others_alone(tmp_path):
+    with harness(tmp_path, ALIASES) as h:
+        s = h.connect(helo="client.example")
+        s.mail("sender@example.com")
+        assert s.rcpt("team@example.test").code == 250
+        assert s.rcpt("alice@example.test").code == 250  # already there: delivered once
+        assert s.rcpt("nobody@example.test") == (
+            550, "5.1.1", "<nobody@example.test>: Recipient address rejected: User unknown")
+        assert s.rcpt("x@catchall.test").code == 250
+        assert s.rcpt("stranger@elsewhere.example").code == 250  # not ours: the next policy and the upstream
+        assert s.data("Subject: hi\r\n\r\nhello\r\n").code == 250
+        [d] = s.delivered
+        assert d.sender == "sender@example.com"  # no SRS configured
+        assert d.recipients == ("alice@example.test", "bob@example.test", "carol@example.net",
+                                "stranger@elsewhere.example")
+
+
+def test_forwarded_mail_gets_an_srs_sender_and_its_bounce_goes_home(tmp_path):
+    with harness(tmp_path, ALIASES, srs_secret=SECRET, srs_domain="fwd.example.test") as h:
+        s = h.connect(helo="client.example")
+        s.mail("Sender@Example.COM")
+        assert s.rcpt("fwd@example.test").code == 250
+        s.data("Subject: hi\r\n\r\nhello\r\n")
+        [d] = s.delivered
+        srs = SRS(SECRET, "fwd.example.test")
+        assert d.sender == srs.forward("Sender@Example.COM") and d.recipients == ("someone@example.org",)
+        # The bounce: <> to the SRS address reaches the original sender.
+        s.mail("")
+        assert s.rcpt(d.sender).code == 250
+        s.data("Subject: bounce\r\n\r\nundeliverable\r\n")
+        assert s.delivered[-1].recipients == ("Sender@Example.COM",) and s.delivered[-1].sender == ""
+        # Forged, or wrong secret: refused.
+        s.mail("")
+        forged = SRS("guess", "fwd.example.test").forward("victim@example.com")
+        assert s.rcpt(forged) == (550, "5.1.1", f"<{forged}>: Recipient address rejected: invalid or expired SRS address")
+
+
+def test_an_expired_srs_address_is_refused(tmp_path):
+    old = SRS(SECRET, "fwd.example.test", clock=lambda: time.time() - 30 * 86400).forward("a@example.com")
+    with harness(tmp_path, ALIASES, srs_secret=SECRET, srs_domain="fwd.example.test") as h:
+        s = h.connect(helo="client.example")
+        s.mail("")
+        assert s.rcpt(old)[:2] == (550, "5.1.1")
+        assert any("expired" in line.message for line in h.logs)
+
+
+def test_no_srs_for_local_senders_null_senders_or_local_targets(tmp_path):
+    with harness(tmp_path, ALIASES, srs_secret=SECRET, srs_domain="fwd.example.test") as h:
+        for sender, rcpt, want in (("alice@example.test", "fwd@example.test", "alice@example.test"),
+                                   ("", "fwd@example.test", ""),
+                                   ("x@example.com", "alice@example.test", "x@example.com")):
+            s = h.connect(helo="client.example")
+            s.mail(sender)
+            s.rcpt(rcpt)
+            s.data("Subject: hi\r\n\r\nhello\r\n")
+            assert s.delivered[-1].sender == want, (sender, rcpt)
+
+
+def test_a_loop_through_catchalls_tempfails(tmp_path):
+    with harness(tmp_path, "@example.test x@other.test\n@other.test y@example.test\n") as h:
+        s = h.connect(helo="client.example")
+        s.mail("a@example.com")
+        assert s.rcpt("q@example.test") == (451, "4.3.0", "<q@example.test>: alias expansion failed; try again later")
+        assert any("alias loop" in line.message for line in h.logs)
+
+
+def test_a_bad_table_or_setting_does_not_load(tmp_path):
+    with pytest.raises(PolicyLoadError, match="alias loop: a@example.test \\(line 1\\)"):
+        harness(tmp_path, "a@example.test b@example.test\nb@example.test a@example.test\n")
+    with pytest.raises(PolicyLoadError, match="virtual, line 2: 'bad' is neither"):
+        harness(tmp_path, "ok@example.test ok@example.test\nbad x@example.test\n")
+    for table, why in (({"file": "virtual", "colour": 1}, "unknown key"), ({}, "file: the alias file is required"),
+                       ({"file": "virtual", "srs_secret": "x"}, "srs_domain: required"),
+                       ({"file": "virtual", "srs_domain": "f.test"}, "no srs_secret"),
+                       ({"file": "virtual", "max_depth": 0}, "max_depth")):
+        (tmp_path / "virtual").write_text(ALIASES)
+        with pytest.raises(PolicyLoadError, match=why):
+            Harness([POLICY], config={"aliases": table})
+
+
+def test_the_secret_may_come_from_a_postsrsd_secret_file(tmp_path):
+    (tmp_path / "srs.secret").write_text(f"new-secret\n{SECRET}\n")
+    old = SRS(SECRET, "fwd.example.test").forward("a@example.com")
+    with harness(tmp_path, ALIASES, srs_secret_file="srs.secret", srs_domain="fwd.example.test") as h:
+        s = h.connect(helo="client.example")
+        s.mail("x@example.com")
+        s.rcpt("fwd@example.test")
+        s.data("Subject: hi\r\n\r\nhello\r\n")
+        assert s.delivered[-1].sender == SRS("new-secret", "fwd.example.test").forward("x@example.com")
+        s.mail("")
+        assert s.rcpt(old).code == 250  # the old secret still verifies
+
+
+def test_a_reload_reads_the_file_again(tmp_path):
+    with harness(tmp_path, ALIASES) as h:
+        s = h.connect(helo="client.example")
+        s.mail("a@example.com")
+        assert s.rcpt("new@example.test").code == 550
+        (tmp_path / "virtual").write_text(ALIASES + "new@example.test alice@example.test\n")
+        h.reload()
+        s = h.connect(helo="client.example")
+        s.mail("a@example.com")
+        assert s.rcpt("new@example.test").code == 250
