@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from ._address import Address
 from .maps import MapError, PostfixMap, read_map
 
-__all__ = ["AliasError", "AliasTable"]
+__all__ = ["AliasError", "AliasTable", "split_extension"]
 
 
 class AliasError(Exception):
@@ -94,32 +94,34 @@ class AliasTable:
         """Whether mail for ``domain`` is ours to expand (listed local, or named in the table)."""
         return domain.lower().rstrip(".") in self.domains
 
-    def lookup(self, address: str) -> tuple[str, tuple[str, ...]] | None:
-        """The entry ``address`` matches, as (key, targets with any extension put back), or None."""
+    def lookup(self, address: str, use_catchall: bool = True) -> tuple[str, tuple[str, ...]] | None:
+        """The entry ``address`` matches, as (key, targets with any extension put back), or None.
+        ``use_catchall=False``: exact entries only."""
         local, _, domain = address.rpartition("@")
         domain = domain.lower()
         key = f"{local.lower()}@{domain}"
         targets = self.exact.get(key)
         if targets is not None:
             return key, targets
-        base, extension = self._split_extension(local)
+        base, extension = split_extension(local, self.delimiters)
         if extension:
             key = f"{base.lower()}@{domain}"
             targets = self.exact.get(key)
         if targets is None:
             key = "@" + domain
-            targets = self.catchall.get(domain)
+            targets = self.catchall.get(domain) if use_catchall else None
             if targets is None:
                 return None
         if extension and self.propagate_extension:
             targets = tuple(_with_extension(t, extension) for t in targets)
         return key, targets
 
-    def expand(self, address: str) -> list[str] | None:
+    def expand(self, address: str, use_catchall: bool = True) -> list[str] | None:
         """The final addresses mail for ``address`` goes to, each once, in
         table order; None when the table has no entry for it. Raises
-        ``AliasError`` for a loop or when a bound is passed."""
-        if self.lookup(address) is None:
+        ``AliasError`` for a loop or when a bound is passed. ``use_catchall=False``:
+        exact entries only, at every level."""
+        if self.lookup(address, use_catchall) is None:
             return None
         final: list[str] = []
         seen: set[str] = set()
@@ -127,7 +129,7 @@ class AliasTable:
         stack: list[tuple[str, tuple[str, ...]]] = [(address, ())]
         while stack:
             current, path = stack.pop()
-            found = self.lookup(current)
+            found = self.lookup(current, use_catchall)
             if found is None or (path and current.lower() == path[-1]):  # no entry, or its own mailbox
                 if current.lower() not in seen:
                     seen.add(current.lower())
@@ -148,13 +150,6 @@ class AliasTable:
         return final
 
     # -- the pieces
-
-    def _split_extension(self, local: str) -> tuple[str, str]:
-        """(base, extension with its delimiter) of a local part; extension "" without one."""
-        if not self.delimiters:
-            return local, ""
-        cut = min((i for i in (local.find(d) for d in self.delimiters) if i > 0), default=-1)
-        return (local, "") if cut < 0 else (local[:cut], local[cut:])
 
     def _find_loops(self) -> list[list[str]]:
         """Cycles among exact entries (a target that is itself an exact key, not the entry's own key)."""
@@ -182,6 +177,14 @@ class AliasTable:
                     path.append(key)
                     iters.append(iter(self.exact[key]))
         return loops
+
+
+def split_extension(local: str, delimiters: str) -> tuple[str, str]:
+    """(base, extension with its delimiter) of a local part: ``alice+tag`` ->
+    (``alice``, ``+tag``); the extension is "" without a delimiter (or one in
+    first place). Each character of ``delimiters`` is a delimiter."""
+    cut = min((i for i in (local.find(d) for d in delimiters) if i > 0), default=-1)
+    return (local, "") if cut < 0 else (local[:cut], local[cut:])
 
 
 def _is_domain(text: str) -> bool:

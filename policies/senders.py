@@ -1,0 +1,134 @@
+"""Who may send as whom (Postfix ``smtpd_sender_login_maps`` with
+``reject_sender_login_mismatch``), checked at MAIL FROM.
+
+Configure it in ``[senders]`` (the defaults shown):
+
+    [senders]
+    file = ""                        # lines "address  login[, login...]"; "@domain" allowed
+    login_is_address = true          # a login that is an address (alice@example.test) owns it
+    owns_aliases = false             # a login also owns the aliases ([aliases] file) that expand to
+                                     #   an address it owns (team@ -> alice@: alice may send as team@)
+    local_domains = []               # default: [aliases] local_domains
+    trusted_networks = []            # default: [relay] trusted_networks
+    recipient_delimiter = "+"        # default: [aliases] recipient_delimiter, else "+"
+
+The rules, for a MAIL FROM other than ``<>``:
+
+- An authenticated client may use a sender only if its login owns it (the
+  file lists the login for the address, its extension-less form or its
+  ``@domain``; or the login is the address itself; or, with
+  ``owns_aliases``, the sender is an alias that expands to an address the
+  login owns): otherwise ``553 5.7.1 <sender>: Sender address rejected:
+  not owned by user LOGIN``.
+- A client that did not authenticate and is not in ``trusted_networks``
+  may not use a sender of a local domain, nor one the file lists an owner
+  for: ``553 5.7.1 <sender>: Sender address rejected: not logged in``.
+
+Mail from ``<>`` and from trusted networks without AUTH passes. The files
+are read at load: on start-up and on every SIGHUP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import portcullis as pc
+from portcullis.aliases import AliasError, AliasTable
+from portcullis.senders import SenderLogins
+
+_KEYS = ("file", "login_is_address", "owns_aliases", "local_domains", "trusted_networks", "recipient_delimiter")
+
+
+def _settings() -> dict:
+    table = dict(pc.config.get("senders", {}))
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:  # a typo must not silently turn a rule off
+        raise ValueError(f"[senders]: unknown key(s) {', '.join(unknown)}")
+    aliases = pc.config.get("aliases", {})
+    settings = {
+        "file": table.get("file", ""),
+        "login_is_address": table.get("login_is_address", True),
+        "owns_aliases": table.get("owns_aliases", False),
+        "local_domains": table.get("local_domains", aliases.get("local_domains", [])),
+        "trusted_networks": table.get("trusted_networks", pc.config.get("relay", {}).get("trusted_networks", [])),
+        "recipient_delimiter": table.get("recipient_delimiter", aliases.get("recipient_delimiter", "+")),
+    }
+    for key in ("login_is_address", "owns_aliases"):
+        if not isinstance(settings[key], bool):
+            raise ValueError(f"[senders] {key}: want true or false")
+    for key in ("local_domains", "trusted_networks"):
+        if not isinstance(settings[key], list) or not all(isinstance(v, str) and v for v in settings[key]):
+            raise ValueError(f"[senders] {key}: want a list of strings")
+    if not isinstance(settings["file"], str) or not isinstance(settings["recipient_delimiter"], str):
+        raise ValueError("[senders] file and recipient_delimiter: want strings")
+    if settings["owns_aliases"] and not aliases.get("file"):
+        raise ValueError("[senders] owns_aliases: needs [aliases] file")
+    if not settings["file"] and not settings["login_is_address"]:
+        raise ValueError("[senders]: with no file and login_is_address = false, no login owns anything")
+    return settings
+
+
+def _networks(values: list[str]) -> list:
+    try:
+        return [ipaddress.ip_network(v, strict=False) for v in values]
+    except ValueError as e:
+        raise ValueError(f"[senders] trusted_networks: {e}") from None
+
+
+def _load():
+    s = _settings()
+    logins = (SenderLogins.read(pc.path(s["file"]), recipient_delimiter=s["recipient_delimiter"],
+                                login_is_address=s["login_is_address"])
+              if s["file"] else SenderLogins(recipient_delimiter=s["recipient_delimiter"],
+                                             login_is_address=s["login_is_address"]))
+    aliases = None
+    if s["owns_aliases"]:
+        table = pc.config["aliases"]
+        aliases = AliasTable.read(pc.path(table["file"]), local_domains=s["local_domains"],
+                                  recipient_delimiter=s["recipient_delimiter"],
+                                  propagate_extension=table.get("propagate_extension", True))
+    return logins, aliases, {d.lower().rstrip(".") for d in s["local_domains"]}, _networks(s["trusted_networks"])
+
+
+LOGINS, ALIASES, LOCAL_DOMAINS, TRUSTED = _load()
+
+
+def _trusted(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in TRUSTED)
+
+
+def _owns(login: str, sender: str) -> bool:
+    if LOGINS.owns(login, sender):
+        return True
+    if ALIASES is None:
+        return False
+    try:
+        # Exact entries only: a catch-all would hand its whole domain to whoever it points at.
+        targets = ALIASES.expand(sender, use_catchall=False)
+    except AliasError as e:
+        pc.log.warning("senders: cannot expand <%s> to check its owner: %s", sender, e)
+        return False
+    return bool(targets) and LOGINS.owns_any(login, targets)
+
+
+def on_mail(tx, sender):
+    if not sender:
+        return None  # <>: bounces and notifications
+    address = str(sender)
+    login = tx.conn.auth_user
+    if login is not None:
+        if _owns(login, address):
+            return None
+        shown = "".join(c if " " < c < "\x7f" else "?" for c in login)[:100]  # a login may hold anything (RFC 4616)
+        return pc.reject(f"<{address}>: Sender address rejected: not owned by user {shown}", code=553, status="5.7.1")
+    if _trusted(tx.conn.client_ip):
+        return None
+    if sender.domain.lower().rstrip(".") in LOCAL_DOMAINS or LOGINS.owners(address):
+        return pc.reject(f"<{address}>: Sender address rejected: not logged in", code=553, status="5.7.1")
+    return None

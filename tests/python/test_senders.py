@@ -1,0 +1,124 @@
+"""portcullis.senders and policies/senders.py through the testing harness:
+ownership by login, extension and domain entries, logins that are
+addresses, aliases owned through their expansion, unauthenticated clients
+and trusted networks. End to end: tests/e2e/test_senders.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from portcullis.maps import MapError
+from portcullis.senders import SenderLogins
+from portcullis.testing import Harness, PolicyLoadError
+
+POLICY = Path(__file__).resolve().parents[2] / "policies" / "senders.py"
+SENDERS = ("alice@example.test   alice\n"
+           "sales@example.test   alice, Bob\n"
+           "@example.org         carol\n")
+ALIASES = ("alice@example.test alice@example.test\n"
+           "team@example.test alice@example.test, bob@example.test\n"
+           "@example.test catchall@example.test\n")
+
+
+def test_owners_by_address_extension_and_domain(tmp_path):
+    (tmp_path / "senders").write_text(SENDERS)
+    t = SenderLogins.read(tmp_path / "senders")
+    assert t.owners("Alice@Example.TEST") == {"alice"}
+    assert t.owners("alice+lists@example.test") == {"alice"}
+    assert t.owners("sales@example.test") == {"alice", "bob"}
+    assert t.owners("anyone@example.org") == {"carol"}
+    assert t.owners("nobody@example.test") == set()
+    assert t.owns("BOB", "sales@example.test") and not t.owns("bob", "alice@example.test")
+    assert t.owns("dave@example.net", "dave@example.net") and t.owns("dave@example.net", "dave+x@example.net")
+    assert not SenderLogins.read(tmp_path / "senders", login_is_address=False).owns("dave@example.net",
+                                                                                    "dave@example.net")
+
+
+def test_a_key_without_a_domain_is_refused(tmp_path):
+    (tmp_path / "senders").write_text("alice alice\n")
+    with pytest.raises(MapError, match="line 1: 'alice': want address@domain"):
+        SenderLogins.read(tmp_path / "senders")
+
+
+def harness(tmp_path: Path, senders: dict | None = None, aliases: dict | None = None, relay: dict | None = None):
+    (tmp_path / "senders").write_text(SENDERS)
+    (tmp_path / "aliases").write_text(ALIASES)
+    config = {"senders": {"file": "senders", **(senders or {})},
+              "aliases": {"file": "aliases", "local_domains": ["example.test"], **(aliases or {})}}
+    if relay is not None:
+        config["relay"] = relay
+    (tmp_path / "portcullis.toml").write_text("")
+    return Harness([POLICY], config_path=tmp_path / "portcullis.toml", config=config)
+
+
+def mail(h: Harness, sender: str, auth_user: str | None = None, client_ip: str = "192.0.2.1"):
+    return h.connect(client_ip=client_ip, helo="client.example", auth_user=auth_user).mail(sender)
+
+
+def test_an_authenticated_client_sends_only_as_what_it_owns(tmp_path):
+    with harness(tmp_path) as h:
+        assert mail(h, "alice@example.test", "alice").code == 250
+        assert mail(h, "alice+news@example.test", "alice").code == 250
+        assert mail(h, "sales@example.test", "bob").code == 250
+        assert mail(h, "x@example.org", "carol").code == 250
+        assert mail(h, "", "bob").code == 250  # bounces
+        assert mail(h, "alice@example.test", "bob") == (
+            553, "5.7.1", "<alice@example.test>: Sender address rejected: not owned by user bob")
+        assert mail(h, "someone@gmail.example", "bob")[:2] == (553, "5.7.1")  # unlisted: not bob's either
+        assert mail(h, "team@example.test", "alice")[:2] == (553, "5.7.1")  # aliases not honoured unless asked
+
+
+def test_a_login_owns_the_aliases_that_expand_to_its_address_when_asked(tmp_path):
+    with harness(tmp_path, senders={"owns_aliases": True}) as h:
+        assert mail(h, "team@example.test", "alice").code == 250
+        assert mail(h, "team@example.test", "bob@example.test").code == 250  # a login that is an address
+        assert mail(h, "team@example.test", "carol")[:2] == (553, "5.7.1")
+        # The catch-all does not count: it would give the whole domain away.
+        assert mail(h, "random@example.test", "catchall@example.test")[:2] == (553, "5.7.1")
+
+
+def test_an_unauthenticated_client_may_not_use_local_or_owned_senders(tmp_path):
+    with harness(tmp_path) as h:
+        assert mail(h, "alice@example.test") == (
+            553, "5.7.1", "<alice@example.test>: Sender address rejected: not logged in")
+        assert mail(h, "x@example.org")[:2] == (553, "5.7.1")  # owned by carol, though not local
+        assert mail(h, "stranger@example.com").code == 250  # inbound mail from elsewhere
+        assert mail(h, "").code == 250
+
+
+def test_trusted_networks_need_no_login(tmp_path):
+    with harness(tmp_path, relay={"trusted_networks": ["10.0.0.0/8", "2001:db8::/32"]}) as h:
+        assert mail(h, "alice@example.test", client_ip="10.1.2.3").code == 250
+        assert mail(h, "alice@example.test", client_ip="::ffff:10.1.2.3").code == 250
+        assert mail(h, "alice@example.test", client_ip="2001:db8::1").code == 250
+        assert mail(h, "alice@example.test", client_ip="192.0.2.1")[:2] == (553, "5.7.1")
+        # AUTH still decides for a trusted client that logged in.
+        assert mail(h, "alice@example.test", "bob", client_ip="10.1.2.3")[:2] == (553, "5.7.1")
+    with harness(tmp_path, senders={"trusted_networks": ["192.0.2.0/24"]}) as h:
+        assert mail(h, "alice@example.test").code == 250
+
+
+def test_a_login_with_odd_characters_is_shown_safely(tmp_path):
+    with harness(tmp_path) as h:
+        r = mail(h, "alice@example.test", "bob\x1b[31m\u00e9")
+        assert r[:2] == (553, "5.7.1") and r.text.endswith("not owned by user bob?[31m?")
+
+
+@pytest.mark.parametrize("senders,aliases,why", [
+    ({"colour": "red"}, None, "unknown key"),
+    ({"owns_aliases": "yes"}, None, "owns_aliases: want true or false"),
+    ({"trusted_networks": ["10.0.0.0/33"]}, None, "trusted_networks"),
+    ({"file": "", "login_is_address": False}, None, "no login owns anything"),
+    ({"file": "missing"}, None, "cannot read it"),
+])
+def test_bad_settings_do_not_load(tmp_path, senders, aliases, why):
+    with pytest.raises(PolicyLoadError, match=why):
+        harness(tmp_path, senders=senders, aliases=aliases)
+
+
+def test_owns_aliases_needs_an_alias_file(tmp_path):
+    (tmp_path / "senders").write_text(SENDERS)
+    with pytest.raises(PolicyLoadError, match="needs \\[aliases\\] file"):
+        Harness([POLICY], config={"senders": {"file": str(tmp_path / "senders"), "owns_aliases": True}})
