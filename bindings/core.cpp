@@ -51,6 +51,7 @@ void define_core(py::module_& m) {
 
   define_protocol(m);
   define_dns(m);
+  define_store(m);
 }
 
 }  // namespace portcullis::bindings

@@ -18,6 +18,8 @@ smtp::address checked_mailbox(std::string_view text, bool utf8);
 void define_core(pybind11::module_& m);
 // The policy protocol's classes (bindings/protocol.cpp); define_core calls it.
 void define_protocol(pybind11::module_& m);
+// pc.store's memory backend (bindings/store.cpp); define_core calls it.
+void define_store(pybind11::module_& m);
 // pc.dns's lookups (bindings/dns.cpp); define_core calls it.
 void define_dns(pybind11::module_& m);
 

@@ -13,6 +13,7 @@
 #include "server/server.hpp"
 #include "server/supervisor.hpp"
 #include "session/client_table.hpp"
+#include "store/shared_kv.hpp"
 
 namespace {
 
@@ -109,8 +110,9 @@ int main(int argc, char** argv) {
     }
   };
   try {
-    // Before any fork: every worker inherits this one shared mapping.
+    // Before any fork: every worker inherits these shared mappings.
     portcullis::client_table clients(workers);
+    portcullis::make_process_kv(cfg->store.memory_entries);  // pc.store's memory backend
     // One process, as before: no supervisor.
     if (workers == 1) return serve(std::move(cfg), clients, 0);
     // Forked before any thread or the interpreter starts (supervisor.hpp).

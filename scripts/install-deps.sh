@@ -8,6 +8,7 @@ BUILD_PACKAGES=(
   libboost1.81-dev          # Asio with awaitable_operators (1.74 lacks them)
   libssl-dev libtoml11-dev libspdlog-dev libfmt-dev
   pybind11-dev python3-dev libpython3.11-dev
+  python3-redis             # pc.store's Redis backend ([store] url = "redis://...")
   libgtest-dev              # the build configures the C++ tests too
   libunbound-dev            # the DNS resolver (proxy/dns)
   libspf2-dev               # SPF (proxy/checks)
@@ -26,6 +27,7 @@ TEST_PACKAGES=(
   python3-dkim python3-nacl                   # dkimpy: signs the DKIM tests' mail, the reference verifier
   python3-authheaders                         # the reference DMARC evaluation
   postsrsd                                    # SRS made by libsrs2's code: portcullis.srs must agree with it
+  redis-server                                # pc.store's Redis backend, shared by two daemons in the tests
 )
 
 BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools

@@ -709,8 +709,15 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     t.get_path("key_file", k.key_file, base);
   });
   section("store", [&](table_reader& t) {
-    std::string url;
-    if (t.get("url", url)) t.not_implemented("url", "has no pc.store yet; remove [store]");
+    auto& k = cfg->store;
+    if (t.get("url", k.url) && k.url != "memory:" && !k.url.starts_with("redis://") &&
+        !k.url.starts_with("rediss://") && !k.url.starts_with("unix://"))
+      t.problem_at("url", as_shown(k.url) + " is not \"memory:\", redis://HOST:PORT/DB, rediss://... or unix://PATH");
+    t.get_count("memory_entries", k.memory_entries, min_config_store_entries, max_config_store_entries);
+    std::string prefix;  // (Python's: the Redis key prefix)
+    t.get("prefix", prefix);
+    std::chrono::seconds timeout{};  // (Python's: Redis connect and reply timeout)
+    t.get_seconds("timeout", timeout, std::chrono::seconds(1), std::chrono::seconds(60));
   });
   section("metrics", [&](table_reader& t) {
     std::string listen;

@@ -141,6 +141,14 @@ struct checks_config {
   unsigned threads = 8;  // run libspf2, DKIM and DMARC, which block on DNS (never an I/O thread)
 };
 
+// pc.store (python/portcullis/store.py reads url, prefix and timeout from the config text itself).
+struct store_config {
+  std::string url = "memory:";  // "memory:" (shared by the workers) or redis://, rediss://, unix:// (redis-py's forms)
+  std::size_t memory_entries = 65536;  // keys the memory store holds; read at start-up only (one mapping, made before fork)
+
+  bool operator==(const store_config&) const = default;
+};
+
 struct dns_config {
   std::string nameserver;  // "IP:PORT"; empty: the nameservers of /etc/resolv.conf
   std::chrono::seconds timeout{5};  // per lookup
@@ -192,6 +200,7 @@ struct config {
   policy_config policy;
   checks_config checks;
   dns_config dns;
+  store_config store;
   dkim_sign_config dkim_sign;
   arc_seal_config arc_seal;
   log_config log;
@@ -240,6 +249,8 @@ inline constexpr unsigned max_config_dkim_signatures = 100;
 inline constexpr std::uint64_t min_config_dns_cache = 64 * 1024;
 inline constexpr std::uint64_t max_config_dns_cache = 1ull << 32;
 inline constexpr std::size_t max_config_auth_failures = 1000000;
+inline constexpr std::uint64_t min_config_store_entries = 1024;
+inline constexpr std::uint64_t max_config_store_entries = 1ull << 24;
 
 // RFC 5321 §4.1.2 Domain (RFC 1035 §2.3.1 labels, RFC 1123 §2.1): labels of
 // letters, digits and '-', 1-63 octets, not starting or ending with '-';

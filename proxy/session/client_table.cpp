@@ -1,21 +1,15 @@
 #include "session/client_table.hpp"
 
-#include <pthread.h>
-#include <sys/mman.h>
-
-#include <cerrno>
 #include <cstring>
-#include <random>
 #include <stdexcept>
-#include <system_error>
+
+#include "store/shared_memory.hpp"
 
 namespace portcullis {
 
 namespace {
 
 constexpr std::size_t npos = static_cast<std::size_t>(-1);
-
-std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
 std::int64_t to_ms(client_table::clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
@@ -33,13 +27,6 @@ void key_of(const asio::ip::address& a, std::uint8_t (&key)[16]) {
   std::memcpy(key, bytes.data(), sizeof key);
 }
 
-std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ULL;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
 }  // namespace
 
@@ -63,21 +50,10 @@ struct client_table::entry {
   std::uint8_t used;
 };
 
-class client_table::lock {
+class client_table::lock : public robust_lock {
  public:
-  explicit lock(pthread_mutex_t* m) : m_(m) {
-    const int rc = pthread_mutex_lock(m_);
-    // Its owner died holding it: every update is one store, so the table is
-    // consistent; the dead worker's connections are the supervisor's to clear.
-    if (rc == EOWNERDEAD) pthread_mutex_consistent(m_);
-    else if (rc != 0) throw std::system_error(rc, std::generic_category(), "client table lock");
-  }
-  ~lock() { pthread_mutex_unlock(m_); }
-  lock(const lock&) = delete;
-  lock& operator=(const lock&) = delete;
-
- private:
-  pthread_mutex_t* m_;
+  // (A dead worker's connections are the supervisor's to clear.)
+  explicit lock(pthread_mutex_t* m) : robust_lock(m, "client table") {}
 };
 
 client_table::client_table(unsigned workers, std::size_t capacity) : workers_(workers), capacity_(capacity) {
@@ -87,28 +63,19 @@ client_table::client_table(unsigned workers, std::size_t capacity) : workers_(wo
   const std::size_t counts_at = align_up(entries_at + capacity * sizeof(entry), alignof(std::max_align_t));
   bytes_ = counts_at + std::size_t{workers} * capacity * sizeof(std::uint32_t);
   // Zero-filled by the kernel: every slot starts unused, every count at 0.
-  map_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (map_ == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "client table mmap");
-  auto* base = static_cast<std::uint8_t*>(map_);
+  map_ = std::make_unique<shared_mapping>(bytes_, "client table");
+  auto* base = map_->data();
   header_ = new (base) header;
   worker_slots_ = reinterpret_cast<worker_slot*>(base + slots_at);
   entries_ = reinterpret_cast<entry*>(base + entries_at);
   counts_ = reinterpret_cast<std::uint32_t*>(base + counts_at);
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  pthread_mutex_init(&header_->mutex, &attr);
-  pthread_mutexattr_destroy(&attr);
-  std::random_device rd;
-  header_->session_seed = (std::uint64_t{rd()} << 32) ^ rd();
-  header_->hash_seed = (std::uint64_t{rd()} << 32) ^ rd();
+  init_robust_mutex(&header_->mutex);
+  header_->session_seed = random_seed();
+  header_->hash_seed = random_seed();
 }
 
-client_table::~client_table() {
-  // Each process unmaps its own view; the mutex is left alone (another process may hold it).
-  munmap(map_, bytes_);
-}
+// Each process unmaps its own view; the mutex is left alone (another process may hold it).
+client_table::~client_table() = default;
 
 std::uint32_t& client_table::count(unsigned worker, std::size_t slot) const {
   return counts_[std::size_t{worker} * capacity_ + slot];
@@ -124,7 +91,7 @@ std::size_t client_table::find(const std::uint8_t (&key)[16], bool create, std::
   std::uint64_t a, b;
   std::memcpy(&a, key, 8);
   std::memcpy(&b, key + 8, 8);
-  const std::size_t home = mix(mix(a ^ header_->hash_seed) ^ b) % capacity_;
+  const std::size_t home = mix64(mix64(a ^ header_->hash_seed) ^ b) % capacity_;
   std::size_t free_slot = npos, evictable = npos;
   for (std::size_t i = 0; i < client_table_probe && i < capacity_; ++i) {
     const std::size_t s = (home + i) % capacity_;

@@ -30,10 +30,13 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "asio.hpp"
 
 namespace portcullis {
+
+class shared_mapping;
 
 inline constexpr std::size_t client_table_capacity = 16384;  // addresses held at once
 inline constexpr std::size_t client_table_probe = 32;        // slots looked at for one address
@@ -97,7 +100,7 @@ class client_table {
   unsigned workers_;
   std::size_t capacity_;
   std::size_t bytes_ = 0;
-  void* map_ = nullptr;
+  std::unique_ptr<shared_mapping> map_;
   header* header_ = nullptr;
   worker_slot* worker_slots_ = nullptr;
   entry* entries_ = nullptr;

@@ -9,6 +9,8 @@ returns None (let the next policy decide) or a verdict: ``accept``,
 
 ``dns`` looks names up through the daemon's resolver (``await
 pc.dns.resolve(name, "TXT")``, ``pc.dns.resolve_sync`` in plain hooks).
+``store`` keeps state between connections, shared by the worker processes
+(and with Redis by several daemons): ``await pc.store.incr(key, ttl=60)``.
 
 ``config`` is the daemon's whole config file as a dict (a policy reads its
 own table: ``pc.config["aliases"]``); ``path(name)`` resolves a file name
@@ -26,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import dns
+from . import dns, store
 from ._address import Address, AddressList
 from ._log import log
 from ._message import Message
@@ -55,6 +57,7 @@ __all__ = [
     "path",
     "redirect",
     "reject",
+    "store",
     "tempfail",
 ]
 

@@ -1,0 +1,209 @@
+"""``pc.store``: state that policies keep between connections, shared by every
+worker process and, with Redis, by every instance.
+
+    count = await pc.store.incr(f"rate:{conn.client_ip}", ttl=60)
+    await pc.store.set(f"grey:{triplet}", "1", ttl=36 * 86400)
+    seen = await pc.store.get(f"grey:{triplet}")          # a str, or None
+
+``[store] url`` picks the backend: ``"memory:"`` (the default) is a table in
+memory shared by the daemon's worker processes (``[store] memory_entries``
+keys; it lives as long as the daemon, through reloads); ``redis://HOST:PORT/DB``
+(also ``rediss://`` and ``unix://``) is a Redis server, shared by several
+daemons, its keys prefixed with ``[store] prefix`` (``"portcullis:"``).
+Values are text (``set`` takes ``str``, ``int`` or ``float``); counters are
+decimal integers, as in Redis. ``incr`` is atomic: a new key starts at 0 and
+gets ``ttl`` seconds to live, an existing one keeps its expiry (a fixed
+window; sliding windows are several keys). Keys are at most 200 bytes and,
+in memory, values at most 256.
+
+Plain (``def``) hooks use the ``*_sync`` forms. A store that cannot answer
+(Redis down, past ``[store] timeout``) raises ``pc.store.Error``: the hook
+fails and the client gets ``451 4.3.0`` (or the mail passes, per
+``[policy] on_error``).
+
+Both backends survive a SIGHUP: counters do not reset when a policy or an
+alias file is reloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+import _portcullis_core as _core
+
+from . import _context
+
+__all__ = ["Error", "delete", "delete_sync", "get", "get_sync", "incr", "incr_sync", "set", "set_sync"]
+
+MAX_KEY = 200
+_DEFAULT_PREFIX = "portcullis:"
+_DEFAULT_TIMEOUT = 2.0
+
+
+class Error(Exception):
+    """The store could not answer (Redis unreachable, a timeout, a full memory table)."""
+
+
+def _settings() -> tuple[str, str, float]:
+    table = _context.current_config().get("store", {})
+    return (table.get("url", "memory:"), table.get("prefix", _DEFAULT_PREFIX),
+            float(table.get("timeout", _DEFAULT_TIMEOUT)))
+
+
+def _checked_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"a store key is a non-empty str, not {key!r:.100}")
+    if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY:
+        raise ValueError(f"a store key is at most {MAX_KEY} bytes")
+    return key
+
+
+def _checked_value(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"a store value is a str, int or float, not {type(value).__name__}")
+    return str(value)
+
+
+def _checked_ttl(ttl: object) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise ValueError(f"ttl is a number of seconds above 0, not {ttl!r}")
+    return float(ttl)
+
+
+# -- memory: the daemon's shared table (bindings/store.cpp)
+
+
+def _memory(call: Any, *args: Any) -> Any:
+    try:
+        return call(*args)
+    except RuntimeError as e:  # full
+        raise Error(str(e)) from None
+
+
+# -- Redis (python3-redis): one client per URL (and, for asyncio, per event loop), kept across reloads
+
+_sync_clients: dict[tuple[str, float], Any] = {}
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, float], Any]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _redis_error(e: Exception) -> Error:
+    return Error(f"pc.store: Redis: {type(e).__name__}: {e}")
+
+
+def _sync_client(url: str, timeout: float) -> Any:
+    client = _sync_clients.get((url, timeout))
+    if client is None:
+        import redis
+
+        client = _sync_clients[(url, timeout)] = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True)
+    return client
+
+
+def _async_client(url: str, timeout: float) -> Any:
+    clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get((url, timeout))
+    if client is None:
+        import redis.asyncio
+
+        client = clients[(url, timeout)] = redis.asyncio.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True)
+    return client
+
+
+def _px(ttl: float | None) -> int | None:
+    return None if ttl is None else max(1, int(ttl * 1000))
+
+
+def _redis_incr(client: Any, key: str, by: int, ttl: float | None) -> Any:
+    pipe = client.pipeline(transaction=True)  # MULTI ... EXEC: atomic
+    pipe.incrby(key, by)
+    if ttl is not None:
+        # Only a key that has no expiry yet (a new one) gets it: INCR keeps an existing key's.
+        pipe.pexpire(key, _px(ttl), nx=True)
+    return pipe.execute()
+
+
+# Each operation once: (the memory backend's, Redis's on a client and a prefixed key, what Redis's answer means).
+_OPERATIONS: dict[str, tuple[Any, Any, Any]] = {
+    "get": (_core.store_get, lambda c, k: c.get(k), lambda r: r),
+    "set": (_core.store_set, lambda c, k, text, ttl: c.set(k, text, px=_px(ttl)), lambda r: None),
+    "incr": (_core.store_incr, _redis_incr, lambda r: int(r[0])),
+    "delete": (_core.store_delete, lambda c, k: c.delete(k), bool),
+}
+
+
+def _call_sync(name: str, key: str, *args: Any) -> Any:
+    memory, redis_op, meaning = _OPERATIONS[name]
+    url, prefix, timeout = _settings()
+    if url == "memory:":
+        return _memory(memory, key, *args)
+    try:
+        return meaning(redis_op(_sync_client(url, timeout), prefix + key, *args))
+    except Exception as e:
+        raise _redis_error(e) from None
+
+
+async def _call(name: str, key: str, *args: Any) -> Any:
+    memory, redis_op, meaning = _OPERATIONS[name]
+    url, prefix, timeout = _settings()
+    if url == "memory:":
+        return _memory(memory, key, *args)  # a few hundred nanoseconds: no thread hop
+    try:
+        return meaning(await redis_op(_async_client(url, timeout), prefix + key, *args))
+    except Exception as e:
+        raise _redis_error(e) from None
+
+
+def _checked_by(by: object) -> int:
+    if isinstance(by, bool) or not isinstance(by, int):
+        raise TypeError("by is an int")
+    return by
+
+
+# -- the API
+
+
+async def get(key: str) -> str | None:
+    """The value at ``key``, or None."""
+    return await _call("get", _checked_key(key))
+
+
+async def set(key: str, value: str | int | float, ttl: float | None = None) -> None:  # noqa: A001
+    """Sets ``key`` to ``value``, for ``ttl`` seconds (None: until deleted)."""
+    await _call("set", _checked_key(key), _checked_value(value), _checked_ttl(ttl))
+
+
+async def incr(key: str, by: int = 1, ttl: float | None = None) -> int:
+    """Adds ``by`` to the counter at ``key`` (a new key starts at 0 and gets ``ttl``) and returns it."""
+    return await _call("incr", _checked_key(key), _checked_by(by), _checked_ttl(ttl))
+
+
+async def delete(key: str) -> bool:
+    """Deletes ``key``; whether it was there."""
+    return await _call("delete", _checked_key(key))
+
+
+def get_sync(key: str) -> str | None:
+    """``get`` for plain hooks."""
+    return _call_sync("get", _checked_key(key))
+
+
+def set_sync(key: str, value: str | int | float, ttl: float | None = None) -> None:
+    """``set`` for plain hooks."""
+    _call_sync("set", _checked_key(key), _checked_value(value), _checked_ttl(ttl))
+
+
+def incr_sync(key: str, by: int = 1, ttl: float | None = None) -> int:
+    """``incr`` for plain hooks."""
+    return _call_sync("incr", _checked_key(key), _checked_by(by), _checked_ttl(ttl))
+
+
+def delete_sync(key: str) -> bool:
+    """``delete`` for plain hooks."""
+    return _call_sync("delete", _checked_key(key))

@@ -1,0 +1,150 @@
+"""pc.store on both backends - the memory table (the daemon's shared_kv) and a
+real redis-server - with the same expectations: values, counters, time to
+live, atomic increments from many threads, errors, and that it outlives a
+policy reload. Sharing between worker processes: tests/unit/shared_kv_test.cpp
+and tests/e2e/test_store.py."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+
+import pytest
+
+import portcullis as pc
+from helpers.redis_server import running_redis
+from portcullis import _context
+from portcullis.testing import Harness
+
+_keys = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request, monkeypatch):
+    """Makes pc.config's [store] the backend under test; returns a fresh key prefix."""
+    url = "memory:" if request.param == "memory" else request.getfixturevalue("redis_url")
+    monkeypatch.setattr(_context, "_default_config", {"store": {"url": url, "prefix": "test:"}})
+    return f"k{next(_keys)}-"
+
+
+def test_values_and_missing_keys(backend):
+    k = backend
+    assert pc.store.get_sync(k + "a") is None
+    pc.store.set_sync(k + "a", "hello")
+    pc.store.set_sync(k + "n", 42)
+    assert pc.store.get_sync(k + "a") == "hello" and pc.store.get_sync(k + "n") == "42"
+    assert pc.store.delete_sync(k + "a") is True and pc.store.delete_sync(k + "a") is False
+    assert pc.store.get_sync(k + "a") is None
+    pc.store.set_sync(k + "u", "ünïcode ✓")
+    assert pc.store.get_sync(k + "u") == "ünïcode ✓"
+
+
+def test_counters_and_their_window(backend):
+    k = backend + "c"
+    assert pc.store.incr_sync(k, ttl=0.3) == 1
+    assert pc.store.incr_sync(k, ttl=100) == 2  # an existing key keeps its expiry
+    assert pc.store.incr_sync(k, by=5) == 7
+    assert pc.store.incr_sync(k, by=-7) == 0
+    time.sleep(0.45)
+    assert pc.store.get_sync(k) is None
+    assert pc.store.incr_sync(k) == 1  # a new window
+
+
+def test_set_with_a_time_to_live(backend):
+    k = backend + "t"
+    pc.store.set_sync(k, "x", ttl=0.2)
+    assert pc.store.get_sync(k) == "x"
+    time.sleep(0.3)
+    assert pc.store.get_sync(k) is None
+
+
+def test_the_async_forms(backend):
+    k = backend
+
+    async def go():
+        await pc.store.set(k + "a", "v", ttl=10)
+        counts = await asyncio.gather(*(pc.store.incr(k + "c") for _ in range(50)))
+        return await pc.store.get(k + "a"), sorted(counts), await pc.store.delete(k + "a")
+
+    value, counts, deleted = asyncio.run(go())
+    assert value == "v" and counts == list(range(1, 51)) and deleted
+
+
+def test_increments_from_many_threads_are_atomic(backend):
+    k = backend + "atomic"
+    config = _context._default_config
+
+    def work():
+        token = _context.scope.set(("", config, None))
+        try:
+            for _ in range(200):
+                pc.store.incr_sync(k)
+        finally:
+            _context.scope.reset(token)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert pc.store.get_sync(k) == "1600"
+
+
+def test_errors(backend):
+    k = backend
+    pc.store.set_sync(k + "text", "not a number")
+    with pytest.raises((ValueError, pc.store.Error)):
+        pc.store.incr_sync(k + "text")
+    with pytest.raises(ValueError):
+        pc.store.set_sync("x" * 201, "v")
+    with pytest.raises(TypeError):
+        pc.store.set_sync(k + "b", b"bytes")
+    with pytest.raises(TypeError):
+        pc.store.get_sync("")
+    with pytest.raises(ValueError):
+        pc.store.set_sync(k + "t", "v", ttl=0)
+    with pytest.raises(TypeError):
+        pc.store.incr_sync(k + "c", by=1.5)
+
+
+def test_a_redis_that_does_not_answer_raises_store_error(monkeypatch):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    monkeypatch.setattr(_context, "_default_config", {"store": {"url": f"redis://127.0.0.1:{port}/0", "timeout": 1}})
+    with pytest.raises(pc.store.Error, match="Redis: ConnectionError"):
+        pc.store.incr_sync("x")
+    with pytest.raises(pc.store.Error):
+        asyncio.run(pc.store.get("x"))
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_counters_survive_a_policy_reload(policy_file, kind, request):
+    url = "memory:" if kind == "memory" else request.getfixturevalue("redis_url")
+    key = f"reload-{next(_keys)}"
+    source = f"""
+        import portcullis as pc
+        def on_mail(tx, sender):
+            tx.data["n"] = pc.store.incr_sync("{key}")
+        async def on_rcpt(tx, rcpt):
+            n = await pc.store.incr("{key}")
+            return pc.reject(f"seen {{tx.data['n']}} {{n}}", code=550, status="5.7.1")
+        """
+    path = policy_file(source)
+    with Harness([path], config={"store": {"url": url}}) as h:
+        s = h.connect(helo="a")
+        s.mail("x@example.com")
+        assert s.rcpt("y@example.com").text == "seen 1 2"
+        h.reload()
+        s = h.connect(helo="b")
+        s.mail("x@example.com")
+        assert s.rcpt("y@example.com").text == "seen 3 4"

@@ -1,0 +1,129 @@
+// pc.store's memory backend: values, counters, time to live (with a clock
+// the test moves), eviction when full, bounds, and one table shared by
+// processes forked after it was made (the daemon's workers).
+#include "store/shared_kv.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+
+namespace portcullis {
+namespace {
+
+using namespace std::chrono_literals;
+using status = shared_kv::status;
+
+const shared_kv::clock::time_point t0 = shared_kv::clock::time_point(1000h);
+
+std::int64_t incr(shared_kv& kv, std::string_view key, std::int64_t by = 1,
+                  std::optional<shared_kv::clock::duration> ttl = std::nullopt, shared_kv::clock::time_point now = t0) {
+  std::int64_t n = 0;
+  EXPECT_EQ(kv.incr(key, by, ttl, n, now), status::ok);
+  return n;
+}
+
+TEST(SharedKv, ValuesCountersAndDeletion) {
+  shared_kv kv(1024);
+  EXPECT_EQ(kv.get("a", t0), std::nullopt);
+  EXPECT_EQ(kv.set("a", "hello", std::nullopt, t0), status::ok);
+  EXPECT_EQ(kv.get("a", t0), "hello");
+  EXPECT_EQ(kv.set("a", "", std::nullopt, t0), status::ok);  // an empty value is a value
+  EXPECT_EQ(kv.get("a", t0), "");
+  EXPECT_EQ(incr(kv, "n"), 1);
+  EXPECT_EQ(incr(kv, "n", 41), 42);
+  EXPECT_EQ(incr(kv, "n", -50), -8);
+  EXPECT_EQ(kv.get("n", t0), "-8");
+  std::int64_t out = 0;
+  EXPECT_EQ(kv.incr("a", 1, std::nullopt, out, t0), status::not_integer);
+  kv.set("big", "9223372036854775807", std::nullopt, t0);
+  EXPECT_EQ(kv.incr("big", 1, std::nullopt, out, t0), status::overflow);
+  EXPECT_TRUE(kv.erase("n", t0));
+  EXPECT_FALSE(kv.erase("n", t0));
+  EXPECT_EQ(incr(kv, "n"), 1);
+  // Keys differ by every byte, including a trailing NUL.
+  kv.set(std::string_view("k\0", 2), "nul", std::nullopt, t0);
+  kv.set("k", "plain", std::nullopt, t0);
+  EXPECT_EQ(kv.get(std::string_view("k\0", 2), t0), "nul");
+  EXPECT_EQ(kv.get("k", t0), "plain");
+}
+
+TEST(SharedKv, TimeToLive) {
+  shared_kv kv(1024);
+  kv.set("s", "v", 10s, t0);
+  EXPECT_EQ(kv.get("s", t0 + 9s), "v");
+  EXPECT_EQ(kv.get("s", t0 + 10s), std::nullopt);
+  EXPECT_EQ(incr(kv, "c", 1, 60s), 1);
+  EXPECT_EQ(incr(kv, "c", 1, 3600s, t0 + 30s), 2);  // keeps its expiry, as Redis's INCR
+  EXPECT_EQ(kv.get("c", t0 + 59s), "2");
+  EXPECT_EQ(kv.get("c", t0 + 60s), std::nullopt);
+  EXPECT_EQ(incr(kv, "c", 1, 60s, t0 + 60s), 1);  // a new window
+  kv.set("s", "again", std::nullopt, t0 + 20s);  // set replaces the expiry too
+  EXPECT_EQ(kv.get("s", t0 + 1000h), "again");
+}
+
+TEST(SharedKv, Bounds) {
+  shared_kv kv(1024);
+  const std::string key(shared_kv_max_key, 'k'), value(shared_kv_max_value, 'v');
+  EXPECT_EQ(kv.set(key, value, std::nullopt, t0), status::ok);
+  EXPECT_EQ(kv.get(key, t0), value);
+  EXPECT_EQ(kv.set(key + "k", "v", std::nullopt, t0), status::too_long);
+  EXPECT_EQ(kv.set("k", value + "v", std::nullopt, t0), status::too_long);
+  EXPECT_EQ(kv.set("", "v", std::nullopt, t0), status::too_long);
+  EXPECT_EQ(kv.get(key + "k", t0), std::nullopt);
+}
+
+TEST(SharedKv, WhenFullTheSoonestToExpireGivesWayNeverAKeptOne) {
+  shared_kv kv(shared_kv_probe);  // every key probes every slot
+  for (std::size_t i = 0; i < shared_kv_probe; ++i)
+    ASSERT_EQ(kv.set("forever" + std::to_string(i), "v", std::nullopt, t0), status::ok);
+  EXPECT_EQ(kv.set("one more", "v", 10s, t0), status::full);
+  std::int64_t out = 0;
+  EXPECT_EQ(kv.incr("counter", 1, 10s, out, t0), status::full);
+  EXPECT_EQ(kv.get("forever0", t0), "v");
+  kv.erase("forever3", t0);
+  kv.erase("forever7", t0);
+  EXPECT_EQ(kv.set("soon", "1", 10s, t0), status::ok);
+  EXPECT_EQ(kv.set("later", "2", 20s, t0), status::ok);
+  EXPECT_EQ(kv.set("newest", "3", 30s, t0), status::ok);  // takes the slot of "soon"
+  EXPECT_EQ(kv.get("soon", t0), std::nullopt);
+  EXPECT_EQ(kv.get("later", t0), "2");
+  EXPECT_EQ(kv.get("newest", t0), "3");
+  EXPECT_EQ(kv.set("after", "4", std::nullopt, t0 + 25s), status::ok);  // "later" expired: its slot is free
+  EXPECT_EQ(kv.get("after", t0 + 25s), "4");
+}
+
+TEST(SharedKv, ProcessesForkedAfterItShareIt) {
+  shared_kv kv(4096);
+  incr(kv, "shared", 1, std::nullopt, shared_kv::clock::now());
+  constexpr int children = 4, each = 2000;
+  for (int c = 0; c < children; ++c) {
+    if (fork() == 0) {
+      std::int64_t n = 0;
+      bool ok = true;
+      for (int i = 0; i < each; ++i) ok = ok && kv.incr("shared", 1, std::nullopt, n) == status::ok;
+      ok = ok && kv.set("child" + std::to_string(c), "here", std::nullopt) == status::ok;
+      _exit(ok ? 0 : 1);
+    }
+  }
+  for (int i = 0; i < each; ++i) incr(kv, "shared", 1, std::nullopt, shared_kv::clock::now());
+  for (int c = 0; c < children; ++c) {
+    int status_code = 0;
+    ASSERT_GT(wait(&status_code), 0);
+    EXPECT_TRUE(WIFEXITED(status_code) && WEXITSTATUS(status_code) == 0);
+  }
+  EXPECT_EQ(kv.get("shared"), std::to_string(1 + (children + 1) * each));
+  for (int c = 0; c < children; ++c) EXPECT_EQ(kv.get("child" + std::to_string(c)), "here");
+}
+
+TEST(SharedKv, TheProcessTableIsMadeOnceAndKept) {
+  make_process_kv(2048);
+  shared_kv& a = process_kv();
+  make_process_kv(4096);  // too late: the first one stays (workers already share it)
+  EXPECT_EQ(&process_kv(), &a);
+  EXPECT_EQ(a.capacity(), 2048u);
+}
+
+}  // namespace
+}  // namespace portcullis
