@@ -1,0 +1,131 @@
+"""Greylisting (RFC 6647): the first attempt of an unknown (client network,
+sender, recipient) triplet is told to try again later; a real mail server
+does, most spam engines do not.
+
+Configure it in ``[greylist]`` (the defaults shown):
+
+    [greylist]
+    delay = 300                    # seconds before a retry of a new triplet passes
+    retry_window = 172800          # a new triplet not retried within this many seconds is forgotten
+    lifetime = 3024000             # a triplet that passed is known this long after its last mail (35 days)
+    ipv4_prefix = 24               # clients are grouped by network: big senders retry from another address
+    ipv6_prefix = 64
+    networks = []                  # clients never greylisted (CIDR)
+    skip_authenticated = true      # AUTH clients are never greylisted
+    skip_spf_pass = false          # mail whose MAIL FROM passed SPF ([checks] spf) is not greylisted
+    skip_dkim_pass = false         # mail with a passing DKIM signature is not: the decision waits for the end of DATA
+
+Deferred recipients get ``451 4.7.1 Greylisted, try again in N seconds``
+(with ``skip_dkim_pass``, the whole message gets it at the end of DATA
+unless it carries a passing signature). The sender is compared lowercased
+without its ``+extension``; ``<>`` is a sender like any other.
+
+The triplets live in ``pc.store`` (``[store] url``): with Redis, every
+daemon sharing it knows what any of them has seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+
+import portcullis as pc
+
+_DEFAULTS = {"delay": 300, "retry_window": 172800, "lifetime": 3024000, "ipv4_prefix": 24, "ipv6_prefix": 64,
+             "networks": [], "skip_authenticated": True, "skip_spf_pass": False, "skip_dkim_pass": False}
+
+
+def _settings() -> dict:
+    table = dict(pc.config.get("greylist", {}))
+    unknown = sorted(set(table) - set(_DEFAULTS))
+    if unknown:
+        raise ValueError(f"[greylist]: unknown key(s) {', '.join(unknown)}")
+    s = {**_DEFAULTS, **table}
+    for key, low, high in (("delay", 0, 86400), ("retry_window", 60, 30 * 86400), ("lifetime", 3600, 400 * 86400),
+                           ("ipv4_prefix", 8, 32), ("ipv6_prefix", 16, 128)):
+        if isinstance(s[key], bool) or not isinstance(s[key], int) or not low <= s[key] <= high:
+            raise ValueError(f"[greylist] {key}: want an integer from {low} to {high}")
+    for key in ("skip_authenticated", "skip_spf_pass", "skip_dkim_pass"):
+        if not isinstance(s[key], bool):
+            raise ValueError(f"[greylist] {key}: want true or false")
+    try:
+        s["networks"] = [ipaddress.ip_network(n, strict=False) for n in s["networks"]]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"[greylist] networks: {e}") from None
+    return s
+
+
+SETTINGS = _settings()
+
+
+def _client_network(ip: str) -> str:
+    address = ipaddress.ip_address(ip)
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = SETTINGS["ipv4_prefix"] if address.version == 4 else SETTINGS["ipv6_prefix"]
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+def _exempt(tx) -> bool:
+    conn = tx.conn
+    if SETTINGS["skip_authenticated"] and conn.auth_user is not None:
+        return True
+    address = ipaddress.ip_address(conn.client_ip)
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in network for network in SETTINGS["networks"]):
+        return True
+    return SETTINGS["skip_spf_pass"] and tx.spf is not None and tx.spf.result == "pass"
+
+
+def _key(tx, rcpt) -> str:
+    sender = str(tx.sender).lower()
+    local, at, domain = sender.rpartition("@")
+    if at and "+" in local:
+        sender = local.split("+", 1)[0] + "@" + domain
+    triplet = "\0".join((_client_network(tx.conn.client_ip), sender, str(rcpt).lower()))
+    # Hashed: addresses may be longer than a store key, and the store needs no addresses in clear.
+    return "greylist:" + hashlib.sha256(triplet.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+async def _wait(key: str) -> int:
+    """Seconds the triplet must still wait (0: it passes), recording what this attempt means."""
+    now = int(time.time())
+    seen = await pc.store.get(key)
+    if seen == "ok":
+        await pc.store.set(key, "ok", ttl=SETTINGS["lifetime"])  # known for another lifetime
+        return 0
+    if seen is not None and seen.isdigit():
+        waited = now - int(seen)
+        if waited >= SETTINGS["delay"]:
+            await pc.store.set(key, "ok", ttl=SETTINGS["lifetime"])
+            return 0
+        return SETTINGS["delay"] - waited
+    await pc.store.set(key, str(now), ttl=SETTINGS["retry_window"] + SETTINGS["delay"])
+    return SETTINGS["delay"]
+
+
+def _greylisted(seconds: int):
+    return pc.tempfail(f"Greylisted, try again in {max(seconds, 1)} seconds", code=451, status="4.7.1")
+
+
+async def on_rcpt(tx, rcpt):
+    if SETTINGS["delay"] == 0 or _exempt(tx):
+        return None
+    wait = await _wait(_key(tx, rcpt))
+    if wait and SETTINGS["skip_dkim_pass"]:
+        tx.data.setdefault("greylist_wait", []).append((_key(tx, rcpt), wait))
+        return None  # decided at the end of DATA, when DKIM is known
+    return _greylisted(wait) if wait else None
+
+
+async def on_data(tx, message):
+    waits = tx.data.get("greylist_wait")
+    if not waits:
+        return None
+    if any(signature.result == "pass" for signature in tx.dkim or ()):
+        for key, _ in waits:  # known from now on, as if it had retried
+            await pc.store.set(key, "ok", ttl=SETTINGS["lifetime"])
+        return None
+    return _greylisted(max(wait for _, wait in waits))

@@ -1,0 +1,123 @@
+"""Rate limits: messages and recipients per client address, per login and
+per sender, over a sliding window.
+
+Configure it in ``[ratelimit]`` (the defaults shown; a limit of 0 is off):
+
+    [ratelimit]
+    window = 3600                  # seconds
+    messages_per_client = 0        # transactions (MAIL) per client address
+    recipients_per_client = 0      # accepted recipients per client address
+    messages_per_login = 0         # per AUTH login
+    recipients_per_login = 0
+    messages_per_sender = 0        # per envelope sender (lowercased; <> is not limited)
+    recipients_per_sender = 0
+    ipv6_prefix = 64               # IPv6 clients are counted by network
+    networks = []                  # clients never limited (CIDR)
+
+Past a limit, MAIL (for messages) or RCPT (for recipients) gets ``450
+4.7.1 Rate limit reached for <what>; try again in N seconds``: the client
+keeps the mail and retries. Counting happens when the command is let
+through (a MAIL or RCPT refused here does not count; one refused later by
+another policy or the upstream does).
+
+The window slides: each limit keeps a counter for this window and the one
+before, and weighs the one before by how much of it still falls in the last
+``window`` seconds (the approximation Redis rate limiters use). Counters
+live in ``pc.store``: with Redis, the limits hold across every daemon that
+shares it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+
+import portcullis as pc
+
+_LIMITS = ("messages_per_client", "recipients_per_client", "messages_per_login", "recipients_per_login",
+           "messages_per_sender", "recipients_per_sender")
+_DEFAULTS = {"window": 3600, "ipv6_prefix": 64, "networks": [], **{k: 0 for k in _LIMITS}}
+
+
+def _settings() -> dict:
+    table = dict(pc.config.get("ratelimit", {}))
+    unknown = sorted(set(table) - set(_DEFAULTS))
+    if unknown:
+        raise ValueError(f"[ratelimit]: unknown key(s) {', '.join(unknown)}")
+    s = {**_DEFAULTS, **table}
+    for key, low, high in (("window", 1, 30 * 86400), ("ipv6_prefix", 16, 128)) + tuple((k, 0, 10**9) for k in _LIMITS):
+        if isinstance(s[key], bool) or not isinstance(s[key], int) or not low <= s[key] <= high:
+            raise ValueError(f"[ratelimit] {key}: want an integer from {low} to {high}")
+    try:
+        s["networks"] = [ipaddress.ip_network(n, strict=False) for n in s["networks"]]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"[ratelimit] networks: {e}") from None
+    return s
+
+
+SETTINGS = _settings()
+
+
+def _client_of(ip: str):
+    address = ipaddress.ip_address(ip)
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address
+
+
+def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
+    """(store key part, what the reply names, limit) for each limit on ``unit`` that applies."""
+    conn = tx.conn
+    out = []
+    client = _client_of(conn.client_ip)
+    if any(client in network for network in SETTINGS["networks"]):
+        return out
+    if SETTINGS[f"{unit}_per_client"]:
+        shown = str(client) if client.version == 4 else str(
+            ipaddress.ip_network(f"{client}/{SETTINGS['ipv6_prefix']}", strict=False))
+        out.append((f"client:{shown}", f"client {shown}", SETTINGS[f"{unit}_per_client"]))
+    if SETTINGS[f"{unit}_per_login"] and conn.auth_user is not None:
+        out.append((f"login:{conn.auth_user.lower()}", f"login {conn.auth_user}", SETTINGS[f"{unit}_per_login"]))
+    if SETTINGS[f"{unit}_per_sender"] and tx.sender:
+        sender = str(tx.sender).lower()
+        out.append((f"sender:{sender}", f"sender <{sender}>", SETTINGS[f"{unit}_per_sender"]))
+    return out
+
+
+def _store_key(unit: str, subject: str, bucket: int) -> str:
+    digest = hashlib.sha256(subject.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any length, one key size
+    return f"ratelimit:{unit}:{digest}:{bucket}"
+
+
+async def _check_and_count(tx, unit: str):
+    window = SETTINGS["window"]
+    bucket, into = divmod(time.time(), window)
+    bucket = int(bucket)
+    counted: list[str] = []
+    for subject, shown, limit in _subjects(tx, unit):
+        # Counted first, then checked: two workers at the limit at once cannot both pass.
+        key = _store_key(unit, subject, bucket)
+        current = await pc.store.incr(key, ttl=2 * window + 60)
+        counted.append(key)
+        previous = int(await pc.store.get(_store_key(unit, subject, bucket - 1)) or 0)
+        if previous * (1 - into / window) + current <= limit:
+            continue
+        for key in counted:  # refused: this attempt does not count
+            await pc.store.incr(key, by=-1)
+        # When enough of the previous window has slid out; if this one alone is full, when it ends.
+        if current <= limit and previous:
+            wait = window * (1 - (limit - current) / previous) - into
+        else:
+            wait = window - into
+        return pc.tempfail(f"Rate limit reached for {shown} ({limit} {unit} per {window} s); "
+                           f"try again in {max(1, int(wait + 0.999))} seconds", code=450, status="4.7.1")
+    return None
+
+
+async def on_mail(tx, sender):
+    return await _check_and_count(tx, "messages")
+
+
+async def on_rcpt(tx, rcpt):
+    return await _check_and_count(tx, "recipients")

@@ -1,0 +1,55 @@
+"""policies/greylist.py and policies/ratelimit.py on two daemons that share
+one real Redis: what one daemon has seen, the other knows; a limit per
+client address holds across both, not twice over."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.redis_server import running_redis
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+BODY = b"Subject: hi\r\n\r\nhello"
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    with running_redis(tmp_path) as url:
+        yield url
+
+
+def pair(policy_daemon, upstream, redis_url, policy: str, **tables):
+    store = {"url": redis_url, "prefix": "e2e:"}
+    return [policy_daemon(upstream.url, POLICIES / policy, store=store, **tables) for _ in range(2)]
+
+
+def test_a_triplet_greylisted_by_one_daemon_passes_on_the_other_after_the_delay(
+        policy_daemon, aiosmtpd_upstream, redis_url):
+    a, b = pair(policy_daemon, aiosmtpd_upstream, redis_url, "greylist.py", greylist={"delay": 1})
+    with a.connect() as c:
+        c.exchange("MAIL FROM:<sender@origin.example>", 250)
+        c.exchange("RCPT TO:<rcpt@example.test>", 451, "4.7.1")
+    with b.connect() as c:  # too early on the other daemon too
+        c.exchange("MAIL FROM:<sender@origin.example>", 250)
+        c.exchange("RCPT TO:<rcpt@example.test>", 451, "4.7.1")
+    time.sleep(1.2)
+    with b.connect() as c:
+        assert c.transaction("sender@origin.example", ["rcpt@example.test"], BODY).code == 250
+    with a.connect() as c:  # known to both from now on
+        assert c.transaction("sender@origin.example", ["rcpt@example.test"], BODY).code == 250
+    assert len(aiosmtpd_upstream.wait_messages(2)) == 2
+
+
+def test_a_client_limit_holds_across_both_daemons(policy_daemon, aiosmtpd_upstream, redis_url):
+    a, b = pair(policy_daemon, aiosmtpd_upstream, redis_url, "ratelimit.py",
+                ratelimit={"window": 600, "messages_per_client": 3})
+    replies = []
+    for d in (a, b, a, b, a):
+        with d.connect() as c:
+            c.cmd("MAIL FROM:<sender@origin.example>")
+            replies.append(c.reply())
+    assert [r.code for r in replies] == [250, 250, 250, 450, 450]
+    assert replies[3].status == "4.7.1" and "Rate limit reached for client 127.0.0.1" in replies[3].text

@@ -1,0 +1,154 @@
+"""policies/greylist.py and policies/ratelimit.py through the testing
+harness, on the memory store. Two daemons sharing one Redis:
+tests/e2e/test_greylist_ratelimit.py."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from portcullis.testing import Harness, PolicyLoadError
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+_networks = itertools.count(1)
+
+
+def fresh_net() -> str:
+    """A client address in a /24 no earlier test used (the memory store lives as long as the process)."""
+    n = next(_networks)
+    return f"10.{n // 256}.{n % 256}.7"
+
+
+def attempt(h: Harness, client: str, sender: str, rcpt: str, **kw):
+    s = h.connect(client_ip=client, helo="client.example", **kw)
+    assert s.mail(sender, **({"spf": kw.pop("spf")} if "spf" in kw else {})).code == 250
+    return s, s.rcpt(rcpt)
+
+
+# -- greylisting
+
+
+def greylist(**table) -> Harness:
+    return Harness([POLICIES / "greylist.py"], config={"greylist": {"delay": 1, **table}})
+
+
+def test_a_new_triplet_waits_then_passes_and_is_remembered():
+    with greylist() as h:
+        net = fresh_net()
+        _, r = attempt(h, net, "a@example.com", "b@example.test")
+        assert r == (451, "4.7.1", "Greylisted, try again in 1 seconds")
+        _, r = attempt(h, net, "a@example.com", "b@example.test")
+        assert r[:2] == (451, "4.7.1")  # too early
+        time.sleep(1.1)
+        neighbour = net.rsplit(".", 1)[0] + ".99"  # the same /24: a pool of outbound servers
+        _, r = attempt(h, neighbour, "A+tag@Example.COM", "B@example.test")
+        assert r.code == 250
+        _, r = attempt(h, net, "a@example.com", "b@example.test")
+        assert r.code == 250  # known now
+        _, r = attempt(h, net, "a@example.com", "c@example.test")
+        assert r[:2] == (451, "4.7.1")  # another recipient is another triplet
+
+
+def test_exemptions():
+    net = fresh_net()
+    with greylist(networks=[net.rsplit(".", 1)[0] + ".0/24"]) as h:
+        assert attempt(h, net, "a@example.com", "b@example.test")[1].code == 250
+    with greylist() as h:
+        assert attempt(h, fresh_net(), "a@example.com", "b@example.test", auth_user="alice")[1].code == 250
+    with greylist(skip_spf_pass=True) as h:
+        net = fresh_net()
+        s = h.connect(client_ip=net, helo="client.example")
+        s.mail("a@example.com", spf="pass")
+        assert s.rcpt("b@example.test").code == 250
+        s.rset()
+        s.mail("a@example.com", spf="softfail")
+        assert s.rcpt("b@example.test")[:2] == (451, "4.7.1")
+
+
+def test_dkim_pass_decides_at_the_end_of_data():
+    with greylist(skip_dkim_pass=True) as h:
+        net = fresh_net()
+        s = h.connect(client_ip=net, helo="client.example")
+        s.mail("a@example.com")
+        assert s.rcpt("b@example.test").code == 250
+        assert s.data("Subject: x\r\n\r\nbody\r\n")[:2] == (451, "4.7.1")
+        s.mail("a@example.com")
+        assert s.rcpt("c@example.test").code == 250
+        assert s.data("Subject: x\r\n\r\nbody\r\n", dkim=[("pass", "example.com", "s1")]).code == 250
+        # That triplet is known now: no DKIM needed next time.
+        s.mail("a@example.com")
+        s.rcpt("c@example.test")
+        assert s.data("Subject: x\r\n\r\nbody\r\n").code == 250
+
+
+@pytest.mark.parametrize("table,why", [({"delay": -1}, "delay"), ({"colour": 1}, "unknown key"),
+                                       ({"networks": ["10.0.0.0/33"]}, "networks"), ({"skip_spf_pass": 1}, "true or false")])
+def test_greylist_settings_are_checked(table, why):
+    with pytest.raises(PolicyLoadError, match=why):
+        greylist(**table)
+
+
+# -- rate limits
+
+
+def ratelimit(**table) -> Harness:
+    return Harness([POLICIES / "ratelimit.py"], config={"ratelimit": table})
+
+
+def test_messages_per_client_and_the_retry_hint():
+    with ratelimit(window=60, messages_per_client=3) as h:
+        ip = fresh_net()
+        for _ in range(3):
+            assert h.connect(client_ip=ip, helo="c.example").mail("a@example.com").code == 250
+        r = h.connect(client_ip=ip, helo="c.example").mail("a@example.com")
+        assert r[:2] == (450, "4.7.1")
+        assert r.text.startswith(f"Rate limit reached for client {ip} (3 messages per 60 s); try again in ")
+        assert 1 <= int(r.text.split("try again in ")[1].split()[0]) <= 60
+        r2 = h.connect(client_ip=ip, helo="c.example").mail("a@example.com")
+        assert r2[:2] == (450, "4.7.1")  # refused attempts do not count, and do not unblock either
+        assert h.connect(client_ip=fresh_net(), helo="c.example").mail("a@example.com").code == 250
+
+
+def test_recipients_per_login_and_per_sender():
+    with ratelimit(window=60, recipients_per_login=2, recipients_per_sender=3) as h:
+        ip = fresh_net()
+        s = h.connect(client_ip=ip, helo="c.example", auth_user="Alice")
+        s.mail("alice@example.test")
+        assert [s.rcpt(f"r{i}@example.net").code for i in range(3)] == [250, 250, 450]
+        assert "login Alice" in s.rcpt("x@example.net").text
+        # Another login, same sender: the sender's own limit (3) is the one left.
+        s = h.connect(client_ip=ip, helo="c.example", auth_user="bob")
+        s.mail("Alice@example.test")
+        assert s.rcpt("r9@example.net").code == 250
+        r = s.rcpt("r10@example.net")
+        assert r[:2] == (450, "4.7.1") and "sender <alice@example.test>" in r.text
+        s.rset()
+        s.mail("")  # <> has no sender limit
+        assert s.rcpt("postmaster@example.net").code == 250
+
+
+def test_the_window_slides():
+    with ratelimit(window=2, messages_per_client=2) as h:
+        ip = fresh_net()
+        mail = lambda: h.connect(client_ip=ip, helo="c.example").mail("a@example.com").code  # noqa: E731
+        assert [mail(), mail(), mail()] == [250, 250, 450]
+        time.sleep(4.1)  # two whole windows later, nothing counts
+        assert [mail(), mail(), mail()] == [250, 250, 450]
+
+
+def test_exempt_networks_and_ipv6_networks():
+    with ratelimit(window=60, messages_per_client=1, networks=["192.0.2.0/24"]) as h:
+        assert [h.connect(client_ip="192.0.2.9", helo="c").mail("a@example.com").code for _ in range(3)] == [250] * 3
+        base = f"2001:db8:{next(_networks):x}::"
+        assert h.connect(client_ip=base + "1", helo="c").mail("a@example.com").code == 250
+        assert h.connect(client_ip=base + "2", helo="c").mail("a@example.com").code == 450  # the same /64
+
+
+@pytest.mark.parametrize("table,why", [({"window": 0}, "window"), ({"messages_per_client": -1}, "messages_per_client"),
+                                       ({"colour": 1}, "unknown key"), ({"networks": ["x"]}, "networks")])
+def test_ratelimit_settings_are_checked(table, why):
+    with pytest.raises(PolicyLoadError, match=why):
+        ratelimit(**table)
