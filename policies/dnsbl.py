@@ -1,0 +1,148 @@
+"""DNS block and allow lists (DNSBL / DNSWL, RFC 5782), weighted, with a
+threshold, as Postfix's postscreen_dnsbl_sites does.
+
+Configure it in ``[dnsbl]`` (the defaults shown; ``zones`` is required):
+
+    [dnsbl]
+    zones = { "zen.spamhaus.example" = 2, "bl.example" = 1, "list.dnswl.example" = -3 }
+    threshold = 2                  # a client scoring this or more is refused
+    reject_at = "rcpt"             # "rcpt" (the envelope is in the log) or "connect"
+    networks = []                  # clients never looked up (CIDR)
+    skip_authenticated = true      # AUTH clients are never refused (at rcpt)
+
+Each zone is looked up once per connection, all at once, through the
+daemon's resolver (``pc.dns``, with its cache): the client's address
+reversed under the zone (``5.113.0.203.zen.spamhaus.example``; IPv6 by
+nibbles). A zone that answers an A record in 127.0.0.0/8 adds its weight
+(negative weights are allow lists); answers in 127.255.255.0/24 are the
+list's own error codes (a refused query) and count for nothing, as does a
+lookup that fails or times out (logged). A weight may also be given per
+answer: ``"bl.example=127.0.0.2" = 3`` counts only that answer.
+
+A client whose score reaches ``threshold`` gets ``554 5.7.1 Service
+unavailable; client [ADDRESS] blocked using ZONE[, ZONE...]`` at its first
+RCPT (or at once, with ``reject_at = "connect"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import portcullis as pc
+
+_KEYS = ("zones", "threshold", "reject_at", "networks", "skip_authenticated")
+
+
+def _settings() -> dict:
+    table = dict(pc.config.get("dnsbl", {}))
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"[dnsbl]: unknown key(s) {', '.join(unknown)}")
+    zones = table.get("zones")
+    if not isinstance(zones, dict) or not zones:
+        raise ValueError("[dnsbl] zones: required, an inline table of zone = weight")
+    parsed = []
+    for name, weight in zones.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"[dnsbl] zones: the weight of {name!r} must be a number")
+        zone, _, answer = name.partition("=")
+        zone = zone.strip().strip(".").lower()
+        if not zone or " " in zone:
+            raise ValueError(f"[dnsbl] zones: {name!r} is not a zone")
+        if answer:
+            try:
+                answer = str(ipaddress.IPv4Address(answer.strip()))
+            except ValueError:
+                raise ValueError(f"[dnsbl] zones: {name!r}: want zone=127.0.0.N") from None
+        parsed.append((zone, answer or None, weight))
+    s = {"zones": parsed, "threshold": table.get("threshold", 1), "reject_at": table.get("reject_at", "rcpt"),
+         "skip_authenticated": table.get("skip_authenticated", True)}
+    if isinstance(s["threshold"], bool) or not isinstance(s["threshold"], (int, float)) or s["threshold"] <= 0:
+        raise ValueError("[dnsbl] threshold: want a number above 0")
+    if s["reject_at"] not in ("rcpt", "connect"):
+        raise ValueError("[dnsbl] reject_at: want \"rcpt\" or \"connect\"")
+    if not isinstance(s["skip_authenticated"], bool):
+        raise ValueError("[dnsbl] skip_authenticated: want true or false")
+    try:
+        s["networks"] = [ipaddress.ip_network(n, strict=False) for n in table.get("networks", [])]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"[dnsbl] networks: {e}") from None
+    return s
+
+
+SETTINGS = _settings()
+_ZONES = sorted({zone for zone, _, _ in SETTINGS["zones"]})
+_LIST_ERRORS = ipaddress.ip_network("127.255.255.0/24")
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+def _reversed_name(address) -> str:
+    if address.version == 4:
+        return ".".join(reversed(str(address).split(".")))
+    return ".".join(reversed(address.exploded.replace(":", "")))
+
+
+async def _answers(name: str, zone: str) -> set[str]:
+    try:
+        found = await pc.dns.resolve(f"{name}.{zone}", "A")
+    except pc.dns.NXDOMAIN:
+        return set()
+    except pc.dns.Error as e:
+        pc.log.warning("dnsbl: %s did not answer for the client: %s", zone, e)
+        return set()
+    listed = {a for a in found if ipaddress.ip_address(a) in _LOOPBACK}
+    errors = {a for a in listed if ipaddress.ip_address(a) in _LIST_ERRORS}
+    if errors:
+        pc.log.warning("dnsbl: %s refused the query (%s): not counted", zone, ", ".join(sorted(errors)))
+    return listed - errors
+
+
+async def _verdict(conn):
+    """(score, zones that listed the client), computed once per connection."""
+    cached = conn.data.get("dnsbl")
+    if cached is not None:
+        return cached
+    address = ipaddress.ip_address(conn.client_ip)
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in network for network in SETTINGS["networks"]) or address.is_loopback:
+        conn.data["dnsbl"] = (0, [])
+        return conn.data["dnsbl"]
+    name = _reversed_name(address)
+    answers = dict(zip(_ZONES, await asyncio.gather(*(_answers(name, zone) for zone in _ZONES))))
+    score, hits = 0, []
+    for zone, answer, weight in SETTINGS["zones"]:
+        got = answers[zone]
+        if got and (answer is None or answer in got):
+            score += weight
+            if weight > 0 and zone not in hits:
+                hits.append(zone)
+    if hits or score:
+        pc.log.info("dnsbl: client [%s] scores %g (%s)", conn.client_ip, score,
+                    ", ".join(f"{z}: {', '.join(sorted(answers[z]))}" for z in _ZONES if answers[z]))
+    conn.data["dnsbl"] = (score, hits)
+    return conn.data["dnsbl"]
+
+
+def _refusal(conn, hits):
+    return pc.reject(f"Service unavailable; client [{conn.client_ip}] blocked using {', '.join(hits)}",
+                     code=554, status="5.7.1")
+
+
+async def on_connect(conn):
+    if SETTINGS["reject_at"] == "connect":
+        score, hits = await _verdict(conn)
+        return _refusal(conn, hits) if score >= SETTINGS["threshold"] else None
+    # Looked up while the client says HELO and MAIL: RCPT waits only for what is left.
+    conn.data["dnsbl_lookup"] = asyncio.ensure_future(_verdict(conn))
+    return None
+
+
+async def on_rcpt(tx, rcpt):
+    conn = tx.conn
+    if SETTINGS["skip_authenticated"] and conn.auth_user is not None:
+        return None
+    lookup = conn.data.get("dnsbl_lookup")
+    score, hits = await lookup if lookup is not None else await _verdict(conn)
+    return _refusal(conn, hits) if score >= SETTINGS["threshold"] else None
