@@ -479,6 +479,29 @@ class Message:
             self._fields.insert(0, new)
         self._changed = True
 
+    # Fields by position (the index into ``headers``), for edits of one field among several of a name.
+
+    def insert_header(self, index: int, name: str, value: str) -> None:
+        """Inserts ``name: value`` before the field at ``index`` of ``headers`` (``len(headers)``: at the bottom)."""
+        if not 0 <= index <= len(self._fields):
+            raise IndexError(f"header index {index} out of range")
+        self._fields.insert(index, _Field.generated(name, value, self._smtputf8))
+        self._changed = True
+
+    def replace_header_at(self, index: int, name: str, value: str) -> None:
+        """Replaces the field at ``index`` of ``headers`` with ``name: value``, where it stands."""
+        if not 0 <= index < len(self._fields):
+            raise IndexError(f"header index {index} out of range")
+        self._fields[index] = _Field.generated(name, value, self._smtputf8)
+        self._changed = True
+
+    def remove_header_at(self, index: int) -> None:
+        """Removes the field at ``index`` of ``headers``."""
+        if not 0 <= index < len(self._fields):
+            raise IndexError(f"header index {index} out of range")
+        del self._fields[index]
+        self._changed = True
+
     @property
     def changed(self) -> bool:
         """Whether a hook changed the message (a header or the body)."""

@@ -285,3 +285,21 @@ def test_an_unread_message_with_fields_added_is_not_parsed():
     m.add_header("X-Checked", "yes")
     assert m._checked_raw() == b"X-Checked: yes\r\nSubject: hi\r\n\r\nbody\r\n"
     assert not m._parsed()
+
+
+def test_fields_by_position_leave_the_others_byte_for_byte():
+    raw = (b"Received: from a\r\n\tby mx\r\nReceived: from b by mx\r\nSubject:  spaced\r\n\r\nbody\r\n")
+    m = pc.Message(raw)
+    m.remove_header_at(0)
+    assert m.raw == b"Received: from b by mx\r\nSubject:  spaced\r\n\r\nbody\r\n"
+    m.insert_header(1, "X-New", "here")
+    m.replace_header_at(0, "Received", "from c by mx")
+    assert m.raw == b"Received: from c by mx\r\nX-New: here\r\nSubject:  spaced\r\n\r\nbody\r\n"
+    m.insert_header(len(m.headers), "X-Last", "bottom")
+    assert m.headers[-1] == ("X-Last", "bottom")
+    for bad in (lambda: m.remove_header_at(9), lambda: m.replace_header_at(-1, "A", "b"),
+                lambda: m.insert_header(99, "A", "b")):
+        with pytest.raises(IndexError):
+            bad()
+    with pytest.raises(ValueError):
+        m.insert_header(0, "Bad", "a\r\nInjected: yes")
