@@ -5,7 +5,8 @@ A policy is a Python file with any of the hooks ``on_connect(conn)``,
 ``on_mail(tx, sender)``, ``on_rcpt(tx, rcpt)``, ``on_data(tx, message)`` and
 ``on_disconnect(conn)``, each a plain function or an ``async def``. A hook
 returns None (let the next policy decide) or a verdict: ``accept``,
-``reject``, ``tempfail``, ``discard`` or ``redirect``.
+``reject``, ``tempfail``, ``discard``, ``redirect`` or (not final)
+``rewrite``.
 
 ``dns`` looks names up through the daemon's resolver (``await
 pc.dns.resolve(name, "TXT")``, ``pc.dns.resolve_sync`` in plain hooks).
@@ -33,7 +34,7 @@ from ._address import Address, AddressList
 from ._log import log
 from ._message import Message
 from ._objects import ArcResult, Connection, DkimSignature, DmarcResult, SpfResult, Transaction
-from ._verdicts import Verdict, accept, discard, redirect, reject, tempfail
+from ._verdicts import Verdict, accept, discard, redirect, reject, rewrite, tempfail
 
 __version__ = "0.1.0"
 
@@ -57,6 +58,7 @@ __all__ = [
     "path",
     "redirect",
     "reject",
+    "rewrite",
     "store",
     "tempfail",
 ]

@@ -841,7 +841,7 @@ class EngineHost:
             run = _StageRun(self, job)
         except Exception as e:
             return _malformed(job, e)
-        engine, args = run.engine, run.args
+        engine = run.engine
         timeout, running, thread = engine.timeout, self._running, _get_ident()
         token = _scope.set(run.session.scope)
         try:
@@ -849,7 +849,7 @@ class EngineHost:
                 running[thread] = (hook, timeout)  # where report_stuck looks
                 start = _monotonic()
                 try:
-                    value = hook.function(*args)
+                    value = hook.function(*run.args)  # (run.args: a rewrite changes the recipient)
                     if value is not None and inspect.isawaitable(value):  # async, or a plain hook returning a coroutine
                         value = self._await_from_thread(engine, hook, value, start + timeout)
                     if _monotonic() - start > timeout:
@@ -966,7 +966,7 @@ def _checked_verdict(hook: Hook, stage: str, value: Any) -> Verdict:
         expected = "None, True, False or a verdict" if stage == "auth" else "None or a verdict (pc.accept(), pc.reject(...), ...)"
         raise HookFailure(f"{hook.label} returned {value!r:.200}; it must return {expected}")
     if not value.allowed_at(stage):
-        where = "on_rcpt" if value.kind == "redirect" else "on_rcpt and on_data"
+        where = "on_rcpt" if value.kind in ("redirect", "rewrite") else "on_rcpt and on_data"
         raise HookFailure(f"{hook.label} returned {value!r}, which only {where} may return")
     return value
 
@@ -977,7 +977,7 @@ class _StageRun:
     The driver calls ``took`` with each value other than None or HookFailure,
     stops when it says the stage ended, then ``finish``."""
 
-    __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result", "envelope")
+    __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result", "envelope", "rewritten")
 
     def __init__(self, host: EngineHost, job: Any) -> None:
         stage, connection, envelope, arguments = job.state()  # one call into the daemon's job for it all
@@ -993,6 +993,7 @@ class _StageRun:
         self.hooks: list[Hook] = engine.hooks[stage]
         self.message: Message | None = None
         self.result: _core.Result | None = None
+        self.rewritten: Address | None = None  # the recipient a pc.rewrite() made, for the hooks after it
         # The daemon's envelope, which session.tx holds unchanged again only
         # once this stage ends with no hook having changed it (see finish).
         self.envelope = envelope
@@ -1045,6 +1046,10 @@ class _StageRun:
             result.auth = value
         else:
             verdict = _checked_verdict(hook, stage, value)
+            if verdict.kind == "rewrite":  # not final: the next hooks see the new recipient
+                self.rewritten = verdict.addresses[0]
+                self.args = (self.args[0], self.rewritten)
+                return False
             result.verdict = verdict_reply(verdict, stage)
             if stage == "auth":
                 result.auth = verdict.kind == "accept"
@@ -1062,6 +1067,11 @@ class _StageRun:
     def finish(self) -> _core.Result | None:
         """The job's result: the deciding hook's, or the error, with the hooks' rewrites. Never raises."""
         result = self.result
+        if self.rewritten is not None and (result is None or (result.verdict is not None
+                                                              and result.verdict.kind == "accept")):
+            # Rewritten and then let through: the daemon delivers to the new recipient.
+            result = self.result = result or _core.Result()
+            result.verdict = verdict_reply(Verdict("redirect", addresses=(self.rewritten,)), self.stage)
         if self.stage == "disconnect":
             return None
         if result is not None and result.error is not None:

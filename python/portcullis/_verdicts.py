@@ -8,7 +8,7 @@ from typing import Literal
 
 from ._address import Address
 
-VerdictKind = Literal["accept", "reject", "tempfail", "discard", "redirect"]
+VerdictKind = Literal["accept", "reject", "tempfail", "discard", "redirect", "rewrite"]
 
 #: RFC 5321 §4.5.3.1.5: a reply line, code and CRLF included, is at most 512 octets.
 MAX_REPLY_LINE = 512
@@ -25,6 +25,7 @@ STAGES_ALLOWED: dict[str, frozenset[str]] = {
     "tempfail": frozenset({"connect", "helo", "auth", "mail", "rcpt", "data"}),
     "discard": frozenset({"rcpt", "data"}),
     "redirect": frozenset({"rcpt"}),
+    "rewrite": frozenset({"rcpt"}),  # not final: the next policies decide on the new recipient
 }
 
 
@@ -36,7 +37,7 @@ class Verdict:
     ``code`` and ``status`` are None where the stage decides them (``accept``,
     ``discard``, ``redirect``: the daemon's usual positive reply, e.g.
     ``250 2.1.5`` at RCPT). ``text`` None means the daemon's own text.
-    ``addresses`` is set for ``redirect`` only.
+    ``addresses`` is set for ``redirect`` (the targets) and ``rewrite`` (one address) only.
     """
 
     kind: VerdictKind
@@ -57,11 +58,12 @@ class Verdict:
                 if self.kind != "accept":
                     raise ValueError(f"{self.kind} takes no text")
                 _check_text(self.text, "250 2.0.0 ")
-        if self.kind == "redirect":
-            if not self.addresses:
-                raise ValueError("redirect needs at least one address")
+        if self.kind in ("redirect", "rewrite"):
+            if not self.addresses or (self.kind == "rewrite" and len(self.addresses) != 1):
+                raise ValueError("redirect needs at least one address" if self.kind == "redirect"
+                                 else "rewrite takes one address")
             if not all(isinstance(a, Address) and not a.is_null for a in self.addresses):
-                raise ValueError("redirect addresses must be non-null pc.Address values")
+                raise ValueError(f"{self.kind} addresses must be non-null pc.Address values")
         elif self.addresses:
             raise ValueError(f"{self.kind} takes no addresses")
 
@@ -72,8 +74,8 @@ class Verdict:
     def __repr__(self) -> str:
         if self.kind in ("reject", "tempfail"):
             return f"{self.kind}({self.text!r}, code={self.code}, status={self.status!r})"
-        if self.kind == "redirect":
-            return "redirect(" + ", ".join(repr(str(a)) for a in self.addresses) + ")"
+        if self.kind in ("redirect", "rewrite"):
+            return f"{self.kind}(" + ", ".join(repr(str(a)) for a in self.addresses) + ")"
         if self.kind == "accept" and self.text is not None:
             return f"accept({self.text!r})"
         return f"{self.kind}()"
@@ -120,6 +122,15 @@ def tempfail(text: str, code: int = 451, status: str = "4.7.1") -> Verdict:
 def discard() -> Verdict:
     """Accept but deliver nothing: in on_rcpt that recipient, in on_data the whole message."""
     return Verdict("discard")
+
+
+def rewrite(address: Address | str) -> Verdict:
+    """on_rcpt only: the recipient becomes ``address``, and the policies after this
+    one (and the upstream) decide on it; not final, unlike ``redirect``."""
+    parsed = address if isinstance(address, Address) else Address(address)
+    if parsed.is_null:
+        raise ValueError("cannot rewrite to the null address <>")
+    return Verdict("rewrite", addresses=(parsed,))
 
 
 def redirect(*addresses: Address | str) -> Verdict:

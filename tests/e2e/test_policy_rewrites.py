@@ -326,3 +326,27 @@ def test_recipient_appended_twice_is_delivered_once(policy_daemon, aiosmtpd_upst
               "Ok: queued as AIO00001 (aiosmtpd)")
     [env] = aiosmtpd_upstream.wait_messages(1)
     assert env["rcpt_tos"] == ["bob@example.test", "cy@example.test"]
+
+
+def test_a_rewritten_recipient_is_checked_by_the_next_policy_and_delivered(policy_daemon, aiosmtpd_upstream):
+    renames = """
+        import portcullis as pc
+        def on_rcpt(tx, rcpt):
+            if rcpt.domain == "old.test":
+                return pc.rewrite(f"{rcpt.local}@new.test")
+        """
+    users = """
+        import portcullis as pc
+        async def on_rcpt(tx, rcpt):
+            if rcpt.domain == "new.test" and rcpt.local != "alice":
+                return pc.reject(f"<{rcpt}>: no such user", code=550, status="5.1.1")
+        """
+    d = policy_daemon(aiosmtpd_upstream.url, renames, users)
+    with d.connect() as c:
+        c.exchange("MAIL FROM:<a@example.com>", 250)
+        c.exchange("RCPT TO:<nobody@old.test>", 550, "5.1.1", "<nobody@new.test>: no such user")
+        c.exchange("RCPT TO:<alice@old.test>", 250)
+        c.exchange("DATA", 354)
+        c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        c.expect(250)
+    assert aiosmtpd_upstream.wait_messages(1)[0]["rcpt_tos"] == ["alice@new.test"]

@@ -388,3 +388,46 @@ def test_a_policy_finds_its_files_relative_to_the_config_file(tmp_path, monkeypa
         import portcullis as pc
         assert pc.config_dir == tmp_path / "etc"  # outside a hook: the harness's engine
         assert str(pc.path("/abs/file")) == "/abs/file"  # absolute paths stay as they are
+
+
+def test_a_rewrite_is_seen_by_the_policies_after_it(policy_file) -> None:
+    renames = policy_file("""
+        import portcullis as pc
+        def on_rcpt(tx, rcpt):
+            if rcpt.domain == "old.test":
+                return pc.rewrite(f"{rcpt.local}@new.test")
+        """)
+    users = policy_file("""
+        import portcullis as pc
+        def on_rcpt(tx, rcpt):
+            if rcpt.domain == "new.test" and rcpt.local not in ("alice", "bob"):
+                return pc.reject(f"<{rcpt}>: no such user", code=550, status="5.1.1")
+            if rcpt.local == "bob":
+                return pc.accept("bob is welcome")
+        """)
+    with Harness([renames, users]) as h:
+        s = h.connect(helo="client.example")
+        s.mail("a@example.com")
+        assert s.rcpt("nobody@old.test") == (550, "5.1.1", "<nobody@new.test>: no such user")
+        assert s.rcpt("alice@old.test").code == 250
+        assert s.rcpt("bob@old.test").code == 250
+        assert s.rcpt("carol@other.test").code == 250
+        s.data("Subject: x\r\n\r\nbody\r\n")
+        assert s.delivered[0].recipients == ("alice@new.test", "bob@new.test", "carol@other.test")
+    # Chained rewrites, and one refused at the wrong stage.
+    chain = policy_file("""
+        import portcullis as pc
+        def on_rcpt(tx, rcpt):
+            if rcpt.domain == "new.test":
+                return pc.rewrite(f"{rcpt.local}@newest.test")
+        def on_mail(tx, sender):
+            if sender.local == "wrong":
+                return pc.rewrite("x@example.test")
+        """)
+    with Harness([renames, chain]) as h:
+        s = h.connect(helo="client.example")
+        assert s.mail("wrong@example.com")[:2] == (451, "4.3.0")
+        s.mail("a@example.com")
+        s.rcpt("dave@old.test")
+        s.data("Subject: x\r\n\r\nbody\r\n")
+        assert s.delivered[0].recipients == ("dave@newest.test",)
