@@ -25,8 +25,9 @@ file, and ``srs_domain``):
   its hash and age check out (a bounce finds its way home), else ``550
   5.1.1``;
 - a recipient with an entry, or a catch-all for its domain, goes to what
-  it expands to (``pc.redirect``); one that expands to itself alone is left
-  to the next policy and the upstream;
+  it expands to: one address is a ``pc.rewrite`` (the policies after this
+  one decide on the new recipient), several a ``pc.redirect``; one that
+  expands to itself alone is left to the next policy and the upstream;
 - a recipient with neither gets ``550 5.1.1``;
 - a loop met through a catch-all, or a bound passed, gets ``451 4.3.0``
   (the mail waits while the table is fixed) and an error in the log.
@@ -152,4 +153,5 @@ def on_rcpt(tx, rcpt):
     if (FORWARDER is not None and sender and sender.domain.lower() not in _LOCAL_SENDER_DOMAINS
             and any(t.rpartition("@")[2].lower() not in _LOCAL_SENDER_DOMAINS for t in targets)):
         tx.sender = FORWARDER.forward(sender)
-    return pc.redirect(*targets)
+    # One target: a rewrite, so the policies after this one decide on it; several: the expansion is final.
+    return pc.rewrite(targets[0]) if len(targets) == 1 else pc.redirect(*targets)
