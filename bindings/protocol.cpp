@@ -225,6 +225,7 @@ py::object arguments_tuple(const policy_job& j) {
     case policy_stage::helo: return py::str(j.hostname);
     case policy_stage::auth: return py::make_tuple(j.mechanism, j.username, j.password);
     case policy_stage::rcpt: return py::make_tuple(address_parts(j.rcpt), params_dict(j.rcpt_params));
+    case policy_stage::delivered: return py::make_tuple(j.reply_code, j.reply_status, j.reply_text);
     default: return py::none();
   }
 }
@@ -273,6 +274,9 @@ void define_protocol(py::module_& m) {
       .def_property(
           "rcpt_params", [](const policy_job& j) { return params_dict(j.rcpt_params); },
           [](policy_job& j, const py::dict& d) { j.rcpt_params = params_from(d); })
+      .def_readwrite("reply_code", &policy_job::reply_code)
+      .def_readwrite("reply_status", &policy_job::reply_status)
+      .def_readwrite("reply_text", &policy_job::reply_text)
       .def_property(
           "message",
           [](const policy_job& j) -> py::object {
@@ -294,7 +298,7 @@ void define_protocol(py::module_& m) {
           "body_8bit, spf, dkim, dmarc, arc), spf being None or (result, domain, explanation), dkim None or [(result, "
           "domain, selector), ...], dmarc None or (result, domain, policy, disposition, org_domain, pct, "
           "spf_aligned, dkim_aligned), arc None or (result, instances, sealers); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
-          "(recipient, rcpt_params)), else None; each address as (local part, domain).");
+          "(recipient, rcpt_params); delivered: (code, status, text)), else None; each address as (local part, domain).");
 
   py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")
       .def(py::init<>())

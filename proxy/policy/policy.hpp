@@ -65,6 +65,11 @@ class policy {
   virtual awaitable<verdict> on_rcpt(const connection_state& conn, const transaction& tx,
                                      const smtp::address& rcpt) = 0;
   virtual awaitable<verdict> on_data(const connection_state& conn, const transaction& tx, message_ptr message) = 0;
+  // A notification once the upstream gave its final reply to a message (the
+  // transaction as delivered, and that reply); nothing it returns changes anything.
+  virtual awaitable<void> on_delivered(const connection_state& conn, const transaction& tx, const smtp::reply& r) {
+    co_return;
+  }
   virtual awaitable<void> on_disconnect(const connection_state& conn) = 0;
 };
 

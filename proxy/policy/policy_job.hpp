@@ -27,10 +27,11 @@ namespace portcullis {
 using policy_generation = std::uint64_t;
 
 // The hook stages, in SMTP order (their index is a bit in stage masks).
-enum class policy_stage : std::uint8_t { connect, helo, auth, mail, rcpt, data, disconnect };
-inline constexpr std::size_t policy_stage_count = 7;
+// `delivered` is a notification after the upstream's final reply to the message (on_delivered).
+enum class policy_stage : std::uint8_t { connect, helo, auth, mail, rcpt, data, delivered, disconnect };
+inline constexpr std::size_t policy_stage_count = 8;
 inline constexpr std::array<std::string_view, policy_stage_count> policy_stage_names = {
-    "connect", "helo", "auth", "mail", "rcpt", "data", "disconnect"};
+    "connect", "helo", "auth", "mail", "rcpt", "data", "delivered", "disconnect"};
 constexpr std::string_view to_string(policy_stage s) { return policy_stage_names[static_cast<std::size_t>(s)]; }
 
 // One hook stage's input, as plain C++ values (built on an I/O thread).
@@ -61,6 +62,8 @@ struct policy_job {
   std::string mechanism, username, password;     // auth
   smtp::address rcpt;                            // rcpt
   std::vector<smtp::esmtp_param> rcpt_params;    // rcpt
+  int reply_code = 0;                            // delivered: the upstream's final reply
+  std::string reply_status, reply_text;          // delivered
   // data: the message, shared with the session (no copy). The job owns it:
   // the session may stop waiting (and drop its own reference) before a
   // policy thread takes the job. Python reads it only if a hook does.

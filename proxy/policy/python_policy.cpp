@@ -299,6 +299,17 @@ awaitable<verdict> python_policy::on_data(const connection_state& conn, const tr
   co_return decide("data", conn, std::move(result), &tx);
 }
 
+awaitable<void> python_policy::on_delivered(const connection_state& conn, const transaction& tx, const smtp::reply& r) {
+  if (!has_hooks(policy_stage::delivered)) co_return;
+  auto job = base_job(policy_stage::delivered, conn);
+  add_transaction(*job, tx);
+  job->reply_code = r.code;
+  job->reply_status = r.status;
+  for (const auto& line : r.lines) job->reply_text += (job->reply_text.empty() ? "" : "\n") + line;
+  auto result = co_await run(std::move(job));
+  if (result.error) session_log(conn.id).warn("policy error in delivered: {}", *result.error);
+}
+
 awaitable<void> python_policy::on_disconnect(const connection_state& conn) {
   if (!has_hooks(policy_stage::disconnect)) {
     // No hook to run: Python only needs to drop its record, and nobody waits for that.

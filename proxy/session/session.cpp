@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <utility>
 
 #include "checks/authentication_results.hpp"
 #include "config/config.hpp"
@@ -655,6 +656,13 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
     r = std::move(delivered);
   }
   log_transaction(r, size);
+  if (auto final_reply = std::exchange(upstream_final_, std::nullopt)) {
+    try {
+      co_await policy_.on_delivered(conn_, tx_, *final_reply);  // a notification: its outcome changes nothing
+    } catch (const std::exception& e) {
+      log_.warn("on_delivered failed: {}", e.what());
+    }
+  }
   co_await reset_transaction();
   co_return r;
 }
@@ -760,6 +768,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
   }
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
   auto upstream_reply = co_await relay_.data(header, *message);
+  upstream_final_ = upstream_reply;
   co_return with_policy_text(std::move(upstream_reply), v);
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "asio.hpp"
@@ -111,6 +112,8 @@ class session : public std::enable_shared_from_this<session> {
   // sealed). Dropped at the end of the transaction: its memory goes back to
   // the budget and its spill file goes.
   std::shared_ptr<message_store> message_;
+  // The upstream's final reply to the message just relayed, for on_delivered (cleared after).
+  std::optional<reply> upstream_final_;
   std::string out_;                       // replies waiting to be written (RFC 2920 §3.2)
   std::size_t errors_ = 0;
   std::size_t auth_failures_ = 0;

@@ -2,8 +2,9 @@
 
 A policy is a Python file with any of the hooks ``on_connect(conn)``,
 ``on_helo(conn, hostname)``, ``on_auth(conn, mechanism, username, password)``,
-``on_mail(tx, sender)``, ``on_rcpt(tx, rcpt)``, ``on_data(tx, message)`` and
-``on_disconnect(conn)``, each a plain function or an ``async def``. A hook
+``on_mail(tx, sender)``, ``on_rcpt(tx, rcpt)``, ``on_data(tx, message)``,
+``on_delivered(tx, reply)`` and ``on_disconnect(conn)`` (notifications), and
+``on_unload()``, each a plain function or an ``async def``. A hook
 returns None (let the next policy decide) or a verdict: ``accept``,
 ``reject``, ``tempfail``, ``discard``, ``redirect`` or (not final)
 ``rewrite``.
@@ -33,7 +34,7 @@ from . import dns, store
 from ._address import Address, AddressList
 from ._log import log
 from ._message import Message
-from ._objects import ArcResult, Connection, DkimSignature, DmarcResult, SpfResult, Transaction
+from ._objects import ArcResult, Connection, DkimSignature, DmarcResult, SpfResult, Transaction, UpstreamReply
 from ._verdicts import Verdict, accept, discard, redirect, reject, rewrite, tempfail
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __all__ = [
     "Message",
     "SpfResult",
     "Transaction",
+    "UpstreamReply",
     "Verdict",
     "accept",
     "config",

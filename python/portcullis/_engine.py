@@ -37,7 +37,7 @@ from . import _context
 from ._address import Address, AddressList, as_recipient, as_sender
 from ._log import DETAIL, log, traceback_lines
 from ._message import Message
-from ._objects import ArcResult, Connection, DkimSignature, DmarcResult, SpfResult, Transaction
+from ._objects import ArcResult, Connection, DkimSignature, DmarcResult, SpfResult, Transaction, UpstreamReply
 from ._verdicts import Verdict
 
 #: The stages in SMTP order, with the arguments each hook is called with.
@@ -48,9 +48,12 @@ HOOK_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "mail": ("tx", "sender"),
     "rcpt": ("tx", "rcpt"),
     "data": ("tx", "message"),
+    "delivered": ("tx", "reply"),
     "disconnect": ("conn",),
 }
 HOOK_NAMES = {f"on_{stage}": stage for stage in HOOK_ARGUMENTS}
+#: Stages whose hooks are told, not asked: every hook runs, and what they return decides nothing.
+NOTIFICATIONS = frozenset({"delivered", "disconnect"})
 
 #: The positive reply of each stage, for verdicts that leave code and status to
 #: the stage (accept, discard, redirect). RFC 2034 §3: no enhanced status code
@@ -133,6 +136,9 @@ def job_from_dict(job: dict[str, Any]) -> Any:
         j.rcpt_params = dict(job["rcpt_params"])
     if job.get("message") is not None:
         j.message = bytes(job["message"])
+    reply = job.get("reply")  # delivered: the upstream's final reply
+    if reply is not None:
+        j.reply_code, j.reply_status, j.reply_text = int(reply[0]), str(reply[1]), str(reply[2])
     return j
 
 
@@ -276,6 +282,7 @@ class Engine:
         self.held = False  # the daemon still hands out sessions of this generation (see EngineHost)
         self.modules: list[types.ModuleType] = []
         self.hooks: dict[str, list[Hook]] = {stage: [] for stage in HOOK_ARGUMENTS}
+        self.unloaders: list[Hook] = []  # on_unload(), called when this generation is retired
 
         problems: list[LoadProblem] = []
         token = _context.scope.set(("", self.config, self.folder))
@@ -320,6 +327,9 @@ class Engine:
     def _collect_hooks(self, module: types.ModuleType, path: str) -> list[LoadProblem]:
         problems = []
         for attr, value in vars(module).items():
+            if attr == "on_unload":
+                problems += self._collect_unloader(value, path)
+                continue
             stage = HOOK_NAMES.get(attr)
             if stage is None:
                 if attr.startswith("on_") and inspect.isfunction(value) and value.__module__ == module.__name__:
@@ -344,6 +354,36 @@ class Engine:
             self.hooks[stage].append(Hook(stage, value, path, is_async))
         return problems
 
+    def _collect_unloader(self, value: Any, path: str) -> list[LoadProblem]:
+        line = getattr(getattr(value, "__code__", None), "co_firstlineno", None)
+        try:
+            if not callable(value):
+                raise TypeError
+            inspect.signature(value).bind()
+        except TypeError:
+            return [LoadProblem(path, line, "on_unload must be a function without arguments")]
+        except ValueError:
+            pass
+        self.unloaders.append(Hook("unload", value, path, inspect.iscoroutinefunction(value)))
+        return []
+
+    def _run_unloaders(self) -> None:
+        """Each policy's on_unload(), last loaded first; failures are logged, never raised."""
+        token = _context.scope.set(("", self.config, self.folder))
+        try:
+            for hook in reversed(self.unloaders):
+                try:
+                    value = hook.function()
+                    if inspect.isawaitable(value):
+                        try:
+                            asyncio.get_running_loop().create_task(value)  # on the policy loop: it finishes there
+                        except RuntimeError:
+                            asyncio.run(asyncio.wait_for(value, self.timeout))
+                except Exception as e:
+                    _raised(hook, e).log()
+        finally:
+            _context.scope.reset(token)
+
     def _unregister_modules(self) -> None:
         for module in self.modules:
             if sys.modules.get(module.__name__) is module:
@@ -354,6 +394,7 @@ class Engine:
         if getattr(self, "closed", True):
             return
         self.closed = True
+        self._run_unloaders()  # close pools, flush state: before the modules go
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._unregister_modules()
 
@@ -1017,6 +1058,8 @@ class _StageRun:
             self.args = (tx, Address._parsed(*arguments))
         elif stage == "mail":
             self.args = (tx, tx._sender)
+        elif stage == "delivered":
+            self.args = (tx, UpstreamReply(*arguments))
         else:
             # Read from the daemon when a hook first looks at it. Outside
             # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
@@ -1039,7 +1082,7 @@ class _StageRun:
     def decide(self, hook: Hook, value: Any) -> bool:
         """A hook returned ``value`` (not None): whether the stage ends with it."""
         stage = self.stage
-        if stage == "disconnect":
+        if stage in NOTIFICATIONS:
             return False  # nothing left to decide: the next hooks run
         result = _core.Result()
         if stage == "auth" and isinstance(value, bool):
@@ -1059,7 +1102,7 @@ class _StageRun:
     def fail(self, failure: HookFailure) -> bool:
         """A hook failed: logged; whether the stage ends with the error (not at disconnect)."""
         failure.log()
-        if self.stage == "disconnect":
+        if self.stage in NOTIFICATIONS:
             return False
         self.result = error_result(failure.text)
         return True
@@ -1072,8 +1115,8 @@ class _StageRun:
             # Rewritten and then let through: the daemon delivers to the new recipient.
             result = self.result = result or _core.Result()
             result.verdict = verdict_reply(Verdict("redirect", addresses=(self.rewritten,)), self.stage)
-        if self.stage == "disconnect":
-            return None
+        if self.stage in NOTIFICATIONS:
+            return None  # (what a notification hook changed goes nowhere)
         if result is not None and result.error is not None:
             return result
         tx = self.session.tx

@@ -113,6 +113,19 @@ class Connection:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """The upstream's final reply to a message (``on_delivered``): ``code`` 250 when it took it."""
+
+    code: int
+    status: str  #: the enhanced status code ("2.0.0"), "" when the upstream gave none
+    text: str  #: the reply's text, lines joined with "\n"
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.code < 300
+
+
+@dataclass(frozen=True, slots=True)
 class SpfResult:
     """The SPF check of the MAIL FROM (RFC 7208)."""
 

@@ -562,6 +562,12 @@ class Session:
         delivery = Delivery(sender, tuple(recipients), result["message"] if result["message"] is not None else raw)
         self.delivered.append(delivery)
         self.harness.deliveries.append(delivery)
+        # on_delivered: the transaction as delivered, and the upstream's 250 (the harness's upstream takes all).
+        self._tx = {**tx, "sender": sender, "recipients": list(recipients)}
+        try:
+            self._ask("delivered", reply=(250, "2.0.0", "Ok"))
+        finally:
+            self._tx = None
         return self._reply(self._with_policy_text(Reply(250, "2.0.0", "Ok"), verdict))
 
     def rset(self) -> Reply:

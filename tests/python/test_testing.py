@@ -431,3 +431,56 @@ def test_a_rewrite_is_seen_by_the_policies_after_it(policy_file) -> None:
         s.rcpt("dave@old.test")
         s.data("Subject: x\r\n\r\nbody\r\n")
         assert s.delivered[0].recipients == ("dave@newest.test",)
+
+
+def test_on_unload_runs_when_a_generation_is_retired(policy_file, tmp_path) -> None:
+    record = tmp_path / "unloads.txt"
+    path = policy_file(f"""
+        import portcullis as pc
+        GENERATION = pc.config["demo"]["name"]
+        def on_helo(conn, hostname):
+            return None
+        def on_unload():
+            with open({str(record)!r}, "a") as f:
+                f.write(GENERATION + " " + pc.config["demo"]["name"] + "\\n")
+        """)
+    broken = policy_file("""
+        def on_unload(extra):
+            pass
+        """)
+    with pytest.raises(PolicyLoadError, match="on_unload must be a function without arguments"):
+        Harness([broken])
+    h = Harness([path], config={"demo": {"name": "first"}})
+    s = h.connect(helo="client.example")  # a session still on the first generation
+    h.reload(config={"demo": {"name": "second"}})
+    assert not record.exists()  # its session is still open
+    s.quit()
+    assert record.read_text() == "first first\n"  # its own config, not the new one
+    h.close()
+    assert record.read_text() == "first first\nsecond second\n"
+
+
+def test_on_delivered_is_told_what_was_delivered(policy_file) -> None:
+    path = policy_file("""
+        import portcullis as pc
+        SEEN = []
+        def on_rcpt(tx, rcpt):
+            if rcpt.local == "gone":
+                return pc.discard()
+        def on_delivered(tx, reply):
+            SEEN.append((str(tx.sender), [str(r) for r in tx.recipients], reply.code, reply.delivered))
+            return pc.reject("ignored", code=550, status="5.7.1")  # a notification decides nothing
+        def on_helo(conn, hostname):
+            if hostname == "report":
+                return pc.reject(repr(SEEN), code=550, status="5.7.1")
+        """)
+    with Harness([path]) as h:
+        s = h.connect(helo="client.example")
+        s.mail("a@example.com")
+        s.rcpt("b@example.test")
+        s.rcpt("gone@example.test")
+        assert s.data("Subject: x\r\n\r\nbody\r\n").code == 250
+        s.mail("a@example.com")
+        s.rcpt("gone@example.test")
+        assert s.data("Subject: x\r\n\r\nbody\r\n") == (250, "2.0.0", "Ok: discarded")  # nothing delivered: not told
+        assert h.connect().ehlo("report").text == "[('a@example.com', ['b@example.test'], 250, True)]"
