@@ -120,6 +120,8 @@ def _load() -> tuple[AliasTable, SRS | None]:
         shown = "; ".join(" -> ".join(f"{k} (line {table.lines[k]})" for k in loop[:-1]) + f" -> {loop[-1]}"
                           for loop in table.loops[:5])
         raise ValueError(f"{table.path}: alias loop{'s' if len(table.loops) > 1 else ''}: {shown}")
+    for key, line in table.duplicates[:10]:
+        pc.log.warning("aliases: %s, line %d: %s is listed again; the first entry counts", table.path, line, key)
     pc.log.info("aliases: %d entries from %s", len(table), table.path)
     return table, srs
 

@@ -110,7 +110,7 @@ def _greylisted(seconds: int):
     return pc.tempfail(f"Greylisted, try again in {max(seconds, 1)} seconds", code=451, status="4.7.1")
 
 
-async def on_rcpt(tx, rcpt):
+async def _on_rcpt(tx, rcpt):
     if SETTINGS["delay"] == 0 or _exempt(tx):
         return None
     wait = await _wait(_key(tx, rcpt))
@@ -120,7 +120,7 @@ async def on_rcpt(tx, rcpt):
     return _greylisted(wait) if wait else None
 
 
-async def on_data(tx, message):
+async def _on_data(tx, message):
     waits = tx.data.get("greylist_wait")
     if not waits:
         return None
@@ -129,3 +129,14 @@ async def on_data(tx, message):
             await pc.store.set(key, "ok", ttl=SETTINGS["lifetime"])
         return None
     return _greylisted(max(wait for _, wait in waits))
+
+
+if pc.store.in_memory():
+    # The memory store answers at once: plain hooks, no trip to the event loop.
+    def on_rcpt(tx, rcpt):
+        return pc.store.run_at_once(_on_rcpt(tx, rcpt))
+
+    def on_data(tx, message):
+        return pc.store.run_at_once(_on_data(tx, message))
+else:
+    on_rcpt, on_data = _on_rcpt, _on_data

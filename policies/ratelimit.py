@@ -115,9 +115,16 @@ async def _check_and_count(tx, unit: str):
     return None
 
 
-async def on_mail(tx, sender):
-    return await _check_and_count(tx, "messages")
+if pc.store.in_memory():
+    # The memory store answers at once: plain hooks, no trip to the event loop.
+    def on_mail(tx, sender):
+        return pc.store.run_at_once(_check_and_count(tx, "messages"))
 
+    def on_rcpt(tx, rcpt):
+        return pc.store.run_at_once(_check_and_count(tx, "recipients"))
+else:
+    async def on_mail(tx, sender):
+        return await _check_and_count(tx, "messages")
 
-async def on_rcpt(tx, rcpt):
-    return await _check_and_count(tx, "recipients")
+    async def on_rcpt(tx, rcpt):
+        return await _check_and_count(tx, "recipients")

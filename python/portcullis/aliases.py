@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable
 
 from ._address import Address
-from .maps import MapError, PostfixMap, read_map
+from .maps import MapEntry, MapError, PostfixMap, iter_map
 
 __all__ = ["AliasError", "AliasTable", "split_extension"]
 
@@ -44,15 +44,18 @@ class AliasTable:
 
     def __init__(
         self,
-        table: PostfixMap,
+        table: PostfixMap | Iterable[MapEntry],
         *,
+        path: str = "",
         local_domains: Iterable[str] = (),
         recipient_delimiter: str = "+",
         propagate_extension: bool = True,
         max_depth: int = 20,
         max_targets: int = 1000,
     ) -> None:
-        self.path = table.path
+        if isinstance(table, PostfixMap):
+            path, table = table.path, list(table.entries.values()) + table.duplicates
+        self.path = path
         self.delimiters = recipient_delimiter
         self.propagate_extension = propagate_extension
         self.max_depth = max_depth
@@ -60,32 +63,40 @@ class AliasTable:
         self.domains: set[str] = {d.lower().rstrip(".") for d in local_domains}
         self.exact: dict[str, tuple[str, ...]] = {}
         self.catchall: dict[str, tuple[str, ...]] = {}
-        self.lines: dict[str, int] = {}  # key -> its line, for messages
-        for key, entry in table.entries.items():
+        #: Lines of a key listed again (the first entry counts, as in Postfix): (key, line).
+        self.duplicates: list[tuple[str, int]] = []
+        lines: dict[str, int] = {}  # key -> its line, for messages
+        for entry in table:
+            key = entry.key
+            if key in lines:
+                self.duplicates.append((key, entry.line))
+                continue
+            lines[key] = entry.line
             local, at, domain = key.rpartition("@")
             if not at:
                 if not _is_domain(key):
-                    raise MapError(table.path, entry.line,
+                    raise MapError(path, entry.line,
                                    f"{key!r} is neither user@domain, @domain nor a domain (a bare user needs a domain here)")
                 self.domains.add(key.rstrip("."))  # a virtual alias domain: the value does not matter
                 continue
-            targets = tuple(_checked_target(table.path, entry.line, t) for t in entry.values)
+            targets = tuple(_checked_target(path, entry.line, t) for t in entry.values)
             if local:
-                _checked_target(table.path, entry.line, key)
+                _checked_target(path, entry.line, key)
                 self.exact[key] = targets
             elif _is_domain(domain):
                 self.catchall[domain] = targets
             else:
-                raise MapError(table.path, entry.line, f"{key!r}: no domain after the @")
-            self.lines[key] = entry.line
+                raise MapError(path, entry.line, f"{key!r}: no domain after the @")
             self.domains.add(domain)
         #: Loops among exact entries, each as the keys around it (a -> b -> a): empty when there are none.
         self.loops = self._find_loops()
+        #: The line of each key in a loop, for messages (the others' are not kept: a large table's memory).
+        self.lines = {key: lines[key] for loop in self.loops for key in loop}
 
     @classmethod
     def read(cls, path: str | os.PathLike[str], **settings: object) -> AliasTable:
         """Reads a virtual(5) file; raises ``MapError`` saying where it is wrong."""
-        return cls(read_map(path), **settings)  # type: ignore[arg-type]
+        return cls(iter_map(path), path=os.fspath(path), **settings)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.exact) + len(self.catchall)

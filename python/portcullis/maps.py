@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["MapEntry", "MapError", "PostfixMap", "read_map"]
+__all__ = ["MapEntry", "MapError", "PostfixMap", "iter_map", "read_map"]
 
 _ITEM_SEPARATORS = re.compile(r"[,\s]+")
 
@@ -56,38 +56,48 @@ class PostfixMap:
 def read_map(path: str | os.PathLike[str], *, lowercase_keys: bool = True) -> PostfixMap:
     """Reads a Postfix table file; raises ``MapError`` (with file and line) for a
     file that cannot be read or is not UTF-8, or a key without a value."""
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise MapError(name, None, f"cannot read it: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise MapError(name, line, "not UTF-8") from None
-    table = PostfixMap(name)
-    for key, value, line in _logical_lines(name, text):
-        if lowercase_keys:
-            key = key.lower()
-        items = tuple(v for v in _ITEM_SEPARATORS.split(value) if v)
-        if not items:  # only commas
-            raise MapError(name, line, f"{key!r} has no value")
-        entry = MapEntry(key, items, line)
-        if key in table.entries:
+    table = PostfixMap(os.fspath(path))
+    for entry in iter_map(path, lowercase_keys=lowercase_keys):
+        if entry.key in table.entries:
             table.duplicates.append(entry)
         else:
-            table.entries[key] = entry
+            table.entries[entry.key] = entry
     return table
 
 
-def _logical_lines(name: str, text: str):  # -> Iterator[tuple[str, str, int]]
+def iter_map(path: str | os.PathLike[str], *, lowercase_keys: bool = True):  # -> Iterator[MapEntry]
+    """The entries of a table file in file order, duplicates included (``read_map`` without
+    holding them all: a table built from a large file need not hold it twice)."""
+    name = os.fspath(path)
+    try:
+        f = open(name, "rb")
+    except OSError as e:
+        raise MapError(name, None, f"cannot read it: {e.strerror}") from None
+    with f:
+        for key, value, line in _logical_lines(name, _decoded_lines(name, f)):
+            if lowercase_keys:
+                key = key.lower()
+            items = tuple(v for v in _ITEM_SEPARATORS.split(value) if v)
+            if not items:  # only commas
+                raise MapError(name, line, f"{key!r} has no value")
+            yield MapEntry(key, items, line)
+
+
+def _decoded_lines(name: str, f):  # -> Iterator[str]
+    """The file's lines as text, one at a time (a large file is never held whole)."""
+    for number, raw in enumerate(f, 1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise MapError(name, number, "not UTF-8") from None
+
+
+def _logical_lines(name: str, lines):  # -> Iterator[tuple[str, str, int]]
     """(key, value, first line number) of each logical line: blank and comment lines
     skipped, lines starting with blanks joined to the one before."""
     key_line: tuple[str, int] | None = None
     parts: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

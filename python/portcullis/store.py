@@ -35,7 +35,8 @@ import _portcullis_core as _core
 
 from . import _context
 
-__all__ = ["Error", "delete", "delete_sync", "get", "get_sync", "incr", "incr_sync", "set", "set_sync"]
+__all__ = ["Error", "delete", "delete_sync", "get", "get_sync", "in_memory", "incr", "incr_sync", "run_at_once", "set",
+           "set_sync"]
 
 MAX_KEY = 200
 _DEFAULT_PREFIX = "portcullis:"
@@ -167,6 +168,25 @@ def _checked_by(by: object) -> int:
 
 
 # -- the API
+
+
+def in_memory() -> bool:
+    """Whether ``[store] url`` is the memory store, whose calls never wait: a policy may then
+    run its store logic in plain hooks (``run_at_once``), with no trip to the event loop."""
+    return _settings()[0] == "memory:"
+
+
+def run_at_once(coroutine: Any) -> Any:
+    """Runs ``coroutine`` to its end now and returns its result, for a coroutine that awaits
+    nothing but the memory store (which answers without waiting): one body of store logic
+    serves ``async def`` hooks (any store) and plain ones (``in_memory()``). Raises
+    RuntimeError if the coroutine would wait."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("pc.store.run_at_once: the coroutine waited (it needs an async hook)")
 
 
 async def get(key: str) -> str | None:

@@ -153,6 +153,11 @@ def test_table_errors_say_where(tmp_path, line, why):
     assert e.value.line == 2
 
 
+def test_a_key_listed_twice_keeps_its_first_entry(tmp_path):
+    t = table_of(tmp_path, "a@example.test b@example.test\nc@example.test c@example.test\na@example.test x@example.test\n")
+    assert t.expand("a@example.test") == ["b@example.test"] and t.duplicates == [("a@example.test", 3)]
+
+
 def test_a_bare_domain_declares_a_local_domain(tmp_path):
     t = table_of(tmp_path, "virtual.test anything\nsales@virtual.test alice@example.test\n", local_domains=[])
     assert t.is_local("virtual.test") and t.expand("sales@virtual.test") == ["alice@example.test"]
