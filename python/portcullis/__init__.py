@@ -32,6 +32,7 @@ from typing import Any
 
 from . import dns, store
 from ._address import Address, AddressList
+from ._engine import PolicyLoadError
 from ._log import log
 from ._message import Message
 from ._objects import ArcResult, Connection, DkimSignature, DmarcResult, SpfResult, Transaction, UpstreamReply
@@ -47,6 +48,7 @@ __all__ = [
     "DkimSignature",
     "DmarcResult",
     "Message",
+    "PolicyLoadError",
     "SpfResult",
     "Transaction",
     "UpstreamReply",

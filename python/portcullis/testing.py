@@ -46,7 +46,9 @@ import email.policy
 import itertools
 import logging
 import os
+import sys
 import threading
+import types
 import weakref
 from collections.abc import Coroutine, Iterable, Mapping
 import dataclasses
@@ -92,7 +94,9 @@ class Reply(NamedTuple):
 
 @dataclass(frozen=True)
 class Delivery:
-    """What the daemon would hand the upstream at the end of a transaction."""
+    """What the daemon would hand the upstream at the end of a transaction: the
+    envelope as text (``sender`` ``""`` for ``<>``), the recipients in order, each
+    once, and the message as bytes (CRLF lines, every policy edit applied)."""
 
     sender: str
     recipients: tuple[str, ...]
@@ -166,12 +170,13 @@ def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> Non
 class Harness:
     """Policies loaded into the daemon's engine, and a scripted SMTP dialogue against them.
 
-    ``files``: the policy files, in ``[policy] files`` order (relative to the
-    current folder). Without ``files``, those of the config's ``[policy]``
-    table are used, relative to the config file's folder.
+    ``files``: the policy files, in ``[policy] files`` order; a relative name
+    is relative to the folder of the file that makes the harness (your test
+    file), whatever the current folder. Without ``files``, those of the
+    config's ``[policy]`` table are used, relative to the config file's folder.
     ``config``: the config as a dict (what ``pc.config`` is), or
-    ``config_path``: a TOML file to read it from (with both, the tables of
-    ``config`` replace those of the file). ``timeout`` and ``on_error``
+    ``config_path``: a TOML file to read it from (relative like ``files``;
+    with both, the tables of ``config`` replace those of the file). ``timeout`` and ``on_error``
     default to the config's ``[policy]`` values (10 s, ``"tempfail"``);
     ``hostname`` to ``[server] hostname``.
 
@@ -190,6 +195,9 @@ class Harness:
         hostname: str | None = None,
         threads: int = 4,
     ) -> None:
+        here = Path(sys._getframe(1).f_code.co_filename).resolve().parent  # the test file's folder
+        if config_path is not None:
+            config_path = here / Path(config_path)
         merged: dict[str, Any] = load_config(config_path) if config_path is not None else {}
         merged.update(config or {})
         policy = merged.get("policy", {})
@@ -198,7 +206,7 @@ class Harness:
             base = Path(config_path).resolve().parent if config_path is not None else Path.cwd()
             paths = [str(base / f) for f in policy.get("files", [])]
         else:
-            paths = [str(Path(f).resolve()) for f in files]
+            paths = [str((here / Path(f)).resolve()) for f in files]
         self.hostname: str = hostname or server.get("hostname", DEFAULT_HOSTNAME)
         self.max_message_size: int = server.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
         self.max_recipients: int = server.get("max_recipients", DEFAULT_MAX_RECIPIENTS)
@@ -253,6 +261,15 @@ class Harness:
     def config(self) -> dict[str, Any]:
         """The config the current policies see as ``pc.config``."""
         return self.host.engine.config
+
+    def module(self, name: str) -> types.ModuleType:
+        """The loaded module of the current policies whose file is ``name`` (or ends with it:
+        ``"aliases.py"``), to read or patch its state in a test; ``KeyError`` if none is."""
+        for module in self.host.engine.modules:
+            path = Path(module.__file__ or "")
+            if path.name == name or str(path).endswith(name):
+                return module
+        raise KeyError(f"no loaded policy file {name!r}")
 
     def close(self) -> None:
         """Ends the sessions still open (their on_disconnect runs), stops the loop, drops the engine."""

@@ -1,5 +1,7 @@
 """portcullis.testing.Harness: scripted dialogues through the engine, replies as the daemon gives them."""
 
+from pathlib import Path
+
 import pytest
 
 from portcullis.testing import Delivery, Harness, PolicyLoadError, Reply, SessionClosed
@@ -484,3 +486,21 @@ def test_on_delivered_is_told_what_was_delivered(policy_file) -> None:
         s.rcpt("gone@example.test")
         assert s.data("Subject: x\r\n\r\nbody\r\n") == (250, "2.0.0", "Ok: discarded")  # nothing delivered: not told
         assert h.connect().ehlo("report").text == "[('a@example.com', ['b@example.test'], 250, True)]"
+
+
+def test_relative_names_are_the_test_files_and_modules_are_reachable(tmp_path, monkeypatch) -> None:
+    here = Path(__file__).resolve().parent
+    policy = here / "_relative_policy_for_test.py"
+    policy.write_text("COUNT = 0\ndef on_helo(conn, hostname):\n    global COUNT\n    COUNT += 1\n")
+    try:
+        monkeypatch.chdir(tmp_path)  # elsewhere: the test file's folder counts
+        with Harness(["_relative_policy_for_test.py"]) as h:
+            h.connect(helo="a.example")
+            module = h.module("_relative_policy_for_test.py")
+            assert module.COUNT == 1
+            with pytest.raises(KeyError):
+                h.module("nothing.py")
+    finally:
+        policy.unlink()
+    import portcullis
+    assert portcullis.PolicyLoadError is PolicyLoadError
