@@ -479,6 +479,64 @@ class Message:
             self._fields.insert(0, new)
         self._changed = True
 
+    # The text of the message: its text/plain and text/html parts, the other parts untouched.
+
+    def edit_text(self, edit: Callable[[str, str], str | None]) -> int:
+        """Calls ``edit(content_type, text)`` for each text part (``text/plain`` or
+        ``text/html``, not an attachment; in a multipart message, at any depth, but not
+        inside attached messages), with its text decoded; a ``str`` it returns replaces
+        that text, ``None`` leaves it. Only the parts changed are encoded again (their own
+        transfer encoding and charset kept where they can hold the new text, else
+        quoted-printable and UTF-8); every other byte of the message stays as it was.
+        Returns how many parts changed."""
+        from . import _mime
+
+        raw, body = self.raw, self.body
+        parts = _mime.text_parts(body, raw[: len(raw) - len(body)])
+        changed = 0
+        for part in parts:
+            new = edit(part.content_type, part.text)
+            if new is not None and new != part.text:
+                part.text = new
+                changed += 1
+        if changed:
+            new_body, header_changes = _mime.rebuilt(body, parts)
+            for name, value in header_changes.items():
+                self.replace_header(name, value)
+            self.body = new_body
+        return changed
+
+    def append_text(self, text: str, html: str | None = None) -> int:
+        """Adds ``text`` at the end of every ``text/plain`` part (on a line of its own) and
+        ``html`` (default: ``text`` escaped, in a ``<p>``) before ``</body>`` of every
+        ``text/html`` part, or at its end: a disclaimer or a footer. Returns how many parts changed."""
+        import html as html_module
+
+        block = html if html is not None else "<p>" + html_module.escape(text).replace("\n", "<br>\n") + "</p>"
+
+        def append(content_type: str, current: str) -> str:
+            if content_type == "text/html":
+                at = current.lower().rfind("</body>")
+                return current + block if at < 0 else current[:at] + block + current[at:]
+            return current + ("" if not current or current.endswith("\n") else "\n") + text
+
+        return self.edit_text(append)
+
+    def set_content(self, content: email.message.EmailMessage) -> None:
+        """Makes the body and the MIME fields (``Content-*``, ``MIME-Version``) those of
+        ``content`` (an ``EmailMessage``, e.g. from ``as_email()``, changed), keeping every
+        other header field of this message as it is: write a restructured message back
+        without copying its MIME fields by hand."""
+        import email.policy
+
+        new = Message(content.as_bytes(policy=email.policy.SMTP), smtputf8=self._smtputf8)
+        mime = [(name, value) for name, value in new.headers if _is_mime_field(name)]
+        for name in {name.lower() for name, _ in self.headers if _is_mime_field(name)}:
+            self.remove_header(name)
+        for name, value in mime:
+            self.insert_header(len(self._fields), name, value)
+        self.body = new.body
+
     # Fields by position (the index into ``headers``), for edits of one field among several of a name.
 
     def insert_header(self, index: int, name: str, value: str) -> None:
@@ -511,3 +569,8 @@ class Message:
 
     def __repr__(self) -> str:
         return f"<Message {len(self._fields)} header fields, {len(self.body)} bytes of body>"
+
+
+def _is_mime_field(name: str) -> bool:
+    key = name.lower()
+    return key.startswith("content-") or key == "mime-version"

@@ -303,3 +303,66 @@ def test_fields_by_position_leave_the_others_byte_for_byte():
             bad()
     with pytest.raises(ValueError):
         m.insert_header(0, "Bad", "a\r\nInjected: yes")
+
+
+def _mixed() -> bytes:
+    from email.message import EmailMessage
+    m = EmailMessage()
+    m["From"], m["Subject"] = "a@example.com", "parts"
+    m.set_content("Héllo\nworld\n")
+    m.add_alternative("<html><body><p>Hi</p></body></html>", subtype="html")
+    m.add_attachment(b"\x00\x01binary" * 50, maintype="application", subtype="octet-stream", filename="a.bin")
+    inner = EmailMessage()
+    inner["Subject"] = "attached"
+    inner.set_content("inner text stays")
+    m.add_attachment(inner)
+    return m.as_bytes().replace(b"\n", b"\r\n")
+
+
+def test_append_text_changes_the_text_parts_and_nothing_else():
+    import email
+    import email.policy
+    raw = _mixed()
+    m = pc.Message(raw)
+    assert m.append_text("-- \nsent via Portcullis ✓") == 2
+    out = m.raw
+    parsed = email.message_from_bytes(out, policy=email.policy.default)
+    texts = [(p.get_content_type(), p.get_content().replace("\r\n", "\n")) for p in parsed.walk()
+             if p.get_content_maintype() == "text"]
+    assert texts[0] == ("text/plain", "Héllo\nworld\n-- \nsent via Portcullis ✓")
+    assert texts[1][1].startswith("<html><body><p>Hi</p><p>-- <br>\nsent via Portcullis ✓</p></body>")
+    assert texts[2] == ("text/plain", "inner text stays\n")  # inside the attached message: not ours to change
+    # The attachment and the attached message, byte for byte.
+    attachment = raw[raw.index(b"Content-Type: application/octet-stream"):]
+    assert attachment in out
+    # The html part was 7bit and is no longer ASCII: quoted-printable now, said so in its own header.
+    html_header = out[out.index(b"Content-Type: text/html"):out.index(b"<html>")]
+    assert b"Content-Transfer-Encoding: quoted-printable" in html_header
+    assert m.headers == pc.Message(raw).headers  # the message's own fields untouched
+
+
+def test_edit_text_on_a_single_part_message_and_its_encodings():
+    m = pc.Message(b"Subject: x\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nplain body\r\n")
+    assert m.edit_text(lambda ctype, text: text.replace("plain", "Grüße")) == 1
+    assert m.get("Content-Type") == 'text/plain; charset="utf-8"'
+    assert m.get("Content-Transfer-Encoding") == "quoted-printable"
+    assert m.body == b"Gr=C3=BC=C3=9Fe body\r\n"
+    b64 = pc.Message(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                     b"aGVsbG8K\r\n")
+    assert b64.edit_text(lambda ctype, text: text.upper()) == 1
+    assert b64.body == b"SEVMTE8K\r\n"
+    assert pc.Message(b"Subject: x\r\n\r\nbody\r\n").edit_text(lambda ctype, text: None) == 0
+
+
+def test_set_content_writes_a_restructured_message_back():
+    raw = b"Received: from a by b\r\nSubject: keep me\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nold\r\n"
+    m = pc.Message(raw)
+    e = m.as_email()
+    e.set_content("new text")
+    e.add_attachment(b"data", maintype="application", subtype="octet-stream", filename="d.bin")
+    m.set_content(e)
+    assert m.headers[:2] == [("Received", "from a by b"), ("Subject", "keep me")]
+    assert m.raw.startswith(b"Received: from a by b\r\nSubject: keep me\r\n")  # byte for byte
+    assert m.get("Content-Type").startswith("multipart/mixed; boundary=")
+    assert len(m.get_all("MIME-Version")) == 1
+    assert b"new text" in m.body and b"filename=\"d.bin\"" in m.body
