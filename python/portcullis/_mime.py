@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import email.message
 import email.policy
+import email.utils
 import quopri
 import re
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def rebuilt(body: bytes, parts: list[TextPart]) -> tuple[bytes, dict[str, str]]:
         else:
             header = part._header
             for name, value in changes.items():
-                header = _with_field(header, name.encode(), value.encode("ascii"))
+                header = _with_field(header, name.encode(), value.encode("utf-8", "surrogateescape"))
             out.append(header)
         out.append(new_body)
         at = part._end
@@ -108,7 +109,7 @@ def _walk(body: bytes, header: bytes, start: int, end: int, parts: list[TextPart
     fields = _PARSER.parsebytes(header) if header else _PARSER.parsebytes(b"\r\n")
     ctype = (fields.get_content_type() or "text/plain").lower()
     if ctype.startswith("multipart/"):
-        boundary = fields.get_param("boundary")
+        boundary = email.utils.collapse_rfc2231_value(fields.get_param("boundary") or "")
         if not boundary:
             return
         for sub_start, sub_end in _sections(body, start, end, str(boundary).encode("latin-1", "replace")):
@@ -120,7 +121,7 @@ def _walk(body: bytes, header: bytes, start: int, end: int, parts: list[TextPart
 
             _walk(body, body[sub_start:header_end], header_end, sub_end, parts)
         return
-    disposition = (fields.get("Content-Disposition") or "").split(";")[0].strip().lower()
+    disposition = str(fields.get("Content-Disposition") or "").split(";")[0].strip().lower()
     if ctype not in ("text/plain", "text/html") or disposition == "attachment":
         return
     charset = str(fields.get_content_charset() or "us-ascii")
@@ -128,7 +129,7 @@ def _walk(body: bytes, header: bytes, start: int, end: int, parts: list[TextPart
         "".encode(charset)
     except LookupError:
         return  # a charset Python does not know: left alone
-    encoding = str(fields.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+    encoding = str(fields.get("Content-Transfer-Encoding") or "7bit").strip().lower()  # (str: a Header for 8-bit)
     if encoding not in ("7bit", "8bit", "binary", "quoted-printable", "base64"):
         return
     part_start = start if top else start - len(header)

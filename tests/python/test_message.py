@@ -366,3 +366,27 @@ def test_set_content_writes_a_restructured_message_back():
     assert m.get("Content-Type").startswith("multipart/mixed; boundary=")
     assert len(m.get_all("MIME-Version")) == 1
     assert b"new text" in m.body and b"filename=\"d.bin\"" in m.body
+
+
+@pytest.mark.parametrize("seed", [2, 4, 7])  # (each once found a crash)
+def test_edit_text_survives_mangled_mime_and_changes_nothing_it_was_not_asked_to(seed):
+    import random
+    rng = random.Random(seed)
+    base = _mixed()
+    head_end = base.index(b"\r\n\r\n") + 4
+    for _ in range(400):
+        body = bytearray(base[head_end:])
+        for _ in range(rng.randint(1, 6)):  # cut, duplicate or flip pieces of the body
+            at = rng.randrange(len(body))
+            choice = rng.random()
+            if choice < 0.3:
+                del body[at:at + rng.randint(1, 200)]
+            elif choice < 0.6:
+                body[at:at] = body[max(0, at - 80):at]
+            else:
+                body[at] = rng.choice(b"-=\r\n\t x\xe9")
+        raw = base[:head_end] + bytes(body).replace(b"\r\n", b"\n").replace(b"\r", b"").replace(b"\n", b"\r\n")
+        m = pc.Message(raw)
+        assert m.edit_text(lambda ctype, text: None) == 0 and m.raw == raw
+        m.append_text("footer")  # must not raise, whatever the structure
+        assert m.raw.startswith(base[: head_end - 2])  # the message's own header untouched
