@@ -30,6 +30,7 @@ import asyncio
 import ipaddress
 
 import portcullis as pc
+from portcullis.settings import client_address, in_networks
 
 _KEYS = ("zones", "threshold", "reject_at", "networks", "skip_authenticated")
 
@@ -103,10 +104,8 @@ async def _verdict(conn):
     cached = conn.data.get("dnsbl")
     if cached is not None:
         return cached
-    address = ipaddress.ip_address(conn.client_ip)
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if any(address in network for network in SETTINGS["networks"]) or address.is_loopback:
+    address = client_address(conn.client_ip)
+    if in_networks(conn.client_ip, SETTINGS["networks"]) or address.is_loopback:
         conn.data["dnsbl"] = (0, [])
         return conn.data["dnsbl"]
     name = _reversed_name(address)

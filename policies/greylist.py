@@ -31,28 +31,19 @@ import ipaddress
 import time
 
 import portcullis as pc
+from portcullis.settings import Settings, client_address, in_networks
 
 _DEFAULTS = {"delay": 300, "retry_window": 172800, "lifetime": 3024000, "ipv4_prefix": 24, "ipv6_prefix": 64,
              "networks": [], "skip_authenticated": True, "skip_spf_pass": False, "skip_dkim_pass": False}
 
 
 def _settings() -> dict:
-    table = dict(pc.config.get("greylist", {}))
-    unknown = sorted(set(table) - set(_DEFAULTS))
-    if unknown:
-        raise ValueError(f"[greylist]: unknown key(s) {', '.join(unknown)}")
-    s = {**_DEFAULTS, **table}
-    for key, low, high in (("delay", 0, 86400), ("retry_window", 60, 30 * 86400), ("lifetime", 3600, 400 * 86400),
-                           ("ipv4_prefix", 8, 32), ("ipv6_prefix", 16, 128)):
-        if isinstance(s[key], bool) or not isinstance(s[key], int) or not low <= s[key] <= high:
-            raise ValueError(f"[greylist] {key}: want an integer from {low} to {high}")
-    for key in ("skip_authenticated", "skip_spf_pass", "skip_dkim_pass"):
-        if not isinstance(s[key], bool):
-            raise ValueError(f"[greylist] {key}: want true or false")
-    try:
-        s["networks"] = [ipaddress.ip_network(n, strict=False) for n in s["networks"]]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"[greylist] networks: {e}") from None
+    table = Settings("greylist", _DEFAULTS)
+    limits = {"delay": (0, 86400), "retry_window": (60, 30 * 86400), "lifetime": (3600, 400 * 86400),
+              "ipv4_prefix": (8, 32), "ipv6_prefix": (16, 128)}
+    s = {key: table.integer(key, *bounds) for key, bounds in limits.items()}
+    s.update({key: table.boolean(key) for key in ("skip_authenticated", "skip_spf_pass", "skip_dkim_pass")})
+    s["networks"] = table.networks("networks")
     return s
 
 
@@ -60,9 +51,7 @@ SETTINGS = _settings()
 
 
 def _client_network(ip: str) -> str:
-    address = ipaddress.ip_address(ip)
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = client_address(ip)
     prefix = SETTINGS["ipv4_prefix"] if address.version == 4 else SETTINGS["ipv6_prefix"]
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
@@ -71,10 +60,7 @@ def _exempt(tx) -> bool:
     conn = tx.conn
     if SETTINGS["skip_authenticated"] and conn.auth_user is not None:
         return True
-    address = ipaddress.ip_address(conn.client_ip)
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if any(address in network for network in SETTINGS["networks"]):
+    if in_networks(conn.client_ip, SETTINGS["networks"]):
         return True
     return SETTINGS["skip_spf_pass"] and tx.spf is not None and tx.spf.result == "pass"
 

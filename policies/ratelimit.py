@@ -34,6 +34,7 @@ import ipaddress
 import time
 
 import portcullis as pc
+from portcullis.settings import Settings, client_address, in_networks
 
 _LIMITS = ("messages_per_client", "recipients_per_client", "messages_per_login", "recipients_per_login",
            "messages_per_sender", "recipients_per_sender")
@@ -41,37 +42,22 @@ _DEFAULTS = {"window": 3600, "ipv6_prefix": 64, "networks": [], **{k: 0 for k in
 
 
 def _settings() -> dict:
-    table = dict(pc.config.get("ratelimit", {}))
-    unknown = sorted(set(table) - set(_DEFAULTS))
-    if unknown:
-        raise ValueError(f"[ratelimit]: unknown key(s) {', '.join(unknown)}")
-    s = {**_DEFAULTS, **table}
-    for key, low, high in (("window", 1, 30 * 86400), ("ipv6_prefix", 16, 128)) + tuple((k, 0, 10**9) for k in _LIMITS):
-        if isinstance(s[key], bool) or not isinstance(s[key], int) or not low <= s[key] <= high:
-            raise ValueError(f"[ratelimit] {key}: want an integer from {low} to {high}")
-    try:
-        s["networks"] = [ipaddress.ip_network(n, strict=False) for n in s["networks"]]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"[ratelimit] networks: {e}") from None
+    table = Settings("ratelimit", _DEFAULTS)
+    s = {"window": table.integer("window", 1, 30 * 86400), "ipv6_prefix": table.integer("ipv6_prefix", 16, 128),
+         "networks": table.networks("networks")}
+    s.update({key: table.integer(key, 0, 10**9) for key in _LIMITS})
     return s
 
 
 SETTINGS = _settings()
 
 
-def _client_of(ip: str):
-    address = ipaddress.ip_address(ip)
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address
-
-
 def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     """(store key part, what the reply names, limit) for each limit on ``unit`` that applies."""
     conn = tx.conn
     out = []
-    client = _client_of(conn.client_ip)
-    if any(client in network for network in SETTINGS["networks"]):
+    client = client_address(conn.client_ip)
+    if in_networks(conn.client_ip, SETTINGS["networks"]):
         return out
     if SETTINGS[f"{unit}_per_client"]:
         shown = str(client) if client.version == 4 else str(

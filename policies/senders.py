@@ -35,6 +35,7 @@ import ipaddress
 import portcullis as pc
 from portcullis.aliases import AliasError, AliasTable
 from portcullis.senders import SenderLogins
+from portcullis.settings import in_networks
 
 _KEYS = ("file", "login_is_address", "owns_aliases", "local_domains", "trusted_networks", "recipient_delimiter")
 
@@ -93,16 +94,6 @@ def _load():
 LOGINS, ALIASES, LOCAL_DOMAINS, TRUSTED = _load()
 
 
-def _trusted(ip: str) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in TRUSTED)
-
-
 def _owns(login: str, sender: str) -> bool:
     if LOGINS.owns(login, sender):
         return True
@@ -127,7 +118,7 @@ def on_mail(tx, sender):
             return None
         shown = "".join(c if " " < c < "\x7f" else "?" for c in login)[:100]  # a login may hold anything (RFC 4616)
         return pc.reject(f"<{address}>: Sender address rejected: not owned by user {shown}", code=553, status="5.7.1")
-    if _trusted(tx.conn.client_ip):
+    if in_networks(tx.conn.client_ip, TRUSTED):
         return None
     if sender.domain.lower().rstrip(".") in LOCAL_DOMAINS or LOGINS.owners(address):
         return pc.reject(f"<{address}>: Sender address rejected: not logged in", code=553, status="5.7.1")

@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from helpers.processes import free_port, running
+
 SECRET = "tops3cret"
 DOMAIN = "fwd.example.test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -25,28 +19,15 @@ def running_postsrsd(folder: Path, secret: str = SECRET, domain: str = DOMAIN) -
     """postsrsd with `secret` for `domain`, its two tcp_table(5) ports on 127.0.0.1; stopped after."""
     secret_file = folder / "postsrsd.secret"
     secret_file.write_text(secret + "\n")
-    forward, reverse = _free_port(), _free_port()
-    proc = subprocess.Popen(["/usr/sbin/postsrsd", "-s", str(secret_file), "-d", domain, "-l", "127.0.0.1",
-                             "-f", str(forward), "-r", str(reverse)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", reverse), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"postsrsd did not start: {proc.stderr.read().decode(errors='replace')}")
-                time.sleep(0.05)
+    forward, reverse = free_port(), free_port()
+
+    def answers() -> bool:
+        socket.create_connection(("127.0.0.1", reverse), timeout=1).close()
+        return True
+
+    with running(["/usr/sbin/postsrsd", "-s", str(secret_file), "-d", domain, "-l", "127.0.0.1",
+                  "-f", str(forward), "-r", str(reverse)], answers, "postsrsd"):
         yield Postsrsd(forward, reverse)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Postsrsd:
