@@ -5,7 +5,7 @@ Configure it in ``[senders]`` (the defaults shown):
 
     [senders]
     file = ""                        # lines "address  login[, login...]"; "@domain" allowed
-    login_is_address = true          # a login that is an address (alice@example.test) owns it
+    login_is_address = false         # true: a login that is an address (alice@example.test) owns it, listed or not
     owns_aliases = false             # a login also owns the aliases ([aliases] file) that expand to
                                      #   an address it owns (team@ -> alice@: alice may send as team@)
     local_domains = []               # default: [aliases] local_domains
@@ -16,7 +16,8 @@ The rules, for a MAIL FROM other than ``<>``:
 
 - An authenticated client may use a sender only if its login owns it (the
   file lists the login for the address, its extension-less form or its
-  ``@domain``; or the login is the address itself; or, with
+  ``@domain``; or, with ``login_is_address``, the login is the address
+  itself; or, with
   ``owns_aliases``, the sender is an alias that expands to an address the
   login owns): otherwise ``553 5.7.1 <sender>: Sender address rejected:
   not owned by user LOGIN``.
@@ -48,7 +49,7 @@ def _settings() -> dict:
     aliases = pc.config.get("aliases", {})
     settings = {
         "file": table.get("file", ""),
-        "login_is_address": table.get("login_is_address", True),
+        "login_is_address": table.get("login_is_address", False),
         "owns_aliases": table.get("owns_aliases", False),
         "local_domains": table.get("local_domains", aliases.get("local_domains", [])),
         "trusted_networks": table.get("trusted_networks", pc.config.get("relay", {}).get("trusted_networks", [])),
@@ -64,7 +65,7 @@ def _settings() -> dict:
         raise ValueError("[senders] file and recipient_delimiter: want strings")
     if settings["owns_aliases"] and not aliases.get("file"):
         raise ValueError("[senders] owns_aliases: needs [aliases] file")
-    if not settings["file"] and not settings["login_is_address"]:
+    if not settings["file"] and not settings["login_is_address"] and not settings["owns_aliases"]:
         raise ValueError("[senders]: with no file and login_is_address = false, no login owns anything")
     return settings
 

@@ -27,7 +27,7 @@ class SenderLogins:
     """A sender login table, and how to read it."""
 
     def __init__(self, table: PostfixMap | None = None, *, recipient_delimiter: str = "+",
-                 login_is_address: bool = True) -> None:
+                 login_is_address: bool = False) -> None:
         self.path = table.path if table is not None else None
         self.delimiters = recipient_delimiter
         self.login_is_address = login_is_address

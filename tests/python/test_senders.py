@@ -24,7 +24,7 @@ ALIASES = ("alice@example.test alice@example.test\n"
 
 def test_owners_by_address_extension_and_domain(tmp_path):
     (tmp_path / "senders").write_text(SENDERS)
-    t = SenderLogins.read(tmp_path / "senders")
+    t = SenderLogins.read(tmp_path / "senders", login_is_address=True)
     assert t.owners("Alice@Example.TEST") == {"alice"}
     assert t.owners("alice+lists@example.test") == {"alice"}
     assert t.owners("sales@example.test") == {"alice", "bob"}
@@ -32,8 +32,7 @@ def test_owners_by_address_extension_and_domain(tmp_path):
     assert t.owners("nobody@example.test") == set()
     assert t.owns("BOB", "sales@example.test") and not t.owns("bob", "alice@example.test")
     assert t.owns("dave@example.net", "dave@example.net") and t.owns("dave@example.net", "dave+x@example.net")
-    assert not SenderLogins.read(tmp_path / "senders", login_is_address=False).owns("dave@example.net",
-                                                                                    "dave@example.net")
+    assert not SenderLogins.read(tmp_path / "senders").owns("dave@example.net", "dave@example.net")  # the default
 
 
 def test_a_key_without_a_domain_is_refused(tmp_path):
@@ -67,11 +66,12 @@ def test_an_authenticated_client_sends_only_as_what_it_owns(tmp_path):
         assert mail(h, "alice@example.test", "bob") == (
             553, "5.7.1", "<alice@example.test>: Sender address rejected: not owned by user bob")
         assert mail(h, "someone@gmail.example", "bob")[:2] == (553, "5.7.1")  # unlisted: not bob's either
+        assert mail(h, "dave@example.net", "dave@example.net")[:2] == (553, "5.7.1")  # the contract: listed only
         assert mail(h, "team@example.test", "alice")[:2] == (553, "5.7.1")  # aliases not honoured unless asked
 
 
 def test_a_login_owns_the_aliases_that_expand_to_its_address_when_asked(tmp_path):
-    with harness(tmp_path, senders={"owns_aliases": True}) as h:
+    with harness(tmp_path, senders={"owns_aliases": True, "login_is_address": True}) as h:
         assert mail(h, "team@example.test", "alice").code == 250
         assert mail(h, "team@example.test", "bob@example.test").code == 250  # a login that is an address
         assert mail(h, "team@example.test", "carol")[:2] == (553, "5.7.1")
