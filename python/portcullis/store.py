@@ -199,7 +199,7 @@ async def set(key: str, value: str | int | float, ttl: float | None = None) -> N
     await _call("set", _checked_key(key), _checked_value(value), _checked_ttl(ttl))
 
 
-async def incr(key: str, by: int = 1, ttl: float | None = None) -> int:
+async def incr(key: str, ttl: float | None = None, *, by: int = 1) -> int:
     """Adds ``by`` to the counter at ``key`` (a new key starts at 0 and gets ``ttl``) and returns it."""
     return await _call("incr", _checked_key(key), _checked_by(by), _checked_ttl(ttl))
 
@@ -219,7 +219,7 @@ def set_sync(key: str, value: str | int | float, ttl: float | None = None) -> No
     _call_sync("set", _checked_key(key), _checked_value(value), _checked_ttl(ttl))
 
 
-def incr_sync(key: str, by: int = 1, ttl: float | None = None) -> int:
+def incr_sync(key: str, ttl: float | None = None, *, by: int = 1) -> int:
     """``incr`` for plain hooks."""
     return _call_sync("incr", _checked_key(key), _checked_by(by), _checked_ttl(ttl))
 

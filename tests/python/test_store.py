@@ -148,3 +148,10 @@ def test_counters_survive_a_policy_reload(policy_file, kind, request):
         s = h.connect(helo="b")
         s.mail("x@example.com")
         assert s.rcpt("y@example.com").text == "seen 3 4"
+
+
+def test_the_contracts_signature_ttl_second(backend):
+    k = backend + "sig"
+    assert asyncio.run(pc.store.incr(k, 0.2)) == 1  # incr(key, ttl): the ttl, not a step
+    time.sleep(0.3)
+    assert pc.store.get_sync(k) is None
