@@ -70,6 +70,9 @@ class policy {
   virtual awaitable<void> on_delivered(const connection_state& conn, const transaction& tx, const smtp::reply& r) {
     co_return;
   }
+  // A notification when a transaction (one MAIL accepted) ends: delivered,
+  // refused, RSET, a new HELO or STARTTLS.
+  virtual awaitable<void> on_reset(const connection_state& conn, const transaction& tx) { co_return; }
   virtual awaitable<void> on_disconnect(const connection_state& conn) = 0;
 };
 

@@ -27,11 +27,12 @@ namespace portcullis {
 using policy_generation = std::uint64_t;
 
 // The hook stages, in SMTP order (their index is a bit in stage masks).
-// `delivered` is a notification after the upstream's final reply to the message (on_delivered).
-enum class policy_stage : std::uint8_t { connect, helo, auth, mail, rcpt, data, delivered, disconnect };
-inline constexpr std::size_t policy_stage_count = 8;
+// Notifications: `delivered` after the upstream's final reply to the message
+// (on_delivered), `reset` when a transaction ends however it ends (on_reset).
+enum class policy_stage : std::uint8_t { connect, helo, auth, mail, rcpt, data, delivered, reset, disconnect };
+inline constexpr std::size_t policy_stage_count = 9;
 inline constexpr std::array<std::string_view, policy_stage_count> policy_stage_names = {
-    "connect", "helo", "auth", "mail", "rcpt", "data", "delivered", "disconnect"};
+    "connect", "helo", "auth", "mail", "rcpt", "data", "delivered", "reset", "disconnect"};
 constexpr std::string_view to_string(policy_stage s) { return policy_stage_names[static_cast<std::size_t>(s)]; }
 
 // One hook stage's input, as plain C++ values (built on an I/O thread).

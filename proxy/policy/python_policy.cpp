@@ -310,6 +310,14 @@ awaitable<void> python_policy::on_delivered(const connection_state& conn, const 
   if (result.error) session_log(conn.id).warn("policy error in delivered: {}", *result.error);
 }
 
+awaitable<void> python_policy::on_reset(const connection_state& conn, const transaction& tx) {
+  if (!has_hooks(policy_stage::reset)) co_return;
+  auto job = base_job(policy_stage::reset, conn);
+  add_transaction(*job, tx);
+  auto result = co_await run(std::move(job));
+  if (result.error) session_log(conn.id).warn("policy error in reset: {}", *result.error);
+}
+
 awaitable<void> python_policy::on_disconnect(const connection_state& conn) {
   if (!has_hooks(policy_stage::disconnect)) {
     // No hook to run: Python only needs to drop its record, and nobody waits for that.

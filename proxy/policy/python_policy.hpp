@@ -28,6 +28,7 @@ class python_policy final : public policy {
   awaitable<verdict> on_rcpt(const connection_state& conn, const transaction& tx, const smtp::address& rcpt) override;
   awaitable<verdict> on_data(const connection_state& conn, const transaction& tx, message_ptr message) override;
   awaitable<void> on_delivered(const connection_state& conn, const transaction& tx, const smtp::reply& r) override;
+  awaitable<void> on_reset(const connection_state& conn, const transaction& tx) override;
   awaitable<void> on_disconnect(const connection_state& conn) override;
 
  private:

@@ -862,6 +862,13 @@ awaitable<reply> session::on_rset(const smtp::command& cmd) {
 }
 
 awaitable<void> session::reset_transaction() {
+  if (stage_ == stage::transaction || stage_ == stage::data) {
+    try {
+      co_await policy_.on_reset(conn_, tx_);  // a notification: its outcome changes nothing
+    } catch (const std::exception& e) {
+      log_.warn("on_reset failed: {}", e.what());
+    }
+  }
   co_await relay_.reset();
   tx_ = transaction{};
   if (stage_ == stage::transaction || stage_ == stage::data) set_stage(stage::ready);

@@ -3,7 +3,8 @@
 A policy is a Python file with any of the hooks ``on_connect(conn)``,
 ``on_helo(conn, hostname)``, ``on_auth(conn, mechanism, username, password)``,
 ``on_mail(tx, sender)``, ``on_rcpt(tx, rcpt)``, ``on_data(tx, message)``,
-``on_delivered(tx, reply)`` and ``on_disconnect(conn)`` (notifications), and
+``on_delivered(tx, reply)``, ``on_reset(tx)`` and ``on_disconnect(conn)``
+(notifications), and
 ``on_unload()``, each a plain function or an ``async def``. A hook
 returns None (let the next policy decide) or a verdict: ``accept``,
 ``reject``, ``tempfail``, ``discard``, ``redirect`` or (not final)

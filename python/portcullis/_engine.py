@@ -49,11 +49,12 @@ HOOK_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "rcpt": ("tx", "rcpt"),
     "data": ("tx", "message"),
     "delivered": ("tx", "reply"),
+    "reset": ("tx",),
     "disconnect": ("conn",),
 }
 HOOK_NAMES = {f"on_{stage}": stage for stage in HOOK_ARGUMENTS}
 #: Stages whose hooks are told, not asked: every hook runs, and what they return decides nothing.
-NOTIFICATIONS = frozenset({"delivered", "disconnect"})
+NOTIFICATIONS = frozenset({"delivered", "reset", "disconnect"})
 
 #: The positive reply of each stage, for verdicts that leave code and status to
 #: the stage (accept, discard, redirect). RFC 2034 §3: no enhanced status code
@@ -1060,6 +1061,8 @@ class _StageRun:
             self.args = (tx, tx._sender)
         elif stage == "delivered":
             self.args = (tx, UpstreamReply(*arguments))
+        elif stage == "reset":
+            self.args = (tx,)
         else:
             # Read from the daemon when a hook first looks at it. Outside
             # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.

@@ -434,7 +434,7 @@ class Session:
         if refused or self._stops(result["verdict"]):
             return self._reply(refused or self._verdict_reply(result["verdict"]))
         # RFC 5321 §4.1.4: EHLO/HELO ends any transaction in progress.
-        self._tx = None
+        self._end_transaction()
         self.helo_name = hostname
         host = self.harness.hostname
         if not extended:
@@ -534,7 +534,8 @@ class Session:
 
     def data(self, message: bytes | str, dkim: Iterable[DkimSignature | tuple[str, str, str]] | None = None,
              dmarc: DmarcResult | None = None, arc: ArcResult | None = None) -> Reply:
-        """DATA and the message: on_data runs; the final reply is returned.
+        """DATA and the message: on_data runs; the final reply is returned (on_delivered
+        and on_reset are told before, as the daemon tells them).
 
         ``message`` is the message itself (a ``str`` is UTF-8 encoded); line
         ends are made CRLF. ``dkim`` is the verification the daemon would
@@ -542,6 +543,18 @@ class Session:
         selector)`` tuples; ``dmarc`` its DMARC evaluation (``tx.dmarc``), a
         ``DmarcResult``; ``arc`` its ARC validation (``tx.arc``), an ``ArcResult``.
         """
+        tx = self._tx
+        reply = self._data(message, dkim, dmarc, arc)
+        if tx is not None and self._tx is None:  # it ended, whatever the reply (not at 554: no recipients yet)
+            self._end_transaction(self._ended or tx)
+        self._ended = None
+        return reply
+
+    _ended: dict[str, Any] | None = None  # the envelope as delivered, for on_reset
+
+    def _data(self, message: bytes | str, dkim: Iterable[DkimSignature | tuple[str, str, str]] | None = None,
+              dmarc: DmarcResult | None = None, arc: ArcResult | None = None) -> Reply:
+        """``data`` up to its reply."""
         if self._tx is not None and dkim is not None:
             self._tx["dkim"] = [d if isinstance(d, DkimSignature) else DkimSignature(*d) for d in dkim]
         if self._tx is not None and dmarc is not None:
@@ -580,7 +593,7 @@ class Session:
         self.delivered.append(delivery)
         self.harness.deliveries.append(delivery)
         # on_delivered: the transaction as delivered, and the upstream's 250 (the harness's upstream takes all).
-        self._tx = {**tx, "sender": sender, "recipients": list(recipients)}
+        self._tx = self._ended = {**tx, "sender": sender, "recipients": list(recipients)}
         try:
             self._ask("delivered", reply=(250, "2.0.0", "Ok"))
         finally:
@@ -588,10 +601,20 @@ class Session:
         return self._reply(self._with_policy_text(Reply(250, "2.0.0", "Ok"), verdict))
 
     def rset(self) -> Reply:
-        """RSET: the transaction is dropped (no hook runs)."""
+        """RSET: the transaction is dropped (on_reset is told)."""
         self._check_open()
-        self._tx = None
+        self._end_transaction()
         return self._reply(_ok())
+
+    def _end_transaction(self, tx: dict[str, Any] | None = None) -> None:
+        """The transaction in progress (or ``tx``, as it ended) is over: on_reset is told."""
+        tx = tx if tx is not None else self._tx
+        self._tx = tx
+        try:
+            if tx is not None:
+                self._ask("reset")
+        finally:
+            self._tx = None
 
     def noop(self) -> Reply:
         """NOOP."""

@@ -52,3 +52,21 @@ def test_an_upstream_refusal_is_told_too(policy_daemon, fake_upstream, tmp_path)
         assert (r.code, r.status) == (554, "5.6.0")
     [told] = records(record)
     assert told[2:] == [554, "5.6.0", "Content refused (fake)", False]
+
+
+def test_on_reset_is_told_when_each_transaction_ends(policy_daemon, aiosmtpd_upstream, tmp_path):
+    record = tmp_path / "reset.jsonl"
+    d = policy_daemon(aiosmtpd_upstream.url, f"""
+import json
+def on_reset(tx):
+    with open({str(record)!r}, "a") as f:
+        f.write(json.dumps([str(tx.sender), [str(r) for r in tx.recipients]]) + "\\n")
+""")
+    with d.connect() as c:
+        assert c.transaction("a@example.com", ["b@example.test"], b"Subject: 1\r\n\r\nhello").code == 250
+        c.exchange("MAIL FROM:<c@example.com>", 250)
+        c.exchange("RSET", 250)
+        c.exchange("RSET", 250)  # no transaction: not told
+        c.exchange("MAIL FROM:<d@example.com>", 250)
+        c.exchange("EHLO again.test", 250)
+    assert records(record) == [["a@example.com", ["b@example.test"]], ["c@example.com", []], ["d@example.com", []]]

@@ -504,3 +504,28 @@ def test_relative_names_are_the_test_files_and_modules_are_reachable(tmp_path, m
         policy.unlink()
     import portcullis
     assert portcullis.PolicyLoadError is PolicyLoadError
+
+
+def test_on_reset_is_told_whenever_a_transaction_ends(policy_file) -> None:
+    path = policy_file("""
+        import portcullis as pc
+        ENDED = []
+        def on_reset(tx):
+            ENDED.append((str(tx.sender), [str(r) for r in tx.recipients]))
+        def on_data(tx, message):
+            if b"refuse" in message.body:
+                return pc.reject("no", code=550, status="5.7.1")
+        def on_helo(conn, hostname):
+            if hostname == "report":
+                return pc.reject(repr(ENDED), code=550, status="5.7.1")
+        """)
+    with Harness([path]) as h:
+        s = h.connect(helo="client.example")
+        s.mail("a@example.com"); s.rcpt("b@example.test"); s.data("Subject: x\r\n\r\nok\r\n")      # delivered
+        s.mail("c@example.com"); s.rcpt("d@example.test"); s.data("Subject: x\r\n\r\nrefuse\r\n")  # refused
+        s.mail("e@example.com"); s.rset()                                                       # RSET
+        s.mail("f@example.com"); s.ehlo("again.example")                                         # a new EHLO
+        s.rset()  # no transaction: nothing to tell
+        assert h.connect().ehlo("report").text == repr([
+            ("a@example.com", ["b@example.test"]), ("c@example.com", ["d@example.test"]), ("e@example.com", []),
+            ("f@example.com", [])])
