@@ -105,7 +105,7 @@ def _srs(settings: dict) -> SRS | None:
     if not settings["srs_domain"]:
         raise ValueError("[aliases] srs_domain: required with an SRS secret")
     return SRS(secrets, settings["srs_domain"], max_age=settings["srs_max_age"],
-               hash_length=settings["srs_hash_length"])
+               hash_length=settings["srs_hash_length"], clock=pc.now)
 
 
 def _load() -> tuple[AliasTable, SRS | None]:

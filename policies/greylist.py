@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import time
 
 import portcullis as pc
 from portcullis.settings import Settings, client_address, in_networks
@@ -77,7 +76,7 @@ def _key(tx, rcpt) -> str:
 
 async def _wait(key: str) -> int:
     """Seconds the triplet must still wait (0: it passes), recording what this attempt means."""
-    now = int(time.time())
+    now = int(pc.now())
     seen = await pc.store.get(key)
     if seen == "ok":
         await pc.store.set(key, "ok", ttl=SETTINGS["lifetime"])  # known for another lifetime

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import time
 
 import portcullis as pc
 from portcullis.settings import Settings, client_address, in_networks
@@ -78,7 +77,7 @@ def _store_key(unit: str, subject: str, bucket: int) -> str:
 
 async def _check_and_count(tx, unit: str):
     window = SETTINGS["window"]
-    bucket, into = divmod(time.time(), window)
+    bucket, into = divmod(pc.now(), window)
     bucket = int(bucket)
     counted: list[str] = []
     for subject, shown, limit in _subjects(tx, unit):

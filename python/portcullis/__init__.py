@@ -60,6 +60,7 @@ __all__ = [
     "discard",
     "dns",
     "log",
+    "now",
     "path",
     "redirect",
     "reject",
@@ -73,6 +74,14 @@ __all__ = [
 # a SIGHUP reload sessions still on the old policies see the old config.
 config: dict[str, Any]
 config_dir: Path
+
+
+def now() -> float:
+    """Seconds since the epoch, as ``time.time()``; a test may set the clock
+    (``portcullis.testing.Harness(clock=...)``), so policies read time here."""
+    from . import _context
+
+    return _context.clock()
 
 
 def path(name: str | os.PathLike[str]) -> Path:

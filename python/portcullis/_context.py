@@ -10,6 +10,8 @@ for the right session in both kinds of hook.
 from __future__ import annotations
 
 import contextvars
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,10 @@ def current_config() -> dict[str, Any]:
     """The config dict ``portcullis.config`` stands for right now."""
     config = scope.get()[1]
     return _default_config if config is None else config
+
+
+# What pc.now() reads: the wall clock, or a test's (portcullis.testing.Harness(clock=...)).
+clock: Callable[[], float] = time.time
 
 
 def config_folder() -> Path:

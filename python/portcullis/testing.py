@@ -50,7 +50,7 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +178,9 @@ class Harness:
     ``config_path``: a TOML file to read it from (relative like ``files``;
     with both, the tables of ``config`` replace those of the file). ``timeout`` and ``on_error``
     default to the config's ``[policy]`` values (10 s, ``"tempfail"``);
-    ``hostname`` to ``[server] hostname``.
+    ``hostname`` to ``[server] hostname``. ``clock``: what ``pc.now()``
+    returns while the harness lives (``lambda: now[0]`` over a list the test
+    moves), to test policies that count time without waiting.
 
     A policy that does not load raises ``PolicyLoadError`` here. Use it as a
     context manager (or call ``close()``) to stop its event loop thread.
@@ -194,8 +196,13 @@ class Harness:
         on_error: str | None = None,
         hostname: str | None = None,
         threads: int = 4,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         here = Path(sys._getframe(1).f_code.co_filename).resolve().parent  # the test file's folder
+        if clock is not None:  # what pc.now() reads while this harness lives
+            from . import _context
+
+            self._clock_before, _context.clock = _context.clock, clock
         if config_path is not None:
             config_path = here / Path(config_path)
         merged: dict[str, Any] = load_config(config_path) if config_path is not None else {}
@@ -278,6 +285,10 @@ class Harness:
         for session in self._sessions:
             session.close()
         logging.getLogger(LOGGER_NAME).removeHandler(self._capture)
+        if hasattr(self, "_clock_before"):
+            from . import _context
+
+            _context.clock = self._clock_before
         self._finalizer()
         self.host.close()
         self._loop.close()

@@ -31,8 +31,11 @@ def attempt(h: Harness, client: str, sender: str, rcpt: str, **kw):
 # -- greylisting
 
 
+NOW = [1_800_000_000.0]  # the harness's clock (pc.now()): tests move it instead of sleeping
+
+
 def greylist(**table) -> Harness:
-    return Harness([POLICIES / "greylist.py"], config={"greylist": {"delay": 1, **table}})
+    return Harness([POLICIES / "greylist.py"], config={"greylist": {"delay": 1, **table}}, clock=lambda: NOW[0])
 
 
 def test_a_new_triplet_waits_then_passes_and_is_remembered():
@@ -42,7 +45,7 @@ def test_a_new_triplet_waits_then_passes_and_is_remembered():
         assert r == (451, "4.7.1", "Greylisted, try again in 1 seconds")
         _, r = attempt(h, net, "a@example.com", "b@example.test")
         assert r[:2] == (451, "4.7.1")  # too early
-        time.sleep(1.1)
+        NOW[0] += 1.1
         neighbour = net.rsplit(".", 1)[0] + ".99"  # the same /24: a pool of outbound servers
         _, r = attempt(h, neighbour, "A+tag@Example.COM", "B@example.test")
         assert r.code == 250
@@ -95,7 +98,8 @@ def test_greylist_settings_are_checked(table, why):
 
 
 def ratelimit(**table) -> Harness:
-    return Harness([POLICIES / "ratelimit.py"], config={"ratelimit": table})
+    NOW[0] = 1_800_000_000.0  # the start of a window (a multiple of every window the tests use)
+    return Harness([POLICIES / "ratelimit.py"], config={"ratelimit": table}, clock=lambda: NOW[0])
 
 
 def test_messages_per_client_and_the_retry_hint():
@@ -135,7 +139,11 @@ def test_the_window_slides():
         ip = fresh_net()
         mail = lambda: h.connect(client_ip=ip, helo="c.example").mail("a@example.com").code  # noqa: E731
         assert [mail(), mail(), mail()] == [250, 250, 450]
-        time.sleep(4.1)  # two whole windows later, nothing counts
+        NOW[0] += 1  # half a window on: still this window's 2
+        assert mail() == 450
+        NOW[0] += 2  # the next window, halfway: the last one's 2 weigh 1, so one more fits
+        assert [mail(), mail()] == [250, 450]
+        NOW[0] += 4  # two whole windows on, nothing counts
         assert [mail(), mail(), mail()] == [250, 250, 450]
 
 
