@@ -28,14 +28,17 @@ def pair(policy_daemon, upstream, redis_url, policy: str, **tables):
 
 def test_a_triplet_greylisted_by_one_daemon_passes_on_the_other_after_the_delay(
         policy_daemon, aiosmtpd_upstream, redis_url):
-    a, b = pair(policy_daemon, aiosmtpd_upstream, redis_url, "greylist.py", greylist={"delay": 1})
+    delay = 4  # seconds: room for a slow (sanitized) daemon to ask the other one "too early" within it
+    a, b = pair(policy_daemon, aiosmtpd_upstream, redis_url, "greylist.py", greylist={"delay": delay})
+    first = time.monotonic()
     with a.connect() as c:
         c.exchange("MAIL FROM:<sender@origin.example>", 250)
         c.exchange("RCPT TO:<rcpt@example.test>", 451, "4.7.1")
     with b.connect() as c:  # too early on the other daemon too
         c.exchange("MAIL FROM:<sender@origin.example>", 250)
         c.exchange("RCPT TO:<rcpt@example.test>", 451, "4.7.1")
-    time.sleep(1.2)
+    assert time.monotonic() - first < delay, "too slow to test 'too early'"
+    time.sleep(max(0.0, first + delay + 0.3 - time.monotonic()))
     with b.connect() as c:
         assert c.transaction("sender@origin.example", ["rcpt@example.test"], BODY).code == 250
     with a.connect() as c:  # known to both from now on
