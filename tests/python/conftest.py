@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,18 @@ def core_log(monkeypatch):
     lines = []
     monkeypatch.setattr("portcullis._log._core.log", lambda level, sid, msg: lines.append((level, sid, msg)))
     return lines
+
+
+@contextlib.contextmanager
+def dns_serving(zones: dict) -> Iterator:
+    """The test DNS server (tests/dns) with `zones`, and pc.dns asking it; the system resolver again after."""
+    sys.path.insert(0, str(ROOT / "tests" / "dns"))
+    from dns_server import DnsServer
+    import portcullis as pc
+
+    with DnsServer(zones) as server:
+        pc.dns.configure(f"127.0.0.1:{server.port}", timeout=1.0)
+        try:
+            yield server
+        finally:
+            pc.dns.configure("")  # back to the system resolver for the other tests

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dns"))
+from conftest import dns_serving  # noqa: E402
 from dns_server import DnsServer  # noqa: E402
 
 import portcullis as pc  # noqa: E402
@@ -32,10 +33,8 @@ ZONES = {
 
 @pytest.fixture(scope="module")
 def dns_server() -> Iterator[DnsServer]:
-    with DnsServer(ZONES) as server:
-        pc.dns.configure(f"127.0.0.1:{server.port}", timeout=1.0)
+    with dns_serving(ZONES) as server:
         yield server
-    pc.dns.configure("")  # back to the system resolver for the other tests
 
 
 def test_plain_lookups_return_each_type_as_policies_use_it(dns_server: DnsServer) -> None:
