@@ -41,8 +41,11 @@ the next policy.
 
 from __future__ import annotations
 
+import sys
+
 import portcullis as pc
 from portcullis.aliases import AliasError, AliasTable
+from portcullis.settings import Settings
 from portcullis.srs import SRS, SRSError, is_srs
 
 _DEFAULTS = {
@@ -61,24 +64,14 @@ _DEFAULTS = {
 
 
 def _settings() -> dict:
-    table = dict(pc.config.get("aliases", {}))
-    unknown = sorted(set(table) - set(_DEFAULTS))
-    if unknown:  # a typo must not silently turn a rule off
-        raise ValueError(f"[aliases]: unknown key(s) {', '.join(unknown)}")
-    settings = {**_DEFAULTS, **table}
-    if not settings["file"] or not isinstance(settings["file"], str):
+    table = Settings("aliases", _DEFAULTS)  # a typo must not silently turn a rule off
+    if not table["file"] or not isinstance(table["file"], str):
         raise ValueError("[aliases] file: the alias file is required")
-    domains = settings["local_domains"]
-    if not isinstance(domains, list) or not all(isinstance(d, str) and d for d in domains):
-        raise ValueError("[aliases] local_domains: want a list of domain names")
-    for key in ("recipient_delimiter", "srs_secret_file", "srs_domain"):
-        if not isinstance(settings[key], str):
-            raise ValueError(f"[aliases] {key}: want a string")
+    settings = {"file": table["file"], "local_domains": table.strings("local_domains"),
+                "propagate_extension": table.boolean("propagate_extension"), "srs_secret": table["srs_secret"]}
+    settings.update({key: table.string(key) for key in ("recipient_delimiter", "srs_secret_file", "srs_domain")})
     for key, low in (("max_depth", 1), ("max_targets", 1), ("srs_max_age", 0), ("srs_hash_length", 1)):
-        if isinstance(settings[key], bool) or not isinstance(settings[key], int) or settings[key] < low:
-            raise ValueError(f"[aliases] {key}: want an integer of at least {low}")
-    if not isinstance(settings["propagate_extension"], bool):
-        raise ValueError("[aliases] propagate_extension: want true or false")
+        settings[key] = table.integer(key, low, sys.maxsize)
     return settings
 
 

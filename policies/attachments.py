@@ -33,6 +33,7 @@ import zipfile
 from email.parser import BytesParser
 
 import portcullis as pc
+from portcullis.settings import Settings
 
 EXTENSIONS = (
     "ade", "adp", "app", "appx", "application", "bas", "bat", "cab", "chm", "cmd", "com", "cpl", "dll", "exe", "gadget",
@@ -57,10 +58,7 @@ def _names(table: dict, key: str, default: tuple) -> set[str]:
 
 
 def _settings() -> dict:
-    table = dict(pc.config.get("attachments", {}))
-    unknown = sorted(set(table) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"[attachments]: unknown key(s) {', '.join(unknown)}")
+    table = Settings("attachments", dict.fromkeys(_KEYS)).given  # (each list's default is below)
     extensions = (_names(table, "extensions", EXTENSIONS) | _names(table, "extra_extensions", ())) - _names(
         table, "allowed_extensions", ())
     s = {"extensions": extensions, "mime_types": _names(table, "mime_types", MIME_TYPES),

@@ -30,16 +30,13 @@ import asyncio
 import ipaddress
 
 import portcullis as pc
-from portcullis.settings import client_address, in_networks
+from portcullis.settings import Settings, client_address, in_networks
 
 _KEYS = ("zones", "threshold", "reject_at", "networks", "skip_authenticated")
 
 
 def _settings() -> dict:
-    table = dict(pc.config.get("dnsbl", {}))
-    unknown = sorted(set(table) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"[dnsbl]: unknown key(s) {', '.join(unknown)}")
+    table = Settings("dnsbl", dict.fromkeys(_KEYS)).given
     zones = table.get("zones")
     if not isinstance(zones, dict) or not zones:
         raise ValueError("[dnsbl] zones: required, an inline table of zone = weight")

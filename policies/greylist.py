@@ -98,9 +98,10 @@ def _greylisted(seconds: int):
 async def _on_rcpt(tx, rcpt):
     if SETTINGS["delay"] == 0 or _exempt(tx):
         return None
-    wait = await _wait(_key(tx, rcpt))
+    key = _key(tx, rcpt)
+    wait = await _wait(key)
     if wait and SETTINGS["skip_dkim_pass"]:
-        tx.data.setdefault("greylist_wait", []).append((_key(tx, rcpt), wait))
+        tx.data.setdefault("greylist_wait", []).append((key, wait))
         return None  # decided at the end of DATA, when DKIM is known
     return _greylisted(wait) if wait else None
 

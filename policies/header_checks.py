@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import portcullis as pc
 from portcullis.maps import MapError
+from portcullis.settings import Settings
 
 ACTIONS = ("REJECT", "DEFER", "DISCARD", "WARN", "IGNORE", "REPLACE", "PREPEND", "DUNNO", "OK")
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\s+")
@@ -132,11 +133,8 @@ def read_rules(path: str) -> list[Rule]:
 
 
 def _settings() -> list[Rule]:
-    table = dict(pc.config.get("header_checks", {}))
-    unknown = sorted(set(table) - {"file"})
-    if unknown:
-        raise ValueError(f"[header_checks]: unknown key(s) {', '.join(unknown)}")
-    if not isinstance(table.get("file"), str) or not table["file"]:
+    table = Settings("header_checks", {"file": None})
+    if not isinstance(table["file"], str) or not table["file"]:
         raise ValueError("[header_checks] file: required")
     return read_rules(str(pc.path(table["file"])))
 

@@ -33,7 +33,7 @@ import hashlib
 import ipaddress
 
 import portcullis as pc
-from portcullis.settings import Settings, client_address, in_networks
+from portcullis.settings import Settings, client_address
 
 _LIMITS = ("messages_per_client", "recipients_per_client", "messages_per_login", "recipients_per_login",
            "messages_per_sender", "recipients_per_sender")
@@ -56,7 +56,7 @@ def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     conn = tx.conn
     out = []
     client = client_address(conn.client_ip)
-    if in_networks(conn.client_ip, SETTINGS["networks"]):
+    if any(client in network for network in SETTINGS["networks"]):
         return out
     if SETTINGS[f"{unit}_per_client"]:
         shown = str(client) if client.version == 4 else str(

@@ -36,16 +36,13 @@ import ipaddress
 import portcullis as pc
 from portcullis.aliases import AliasError, AliasTable
 from portcullis.senders import SenderLogins
-from portcullis.settings import in_networks
+from portcullis.settings import Settings, in_networks
 
 _KEYS = ("file", "login_is_address", "owns_aliases", "local_domains", "trusted_networks", "recipient_delimiter")
 
 
 def _settings() -> dict:
-    table = dict(pc.config.get("senders", {}))
-    unknown = sorted(set(table) - set(_KEYS))
-    if unknown:  # a typo must not silently turn a rule off
-        raise ValueError(f"[senders]: unknown key(s) {', '.join(unknown)}")
+    table = Settings("senders", dict.fromkeys(_KEYS)).given  # a typo must not silently turn a rule off
     aliases = pc.config.get("aliases", {})
     settings = {
         "file": table.get("file", ""),

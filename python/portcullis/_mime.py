@@ -38,6 +38,7 @@ class TextPart:
     _body: bytes
     _start: int  # offsets of the part (header and body) in the message body
     _end: int
+    _content_type_field: str  # its Content-Type value, to set another charset in
     _text: str | None = None
     changed: bool = False
 
@@ -73,8 +74,6 @@ class TextPart:
         if not top and body.endswith(b"\r\n"):
             body = body[:-2]
         return changes, body
-
-    _content_type_field: str = "text/plain"
 
 
 def text_parts(body: bytes, top_header: bytes) -> list[TextPart]:
@@ -133,9 +132,8 @@ def _walk(body: bytes, header: bytes, start: int, end: int, parts: list[TextPart
     if encoding not in ("7bit", "8bit", "binary", "quoted-printable", "base64"):
         return
     part_start = start if top else start - len(header)
-    part = TextPart(ctype, charset, encoding, b"" if top else header, body[start:end], part_start, end)
-    part._content_type_field = str(fields.get("Content-Type") or "text/plain; charset=us-ascii")
-    parts.append(part)
+    parts.append(TextPart(ctype, charset, encoding, b"" if top else header, body[start:end], part_start, end,
+                          str(fields.get("Content-Type") or "text/plain; charset=us-ascii")))
 
 
 def _sections(body: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:

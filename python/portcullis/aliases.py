@@ -132,8 +132,6 @@ class AliasTable:
         table order; None when the table has no entry for it. Raises
         ``AliasError`` for a loop or when a bound is passed. ``use_catchall=False``:
         exact entries only, at every level."""
-        if self.lookup(address, use_catchall) is None:
-            return None
         final: list[str] = []
         seen: set[str] = set()
         # Depth first, in table order: (address, the keys on its path).
@@ -141,6 +139,8 @@ class AliasTable:
         while stack:
             current, path = stack.pop()
             found = self.lookup(current, use_catchall)
+            if found is None and not path:
+                return None  # no entry for the address itself
             if found is None or (path and current.lower() == path[-1]):  # no entry, or its own mailbox
                 if current.lower() not in seen:
                     seen.add(current.lower())

@@ -33,6 +33,7 @@ class Settings:
         unknown = sorted(set(given) - set(defaults))
         if unknown:
             raise ValueError(f"[{name}]: unknown key(s) {', '.join(unknown)}")
+        self.given = dict(given)  # what the table itself sets (for defaults a policy works out)
         self.values = {**defaults, **given}
 
     def __getitem__(self, key: str) -> Any:
