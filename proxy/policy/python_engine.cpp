@@ -3,18 +3,21 @@
 #include <pybind11/embed.h>
 #include <pybind11/stl.h>
 #include <pthread.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <set>
 #include <stdexcept>
+#include <string_view>
 
 #include "bindings/core.hpp"
 #include "log.hpp"
@@ -31,9 +34,41 @@ constexpr auto load_wait = std::chrono::seconds(120);   // for the policies to i
 // A plain hook running this long may be a slow lookup: a job queued behind it
 // gets another worker, an I/O thread held by it a spare.
 constexpr auto slow_hook = std::chrono::milliseconds(2);
-// The monitor looks at hooks on I/O threads every slow_hook while they come
-// this often (no wake-up per job), and sleeps until the next deadline once they stop.
+// ... unless its I/O thread is on a CPU or waiting for one: then it is
+// computing or was preempted (common when the cores are busy), and a spare
+// would only add a thread to the contention. A hook computing this long
+// holds its thread all the same.
+constexpr auto long_computing_hook = std::chrono::milliseconds(50);
+// The monitor looks at hooks on I/O threads every in_place_tick while they
+// come this often (no wake-up per job), and sleeps until the next deadline
+// once they stop. So a blocked I/O thread gets its spare within
+// in_place_tick + slow_hook; a shorter tick costs every busy process a
+// wake-up (two context switches) that often.
 constexpr auto in_place_spell = std::chrono::milliseconds(100);
+constexpr auto in_place_tick = std::chrono::milliseconds(10);
+
+// Whether a thread of this process is running or waiting for a CPU (state R
+// in /proc), as opposed to blocked (sleeping in a lookup, on the GIL, ...).
+// Unknown (no /proc) counts as blocked: a spare is the safe side.
+pid_t this_thread_id() {
+  thread_local const pid_t tid = ::gettid();  // (a system call each time otherwise)
+  return tid;
+}
+
+bool thread_is_runnable(pid_t tid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/task/%d/stat", static_cast<int>(tid));
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[512];
+  const auto n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  // "tid (comm) S ...": the comm may hold spaces and parentheses, so the state follows the last ')'.
+  const std::string_view stat(buf, static_cast<std::size_t>(n));
+  const auto paren = stat.rfind(')');
+  return paren != std::string_view::npos && paren + 2 < stat.size() && stat[paren + 2] == 'R';
+}
 
 // A reload job's settings (the [policy] table and the config file).
 struct reload_settings {
@@ -82,6 +117,7 @@ struct python_engine::channel {
     // pool runs a spare thread while the hook is slow (`held`).
     std::shared_ptr<io_pool> pool = nullptr;
     bool held = false;
+    pid_t tid = 0;  // the I/O thread's kernel id (in place only), to see whether it is blocked
   };
   // An idle worker waits on its own slot, so the one idle the shortest is
   // woken first: warm caches, and few threads taking turns at the GIL.
@@ -165,9 +201,9 @@ struct python_engine::channel {
       // deadline answer resumes even while the hook runs on).
       if (auto pool = io_pool::current()) {
         const auto now = clock::now();
-        running.emplace(id, stuck{PyThread_get_thread_ident(), q.job->session_id, now, std::move(pool)});
+        running.emplace(id, stuck{PyThread_get_thread_ident(), q.job->session_id, now, std::move(pool), false, this_thread_id()});
         last_in_place = now;
-        if (now + slow_hook < monitor_until) monitor_cv.notify_one();  // it looks again within slow_hook
+        if (now + in_place_tick < monitor_until) monitor_cv.notify_one();  // it looks again within a tick
         auto drop = std::exchange(forgotten, {});
         lock.unlock();
         run_in_place(id, std::move(q.job), std::move(drop));
@@ -251,11 +287,14 @@ struct python_engine::channel {
     clock::time_point next = clock::time_point::max();
     for (auto& [id, r] : running) {
       if (!r.pool || r.held) continue;
-      if (now - r.started >= slow_hook) {
+      const auto ran = now - r.started;
+      if (ran < slow_hook) {
+        next = std::min(next, r.started + slow_hook);
+      } else if (ran < long_computing_hook && thread_is_runnable(r.tid)) {
+        next = std::min(next, now + slow_hook);  // computing or preempted: look again
+      } else {
         r.held = true;
         r.pool->hold();
-      } else {
-        next = std::min(next, r.started + slow_hook);
       }
     }
     return next;
@@ -524,7 +563,7 @@ void python_engine::channel::run_monitor(std::shared_ptr<channel> self) {
     auto until = ch.deadlines.empty() ? clock::time_point::max() : ch.deadlines.begin()->first;
     if (!ch.worker_queue.empty() && ch.workers < ch.max_workers) until = std::min(until, now + slow_hook);
     until = std::min(until, next_hold);
-    if (now - ch.last_in_place < in_place_spell) until = std::min(until, now + slow_hook);
+    if (now - ch.last_in_place < in_place_spell) until = std::min(until, now + in_place_tick);
     ch.monitor_until = until;
     if (until == clock::time_point::max()) {
       ch.monitor_cv.wait(lock);

@@ -135,3 +135,33 @@ def test_each_kind_of_stage_runs_where_it_costs_least(policy_daemon, aiosmtpd_up
     d.wait_log(r"helo ran on pc-io$")
     d.wait_log(r"mail ran on pc-policy$")
     d.wait_log(r"rcpt ran on pc-loop$")
+
+
+# -- a plain hook that computes on the only I/O thread ------------------------------
+
+COMPUTING = THREAD_NAME + """
+    import time
+
+    def on_helo(conn, hostname):
+        if hostname == "busy.test":
+            # On a CPU the whole time (state R, never blocked): the engine
+            # waits a little longer before it calls this slow (a preempted
+            # hook looks the same), but not a second.
+            pc.log.info("computing on %s", thread_name())
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                pass
+"""
+
+
+def test_a_hook_computing_on_the_only_io_thread_does_not_hold_up_other_sessions(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, COMPUTING, server={"threads": 1})
+    with d.connect(ehlo=None) as busy:
+        busy.cmd("EHLO busy.test")
+        d.wait_log(r"computing on pc-io$")
+        t0 = time.monotonic()
+        with d.connect("other.test") as other:  # greeted and EHLO answered by a spare thread
+            other.exchange("NOOP", 250)
+        elapsed = time.monotonic() - t0
+        busy.expect(250)
+    assert elapsed < 1.0, f"a second client waited {elapsed:.2f} s for a hook computing on the I/O thread"
