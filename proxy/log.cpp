@@ -1,10 +1,15 @@
 #include "log.hpp"
 
+#include <fmt/chrono.h>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <ctime>
 
+#include "log_json.hpp"
 #include "log_text.hpp"
 
 namespace portcullis {
@@ -42,6 +47,34 @@ class escaping_formatter final : public spdlog::formatter {
   std::unique_ptr<spdlog::formatter> inner_;
 };
 
+// [log] format = "json": one object a line (log_json.hpp), the time in UTC.
+// The object's strings are JSON-escaped, so a control character a client
+// sent cannot end the record either.
+class json_formatter final : public spdlog::formatter {
+ public:
+  explicit json_formatter(bool with_pid) : with_pid_(with_pid) {}
+
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    const auto since_epoch = msg.time.time_since_epoch();
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
+    const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch - seconds).count();
+    const std::string time = fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", fmt::gmtime(static_cast<std::time_t>(seconds.count())), millis);
+    const auto level = spdlog::level::to_string_view(msg.level);
+    const std::string line = json_log_record(time, std::string_view(level.data(), level.size()),
+                                             with_pid_ ? static_cast<long>(::getpid()) : 0,
+                                             std::string_view(msg.payload.data(), msg.payload.size()));
+    dest.append(line.data(), line.data() + line.size());
+    dest.push_back('\n');
+  }
+
+  std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<json_formatter>(with_pid_); }
+
+ private:
+  bool with_pid_;
+};
+
+bool json_lines = false;  // [log] format = "json" (set before any worker is forked)
+
 // Never freed (see lasting_logger): reachable from here, so not a leak to LeakSanitizer.
 std::shared_ptr<spdlog::logger>* lasting = nullptr;
 
@@ -56,7 +89,18 @@ void init_logging() {
   if (!lasting) lasting = new std::shared_ptr<spdlog::logger>(logger);
 }
 
-void log_as_worker() { spdlog::default_logger()->set_formatter(std::make_unique<escaping_formatter>(worker_line_pattern)); }
+void log_as_json() {
+  json_lines = true;
+  spdlog::default_logger()->set_formatter(std::make_unique<json_formatter>(false));
+}
+
+void log_as_worker() {
+  if (json_lines) {
+    spdlog::default_logger()->set_formatter(std::make_unique<json_formatter>(true));
+  } else {
+    spdlog::default_logger()->set_formatter(std::make_unique<escaping_formatter>(worker_line_pattern));
+  }
+}
 
 spdlog::logger& lasting_logger() {
   if (!lasting) lasting = new std::shared_ptr<spdlog::logger>(spdlog::default_logger());

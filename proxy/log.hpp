@@ -11,6 +11,8 @@
 namespace portcullis {
 
 void init_logging();
+// [log] format = "json": one JSON object a line from now on (log_json.hpp).
+void log_as_json();
 // In a worker process (server.workers > 1): every line carries the process id.
 void log_as_worker();
 

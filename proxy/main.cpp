@@ -20,7 +20,8 @@ namespace {
 constexpr const char* usage =
     "usage: portcullis --config FILE        run in the foreground, log to stderr\n"
     "       portcullis --check-config FILE  check the config, print problems, exit 0 or 1\n"
-    "       portcullis --version\n";
+    "       portcullis --version\n"
+    "       portcullis --help                print this\n";
 
 // Every check (the cross-checks between tables too) is load_config's, so
 // that start-up, --check-config and a SIGHUP reload refuse the same files.
@@ -49,6 +50,10 @@ spdlog::level::level_enum spdlog_level(portcullis::log_level l) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+    std::cout << usage;  // asked for: stdout and success; a wrong command line gets it on stderr, exit 2
+    return 0;
+  }
   if (argc == 2 && std::strcmp(argv[1], "--version") == 0) {
     std::cout << "portcullis " << PORTCULLIS_VERSION << "\n";
     return 0;
@@ -63,6 +68,7 @@ int main(int argc, char** argv) {
   portcullis::init_logging();
   // log.level, unless PORTCULLIS_LOG_LEVEL (read by init_logging) says otherwise.
   if (!std::getenv("PORTCULLIS_LOG_LEVEL")) spdlog::set_level(spdlog_level(cfg->log.level));
+  if (cfg->log.format == portcullis::log_format::json) portcullis::log_as_json();
   if (check_only) {
     {
       try {

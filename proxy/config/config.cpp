@@ -726,7 +726,6 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   section("log", [&](table_reader& t) {
     t.get_choice("level", cfg->log.level, log_level_names);
     t.get_choice("format", cfg->log.format, log_format_names);
-    if (cfg->log.format == log_format::json) t.not_implemented("format", "writes text logs only (format = \"text\")");
   });
 
   // Settings that need another table: refusing to start beats running

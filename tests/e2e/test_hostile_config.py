@@ -111,7 +111,6 @@ CASES = [
             {"dkim_sign": {"selector": '"s 1"', "domains": '["example.test"]', "key_file": '"dkim.pem"'}}),
     Hostile("metrics", r"metrics\.listen: this version serves no metrics yet", {"metrics": {"listen": '"127.0.0.1:9325"'}}),
     Hostile("store-url", r"store\.url: \"ftp://x\" is not \"memory:\"", {"store": {"url": '"ftp://x"'}}),
-    Hostile("log-json", r"log\.format: this version writes text logs only", {"log": {"format": '"json"'}}),
     Hostile("dns-nameserver", rf'dns\.nameserver: "ns\.example\.test:53" {NOT_ENDPOINT}',
             {"dns": {"nameserver": '"ns.example.test:53"'}}),
     Hostile("dns-cache-size", r"dns\.cache_size: 10 is out of range", {"dns": {"cache_size": "10"}}),

@@ -268,6 +268,15 @@ def test_usage_errors(portcullis_bin):
     assert "usage: portcullis --config FILE" in p.stderr
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_usage_on_stdout_and_succeeds(portcullis_bin, flag):
+    p = run_cli(portcullis_bin, flag)
+    assert p.returncode == 0
+    assert p.stderr == ""
+    for command in ("--config FILE", "--check-config FILE", "--version", "--help"):
+        assert command in p.stdout
+
+
 def test_listen_port_in_use_fails_to_start(portcullis_bin, tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
