@@ -16,6 +16,7 @@ BUILD_PACKAGES=(
   libopendkim-dev           # OpenDKIM: the tests' second opinion on DKIM (tests/tools)
   libopendmarc-dev          # DMARC records (proxy/checks)
   libpsl-dev publicsuffix   # organizational domains: the Public Suffix List
+  swaks                     # the quick start's example client (README)
 )
 TEST_PACKAGES=(
   clang libclang-rt-14-dev                # libFuzzer, ASan/UBSan

@@ -183,7 +183,7 @@ cache_size = 1048576
 
 [log]
 level = "debug"
-format = "text"
+format = "json"
 )"));
   EXPECT_EQ(cfg->server.hostname, "mx.example.test");
   EXPECT_EQ(cfg->server.listen, (std::vector<std::string>{"127.0.0.1:2525", "[::1]:2525"}));
@@ -223,6 +223,7 @@ format = "text"
   EXPECT_EQ(cfg->dns.timeout, 2s);
   EXPECT_EQ(cfg->dns.cache_size, 1048576u);
   EXPECT_EQ(cfg->log.level, log_level::debug);
+  EXPECT_EQ(cfg->log.format, log_format::json);
 }
 
 // Keys beyond the contract (limits with RFC/Postfix defaults).
@@ -575,7 +576,6 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[store]\ntimeout = 0\n", "2: store.timeout: 0 is out of range (want 1 to 60 seconds)"},
       {"[store]\ncolour = 1\n", "2: store.colour: unknown key"},
       {"[metrics]\nlisten = \"127.0.0.1:9325\"\n", "2: metrics.listen: this version serves no metrics yet; remove [metrics]"},
-      {"[log]\nformat = \"json\"\n", "2: log.format: this version writes text logs only (format = \"text\")"},
       {"[server]\nuser = \"nobody\"\n",
        "2: server.user: this version does not drop privileges; start it as the user it should run as"},
   };
