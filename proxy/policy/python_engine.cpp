@@ -2,8 +2,8 @@
 
 #include <pybind11/embed.h>
 #include <pybind11/stl.h>
-#include <pthread.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -47,14 +47,15 @@ constexpr auto long_computing_hook = std::chrono::milliseconds(50);
 constexpr auto in_place_spell = std::chrono::milliseconds(100);
 constexpr auto in_place_tick = std::chrono::milliseconds(10);
 
-// Whether a thread of this process is running or waiting for a CPU (state R
-// in /proc), as opposed to blocked (sleeping in a lookup, on the GIL, ...).
-// Unknown (no /proc) counts as blocked: a spare is the safe side.
+// The calling thread's kernel id, for thread_is_runnable.
 pid_t this_thread_id() {
   thread_local const pid_t tid = ::gettid();  // (a system call each time otherwise)
   return tid;
 }
 
+// Whether a thread of this process is running or waiting for a CPU (state R
+// in /proc), as opposed to blocked (sleeping in a lookup, on the GIL, ...).
+// Unknown (no /proc) counts as blocked: a spare is the safe side.
 bool thread_is_runnable(pid_t tid) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/self/task/%d/stat", static_cast<int>(tid));
