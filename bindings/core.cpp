@@ -52,6 +52,7 @@ void define_core(py::module_& m) {
   define_protocol(m);
   define_dns(m);
   define_store(m);
+  define_metrics(m);
 }
 
 }  // namespace portcullis::bindings

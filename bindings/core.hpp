@@ -22,6 +22,8 @@ void define_protocol(pybind11::module_& m);
 void define_store(pybind11::module_& m);
 // pc.dns's lookups (bindings/dns.cpp); define_core calls it.
 void define_dns(pybind11::module_& m);
+// pc.metrics and the hooks' figures (bindings/metrics.cpp); define_core calls it.
+void define_metrics(pybind11::module_& m);
 
 }  // namespace portcullis::bindings
 

@@ -7,6 +7,7 @@
 #include "checks/dkim_signer.hpp"
 #include "config/config.hpp"
 #include "log.hpp"
+#include "metrics/metrics.hpp"
 #include "auth/users_file.hpp"
 #include "net/tls_context.hpp"
 #include "policy/python_engine.hpp"
@@ -119,6 +120,7 @@ int main(int argc, char** argv) {
     // Before any fork: every worker inherits these shared mappings.
     portcullis::client_table clients(workers);
     portcullis::make_process_kv(cfg->store.memory_entries);  // pc.store's memory backend
+    portcullis::metrics::make_process_metrics();             // one scrape sums every worker
     // One process, as before: no supervisor.
     if (workers == 1) return serve(std::move(cfg), clients, 0);
     // Forked before any thread or the interpreter starts (supervisor.hpp).

@@ -8,6 +8,7 @@ BUILD_PACKAGES=(
   libboost1.81-dev          # Asio with awaitable_operators (1.74 lacks them)
   libssl-dev libtoml11-dev libspdlog-dev libfmt-dev
   nlohmann-json3-dev        # [log] format = "json"
+  prometheus-cpp-dev        # [metrics]: the Prometheus exposition
   pybind11-dev python3-dev libpython3.11-dev
   python3-redis             # pc.store's Redis backend ([store] url = "redis://...")
   libgtest-dev              # the build configures the C++ tests too

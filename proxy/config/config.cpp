@@ -720,8 +720,8 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     t.get_seconds("timeout", timeout, std::chrono::seconds(1), std::chrono::seconds(60));
   });
   section("metrics", [&](table_reader& t) {
-    std::string listen;
-    if (t.get("listen", listen)) t.not_implemented("listen", "serves no metrics yet; remove [metrics]");
+    if (t.get("listen", cfg->metrics.listen) && !is_ip_endpoint(cfg->metrics.listen))
+      t.problem_at("listen", as_shown(cfg->metrics.listen) + " " + endpoint_want);
   });
   section("log", [&](table_reader& t) {
     t.get_choice("level", cfg->log.level, log_level_names);
@@ -733,6 +733,12 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   // so that a SIGHUP reload checks them too.
   if (!cfg->server.listen_tls.empty() && !cfg->tls.enabled)
     problems.push_back(at("server", "listen_tls") + "needs a [tls] table with cert and key");
+  if (std::string metrics; is_ip_endpoint(cfg->metrics.listen, &metrics)) {
+    for (const auto* list : {&cfg->server.listen, &cfg->server.listen_tls})
+      for (const auto& l : *list)
+        if (std::string smtp; is_ip_endpoint(l, &smtp) && smtp == metrics)
+          problems.push_back(at("metrics", "listen") + as_shown(cfg->metrics.listen) + " is an SMTP listener too");
+  }
   if (cfg->server.require_tls && !cfg->tls.enabled)
     problems.push_back(at("server", "require_tls") + "needs a [tls] table with cert and key");
   if (cfg->server.require_auth && !cfg->auth.enabled)

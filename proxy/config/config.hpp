@@ -182,6 +182,12 @@ struct arc_seal_config {
   bool operator==(const arc_seal_config&) const = default;
 };
 
+struct metrics_config {
+  std::string listen;  // IP:PORT for /metrics and /healthz; empty: none
+
+  bool operator==(const metrics_config&) const = default;
+};
+
 struct log_config {
   log_level level = log_level::info;  // at start-up; PORTCULLIS_LOG_LEVEL overrides
   log_format format = log_format::text;
@@ -203,6 +209,7 @@ struct config {
   store_config store;
   dkim_sign_config dkim_sign;
   arc_seal_config arc_seal;
+  metrics_config metrics;
   log_config log;
 };
 

@@ -17,6 +17,13 @@ std::string address_literal(std::string_view ip) {
   return (v6 ? "[IPv6:" : "[") + std::string(ip) + "]";
 }
 
+tcp::endpoint parse_endpoint(const std::string& hostport) {
+  const auto colon = hostport.rfind(':');
+  std::string host = hostport.substr(0, colon);
+  if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  return {asio::ip::make_address(host), static_cast<unsigned short>(std::stoul(hostport.substr(colon + 1)))};
+}
+
 std::optional<network> network::parse(std::string_view text) {
   const auto slash = text.find('/');
   boost::system::error_code ec;

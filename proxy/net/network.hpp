@@ -39,4 +39,7 @@ std::string address_literal(const asio::ip::address& a);
 // The same for an address already written as text (unmapped).
 std::string address_literal(std::string_view ip);
 
+// "192.0.2.1:25" or "[2001:db8::1]:25", as the config checked it (config.cpp is_ip_endpoint).
+tcp::endpoint parse_endpoint(const std::string& hostport);
+
 }  // namespace portcullis

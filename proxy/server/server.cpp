@@ -15,10 +15,12 @@
 #include "checks/sender_checker.hpp"
 #include "dns/resolver.hpp"
 #include "log.hpp"
+#include "metrics/metrics.hpp"
 #include "net/io_pool.hpp"
 #include "net/network.hpp"
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
+#include "server/metrics_listener.hpp"
 #include "session/client_table.hpp"
 #include "session/session.hpp"
 #include "upstream/upstream_pool.hpp"
@@ -31,13 +33,6 @@ constexpr std::chrono::seconds refusal_timeout{5};  // writing a 421 to a client
 constexpr std::chrono::milliseconds drain_poll{50};
 // For I/O threads still in a plain hook once the context stopped (the policy engine gives its threads as long).
 constexpr std::chrono::seconds io_thread_grace{5};
-
-tcp::endpoint parse_endpoint(const std::string& hostport) {
-  const auto colon = hostport.rfind(':');
-  std::string host = hostport.substr(0, colon);
-  if (host.size() > 1 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  return {asio::ip::make_address(host), static_cast<unsigned short>(std::stoul(hostport.substr(colon + 1)))};
-}
 
 // Null without [tls]; throws tls_error when a certificate or key cannot be used.
 std::shared_ptr<tls_server_context> make_tls(const config& cfg) {
@@ -212,6 +207,17 @@ int server::run() {
       }
     }
   }
+  if (!cfg->metrics.listen.empty()) {
+    try {
+      metrics_ = std::make_unique<metrics_listener>(io_, cfg->metrics.listen, clients_.workers() > 1,
+                                                    [this](std::string_view path) { return answer_http(path); });
+      spdlog::info("metrics on http://{}/metrics", cfg->metrics.listen);
+    } catch (const boost::system::system_error& e) {
+      spdlog::critical("cannot listen on {} ([metrics] listen): {}", cfg->metrics.listen, e.code().message());
+      return 1;
+    }
+    metrics_->start();
+  }
   spdlog::info("upstream {}", cfg->upstream.url);
   if (!cfg->relay.enabled)
     spdlog::info("no [relay] table: the upstream decides who may relay");
@@ -298,21 +304,26 @@ bool server::admit(const asio::ip::address& client, std::string& why) {
   std::lock_guard lock(sessions_mutex_);
   if (env_.stopping()) {
     why = "shutting down";
+    metrics::count(metrics::family::connections_refused_total, {"shutting_down"});
     return false;
   }
   // Counted across every worker: the limits are the daemon's, not each process's.
   switch (clients_.admit(worker_, unmapped(client), cfg->server.max_connections_per_client, cfg->server.max_connections)) {
     case client_table::admission::admitted:
       ++total_;
+      metrics::count(metrics::family::connections_total);
       return true;
     case client_table::admission::too_many_connections:
       why = "too many connections";
+      metrics::count(metrics::family::connections_refused_total, {"max_connections"});
       return false;
     case client_table::admission::too_many_from_client:
       why = "too many connections from your address";
+      metrics::count(metrics::family::connections_refused_total, {"max_connections_per_client"});
       return false;
     case client_table::admission::table_full:
       why = "too many clients";
+      metrics::count(metrics::family::connections_refused_total, {"client_table_full"});
       return false;
   }
   return false;
@@ -323,6 +334,22 @@ void server::release(const asio::ip::address& client, const std::string& id) {
   sessions_.erase(id);
   --total_;
   clients_.release(worker_, unmapped(client));
+}
+
+http_answer server::answer_http(std::string_view path) {
+  if (path == "/metrics") {
+    metrics::get(metrics::family::connections_open).set(static_cast<double>(clients_.connections()));
+    return {200, "text/plain; version=0.0.4; charset=utf-8", metrics::exposition()};
+  }
+  if (path == "/healthz") {
+    if (env_.stopping()) return {503, "text/plain; charset=utf-8", "stopping\n"};
+    const double last = metrics::get(metrics::family::upstream_last_reply_seconds).value();
+    const auto now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    return {200, "text/plain; charset=utf-8",
+            last == 0 ? "serving\nupstream: no reply yet\n"
+                      : fmt::format("serving\nupstream: last reply {:.0f} s ago\n", std::max(0.0, now - last))};
+  }
+  return {404, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n"};
 }
 
 awaitable<void> server::refuse(tcp::socket socket, std::string reason) {
@@ -351,9 +378,14 @@ awaitable<void> server::handle_signals() {
 }
 
 void server::reload() {
-  const auto keep_running = [](const std::vector<std::string>& problems) {
+  // Counted once for the daemon, by worker 0 (every worker reloads).
+  const auto counted = [worker = worker_](const char* outcome) {
+    if (worker == 0) metrics::count(metrics::family::reloads_total, {outcome});
+  };
+  const auto keep_running = [counted](const std::vector<std::string>& problems) {
     for (const auto& p : problems) spdlog::error("reload: {}", p);
     spdlog::error("reload: keeping the running configuration");
+    counted("failed");
   };
   const auto old = env_.current()->cfg;
   // Exactly the checks of start-up (load_config runs them all), then what
@@ -372,11 +404,15 @@ void server::reload() {
     return;
   } catch (const std::exception& e) {  // tls_error, a bad network list, a listener it cannot serve
     spdlog::error("reload: {}; keeping the running configuration", e.what());
+    counted("failed");
     return;
   }
   if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
     spdlog::warn("reload: listen addresses changed; they take effect on restart");
-  auto swap_in = [this, fresh, next](policy_generation loaded) {
+  if (fresh->metrics.listen != old->metrics.listen)
+    spdlog::warn("reload: [metrics] listen changed; that takes effect on restart");
+  auto swap_in = [this, fresh, next, counted](policy_generation loaded) {
+    counted("ok");
     next->pol = make_policy(*fresh, loaded);
     use_generation(next);
     // Kept upstream connections serve the new sessions only if [upstream] is unchanged.
@@ -394,6 +430,7 @@ void server::reload() {
       engine_ = std::make_shared<python_engine>(*fresh);
     } catch (const std::exception& e) {
       spdlog::error("reload: policies did not load, keeping the running configuration: {}", e.what());
+      counted("failed");
       return;
     }
     swap_in(engine_->first_generation());
@@ -401,10 +438,11 @@ void server::reload() {
   }
   // Sessions in progress keep the policies they started with; the policy
   // thread loads the new ones and we swap only if that worked.
-  engine_->reload(*fresh, [this, swap_in](std::optional<std::string> error, policy_generation loaded) {
-    asio::post(io_, [error = std::move(error), swap_in, loaded] {
+  engine_->reload(*fresh, [this, swap_in, counted](std::optional<std::string> error, policy_generation loaded) {
+    asio::post(io_, [error = std::move(error), swap_in, counted, loaded] {
       if (error) {
         spdlog::error("reload: policies did not load, keeping the running ones and configuration: {}", *error);
+        counted("failed");
         return;
       }
       swap_in(loaded);
@@ -439,6 +477,7 @@ awaitable<void> server::drain() {
     co_await timer.async_wait(asio::use_awaitable);
   }
   co_await upstream_pool_->close_all();  // QUIT to every kept upstream connection
+  if (metrics_) metrics_->close();  // (it answered /healthz with 503 while the sessions drained)
   io_.stop();
 }
 

@@ -23,6 +23,8 @@ class sender_checker;
 }
 
 class client_table;
+class metrics_listener;
+struct http_answer;
 
 class server {
  public:
@@ -57,6 +59,8 @@ class server {
   bool admit(const asio::ip::address& client, std::string& why);
   void release(const asio::ip::address& client, const std::string& id);
   std::string next_session_id();
+  // [metrics] listen: /metrics and /healthz.
+  http_answer answer_http(std::string_view path);
 
   client_table& clients_;
   unsigned worker_;
@@ -75,6 +79,7 @@ class server {
     bool implicit_tls;
   };
   std::vector<listener> listeners_;
+  std::unique_ptr<metrics_listener> metrics_;
   asio::signal_set signals_;
 
   std::mutex sessions_mutex_;  // guards the two below (sessions live on many threads)

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "log.hpp"
+#include "metrics/metrics.hpp"
 
 extern char** environ;
 
@@ -219,6 +220,7 @@ void supervisor::reload() {
   const auto keep_running = [](const std::vector<std::string>& problems) {
     for (const auto& p : problems) spdlog::error("reload: {}", p);
     spdlog::error("reload: keeping the running configuration");
+    metrics::count(metrics::family::reloads_total, {"failed"});  // (the workers count the ones they make)
   };
   // Checked once here, so that a bad file is reported once, not by every
   // worker: the config (load_config), then what needs the policies, the

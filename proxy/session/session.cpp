@@ -6,6 +6,7 @@
 
 #include "checks/authentication_results.hpp"
 #include "config/config.hpp"
+#include "metrics/metrics.hpp"
 #include "policy/policy.hpp"
 #include "session/received_header.hpp"
 #include "smtp/dot_decoder.hpp"
@@ -70,6 +71,22 @@ const char* spill_reason_name(message_store::spill_reason r) {
 
 // RFC 5321 §4.1.1.1: Domain or address-literal. We accept any single token of
 // visible ASCII (as Postfix does by default); policies may be stricter.
+// The stage a command's reply counts under (portcullis_replies_total).
+std::string_view stage_label(smtp::verb v) {
+  using smtp::verb;
+  switch (v) {
+    case verb::helo:
+    case verb::ehlo: return "helo";
+    case verb::auth: return "auth";
+    case verb::starttls: return "starttls";
+    case verb::mail: return "mail";
+    case verb::rcpt: return "rcpt";
+    case verb::data: return "data";
+    case verb::quit: return "quit";
+    default: return "other";
+  }
+}
+
 bool plausible_helo(std::string_view s) {
   if (s.empty() || s.size() > smtp::max_domain) return false;
   for (unsigned char c : s)
@@ -169,6 +186,7 @@ awaitable<void> session::serve() {
   }
   auto v = co_await policy_.on_connect(conn_);
   set_stage(stage::greeted);
+  metrics::count(metrics::family::replies_total, {"connect", metrics::reply_class(v.stops() ? v.reply.code : 220)});
   if (v.stops()) {
     // RFC 5321 §3.1: a 554 greeting; we then simply close rather than wait for QUIT.
     queue(refused_by_policy("connection", v));
@@ -208,6 +226,7 @@ awaitable<void> session::serve() {
       break;
     }
     reply r;
+    std::string_view replied_at = "other";  // the stage label of its reply (metrics)
     const bool too_long = line.st == line_stream::status::too_long ||
                           (line.text.size() + 2 > s.max_line_length &&
                            smtp::parse_command(line.text).kind != smtp::verb::auth);
@@ -218,8 +237,13 @@ awaitable<void> session::serve() {
     } else {
       const auto cmd = smtp::parse_command(line.text);
       if (log_.debugging()) log_.debug("<- {}", printable(cmd.kind == smtp::verb::auth ? cmd.name : line.text));
+      replied_at = stage_label(cmd.kind);
+      const bool in_transaction = stage_ == stage::transaction;
       r = co_await dispatch(cmd);
+      if (cmd.kind == smtp::verb::rcpt && in_transaction && r.code >= 400)
+        (r.code < 500 ? rcpt_tempfailed_ : rcpt_rejected_) = true;
     }
+    if (r.code) metrics::count(metrics::family::replies_total, {replied_at, metrics::reply_class(r.code)});
     if (r.code) queue(r);  // 0: the reply was already written (DATA's 354 path failed)
     // Refusals cost the client, temporary ones too: each may have cost an upstream round trip.
     if (r.code >= 400 && r.code != 421 && ++errors_ >= s.max_errors) {
@@ -250,6 +274,7 @@ awaitable<void> session::finish() {
   } catch (const std::exception& e) {
     client_.close();
   }
+  count_unfinished_transaction();
   try {
     co_await relay_.finish();
   } catch (const std::exception& e) {
@@ -374,10 +399,12 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
     if (r.code == 235) {
       conn_.auth_user = creds.authcid;
       log_.info("AUTH {} as {}", mechanism, printable(creds.authcid));
+      metrics::count(metrics::family::auth_total, {"success"});
       co_return r;
     }
     log_.info("AUTH {} as {} refused: {}", mechanism, printable(creds.authcid), printable(r.summary()));
   }
+  metrics::count(metrics::family::auth_total, {r.transient() ? "tempfail" : "failure"});
   if (r.code == 535 || step.error == smtp::sasl_error::malformed || step.error == smtp::sasl_error::bad_base64) {
     env_.failed_logins().record(conn_.client.address(), a.failure_window);
     if (++auth_failures_ >= a.max_failures) {
@@ -463,9 +490,11 @@ awaitable<bool> session::handshake() {
   const bool ok = co_await client_.start_tls(gen_->tls->context(), ssl::stream_base::server, {}, cfg_.server.idle_timeout);
   if (!ok) {
     log_.info("TLS handshake failed: {}", client_.last_error());
+    metrics::count(metrics::family::tls_handshakes_total, {"none", "failed"});
     co_return false;
   }
   const auto info = client_.tls_info();
+  metrics::count(metrics::family::tls_handshakes_total, {info.version, "ok"});
   conn_.tls = true;
   conn_.tls_version = info.version;
   conn_.tls_cipher = info.cipher;
@@ -540,6 +569,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   apply_rewrites(v);
   if (v.stops()) {
     tx_ = transaction{};
+    metrics::count(metrics::family::transactions_total, {v.reply.transient() ? "tempfailed" : "rejected"});
     co_return refused_by_policy("MAIL FROM:<" + parsed.value->addr.str() + ">", v);
   }
   // proceed: the upstream's own reply goes to the client (with the sender a policy may have rewritten)
@@ -550,6 +580,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
     if (log_.debugging()) log_.debug("transaction {} from=<{}>", tx_.id, printable(tx_.sender.str()));
   } else {
     log_.info("MAIL FROM:<{}> refused: {}", printable(tx_.sender.str()), printable(r.summary()));
+    metrics::count(metrics::family::transactions_total, {r.transient() ? "tempfailed" : "rejected"});
     tx_ = transaction{};
   }
   co_return r;
@@ -651,6 +682,7 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
   }
   reply r = *refused;
   std::size_t size = message_->size();
+  metrics::get(metrics::family::message_size_bytes).observe(static_cast<double>(size));
   if (!r.code) {
     auto delivered = co_await deliver(size);
     r = std::move(delivered);
@@ -741,10 +773,12 @@ awaitable<reply> session::deliver(std::size_t& size) {
   if (v.stops()) co_return refused_by_policy("message", v);
   if (v.what == verdict::kind::discard) {
     log_.info("message discarded by policy");
+    discarded_ = true;
     co_return reply{250, "2.0.0", "Ok: discarded"};
   }
   if (tx_.recipients.empty()) {
     log_.info("every recipient was discarded by policy; nothing to deliver");
+    discarded_ = true;
     co_return reply{250, "2.0.0", "Ok: discarded"};
   }
   auto refused = co_await relay_.sync(tx_);
@@ -862,6 +896,8 @@ awaitable<reply> session::on_rset(const smtp::command& cmd) {
 }
 
 awaitable<void> session::reset_transaction() {
+  count_unfinished_transaction();
+  tx_counted_ = rcpt_tempfailed_ = rcpt_rejected_ = discarded_ = false;
   if (stage_ == stage::transaction || stage_ == stage::data) {
     try {
       co_await policy_.on_reset(conn_, tx_);  // a notification: its outcome changes nothing
@@ -880,6 +916,7 @@ awaitable<void> session::reset_transaction() {
 void session::log_spf(const checks::spf_result& spf) const {
   const auto result = checks::to_string(spf.result);
   const auto identity = spf.helo ? "helo" : "mailfrom";
+  metrics::count(metrics::family::sender_checks_total, {"spf", result});
   if (spf.problem.empty()) {
     log_.info("spf={} {}={} client={}", result, identity, printable(spf.domain), conn_.client_literal);
   } else {
@@ -889,6 +926,7 @@ void session::log_spf(const checks::spf_result& spf) const {
 }
 
 void session::log_arc(const checks::arc_result& arc) const {
+  metrics::count(metrics::family::sender_checks_total, {"arc", checks::to_string(arc.result)});
   if (arc.problem.empty()) {
     std::string by;
     for (const auto& d : arc.sealers) by += (by.empty() ? " by " : ", ") + d;
@@ -900,6 +938,7 @@ void session::log_arc(const checks::arc_result& arc) const {
 
 void session::log_dmarc(const checks::dmarc_result& dmarc) const {
   const auto result = checks::to_string(dmarc.result);
+  metrics::count(metrics::family::sender_checks_total, {"dmarc", result});
   if (dmarc.result == checks::dmarc_result::kind::pass || dmarc.result == checks::dmarc_result::kind::fail) {
     log_.info("dmarc={} header.from={} p={} dis={}{}", result, printable(dmarc.domain), checks::to_string(dmarc.policy),
               checks::to_string(dmarc.disposition), dmarc.org_record ? " (the organizational domain's policy)" : "");
@@ -911,10 +950,12 @@ void session::log_dmarc(const checks::dmarc_result& dmarc) const {
 
 void session::log_dkim(const checks::dkim_results& dkim) const {
   if (dkim.empty()) {
+    metrics::count(metrics::family::sender_checks_total, {"dkim", "none"});
     log_.info("dkim=none (no signature)");
     return;
   }
   for (const auto& s : dkim) {
+    metrics::count(metrics::family::sender_checks_total, {"dkim", checks::to_string(s.result)});
     if (s.problem.empty()) {
       log_.info("dkim={} d={} s={}", checks::to_string(s.result), printable(s.domain), printable(s.selector));
     } else {
@@ -924,8 +965,23 @@ void session::log_dkim(const checks::dkim_results& dkim) const {
   }
 }
 
+void session::count_transaction(std::string_view outcome) {
+  if (std::exchange(tx_counted_, true)) return;
+  metrics::count(metrics::family::transactions_total, {outcome});
+}
+
+void session::count_unfinished_transaction() {
+  if (tx_counted_ || (stage_ != stage::transaction && stage_ != stage::data)) return;
+  // Every RCPT refused: the client will try again later (a 4xx among them) or not at all.
+  if (tx_.accepted_rcpts == 0 && (rcpt_tempfailed_ || rcpt_rejected_))
+    count_transaction(rcpt_tempfailed_ ? "tempfailed" : "rejected");
+}
+
 void session::log_transaction(const reply& outcome, std::size_t size) {
-  const char* verdict = outcome.positive() ? "delivered" : outcome.transient() ? "tempfail" : "rejected";
+  const char* verdict = outcome.positive() ? (discarded_ ? "discarded" : "delivered")
+                        : outcome.transient() ? "tempfail"
+                                              : "rejected";
+  count_transaction(outcome.positive() ? verdict : outcome.transient() ? "tempfailed" : "rejected");
   log_.info("tx={} client={} helo={} from=<{}> to={} rejected_rcpts={} size={} upstream=\"{}\" queue_id={} verdict={}",
             tx_.id, conn_.client_literal, printable(conn_.helo), printable(tx_.sender.str()),
             printable(smtp::join_paths(tx_.recipients), 2000), tx_.rejected_rcpts, size,

@@ -96,6 +96,10 @@ class session : public std::enable_shared_from_this<session> {
   void log_dkim(const checks::dkim_results& dkim) const;
   void log_arc(const checks::arc_result& arc) const;
   void log_transaction(const reply& outcome, std::size_t size);
+  // portcullis_transactions_total: once per transaction, whichever way it ends.
+  void count_transaction(std::string_view outcome);
+  // A transaction ending before its message: refused when each of its RCPTs was (else not counted).
+  void count_unfinished_transaction();
 
   std::shared_ptr<const generation> gen_;  // one snapshot for the whole session
   const config& cfg_;
@@ -119,6 +123,11 @@ class session : public std::enable_shared_from_this<session> {
   std::size_t auth_failures_ = 0;
   bool stopping_ = false;
   bool awaiting_command_ = false;  // blocked reading the next command: stop() may wake it
+  // The transaction's metrics: counted yet; RCPT refusals (temporary, permanent); discarded by policy.
+  bool tx_counted_ = false;
+  bool rcpt_tempfailed_ = false;
+  bool rcpt_rejected_ = false;
+  bool discarded_ = false;
 };
 
 }  // namespace portcullis

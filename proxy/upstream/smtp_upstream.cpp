@@ -13,6 +13,7 @@
 
 #include "dns/resolver.hpp"
 #include "log.hpp"
+#include "metrics/metrics.hpp"
 #include "net/line_stream.hpp"
 #include "net/network.hpp"
 #include "state/connection_state.hpp"
@@ -108,13 +109,17 @@ class smtp_upstream final : public upstream {
 
   awaitable<smtp::reply> mail_once(const smtp::address& sender, const mail_options& options, bool fresh) {
     reused_ = false;
+    failure_counted_ = false;
     if (!stream_ && !fresh) adopt_pooled();
     if (!stream_) {
+      const auto connecting = std::chrono::steady_clock::now();
       auto failure = co_await connect();
-      if (failure) co_return failure->client_reply();
+      if (failure) co_return setup_failed(*failure);
+      // Connection, greeting, EHLO and STARTTLS.
+      metrics::observe_since(metrics::family::upstream_duration_seconds, {"CONNECT"}, connecting);
     }
     auto identified = co_await identify();
-    if (identified) co_return identified->client_reply();
+    if (identified) co_return setup_failed(*identified);
     std::string cmd = "MAIL FROM:<" + sender.str() + ">";
     if (options.size && caps_.count("SIZE")) cmd += " SIZE=" + std::to_string(*options.size);
     if (options.body_8bit) {
@@ -152,6 +157,7 @@ class smtp_upstream final : public upstream {
     std::vector<asio::const_buffer> buffers;
     bool first = true;
     owed_ = true;  // from the first byte of the message on, its final reply is owed
+    const auto sending = std::chrono::steady_clock::now();
     for (;;) {
       const auto chunk = in.next();
       if (in.failed()) {
@@ -174,6 +180,8 @@ class smtp_upstream final : public upstream {
       if (last) break;
     }
     auto final_reply = co_await read_reply(reply_to::end_of_data);
+    // From the first byte of the message to the final reply.
+    if (!final_reply.failed) metrics::observe_since(metrics::family::upstream_duration_seconds, {"END-OF-DATA"}, sending);
     in_transaction_ = false;
     co_return std::move(final_reply.reply);
   }
@@ -500,9 +508,12 @@ class smtp_upstream final : public upstream {
                                                      "; dropping the connection");
     const std::string wire = line + "\r\n";
     owed_ = true;
+    const auto sent = std::chrono::steady_clock::now();
     const bool written = co_await stream_->write(std::string_view(wire), cfg_.timeout);
     if (!written) co_return write_failed(std::string(name(what)));
     auto a = co_await read_reply(what);
+    // The verb: "MAIL", "RCPT", "XCLIENT", ...
+    if (!a.failed) metrics::observe_since(metrics::family::upstream_duration_seconds, {line.substr(0, line.find(' '))}, sent);
     co_return a;
   }
 
@@ -553,6 +564,8 @@ class smtp_upstream final : public upstream {
                                                        " (out of step, or a response injection); dropping the connection");
       }
       owed_ = false;
+      metrics::get(metrics::family::upstream_last_reply_seconds)
+          .set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
       co_return answer{std::move(r), std::nullopt, fits};
     }
     co_return fail(upstream_failure::protocol, "too many reply lines to " + stage);
@@ -590,8 +603,16 @@ class smtp_upstream final : public upstream {
                 (timed_out ? "write timed out at " : "write failed at ") + stage);
   }
 
+  // A connection that could not be set up, counted unless fail() did.
+  smtp::reply setup_failed(const setup_failure& f) {
+    if (!failure_counted_) metrics::count(metrics::family::upstream_failures_total, {name(f.kind)});
+    return f.client_reply();
+  }
+
   answer fail(upstream_failure kind, const std::string& why) {
     log_.warn("upstream: {}", why);
+    metrics::count(metrics::family::upstream_failures_total, {name(kind)});
+    failure_counted_ = true;
     close();
     return answer{failure_reply(kind), kind, reply_fit::out_of_place};
   }
@@ -616,6 +637,7 @@ class smtp_upstream final : public upstream {
   bool in_transaction_ = false;
   bool owed_ = false;    // a command (or message) went out and its reply has not been read: out of step
   bool reused_ = false;  // this MAIL's connection came from the pool
+  bool failure_counted_ = false;  // fail() counted this MAIL's failure (portcullis_upstream_failures_total)
   std::string xclient_sent_;  // the attributes of the last XCLIENT the upstream took on this connection
 };
 

@@ -14,6 +14,8 @@ returns None (let the next policy decide) or a verdict: ``accept``,
 pc.dns.resolve(name, "TXT")``, ``pc.dns.resolve_sync`` in plain hooks).
 ``store`` keeps state between connections, shared by the worker processes
 (and with Redis by several daemons): ``await pc.store.incr(key, ttl=60)``.
+``metrics`` declares the policy's own Prometheus counters, gauges and
+histograms, served with the daemon's on ``[metrics] listen``.
 
 ``config`` is the daemon's whole config file as a dict (a policy reads its
 own table: ``pc.config["aliases"]``); ``path(name)`` resolves a file name
@@ -31,7 +33,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import dns, store
+from . import dns, metrics, store
 from ._address import Address, AddressList
 from ._engine import PolicyLoadError
 from ._log import log
@@ -60,6 +62,7 @@ __all__ = [
     "discard",
     "dns",
     "log",
+    "metrics",
     "now",
     "path",
     "redirect",

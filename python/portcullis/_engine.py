@@ -199,6 +199,7 @@ class Hook:
     function: Callable[..., Any]
     file: str
     is_async: bool
+    metrics: Any = None  # _core.HookMetrics: its calls' figures for [metrics] (not for on_unload)
 
     @property
     def label(self) -> str:
@@ -352,7 +353,7 @@ class Engine:
                 pass  # no signature to inspect (some builtins): find out at the call
             is_async = inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
                 getattr(value, "__call__", None))
-            self.hooks[stage].append(Hook(stage, value, path, is_async))
+            self.hooks[stage].append(Hook(stage, value, path, is_async, _core.HookMetrics(path, stage)))
         return problems
 
     def _collect_unloader(self, value: Any, path: str) -> list[LoadProblem]:
@@ -489,8 +490,9 @@ class HookFailure(Exception):
     (each its own log line); ``text`` both, for the result's ``error``.
     """
 
-    def __init__(self, summary: str, detail: Sequence[str] = ()) -> None:
+    def __init__(self, summary: str, detail: Sequence[str] = (), *, timed_out: bool = False) -> None:
         self.summary = summary
+        self.timed_out = timed_out  # it ran past policy.timeout
         self.detail = list(detail)
         self.text = summary + "".join("\n" + line for line in self.detail) + ("\n" if self.detail else "")
         super().__init__(self.text)
@@ -678,8 +680,8 @@ def _forget(task: asyncio.Future[Any]) -> None:
 def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookFailure:
     text = f"{hook.label} ran past policy.timeout ({timeout:g} s) and was {fate}"
     if not stack:
-        return HookFailure(text)
-    return HookFailure(text + "; it was at:", stack.rstrip("\n").split("\n"))
+        return HookFailure(text, timed_out=True)
+    return HookFailure(text + "; it was at:", stack.rstrip("\n").split("\n"), timed_out=True)
 
 
 # -- sessions and jobs -------------------------------------------------------------
@@ -896,7 +898,8 @@ class EngineHost:
                         value = self._await_from_thread(engine, hook, value, start + timeout)
                     if _monotonic() - start > timeout:
                         # The daemon may still wait (several hooks share the job's deadline): not for this one.
-                        value = HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late")
+                        value = HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late",
+                                            timed_out=True)
                 except HookFailure as f:
                     value = f
                 except SystemExit as e:
@@ -905,6 +908,7 @@ class EngineHost:
                     value = _raised(hook, e)
                 finally:
                     del running[thread]
+                _observed(hook, start, value)
                 if value is not None and run.took(hook, value):
                     break
             return run.finish()
@@ -922,10 +926,12 @@ class EngineHost:
         token = _scope.set(run.session.scope)  # pc.log's session and pc.config, for the hooks
         try:
             for hook in run.hooks:
+                start = _monotonic()
                 try:
                     value = await call(run.engine, hook, run.args)
                 except HookFailure as f:
                     value = f
+                _observed(hook, start, value)
                 if value is not None and run.took(hook, value):
                     break
             return run.finish()
@@ -995,6 +1001,19 @@ class EngineHost:
         # (Under _lock.) One session fewer on the engine.
         engine.sessions -= 1
         self._close_if_unused(engine)
+
+
+def _observed(hook: Hook, start: float, value: Any) -> None:
+    """One hook call's figures ([metrics]): its duration, its verdict, whether it timed out."""
+    if value is None:
+        verdict = "none"
+    elif isinstance(value, Verdict):
+        verdict = value.kind
+    elif isinstance(value, bool) and hook.stage == "auth":
+        verdict = "accept" if value else "reject"
+    else:  # HookFailure, or a value no hook may return (it fails the stage)
+        verdict = "error"
+    hook.metrics.observed(_monotonic() - start, verdict, isinstance(value, HookFailure) and value.timed_out)
 
 
 def _malformed(job: Any, e: Exception) -> _core.Result:

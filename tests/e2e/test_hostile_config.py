@@ -109,7 +109,7 @@ CASES = [
     Hostile("checks-dkim-signatures", r"checks\.dkim_signatures: 0 is out of range", {"checks": {"dkim_signatures": "0"}}),
     Hostile("dkim-sign-selector", r'dkim_sign\.selector: "s 1" is not a selector',
             {"dkim_sign": {"selector": '"s 1"', "domains": '["example.test"]', "key_file": '"dkim.pem"'}}),
-    Hostile("metrics", r"metrics\.listen: this version serves no metrics yet", {"metrics": {"listen": '"127.0.0.1:9325"'}}),
+    Hostile("metrics-listen", rf'metrics\.listen: "localhost:9325" {NOT_ENDPOINT}', {"metrics": {"listen": '"localhost:9325"'}}),
     Hostile("store-url", r"store\.url: \"ftp://x\" is not \"memory:\"", {"store": {"url": '"ftp://x"'}}),
     Hostile("dns-nameserver", rf'dns\.nameserver: "ns\.example\.test:53" {NOT_ENDPOINT}',
             {"dns": {"nameserver": '"ns.example.test:53"'}}),

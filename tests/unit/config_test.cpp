@@ -120,6 +120,7 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_EQ(cfg->dns.cache_size, 8u * 1024 * 1024);
   EXPECT_EQ(cfg->log.level, log_level::info);
   EXPECT_EQ(cfg->log.format, log_format::text);
+  EXPECT_EQ(cfg->metrics.listen, "");  // no metrics listener unless asked for
 }
 
 // An empty [server] table changes nothing either.
@@ -181,6 +182,9 @@ nameserver = "[::1]:5353"
 timeout = 2
 cache_size = 1048576
 
+[metrics]
+listen = "127.0.0.1:9325"
+
 [log]
 level = "debug"
 format = "json"
@@ -224,6 +228,7 @@ format = "json"
   EXPECT_EQ(cfg->dns.cache_size, 1048576u);
   EXPECT_EQ(cfg->log.level, log_level::debug);
   EXPECT_EQ(cfg->log.format, log_format::json);
+  EXPECT_EQ(cfg->metrics.listen, "127.0.0.1:9325");
 }
 
 // Keys beyond the contract (limits with RFC/Postfix defaults).
@@ -575,7 +580,10 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[store]\nmemory_entries = 10\n", "2: store.memory_entries: 10 is out of range (want 1024 to 16777216)"},
       {"[store]\ntimeout = 0\n", "2: store.timeout: 0 is out of range (want 1 to 60 seconds)"},
       {"[store]\ncolour = 1\n", "2: store.colour: unknown key"},
-      {"[metrics]\nlisten = \"127.0.0.1:9325\"\n", "2: metrics.listen: this version serves no metrics yet; remove [metrics]"},
+      {"[metrics]\nlisten = \"localhost:9325\"\n",
+       "2: metrics.listen: \"localhost:9325\" is not IP:PORT (want 192.0.2.1:25 or [2001:db8::1]:25, port 1-65535; names are not resolved)"},
+      {"[server]\nlisten = [\"127.0.0.1:2525\"]\n[metrics]\nlisten = \"127.0.0.1:2525\"\n",
+       "4: metrics.listen: \"127.0.0.1:2525\" is an SMTP listener too"},
       {"[server]\nuser = \"nobody\"\n",
        "2: server.user: this version does not drop privileges; start it as the user it should run as"},
   };

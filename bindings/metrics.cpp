@@ -1,0 +1,88 @@
+// pc.metrics (python/portcullis/metrics.py) and the engine's per-hook
+// figures: the process's metric table, which the daemon's workers share
+// (proxy/metrics). A bad name, label or bucket list is ValueError.
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+
+#include "bindings/core.hpp"
+#include "metrics/metrics.hpp"
+
+namespace py = pybind11;
+
+namespace portcullis::bindings {
+
+namespace {
+
+// One policy file's hook: its series found once, when the policy loads, so
+// that a call costs the engine one call here and two atomic adds.
+class hook_metrics {
+ public:
+  static constexpr std::string_view verdicts[] = {"none",     "accept",  "reject", "tempfail",
+                                                  "discard",  "redirect", "rewrite", "error"};
+
+  hook_metrics(std::string_view policy, std::string_view stage) : policy_(policy), hook_("on_" + std::string(stage)) {
+    duration_ = metrics::get(metrics::family::hook_duration_seconds, {policy_, hook_});
+  }
+
+  void observed(double seconds, std::string_view verdict, bool timed_out) {
+    duration_.observe(seconds);
+    std::size_t i = 0;
+    while (i + 1 < std::size(verdicts) && verdicts[i] != verdict) ++i;  // (unknown: "error")
+    if (!verdict_[i]) verdict_[i] = metrics::get(metrics::family::verdicts_total, {hook_, verdicts[i]});
+    verdict_[i].inc();
+    if (timed_out) metrics::count(metrics::family::hook_timeouts_total, {policy_, hook_});
+  }
+
+ private:
+  std::string policy_, hook_;
+  metrics::series duration_;
+  metrics::series verdict_[std::size(verdicts)];  // made at a verdict's first call (GIL held)
+};
+
+metrics::kind kind_of(std::string_view k) {
+  if (k == "counter") return metrics::kind::counter;
+  if (k == "gauge") return metrics::kind::gauge;
+  if (k == "histogram") return metrics::kind::histogram;
+  throw py::value_error("metric type: want counter, gauge or histogram");
+}
+
+}  // namespace
+
+void define_metrics(py::module_& m) {
+  py::class_<metrics::series>(m, "MetricSeries", "One labelled series of a metric (pc.metrics).")
+      .def("inc", &metrics::series::inc, py::arg("amount") = 1.0)
+      .def("set", &metrics::series::set, py::arg("value"))
+      .def("observe", &metrics::series::observe, py::arg("value"))
+      .def_property_readonly("value", &metrics::series::value);
+  m.def(
+      "metrics_family",
+      [](const std::string& name, const std::string& help, std::string_view kind, std::vector<std::string> labels,
+         std::vector<double> buckets) {
+        try {
+          return metrics::process_metrics().family({name, help, kind_of(kind), std::move(labels), std::move(buckets)});
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("name"), py::arg("help"), py::arg("kind"), py::arg("labels"), py::arg("buckets"),
+      "Registers a metric family (the same description again gives the same number); its number.");
+  m.def(
+      "metrics_series",
+      [](std::uint32_t family, const std::vector<std::string>& values) {
+        std::vector<std::string_view> views(values.begin(), values.end());
+        try {
+          return metrics::process_metrics().get(family, views);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("family"), py::arg("values"), "The series of a family with these label values.");
+  py::class_<hook_metrics>(m, "HookMetrics", "A policy hook's figures ([metrics]).")
+      .def(py::init<std::string_view, std::string_view>(), py::arg("policy"), py::arg("stage"))
+      .def("observed", &hook_metrics::observed, py::arg("seconds"), py::arg("verdict"), py::arg("timed_out"),
+           "One call: its duration, its verdict and whether it ran past policy.timeout.");
+  m.def("metrics_exposition", &metrics::exposition, "Every metric in the Prometheus text format (for tests).");
+}
+
+}  // namespace portcullis::bindings

@@ -1,0 +1,90 @@
+#include "server/metrics_listener.hpp"
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include "log.hpp"
+#include "net/network.hpp"
+
+namespace portcullis {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+namespace {
+
+constexpr std::chrono::seconds request_timeout{10};
+constexpr std::size_t max_request_header = 8192;
+
+}  // namespace
+
+metrics_listener::metrics_listener(asio::io_context& io, const std::string& listen, bool reuse_port, handler answer)
+    : io_(io), acceptor_(io), answer_(std::move(answer)) {
+  const auto ep = parse_endpoint(listen);
+  acceptor_.open(ep.protocol());
+  acceptor_.set_option(tcp::acceptor::reuse_address(true));
+  if (reuse_port) acceptor_.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
+  acceptor_.bind(ep);
+  acceptor_.listen();
+}
+
+void metrics_listener::start() { asio::co_spawn(asio::make_strand(io_), accept_loop(), asio::detached); }
+
+void metrics_listener::close() {
+  boost::system::error_code ignored;
+  acceptor_.close(ignored);
+}
+
+awaitable<void> metrics_listener::accept_loop() {
+  for (;;) {
+    boost::system::error_code ec;
+    auto socket = co_await acceptor_.async_accept(asio::make_strand(io_), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor_.is_open()) co_return;
+      spdlog::warn("metrics: accept: {}", ec.message());
+      asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(asio::use_awaitable);
+      continue;
+    }
+    asio::co_spawn(socket.get_executor(), serve(std::move(socket)), asio::detached);
+  }
+}
+
+awaitable<void> metrics_listener::serve(tcp::socket socket) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer(max_request_header);
+  http::request_parser<http::empty_body> parser;
+  parser.header_limit(max_request_header);
+  stream.expires_after(request_timeout);
+  boost::system::error_code ec;
+  co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  http::response<http::string_body> res;
+  if (ec) {
+    if (ec == http::error::end_of_stream || ec == beast::error::timeout) co_return;  // nothing asked
+    res.result(http::status::bad_request);
+    res.body() = "bad request\n";
+  } else {
+    const auto& req = parser.get();
+    res.version(req.version());
+    const bool head = req.method() == http::verb::head;
+    if (req.method() != http::verb::get && !head) {
+      res.result(http::status::method_not_allowed);
+      res.set(http::field::allow, "GET, HEAD");
+      res.body() = "only GET\n";
+    } else {
+      std::string_view target(req.target().data(), req.target().size());
+      target = target.substr(0, target.find('?'));  // Prometheus may add parameters
+      auto a = answer_(target);
+      res.result(a.status);
+      res.set(http::field::content_type, a.content_type);
+      if (!head) res.body() = std::move(a.body);
+    }
+  }
+  res.set(http::field::server, "portcullis");
+  res.keep_alive(false);
+  res.prepare_payload();
+  co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+  stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+}
+
+}  // namespace portcullis

@@ -1,0 +1,38 @@
+// [metrics] listen: a small HTTP/1.1 server (Boost.Beast) on the worker's
+// io_context, one request per connection: GET /metrics is the Prometheus
+// exposition of every worker's totals (they share one table, so any worker
+// answers for all), GET /healthz says whether this daemon serves. With
+// more than one worker each listens with SO_REUSEPORT, as the SMTP ports do.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "asio.hpp"
+
+namespace portcullis {
+
+struct http_answer {
+  unsigned status = 200;
+  std::string content_type = "text/plain; charset=utf-8";
+  std::string body;
+};
+
+class metrics_listener {
+ public:
+  using handler = std::function<http_answer(std::string_view path)>;
+  // Binds now (throws boost::system::system_error when it cannot).
+  metrics_listener(asio::io_context& io, const std::string& listen, bool reuse_port, handler answer);
+  void start();
+  void close();
+
+ private:
+  awaitable<void> accept_loop();
+  awaitable<void> serve(tcp::socket socket);
+
+  asio::io_context& io_;
+  tcp::acceptor acceptor_;
+  handler answer_;
+};
+
+}  // namespace portcullis

@@ -1,0 +1,94 @@
+"""pc.metrics outside the daemon (a policy's unit test): counters, gauges and
+histograms with and without labels, in the exposition the daemon serves;
+what may not be declared or counted is refused with a clear error."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import portcullis as pc
+
+
+def test_a_counter_by_label_and_without():
+    hits = pc.metrics.counter("t_hits_total", "Hits", labels=["list"])
+    hits.labels(list="zen").inc()
+    hits.labels("zen").inc(2)
+    hits.labels(list="dbl").inc()
+    assert hits.labels(list="zen").value == 3
+    plain = pc.metrics.counter("t_plain_total", "Plain")
+    plain.inc()
+    assert plain.value == 1
+    text = pc.metrics.exposition()
+    assert '# TYPE t_hits_total counter' in text
+    assert 't_hits_total{list="zen"} 3' in text
+    assert 't_hits_total{list="dbl"} 1' in text
+    # The daemon's own families are there too.
+    assert "# TYPE portcullis_transactions_total counter" in text
+
+
+def test_declaring_again_finds_the_same_metric():
+    a = pc.metrics.counter("t_again_total", "Again", labels=["x"])
+    a.labels(x="1").inc()
+    b = pc.metrics.counter("t_again_total", "Again", labels=["x"])  # a reload, another worker
+    b.labels(x="1").inc()
+    assert a.labels(x="1").value == 2
+    with pytest.raises(ValueError, match="declared before with another type, labels or buckets"):
+        pc.metrics.counter("t_again_total", "Again", labels=["y"])
+    with pytest.raises(ValueError, match="declared before"):
+        pc.metrics.gauge("t_again_total", "Again", labels=["x"])
+
+
+def test_a_gauge_goes_both_ways():
+    g = pc.metrics.gauge("t_queue", "Queue")
+    g.set(5)
+    g.inc()
+    g.dec(2)
+    assert g.value == 4
+
+
+def test_a_histogram_counts_in_its_buckets():
+    h = pc.metrics.histogram("t_lookup_seconds", "Lookups", buckets=[0.1, 1])
+    for v in (0.05, 0.5, 5):
+        h.observe(v)
+    with h.time():
+        pass
+    text = pc.metrics.exposition()
+    assert 't_lookup_seconds_bucket{le="0.1"} 2' in text
+    assert 't_lookup_seconds_bucket{le="1"} 3' in text
+    assert 't_lookup_seconds_bucket{le="+Inf"} 4' in text
+    assert re.search(r"t_lookup_seconds_count 4\n", text)
+    labelled = pc.metrics.histogram("t_by_zone_seconds", "By zone", labels=["zone"], buckets=[1])
+    with labelled.labels(zone="a").time():
+        pass
+    assert 't_by_zone_seconds_count{zone="a"} 1' in pc.metrics.exposition()
+
+
+@pytest.mark.parametrize("make,error", [
+    (lambda: pc.metrics.counter("portcullis_mine_total", ""), "the daemon's"),
+    (lambda: pc.metrics.counter("bad name", ""), "not a Prometheus metric name"),
+    (lambda: pc.metrics.counter("t_l_total", "", labels=["bad-label"]), "not a label name"),
+    (lambda: pc.metrics.histogram("t_h", "", buckets=[2, 1]), "finite and increasing"),
+    (lambda: pc.metrics.histogram("t_h2", "", buckets=list(range(1, 30))), "1 to 16 buckets"),
+    (lambda: pc.metrics.histogram("t_h3", "", labels=["le"]), "not a label name"),
+])
+def test_bad_declarations_are_refused(make, error):
+    with pytest.raises(ValueError, match=error):
+        make()
+
+
+def test_misuse_is_refused():
+    c = pc.metrics.counter("t_misuse_total", "", labels=["a"])
+    with pytest.raises(ValueError, match="has labels"):
+        c.inc()
+    with pytest.raises(ValueError, match="want the labels a"):
+        c.labels(b="1")
+    with pytest.raises(ValueError, match="only goes up"):
+        c.labels(a="1").inc(-1)
+    with pytest.raises(TypeError, match="is a counter"):
+        c.labels(a="1").observe(1)
+    h = pc.metrics.histogram("t_misuse_seconds", "")
+    with pytest.raises(TypeError, match="is a histogram"):
+        h.labels().inc()
+    assert not hasattr(h, "inc")

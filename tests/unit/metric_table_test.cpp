@@ -1,0 +1,130 @@
+// The metrics table: families, labelled series, histogram buckets, what a
+// full table drops, the exposition prometheus-cpp writes from it, and one
+// table shared by processes forked after it was made (the daemon's workers).
+#include "metrics/metric_table.hpp"
+
+#include <gtest/gtest.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <limits>
+#include <sstream>
+#include <string>
+
+namespace portcullis::metrics {
+namespace {
+
+std::string text_of(const metric_table& t) {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, t.collect());
+  return out.str();
+}
+
+TEST(MetricTable, CountersByLabelAndTheExposition) {
+  metric_table t(8, 64);
+  const auto tx = t.family({"mail_tx_total", "Transactions", kind::counter, {"outcome"}, {}});
+  const auto conns = t.family({"mail_connections_total", "Connections", kind::counter, {}, {}});
+  EXPECT_NE(tx, conns);
+  t.get(tx, {"delivered"}).inc();
+  t.get(tx, {"delivered"}).inc(2);
+  t.get(tx, {"rejected"}).inc();
+  EXPECT_EQ(t.get(tx, {"delivered"}).value(), 3);
+  const auto text = text_of(t);
+  EXPECT_NE(text.find("# TYPE mail_tx_total counter"), std::string::npos) << text;
+  EXPECT_NE(text.find("mail_tx_total{outcome=\"delivered\"} 3"), std::string::npos) << text;
+  EXPECT_NE(text.find("mail_tx_total{outcome=\"rejected\"} 1"), std::string::npos) << text;
+  // A family without labels shows at zero before anything happened.
+  EXPECT_NE(text.find("mail_connections_total 0"), std::string::npos) << text;
+}
+
+TEST(MetricTable, LabelValuesAreEscapedAndCut) {
+  metric_table t(8, 64);
+  const auto f = t.family({"odd_total", "", kind::counter, {"v"}, {}});
+  t.get(f, {"a\"b\\c\nd"}).inc();  // the newline is a control character: '?'
+  const auto text = text_of(t);
+  EXPECT_NE(text.find("odd_total{v=\"a\\\"b\\\\c?d\"} 1"), std::string::npos) << text;
+  const std::string long_value(1000, 'x');
+  t.get(f, {long_value}).inc();
+  t.get(f, {long_value + "y"}).inc();  // the same series once cut
+  EXPECT_EQ(t.get(f, {long_value}).value(), 2);
+  EXPECT_THROW(t.get(f, {"a", "b"}), std::invalid_argument);  // one label, two values
+}
+
+TEST(MetricTable, HistogramBuckets) {
+  metric_table t(8, 64);
+  const auto h = t.family({"lat_seconds", "Latency", kind::histogram, {}, {0.1, 1}});
+  for (const double v : {0.05, 0.1, 0.5, 2.0}) t.get(h).observe(v);
+  const auto families = t.collect();
+  ASSERT_EQ(families.size(), 1u);
+  const auto& m = families[0].metric.at(0).histogram;
+  EXPECT_EQ(m.sample_count, 4u);
+  EXPECT_DOUBLE_EQ(m.sample_sum, 2.65);
+  ASSERT_EQ(m.bucket.size(), 3u);
+  EXPECT_EQ(m.bucket[0].cumulative_count, 2u);  // le=0.1 holds 0.1 itself
+  EXPECT_EQ(m.bucket[1].cumulative_count, 3u);
+  EXPECT_EQ(m.bucket[2].cumulative_count, 4u);
+  EXPECT_EQ(m.bucket[2].upper_bound, std::numeric_limits<double>::infinity());
+  EXPECT_NE(text_of(t).find("lat_seconds_bucket{le=\"+Inf\"} 4"), std::string::npos);
+}
+
+TEST(MetricTable, FamiliesAreCheckedAndFoundAgain) {
+  metric_table t(4, 64);
+  const family_spec spec{"hits_total", "Hits", kind::counter, {"list"}, {}};
+  EXPECT_EQ(t.family(spec), t.family(spec));  // a reload, another worker: the same family
+  auto other = spec;
+  other.labels = {"zone"};
+  EXPECT_THROW(t.family(other), std::invalid_argument);
+  EXPECT_THROW(t.family({"1bad", "", kind::counter, {}, {}}), std::invalid_argument);
+  EXPECT_THROW(t.family({"ok_total", "", kind::counter, {"__reserved"}, {}}), std::invalid_argument);
+  EXPECT_THROW(t.family({"h", "", kind::histogram, {"le"}, {1}}), std::invalid_argument);
+  EXPECT_THROW(t.family({"h", "", kind::histogram, {}, {2, 1}}), std::invalid_argument);
+  EXPECT_THROW(t.family({"h", "", kind::histogram, {}, {}}), std::invalid_argument);
+  EXPECT_THROW(t.family({"c", "", kind::counter, {}, {1}}), std::invalid_argument);
+  t.family({"a", "", kind::gauge, {}, {}});
+  t.family({"b", "", kind::gauge, {}, {}});
+  t.family({"c", "", kind::gauge, {}, {}});
+  EXPECT_THROW(t.family({"d", "", kind::gauge, {}, {}}), std::length_error);
+}
+
+TEST(MetricTable, AFullTableDropsAndCountsWhatItCannotHold) {
+  metric_table t(2, 8);
+  const auto f = t.family({"per_client_total", "", kind::counter, {"client"}, {}});
+  for (int i = 0; i < 20; ++i) t.get(f, {std::to_string(i)}).inc();
+  EXPECT_EQ(t.dropped(), 12u);
+  EXPECT_FALSE(t.get(f, {"new"}));
+  t.get(f, {"new"}).inc();  // a null series does nothing
+  EXPECT_EQ(t.collect()[0].metric.size(), 8u);
+}
+
+TEST(MetricTable, ForkedProcessesCountIntoOneTable) {
+  metric_table t(8, 256);
+  const auto f = t.family({"msgs_total", "", kind::counter, {"worker"}, {}});
+  const auto all = t.family({"all_total", "", kind::counter, {}, {}});
+  constexpr int children = 4, each = 10000;
+  for (int c = 0; c < children; ++c) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      for (int i = 0; i < each; ++i) {
+        t.get(all).inc();
+        t.get(f, {std::to_string(i % 3)}).inc();
+      }
+      _exit(0);
+    }
+  }
+  for (int c = 0; c < children; ++c) {
+    int status = 0;
+    wait(&status);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  EXPECT_EQ(t.get(all).value(), children * each);
+  double sum = 0;
+  for (const auto* w : {"0", "1", "2"}) sum += t.get(f, {w}).value();
+  EXPECT_EQ(sum, children * each);
+  EXPECT_EQ(t.collect()[0].metric.size(), 3u);  // each series made once, however many raced to make it
+}
+
+}  // namespace
+}  // namespace portcullis::metrics
