@@ -14,6 +14,8 @@
 
 namespace portcullis {
 
+thread_local const log_context* current_log_context = nullptr;
+
 namespace {
 
 constexpr const char* line_pattern = "%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v";
@@ -60,9 +62,11 @@ class json_formatter final : public spdlog::formatter {
     const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch - seconds).count();
     const std::string time = fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", fmt::gmtime(static_cast<std::time_t>(seconds.count())), millis);
     const auto level = spdlog::level::to_string_view(msg.level);
+    json_log_context context;
+    if (const auto* c = current_log_context) context = {c->client, c->stage, c->tx};
     const std::string line = json_log_record(time, std::string_view(level.data(), level.size()),
                                              with_pid_ ? static_cast<long>(::getpid()) : 0,
-                                             std::string_view(msg.payload.data(), msg.payload.size()));
+                                             std::string_view(msg.payload.data(), msg.payload.size()), context);
     dest.append(line.data(), line.data() + line.size());
     dest.push_back('\n');
   }

@@ -21,11 +21,24 @@ void log_as_worker();
 // spdlog's registry goes with the other statics at exit.
 spdlog::logger& lasting_logger();
 
+// Where a session stands, for its JSON lines ([log] format = "json" adds
+// these fields to each; text lines keep "SESSION: event").
+struct log_context {
+  std::string client;      // "[192.0.2.1]"
+  std::string_view stage;  // "greeted", "transaction", ...
+  std::string tx;          // the transaction's id while one is open
+};
+
+// The context of the session line being written on this thread (null: none).
+extern thread_local const log_context* current_log_context;
+
 // A session's (or its upstream's) logger: the id in front of every line.
 class session_log {
  public:
   explicit session_log(std::string id) : id_(std::move(id)) {}
   const std::string& id() const { return id_; }
+  // Changed by the session only (its lines are written while it waits for them, never at once).
+  log_context& context() { return context_; }
 
   template <class... A>
   void info(fmt::format_string<A...> f, A&&... a) const { log(spdlog::level::info, f, std::forward<A>(a)...); }
@@ -42,9 +55,12 @@ class session_log {
   template <class... A>
   void log(spdlog::level::level_enum lvl, fmt::format_string<A...> f, A&&... a) const {
     if (!spdlog::should_log(lvl)) return;
+    const auto* outer = std::exchange(current_log_context, &context_);  // spdlog formats on this thread
     spdlog::log(lvl, "{}: {}", id_, fmt::format(f, std::forward<A>(a)...));
+    current_log_context = outer;
   }
   std::string id_;
+  log_context context_;
 };
 
 // Shows untrusted text (a client's command, an upstream reply) safely in a log line.

@@ -74,10 +74,18 @@ inline void add_fields(nlohmann::json& out, std::string_view event) {
 
 }  // namespace log_json_detail
 
-// {"time": ..., "level": ..., "pid": ..., "session": ..., "msg": ..., fields...}
+// Where the session stands (log.hpp's log_context, as plain views here).
+struct json_log_context {
+  std::string_view client, stage, tx;
+};
+
+// {"time": ..., "level": ..., "pid": ..., "session": ..., "msg": ..., fields...,
+//  "client": ..., "stage": ..., "tx": ...}
 // `message` is the line's text after the level ("SESSION: event" or an event
-// of the daemon itself); `pid` 0 leaves it out.
-inline std::string json_log_record(std::string_view time, std::string_view level, long pid, std::string_view message) {
+// of the daemon itself); `pid` 0 leaves it out; the context's fields are
+// added where the event did not give them and they are known.
+inline std::string json_log_record(std::string_view time, std::string_view level, long pid, std::string_view message,
+                                   const json_log_context& context = {}) {
   nlohmann::json out = nlohmann::json::object();
   out["time"] = std::string(time);
   out["level"] = std::string(level);
@@ -90,6 +98,8 @@ inline std::string json_log_record(std::string_view time, std::string_view level
   }
   out["msg"] = std::string(event);
   log_json_detail::add_fields(out, event);
+  for (const auto& [key, value] : {std::pair{"client", context.client}, {"stage", context.stage}, {"tx", context.tx}})
+    if (!value.empty() && !out.contains(key)) out[key] = std::string(value);
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

@@ -14,6 +14,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "metrics/metrics.hpp"
 #include "smtp/text.hpp"
 
 namespace portcullis::dns {
@@ -408,10 +409,16 @@ std::chrono::milliseconds resolver::timeout() const { return impl_->timeout; }
 
 void resolver::lookup(std::string name, rr_type type, callback done) {
   if (auto known = impl_->memo.get(name, type)) {
+    metrics::count(metrics::family::dns_lookups_total, {to_string(type), to_string(known->what)});
+    metrics::count(metrics::family::dns_memo_answers_total);
     done(std::move(*known));
     return;
   }
-  asio::post(impl_->io, [p = impl_.get(), name = std::move(name), type, done = std::move(done)]() mutable {
+  auto counted = [type, done = std::move(done)](answer a) {
+    metrics::count(metrics::family::dns_lookups_total, {to_string(type), to_string(a.what)});
+    done(std::move(a));
+  };
+  asio::post(impl_->io, [p = impl_.get(), name = std::move(name), type, done = std::move(counted)]() mutable {
     p->start(std::move(name), type, std::move(done));
   });
 }

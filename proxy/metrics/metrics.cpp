@@ -42,6 +42,10 @@ std::vector<family_spec> builtin() {
       {"portcullis_auth_total", "AUTH attempts, by outcome", kind::counter, {"outcome"}, {}},
       {"portcullis_reloads_total", "Configuration reloads (SIGHUP), by outcome", kind::counter, {"outcome"}, {}},
       {"portcullis_sender_checks_total", "SPF, DKIM, DMARC and ARC results", kind::counter, {"check", "result"}, {}},
+      {"portcullis_dns_lookups_total", "DNS lookups (checks, pc.dns, the upstream's name), by type and result",
+       kind::counter, {"type", "result"}, {}},
+      {"portcullis_dns_memo_answers_total", "DNS lookups answered on the asking thread from recent answers",
+       kind::counter, {}, {}},
       {"portcullis_metrics_dropped_total", "Series not counted: the metrics table was full", kind::counter, {}, {}},
   };
 }

@@ -30,6 +30,8 @@ enum class family : std::uint32_t {
   auth_total,                  // outcome
   reloads_total,               // outcome
   sender_checks_total,         // check, result
+  dns_lookups_total,           // type, result
+  dns_memo_answers_total,
   dropped_total,
 };
 

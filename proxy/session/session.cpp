@@ -120,6 +120,8 @@ session::session(tcp::socket socket, tcp::endpoint client, std::string id, sessi
       relay_(gen_->make_upstream, log_, conn_, client_.socket().get_executor()) {
   conn_.id = std::move(id);
   conn_.set_client(client);
+  log_.context().client = conn_.client_literal;
+  log_.context().stage = stage_name(stage_);
 }
 
 session::~session() = default;
@@ -135,6 +137,7 @@ void session::set_stage(stage to) {
   if (to == stage_) return;
   log_.debug("stage {} -> {}", stage_name(stage_), stage_name(to));
   stage_ = to;
+  log_.context().stage = stage_name(to);
 }
 
 void session::queue(const reply& r) { out_ += r.wire(); }
@@ -476,6 +479,7 @@ awaitable<bool> session::read_proxy_header() {
     // decisions, logs, Received and XCLIENT all see it.
     const auto via = conn_.client;
     conn_.set_client(tcp::endpoint(asio::ip::make_address(header.source_ip), header.source_port));
+    log_.context().client = conn_.client_literal;
     log_.info("PROXY v{}: client {}:{} via {}", header.version, conn_.client_literal,
               conn_.client.port(), address_literal(via.address()));
   }
@@ -566,9 +570,11 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   auto v = co_await policy_.on_mail(conn_, tx);
   ++conn_.transactions;
   tx_ = std::move(tx);
+  log_.context().tx = tx_.id;
   apply_rewrites(v);
   if (v.stops()) {
     tx_ = transaction{};
+    log_.context().tx.clear();
     metrics::count(metrics::family::transactions_total, {v.reply.transient() ? "tempfailed" : "rejected"});
     co_return refused_by_policy("MAIL FROM:<" + parsed.value->addr.str() + ">", v);
   }
@@ -582,6 +588,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
     log_.info("MAIL FROM:<{}> refused: {}", printable(tx_.sender.str()), printable(r.summary()));
     metrics::count(metrics::family::transactions_total, {r.transient() ? "tempfailed" : "rejected"});
     tx_ = transaction{};
+    log_.context().tx.clear();
   }
   co_return r;
 }
@@ -907,6 +914,7 @@ awaitable<void> session::reset_transaction() {
   }
   co_await relay_.reset();
   tx_ = transaction{};
+  log_.context().tx.clear();
   if (stage_ == stage::transaction || stage_ == stage::data) set_stage(stage::ready);
   // An idle session keeps no big buffers (the input buffer is given back
   // between commands, in serve(): a command's arguments point into it).

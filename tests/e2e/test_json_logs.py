@@ -55,6 +55,12 @@ def test_every_line_is_a_json_record_with_the_transactions_fields(policy_daemon,
     assert checked["session"] == s["session"]
     assert checked["msg"] == "checking ann@example.test\n2026-12-02T00:00:00.000Z critical forged"
     assert not any(r["level"] == "critical" for r in recs)
+    # Every line of the session says where it stands: its client and stage (and transaction, in one).
+    ours = [r for r in recs if r.get("session") == s["session"] and r is not checked]
+    assert ours and all(r["client"] == "[127.0.0.1]" and r["stage"] for r in ours), ours
+    (connect,) = [r for r in ours if r["msg"].startswith("connect from")]
+    assert connect["stage"] == "connected" and "tx" not in connect
+    assert s["stage"] == "data"
     # Under a supervisor every line says which process wrote it.
     if workers > 1:
         assert all("pid" in r for r in recs if "session" in r), recs

@@ -217,3 +217,29 @@ def test_a_metrics_port_in_use_stops_start_up(portcullis_bin, tmp_path):
         r = subprocess.run([str(portcullis_bin), "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1, r
     assert f"cannot listen on 127.0.0.1:{port} ([metrics] listen)" in r.stderr
+
+
+def test_dns_lookups_are_counted_by_type_and_result(start_daemon, aiosmtpd_upstream):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dns"))
+    from dns_server import DnsServer
+
+    with DnsServer({"upstream.test": [{"A": "127.0.0.1"}]}) as dns:
+        port = free_port()
+        d = start_daemon(aiosmtpd_upstream.url.replace("127.0.0.1", "upstream.test"),
+                         dns={"nameserver": f"127.0.0.1:{dns.port}", "timeout": 1},
+                         metrics={"listen": f"127.0.0.1:{port}"})
+        wait_until(lambda: _answers(port), timeout=10, what="the metrics listener")
+        with d.connect() as c:
+            assert c.transaction("ann@example.test", ["bob@example.test"], b"Subject: x\r\n\r\nbody").code == 250
+        s = scrape(port)
+        assert value(s, "portcullis_dns_lookups_total", type="A", result="ok") >= 1
+        assert dns.queries("upstream.test", "A") >= 1
+        # A name that does not exist: counted as such.
+        d.reload(tables={"upstream": {"url": aiosmtpd_upstream.url.replace("127.0.0.1", "nowhere.test")}})
+        with d.connect() as c:
+            c.exchange("MAIL FROM:<ann@example.test>", 451)
+        s = scrape(port)
+        assert value(s, "portcullis_dns_lookups_total", type="A", result="nxdomain") >= 1
+        assert value(s, "portcullis_upstream_failures_total", kind="unreachable") == 1

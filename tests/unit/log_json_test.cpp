@@ -57,6 +57,23 @@ TEST(LogJson, TransactionSummaryFields) {
   EXPECT_EQ(r["verdict"], "delivered");
 }
 
+TEST(LogJson, TheSessionsContextOnEveryLine) {
+  const json_log_context ctx{"[192.0.2.7]", "transaction", "AD7D247676C2.1"};
+  const auto r = json::parse(
+      json_log_record("2026-12-02T16:30:00.123Z", "info", 0, "AD7D247676C2: RCPT TO:<x@example.test> refused", ctx));
+  EXPECT_EQ(r["client"], "[192.0.2.7]");
+  EXPECT_EQ(r["stage"], "transaction");
+  EXPECT_EQ(r["tx"], "AD7D247676C2.1");
+  // The event's own words win (the summary line says them itself); what is not known is left out.
+  const auto s = json::parse(json_log_record("t", "info", 0, "AD7D247676C2: tx=AD7D247676C2.2 client=[10.0.0.1] size=1",
+                                             {"[192.0.2.7]", "data", ""}));
+  EXPECT_EQ(s["tx"], "AD7D247676C2.2");
+  EXPECT_EQ(s["client"], "[10.0.0.1]");
+  EXPECT_EQ(s["stage"], "data");
+  const auto q = json::parse(json_log_record("t", "info", 0, "AD7D247676C2: connect", {"[192.0.2.7]", "connected", ""}));
+  EXPECT_FALSE(q.contains("tx"));
+}
+
 TEST(LogJson, FieldsStopAtTheFirstWordThatIsNotKeyValue) {
   const auto r = record("0123456789AB: dkim=fail d=example.test s=sel (body hash did not verify) x=1");
   EXPECT_EQ(r["dkim"], "fail");
