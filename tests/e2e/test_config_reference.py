@@ -45,8 +45,8 @@ STORE_PY = REPO_ROOT / "python" / "portcullis" / "store.py"
 # run anyway; they are listed so that giving them one does not silently make
 # the test depend on what the machine allows.)
 SKIP_CHECK_CONFIG = {
-    # Serves HTTP: only a real start-up binds it; the default is "none" anyway.
-    ("metrics", "listen"): "a listener, not checkable by --check-config",
+    # A listener: only a real start-up binds it (--check-config does not); the default is "none" anyway.
+    ("metrics", "listen"): "a listener, not bound by --check-config",
     # Dropping privileges needs root; the default (none) keeps the current user.
     ("server", "user"): "needs the daemon started as root",
 }
@@ -400,3 +400,26 @@ def test_an_unknown_key_is_refused(portcullis_bin, tmp_path, needs, table):
     p = check_config(portcullis_bin, tmp_path / "portcullis.toml", text)
     assert p.returncode == 1, f"{text}\n{p.stdout}{p.stderr}"
     assert f"{table}.no_such_key: unknown key" in p.stderr, p.stderr
+
+
+# The "What needs what" table's errors: a setting without what it needs is refused, naming it.
+NEEDS_ERRORS = {
+    "listen_tls without [tls]": ({"server": {"listen_tls": '["127.0.0.1:2465"]'}}, "server.listen_tls"),
+    "require_tls without [tls]": ({"server": {"require_tls": "true"}}, "server.require_tls"),
+    "require_auth without [auth]": ({"server": {"require_auth": "true"}}, "server.require_auth"),
+    "nothing to listen on": ({"server": {"listen": "[]"}}, "server.listen"),
+    "dmarc without spf and dkim": ({"checks": {"dmarc": "true"}}, "checks.dmarc"),
+    "arc_seal without arc": ({"arc_seal": {"domain": '"example.test"', "selector": '"s1"', "key_file": '"k.pem"'}},
+                             "arc_seal.domain"),
+    "dkim_sign networks alone": ({"dkim_sign": {"networks": "[]"}}, "dkim_sign.networks"),
+    "metrics on an SMTP port": ({"metrics": {"listen": '"127.0.0.1:2525"'}}, "metrics.listen"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEEDS_ERRORS))
+def test_what_a_setting_needs_is_checked(portcullis_bin, tmp_path, needs, case):
+    settings, where = NEEDS_ERRORS[case]
+    text = config_text({"server": needs["server"]}, settings)  # none of the tables' needs: that is the point
+    p = check_config(portcullis_bin, tmp_path / "portcullis.toml", text)
+    assert p.returncode == 1, f"{text}\n{p.stdout}{p.stderr}"
+    assert f": {where}: " in p.stderr, p.stderr
