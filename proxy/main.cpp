@@ -4,6 +4,7 @@
 #include <cstring>
 #include <iostream>
 
+#include "checks/arc_sealer.hpp"
 #include "checks/dkim_signer.hpp"
 #include "config/config.hpp"
 #include "log.hpp"
@@ -77,13 +78,14 @@ int main(int argc, char** argv) {
         if (cfg->upstream.tls_verify) portcullis::tls_client_context upstream_tls(cfg->upstream);
         if (!cfg->auth.users_file.empty()) portcullis::auth::users_file::load(cfg->auth.users_file);
         if (cfg->dkim_sign.enabled) portcullis::checks::dkim_signer signer(cfg->dkim_sign);
+        if (cfg->arc_seal.enabled) portcullis::checks::arc_sealer sealer(cfg->arc_seal, cfg->server.hostname);
       } catch (const portcullis::tls_error& e) {
         std::cerr << e.what() << "\n";
         return 1;
       } catch (const portcullis::auth::users_file_error& e) {
         for (const auto& p : e.problems()) std::cerr << p << "\n";
         return 1;
-      } catch (const std::runtime_error& e) {  // a [dkim_sign] key that cannot be used
+      } catch (const std::runtime_error& e) {  // a [dkim_sign] or [arc_seal] key that cannot be used
         std::cerr << argv[2] << ": " << e.what() << "\n";
         return 1;
       }

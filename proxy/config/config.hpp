@@ -35,7 +35,7 @@ enum class on_error_mode {
 };
 // log.level
 enum class log_level { trace, debug, info, warning, error, critical };
-// log.format ("json" is refused by load_config until it is implemented)
+// log.format: "text" lines, or one JSON object a line (log_json.hpp)
 enum class log_format { text, json };
 
 std::string to_string(starttls_mode m);
@@ -136,7 +136,7 @@ struct checks_config {
   bool dkim = false;  // RFC 6376, before on_data (tx.dkim)
   unsigned dkim_signatures = 5;  // evaluated per message; the others are neutral
   bool dmarc = false;  // RFC 7489, after dkim, before on_data (tx.dmarc); needs spf and dkim
-  bool arc = false;    // RFC 8617: the chain validated before on_data (tx.arc), by dkimpy
+  bool arc = false;    // RFC 8617: the chain validated before on_data (tx.arc) (checks/arc_verifier)
   bool authentication_results = false;  // RFC 8601 header on relayed mail
   unsigned threads = 8;  // run libspf2, DKIM and DMARC, which block on DNS (never an I/O thread)
 };

@@ -236,3 +236,15 @@ def test_sealing_needs_the_chain_checked_and_reported(portcullis_bin, tmp_path, 
     r = subprocess.run([str(portcullis_bin), "--check-config", str(config)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert "arc_seal.domain: needs [checks] arc = true and authentication_results = true" in r.stderr, r.stderr
+
+
+def test_check_config_loads_the_sealing_key(portcullis_bin, tmp_path):
+    config = tmp_path / "portcullis.toml"
+    (tmp_path / "not-a-key.pem").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    config.write_text('[server]\nlisten = ["127.0.0.1:2599"]\nhostname = "mx.test"\n'
+                      '[upstream]\nurl = "smtp://127.0.0.1:2598"\n[checks]\narc = true\nauthentication_results = true\n'
+                      '[dns]\nnameserver = "127.0.0.1:53"\n'
+                      '[arc_seal]\ndomain = "mx.test"\nselector = "seal"\nkey_file = "not-a-key.pem"\n')
+    r = subprocess.run([str(portcullis_bin), "--check-config", str(config)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r
+    assert "arc_seal" in r.stderr and "not-a-key.pem" in r.stderr, r.stderr
