@@ -31,6 +31,7 @@ TEST_PACKAGES=(
   python3-authheaders                         # the reference DMARC evaluation
   postsrsd                                    # SRS made by libsrs2's code: portcullis.srs must agree with it
   redis-server                                # pc.store's Redis backend, shared by two daemons in the tests
+  haproxy                                     # the scale-out recipe's load balancer (PROXY v2; tests/e2e/test_scale_out.py)
 )
 
 BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools

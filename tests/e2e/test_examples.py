@@ -73,3 +73,70 @@ def test_the_inbound_mx_example_relays_through_its_alias_file(portcullis_bin, tm
         c.exchange("RCPT TO:<nobody@example.test>", 550, "5.1.1")
     [env] = aiosmtpd_upstream.wait_messages(1)
     assert env["rcpt_tos"] == ["alice@example.test", "bob@example.test"]
+
+
+def _runnable(config: Path, *files: str) -> dict:
+    """The staged example's tables, made runnable here: every file path absolute, no waiting for
+    greylisting, no DNS checks, no listen address or upstream of its own (the fixtures give them)."""
+    import tomllib
+    tables = tomllib.loads(config.read_text())
+    folder = config.parent
+    tables["policy"]["files"] = [str(folder / f) for f in tables["policy"]["files"]]
+    for table, key in (f.split(".") for f in files):
+        tables[table][key] = str(folder / tables[table][key])
+    tables["greylist"]["delay"] = 0  # (a test does not wait five minutes)
+    tables["checks"] = {}  # (no DNS here)
+    del tables["server"]["listen"], tables["upstream"]
+    return tables
+
+
+def test_the_inbound_mx_example_brings_bounces_of_forwarded_mail_home(portcullis_bin, tmp_path, aiosmtpd_upstream,
+                                                                      start_daemon, monkeypatch):
+    """@example.org forwards to a partner with an SRS sender of fwd.example.test; a bounce to that
+    address passes the relay guard and reaches the original sender; a foreign recipient does not pass."""
+    for name, value in sanitized_python_env().items():
+        monkeypatch.setenv(name, value)
+    tables = _runnable(staged(tmp_path, "inbound-mx"), "aliases.file", "aliases.srs_secret_file",
+                       "header_checks.file")
+    del tables["tls"], tables["dnsbl"]  # (aiosmtpd: no XCLIENT; no DNS for the block lists)
+    tables["policy"]["files"] = [f for f in tables["policy"]["files"] if not f.endswith("dnsbl.py")]
+    d = start_daemon(aiosmtpd_upstream.url, **tables)
+    with d.connect() as c:
+        assert c.transaction("someone@origin.example", ["sales@example.org"], b"Subject: hi\r\n\r\nhello").code == 250
+        [env] = aiosmtpd_upstream.wait_messages(1)
+        assert env["rcpt_tos"] == ["office@partner.example"]
+        srs = env["mail_from"]
+        assert re.fullmatch(r"SRS0=[^=]+=[^=]+=origin\.example=someone@fwd\.example\.test", srs), srs
+        c.exchange("MAIL FROM:<>", 250)
+        c.exchange(f"RCPT TO:<{srs}>", 250)
+        c.exchange("RCPT TO:<victim@foreign.example>", 554, "5.7.1")
+        c.exchange("DATA", 354)
+        c.send(b"Subject: Undelivered Mail\r\n\r\nbounce\r\n.\r\n")
+        assert c.reply().code == 250
+    assert aiosmtpd_upstream.wait_messages(2)[1]["rcpt_tos"] == ["someone@origin.example"]
+
+
+def test_the_forwarding_example_forwards_with_srs_and_relays_nothing_else(portcullis_bin, tmp_path,
+                                                                          aiosmtpd_upstream, start_daemon,
+                                                                          monkeypatch):
+    for name, value in sanitized_python_env().items():
+        monkeypatch.setenv(name, value)
+    tables = _runnable(staged(tmp_path, "forwarding"), "aliases.file", "aliases.srs_secret_file")
+    d = start_daemon(aiosmtpd_upstream.url, **tables)
+    with d.connect() as c:
+        # Its upstream relays for the proxy: what the proxy lets through is relayed.
+        c.exchange("MAIL FROM:<someone@origin.example>", 250)
+        c.exchange("RCPT TO:<victim@foreign.example>", 554, "5.7.1")
+        c.exchange("RCPT TO:<nobody@srs.example.net>", 550, "5.1.1")
+        c.exchange("RSET", 250)
+        r = c.transaction("someone@origin.example", ["carol@example.net", "anyone@example.net"],
+                          b"Subject: hi\r\n\r\nhello")
+        assert r.code == 250
+        [env] = aiosmtpd_upstream.wait_messages(1)
+        assert sorted(env["rcpt_tos"]) == ["carol.smith@mailbox.example", "postmaster@mailbox.example"]
+        srs = env["mail_from"]
+        assert re.fullmatch(r"SRS0=[^=]+=[^=]+=origin\.example=someone@srs\.example\.net", srs), srs
+        # The bounce comes home.
+        r = c.transaction("", [srs], b"Subject: Undelivered Mail\r\n\r\nbounce")
+        assert r.code == 250
+    assert aiosmtpd_upstream.wait_messages(2)[1]["rcpt_tos"] == ["someone@origin.example"]
