@@ -117,7 +117,7 @@ def test_the_counters_match_the_traffic_whichever_worker_answers(policy_daemon, 
     connections = delivered + 1
     # The last session's counts land as it ends; each scrape may be another worker's answer.
     wait_until(lambda: value(scrape(d.metrics_port), "portcullis_transactions_total", outcome="tempfailed") == 2,
-               what="the last transaction to be counted")
+               timeout=30, what="the last transaction to be counted")
     for _ in range(4 * workers):
         s = scrape(d.metrics_port)
         assert value(s, "portcullis_connections_total") == connections
@@ -158,8 +158,9 @@ def test_the_counters_match_the_traffic_whichever_worker_answers(policy_daemon, 
                        ("portcullis_upstream_duration_seconds", "histogram")]:
         assert f"# TYPE {name} {kind}\n" in text
     # A reload is counted once for the daemon, however many workers reload.
-    d.reload()
-    wait_until(lambda: value(scrape(d.metrics_port), "portcullis_reloads_total", outcome="ok") == 1, what="the reload")
+    d.signal(signal.SIGHUP)  # (the supervisor's check of the config is slow under ASan: waited for below)
+    wait_until(lambda: value(scrape(d.metrics_port), "portcullis_reloads_total", outcome="ok") == 1, timeout=30,
+               what="the reload")
     assert d.stop() == 0
 
 
