@@ -155,19 +155,25 @@ def test_cmake_install_tree_runs_with_its_own_python_package(build_dir, portcull
     finally:
         stop_all([d])
 
-    # Plain Python (a policy's unit tests) imports the installed package and extension module.
-    r = subprocess.run(["/usr/bin/python3", "-c", "import portcullis, _portcullis_core; "
-                        "print(portcullis.__file__); print(_portcullis_core.__file__)"],
-                       env={**os.environ, "PYTHONPATH": str(pydir), "PYTHONDONTWRITEBYTECODE": "1"},
-                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert all(line.startswith(str(pydir)) for line in r.stdout.split()), r.stdout
+    # Plain Python (a policy's unit tests) imports the installed package and extension module
+    # (not a sanitized build's: that module needs the ASan runtime loaded first).
+    if not os.environ.get("PORTCULLIS_SANITIZED"):
+        plain_python_imports_the_installed_folder(pydir, tmp_path)
 
     # Installing again keeps the operator's config.
     config.write_text(config.read_text() + "# edited\n")
     subprocess.run(["cmake", "--install", str(build_dir), "--prefix", str(stage)], check=True, capture_output=True,
                    timeout=120)
     assert config.read_text().endswith("# edited\n")
+
+
+def plain_python_imports_the_installed_folder(pydir: Path, cwd: Path) -> None:
+    r = subprocess.run(["/usr/bin/python3", "-c", "import portcullis, _portcullis_core; "
+                        "print(portcullis.__file__); print(_portcullis_core.__file__)"],
+                       env={**os.environ, "PYTHONPATH": str(pydir), "PYTHONDONTWRITEBYTECODE": "1"},
+                       cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert all(line.startswith(str(pydir)) for line in r.stdout.split()), r.stdout
 
 
 # --------------------------------------------------------------------------
@@ -238,7 +244,7 @@ def test_debian_package_unpacks_and_runs(build_dir, tmp_path, clean_env, aiosmtp
     def adjusted(port: int) -> str:
         out = re.sub(r'(?m)^listen = \[.*\]$', f'listen = ["127.0.0.1:{port}"]', text, count=1)
         out = re.sub(r'(?m)^url = ".*"$', f'url = "{aiosmtpd_upstream.url}"', out, count=1)
-        assert out.count(str(port)) == 1 and aiosmtpd_upstream.url in out
+        assert f'listen = ["127.0.0.1:{port}"]' in out and f'url = "{aiosmtpd_upstream.url}"' in out
         if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", socket.gethostname()):
             out = out.replace("[server]\n", '[server]\nhostname = "mx.test"\n', 1)  # (a machine named oddly)
         return out
