@@ -45,11 +45,9 @@ def man_keys(page) -> dict[tuple[str, str], int]:
     table = None
     lines = page.read_text().splitlines()
     for n, line in enumerate(lines, 1):
-        if line.startswith(".SH"):
-            table = None
-        m = re.fullmatch(r'\.SS\s+"?\[([a-z_]+)\]"?\s*', line)
-        if m:
-            table = m.group(1)
+        if line.startswith((".SH", ".SS")):
+            m = re.fullmatch(r'\.SS\s+"?\[([a-z_]+)\]"?\s*', line)
+            table = m.group(1) if m else None
             continue
         if table and line.strip() == ".TP" and n < len(lines):
             tag = re.match(r"\\fB([a-z_]+)\\fP", lines[n])  # the line after .TP
