@@ -23,6 +23,7 @@ TEST_PACKAGES=(
   clang libclang-rt-14-dev                # libFuzzer, ASan/UBSan
   openssl                                 # test certificates
   python3-pytest python3-pytest-xdist     # the end-to-end tests run in parallel (pytest -n)
+  groff-base man-db                       # the man pages render without warnings (tests/e2e/test_man_pages.py)
   python3-aiosmtpd swaks libnet-ssleay-perl   # swaks --tls needs Net::SSLeay
   postfix                                 # smtp-source/smtp-sink; a real upstream
   python3-dnslib python3-yaml             # the test DNS server (tests/dns) and the RFC 7208 suite's YAML
@@ -35,10 +36,12 @@ TEST_PACKAGES=(
 )
 
 BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools
+PACKAGE_PACKAGES=(dpkg-dev file)   # CPack's DEB generator: dpkg-shlibdeps (and file) find the Depends
 
 want=("${BUILD_PACKAGES[@]}")
 case "${1:-}" in
-  --test) want+=("${TEST_PACKAGES[@]}") ;;
+  --test) want+=("${TEST_PACKAGES[@]}" "${PACKAGE_PACKAGES[@]}") ;;   # tests/e2e/test_install.py builds a package
+  --package) want+=("${PACKAGE_PACKAGES[@]}") ;;
   --bench) want+=("${BENCH_PACKAGES[@]}") ;;
 esac
 

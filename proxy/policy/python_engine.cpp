@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <set>
@@ -453,8 +454,22 @@ spdlog::level::level_enum level_from_python(int level) {
   return spdlog::level::debug;
 }
 
+// Where the `portcullis` package is: PORTCULLIS_PYTHON_PATH when set; else
+// an installed daemon's private folder, found from the executable itself
+// (PORTCULLIS_INSTALLED_PYTHON_DIR is that folder relative to the sbin
+// folder, e.g. ../lib/x86_64-linux-gnu/portcullis/python), so that an install
+// under any prefix or staging root works with no environment; else, in a
+// build tree (build/portcullis, where that folder does not exist), the
+// source tree's python/. The daemon's own _portcullis_core is built in, so
+// the extension module installed beside the package is only for plain Python.
 std::string python_dir() {
   if (const char* env = std::getenv("PORTCULLIS_PYTHON_PATH")) return env;
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const auto installed = (exe.parent_path() / PORTCULLIS_INSTALLED_PYTHON_DIR).lexically_normal();
+    if (std::filesystem::is_regular_file(installed / "portcullis" / "__init__.py", ec)) return installed.string();
+  }
   return PORTCULLIS_PYTHON_DIR;
 }
 
