@@ -1,8 +1,13 @@
 // portcullis: the SMTP policy proxy daemon (see CONTRACT.md, "Command line").
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include "checks/arc_sealer.hpp"
 #include "checks/dkim_signer.hpp"
@@ -12,6 +17,7 @@
 #include "auth/users_file.hpp"
 #include "net/tls_context.hpp"
 #include "policy/python_engine.hpp"
+#include "server/privileges.hpp"
 #include "server/server.hpp"
 #include "server/supervisor.hpp"
 #include "session/client_table.hpp"
@@ -49,6 +55,33 @@ spdlog::level::level_enum spdlog_level(portcullis::log_level l) {
   return spdlog::level::info;
 }
 
+// server.user, looked up (the config check did too, but the database may
+// have changed since); nullopt without it, or when it is root (nothing to
+// drop). Throws when it cannot be used.
+std::optional<portcullis::run_as> user_to_run_as(const portcullis::config& cfg) {
+  if (cfg.server.user.empty()) return std::nullopt;
+  auto user = portcullis::lookup_user(cfg.server.user);
+  if (!user) throw std::runtime_error("server.user: \"" + cfg.server.user + "\": no such user");
+  if (user->uid == 0 && geteuid() == 0) return std::nullopt;
+  if (geteuid() != 0)
+    throw std::runtime_error(fmt::format("server.user = \"{}\" needs the daemon started as root (it runs as uid {}); "
+                                         "start it as root, or remove server.user",
+                                         user->name, geteuid()));
+  return user;
+}
+
+// Run as `user`: what a reload reads again must stay readable, where
+// messages spill must be writable (the rest is read at start as that user anyway).
+void check_access_as(const portcullis::run_as& user, const portcullis::config& cfg) {
+  const auto refuse = [&](const char* verb, const std::filesystem::path& p, const char* why) {
+    throw std::runtime_error(
+        fmt::format("user {} cannot {} {} ({}); {}", user.name, verb, p.string(), std::strerror(errno), why));
+  };
+  if (access(cfg.file.c_str(), R_OK) != 0) refuse("read", cfg.file, "a SIGHUP reload reads it again");
+  if (!cfg.server.message_spill_dir.empty() && access(cfg.server.message_spill_dir.c_str(), W_OK | X_OK) != 0)
+    refuse("write to", cfg.server.message_spill_dir, "server.message_spill_dir holds large messages");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -74,6 +107,13 @@ int main(int argc, char** argv) {
   if (check_only) {
     {
       try {
+        // Root with server.user: checked as that user, who will read these files.
+        if (geteuid() == 0) {
+          if (const auto user = user_to_run_as(*cfg)) {
+            portcullis::become_user(*user, false);
+            check_access_as(*user, *cfg);
+          }
+        }
         if (cfg->tls.enabled) portcullis::tls_server_context tls(cfg->tls);
         if (cfg->upstream.tls_verify) portcullis::tls_client_context upstream_tls(cfg->upstream);
         if (!cfg->auth.users_file.empty()) portcullis::auth::users_file::load(cfg->auth.users_file);
@@ -85,7 +125,7 @@ int main(int argc, char** argv) {
       } catch (const portcullis::auth::users_file_error& e) {
         for (const auto& p : e.problems()) std::cerr << p << "\n";
         return 1;
-      } catch (const std::runtime_error& e) {  // a [dkim_sign] or [arc_seal] key that cannot be used
+      } catch (const std::runtime_error& e) {  // a [dkim_sign] or [arc_seal] key that cannot be used, server.user
         std::cerr << argv[2] << ": " << e.what() << "\n";
         return 1;
       }
@@ -109,9 +149,24 @@ int main(int argc, char** argv) {
   const unsigned workers = portcullis::worker_count(cfg->server);
   spdlog::info("portcullis {} starting as {}{}", PORTCULLIS_VERSION, cfg->server.hostname,
                workers > 1 ? fmt::format(" with {} workers", workers) : std::string());
-  const auto serve = [](std::shared_ptr<const portcullis::config> c, portcullis::client_table& clients, unsigned worker) {
+  // Bound, then (with server.user) that user, and then no capability left:
+  // only then do the interpreter, the policies and every file they read start.
+  const auto serve = [](std::shared_ptr<const portcullis::config> c, portcullis::client_table& clients, unsigned worker,
+                        const std::optional<portcullis::run_as>& user) {
+    std::vector<portcullis::bound_listener> listeners;
     try {
-      portcullis::server daemon(std::move(c), clients, worker);
+      listeners = portcullis::bind_listeners(*c, clients.workers() > 1);
+    } catch (const std::exception& e) {
+      spdlog::critical("{}", e.what());
+      return 1;
+    }
+    try {
+      if (user) {
+        portcullis::become_user(*user, false);
+        check_access_as(*user, *c);
+      }
+      portcullis::drop_capabilities();
+      portcullis::server daemon(std::move(c), clients, worker, std::move(listeners));
       return daemon.run();
     } catch (const std::exception& e) {
       spdlog::critical("cannot start: {}", e.what());
@@ -119,17 +174,28 @@ int main(int argc, char** argv) {
     }
   };
   try {
+    const auto user = user_to_run_as(*cfg);
+    if (!user && geteuid() == 0 && !cfg->policy.files.empty())
+      spdlog::warn("policies run as root; set server.user");
     // Before any fork: every worker inherits these shared mappings.
     portcullis::client_table clients(workers);
     portcullis::make_process_kv(cfg->store.memory_entries);  // pc.store's memory backend
     portcullis::metrics::make_process_metrics();             // one scrape sums every worker
     // One process, as before: no supervisor.
-    if (workers == 1) return serve(std::move(cfg), clients, 0);
+    if (workers == 1) return serve(std::move(cfg), clients, 0, user);
+    // The supervisor becomes the user before it forks, keeping only the
+    // right to bind a port below 1024: every worker (a restarted one too)
+    // binds its own SO_REUSEPORT sockets, then drops even that
+    // (privileges.hpp). Root is held by no process that outlives start-up.
+    if (user) {
+      portcullis::become_user(*user, true);
+      check_access_as(*user, *cfg);
+    }
     // Forked before any thread or the interpreter starts (supervisor.hpp).
     portcullis::supervisor parent(std::move(cfg), clients,
                                   [&](unsigned worker, std::shared_ptr<const portcullis::config> c) {
                                     portcullis::log_as_worker();
-                                    return serve(std::move(c), clients, worker);
+                                    return serve(std::move(c), clients, worker, std::nullopt);
                                   });
     return parent.run();
   } catch (const std::exception& e) {

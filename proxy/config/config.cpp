@@ -1,6 +1,7 @@
 #include "config/config.hpp"
 
 #include <arpa/inet.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include <array>
@@ -298,6 +299,13 @@ bool is_ip_endpoint(const std::string& s, std::string* canonical = nullptr) {
 
 // ---------------------------------------------------------------------------
 
+// In the passwd database (files, or whatever nsswitch.conf names).
+bool user_exists(const std::string& name) {
+  passwd pw{}, *found = nullptr;
+  std::vector<char> buf(16384);
+  return getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found) == 0 && found != nullptr;
+}
+
 // Walks one TOML table: typed getters record problems as
 // "FILE:LINE: table.key: what is wrong" and remember which keys were read, so
 // whatever is left is an unknown key.
@@ -493,9 +501,12 @@ void read_server(table_reader& t, server_config& s, const std::filesystem::path&
       t.problem_at("message_spill_dir", as_shown(s.message_spill_dir.string()) + " is not a directory");
   }
   t.get_count("workers", s.workers, 0, max_config_workers);
-  // CONTRACT keys this version does not implement.
-  std::string user;
-  if (t.get("user", user)) t.not_implemented("user", "does not drop privileges; start it as the user it should run as");
+  // Looked up here, so that --check-config and a reload report an unknown
+  // user too; start-up looks it up again when it drops to it (privileges.hpp).
+  if (t.get("user", s.user)) {
+    if (s.user.empty()) t.problem_at("user", "empty (remove it to keep the user the daemon was started as)");
+    else if (!user_exists(s.user)) t.problem_at("user", as_shown(s.user) + ": no such user");
+  }
 }
 
 void read_upstream(table_reader& t, upstream_config& u, const std::filesystem::path& base) {

@@ -70,6 +70,8 @@ struct server_config {
   std::size_t message_memory_threshold = 256 * 1024;     // 4 KiB mail stays in memory; big mail costs no RSS
   std::size_t message_memory_budget = 64 * 1024 * 1024;  // 256 sessions mid-DATA at the threshold
   std::filesystem::path message_spill_dir;               // empty: the system's temporary directory
+  // Run as this user once the listeners are bound (server/privileges.hpp); empty: as started.
+  std::string user;
 };
 
 struct upstream_config {

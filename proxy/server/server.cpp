@@ -1,6 +1,7 @@
 #include "server/server.hpp"
 
 #include <fmt/ranges.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
@@ -55,13 +56,43 @@ std::shared_ptr<tls_client_context> make_upstream_tls(const config& cfg) {
 
 }  // namespace
 
-server::server(std::shared_ptr<const config> cfg, client_table& clients, unsigned worker)
+bound_listener::~bound_listener() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+std::vector<bound_listener> bind_listeners(const config& cfg, bool reuse_port) {
+  std::vector<bound_listener> out;
+  asio::io_context scratch;  // only to open the sockets: the server's own context adopts them
+  for (const bool implicit_tls : {false, true}) {
+    for (const auto& l : implicit_tls ? cfg.server.listen_tls : cfg.server.listen) {
+      try {
+        tcp::acceptor a(scratch);
+        const auto ep = parse_endpoint(l);
+        a.open(ep.protocol());
+        a.set_option(tcp::acceptor::reuse_address(true));
+        // Every worker listens on its own socket; the kernel spreads new
+        // connections over them by a hash of the addresses (README "Workers").
+        if (reuse_port) a.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
+        a.bind(ep);
+        out.emplace_back(a.release(), ep.protocol(), l, implicit_tls);
+      } catch (const boost::system::system_error& e) {
+        throw std::runtime_error(fmt::format("cannot listen on {}: {}", l, e.code().message()));
+      }
+    }
+  }
+  return out;
+}
+
+server::server(std::shared_ptr<const config> cfg, client_table& clients, unsigned worker,
+               std::vector<bound_listener> listeners)
     : clients_(clients),
       worker_(worker),
       upstream_pool_(std::make_shared<upstream_pool>(io_)),
       engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
       env_(nullptr),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {
+  for (auto& l : listeners)
+    listeners_.push_back({tcp::acceptor(io_, l.protocol(), l.release()), l.address(), l.implicit_tls()});
   env_.failed_logins().share(clients_);
   auto g = make_generation(cfg);
   g->pol = make_policy(*cfg, engine_ ? engine_->first_generation() : 0);
@@ -187,25 +218,14 @@ std::string server::next_session_id() {
 
 int server::run() {
   const auto cfg = env_.current()->cfg;
-  for (const bool implicit_tls : {false, true}) {
-    for (const auto& l : implicit_tls ? cfg->server.listen_tls : cfg->server.listen) {
-      try {
-        tcp::acceptor a(io_);
-        const auto ep = parse_endpoint(l);
-        a.open(ep.protocol());
-        a.set_option(tcp::acceptor::reuse_address(true));
-        // Every worker listens on its own socket; the kernel spreads new
-        // connections over them by a hash of the addresses (README "Workers").
-        if (clients_.workers() > 1) a.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
-        a.bind(ep);
-        a.listen(asio::socket_base::max_listen_connections);
-        listeners_.push_back({std::move(a), implicit_tls});
-        spdlog::info("listening on {}{}", l, implicit_tls ? " (implicit TLS)" : cfg->tls.enabled ? " (STARTTLS)" : "");
-      } catch (const boost::system::system_error& e) {
-        spdlog::critical("cannot listen on {}: {}", l, e.code().message());
-        return 1;
-      }
+  for (auto& l : listeners_) {
+    boost::system::error_code ec;
+    l.acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      spdlog::critical("cannot listen on {}: {}", l.address, ec.message());
+      return 1;
     }
+    spdlog::info("listening on {}{}", l.address, l.implicit_tls ? " (implicit TLS)" : cfg->tls.enabled ? " (STARTTLS)" : "");
   }
   if (!cfg->metrics.listen.empty()) {
     try {
@@ -411,6 +431,7 @@ void server::reload() {
     spdlog::warn("reload: listen addresses changed; they take effect on restart");
   if (fresh->metrics.listen != old->metrics.listen)
     spdlog::warn("reload: [metrics] listen changed; that takes effect on restart");
+  if (fresh->server.user != old->server.user) spdlog::warn("reload: server.user changed; that takes effect on restart");
   auto swap_in = [this, fresh, next, counted](policy_generation loaded) {
     counted("ok");
     next->pol = make_policy(*fresh, loaded);

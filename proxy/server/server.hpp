@@ -6,6 +6,8 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "asio.hpp"
 #include "session/environment.hpp"
@@ -26,12 +28,40 @@ class client_table;
 class metrics_listener;
 struct http_answer;
 
+// A socket bound before the server that listens on it exists: before the
+// daemon drops to server.user (port 25 needs root or CAP_NET_BIND_SERVICE).
+// It listens only once the server is ready to serve (server::run), so that
+// a connection is never queued to a daemon still loading its policies.
+class bound_listener {
+ public:
+  bound_listener(int fd, tcp protocol, std::string address, bool implicit_tls)
+      : fd_(fd), protocol_(protocol), address_(std::move(address)), implicit_tls_(implicit_tls) {}
+  bound_listener(bound_listener&& o) noexcept
+      : fd_(std::exchange(o.fd_, -1)), protocol_(o.protocol_), address_(std::move(o.address_)), implicit_tls_(o.implicit_tls_) {}
+  bound_listener& operator=(bound_listener&&) = delete;
+  ~bound_listener();
+  tcp protocol() const { return protocol_; }
+  const std::string& address() const { return address_; }
+  bool implicit_tls() const { return implicit_tls_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+  tcp protocol_;
+  std::string address_;  // as configured
+  bool implicit_tls_;
+};
+
+// Binds every listen and listen_tls address of `cfg`, with SO_REUSEPORT
+// when several workers each bind their own. Throws
+// std::runtime_error("cannot listen on ADDRESS: why").
+std::vector<bound_listener> bind_listeners(const config& cfg, bool reuse_port);
+
 class server {
  public:
-  // Worker `worker` of clients.workers(): the counts per client address live
-  // in `clients` (shared by every worker process); with more than one worker
-  // each opens its listening sockets with SO_REUSEPORT.
-  server(std::shared_ptr<const config> cfg, client_table& clients, unsigned worker);
+  // Worker `worker` of clients.workers(), serving `listeners`: the counts per
+  // client address live in `clients` (shared by every worker process).
+  server(std::shared_ptr<const config> cfg, client_table& clients, unsigned worker, std::vector<bound_listener> listeners);
   ~server();
   // Listens and serves until SIGTERM/SIGINT and the drain are over. Returns the exit code.
   int run();
@@ -76,6 +106,7 @@ class server {
   session_environment env_;
   struct listener {
     tcp::acceptor acceptor;
+    std::string address;
     bool implicit_tls;
   };
   std::vector<listener> listeners_;

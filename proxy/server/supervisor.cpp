@@ -15,6 +15,7 @@
 
 #include "log.hpp"
 #include "metrics/metrics.hpp"
+#include "server/privileges.hpp"
 
 extern char** environ;
 
@@ -117,6 +118,8 @@ int supervisor::run() {
   // Blocked here and taken with sigtimedwait; each worker gets the old mask
   // back and installs its own handlers (Asio's signal_set).
   sigprocmask(SIG_BLOCK, &handled_, &before_);
+  // A --check-config child then imports the policies with no capability at all.
+  keep_capabilities_from_children();
   spdlog::info("supervisor {}: starting {} workers", getpid(), workers_.size());
   for (unsigned w = 0; w < workers_.size(); ++w) start(w);
   while (!(stopping_ && running() == 0)) {
@@ -242,6 +245,7 @@ void supervisor::reload() {
   }
   if (worker_count(fresh->server) != workers_.size())
     spdlog::warn("reload: server.workers changed; that takes effect on restart");
+  if (fresh->server.user != cfg_->server.user) spdlog::warn("reload: server.user changed; that takes effect on restart");
   cfg_ = fresh;  // for the workers started from now on
   for (const auto& w : workers_)
     if (w.pid) kill(w.pid, SIGHUP);

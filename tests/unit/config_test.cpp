@@ -584,8 +584,9 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
        "2: metrics.listen: \"localhost:9325\" is not IP:PORT (want 192.0.2.1:25 or [2001:db8::1]:25, port 1-65535; names are not resolved)"},
       {"[server]\nlisten = [\"127.0.0.1:2525\"]\n[metrics]\nlisten = \"127.0.0.1:2525\"\n",
        "4: metrics.listen: \"127.0.0.1:2525\" is an SMTP listener too"},
-      {"[server]\nuser = \"nobody\"\n",
-       "2: server.user: this version does not drop privileges; start it as the user it should run as"},
+      // Looked up when the file is read, so that --check-config and a reload report it.
+      {"[server]\nuser = \"no-such-user-portcullis\"\n", "2: server.user: \"no-such-user-portcullis\": no such user"},
+      {"[server]\nuser = \"\"\n", "2: server.user: empty (remove it to keep the user the daemon was started as)"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.toml);
@@ -628,6 +629,8 @@ TEST_F(ConfigTest, ValuesThatPass) {
       "[server]\nworkers = 1\n",
       "[server]\nworkers = 0\n",
       "[server]\nworkers = 256\n",
+      "[server]\nuser = \"nobody\"\n",
+      "[server]\nuser = \"root\"\n",
       "[log]\nlevel = \"warning\"\nformat = \"text\"\n",
       "[dkim_sign]\n[store]\n[metrics]\n",
   };

@@ -1,0 +1,252 @@
+"""server.user: started as root, the daemon binds (a port below 1024 too),
+then runs as that user before any policy loads; with workers, the
+supervisor keeps only CAP_NET_BIND_SERVICE so that a restarted worker binds
+again, and each worker drops even that. Needs root (skipped otherwise)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import Daemon, free_port, render_toml, stop_all, wait_until
+from smtp_client import RawClient
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to server.user needs root")
+
+NOBODY = pwd.getpwnam("nobody")
+CAP_NET_BIND_SERVICE = 1 << 10
+
+# The policy reports who it runs as: in a reply (RCPT to whoami@) and in a header of relayed mail.
+POLICY = """
+import os
+import portcullis as pc
+
+TAG = "{tag}"
+
+def whoami():
+    try:
+        os.setuid(0)
+        regained = "yes"
+    except PermissionError:
+        regained = "no"
+    return f"uid={{os.getuid()}} euid={{os.geteuid()}} gid={{os.getgid()}} groups={{sorted(os.getgroups())}} root-again={{regained}}"
+
+def on_rcpt(tx, rcpt):
+    if rcpt.local == "whoami":
+        return pc.reject(whoami(), code=550)
+
+def on_data(tx, message):
+    message.add_header("X-Tag", TAG)
+    message.add_header("X-Policy-User", whoami())
+"""
+
+WANT_WHO = (f"uid={NOBODY.pw_uid} euid={NOBODY.pw_uid} gid={NOBODY.pw_gid} groups={sorted({NOBODY.pw_gid})} "
+            f"root-again=no")
+
+
+def low_port() -> int:
+    """A free port below 1024 (only root or CAP_NET_BIND_SERVICE may bind it)."""
+    for port in range(900 + os.getpid() % 100, 1024):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def assert_runs_as_nobody(pid: int, capabilities: int) -> None:
+    st = proc_status(pid)
+    assert st["Uid"].split() == [str(NOBODY.pw_uid)] * 4, st["Uid"]
+    assert st["Gid"].split() == [str(NOBODY.pw_gid)] * 4, st["Gid"]
+    assert st["Groups"].split() == [str(NOBODY.pw_gid)], st["Groups"]
+    assert int(st["CapEff"], 16) == capabilities, st["CapEff"]
+    assert int(st["CapPrm"], 16) == capabilities, st["CapPrm"]
+    assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
+
+
+def children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+@pytest.fixture
+def workdir():
+    """A folder nobody can read: pytest's tmp_path (under /tmp/pytest-of-root, mode 0700) is not."""
+    d = Path(tempfile.mkdtemp(prefix="portcullis-user-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def user_daemon(portcullis_bin, workdir):
+    """user_daemon(upstream_url, workers, **tables) -> Daemon running POLICY as nobody."""
+    daemons: list[Daemon] = []
+
+    def start(upstream_url: str, workers: int, also_listen: int, tag: str = "one") -> Daemon:
+        wd = workdir / f"daemon{len(daemons)}"
+        wd.mkdir()
+        wd.chmod(0o755)
+        policy = wd / "who.py"
+        policy.write_text(textwrap.dedent(POLICY.format(tag=tag)))
+        d = Daemon(portcullis_bin, wd, upstream_url,
+                   {"server": {"user": "nobody", "workers": workers}, "policy": {"files": [str(policy)]}}, None)
+        d.tables["server"]["listen"].append(f"127.0.0.1:{also_listen}")
+        d.write_config()
+        d.policy = policy
+        daemons.append(d)
+        return d.start()
+
+    yield start
+    stop_all(daemons)
+
+
+def relay_one(port: int, subject: str) -> None:
+    with RawClient("127.0.0.1", port) as c:
+        c.expect(220)
+        c.cmd("EHLO client.test")
+        c.expect(250)
+        r = c.transaction("a@example.test", ["b@example.test"], f"Subject: {subject}\r\n\r\nbody".encode())
+        assert r.code == 250, r
+
+
+def whoami(port: int) -> str:
+    with RawClient("127.0.0.1", port) as c:
+        c.expect(220)
+        c.cmd("EHLO client.test")
+        c.expect(250)
+        c.exchange("MAIL FROM:<a@example.test>", 250)
+        c.cmd("RCPT TO:<whoami@example.test>")
+        r = c.reply()
+        assert r.code == 550, r
+        return r.text
+
+
+def header(content: bytes, name: str) -> str:
+    m = re.search(rb"^" + name.encode() + rb": ([^\r\n]*)\r\n", content, re.M)
+    assert m, content[:400]
+    return m.group(1).decode()
+
+
+def test_one_process_binds_a_low_port_then_runs_policies_as_the_user(user_daemon, aiosmtpd_upstream):
+    low = low_port()
+    d = user_daemon(aiosmtpd_upstream.url, 1, low)
+    assert_runs_as_nobody(d.pid, 0)
+    assert "policies run as root" not in d.log_text()
+    assert whoami(low) == WANT_WHO
+    relay_one(low, "as nobody")
+    envs = aiosmtpd_upstream.wait_messages(1)
+    assert len(envs) == 1, [(e["rcpt_tos"], e["content"][:300]) for e in envs]
+    [env] = envs
+    assert header(env["content"], "X-Policy-User") == WANT_WHO
+    assert header(env["content"], "X-Tag") == "one"
+    # A reload, as nobody: the config and the policy read again.
+    d.policy.write_text(textwrap.dedent(POLICY.format(tag="two")))
+    d.reload()
+    relay_one(low, "after the reload")
+    env = aiosmtpd_upstream.wait_messages(2)[1]
+    assert header(env["content"], "X-Tag") == "two"
+    assert header(env["content"], "X-Policy-User") == WANT_WHO
+    assert_runs_as_nobody(d.pid, 0)
+
+
+def test_workers_the_supervisor_keeps_only_the_bind_capability(user_daemon, aiosmtpd_upstream):
+    low = low_port()
+    d = user_daemon(aiosmtpd_upstream.url, 2, low)
+    d.wait_log(rf"\] info listening on 127\.0\.0\.1:{low}$", count=2)
+    workers = children(d.pid)
+    assert len(workers) == 2
+    assert_runs_as_nobody(d.pid, CAP_NET_BIND_SERVICE)
+    for pid in workers:
+        assert_runs_as_nobody(pid, 0)
+    assert whoami(low) == WANT_WHO
+    # A reload: the supervisor (as nobody) checks the config and every worker reloads.
+    d.policy.write_text(textwrap.dedent(POLICY.format(tag="two")))
+    d.reload()
+    d.wait_log(r"reload: .* reloaded; new sessions use it", count=2)
+    relay_one(low, "after the reload")
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    assert header(env["content"], "X-Tag") == "two"
+    assert header(env["content"], "X-Policy-User") == WANT_WHO
+    # A worker killed: the one started in its place binds the low port again (with the supervisor's capability).
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    d.wait_log(rf"supervisor: worker \d \(process {victim}\) killed by signal 9")
+    again = wait_until(lambda: len(children(d.pid)) == 2 and children(d.pid) != workers and children(d.pid),
+                       timeout=10, what="the restarted worker")
+    [new] = again - workers
+    d.wait_log(rf"\[{new}\] info listening on 127\.0\.0\.1:{low}$")
+    assert "cannot listen" not in d.log_text()
+    assert_runs_as_nobody(new, 0)
+    for _ in range(6):  # whichever worker the kernel picks
+        assert whoami(low) == WANT_WHO
+
+
+def test_unknown_user_fails_start_and_check_config(portcullis_bin, tmp_path):
+    cfg = tmp_path / "unknown.toml"
+    cfg.write_text(render_toml({"server": {"hostname": "mx.test", "listen": ["127.0.0.1:1"], "user": "no-such-user-pc"},
+                                "upstream": {"url": "smtp://127.0.0.1:25"}}))
+    want = f'{cfg}:4: server.user: "no-such-user-pc": no such user'
+    for flag in ("--config", "--check-config"):
+        p = subprocess.run([str(portcullis_bin), flag, str(cfg)], capture_output=True, text=True, timeout=20)
+        assert p.returncode == 1, p
+        assert want in p.stderr, p.stderr
+
+
+def test_user_set_but_not_started_as_root_fails_to_start(portcullis_bin, workdir):
+    cfg = workdir / "portcullis.toml"
+    cfg.write_text(render_toml({"server": {"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"],
+                                           "user": "nobody", "workers": 1},
+                                "upstream": {"url": "smtp://127.0.0.1:25"}}))
+    cfg.chmod(0o644)
+
+    def as_nobody():
+        os.setgroups([])
+        os.setgid(NOBODY.pw_gid)
+        os.setuid(NOBODY.pw_uid)
+
+    p = subprocess.run([str(portcullis_bin), "--config", str(cfg)], capture_output=True, text=True, timeout=20,
+                       preexec_fn=as_nobody)
+    assert p.returncode == 1, p
+    assert (f'critical cannot start: server.user = "nobody" needs the daemon started as root (it runs as uid '
+            f'{NOBODY.pw_uid}); start it as root, or remove server.user') in p.stderr, p.stderr
+    # --check-config as any user: it checks the file, it drops nothing.
+    p = subprocess.run([str(portcullis_bin), "--check-config", str(cfg)], capture_output=True, text=True, timeout=20,
+                       preexec_fn=as_nobody)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_files_the_user_cannot_read_fail_start_and_check_config(portcullis_bin, tmp_path):
+    """tmp_path is root's alone (0700): run as nobody, a reload could not read the config again."""
+    cfg = tmp_path / "private.toml"
+    cfg.write_text(render_toml({"server": {"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"],
+                                           "user": "nobody", "workers": 1},
+                                "upstream": {"url": "smtp://127.0.0.1:25"}}))
+    for flag in ("--config", "--check-config"):
+        p = subprocess.run([str(portcullis_bin), flag, str(cfg)], capture_output=True, text=True, timeout=20)
+        assert p.returncode == 1, p
+        assert f"user nobody cannot read {cfg} (Permission denied); a SIGHUP reload reads it again" in p.stderr, \
+            p.stderr
+
+
+def test_policies_as_root_are_warned_about_once(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, "def on_helo(conn, hostname):\n    return None\n")
+    d.wait_log(r"listening on")
+    assert len(re.findall(r"warning policies run as root; set server\.user$", d.log_text(), re.M)) == 1
