@@ -22,6 +22,7 @@
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
 #include "server/metrics_listener.hpp"
+#include "server/service_notifier.hpp"
 #include "session/client_table.hpp"
 #include "session/session.hpp"
 #include "upstream/upstream_pool.hpp"
@@ -34,6 +35,13 @@ constexpr std::chrono::seconds refusal_timeout{5};  // writing a 421 to a client
 constexpr std::chrono::milliseconds drain_poll{50};
 // For I/O threads still in a plain hook once the context stopped (the policy engine gives its threads as long).
 constexpr std::chrono::seconds io_thread_grace{5};
+
+// For `systemctl status`.
+std::string serving_status(const config& cfg) {
+  std::vector<std::string> addresses = cfg.server.listen;
+  for (const auto& l : cfg.server.listen_tls) addresses.push_back(l + " (implicit TLS)");
+  return fmt::format("serving on {}", fmt::join(addresses, ", "));
+}
 
 // Null without [tls]; throws tls_error when a certificate or key cannot be used.
 std::shared_ptr<tls_server_context> make_tls(const config& cfg) {
@@ -262,6 +270,7 @@ int server::run() {
   for (const int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&mine, sig);
   pthread_sigmask(SIG_UNBLOCK, &mine, nullptr);
   clients_.set_ready(worker_);
+  notify_ready(serving_status(*cfg));
 
   // Up to policy.threads spares stand in for I/O threads held in slow plain hooks.
   auto threads = std::make_shared<io_pool>(io_, io_thread_count(cfg->server), cfg->policy.threads);
@@ -392,6 +401,7 @@ awaitable<void> server::handle_signals() {
       continue;
     }
     spdlog::info("signal {}: no new connections; draining sessions", sig == SIGTERM ? "TERM" : "INT");
+    notify_stopping("stopping: draining sessions");
     co_await drain();
     co_return;
   }
@@ -402,12 +412,14 @@ void server::reload() {
   const auto counted = [worker = worker_](const char* outcome) {
     if (worker == 0) metrics::count(metrics::family::reloads_total, {outcome});
   };
-  const auto keep_running = [counted](const std::vector<std::string>& problems) {
+  const auto keep_running = [this, counted](const std::vector<std::string>& problems) {
     for (const auto& p : problems) spdlog::error("reload: {}", p);
     spdlog::error("reload: keeping the running configuration");
     counted("failed");
+    reload_done(false);
   };
   const auto old = env_.current()->cfg;
+  notify_reloading("reloading " + old->file.string());
   // Exactly the checks of start-up (load_config runs them all), then what
   // only a running server can tell: whether its open listeners can be served.
   std::shared_ptr<const config> fresh;
@@ -425,6 +437,7 @@ void server::reload() {
   } catch (const std::exception& e) {  // tls_error, a bad network list, a listener it cannot serve
     spdlog::error("reload: {}; keeping the running configuration", e.what());
     counted("failed");
+    reload_done(false);
     return;
   }
   if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
@@ -439,6 +452,7 @@ void server::reload() {
     // Kept upstream connections serve the new sessions only if [upstream] is unchanged.
     upstream_pool_->configure(fresh);
     spdlog::info("reload: {} reloaded; new sessions use it", fresh->file.string());
+    reload_done(true);
   };
   if (fresh->policy.files.empty()) {
     swap_in(0);
@@ -452,6 +466,7 @@ void server::reload() {
     } catch (const std::exception& e) {
       spdlog::error("reload: policies did not load, keeping the running configuration: {}", e.what());
       counted("failed");
+      reload_done(false);
       return;
     }
     swap_in(engine_->first_generation());
@@ -460,15 +475,23 @@ void server::reload() {
   // Sessions in progress keep the policies they started with; the policy
   // thread loads the new ones and we swap only if that worked.
   engine_->reload(*fresh, [this, swap_in, counted](std::optional<std::string> error, policy_generation loaded) {
-    asio::post(io_, [error = std::move(error), swap_in, counted, loaded] {
+    asio::post(io_, [this, error = std::move(error), swap_in, counted, loaded] {
       if (error) {
         spdlog::error("reload: policies did not load, keeping the running ones and configuration: {}", *error);
         counted("failed");
+        reload_done(false);
         return;
       }
       swap_in(loaded);
     });
   });
+}
+
+void server::reload_done(bool accepted) {
+  clients_.count_reload(worker_);
+  const auto cfg = env_.current()->cfg;
+  notify_ready(accepted ? serving_status(*cfg) + "; reloaded " + cfg->file.string()
+                        : serving_status(*cfg) + "; the last reload was refused (see the log)");
 }
 
 awaitable<void> server::drain() {

@@ -72,6 +72,8 @@ class server {
   awaitable<void> drain();
   awaitable<void> refuse(tcp::socket socket, std::string reason);
   void reload();
+  // A reload is over, whatever its outcome: told to the supervisor (or systemd).
+  void reload_done(bool accepted);
   // Everything a generation holds but its policy; throws (config_error,
   // tls_error, users_file_error, std::invalid_argument) when something cannot be used.
   std::shared_ptr<generation> make_generation(std::shared_ptr<const config> cfg);

@@ -16,6 +16,7 @@
 #include "log.hpp"
 #include "metrics/metrics.hpp"
 #include "server/privileges.hpp"
+#include "server/service_notifier.hpp"
 
 extern char** environ;
 
@@ -34,6 +35,9 @@ constexpr std::chrono::seconds stop_margin{15};
 // A reload's policy check (a child running --check-config) may take this long.
 constexpr std::chrono::seconds check_timeout{60};
 constexpr std::chrono::seconds idle_wake{1};  // sigtimedwait with nothing scheduled
+// While systemd waits to hear that every worker serves (or has reloaded): the
+// workers set a flag in shared memory, read this often.
+constexpr std::chrono::milliseconds readiness_poll{20};
 
 std::string describe(int status) {
   if (WIFEXITED(status)) return "exited with " + std::to_string(WEXITSTATUS(status));
@@ -112,6 +116,9 @@ supervisor::supervisor(std::shared_ptr<const config> cfg, client_table& clients,
     : cfg_(std::move(cfg)), clients_(clients), run_worker_(std::move(run_worker)), workers_(clients.workers()) {
   sigemptyset(&handled_);
   for (const int sig : {SIGCHLD, SIGHUP, SIGTERM, SIGINT}) sigaddset(&handled_, sig);
+  // Fixed until a restart, whatever a reload says.
+  for (const auto& l : cfg_->server.listen) listening_ += (listening_.empty() ? "" : ", ") + l;
+  for (const auto& l : cfg_->server.listen_tls) listening_ += (listening_.empty() ? "" : ", ") + l + " (implicit TLS)";
 }
 
 int supervisor::run() {
@@ -121,6 +128,7 @@ int supervisor::run() {
   // A --check-config child then imports the policies with no capability at all.
   keep_capabilities_from_children();
   spdlog::info("supervisor {}: starting {} workers", getpid(), workers_.size());
+  notify_status(fmt::format("starting {} workers", workers_.size()));
   for (unsigned w = 0; w < workers_.size(); ++w) start(w);
   while (!(stopping_ && running() == 0)) {
     auto now = clock::now();
@@ -128,6 +136,7 @@ int supervisor::run() {
     for (const auto& w : workers_)
       if (!w.pid && !stopping_) wake = std::min(wake, w.restart_at);
     if (stopping_) wake = std::min(wake, kill_at_);
+    if (!stopping_ && (!started_ || reloading_ || serving() != running())) wake = std::min(wake, now + readiness_poll);
     const auto wait = std::max(clock::duration::zero(), wake - now);
     const auto s = std::chrono::duration_cast<std::chrono::seconds>(wait);
     const timespec ts{static_cast<time_t>(s.count()),
@@ -148,6 +157,7 @@ int supervisor::run() {
         if (w.pid) kill(w.pid, SIGKILL);
       kill_at_ = clock::time_point::max();
     }
+    report_readiness();
   }
   spdlog::info("supervisor: every worker has stopped");
   return failed_ ? 1 : 0;
@@ -168,6 +178,7 @@ void supervisor::start(unsigned w) {
     // The supervisor gone (killed), its workers drain and stop instead of serving on unsupervised.
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) std::_Exit(0);
+    forget_notify_socket();
     std::exit(run_worker_(w, cfg_));
   }
   wk.started = clock::now();
@@ -220,10 +231,12 @@ void supervisor::reap() {
 
 void supervisor::reload() {
   if (stopping_) return;
-  const auto keep_running = [](const std::vector<std::string>& problems) {
+  notify_reloading("reloading " + cfg_->file.string());
+  const auto keep_running = [this](const std::vector<std::string>& problems) {
     for (const auto& p : problems) spdlog::error("reload: {}", p);
     spdlog::error("reload: keeping the running configuration");
     metrics::count(metrics::family::reloads_total, {"failed"});  // (the workers count the ones they make)
+    if (started_ && !reloading_) notify_ready(status() + "; the last reload was refused (see the log)");
   };
   // Checked once here, so that a bad file is reported once, not by every
   // worker: the config (load_config), then what needs the policies, the
@@ -247,13 +260,64 @@ void supervisor::reload() {
     spdlog::warn("reload: server.workers changed; that takes effect on restart");
   if (fresh->server.user != cfg_->server.user) spdlog::warn("reload: server.user changed; that takes effect on restart");
   cfg_ = fresh;  // for the workers started from now on
-  for (const auto& w : workers_)
-    if (w.pid) kill(w.pid, SIGHUP);
+  // Each count read before its SIGHUP: the reload after it moves the count.
+  reload_waits_.clear();
+  for (unsigned w = 0; w < workers_.size(); ++w) {
+    if (!workers_[w].pid) continue;
+    reload_waits_.push_back({w, workers_[w].pid, clients_.reloads(w)});
+    kill(workers_[w].pid, SIGHUP);
+  }
+  reloading_ = true;
+  reload_deadline_ = clock::now() + check_timeout;
+}
+
+std::size_t supervisor::serving() const {
+  std::size_t n = 0;
+  for (unsigned w = 0; w < workers_.size(); ++w)
+    if (workers_[w].pid && clients_.ready(w)) ++n;
+  return n;
+}
+
+void supervisor::report_readiness() {
+  if (stopping_) return;
+  const std::size_t ready = serving();
+  if (reloading_) {
+    // A worker that died meanwhile is restarted with the new configuration: nothing to wait for.
+    const bool done = std::all_of(reload_waits_.begin(), reload_waits_.end(), [&](const reload_wait& r) {
+      return workers_[r.worker].pid != r.pid || clients_.reloads(r.worker) != r.reloads_before;
+    });
+    if (!done && clock::now() < reload_deadline_) return;
+    if (!done) spdlog::warn("reload: a worker has not finished its reload within {} s", check_timeout.count());
+    reloading_ = false;
+    if (started_) {
+      notify_ready(status() + "; reloaded " + cfg_->file.string());
+      ready_told_ = ready;
+      return;
+    }
+  }
+  if (!started_) {
+    if (ready < workers_.size()) return;
+    started_ = true;
+    ready_told_ = ready;
+    notify_ready(status());
+    return;
+  }
+  if (ready != ready_told_) {
+    ready_told_ = ready;
+    notify_status(status());
+  }
+}
+
+std::string supervisor::status() const {
+  const std::size_t ready = serving();
+  if (ready == workers_.size()) return fmt::format("serving on {} with {} workers", listening_, ready);
+  return fmt::format("serving on {} with {} of {} workers (starting the others)", listening_, ready, workers_.size());
 }
 
 void supervisor::stop(int sig) {
   if (!stopping_) {
     spdlog::info("supervisor: signal {}: stopping every worker", sig == SIGINT ? "INT" : "TERM");
+    notify_stopping("stopping: the workers drain their sessions");
     stopping_ = true;
     kill_at_ = clock::now() + cfg_->server.shutdown_grace + stop_margin;
   }

@@ -9,6 +9,10 @@
 // copies only the calling thread: a lock another thread held would stay
 // locked in the child), and it never starts one itself: no Asio, no Python;
 // signals are taken with sigtimedwait.
+//
+// It is the main process systemd watches (Type=notify): it says READY=1 once
+// every worker serves, RELOADING=1 / READY=1 around a SIGHUP (READY once each
+// worker has finished its reload), STOPPING=1; workers say nothing.
 #pragma once
 
 #include <sys/types.h>
@@ -16,6 +20,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "config/config.hpp"
@@ -48,6 +53,10 @@ class supervisor {
   void reload();
   void stop(int sig);
   std::size_t running() const;
+  std::size_t serving() const;  // running and ready
+  // Tells systemd what changed in the workers' readiness (service_notifier.hpp).
+  void report_readiness();
+  std::string status() const;
 
   std::shared_ptr<const config> cfg_;
   client_table& clients_;
@@ -58,6 +67,19 @@ class supervisor {
   bool stopping_ = false;
   bool failed_ = false;  // a first worker could not start, or a worker stopped unclean: exit 1
   clock::time_point kill_at_{};
+  // systemd was told READY=1 once every first worker served.
+  std::string listening_;  // the addresses, for STATUS=
+  bool started_ = false;
+  std::size_t ready_told_ = 0;  // workers serving as of the last STATUS=
+  // A reload passed to the workers, until each has said it finished (client_table::reloads).
+  struct reload_wait {
+    unsigned worker;
+    pid_t pid;
+    std::uint32_t reloads_before;
+  };
+  bool reloading_ = false;
+  std::vector<reload_wait> reload_waits_;
+  clock::time_point reload_deadline_{};
 };
 
 }  // namespace portcullis

@@ -40,6 +40,7 @@ struct client_table::header {
 struct client_table::worker_slot {
   std::uint64_t connections;  // open on this worker (under the lock)
   std::atomic<std::uint32_t> ready;
+  std::atomic<std::uint32_t> reloads;  // never reset: the supervisor compares it with what it saw before a SIGHUP
 };
 
 struct client_table::entry {
@@ -202,6 +203,10 @@ void client_table::forget_worker(unsigned worker) {
 void client_table::set_ready(unsigned worker) { worker_slots_[worker].ready.store(1); }
 
 bool client_table::ready(unsigned worker) const { return worker_slots_[worker].ready.load() != 0; }
+
+void client_table::count_reload(unsigned worker) { worker_slots_[worker].reloads.fetch_add(1); }
+
+std::uint32_t client_table::reloads(unsigned worker) const { return worker_slots_[worker].reloads.load(); }
 
 std::uint64_t client_table::next_session_number() { return header_->sessions.fetch_add(1) + 1; }
 

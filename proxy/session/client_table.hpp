@@ -79,6 +79,10 @@ class client_table {
   // at start-up from one that crashed later); forget_worker clears it.
   void set_ready(unsigned worker);
   bool ready(unsigned worker) const;
+  // A worker has finished a reload (applied or refused): the supervisor
+  // waits for every worker's count to move before telling systemd it is ready.
+  void count_reload(unsigned worker);
+  std::uint32_t reloads(unsigned worker) const;
 
   // A number no other call in any worker returns (for session ids).
   std::uint64_t next_session_number();

@@ -1,0 +1,133 @@
+"""systemd: the readiness protocol of a Type=notify unit (sd_notify over
+NOTIFY_SOCKET, as systemd's manager reads it: only the main process counts)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+
+
+class NotifySocket:
+    """The manager's end: a datagram socket that records (sender pid, fields) per message."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.messages: list[tuple[int, dict[str, str]]] = []
+
+    def _read(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        except socket.timeout:
+            return
+        pid = 0
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, _, _ = struct.unpack("iII", payload[:12])
+        fields = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
+        self.messages.append((pid, fields))
+
+    def wait_for(self, key: str, after: int = 0, timeout: float = 10.0) -> int:
+        """The index of the first message from `after` on that sets `key`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, (_, fields) in enumerate(self.messages[after:], start=after):
+                if key in fields:
+                    return i
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {key} in {self.messages[after:]}")
+            self._read(min(left, 0.2))
+
+    def drain(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._read(end - time.monotonic())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path, monkeypatch):
+    s = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(s.path))
+    yield s
+    s.close()
+
+
+POLICY = "def on_helo(conn, hostname):\n    return None\n"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ready_reloading_stopping(policy_daemon, aiosmtpd_upstream, notify_socket, workers):
+    d = policy_daemon(aiosmtpd_upstream.url, POLICY, server={"workers": workers})
+    ready = notify_socket.wait_for("READY")
+    assert notify_socket.messages[ready][1]["READY"] == "1"
+    # Said once every worker serves: each has logged its listener, and a client gets its banner.
+    assert len(re.findall(r"info listening on ", d.log_text())) == workers
+    assert notify_socket.messages[ready][1]["STATUS"].startswith(f"serving on 127.0.0.1:{d.port}")
+    with d.connect() as c:
+        c.exchange("QUIT", 221)
+
+    # A reload that passes: RELOADING=1 (with the time systemd 253 wants), then READY=1 once every worker reloaded.
+    d.reload()
+    reloading = notify_socket.wait_for("RELOADING", after=ready + 1)
+    fields = notify_socket.messages[reloading][1]
+    assert fields["RELOADING"] == "1"
+    now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert 0 < now_usec - int(fields["MONOTONIC_USEC"]) < 30_000_000
+    again = notify_socket.wait_for("READY", after=reloading + 1)
+    assert "reloaded" in notify_socket.messages[again][1]["STATUS"]
+    assert len(re.findall(r"reload: .* reloaded; new sessions use it$", d.log_text(), re.M)) == workers
+
+    # A reload that is refused: READY=1 too (systemctl reload must not hang), saying so.
+    d.reload(text="[server\n", expect_ok=False)
+    refused = notify_socket.wait_for("RELOADING", after=again + 1)
+    ready_after_refusal = notify_socket.wait_for("READY", after=refused + 1)
+    assert "refused" in notify_socket.messages[ready_after_refusal][1]["STATUS"]
+    d.write_config()
+
+    d.signal(signal.SIGTERM)
+    stopping = notify_socket.wait_for("STOPPING", after=ready_after_refusal + 1)
+    assert d.proc.wait(timeout=20) == 0
+    notify_socket.drain(0.2)
+    # Every message came from the main process (NotifyAccess=main): workers say nothing.
+    assert {pid for pid, _ in notify_socket.messages} == {d.pid}
+    # READY only where expected: start, after each reload.
+    readies = [i for i, (_, f) in enumerate(notify_socket.messages) if "READY" in f]
+    assert readies == [ready, again, ready_after_refusal]
+    assert stopping > ready_after_refusal
+
+
+def test_workers_a_restarted_worker_shows_in_status(start_daemon, aiosmtpd_upstream, notify_socket):
+    d = start_daemon(aiosmtpd_upstream.url, server={"workers": 2})
+    ready = notify_socket.wait_for("READY")
+    assert notify_socket.messages[ready][1]["STATUS"].endswith("with 2 workers")
+    m = re.findall(r"supervisor: worker \d is process (\d+)$", d.log_text(), re.M)
+    os.kill(int(m[0]), signal.SIGKILL)
+    down = notify_socket.wait_for("STATUS", after=ready + 1)
+    assert "with 1 of 2 workers" in notify_socket.messages[down][1]["STATUS"]
+    back = notify_socket.wait_for("STATUS", after=down + 1)
+    assert notify_socket.messages[back][1]["STATUS"].endswith("with 2 workers")
+    assert "READY" not in notify_socket.messages[back][1]
+
+
+def test_without_notify_socket_nothing_is_sent(start_daemon, aiosmtpd_upstream, monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    d = start_daemon(aiosmtpd_upstream.url)
+    with d.connect() as c:
+        c.exchange("QUIT", 221)
+    assert "sd_notify" not in d.log_text()
+
