@@ -34,6 +34,7 @@ TEST_PACKAGES=(
   postsrsd                                    # SRS made by libsrs2's code: portcullis.srs must agree with it
   redis-server                                # pc.store's Redis backend, shared by two daemons in the tests
   haproxy                                     # the scale-out recipe's load balancer (PROXY v2; tests/e2e/test_scale_out.py)
+  systemd                                     # systemd-analyze verify checks packaging/systemd/portcullis.service
 )
 
 BENCH_PACKAGES=(postfix)   # smtp-source and smtp-sink, Postfix's load tools

@@ -1,18 +1,24 @@
 """systemd: the readiness protocol of a Type=notify unit (sd_notify over
-NOTIFY_SOCKET, as systemd's manager reads it: only the main process counts)."""
+NOTIFY_SOCKET, as systemd's manager reads it: only the main process counts),
+and packaging/systemd/portcullis.service as `systemd-analyze verify` sees it."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import REPO_ROOT, wait_until
+
+UNIT = REPO_ROOT / "packaging" / "systemd" / "portcullis.service"
 
 
 class NotifySocket:
@@ -131,3 +137,26 @@ def test_without_notify_socket_nothing_is_sent(start_daemon, aiosmtpd_upstream, 
         c.exchange("QUIT", 221)
     assert "sd_notify" not in d.log_text()
 
+
+def test_the_unit_verifies(portcullis_bin, tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    # verify wants ExecStart's program to exist: the built daemon stands in for /usr/sbin/portcullis.
+    text = UNIT.read_text()
+    assert "ExecStart=/usr/sbin/portcullis --config /etc/portcullis/portcullis.toml\n" in text
+    unit = tmp_path / "portcullis.service"
+    unit.write_text(text.replace("ExecStart=/usr/sbin/portcullis ", f"ExecStart={portcullis_bin} "))
+    p = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "SYSTEMD_LOG_LEVEL": "notice"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    # Any complaint about this unit (an unknown key, a bad value) is a warning with its name and line.
+    assert "portcullis.service" not in p.stderr, p.stderr
+    for key in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "User=portcullis",
+                "AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+                "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+                "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "Restart=on-failure"):
+        assert f"\n{key}\n" in text, key
+    # Longer than the drain it waits for: shutdown_grace (30 s) + the supervisor's 15 s margin.
+    [stop] = re.findall(r"^TimeoutStopSec=(\d+)$", text, re.M)
+    assert int(stop) > 45
