@@ -250,3 +250,36 @@ def test_policies_as_root_are_warned_about_once(policy_daemon, aiosmtpd_upstream
     d = policy_daemon(aiosmtpd_upstream.url, "def on_helo(conn, hostname):\n    return None\n")
     d.wait_log(r"listening on")
     assert len(re.findall(r"warning policies run as root; set server\.user$", d.log_text(), re.M)) == 1
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) starts the daemon as the unit does")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_as_the_unit_starts_it_nobody_with_the_bind_capability(portcullis_bin, workdir, aiosmtpd_upstream, workers):
+    """packaging/systemd/portcullis.service: User= and AmbientCapabilities=CAP_NET_BIND_SERVICE, no server.user.
+    The processes that run policies keep no capability; a supervisor keeps the one it got."""
+    low = low_port()
+    policy = workdir / "who.py"
+    policy.write_text(textwrap.dedent(POLICY.format(tag="unit")))
+    d = Daemon(portcullis_bin, workdir, aiosmtpd_upstream.url,
+               {"server": {"workers": workers}, "policy": {"files": [str(policy)]}}, None)
+    d.tables["server"]["listen"].append(f"127.0.0.1:{low}")
+    d.write_config()
+    # As systemd would start it; exec all the way, so that the pid is the daemon's.
+    wrapper = workdir / "as-the-unit"
+    wrapper.write_text(f"#!/bin/sh\nexec setpriv --reuid={NOBODY.pw_uid} --regid={NOBODY.pw_gid} --init-groups "
+                       f"--inh-caps=+net_bind_service --ambient-caps=+net_bind_service {portcullis_bin} \"$@\"\n")
+    wrapper.chmod(0o755)
+    d.binary = wrapper
+    d.start()
+    try:
+        d.wait_log(rf"info listening on 127\.0\.0\.1:{low}$", count=workers)
+        if workers == 1:
+            assert_runs_as_nobody(d.pid, 0)
+        else:
+            assert_runs_as_nobody(d.pid, CAP_NET_BIND_SERVICE)
+            for pid in children(d.pid):
+                assert_runs_as_nobody(pid, 0)
+        assert "policies run as root" not in d.log_text()
+        assert whoami(low) == WANT_WHO
+    finally:
+        stop_all([d])
