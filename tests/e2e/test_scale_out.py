@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, Daemon, free_port, sanitized_python_env, stop_all, wait_until
+from helpers.processes import stop
 from helpers.redis_server import running_redis
 
 EXAMPLE = REPO_ROOT / "examples" / "scale-out"
@@ -94,12 +95,7 @@ def haproxy(tmp_path):
 
     yield start
     for proc, log in started:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 
