@@ -18,13 +18,50 @@ constexpr std::size_t command_space = 4 * 1024;  // enough for a pipelined batch
 constexpr std::size_t data_space = 256 * 1024;
 constexpr std::size_t discard_chunk = 16 * 1024;   // close_after_drain's reads
 constexpr std::size_t max_discarded = 1 << 20;     // close_after_drain gives up after this much
+
+// Buffers larger than command_space (a session in DATA) are kept for the
+// next one on this thread: giving 256 KiB back to malloc after every message
+// and taking it again made glibc trim and regrow its heap (madvise, page
+// faults) several times a message under load. At most `kept` per thread, so
+// idle connections still hold none.
+class spare_buffers {
+ public:
+  // A buffer of at least `size` bytes; `size` becomes what it holds.
+  std::unique_ptr<char[]> take(std::size_t& size) {
+    for (auto it = spare_.begin(); size > command_space && it != spare_.end(); ++it) {
+      if (it->size < size) continue;
+      size = it->size;
+      auto buf = std::move(it->buf);
+      spare_.erase(it);
+      return buf;
+    }
+    return std::make_unique_for_overwrite<char[]>(size);
+  }
+  void give(std::unique_ptr<char[]> buf, std::size_t size) {
+    if (buf && size > command_space && size <= largest && spare_.size() < kept)
+      spare_.push_back({std::move(buf), size});
+  }
+
+ private:
+  static constexpr std::size_t kept = 4, largest = 1 << 20;
+  struct spare {
+    std::unique_ptr<char[]> buf;
+    std::size_t size;
+  };
+  std::vector<spare> spare_;
+};
+
+thread_local spare_buffers spares;
 }  // namespace
 
 line_stream::line_stream(tcp::socket socket)
     : socket_(std::move(socket)),
       deadline_timer_(socket_.get_executor()) {}
 
-line_stream::~line_stream() { token_->alive = false; }
+line_stream::~line_stream() {
+  token_->alive = false;
+  spares.give(std::move(buf_), capacity_);
+}
 
 void line_stream::arm(std::chrono::steady_clock::time_point deadline) {
   token_->pending = true;
@@ -118,7 +155,7 @@ void line_stream::consume(std::size_t n) { begin_ += n; }
 
 void line_stream::shrink_if_idle() {
   if (begin_ == end_ && capacity_ > command_space) {
-    buf_.reset();
+    spares.give(std::move(buf_), capacity_);
     capacity_ = begin_ = end_ = 0;
   }
 }
@@ -134,10 +171,10 @@ void line_stream::make_space(std::size_t want) {
     begin_ = 0;
     if (capacity_ - end_ >= want) return;
   }
-  const std::size_t grown = std::max({capacity_ * 2, end_ + want, command_space});
-  auto bigger = std::make_unique_for_overwrite<char[]>(grown);
+  std::size_t grown = std::max({capacity_ * 2, end_ + want, command_space});
+  auto bigger = spares.take(grown);
   if (end_) std::memcpy(bigger.get(), buf_.get(), end_);
-  buf_ = std::move(bigger);
+  spares.give(std::exchange(buf_, std::move(bigger)), capacity_);
   capacity_ = grown;
 }
 
