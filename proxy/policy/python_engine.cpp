@@ -283,23 +283,53 @@ struct python_engine::channel {
     return on_workers >= workers;  // else one is between jobs and takes the queue itself
   }
 
-  // (Under the mutex.) Hooks on I/O threads running slow_hook or more get a
-  // spare thread each; returns when the next one would (max: none runs).
-  clock::time_point hold_slow_in_place(clock::time_point now) {
+  // A hook on an I/O thread that ran slow_hook: whether its thread is blocked
+  // is read from /proc outside the lock (push() on the I/O threads takes it).
+  struct hold_check {
+    job_id id;
+    pid_t tid;
+  };
+
+  // (Under the mutex.) Hooks on I/O threads that computed long_computing_hook
+  // get a spare thread each; those that ran slow_hook go to `check`. Returns
+  // when the next one reaches slow_hook (max: none runs).
+  clock::time_point hold_slow_in_place(clock::time_point now, std::vector<hold_check>& check) {
     clock::time_point next = clock::time_point::max();
     for (auto& [id, r] : running) {
       if (!r.pool || r.held) continue;
       const auto ran = now - r.started;
       if (ran < slow_hook) {
         next = std::min(next, r.started + slow_hook);
-      } else if (ran < long_computing_hook && thread_is_runnable(r.tid)) {
-        next = std::min(next, now + slow_hook);  // computing or preempted: look again
+      } else if (ran < long_computing_hook) {
+        check.push_back({id, r.tid});
       } else {
-        r.held = true;
-        r.pool->hold();
+        hold(r);
       }
     }
     return next;
+  }
+
+  // (Under the mutex.) Of the hooks checked, those still running on a blocked
+  // thread get a spare; the others (computing, or preempted) are looked at
+  // again after slow_hook, which this returns.
+  clock::time_point hold_blocked(const std::vector<hold_check>& check, const std::vector<char>& runnable,
+                                 clock::time_point now) {
+    clock::time_point next = clock::time_point::max();
+    for (std::size_t i = 0; i < check.size(); ++i) {
+      auto it = running.find(check[i].id);
+      if (it == running.end() || it->second.held) continue;  // it returned meanwhile
+      if (runnable[i]) {
+        next = std::min(next, now + slow_hook);
+      } else {
+        hold(it->second);
+      }
+    }
+    return next;
+  }
+
+  static void hold(stuck& r) {
+    r.held = true;
+    r.pool->hold();
   }
 
   void run_in_place(job_id id, policy_job_ptr job, std::vector<std::string> forgotten);
@@ -568,7 +598,15 @@ void python_engine::channel::run_monitor(std::shared_ptr<channel> self) {
       late.emplace_back(std::move(w.done), std::move(result));
     }
     if (!ch.worker_queue.empty() && ch.idle.empty() && ch.must_start_worker(now)) ch.start_worker(self);
-    const auto next_hold = ch.hold_slow_in_place(now);
+    std::vector<channel::hold_check> check;
+    auto next_hold = ch.hold_slow_in_place(now, check);
+    if (!check.empty()) {
+      lock.unlock();
+      std::vector<char> runnable;
+      for (const auto& c : check) runnable.push_back(thread_is_runnable(c.tid));
+      lock.lock();
+      next_hold = std::min(next_hold, ch.hold_blocked(check, runnable, now));
+    }
     if (!late.empty()) {
       lock.unlock();
       ch.wake();  // the loop logs stuck hooks and cancels abandoned tasks
