@@ -118,7 +118,7 @@ awaitable<policy_result> python_policy::run(policy_job_ptr job) {
       [&](auto handler) {
         auto resume = std::make_shared<decltype(handler)>(std::move(handler));  // std::function copies
         auto done = [resume, ex](policy_result r) {
-          asio::post(ex, [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); });
+          asio::defer(ex, [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); });
         };
         const auto by = std::chrono::steady_clock::now() + deadline;
         if (route != python_engine::route::in_place) {
@@ -130,7 +130,7 @@ awaitable<policy_result> python_policy::run(policy_job_ptr job) {
         // right there, on this I/O thread, and a deadline answer still
         // reaches the session while a hook runs on.
         auto& io = static_cast<asio::io_context&>(asio::query(ex, asio::execution::context));
-        asio::post(io, [engine = engine_, job = std::move(job), by, timeout = timeout_, done = std::move(done)]() mutable {
+        asio::defer(io, [engine = engine_, job = std::move(job), by, timeout = timeout_, done = std::move(done)]() mutable {
           engine->submit(std::move(job), python_engine::route::in_place, by, timeout, std::move(done));
         });
       },
