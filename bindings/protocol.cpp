@@ -323,6 +323,8 @@ void define_protocol(py::module_& m) {
       .def_readwrite("recipients", &policy_result::recipients)
       .def_readwrite("dkim_sign", &policy_result::dkim_sign)
       .def_readwrite("arc_seal", &policy_result::arc_seal)
+      .def_readwrite("decided_by", &policy_result::decided_by,
+                     "the policy file whose hook gave the verdict or the error (for the daemon's log)")
       .def_property(
           "message",
           [](const policy_result& r) -> py::object {

@@ -44,6 +44,16 @@ struct verdict {
   std::shared_ptr<const std::string> message;  // on_data: the edited message (CRLF lines, unstuffed)
   std::optional<std::string> dkim_sign;  // on_data: tx.dkim_sign ("": do not sign; else the domain to sign as)
   std::optional<bool> arc_seal;          // on_data: tx.arc_seal (false: do not seal)
+  bool failed = false;  // a hook failed (or returned something invalid): policy.on_error made this verdict
+  std::string by;       // the policy file whose hook gave this verdict (or failed), for the log; "" for none
+
+  // "reject by policies/spam.py" for the transaction's summary line; "" for no verdict.
+  std::string described() const {
+    static constexpr std::string_view names[] = {"", "accept", "reject", "tempfail", "discard", "redirect"};
+    std::string out(failed ? "error" : names[static_cast<std::size_t>(what)]);
+    if (!out.empty() && !by.empty()) out += " by " + by;
+    return out;
+  }
 
   bool stops() const { return what == kind::reject || what == kind::tempfail; }
 };

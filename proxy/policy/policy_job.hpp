@@ -106,6 +106,8 @@ struct policy_result {
   std::optional<std::string> message;
   std::optional<std::string> dkim_sign;  // tx.dkim_sign: "" for False, else the domain
   std::optional<bool> arc_seal;          // tx.arc_seal: False
+  // The policy file whose hook gave the verdict or the error ("": none did), for the log.
+  std::string decided_by;
   // reload: the generation loaded and its hooks
   policy_generation generation = 0;
   generation_hooks hooks;

@@ -139,8 +139,9 @@ awaitable<policy_result> python_policy::run(policy_job_ptr job) {
 }
 
 verdict python_policy::on_error() const {
-  if (accept_on_error_) return verdict{};
   verdict v;
+  v.failed = true;
+  if (accept_on_error_) return v;
   v.what = verdict::kind::tempfail;
   v.reply = smtp::reply{451, "4.3.0", "Temporary policy failure, try again later"};
   return v;
@@ -153,6 +154,14 @@ verdict python_policy::failure(const connection_state& conn, const std::string& 
 
 verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result result,
                               const transaction* tx) const {
+  auto by = std::move(result.decided_by);
+  auto v = verdict_of(stage, conn, std::move(result), tx);
+  v.by = std::move(by);
+  return v;
+}
+
+verdict python_policy::verdict_of(const std::string& stage, const connection_state& conn, policy_result result,
+                                  const transaction* tx) const {
   if (result.error) {
     // Python logged the traceback with the session id; one line here says what we did about it.
     session_log(conn.id).warn("policy error in on_{} ({}): {}", stage,

@@ -40,8 +40,11 @@ class python_policy final : public policy {
   // The result as a verdict carrying its rewrites, all validated (syntax and
   // the server's limits) before any is handed on: anything invalid makes the
   // whole result a hook error, so a failed stage rewrites nothing.
+  // The verdict names the policy file whose hook gave it (for the log).
   verdict decide(const std::string& stage, const connection_state& conn, policy_result result,
                  const transaction* tx) const;
+  verdict verdict_of(const std::string& stage, const connection_state& conn, policy_result result,
+                     const transaction* tx) const;
   // What policy.on_error says a failed hook means: proceed, or 451 4.3.0.
   verdict on_error() const;
   // A failure found here (invalid verdict or rewrite): logged, then on_error().

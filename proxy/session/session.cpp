@@ -143,7 +143,11 @@ void session::set_stage(stage to) {
 void session::queue(const reply& r) { out_ += r.wire(); }
 
 reply session::refused_by_policy(const std::string& what, const verdict& v) {
-  log_.info("{} refused by policy: {}", printable(what), printable(v.reply.summary()));
+  if (v.by.empty()) {
+    log_.info("{} refused by policy: {}", printable(what), printable(v.reply.summary()));
+  } else {
+    log_.info("{} refused by policy ({}): {}", printable(what), printable(v.by), printable(v.reply.summary()));
+  }
   return v.reply;
 }
 
@@ -277,7 +281,7 @@ awaitable<void> session::finish() {
   } catch (const std::exception& e) {
     client_.close();
   }
-  count_unfinished_transaction();
+  end_unfinished_transaction();
   try {
     co_await relay_.finish();
   } catch (const std::exception& e) {
@@ -571,6 +575,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   ++conn_.transactions;
   tx_ = std::move(tx);
   log_.context().tx = tx_.id;
+  note_verdict("mail", v);
   apply_rewrites(v);
   if (v.stops()) {
     tx_ = transaction{};
@@ -619,6 +624,7 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
     co_return too_many_recipients();
   const smtp::address& rcpt = parsed.value->addr;
   auto v = co_await policy_.on_rcpt(conn_, tx_, rcpt);
+  note_verdict("rcpt <" + rcpt.str() + ">", v);
   apply_rewrites(v);
   if (v.stops()) {
     ++tx_.rejected_rcpts;
@@ -765,6 +771,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
     tx_.arc = std::move(found.arc);
   }
   auto v = co_await policy_.on_data(conn_, tx_, received);
+  note_verdict("data", v);
   apply_rewrites(v);
   if (v.dkim_sign) tx_.dkim_sign = v.dkim_sign;
   if (v.arc_seal) tx_.arc_seal = v.arc_seal;
@@ -903,8 +910,8 @@ awaitable<reply> session::on_rset(const smtp::command& cmd) {
 }
 
 awaitable<void> session::reset_transaction() {
-  count_unfinished_transaction();
-  tx_counted_ = rcpt_tempfailed_ = rcpt_rejected_ = discarded_ = false;
+  end_unfinished_transaction();
+  tx_counted_ = tx_logged_ = rcpt_tempfailed_ = rcpt_rejected_ = discarded_ = false;
   if (stage_ == stage::transaction || stage_ == stage::data) {
     try {
       co_await policy_.on_reset(conn_, tx_);  // a notification: its outcome changes nothing
@@ -978,11 +985,18 @@ void session::count_transaction(std::string_view outcome) {
   metrics::count(metrics::family::transactions_total, {outcome});
 }
 
-void session::count_unfinished_transaction() {
-  if (tx_counted_ || (stage_ != stage::transaction && stage_ != stage::data)) return;
+void session::end_unfinished_transaction() {
+  // (By then a QUIT or a lost client has made the stage closing: the open transaction is told by its id.)
+  if (tx_logged_ || tx_.id.empty()) return;
   // Every RCPT refused: the client will try again later (a 4xx among them) or not at all.
-  if (tx_.accepted_rcpts == 0 && (rcpt_tempfailed_ || rcpt_rejected_))
-    count_transaction(rcpt_tempfailed_ ? "tempfailed" : "rejected");
+  const bool refused = tx_.accepted_rcpts == 0 && (rcpt_tempfailed_ || rcpt_rejected_);
+  if (refused) count_transaction(rcpt_tempfailed_ ? "tempfailed" : "rejected");
+  log_summary("", "-", 0, !refused ? "abandoned" : rcpt_tempfailed_ ? "tempfail" : "rejected");
+}
+
+void session::note_verdict(std::string what, const verdict& v) {
+  auto said = v.described();
+  if (!said.empty()) tx_.policy_verdicts.push_back(std::move(what) + " " + said);
 }
 
 void session::log_transaction(const reply& outcome, std::size_t size) {
@@ -990,10 +1004,22 @@ void session::log_transaction(const reply& outcome, std::size_t size) {
                         : outcome.transient() ? "tempfail"
                                               : "rejected";
   count_transaction(outcome.positive() ? verdict : outcome.transient() ? "tempfailed" : "rejected");
-  log_.info("tx={} client={} helo={} from=<{}> to={} rejected_rcpts={} size={} upstream=\"{}\" queue_id={} verdict={}",
+  log_summary(outcome.summary(), queue_id_of(outcome), size, verdict);
+}
+
+// policy= last, and only when a policy said something: an address with a
+// quoted local part may hold a '"', where a JSON reader of the line stops
+// taking fields.
+void session::log_summary(std::string_view upstream, std::string_view queue_id, std::size_t size,
+                          std::string_view outcome) {
+  tx_logged_ = true;
+  std::string said;
+  for (const auto& v : tx_.policy_verdicts) said += (said.empty() ? " policy=\"" : "; ") + v;
+  if (!said.empty()) said += '"';
+  log_.info("tx={} client={} helo={} from=<{}> to={} rejected_rcpts={} size={} upstream=\"{}\" queue_id={} verdict={}{}",
             tx_.id, conn_.client_literal, printable(conn_.helo), printable(tx_.sender.str()),
-            printable(smtp::join_paths(tx_.recipients), 2000), tx_.rejected_rcpts, size,
-            printable(outcome.summary()), queue_id_of(outcome), verdict);
+            printable(smtp::join_paths(tx_.recipients), 2000), tx_.rejected_rcpts, size, printable(upstream), queue_id,
+            outcome, printable(said, 2000));
 }
 
 }  // namespace portcullis

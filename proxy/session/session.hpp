@@ -95,11 +95,16 @@ class session : public std::enable_shared_from_this<session> {
   void log_dmarc(const checks::dmarc_result& dmarc) const;
   void log_dkim(const checks::dkim_results& dkim) const;
   void log_arc(const checks::arc_result& arc) const;
+  // The transaction's summary line (once), with what the policies said.
   void log_transaction(const reply& outcome, std::size_t size);
+  void log_summary(std::string_view upstream, std::string_view queue_id, std::size_t size, std::string_view outcome);
+  // What a policy said at MAIL, a RCPT or DATA, for the summary line.
+  void note_verdict(std::string what, const verdict& v);
   // portcullis_transactions_total: once per transaction, whichever way it ends.
   void count_transaction(std::string_view outcome);
-  // A transaction ending before its message: refused when each of its RCPTs was (else not counted).
-  void count_unfinished_transaction();
+  // A transaction ending before its message: counted as refused when each of
+  // its RCPTs was (else not counted), and summarised (refused, or abandoned).
+  void end_unfinished_transaction();
 
   std::shared_ptr<const generation> gen_;  // one snapshot for the whole session
   const config& cfg_;
@@ -125,6 +130,7 @@ class session : public std::enable_shared_from_this<session> {
   bool awaiting_command_ = false;  // blocked reading the next command: stop() may wake it
   // The transaction's metrics: counted yet; RCPT refusals (temporary, permanent); discarded by policy.
   bool tx_counted_ = false;
+  bool tx_logged_ = false;  // its summary line is written
   bool rcpt_tempfailed_ = false;
   bool rcpt_rejected_ = false;
   bool discarded_ = false;

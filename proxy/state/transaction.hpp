@@ -33,6 +33,9 @@ struct transaction {
   // rule; empty, not signed; else the domain to sign as.
   std::optional<std::string> dkim_sign;
   std::optional<bool> arc_seal;  // tx.arc_seal: false, not sealed; unset, [arc_seal] decides
+  // What the policies said at MAIL, each RCPT and DATA ("rcpt <a@b> redirect by
+  // policies/aliases.py"), for the transaction's summary line.
+  std::vector<std::string> policy_verdicts;
 };
 
 }  // namespace portcullis

@@ -1038,7 +1038,8 @@ class _StageRun:
     The driver calls ``took`` with each value other than None or HookFailure,
     stops when it says the stage ended, then ``finish``."""
 
-    __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result", "envelope", "rewritten")
+    __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result", "envelope", "rewritten",
+                 "rewritten_by")
 
     def __init__(self, host: EngineHost, job: Any) -> None:
         stage, connection, envelope, arguments = job.state()  # one call into the daemon's job for it all
@@ -1055,6 +1056,7 @@ class _StageRun:
         self.message: Message | None = None
         self.result: _core.Result | None = None
         self.rewritten: Address | None = None  # the recipient a pc.rewrite() made, for the hooks after it
+        self.rewritten_by = ""  # the policy file whose hook made it
         # The daemon's envelope, which session.tx holds unchanged again only
         # once this stage ends with no hook having changed it (see finish).
         self.envelope = envelope
@@ -1092,11 +1094,11 @@ class _StageRun:
         """A hook's value (not None) or HookFailure: whether the stage ends with it. Never raises."""
         try:
             if isinstance(value, HookFailure):
-                return self.fail(value)
+                return self.fail(hook, value)
             try:
                 return self.decide(hook, value)
             except HookFailure as f:
-                return self.fail(f)
+                return self.fail(hook, f)
         except Exception as e:  # a bug here must still answer the job
             self.result = _internal_error(self.stage, e)
             return True
@@ -1113,20 +1115,23 @@ class _StageRun:
             verdict = _checked_verdict(hook, stage, value)
             if verdict.kind == "rewrite":  # not final: the next hooks see the new recipient
                 self.rewritten = verdict.addresses[0]
+                self.rewritten_by = hook.file
                 self.args = (self.args[0], self.rewritten)
                 return False
             result.verdict = verdict_reply(verdict, stage)
             if stage == "auth":
                 result.auth = verdict.kind == "accept"
+        result.decided_by = hook.file  # for the daemon's log
         self.result = result
         return True
 
-    def fail(self, failure: HookFailure) -> bool:
+    def fail(self, hook: Hook, failure: HookFailure) -> bool:
         """A hook failed: logged; whether the stage ends with the error (not at disconnect)."""
         failure.log()
         if self.stage in NOTIFICATIONS:
             return False
         self.result = error_result(failure.text)
+        self.result.decided_by = hook.file
         return True
 
     def finish(self) -> _core.Result | None:
@@ -1137,6 +1142,7 @@ class _StageRun:
             # Rewritten and then let through: the daemon delivers to the new recipient.
             result = self.result = result or _core.Result()
             result.verdict = verdict_reply(Verdict("redirect", addresses=(self.rewritten,)), self.stage)
+            result.decided_by = self.rewritten_by
         if self.stage in NOTIFICATIONS:
             return None  # (what a notification hook changed goes nowhere)
         if result is not None and result.error is not None:

@@ -113,30 +113,40 @@ def test_the_counters_match_the_traffic_whichever_worker_answers(policy_daemon, 
         # A hook that raised: 451 (policy.on_error = "tempfail"), the transaction tempfailed.
         c.exchange("MAIL FROM:<boom@example.org>", 451)
         c.exchange("QUIT", 221)
+    with d.connect() as c:
+        # Every RCPT refused, then QUIT: counted as the session ends.
+        c.exchange("MAIL FROM:<ann@example.test>", 250)
+        c.exchange("RCPT TO:<nobody@example.test>", 550)
+        c.exchange("QUIT", 221)
     aiosmtpd_upstream.wait_messages(delivered)
-    connections = delivered + 1
-    # The last session's counts land as it ends; each scrape may be another worker's answer.
-    wait_until(lambda: value(scrape(d.metrics_port), "portcullis_transactions_total", outcome="tempfailed") == 2,
-               timeout=30, what="the last transaction to be counted")
+    connections = delivered + 2
+
+    def last_counted():
+        s = scrape(d.metrics_port)
+        return (value(s, "portcullis_transactions_total", outcome="tempfailed") == 2
+                and value(s, "portcullis_transactions_total", outcome="rejected") == 2)
+
+    # The last sessions' counts land as they end; each scrape may be another worker's answer.
+    wait_until(last_counted, timeout=30, what="the last transactions to be counted")
     for _ in range(4 * workers):
         s = scrape(d.metrics_port)
         assert value(s, "portcullis_connections_total") == connections
         assert value(s, "portcullis_transactions_total", outcome="delivered") == delivered
         assert value(s, "portcullis_transactions_total", outcome="discarded") == 1
-        assert value(s, "portcullis_transactions_total", outcome="rejected") == 1
+        assert value(s, "portcullis_transactions_total", outcome="rejected") == 2
         assert value(s, "portcullis_transactions_total", outcome="tempfailed") == 2
-        assert value(s, "portcullis_replies_total", stage="rcpt", **{"class": "5xx"}) == 1
+        assert value(s, "portcullis_replies_total", stage="rcpt", **{"class": "5xx"}) == 2
         assert value(s, "portcullis_replies_total", stage="rcpt", **{"class": "4xx"}) == 1
         assert value(s, "portcullis_replies_total", stage="mail", **{"class": "4xx"}) == 1
         assert value(s, "portcullis_replies_total", stage="data", **{"class": "2xx"}) == delivered + 1
         policy = str(d.policy_files[0])
-        mails = delivered + 4
+        mails = delivered + 5
         assert value(s, "portcullis_hook_duration_seconds_count", policy=policy, hook="on_mail") == mails
-        assert value(s, "portcullis_hook_duration_seconds_count", policy=policy, hook="on_rcpt") == delivered + 3
-        assert value(s, "portcullis_hook_duration_seconds_bucket", policy=policy, hook="on_rcpt", le="+Inf") == delivered + 3
+        assert value(s, "portcullis_hook_duration_seconds_count", policy=policy, hook="on_rcpt") == delivered + 4
+        assert value(s, "portcullis_hook_duration_seconds_bucket", policy=policy, hook="on_rcpt", le="+Inf") == delivered + 4
         assert value(s, "portcullis_verdicts_total", hook="on_mail", verdict="none") == mails - 1
         assert value(s, "portcullis_verdicts_total", hook="on_mail", verdict="error") == 1
-        assert value(s, "portcullis_verdicts_total", hook="on_rcpt", verdict="reject") == 1
+        assert value(s, "portcullis_verdicts_total", hook="on_rcpt", verdict="reject") == 2
         assert value(s, "portcullis_verdicts_total", hook="on_rcpt", verdict="tempfail") == 1
         assert value(s, "portcullis_verdicts_total", hook="on_data", verdict="discard") == 1
         assert value(s, "portcullis_verdicts_total", hook="on_data", verdict="none") == delivered

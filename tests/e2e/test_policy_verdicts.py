@@ -287,8 +287,9 @@ def test_data_refused(policy_daemon, aiosmtpd_upstream, expression, code, status
         # The transaction is over: a new one may start.
         c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
         c.exchange("QUIT", 221)
-    verdict = "rejected" if code >= 500 else "tempfail"
-    d.wait_log(rf"{sid}: tx={sid}\.1 .* upstream=\"{code} {status} {re.escape(text)}\" queue_id=\S* verdict={verdict}$")
+    verdict, kind = ("rejected", "reject") if code >= 500 else ("tempfail", "tempfail")
+    d.wait_log(rf"{sid}: tx={sid}\.1 .* upstream=\"{code} {status} {re.escape(text)}\" queue_id=\S* verdict={verdict} "
+               rf"policy=\"data {kind} by {re.escape(str(d.policy_files[0]))}\"$")
     assert aiosmtpd_upstream.envelopes == [] and aiosmtpd_upstream.handler.n == 0
 
 
