@@ -488,7 +488,7 @@ void server::reload() {
 }
 
 void server::reload_done(bool accepted) {
-  clients_.count_reload(worker_);
+  clients_.count_reload(worker_, accepted);
   const auto cfg = env_.current()->cfg;
   notify_ready(accepted ? serving_status(*cfg) + "; reloaded " + cfg->file.string()
                         : serving_status(*cfg) + "; the last reload was refused (see the log)");

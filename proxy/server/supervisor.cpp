@@ -264,7 +264,7 @@ void supervisor::reload() {
   reload_waits_.clear();
   for (unsigned w = 0; w < workers_.size(); ++w) {
     if (!workers_[w].pid) continue;
-    reload_waits_.push_back({w, workers_[w].pid, clients_.reloads(w)});
+    reload_waits_.push_back({w, workers_[w].pid, clients_.reloads(w), clients_.refused_reloads(w)});
     kill(workers_[w].pid, SIGHUP);
   }
   reloading_ = true;
@@ -289,8 +289,18 @@ void supervisor::report_readiness() {
     if (!done && clock::now() < reload_deadline_) return;
     if (!done) spdlog::warn("reload: a worker has not finished its reload within {} s", check_timeout.count());
     reloading_ = false;
+    // A worker that refused what the check passed (a policy failing to import
+    // there) keeps its old configuration: the daemon now runs two.
+    const auto refused = std::count_if(reload_waits_.begin(), reload_waits_.end(), [&](const reload_wait& r) {
+      return workers_[r.worker].pid == r.pid && clients_.refused_reloads(r.worker) != r.refused_before;
+    });
+    if (refused > 0)
+      spdlog::error("reload: {} of {} workers refused {} and keep their previous configuration (see their lines above)",
+                    refused, reload_waits_.size(), cfg_->file.string());
     if (started_) {
-      notify_ready(status() + "; reloaded " + cfg_->file.string());
+      notify_ready(refused > 0 ? fmt::format("{}; reload refused by {} of {} workers (see the log)", status(), refused,
+                                             reload_waits_.size())
+                               : status() + "; reloaded " + cfg_->file.string());
       ready_told_ = ready;
       return;
     }

@@ -76,6 +76,7 @@ class supervisor {
     unsigned worker;
     pid_t pid;
     std::uint32_t reloads_before;
+    std::uint32_t refused_before;
   };
   bool reloading_ = false;
   std::vector<reload_wait> reload_waits_;

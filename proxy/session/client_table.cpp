@@ -41,6 +41,7 @@ struct client_table::worker_slot {
   std::uint64_t connections;  // open on this worker (under the lock)
   std::atomic<std::uint32_t> ready;
   std::atomic<std::uint32_t> reloads;  // never reset: the supervisor compares it with what it saw before a SIGHUP
+  std::atomic<std::uint32_t> refused_reloads;  // of those, refused (the worker kept its configuration)
 };
 
 struct client_table::entry {
@@ -204,9 +205,17 @@ void client_table::set_ready(unsigned worker) { worker_slots_[worker].ready.stor
 
 bool client_table::ready(unsigned worker) const { return worker_slots_[worker].ready.load() != 0; }
 
-void client_table::count_reload(unsigned worker) { worker_slots_[worker].reloads.fetch_add(1); }
+void client_table::count_reload(unsigned worker, bool accepted) {
+  // Refusals first: the supervisor reads them once it sees `reloads` move.
+  if (!accepted) worker_slots_[worker].refused_reloads.fetch_add(1);
+  worker_slots_[worker].reloads.fetch_add(1);
+}
 
 std::uint32_t client_table::reloads(unsigned worker) const { return worker_slots_[worker].reloads.load(); }
+
+std::uint32_t client_table::refused_reloads(unsigned worker) const {
+  return worker_slots_[worker].refused_reloads.load();
+}
 
 std::uint64_t client_table::next_session_number() { return header_->sessions.fetch_add(1) + 1; }
 

@@ -80,9 +80,11 @@ class client_table {
   void set_ready(unsigned worker);
   bool ready(unsigned worker) const;
   // A worker has finished a reload (applied or refused): the supervisor
-  // waits for every worker's count to move before telling systemd it is ready.
-  void count_reload(unsigned worker);
+  // waits for every worker's count to move before telling systemd it is
+  // ready, and says how many refused it.
+  void count_reload(unsigned worker, bool accepted);
   std::uint32_t reloads(unsigned worker) const;
+  std::uint32_t refused_reloads(unsigned worker) const;
 
   // A number no other call in any worker returns (for session ids).
   std::uint64_t next_session_number();

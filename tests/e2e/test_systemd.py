@@ -117,6 +117,38 @@ def test_ready_reloading_stopping(policy_daemon, aiosmtpd_upstream, notify_socke
     assert stopping > ready_after_refusal
 
 
+def test_a_reload_the_workers_refuse_is_said_so(policy_daemon, aiosmtpd_upstream, notify_socket, tmp_path):
+    """The supervisor's check passes, the workers' own import fails (a policy that refuses only
+    there): STATUS says how many workers refused, not "reloaded", and the supervisor logs it."""
+    marker = tmp_path / "refuse"
+    policy = f"""
+        import os
+
+        def _checking():
+            with open("/proc/self/cmdline", "rb") as f:
+                return b"--check-config" in f.read()
+
+        if os.path.exists({str(marker)!r}) and not _checking():
+            raise RuntimeError("this worker refuses the reload")
+
+        def on_helo(conn, hostname):
+            return None
+    """
+    d = policy_daemon(aiosmtpd_upstream.url, policy, server={"workers": 2})
+    ready = notify_socket.wait_for("READY")
+    marker.touch()
+    d.reload(expect_ok=False)
+    reloading = notify_socket.wait_for("RELOADING", after=ready + 1)
+    again = notify_socket.wait_for("READY", after=reloading + 1)
+    status = notify_socket.messages[again][1]["STATUS"]
+    assert status.endswith("; reload refused by 2 of 2 workers (see the log)"), status
+    d.wait_log(r"error reload: 2 of 2 workers refused \S+ and keep their previous configuration")
+    # They serve on, with the policies they had.
+    with d.connect() as c:
+        c.exchange("QUIT", 221)
+    marker.unlink()
+
+
 def test_workers_a_restarted_worker_shows_in_status(start_daemon, aiosmtpd_upstream, notify_socket):
     d = start_daemon(aiosmtpd_upstream.url, server={"workers": 2})
     ready = notify_socket.wait_for("READY")
