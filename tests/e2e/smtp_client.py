@@ -38,8 +38,10 @@ class ConnectionClosed(AssertionError):
 
 
 class RawClient:
-    def __init__(self, host: str, port: int, timeout: float = 10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 10.0, source: str | None = None):
+        # `source`: another loopback address to connect from (127.0.0.2: a client outside mynetworks).
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.timeout = timeout
         self.buf = bytearray()
         self.eof = False

@@ -140,3 +140,62 @@ def test_the_forwarding_example_forwards_with_srs_and_relays_nothing_else(portcu
         r = c.transaction("", [srs], b"Subject: Undelivered Mail\r\n\r\nbounce")
         assert r.code == 250
     assert aiosmtpd_upstream.wait_messages(2)[1]["rcpt_tos"] == ["someone@origin.example"]
+
+
+def test_the_inbound_mx_example_in_front_of_a_real_postfix(portcullis_bin, tmp_path, start_daemon, monkeypatch):
+    """The recipe as docs/deployment.md has it: a private Postfix on a loopback port set up as the
+    example's comment says (XCLIENT authorized for the proxy, permit_mynetworks and
+    reject_unauth_destination), the example's config with its TLS, XCLIENT and policies in front.
+    Postfix sees the real client, queues what the aliases expand to, and its queue id is the one in
+    the proxy's summary line; with XCLIENT it refuses to relay the forward outside its domains
+    (the limitation the recipe documents), and with client_info = "xforward" it takes it."""
+    import postfix_instance
+
+    if why := postfix_instance.available():
+        pytest.skip(why)
+    for name, value in sanitized_python_env().items():
+        monkeypatch.setenv(name, value)
+    tables = _runnable(staged(tmp_path, "inbound-mx"), "aliases.file", "aliases.srs_secret_file",
+                       "header_checks.file")
+    del tables["dnsbl"]  # (no DNS for the block lists)
+    tables["policy"]["files"] = [f for f in tables["policy"]["files"] if not f.endswith("dnsbl.py")]
+    pf = postfix_instance.PostfixInstance({
+        "smtpd_authorized_xclient_hosts": "127.0.0.1",
+        "smtpd_authorized_xforward_hosts": "127.0.0.1",
+        "relay_domains": "example.test, example.org, fwd.example.test",
+        "smtpd_relay_restrictions": "",
+        "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination",
+        "default_transport": "discard", "relay_transport": "discard",
+    }, name="pf-mx").start()
+    try:
+        d = start_daemon(pf.url, upstream={"client_info": "xclient"}, **tables)
+        with d.connect(source="127.0.0.2", ehlo="sender.example") as c:
+            r = c.transaction("someone@origin.example", ["team@example.test"], b"Subject: hi\r\n\r\nhello")
+            assert (r.code, r.status) == (250, "2.0.0"), r
+            qid = re.match(r"2\.0\.0 Ok: queued as (\w+)$", r.lines[0]).group(1)
+            c.exchange("MAIL FROM:<someone@origin.example>", 250)
+            c.exchange("RCPT TO:<nobody@example.test>", 550, "5.1.1")
+            # The forward leaves Postfix's domains: with XCLIENT, Postfix judges the real client.
+            r = c.exchange("RCPT TO:<sales@example.org>", 554)
+            assert "Relay access denied" in r.lines[0], r
+            c.exchange("QUIT", 221)
+        pf.wait_log(rf"{qid}: client=unknown\[127\.0\.0\.2\]")
+        pf.wait_log(rf"{qid}: to=<alice@example\.test>, .*status=sent")
+        pf.wait_log(rf"{qid}: to=<bob@example\.test>, .*status=sent")
+        d.wait_log(rf"tx=\w+\.1 client=\[127\.0\.0\.2\] helo=sender\.example .* to=<alice@example\.test>,<bob@example\.test> "
+                   rf".* queue_id={qid} verdict=delivered policy=\"rcpt <team@example\.test> redirect by \S+aliases\.py\"$")
+        d.stop()
+        # client_info = "xforward": Postfix decides relaying on the proxy's address and takes the forward.
+        d = start_daemon(pf.url, upstream={"client_info": "xforward"}, **tables)
+        with d.connect(source="127.0.0.2", ehlo="sender.example") as c:
+            r = c.transaction("someone@origin.example", ["sales@example.org"], b"Subject: hi\r\n\r\nhello")
+            assert (r.code, r.status) == (250, "2.0.0"), r
+            qid = re.match(r"2\.0\.0 Ok: queued as (\w+)$", r.lines[0]).group(1)
+            c.exchange("QUIT", 221)
+        m = pf.wait_log(rf"{qid}: from=<(SRS0=[^>]+@fwd\.example\.test)>")
+        assert m.group(1).endswith("=origin.example=someone@fwd.example.test"), m.group(1)
+        pf.wait_log(rf"{qid}: to=<office@partner\.example>, .*status=sent")
+        pf.wait_log(rf"{qid}: client=localhost\[127\.0\.0\.1\], orig_client=unknown\[127\.0\.0\.2\]"
+                    rf"|{qid}: client=\S+\[127\.0\.0\.1\], orig_client=\S+\[127\.0\.0\.2\]")
+    finally:
+        pf.stop()
