@@ -896,10 +896,6 @@ class EngineHost:
                     value = hook.function(*run.args)  # (run.args: a rewrite changes the recipient)
                     if value is not None and inspect.isawaitable(value):  # async, or a plain hook returning a coroutine
                         value = self._await_from_thread(engine, hook, value, start + timeout)
-                    if _monotonic() - start > timeout:
-                        # The daemon may still wait (several hooks share the job's deadline): not for this one.
-                        value = HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late",
-                                            timed_out=True)
                 except HookFailure as f:
                     value = f
                 except SystemExit as e:
@@ -908,8 +904,16 @@ class EngineHost:
                     value = _raised(hook, e)
                 finally:
                     del running[thread]
-                _observed(hook, start, value)
-                if value is not None and run.took(hook, value):
+                elapsed = _monotonic() - start
+                if elapsed > timeout and not isinstance(value, HookFailure):
+                    # The daemon may still wait (several hooks share the job's deadline): not for this one.
+                    value = HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late",
+                                        timed_out=True)
+                if value is None:  # the common case, kept short: no opinion
+                    hook.metrics.observed(elapsed, "none", False)
+                    continue
+                _observed(hook, elapsed, value)
+                if run.took(hook, value):
                     break
             return run.finish()
         finally:
@@ -931,7 +935,7 @@ class EngineHost:
                     value = await call(run.engine, hook, run.args)
                 except HookFailure as f:
                     value = f
-                _observed(hook, start, value)
+                _observed(hook, _monotonic() - start, value)
                 if value is not None and run.took(hook, value):
                     break
             return run.finish()
@@ -1003,7 +1007,7 @@ class EngineHost:
         self._close_if_unused(engine)
 
 
-def _observed(hook: Hook, start: float, value: Any) -> None:
+def _observed(hook: Hook, elapsed: float, value: Any) -> None:
     """One hook call's figures ([metrics]): its duration, its verdict, whether it timed out."""
     if value is None:
         verdict = "none"
@@ -1013,7 +1017,7 @@ def _observed(hook: Hook, start: float, value: Any) -> None:
         verdict = "accept" if value else "reject"
     else:  # HookFailure, or a value no hook may return (it fails the stage)
         verdict = "error"
-    hook.metrics.observed(_monotonic() - start, verdict, isinstance(value, HookFailure) and value.timed_out)
+    hook.metrics.observed(elapsed, verdict, isinstance(value, HookFailure) and value.timed_out)
 
 
 def _malformed(job: Any, e: Exception) -> _core.Result:
