@@ -24,8 +24,15 @@ constexpr std::size_t max_discarded = 1 << 20;     // close_after_drain gives up
 // and taking it again made glibc trim and regrow its heap (madvise, page
 // faults) several times a message under load. At most `kept` per thread, so
 // idle connections still hold none.
+thread_local bool spares_gone = false;  // (trivial: still readable once `spares` is destroyed at thread exit)
+
 class spare_buffers {
  public:
+  spare_buffers() = default;
+  spare_buffers(const spare_buffers&) = delete;
+  spare_buffers& operator=(const spare_buffers&) = delete;
+  ~spare_buffers() { spares_gone = true; }
+
   // A buffer of at least `size` bytes; `size` becomes what it holds.
   std::unique_ptr<char[]> take(std::size_t& size) {
     for (auto it = spare_.begin(); size > command_space && it != spare_.end(); ++it) {
@@ -52,6 +59,16 @@ class spare_buffers {
 };
 
 thread_local spare_buffers spares;
+
+// Whatever thread a stream ends on, and when: a stream destroyed after this
+// thread's `spares` (at its exit) frees its buffer.
+std::unique_ptr<char[]> take_buffer(std::size_t& size) {
+  return spares_gone ? std::make_unique_for_overwrite<char[]>(size) : spares.take(size);
+}
+
+void give_back(std::unique_ptr<char[]> buf, std::size_t size) {
+  if (!spares_gone) spares.give(std::move(buf), size);
+}
 }  // namespace
 
 line_stream::line_stream(tcp::socket socket)
@@ -60,7 +77,7 @@ line_stream::line_stream(tcp::socket socket)
 
 line_stream::~line_stream() {
   token_->alive = false;
-  spares.give(std::move(buf_), capacity_);
+  give_back(std::move(buf_), capacity_);
 }
 
 void line_stream::arm(std::chrono::steady_clock::time_point deadline) {
@@ -155,7 +172,7 @@ void line_stream::consume(std::size_t n) { begin_ += n; }
 
 void line_stream::shrink_if_idle() {
   if (begin_ == end_ && capacity_ > command_space) {
-    spares.give(std::move(buf_), capacity_);
+    give_back(std::move(buf_), capacity_);
     capacity_ = begin_ = end_ = 0;
   }
 }
@@ -172,9 +189,9 @@ void line_stream::make_space(std::size_t want) {
     if (capacity_ - end_ >= want) return;
   }
   std::size_t grown = std::max({capacity_ * 2, end_ + want, command_space});
-  auto bigger = spares.take(grown);
+  auto bigger = take_buffer(grown);
   if (end_) std::memcpy(bigger.get(), buf_.get(), end_);
-  spares.give(std::exchange(buf_, std::move(bigger)), capacity_);
+  give_back(std::exchange(buf_, std::move(bigger)), capacity_);
   capacity_ = grown;
 }
 

@@ -995,8 +995,16 @@ void session::end_unfinished_transaction() {
 }
 
 void session::note_verdict(std::string what, const verdict& v) {
+  // Refused RCPTs are not bounded by server.max_recipients: neither is this list, but for this cap.
+  constexpr std::size_t noted = 50;
   auto said = v.described();
-  if (!said.empty()) tx_.policy_verdicts.push_back(std::move(what) + " " + said);
+  if (said.empty()) return;
+  auto& list = tx_.policy_verdicts;
+  if (list.size() < noted) {
+    list.push_back(std::move(what) + " " + said);
+  } else if (list.size() == noted) {
+    list.push_back("...");
+  }
 }
 
 void session::log_transaction(const reply& outcome, std::size_t size) {
@@ -1014,12 +1022,12 @@ void session::log_summary(std::string_view upstream, std::string_view queue_id, 
                           std::string_view outcome) {
   tx_logged_ = true;
   std::string said;
-  for (const auto& v : tx_.policy_verdicts) said += (said.empty() ? " policy=\"" : "; ") + v;
-  if (!said.empty()) said += '"';
+  for (const auto& v : tx_.policy_verdicts) said += (said.empty() ? "" : "; ") + v;
+  const auto policy_field = said.empty() ? std::string() : " policy=\"" + printable(said, 4000) + '"';
   log_.info("tx={} client={} helo={} from=<{}> to={} rejected_rcpts={} size={} upstream=\"{}\" queue_id={} verdict={}{}",
             tx_.id, conn_.client_literal, printable(conn_.helo), printable(tx_.sender.str()),
             printable(smtp::join_paths(tx_.recipients), 2000), tx_.rejected_rcpts, size, printable(upstream), queue_id,
-            outcome, printable(said, 2000));
+            outcome, policy_field);
 }
 
 }  // namespace portcullis

@@ -113,3 +113,21 @@ def test_the_policy_field_in_json(policy_daemon, aiosmtpd_upstream):
     (s,) = [r for r in map(json.loads, d.log_text().splitlines()) if r.get("verdict") == "delivered"]
     assert s["policy"] == f"rcpt <alias@example.test> redirect by {router}"
     assert s["to"] == "<one@example.test>,<two@example.test>"
+
+
+def test_the_verdicts_noted_are_bounded(policy_daemon, aiosmtpd_upstream):
+    """Refused RCPTs are bounded by server.max_errors (up to 1000), not server.max_recipients: the
+    summary notes 50 verdicts, then '...'."""
+    d = policy_daemon(aiosmtpd_upstream.url, ROUTER, server={"max_errors": 100})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        c.exchange("MAIL FROM:<ann@example.test>", 250)
+        for _ in range(60):
+            c.exchange("RCPT TO:<nobody@example.test>", 550)
+        c.exchange("QUIT", 221)
+    d.wait_log(rf"{sid}: tx={sid}\.1 .* verdict=rejected ")
+    (line,) = summaries(d, sid)
+    said = line.split(' policy="', 1)[1]
+    # At most 50 noted, and the field at most 4,000 characters (then "..."): it still closes.
+    assert said.endswith('..."') and len(said) <= 4000 + len('..."'), said
+    assert 20 <= said.count("rcpt <nobody@example.test> reject by ") <= 50, said
