@@ -142,6 +142,13 @@ def test_the_forwarding_example_forwards_with_srs_and_relays_nothing_else(portcu
     assert aiosmtpd_upstream.wait_messages(2)[1]["rcpt_tos"] == ["someone@origin.example"]
 
 
+def queued_by_postfix(c, rcpt: str) -> str:
+    """One message from someone@origin.example to `rcpt`; Postfix's queue id from its own 250."""
+    r = c.transaction("someone@origin.example", [rcpt], b"Subject: hi\r\n\r\nhello")
+    assert (r.code, r.status) == (250, "2.0.0"), r
+    return re.match(r"2\.0\.0 Ok: queued as (\w+)$", r.lines[0]).group(1)
+
+
 def test_the_inbound_mx_example_in_front_of_a_real_postfix(portcullis_bin, tmp_path, start_daemon, monkeypatch):
     """The recipe as docs/deployment.md has it: a private Postfix on a loopback port set up as the
     example's comment says (XCLIENT authorized for the proxy, permit_mynetworks and
@@ -170,9 +177,7 @@ def test_the_inbound_mx_example_in_front_of_a_real_postfix(portcullis_bin, tmp_p
     try:
         d = start_daemon(pf.url, upstream={"client_info": "xclient"}, **tables)
         with d.connect(source="127.0.0.2", ehlo="sender.example") as c:
-            r = c.transaction("someone@origin.example", ["team@example.test"], b"Subject: hi\r\n\r\nhello")
-            assert (r.code, r.status) == (250, "2.0.0"), r
-            qid = re.match(r"2\.0\.0 Ok: queued as (\w+)$", r.lines[0]).group(1)
+            qid = queued_by_postfix(c, "team@example.test")
             c.exchange("MAIL FROM:<someone@origin.example>", 250)
             c.exchange("RCPT TO:<nobody@example.test>", 550, "5.1.1")
             # The forward leaves Postfix's domains: with XCLIENT, Postfix judges the real client.
@@ -188,9 +193,7 @@ def test_the_inbound_mx_example_in_front_of_a_real_postfix(portcullis_bin, tmp_p
         # client_info = "xforward": Postfix decides relaying on the proxy's address and takes the forward.
         d = start_daemon(pf.url, upstream={"client_info": "xforward"}, **tables)
         with d.connect(source="127.0.0.2", ehlo="sender.example") as c:
-            r = c.transaction("someone@origin.example", ["sales@example.org"], b"Subject: hi\r\n\r\nhello")
-            assert (r.code, r.status) == (250, "2.0.0"), r
-            qid = re.match(r"2\.0\.0 Ok: queued as (\w+)$", r.lines[0]).group(1)
+            qid = queued_by_postfix(c, "sales@example.org")
             c.exchange("QUIT", 221)
         m = pf.wait_log(rf"{qid}: from=<(SRS0=[^>]+@fwd\.example\.test)>")
         assert m.group(1).endswith("=origin.example=someone@fwd.example.test"), m.group(1)
