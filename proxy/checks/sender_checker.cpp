@@ -6,11 +6,51 @@
 
 namespace portcullis::checks {
 
+namespace {
+
+// The checks are first tried on the I/O thread, from cached DNS answers
+// only: under load the same few senders' records are asked for over and
+// over, and a round trip to the pool (a wake-up there and back) cost more
+// than the check. Where an answer is not cached, the lookup marks the
+// attempt missed and answers `failure` (so libspf2 and the verifiers never
+// wait); the attempt is thrown away and the check runs on the pool, where
+// lookups wait. Set only while an attempt runs on this thread.
+thread_local bool* attempt_missed = nullptr;
+
+class cached_only_attempt {
+ public:
+  cached_only_attempt() { attempt_missed = &missed_; }
+  ~cached_only_attempt() { attempt_missed = nullptr; }
+  cached_only_attempt(const cached_only_attempt&) = delete;
+  cached_only_attempt& operator=(const cached_only_attempt&) = delete;
+  bool missed() const { return missed_; }
+
+ private:
+  bool missed_ = false;
+};
+
+dns::answer look_up(dns::resolver& r, const std::string& name, dns::rr_type type) {
+  if (attempt_missed == nullptr) return r.lookup_sync(name, type);
+  if (auto known = r.cached(name, type)) return std::move(*known);
+  *attempt_missed = true;
+  dns::answer missing;
+  missing.error = "not cached (an attempt on an I/O thread)";
+  return missing;
+}
+
+// Larger messages are checked on the pool: hashing them is work for it.
+constexpr std::size_t in_place_message_limit = 64 * 1024;
+
+}  // namespace
+
 sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const sender_checker_settings& settings)
     : resolver_(std::move(resolver)), settings_(settings), pool_(std::max(1u, settings.threads)) {
-  if (settings.spf) spf_.emplace(resolver_, settings.receiver, settings.spf_skip_networks);
-  auto* r = resolver_.get();  // (the checker, and so the verifier and the evaluator, holds the resolver)
-  const auto txt = [r](const std::string& name) { return r->lookup_sync(name, dns::rr_type::txt); };
+  auto* r = resolver_.get();  // (the checker, and so every check, holds the resolver)
+  if (settings.spf) {
+    const auto lookup = [r](const std::string& name, dns::rr_type type) { return look_up(*r, name, type); };
+    spf_.emplace(lookup, settings.receiver, settings.spf_skip_networks);
+  }
+  const auto txt = [r](const std::string& name) { return look_up(*r, name, dns::rr_type::txt); };
   if (settings.dkim) dkim_.emplace(txt, settings.max_dkim_signatures);
   if (settings.dmarc) dmarc_.emplace(txt);
   if (settings.arc) arc_.emplace(txt);
@@ -21,50 +61,62 @@ sender_checker::~sender_checker() { pool_.join(); }
 awaitable<spf_result> sender_checker::spf(const asio::ip::address& client, const std::string& helo,
                                           const smtp::address& sender) {
   if (!spf_) co_return spf_result{};
+  {
+    cached_only_attempt attempt;
+    auto result = spf_->check_now(client, helo, sender);
+    if (!attempt.missed()) co_return result;
+  }
   const auto work = [this, client, helo, sender] { return spf_->check_now(client, helo, sender); };
   auto result = co_await off_thread<spf_result>(pool_, work);
   co_return result;
 }
 
 awaitable<message_results> sender_checker::message(const message_ptr& message, const std::optional<spf_result>& spf) {
-  const auto work = [this, message, spf] {
-    message_results found;
-    // Each check answers for itself: OpenSSL failing (memory) or a spilled
-    // message that cannot be read is that check's temperror (ARC: fail).
-    if (dkim_) {
-      try {
-        found.dkim = dkim_->verify_now(*message);
-      } catch (const std::exception& e) {
-        dkim_signature s;
-        s.result = dkim_signature::kind::temperror;
-        s.problem = e.what();
-        found.dkim = dkim_results{s};
-      }
-    }
-    if (dmarc_) {
-      try {
-        found.dmarc = dmarc_->evaluate_now(*message, spf, found.dkim);
-      } catch (const std::exception& e) {
-        dmarc_result r;
-        r.result = dmarc_result::kind::temperror;
-        r.problem = e.what();
-        found.dmarc = std::move(r);
-      }
-    }
-    if (arc_) {
-      try {
-        found.arc = arc_->verify_now(*message);
-      } catch (const std::exception& e) {
-        arc_result r;
-        r.result = arc_result::kind::fail;
-        r.problem = e.what();
-        found.arc = std::move(r);
-      }
-    }
-    return found;
-  };
+  if (!message->spilled() && message->size() <= in_place_message_limit) {
+    cached_only_attempt attempt;
+    auto found = check_message(*message, spf);
+    if (!attempt.missed()) co_return found;
+  }
+  const auto work = [this, message, spf] { return check_message(*message, spf); };
   auto result = co_await off_thread<message_results>(pool_, work);
   co_return result;
+}
+
+message_results sender_checker::check_message(const message_store& message, const std::optional<spf_result>& spf) const {
+  message_results found;
+  // Each check answers for itself: OpenSSL failing (memory) or a spilled
+  // message that cannot be read is that check's temperror (ARC: fail).
+  if (dkim_) {
+    try {
+      found.dkim = dkim_->verify_now(message);
+    } catch (const std::exception& e) {
+      dkim_signature s;
+      s.result = dkim_signature::kind::temperror;
+      s.problem = e.what();
+      found.dkim = dkim_results{s};
+    }
+  }
+  if (dmarc_) {
+    try {
+      found.dmarc = dmarc_->evaluate_now(message, spf, found.dkim);
+    } catch (const std::exception& e) {
+      dmarc_result r;
+      r.result = dmarc_result::kind::temperror;
+      r.problem = e.what();
+      found.dmarc = std::move(r);
+    }
+  }
+  if (arc_) {
+    try {
+      found.arc = arc_->verify_now(message);
+    } catch (const std::exception& e) {
+      arc_result r;
+      r.result = arc_result::kind::fail;
+      r.problem = e.what();
+      found.arc = std::move(r);
+    }
+  }
+  return found;
 }
 
 }  // namespace portcullis::checks

@@ -1,7 +1,8 @@
 // The sender checks a generation asks for ([checks]), as the session sees
-// them (checks/sender_checks.hpp): each runs on the checker's own threads
-// (libspf2 and the DKIM and DMARC lookups block on DNS), and its result comes back to the
-// awaiting session's executor.
+// them (checks/sender_checks.hpp): each is tried first on the session's own
+// thread from cached DNS answers only, and where one is missing runs on the
+// checker's own threads (libspf2 and the DKIM and DMARC lookups block on
+// DNS), its result coming back to the awaiting session's executor.
 #pragma once
 
 #include <memory>
@@ -45,6 +46,9 @@ class sender_checker final : public sender_checks {
   const sender_checker_settings& settings() const { return settings_; }
 
  private:
+  // DKIM, DMARC and ARC on the calling thread.
+  message_results check_message(const message_store& message, const std::optional<spf_result>& spf) const;
+
   std::shared_ptr<dns::resolver> resolver_;
   sender_checker_settings settings_;
   std::optional<spf_checker> spf_;

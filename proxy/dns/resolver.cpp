@@ -423,6 +423,20 @@ void resolver::lookup(std::string name, rr_type type, callback done) {
   });
 }
 
+std::optional<answer> resolver::cached(const std::string& name, rr_type type) {
+  if (!valid_query_name(name)) {
+    answer a;
+    a.what = answer::status::nxdomain;
+    return a;
+  }
+  auto known = impl_->memo.get(name, type);
+  if (known) {
+    metrics::count(metrics::family::dns_lookups_total, {to_string(type), to_string(known->what)});
+    metrics::count(metrics::family::dns_memo_answers_total);
+  }
+  return known;
+}
+
 answer resolver::lookup_sync(std::string name, rr_type type) {
   auto promise = std::make_shared<std::promise<answer>>();
   auto result = promise->get_future();

@@ -62,6 +62,11 @@ class resolver {
   // plain Python hooks, never for an I/O thread.
   answer lookup_sync(std::string name, rr_type type);
 
+  // The answer at once, with no query, when one is still within its TTL (or
+  // the name cannot exist: NXDOMAIN); else nothing. Never waits: for checks
+  // tried on an I/O thread (checks/sender_checker.cpp).
+  std::optional<answer> cached(const std::string& name, rr_type type);
+
   // The answer, delivered through the token's executor (a coroutine resumes
   // where it awaited).
   template <class CompletionToken>

@@ -9,6 +9,7 @@ import base64
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -299,3 +300,22 @@ def test_results_agree_with_dkimpy_and_opendkim(dkim_daemon, keys, small_key, dn
         if theirs != expected_dkimpy or opendkim != expected_opendkim or known not in (None, ours[0]):
             disagreements.append(f"{name}: ours {ours}, dkimpy {theirs}, OpenDKIM {opendkim}")
     assert not disagreements, "\n".join(disagreements)
+
+
+def test_a_key_that_waits_for_dns_never_holds_up_the_io_thread(dkim_daemon, keys):
+    """Verification is tried on the session's own I/O thread from cached keys only; a key that must
+    be waited for sends it to the checker's threads, and another session on the same (only) I/O
+    thread is answered meanwhile. A second verification, from the cache, agrees with the first."""
+    d = dkim_daemon(server={"threads": 1, "workers": 1})
+    waited = []
+    slow = threading.Thread(target=lambda: waited.append(dkim_of(d, sign(MESSAGE, keys, "slow"))))
+    slow.start()
+    time.sleep(0.3)  # its key lookup is waiting (1 s timeout)
+    started = time.monotonic()
+    with d.connect() as c:
+        c.exchange("NOOP", 250)
+    assert time.monotonic() - started < 0.5
+    slow.join()
+    assert waited == ["temperror:example.test:slow"]
+    signed = sign(MESSAGE, keys)
+    assert dkim_of(d, signed) == dkim_of(d, signed) == "pass:example.test:rsa"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -330,3 +331,24 @@ def test_authentication_results_without_a_check_says_none(policy_daemon, aiosmtp
         assert c.transaction("a@example.test", ["b@example.test"], b"Subject: hi\r\n\r\nbody\r\n").code == 250
     [env] = aiosmtpd_upstream.wait_messages(1)
     assert env["content"].startswith(f"Authentication-Results: {HOSTNAME}; none\r\nReceived: ".encode())
+
+
+def test_a_check_that_waits_for_dns_never_holds_up_the_io_thread(spf_daemon):
+    """The check is tried on the session's own I/O thread from cached answers only; one that must
+    wait for DNS goes to the checker's threads, so another session on the same (only) I/O thread
+    is answered meanwhile. A second check of the same sender, from the cache, agrees."""
+    d = spf_daemon(server={"threads": 1, "workers": 1})
+    waited = []
+    slow = threading.Thread(target=lambda: waited.append(spf_of(d, "198.51.100.1", "a@slow.example.test")))
+    slow.start()
+    time.sleep(0.3)  # the slow check is waiting for DNS (1 s timeout)
+    started = time.monotonic()
+    with d.client() as c:
+        c.send(v1("192.0.2.9"))
+        c.expect(220)
+        c.exchange("EHLO other.example.test", 250)
+    assert time.monotonic() - started < 0.5
+    slow.join()
+    assert waited[0][0] == "temperror"
+    first = spf_of(d, "192.0.2.7", "a@pass.example.test")  # asked of the DNS server, on the checker's threads
+    assert spf_of(d, "192.0.2.7", "a@pass.example.test") == first == ("pass", "pass.example.test", "-")
