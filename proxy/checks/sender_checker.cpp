@@ -1,6 +1,8 @@
 #include "checks/sender_checker.hpp"
 
 #include <exception>
+#include <utility>
+#include <vector>
 
 #include "checks/off_thread.hpp"
 
@@ -14,28 +16,42 @@ namespace {
 // than the check. Where an answer is not cached, the lookup marks the
 // attempt missed and answers `failure` (so libspf2 and the verifiers never
 // wait); the attempt is thrown away and the check runs on the pool, where
-// lookups wait. Set only while an attempt runs on this thread.
-thread_local bool* attempt_missed = nullptr;
+// lookups wait. The answers an attempt used are counted in the metrics only
+// if it is kept (else the pool's lookups count them). Set only while an
+// attempt runs on this thread.
+class cached_only_attempt;
+thread_local cached_only_attempt* current_attempt = nullptr;
 
 class cached_only_attempt {
  public:
-  cached_only_attempt() { attempt_missed = &missed_; }
-  ~cached_only_attempt() { attempt_missed = nullptr; }
+  cached_only_attempt() { current_attempt = this; }
+  ~cached_only_attempt() {
+    current_attempt = nullptr;
+    if (!missed_)
+      for (const auto& [type, what] : answered_) dns::resolver::counted_from_memo(type, what);
+  }
   cached_only_attempt(const cached_only_attempt&) = delete;
   cached_only_attempt& operator=(const cached_only_attempt&) = delete;
   bool missed() const { return missed_; }
 
+  dns::answer look_up(dns::resolver& r, const std::string& name, dns::rr_type type) {
+    if (auto known = r.cached(name, type)) {
+      answered_.emplace_back(type, known->what);
+      return std::move(*known);
+    }
+    missed_ = true;
+    dns::answer missing;
+    missing.error = "not cached (an attempt on an I/O thread)";
+    return missing;
+  }
+
  private:
   bool missed_ = false;
+  std::vector<std::pair<dns::rr_type, dns::answer::status>> answered_;
 };
 
 dns::answer look_up(dns::resolver& r, const std::string& name, dns::rr_type type) {
-  if (attempt_missed == nullptr) return r.lookup_sync(name, type);
-  if (auto known = r.cached(name, type)) return std::move(*known);
-  *attempt_missed = true;
-  dns::answer missing;
-  missing.error = "not cached (an attempt on an I/O thread)";
-  return missing;
+  return current_attempt != nullptr ? current_attempt->look_up(r, name, type) : r.lookup_sync(name, type);
 }
 
 // Larger messages are checked on the pool: hashing them is work for it.

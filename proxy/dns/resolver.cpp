@@ -409,8 +409,7 @@ std::chrono::milliseconds resolver::timeout() const { return impl_->timeout; }
 
 void resolver::lookup(std::string name, rr_type type, callback done) {
   if (auto known = impl_->memo.get(name, type)) {
-    metrics::count(metrics::family::dns_lookups_total, {to_string(type), to_string(known->what)});
-    metrics::count(metrics::family::dns_memo_answers_total);
+    counted_from_memo(type, known->what);
     done(std::move(*known));
     return;
   }
@@ -429,12 +428,12 @@ std::optional<answer> resolver::cached(const std::string& name, rr_type type) {
     a.what = answer::status::nxdomain;
     return a;
   }
-  auto known = impl_->memo.get(name, type);
-  if (known) {
-    metrics::count(metrics::family::dns_lookups_total, {to_string(type), to_string(known->what)});
-    metrics::count(metrics::family::dns_memo_answers_total);
-  }
-  return known;
+  return impl_->memo.get(name, type);
+}
+
+void resolver::counted_from_memo(rr_type type, answer::status what) {
+  metrics::count(metrics::family::dns_lookups_total, {to_string(type), to_string(what)});
+  metrics::count(metrics::family::dns_memo_answers_total);
 }
 
 answer resolver::lookup_sync(std::string name, rr_type type) {

@@ -64,8 +64,10 @@ class resolver {
 
   // The answer at once, with no query, when one is still within its TTL (or
   // the name cannot exist: NXDOMAIN); else nothing. Never waits: for checks
-  // tried on an I/O thread (checks/sender_checker.cpp).
+  // tried on an I/O thread (checks/sender_checker.cpp). Not counted in the
+  // metrics: the caller counts what it keeps (counted_from_memo).
   std::optional<answer> cached(const std::string& name, rr_type type);
+  static void counted_from_memo(rr_type type, answer::status what);
 
   // The answer, delivered through the token's executor (a coroutine resumes
   // where it awaited).

@@ -224,3 +224,26 @@ def test_the_policy_options(dmarc_daemon, aiosmtpd_upstream):
     assert b"X-Portcullis-Quarantine: DMARC policy of example.co.uk (p=reject)" in first["content"]
     assert b"X-Portcullis-Quarantine" not in second["content"]
 
+
+
+def test_each_lookup_is_counted_once_whichever_thread_checks(dmarc_daemon, keys):
+    """The message checks are first tried from cached answers only; an attempt that misses one (here
+    the DKIM key) is thrown away and redone on the checker's threads, and the answers it used (the
+    DMARC record, cached by the first message) are not counted twice in the metrics."""
+    from conftest import free_port, wait_until
+    from test_metrics import _answers, scrape
+
+    port = free_port()
+    d = dmarc_daemon(metrics={"listen": f"127.0.0.1:{port}"}, server={"workers": 1})
+    wait_until(lambda: _answers(port), timeout=10, what="the metrics listener")
+
+    def txt_lookups() -> float:
+        return sum(v for (name, labels), v in scrape(port).items()
+                   if name == "portcullis_dns_lookups_total" and ("type", "TXT") in labels)
+
+    dmarc_of(d, STRANGER, "a@other.co.uk", message("alice@example.co.uk"))  # SPF and DMARC records cached
+    before = txt_lookups()
+    signed = sign(message("alice@example.co.uk"), keys, "rsa", "rsa", domain="example.co.uk")
+    assert dmarc_of(d, STRANGER, "a@other.co.uk", signed)["dmarc"] == "pass"
+    # other.co.uk's SPF record, the key (not cached: the attempt missed), _dmarc.example.co.uk: once each.
+    assert txt_lookups() - before == 3

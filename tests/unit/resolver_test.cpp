@@ -124,6 +124,21 @@ TEST_F(Resolver, CachesAnswersForTheirTtl) {
   EXPECT_EQ(r.lookup_sync("after.example.test", rr_type::a).what, answer::status::timeout);
 }
 
+TEST_F(Resolver, CachedAnswersOnlyWhatIsRememberedAndNeverQueries) {
+  resolver r(options_for(*shared_));
+  EXPECT_FALSE(r.cached("after.example.test", rr_type::a).has_value());  // never asked: nothing
+  EXPECT_FALSE(r.cached("after.example.test", rr_type::a).has_value());
+  ASSERT_TRUE(r.lookup_sync("after.example.test", rr_type::a).ok());
+  const auto known = r.cached("after.example.test", rr_type::a);
+  ASSERT_TRUE(known.has_value());
+  EXPECT_EQ(values(*known), std::vector<std::string>{"192.0.2.11"});
+  EXPECT_FALSE(r.cached("after.example.test", rr_type::txt).has_value());  // another type is another question
+  // A name that cannot exist needs no query: NXDOMAIN at once.
+  const auto bad = r.cached(std::string(70, 'x') + ".example.test", rr_type::txt);
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_EQ(bad->what, answer::status::nxdomain);
+}
+
 TEST_F(Resolver, CachedAnswersAgeAndExpire) {
   dns_server server(zones, 2);  // every record's TTL: 2 s
   resolver r(options_for(server, 300ms));
