@@ -77,23 +77,23 @@ sender_checker::~sender_checker() { pool_.join(); }
 awaitable<spf_result> sender_checker::spf(const asio::ip::address& client, const std::string& helo,
                                           const smtp::address& sender) {
   if (!spf_) co_return spf_result{};
+  const auto work = [this, client, helo, sender] { return spf_->check_now(client, helo, sender); };
   {
     cached_only_attempt attempt;
-    auto result = spf_->check_now(client, helo, sender);
+    auto result = work();
     if (!attempt.missed()) co_return result;
   }
-  const auto work = [this, client, helo, sender] { return spf_->check_now(client, helo, sender); };
   auto result = co_await off_thread<spf_result>(pool_, work);
   co_return result;
 }
 
 awaitable<message_results> sender_checker::message(const message_ptr& message, const std::optional<spf_result>& spf) {
+  const auto work = [this, message, spf] { return check_message(*message, spf); };
   if (!message->spilled() && message->size() <= in_place_message_limit) {
     cached_only_attempt attempt;
-    auto found = check_message(*message, spf);
+    auto found = work();
     if (!attempt.missed()) co_return found;
   }
-  const auto work = [this, message, spf] { return check_message(*message, spf); };
   auto result = co_await off_thread<message_results>(pool_, work);
   co_return result;
 }

@@ -624,7 +624,7 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
     co_return too_many_recipients();
   const smtp::address& rcpt = parsed.value->addr;
   auto v = co_await policy_.on_rcpt(conn_, tx_, rcpt);
-  note_verdict("rcpt <" + rcpt.str() + ">", v);
+  note_verdict("rcpt", v, &rcpt);
   apply_rewrites(v);
   if (v.stops()) {
     ++tx_.rejected_rcpts;
@@ -994,14 +994,16 @@ void session::end_unfinished_transaction() {
   log_summary("", "-", 0, !refused ? "abandoned" : rcpt_tempfailed_ ? "tempfail" : "rejected");
 }
 
-void session::note_verdict(std::string what, const verdict& v) {
+void session::note_verdict(std::string_view stage, const verdict& v, const smtp::address* rcpt) {
   // Refused RCPTs are not bounded by server.max_recipients: neither is this list, but for this cap.
   constexpr std::size_t noted = 50;
-  auto said = v.described();
+  auto said = v.described();  // (every RCPT comes here: nothing more is built when no hook said anything)
   if (said.empty()) return;
   auto& list = tx_.policy_verdicts;
   if (list.size() < noted) {
-    list.push_back(std::move(what) + " " + said);
+    std::string what(stage);
+    if (rcpt) what += " <" + rcpt->str() + ">";
+    list.push_back(what + " " + said);
   } else if (list.size() == noted) {
     list.push_back("...");
   }

@@ -99,7 +99,7 @@ class session : public std::enable_shared_from_this<session> {
   void log_transaction(const reply& outcome, std::size_t size);
   void log_summary(std::string_view upstream, std::string_view queue_id, std::size_t size, std::string_view outcome);
   // What a policy said at MAIL, a RCPT or DATA, for the summary line.
-  void note_verdict(std::string what, const verdict& v);
+  void note_verdict(std::string_view stage, const verdict& v, const smtp::address* rcpt = nullptr);
   // portcullis_transactions_total: once per transaction, whichever way it ends.
   void count_transaction(std::string_view outcome);
   // A transaction ending before its message: counted as refused when each of
