@@ -13,6 +13,7 @@ The daemon's stderr goes to a file (`d.log_text()`, `d.wait_log(regex)`,
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -275,12 +276,14 @@ def portcullis_bin() -> Path:
 
 
 @pytest.fixture
-def start_daemon(portcullis_bin, tmp_path):
+def start_daemon(portcullis_bin, tmp_path, request):
     """start_daemon(upstream_url, server={...}, upstream={...}, log_level=None) -> Daemon.
 
     Teardown: SIGTERM, and the daemon must exit 0 (unless the test stopped it itself).
+    A failed test's report carries each daemon's log tail (pytest_runtest_makereport).
     """
     daemons: list[Daemon] = []
+    request.node.portcullis_daemons = daemons
 
     def start(upstream_url: str, log_level: str | None = None, preexec=None, **tables) -> Daemon:
         wd = tmp_path / f"daemon{len(daemons)}"
@@ -446,6 +449,20 @@ def policy_daemon(start_daemon, tmp_path, monkeypatch):
         return d
 
     return start
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failure the daemon saw (a session it closed, a reply it chose) is
+    in its log, not in the test's: a failed test shows the log of each
+    daemon it started, so that a failure seen once in CI can be read."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for i, d in enumerate(getattr(item, "portcullis_daemons", [])):
+        with contextlib.suppress(OSError):
+            report.sections.append((f"portcullis log (daemon {i}, tail)", d.log_text()[-8000:]))
 
 
 def stop_all(daemons) -> None:
