@@ -137,6 +137,65 @@ def test_each_kind_of_stage_runs_where_it_costs_least(policy_daemon, aiosmtpd_up
     d.wait_log(r"rcpt ran on pc-loop$")
 
 
+# -- async hooks of many sessions are tasks of the one loop -------------------------
+
+LOOP_AWARE = """
+    import asyncio
+
+    import portcullis as pc
+
+    LOCK = asyncio.Lock()  # bound to the loop at first use: every hook must be on that one
+    calls = 0
+
+    async def on_mail(tx, sender):
+        global calls
+        assert asyncio.current_task() is not None
+        async with asyncio.timeout(5):    # needs the current task
+            async with LOCK:
+                calls += 1
+                if calls % 2:
+                    await asyncio.sleep(0.001)  # every other one goes on on the loop's thread
+        if sender.local == "timer":
+            # Scheduled by a hook that does not suspend: the loop's thread must
+            # see it although nothing else wakes it.
+            asyncio.get_running_loop().call_later(0.2, pc.log.info, "timer fired")
+            asyncio.create_task(background())
+
+    async def background():
+        await asyncio.sleep(0.1)
+        pc.log.info("background task done")
+"""
+
+
+def test_async_hooks_of_many_sessions_share_the_one_loop(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, LOOP_AWARE, server={"threads": 2})
+    sessions, per_session = 12, 10
+    errors: list[str] = []
+
+    def session(i: int) -> None:
+        try:
+            with d.connect(f"c{i}.test") as c:
+                for k in range(per_session):
+                    r = c.transaction(f"s{i}.{k}@example.test", [f"r{i}@example.test"], b"Subject: x\r\n\r\nbody")
+                    if r.code != 250:
+                        errors.append(f"session {i}: {r}")
+        except Exception as e:  # reported below
+            errors.append(f"session {i}: {e!r}")
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    aiosmtpd_upstream.wait_messages(sessions * per_session)
+    with d.connect() as c:
+        assert c.transaction("timer@example.test", ["r@example.test"], b"Subject: x\r\n\r\nbody").code == 250
+        d.wait_log(r"timer fired$", timeout=2)
+        d.wait_log(r"background task done$", timeout=2)
+    assert "Traceback" not in d.log_text()
+
+
 # -- a plain hook that computes on the only I/O thread ------------------------------
 
 COMPUTING = THREAD_NAME + """
