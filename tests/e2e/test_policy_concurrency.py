@@ -154,7 +154,7 @@ LOOP_AWARE = """
             async with LOCK:
                 calls += 1
                 if calls % 2:
-                    await asyncio.sleep(0.001)  # every other one goes on on the loop's thread
+                    await asyncio.sleep(0.001)  # every other one suspends holding the lock: others queue on it
         if sender.local == "timer":
             # Scheduled by a hook that does not suspend: the loop's thread must
             # see it although nothing else wakes it.
