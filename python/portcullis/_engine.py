@@ -26,7 +26,7 @@ import time
 import tomllib
 import traceback
 import types
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -570,19 +570,20 @@ def _raised(hook: Hook, e: BaseException) -> HookFailure:
     return HookFailure(f"{hook.label} raised an exception:", exception_lines(e))
 
 
-async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
+async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...], loop: asyncio.AbstractEventLoop) -> Any:
     """Runs one hook with the engine's timeout; returns its value or raises HookFailure.
 
-    ``async def`` hooks run as tasks on this loop and are cancelled on
-    timeout; plain hooks run in the engine's thread pool (in a copy of this
-    context, so ``pc.log`` knows the session) and are abandoned on timeout: a
-    thread cannot be stopped, it frees its pool slot when the hook returns.
+    ``loop`` is the running loop (passed down: asking asyncio for it costs a
+    getpid() system call per hook). ``async def`` hooks run in the calling
+    task and are cancelled on timeout; plain hooks run in the engine's thread
+    pool (in a copy of this context, so ``pc.log`` knows the session) and
+    are abandoned on timeout: a thread cannot be stopped, it frees its pool
+    slot when the hook returns.
     """
-    loop = asyncio.get_running_loop()
     deadline = loop.time() + engine.timeout
     try:
         if hook.is_async:
-            value = await _await_with_deadline(hook, hook.function(*args), deadline, engine.timeout)
+            value = await _await_with_deadline(hook, hook.function(*args), deadline, engine.timeout, loop)
         else:
             where: dict[str, int] = {}
             context = contextvars.copy_context()
@@ -600,7 +601,7 @@ async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
                 raise _timeout_failure(hook, engine.timeout, "abandoned (its thread runs on)", stack)
             value = future.result()
             if inspect.isawaitable(value):  # a plain function that returned a coroutine
-                value = await _await_with_deadline(hook, value, deadline, engine.timeout)
+                value = await _await_with_deadline(hook, value, deadline, engine.timeout, loop)
     except HookFailure:
         raise
     except Exception as e:
@@ -608,7 +609,8 @@ async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...]) -> Any:
     return value
 
 
-async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, timeout: float) -> Any:
+async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, timeout: float,
+                               loop: asyncio.AbstractEventLoop) -> Any:
     # Most hooks finish without ever suspending: their first step runs here,
     # in this task, and only a hook that suspends gets a timer. At the
     # deadline the timer notes where the hook stands and cancels the task,
@@ -621,8 +623,7 @@ async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, time
         return done.value
     except SystemExit as e:
         raise _exit_of(e) from None
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
+    task = asyncio.current_task(loop)
     assert task is not None
     expired: list[str] = []
 
@@ -646,6 +647,12 @@ async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, time
         task.uncancel()
         raise _timeout_failure(hook, timeout, "cancelled", expired[0])
     return value
+
+
+async def _run_with_deadline(hook: Hook, awaitable: Any, timeout: float) -> Any:
+    # _await_with_deadline on a loop of its own (asyncio.run), where no policy loop runs.
+    loop = asyncio.get_running_loop()
+    return await _await_with_deadline(hook, awaitable, loop.time() + timeout, timeout, loop)
 
 
 @types.coroutine
@@ -855,10 +862,11 @@ class EngineHost:
 
     # -- jobs ------------------------------------------------------------------
 
-    async def dispatch(self, job: Any) -> Any:
+    async def dispatch(self, job: Any, loop: asyncio.AbstractEventLoop | None = None) -> Any:
         """Runs one job (a ``_core.Job``, or a reload/release dict) on this loop. Never raises.
 
-        Returns a ``_core.Result``, or None for the empty result ("next").
+        ``loop``: the running loop, if the caller has it at hand. Returns a
+        ``_core.Result``, or None for the empty result ("next").
         """
         if isinstance(job, dict):
             stage = job.get("stage")
@@ -868,7 +876,7 @@ class EngineHost:
                 self.release(job.get("generation"))
                 return None
             return error_result(f"unknown job stage {stage!r}")
-        return await self._drive(job, call_hook)
+        return await self._drive(job, loop or asyncio.get_running_loop())
 
     def run_plain(self, job: Any, forgotten: Sequence[str] | None = None) -> Any:
         """Runs one job on the calling thread (a daemon I/O thread or policy worker, GIL held). Never raises.
@@ -921,8 +929,8 @@ class EngineHost:
             if run.stage == "disconnect":
                 self._end_session(run.session)
 
-    async def _drive(self, job: Any, call: Callable[[Engine, Hook, tuple[Any, ...]], Awaitable[Any]]) -> Any:
-        """Runs a stage job's hooks in file order through ``call`` (which raises HookFailure for a failed hook)."""
+    async def _drive(self, job: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        """Runs a stage job's hooks in file order with ``call_hook``, in this task on ``loop``."""
         try:
             run = _StageRun(self, job)
         except Exception as e:
@@ -932,11 +940,14 @@ class EngineHost:
             for hook in run.hooks:
                 start = _monotonic()
                 try:
-                    value = await call(run.engine, hook, run.args)
+                    value = await call_hook(run.engine, hook, run.args, loop)
                 except HookFailure as f:
                     value = f
+                if value is None:  # the common case, kept short (as in run_plain)
+                    hook.metrics.observed(_monotonic() - start, "none", False)
+                    continue
                 _observed(hook, _monotonic() - start, value)
-                if value is not None and run.took(hook, value):
+                if run.took(hook, value):
                     break
             return run.finish()
         finally:
@@ -968,13 +979,12 @@ class EngineHost:
     def _await_from_thread(self, engine: Engine, hook: Hook, awaitable: Any, deadline: float) -> Any:
         loop = self.loop
         if loop is None or loop.is_closed():
-            return asyncio.run(_await_with_deadline(hook, awaitable, time.monotonic() + engine.timeout,
-                                                    engine.timeout))
+            return asyncio.run(_run_with_deadline(hook, awaitable, engine.timeout))
         context = contextvars.copy_context()  # pc.log knows the session there too
 
         async def on_loop() -> Any:
             return await _await_with_deadline(hook, awaitable, loop.time() + max(0.0, deadline - time.monotonic()),
-                                              engine.timeout)
+                                              engine.timeout, loop)
 
         future = asyncio.run_coroutine_threadsafe(context.run(on_loop), loop)
         try:
@@ -1301,7 +1311,7 @@ class _JobRunner:
         # Completed and let go in the task itself: no done callback, no extra loop turn per job.
         try:
             try:
-                result = await self.host.dispatch(job)
+                result = await self.host.dispatch(job, self.loop)
             except asyncio.CancelledError:
                 result = self.cancelled_result()
             except Exception as e:
