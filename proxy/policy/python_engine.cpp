@@ -212,7 +212,11 @@ struct python_engine::channel {
         return id;
       }
     }
+    // A loop queue that was not empty has its wake-up pending: the loop
+    // empties the queue (take_for_loop) only after it reset the eventfd.
+    bool wake_loop = false;
     if (where == route::loop) {
+      wake_loop = loop_queue.empty();
       loop_queue.push_back(std::move(q));
     } else {
       worker_queue.push_back(std::move(q));
@@ -229,7 +233,7 @@ struct python_engine::channel {
     }
     if (monitor_needed < monitor_until) monitor_cv.notify_one();
     lock.unlock();
-    if (where == route::loop) wake();
+    if (wake_loop) wake();
     return id;
   }
 
