@@ -1,4 +1,5 @@
 // portcullis: the SMTP policy proxy daemon (see CONTRACT.md, "Command line").
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -82,9 +83,24 @@ void check_access_as(const portcullis::run_as& user, const portcullis::config& c
     refuse("write to", cfg.server.message_spill_dir, "server.message_spill_dir holds large messages");
 }
 
+// glibc gives threads that contend for malloc arenas of their own, up to 8
+// per core, and each arena keeps the high-water mark of what was freed in it
+// (message buffers of a MiB). The daemon has many threads (I/O, checks,
+// policy) but little contention: two arenas cut the peak RSS of 20 sessions
+// relaying 1 MiB messages by about 5 MiB at no cost in CPU (bench/bench.py).
+// Set before any thread exists; MALLOC_ARENA_MAX or a GLIBC_TUNABLES
+// arena_max in the environment still decides.
+void limit_malloc_arenas() {
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if (std::getenv("MALLOC_ARENA_MAX") != nullptr || (tunables != nullptr && std::strstr(tunables, "arena_max") != nullptr))
+    return;
+  mallopt(M_ARENA_MAX, 2);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  limit_malloc_arenas();
   if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
     std::cout << usage;  // asked for: stdout and success; a wrong command line gets it on stderr, exit 2
     return 0;
