@@ -1,13 +1,17 @@
 #!/usr/bin/python3
-"""The Python side of a plain job, alone: microseconds per job with warm caches and cold ones.
+"""The Python side of a policy job, alone: microseconds per job with warm caches and cold ones.
 
     PYTHONPATH=python:build/python bench/engine_jobs.py                    # noop_plain.py, 3,000 sessions
     PYTHONPATH=python:build/python bench/engine_jobs.py --policy one_hook.py --evict 0 --evict 2048
+    PYTHONPATH=python:build/python bench/engine_jobs.py --policy noop_async.py
 
-Runs `EngineHost.run_plain` (what an I/O thread or a policy worker calls)
-over the jobs of one message per session (connect, helo, mail, rcpt, data,
+Runs the jobs of one message per session (connect, helo, mail, rcpt, data,
 disconnect: the stages the policy has), built in advance as the daemon
-builds them. With `--evict N`, N KiB of memory are copied between two jobs,
+builds them, the way the daemon routes them: `EngineHost.run_plain` (what
+an I/O thread or a policy worker calls) for plain hooks; for a policy whose
+hooks are all `async def`, the event loop's wake-up (`_JobRunner.drain`: the
+job taken from the daemon, its task made and stepped, its result handed
+back), one job a wake-up, timed without the loop's own turn around it. With `--evict N`, N KiB of memory are copied between two jobs,
 so each job starts with the CPU caches the daemon's own I/O work leaves it
 (the daemon's figure lies between 0 and a couple of MiB). The difference is
 why a hook costs more in the daemon than here, warm.
@@ -51,23 +55,76 @@ def main() -> None:
     host = EngineHost([os.path.join(HERE, "policies", args.policy)])
     stages = ["connect", "helo", "mail", "rcpt", "data", "disconnect"]
     hooked = [s for s in stages if host.engine.hooks[s]]
+    on_loop = all(all(h.is_async for h in host.engine.hooks[s]) for s in hooked)
+    wake_up = LoopWakeUps(host) if on_loop else None
     for evict in args.evict or [0, 2048]:
         jobs = [j for n in range(args.sessions) for j in jobs_of(n, job_from_dict, hooked)]
         ends = {id(jobs[i]): f"S{i // len(hooked)}" for i in range(len(hooked) - 1, len(jobs), len(hooked))}
         scratch = bytearray(evict * 1024)
-        total = 0
-        for job in jobs:
-            if scratch:
-                scratch[:] = scratch
-            forgotten = [ends[id(job)]] if "disconnect" not in hooked and id(job) in ends else None
-            t0 = time.perf_counter_ns()
-            host.run_plain(job, None)
-            total += time.perf_counter_ns() - t0
-            if forgotten:  # the session ended with no disconnect hook: the daemon hands it over with the next job
-                host.forget(forgotten)
-        print(f"{args.policy}: {total / len(jobs) / 1000:.1f} us per job ({', '.join(hooked)}), "
+
+        def measure() -> int:
+            total = 0
+            for job in jobs:
+                if scratch:
+                    scratch[:] = scratch
+                forgotten = [ends[id(job)]] if "disconnect" not in hooked and id(job) in ends else None
+                if wake_up:
+                    total += wake_up.time(job)
+                else:
+                    t0 = time.perf_counter_ns()
+                    host.run_plain(job, None)
+                    total += time.perf_counter_ns() - t0
+                if forgotten:  # the session ended with no disconnect hook: the daemon hands it over with the next job
+                    host.forget(forgotten)
+            return total
+
+        total = wake_up.run(measure) if wake_up else measure()
+        where = "on the event loop, a task each" if wake_up else "in place"
+        print(f"{args.policy}: {total / len(jobs) / 1000:.1f} us per job ({', '.join(hooked)}; {where}), "
               f"{evict} KiB evicted between jobs")
+    if wake_up:
+        wake_up.loop.close()
     host.close()
+
+
+class LoopWakeUps:
+    """The event loop's side of async jobs: each job brought by a wake-up of its own (``_JobRunner.drain``,
+    called from a plain callback as the eventfd's reader is, so no task runs)."""
+
+    def __init__(self, host) -> None:
+        import asyncio
+        from portcullis._engine import _JobRunner
+
+        self.loop = asyncio.new_event_loop()
+        host.loop = self.loop
+        self.runner = _JobRunner(host, self.loop, self, -1)  # this object stands in for the daemon
+        self.pending, self.completed, self.next_id = None, 0, 0
+
+    def take_all(self):  # the daemon's side: (forgotten, jobs, cancelled, stuck, stopping)
+        job, self.pending = self.pending, None
+        return [], [job], [], [], False
+
+    def complete(self, job_id, result) -> None:
+        self.completed += 1
+
+    def run(self, measure):
+        """``measure()`` in a callback of the running loop (one loop for all jobs, as in the daemon)."""
+        out = []
+        self.loop.call_soon(lambda: out.append(measure()))
+        self.loop.call_soon(self.loop.stop)
+        self.loop.run_forever()
+        return out[0]
+
+    def time(self, job) -> int:
+        """Nanoseconds of the wake-up that brings ``job``; it must complete there (no hook suspends)."""
+        self.next_id += 1
+        self.pending = (self.next_id, job)
+        t0 = time.perf_counter_ns()
+        self.runner.drain()
+        elapsed = time.perf_counter_ns() - t0
+        if self.completed != self.next_id:
+            sys.exit(f"job {self.next_id} did not complete in its wake-up: a hook suspended")
+        return elapsed
 
 
 if __name__ == "__main__":
