@@ -59,20 +59,30 @@ install(FILES README.md DESTINATION "${portcullis_docdir}")
 install(DIRECTORY docs/ DESTINATION "${portcullis_docdir}/docs" FILES_MATCHING PATTERN "*.md")
 install(DIRECTORY examples/ DESTINATION "${portcullis_docdir}/examples" PATTERN "Maildir" EXCLUDE)
 
-# Man pages, compressed as Debian wants them (man reads them either way).
-set(portcullis_man_pages portcullis.8 portcullis.toml.5)
-set(portcullis_man_outputs)
-foreach(page IN LISTS portcullis_man_pages)
-  string(REGEX MATCH "[0-9]$" section "${page}")
-  set(out "${CMAKE_BINARY_DIR}/man/${page}.gz")
+# Files installed compressed, as Debian wants them (man and zless read them
+# either way): `src` gzipped to `out` in the build tree, installed in `dest`.
+set(portcullis_gzipped)
+function(portcullis_install_gzipped src out dest)
   add_custom_command(OUTPUT "${out}"
-                     COMMAND sh -c "gzip -9n < \"$1\" > \"$2\"" sh "${PROJECT_SOURCE_DIR}/man/${page}" "${out}"
-                     DEPENDS "${PROJECT_SOURCE_DIR}/man/${page}" VERBATIM)
-  list(APPEND portcullis_man_outputs "${out}")
-  install(FILES "${out}" DESTINATION "${CMAKE_INSTALL_MANDIR}/man${section}")
-endforeach()
+                     COMMAND sh -c "gzip -9n < \"$1\" > \"$2\"" sh "${src}" "${out}"
+                     DEPENDS "${src}" VERBATIM)
+  install(FILES "${out}" DESTINATION "${dest}")
+  set(portcullis_gzipped ${portcullis_gzipped} "${out}" PARENT_SCOPE)
+endfunction()
+
+# Man pages.
 file(MAKE_DIRECTORY "${CMAKE_BINARY_DIR}/man")
-add_custom_target(portcullis_man ALL DEPENDS ${portcullis_man_outputs})
+foreach(page portcullis.8 portcullis.toml.5)
+  string(REGEX MATCH "[0-9]$" section "${page}")
+  portcullis_install_gzipped("${PROJECT_SOURCE_DIR}/man/${page}" "${CMAKE_BINARY_DIR}/man/${page}.gz"
+                             "${CMAKE_INSTALL_MANDIR}/man${section}")
+endforeach()
+# The changelog, in Debian's format (a native package: changelog.gz, Debian
+# policy 12.7); its newest entry is the project's version (tests/e2e/test_install.py).
+file(MAKE_DIRECTORY "${CMAKE_BINARY_DIR}/packaging")
+portcullis_install_gzipped("${PROJECT_SOURCE_DIR}/packaging/debian/changelog"
+                           "${CMAKE_BINARY_DIR}/packaging/changelog.gz" "${portcullis_docdir}")
+add_custom_target(portcullis_gzipped ALL DEPENDS ${portcullis_gzipped})
 
 # ---- systemd (branch ops-systemd): the unit and its sysusers.d user, installed
 # when the tree has them. The unit names /usr/sbin and /etc; an install under

@@ -20,6 +20,7 @@ tree's) and relays mail to aiosmtpd (docs/install.md).
 from __future__ import annotations
 
 import email.message
+import gzip
 import os
 import re
 import shutil
@@ -234,6 +235,11 @@ def test_debian_package_unpacks_and_runs(build_dir, tmp_path, clean_env, aiosmtp
     for page in ("man8/portcullis.8.gz", "man5/portcullis.toml.5.gz"):
         assert (prefix / "share" / "man" / page).exists(), page
     assert (prefix / "share" / "doc" / "portcullis" / "docs" / "configuration.md").exists()
+    # A native package's changelog (Debian policy 12.7), whose newest entry is the package's version.
+    changelog = prefix / "share" / "doc" / "portcullis" / "changelog.gz"
+    newest = subprocess.run(["dpkg-parsechangelog", "-l", "-", "-S", "Version"], input=gzip.decompress(changelog.read_bytes()),
+                            capture_output=True, check=True).stdout.decode().strip()
+    assert newest == fields["Version"], (newest, fields["Version"])
     if UNIT.exists():
         unit = (prefix / "lib" / "systemd" / "system" / "portcullis.service").read_text()
         assert f"/{prefix.relative_to(root)}/sbin/portcullis --config " in unit
