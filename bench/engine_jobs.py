@@ -11,9 +11,10 @@ builds them, the way the daemon routes them: `EngineHost.run_plain` (what
 an I/O thread or a policy worker calls) for plain hooks; for a policy whose
 hooks are all `async def`, the event loop's wake-up (`_JobRunner.drain`: the
 job taken from the daemon, its task made and stepped, its result handed
-back), one job a wake-up, timed without the loop's own turn around it. With `--evict N`, N KiB of memory are copied between two jobs,
-so each job starts with the CPU caches the daemon's own I/O work leaves it
-(the daemon's figure lies between 0 and a couple of MiB). The difference is
+back), one job a wake-up, timed without the loop's own turn around it.
+With `--evict N`, N KiB of memory are copied between two jobs, so each job
+starts with the CPU caches the daemon's own I/O work leaves it (the
+daemon's figure lies between 0 and a couple of MiB). The difference is
 why a hook costs more in the daemon than here, warm.
 """
 import argparse

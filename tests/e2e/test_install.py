@@ -237,8 +237,9 @@ def test_debian_package_unpacks_and_runs(build_dir, tmp_path, clean_env, aiosmtp
     assert (prefix / "share" / "doc" / "portcullis" / "docs" / "configuration.md").exists()
     # A native package's changelog (Debian policy 12.7), whose newest entry is the package's version.
     changelog = prefix / "share" / "doc" / "portcullis" / "changelog.gz"
-    newest = subprocess.run(["dpkg-parsechangelog", "-l", "-", "-S", "Version"], input=gzip.decompress(changelog.read_bytes()),
-                            capture_output=True, check=True).stdout.decode().strip()
+    newest = subprocess.run(["dpkg-parsechangelog", "-l", "-", "-S", "Version"],
+                            input=gzip.decompress(changelog.read_bytes()), capture_output=True,
+                            check=True).stdout.decode().strip()
     assert newest == fields["Version"], (newest, fields["Version"])
     if UNIT.exists():
         unit = (prefix / "lib" / "systemd" / "system" / "portcullis.service").read_text()
