@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -120,6 +121,7 @@ struct python_engine::channel {
     std::shared_ptr<io_pool> pool = nullptr;
     bool held = false;
     pid_t tid = 0;  // the I/O thread's kernel id (in place only), to see whether it is blocked
+    bool on_loop = false;  // an async job's first step, run in place on the loop's turn (run_on_loop_here)
   };
   // An idle worker waits on its own slot, so the one idle the shortest is
   // woken first: warm caches, and few threads taking turns at the GIL.
@@ -172,6 +174,17 @@ struct python_engine::channel {
   clock::time_point last_in_place{};
   // `host.run_plain` while the loop runs; read and written under the GIL only
   PyObject* plain_runner = nullptr;
+  // The loop's turn: its thread holds it except while it waits in select(),
+  // and lends it then, so that an I/O thread may start an async job's task
+  // itself (`loop_runner`, the runner's `run_here`) with no hand-off to the
+  // loop's thread and no wake-up. An I/O thread only ever tries it.
+  std::mutex loop_turn;
+  // The loop's thread is back from select() and waits for its turn: no I/O
+  // thread takes the turn before it (the mutex is not fair).
+  std::atomic<bool> loop_wants_turn = false;
+  // `runner.run_here` while the loop runs; written by the loop's thread
+  // holding the turn (and the GIL), read by a thread that holds both.
+  PyObject* loop_runner = nullptr;
   // start-up handshake: the thread reports whether the policies loaded
   std::condition_variable cv;
   bool load_reported = false;
@@ -181,6 +194,17 @@ struct python_engine::channel {
   void wake() {
     const std::uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(wakeup_fd, &one, sizeof one);
+  }
+
+  // (Under the mutex.) A job about to run on the calling I/O thread: running,
+  // so that the monitor sees it and has `pool` start a spare if it is slow.
+  void note_in_place(job_id id, const std::string& session_id, std::shared_ptr<io_pool> pool, bool on_loop) {
+    const auto now = clock::now();
+    stuck here{PyThread_get_thread_ident(), session_id, now, std::move(pool), false, this_thread_id()};
+    here.on_loop = on_loop;
+    running.emplace(id, std::move(here));
+    last_in_place = now;
+    if (now + in_place_tick < monitor_until) monitor_cv.notify_one();  // it looks again within a tick
   }
 
   job_id push(std::shared_ptr<channel> self, queued q, route where, clock::time_point deadline,
@@ -202,14 +226,23 @@ struct python_engine::channel {
       // with no hand-off (the caller is outside the session's strand, which a
       // deadline answer resumes even while the hook runs on).
       if (auto pool = io_pool::current()) {
-        const auto now = clock::now();
-        running.emplace(id, stuck{PyThread_get_thread_ident(), q.job->session_id, now, std::move(pool), false, this_thread_id()});
-        last_in_place = now;
-        if (now + in_place_tick < monitor_until) monitor_cv.notify_one();  // it looks again within a tick
+        note_in_place(id, q.job->session_id, std::move(pool), false);
         auto drop = std::exchange(forgotten, {});
         lock.unlock();
         run_in_place(id, std::move(q.job), std::move(drop));
         return id;
+      }
+    }
+    if (where == route::loop && q.job && loop_queue.empty() && running.empty() && worker_queue.empty()) {
+      // Nobody else runs Python, and the loop waits in select(): this I/O
+      // thread starts the job's task itself, on the loop's turn.
+      auto pool = io_pool::current();
+      if (pool && !loop_wants_turn.load(std::memory_order_relaxed) && loop_turn.try_lock()) {
+        note_in_place(id, q.job->session_id, std::move(pool), true);
+        lock.unlock();
+        if (run_on_loop_here(id, q.job)) return id;
+        lock.lock();  // the loop stopped meanwhile: the queue, as below
+        running.erase(id);
       }
     }
     // A loop queue that was not empty has its wake-up pending: the loop
@@ -263,7 +296,10 @@ struct python_engine::channel {
       r.error = past + " and never started: all " + std::to_string(max_workers) + " policy threads were busy";
     } else if (drop_queued(loop_queue)) {
       r.error = "no answer from the policy engine's event loop in time";
-    } else if (auto running_job = running.find(id); running_job != running.end()) {
+    } else if (auto running_job = running.find(id); running_job != running.end() && running_job->second.on_loop) {
+      cancelled.push_back(id);  // its first step is running in place; the loop cancels the task once it can
+      r.error = "no answer from the policy engine in time";
+    } else if (running_job != running.end()) {
       stuck_jobs.push_back(running_job->second);  // the loop logs where the hook stands
       r.error = past + " and was abandoned (its thread runs on)";
     } else {
@@ -337,6 +373,9 @@ struct python_engine::channel {
   }
 
   void run_in_place(job_id id, policy_job_ptr job, std::vector<std::string> forgotten);
+  // (The loop's turn held.) Starts a loop-route job's task on this thread; false
+  // (the job untouched, the turn given back) if the loop no longer takes jobs.
+  bool run_on_loop_here(job_id id, policy_job_ptr& job);
 
   void start_worker(std::shared_ptr<channel> self) {
     ++workers;
@@ -525,6 +564,46 @@ void python_engine::channel::run_in_place(job_id id, policy_job_ptr job, std::ve
   if (done) done(std::move(result));
 }
 
+bool python_engine::channel::run_on_loop_here(job_id id, policy_job_ptr& job) {
+  this_io_thread.take_gil();
+  if (loop_runner == nullptr) {
+    this_io_thread.drop_gil();
+    loop_turn.unlock();
+    return false;
+  }
+  // The job's result if its task finished here; else whether the loop's
+  // thread must look: the task went on waiting for a timer, or left
+  // callbacks to run (a task that waits for a descriptor or another thread
+  // is woken by that). Such a task completes the job itself.
+  bool wake_loop = false;
+  std::optional<policy_result> result;
+  try {
+    auto runner = py::reinterpret_borrow<py::object>(loop_runner);
+    auto out = runner(id, py::cast(std::move(job)));
+    if (PyBool_Check(out.ptr())) {
+      wake_loop = out.ptr() == Py_True;
+    } else {
+      result = result_of(out);
+    }
+  } catch (const std::exception& e) {  // (py::error_already_set included) never out of an I/O thread
+    result = error_result(std::string("internal error in the policy engine: ") + e.what());
+    wake_loop = true;  // whatever it left
+  }
+  this_io_thread.drop_gil();
+  loop_turn.unlock();
+  completion done;
+  std::shared_ptr<io_pool> held;
+  {
+    std::lock_guard lock(mutex);
+    if (auto node = running.extract(id); !node.empty() && node.mapped().held) held = std::move(node.mapped().pool);
+    if (result) done = take_waiter(id);  // (none: answered at its deadline already)
+  }
+  if (held) held->release();  // its spare may go
+  if (wake_loop) wake();
+  if (done) done(std::move(*result));
+  return true;
+}
+
 // A policy worker's life: take plain-route jobs, run each with the GIL
 // held, hand the result back; leave when the engine stops. Its thread state
 // is made once. It holds the channel, so a worker stuck in a hook after the
@@ -684,6 +763,21 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
              Py_XDECREF(ch.plain_runner);
              ch.plain_runner = runner.is_none() ? nullptr : runner.release().ptr();
            })
+      .def("set_loop_runner",
+           [](channel& ch, py::object runner) {
+             Py_XDECREF(ch.loop_runner);
+             ch.loop_runner = runner.is_none() ? nullptr : runner.release().ptr();
+           })
+      // The loop's selector around its wait (portcullis._engine._TurnLendingSelector).
+      .def("lend_turn", [](channel& ch) { ch.loop_turn.unlock(); })
+      .def(
+          "take_turn_back",
+          [](channel& ch) {
+            ch.loop_wants_turn = true;
+            ch.loop_turn.lock();
+            ch.loop_wants_turn = false;
+          },
+          py::call_guard<py::gil_scoped_release>())
       .def("complete",
            [](channel& ch, std::uint64_t id, py::handle result) { ch.complete(id, portcullis::result_of(result)); });
 }
@@ -720,6 +814,9 @@ void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, s
   // _PyThreadState_DeleteCurrent at the end of such a thread.)
   const PyGILState_STATE gil = PyGILState_Ensure();
   {
+    // The loop's turn is this thread's but while it waits in select() (the GIL
+    // is held here: nobody tries the turn before the runner is in place).
+    std::lock_guard turn(ch->loop_turn);
     try {
       auto engine = py::module_::import("portcullis._engine");
       // The thread starts with no policies; the first reload loads them, so
@@ -735,6 +832,7 @@ void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, s
     }
     // No worker may start a hook of a host that is gone.
     Py_CLEAR(ch->plain_runner);
+    Py_CLEAR(ch->loop_runner);
   }
   PyGILState_Release(gil);
   {

@@ -53,12 +53,15 @@ class python_engine {
   // Where a job runs: the calling I/O thread itself when no other thread
   // runs Python, else a policy worker (every hook of the stage is plain); a
   // policy worker (plain and async hooks: it waits for the async ones); the
-  // event loop (every hook of the stage is `async def`).
+  // event loop (every hook of the stage is `async def`): its task is started
+  // on the calling I/O thread when the loop waits and no other thread runs
+  // Python, and goes on on the loop's thread if a hook waits.
   enum class route { in_place, worker, loop };
 
-  // Queues a job, or runs it at once (route::in_place, called on an I/O
-  // thread of an io_pool, outside any strand: the hook may block, and the
-  // monitor then has the pool start a spare thread). `done` runs exactly
+  // Queues a job, or runs it at once (route::in_place, and route::loop's
+  // first step, called on an I/O thread of an io_pool, outside any strand:
+  // the hook may block, and the monitor then has the pool start a spare
+  // thread). `done` runs exactly
   // once, on a policy thread (or on the caller's, when the engine has
   // stopped or ran it in place): with the job's result, or, once
   // `deadline` passes, with an error saying what became of it (a job still

@@ -121,17 +121,19 @@ awaitable<policy_result> python_policy::run(policy_job_ptr job) {
           asio::defer(ex, [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); });
         };
         const auto by = std::chrono::steady_clock::now() + deadline;
-        if (route != python_engine::route::in_place) {
+        if (route == python_engine::route::worker) {
           engine_->submit(std::move(job), route, by, timeout_, std::move(done));
           return;
         }
         // Submitted from outside the session's strand (sessions run on
         // strands of the daemon's io_context): the engine may run the hooks
-        // right there, on this I/O thread, and a deadline answer still
-        // reaches the session while a hook runs on.
+        // (plain ones, or an async job's first step) right there, on this I/O
+        // thread, and a deadline answer still reaches the session while a
+        // hook runs on.
         auto& io = static_cast<asio::io_context&>(asio::query(ex, asio::execution::context));
-        asio::defer(io, [engine = engine_, job = std::move(job), by, timeout = timeout_, done = std::move(done)]() mutable {
-          engine->submit(std::move(job), python_engine::route::in_place, by, timeout, std::move(done));
+        asio::defer(io, [engine = engine_, job = std::move(job), route, by, timeout = timeout_,
+                         done = std::move(done)]() mutable {
+          engine->submit(std::move(job), route, by, timeout, std::move(done));
         });
       },
       asio::use_awaitable);

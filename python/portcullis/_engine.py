@@ -20,6 +20,7 @@ import operator
 import os
 import queue
 import re
+import selectors
 import sys
 import threading
 import time
@@ -939,12 +940,19 @@ class EngineHost:
             return _malformed(job, e)
         token = _scope.set(run.session.scope)  # pc.log's session and pc.config, for the hooks
         try:
+            engine = run.engine
             for hook in run.hooks:
                 start = _monotonic()
                 try:
-                    value = await call_hook(run.engine, hook, run.args, loop)
+                    if hook.is_async:  # call_hook's first case, inline: one coroutine fewer per hook
+                        value = await _await_with_deadline(hook, hook.function(*run.args), loop.time() + engine.timeout,
+                                                           engine.timeout, loop)
+                    else:
+                        value = await call_hook(engine, hook, run.args, loop)
                 except HookFailure as f:
                     value = f
+                except Exception as e:
+                    value = _raised(hook, e)
                 if value is None:  # the common case, kept short (as in run_plain)
                     hook.metrics.observed(_monotonic() - start, "none", False)
                     continue
@@ -1254,12 +1262,20 @@ class _JobRunner:
         self.by_id: dict[Any, asyncio.Task[None]] = {}  # job id -> task
         self.stopping = False
         self.stopped: asyncio.Future[None] = loop.create_future()
+        self.here: Any = None  # the job run_here steps, and its result once it finished: (result,)
+        self.here_result: tuple[Any] | None = None
+        self.asyncgen_hooks = (loop._asyncgen_firstiter_hook, loop._asyncgen_finalizer_hook)
 
     async def run(self) -> None:
         self.host.loop = self.loop
         set_runner = getattr(self.core, "set_plain_runner", None)
         if set_runner is not None:
             set_runner(self.host.run_plain)  # the daemon's policy workers call it
+        # The daemon's I/O threads start tasks themselves while the loop waits (_TurnLendingSelector).
+        set_loop_runner = getattr(self.core, "set_loop_runner", None) if isinstance(
+            getattr(self.loop, "_selector", None), _TurnLendingSelector) else None
+        if set_loop_runner is not None:
+            set_loop_runner(self.run_here)
         self.loop.add_reader(self.wakeup_fd, self.on_wakeup)
         try:
             self.loop.call_soon(self.drain)  # jobs queued before the reader was in place (outside this task)
@@ -1268,6 +1284,43 @@ class _JobRunner:
             self.loop.remove_reader(self.wakeup_fd)
             if set_runner is not None:
                 set_runner(None)
+            if set_loop_runner is not None:
+                set_loop_runner(None)
+
+    def run_here(self, job_id: Any, job: Any) -> Any:
+        """Starts a stage job's task on the calling daemon I/O thread, which holds the loop's turn
+        (the loop's thread waits in select()): no hand-off and no wake-up for a job whose hooks do
+        not wait. A task that waits goes on on the loop's thread.
+
+        Returns the job's result (a ``_core.Result`` or None) if the task finished and left the
+        loop nothing to do; else a bool, whether the loop's thread must look now (the task waits
+        for a timer, or left callbacks to run); the task then completes the job itself."""
+        loop = self.loop
+        timers = len(loop._scheduled)
+        self.here, self.here_result = job_id, None
+        # What the loop's own thread has while it runs: the running loop, and
+        # the loop's async generator hooks (an async generator a hook starts
+        # here is finalized on the loop, and closed when it stops).
+        asyncgen_hooks = sys.get_asyncgen_hooks()
+        sys.set_asyncgen_hooks(*self.asyncgen_hooks)
+        _set_running_loop(loop)
+        try:
+            task = loop.create_task(self.run_job(job_id, job), name=JOB_TASK_NAME)
+            self.tasks[task] = job_id
+            self.by_id[job_id] = task
+            _step_now(loop, task)
+        finally:
+            _set_running_loop(None)
+            sys.set_asyncgen_hooks(*asyncgen_hooks)
+            self.here = None
+        wake = bool(loop._ready) or len(loop._scheduled) != timers
+        answer = self.here_result
+        if answer is None:  # the task waits: it completes the job
+            return wake
+        if wake:
+            self.complete(job_id, answer[0])
+            return True
+        return answer[0]
 
     def on_wakeup(self) -> None:
         # Reset the eventfd first: a job queued after this read writes it again.
@@ -1314,12 +1367,17 @@ class _JobRunner:
         # Completed and let go in the task itself: no done callback, no extra loop turn per job.
         try:
             try:
-                result = await self.host.dispatch(job, self.loop)
+                # A stage job straight to _drive (dispatch's case for it): one coroutine fewer per job.
+                result = await (self.host.dispatch(job, self.loop) if isinstance(job, dict)
+                                else self.host._drive(job, self.loop))
             except asyncio.CancelledError:
                 result = self.cancelled_result()
             except Exception as e:
                 result = error_result(f"internal error in the policy engine:\n{format_exception(e)}")
-            self.complete(job_id, result)
+            if job_id == self.here:  # finished in run_here's step: it answers
+                self.here_result = (result,)
+            else:
+                self.complete(job_id, result)
         finally:
             self.let_go(job_id)
 
@@ -1356,6 +1414,28 @@ class _JobRunner:
     def maybe_stop(self) -> None:
         if self.stopping and not self.tasks and not self.stopped.done():
             self.stopped.set_result(None)
+
+
+_set_running_loop = asyncio.events._set_running_loop
+
+
+class _TurnLendingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The policy loop's selector. The loop's thread holds the loop's turn (a
+    lock of the daemon's) except while it waits here; a daemon I/O thread that
+    takes the turn meanwhile may start a job's task itself (``_JobRunner.run_here``).
+    Whatever such a task leaves for the loop wakes it (the daemon's eventfd, or
+    the descriptor the task waits for), so no wait here outlasts its work."""
+
+    def __init__(self, core: Any) -> None:
+        super().__init__()
+        self._core = core
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self._core.lend_turn()
+        try:
+            return super().select(timeout)
+        finally:
+            self._core.take_turn_back()
 
 
 def _step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
@@ -1403,7 +1483,8 @@ def run_host(
        (``async`` hooks are cancelled, threads of plain hooks abandoned),
        completes each with an error, drops the engines and returns promptly.
     """
-    loop = asyncio.new_event_loop()
+    lends_turn = core is not None and hasattr(core, "lend_turn")
+    loop = asyncio.SelectorEventLoop(_TurnLendingSelector(core)) if lends_turn else asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         host = EngineHost(files, config_path, timeout, on_error, threads)

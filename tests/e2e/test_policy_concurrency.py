@@ -118,11 +118,15 @@ PLAIN = THREAD_NAME + """
 """
 
 ASYNC = THREAD_NAME + """
+    import asyncio
+
     async def on_mail(tx, sender):
         pass
 
-    async def on_rcpt(tx, rcpt):          # every hook async: the event loop
-        pc.log.info("rcpt ran on %s", thread_name())
+    async def on_rcpt(tx, rcpt):          # every hook async: the event loop's task, started on the I/O
+        pc.log.info("rcpt ran on %s", thread_name())  # thread while the loop waits,
+        await asyncio.sleep(0.01)
+        pc.log.info("rcpt went on on %s", thread_name())  # and on the loop's thread once it waited
 """
 
 
@@ -134,7 +138,8 @@ def test_each_kind_of_stage_runs_where_it_costs_least(policy_daemon, aiosmtpd_up
         c.exchange("QUIT", 221)
     d.wait_log(r"helo ran on pc-io$")
     d.wait_log(r"mail ran on pc-policy$")
-    d.wait_log(r"rcpt ran on pc-loop$")
+    d.wait_log(r"rcpt ran on pc-io$")
+    d.wait_log(r"rcpt went on on pc-loop$")
 
 
 # -- async hooks of many sessions are tasks of the one loop -------------------------
@@ -224,3 +229,35 @@ def test_a_hook_computing_on_the_only_io_thread_does_not_hold_up_other_sessions(
         elapsed = time.monotonic() - t0
         busy.expect(250)
     assert elapsed < 1.0, f"a second client waited {elapsed:.2f} s for a hook computing on the I/O thread"
+
+
+# -- an async hook that blocks in the first step an I/O thread runs ------------------
+
+BLOCKING_ASYNC = THREAD_NAME + """
+    import time
+
+    async def on_mail(tx, sender):
+        if sender.local == "block":
+            # Looks async, is not: its first step runs on the I/O thread (the
+            # loop waits), and holds that thread for 1.5 s.
+            pc.log.info("blocking on %s", thread_name())
+            time.sleep(1.5)
+"""
+
+
+def test_an_async_hook_blocking_on_the_only_io_thread_does_not_hold_up_other_sessions(policy_daemon,
+                                                                                       aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, BLOCKING_ASYNC, server={"threads": 1})
+    with d.connect() as busy:
+        busy.cmd("MAIL FROM:<block@example.test>")
+        d.wait_log(r"blocking on pc-io$")
+        t0 = time.monotonic()
+        with d.connect("other.test") as other:  # greeted and EHLO answered by a spare thread
+            other.exchange("NOOP", 250)
+        elapsed = time.monotonic() - t0
+        busy.expect(250)
+    assert elapsed < 1.0, f"a second client waited {elapsed:.2f} s for an async hook blocking the I/O thread"
+    # The loop has its turn back: async jobs run again.
+    with d.connect() as c:
+        r = c.transaction("ann@example.test", ["bob@example.test"], b"Subject: x\r\n\r\nbody")
+        assert r.code == 250, r
