@@ -4,14 +4,18 @@
     PYTHONPATH=python:build/python bench/engine_jobs.py                    # noop_plain.py, 3,000 sessions
     PYTHONPATH=python:build/python bench/engine_jobs.py --policy one_hook.py --evict 0 --evict 2048
     PYTHONPATH=python:build/python bench/engine_jobs.py --policy noop_async.py
+    PYTHONPATH=python:build/python bench/engine_jobs.py --policy noop_async.py --through-loop
 
 Runs the jobs of one message per session (connect, helo, mail, rcpt, data,
 disconnect: the stages the policy has), built in advance as the daemon
 builds them, the way the daemon routes them: `EngineHost.run_plain` (what
 an I/O thread or a policy worker calls) for plain hooks; for a policy whose
-hooks are all `async def`, the event loop's wake-up (`_JobRunner.drain`: the
-job taken from the daemon, its task made and stepped, its result handed
-back), one job a wake-up, timed without the loop's own turn around it.
+hooks are all `async def`, what an I/O thread does while the loop waits
+(`_JobRunner.run_here`: the job's task made and stepped, its result
+returned), or with `--through-loop` what the loop's thread does when the
+job is queued for it (`_JobRunner.drain`: the job taken from the daemon,
+its task made and stepped, its result handed back), one job a wake-up,
+timed without the loop's own turn around it.
 With `--evict N`, N KiB of memory are copied between two jobs, so each job
 starts with the CPU caches the daemon's own I/O work leaves it (the
 daemon's figure lies between 0 and a couple of MiB). The difference is
@@ -50,6 +54,8 @@ def main() -> None:
     ap.add_argument("--policy", default="noop_plain.py", help="a file in bench/policies/")
     ap.add_argument("--sessions", type=int, default=3000)
     ap.add_argument("--evict", type=int, action="append", help="KiB copied between two jobs (repeatable; default 0 and 2048)")
+    ap.add_argument("--through-loop", action="store_true",
+                    help="async jobs: through the loop's wake-up, not stepped on the calling thread")
     args = ap.parse_args()
     from portcullis._engine import EngineHost, job_from_dict
 
@@ -57,7 +63,7 @@ def main() -> None:
     stages = ["connect", "helo", "mail", "rcpt", "data", "disconnect"]
     hooked = [s for s in stages if host.engine.hooks[s]]
     on_loop = all(all(h.is_async for h in host.engine.hooks[s]) for s in hooked)
-    wake_up = LoopWakeUps(host) if on_loop else None
+    wake_up = (LoopWakeUps if args.through_loop else StepsInPlace)(host) if on_loop else None
     for evict in args.evict or [0, 2048]:
         jobs = [j for n in range(args.sessions) for j in jobs_of(n, job_from_dict, hooked)]
         ends = {id(jobs[i]): f"S{i // len(hooked)}" for i in range(len(hooked) - 1, len(jobs), len(hooked))}
@@ -80,7 +86,7 @@ def main() -> None:
             return total
 
         total = wake_up.run(measure) if wake_up else measure()
-        where = "on the event loop, a task each" if wake_up else "in place"
+        where = wake_up.where if wake_up else "in place"
         print(f"{args.policy}: {total / len(jobs) / 1000:.1f} us per job ({', '.join(hooked)}; {where}), "
               f"{evict} KiB evicted between jobs")
     if wake_up:
@@ -91,6 +97,8 @@ def main() -> None:
 class LoopWakeUps:
     """The event loop's side of async jobs: each job brought by a wake-up of its own (``_JobRunner.drain``,
     called from a plain callback as the eventfd's reader is, so no task runs)."""
+
+    where = "on the event loop's thread, a task each"
 
     def __init__(self, host) -> None:
         import asyncio
@@ -125,6 +133,26 @@ class LoopWakeUps:
         elapsed = time.perf_counter_ns() - t0
         if self.completed != self.next_id:
             sys.exit(f"job {self.next_id} did not complete in its wake-up: a hook suspended")
+        return elapsed
+
+
+class StepsInPlace(LoopWakeUps):
+    """An I/O thread's side of async jobs while the loop waits: each job's task made and stepped on the
+    calling thread, no loop running there (``_JobRunner.run_here``)."""
+
+    where = "stepped in place, a task each"
+
+    def run(self, measure):
+        return measure()
+
+    def time(self, job) -> int:
+        """Nanoseconds of ``run_here`` for ``job``; it must finish there (no hook suspends)."""
+        self.next_id += 1
+        t0 = time.perf_counter_ns()
+        answer = self.runner.run_here(self.next_id, job)
+        elapsed = time.perf_counter_ns() - t0
+        if isinstance(answer, bool):
+            sys.exit(f"job {self.next_id} did not finish in its first step: a hook suspended")
         return elapsed
 
 

@@ -261,3 +261,42 @@ def test_an_async_hook_blocking_on_the_only_io_thread_does_not_hold_up_other_ses
     with d.connect() as c:
         r = c.transaction("ann@example.test", ["bob@example.test"], b"Subject: x\r\n\r\nbody")
         assert r.code == 250, r
+
+
+# -- what an I/O thread that stepped an async job leaves to the next hooks -------------
+
+STEPPED_THEN_PLAIN = THREAD_NAME + """
+    import asyncio
+
+    async def numbers():
+        try:
+            for n in range(10):
+                yield n
+        finally:
+            await asyncio.sleep(0)  # only a loop can close it: the loop's async generator hooks
+            pc.log.info("numbers closed on %s", thread_name())
+
+    async def on_mail(tx, sender):   # stepped on the only I/O thread
+        pc.log.info("mail ran on %s", thread_name())
+        async for n in numbers():
+            break                     # left suspended: finalized by the loop
+
+    async def answer():
+        return 42
+
+    def on_rcpt(tx, rcpt):           # plain, on that I/O thread next: no running loop there
+        pc.log.info("rcpt ran on %s, asyncio.run gave %s", thread_name(), asyncio.run(answer()))
+"""
+
+
+def test_a_plain_hook_after_an_async_one_on_the_same_io_thread_has_no_running_loop(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, STEPPED_THEN_PLAIN, server={"threads": 1})
+    with d.connect() as c:
+        for _ in range(2):
+            r = c.transaction("ann@example.test", ["bob@example.test"], b"Subject: x\r\n\r\nbody")
+            assert r.code == 250, r
+    d.wait_log(r"mail ran on pc-io$", count=2)
+    d.wait_log(r"rcpt ran on pc-io, asyncio.run gave 42$", count=2)
+    d.wait_log(r"numbers closed on pc-(io|loop)$", count=2)
+    assert "Traceback" not in d.log_text()
+    assert "ignored GeneratorExit" not in d.log_text()
