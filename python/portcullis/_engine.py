@@ -1303,9 +1303,10 @@ class _JobRunner:
             _enter_loop(loop)
         try:
             task = loop.create_task(self.run_job(job_id, job), name=JOB_TASK_NAME)
-            self.tasks[task] = job_id
-            self.by_id[job_id] = task
             _step_now(loop, task)
+            if not task.done():  # it waits: known by its id, for cancelling (nothing else ran meanwhile)
+                self.tasks[task] = job_id
+                self.by_id[job_id] = task
         finally:
             self.here = None
         wake = bool(loop._ready) or len(loop._scheduled) != timers

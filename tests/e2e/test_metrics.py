@@ -123,8 +123,10 @@ def test_the_counters_match_the_traffic_whichever_worker_answers(policy_daemon, 
 
     def last_counted():
         s = scrape(d.metrics_port)
+        # (The open-connections gauge goes down after the session's counts, as its connection is let go.)
         return (value(s, "portcullis_transactions_total", outcome="tempfailed") == 2
-                and value(s, "portcullis_transactions_total", outcome="rejected") == 2)
+                and value(s, "portcullis_transactions_total", outcome="rejected") == 2
+                and value(s, "portcullis_connections_open") == 0)
 
     # The last sessions' counts land as they end; each scrape may be another worker's answer.
     wait_until(last_counted, timeout=30, what="the last transactions to be counted")
