@@ -519,6 +519,17 @@ class io_thread_python {
 
 thread_local io_thread_python this_io_thread;
 
+// Set while an I/O thread completes a job it ran in place (python_engine::completing_in_place).
+thread_local bool in_place_completion = false;
+
+void complete_in_place(python_engine::completion& done, policy_result result) {
+  struct flag {
+    flag() { in_place_completion = true; }
+    ~flag() { in_place_completion = false; }
+  } during;
+  done(std::move(result));
+}
+
 spdlog::level::level_enum level_from_python(int level) {
   if (level >= 50) return spdlog::level::critical;
   if (level >= 40) return spdlog::level::err;
@@ -561,7 +572,7 @@ void python_engine::channel::run_in_place(job_id id, policy_job_ptr job, std::ve
     done = take_waiter(id);
   }
   if (held) held->release();  // its spare may go
-  if (done) done(std::move(result));
+  if (done) complete_in_place(done, std::move(result));
 }
 
 bool python_engine::channel::run_on_loop_here(job_id id, policy_job_ptr& job) {
@@ -600,7 +611,7 @@ bool python_engine::channel::run_on_loop_here(job_id id, policy_job_ptr& job) {
   }
   if (held) held->release();  // its spare may go
   if (wake_loop) wake();
-  if (done) done(std::move(*result));
+  if (done) complete_in_place(done, std::move(*result));
   return true;
 }
 
@@ -912,6 +923,8 @@ void python_engine::submit(policy_job_ptr job, route where, std::chrono::steady_
   q.job = std::move(job);
   channel_->push(channel_, std::move(q), where, deadline, hook_timeout, std::move(done));
 }
+
+bool python_engine::completing_in_place() { return in_place_completion; }
 
 void python_engine::forget(std::string session_id) {
   std::lock_guard lock(channel_->mutex);

@@ -73,6 +73,12 @@ class python_engine {
   void submit(policy_job_ptr job, route where, std::chrono::steady_clock::time_point deadline,
               std::chrono::seconds hook_timeout, completion done);
 
+  // Whether the calling thread is in a `done` called by the job's own I/O
+  // thread right after running it in place: an io_context thread outside any
+  // strand, with no lock held, so `done` may resume the session right there
+  // instead of queueing its continuation.
+  static bool completing_in_place();
+
   // Python may drop what it keeps for the session (its Connection, its
   // data): the session ended and its policies have no on_disconnect hook.
   // No job and no wake-up: the next thread to run Python does it.

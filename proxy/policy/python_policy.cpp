@@ -118,7 +118,12 @@ awaitable<policy_result> python_policy::run(policy_job_ptr job) {
       [&](auto handler) {
         auto resume = std::make_shared<decltype(handler)>(std::move(handler));  // std::function copies
         auto done = [resume, ex](policy_result r) {
-          asio::defer(ex, [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); });
+          auto go_on = [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); };
+          if (python_engine::completing_in_place()) {
+            asio::dispatch(ex, std::move(go_on));  // the session's strand is free: it goes on right here
+          } else {
+            asio::defer(ex, std::move(go_on));
+          }
         };
         const auto by = std::chrono::steady_clock::now() + deadline;
         if (route == python_engine::route::worker) {
