@@ -218,16 +218,23 @@ COMPUTING = THREAD_NAME + """
 """
 
 
+def another_client_waits(d, busy, hook_started: str) -> float:
+    """Seconds a second client waits for its greeting, EHLO and NOOP while ``busy``'s
+    command is in a hook holding the only I/O thread (its log line ``hook_started``)."""
+    d.wait_log(hook_started)
+    t0 = time.monotonic()
+    with d.connect("other.test") as other:  # greeted and EHLO answered by a spare thread
+        other.exchange("NOOP", 250)
+    elapsed = time.monotonic() - t0
+    busy.expect(250)
+    return elapsed
+
+
 def test_a_hook_computing_on_the_only_io_thread_does_not_hold_up_other_sessions(policy_daemon, aiosmtpd_upstream):
     d = policy_daemon(aiosmtpd_upstream.url, COMPUTING, server={"threads": 1})
     with d.connect(ehlo=None) as busy:
         busy.cmd("EHLO busy.test")
-        d.wait_log(r"computing on pc-io$")
-        t0 = time.monotonic()
-        with d.connect("other.test") as other:  # greeted and EHLO answered by a spare thread
-            other.exchange("NOOP", 250)
-        elapsed = time.monotonic() - t0
-        busy.expect(250)
+        elapsed = another_client_waits(d, busy, r"computing on pc-io$")
     assert elapsed < 1.0, f"a second client waited {elapsed:.2f} s for a hook computing on the I/O thread"
 
 
@@ -250,12 +257,7 @@ def test_an_async_hook_blocking_on_the_only_io_thread_does_not_hold_up_other_ses
     d = policy_daemon(aiosmtpd_upstream.url, BLOCKING_ASYNC, server={"threads": 1})
     with d.connect() as busy:
         busy.cmd("MAIL FROM:<block@example.test>")
-        d.wait_log(r"blocking on pc-io$")
-        t0 = time.monotonic()
-        with d.connect("other.test") as other:  # greeted and EHLO answered by a spare thread
-            other.exchange("NOOP", 250)
-        elapsed = time.monotonic() - t0
-        busy.expect(250)
+        elapsed = another_client_waits(d, busy, r"blocking on pc-io$")
     assert elapsed < 1.0, f"a second client waited {elapsed:.2f} s for an async hook blocking the I/O thread"
     # The loop has its turn back: async jobs run again.
     with d.connect() as c:
