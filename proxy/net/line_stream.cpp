@@ -289,21 +289,24 @@ awaitable<std::string_view> line_stream::read_some(duration timeout) {
 }
 
 awaitable<std::string_view> line_stream::peek(std::size_t max, duration timeout) {
-  boost::system::error_code ec;
-  arm(std::chrono::steady_clock::now() + timeout);
-  co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
-  const bool expired = disarm();
-  if (expired || ec) {
-    last_ = expired ? status::timeout : status::eof;
-    co_return std::string_view{};
-  }
-  peeked_.resize(max);
-  const ssize_t n = ::recv(socket_.native_handle(), peeked_.data(), max, MSG_PEEK | MSG_DONTWAIT);
-  if (n <= 0) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    boost::system::error_code ec;
+    arm(deadline);
+    co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    const bool expired = disarm();
+    if (expired || ec) {
+      last_ = expired ? status::timeout : status::eof;
+      co_return std::string_view{};
+    }
+    peeked_.resize(max);
+    const ssize_t n = ::recv(socket_.native_handle(), peeked_.data(), max, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) co_return std::string_view(peeked_.data(), static_cast<std::size_t>(n));
+    // Readiness can be spurious (select(2)): nothing there yet is not the end.
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
     last_ = status::eof;
     co_return std::string_view{};
   }
-  co_return std::string_view(peeked_.data(), static_cast<std::size_t>(n));
 }
 
 bool line_stream::skip_peeked(std::size_t n) {
