@@ -942,19 +942,12 @@ class EngineHost:
             return _malformed(job, e)
         token = _scope.set(run.session.scope)  # pc.log's session and pc.config, for the hooks
         try:
-            engine = run.engine
             for hook in run.hooks:
                 start = _monotonic()
                 try:
-                    if hook.is_async:  # call_hook's first case, inline: one coroutine fewer per hook
-                        value = await _await_with_deadline(hook, hook.function(*run.args), loop.time() + engine.timeout,
-                                                           engine.timeout, loop)
-                    else:
-                        value = await call_hook(engine, hook, run.args, loop)
+                    value = await call_hook(run.engine, hook, run.args, loop)
                 except HookFailure as f:
                     value = f
-                except Exception as e:
-                    value = _raised(hook, e)
                 if value is None:  # the common case, kept short (as in run_plain)
                     hook.metrics.observed(_monotonic() - start, "none", False)
                     continue
@@ -1272,9 +1265,9 @@ class _JobRunner:
         set_runner = getattr(self.core, "set_plain_runner", None)
         if set_runner is not None:
             set_runner(self.host.run_plain)  # the daemon's policy workers call it
-        # The daemon's I/O threads start tasks themselves while the loop waits (_TurnLendingSelector).
-        set_loop_runner = getattr(self.core, "set_loop_runner", None) if isinstance(
-            getattr(self.loop, "_selector", None), _TurnLendingSelector) else None
+        # The daemon's I/O threads start tasks themselves while the loop lends them its turn
+        # (_TurnLendingSelector; a loop that never lends it never gets such a call).
+        set_loop_runner = getattr(self.core, "set_loop_runner", None)
         if set_loop_runner is not None:
             set_loop_runner(self.run_here)
         self.loop.add_reader(self.wakeup_fd, self.on_wakeup)
@@ -1413,6 +1406,7 @@ class _JobRunner:
 
 
 _set_running_loop = asyncio.events._set_running_loop
+
 
 class _Stepping(threading.local):
     """What a daemon I/O thread that steps the loop's tasks (_JobRunner.run_here)
