@@ -376,6 +376,9 @@ struct python_engine::channel {
   // (The loop's turn held.) Starts a loop-route job's task on this thread; false
   // (the job untouched, the turn given back) if the loop no longer takes jobs.
   bool run_on_loop_here(job_id id, policy_job_ptr& job);
+  // A job run in place is over: no longer running (its spare may go) and,
+  // with a result, answered right here (a task that waits answers later).
+  void ended_in_place(job_id id, std::optional<policy_result> result);
 
   void start_worker(std::shared_ptr<channel> self) {
     ++workers;
@@ -564,15 +567,19 @@ void python_engine::channel::run_in_place(job_id id, policy_job_ptr job, std::ve
   this_io_thread.take_gil();
   policy_result result = run_plain(*this, std::move(job), std::move(drop));
   this_io_thread.drop_gil();
+  ended_in_place(id, std::move(result));
+}
+
+void python_engine::channel::ended_in_place(job_id id, std::optional<policy_result> result) {
   completion done;
   std::shared_ptr<io_pool> held;
   {
     std::lock_guard lock(mutex);
     if (auto node = running.extract(id); !node.empty() && node.mapped().held) held = std::move(node.mapped().pool);
-    done = take_waiter(id);
+    if (result) done = take_waiter(id);  // (none: answered at its deadline already)
   }
   if (held) held->release();  // its spare may go
-  if (done) complete_in_place(done, std::move(result));
+  if (done) complete_in_place(done, std::move(*result));
 }
 
 bool python_engine::channel::run_on_loop_here(job_id id, policy_job_ptr& job) {
@@ -602,16 +609,8 @@ bool python_engine::channel::run_on_loop_here(job_id id, policy_job_ptr& job) {
   }
   this_io_thread.drop_gil();
   loop_turn.unlock();
-  completion done;
-  std::shared_ptr<io_pool> held;
-  {
-    std::lock_guard lock(mutex);
-    if (auto node = running.extract(id); !node.empty() && node.mapped().held) held = std::move(node.mapped().pool);
-    if (result) done = take_waiter(id);  // (none: answered at its deadline already)
-  }
-  if (held) held->release();  // its spare may go
   if (wake_loop) wake();
-  if (done) complete_in_place(done, std::move(*result));
+  ended_in_place(id, std::move(result));
   return true;
 }
 
