@@ -29,6 +29,7 @@ shares it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 
@@ -51,6 +52,14 @@ def _settings() -> dict:
 SETTINGS = _settings()
 
 
+@functools.lru_cache(maxsize=4096)
+def _client_shown(client: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The client as its limits name it: its address, or its IPv6 network."""
+    if client.version == 4:
+        return str(client)
+    return str(ipaddress.ip_network(f"{client}/{SETTINGS['ipv6_prefix']}", strict=False))
+
+
 def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     """(store key part, what the reply names, limit) for each limit on ``unit`` that applies."""
     conn = tx.conn
@@ -59,8 +68,7 @@ def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     if any(client in network for network in SETTINGS["networks"]):
         return out
     if SETTINGS[f"{unit}_per_client"]:
-        shown = str(client) if client.version == 4 else str(
-            ipaddress.ip_network(f"{client}/{SETTINGS['ipv6_prefix']}", strict=False))
+        shown = _client_shown(client)
         out.append((f"client:{shown}", f"client {shown}", SETTINGS[f"{unit}_per_client"]))
     if SETTINGS[f"{unit}_per_login"] and conn.auth_user is not None:
         out.append((f"login:{conn.auth_user.lower()}", f"login {conn.auth_user}", SETTINGS[f"{unit}_per_login"]))
@@ -70,9 +78,13 @@ def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)  # a subject is keyed two to four times a command
+def _digest(subject: str) -> str:
+    return hashlib.sha256(subject.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any length, one key size
+
+
 def _store_key(unit: str, subject: str, bucket: int) -> str:
-    digest = hashlib.sha256(subject.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any length, one key size
-    return f"ratelimit:{unit}:{digest}:{bucket}"
+    return f"ratelimit:{unit}:{_digest(subject)}:{bucket}"
 
 
 async def _check_and_count(tx, unit: str):

@@ -33,7 +33,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import dns, metrics, store
+from . import _context, dns, metrics, store
 from ._address import Address, AddressList
 from ._engine import PolicyLoadError
 from ._log import log
@@ -82,22 +82,16 @@ config_dir: Path
 def now() -> float:
     """Seconds since the epoch, as ``time.time()``; a test may set the clock
     (``portcullis.testing.Harness(clock=...)``), so policies read time here."""
-    from . import _context
-
     return _context.clock()
 
 
 def path(name: str | os.PathLike[str]) -> Path:
     """``name`` (a file named in the config) as an absolute path: relative to
     the config file's folder, as the daemon reads its own paths."""
-    from . import _context
-
     return _context.config_folder() / Path(name)
 
 
 def __getattr__(name: str) -> Any:
-    from . import _context
-
     if name == "config":
         return _context.current_config()
     if name == "config_dir":

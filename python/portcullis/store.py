@@ -47,10 +47,21 @@ class Error(Exception):
     """The store could not answer (Redis unreachable, a timeout, a full memory table)."""
 
 
+# The last config's [store] settings: read for every call, and a config is not changed once loaded
+# (a reload makes a new one).
+_last_settings: tuple[Any, tuple[str, str, float]] = (None, ("memory:", _DEFAULT_PREFIX, _DEFAULT_TIMEOUT))
+
+
 def _settings() -> tuple[str, str, float]:
-    table = _context.current_config().get("store", {})
-    return (table.get("url", "memory:"), table.get("prefix", _DEFAULT_PREFIX),
-            float(table.get("timeout", _DEFAULT_TIMEOUT)))
+    global _last_settings
+    config = _context.current_config()
+    last_config, settings = _last_settings
+    if config is not last_config:
+        table = config.get("store", {})
+        settings = (table.get("url", "memory:"), table.get("prefix", _DEFAULT_PREFIX),
+                    float(table.get("timeout", _DEFAULT_TIMEOUT)))
+        _last_settings = (config, settings)
+    return settings
 
 
 def _checked_key(key: object) -> str:
