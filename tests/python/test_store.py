@@ -155,3 +155,26 @@ def test_the_contracts_signature_ttl_second(backend):
     assert asyncio.run(pc.store.incr(k, 0.2)) == 1  # incr(key, ttl): the ttl, not a step
     time.sleep(0.3)
     assert pc.store.get_sync(k) is None
+
+
+def test_a_reload_that_moves_the_store_moves_new_sessions_only(policy_file, redis_url):
+    # pc.store reads [store] of the config of the hook's own generation, however calls
+    # from sessions on either side of a reload interleave.
+    key = f"moved-{next(_keys)}"
+    source = f"""
+        import portcullis as pc
+        def on_rcpt(tx, rcpt):
+            n = pc.store.incr_sync("{key}")
+            return pc.reject(f"{{'memory' if pc.store.in_memory() else 'redis'}} {{n}}", code=550, status="5.7.1")
+        """
+    with Harness([policy_file(source)], config={"store": {"url": "memory:"}}) as h:
+        old = h.connect(helo="a")
+        old.mail("x@example.com")
+        assert old.rcpt("y@example.com").text == "memory 1"
+        h.reload(config={"store": {"url": redis_url}})
+        new = h.connect(helo="b")
+        new.mail("x@example.com")
+        assert new.rcpt("y@example.com").text == "redis 1"
+        assert old.rcpt("y@example.com").text == "memory 2"
+        assert new.rcpt("y@example.com").text == "redis 2"
+        assert old.rcpt("y@example.com").text == "memory 3"
