@@ -80,6 +80,14 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01, what: st
 # TOML
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Writes a file whole (a rename), as an operator's tooling should: a daemon reading a
+    half-written config may find valid TOML with half the settings, which it cannot tell."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

@@ -12,13 +12,12 @@ import os
 import re
 import signal
 import socket
-import textwrap
 import threading
 import time
 
 import pytest
 
-from conftest import wait_until
+from conftest import wait_until, write_atomically
 from sec_helpers import certs, sec_daemon  # noqa: F401  (fixtures)
 
 
@@ -134,12 +133,6 @@ def test_a_body_rewrite_over_max_message_size_is_a_policy_error(policy_daemon, a
 
 
 # -- the SIGHUP storm ---------------------------------------------------------------------
-
-def write_atomically(path, text: str) -> None:
-    tmp = path.with_suffix(".new")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 STORM_POLICY = """
 import portcullis as pc
