@@ -49,7 +49,7 @@ awaitable<dkim_signing> arc_sealer::seal(const std::string& prefix, const messag
     }
     return s;
   };
-  auto result = co_await off_thread<dkim_signing>(pool_, work);
+  auto result = co_await off_thread<dkim_signing>(pool_, "pc-seal", work);
   co_return result;
 }
 

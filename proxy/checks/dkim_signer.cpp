@@ -130,7 +130,7 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
     }
     return s;
   };
-  auto result = co_await off_thread<dkim_signing>(pool_, work);
+  auto result = co_await off_thread<dkim_signing>(pool_, "pc-sign", work);
   co_return result;
 }
 

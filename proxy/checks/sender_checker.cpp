@@ -83,7 +83,7 @@ awaitable<spf_result> sender_checker::spf(const asio::ip::address& client, const
     auto result = work();
     if (!attempt.missed()) co_return result;
   }
-  auto result = co_await off_thread<spf_result>(pool_, work);
+  auto result = co_await off_thread<spf_result>(pool_, "pc-checks", work);
   co_return result;
 }
 
@@ -94,7 +94,7 @@ awaitable<message_results> sender_checker::message(const message_ptr& message, c
     auto found = work();
     if (!attempt.missed()) co_return found;
   }
-  auto result = co_await off_thread<message_results>(pool_, work);
+  auto result = co_await off_thread<message_results>(pool_, "pc-checks", work);
   co_return result;
 }
 
