@@ -7,6 +7,7 @@ and that the signature covers the message as the upstream gets it."""
 from __future__ import annotations
 
 import base64
+import os
 import re
 import subprocess
 import sys
@@ -126,6 +127,9 @@ def test_rsa_signatures_verify_elsewhere(signing_daemon, aiosmtpd_upstream, dns_
     # A From added on the way, or a changed body, breaks it.
     assert not verifies(b"From: mallory@evil.test\r\n" + content, dns_server.port)
     assert not verifies(content.replace(b"Hello Bob", b"Hello Eve"), dns_server.port)
+    # The signer's thread has its name (top -H, perf).
+    names = {open(f"/proc/{d.pid}/task/{t}/comm").read().strip() for t in os.listdir(f"/proc/{d.pid}/task")}
+    assert "pc-sign" in names, names
 
 
 @pytest.mark.parametrize("server", [{"message_memory_threshold": 1048576}, {"message_memory_threshold": 0}],
