@@ -7,10 +7,12 @@ upstream. Stages:
     "GREETING"         the 220 banner
     "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT"
     "RCPT <address>"   one recipient only (looked up before plain "RCPT")
+    "MAIL <address>"   one sender only (looked up before plain "MAIL")
     "BODY"             as soon as the first message bytes after 354 arrive;
                        also "slow:N": read this message at N bytes per second
     "RCVBUF"           not a stage: SO_RCVBUF for every connection (with "slow:N")
     "DOT"              the reply to the final "." of a message
+    "DOT <address>"    ... of a message whose first recipient is <address>
 
 A behaviour is either reply text ("451 4.3.0 busy"; multi-line replies use
 "\\r\\n" between lines) or one of these actions:
@@ -32,6 +34,8 @@ unsolicited 354 in the same segment; "354 go" to MAIL is a reply out of place.
 A list of behaviours is consumed one per occurrence of the stage (across all
 connections); when it runs out the default reply is used. So {"MAIL": ["stall"]}
 stalls only the first MAIL, and the next connection works normally.
+`arrange(stage, behaviour)` adds to the script while the server runs (a test
+that picks each transaction's fault as it goes, keyed by its addresses).
 
 Everything received is recorded byte for byte (`received`, per connection in
 `connections`); `commands` lists every command line, `messages` every
@@ -150,6 +154,11 @@ class FakeUpstream:
                 pass
         for t in self._threads:
             t.join(timeout=5)
+
+    def arrange(self, stage: str, behaviour) -> None:
+        """Scripts `stage` from now on (as the constructor's `script` does)."""
+        with self._lock:
+            self.script[stage] = list(behaviour) if isinstance(behaviour, list) else behaviour
 
     def wait_for(self, predicate, timeout: float = 5.0) -> bool:
         """Polls `predicate()` (under no lock) until true or timeout."""
@@ -287,7 +296,7 @@ class FakeUpstream:
                     conn.commands.append(line)
                 verb = line.split(" ", 1)[0].upper()
                 if verb == "MAIL":
-                    b = self._behaviour("MAIL")
+                    b = self._behaviour(f"MAIL {_angle(line)}", "MAIL")
                     if _starts(b, "250"):
                         mail_from, rcpts, mail_line = _angle(line), [], line
                     if not act(b):
@@ -325,7 +334,7 @@ class FakeUpstream:
                     rate[0] = 0
                     wire = bytes(buf[: end + 2])
                     del buf[: end + 5]
-                    b = self._behaviour("DOT")
+                    b = self._behaviour(*([f"DOT {rcpts[0]}"] if rcpts else []), "DOT")
                     if _starts(b, "250"):
                         with self._lock:
                             self.messages.append(Message(mail_from, list(rcpts), wire, _unstuff(wire), mail_line))
