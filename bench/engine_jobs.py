@@ -5,6 +5,7 @@
     PYTHONPATH=python:build/python bench/engine_jobs.py --policy one_hook.py --evict 0 --evict 2048
     PYTHONPATH=python:build/python bench/engine_jobs.py --policy noop_async.py
     PYTHONPATH=python:build/python bench/engine_jobs.py --policy noop_async.py --through-loop
+    PYTHONPATH=python:build/python bench/engine_jobs.py --ready-made --evict 0 --sessions 5000
 
 Runs the jobs of one message per session (connect, helo, mail, rcpt, data,
 disconnect: the stages the policy has), built in advance as the daemon
@@ -56,10 +57,24 @@ def main() -> None:
     ap.add_argument("--evict", type=int, action="append", help="KiB copied between two jobs (repeatable; default 0 and 2048)")
     ap.add_argument("--through-loop", action="store_true",
                     help="async jobs: through the loop's wake-up, not stepped on the calling thread")
+    ap.add_argument("--ready-made", action="store_true",
+                    help="instead of --policy: bench.py's ready-made case (policies/aliases.py, senders.py and "
+                         "ratelimit.py, a 100,000-entry alias file, the memory store)")
     args = ap.parse_args()
     from portcullis._engine import EngineHost, job_from_dict
 
-    host = EngineHost([os.path.join(HERE, "policies", args.policy)])
+    if args.ready_made:
+        import tempfile
+        import tomllib
+
+        import bench
+
+        args.policy = "ready-made"
+        with tempfile.TemporaryDirectory(prefix="portcullis-engine-jobs-") as work:  # (read as the policies load)
+            host = EngineHost([os.path.join(HERE, "..", "policies", p) for p in bench.READY_MADE],
+                              config=tomllib.loads(bench.ready_made_tables(work)))
+    else:
+        host = EngineHost([os.path.join(HERE, "policies", args.policy)])
     stages = ["connect", "helo", "mail", "rcpt", "data", "disconnect"]
     hooked = [s for s in stages if host.engine.hooks[s]]
     on_loop = all(all(h.is_async for h in host.engine.hooks[s]) for s in hooked)
