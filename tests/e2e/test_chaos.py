@@ -31,7 +31,6 @@ import time
 import pytest
 
 from conftest import wait_until, write_atomically
-from fake_upstream import FakeUpstream
 
 CHAOS_POLICY = """
 import asyncio
@@ -362,22 +361,19 @@ def test_sigterm_amid_hostile_traffic_keeps_every_accepted_message(policy_daemon
 
 
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2]])
-def test_upstream_faults_amid_concurrent_sessions_never_become_a_250(start_daemon, shape):
+def test_upstream_faults_amid_concurrent_sessions_never_become_a_250(start_daemon, fake_upstream, shape):
     # Each transaction's fault is its own, while other sessions share the upstream pool's
     # connections: a connection that failed is never reused, no fault leaks into another
     # session's transaction, and only what the upstream took with 250 got a 250.
-    up = FakeUpstream().start()
+    up = fake_upstream()
+    d = start_daemon(up.url, upstream={"timeout": 2}, server={"max_connections_per_client": 200, **shape})
+    crowd = Crowd(d, UpstreamChaos, up)
     try:
-        d = start_daemon(up.url, upstream={"timeout": 2}, server={"max_connections_per_client": 200, **shape})
-        crowd = Crowd(d, UpstreamChaos, up)
-        try:
-            time.sleep(DURATION)
-        finally:
-            crowd.join()
-        assert len(crowd.accepted) > 50, (len(crowd.accepted), crowd.ran)
-        up.wait_for(lambda: len(up.messages) >= len(crowd.accepted), timeout=30)
-        time.sleep(1.0)  # anything doubled would arrive now
-        assert_delivered_exactly([(m.content, m.rcpt_tos) for m in up.messages], crowd.accepted, generations=False)
-        assert not re.search(r"^\S+ critical ", d.log_text(), re.M)
+        time.sleep(DURATION)
     finally:
-        up.stop()
+        crowd.join()
+    assert len(crowd.accepted) > 50, (len(crowd.accepted), crowd.ran)
+    up.wait_for(lambda: len(up.messages) >= len(crowd.accepted), timeout=30)
+    time.sleep(1.0)  # anything doubled would arrive now
+    assert_delivered_exactly([(m.content, m.rcpt_tos) for m in up.messages], crowd.accepted, generations=False)
+    assert not re.search(r"^\S+ critical ", d.log_text(), re.M)
