@@ -8,8 +8,13 @@ jobs="${JOBS:-$(nproc)}"
 # Every option is set explicitly: a cached value from an earlier configure must not change the flavour.
 case "$flavour" in
   release) dir=build;      args=(-DCMAKE_BUILD_TYPE=Release -DPORTCULLIS_SANITIZE=OFF -DPORTCULLIS_PURE_ONLY=OFF -DPORTCULLIS_FUZZ=OFF) ;;
-  asan)    dir=build-asan; args=(-DCMAKE_BUILD_TYPE=Debug -DPORTCULLIS_SANITIZE=ON -DPORTCULLIS_PURE_ONLY=OFF -DPORTCULLIS_FUZZ=OFF) ;;
-  fuzz)    dir=build-fuzz; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DPORTCULLIS_SANITIZE=OFF -DPORTCULLIS_PURE_ONLY=ON
+  # Line tables only (-g1): a sanitizer's or fuzzer's report still names function, file
+  # and line, and the build takes a sixth less time than with full debug information.
+  # (Configure a build of your own with -g to step through it in a debugger.)
+  asan)    dir=build-asan; args=(-DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-g1
+                                 -DPORTCULLIS_SANITIZE=ON -DPORTCULLIS_PURE_ONLY=OFF -DPORTCULLIS_FUZZ=OFF) ;;
+  fuzz)    dir=build-fuzz; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG"
+                                 -DPORTCULLIS_SANITIZE=OFF -DPORTCULLIS_PURE_ONLY=ON
                                  -DPORTCULLIS_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++) ;;
   *) echo "usage: $0 [release|asan|fuzz]" >&2; exit 2 ;;
 esac
