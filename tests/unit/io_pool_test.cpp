@@ -118,14 +118,15 @@ TEST(IoPool, AThreadStuckPastTheGraceIsLeftBehind) {
   // On the heap, freed only once the stuck thread is out of it.
   auto* io = new asio::io_context;
   auto pool = std::make_shared<io_pool>(*io, 1, 1);
-  auto ran = std::async(std::launch::async, [&] { return pool->run(200ms); });
   auto stuck = std::make_shared<std::promise<void>>();
   auto released = stuck->get_future().share();
   std::atomic<bool> in{false};
+  // Posted before the pool runs: a context with no work yet would stop at once.
   asio::post(*io, [&in, released] {
     in = true;
     released.wait();
   });
+  auto ran = std::async(std::launch::async, [&] { return pool->run(200ms); });
   ASSERT_TRUE(eventually([&] { return in.load(); }));
   pool->hold();
   ASSERT_TRUE(eventually([&] { return pool->running() == 2; }));
