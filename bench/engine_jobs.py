@@ -117,9 +117,11 @@ class LoopWakeUps:
 
     def __init__(self, host) -> None:
         import asyncio
-        from portcullis._engine import _JobRunner
+        from portcullis import _engine
 
-        self.loop = asyncio.new_event_loop()
+        # The loop the daemon's policy thread runs (run_host), where the package has one of its own.
+        self.loop = getattr(_engine, "_PolicyLoop", asyncio.new_event_loop)()
+        _JobRunner = _engine._JobRunner
         host.loop = self.loop
         self.runner = _JobRunner(host, self.loop, self, -1)  # this object stands in for the daemon
         self.pending, self.completed, self.next_id = None, 0, 0

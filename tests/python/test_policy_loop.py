@@ -1,0 +1,101 @@
+"""_start_task on the policy thread's loop (_PolicyLoop): a job's task whose
+first step runs at once, with no Handle queued for it, and that is in every
+other way the task asyncio would have made."""
+import asyncio
+import contextvars
+
+import pytest
+
+from portcullis._engine import JOB_TASK_NAME, _PolicyLoop, _start_task
+
+var = contextvars.ContextVar("var", default="unset")
+
+
+@pytest.fixture
+def loop():
+    loop = _PolicyLoop()
+    yield loop
+    loop.close()
+
+
+def test_the_first_step_runs_at_once_in_the_task_and_queues_nothing(loop, monkeypatch):
+    seen = {}
+    queued = []  # what reached asyncio's own call_soon (a Handle each)
+    base_call_soon = asyncio.base_events.BaseEventLoop.call_soon
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "call_soon",
+                        lambda self, *a, **kw: queued.append(a) or base_call_soon(self, *a, **kw))
+
+    async def job():
+        seen["task"] = asyncio.current_task(loop)
+        var.set("set in the job")  # in the task's own context, not the caller's
+        return 42
+
+    task = _start_task(loop, job())
+    assert task.done() and task.result() == 42
+    assert seen["task"] is task and task.get_name() == JOB_TASK_NAME
+    assert queued == [] and not loop._ready and not loop._claiming and loop._claimed is None
+    assert var.get() == "unset"
+    assert asyncio.current_task(loop) is None  # left as it was found
+
+
+def test_a_task_that_waits_goes_on_on_the_loop_and_can_time_itself_out(loop):
+    async def job():
+        async with asyncio.timeout(5):  # needs the current task, in the first step
+            await asyncio.sleep(0.01)
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timed out"
+
+    # From a plain callback of the running loop, as _JobRunner.drain calls it.
+    started = []
+    loop.call_soon(lambda: started.append(_start_task(loop, job())))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    task = started[0]
+    assert not task.done()
+    assert loop.run_until_complete(task) == "timed out"
+
+
+def test_other_call_soon_callers_are_untouched(loop):
+    calls = []
+
+    async def job():
+        loop.call_soon(calls.append, "from the first step")  # queued as usual, after the step
+        return None
+
+    _start_task(loop, job())
+    assert len(loop._ready) == 1 and calls == []
+    loop.run_until_complete(asyncio.sleep(0))
+    assert calls == ["from the first step"]
+
+
+def test_a_task_factory_or_another_loop_gets_a_task_made_the_usual_way(loop):
+    made = []
+
+    def factory(loop, coro, **kw):
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    async def job():
+        return "done"
+
+    loop.set_task_factory(factory)
+    task = _start_task(loop, job())
+    assert made and task.done() and task.result() == "done"
+
+    plain = asyncio.new_event_loop()
+    try:
+        task = _start_task(plain, job())
+        assert task.done() and task.result() == "done" and not plain._ready
+    finally:
+        plain.close()
+
+
+def test_a_coroutine_the_task_refuses_leaves_the_loop_as_it_was(loop):
+    with pytest.raises(TypeError):
+        _start_task(loop, "not a coroutine")
+    assert not loop._claiming and loop._claimed is None
+    handle = loop.call_soon(lambda: None)  # call_soon still queues
+    assert loop._ready[-1] is handle
