@@ -1469,7 +1469,9 @@ class _PolicyLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     _claimed: tuple[Any, Any] | None = None
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:
-        if self._claiming and not args:  # the new task's first step (asyncio.Task's constructor)
+        # The new task's first step (asyncio.Task's constructor); anything else (a finalizer
+        # the task's allocation set off, say) is queued as usual.
+        if self._claiming and not args and type(getattr(callback, "__self__", None)) is asyncio.Task:
             self._claiming = False
             self._claimed = (callback, context)
             return None  # (the constructor drops what it gets back)
