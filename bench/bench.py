@@ -848,6 +848,17 @@ def print_table(results, workers):
     print(f"\n{met} of {total} targets hold", flush=True)
 
 
+def byte_compile() -> None:
+    """The Python the daemons load, byte-compiled as an installed package is (its postinst):
+    where the environment sets PYTHONDONTWRITEBYTECODE, each daemon would compile the
+    package from source, 40 ms and 3 MiB of RSS per process that are no proxy's cost."""
+    import compileall
+    dirs = [os.environ.get("PORTCULLIS_PYTHON_PATH") or os.path.join(HERE, "..", "python"),
+            os.path.join(HERE, "..", "policies"), os.path.join(HERE, "policies")]
+    for d in dirs:
+        compileall.compile_dir(d, quiet=2)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default="build/portcullis")
@@ -863,6 +874,7 @@ def main():
         ap.error("--workers must be 0 or more")
 
     fd_limit = raise_fd_limit()
+    byte_compile()
     cases = [c for c in CASES if args.only in c[1]]
     if any(c[0] == "idle" for c in cases) and fd_limit < IDLE_CONNECTIONS + 100:
         sys.exit(f"the idle case needs {IDLE_CONNECTIONS + 100} file descriptors; the hard limit is {fd_limit}")
