@@ -851,7 +851,9 @@ def print_table(results, workers):
 def byte_compile() -> None:
     """The Python the daemons load, byte-compiled as an installed package is (its postinst):
     where the environment sets PYTHONDONTWRITEBYTECODE, each daemon would compile the
-    package from source, 40 ms and 3 MiB of RSS per process that are no proxy's cost."""
+    package from source, 40 ms and 3 MiB of RSS per process that are no proxy's cost.
+    (scripts/build.sh does the same for the tree; this run may have no build, or
+    PORTCULLIS_PYTHON_PATH.)"""
     import compileall
     dirs = [os.environ.get("PORTCULLIS_PYTHON_PATH") or os.path.join(HERE, "..", "python"),
             os.path.join(HERE, "..", "policies"), os.path.join(HERE, "policies")]

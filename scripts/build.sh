@@ -21,3 +21,7 @@ esac
 args+=(-DPORTCULLIS_TESTS=ON)
 cmake -S . -B "$dir" "${args[@]}" >/dev/null
 cmake --build "$dir" -j "$jobs"
+# The Python the daemon loads from this tree, byte-compiled as the installed package is
+# (its postinst): where the environment sets PYTHONDONTWRITEBYTECODE, every daemon
+# would compile it again (40 ms and 3 MiB of RSS per process).
+/usr/bin/python3 -m compileall -q python policies >/dev/null

@@ -5,6 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh release
-# Byte-compiled, as the installed package is: the environment may set PYTHONDONTWRITEBYTECODE.
-/usr/bin/python3 -m compileall -q python policies >/dev/null
 exec build/portcullis --config "${1:-examples/portcullis.toml}"

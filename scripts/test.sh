@@ -27,10 +27,10 @@ step "C++ tests (ASan/UBSan)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure
 
-# Byte-compiled once here: the environment may set PYTHONDONTWRITEBYTECODE, and
-# then every daemon the tests start compiles the package again (40 ms each; 150 ms
-# under ASan). Python still reads the .pyc files and checks them against the sources.
-/usr/bin/python3 -m compileall -q python policies examples tests >/dev/null
+# The example policies and the tests' helpers byte-compiled too (scripts/build.sh did the
+# package): where the environment sets PYTHONDONTWRITEBYTECODE, every daemon and helper
+# process the tests start would compile them again (the package: 150 ms a daemon under ASan).
+/usr/bin/python3 -m compileall -q examples tests >/dev/null
 
 step "Python API and engine (pytest, tests/python)"
 PYTHONPATH="$PWD/python:$PWD/build/python" /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python
