@@ -82,6 +82,7 @@ STOP_GRACE = 1.0
 
 _generations = itertools.count(1)
 _get_ident, _monotonic = threading.get_ident, time.monotonic  # called at every hook
+_first_step = _core.first_step  # an async hook's first step (most hooks' only one)
 _scope = _context.scope  # set around every stage's hooks
 # Frames of these files are the engine's, not the policy's: left out of tracebacks and stacks.
 _INTERNAL_FILES = (__file__, os.path.dirname(concurrent.futures.__file__), os.path.dirname(asyncio.__file__),
@@ -621,11 +622,17 @@ async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, time
     # task: no task, no wait set, no extra loop turns per hook.
     steps = awaitable.__await__()
     try:
-        first = steps.send(None)
-    except StopIteration as done:
-        return done.value
+        returned, value = _first_step(steps)
     except SystemExit as e:
         raise _exit_of(e) from None
+    if returned:
+        return value
+    return await _rest_with_deadline(hook, awaitable, steps, value, deadline, timeout, loop)
+
+
+async def _rest_with_deadline(hook: Hook, awaitable: Any, steps: Any, first: Any, deadline: float, timeout: float,
+                              loop: asyncio.AbstractEventLoop) -> Any:
+    # The rest of _await_with_deadline, once the first step yielded ``first``.
     task = asyncio.current_task(loop)
     assert task is not None
     expired: list[str] = []
@@ -945,9 +952,20 @@ class EngineHost:
             for hook in run.hooks:
                 start = _monotonic()
                 try:
-                    value = await call_hook(run.engine, hook, run.args, loop)
+                    if hook.is_async:  # call_hook's case, inlined: the hook's first step here, most never wait
+                        coro = hook.function(*run.args)
+                        returned, value = _first_step(coro)
+                        if not returned:
+                            value = await _rest_with_deadline(hook, coro, coro, value, start + run.engine.timeout,
+                                                              run.engine.timeout, loop)
+                    else:
+                        value = await call_hook(run.engine, hook, run.args, loop)
                 except HookFailure as f:
                     value = f
+                except SystemExit as e:
+                    value = _raised(hook, _exit_of(e))
+                except Exception as e:
+                    value = _raised(hook, e)
                 if value is None:  # the common case, kept short (as in run_plain)
                     hook.metrics.observed(_monotonic() - start, "none", False)
                     continue
@@ -1257,8 +1275,7 @@ class _JobRunner:
         self.by_id: dict[Any, asyncio.Task[None]] = {}  # job id -> task
         self.stopping = False
         self.stopped: asyncio.Future[None] = loop.create_future()
-        self.here: Any = None  # the job run_here steps, and its result once it finished: (result,)
-        self.here_result: tuple[Any] | None = None
+        self.here_result: Any = None  # the result of the job start() just ran, if it finished there
 
     async def run(self) -> None:
         self.host.loop = self.loop
@@ -1288,27 +1305,19 @@ class _JobRunner:
 
         Returns the job's result (a ``_core.Result`` or None) if the task finished and left the
         loop nothing to do; else a bool, whether the loop's thread must look now (the task waits
-        for a timer, or left callbacks to run); the task then completes the job itself."""
+        for a timer, or left callbacks to run); the job is then completed through the daemon."""
         loop = self.loop
         timers = len(loop._scheduled)
-        self.here, self.here_result = job_id, None
         if _stepping.loop is not loop:
             _enter_loop(loop)
-        try:
-            task = _start_task(loop, self.run_job(job_id, job))
-            if not task.done():  # it waits: known by its id, for cancelling (nothing else ran meanwhile)
-                self.tasks[task] = job_id
-                self.by_id[job_id] = task
-        finally:
-            self.here = None
+        task = self.start(job_id, job)
         wake = bool(loop._ready) or len(loop._scheduled) != timers
-        answer = self.here_result
-        if answer is None:  # the task waits: it completes the job
+        if task is not None:  # it waits: it completes the job when done
             return wake
         if wake:
-            self.complete(job_id, answer[0])
+            self.complete(job_id, self.here_result)
             return True
-        return answer[0]
+        return self.here_result
 
     def on_wakeup(self) -> None:
         # Reset the eventfd first: a job queued after this read writes it again.
@@ -1328,22 +1337,17 @@ class _JobRunner:
         if forgotten:
             self.host.forget(forgotten)
         for job_id, job in jobs:
-            coro = self.run_job(job_id, job)
-            if not stopping and job_id not in cancelled:
-                task = _start_task(self.loop, coro)
-                if task.done():
-                    continue
-            else:  # one the same wake-up cancels (or the stop) never starts
-                task = self.loop.create_task(coro, name=JOB_TASK_NAME)
-            self.tasks[task] = job_id
-            self.by_id[job_id] = task
+            if stopping or job_id in cancelled:  # one the same wake-up cancels (or the stop) never starts
+                self.complete(job_id, self.cancelled_result(stopping))
+            elif self.start(job_id, job) is None:
+                self.complete(job_id, self.here_result)
         # Jobs whose session stopped waiting (its deadline passed): async
         # hooks are cancelled, their results discarded by the daemon; a plain
         # hook's thread cannot be stopped, so where it stands is logged.
         for job_id in cancelled:
             task = self.by_id.get(job_id)
             if task is not None:
-                self.cancel(task)
+                task.cancel()
         for thread, session_id in stuck:
             self.host.report_stuck(thread, session_id)
         if stopping and not self.stopping:
@@ -1351,46 +1355,44 @@ class _JobRunner:
             # out): what still runs is cancelled, and answered with an error.
             self.stopping = True
             for task in list(self.tasks):
-                self.cancel(task)
+                task.cancel()
         self.maybe_stop()
 
-    async def run_job(self, job_id: Any, job: Any) -> None:
-        # Completed and let go in the task itself: no done callback, no extra loop turn per job.
-        try:
-            try:
-                # A stage job straight to _drive (dispatch's case for it): one coroutine fewer per job.
-                result = await (self.host.dispatch(job, self.loop) if isinstance(job, dict)
-                                else self.host._drive(job, self.loop))
-            except asyncio.CancelledError:
-                result = self.cancelled_result()
-            except Exception as e:
-                result = error_result(f"internal error in the policy engine:\n{format_exception(e)}")
-            if job_id == self.here:  # finished in run_here's step: it answers
-                self.here_result = (result,)
-            else:
-                self.complete(job_id, result)
-        finally:
-            self.let_go(job_id)
+    def start(self, job_id: Any, job: Any) -> asyncio.Task[Any] | None:
+        """A job's task, its first step run now: None if it finished there (its result in
+        ``here_result``), else the task, which completes the job when done (``finished``).
+        Most jobs finish in their first step (no hook waits): they cost no done callback,
+        no bookkeeping and no extra loop turn."""
+        host, loop = self.host, self.loop
+        # A stage job straight to _drive (dispatch's case for it): one coroutine fewer per job.
+        task = _start_task(loop, host.dispatch(job, loop) if isinstance(job, dict) else host._drive(job, loop))
+        if task.done():
+            self.here_result = self.outcome(task)
+            return None
+        self.tasks[task] = job_id
+        self.by_id[job_id] = task
+        task.add_done_callback(self.finished)
+        return task
 
-    def cancel(self, task: asyncio.Task[None]) -> None:
-        task.cancel()
-        # A task cancelled before its first step never runs run_job: answered here then.
-        task.add_done_callback(self.cancelled_unstarted)
-
-    def cancelled_unstarted(self, task: asyncio.Task[None]) -> None:
-        job_id = self.tasks.get(task)
-        if job_id is not None:  # run_job never ran: it did not answer
-            self.complete(job_id, self.cancelled_result())
-            self.let_go(job_id)
-
-    def cancelled_result(self) -> _core.Result:
-        return error_result("the policy engine is stopping" if self.stopping else "the job was abandoned")
-
-    def let_go(self, job_id: Any) -> None:
-        task = self.by_id.pop(job_id, None)
-        if task is not None:
-            del self.tasks[task]
+    def finished(self, task: asyncio.Task[Any]) -> None:
+        # A task that waited is done (or was cancelled, before its first step even).
+        job_id = self.tasks.pop(task)
+        del self.by_id[job_id]
+        self.complete(job_id, self.outcome(task))
         self.maybe_stop()
+
+    def outcome(self, task: asyncio.Task[Any]) -> Any:
+        """A done job task's result: its own (dispatch and _drive never raise), or the error."""
+        if task.cancelled():
+            return self.cancelled_result(self.stopping)
+        e = task.exception()
+        if e is None:
+            return task.result()
+        return error_result(f"internal error in the policy engine:\n{format_exception(e)}")
+
+    @staticmethod
+    def cancelled_result(stopping: bool) -> _core.Result:
+        return error_result("the policy engine is stopping" if stopping else "the job was abandoned")
 
     def complete(self, job_id: Any, result: Any) -> None:
         try:
@@ -1468,6 +1470,12 @@ class _PolicyLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     _claiming = False
     _claimed: tuple[Any, Any] | None = None
 
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        # Every future and task asks the loop get_debug() when made: answered
+        # in C, not by a Python method (a frame per job's task).
+        self.get_debug = (True).__bool__ if enabled else (False).__bool__  # type: ignore[method-assign]
+
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:
         # The new task's first step (asyncio.Task's constructor); anything else (a finalizer
         # the task's allocation set off, say) is queued as usual.
@@ -1482,7 +1490,7 @@ def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None
     """A job's task, its first step run now. Named: else asyncio formats a
     "Task-N" name for each (1,500 of the 11,000 instructions of a task).
     Called from a plain callback or with the loop's turn (no task running)."""
-    if not isinstance(loop, _PolicyLoop) or loop.get_task_factory() is not None:
+    if not isinstance(loop, _PolicyLoop) or loop._task_factory is not None:
         task = loop.create_task(coro, name=JOB_TASK_NAME)
         _step_now(loop, task)
         return task

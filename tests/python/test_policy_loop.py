@@ -99,3 +99,44 @@ def test_a_coroutine_the_task_refuses_leaves_the_loop_as_it_was(loop):
     assert not loop._claiming and loop._claimed is None
     handle = loop.call_soon(lambda: None)  # call_soon still queues
     assert loop._ready[-1] is handle
+
+
+def test_get_debug_follows_set_debug(loop):
+    # get_debug is answered in C (a method-wrapper set by set_debug), and still tells the truth.
+    assert loop.get_debug() is False
+    loop.set_debug(True)
+    assert loop.get_debug() is True
+    loop.set_debug(False)
+    assert loop.get_debug() is False
+
+
+def test_first_step_tells_a_return_from_a_wait_without_stopiteration():
+    from _portcullis_core import first_step
+
+    async def returns():
+        return "value"
+
+    async def waits(future):
+        return await future
+
+    async def raises():
+        raise KeyError("k")
+
+    assert first_step(returns()) == (True, "value")
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+        coro = waits(future)
+        returned, yielded = first_step(coro)
+        assert returned is False and yielded is future  # what a task would wait for
+        coro.close()
+    finally:
+        loop.close()
+    with pytest.raises(KeyError):
+        first_step(raises())
+
+    class Awaitable:  # a plain iterator from __await__ (no send method)
+        def __await__(self):
+            return iter(())
+
+    assert first_step(Awaitable().__await__()) == (True, None)
