@@ -1359,15 +1359,21 @@ class _JobRunner:
         self.maybe_stop()
 
     def start(self, job_id: Any, job: Any) -> asyncio.Task[Any] | None:
-        """A job's task, its first step run now: None if it finished there (its result in
-        ``here_result``), else the task, which completes the job when done (``finished``).
-        Most jobs finish in their first step (no hook waits): they cost no done callback,
-        no bookkeeping and no extra loop turn."""
+        """A job's first step, run now (``_run_eagerly``): None if it finished there (its result
+        in ``here_result``), else the task that goes on with it, which completes the job when
+        done (``finished``). Most jobs finish in their first step (no hook waits): they cost
+        no task, no done callback, no bookkeeping and no extra loop turn."""
         host, loop = self.host, self.loop
-        # A stage job straight to _drive (dispatch's case for it): one coroutine fewer per job.
-        task = _start_task(loop, host.dispatch(job, loop) if isinstance(job, dict) else host._drive(job, loop))
-        if task.done():
-            self.here_result = self.outcome(task)
+        try:
+            # A stage job straight to _drive (dispatch's case for it): one coroutine fewer per job.
+            returned, task = _run_eagerly(loop, host.dispatch(job, loop) if isinstance(job, dict)
+                                          else host._drive(job, loop))
+        except asyncio.CancelledError:
+            returned, task = True, self.cancelled_result(self.stopping)
+        except Exception as e:  # (dispatch and _drive never raise)
+            returned, task = True, error_result(f"internal error in the policy engine:\n{format_exception(e)}")
+        if returned:
+            self.here_result = task
             return None
         self.tasks[task] = job_id
         self.by_id[job_id] = task
@@ -1469,6 +1475,43 @@ class _PolicyLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
 
     _claiming = False
     _claimed: tuple[Any, Any] | None = None
+    # The spare task (see _run_eagerly): made, its first step claimed and not
+    # run; and what that step is to take over, once a job suspends.
+    _carrier: asyncio.Task[Any] | None = None
+    _carrier_step: tuple[Any, Any] | None = None
+    _carried: tuple[contextvars.Context, Any, Any] | None = None
+
+    def _new_carrier(self) -> asyncio.Task[Any] | None:
+        self._claiming = True
+        try:
+            carrier = asyncio.Task(_carry(self), loop=self, name=JOB_TASK_NAME)
+        finally:
+            self._claiming = False
+        step, self._claimed = self._claimed, None
+        if step is None:  # its step was queued some other way: it cannot wait to carry
+            carrier.cancel()
+            return None
+        self._carrier, self._carrier_step = carrier, step
+        return carrier
+
+    def _take_carrier(self) -> None:
+        # The spare becomes a job's task: its first step runs now; the next job gets a new spare.
+        step, context = self._carrier_step  # type: ignore[misc]
+        self._carrier = self._carrier_step = None
+        if context is None:
+            step()
+        else:
+            context.run(step)
+
+    def _retire_carrier(self) -> None:
+        """The spare, cancelled and finished (it never ran: nothing to unwind)."""
+        if self._carrier is not None:
+            self._carrier.cancel()
+            self._take_carrier()
+
+    def close(self) -> None:
+        self._retire_carrier()
+        super().close()
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
@@ -1509,6 +1552,83 @@ def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None
         else:
             context.run(step)
     return task
+
+
+def _run_eagerly(loop: asyncio.AbstractEventLoop, coro: Any) -> tuple[bool, Any]:
+    """A job's coroutine, its first step run now as a task's: (True, what it
+    returned), or (False, the task that goes on with it) if it suspended;
+    raises what the step raised (CancelledError if it cancelled its task).
+
+    On the policy loop no task is made for a job that does not suspend (most
+    jobs: hooks that never wait), a third of an async job's cost: the step
+    runs in a context of its own with the loop's spare task as the current
+    one (``asyncio.current_task()`` and ``asyncio.timeout()`` work as in any
+    task), and only if it suspends does that spare carry it on (``_carry``),
+    the same task object, and a new spare is made. So the task of a job that
+    never waits may be the next one's too."""
+    carrier = None
+    if isinstance(loop, _PolicyLoop) and loop._task_factory is None:
+        carrier = loop._carrier or loop._new_carrier()
+    if carrier is None:  # another loop: a task each
+        task = _start_task(loop, coro)
+        if task.done():
+            return True, task.result()
+        return False, task
+    context = _copy_context()
+    _enter_task(loop, carrier)
+    try:
+        returned, value = context.run(_first_step, coro)
+    finally:
+        _leave_task(loop, carrier)
+        cancelled = carrier._must_cancel  # the step cancelled its task: that carrier is spent
+        if cancelled:
+            loop._retire_carrier()
+    if cancelled:  # (rare) as a task cancelled in its step, it ends cancelled
+        if returned:
+            raise asyncio.CancelledError()
+        task = _start_task(loop, _resume(context, coro, value))
+        task.cancel()
+        return False, task
+    if returned:
+        return True, value
+    loop._carried = (context, coro, value)
+    loop._take_carrier()
+    return False, carrier
+
+
+async def _carry(loop: _PolicyLoop) -> Any:
+    """The carrier's coroutine: goes on with the job that suspended in its first step."""
+    carried, loop._carried = loop._carried, None
+    return await _rest_in(*carried)  # type: ignore[misc]
+
+
+async def _resume(context: contextvars.Context, steps: Any, yielded: Any) -> Any:
+    return await _rest_in(context, steps, yielded)
+
+
+@types.coroutine
+def _rest_in(context: contextvars.Context, steps: Any, yielded: Any) -> Any:
+    """_rest_of, each step of ``steps`` run in ``context``."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            context.run(steps.close)
+            raise
+        except BaseException as e:
+            try:
+                yielded = context.run(steps.throw, e)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                yielded = context.run(steps.send, sent)
+            except StopIteration as done:
+                return done.value
+
+
+_copy_context = contextvars.copy_context
+_enter_task, _leave_task = asyncio.tasks._enter_task, asyncio.tasks._leave_task
 
 
 def _step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
@@ -1566,6 +1686,7 @@ def run_host(
         finally:
             # Hooks still running (cancelled with their jobs) get a moment to
             # unwind; one that ignores the cancellation is left behind.
+            loop._retire_carrier()  # (pending, never started: not a hook to wait for)
             leftovers = asyncio.all_tasks(loop)
             for task in leftovers:
                 task.cancel()

@@ -140,3 +140,121 @@ def test_first_step_tells_a_return_from_a_wait_without_stopiteration():
             return iter(())
 
     assert first_step(Awaitable().__await__()) == (True, None)
+
+
+# _run_eagerly: no task for a job that does not suspend; the loop's spare task
+# (the carrier) is current during the step and carries on a job that does.
+
+def _run(loop, coro):
+    from portcullis._engine import _enter_loop, _leave_loop, _run_eagerly
+    _enter_loop(loop)  # as run_here has it: the running loop set, no task running
+    try:
+        return _run_eagerly(loop, coro)
+    finally:
+        _leave_loop()
+
+
+async def value(v):
+    return v
+
+
+def test_a_job_that_does_not_suspend_makes_no_task_and_leaks_no_context(loop):
+    seen = []
+
+    async def job(n):
+        seen.append(asyncio.current_task())
+        var.set(f"job {n}")
+        return n
+
+    assert _run(loop, job(1)) == (True, 1)
+    assert _run(loop, job(2)) == (True, 2)
+    carrier = loop._carrier
+    assert seen == [carrier, carrier] and not carrier.done()
+    assert asyncio.all_tasks(loop) == {carrier}  # the spare only: no task per job
+    assert var.get() == "unset" and asyncio.current_task(loop) is None
+    assert not loop._ready
+
+
+def test_a_job_that_suspends_goes_on_in_the_task_it_saw_with_its_context(loop):
+    seen = {}
+
+    async def job():
+        seen["first"] = asyncio.current_task()
+        var.set("mine")
+        await asyncio.sleep(0.01)
+        seen["later"] = (asyncio.current_task(), var.get())
+        return "done"
+
+    returned, task = _run(loop, job())
+    assert returned is False and task is seen["first"] and task.get_name() == JOB_TASK_NAME
+    assert loop._carrier is None and var.get() == "unset"
+    assert loop.run_until_complete(task) == "done"
+    assert seen["later"] == (task, "mine")
+    assert _run(loop, value("next")) == (True, "next")  # a new spare for the next job
+    assert loop._carrier is not None and loop._carrier is not task
+
+
+def test_asyncio_timeout_across_a_suspension_cancels_the_carried_job(loop):
+    async def job():
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timed out"
+
+    returned, task = _run(loop, job())
+    assert returned is False
+    assert loop.run_until_complete(task) == "timed out"
+
+
+def test_a_job_that_cancels_its_own_task_ends_cancelled(loop):
+    async def returns():
+        asyncio.current_task().cancel()
+        return "ignored"
+
+    async def waits():
+        asyncio.current_task().cancel()
+        await asyncio.sleep(5)
+
+    spare = loop._carrier or loop._new_carrier()
+    with pytest.raises(asyncio.CancelledError):
+        _run(loop, returns())
+    assert spare.cancelled() and loop._carrier is None  # spent, finished: not left pending
+    returned, task = _run(loop, waits())
+    assert returned is False
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(task)
+    assert task.cancelled()
+
+
+def test_an_exception_in_the_step_propagates_and_the_spare_stays(loop):
+    async def fails():
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        _run(loop, fails())
+    spare = loop._carrier
+    assert spare is not None and not spare.done()
+    assert _run(loop, value(1)) == (True, 1) and loop._carrier is spare
+
+
+def test_closing_the_loop_finishes_the_spare(recwarn):
+    loop = _PolicyLoop()
+    _run(loop, value(0))
+    spare = loop._carrier
+    loop.close()
+    assert spare.cancelled()
+    del spare
+    import gc
+    gc.collect()
+    assert not [w for w in recwarn if "pending" in str(w.message)]
+
+
+def test_an_abandoned_carried_job_is_cancelled(loop):
+    async def job():
+        await asyncio.sleep(5)
+
+    returned, task = _run(loop, job())
+    loop.call_later(0.01, task.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(task)
