@@ -195,6 +195,10 @@ class PolicyLoadError(Exception):
         super().__init__("\n".join(lines))
 
 
+def _ignore(*args: Any) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Hook:
     """One policy module's hook for one stage."""
@@ -204,6 +208,11 @@ class Hook:
     file: str
     is_async: bool
     metrics: Any = None  # _core.HookMetrics: its calls' figures for [metrics] (not for on_unload)
+    observed_none: Callable[[float], None] = _ignore  # metrics.none_observer: a call that returned None, its duration
+
+    def __post_init__(self) -> None:
+        if self.metrics is not None:
+            object.__setattr__(self, "observed_none", self.metrics.none_observer)
 
     @property
     def label(self) -> str:
@@ -930,7 +939,7 @@ class EngineHost:
                     value = HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late",
                                         timed_out=True)
                 if value is None:  # the common case, kept short: no opinion
-                    hook.metrics.observed(elapsed, "none", False)
+                    hook.observed_none(elapsed)
                     continue
                 _observed(hook, elapsed, value)
                 if run.took(hook, value):
@@ -967,7 +976,7 @@ class EngineHost:
                 except Exception as e:
                     value = _raised(hook, e)
                 if value is None:  # the common case, kept short (as in run_plain)
-                    hook.metrics.observed(_monotonic() - start, "none", False)
+                    hook.observed_none(_monotonic() - start)
                     continue
                 _observed(hook, _monotonic() - start, value)
                 if run.took(hook, value):

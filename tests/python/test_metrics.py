@@ -92,3 +92,19 @@ def test_misuse_is_refused():
     with pytest.raises(TypeError, match="is a histogram"):
         h.labels().inc()
     assert not hasattr(h, "inc")
+
+
+def test_a_hooks_none_observer_counts_as_observed_does_and_keeps_its_figures_alive():
+    import gc
+
+    import _portcullis_core as core
+
+    observe = core.HookMetrics("/t/none_observer.py", "rcpt").none_observer
+    gc.collect()  # the HookMetrics object is gone: the function holds the figures
+    observe(0.002)
+    observe(1)  # an int is a number of seconds too
+    with pytest.raises(TypeError):
+        observe("soon")
+    text = pc.metrics.exposition()
+    assert re.search(r'portcullis_verdicts_total\{hook="on_rcpt",verdict="none"\} (\d+)', text)
+    assert 'portcullis_hook_duration_seconds_count{policy="/t/none_observer.py",hook="on_rcpt"} 2' in text
