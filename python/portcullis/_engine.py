@@ -1308,7 +1308,7 @@ class _JobRunner:
                 set_loop_runner(None)
 
     def run_here(self, job_id: Any, job: Any) -> Any:
-        """Starts a stage job's task on the calling daemon I/O thread, which holds the loop's turn
+        """Runs a stage job's first step on the calling daemon I/O thread, which holds the loop's turn
         (the loop's thread waits in select()): no hand-off and no wake-up for a job whose hooks do
         not wait. A task that waits goes on on the loop's thread.
 
@@ -1323,10 +1323,11 @@ class _JobRunner:
         wake = bool(loop._ready) or len(loop._scheduled) != timers
         if task is not None:  # it waits: it completes the job when done
             return wake
+        result, self.here_result = self.here_result, None
         if wake:
-            self.complete(job_id, self.here_result)
+            self.complete(job_id, result)
             return True
-        return self.here_result
+        return result
 
     def on_wakeup(self) -> None:
         # Reset the eventfd first: a job queued after this read writes it again.
@@ -1349,7 +1350,8 @@ class _JobRunner:
             if stopping or job_id in cancelled:  # one the same wake-up cancels (or the stop) never starts
                 self.complete(job_id, self.cancelled_result(stopping))
             elif self.start(job_id, job) is None:
-                self.complete(job_id, self.here_result)
+                result, self.here_result = self.here_result, None
+                self.complete(job_id, result)
         # Jobs whose session stopped waiting (its deadline passed): async
         # hooks are cancelled, their results discarded by the daemon; a plain
         # hook's thread cannot be stopped, so where it stands is logged.
