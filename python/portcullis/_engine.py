@@ -675,24 +675,25 @@ async def _run_with_deadline(hook: Hook, awaitable: Any, timeout: float) -> Any:
 
 
 @types.coroutine
-def _rest_of(steps: Any, yielded: Any) -> Any:
+def _rest_of(steps: Any, yielded: Any, run: Callable[..., Any] = operator.call) -> Any:
     """Awaits the rest of an awaitable whose first step yielded ``yielded``
     (what ``yield from`` does, from its second step on): the task waits for
-    what it yields, and sends and throws into it."""
+    what it yields, and sends and throws into it. Each step is taken by
+    ``run`` (a context's ``run``: each in that context)."""
     while True:
         try:
             sent = yield yielded
         except GeneratorExit:
-            steps.close()
+            run(steps.close)
             raise
         except BaseException as e:
             try:
-                yielded = steps.throw(e)
+                yielded = run(steps.throw, e)
             except StopIteration as done:
                 return done.value
         else:
             try:
-                yielded = steps.send(sent)
+                yielded = run(steps.send, sent)
             except StopIteration as done:
                 return done.value
 
@@ -1609,33 +1610,12 @@ def _run_eagerly(loop: asyncio.AbstractEventLoop, coro: Any) -> tuple[bool, Any]
 
 async def _carry(loop: _PolicyLoop) -> Any:
     """The carrier's coroutine: goes on with the job that suspended in its first step."""
-    carried, loop._carried = loop._carried, None
-    return await _rest_in(*carried)  # type: ignore[misc]
+    (context, steps, yielded), loop._carried = loop._carried, None  # type: ignore[misc]
+    return await _rest_of(steps, yielded, context.run)
 
 
 async def _resume(context: contextvars.Context, steps: Any, yielded: Any) -> Any:
-    return await _rest_in(context, steps, yielded)
-
-
-@types.coroutine
-def _rest_in(context: contextvars.Context, steps: Any, yielded: Any) -> Any:
-    """_rest_of, each step of ``steps`` run in ``context``."""
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            context.run(steps.close)
-            raise
-        except BaseException as e:
-            try:
-                yielded = context.run(steps.throw, e)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                yielded = context.run(steps.send, sent)
-            except StopIteration as done:
-                return done.value
+    return await _rest_of(steps, yielded, context.run)
 
 
 _copy_context = contextvars.copy_context
