@@ -1277,7 +1277,7 @@ def verdict_reply(verdict: Verdict, stage: str) -> _core.VerdictReply:
 
 
 class _JobRunner:
-    """Takes jobs from the daemon when its eventfd fires, runs each as a task, completes it."""
+    """Takes jobs from the daemon when its eventfd fires, runs each (in a task once it suspends), completes it."""
 
     def __init__(self, host: EngineHost, loop: asyncio.AbstractEventLoop, core: Any, wakeup_fd: int) -> None:
         self.host, self.loop, self.core, self.wakeup_fd = host, loop, core, wakeup_fd
@@ -1656,11 +1656,12 @@ def run_host(
        stopping)``: the sessions Python may drop, ``[(job_id, job), ...]``,
        the ids of jobs the daemon stopped waiting for, ``[(thread,
        session_id), ...]`` of plain hooks it abandoned (their stacks are
-       logged), and whether it stops. It starts one task per job:
+       logged), and whether it stops. It runs each job, in a task of its
+       own once it suspends (``_run_eagerly``):
        ``EngineHost.dispatch`` for a stage job (a ``_core.Job``),
        a reload for ``{"stage": "reload", "files"?, "config_path"?,
        "timeout"?, "on_error"?, "threads"?}`` (missing keys keep their
-       values). Each task ends with ``core.complete(job_id, result)``;
+       values). Each job ends with ``core.complete(job_id, result)``;
        every job is completed exactly once, whatever happens. The tasks of
        the cancelled ids are cancelled; they are completed all the same.
     3. Once ``stopping`` is true it cancels the jobs still running
