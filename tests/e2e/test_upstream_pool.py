@@ -36,12 +36,15 @@ def rsets(up) -> int:
 
 def test_one_message_per_connection_shares_one_upstream_connection(start_daemon, fake_upstream):
     up = fake_upstream()
-    d = start_daemon(up.url)
+    d = start_daemon(up.url, log_level="debug")
     n = 8
     for i in range(n):
         one_message(d, f"m{i}")
-        # The session hands its connection back (RSET, 250) after the client has gone.
+        # The session hands its connection back (RSET, 250) after the client has gone;
+        # the next client comes once it is back in the pool (the upstream's RSET alone
+        # comes before the daemon has read the 250: a slow daemon would open another).
         assert up.wait_for(lambda: rsets(up) == i + 1), up.commands
+        d.wait_log(r"upstream: connection kept for the next session$", count=i + 1)
     assert len(up.messages) == n
     assert len(up.connections) == 1, f"{len(up.connections)} upstream connections for {n} sessions"
     cmds = up.connections[0].commands
