@@ -1580,6 +1580,10 @@ def _run_eagerly(loop: asyncio.AbstractEventLoop, coro: Any) -> tuple[bool, Any]
     never waits may be the next one's too."""
     carrier = None
     if isinstance(loop, _PolicyLoop) and loop._task_factory is None:
+        if loop._carrier is not None and loop._carrier._must_cancel:
+            # A cancel meant for a job that ended in its first step (a timer of
+            # its own that it left behind) reached the spare: not this job's.
+            loop._retire_carrier()
         carrier = loop._carrier or loop._new_carrier()
     if carrier is None:  # another loop: a task each
         task = _start_task(loop, coro)

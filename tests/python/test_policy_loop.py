@@ -258,3 +258,22 @@ def test_an_abandoned_carried_job_is_cancelled(loop):
     loop.call_later(0.01, task.cancel)
     with pytest.raises(asyncio.CancelledError):
         loop.run_until_complete(task)
+
+
+def test_a_cancel_left_behind_by_an_ended_job_does_not_reach_the_next(loop):
+    async def leaves_a_cancel():
+        loop.call_soon(asyncio.current_task().cancel)  # its own task, after it ended
+        return "first"
+
+    assert _run(loop, leaves_a_cancel()) == (True, "first")
+    loop.run_until_complete(asyncio.sleep(0))  # the cancel lands on the spare
+    assert _run(loop, value("second")) == (True, "second")
+
+    async def waits():
+        await asyncio.sleep(0.001)
+        return "third"
+
+    assert _run(loop, leaves_a_cancel()) == (True, "first")
+    loop.run_until_complete(asyncio.sleep(0))
+    returned, task = _run(loop, waits())
+    assert returned is False and loop.run_until_complete(task) == "third"
