@@ -12,10 +12,10 @@ disconnect: the stages the policy has), built in advance as the daemon
 builds them, the way the daemon routes them: `EngineHost.run_plain` (what
 an I/O thread or a policy worker calls) for plain hooks; for a policy whose
 hooks are all `async def`, what an I/O thread does while the loop waits
-(`_JobRunner.run_here`: the job's first step run, its result
+(`_JobRunner.run_here`: the job's task made and stepped, its result
 returned), or with `--through-loop` what the loop's thread does when the
 job is queued for it (`_JobRunner.drain`: the job taken from the daemon,
-its first step run, its result handed back), one job a wake-up,
+its task made and stepped, its result handed back), one job a wake-up,
 timed without the loop's own turn around it.
 With `--evict N`, N KiB of memory are copied between two jobs, so each job
 starts with the CPU caches the daemon's own I/O work leaves it (the
@@ -113,7 +113,7 @@ class LoopWakeUps:
     """The event loop's side of async jobs: each job brought by a wake-up of its own (``_JobRunner.drain``,
     called from a plain callback as the eventfd's reader is, so no task runs)."""
 
-    where = "on the event loop's thread"
+    where = "on the event loop's thread, a task each"
 
     def __init__(self, host) -> None:
         import asyncio
@@ -154,10 +154,10 @@ class LoopWakeUps:
 
 
 class StepsInPlace(LoopWakeUps):
-    """An I/O thread's side of async jobs while the loop waits: each job's first step run on the
+    """An I/O thread's side of async jobs while the loop waits: each job's task made and stepped on the
     calling thread, no loop running there (``_JobRunner.run_here``)."""
 
-    where = "stepped in place"
+    where = "stepped in place, a task each"
 
     def run(self, measure):
         return measure()

@@ -675,25 +675,24 @@ async def _run_with_deadline(hook: Hook, awaitable: Any, timeout: float) -> Any:
 
 
 @types.coroutine
-def _rest_of(steps: Any, yielded: Any, run: Callable[..., Any] = operator.call) -> Any:
+def _rest_of(steps: Any, yielded: Any) -> Any:
     """Awaits the rest of an awaitable whose first step yielded ``yielded``
     (what ``yield from`` does, from its second step on): the task waits for
-    what it yields, and sends and throws into it. Each step is taken by
-    ``run`` (a context's ``run``: each in that context)."""
+    what it yields, and sends and throws into it."""
     while True:
         try:
             sent = yield yielded
         except GeneratorExit:
-            run(steps.close)
+            steps.close()
             raise
         except BaseException as e:
             try:
-                yielded = run(steps.throw, e)
+                yielded = steps.throw(e)
             except StopIteration as done:
                 return done.value
         else:
             try:
-                yielded = run(steps.send, sent)
+                yielded = steps.send(sent)
             except StopIteration as done:
                 return done.value
 
@@ -1277,7 +1276,7 @@ def verdict_reply(verdict: Verdict, stage: str) -> _core.VerdictReply:
 
 
 class _JobRunner:
-    """Takes jobs from the daemon when its eventfd fires, runs each (in a task once it suspends), completes it."""
+    """Takes jobs from the daemon when its eventfd fires, runs each as a task, completes it."""
 
     def __init__(self, host: EngineHost, loop: asyncio.AbstractEventLoop, core: Any, wakeup_fd: int) -> None:
         self.host, self.loop, self.core, self.wakeup_fd = host, loop, core, wakeup_fd
@@ -1371,21 +1370,18 @@ class _JobRunner:
         self.maybe_stop()
 
     def start(self, job_id: Any, job: Any) -> asyncio.Task[Any] | None:
-        """A job's first step, run now (``_run_eagerly``): None if it finished there (its result
-        in ``here_result``), else the task that goes on with it, which completes the job when
-        done (``finished``). Most jobs finish in their first step (no hook waits): they cost
-        no task, no done callback, no bookkeeping and no extra loop turn."""
+        """A job's task, its first step run now: None if it finished there (its result in
+        ``here_result``), else the task, which completes the job when done (``finished``).
+        Most jobs finish in their first step (no hook waits): they cost no done callback,
+        no bookkeeping and no extra loop turn."""
         host, loop = self.host, self.loop
-        try:
-            # A stage job straight to _drive (dispatch's case for it): one coroutine fewer per job.
-            returned, task = _run_eagerly(loop, host.dispatch(job, loop) if isinstance(job, dict)
-                                          else host._drive(job, loop))
-        except asyncio.CancelledError:
-            returned, task = True, self.cancelled_result(self.stopping)
-        except Exception as e:  # (dispatch and _drive never raise)
-            returned, task = True, error_result(f"internal error in the policy engine:\n{format_exception(e)}")
-        if returned:
-            self.here_result = task
+        # A stage job straight to _drive (dispatch's case for it): one coroutine fewer per job.
+        task = _start_task(loop, host.dispatch(job, loop) if isinstance(job, dict) else host._drive(job, loop))
+        if task.done():
+            try:
+                self.here_result = task.result()  # (one call for the common case)
+            except BaseException:  # cancelled, or it raised
+                self.here_result = self.outcome(task)
             return None
         self.tasks[task] = job_id
         self.by_id[job_id] = task
@@ -1487,43 +1483,6 @@ class _PolicyLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
 
     _claiming = False
     _claimed: tuple[Any, Any] | None = None
-    # The spare task (see _run_eagerly): made, its first step claimed and not
-    # run; and what that step is to take over, once a job suspends.
-    _carrier: asyncio.Task[Any] | None = None
-    _carrier_step: tuple[Any, Any] | None = None
-    _carried: tuple[contextvars.Context, Any, Any] | None = None
-
-    def _new_carrier(self) -> asyncio.Task[Any] | None:
-        self._claiming = True
-        try:
-            carrier = asyncio.Task(_carry(self), loop=self, name=JOB_TASK_NAME)
-        finally:
-            self._claiming = False
-        step, self._claimed = self._claimed, None
-        if step is None:  # its step was queued some other way: it cannot wait to carry
-            carrier.cancel()
-            return None
-        self._carrier, self._carrier_step = carrier, step
-        return carrier
-
-    def _take_carrier(self) -> None:
-        # The spare becomes a job's task: its first step runs now; the next job gets a new spare.
-        step, context = self._carrier_step  # type: ignore[misc]
-        self._carrier = self._carrier_step = None
-        if context is None:
-            step()
-        else:
-            context.run(step)
-
-    def _retire_carrier(self) -> None:
-        """The spare, cancelled and finished (it never ran: nothing to unwind)."""
-        if self._carrier is not None:
-            self._carrier.cancel()
-            self._take_carrier()
-
-    def close(self) -> None:
-        self._retire_carrier()
-        super().close()
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
@@ -1566,66 +1525,6 @@ def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None
     return task
 
 
-def _run_eagerly(loop: asyncio.AbstractEventLoop, coro: Any) -> tuple[bool, Any]:
-    """A job's coroutine, its first step run now as a task's: (True, what it
-    returned), or (False, the task that goes on with it) if it suspended;
-    raises what the step raised (CancelledError if it cancelled its task).
-
-    On the policy loop no task is made for a job that does not suspend (most
-    jobs: hooks that never wait), a third of an async job's cost: the step
-    runs in a context of its own with the loop's spare task as the current
-    one (``asyncio.current_task()`` and ``asyncio.timeout()`` work as in any
-    task), and only if it suspends does that spare carry it on (``_carry``),
-    the same task object, and a new spare is made. So the task of a job that
-    never waits may be the next one's too."""
-    carrier = None
-    if isinstance(loop, _PolicyLoop) and loop._task_factory is None:
-        if loop._carrier is not None and loop._carrier._must_cancel:
-            # A cancel meant for a job that ended in its first step (a timer of
-            # its own that it left behind) reached the spare: not this job's.
-            loop._retire_carrier()
-        carrier = loop._carrier or loop._new_carrier()
-    if carrier is None:  # another loop: a task each
-        task = _start_task(loop, coro)
-        if task.done():
-            return True, task.result()
-        return False, task
-    context = _copy_context()
-    _enter_task(loop, carrier)
-    try:
-        returned, value = context.run(_first_step, coro)
-    finally:
-        _leave_task(loop, carrier)
-        cancelled = carrier._must_cancel  # the step cancelled its task: that carrier is spent
-        if cancelled:
-            loop._retire_carrier()
-    if cancelled:  # (rare) as a task cancelled in its step, it ends cancelled
-        if returned:
-            raise asyncio.CancelledError()
-        task = _start_task(loop, _resume(context, coro, value))
-        task.cancel()
-        return False, task
-    if returned:
-        return True, value
-    loop._carried = (context, coro, value)
-    loop._take_carrier()
-    return False, carrier
-
-
-async def _carry(loop: _PolicyLoop) -> Any:
-    """The carrier's coroutine: goes on with the job that suspended in its first step."""
-    (context, steps, yielded), loop._carried = loop._carried, None  # type: ignore[misc]
-    return await _rest_of(steps, yielded, context.run)
-
-
-async def _resume(context: contextvars.Context, steps: Any, yielded: Any) -> Any:
-    return await _rest_of(steps, yielded, context.run)
-
-
-_copy_context = contextvars.copy_context
-_enter_task, _leave_task = asyncio.tasks._enter_task, asyncio.tasks._leave_task
-
-
 def _step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
     """Runs a task's first step now, as Python 3.12's eager tasks do, instead of on the
     loop's next turn: most jobs finish in it (no hook suspends), so a job costs the
@@ -1660,12 +1559,11 @@ def run_host(
        stopping)``: the sessions Python may drop, ``[(job_id, job), ...]``,
        the ids of jobs the daemon stopped waiting for, ``[(thread,
        session_id), ...]`` of plain hooks it abandoned (their stacks are
-       logged), and whether it stops. It runs each job, in a task of its
-       own once it suspends (``_run_eagerly``):
+       logged), and whether it stops. It starts one task per job:
        ``EngineHost.dispatch`` for a stage job (a ``_core.Job``),
        a reload for ``{"stage": "reload", "files"?, "config_path"?,
        "timeout"?, "on_error"?, "threads"?}`` (missing keys keep their
-       values). Each job ends with ``core.complete(job_id, result)``;
+       values). Each task ends with ``core.complete(job_id, result)``;
        every job is completed exactly once, whatever happens. The tasks of
        the cancelled ids are cancelled; they are completed all the same.
     3. Once ``stopping`` is true it cancels the jobs still running
@@ -1682,7 +1580,6 @@ def run_host(
         finally:
             # Hooks still running (cancelled with their jobs) get a moment to
             # unwind; one that ignores the cancellation is left behind.
-            loop._retire_carrier()  # (pending, never started: not a hook to wait for)
             leftovers = asyncio.all_tasks(loop)
             for task in leftovers:
                 task.cancel()
