@@ -25,23 +25,24 @@ class hook_metrics {
     duration_ = metrics::get(metrics::family::hook_duration_seconds, {policy_, hook_});
   }
 
-  // The common call, a hook that returned None: index 0 without a search.
-  void observed_none(double seconds) {
-    duration_.observe(seconds);
-    if (!verdict_[0]) verdict_[0] = metrics::get(metrics::family::verdicts_total, {hook_, verdicts[0]});
-    verdict_[0].inc();
-  }
+  // The common call, a hook that returned None ("none", index 0): no search.
+  void observed_none(double seconds) { counted(seconds, 0); }
 
   void observed(double seconds, std::string_view verdict, bool timed_out) {
-    duration_.observe(seconds);
     std::size_t i = 0;
     while (i + 1 < std::size(verdicts) && verdicts[i] != verdict) ++i;  // (unknown: "error")
-    if (!verdict_[i]) verdict_[i] = metrics::get(metrics::family::verdicts_total, {hook_, verdicts[i]});
-    verdict_[i].inc();
+    counted(seconds, i);
     if (timed_out) metrics::count(metrics::family::hook_timeouts_total, {policy_, hook_});
   }
 
  private:
+  void counted(double seconds, std::size_t verdict) {
+    duration_.observe(seconds);
+    auto& series = verdict_[verdict];
+    if (!series) series = metrics::get(metrics::family::verdicts_total, {hook_, verdicts[verdict]});
+    series.inc();
+  }
+
   std::string policy_, hook_;
   metrics::series duration_;
   metrics::series verdict_[std::size(verdicts)];  // made at a verdict's first call (GIL held)

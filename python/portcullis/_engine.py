@@ -1284,7 +1284,6 @@ class _JobRunner:
         self.by_id: dict[Any, asyncio.Task[None]] = {}  # job id -> task
         self.stopping = False
         self.stopped: asyncio.Future[None] = loop.create_future()
-        self.here_result: Any = None  # the result of the job start() just ran, if it finished there
 
     async def run(self) -> None:
         self.host.loop = self.loop
@@ -1319,11 +1318,10 @@ class _JobRunner:
         timers = len(loop._scheduled)
         if _stepping.loop is not loop:
             _enter_loop(loop)
-        task = self.start(job_id, job)
+        done, result = self.start(job_id, job)
         wake = bool(loop._ready) or len(loop._scheduled) != timers
-        if task is not None:  # it waits: it completes the job when done
+        if not done:  # it waits: it completes the job when done
             return wake
-        result, self.here_result = self.here_result, None
         if wake:
             self.complete(job_id, result)
             return True
@@ -1349,9 +1347,10 @@ class _JobRunner:
         for job_id, job in jobs:
             if stopping or job_id in cancelled:  # one the same wake-up cancels (or the stop) never starts
                 self.complete(job_id, self.cancelled_result(stopping))
-            elif self.start(job_id, job) is None:
-                result, self.here_result = self.here_result, None
-                self.complete(job_id, result)
+            else:
+                done, result = self.start(job_id, job)
+                if done:
+                    self.complete(job_id, result)
         # Jobs whose session stopped waiting (its deadline passed): async
         # hooks are cancelled, their results discarded by the daemon; a plain
         # hook's thread cannot be stopped, so where it stands is logged.
@@ -1369,9 +1368,9 @@ class _JobRunner:
                 task.cancel()
         self.maybe_stop()
 
-    def start(self, job_id: Any, job: Any) -> asyncio.Task[Any] | None:
-        """A job's task, its first step run now: None if it finished there (its result in
-        ``here_result``), else the task, which completes the job when done (``finished``).
+    def start(self, job_id: Any, job: Any) -> tuple[bool, Any]:
+        """A job's task, its first step run now: (True, the job's result) if it finished
+        there, else (False, the task), which completes the job when done (``finished``).
         Most jobs finish in their first step (no hook waits): they cost no done callback,
         no bookkeeping and no extra loop turn."""
         host, loop = self.host, self.loop
@@ -1379,14 +1378,13 @@ class _JobRunner:
         task = _start_task(loop, host.dispatch(job, loop) if isinstance(job, dict) else host._drive(job, loop))
         if task.done():
             try:
-                self.here_result = task.result()  # (one call for the common case)
+                return True, task.result()  # (one call for the common case)
             except BaseException:  # cancelled, or it raised
-                self.here_result = self.outcome(task)
-            return None
+                return True, self.outcome(task)
         self.tasks[task] = job_id
         self.by_id[job_id] = task
         task.add_done_callback(self.finished)
-        return task
+        return False, task
 
     def finished(self, task: asyncio.Task[Any]) -> None:
         # A task that waited is done (or was cancelled, before its first step even).
