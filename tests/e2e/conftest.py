@@ -227,10 +227,13 @@ class Daemon:
     # -- log --------------------------------------------------------------
 
     def log_text(self) -> str:
+        """The log's complete lines: a long line (a transaction summary of 4 KB) may be read while
+        the daemon is halfway through writing it, and a half line must not match a wait."""
         try:
-            return self.log_path.read_bytes().decode("utf-8", "replace")
+            data = self.log_path.read_bytes()
         except FileNotFoundError:
             return ""
+        return data[: data.rfind(b"\n") + 1].decode("utf-8", "replace")
 
     def wait_log(self, pattern: str, timeout: float = 5.0, count: int = 1) -> list[re.Match]:
         rx = re.compile(pattern, re.M)
