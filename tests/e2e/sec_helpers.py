@@ -275,7 +275,9 @@ def recorder_tables(tmp_path: Path, extra_source: str = "") -> tuple[dict, Path]
 def read_record(record: Path) -> list[dict]:
     if not record.exists():
         return []
-    return [json.loads(l) for l in record.read_text().splitlines() if l.strip()]
+    text = record.read_text()
+    # Complete lines only: the policy may be halfway through writing the last one.
+    return [json.loads(l) for l in text[: text.rfind("\n") + 1].splitlines() if l.strip()]
 
 
 def wait_record(record: Path, hook: str, n: int = 1, timeout: float = 5.0) -> list[dict]:
