@@ -6,7 +6,7 @@
 # crashing inputs are kept in BUILD_DIR/fuzz-artifacts/NAME/.
 #
 #   CXX=clang++ cmake -S . -B build-fuzz -DPORTCULLIS_PURE_ONLY=ON -DPORTCULLIS_FUZZ=ON
-#   cmake --build build-fuzz -j2
+#   cmake --build build-fuzz -j2 --target fuzzers
 #   tests/fuzz/run.sh build-fuzz [SECONDS_PER_TARGET]    # default 30
 set -euo pipefail
 
