@@ -66,6 +66,16 @@ def free_port() -> int:
     raise RuntimeError("no free port left in this test process's block")
 
 
+def complete_text(path) -> str:
+    """A file another process appends lines to, up to its last newline ("" if it is not there yet):
+    a read may see part of a write still under way, and half a line must never be taken."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return ""
+    return data[: data.rfind(b"\n") + 1].decode("utf-8", "replace")
+
+
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -227,13 +237,7 @@ class Daemon:
     # -- log --------------------------------------------------------------
 
     def log_text(self) -> str:
-        """The log's complete lines: a long line (a transaction summary of 4 KB) may be read while
-        the daemon is halfway through writing it, and a half line must not match a wait."""
-        try:
-            data = self.log_path.read_bytes()
-        except FileNotFoundError:
-            return ""
-        return data[: data.rfind(b"\n") + 1].decode("utf-8", "replace")
+        return complete_text(self.log_path)  # (a summary line of 4 KB may be halfway written)
 
     def wait_log(self, pattern: str, timeout: float = 5.0, count: int = 1) -> list[re.Match]:
         rx = re.compile(pattern, re.M)

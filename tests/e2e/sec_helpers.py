@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, Daemon, stop_all, wait_until
+from conftest import HOSTNAME, Daemon, complete_text, stop_all, wait_until
 from smtp_client import RawClient
 
 with warnings.catch_warnings():
@@ -273,11 +273,7 @@ def recorder_tables(tmp_path: Path, extra_source: str = "") -> tuple[dict, Path]
 
 
 def read_record(record: Path) -> list[dict]:
-    if not record.exists():
-        return []
-    text = record.read_text()
-    # Complete lines only: the policy may be halfway through writing the last one.
-    return [json.loads(l) for l in text[: text.rfind("\n") + 1].splitlines() if l.strip()]
+    return [json.loads(l) for l in complete_text(record).splitlines() if l.strip()]
 
 
 def wait_record(record: Path, hook: str, n: int = 1, timeout: float = 5.0) -> list[dict]:

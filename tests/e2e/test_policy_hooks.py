@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from conftest import POLICY_DIR, content_without_received, exact, wait_until
+from conftest import POLICY_DIR, complete_text, content_without_received, exact, wait_until
 
 RECORDER = POLICY_DIR / "recorder.py"
 
@@ -18,9 +18,7 @@ def records(path: Path, until: str = "disconnect", count: int = 1) -> list[dict]
     """The recorder's entries, once `count` entries of hook `until` are there."""
 
     def read():
-        if not path.exists():
-            return None
-        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        entries = [json.loads(line) for line in complete_text(path).splitlines()]
         return entries if sum(e["hook"] == until for e in entries) >= count else None
 
     return wait_until(read, timeout=5, what=f"{count} {until} record(s)")
@@ -217,8 +215,8 @@ def test_two_policies_in_order_first_verdict_wins(policy_daemon, aiosmtpd_upstre
         r = c.transaction("rewrite@example.test", ["ok2@example.test"], b"Subject: two\r\n\r\nbody")
         exact(r, 250, "2.0.0", "Ok: queued as AIO00002 (aiosmtpd)")
         c.exchange("QUIT", 221)
-    wait_until(lambda: record.exists() and "B disconnect" in record.read_text(), what="B's on_disconnect")
-    assert record.read_text().splitlines() == [
+    wait_until(lambda: "B disconnect\n" in complete_text(record), what="B's on_disconnect")
+    assert complete_text(record).splitlines() == [
         "A connect",
         "A mail b-rejects@example.test",
         "B mail b-rejects@example.test tx.sender=b-rejects@example.test",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from conftest import complete_text
+
 NOTIFIED = """
 import json
 import portcullis as pc
@@ -25,7 +27,7 @@ async def on_delivered(tx, reply):
 
 
 def records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in complete_text(path).splitlines()]
 
 
 def test_on_delivered_is_told_the_upstreams_final_reply(policy_daemon, aiosmtpd_upstream, tmp_path):
