@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import select
@@ -74,6 +75,11 @@ def complete_text(path) -> str:
     except FileNotFoundError:
         return ""
     return data[: data.rfind(b"\n") + 1].decode("utf-8", "replace")
+
+
+def json_lines(path) -> list:
+    """The JSON records a policy appended to ``path``, one a line (complete lines only)."""
+    return [json.loads(line) for line in complete_text(path).splitlines() if line.strip()]
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01, what: str = "condition"):

@@ -10,7 +10,6 @@ inline tables ([tls] certificates = [{cert, key}]), clients bound to any
 from __future__ import annotations
 
 import base64
-import json
 import socket
 import ssl
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, Daemon, complete_text, stop_all, wait_until
+from conftest import HOSTNAME, Daemon, json_lines, stop_all, wait_until
 from smtp_client import RawClient
 
 with warnings.catch_warnings():
@@ -273,7 +272,7 @@ def recorder_tables(tmp_path: Path, extra_source: str = "") -> tuple[dict, Path]
 
 
 def read_record(record: Path) -> list[dict]:
-    return [json.loads(l) for l in complete_text(record).splitlines() if l.strip()]
+    return json_lines(record)
 
 
 def wait_record(record: Path, hook: str, n: int = 1, timeout: float = 5.0) -> list[dict]:

@@ -5,11 +5,10 @@ deciding (docs/policy-api.md, "Hooks" and "Hook order")."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from conftest import POLICY_DIR, complete_text, content_without_received, exact, wait_until
+from conftest import POLICY_DIR, complete_text, content_without_received, exact, json_lines, wait_until
 
 RECORDER = POLICY_DIR / "recorder.py"
 
@@ -18,7 +17,7 @@ def records(path: Path, until: str = "disconnect", count: int = 1) -> list[dict]
     """The recorder's entries, once `count` entries of hook `until` are there."""
 
     def read():
-        entries = [json.loads(line) for line in complete_text(path).splitlines()]
+        entries = json_lines(path)
         return entries if sum(e["hook"] == until for e in entries) >= count else None
 
     return wait_until(read, timeout=5, what=f"{count} {until} record(s)")

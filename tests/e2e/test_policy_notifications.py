@@ -4,9 +4,7 @@ message a policy or the proxy refused; a hook that fails changes nothing."""
 
 from __future__ import annotations
 
-import json
-
-from conftest import complete_text
+from conftest import json_lines as records
 
 NOTIFIED = """
 import json
@@ -24,10 +22,6 @@ async def on_delivered(tx, reply):
     if "boom" in str(tx.sender):
         raise RuntimeError("a notification that fails")
 """
-
-
-def records(path):
-    return [json.loads(line) for line in complete_text(path).splitlines()]
 
 
 def test_on_delivered_is_told_the_upstreams_final_reply(policy_daemon, aiosmtpd_upstream, tmp_path):
