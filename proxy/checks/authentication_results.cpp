@@ -1,5 +1,7 @@
 #include "checks/authentication_results.hpp"
 
+#include <algorithm>
+
 #include "smtp/text.hpp"
 
 namespace portcullis::checks {
@@ -127,32 +129,42 @@ void claimed_results_finder::end_field(std::uint64_t end) {
 }
 
 bool claimed_results_finder::feed(std::string_view bytes) {
-  for (char c : bytes) {
+  std::size_t i = 0;
+  while (i < bytes.size()) {
     if (done_) return false;
-    if (at_line_start_) {
-      if (saw_cr_ && c == '\n') {  // the empty line: the header section ends
-        end_field(offset_ - 1);
-        done_ = true;
-        ++offset_;
-        return false;
-      }
-      if (c == '\r' && !saw_cr_) {
-        saw_cr_ = true;
-        ++offset_;
-        continue;
-      }
-      if (!smtp::is_wsp(c)) {  // a new field (a WSP would fold the current one)
-        end_field(offset_ - (saw_cr_ ? 1 : 0));
-        in_field_ = true;
-        field_start_ = offset_ - (saw_cr_ ? 1 : 0);
-        field_.clear();
-        if (saw_cr_) field_ += '\r';
-      }
-      saw_cr_ = false;
-      at_line_start_ = false;
+    if (!at_line_start_) {
+      // Inside a line: the rest of it at once, up to its LF (or the end of these bytes).
+      const auto lf = bytes.find('\n', i);
+      const auto end = lf == std::string_view::npos ? bytes.size() : lf + 1;
+      if (in_field_ && field_.size() < kept_field_bytes)
+        field_.append(bytes.substr(i, std::min(end - i, kept_field_bytes - field_.size())));
+      offset_ += end - i;
+      at_line_start_ = lf != std::string_view::npos;
+      i = end;
+      continue;
     }
+    const char c = bytes[i++];
+    if (saw_cr_ && c == '\n') {  // the empty line: the header section ends
+      end_field(offset_ - 1);
+      done_ = true;
+      ++offset_;
+      return false;
+    }
+    if (c == '\r' && !saw_cr_) {
+      saw_cr_ = true;
+      ++offset_;
+      continue;
+    }
+    if (!smtp::is_wsp(c)) {  // a new field (a WSP would fold the current one)
+      end_field(offset_ - (saw_cr_ ? 1 : 0));
+      in_field_ = true;
+      field_start_ = offset_ - (saw_cr_ ? 1 : 0);
+      field_.clear();
+      if (saw_cr_) field_ += '\r';
+    }
+    saw_cr_ = false;
+    at_line_start_ = c == '\n';
     if (in_field_ && field_.size() < kept_field_bytes) field_ += c;
-    if (c == '\n') at_line_start_ = true;
     ++offset_;
   }
   return !done_;

@@ -1,6 +1,9 @@
 #include "checks/dkim_canon.hpp"
 
 #include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
 #include <map>
 
 #include "smtp/message_header.hpp"
@@ -67,8 +70,35 @@ std::string unsigned_signature_field(std::string_view field, dkim_canonicalizati
   return out;
 }
 
+namespace {
+
+// The bytes a body line copies as they came: all but CR, LF and, relaxed, WSP.
+constexpr std::array<bool, 256> kept_bytes(bool relaxed) {
+  std::array<bool, 256> kept{};
+  for (int c = 0; c < 256; ++c) kept[c] = c != '\r' && c != '\n' && !(relaxed && (c == ' ' || c == '\t'));
+  return kept;
+}
+constexpr auto kept_relaxed = kept_bytes(true);
+constexpr auto kept_simple = kept_bytes(false);
+
+// Where the bytes from `i` on stop being all at least `low`, looked at eight at
+// a time (a word has a byte below `low` iff (w - low*) & ~w & 0x80* is not 0,
+// for low <= 0x80): every byte that may end a run of kept bytes is below 0x21.
+std::size_t skip_at_least(std::string_view s, std::size_t i, unsigned char low) {
+  constexpr std::uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+  for (; i + 8 <= s.size(); i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    if (((w - ones * low) & ~w & highs) != 0) break;
+  }
+  return i;
+}
+
+}  // namespace
+
 void canonical_body::feed(std::string_view bytes, std::string& out) {
-  const auto plain = [this](char c) { return c != '\r' && c != '\n' && !(relaxed_ && smtp::is_wsp(c)); };
+  const auto& kept = relaxed_ ? kept_relaxed : kept_simple;
+  const auto plain = [&kept](char c) { return kept[static_cast<unsigned char>(c)]; };
   for (std::size_t i = 0; i < bytes.size();) {
     const char c = bytes[i];
     if (c == '\r') {  // lines end with CRLF (the DATA decoder saw to it): LF ends them
@@ -89,8 +119,19 @@ void canonical_body::feed(std::string_view bytes, std::string& out) {
       if (wsp_) out += ' ';
       wsp_ = false;
       content_ = any_ = true;
-      std::size_t end = i + 1;  // the run of plain bytes, copied at once
-      while (end < bytes.size() && plain(bytes[end])) ++end;
+      // The run that stays as it came, copied at once: plain bytes and, relaxed, a single SP
+      // between two of them (what the run of WSP there becomes anyway): words, not letters.
+      const unsigned char low = relaxed_ ? 0x21 : 0x0e;  // (below it: CR, LF, SP, TAB; CR, LF)
+      std::size_t end = i + 1;
+      while ((end = skip_at_least(bytes, end, low)) < bytes.size()) {
+        if (plain(bytes[end])) {
+          ++end;
+        } else if (bytes[end] == ' ' && end + 1 < bytes.size() && plain(bytes[end + 1])) {
+          end += 2;
+        } else {
+          break;
+        }
+      }
       out.append(bytes.data() + i, end - i);
       i = end;
     }

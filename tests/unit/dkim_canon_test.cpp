@@ -73,6 +73,19 @@ TEST(DkimCanon, RelaxedBodies) {
   EXPECT_EQ(body(".\r\n"), ".\r\n");
 }
 
+TEST(DkimCanon, RelaxedSpacesBetweenWordsInAnyPieces) {
+  // A single SP between words is copied with them; other runs of WSP become one SP.
+  const std::string in = "one two  three\t four \t\r\n five six \r\n \tseven\r\n";
+  const std::string want = "one two three four\r\n five six\r\n seven\r\n";
+  for (std::size_t piece : {1, 2, 3, 4, 5, 7, 4096}) EXPECT_EQ(body(in, piece), want) << "pieces of " << piece;
+  EXPECT_EQ(body("a b"), "a b\r\n");
+  EXPECT_EQ(body("a b", 2), "a b\r\n");  // the SP ends a piece: held back, then written before b
+  EXPECT_EQ(body("a \r\n", 2), "a\r\n");
+  // Long runs (looked at eight bytes at a time), with 8-bit text and a control character inside.
+  EXPECT_EQ(body("abcdefghijklmnop\tqrstuvwx\xc3\xa9yz0123456789 \x01" "abcdefgh  ijklmnopq\r\n"),
+            "abcdefghijklmnop qrstuvwx\xc3\xa9yz0123456789 \x01" "abcdefgh ijklmnopq\r\n");
+}
+
 TEST(DkimCanon, TheFieldsASignatureCovers) {
   const std::vector<std::string> fields = {"Received: x\r\n", "From: a@b.test\r\n", "To: c@d.test\r\n",
                                            "Subject: one\r\n", "Subject: two\r\n"};

@@ -66,6 +66,14 @@ TEST(IsAscii, Table) {
   EXPECT_FALSE(is_ascii("\x80"));
   EXPECT_FALSE(is_ascii("a\xc3\xbc"));
   EXPECT_FALSE(is_ascii("\xff"));
+  // Long text is read in blocks: an 8-bit byte anywhere in it, or in the tail after the last block.
+  const std::string text(100, 'a');
+  EXPECT_TRUE(is_ascii(text));
+  for (std::size_t at : {0, 7, 31, 32, 63, 95, 96, 99}) {
+    auto t = text;
+    t[at] = '\x80';
+    EXPECT_FALSE(is_ascii(t)) << "8-bit byte at " << at;
+  }
 }
 
 TEST(CaseInsensitive, Table) {
