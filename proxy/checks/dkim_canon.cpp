@@ -83,7 +83,8 @@ constexpr auto kept_simple = kept_bytes(false);
 
 // Where the bytes from `i` on stop being all at least `low`, looked at eight at
 // a time (a word has a byte below `low` iff (w - low*) & ~w & 0x80* is not 0,
-// for low <= 0x80): every byte that may end a run of kept bytes is below 0x21.
+// for low <= 0x80). The bytes that end a run of kept bytes are all low:
+// CR, LF, SP and TAB (relaxed, below 0x21); CR and LF (simple, below 0x0e).
 std::size_t skip_at_least(std::string_view s, std::size_t i, unsigned char low) {
   constexpr std::uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
   for (; i + 8 <= s.size(); i += 8) {
@@ -121,7 +122,7 @@ void canonical_body::feed(std::string_view bytes, std::string& out) {
       content_ = any_ = true;
       // The run that stays as it came, copied at once: plain bytes and, relaxed, a single SP
       // between two of them (what the run of WSP there becomes anyway): words, not letters.
-      const unsigned char low = relaxed_ ? 0x21 : 0x0e;  // (below it: CR, LF, SP, TAB; CR, LF)
+      const unsigned char low = relaxed_ ? 0x21 : 0x0e;  // every byte that ends a run is below it
       std::size_t end = i + 1;
       while ((end = skip_at_least(bytes, end, low)) < bytes.size()) {
         if (plain(bytes[end])) {
