@@ -15,12 +15,16 @@ std::string relaxed_header(std::string_view field) {
   // Unfolded first (§3.4.2): a CRLF goes wherever it is, the name included.
   const auto colon = field.find(':');
   std::string out;
+  out.reserve(field.size() + 2);  // (it only shrinks, but for the CRLF of a field that lacks one)
   for (char c : field.substr(0, colon)) {
     if (c != '\r' && c != '\n') out += smtp::ascii_lower(c);
   }
   while (!out.empty() && smtp::is_wsp(out.back())) out.pop_back();
   out += ':';
-  if (colon == std::string_view::npos) return out + "\r\n";
+  if (colon == std::string_view::npos) {
+    out += "\r\n";
+    return out;
+  }
   std::string_view value = field.substr(colon + 1);
   const std::size_t value_start = out.size();
   bool wsp = false;
@@ -34,7 +38,8 @@ std::string relaxed_header(std::string_view field) {
     wsp = false;
     out += c;
   }
-  return out + "\r\n";
+  out += "\r\n";
+  return out;
 }
 
 std::string canonical_header(std::string_view field, dkim_canonicalization c) {
