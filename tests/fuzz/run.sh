@@ -22,14 +22,20 @@ if ! [[ $seconds =~ ^[0-9]+$ ]] || ((seconds < 1)); then
 fi
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-targets=(fuzz_command fuzz_address fuzz_dot_decoder fuzz_proxy_header fuzz_sasl fuzz_reply fuzz_spf_record
-         fuzz_authentication_results fuzz_message_header fuzz_dkim_canon fuzz_dkim_fields fuzz_dkim_verifier
-         fuzz_arc_verifier fuzz_spf_evaluation)
+# The targets are the fuzz_*.cpp files here (tests/CMakeLists.txt builds each), each with its corpus/ folder.
+targets=()
+for source in "$here"/fuzz_*.cpp; do
+  targets+=("$(basename "$source" .cpp)")
+done
 per_input_timeout=10  # seconds; longer is a hang, reported as a failure
 
 for target in "${targets[@]}"; do
   if [[ ! -x $build/tests/$target ]]; then
     echo "$0: no $build/tests/$target (configure with -DPORTCULLIS_FUZZ=ON and build)" >&2
+    exit 2
+  fi
+  if [[ ! -d $here/corpus/${target#fuzz_} ]]; then
+    echo "$0: $target has no seed corpus in $here/corpus/${target#fuzz_}" >&2
     exit 2
   fi
 done
