@@ -6,6 +6,7 @@
     PYTHONPATH=python:build/python bench/engine_jobs.py --policy noop_async.py
     PYTHONPATH=python:build/python bench/engine_jobs.py --policy noop_async.py --through-loop
     PYTHONPATH=python:build/python bench/engine_jobs.py --ready-made --evict 0 --sessions 5000
+    PYTHONPATH=python:build/python bench/engine_jobs.py --bytecodes --sessions 300   # where the Python time goes
 
 Runs the jobs of one message per session (connect, helo, mail, rcpt, data,
 disconnect: the stages the policy has), built in advance as the daemon
@@ -21,7 +22,13 @@ With `--evict N`, N KiB of memory are copied between two jobs, so each job
 starts with the CPU caches the daemon's own I/O work leaves it (the
 daemon's figure lies between 0 and a couple of MiB). The difference is
 why a hook costs more in the daemon than here, warm.
+With `--bytecodes`, nothing is timed: the same jobs run once more under a
+tracer (`sys.settrace`, opcode events), which counts the bytecodes each
+Python function runs per job. The counts do not drift with the machine's
+load, and they show where the engine's own bookkeeping goes, function by
+function (a bytecode is some 50-100 CPU instructions here).
 """
+import collections
 import argparse
 import os
 import sys
@@ -60,6 +67,8 @@ def main() -> None:
     ap.add_argument("--ready-made", action="store_true",
                     help="instead of --policy: bench.py's ready-made case (policies/aliases.py, senders.py and "
                          "ratelimit.py, a 100,000-entry alias file, the memory store)")
+    ap.add_argument("--bytecodes", action="store_true",
+                    help="instead of timing: the bytecodes each Python function runs per job (sys.settrace)")
     args = ap.parse_args()
     from portcullis._engine import EngineHost, job_from_dict
 
@@ -79,7 +88,7 @@ def main() -> None:
     hooked = [s for s in stages if host.engine.hooks[s]]
     on_loop = all(all(h.is_async for h in host.engine.hooks[s]) for s in hooked)
     wake_up = (LoopWakeUps if args.through_loop else StepsInPlace)(host) if on_loop else None
-    for evict in args.evict or [0, 2048]:
+    for evict in [0] if args.bytecodes else args.evict or [0, 2048]:
         jobs = [j for n in range(args.sessions) for j in jobs_of(n, job_from_dict, hooked)]
         ends = {id(jobs[i]): f"S{i // len(hooked)}" for i in range(len(hooked) - 1, len(jobs), len(hooked))}
         scratch = bytearray(evict * 1024)
@@ -100,13 +109,45 @@ def main() -> None:
                     host.forget(forgotten)
             return total
 
-        total = wake_up.run(measure) if wake_up else measure()
         where = wake_up.where if wake_up else "in place"
+        if args.bytecodes:
+            (wake_up.run(measure) if wake_up else measure())  # warm: specialized bytecode, caches filled
+            jobs = [j for n in range(args.sessions, 2 * args.sessions) for j in jobs_of(n, job_from_dict, hooked)]
+            ends = {id(jobs[i]): f"S{args.sessions + i // len(hooked)}"
+                    for i in range(len(hooked) - 1, len(jobs), len(hooked))}
+            counts = bytecodes_of(lambda: wake_up.run(measure) if wake_up else measure())
+            print(f"{args.policy}: {sum(counts.values()) / len(jobs):.0f} bytecodes per job "
+                  f"({', '.join(hooked)}; {where}), by function:")
+            for (file, function), n in counts.most_common(25):
+                print(f"{n / len(jobs):9.1f}  {function} ({file})")
+            break
+        total = wake_up.run(measure) if wake_up else measure()
         print(f"{args.policy}: {total / len(jobs) / 1000:.1f} us per job ({', '.join(hooked)}; {where}), "
               f"{evict} KiB evicted between jobs")
     if wake_up:
         wake_up.loop.close()
     host.close()
+
+
+def bytecodes_of(run) -> collections.Counter:
+    """The bytecodes ``run()`` executes, by (file name, function name), counted by a tracer
+    (this file's own frames, the harness, left out)."""
+    counts: collections.Counter = collections.Counter()
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename == __file__:
+            return None
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            counts[(os.path.basename(frame.f_code.co_filename), frame.f_code.co_name)] += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        run()
+    finally:
+        sys.settrace(None)
+    return counts
 
 
 class LoopWakeUps:
