@@ -34,6 +34,14 @@ def rsets(up) -> int:
     return up.commands.count("RSET")
 
 
+def kept(d, up, n: int) -> None:
+    """Waits until the daemon (started with log_level="debug") has put its upstream connection back
+    in the pool for the n-th time. The upstream's RSET alone does not say so: the daemon reads its
+    250 after, and a client that comes sooner rightly gets a connection of its own."""
+    assert up.wait_for(lambda: rsets(up) == n), up.commands
+    d.wait_log(r"upstream: connection kept for the next session$", count=n)
+
+
 def test_one_message_per_connection_shares_one_upstream_connection(start_daemon, fake_upstream):
     up = fake_upstream()
     d = start_daemon(up.url, log_level="debug")
@@ -41,10 +49,8 @@ def test_one_message_per_connection_shares_one_upstream_connection(start_daemon,
     for i in range(n):
         one_message(d, f"m{i}")
         # The session hands its connection back (RSET, 250) after the client has gone;
-        # the next client comes once it is back in the pool (the upstream's RSET alone
-        # comes before the daemon has read the 250: a slow daemon would open another).
-        assert up.wait_for(lambda: rsets(up) == i + 1), up.commands
-        d.wait_log(r"upstream: connection kept for the next session$", count=i + 1)
+        # the next client comes once it is back in the pool.
+        kept(d, up, i + 1)
     assert len(up.messages) == n
     assert len(up.connections) == 1, f"{len(up.connections)} upstream connections for {n} sessions"
     cmds = up.connections[0].commands
@@ -103,9 +109,9 @@ def test_stale_pooled_connection_is_replaced_unnoticed(start_daemon, fake_upstre
 def test_connection_dying_at_mail_is_replaced_unnoticed(start_daemon, fake_upstream):
     """Closed between the look and the MAIL: the MAIL is tried once more on a fresh connection."""
     up = fake_upstream({"MAIL": ["250 2.1.0 ok", "close"]})
-    d = start_daemon(up.url)
+    d = start_daemon(up.url, log_level="debug")
     one_message(d, "first")
-    assert up.wait_for(lambda: rsets(up) == 1)
+    kept(d, up, 1)
     one_message(d, "second")
     assert up.wait_for(lambda: len(up.messages) == 2)
     assert len(up.connections) == 2
@@ -167,12 +173,12 @@ def test_client_leaving_mid_transaction_costs_the_connection(start_daemon, fake_
 def test_refused_transaction_leaves_a_clean_connection(start_daemon, fake_upstream):
     """A refusal is no failure: the connection is in step, RSET readies it."""
     up = fake_upstream({"DOT": ["554 5.7.1 no thanks"]})
-    d = start_daemon(up.url)
+    d = start_daemon(up.url, log_level="debug")
     with d.connect() as c:
         r = c.transaction("a@example.test", ["b@example.test"], BODY)
         assert (r.code, r.status) == (554, "5.7.1")
         c.exchange("QUIT", 221)
-    assert up.wait_for(lambda: rsets(up) == 1)
+    kept(d, up, 1)
     one_message(d, "next")
     assert len(up.connections) == 1
 
@@ -214,9 +220,9 @@ def test_reload_changing_upstream_retires_kept_connections(start_daemon, fake_up
 
 def test_reload_keeping_upstream_keeps_the_connections(start_daemon, fake_upstream):
     up = fake_upstream()
-    d = start_daemon(up.url)
+    d = start_daemon(up.url, log_level="debug")
     one_message(d, "before")
-    assert up.wait_for(lambda: rsets(up) == 1)
+    kept(d, up, 1)
     d.reload({"server": {"max_errors": 7}})
     one_message(d, "after")
     assert up.wait_for(lambda: len(up.messages) == 2)
@@ -234,7 +240,8 @@ PASSWORD = "Pass-Word-1"
 def xclient_daemon(sec_daemon, fake_upstream, tmp_path):
     up = fake_upstream({"EHLO": XCLIENT_EHLO, "XCLIENT": "220 fake.upstream ESMTP (after XCLIENT)"})
     users = write_users(tmp_path / "users", {"alice": PASSWORD})
-    d = sec_daemon(up.url, upstream={"client_info": "xclient"}, auth={"users_file": str(users), "allow_plaintext": True})
+    d = sec_daemon(up.url, log_level="debug", upstream={"client_info": "xclient"},
+                   auth={"users_file": str(users), "allow_plaintext": True})
     return d, up
 
 
@@ -250,11 +257,11 @@ def test_xclient_is_sent_again_for_another_client(xclient_daemon):
         c.exchange("AUTH PLAIN " + b64("\0alice\0" + PASSWORD), 235)
         r = c.transaction("a@example.test", ["b@example.test"], BODY)
         assert r.code == 250, str(r)
-    assert up.wait_for(lambda: rsets(up) == 1)
+    kept(d, up, 1)
     one_message(d, "anonymous", ehlo="c.test", source="127.0.0.5")
-    assert up.wait_for(lambda: rsets(up) == 2)
+    kept(d, up, 2)
     one_message(d, "same-again", ehlo="c.test", source="127.0.0.5")  # the same identity: nothing to send
-    assert up.wait_for(lambda: rsets(up) == 3)
+    kept(d, up, 3)
     one_message(d, "elsewhere", ehlo="d.test", source="127.0.0.6")
     assert up.wait_for(lambda: len(up.messages) == 4)
     assert len(up.connections) == 1
