@@ -28,8 +28,8 @@ Python function runs per job. The counts do not drift with the machine's
 load, and they show where the engine's own bookkeeping goes, function by
 function (a bytecode is some 50-100 CPU instructions here).
 """
-import collections
 import argparse
+import collections
 import os
 import sys
 import time
@@ -88,9 +88,15 @@ def main() -> None:
     hooked = [s for s in stages if host.engine.hooks[s]]
     on_loop = all(all(h.is_async for h in host.engine.hooks[s]) for s in hooked)
     wake_up = (LoopWakeUps if args.through_loop else StepsInPlace)(host) if on_loop else None
+
+    def sessions_from(first: int) -> tuple[list, dict]:
+        """The jobs of `args.sessions` sessions numbered from `first`, and each session's last job -> its id."""
+        jobs = [j for n in range(first, first + args.sessions) for j in jobs_of(n, job_from_dict, hooked)]
+        last = range(len(hooked) - 1, len(jobs), len(hooked))
+        return jobs, {id(jobs[i]): f"S{first + i // len(hooked)}" for i in last}
+
     for evict in [0] if args.bytecodes else args.evict or [0, 2048]:
-        jobs = [j for n in range(args.sessions) for j in jobs_of(n, job_from_dict, hooked)]
-        ends = {id(jobs[i]): f"S{i // len(hooked)}" for i in range(len(hooked) - 1, len(jobs), len(hooked))}
+        jobs, ends = sessions_from(0)
         scratch = bytearray(evict * 1024)
 
         def measure() -> int:
@@ -112,9 +118,7 @@ def main() -> None:
         where = wake_up.where if wake_up else "in place"
         if args.bytecodes:
             (wake_up.run(measure) if wake_up else measure())  # warm: specialized bytecode, caches filled
-            jobs = [j for n in range(args.sessions, 2 * args.sessions) for j in jobs_of(n, job_from_dict, hooked)]
-            ends = {id(jobs[i]): f"S{args.sessions + i // len(hooked)}"
-                    for i in range(len(hooked) - 1, len(jobs), len(hooked))}
+            jobs, ends = sessions_from(args.sessions)  # new sessions (measure() reads these names)
             counts = bytecodes_of(lambda: wake_up.run(measure) if wake_up else measure())
             print(f"{args.policy}: {sum(counts.values()) / len(jobs):.0f} bytecodes per job "
                   f"({', '.join(hooked)}; {where}), by function:")

@@ -37,8 +37,8 @@ FULL_SMALL, FULL_LARGE = 100, 400  # the full stack: RSA signing is slow under v
 
 
 def instructions(binary, policy, messages, work, sink, checks=None):
-    """The daemon's instructions for `messages` messages (start-up and shutdown included): (all of
-    them, those in libcrypto). `checks`: bench.py's full-stack setup (tables, client address, message file)."""
+    """The daemon's instruction count for `messages` messages (start-up and shutdown included), and
+    its callgrind output file. `checks`: bench.py's full-stack setup (tables, client address, message file)."""
     tables, host, message_file = checks or ("", "127.0.0.1", None)
     port = free_port()
     cfg = os.path.join(work, f"callgrind-{port}.toml")
@@ -63,16 +63,28 @@ def instructions(binary, policy, messages, work, sink, checks=None):
         found = re.search(r"Collected : (\d+)", f.read())
     if not found:
         sys.exit(f"no callgrind total in {log}")
+    return int(found.group(1)), out
+
+
+def libcrypto_instructions(out):
+    """What libcrypto took of a callgrind output file."""
     annotated = subprocess.run(["callgrind_annotate", "--threshold=100", out], check=True, capture_output=True,
                                text=True).stdout
-    crypto = sum(int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) .*libcrypto\.so", annotated, re.M))
-    return int(found.group(1)), crypto
+    return sum(int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) .*libcrypto\.so", annotated, re.M))
 
 
-def per_message(binary, policy, work, sink, checks=None, small=SMALL, large=LARGE):
-    """(instructions, those in libcrypto) per message: the difference of a small and a large run."""
-    (a, a_crypto), (b, b_crypto) = (instructions(binary, policy, n, work, sink, checks) for n in (large, small))
-    return (a - b) / (large - small), (a_crypto - b_crypto) / (large - small)
+def per_message(binary, policy, work, sink):
+    (large, _), (small, _) = (instructions(binary, policy, n, work, sink) for n in (LARGE, SMALL))
+    return (large - small) / (LARGE - SMALL)
+
+
+def full_stack_per_message(binary, work, sink, checks):
+    """(instructions, those outside libcrypto) per message of the full-stack case."""
+    (large, large_out), (small, small_out) = (instructions(binary, "rewrite.py", n, work, sink, checks)
+                                              for n in (FULL_LARGE, FULL_SMALL))
+    total = (large - small) / (FULL_LARGE - FULL_SMALL)
+    crypto = (libcrypto_instructions(large_out) - libcrypto_instructions(small_out)) / (FULL_LARGE - FULL_SMALL)
+    return total, total - crypto
 
 
 def main() -> None:
@@ -92,18 +104,17 @@ def main() -> None:
             if args.full_stack:
                 dns_server, host, tables, message_file = checks_setup(work, full=True)
                 try:
-                    total, crypto = per_message(args.bin, "rewrite.py", work, sink, (tables, host, message_file),
-                                                FULL_SMALL, FULL_LARGE)
+                    total, outside = full_stack_per_message(args.bin, work, sink, (tables, host, message_file))
                 finally:
                     dns_server.stop()
-                print(f"full stack: {total:,.0f} instructions per message, {total - crypto:,.0f} outside libcrypto "
+                print(f"full stack: {total:,.0f} instructions per message, {outside:,.0f} outside libcrypto "
                       f"(libcrypto's RSA path is slower under valgrind than natively)")
                 return
-            base, _ = per_message(args.bin, None, work, sink)
+            base = per_message(args.bin, None, work, sink)
             print(f"no policy: {base:,.0f} instructions per message")
             for policy in args.policy or ["noop_plain.py", "noop_async.py"]:
                 calls = sum(HOOK_CALLS[policy])
-                cost, _ = per_message(args.bin, policy, work, sink)
+                cost = per_message(args.bin, policy, work, sink)
                 print(f"{policy}: {cost:,.0f} instructions per message, "
                       f"{(cost - base) / calls:,.0f} per hook call ({calls} calls per message)")
         finally:
