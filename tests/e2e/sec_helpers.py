@@ -271,13 +271,9 @@ def recorder_tables(tmp_path: Path, extra_source: str = "") -> tuple[dict, Path]
     return {"policy": {"files": [str(policy)]}, "probe": {"record": str(record)}}, record
 
 
-def read_record(record: Path) -> list[dict]:
-    return json_lines(record)
-
-
 def wait_record(record: Path, hook: str, n: int = 1, timeout: float = 5.0) -> list[dict]:
     def found():
-        got = [e for e in read_record(record) if e["hook"] == hook]
+        got = [e for e in json_lines(record) if e["hook"] == hook]
         return got if len(got) >= n else None
 
     return wait_until(found, timeout=timeout, what=f"{n} {hook} record(s)")

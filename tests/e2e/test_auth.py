@@ -13,11 +13,11 @@ import warnings
 
 import pytest
 
+from conftest import json_lines
 from sec_helpers import (  # noqa: F401  (certs, sec_daemon are fixtures)
     b64,
     certs,
     client_context,
-    read_record,
     recorder_tables,
     sec_daemon,
     wait_record,
@@ -480,7 +480,7 @@ def test_on_auth_hook(auth_daemon, aiosmtpd_upstream, tmp_path):
         ("LOGIN", "bob")]
     assert auths[0]["password_ok"] and not auths[1]["password_ok"]
     assert all(a["tls"] for a in auths) and all(a["auth_user"] is None for a in auths)
-    [mail] = [e for e in read_record(record) if e["hook"] == "mail"]
+    [mail] = [e for e in json_lines(record) if e["hook"] == "mail"]
     assert mail["auth_user"] == "hookuser"
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from sec_helpers import b64, read_record, recorder_tables, sec_daemon, write_users  # noqa: F401
+from conftest import json_lines
+from sec_helpers import b64, recorder_tables, sec_daemon, write_users  # noqa: F401
 
 PW = "Relay-Pass-42x"
 
@@ -45,7 +46,7 @@ def test_foreign_domain_refused_local_accepted(sec_daemon, aiosmtpd_upstream, tm
     assert rcpts_seen(aiosmtpd_upstream) == env["rcpt_tos"], "a refused RCPT reached the upstream"
     d.wait_log(rf"{sid}: RCPT TO:<victim@foreign\.test> refused: relay access denied$")
     # ... and the policy never heard of it either.
-    assert [e["rcpt"] for e in read_record(record) if e["hook"] == "rcpt"] == env["rcpt_tos"]
+    assert [e["rcpt"] for e in json_lines(record) if e["hook"] == "rcpt"] == env["rcpt_tos"]
     d.wait_log(r"relay: anyone may send to example\.test, Second\.Example; other domains need AUTH$")
 
 
