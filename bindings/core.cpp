@@ -79,6 +79,7 @@ void define_core(py::module_& m) {
   define_dns(m);
   define_store(m);
   define_metrics(m);
+  define_stage_runner(m);
 }
 
 }  // namespace portcullis::bindings

@@ -24,6 +24,8 @@ void define_store(pybind11::module_& m);
 void define_dns(pybind11::module_& m);
 // pc.metrics and the hooks' figures (bindings/metrics.cpp); define_core calls it.
 void define_metrics(pybind11::module_& m);
+// The engine's stage runner (bindings/stage_runner.cpp); define_core calls it.
+void define_stage_runner(pybind11::module_& m);
 
 }  // namespace portcullis::bindings
 

@@ -8,6 +8,7 @@
 #include <cctype>
 
 #include "bindings/core.hpp"
+#include "bindings/job_state.hpp"
 #include "smtp/text.hpp"
 #include "policy/policy_job.hpp"
 
@@ -15,13 +16,13 @@ namespace py = pybind11;
 
 namespace portcullis::bindings {
 
-namespace {
-
 py::dict params_dict(const std::vector<smtp::esmtp_param>& params) {
   py::dict d;
   for (const auto& p : params) d[py::str(p.keyword)] = p.has_value ? py::object(py::str(p.value)) : py::object(py::none());
   return d;
 }
+
+namespace {
 
 std::vector<smtp::esmtp_param> params_from(const py::dict& d) {
   std::vector<smtp::esmtp_param> out;
@@ -57,8 +58,12 @@ std::vector<std::string> address_texts(const std::vector<smtp::address>& list) {
   return out;
 }
 
+}  // namespace
+
 // An address as (local part, domain): Python makes its Address from these as they are.
 py::tuple address_parts(const smtp::address& a) { return py::make_tuple(a.local, a.domain); }
+
+namespace {
 
 py::object none_if_empty(const std::string& s) { return s.empty() ? py::object(py::none()) : py::object(py::str(s)); }
 
@@ -67,6 +72,8 @@ policy_stage stage_from(std::string_view name) {
     if (policy_stage_names[i] == name) return static_cast<policy_stage>(i);
   throw py::value_error("unknown stage " + std::string(name));
 }
+
+}  // namespace
 
 // The stage names as interned Python strings: a job's stage is read at every job.
 const py::str& stage_str(policy_stage s) {
@@ -89,6 +96,8 @@ py::tuple connection_tuple(const policy_job& j) {
                         j.tls ? none_if_empty(j.tls_version) : py::none(), j.tls ? none_if_empty(j.tls_cipher) : py::none(),
                         j.auth_user ? py::object(py::str(*j.auth_user)) : py::object(py::none()));
 }
+
+namespace {
 
 // A check's result by its name (the tests set the daemon's checks on a job).
 template <class Kind>
@@ -211,6 +220,8 @@ py::object dkim_list(const policy_job& j) {
   return out;
 }
 
+}  // namespace
+
 py::object envelope_tuple(const policy_job& j) {
   if (!j.has_tx) return py::none();
   py::list recipients(j.recipients.size());
@@ -218,6 +229,8 @@ py::object envelope_tuple(const policy_job& j) {
   return py::make_tuple(j.tx_id, address_parts(j.sender), params_dict(j.sender_params), std::move(recipients),
                         j.smtputf8, j.body_8bit, spf_tuple(j), dkim_list(j), dmarc_tuple(j), arc_tuple(j));
 }
+
+namespace {
 
 // The stage's own arguments: what its hooks get besides conn or tx.
 py::object arguments_tuple(const policy_job& j) {

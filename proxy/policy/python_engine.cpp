@@ -22,6 +22,7 @@
 #include <string_view>
 
 #include "bindings/core.hpp"
+#include "bindings/stage_runner.hpp"
 #include "log.hpp"
 #include "net/io_pool.hpp"
 
@@ -172,8 +173,10 @@ struct python_engine::channel {
   clock::time_point monitor_until = clock::time_point::min();  // min: awake
   // When the last job run on an I/O thread started (the clock's epoch, its boot: long ago).
   clock::time_point last_in_place{};
-  // `host.run_plain` while the loop runs; read and written under the GIL only
-  PyObject* plain_runner = nullptr;
+  // The EngineHost while the loop runs, and its C++ stage runner (which
+  // `plain_host` keeps alive); read and written under the GIL only.
+  PyObject* plain_host = nullptr;
+  portcullis::bindings::stage_runner* stage_runner = nullptr;
   // The loop's turn: its thread holds it except while it waits in select(),
   // and lends it then, so that an I/O thread may start an async job's task
   // itself (`loop_runner`, the runner's `run_here`) with no hand-off to the
@@ -480,14 +483,15 @@ policy_result error_result(std::string why) {
   return r;
 }
 
-// One plain-route job, on a worker, GIL held: `host.run_plain(job, forgotten)`.
+// One plain-route job, on a worker or an I/O thread, GIL held: what
+// `host.run_plain(job, forgotten)` does, with no Python frame for it.
 policy_result run_plain(python_engine::channel& ch, policy_job_ptr job, std::vector<std::string> forgotten) {
-  if (ch.plain_runner == nullptr) return error_result("the policy engine has stopped");
+  if (ch.plain_host == nullptr) return error_result("the policy engine has stopped");
   try {
-    auto runner = py::reinterpret_borrow<py::object>(ch.plain_runner);
-    auto forget = forgotten.empty() ? py::object(py::none()) : py::cast(std::move(forgotten));
-    auto out = runner(py::cast(std::move(job)), forget);
-    return result_of(out);
+    const auto host = py::reinterpret_borrow<py::object>(ch.plain_host);
+    if (!forgotten.empty()) host.attr("forget")(py::cast(std::move(forgotten)));
+    const policy_job& fields = *job;  // (it stays put if the runner hands `job` to Python)
+    return result_of(ch.stage_runner->run(host, fields, py::handle(), &job));
   } catch (const py::error_already_set& e) {
     return error_result(std::string("internal error in the policy engine: ") + e.what());
   } catch (const std::exception& e) {
@@ -769,9 +773,11 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
                                    in.stopping);
            })
       .def("set_plain_runner",
-           [](channel& ch, py::object runner) {
-             Py_XDECREF(ch.plain_runner);
-             ch.plain_runner = runner.is_none() ? nullptr : runner.release().ptr();
+           [](channel& ch, py::object host) {
+             auto* runner = host.is_none() ? nullptr : host.attr("_runner").cast<portcullis::bindings::stage_runner*>();
+             Py_XDECREF(ch.plain_host);
+             ch.plain_host = host.is_none() ? nullptr : host.release().ptr();
+             ch.stage_runner = runner;
            })
       .def("set_loop_runner",
            [](channel& ch, py::object runner) {
@@ -841,7 +847,8 @@ void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, s
       ch->loaded(std::string(e.what()));
     }
     // No worker may start a hook of a host that is gone.
-    Py_CLEAR(ch->plain_runner);
+    Py_CLEAR(ch->plain_host);
+    ch->stage_runner = nullptr;
     Py_CLEAR(ch->loop_runner);
   }
   PyGILState_Release(gil);

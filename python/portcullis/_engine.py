@@ -771,6 +771,12 @@ class EngineHost:
         # Plain hooks running on policy workers, by thread: the loop logs
         # where one stands when the daemon abandons its job.
         self._running: dict[int, tuple[Hook, float]] = {}
+        # run_plain's hot path, in C++ (it holds no reference to the host: no cycle).
+        self._runner = _core.StageRunner(
+            sessions=self._sessions, running=self._running, scope=_scope, stepping=_stepping,
+            leave_loop=_leave_loop, new_session=EngineHost._new_session, transaction_of=_transaction_of,
+            parsed_address=Address._parsed, upstream_reply=UpstreamReply, lazy_message=_lazy_message,
+            end_session=EngineHost._end_session, resume=EngineHost._resume_plain, slow=EngineHost._run_plain_slow)
         # Policies load off the loop (hooks keep running meanwhile), on a
         # daemon thread: a module that hangs at import must not block exit.
         self._loader = DaemonThreadPool(1, "portcullis-policy-loader")
@@ -904,58 +910,84 @@ class EngineHost:
         (it stops waiting and this thread's result is dropped). An async
         hook in the stage runs on the event loop meanwhile. ``forgotten``:
         sessions that ended without a disconnect job, dropped first.
-        This is the daemon's hot path (a call per hook stage): kept flat.
+        This is the daemon's hot path (a call per hook stage): the C++ stage
+        runner (bindings/stage_runner.cpp) binds the job and calls the hooks,
+        and hands over to ``_resume_plain`` at the first value that is not
+        None (the daemon calls the runner itself, with no frame here).
         """
         if forgotten:
             self.forget(forgotten)
+        return self._runner.run(self, job)
+
+    def _run_plain_slow(self, job: Any) -> Any:
+        """The stage runner's Python path for a whole job (auth, or a job it could not bind)."""
         try:
             run = _StageRun(self, job)
         except Exception as e:
-            return _malformed(job, e)
-        engine = run.engine
-        timeout, running, thread = engine.timeout, self._running, _get_ident()
+            return _malformed(job.stage, e)
         if _stepping.loop is not None:  # a plain hook sees no running loop here
             _leave_loop()
         token = _scope.set(run.session.scope)
         try:
-            for hook in run.hooks:
-                running[thread] = (hook, timeout)  # where report_stuck looks
-                start = _monotonic()
-                try:
-                    value = hook.function(*run.args)  # (run.args: a rewrite changes the recipient)
-                    if value is not None and inspect.isawaitable(value):  # async, or a plain hook returning a coroutine
-                        value = self._await_from_thread(engine, hook, value, start + timeout)
-                except HookFailure as f:
-                    value = f
-                except SystemExit as e:
-                    value = _raised(hook, _exit_of(e))
-                except Exception as e:
-                    value = _raised(hook, e)
-                finally:
-                    del running[thread]
-                elapsed = _monotonic() - start
-                if elapsed > timeout and not isinstance(value, HookFailure):
-                    # The daemon may still wait (several hooks share the job's deadline): not for this one.
-                    value = HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late",
-                                        timed_out=True)
-                if value is None:  # the common case, kept short: no opinion
-                    hook.observed_none(elapsed)
-                    continue
-                _observed(hook, elapsed, value)
-                if run.took(hook, value):
-                    break
-            return run.finish()
+            return self._plain_hooks(run, 0, None)
         finally:
             _scope.reset(token)
             if run.stage == "disconnect":
                 self._end_session(run.session)
+
+    def _resume_plain(self, session: _Session, stage: str, args: tuple[Any, ...], message: Message | None,
+                      envelope: tuple[Any, ...] | None, index: int, value: Any, raised: bool, start: float) -> Any:
+        """Where the stage runner hands over: hook ``index`` gave ``value`` (an exception if
+        ``raised``; it started at ``start``), or, at the end of the hooks, the transaction
+        changed. The runner set the scope and resets it, and ends the session at disconnect."""
+        run = _StageRun._bound(session, stage, args, message, envelope)
+        return self._plain_hooks(run, index, (value, raised, start) if index < len(run.hooks) else None)
+
+    def _plain_hooks(self, run: _StageRun, index: int, first: tuple[Any, bool, float] | None) -> Any:
+        """Calls run.hooks[index:] here and makes the job's result. ``first``: what the stage
+        runner got from run.hooks[index] already (value, raised, start), or None."""
+        engine = run.engine
+        timeout, running, thread = engine.timeout, self._running, _get_ident()
+        for hook in run.hooks[index:]:
+            running[thread] = (hook, timeout)  # where report_stuck looks
+            try:
+                if first is None:
+                    start = _monotonic()
+                    value = hook.function(*run.args)  # (run.args: a rewrite changes the recipient)
+                else:
+                    value, raised, start = first
+                    first = None
+                    if raised:
+                        raise value
+                if value is not None and inspect.isawaitable(value):  # async, or a plain hook returning a coroutine
+                    value = self._await_from_thread(engine, hook, value, start + timeout)
+            except HookFailure as f:
+                value = f
+            except SystemExit as e:
+                value = _raised(hook, _exit_of(e))
+            except Exception as e:
+                value = _raised(hook, e)
+            finally:
+                del running[thread]
+            elapsed = _monotonic() - start
+            if elapsed > timeout and not isinstance(value, HookFailure):
+                # The daemon may still wait (several hooks share the job's deadline): not for this one.
+                value = HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late",
+                                    timed_out=True)
+            if value is None:
+                hook.observed_none(elapsed)
+                continue
+            _observed(hook, elapsed, value)
+            if run.took(hook, value):
+                break
+        return run.finish()
 
     async def _drive(self, job: Any, loop: asyncio.AbstractEventLoop) -> Any:
         """Runs a stage job's hooks in file order with ``call_hook``, in this task on ``loop``."""
         try:
             run = _StageRun(self, job)
         except Exception as e:
-            return _malformed(job, e)
+            return _malformed(job.stage, e)
         token = _scope.set(run.session.scope)  # pc.log's session and pc.config, for the hooks
         try:
             for hook in run.hooks:
@@ -1024,12 +1056,12 @@ class EngineHost:
         except concurrent.futures.CancelledError:
             raise HookFailure(f"{hook.label} was cancelled (the policy engine is stopping)") from None
 
-    def _new_session(self, job: Any, connection: tuple[Any, ...]) -> _Session:
+    def _new_session(self, generation: int, connection: tuple[Any, ...]) -> _Session:
         # A session's jobs never run at once, so only a new one needs the lock.
         with self._lock:
             # The generation the daemon's session was made with: its C++
             # settings and its Python policies are one snapshot.
-            engine = self._engine_of_generation(job.generation)
+            engine = self._engine_of_generation(generation)
             session = _Session(engine, Connection._of(*connection))
             session.connection = connection
             engine.sessions += 1
@@ -1062,10 +1094,10 @@ def _observed(hook: Hook, elapsed: float, value: Any) -> None:
     hook.metrics.observed(elapsed, verdict, isinstance(value, HookFailure) and value.timed_out)
 
 
-def _malformed(job: Any, e: Exception) -> _core.Result:
+def _malformed(stage: str, e: Exception) -> _core.Result:
     """The error answering a job the engine could not bind to its session."""
-    log.error("malformed %s job: %s", job.stage, e)
-    return error_result(f"malformed {job.stage} job: {format_exception(e)}")
+    log.error("malformed %s job: %s", stage, e)
+    return error_result(f"malformed {stage} job: {format_exception(e)}")
 
 
 def _checked_verdict(hook: Hook, stage: str, value: Any) -> Verdict:
@@ -1091,7 +1123,7 @@ class _StageRun:
         stage, connection, envelope, arguments = job.state()  # one call into the daemon's job for it all
         session = host._sessions.get(connection[0])
         if session is None:
-            session = host._new_session(job, connection)
+            session = host._new_session(job.generation, connection)
         elif connection != session.connection:  # the daemon's view moved (HELO, STARTTLS, AUTH)
             session.conn._update(*connection[1:])
             session.connection = connection
@@ -1135,6 +1167,18 @@ class _StageRun:
             # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
             self.message = Message._lazy(lambda: job.message, smtputf8=tx._smtputf8)
             self.args = (tx, self.message)
+
+    @classmethod
+    def _bound(cls, session: _Session, stage: str, args: tuple[Any, ...], message: Message | None,
+               envelope: tuple[Any, ...] | None) -> _StageRun:
+        """A run the stage runner bound already (as __init__ does): the hooks saw ``args``."""
+        run = cls.__new__(cls)
+        run.session, run.engine, run.stage = session, session.engine, stage
+        run.hooks = session.engine.hooks[stage]
+        run.args, run.message, run.envelope = args, message, envelope
+        run.result = run.rewritten = None
+        run.rewritten_by = ""
+        return run
 
     def took(self, hook: Hook, value: Any) -> bool:
         """A hook's value (not None) or HookFailure: whether the stage ends with it. Never raises."""
@@ -1259,6 +1303,11 @@ def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction
     return tx
 
 
+def _lazy_message(loader: Callable[[], bytes], smtputf8: bool) -> Message:
+    # Outside SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
+    return Message._lazy(loader, smtputf8=smtputf8)
+
+
 def _internal_error(stage: str, e: Exception) -> _core.Result:
     log.error("internal error in the policy engine at %s:", stage, extra={DETAIL: exception_lines(e)})
     return error_result(f"internal error in the policy engine at {stage}:\n{format_exception(e)}")
@@ -1289,7 +1338,7 @@ class _JobRunner:
         self.host.loop = self.loop
         set_runner = getattr(self.core, "set_plain_runner", None)
         if set_runner is not None:
-            set_runner(self.host.run_plain)  # the daemon's policy workers call it
+            set_runner(self.host)  # the daemon's I/O threads and policy workers run its plain stages
         # The daemon's I/O threads start tasks themselves while the loop lends them its turn
         # (_TurnLendingSelector; a loop that never lends it never gets such a call).
         set_loop_runner = getattr(self.core, "set_loop_runner", None)

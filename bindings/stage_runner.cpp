@@ -1,0 +1,297 @@
+#include "bindings/stage_runner.hpp"
+
+#include <time.h>
+
+#include <utility>
+
+#include "bindings/core.hpp"
+#include "bindings/job_state.hpp"
+#include "store/message_store.hpp"
+
+namespace py = pybind11;
+
+namespace portcullis::bindings {
+
+namespace {
+
+// Attribute names, interned once: each job reads a dozen.
+struct names {
+  py::str connection{"connection"}, conn{"conn"}, update{"_update"}, envelope{"envelope"}, tx{"tx"}, engine{"engine"},
+      hooks{"hooks"}, timeout{"timeout"}, scope{"scope"}, function{"function"}, observed_none{"observed_none"},
+      before{"before"}, sender{"_sender"}, recipients{"_recipients"}, smtputf8{"_smtputf8"}, changed{"_changed"},
+      dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"};
+  names() {
+    for (py::str* s : {&connection, &conn, &update, &envelope, &tx, &engine, &hooks, &timeout, &scope, &function,
+                       &observed_none, &before, &sender, &recipients, &smtputf8, &changed, &dkim_sign, &arc_seal, &loop}) {
+      PyObject* o = s->release().ptr();
+      PyUnicode_InternInPlace(&o);
+      *s = py::reinterpret_steal<py::str>(o);
+    }
+  }
+};
+
+const names& name() {
+  static const names* n = new names;  // never freed: the interpreter is never finalised
+  return *n;
+}
+
+py::object get(py::handle o, const py::str& attr) {
+  PyObject* v = PyObject_GetAttr(o.ptr(), attr.ptr());
+  if (v == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(v);
+}
+
+void set(py::handle o, const py::str& attr, py::handle value) {
+  if (PyObject_SetAttr(o.ptr(), attr.ptr(), value.ptr()) < 0) throw py::error_already_set();
+}
+
+bool equal(py::handle a, py::handle b) {
+  const int r = PyObject_RichCompareBool(a.ptr(), b.ptr(), Py_EQ);
+  if (r < 0) throw py::error_already_set();
+  return r == 1;
+}
+
+// time.monotonic()'s clock, so Python compares our start with its own readings.
+double monotonic() {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
+}
+
+bool is_notification(policy_stage s) {
+  return s == policy_stage::delivered || s == policy_stage::reset || s == policy_stage::disconnect;
+}
+
+// The exception a hook raised, as one object with its traceback (Python 3.11's API).
+py::object raised_exception() {
+  PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
+  PyErr_Fetch(&type, &value, &traceback);
+  PyErr_NormalizeException(&type, &value, &traceback);
+  if (traceback != nullptr && value != nullptr) PyException_SetTraceback(value, traceback);
+  Py_XDECREF(type);
+  Py_XDECREF(traceback);
+  return py::reinterpret_steal<py::object>(value);
+}
+
+// Whether the hooks left tx as the daemon sent it: the same sender and
+// recipient objects (addresses are immutable), the message unchanged, no
+// signing or sealing choice made. Else Python works out what changed.
+bool unchanged(py::handle session, py::handle tx, py::handle message) {
+  const auto& n = name();
+  const py::object before = get(session, n.before);  // (sender, [recipients]) as tx was made
+  if (!PyTuple_Check(before.ptr()) || PyTuple_GET_SIZE(before.ptr()) != 2) return false;
+  if (get(tx, n.sender).ptr() != PyTuple_GET_ITEM(before.ptr(), 0)) return false;
+  const py::object now = get(tx, n.recipients);
+  PyObject* was = PyTuple_GET_ITEM(before.ptr(), 1);
+  if (!PyList_Check(now.ptr()) || !PyList_Check(was) || PyList_GET_SIZE(now.ptr()) != PyList_GET_SIZE(was)) return false;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(was); ++i)
+    if (PyList_GET_ITEM(now.ptr(), i) != PyList_GET_ITEM(was, i)) return false;
+  if (message.is_none()) return true;
+  return get(message, n.changed).ptr() == Py_False && get(tx, n.dkim_sign).is_none() && get(tx, n.arc_seal).is_none();
+}
+
+// The scope a stage's hooks run in (pc.log's session, pc.config), reset when
+// the stage ends however it ends; at disconnect the session ends then too.
+class stage_scope {
+ public:
+  stage_scope(py::handle var, py::handle value) : var_(var) {
+    token_ = PyContextVar_Set(var.ptr(), value.ptr());
+    if (token_ == nullptr) throw py::error_already_set();
+  }
+  stage_scope(const stage_scope&) = delete;
+  stage_scope& operator=(const stage_scope&) = delete;
+  // At disconnect: `end(host, session)` when the scope is reset.
+  void end_with(py::handle end, py::handle host, py::handle session) {
+    end_ = end;
+    host_ = host;
+    session_ = session;
+  }
+  ~stage_scope() {
+    PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
+    PyErr_Fetch(&type, &value, &traceback);  // (none pending here, but never lose one)
+    if (PyContextVar_Reset(var_.ptr(), token_) < 0) PyErr_WriteUnraisable(var_.ptr());
+    Py_DECREF(token_);
+    if (end_) {
+      PyObject* r = PyObject_CallFunctionObjArgs(end_.ptr(), host_.ptr(), session_.ptr(), nullptr);
+      if (r == nullptr) PyErr_WriteUnraisable(end_.ptr());
+      Py_XDECREF(r);
+    }
+    PyErr_Restore(type, value, traceback);
+  }
+
+ private:
+  py::handle var_;
+  PyObject* token_ = nullptr;
+  py::handle end_, host_, session_;
+};
+
+}  // namespace
+
+stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object stepping,
+                           py::object leave_loop, py::object new_session, py::object transaction_of,
+                           py::object parsed_address, py::object upstream_reply, py::object lazy_message,
+                           py::object end_session, py::object resume, py::object slow)
+    : sessions_(std::move(sessions)),
+      running_(std::move(running)),
+      scope_(std::move(scope)),
+      stepping_(std::move(stepping)),
+      leave_loop_(std::move(leave_loop)),
+      new_session_(std::move(new_session)),
+      transaction_of_(std::move(transaction_of)),
+      parsed_address_(std::move(parsed_address)),
+      upstream_reply_(std::move(upstream_reply)),
+      lazy_message_(std::move(lazy_message)),
+      end_session_(std::move(end_session)),
+      resume_(std::move(resume)),
+      slow_(std::move(slow)) {}
+
+py::object stage_runner::run(py::handle host, const policy_job& job, py::handle job_object, policy_job_ptr* owned) {
+  const auto& n = name();
+  py::object made_job;
+  auto python_path = [&]() -> py::object {
+    if (!job_object) {
+      made_job = py::cast(std::move(*owned));  // (the object stays where it is: `job` still refers to it)
+      job_object = made_job;
+    }
+    return (*slow_)(host, job_object);
+  };
+  const policy_stage stage = job.stage;
+  if (stage == policy_stage::auth) return python_path();
+
+  // The job bound to its session, as _StageRun binds it. Python reports a
+  // binding that fails (a malformed job): its path does it again, and says so.
+  py::object session, tx = py::none(), envelope = py::none(), message = py::none();
+  py::tuple args;
+  try {
+    const py::str id(job.session_id);
+    PyObject* found = PyDict_GetItemWithError(sessions_.ptr(), id.ptr());
+    if (found == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    if (found == nullptr) {
+      session = (*new_session_)(host, job.generation, connection_tuple(job));
+    } else {
+      session = py::reinterpret_borrow<py::object>(found);
+      py::tuple connection = connection_tuple(job);
+      if (!equal(connection, get(session, n.connection))) {  // the daemon's view moved (HELO, STARTTLS, AUTH)
+        py::object update = get(get(session, n.conn), n.update);
+        const auto rest = py::reinterpret_steal<py::object>(PyTuple_GetSlice(connection.ptr(), 1, 8));
+        if (!rest) throw py::error_already_set();
+        PyObject* r = PyObject_Call(update.ptr(), rest.ptr(), nullptr);
+        if (r == nullptr) throw py::error_already_set();
+        Py_DECREF(r);
+        set(session, n.connection, connection);
+      }
+    }
+    if (!job.has_tx) {
+      set(session, n.tx, py::none());
+      set(session, n.envelope, py::none());
+    } else {
+      envelope = envelope_tuple(job);
+      tx = get(session, n.tx);
+      if (tx.is_none() || !equal(envelope, get(session, n.envelope))) tx = (*transaction_of_)(session, envelope);
+      set(session, n.envelope, py::none());  // tx is what the daemon sent again only once the stage ends unchanged
+    }
+    const py::object conn = get(session, n.conn);
+    switch (stage) {
+      case policy_stage::connect:
+      case policy_stage::disconnect: args = py::make_tuple(conn); break;
+      case policy_stage::helo: args = py::make_tuple(conn, py::str(job.hostname)); break;
+      default:
+        if (tx.is_none()) return python_path();  // a transaction stage without one: Python says so
+        switch (stage) {
+          case policy_stage::mail: args = py::make_tuple(tx, get(tx, n.sender)); break;
+          case policy_stage::rcpt:
+            args = py::make_tuple(tx, (*parsed_address_)(address_parts(job.rcpt), params_dict(job.rcpt_params)));
+            break;
+          case policy_stage::delivered:
+            args = py::make_tuple(tx, (*upstream_reply_)(job.reply_code, job.reply_status, job.reply_text));
+            break;
+          case policy_stage::data: {
+            // Read from the daemon when a hook first looks at it.
+            py::cpp_function loader([stored = job.message]() -> py::object {
+              if (!stored) return py::none();
+              return py::bytes(stored->read_all());
+            });
+            message = (*lazy_message_)(loader, get(tx, n.smtputf8));
+            args = py::make_tuple(tx, message);
+            break;
+          }
+          default: args = py::make_tuple(tx); break;  // reset
+        }
+    }
+  } catch (const py::error_already_set& e) {
+    if (!e.matches(PyExc_Exception)) throw;
+    return python_path();
+  }
+
+  const py::object engine = get(session, n.engine);
+  const py::object timeout_object = get(engine, n.timeout);
+  const double timeout = timeout_object.cast<double>();
+  PyObject* hooks = PyDict_GetItemWithError(get(engine, n.hooks).ptr(), stage_str(stage).ptr());
+  if (hooks == nullptr || !PyList_Check(hooks)) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_LookupError, "no hook list for the stage");
+    throw py::error_already_set();
+  }
+  const py::object hook_list = py::reinterpret_borrow<py::object>(hooks);
+  if (!get(*stepping_, n.loop).is_none()) (*leave_loop_)();  // a plain hook sees no running loop here
+
+  stage_scope scope(*scope_, get(session, n.scope));
+  if (stage == policy_stage::disconnect) scope.end_with(*end_session_, host, session);
+  const py::object thread = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLong(PyThread_get_thread_ident()));
+  if (!thread) throw py::error_already_set();
+  const py::object stage_name = stage_str(stage);
+  auto resume = [&](Py_ssize_t index, py::handle value, bool raised, double start) {
+    return (*resume_)(host, session, stage_name, args, message, envelope, index, value, raised, start);
+  };
+
+  const Py_ssize_t count = PyList_GET_SIZE(hook_list.ptr());
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    const py::object hook = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(hook_list.ptr(), i));
+    const py::object function = get(hook, n.function);
+    const py::tuple where = py::make_tuple(hook, timeout_object);  // where report_stuck looks
+    if (PyDict_SetItem(running_.ptr(), thread.ptr(), where.ptr()) < 0) throw py::error_already_set();
+    const double start = monotonic();
+    PyObject* value = PyObject_Call(function.ptr(), args.ptr(), nullptr);
+    const double elapsed = monotonic() - start;
+    py::object exception;
+    if (value == nullptr) exception = raised_exception();
+    if (PyDict_DelItem(running_.ptr(), thread.ptr()) < 0) {
+      Py_XDECREF(value);
+      throw py::error_already_set();
+    }
+    if (value == nullptr) return resume(i, exception, true, start);
+    const py::object result = py::reinterpret_steal<py::object>(value);
+    // A value, or an answer too late (several hooks share the job's deadline): Python takes over.
+    if (!result.is_none() || elapsed > timeout) return resume(i, result, false, start);
+    const py::object observed = get(hook, n.observed_none);
+    const py::object seconds = py::reinterpret_steal<py::object>(PyFloat_FromDouble(elapsed));
+    PyObject* r = PyObject_CallOneArg(observed.ptr(), seconds.ptr());
+    if (r == nullptr) throw py::error_already_set();
+    Py_DECREF(r);
+  }
+  // Every hook said "no opinion": the result is "next", unless they changed the transaction.
+  if (is_notification(stage) || tx.is_none()) return py::none();
+  if (!unchanged(session, tx, message)) return resume(count, py::none(), false, 0.0);
+  set(session, n.envelope, envelope);  // tx still is what the daemon sent
+  return py::none();
+}
+
+py::object stage_runner::run_in_python(py::handle host, py::handle job_object) { return (*slow_)(host, job_object); }
+
+void define_stage_runner(py::module_& m) {
+  py::class_<stage_runner>(m, "StageRunner", "A stage job's plain hooks, called from C++ (EngineHost.run_plain).")
+      .def(py::init<py::dict, py::dict, py::object, py::object, py::object, py::object, py::object, py::object,
+                    py::object, py::object, py::object, py::object, py::object>(),
+           py::arg("sessions"), py::arg("running"), py::arg("scope"), py::arg("stepping"), py::arg("leave_loop"),
+           py::arg("new_session"), py::arg("transaction_of"), py::arg("parsed_address"), py::arg("upstream_reply"),
+           py::arg("lazy_message"), py::arg("end_session"), py::arg("resume"), py::arg("slow"))
+      .def(
+          "run",
+          [](stage_runner& r, py::handle host, py::handle job) {
+            if (!py::isinstance<policy_job>(job)) return r.run_in_python(host, job);  // a test's stand-in
+            return r.run(host, job.cast<const policy_job&>(), job, nullptr);
+          },
+          py::arg("host"), py::arg("job"),
+          "Runs a stage job's hooks here (GIL held): a Result, or None for 'next'. Never raises for a hook's sake.");
+}
+
+}  // namespace portcullis::bindings

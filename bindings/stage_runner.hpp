@@ -1,0 +1,57 @@
+// `_core.StageRunner`: a stage job's plain hooks called from C++ (the
+// daemon's hot path, a call per hook stage), for `EngineHost.run_plain`.
+//
+// It does what the engine's Python path does for the common case, with no
+// Python frame of its own: binds the job to its session (Python's helpers
+// make the objects when something changed: a new session, a new envelope),
+// calls the hooks in file order, counts the ones that return None, and
+// answers "next" when all did and the transaction is as the daemon sent it.
+// Anything else goes to Python at the point it arises, with what the hooks
+// before it saw: a hook's value or exception (`EngineHost._resume_plain`),
+// a changed envelope or message (the same, with no hook left), and the auth
+// stage, whose booleans only Python reads (`EngineHost._run_plain_slow`).
+// So a verdict, an error, a timeout and a rewrite take one path in Python.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include "policy/policy_job.hpp"
+
+namespace portcullis::bindings {
+
+class stage_runner {
+ public:
+  // The host's session table and running-hook table, and the engine's
+  // helpers (functions taking the host first, so the runner holds no host).
+  stage_runner(pybind11::dict sessions, pybind11::dict running, pybind11::object scope, pybind11::object stepping,
+               pybind11::object leave_loop, pybind11::object new_session, pybind11::object transaction_of,
+               pybind11::object parsed_address, pybind11::object upstream_reply, pybind11::object lazy_message,
+               pybind11::object end_session, pybind11::object resume, pybind11::object slow);
+
+  // Runs one stage job on the calling thread, GIL held: a `_core.Result` or
+  // None. `job_object` is the job's Python object, or null; the Python path
+  // then takes `*owned` into one (the reference `job` stays valid).
+  pybind11::object run(pybind11::handle host, const policy_job& job, pybind11::handle job_object, policy_job_ptr* owned);
+  // The whole job in Python (EngineHost._run_plain_slow).
+  pybind11::object run_in_python(pybind11::handle host, pybind11::handle job_object);
+
+ private:
+  // A strong reference (a plain PyObject*: pybind11's types are hidden, and
+  // the daemon's structs that point at a runner are not). Freed with the GIL held.
+  class ref {
+   public:
+    explicit ref(pybind11::object o) : p_(o.release().ptr()) {}
+    ref(const ref&) = delete;
+    ref& operator=(const ref&) = delete;
+    ~ref() { Py_XDECREF(p_); }
+    pybind11::handle operator*() const { return p_; }
+    PyObject* ptr() const { return p_; }
+
+   private:
+    PyObject* p_;
+  };
+  ref sessions_, running_, scope_, stepping_, leave_loop_, new_session_, transaction_of_, parsed_address_,
+      upstream_reply_, lazy_message_, end_session_, resume_, slow_;
+};
+
+}  // namespace portcullis::bindings

@@ -1,0 +1,254 @@
+"""The C++ stage runner (bindings/stage_runner.cpp): run_plain's hot path.
+
+It binds a job to its session and calls the hooks itself, and hands over to
+Python where a hook gives a value, raises, runs late or changes the
+transaction. These tests hold it to what the Python path does, hook by hook,
+and check what it must leave behind: the scope reset, the running table
+empty, no reference kept to a job's objects.
+"""
+
+import asyncio
+import gc
+import sys
+import weakref
+
+import pytest
+from enginehelp import job, tx
+
+import _portcullis_core as _core
+
+from portcullis import _context
+from portcullis._engine import EngineHost, _enter_loop, _leave_loop, _stepping, result_as_dict
+
+
+def plain(host, j):
+    return result_as_dict(host.run_plain(j))
+
+
+def session(host, sid="S1"):
+    return host._sessions[sid]
+
+
+NOOP_EVERYWHERE = """
+    def on_connect(conn):
+        conn.data.setdefault("calls", []).append("connect")
+    def on_helo(conn, hostname):
+        conn.data["calls"].append("helo " + hostname)
+    def on_mail(tx, sender):
+        tx.data["mail"] = str(sender)
+    def on_rcpt(tx, rcpt):
+        tx.data.setdefault("rcpts", []).append(str(rcpt))
+    def on_data(tx, message):
+        tx.data["data"] = True
+    def on_disconnect(conn):
+        pass
+"""
+
+
+def test_a_whole_session_of_hooks_that_return_none(policy_file):
+    host = EngineHost([policy_file(NOOP_EVERYWHERE)])
+    assert host.run_plain(job("connect")) is None
+    assert host.run_plain(job("helo", hostname="client.example")) is None
+    # The daemon's view moved (HELO): the same Connection, brought up to date, its data kept.
+    assert host.run_plain(job("mail", tx_snapshot=tx(), session={"helo": "client.example"})) is None
+    s = session(host)
+    conn, t = s.conn, s.tx
+    assert conn.helo == "client.example" and conn.data["calls"] == ["connect", "helo client.example"]
+    assert host.run_plain(job("rcpt", tx_snapshot=tx(), rcpt="b@example.test", rcpt_params={},
+                              session={"helo": "client.example"})) is None
+    # The recipient the daemon took: the same Transaction, its data kept.
+    assert host.run_plain(job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=b"S: x\r\n\r\nb\r\n",
+                              session={"helo": "client.example"})) is None
+    assert session(host).tx is t and t.data == {"mail": "a@example.test", "rcpts": ["b@example.test"], "data": True}
+    assert [str(r) for r in t.recipients] == ["b@example.test"]
+    # Nothing changed: the envelope is taken as the daemon's again (no rebuild at the next job).
+    assert session(host).envelope is not None
+    assert host.run_plain(job("disconnect", session={"helo": "client.example"})) is None
+    assert host.session_count == 0 and not host._running
+
+
+def test_a_new_transaction_id_makes_a_new_transaction(policy_file):
+    host = EngineHost([policy_file(NOOP_EVERYWHERE)])
+    host.run_plain(job("mail", tx_snapshot=tx("S1.1")))
+    first = session(host).tx
+    host.run_plain(job("mail", tx_snapshot=tx("S1.2", sender="c@example.test")))
+    second = session(host).tx
+    assert second is not first and second.id == "S1.2" and second.data == {"mail": "c@example.test"}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("tx.sender = 'new@example.test'", {"sender": "new@example.test"}),
+    ("tx.recipients.append('more@example.test')", {"recipients": ["b@example.test", "more@example.test"]}),
+    ("tx.recipients[0] = 'b@example.test'", {}),  # the same address, a new object: nothing to send
+])
+def test_a_hook_that_returns_none_but_changed_the_envelope(policy_file, change, expected):
+    host = EngineHost([policy_file(f"def on_mail(tx, sender):\n    {change}\n")])
+    r = plain(host, job("mail", tx_snapshot=tx(recipients=["b@example.test"])))
+    assert {k: r[k] for k in ("sender", "recipients") if r[k] is not None} == expected
+    assert r["error"] is None and r["verdict"] is None
+
+
+def test_at_data_a_changed_message_and_the_signing_choices_go_back(policy_file):
+    host = EngineHost([policy_file("""
+        def on_data(tx, message):
+            if tx.data.get("sign") is False:
+                tx.dkim_sign = False
+                tx.arc_seal = False
+            else:
+                message.add_header("X-Seen", "yes")
+    """)])
+    data = job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=b"Subject: x\r\n\r\nbody\r\n")
+    r = plain(host, data)
+    assert r["message"].startswith(b"X-Seen: yes\r\n")
+    session(host).tx.data["sign"] = False
+    raw = host.run_plain(data)
+    assert raw.message is None and raw.dkim_sign == "" and raw.arc_seal is False
+
+
+def test_the_message_is_not_read_for_a_hook_that_does_not_look(policy_file):
+    host = EngineHost([policy_file("""
+        def on_data(tx, message):
+            tx.data["message"] = message
+    """)])
+    assert host.run_plain(job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=b"S: x\r\n\r\nb\r\n")) is None
+    message = session(host).tx.data["message"]
+    assert message._loader is not None  # never loaded (reading _original would load it)
+    assert message.get("S") == "x"  # and loaded when looked at
+
+
+def test_the_hooks_after_a_verdict_are_not_called(policy_file):
+    first = policy_file("def on_rcpt(tx, rcpt):\n    tx.data['first'] = True\n")
+    second = policy_file("import portcullis as pc\ndef on_rcpt(tx, rcpt):\n    return pc.reject('no', code=550)\n")
+    third = policy_file("def on_rcpt(tx, rcpt):\n    tx.data['third'] = True\n")
+    host = EngineHost([first, second, third])
+    r = plain(host, job("rcpt", tx_snapshot=tx(), rcpt="b@example.test", rcpt_params={}))
+    assert r["verdict"]["kind"] == "reject" and session(host).tx.data == {"first": True}
+    assert host.run_plain(job("rcpt", tx_snapshot=tx(), rcpt="b@example.test", rcpt_params={})).decided_by == second
+
+
+def test_a_rewrite_by_the_first_hook_reaches_the_next_one(policy_file):
+    first = policy_file("import portcullis as pc\ndef on_rcpt(tx, rcpt):\n    return pc.rewrite('new@example.test')\n")
+    second = policy_file("def on_rcpt(tx, rcpt):\n    tx.data['saw'] = str(rcpt)\n")
+    host = EngineHost([first, second])
+    r = plain(host, job("rcpt", tx_snapshot=tx(), rcpt="old@example.test", rcpt_params={"NOTIFY": "NEVER"}))
+    assert r["verdict"]["kind"] == "redirect" and r["verdict"]["addresses"] == ["new@example.test"]
+    assert session(host).tx.data == {"saw": "new@example.test"}
+
+
+def test_a_hook_that_raises_fails_the_stage_and_leaves_nothing_behind(policy_file, core_log):
+    host = EngineHost([policy_file(NOOP_EVERYWHERE), policy_file("""
+        def on_rcpt(tx, rcpt):
+            raise KeyError("no such user")
+        def on_disconnect(conn):
+            raise RuntimeError("at disconnect")
+    """)])
+    r = plain(host, job("rcpt", tx_snapshot=tx(), rcpt="b@example.test", rcpt_params={}))
+    assert "KeyError" in r["error"] and "no such user" in r["error"]
+    assert any('raise KeyError("no such user")' in m for _, _, m in core_log)  # the hook's own frame
+    assert not host._running and _context.scope.get()[0] == ""
+    # A disconnect hook that raises still ends the session.
+    assert host.run_plain(job("disconnect")) is None and host.session_count == 0
+
+
+def test_system_exit_in_a_hook_is_an_error_not_an_exit(policy_file):
+    host = EngineHost([policy_file("import sys\ndef on_helo(conn, hostname):\n    sys.exit(3)\n")])
+    assert "the hook called sys.exit(3)" in plain(host, job("helo", hostname="h"))["error"]
+
+
+def test_a_base_exception_goes_through_and_the_scope_is_reset(policy_file):
+    host = EngineHost([policy_file("def on_helo(conn, hostname):\n    raise KeyboardInterrupt\n")])
+    with pytest.raises(KeyboardInterrupt):
+        host.run_plain(job("helo", hostname="h"))
+    assert not host._running and _context.scope.get()[0] == ""
+
+
+def test_a_hook_that_returns_none_too_late_fails_the_stage(policy_file):
+    host = EngineHost([policy_file("import time\ndef on_helo(conn, hostname):\n    time.sleep(0.15)\n")], timeout=0.05)
+    r = plain(host, job("helo", hostname="h"))
+    assert "came too late" in r["error"]
+
+
+def test_the_hooks_run_in_their_session_s_scope(policy_file):
+    host = EngineHost([policy_file("""
+        from portcullis import _context
+        def on_helo(conn, hostname):
+            conn.data["scope"] = _context.scope.get()[0]
+    """)])
+    host.run_plain(job("helo", sid="S7", hostname="h"))
+    assert session(host, "S7").conn.data["scope"] == "S7" and _context.scope.get()[0] == ""
+
+
+def test_a_thread_that_stepped_the_loop_gives_plain_hooks_no_running_loop(policy_file):
+    host = EngineHost([policy_file("""
+        import asyncio
+        def on_helo(conn, hostname):
+            try:
+                asyncio.get_running_loop()
+                conn.data["loop"] = True
+            except RuntimeError:
+                conn.data["loop"] = False
+    """)])
+    loop = asyncio.new_event_loop()
+    try:
+        _enter_loop(loop)
+        host.run_plain(job("helo", hostname="h"))
+        assert session(host).conn.data["loop"] is False and _stepping.loop is None
+    finally:
+        if _stepping.loop is not None:
+            _leave_loop()
+        loop.close()
+
+
+@pytest.mark.parametrize("bad", [
+    {"stage": "rcpt"},  # a transaction stage without a transaction
+    {"stage": "helo", "generation": 99},  # a generation no longer loaded
+])
+def test_a_job_that_cannot_be_bound_is_answered_with_an_error(policy_file, bad):
+    host = EngineHost([policy_file("def on_helo(conn, h):\n    pass\ndef on_rcpt(tx, r):\n    pass\n")])
+    stage = bad.pop("stage")
+    j = job(stage, hostname="h", rcpt="b@example.test", rcpt_params={})
+    for key, value in bad.items():
+        setattr(j, key, value)
+    assert plain(host, j)["error"].startswith(f"malformed {stage} job")
+
+
+def test_auth_takes_the_python_path(policy_file):
+    host = EngineHost([policy_file("def on_auth(conn, mechanism, user, password):\n    return user == 'ok'\n")])
+    assert host.run_plain(job("auth", mechanism="PLAIN", username="ok", password="p")).auth is True
+    assert host.run_plain(job("auth", mechanism="PLAIN", username="no", password="p")).auth is False
+
+
+def test_nothing_of_a_job_is_kept_after_it(policy_file):
+    host = EngineHost([policy_file("""
+        class Probe:
+            pass
+        def on_connect(conn):
+            conn.data["probe"] = Probe()
+        def on_rcpt(tx, rcpt):
+            tx.data["rcpt"] = rcpt
+            tx.data["probe"] = Probe()
+        def on_data(tx, message):
+            tx.data["message"] = message
+    """)])
+    host.run_plain(job("connect"))
+    host.run_plain(job("rcpt", tx_snapshot=tx(), rcpt="b@example.test", rcpt_params={}))
+    host.run_plain(job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=b"S: x\r\n\r\nb\r\n"))
+    data = session(host).tx.data
+    # Held by tx.data and by getrefcount's argument only: the runner kept no argument of a hook.
+    counts = [sys.getrefcount(data["rcpt"]), sys.getrefcount(data["message"])]  # (not in the assert: pytest keeps its parts)
+    assert counts == [2, 2]
+    probes = [weakref.ref(data["probe"]), weakref.ref(session(host).conn.data["probe"])]
+    del data
+    host.run_plain(job("disconnect"))
+    gc.collect()
+    assert host.session_count == 0 and [p() for p in probes] == [None, None]
+
+
+def test_each_call_counts_in_the_hook_metrics(policy_file):
+    f = policy_file("import portcullis as pc\ndef on_helo(conn, hostname):\n    if hostname == 'no':\n"
+                    "        return pc.reject('no')\n")
+    host = EngineHost([f])
+    for hostname in ("a", "b", "no"):
+        host.run_plain(job("helo", hostname=hostname))
+    lines = _core.metrics_exposition().splitlines()
+    assert f'portcullis_hook_duration_seconds_count{{policy="{f}",hook="on_helo"}} 3' in lines
