@@ -19,10 +19,11 @@ struct names {
   py::str connection{"connection"}, conn{"conn"}, update{"_update"}, envelope{"envelope"}, tx{"tx"}, engine{"engine"},
       hooks{"hooks"}, timeout{"timeout"}, scope{"scope"}, function{"function"}, observed_none{"observed_none"},
       before{"before"}, sender{"_sender"}, recipients{"_recipients"}, smtputf8{"_smtputf8"}, changed{"_changed"},
-      dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"};
+      dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"}, is_async{"is_async"};
   names() {
     for (py::str* s : {&connection, &conn, &update, &envelope, &tx, &engine, &hooks, &timeout, &scope, &function,
-                       &observed_none, &before, &sender, &recipients, &smtputf8, &changed, &dkim_sign, &arc_seal, &loop}) {
+                       &observed_none, &before, &sender, &recipients, &smtputf8, &changed, &dkim_sign, &arc_seal, &loop,
+                       &is_async}) {
       PyObject* o = s->release().ptr();
       PyUnicode_InternInPlace(&o);
       *s = py::reinterpret_steal<py::str>(o);
@@ -106,6 +107,8 @@ class stage_scope {
     host_ = host;
     session_ = session;
   }
+  // A task goes on with the stage: it ends the session itself.
+  void hand_over() { end_ = py::handle(); }
   ~stage_scope() {
     PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
     PyErr_Fetch(&type, &value, &traceback);  // (none pending here, but never lose one)
@@ -130,7 +133,8 @@ class stage_scope {
 stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object stepping,
                            py::object leave_loop, py::object new_session, py::object transaction_of,
                            py::object parsed_address, py::object upstream_reply, py::object lazy_message,
-                           py::object end_session, py::object resume, py::object slow)
+                           py::object end_session, py::object resume, py::object slow, py::object resume_async,
+                           py::object drive)
     : sessions_(std::move(sessions)),
       running_(std::move(running)),
       scope_(std::move(scope)),
@@ -143,9 +147,13 @@ stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope
       lazy_message_(std::move(lazy_message)),
       end_session_(std::move(end_session)),
       resume_(std::move(resume)),
-      slow_(std::move(slow)) {}
+      slow_(std::move(slow)),
+      resume_async_(std::move(resume_async)),
+      drive_(std::move(drive)) {}
 
-py::object stage_runner::run(py::handle host, const policy_job& job, py::handle job_object, policy_job_ptr* owned) {
+py::object stage_runner::run(py::handle host, const policy_job& job, py::handle job_object, policy_job_ptr* owned,
+                             py::handle loop) {
+  const bool on_loop = static_cast<bool>(loop);
   const auto& n = name();
   py::object made_job;
   auto python_path = [&]() -> py::object {
@@ -153,7 +161,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       made_job = py::cast(std::move(*owned));  // (the object stays where it is: `job` still refers to it)
       job_object = made_job;
     }
-    return (*slow_)(host, job_object);
+    return run_in_python(host, job_object, loop);
   };
   const policy_stage stage = job.stage;
   if (stage == policy_stage::auth) return python_path();
@@ -232,38 +240,60 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     throw py::error_already_set();
   }
   const py::object hook_list = py::reinterpret_borrow<py::object>(hooks);
-  if (!get(*stepping_, n.loop).is_none()) (*leave_loop_)();  // a plain hook sees no running loop here
+  if (!on_loop && !get(*stepping_, n.loop).is_none()) (*leave_loop_)();  // a plain hook sees no running loop here
 
   stage_scope scope(*scope_, get(session, n.scope));
   if (stage == policy_stage::disconnect) scope.end_with(*end_session_, host, session);
-  const py::object thread = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLong(PyThread_get_thread_ident()));
-  if (!thread) throw py::error_already_set();
+  const py::object thread = on_loop ? py::object() : py::reinterpret_steal<py::object>(PyLong_FromUnsignedLong(PyThread_get_thread_ident()));
+  if (!on_loop && !thread) throw py::error_already_set();
   const py::object stage_name = stage_str(stage);
   auto resume = [&](Py_ssize_t index, py::handle value, bool raised, double start) {
     return (*resume_)(host, session, stage_name, args, message, envelope, index, value, raised, start);
+  };
+
+  // On the loop: a task goes on from hook `index` (`pending`: what its first step gave, or None).
+  auto go_on = [&](Py_ssize_t index, py::object pending) {
+    py::object rest = (*resume_async_)(host, session, stage_name, args, message, envelope, index, pending, loop);
+    scope.hand_over();
+    return rest;
   };
 
   const Py_ssize_t count = PyList_GET_SIZE(hook_list.ptr());
   for (Py_ssize_t i = 0; i < count; ++i) {
     const py::object hook = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(hook_list.ptr(), i));
     const py::object function = get(hook, n.function);
-    const py::tuple where = py::make_tuple(hook, timeout_object);  // where report_stuck looks
-    if (PyDict_SetItem(running_.ptr(), thread.ptr(), where.ptr()) < 0) throw py::error_already_set();
-    const double start = monotonic();
-    PyObject* value = PyObject_Call(function.ptr(), args.ptr(), nullptr);
-    const double elapsed = monotonic() - start;
-    py::object exception;
-    if (value == nullptr) exception = raised_exception();
-    if (PyDict_DelItem(running_.ptr(), thread.ptr()) < 0) {
-      Py_XDECREF(value);
-      throw py::error_already_set();
+    PyObject* value = nullptr;
+    double start = 0;
+    if (on_loop) {
+      // Its first step here, as `_drive` takes it (`_core.first_step`); no lateness rule for it there either.
+      if (get(hook, n.is_async).ptr() != Py_True) return go_on(i, py::none());  // a plain hook: a thread of the pool
+      start = monotonic();
+      const auto coro = py::reinterpret_steal<py::object>(PyObject_Call(function.ptr(), args.ptr(), nullptr));
+      if (!coro) return go_on(i, py::make_tuple(raised_exception(), true, start, py::none()));
+      const PySendResult sent = PyIter_Send(coro.ptr(), Py_None, &value);
+      if (sent == PYGEN_ERROR) return go_on(i, py::make_tuple(raised_exception(), true, start, py::none()));
+      if (sent == PYGEN_NEXT) return go_on(i, py::make_tuple(py::reinterpret_steal<py::object>(value), false, start, coro));
+      const auto result = py::reinterpret_steal<py::object>(value);
+      if (!result.is_none()) return go_on(i, py::make_tuple(result, false, start, py::none()));
+    } else {
+      const py::tuple where = py::make_tuple(hook, timeout_object);  // where report_stuck looks
+      if (PyDict_SetItem(running_.ptr(), thread.ptr(), where.ptr()) < 0) throw py::error_already_set();
+      start = monotonic();
+      value = PyObject_Call(function.ptr(), args.ptr(), nullptr);
+      const double elapsed = monotonic() - start;
+      py::object exception;
+      if (value == nullptr) exception = raised_exception();
+      if (PyDict_DelItem(running_.ptr(), thread.ptr()) < 0) {
+        Py_XDECREF(value);
+        throw py::error_already_set();
+      }
+      if (value == nullptr) return resume(i, exception, true, start);
+      const py::object result = py::reinterpret_steal<py::object>(value);
+      // A value, or an answer too late (several hooks share the job's deadline): Python takes over.
+      if (!result.is_none() || elapsed > timeout) return resume(i, result, false, start);
     }
-    if (value == nullptr) return resume(i, exception, true, start);
-    const py::object result = py::reinterpret_steal<py::object>(value);
-    // A value, or an answer too late (several hooks share the job's deadline): Python takes over.
-    if (!result.is_none() || elapsed > timeout) return resume(i, result, false, start);
     const py::object observed = get(hook, n.observed_none);
-    const py::object seconds = py::reinterpret_steal<py::object>(PyFloat_FromDouble(elapsed));
+    const py::object seconds = py::reinterpret_steal<py::object>(PyFloat_FromDouble(monotonic() - start));
     PyObject* r = PyObject_CallOneArg(observed.ptr(), seconds.ptr());
     if (r == nullptr) throw py::error_already_set();
     Py_DECREF(r);
@@ -275,23 +305,35 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
   return py::none();
 }
 
-py::object stage_runner::run_in_python(py::handle host, py::handle job_object) { return (*slow_)(host, job_object); }
+py::object stage_runner::run_in_python(py::handle host, py::handle job_object, py::handle loop) {
+  return loop ? (*drive_)(host, job_object, loop) : (*slow_)(host, job_object);
+}
 
 void define_stage_runner(py::module_& m) {
   py::class_<stage_runner>(m, "StageRunner", "A stage job's plain hooks, called from C++ (EngineHost.run_plain).")
       .def(py::init<py::dict, py::dict, py::object, py::object, py::object, py::object, py::object, py::object,
-                    py::object, py::object, py::object, py::object, py::object>(),
+                    py::object, py::object, py::object, py::object, py::object, py::object, py::object>(),
            py::arg("sessions"), py::arg("running"), py::arg("scope"), py::arg("stepping"), py::arg("leave_loop"),
            py::arg("new_session"), py::arg("transaction_of"), py::arg("parsed_address"), py::arg("upstream_reply"),
-           py::arg("lazy_message"), py::arg("end_session"), py::arg("resume"), py::arg("slow"))
+           py::arg("lazy_message"), py::arg("end_session"), py::arg("resume"), py::arg("slow"),
+           py::arg("resume_async"), py::arg("drive"))
       .def(
           "run",
           [](stage_runner& r, py::handle host, py::handle job) {
-            if (!py::isinstance<policy_job>(job)) return r.run_in_python(host, job);  // a test's stand-in
+            if (!py::isinstance<policy_job>(job)) return r.run_in_python(host, job, {});  // a test's stand-in
             return r.run(host, job.cast<const policy_job&>(), job, nullptr);
           },
           py::arg("host"), py::arg("job"),
-          "Runs a stage job's hooks here (GIL held): a Result, or None for 'next'. Never raises for a hook's sake.");
+          "Runs a stage job's hooks here (GIL held): a Result, or None for 'next'. Never raises for a hook's sake.")
+      .def(
+          "run_async",
+          [](stage_runner& r, py::handle host, py::handle job, py::handle loop) {
+            if (!py::isinstance<policy_job>(job)) return r.run_in_python(host, job, loop);
+            return r.run(host, job.cast<const policy_job&>(), job, nullptr, loop);
+          },
+          py::arg("host"), py::arg("job"), py::arg("loop"),
+          "Takes the first step of a loop job's hooks here (the loop running): a Result or None if the job "
+          "ended there, else the coroutine that runs the rest (for a task).");
 }
 
 }  // namespace portcullis::bindings

@@ -1,5 +1,6 @@
-// `_core.StageRunner`: a stage job's plain hooks called from C++ (the
-// daemon's hot path, a call per hook stage), for `EngineHost.run_plain`.
+// `_core.StageRunner`: a stage job's hooks called from C++ (the daemon's hot
+// path, a call per hook stage): plain hooks for `EngineHost.run_plain`, and
+// the first steps of async ones for `_JobRunner.start` (most never wait).
 //
 // It does what the engine's Python path does for the common case, with no
 // Python frame of its own: binds the job to its session (Python's helpers
@@ -11,6 +12,8 @@
 // a changed envelope or message (the same, with no hook left), and the auth
 // stage, whose booleans only Python reads (`EngineHost._run_plain_slow`).
 // So a verdict, an error, a timeout and a rewrite take one path in Python.
+// On the loop, what is left goes on in a task: a hook that waits, a value
+// (`EngineHost._resume_async`), a stage with a plain hook (`_drive_job`).
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -26,14 +29,19 @@ class stage_runner {
   stage_runner(pybind11::dict sessions, pybind11::dict running, pybind11::object scope, pybind11::object stepping,
                pybind11::object leave_loop, pybind11::object new_session, pybind11::object transaction_of,
                pybind11::object parsed_address, pybind11::object upstream_reply, pybind11::object lazy_message,
-               pybind11::object end_session, pybind11::object resume, pybind11::object slow);
+               pybind11::object end_session, pybind11::object resume, pybind11::object slow,
+               pybind11::object resume_async, pybind11::object drive);
 
   // Runs one stage job on the calling thread, GIL held: a `_core.Result` or
   // None. `job_object` is the job's Python object, or null; the Python path
   // then takes `*owned` into one (the reference `job` stays valid).
-  pybind11::object run(pybind11::handle host, const policy_job& job, pybind11::handle job_object, policy_job_ptr* owned);
-  // The whole job in Python (EngineHost._run_plain_slow).
-  pybind11::object run_in_python(pybind11::handle host, pybind11::handle job_object);
+  // `loop` (or null): the policy loop, running here (its thread, or one
+  // that holds its turn), for async hooks; a coroutine comes back then for
+  // what is left to run.
+  pybind11::object run(pybind11::handle host, const policy_job& job, pybind11::handle job_object, policy_job_ptr* owned,
+                       pybind11::handle loop = {});
+  // The whole job in Python (EngineHost._run_plain_slow, or on the loop `_drive`'s coroutine).
+  pybind11::object run_in_python(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
 
  private:
   // A strong reference (a plain PyObject*: pybind11's types are hidden, and
@@ -51,7 +59,7 @@ class stage_runner {
     PyObject* p_;
   };
   ref sessions_, running_, scope_, stepping_, leave_loop_, new_session_, transaction_of_, parsed_address_,
-      upstream_reply_, lazy_message_, end_session_, resume_, slow_;
+      upstream_reply_, lazy_message_, end_session_, resume_, slow_, resume_async_, drive_;
 };
 
 }  // namespace portcullis::bindings

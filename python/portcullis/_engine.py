@@ -84,6 +84,7 @@ _generations = itertools.count(1)
 _get_ident, _monotonic = threading.get_ident, time.monotonic  # called at every hook
 _first_step = _core.first_step  # an async hook's first step (most hooks' only one)
 _scope = _context.scope  # set around every stage's hooks
+_Result = _core.Result
 # Frames of these files are the engine's, not the policy's: left out of tracebacks and stacks.
 _INTERNAL_FILES = (__file__, os.path.dirname(concurrent.futures.__file__), os.path.dirname(asyncio.__file__),
                    threading.__file__)
@@ -697,6 +698,16 @@ def _rest_of(steps: Any, yielded: Any) -> Any:
                 return done.value
 
 
+async def _run_job(host: EngineHost, job: Any, loop: asyncio.AbstractEventLoop) -> Any:
+    """A loop stage job's task: the stage runner takes the hooks' first steps in it (in C++;
+    asyncio.current_task() is the job's, as ``asyncio.timeout`` needs), and most jobs end
+    there; what is left (a hook waits, or gave a value) is awaited in it too."""
+    work = host._runner.run_async(host, job, loop)
+    if work is None or type(work) is _Result:
+        return work
+    return await work
+
+
 def _forget(task: asyncio.Future[Any]) -> None:
     # A cancelled hook may still fail while unwinding: nobody waits for it any more.
     if not task.cancelled():
@@ -776,7 +787,8 @@ class EngineHost:
             sessions=self._sessions, running=self._running, scope=_scope, stepping=_stepping,
             leave_loop=_leave_loop, new_session=EngineHost._new_session, transaction_of=_transaction_of,
             parsed_address=Address._parsed, upstream_reply=UpstreamReply, lazy_message=_lazy_message,
-            end_session=EngineHost._end_session, resume=EngineHost._resume_plain, slow=EngineHost._run_plain_slow)
+            end_session=EngineHost._end_session, resume=EngineHost._resume_plain, slow=EngineHost._run_plain_slow,
+            resume_async=EngineHost._resume_async, drive=EngineHost._drive)
         # Policies load off the loop (hooks keep running meanwhile), on a
         # daemon thread: a module that hangs at import must not block exit.
         self._loader = DaemonThreadPool(1, "portcullis-policy-loader")
@@ -988,18 +1000,40 @@ class EngineHost:
             run = _StageRun(self, job)
         except Exception as e:
             return _malformed(job.stage, e)
+        return await self._drive_from(run, 0, None, loop)
+
+    def _resume_async(self, session: _Session, stage: str, args: tuple[Any, ...], message: Message | None,
+                      envelope: tuple[Any, ...] | None, index: int, pending: tuple[Any, bool, float, Any] | None,
+                      loop: asyncio.AbstractEventLoop) -> Any:
+        """Where the stage runner hands a loop job over: the coroutine (for a task) that goes on
+        from hook ``index``. ``pending``: what its first step gave, (value, raised, start,
+        None), or (what it yielded, False, start, its coroutine) when it waits; None: not called."""
+        run = _StageRun._bound(session, stage, args, message, envelope)
+        return self._drive_from(run, index, pending, loop)
+
+    async def _drive_from(self, run: _StageRun, index: int, pending: tuple[Any, bool, float, Any] | None,
+                          loop: asyncio.AbstractEventLoop) -> Any:
+        """run.hooks[index:] in this task (``pending``: see ``_resume_async``), and the job's result."""
         token = _scope.set(run.session.scope)  # pc.log's session and pc.config, for the hooks
+        timeout = run.engine.timeout
         try:
-            for hook in run.hooks:
-                start = _monotonic()
+            for hook in run.hooks[index:]:
                 try:
-                    if hook.is_async:  # call_hook's case, inlined: the hook's first step here, most never wait
+                    if pending is not None:  # the stage runner took its first step
+                        value, raised, start, coro = pending
+                        pending = None
+                        if raised:
+                            raise value
+                        if coro is not None:  # it waits: value is what it yielded
+                            value = await _rest_with_deadline(hook, coro, coro, value, start + timeout, timeout, loop)
+                    elif hook.is_async:  # call_hook's case, inlined: the hook's first step here, most never wait
+                        start = _monotonic()
                         coro = hook.function(*run.args)
                         returned, value = _first_step(coro)
                         if not returned:
-                            value = await _rest_with_deadline(hook, coro, coro, value, start + run.engine.timeout,
-                                                              run.engine.timeout, loop)
+                            value = await _rest_with_deadline(hook, coro, coro, value, start + timeout, timeout, loop)
                     else:
+                        start = _monotonic()
                         value = await call_hook(run.engine, hook, run.args, loop)
                 except HookFailure as f:
                     value = f
@@ -1423,8 +1457,7 @@ class _JobRunner:
         Most jobs finish in their first step (no hook waits): they cost no done callback,
         no bookkeeping and no extra loop turn."""
         host, loop = self.host, self.loop
-        # A stage job straight to _drive (dispatch's case for it): one coroutine fewer per job.
-        task = _start_task(loop, host.dispatch(job, loop) if isinstance(job, dict) else host._drive(job, loop))
+        task = _start_task(loop, host.dispatch(job, loop) if isinstance(job, dict) else _run_job(host, job, loop))
         if task.done():
             try:
                 return True, task.result()  # (one call for the common case)

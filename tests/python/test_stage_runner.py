@@ -18,6 +18,7 @@ from enginehelp import job, tx
 import _portcullis_core as _core
 
 from portcullis import _context
+from portcullis import _engine
 from portcullis._engine import EngineHost, _enter_loop, _leave_loop, _stepping, result_as_dict
 
 
@@ -252,3 +253,107 @@ def test_each_call_counts_in_the_hook_metrics(policy_file):
         host.run_plain(job("helo", hostname=hostname))
     lines = _core.metrics_exposition().splitlines()
     assert f'portcullis_hook_duration_seconds_count{{policy="{f}",hook="on_helo"}} 3' in lines
+
+
+# -- on the loop: the first steps of async hooks ---------------------------------
+
+
+def on_loop(host, j):
+    """The loop's way (_JobRunner.start): the first steps here; what is left, awaited here.
+    (the result, whether it ended in the first steps)."""
+
+    async def main():
+        work = host._runner.run_async(host, j, asyncio.get_running_loop())
+        if work is None or isinstance(work, _core.Result):
+            return work, True
+        return await work, False
+
+    result, at_once = asyncio.run(main())
+    return result_as_dict(result), at_once
+
+
+ASYNC_EVERYWHERE = NOOP_EVERYWHERE.replace("    def ", "    async def ")
+
+
+def test_async_hooks_that_never_wait_end_in_their_first_steps(policy_file):
+    host = EngineHost([policy_file(ASYNC_EVERYWHERE)])
+    assert on_loop(host, job("connect"))[1]
+    assert on_loop(host, job("mail", tx_snapshot=tx()))[1]
+    r, at_once = on_loop(host, job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=b"S: x\r\n\r\nb\r\n"))
+    assert at_once and r["error"] is None and r["message"] is None
+    assert session(host).tx.data == {"mail": "a@example.test", "data": True}
+    assert on_loop(host, job("disconnect"))[1] and host.session_count == 0
+
+
+def test_an_async_hook_that_waits_goes_on_in_a_task_which_ends_the_session(policy_file):
+    host = EngineHost([policy_file("""
+        import asyncio
+        async def on_disconnect(conn):
+            await asyncio.sleep(0.01)
+            conn.data["done"] = True
+    """), policy_file("import portcullis as pc\nasync def on_disconnect(conn):\n    conn.data['second'] = True\n")])
+    on_loop(host, job("connect"))
+    conn = session(host).conn
+
+    async def main():
+        work = host._runner.run_async(host, job("disconnect"), asyncio.get_running_loop())
+        assert asyncio.iscoroutine(work) and host.session_count == 1  # not ended at the hand-over
+        return await work
+
+    assert asyncio.run(main()) is None
+    assert conn.data == {"done": True, "second": True} and host.session_count == 0
+
+
+def test_a_verdict_or_an_exception_in_a_first_step_goes_on_in_python(policy_file):
+    host = EngineHost([policy_file("""
+        import portcullis as pc
+        async def on_rcpt(tx, rcpt):
+            if rcpt.local == "bad":
+                raise ValueError("bad recipient")
+            return pc.reject("no", code=550)
+    """), policy_file("async def on_rcpt(tx, rcpt):\n    tx.data['second'] = True\n")])
+    r, at_once = on_loop(host, job("rcpt", tx_snapshot=tx(), rcpt="b@example.test", rcpt_params={}))
+    assert not at_once and r["verdict"]["kind"] == "reject" and "second" not in session(host).tx.data
+    r, _ = on_loop(host, job("rcpt", tx_snapshot=tx(), rcpt="bad@example.test", rcpt_params={}))
+    assert "ValueError: bad recipient" in r["error"]
+
+
+def test_an_async_hook_past_the_timeout_is_cancelled(policy_file):
+    host = EngineHost([policy_file("import asyncio\nasync def on_helo(conn, h):\n    await asyncio.sleep(5)\n")],
+                      timeout=0.05)
+    r, at_once = on_loop(host, job("helo", hostname="h"))
+    assert not at_once and "ran past policy.timeout (0.05 s) and was cancelled" in r["error"]
+
+
+def test_a_stage_mixing_plain_and_async_hooks_runs_the_plain_one_in_the_pool(policy_file):
+    host = EngineHost([policy_file("async def on_helo(conn, h):\n    conn.data['a'] = 1\n"),
+                       policy_file("import threading\ndef on_helo(conn, h):\n"
+                                   "    conn.data['thread'] = threading.current_thread().name\n")])
+    r, at_once = on_loop(host, job("helo", hostname="h"))
+    assert not at_once and r["error"] is None
+    assert session(host).conn.data["a"] == 1 and session(host).conn.data["thread"] != "MainThread"
+    host.close()
+
+
+def test_an_async_hook_s_first_step_runs_in_the_job_s_task(policy_file):
+    # asyncio.timeout() (and much else) needs the current task, from the first step to the last.
+    host = EngineHost([policy_file("""
+        import asyncio
+        async def on_helo(conn, h):
+            conn.data["first"] = asyncio.current_task()
+            async with asyncio.timeout(1):
+                await asyncio.sleep(0)
+            conn.data["last"] = asyncio.current_task()
+    """)])
+    loop = asyncio.new_event_loop()
+    started = []
+    try:
+        runner = _engine._JobRunner(host, loop, None, -1)
+        loop.call_soon(lambda: started.append(runner.start(1, job("helo", hostname="h"))))  # (as drain does)
+        loop.run_until_complete(asyncio.sleep(0.05))
+        (done, work), = started
+        assert not done and work.done() and work.result() is None
+    finally:
+        loop.close()
+    data = session(host).conn.data
+    assert data["first"] is work and data["last"] is work
