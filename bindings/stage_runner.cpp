@@ -74,6 +74,75 @@ py::object raised_exception() {
   return py::reinterpret_steal<py::object>(value);
 }
 
+// Whether `o` is the str `text` (by its UTF-8, which CPython keeps for an ASCII str).
+bool is_text(PyObject* o, std::string_view text) {
+  if (!PyUnicode_Check(o)) return false;
+  Py_ssize_t size = 0;
+  const char* utf8 = PyUnicode_AsUTF8AndSize(o, &size);
+  if (utf8 == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  return std::string_view(utf8, static_cast<std::size_t>(size)) == text;
+}
+
+// None for "", else the str, as job_state's tuples hold optional texts.
+bool is_text_or_none(PyObject* o, std::string_view text) { return text.empty() ? o == Py_None : is_text(o, text); }
+
+bool is_bool(PyObject* o, bool value) { return o == (value ? Py_True : Py_False); }
+
+// (local part, domain)
+bool is_address(PyObject* o, const smtp::address& a) {
+  return PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 2 && is_text(PyTuple_GET_ITEM(o, 0), a.local) &&
+         is_text(PyTuple_GET_ITEM(o, 1), a.domain);
+}
+
+bool is_params(PyObject* o, const std::vector<smtp::esmtp_param>& params) {
+  if (!PyDict_CheckExact(o) || PyDict_GET_SIZE(o) != static_cast<Py_ssize_t>(params.size())) return false;
+  for (const auto& p : params) {
+    const py::str key(p.keyword);
+    PyObject* value = PyDict_GetItemWithError(o, key.ptr());
+    if (value == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    if (p.has_value ? !is_text(value, p.value) : value != Py_None) return false;
+  }
+  return true;
+}
+
+// Whether `seen` (a connection_tuple of an earlier job) still says what this
+// job does, read in place: most jobs change nothing, and building the tuple to
+// compare costs more than the rest of a no-op hook's job.
+bool same_connection(const policy_job& j, PyObject* seen) {
+  if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 8) return false;
+  PyObject* const* t = &PyTuple_GET_ITEM(seen, 0);
+  int overflow = 0;
+  if (!is_text(t[0], j.session_id) || !is_text(t[1], j.client_ip) || !PyLong_CheckExact(t[2]) ||
+      PyLong_AsLongAndOverflow(t[2], &overflow) != j.client_port || overflow != 0 || !is_text_or_none(t[3], j.helo) ||
+      !is_bool(t[4], j.tls))
+    return false;
+  if (j.tls ? !is_text_or_none(t[5], j.tls_version) || !is_text_or_none(t[6], j.tls_cipher)
+            : t[5] != Py_None || t[6] != Py_None)
+    return false;
+  return j.auth_user ? is_text(t[7], *j.auth_user) : t[7] == Py_None;
+}
+
+// The same for an envelope_tuple. A job with a check's result (SPF, DKIM,
+// DMARC, ARC) is compared by the tuple: those are rare enough.
+bool same_envelope(const policy_job& j, PyObject* seen) {
+  if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 10) return false;
+  if (j.spf || j.dkim || j.dmarc || j.arc) return equal(envelope_tuple(j), seen);
+  PyObject* const* t = &PyTuple_GET_ITEM(seen, 0);
+  if (!is_text(t[0], j.tx_id) || !is_address(t[1], j.sender) || !is_params(t[2], j.sender_params) ||
+      !PyList_CheckExact(t[3]) || PyList_GET_SIZE(t[3]) != static_cast<Py_ssize_t>(j.recipients.size()) ||
+      !is_bool(t[4], j.smtputf8) || !is_bool(t[5], j.body_8bit))
+    return false;
+  for (std::size_t i = 0; i < j.recipients.size(); ++i)
+    if (!is_address(PyList_GET_ITEM(t[3], static_cast<Py_ssize_t>(i)), j.recipients[i])) return false;
+  return t[6] == Py_None && t[7] == Py_None && t[8] == Py_None && t[9] == Py_None;
+}
+
 // Whether the hooks left tx as the daemon sent it: the same sender and
 // recipient objects (addresses are immutable), the message unchanged, no
 // signing or sealing choice made. Else Python works out what changed.
@@ -178,8 +247,8 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       session = (*new_session_)(host, job.generation, connection_tuple(job));
     } else {
       session = py::reinterpret_borrow<py::object>(found);
-      py::tuple connection = connection_tuple(job);
-      if (!equal(connection, get(session, n.connection))) {  // the daemon's view moved (HELO, STARTTLS, AUTH)
+      if (!same_connection(job, get(session, n.connection).ptr())) {  // the daemon's view moved (HELO, STARTTLS, AUTH)
+        py::tuple connection = connection_tuple(job);
         py::object update = get(get(session, n.conn), n.update);
         const auto rest = py::reinterpret_steal<py::object>(PyTuple_GetSlice(connection.ptr(), 1, 8));
         if (!rest) throw py::error_already_set();
@@ -193,9 +262,12 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       set(session, n.tx, py::none());
       set(session, n.envelope, py::none());
     } else {
-      envelope = envelope_tuple(job);
       tx = get(session, n.tx);
-      if (tx.is_none() || !equal(envelope, get(session, n.envelope))) tx = (*transaction_of_)(session, envelope);
+      envelope = get(session, n.envelope);  // (None until a stage ends with tx as the daemon sent it)
+      if (tx.is_none() || !same_envelope(job, envelope.ptr())) {
+        envelope = envelope_tuple(job);
+        tx = (*transaction_of_)(session, envelope);
+      }
       set(session, n.envelope, py::none());  // tx is what the daemon sent again only once the stage ends unchanged
     }
     const py::object conn = get(session, n.conn);

@@ -357,3 +357,53 @@ def test_an_async_hook_s_first_step_runs_in_the_job_s_task(policy_file):
         loop.close()
     data = session(host).conn.data
     assert data["first"] is work and data["last"] is work
+
+
+# -- the runner reads the job in place: every field that moves must be seen ----------
+
+
+SEEN = """
+    def on_helo(conn, hostname):
+        conn.data["seen"] = (conn.client_ip, conn.client_port, conn.helo, conn.tls, conn.tls_version,
+                             conn.tls_cipher, conn.auth_user)
+    def on_mail(tx, sender):
+        tx.data["seen"] = (tx.id, str(tx.sender), dict(tx.sender.params), [str(r) for r in tx.recipients],
+                           tx.smtputf8, tx.body_8bit, tx.spf, tx.dkim, tx.dmarc, tx.arc)
+"""
+
+
+@pytest.mark.parametrize("change", [
+    {"client_ip": "192.0.2.9"}, {"client_port": 40001}, {"helo": "other.example"}, {"helo": "é.example"},
+    {"tls": True}, {"tls": True, "tls_version": "TLSv1.3"}, {"tls": True, "tls_cipher": "TLS_AES_128_GCM_SHA256"},
+    {"auth_user": "alice"}, {"auth_user": ""},
+])
+def test_each_change_of_the_connection_reaches_the_hooks(policy_file, change):
+    host = EngineHost([policy_file(SEEN)])
+    base = {"tls": False, "tls_version": "TLSv1.2", "tls_cipher": "X"}
+    host.run_plain(job("helo", hostname="h", session=dict(base)))
+    before = session(host).conn.data["seen"]
+    host.run_plain(job("helo", hostname="h", session={**base, **change}))
+    after = session(host).conn.data["seen"]
+    now = {"client_ip": "192.0.2.1", "client_port": 40000, "helo": None, "auth_user": None, **base, **change}
+    tls = now["tls"]
+    expected = (now["client_ip"], now["client_port"], now["helo"], tls, now["tls_version"] if tls else None,
+                now["tls_cipher"] if tls else None, now["auth_user"])
+    assert after == expected and after != before
+
+
+@pytest.mark.parametrize("change", [
+    {"tid": "S1.2"}, {"sender": "other@example.test"}, {"sender": ""}, {"sender_params": {"SIZE": "10"}},
+    {"sender_params": {"RET": None}}, {"recipients": ["b@example.test"]},
+    {"recipients": ["b@example.test", "c@example.test"]}, {"options": {"smtputf8": True}},
+    {"options": {"body_8bit": True}}, {"spf": {"result": "pass", "domain": "example.test"}},
+    {"dkim": [{"result": "fail", "domain": "example.test", "selector": "s"}]},
+    {"arc": {"result": "none"}},
+])
+def test_each_change_of_the_envelope_reaches_the_hooks(policy_file, change):
+    host = EngineHost([policy_file(SEEN)])
+    base = {"sender_params": {"SIZE": "9"}, "recipients": ["b@example.test", "d@example.test"]}
+    host.run_plain(job("mail", tx_snapshot=tx(**base)))
+    host.run_plain(job("mail", tx_snapshot=tx(**base)))  # (the second time from the envelope kept)
+    before = session(host).tx.data["seen"]
+    host.run_plain(job("mail", tx_snapshot=tx(**{**base, **change})))
+    assert session(host).tx.data["seen"] != before
