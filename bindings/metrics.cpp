@@ -77,6 +77,22 @@ py::object none_observer(held_metrics self) {
   return py::reinterpret_steal<py::object>(function);
 }
 
+}  // namespace
+
+void observe_none(py::handle observer, double seconds) {
+  PyObject* o = observer.ptr();
+  if (PyCFunction_Check(o) && reinterpret_cast<PyCFunctionObject*>(o)->m_ml == &observe_none_def) {
+    if (auto* held = static_cast<held_metrics*>(PyCapsule_GetPointer(PyCFunction_GET_SELF(o), nullptr))) {
+      (*held)->observed_none(seconds);
+      return;
+    }
+    throw py::error_already_set();
+  }
+  observer(seconds);  // a hook without figures (on_unload's): a Python function
+}
+
+namespace {
+
 metrics::kind kind_of(std::string_view k) {
   if (k == "counter") return metrics::kind::counter;
   if (k == "gauge") return metrics::kind::gauge;

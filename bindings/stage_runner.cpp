@@ -59,6 +59,17 @@ double monotonic() {
   return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
 }
 
+// This thread's key in EngineHost._running (threading.get_ident()), made once
+// per thread and never freed: a thread has no GIL when it ends.
+py::handle this_thread_key() {
+  thread_local PyObject* key = nullptr;
+  if (key == nullptr) {
+    key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (key == nullptr) throw py::error_already_set();
+  }
+  return key;
+}
+
 bool is_notification(policy_stage s) {
   return s == policy_stage::delivered || s == policy_stage::reset || s == policy_stage::disconnect;
 }
@@ -316,8 +327,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
 
   stage_scope scope(*scope_, get(session, n.scope));
   if (stage == policy_stage::disconnect) scope.end_with(*end_session_, host, session);
-  const py::object thread = on_loop ? py::object() : py::reinterpret_steal<py::object>(PyLong_FromUnsignedLong(PyThread_get_thread_ident()));
-  if (!on_loop && !thread) throw py::error_already_set();
+  const py::handle thread = on_loop ? py::handle() : this_thread_key();
   const py::object stage_name = stage_str(stage);
   auto resume = [&](Py_ssize_t index, py::handle value, bool raised, double start) {
     return (*resume_)(host, session, stage_name, args, message, envelope, index, value, raised, start);
@@ -364,11 +374,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       // A value, or an answer too late (several hooks share the job's deadline): Python takes over.
       if (!result.is_none() || elapsed > timeout) return resume(i, result, false, start);
     }
-    const py::object observed = get(hook, n.observed_none);
-    const py::object seconds = py::reinterpret_steal<py::object>(PyFloat_FromDouble(monotonic() - start));
-    PyObject* r = PyObject_CallOneArg(observed.ptr(), seconds.ptr());
-    if (r == nullptr) throw py::error_already_set();
-    Py_DECREF(r);
+    observe_none(get(hook, n.observed_none), monotonic() - start);
   }
   // Every hook said "no opinion": the result is "next", unless they changed the transaction.
   if (is_notification(stage) || tx.is_none()) return py::none();
