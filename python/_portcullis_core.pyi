@@ -81,11 +81,23 @@ class Result:
     hook_counts: list[int]
     async_only: int
 
+class StageRunner:
+    """A stage job's hooks called from C++ (bindings/stage_runner.cpp; docs/policy-engine.md)."""
+    def __init__(self, *, sessions: dict[str, Any], running: dict[int, Any], scope: Any, stepping: Any,
+                 leave_loop: Any, new_session: Any, transaction_of: Any, parsed_address: Any, upstream_reply: Any,
+                 lazy_message: Any, end_session: Any, resume: Any, slow: Any, resume_async: Any,
+                 drive: Any) -> None: ...
+    # The job's plain hooks here: a Result, or None for "next".
+    def run(self, host: Any, job: Job) -> Result | None: ...
+    # The first steps of its async hooks here (the loop running): a Result or None, or the coroutine of the rest.
+    def run_async(self, host: Any, job: Job, loop: Any) -> Any: ...
+
 # Only in the daemon (embedded): an engine's Channel, run_host's `core`.
 class Channel:
     # (forgotten session ids, [(job id, job)], cancelled job ids, [(thread, session id)] stuck, stopping)
     def take_all(
         self,
     ) -> tuple[list[str], list[tuple[int, Job | dict[str, Any]]], list[int], list[tuple[int, str]], bool]: ...
-    def set_plain_runner(self, runner: Any) -> None: ...
+    # The EngineHost (None: none): the daemon runs plain stages with its StageRunner.
+    def set_plain_runner(self, host: Any) -> None: ...
     def complete(self, job_id: int, result: Result | None) -> None: ...

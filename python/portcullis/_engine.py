@@ -1629,7 +1629,8 @@ def run_host(
     ``core`` is the daemon's side of the exchange (an engine's
     ``_portcullis_core.Channel``; the module ``_portcullis_core`` itself by
     default): ``take_all``, ``complete`` and, optionally,
-    ``set_plain_runner`` (the daemon's workers then call ``run_plain``).
+    ``set_plain_runner(host)`` (the daemon's workers and I/O threads then run
+    plain stages with ``host._runner``, as ``run_plain`` does).
 
     1. Loads the policies (``PolicyLoadError`` propagates: the daemon reports
        it and does not start) and creates this thread's asyncio loop.
