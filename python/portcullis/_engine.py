@@ -580,6 +580,13 @@ def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[
         raise _exit_of(e) from None
 
 
+def _failure(hook: Hook, e: BaseException) -> HookFailure:
+    """What a hook that raised ``e`` (HookFailure, SystemExit or an Exception) fails its stage with."""
+    if isinstance(e, HookFailure):
+        return e
+    return _raised(hook, _exit_of(e) if isinstance(e, SystemExit) else e)
+
+
 def _raised(hook: Hook, e: BaseException) -> HookFailure:
     return HookFailure(f"{hook.label} raised an exception:", exception_lines(e))
 
@@ -973,12 +980,8 @@ class EngineHost:
                         raise value
                 if value is not None and inspect.isawaitable(value):  # async, or a plain hook returning a coroutine
                     value = self._await_from_thread(engine, hook, value, start + timeout)
-            except HookFailure as f:
-                value = f
-            except SystemExit as e:
-                value = _raised(hook, _exit_of(e))
-            except Exception as e:
-                value = _raised(hook, e)
+            except (HookFailure, SystemExit, Exception) as e:
+                value = _failure(hook, e)
             finally:
                 del running[thread]
             elapsed = _monotonic() - start
@@ -1035,12 +1038,8 @@ class EngineHost:
                     else:
                         start = _monotonic()
                         value = await call_hook(run.engine, hook, run.args, loop)
-                except HookFailure as f:
-                    value = f
-                except SystemExit as e:
-                    value = _raised(hook, _exit_of(e))
-                except Exception as e:
-                    value = _raised(hook, e)
+                except (HookFailure, SystemExit, Exception) as e:
+                    value = _failure(hook, e)
                 if value is None:  # the common case, kept short (as in run_plain)
                     hook.observed_none(_monotonic() - start)
                     continue
