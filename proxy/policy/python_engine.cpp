@@ -488,10 +488,13 @@ policy_result error_result(std::string why) {
 policy_result run_plain(python_engine::channel& ch, policy_job_ptr job, std::vector<std::string> forgotten) {
   if (ch.plain_host == nullptr) return error_result("the policy engine has stopped");
   try {
+    // Both read before any Python call, which may let the loop's thread unset
+    // them (it stops); the runner lives as long as the host this holds.
     const auto host = py::reinterpret_borrow<py::object>(ch.plain_host);
+    auto* const runner = ch.stage_runner;
     if (!forgotten.empty()) host.attr("forget")(py::cast(std::move(forgotten)));
     const policy_job& fields = *job;  // (it stays put if the runner hands `job` to Python)
-    return result_of(ch.stage_runner->run(host, fields, py::handle(), &job));
+    return result_of(runner->run(host, fields, py::handle(), &job));
   } catch (const py::error_already_set& e) {
     return error_result(std::string("internal error in the policy engine: ") + e.what());
   } catch (const std::exception& e) {
