@@ -59,14 +59,11 @@ double monotonic() {
   return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
 }
 
-// This thread's key in EngineHost._running (threading.get_ident()), made once
-// per thread and never freed: a thread has no GIL when it ends.
-py::handle this_thread_key() {
-  thread_local PyObject* key = nullptr;
-  if (key == nullptr) {
-    key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
-    if (key == nullptr) throw py::error_already_set();
-  }
+// This thread's key in EngineHost._running (threading.get_ident()). (Made
+// per job: one kept per thread would leak when the thread ends, with no GIL.)
+py::object this_thread_key() {
+  auto key = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLong(PyThread_get_thread_ident()));
+  if (!key) throw py::error_already_set();
   return key;
 }
 
@@ -327,7 +324,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
 
   stage_scope scope(*scope_, get(session, n.scope));
   if (stage == policy_stage::disconnect) scope.end_with(*end_session_, host, session);
-  const py::handle thread = on_loop ? py::handle() : this_thread_key();
+  const py::object thread = on_loop ? py::object() : this_thread_key();
   const py::object stage_name = stage_str(stage);
   auto resume = [&](Py_ssize_t index, py::handle value, bool raised, double start) {
     return (*resume_)(host, session, stage_name, args, message, envelope, index, value, raised, start);
