@@ -385,7 +385,7 @@ py::object stage_runner::run_in_python(py::handle host, py::handle job_object, p
 }
 
 void define_stage_runner(py::module_& m) {
-  py::class_<stage_runner>(m, "StageRunner", "A stage job's plain hooks, called from C++ (EngineHost.run_plain).")
+  py::class_<stage_runner>(m, "StageRunner", "A stage job's hooks, called from C++ (EngineHost.run_plain, and _run_job on the loop).")
       .def(py::init<py::dict, py::dict, py::object, py::object, py::object, py::object, py::object, py::object,
                     py::object, py::object, py::object, py::object, py::object, py::object, py::object>(),
            py::arg("sessions"), py::arg("running"), py::arg("scope"), py::arg("stepping"), py::arg("leave_loop"),

@@ -13,7 +13,7 @@
 // stage, whose booleans only Python reads (`EngineHost._run_plain_slow`).
 // So a verdict, an error, a timeout and a rewrite take one path in Python.
 // On the loop, what is left goes on in a task: a hook that waits, a value
-// (`EngineHost._resume_async`), a stage with a plain hook (`_drive_job`).
+// (`EngineHost._resume_async`), an auth stage or a job it cannot bind (`_drive`).
 #pragma once
 
 #include <pybind11/pybind11.h>

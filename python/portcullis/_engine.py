@@ -1196,9 +1196,7 @@ class _StageRun:
         elif stage == "reset":
             self.args = (tx,)
         else:
-            # Read from the daemon when a hook first looks at it. Outside
-            # SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
-            self.message = Message._lazy(lambda: job.message, smtputf8=tx._smtputf8)
+            self.message = _lazy_message(lambda: job.message, tx._smtputf8)
             self.args = (tx, self.message)
 
     @classmethod
@@ -1337,7 +1335,9 @@ def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction
 
 
 def _lazy_message(loader: Callable[[], bytes], smtputf8: bool) -> Message:
-    # Outside SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
+    # The data stage's message, read from the daemon (``loader``) when a hook first looks at it
+    # (both binders: _StageRun and the stage runner). Outside SMTPUTF8, generated header values
+    # go out as RFC 2047 encoded-words.
     return Message._lazy(loader, smtputf8=smtputf8)
 
 
