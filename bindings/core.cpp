@@ -71,6 +71,10 @@ void define_core(py::module_& m) {
       },
       "Raises ValueError unless the message uses CRLF only, has no NUL and a well-formed header section.");
 
+  m.def(
+      "head_is_whole", [](py::bytes raw) { return smtp::head_is_whole(std::string_view(raw)); },
+      "Whether the header section is all fields (CRLF lines, with continuations) up to an empty line or the end.");
+
   PyObject* step = PyCFunction_NewEx(&first_step_def, nullptr, nullptr);
   if (step == nullptr) throw py::error_already_set();
   m.add_object("first_step", py::reinterpret_steal<py::object>(step));

@@ -18,6 +18,9 @@ def check_header_value(value: str) -> None:
 def check_message(raw: bytes) -> None:
     """ValueError unless CRLF only, no NUL and a well-formed header section."""
 
+def head_is_whole(raw: bytes) -> bool:
+    """Whether the header section is all fields (CRLF lines, with continuations) up to an empty line or the end."""
+
 def log(level: int, session_id: str, message: str) -> None:
     """One line in the daemon's log (stderr outside it), tagged with the session id."""
 

@@ -43,4 +43,24 @@ std::optional<std::string> message_problem(std::string_view message) {
   return std::nullopt;
 }
 
+bool head_is_whole(std::string_view message) {
+  bool in_field = false;  // a continuation needs a field to continue
+  for (std::size_t pos = 0; pos < message.size();) {
+    const auto crlf = message.find("\r\n", pos);
+    if (crlf == std::string_view::npos) return false;  // a last line without CRLF
+    const auto line = message.substr(pos, crlf - pos);
+    if (line.empty()) return true;  // the empty line that ends the header section
+    if (line.find('\r') != std::string_view::npos || line.find('\n') != std::string_view::npos) return false;
+    if (line.front() == ' ' || line.front() == '\t') {
+      if (!in_field) return false;
+    } else {
+      const auto colon = line.find(':');
+      if (colon == std::string_view::npos || !is_valid_header_name(line.substr(0, colon))) return false;
+      in_field = true;
+    }
+    pos = crlf + 2;
+  }
+  return true;
+}
+
 }  // namespace portcullis::smtp

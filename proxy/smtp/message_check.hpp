@@ -20,4 +20,11 @@ bool is_valid_header_value(std::string_view value);
 // Returns what is wrong, or nothing.
 std::optional<std::string> message_problem(std::string_view message);
 
+// Whether the header section is all fields: from the start, "name:value"
+// lines (each ending in CRLF, with no other CR or LF) and their
+// continuations, up to an empty line or the end. Fields put on top of such
+// a message give what a parse of the whole would (the Python Message's
+// shortcut for fields added on top: no parse, no copy of the fields).
+bool head_is_whole(std::string_view message);
+
 }  // namespace portcullis::smtp
