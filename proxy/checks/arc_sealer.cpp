@@ -90,8 +90,7 @@ std::string arc_sealer::seal_now(std::string_view prefix, const message_store& m
   const std::string ids = "d=" + settings_.domain + "; s=" + settings_.selector + "; t=" + t;
   const auto sign = [this](const std::string& data) {
     md_context ctx;
-    if (EVP_DigestSignInit(ctx.ctx, nullptr, sha256(), nullptr, key_.parsed.get()) != 1)
-      throw std::runtime_error("OpenSSL: signing failed");
+    start_signing(ctx.ctx, key_);
     return folded_signature(ctx.ctx, key_, data);
   };
 

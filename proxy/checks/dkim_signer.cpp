@@ -94,18 +94,21 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
       break;
     default: throw std::runtime_error(where + "neither an RSA nor an Ed25519 key");
   }
+  // RSA signs with SHA-256; Ed25519 takes no digest (it signs a hash itself, RFC 8463 §3).
+  key.prepared.reset(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!key.prepared ||
+      EVP_DigestSignInit(key.prepared.get(), nullptr, key.ed25519 ? nullptr : sha256(), nullptr, k) != 1)
+    throw std::runtime_error(where + "OpenSSL cannot sign with it");
   return key;
 }
 
-dkim_signer::dkim_signer(const dkim_sign_config& settings)
-    : settings_(settings), networks_(settings.networks), key_(read_signing_key(settings.key_file, "dkim_sign")) {
-  if (key_.ed25519) {
-    ed25519_template_.reset(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-    if (!ed25519_template_ ||
-        EVP_DigestSignInit(ed25519_template_.get(), nullptr, nullptr, nullptr, key_.parsed.get()) != 1)
-      throw std::runtime_error("[dkim_sign] key_file " + settings.key_file.string() + ": OpenSSL cannot sign with it");
-  }
+void start_signing(EVP_MD_CTX* ctx, const signing_key& key) {
+  std::lock_guard lock(*key.preparing);
+  check(EVP_MD_CTX_copy_ex(ctx, key.prepared.get()), "signing");
 }
+
+dkim_signer::dkim_signer(const dkim_sign_config& settings)
+    : settings_(settings), networks_(settings.networks), key_(read_signing_key(settings.key_file, "dkim_sign")) {}
 
 dkim_signer::~dkim_signer() { pool_.join(); }
 
@@ -169,12 +172,7 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
   const std::string data = signed_fields(fields, h, dkim_canonicalization::relaxed) +
                            unsigned_signature_field(field, dkim_canonicalization::relaxed);
   md_context sign;
-  if (key_.ed25519) {
-    std::lock_guard lock(template_mutex_);
-    check(EVP_MD_CTX_copy_ex(sign.ctx, ed25519_template_.get()), "signing");
-  } else {
-    check(EVP_DigestSignInit(sign.ctx, nullptr, sha256(), nullptr, key_.parsed.get()), "signing");
-  }
+  start_signing(sign.ctx, key_);
   return field + folded_signature(sign.ctx, key_, data);
 }
 

@@ -30,6 +30,11 @@ struct signing_key {
   // Parsed once: OpenSSL 3 takes longer to parse a key than to sign with it.
   std::shared_ptr<EVP_PKEY> parsed;
   bool ed25519 = false;  // else RSA
+  // A context set up to sign with the key once, copied for each signature
+  // (start_signing): OpenSSL 3's set-up looks the algorithms up under locks,
+  // a third of an Ed25519 signature's cost. The mutex guards the copying.
+  std::shared_ptr<EVP_MD_CTX> prepared;
+  std::shared_ptr<std::mutex> preparing = std::make_shared<std::mutex>();
 };
 // Throws std::runtime_error naming `table`.key_file when the file cannot be
 // read or holds no usable key: not PEM, neither RSA nor Ed25519, RSA under
@@ -41,6 +46,9 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
 // the data's SHA-256 hash, RFC 8463 §3), folded at 72 columns, with a final
 // CRLF. Throws std::runtime_error when OpenSSL fails.
 std::string folded_signature(EVP_MD_CTX* ctx, const signing_key& key, const std::string& data);
+// Sets `ctx` up to sign with `key` (a copy of its prepared context). Throws
+// std::runtime_error when OpenSSL fails.
+void start_signing(EVP_MD_CTX* ctx, const signing_key& key);
 
 // The header fields of RFC 6376 §5.4.1 (and the MIME ones) that a message
 // with these fields has, From once more than present (checks/dkim_canon's
@@ -79,11 +87,6 @@ class dkim_signer final : public mail_signer {
   dkim_sign_config settings_;
   network_list networks_;
   signing_key key_;
-  // Ed25519: a context set up for the key once, copied for each signature
-  // (OpenSSL 3's set-up looks the algorithm up under locks, a third of the
-  // signature's cost). The mutex guards the copying.
-  std::shared_ptr<EVP_MD_CTX> ed25519_template_;
-  mutable std::mutex template_mutex_;
   asio::thread_pool pool_{2};  // signing is CPU work: two threads keep up with two I/O threads
 };
 
