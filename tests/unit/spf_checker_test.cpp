@@ -250,5 +250,32 @@ TEST(SpfCheckerOnATable, KeepsEveryLabelWhenAMacroAsksForAsManyOrMore) {
   EXPECT_EQ(f.explanation, "test and a.b.example.test refuse post-master");
 }
 
+
+// libspf2's server is kept per thread (checks/spf_checker.cpp): checkers
+// that take turns on one thread (a reload's, say) each check with their own
+// receiver (%{r}) and limits.
+TEST(SpfCheckerOnATable, CheckersTakingTurnsOnAThreadKeepTheirOwnSettings) {
+  std::vector<std::string> asked;
+  const auto table = from_table({{{"example.test", dns::rr_type::txt},
+                                  {"v=spf1 include:one.example.test include:two.example.test -all exp=why.test"}},
+                                 {{"one.example.test", dns::rr_type::txt}, {"v=spf1 -all"}},
+                                 {{"two.example.test", dns::rr_type::txt}, {"v=spf1 -all"}},
+                                 {{"why.test", dns::rr_type::txt}, {"%{r} says no"}}},
+                                &asked);
+  spf_limits one_term;
+  one_term.dns_terms = 1;
+  const spf_checker first(table, "mx.first.test");
+  const spf_checker second(table, "mx.second.test", {}, one_term);
+  const auto client = asio::ip::make_address("192.0.2.7");
+  const smtp::address sender{"a", "example.test"};
+  for (int round = 0; round < 2; ++round) {
+    const auto f = first.check_now(client, "h.test", sender);
+    EXPECT_EQ(f.result, kind::fail) << f.problem;
+    EXPECT_EQ(f.explanation, "mx.first.test says no");
+    const auto s = second.check_now(client, "h.test", sender);
+    EXPECT_EQ(s.result, kind::permerror) << s.problem;  // two includes, one DNS term allowed
+  }
+}
+
 }  // namespace
 }  // namespace portcullis::checks
