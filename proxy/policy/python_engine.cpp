@@ -532,7 +532,7 @@ thread_local io_thread_python this_io_thread;
 // Set while an I/O thread completes a job it ran in place (python_engine::completing_in_place).
 thread_local bool in_place_completion = false;
 
-void complete_in_place(python_engine::completion& done, policy_result result) {
+void complete_in_place(python_engine::completion& done, policy_result&& result) {
   struct flag {
     flag() { in_place_completion = true; }
     ~flag() { in_place_completion = false; }

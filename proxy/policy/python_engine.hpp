@@ -34,7 +34,7 @@ void start_python_interpreter();
 class python_engine {
  public:
   using job_id = std::uint64_t;
-  using completion = std::function<void(policy_result)>;
+  using completion = std::function<void(policy_result&&)>;  // (by reference: a result is moved a dozen times on its way)
 
   // Starts the interpreter (the first time in the process), starts the
   // policy thread and loads the policies of `cfg` (none is fine); throws

@@ -117,7 +117,7 @@ awaitable<policy_result> python_policy::run(policy_job_ptr job) {
   auto result = co_await asio::async_initiate<const asio::use_awaitable_t<>, void(policy_result)>(
       [&](auto handler) {
         auto resume = std::make_shared<decltype(handler)>(std::move(handler));  // std::function copies
-        auto done = [resume, ex](policy_result r) {
+        auto done = [resume, ex](policy_result&& r) {
           auto go_on = [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); };
           if (python_engine::completing_in_place()) {
             asio::dispatch(ex, std::move(go_on));  // the session's strand is free: it goes on right here
@@ -159,7 +159,7 @@ verdict python_policy::failure(const connection_state& conn, const std::string& 
   return on_error();
 }
 
-verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result result,
+verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result&& result,
                               const transaction* tx) const {
   auto by = std::move(result.decided_by);
   auto v = verdict_of(stage, conn, std::move(result), tx);
@@ -167,7 +167,7 @@ verdict python_policy::decide(const std::string& stage, const connection_state& 
   return v;
 }
 
-verdict python_policy::verdict_of(const std::string& stage, const connection_state& conn, policy_result result,
+verdict python_policy::verdict_of(const std::string& stage, const connection_state& conn, policy_result&& result,
                                   const transaction* tx) const {
   if (result.error) {
     // Python logged the traceback with the session id; one line here says what we did about it.

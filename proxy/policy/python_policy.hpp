@@ -41,9 +41,9 @@ class python_policy final : public policy {
   // the server's limits) before any is handed on: anything invalid makes the
   // whole result a hook error, so a failed stage rewrites nothing.
   // The verdict names the policy file whose hook gave it (for the log).
-  verdict decide(const std::string& stage, const connection_state& conn, policy_result result,
+  verdict decide(const std::string& stage, const connection_state& conn, policy_result&& result,
                  const transaction* tx) const;
-  verdict verdict_of(const std::string& stage, const connection_state& conn, policy_result result,
+  verdict verdict_of(const std::string& stage, const connection_state& conn, policy_result&& result,
                      const transaction* tx) const;
   // What policy.on_error says a failed hook means: proceed, or 451 4.3.0.
   verdict on_error() const;
