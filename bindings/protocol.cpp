@@ -351,6 +351,20 @@ void define_protocol(py::module_& m) {
               r.message = raw.cast<std::string>();
             }
           })
+      .def_property(
+          "message_prefix",
+          [](const policy_result& r) -> py::object {
+            if (!r.message_prefix) return py::none();
+            return py::bytes(*r.message_prefix);
+          },
+          [](policy_result& r, const py::object& raw) {
+            if (raw.is_none()) {
+              r.message_prefix.reset();
+            } else {
+              r.message_prefix = raw.cast<std::string>();
+            }
+          },
+          "header fields put on top of the message as received (whole CRLF-ended fields), instead of `message`")
       .def_readwrite("generation", &policy_result::generation)
       .def_property(
           "hook_counts", [](const policy_result& r) { return std::vector<unsigned>(r.hooks.count.begin(), r.hooks.count.end()); },

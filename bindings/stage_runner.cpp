@@ -6,6 +6,7 @@
 
 #include "bindings/core.hpp"
 #include "bindings/job_state.hpp"
+#include "smtp/message_check.hpp"
 #include "store/message_store.hpp"
 
 namespace py = pybind11;
@@ -138,6 +139,21 @@ bool same_connection(const policy_job& j, PyObject* seen) {
 
 // The same for an envelope_tuple. A job with a check's result (SPF, DKIM,
 // DMARC, ARC) is compared by the tuple: those are rare enough.
+// Whether the stored message's header section is all fields (smtp::head_is_whole),
+// for the lazy Message: fields a hook adds on top then go back as fields alone,
+// and the message is never read into Python. Known from its first chunk (all
+// of an in-memory message); a header section past it: None, Python finds out.
+py::object head_whole(const std::shared_ptr<const message_store>& m) {
+  if (!m) return py::none();
+  message_store::reader r(*m);
+  const auto first = r.next();
+  if (r.failed()) return py::none();
+  if (r.at_end() || first.starts_with("\r\n")) return py::bool_(smtp::head_is_whole(first));
+  const auto end = first.find("\r\n\r\n");
+  if (end == std::string_view::npos) return py::none();
+  return py::bool_(smtp::head_is_whole(first.substr(0, end + 4)));
+}
+
 bool same_envelope(const policy_job& j, PyObject* seen) {
   if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 10) return false;
   if (j.spf || j.dkim || j.dmarc || j.arc) return equal(envelope_tuple(j), seen);
@@ -299,7 +315,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
               if (!stored) return py::none();
               return py::bytes(stored->read_all());
             });
-            message = (*lazy_message_)(loader, get(tx, n.smtputf8));
+            message = (*lazy_message_)(loader, get(tx, n.smtputf8), head_whole(job.message));
             args = py::make_tuple(tx, message);
             break;
           }

@@ -80,6 +80,7 @@ class Result:
     sender: str | None
     recipients: list[str] | None
     message: bytes | None
+    message_prefix: bytes | None
     generation: int
     hook_counts: list[int]
     async_only: int

@@ -42,6 +42,7 @@ struct verdict {
   std::optional<smtp::address> sender;
   std::optional<std::vector<smtp::address>> recipients;
   std::shared_ptr<const std::string> message;  // on_data: the edited message (CRLF lines, unstuffed)
+  std::optional<std::string> message_prefix;   // on_data, or: header fields to put on top of the message as received
   std::optional<std::string> dkim_sign;  // on_data: tx.dkim_sign ("": do not sign; else the domain to sign as)
   std::optional<bool> arc_seal;          // on_data: tx.arc_seal (false: do not seal)
   bool failed = false;  // a hook failed (or returned something invalid): policy.on_error made this verdict

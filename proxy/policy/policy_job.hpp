@@ -104,6 +104,10 @@ struct policy_result {
   std::optional<std::string> sender;
   std::optional<std::vector<std::string>> recipients;
   std::optional<std::string> message;
+  // Or, for the commonest edit, only the header fields a hook put on top of
+  // the message as received (whole CRLF-ended fields): the daemon puts them
+  // above its own copy, and the message itself is neither read nor copied.
+  std::optional<std::string> message_prefix;
   std::optional<std::string> dkim_sign;  // tx.dkim_sign: "" for False, else the domain
   std::optional<bool> arc_seal;          // tx.arc_seal: False
   // The policy file whose hook gave the verdict or the error ("": none did), for the log.

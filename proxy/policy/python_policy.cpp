@@ -210,6 +210,12 @@ verdict python_policy::verdict_of(const std::string& stage, const connection_sta
                                       " octets; server.max_message_size is " + std::to_string(max_message_size_));
     v.message = std::make_shared<const std::string>(std::move(*result.message));
   }
+  if (stage == "data" && result.message_prefix) {
+    if (result.message) return failure(conn, stage, "the policy gave both a message and fields for its top");
+    if (auto problem = smtp::header_fields_problem(*result.message_prefix))
+      return failure(conn, stage, "invalid message from policy: " + *problem);
+    v.message_prefix = std::move(*result.message_prefix);
+  }
 
   if (!result.verdict) return v;
   const auto& r = *result.verdict;
@@ -310,9 +316,18 @@ awaitable<verdict> python_policy::on_data(const connection_state& conn, const tr
   if (!has_hooks(policy_stage::data)) co_return verdict{};
   auto job = base_job(policy_stage::data, conn);
   add_transaction(*job, tx);
+  const auto received_size = message->size();
   job->message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
   auto result = co_await run(std::move(job));
-  co_return decide("data", conn, std::move(result), &tx);
+  auto v = decide("data", conn, std::move(result), &tx);
+  if (v.message_prefix && v.message_prefix->size() + received_size > max_message_size_) {
+    std::string why = "the message from policy has ";  // (appended: g++ 12 warns, wrongly, at "..." + std::string)
+    why += std::to_string(v.message_prefix->size() + received_size);
+    why += " octets; server.max_message_size is ";
+    why += std::to_string(max_message_size_);
+    co_return failure(conn, "data", why);
+  }
+  co_return v;
 }
 
 awaitable<void> python_policy::on_delivered(const connection_state& conn, const transaction& tx, const smtp::reply& r) {

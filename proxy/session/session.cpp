@@ -782,6 +782,11 @@ awaitable<reply> session::deliver(std::size_t& size) {
     if (!tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*v.message) && is_ascii(*received))
       tx_.options.body_8bit = true;
     message = message_store::wrap(v.message);
+  } else if (v.message_prefix) {
+    // Fields put on top: above the message as received, which is shared, not copied.
+    if (!tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*v.message_prefix) && is_ascii(*received))
+      tx_.options.body_8bit = true;
+    message = message_store::with_prefix(std::move(*v.message_prefix), received);
   }
   size = message->size();
   if (v.stops()) co_return refused_by_policy("message", v);

@@ -43,6 +43,13 @@ std::optional<std::string> message_problem(std::string_view message) {
   return std::nullopt;
 }
 
+std::optional<std::string> header_fields_problem(std::string_view fields) {
+  if (fields.empty()) return "no header field";
+  if (!fields.ends_with("\r\n")) return "the last field does not end with CRLF";
+  if (fields.find("\r\n\r\n") != std::string_view::npos || fields.starts_with("\r\n")) return "an empty line";
+  return message_problem(fields);  // (every line a field or a continuation: no empty line ends the header)
+}
+
 bool head_is_whole(std::string_view message) {
   bool in_field = false;  // a continuation needs a field to continue
   for (std::size_t pos = 0; pos < message.size();) {

@@ -27,4 +27,9 @@ std::optional<std::string> message_problem(std::string_view message);
 // shortcut for fields added on top: no parse, no copy of the fields).
 bool head_is_whole(std::string_view message);
 
+// Header fields to put on top of a message: at least one, each "name: value"
+// (continuations allowed) ending in CRLF, no empty line, no bare CR or LF,
+// no NUL. Returns what is wrong, or nothing.
+std::optional<std::string> header_fields_problem(std::string_view fields);
+
 }  // namespace portcullis::smtp

@@ -80,6 +80,16 @@ std::shared_ptr<const message_store> message_store::wrap(std::shared_ptr<const s
   return s;
 }
 
+std::shared_ptr<const message_store> message_store::with_prefix(std::string prefix,
+                                                                std::shared_ptr<const message_store> rest) {
+  std::shared_ptr<message_store> s(new message_store());
+  s->size_ = prefix.size() + rest->size();
+  s->prefix_ = std::move(prefix);
+  s->rest_ = std::move(rest);
+  s->sealed_ = true;
+  return s;
+}
+
 void message_store::release_memory() {
   buf_.reset();
   if (capacity_ && memory_) memory_->give_back(capacity_);
@@ -181,6 +191,19 @@ std::string_view message_store::reader::next() {
   if (m_.failed() || !m_.sealed_) {
     error_ = m_.failed() ? m_.error_ : "the message is not complete";
     return {};
+  }
+  if (m_.rest_) {
+    // The prefix as a view, then the rest as its own reader gives it.
+    if (offset_ < m_.prefix_.size()) {
+      offset_ = m_.prefix_.size();
+      return m_.prefix_;
+    }
+    if (!rest_) rest_ = std::make_unique<reader>(*m_.rest_, chunk_);
+    const auto chunk = rest_->next();
+    if (rest_->failed()) error_ = rest_->error();
+    if (chunk.empty() && !failed()) error_ = "the message is shorter than its size";
+    offset_ += chunk.size();
+    return chunk;
   }
   if (m_.fd_ < 0) {
     // In memory: all of it at once, as a view (no copy).

@@ -63,6 +63,11 @@ class message_store {
   // A message already in memory (a policy's edit), as a sealed store: shared,
   // not copied, and not counted in the budget (it exists already).
   static std::shared_ptr<const message_store> wrap(std::shared_ptr<const std::string> message);
+  // `prefix` (header fields a policy put on top) followed by `rest`, as one
+  // sealed store: `rest` is shared, not copied, however big (a 50 MiB
+  // message with a field added costs the field).
+  static std::shared_ptr<const message_store> with_prefix(std::string prefix,
+                                                          std::shared_ptr<const message_store> rest);
 
   // Writing, before seal(). False once the store failed (the spill file
   // could not be made or written: error() says why); later bytes are dropped.
@@ -74,7 +79,7 @@ class message_store {
   bool failed() const { return !error_.empty(); }
   const std::string& error() const { return error_; }
   std::size_t size() const { return size_; }
-  bool spilled() const { return fd_ >= 0; }
+  bool spilled() const { return fd_ >= 0 || (rest_ && rest_->spilled()); }
   spill_reason why_spilled() const { return reason_; }
   // The spill directory in use (for logs).
   const std::filesystem::path& spill_directory() const { return settings_.directory; }
@@ -99,6 +104,7 @@ class message_store {
     std::size_t offset_ = 0;
     std::size_t chunk_;
     std::unique_ptr<char[]> buf_;
+    std::unique_ptr<reader> rest_;  // with_prefix(): reading the rest, after the prefix
     std::string error_;
   };
 
@@ -123,6 +129,9 @@ class message_store {
   std::unique_ptr<char[]> buf_;
   std::size_t capacity_ = 0;
   std::shared_ptr<const std::string> wrapped_;  // wrap(): the message is this
+  // with_prefix(): the message is prefix_, then rest_.
+  std::string prefix_;
+  std::shared_ptr<const message_store> rest_;
   // Spilled: the file holds [0, size_ - pending_), pending_ bytes wait in staging_.
   int fd_ = -1;
   std::unique_ptr<char[]> staging_;

@@ -160,6 +160,8 @@ def result_as_dict(result: Any) -> dict[str, Any]:
                         "addresses": list(v.addresses)}
     d.update(auth=result.auth, error=result.error, sender=result.sender, recipients=result.recipients,
              message=result.message)
+    if result.message_prefix is not None:
+        d["message_prefix"] = result.message_prefix
     if result.generation:
         d["generation"] = result.generation
     return d
@@ -1303,9 +1305,12 @@ class _StageRun:
                     if recipients != old_recipients:
                         result.recipients = recipients
         if message is not None and message.changed:
-            raw = message._checked_raw()
             result = result or _core.Result()
-            result.message = raw
+            on_top = message._added_on_top()
+            if on_top is not None:
+                result.message_prefix = on_top  # the daemon's message stays where it is
+            else:
+                result.message = message._checked_raw()
         if tx is not None and self.stage == "data" and (tx._dkim_sign is not None or tx._arc_seal is not None):
             result = result or _core.Result()
             if tx._dkim_sign is not None:
@@ -1334,11 +1339,11 @@ def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction
     return tx
 
 
-def _lazy_message(loader: Callable[[], bytes], smtputf8: bool) -> Message:
+def _lazy_message(loader: Callable[[], bytes], smtputf8: bool, head_whole: bool | None = None) -> Message:
     # The data stage's message, read from the daemon (``loader``) when a hook first looks at it
-    # (both binders: _StageRun and the stage runner). Outside SMTPUTF8, generated header values
-    # go out as RFC 2047 encoded-words.
-    return Message._lazy(loader, smtputf8=smtputf8)
+    # (both binders: _StageRun and the stage runner, which says whether its header section is
+    # whole). Outside SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
+    return Message._lazy(loader, smtputf8=smtputf8, head_whole=head_whole)
 
 
 def _internal_error(stage: str, e: Exception) -> _core.Result:

@@ -294,7 +294,7 @@ class Message:
     """
 
     __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_body_set", "_changed", "_smtputf8",
-                 "_loader", "_prepended", "_is_parsed")
+                 "_loader", "_prepended", "_is_parsed", "_head_whole")
 
     def __init__(self, raw: bytes, *, smtputf8: bool = False) -> None:
         """Parses ``raw``: the message as received (CRLF line ends, no NUL), ``ValueError`` otherwise."""
@@ -307,16 +307,19 @@ class Message:
         self._parse_original()
 
     @classmethod
-    def _lazy(cls, loader: Callable[[], bytes], *, smtputf8: bool = False) -> Message:
+    def _lazy(cls, loader: Callable[[], bytes], *, smtputf8: bool = False, head_whole: bool | None = None) -> Message:
         """A message read from ``loader()`` the first time a hook looks at it (the engine's: the
         daemon's bytes are not copied for a hook that never reads them), and parsed the first
-        time a hook needs its fields (fields added on top need no parsing: the commonest edit)."""
+        time a hook needs its fields (fields added on top need no parsing: the commonest edit).
+        ``head_whole``: whether its header section is all fields (``_head_is_whole``), when the
+        daemon knows; None: found out from the bytes when needed."""
         message = cls.__new__(cls)
         message._loader = loader
         message._prepended = []
         message._changed = False
         message._smtputf8 = bool(smtputf8)
         message._is_parsed = False
+        message._head_whole = head_whole
         return message
 
     def _parse_original(self) -> None:
@@ -406,7 +409,7 @@ class Message:
         """The whole message as bytes (CRLF line ends), with every change applied."""
         if not self._changed:
             return self._original
-        if not self._parsed() and _head_is_whole(self._original):  # fields added on top, and nothing else
+        if self._on_top_only():  # fields added on top, and nothing else
             return b"".join(f.raw for f in reversed(self._prepended)) + self._original
         parts = []
         for f in self._fields:
@@ -419,6 +422,22 @@ class Message:
 
     def __bytes__(self) -> bytes:
         return self.raw
+
+    def _on_top_only(self) -> bool:
+        # Unparsed, with the header section all fields: what was added on top of it (if anything)
+        # is all that changed, and gives what a parse would.
+        if self._parsed():
+            return False
+        whole = self._head_whole  # (a lazy message's: only one is ever unparsed)
+        return whole if whole is not None else _head_is_whole(self._original)
+
+    def _added_on_top(self) -> bytes | None:
+        """The fields added on top of a message otherwise unchanged and unread, as the bytes the
+        daemon puts above its own copy of the message (so that the message is neither read into
+        Python nor copied back); None for any other change."""
+        if not self._changed or not self._prepended or not self._on_top_only():
+            return None
+        return b"".join(f.raw for f in reversed(self._prepended))
 
     def _checked_raw(self) -> bytes:
         """``raw``, checked as the daemon checks a message it relays (``ValueError``). The

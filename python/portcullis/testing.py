@@ -600,7 +600,11 @@ class Session:
             return self._reply(self._verdict_reply(verdict))
         if (verdict and verdict["kind"] == "discard") or not recipients:
             return self._reply(Reply(250, "2.0.0", "Ok: discarded"))
-        delivery = Delivery(sender, tuple(recipients), result["message"] if result["message"] is not None else raw)
+        if result["message"] is not None:
+            delivered = result["message"]
+        else:  # fields put on top, as the daemon puts them above the message it holds
+            delivered = result.get("message_prefix", b"") + raw
+        delivery = Delivery(sender, tuple(recipients), delivered)
         self.delivered.append(delivery)
         self.harness.deliveries.append(delivery)
         # on_delivered: the transaction as delivered, and the upstream's 250 (the harness's upstream takes all).

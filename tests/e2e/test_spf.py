@@ -333,6 +333,31 @@ def test_authentication_results_without_a_check_says_none(policy_daemon, aiosmtp
     assert env["content"].startswith(f"Authentication-Results: {HOSTNAME}; none\r\nReceived: ".encode())
 
 
+def test_fields_a_policy_puts_on_top_claim_nothing_in_our_name(policy_daemon, aiosmtpd_upstream):
+    """Fields a hook adds on top go to the daemon alone (above the message it holds, which is
+    neither read into Python nor copied): ours are still the only Authentication-Results that
+    claim our name, and a message held in a file keeps every byte."""
+    from conftest import HOSTNAME
+
+    d = policy_daemon(aiosmtpd_upstream.url, f"""
+        def on_data(tx, message):
+            message.add_header("Authentication-Results", "{HOSTNAME}; spf=pass smtp.mailfrom=bank.example")
+            message.add_header("X-Checked", "yes")
+    """, checks={"authentication_results": True}, server={"message_memory_threshold": 100})
+    body = "".join(f"line {i:04d} of the body\r\n" for i in range(500))
+    message = f"Subject: hi\r\n\r\n{body}".encode()
+    with d.connect() as c:
+        assert c.transaction("a@example.test", ["b@example.test"], message).code == 250
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    content = env["content"]
+    assert content.startswith(f"Authentication-Results: {HOSTNAME}; none\r\nReceived: ".encode()), content[:200]
+    headers, rest = content.split(b"\r\n\r\n", 1)
+    assert b"bank.example" not in headers
+    assert headers.endswith(b"\r\nX-Checked: yes\r\nSubject: hi")
+    assert rest == body.encode() + b"\r\n"  # (the client's end of data adds a line end)
+    d.wait_log(rf"removed 1 Authentication-Results field claiming {re.escape(HOSTNAME)}$")
+
+
 def test_a_check_that_waits_for_dns_never_holds_up_the_io_thread(spf_daemon):
     """The check is tried on the session's own I/O thread from cached answers only; one that must
     wait for DNS goes to the checker's threads, so another session on the same (only) I/O thread

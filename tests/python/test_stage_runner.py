@@ -100,10 +100,47 @@ def test_at_data_a_changed_message_and_the_signing_choices_go_back(policy_file):
     """)])
     data = job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=b"Subject: x\r\n\r\nbody\r\n")
     r = plain(host, data)
-    assert r["message"].startswith(b"X-Seen: yes\r\n")
+    assert r["message"] is None and r["message_prefix"] == b"X-Seen: yes\r\n"
     session(host).tx.data["sign"] = False
     raw = host.run_plain(data)
     assert raw.message is None and raw.dkim_sign == "" and raw.arc_seal is False
+
+
+def test_fields_added_on_top_go_back_alone_and_the_message_is_not_read(policy_file):
+    # The commonest edit: the daemon puts the fields above the message it holds; nothing of
+    # the message is read into Python (the stage runner says its header section is whole).
+    host = EngineHost([policy_file("""
+        def on_data(tx, message):
+            message.add_header("X-First", "1")
+            message.add_header("X-Second", "2")
+            tx.data["message"] = message
+    """)])
+    data = job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=b"Subject: x\r\n\r\nbody\r\n")
+    r = host.run_plain(data)
+    assert r.message is None and r.message_prefix == b"X-Second: 2\r\nX-First: 1\r\n"
+    assert session(host).tx.data["message"]._loader is not None  # never loaded
+
+
+@pytest.mark.parametrize("raw, hook, why", [
+    (b"Subject: x\r\n\r\nbody\r\n", "message.get('Subject')", "read first"),
+    (b"Subject: x\r\n\r\nbody\r\n", "message.remove_header('Subject')", "another change"),
+    (b"not a field\r\nbody\r\n", "None", "a header section that is not all fields"),
+])
+def test_any_other_change_sends_the_whole_message(policy_file, raw, hook, why):
+    host = EngineHost([policy_file(f"""
+        def on_data(tx, message):
+            {hook}
+            message.add_header("X-Seen", "yes")
+    """)])
+    r = host.run_plain(job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=raw))
+    assert r.message_prefix is None, why
+    assert r.message.startswith(b"X-Seen: yes\r\n"), why
+    import portcullis as pc
+
+    expected = pc.Message(raw)
+    eval(hook, {"message": expected})
+    expected.add_header("X-Seen", "yes")
+    assert r.message == expected.raw, why
 
 
 def test_the_message_is_not_read_for_a_hook_that_does_not_look(policy_file):

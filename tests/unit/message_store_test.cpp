@@ -241,5 +241,31 @@ TEST_F(MessageStore, Wrap) {
   EXPECT_EQ(m->read_all(), *text);
 }
 
+
+// Fields a policy put on top of the message as received: the prefix, then
+// the received store's own bytes, shared (a spilled one read from its file);
+// byte-exact in chunks of any size.
+TEST_F(MessageStore, WithPrefix) {
+  const std::string prefix = "X-Added: 1\r\nX-Other: 2\r\n";
+  for (const std::size_t size : {std::size_t{0}, std::size_t{100}, std::size_t{5000}}) {
+    auto mem = memory(1 << 20);
+    auto received = std::make_shared<message_store>(mem, spill_settings{1000, dir_});  // past 1000: a file
+    const auto body = pattern(size, 7);
+    ASSERT_TRUE(received->append(body));
+    ASSERT_TRUE(received->seal());
+    const auto m = message_store::with_prefix(prefix, received);
+    EXPECT_EQ(m->size(), prefix.size() + size);
+    EXPECT_EQ(m->spilled(), received->spilled());
+    for (const std::size_t chunk : {std::size_t{1}, std::size_t{7}, std::size_t{4096}})
+      EXPECT_EQ(read_back(*m, chunk), prefix + body) << size << " bytes, chunks of " << chunk;
+    EXPECT_EQ(m->read_all(), prefix + body);
+    message_store::reader r(*m);
+    EXPECT_EQ(r.next(), prefix);  // a view of the prefix first
+  }
+  // An empty prefix is the message itself.
+  auto text = message_store::wrap(std::make_shared<const std::string>("Subject: x\r\n\r\nb\r\n"));
+  EXPECT_EQ(message_store::with_prefix("", text)->read_all(), "Subject: x\r\n\r\nb\r\n");
+}
+
 }  // namespace
 }  // namespace portcullis
