@@ -120,6 +120,9 @@ CASES = [
     ("flow", "aliases (100,000) + senders + ratelimit, 20 sessions, 4 KiB", READY_MADE, 20, 1.0, 4096, 1,
      "ready-made"),
     ("big", "no policy, one 50 MiB message", None, 1, 0, BIG_MESSAGE, 1),
+    # The commonest edit (noop.py's on_data adds a header field): the field goes above the
+    # daemon's own copy, which is neither read into Python nor copied.
+    ("big", "no-op hooks (mixed) adding a header, one 50 MiB message", "noop.py", 1, 0, BIG_MESSAGE, 1),
     ("idle", "no policy, 10,000 idle connections", None, IDLE_CONNECTIONS, 0, 0, 0),
 ]
 
