@@ -21,5 +21,8 @@ const pybind11::str& stage_str(policy_stage s);
 pybind11::tuple connection_tuple(const policy_job& j);
 // None outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, body_8bit, spf, dkim, dmarc, arc).
 pybind11::object envelope_tuple(const policy_job& j);
+// The stored message as bytes, read into the bytes object itself (one copy; a
+// spilled one from its file). Throws std::runtime_error on a read error.
+pybind11::bytes message_bytes(const message_store& m);
 
 }  // namespace portcullis::bindings

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 
 #include "bindings/core.hpp"
 #include "bindings/job_state.hpp"
@@ -222,6 +223,22 @@ py::object dkim_list(const policy_job& j) {
 
 }  // namespace
 
+py::bytes message_bytes(const message_store& m) {
+  auto out = py::reinterpret_steal<py::bytes>(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(m.size())));
+  if (!out) throw py::error_already_set();
+  char* to = PyBytes_AS_STRING(out.ptr());
+  std::size_t at = 0;
+  message_store::reader r(m);
+  for (auto chunk = r.next(); !chunk.empty(); chunk = r.next()) {
+    if (chunk.size() > m.size() - at) throw std::runtime_error("the message is longer than its size");
+    std::memcpy(to + at, chunk.data(), chunk.size());
+    at += chunk.size();
+  }
+  if (r.failed()) throw std::runtime_error(r.error());
+  if (at != m.size()) throw std::runtime_error("the message is shorter than its size");
+  return out;
+}
+
 py::object envelope_tuple(const policy_job& j) {
   if (!j.has_tx) return py::none();
   py::list recipients(j.recipients.size());
@@ -294,7 +311,7 @@ void define_protocol(py::module_& m) {
           "message",
           [](const policy_job& j) -> py::object {
             if (!j.message) return py::none();
-            return py::bytes(j.message->read_all());  // a spilled message is read from its file here
+            return message_bytes(*j.message);  // a spilled message is read from its file here
           },
           [](policy_job& j, const py::object& raw) {
             j.message = raw.is_none() ? nullptr

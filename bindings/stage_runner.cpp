@@ -313,7 +313,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
             // Read from the daemon when a hook first looks at it.
             py::cpp_function loader([stored = job.message]() -> py::object {
               if (!stored) return py::none();
-              return py::bytes(stored->read_all());
+              return message_bytes(*stored);
             });
             message = (*lazy_message_)(loader, get(tx, n.smtputf8), head_whole(job.message));
             args = py::make_tuple(tx, message);
