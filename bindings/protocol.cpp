@@ -249,6 +249,21 @@ py::object envelope_tuple(const policy_job& j) {
 
 namespace {
 
+// A result's bytes (the message, or fields for its top): bytes or None in Python.
+template <std::optional<std::string> policy_result::*Field>
+py::object bytes_field(const policy_result& r) {
+  if (!(r.*Field)) return py::none();
+  return py::bytes(*(r.*Field));
+}
+template <std::optional<std::string> policy_result::*Field>
+void set_bytes_field(policy_result& r, const py::object& raw) {
+  if (raw.is_none()) {
+    (r.*Field).reset();
+  } else {
+    r.*Field = raw.cast<std::string>();
+  }
+}
+
 // The stage's own arguments: what its hooks get besides conn or tx.
 py::object arguments_tuple(const policy_job& j) {
   switch (j.stage) {
@@ -355,33 +370,10 @@ void define_protocol(py::module_& m) {
       .def_readwrite("arc_seal", &policy_result::arc_seal)
       .def_readwrite("decided_by", &policy_result::decided_by,
                      "the policy file whose hook gave the verdict or the error (for the daemon's log)")
-      .def_property(
-          "message",
-          [](const policy_result& r) -> py::object {
-            if (!r.message) return py::none();
-            return py::bytes(*r.message);
-          },
-          [](policy_result& r, const py::object& raw) {
-            if (raw.is_none()) {
-              r.message.reset();
-            } else {
-              r.message = raw.cast<std::string>();
-            }
-          })
-      .def_property(
-          "message_prefix",
-          [](const policy_result& r) -> py::object {
-            if (!r.message_prefix) return py::none();
-            return py::bytes(*r.message_prefix);
-          },
-          [](policy_result& r, const py::object& raw) {
-            if (raw.is_none()) {
-              r.message_prefix.reset();
-            } else {
-              r.message_prefix = raw.cast<std::string>();
-            }
-          },
-          "header fields put on top of the message as received (whole CRLF-ended fields), instead of `message`")
+      .def_property("message", &bytes_field<&policy_result::message>, &set_bytes_field<&policy_result::message>)
+      .def_property("message_prefix", &bytes_field<&policy_result::message_prefix>,
+                    &set_bytes_field<&policy_result::message_prefix>,
+                    "header fields put on top of the message as received (whole CRLF-ended fields), instead of `message`")
       .def_readwrite("generation", &policy_result::generation)
       .def_property(
           "hook_counts", [](const policy_result& r) { return std::vector<unsigned>(r.hooks.count.begin(), r.hooks.count.end()); },
