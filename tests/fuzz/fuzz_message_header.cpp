@@ -3,7 +3,8 @@
 // the body are the same as fed whole; when the header section ends with an
 // empty line, fields + empty line + body give back the message byte for
 // byte; every field but a last one cut short ends with LF; every From value
-// either is no mailbox list or gives non-empty, lower-case domains.
+// either is no mailbox list or gives non-empty, lower-case domains; and the
+// checks of fields a policy puts on top (smtp/message_check) agree with it.
 //
 // Input: byte 0 picks the piece size; the rest is the message.
 #include <cstddef>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "fuzz_check.hpp"
+#include "smtp/message_check.hpp"
 #include "smtp/message_header.hpp"
 #include "smtp/text.hpp"
 
@@ -65,6 +67,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   } else {
     FUZZ_CHECK(whole.body.empty());
   }
+
+  // The checks of fields a policy puts on top (smtp/message_check): valid
+  // fields are a whole header section themselves, and one more field on top
+  // of a message changes nothing about whether its own is whole (but for a
+  // message that starts with a continuation, which the field then continues).
+  if (!header_fields_problem(message)) {
+    FUZZ_CHECK(head_is_whole(message));
+    FUZZ_CHECK(!message_problem(message));
+  }
+  const std::string on_top = "X-Fuzz: 1\r\n" + std::string(message);
+  FUZZ_CHECK(!header_fields_problem("X-Fuzz: 1\r\n"));
+  if (message.empty() || (message.front() != ' ' && message.front() != '\t'))
+    FUZZ_CHECK(head_is_whole(on_top) == head_is_whole(message));
 
   for (const auto& f : whole.fields) {
     if (!equals_nocase(header_field_name(f), "From")) continue;
