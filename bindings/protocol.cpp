@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cstring>
 
 #include "bindings/core.hpp"
 #include "bindings/job_state.hpp"
@@ -226,16 +225,7 @@ py::object dkim_list(const policy_job& j) {
 py::bytes message_bytes(const message_store& m) {
   auto out = py::reinterpret_steal<py::bytes>(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(m.size())));
   if (!out) throw py::error_already_set();
-  char* to = PyBytes_AS_STRING(out.ptr());
-  std::size_t at = 0;
-  message_store::reader r(m);
-  for (auto chunk = r.next(); !chunk.empty(); chunk = r.next()) {
-    if (chunk.size() > m.size() - at) throw std::runtime_error("the message is longer than its size");
-    std::memcpy(to + at, chunk.data(), chunk.size());
-    at += chunk.size();
-  }
-  if (r.failed()) throw std::runtime_error(r.error());
-  if (at != m.size()) throw std::runtime_error("the message is shorter than its size");
+  m.read_into(PyBytes_AS_STRING(out.ptr()));
   return out;
 }
 

@@ -139,6 +139,19 @@ bool same_connection(const policy_job& j, PyObject* seen) {
 
 // The same for an envelope_tuple. A job with a check's result (SPF, DKIM,
 // DMARC, ARC) is compared by the tuple: those are rare enough.
+bool same_envelope(const policy_job& j, PyObject* seen) {
+  if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 10) return false;
+  if (j.spf || j.dkim || j.dmarc || j.arc) return equal(envelope_tuple(j), seen);
+  PyObject* const* t = &PyTuple_GET_ITEM(seen, 0);
+  if (!is_text(t[0], j.tx_id) || !is_address(t[1], j.sender) || !is_params(t[2], j.sender_params) ||
+      !PyList_CheckExact(t[3]) || PyList_GET_SIZE(t[3]) != static_cast<Py_ssize_t>(j.recipients.size()) ||
+      !is_bool(t[4], j.smtputf8) || !is_bool(t[5], j.body_8bit))
+    return false;
+  for (std::size_t i = 0; i < j.recipients.size(); ++i)
+    if (!is_address(PyList_GET_ITEM(t[3], static_cast<Py_ssize_t>(i)), j.recipients[i])) return false;
+  return t[6] == Py_None && t[7] == Py_None && t[8] == Py_None && t[9] == Py_None;
+}
+
 // Whether the stored message's header section is all fields (smtp::head_is_whole),
 // for the lazy Message: fields a hook adds on top then go back as fields alone,
 // and the message is never read into Python. Known from its first chunk (all
@@ -152,19 +165,6 @@ py::object head_whole(const std::shared_ptr<const message_store>& m) {
   const auto end = first.find("\r\n\r\n");
   if (end == std::string_view::npos) return py::none();
   return py::bool_(smtp::head_is_whole(first.substr(0, end + 4)));
-}
-
-bool same_envelope(const policy_job& j, PyObject* seen) {
-  if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 10) return false;
-  if (j.spf || j.dkim || j.dmarc || j.arc) return equal(envelope_tuple(j), seen);
-  PyObject* const* t = &PyTuple_GET_ITEM(seen, 0);
-  if (!is_text(t[0], j.tx_id) || !is_address(t[1], j.sender) || !is_params(t[2], j.sender_params) ||
-      !PyList_CheckExact(t[3]) || PyList_GET_SIZE(t[3]) != static_cast<Py_ssize_t>(j.recipients.size()) ||
-      !is_bool(t[4], j.smtputf8) || !is_bool(t[5], j.body_8bit))
-    return false;
-  for (std::size_t i = 0; i < j.recipients.size(); ++i)
-    if (!is_address(PyList_GET_ITEM(t[3], static_cast<Py_ssize_t>(i)), j.recipients[i])) return false;
-  return t[6] == Py_None && t[7] == Py_None && t[8] == Py_None && t[9] == Py_None;
 }
 
 // Whether the hooks left tx as the daemon sent it: the same sender and

@@ -776,16 +776,15 @@ awaitable<reply> session::deliver(std::size_t& size) {
   if (v.dkim_sign) tx_.dkim_sign = v.dkim_sign;
   if (v.arc_seal) tx_.arc_seal = v.arc_seal;
   message_ptr message = received;
+  // RFC 6152 §3: 8-bit text an edit brought in is declared to the upstream
+  // (the envelope is then redone with BODY=8BITMIME).
+  const std::string* edit = v.message ? v.message.get() : v.message_prefix ? &*v.message_prefix : nullptr;
+  if (edit && !tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*edit) && is_ascii(*received))
+    tx_.options.body_8bit = true;
   if (v.message) {
-    // RFC 6152 §3: 8-bit text an edit brought in is declared to the upstream
-    // (the envelope is then redone with BODY=8BITMIME).
-    if (!tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*v.message) && is_ascii(*received))
-      tx_.options.body_8bit = true;
     message = message_store::wrap(v.message);
   } else if (v.message_prefix) {
     // Fields put on top: above the message as received, which is shared, not copied.
-    if (!tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*v.message_prefix) && is_ascii(*received))
-      tx_.options.body_8bit = true;
     message = message_store::with_prefix(std::move(*v.message_prefix), received);
   }
   size = message->size();

@@ -226,11 +226,21 @@ std::string_view message_store::reader::next() {
 
 std::string message_store::read_all() const {
   std::string out;
-  out.reserve(size_);
-  reader r(*this);
-  for (auto chunk = r.next(); !chunk.empty(); chunk = r.next()) out.append(chunk);
-  if (r.failed()) throw std::runtime_error(r.error());
+  out.resize(size_);
+  read_into(out.data());
   return out;
+}
+
+void message_store::read_into(char* to) const {
+  std::size_t at = 0;
+  reader r(*this);
+  for (auto chunk = r.next(); !chunk.empty(); chunk = r.next()) {
+    if (chunk.size() > size_ - at) throw std::runtime_error("the message is longer than its size");
+    std::memcpy(to + at, chunk.data(), chunk.size());
+    at += chunk.size();
+  }
+  if (r.failed()) throw std::runtime_error(r.error());
+  if (at != size_) throw std::runtime_error("the message is shorter than its size");
 }
 
 }  // namespace portcullis

@@ -112,6 +112,9 @@ class message_store {
   // (the policy engine, until it reads lazily). Throws std::runtime_error on
   // a read error.
   std::string read_all() const;
+  // The same into `to`, which holds size() bytes (the policy engine's bytes
+  // object, read straight into). Throws std::runtime_error on a read error.
+  void read_into(char* to) const;
 
  private:
   message_store() = default;  // wrap()

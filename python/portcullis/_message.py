@@ -32,7 +32,6 @@ ENCODED_WORD_LIMIT = 75
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 #: RFC 5322 §3.6.8: a field name is ftext, printable US-ASCII but ":" (no space, no obs WSP before ":").
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")
-#: A header section of fields only (with their continuation lines), then an empty line or the end.
 #: Text that a reader would take for an encoded-word: encoded too when in a non-ASCII value.
 _LOOKS_ENCODED = re.compile(r"=\?.*\?=")
 
@@ -410,7 +409,7 @@ class Message:
         if not self._changed:
             return self._original
         if self._on_top_only():  # fields added on top, and nothing else
-            return b"".join(f.raw for f in reversed(self._prepended)) + self._original
+            return self._prepended_bytes() + self._original
         parts = []
         for f in self._fields:
             parts.append(f.raw if f.raw.endswith(CRLF) else f.raw + CRLF)
@@ -437,7 +436,10 @@ class Message:
         Python nor copied back); None for any other change."""
         if not self._changed or not self._prepended or not self._on_top_only():
             return None
-        return b"".join(f.raw for f in reversed(self._prepended))
+        return self._prepended_bytes()
+
+    def _prepended_bytes(self) -> bytes:
+        return b"".join(f.raw for f in reversed(self._prepended))  # the last added on top
 
     def _checked_raw(self) -> bytes:
         """``raw``, checked as the daemon checks a message it relays (``ValueError``). The
