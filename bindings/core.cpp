@@ -84,6 +84,7 @@ void define_core(py::module_& m) {
   define_store(m);
   define_metrics(m);
   define_stage_runner(m);
+  define_job_tasks(m);
 }
 
 }  // namespace portcullis::bindings

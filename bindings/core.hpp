@@ -26,6 +26,8 @@ void define_dns(pybind11::module_& m);
 void define_metrics(pybind11::module_& m);
 // The engine's stage runner (bindings/stage_runner.cpp); define_core calls it.
 void define_stage_runner(pybind11::module_& m);
+// How the policy loop starts a job's task (bindings/job_tasks.cpp); define_core calls it.
+void define_job_tasks(pybind11::module_& m);
 // `observer(seconds)` for a Hook's observed_none: a HookMetrics' none_observer
 // is counted right here, with no Python call.
 void observe_none(pybind11::handle observer, double seconds);

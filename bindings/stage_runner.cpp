@@ -400,6 +400,11 @@ py::object stage_runner::run_in_python(py::handle host, py::handle job_object, p
   return loop ? (*drive_)(host, job_object, loop) : (*slow_)(host, job_object);
 }
 
+py::object stage_runner::run_async(py::handle host, py::handle job_object, py::handle loop) {
+  if (!py::isinstance<policy_job>(job_object)) return run_in_python(host, job_object, loop);
+  return run(host, job_object.cast<const policy_job&>(), job_object, nullptr, loop);
+}
+
 void define_stage_runner(py::module_& m) {
   py::class_<stage_runner>(m, "StageRunner", "A stage job's hooks, called from C++ (EngineHost.run_plain, and _run_job on the loop).")
       .def(py::init<py::dict, py::dict, py::object, py::object, py::object, py::object, py::object, py::object,
@@ -418,10 +423,7 @@ void define_stage_runner(py::module_& m) {
           "Runs a stage job's hooks here (GIL held): a Result, or None for 'next'. Never raises for a hook's sake.")
       .def(
           "run_async",
-          [](stage_runner& r, py::handle host, py::handle job, py::handle loop) {
-            if (!py::isinstance<policy_job>(job)) return r.run_in_python(host, job, loop);
-            return r.run(host, job.cast<const policy_job&>(), job, nullptr, loop);
-          },
+          [](stage_runner& r, py::handle host, py::handle job, py::handle loop) { return r.run_async(host, job, loop); },
           py::arg("host"), py::arg("job"), py::arg("loop"),
           "Takes the first step of a loop job's hooks here (the loop running): a Result or None if the job "
           "ended there, else the coroutine that runs the rest (for a task).");

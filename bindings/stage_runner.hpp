@@ -40,6 +40,8 @@ class stage_runner {
   // what is left to run.
   pybind11::object run(pybind11::handle host, const policy_job& job, pybind11::handle job_object, policy_job_ptr* owned,
                        pybind11::handle loop = {});
+  // A loop job's first steps (`run` on the loop), or the whole job in Python for a test's stand-in.
+  pybind11::object run_async(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
   // The whole job in Python (EngineHost._run_plain_slow, or on the loop `_drive`'s coroutine).
   pybind11::object run_in_python(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
 

@@ -22,6 +22,7 @@
 #include <string_view>
 
 #include "bindings/core.hpp"
+#include "bindings/job_tasks.hpp"
 #include "bindings/stage_runner.hpp"
 #include "log.hpp"
 #include "net/io_pool.hpp"
@@ -185,7 +186,7 @@ struct python_engine::channel {
   // The loop's thread is back from select() and waits for its turn: no I/O
   // thread takes the turn before it (the mutex is not fair).
   std::atomic<bool> loop_wants_turn = false;
-  // `runner.run_here` while the loop runs; written by the loop's thread
+  // The runner's `_core.JobStarter` while the loop runs; written by the loop's thread
   // holding the turn (and the GIL), read by a thread that holds both.
   PyObject* loop_runner = nullptr;
   // start-up handshake: the thread reports whether the policies loaded
@@ -603,8 +604,7 @@ bool python_engine::channel::run_on_loop_here(job_id id, policy_job_ptr& job) {
   bool wake_loop = false;
   std::optional<policy_result> result;
   try {
-    auto runner = py::reinterpret_borrow<py::object>(loop_runner);
-    auto out = runner(id, py::cast(std::move(job)));
+    auto out = portcullis::bindings::run_loop_job_here(loop_runner, id, job);
     if (PyBool_Check(out.ptr())) {
       wake_loop = out.ptr() == Py_True;
     } else {
@@ -784,6 +784,9 @@ PYBIND11_EMBEDDED_MODULE(_portcullis_core, m) {
            })
       .def("set_loop_runner",
            [](channel& ch, py::object runner) {
+             if (!runner.is_none() && !portcullis::bindings::is_job_starter(runner)) {
+               throw py::type_error("set_loop_runner takes a _core.JobStarter or None");
+             }
              Py_XDECREF(ch.loop_runner);
              ch.loop_runner = runner.is_none() ? nullptr : runner.release().ptr();
            })

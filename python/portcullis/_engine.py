@@ -707,16 +707,6 @@ def _rest_of(steps: Any, yielded: Any) -> Any:
                 return done.value
 
 
-async def _run_job(host: EngineHost, job: Any, loop: asyncio.AbstractEventLoop) -> Any:
-    """A loop stage job's task: the stage runner takes the hooks' first steps in it (in C++;
-    asyncio.current_task() is the job's, as ``asyncio.timeout`` needs), and most jobs end
-    there; what is left (a hook waits, or gave a value) is awaited in it too."""
-    work = host._runner.run_async(host, job, loop)
-    if work is None or type(work) is _Result:
-        return work
-    return await work
-
-
 def _forget(task: asyncio.Future[Any]) -> None:
     # A cancelled hook may still fail while unwinding: nobody waits for it any more.
     if not task.cancelled():
@@ -1371,6 +1361,18 @@ class _JobRunner:
         self.by_id: dict[Any, asyncio.Task[None]] = {}  # job id -> task
         self.stopping = False
         self.stopped: asyncio.Future[None] = loop.create_future()
+        # start(job_id, job) and run_here(job_id, job), in C (bindings/job_tasks.cpp): a stage
+        # job's task runs a _core.JobCoroutine (the stage runner's first steps, then whatever is
+        # left, awaited), a reload job's runs host.dispatch; the task's first step is taken at
+        # once. start -> (True, the job's result) if the task finished there, else (False, the
+        # task), handed to _waiting. run_here is start for a daemon I/O thread that holds the
+        # loop's turn (the loop's thread waits in select(): no hand-off and no wake-up for a
+        # job whose hooks do not wait): the job's result (a _core.Result or None) if its task
+        # finished and left the loop nothing to do; else a bool, whether the loop's thread must
+        # look now (the task waits for a timer, or left callbacks to run); the job is then
+        # completed through the daemon.
+        self.starter = _core.JobStarter(self, loop, host, JOB_TASK_NAME, _stepping, _enter_loop)
+        self.start, self.run_here, self.start_task = self.starter.start, self.starter.run_here, self.starter.start_task
 
     async def run(self) -> None:
         self.host.loop = self.loop
@@ -1381,7 +1383,7 @@ class _JobRunner:
         # (_TurnLendingSelector; a loop that never lends it never gets such a call).
         set_loop_runner = getattr(self.core, "set_loop_runner", None)
         if set_loop_runner is not None:
-            set_loop_runner(self.run_here)
+            set_loop_runner(self.starter)  # (its run_here, called from C++)
         self.loop.add_reader(self.wakeup_fd, self.on_wakeup)
         try:
             self.loop.call_soon(self.drain)  # jobs queued before the reader was in place (outside this task)
@@ -1392,27 +1394,6 @@ class _JobRunner:
                 set_runner(None)
             if set_loop_runner is not None:
                 set_loop_runner(None)
-
-    def run_here(self, job_id: Any, job: Any) -> Any:
-        """Runs a stage job's first step on the calling daemon I/O thread, which holds the loop's turn
-        (the loop's thread waits in select()): no hand-off and no wake-up for a job whose hooks do
-        not wait. A task that waits goes on on the loop's thread.
-
-        Returns the job's result (a ``_core.Result`` or None) if the task finished and left the
-        loop nothing to do; else a bool, whether the loop's thread must look now (the task waits
-        for a timer, or left callbacks to run); the job is then completed through the daemon."""
-        loop = self.loop
-        timers = len(loop._scheduled)
-        if _stepping.loop is not loop:
-            _enter_loop(loop)
-        done, result = self.start(job_id, job)
-        wake = bool(loop._ready) or len(loop._scheduled) != timers
-        if not done:  # it waits: it completes the job when done
-            return wake
-        if wake:
-            self.complete(job_id, result)
-            return True
-        return result
 
     def on_wakeup(self) -> None:
         # Reset the eventfd first: a job queued after this read writes it again.
@@ -1455,22 +1436,11 @@ class _JobRunner:
                 task.cancel()
         self.maybe_stop()
 
-    def start(self, job_id: Any, job: Any) -> tuple[bool, Any]:
-        """A job's task, its first step run now: (True, the job's result) if it finished
-        there, else (False, the task), which completes the job when done (``finished``).
-        Most jobs finish in their first step (no hook waits): they cost no done callback,
-        no bookkeeping and no extra loop turn."""
-        host, loop = self.host, self.loop
-        task = _start_task(loop, host.dispatch(job, loop) if isinstance(job, dict) else _run_job(host, job, loop))
-        if task.done():
-            try:
-                return True, task.result()  # (one call for the common case)
-            except BaseException:  # cancelled, or it raised
-                return True, self.outcome(task)
+    def _waiting(self, job_id: Any, task: asyncio.Task[Any]) -> None:
+        # A job's task that did not finish in its first step: it completes the job when done.
         self.tasks[task] = job_id
         self.by_id[job_id] = task
         task.add_done_callback(self.finished)
-        return False, task
 
     def finished(self, task: asyncio.Task[Any]) -> None:
         # A task that waited is done (or was cancelled, before its first step even).
@@ -1560,63 +1530,18 @@ class _TurnLendingSelector(selectors.DefaultSelector):  # type: ignore[misc,vali
 
 
 class _PolicyLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
-    """The policy thread's loop. What it adds: a task made by ``_start_task``
-    hands its first step to it instead of queueing a Handle for it (the step
-    runs at once, as Python 3.12's eager tasks do): no Handle made, run and
-    dropped for each job, half of what a job's task costs."""
+    """The policy thread's loop. What it adds: a task that ``_JobRunner`` starts
+    hands its first step back to it (``call_soon``, in C) instead of queueing a
+    Handle for it (the step runs at once, as Python 3.12's eager tasks do): no
+    Handle made, run and dropped for each job. Every other call_soon queues."""
 
-    _claiming = False
-    _claimed: tuple[Any, Any] | None = None
+    call_soon = _core.claiming_call_soon
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
         # Every future and task asks the loop get_debug() when made: answered
         # in C, not by a Python method (a frame per job's task).
         self.get_debug = (True).__bool__ if enabled else (False).__bool__  # type: ignore[method-assign]
-
-    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:
-        # The new task's first step (asyncio.Task's constructor); anything else (a finalizer
-        # the task's allocation set off, say) is queued as usual.
-        if self._claiming and not args and type(getattr(callback, "__self__", None)) is asyncio.Task:
-            self._claiming = False
-            self._claimed = (callback, context)
-            return None  # (the constructor drops what it gets back)
-        return super().call_soon(callback, *args, context=context)
-
-
-def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[None]:
-    """A job's task, its first step run now. Named: else asyncio formats a
-    "Task-N" name for each (1,500 of the 11,000 instructions of a task).
-    Called from a plain callback or with the loop's turn (no task running)."""
-    if not isinstance(loop, _PolicyLoop) or loop._task_factory is not None:
-        task = loop.create_task(coro, name=JOB_TASK_NAME)
-        _step_now(loop, task)
-        return task
-    loop._claiming = True
-    try:
-        task = asyncio.Task(coro, loop=loop, name=JOB_TASK_NAME)
-    finally:
-        loop._claiming = False
-    claimed, loop._claimed = loop._claimed, None
-    if claimed is None:  # the constructor queued its step some other way: run it from the queue
-        _step_now(loop, task)
-    else:
-        step, context = claimed
-        if context is None:
-            step()
-        else:
-            context.run(step)
-    return task
-
-
-def _step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
-    """Runs a task's first step now, as Python 3.12's eager tasks do, instead of on the
-    loop's next turn: most jobs finish in it (no hook suspends), so a job costs the
-    loop one turn, not two. Called from a plain callback (no task running). Where
-    the loop's internals are not as expected, the step stays scheduled: same result."""
-    ready = getattr(loop, "_ready", None)
-    if ready and getattr(ready[-1]._callback, "__self__", None) is task:
-        ready.pop()._run()
 
 
 def run_host(

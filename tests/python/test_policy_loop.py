@@ -1,12 +1,14 @@
-"""_start_task on the policy thread's loop (_PolicyLoop): a job's task whose
-first step runs at once, with no Handle queued for it, and that is in every
-other way the task asyncio would have made."""
+"""The job starter's start_task (bindings/job_tasks.cpp) on the policy
+thread's loop (_PolicyLoop): a job's task whose first step runs at once,
+with no Handle queued for it, and that is in every other way the task
+asyncio would have made."""
 import asyncio
 import contextvars
 
 import pytest
 
-from portcullis._engine import JOB_TASK_NAME, _PolicyLoop, _start_task
+from portcullis import _engine
+from portcullis._engine import JOB_TASK_NAME, _PolicyLoop
 
 var = contextvars.ContextVar("var", default="unset")
 
@@ -16,6 +18,11 @@ def loop():
     loop = _PolicyLoop()
     yield loop
     loop.close()
+
+
+def _start_task(loop, coro):
+    """A task as _JobRunner starts a job's (its JobStarter's start_task)."""
+    return _engine._JobRunner(_engine.EngineHost([]), loop, None, -1).start_task(coro)
 
 
 def test_the_first_step_runs_at_once_in_the_task_and_queues_nothing(loop, monkeypatch):
@@ -33,7 +40,7 @@ def test_the_first_step_runs_at_once_in_the_task_and_queues_nothing(loop, monkey
     task = _start_task(loop, job())
     assert task.done() and task.result() == 42
     assert seen["task"] is task and task.get_name() == JOB_TASK_NAME
-    assert queued == [] and not loop._ready and not loop._claiming and loop._claimed is None
+    assert queued == [] and not loop._ready
     assert var.get() == "unset"
     assert asyncio.current_task(loop) is None  # left as it was found
 
@@ -96,8 +103,7 @@ def test_a_task_factory_or_another_loop_gets_a_task_made_the_usual_way(loop):
 def test_a_coroutine_the_task_refuses_leaves_the_loop_as_it_was(loop):
     with pytest.raises(TypeError):
         _start_task(loop, "not a coroutine")
-    assert not loop._claiming and loop._claimed is None
-    handle = loop.call_soon(lambda: None)  # call_soon still queues
+    handle = loop.call_soon(lambda: None)  # call_soon still queues (the claim ended)
     assert loop._ready[-1] is handle
 
 

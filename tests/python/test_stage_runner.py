@@ -444,3 +444,133 @@ def test_each_change_of_the_envelope_reaches_the_hooks(policy_file, change):
     before = session(host).tx.data["seen"]
     host.run_plain(job("mail", tx_snapshot=tx(**{**base, **change})))
     assert session(host).tx.data["seen"] != before
+
+
+# -- the job starter (bindings/job_tasks.cpp): _JobRunner's start and run_here, in C ----------
+
+
+class _Daemon:
+    """The daemon's side of a _JobRunner, as far as run_here reaches it: the jobs it completes."""
+
+    def __init__(self):
+        self.completed = []
+
+    def complete(self, job_id, result):
+        self.completed.append((job_id, result))
+
+
+@pytest.fixture
+def lent_loop():
+    """A policy loop whose turn this thread holds, as a daemon I/O thread does in run_here."""
+    loop = _engine._PolicyLoop()
+    yield loop
+    _leave_loop()
+    loop.close()
+
+
+def _runner(host, loop):
+    daemon = _Daemon()
+    return _engine._JobRunner(host, loop, daemon, -1), daemon
+
+
+def test_run_here_answers_a_job_that_ended_in_its_first_step_and_leaves_the_loop_nothing(policy_file, lent_loop):
+    host = EngineHost([policy_file(ASYNC_EVERYWHERE)])
+    runner, daemon = _runner(host, lent_loop)
+    assert runner.run_here(1, job("connect")) is None
+    assert runner.run_here(2, job("mail", tx_snapshot=tx())) is None
+    assert session(host).tx.data == {"mail": "a@example.test"}
+    assert not lent_loop._ready and not lent_loop._scheduled and not runner.tasks and daemon.completed == []
+    assert asyncio.current_task(lent_loop) is None  # the task's step is over
+    assert _stepping.loop is lent_loop  # kept between jobs (setting it costs a system call)
+
+
+def test_run_here_hands_a_job_that_waits_to_the_loop_which_completes_it(policy_file, lent_loop):
+    host = EngineHost([policy_file("""
+        import asyncio
+        async def on_helo(conn, h):
+            conn.data["task"] = asyncio.current_task()
+            await asyncio.sleep(0.01)
+            return "not a verdict"
+    """)])
+    runner, daemon = _runner(host, lent_loop)
+    assert runner.run_here(1, job("helo", hostname="h")) is True  # a timer: the loop's thread must look
+    (task, job_id), = runner.tasks.items()
+    assert job_id == 1 and runner.by_id[1] is task and session(host).conn.data["task"] is task
+    _leave_loop()  # the loop's own thread takes over
+    lent_loop.run_until_complete(asyncio.sleep(0.1))
+    (job_id, result), = daemon.completed
+    assert job_id == 1 and "returned 'not a verdict'" in result_as_dict(result)["error"]
+    assert not runner.tasks and not runner.by_id
+
+
+def test_a_job_left_waiting_is_cancelled_through_its_coroutine_into_the_hook(policy_file, lent_loop):
+    host = EngineHost([policy_file("""
+        import asyncio
+        async def on_helo(conn, h):
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                conn.data["cancelled"] = True
+                raise
+    """)])
+    runner, daemon = _runner(host, lent_loop)
+    assert runner.run_here(1, job("helo", hostname="h")) is True
+    runner.by_id[1].cancel()  # as drain does with a job the daemon abandoned
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0.05))
+    assert session(host).conn.data["cancelled"] is True
+    (job_id, result), = daemon.completed
+    assert job_id == 1 and result_as_dict(result)["error"] == "the job was abandoned"
+
+
+def test_run_here_completes_a_finished_job_itself_when_it_left_the_loop_work(policy_file, lent_loop):
+    host = EngineHost([policy_file("""
+        import asyncio
+        async def on_helo(conn, h):
+            asyncio.get_running_loop().call_soon(conn.data.setdefault("later", []).append, "ran")
+    """)])
+    runner, daemon = _runner(host, lent_loop)
+    assert runner.run_here(1, job("helo", hostname="h")) is True  # the loop's thread must look
+    assert daemon.completed == [(1, None)] and not runner.tasks
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0))
+    assert session(host).conn.data["later"] == ["ran"]
+
+
+def _started_by_drain(runner, loop, job_id, j):
+    """runner.start(job_id, j) from a plain callback of the running loop, as drain calls it."""
+    started = []
+    loop.call_soon(lambda: started.append(runner.start(job_id, j)))
+    loop.run_until_complete(asyncio.sleep(0))
+    (done, value), = started
+    return value if done else loop.run_until_complete(value)
+
+
+def test_a_reload_job_runs_in_a_task_of_its_own(policy_file, lent_loop):
+    host = EngineHost([policy_file(ASYNC_EVERYWHERE)])
+    runner, _ = _runner(host, lent_loop)
+    reload = {"stage": "reload", "files": [policy_file("async def on_helo(conn, h):\n    pass\n")]}
+    before = host.engine.generation
+    assert _started_by_drain(runner, lent_loop, 7, reload).error is None and host.engine.generation > before
+
+
+def test_the_job_coroutine_is_a_coroutine_to_asyncio_and_leaves_nothing_behind(policy_file, lent_loop):
+    host = EngineHost([policy_file("""
+        import asyncio
+        async def on_helo(conn, h):
+            conn.data["repr"] = repr(asyncio.current_task())
+            conn.data["coro"] = asyncio.iscoroutine(asyncio.current_task().get_coro())
+            await asyncio.sleep(0)
+    """)])
+    runner, _ = _runner(host, lent_loop)
+
+    def coroutines():
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if type(o) is _core.JobCoroutine}
+
+    before = coroutines()
+    assert _started_by_drain(runner, lent_loop, 1, job("helo", hostname="h")) is None
+    data = session(host).conn.data
+    assert data["coro"] is True and "coro=<JobCoroutine()" in data["repr"]
+    del data["repr"]
+    assert coroutines() <= before

@@ -1,0 +1,652 @@
+// How the policy loop starts a job's task, in C: `_core.JobStarter` (the
+// `start` and `run_here` of `_JobRunner`), its job coroutine, and the
+// policy loop's `call_soon`.
+//
+// A loop job is an asyncio task (a hook that waits needs one, and
+// `asyncio.current_task()` must be the job's while its hooks run), but
+// most jobs end in the task's first step: the stage runner takes every
+// hook's first step in C++ and none waits. What is left per job is the
+// task's own bookkeeping, and that was Python's: four frames and a
+// coroutine, half of what an async hook cost over a plain one. Here it is
+// C calls. The rules are `_JobRunner`'s docstrings; in brief:
+//  - the task's first step runs at once, as Python 3.12's eager tasks do:
+//    the Task constructor hands its step to the loop's `call_soon`, which
+//    gives it back to us (the claim) instead of queueing a Handle;
+//  - the job coroutine's first step is the stage runner's `run_async`; a
+//    Result or None ends it there, anything else is awaited in it;
+//  - a task that finished is answered at once; one that waits is handed to
+//    the runner's `_waiting` (its done callback completes the job).
+#include <pybind11/pybind11.h>
+
+#include <utility>
+
+#include "bindings/job_tasks.hpp"
+
+#include "bindings/core.hpp"
+#include "bindings/stage_runner.hpp"
+
+namespace py = pybind11;
+
+namespace portcullis::bindings {
+namespace {
+
+// Interned attribute names, made once (under the GIL, at module set-up).
+struct names_t {
+  PyObject *done, *result, *ready, *scheduled, *task_factory, *create_task, *loop, *name, *callback, *self;
+  PyObject *run, *handle_run, *pop, *dispatch, *outcome, *waiting, *complete, *context, *throw_, *close, *runner;
+};
+names_t names{};
+
+PyObject* intern(const char* s) {
+  PyObject* o = PyUnicode_InternFromString(s);
+  if (o == nullptr) throw py::error_already_set();
+  return o;
+}
+
+// asyncio's Task type and BaseEventLoop.call_soon, looked up once; the
+// module keeps them (they live as long as the interpreter).
+PyObject* task_type = nullptr;
+PyObject* base_call_soon = nullptr;
+PyObject* loop_and_name = nullptr;  // the keyword names ("loop", "name") of Task(coro, loop=..., name=...)
+
+// The call_soon a Task constructor makes for its first step, claimed while
+// `start_task` constructs one (a thread's own: the loop's turn may be on an
+// I/O thread).
+struct claim {
+  PyObject* loop;
+  PyObject* step = nullptr;     // the step handed over (a new reference)
+  PyObject* context = nullptr;  // its context, or null
+};
+thread_local claim* claiming = nullptr;
+
+// `_PolicyLoop.call_soon`: a new task's first step goes to the claim;
+// anything else (a finalizer the task's allocation set off, say) is queued
+// as usual. Whichever task's step is claimed runs at once and the other
+// waits its turn: the same outcome, a turn later.
+PyObject* claiming_call_soon(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  claim* c = claiming;
+  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+  if (c != nullptr && c->step == nullptr && nargs == 2 && args[0] == c->loop && nkw <= 1) {
+    PyObject* context = nullptr;
+    bool plain = true;
+    if (nkw == 1) {
+      plain = PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), names.context) == 0;
+      context = args[2];
+    }
+    PyObject* owner = plain ? PyObject_GetAttr(args[1], names.self) : nullptr;
+    if (owner == nullptr) PyErr_Clear();
+    if (owner != nullptr && Py_TYPE(owner) == reinterpret_cast<PyTypeObject*>(task_type)) {
+      Py_DECREF(owner);
+      c->step = Py_NewRef(args[1]);
+      c->context = context == Py_None ? nullptr : Py_XNewRef(context);
+      Py_RETURN_NONE;  // (the constructor drops what it gets back)
+    }
+    Py_XDECREF(owner);
+  }
+  return PyObject_Vectorcall(base_call_soon, args, static_cast<size_t>(nargs), kwnames);
+}
+
+PyMethodDef claiming_call_soon_def = {
+    "call_soon", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(claiming_call_soon)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "The policy loop's call_soon: a task that JobStarter makes hands its first step back to it."};
+
+// A task's first step run now where the constructor queued it: the loop's
+// last ready Handle, if it is the task's (a loop that is not a _PolicyLoop).
+bool step_now(PyObject* loop, PyObject* task) {
+  const py::object ready = py::reinterpret_steal<py::object>(PyObject_GetAttr(loop, names.ready));
+  if (!ready) {
+    PyErr_Clear();
+    return true;
+  }
+  const Py_ssize_t n = PyObject_Length(ready.ptr());
+  if (n <= 0) {
+    PyErr_Clear();
+    return true;
+  }
+  const auto last = py::reinterpret_steal<py::object>(PySequence_GetItem(ready.ptr(), n - 1));
+  if (!last) return false;
+  const auto callback = py::reinterpret_steal<py::object>(PyObject_GetAttr(last.ptr(), names.callback));
+  const auto owner = callback ? py::reinterpret_steal<py::object>(PyObject_GetAttr(callback.ptr(), names.self))
+                              : py::object();
+  if (!owner) {
+    PyErr_Clear();
+    return true;
+  }
+  if (owner.ptr() != task) return true;
+  const auto handle = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(ready.ptr(), names.pop));
+  if (!handle) return false;
+  const auto ran = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(handle.ptr(), names.handle_run));
+  return bool(ran);
+}
+
+// A job's task on `loop`, named `name`, its first step taken: a new reference, or null (an error set).
+PyObject* start_task(PyObject* loop, PyObject* coro, PyObject* name) {
+  PyObject* factory = PyObject_GetAttr(loop, names.task_factory);
+  if (factory == nullptr) PyErr_Clear();
+  if (factory != Py_None) {  // a loop with a task factory (or not asyncio's): its own create_task
+    Py_XDECREF(factory);
+    PyObject* args[] = {loop, coro, name};
+    PyObject* kw = PyTuple_Pack(1, names.name);
+    if (kw == nullptr) return nullptr;
+    PyObject* task = PyObject_VectorcallMethod(names.create_task, args, 2, kw);
+    Py_DECREF(kw);
+    if (task != nullptr && !step_now(loop, task)) Py_CLEAR(task);
+    return task;
+  }
+  Py_DECREF(factory);
+  claim c{loop};
+  claim* outer = std::exchange(claiming, &c);
+  PyObject* args[] = {coro, loop, name};
+  PyObject* task = PyObject_Vectorcall(task_type, args, 1, loop_and_name);
+  claiming = outer;
+  const py::object step = py::reinterpret_steal<py::object>(c.step);
+  const py::object context = py::reinterpret_steal<py::object>(c.context);
+  if (task == nullptr) return nullptr;
+  if (!step) {  // the constructor queued its step some other way: run it from the queue
+    if (!step_now(loop, task)) Py_CLEAR(task);
+    return task;
+  }
+  PyObject* ran = context ? PyObject_CallMethodOneArg(context.ptr(), names.run, step.ptr())
+                          : PyObject_CallNoArgs(step.ptr());
+  if (ran == nullptr) Py_CLEAR(task);
+  Py_XDECREF(ran);
+  return task;
+}
+
+// ---- the job coroutine -------------------------------------------------
+
+// What `_run_job` was: its first send runs the stage runner's first steps
+// (`run_async`); a Result or None is its value; an awaitable it gets back
+// (what is left: a hook that waits, a value Python must judge) is awaited
+// in it, every send and throw passed through.
+struct job_coroutine {
+  PyObject_HEAD
+  stage_runner* runner;  // kept alive by `runner_object`
+  PyObject* runner_object;
+  PyObject* host;
+  PyObject* job;  // the job's Python object, or null: then `owned`, the daemon's own (no Python object made for it)
+  policy_job* owned;
+  PyObject* loop;
+  PyObject* rest;  // the iterator of what is left, once the first step gave one
+  bool started;
+};
+
+PyTypeObject* job_coroutine_type = nullptr;
+
+void drop_inputs(job_coroutine* c) {
+  Py_CLEAR(c->host);
+  Py_CLEAR(c->job);
+  delete std::exchange(c->owned, nullptr);
+  Py_CLEAR(c->loop);
+}
+
+// The stage runner's first steps of the coroutine's job: what `run_async` gives.
+py::object first_steps(job_coroutine* c) {
+  if (c->job != nullptr) return c->runner->run_async(c->host, c->job, c->loop);
+  policy_job_ptr job(std::exchange(c->owned, nullptr));
+  const policy_job& fields = *job;  // (it stays put if the runner hands `job` to Python)
+  return c->runner->run(c->host, fields, py::handle(), &job, c->loop);
+}
+
+PySendResult job_send(PyObject* self, PyObject* arg, PyObject** out) {
+  auto* c = reinterpret_cast<job_coroutine*>(self);
+  if (!c->started) {
+    c->started = true;
+    PyObject* work = nullptr;
+    try {
+      work = first_steps(c).release().ptr();
+    } catch (py::error_already_set& e) {
+      e.restore();
+    } catch (const std::exception& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+    drop_inputs(c);
+    if (work == nullptr) return PYGEN_ERROR;
+    PyAsyncMethods* async = Py_TYPE(work)->tp_as_async;
+    if (async == nullptr || async->am_await == nullptr) {  // a Result, or None: the job ended here
+      *out = work;
+      return PYGEN_RETURN;
+    }
+    c->rest = async->am_await(work);
+    Py_DECREF(work);
+    if (c->rest == nullptr) return PYGEN_ERROR;
+    arg = Py_None;
+  }
+  if (c->rest == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+    return PYGEN_ERROR;
+  }
+  const PySendResult sent = PyIter_Send(c->rest, arg, out);
+  if (sent != PYGEN_NEXT) Py_CLEAR(c->rest);
+  return sent;
+}
+
+// A send's outcome as a method returns it: the value yielded, or StopIteration carrying the value returned.
+PyObject* as_method_result(PySendResult sent, PyObject* value) {
+  if (sent == PYGEN_NEXT) return value;
+  if (sent == PYGEN_RETURN) {
+    if (value == Py_None) {
+      PyErr_SetNone(PyExc_StopIteration);
+    } else {
+      PyObject* stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+      if (stop != nullptr) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+      }
+    }
+    Py_DECREF(value);
+  }
+  return nullptr;
+}
+
+PyObject* job_send_method(PyObject* self, PyObject* arg) {
+  PyObject* value = nullptr;
+  return as_method_result(job_send(self, arg, &value), value);
+}
+
+PyObject* job_next(PyObject* self) {
+  PyObject* value = nullptr;
+  const PySendResult sent = job_send(self, Py_None, &value);
+  if (sent == PYGEN_RETURN) return as_method_result(sent, value);
+  return sent == PYGEN_NEXT ? value : nullptr;
+}
+
+PyObject* job_throw(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  auto* c = reinterpret_cast<job_coroutine*>(self);
+  if (nargs < 1 || nargs > 3) {
+    PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+    return nullptr;
+  }
+  c->started = true;
+  drop_inputs(c);
+  if (c->rest == nullptr) {  // not started (a task cancelled before its first step), or over: raise it here
+    PyObject* kind = args[0];
+    if (PyExceptionInstance_Check(kind)) {
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(kind)), kind);
+    } else if (PyExceptionClass_Check(kind)) {
+      PyErr_SetObject(kind, nargs > 1 ? args[1] : Py_None);
+    } else {
+      PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException");
+    }
+    return nullptr;
+  }
+  const py::object rest = py::reinterpret_borrow<py::object>(c->rest);
+  const py::object thrower = py::reinterpret_steal<py::object>(PyObject_GetAttr(rest.ptr(), names.throw_));
+  PyObject* value = thrower ? PyObject_Vectorcall(thrower.ptr(), args, static_cast<size_t>(nargs), nullptr) : nullptr;
+  if (value == nullptr && c->rest == rest.ptr()) Py_CLEAR(c->rest);  // it returned or raised: over
+  return value;
+}
+
+PyObject* job_close(PyObject* self, PyObject*) {
+  auto* c = reinterpret_cast<job_coroutine*>(self);
+  c->started = true;
+  drop_inputs(c);
+  PyObject* rest = std::exchange(c->rest, nullptr);
+  if (rest == nullptr) Py_RETURN_NONE;
+  PyObject* closer = PyObject_GetAttr(rest, names.close);
+  Py_DECREF(rest);
+  if (closer == nullptr) {  // an iterator with no close(): nothing to end
+    PyErr_Clear();
+    Py_RETURN_NONE;
+  }
+  PyObject* closed = PyObject_CallNoArgs(closer);
+  Py_DECREF(closer);
+  return closed;
+}
+
+PyObject* job_await(PyObject* self) { return Py_NewRef(self); }
+
+int job_traverse(PyObject* self, visitproc visit, void* arg) {
+  auto* c = reinterpret_cast<job_coroutine*>(self);
+  Py_VISIT(Py_TYPE(self));
+  Py_VISIT(c->runner_object);
+  Py_VISIT(c->host);
+  Py_VISIT(c->job);
+  Py_VISIT(c->loop);
+  Py_VISIT(c->rest);
+  return 0;
+}
+
+int job_clear(PyObject* self) {
+  auto* c = reinterpret_cast<job_coroutine*>(self);
+  drop_inputs(c);
+  Py_CLEAR(c->rest);
+  Py_CLEAR(c->runner_object);
+  c->runner = nullptr;
+  c->started = true;
+  return 0;
+}
+
+void job_dealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  job_clear(self);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+// What a task's repr names it by (asyncio reads __qualname__): "JobCoroutine()".
+PyObject* job_qualname(PyObject*, void*) { return PyUnicode_FromString("JobCoroutine"); }
+
+PyGetSetDef job_getset[] = {{"__qualname__", job_qualname, nullptr, nullptr, nullptr},
+                            {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyMethodDef job_methods[] = {
+    {"send", job_send_method, METH_O, "send(value): the next step, as a coroutine's send."},
+    {"throw", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(job_throw)), METH_FASTCALL,
+     "throw(exception): raised in what the job awaits."},
+    {"close", job_close, METH_NOARGS, "close(): ends what the job awaits."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyType_Slot job_slots[] = {
+    {Py_tp_doc, const_cast<char*>("A loop job's coroutine (what _JobRunner's task runs): the stage runner's first steps, "
+                                  "then whatever is left, awaited.")},
+    {Py_tp_dealloc, reinterpret_cast<void*>(job_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(job_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(job_clear)},
+    {Py_tp_iternext, reinterpret_cast<void*>(job_next)},
+    {Py_tp_methods, job_methods},
+    {Py_tp_getset, job_getset},
+    {Py_am_await, reinterpret_cast<void*>(job_await)},
+    {Py_am_send, reinterpret_cast<void*>(job_send)},
+    {0, nullptr}};
+
+PyType_Spec job_spec = {"_portcullis_core.JobCoroutine", sizeof(job_coroutine), 0,
+                        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION, job_slots};
+
+// ---- the starter -------------------------------------------------------
+
+struct job_starter {
+  PyObject_HEAD
+  PyObject* runner;  // the _JobRunner (its outcome, _waiting, complete)
+  PyObject* loop;
+  PyObject* host;
+  stage_runner* stages;  // host._runner's, kept alive by `stages_object`
+  PyObject* stages_object;
+  PyObject* name;  // the tasks' name
+  PyObject* stepping;  // _engine._stepping (a threading.local): the loop this thread has entered
+  PyObject* enter_loop;  // _engine._enter_loop(loop)
+};
+
+PyTypeObject* job_starter_type = nullptr;
+
+// A job's coroutine, for its Python object (`job`) or else the daemon's own (`*owned`, taken).
+PyObject* new_job_coroutine(job_starter* s, PyObject* job, policy_job_ptr* owned) {
+  auto* c = PyObject_GC_New(job_coroutine, job_coroutine_type);
+  if (c == nullptr) return nullptr;
+  c->runner = s->stages;
+  c->runner_object = Py_NewRef(s->stages_object);
+  c->host = Py_NewRef(s->host);
+  c->job = Py_XNewRef(job);
+  c->owned = job == nullptr ? owned->release() : nullptr;
+  c->loop = Py_NewRef(s->loop);
+  c->rest = nullptr;
+  c->started = false;
+  PyObject_GC_Track(c);
+  return reinterpret_cast<PyObject*>(c);
+}
+
+// `_JobRunner.start`: (True, the job's result) if its task finished in its
+// first step, else (False, the task), handed to the runner's `_waiting`.
+// The job is `job` (a Python object: a stage job, or a reload's dict) or,
+// if null, the daemon's `*owned`. Sets `*done`; returns a new reference
+// (the result or the task), or null.
+PyObject* start_job(job_starter* s, PyObject* job_id, PyObject* job, policy_job_ptr* owned, bool* done) {
+  PyObject* coro = job != nullptr && PyDict_Check(job)
+                       ? PyObject_CallMethodObjArgs(s->host, names.dispatch, job, s->loop, nullptr)
+                       : new_job_coroutine(s, job, owned);
+  if (coro == nullptr) return nullptr;
+  PyObject* task = start_task(s->loop, coro, s->name);
+  Py_DECREF(coro);
+  if (task == nullptr) return nullptr;
+  const py::object held = py::reinterpret_steal<py::object>(task);
+  const auto finished = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(task, names.done));
+  if (!finished) return nullptr;
+  *done = finished.ptr() == Py_True;
+  if (!*done) {
+    PyObject* waiting = PyObject_CallMethodObjArgs(s->runner, names.waiting, job_id, task, nullptr);
+    if (waiting == nullptr) return nullptr;
+    Py_DECREF(waiting);
+    return Py_NewRef(task);
+  }
+  PyObject* result = PyObject_CallMethodNoArgs(task, names.result);
+  if (result != nullptr) return result;
+  PyErr_Clear();  // cancelled, or it raised: the runner says what that makes
+  return PyObject_CallMethodOneArg(s->runner, names.outcome, task);
+}
+
+PyObject* starter_start(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "start(job_id, job)");
+    return nullptr;
+  }
+  bool done = false;
+  PyObject* out = start_job(reinterpret_cast<job_starter*>(self), args[0], args[1], nullptr, &done);
+  if (out == nullptr) return nullptr;
+  PyObject* pair = PyTuple_Pack(2, done ? Py_True : Py_False, out);
+  Py_DECREF(out);
+  return pair;
+}
+
+Py_ssize_t timers_of(PyObject* loop) {
+  PyObject* scheduled = PyObject_GetAttr(loop, names.scheduled);
+  if (scheduled == nullptr) return -1;
+  const Py_ssize_t n = PyObject_Length(scheduled);
+  Py_DECREF(scheduled);
+  return n;
+}
+
+// `_JobRunner.run_here`: a job's first step on the calling daemon I/O thread,
+// which holds the loop's turn. The job's result if its task finished and
+// left the loop nothing to do; else whether the loop's thread must look now.
+// The job as in start_job.
+PyObject* run_here(job_starter* s, PyObject* job_id, PyObject* job, policy_job_ptr* owned) {
+  PyObject* loop = s->loop;
+  const Py_ssize_t timers = timers_of(loop);
+  if (timers < 0) return nullptr;
+  PyObject* entered = PyObject_GetAttr(s->stepping, names.loop);
+  if (entered == nullptr) return nullptr;
+  Py_DECREF(entered);
+  if (entered != loop) {
+    PyObject* ok = PyObject_CallOneArg(s->enter_loop, loop);
+    if (ok == nullptr) return nullptr;
+    Py_DECREF(ok);
+  }
+  bool done = false;
+  PyObject* out = start_job(s, job_id, job, owned, &done);
+  if (out == nullptr) return nullptr;
+  py::object result = py::reinterpret_steal<py::object>(out);
+  PyObject* ready = PyObject_GetAttr(loop, names.ready);
+  if (ready == nullptr) return nullptr;
+  const int pending = PyObject_IsTrue(ready);
+  Py_DECREF(ready);
+  const Py_ssize_t timers_now = pending == 0 ? timers_of(loop) : timers;
+  if (pending < 0 || timers_now < 0) return nullptr;
+  const bool wake = pending == 1 || timers_now != timers;
+  if (!done) return Py_NewRef(wake ? Py_True : Py_False);  // it waits: it completes the job when done
+  if (!wake) return result.release().ptr();
+  PyObject* completed = PyObject_CallMethodObjArgs(s->runner, names.complete, job_id, result.ptr(), nullptr);
+  if (completed == nullptr) return nullptr;
+  Py_DECREF(completed);
+  Py_RETURN_TRUE;
+}
+
+PyObject* starter_run_here(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "run_here(job_id, job)");
+    return nullptr;
+  }
+  return run_here(reinterpret_cast<job_starter*>(self), args[0], args[1], nullptr);
+}
+
+PyObject* starter_start_task(PyObject* self, PyObject* coro) {
+  auto* s = reinterpret_cast<job_starter*>(self);
+  return start_task(s->loop, coro, s->name);
+}
+
+PyObject* starter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
+  PyObject *runner, *loop, *host, *name, *stepping, *enter_loop;
+  static const char* keywords[] = {"runner", "loop", "host", "name", "stepping", "enter_loop", nullptr};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOUOO:JobStarter", const_cast<char**>(keywords), &runner, &loop,
+                                   &host, &name, &stepping, &enter_loop)) {
+    return nullptr;
+  }
+  PyObject* stages_object = PyObject_GetAttr(host, names.runner);
+  if (stages_object == nullptr) return nullptr;
+  stage_runner* stages = nullptr;
+  try {
+    stages = &py::handle(stages_object).cast<stage_runner&>();
+  } catch (const py::cast_error&) {
+    Py_DECREF(stages_object);
+    PyErr_SetString(PyExc_TypeError, "JobStarter: host._runner is not a StageRunner");
+    return nullptr;
+  }
+  auto* s = reinterpret_cast<job_starter*>(type->tp_alloc(type, 0));
+  if (s == nullptr) {
+    Py_DECREF(stages_object);
+    return nullptr;
+  }
+  s->runner = Py_NewRef(runner);
+  s->loop = Py_NewRef(loop);
+  s->host = Py_NewRef(host);
+  s->stages = stages;
+  s->stages_object = stages_object;
+  s->name = Py_NewRef(name);
+  s->stepping = Py_NewRef(stepping);
+  s->enter_loop = Py_NewRef(enter_loop);
+  return reinterpret_cast<PyObject*>(s);
+}
+
+int starter_traverse(PyObject* self, visitproc visit, void* arg) {
+  auto* s = reinterpret_cast<job_starter*>(self);
+  Py_VISIT(Py_TYPE(self));
+  Py_VISIT(s->runner);
+  Py_VISIT(s->loop);
+  Py_VISIT(s->host);
+  Py_VISIT(s->stages_object);
+  Py_VISIT(s->name);
+  Py_VISIT(s->stepping);
+  Py_VISIT(s->enter_loop);
+  return 0;
+}
+
+int starter_clear(PyObject* self) {
+  auto* s = reinterpret_cast<job_starter*>(self);
+  Py_CLEAR(s->runner);
+  Py_CLEAR(s->loop);
+  Py_CLEAR(s->host);
+  Py_CLEAR(s->stages_object);
+  s->stages = nullptr;
+  Py_CLEAR(s->name);
+  Py_CLEAR(s->stepping);
+  Py_CLEAR(s->enter_loop);
+  return 0;
+}
+
+void starter_dealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  starter_clear(self);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+// A starter that was cleared (a cycle broken by the collector) starts nothing.
+template <PyObject* (*F)(PyObject*, PyObject* const*, Py_ssize_t)>
+PyObject* when_alive(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (reinterpret_cast<job_starter*>(self)->stages == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "the job starter was cleared");
+    return nullptr;
+  }
+  return F(self, args, nargs);
+}
+
+PyObject* starter_start_task_alive(PyObject* self, PyObject* coro) {
+  if (reinterpret_cast<job_starter*>(self)->stages == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "the job starter was cleared");
+    return nullptr;
+  }
+  return starter_start_task(self, coro);
+}
+
+PyMethodDef starter_methods[] = {
+    {"start", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(when_alive<starter_start>)), METH_FASTCALL,
+     "start(job_id, job) -> (True, result) if the job's task finished in its first step, else (False, task)."},
+    {"run_here", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(when_alive<starter_run_here>)),
+     METH_FASTCALL,
+     "run_here(job_id, job) -> the job's result, or whether the loop's thread must look (the job goes on there)."},
+    {"start_task", starter_start_task_alive, METH_O, "start_task(coro) -> a task on the loop, its first step taken."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyType_Slot starter_slots[] = {
+    {Py_tp_doc, const_cast<char*>("JobStarter(runner, loop, host, name, stepping, enter_loop): how _JobRunner starts "
+                                  "a job's task, in C.")},
+    {Py_tp_new, reinterpret_cast<void*>(starter_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(starter_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(starter_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(starter_clear)},
+    {Py_tp_methods, starter_methods},
+    {0, nullptr}};
+
+PyType_Spec starter_spec = {"_portcullis_core.JobStarter", sizeof(job_starter), 0,
+                            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, starter_slots};
+
+}  // namespace
+
+bool is_job_starter(py::handle o) { return job_starter_type != nullptr && Py_TYPE(o.ptr()) == job_starter_type; }
+
+py::object run_loop_job_here(py::handle starter, std::uint64_t job_id, policy_job_ptr& job) {
+  auto* s = reinterpret_cast<job_starter*>(starter.ptr());
+  if (s->stages == nullptr) throw std::runtime_error("the job starter was cleared");
+  const auto id = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(job_id));
+  if (!id) throw py::error_already_set();
+  PyObject* out = run_here(s, id.ptr(), nullptr, &job);
+  if (out == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(out);
+}
+
+void define_job_tasks(py::module_& m) {
+  names = {.done = intern("done"),
+           .result = intern("result"),
+           .ready = intern("_ready"),
+           .scheduled = intern("_scheduled"),
+           .task_factory = intern("_task_factory"),
+           .create_task = intern("create_task"),
+           .loop = intern("loop"),
+           .name = intern("name"),
+           .callback = intern("_callback"),
+           .self = intern("__self__"),
+           .run = intern("run"),
+           .handle_run = intern("_run"),
+           .pop = intern("pop"),
+           .dispatch = intern("dispatch"),
+           .outcome = intern("outcome"),
+           .waiting = intern("_waiting"),
+           .complete = intern("complete"),
+           .context = intern("context"),
+           .throw_ = intern("throw"),
+           .close = intern("close"),
+           .runner = intern("_runner")};
+  const py::module_ asyncio = py::module_::import("asyncio");
+  task_type = py::object(asyncio.attr("Task")).release().ptr();
+  base_call_soon = py::object(asyncio.attr("BaseEventLoop").attr("call_soon")).release().ptr();
+  loop_and_name = py::make_tuple(py::str("loop"), py::str("name")).release().ptr();
+
+  job_coroutine_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&job_spec));
+  if (job_coroutine_type == nullptr) throw py::error_already_set();
+  m.add_object("JobCoroutine", py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(job_coroutine_type)));
+  job_starter_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&starter_spec));
+  if (job_starter_type == nullptr) throw py::error_already_set();
+  m.add_object("JobStarter", py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(job_starter_type)));
+
+  // A method (bound to the loop) though written in C: an instancemethod wraps it.
+  PyObject* function = PyCFunction_NewEx(&claiming_call_soon_def, nullptr, nullptr);
+  if (function == nullptr) throw py::error_already_set();
+  PyObject* method = PyInstanceMethod_New(function);
+  Py_DECREF(function);
+  if (method == nullptr) throw py::error_already_set();
+  m.add_object("claiming_call_soon", py::reinterpret_steal<py::object>(method));
+}
+
+}  // namespace portcullis::bindings
