@@ -70,7 +70,8 @@ PyObject* claiming_call_soon(PyObject*, PyObject* const* args, Py_ssize_t nargs,
     PyObject* context = nullptr;
     bool plain = true;
     if (nkw == 1) {
-      plain = PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), names.context) == 0;
+      PyObject* keyword = PyTuple_GET_ITEM(kwnames, 0);  // (asyncio's own interned "context", mostly)
+      plain = keyword == names.context || PyUnicode_Compare(keyword, names.context) == 0;
       context = args[2];
     }
     PyObject* owner = plain ? PyObject_GetAttr(args[1], names.self) : nullptr;
