@@ -138,19 +138,29 @@ void line_stream::wake() {
   socket_.cancel(ignored);  // the pending read completes with operation_aborted
 }
 
-void line_stream::close() {
+void line_stream::close() { close(true); }
+
+void line_stream::close(bool shut_down) {
   // No wait outstanding on a closed stream: nothing keeps its executor busy.
   ++token_->wait;
   token_->waiting = false;
   deadline_timer_.cancel();
   boost::system::error_code ignored;
-  socket_.shutdown(tcp::socket::shutdown_both, ignored);
+  if (shut_down) socket_.shutdown(tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
 }
 
 awaitable<void> line_stream::close_after_drain(duration drain_limit) {
-  const bool unread = socket_.is_open() && (has_buffered_input() || peek_socket() == waiting::data);
-  if (unread) {
+  const waiting seen = !socket_.is_open()      ? waiting::end
+                       : has_buffered_input() ? waiting::data
+                                              : peek_socket();
+  // A peer that closed or reset the connection (most clients, once QUIT is
+  // answered) has nothing left to shut down: the close alone (one system call less).
+  if (seen == waiting::end) {
+    close(false);
+    co_return;
+  }
+  if (seen == waiting::data) {
     boost::system::error_code ec;
     socket_.shutdown(tcp::socket::shutdown_send, ec);
     // Raw reads, TLS or not: these bytes are only thrown away.

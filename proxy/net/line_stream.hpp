@@ -122,6 +122,7 @@ class line_stream {
   tcp::socket& socket() { return socket_; }
 
  private:
+  void close(bool shut_down);  // without shutdown(): for a peer that is gone
   // One read into the buffer; false when it returned nothing.
   awaitable<bool> fill(std::chrono::steady_clock::time_point deadline, std::size_t want_space);
   void make_space(std::size_t want);
