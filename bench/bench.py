@@ -4,7 +4,11 @@
 smtp-source (client) -> portcullis -> smtp-sink (upstream), against the same
 load sent straight to smtp-sink. Direct and proxied runs alternate, round
 after round, in one run: this machine is shared and noisy, so the figure
-that counts is the ratio to direct, as a median over the rounds.
+that counts is the ratio to direct, as a median over the rounds. Each
+round's proxied run is compared with the mean of the direct runs just
+before and just after it (direct runs once more than the proxy, before
+the first round and after each), so the machine's drift within a round
+cancels out (the JSON has every round's three figures).
 
     bench/run.sh                                  # builds, then every case, 3 rounds
     bench/bench.py --bin build/portcullis --rounds 5 --messages 5000
@@ -23,7 +27,7 @@ one process's RSS counts it: sampled every 0.5 s from /proc/PID/pagemap
 pages once per process; that sum is in the notes too). PSS (each shared page
 split between the processes that map it) is sampled every 0.1 s.
 Throughput cases: messages/s direct and through the proxy (medians), the
-ratio, the proxy's CPU per message (median, user + system), p50/p99 of a
+ratio (the median of the rounds' ratios), the proxy's CPU per message (median, user + system), p50/p99 of a
 transaction (connect to the 250 after the final dot) measured by a small
 probe client after each smtp-source run, peak RSS, and whether the sink
 received every message sent through the proxy. The 50 MiB case reports the
@@ -595,15 +599,23 @@ def run_flow(args, sink, work, case):
     # a moment apart, not minutes apart in two cases (this machine drifts).
     # (Not for the checks cases: their cost is the checks', not the hooks'.)
     bare = Proxy(args.bin, work, sink.port, None, workers=args.workers) if policy and not tables else None
-    direct, via, cpu, bare_cpu, lat_direct, lat_proxy = [], [], [], [], [], []
+    direct, via, ratios, rounds, cpu, bare_cpu, lat_direct, lat_proxy = [], [], [], [], [], [], [], []
     ok = True
     memory = MemorySampler(proxy.pids)
+
+    def direct_rate():
+        return messages / smtp_source(sink.port, sessions, messages, size, rcpts, message_file=message_file)
+
     try:
         proxy.reset_peak_rss()  # start-up (loading Python, the policy) is not the case's
         memory.start()
+        # Direct before the first round and after each: a round's proxied run is
+        # compared with the direct runs on both sides of it, so the machine's drift
+        # within the round cancels out. Every direct run but the first follows the
+        # same step (the proxied run's probe): none runs straight after another,
+        # whose connections in TIME_WAIT to the same port would slow it.
+        direct_before = direct_rate()
         for _ in range(args.rounds):
-            direct.append(messages / smtp_source(sink.port, sessions, messages, size, rcpts,
-                                                 message_file=message_file))
             lat_direct += probe(sink.port, sessions, transactions, size, rcpts)
             if bare:
                 cpu0 = bare.cpu()
@@ -616,6 +628,12 @@ def run_flow(args, sink, work, case):
             cpu.append((proxy.cpu() - cpu0) / messages * 1e6)
             lat_proxy += probe(proxy.port, sessions, transactions, size, rcpts)
             ok = ok and sink.settle() - before == messages + transactions
+            direct_after = direct_rate()
+            direct.append((direct_before + direct_after) / 2)
+            ratios.append(via[-1] / direct[-1])
+            rounds.append({"direct_before_per_s": direct_before, "proxy_per_s": via[-1],
+                           "direct_after_per_s": direct_after})
+            direct_before = direct_after
         rss = sum(proxy.status("VmHWM").values())  # each process's peak, summed
         restarted = proxy.restarted()
     finally:
@@ -629,7 +647,8 @@ def run_flow(args, sink, work, case):
     calls = hook_calls(policy, rcpts)
     ms = lambda samples, q: None if not samples else percentile(samples, q) * 1e3
     return {"case": name, "kind": "flow", "policy": policy, "sessions": sessions, "messages": messages,
-            "size": size, "recipients": rcpts, "direct_per_s": d, "proxy_per_s": p, "ratio": p / d,
+            "size": size, "recipients": rcpts, "direct_per_s": d, "proxy_per_s": p,
+            "ratio": statistics.median(ratios), "rounds": rounds,
             "cpu_us_per_msg": statistics.median(cpu),
             "hook_calls_per_msg": calls,
             # the median over the rounds of (this round's CPU - the bare daemon's) / calls
