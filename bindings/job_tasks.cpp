@@ -43,6 +43,16 @@ PyObject* intern(const char* s) {
   return o;
 }
 
+// tp_dealloc of a heap type with GC whose references `Clear` drops.
+template <int (*Clear)(PyObject*)>
+void gc_dealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  Clear(self);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
 // asyncio's Task type and BaseEventLoop.call_soon, looked up once; the
 // module keeps them (they live as long as the interpreter).
 PyObject* task_type = nullptr;
@@ -319,13 +329,6 @@ int job_clear(PyObject* self) {
   return 0;
 }
 
-void job_dealloc(PyObject* self) {
-  PyTypeObject* type = Py_TYPE(self);
-  PyObject_GC_UnTrack(self);
-  job_clear(self);
-  type->tp_free(self);
-  Py_DECREF(type);
-}
 
 // What a task's repr names it by (asyncio reads __qualname__): "JobCoroutine()".
 PyObject* job_qualname(PyObject*, void*) { return PyUnicode_FromString("JobCoroutine"); }
@@ -343,7 +346,7 @@ PyMethodDef job_methods[] = {
 PyType_Slot job_slots[] = {
     {Py_tp_doc, const_cast<char*>("A loop job's coroutine (what _JobRunner's task runs): the stage runner's first steps, "
                                   "then whatever is left, awaited.")},
-    {Py_tp_dealloc, reinterpret_cast<void*>(job_dealloc)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(gc_dealloc<job_clear>)},
     {Py_tp_traverse, reinterpret_cast<void*>(job_traverse)},
     {Py_tp_clear, reinterpret_cast<void*>(job_clear)},
     {Py_tp_iternext, reinterpret_cast<void*>(job_next)},
@@ -545,13 +548,6 @@ int starter_clear(PyObject* self) {
   return 0;
 }
 
-void starter_dealloc(PyObject* self) {
-  PyTypeObject* type = Py_TYPE(self);
-  PyObject_GC_UnTrack(self);
-  starter_clear(self);
-  type->tp_free(self);
-  Py_DECREF(type);
-}
 
 // A starter that was cleared (a cycle broken by the collector) starts nothing.
 template <PyObject* (*F)(PyObject*, PyObject* const*, Py_ssize_t)>
@@ -584,7 +580,7 @@ PyType_Slot starter_slots[] = {
     {Py_tp_doc, const_cast<char*>("JobStarter(runner, loop, host, name, stepping, enter_loop): how _JobRunner starts "
                                   "a job's task, in C.")},
     {Py_tp_new, reinterpret_cast<void*>(starter_new)},
-    {Py_tp_dealloc, reinterpret_cast<void*>(starter_dealloc)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(gc_dealloc<starter_clear>)},
     {Py_tp_traverse, reinterpret_cast<void*>(starter_traverse)},
     {Py_tp_clear, reinterpret_cast<void*>(starter_clear)},
     {Py_tp_methods, starter_methods},
