@@ -52,20 +52,25 @@ void copy_name(char (&to)[max_name], const std::string& from) { std::memcpy(to, 
 
 // Label values joined, each ended by the separator; control characters
 // (the separator among them) become '?', and a key too long for the slot is
-// cut at a character boundary.
-std::string series_key(std::span<const std::string_view> values) {
-  std::string key;
+// cut at a character boundary. Written into `out` (no allocation: a metric
+// is counted several times a message); the view is of `out`.
+std::string_view series_key(std::span<const std::string_view> values, char (&out)[max_label_text]) {
+  std::size_t size = 0;  // of the whole key; only its first max_label_text bytes are kept
+  const auto put = [&](char c) {
+    if (size < max_label_text) out[size] = c;
+    ++size;
+  };
   for (const auto v : values) {
-    for (const char c : v) key += static_cast<unsigned char>(c) < 0x20 ? '?' : c;
-    key += separator;
+    for (const char c : v) put(static_cast<unsigned char>(c) < 0x20 ? '?' : c);
+    put(separator);
   }
-  if (key.size() >= max_label_text) {
+  if (size >= max_label_text) {
     std::size_t cut = max_label_text - 2;
-    while (cut > 0 && (static_cast<unsigned char>(key[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
-    key.resize(cut);
-    key += separator;
+    while (cut > 0 && (static_cast<unsigned char>(out[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
+    out[cut] = separator;
+    size = cut + 1;
   }
-  return key;
+  return {out, size};
 }
 
 std::uint64_t hash_of(std::uint64_t seed, std::uint32_t family, std::string_view key) {
@@ -195,7 +200,8 @@ series metric_table::get(std::uint32_t family, std::span<const std::string_view>
   if (family >= header_->families.load(std::memory_order_acquire)) return {};
   const auto& f = families_[family];
   if (values.size() != f.label_count) throw std::invalid_argument(std::string("metric ") + f.name + ": wrong number of label values");
-  const std::string key = series_key(values);
+  char buffer[max_label_text];
+  const std::string_view key = series_key(values, buffer);
   const auto hash = hash_of(header_->seed, family, key);
   auto* s = find_series(family, key, hash, false);
   if (!s) {

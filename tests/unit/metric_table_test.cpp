@@ -49,6 +49,19 @@ TEST(MetricTable, LabelValuesAreEscapedAndCut) {
   t.get(f, {long_value}).inc();
   t.get(f, {long_value + "y"}).inc();  // the same series once cut
   EXPECT_EQ(t.get(f, {long_value}).value(), 2);
+  // Cut where a UTF-8 sequence would be split: before the sequence, never inside it.
+  for (std::size_t pad = 185; pad < 195; ++pad) {
+    const std::string utf8 = std::string(pad, 'z') + "\xc3\xa9\xe2\x82\xac" + std::string(20, 'z');
+    t.get(f, {utf8}).inc();
+    const auto shown = text_of(t);
+    const auto at = shown.find("odd_total{v=\"" + std::string(std::min(pad, max_label_text - 2), 'z'));
+    ASSERT_NE(at, std::string::npos) << pad;
+    const auto value = shown.substr(at + 13, shown.find('"', at + 13) - at - 13);
+    EXPECT_LE(value.size(), max_label_text - 2) << pad;
+    EXPECT_EQ(utf8.compare(0, value.size(), value), 0) << pad;  // a prefix of what was given
+    const auto next = static_cast<unsigned char>(utf8[value.size()]);
+    EXPECT_NE(next & 0xC0, 0x80) << pad;  // and it ends at a character boundary
+  }
   EXPECT_THROW(t.get(f, {"a", "b"}), std::invalid_argument);  // one label, two values
 }
 
