@@ -204,15 +204,18 @@ PySendResult job_send(PyObject* self, PyObject* arg, PyObject** out) {
   auto* c = reinterpret_cast<job_coroutine*>(self);
   if (!c->started) {
     c->started = true;
+    // The inputs go before an error is set again: their release may run Python code.
     PyObject* work = nullptr;
     try {
       work = first_steps(c).release().ptr();
+      drop_inputs(c);
     } catch (py::error_already_set& e) {
+      drop_inputs(c);
       e.restore();
     } catch (const std::exception& e) {
+      drop_inputs(c);
       PyErr_SetString(PyExc_RuntimeError, e.what());
     }
-    drop_inputs(c);
     if (work == nullptr) return PYGEN_ERROR;
     PyAsyncMethods* async = Py_TYPE(work)->tp_as_async;
     if (async == nullptr || async->am_await == nullptr) {  // a Result, or None: the job ended here
