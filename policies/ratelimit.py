@@ -60,6 +60,11 @@ def _client_shown(client: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return str(ipaddress.ip_network(f"{client}/{SETTINGS['ipv6_prefix']}", strict=False))
 
 
+# Each unit's limits, (per client, per login, per sender), read once.
+_UNIT_LIMITS = {unit: tuple(SETTINGS[f"{unit}_per_{who}"] for who in ("client", "login", "sender"))
+                for unit in ("messages", "recipients")}
+
+
 def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     """(store key part, what the reply names, limit) for each limit on ``unit`` that applies."""
     conn = tx.conn
@@ -67,14 +72,15 @@ def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     client = client_address(conn.client_ip)
     if any(client in network for network in SETTINGS["networks"]):
         return out
-    if SETTINGS[f"{unit}_per_client"]:
+    per_client, per_login, per_sender = _UNIT_LIMITS[unit]
+    if per_client:
         shown = _client_shown(client)
-        out.append((f"client:{shown}", f"client {shown}", SETTINGS[f"{unit}_per_client"]))
-    if SETTINGS[f"{unit}_per_login"] and conn.auth_user is not None:
-        out.append((f"login:{conn.auth_user.lower()}", f"login {conn.auth_user}", SETTINGS[f"{unit}_per_login"]))
-    if SETTINGS[f"{unit}_per_sender"] and tx.sender:
+        out.append((f"client:{shown}", f"client {shown}", per_client))
+    if per_login and conn.auth_user is not None:
+        out.append((f"login:{conn.auth_user.lower()}", f"login {conn.auth_user}", per_login))
+    if per_sender and tx.sender:
         sender = str(tx.sender).lower()
-        out.append((f"sender:{sender}", f"sender <{sender}>", SETTINGS[f"{unit}_per_sender"]))
+        out.append((f"sender:{sender}", f"sender <{sender}>", per_sender))
     return out
 
 

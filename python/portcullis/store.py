@@ -28,6 +28,7 @@ alias file is reloaded.
 from __future__ import annotations
 
 import asyncio
+import types
 import weakref
 from typing import Any
 
@@ -67,7 +68,7 @@ def _settings() -> tuple[str, str, float]:
 def _checked_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise TypeError(f"a store key is a non-empty str, not {key!r:.100}")
-    if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY:
+    if (len(key) if key.isascii() else len(key.encode("utf-8", "surrogateescape"))) > MAX_KEY:
         raise ValueError(f"a store key is at most {MAX_KEY} bytes")
     return key
 
@@ -161,13 +162,23 @@ def _call_sync(name: str, key: str, *args: Any) -> Any:
         raise _redis_error(e) from None
 
 
-async def _call(name: str, key: str, *args: Any) -> Any:
+_Coroutine = types.CoroutineType
+
+
+def _call(name: str, key: str, *args: Any) -> Any:
+    """The memory store's answer, given now (a few hundred nanoseconds: no thread hop, and
+    no coroutine of its own, as a policy may call it several times a command); for Redis, a
+    coroutine that gets it. The async API awaits the latter (``_Coroutine``)."""
     memory, redis_op, meaning = _OPERATIONS[name]
     url, prefix, timeout = _settings()
     if url == "memory:":
-        return _memory(memory, key, *args)  # a few hundred nanoseconds: no thread hop
+        return _memory(memory, key, *args)
+    return _redis(redis_op, meaning, url, timeout, prefix + key, args)
+
+
+async def _redis(redis_op: Any, meaning: Any, url: str, timeout: float, key: str, args: tuple[Any, ...]) -> Any:
     try:
-        return meaning(await redis_op(_async_client(url, timeout), prefix + key, *args))
+        return meaning(await redis_op(_async_client(url, timeout), key, *args))
     except Exception as e:
         raise _redis_error(e) from None
 
@@ -202,22 +213,27 @@ def run_at_once(coroutine: Any) -> Any:
 
 async def get(key: str) -> str | None:
     """The value at ``key``, or None."""
-    return await _call("get", _checked_key(key))
+    answer = _call("get", _checked_key(key))
+    return (await answer) if type(answer) is _Coroutine else answer
 
 
 async def set(key: str, value: str | int | float, ttl: float | None = None) -> None:  # noqa: A001
     """Sets ``key`` to ``value``, for ``ttl`` seconds (None: until deleted)."""
-    await _call("set", _checked_key(key), _checked_value(value), _checked_ttl(ttl))
+    answer = _call("set", _checked_key(key), _checked_value(value), _checked_ttl(ttl))
+    if type(answer) is _Coroutine:
+        await answer
 
 
 async def incr(key: str, ttl: float | None = None, *, by: int = 1) -> int:
     """Adds ``by`` to the counter at ``key`` (a new key starts at 0 and gets ``ttl``) and returns it."""
-    return await _call("incr", _checked_key(key), _checked_by(by), _checked_ttl(ttl))
+    answer = _call("incr", _checked_key(key), _checked_by(by), _checked_ttl(ttl))
+    return (await answer) if type(answer) is _Coroutine else answer
 
 
 async def delete(key: str) -> bool:
     """Deletes ``key``; whether it was there."""
-    return await _call("delete", _checked_key(key))
+    answer = _call("delete", _checked_key(key))
+    return (await answer) if type(answer) is _Coroutine else answer
 
 
 def get_sync(key: str) -> str | None:
