@@ -58,6 +58,7 @@ void gc_dealloc(PyObject* self) {
 PyObject* task_type = nullptr;
 PyObject* base_call_soon = nullptr;
 PyObject* loop_and_name = nullptr;  // the keyword names ("loop", "name") of Task(coro, loop=..., name=...)
+PyObject* just_name = nullptr;      // ("name",): loop.create_task(coro, name=...)
 
 // The call_soon a Task constructor makes for its first step, claimed while
 // `start_task` constructs one (a thread's own: the loop's turn may be on an
@@ -138,10 +139,7 @@ PyObject* start_task(PyObject* loop, PyObject* coro, PyObject* name) {
   if (factory != Py_None) {  // a loop with a task factory (or not asyncio's): its own create_task
     Py_XDECREF(factory);
     PyObject* args[] = {loop, coro, name};
-    PyObject* kw = PyTuple_Pack(1, names.name);
-    if (kw == nullptr) return nullptr;
-    PyObject* task = PyObject_VectorcallMethod(names.create_task, args, 2, kw);
-    Py_DECREF(kw);
+    PyObject* task = PyObject_VectorcallMethod(names.create_task, args, 2, just_name);
     if (task != nullptr && !step_now(loop, task)) Py_CLEAR(task);
     return task;
   }
@@ -167,7 +165,7 @@ PyObject* start_task(PyObject* loop, PyObject* coro, PyObject* name) {
 
 // ---- the job coroutine -------------------------------------------------
 
-// What `_run_job` was: its first send runs the stage runner's first steps
+// A loop stage job's coroutine: its first send runs the stage runner's first steps
 // (`run_async`); a Result or None is its value; an awaitable it gets back
 // (what is left: a hook that waits, a value Python must judge) is awaited
 // in it, every send and throw passed through.
@@ -552,22 +550,21 @@ int starter_clear(PyObject* self) {
 }
 
 
-// A starter that was cleared (a cycle broken by the collector) starts nothing.
+// A starter that was cleared (a cycle broken by the collector) starts
+// nothing: true, with the error set.
+bool cleared(PyObject* self) {
+  if (reinterpret_cast<job_starter*>(self)->stages != nullptr) return false;
+  PyErr_SetString(PyExc_RuntimeError, "the job starter was cleared");
+  return true;
+}
+
 template <PyObject* (*F)(PyObject*, PyObject* const*, Py_ssize_t)>
 PyObject* when_alive(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (reinterpret_cast<job_starter*>(self)->stages == nullptr) {
-    PyErr_SetString(PyExc_RuntimeError, "the job starter was cleared");
-    return nullptr;
-  }
-  return F(self, args, nargs);
+  return cleared(self) ? nullptr : F(self, args, nargs);
 }
 
 PyObject* starter_start_task_alive(PyObject* self, PyObject* coro) {
-  if (reinterpret_cast<job_starter*>(self)->stages == nullptr) {
-    PyErr_SetString(PyExc_RuntimeError, "the job starter was cleared");
-    return nullptr;
-  }
-  return starter_start_task(self, coro);
+  return cleared(self) ? nullptr : starter_start_task(self, coro);
 }
 
 PyMethodDef starter_methods[] = {
@@ -597,8 +594,8 @@ PyType_Spec starter_spec = {"_portcullis_core.JobStarter", sizeof(job_starter), 
 bool is_job_starter(py::handle o) { return job_starter_type != nullptr && Py_TYPE(o.ptr()) == job_starter_type; }
 
 py::object run_loop_job_here(py::handle starter, std::uint64_t job_id, policy_job_ptr& job) {
+  if (cleared(starter.ptr())) throw py::error_already_set();
   auto* s = reinterpret_cast<job_starter*>(starter.ptr());
-  if (s->stages == nullptr) throw std::runtime_error("the job starter was cleared");
   const auto id = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(job_id));
   if (!id) throw py::error_already_set();
   PyObject* out = run_here(s, id.ptr(), nullptr, &job);
@@ -632,6 +629,7 @@ void define_job_tasks(py::module_& m) {
   task_type = py::object(asyncio.attr("Task")).release().ptr();
   base_call_soon = py::object(asyncio.attr("BaseEventLoop").attr("call_soon")).release().ptr();
   loop_and_name = py::make_tuple(py::str("loop"), py::str("name")).release().ptr();
+  just_name = py::make_tuple(py::str("name")).release().ptr();
 
   job_coroutine_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&job_spec));
   if (job_coroutine_type == nullptr) throw py::error_already_set();

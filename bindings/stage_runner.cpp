@@ -406,7 +406,7 @@ py::object stage_runner::run_async(py::handle host, py::handle job_object, py::h
 }
 
 void define_stage_runner(py::module_& m) {
-  py::class_<stage_runner>(m, "StageRunner", "A stage job's hooks, called from C++ (EngineHost.run_plain, and _run_job on the loop).")
+  py::class_<stage_runner>(m, "StageRunner", "A stage job's hooks, called from C++ (EngineHost.run_plain, and a job's JobCoroutine on the loop).")
       .def(py::init<py::dict, py::dict, py::object, py::object, py::object, py::object, py::object, py::object,
                     py::object, py::object, py::object, py::object, py::object, py::object, py::object>(),
            py::arg("sessions"), py::arg("running"), py::arg("scope"), py::arg("stepping"), py::arg("leave_loop"),
