@@ -818,6 +818,10 @@ void start_interpreter_once() {
     // No Python signal handlers: Asio owns SIGHUP/SIGTERM/SIGINT.
     py::initialize_interpreter(false);
     {
+      // A fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGILL) writes every
+      // Python thread's stack to stderr, then kills the process as before:
+      // a crash seen once in the field can be read.
+      py::module_::import("faulthandler").attr("enable")(py::arg("all_threads") = true);
       auto sys = py::module_::import("sys");
       sys.attr("path").attr("insert")(0, python_dir());
       sys.attr("argv") = py::make_tuple("portcullis");

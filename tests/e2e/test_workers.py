@@ -277,3 +277,35 @@ def test_a_worker_that_dies_at_start_is_restarted_with_back_off(policy_daemon, a
     # Once it can start again, it comes back.
     marker.unlink()
     wait_until(lambda: len(children(d.pid)) == 2 and children(d.pid) != pids, timeout=10, what="the worker back")
+
+
+SEGFAULT_IN_HOOK = """
+import ctypes
+
+def on_helo(conn, hostname):
+    if hostname == "crash.test":
+        ctypes.string_at(0)   # a hook (or the C code under it) that crashes the worker
+    return None
+"""
+
+
+def test_a_worker_that_crashes_writes_its_python_stacks_and_is_restarted(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, SEGFAULT_IN_HOOK, server=WORKERS)
+    worker_pids(d)
+    with d.connect() as c:
+        with pytest.raises(ConnectionClosed):
+            c.cmd("EHLO crash.test")
+            c.reply(timeout=10)
+    # faulthandler: the crashing thread's Python stack, the hook's frame in it; then the worker dies as before.
+    m = d.wait_log(r"^Fatal Python error: Segmentation fault$", count=1, timeout=10)
+    assert m
+    log = d.log_text()
+    assert re.search(r'^  File "[^"]*policy0\.py", line 6 in on_helo$', log, re.M), log[-3000:]
+    if os.environ.get("PORTCULLIS_SANITIZED"):
+        d.wait_log(r"supervisor: worker \d \(process \d+\) (killed by signal|exited with)", count=1, timeout=10)
+    else:
+        d.wait_log(r"supervisor: worker \d \(process \d+\) killed by signal 11 \(SEGV\)", count=1, timeout=10)
+    # The other worker, and the restarted one, serve.
+    wait_until(lambda: len(children(d.pid)) == 2, timeout=10, what="the worker back")
+    with d.connect() as c:
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: t\r\n\r\nx").code == 250
