@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -821,7 +822,12 @@ void start_interpreter_once() {
       // A fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGILL) writes every
       // Python thread's stack to stderr, then kills the process as before:
       // a crash seen once in the field can be read.
+      // It gives the calling thread an alternate signal stack of its own (malloc'd);
+      // the thread keeps the one it had (ASan's unmaps its own at thread exit).
+      stack_t own{};
+      sigaltstack(nullptr, &own);
       py::module_::import("faulthandler").attr("enable")(py::arg("all_threads") = true);
+      sigaltstack(&own, nullptr);
       auto sys = py::module_::import("sys");
       sys.attr("path").attr("insert")(0, python_dir());
       sys.attr("argv") = py::make_tuple("portcullis");
