@@ -24,6 +24,8 @@ void define_store(pybind11::module_& m);
 void define_dns(pybind11::module_& m);
 // pc.metrics and the hooks' figures (bindings/metrics.cpp); define_core calls it.
 void define_metrics(pybind11::module_& m);
+// The policy objects a job is bound to, made in C (bindings/job_objects.cpp); define_core calls it.
+void define_job_objects(pybind11::module_& m);
 // The engine's stage runner (bindings/stage_runner.cpp); define_core calls it.
 void define_stage_runner(pybind11::module_& m);
 // How the policy loop starts a job's task (bindings/job_tasks.cpp); define_core calls it.

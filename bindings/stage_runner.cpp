@@ -224,8 +224,7 @@ class stage_scope {
 }  // namespace
 
 stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object stepping,
-                           py::object leave_loop, py::object new_session, py::object transaction_of,
-                           py::object parsed_address, py::object upstream_reply, py::object lazy_message,
+                           py::object leave_loop, py::object new_session, py::object objects, py::object upstream_reply,
                            py::object end_session, py::object resume, py::object slow, py::object resume_async,
                            py::object drive)
     : sessions_(std::move(sessions)),
@@ -234,15 +233,14 @@ stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope
       stepping_(std::move(stepping)),
       leave_loop_(std::move(leave_loop)),
       new_session_(std::move(new_session)),
-      transaction_of_(std::move(transaction_of)),
-      parsed_address_(std::move(parsed_address)),
+      objects_(std::move(objects)),
       upstream_reply_(std::move(upstream_reply)),
-      lazy_message_(std::move(lazy_message)),
       end_session_(std::move(end_session)),
       resume_(std::move(resume)),
       slow_(std::move(slow)),
       resume_async_(std::move(resume_async)),
-      drive_(std::move(drive)) {}
+      drive_(std::move(drive)),
+      make_((*objects_).cast<const job_objects*>()) {}
 
 py::object stage_runner::run(py::handle host, const policy_job& job, py::handle job_object, policy_job_ptr* owned,
                              py::handle loop) {
@@ -290,7 +288,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       envelope = get(session, n.envelope);  // (None until a stage ends with tx as the daemon sent it)
       if (tx.is_none() || !same_envelope(job, envelope.ptr())) {
         envelope = envelope_tuple(job);
-        tx = (*transaction_of_)(session, envelope);
+        tx = make_->transaction_of(session, envelope);
       }
       set(session, n.envelope, py::none());  // tx is what the daemon sent again only once the stage ends unchanged
     }
@@ -304,18 +302,16 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
         switch (stage) {
           case policy_stage::mail: args = py::make_tuple(tx, get(tx, n.sender)); break;
           case policy_stage::rcpt:
-            args = py::make_tuple(tx, (*parsed_address_)(address_parts(job.rcpt), params_dict(job.rcpt_params)));
+            args = py::make_tuple(tx, make_->address(address_parts(job.rcpt), params_dict(job.rcpt_params)));
             break;
           case policy_stage::delivered:
             args = py::make_tuple(tx, (*upstream_reply_)(job.reply_code, job.reply_status, job.reply_text));
             break;
           case policy_stage::data: {
             // Read from the daemon when a hook first looks at it.
-            py::cpp_function loader([stored = job.message]() -> py::object {
-              if (!stored) return py::none();
-              return message_bytes(*stored);
-            });
-            message = (*lazy_message_)(loader, get(tx, n.smtputf8), head_whole(job.message));
+            const int smtputf8 = PyObject_IsTrue(get(tx, n.smtputf8).ptr());
+            if (smtputf8 < 0) throw py::error_already_set();
+            message = make_->lazy_message(job.message, smtputf8 == 1, head_whole(job.message));
             args = py::make_tuple(tx, message);
             break;
           }
@@ -408,11 +404,10 @@ py::object stage_runner::run_async(py::handle host, py::handle job_object, py::h
 void define_stage_runner(py::module_& m) {
   py::class_<stage_runner>(m, "StageRunner", "A stage job's hooks, called from C++ (EngineHost.run_plain, and a job's JobCoroutine on the loop).")
       .def(py::init<py::dict, py::dict, py::object, py::object, py::object, py::object, py::object, py::object,
-                    py::object, py::object, py::object, py::object, py::object, py::object, py::object>(),
+                    py::object, py::object, py::object, py::object, py::object>(),
            py::arg("sessions"), py::arg("running"), py::arg("scope"), py::arg("stepping"), py::arg("leave_loop"),
-           py::arg("new_session"), py::arg("transaction_of"), py::arg("parsed_address"), py::arg("upstream_reply"),
-           py::arg("lazy_message"), py::arg("end_session"), py::arg("resume"), py::arg("slow"),
-           py::arg("resume_async"), py::arg("drive"))
+           py::arg("new_session"), py::arg("objects"), py::arg("upstream_reply"), py::arg("end_session"),
+           py::arg("resume"), py::arg("slow"), py::arg("resume_async"), py::arg("drive"))
       .def(
           "run",
           [](stage_runner& r, py::handle host, py::handle job) {

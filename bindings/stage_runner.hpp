@@ -3,8 +3,9 @@
 // the first steps of async ones for `_JobRunner.start` (most never wait).
 //
 // It does what the engine's Python path does for the common case, with no
-// Python frame of its own: binds the job to its session (Python's helpers
-// make the objects when something changed: a new session, a new envelope),
+// Python frame of its own: binds the job to its session (a new session is
+// Python's to make; the transaction, addresses and message are made in C by
+// `_core.JobObjects`, which the Python path uses too),
 // calls the hooks in file order, counts the ones that return None, and
 // answers "next" when all did and the transaction is as the daemon sent it.
 // Anything else goes to Python at the point it arises, with what the hooks
@@ -18,19 +19,21 @@
 
 #include <pybind11/pybind11.h>
 
+#include "bindings/job_objects.hpp"
+#include "bindings/py_ref.hpp"
 #include "policy/policy_job.hpp"
 
 namespace portcullis::bindings {
 
 class stage_runner {
  public:
-  // The host's session table and running-hook table, and the engine's
-  // helpers (functions taking the host first, so the runner holds no host).
+  // The host's session table and running-hook table, the engine's helpers
+  // (functions taking the host first, so the runner holds no host), and the
+  // `_core.JobObjects` that makes a job's objects.
   stage_runner(pybind11::dict sessions, pybind11::dict running, pybind11::object scope, pybind11::object stepping,
-               pybind11::object leave_loop, pybind11::object new_session, pybind11::object transaction_of,
-               pybind11::object parsed_address, pybind11::object upstream_reply, pybind11::object lazy_message,
-               pybind11::object end_session, pybind11::object resume, pybind11::object slow,
-               pybind11::object resume_async, pybind11::object drive);
+               pybind11::object leave_loop, pybind11::object new_session, pybind11::object objects,
+               pybind11::object upstream_reply, pybind11::object end_session, pybind11::object resume,
+               pybind11::object slow, pybind11::object resume_async, pybind11::object drive);
 
   // Runs one stage job on the calling thread, GIL held: a `_core.Result` or
   // None. `job_object` is the job's Python object, or null; the Python path
@@ -46,22 +49,9 @@ class stage_runner {
   pybind11::object run_in_python(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
 
  private:
-  // A strong reference (a plain PyObject*: pybind11's types are hidden, and
-  // the daemon's structs that point at a runner are not). Freed with the GIL held.
-  class ref {
-   public:
-    explicit ref(pybind11::object o) : p_(o.release().ptr()) {}
-    ref(const ref&) = delete;
-    ref& operator=(const ref&) = delete;
-    ~ref() { Py_XDECREF(p_); }
-    pybind11::handle operator*() const { return p_; }
-    PyObject* ptr() const { return p_; }
-
-   private:
-    PyObject* p_;
-  };
-  ref sessions_, running_, scope_, stepping_, leave_loop_, new_session_, transaction_of_, parsed_address_,
-      upstream_reply_, lazy_message_, end_session_, resume_, slow_, resume_async_, drive_;
+  py_ref sessions_, running_, scope_, stepping_, leave_loop_, new_session_, objects_, upstream_reply_, end_session_,
+      resume_, slow_, resume_async_, drive_;
+  const job_objects* make_;  // objects_'s C++ side
 };
 
 }  // namespace portcullis::bindings

@@ -85,12 +85,24 @@ class Result:
     hook_counts: list[int]
     async_only: int
 
+class JobObjects:
+    """The policy objects a job is bound to, made in C (bindings/job_objects.hpp)."""
+    def __init__(self, *, transaction: type, address: type, address_list: type, message: type, spf_result: type,
+                 dkim_signature: type, dmarc_result: type, arc_result: type) -> None: ...
+    # An Address from (local part, domain) and its parameters, as the daemon parsed them.
+    def address(self, parts: tuple[str, str], params: dict[str, str | None]) -> Any: ...
+    # An AddressList of (local part, domain) pairs, each with no parameters.
+    def address_list(self, parts: Any) -> Any: ...
+    # session.tx made or brought up to date from the daemon's envelope; sets session.tx and session.before.
+    def transaction_of(self, session: Any, envelope: tuple[Any, ...]) -> Any: ...
+    # A Message read from loader() when a hook first looks at it (Message._lazy).
+    def lazy_message(self, loader: Any, smtputf8: bool, head_whole: bool | None = None) -> Any: ...
+
 class StageRunner:
     """A stage job's hooks called from C++ (bindings/stage_runner.cpp; docs/policy-engine.md)."""
     def __init__(self, *, sessions: dict[str, Any], running: dict[int, Any], scope: Any, stepping: Any,
-                 leave_loop: Any, new_session: Any, transaction_of: Any, parsed_address: Any, upstream_reply: Any,
-                 lazy_message: Any, end_session: Any, resume: Any, slow: Any, resume_async: Any,
-                 drive: Any) -> None: ...
+                 leave_loop: Any, new_session: Any, objects: JobObjects, upstream_reply: Any, end_session: Any,
+                 resume: Any, slow: Any, resume_async: Any, drive: Any) -> None: ...
     # The job's plain hooks here: a Result, or None for "next".
     def run(self, host: Any, job: Job) -> Result | None: ...
     # The first steps of its async hooks here (the loop running): a Result or None, or the coroutine of the rest.

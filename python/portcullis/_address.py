@@ -54,14 +54,6 @@ class Address:
             self._local, self._domain = _core.parse_address(address)
         self._params = _checked_params(params or {})
 
-    @classmethod
-    def _parsed(cls, parts: tuple[str, str], params: dict[str, str | None]) -> Address:
-        """An address the daemon parsed and checked, taken as it is: (local part, domain) and its parameters."""
-        address = object.__new__(cls)
-        address._local, address._domain = parts
-        address._params = params
-        return address
-
     @property
     def local(self) -> str:
         """The local part (before the last ``@``), quotes kept; ``""`` for the null sender."""
@@ -151,13 +143,6 @@ class AddressList(list[Address]):
 
     def __init__(self, items: Iterable[Address | str] = ()) -> None:
         super().__init__(as_recipient(item) for item in items)
-
-    @classmethod
-    def _parsed(cls, parts: Iterable[tuple[str, str]]) -> AddressList:
-        """The daemon's recipients, parsed and checked by it: (local part, domain) each."""
-        recipients = cls.__new__(cls)
-        list.extend(recipients, [Address._parsed(p, {}) for p in parts])
-        return recipients
 
     def append(self, item: Address | str) -> None:
         super().append(as_recipient(item))

@@ -85,6 +85,13 @@ _get_ident, _monotonic = threading.get_ident, time.monotonic  # called at every 
 _first_step = _core.first_step  # an async hook's first step (most hooks' only one)
 _scope = _context.scope  # set around every stage's hooks
 _Result = _core.Result
+# A job's Transaction (from the daemon's envelope, the truth: rewrites it did not apply are gone),
+# the recipient of on_rcpt and the lazy Message of on_data (read from the daemon when a hook first
+# looks at it; outside SMTPUTF8, header values it generates go out as RFC 2047 encoded-words): made
+# in C for both binders, _StageRun and the stage runner.
+_job_objects = _core.JobObjects(transaction=Transaction, address=Address, address_list=AddressList, message=Message,
+                                spf_result=SpfResult, dkim_signature=DkimSignature, dmarc_result=DmarcResult,
+                                arc_result=ArcResult)
 # Frames of these files are the engine's, not the policy's: left out of tracebacks and stacks.
 _INTERNAL_FILES = (__file__, os.path.dirname(concurrent.futures.__file__), os.path.dirname(asyncio.__file__),
                    threading.__file__)
@@ -784,9 +791,8 @@ class EngineHost:
         # run_plain's hot path, in C++ (it holds no reference to the host: no cycle).
         self._runner = _core.StageRunner(
             sessions=self._sessions, running=self._running, scope=_scope, stepping=_stepping,
-            leave_loop=_leave_loop, new_session=EngineHost._new_session, transaction_of=_transaction_of,
-            parsed_address=Address._parsed, upstream_reply=UpstreamReply, lazy_message=_lazy_message,
-            end_session=EngineHost._end_session, resume=EngineHost._resume_plain, slow=EngineHost._run_plain_slow,
+            leave_loop=_leave_loop, new_session=EngineHost._new_session, objects=_job_objects,
+            upstream_reply=UpstreamReply, end_session=EngineHost._end_session, resume=EngineHost._resume_plain, slow=EngineHost._run_plain_slow,
             resume_async=EngineHost._resume_async, drive=EngineHost._drive)
         # Policies load off the loop (hooks keep running meanwhile), on a
         # daemon thread: a module that hangs at import must not block exit.
@@ -1168,7 +1174,7 @@ class _StageRun:
         else:
             tx = session.tx
             if tx is None or envelope != session.envelope:
-                tx = _transaction_of(session, envelope)
+                tx = _job_objects.transaction_of(session, envelope)
             session.envelope = None
         conn = session.conn
         if stage == "connect" or stage == "disconnect":
@@ -1180,7 +1186,7 @@ class _StageRun:
         elif tx is None:
             raise LookupError(f"a {stage} job without a transaction")
         elif stage == "rcpt":
-            self.args = (tx, Address._parsed(*arguments))
+            self.args = (tx, _job_objects.address(*arguments))
         elif stage == "mail":
             self.args = (tx, tx._sender)
         elif stage == "delivered":
@@ -1188,7 +1194,7 @@ class _StageRun:
         elif stage == "reset":
             self.args = (tx,)
         else:
-            self.message = _lazy_message(lambda: job.message, tx._smtputf8)
+            self.message = _job_objects.lazy_message(lambda: job.message, tx._smtputf8)
             self.args = (tx, self.message)
 
     @classmethod
@@ -1308,32 +1314,6 @@ class _StageRun:
             if tx._arc_seal is not None:
                 result.arc_seal = tx._arc_seal
         return result
-
-
-def _transaction_of(session: _Session, envelope: tuple[Any, ...]) -> Transaction:
-    """session.tx made (or brought up to date) from the daemon's envelope, which is the truth:
-    rewrites it did not apply are gone."""
-    tx_id, sender, sender_params, recipients, smtputf8, body_8bit, spf, dkim, dmarc, arc = envelope
-    sender_address, recipient_list = Address._parsed(sender, sender_params), AddressList._parsed(recipients)
-    tx = session.tx
-    if tx is None or tx._id != tx_id:
-        tx = Transaction._of(session.conn, tx_id, sender_address, recipient_list, smtputf8, body_8bit)
-    else:
-        tx._sender, tx._recipients, tx._smtputf8, tx._body_8bit = sender_address, recipient_list, smtputf8, body_8bit
-    tx.spf = None if spf is None else SpfResult(*spf)
-    tx.dkim = None if dkim is None else [DkimSignature(*signature) for signature in dkim]
-    tx.dmarc = None if dmarc is None else DmarcResult(*dmarc)
-    tx.arc = None if arc is None else ArcResult(*arc)
-    session.tx = tx
-    session.before = (sender_address, list(recipient_list))
-    return tx
-
-
-def _lazy_message(loader: Callable[[], bytes], smtputf8: bool, head_whole: bool | None = None) -> Message:
-    # The data stage's message, read from the daemon (``loader``) when a hook first looks at it
-    # (both binders: _StageRun and the stage runner, which says whether its header section is
-    # whole). Outside SMTPUTF8, generated header values go out as RFC 2047 encoded-words.
-    return Message._lazy(loader, smtputf8=smtputf8, head_whole=head_whole)
 
 
 def _internal_error(stage: str, e: Exception) -> _core.Result:

@@ -311,7 +311,8 @@ class Message:
         daemon's bytes are not copied for a hook that never reads them), and parsed the first
         time a hook needs its fields (fields added on top need no parsing: the commonest edit).
         ``head_whole``: whether its header section is all fields (``_head_is_whole``), when the
-        daemon knows; None: found out from the bytes when needed."""
+        daemon knows; None: found out from the bytes when needed. The engine's jobs get theirs
+        from ``_core.JobObjects.lazy_message``, which makes the same in C."""
         message = cls.__new__(cls)
         message._loader = loader
         message._prepended = []

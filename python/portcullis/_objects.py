@@ -235,17 +235,6 @@ class Transaction:
         self._arc_seal: bool | None = None
         self.data: dict[str, Any] = {}
 
-    @classmethod
-    def _of(cls, conn: Connection, id: str, sender: Address, recipients: AddressList, smtputf8: bool,
-            body_8bit: bool) -> Transaction:
-        """The engine's: a transaction from the daemon's envelope, its addresses already checked."""
-        tx = cls.__new__(cls)
-        tx._conn, tx._id, tx._sender, tx._recipients = conn, id, sender, recipients
-        tx._smtputf8, tx._body_8bit = smtputf8, body_8bit
-        tx.spf = tx.dkim = tx.dmarc = tx.arc = tx._dkim_sign = tx._arc_seal = None
-        tx.data = {}
-        return tx
-
     @property
     def conn(self) -> Connection:
         """The connection this transaction runs on."""

@@ -1,0 +1,231 @@
+#include "bindings/job_objects.hpp"
+
+#include <exception>
+#include <utility>
+
+#include "bindings/core.hpp"
+#include "bindings/job_state.hpp"
+
+namespace py = pybind11;
+
+namespace portcullis::bindings {
+
+namespace {
+
+// Slot names, interned once.
+struct names {
+  py::str local{"_local"}, domain{"_domain"}, params{"_params"}, conn{"_conn"}, id{"_id"}, sender{"_sender"},
+      recipients{"_recipients"}, smtputf8{"_smtputf8"}, body_8bit{"_body_8bit"}, spf{"spf"}, dkim{"dkim"},
+      dmarc{"dmarc"}, arc{"arc"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, data{"data"}, tx{"tx"},
+      session_conn{"conn"}, before{"before"}, loader{"_loader"}, prepended{"_prepended"}, changed{"_changed"},
+      is_parsed{"_is_parsed"}, head_whole{"_head_whole"};
+  names() {
+    for (py::str* s : {&local, &domain, &params, &conn, &id, &sender, &recipients, &smtputf8, &body_8bit, &spf, &dkim,
+                       &dmarc, &arc, &dkim_sign, &arc_seal, &data, &tx, &session_conn, &before, &loader, &prepended,
+                       &changed, &is_parsed, &head_whole}) {
+      PyObject* o = s->release().ptr();
+      PyUnicode_InternInPlace(&o);
+      *s = py::reinterpret_steal<py::str>(o);
+    }
+  }
+};
+
+const names& name() {
+  static const names* n = new names;  // never freed: the interpreter is never finalised
+  return *n;
+}
+
+void set(py::handle o, const py::str& attr, py::handle value) {
+  if (PyObject_SetAttr(o.ptr(), attr.ptr(), value.ptr()) < 0) throw py::error_already_set();
+}
+
+py::object get(py::handle o, const py::str& attr) {
+  PyObject* v = PyObject_GetAttr(o.ptr(), attr.ptr());
+  if (v == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(v);
+}
+
+// cls.__new__(cls) for these classes (object's or list's): an empty instance, no __init__.
+py::object bare_instance(const py_ref& cls) {
+  auto* type = reinterpret_cast<PyTypeObject*>(cls.ptr());
+  PyObject* o = type->tp_alloc(type, 0);
+  if (o == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(o);
+}
+
+// A tuple or list's items (a test's stand-in may send a list), `size` of them, or TypeError.
+py::object items_of(py::handle sequence, Py_ssize_t size, const char* what) {
+  auto fast = py::reinterpret_steal<py::object>(PySequence_Fast(sequence.ptr(), what));
+  if (!fast) throw py::error_already_set();
+  if (size >= 0 && PySequence_Fast_GET_SIZE(fast.ptr()) != size) throw py::type_error(what);
+  return fast;
+}
+
+py::object call(const py_ref& cls, py::handle args, const char* what) {
+  const py::object tuple = items_of(args, -1, what);
+  auto t = py::reinterpret_steal<py::object>(PySequence_Tuple(tuple.ptr()));
+  if (!t) throw py::error_already_set();
+  PyObject* r = PyObject_Call(cls.ptr(), t.ptr(), nullptr);
+  if (r == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(r);
+}
+
+// The message loader of on_data: a C function bound to a capsule that holds the stored message.
+using stored_message = std::shared_ptr<const message_store>;
+constexpr const char* loader_capsule = "portcullis.stored_message";
+
+PyObject* load_message(PyObject* self, PyObject* /*unused*/) {
+  const auto* stored = static_cast<const stored_message*>(PyCapsule_GetPointer(self, loader_capsule));
+  if (stored == nullptr) return nullptr;
+  if (!*stored) Py_RETURN_NONE;
+  try {
+    return message_bytes(**stored).release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());  // a spilled message that cannot be read: as pybind11 would say it
+  }
+  return nullptr;
+}
+
+PyMethodDef load_message_def = {"load_message", load_message, METH_NOARGS,
+                                "The message as received, read from the daemon's store (None if it has none)."};
+
+py::object message_loader(stored_message stored) {
+  auto* held = new stored_message(std::move(stored));
+  PyObject* capsule = PyCapsule_New(held, loader_capsule, [](PyObject* c) {
+    delete static_cast<stored_message*>(PyCapsule_GetPointer(c, loader_capsule));
+  });
+  if (capsule == nullptr) {
+    delete held;
+    throw py::error_already_set();
+  }
+  PyObject* f = PyCFunction_New(&load_message_def, capsule);
+  Py_DECREF(capsule);
+  if (f == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(f);
+}
+
+}  // namespace
+
+job_objects::job_objects(py::object transaction, py::object address, py::object address_list, py::object message,
+                         py::object spf_result, py::object dkim_signature, py::object dmarc_result,
+                         py::object arc_result)
+    : transaction_(std::move(transaction)),
+      address_(std::move(address)),
+      address_list_(std::move(address_list)),
+      message_(std::move(message)),
+      spf_result_(std::move(spf_result)),
+      dkim_signature_(std::move(dkim_signature)),
+      dmarc_result_(std::move(dmarc_result)),
+      arc_result_(std::move(arc_result)) {
+  for (const py_ref* cls : {&transaction_, &address_, &address_list_, &message_})
+    if (!PyType_Check(cls->ptr())) throw py::type_error("JobObjects takes the classes it makes");
+}
+
+py::object job_objects::address(py::handle parts, py::handle params) const {
+  const auto& n = name();
+  const py::object pair = items_of(parts, 2, "an address is (local part, domain)");
+  py::object a = bare_instance(address_);
+  set(a, n.local, PySequence_Fast_GET_ITEM(pair.ptr(), 0));
+  set(a, n.domain, PySequence_Fast_GET_ITEM(pair.ptr(), 1));
+  set(a, n.params, params);
+  return a;
+}
+
+py::object job_objects::address_list(py::handle parts) const {
+  const py::object all = items_of(parts, -1, "recipients are a sequence of (local part, domain)");
+  py::object list = bare_instance(address_list_);
+  const Py_ssize_t count = PySequence_Fast_GET_SIZE(all.ptr());
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    const py::object a = address(PySequence_Fast_GET_ITEM(all.ptr(), i), py::dict());
+    if (PyList_Append(list.ptr(), a.ptr()) < 0) throw py::error_already_set();
+  }
+  return list;
+}
+
+py::object job_objects::transaction_of(py::handle session, py::handle envelope) const {
+  const auto& n = name();
+  const py::object e = items_of(envelope, 10, "an envelope is a tuple of 10");
+  auto item = [&](Py_ssize_t i) { return py::handle(PySequence_Fast_GET_ITEM(e.ptr(), i)); };
+  const py::handle tx_id = item(0), smtputf8 = item(4), body_8bit = item(5);
+  const py::object sender = address(item(1), item(2)), recipients = address_list(item(3));
+
+  py::object tx = get(session, n.tx);
+  bool same = false;
+  if (!tx.is_none()) {
+    const int r = PyObject_RichCompareBool(get(tx, n.id).ptr(), tx_id.ptr(), Py_EQ);
+    if (r < 0) throw py::error_already_set();
+    same = r == 1;
+  }
+  if (!same) {
+    tx = bare_instance(transaction_);
+    set(tx, n.conn, get(session, n.session_conn));
+    set(tx, n.id, tx_id);
+    for (const py::str* unset : {&n.dkim_sign, &n.arc_seal}) set(tx, *unset, py::none());
+    set(tx, n.data, py::dict());
+  }
+  set(tx, n.sender, sender);
+  set(tx, n.recipients, recipients);
+  set(tx, n.smtputf8, smtputf8);
+  set(tx, n.body_8bit, body_8bit);
+
+  set(tx, n.spf, item(6).is_none() ? py::object(py::none()) : call(spf_result_, item(6), "an SPF result"));
+  if (item(7).is_none()) {
+    set(tx, n.dkim, py::none());
+  } else {
+    const py::object signatures = items_of(item(7), -1, "DKIM results are a sequence");
+    py::list dkim;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(signatures.ptr()); ++i)
+      dkim.append(call(dkim_signature_, PySequence_Fast_GET_ITEM(signatures.ptr(), i), "a DKIM result"));
+    set(tx, n.dkim, dkim);
+  }
+  set(tx, n.dmarc, item(8).is_none() ? py::object(py::none()) : call(dmarc_result_, item(8), "a DMARC result"));
+  set(tx, n.arc, item(9).is_none() ? py::object(py::none()) : call(arc_result_, item(9), "an ARC result"));
+
+  set(session, n.tx, tx);
+  auto copy = py::reinterpret_steal<py::object>(PyList_GetSlice(recipients.ptr(), 0, PY_SSIZE_T_MAX));
+  if (!copy) throw py::error_already_set();
+  set(session, n.before, py::make_tuple(sender, copy));
+  return tx;
+}
+
+py::object job_objects::lazy_message(py::handle loader, bool smtputf8, py::handle head_whole) const {
+  const auto& n = name();
+  py::object m = bare_instance(message_);
+  set(m, n.loader, loader);
+  set(m, n.prepended, py::list());
+  set(m, n.changed, py::bool_(false));
+  set(m, n.smtputf8, py::bool_(smtputf8));
+  set(m, n.is_parsed, py::bool_(false));
+  set(m, n.head_whole, head_whole);
+  return m;
+}
+
+py::object job_objects::lazy_message(std::shared_ptr<const message_store> stored, bool smtputf8,
+                                     py::handle head_whole) const {
+  return lazy_message(message_loader(std::move(stored)), smtputf8, head_whole);
+}
+
+void define_job_objects(py::module_& m) {
+  py::class_<job_objects>(m, "JobObjects",
+                          "The policy objects a job is bound to, made in C (bindings/job_objects.hpp).")
+      .def(py::init<py::object, py::object, py::object, py::object, py::object, py::object, py::object, py::object>(),
+           py::kw_only(), py::arg("transaction"), py::arg("address"), py::arg("address_list"), py::arg("message"),
+           py::arg("spf_result"), py::arg("dkim_signature"), py::arg("dmarc_result"), py::arg("arc_result"))
+      .def("address", &job_objects::address, py::arg("parts"), py::arg("params"),
+           "An Address from (local part, domain) and its parameters, as the daemon parsed them.")
+      .def("address_list", &job_objects::address_list, py::arg("parts"),
+           "An AddressList of (local part, domain) pairs, each with no parameters.")
+      .def("transaction_of", &job_objects::transaction_of, py::arg("session"), py::arg("envelope"),
+           "session.tx made or brought up to date from the daemon's envelope; sets session.tx and session.before.")
+      .def(
+          "lazy_message",
+          [](const job_objects& o, py::handle loader, bool smtputf8, py::handle head_whole) {
+            return o.lazy_message(loader, smtputf8, head_whole);
+          },
+          py::arg("loader"), py::arg("smtputf8"), py::arg("head_whole") = py::none(),
+          "A Message read from loader() when a hook first looks at it (Message._lazy).");
+}
+
+}  // namespace portcullis::bindings

@@ -1,0 +1,51 @@
+// `_core.JobObjects`: the policy API's objects a job is bound to (its
+// Transaction with its sender Address and recipients' AddressList, the
+// recipient of on_rcpt, the lazy Message of on_data), made in C with no
+// Python frame. The stage runner makes some at every transaction stage, and
+// each Python helper call it made cost more than the hook it served; the
+// engine's Python path (`_StageRun`) uses the same methods, so there is one
+// way to make them.
+//
+// They are made as private constructors make them (no __init__: the daemon
+// parsed and checked the addresses), slot by slot; tests/python/
+// test_job_objects.py compares every slot with the public constructors', so
+// a slot added in Python and forgotten here fails there.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <memory>
+
+#include "bindings/py_ref.hpp"
+#include "store/message_store.hpp"
+
+namespace portcullis::bindings {
+
+class job_objects {
+ public:
+  // The classes of `portcullis` (Transaction, Address, AddressList, Message)
+  // and the check results' (made only when the daemon sent one).
+  job_objects(pybind11::object transaction, pybind11::object address, pybind11::object address_list,
+              pybind11::object message, pybind11::object spf_result, pybind11::object dkim_signature,
+              pybind11::object dmarc_result, pybind11::object arc_result);
+
+  // An Address from (local part, domain) and its parameters, taken as they are.
+  pybind11::object address(pybind11::handle parts, pybind11::handle params) const;
+  // An AddressList of (local part, domain) pairs, each with no parameters.
+  pybind11::object address_list(pybind11::handle parts) const;
+  // session.tx made, or brought up to date, from the daemon's envelope (an
+  // envelope_tuple), which is the truth: rewrites it did not apply are gone.
+  // Sets session.tx and session.before (tx's sender and recipients as made,
+  // for rewrites) and returns tx.
+  pybind11::object transaction_of(pybind11::handle session, pybind11::handle envelope) const;
+  // Message._lazy: read from `loader()` when a hook first looks at it.
+  pybind11::object lazy_message(pybind11::handle loader, bool smtputf8, pybind11::handle head_whole) const;
+  // The same, its loader reading `stored` (None when there is none).
+  pybind11::object lazy_message(std::shared_ptr<const message_store> stored, bool smtputf8,
+                                pybind11::handle head_whole) const;
+
+ private:
+  py_ref transaction_, address_, address_list_, message_, spf_result_, dkim_signature_, dmarc_result_, arc_result_;
+};
+
+}  // namespace portcullis::bindings
