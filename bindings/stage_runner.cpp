@@ -20,11 +20,11 @@ struct names {
   py::str connection{"connection"}, conn{"conn"}, update{"_update"}, envelope{"envelope"}, tx{"tx"}, engine{"engine"},
       hooks{"hooks"}, timeout{"timeout"}, scope{"scope"}, function{"function"}, observed_none{"observed_none"},
       before{"before"}, sender{"_sender"}, recipients{"_recipients"}, smtputf8{"_smtputf8"}, changed{"_changed"},
-      dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"}, is_async{"is_async"};
+      dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"}, is_async{"is_async"}, context{"context"};
   names() {
     for (py::str* s : {&connection, &conn, &update, &envelope, &tx, &engine, &hooks, &timeout, &scope, &function,
                        &observed_none, &before, &sender, &recipients, &smtputf8, &changed, &dkim_sign, &arc_seal, &loop,
-                       &is_async}) {
+                       &is_async, &context}) {
       PyObject* o = s->release().ptr();
       PyUnicode_InternInPlace(&o);
       *s = py::reinterpret_steal<py::str>(o);
@@ -184,17 +184,30 @@ bool unchanged(py::handle session, py::handle tx, py::handle message) {
   return get(message, n.changed).ptr() == Py_False && get(tx, n.dkim_sign).is_none() && get(tx, n.arc_seal).is_none();
 }
 
-// The scope a stage's hooks run in (pc.log's session, pc.config), reset when
-// the stage ends however it ends; at disconnect the session ends then too.
+// The scope a stage's hooks run in (pc.log's session, pc.config), left
+// when the stage ends however it ends; at disconnect the session ends then
+// too. On the loop (a job's task, which has a context of its own) the scope
+// variable is set and reset. Elsewhere the session's own contextvars.Context
+// is entered, made at its first job with the scope set in it: entering one
+// costs a twentieth of setting and resetting a variable, and a session's
+// jobs never run at once. (If it is still entered, by a hook its daemon
+// abandoned, the variable is set on this thread's context instead.)
 class stage_scope {
  public:
-  stage_scope(py::handle var, py::handle value) : var_(var) {
-    token_ = PyContextVar_Set(var.ptr(), value.ptr());
+  stage_scope(py::handle var, py::handle session, bool on_loop) : var_(var) {
+    const auto& n = name();
+    if (!on_loop) {
+      context_ = session_context(session);
+      if (PyContext_Enter(context_.ptr()) == 0) return;
+      PyErr_Clear();
+      context_ = py::object();
+    }
+    token_ = PyContextVar_Set(var.ptr(), get(session, n.scope).ptr());
     if (token_ == nullptr) throw py::error_already_set();
   }
   stage_scope(const stage_scope&) = delete;
   stage_scope& operator=(const stage_scope&) = delete;
-  // At disconnect: `end(host, session)` when the scope is reset.
+  // At disconnect: `end(host, session)` when the scope is left.
   void end_with(py::handle end, py::handle host, py::handle session) {
     end_ = end;
     host_ = host;
@@ -205,8 +218,12 @@ class stage_scope {
   ~stage_scope() {
     PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
     PyErr_Fetch(&type, &value, &traceback);  // (none pending here, but never lose one)
-    if (PyContextVar_Reset(var_.ptr(), token_) < 0) PyErr_WriteUnraisable(var_.ptr());
-    Py_DECREF(token_);
+    if (context_) {
+      if (PyContext_Exit(context_.ptr()) < 0) PyErr_WriteUnraisable(context_.ptr());
+    } else {
+      if (PyContextVar_Reset(var_.ptr(), token_) < 0) PyErr_WriteUnraisable(var_.ptr());
+      Py_DECREF(token_);
+    }
     if (end_) {
       PyObject* r = PyObject_CallFunctionObjArgs(end_.ptr(), host_.ptr(), session_.ptr(), nullptr);
       if (r == nullptr) PyErr_WriteUnraisable(end_.ptr());
@@ -216,7 +233,25 @@ class stage_scope {
   }
 
  private:
+  py::object session_context(py::handle session) const {
+    const auto& n = name();
+    py::object context = get(session, n.context);
+    if (!context.is_none()) return context;
+    context = py::reinterpret_steal<py::object>(PyContext_New());
+    if (!context || PyContext_Enter(context.ptr()) < 0) throw py::error_already_set();
+    PyObject* token = PyContextVar_Set(var_.ptr(), get(session, n.scope).ptr());
+    const int left = PyContext_Exit(context.ptr());
+    if (token == nullptr || left < 0) {
+      Py_XDECREF(token);
+      throw py::error_already_set();
+    }
+    Py_DECREF(token);
+    set(session, n.context, context);
+    return context;
+  }
+
   py::handle var_;
+  py::object context_;      // entered, or null: the variable was set
   PyObject* token_ = nullptr;
   py::handle end_, host_, session_;
 };
@@ -334,7 +369,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
   const py::object hook_list = py::reinterpret_borrow<py::object>(hooks);
   if (!on_loop && !get(*stepping_, n.loop).is_none()) (*leave_loop_)();  // a plain hook sees no running loop here
 
-  stage_scope scope(*scope_, get(session, n.scope));
+  stage_scope scope(*scope_, session, on_loop);
   if (stage == policy_stage::disconnect) scope.end_with(*end_session_, host, session);
   const py::object thread = on_loop ? py::object() : this_thread_key();
   const py::object stage_name = stage_str(stage);

@@ -733,12 +733,15 @@ def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookF
 class _Session:
     """What the host keeps per session: the engine it is bound to, its Connection, its Transaction."""
 
-    __slots__ = ("engine", "conn", "scope", "tx", "connection", "envelope", "before")
+    __slots__ = ("engine", "conn", "scope", "context", "tx", "connection", "envelope", "before")
 
     def __init__(self, engine: Engine, conn: Connection) -> None:
         self.engine = engine
         self.conn = conn
         self.scope = (conn.id, engine.config, engine.folder)  # what _context.scope holds while its hooks run
+        # The contextvars.Context its plain hooks run in, the scope set in it (the stage runner's, made
+        # at its first job: entering it costs less than setting the scope; async hooks run in tasks).
+        self.context: contextvars.Context | None = None
         self.tx: Transaction | None = None
         self.connection: tuple[Any, ...] = ()  # the daemon's view of the connection conn was last set from
         # The daemon's envelope tx holds unchanged (None: rebuild it at the next job).

@@ -216,6 +216,42 @@ def test_the_hooks_run_in_their_session_s_scope(policy_file):
     assert session(host, "S7").conn.data["scope"] == "S7" and _context.scope.get()[0] == ""
 
 
+SCOPES = """
+    from portcullis import _context
+    def on_helo(conn, hostname):
+        conn.data.setdefault("scopes", []).append(_context.scope.get()[0])
+    def on_mail(tx, sender):
+        tx.conn.data["scopes"].append(_context.scope.get()[0])
+        raise RuntimeError("the Python path takes over: still in the session's scope") if sender.local == "boom" else None
+"""
+
+
+def test_interleaved_sessions_each_see_their_own_scope_and_the_thread_keeps_its_own(policy_file):
+    # Off the loop the runner enters the session's own context (the scope set in it once).
+    host = EngineHost([policy_file(SCOPES)])
+    for sid in ("S1", "S2", "S1", "S2"):
+        assert host.run_plain(job("helo", sid=sid, hostname="h")) is None
+        assert _context.scope.get()[0] == ""
+    r = plain(host, job("mail", sid="S1", tx_snapshot=tx(sender="boom@example.test"), session={"helo": "h"}))
+    assert "the Python path takes over" in r["error"] and _context.scope.get()[0] == ""
+    assert session(host, "S1").conn.data["scopes"] == ["S1", "S1", "S1"]
+    assert session(host, "S2").conn.data["scopes"] == ["S2", "S2"]
+
+
+def test_a_session_whose_context_is_still_entered_runs_in_its_scope_all_the_same(policy_file):
+    # A plain hook the daemon abandoned may still run in it on another thread: the scope is then set here.
+    host = EngineHost([policy_file(SCOPES)])
+    assert host.run_plain(job("helo", sid="S3", hostname="h")) is None
+    context = session(host, "S3").context
+
+    def next_job():
+        assert host.run_plain(job("helo", sid="S3", hostname="h")) is None
+        assert _context.scope.get()[0] == "S3"  # (inside the context entered below)
+
+    context.run(next_job)
+    assert session(host, "S3").conn.data["scopes"] == ["S3", "S3"] and _context.scope.get()[0] == ""
+
+
 def test_a_thread_that_stepped_the_loop_gives_plain_hooks_no_running_loop(policy_file):
     host = EngineHost([policy_file("""
         import asyncio
