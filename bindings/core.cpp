@@ -83,6 +83,7 @@ void define_core(py::module_& m) {
   define_dns(m);
   define_store(m);
   define_metrics(m);
+  define_attribute(m);
   define_job_objects(m);
   define_stage_runner(m);
   define_job_tasks(m);

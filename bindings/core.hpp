@@ -24,6 +24,8 @@ void define_store(pybind11::module_& m);
 void define_dns(pybind11::module_& m);
 // pc.metrics and the hooks' figures (bindings/metrics.cpp); define_core calls it.
 void define_metrics(pybind11::module_& m);
+// `_core.Attribute`, the stage runner's attribute cache, for tests (bindings/attribute.cpp); define_core calls it.
+void define_attribute(pybind11::module_& m);
 // The policy objects a job is bound to, made in C (bindings/job_objects.cpp); define_core calls it.
 void define_job_objects(pybind11::module_& m);
 // The engine's stage runner (bindings/stage_runner.cpp); define_core calls it.

@@ -3,6 +3,7 @@
 #include <exception>
 #include <utility>
 
+#include "bindings/attribute.hpp"
 #include "bindings/core.hpp"
 #include "bindings/job_state.hpp"
 
@@ -12,37 +13,18 @@ namespace portcullis::bindings {
 
 namespace {
 
-// Slot names, interned once.
+// The slots it fills, each with its cache (bindings/attribute.hpp), one per class it meets.
 struct names {
-  py::str local{"_local"}, domain{"_domain"}, params{"_params"}, conn{"_conn"}, id{"_id"}, sender{"_sender"},
+  attribute local{"_local"}, domain{"_domain"}, params{"_params"}, conn{"_conn"}, id{"_id"}, sender{"_sender"},
       recipients{"_recipients"}, smtputf8{"_smtputf8"}, body_8bit{"_body_8bit"}, spf{"spf"}, dkim{"dkim"},
       dmarc{"dmarc"}, arc{"arc"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, data{"data"}, tx{"tx"},
       session_conn{"conn"}, before{"before"}, loader{"_loader"}, prepended{"_prepended"}, changed{"_changed"},
-      is_parsed{"_is_parsed"}, head_whole{"_head_whole"};
-  names() {
-    for (py::str* s : {&local, &domain, &params, &conn, &id, &sender, &recipients, &smtputf8, &body_8bit, &spf, &dkim,
-                       &dmarc, &arc, &dkim_sign, &arc_seal, &data, &tx, &session_conn, &before, &loader, &prepended,
-                       &changed, &is_parsed, &head_whole}) {
-      PyObject* o = s->release().ptr();
-      PyUnicode_InternInPlace(&o);
-      *s = py::reinterpret_steal<py::str>(o);
-    }
-  }
+      message_smtputf8{"_smtputf8"}, is_parsed{"_is_parsed"}, head_whole{"_head_whole"};
 };
 
 const names& name() {
   static const names* n = new names;  // never freed: the interpreter is never finalised
   return *n;
-}
-
-void set(py::handle o, const py::str& attr, py::handle value) {
-  if (PyObject_SetAttr(o.ptr(), attr.ptr(), value.ptr()) < 0) throw py::error_already_set();
-}
-
-py::object get(py::handle o, const py::str& attr) {
-  PyObject* v = PyObject_GetAttr(o.ptr(), attr.ptr());
-  if (v == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(v);
 }
 
 // cls.__new__(cls) for these classes (object's or list's): an empty instance, no __init__.
@@ -127,9 +109,9 @@ py::object job_objects::address(py::handle parts, py::handle params) const {
   const auto& n = name();
   const py::object pair = items_of(parts, 2, "an address is (local part, domain)");
   py::object a = bare_instance(address_);
-  set(a, n.local, PySequence_Fast_GET_ITEM(pair.ptr(), 0));
-  set(a, n.domain, PySequence_Fast_GET_ITEM(pair.ptr(), 1));
-  set(a, n.params, params);
+  n.local.set(a, PySequence_Fast_GET_ITEM(pair.ptr(), 0));
+  n.domain.set(a, PySequence_Fast_GET_ITEM(pair.ptr(), 1));
+  n.params.set(a, params);
   return a;
 }
 
@@ -151,54 +133,54 @@ py::object job_objects::transaction_of(py::handle session, py::handle envelope) 
   const py::handle tx_id = item(0), smtputf8 = item(4), body_8bit = item(5);
   const py::object sender = address(item(1), item(2)), recipients = address_list(item(3));
 
-  py::object tx = get(session, n.tx);
+  py::object tx = n.tx.get(session);
   bool same = false;
   if (!tx.is_none()) {
-    const int r = PyObject_RichCompareBool(get(tx, n.id).ptr(), tx_id.ptr(), Py_EQ);
+    const int r = PyObject_RichCompareBool(n.id.get(tx).ptr(), tx_id.ptr(), Py_EQ);
     if (r < 0) throw py::error_already_set();
     same = r == 1;
   }
   if (!same) {
     tx = bare_instance(transaction_);
-    set(tx, n.conn, get(session, n.session_conn));
-    set(tx, n.id, tx_id);
-    for (const py::str* unset : {&n.dkim_sign, &n.arc_seal}) set(tx, *unset, py::none());
-    set(tx, n.data, py::dict());
+    n.conn.set(tx, n.session_conn.get(session));
+    n.id.set(tx, tx_id);
+    for (const attribute* unset : {&n.dkim_sign, &n.arc_seal}) unset->set(tx, py::none());
+    n.data.set(tx, py::dict());
   }
-  set(tx, n.sender, sender);
-  set(tx, n.recipients, recipients);
-  set(tx, n.smtputf8, smtputf8);
-  set(tx, n.body_8bit, body_8bit);
+  n.sender.set(tx, sender);
+  n.recipients.set(tx, recipients);
+  n.smtputf8.set(tx, smtputf8);
+  n.body_8bit.set(tx, body_8bit);
 
-  set(tx, n.spf, item(6).is_none() ? py::object(py::none()) : call(spf_result_, item(6), "an SPF result"));
+  n.spf.set(tx, item(6).is_none() ? py::object(py::none()) : call(spf_result_, item(6), "an SPF result"));
   if (item(7).is_none()) {
-    set(tx, n.dkim, py::none());
+    n.dkim.set(tx, py::none());
   } else {
     const py::object signatures = items_of(item(7), -1, "DKIM results are a sequence");
     py::list dkim;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(signatures.ptr()); ++i)
       dkim.append(call(dkim_signature_, PySequence_Fast_GET_ITEM(signatures.ptr(), i), "a DKIM result"));
-    set(tx, n.dkim, dkim);
+    n.dkim.set(tx, dkim);
   }
-  set(tx, n.dmarc, item(8).is_none() ? py::object(py::none()) : call(dmarc_result_, item(8), "a DMARC result"));
-  set(tx, n.arc, item(9).is_none() ? py::object(py::none()) : call(arc_result_, item(9), "an ARC result"));
+  n.dmarc.set(tx, item(8).is_none() ? py::object(py::none()) : call(dmarc_result_, item(8), "a DMARC result"));
+  n.arc.set(tx, item(9).is_none() ? py::object(py::none()) : call(arc_result_, item(9), "an ARC result"));
 
-  set(session, n.tx, tx);
+  n.tx.set(session, tx);
   auto copy = py::reinterpret_steal<py::object>(PyList_GetSlice(recipients.ptr(), 0, PY_SSIZE_T_MAX));
   if (!copy) throw py::error_already_set();
-  set(session, n.before, py::make_tuple(sender, copy));
+  n.before.set(session, py::make_tuple(sender, copy));
   return tx;
 }
 
 py::object job_objects::lazy_message(py::handle loader, bool smtputf8, py::handle head_whole) const {
   const auto& n = name();
   py::object m = bare_instance(message_);
-  set(m, n.loader, loader);
-  set(m, n.prepended, py::list());
-  set(m, n.changed, py::bool_(false));
-  set(m, n.smtputf8, py::bool_(smtputf8));
-  set(m, n.is_parsed, py::bool_(false));
-  set(m, n.head_whole, head_whole);
+  n.loader.set(m, loader);
+  n.prepended.set(m, py::list());
+  n.changed.set(m, py::bool_(false));
+  n.message_smtputf8.set(m, py::bool_(smtputf8));
+  n.is_parsed.set(m, py::bool_(false));
+  n.head_whole.set(m, head_whole);
   return m;
 }
 

@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "bindings/attribute.hpp"
 #include "bindings/core.hpp"
 #include "bindings/job_state.hpp"
 #include "smtp/message_check.hpp"
@@ -15,36 +16,18 @@ namespace portcullis::bindings {
 
 namespace {
 
-// Attribute names, interned once: each job reads a dozen.
+// The attributes a job reads and writes, each with its cache (bindings/attribute.hpp): a dozen a job.
 struct names {
-  py::str connection{"connection"}, conn{"conn"}, update{"_update"}, envelope{"envelope"}, tx{"tx"}, engine{"engine"},
-      hooks{"hooks"}, timeout{"timeout"}, scope{"scope"}, function{"function"}, observed_none{"observed_none"},
-      before{"before"}, sender{"_sender"}, recipients{"_recipients"}, smtputf8{"_smtputf8"}, changed{"_changed"},
-      dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"}, is_async{"is_async"}, context{"context"};
-  names() {
-    for (py::str* s : {&connection, &conn, &update, &envelope, &tx, &engine, &hooks, &timeout, &scope, &function,
-                       &observed_none, &before, &sender, &recipients, &smtputf8, &changed, &dkim_sign, &arc_seal, &loop,
-                       &is_async, &context}) {
-      PyObject* o = s->release().ptr();
-      PyUnicode_InternInPlace(&o);
-      *s = py::reinterpret_steal<py::str>(o);
-    }
-  }
+  attribute connection{"connection"}, conn{"conn"}, update{"_update"}, envelope{"envelope"}, tx{"tx"},
+      engine{"engine"}, hooks{"hooks"}, timeout{"timeout"}, scope{"scope"}, function{"function"},
+      observed_none{"observed_none"}, before{"before"}, sender{"_sender"}, recipients{"_recipients"},
+      smtputf8{"_smtputf8"}, changed{"_changed"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"},
+      is_async{"is_async"}, context{"context"};
 };
 
 const names& name() {
   static const names* n = new names;  // never freed: the interpreter is never finalised
   return *n;
-}
-
-py::object get(py::handle o, const py::str& attr) {
-  PyObject* v = PyObject_GetAttr(o.ptr(), attr.ptr());
-  if (v == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(v);
-}
-
-void set(py::handle o, const py::str& attr, py::handle value) {
-  if (PyObject_SetAttr(o.ptr(), attr.ptr(), value.ptr()) < 0) throw py::error_already_set();
 }
 
 bool equal(py::handle a, py::handle b) {
@@ -172,16 +155,16 @@ py::object head_whole(const std::shared_ptr<const message_store>& m) {
 // signing or sealing choice made. Else Python works out what changed.
 bool unchanged(py::handle session, py::handle tx, py::handle message) {
   const auto& n = name();
-  const py::object before = get(session, n.before);  // (sender, [recipients]) as tx was made
+  const py::object before = n.before.get(session);  // (sender, [recipients]) as tx was made
   if (!PyTuple_Check(before.ptr()) || PyTuple_GET_SIZE(before.ptr()) != 2) return false;
-  if (get(tx, n.sender).ptr() != PyTuple_GET_ITEM(before.ptr(), 0)) return false;
-  const py::object now = get(tx, n.recipients);
+  if (n.sender.get(tx).ptr() != PyTuple_GET_ITEM(before.ptr(), 0)) return false;
+  const py::object now = n.recipients.get(tx);
   PyObject* was = PyTuple_GET_ITEM(before.ptr(), 1);
   if (!PyList_Check(now.ptr()) || !PyList_Check(was) || PyList_GET_SIZE(now.ptr()) != PyList_GET_SIZE(was)) return false;
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(was); ++i)
     if (PyList_GET_ITEM(now.ptr(), i) != PyList_GET_ITEM(was, i)) return false;
   if (message.is_none()) return true;
-  return get(message, n.changed).ptr() == Py_False && get(tx, n.dkim_sign).is_none() && get(tx, n.arc_seal).is_none();
+  return n.changed.get(message).ptr() == Py_False && n.dkim_sign.get(tx).is_none() && n.arc_seal.get(tx).is_none();
 }
 
 // The scope a stage's hooks run in (pc.log's session, pc.config), left
@@ -202,7 +185,7 @@ class stage_scope {
       PyErr_Clear();
       context_ = py::object();
     }
-    token_ = PyContextVar_Set(var.ptr(), get(session, n.scope).ptr());
+    token_ = PyContextVar_Set(var.ptr(), n.scope.get(session).ptr());
     if (token_ == nullptr) throw py::error_already_set();
   }
   stage_scope(const stage_scope&) = delete;
@@ -235,18 +218,18 @@ class stage_scope {
  private:
   py::object session_context(py::handle session) const {
     const auto& n = name();
-    py::object context = get(session, n.context);
+    py::object context = n.context.get(session);
     if (!context.is_none()) return context;
     context = py::reinterpret_steal<py::object>(PyContext_New());
     if (!context || PyContext_Enter(context.ptr()) < 0) throw py::error_already_set();
-    PyObject* token = PyContextVar_Set(var_.ptr(), get(session, n.scope).ptr());
+    PyObject* token = PyContextVar_Set(var_.ptr(), n.scope.get(session).ptr());
     const int left = PyContext_Exit(context.ptr());
     if (token == nullptr || left < 0) {
       Py_XDECREF(token);
       throw py::error_already_set();
     }
     Py_DECREF(token);
-    set(session, n.context, context);
+    n.context.set(session, context);
     return context;
   }
 
@@ -304,30 +287,30 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       session = (*new_session_)(host, job.generation, connection_tuple(job));
     } else {
       session = py::reinterpret_borrow<py::object>(found);
-      if (!same_connection(job, get(session, n.connection).ptr())) {  // the daemon's view moved (HELO, STARTTLS, AUTH)
+      if (!same_connection(job, n.connection.get(session).ptr())) {  // the daemon's view moved (HELO, STARTTLS, AUTH)
         py::tuple connection = connection_tuple(job);
-        py::object update = get(get(session, n.conn), n.update);
+        py::object update = n.update.get(n.conn.get(session));
         const auto rest = py::reinterpret_steal<py::object>(PyTuple_GetSlice(connection.ptr(), 1, 8));
         if (!rest) throw py::error_already_set();
         PyObject* r = PyObject_Call(update.ptr(), rest.ptr(), nullptr);
         if (r == nullptr) throw py::error_already_set();
         Py_DECREF(r);
-        set(session, n.connection, connection);
+        n.connection.set(session, connection);
       }
     }
     if (!job.has_tx) {
-      set(session, n.tx, py::none());
-      set(session, n.envelope, py::none());
+      n.tx.set(session, py::none());
+      n.envelope.set(session, py::none());
     } else {
-      tx = get(session, n.tx);
-      envelope = get(session, n.envelope);  // (None until a stage ends with tx as the daemon sent it)
+      tx = n.tx.get(session);
+      envelope = n.envelope.get(session);  // (None until a stage ends with tx as the daemon sent it)
       if (tx.is_none() || !same_envelope(job, envelope.ptr())) {
         envelope = envelope_tuple(job);
         tx = make_->transaction_of(session, envelope);
       }
-      set(session, n.envelope, py::none());  // tx is what the daemon sent again only once the stage ends unchanged
+      n.envelope.set(session, py::none());  // tx is what the daemon sent again only once the stage ends unchanged
     }
-    const py::object conn = get(session, n.conn);
+    const py::object conn = n.conn.get(session);
     switch (stage) {
       case policy_stage::connect:
       case policy_stage::disconnect: args = py::make_tuple(conn); break;
@@ -335,7 +318,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       default:
         if (tx.is_none()) return python_path();  // a transaction stage without one: Python says so
         switch (stage) {
-          case policy_stage::mail: args = py::make_tuple(tx, get(tx, n.sender)); break;
+          case policy_stage::mail: args = py::make_tuple(tx, n.sender.get(tx)); break;
           case policy_stage::rcpt:
             args = py::make_tuple(tx, make_->address(address_parts(job.rcpt), params_dict(job.rcpt_params)));
             break;
@@ -344,7 +327,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
             break;
           case policy_stage::data: {
             // Read from the daemon when a hook first looks at it.
-            const int smtputf8 = PyObject_IsTrue(get(tx, n.smtputf8).ptr());
+            const int smtputf8 = PyObject_IsTrue(n.smtputf8.get(tx).ptr());
             if (smtputf8 < 0) throw py::error_already_set();
             message = make_->lazy_message(job.message, smtputf8 == 1, head_whole(job.message));
             args = py::make_tuple(tx, message);
@@ -358,16 +341,16 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     return python_path();
   }
 
-  const py::object engine = get(session, n.engine);
-  const py::object timeout_object = get(engine, n.timeout);
+  const py::object engine = n.engine.get(session);
+  const py::object timeout_object = n.timeout.get(engine);
   const double timeout = timeout_object.cast<double>();
-  PyObject* hooks = PyDict_GetItemWithError(get(engine, n.hooks).ptr(), stage_str(stage).ptr());
+  PyObject* hooks = PyDict_GetItemWithError(n.hooks.get(engine).ptr(), stage_str(stage).ptr());
   if (hooks == nullptr || !PyList_Check(hooks)) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_LookupError, "no hook list for the stage");
     throw py::error_already_set();
   }
   const py::object hook_list = py::reinterpret_borrow<py::object>(hooks);
-  if (!on_loop && !get(*stepping_, n.loop).is_none()) (*leave_loop_)();  // a plain hook sees no running loop here
+  if (!on_loop && !n.loop.get(*stepping_).is_none()) (*leave_loop_)();  // a plain hook sees no running loop here
 
   stage_scope scope(*scope_, session, on_loop);
   if (stage == policy_stage::disconnect) scope.end_with(*end_session_, host, session);
@@ -387,12 +370,12 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
   const Py_ssize_t count = PyList_GET_SIZE(hook_list.ptr());
   for (Py_ssize_t i = 0; i < count; ++i) {
     const py::object hook = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(hook_list.ptr(), i));
-    const py::object function = get(hook, n.function);
+    const py::object function = n.function.get(hook);
     PyObject* value = nullptr;
     double start = 0;
     if (on_loop) {
       // Its first step here, as `_drive` takes it (`_core.first_step`); no lateness rule for it there either.
-      if (get(hook, n.is_async).ptr() != Py_True) return go_on(i, py::none());  // a plain hook: a thread of the pool
+      if (n.is_async.get(hook).ptr() != Py_True) return go_on(i, py::none());  // a plain hook: a thread of the pool
       start = monotonic();
       const auto coro = py::reinterpret_steal<py::object>(PyObject_Call(function.ptr(), args.ptr(), nullptr));
       if (!coro) return go_on(i, py::make_tuple(raised_exception(), true, start, py::none()));
@@ -418,12 +401,12 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       // A value, or an answer too late (several hooks share the job's deadline): Python takes over.
       if (!result.is_none() || elapsed > timeout) return resume(i, result, false, start);
     }
-    observe_none(get(hook, n.observed_none), monotonic() - start);
+    observe_none(n.observed_none.get(hook), monotonic() - start);
   }
   // Every hook said "no opinion": the result is "next", unless they changed the transaction.
   if (is_notification(stage) || tx.is_none()) return py::none();
   if (!unchanged(session, tx, message)) return resume(count, py::none(), false, 0.0);
-  set(session, n.envelope, envelope);  // tx still is what the daemon sent
+  n.envelope.set(session, envelope);  // tx still is what the daemon sent
   return py::none();
 }
 

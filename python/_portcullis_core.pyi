@@ -85,6 +85,12 @@ class Result:
     hook_counts: list[int]
     async_only: int
 
+class Attribute:
+    """An attribute name with the stage runner's slot cache (bindings/attribute.hpp), for tests."""
+    def __init__(self, name: str) -> None: ...
+    def get(self, obj: Any) -> Any: ...
+    def set(self, obj: Any, value: Any) -> None: ...
+
 class JobObjects:
     """The policy objects a job is bound to, made in C (bindings/job_objects.hpp)."""
     def __init__(self, *, transaction: type, address: type, address_list: type, message: type, spf_result: type,
