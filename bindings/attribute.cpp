@@ -41,11 +41,12 @@ PyObject** attribute::slot_of(PyObject* o, bool writing) const {
   entry& e = writing ? write_ : read_;
   if (type != e.type || type->tp_version_tag != e.version || !PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
     const Py_ssize_t offset = offset_in(type, writing);
-    if (offset < 0) return nullptr;
+    if (offset < 0 && !PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) return nullptr;  // (not yet: see get)
     Py_INCREF(type);
     Py_XDECREF(e.type);
-    e = entry{type, type->tp_version_tag, offset};
+    e = entry{type, type->tp_version_tag, offset};  // an offset of -1 remembers "the usual way" for the type
   }
+  if (e.offset < 0) return nullptr;
   return reinterpret_cast<PyObject**>(reinterpret_cast<char*>(o) + e.offset);
 }
 

@@ -6,8 +6,9 @@
 // itself. So, like the interpreter's own inline caches, an `attribute`
 // keeps one entry: a type whose getattr/setattr are the generic ones and
 // whose attribute is an object slot (a T_OBJECT_EX member descriptor), and
-// that slot's offset in the instance, valid while the type's version tag
-// is (CPython changes it when the class or a base changes). Instances of
+// that slot's offset in the instance (or that there is none: the usual
+// way then), valid while the type's version tag is (CPython changes it
+// when the class or a base changes). Instances of
 // that type are then read and written at the offset, as the member
 // descriptor itself does; anything else, and an unset slot, goes the usual
 // way (AttributeError, __getattr__). GIL held throughout.
@@ -36,7 +37,7 @@ class attribute {
   struct entry {
     PyTypeObject* type = nullptr;  // a strong reference: the pointer cannot name another type later
     unsigned int version = 0;
-    Py_ssize_t offset = -1;
+    Py_ssize_t offset = -1;  // -1: not a plain slot there, the usual way
   };
   mutable entry read_, write_;  // (a frozen class reads generically but writes through its own __setattr__)
 };
