@@ -19,7 +19,11 @@ struct names {
       recipients{"_recipients"}, smtputf8{"_smtputf8"}, body_8bit{"_body_8bit"}, spf{"spf"}, dkim{"dkim"},
       dmarc{"dmarc"}, arc{"arc"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, data{"data"}, tx{"tx"},
       session_conn{"conn"}, before{"before"}, loader{"_loader"}, prepended{"_prepended"}, changed{"_changed"},
-      message_smtputf8{"_smtputf8"}, is_parsed{"_is_parsed"}, head_whole{"_head_whole"};
+      message_smtputf8{"_smtputf8"}, is_parsed{"_is_parsed"}, head_whole{"_head_whole"}, conn_id{"_id"},
+      client_ip{"_client_ip"}, client_port{"_client_port"}, helo{"_helo"}, tls{"_tls"}, tls_version{"_tls_version"},
+      tls_cipher{"_tls_cipher"}, auth_user{"_auth_user"}, conn_data{"data"}, session_engine{"engine"},
+      scope{"scope"}, context{"context"}, session_connection{"connection"}, envelope{"envelope"},
+      engine_config{"config"}, engine_folder{"folder"};
 };
 
 const names& name() {
@@ -90,10 +94,12 @@ py::object message_loader(stored_message stored) {
 
 }  // namespace
 
-job_objects::job_objects(py::object transaction, py::object address, py::object address_list, py::object message,
-                         py::object spf_result, py::object dkim_signature, py::object dmarc_result,
-                         py::object arc_result)
-    : transaction_(std::move(transaction)),
+job_objects::job_objects(py::object connection, py::object session, py::object transaction, py::object address,
+                         py::object address_list, py::object message, py::object spf_result,
+                         py::object dkim_signature, py::object dmarc_result, py::object arc_result)
+    : connection_(std::move(connection)),
+      session_(std::move(session)),
+      transaction_(std::move(transaction)),
       address_(std::move(address)),
       address_list_(std::move(address_list)),
       message_(std::move(message)),
@@ -101,8 +107,46 @@ job_objects::job_objects(py::object transaction, py::object address, py::object 
       dkim_signature_(std::move(dkim_signature)),
       dmarc_result_(std::move(dmarc_result)),
       arc_result_(std::move(arc_result)) {
-  for (const py_ref* cls : {&transaction_, &address_, &address_list_, &message_})
+  for (const py_ref* cls : {&connection_, &session_, &transaction_, &address_, &address_list_, &message_})
     if (!PyType_Check(cls->ptr())) throw py::type_error("JobObjects takes the classes it makes");
+}
+
+py::object job_objects::connection(py::handle view) const {
+  const py::object t = items_of(view, 8, "a connection is a tuple of 8");
+  py::object conn = bare_instance(connection_);
+  name().conn_id.set(conn, PySequence_Fast_GET_ITEM(t.ptr(), 0));
+  update_connection(conn, t);
+  name().conn_data.set(conn, py::dict());
+  return conn;
+}
+
+void job_objects::update_connection(py::handle conn, py::handle view) const {
+  const auto& n = name();
+  const py::object t = items_of(view, 8, "a connection is a tuple of 8");
+  PyObject* const* item = PySequence_Fast_ITEMS(t.ptr());
+  n.client_ip.set(conn, item[1]);
+  n.client_port.set(conn, item[2]);
+  n.helo.set(conn, item[3]);
+  n.tls.set(conn, item[4]);
+  n.tls_version.set(conn, item[5]);
+  n.tls_cipher.set(conn, item[6]);
+  n.auth_user.set(conn, item[7]);
+}
+
+py::object job_objects::session(py::handle engine, py::handle view) const {
+  const auto& n = name();
+  const py::object conn = connection(view);
+  py::object s = bare_instance(session_);
+  n.session_engine.set(s, engine);
+  n.session_conn.set(s, conn);
+  // What _context.scope holds while its hooks run.
+  n.scope.set(s, py::make_tuple(n.conn_id.get(conn), n.engine_config.get(engine), n.engine_folder.get(engine)));
+  n.context.set(s, py::none());
+  n.tx.set(s, py::none());
+  n.session_connection.set(s, view);
+  n.envelope.set(s, py::none());
+  n.before.set(s, py::make_tuple(py::none(), py::list()));
+  return s;
 }
 
 py::object job_objects::address(py::handle parts, py::handle params) const {
@@ -192,9 +236,18 @@ py::object job_objects::lazy_message(std::shared_ptr<const message_store> stored
 void define_job_objects(py::module_& m) {
   py::class_<job_objects>(m, "JobObjects",
                           "The policy objects a job is bound to, made in C (bindings/job_objects.hpp).")
-      .def(py::init<py::object, py::object, py::object, py::object, py::object, py::object, py::object, py::object>(),
-           py::kw_only(), py::arg("transaction"), py::arg("address"), py::arg("address_list"), py::arg("message"),
-           py::arg("spf_result"), py::arg("dkim_signature"), py::arg("dmarc_result"), py::arg("arc_result"))
+      .def(py::init<py::object, py::object, py::object, py::object, py::object, py::object, py::object, py::object,
+                    py::object, py::object>(),
+           py::kw_only(), py::arg("connection"), py::arg("session"), py::arg("transaction"), py::arg("address"),
+           py::arg("address_list"), py::arg("message"), py::arg("spf_result"), py::arg("dkim_signature"),
+           py::arg("dmarc_result"), py::arg("arc_result"))
+      .def("connection", &job_objects::connection, py::arg("view"),
+           "A Connection from the daemon's view of it: (id, client_ip, client_port, helo, tls, tls_version, "
+           "tls_cipher, auth_user).")
+      .def("update_connection", &job_objects::update_connection, py::arg("conn"), py::arg("view"),
+           "The Connection brought up to the daemon's view (all but the id; its data kept).")
+      .def("session", &job_objects::session, py::arg("engine"), py::arg("view"),
+           "A _Session bound to the engine, its Connection made from the daemon's view.")
       .def("address", &job_objects::address, py::arg("parts"), py::arg("params"),
            "An Address from (local part, domain) and its parameters, as the daemon parsed them.")
       .def("address_list", &job_objects::address_list, py::arg("parts"),

@@ -1,6 +1,7 @@
 // `_core.JobObjects`: the policy API's objects a job is bound to (its
-// Transaction with its sender Address and recipients' AddressList, the
-// recipient of on_rcpt, the lazy Message of on_data), made in C with no
+// session's Connection and the engine's _Session, its Transaction with its
+// sender Address and recipients' AddressList, the recipient of on_rcpt, the
+// lazy Message of on_data), made in C with no
 // Python frame. The stage runner makes some at every transaction stage, and
 // each Python helper call it made cost more than the hook it served; the
 // engine's Python path (`_StageRun`) uses the same methods, so there is one
@@ -23,11 +24,20 @@ namespace portcullis::bindings {
 
 class job_objects {
  public:
-  // The classes of `portcullis` (Transaction, Address, AddressList, Message)
-  // and the check results' (made only when the daemon sent one).
-  job_objects(pybind11::object transaction, pybind11::object address, pybind11::object address_list,
-              pybind11::object message, pybind11::object spf_result, pybind11::object dkim_signature,
-              pybind11::object dmarc_result, pybind11::object arc_result);
+  // The classes of `portcullis` (Connection, Transaction, Address,
+  // AddressList, Message), the engine's _Session, and the check results'
+  // (made only when the daemon sent one).
+  job_objects(pybind11::object connection, pybind11::object session, pybind11::object transaction,
+              pybind11::object address, pybind11::object address_list, pybind11::object message,
+              pybind11::object spf_result, pybind11::object dkim_signature, pybind11::object dmarc_result,
+              pybind11::object arc_result);
+
+  // A Connection from the daemon's view of it (a connection_tuple).
+  pybind11::object connection(pybind11::handle view) const;
+  // The Connection brought up to the daemon's view (all but the id; its data kept).
+  void update_connection(pybind11::handle conn, pybind11::handle view) const;
+  // A _Session bound to `engine`, its Connection made from `view`.
+  pybind11::object session(pybind11::handle engine, pybind11::handle view) const;
 
   // An Address from (local part, domain) and its parameters, taken as they are.
   pybind11::object address(pybind11::handle parts, pybind11::handle params) const;
@@ -45,7 +55,8 @@ class job_objects {
                                 pybind11::handle head_whole) const;
 
  private:
-  py_ref transaction_, address_, address_list_, message_, spf_result_, dkim_signature_, dmarc_result_, arc_result_;
+  py_ref connection_, session_, transaction_, address_, address_list_, message_, spf_result_, dkim_signature_,
+      dmarc_result_, arc_result_;
 };
 
 }  // namespace portcullis::bindings

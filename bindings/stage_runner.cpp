@@ -22,7 +22,10 @@ struct names {
       engine{"engine"}, hooks{"hooks"}, timeout{"timeout"}, scope{"scope"}, function{"function"},
       observed_none{"observed_none"}, before{"before"}, sender{"_sender"}, recipients{"_recipients"},
       smtputf8{"_smtputf8"}, changed{"_changed"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"},
-      is_async{"is_async"}, context{"context"};
+      is_async{"is_async"}, context{"context"}, lock{"_lock"}, host_engine{"engine"}, generation{"generation"},
+      engine_sessions{"sessions"}, session_engine_id{"_id"};
+  py::str acquire{"acquire"}, release{"release"}, engine_of_generation{"_engine_of_generation"},
+      close_if_unused{"_close_if_unused"};
 };
 
 const names& name() {
@@ -190,14 +193,14 @@ class stage_scope {
   }
   stage_scope(const stage_scope&) = delete;
   stage_scope& operator=(const stage_scope&) = delete;
-  // At disconnect: `end(host, session)` when the scope is left.
-  void end_with(py::handle end, py::handle host, py::handle session) {
-    end_ = end;
+  // At disconnect: `runner->end_session(host, session)` when the scope is left.
+  void end_with(stage_runner* runner, py::handle host, py::handle session) {
+    end_ = runner;
     host_ = host;
     session_ = session;
   }
   // A task goes on with the stage: it ends the session itself.
-  void hand_over() { end_ = py::handle(); }
+  void hand_over() { end_ = nullptr; }
   ~stage_scope() {
     PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
     PyErr_Fetch(&type, &value, &traceback);  // (none pending here, but never lose one)
@@ -207,10 +210,13 @@ class stage_scope {
       if (PyContextVar_Reset(var_.ptr(), token_) < 0) PyErr_WriteUnraisable(var_.ptr());
       Py_DECREF(token_);
     }
-    if (end_) {
-      PyObject* r = PyObject_CallFunctionObjArgs(end_.ptr(), host_.ptr(), session_.ptr(), nullptr);
-      if (r == nullptr) PyErr_WriteUnraisable(end_.ptr());
-      Py_XDECREF(r);
+    if (end_ != nullptr) {
+      try {
+        end_->end_session(host_, session_);
+      } catch (py::error_already_set& e) {
+        e.restore();
+        PyErr_WriteUnraisable(session_.ptr());
+      }
     }
     PyErr_Restore(type, value, traceback);
   }
@@ -236,29 +242,99 @@ class stage_scope {
   py::handle var_;
   py::object context_;      // entered, or null: the variable was set
   PyObject* token_ = nullptr;
-  py::handle end_, host_, session_;
+  stage_runner* end_ = nullptr;
+  py::handle host_, session_;
 };
 
 }  // namespace
 
 stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object stepping,
-                           py::object leave_loop, py::object new_session, py::object objects, py::object upstream_reply,
-                           py::object end_session, py::object resume, py::object slow, py::object resume_async,
-                           py::object drive)
+                           py::object leave_loop, py::object objects, py::object upstream_reply, py::object resume,
+                           py::object slow, py::object resume_async, py::object drive)
     : sessions_(std::move(sessions)),
       running_(std::move(running)),
       scope_(std::move(scope)),
       stepping_(std::move(stepping)),
       leave_loop_(std::move(leave_loop)),
-      new_session_(std::move(new_session)),
       objects_(std::move(objects)),
       upstream_reply_(std::move(upstream_reply)),
-      end_session_(std::move(end_session)),
       resume_(std::move(resume)),
       slow_(std::move(slow)),
       resume_async_(std::move(resume_async)),
       drive_(std::move(drive)),
       make_((*objects_).cast<const job_objects*>()) {}
+
+namespace {
+
+// The host's `_lock` (a threading.Lock), held for a scope.
+class host_lock {
+ public:
+  explicit host_lock(py::handle host) : lock_(name().lock.get(host)) {
+    PyObject* r = PyObject_CallMethodNoArgs(lock_.ptr(), name().acquire.ptr());
+    if (r == nullptr) throw py::error_already_set();
+    Py_DECREF(r);
+  }
+  host_lock(const host_lock&) = delete;
+  host_lock& operator=(const host_lock&) = delete;
+  ~host_lock() {
+    PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject* r = PyObject_CallMethodNoArgs(lock_.ptr(), name().release.ptr());
+    if (r == nullptr) PyErr_WriteUnraisable(lock_.ptr());
+    Py_XDECREF(r);
+    PyErr_Restore(type, value, traceback);
+  }
+
+ private:
+  py::object lock_;
+};
+
+py::object call_method(py::handle o, const py::str& method, py::handle arg) {
+  PyObject* r = PyObject_CallMethodOneArg(o.ptr(), method.ptr(), arg.ptr());
+  if (r == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(r);
+}
+
+// engine.sessions += delta
+void count_session(py::handle engine, long delta) {
+  const auto& n = name();
+  const auto by = py::reinterpret_steal<py::object>(PyLong_FromLong(delta));
+  auto sum = py::reinterpret_steal<py::object>(PyNumber_Add(n.engine_sessions.get(engine).ptr(), by.ptr()));
+  if (!sum) throw py::error_already_set();
+  n.engine_sessions.set(engine, sum);
+}
+
+}  // namespace
+
+py::object stage_runner::new_session(py::handle host, policy_generation generation, py::handle connection) {
+  const auto& n = name();
+  // A session's jobs never run at once, so only a new one needs the lock.
+  host_lock held(host);
+  // The generation the daemon's session was made with: its C++ settings
+  // and its Python policies are one snapshot (mostly the current one).
+  py::object engine = n.host_engine.get(host);
+  const auto wanted = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(generation));
+  if (generation != 0 && !equal(n.generation.get(engine), wanted))
+    engine = call_method(host, n.engine_of_generation, wanted);  // a retired one, or LookupError
+  py::object session = make_->session(engine, connection);
+  count_session(engine, 1);
+  const py::object id = n.session_engine_id.get(n.conn.get(session));
+  if (PyDict_SetItem(sessions_.ptr(), id.ptr(), session.ptr()) < 0) throw py::error_already_set();
+  return session;
+}
+
+void stage_runner::end_session(py::handle host, py::handle session) {
+  const auto& n = name();
+  const py::object id = n.session_engine_id.get(n.conn.get(session));
+  host_lock held(host);
+  PyObject* found = PyDict_GetItemWithError(sessions_.ptr(), id.ptr());
+  if (found == nullptr && PyErr_Occurred()) throw py::error_already_set();
+  if (found == session.ptr() && PyDict_DelItem(sessions_.ptr(), id.ptr()) < 0) throw py::error_already_set();
+  const py::object engine = n.engine.get(session);
+  count_session(engine, -1);
+  // Only a retired generation may go with its last session (EngineHost._close_if_unused).
+  if (!engine.is(n.host_engine.get(host))) call_method(host, n.close_if_unused, engine);
+}
 
 py::object stage_runner::run(py::handle host, const policy_job& job, py::handle job_object, policy_job_ptr* owned,
                              py::handle loop) {
@@ -284,17 +360,12 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     PyObject* found = PyDict_GetItemWithError(sessions_.ptr(), id.ptr());
     if (found == nullptr && PyErr_Occurred()) throw py::error_already_set();
     if (found == nullptr) {
-      session = (*new_session_)(host, job.generation, connection_tuple(job));
+      session = new_session(host, job.generation, connection_tuple(job));
     } else {
       session = py::reinterpret_borrow<py::object>(found);
       if (!same_connection(job, n.connection.get(session).ptr())) {  // the daemon's view moved (HELO, STARTTLS, AUTH)
         py::tuple connection = connection_tuple(job);
-        py::object update = n.update.get(n.conn.get(session));
-        const auto rest = py::reinterpret_steal<py::object>(PyTuple_GetSlice(connection.ptr(), 1, 8));
-        if (!rest) throw py::error_already_set();
-        PyObject* r = PyObject_Call(update.ptr(), rest.ptr(), nullptr);
-        if (r == nullptr) throw py::error_already_set();
-        Py_DECREF(r);
+        make_->update_connection(n.conn.get(session), connection);
         n.connection.set(session, connection);
       }
     }
@@ -353,7 +424,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
   if (!on_loop && !n.loop.get(*stepping_).is_none()) (*leave_loop_)();  // a plain hook sees no running loop here
 
   stage_scope scope(*scope_, session, on_loop);
-  if (stage == policy_stage::disconnect) scope.end_with(*end_session_, host, session);
+  if (stage == policy_stage::disconnect) scope.end_with(this, host, session);
   const py::object thread = on_loop ? py::object() : this_thread_key();
   const py::object stage_name = stage_str(stage);
   auto resume = [&](Py_ssize_t index, py::handle value, bool raised, double start) {
@@ -422,10 +493,14 @@ py::object stage_runner::run_async(py::handle host, py::handle job_object, py::h
 void define_stage_runner(py::module_& m) {
   py::class_<stage_runner>(m, "StageRunner", "A stage job's hooks, called from C++ (EngineHost.run_plain, and a job's JobCoroutine on the loop).")
       .def(py::init<py::dict, py::dict, py::object, py::object, py::object, py::object, py::object, py::object,
-                    py::object, py::object, py::object, py::object, py::object>(),
+                    py::object, py::object, py::object>(),
            py::arg("sessions"), py::arg("running"), py::arg("scope"), py::arg("stepping"), py::arg("leave_loop"),
-           py::arg("new_session"), py::arg("objects"), py::arg("upstream_reply"), py::arg("end_session"),
-           py::arg("resume"), py::arg("slow"), py::arg("resume_async"), py::arg("drive"))
+           py::arg("objects"), py::arg("upstream_reply"), py::arg("resume"), py::arg("slow"),
+           py::arg("resume_async"), py::arg("drive"))
+      .def("new_session", &stage_runner::new_session, py::arg("host"), py::arg("generation"), py::arg("connection"),
+           "EngineHost._new_session: a session bound to the generation's engine, in the table, counted.")
+      .def("end_session", &stage_runner::end_session, py::arg("host"), py::arg("session"),
+           "EngineHost._end_session: the session out of the table, its engine's count down.")
       .def(
           "run",
           [](stage_runner& r, py::handle host, py::handle job) {

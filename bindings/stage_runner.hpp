@@ -31,9 +31,9 @@ class stage_runner {
   // (functions taking the host first, so the runner holds no host), and the
   // `_core.JobObjects` that makes a job's objects.
   stage_runner(pybind11::dict sessions, pybind11::dict running, pybind11::object scope, pybind11::object stepping,
-               pybind11::object leave_loop, pybind11::object new_session, pybind11::object objects,
-               pybind11::object upstream_reply, pybind11::object end_session, pybind11::object resume,
-               pybind11::object slow, pybind11::object resume_async, pybind11::object drive);
+               pybind11::object leave_loop, pybind11::object objects, pybind11::object upstream_reply,
+               pybind11::object resume, pybind11::object slow, pybind11::object resume_async,
+               pybind11::object drive);
 
   // Runs one stage job on the calling thread, GIL held: a `_core.Result` or
   // None. `job_object` is the job's Python object, or null; the Python path
@@ -43,14 +43,20 @@ class stage_runner {
   // what is left to run.
   pybind11::object run(pybind11::handle host, const policy_job& job, pybind11::handle job_object, policy_job_ptr* owned,
                        pybind11::handle loop = {});
+  // EngineHost._new_session: a session bound to the engine of `generation`
+  // (0: the current one), in the session table, counted on its engine; and
+  // _end_session: out of the table, its engine's count down (a retired
+  // engine is closed with its last session). Under the host's `_lock`.
+  pybind11::object new_session(pybind11::handle host, policy_generation generation, pybind11::handle connection);
+  void end_session(pybind11::handle host, pybind11::handle session);
   // A loop job's first steps (`run` on the loop), or the whole job in Python for a test's stand-in.
   pybind11::object run_async(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
   // The whole job in Python (EngineHost._run_plain_slow, or on the loop `_drive`'s coroutine).
   pybind11::object run_in_python(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
 
  private:
-  py_ref sessions_, running_, scope_, stepping_, leave_loop_, new_session_, objects_, upstream_reply_, end_session_,
-      resume_, slow_, resume_async_, drive_;
+  py_ref sessions_, running_, scope_, stepping_, leave_loop_, objects_, upstream_reply_, resume_, slow_,
+      resume_async_, drive_;
   const job_objects* make_;  // objects_'s C++ side
 };
 

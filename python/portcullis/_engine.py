@@ -85,13 +85,6 @@ _get_ident, _monotonic = threading.get_ident, time.monotonic  # called at every 
 _first_step = _core.first_step  # an async hook's first step (most hooks' only one)
 _scope = _context.scope  # set around every stage's hooks
 _Result = _core.Result
-# A job's Transaction (from the daemon's envelope, the truth: rewrites it did not apply are gone),
-# the recipient of on_rcpt and the lazy Message of on_data (read from the daemon when a hook first
-# looks at it; outside SMTPUTF8, header values it generates go out as RFC 2047 encoded-words): made
-# in C for both binders, _StageRun and the stage runner.
-_job_objects = _core.JobObjects(transaction=Transaction, address=Address, address_list=AddressList, message=Message,
-                                spf_result=SpfResult, dkim_signature=DkimSignature, dmarc_result=DmarcResult,
-                                arc_result=ArcResult)
 # Frames of these files are the engine's, not the policy's: left out of tracebacks and stacks.
 _INTERNAL_FILES = (__file__, os.path.dirname(concurrent.futures.__file__), os.path.dirname(asyncio.__file__),
                    threading.__file__)
@@ -731,22 +724,28 @@ def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookF
 
 
 class _Session:
-    """What the host keeps per session: the engine it is bound to, its Connection, its Transaction."""
+    """What the host keeps per session: the engine it is bound to, its Connection, its Transaction.
+    Made by the stage runner (``_job_objects.session``, under the host's lock), never by __init__:
+
+    engine: the Engine of the daemon session's generation; conn: its Connection;
+    scope: what _context.scope holds while its hooks run, (conn.id, engine.config, engine.folder);
+    context: the contextvars.Context its plain hooks run in, the scope set in it (made by the stage
+    runner at its first job: entering it costs less than setting the scope; async hooks run in tasks);
+    tx: its Transaction, or None; connection: the daemon's view of the connection conn was last set
+    from; envelope: the daemon's envelope tx holds unchanged (None: rebuild it at the next job);
+    before: tx's sender and recipients as made, for rewrites.
+    """
 
     __slots__ = ("engine", "conn", "scope", "context", "tx", "connection", "envelope", "before")
 
-    def __init__(self, engine: Engine, conn: Connection) -> None:
-        self.engine = engine
-        self.conn = conn
-        self.scope = (conn.id, engine.config, engine.folder)  # what _context.scope holds while its hooks run
-        # The contextvars.Context its plain hooks run in, the scope set in it (the stage runner's, made
-        # at its first job: entering it costs less than setting the scope; async hooks run in tasks).
-        self.context: contextvars.Context | None = None
-        self.tx: Transaction | None = None
-        self.connection: tuple[Any, ...] = ()  # the daemon's view of the connection conn was last set from
-        # The daemon's envelope tx holds unchanged (None: rebuild it at the next job).
-        self.envelope: tuple[Any, ...] | None = None
-        self.before: tuple[Any, list[Any]] = (None, [])  # tx's sender and recipients as made, for rewrites
+
+# A job's _Session and Connection, its Transaction (from the daemon's envelope, the truth: rewrites
+# it did not apply are gone), the recipient of on_rcpt and the lazy Message of on_data (read from
+# the daemon when a hook first looks at it; outside SMTPUTF8, header values it generates go out as
+# RFC 2047 encoded-words): made in C for both binders, _StageRun and the stage runner.
+_job_objects = _core.JobObjects(connection=Connection, session=_Session, transaction=Transaction, address=Address,
+                                address_list=AddressList, message=Message, spf_result=SpfResult,
+                                dkim_signature=DkimSignature, dmarc_result=DmarcResult, arc_result=ArcResult)
 
 
 class EngineHost:
@@ -794,8 +793,8 @@ class EngineHost:
         # run_plain's hot path, in C++ (it holds no reference to the host: no cycle).
         self._runner = _core.StageRunner(
             sessions=self._sessions, running=self._running, scope=_scope, stepping=_stepping,
-            leave_loop=_leave_loop, new_session=EngineHost._new_session, objects=_job_objects,
-            upstream_reply=UpstreamReply, end_session=EngineHost._end_session, resume=EngineHost._resume_plain, slow=EngineHost._run_plain_slow,
+            leave_loop=_leave_loop, objects=_job_objects, upstream_reply=UpstreamReply,
+            resume=EngineHost._resume_plain, slow=EngineHost._run_plain_slow,
             resume_async=EngineHost._resume_async, drive=EngineHost._drive)
         # Policies load off the loop (hooks keep running meanwhile), on a
         # daemon thread: a module that hangs at import must not block exit.
@@ -1091,23 +1090,13 @@ class EngineHost:
             raise HookFailure(f"{hook.label} was cancelled (the policy engine is stopping)") from None
 
     def _new_session(self, generation: int, connection: tuple[Any, ...]) -> _Session:
-        # A session's jobs never run at once, so only a new one needs the lock.
-        with self._lock:
-            # The generation the daemon's session was made with: its C++
-            # settings and its Python policies are one snapshot.
-            engine = self._engine_of_generation(generation)
-            session = _Session(engine, Connection._of(*connection))
-            session.connection = connection
-            engine.sessions += 1
-            self._sessions[connection[0]] = session
-        return session
+        # The stage runner's (bindings/stage_runner.cpp): under _lock, bound to the engine of the
+        # daemon session's generation (its C++ settings and Python policies are one snapshot).
+        return self._runner.new_session(self, generation, connection)
 
     def _end_session(self, session: _Session) -> None:
-        sid = session.conn._id
-        with self._lock:
-            if self._sessions.get(sid) is session:
-                del self._sessions[sid]
-            self._release(session.engine)
+        # The stage runner's: out of the table (under _lock), its engine's count down (_release).
+        self._runner.end_session(self, session)
 
     def _release(self, engine: Engine) -> None:
         # (Under _lock.) One session fewer on the engine.
@@ -1159,7 +1148,7 @@ class _StageRun:
         if session is None:
             session = host._new_session(job.generation, connection)
         elif connection != session.connection:  # the daemon's view moved (HELO, STARTTLS, AUTH)
-            session.conn._update(*connection[1:])
+            _job_objects.update_connection(session.conn, connection)
             session.connection = connection
         self.session = session
         self.engine = engine = session.engine

@@ -84,27 +84,6 @@ class Connection:
         """The authenticated login, or None."""
         return self._auth_user
 
-    @classmethod
-    def _of(cls, id: str, client_ip: str, client_port: int, helo: str | None, tls: bool, tls_version: str | None,
-            tls_cipher: str | None, auth_user: str | None) -> Connection:
-        """The engine's: a connection as the daemon describes it (the connection of ``_core.Job.state()``)."""
-        conn = cls.__new__(cls)
-        conn._id = id
-        conn._update(client_ip, client_port, helo, tls, tls_version, tls_cipher, auth_user)
-        conn.data = {}
-        return conn
-
-    def _update(self, client_ip: str, client_port: int, helo: str | None, tls: bool, tls_version: str | None,
-                tls_cipher: str | None, auth_user: str | None) -> None:
-        """Takes the daemon's view of the session (the connection of ``_core.Job.state()`` without the id)."""
-        self._client_ip = client_ip
-        self._client_port = client_port
-        self._helo = helo
-        self._tls = tls
-        self._tls_version = tls_version
-        self._tls_cipher = tls_cipher
-        self._auth_user = auth_user
-
     def __repr__(self) -> str:
         return (
             f"<Connection {self._id} from {self._client_ip}:{self._client_port}"

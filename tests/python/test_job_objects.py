@@ -145,3 +145,36 @@ def test_nothing_is_kept_of_what_the_objects_were_made_from():
     del loader, message
     gc.collect()
     assert watch() is None
+
+
+VIEW = ("S1", "192.0.2.1", 2525, "client.test", True, "TLSv1.3", "TLS_AES_256_GCM_SHA384", "jo")
+
+
+def test_a_connection_has_every_slot_the_constructor_sets():
+    made = OBJECTS.connection(VIEW)
+    public = pc.Connection("S1", "192.0.2.1", 2525, helo="client.test", tls=True, auth_user="jo")
+    expected = slots(public)
+    expected.update(_tls_version="TLSv1.3", _tls_cipher="TLS_AES_256_GCM_SHA384")  # no constructor argument for them
+    assert type(made) is pc.Connection and slots(made) == expected
+
+
+def test_an_updated_connection_keeps_its_id_and_data():
+    conn = OBJECTS.connection(("S1", "192.0.2.1", 2525, None, False, None, None, None))
+    conn.data["seen"] = 1
+    OBJECTS.update_connection(conn, ("ignored", *VIEW[1:]))
+    assert conn.id == "S1" and conn.data == {"seen": 1}
+    assert (conn.helo, conn.tls, conn.tls_version, conn.auth_user) == ("client.test", True, "TLSv1.3", "jo")
+    with pytest.raises(TypeError):
+        OBJECTS.update_connection(conn, VIEW[:3])
+
+
+def test_a_session_is_bound_to_its_engine_with_nothing_else_yet():
+    host = _engine.EngineHost([])
+    session = OBJECTS.session(host.engine, VIEW)
+    assert type(session) is _engine._Session
+    values = slots(session)
+    assert all(value is not MISSING for value in values.values()), "a _Session slot the C side does not set"
+    assert values["engine"] is host.engine and values["connection"] is VIEW
+    assert slots(values["conn"]) == slots(OBJECTS.connection(VIEW))
+    assert values["scope"] == ("S1", host.engine.config, host.engine.folder)
+    assert (values["context"], values["tx"], values["envelope"], values["before"]) == (None, None, None, (None, []))

@@ -610,3 +610,55 @@ def test_the_job_coroutine_is_a_coroutine_to_asyncio_and_leaves_nothing_behind(p
     assert data["coro"] is True and "coro=<JobCoroutine()" in data["repr"]
     del data["repr"]
     assert coroutines() <= before
+
+
+VERSIONED = """
+import portcullis as pc
+def on_connect(conn):
+    pass
+def on_helo(conn, hostname):
+    return pc.accept(pc.config["version"])
+def on_disconnect(conn):
+    pass
+"""
+
+
+def test_sessions_made_here_bind_to_their_generation_and_the_last_one_closes_a_retired_engine(policy_file, tmp_path):
+    # The runner makes and ends sessions itself (EngineHost._new_session, _end_session): under the
+    # host's lock, counted on the engine of the generation the daemon names.
+    path = tmp_path / "v.py"
+    path.write_text(VERSIONED)
+    host = EngineHost([])
+    for v in ("v1", "v2"):
+        (tmp_path / f"{v}.toml").write_text(f'version = "{v}"\n')
+        host.reload(files=[str(path)], config_path=str(tmp_path / f"{v}.toml"))
+        if v == "v1":
+            old = host.engine
+            old.held = True  # as after the daemon's reload job: it may still bind sessions to it
+    first, second = old.generation, host.engine.generation
+    assert host.run_plain(job("connect", sid="late", generation=first)) is None
+    assert host.run_plain(job("connect", sid="new", generation=second)) is None
+    assert host.run_plain(job("connect", sid="current")) is None  # generation 0: the current engine
+    assert session(host, "late").engine is old and session(host, "new").engine is host.engine
+    assert session(host, "current").engine is host.engine
+    assert (old.sessions, host.engine.sessions) == (1, 2)
+    assert result_as_dict(host.run_plain(job("helo", sid="late", hostname="h", generation=first)))["verdict"]["text"] == "v1"
+    host.release(first)
+    assert not old.closed, "dropped under a session still bound to it"
+    assert host.run_plain(job("disconnect", sid="late", generation=first)) is None
+    assert old.closed and "late" not in host._sessions and old.sessions == 0
+    assert host.run_plain(job("disconnect", sid="new", generation=second)) is None
+    assert host.engine.sessions == 1 and not host.engine.closed
+    r = plain(host, job("connect", sid="ghost", generation=first))
+    assert "no longer loaded" in r["error"] and "ghost" not in host._sessions
+
+
+def test_the_host_lock_is_released_whatever_happens():
+    host = EngineHost([])
+    with pytest.raises(LookupError):
+        host._runner.new_session(host, 12345, ("S9", "192.0.2.1", 25, None, False, None, None, None))
+    with pytest.raises(TypeError):
+        host._runner.new_session(host, 0, ("S9", "too short"))
+    assert host._lock.acquire(blocking=False)
+    host._lock.release()
+    assert host._sessions == {} and host.engine.sessions == 0
