@@ -2,6 +2,7 @@
 
 #include <time.h>
 
+#include <exception>
 #include <utility>
 
 #include "bindings/attribute.hpp"
@@ -23,7 +24,7 @@ struct names {
       observed_none{"observed_none"}, before{"before"}, sender{"_sender"}, recipients{"_recipients"},
       smtputf8{"_smtputf8"}, changed{"_changed"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"},
       is_async{"is_async"}, context{"context"}, lock{"_lock"}, host_engine{"engine"}, generation{"generation"},
-      engine_sessions{"sessions"}, session_engine_id{"_id"};
+      engine_sessions{"sessions"}, conn_id{"_id"};
   py::str acquire{"acquire"}, release{"release"}, engine_of_generation{"_engine_of_generation"},
       close_if_unused{"_close_if_unused"};
 };
@@ -216,6 +217,9 @@ class stage_scope {
       } catch (py::error_already_set& e) {
         e.restore();
         PyErr_WriteUnraisable(session_.ptr());
+      } catch (const std::exception& e) {  // (never out of a destructor)
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+        PyErr_WriteUnraisable(session_.ptr());
       }
     }
     PyErr_Restore(type, value, traceback);
@@ -318,14 +322,14 @@ py::object stage_runner::new_session(py::handle host, policy_generation generati
     engine = call_method(host, n.engine_of_generation, wanted);  // a retired one, or LookupError
   py::object session = make_->session(engine, connection);
   count_session(engine, 1);
-  const py::object id = n.session_engine_id.get(n.conn.get(session));
+  const py::object id = n.conn_id.get(n.conn.get(session));
   if (PyDict_SetItem(sessions_.ptr(), id.ptr(), session.ptr()) < 0) throw py::error_already_set();
   return session;
 }
 
 void stage_runner::end_session(py::handle host, py::handle session) {
   const auto& n = name();
-  const py::object id = n.session_engine_id.get(n.conn.get(session));
+  const py::object id = n.conn_id.get(n.conn.get(session));
   host_lock held(host);
   PyObject* found = PyDict_GetItemWithError(sessions_.ptr(), id.ptr());
   if (found == nullptr && PyErr_Occurred()) throw py::error_already_set();
