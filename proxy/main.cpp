@@ -13,6 +13,7 @@
 #include "checks/arc_sealer.hpp"
 #include "checks/dkim_signer.hpp"
 #include "config/config.hpp"
+#include "crash_report.hpp"
 #include "log.hpp"
 #include "metrics/metrics.hpp"
 #include "auth/users_file.hpp"
@@ -158,6 +159,7 @@ int main(int argc, char** argv) {
     std::cout << argv[2] << ": ok\n";
     return 0;
   }
+  portcullis::install_crash_report();
   std::signal(SIGPIPE, SIG_IGN);
   // A spill file past RLIMIT_FSIZE: the write fails with EFBIG and the
   // client gets 452 4.3.1, instead of the signal killing the daemon.

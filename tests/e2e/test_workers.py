@@ -289,7 +289,7 @@ def on_helo(conn, hostname):
 """
 
 
-def test_a_worker_that_crashes_writes_its_python_stacks_and_is_restarted(policy_daemon, aiosmtpd_upstream):
+def test_a_worker_that_crashes_writes_its_python_and_native_stacks_and_is_restarted(policy_daemon, aiosmtpd_upstream):
     d = policy_daemon(aiosmtpd_upstream.url, SEGFAULT_IN_HOOK, server=WORKERS)
     worker_pids(d)
     with d.connect() as c:
@@ -305,6 +305,13 @@ def test_a_worker_that_crashes_writes_its_python_stacks_and_is_restarted(policy_
         d.wait_log(r"supervisor: worker \d \(process \d+\) (killed by signal|exited with)", count=1, timeout=10)
     else:
         d.wait_log(r"supervisor: worker \d \(process \d+\) killed by signal 11 \(SEGV\)", count=1, timeout=10)
+        # Then its native stack (not under the sanitizers: theirs): the faulting frames, the daemon's own among them.
+        log = d.log_text()
+        native = re.search(r"^portcullis: fatal signal 11 \(SEGV\) in process \d+, thread \d+; its native stack:\n"
+                           r"((?:.*\[0x[0-9a-f]+\]\n)+)", log, re.M)
+        assert native, log[-3000:]
+        assert re.search(r"portcullis\(\+0x[0-9a-f]+\)", native.group(1)), native.group(1)
+        assert log.index("Fatal Python error: Segmentation fault") < native.start()  # faulthandler first, then ours
     # The other worker, and the restarted one, serve.
     wait_until(lambda: len(children(d.pid)) == 2, timeout=10, what="the worker back")
     with d.connect() as c:
