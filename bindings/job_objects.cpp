@@ -47,9 +47,9 @@ py::object items_of(py::handle sequence, Py_ssize_t size, const char* what) {
   return fast;
 }
 
-py::object call(const py_ref& cls, py::handle args, const char* what) {
-  const py::object tuple = items_of(args, -1, what);
-  auto t = py::reinterpret_steal<py::object>(PySequence_Tuple(tuple.ptr()));
+// cls(*args): a check result made from the daemon's tuple.
+py::object call(const py_ref& cls, py::handle args) {
+  auto t = py::reinterpret_steal<py::object>(PySequence_Tuple(args.ptr()));
   if (!t) throw py::error_already_set();
   PyObject* r = PyObject_Call(cls.ptr(), t.ptr(), nullptr);
   if (r == nullptr) throw py::error_already_set();
@@ -196,18 +196,18 @@ py::object job_objects::transaction_of(py::handle session, py::handle envelope) 
   n.smtputf8.set(tx, smtputf8);
   n.body_8bit.set(tx, body_8bit);
 
-  n.spf.set(tx, item(6).is_none() ? py::object(py::none()) : call(spf_result_, item(6), "an SPF result"));
+  n.spf.set(tx, item(6).is_none() ? py::object(py::none()) : call(spf_result_, item(6)));
   if (item(7).is_none()) {
     n.dkim.set(tx, py::none());
   } else {
     const py::object signatures = items_of(item(7), -1, "DKIM results are a sequence");
     py::list dkim;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(signatures.ptr()); ++i)
-      dkim.append(call(dkim_signature_, PySequence_Fast_GET_ITEM(signatures.ptr(), i), "a DKIM result"));
+      dkim.append(call(dkim_signature_, PySequence_Fast_GET_ITEM(signatures.ptr(), i)));
     n.dkim.set(tx, dkim);
   }
-  n.dmarc.set(tx, item(8).is_none() ? py::object(py::none()) : call(dmarc_result_, item(8), "a DMARC result"));
-  n.arc.set(tx, item(9).is_none() ? py::object(py::none()) : call(arc_result_, item(9), "an ARC result"));
+  n.dmarc.set(tx, item(8).is_none() ? py::object(py::none()) : call(dmarc_result_, item(8)));
+  n.arc.set(tx, item(9).is_none() ? py::object(py::none()) : call(arc_result_, item(9)));
 
   n.tx.set(session, tx);
   auto copy = py::reinterpret_steal<py::object>(PyList_GetSlice(recipients.ptr(), 0, PY_SSIZE_T_MAX));

@@ -19,7 +19,7 @@ namespace {
 
 // The attributes a job reads and writes, each with its cache (bindings/attribute.hpp): a dozen a job.
 struct names {
-  attribute connection{"connection"}, conn{"conn"}, update{"_update"}, envelope{"envelope"}, tx{"tx"},
+  attribute connection{"connection"}, conn{"conn"}, envelope{"envelope"}, tx{"tx"},
       engine{"engine"}, hooks{"hooks"}, timeout{"timeout"}, scope{"scope"}, function{"function"},
       observed_none{"observed_none"}, before{"before"}, sender{"_sender"}, recipients{"_recipients"},
       smtputf8{"_smtputf8"}, changed{"_changed"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"},
@@ -54,6 +54,19 @@ py::object this_thread_key() {
   if (!key) throw py::error_already_set();
   return key;
 }
+
+// Keeps the error pending when it is made (if any) aside while a destructor
+// calls Python, and puts it back after: a destructor never loses one.
+class pending_error_kept {
+ public:
+  pending_error_kept() { PyErr_Fetch(&type_, &value_, &traceback_); }
+  pending_error_kept(const pending_error_kept&) = delete;
+  pending_error_kept& operator=(const pending_error_kept&) = delete;
+  ~pending_error_kept() { PyErr_Restore(type_, value_, traceback_); }
+
+ private:
+  PyObject *type_ = nullptr, *value_ = nullptr, *traceback_ = nullptr;
+};
 
 bool is_notification(policy_stage s) {
   return s == policy_stage::delivered || s == policy_stage::reset || s == policy_stage::disconnect;
@@ -203,8 +216,7 @@ class stage_scope {
   // A task goes on with the stage: it ends the session itself.
   void hand_over() { end_ = nullptr; }
   ~stage_scope() {
-    PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
-    PyErr_Fetch(&type, &value, &traceback);  // (none pending here, but never lose one)
+    const pending_error_kept kept;  // (none pending here, but never lose one)
     if (context_) {
       if (PyContext_Exit(context_.ptr()) < 0) PyErr_WriteUnraisable(context_.ptr());
     } else {
@@ -222,7 +234,6 @@ class stage_scope {
         PyErr_WriteUnraisable(session_.ptr());
       }
     }
-    PyErr_Restore(type, value, traceback);
   }
 
  private:
@@ -281,12 +292,10 @@ class host_lock {
   host_lock(const host_lock&) = delete;
   host_lock& operator=(const host_lock&) = delete;
   ~host_lock() {
-    PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
-    PyErr_Fetch(&type, &value, &traceback);
+    const pending_error_kept kept;  // (the one that may be unwinding through here)
     PyObject* r = PyObject_CallMethodNoArgs(lock_.ptr(), name().release.ptr());
     if (r == nullptr) PyErr_WriteUnraisable(lock_.ptr());
     Py_XDECREF(r);
-    PyErr_Restore(type, value, traceback);
   }
 
  private:
