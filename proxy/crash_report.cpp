@@ -56,10 +56,15 @@ void on_fatal_signal(int signo) {
 
 }  // namespace
 
-void install_crash_report() {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_UNDEFINED__)
-  return;
+// ASan and UBSan (the sanitized build) report a fatal signal with symbols themselves.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool sanitized = true;
 #else
+constexpr bool sanitized = false;
+#endif
+
+void install_crash_report() {
+  if (sanitized) return;
   void* warm[1];
   backtrace(warm, 1);
   struct sigaction action {};
@@ -67,7 +72,6 @@ void install_crash_report() {
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESETHAND | SA_ONSTACK;
   for (const int signo : fatal_signals) sigaction(signo, &action, nullptr);
-#endif
 }
 
 }  // namespace portcullis
