@@ -2,6 +2,7 @@
 
 #include "log.hpp"
 #include "net/network.hpp"
+#include "net/session_executor.hpp"
 #include "smtp/message_check.hpp"
 #include "smtp/text.hpp"
 
@@ -134,12 +135,15 @@ awaitable<policy_result> python_policy::run(policy_job_ptr job) {
         // strands of the daemon's io_context): the engine may run the hooks
         // (plain ones, or an async job's first step) right there, on this I/O
         // thread, and a deadline answer still reaches the session while a
-        // hook runs on.
-        auto& io = static_cast<asio::io_context&>(asio::query(ex, asio::execution::context));
-        asio::defer(io, [engine = engine_, job = std::move(job), route, by, timeout = timeout_,
-                         done = std::move(done)]() mutable {
+        // hook runs on. As soon as the strand is left, on this thread
+        // (net/session_executor.hpp), else posted.
+        auto submit = [engine = engine_, job = std::move(job), route, by, timeout = timeout_,
+                       done = std::move(done)]() mutable {
           engine->submit(std::move(job), route, by, timeout, std::move(done));
-        });
+        };
+        if (run_after_strand(ex, submit)) return;
+        auto& io = static_cast<asio::io_context&>(asio::query(ex, asio::execution::context));
+        asio::defer(io, std::move(submit));
       },
       asio::use_awaitable);
   co_return result;

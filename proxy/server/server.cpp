@@ -19,6 +19,7 @@
 #include "metrics/metrics.hpp"
 #include "net/io_pool.hpp"
 #include "net/network.hpp"
+#include "net/session_executor.hpp"
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
 #include "server/metrics_listener.hpp"
@@ -292,7 +293,7 @@ awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) 
     boost::system::error_code ec;
     tcp::endpoint peer;  // filled by accept() itself: no getpeername() per connection
     tcp::socket socket =
-        co_await acceptor.async_accept(asio::make_strand(io_), peer, asio::redirect_error(asio::use_awaitable, ec));
+        co_await acceptor.async_accept(make_session_executor(io_), peer, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;  // shutting down
       spdlog::warn("accept: {}", ec.message());  // e.g. out of file descriptors: keep serving the others
