@@ -1,5 +1,7 @@
 #include "bindings/stage_runner.hpp"
 
+#include <pybind11/stl.h>
+
 #include <time.h>
 
 #include <exception>
@@ -336,6 +338,19 @@ py::object stage_runner::new_session(py::handle host, policy_generation generati
   return session;
 }
 
+namespace {
+
+// (Under the host's lock.) A session gone: its engine's count down, and a
+// retired engine closed with its last session (EngineHost._close_if_unused).
+void session_ended(py::handle host, py::handle session) {
+  const auto& n = name();
+  const py::object engine = n.engine.get(session);
+  count_session(engine, -1);
+  if (!engine.is(n.host_engine.get(host))) call_method(host, n.close_if_unused, engine);
+}
+
+}  // namespace
+
 void stage_runner::end_session(py::handle host, py::handle session) {
   const auto& n = name();
   const py::object id = n.conn_id.get(n.conn.get(session));
@@ -343,10 +358,26 @@ void stage_runner::end_session(py::handle host, py::handle session) {
   PyObject* found = PyDict_GetItemWithError(sessions_.ptr(), id.ptr());
   if (found == nullptr && PyErr_Occurred()) throw py::error_already_set();
   if (found == session.ptr() && PyDict_DelItem(sessions_.ptr(), id.ptr()) < 0) throw py::error_already_set();
-  const py::object engine = n.engine.get(session);
-  count_session(engine, -1);
-  // Only a retired generation may go with its last session (EngineHost._close_if_unused).
-  if (!engine.is(n.host_engine.get(host))) call_method(host, n.close_if_unused, engine);
+  session_ended(host, session);
+}
+
+void stage_runner::forget(py::handle host, const std::vector<std::string>& session_ids) {
+  // The sessions' objects are freed after the lock is released (freeing
+  // them may run a policy's code, which must not find the lock held).
+  std::vector<py::object> gone;
+  gone.reserve(session_ids.size());
+  host_lock held(host);
+  for (const auto& id : session_ids) {
+    const py::str key(id);
+    PyObject* found = PyDict_GetItemWithError(sessions_.ptr(), key.ptr());
+    if (found == nullptr) {
+      if (PyErr_Occurred()) throw py::error_already_set();
+      continue;
+    }
+    gone.push_back(py::reinterpret_borrow<py::object>(found));
+    if (PyDict_DelItem(sessions_.ptr(), key.ptr()) < 0) throw py::error_already_set();
+    session_ended(host, gone.back());
+  }
 }
 
 py::object stage_runner::run(py::handle host, const policy_job& job, py::handle job_object, policy_job_ptr* owned,
@@ -514,6 +545,8 @@ void define_stage_runner(py::module_& m) {
            "EngineHost._new_session: a session bound to the generation's engine, in the table, counted.")
       .def("end_session", &stage_runner::end_session, py::arg("host"), py::arg("session"),
            "EngineHost._end_session: the session out of the table, its engine's count down.")
+      .def("forget", &stage_runner::forget, py::arg("host"), py::arg("session_ids"),
+           "EngineHost.forget: these sessions (by id) out of the table, as end_session; unknown ids skipped.")
       .def(
           "run",
           [](stage_runner& r, py::handle host, py::handle job) {

@@ -19,6 +19,9 @@
 
 #include <pybind11/pybind11.h>
 
+#include <string>
+#include <vector>
+
 #include "bindings/job_objects.hpp"
 #include "bindings/py_ref.hpp"
 #include "policy/policy_job.hpp"
@@ -49,6 +52,9 @@ class stage_runner {
   // engine is closed with its last session). Under the host's `_lock`.
   pybind11::object new_session(pybind11::handle host, policy_generation generation, pybind11::handle connection);
   void end_session(pybind11::handle host, pybind11::handle session);
+  // EngineHost.forget: each of these sessions (ended, with no on_disconnect
+  // hook to end them) out of the table, as end_session does; ids not in it are skipped.
+  void forget(pybind11::handle host, const std::vector<std::string>& session_ids);
   // A loop job's first steps (`run` on the loop), or the whole job in Python for a test's stand-in.
   pybind11::object run_async(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
   // The whole job in Python (EngineHost._run_plain_slow, or on the loop `_drive`'s coroutine).

@@ -494,7 +494,7 @@ policy_result run_plain(python_engine::channel& ch, policy_job_ptr job, std::vec
     // them (it stops); the runner lives as long as the host this holds.
     const auto host = py::reinterpret_borrow<py::object>(ch.plain_host);
     auto* const runner = ch.stage_runner;
-    if (!forgotten.empty()) host.attr("forget")(py::cast(std::move(forgotten)));
+    if (!forgotten.empty()) runner->forget(host, forgotten);  // (EngineHost.forget, with no Python frame)
     const policy_job& fields = *job;  // (it stays put if the runner hands `job` to Python)
     return result_of(runner->run(host, fields, py::handle(), &job));
   } catch (const py::error_already_set& e) {

@@ -1054,11 +1054,7 @@ class EngineHost:
 
     def forget(self, session_ids: Iterable[str]) -> None:
         """Drops the sessions (they ended; their policies had no on_disconnect hook)."""
-        with self._lock:
-            for sid in session_ids:
-                session = self._sessions.pop(sid, None)
-                if session is not None:
-                    self._release(session.engine)
+        self._runner.forget(self, list(session_ids))  # (bindings/stage_runner.cpp, as _end_session)
 
     def report_stuck(self, thread: int, session_id: str) -> None:
         """The daemon abandoned the plain hook running on ``thread``: logs where it stands."""
@@ -1095,13 +1091,8 @@ class EngineHost:
         return self._runner.new_session(self, generation, connection)
 
     def _end_session(self, session: _Session) -> None:
-        # The stage runner's: out of the table (under _lock), its engine's count down (_release).
+        # The stage runner's: out of the table (under _lock), its engine's count down.
         self._runner.end_session(self, session)
-
-    def _release(self, engine: Engine) -> None:
-        # (Under _lock.) One session fewer on the engine.
-        engine.sessions -= 1
-        self._close_if_unused(engine)
 
 
 def _observed(hook: Hook, elapsed: float, value: Any) -> None:

@@ -662,3 +662,44 @@ def test_the_host_lock_is_released_whatever_happens():
     assert host._lock.acquire(blocking=False)
     host._lock.release()
     assert host._sessions == {} and host.engine.sessions == 0
+
+
+NO_DISCONNECT = """
+def on_connect(conn):
+    conn.data["note"] = Note()
+class Note:
+    host = None
+    def __del__(self):
+        # Freed once its session is forgotten: the host's lock must not be held then.
+        assert Note.host._lock.acquire(blocking=False), "freed under the host's lock"
+        Note.host._lock.release()
+        Note.freed += 1
+Note.freed = 0
+"""
+
+
+def test_forgotten_sessions_leave_the_table_their_engines_count_down_and_a_retired_one_closes(tmp_path):
+    # Sessions whose policies have no on_disconnect end by EngineHost.forget (the daemon hands the
+    # ids over with a later job): the runner's, as _end_session, keyed by id.
+    path = tmp_path / "p.py"
+    path.write_text(NO_DISCONNECT)
+    host = EngineHost([str(path)])
+    old = host.engine
+    assert host.run_plain(job("connect", sid="A")) is None
+    assert host.run_plain(job("connect", sid="B")) is None
+    host.reload(files=[str(path)])
+    assert host.run_plain(job("connect", sid="C")) is None
+    assert (old.sessions, host.engine.sessions) == (2, 1)
+    notes = {type(session(host, sid).conn.data["note"]) for sid in "AC"}  # each load's own class
+    for note in notes:
+        note.host = host
+    host.forget(["A", "nobody"])  # an id not in the table is skipped
+    assert "A" not in host._sessions and old.sessions == 1 and not old.closed
+    host.forget(iter(["B", "C"]))  # any iterable, as the event loop's thread hands them over
+    assert host._sessions == {} and old.sessions == 0 and host.engine.sessions == 0
+    assert old.closed, "a retired engine goes with its last session"
+    assert not host.engine.closed
+    gc.collect()
+    assert sorted(note.freed for note in notes) == [1, 2]
+    assert host._lock.acquire(blocking=False)
+    host._lock.release()
