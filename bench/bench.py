@@ -643,7 +643,8 @@ def run_flow(args, sink, work, case):
             direct.append((direct_before + direct_after) / 2)
             ratios.append(via[-1] / direct[-1])
             rounds.append({"direct_before_per_s": direct_before, "proxy_per_s": via[-1],
-                           "direct_after_per_s": direct_after})
+                           "direct_after_per_s": direct_after, "cpu_us_per_msg": cpu[-1],
+                           **({"bare_cpu_us_per_msg": bare_cpu[-1]} if bare else {})})
             direct_before = direct_after
         rss = sum(proxy.status("VmHWM").values())  # each process's peak, summed
         restarted = proxy.restarted()
