@@ -5,8 +5,8 @@
 // deadline answer can still resume the session while a slow hook runs on),
 // yet on the thread that asked for it, with no hand-off. Posting it to the
 // io_context does that, but Asio's scheduler then polls the reactor first
-// (epoll_wait: a system call per hook, and most of a no-op hook's kernel
-// time). A session_executor is the session's strand with one addition:
+// (an epoll_wait system call per hook, for nothing when the session is the
+// only one). A session_executor is the session's strand with one addition:
 // when its outermost dispatch on a thread returns, the strand is released,
 // and the thread runs what the session handed over with run_after_strand()
 // there and then, before it goes back to the io_context.
