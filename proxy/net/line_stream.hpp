@@ -127,6 +127,8 @@ class line_stream {
   awaitable<bool> fill(std::chrono::steady_clock::time_point deadline, std::size_t want_space);
   void make_space(std::size_t want);
   awaitable<bool> write_tls(std::span<const asio::const_buffer> buffers, duration timeout);
+  // One write on the plain socket: at once when it has room, else once it has.
+  awaitable<std::size_t> write_plain(std::span<const asio::const_buffer> buffers, boost::system::error_code& ec);
   // Sets the deadline of one operation; disarm() ends it and returns whether it expired.
   void arm(std::chrono::steady_clock::time_point deadline);
   bool disarm();
@@ -157,6 +159,10 @@ class line_stream {
   std::size_t begin_ = 0;  // unread bytes are [begin_, end_)
   std::size_t end_ = 0;
   bool skipping_ = false;  // discarding the rest of a too-long line
+  // Writes done at once in a row (write_plain): after a few, one goes
+  // through the io_context, so that a session that keeps writing cannot keep
+  // the thread from the others.
+  unsigned writes_in_a_row_ = 0;
   status last_ = status::ok;
 };
 

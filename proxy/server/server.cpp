@@ -82,6 +82,12 @@ std::vector<bound_listener> bind_listeners(const config& cfg, bool reuse_port) {
         // Every worker listens on its own socket; the kernel spreads new
         // connections over them by a hash of the addresses (README "Workers").
         if (reuse_port) a.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
+        // Replies go out one write per batch (a whole pipelined group at
+        // once): Nagle's algorithm would only hold the next batch back until
+        // the client's delayed ACK of the previous one. Set on the listener,
+        // every accepted connection inherits it (Linux copies the option):
+        // no setsockopt per connection.
+        a.set_option(tcp::no_delay(true));
         a.bind(ep);
         out.emplace_back(a.release(), ep.protocol(), l, implicit_tls);
       } catch (const boost::system::system_error& e) {
@@ -301,10 +307,6 @@ awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) 
       co_await pause.async_wait(asio::use_awaitable);
       continue;
     }
-    // Replies go out one write per batch (a whole pipelined group at once):
-    // Nagle's algorithm would only hold the next batch back until the
-    // client's delayed ACK of the previous one.
-    socket.set_option(tcp::no_delay(true), ec);
     std::string why;
     if (!admit(peer.address(), why)) {
       asio::co_spawn(socket.get_executor(), refuse(std::move(socket), why), asio::detached);

@@ -1,11 +1,15 @@
-// line_stream's deadlines over a real loopback connection: the timer is not
-// re-armed per operation (it moves only to an earlier deadline and, when it
-// fires early, waits again for the operation then in progress), and every
-// operation must still time out at its own deadline, never earlier.
+// line_stream over a real loopback connection. Its deadlines: the timer is
+// not re-armed per operation (it moves only to an earlier deadline and, when
+// it fires early, waits again for the operation then in progress), and every
+// operation must still time out at its own deadline, never earlier. Its
+// writes: done at once when the socket has room, with no trip through the
+// io_context, yet never keeping the thread from others for long.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <chrono>
 #include <functional>
+#include <string>
 #include <thread>
 
 #include "asio.hpp"
@@ -121,6 +125,82 @@ TEST(LineStreamDeadline, ClosedStreamLeavesNoTimerBehind) {
     EXPECT_EQ(line.st, line_stream::status::ok);
   });
   EXPECT_LT(seconds_since(start), 5.0);
+}
+
+// A handler posted before the write has not run when the write returns: the
+// write never left the coroutine (Asio's own write queues its completion
+// behind it, and the scheduler polls the reactor first).
+TEST(LineStreamWrite, WriteTheSocketTakesCompletesInPlace) {
+  loopback l;
+  run(l, [](line_stream& s) -> awaitable<void> {
+    bool other_ran = false;
+    asio::post(s.socket().get_executor(), [&] { other_ran = true; });
+    const bool written = co_await s.write(std::string_view("250 2.0.0 Ok\r\n"), 1s);
+    EXPECT_TRUE(written);
+    EXPECT_FALSE(other_ran);
+    co_await asio::post(s.socket().get_executor(), asio::use_awaitable);
+    EXPECT_TRUE(other_ran);
+  });
+  std::string got(14, '\0');
+  asio::read(l.peer, asio::buffer(got));
+  EXPECT_EQ(got, "250 2.0.0 Ok\r\n");
+}
+
+// A session that keeps writing still lets the others run: a handler posted
+// before a long run of small writes runs before the run ends.
+TEST(LineStreamWrite, ManyWritesInARowLetOthersRun) {
+  loopback l;
+  run(l, [](line_stream& s) -> awaitable<void> {
+    bool other_ran = false;
+    asio::post(s.socket().get_executor(), [&] { other_ran = true; });
+    for (int i = 0; i < 40 && !other_ran; ++i) {
+      const bool written = co_await s.write(std::string_view("250 2.1.5 Ok\r\n"), 1s);
+      EXPECT_TRUE(written);
+    }
+    EXPECT_TRUE(other_ran);
+  });
+}
+
+// A write larger than the socket buffers waits for room (the peer reads
+// slowly) and every byte arrives, in order.
+TEST(LineStreamWrite, WriteOfMoreThanTheSocketHoldsArrivesWhole) {
+  loopback l;
+  std::string big(16 << 20, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + (i * 7 + i / 4096) % 26);
+  std::string got;
+  std::thread reader([&] {
+    std::array<char, 64 * 1024> chunk;
+    boost::system::error_code ec;
+    while (got.size() < big.size()) {
+      const std::size_t n = l.peer.read_some(asio::buffer(chunk), ec);
+      if (ec) break;
+      got.append(chunk.data(), n);
+      if (got.size() < (1 << 20)) std::this_thread::sleep_for(1ms);  // slow at first: the socket fills
+    }
+  });
+  run(l, [&big](line_stream& s) -> awaitable<void> {
+    const std::array<asio::const_buffer, 3> pieces{asio::buffer(big.data(), 100), asio::buffer(big.data() + 100, 5 << 20),
+                                                   asio::buffer(big.data() + 100 + (5 << 20), big.size() - 100 - (5 << 20))};
+    const bool written = co_await s.write(pieces, 30s);
+    EXPECT_TRUE(written);
+  });
+  reader.join();
+  EXPECT_EQ(got.size(), big.size());
+  EXPECT_TRUE(got == big);
+}
+
+// A peer that is gone: the write fails (no exception, no SIGPIPE) and says so.
+TEST(LineStreamWrite, WriteToAClosedPeerFails) {
+  loopback l;
+  l.peer.set_option(asio::socket_base::linger(true, 0));
+  l.peer.close();  // RST
+  std::this_thread::sleep_for(50ms);
+  run(l, [](line_stream& s) -> awaitable<void> {
+    bool written = true;
+    for (int i = 0; i < 3 && written; ++i) written = co_await s.write(std::string_view("250 2.0.0 Ok\r\n"), 1s);
+    EXPECT_FALSE(written);
+    EXPECT_EQ(s.last_status(), line_stream::status::eof);
+  });
 }
 
 }  // namespace
