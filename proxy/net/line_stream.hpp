@@ -12,8 +12,9 @@
 // operation then in progress it waits again for that one, and with no
 // operation in progress it rests. A stream of commands under the same
 // timeout thus costs no timer syscall (timerfd_settime) and no trip through
-// the reactor's timer queue per read or write. The socket's executor must
-// be a strand.
+// the reactor's timer queue per read or write. A write the socket takes at
+// once is done in place, not through the io_context (line_stream.cpp,
+// write_plain). The socket's executor must be a strand.
 #pragma once
 
 #include <chrono>
