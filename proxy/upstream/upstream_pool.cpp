@@ -120,16 +120,18 @@ awaitable<void> upstream_pool::reap() {
       if (closed_) break;
       const auto now = std::chrono::steady_clock::now();
       const auto limit = cfg_ ? cfg_->upstream.pool_idle_timeout : std::chrono::seconds(0);
-      auto keep = idle_.begin();
+      // Into a new vector, not compacted in place: moving a connection onto
+      // itself (the first ones kept) emptied its EHLO extensions.
+      std::vector<pooled_connection> kept;
       for (auto& c : idle_) {
         if (now - c.idle_since >= limit)
           expired.push_back(std::move(c));
         else if (c.stream->peer_gone())
           gone.push_back(std::move(c));  // closed by the upstream: no QUIT to send
         else
-          *keep++ = std::move(c);
+          kept.push_back(std::move(c));
       }
-      idle_.erase(keep, idle_.end());
+      idle_.swap(kept);
       // Nothing left to watch: the next give_back starts a reaper again (decided under the lock it pushes under).
       if (idle_.empty()) {
         reaping_ = false;

@@ -127,6 +127,31 @@ TEST_F(PoolTest, DropsWhatTheUpstreamClosedOrSpokeOn) {
   EXPECT_EQ(c->stream->peek_socket(), line_stream::waiting::nothing);
 }
 
+// The reaper drops what the upstream closed and keeps the rest whole, with
+// their EHLO extensions and the XCLIENT identity in force. (It once moved the
+// first connection it kept onto itself, which emptied them: after a reaper
+// pass a kept connection offered no 8BITMIME, SMTPUTF8, PIPELINING or XCLIENT.)
+TEST_F(PoolTest, ReaperKeepsTheRestWhole) {
+  auto pool = std::make_shared<upstream_pool>(io);
+  auto cfg = std::make_shared<config>(*settings(4));
+  cfg->upstream.pool_idle_timeout = 2s;  // a reaper pass every 500 ms
+  pool->configure(cfg);
+  tcp::socket first(io), closed(io), last(io);
+  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(first)));
+  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(closed)));
+  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(last)));
+  closed.close();
+  io.run_for(800ms);
+  EXPECT_EQ(pool->idle(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    auto c = pool->take(cfg->upstream, io.get_executor());
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->caps.size(), 1u);
+    EXPECT_EQ(c->caps["SIZE"], "1000");
+    EXPECT_EQ(c->xclient_sent, " ADDR=192.0.2.1");
+  }
+}
+
 TEST_F(PoolTest, NewSettingsRetireKeptConnectionsWithQuit) {
   auto pool = std::make_shared<upstream_pool>(io);
   const auto cfg = settings(4);
