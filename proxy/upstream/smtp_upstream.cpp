@@ -92,8 +92,10 @@ class smtp_upstream final : public upstream {
     // A kept connection the upstream closed while idle (its own timeout) is
     // replaced (the one look at the socket before MAIL; a pooled one had its
     // look when taken); and if a kept or pooled one dies at this very MAIL,
-    // we try once more on a fresh one: nothing of the transaction has
-    // reached the upstream yet, and the client must not pay for a stale connection.
+    // or a pooled one refuses the RSET that goes with it, we try once more on
+    // a fresh one: nothing of the transaction has reached the upstream yet
+    // (or its MAIL dies with the connection we close), and the client must
+    // not pay for a stale connection.
     if (stream_ && stream_->peer_gone()) {
       log_.info("upstream: idle connection closed by the upstream; reconnecting");
       close();
@@ -203,27 +205,21 @@ class smtp_upstream final : public upstream {
     close();
   }
 
-  // Back to the pool only in step (no reply owed, nothing unread) and after
-  // RSET got exactly 250: RFC 5321 §4.1.1.5 makes 250 the only answer to
-  // RSET, so anything else (a refusal, a 421, no reply) means the connection
-  // cannot be trusted with another client's mail. The session makes sure no
-  // transaction of its client was left open (upstream_relay::finish).
+  // Back to the pool only in step (no reply owed, nothing unread). The
+  // session makes sure no transaction of its client was left open
+  // (upstream_relay::finish). The RSET that readies it for another client
+  // goes with that client's first command (command()): given back here,
+  // the connection costs no round trip at the end of a session.
   awaitable<void> release() override {
     if (stream_ && pool_ && !owed_ && !in_transaction_ && pool_->keeps(cfg_)) {
-      const std::string line = "RSET";
-      auto a = co_await command(line, reply_to::rset);
-      if (stream_ && a.ok() && a.reply.code == 250) {
-        pooled_connection c{std::move(stream_), std::move(caps_), std::move(xclient_sent_)};
-        auto refused = pool_->give_back(cfg_, std::move(c));
-        if (!refused) {
-          log_.debug("upstream: connection kept for the next session");
-          close();
-          co_return;
-        }
-        stream_ = std::move(refused->stream);  // the pool is full (or shutting down): QUIT it
-      } else if (stream_) {
-        log_.warn("upstream: RSET answered {}, not 250; closing the connection", printable(a.reply.summary()));
+      pooled_connection c{std::move(stream_), std::move(caps_), std::move(xclient_sent_)};
+      auto refused = pool_->give_back(cfg_, std::move(c));
+      if (!refused) {
+        log_.debug("upstream: connection kept for the next session");
+        close();
+        co_return;
       }
+      stream_ = std::move(refused->stream);  // the pool is full (or shutting down): QUIT it
     }
     co_await quit();
   }
@@ -499,6 +495,7 @@ class smtp_upstream final : public upstream {
     in_transaction_ = false;
     owed_ = false;
     reused_ = true;
+    rset_due_ = true;
     log_.debug("upstream: reusing a kept connection");
   }
 
@@ -506,19 +503,53 @@ class smtp_upstream final : public upstream {
     if (unsolicited_input(what))
       co_return fail(upstream_failure::protocol, "unsolicited data from the upstream before " + std::string(name(what)) +
                                                      "; dropping the connection");
-    const std::string wire = line + "\r\n";
+    // A pooled connection's first command has the RSET that readies it for
+    // this client before it: in the same write when the upstream offers
+    // PIPELINING (RFC 2920 lets RSET go anywhere in a group; the command
+    // after it ends the group), else on its own first.
+    bool with_rset = std::exchange(rset_due_, false);
+    if (with_rset && !caps_.count("PIPELINING")) {
+      const std::string rset = "RSET";
+      auto a = co_await command(rset, reply_to::rset);
+      if (!rset_took(a)) co_return a;
+      with_rset = false;
+    }
+    const std::string wire = (with_rset ? "RSET\r\n" : "") + line + "\r\n";
     owed_ = true;
     const auto sent = std::chrono::steady_clock::now();
     const bool written = co_await stream_->write(std::string_view(wire), cfg_.timeout);
     if (!written) co_return write_failed(std::string(name(what)));
+    if (with_rset) {
+      auto reset = co_await read_reply(reply_to::rset, true);
+      if (!reset.failed) metrics::observe_since(metrics::family::upstream_duration_seconds, {"RSET"}, sent);
+      if (!rset_took(reset)) co_return reset;  // the command after it went to a connection now closed
+    }
     auto a = co_await read_reply(what);
     // The verb: "MAIL", "RCPT", "XCLIENT", ...
     if (!a.failed) metrics::observe_since(metrics::family::upstream_duration_seconds, {line.substr(0, line.find(' '))}, sent);
     co_return a;
   }
 
-  // The one reply the upstream owes us for `what`.
-  awaitable<answer> read_reply(reply_to what) {
+  // RSET got exactly 250: RFC 5321 §4.1.1.5 makes 250 the only answer to
+  // RSET, so anything else (a refusal, a 421, no reply) means a kept
+  // connection cannot be trusted with another client's mail. Such a one is
+  // closed (and `a` says so): the caller's command is tried on a fresh
+  // connection (mail()). Not an upstream failure (no count): the client is
+  // served all the same.
+  bool rset_took(answer& a) {
+    if (a.ok() && a.reply.code == 250) return true;
+    if (!a.failed) {
+      log_.warn("upstream: RSET answered {}, not 250; dropping the kept connection", printable(a.reply.summary()));
+      close();
+      a = answer{failure_reply(upstream_failure::lost), upstream_failure::lost, reply_fit::out_of_place};
+      failure_counted_ = true;
+    }
+    return false;
+  }
+
+  // The one reply the upstream owes us for `what`; with `more_owed`, the
+  // first of a pipelined group (the next reply may already be buffered).
+  awaitable<answer> read_reply(reply_to what, bool more_owed = false) {
     const std::string stage(name(what));
     smtp::reply_parser parser;
     for (std::size_t n = 0; n < max_reply_lines; ++n) {
@@ -549,6 +580,7 @@ class smtp_upstream final : public upstream {
         co_return fail(upstream_failure::protocol,
                        "a " + std::to_string(r.code) + " reply does not answer " + stage + " (RFC 5321 §4.3.2): " +
                            printable(r.summary()) + "; dropping the connection");
+      if (more_owed) co_return answer{std::move(r), std::nullopt, fits};
       // Lock step: nothing more is owed until our next command.
       if (stream_->has_buffered_input()) {
         if (what == reply_to::end_of_data && fits == reply_fit::success) {
@@ -622,6 +654,7 @@ class smtp_upstream final : public upstream {
     stream_.reset();
     in_transaction_ = false;
     owed_ = false;
+    rset_due_ = false;
     xclient_sent_.clear();
   }
 
@@ -637,6 +670,7 @@ class smtp_upstream final : public upstream {
   bool in_transaction_ = false;
   bool owed_ = false;    // a command (or message) went out and its reply has not been read: out of step
   bool reused_ = false;  // this MAIL's connection came from the pool
+  bool rset_due_ = false;  // ... and its RSET goes with the next command (command())
   bool failure_counted_ = false;  // fail() counted this MAIL's failure (portcullis_upstream_failures_total)
   std::string xclient_sent_;  // the attributes of the last XCLIENT the upstream took on this connection
 };

@@ -56,7 +56,8 @@ class upstream {
   // QUIT and close; the session is over.
   virtual awaitable<void> quit() = 0;
   // The session is over and left no transaction open: a connection that can
-  // serve another session (RSET answered 250) goes back to the pool; else QUIT.
+  // serve another session (in step, nothing unread) goes back to the pool,
+  // its RSET to go with the next session's first command; else QUIT.
   virtual awaitable<void> release() { co_await quit(); }
 };
 

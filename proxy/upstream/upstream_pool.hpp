@@ -2,8 +2,10 @@
 // that a client sending one message per connection does not cost an upstream
 // connect, greeting, EHLO (and STARTTLS) and QUIT per message.
 //
-// A connection comes back only clean: its transaction ended, and its RSET got
-// 250 (RFC 5321 §4.1.1.5), with nothing unread. It serves only sessions whose
+// A connection comes back only clean: its transaction ended, with nothing
+// unread. Its RSET goes with the next session's first command on it (see
+// smtp_upstream's command()), which drops it for a fresh one unless the RSET
+// gets 250 (RFC 5321 §4.1.1.5). It serves only sessions whose
 // [upstream] settings are the ones the pool was last configured with (a reload
 // that changes them retires every kept connection). Before one is handed out
 // it is looked at (one non-blocking peek): one the upstream closed, or spoke on
@@ -48,7 +50,7 @@ class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
   std::optional<pooled_connection> take(const upstream_config& u, asio::any_io_executor ex);
   // Keeps `c` (made under `u`) if it may be; otherwise hands it back for the caller to QUIT.
   std::optional<pooled_connection> give_back(const upstream_config& u, pooled_connection c);
-  // Whether give_back would keep a connection made under `u` (so it is worth an RSET).
+  // Whether give_back would keep a connection made under `u`.
   bool keeps(const upstream_config& u) const;
   // SIGTERM: QUIT every kept connection, keep no more, stop the idle reaper.
   awaitable<void> close_all();

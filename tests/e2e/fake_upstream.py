@@ -82,6 +82,7 @@ class Connection:
     received: bytearray = field(default_factory=bytearray)
     commands: list[str] = field(default_factory=list)
     closed_by_peer: bool = False
+    pipelined: int = 0  # commands read with the next one already received behind them (sent before our reply)
 
 
 class FakeUpstream:
@@ -294,6 +295,7 @@ class FakeUpstream:
                 line = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
                 with self._lock:
                     conn.commands.append(line)
+                    conn.pipelined += b"\n" in buf
                 verb = line.split(" ", 1)[0].upper()
                 if verb == "MAIL":
                     b = self._behaviour(f"MAIL {_angle(line)}", "MAIL")

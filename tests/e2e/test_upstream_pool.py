@@ -3,9 +3,11 @@ upstream.pool_idle_timeout): a client that sends one message per connection
 does not cost an upstream connect, EHLO and QUIT per message.
 
 What the pool promises, each checked here against the counting fake upstream:
-a connection goes back only clean (its transaction over, RSET answered 250),
-never after a failure or a client that left mid-transaction; one the upstream
-closed (or spoke on) while idle is replaced without the client noticing; the
+a connection goes back only clean (its transaction over), never after a
+failure or a client that left mid-transaction; the next session's first
+command on it goes with an RSET that must get 250 (pipelined when the upstream
+offers PIPELINING), else it is dropped and a fresh connection serves; one the
+upstream closed (or spoke on) while idle is replaced without the client noticing; the
 client identity sent with XCLIENT is sent again when it differs; idle ones are
 QUIT after the idle timeout, all of them at SIGTERM; a reload that changes
 [upstream] retires them."""
@@ -36,9 +38,8 @@ def rsets(up) -> int:
 
 def kept(d, up, n: int) -> None:
     """Waits until the daemon (started with log_level="debug") has put its upstream connection back
-    in the pool for the n-th time. The upstream's RSET alone does not say so: the daemon reads its
-    250 after, and a client that comes sooner rightly gets a connection of its own."""
-    assert up.wait_for(lambda: rsets(up) == n), up.commands
+    in the pool for the n-th time (a client that comes sooner rightly gets a connection of its own).
+    Nothing of it reaches the upstream: the RSET goes with the next session's first command."""
     d.wait_log(r"upstream: connection kept for the next session$", count=n)
 
 
@@ -48,17 +49,20 @@ def test_one_message_per_connection_shares_one_upstream_connection(start_daemon,
     n = 8
     for i in range(n):
         one_message(d, f"m{i}")
-        # The session hands its connection back (RSET, 250) after the client has gone;
+        # The session hands its connection back after the client has gone;
         # the next client comes once it is back in the pool.
         kept(d, up, i + 1)
     assert len(up.messages) == n
+    assert rsets(up) == n - 1  # each with the next session's MAIL, in the same write
+    assert up.connections[0].pipelined == n - 1, up.connections[0].commands
     assert len(up.connections) == 1, f"{len(up.connections)} upstream connections for {n} sessions"
     cmds = up.connections[0].commands
     assert cmds.count("EHLO mx.test") == 1 and "QUIT" not in cmds
-    # Between two sessions' transactions, always an RSET (RFC 5321 §4.1.1.5).
+    # Between two sessions' transactions, always an RSET (RFC 5321 §4.1.1.5), right before the MAIL
+    # (sent in the same write: the upstream offers PIPELINING).
     mails = [i for i, c in enumerate(cmds) if c.startswith("MAIL")]
-    for a, b in zip(mails, mails[1:]):
-        assert "RSET" in cmds[a:b], cmds
+    for b in mails[1:]:
+        assert cmds[b - 1] == "RSET", cmds
     # SIGTERM: the kept connection gets QUIT.
     assert d.stop() == 0
     assert up.wait_for(lambda: up.connections[0].commands[-1] == "QUIT"), up.connections[0].commands
@@ -90,19 +94,20 @@ def test_parallel_sessions_keep_at_most_pool_size(start_daemon, fake_upstream):
 
 
 @pytest.mark.parametrize("script", [
-    {"RSET": ["250 2.0.0 Reset|close"]},  # closed right after the RSET's 250
-    {"RSET": [{"send": "250 2.0.0 Reset", "then": "421 4.4.2 fake.upstream idle timeout", "delay": 0.05}]},
+    {"DOT": ["250 2.0.0 Ok: queued as Q1|close"]},  # closed right after the message's 250
+    {"DOT": [{"send": "250 2.0.0 Ok: queued as Q1", "then": "421 4.4.2 fake.upstream idle timeout", "delay": 0.05}]},
 ], ids=["closed-while-idle", "421-while-idle"])
 def test_stale_pooled_connection_is_replaced_unnoticed(start_daemon, fake_upstream, script):
     up = fake_upstream(script)
-    d = start_daemon(up.url)
+    d = start_daemon(up.url, log_level="debug")
     one_message(d, "first")
-    assert up.wait_for(lambda: rsets(up) == 1)
+    kept(d, up, 1)
     time.sleep(0.3)  # the upstream has closed it, or spoken unasked
     one_message(d, "second")  # the client sees nothing of it
     assert up.wait_for(lambda: len(up.messages) == 2)
     assert len(up.connections) == 2
-    assert not any(c.startswith("MAIL") for c in up.connections[0].commands[up.connections[0].commands.index("RSET"):])
+    first = up.connections[0].commands
+    assert "RSET" not in first and sum(c.startswith("MAIL") for c in first) == 1, first
     d.wait_log(r"upstream pool: .*closed by the upstream while idle \(or it spoke unasked\); dropped")
 
 
@@ -117,18 +122,48 @@ def test_connection_dying_at_mail_is_replaced_unnoticed(start_daemon, fake_upstr
     assert len(up.connections) == 2
 
 
-@pytest.mark.parametrize("rset_reply", ["500 5.5.1 no RSET here", "451 4.3.0 busy", "252 2.0.0 odd"])
-def test_connection_whose_rset_is_not_250_is_not_reused(start_daemon, fake_upstream, rset_reply):
-    up = fake_upstream({"RSET": [rset_reply]})
-    d = start_daemon(up.url)
+NO_PIPELINING_EHLO = "250-fake.upstream\r\n250-8BITMIME\r\n250 SIZE 104857600"
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lock-step"])
+@pytest.mark.parametrize("rset_reply", ["500 5.5.1 no RSET here", "451 4.3.0 busy", "252 2.0.0 odd",
+                                        "421 4.3.2 closing"])
+def test_kept_connection_whose_rset_is_not_250_is_dropped_unnoticed(start_daemon, fake_upstream, rset_reply,
+                                                                     pipelining):
+    script = {"RSET": [rset_reply]}
+    if not pipelining:
+        script["EHLO"] = NO_PIPELINING_EHLO
+    up = fake_upstream(script)
+    d = start_daemon(up.url, log_level="debug")
     one_message(d, "first")
-    # Anything but 250 to RSET (RFC 5321 §4.1.1.5): closed, never kept.
-    assert up.wait_for(lambda: not up.connections[0].commands or up.connections[0].commands[-1] in ("QUIT", "RSET"))
-    one_message(d, "second")
+    kept(d, up, 1)
+    one_message(d, "second")  # its RSET is refused: a fresh connection serves, the client sees nothing
     assert up.wait_for(lambda: len(up.messages) == 2)
     assert len(up.connections) == 2
     first = up.connections[0].commands
-    assert first[-1] in ("RSET", "QUIT") and sum(c.startswith("MAIL") for c in first) == 1, first
+    rset = first.index("RSET")
+    # Anything but 250 to RSET (RFC 5321 §4.1.1.5): the connection is dropped. Pipelined, the MAIL
+    # that went with the RSET dies with it; in lock step the MAIL never went.
+    assert [c.split(" ")[0] for c in first[rset + 1:]] == (["MAIL"] if pipelining else []), first
+    assert sum(c.startswith("MAIL") for c in up.connections[1].commands) == 1
+    assert b"second" in up.messages[1].content
+    d.wait_log(r"upstream: (RSET answered .*not 250; dropping the kept connection|"
+               r"a 252 reply does not answer RSET .*; dropping the connection)")  # 252 is out of place
+
+
+def test_rset_of_a_kept_connection_without_pipelining_goes_first(start_daemon, fake_upstream):
+    """An upstream without PIPELINING gets the RSET on its own, its 250 read before the MAIL."""
+    up = fake_upstream({"EHLO": NO_PIPELINING_EHLO})
+    d = start_daemon(up.url, log_level="debug")
+    one_message(d, "first")
+    kept(d, up, 1)
+    one_message(d, "second")
+    assert up.wait_for(lambda: len(up.messages) == 2)
+    assert len(up.connections) == 1
+    cmds = up.connections[0].commands
+    second_mail = [i for i, c in enumerate(cmds) if c.startswith("MAIL")][1]
+    assert cmds[second_mail - 1] == "RSET", cmds
+    assert up.connections[0].pipelined == 0, cmds
 
 
 @pytest.mark.parametrize("script,client_gets", [
@@ -187,11 +222,35 @@ def test_idle_connections_are_closed_after_the_idle_timeout(start_daemon, fake_u
     up = fake_upstream()
     d = start_daemon(up.url, upstream={"pool_idle_timeout": 1})
     one_message(d)
-    assert up.wait_for(lambda: rsets(up) == 1)
-    assert "QUIT" not in up.commands
+    assert up.wait_for(lambda: len(up.messages) == 1)
+    time.sleep(0.2)
+    assert "QUIT" not in up.commands  # kept
     assert up.wait_for(lambda: up.commands[-1] == "QUIT", timeout=4), up.commands
+    assert "RSET" not in up.commands  # never readied: no client came
     one_message(d, "later")  # a fresh connection then
     assert len(up.connections) == 2
+
+
+def test_kept_connection_keeps_what_the_upstream_offered_across_idle_checks(start_daemon, fake_upstream):
+    """The pool looks at its idle connections every pool_idle_timeout / 4; one it keeps still has the
+    upstream's EHLO extensions: an 8-bit message goes through it (it was once refused 554 5.6.3, the
+    extensions lost in that look), its RSET still pipelined."""
+    up = fake_upstream()
+    d = start_daemon(up.url, log_level="debug", upstream={"pool_idle_timeout": 2})
+    one_message(d, "first")
+    kept(d, up, 1)
+    time.sleep(0.8)  # a look at the idle connections (every 500 ms here)
+    with d.connect() as c:
+        c.exchange("MAIL FROM:<a@example.test> BODY=8BITMIME", 250, "2.1.0")
+        c.exchange("RCPT TO:<b@example.test>", 250, "2.1.5")
+        c.exchange("DATA", 354)
+        c.send("Subject: 8bit\r\n\ncaf\u00e9 au lait\r\n.\r\n".replace("\r\n\n", "\r\n\r\n").encode())
+        c.expect(250, "2.0.0")
+        c.exchange("QUIT", 221)
+    assert up.wait_for(lambda: len(up.messages) == 2)
+    assert len(up.connections) == 1
+    cmds = up.connections[0].commands
+    assert any(c.endswith("BODY=8BITMIME") for c in cmds) and up.connections[0].pipelined == 1, cmds
 
 
 def test_pool_size_0_keeps_nothing(start_daemon, fake_upstream):
@@ -207,9 +266,9 @@ def test_pool_size_0_keeps_nothing(start_daemon, fake_upstream):
 
 def test_reload_changing_upstream_retires_kept_connections(start_daemon, fake_upstream):
     old, new = fake_upstream(), fake_upstream()
-    d = start_daemon(old.url)
+    d = start_daemon(old.url, log_level="debug")
     one_message(d, "to-old")
-    assert old.wait_for(lambda: rsets(old) == 1)
+    kept(d, old, 1)
     d.reload({"upstream": {"url": new.url}})
     # The old settings' connection is QUIT at once, never reused.
     assert old.wait_for(lambda: old.commands[-1] == "QUIT"), old.commands
@@ -288,7 +347,7 @@ def test_postfix_sees_each_client_on_one_kept_tls_connection(sec_daemon, postfix
     d = sec_daemon(postfix_tls.url, upstream={"client_info": "xclient", "starttls": "required"})
     before = postfix_tls.log_text().count("connect from localhost[127.0.0.1]")
     first = deliver(d, "127.0.0.5", helo="first.test")
-    time.sleep(0.3)  # the first session has handed its connection back (RSET, 250)
+    time.sleep(0.3)  # the first session has handed its connection back
     second = deliver(d, "127.0.0.6", helo="second.test")
     postfix_tls.wait_log(rf"postfix/smtpd\[\d+\]: {first}: client=unknown\[127\.0\.0\.5\]$")
     postfix_tls.wait_log(rf"postfix/smtpd\[\d+\]: {second}: client=unknown\[127\.0\.0\.6\]$")
