@@ -43,6 +43,17 @@ def kept(d, up, n: int) -> None:
     d.wait_log(r"upstream: connection kept for the next session$", count=n)
 
 
+def first_then_second(start_daemon, up):
+    """A daemon (log_level="debug") and two one-message sessions through it, the second once the
+    first has put its upstream connection back in the pool; both messages arrived."""
+    d = start_daemon(up.url, log_level="debug")
+    one_message(d, "first")
+    kept(d, up, 1)
+    one_message(d, "second")
+    assert up.wait_for(lambda: len(up.messages) == 2)
+    return d
+
+
 def test_one_message_per_connection_shares_one_upstream_connection(start_daemon, fake_upstream):
     up = fake_upstream()
     d = start_daemon(up.url, log_level="debug")
@@ -114,11 +125,7 @@ def test_stale_pooled_connection_is_replaced_unnoticed(start_daemon, fake_upstre
 def test_connection_dying_at_mail_is_replaced_unnoticed(start_daemon, fake_upstream):
     """Closed between the look and the MAIL: the MAIL is tried once more on a fresh connection."""
     up = fake_upstream({"MAIL": ["250 2.1.0 ok", "close"]})
-    d = start_daemon(up.url, log_level="debug")
-    one_message(d, "first")
-    kept(d, up, 1)
-    one_message(d, "second")
-    assert up.wait_for(lambda: len(up.messages) == 2)
+    first_then_second(start_daemon, up)
     assert len(up.connections) == 2
 
 
@@ -134,11 +141,7 @@ def test_kept_connection_whose_rset_is_not_250_is_dropped_unnoticed(start_daemon
     if not pipelining:
         script["EHLO"] = NO_PIPELINING_EHLO
     up = fake_upstream(script)
-    d = start_daemon(up.url, log_level="debug")
-    one_message(d, "first")
-    kept(d, up, 1)
-    one_message(d, "second")  # its RSET is refused: a fresh connection serves, the client sees nothing
-    assert up.wait_for(lambda: len(up.messages) == 2)
+    d = first_then_second(start_daemon, up)  # the second's RSET is refused: a fresh connection serves it unseen
     assert len(up.connections) == 2
     first = up.connections[0].commands
     rset = first.index("RSET")
@@ -154,11 +157,7 @@ def test_kept_connection_whose_rset_is_not_250_is_dropped_unnoticed(start_daemon
 def test_rset_of_a_kept_connection_without_pipelining_goes_first(start_daemon, fake_upstream):
     """An upstream without PIPELINING gets the RSET on its own, its 250 read before the MAIL."""
     up = fake_upstream({"EHLO": NO_PIPELINING_EHLO})
-    d = start_daemon(up.url, log_level="debug")
-    one_message(d, "first")
-    kept(d, up, 1)
-    one_message(d, "second")
-    assert up.wait_for(lambda: len(up.messages) == 2)
+    first_then_second(start_daemon, up)
     assert len(up.connections) == 1
     cmds = up.connections[0].commands
     second_mail = [i for i, c in enumerate(cmds) if c.startswith("MAIL")][1]
