@@ -439,6 +439,25 @@ def smtp_source(port, sessions, messages, size, recipients, host="127.0.0.1", me
     return took
 
 
+def direct_cpu_per_message(sink, sessions, messages, size, recipients, message_file=None):
+    """(smtp-source's and smtp-sink's CPU per message in µs, messages/s) of one direct run: the
+    share of the machine that the load's own two ends take, whatever the proxy does."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # smtp-source is reaped by the run
+    sink_cpu = cpu_seconds(sink.proc.pid)
+    took = smtp_source(sink.port, sessions, messages, size, recipients, message_file=message_file)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    source = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    return (source + cpu_seconds(sink.proc.pid) - sink_cpu) / messages * 1e6, messages / took
+
+
+def signature_us(algorithm):
+    """One signature's CPU in µs on this machine (`openssl speed`, one core): rsa2048 or ed25519."""
+    out = subprocess.run(["openssl", "speed", "-seconds", "2", algorithm], check=True, capture_output=True,
+                         text=True).stdout
+    figures = re.findall(r"\d+(?:\.\d+)?", out.strip().splitlines()[-1])  # ... sign/s verify/s
+    return 1e6 / float(figures[-2])
+
+
 # ---------------------------------------------------------------- latency probe
 
 def probe_body(size):
@@ -611,6 +630,7 @@ def run_flow(args, sink, work, case):
     # (Not for the checks cases: their cost is the checks', not the hooks'.)
     bare = Proxy(args.bin, work, sink.port, None, workers=args.workers) if policy and not tables else None
     direct, via, ratios, rounds, cpu, bare_cpu, lat_direct, lat_proxy = [], [], [], [], [], [], [], []
+    signing = {}
     ok = True
     memory = MemorySampler(proxy.pids)
 
@@ -648,6 +668,11 @@ def run_flow(args, sink, work, case):
             direct_before = direct_after
         rss = sum(proxy.status("VmHWM").values())  # each process's peak, summed
         restarted = proxy.restarted()
+        if "full" in options:  # the proxy signs every message: what that alone costs here
+            ends_cpu, _ = direct_cpu_per_message(sink, sessions, messages, size, rcpts, message_file)
+            signing = {"signature_algorithm": "ed25519" if "ed25519" in options else "rsa2048",
+                       "direct_ends_cpu_us_per_msg": ends_cpu}
+            signing["signature_us"] = signature_us(signing["signature_algorithm"])
     finally:
         peak_pss, peak_group = memory.stop() if memory.is_alive() else (0, None)
         proxy.stop()
@@ -672,7 +697,7 @@ def run_flow(args, sink, work, case):
             "rss_pages_once": bool(peak_group),
             "peak_pss_bytes": peak_pss,
             "processes": len(proxy.pids),
-            "restarted": restarted, "delivered_all": ok}
+            "restarted": restarted, "delivered_all": ok, **signing}
 
 
 def run_big(args, sink, work, case):
@@ -849,11 +874,33 @@ def notes(r):
         if r["refused"]:
             s += f"; {r['refused']} refused: {'; '.join(r['refused_why'])}"
         return s + ("" if r["daemon_alive"] else "; THE DAEMON DIED")
+    lines = []
     if r["kind"] == "flow" and r["processes"] > 1:
         if not r["rss_pages_once"]:
-            return f"RSS: the sum of the {r['processes']} processes' peaks (frame numbers need root)"
-        return f"RSS summed over the {r['processes']} processes' peaks: {r['peak_rss_sum_bytes'] / MIB:.1f} MiB"
-    return ""
+            lines.append(f"RSS: the sum of the {r['processes']} processes' peaks (frame numbers need root)")
+        else:
+            lines.append(f"RSS summed over the {r['processes']} processes' peaks: {r['peak_rss_sum_bytes'] / MIB:.1f} MiB")
+    if "signature_us" in r:
+        lines.append(signing_note(r))
+    return "\n      ".join(lines)
+
+
+def signing_budget_us(r, ratio):
+    """The proxy's CPU per message that `ratio` of direct's rate leaves on this machine's cores,
+    once smtp-source and smtp-sink have taken theirs (as much as in a direct run)."""
+    cores = os.cpu_count() or 1
+    return cores * 1e6 / (ratio * r["direct_per_s"]) - r["direct_ends_cpu_us_per_msg"]
+
+
+def signing_note(r):
+    """Whether the signature alone fits the ratio target's CPU budget: a machine slow at big-number
+    arithmetic and fast at system calls can put the full-stack target out of reach."""
+    budget = signing_budget_us(r, RATIO_MIN_FULL_STACK_20)
+    return (f"signing ({r['signature_algorithm']}): {r['signature_us']:.0f} us a signature here (openssl speed); "
+            f"smtp-source + smtp-sink take {r['direct_ends_cpu_us_per_msg']:.0f} us a message, so at direct's "
+            f"{r['direct_per_s']:.0f}/s a ratio of {RATIO_MIN_FULL_STACK_20} leaves the proxy {budget:.0f} us: "
+            + (f"the signature alone is {r['signature_us'] / budget:.0%} of it" if budget > 0
+               else "nothing, whatever it does"))
 
 
 def processes_note(workers):
