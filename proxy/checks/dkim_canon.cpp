@@ -25,18 +25,26 @@ std::string relaxed_header(std::string_view field) {
     out += "\r\n";
     return out;
   }
-  std::string_view value = field.substr(colon + 1);
+  const std::string_view value = field.substr(colon + 1);
   const std::size_t value_start = out.size();
+  // Runs of bytes that stay as they are, copied whole; between them CR and LF
+  // go (unfolding) and a run of WSP becomes one space, unless it is at either
+  // end of the value. (A byte above SP is never one of the four: one compare.)
+  const auto folds = [](char c) {
+    return static_cast<unsigned char>(c) <= ' ' && (c == ' ' || c == '\t' || c == '\r' || c == '\n');
+  };
   bool wsp = false;
-  for (char c : value) {
-    if (c == '\r' || c == '\n') continue;  // unfolding
-    if (smtp::is_wsp(c)) {
-      wsp = true;
+  for (auto run = value.begin(); run < value.end();) {
+    if (folds(*run)) {
+      wsp = wsp || smtp::is_wsp(*run);
+      ++run;
       continue;
     }
     if (wsp && out.size() > value_start) out += ' ';  // (none before the value)
     wsp = false;
-    out += c;
+    const auto end = std::find_if(run, value.end(), folds);
+    out.append(run, end);
+    run = end;
   }
   out += "\r\n";
   return out;

@@ -1,5 +1,7 @@
 #include "smtp/message_header.hpp"
 
+#include <algorithm>
+
 #include "smtp/text.hpp"
 
 namespace portcullis::smtp {
@@ -15,9 +17,17 @@ std::string_view header_field_name(std::string_view field) {
 std::string header_field_value(std::string_view field) {
   const auto colon = field.find(':');
   if (colon == std::string_view::npos) return {};
+  // Unfolded: the runs between CR and LF copied whole (a DKIM-Signature's
+  // value is hundreds of bytes in a few folded lines).
+  const std::string_view value = field.substr(colon + 1);
+  const auto line_end = [](char c) { return c == '\r' || c == '\n'; };
   std::string out;
-  for (char c : field.substr(colon + 1))
-    if (c != '\r' && c != '\n') out += c;
+  out.reserve(value.size());
+  for (auto run = value.begin(); run < value.end();) {
+    const auto end = std::find_if(run, value.end(), line_end);
+    out.append(run, end);
+    run = end == value.end() ? end : end + 1;
+  }
   return out;
 }
 
