@@ -29,20 +29,17 @@ std::string relaxed_header(std::string_view field) {
   const std::size_t value_start = out.size();
   // Runs of bytes that stay as they are, copied whole; between them CR and LF
   // go (unfolding) and a run of WSP becomes one space, unless it is at either
-  // end of the value. (A byte above SP is never one of the four: one compare.)
-  const auto folds = [](char c) {
-    return static_cast<unsigned char>(c) <= ' ' && (c == ' ' || c == '\t' || c == '\r' || c == '\n');
-  };
+  // end of the value.
   bool wsp = false;
   for (auto run = value.begin(); run < value.end();) {
-    if (folds(*run)) {
+    if (smtp::is_fws(*run)) {
       wsp = wsp || smtp::is_wsp(*run);
       ++run;
       continue;
     }
     if (wsp && out.size() > value_start) out += ' ';  // (none before the value)
     wsp = false;
-    const auto end = std::find_if(run, value.end(), folds);
+    const auto end = std::find_if(run, value.end(), smtp::is_fws);
     out.append(run, end);
     run = end;
   }

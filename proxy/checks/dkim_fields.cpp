@@ -10,10 +10,7 @@ namespace portcullis::checks {
 
 namespace {
 
-// FWS (RFC 6376 §2.8): whitespace, folding included. (One compare for most bytes.)
-bool is_fws(char c) {
-  return static_cast<unsigned char>(c) <= ' ' && (c == ' ' || c == '\t' || c == '\r' || c == '\n');
-}
+using smtp::is_fws;
 
 std::string_view trim_fws(std::string_view s) {
   while (!s.empty() && is_fws(s.front())) s.remove_prefix(1);
@@ -21,18 +18,7 @@ std::string_view trim_fws(std::string_view s) {
   return s;
 }
 
-// The runs between FWS copied whole: a key or a signature (hundreds of
-// bytes, every message) is one run, or a few where it was folded.
-std::string without_fws(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (auto run = s.begin(); run < s.end();) {
-    const auto fws = std::find_if(run, s.end(), is_fws);
-    out.append(run, fws);
-    run = fws == s.end() ? fws : fws + 1;
-  }
-  return out;
-}
+std::string without_fws(std::string_view s) { return smtp::without_bytes(s, is_fws); }
 
 bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 bool is_digit(char c) { return c >= '0' && c <= '9'; }

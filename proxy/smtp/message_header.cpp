@@ -1,7 +1,5 @@
 #include "smtp/message_header.hpp"
 
-#include <algorithm>
-
 #include "smtp/text.hpp"
 
 namespace portcullis::smtp {
@@ -17,18 +15,7 @@ std::string_view header_field_name(std::string_view field) {
 std::string header_field_value(std::string_view field) {
   const auto colon = field.find(':');
   if (colon == std::string_view::npos) return {};
-  // Unfolded: the runs between CR and LF copied whole (a DKIM-Signature's
-  // value is hundreds of bytes in a few folded lines).
-  const std::string_view value = field.substr(colon + 1);
-  const auto line_end = [](char c) { return c == '\r' || c == '\n'; };
-  std::string out;
-  out.reserve(value.size());
-  for (auto run = value.begin(); run < value.end();) {
-    const auto end = std::find_if(run, value.end(), line_end);
-    out.append(run, end);
-    run = end == value.end() ? end : end + 1;
-  }
-  return out;
+  return without_bytes(field.substr(colon + 1), is_line_end);  // unfolded
 }
 
 namespace {
@@ -53,7 +40,7 @@ std::optional<std::vector<token>> tokenize(std::string_view s) {
   std::size_t i = 0;
   while (i < s.size()) {
     const char c = s[i];
-    if (is_wsp(c) || c == '\r' || c == '\n') {
+    if (is_fws(c)) {
       ++i;
     } else if (c == '(') {  // a comment, nested (RFC 5322 §3.2.2)
       int depth = 0;

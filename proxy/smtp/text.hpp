@@ -2,6 +2,7 @@
 // case-insensitive ASCII, never locale-dependent.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <string_view>
 
@@ -12,6 +13,24 @@ constexpr char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? char(c - 'A
 constexpr bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 constexpr bool is_digit(char c) { return c >= '0' && c <= '9'; }
 constexpr bool is_wsp(char c) { return c == ' ' || c == '\t'; }  // RFC 5322 WSP
+constexpr bool is_line_end(char c) { return c == '\r' || c == '\n'; }
+// WSP or a line end: what folding white space (RFC 5322 §3.2.2, RFC 6376
+// §2.8) is made of. (One compare for a byte above SP, most of any text.)
+constexpr bool is_fws(char c) { return static_cast<unsigned char>(c) <= ' ' && (is_wsp(c) || is_line_end(c)); }
+
+// `s` without the bytes `drop` picks, the runs between them copied whole
+// (a DKIM key or signature is hundreds of bytes, a few runs where folded).
+template <class Drop>
+std::string without_bytes(std::string_view s, Drop drop) {
+  std::string out;
+  out.reserve(s.size());
+  for (auto run = s.begin(); run < s.end();) {
+    const auto end = std::find_if(run, s.end(), drop);
+    out.append(run, end);
+    run = end == s.end() ? end : end + 1;
+  }
+  return out;
+}
 
 inline bool equals_nocase(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
