@@ -52,9 +52,13 @@ def _settings() -> dict:
 SETTINGS = _settings()
 
 
-@functools.lru_cache(maxsize=4096)
-def _client_shown(client: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """The client as its limits name it: its address, or its IPv6 network."""
+@functools.lru_cache(maxsize=4096)  # asked at every MAIL and RCPT: the address parsed once per client
+def _client_shown(ip: str) -> str | None:
+    """The client (``conn.client_ip``) as its limits name it: its address, or its IPv6
+    network; None for a client of ``networks``, never limited."""
+    client = client_address(ip)
+    if any(client in network for network in SETTINGS["networks"]):
+        return None
     if client.version == 4:
         return str(client)
     return str(ipaddress.ip_network(f"{client}/{SETTINGS['ipv6_prefix']}", strict=False))
@@ -68,14 +72,13 @@ _UNIT_LIMITS = {unit: tuple(SETTINGS[f"{unit}_per_{who}"] for who in ("client", 
 def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     """(store key part, what the reply names, limit) for each limit on ``unit`` that applies."""
     conn = tx.conn
-    out = []
-    client = client_address(conn.client_ip)
-    if any(client in network for network in SETTINGS["networks"]):
+    out: list[tuple[str, str, int]] = []
+    client = _client_shown(conn.client_ip)
+    if client is None:
         return out
     per_client, per_login, per_sender = _UNIT_LIMITS[unit]
     if per_client:
-        shown = _client_shown(client)
-        out.append((f"client:{shown}", f"client {shown}", per_client))
+        out.append((f"client:{client}", f"client {client}", per_client))
     if per_login and conn.auth_user is not None:
         out.append((f"login:{conn.auth_user.lower()}", f"login {conn.auth_user}", per_login))
     if per_sender and tx.sender:
@@ -89,8 +92,8 @@ def _digest(subject: str) -> str:
     return hashlib.sha256(subject.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any length, one key size
 
 
-def _store_key(unit: str, subject: str, bucket: int) -> str:
-    return f"ratelimit:{unit}:{_digest(subject)}:{bucket}"
+def _store_key(unit: str, digest: str, bucket: int) -> str:
+    return f"ratelimit:{unit}:{digest}:{bucket}"
 
 
 async def _check_and_count(tx, unit: str):
@@ -100,10 +103,11 @@ async def _check_and_count(tx, unit: str):
     counted: list[str] = []
     for subject, shown, limit in _subjects(tx, unit):
         # Counted first, then checked: two workers at the limit at once cannot both pass.
-        key = _store_key(unit, subject, bucket)
+        digest = _digest(subject)
+        key = _store_key(unit, digest, bucket)
         current = await pc.store.incr(key, ttl=2 * window + 60)
         counted.append(key)
-        previous = int(await pc.store.get(_store_key(unit, subject, bucket - 1)) or 0)
+        previous = int(await pc.store.get(_store_key(unit, digest, bucket - 1)) or 0)
         if previous * (1 - into / window) + current <= limit:
             continue
         for key in counted:  # refused: this attempt does not count

@@ -52,7 +52,7 @@ class Address:
             self._local, self._domain = address, ""
         else:
             self._local, self._domain = _core.parse_address(address)
-        self._params = _checked_params(params or {})
+        self._params = _checked_params(params) if params else {}
 
     @property
     def local(self) -> str:

@@ -62,8 +62,9 @@ class Verdict:
             if not self.addresses or (self.kind == "rewrite" and len(self.addresses) != 1):
                 raise ValueError("redirect needs at least one address" if self.kind == "redirect"
                                  else "rewrite takes one address")
-            if not all(isinstance(a, Address) and not a.is_null for a in self.addresses):
-                raise ValueError(f"{self.kind} addresses must be non-null pc.Address values")
+            for a in self.addresses:
+                if not isinstance(a, Address) or a.is_null:
+                    raise ValueError(f"{self.kind} addresses must be non-null pc.Address values")
         elif self.addresses:
             raise ValueError(f"{self.kind} takes no addresses")
 

@@ -157,7 +157,8 @@ class AliasTable:
                 folded = target.lower()
                 if folded != here and folded in path:  # (equal to here: its own mailbox, final)
                     raise AliasError(f"alias loop: {' -> '.join(below + (folded,))}")
-            stack.extend((target, below) for target in reversed(found[1]))
+            for target in reversed(found[1]):  # (a loop: a generator costs more than it saves here)
+                stack.append((target, below))
         return final
 
     # -- the pieces
@@ -194,7 +195,11 @@ def split_extension(local: str, delimiters: str) -> tuple[str, str]:
     """(base, extension with its delimiter) of a local part: ``alice+tag`` ->
     (``alice``, ``+tag``); the extension is "" without a delimiter (or one in
     first place). Each character of ``delimiters`` is a delimiter."""
-    cut = min((i for i in (local.find(d) for d in delimiters) if i > 0), default=-1)
+    cut = -1
+    for delimiter in delimiters:  # a loop, not min() over a generator: this runs for every address looked up
+        i = local.find(delimiter)
+        if i > 0 and (cut < 0 or i < cut):
+            cut = i
     return (local, "") if cut < 0 else (local[:cut], local[cut:])
 
 

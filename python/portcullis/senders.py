@@ -48,9 +48,10 @@ class SenderLogins:
         local, _, domain = address.rpartition("@")
         local, domain = local.lower(), domain.lower()
         found = self.table.get(f"{local}@{domain}")
-        base, extension = split_extension(local, self.delimiters)
-        if found is None and extension:
-            found = self.table.get(f"{base}@{domain}")
+        if found is None:
+            base, extension = split_extension(local, self.delimiters)
+            if extension:
+                found = self.table.get(f"{base}@{domain}")
         if found is None:
             found = self.table.get("@" + domain)
         return found or frozenset()

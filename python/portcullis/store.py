@@ -65,36 +65,12 @@ def _settings() -> tuple[str, str, float]:
     return settings
 
 
-def _checked_key(key: object) -> str:
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"a store key is a non-empty str, not {key!r:.100}")
-    if (len(key) if key.isascii() else len(key.encode("utf-8", "surrogateescape"))) > MAX_KEY:
-        raise ValueError(f"a store key is at most {MAX_KEY} bytes")
-    return key
-
-
-def _checked_value(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise TypeError(f"a store value is a str, int or float, not {type(value).__name__}")
-    return str(value)
-
-
-def _checked_ttl(ttl: object) -> float | None:
-    if ttl is None:
-        return None
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
-        raise ValueError(f"ttl is a number of seconds above 0, not {ttl!r}")
-    return float(ttl)
-
-
-# -- memory: the daemon's shared table (bindings/store.cpp)
-
-
-def _memory(call: Any, *args: Any) -> Any:
-    try:
-        return call(*args)
-    except RuntimeError as e:  # full
-        raise Error(str(e)) from None
+# The memory backend's calls (bindings/store.cpp) check their own arguments, as the API
+# promises; the Redis path checks them with the same code.
+_checked_key = _core.store_checked_key
+_checked_value = _core.store_checked_value
+_checked_ttl = _core.store_checked_ttl
+_checked_by = _core.store_checked_by
 
 
 # -- Redis (python3-redis): one client per URL (and, for asyncio, per event loop), kept across reloads
@@ -142,6 +118,14 @@ def _redis_incr(client: Any, key: str, by: int, ttl: float | None) -> Any:
     return pipe.execute()
 
 
+# What each operation's arguments after the key are checked with, for Redis.
+_REDIS_CHECKS: dict[str, tuple[Any, ...]] = {
+    "get": (),
+    "set": (_checked_value, _checked_ttl),
+    "incr": (_checked_by, _checked_ttl),
+    "delete": (),
+}
+
 # Each operation once: (the memory backend's, Redis's on a client and a prefixed key, what Redis's answer means).
 _OPERATIONS: dict[str, tuple[Any, Any, Any]] = {
     "get": (_core.store_get, lambda c, k: c.get(k), lambda r: r),
@@ -151,11 +135,17 @@ _OPERATIONS: dict[str, tuple[Any, Any, Any]] = {
 }
 
 
-def _call_sync(name: str, key: str, *args: Any) -> Any:
+def _redis_arguments(name: str, key: object, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """The key and the arguments of a Redis call, checked as the memory backend checks its own."""
+    return _checked_key(key), tuple(check(a) for check, a in zip(_REDIS_CHECKS[name], args))
+
+
+def _call_sync(name: str, key: object, *args: Any) -> Any:
     memory, redis_op, meaning = _OPERATIONS[name]
     url, prefix, timeout = _settings()
     if url == "memory:":
-        return _memory(memory, key, *args)
+        return memory(key, *args)
+    key, args = _redis_arguments(name, key, args)
     try:
         return meaning(redis_op(_sync_client(url, timeout), prefix + key, *args))
     except Exception as e:
@@ -165,14 +155,15 @@ def _call_sync(name: str, key: str, *args: Any) -> Any:
 _Coroutine = types.CoroutineType
 
 
-def _call(name: str, key: str, *args: Any) -> Any:
+def _call(name: str, key: object, *args: Any) -> Any:
     """The memory store's answer, given now (a few hundred nanoseconds: no thread hop, and
     no coroutine of its own, as a policy may call it several times a command); for Redis, a
     coroutine that gets it. The async API awaits the latter (``_Coroutine``)."""
     memory, redis_op, meaning = _OPERATIONS[name]
     url, prefix, timeout = _settings()
     if url == "memory:":
-        return _memory(memory, key, *args)
+        return memory(key, *args)
+    key, args = _redis_arguments(name, key, args)
     return _redis(redis_op, meaning, url, timeout, prefix + key, args)
 
 
@@ -181,12 +172,6 @@ async def _redis(redis_op: Any, meaning: Any, url: str, timeout: float, key: str
         return meaning(await redis_op(_async_client(url, timeout), key, *args))
     except Exception as e:
         raise _redis_error(e) from None
-
-
-def _checked_by(by: object) -> int:
-    if isinstance(by, bool) or not isinstance(by, int):
-        raise TypeError("by is an int")
-    return by
 
 
 # -- the API
@@ -213,44 +198,44 @@ def run_at_once(coroutine: Any) -> Any:
 
 async def get(key: str) -> str | None:
     """The value at ``key``, or None."""
-    answer = _call("get", _checked_key(key))
+    answer = _call("get", key)
     return (await answer) if type(answer) is _Coroutine else answer
 
 
 async def set(key: str, value: str | int | float, ttl: float | None = None) -> None:  # noqa: A001
     """Sets ``key`` to ``value``, for ``ttl`` seconds (None: until deleted)."""
-    answer = _call("set", _checked_key(key), _checked_value(value), _checked_ttl(ttl))
+    answer = _call("set", key, value, ttl)
     if type(answer) is _Coroutine:
         await answer
 
 
 async def incr(key: str, ttl: float | None = None, *, by: int = 1) -> int:
     """Adds ``by`` to the counter at ``key`` (a new key starts at 0 and gets ``ttl``) and returns it."""
-    answer = _call("incr", _checked_key(key), _checked_by(by), _checked_ttl(ttl))
+    answer = _call("incr", key, by, ttl)
     return (await answer) if type(answer) is _Coroutine else answer
 
 
 async def delete(key: str) -> bool:
     """Deletes ``key``; whether it was there."""
-    answer = _call("delete", _checked_key(key))
+    answer = _call("delete", key)
     return (await answer) if type(answer) is _Coroutine else answer
 
 
 def get_sync(key: str) -> str | None:
     """``get`` for plain hooks."""
-    return _call_sync("get", _checked_key(key))
+    return _call_sync("get", key)
 
 
 def set_sync(key: str, value: str | int | float, ttl: float | None = None) -> None:
     """``set`` for plain hooks."""
-    _call_sync("set", _checked_key(key), _checked_value(value), _checked_ttl(ttl))
+    _call_sync("set", key, value, ttl)
 
 
 def incr_sync(key: str, ttl: float | None = None, *, by: int = 1) -> int:
     """``incr`` for plain hooks."""
-    return _call_sync("incr", _checked_key(key), _checked_by(by), _checked_ttl(ttl))
+    return _call_sync("incr", key, by, ttl)
 
 
 def delete_sync(key: str) -> bool:
     """``delete`` for plain hooks."""
-    return _call_sync("delete", _checked_key(key))
+    return _call_sync("delete", key)

@@ -113,6 +113,40 @@ def test_errors(backend):
         pc.store.set_sync(k + "t", "v", ttl=0)
     with pytest.raises(TypeError):
         pc.store.incr_sync(k + "c", by=1.5)
+    # Both backends check with the same code (bindings/store.cpp): a bool is not a number here.
+    with pytest.raises(ValueError, match="ttl is a number of seconds above 0, not True"):
+        pc.store.incr_sync(k + "c", ttl=True)
+    with pytest.raises(TypeError, match="by is an int"):
+        pc.store.incr_sync(k + "c", by=True)
+    with pytest.raises(ValueError, match="64 bits"):
+        pc.store.incr_sync(k + "c", by=2**64)
+    with pytest.raises(TypeError, match="not bool"):
+        asyncio.run(pc.store.set(k + "b", True))
+    with pytest.raises(ValueError, match="at most 200 bytes"):
+        pc.store.get_sync("é" * 101)  # 101 characters, 202 bytes
+    with pytest.raises(TypeError, match="non-empty str, not b'k'"):
+        asyncio.run(pc.store.delete(b"k"))
+    assert pc.store.get_sync(k + "c") is None  # nothing refused was written
+
+
+def test_a_full_memory_store_raises_store_error(monkeypatch):
+    """Keys without a TTL are never dropped: once they fill the table, a write is pc.store.Error.
+    The table is the process's (65,536 entries here): the test empties it again."""
+    monkeypatch.setattr(_context, "_default_config", {"store": {"url": "memory:"}})
+    written = []
+    try:
+        with pytest.raises(pc.store.Error, match="memory store is full"):
+            for i in range(70_000):
+                pc.store.set_sync(f"fill-{i}", "x")
+                written.append(f"fill-{i}")
+        # A key is looked for among 32 slots from its hash (shared_kv_probe): permanent keys fill
+        # a run of 32 before every slot of the table is taken.
+        assert len(written) > 16_384
+    finally:
+        for key in written:
+            pc.store.delete_sync(key)
+    pc.store.set_sync("fill-after", "x")  # room again
+    assert pc.store.delete_sync("fill-after")
 
 
 def test_a_redis_that_does_not_answer_raises_store_error(monkeypatch):
