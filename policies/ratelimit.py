@@ -87,13 +87,11 @@ def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     return out
 
 
-@functools.lru_cache(maxsize=4096)  # a subject is keyed two to four times a command
-def _digest(subject: str) -> str:
-    return hashlib.sha256(subject.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any length, one key size
-
-
-def _store_key(unit: str, digest: str, bucket: int) -> str:
-    return f"ratelimit:{unit}:{digest}:{bucket}"
+@functools.lru_cache(maxsize=4096)  # a subject is counted at every MAIL or RCPT of a window
+def _store_keys(unit: str, subject: str, bucket: int) -> tuple[str, str]:
+    """The store keys of ``subject``'s counters for window ``bucket`` and the one before."""
+    digest = hashlib.sha256(subject.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any length, one key size
+    return f"ratelimit:{unit}:{digest}:{bucket}", f"ratelimit:{unit}:{digest}:{bucket - 1}"
 
 
 async def _check_and_count(tx, unit: str):
@@ -103,11 +101,10 @@ async def _check_and_count(tx, unit: str):
     counted: list[str] = []
     for subject, shown, limit in _subjects(tx, unit):
         # Counted first, then checked: two workers at the limit at once cannot both pass.
-        digest = _digest(subject)
-        key = _store_key(unit, digest, bucket)
+        key, key_before = _store_keys(unit, subject, bucket)
         current = await pc.store.incr(key, ttl=2 * window + 60)
         counted.append(key)
-        previous = int(await pc.store.get(_store_key(unit, digest, bucket - 1)) or 0)
+        previous = int(await pc.store.get(key_before) or 0)
         if previous * (1 - into / window) + current <= limit:
             continue
         for key in counted:  # refused: this attempt does not count

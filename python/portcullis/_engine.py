@@ -1243,7 +1243,9 @@ class _StageRun:
                                                               and result.verdict.kind == "accept")):
             # Rewritten and then let through: the daemon delivers to the new recipient.
             result = self.result = result or _core.Result()
-            result.verdict = verdict_reply(Verdict("redirect", addresses=(self.rewritten,)), self.stage)
+            # A redirect to it (the rewrite's address was checked when it was made: no Verdict again).
+            code, status = STAGE_POSITIVE_REPLY[self.stage]
+            result.verdict = _core.VerdictReply("redirect", code, status, None, [str(self.rewritten)])
             result.decided_by = self.rewritten_by
         if self.stage in NOTIFICATIONS:
             return None  # (what a notification hook changed goes nowhere)

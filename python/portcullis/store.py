@@ -28,6 +28,7 @@ alias file is reloaded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import types
 import weakref
 from typing import Any
@@ -46,23 +47,6 @@ _DEFAULT_TIMEOUT = 2.0
 
 class Error(Exception):
     """The store could not answer (Redis unreachable, a timeout, a full memory table)."""
-
-
-# The last config's [store] settings: read for every call, and a config is not changed once loaded
-# (a reload makes a new one).
-_last_settings: tuple[Any, tuple[str, str, float]] = (None, ("memory:", _DEFAULT_PREFIX, _DEFAULT_TIMEOUT))
-
-
-def _settings() -> tuple[str, str, float]:
-    global _last_settings
-    config = _context.current_config()
-    last_config, settings = _last_settings
-    if config is not last_config:
-        table = config.get("store", {})
-        settings = (table.get("url", "memory:"), table.get("prefix", _DEFAULT_PREFIX),
-                    float(table.get("timeout", _DEFAULT_TIMEOUT)))
-        _last_settings = (config, settings)
-    return settings
 
 
 # The memory backend's calls (bindings/store.cpp) check their own arguments, as the API
@@ -126,12 +110,17 @@ _REDIS_CHECKS: dict[str, tuple[Any, ...]] = {
     "delete": (),
 }
 
-# Each operation once: (the memory backend's, Redis's on a client and a prefixed key, what Redis's answer means).
-_OPERATIONS: dict[str, tuple[Any, Any, Any]] = {
-    "get": (_core.store_get, lambda c, k: c.get(k), lambda r: r),
-    "set": (_core.store_set, lambda c, k, text, ttl: c.set(k, text, px=_px(ttl)), lambda r: None),
-    "incr": (_core.store_incr, _redis_incr, lambda r: int(r[0])),
-    "delete": (_core.store_delete, lambda c, k: c.delete(k), bool),
+# Each operation once, for Redis: (the call on a client and a prefixed key, what Redis's answer means).
+_REDIS_OPERATIONS: dict[str, tuple[Any, Any]] = {
+    "get": (lambda c, k: c.get(k), lambda r: r),
+    "set": (lambda c, k, text, ttl: c.set(k, text, px=_px(ttl)), lambda r: None),
+    "incr": (_redis_incr, lambda r: int(r[0])),
+    "delete": (lambda c, k: c.delete(k), bool),
+}
+
+# The memory backend's operations: they answer at once and check their own arguments.
+_MEMORY_OPERATIONS: dict[str, Any] = {
+    "get": _core.store_get, "set": _core.store_set, "incr": _core.store_incr, "delete": _core.store_delete,
 }
 
 
@@ -140,11 +129,8 @@ def _redis_arguments(name: str, key: object, args: tuple[Any, ...]) -> tuple[str
     return _checked_key(key), tuple(check(a) for check, a in zip(_REDIS_CHECKS[name], args))
 
 
-def _call_sync(name: str, key: object, *args: Any) -> Any:
-    memory, redis_op, meaning = _OPERATIONS[name]
-    url, prefix, timeout = _settings()
-    if url == "memory:":
-        return memory(key, *args)
+def _redis_call_sync(name: str, url: str, prefix: str, timeout: float, key: object, *args: Any) -> Any:
+    redis_op, meaning = _REDIS_OPERATIONS[name]
     key, args = _redis_arguments(name, key, args)
     try:
         return meaning(redis_op(_sync_client(url, timeout), prefix + key, *args))
@@ -152,17 +138,8 @@ def _call_sync(name: str, key: object, *args: Any) -> Any:
         raise _redis_error(e) from None
 
 
-_Coroutine = types.CoroutineType
-
-
-def _call(name: str, key: object, *args: Any) -> Any:
-    """The memory store's answer, given now (a few hundred nanoseconds: no thread hop, and
-    no coroutine of its own, as a policy may call it several times a command); for Redis, a
-    coroutine that gets it. The async API awaits the latter (``_Coroutine``)."""
-    memory, redis_op, meaning = _OPERATIONS[name]
-    url, prefix, timeout = _settings()
-    if url == "memory:":
-        return memory(key, *args)
+def _redis_call(name: str, url: str, prefix: str, timeout: float, key: object, *args: Any) -> Any:
+    redis_op, meaning = _REDIS_OPERATIONS[name]
     key, args = _redis_arguments(name, key, args)
     return _redis(redis_op, meaning, url, timeout, prefix + key, args)
 
@@ -174,13 +151,49 @@ async def _redis(redis_op: Any, meaning: Any, url: str, timeout: float, key: str
         raise _redis_error(e) from None
 
 
+class _Backend:
+    """What a config's ``[store]`` makes: each operation as a call on
+    (key, *arguments). ``calls`` answer at once (memory) or give a coroutine that gets the
+    answer (Redis: the async API awaits it, ``_Coroutine``); ``sync_calls`` answer at once."""
+
+    __slots__ = ("config", "calls", "sync_calls")
+
+    def __init__(self, config: Any) -> None:
+        table = config.get("store", {})
+        url, prefix, timeout = (table.get("url", "memory:"), table.get("prefix", _DEFAULT_PREFIX),
+                                float(table.get("timeout", _DEFAULT_TIMEOUT)))
+        self.config = config
+        if url == "memory:":
+            self.calls = self.sync_calls = _MEMORY_OPERATIONS
+        else:
+            self.calls = {name: functools.partial(_redis_call, name, url, prefix, timeout) for name in _REDIS_OPERATIONS}
+            self.sync_calls = {name: functools.partial(_redis_call_sync, name, url, prefix, timeout)
+                               for name in _REDIS_OPERATIONS}
+
+
+# The last config's backend: asked for every call, and a config is not changed once loaded
+# (a reload makes a new one).
+_last_backend = _Backend({})
+
+
+def _backend() -> _Backend:
+    global _last_backend
+    config = _context.current_config()
+    if config is not _last_backend.config:
+        _last_backend = _Backend(config)
+    return _last_backend
+
+
+_Coroutine = types.CoroutineType
+
+
 # -- the API
 
 
 def in_memory() -> bool:
     """Whether ``[store] url`` is the memory store, whose calls never wait: a policy may then
     run its store logic in plain hooks (``run_at_once``), with no trip to the event loop."""
-    return _settings()[0] == "memory:"
+    return _backend().calls is _MEMORY_OPERATIONS
 
 
 def run_at_once(coroutine: Any) -> Any:
@@ -198,44 +211,44 @@ def run_at_once(coroutine: Any) -> Any:
 
 async def get(key: str) -> str | None:
     """The value at ``key``, or None."""
-    answer = _call("get", key)
+    answer = _backend().calls["get"](key)
     return (await answer) if type(answer) is _Coroutine else answer
 
 
 async def set(key: str, value: str | int | float, ttl: float | None = None) -> None:  # noqa: A001
     """Sets ``key`` to ``value``, for ``ttl`` seconds (None: until deleted)."""
-    answer = _call("set", key, value, ttl)
+    answer = _backend().calls["set"](key, value, ttl)
     if type(answer) is _Coroutine:
         await answer
 
 
 async def incr(key: str, ttl: float | None = None, *, by: int = 1) -> int:
     """Adds ``by`` to the counter at ``key`` (a new key starts at 0 and gets ``ttl``) and returns it."""
-    answer = _call("incr", key, by, ttl)
+    answer = _backend().calls["incr"](key, by, ttl)
     return (await answer) if type(answer) is _Coroutine else answer
 
 
 async def delete(key: str) -> bool:
     """Deletes ``key``; whether it was there."""
-    answer = _call("delete", key)
+    answer = _backend().calls["delete"](key)
     return (await answer) if type(answer) is _Coroutine else answer
 
 
 def get_sync(key: str) -> str | None:
     """``get`` for plain hooks."""
-    return _call_sync("get", key)
+    return _backend().sync_calls["get"](key)
 
 
 def set_sync(key: str, value: str | int | float, ttl: float | None = None) -> None:
     """``set`` for plain hooks."""
-    _call_sync("set", key, value, ttl)
+    _backend().sync_calls["set"](key, value, ttl)
 
 
 def incr_sync(key: str, ttl: float | None = None, *, by: int = 1) -> int:
     """``incr`` for plain hooks."""
-    return _call_sync("incr", key, by, ttl)
+    return _backend().sync_calls["incr"](key, by, ttl)
 
 
 def delete_sync(key: str) -> bool:
     """``delete`` for plain hooks."""
-    return _call_sync("delete", key)
+    return _backend().sync_calls["delete"](key)
