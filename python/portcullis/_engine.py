@@ -978,7 +978,8 @@ class EngineHost:
                     first = None
                     if raised:
                         raise value
-                if value is not None and inspect.isawaitable(value):  # async, or a plain hook returning a coroutine
+                # Async, or a plain hook returning a coroutine (a verdict, the usual value, is not: asked first).
+                if value is not None and type(value) is not Verdict and inspect.isawaitable(value):
                     value = self._await_from_thread(engine, hook, value, start + timeout)
             except (HookFailure, SystemExit, Exception) as e:
                 value = _failure(hook, e)
