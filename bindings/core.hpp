@@ -35,6 +35,9 @@ void define_job_tasks(pybind11::module_& m);
 // `observer(seconds)` for a Hook's observed_none: a HookMetrics' none_observer
 // is counted right here, with no Python call.
 void observe_none(pybind11::handle observer, double seconds);
+// The same observer (a hook's `observed_none`) counting a call that gave `verdict`; false, and
+// nothing counted, for an observer that is not one of ours (Python counts that call).
+bool observe_verdict(pybind11::handle observer, double seconds, std::string_view verdict);
 
 }  // namespace portcullis::bindings
 

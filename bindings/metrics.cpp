@@ -79,6 +79,15 @@ py::object none_observer(held_metrics self) {
 
 }  // namespace
 
+bool observe_verdict(py::handle observer, double seconds, std::string_view verdict) {
+  PyObject* o = observer.ptr();
+  if (!PyCFunction_Check(o) || reinterpret_cast<PyCFunctionObject*>(o)->m_ml != &observe_none_def) return false;
+  auto* held = static_cast<held_metrics*>(PyCapsule_GetPointer(PyCFunction_GET_SELF(o), nullptr));
+  if (held == nullptr) throw py::error_already_set();
+  (*held)->observed(seconds, verdict, false);
+  return true;
+}
+
 void observe_none(py::handle observer, double seconds) {
   PyObject* o = observer.ptr();
   if (PyCFunction_Check(o) && reinterpret_cast<PyCFunctionObject*>(o)->m_ml == &observe_none_def) {

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include <exception>
+#include <optional>
 #include <utility>
 
 #include "bindings/attribute.hpp"
@@ -26,9 +27,10 @@ struct names {
       observed_none{"observed_none"}, before{"before"}, sender{"_sender"}, recipients{"_recipients"},
       smtputf8{"_smtputf8"}, changed{"_changed"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"},
       is_async{"is_async"}, context{"context"}, lock{"_lock"}, host_engine{"engine"}, generation{"generation"},
-      engine_sessions{"sessions"}, conn_id{"_id"};
+      engine_sessions{"sessions"}, conn_id{"_id"}, kind{"kind"}, code{"code"}, status{"status"}, text{"text"},
+      addresses{"addresses"}, file{"file"};
   py::str acquire{"acquire"}, release{"release"}, engine_of_generation{"_engine_of_generation"},
-      close_if_unused{"_close_if_unused"};
+      close_if_unused{"_close_if_unused"}, allowed_at{"allowed_at"};
 };
 
 const names& name() {
@@ -267,7 +269,8 @@ class stage_scope {
 
 stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object stepping,
                            py::object leave_loop, py::object objects, py::object upstream_reply, py::object resume,
-                           py::object slow, py::object resume_async, py::object drive)
+                           py::object slow, py::object resume_async, py::object drive, py::object verdict_type,
+                           py::dict positive_replies)
     : sessions_(std::move(sessions)),
       running_(std::move(running)),
       scope_(std::move(scope)),
@@ -279,6 +282,8 @@ stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope
       slow_(std::move(slow)),
       resume_async_(std::move(resume_async)),
       drive_(std::move(drive)),
+      verdict_type_(std::move(verdict_type)),
+      positive_replies_(std::move(positive_replies)),
       make_((*objects_).cast<const job_objects*>()) {}
 
 namespace {
@@ -378,6 +383,55 @@ void stage_runner::forget(py::handle host, const std::vector<std::string>& sessi
     if (PyDict_DelItem(sessions_.ptr(), key.ptr()) < 0) throw py::error_already_set();
     session_ended(host, gone.back());
   }
+}
+
+namespace {
+
+std::optional<std::string> optional_str(py::handle o) {
+  if (o.is_none()) return std::nullopt;
+  return py::cast<std::string>(o);
+}
+
+}  // namespace
+
+py::object stage_runner::decided(policy_stage stage, py::handle stage_name, py::handle hook, py::handle value,
+                                 double elapsed, py::handle session, py::handle tx, py::handle message,
+                                 py::handle envelope) const {
+  const auto& n = name();
+  if (Py_TYPE(value.ptr()) != reinterpret_cast<PyTypeObject*>(verdict_type_.ptr()) || is_notification(stage))
+    return {};
+  const py::object kind = n.kind.get(value);
+  if (!PyUnicode_Check(kind.ptr()) || PyUnicode_CompareWithASCIIString(kind.ptr(), "rewrite") == 0)
+    return {};  // a rewrite is not final: the next hooks decide on the new recipient
+  PyObject* allowed = PyObject_CallMethodOneArg(value.ptr(), n.allowed_at.ptr(), stage_name.ptr());
+  if (allowed == nullptr) PyErr_Clear();  // (Python asks again, and reports it)
+  Py_XDECREF(allowed);
+  if (allowed != Py_True) return {};
+  if ((!tx.is_none() || !message.is_none()) && !unchanged(session, tx, message)) return {};
+  policy_reply reply;
+  reply.kind = py::cast<std::string>(kind);
+  const py::object code = n.code.get(value), status = n.status.get(value);
+  if (code.is_none() || status.is_none()) {  // the stage's own positive reply (STAGE_POSITIVE_REPLY)
+    PyObject* positive = PyDict_GetItemWithError(positive_replies_.ptr(), stage_name.ptr());
+    if (positive == nullptr || !PyTuple_Check(positive) || PyTuple_GET_SIZE(positive) != 2) {
+      PyErr_Clear();
+      return {};
+    }
+    reply.code = py::cast<int>(PyTuple_GET_ITEM(positive, 0));
+    reply.status = py::cast<std::string>(PyTuple_GET_ITEM(positive, 1));
+  } else {
+    reply.code = py::cast<int>(code);
+    reply.status = py::cast<std::string>(status);
+  }
+  reply.text = optional_str(n.text.get(value));
+  for (const auto address : n.addresses.get(value)) reply.addresses.push_back(py::str(address));
+  policy_result result;
+  result.verdict = std::move(reply);
+  result.decided_by = py::cast<std::string>(n.file.get(hook));
+  // Counted last: a hook's call is counted once, here or (on any way out above) in Python.
+  if (!observe_verdict(n.observed_none.get(hook), elapsed, result.verdict->kind)) return {};
+  if (!tx.is_none()) n.envelope.set(session, envelope);  // tx still is what the daemon sent
+  return py::cast(std::move(result));
 }
 
 py::object stage_runner::run(py::handle host, const policy_job& job, py::handle job_object, policy_job_ptr* owned,
@@ -498,7 +552,11 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       if (sent == PYGEN_ERROR) return go_on(i, py::make_tuple(raised_exception(), true, start, py::none()));
       if (sent == PYGEN_NEXT) return go_on(i, py::make_tuple(py::reinterpret_steal<py::object>(value), false, start, coro));
       const auto result = py::reinterpret_steal<py::object>(value);
-      if (!result.is_none()) return go_on(i, py::make_tuple(result, false, start, py::none()));
+      if (!result.is_none()) {
+        py::object made = decided(stage, stage_name, hook, result, monotonic() - start, session, tx, message, envelope);
+        if (made) return made;
+        return go_on(i, py::make_tuple(result, false, start, py::none()));
+      }
     } else {
       const py::tuple where = py::make_tuple(hook, timeout_object);  // where report_stuck looks
       if (PyDict_SetItem(running_.ptr(), thread.ptr(), where.ptr()) < 0) throw py::error_already_set();
@@ -513,6 +571,11 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       }
       if (value == nullptr) return resume(i, exception, true, start);
       const py::object result = py::reinterpret_steal<py::object>(value);
+      if (!result.is_none() && elapsed <= timeout) {
+        // The usual verdict, applied here as Python would (decided); anything else is Python's.
+        py::object made = decided(stage, stage_name, hook, result, elapsed, session, tx, message, envelope);
+        if (made) return made;
+      }
       // A value, or an answer too late (several hooks share the job's deadline): Python takes over.
       if (!result.is_none() || elapsed > timeout) return resume(i, result, false, start);
     }
@@ -537,10 +600,10 @@ py::object stage_runner::run_async(py::handle host, py::handle job_object, py::h
 void define_stage_runner(py::module_& m) {
   py::class_<stage_runner>(m, "StageRunner", "A stage job's hooks, called from C++ (EngineHost.run_plain, and a job's JobCoroutine on the loop).")
       .def(py::init<py::dict, py::dict, py::object, py::object, py::object, py::object, py::object, py::object,
-                    py::object, py::object, py::object>(),
+                    py::object, py::object, py::object, py::object, py::dict>(),
            py::arg("sessions"), py::arg("running"), py::arg("scope"), py::arg("stepping"), py::arg("leave_loop"),
            py::arg("objects"), py::arg("upstream_reply"), py::arg("resume"), py::arg("slow"),
-           py::arg("resume_async"), py::arg("drive"))
+           py::arg("resume_async"), py::arg("drive"), py::arg("verdict_type"), py::arg("positive_replies"))
       .def("new_session", &stage_runner::new_session, py::arg("host"), py::arg("generation"), py::arg("connection"),
            "EngineHost._new_session: a session bound to the generation's engine, in the table, counted.")
       .def("end_session", &stage_runner::end_session, py::arg("host"), py::arg("session"),

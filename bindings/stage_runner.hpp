@@ -8,11 +8,15 @@
 // `_core.JobObjects`, which the Python path uses too),
 // calls the hooks in file order, counts the ones that return None, and
 // answers "next" when all did and the transaction is as the daemon sent it.
+// A hook's final verdict (accept, reject, tempfail, discard, redirect),
+// allowed at the stage and in time (an async hook's: in its first step),
+// from a hook that left the transaction as it was, it applies too, as
+// _StageRun.decide and finish do.
 // Anything else goes to Python at the point it arises, with what the hooks
-// before it saw: a hook's value or exception (`EngineHost._resume_plain`),
+// before it saw: a hook's other value or exception (`EngineHost._resume_plain`),
 // a changed envelope or message (the same, with no hook left), and the auth
 // stage, whose booleans only Python reads (`EngineHost._run_plain_slow`).
-// So a verdict, an error, a timeout and a rewrite take one path in Python.
+// So an invalid verdict, an error, a timeout and a rewrite take one path in Python.
 // On the loop, what is left goes on in a task: a hook that waits, a value
 // (`EngineHost._resume_async`), an auth stage or a job it cannot bind (`_drive`).
 #pragma once
@@ -36,7 +40,7 @@ class stage_runner {
   stage_runner(pybind11::dict sessions, pybind11::dict running, pybind11::object scope, pybind11::object stepping,
                pybind11::object leave_loop, pybind11::object objects, pybind11::object upstream_reply,
                pybind11::object resume, pybind11::object slow, pybind11::object resume_async,
-               pybind11::object drive);
+               pybind11::object drive, pybind11::object verdict_type, pybind11::dict positive_replies);
 
   // Runs one stage job on the calling thread, GIL held: a `_core.Result` or
   // None. `job_object` is the job's Python object, or null; the Python path
@@ -61,8 +65,16 @@ class stage_runner {
   pybind11::object run_in_python(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
 
  private:
+  // Hook `hook` gave `value`, in time: the job's Result if it is a verdict the runner applies
+  // itself (as _StageRun.decide and finish would: a final one, allowed at the stage, from a
+  // hook that left the transaction as it was), counted in the hook's figures; else null.
+  pybind11::object decided(policy_stage stage, pybind11::handle stage_name, pybind11::handle hook,
+                           pybind11::handle value, double elapsed, pybind11::handle session, pybind11::handle tx,
+                           pybind11::handle message, pybind11::handle envelope) const;
+
   py_ref sessions_, running_, scope_, stepping_, leave_loop_, objects_, upstream_reply_, resume_, slow_,
       resume_async_, drive_;
+  py_ref verdict_type_, positive_replies_;  // _verdicts.Verdict, and _engine.STAGE_POSITIVE_REPLY
   const job_objects* make_;  // objects_'s C++ side
 };
 

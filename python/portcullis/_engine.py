@@ -795,7 +795,8 @@ class EngineHost:
             sessions=self._sessions, running=self._running, scope=_scope, stepping=_stepping,
             leave_loop=_leave_loop, objects=_job_objects, upstream_reply=UpstreamReply,
             resume=EngineHost._resume_plain, slow=EngineHost._run_plain_slow,
-            resume_async=EngineHost._resume_async, drive=EngineHost._drive)
+            resume_async=EngineHost._resume_async, drive=EngineHost._drive,
+            verdict_type=Verdict, positive_replies=STAGE_POSITIVE_REPLY)
         # Policies load off the loop (hooks keep running meanwhile), on a
         # daemon thread: a module that hangs at import must not block exit.
         self._loader = DaemonThreadPool(1, "portcullis-policy-loader")

@@ -107,7 +107,7 @@ def _check_text(text: object, prefix: str) -> None:
 
 def accept(text: str | None = None) -> Verdict:
     """Accept at this stage; later policies are not asked. ``text`` replaces the reply text."""
-    return Verdict("accept", text=text)
+    return _ACCEPT if text is None else Verdict("accept", text=text)
 
 
 def reject(text: str, code: int = 550, status: str = "5.7.1") -> Verdict:
@@ -122,7 +122,11 @@ def tempfail(text: str, code: int = 451, status: str = "4.7.1") -> Verdict:
 
 def discard() -> Verdict:
     """Accept but deliver nothing: in on_rcpt that recipient, in on_data the whole message."""
-    return Verdict("discard")
+    return _DISCARD
+
+
+# A verdict is a value: the ones that take no argument are made once.
+_ACCEPT, _DISCARD = Verdict("accept"), Verdict("discard")
 
 
 def rewrite(address: Address | str) -> Verdict:

@@ -328,6 +328,111 @@ def test_each_call_counts_in_the_hook_metrics(policy_file):
     assert f'portcullis_hook_duration_seconds_count{{policy="{f}",hook="on_helo"}} 3' in lines
 
 
+VERDICTS = [
+    ("connect", "pc.accept()"),
+    ("helo", "pc.reject('Go away', code=554, status='5.7.1')"),
+    ("helo", "pc.accept('Hello there')"),
+    ("mail", "pc.tempfail('Slow down')"),
+    ("rcpt", "pc.discard()"),
+    ("rcpt", "pc.redirect('x@example.test', 'y@example.test')"),
+    ("data", "pc.discard()"),
+    ("data", "pc.accept()"),
+    # Python's, reported there: a verdict not allowed at the stage, a rewrite, not a verdict.
+    ("mail", "pc.discard()"),
+    ("rcpt", "pc.rewrite('new@example.test')"),
+    ("mail", "42"),
+]
+ARGS = {"connect": "conn", "helo": "conn, h", "mail": "tx, s", "rcpt": "tx, r", "data": "tx, m"}
+EXTRA = {"helo": {"hostname": "h.example"}, "rcpt": {"rcpt": "r@example.test", "rcpt_params": {}},
+         "data": {"message": b"Subject: x\r\n\r\nb\r\n"}}
+
+
+def _verdict_counts(f):
+    """The counters a call of a hook of file ``f`` adds to: series -> count."""
+    counts = {}
+    for line in _core.metrics_exposition().splitlines():
+        if line.startswith("portcullis_verdicts_total") or (
+                line.startswith("portcullis_hook_duration_seconds_count") and f in line):
+            series, _, value = line.rpartition(" ")
+            counts[series] = float(value)
+    return counts
+
+
+@pytest.mark.parametrize("stage,expr", VERDICTS)
+def test_a_verdict_the_runner_applies_is_the_python_path_s(policy_file, stage, expr):
+    # The runner applies the usual verdict itself (stage_runner::decided): the same result,
+    # decided_by, envelope state and figures as the whole job in Python (_run_plain_slow).
+    f = policy_file(f"import portcullis as pc\ndef on_{stage}({ARGS[stage]}):\n    return {expr}\n")
+    t = tx() if stage in ("mail", "rcpt", "data") else None
+    outcomes = []
+    for way in ("run_plain", "_run_plain_slow"):
+        host = EngineHost([f])
+        before = _verdict_counts(f)
+        r = getattr(host, way)(job(stage, tx_snapshot=t, **EXTRA.get(stage, {})))
+        after = _verdict_counts(f)
+        kept = session(host).envelope
+        counted = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        outcomes.append((result_as_dict(r), r.decided_by if r is not None else None, kept is not None, counted))
+        assert not host._running and _context.scope.get()[0] == ""
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][3], "the call was counted"
+
+
+@pytest.mark.parametrize("stage,expr", VERDICTS)
+def test_an_async_hook_s_verdict_in_its_first_step_is_the_python_path_s(policy_file, stage, expr):
+    f = policy_file(f"import portcullis as pc\nasync def on_{stage}({ARGS[stage]}):\n    return {expr}\n")
+    t = tx() if stage in ("mail", "rcpt", "data") else None
+    outcomes = []
+    for in_python in (False, True):
+        host = EngineHost([f])
+        before = _verdict_counts(f)
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            if in_python:
+                return await host._drive(job(stage, tx_snapshot=t, **EXTRA.get(stage, {})), loop)
+            work = host._runner.run_async(host, job(stage, tx_snapshot=t, **EXTRA.get(stage, {})), loop)
+            return work if work is None or isinstance(work, _core.Result) else await work
+
+        r = asyncio.run(main())
+        after = _verdict_counts(f)
+        counted = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        outcomes.append((result_as_dict(r), r.decided_by if r is not None else None,
+                         session(host).envelope is not None, counted))
+    assert outcomes[0] == outcomes[1] and outcomes[0][3]
+
+
+def test_the_runner_applies_a_final_verdict_with_no_python_frame(policy_file, monkeypatch):
+    # (So the comparison above compares two paths.) A rewrite still goes to Python.
+    def resume(*args):
+        raise AssertionError("Python's path was taken")
+
+    monkeypatch.setattr(EngineHost, "_resume_plain", resume)
+    f = policy_file("import portcullis as pc\ndef on_rcpt(tx, r):\n"
+                    "    return pc.rewrite('n@example.test') if r.local == 'old' else pc.accept()\n")
+    host = EngineHost([f])
+    r = plain(host, job("rcpt", tx_snapshot=tx(), rcpt="r@example.test", rcpt_params={}))
+    assert r["verdict"]["kind"] == "accept" and session(host).envelope is not None
+    with pytest.raises(AssertionError, match="Python's path"):
+        host.run_plain(job("rcpt", tx_snapshot=tx(), rcpt="old@example.test", rcpt_params={}))
+
+
+def test_a_verdict_from_a_hook_that_changed_the_transaction_goes_to_python(policy_file):
+    f = policy_file("import portcullis as pc\ndef on_rcpt(tx, r):\n    tx.sender = 'other@example.test'\n"
+                    "    return pc.accept()\n")
+    host = EngineHost([f])
+    r = plain(host, job("rcpt", tx_snapshot=tx(), rcpt="r@example.test", rcpt_params={}))
+    assert r["verdict"]["kind"] == "accept" and r["sender"] == "other@example.test"
+    assert session(host).envelope is None  # tx is no longer what the daemon sent
+
+
+def test_a_verdict_past_the_timeout_is_a_timeout(policy_file):
+    f = policy_file("import time, portcullis as pc\ndef on_helo(conn, h):\n    time.sleep(0.1)\n"
+                    "    return pc.accept()\n")
+    r = plain(EngineHost([f], timeout=0.05), job("helo", hostname="h"))
+    assert r["verdict"] is None and "ran past policy.timeout" in r["error"]
+
+
 # -- on the loop: the first steps of async hooks ---------------------------------
 
 
@@ -377,7 +482,7 @@ def test_an_async_hook_that_waits_goes_on_in_a_task_which_ends_the_session(polic
     assert conn.data == {"done": True, "second": True} and host.session_count == 0
 
 
-def test_a_verdict_or_an_exception_in_a_first_step_goes_on_in_python(policy_file):
+def test_a_verdict_in_a_first_step_ends_there_and_an_exception_goes_on_in_python(policy_file):
     host = EngineHost([policy_file("""
         import portcullis as pc
         async def on_rcpt(tx, rcpt):
@@ -386,7 +491,7 @@ def test_a_verdict_or_an_exception_in_a_first_step_goes_on_in_python(policy_file
             return pc.reject("no", code=550)
     """), policy_file("async def on_rcpt(tx, rcpt):\n    tx.data['second'] = True\n")])
     r, at_once = on_loop(host, job("rcpt", tx_snapshot=tx(), rcpt="b@example.test", rcpt_params={}))
-    assert not at_once and r["verdict"]["kind"] == "reject" and "second" not in session(host).tx.data
+    assert at_once and r["verdict"]["kind"] == "reject" and "second" not in session(host).tx.data
     r, _ = on_loop(host, job("rcpt", tx_snapshot=tx(), rcpt="bad@example.test", rcpt_params={}))
     assert "ValueError: bad recipient" in r["error"]
 
