@@ -396,42 +396,77 @@ std::optional<std::string> optional_str(py::handle o) {
 
 py::object stage_runner::decided(policy_stage stage, py::handle stage_name, py::handle hook, py::handle value,
                                  double elapsed, py::handle session, py::handle tx, py::handle message,
-                                 py::handle envelope) const {
+                                 py::handle envelope, rewrite_state& rewrite, py::tuple& args) const {
   const auto& n = name();
   if (Py_TYPE(value.ptr()) != reinterpret_cast<PyTypeObject*>(verdict_type_.ptr()) || is_notification(stage))
     return {};
   const py::object kind = n.kind.get(value);
-  if (!PyUnicode_Check(kind.ptr()) || PyUnicode_CompareWithASCIIString(kind.ptr(), "rewrite") == 0)
-    return {};  // a rewrite is not final: the next hooks decide on the new recipient
+  if (!PyUnicode_Check(kind.ptr())) return {};
   PyObject* allowed = PyObject_CallMethodOneArg(value.ptr(), n.allowed_at.ptr(), stage_name.ptr());
   if (allowed == nullptr) PyErr_Clear();  // (Python asks again, and reports it)
   Py_XDECREF(allowed);
   if (allowed != Py_True) return {};
+  const py::handle observer = n.observed_none.get(hook);
+  if (PyUnicode_CompareWithASCIIString(kind.ptr(), "rewrite") == 0) {
+    // Not final: the next hooks see the new recipient, and decide on it (_StageRun.decide).
+    if (!observe_verdict(observer, elapsed, "rewrite")) return {};
+    rewrite.address = py::reinterpret_borrow<py::tuple>(n.addresses.get(value))[0];
+    rewrite.by = n.file.get(hook);
+    args = py::make_tuple(args[0], rewrite.address);
+    return py::none();
+  }
   if ((!tx.is_none() || !message.is_none()) && !unchanged(session, tx, message)) return {};
+  std::optional<policy_result> result;
+  if (rewrite.address && PyUnicode_CompareWithASCIIString(kind.ptr(), "accept") == 0) {
+    result = redirected(stage_name, rewrite);  // rewritten, then let through (_StageRun.finish)
+  } else {
+    result = verdict_result(stage_name, value, n.file.get(hook));
+  }
+  // Counted last: a hook's call is counted once, here or (on any way out above) in Python.
+  if (!result || !observe_verdict(observer, elapsed, py::cast<std::string>(kind))) return {};
+  if (!tx.is_none()) n.envelope.set(session, envelope);  // tx still is what the daemon sent
+  return py::cast(std::move(*result));
+}
+
+std::optional<std::pair<int, std::string>> stage_runner::positive_reply(py::handle stage_name) const {
+  PyObject* positive = PyDict_GetItemWithError(positive_replies_.ptr(), stage_name.ptr());
+  if (positive == nullptr || !PyTuple_Check(positive) || PyTuple_GET_SIZE(positive) != 2) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  return std::pair{py::cast<int>(PyTuple_GET_ITEM(positive, 0)), py::cast<std::string>(PyTuple_GET_ITEM(positive, 1))};
+}
+
+std::optional<policy_result> stage_runner::verdict_result(py::handle stage_name, py::handle verdict,
+                                                          py::handle decided_by) const {
+  const auto& n = name();
   policy_reply reply;
-  reply.kind = py::cast<std::string>(kind);
-  const py::object code = n.code.get(value), status = n.status.get(value);
+  reply.kind = py::cast<std::string>(n.kind.get(verdict));
+  const py::object code = n.code.get(verdict), status = n.status.get(verdict);
   if (code.is_none() || status.is_none()) {  // the stage's own positive reply (STAGE_POSITIVE_REPLY)
-    PyObject* positive = PyDict_GetItemWithError(positive_replies_.ptr(), stage_name.ptr());
-    if (positive == nullptr || !PyTuple_Check(positive) || PyTuple_GET_SIZE(positive) != 2) {
-      PyErr_Clear();
-      return {};
-    }
-    reply.code = py::cast<int>(PyTuple_GET_ITEM(positive, 0));
-    reply.status = py::cast<std::string>(PyTuple_GET_ITEM(positive, 1));
+    auto positive = positive_reply(stage_name);
+    if (!positive) return std::nullopt;
+    std::tie(reply.code, reply.status) = std::move(*positive);
   } else {
     reply.code = py::cast<int>(code);
     reply.status = py::cast<std::string>(status);
   }
-  reply.text = optional_str(n.text.get(value));
-  for (const auto address : n.addresses.get(value)) reply.addresses.push_back(py::str(address));
+  reply.text = optional_str(n.text.get(verdict));
+  for (const auto address : n.addresses.get(verdict)) reply.addresses.push_back(py::str(address));
   policy_result result;
   result.verdict = std::move(reply);
-  result.decided_by = py::cast<std::string>(n.file.get(hook));
-  // Counted last: a hook's call is counted once, here or (on any way out above) in Python.
-  if (!observe_verdict(n.observed_none.get(hook), elapsed, result.verdict->kind)) return {};
-  if (!tx.is_none()) n.envelope.set(session, envelope);  // tx still is what the daemon sent
-  return py::cast(std::move(result));
+  result.decided_by = py::cast<std::string>(decided_by);
+  return result;
+}
+
+std::optional<policy_result> stage_runner::redirected(py::handle stage_name, const rewrite_state& rewrite) const {
+  auto positive = positive_reply(stage_name);
+  if (!positive) return std::nullopt;
+  policy_result result;
+  result.verdict = policy_reply{"redirect", positive->first, std::move(positive->second), std::nullopt,
+                                {py::str(rewrite.address)}};
+  result.decided_by = py::cast<std::string>(rewrite.by);
+  return result;
 }
 
 py::object stage_runner::run(py::handle host, const policy_job& job, py::handle job_object, policy_job_ptr* owned,
@@ -525,13 +560,18 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
   if (stage == policy_stage::disconnect) scope.end_with(this, host, session);
   const py::object thread = on_loop ? py::object() : this_thread_key();
   const py::object stage_name = stage_str(stage);
+  rewrite_state rewrite;  // a hook's pc.rewrite(): the recipient the hooks after it see
+  auto rewritten = [&]() -> py::object {
+    return rewrite.address ? py::object(py::make_tuple(rewrite.address, rewrite.by)) : py::object(py::none());
+  };
   auto resume = [&](Py_ssize_t index, py::handle value, bool raised, double start) {
-    return (*resume_)(host, session, stage_name, args, message, envelope, index, value, raised, start);
+    return (*resume_)(host, session, stage_name, args, message, envelope, index, value, raised, start, rewritten());
   };
 
   // On the loop: a task goes on from hook `index` (`pending`: what its first step gave, or None).
   auto go_on = [&](Py_ssize_t index, py::object pending) {
-    py::object rest = (*resume_async_)(host, session, stage_name, args, message, envelope, index, pending, loop);
+    py::object rest =
+        (*resume_async_)(host, session, stage_name, args, message, envelope, index, pending, loop, rewritten());
     scope.hand_over();
     return rest;
   };
@@ -553,7 +593,9 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       if (sent == PYGEN_NEXT) return go_on(i, py::make_tuple(py::reinterpret_steal<py::object>(value), false, start, coro));
       const auto result = py::reinterpret_steal<py::object>(value);
       if (!result.is_none()) {
-        py::object made = decided(stage, stage_name, hook, result, monotonic() - start, session, tx, message, envelope);
+        py::object made = decided(stage, stage_name, hook, result, monotonic() - start, session, tx, message,
+                                  envelope, rewrite, args);
+        if (made && made.is_none()) continue;  // a rewrite: on to the next hook
         if (made) return made;
         return go_on(i, py::make_tuple(result, false, start, py::none()));
       }
@@ -573,7 +615,8 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       const py::object result = py::reinterpret_steal<py::object>(value);
       if (!result.is_none() && elapsed <= timeout) {
         // The usual verdict, applied here as Python would (decided); anything else is Python's.
-        py::object made = decided(stage, stage_name, hook, result, elapsed, session, tx, message, envelope);
+        py::object made = decided(stage, stage_name, hook, result, elapsed, session, tx, message, envelope, rewrite, args);
+        if (made && made.is_none()) continue;  // a rewrite: on to the next hook
         if (made) return made;
       }
       // A value, or an answer too late (several hooks share the job's deadline): Python takes over.
@@ -581,11 +624,18 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     }
     observe_none(n.observed_none.get(hook), monotonic() - start);
   }
-  // Every hook said "no opinion": the result is "next", unless they changed the transaction.
+  // Every hook said "no opinion" (or rewrote the recipient): the result is "next" (or a redirect to
+  // it), unless they changed the transaction.
   if (is_notification(stage) || tx.is_none()) return py::none();
   if (!unchanged(session, tx, message)) return resume(count, py::none(), false, 0.0);
+  py::object result = py::none();
+  if (rewrite.address) {
+    auto redirect = redirected(stage_name, rewrite);
+    if (!redirect) return resume(count, py::none(), false, 0.0);
+    result = py::cast(std::move(*redirect));
+  }
   n.envelope.set(session, envelope);  // tx still is what the daemon sent
-  return py::none();
+  return result;
 }
 
 py::object stage_runner::run_in_python(py::handle host, py::handle job_object, py::handle loop) {

@@ -956,11 +956,13 @@ class EngineHost:
                 self._end_session(run.session)
 
     def _resume_plain(self, session: _Session, stage: str, args: tuple[Any, ...], message: Message | None,
-                      envelope: tuple[Any, ...] | None, index: int, value: Any, raised: bool, start: float) -> Any:
+                      envelope: tuple[Any, ...] | None, index: int, value: Any, raised: bool, start: float,
+                      rewritten: tuple[Address, str] | None = None) -> Any:
         """Where the stage runner hands over: hook ``index`` gave ``value`` (an exception if
         ``raised``; it started at ``start``), or, at the end of the hooks, the transaction
-        changed. The runner set the scope and resets it, and ends the session at disconnect."""
-        run = _StageRun._bound(session, stage, args, message, envelope)
+        changed. ``rewritten``: (recipient, policy file) of a pc.rewrite() a hook before made
+        (``args`` have it). The runner set the scope and resets it, and ends the session at disconnect."""
+        run = _StageRun._bound(session, stage, args, message, envelope, rewritten)
         return self._plain_hooks(run, index, (value, raised, start) if index < len(run.hooks) else None)
 
     def _plain_hooks(self, run: _StageRun, index: int, first: tuple[Any, bool, float] | None) -> Any:
@@ -1009,11 +1011,12 @@ class EngineHost:
 
     def _resume_async(self, session: _Session, stage: str, args: tuple[Any, ...], message: Message | None,
                       envelope: tuple[Any, ...] | None, index: int, pending: tuple[Any, bool, float, Any] | None,
-                      loop: asyncio.AbstractEventLoop) -> Any:
+                      loop: asyncio.AbstractEventLoop, rewritten: tuple[Address, str] | None = None) -> Any:
         """Where the stage runner hands a loop job over: the coroutine (for a task) that goes on
         from hook ``index``. ``pending``: what its first step gave, (value, raised, start,
-        None), or (what it yielded, False, start, its coroutine) when it waits; None: not called."""
-        run = _StageRun._bound(session, stage, args, message, envelope)
+        None), or (what it yielded, False, start, its coroutine) when it waits; None: not called.
+        ``rewritten``: as for ``_resume_plain``."""
+        run = _StageRun._bound(session, stage, args, message, envelope, rewritten)
         return self._drive_from(run, index, pending, loop)
 
     async def _drive_from(self, run: _StageRun, index: int, pending: tuple[Any, bool, float, Any] | None,
@@ -1184,14 +1187,15 @@ class _StageRun:
 
     @classmethod
     def _bound(cls, session: _Session, stage: str, args: tuple[Any, ...], message: Message | None,
-               envelope: tuple[Any, ...] | None) -> _StageRun:
-        """A run the stage runner bound already (as __init__ does): the hooks saw ``args``."""
+               envelope: tuple[Any, ...] | None, rewritten: tuple[Address, str] | None = None) -> _StageRun:
+        """A run the stage runner bound already (as __init__ does): the hooks saw ``args``, and
+        ``rewritten`` is (recipient, policy file) of a rewrite they made, or None."""
         run = cls.__new__(cls)
         run.session, run.engine, run.stage = session, session.engine, stage
         run.hooks = session.engine.hooks[stage]
         run.args, run.message, run.envelope = args, message, envelope
-        run.result = run.rewritten = None
-        run.rewritten_by = ""
+        run.result = None
+        run.rewritten, run.rewritten_by = rewritten or (None, "")
         return run
 
     def took(self, hook: Hook, value: Any) -> bool:

@@ -403,18 +403,67 @@ def test_an_async_hook_s_verdict_in_its_first_step_is_the_python_path_s(policy_f
 
 
 def test_the_runner_applies_a_final_verdict_with_no_python_frame(policy_file, monkeypatch):
-    # (So the comparison above compares two paths.) A rewrite still goes to Python.
+    # (So the comparisons here compare two paths.) An exception still goes to Python.
     def resume(*args):
         raise AssertionError("Python's path was taken")
 
     monkeypatch.setattr(EngineHost, "_resume_plain", resume)
-    f = policy_file("import portcullis as pc\ndef on_rcpt(tx, r):\n"
+    f = policy_file("import portcullis as pc\ndef on_rcpt(tx, r):\n    if r.local == 'bad':\n"
+                    "        raise ValueError('bad')\n"
                     "    return pc.rewrite('n@example.test') if r.local == 'old' else pc.accept()\n")
     host = EngineHost([f])
     r = plain(host, job("rcpt", tx_snapshot=tx(), rcpt="r@example.test", rcpt_params={}))
     assert r["verdict"]["kind"] == "accept" and session(host).envelope is not None
+    r = plain(host, job("rcpt", tx_snapshot=tx(), rcpt="old@example.test", rcpt_params={}))
+    assert r["verdict"]["kind"] == "redirect" and r["verdict"]["addresses"] == ["n@example.test"]
     with pytest.raises(AssertionError, match="Python's path"):
-        host.run_plain(job("rcpt", tx_snapshot=tx(), rcpt="old@example.test", rcpt_params={}))
+        host.run_plain(job("rcpt", tx_snapshot=tx(), rcpt="bad@example.test", rcpt_params={}))
+
+
+# What the hook after a rewrite does, and what the job's result is then (both ways alike).
+AFTER_A_REWRITE = [
+    "None",
+    "pc.accept()",
+    "pc.reject('no', code=550, status='5.1.1')",
+    "pc.discard()",
+    "pc.redirect('z@example.test')",
+    "pc.rewrite('second@example.test')",
+    "pc.accept() if str(r) == 'new@example.test' else pc.reject('wrong', code=550)",
+    "(_ for _ in ()).throw(ValueError('after'))",
+    "setattr(tx, 'sender', 'other@example.test')",
+    "pc.discard() if tx.data.setdefault('x', 1) else None",
+]
+
+
+@pytest.mark.parametrize("after", AFTER_A_REWRITE)
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_rewrite_the_runner_takes_is_the_python_path_s(policy_file, after, is_async):
+    d = "async def" if is_async else "def"
+    first = policy_file(f"import portcullis as pc\n{d} on_rcpt(tx, r):\n    return pc.rewrite('new@example.test')\n")
+    second = policy_file(f"import portcullis as pc\n{d} on_rcpt(tx, r):\n    return {after}\n")
+    outcomes = []
+    for in_python in (False, True):
+        host = EngineHost([first, second])
+        before = {**_verdict_counts(first), **_verdict_counts(second)}
+        j = job("rcpt", tx_snapshot=tx(), rcpt="old@example.test", rcpt_params={})
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            if in_python:
+                return await host._drive(j, loop)
+            work = host._runner.run_async(host, j, loop)
+            return work if work is None or isinstance(work, _core.Result) else await work
+
+        if is_async:
+            r = asyncio.run(main())
+        else:
+            r = host._run_plain_slow(j) if in_python else host.run_plain(j)
+        after_counts = {**_verdict_counts(first), **_verdict_counts(second)}
+        counted = {k: v - before.get(k, 0) for k, v in after_counts.items() if v != before.get(k, 0)}
+        outcomes.append((result_as_dict(r), r.decided_by if r is not None else None,
+                         session(host).envelope is not None, counted))
+        assert not host._running and _context.scope.get()[0] == ""
+    assert outcomes[0] == outcomes[1]
 
 
 def test_a_verdict_from_a_hook_that_changed_the_transaction_goes_to_python(policy_file):
