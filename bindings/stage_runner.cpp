@@ -409,8 +409,10 @@ py::object stage_runner::decided(policy_stage stage, py::handle stage_name, py::
   const py::handle observer = n.observed_none.get(hook);
   if (PyUnicode_CompareWithASCIIString(kind.ptr(), "rewrite") == 0) {
     // Not final: the next hooks see the new recipient, and decide on it (_StageRun.decide).
+    const py::object addresses = n.addresses.get(value);  // (one pc.Address, as pc.rewrite() makes it)
+    if (!PyTuple_Check(addresses.ptr()) || PyTuple_GET_SIZE(addresses.ptr()) != 1) return {};
     if (!observe_verdict(observer, elapsed, "rewrite")) return {};
-    rewrite.address = py::reinterpret_borrow<py::tuple>(n.addresses.get(value))[0];
+    rewrite.address = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(addresses.ptr(), 0));
     rewrite.by = n.file.get(hook);
     args = py::make_tuple(args[0], rewrite.address);
     return py::none();

@@ -341,6 +341,9 @@ VERDICTS = [
     ("mail", "pc.discard()"),
     ("rcpt", "pc.rewrite('new@example.test')"),
     ("mail", "42"),
+    # A Verdict made directly may hold a list of addresses.
+    ("rcpt", "pc.Verdict('rewrite', addresses=[pc.Address('n@example.test')])"),
+    ("rcpt", "pc.Verdict('redirect', addresses=[pc.Address('n@example.test'), pc.Address('m@example.test')])"),
 ]
 ARGS = {"connect": "conn", "helo": "conn, h", "mail": "tx, s", "rcpt": "tx, r", "data": "tx, m"}
 EXTRA = {"helo": {"hostname": "h.example"}, "rcpt": {"rcpt": "r@example.test", "rcpt_params": {}},
