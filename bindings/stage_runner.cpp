@@ -406,7 +406,7 @@ py::object stage_runner::decided(policy_stage stage, py::handle stage_name, py::
   if (allowed == nullptr) PyErr_Clear();  // (Python asks again, and reports it)
   Py_XDECREF(allowed);
   if (allowed != Py_True) return {};
-  const py::handle observer = n.observed_none.get(hook);
+  const py::object observer = n.observed_none.get(hook);
   if (PyUnicode_CompareWithASCIIString(kind.ptr(), "rewrite") == 0) {
     // Not final: the next hooks see the new recipient, and decide on it (_StageRun.decide).
     const py::object addresses = n.addresses.get(value);  // (one pc.Address, as pc.rewrite() makes it)
