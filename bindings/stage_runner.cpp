@@ -30,7 +30,7 @@ struct names {
       engine_sessions{"sessions"}, conn_id{"_id"}, kind{"kind"}, code{"code"}, status{"status"}, text{"text"},
       addresses{"addresses"}, file{"file"};
   py::str acquire{"acquire"}, release{"release"}, engine_of_generation{"_engine_of_generation"},
-      close_if_unused{"_close_if_unused"}, allowed_at{"allowed_at"};
+      close_if_unused{"_close_if_unused"}, allowed_at{"allowed_at"}, added_on_top{"_added_on_top"};
 };
 
 const names& name() {
@@ -171,10 +171,9 @@ py::object head_whole(const std::shared_ptr<const message_store>& m) {
   return py::bool_(smtp::head_is_whole(first.substr(0, end + 4)));
 }
 
-// Whether the hooks left tx as the daemon sent it: the same sender and
-// recipient objects (addresses are immutable), the message unchanged, no
-// signing or sealing choice made. Else Python works out what changed.
-bool unchanged(py::handle session, py::handle tx, py::handle message) {
+// Whether the hooks left tx's envelope as the daemon sent it: the same sender and
+// recipient objects (addresses are immutable).
+bool envelope_kept(py::handle session, py::handle tx) {
   const auto& n = name();
   const py::object before = n.before.get(session);  // (sender, [recipients]) as tx was made
   if (!PyTuple_Check(before.ptr()) || PyTuple_GET_SIZE(before.ptr()) != 2) return false;
@@ -184,8 +183,38 @@ bool unchanged(py::handle session, py::handle tx, py::handle message) {
   if (!PyList_Check(now.ptr()) || !PyList_Check(was) || PyList_GET_SIZE(now.ptr()) != PyList_GET_SIZE(was)) return false;
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(was); ++i)
     if (PyList_GET_ITEM(now.ptr(), i) != PyList_GET_ITEM(was, i)) return false;
-  if (message.is_none()) return true;
-  return n.changed.get(message).ptr() == Py_False && n.dkim_sign.get(tx).is_none() && n.arc_seal.get(tx).is_none();
+  return true;
+}
+
+// At on_data (a message): no signing or sealing choice made.
+bool no_signing_choice(py::handle tx) {
+  return name().dkim_sign.get(tx).is_none() && name().arc_seal.get(tx).is_none();
+}
+
+// Whether the hooks left tx as the daemon sent it: its envelope, and at
+// on_data the message unchanged and no signing or sealing choice made. Else
+// Python works out what changed.
+bool unchanged(py::handle session, py::handle tx, py::handle message) {
+  if (!envelope_kept(session, tx)) return false;
+  return message.is_none() || (name().changed.get(message).ptr() == Py_False && no_signing_choice(tx));
+}
+
+// The commonest edit, at the end of on_data: header fields added on top of a
+// message otherwise as received (Message._added_on_top), the envelope kept.
+// The Result carries the fields alone, as _StageRun._with_rewrites makes it;
+// null for anything else (Python works it out).
+py::object fields_on_top(py::handle session, py::handle tx, py::handle message) {
+  if (tx.is_none() || message.is_none() || !envelope_kept(session, tx) || !no_signing_choice(tx)) return {};
+  PyObject* on_top = PyObject_CallMethodNoArgs(message.ptr(), name().added_on_top.ptr());
+  if (on_top == nullptr) {
+    PyErr_Clear();  // (Python asks again, and reports it)
+    return {};
+  }
+  const auto owned = py::reinterpret_steal<py::object>(on_top);
+  if (!PyBytes_Check(on_top)) return {};  // None: another change
+  policy_result result;
+  result.message_prefix = std::string(PyBytes_AS_STRING(on_top), static_cast<std::size_t>(PyBytes_GET_SIZE(on_top)));
+  return py::cast(std::move(result));
 }
 
 // The scope a stage's hooks run in (pc.log's session, pc.config), left
@@ -629,7 +658,12 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
   // Every hook said "no opinion" (or rewrote the recipient): the result is "next" (or a redirect to
   // it), unless they changed the transaction.
   if (is_notification(stage) || tx.is_none()) return py::none();
-  if (!unchanged(session, tx, message)) return resume(count, py::none(), false, 0.0);
+  if (!unchanged(session, tx, message)) {
+    py::object on_top = rewrite.address ? py::object() : fields_on_top(session, tx, message);
+    if (!on_top) return resume(count, py::none(), false, 0.0);
+    n.envelope.set(session, envelope);  // tx's envelope still is what the daemon sent
+    return on_top;
+  }
   py::object result = py::none();
   if (rewrite.address) {
     auto redirect = redirected(stage_name, rewrite);

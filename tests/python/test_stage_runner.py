@@ -423,6 +423,45 @@ def test_the_runner_applies_a_final_verdict_with_no_python_frame(policy_file, mo
         host.run_plain(job("rcpt", tx_snapshot=tx(), rcpt="bad@example.test", rcpt_params={}))
 
 
+# What an on_data hook does to the message and the transaction (both ways alike).
+AT_DATA = [
+    "message.add_header('X-Seen', 'yes')",
+    "message.add_header('X-A', '1'); message.add_header('X-B', '2')",
+    "message.add_header('X-Seen', 'yes'); message.get('Subject')",
+    "message.add_header('X-Seen', 'yes'); message.remove_header('Subject')",
+    "message.add_header('X-Seen', 'yes'); setattr(tx, 'dkim_sign', False)",
+    "message.add_header('X-Seen', 'yes'); setattr(tx, 'sender', 'other@example.test')",
+    "message.add_header('X-Seen', 'yes'); tx.recipients.append('c@example.test')",
+    "setattr(message, 'body', b'new body\\r\\n')",
+    "setattr(tx, 'arc_seal', False)",
+    "None",
+]
+
+
+@pytest.mark.parametrize("edit", AT_DATA)
+@pytest.mark.parametrize("raw", [b"Subject: x\r\n\r\nbody\r\n", b"not a field\r\nbody\r\n"])
+def test_the_end_of_on_data_is_the_python_path_s(policy_file, edit, raw):
+    f = policy_file(f"def on_data(tx, message):\n    {edit}\n")
+    outcomes = []
+    for way in ("run_plain", "_run_plain_slow"):
+        host = EngineHost([f])
+        r = getattr(host, way)(job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=raw))
+        d = result_as_dict(r)
+        outcomes.append((d, r.dkim_sign if r is not None else None, r.arc_seal if r is not None else None,
+                         session(host).envelope is not None))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_fields_added_on_top_end_the_job_with_no_python_frame(policy_file, monkeypatch):
+    def resume(*args):
+        raise AssertionError("Python's path was taken")
+
+    monkeypatch.setattr(EngineHost, "_resume_plain", resume)
+    host = EngineHost([policy_file("def on_data(tx, message):\n    message.add_header('X-Seen', 'yes')\n")])
+    r = host.run_plain(job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=b"S: x\r\n\r\nb\r\n"))
+    assert r.message is None and r.message_prefix == b"X-Seen: yes\r\n" and session(host).envelope is not None
+
+
 # What the hook after a rewrite does, and what the job's result is then (both ways alike).
 AFTER_A_REWRITE = [
     "None",
