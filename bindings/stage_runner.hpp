@@ -11,7 +11,9 @@
 // A hook's final verdict (accept, reject, tempfail, discard, redirect),
 // allowed at the stage and in time (an async hook's: in its first step),
 // from a hook that left the transaction as it was, it applies too, as
-// _StageRun.decide and finish do.
+// _StageRun.decide and finish do; and header fields added on top at
+// on_data, the envelope kept, go back alone as _StageRun._with_rewrites
+// sends them.
 // Anything else goes to Python at the point it arises, with what the hooks
 // before it saw: a hook's other value or exception (`EngineHost._resume_plain`),
 // a changed envelope or message (the same, with no hook left), and the auth
