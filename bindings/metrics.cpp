@@ -79,23 +79,30 @@ py::object none_observer(held_metrics self) {
 
 }  // namespace
 
-bool observe_verdict(py::handle observer, double seconds, std::string_view verdict) {
+namespace {
+
+// The figures an observer made by none_observer holds; null for any other callable.
+hook_metrics* figures_of(py::handle observer) {
   PyObject* o = observer.ptr();
-  if (!PyCFunction_Check(o) || reinterpret_cast<PyCFunctionObject*>(o)->m_ml != &observe_none_def) return false;
+  if (!PyCFunction_Check(o) || reinterpret_cast<PyCFunctionObject*>(o)->m_ml != &observe_none_def) return nullptr;
   auto* held = static_cast<held_metrics*>(PyCapsule_GetPointer(PyCFunction_GET_SELF(o), nullptr));
   if (held == nullptr) throw py::error_already_set();
-  (*held)->observed(seconds, verdict, false);
+  return held->get();
+}
+
+}  // namespace
+
+bool observe_verdict(py::handle observer, double seconds, std::string_view verdict) {
+  hook_metrics* figures = figures_of(observer);
+  if (figures == nullptr) return false;
+  figures->observed(seconds, verdict, false);
   return true;
 }
 
 void observe_none(py::handle observer, double seconds) {
-  PyObject* o = observer.ptr();
-  if (PyCFunction_Check(o) && reinterpret_cast<PyCFunctionObject*>(o)->m_ml == &observe_none_def) {
-    if (auto* held = static_cast<held_metrics*>(PyCapsule_GetPointer(PyCFunction_GET_SELF(o), nullptr))) {
-      (*held)->observed_none(seconds);
-      return;
-    }
-    throw py::error_already_set();
+  if (hook_metrics* figures = figures_of(observer)) {
+    figures->observed_none(seconds);
+    return;
   }
   observer(seconds);  // a hook without figures (on_unload's): a Python function
 }

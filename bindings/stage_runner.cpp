@@ -421,13 +421,70 @@ std::optional<std::string> optional_str(py::handle o) {
   return py::cast<std::string>(o);
 }
 
-}  // namespace
+// What the runner needs to apply a verdict: _verdicts.Verdict, and _engine.STAGE_POSITIVE_REPLY.
+struct verdict_rules {
+  py::handle type, positive_replies;
+};
 
-py::object stage_runner::decided(policy_stage stage, py::handle stage_name, py::handle hook, py::handle value,
-                                 double elapsed, py::handle session, py::handle tx, py::handle message,
-                                 py::handle envelope, rewrite_state& rewrite, py::tuple& args) const {
+// A hook's pc.rewrite(): the new recipient (a pc.Address) and the policy file that made it.
+struct rewrite_state {
+  py::object address, by;
+};
+
+// The stage's own positive reply (code, status), from STAGE_POSITIVE_REPLY.
+std::optional<std::pair<int, std::string>> positive_reply(const verdict_rules& rules, py::handle stage_name) {
+  PyObject* positive = PyDict_GetItemWithError(rules.positive_replies.ptr(), stage_name.ptr());
+  if (positive == nullptr || !PyTuple_Check(positive) || PyTuple_GET_SIZE(positive) != 2) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  return std::pair{py::cast<int>(PyTuple_GET_ITEM(positive, 0)), py::cast<std::string>(PyTuple_GET_ITEM(positive, 1))};
+}
+
+// A verdict as the daemon applies it; a redirect to a rewritten recipient. (nullopt: Python's to make.)
+std::optional<policy_result> verdict_result(const verdict_rules& rules, py::handle stage_name, py::handle verdict,
+                                            py::handle decided_by) {
   const auto& n = name();
-  if (Py_TYPE(value.ptr()) != reinterpret_cast<PyTypeObject*>(verdict_type_.ptr()) || is_notification(stage))
+  policy_reply reply;
+  reply.kind = py::cast<std::string>(n.kind.get(verdict));
+  const py::object code = n.code.get(verdict), status = n.status.get(verdict);
+  if (code.is_none() || status.is_none()) {  // the stage's own positive reply (STAGE_POSITIVE_REPLY)
+    auto positive = positive_reply(rules, stage_name);
+    if (!positive) return std::nullopt;
+    std::tie(reply.code, reply.status) = std::move(*positive);
+  } else {
+    reply.code = py::cast<int>(code);
+    reply.status = py::cast<std::string>(status);
+  }
+  reply.text = optional_str(n.text.get(verdict));
+  for (const auto address : n.addresses.get(verdict)) reply.addresses.push_back(py::str(address));
+  policy_result result;
+  result.verdict = std::move(reply);
+  result.decided_by = py::cast<std::string>(decided_by);
+  return result;
+}
+
+std::optional<policy_result> redirected(const verdict_rules& rules, py::handle stage_name,
+                                        const rewrite_state& rewrite) {
+  auto positive = positive_reply(rules, stage_name);
+  if (!positive) return std::nullopt;
+  policy_result result;
+  result.verdict = policy_reply{"redirect", positive->first, std::move(positive->second), std::nullopt,
+                                {py::str(rewrite.address)}};
+  result.decided_by = py::cast<std::string>(rewrite.by);
+  return result;
+}
+
+// Hook `hook` gave `value`, in time: the job's Result if it is a verdict the runner applies
+// itself (as _StageRun.decide and finish would: a final one, allowed at the stage, from a
+// hook that left the transaction as it was), counted in the hook's figures; else null.
+// A rewrite (pc.rewrite) is not final: it is counted, kept in `rewrite`, `args` get the new
+// recipient, and None comes back (the next hook, please); an accept after it is a redirect.
+py::object decided(const verdict_rules& rules, policy_stage stage, py::handle stage_name, py::handle hook,
+                   py::handle value, double elapsed, py::handle session, py::handle tx, py::handle message,
+                   py::handle envelope, rewrite_state& rewrite, py::tuple& args) {
+  const auto& n = name();
+  if (Py_TYPE(value.ptr()) != reinterpret_cast<PyTypeObject*>(rules.type.ptr()) || is_notification(stage))
     return {};
   const py::object kind = n.kind.get(value);
   if (!PyUnicode_Check(kind.ptr())) return {};
@@ -449,9 +506,9 @@ py::object stage_runner::decided(policy_stage stage, py::handle stage_name, py::
   if ((!tx.is_none() || !message.is_none()) && !unchanged(session, tx, message)) return {};
   std::optional<policy_result> result;
   if (rewrite.address && PyUnicode_CompareWithASCIIString(kind.ptr(), "accept") == 0) {
-    result = redirected(stage_name, rewrite);  // rewritten, then let through (_StageRun.finish)
+    result = redirected(rules, stage_name, rewrite);  // rewritten, then let through (_StageRun.finish)
   } else {
-    result = verdict_result(stage_name, value, n.file.get(hook));
+    result = verdict_result(rules, stage_name, value, n.file.get(hook));
   }
   // Counted last: a hook's call is counted once, here or (on any way out above) in Python.
   if (!result || !observe_verdict(observer, elapsed, py::cast<std::string>(kind))) return {};
@@ -459,46 +516,7 @@ py::object stage_runner::decided(policy_stage stage, py::handle stage_name, py::
   return py::cast(std::move(*result));
 }
 
-std::optional<std::pair<int, std::string>> stage_runner::positive_reply(py::handle stage_name) const {
-  PyObject* positive = PyDict_GetItemWithError(positive_replies_.ptr(), stage_name.ptr());
-  if (positive == nullptr || !PyTuple_Check(positive) || PyTuple_GET_SIZE(positive) != 2) {
-    PyErr_Clear();
-    return std::nullopt;
-  }
-  return std::pair{py::cast<int>(PyTuple_GET_ITEM(positive, 0)), py::cast<std::string>(PyTuple_GET_ITEM(positive, 1))};
-}
-
-std::optional<policy_result> stage_runner::verdict_result(py::handle stage_name, py::handle verdict,
-                                                          py::handle decided_by) const {
-  const auto& n = name();
-  policy_reply reply;
-  reply.kind = py::cast<std::string>(n.kind.get(verdict));
-  const py::object code = n.code.get(verdict), status = n.status.get(verdict);
-  if (code.is_none() || status.is_none()) {  // the stage's own positive reply (STAGE_POSITIVE_REPLY)
-    auto positive = positive_reply(stage_name);
-    if (!positive) return std::nullopt;
-    std::tie(reply.code, reply.status) = std::move(*positive);
-  } else {
-    reply.code = py::cast<int>(code);
-    reply.status = py::cast<std::string>(status);
-  }
-  reply.text = optional_str(n.text.get(verdict));
-  for (const auto address : n.addresses.get(verdict)) reply.addresses.push_back(py::str(address));
-  policy_result result;
-  result.verdict = std::move(reply);
-  result.decided_by = py::cast<std::string>(decided_by);
-  return result;
-}
-
-std::optional<policy_result> stage_runner::redirected(py::handle stage_name, const rewrite_state& rewrite) const {
-  auto positive = positive_reply(stage_name);
-  if (!positive) return std::nullopt;
-  policy_result result;
-  result.verdict = policy_reply{"redirect", positive->first, std::move(positive->second), std::nullopt,
-                                {py::str(rewrite.address)}};
-  result.decided_by = py::cast<std::string>(rewrite.by);
-  return result;
-}
+}  // namespace
 
 py::object stage_runner::run(py::handle host, const policy_job& job, py::handle job_object, policy_job_ptr* owned,
                              py::handle loop) {
@@ -591,6 +609,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
   if (stage == policy_stage::disconnect) scope.end_with(this, host, session);
   const py::object thread = on_loop ? py::object() : this_thread_key();
   const py::object stage_name = stage_str(stage);
+  const verdict_rules rules{*verdict_type_, *positive_replies_};
   rewrite_state rewrite;  // a hook's pc.rewrite(): the recipient the hooks after it see
   auto rewritten = [&]() -> py::object {
     return rewrite.address ? py::object(py::make_tuple(rewrite.address, rewrite.by)) : py::object(py::none());
@@ -624,7 +643,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       if (sent == PYGEN_NEXT) return go_on(i, py::make_tuple(py::reinterpret_steal<py::object>(value), false, start, coro));
       const auto result = py::reinterpret_steal<py::object>(value);
       if (!result.is_none()) {
-        py::object made = decided(stage, stage_name, hook, result, monotonic() - start, session, tx, message,
+        py::object made = decided(rules, stage, stage_name, hook, result, monotonic() - start, session, tx, message,
                                   envelope, rewrite, args);
         if (made && made.is_none()) continue;  // a rewrite: on to the next hook
         if (made) return made;
@@ -646,7 +665,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       const py::object result = py::reinterpret_steal<py::object>(value);
       if (!result.is_none() && elapsed <= timeout) {
         // The usual verdict, applied here as Python would (decided); anything else is Python's.
-        py::object made = decided(stage, stage_name, hook, result, elapsed, session, tx, message, envelope, rewrite, args);
+        py::object made = decided(rules, stage, stage_name, hook, result, elapsed, session, tx, message, envelope, rewrite, args);
         if (made && made.is_none()) continue;  // a rewrite: on to the next hook
         if (made) return made;
       }
@@ -658,19 +677,15 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
   // Every hook said "no opinion" (or rewrote the recipient): the result is "next" (or a redirect to
   // it), unless they changed the transaction.
   if (is_notification(stage) || tx.is_none()) return py::none();
+  py::object result = py::none();  // (null: Python works it out)
   if (!unchanged(session, tx, message)) {
-    py::object on_top = rewrite.address ? py::object() : fields_on_top(session, tx, message);
-    if (!on_top) return resume(count, py::none(), false, 0.0);
-    n.envelope.set(session, envelope);  // tx's envelope still is what the daemon sent
-    return on_top;
+    result = rewrite.address ? py::object() : fields_on_top(session, tx, message);
+  } else if (rewrite.address) {
+    auto redirect = redirected(rules, stage_name, rewrite);
+    result = redirect ? py::cast(std::move(*redirect)) : py::object();
   }
-  py::object result = py::none();
-  if (rewrite.address) {
-    auto redirect = redirected(stage_name, rewrite);
-    if (!redirect) return resume(count, py::none(), false, 0.0);
-    result = py::cast(std::move(*redirect));
-  }
-  n.envelope.set(session, envelope);  // tx still is what the daemon sent
+  if (!result) return resume(count, py::none(), false, 0.0);
+  n.envelope.set(session, envelope);  // tx's envelope still is what the daemon sent
   return result;
 }
 

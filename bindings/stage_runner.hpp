@@ -25,9 +25,7 @@
 
 #include <pybind11/pybind11.h>
 
-#include <optional>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "bindings/job_objects.hpp"
@@ -69,28 +67,9 @@ class stage_runner {
   pybind11::object run_in_python(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
 
  private:
-  // Hook `hook` gave `value`, in time: the job's Result if it is a verdict the runner applies
-  // itself (as _StageRun.decide and finish would: a final one, allowed at the stage, from a
-  // hook that left the transaction as it was), counted in the hook's figures; else null.
-  // A rewrite (pc.rewrite) is not final: it is counted, kept in `rewrite`, `args` get the new
-  // recipient, and None comes back (the next hook, please); an accept after it is a redirect.
-  struct rewrite_state {
-    pybind11::object address, by;  // the new recipient (a pc.Address), the policy file that made it
-  };
-  pybind11::object decided(policy_stage stage, pybind11::handle stage_name, pybind11::handle hook,
-                           pybind11::handle value, double elapsed, pybind11::handle session, pybind11::handle tx,
-                           pybind11::handle message, pybind11::handle envelope, rewrite_state& rewrite,
-                           pybind11::tuple& args) const;
-  // The stage's own positive reply (code, status), from STAGE_POSITIVE_REPLY.
-  std::optional<std::pair<int, std::string>> positive_reply(pybind11::handle stage_name) const;
-  // A verdict as the daemon applies it; a redirect to a rewritten recipient. (nullopt: Python's to make.)
-  std::optional<policy_result> verdict_result(pybind11::handle stage_name, pybind11::handle verdict,
-                                              pybind11::handle decided_by) const;
-  std::optional<policy_result> redirected(pybind11::handle stage_name, const rewrite_state& rewrite) const;
-
   py_ref sessions_, running_, scope_, stepping_, leave_loop_, objects_, upstream_reply_, resume_, slow_,
       resume_async_, drive_;
-  py_ref verdict_type_, positive_replies_;  // _verdicts.Verdict, and _engine.STAGE_POSITIVE_REPLY
+  py_ref verdict_type_, positive_replies_;  // _verdicts.Verdict, and _engine.STAGE_POSITIVE_REPLY (see decided)
   const job_objects* make_;  // objects_'s C++ side
 };
 

@@ -40,7 +40,6 @@ from . import _context
 __all__ = ["Error", "delete", "delete_sync", "get", "get_sync", "in_memory", "incr", "incr_sync", "run_at_once", "set",
            "set_sync"]
 
-MAX_KEY = 200
 _DEFAULT_PREFIX = "portcullis:"
 _DEFAULT_TIMEOUT = 2.0
 
@@ -102,20 +101,13 @@ def _redis_incr(client: Any, key: str, by: int, ttl: float | None) -> Any:
     return pipe.execute()
 
 
-# What each operation's arguments after the key are checked with, for Redis.
-_REDIS_CHECKS: dict[str, tuple[Any, ...]] = {
-    "get": (),
-    "set": (_checked_value, _checked_ttl),
-    "incr": (_checked_by, _checked_ttl),
-    "delete": (),
-}
-
-# Each operation once, for Redis: (the call on a client and a prefixed key, what Redis's answer means).
-_REDIS_OPERATIONS: dict[str, tuple[Any, Any]] = {
-    "get": (lambda c, k: c.get(k), lambda r: r),
-    "set": (lambda c, k, text, ttl: c.set(k, text, px=_px(ttl)), lambda r: None),
-    "incr": (_redis_incr, lambda r: int(r[0])),
-    "delete": (lambda c, k: c.delete(k), bool),
+# Each operation once, for Redis: (the call on a client and a prefixed key, what Redis's answer
+# means, what the arguments after the key are checked with).
+_REDIS_OPERATIONS: dict[str, tuple[Any, Any, tuple[Any, ...]]] = {
+    "get": (lambda c, k: c.get(k), lambda r: r, ()),
+    "set": (lambda c, k, text, ttl: c.set(k, text, px=_px(ttl)), lambda r: None, (_checked_value, _checked_ttl)),
+    "incr": (_redis_incr, lambda r: int(r[0]), (_checked_by, _checked_ttl)),
+    "delete": (lambda c, k: c.delete(k), bool, ()),
 }
 
 # The memory backend's operations: they answer at once and check their own arguments.
@@ -124,24 +116,24 @@ _MEMORY_OPERATIONS: dict[str, Any] = {
 }
 
 
-def _redis_arguments(name: str, key: object, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
-    """The key and the arguments of a Redis call, checked as the memory backend checks its own."""
-    return _checked_key(key), tuple(check(a) for check, a in zip(_REDIS_CHECKS[name], args))
+def _redis_operation(name: str, prefix: str, key: object, args: tuple[Any, ...]) -> tuple[Any, Any, str, tuple[Any, ...]]:
+    """(call, meaning, prefixed key, arguments) of a Redis operation, its key and arguments
+    checked as the memory backend checks its own."""
+    redis_op, meaning, checks = _REDIS_OPERATIONS[name]
+    return redis_op, meaning, prefix + _checked_key(key), tuple(check(a) for check, a in zip(checks, args))
 
 
 def _redis_call_sync(name: str, url: str, prefix: str, timeout: float, key: object, *args: Any) -> Any:
-    redis_op, meaning = _REDIS_OPERATIONS[name]
-    key, args = _redis_arguments(name, key, args)
+    redis_op, meaning, key, args = _redis_operation(name, prefix, key, args)
     try:
-        return meaning(redis_op(_sync_client(url, timeout), prefix + key, *args))
+        return meaning(redis_op(_sync_client(url, timeout), key, *args))
     except Exception as e:
         raise _redis_error(e) from None
 
 
 def _redis_call(name: str, url: str, prefix: str, timeout: float, key: object, *args: Any) -> Any:
-    redis_op, meaning = _REDIS_OPERATIONS[name]
-    key, args = _redis_arguments(name, key, args)
-    return _redis(redis_op, meaning, url, timeout, prefix + key, args)
+    redis_op, meaning, key, args = _redis_operation(name, prefix, key, args)
+    return _redis(redis_op, meaning, url, timeout, key, args)
 
 
 async def _redis(redis_op: Any, meaning: Any, url: str, timeout: float, key: str, args: tuple[Any, ...]) -> Any:
