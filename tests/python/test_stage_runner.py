@@ -8,6 +8,7 @@ empty, no reference kept to a job's objects.
 """
 
 import asyncio
+import functools
 import gc
 import sys
 import weakref
@@ -350,15 +351,38 @@ EXTRA = {"helo": {"hostname": "h.example"}, "rcpt": {"rcpt": "r@example.test", "
          "data": {"message": b"Subject: x\r\n\r\nb\r\n"}}
 
 
-def _verdict_counts(f):
-    """The counters a call of a hook of file ``f`` adds to: series -> count."""
+def _verdict_counts(*files):
+    """The counters a call of a hook of these files adds to: series -> count."""
     counts = {}
     for line in _core.metrics_exposition().splitlines():
         if line.startswith("portcullis_verdicts_total") or (
-                line.startswith("portcullis_hook_duration_seconds_count") and f in line):
+                line.startswith("portcullis_hook_duration_seconds_count") and any(f in line for f in files)):
             series, _, value = line.rpartition(" ")
             counts[series] = float(value)
     return counts
+
+
+def _outcome(host, files, run):
+    """What ``run()`` (one job on ``host``) gave: (its result as a dict, decided_by, whether the
+    session's envelope is marked unchanged, the counters it added)."""
+    before = _verdict_counts(*files)
+    r = run()
+    after = _verdict_counts(*files)
+    counted = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert not host._running and _context.scope.get()[0] == ""
+    return result_as_dict(r), r.decided_by if r is not None else None, session(host).envelope is not None, counted
+
+
+def _on_the_loop(host, j, in_python):
+    """A loop job's result: its first steps by the runner and the rest awaited, or all of it in Python (_drive)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        if in_python:
+            return await host._drive(j, loop)
+        work = host._runner.run_async(host, j, loop)
+        return work if work is None or isinstance(work, _core.Result) else await work
+
+    return asyncio.run(main())
 
 
 @pytest.mark.parametrize("stage,expr", VERDICTS)
@@ -370,13 +394,8 @@ def test_a_verdict_the_runner_applies_is_the_python_path_s(policy_file, stage, e
     outcomes = []
     for way in ("run_plain", "_run_plain_slow"):
         host = EngineHost([f])
-        before = _verdict_counts(f)
-        r = getattr(host, way)(job(stage, tx_snapshot=t, **EXTRA.get(stage, {})))
-        after = _verdict_counts(f)
-        kept = session(host).envelope
-        counted = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-        outcomes.append((result_as_dict(r), r.decided_by if r is not None else None, kept is not None, counted))
-        assert not host._running and _context.scope.get()[0] == ""
+        j = job(stage, tx_snapshot=t, **EXTRA.get(stage, {}))
+        outcomes.append(_outcome(host, [f], functools.partial(getattr(host, way), j)))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][3], "the call was counted"
 
@@ -388,20 +407,8 @@ def test_an_async_hook_s_verdict_in_its_first_step_is_the_python_path_s(policy_f
     outcomes = []
     for in_python in (False, True):
         host = EngineHost([f])
-        before = _verdict_counts(f)
-
-        async def main():
-            loop = asyncio.get_running_loop()
-            if in_python:
-                return await host._drive(job(stage, tx_snapshot=t, **EXTRA.get(stage, {})), loop)
-            work = host._runner.run_async(host, job(stage, tx_snapshot=t, **EXTRA.get(stage, {})), loop)
-            return work if work is None or isinstance(work, _core.Result) else await work
-
-        r = asyncio.run(main())
-        after = _verdict_counts(f)
-        counted = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-        outcomes.append((result_as_dict(r), r.decided_by if r is not None else None,
-                         session(host).envelope is not None, counted))
+        j = job(stage, tx_snapshot=t, **EXTRA.get(stage, {}))
+        outcomes.append(_outcome(host, [f], functools.partial(_on_the_loop, host, j, in_python)))
     assert outcomes[0] == outcomes[1] and outcomes[0][3]
 
 
@@ -486,25 +493,12 @@ def test_a_rewrite_the_runner_takes_is_the_python_path_s(policy_file, after, is_
     outcomes = []
     for in_python in (False, True):
         host = EngineHost([first, second])
-        before = {**_verdict_counts(first), **_verdict_counts(second)}
         j = job("rcpt", tx_snapshot=tx(), rcpt="old@example.test", rcpt_params={})
-
-        async def main():
-            loop = asyncio.get_running_loop()
-            if in_python:
-                return await host._drive(j, loop)
-            work = host._runner.run_async(host, j, loop)
-            return work if work is None or isinstance(work, _core.Result) else await work
-
         if is_async:
-            r = asyncio.run(main())
+            run = functools.partial(_on_the_loop, host, j, in_python)
         else:
-            r = host._run_plain_slow(j) if in_python else host.run_plain(j)
-        after_counts = {**_verdict_counts(first), **_verdict_counts(second)}
-        counted = {k: v - before.get(k, 0) for k, v in after_counts.items() if v != before.get(k, 0)}
-        outcomes.append((result_as_dict(r), r.decided_by if r is not None else None,
-                         session(host).envelope is not None, counted))
-        assert not host._running and _context.scope.get()[0] == ""
+            run = functools.partial(host._run_plain_slow if in_python else host.run_plain, j)
+        outcomes.append(_outcome(host, [first, second], run))
     assert outcomes[0] == outcomes[1]
 
 
