@@ -88,11 +88,7 @@ std::string arc_sealer::seal_now(std::string_view prefix, const message_store& m
   const std::string i = "i=" + std::to_string(instance) + "; ";
   const std::string t = std::to_string(now.value_or(std::time(nullptr)));
   const std::string ids = "d=" + settings_.domain + "; s=" + settings_.selector + "; t=" + t;
-  const auto sign = [this](const std::string& data) {
-    md_context ctx;
-    start_signing(ctx.ctx, key_);
-    return folded_signature(ctx.ctx, key_, data);
-  };
+  const auto sign = [this](const std::string& data) { return folded_signature(key_, data); };
 
   std::string aar = "ARC-Authentication-Results: " + i + std::string(*results);
   // The message signature (§4.1.2): DKIM's, over what our DKIM signature covers.

@@ -3,6 +3,7 @@
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <sodium.h>
 
 #include <algorithm>
 #include <ctime>
@@ -20,6 +21,9 @@
 namespace portcullis::checks {
 
 namespace {
+
+// Up to this size a message in memory may be signed on the I/O thread (sign).
+constexpr std::size_t in_place_message_limit = 64 * 1024;
 
 // RFC 6376 §5.4.1's recommended fields, and the MIME ones that say how the
 // body reads. Fields absent from a message are not listed in its h=.
@@ -48,15 +52,30 @@ std::string h_tag_value(const std::vector<std::string>& names) {
   return out;
 }
 
-std::string folded_signature(EVP_MD_CTX* ctx, const signing_key& key, const std::string& data) {
-  const std::string hashed = key.ed25519 ? sha256_of(data) : "";
-  const std::string& input = key.ed25519 ? hashed : data;
-  std::size_t size = 0;
-  const auto* bytes = reinterpret_cast<const unsigned char*>(input.data());
-  check(EVP_DigestSign(ctx, nullptr, &size, bytes, input.size()), "signing");
-  std::string raw(size, '\0');
-  check(EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(raw.data()), &size, bytes, input.size()), "signing");
-  raw.resize(size);
+ed25519_secret::~ed25519_secret() { sodium_memzero(bytes, sizeof bytes); }
+
+std::string folded_signature(const signing_key& key, const std::string& data) {
+  std::string raw;
+  if (key.ed25519) {
+    const std::string hashed = sha256_of(data);
+    raw.resize(crypto_sign_ed25519_BYTES);
+    if (crypto_sign_ed25519_detached(reinterpret_cast<unsigned char*>(raw.data()), nullptr,
+                                     reinterpret_cast<const unsigned char*>(hashed.data()), hashed.size(),
+                                     key.ed25519_key->bytes) != 0)
+      throw std::runtime_error("libsodium: signing failed");
+  } else {
+    md_context ctx;
+    {
+      std::lock_guard lock(*key.preparing);
+      check(EVP_MD_CTX_copy_ex(ctx.ctx, key.prepared.get()), "signing");
+    }
+    std::size_t size = 0;
+    const auto* bytes = reinterpret_cast<const unsigned char*>(data.data());
+    check(EVP_DigestSign(ctx.ctx, nullptr, &size, bytes, data.size()), "signing");
+    raw.resize(size);
+    check(EVP_DigestSign(ctx.ctx, reinterpret_cast<unsigned char*>(raw.data()), &size, bytes, data.size()), "signing");
+    raw.resize(size);
+  }
   const std::string signature = base64_encode(raw);
   // Folded (a verifier drops b='s whitespace with the value).
   std::string out;
@@ -94,17 +113,24 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
       break;
     default: throw std::runtime_error(where + "neither an RSA nor an Ed25519 key");
   }
-  // RSA signs with SHA-256; Ed25519 takes no digest (it signs a hash itself, RFC 8463 §3).
+  if (key.ed25519) {
+    // libsodium's key is the 32-byte seed (OpenSSL's raw private key) and the public key it makes.
+    unsigned char seed[32], public_key[32], openssl_public[32];
+    std::size_t seed_size = sizeof seed, public_size = sizeof openssl_public;
+    auto secret = std::make_shared<ed25519_secret>();
+    const bool made = sodium_init() >= 0 && EVP_PKEY_get_raw_private_key(k, seed, &seed_size) == 1 &&
+                      EVP_PKEY_get_raw_public_key(k, openssl_public, &public_size) == 1 &&
+                      crypto_sign_ed25519_seed_keypair(public_key, secret->bytes, seed) == 0 &&
+                      sodium_memcmp(public_key, openssl_public, sizeof public_key) == 0;
+    sodium_memzero(seed, sizeof seed);
+    if (!made) throw std::runtime_error(where + "libsodium cannot sign with it");
+    key.ed25519_key = std::move(secret);
+    return key;
+  }
   key.prepared.reset(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  if (!key.prepared ||
-      EVP_DigestSignInit(key.prepared.get(), nullptr, key.ed25519 ? nullptr : sha256(), nullptr, k) != 1)
+  if (!key.prepared || EVP_DigestSignInit(key.prepared.get(), nullptr, sha256(), nullptr, k) != 1)
     throw std::runtime_error(where + "OpenSSL cannot sign with it");
   return key;
-}
-
-void start_signing(EVP_MD_CTX* ctx, const signing_key& key) {
-  std::lock_guard lock(*key.preparing);
-  check(EVP_MD_CTX_copy_ex(ctx, key.prepared.get()), "signing");
 }
 
 dkim_signer::dkim_signer(const dkim_sign_config& settings)
@@ -133,6 +159,9 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
     }
     return s;
   };
+  // An Ed25519 signature of a small message in memory costs less than the
+  // round trip to the pool (a wake-up there and back): signed here.
+  if (key_.ed25519 && !message->spilled() && message->size() <= in_place_message_limit) co_return work();
   auto result = co_await off_thread<dkim_signing>(pool_, "pc-sign", work);
   co_return result;
 }
@@ -171,9 +200,7 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
   // What is signed (§3.7): the covered fields, then this one as the verifier will take it.
   const std::string data = signed_fields(fields, h, dkim_canonicalization::relaxed) +
                            unsigned_signature_field(field, dkim_canonicalization::relaxed);
-  md_context sign;
-  start_signing(sign.ctx, key_);
-  return field + folded_signature(sign.ctx, key_, data);
+  return field + folded_signature(key_, data);
 }
 
 }  // namespace portcullis::checks

@@ -128,8 +128,7 @@ def test_rsa_signatures_verify_elsewhere(signing_daemon, aiosmtpd_upstream, dns_
     assert not verifies(b"From: mallory@evil.test\r\n" + content, dns_server.port)
     assert not verifies(content.replace(b"Hello Bob", b"Hello Eve"), dns_server.port)
     # The signer's thread has its name (top -H, perf).
-    names = {open(f"/proc/{d.pid}/task/{t}/comm").read().strip() for t in os.listdir(f"/proc/{d.pid}/task")}
-    assert "pc-sign" in names, names
+    assert "pc-sign" in thread_names(d)
 
 
 @pytest.mark.parametrize("server", [{"message_memory_threshold": 1048576}, {"message_memory_threshold": 0}],
@@ -145,11 +144,23 @@ def test_large_and_spilled_messages_are_signed_too(signing_daemon, aiosmtpd_upst
     assert verifies(small, dns_server.port)
 
 
+def thread_names(d):
+    return {open(f"/proc/{d.pid}/task/{t}/comm").read().strip() for t in os.listdir(f"/proc/{d.pid}/task")}
+
+
 def test_ed25519_signatures_verify_elsewhere(signing_daemon, aiosmtpd_upstream, dns_server):
     d = signing_daemon(key="ed_file", selector="ed")
     content = deliver(d, aiosmtpd_upstream)
     assert signature_tags(content)["a"] == "ed25519-sha256"
     assert verifies(content, dns_server.port)
+    # A small message is signed on the session's thread (cheaper than the hop to
+    # the signer's threads, which name themselves when they first work); a
+    # large one on the signer's threads.
+    assert "pc-sign" not in thread_names(d)
+    big = deliver(d, aiosmtpd_upstream, MESSAGE + b"more text, line after line\r\n" * 3_000)
+    assert len(big) > 64 * 1024 and signature_tags(big)["a"] == "ed25519-sha256"
+    assert verifies(big, dns_server.port)
+    assert "pc-sign" in thread_names(d)
 
 
 def test_the_signature_covers_every_policy_edit(signing_daemon, aiosmtpd_upstream, dns_server):

@@ -211,7 +211,7 @@ def test_debian_package_unpacks_and_runs(build_dir, tmp_path, clean_env, aiosmtp
     assert "python3 (>= 3.11)" in depends
     # dpkg-shlibdeps found the libraries the daemon links (ldd: libpython3.11, libssl3, libunbound8, ...).
     assert {"libc6", "libpython3.11", "libssl3", "libunbound8", "libspf2-2", "libopendmarc2", "libpsl5",
-            "libstdc++6", "adduser"} <= names, depends
+            "libsodium23", "libstdc++6", "adduser"} <= names, depends
     assert all(re.fullmatch(r"[a-z0-9][\w.+-]*( \([<>=]+ [\w.:~+-]+\))?", d) for d in depends), depends
     assert "python3-redis" in fields.get("Recommends", "")
     control = tmp_path / "control"
