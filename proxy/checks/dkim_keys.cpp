@@ -3,6 +3,9 @@
 #include <openssl/err.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <sodium.h>
+
+#include <algorithm>
 
 #include "checks/dkim_crypto.hpp"
 
@@ -21,8 +24,10 @@ std::shared_ptr<verifying_key> dkim_key_cache::get(const dkim_key_fields& record
   k->ed25519 = ed25519;
   if (ed25519) {
     // RFC 8463 §4: the 32 octets of the public key, bare.
-    if (der.size() == 32)
+    if (der.size() == k->ed25519_public.size() && sodium_init() >= 0) {
+      std::copy(der.begin(), der.end(), k->ed25519_public.begin());
       k->key.reset(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, bytes, der.size()), EVP_PKEY_free);
+    }
   } else {
     // RFC 6376 §3.6.1: an RSA SubjectPublicKeyInfo.
     k->key.reset(d2i_PUBKEY(nullptr, &bytes, static_cast<long>(der.size())), EVP_PKEY_free);
@@ -80,9 +85,8 @@ bool signature_verifies(verifying_key& k, const std::string& data, const std::st
   const auto* hashed = reinterpret_cast<const unsigned char*>(digest.data());
   bool ok = false;
   if (k.ed25519) {
-    md_context c;
-    ok = EVP_DigestVerifyInit(c.ctx, nullptr, nullptr, nullptr, k.key.get()) == 1 &&
-         EVP_DigestVerify(c.ctx, sig, signature.size(), hashed, digest.size()) == 1;
+    ok = signature.size() == crypto_sign_ed25519_BYTES &&
+         crypto_sign_ed25519_verify_detached(sig, hashed, digest.size(), k.ed25519_public.data()) == 0;
   } else {
     std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> c(nullptr, EVP_PKEY_CTX_free);
     {

@@ -67,6 +67,13 @@ def small_key(tmp_path_factory):
     return path.read_bytes(), "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
 
 
+# Ed25519's identity point as a public key (small order, RFC 8032 §5.1.7), and the
+# signature (R the identity, S zero) that a check without the small-order test
+# accepts for every message under that key: OpenSSL 3.0's; not libsodium's.
+IDENTITY_KEY = base64.b64encode(bytes([1]) + bytes(31)).decode()
+UNIVERSAL_SIGNATURE = base64.b64encode(bytes([1]) + bytes(63))
+
+
 def key_zones(keys, small_key) -> dict:
     """Selectors of example.test with good, odd and broken keys."""
     rsa_p = keys["rsa_record"].split("p=", 1)[1]
@@ -82,6 +89,7 @@ def key_zones(keys, small_key) -> dict:
         "sha1only._domainkey.example.test": [{"TXT": f"v=DKIM1; h=sha1; p={rsa_p}"}],
         "service._domainkey.example.test": [{"TXT": f"v=DKIM1; s=tlsrpt; p={rsa_p}"}],
         "edtype._domainkey.example.test": [{"TXT": f"v=DKIM1; k=ed25519; p={rsa_p}"}],
+        "weak._domainkey.example.test": [{"TXT": f"v=DKIM1; k=ed25519; p={IDENTITY_KEY}"}],
         "version._domainkey.example.test": [{"TXT": f"v=DKIM2; p={rsa_p}"}],
         "garbage._domainkey.example.test": [{"TXT": "v=DKIM1; p=QUJDRA=="}],
         "nokey._domainkey.example.test": [{"TXT": "v=spf1 -all"}],
@@ -225,6 +233,10 @@ def dkim_corpus(keys, small_key) -> dict[str, bytes]:
     corpus["ed25519 relaxed"] = signed(algorithm="ed25519-sha256", selector="ed", canon=("relaxed", "relaxed"))
     corpus["ed25519 simple"] = signed(algorithm="ed25519-sha256", selector="ed", canon=("simple", "simple"))
     corpus["ed25519 body changed"] = corpus["ed25519 relaxed"].replace(b"Hello", b"Hallo")
+    weak = signed(algorithm="ed25519-sha256", selector="weak", canon=("relaxed", "relaxed"))
+    b_value = re.search(rb";\s*b=", weak).end()
+    field_end = re.search(rb"\r\n(?![ \t])", weak).start()  # (b= is dkimpy's last tag)
+    corpus["ed25519 small-order key"] = weak[:b_value] + UNIVERSAL_SIGNATURE + weak[field_end:]
     corpus["colon and spaces in a value"] = signed(MESSAGE.replace(b"Subject: DKIM test", b"Subject: Re:  a : b  c"),
                                                    canon=("relaxed", "relaxed"))
     corpus["8-bit header and body"] = signed(MESSAGE.replace(b"Bob,", b"B\xc3\xb6b,").replace(b"DKIM test", b"\xc3\xa9t\xc3\xa9"))
@@ -277,6 +289,9 @@ OPENDKIM_DIFFERS = {
     "key of the other type": ("permerror", "pass"),  # §6.1.2: a key that does not suit k= is a PERMFAIL
     "tag twice": ("permerror", "fail"),  # §3.2: a tag named twice makes the whole tag-list invalid
     "bh= not base64": ("permerror", "fail"),  # §6.1.1: a malformed signature is a PERMFAIL
+    # RFC 8032 §5.1.7 with the small-order checks (libsodium's, dkimpy's): OpenSSL's check passes the
+    # signature that suits every message under the identity key.
+    "ed25519 small-order key": ("fail", "pass"),
 }
 
 

@@ -65,7 +65,8 @@ std::string verify(table& dns, const std::string& message_lf, unsigned max = 5, 
   const auto results = v.verify_now(*message_store::wrap(std::make_shared<std::string>(crlf(message_lf))), now);
   std::string out;
   for (const auto& r : results) {
-    out += (out.empty() ? "" : ",") + std::string(to_string(r.result));
+    if (!out.empty()) out += ',';
+    out += to_string(r.result);  // (appended apart: GCC 12 warns, wrongly, of an overlapping copy in one expression)
     if (!r.problem.empty()) out += "(" + r.problem + ")";
   }
   return out;
