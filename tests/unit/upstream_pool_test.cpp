@@ -2,6 +2,7 @@
 // keeps, for whom, how many, and what it drops or QUITs.
 #include <gtest/gtest.h>
 
+#include <initializer_list>
 #include <thread>
 
 #include "upstream/upstream_pool.hpp"
@@ -32,6 +33,12 @@ class PoolTest : public ::testing::Test {
     c.caps["SIZE"] = "1000";
     c.xclient_sent = " ADDR=192.0.2.1";
     return c;
+  }
+
+  // Connections to `up` kept by `pool`, in this order (each kept, none refused),
+  // their upstream ends in `ends`.
+  void keep(upstream_pool& pool, const upstream_config& up, std::initializer_list<tcp::socket*> ends) {
+    for (auto* end : ends) EXPECT_FALSE(pool.give_back(up, connection(*end)));
   }
 
   // What the upstream's end has received by now (waits up to a second for `want` bytes).
@@ -89,8 +96,7 @@ TEST_F(PoolTest, BoundedBySize) {
   pool->configure(cfg);
   std::vector<tcp::socket> far;
   for (int i = 0; i < 3; ++i) far.emplace_back(io);
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(far[0])));
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(far[1])));
+  keep(*pool, cfg->upstream, {&far[0], &far[1]});
   EXPECT_TRUE(pool->give_back(cfg->upstream, connection(far[2])));
   EXPECT_EQ(pool->idle(), 2u);
 }
@@ -114,9 +120,7 @@ TEST_F(PoolTest, DropsWhatTheUpstreamClosedOrSpokeOn) {
   const auto cfg = settings(4);
   pool->configure(cfg);
   tcp::socket closed(io), spoke(io), fine(io);
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(fine)));
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(spoke)));
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(closed)));
+  keep(*pool, cfg->upstream, {&fine, &spoke, &closed});
   closed.close();
   asio::write(spoke, asio::buffer(std::string_view("421 4.4.2 idle timeout\r\n")));
   std::this_thread::sleep_for(20ms);
@@ -137,9 +141,7 @@ TEST_F(PoolTest, ReaperKeepsTheRestWhole) {
   cfg->upstream.pool_idle_timeout = 2s;  // a reaper pass every 500 ms
   pool->configure(cfg);
   tcp::socket first(io), closed(io), last(io);
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(first)));
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(closed)));
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(last)));
+  keep(*pool, cfg->upstream, {&first, &closed, &last});
   closed.close();
   io.run_for(800ms);
   EXPECT_EQ(pool->idle(), 2u);
@@ -173,8 +175,7 @@ TEST_F(PoolTest, CloseAllQuitsEverythingAndKeepsNoMore) {
   const auto cfg = settings(4);
   pool->configure(cfg);
   tcp::socket a(io), b(io);
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(a)));
-  EXPECT_FALSE(pool->give_back(cfg->upstream, connection(b)));
+  keep(*pool, cfg->upstream, {&a, &b});
   asio::write(a, asio::buffer(std::string_view("221 2.0.0 Bye\r\n")));
   asio::write(b, asio::buffer(std::string_view("221 2.0.0 Bye\r\n")));
   bool done = false;
