@@ -42,6 +42,7 @@ awaitable<dkim_signing> arc_sealer::seal(const std::string& prefix, const messag
   const auto work = [this, prefix, message, chain] {
     dkim_signing s;
     s.domain = settings_.domain;
+    s.selectors = {settings_.selector};
     try {
       s.field = seal_now(prefix, *message, chain, s.why_not);
     } catch (const std::exception& e) {

@@ -133,8 +133,20 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
   return key;
 }
 
+namespace {
+
+std::vector<dkim_signer::key_in_use> read_keys(const dkim_sign_config& settings) {
+  std::vector<dkim_signer::key_in_use> keys;
+  for (const auto& config : settings.keys) keys.push_back({config, read_signing_key(config.key_file, "dkim_sign")});
+  return keys;
+}
+
+}  // namespace
+
 dkim_signer::dkim_signer(const dkim_sign_config& settings)
-    : settings_(settings), networks_(settings.networks), key_(read_signing_key(settings.key_file, "dkim_sign")) {}
+    : settings_(settings), networks_(settings.networks), keys_(read_keys(settings)) {
+  all_ed25519_ = std::all_of(keys_.begin(), keys_.end(), [](const key_in_use& k) { return k.key.ed25519; });
+}
 
 dkim_signer::~dkim_signer() { pool_.join(); }
 
@@ -154,6 +166,7 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
         s.domain = *ours;
       }
       s.field = sign_now(*message, s.domain);
+      for (const auto* k : keys_for(s.domain)) s.selectors.push_back(k->config.selector);
     } catch (const std::exception& e) {
       s.error = e.what();
     }
@@ -161,17 +174,20 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
   };
   // An Ed25519 signature of a small message in memory costs less than the
   // round trip to the pool (a wake-up there and back): signed here.
-  if (key_.ed25519 && !message->spilled() && message->size() <= in_place_message_limit) co_return work();
+  if (all_ed25519_ && !message->spilled() && message->size() <= in_place_message_limit) co_return work();
   auto result = co_await off_thread<dkim_signing>(pool_, "pc-sign", work);
   co_return result;
 }
 
-std::string_view dkim_signer::algorithm() const { return key_.ed25519 ? "ed25519-sha256" : "rsa-sha256"; }
-
-bool dkim_signer::signs_as(std::string_view domain) const {
+std::vector<const dkim_signer::key_in_use*> dkim_signer::keys_for(std::string_view domain) const {
   const auto d = smtp::to_lower(domain);
-  return std::find(settings_.domains.begin(), settings_.domains.end(), d) != settings_.domains.end();
+  std::vector<const key_in_use*> found;
+  for (const auto& k : keys_)
+    if (std::find(k.config.domains.begin(), k.config.domains.end(), d) != k.config.domains.end()) found.push_back(&k);
+  return found;
 }
+
+bool dkim_signer::signs_as(std::string_view domain) const { return !keys_for(domain).empty(); }
 
 std::optional<std::string> dkim_signer::domain_for(std::string_view from_domain) const {
   std::string d = smtp::to_lower(from_domain);
@@ -185,22 +201,24 @@ std::optional<std::string> dkim_signer::domain_for(std::string_view from_domain)
 }
 
 std::string dkim_signer::sign_now(const message_store& message, const std::string& domain) const {
-  // The header fields, and the body's hash (relaxed, RFC 6376 §3.4.4, §3.7), in one read.
+  // The header fields, and the body's hash (relaxed, RFC 6376 §3.4.4, §3.7), in one read for every key.
   body_hasher body(dkim_canonicalization::relaxed, std::nullopt);
   const auto fields = read_for_signatures(message, {}, [&body](const auto&) { return std::vector{&body}; });
-
-  // The signature field with an empty b= (§3.5), folded; b= comes last, so
-  // that the value added after signing is all a verifier takes out.
   const auto h = fields_to_sign(fields);
-  std::string field = "DKIM-Signature: v=1; a=" + std::string(algorithm()) + "; c=relaxed/relaxed; d=" + domain +
-                      "; s=" + settings_.selector + ";\r\n\tt=" + std::to_string(std::time(nullptr)) +
-                      "; h=" + h_tag_value(h) +
-                      ";\r\n\tbh=" + base64_encode(body.digest()) + ";\r\n\tb=";
-
-  // What is signed (§3.7): the covered fields, then this one as the verifier will take it.
-  const std::string data = signed_fields(fields, h, dkim_canonicalization::relaxed) +
-                           unsigned_signature_field(field, dkim_canonicalization::relaxed);
-  return field + folded_signature(key_, data);
+  // What every signature covers (§3.7): the covered fields, then its own field as the verifier will take it.
+  const std::string covered = signed_fields(fields, h, dkim_canonicalization::relaxed);
+  const std::string common = "; c=relaxed/relaxed; d=" + domain;
+  const std::string rest = ";\r\n\tt=" + std::to_string(std::time(nullptr)) + "; h=" + h_tag_value(h) +
+                           ";\r\n\tbh=" + base64_encode(body.digest()) + ";\r\n\tb=";
+  std::string out;
+  for (const auto* k : keys_for(domain)) {
+    // The signature field with an empty b= (§3.5), folded; b= comes last, so
+    // that the value added after signing is all a verifier takes out.
+    std::string field = "DKIM-Signature: v=1; a=" + std::string(k->key.ed25519 ? "ed25519-sha256" : "rsa-sha256") +
+                        common + "; s=" + k->config.selector + rest;
+    out += field + folded_signature(k->key, covered + unsigned_signature_field(field, dkim_canonicalization::relaxed));
+  }
+  return out;
 }
 
 }  // namespace portcullis::checks

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <openssl/evp.h>
 
@@ -72,34 +73,43 @@ std::string h_tag_value(const std::vector<std::string>& names);
 
 class dkim_signer final : public mail_signer {
  public:
-  // Reads the key file; throws std::runtime_error naming it when it is no
-  // usable key (not PEM, not RSA or Ed25519, RSA under 1024 bits).
+  // A configured key, read.
+  struct key_in_use {
+    dkim_key_config config;
+    signing_key key;
+  };
+
+  // Reads every key file; throws std::runtime_error naming the file when it
+  // is no usable key (not PEM, not RSA or Ed25519, RSA under 1024 bits).
   explicit dkim_signer(const dkim_sign_config& settings);
   ~dkim_signer() override;
   dkim_signer(const dkim_signer&) = delete;
   dkim_signer& operator=(const dkim_signer&) = delete;
 
   const dkim_sign_config& settings() const { return settings_; }
-  std::string_view algorithm() const;  // "rsa-sha256" or "ed25519-sha256"
 
   // Mail from this client is signed without AUTH ([dkim_sign] networks).
   bool trusts(const asio::ip::address& client) const override { return networks_.contains(client); }
-  // `domain` is one of ours to sign as.
+  // `domain` is one of ours to sign as (some key lists it).
   bool signs_as(std::string_view domain) const override;
   awaitable<dkim_signing> sign(const message_ptr& message, const std::string& domain) override;
   // What to sign a message from `from_domain` as: that domain if it is
   // ours, else (with subdomains) the nearest of ours above it.
   std::optional<std::string> domain_for(std::string_view from_domain) const;
+  // The keys that sign as `domain`, in the config's order.
+  std::vector<const key_in_use*> keys_for(std::string_view domain) const;
 
-  // The "DKIM-Signature: ...\r\n" field for the message signed as `domain`,
-  // folded with CRLF. Throws std::runtime_error when OpenSSL fails or the
-  // message cannot be read.
+  // The "DKIM-Signature: ...\r\n" fields for the message signed as
+  // `domain`, one for each of its keys in the config's order (the first on
+  // top), folded with CRLF; the message is read once for all. Throws
+  // std::runtime_error when OpenSSL fails or the message cannot be read.
   std::string sign_now(const message_store& message, const std::string& domain) const;
 
  private:
   dkim_sign_config settings_;
   network_list networks_;
-  signing_key key_;
+  std::vector<key_in_use> keys_;
+  bool all_ed25519_ = false;  // every signature is cheap enough for an I/O thread (sign)
   asio::thread_pool pool_{2};  // signing is CPU work: two threads keep up with two I/O threads
 };
 

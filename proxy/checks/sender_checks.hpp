@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "asio.hpp"
 #include "checks/results.hpp"
@@ -41,8 +42,9 @@ class sender_checks {
 
 // A message's DKIM signature, or why it has none.
 struct dkim_signing {
-  std::string field;    // "DKIM-Signature: ...\r\n"; empty: not signed
+  std::string field;    // "DKIM-Signature: ...\r\n" (one a key); empty: not signed
   std::string domain;   // d=
+  std::vector<std::string> selectors;  // s= of each field
   std::string why_not;  // not signed (no From domain of ours, ...)
   std::string error;    // signing failed (the message could not be read, OpenSSL failed)
 };

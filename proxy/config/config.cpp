@@ -469,6 +469,30 @@ void read_listeners(table_reader& t, const std::string& key, std::vector<std::st
   }
 }
 
+// A [dkim_sign] key (the table's own, or one of `keys`), appended to `keys`
+// unless it has no domains. `signing` ("selector._domainkey.domain" -> key
+// file) refuses a second key for one DNS name, which holds one public key.
+void read_dkim_key(table_reader& t, const std::filesystem::path& base, std::vector<dkim_key_config>& keys,
+                   std::map<std::string, std::filesystem::path>& signing) {
+  t.require("domains");
+  t.require("selector");
+  t.require("key_file");
+  dkim_key_config key;
+  t.get_list("domains", key.domains, [](const std::string& d) { return is_domain(d); }, domain_want);
+  for (auto& d : key.domains) d = smtp::to_lower(d);
+  // The selector is a name under _domainkey (RFC 6376 §3.1): labels, dot-separated.
+  if (t.get("selector", key.selector) && !is_domain(key.selector))
+    t.problem_at("selector", as_shown(key.selector) + " is not a selector (DNS labels: letters, digits, hyphens, dots)");
+  t.get_path("key_file", key.key_file, base);
+  for (const auto& d : key.domains) {
+    const auto [first, fresh] = signing.emplace(smtp::to_lower(key.selector) + "._domainkey." + d, key.key_file);
+    if (!fresh)
+      t.problem_at("selector", "s=" + key.selector + " of " + d + " is signed with " +
+                                   first->second.filename().string() + " already (one public key a selector)");
+  }
+  if (!key.domains.empty()) keys.push_back(std::move(key));
+}
+
 void read_server(table_reader& t, server_config& s, const std::filesystem::path& base) {
   if (t.get("hostname", s.hostname) && !is_domain(s.hostname)) t.problem_at("hostname", as_shown(s.hostname) + " " + domain_want);
   std::map<std::string, std::string> listening;
@@ -694,20 +718,17 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   });
   cfg->dkim_sign.enabled = section("dkim_sign", [&](table_reader& t) {
     auto& k = cfg->dkim_sign;
-    if (!t.has("domains") && !t.has("selector") && !t.has("key_file")) return;  // an empty table signs nothing
-    t.require("domains");
-    t.require("selector");
-    t.require("key_file");
-    t.get_list("domains", k.domains, [](const std::string& d) { return is_domain(d); }, domain_want);
-    for (auto& d : k.domains) d = smtp::to_lower(d);
-    // The selector is a name under _domainkey (RFC 6376 §3.1): labels, dot-separated.
-    if (t.get("selector", k.selector) && !is_domain(k.selector))
-      t.problem_at("selector", as_shown(k.selector) + " is not a selector (DNS labels: letters, digits, hyphens, dots)");
-    t.get_path("key_file", k.key_file, base);
+    std::map<std::string, std::filesystem::path> signing;  // "selector._domainkey.domain" -> its key file
+    // An empty table signs nothing.
+    if (t.has("domains") || t.has("selector") || t.has("key_file")) read_dkim_key(t, base, k.keys, signing);
+    t.each_table("keys", [&](table_reader& r) { read_dkim_key(r, base, k.keys, signing); });
     t.get_list("networks", k.networks, is_network, "is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)");
     t.get("subdomains", k.subdomains);
+    if (!t.has("domains") && !t.has("selector") && !t.has("key_file") && !t.has("keys"))
+      for (const char* setting : {"networks", "subdomains"})
+        t.problem_at(setting, "needs a key to sign with (domains, selector and key_file, or keys)");
   });
-  if (cfg->dkim_sign.enabled && cfg->dkim_sign.domains.empty()) cfg->dkim_sign.enabled = false;
+  if (cfg->dkim_sign.keys.empty()) cfg->dkim_sign.enabled = false;
   cfg->arc_seal.enabled = section("arc_seal", [&](table_reader& t) {
     auto& k = cfg->arc_seal;
     t.require("domain");

@@ -159,17 +159,27 @@ struct dns_config {
   bool operator==(const dns_config&) const = default;
 };
 
-// Signing outbound mail with DKIM (RFC 6376): mail whose From domain is one
-// of `domains`, from an authenticated client or one in `networks`, gets a
-// signature made with the key (RSA or Ed25519, by the key file) as the last
-// change before it goes upstream; a policy may choose otherwise per message.
-struct dkim_sign_config {
-  bool enabled = false;  // the table has its three keys
+// One DKIM signing key: the domains it signs for (d=), its selector (s=)
+// and its PEM file (RSA or Ed25519, by the key).
+struct dkim_key_config {
   std::vector<std::string> domains;  // lower-cased
   std::string selector;
   std::filesystem::path key_file;
+
+  bool operator==(const dkim_key_config&) const = default;
+};
+
+// Signing outbound mail with DKIM (RFC 6376): mail whose From domain is one
+// of a key's `domains`, from an authenticated client or one in `networks`,
+// gets a signature made with every key for that domain (RSA and Ed25519
+// side by side, RFC 8463 §1) as the last change before it goes upstream; a
+// policy may choose the domain, and so the keys, per message.
+struct dkim_sign_config {
+  bool enabled = false;  // some key signs for some domain
+  // The table's own domains/selector/key_file first, then each [[dkim_sign.keys]].
+  std::vector<dkim_key_config> keys;
   std::vector<std::string> networks{"127.0.0.0/8", "::1"};  // clients signed for without AUTH
-  bool subdomains = false;  // a From domain under one of `domains` is signed as that domain
+  bool subdomains = false;  // a From domain under one of the domains is signed as that domain
 
   bool operator==(const dkim_sign_config&) const = default;
 };

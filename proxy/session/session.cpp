@@ -815,7 +815,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
     // ARC: the very last change, over everything the upstream gets (RFC 8617 §5.1).
     const auto sealed = co_await gen_->sealer->seal(header, message, tx_.arc);
     std::string seal;
-    if (auto failed = take_signature(sealed, "ARC sealed", cfg_.arc_seal.selector, seal)) co_return *failed;
+    if (auto failed = take_signature(sealed, "ARC sealed", seal)) co_return *failed;
     header = seal + header;
   }
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
@@ -845,11 +845,11 @@ awaitable<std::optional<reply>> session::dkim_sign(const message_ptr& message, s
     co_return std::nullopt;  // not our users' mail: never lend it our signature
   }
   const auto signed_ = co_await gen_->signer->sign(message, domain);
-  co_return take_signature(signed_, "DKIM signed", cfg_.dkim_sign.selector, field);
+  co_return take_signature(signed_, "DKIM signed", field);
 }
 
 std::optional<reply> session::take_signature(const checks::dkim_signing& s, std::string_view done,
-                                             std::string_view selector, std::string& field) const {
+                                             std::string& field) const {
   if (!s.error.empty()) {
     // Sent without it, the message could fail at its destination: the client tries again.
     log_.error("not {}: {}", done, printable(s.error));
@@ -858,7 +858,7 @@ std::optional<reply> session::take_signature(const checks::dkim_signing& s, std:
   if (s.field.empty()) {
     log_.info("not {}: {}", done, printable(s.why_not));
   } else {
-    log_.info("{} d={} s={}", done, s.domain, selector);
+    for (const auto& selector : s.selectors) log_.info("{} d={} s={}", done, s.domain, selector);
     field = s.field;
   }
   return std::nullopt;

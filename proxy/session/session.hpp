@@ -74,14 +74,13 @@ class session : public std::enable_shared_from_this<session> {
   awaitable<reply> deliver(std::size_t& size);
   // `message` without the Authentication-Results fields that claim our
   // hostname (itself when it has none); null when the copy cannot be stored.
-  // [dkim_sign]: the DKIM-Signature field for the message going upstream (or
-  // none); a reply when the message must not go (signing failed, a policy
+  // [dkim_sign]: the DKIM-Signature fields (one a key) for the message going
+  // upstream (or none); a reply when the message must not go (signing failed, a policy
   // asked for a key we do not have).
   awaitable<std::optional<reply>> dkim_sign(const message_ptr& message, std::string& field);
-  // A signature or seal made (its field into `field`, a log line), not
-  // made (a log line), or failed (the 451 for the client).
-  std::optional<reply> take_signature(const checks::dkim_signing& s, std::string_view done, std::string_view selector,
-                                      std::string& field) const;
+  // A signature or seal made (its fields into `field`, a log line a
+  // selector), not made (a log line), or failed (the 451 for the client).
+  std::optional<reply> take_signature(const checks::dkim_signing& s, std::string_view done, std::string& field) const;
   message_ptr without_claimed_results(message_ptr message);
   // Ends the transaction, here and upstream.
   awaitable<void> reset_transaction();

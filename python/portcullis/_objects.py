@@ -179,8 +179,8 @@ class Transaction:
     ``dkim_sign`` chooses how the message is DKIM signed on its way out
     (``[dkim_sign]``): None (the default) leaves it to the config (mail from an
     authenticated client, or one in ``[dkim_sign] networks``, whose From domain
-    is listed); False does not sign; a domain of ``[dkim_sign] domains`` signs
-    as that domain, whoever sent it. Read when the message goes upstream, after
+    is listed); False does not sign; a domain that a ``[dkim_sign]`` key lists
+    signs as that domain, with each of its keys, whoever sent it. Read when the message goes upstream, after
     ``on_data``. ``arc_seal = False`` sends the message without our ARC seal
     (``[arc_seal]`` seals every relayed message otherwise; None is the default).
 

@@ -59,6 +59,7 @@ def key_zones(keys) -> dict:
         "rsa._domainkey.example.test": [{"TXT": keys["rsa_record"]}],
         "rsa._domainkey.other.test": [{"TXT": keys["rsa_record"]}],
         "ed._domainkey.example.test": [{"TXT": keys["ed_record"]}],
+        "ed._domainkey.third.test": [{"TXT": keys["ed_record"]}],
     }
 
 
@@ -221,6 +222,36 @@ def on_data(tx, message):
     deliver(d, aiosmtpd_upstream, MESSAGE.replace(b"Subject: signed", b"Subject: as-stranger"), proxy_from="127.0.0.2",
             expect=451)
     d.wait_log(r"policy asked to sign as stranger\.test, which is not one of \[dkim_sign\] domains$")
+
+
+def test_several_keys_sign_side_by_side(signing_daemon, aiosmtpd_upstream, dns_server, keys):
+    # example.test signed with RSA and Ed25519 (RFC 8463 §1), other.test and third.test each with a key of its own;
+    # a policy that chooses a domain chooses its keys.
+    choose = """
+def on_data(tx, message):
+    if "as-third" in (message.get("Subject") or ""):
+        tx.dkim_sign = "third.test"
+"""
+    d = signing_daemon(choose, dkim_sign={"domains": ["example.test"], "keys": [
+        {"domains": ["example.test", "third.test"], "selector": "ed", "key_file": str(keys["ed_file"])},
+        {"domains": ["other.test"], "selector": "rsa", "key_file": str(keys["rsa_file"])}]})
+
+    def signatures(content):
+        head = content.split(b"\r\n\r\n", 1)[0]
+        count = head.count(b"DKIM-Signature:")
+        signer = dkim.DKIM(content)
+        assert all(signer.verify(idx=i, dnsfunc=txt_lookup(dns_server.port)) for i in range(count)), content
+        return [(tags["a"], tags["d"], tags["s"]) for tags in
+                (signature_tags(b"DKIM-Signature:" + f.split(b"\r\n\r\n")[0]) for f in head.split(b"DKIM-Signature:")[1:])]
+
+    content = deliver(d, aiosmtpd_upstream)
+    assert signatures(content) == [("rsa-sha256", "example.test", "rsa"), ("ed25519-sha256", "example.test", "ed")]
+    d.wait_log(r"[0-9A-F]{12}: DKIM signed d=example\.test s=rsa$")
+    d.wait_log(r"[0-9A-F]{12}: DKIM signed d=example\.test s=ed$")
+    other = MESSAGE.replace(b"alice@example.test", b"alice@other.test")
+    assert signatures(deliver(d, aiosmtpd_upstream, other)) == [("rsa-sha256", "other.test", "rsa")]
+    chosen = MESSAGE.replace(b"Subject: signed", b"Subject: as-third")
+    assert signatures(deliver(d, aiosmtpd_upstream, chosen)) == [("ed25519-sha256", "third.test", "ed")]
 
 
 def test_a_rotated_key_is_used_after_sighup(signing_daemon, aiosmtpd_upstream, dns_server, keys):

@@ -123,6 +123,31 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_EQ(cfg->metrics.listen, "");  // no metrics listener unless asked for
 }
 
+// [dkim_sign]: the table's own key first, then each of `keys`; a key with no domains signs nothing.
+TEST_F(ConfigTest, DkimSigningKeys) {
+  const auto cfg = load_config(write(R"([dkim_sign]
+domains = ["Example.Test"]
+selector = "rsa"
+key_file = "rsa.pem"
+keys = [{domains = ["example.test", "other.test"], selector = "ed", key_file = "ed.pem"},
+        {domains = [], selector = "spare", key_file = "spare.pem"}]
+)"));
+  ASSERT_TRUE(cfg->dkim_sign.enabled);
+  ASSERT_EQ(cfg->dkim_sign.keys.size(), 2u);
+  EXPECT_EQ(cfg->dkim_sign.keys[0].domains, std::vector<std::string>{"example.test"});
+  EXPECT_EQ(cfg->dkim_sign.keys[0].selector, "rsa");
+  EXPECT_EQ(cfg->dkim_sign.keys[0].key_file.filename(), "rsa.pem");
+  EXPECT_EQ(cfg->dkim_sign.keys[1].domains, (std::vector<std::string>{"example.test", "other.test"}));
+  EXPECT_EQ(cfg->dkim_sign.keys[1].selector, "ed");
+  EXPECT_TRUE(cfg->dkim_sign.keys[1].key_file.is_absolute());  // (relative to the config file)
+  // Only keys: the table's own three may go.
+  const auto only = load_config(write("[dkim_sign]\nkeys = [{domains = [\"a.test\"], selector = \"s\", key_file = \"k\"}]\n"));
+  EXPECT_TRUE(only->dkim_sign.enabled);
+  EXPECT_EQ(only->dkim_sign.keys.size(), 1u);
+  // No domain anywhere: nothing is signed.
+  EXPECT_FALSE(load_config(write("[dkim_sign]\ndomains = []\nselector = \"s\"\nkey_file = \"k\"\n"))->dkim_sign.enabled);
+}
+
 // An empty [server] table changes nothing either.
 TEST_F(ConfigTest, EmptyTablesKeepDefaults) {
   const auto cfg = load_config(
@@ -575,6 +600,17 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
        "3: dkim_sign.selector: \"s 1\" is not a selector (DNS labels: letters, digits, hyphens, dots)"},
       {"[dkim_sign]\ndomains = [\"a.test\"]\nselector = \"s\"\nkey_file = \"k\"\nnetworks = [\"10.0.0.0/33\"]\n",
        "5: dkim_sign.networks: \"10.0.0.0/33\" is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)"},
+      {"[dkim_sign]\nkeys = [{domains = [\"a.test\"], key_file = \"k\"}]\n", "2: dkim_sign.keys[0].selector: required"},
+      {"[dkim_sign]\n[[dkim_sign.keys]]\ndomains = [\"a.test\"]\nselector = \"s\"\nkey_file = \"k\"\ncolour = 1\n",
+       "6: dkim_sign.keys[0].colour: unknown key"},
+      {"[dkim_sign]\nkeys = {domains = [\"a.test\"]}\n", "2: dkim_sign.keys: wrong type (want a list of tables)"},
+      {"[dkim_sign]\nnetworks = []\n", "2: dkim_sign.networks: needs a key to sign with (domains, selector and key_file, or keys)"},
+      {"[dkim_sign]\n\nsubdomains = true\n",
+       "3: dkim_sign.subdomains: needs a key to sign with (domains, selector and key_file, or keys)"},
+      // One DNS name, one public key: two keys cannot sign as the same selector of a domain.
+      {"[dkim_sign]\ndomains = [\"a.test\"]\nselector = \"s\"\nkey_file = \"k\"\n"
+       "[[dkim_sign.keys]]\ndomains = [\"b.test\", \"A.test\"]\nselector = \"S\"\nkey_file = \"k2\"\n",
+       "7: dkim_sign.keys[0].selector: s=S of a.test is signed with k already (one public key a selector)"},
       {"[store]\nurl = \"http://127.0.0.1:6379/0\"\n",
        "2: store.url: \"http://127.0.0.1:6379/0\" is not \"memory:\", redis://HOST:PORT/DB, rediss://... or unix://PATH"},
       {"[store]\nmemory_entries = 10\n", "2: store.memory_entries: 10 is out of range (want 1024 to 16777216)"},
