@@ -5,9 +5,9 @@
 // recommends plus the MIME ones, From signed once more than it occurs (so a
 // From added on the way breaks the signature). Signing reads the whole
 // message (a spilled one from its file): it runs on the signer's own
-// threads, but for an Ed25519 signature of a small message in memory (tens
-// of microseconds, less than the hop to a pool thread and back), which is
-// made on the I/O thread.
+// threads; but when every key is Ed25519, a small message in memory (tens
+// of microseconds a signature, less than the hop to a pool thread and back)
+// is signed on the I/O thread.
 #pragma once
 
 #include <memory>
