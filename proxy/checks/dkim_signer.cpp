@@ -172,8 +172,8 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
     }
     return s;
   };
-  // An Ed25519 signature of a small message in memory costs less than the
-  // round trip to the pool (a wake-up there and back): signed here.
+  // Ed25519 signatures of a small message in memory cost less than the
+  // round trip to the pool (a wake-up there and back): made here.
   if (all_ed25519_ && !message->spilled() && message->size() <= in_place_message_limit) co_return work();
   auto result = co_await off_thread<dkim_signing>(pool_, "pc-sign", work);
   co_return result;
