@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +16,8 @@
 
 #include "checks/dkim_crypto.hpp"
 #include "checks/dkim_signer.hpp"
+#include "checks/dkim_verifier.hpp"
+#include "unit/txt_table.hpp"
 
 namespace portcullis::checks {
 namespace {
@@ -114,6 +117,50 @@ TEST(DkimSigner, KeysSignFromManyThreadsAtOnce) {
     for (auto& t : threads) t.join();
     EXPECT_EQ(wrong, std::vector<int>(4, 0)) << type;
   }
+}
+
+// The TXT record of `key`'s public half (RFC 6376 §3.6.1; RFC 8463 §4.2: Ed25519's 32 octets).
+std::string key_record(EVP_PKEY* key) {
+  std::string bytes;
+  if (EVP_PKEY_get_base_id(key) == EVP_PKEY_ED25519) {
+    bytes.resize(32);
+    std::size_t size = bytes.size();
+    EXPECT_EQ(EVP_PKEY_get_raw_public_key(key, reinterpret_cast<unsigned char*>(bytes.data()), &size), 1);
+    return "v=DKIM1; k=ed25519; p=" + base64_encode(bytes);
+  }
+  unsigned char* der = nullptr;
+  const int size = i2d_PUBKEY(key, &der);
+  EXPECT_GT(size, 0);
+  bytes.assign(reinterpret_cast<char*>(der), static_cast<std::size_t>(size));
+  OPENSSL_free(der);
+  return "v=DKIM1; k=rsa; p=" + base64_encode(bytes);
+}
+
+// Each key of a domain signs the message once, in the config's order (the
+// first on top), and each signature verifies; another domain gets its own keys.
+TEST(DkimSigner, EveryKeyOfADomainSigns) {
+  key_file rsa("RSA"), ed("ED25519");
+  dkim_sign_config settings;
+  settings.enabled = true;
+  settings.keys = {{{"example.test"}, "rsa", rsa.path}, {{"example.test", "other.test"}, "ed", ed.path}};
+  const dkim_signer signer(settings);
+  table dns;
+  dns.txt("rsa._domainkey.example.test", key_record(rsa.key.get()));
+  dns.txt("ed._domainkey.example.test", key_record(ed.key.get()));
+  dns.txt("ed._domainkey.other.test", key_record(ed.key.get()));
+  const dkim_verifier verifier(dns.lookup(), 5);
+  const std::string message = crlf("From: Alice <alice@example.test>\nTo: bob@example.net\nSubject: two keys\n\nHello\n");
+  const auto results = [&](const std::string& domain) {
+    const std::string fields = signer.sign_now(*message_store::wrap(std::make_shared<std::string>(message)), domain);
+    std::string out;
+    for (const auto& r : verifier.verify_now(*message_store::wrap(std::make_shared<std::string>(fields + message))))
+      out += (out.empty() ? "" : ",") + r.domain + "/" + r.selector + ":" + std::string(to_string(r.result));
+    return out;
+  };
+  EXPECT_EQ(results("example.test"), "example.test/rsa:pass,example.test/ed:pass");
+  EXPECT_EQ(results("other.test"), "other.test/ed:pass");
+  EXPECT_EQ(signer.keys_for("Example.TEST").size(), 2u);
+  EXPECT_TRUE(signer.keys_for("third.test").empty());
 }
 
 TEST(DkimSigner, ArcRefusesAnEd25519Key) {
