@@ -3,6 +3,7 @@
 
     bench/hook_instructions.py --bin build/portcullis            # ~2 minutes
     bench/hook_instructions.py --bin build/portcullis --full-stack   # the checks (issue 9's case), ~3 minutes
+    bench/hook_instructions.py --bin build/portcullis --full-stack ed25519   # the same, signing with Ed25519
     bench/hook_instructions.py --bin build/portcullis --ready-made   # aliases (100,000) + senders + ratelimit, ~3 minutes
 
 Timings on a shared machine drift by a third from run to run; instruction
@@ -16,10 +17,11 @@ Instructions are not time (cache misses are not in them: see
 bench/engine_jobs.py), but a change that lowers them lowers the CPU a hook
 costs, and they tell two builds apart where bench.py cannot. With
 --full-stack it does the same for bench.py's full-stack case (100 and then
-400 signed messages), and splits what libcrypto takes from the rest (the
-message scans, the checks, the hook): under valgrind OpenSSL takes a slower
-RSA path, so the libcrypto figure is several times the native one, while
-the rest is what a change to our own code moves. With --ready-made, bench.py's
+400 signed messages; the proxy signs with RSA-2048, or with Ed25519), and
+splits what the crypto libraries (libcrypto, libsodium) take from the rest
+(the message scans, the checks, the hook): under valgrind OpenSSL takes a
+slower RSA path, so the crypto figure is several times the native one,
+while the rest is what a change to our own code moves. With --ready-made, bench.py's
 case of the ready-made policies (aliases with 100,000 entries, senders,
 ratelimit on the memory store), 100 and then 400 messages.
 """
@@ -72,11 +74,11 @@ def instructions(binary, policy, messages, work, sink, checks=None):
     return int(found.group(1)), out
 
 
-def libcrypto_instructions(out):
-    """What libcrypto took of a callgrind output file."""
+def crypto_instructions(out):
+    """What the crypto libraries (libcrypto, libsodium) took of a callgrind output file."""
     annotated = subprocess.run(["callgrind_annotate", "--threshold=100", out], check=True, capture_output=True,
                                text=True).stdout
-    return sum(int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) .*libcrypto\.so", annotated, re.M))
+    return sum(int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) .*lib(?:crypto|sodium)\.so", annotated, re.M))
 
 
 def per_message(binary, policy, work, sink):
@@ -92,11 +94,11 @@ def ready_made_per_message(binary, work, sink):
 
 
 def full_stack_per_message(binary, work, sink, checks):
-    """(instructions, those outside libcrypto) per message of the full-stack case."""
+    """(instructions, those outside the crypto libraries) per message of the full-stack case."""
     (large, large_out), (small, small_out) = (instructions(binary, "rewrite.py", n, work, sink, checks)
                                               for n in (FULL_LARGE, FULL_SMALL))
     total = (large - small) / (FULL_LARGE - FULL_SMALL)
-    crypto = (libcrypto_instructions(large_out) - libcrypto_instructions(small_out)) / (FULL_LARGE - FULL_SMALL)
+    crypto = (crypto_instructions(large_out) - crypto_instructions(small_out)) / (FULL_LARGE - FULL_SMALL)
     return total, total - crypto
 
 
@@ -104,9 +106,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.path.join(HERE, "..", "build", "portcullis"))
     ap.add_argument("--policy", action="append", help="bench/policies/ files (default: noop_plain.py, noop_async.py)")
-    ap.add_argument("--full-stack", action="store_true",
-                    help="instead: bench.py's full-stack case (SPF, DKIM, DMARC, rewrite.py, RSA signing; ~3 minutes), "
-                         "its instructions per message in libcrypto and outside it")
+    ap.add_argument("--full-stack", nargs="?", const="rsa", choices=["rsa", "ed25519"],
+                    help="instead: bench.py's full-stack case (SPF, DKIM, DMARC, rewrite.py, signing with RSA-2048 or "
+                         "Ed25519; ~3 minutes), its instructions per message in the crypto libraries and outside them")
     ap.add_argument("--ready-made", action="store_true",
                     help="instead: bench.py's ready-made case (aliases, senders, ratelimit; ~3 minutes), "
                          "its instructions per message")
@@ -122,13 +124,15 @@ def main() -> None:
                 print(f"aliases (100,000) + senders + ratelimit: {total:,.0f} instructions per message")
                 return
             if args.full_stack:
-                dns_server, host, tables, message_file = checks_setup(work, full=True)
+                dns_server, host, tables, message_file = checks_setup(work, full=True,
+                                                                      sign_ed25519=args.full_stack == "ed25519")
                 try:
                     total, outside = full_stack_per_message(args.bin, work, sink, (tables, host, message_file))
                 finally:
                     dns_server.stop()
-                print(f"full stack: {total:,.0f} instructions per message, {outside:,.0f} outside libcrypto "
-                      f"(libcrypto's RSA path is slower under valgrind than natively)")
+                print(f"full stack ({args.full_stack} signing): {total:,.0f} instructions per message, "
+                      f"{outside:,.0f} outside libcrypto and libsodium (OpenSSL's RSA path is slower under valgrind "
+                      f"than natively)")
                 return
             base = per_message(args.bin, None, work, sink)
             print(f"no policy: {base:,.0f} instructions per message")
