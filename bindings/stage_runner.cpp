@@ -191,20 +191,26 @@ bool no_signing_choice(py::handle tx) {
   return name().dkim_sign.get(tx).is_none() && name().arc_seal.get(tx).is_none();
 }
 
+// Whether the hooks left the message as received (no message: before on_data)
+// and made no signing or sealing choice.
+bool message_kept(py::handle tx, py::handle message) {
+  return message.is_none() || (name().changed.get(message).ptr() == Py_False && no_signing_choice(tx));
+}
+
 // Whether the hooks left tx as the daemon sent it: its envelope, and at
 // on_data the message unchanged and no signing or sealing choice made. Else
 // Python works out what changed.
 bool unchanged(py::handle session, py::handle tx, py::handle message) {
-  if (!envelope_kept(session, tx)) return false;
-  return message.is_none() || (name().changed.get(message).ptr() == Py_False && no_signing_choice(tx));
+  return envelope_kept(session, tx) && message_kept(tx, message);
 }
 
 // The commonest edit, at the end of on_data: header fields added on top of a
-// message otherwise as received (Message._added_on_top), the envelope kept.
-// The Result carries the fields alone, as _StageRun._with_rewrites makes it;
-// null for anything else (Python works it out).
-py::object fields_on_top(py::handle session, py::handle tx, py::handle message) {
-  if (tx.is_none() || message.is_none() || !envelope_kept(session, tx) || !no_signing_choice(tx)) return {};
+// message otherwise as received (Message._added_on_top), no signing or sealing
+// choice made; the caller has seen the envelope kept. The Result carries the
+// fields alone, as _StageRun._with_rewrites makes it; null for anything else
+// (Python works it out).
+py::object fields_on_top(py::handle tx, py::handle message) {
+  if (message.is_none() || !no_signing_choice(tx)) return {};
   PyObject* on_top = PyObject_CallMethodNoArgs(message.ptr(), name().added_on_top.ptr());
   if (on_top == nullptr) {
     PyErr_Clear();  // (Python asks again, and reports it)
@@ -677,12 +683,16 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
   // Every hook said "no opinion" (or rewrote the recipient): the result is "next" (or a redirect to
   // it), unless they changed the transaction.
   if (is_notification(stage) || tx.is_none()) return py::none();
-  py::object result = py::none();  // (null: Python works it out)
-  if (!unchanged(session, tx, message)) {
-    result = rewrite.address ? py::object() : fields_on_top(session, tx, message);
-  } else if (rewrite.address) {
-    auto redirect = redirected(rules, stage_name, rewrite);
-    result = redirect ? py::cast(std::move(*redirect)) : py::object();
+  py::object result;  // null: Python works it out (a changed envelope, say)
+  if (envelope_kept(session, tx)) {
+    if (!message_kept(tx, message)) {
+      if (!rewrite.address) result = fields_on_top(tx, message);
+    } else if (rewrite.address) {
+      auto redirect = redirected(rules, stage_name, rewrite);
+      if (redirect) result = py::cast(std::move(*redirect));
+    } else {
+      result = py::none();
+    }
   }
   if (!result) return resume(count, py::none(), false, 0.0);
   n.envelope.set(session, envelope);  // tx's envelope still is what the daemon sent
