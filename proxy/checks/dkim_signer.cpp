@@ -165,8 +165,9 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
         }
         s.domain = *ours;
       }
-      s.field = sign_now(*message, s.domain);
-      for (const auto* k : keys_for(s.domain)) s.selectors.push_back(k->config.selector);
+      const auto keys = keys_for(s.domain);
+      s.field = sign_with(*message, s.domain, keys);
+      for (const auto* k : keys) s.selectors.push_back(k->config.selector);
     } catch (const std::exception& e) {
       s.error = e.what();
     }
@@ -179,15 +180,27 @@ awaitable<dkim_signing> dkim_signer::sign(const message_ptr& message, const std:
   co_return result;
 }
 
+namespace {
+
+// Whether `key` signs as `domain` (lower-cased).
+bool lists(const dkim_signer::key_in_use& key, std::string_view domain) {
+  return std::find(key.config.domains.begin(), key.config.domains.end(), domain) != key.config.domains.end();
+}
+
+}  // namespace
+
 std::vector<const dkim_signer::key_in_use*> dkim_signer::keys_for(std::string_view domain) const {
   const auto d = smtp::to_lower(domain);
   std::vector<const key_in_use*> found;
   for (const auto& k : keys_)
-    if (std::find(k.config.domains.begin(), k.config.domains.end(), d) != k.config.domains.end()) found.push_back(&k);
+    if (lists(k, d)) found.push_back(&k);
   return found;
 }
 
-bool dkim_signer::signs_as(std::string_view domain) const { return !keys_for(domain).empty(); }
+bool dkim_signer::signs_as(std::string_view domain) const {
+  const auto d = smtp::to_lower(domain);
+  return std::any_of(keys_.begin(), keys_.end(), [&d](const key_in_use& k) { return lists(k, d); });
+}
 
 std::optional<std::string> dkim_signer::domain_for(std::string_view from_domain) const {
   std::string d = smtp::to_lower(from_domain);
@@ -201,6 +214,11 @@ std::optional<std::string> dkim_signer::domain_for(std::string_view from_domain)
 }
 
 std::string dkim_signer::sign_now(const message_store& message, const std::string& domain) const {
+  return sign_with(message, domain, keys_for(domain));
+}
+
+std::string dkim_signer::sign_with(const message_store& message, const std::string& domain,
+                                   const std::vector<const key_in_use*>& keys) const {
   // The header fields, and the body's hash (relaxed, RFC 6376 §3.4.4, §3.7), in one read for every key.
   body_hasher body(dkim_canonicalization::relaxed, std::nullopt);
   const auto fields = read_for_signatures(message, {}, [&body](const auto&) { return std::vector{&body}; });
@@ -211,7 +229,7 @@ std::string dkim_signer::sign_now(const message_store& message, const std::strin
   const std::string rest = ";\r\n\tt=" + std::to_string(std::time(nullptr)) + "; h=" + h_tag_value(h) +
                            ";\r\n\tbh=" + base64_encode(body.digest()) + ";\r\n\tb=";
   std::string out;
-  for (const auto* k : keys_for(domain)) {
+  for (const auto* k : keys) {
     // The signature field with an empty b= (§3.5), folded; b= comes last, so
     // that the value added after signing is all a verifier takes out.
     std::string field = "DKIM-Signature: v=1; a=" + std::string(k->key.ed25519 ? "ed25519-sha256" : "rsa-sha256") +

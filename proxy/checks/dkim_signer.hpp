@@ -106,6 +106,10 @@ class dkim_signer final : public mail_signer {
   std::string sign_now(const message_store& message, const std::string& domain) const;
 
  private:
+  // sign_now with the domain's keys already found.
+  std::string sign_with(const message_store& message, const std::string& domain,
+                        const std::vector<const key_in_use*>& keys) const;
+
   dkim_sign_config settings_;
   network_list networks_;
   std::vector<key_in_use> keys_;
