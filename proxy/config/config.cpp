@@ -720,11 +720,12 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     auto& k = cfg->dkim_sign;
     std::map<std::string, std::filesystem::path> signing;  // "selector._domainkey.domain" -> its key file
     // An empty table signs nothing.
-    if (t.has("domains") || t.has("selector") || t.has("key_file")) read_dkim_key(t, base, k.keys, signing);
+    const bool own_key = t.has("domains") || t.has("selector") || t.has("key_file");
+    if (own_key) read_dkim_key(t, base, k.keys, signing);
     t.each_table("keys", [&](table_reader& r) { read_dkim_key(r, base, k.keys, signing); });
     t.get_list("networks", k.networks, is_network, "is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)");
     t.get("subdomains", k.subdomains);
-    if (!t.has("domains") && !t.has("selector") && !t.has("key_file") && !t.has("keys"))
+    if (!own_key && !t.has("keys"))
       for (const char* setting : {"networks", "subdomains"})
         t.problem_at(setting, "needs a key to sign with (domains, selector and key_file, or keys)");
   });
