@@ -81,23 +81,27 @@ def crypto_instructions(out):
     return sum(int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) .*lib(?:crypto|sodium)\.so", annotated, re.M))
 
 
+def difference(binary, policy, work, sink, checks=None, counts=(SMALL, LARGE)):
+    """(instructions per message, the small run's callgrind output, the large run's): two runs of
+    `counts` messages, so that start-up cancels out."""
+    small, large = counts
+    (few, few_out), (many, many_out) = (instructions(binary, policy, n, work, sink, checks) for n in counts)
+    return (many - few) / (large - small), few_out, many_out
+
+
 def per_message(binary, policy, work, sink):
-    (large, _), (small, _) = (instructions(binary, policy, n, work, sink) for n in (LARGE, SMALL))
-    return (large - small) / (LARGE - SMALL)
+    return difference(binary, policy, work, sink)[0]
 
 
 def ready_made_per_message(binary, work, sink):
     """Instructions per message of the ready-made policies' case."""
     checks = (ready_made_tables(work), "127.0.0.1", None)
-    (large, _), (small, _) = (instructions(binary, READY_MADE, n, work, sink, checks) for n in (FULL_LARGE, FULL_SMALL))
-    return (large - small) / (FULL_LARGE - FULL_SMALL)
+    return difference(binary, READY_MADE, work, sink, checks, (FULL_SMALL, FULL_LARGE))[0]
 
 
 def full_stack_per_message(binary, work, sink, checks):
     """(instructions, those outside the crypto libraries) per message of the full-stack case."""
-    (large, large_out), (small, small_out) = (instructions(binary, "rewrite.py", n, work, sink, checks)
-                                              for n in (FULL_LARGE, FULL_SMALL))
-    total = (large - small) / (FULL_LARGE - FULL_SMALL)
+    total, small_out, large_out = difference(binary, "rewrite.py", work, sink, checks, (FULL_SMALL, FULL_LARGE))
     crypto = (crypto_instructions(large_out) - crypto_instructions(small_out)) / (FULL_LARGE - FULL_SMALL)
     return total, total - crypto
 
