@@ -1,5 +1,7 @@
 #include "bindings/job_objects.hpp"
 
+#include <structmember.h>
+
 #include <exception>
 #include <utility>
 
@@ -93,6 +95,47 @@ py::object message_loader(stored_message stored) {
 }
 
 }  // namespace
+
+job_objects::result_class::result_class(py::object made) : cls_(std::move(made)) {
+  // The generated __init__ of a frozen dataclass takes each field in order and
+  // sets it with object.__setattr__, that is, writes its slot; anything that
+  // would make it do more (a __post_init__, an InitVar or ClassVar, a field
+  // it does not take) leaves slots_ empty.
+  const py::handle cls = *cls_;
+  if (!PyType_Check(cls.ptr())) return;
+  auto* type = reinterpret_cast<PyTypeObject*>(cls.ptr());
+  const py::object dataclasses = py::module_::import("dataclasses");
+  if (!dataclasses.attr("is_dataclass")(cls).cast<bool>() || py::hasattr(cls, "__post_init__")) return;
+  const py::object params = cls.attr("__dataclass_params__");
+  if (!params.attr("frozen").cast<bool>() || !params.attr("init").cast<bool>()) return;
+  const py::tuple fields = dataclasses.attr("fields")(cls);
+  if (py::len(fields) != py::len(cls.attr("__dataclass_fields__"))) return;
+  std::vector<Py_ssize_t> slots;
+  for (const auto field : fields) {
+    if (!field.attr("init").cast<bool>()) return;
+    PyObject* found = PyDict_GetItemWithError(type->tp_dict, field.attr("name").ptr());
+    if (found == nullptr || !Py_IS_TYPE(found, &PyMemberDescr_Type) || PyDescr_TYPE(found) != type) {
+      PyErr_Clear();
+      return;
+    }
+    const PyMemberDef* member = reinterpret_cast<PyMemberDescrObject*>(found)->d_member;
+    if (member->type != T_OBJECT_EX || (member->flags & READONLY) != 0) return;
+    slots.push_back(member->offset);
+  }
+  slots_ = std::move(slots);
+}
+
+py::object job_objects::result_class::make(py::handle values) const {
+  const py::object items = items_of(values, -1, "a check result is a sequence");
+  const auto count = static_cast<std::size_t>(PySequence_Fast_GET_SIZE(items.ptr()));
+  if (slots_.empty() || count != slots_.size()) return call(cls_, values);  // (a wrong count raises there)
+  py::object o = bare_instance(cls_);
+  for (std::size_t i = 0; i < count; ++i) {
+    auto** slot = reinterpret_cast<PyObject**>(reinterpret_cast<char*>(o.ptr()) + slots_[i]);
+    *slot = Py_NewRef(PySequence_Fast_GET_ITEM(items.ptr(), static_cast<Py_ssize_t>(i)));  // (a new instance's slots are empty)
+  }
+  return o;
+}
 
 job_objects::job_objects(py::object connection, py::object session, py::object transaction, py::object address,
                          py::object address_list, py::object message, py::object spf_result,
@@ -196,18 +239,18 @@ py::object job_objects::transaction_of(py::handle session, py::handle envelope) 
   n.smtputf8.set(tx, smtputf8);
   n.body_8bit.set(tx, body_8bit);
 
-  n.spf.set(tx, item(6).is_none() ? py::object(py::none()) : call(spf_result_, item(6)));
+  n.spf.set(tx, item(6).is_none() ? py::object(py::none()) : spf_result_.make(item(6)));
   if (item(7).is_none()) {
     n.dkim.set(tx, py::none());
   } else {
     const py::object signatures = items_of(item(7), -1, "DKIM results are a sequence");
     py::list dkim;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(signatures.ptr()); ++i)
-      dkim.append(call(dkim_signature_, PySequence_Fast_GET_ITEM(signatures.ptr(), i)));
+      dkim.append(dkim_signature_.make(PySequence_Fast_GET_ITEM(signatures.ptr(), i)));
     n.dkim.set(tx, dkim);
   }
-  n.dmarc.set(tx, item(8).is_none() ? py::object(py::none()) : call(dmarc_result_, item(8)));
-  n.arc.set(tx, item(9).is_none() ? py::object(py::none()) : call(arc_result_, item(9)));
+  n.dmarc.set(tx, item(8).is_none() ? py::object(py::none()) : dmarc_result_.make(item(8)));
+  n.arc.set(tx, item(9).is_none() ? py::object(py::none()) : arc_result_.make(item(9)));
 
   n.tx.set(session, tx);
   auto copy = py::reinterpret_steal<py::object>(PyList_GetSlice(recipients.ptr(), 0, PY_SSIZE_T_MAX));

@@ -16,6 +16,7 @@
 #include <pybind11/pybind11.h>
 
 #include <memory>
+#include <vector>
 
 #include "bindings/py_ref.hpp"
 #include "store/message_store.hpp"
@@ -55,8 +56,24 @@ class job_objects {
                                 pybind11::handle head_whole) const;
 
  private:
-  py_ref connection_, session_, transaction_, address_, address_list_, message_, spf_result_, dkim_signature_,
-      dmarc_result_, arc_result_;
+  // A check result's class (a frozen dataclass with slots), made from the
+  // daemon's tuple of its fields as its __init__ makes it, but with no
+  // Python frame: each field's slot written as object.__setattr__ writes it
+  // (the generated __init__ spends a Python call on each field, and this
+  // runs for every job of a checked transaction). Any other class (a test's
+  // stand-in), or a tuple of another length, is called: cls(*values).
+  class result_class {
+   public:
+    explicit result_class(pybind11::object cls);
+    pybind11::object make(pybind11::handle values) const;
+
+   private:
+    py_ref cls_;
+    std::vector<Py_ssize_t> slots_;  // each field's offset in an instance, in __init__'s order; empty: call
+  };
+
+  py_ref connection_, session_, transaction_, address_, address_list_, message_;
+  result_class spf_result_, dkim_signature_, dmarc_result_, arc_result_;
 };
 
 }  // namespace portcullis::bindings

@@ -6,12 +6,14 @@ constructor (or Message._lazy) makes: a slot added in Python and forgotten
 in C fails here, not in a hook.
 """
 
+import dataclasses
 import gc
 import weakref
 
 import pytest
 
 import portcullis as pc
+import _portcullis_core as _core
 from portcullis import _engine
 from portcullis._address import AddressList
 from portcullis._objects import ArcResult, DkimSignature, DmarcResult, SpfResult
@@ -108,6 +110,78 @@ def test_check_results_become_their_classes():
     assert tx.dmarc == DmarcResult(*dmarc) and tx.arc == ArcResult(*arc)
     tx = OBJECTS.transaction_of(s, envelope())
     assert tx.spf is None and tx.dkim is None and tx.dmarc is None and tx.arc is None
+
+
+def test_check_results_are_the_constructors_objects_slot_by_slot_and_stay_frozen():
+    s = Session(pc.Connection("S1", "192.0.2.1"))
+    dmarc = ("fail", "example.test", "reject", "reject", "example.test", 50, False, True)
+    tx = OBJECTS.transaction_of(s, envelope(spf=("pass", "example.test", None), dkim=[], dmarc=dmarc))
+    assert slots(tx.spf) == slots(SpfResult("pass", "example.test", None))
+    assert slots(tx.dmarc) == slots(DmarcResult(*dmarc)) and hash(tx.dmarc) == hash(DmarcResult(*dmarc))
+    assert tx.dkim == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tx.spf.result = "fail"
+
+
+def job_objects_with(spf_result):
+    return _core.JobObjects(connection=pc.Connection, session=_engine._Session, transaction=pc.Transaction,
+                            address=pc.Address, address_list=AddressList, message=pc.Message, spf_result=spf_result,
+                            dkim_signature=DkimSignature, dmarc_result=DmarcResult, arc_result=ArcResult)
+
+
+def counting_init(cls):
+    """cls with its __init__ counting its calls in cls.calls."""
+    cls.calls = []
+    made = cls.__init__
+
+    def init(self, *args):
+        cls.calls.append(args)
+        made(self, *args)
+
+    cls.__init__ = init
+    return cls
+
+
+@counting_init
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlainResult:
+    result: str
+    domain: str
+    explanation: str | None
+
+
+@counting_init
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckedResult(PlainResult):
+    def __post_init__(self):
+        if self.result not in ("pass", "fail"):
+            raise ValueError(self.result)
+
+
+@counting_init
+@dataclasses.dataclass(slots=True)
+class MutableResult:
+    result: str
+    domain: str
+    explanation: str | None
+
+
+@counting_init
+class NotADataclass:
+    def __init__(self, *args):
+        self.args = args
+
+
+def test_a_frozen_dataclass_result_is_made_without_its_init_and_any_other_class_is_called():
+    spf = ("pass", "example.test", None)
+    made = job_objects_with(PlainResult).transaction_of(Session(pc.Connection("S1", "192.0.2.1")), envelope(spf=spf))
+    assert PlainResult.calls == [] and made.spf == PlainResult(*spf)
+    for cls in (CheckedResult, MutableResult, NotADataclass):  # a __post_init__, a mutable class, no dataclass
+        made = job_objects_with(cls).transaction_of(Session(pc.Connection("S1", "192.0.2.1")), envelope(spf=spf))
+        assert cls.calls == [spf] and isinstance(made.spf, cls)
+    with pytest.raises(ValueError):  # its __post_init__ ran
+        job_objects_with(CheckedResult).transaction_of(Session(pc.Connection("S1", "192.0.2.1")),
+                                                       envelope(spf=("none", "example.test", None)))
 
 
 @pytest.mark.parametrize("bad", [
