@@ -28,7 +28,8 @@ struct names {
       smtputf8{"_smtputf8"}, changed{"_changed"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"},
       is_async{"is_async"}, context{"context"}, lock{"_lock"}, host_engine{"engine"}, generation{"generation"},
       engine_sessions{"sessions"}, conn_id{"_id"}, kind{"kind"}, code{"code"}, status{"status"}, text{"text"},
-      addresses{"addresses"}, file{"file"};
+      addresses{"addresses"}, file{"file"}, prepended{"_prepended"}, is_parsed{"_is_parsed"},
+      head_whole{"_head_whole"}, raw{"raw"};
   py::str acquire{"acquire"}, release{"release"}, engine_of_generation{"_engine_of_generation"},
       close_if_unused{"_close_if_unused"}, allowed_at{"allowed_at"}, added_on_top{"_added_on_top"};
 };
@@ -204,6 +205,26 @@ bool unchanged(py::handle session, py::handle tx, py::handle message) {
   return envelope_kept(session, tx) && message_kept(tx, message);
 }
 
+// Message._added_on_top read from the slots in its commonest case, a lazy
+// message never parsed whose header section the daemon knows is all fields
+// (head_whole True), with fields added: their bytes, the last added first.
+// nullopt for anything else, which the method itself works out.
+std::optional<std::string> added_on_top(py::handle message) {
+  const auto& n = name();
+  if (n.changed.get(message).ptr() != Py_True || n.is_parsed.get(message).ptr() != Py_False ||
+      n.head_whole.get(message).ptr() != Py_True)
+    return std::nullopt;
+  const py::object prepended = n.prepended.get(message);
+  if (!PyList_CheckExact(prepended.ptr()) || PyList_GET_SIZE(prepended.ptr()) == 0) return std::nullopt;
+  std::string out;
+  for (Py_ssize_t i = PyList_GET_SIZE(prepended.ptr()); i-- > 0;) {
+    const py::object raw = n.raw.get(PyList_GET_ITEM(prepended.ptr(), i));
+    if (!PyBytes_CheckExact(raw.ptr())) return std::nullopt;
+    out.append(PyBytes_AS_STRING(raw.ptr()), static_cast<std::size_t>(PyBytes_GET_SIZE(raw.ptr())));
+  }
+  return out;
+}
+
 // The commonest edit, at the end of on_data: header fields added on top of a
 // message otherwise as received (Message._added_on_top), no signing or sealing
 // choice made; the caller has seen the envelope kept. The Result carries the
@@ -211,15 +232,24 @@ bool unchanged(py::handle session, py::handle tx, py::handle message) {
 // (Python works it out).
 py::object fields_on_top(py::handle tx, py::handle message) {
   if (message.is_none() || !no_signing_choice(tx)) return {};
-  PyObject* on_top = PyObject_CallMethodNoArgs(message.ptr(), name().added_on_top.ptr());
-  if (on_top == nullptr) {
-    PyErr_Clear();  // (Python asks again, and reports it)
-    return {};
-  }
-  const auto owned = py::reinterpret_steal<py::object>(on_top);
-  if (!PyBytes_Check(on_top)) return {};  // None: another change
   policy_result result;
-  result.message_prefix = std::string(PyBytes_AS_STRING(on_top), static_cast<std::size_t>(PyBytes_GET_SIZE(on_top)));
+  std::optional<std::string> fields;
+  try {
+    fields = added_on_top(message);
+  } catch (const py::error_already_set&) {  // (a slot unset: the method says what it makes of it)
+  }
+  if (fields) {
+    result.message_prefix = std::move(*fields);
+  } else {
+    PyObject* on_top = PyObject_CallMethodNoArgs(message.ptr(), name().added_on_top.ptr());
+    if (on_top == nullptr) {
+      PyErr_Clear();  // (Python asks again, and reports it)
+      return {};
+    }
+    const auto owned = py::reinterpret_steal<py::object>(on_top);
+    if (!PyBytes_Check(on_top)) return {};  // None: another change
+    result.message_prefix = std::string(PyBytes_AS_STRING(on_top), static_cast<std::size_t>(PyBytes_GET_SIZE(on_top)));
+  }
   return py::cast(std::move(result));
 }
 

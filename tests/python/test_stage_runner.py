@@ -463,10 +463,16 @@ def test_fields_added_on_top_end_the_job_with_no_python_frame(policy_file, monke
     def resume(*args):
         raise AssertionError("Python's path was taken")
 
+    import portcullis as pc
+
     monkeypatch.setattr(EngineHost, "_resume_plain", resume)
-    host = EngineHost([policy_file("def on_data(tx, message):\n    message.add_header('X-Seen', 'yes')\n")])
+    # Nor a method call: the fields are read from the Message's slots.
+    monkeypatch.setattr(pc.Message, "_added_on_top", lambda self: resume())
+    host = EngineHost([policy_file("def on_data(tx, message):\n    message.add_header('X-Seen', 'yes')\n"
+                                   "    message.add_header('X-Last', 'on top')\n")])
     r = host.run_plain(job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=b"S: x\r\n\r\nb\r\n"))
-    assert r.message is None and r.message_prefix == b"X-Seen: yes\r\n" and session(host).envelope is not None
+    assert r.message is None and r.message_prefix == b"X-Last: on top\r\nX-Seen: yes\r\n"
+    assert session(host).envelope is not None
 
 
 # What the hook after a rewrite does, and what the job's result is then (both ways alike).
