@@ -271,16 +271,15 @@ def test_a_policy_that_catches_the_value_error_delivers_the_clean_message(policy
             message.headers  # parsed now: the body is read from its slot
             message._body = b"NUL \\x00 here\\r\\n"
          """, "NUL"),
-        # Fields for the top of the message (the daemon puts them above its own copy), forged.
+        # Fields for the top of the message (the daemon puts them above its own copy), forged
+        # in the bytes it reads them from.
         ("""
-            from portcullis import _message
-            _message.Message._added_on_top = lambda self: b"X-Ok: 1\\r\\n\\r\\nInjected: body\\r\\n"
             message.add_header("X-Ok", "1")
+            message._prepended[0].raw = b"X-Ok: 1\\r\\n\\r\\nInjected: body\\r\\n"
          """, "an empty line"),
         ("""
-            from portcullis import _message
-            _message.Message._added_on_top = lambda self: b"X-Ok: 1"
             message.add_header("X-Ok", "1")
+            message._prepended[0].raw = b"X-Ok: 1"
          """, "does not end with CRLF"),
     ],
     ids=["header-bare-lf", "body-bare-cr", "body-nul", "top-empty-line", "top-no-crlf"],
