@@ -48,8 +48,10 @@ class session_log {
   void error(fmt::format_string<A...> f, A&&... a) const { log(spdlog::level::err, f, std::forward<A>(a)...); }
   template <class... A>
   void debug(fmt::format_string<A...> f, A&&... a) const { log(spdlog::level::debug, f, std::forward<A>(a)...); }
-  // Whether debug lines are written: test it before working out a debug line's arguments.
+  // Whether debug (info) lines are written: test it before working out a
+  // line's arguments where they cost more than the test (copies, escaping).
   static bool debugging() { return spdlog::should_log(spdlog::level::debug); }
+  static bool informing() { return spdlog::should_log(spdlog::level::info); }
 
  private:
   template <class... A>

@@ -163,8 +163,7 @@ awaitable<bool> session::flush() {
 }
 
 awaitable<void> session::run() {
-  log_.info("connect from {}{}", conn_.client_literal + ":" + std::to_string(conn_.client.port()),
-            implicit_tls_ ? " (implicit TLS)" : "");
+  log_.info("connect from {}:{}{}", conn_.client_literal, conn_.client.port(), implicit_tls_ ? " (implicit TLS)" : "");
   bool greeted = false;
   try {
     co_await serve();
@@ -936,6 +935,7 @@ void session::log_spf(const checks::spf_result& spf) const {
   const auto result = checks::to_string(spf.result);
   const auto identity = spf.helo ? "helo" : "mailfrom";
   metrics::count(metrics::family::sender_checks_total, {"spf", result});
+  if (!session_log::informing()) return;
   if (spf.problem.empty()) {
     log_.info("spf={} {}={} client={}", result, identity, printable(spf.domain), conn_.client_literal);
   } else {
@@ -946,6 +946,7 @@ void session::log_spf(const checks::spf_result& spf) const {
 
 void session::log_arc(const checks::arc_result& arc) const {
   metrics::count(metrics::family::sender_checks_total, {"arc", checks::to_string(arc.result)});
+  if (!session_log::informing()) return;
   if (arc.problem.empty()) {
     std::string by;
     for (const auto& d : arc.sealers) by += (by.empty() ? " by " : ", ") + d;
@@ -958,6 +959,7 @@ void session::log_arc(const checks::arc_result& arc) const {
 void session::log_dmarc(const checks::dmarc_result& dmarc) const {
   const auto result = checks::to_string(dmarc.result);
   metrics::count(metrics::family::sender_checks_total, {"dmarc", result});
+  if (!session_log::informing()) return;
   if (dmarc.result == checks::dmarc_result::kind::pass || dmarc.result == checks::dmarc_result::kind::fail) {
     log_.info("dmarc={} header.from={} p={} dis={}{}", result, printable(dmarc.domain), checks::to_string(dmarc.policy),
               checks::to_string(dmarc.disposition), dmarc.org_record ? " (the organizational domain's policy)" : "");
@@ -975,6 +977,7 @@ void session::log_dkim(const checks::dkim_results& dkim) const {
   }
   for (const auto& s : dkim) {
     metrics::count(metrics::family::sender_checks_total, {"dkim", checks::to_string(s.result)});
+    if (!session_log::informing()) continue;
     if (s.problem.empty()) {
       log_.info("dkim={} d={} s={}", checks::to_string(s.result), printable(s.domain), printable(s.selector));
     } else {
@@ -1027,6 +1030,7 @@ void session::log_transaction(const reply& outcome, std::size_t size) {
 void session::log_summary(std::string_view upstream, std::string_view queue_id, std::size_t size,
                           std::string_view outcome) {
   tx_logged_ = true;
+  if (!session_log::informing()) return;  // (its arguments are half a dozen escaped copies)
   std::string said;
   for (const auto& v : tx_.policy_verdicts) said += (said.empty() ? "" : "; ") + v;
   const auto policy_field = said.empty() ? std::string() : " policy=\"" + printable(said, 4000) + '"';
