@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -114,6 +115,28 @@ TEST(SessionExecutor, WorkHandedOverByWorkRunsAfterItNotInsideIt) {
   });
   io.run();
   EXPECT_EQ(log, (std::vector<std::string>{"first ends", "second"}));
+}
+
+TEST(SessionExecutor, WorkHandedOverAfterOneThatThrewIsDroppedNotRunLater) {
+  asio::io_context io;
+  const executor ex = make_session_executor(io);
+  std::vector<std::string> log;
+  asio::post(io, [&] {
+    EXPECT_THROW(ex.execute([&] {
+      auto throws = [] { throw std::runtime_error("task failed"); };
+      auto after = [&] { log.push_back("after the one that threw"); };
+      EXPECT_TRUE(run_after_strand(asio::any_io_executor(ex), throws));
+      EXPECT_TRUE(run_after_strand(asio::any_io_executor(ex), after));
+    }),
+                 std::runtime_error);
+    // The next dispatch's own work runs, and only it.
+    ex.execute([&] {
+      auto next = [&] { log.push_back("next dispatch's"); };
+      EXPECT_TRUE(run_after_strand(asio::any_io_executor(ex), next));
+    });
+  });
+  io.run();
+  EXPECT_EQ(log, (std::vector<std::string>{"next dispatch's"}));
 }
 
 TEST(SessionExecutor, IsAnIoExecutorForSocketsAndTimers) {
