@@ -156,14 +156,24 @@ void canonical_body::finish(std::string& out) {
   empty_lines_ = 0;
 }
 
+namespace {
+// Each field's name, found once (the callers look at every field for each name they want).
+std::vector<std::string_view> names_of(const std::vector<std::string>& fields) {
+  std::vector<std::string_view> names;
+  names.reserve(fields.size());
+  for (const auto& f : fields) names.push_back(smtp::header_field_name(f));
+  return names;
+}
+}  // namespace
+
 std::vector<std::string> signed_field_names(const std::vector<std::string>& fields,
                                             const std::vector<std::string_view>& wanted,
                                             const std::vector<std::string_view>& oversigned) {
+  const auto names = names_of(fields);
   std::vector<std::string> h;
   for (auto name : wanted) {
-    const auto n = std::count_if(fields.begin(), fields.end(), [&](const std::string& f) {
-      return smtp::equals_nocase(smtp::header_field_name(f), name);
-    });
+    const auto n =
+        std::count_if(names.begin(), names.end(), [&](std::string_view f) { return smtp::equals_nocase(f, name); });
     const bool over = std::find(oversigned.begin(), oversigned.end(), name) != oversigned.end();
     for (long i = 0; i < n + (over ? 1 : 0); ++i) h.emplace_back(smtp::to_lower(name));
   }
@@ -172,14 +182,15 @@ std::vector<std::string> signed_field_names(const std::vector<std::string>& fiel
 
 std::string signed_fields(const std::vector<std::string>& fields, const std::vector<std::string>& h,
                           dkim_canonicalization c) {
-  std::map<std::string, std::size_t> taken;  // name -> fields of that name taken, from the bottom
+  const auto names = names_of(fields);
+  std::map<std::string_view, std::size_t> taken;  // name (in h) -> fields of that name taken, from the bottom
   std::string out;
   for (const auto& name : h) {
     std::size_t skip = taken[name]++;
-    for (auto f = fields.rbegin(); f != fields.rend(); ++f) {
-      if (!smtp::equals_nocase(smtp::header_field_name(*f), name)) continue;
+    for (std::size_t i = fields.size(); i-- > 0;) {
+      if (!smtp::equals_nocase(names[i], name)) continue;
       if (skip-- == 0) {
-        out += canonical_header(*f, c);
+        out += canonical_header(fields[i], c);
         break;
       }
     }
