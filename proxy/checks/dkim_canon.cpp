@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -91,16 +92,38 @@ constexpr std::array<bool, 256> kept_bytes(bool relaxed) {
 constexpr auto kept_relaxed = kept_bytes(true);
 constexpr auto kept_simple = kept_bytes(false);
 
-// Where the bytes from `i` on stop being all at least `low`, looked at eight at
-// a time (a word has a byte below `low` iff (w - low*) & ~w & 0x80* is not 0,
-// for low <= 0x80). The bytes that end a run of kept bytes are all low:
-// CR, LF, SP and TAB (relaxed, below 0x21); CR and LF (simple, below 0x0e).
-std::size_t skip_at_least(std::string_view s, std::size_t i, unsigned char low) {
+// Simple: where the bytes from `i` on stop being all at least 0x0e, looked at
+// eight at a time (a word has a byte below `low` iff (w - low*) & ~w & 0x80*
+// is not 0, for low <= 0x80). The bytes that end a run, CR and LF, are below it.
+std::size_t skip_simple_words(std::string_view s, std::size_t i) {
   constexpr std::uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
   for (; i + 8 <= s.size(); i += 8) {
     std::uint64_t w;
     std::memcpy(&w, s.data() + i, 8);
-    if (((w - ones * low) & ~w & highs) != 0) break;
+    if (((w - ones * 0x0e) & ~w & highs) != 0) break;
+  }
+  return i;
+}
+
+// Relaxed: the first byte from `i` on that may end a run of bytes that stay
+// as they came, looked at eight at a time: a byte below SP (TAB, CR, LF,
+// other controls), or an SP not followed by a plain byte in its word (a
+// second SP, a control, or the word's end: the byte-wise step looks past it).
+// The flags are exact up to the first one (a borrow only ever spreads a
+// false alarm upwards, which the byte-wise step then clears).
+std::size_t skip_relaxed_words(std::string_view s, std::size_t i) {
+  constexpr std::uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL, spaces = ones * ' ';
+  constexpr std::uint64_t last = 0x8000000000000000ULL;  // byte 7's high bit (little-endian: the word's last byte)
+  static_assert(std::endian::native == std::endian::little);
+  for (; i + 8 <= s.size(); i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    if (((w - ones * '!') & ~w & highs) == 0) continue;  // nothing below '!' (base64, say): no SP either
+    const std::uint64_t control = (w - spaces) & ~w & highs;
+    const std::uint64_t x = w ^ spaces;
+    const std::uint64_t sp = (x - ones) & ~x & highs;
+    const std::uint64_t stop = control | (sp & (((sp | control) >> 8) | last));
+    if (stop != 0) return i + static_cast<std::size_t>(std::countr_zero(stop) / 8);
   }
   return i;
 }
@@ -132,9 +155,8 @@ void canonical_body::feed(std::string_view bytes, std::string& out) {
       content_ = any_ = true;
       // The run that stays as it came, copied at once: plain bytes and, relaxed, a single SP
       // between two of them (what the run of WSP there becomes anyway): words, not letters.
-      const unsigned char low = relaxed_ ? 0x21 : 0x0e;  // every byte that ends a run is below it
       std::size_t end = i + 1;
-      while ((end = skip_at_least(bytes, end, low)) < bytes.size()) {
+      while ((end = relaxed_ ? skip_relaxed_words(bytes, end) : skip_simple_words(bytes, end)) < bytes.size()) {
         if (plain(bytes[end])) {
           ++end;
         } else if (bytes[end] == ' ' && end + 1 < bytes.size() && plain(bytes[end + 1])) {

@@ -86,6 +86,20 @@ TEST(DkimCanon, RelaxedSpacesBetweenWordsInAnyPieces) {
             "abcdefghijklmnop qrstuvwx\xc3\xa9yz0123456789 \x01" "abcdefgh ijklmnopq\r\n");
 }
 
+TEST(DkimCanon, RelaxedWhitespaceAtEveryPlaceInAnEightByteWord) {
+  // Words are looked at eight bytes at a time: each kind of whitespace, at each offset.
+  const std::vector<std::pair<std::string, std::string>> seps = {
+      {" ", " "}, {"  ", " "}, {" \t", " "}, {"\t", " "}, {"\t ", " "}, {"   ", " "}, {" \r\n", "\r\n"}, {"\r\n", "\r\n"}};
+  for (const auto& [sep, becomes] : seps) {
+    for (std::size_t k = 0; k < 18; ++k) {
+      const std::string x(k, 'x'), y(21, 'y');
+      const std::string want = (k == 0 && becomes == "\r\n" ? "\r\n" : x + becomes) + y + " z\r\n";
+      for (std::size_t piece : {4096u, 9u, 8u})
+        EXPECT_EQ(body(x + sep + y + " z\r\n", piece), want) << "'" << sep << "' after " << k << " bytes, pieces of " << piece;
+    }
+  }
+}
+
 TEST(DkimCanon, TheFieldsASignatureCovers) {
   const std::vector<std::string> fields = {"Received: x\r\n", "From: a@b.test\r\n", "To: c@d.test\r\n",
                                            "Subject: one\r\n", "Subject: two\r\n"};
