@@ -90,7 +90,9 @@ TEST_F(MessageStore, SizesAroundTheThreshold) {
       EXPECT_LE(mem->in_use(), r.spilled ? 0 : threshold);
       EXPECT_EQ(read_back(m, message_store::reader::default_chunk), want);
       EXPECT_EQ(read_back(m, 1000), want);
-      if (r.size <= 5000) EXPECT_EQ(read_back(m, 1), want);  // a pread per byte: small ones only
+      if (r.size <= 5000) {
+        EXPECT_EQ(read_back(m, 1), want);  // a pread per byte: small ones only
+      }
       EXPECT_EQ(m.read_all(), want);
     }
     EXPECT_EQ(mem->in_use(), 0u);  // given back when the store goes
