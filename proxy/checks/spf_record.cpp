@@ -496,7 +496,10 @@ std::string spf_macros_for_values(std::string_view text, const spf_macro_value& 
                        }));
     const auto significant = digits.substr(std::min(digits.find_first_not_of('0'), digits.size()));
     const bool all = significant.size() > 3 || (!significant.empty() && std::stoul(std::string(significant)) >= parts);
-    return all ? std::string(body.substr(0, 1)) + std::string(body.substr(i)) : std::string(body);
+    if (!all) return std::string(body);
+    std::string kept(body.substr(0, 1));  // (appended, not +: GCC 12's -Wrestrict misfires on the sum)
+    kept.append(body.substr(i));
+    return kept;
   });
 }
 

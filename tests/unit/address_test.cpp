@@ -247,7 +247,9 @@ TEST(ParseValidMailbox, ParsedAndFitsInAPath) {
     SCOPED_TRACE(testing::Message() << "text: \"" << escape(c.text) << "\" utf8=" << c.utf8);
     const auto got = parse_valid_mailbox(c.text, c.utf8);
     EXPECT_EQ(got.has_value(), c.want.has_value() && c.text.size() + 2 <= max_path);
-    if (got) EXPECT_EQ(*got, *c.want);
+    if (got) {
+      EXPECT_EQ(*got, *c.want);
+    }
   }
 }
 

@@ -346,7 +346,11 @@ TEST(DotStuffedPieces, RoundTrip) {
       std::string(5000, '.') + "\r\n",
   };
   std::string many;
-  for (int i = 0; i < 1000; ++i) many += (i % 3 == 0 ? "." : "") + std::to_string(i) + "\r\n";
+  for (int i = 0; i < 1000; ++i) {
+    if (i % 3 == 0) many += '.';
+    many += std::to_string(i);
+    many += "\r\n";
+  }
   messages.push_back(many);
   for (const auto& m : messages) {
     SCOPED_TRACE(testing::Message() << "message: \"" << escape(m.substr(0, 80)) << "\"");
