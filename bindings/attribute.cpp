@@ -10,17 +10,14 @@ attribute::attribute(const char* name) : name_(PyUnicode_InternFromString(name))
   if (name_ == nullptr) throw py::error_already_set();
 }
 
-Py_ssize_t attribute::offset_in(PyTypeObject* type, bool writing) const {
-  if ((writing ? type->tp_setattro != PyObject_GenericSetAttr : type->tp_getattro != PyObject_GenericGetAttr) ||
-      !PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG))
-    return -1;
+Py_ssize_t member_slot_offset(PyTypeObject* type, PyObject* name, bool writable) {
   // The attribute as the type's MRO resolves it (what _PyType_Lookup finds).
   PyObject* mro = type->tp_mro;
   if (mro == nullptr || !PyTuple_Check(mro)) return -1;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); ++i) {
     auto* base = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(mro, i));
     if (base->tp_dict == nullptr) continue;
-    PyObject* found = PyDict_GetItemWithError(base->tp_dict, name_);
+    PyObject* found = PyDict_GetItemWithError(base->tp_dict, name);
     if (found == nullptr) {
       if (PyErr_Occurred()) PyErr_Clear();
       continue;
@@ -28,12 +25,19 @@ Py_ssize_t attribute::offset_in(PyTypeObject* type, bool writing) const {
     if (!Py_IS_TYPE(found, &PyMemberDescr_Type)) return -1;
     const auto* descriptor = reinterpret_cast<PyMemberDescrObject*>(found);
     const PyMemberDef* member = descriptor->d_member;
-    if (member->type != T_OBJECT_EX || (writing && (member->flags & READONLY) != 0) ||
+    if (member->type != T_OBJECT_EX || (writable && (member->flags & READONLY) != 0) ||
         !PyType_IsSubtype(type, PyDescr_TYPE(found)))
       return -1;
     return member->offset;
   }
   return -1;
+}
+
+Py_ssize_t attribute::offset_in(PyTypeObject* type, bool writing) const {
+  if ((writing ? type->tp_setattro != PyObject_GenericSetAttr : type->tp_getattro != PyObject_GenericGetAttr) ||
+      !PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG))
+    return -1;
+  return member_slot_offset(type, name_, writing);
 }
 
 PyObject** attribute::slot_of(PyObject* o, bool writing) const {

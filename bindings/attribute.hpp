@@ -18,6 +18,12 @@
 
 namespace portcullis::bindings {
 
+// The offset in instances of `type` of the object slot (a T_OBJECT_EX member
+// descriptor) that `name` resolves to through the type's MRO, as the member
+// descriptor reads it (`writable`: and writes it, not READONLY); -1 when the
+// name is something else there. Whatever the type's getattr/setattr are.
+Py_ssize_t member_slot_offset(PyTypeObject* type, PyObject* name, bool writable);
+
 class attribute {
  public:
   explicit attribute(const char* name);

@@ -1,7 +1,5 @@
 #include "bindings/job_objects.hpp"
 
-#include <structmember.h>
-
 #include <exception>
 #include <utility>
 
@@ -113,14 +111,10 @@ job_objects::result_class::result_class(py::object made) : cls_(std::move(made))
   std::vector<Py_ssize_t> slots;
   for (const auto field : fields) {
     if (!field.attr("init").cast<bool>()) return;
-    PyObject* found = PyDict_GetItemWithError(type->tp_dict, field.attr("name").ptr());
-    if (found == nullptr || !Py_IS_TYPE(found, &PyMemberDescr_Type) || PyDescr_TYPE(found) != type) {
-      PyErr_Clear();
-      return;
-    }
-    const PyMemberDef* member = reinterpret_cast<PyMemberDescrObject*>(found)->d_member;
-    if (member->type != T_OBJECT_EX || (member->flags & READONLY) != 0) return;
-    slots.push_back(member->offset);
+    // Written as object.__setattr__ writes it: past the class's own (frozen) __setattr__.
+    const Py_ssize_t offset = member_slot_offset(type, field.attr("name").ptr(), true);
+    if (offset < 0) return;
+    slots.push_back(offset);
   }
   slots_ = std::move(slots);
 }

@@ -93,8 +93,8 @@ constexpr auto kept_relaxed = kept_bytes(true);
 constexpr auto kept_simple = kept_bytes(false);
 
 // Simple: where the bytes from `i` on stop being all at least 0x0e, looked at
-// eight at a time (a word has a byte below `low` iff (w - low*) & ~w & 0x80*
-// is not 0, for low <= 0x80). The bytes that end a run, CR and LF, are below it.
+// eight at a time (a word has a byte below 0x0e iff (w - 0x0e*) & ~w & 0x80*
+// is not 0). The bytes that end a run, CR and LF, are below it.
 std::size_t skip_simple_words(std::string_view s, std::size_t i) {
   constexpr std::uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
   for (; i + 8 <= s.size(); i += 8) {
