@@ -202,9 +202,11 @@ def _ignore(*args: Any) -> None:
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hook:
-    """One policy module's hook for one stage."""
+    """One policy module's hook for one stage. (Slotted, as Engine is: the
+    daemon reads `function` and `observed_none` at every call, and a slot is
+    what its attribute cache reads directly: bindings/attribute.hpp.)"""
 
     stage: str
     function: Callable[..., Any]
@@ -270,6 +272,12 @@ class Engine:
     at import, a hook that is not callable or cannot take its arguments)
     raises ``PolicyLoadError`` listing every problem with file and line.
     """
+
+    # Slots: the daemon reads `timeout` and `hooks` at every job, and a slot
+    # is what its attribute cache reads directly (bindings/attribute.hpp).
+    __slots__ = ("timeout", "on_error", "threads", "config_path", "config", "folder", "files", "generation",
+                 "sessions", "held", "modules", "hooks", "unloaders", "executor", "closed", "hook_counts",
+                 "async_only", "any_async")
 
     def __init__(
         self,
@@ -764,6 +772,11 @@ class EngineHost:
     The session table is shared by those threads, so it changes under
     ``_lock``; one session's jobs never run at once (the daemon awaits each).
     """
+
+    # Slots: the daemon reads `engine` and `_lock` at every connection
+    # (bindings/attribute.hpp reads a slot directly).
+    __slots__ = ("_settings", "engine", "_sessions", "_retired", "_lock", "_reload_lock", "loop", "_running",
+                 "_runner", "_loader")
 
     def __init__(
         self,
