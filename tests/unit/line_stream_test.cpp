@@ -203,5 +203,31 @@ TEST(LineStreamWrite, WriteToAClosedPeerFails) {
   });
 }
 
+
+// What a client still sends after the last reply is read and thrown away
+// before the close (a close with unread bytes would be a reset, and could
+// destroy that reply on its way): the peer gets the reply, then an orderly end.
+TEST(LineStreamClose, DrainsWhatThePeerStillSendsThenCloses) {
+  loopback l;
+  std::string pipelined(100 * 1024, 'x');  // more than one read of the drain
+  l.send(pipelined);
+  std::thread peer([&l] {
+    std::this_thread::sleep_for(100ms);
+    l.send("more after a while\r\n");
+    l.peer.shutdown(tcp::socket::shutdown_send);
+  });
+  run(l, [](line_stream& s) -> awaitable<void> {
+    EXPECT_TRUE(co_await s.write(std::string_view("221 2.0.0 Bye\r\n"), 1s));
+    co_await s.close_after_drain(5s);
+    EXPECT_FALSE(s.socket().is_open());
+  });
+  peer.join();
+  std::array<char, 64> got{};
+  boost::system::error_code ec;
+  const std::size_t n = asio::read(l.peer, asio::buffer(got), ec);
+  EXPECT_EQ(std::string_view(got.data(), n), "221 2.0.0 Bye\r\n");
+  EXPECT_EQ(ec, asio::error::eof);  // a FIN, not a reset
+}
+
 }  // namespace
 }  // namespace portcullis
