@@ -90,7 +90,7 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
 // The last session of this settings snapshot is gone (or it never had one).
 python_policy::~python_policy() { engine_->release(generation_); }
 
-awaitable<policy_result> python_policy::run(policy_job_ptr job) {
+awaitable<std::unique_ptr<policy_result>> python_policy::run(policy_job_ptr job) {
   job->generation = generation_;
   const auto stage = job->stage;
   const auto route = hooks_.on_loop(stage)     ? python_engine::route::loop
@@ -115,11 +115,13 @@ awaitable<policy_result> python_policy::run(policy_job_ptr job) {
   // with what became of the job (it keeps the deadlines: no timer per job
   // here). The answer resumes the session on its strand.
   auto ex = co_await asio::this_coro::executor;
-  auto result = co_await asio::async_initiate<const asio::use_awaitable_t<>, void(policy_result)>(
+  auto result = co_await asio::async_initiate<const asio::use_awaitable_t<>, void(std::unique_ptr<policy_result>)>(
       [&](auto handler) {
         auto resume = std::make_shared<decltype(handler)>(std::move(handler));  // std::function copies
         auto done = [resume, ex](policy_result&& r) {
-          auto go_on = [resume, r = std::move(r)]() mutable { std::move(*resume)(std::move(r)); };
+          auto go_on = [resume, r = std::make_unique<policy_result>(std::move(r))]() mutable {
+            std::move(*resume)(std::move(r));
+          };
           if (python_engine::completing_in_place()) {
             asio::dispatch(ex, std::move(go_on));  // the session's strand is free: it goes on right here
           } else {
@@ -256,8 +258,8 @@ verdict python_policy::verdict_of(const std::string& stage, const connection_sta
 
 awaitable<verdict> python_policy::on_connect(const connection_state& conn) {
   if (!has_hooks(policy_stage::connect)) co_return verdict{};
-  auto result = co_await run(base_job(policy_stage::connect, conn));
-  auto v = decide("connect", conn, std::move(result), nullptr);
+  const auto result = co_await run(base_job(policy_stage::connect, conn));
+  auto v = decide("connect", conn, std::move(*result), nullptr);
   // RFC 5321 §3.1/§4.2: a greeting refusal is 554 (or 421 for a temporary one).
   if (v.what == verdict::kind::reject) v.reply.code = 554;
   if (v.what == verdict::kind::tempfail) v.reply.code = 421;
@@ -268,8 +270,8 @@ awaitable<verdict> python_policy::on_helo(const connection_state& conn, std::str
   if (!has_hooks(policy_stage::helo)) co_return verdict{};
   auto job = base_job(policy_stage::helo, conn);
   job->hostname = std::string(hostname);
-  auto result = co_await run(std::move(job));
-  co_return decide("helo", conn, std::move(result), nullptr);
+  const auto result = co_await run(std::move(job));
+  co_return decide("helo", conn, std::move(*result), nullptr);
 }
 
 awaitable<verdict> python_policy::on_auth(const connection_state& conn, std::string_view mechanism,
@@ -279,14 +281,14 @@ awaitable<verdict> python_policy::on_auth(const connection_state& conn, std::str
   job->mechanism = std::string(mechanism);
   job->username = std::string(username);
   job->password = std::string(password);
-  auto result = co_await run(std::move(job));
+  const auto result = co_await run(std::move(job));
   // A failing hook never authenticates anyone: with on_error = "accept" the users_file decides.
-  if (result.error) {
+  if (result->error) {
     auto v = failure(conn, "auth", "hook error (see the traceback above)");
     co_return v;
   }
-  const auto auth = result.auth;
-  auto v = decide("auth", conn, std::move(result), nullptr);
+  const auto auth = result->auth;
+  auto v = decide("auth", conn, std::move(*result), nullptr);
   if (v.what == verdict::kind::next && auth) {
     // True / False from the hook, without a verdict of its own.
     v.what = *auth ? verdict::kind::accept : verdict::kind::reject;
@@ -302,8 +304,8 @@ awaitable<verdict> python_policy::on_mail(const connection_state& conn, const tr
   if (!has_hooks(policy_stage::mail)) co_return verdict{};
   auto job = base_job(policy_stage::mail, conn);
   add_transaction(*job, tx);
-  auto result = co_await run(std::move(job));
-  co_return decide("mail", conn, std::move(result), &tx);
+  const auto result = co_await run(std::move(job));
+  co_return decide("mail", conn, std::move(*result), &tx);
 }
 
 awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const transaction& tx,
@@ -312,8 +314,8 @@ awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const tr
   auto job = base_job(policy_stage::rcpt, conn);
   add_transaction(*job, tx);
   job->rcpt = rcpt;
-  auto result = co_await run(std::move(job));
-  co_return decide("rcpt", conn, std::move(result), &tx);
+  const auto result = co_await run(std::move(job));
+  co_return decide("rcpt", conn, std::move(*result), &tx);
 }
 
 awaitable<verdict> python_policy::on_data(const connection_state& conn, const transaction& tx, message_ptr message) {
@@ -322,8 +324,8 @@ awaitable<verdict> python_policy::on_data(const connection_state& conn, const tr
   add_transaction(*job, tx);
   const auto received_size = message->size();
   job->message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
-  auto result = co_await run(std::move(job));
-  auto v = decide("data", conn, std::move(result), &tx);
+  const auto result = co_await run(std::move(job));
+  auto v = decide("data", conn, std::move(*result), &tx);
   if (v.message_prefix && v.message_prefix->size() + received_size > max_message_size_) {
     std::string why = "the message from policy has ";  // (appended: g++ 12 warns, wrongly, at "..." + std::string)
     why += std::to_string(v.message_prefix->size() + received_size);
@@ -341,16 +343,16 @@ awaitable<void> python_policy::on_delivered(const connection_state& conn, const 
   job->reply_code = r.code;
   job->reply_status = r.status;
   for (const auto& line : r.lines) job->reply_text += (job->reply_text.empty() ? "" : "\n") + line;
-  auto result = co_await run(std::move(job));
-  if (result.error) session_log(conn.id).warn("policy error in delivered: {}", *result.error);
+  const auto result = co_await run(std::move(job));
+  if (result->error) session_log(conn.id).warn("policy error in delivered: {}", *result->error);
 }
 
 awaitable<void> python_policy::on_reset(const connection_state& conn, const transaction& tx) {
   if (!has_hooks(policy_stage::reset)) co_return;
   auto job = base_job(policy_stage::reset, conn);
   add_transaction(*job, tx);
-  auto result = co_await run(std::move(job));
-  if (result.error) session_log(conn.id).warn("policy error in reset: {}", *result.error);
+  const auto result = co_await run(std::move(job));
+  if (result->error) session_log(conn.id).warn("policy error in reset: {}", *result->error);
 }
 
 awaitable<void> python_policy::on_disconnect(const connection_state& conn) {
@@ -364,8 +366,8 @@ awaitable<void> python_policy::on_disconnect(const connection_state& conn) {
     if (known) engine_->forget(conn.id);
     co_return;
   }
-  auto result = co_await run(base_job(policy_stage::disconnect, conn));
-  if (result.error) session_log(conn.id).warn("policy error in disconnect: {}", *result.error);
+  const auto result = co_await run(base_job(policy_stage::disconnect, conn));
+  if (result->error) session_log(conn.id).warn("policy error in disconnect: {}", *result->error);
 }
 
 }  // namespace portcullis

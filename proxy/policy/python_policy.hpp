@@ -35,8 +35,11 @@ class python_policy final : public policy {
   // Whether the stage has hooks; a stage without any costs no job.
   bool has_hooks(policy_stage stage) const { return hooks_.any(stage); }
   // Submits the job and waits, on the session's strand, for its result; past
-  // the deadline the result is abandoned and counts as an error.
-  awaitable<policy_result> run(policy_job_ptr job);
+  // the deadline the result is abandoned and counts as an error. The result
+  // comes by pointer: held by value (480 bytes), it made this coroutine's
+  // frame and its callers' too large for Asio to recycle (it keeps frames of
+  // up to 1,020 bytes), a trip to malloc's slow path for each.
+  awaitable<std::unique_ptr<policy_result>> run(policy_job_ptr job);
   // The result as a verdict carrying its rewrites, all validated (syntax and
   // the server's limits) before any is handed on: anything invalid makes the
   // whole result a hook error, so a failed stage rewrites nothing.
