@@ -40,18 +40,15 @@ Py_ssize_t attribute::offset_in(PyTypeObject* type, bool writing) const {
   return member_slot_offset(type, name_, writing);
 }
 
-PyObject** attribute::slot_of(PyObject* o, bool writing) const {
+PyObject** attribute::slot_after_miss(PyObject* o, bool writing) const {
   PyTypeObject* type = Py_TYPE(o);
   entry& e = writing ? write_ : read_;
-  Py_ssize_t offset = e.offset;
-  if (type != e.type || type->tp_version_tag != e.version || !PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
-    offset = offset_in(type, writing);
-    if (offset < 0 && !PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) return nullptr;  // (not yet: see get)
-    PyTypeObject* old = e.type;
-    Py_INCREF(type);
-    e = entry{type, type->tp_version_tag, offset};  // an offset of -1 remembers "the usual way" for it
-    Py_XDECREF(old);  // (last, and `offset` kept: freeing a type may run Python code that comes back here)
-  }
+  const Py_ssize_t offset = offset_in(type, writing);
+  if (offset < 0 && !PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) return nullptr;  // (not yet: see get)
+  PyTypeObject* old = e.type;
+  Py_INCREF(type);
+  e = entry{type, type->tp_version_tag, offset};  // an offset of -1 remembers "the usual way" for it
+  Py_XDECREF(old);  // (last, and `offset` kept: freeing a type may run Python code that comes back here)
   if (offset < 0) return nullptr;
   return reinterpret_cast<PyObject**>(reinterpret_cast<char*>(o) + offset);
 }
