@@ -77,9 +77,9 @@ struct policy_job {
 using policy_job_ptr = std::unique_ptr<policy_job>;
 
 // glibc's per-thread cache takes blocks of up to 1,032 bytes; a larger one
-// is allocated and freed under its arena's lock, the slow way (with 1,048
-// bytes a job, that was 6 of the 20 slow allocations a message of six hooks
-// made). Keep a job under it: move rare fields behind a pointer if one grows it.
+// is allocated and freed under its arena's lock, the slow way (at 1,048
+// bytes, every job was). Keep a job under it: move rare fields behind a
+// pointer if one grows it.
 static_assert(sizeof(policy_job) <= 1032, "policy_job outgrew glibc's thread cache (see above)");
 
 // A verdict a hook returned, with the stage's code and status filled in.
