@@ -42,6 +42,27 @@ std::size_t plain_text_end(std::string_view in, std::size_t from) {
   return i;
 }
 
+// The first dot after an LF at or after `from` (npos: none): where a line
+// may need stuffing. Looking for the pair, not for every line's end, makes
+// text with no such dot one pass, 16 bytes a step.
+std::size_t next_line_dot(std::string_view in, std::size_t from) {
+  const char* p = in.data();
+  const std::size_t n = in.size();
+  std::size_t i = from;
+#if defined(__SSE2__)
+  const __m128i lf = _mm_set1_epi8('\n'), dot = _mm_set1_epi8('.');
+  for (; i + 17 <= n; i += 16) {
+    const __m128i at = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    const __m128i next = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
+    const auto mask = static_cast<unsigned>(_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(at, lf), _mm_cmpeq_epi8(next, dot))));
+    if (mask != 0) return i + static_cast<std::size_t>(std::countr_zero(mask)) + 1;
+  }
+#endif
+  for (; i + 1 < n; ++i)
+    if (p[i] == '\n' && p[i + 1] == '.') return i + 1;
+  return std::string_view::npos;
+}
+
 struct string_sink final : byte_sink {
   std::string& out;
   explicit string_sink(std::string& s) : out(s) {}
@@ -173,10 +194,10 @@ void dot_stuffer::stuff(std::string_view chunk, std::vector<std::string_view>& p
     start = line;
   };
   if (line_start_) line_at(0);
-  // A line starts after each CRLF; the CR may end the previous chunk.
-  for (auto nl = chunk.find('\n'); nl != std::string_view::npos; nl = chunk.find('\n', nl + 1)) {
-    const char before = nl > 0 ? chunk[nl - 1] : last_;
-    if (before == '\r') line_at(nl + 1);
+  // Each dot after a CRLF (whose CR, or CRLF, may end the previous chunk).
+  for (auto d = next_line_dot(chunk, 0); d != std::string_view::npos; d = next_line_dot(chunk, d)) {
+    const char before_lf = d > 1 ? chunk[d - 2] : last_;
+    if (before_lf == '\r') line_at(d);
   }
   if (start < chunk.size()) pieces.push_back(chunk.substr(start));
   const char before_last = chunk.size() > 1 ? chunk[chunk.size() - 2] : last_;
