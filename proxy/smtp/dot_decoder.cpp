@@ -34,7 +34,7 @@ std::size_t next_stop(std::string_view in, std::size_t i) {
 // input. A CRLF followed by anything but a dot is plain text too (a line
 // ends, the next starts with text): a message with no stuffed dots is one
 // run, looked at 16 bytes at a time (two memchr calls and a turn of the
-// state machine a line cost three times as much). A CRLF at the very end
+// state machine a line cost twice as much). A CRLF at the very end
 // is left to the machine: the next input may start with a dot.
 std::size_t plain_text_end(std::string_view in, std::size_t from) {
   std::size_t i = next_stop(in, from);
