@@ -258,7 +258,7 @@ verdict python_policy::verdict_of(const std::string& stage, const connection_sta
 
 awaitable<verdict> python_policy::on_connect(const connection_state& conn) {
   if (!has_hooks(policy_stage::connect)) co_return verdict{};
-  const auto result = co_await run(base_job(policy_stage::connect, conn));
+  auto result = co_await run(base_job(policy_stage::connect, conn));
   auto v = decide("connect", conn, std::move(*result), nullptr);
   // RFC 5321 §3.1/§4.2: a greeting refusal is 554 (or 421 for a temporary one).
   if (v.what == verdict::kind::reject) v.reply.code = 554;
@@ -270,7 +270,7 @@ awaitable<verdict> python_policy::on_helo(const connection_state& conn, std::str
   if (!has_hooks(policy_stage::helo)) co_return verdict{};
   auto job = base_job(policy_stage::helo, conn);
   job->hostname = std::string(hostname);
-  const auto result = co_await run(std::move(job));
+  auto result = co_await run(std::move(job));
   co_return decide("helo", conn, std::move(*result), nullptr);
 }
 
@@ -281,7 +281,7 @@ awaitable<verdict> python_policy::on_auth(const connection_state& conn, std::str
   job->mechanism = std::string(mechanism);
   job->username = std::string(username);
   job->password = std::string(password);
-  const auto result = co_await run(std::move(job));
+  auto result = co_await run(std::move(job));
   // A failing hook never authenticates anyone: with on_error = "accept" the users_file decides.
   if (result->error) {
     auto v = failure(conn, "auth", "hook error (see the traceback above)");
@@ -304,7 +304,7 @@ awaitable<verdict> python_policy::on_mail(const connection_state& conn, const tr
   if (!has_hooks(policy_stage::mail)) co_return verdict{};
   auto job = base_job(policy_stage::mail, conn);
   add_transaction(*job, tx);
-  const auto result = co_await run(std::move(job));
+  auto result = co_await run(std::move(job));
   co_return decide("mail", conn, std::move(*result), &tx);
 }
 
@@ -314,7 +314,7 @@ awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const tr
   auto job = base_job(policy_stage::rcpt, conn);
   add_transaction(*job, tx);
   job->rcpt = rcpt;
-  const auto result = co_await run(std::move(job));
+  auto result = co_await run(std::move(job));
   co_return decide("rcpt", conn, std::move(*result), &tx);
 }
 
@@ -324,7 +324,7 @@ awaitable<verdict> python_policy::on_data(const connection_state& conn, const tr
   add_transaction(*job, tx);
   const auto received_size = message->size();
   job->message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
-  const auto result = co_await run(std::move(job));
+  auto result = co_await run(std::move(job));
   auto v = decide("data", conn, std::move(*result), &tx);
   if (v.message_prefix && v.message_prefix->size() + received_size > max_message_size_) {
     std::string why = "the message from policy has ";  // (appended: g++ 12 warns, wrongly, at "..." + std::string)
@@ -343,7 +343,7 @@ awaitable<void> python_policy::on_delivered(const connection_state& conn, const 
   job->reply_code = r.code;
   job->reply_status = r.status;
   for (const auto& line : r.lines) job->reply_text += (job->reply_text.empty() ? "" : "\n") + line;
-  const auto result = co_await run(std::move(job));
+  auto result = co_await run(std::move(job));
   if (result->error) session_log(conn.id).warn("policy error in delivered: {}", *result->error);
 }
 
@@ -351,7 +351,7 @@ awaitable<void> python_policy::on_reset(const connection_state& conn, const tran
   if (!has_hooks(policy_stage::reset)) co_return;
   auto job = base_job(policy_stage::reset, conn);
   add_transaction(*job, tx);
-  const auto result = co_await run(std::move(job));
+  auto result = co_await run(std::move(job));
   if (result->error) session_log(conn.id).warn("policy error in reset: {}", *result->error);
 }
 
@@ -366,7 +366,7 @@ awaitable<void> python_policy::on_disconnect(const connection_state& conn) {
     if (known) engine_->forget(conn.id);
     co_return;
   }
-  const auto result = co_await run(base_job(policy_stage::disconnect, conn));
+  auto result = co_await run(base_job(policy_stage::disconnect, conn));
   if (result->error) session_log(conn.id).warn("policy error in disconnect: {}", *result->error);
 }
 
