@@ -253,6 +253,25 @@ py::object job_objects::transaction_of(py::handle session, py::handle envelope) 
   return tx;
 }
 
+void job_objects::add_recipients(py::handle session, py::handle tx, py::handle parts, Py_ssize_t from) const {
+  const auto& n = name();
+  const py::object had = n.recipients.get(tx);
+  const py::object all = items_of(parts, -1, "recipients are a sequence of (local part, domain)");
+  if (!PyList_Check(had.ptr()) || PyList_GET_SIZE(had.ptr()) != from || PySequence_Fast_GET_SIZE(all.ptr()) < from)
+    throw py::value_error("the transaction's recipients are not the envelope's first ones");
+  py::object list = bare_instance(address_list_);
+  for (Py_ssize_t i = 0; i < from; ++i)
+    if (PyList_Append(list.ptr(), PyList_GET_ITEM(had.ptr(), i)) < 0) throw py::error_already_set();
+  for (Py_ssize_t i = from; i < PySequence_Fast_GET_SIZE(all.ptr()); ++i) {
+    const py::object a = address(PySequence_Fast_GET_ITEM(all.ptr(), i), py::dict());
+    if (PyList_Append(list.ptr(), a.ptr()) < 0) throw py::error_already_set();
+  }
+  n.recipients.set(tx, list);
+  auto copy = py::reinterpret_steal<py::object>(PyList_GetSlice(list.ptr(), 0, PY_SSIZE_T_MAX));
+  if (!copy) throw py::error_already_set();
+  n.before.set(session, py::make_tuple(n.sender.get(tx), copy));
+}
+
 py::object job_objects::lazy_message(py::handle loader, bool smtputf8, py::handle head_whole) const {
   const auto& n = name();
   py::object m = bare_instance(message_);
@@ -285,6 +304,10 @@ void define_job_objects(py::module_& m) {
            "The Connection brought up to the daemon's view (all but the id; its data kept).")
       .def("session", &job_objects::session, py::arg("engine"), py::arg("view"),
            "A _Session bound to the engine, its Connection made from the daemon's view.")
+      .def("add_recipients", &job_objects::add_recipients, py::arg("session"), py::arg("tx"), py::arg("parts"),
+           py::arg("start"),
+           "session.tx given the recipients of parts from start on (the daemon took them since tx was made as it "
+           "sent it): its sender and first recipients kept, session.before brought along.")
       .def("address", &job_objects::address, py::arg("parts"), py::arg("params"),
            "An Address from (local part, domain) and its parameters, as the daemon parsed them.")
       .def("address_list", &job_objects::address_list, py::arg("parts"),

@@ -49,6 +49,12 @@ class job_objects {
   // Sets session.tx and session.before (tx's sender and recipients as made,
   // for rewrites) and returns tx.
   pybind11::object transaction_of(pybind11::handle session, pybind11::handle envelope) const;
+  // session.tx given the recipients of `parts` (an envelope's (local part,
+  // domain) pairs) from `from` on, which the daemon took since tx was made
+  // as it sent it: tx keeps its sender and first recipients (Addresses are
+  // immutable), its AddressList is made again, and session.before follows.
+  // What transaction_of would make of the longer envelope, for less.
+  void add_recipients(pybind11::handle session, pybind11::handle tx, pybind11::handle parts, Py_ssize_t from) const;
   // Message._lazy: read from `loader()` when a hook first looks at it.
   pybind11::object lazy_message(pybind11::handle loader, bool smtputf8, pybind11::handle head_whole) const;
   // The same, its loader reading `stored` (None when there is none).

@@ -142,19 +142,43 @@ bool same_connection(const policy_job& j, PyObject* seen) {
   return j.auth_user ? is_text(t[7], *j.auth_user) : t[7] == Py_None;
 }
 
-// The same for an envelope_tuple. A job with a check's result (SPF, DKIM,
-// DMARC, ARC) is compared by the tuple: those are rare enough.
-bool same_envelope(const policy_job& j, PyObject* seen) {
-  if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 10) return false;
-  if (j.spf || j.dkim || j.dmarc || j.arc) return equal(envelope_tuple(j), seen);
+// How many of this job's recipients `seen` (an envelope_tuple of an earlier
+// job) holds, first in the same order, if all else in it is this job's: the
+// daemon adds recipients between stages (RCPT, then DATA) and nothing else
+// moves. -1: something else differs, or a check's result (SPF, DKIM, DMARC,
+// ARC) is in either: those are compared by the tuple, they are rare enough.
+Py_ssize_t recipients_in_common(const policy_job& j, PyObject* seen) {
+  if (j.spf || j.dkim || j.dmarc || j.arc) return -1;
+  if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 10) return -1;
   PyObject* const* t = &PyTuple_GET_ITEM(seen, 0);
   if (!is_text(t[0], j.tx_id) || !is_address(t[1], j.sender) || !is_params(t[2], j.sender_params) ||
-      !PyList_CheckExact(t[3]) || PyList_GET_SIZE(t[3]) != static_cast<Py_ssize_t>(j.recipients.size()) ||
+      !PyList_CheckExact(t[3]) || PyList_GET_SIZE(t[3]) > static_cast<Py_ssize_t>(j.recipients.size()) ||
       !is_bool(t[4], j.smtputf8) || !is_bool(t[5], j.body_8bit))
-    return false;
-  for (std::size_t i = 0; i < j.recipients.size(); ++i)
-    if (!is_address(PyList_GET_ITEM(t[3], static_cast<Py_ssize_t>(i)), j.recipients[i])) return false;
-  return t[6] == Py_None && t[7] == Py_None && t[8] == Py_None && t[9] == Py_None;
+    return -1;
+  if (t[6] != Py_None || t[7] != Py_None || t[8] != Py_None || t[9] != Py_None) return -1;
+  const Py_ssize_t common = PyList_GET_SIZE(t[3]);
+  for (Py_ssize_t i = 0; i < common; ++i)
+    if (!is_address(PyList_GET_ITEM(t[3], i), j.recipients[static_cast<std::size_t>(i)])) return -1;
+  return common;
+}
+
+// Whether `seen` is this job's envelope_tuple, read in place (as same_connection).
+bool same_envelope(const policy_job& j, PyObject* seen) {
+  if (j.spf || j.dkim || j.dmarc || j.arc) return equal(envelope_tuple(j), seen);
+  return recipients_in_common(j, seen) == static_cast<Py_ssize_t>(j.recipients.size());
+}
+
+// `seen` with this job's recipients from `from` on added (recipients_in_common
+// said the rest is the job's): the envelope_tuple of the job, its texts shared.
+py::tuple envelope_with_recipients(PyObject* seen, const policy_job& j, Py_ssize_t from) {
+  auto recipients = py::reinterpret_steal<py::list>(PyList_GetSlice(PyTuple_GET_ITEM(seen, 3), 0, PY_SSIZE_T_MAX));
+  if (!recipients) throw py::error_already_set();
+  for (std::size_t i = static_cast<std::size_t>(from); i < j.recipients.size(); ++i)
+    recipients.append(address_parts(j.recipients[i]));
+  py::tuple envelope(PyTuple_GET_SIZE(seen));
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seen); ++i)
+    envelope[static_cast<std::size_t>(i)] = i == 3 ? py::object(recipients) : py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(seen, i));
+  return envelope;
 }
 
 // Whether the stored message's header section is all fields (smtp::head_is_whole),
@@ -593,7 +617,13 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     } else {
       tx = n.tx.get(session);
       envelope = n.envelope.get(session);  // (None until a stage ends with tx as the daemon sent it)
-      if (tx.is_none() || !same_envelope(job, envelope.ptr())) {
+      const Py_ssize_t common = tx.is_none() ? -1 : recipients_in_common(job, envelope.ptr());
+      const bool same = common == static_cast<Py_ssize_t>(job.recipients.size()) ||
+                        (common < 0 && !tx.is_none() && same_envelope(job, envelope.ptr()));
+      if (!same && common >= 0 && envelope_kept(session, tx)) {  // DATA after RCPT: tx takes the new recipients
+        envelope = envelope_with_recipients(envelope.ptr(), job, common);
+        make_->add_recipients(session, tx, PyTuple_GET_ITEM(envelope.ptr(), 3), common);
+      } else if (!same) {
         envelope = envelope_tuple(job);
         tx = make_->transaction_of(session, envelope);
       }
@@ -667,7 +697,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     const py::object hook = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(hook_list.ptr(), i));
     const py::object function = n.function.get(hook);
     PyObject* value = nullptr;
-    double start = 0;
+    double start = 0, elapsed = 0;
     if (on_loop) {
       // Its first step here, as `_drive` takes it (`_core.first_step`); no lateness rule for it there either.
       if (n.is_async.get(hook).ptr() != Py_True) return go_on(i, py::none());  // a plain hook: a thread of the pool
@@ -678,8 +708,9 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       if (sent == PYGEN_ERROR) return go_on(i, py::make_tuple(raised_exception(), true, start, py::none()));
       if (sent == PYGEN_NEXT) return go_on(i, py::make_tuple(py::reinterpret_steal<py::object>(value), false, start, coro));
       const auto result = py::reinterpret_steal<py::object>(value);
+      elapsed = monotonic() - start;
       if (!result.is_none()) {
-        py::object made = decided(rules, stage, stage_name, hook, result, monotonic() - start, session, tx, message,
+        py::object made = decided(rules, stage, stage_name, hook, result, elapsed, session, tx, message,
                                   envelope, rewrite, args);
         if (made && made.is_none()) continue;  // a rewrite: on to the next hook
         if (made) return made;
@@ -690,7 +721,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       if (PyDict_SetItem(running_.ptr(), thread.ptr(), where.ptr()) < 0) throw py::error_already_set();
       start = monotonic();
       value = PyObject_Call(function.ptr(), args.ptr(), nullptr);
-      const double elapsed = monotonic() - start;
+      elapsed = monotonic() - start;
       py::object exception;
       if (value == nullptr) exception = raised_exception();
       if (PyDict_DelItem(running_.ptr(), thread.ptr()) < 0) {
@@ -708,7 +739,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       // A value, or an answer too late (several hooks share the job's deadline): Python takes over.
       if (!result.is_none() || elapsed > timeout) return resume(i, result, false, start);
     }
-    observe_none(n.observed_none.get(hook), monotonic() - start);
+    observe_none(n.observed_none.get(hook), elapsed);  // (the hook's own time, read once)
   }
   // Every hook said "no opinion" (or rewrote the recipient): the result is "next" (or a redirect to
   // it), unless they changed the transaction.

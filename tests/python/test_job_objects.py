@@ -96,6 +96,26 @@ def test_the_same_transaction_id_keeps_the_transaction_and_its_data_and_takes_th
     assert other is not tx and other.data == {} and other.dkim_sign is None and s.tx is other
 
 
+def test_recipients_the_daemon_added_join_the_transaction_as_a_new_envelope_would_make_it():
+    conn = pc.Connection("S1", "192.0.2.1")
+    s = Session(conn)
+    tx = OBJECTS.transaction_of(s, envelope(params={"SIZE": "10"}, recipients=[("b", "example.test")]))
+    tx.data["seen"] = 1
+    sender, first, listed = tx.sender, tx.recipients[0], tx.recipients
+    OBJECTS.add_recipients(s, tx, [("b", "example.test"), ("c", "example.test"), ("d", "example.test")], 1)
+    fresh = Session(conn)
+    made = OBJECTS.transaction_of(fresh, envelope(params={"SIZE": "10"}, recipients=[
+        ("b", "example.test"), ("c", "example.test"), ("d", "example.test")]))
+    made.data["seen"] = 1
+    assert slots(tx) == slots(made) and type(tx.recipients) is AddressList
+    assert s.tx is tx and tx.sender is sender and tx.recipients[0] is first  # kept, not made again
+    assert tx.recipients is not listed and list(listed) == [first]  # the list hooks saw before is left alone
+    assert s.before == (tx.sender, list(tx.recipients)) and s.before[1] is not tx.recipients
+    assert all(a is b for a, b in zip(s.before[1], tx.recipients))  # the runner compares by identity
+    with pytest.raises(ValueError):  # recipients that are not the envelope's first ones: transaction_of's job
+        OBJECTS.add_recipients(s, tx, [("e", "example.test")], 2)
+
+
 def test_check_results_become_their_classes():
     s = Session(pc.Connection("S1", "192.0.2.1"))
     spf = ("fail", "example.test", "see the policy")

@@ -663,7 +663,9 @@ def test_each_change_of_the_connection_reaches_the_hooks(policy_file, change):
 @pytest.mark.parametrize("change", [
     {"tid": "S1.2"}, {"sender": "other@example.test"}, {"sender": ""}, {"sender_params": {"SIZE": "10"}},
     {"sender_params": {"RET": None}}, {"recipients": ["b@example.test"]},
-    {"recipients": ["b@example.test", "c@example.test"]}, {"options": {"smtputf8": True}},
+    {"recipients": ["b@example.test", "c@example.test"]},
+    {"recipients": ["b@example.test", "d@example.test", "e@example.test"]},  # taken since: added to tx
+    {"recipients": ["b@example.test", "e@example.test", "d@example.test"]}, {"options": {"smtputf8": True}},
     {"options": {"body_8bit": True}}, {"spf": {"result": "pass", "domain": "example.test"}},
     {"dkim": [{"result": "fail", "domain": "example.test", "selector": "s"}]},
     {"arc": {"result": "none"}},
@@ -676,6 +678,46 @@ def test_each_change_of_the_envelope_reaches_the_hooks(policy_file, change):
     before = session(host).tx.data["seen"]
     host.run_plain(job("mail", tx_snapshot=tx(**{**base, **change})))
     assert session(host).tx.data["seen"] != before
+
+
+RECIPIENTS_SEEN = """
+    def on_rcpt(tx, rcpt):
+        tx.data.setdefault("lists", []).append(tx.recipients)
+        if str(rcpt) == "unapplied@example.test":
+            tx.recipients.append("unapplied@example.test")  # a change the daemon does not apply
+    def on_data(tx, message):
+        tx.data["at data"] = [str(r) for r in tx.recipients]
+        if tx.data.get("rewrite"):
+            tx.recipients[-1] = "rewritten@example.test"
+"""
+
+
+def test_recipients_taken_between_stages_join_the_transaction_which_stays_the_daemons(policy_file):
+    host = EngineHost([policy_file(RECIPIENTS_SEEN)])
+    b, c, d = "b@example.test", "c@example.test", "d@example.test"
+    host.run_plain(job("mail", tx_snapshot=tx()))
+    t = session(host).tx
+    for taken, rcpt in (([], b), ([b], c), ([b, c], d)):
+        assert host.run_plain(job("rcpt", tx_snapshot=tx(recipients=taken), rcpt=rcpt, rcpt_params={})) is None
+    assert host.run_plain(job("data", tx_snapshot=tx(recipients=[b, c, d]), message=b"S: x\r\n\r\nb\r\n")) is None
+    s = session(host)
+    assert s.tx is t and t.data["at data"] == [b, c, d] and s.envelope is not None
+    assert [[str(r) for r in seen] for seen in t.data["lists"]] == [[], [b], [b, c]]  # each list as it was
+    assert [str(r) for r in s.before[1]] == [b, c, d] and all(x is y for x, y in zip(s.before[1], t.recipients))
+    # A rewrite at DATA of a recipient added there goes back as the daemon's list with it changed.
+    t.data["rewrite"] = True
+    r = plain(host, job("data", tx_snapshot=tx(recipients=[b, c, d]), message=b"S: x\r\n\r\nb\r\n"))
+    assert r["recipients"] == [b, c, "rewritten@example.test"]
+
+
+def test_recipients_taken_after_a_change_the_daemon_did_not_apply_remake_the_transaction(policy_file):
+    host = EngineHost([policy_file(RECIPIENTS_SEEN)])
+    b = "b@example.test"
+    host.run_plain(job("mail", tx_snapshot=tx()))
+    r = plain(host, job("rcpt", tx_snapshot=tx(), rcpt="unapplied@example.test", rcpt_params={}))
+    assert r["recipients"] == ["unapplied@example.test"]  # sent; the daemon ignores it (a rcpt stage)
+    host.run_plain(job("data", tx_snapshot=tx(recipients=[b]), message=b"S: x\r\n\r\nb\r\n"))
+    assert session(host).tx.data["at data"] == [b]  # the daemon's envelope, not the hook's
 
 
 # -- the job starter (bindings/job_tasks.cpp): _JobRunner's start and run_here, in C ----------
