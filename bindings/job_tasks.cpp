@@ -34,6 +34,7 @@ namespace {
 struct names_t {
   PyObject *done, *result, *ready, *scheduled, *task_factory, *create_task, *loop, *name, *callback, *self;
   PyObject *run, *handle_run, *pop, *dispatch, *outcome, *waiting, *complete, *context, *throw_, *close, *runner;
+  PyObject *call_soon, *log_destroy_pending;
 };
 names_t names{};
 
@@ -53,12 +54,25 @@ void gc_dealloc(PyObject* self) {
   Py_DECREF(type);
 }
 
+// Keeps the error pending (if any) aside while a context is left, and puts it back after.
+class pending_error_kept {
+ public:
+  pending_error_kept() { PyErr_Fetch(&type_, &value_, &traceback_); }
+  pending_error_kept(const pending_error_kept&) = delete;
+  pending_error_kept& operator=(const pending_error_kept&) = delete;
+  ~pending_error_kept() { PyErr_Restore(type_, value_, traceback_); }
+
+ private:
+  PyObject *type_ = nullptr, *value_ = nullptr, *traceback_ = nullptr;
+};
+
 // asyncio's Task type and BaseEventLoop.call_soon, looked up once; the
 // module keeps them (they live as long as the interpreter).
 PyObject* task_type = nullptr;
 PyObject* base_call_soon = nullptr;
 PyObject* loop_and_name = nullptr;  // the keyword names ("loop", "name") of Task(coro, loop=..., name=...)
 PyObject* just_name = nullptr;      // ("name",): loop.create_task(coro, name=...)
+PyObject* just_context = nullptr;   // ("context",): loop.call_soon(callback, arg, context=...)
 
 // The call_soon a Task constructor makes for its first step, claimed while
 // `start_task` constructs one (a thread's own: the loop's turn may be on an
@@ -163,34 +177,220 @@ PyObject* start_task(PyObject* loop, PyObject* coro, PyObject* name) {
   return task;
 }
 
+// ---- the mailbox -------------------------------------------------------
+
+// Where an idle carrier's task waits for its next job: a Future-like object
+// (asyncio's duck-typed protocol: `_asyncio_future_blocking`, get_loop,
+// add_done_callback, result, cancel) that keeps the task's wakeup until the
+// starter gives the carrier a job and calls it (`wake_now`), with no trip
+// through the loop's queue. One per carrier, reused.
+struct job_mailbox {
+  PyObject_HEAD
+  PyObject* loop;
+  PyObject* callback;  // the waiting task's wakeup, or null
+  PyObject* context;   // the context it runs in (the task's), or null
+  bool blocking;       // _asyncio_future_blocking, as a Future's
+  bool cancelled;      // the task was cancelled while it waited here
+};
+
+PyTypeObject* job_mailbox_type = nullptr;
+PyObject* cancelled_error = nullptr;  // asyncio.CancelledError
+
+PyObject* mailbox_get_loop(PyObject* self, PyObject*) { return Py_NewRef(reinterpret_cast<job_mailbox*>(self)->loop); }
+
+PyObject* mailbox_add_done_callback(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  auto* m = reinterpret_cast<job_mailbox*>(self);
+  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+  const auto is_context = [](PyObject* k) { return k == names.context || PyUnicode_Compare(k, names.context) == 0; };
+  if (nargs != 1 || nkw > 1 || (nkw == 1 && !is_context(PyTuple_GET_ITEM(kwnames, 0)))) {
+    PyErr_SetString(PyExc_TypeError, "add_done_callback(fn, *, context=None)");
+    return nullptr;
+  }
+  if (m->callback != nullptr || m->cancelled) {
+    PyErr_SetString(PyExc_RuntimeError, "a job mailbox has one waiter, its carrier's task");
+    return nullptr;
+  }
+  PyObject* context = nkw == 1 ? args[1] : Py_None;
+  m->callback = Py_NewRef(args[0]);
+  m->context = context == Py_None ? nullptr : Py_NewRef(context);
+  Py_RETURN_NONE;
+}
+
+PyObject* mailbox_remove_done_callback(PyObject* self, PyObject* fn) {
+  auto* m = reinterpret_cast<job_mailbox*>(self);
+  if (m->callback == nullptr) return PyLong_FromLong(0);
+  const int same = PyObject_RichCompareBool(m->callback, fn, Py_EQ);
+  if (same < 0) return nullptr;
+  if (same == 0) return PyLong_FromLong(0);
+  Py_CLEAR(m->callback);
+  Py_CLEAR(m->context);
+  return PyLong_FromLong(1);
+}
+
+PyObject* mailbox_result(PyObject* self, PyObject*) {
+  if (reinterpret_cast<job_mailbox*>(self)->cancelled) {
+    PyErr_SetNone(cancelled_error);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+// The waiting task cancelled (Task.cancel asks what it waits for first, as
+// it asks a Future): its wakeup goes to the loop's queue, and result()
+// raises CancelledError into the task, which ends the idle carrier.
+// The waiting task's wakeup handed to the loop's queue, as a Future's
+// completion hands it (the loop calls it at its next turn). False, an error
+// set, if the loop would not take it.
+bool wake_later(job_mailbox* m) {
+  const py::object callback = py::reinterpret_steal<py::object>(std::exchange(m->callback, nullptr));
+  const py::object context = py::reinterpret_steal<py::object>(std::exchange(m->context, nullptr));
+  PyObject* args[] = {m->loop, callback.ptr(), reinterpret_cast<PyObject*>(m), context ? context.ptr() : Py_None};
+  PyObject* handle = PyObject_VectorcallMethod(names.call_soon, args, 3, just_context);
+  Py_XDECREF(handle);
+  return handle != nullptr;
+}
+
+PyObject* mailbox_cancel(PyObject* self, PyObject* const*, Py_ssize_t, PyObject*) {
+  auto* m = reinterpret_cast<job_mailbox*>(self);
+  if (m->callback == nullptr || m->cancelled) Py_RETURN_FALSE;
+  m->cancelled = true;
+  if (!wake_later(m)) return nullptr;
+  Py_RETURN_TRUE;
+}
+
+PyObject* mailbox_cancelled(PyObject* self, PyObject*) {
+  return PyBool_FromLong(reinterpret_cast<job_mailbox*>(self)->cancelled);
+}
+
+PyObject* mailbox_get_blocking(PyObject* self, void*) {
+  return PyBool_FromLong(reinterpret_cast<job_mailbox*>(self)->blocking);
+}
+
+int mailbox_set_blocking(PyObject* self, PyObject* value, void*) {
+  const int truth = value == nullptr ? 0 : PyObject_IsTrue(value);
+  if (truth < 0) return -1;
+  reinterpret_cast<job_mailbox*>(self)->blocking = truth == 1;
+  return 0;
+}
+
+int mailbox_traverse(PyObject* self, visitproc visit, void* arg) {
+  auto* m = reinterpret_cast<job_mailbox*>(self);
+  Py_VISIT(Py_TYPE(self));
+  Py_VISIT(m->loop);
+  Py_VISIT(m->callback);
+  Py_VISIT(m->context);
+  return 0;
+}
+
+int mailbox_clear(PyObject* self) {
+  auto* m = reinterpret_cast<job_mailbox*>(self);
+  Py_CLEAR(m->loop);
+  Py_CLEAR(m->callback);
+  Py_CLEAR(m->context);
+  return 0;
+}
+
+PyMethodDef mailbox_methods[] = {
+    {"get_loop", mailbox_get_loop, METH_NOARGS, "get_loop(): the loop."},
+    {"add_done_callback",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(mailbox_add_done_callback)),
+     METH_FASTCALL | METH_KEYWORDS, "add_done_callback(fn, *, context=None): the waiting task's wakeup, kept."},
+    {"remove_done_callback", mailbox_remove_done_callback, METH_O, "remove_done_callback(fn): 1 if it was kept."},
+    {"result", mailbox_result, METH_NOARGS, "result(): None, or CancelledError once cancelled."},
+    {"cancel", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(mailbox_cancel)),
+     METH_FASTCALL | METH_KEYWORDS, "cancel(msg=None): the waiting task woken to be cancelled."},
+    {"cancelled", mailbox_cancelled, METH_NOARGS, "cancelled(): whether its task was cancelled here."},
+    {"done", mailbox_cancelled, METH_NOARGS, "done(): only once cancelled (a job is handed over, not completed)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef mailbox_getset[] = {
+    {"_asyncio_future_blocking", mailbox_get_blocking, mailbox_set_blocking, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyType_Slot mailbox_slots[] = {
+    {Py_tp_doc, const_cast<char*>("Where an idle JobCoroutine's task waits for its next job (Future-like).")},
+    {Py_tp_dealloc, reinterpret_cast<void*>(gc_dealloc<mailbox_clear>)},
+    {Py_tp_traverse, reinterpret_cast<void*>(mailbox_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(mailbox_clear)},
+    {Py_tp_methods, mailbox_methods},
+    {Py_tp_getset, mailbox_getset},
+    {0, nullptr}};
+
+PyType_Spec mailbox_spec = {"_portcullis_core.JobMailbox", sizeof(job_mailbox), 0,
+                            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+                            mailbox_slots};
+
+job_mailbox* new_mailbox(PyObject* loop) {
+  auto* m = PyObject_GC_New(job_mailbox, job_mailbox_type);
+  if (m == nullptr) return nullptr;
+  m->loop = Py_NewRef(loop);
+  m->callback = nullptr;
+  m->context = nullptr;
+  m->blocking = false;
+  m->cancelled = false;
+  PyObject_GC_Track(m);
+  return m;
+}
+
+// The waiting task's wakeup called now, in its context, as the loop would
+// call a Future's callback: the task takes its next step here. False, an
+// error set, if it could not be called.
+bool wake_now(job_mailbox* m) {
+  const py::object callback = py::reinterpret_steal<py::object>(std::exchange(m->callback, nullptr));
+  const py::object context = py::reinterpret_steal<py::object>(std::exchange(m->context, nullptr));
+  if (context && PyContext_Enter(context.ptr()) < 0) return false;
+  PyObject* woken = PyObject_CallOneArg(callback.ptr(), reinterpret_cast<PyObject*>(m));
+  if (context) {
+    const pending_error_kept kept;
+    if (PyContext_Exit(context.ptr()) < 0) PyErr_WriteUnraisable(context.ptr());
+  }
+  Py_XDECREF(woken);
+  return woken != nullptr;
+}
+
 // ---- the job coroutine -------------------------------------------------
 
-// A loop stage job's coroutine: its first send runs the stage runner's first steps
-// (`run_async`); a Result or None is its value; an awaitable it gets back
-// (what is left: a hook that waits, a value Python must judge) is awaited
-// in it, every send and throw passed through.
+// A loop stage job's coroutine, and the carrier of the jobs after it: a send
+// with a job loaded runs the stage runner's first steps (`run_async`), in a
+// context of the job's own (a copy of the task's, as a task of its own would
+// have). A Result or None ends the job there: the coroutine keeps it for
+// the starter (`outcome`) and waits on its mailbox, idle, so that the next
+// job runs in the same task, woken (asyncio's Task costs more to make and
+// free than a no-op hook's whole job). An awaitable it gets back (what is
+// left: a hook that waits, a value Python must judge) is awaited in it,
+// every send and throw passed through; the task is that job's from then on,
+// and ends with it.
+enum class carrier : unsigned char {
+  loaded,    // a job to take at the next send
+  busy,      // its first steps run
+  idle,      // waits on its mailbox for the next job (the last one's result in `outcome`)
+  carrying,  // a job that waits: `rest` and `context` are its
+  over,
+};
+
 struct job_coroutine {
   PyObject_HEAD
   stage_runner* runner;  // kept alive by `runner_object`
   PyObject* runner_object;
   PyObject* host;
+  PyObject* loop;
   PyObject* job;  // the job's Python object, or null: then `owned`, the daemon's own (no Python object made for it)
   policy_job* owned;
-  PyObject* loop;
-  PyObject* rest;  // the iterator of what is left, once the first step gave one
-  bool started;
+  PyObject* rest;     // the iterator of what is left of a job that waits
+  PyObject* context;  // that job's contextvars.Context
+  PyObject* outcome;  // the result of the job that ended in its first steps, until the starter takes it
+  job_mailbox* mailbox;
+  carrier state;
 };
 
 PyTypeObject* job_coroutine_type = nullptr;
 
-void drop_inputs(job_coroutine* c) {
-  Py_CLEAR(c->host);
+void drop_job(job_coroutine* c) {
   Py_CLEAR(c->job);
   delete std::exchange(c->owned, nullptr);
-  Py_CLEAR(c->loop);
 }
 
-// The stage runner's first steps of the coroutine's job: what `run_async` gives.
+// The stage runner's first steps of the loaded job: what `run_async` gives.
 py::object first_steps(job_coroutine* c) {
   if (c->job != nullptr) return c->runner->run_async(c->host, c->job, c->loop);
   policy_job_ptr job(std::exchange(c->owned, nullptr));
@@ -198,40 +398,92 @@ py::object first_steps(job_coroutine* c) {
   return c->runner->run(c->host, fields, py::handle(), &job, c->loop);
 }
 
-PySendResult job_send(PyObject* self, PyObject* arg, PyObject** out) {
-  auto* c = reinterpret_cast<job_coroutine*>(self);
-  if (!c->started) {
-    c->started = true;
-    // The inputs go before an error is set again: their release may run Python code.
-    PyObject* work = nullptr;
-    try {
-      work = first_steps(c).release().ptr();
-      drop_inputs(c);
-    } catch (py::error_already_set& e) {
-      drop_inputs(c);
-      e.restore();
-    } catch (const std::exception& e) {
-      drop_inputs(c);
-      PyErr_SetString(PyExc_RuntimeError, e.what());
-    }
-    if (work == nullptr) return PYGEN_ERROR;
-    PyAsyncMethods* async = Py_TYPE(work)->tp_as_async;
-    if (async == nullptr || async->am_await == nullptr) {  // a Result, or None: the job ended here
-      *out = work;
-      return PYGEN_RETURN;
-    }
-    c->rest = async->am_await(work);
-    Py_DECREF(work);
-    if (c->rest == nullptr) return PYGEN_ERROR;
-    arg = Py_None;
-  }
-  if (c->rest == nullptr) {
-    PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+// Leaves `context` (entered by the caller), keeping any error pending.
+void leave(PyObject* context) {
+  const pending_error_kept kept;
+  if (PyContext_Exit(context) < 0) PyErr_WriteUnraisable(context);
+}
+
+PySendResult wait_for_next_job(job_coroutine* c, PyObject** out) {
+  c->state = carrier::idle;
+  c->mailbox->blocking = true;  // (what Future.__await__ sets before it yields itself)
+  *out = Py_NewRef(reinterpret_cast<PyObject*>(c->mailbox));
+  return PYGEN_NEXT;
+}
+
+PySendResult take_job(job_coroutine* c, PyObject** out) {
+  c->state = carrier::busy;
+  const py::object context = py::reinterpret_steal<py::object>(PyContext_CopyCurrent());
+  if (!context || PyContext_Enter(context.ptr()) < 0) {
+    drop_job(c);
+    c->state = carrier::over;
     return PYGEN_ERROR;
   }
-  const PySendResult sent = PyIter_Send(c->rest, arg, out);
-  if (sent != PYGEN_NEXT) Py_CLEAR(c->rest);
-  return sent;
+  // The job goes before an error is set again: its release may run Python code.
+  PyObject* work = nullptr;
+  try {
+    work = first_steps(c).release().ptr();
+    drop_job(c);
+  } catch (py::error_already_set& e) {
+    drop_job(c);
+    e.restore();
+  } catch (const std::exception& e) {
+    drop_job(c);
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  PyAsyncMethods* async = work == nullptr ? nullptr : Py_TYPE(work)->tp_as_async;
+  if (work != nullptr && (async == nullptr || async->am_await == nullptr)) {  // a Result, or None: the job ended here
+    leave(context.ptr());
+    c->outcome = work;
+    return wait_for_next_job(c, out);
+  }
+  PySendResult sent = PYGEN_ERROR;
+  if (work != nullptr) {
+    c->rest = async->am_await(work);
+    Py_DECREF(work);
+    if (c->rest != nullptr) sent = PyIter_Send(c->rest, Py_None, out);
+  }
+  leave(context.ptr());
+  if (sent == PYGEN_NEXT) {  // it waits: the task is this job's now
+    c->context = Py_NewRef(context.ptr());
+    c->state = carrier::carrying;
+    return sent;
+  }
+  Py_CLEAR(c->rest);
+  if (sent == PYGEN_RETURN) {  // Python's part of it ended without waiting
+    c->outcome = *out;
+    return wait_for_next_job(c, out);
+  }
+  c->state = carrier::over;
+  return PYGEN_ERROR;
+}
+
+PySendResult job_send(PyObject* self, PyObject* arg, PyObject** out) {
+  auto* c = reinterpret_cast<job_coroutine*>(self);
+  switch (c->state) {
+    case carrier::loaded: return take_job(c, out);
+    case carrier::carrying: {
+      if (PyContext_Enter(c->context) < 0) return PYGEN_ERROR;
+      const PySendResult sent = PyIter_Send(c->rest, arg, out);
+      leave(c->context);
+      if (sent != PYGEN_NEXT) {
+        Py_CLEAR(c->rest);
+        Py_CLEAR(c->context);
+        c->state = carrier::over;
+      }
+      return sent;
+    }
+    case carrier::idle:  // woken with no job: the starter ends it (the loop stops)
+      c->state = carrier::over;
+      *out = Py_NewRef(Py_None);
+      return PYGEN_RETURN;
+    case carrier::busy:
+      PyErr_SetString(PyExc_RuntimeError, "coroutine already executing");
+      return PYGEN_ERROR;
+    case carrier::over: break;
+  }
+  PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+  return PYGEN_ERROR;
 }
 
 // A send's outcome as a method returns it: the value yielded, or StopIteration carrying the value returned.
@@ -270,9 +522,13 @@ PyObject* job_throw(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
     PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
     return nullptr;
   }
-  c->started = true;
-  drop_inputs(c);
-  if (c->rest == nullptr) {  // not started (a task cancelled before its first step), or over: raise it here
+  if (c->state == carrier::busy) {
+    PyErr_SetString(PyExc_RuntimeError, "coroutine already executing");
+    return nullptr;
+  }
+  drop_job(c);
+  if (c->state != carrier::carrying) {  // not started (cancelled before its first step), idle (its task
+    c->state = carrier::over;          // cancelled while it waited for a job), or over: raised here
     PyObject* kind = args[0];
     if (PyExceptionInstance_Check(kind)) {
       PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(kind)), kind);
@@ -284,16 +540,29 @@ PyObject* job_throw(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
     return nullptr;
   }
   const py::object rest = py::reinterpret_borrow<py::object>(c->rest);
+  const py::object context = py::reinterpret_borrow<py::object>(c->context);
   const py::object thrower = py::reinterpret_steal<py::object>(PyObject_GetAttr(rest.ptr(), names.throw_));
-  PyObject* value = thrower ? PyObject_Vectorcall(thrower.ptr(), args, static_cast<size_t>(nargs), nullptr) : nullptr;
-  if (value == nullptr && c->rest == rest.ptr()) Py_CLEAR(c->rest);  // it returned or raised: over
+  if (!thrower || PyContext_Enter(context.ptr()) < 0) return nullptr;
+  PyObject* value = PyObject_Vectorcall(thrower.ptr(), args, static_cast<size_t>(nargs), nullptr);
+  leave(context.ptr());
+  if (value == nullptr && c->rest == rest.ptr()) {  // it returned or raised: over
+    Py_CLEAR(c->rest);
+    Py_CLEAR(c->context);
+    c->state = carrier::over;
+  }
   return value;
 }
 
 PyObject* job_close(PyObject* self, PyObject*) {
   auto* c = reinterpret_cast<job_coroutine*>(self);
-  c->started = true;
-  drop_inputs(c);
+  if (c->state == carrier::busy) {
+    PyErr_SetString(PyExc_RuntimeError, "coroutine already executing");
+    return nullptr;
+  }
+  c->state = carrier::over;
+  drop_job(c);
+  Py_CLEAR(c->outcome);
+  const py::object context = py::reinterpret_steal<py::object>(std::exchange(c->context, nullptr));
   PyObject* rest = std::exchange(c->rest, nullptr);
   if (rest == nullptr) Py_RETURN_NONE;
   PyObject* closer = PyObject_GetAttr(rest, names.close);
@@ -302,7 +571,12 @@ PyObject* job_close(PyObject* self, PyObject*) {
     PyErr_Clear();
     Py_RETURN_NONE;
   }
+  if (context && PyContext_Enter(context.ptr()) < 0) {
+    Py_DECREF(closer);
+    return nullptr;
+  }
   PyObject* closed = PyObject_CallNoArgs(closer);
+  if (context) leave(context.ptr());
   Py_DECREF(closer);
   return closed;
 }
@@ -317,16 +591,24 @@ int job_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(c->job);
   Py_VISIT(c->loop);
   Py_VISIT(c->rest);
+  Py_VISIT(c->context);
+  Py_VISIT(c->outcome);
+  Py_VISIT(reinterpret_cast<PyObject*>(c->mailbox));
   return 0;
 }
 
 int job_clear(PyObject* self) {
   auto* c = reinterpret_cast<job_coroutine*>(self);
-  drop_inputs(c);
+  drop_job(c);
+  Py_CLEAR(c->host);
+  Py_CLEAR(c->loop);
   Py_CLEAR(c->rest);
+  Py_CLEAR(c->context);
+  Py_CLEAR(c->outcome);
+  Py_CLEAR(c->mailbox);
   Py_CLEAR(c->runner_object);
   c->runner = nullptr;
-  c->started = true;
+  c->state = carrier::over;
   return 0;
 }
 
@@ -346,7 +628,7 @@ PyMethodDef job_methods[] = {
 
 PyType_Slot job_slots[] = {
     {Py_tp_doc, const_cast<char*>("A loop job's coroutine (what _JobRunner's task runs): the stage runner's first steps, "
-                                  "then whatever is left, awaited.")},
+                                  "then whatever is left, awaited; idle between jobs that end in their first steps.")},
     {Py_tp_dealloc, reinterpret_cast<void*>(gc_dealloc<job_clear>)},
     {Py_tp_traverse, reinterpret_cast<void*>(job_traverse)},
     {Py_tp_clear, reinterpret_cast<void*>(job_clear)},
@@ -360,6 +642,37 @@ PyType_Slot job_slots[] = {
 PyType_Spec job_spec = {"_portcullis_core.JobCoroutine", sizeof(job_coroutine), 0,
                         Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION, job_slots};
 
+// ---- the stepping thread's loop ------------------------------------------
+
+// What a daemon I/O thread that steps the loop's tasks (run_here) has
+// entered: the loop. Such a thread has what the loop's own thread has while
+// it runs (the running loop, the loop's async generator hooks; _enter_loop
+// sets them) and keeps them between jobs, as setting the running loop
+// costs a getpid() system call in Python 3.11; a plain job drops them
+// (_leave_loop). Per thread, in C: read at every job, where a
+// threading.local's attribute cost a few hundred instructions. A new thread
+// (a spare) starts with none; the reference a thread holds when it ends is
+// never dropped (no GIL then): the one policy loop outlives its threads.
+thread_local PyObject* stepping = nullptr;
+
+PyObject* stepping_get(PyObject*, void*) { return Py_NewRef(stepping != nullptr ? stepping : Py_None); }
+
+int stepping_set(PyObject*, PyObject* value, void*) {
+  Py_XSETREF(stepping, value == nullptr || value == Py_None ? nullptr : Py_NewRef(value));
+  return 0;
+}
+
+PyGetSetDef stepping_getset[] = {
+    {"loop", stepping_get, stepping_set, "The loop this thread steps tasks of, or None (this thread's own).", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyType_Slot stepping_slots[] = {
+    {Py_tp_doc, const_cast<char*>("Stepping(): .loop, the loop whose tasks this thread steps (per thread).")},
+    {Py_tp_getset, stepping_getset},
+    {0, nullptr}};
+
+PyType_Spec stepping_spec = {"_portcullis_core.Stepping", sizeof(PyObject), 0, Py_TPFLAGS_DEFAULT, stepping_slots};
+
 // ---- the starter -------------------------------------------------------
 
 struct job_starter {
@@ -370,55 +683,130 @@ struct job_starter {
   stage_runner* stages;  // host._runner's, kept alive by `stages_object`
   PyObject* stages_object;
   PyObject* name;  // the tasks' name
-  PyObject* stepping;  // _engine._stepping (a threading.local): the loop this thread has entered
   PyObject* enter_loop;  // _engine._enter_loop(loop)
+  // The task whose carrier (a JobCoroutine) waits for the next job, or null.
+  PyObject* idle_task;
+  PyObject* idle_carrier;
 };
 
 PyTypeObject* job_starter_type = nullptr;
 
 // A job's coroutine, for its Python object (`job`) or else the daemon's own (`*owned`, taken).
-PyObject* new_job_coroutine(job_starter* s, PyObject* job, policy_job_ptr* owned) {
+// A job's coroutine (the carrier of the jobs after it), the job loaded: its
+// Python object `job`, or else the daemon's own (`*owned`, taken).
+job_coroutine* new_job_coroutine(job_starter* s, PyObject* job, policy_job_ptr* owned) {
+  job_mailbox* mailbox = new_mailbox(s->loop);
+  if (mailbox == nullptr) return nullptr;
   auto* c = PyObject_GC_New(job_coroutine, job_coroutine_type);
-  if (c == nullptr) return nullptr;
+  if (c == nullptr) {
+    Py_DECREF(mailbox);
+    return nullptr;
+  }
   c->runner = s->stages;
   c->runner_object = Py_NewRef(s->stages_object);
   c->host = Py_NewRef(s->host);
+  c->loop = Py_NewRef(s->loop);
   c->job = Py_XNewRef(job);
   c->owned = job == nullptr ? owned->release() : nullptr;
-  c->loop = Py_NewRef(s->loop);
   c->rest = nullptr;
-  c->started = false;
+  c->context = nullptr;
+  c->outcome = nullptr;
+  c->mailbox = mailbox;
+  c->state = carrier::loaded;
   PyObject_GC_Track(c);
-  return reinterpret_cast<PyObject*>(c);
+  return c;
 }
 
-// `_JobRunner.start`: (True, the job's result) if its task finished in its
-// first step, else (False, the task), handed to the runner's `_waiting`.
+// Whether the starter's idle carrier can take a job now: its task waits on
+// the mailbox (not cancelled there, not ended).
+bool idle_ready(const job_starter* s) {
+  const auto* c = reinterpret_cast<const job_coroutine*>(s->idle_carrier);
+  return c != nullptr && c->state == carrier::idle && c->mailbox->callback != nullptr && !c->mailbox->cancelled;
+}
+
+// Whether a carrier's task, destroyed while it waits, says so (asyncio logs a
+// pending task destroyed): not while it waits for a job, as for a job's.
+// (Best effort: a task factory's own tasks may have no such attribute.)
+void log_if_destroyed_pending(PyObject* task, bool log) {
+  if (PyObject_SetAttr(task, names.log_destroy_pending, log ? Py_True : Py_False) < 0) PyErr_Clear();
+}
+
+// `_JobRunner.start`: (True, the job's result) if the job ended in its first
+// steps, else (False, the task), handed to the runner's `_waiting`.
 // The job is `job` (a Python object: a stage job, or a reload's dict) or,
-// if null, the daemon's `*owned`. Sets `*done`; returns a new reference
-// (the result or the task), or null.
+// if null, the daemon's `*owned`. A stage job runs in the idle carrier's
+// task if there is one, else in a new task whose carrier stays, idle, for
+// the next job if this one ends in its first steps. Sets `*done`; returns a
+// new reference (the result or the task), or null.
 PyObject* start_job(job_starter* s, PyObject* job_id, PyObject* job, policy_job_ptr* owned, bool* done) {
-  PyObject* coro = job != nullptr && PyDict_Check(job)
-                       ? PyObject_CallMethodObjArgs(s->host, names.dispatch, job, s->loop, nullptr)
-                       : new_job_coroutine(s, job, owned);
-  if (coro == nullptr) return nullptr;
-  PyObject* task = start_task(s->loop, coro, s->name);
-  Py_DECREF(coro);
-  if (task == nullptr) return nullptr;
-  const py::object held = py::reinterpret_steal<py::object>(task);
-  const auto finished = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(task, names.done));
+  py::object task, coro;
+  job_coroutine* c = nullptr;
+  if (job != nullptr && PyDict_Check(job)) {  // a reload or a release: a task of its own, host.dispatch's
+    coro = py::reinterpret_steal<py::object>(PyObject_CallMethodObjArgs(s->host, names.dispatch, job, s->loop, nullptr));
+    if (!coro) return nullptr;
+    task = py::reinterpret_steal<py::object>(start_task(s->loop, coro.ptr(), s->name));
+    if (!task) return nullptr;
+  } else if (idle_ready(s)) {
+    task = py::reinterpret_borrow<py::object>(s->idle_task);
+    coro = py::reinterpret_borrow<py::object>(s->idle_carrier);
+    c = reinterpret_cast<job_coroutine*>(coro.ptr());
+    c->job = Py_XNewRef(job);
+    c->owned = job == nullptr ? owned->release() : nullptr;
+    c->state = carrier::loaded;
+    if (!wake_now(c->mailbox)) {  // (its wakeup is spent: the carrier is not used again)
+      drop_job(c);
+      c->state = carrier::over;
+      Py_CLEAR(s->idle_task);
+      Py_CLEAR(s->idle_carrier);
+      return nullptr;
+    }
+  } else {
+    c = new_job_coroutine(s, job, owned);
+    if (c == nullptr) return nullptr;
+    coro = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(c));
+    task = py::reinterpret_steal<py::object>(start_task(s->loop, coro.ptr(), s->name));
+    if (!task) return nullptr;
+  }
+  if (c != nullptr && c->state == carrier::idle) {  // it ended in its first steps: the carrier waits for the next
+    if (s->idle_task != task.ptr()) {
+      log_if_destroyed_pending(task.ptr(), false);
+      Py_XSETREF(s->idle_task, Py_NewRef(task.ptr()));
+      Py_XSETREF(s->idle_carrier, Py_NewRef(coro.ptr()));
+    }
+    *done = true;
+    PyObject* outcome = std::exchange(c->outcome, nullptr);
+    return outcome != nullptr ? outcome : Py_NewRef(Py_None);
+  }
+  if (c != nullptr && s->idle_task == task.ptr()) {  // the job waits, or the task ended: it is not idle any more
+    Py_CLEAR(s->idle_task);
+    Py_CLEAR(s->idle_carrier);
+    log_if_destroyed_pending(task.ptr(), true);
+  }
+  const auto finished = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(task.ptr(), names.done));
   if (!finished) return nullptr;
   *done = finished.ptr() == Py_True;
   if (!*done) {
-    PyObject* waiting = PyObject_CallMethodObjArgs(s->runner, names.waiting, job_id, task, nullptr);
+    PyObject* waiting = PyObject_CallMethodObjArgs(s->runner, names.waiting, job_id, task.ptr(), nullptr);
     if (waiting == nullptr) return nullptr;
     Py_DECREF(waiting);
-    return Py_NewRef(task);
+    return Py_NewRef(task.ptr());
   }
-  PyObject* result = PyObject_CallMethodNoArgs(task, names.result);
+  PyObject* result = PyObject_CallMethodNoArgs(task.ptr(), names.result);
   if (result != nullptr) return result;
   PyErr_Clear();  // cancelled, or it raised: the runner says what that makes
-  return PyObject_CallMethodOneArg(s->runner, names.outcome, task);
+  return PyObject_CallMethodOneArg(s->runner, names.outcome, task.ptr());
+}
+
+// `_JobRunner` stops: the idle carrier's task ends at the loop's next turn
+// (woken with no job), so that no task is left pending on the loop. (Not
+// now: the runner's own task is running, and a task steps only between.)
+PyObject* starter_end_idle(PyObject* self, PyObject*) {
+  auto* s = reinterpret_cast<job_starter*>(self);
+  const bool ready = idle_ready(s);
+  const py::object task = py::reinterpret_steal<py::object>(std::exchange(s->idle_task, nullptr));
+  const py::object coro = py::reinterpret_steal<py::object>(std::exchange(s->idle_carrier, nullptr));
+  if (ready && !wake_later(reinterpret_cast<job_coroutine*>(coro.ptr())->mailbox)) return nullptr;
+  Py_RETURN_NONE;
 }
 
 PyObject* starter_start(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
@@ -450,10 +838,7 @@ PyObject* run_here(job_starter* s, PyObject* job_id, PyObject* job, policy_job_p
   PyObject* loop = s->loop;
   const Py_ssize_t timers = timers_of(loop);
   if (timers < 0) return nullptr;
-  PyObject* entered = PyObject_GetAttr(s->stepping, names.loop);
-  if (entered == nullptr) return nullptr;
-  Py_DECREF(entered);
-  if (entered != loop) {
+  if (stepping != loop) {
     PyObject* ok = PyObject_CallOneArg(s->enter_loop, loop);
     if (ok == nullptr) return nullptr;
     Py_DECREF(ok);
@@ -491,10 +876,10 @@ PyObject* starter_start_task(PyObject* self, PyObject* coro) {
 }
 
 PyObject* starter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
-  PyObject *runner, *loop, *host, *name, *stepping, *enter_loop;
-  static const char* keywords[] = {"runner", "loop", "host", "name", "stepping", "enter_loop", nullptr};
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOUOO:JobStarter", const_cast<char**>(keywords), &runner, &loop,
-                                   &host, &name, &stepping, &enter_loop)) {
+  PyObject *runner, *loop, *host, *name, *enter_loop;
+  static const char* keywords[] = {"runner", "loop", "host", "name", "enter_loop", nullptr};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOUO:JobStarter", const_cast<char**>(keywords), &runner, &loop,
+                                   &host, &name, &enter_loop)) {
     return nullptr;
   }
   PyObject* stages_object = PyObject_GetAttr(host, names.runner);
@@ -518,8 +903,9 @@ PyObject* starter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   s->stages = stages;
   s->stages_object = stages_object;
   s->name = Py_NewRef(name);
-  s->stepping = Py_NewRef(stepping);
   s->enter_loop = Py_NewRef(enter_loop);
+  s->idle_task = nullptr;
+  s->idle_carrier = nullptr;
   return reinterpret_cast<PyObject*>(s);
 }
 
@@ -531,8 +917,9 @@ int starter_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(s->host);
   Py_VISIT(s->stages_object);
   Py_VISIT(s->name);
-  Py_VISIT(s->stepping);
   Py_VISIT(s->enter_loop);
+  Py_VISIT(s->idle_task);
+  Py_VISIT(s->idle_carrier);
   return 0;
 }
 
@@ -544,8 +931,9 @@ int starter_clear(PyObject* self) {
   Py_CLEAR(s->stages_object);
   s->stages = nullptr;
   Py_CLEAR(s->name);
-  Py_CLEAR(s->stepping);
   Py_CLEAR(s->enter_loop);
+  Py_CLEAR(s->idle_task);
+  Py_CLEAR(s->idle_carrier);
   return 0;
 }
 
@@ -574,10 +962,11 @@ PyMethodDef starter_methods[] = {
      METH_FASTCALL,
      "run_here(job_id, job) -> the job's result, or whether the loop's thread must look (the job goes on there)."},
     {"start_task", starter_start_task_alive, METH_O, "start_task(coro) -> a task on the loop, its first step taken."},
+    {"end_idle", starter_end_idle, METH_NOARGS, "end_idle(): the task waiting for the next job ends (the runner stops)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyType_Slot starter_slots[] = {
-    {Py_tp_doc, const_cast<char*>("JobStarter(runner, loop, host, name, stepping, enter_loop): how _JobRunner starts "
+    {Py_tp_doc, const_cast<char*>("JobStarter(runner, loop, host, name, enter_loop): how _JobRunner starts "
                                   "a job's task, in C.")},
     {Py_tp_new, reinterpret_cast<void*>(starter_new)},
     {Py_tp_dealloc, reinterpret_cast<void*>(gc_dealloc<starter_clear>)},
@@ -592,6 +981,8 @@ PyType_Spec starter_spec = {"_portcullis_core.JobStarter", sizeof(job_starter), 
 }  // namespace
 
 bool is_job_starter(py::handle o) { return job_starter_type != nullptr && Py_TYPE(o.ptr()) == job_starter_type; }
+
+PyObject* stepping_loop() { return stepping; }
 
 py::object run_loop_job_here(py::handle starter, std::uint64_t job_id, policy_job_ptr& job) {
   if (cleared(starter.ptr())) throw py::error_already_set();
@@ -624,13 +1015,23 @@ void define_job_tasks(py::module_& m) {
            .context = intern("context"),
            .throw_ = intern("throw"),
            .close = intern("close"),
-           .runner = intern("_runner")};
+           .runner = intern("_runner"),
+           .call_soon = intern("call_soon"),
+           .log_destroy_pending = intern("_log_destroy_pending")};
   const py::module_ asyncio = py::module_::import("asyncio");
   task_type = py::object(asyncio.attr("Task")).release().ptr();
   base_call_soon = py::object(asyncio.attr("BaseEventLoop").attr("call_soon")).release().ptr();
   loop_and_name = py::make_tuple(py::str("loop"), py::str("name")).release().ptr();
   just_name = py::make_tuple(py::str("name")).release().ptr();
+  just_context = py::make_tuple(py::str("context")).release().ptr();
+  cancelled_error = py::object(asyncio.attr("CancelledError")).release().ptr();
 
+  PyObject* stepping_type = PyType_FromSpec(&stepping_spec);
+  if (stepping_type == nullptr) throw py::error_already_set();
+  m.add_object("Stepping", py::reinterpret_steal<py::object>(stepping_type));
+  job_mailbox_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&mailbox_spec));
+  if (job_mailbox_type == nullptr) throw py::error_already_set();
+  m.add_object("JobMailbox", py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(job_mailbox_type)));
   job_coroutine_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&job_spec));
   if (job_coroutine_type == nullptr) throw py::error_already_set();
   m.add_object("JobCoroutine", py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(job_coroutine_type)));

@@ -18,4 +18,8 @@ bool is_job_starter(pybind11::handle o);
 // turn held; raises pybind11::error_already_set.
 pybind11::object run_loop_job_here(pybind11::handle starter, std::uint64_t job_id, policy_job_ptr& job);
 
+// The loop whose tasks this thread steps (`_core.Stepping().loop`: set by
+// `_engine._enter_loop`, dropped by `_leave_loop`), or null; borrowed, GIL held.
+PyObject* stepping_loop();
+
 }  // namespace portcullis::bindings

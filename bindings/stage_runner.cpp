@@ -11,6 +11,7 @@
 #include "bindings/attribute.hpp"
 #include "bindings/core.hpp"
 #include "bindings/job_state.hpp"
+#include "bindings/job_tasks.hpp"
 #include "smtp/message_check.hpp"
 #include "store/message_store.hpp"
 
@@ -25,7 +26,7 @@ struct names {
   attribute connection{"connection"}, conn{"conn"}, envelope{"envelope"}, tx{"tx"},
       engine{"engine"}, hooks{"hooks"}, timeout{"timeout"}, scope{"scope"}, function{"function"},
       observed_none{"observed_none"}, before{"before"}, sender{"_sender"}, recipients{"_recipients"},
-      smtputf8{"_smtputf8"}, changed{"_changed"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, loop{"loop"},
+      smtputf8{"_smtputf8"}, changed{"_changed"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"},
       is_async{"is_async"}, context{"context"}, lock{"_lock"}, host_engine{"engine"}, generation{"generation"},
       engine_sessions{"sessions"}, conn_id{"_id"}, kind{"kind"}, code{"code"}, status{"status"}, text{"text"},
       addresses{"addresses"}, file{"file"}, prepended{"_prepended"}, is_parsed{"_is_parsed"},
@@ -356,14 +357,12 @@ class stage_scope {
 
 }  // namespace
 
-stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object stepping,
-                           py::object leave_loop, py::object objects, py::object upstream_reply, py::object resume,
+stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object leave_loop, py::object objects, py::object upstream_reply, py::object resume,
                            py::object slow, py::object resume_async, py::object drive, py::object verdict_type,
                            py::dict positive_replies)
     : sessions_(std::move(sessions)),
       running_(std::move(running)),
       scope_(std::move(scope)),
-      stepping_(std::move(stepping)),
       leave_loop_(std::move(leave_loop)),
       objects_(std::move(objects)),
       upstream_reply_(std::move(upstream_reply)),
@@ -669,7 +668,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     throw py::error_already_set();
   }
   const py::object hook_list = py::reinterpret_borrow<py::object>(hooks);
-  if (!on_loop && !n.loop.get(*stepping_).is_none()) (*leave_loop_)();  // a plain hook sees no running loop here
+  if (!on_loop && stepping_loop() != nullptr) (*leave_loop_)();  // a plain hook sees no running loop here
 
   stage_scope scope(*scope_, session, on_loop);
   if (stage == policy_stage::disconnect) scope.end_with(this, host, session);
@@ -772,8 +771,8 @@ py::object stage_runner::run_async(py::handle host, py::handle job_object, py::h
 void define_stage_runner(py::module_& m) {
   py::class_<stage_runner>(m, "StageRunner", "A stage job's hooks, called from C++ (EngineHost.run_plain, and a job's JobCoroutine on the loop).")
       .def(py::init<py::dict, py::dict, py::object, py::object, py::object, py::object, py::object, py::object,
-                    py::object, py::object, py::object, py::object, py::dict>(),
-           py::arg("sessions"), py::arg("running"), py::arg("scope"), py::arg("stepping"), py::arg("leave_loop"),
+                    py::object, py::object, py::object, py::dict>(),
+           py::arg("sessions"), py::arg("running"), py::arg("scope"), py::arg("leave_loop"),
            py::arg("objects"), py::arg("upstream_reply"), py::arg("resume"), py::arg("slow"),
            py::arg("resume_async"), py::arg("drive"), py::arg("verdict_type"), py::arg("positive_replies"))
       .def("new_session", &stage_runner::new_session, py::arg("host"), py::arg("generation"), py::arg("connection"),

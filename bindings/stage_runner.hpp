@@ -39,8 +39,8 @@ class stage_runner {
   // The host's session table and running-hook table, the engine's helpers
   // (functions taking the host first, so the runner holds no host), and the
   // `_core.JobObjects` that makes a job's objects.
-  stage_runner(pybind11::dict sessions, pybind11::dict running, pybind11::object scope, pybind11::object stepping,
-               pybind11::object leave_loop, pybind11::object objects, pybind11::object upstream_reply,
+  stage_runner(pybind11::dict sessions, pybind11::dict running, pybind11::object scope, pybind11::object leave_loop,
+               pybind11::object objects, pybind11::object upstream_reply,
                pybind11::object resume, pybind11::object slow, pybind11::object resume_async,
                pybind11::object drive, pybind11::object verdict_type, pybind11::dict positive_replies);
 
@@ -67,7 +67,7 @@ class stage_runner {
   pybind11::object run_in_python(pybind11::handle host, pybind11::handle job_object, pybind11::handle loop);
 
  private:
-  py_ref sessions_, running_, scope_, stepping_, leave_loop_, objects_, upstream_reply_, resume_, slow_,
+  py_ref sessions_, running_, scope_, leave_loop_, objects_, upstream_reply_, resume_, slow_,
       resume_async_, drive_;
   py_ref verdict_type_, positive_replies_;  // _verdicts.Verdict, and _engine.STAGE_POSITIVE_REPLY (see decided)
   const job_objects* make_;  // objects_'s C++ side

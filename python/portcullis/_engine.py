@@ -805,7 +805,7 @@ class EngineHost:
         self._running: dict[int, tuple[Hook, float]] = {}
         # run_plain's hot path, in C++ (it holds no reference to the host: no cycle).
         self._runner = _core.StageRunner(
-            sessions=self._sessions, running=self._running, scope=_scope, stepping=_stepping,
+            sessions=self._sessions, running=self._running, scope=_scope,
             leave_loop=_leave_loop, objects=_job_objects, upstream_reply=UpstreamReply,
             resume=EngineHost._resume_plain, slow=EngineHost._run_plain_slow,
             resume_async=EngineHost._resume_async, drive=EngineHost._drive,
@@ -1348,14 +1348,15 @@ class _JobRunner:
         # start(job_id, job) and run_here(job_id, job), in C (bindings/job_tasks.cpp): a stage
         # job's task runs a _core.JobCoroutine (the stage runner's first steps, then whatever is
         # left, awaited), a reload job's runs host.dispatch; the task's first step is taken at
-        # once. start -> (True, the job's result) if the task finished there, else (False, the
+        # once. A stage job that ends in its first steps leaves its task waiting, idle, and the
+        # next stage job runs in it (woken at once: no task made per job; end_idle ends it). start -> (True, the job's result) if the task finished there, else (False, the
         # task), handed to _waiting. run_here is start for a daemon I/O thread that holds the
         # loop's turn (the loop's thread waits in select(): no hand-off and no wake-up for a
         # job whose hooks do not wait): the job's result (a _core.Result or None) if its task
         # finished and left the loop nothing to do; else a bool, whether the loop's thread must
         # look now (the task waits for a timer, or left callbacks to run); the job is then
         # completed through the daemon.
-        self.starter = _core.JobStarter(self, loop, host, JOB_TASK_NAME, _stepping, _enter_loop)
+        self.starter = _core.JobStarter(self, loop, host, JOB_TASK_NAME, _enter_loop)
         self.start, self.run_here, self.start_task = self.starter.start, self.starter.run_here, self.starter.start_task
 
     async def run(self) -> None:
@@ -1374,6 +1375,7 @@ class _JobRunner:
             await self.stopped
         finally:
             self.loop.remove_reader(self.wakeup_fd)
+            self.starter.end_idle()  # the task kept for the next job ends: none is left pending
             if set_runner is not None:
                 set_runner(None)
             if set_loop_runner is not None:
@@ -1464,20 +1466,17 @@ class _JobRunner:
 _set_running_loop = asyncio.events._set_running_loop
 
 
-class _Stepping(threading.local):
-    """What a daemon I/O thread that steps the loop's tasks (_JobRunner.run_here)
-    has set: ``loop``. Such a thread has what the loop's own thread has while
-    it runs: the running loop, and the loop's async generator hooks (an async
-    generator a hook starts there is finalized on the loop, and closed when it
-    stops). It keeps them between jobs, as setting the running loop costs a
-    getpid() system call in Python 3.11 (about 1.5 µs here, each way), and
-    drops them when it runs a plain job (run_plain: no running loop there).
-    Thread-local, as they are: a new thread (a spare) starts with none."""
-
-    loop: asyncio.AbstractEventLoop | None = None
-
-
-_stepping = _Stepping()
+# What a daemon I/O thread that steps the loop's tasks (_JobRunner.run_here)
+# has set: ``_stepping.loop``. Such a thread has what the loop's own thread
+# has while it runs: the running loop, and the loop's async generator hooks
+# (an async generator a hook starts there is finalized on the loop, and
+# closed when it stops). It keeps them between jobs, as setting the running
+# loop costs a getpid() system call in Python 3.11 (about 1.5 µs here, each
+# way), and drops them when it runs a plain job (run_plain: no running loop
+# there). Per thread, as they are, and kept in C (bindings/job_tasks.cpp),
+# where the runners read it at every job: a new thread (a spare) starts
+# with none.
+_stepping = _core.Stepping()
 
 
 def _enter_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -811,6 +811,110 @@ def test_run_here_completes_a_finished_job_itself_when_it_left_the_loop_work(pol
     assert session(host).conn.data["later"] == ["ran"]
 
 
+CARRIED = """
+    import asyncio, contextvars
+    seen = contextvars.ContextVar("seen", default=None)
+    async def on_helo(conn, h):
+        conn.data.setdefault("tasks", []).append(asyncio.current_task())
+        conn.data.setdefault("seen", []).append(seen.get())
+        seen.set(h)  # in this job's context only, as if its task were its own
+        if h == "wait":
+            await asyncio.sleep(0.01)
+            conn.data["waited in"] = asyncio.current_task()
+        if h == "cancel me later":
+            conn.data["keep"] = asyncio.current_task()
+"""
+
+
+def test_jobs_that_end_in_their_first_steps_share_one_waiting_task_each_in_a_context_of_its_own(policy_file,
+                                                                                                lent_loop):
+    host = EngineHost([policy_file(CARRIED)])
+    runner, daemon = _runner(host, lent_loop)
+    for i, name in enumerate(("a", "b", "c")):
+        assert runner.run_here(i, job("helo", hostname=name)) is None
+    data = session(host).conn.data
+    first = data["tasks"][0]
+    assert data["tasks"] == [first] * 3 and data["seen"] == [None, None, None]
+    assert not first.done() and not runner.tasks and daemon.completed == []
+    assert not lent_loop._ready and not lent_loop._scheduled  # woken in place: nothing queued
+    assert asyncio.current_task(lent_loop) is None
+    runner.starter.end_idle()  # (the runner's, when it stops: at the loop's next turn)
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0))
+    assert first.done() and first.result() is None
+
+
+def test_a_job_that_waits_keeps_the_waiting_task_and_the_next_job_gets_a_new_one(policy_file, lent_loop):
+    host = EngineHost([policy_file(CARRIED)])
+    runner, daemon = _runner(host, lent_loop)
+    assert runner.run_here(1, job("helo", hostname="a")) is None
+    assert runner.run_here(2, job("helo", hostname="wait")) is True  # a timer: the loop's thread must look
+    assert runner.run_here(3, job("helo", hostname="b")) is None
+    data = session(host).conn.data
+    carrier, second = data["tasks"][0], data["tasks"][2]
+    assert data["tasks"][1] is carrier and second is not carrier and runner.by_id[2] is carrier
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0.05))
+    assert daemon.completed == [(2, None)] and not runner.tasks and data["waited in"] is carrier
+    assert carrier.done() and not second.done()  # the job's task ended with it; the new one waits
+    assert data["seen"] == [None, None, None]
+
+
+def test_a_waiting_task_cancelled_between_jobs_ends_and_the_next_job_runs_in_a_new_one(policy_file, lent_loop):
+    host = EngineHost([policy_file(CARRIED)])
+    runner, daemon = _runner(host, lent_loop)
+    errors = []
+    lent_loop.set_exception_handler(lambda loop, context: errors.append(context))
+    assert runner.run_here(1, job("helo", hostname="cancel me later")) is None
+    kept = session(host).conn.data["keep"]
+    assert kept.cancel()  # by a hook that kept its task, say
+    assert runner.run_here(2, job("helo", hostname="b")) is True  # (the cancelled one's wakeup is queued)
+    data = session(host).conn.data
+    assert data["tasks"][1] is not kept
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0))
+    assert kept.cancelled() and not data["tasks"][1].done() and errors == [] and daemon.completed == [(2, None)]
+
+
+def test_a_hook_that_cancels_its_own_task_ends_its_job_with_its_value_and_the_task_with_the_cancel(
+        policy_file, lent_loop):
+    host = EngineHost([policy_file("""
+        import asyncio
+        async def on_helo(conn, h):
+            conn.data["task"] = asyncio.current_task()
+            if h == "cancel":
+                asyncio.current_task().cancel()
+    """)])
+    runner, daemon = _runner(host, lent_loop)
+    assert runner.run_here(1, job("helo", hostname="cancel")) is True  # its wakeup is queued: the loop looks
+    cancelled = session(host).conn.data["task"]
+    assert daemon.completed == [(1, None)]  # the hook returned: its value (the cancel ends the task, not the job)
+    assert runner.run_here(2, job("helo", hostname="b")) is True  # (its wakeup still queued)
+    assert session(host).conn.data["task"] is not cancelled and daemon.completed == [(1, None), (2, None)]
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0))
+    assert cancelled.cancelled()
+
+
+def test_a_waiting_task_left_on_a_closed_loop_is_dropped_without_a_word(policy_file):
+    loop = _engine._PolicyLoop()
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    try:
+        host = EngineHost([policy_file(CARRIED)])
+        runner, _ = _runner(host, loop)
+        assert runner.run_here(1, job("helo", hostname="a")) is None
+        task = session(host).conn.data["tasks"][0]
+        assert not task.done()
+    finally:
+        _leave_loop()
+        loop.close()
+    del runner, task
+    host.run_plain(job("disconnect"))
+    gc.collect()
+    assert errors == []
+
+
 def _started_by_drain(runner, loop, job_id, j):
     """runner.start(job_id, j) from a plain callback of the running loop, as drain calls it."""
     started = []
