@@ -23,6 +23,7 @@
 #include "bindings/job_tasks.hpp"
 
 #include "bindings/core.hpp"
+#include "bindings/pending_error.hpp"
 #include "bindings/stage_runner.hpp"
 
 namespace py = pybind11;
@@ -53,18 +54,6 @@ void gc_dealloc(PyObject* self) {
   type->tp_free(self);
   Py_DECREF(type);
 }
-
-// Keeps the error pending (if any) aside while a context is left, and puts it back after.
-class pending_error_kept {
- public:
-  pending_error_kept() { PyErr_Fetch(&type_, &value_, &traceback_); }
-  pending_error_kept(const pending_error_kept&) = delete;
-  pending_error_kept& operator=(const pending_error_kept&) = delete;
-  ~pending_error_kept() { PyErr_Restore(type_, value_, traceback_); }
-
- private:
-  PyObject *type_ = nullptr, *value_ = nullptr, *traceback_ = nullptr;
-};
 
 // asyncio's Task type and BaseEventLoop.call_soon, looked up once; the
 // module keeps them (they live as long as the interpreter).

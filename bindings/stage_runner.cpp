@@ -12,6 +12,7 @@
 #include "bindings/core.hpp"
 #include "bindings/job_state.hpp"
 #include "bindings/job_tasks.hpp"
+#include "bindings/pending_error.hpp"
 #include "smtp/message_check.hpp"
 #include "store/message_store.hpp"
 
@@ -60,19 +61,6 @@ py::object this_thread_key() {
   if (!key) throw py::error_already_set();
   return key;
 }
-
-// Keeps the error pending when it is made (if any) aside while a destructor
-// calls Python, and puts it back after: a destructor never loses one.
-class pending_error_kept {
- public:
-  pending_error_kept() { PyErr_Fetch(&type_, &value_, &traceback_); }
-  pending_error_kept(const pending_error_kept&) = delete;
-  pending_error_kept& operator=(const pending_error_kept&) = delete;
-  ~pending_error_kept() { PyErr_Restore(type_, value_, traceback_); }
-
- private:
-  PyObject *type_ = nullptr, *value_ = nullptr, *traceback_ = nullptr;
-};
 
 bool is_notification(policy_stage s) {
   return s == policy_stage::delivered || s == policy_stage::reset || s == policy_stage::disconnect;
