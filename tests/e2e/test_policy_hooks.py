@@ -298,3 +298,54 @@ def test_pipelined_commands_with_async_hooks_get_their_replies_in_order(policy_d
     [env] = aiosmtpd_upstream.wait_messages(1)
     assert env["rcpt_tos"] == ["r1@example.test", "r2@example.test", "r3@example.test"]
     assert content_without_received(env["content"]) == b"X-Order: r1 r2 r3\r\nSubject: pipelined\r\n\r\nbody\r\n"
+
+
+def test_async_stages_each_in_a_context_of_its_own_whatever_task_they_share_or_cancel(policy_daemon,
+                                                                                      aiosmtpd_upstream):
+    # Stages whose hooks never wait share one task, left waiting between them
+    # (docs/policy-engine.md); each still runs in a contextvars context of its
+    # own, a stage that waits keeps a task to itself, and a hook that cancels
+    # the tasks earlier stages ran in (idle ones, one now running another
+    # stage) costs nobody their mail.
+    d = policy_daemon(aiosmtpd_upstream.url, """
+        import asyncio
+        import contextvars
+        import portcullis as pc
+
+        seen = contextvars.ContextVar("seen", default=None)
+        tasks = []
+
+        async def on_helo(conn, hostname):
+            conn.data["helo saw"] = seen.get()
+            seen.set(hostname)
+            tasks.append(asyncio.current_task())
+
+        async def on_mail(tx, sender):
+            tx.data["mail saw"] = seen.get()
+            seen.set(str(sender))
+            if sender.local == "wait":
+                await asyncio.sleep(0.05)
+                tx.data["mail saw after waiting"] = seen.get()
+            if sender.local == "cancel":
+                for task in tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                tasks.clear()
+
+        async def on_rcpt(tx, rcpt):
+            saw = [tx.conn.data["helo saw"], tx.data["mail saw"], seen.get()]
+            if tx.data.get("mail saw after waiting", str(tx.sender)) != str(tx.sender) or any(saw):
+                return pc.reject(f"a stage saw another stage's variable: {saw}", code=550, status="5.7.0")
+    """)
+    senders = ["a", "wait", "a", "cancel", "wait", "cancel", "a"]
+    for n, who in enumerate(senders):
+        with d.connect() as c:
+            c.exchange(f"MAIL FROM:<{who}@example.test>", 250, "2.1.0")
+            exact(c.exchange(f"RCPT TO:<r{n}@example.test>", 250), 250, "2.1.5", "Recipient ok (aiosmtpd)")
+            c.exchange("DATA", 354)
+            c.send(b"Subject: shared tasks\r\n\r\nbody\r\n.\r\n")
+            assert c.reply().code == 250
+    envelopes = aiosmtpd_upstream.wait_messages(len(senders))
+    assert sorted(e["rcpt_tos"][0] for e in envelopes) == sorted(f"r{n}@example.test" for n in range(len(senders)))
+    log = d.log_text()
+    assert " error " not in log and "destroyed but it is pending" not in log and "Traceback" not in log
