@@ -370,6 +370,12 @@ struct job_coroutine {
   PyObject* outcome;  // the result of the job that ended in its first steps, until the starter takes it
   job_mailbox* mailbox;
   carrier state;
+  // Set by the starter around the step it takes itself (the first, or a
+  // wakeup): only a job that ends there may leave the task waiting for the
+  // next one. A first step the loop takes later (a task factory's task whose
+  // step the starter could not take) ends the task with its job, as a task
+  // of its own would: the job is completed when the task is done.
+  bool may_idle;
 };
 
 PyTypeObject* job_coroutine_type = nullptr;
@@ -400,6 +406,18 @@ PySendResult wait_for_next_job(job_coroutine* c, PyObject** out) {
   return PYGEN_NEXT;
 }
 
+// The job ended in its first steps with `result` (a new reference): kept for
+// the starter while the task waits for the next job, or the task's result.
+PySendResult job_ended(job_coroutine* c, PyObject* result, PyObject** out) {
+  if (!c->may_idle) {
+    c->state = carrier::over;
+    *out = result;
+    return PYGEN_RETURN;
+  }
+  Py_XSETREF(c->outcome, result);
+  return wait_for_next_job(c, out);
+}
+
 PySendResult take_job(job_coroutine* c, PyObject** out) {
   c->state = carrier::busy;
   const py::object context = py::reinterpret_steal<py::object>(PyContext_CopyCurrent());
@@ -423,8 +441,7 @@ PySendResult take_job(job_coroutine* c, PyObject** out) {
   PyAsyncMethods* async = work == nullptr ? nullptr : Py_TYPE(work)->tp_as_async;
   if (work != nullptr && (async == nullptr || async->am_await == nullptr)) {  // a Result, or None: the job ended here
     leave(context.ptr());
-    c->outcome = work;
-    return wait_for_next_job(c, out);
+    return job_ended(c, work, out);
   }
   PySendResult sent = PYGEN_ERROR;
   if (work != nullptr) {
@@ -439,10 +456,7 @@ PySendResult take_job(job_coroutine* c, PyObject** out) {
     return sent;
   }
   Py_CLEAR(c->rest);
-  if (sent == PYGEN_RETURN) {  // Python's part of it ended without waiting
-    c->outcome = *out;
-    return wait_for_next_job(c, out);
-  }
+  if (sent == PYGEN_RETURN) return job_ended(c, *out, out);  // Python's part of it ended without waiting
   c->state = carrier::over;
   return PYGEN_ERROR;
 }
@@ -702,6 +716,7 @@ job_coroutine* new_job_coroutine(job_starter* s, PyObject* job, policy_job_ptr* 
   c->outcome = nullptr;
   c->mailbox = mailbox;
   c->state = carrier::loaded;
+  c->may_idle = false;
   PyObject_GC_Track(c);
   return c;
 }
@@ -742,7 +757,10 @@ PyObject* start_job(job_starter* s, PyObject* job_id, PyObject* job, policy_job_
     c->job = Py_XNewRef(job);
     c->owned = job == nullptr ? owned->release() : nullptr;
     c->state = carrier::loaded;
-    if (!wake_now(c->mailbox)) {  // (its wakeup is spent: the carrier is not used again)
+    c->may_idle = true;
+    const bool woken = wake_now(c->mailbox);
+    c->may_idle = false;
+    if (!woken) {  // (its wakeup is spent: the carrier is not used again)
       drop_job(c);
       c->state = carrier::over;
       Py_CLEAR(s->idle_task);
@@ -753,7 +771,9 @@ PyObject* start_job(job_starter* s, PyObject* job_id, PyObject* job, policy_job_
     c = new_job_coroutine(s, job, owned);
     if (c == nullptr) return nullptr;
     coro = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(c));
+    c->may_idle = true;
     task = py::reinterpret_steal<py::object>(start_task(s->loop, coro.ptr(), s->name));
+    c->may_idle = false;
     if (!task) return nullptr;
   }
   if (c != nullptr && c->state == carrier::idle) {  // it ended in its first steps: the carrier waits for the next

@@ -896,6 +896,25 @@ def test_a_hook_that_cancels_its_own_task_ends_its_job_with_its_value_and_the_ta
     assert cancelled.cancelled()
 
 
+def test_a_first_step_the_loop_takes_later_ends_its_task_with_its_job(policy_file, lent_loop):
+    # A task factory whose task's first step is not the last thing queued: the starter
+    # cannot take that step itself, and the loop takes it later. The job must then end
+    # with its task (as a task of its own would), not leave it waiting for a next job.
+    def factory(loop, coro, **kw):
+        task = asyncio.Task(coro, loop=loop, **kw)
+        loop.call_soon(lambda: None)
+        return task
+
+    lent_loop.set_task_factory(factory)
+    host = EngineHost([policy_file(CARRIED)])
+    runner, daemon = _runner(host, lent_loop)
+    assert runner.run_here(1, job("helo", hostname="a")) is True  # its first step is queued: the loop looks
+    (task, job_id), = runner.tasks.items()
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0))
+    assert daemon.completed == [(1, None)] and task.done() and not runner.tasks
+
+
 def test_a_waiting_task_left_on_a_closed_loop_is_dropped_without_a_word(policy_file):
     loop = _engine._PolicyLoop()
     errors = []
