@@ -224,9 +224,6 @@ PyObject* mailbox_result(PyObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
-// The waiting task cancelled (Task.cancel asks what it waits for first, as
-// it asks a Future): its wakeup goes to the loop's queue, and result()
-// raises CancelledError into the task, which ends the idle carrier.
 // The waiting task's wakeup handed to the loop's queue, as a Future's
 // completion hands it (the loop calls it at its next turn). False, an error
 // set, if the loop would not take it.
@@ -239,6 +236,9 @@ bool wake_later(job_mailbox* m) {
   return handle != nullptr;
 }
 
+// The waiting task cancelled (Task.cancel asks what it waits for first, as
+// it asks a Future): its wakeup goes to the loop's queue, and result()
+// raises CancelledError into the task, which ends the idle carrier.
 PyObject* mailbox_cancel(PyObject* self, PyObject* const*, Py_ssize_t, PyObject*) {
   auto* m = reinterpret_cast<job_mailbox*>(self);
   if (m->callback == nullptr || m->cancelled) Py_RETURN_FALSE;
@@ -321,6 +321,12 @@ job_mailbox* new_mailbox(PyObject* loop) {
   return m;
 }
 
+// Leaves `context` (entered by the caller), keeping any error pending.
+void leave(PyObject* context) {
+  const pending_error_kept kept;
+  if (PyContext_Exit(context) < 0) PyErr_WriteUnraisable(context);
+}
+
 // The waiting task's wakeup called now, in its context, as the loop would
 // call a Future's callback: the task takes its next step here. False, an
 // error set, if it could not be called.
@@ -329,10 +335,7 @@ bool wake_now(job_mailbox* m) {
   const py::object context = py::reinterpret_steal<py::object>(std::exchange(m->context, nullptr));
   if (context && PyContext_Enter(context.ptr()) < 0) return false;
   PyObject* woken = PyObject_CallOneArg(callback.ptr(), reinterpret_cast<PyObject*>(m));
-  if (context) {
-    const pending_error_kept kept;
-    if (PyContext_Exit(context.ptr()) < 0) PyErr_WriteUnraisable(context.ptr());
-  }
+  if (context) leave(context.ptr());
   Py_XDECREF(woken);
   return woken != nullptr;
 }
@@ -391,12 +394,6 @@ py::object first_steps(job_coroutine* c) {
   policy_job_ptr job(std::exchange(c->owned, nullptr));
   const policy_job& fields = *job;  // (it stays put if the runner hands `job` to Python)
   return c->runner->run(c->host, fields, py::handle(), &job, c->loop);
-}
-
-// Leaves `context` (entered by the caller), keeping any error pending.
-void leave(PyObject* context) {
-  const pending_error_kept kept;
-  if (PyContext_Exit(context) < 0) PyErr_WriteUnraisable(context);
 }
 
 PySendResult wait_for_next_job(job_coroutine* c, PyObject** out) {

@@ -134,8 +134,9 @@ bool same_connection(const policy_job& j, PyObject* seen) {
 // How many of this job's recipients `seen` (an envelope_tuple of an earlier
 // job) holds, first in the same order, if all else in it is this job's: the
 // daemon adds recipients between stages (RCPT, then DATA) and nothing else
-// moves. -1: something else differs, or a check's result (SPF, DKIM, DMARC,
-// ARC) is in either: those are compared by the tuple, they are rare enough.
+// moves. Read in place, as same_connection. -1: something else differs, or a
+// check's result (SPF, DKIM, DMARC, ARC) is in either: the caller compares
+// those by the tuple, they are rare enough.
 Py_ssize_t recipients_in_common(const policy_job& j, PyObject* seen) {
   if (j.spf || j.dkim || j.dmarc || j.arc) return -1;
   if (!PyTuple_Check(seen) || PyTuple_GET_SIZE(seen) != 10) return -1;
@@ -151,12 +152,6 @@ Py_ssize_t recipients_in_common(const policy_job& j, PyObject* seen) {
   return common;
 }
 
-// Whether `seen` is this job's envelope_tuple, read in place (as same_connection).
-bool same_envelope(const policy_job& j, PyObject* seen) {
-  if (j.spf || j.dkim || j.dmarc || j.arc) return equal(envelope_tuple(j), seen);
-  return recipients_in_common(j, seen) == static_cast<Py_ssize_t>(j.recipients.size());
-}
-
 // `seen` with this job's recipients from `from` on added (recipients_in_common
 // said the rest is the job's): the envelope_tuple of the job, its texts shared.
 py::tuple envelope_with_recipients(PyObject* seen, const policy_job& j, Py_ssize_t from) {
@@ -166,7 +161,8 @@ py::tuple envelope_with_recipients(PyObject* seen, const policy_job& j, Py_ssize
     recipients.append(address_parts(j.recipients[i]));
   py::tuple envelope(PyTuple_GET_SIZE(seen));
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seen); ++i)
-    envelope[static_cast<std::size_t>(i)] = i == 3 ? py::object(recipients) : py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(seen, i));
+    envelope[static_cast<std::size_t>(i)] =
+        i == 3 ? py::object(recipients) : py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(seen, i));
   return envelope;
 }
 
@@ -345,8 +341,8 @@ class stage_scope {
 
 }  // namespace
 
-stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object leave_loop, py::object objects, py::object upstream_reply, py::object resume,
-                           py::object slow, py::object resume_async, py::object drive, py::object verdict_type,
+stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object leave_loop,
+                           py::object objects, py::object upstream_reply, py::object resume, py::object slow, py::object resume_async, py::object drive, py::object verdict_type,
                            py::dict positive_replies)
     : sessions_(std::move(sessions)),
       running_(std::move(running)),
@@ -605,8 +601,9 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       tx = n.tx.get(session);
       envelope = n.envelope.get(session);  // (None until a stage ends with tx as the daemon sent it)
       const Py_ssize_t common = tx.is_none() ? -1 : recipients_in_common(job, envelope.ptr());
+      const bool checked = job.spf || job.dkim || job.dmarc || job.arc;
       const bool same = common == static_cast<Py_ssize_t>(job.recipients.size()) ||
-                        (common < 0 && !tx.is_none() && same_envelope(job, envelope.ptr()));
+                        (checked && !tx.is_none() && equal(envelope_tuple(job), envelope));
       if (!same && common >= 0 && envelope_kept(session, tx)) {  // DATA after RCPT: tx takes the new recipients
         envelope = envelope_with_recipients(envelope.ptr(), job, common);
         make_->add_recipients(session, tx, PyTuple_GET_ITEM(envelope.ptr(), 3), common);

@@ -1349,11 +1349,12 @@ class _JobRunner:
         # job's task runs a _core.JobCoroutine (the stage runner's first steps, then whatever is
         # left, awaited), a reload job's runs host.dispatch; the task's first step is taken at
         # once. A stage job that ends in its first steps leaves its task waiting, idle, and the
-        # next stage job runs in it (woken at once: no task made per job; end_idle ends it). start -> (True, the job's result) if the task finished there, else (False, the
-        # task), handed to _waiting. run_here is start for a daemon I/O thread that holds the
+        # next stage job runs in it (woken at once: no task made per job; end_idle ends it).
+        # start -> (True, the job's result) if the job ended there, else (False, the task),
+        # handed to _waiting. run_here is start for a daemon I/O thread that holds the
         # loop's turn (the loop's thread waits in select(): no hand-off and no wake-up for a
-        # job whose hooks do not wait): the job's result (a _core.Result or None) if its task
-        # finished and left the loop nothing to do; else a bool, whether the loop's thread must
+        # job whose hooks do not wait): the job's result (a _core.Result or None) if the job
+        # ended and left the loop nothing to do; else a bool, whether the loop's thread must
         # look now (the task waits for a timer, or left callbacks to run); the job is then
         # completed through the daemon.
         self.starter = _core.JobStarter(self, loop, host, JOB_TASK_NAME, _enter_loop)
