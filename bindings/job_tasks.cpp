@@ -35,7 +35,7 @@ namespace {
 struct names_t {
   PyObject *done, *result, *ready, *scheduled, *task_factory, *create_task, *loop, *name, *callback, *self;
   PyObject *run, *handle_run, *pop, *dispatch, *outcome, *waiting, *complete, *context, *throw_, *close, *runner;
-  PyObject *call_soon, *log_destroy_pending;
+  PyObject *call_soon, *log_destroy_pending, *callbacks, *msg;
 };
 names_t names{};
 
@@ -178,8 +178,9 @@ struct job_mailbox {
   PyObject* loop;
   PyObject* callback;  // the waiting task's wakeup, or null
   PyObject* context;   // the context it runs in (the task's), or null
-  bool blocking;       // _asyncio_future_blocking, as a Future's
-  bool cancelled;      // the task was cancelled while it waited here
+  PyObject* cancel_message;  // cancel(msg)'s, for the CancelledError result() raises, or null
+  bool blocking;             // _asyncio_future_blocking, as a Future's
+  bool cancelled;            // the task was cancelled while it waited here
 };
 
 PyTypeObject* job_mailbox_type = nullptr;
@@ -217,8 +218,14 @@ PyObject* mailbox_remove_done_callback(PyObject* self, PyObject* fn) {
 }
 
 PyObject* mailbox_result(PyObject* self, PyObject*) {
-  if (reinterpret_cast<job_mailbox*>(self)->cancelled) {
-    PyErr_SetNone(cancelled_error);
+  const auto* m = reinterpret_cast<job_mailbox*>(self);
+  if (m->cancelled) {  // (as a cancelled Future's result(): CancelledError(msg))
+    PyObject* error = m->cancel_message != nullptr ? PyObject_CallOneArg(cancelled_error, m->cancel_message)
+                                                   : PyObject_CallNoArgs(cancelled_error);
+    if (error != nullptr) {
+      PyErr_SetObject(cancelled_error, error);
+      Py_DECREF(error);
+    }
     return nullptr;
   }
   Py_RETURN_NONE;
@@ -239,10 +246,18 @@ bool wake_later(job_mailbox* m) {
 // The waiting task cancelled (Task.cancel asks what it waits for first, as
 // it asks a Future): its wakeup goes to the loop's queue, and result()
 // raises CancelledError into the task, which ends the idle carrier.
-PyObject* mailbox_cancel(PyObject* self, PyObject* const*, Py_ssize_t, PyObject*) {
+PyObject* mailbox_cancel(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   auto* m = reinterpret_cast<job_mailbox*>(self);
+  // cancel(msg=None): the C Task passes msg by position, asyncio's Python Task by name.
+  const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+  const auto is_msg = [](PyObject* k) { return k == names.msg || PyUnicode_Compare(k, names.msg) == 0; };
+  if (nargs + nkw > 1 || (nkw == 1 && !is_msg(PyTuple_GET_ITEM(kwnames, 0)))) {
+    PyErr_SetString(PyExc_TypeError, "cancel(msg=None)");
+    return nullptr;
+  }
   if (m->callback == nullptr || m->cancelled) Py_RETURN_FALSE;
   m->cancelled = true;
+  if (nargs + nkw == 1 && args[0] != Py_None) m->cancel_message = Py_NewRef(args[0]);
   if (!wake_later(m)) return nullptr;
   Py_RETURN_TRUE;
 }
@@ -268,6 +283,7 @@ int mailbox_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(m->loop);
   Py_VISIT(m->callback);
   Py_VISIT(m->context);
+  Py_VISIT(m->cancel_message);
   return 0;
 }
 
@@ -276,6 +292,7 @@ int mailbox_clear(PyObject* self) {
   Py_CLEAR(m->loop);
   Py_CLEAR(m->callback);
   Py_CLEAR(m->context);
+  Py_CLEAR(m->cancel_message);
   return 0;
 }
 
@@ -315,6 +332,7 @@ job_mailbox* new_mailbox(PyObject* loop) {
   m->loop = Py_NewRef(loop);
   m->callback = nullptr;
   m->context = nullptr;
+  m->cancel_message = nullptr;
   m->blocking = false;
   m->cancelled = false;
   PyObject_GC_Track(m);
@@ -473,9 +491,9 @@ PySendResult job_send(PyObject* self, PyObject* arg, PyObject** out) {
       }
       return sent;
     }
-    case carrier::idle:  // woken with no job: the starter ends it (the loop stops)
+    case carrier::idle:  // woken with no job: the starter ends it, with the last job's result if it left one
       c->state = carrier::over;
-      *out = Py_NewRef(Py_None);
+      *out = c->outcome != nullptr ? std::exchange(c->outcome, nullptr) : Py_NewRef(Py_None);
       return PYGEN_RETURN;
     case carrier::busy:
       PyErr_SetString(PyExc_RuntimeError, "coroutine already executing");
@@ -506,7 +524,8 @@ PyObject* as_method_result(PySendResult sent, PyObject* value) {
 
 PyObject* job_send_method(PyObject* self, PyObject* arg) {
   PyObject* value = nullptr;
-  return as_method_result(job_send(self, arg, &value), value);
+  const PySendResult sent = job_send(self, arg, &value);  // (before `value` is read: an argument list has no order)
+  return as_method_result(sent, value);
 }
 
 PyObject* job_next(PyObject* self) {
@@ -732,6 +751,24 @@ void log_if_destroyed_pending(PyObject* task, bool log) {
   if (PyObject_SetAttr(task, names.log_destroy_pending, log ? Py_True : Py_False) < 0) PyErr_Clear();
 }
 
+// Whether something besides the starter holds `task`, whose job just ended
+// in its first steps, or waits for its end: a hook kept asyncio.current_task(),
+// a timer will cancel it, an asyncio.timeout() is left armed on it, a done
+// callback was added. Such a task is not given to the next job (another
+// session's, maybe), which a cancel meant for the old one would then hit:
+// it ends now, as a task of the job's own would have. -1, an error set, if
+// its callbacks cannot be read. Counted: start_job's reference, the wakeup
+// the mailbox keeps (bound to the task), and the starter's if it is idle_task.
+int kept_elsewhere(const job_starter* s, PyObject* task) {
+  const Py_ssize_t ours = 2 + (s->idle_task == task ? 1 : 0);
+  if (Py_REFCNT(task) > ours) return 1;
+  const auto callbacks = py::reinterpret_steal<py::object>(PyObject_GetAttr(task, names.callbacks));
+  if (!callbacks) return -1;
+  if (callbacks.ptr() == Py_None) return 0;  // (the C Task's, when it has none)
+  const Py_ssize_t n = PyObject_Length(callbacks.ptr());
+  return n < 0 ? -1 : n > 0 ? 1 : 0;
+}
+
 // `_JobRunner.start`: (True, the job's result) if the job ended in its first
 // steps, else (False, the task), handed to the runner's `_waiting`.
 // The job is `job` (a Python object: a stage job, or a reload's dict) or,
@@ -774,14 +811,29 @@ PyObject* start_job(job_starter* s, PyObject* job_id, PyObject* job, policy_job_
     if (!task) return nullptr;
   }
   if (c != nullptr && c->state == carrier::idle) {  // it ended in its first steps: the carrier waits for the next
-    if (s->idle_task != task.ptr()) {
-      log_if_destroyed_pending(task.ptr(), false);
-      Py_XSETREF(s->idle_task, Py_NewRef(task.ptr()));
-      Py_XSETREF(s->idle_carrier, Py_NewRef(coro.ptr()));
-    }
     *done = true;
     PyObject* outcome = std::exchange(c->outcome, nullptr);
-    return outcome != nullptr ? outcome : Py_NewRef(Py_None);
+    if (outcome == nullptr) outcome = Py_NewRef(Py_None);
+    const int kept = c->mailbox->callback != nullptr ? kept_elsewhere(s, task.ptr()) : 0;
+    if (kept == 0) {
+      if (s->idle_task != task.ptr()) {
+        log_if_destroyed_pending(task.ptr(), false);
+        Py_XSETREF(s->idle_task, Py_NewRef(task.ptr()));
+        Py_XSETREF(s->idle_carrier, Py_NewRef(coro.ptr()));
+      }
+      return outcome;
+    }
+    // Held or watched (or, -1, unknown): it ends here, its result the job's. The job is answered whatever becomes of
+    // the task (a wakeup that fails leaves it pending, and asyncio says so when it goes).
+    if (kept < 0) PyErr_WriteUnraisable(task.ptr());
+    if (s->idle_task == task.ptr()) {
+      Py_CLEAR(s->idle_task);
+      Py_CLEAR(s->idle_carrier);
+      log_if_destroyed_pending(task.ptr(), true);
+    }
+    c->outcome = Py_NewRef(outcome);
+    if (!wake_now(c->mailbox)) PyErr_WriteUnraisable(task.ptr());
+    return outcome;
   }
   if (c != nullptr && s->idle_task == task.ptr()) {  // the job waits, or the task ended: it is not idle any more
     Py_CLEAR(s->idle_task);
@@ -1023,7 +1075,9 @@ void define_job_tasks(py::module_& m) {
            .close = intern("close"),
            .runner = intern("_runner"),
            .call_soon = intern("call_soon"),
-           .log_destroy_pending = intern("_log_destroy_pending")};
+           .log_destroy_pending = intern("_log_destroy_pending"),
+           .callbacks = intern("_callbacks"),
+           .msg = intern("msg")};
   const py::module_ asyncio = py::module_::import("asyncio");
   task_type = py::object(asyncio.attr("Task")).release().ptr();
   base_call_soon = py::object(asyncio.attr("BaseEventLoop").attr("call_soon")).release().ptr();

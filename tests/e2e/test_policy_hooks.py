@@ -305,8 +305,8 @@ def test_async_stages_each_in_a_context_of_its_own_whatever_task_they_share_or_c
     # Stages whose hooks never wait share one task, left waiting between them
     # (docs/policy-engine.md); each still runs in a contextvars context of its
     # own, a stage that waits keeps a task to itself, and a hook that cancels
-    # the tasks earlier stages ran in (idle ones, one now running another
-    # stage) costs nobody their mail.
+    # the tasks earlier stages ran in costs nobody their mail (a task a hook
+    # kept ended with its stage: it was not passed on to run another).
     d = policy_daemon(aiosmtpd_upstream.url, """
         import asyncio
         import contextvars

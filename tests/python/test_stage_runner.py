@@ -811,19 +811,33 @@ def test_run_here_completes_a_finished_job_itself_when_it_left_the_loop_work(pol
     assert session(host).conn.data["later"] == ["ran"]
 
 
+# Each job's task, seen through a weak reference: a task a hook keeps is not
+# given to the next job (below), and the tests look at the ones that are.
 CARRIED = """
-    import asyncio, contextvars
+    import asyncio, contextvars, weakref
     seen = contextvars.ContextVar("seen", default=None)
     async def on_helo(conn, h):
-        conn.data.setdefault("tasks", []).append(asyncio.current_task())
+        conn.data.setdefault("tasks", []).append(weakref.ref(asyncio.current_task()))
         conn.data.setdefault("seen", []).append(seen.get())
         seen.set(h)  # in this job's context only, as if its task were its own
         if h == "wait":
             await asyncio.sleep(0.01)
-            conn.data["waited in"] = asyncio.current_task()
-        if h == "cancel me later":
-            conn.data["keep"] = asyncio.current_task()
+            conn.data["waited in"] = weakref.ref(asyncio.current_task())
+        if h == "wait long":
+            await asyncio.sleep(0.05)
+            return "550 5.7.1 waited"
+        if h == "keep":
+            conn.data["kept"] = asyncio.current_task()
+        if h == "cancel it soon":
+            asyncio.get_running_loop().call_later(0.01, asyncio.current_task().cancel)
+        if h == "watch":
+            asyncio.current_task().add_done_callback(lambda t: conn.data.setdefault("ended", []).append(t.result()))
 """
+
+
+def _tasks(host, sid="S1"):
+    """The tasks the CARRIED hook ran in, in order (None for one gone)."""
+    return [ref() for ref in session(host, sid).conn.data["tasks"]]
 
 
 def test_jobs_that_end_in_their_first_steps_share_one_waiting_task_each_in_a_context_of_its_own(policy_file,
@@ -833,8 +847,8 @@ def test_jobs_that_end_in_their_first_steps_share_one_waiting_task_each_in_a_con
     for i, name in enumerate(("a", "b", "c")):
         assert runner.run_here(i, job("helo", hostname=name)) is None
     data = session(host).conn.data
-    first = data["tasks"][0]
-    assert data["tasks"] == [first] * 3 and data["seen"] == [None, None, None]
+    first = _tasks(host)[0]
+    assert _tasks(host) == [first] * 3 and data["seen"] == [None, None, None]
     assert not first.done() and not runner.tasks and daemon.completed == []
     assert not lent_loop._ready and not lent_loop._scheduled  # woken in place: nothing queued
     assert asyncio.current_task(lent_loop) is None
@@ -851,11 +865,11 @@ def test_a_job_that_waits_keeps_the_waiting_task_and_the_next_job_gets_a_new_one
     assert runner.run_here(2, job("helo", hostname="wait")) is True  # a timer: the loop's thread must look
     assert runner.run_here(3, job("helo", hostname="b")) is None
     data = session(host).conn.data
-    carrier, second = data["tasks"][0], data["tasks"][2]
-    assert data["tasks"][1] is carrier and second is not carrier and runner.by_id[2] is carrier
+    carrier, _, second = _tasks(host)
+    assert _tasks(host)[1] is carrier and second is not carrier and runner.by_id[2] is carrier
     _leave_loop()
     lent_loop.run_until_complete(asyncio.sleep(0.05))
-    assert daemon.completed == [(2, None)] and not runner.tasks and data["waited in"] is carrier
+    assert daemon.completed == [(2, None)] and not runner.tasks and data["waited in"]() is carrier
     assert carrier.done() and not second.done()  # the job's task ended with it; the new one waits
     assert data["seen"] == [None, None, None]
 
@@ -865,15 +879,68 @@ def test_a_waiting_task_cancelled_between_jobs_ends_and_the_next_job_runs_in_a_n
     runner, daemon = _runner(host, lent_loop)
     errors = []
     lent_loop.set_exception_handler(lambda loop, context: errors.append(context))
-    assert runner.run_here(1, job("helo", hostname="cancel me later")) is None
-    kept = session(host).conn.data["keep"]
-    assert kept.cancel()  # by a hook that kept its task, say
+    assert runner.run_here(1, job("helo", hostname="a")) is None
+    idle = _tasks(host)[0]
+    assert idle.cancel("shutting down")  # by a policy's clean-up that cancels every task, say
     assert runner.run_here(2, job("helo", hostname="b")) is True  # (the cancelled one's wakeup is queued)
-    data = session(host).conn.data
-    assert data["tasks"][1] is not kept
+    second = _tasks(host)[1]
+    assert second is not idle
     _leave_loop()
     lent_loop.run_until_complete(asyncio.sleep(0))
-    assert kept.cancelled() and not data["tasks"][1].done() and errors == [] and daemon.completed == [(2, None)]
+    assert idle.cancelled() and not second.done() and errors == [] and daemon.completed == [(2, None)]
+    with pytest.raises(asyncio.CancelledError, match="shutting down"):  # the message kept, as a Future keeps it
+        idle.result()
+
+
+@pytest.mark.parametrize("how", ["keep", "cancel it soon"])
+def test_a_task_a_hook_keeps_is_not_given_to_another_session_s_job_which_its_cancel_would_hit(policy_file, lent_loop,
+                                                                                            how):
+    # S1's hook keeps its task, or leaves a timer to cancel it; its job ends at once. S2's next
+    # job, which waits, must not run in that task: S1's cancel would end S2's job.
+    host = EngineHost([policy_file(CARRIED)])
+    runner, daemon = _runner(host, lent_loop)
+    answered = runner.run_here(1, job("helo", hostname=how))
+    assert answered is None or daemon.completed == [(1, None)]  # (a timer set: the loop's thread must look)
+    first = _tasks(host)[0]
+    assert first.done() and first.result() is None  # ended with its job, as a task of its own would
+    assert runner.run_here(2, job("helo", sid="S2", hostname="wait long")) is True
+    assert _tasks(host, "S2")[0] is not first
+    if how == "keep":
+        session(host).conn.data["kept"].cancel()  # S1 cancels what it kept
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0.1))
+    (job_id, result), = [c for c in daemon.completed if c[0] == 2]
+    assert "550 5.7.1 waited" in str(result_as_dict(result))  # S2's job ran to its end
+
+
+def test_a_done_callback_a_hook_adds_to_its_task_runs_when_its_job_ends(policy_file, lent_loop):
+    host = EngineHost([policy_file(CARRIED)])
+    runner, daemon = _runner(host, lent_loop)
+    assert runner.run_here(1, job("helo", hostname="watch")) is True  # the callback is queued: the loop looks
+    assert daemon.completed == [(1, None)]
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0))
+    assert session(host).conn.data["ended"] == [None]
+
+
+def test_asyncio_s_python_task_carries_jobs_through_the_coroutine_s_send_and_throw(policy_file, lent_loop):
+    # A task factory may make asyncio's pure-Python Task, which steps its coroutine with
+    # send() and throw() (the C Task uses the C protocol): the same jobs, the same ends.
+    lent_loop.set_task_factory(lambda loop, coro, **kw: asyncio.tasks._PyTask(coro, loop=loop, **kw))
+    host = EngineHost([policy_file(CARRIED)])
+    runner, daemon = _runner(host, lent_loop)
+    assert runner.run_here(1, job("helo", hostname="a")) is None
+    assert runner.run_here(2, job("helo", hostname="b")) is None
+    first, second = _tasks(host)
+    assert type(first) is asyncio.tasks._PyTask and second is first and not first.done()
+    assert runner.run_here(3, job("helo", hostname="wait")) is True
+    assert runner.run_here(4, job("helo", hostname="wait long")) is True
+    runner.by_id[4].cancel("abandoned by the daemon")
+    _leave_loop()
+    lent_loop.run_until_complete(asyncio.sleep(0.1))
+    completed = dict(daemon.completed)
+    assert completed.keys() == {3, 4} and completed[3] is None and first.done() and first.result() is None
+    assert result_as_dict(completed[4])["error"] == "the job was abandoned"
 
 
 def test_a_hook_that_cancels_its_own_task_ends_its_job_with_its_value_and_the_task_with_the_cancel(
@@ -923,7 +990,7 @@ def test_a_waiting_task_left_on_a_closed_loop_is_dropped_without_a_word(policy_f
         host = EngineHost([policy_file(CARRIED)])
         runner, _ = _runner(host, loop)
         assert runner.run_here(1, job("helo", hostname="a")) is None
-        task = session(host).conn.data["tasks"][0]
+        task = _tasks(host)[0]
         assert not task.done()
     finally:
         _leave_loop()
