@@ -135,6 +135,17 @@ bool step_now(PyObject* loop, PyObject* task) {
   return bool(ran);
 }
 
+// Whether `loop` makes its tasks with a task factory (a policy set one).
+bool has_task_factory(PyObject* loop) {
+  PyObject* factory = PyObject_GetAttr(loop, names.task_factory);
+  if (factory == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  Py_DECREF(factory);
+  return factory != Py_None;
+}
+
 // A job's task on `loop`, named `name`, its first step taken: a new reference, or null (an error set).
 PyObject* start_task(PyObject* loop, PyObject* coro, PyObject* name) {
   PyObject* factory = PyObject_GetAttr(loop, names.task_factory);
@@ -805,7 +816,7 @@ PyObject* start_job(job_starter* s, PyObject* job_id, PyObject* job, policy_job_
     c = new_job_coroutine(s, job, owned);
     if (c == nullptr) return nullptr;
     coro = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(c));
-    c->may_idle = true;
+    c->may_idle = !has_task_factory(s->loop);  // (a factory is asked for each job's task: its tasks carry one)
     task = py::reinterpret_steal<py::object>(start_task(s->loop, coro.ptr(), s->name));
     c->may_idle = false;
     if (!task) return nullptr;

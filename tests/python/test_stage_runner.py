@@ -923,24 +923,36 @@ def test_a_done_callback_a_hook_adds_to_its_task_runs_when_its_job_ends(policy_f
     assert session(host).conn.data["ended"] == [None]
 
 
-def test_asyncio_s_python_task_carries_jobs_through_the_coroutine_s_send_and_throw(policy_file, lent_loop):
-    # A task factory may make asyncio's pure-Python Task, which steps its coroutine with
-    # send() and throw() (the C Task uses the C protocol): the same jobs, the same ends.
-    lent_loop.set_task_factory(lambda loop, coro, **kw: asyncio.tasks._PyTask(coro, loop=loop, **kw))
+def test_a_task_factory_is_asked_for_each_job_s_task_and_asyncio_s_python_task_steps_the_jobs(policy_file,
+                                                                                               lent_loop):
+    # A policy's task factory makes every job's task (none is passed on to the next job);
+    # asyncio's pure-Python Task steps the coroutine with send() and throw() (the C Task
+    # uses the C protocol): the same jobs, the same ends. (The factory keeps no task: one
+    # kept is never passed on anyway.)
+    made = []
+
+    def factory(loop, coro, **kw):
+        task = asyncio.tasks._PyTask(coro, loop=loop, **kw)
+        made.append(type(coro).__name__)
+        return task
+
+    lent_loop.set_task_factory(factory)
     host = EngineHost([policy_file(CARRIED)])
     runner, daemon = _runner(host, lent_loop)
     assert runner.run_here(1, job("helo", hostname="a")) is None
     assert runner.run_here(2, job("helo", hostname="b")) is None
-    first, second = _tasks(host)
-    assert type(first) is asyncio.tasks._PyTask and second is first and not first.done()
+    assert made == ["JobCoroutine"] * 2
     assert runner.run_here(3, job("helo", hostname="wait")) is True
+    waiting = runner.by_id[3]
+    assert type(waiting) is asyncio.tasks._PyTask
     assert runner.run_here(4, job("helo", hostname="wait long")) is True
     runner.by_id[4].cancel("abandoned by the daemon")
     _leave_loop()
     lent_loop.run_until_complete(asyncio.sleep(0.1))
     completed = dict(daemon.completed)
-    assert completed.keys() == {3, 4} and completed[3] is None and first.done() and first.result() is None
+    assert completed.keys() == {3, 4} and completed[3] is None and waiting.result() is None
     assert result_as_dict(completed[4])["error"] == "the job was abandoned"
+    assert made.count("JobCoroutine") == 4  # (the test's sleep has a task too)
 
 
 def test_a_hook_that_cancels_its_own_task_ends_its_job_with_its_value_and_the_task_with_the_cancel(
