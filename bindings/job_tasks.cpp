@@ -58,6 +58,8 @@ void gc_dealloc(PyObject* self) {
 // asyncio's Task type and BaseEventLoop.call_soon, looked up once; the
 // module keeps them (they live as long as the interpreter).
 PyObject* task_type = nullptr;
+PyObject* enter_task = nullptr;  // asyncio's _enter_task(loop, task): the loop's current task, as a task's step sets it
+PyObject* leave_task = nullptr;  // and _leave_task(loop, task)
 PyObject* base_call_soon = nullptr;
 PyObject* loop_and_name = nullptr;  // the keyword names ("loop", "name") of Task(coro, loop=..., name=...)
 PyObject* just_name = nullptr;      // ("name",): loop.create_task(coro, name=...)
@@ -386,6 +388,7 @@ enum class carrier : unsigned char {
   busy,      // its first steps run
   idle,      // waits on its mailbox for the next job (the last one's result in `outcome`)
   carrying,  // a job that waits: `rest` and `context` are its
+  handing,   // its first steps, taken outside the task's step, did not end the job: `handed` for the task's next step
   over,
 };
 
@@ -401,6 +404,11 @@ struct job_coroutine {
   PyObject* context;  // that job's contextvars.Context
   PyObject* outcome;  // the result of the job that ended in its first steps, until the starter takes it
   job_mailbox* mailbox;
+  // Handing: what the first steps gave (a value yielded, or returned: `handed`; an error: `error_*`),
+  // for the task's next step to give asyncio (step_in_place).
+  PySendResult handed_as;
+  PyObject* handed;
+  PyObject *error_type, *error_value, *error_traceback;
   carrier state;
   // Set by the starter around the step it takes itself (the first, or a
   // wakeup): only a job that ends there may leave the task waiting for the
@@ -415,6 +423,26 @@ PyTypeObject* job_coroutine_type = nullptr;
 void drop_job(job_coroutine* c) {
   Py_CLEAR(c->job);
   delete std::exchange(c->owned, nullptr);
+}
+
+void drop_handed(job_coroutine* c) {
+  Py_CLEAR(c->handed);
+  Py_CLEAR(c->error_type);
+  Py_CLEAR(c->error_value);
+  Py_CLEAR(c->error_traceback);
+}
+
+// The task's step after step_in_place handed it the job: what the first steps gave, given now.
+PySendResult take_handed(job_coroutine* c, PyObject** out) {
+  const PySendResult handed = c->handed_as;
+  c->state = handed == PYGEN_NEXT ? carrier::carrying : carrier::over;
+  if (handed == PYGEN_ERROR) {
+    PyErr_Restore(std::exchange(c->error_type, nullptr), std::exchange(c->error_value, nullptr),
+                  std::exchange(c->error_traceback, nullptr));
+    return PYGEN_ERROR;
+  }
+  *out = std::exchange(c->handed, nullptr);
+  return handed;
 }
 
 // The stage runner's first steps of the loaded job: what `run_async` gives.
@@ -502,6 +530,7 @@ PySendResult job_send(PyObject* self, PyObject* arg, PyObject** out) {
       }
       return sent;
     }
+    case carrier::handing: return take_handed(c, out);
     case carrier::idle:  // woken with no job: the starter ends it, with the last job's result if it left one
       c->state = carrier::over;
       *out = c->outcome != nullptr ? std::exchange(c->outcome, nullptr) : Py_NewRef(Py_None);
@@ -557,6 +586,19 @@ PyObject* job_throw(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
     return nullptr;
   }
   drop_job(c);
+  if (c->state == carrier::handing) {  // a cancel while the first steps ran queued the task's wakeup: it throws
+    if (c->handed_as == PYGEN_NEXT) {   // into what the job awaits (which a task's must_cancel would cancel)
+      Py_CLEAR(c->handed);
+      c->state = carrier::carrying;
+    } else if (c->handed_as == PYGEN_ERROR) {  // the job failed: its error, as the task's own step would have raised
+      PyObject* ignored = nullptr;
+      take_handed(c, &ignored);
+      return nullptr;
+    } else {
+      drop_handed(c);
+      c->state = carrier::over;
+    }
+  }
   if (c->state != carrier::carrying) {  // not started (cancelled before its first step), idle (its task
     c->state = carrier::over;          // cancelled while it waited for a job), or over: raised here
     PyObject* kind = args[0];
@@ -591,6 +633,7 @@ PyObject* job_close(PyObject* self, PyObject*) {
   }
   c->state = carrier::over;
   drop_job(c);
+  drop_handed(c);
   Py_CLEAR(c->outcome);
   const py::object context = py::reinterpret_steal<py::object>(std::exchange(c->context, nullptr));
   PyObject* rest = std::exchange(c->rest, nullptr);
@@ -623,6 +666,10 @@ int job_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(c->rest);
   Py_VISIT(c->context);
   Py_VISIT(c->outcome);
+  Py_VISIT(c->handed);
+  Py_VISIT(c->error_type);
+  Py_VISIT(c->error_value);
+  Py_VISIT(c->error_traceback);
   Py_VISIT(reinterpret_cast<PyObject*>(c->mailbox));
   return 0;
 }
@@ -635,6 +682,7 @@ int job_clear(PyObject* self) {
   Py_CLEAR(c->rest);
   Py_CLEAR(c->context);
   Py_CLEAR(c->outcome);
+  drop_handed(c);
   Py_CLEAR(c->mailbox);
   Py_CLEAR(c->runner_object);
   c->runner = nullptr;
@@ -741,6 +789,8 @@ job_coroutine* new_job_coroutine(job_starter* s, PyObject* job, policy_job_ptr* 
   c->rest = nullptr;
   c->context = nullptr;
   c->outcome = nullptr;
+  c->handed_as = PYGEN_NEXT;
+  c->handed = c->error_type = c->error_value = c->error_traceback = nullptr;
   c->mailbox = mailbox;
   c->state = carrier::loaded;
   c->may_idle = false;
@@ -760,6 +810,51 @@ bool idle_ready(const job_starter* s) {
 // (Best effort: a task factory's own tasks may have no such attribute.)
 void log_if_destroyed_pending(PyObject* task, bool log) {
   if (PyObject_SetAttr(task, names.log_destroy_pending, log ? Py_True : Py_False) < 0) PyErr_Clear();
+}
+
+// The idle carrier's loaded job's first steps taken here, as the task's own
+// step would take them (in the task's context, the task the loop's current
+// one), without waking the task, which goes on waiting on its mailbox:
+// asyncio's step (the wakeup, result(), the mailbox's protocol again) cost
+// more than a no-op hook. A job that does not end there is handed to the
+// task (woken now, or by the wakeup a cancel queued meanwhile), whose step
+// gives asyncio what the job awaits, or its error, as if it had taken the
+// first steps itself. False, an error set, if the task could not be entered
+// or woken (its wakeup is then spent).
+bool step_in_place(job_starter* s, job_coroutine* c, PyObject* task) {
+  job_mailbox* m = c->mailbox;
+  if (m->context == nullptr) return wake_now(m);  // (a wakeup kept with no context: the task's step enters none)
+  const py::object context = py::reinterpret_borrow<py::object>(m->context);  // (a cancel in the job may drop the mailbox's)
+  if (PyContext_Enter(context.ptr()) < 0) return false;
+  PyObject* args[] = {s->loop, task};
+  PyObject* entered = PyObject_Vectorcall(enter_task, args, 2, nullptr);
+  if (entered == nullptr) {  // (another task is the loop's current one: a start from a running task)
+    leave(context.ptr());
+    return false;
+  }
+  Py_DECREF(entered);
+  PyObject* out = nullptr;
+  const PySendResult sent = take_job(c, &out);
+  {
+    const pending_error_kept kept;
+    PyObject* left = PyObject_Vectorcall(leave_task, args, 2, nullptr);
+    if (left == nullptr) PyErr_WriteUnraisable(task);
+    Py_XDECREF(left);
+  }
+  leave(context.ptr());
+  if (sent == PYGEN_NEXT && c->state == carrier::idle) {  // it ended there: the task waits on as it was
+    Py_DECREF(out);       // (the mailbox, which the carrier gives a step of the task's)
+    m->blocking = false;  // (as the task's step leaves it)
+    return true;
+  }
+  c->state = carrier::handing;
+  c->handed_as = sent;
+  if (sent == PYGEN_ERROR) {
+    PyErr_Fetch(&c->error_type, &c->error_value, &c->error_traceback);
+  } else {
+    c->handed = out;
+  }
+  return m->callback == nullptr || wake_now(m);
 }
 
 // Whether something besides the starter holds `task`, whose job just ended
@@ -803,9 +898,9 @@ PyObject* start_job(job_starter* s, PyObject* job_id, PyObject* job, policy_job_
     c->owned = job == nullptr ? owned->release() : nullptr;
     c->state = carrier::loaded;
     c->may_idle = true;
-    const bool woken = wake_now(c->mailbox);
+    const bool stepped = step_in_place(s, c, task.ptr());
     c->may_idle = false;
-    if (!woken) {  // (its wakeup is spent: the carrier is not used again)
+    if (!stepped) {  // (the carrier is not used again)
       drop_job(c);
       c->state = carrier::over;
       Py_CLEAR(s->idle_task);
@@ -1091,6 +1186,9 @@ void define_job_tasks(py::module_& m) {
            .msg = intern("msg")};
   const py::module_ asyncio = py::module_::import("asyncio");
   task_type = py::object(asyncio.attr("Task")).release().ptr();
+  const py::module_ asyncio_tasks = py::module_::import("asyncio.tasks");
+  enter_task = py::object(asyncio_tasks.attr("_enter_task")).release().ptr();
+  leave_task = py::object(asyncio_tasks.attr("_leave_task")).release().ptr();
   base_call_soon = py::object(asyncio.attr("BaseEventLoop").attr("call_soon")).release().ptr();
   loop_and_name = py::make_tuple(py::str("loop"), py::str("name")).release().ptr();
   just_name = py::make_tuple(py::str("name")).release().ptr();

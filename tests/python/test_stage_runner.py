@@ -1022,6 +1022,74 @@ def _started_by_drain(runner, loop, job_id, j):
     return value if done else loop.run_until_complete(value)
 
 
+IN_PLACE = """
+    import asyncio
+    import portcullis as pc
+    async def on_helo(conn, h):
+        if h == "sleep 0":
+            await asyncio.sleep(0)
+            return pc.tempfail("slept")
+        if h == "wait":
+            await asyncio.sleep(0.01)
+            return pc.tempfail("waited")
+        if h == "cancel and return":
+            asyncio.current_task().cancel()
+            return pc.reject("cancelled itself")
+        if h == "cancel and wait":
+            asyncio.current_task().cancel("by itself")
+            await asyncio.sleep(0.01)
+            return pc.reject("not reached")
+        if h == "cancel, wait and catch":
+            asyncio.current_task().cancel()
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                return pc.reject("caught")
+        if h == "current":
+            return pc.reject("current" if asyncio.current_task() is not None else "none")
+        if h == "interrupt":
+            raise KeyboardInterrupt
+"""
+
+
+def _ended(policy, first_jobs, j):
+    """How job 2 (`j`) ends on a fresh policy loop after `first_jobs` (helo host names) ran: its
+    result (as a dict, or None), or the error run_here raised; and what the loop's handler saw."""
+    loop = _engine._PolicyLoop()
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context.get("message")))
+    try:
+        host = EngineHost([policy])
+        runner, daemon = _runner(host, loop)
+        for i, name in enumerate(first_jobs):
+            assert runner.run_here(10 + i, job("helo", hostname=name)) is None
+        try:
+            answered = runner.run_here(2, j)
+        except (Exception, KeyboardInterrupt) as e:  # (a task re-raises KeyboardInterrupt, as asyncio's do)
+            return ("raised", type(e).__name__), errors
+        _leave_loop()
+        loop.run_until_complete(asyncio.sleep(0.05))
+        result = dict(daemon.completed).get(2, "never") if answered in (True, False) else answered
+        return (result_as_dict(result) if result not in (None, "never") else result), errors
+    finally:
+        _leave_loop()
+        loop.close()
+
+
+@pytest.mark.parametrize("what", ["sleep 0", "wait", "cancel and return", "cancel and wait", "cancel, wait and catch",
+                                  "current", "interrupt", "not a job"])
+def test_first_steps_taken_in_a_waiting_task_end_as_in_a_task_s_own_step(policy_file, what):
+    # The first job makes a task, which it leaves waiting; the next job's first steps
+    # run in that task's stead, not in a step of its own (bindings/job_tasks.cpp,
+    # step_in_place). Whatever those steps do, the job must end as it does in a new task.
+    j = object() if what == "not a job" else job("helo", hostname=what)
+    policy = policy_file(IN_PLACE)
+    new_task = _ended(policy, [], j)
+    waiting_task = _ended(policy, ["a"], j)
+    assert waiting_task == new_task
+    assert new_task[0] not in ("never", None)
+
+
 def test_a_reload_job_runs_in_a_task_of_its_own(policy_file, lent_loop):
     host = EngineHost([policy_file(ASYNC_EVERYWHERE)])
     runner, _ = _runner(host, lent_loop)
