@@ -113,6 +113,10 @@ class smtp_upstream final : public upstream {
     reused_ = false;
     failure_counted_ = false;
     if (!stream_ && !fresh) adopt_pooled();
+    // A transaction the upstream still holds (it refused DATA: RFC 5321 leaves
+    // MAIL and RCPT in force) is ended first: a MAIL now would be a nested
+    // one, which Postfix answers 503 for good.
+    if (stream_ && in_transaction_) co_await reset();
     if (!stream_) {
       const auto connecting = std::chrono::steady_clock::now();
       auto failure = co_await connect();
@@ -149,7 +153,8 @@ class smtp_upstream final : public upstream {
     if (!stream_) co_return failure_reply(upstream_failure::lost);
     const std::string line = "DATA";
     auto go_ahead = co_await command(line, reply_to::data);
-    if (!go_ahead.ok()) co_return std::move(go_ahead.reply);  // its refusal, or a failure (a 250 is one)
+    // Its refusal (the transaction stays open upstream: the next MAIL resets it), or a failure (a 250 is one).
+    if (!go_ahead.ok()) co_return std::move(go_ahead.reply);
     // One gather write per chunk of the store (one in all for a message held
     // in memory): our header first, then the body as dot-stuffed slices of
     // the chunk. No copy of the message is made.
@@ -211,6 +216,7 @@ class smtp_upstream final : public upstream {
   // goes with that client's first command (command()): given back here,
   // the connection costs no round trip at the end of a session.
   awaitable<void> release() override {
+    if (stream_ && pool_ && !owed_ && in_transaction_ && pool_->keeps(cfg_)) co_await reset();  // (its DATA refused)
     if (stream_ && pool_ && !owed_ && !in_transaction_ && pool_->keeps(cfg_)) {
       pooled_connection c{std::move(stream_), std::move(caps_), std::move(xclient_sent_)};
       auto refused = pool_->give_back(cfg_, std::move(c));

@@ -28,6 +28,10 @@ A behaviour is either reply text ("451 4.3.0 busy"; multi-line replies use
                bytes each; a str gets CRLF): a reply in one segment and
                unsolicited bytes in another
 
+Like Postfix, it answers a MAIL sent while a transaction is open (after a
+MAIL it accepted, until RSET or the message's final reply; a refused DATA
+leaves it open) with "503 5.5.1 Error: nested MAIL command".
+
 Hostile replies are plain text too: "250 ok\r\n354 go" answers and adds an
 unsolicited 354 in the same segment; "354 go" to MAIL is a reply out of place.
 
@@ -297,7 +301,11 @@ class FakeUpstream:
                     conn.commands.append(line)
                     conn.pipelined += b"\n" in buf
                 verb = line.split(" ", 1)[0].upper()
-                if verb == "MAIL":
+                if verb == "MAIL" and mail_from is not None:
+                    # As Postfix: a transaction is open (a refused DATA leaves it so) until RSET or a message.
+                    if not act("503 5.5.1 Error: nested MAIL command"):
+                        return
+                elif verb == "MAIL":
                     b = self._behaviour(f"MAIL {_angle(line)}", "MAIL")
                     if _starts(b, "250"):
                         mail_from, rcpts, mail_line = _angle(line), [], line
@@ -315,7 +323,7 @@ class FakeUpstream:
                     if not act(b):
                         return
                     if not _starts(b, "354"):
-                        continue
+                        continue  # refused: MAIL and RCPT stay in force (RFC 5321 §4.1.1.4)
                     # The message: up to CRLF.CRLF; the BODY stage fires on its first bytes.
                     while not buf:
                         if not read_more():

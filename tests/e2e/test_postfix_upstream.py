@@ -61,6 +61,21 @@ def postfix_plain():
         pf.stop()
 
 
+@pytest.fixture(scope="module")
+def postfix_data_checks():
+    """Postfix that refuses DATA for one sender (smtpd_data_restrictions), as a milter or a
+    content policy at DATA does: its MAIL and RCPTs stay in force after the refusal."""
+    if NO_POSTFIX:
+        pytest.skip(NO_POSTFIX)
+    pf = PostfixInstance({"smtpd_data_restrictions": "check_sender_access inline:{refused@remote.test=REJECT}"},
+                         name="pf-data")
+    try:
+        pf.start()
+        yield pf
+    finally:
+        pf.stop()
+
+
 def deliver(d, source: str, rcpt: str = "user@example.test", helo: str = "client.test") -> str:
     """One message from `source` through the proxy; returns Postfix's queue id."""
     with d.connect(ehlo=helo, source=source) as c:
@@ -169,6 +184,35 @@ def test_xforward_postfix_logs_the_original_client(sec_daemon, postfix_tls):
             qids.append(QUEUED.match(r.lines[0]).group(1))
     for q in qids:
         postfix_tls.wait_log(rf"{q}: client=\S+\[127\.0\.0\.1\], orig_client=unknown\[127\.0\.0\.6\]$")
+
+
+# --------------------------------------------------------------------------
+# DATA refused
+
+
+@pytest.mark.parametrize("client_info", ["none", "xclient", "xforward"])
+def test_after_postfix_refuses_data_the_next_transaction_goes_through(sec_daemon, postfix_data_checks,
+                                                                      client_info):
+    """A refused DATA leaves Postfix's transaction open: the proxy ends it before the next MAIL
+    (a nested MAIL gets 503 5.5.1 for good), in the same session, after the client's RSET or
+    without one, and on the pooled connection in the next session."""
+    d = sec_daemon(postfix_data_checks.url, upstream={"client_info": client_info})
+    with d.connect(ehlo="client.test", source="127.0.0.5") as c:
+        r = c.transaction("refused@remote.test", ["user@example.test"], BODY)
+        assert (r.code, r.status) == (554, "5.7.1") and "Access denied" in r.text, str(r)
+        r = c.transaction("sender@remote.test", ["user@example.test"], BODY)  # no RSET between
+        assert (r.code, r.status) == (250, "2.0.0") and QUEUED.match(r.lines[0]), str(r)
+        r = c.transaction("refused@remote.test", ["user@example.test"], BODY)
+        assert r.code == 554, str(r)
+        c.exchange("RSET", 250)
+        r = c.transaction("sender@remote.test", ["user@example.test"], BODY)
+        assert (r.code, r.status) == (250, "2.0.0"), str(r)
+        r = c.transaction("refused@remote.test", ["user@example.test"], BODY)  # the last word of the session
+        assert r.code == 554, str(r)
+        c.exchange("QUIT", 221)
+    deliver(d, "127.0.0.5")  # (a pooled connection, if the pool kept it)
+    log = postfix_data_checks.log_text()
+    assert "nested MAIL" not in log and "transaction in progress" not in log
 
 
 # --------------------------------------------------------------------------
