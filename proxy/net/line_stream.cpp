@@ -135,7 +135,22 @@ line_stream::waiting line_stream::peek_socket() {
   return waiting::end;
 }
 
-bool line_stream::peer_gone() { return has_buffered_input() || peek_socket() != waiting::nothing; }
+bool line_stream::has_unread_input() {
+  if (has_buffered_input()) return true;
+  if (!tls_) return false;
+  SSL* ssl = tls_->native_handle();
+  if (SSL_pending(ssl) > 0) return true;
+  // Records TLS holds, whole or not, that it has not decrypted yet: what is in
+  // its read BIO (the engine gives it all it reads from the socket).
+  if (SSL_has_pending(ssl) == 0 && BIO_ctrl_pending(SSL_get_rbio(ssl)) == 0) return false;
+  char byte;
+  const int n = SSL_peek(ssl, &byte, 1);  // decrypts them, takes none of the data
+  const int error = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, n);
+  ERR_clear_error();  // (for the engine's next operation)
+  return error != SSL_ERROR_WANT_READ;
+}
+
+bool line_stream::peer_gone() { return has_unread_input() || peek_socket() != waiting::nothing; }
 
 void line_stream::wake() {
   woken_ = true;

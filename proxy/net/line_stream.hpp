@@ -89,6 +89,12 @@ class line_stream {
 
   // Is there input already buffered (pipelined commands waiting)?
   bool has_buffered_input() const { return begin_ < end_; }
+  // Input a read would return at once without the peer sending more: what is
+  // buffered and, under TLS, data TLS has received but not handed over (a
+  // record behind the one a read returned, in the same segment: no look at
+  // the socket sees it). TLS records that carry no data (a late session
+  // ticket) are taken in, not counted; a close_notify or a broken record counts.
+  bool has_unread_input();
   // Is a whole line buffered (a pipelined command that a read_line would return at once)?
   bool has_buffered_line() const { return buffered().find('\n') != std::string_view::npos; }
   // Gives back a large buffer once nothing is buffered (an idle session keeps little).

@@ -588,7 +588,7 @@ class smtp_upstream final : public upstream {
                            printable(r.summary()) + "; dropping the connection");
       if (more_owed) co_return answer{std::move(r), std::nullopt, fits};
       // Lock step: nothing more is owed until our next command.
-      if (stream_->has_buffered_input()) {
+      if (stream_->has_unread_input()) {
         if (what == reply_to::end_of_data && fits == reply_fit::success) {
           // The upstream took the message (RFC 5321 §6.1: its 250 takes on
           // responsibility for it): a 451 now would make the client send it
@@ -624,14 +624,17 @@ class smtp_upstream final : public upstream {
   //   connection must not be answered by a stray reply); both are rare;
   // - before the first command on a kept or pooled connection: peer_gone()
   //   in mail() and upstream_pool::take().
-  // Under TLS only what TLS decrypted counts: raw bytes may be TLS's own
-  // records (a late session ticket), and what they carry is caught by
-  // read_reply's check or by the next reply not fitting its command.
+  // Under TLS what TLS holds counts too (a record behind the last reply, in
+  // the same segment: has_unread_input), and bytes on the socket count as
+  // in clear text: they may be a TLS record with no data in it (a session
+  // ticket, a key update), but a server sends its tickets at the handshake
+  // (taken in with the EHLO reply) and updates keys seldom, and a stray
+  // reply there would send the message twice.
   // (A closed socket is no unsolicited input: the write or read that follows says so.)
   bool unsolicited_input(reply_to what) {
-    if (stream_->has_buffered_input()) return true;
+    if (stream_->has_unread_input()) return true;
     const bool look = what == reply_to::data || what == reply_to::starttls || what == reply_to::xclient;
-    return look && !stream_->tls_active() && stream_->peek_socket() == line_stream::waiting::data;
+    return look && stream_->peek_socket() == line_stream::waiting::data;
   }
 
   // A write to the upstream that timed out or failed, at `stage`.

@@ -21,6 +21,8 @@ import time
 import pytest
 
 from fake_upstream import DEFAULTS
+from sec_helpers import make_cert
+from tls_fake_upstream import TlsFakeUpstream
 
 R1, R2 = "r1@example.test", "r2@example.test"
 FAILING_BODY = b"Subject: under test\r\n\r\nFAILING-TX"
@@ -204,3 +206,54 @@ def test_reply_lines_within_limits_pass_unchanged(start_daemon, fake_upstream):
         r = c.exchange(f"RCPT TO:<{R1}>", 250, "2.1.5")
         assert r.text == text
         assert re.fullmatch(rb"250 2\.1\.5 y+\r\n", r.raw)
+
+
+# -- under TLS: replies in TLS records of their own, behind the one the proxy read ----------
+# (Only TLS holds such a record: neither our buffer nor a look at the socket sees it.)
+
+
+def _tls_upstream(tmp_path, **kw) -> TlsFakeUpstream:
+    cert, key = make_cert(tmp_path / "upstream-cert", "upstream", ["tls.fake"])
+    return TlsFakeUpstream(str(cert), str(key), **kw)
+
+
+def test_a_reply_behind_the_final_250_in_a_tls_record_of_its_own_reaches_no_later_client(start_daemon, tmp_path):
+    up = _tls_upstream(tmp_path, after={"DOT": ["250 2.0.0 stale, unasked"]})
+    try:
+        d = start_daemon(up.url, upstream={"timeout": 2})
+        with d.connect() as c:
+            sid = d.session_id(c.local_port)
+            r = c.transaction("a@example.test", [R1], FAILING_BODY)
+            assert (r.code, r.status) == (250, "2.0.0") and len(up.messages) == 1, str(r)  # taken: its 250 stands
+            c.exchange("QUIT", 221)
+        d.wait_log(rf"{sid}: upstream: unsolicited data after the 250 to end of data")
+        with d.connect() as c:  # on a fresh upstream connection, every reply its own
+            c.exchange("MAIL FROM:<b@example.test>", 250, "2.1.0")
+            c.exchange("RCPT TO:<reject-me@example.test>", 550, "5.1.1")
+            c.exchange(f"RCPT TO:<{R2}>", 250, "2.1.5")
+            c.exchange("DATA", 354)
+            c.send(b"Subject: second\r\n\r\nbody\r\n.\r\n")
+            r = c.reply()
+            assert (r.code, r.status, r.text) == (250, "2.0.0", "Ok: queued as TLS2"), str(r)
+        assert len(up.commands) == 2
+    finally:
+        up.stop()
+
+
+@pytest.mark.parametrize("later", [0, 0.1], ids=["same-write", "later-segment"])
+def test_a_354_behind_rcpt_s_reply_in_a_tls_record_of_its_own_never_sends_the_message(start_daemon, tmp_path,
+                                                                                        later):
+    up = _tls_upstream(tmp_path, after={f"RCPT {R2}": ["354 go ahead (unasked)"]}, later=later)  # DATA is next
+    try:
+        d = start_daemon(up.url, upstream={"timeout": 2})
+        with d.connect() as c:
+            got = run_transaction(c, pause=0.3)
+            failed = [step for step, r in got.items() if (r.code, r.status) == NONSENSE]
+            assert failed, f"no 451 4.3.0 at any step: {got}"
+            assert "DOT" not in got or got["DOT"].code != 250, str(got)
+            assert not [m for m in up.messages if b"FAILING-TX" in m]  # the message never went
+            c.exchange("RSET", 250, "2.0.0")
+            follow_up(c, "same-session")
+        assert any(b"same-session" in m for m in up.messages) and len(up.commands) == 2
+    finally:
+        up.stop()
