@@ -321,13 +321,16 @@ class smtp_upstream final : public upstream {
         close();
         co_return setup_failure{upstream_failure::client_info_refused};
       }
-      if (attributes == xclient_sent_) co_return std::nullopt;
+      // The EHLO after it speaks for the client too (send_xclient): an upstream whose XCLIENT
+      // takes no HELO hears the client's name only there, so the name is part of what was said.
+      const std::string identity = attributes + "\n" + client_ehlo_name();
+      if (identity == xclient_sent_) co_return std::nullopt;
       if (in_transaction_) {
         // Postfix refuses XCLIENT inside a transaction (503); the session resets before MAIL, but be sure.
         co_await reset();
         if (!stream_) co_return setup_failure{upstream_failure::lost};
       }
-      auto sent = co_await send_xclient(attributes);
+      auto sent = co_await send_xclient(attributes, identity);
       co_return sent;
     }
     if (sends_xforward()) {
@@ -371,6 +374,9 @@ class smtp_upstream final : public upstream {
     return out;
   }
 
+  // The name our EHLO after XCLIENT gives: the client's.
+  std::string client_ehlo_name() const { return client_.helo.empty() ? cfg_.helo : client_.helo; }
+
   static std::string xtext(const std::string& s) {
     static constexpr char hex[] = "0123456789ABCDEF";
     std::string out;
@@ -389,7 +395,7 @@ class smtp_upstream final : public upstream {
   // Postfix XCLIENT: the upstream then treats us as the client itself and
   // greets again; we EHLO again (XCLIENT_README). Refused, we fail closed:
   // relaying as 127.0.0.1 could make the upstream trust every client.
-  awaitable<setup_result> send_xclient(const std::string& attributes) {
+  awaitable<setup_result> send_xclient(const std::string& attributes, const std::string& identity) {
     const std::string line = "XCLIENT" + attributes;
     auto greeting = co_await command(line, reply_to::xclient);
     if (greeting.failed) co_return setup_failure{*greeting.failed};
@@ -398,10 +404,9 @@ class smtp_upstream final : public upstream {
       close();
       co_return setup_failure{upstream_failure::client_info_refused};
     }
-    xclient_sent_ = attributes;
+    xclient_sent_ = identity;
     // Our EHLO now speaks for the client: its name, or XCLIENT's HELO would be overwritten.
-    const std::string name = client_.helo.empty() ? cfg_.helo : client_.helo;
-    auto again = co_await ehlo(name);
+    auto again = co_await ehlo(client_ehlo_name());
     co_return again;
   }
 
@@ -681,7 +686,7 @@ class smtp_upstream final : public upstream {
   bool reused_ = false;  // this MAIL's connection came from the pool
   bool rset_due_ = false;  // ... and its RSET goes with the next command (command())
   bool failure_counted_ = false;  // fail() counted this MAIL's failure (portcullis_upstream_failures_total)
-  std::string xclient_sent_;  // the attributes of the last XCLIENT the upstream took on this connection
+  std::string xclient_sent_;  // the attributes of the last XCLIENT the upstream took on this connection, and the EHLO name after it
 };
 
 }  // namespace

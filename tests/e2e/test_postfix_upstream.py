@@ -299,6 +299,25 @@ def test_xclient_only_advertised_attributes(sec_daemon, fake_upstream):
     assert up.commands[1] == "XCLIENT ADDR=127.0.0.5 HELO=c.test"
 
 
+def test_xclient_without_helo_names_each_client_in_the_ehlo_after_it(sec_daemon, fake_upstream):
+    """An upstream whose XCLIENT takes no HELO hears the client's name in our EHLO after XCLIENT:
+    the next client on the kept connection, from the same address with another name, gets its
+    own XCLIENT and EHLO (the same attributes, another name)."""
+    up = fake_upstream({"EHLO": FAKE_EHLO.format(ext="XCLIENT ADDR LOGIN"), "XCLIENT": "220 fake.upstream ESMTP"})
+    d = sec_daemon(up.url, log_level="debug", upstream={"client_info": "xclient"})
+    for name in ("first-client.test", "second-client.test", "second-client.test"):
+        with d.connect(ehlo=name, source="127.0.0.5") as c:
+            sid = d.session_of(c.local_port, ip="127.0.0.5")
+            r = c.transaction("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody")
+            assert r.code == 250, str(r)
+            c.exchange("QUIT", 221)
+        d.wait_log(rf"{sid}: upstream: connection kept for the next session$")
+    assert len(up.connections) == 1
+    said = [x for x in up.commands if x.startswith(("XCLIENT", "EHLO"))]
+    assert said == ["EHLO mx.test", "XCLIENT ADDR=127.0.0.5 LOGIN=[UNAVAILABLE]", "EHLO first-client.test",
+                    "XCLIENT ADDR=127.0.0.5 LOGIN=[UNAVAILABLE]", "EHLO second-client.test"]  # the third: nothing new
+
+
 def test_xclient_refused_by_upstream_fails_closed(sec_daemon, fake_upstream):
     up = fake_upstream({"EHLO": FAKE_EHLO.format(ext="XCLIENT ADDR HELO"),
                         "XCLIENT": "550 5.7.0 insufficient authorization"})
