@@ -256,7 +256,8 @@ std::optional<unsigned> arc_results_instance(std::string_view value) {
 }
 
 std::string check_dkim_times(const dkim_signature_fields& sig, std::int64_t now, std::int64_t drift) {
-  if (sig.timestamp && sig.expires && *sig.expires < *sig.timestamp) return "signature timestamp order error";
+  // x= "MUST be greater than" t= (RFC 6376 §3.5): equal is no more valid than earlier.
+  if (sig.timestamp && sig.expires && *sig.expires <= *sig.timestamp) return "signature timestamp order error";
   if (sig.expires && *sig.expires < now) return "signature expired";
   if (sig.timestamp && *sig.timestamp > now + drift) return "signature timestamp in the future";
   return "";

@@ -143,6 +143,8 @@ TEST(DkimFields, Times) {
   EXPECT_EQ(check_dkim_times(f, 1000 - 300), "");  // clocks may differ by five minutes
   f.expires = 999;
   EXPECT_EQ(check_dkim_times(f, 998), "signature timestamp order error");
+  f.expires = 1000;  // equal: x= must be greater
+  EXPECT_EQ(check_dkim_times(f, 1000), "signature timestamp order error");
 }
 
 TEST(DkimFields, KeyRecords) {  // RFC 6376 §3.6.1, RFC 8463
