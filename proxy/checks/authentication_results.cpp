@@ -128,6 +128,33 @@ void claimed_results_finder::end_field(std::uint64_t end) {
     claimed_.emplace_back(field_start_, end);
 }
 
+void claimed_results_finder::keep(std::string_view piece) {
+  for (std::size_t j = 0; j < piece.size() && field_.size() < kept_field_bytes; ++j) {
+    const char c = piece[j];
+    if (part_ == part::name) {
+      if (!smtp::is_wsp(c)) field_ += c;  // (WSP before the colon, RFC 5322 §4.5.3: of any length too)
+      if (c == ':') part_ = part::cfws;
+      continue;
+    }
+    if (part_ == part::cfws) {  // (as skip_cfws, a byte at a time)
+      if (escaped_) {
+        escaped_ = false;
+      } else if (comment_depth_ > 0 && c == '\\') {
+        escaped_ = true;
+      } else if (c == '(') {
+        ++comment_depth_;
+      } else if (c == ')' && comment_depth_ > 0) {
+        --comment_depth_;
+      } else if (comment_depth_ == 0 && !smtp::is_wsp(c) && c != '\r' && c != '\n') {
+        part_ = part::id;
+      }
+      if (part_ == part::cfws) continue;
+    }
+    field_.append(piece.substr(j, std::min(piece.size() - j, kept_field_bytes - field_.size())));
+    return;
+  }
+}
+
 bool claimed_results_finder::feed(std::string_view bytes) {
   std::size_t i = 0;
   while (i < bytes.size()) {
@@ -136,8 +163,7 @@ bool claimed_results_finder::feed(std::string_view bytes) {
       // Inside a line: the rest of it at once, up to its LF (or the end of these bytes).
       const auto lf = bytes.find('\n', i);
       const auto end = lf == std::string_view::npos ? bytes.size() : lf + 1;
-      if (in_field_ && field_.size() < kept_field_bytes)
-        field_.append(bytes.substr(i, std::min(end - i, kept_field_bytes - field_.size())));
+      if (in_field_) keep(bytes.substr(i, end - i));
       offset_ += end - i;
       at_line_start_ = lf != std::string_view::npos;
       i = end;
@@ -160,11 +186,14 @@ bool claimed_results_finder::feed(std::string_view bytes) {
       in_field_ = true;
       field_start_ = offset_ - (saw_cr_ ? 1 : 0);
       field_.clear();
+      part_ = part::name;
+      comment_depth_ = 0;
+      escaped_ = false;
       if (saw_cr_) field_ += '\r';
     }
     saw_cr_ = false;
     at_line_start_ = c == '\n';
-    if (in_field_ && field_.size() < kept_field_bytes) field_ += c;
+    if (in_field_) keep(std::string_view(&c, 1));
     ++offset_;
   }
   return !done_;

@@ -28,8 +28,10 @@ std::string authentication_results_header(std::string_view authserv_id, const st
 // Finds, in a message's header section fed in pieces, the
 // Authentication-Results fields whose authserv-id is ours, so that they can
 // be removed before ours is added: a downstream reader trusts ours, and
-// anyone can write one (RFC 8601 §5, §7.1). Only the first bytes of a field
-// are kept while it is read, however long it is.
+// anyone can write one (RFC 8601 §5, §7.1). Of a field only its name and
+// the first bytes from its authserv-id on are kept while it is read, however
+// long it is: the CFWS before the id, which may be as long as the sender
+// likes (§2.2), is skipped as it goes by, so that it cannot hide an id of ours.
 class claimed_results_finder {
  public:
   using range = std::pair<std::uint64_t, std::uint64_t>;  // [begin, end) offsets in the message
@@ -45,6 +47,7 @@ class claimed_results_finder {
 
  private:
   void end_field(std::uint64_t end);  // the current field ends before `end`
+  void keep(std::string_view piece);  // the current field's next bytes: what of them end_field needs
 
   std::string authserv_id_;
   std::vector<range> claimed_;
@@ -54,7 +57,12 @@ class claimed_results_finder {
   bool at_line_start_ = true;
   bool saw_cr_ = false;
   bool done_ = false;
-  std::string field_;               // the current field's first bytes
+  std::string field_;               // the current field's name, colon and first bytes from its authserv-id on
+  // Where keep() is in the current field: its name, the CFWS before the id (comment depth, a quoted
+  // pair's backslash just seen), or the id and what follows it.
+  enum class part { name, cfws, id } part_ = part::name;
+  int comment_depth_ = 0;
+  bool escaped_ = false;
 };
 
 // The authserv-id an Authentication-Results field value starts with (after

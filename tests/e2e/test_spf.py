@@ -303,6 +303,9 @@ def test_the_upstream_gets_our_authentication_results_and_no_forged_ones(spf_dae
     forged = (f"Authentication-Results: {HOSTNAME}; spf=pass smtp.mailfrom=bank.example\r\n"
               "Authentication-Results: relay.example.net; dkim=pass header.d=example.net\r\n"
               f"authentication-results: (sneaky)\r\n\t{HOSTNAME.upper()}; dkim=pass\r\n"
+              # Comments of any length may come before the id (RFC 8601 §2.2): 4 KB of them.
+              "Authentication-Results: " + "\r\n\t".join(["(" + "c" * 900 + ")"] * 4) +
+              f"\r\n\t{HOSTNAME}; dkim=pass header.d=hidden.example\r\n"
               "Subject: hi\r\n\r\n"
               f"Authentication-Results: {HOSTNAME}; this line is body\r\n")
     with d.client() as c:
@@ -316,10 +319,10 @@ def test_the_upstream_gets_our_authentication_results_and_no_forged_ones(spf_dae
     assert content.startswith(f"Authentication-Results: {HOSTNAME};\r\n\tspf=pass smtp.mailfrom=pass.example.test\r\n"
                               "Received: from client.example.test "), content[:300]
     headers, body = content.split("\r\n\r\n", 1)
-    assert "bank.example" not in headers and "sneaky" not in headers
+    assert "bank.example" not in headers and "sneaky" not in headers and "hidden.example" not in headers
     assert "Authentication-Results: relay.example.net; dkim=pass header.d=example.net" in headers
     assert body.startswith(f"Authentication-Results: {HOSTNAME}; this line is body\r\n")
-    d.wait_log(rf"removed 2 Authentication-Results fields claiming {re.escape(HOSTNAME)}$")
+    d.wait_log(rf"removed 3 Authentication-Results fields claiming {re.escape(HOSTNAME)}$")
 
 
 def test_authentication_results_without_a_check_says_none(policy_daemon, aiosmtpd_upstream):

@@ -102,11 +102,32 @@ TEST(ClaimedResultsFinder, AFieldEndingTheMessageCounts) {
   EXPECT_TRUE(claimed_fields("").empty());
 }
 
+TEST(ClaimedResultsFinder, SeesOurIdBehindCommentsAndSpaceOfAnyLength) {
+  // RFC 8601 §2.2 puts CFWS of any length before the id; a reader downstream skips it all
+  // and trusts what follows. Fed whole and in pieces of every size up to a few bytes.
+  const std::string fold = "\r\n\t";
+  for (const std::string& cfws :
+       {"(" + std::string(100000, 'c') + ") ", std::string(3000, ' '), "(a (nested \\) ) (comment)) " + fold + "(\\()",
+        "(" + std::string(3000, 'c') + ")" + fold + std::string(3000, ' ') + "(x)" + fold}) {
+    const std::string field = "Authentication-Results: " + cfws + "mx.example.test; dkim=pass header.d=bank.example\r\n";
+    const std::string message = "Subject: x\r\n" + field + "\r\nbody";
+    for (std::size_t piece : {0u, 1u, 2u, 3u, 7u, 4096u}) {
+      const auto claimed = claimed_fields(message, piece);
+      ASSERT_EQ(claimed.size(), 1u) << cfws.size() << " bytes of CFWS, pieces of " << piece;
+      EXPECT_EQ(claimed[0], field);
+    }
+  }
+  // White space before the colon (obsolete syntax), as long as the sender likes.
+  const std::string spaced = "Authentication-Results" + std::string(3000, ' ') + ": mx.example.test; none\r\n";
+  EXPECT_EQ(claimed_fields(spaced + "\r\n"), std::vector<std::string>{spaced});
+  // Another id behind it is not ours; nor is ours inside a comment.
+  EXPECT_TRUE(claimed_fields("Authentication-Results: (" + std::string(5000, 'c') + ") other.test; none\r\n\r\n").empty());
+  EXPECT_TRUE(claimed_fields("Authentication-Results: (mx.example.test) other.test; none\r\n\r\n").empty());
+}
+
 TEST(ClaimedResultsFinder, KeepsOnlyTheStartOfALongField) {
-  // A long run of comments before the id is not read to its end: no claim (and no growth).
-  std::string message = "Authentication-Results: (" + std::string(100000, 'c') + ") mx.example.test; none\r\n\r\n";
-  EXPECT_TRUE(claimed_fields(message).empty());
-  message = "Authentication-Results: mx.example.test; " + std::string(100000, 'x') + "\r\n\r\nbody";
+  // What follows the id is not kept past a few KB (no growth), and the field is claimed whole.
+  const std::string message = "Authentication-Results: mx.example.test; " + std::string(100000, 'x') + "\r\n\r\nbody";
   ASSERT_EQ(claimed_fields(message).size(), 1u);
   EXPECT_EQ(claimed_fields(message)[0].size(), message.size() - 6);
 }
