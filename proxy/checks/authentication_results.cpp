@@ -132,7 +132,8 @@ void claimed_results_finder::keep(std::string_view piece) {
   for (std::size_t j = 0; j < piece.size() && field_.size() < kept_field_bytes; ++j) {
     const char c = piece[j];
     if (part_ == part::name) {
-      if (!smtp::is_wsp(c)) field_ += c;  // (WSP before the colon, RFC 5322 §4.5.3: of any length too)
+      // (A run of WSP kept as one: before the colon, RFC 5322 §4.5.3 allows any length.)
+      if (!smtp::is_wsp(c) || field_.empty() || !smtp::is_wsp(field_.back())) field_ += c;
       if (c == ':') part_ = part::cfws;
       continue;
     }

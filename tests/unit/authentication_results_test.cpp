@@ -120,6 +120,9 @@ TEST(ClaimedResultsFinder, SeesOurIdBehindCommentsAndSpaceOfAnyLength) {
   // White space before the colon (obsolete syntax), as long as the sender likes.
   const std::string spaced = "Authentication-Results" + std::string(3000, ' ') + ": mx.example.test; none\r\n";
   EXPECT_EQ(claimed_fields(spaced + "\r\n"), std::vector<std::string>{spaced});
+  // White space inside the name is another name.
+  EXPECT_TRUE(claimed_fields("Authentication-Resul ts: mx.example.test; none\r\n\r\n").empty());
+  EXPECT_TRUE(claimed_fields("Authentication-Resul" + std::string(3000, ' ') + "ts: mx.example.test; none\r\n\r\n").empty());
   // Another id behind it is not ours; nor is ours inside a comment.
   EXPECT_TRUE(claimed_fields("Authentication-Results: (" + std::string(5000, 'c') + ") other.test; none\r\n\r\n").empty());
   EXPECT_TRUE(claimed_fields("Authentication-Results: (mx.example.test) other.test; none\r\n\r\n").empty());
