@@ -17,6 +17,7 @@
 // write_plain). The socket's executor must be a strand.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -149,7 +150,9 @@ class line_stream {
   asio::steady_timer deadline_timer_;
   // Shared with the timer's callback, which may run after this stream is gone.
   struct deadline_token {
-    bool alive = true;                           // false once the stream is destroyed
+    // False once the stream is destroyed, or rebound: then written by another thread (the new
+    // session's) than a callback already queued on the old strand may read it on.
+    std::atomic<bool> alive = true;
     bool pending = false;                        // an operation is in progress
     bool expired = false;                        // ... and went past its deadline
     std::chrono::steady_clock::time_point deadline;  // the operation's
