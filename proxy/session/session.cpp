@@ -392,6 +392,11 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
       set_stage(stage::closing);
       co_return reply{421, "4.4.2", cfg_.server.hostname + " Timeout or lost connection during AUTH"};
     }
+    if (!line.crlf || line.text.find_first_of(std::string_view("\r\0", 2)) != std::string_view::npos) {
+      step.state = smtp::sasl_exchange::status::failed;  // (as a command line would be refused)
+      step.error = smtp::sasl_error::bad_line_ending;
+      break;
+    }
     step = exchange.respond(line.text);
   }
   reply r;

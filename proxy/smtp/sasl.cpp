@@ -40,6 +40,8 @@ reply reply_for(sasl_error error) {
     case sasl_error::syntax: return {501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"};
     case sasl_error::unknown_mechanism: return {504, "5.5.4", "Unrecognized authentication type"};
     case sasl_error::line_too_long: return {500, "5.5.6", "Authentication Exchange line is too long"};
+    case sasl_error::bad_line_ending:
+      return {500, "5.5.2", "Authentication Exchange lines must end with CRLF and hold no bare CR or NUL"};
     case sasl_error::bad_base64: return {501, "5.5.2", "Cannot Base64-decode client response"};
     case sasl_error::cancelled: return {501, "5.0.0", "Authentication cancelled"};
     case sasl_error::malformed: return {501, "5.5.2", "Malformed authentication response"};
@@ -54,6 +56,7 @@ std::string_view to_string(sasl_error error) {
     case sasl_error::syntax: return "syntax";
     case sasl_error::unknown_mechanism: return "unknown_mechanism";
     case sasl_error::line_too_long: return "line_too_long";
+    case sasl_error::bad_line_ending: return "bad_line_ending";
     case sasl_error::bad_base64: return "bad_base64";
     case sasl_error::cancelled: return "cancelled";
     case sasl_error::malformed: return "malformed";

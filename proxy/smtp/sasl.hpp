@@ -44,6 +44,10 @@ enum class sasl_error {
   // The AUTH line or a response longer than sasl_max_line_length.
   // -> 500 5.5.6 "Authentication Exchange line is too long" (RFC 4954 §4, §6).
   line_too_long,
+  // A response line ending in a bare LF, or holding a bare CR or a NUL (RFC
+  // 5321 §2.3.8: CRLF is the only line ending; the session's own check for
+  // commands). -> 500 5.5.2, as such a command line gets.
+  bad_line_ending,
   // Not strict base64: bad alphabet, missing or misplaced padding, non-zero
   // pad bits, whitespace; or "=" where only a response may stand.
   // -> 501 5.5.2 (RFC 4954 §4: "If the server cannot BASE64 decode any client

@@ -6,6 +6,8 @@ credentials never logged, submission mode (require_auth)."""
 
 from __future__ import annotations
 
+import base64
+
 import shutil
 import smtplib
 import subprocess
@@ -339,6 +341,24 @@ def test_auth_line_too_long(auth_daemon):
         c.exchange("QUFB" * 4000, 500, "5.5.6", "Authentication Exchange line is too long")
         c.exchange("NOOP", 250)
         c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW), 235, "2.7.0")
+
+
+def test_auth_exchange_lines_end_with_crlf(auth_daemon):
+    """An answer to a 334 ending in a bare LF, or holding a bare CR or a NUL, is refused as a
+    command line is (RFC 5321 §2.3.8: CRLF ends lines), not taken for credentials."""
+    d = auth_daemon()
+    with d.tls_connect() as c:
+        for bad in (b"\n", b"\r\r\n", b"\x00\r\n"):
+            c.exchange("AUTH LOGIN", 334)
+            c.send(base64.b64encode(b"alice") + bad)
+            r = c.reply()
+            assert (r.code, r.status) == (500, "5.5.2") and "CRLF" in r.text, str(r)
+        c.exchange("AUTH LOGIN", 334)
+        c.exchange(base64.b64encode(b"alice").decode(), 334)
+        c.send(base64.b64encode(ALICE_PW.encode()) + b"\n")
+        r = c.reply()
+        assert (r.code, r.status) == (500, "5.5.2"), str(r)
+        c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW), 235, "2.7.0")  # the same exchange, with CRLF
 
 
 def test_unknown_user_and_wrong_password_same_reply(auth_daemon):
