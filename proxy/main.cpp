@@ -199,8 +199,17 @@ int main(int argc, char** argv) {
     portcullis::client_table clients(workers);
     portcullis::make_process_kv(cfg->store.memory_entries);  // pc.store's memory backend
     portcullis::metrics::make_process_metrics();             // one scrape sums every worker
-    // One process, as before: no supervisor.
-    if (workers == 1) return serve(std::move(cfg), clients, 0, user);
+    // One process, as before: no supervisor. TERM, INT and HUP wait, blocked
+    // (for every thread started from here on), until the server handles
+    // them (server::run unblocks them), as a worker's do: one during start-up
+    // (a slow policy import) must not kill the daemon.
+    if (workers == 1) {
+      sigset_t handled;
+      sigemptyset(&handled);
+      for (const int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&handled, sig);
+      pthread_sigmask(SIG_BLOCK, &handled, nullptr);
+      return serve(std::move(cfg), clients, 0, user);
+    }
     // The supervisor becomes the user before it forks, keeping only the
     // right to bind a port below 1024: every worker (a restarted one too)
     // binds its own SO_REUSEPORT sockets, then drops even that

@@ -221,7 +221,15 @@ std::shared_ptr<policy> server::make_policy(const config& cfg, policy_generation
   return std::make_shared<python_policy>(engine_, cfg, loaded);
 }
 
-server::~server() = default;
+server::~server() {
+  // Exiting: a TERM, INT or HUP from now on (systemd signals every process
+  // of the unit, and the supervisor forwards its own) must not kill this
+  // process halfway through its exit (the policies' on_unload, the engine's
+  // threads), as the default action would once signals_ lets go of them.
+  boost::system::error_code ignored;
+  signals_.clear(ignored);
+  for (const int sig : {SIGHUP, SIGTERM, SIGINT}) std::signal(sig, SIG_IGN);
+}
 
 // 12 hex digits: unique in this run across every worker (the shared counter
 // through a bijection of 48-bit numbers), not guessable from the outside (the seed).
@@ -411,6 +419,9 @@ awaitable<void> server::handle_signals() {
 }
 
 void server::reload() {
+  // The newest SIGHUP's reload wins: one that ends after a newer one was
+  // installed (its policies took longer to load) is dropped, not installed over it.
+  const std::uint64_t this_reload = ++reloads_started_;
   // Counted once for the daemon, by worker 0 (every worker reloads).
   const auto counted = [worker = worker_](const char* outcome) {
     if (worker == 0) metrics::count(metrics::family::reloads_total, {outcome});
@@ -448,7 +459,15 @@ void server::reload() {
   if (fresh->metrics.listen != old->metrics.listen)
     spdlog::warn("reload: [metrics] listen changed; that takes effect on restart");
   if (fresh->server.user != old->server.user) spdlog::warn("reload: server.user changed; that takes effect on restart");
-  auto swap_in = [this, fresh, next, counted](policy_generation loaded) {
+  auto swap_in = [this, fresh, next, counted, this_reload](policy_generation loaded) {
+    if (this_reload < reload_installed_) {
+      // (Its policies retire with this object, as an old generation's do: on_unload runs.)
+      const auto dropped = make_policy(*fresh, loaded);
+      spdlog::info("reload: a newer reload was installed first; this older one is dropped");
+      reload_done(true);
+      return;
+    }
+    reload_installed_ = this_reload;
     counted("ok");
     next->pol = make_policy(*fresh, loaded);
     use_generation(next);
@@ -477,8 +496,13 @@ void server::reload() {
   }
   // Sessions in progress keep the policies they started with; the policy
   // thread loads the new ones and we swap only if that worked.
-  engine_->reload(*fresh, [this, swap_in, counted](std::optional<std::string> error, policy_generation loaded) {
-    asio::post(io_, [this, error = std::move(error), swap_in, counted, loaded] {
+  engine_->reload(*fresh, [this, swap_in, counted, this_reload](std::optional<std::string> error,
+                                                                policy_generation loaded) {
+    asio::post(io_, [this, error = std::move(error), swap_in, counted, loaded, this_reload] {
+      if (error && this_reload < reload_installed_) {  // (a newer reload is running: its outcome stands)
+        spdlog::error("reload: policies of an older reload did not load (a newer one was installed): {}", *error);
+        return;
+      }
       if (error) {
         spdlog::error("reload: policies did not load, keeping the running ones and configuration: {}", *error);
         counted("failed");

@@ -114,6 +114,9 @@ class server {
   std::vector<listener> listeners_;
   std::unique_ptr<metrics_listener> metrics_;
   asio::signal_set signals_;
+  // Reloads by SIGHUP order: started, and the newest installed (reload()).
+  std::uint64_t reloads_started_ = 0;
+  std::uint64_t reload_installed_ = 0;
 
   std::mutex sessions_mutex_;  // guards the two below (sessions live on many threads)
   std::unordered_map<std::string, std::weak_ptr<session>> sessions_;

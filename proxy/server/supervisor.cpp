@@ -79,15 +79,27 @@ std::vector<std::string> check_config(const std::filesystem::path& file, const s
   }
   std::string text;
   const auto deadline = std::chrono::steady_clock::now() + check_timeout;
-  bool timed_out = false;
+  bool timed_out = false, stopping = false;
+  // A TERM or INT (held pending: the supervisor blocks them) ends the check at
+  // once, so that the stop does not wait for a slow policy import; looked at
+  // every tenth of a second.
+  const auto stop_pending = [] {
+    sigset_t pending;
+    sigpending(&pending);
+    return sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1;
+  };
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       timed_out = true;
       break;
     }
+    if (stop_pending()) {
+      stopping = true;
+      break;
+    }
     pollfd p{out[0], POLLIN, 0};
-    const int n = poll(&p, 1, static_cast<int>(left.count()));
+    const int n = poll(&p, 1, static_cast<int>(std::min<long>(left.count(), 100)));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) continue;
     char buf[4096];
@@ -97,10 +109,11 @@ std::vector<std::string> check_config(const std::filesystem::path& file, const s
     text.append(buf, static_cast<std::size_t>(got));
   }
   close(out[0]);
-  if (timed_out) kill(pid, SIGKILL);
+  if (timed_out || stopping) kill(pid, SIGKILL);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  if (stopping) return {"the daemon is stopping: the reload's check was abandoned"};
   if (timed_out) return {fmt::format("the policy check did not finish within {} s", check_timeout.count())};
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
   std::istringstream lines(text);
@@ -259,7 +272,15 @@ void supervisor::reload() {
   if (worker_count(fresh->server) != workers_.size())
     spdlog::warn("reload: server.workers changed; that takes effect on restart");
   if (fresh->server.user != cfg_->server.user) spdlog::warn("reload: server.user changed; that takes effect on restart");
-  cfg_ = fresh;  // for the workers started from now on
+  // For the workers started from now on (a crashed one restarted): the new
+  // settings, but the listen addresses the daemon opened at start-up, which
+  // a reload does not change (a restarted worker binding new ones would
+  // serve them alone, or fail for ever on a port taken).
+  auto kept = std::make_shared<config>(*fresh);
+  kept->server.listen = cfg_->server.listen;
+  kept->server.listen_tls = cfg_->server.listen_tls;
+  kept->metrics.listen = cfg_->metrics.listen;
+  cfg_ = std::move(kept);
   // Each count read before its SIGHUP: the reload after it moves the count.
   reload_waits_.clear();
   for (unsigned w = 0; w < workers_.size(); ++w) {

@@ -288,3 +288,26 @@ def test_listen_port_in_use_fails_to_start(portcullis_bin, tmp_path):
         p = subprocess.run([str(portcullis_bin), "--config", str(cfg)], capture_output=True, text=True, timeout=20)
     assert p.returncode == 1
     assert f"critical cannot listen on 127.0.0.1:{port}: " in p.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["HUP", "TERM"])
+def test_a_signal_while_one_process_imports_its_policies_is_handled_not_fatal(policy_daemon, aiosmtpd_upstream, sig):
+    """workers = 1 (the default on one core): a HUP or TERM during start-up (a slow policy
+    import, before the daemon listens) waits until the daemon handles signals: HUP reloads
+    it, TERM stops it with 0."""
+    d = policy_daemon(aiosmtpd_upstream.url, "import time\ntime.sleep(1.5)\n")
+    assert d.stop() == 0  # (its config and policy, for a start watched from the first moment)
+    with open(d.log_path, "wb") as log:
+        proc = subprocess.Popen([str(d.binary), "--config", str(d.config_path)], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log)
+        try:
+            time.sleep(0.5)  # importing
+            proc.send_signal(sig)
+            if sig == signal.SIGHUP:
+                d.wait_log(r"reload: \S+ reloaded; new sessions use it$", timeout=15)
+                assert proc.poll() is None, d.log_text()
+                proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0, d.log_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -245,3 +245,27 @@ def test_daemon_does_not_start_with_a_broken_policy(portcullis_bin, tmp_path):
                          env={**os.environ, **sanitized_python_env()})
     assert out.returncode == 1, out
     assert re.search(problem, out.stdout + out.stderr), out
+
+
+def test_a_reload_that_ends_after_a_newer_one_is_dropped(policy_daemon, aiosmtpd_upstream, tmp_path):
+    """SIGHUP A loads policies that take a while to import; SIGHUP B, right after, names none and
+    is installed at once. When A's policies are in, B stands: A is dropped, not installed over it."""
+    import signal
+
+    d = policy_daemon(aiosmtpd_upstream.url, "def on_helo(conn, hostname):\n    return None\n")
+    slow = tmp_path / "slow_a.py"
+    slow.write_text("import time\ntime.sleep(1.5)\nimport portcullis as pc\n"
+                    "def on_helo(conn, hostname):\n    return pc.reject('reload A ran')\n")
+    d.tables["policy"] = {"files": [str(slow)]}
+    d.write_config()
+    d.signal(signal.SIGHUP)  # A: importing for 1.5 s
+    time.sleep(0.3)
+    del d.tables["policy"]
+    d.write_config()
+    d.signal(signal.SIGHUP)  # B: no policies, installed at once
+    d.wait_log(r"reload: a newer reload was installed first; this older one is dropped$", timeout=15)
+    with d.connect() as c:
+        c.exchange("NOOP", 250)
+    assert "reload A ran" not in d.log_text()
+    with d.connect(ehlo="x.test") as c:  # (EHLO went through: no hook of A's refused it)
+        c.exchange("MAIL FROM:<a@example.test>", 250)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 
 import pytest
 
-from conftest import wait_until
+from conftest import free_port, wait_until
 from sec_helpers import b64, certs, sec_daemon, write_users  # noqa: F401  (fixtures)
 from smtp_client import ConnectionClosed
 
@@ -89,6 +90,43 @@ def test_both_workers_serve_and_sigterm_stops_all(start_daemon, aiosmtpd_upstrea
         assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the supervisor"
     d.wait_log(r"supervisor: every worker has stopped$")
     assert len(re.findall(r"\] info signal TERM: no new connections; draining sessions$", d.log_text(), re.M)) == 2
+
+
+def test_sigterm_to_every_process_at_once_as_systemd_sends_it_exits_0(policy_daemon, aiosmtpd_upstream):
+    """systemd's default KillMode (control-group) sends TERM to the supervisor and to every
+    worker; the supervisor forwards its own too. A worker that gets the second TERM while it
+    exits (here: in its policies' on_unload) must not die of it (the supervisor would exit 1:
+    the unit "failed")."""
+    for _ in range(2):
+        d = policy_daemon(aiosmtpd_upstream.url, "import time\ndef on_unload():\n    time.sleep(0.3)\n",
+                          server={**WORKERS, "workers": 4})
+        pids = worker_pids(d, 4)
+        for pid in [d.pid, *pids]:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # (already gone: the supervisor's TERM came first)
+        assert d.stop() == 0, d.log_text()
+        assert "killed by signal" not in d.log_text()
+
+
+def test_a_worker_restarted_after_a_reload_binds_the_addresses_the_daemon_opened(start_daemon, aiosmtpd_upstream):
+    """Listen addresses change on restart only (README): a worker restarted after a reload that
+    named another port binds the old one, as its siblings serve."""
+    d = start_daemon(aiosmtpd_upstream.url, server=WORKERS)
+    pids = worker_pids(d)
+    old_port = d.port
+    new_port = free_port()
+    text = d.config_path.read_text().replace(f"127.0.0.1:{old_port}", f"127.0.0.1:{new_port}")
+    assert str(new_port) in text
+    d.config_path.write_text(text)
+    d.signal(signal.SIGHUP)
+    d.wait_log(r"reload: listen addresses changed; they take effect on restart$")
+    os.kill(sorted(pids)[0], signal.SIGKILL)
+    now = wait_until(lambda: worker_pids(d) != pids and worker_pids(d), timeout=20, what="the restarted worker")
+    serve_on_both(d, now)  # both answer on the old port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", new_port), timeout=2).close()
 
 
 def test_killed_worker_restarts_and_its_message_is_not_accepted_nor_doubled(start_daemon, aiosmtpd_upstream):
@@ -316,3 +354,19 @@ def test_a_worker_that_crashes_writes_its_python_and_native_stacks_and_is_restar
     wait_until(lambda: len(children(d.pid)) == 2, timeout=10, what="the worker back")
     with d.connect() as c:
         assert c.transaction("a@example.test", ["b@example.test"], b"Subject: t\r\n\r\nx").code == 250
+
+
+def test_sigterm_during_a_reload_s_policy_check_stops_at_once(policy_daemon, aiosmtpd_upstream, tmp_path):
+    """The supervisor checks a reloaded config's policies in a child (up to 60 s); a TERM then
+    abandons the check and stops the daemon, instead of waiting for a slow import to end."""
+    marker = tmp_path / "slow"
+    d = policy_daemon(aiosmtpd_upstream.url,
+                      f"import os, time\nif os.path.exists({str(marker)!r}):\n    time.sleep(30)\n", server=WORKERS)
+    worker_pids(d)
+    marker.touch()  # from now on an import takes 30 s: the reload's check is one
+    d.signal(signal.SIGHUP)
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert d.stop() == 0, d.log_text()
+    assert time.monotonic() - started < 10
+    d.wait_log(r"reload: the daemon is stopping: the reload's check was abandoned$")
