@@ -28,6 +28,12 @@ reply bad_syntax(std::string text) { return {501, "5.5.4", std::move(text)}; }
 reply upstream_lost() { return {451, "4.4.1", "Upstream connection lost, try again later"}; }
 reply too_many_recipients() { return {452, "4.5.3", "Too many recipients"}; }  // RFC 5321 §4.5.3.1.8
 
+// Whether a line the client sent (a command, or an AUTH exchange's answer) ends
+// in CRLF and holds no bare CR or NUL (RFC 5321 §2.3.8).
+bool well_ended(const line_stream::line& line) {
+  return line.crlf && line.text.find_first_of(std::string_view("\r\0", 2)) == std::string_view::npos;
+}
+
 // pc.accept(text): on success the client reads the policy's text with the upstream's code.
 reply with_policy_text(reply r, const verdict& v) {
   if (v.what == verdict::kind::accept && r.positive() && !v.reply.text().empty()) r.lines = v.reply.lines;
@@ -238,7 +244,7 @@ awaitable<void> session::serve() {
                            smtp::parse_command(line.text).kind != smtp::verb::auth);
     if (too_long) {
       r = reply{500, "5.5.2", "Line too long"};  // RFC 5321 §4.5.3.1.4
-    } else if (!line.crlf || line.text.find_first_of(std::string_view("\r\0", 2)) != std::string_view::npos) {
+    } else if (!well_ended(line)) {
       r = reply{500, "5.5.2", "Command lines must end with CRLF and hold no bare CR or NUL"};
     } else {
       const auto cmd = smtp::parse_command(line.text);
@@ -392,7 +398,7 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
       set_stage(stage::closing);
       co_return reply{421, "4.4.2", cfg_.server.hostname + " Timeout or lost connection during AUTH"};
     }
-    if (!line.crlf || line.text.find_first_of(std::string_view("\r\0", 2)) != std::string_view::npos) {
+    if (!well_ended(line)) {
       step.state = smtp::sasl_exchange::status::failed;  // (as a command line would be refused)
       step.error = smtp::sasl_error::bad_line_ending;
       break;
