@@ -115,7 +115,8 @@ class smtp_upstream final : public upstream {
     if (!stream_ && !fresh) adopt_pooled();
     // A transaction the upstream still holds (it refused DATA: RFC 5321 leaves
     // MAIL and RCPT in force) is ended first: a MAIL now would be a nested
-    // one, which Postfix answers 503 for good.
+    // one, which Postfix answers 503 for good, as it does XCLIENT and XFORWARD
+    // inside a transaction (identify() below relies on none being open).
     if (stream_ && in_transaction_) co_await reset();
     if (!stream_) {
       const auto connecting = std::chrono::steady_clock::now();
@@ -216,8 +217,9 @@ class smtp_upstream final : public upstream {
   // goes with that client's first command (command()): given back here,
   // the connection costs no round trip at the end of a session.
   awaitable<void> release() override {
-    if (stream_ && pool_ && !owed_ && in_transaction_ && pool_->keeps(cfg_)) co_await reset();  // (its DATA refused)
-    if (stream_ && pool_ && !owed_ && !in_transaction_ && pool_->keeps(cfg_)) {
+    const bool poolable = stream_ && pool_ && !owed_ && pool_->keeps(cfg_);
+    if (poolable && in_transaction_) co_await reset();  // (its DATA refused; a failed RSET closes it)
+    if (poolable && stream_ && !in_transaction_) {
       pooled_connection c{std::move(stream_), std::move(caps_), std::move(xclient_sent_)};
       auto refused = pool_->give_back(cfg_, std::move(c));
       if (!refused) {
@@ -325,11 +327,6 @@ class smtp_upstream final : public upstream {
       // takes no HELO hears the client's name only there, so the name is part of what was said.
       const std::string identity = attributes + "\n" + client_ehlo_name();
       if (identity == xclient_sent_) co_return std::nullopt;
-      if (in_transaction_) {
-        // Postfix refuses XCLIENT inside a transaction (503); the session resets before MAIL, but be sure.
-        co_await reset();
-        if (!stream_) co_return setup_failure{upstream_failure::lost};
-      }
       auto sent = co_await send_xclient(attributes, identity);
       co_return sent;
     }
