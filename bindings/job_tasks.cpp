@@ -137,29 +137,24 @@ bool step_now(PyObject* loop, PyObject* task) {
   return bool(ran);
 }
 
-// Whether `loop` makes its tasks with a task factory (a policy set one).
-bool has_task_factory(PyObject* loop) {
+// Whether `loop` makes its tasks its own way: a task factory (a policy set
+// one), or a loop that is not asyncio's (no _task_factory).
+bool makes_own_tasks(PyObject* loop) {
   PyObject* factory = PyObject_GetAttr(loop, names.task_factory);
-  if (factory == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
-  Py_DECREF(factory);
+  if (factory == nullptr) PyErr_Clear();
+  Py_XDECREF(factory);
   return factory != Py_None;
 }
 
-// A job's task on `loop`, named `name`, its first step taken: a new reference, or null (an error set).
-PyObject* start_task(PyObject* loop, PyObject* coro, PyObject* name) {
-  PyObject* factory = PyObject_GetAttr(loop, names.task_factory);
-  if (factory == nullptr) PyErr_Clear();
-  if (factory != Py_None) {  // a loop with a task factory (or not asyncio's): its own create_task
-    Py_XDECREF(factory);
+// A job's task on `loop`, named `name`, its first step taken: a new reference,
+// or null (an error set). `own_tasks`: makes_own_tasks(loop).
+PyObject* start_task(PyObject* loop, PyObject* coro, PyObject* name, bool own_tasks) {
+  if (own_tasks) {  // its own create_task
     PyObject* args[] = {loop, coro, name};
     PyObject* task = PyObject_VectorcallMethod(names.create_task, args, 2, just_name);
     if (task != nullptr && !step_now(loop, task)) Py_CLEAR(task);
     return task;
   }
-  Py_DECREF(factory);
   claim c{loop};
   claim* outer = std::exchange(claiming, &c);
   PyObject* args[] = {coro, loop, name};
@@ -888,7 +883,7 @@ PyObject* start_job(job_starter* s, PyObject* job_id, PyObject* job, policy_job_
   if (job != nullptr && PyDict_Check(job)) {  // a reload or a release: a task of its own, host.dispatch's
     coro = py::reinterpret_steal<py::object>(PyObject_CallMethodObjArgs(s->host, names.dispatch, job, s->loop, nullptr));
     if (!coro) return nullptr;
-    task = py::reinterpret_steal<py::object>(start_task(s->loop, coro.ptr(), s->name));
+    task = py::reinterpret_steal<py::object>(start_task(s->loop, coro.ptr(), s->name, makes_own_tasks(s->loop)));
     if (!task) return nullptr;
   } else if (idle_ready(s)) {
     task = py::reinterpret_borrow<py::object>(s->idle_task);
@@ -911,8 +906,9 @@ PyObject* start_job(job_starter* s, PyObject* job_id, PyObject* job, policy_job_
     c = new_job_coroutine(s, job, owned);
     if (c == nullptr) return nullptr;
     coro = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(c));
-    c->may_idle = !has_task_factory(s->loop);  // (a factory is asked for each job's task: its tasks carry one)
-    task = py::reinterpret_steal<py::object>(start_task(s->loop, coro.ptr(), s->name));
+    const bool own_tasks = makes_own_tasks(s->loop);
+    c->may_idle = !own_tasks;  // (a factory is asked for each job's task: its tasks carry one)
+    task = py::reinterpret_steal<py::object>(start_task(s->loop, coro.ptr(), s->name, own_tasks));
     c->may_idle = false;
     if (!task) return nullptr;
   }
@@ -1036,7 +1032,7 @@ PyObject* starter_run_here(PyObject* self, PyObject* const* args, Py_ssize_t nar
 
 PyObject* starter_start_task(PyObject* self, PyObject* coro) {
   auto* s = reinterpret_cast<job_starter*>(self);
-  return start_task(s->loop, coro, s->name);
+  return start_task(s->loop, coro, s->name, makes_own_tasks(s->loop));
 }
 
 PyObject* starter_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
