@@ -21,6 +21,7 @@
 #include "policy/python_engine.hpp"
 #include "server/privileges.hpp"
 #include "server/server.hpp"
+#include "server/server_signals.hpp"
 #include "server/supervisor.hpp"
 #include "session/client_table.hpp"
 #include "store/shared_kv.hpp"
@@ -199,15 +200,10 @@ int main(int argc, char** argv) {
     portcullis::client_table clients(workers);
     portcullis::make_process_kv(cfg->store.memory_entries);  // pc.store's memory backend
     portcullis::metrics::make_process_metrics();             // one scrape sums every worker
-    // One process, as before: no supervisor. TERM, INT and HUP wait, blocked
-    // (for every thread started from here on), until the server handles
-    // them (server::run unblocks them), as a worker's do: one during start-up
-    // (a slow policy import) must not kill the daemon.
+    // One process, as before: no supervisor. Its signals wait, blocked, until
+    // its server handles them, as a worker's do (server_signals.hpp).
     if (workers == 1) {
-      sigset_t handled;
-      sigemptyset(&handled);
-      for (const int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&handled, sig);
-      pthread_sigmask(SIG_BLOCK, &handled, nullptr);
+      portcullis::mask_server_signals(SIG_BLOCK);
       return serve(std::move(cfg), clients, 0, user);
     }
     // The supervisor becomes the user before it forks, keeping only the

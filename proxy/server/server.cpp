@@ -23,6 +23,7 @@
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
 #include "server/metrics_listener.hpp"
+#include "server/server_signals.hpp"
 #include "server/service_notifier.hpp"
 #include "session/client_table.hpp"
 #include "session/session.hpp"
@@ -228,7 +229,7 @@ server::~server() {
   // threads), as the default action would once signals_ lets go of them.
   boost::system::error_code ignored;
   signals_.clear(ignored);
-  for (const int sig : {SIGHUP, SIGTERM, SIGINT}) std::signal(sig, SIG_IGN);
+  for (const int sig : server_signals) std::signal(sig, SIG_IGN);
 }
 
 // 12 hex digits: unique in this run across every worker (the shared counter
@@ -279,11 +280,8 @@ int server::run() {
       }
     });
   asio::co_spawn(io_, handle_signals(), asio::detached);
-  // A worker is forked with these blocked (supervisor.cpp): signals_ handles them from now on.
-  sigset_t mine;
-  sigemptyset(&mine);
-  for (const int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&mine, sig);
-  pthread_sigmask(SIG_UNBLOCK, &mine, nullptr);
+  // Blocked until now (server_signals.hpp): signals_ handles them from now on.
+  mask_server_signals(SIG_UNBLOCK);
   clients_.set_ready(worker_);
   notify_ready(serving_status(*cfg));
 

@@ -16,6 +16,7 @@
 #include "log.hpp"
 #include "metrics/metrics.hpp"
 #include "server/privileges.hpp"
+#include "server/server_signals.hpp"
 #include "server/service_notifier.hpp"
 
 extern char** environ;
@@ -128,7 +129,8 @@ std::vector<std::string> check_config(const std::filesystem::path& file, const s
 supervisor::supervisor(std::shared_ptr<const config> cfg, client_table& clients, worker_main run_worker)
     : cfg_(std::move(cfg)), clients_(clients), run_worker_(std::move(run_worker)), workers_(clients.workers()) {
   sigemptyset(&handled_);
-  for (const int sig : {SIGCHLD, SIGHUP, SIGTERM, SIGINT}) sigaddset(&handled_, sig);
+  sigaddset(&handled_, SIGCHLD);
+  add_server_signals(handled_);
   // Fixed until a restart, whatever a reload says.
   for (const auto& l : cfg_->server.listen) listening_ += (listening_.empty() ? "" : ", ") + l;
   for (const auto& l : cfg_->server.listen_tls) listening_ += (listening_.empty() ? "" : ", ") + l + " (implicit TLS)";
@@ -186,7 +188,7 @@ void supervisor::start(unsigned w) {
     // arriving while the worker starts is then acted on, not fatal.
     sigset_t mask = before_;
     sigdelset(&mask, SIGCHLD);
-    for (const int sig : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&mask, sig);
+    add_server_signals(mask);
     sigprocmask(SIG_SETMASK, &mask, nullptr);
     // The supervisor gone (killed), its workers drain and stop instead of serving on unsupervised.
     prctl(PR_SET_PDEATHSIG, SIGTERM);
