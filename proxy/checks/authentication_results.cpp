@@ -38,22 +38,8 @@ std::string value(std::string_view s, std::size_t max = 255) {
 
 // Skips CFWS (RFC 5322 §3.2.2): white space, folding, nested comments.
 std::size_t skip_cfws(std::string_view s, std::size_t i) {
-  int depth = 0;
-  while (i < s.size()) {
-    const char c = s[i];
-    if (depth > 0 && c == '\\') {
-      i += 2;
-      continue;
-    }
-    if (c == '(') {
-      ++depth;
-    } else if (c == ')' && depth > 0) {
-      --depth;
-    } else if (depth == 0 && !smtp::is_wsp(c) && c != '\r' && c != '\n') {
-      break;
-    }
-    ++i;
-  }
+  cfws_reader cfws;
+  while (i < s.size() && cfws.takes(s[i])) ++i;
   return i;
 }
 
@@ -114,6 +100,23 @@ std::string authentication_results_header(std::string_view authserv_id, const st
   return h + methods + "\r\n";
 }
 
+bool cfws_reader::takes(char c) {
+  if (escaped) {
+    escaped = false;
+    return true;
+  }
+  if (depth > 0 && c == '\\') {
+    escaped = true;
+  } else if (c == '(') {
+    ++depth;
+  } else if (c == ')' && depth > 0) {
+    --depth;
+  } else {
+    return depth > 0 || smtp::is_wsp(c) || c == '\r' || c == '\n';
+  }
+  return true;
+}
+
 claimed_results_finder::claimed_results_finder(std::string_view authserv_id) : authserv_id_(authserv_id) {}
 
 void claimed_results_finder::end_field(std::uint64_t end) {
@@ -137,19 +140,9 @@ void claimed_results_finder::keep(std::string_view piece) {
       if (c == ':') part_ = part::cfws;
       continue;
     }
-    if (part_ == part::cfws) {  // (as skip_cfws, a byte at a time)
-      if (escaped_) {
-        escaped_ = false;
-      } else if (comment_depth_ > 0 && c == '\\') {
-        escaped_ = true;
-      } else if (c == '(') {
-        ++comment_depth_;
-      } else if (c == ')' && comment_depth_ > 0) {
-        --comment_depth_;
-      } else if (comment_depth_ == 0 && !smtp::is_wsp(c) && c != '\r' && c != '\n') {
-        part_ = part::id;
-      }
-      if (part_ == part::cfws) continue;
+    if (part_ == part::cfws) {
+      if (cfws_.takes(c)) continue;
+      part_ = part::id;
     }
     field_.append(piece.substr(j, std::min(piece.size() - j, kept_field_bytes - field_.size())));
     return;
@@ -188,8 +181,7 @@ bool claimed_results_finder::feed(std::string_view bytes) {
       field_start_ = offset_ - (saw_cr_ ? 1 : 0);
       field_.clear();
       part_ = part::name;
-      comment_depth_ = 0;
-      escaped_ = false;
+      cfws_ = {};
       if (saw_cr_) field_ += '\r';
     }
     saw_cr_ = false;

@@ -25,6 +25,14 @@ std::string authentication_results_header(std::string_view authserv_id, const st
                                           const std::optional<dmarc_result>& dmarc = std::nullopt,
                                           const std::optional<arc_result>& arc = std::nullopt);
 
+// CFWS (RFC 5322 §3.2.2: white space, folding, nested comments and their
+// quoted pairs) read a byte at a time, across pieces.
+struct cfws_reader {
+  int depth = 0;         // of comments
+  bool escaped = false;  // a quoted pair's backslash just read
+  bool takes(char c);    // whether `c` is still CFWS (and read)
+};
+
 // Finds, in a message's header section fed in pieces, the
 // Authentication-Results fields whose authserv-id is ours, so that they can
 // be removed before ours is added: a downstream reader trusts ours, and
@@ -58,11 +66,9 @@ class claimed_results_finder {
   bool saw_cr_ = false;
   bool done_ = false;
   std::string field_;               // the current field's name, colon and first bytes from its authserv-id on
-  // Where keep() is in the current field: its name, the CFWS before the id (comment depth, a quoted
-  // pair's backslash just seen), or the id and what follows it.
+  // Where keep() is in the current field: its name, the CFWS before the id, or the id and what follows it.
   enum class part { name, cfws, id } part_ = part::name;
-  int comment_depth_ = 0;
-  bool escaped_ = false;
+  cfws_reader cfws_;
 };
 
 // The authserv-id an Authentication-Results field value starts with (after
