@@ -461,8 +461,8 @@ void server::reload() {
     if (this_reload < reload_installed_) {
       // (Its policies retire with this object, as an old generation's do: on_unload runs.)
       const auto dropped = make_policy(*fresh, loaded);
+      // Nothing reported: the newer reload reports its own outcome (as a dropped older failure does).
       spdlog::info("reload: a newer reload was installed first; this older one is dropped");
-      reload_done(true);
       return;
     }
     reload_installed_ = this_reload;

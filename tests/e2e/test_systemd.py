@@ -149,6 +149,29 @@ def test_a_reload_the_workers_refuse_is_said_so(policy_daemon, aiosmtpd_upstream
     marker.unlink()
 
 
+def test_a_dropped_older_reload_says_nothing(policy_daemon, aiosmtpd_upstream, notify_socket, tmp_path):
+    """SIGHUP A imports slowly, SIGHUP B right after is installed at once: READY=1 is said once, for
+    B; A, dropped when its import ends, says nothing (a READY=1 then would report a reload that
+    did not happen, as the last word)."""
+    d = policy_daemon(aiosmtpd_upstream.url, POLICY)
+    ready = notify_socket.wait_for("READY")
+    slow = tmp_path / "slow_a.py"
+    slow.write_text("import time\ntime.sleep(1.5)\n" + POLICY)
+    d.tables["policy"] = {"files": [str(slow)]}
+    d.write_config()
+    d.signal(signal.SIGHUP)  # A
+    first = notify_socket.wait_for("RELOADING", after=ready + 1)
+    del d.tables["policy"]
+    d.write_config()
+    d.signal(signal.SIGHUP)  # B
+    second = notify_socket.wait_for("RELOADING", after=first + 1)
+    d.wait_log(r"reload: a newer reload was installed first; this older one is dropped$", timeout=15)
+    notify_socket.drain(0.5)
+    readies = [i for i, (_, f) in enumerate(notify_socket.messages) if "READY" in f]
+    assert len(readies) == 2 and readies[0] == ready and readies[1] > second, notify_socket.messages
+    assert "reloaded" in notify_socket.messages[readies[1]][1]["STATUS"]
+
+
 def test_workers_a_restarted_worker_shows_in_status(start_daemon, aiosmtpd_upstream, notify_socket):
     d = start_daemon(aiosmtpd_upstream.url, server={"workers": 2})
     ready = notify_socket.wait_for("READY")
