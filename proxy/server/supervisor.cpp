@@ -1,5 +1,6 @@
 #include "server/supervisor.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -80,7 +81,8 @@ std::vector<std::string> check_config(const std::filesystem::path& file, const s
   }
   std::string text;
   const auto deadline = std::chrono::steady_clock::now() + check_timeout;
-  bool timed_out = false, stopping = false;
+  bool timed_out = false, stopping = false, exited = false;
+  int status = 0;
   // A TERM or INT (held pending: the supervisor blocks them) ends the check at
   // once, so that the stop does not wait for a slow policy import; looked at
   // every tenth of a second.
@@ -102,17 +104,30 @@ std::vector<std::string> check_config(const std::filesystem::path& file, const s
     pollfd p{out[0], POLLIN, 0};
     const int n = poll(&p, 1, static_cast<int>(std::min<long>(left.count(), 100)));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) continue;
+    if (n == 0) {
+      // The check ended but the pipe is still open: a process its policies
+      // started holds it. What the check wrote is in the pipe already.
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        exited = true;
+        break;
+      }
+      continue;
+    }
+    if (n < 0) continue;
     char buf[4096];
     const ssize_t got = read(out[0], buf, sizeof buf);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) break;
     text.append(buf, static_cast<std::size_t>(got));
   }
+  if (exited) {  // (drained without waiting: the holder may write on)
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    char buf[4096];
+    for (ssize_t got; (got = read(out[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(got));
+  }
   close(out[0]);
   if (timed_out || stopping) kill(pid, SIGKILL);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  while (!exited && waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (stopping) return {"the daemon is stopping: the reload's check was abandoned"};
   if (timed_out) return {fmt::format("the policy check did not finish within {} s", check_timeout.count())};
