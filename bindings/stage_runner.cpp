@@ -342,7 +342,8 @@ class stage_scope {
 }  // namespace
 
 stage_runner::stage_runner(py::dict sessions, py::dict running, py::object scope, py::object leave_loop,
-                           py::object objects, py::object upstream_reply, py::object resume, py::object slow, py::object resume_async, py::object drive, py::object verdict_type,
+                           py::object objects, py::object upstream_reply, py::object resume, py::object slow,
+                           py::object resume_async, py::object drive, py::object verdict_type,
                            py::dict positive_replies)
     : sessions_(std::move(sessions)),
       running_(std::move(running)),
