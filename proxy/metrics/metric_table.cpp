@@ -51,26 +51,36 @@ constexpr std::size_t probe_limit = 64;
 void copy_name(char (&to)[max_name], const std::string& from) { std::memcpy(to, from.c_str(), from.size() + 1); }
 
 // Label values joined, each ended by the separator; control characters
-// (the separator among them) become '?', and a key too long for the slot is
-// cut at a character boundary. Written into `out` (no allocation: a metric
-// is counted several times a message); the view is of `out`.
+// (the separator among them) become '?'. Values too long for the slot
+// together are each cut to an equal share (at a character boundary), so that
+// every label keeps a value of its own. Written into `out` (no allocation: a
+// metric is counted several times a message); the view is of `out`.
 std::string_view series_key(std::span<const std::string_view> values, char (&out)[max_label_text]) {
-  std::size_t size = 0;  // of the whole key; only its first max_label_text bytes are kept
-  const auto put = [&](char c) {
-    if (size < max_label_text) out[size] = c;
-    ++size;
-  };
+  std::size_t total = values.size();  // (the separators)
+  for (const auto v : values) total += v.size();
+  const std::size_t share = total < max_label_text ? std::string_view::npos
+                                                   : (max_label_text - 1 - values.size()) / values.size();
+  std::size_t size = 0;
   for (const auto v : values) {
-    for (const char c : v) put(static_cast<unsigned char>(c) < 0x20 ? '?' : c);
-    put(separator);
-  }
-  if (size >= max_label_text) {
-    std::size_t cut = max_label_text - 2;
-    while (cut > 0 && (static_cast<unsigned char>(out[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
-    out[cut] = separator;
-    size = cut + 1;
+    std::size_t keep = std::min(v.size(), share);
+    if (keep < v.size())
+      while (keep > 0 && (static_cast<unsigned char>(v[keep]) & 0xC0) == 0x80) --keep;  // not inside a UTF-8 sequence
+    for (const char c : v.substr(0, keep)) out[size++] = static_cast<unsigned char>(c) < 0x20 ? '?' : c;
+    out[size++] = separator;
   }
   return {out, size};
+}
+
+// HELP text as the exposition format wants it: a backslash and a line feed
+// escaped (the serializer writes it as it is; a line feed would end the line).
+std::string escaped_help(std::string_view help) {
+  std::string out;
+  for (const char c : help) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
 }
 
 std::uint64_t hash_of(std::uint64_t seed, std::uint32_t family, std::string_view key) {
@@ -130,7 +140,7 @@ void series::set(double value) const {
 double series::value() const { return slot_ ? slot_->value.load(std::memory_order_relaxed) : 0; }
 
 void series::observe(double value) const {
-  if (!slot_) return;
+  if (!slot_ || std::isnan(value)) return;  // (it would count in the lowest bucket and make the sum NaN for good)
   const auto* end = family_->bounds + family_->bucket_count;
   const auto* bound = std::lower_bound(family_->bounds, end, value);  // the first bound >= value (Prometheus' "le")
   if (bound != end) slot_->buckets[bound - family_->bounds].fetch_add(1, std::memory_order_relaxed);
@@ -252,7 +262,7 @@ std::vector<prometheus::MetricFamily> metric_table::collect() const {
   std::vector<prometheus::MetricFamily> out;
   for (std::uint32_t i = 0; i < n; ++i) {
     const auto& f = families_[i];
-    prometheus::MetricFamily mf{f.name, f.help, type_of(f.kind), {}};
+    prometheus::MetricFamily mf{f.name, escaped_help(f.help), type_of(f.kind), {}};
     for (auto& [key, m] : by_family[i]) mf.metric.push_back(std::move(m));
     out.push_back(std::move(mf));
   }

@@ -23,6 +23,7 @@ a unit test) the metrics count in this process; ``value`` reads them back.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -168,7 +169,10 @@ class Histogram(_Metric):
         return _Child(self, self._only()).time()
 
     def _observe(self, series: Any, value: float) -> None:
-        series.observe(float(value))
+        value = float(value)
+        if math.isnan(value):
+            raise ValueError(f"{self.name}: NaN is not an observation")
+        series.observe(value)
 
     def _fails(self, *_: Any) -> None:
         raise TypeError(f"{self.name} is a histogram: it has observe() and time()")

@@ -48,6 +48,16 @@ def test_a_gauge_goes_both_ways():
     assert g.value == 4
 
 
+def test_a_histogram_refuses_nan_and_keeps_its_figures():
+    h = pc.metrics.histogram("t_ratio", "Ratio", buckets=[0.1, 1])
+    h.observe(0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        h.observe(float("nan"))
+    text = pc.metrics.exposition()
+    assert 't_ratio_bucket{le="0.1"} 0' in text
+    assert "t_ratio_sum 0.5" in text
+
+
 def test_a_histogram_counts_in_its_buckets():
     h = pc.metrics.histogram("t_lookup_seconds", "Lookups", buckets=[0.1, 1])
     for v in (0.05, 0.5, 5):

@@ -65,6 +65,38 @@ TEST(MetricTable, LabelValuesAreEscapedAndCut) {
   EXPECT_THROW(t.get(f, {"a", "b"}), std::invalid_argument);  // one label, two values
 }
 
+TEST(MetricTable, LongValuesAreCutEachToItsShareAndEveryLabelKeepsItsValue) {
+  metric_table t(8, 64);
+  const auto f = t.family({"hook_total", "", kind::counter, {"policy", "hook"}, {}});
+  const std::string path = "/" + std::string(400, 'p') + "/policy.py";
+  t.get(f, {path, "on_rcpt"}).inc();
+  t.get(f, {path, "on_data"}).inc(2);
+  EXPECT_EQ(t.get(f, {path, "on_rcpt"}).value(), 1);  // two series, not one with hook=""
+  EXPECT_EQ(t.get(f, {path, "on_data"}).value(), 2);
+  const auto text = text_of(t);
+  EXPECT_NE(text.find("\",hook=\"on_rcpt\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("\",hook=\"on_data\"} 2"), std::string::npos) << text;
+  // Both long: each gets half the room.
+  const std::string a(300, 'a'), b(300, 'b');
+  t.get(f, {a, b}).inc();
+  const auto both = text_of(t);
+  const auto at = both.find("hook_total{policy=\"a");
+  ASSERT_NE(at, std::string::npos) << both;
+  const auto line = both.substr(at, both.find('\n', at) - at);
+  EXPECT_EQ(line, "hook_total{policy=\"" + std::string(94, 'a') + "\",hook=\"" + std::string(94, 'b') + "\"} 1");
+}
+
+TEST(MetricTable, HelpTextIsEscapedAsTheExpositionFormatWants) {
+  metric_table t(8, 64);
+  t.family({"seen_total", "Messages seen.\nCounted in on_rcpt \\ per recipient\nbogus_metric 1e9", kind::counter,
+            {}, {}});
+  const auto text = text_of(t);
+  EXPECT_NE(text.find("# HELP seen_total Messages seen.\\nCounted in on_rcpt \\\\ per recipient\\nbogus_metric 1e9\n"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text.find("\nbogus_metric"), std::string::npos) << text;  // no sample of its own
+}
+
 TEST(MetricTable, HistogramBuckets) {
   metric_table t(8, 64);
   const auto h = t.family({"lat_seconds", "Latency", kind::histogram, {}, {0.1, 1}});
@@ -80,6 +112,12 @@ TEST(MetricTable, HistogramBuckets) {
   EXPECT_EQ(m.bucket[2].cumulative_count, 4u);
   EXPECT_EQ(m.bucket[2].upper_bound, std::numeric_limits<double>::infinity());
   EXPECT_NE(text_of(t).find("lat_seconds_bucket{le=\"+Inf\"} 4"), std::string::npos);
+  // NaN is no observation: neither in a bucket nor in the sum.
+  t.get(h).observe(std::numeric_limits<double>::quiet_NaN());
+  const auto after = t.collect()[0].metric.at(0).histogram;
+  EXPECT_EQ(after.sample_count, 4u);
+  EXPECT_DOUBLE_EQ(after.sample_sum, 2.65);
+  EXPECT_EQ(after.bucket[0].cumulative_count, 2u);
 }
 
 TEST(MetricTable, FamiliesAreCheckedAndFoundAgain) {
