@@ -458,14 +458,32 @@ std::string default_hostname() {
 const std::string domain_want = "is not a domain name (RFC 5321 §4.1.2: labels of letters, digits and '-', joined by '.')";
 const std::string endpoint_want = "is not IP:PORT (want 192.0.2.1:25 or [2001:db8::1]:25, port 1-65535; names are not resolved)";
 
+// Whether two listeners (is_ip_endpoint's canonical forms) take each
+// other's connections: one port, and one address or the wildcard (0.0.0.0,
+// ::) of the other's family. IPv6 sockets are IPv6's alone (IPV6_V6ONLY), so
+// "0.0.0.0:25" and "[::]:25" do not overlap. Overlapping sockets cannot both
+// bind, or, with SO_REUSEPORT (workers), the more specific one takes its
+// clients from the other (SMTP clients answered by the metrics listener).
+bool endpoints_overlap(const std::string& a, const std::string& b) {
+  const auto a_colon = a.rfind(':'), b_colon = b.rfind(':');  // (the port has no ':'; raw address bytes may)
+  const std::string_view a_ip(a.data(), a_colon), b_ip(b.data(), b_colon);
+  if (a.substr(a_colon) != b.substr(b_colon) || a_ip.size() != b_ip.size()) return false;
+  const auto wildcard = [](std::string_view ip) { return ip.find_first_not_of('\0') == std::string_view::npos; };
+  return a_ip == b_ip || wildcard(a_ip) || wildcard(b_ip);
+}
+
 void read_listeners(table_reader& t, const std::string& key, std::vector<std::string>& out,
-                    std::map<std::string, std::string>& seen) {
+                    std::vector<std::pair<std::string, std::string>>& seen) {
   t.get_list(key, out, [](const std::string& s) { return is_ip_endpoint(s); }, endpoint_want);
   for (const auto& l : out) {
     std::string canonical;
     if (!is_ip_endpoint(l, &canonical)) continue;
-    const auto [it, fresh] = seen.emplace(canonical, l);
-    if (!fresh) t.problem_at(key, as_shown(l) + " is listed twice (a second socket on it cannot bind)");
+    for (const auto& [other, shown] : seen)
+      if (endpoints_overlap(canonical, other))
+        t.problem_at(key, other == canonical ? as_shown(l) + " is listed twice (a second socket on it cannot bind)"
+                                             : as_shown(l) + " overlaps " + as_shown(shown) +
+                                                   " (one port, and an address the other's wildcard covers)");
+    seen.emplace_back(canonical, l);
   }
 }
 
@@ -495,7 +513,7 @@ void read_dkim_key(table_reader& t, const std::filesystem::path& base, std::vect
 
 void read_server(table_reader& t, server_config& s, const std::filesystem::path& base) {
   if (t.get("hostname", s.hostname) && !is_domain(s.hostname)) t.problem_at("hostname", as_shown(s.hostname) + " " + domain_want);
-  std::map<std::string, std::string> listening;
+  std::vector<std::pair<std::string, std::string>> listening;  // (canonical, as written)
   read_listeners(t, "listen", s.listen, listening);
   read_listeners(t, "listen_tls", s.listen_tls, listening);
   if (s.listen.empty() && s.listen_tls.empty())
@@ -769,8 +787,9 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   if (std::string metrics; is_ip_endpoint(cfg->metrics.listen, &metrics)) {
     for (const auto* list : {&cfg->server.listen, &cfg->server.listen_tls})
       for (const auto& l : *list)
-        if (std::string smtp; is_ip_endpoint(l, &smtp) && smtp == metrics)
-          problems.push_back(at("metrics", "listen") + as_shown(cfg->metrics.listen) + " is an SMTP listener too");
+        if (std::string smtp; is_ip_endpoint(l, &smtp) && endpoints_overlap(smtp, metrics))
+          problems.push_back(at("metrics", "listen") + as_shown(cfg->metrics.listen) +
+                             (smtp == metrics ? " is an SMTP listener too" : " overlaps the SMTP listener " + as_shown(l)));
   }
   if (cfg->server.require_tls && !cfg->tls.enabled)
     problems.push_back(at("server", "require_tls") + "needs a [tls] table with cert and key");

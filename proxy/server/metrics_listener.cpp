@@ -18,17 +18,14 @@ constexpr std::size_t max_request_header = 8192;
 
 }  // namespace
 
-metrics_listener::metrics_listener(asio::io_context& io, const std::string& listen, bool reuse_port, handler answer)
-    : io_(io), acceptor_(io), answer_(std::move(answer)) {
-  const auto ep = parse_endpoint(listen);
-  acceptor_.open(ep.protocol());
-  acceptor_.set_option(tcp::acceptor::reuse_address(true));
-  if (reuse_port) acceptor_.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
-  acceptor_.bind(ep);
+metrics_listener::metrics_listener(tcp::acceptor bound, handler answer)
+    : acceptor_(std::move(bound)), answer_(std::move(answer)) {
   acceptor_.listen();
 }
 
-void metrics_listener::start() { asio::co_spawn(asio::make_strand(io_), accept_loop(), asio::detached); }
+void metrics_listener::start() {
+  asio::co_spawn(asio::make_strand(acceptor_.get_executor()), accept_loop(), asio::detached);
+}
 
 void metrics_listener::close() {
   boost::system::error_code ignored;
@@ -38,11 +35,11 @@ void metrics_listener::close() {
 awaitable<void> metrics_listener::accept_loop() {
   for (;;) {
     boost::system::error_code ec;
-    auto socket = co_await acceptor_.async_accept(asio::make_strand(io_), asio::redirect_error(asio::use_awaitable, ec));
+    auto socket = co_await acceptor_.async_accept(asio::make_strand(acceptor_.get_executor()), asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor_.is_open()) co_return;
       spdlog::warn("metrics: accept: {}", ec.message());
-      asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+      asio::steady_timer pause(acceptor_.get_executor(), std::chrono::milliseconds(100));
       co_await pause.async_wait(asio::use_awaitable);
       continue;
     }

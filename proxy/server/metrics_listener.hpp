@@ -21,8 +21,9 @@ struct http_answer {
 class metrics_listener {
  public:
   using handler = std::function<http_answer(std::string_view path)>;
-  // Binds now (throws boost::system::system_error when it cannot).
-  metrics_listener(asio::io_context& io, const std::string& listen, bool reuse_port, handler answer);
+  // Listens on `bound` (bound before the daemon dropped its privileges:
+  // bind_listeners) now; throws boost::system::system_error when it cannot.
+  metrics_listener(tcp::acceptor bound, handler answer);
   void start();
   void close();
 
@@ -30,7 +31,6 @@ class metrics_listener {
   awaitable<void> accept_loop();
   awaitable<void> serve(tcp::socket socket);
 
-  asio::io_context& io_;
   tcp::acceptor acceptor_;
   handler answer_;
 };

@@ -73,29 +73,34 @@ bound_listener::~bound_listener() {
 std::vector<bound_listener> bind_listeners(const config& cfg, bool reuse_port) {
   std::vector<bound_listener> out;
   asio::io_context scratch;  // only to open the sockets: the server's own context adopts them
-  for (const bool implicit_tls : {false, true}) {
-    for (const auto& l : implicit_tls ? cfg.server.listen_tls : cfg.server.listen) {
-      try {
-        tcp::acceptor a(scratch);
-        const auto ep = parse_endpoint(l);
-        a.open(ep.protocol());
-        a.set_option(tcp::acceptor::reuse_address(true));
-        // Every worker listens on its own socket; the kernel spreads new
-        // connections over them by a hash of the addresses (README "Workers").
-        if (reuse_port) a.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
-        // Replies go out one write per batch (a whole pipelined group at
-        // once): Nagle's algorithm would only hold the next batch back until
-        // the client's delayed ACK of the previous one. Set on the listener,
-        // every accepted connection inherits it (Linux copies the option):
-        // no setsockopt per connection.
-        a.set_option(tcp::no_delay(true));
-        a.bind(ep);
-        out.emplace_back(a.release(), ep.protocol(), l, implicit_tls);
-      } catch (const boost::system::system_error& e) {
-        throw std::runtime_error(fmt::format("cannot listen on {}: {}", l, e.code().message()));
-      }
+  const auto bind = [&](const std::string& address, listener_role role, std::string_view what) {
+    try {
+      tcp::acceptor a(scratch);
+      const auto ep = parse_endpoint(address);
+      a.open(ep.protocol());
+      a.set_option(tcp::acceptor::reuse_address(true));
+      // Every worker listens on its own socket; the kernel spreads new
+      // connections over them by a hash of the addresses (README "Workers").
+      if (reuse_port) a.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
+      // "[::]:25" is IPv6's alone, as Postfix and nginx bind it: else it
+      // takes "0.0.0.0:25" too, which then cannot bind (or, with
+      // SO_REUSEPORT, shares IPv4 clients with it).
+      if (ep.protocol() == tcp::v6()) a.set_option(asio::ip::v6_only(true));
+      // Replies go out one write per batch (a whole pipelined group at
+      // once): Nagle's algorithm would only hold the next batch back until
+      // the client's delayed ACK of the previous one. Set on the listener,
+      // every accepted connection inherits it (Linux copies the option):
+      // no setsockopt per connection.
+      a.set_option(tcp::no_delay(true));
+      a.bind(ep);
+      out.emplace_back(a.release(), ep.protocol(), address, role);
+    } catch (const boost::system::system_error& e) {
+      throw std::runtime_error(fmt::format("cannot listen on {}{}: {}", address, what, e.code().message()));
     }
-  }
+  };
+  for (const auto& l : cfg.server.listen) bind(l, listener_role::smtp, "");
+  for (const auto& l : cfg.server.listen_tls) bind(l, listener_role::implicit_tls, "");
+  if (!cfg.metrics.listen.empty()) bind(cfg.metrics.listen, listener_role::metrics, " ([metrics] listen)");
   return out;
 }
 
@@ -107,8 +112,13 @@ server::server(std::shared_ptr<const config> cfg, client_table& clients, unsigne
       engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
       env_(nullptr),
       signals_(io_, SIGINT, SIGTERM, SIGHUP) {
-  for (auto& l : listeners)
-    listeners_.push_back({tcp::acceptor(io_, l.protocol(), l.release()), l.address(), l.implicit_tls()});
+  for (auto& l : listeners) {
+    if (l.role() == listener_role::metrics)
+      metrics_socket_.emplace(std::move(l));
+    else
+      listeners_.push_back({tcp::acceptor(io_, l.protocol(), l.release()), l.address(),
+                            l.role() == listener_role::implicit_tls});
+  }
   env_.failed_logins().share(clients_);
   auto g = make_generation(cfg);
   g->pol = make_policy(*cfg, engine_ ? engine_->first_generation() : 0);
@@ -251,15 +261,18 @@ int server::run() {
     }
     spdlog::info("listening on {}{}", l.address, l.implicit_tls ? " (implicit TLS)" : cfg->tls.enabled ? " (STARTTLS)" : "");
   }
-  if (!cfg->metrics.listen.empty()) {
+  if (metrics_socket_) {
+    const auto address = metrics_socket_->address();
     try {
-      metrics_ = std::make_unique<metrics_listener>(io_, cfg->metrics.listen, clients_.workers() > 1,
-                                                    [this](std::string_view path) { return answer_http(path); });
-      spdlog::info("metrics on http://{}/metrics", cfg->metrics.listen);
+      metrics_ = std::make_unique<metrics_listener>(
+          tcp::acceptor(io_, metrics_socket_->protocol(), metrics_socket_->release()),
+          [this](std::string_view path) { return answer_http(path); });
+      spdlog::info("metrics on http://{}/metrics", address);
     } catch (const boost::system::system_error& e) {
-      spdlog::critical("cannot listen on {} ([metrics] listen): {}", cfg->metrics.listen, e.code().message());
+      spdlog::critical("cannot listen on {} ([metrics] listen): {}", address, e.code().message());
       return 1;
     }
+    metrics_socket_.reset();
     metrics_->start();
   }
   spdlog::info("upstream {}", cfg->upstream.url);

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -28,33 +29,37 @@ class client_table;
 class metrics_listener;
 struct http_answer;
 
+// What a bound socket serves.
+enum class listener_role { smtp, implicit_tls, metrics };
+
 // A socket bound before the server that listens on it exists: before the
 // daemon drops to server.user (port 25 needs root or CAP_NET_BIND_SERVICE).
 // It listens only once the server is ready to serve (server::run), so that
 // a connection is never queued to a daemon still loading its policies.
 class bound_listener {
  public:
-  bound_listener(int fd, tcp protocol, std::string address, bool implicit_tls)
-      : fd_(fd), protocol_(protocol), address_(std::move(address)), implicit_tls_(implicit_tls) {}
+  bound_listener(int fd, tcp protocol, std::string address, listener_role role)
+      : fd_(fd), protocol_(protocol), address_(std::move(address)), role_(role) {}
   bound_listener(bound_listener&& o) noexcept
-      : fd_(std::exchange(o.fd_, -1)), protocol_(o.protocol_), address_(std::move(o.address_)), implicit_tls_(o.implicit_tls_) {}
+      : fd_(std::exchange(o.fd_, -1)), protocol_(o.protocol_), address_(std::move(o.address_)), role_(o.role_) {}
   bound_listener& operator=(bound_listener&&) = delete;
   ~bound_listener();
   tcp protocol() const { return protocol_; }
   const std::string& address() const { return address_; }
-  bool implicit_tls() const { return implicit_tls_; }
+  listener_role role() const { return role_; }
   int release() { return std::exchange(fd_, -1); }
 
  private:
   int fd_;
   tcp protocol_;
   std::string address_;  // as configured
-  bool implicit_tls_;
+  listener_role role_;
 };
 
-// Binds every listen and listen_tls address of `cfg`, with SO_REUSEPORT
-// when several workers each bind their own. Throws
-// std::runtime_error("cannot listen on ADDRESS: why").
+// Binds every listen and listen_tls address of `cfg`, and [metrics] listen,
+// with SO_REUSEPORT when several workers each bind their own; an IPv6
+// address takes IPv6 connections only (IPV6_V6ONLY: "[::]:25" beside
+// "0.0.0.0:25"). Throws std::runtime_error("cannot listen on ADDRESS: why").
 std::vector<bound_listener> bind_listeners(const config& cfg, bool reuse_port);
 
 class server {
@@ -112,6 +117,7 @@ class server {
     bool implicit_tls;
   };
   std::vector<listener> listeners_;
+  std::optional<bound_listener> metrics_socket_;  // until run() serves it
   std::unique_ptr<metrics_listener> metrics_;
   asio::signal_set signals_;
   // Reloads by SIGHUP order: started, and the newest installed (reload()).

@@ -211,12 +211,12 @@ class Daemon:
         return self.proc.poll() is not None
 
     def _listening(self) -> bool:
-        want = f"0100007F:{self.port:04X}"
+        want = (f"0100007F:{self.port:04X}", f"00000000:{self.port:04X}")  # (loopback, or the wildcard)
         try:
             with open("/proc/net/tcp") as f:
                 for line in f.readlines()[1:]:
                     parts = line.split()
-                    if parts[1] == want and parts[3] == "0A":
+                    if parts[1] in want and parts[3] == "0A":
                         return True
         except OSError:
             pass

@@ -208,6 +208,7 @@ def test_upstream_failures_are_counted(policy_daemon):
 @pytest.mark.parametrize("listen,why", [
     ("localhost:9325", "is not IP:PORT"),
     ("127.0.0.1:{smtp}", "is an SMTP listener too"),
+    ("0.0.0.0:{smtp}", "overlaps the SMTP listener"),
 ])
 def test_a_bad_metrics_listen_is_refused(portcullis_bin, tmp_path, listen, why):
     smtp = free_port()

@@ -5,6 +5,7 @@ again, and each worker drops even that. Needs root (skipped otherwise)."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import pwd
 import re
@@ -54,9 +55,9 @@ WANT_WHO = (f"uid={NOBODY.pw_uid} euid={NOBODY.pw_uid} gid={NOBODY.pw_gid} group
             f"root-again=no")
 
 
-def low_port() -> int:
-    """A free port below 1024 (only root or CAP_NET_BIND_SERVICE may bind it)."""
-    for port in range(900 + os.getpid() % 100, 1024):
+def low_port(after: int = 0) -> int:
+    """A free port below 1024 (only root or CAP_NET_BIND_SERVICE may bind it), above `after`."""
+    for port in range(max(900 + os.getpid() % 100, after + 1), 1024):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -100,7 +101,7 @@ def user_daemon(portcullis_bin, workdir):
     """user_daemon(upstream_url, workers, **tables) -> Daemon running POLICY as nobody."""
     daemons: list[Daemon] = []
 
-    def start(upstream_url: str, workers: int, also_listen: int, tag: str = "one") -> Daemon:
+    def start(upstream_url: str, workers: int, also_listen: int, tag: str = "one", metrics: int = 0) -> Daemon:
         wd = workdir / f"daemon{len(daemons)}"
         wd.mkdir()
         wd.chmod(0o755)
@@ -109,6 +110,8 @@ def user_daemon(portcullis_bin, workdir):
         d = Daemon(portcullis_bin, wd, upstream_url,
                    {"server": {"user": "nobody", "workers": workers}, "policy": {"files": [str(policy)]}}, None)
         d.tables["server"]["listen"].append(f"127.0.0.1:{also_listen}")
+        if metrics:
+            d.tables["metrics"] = {"listen": f"127.0.0.1:{metrics}"}
         d.write_config()
         d.policy = policy
         daemons.append(d)
@@ -145,9 +148,20 @@ def header(content: bytes, name: str) -> str:
     return m.group(1).decode()
 
 
+def healthz(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def test_one_process_binds_a_low_port_then_runs_policies_as_the_user(user_daemon, aiosmtpd_upstream):
     low = low_port()
-    d = user_daemon(aiosmtpd_upstream.url, 1, low)
+    metrics = low_port(after=low)  # ([metrics] listen is bound with the SMTP ports, before the drop)
+    d = user_daemon(aiosmtpd_upstream.url, 1, low, metrics=metrics)
+    assert healthz(metrics) == 200
     assert_runs_as_nobody(d.pid, 0)
     assert "policies run as root" not in d.log_text()
     assert whoami(low) == WANT_WHO
@@ -169,8 +183,11 @@ def test_one_process_binds_a_low_port_then_runs_policies_as_the_user(user_daemon
 
 def test_workers_the_supervisor_keeps_only_the_bind_capability(user_daemon, aiosmtpd_upstream):
     low = low_port()
-    d = user_daemon(aiosmtpd_upstream.url, 2, low)
+    metrics = low_port(after=low)
+    d = user_daemon(aiosmtpd_upstream.url, 2, low, metrics=metrics)
     d.wait_log(rf"\] info listening on 127\.0\.0\.1:{low}$", count=2)
+    d.wait_log(rf"\] info metrics on http://127\.0\.0\.1:{metrics}/metrics$", count=2)
+    assert healthz(metrics) == 200
     workers = children(d.pid)
     assert len(workers) == 2
     assert_runs_as_nobody(d.pid, CAP_NET_BIND_SERVICE)
@@ -193,6 +210,7 @@ def test_workers_the_supervisor_keeps_only_the_bind_capability(user_daemon, aios
                        timeout=10, what="the restarted worker")
     [new] = again - workers
     d.wait_log(rf"\[{new}\] info listening on 127\.0\.0\.1:{low}$")
+    d.wait_log(rf"\[{new}\] info metrics on http://127\.0\.0\.1:{metrics}/metrics$")
     assert "cannot listen" not in d.log_text()
     assert_runs_as_nobody(new, 0)
     for _ in range(6):  # whichever worker the kernel picks

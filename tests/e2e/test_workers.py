@@ -395,3 +395,22 @@ if checking and os.path.exists({str(marker)!r}):
     d.wait_log(r"^\S+ \[\d+\] info reload: .* reloaded; new sessions use it$", count=2, timeout=20)
     assert time.monotonic() - started < 10
     subprocess.run(["pkill", "-f", "^sleep 20$"], check=False)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ipv4_and_ipv6_wildcards_on_one_port_each_serve_their_family(start_daemon, aiosmtpd_upstream, workers):
+    """The usual MX listen list, "0.0.0.0:P" and "[::]:P": the IPv6 socket is IPv6's alone
+    (IPV6_V6ONLY), so both bind with one process too, and each family's clients reach the daemon."""
+    d = start_daemon(aiosmtpd_upstream.url, server={"workers": workers})
+    port = d.port
+    d.stop()
+    d.tables["server"]["listen"] = [f"0.0.0.0:{port}", f"[::]:{port}"]
+    d.write_config()
+    d.start()
+    d.wait_log(rf"info listening on \[::\]:{port}$", count=workers)
+    assert "cannot listen" not in d.log_text()
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as s:
+            s.settimeout(5)
+            s.connect((host, port))
+            assert s.recv(100).startswith(b"220 "), host

@@ -546,6 +546,11 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
        "2: server.listen: \"127.0.0.1:025\" is listed twice (a second socket on it cannot bind)"},
       {"[server]\nlisten = [\"[::1]:25\"]\nlisten_tls = [\"[0:0::1]:25\"]\n[tls]\ncert = \"c\"\nkey = \"k\"\n",
        "3: server.listen_tls: \"[0:0::1]:25\" is listed twice (a second socket on it cannot bind)"},
+      // A wildcard takes its family's connections on the port: a specific address beside it overlaps.
+      {"[server]\nlisten = [\"0.0.0.0:25\", \"127.0.0.1:25\"]\n",
+       "2: server.listen: \"127.0.0.1:25\" overlaps \"0.0.0.0:25\" (one port, and an address the other's wildcard covers)"},
+      {"[server]\nlisten = [\"[::1]:25\"]\nlisten_tls = [\"[::]:25\"]\n[tls]\ncert = \"c\"\nkey = \"k\"\n",
+       "3: server.listen_tls: \"[::]:25\" overlaps \"[::1]:25\" (one port, and an address the other's wildcard covers)"},
       {"[server]\nlisten = []\n", "2: server.listen: nothing to listen on (listen and listen_tls are both empty)"},
       {"[server]\nproxy_trusted = [\"10.0.0.0/33\"]\n", "2: server.proxy_trusted: \"10.0.0.0/33\"" + not_network},
       {"[relay]\ntrusted_networks = [\"example.test\"]\n", "2: relay.trusted_networks: \"example.test\"" + not_network},
@@ -620,6 +625,8 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
        "2: metrics.listen: \"localhost:9325\" is not IP:PORT (want 192.0.2.1:25 or [2001:db8::1]:25, port 1-65535; names are not resolved)"},
       {"[server]\nlisten = [\"127.0.0.1:2525\"]\n[metrics]\nlisten = \"127.0.0.1:2525\"\n",
        "4: metrics.listen: \"127.0.0.1:2525\" is an SMTP listener too"},
+      {"[server]\nlisten = [\"0.0.0.0:2525\"]\n[metrics]\nlisten = \"127.0.0.1:2525\"\n",
+       "4: metrics.listen: \"127.0.0.1:2525\" overlaps the SMTP listener \"0.0.0.0:2525\""},
       // Looked up when the file is read, so that --check-config and a reload report it.
       {"[server]\nuser = \"no-such-user-portcullis\"\n", "2: server.user: \"no-such-user-portcullis\": no such user"},
       {"[server]\nuser = \"\"\n", "2: server.user: empty (remove it to keep the user the daemon was started as)"},

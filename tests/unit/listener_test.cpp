@@ -24,7 +24,7 @@ TEST(Listener, AcceptedConnectionsHaveNagleOff) {
   config cfg;
   cfg.server.listen = {"127.0.0.1:0"};
   cfg.server.listen_tls = {"[::1]:0"};
-  auto bound = bind_listeners(cfg, false);
+  auto bound = bind_listeners(cfg, false);  // (no [metrics] listen)
   ASSERT_EQ(bound.size(), 2u);
   asio::io_context io;
   for (auto& b : bound) {
