@@ -35,7 +35,10 @@ file, and ``srs_domain``):
 When a recipient expands to an address outside the local domains, the
 sender's domain is not local and SRS is configured, the envelope sender
 becomes its SRS form, so that SPF at the next hop sees our domain. Mail
-from ``<>`` keeps its null sender. Recipients of other domains are left to
+from ``<>`` keeps its null sender. A sender too long for an SRS address
+(over 64 octets of local part once rewritten) keeps its own address, with a
+warning in the log: the forward may then fail SPF at the next hop, as it
+would without SRS, rather than wait in the sender's queue until it bounces. Recipients of other domains are left to
 the next policy.
 """
 
@@ -123,6 +126,17 @@ TABLE, FORWARDER = _load()
 _LOCAL_SENDER_DOMAINS = TABLE.domains  # senders of these domains need no SRS: our SPF covers them
 
 
+def _rewrite_sender(tx, sender, rcpt: str) -> None:
+    """The SRS form as the envelope sender; the sender as it is when it has none (too long)."""
+    try:
+        tx.sender = FORWARDER.forward(sender)
+    except ValueError as e:  # SRSError, or (never expected) the address check of tx.sender
+        if not tx.data.get("aliases_srs_skipped"):  # once a transaction: every forwarded RCPT gets here
+            tx.data["aliases_srs_skipped"] = True
+            pc.log.warning("aliases: forwarding to <%s> with the sender <%s> as it is, not SRS: %s",
+                           rcpt, sender, e)
+
+
 def on_rcpt(tx, rcpt):
     domain = rcpt.domain.lower()
     if not TABLE.is_local(domain):
@@ -147,6 +161,6 @@ def on_rcpt(tx, rcpt):
     sender = tx.sender
     if (FORWARDER is not None and sender and sender.domain.lower() not in _LOCAL_SENDER_DOMAINS
             and any(t.rpartition("@")[2].lower() not in _LOCAL_SENDER_DOMAINS for t in targets)):
-        tx.sender = FORWARDER.forward(sender)
+        _rewrite_sender(tx, sender, address)
     # One target: a rewrite, so the policies after this one decide on it; several: the expansion is final.
     return pc.rewrite(targets[0]) if len(targets) == 1 else pc.redirect(*targets)

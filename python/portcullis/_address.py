@@ -105,6 +105,60 @@ class Address:
         return hash(self._key())
 
 
+# -- mailbox keys: the one form tables are looked up with
+
+# RFC 5321 §4.1.2 Dot-string (atext, dots between atoms), with UTF-8 as atext (RFC 6531 §3.3).
+_DOT_STRING = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+                         r"(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+)*\Z")
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+
+
+def unquote_local(local: str) -> str:
+    """The mailbox a local part names, quotes and backslash escapes removed: ``"ceo"`` and
+    ``"c\\eo"`` are ``ceo`` (RFC 5321 §4.1.2: a Quoted-string and the Dot-string it
+    spells are the same local part). Postfix's internal form: the form it looks tables
+    up with and hands postsrsd. A Dot-string comes back as it is."""
+    if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
+        return _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    return local
+
+
+def quote_local(local: str) -> str:
+    """The written form of an unquoted local part: as it is when it is a Dot-string,
+    else a Quoted-string (``john smith`` -> ``"john smith"``); ``unquote_local`` undoes it."""
+    if _DOT_STRING.match(local):
+        return local
+    return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def canonical_domain(domain: str) -> str:
+    """A domain in the one form tables are keyed with: lowercased, no trailing dot, and
+    an internationalized name in A-labels (``bücher.example`` -> ``xn--bcher-kva.example``,
+    RFC 5890: the same name either way). The conversion is Python's ``idna`` codec, which
+    is IDNA 2003 (nameprep: ``ß`` becomes ``ss``, where IDNA 2008 keeps it); a name it
+    cannot convert, and an address literal (``[192.0.2.1]``), is only lowercased."""
+    domain = domain.rstrip(".").lower()
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return domain
+
+
+def mailbox_key(address: object) -> str:
+    """The key an address (a ``str`` or an ``Address``) is looked up with in a table:
+    ``unquote_local(local).lower() + "@" + canonical_domain(domain)``, so that every
+    spelling of one mailbox (``"Ceo"@Partner.example``, ``c\\eo``, U- or A-label domain)
+    finds the same entry, and ``@domain`` for a catch-all key. A text without ``@`` is
+    lowercased only."""
+    text = str(address)
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return text.lower()
+    return f"{unquote_local(local).lower()}@{canonical_domain(domain)}"
+
+
 def _checked_params(params: Mapping[str, str | None]) -> dict[str, str | None]:
     checked: dict[str, str | None] = {}
     for key, value in params.items():

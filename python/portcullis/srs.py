@@ -21,6 +21,15 @@ The forms (the "guarded" scheme of libsrs2, which postsrsd uses):
   forwarder makes of an SRS0 address of ``hop``, hashed over ``hop`` and
   that rest; its reverse is the SRS0 address again, to go back to ``hop``.
 
+A sender whose local part needs quotes (``"john smith"@example.com``) is
+rewritten from its unquoted form, as Postfix hands it to postsrsd, and the
+SRS local part is quoted when it is not a dot-atom
+(``"SRS0=HHHH=TT=example.com=john smith"@fwd.example.test``; so is one with
+an address literal, ``user@[192.0.2.1]``); ``reverse`` undoes both. An SRS
+address longer than RFC 5321 allows (64 octets of local part: a long sender,
+as ESPs' VERP addresses are) cannot be made: ``forward`` raises ``SRSError``
+and the caller keeps the original sender (``policies/aliases.py`` does).
+
 Reading one checks the hash (case-insensitively, and treating ``+``/``-``
 and ``/``/``_`` alike: the hash may have passed through systems that fold
 case, and postsrsd 2 writes the URL-safe alphabet) with every secret in turn
@@ -33,8 +42,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable, Iterable
+
+from ._address import Address, quote_local, unquote_local
 
 __all__ = ["SRS", "SRSError", "is_srs"]
 
@@ -42,6 +54,7 @@ _DAY = 24 * 60 * 60
 _STAMP_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # base32: 5 bits a character, 2 characters
 _STAMP_SLOTS = 1 << 10
 _SEPARATORS = "=+-"  # after SRS0/SRS1; the later separators are always "="
+_HASH_TEXT = re.compile(r"[A-Za-z0-9+/_-]+\Z")  # base64, either alphabet (ASCII only: compared as bytes)
 
 
 class SRSError(ValueError):
@@ -50,7 +63,7 @@ class SRSError(ValueError):
 
 def is_srs(address: str) -> bool:
     """Whether ``address`` (or its local part) has the form of an SRS address (not whether it is valid)."""
-    local = address.rpartition("@")[0] if "@" in address else address
+    local = unquote_local(address.rpartition("@")[0] if "@" in address else address)
     return len(local) > 5 and local[:3].upper() == "SRS" and local[3] in "01" and local[4] in _SEPARATORS
 
 
@@ -107,14 +120,18 @@ class SRS:
         A sender of our own SRS domain is returned unchanged (unless
         ``always_rewrite``); an SRS0 or SRS1 address of another domain
         becomes an SRS1 address (the hop is kept, the original is not
-        wrapped twice). Raises ``SRSError`` for an address without a domain.
+        wrapped twice). A quoted local part is rewritten unquoted and the
+        result quoted when it needs it. Raises ``SRSError`` for an address
+        without a domain, and for one whose SRS form would not be a valid
+        address (over 64 octets of local part): keep the sender as it is then.
         """
         address = str(sender)
         local, at, domain = address.rpartition("@")
         if not at or not local or not domain:
             raise SRSError(f"{address!r} has no local part and domain to rewrite")
-        if not self.always_rewrite and domain.lower() == self.domain:
+        if not self.always_rewrite and domain.lower().rstrip(".") == self.domain:
             return address
+        local = unquote_local(local)  # the mailbox, as Postfix hands it to postsrsd
         tag = local[:4].upper()
         if len(local) > 5 and local[4] in _SEPARATORS and tag in ("SRS0", "SRS1"):
             if tag == "SRS1":
@@ -125,9 +142,9 @@ class SRS:
                     raise SRSError(f"{address!r} is a malformed SRS1 address")
             else:
                 hop, rest = domain, local[4:]  # "=HASH=TT=domain=local": the hop is whoever made it
-            return f"SRS1{self.separator}{self._hash(hop, rest)}={hop}={rest}@{self.domain}"
+            return self._made(address, f"SRS1{self.separator}{self._hash(hop, rest)}={hop}={rest}")
         stamp = self._stamp(self._clock())
-        return f"SRS0{self.separator}{self._hash(stamp, domain, local)}={stamp}={domain}={local}@{self.domain}"
+        return self._made(address, f"SRS0{self.separator}{self._hash(stamp, domain, local)}={stamp}={domain}={local}")
 
     # -- reading
 
@@ -141,7 +158,7 @@ class SRS:
         ``max_age`` days.
         """
         text = str(address)
-        local = text.rpartition("@")[0] if "@" in text else text
+        local = unquote_local(text.rpartition("@")[0] if "@" in text else text)
         if not is_srs(local):
             raise SRSError(f"{text!r} is not an SRS address")
         tag, body = local[:4].upper(), local[5:]
@@ -151,16 +168,35 @@ class SRS:
             if not given or not sep or not hop or not rest:
                 raise SRSError(f"{text!r} is a malformed SRS1 address")
             self._check_hash(text, given, hop, rest)
-            return f"SRS0{rest}@{hop}"
+            return self._original(text, f"SRS0{rest}", hop)
         parts = body.split("=", 3)
         if len(parts) != 4 or not all(parts):
             raise SRSError(f"{text!r} is a malformed SRS0 address")
         given, stamp, domain, original_local = parts
         self._check_stamp(text, stamp)
         self._check_hash(text, given, stamp, domain, original_local)
-        return f"{original_local}@{domain}"
+        return self._original(text, original_local, domain)
 
     # -- the pieces
+
+    def _made(self, sender: str, local: str) -> str:
+        made = f"{quote_local(local)}@{self.domain}"
+        try:
+            Address(made)  # the daemon's own check: RFC 5321 syntax and lengths
+        except ValueError:
+            octets = len(quote_local(local).encode("utf-8", "surrogateescape"))
+            why = f"{octets} octets of local part; RFC 5321 allows 64" if octets > 64 else "too long"
+            raise SRSError(f"the SRS form of {sender!r} would not be a valid address ({why})") from None
+        return made
+
+    @staticmethod
+    def _original(address: str, local: str, domain: str) -> str:
+        original = f"{quote_local(local)}@{domain}"
+        try:
+            Address(original)
+        except ValueError:
+            raise SRSError(f"{address!r} stands for {original!r}, which is not a valid address") from None
+        return original
 
     def _hash(self, *parts: str, secret: bytes | None = None) -> str:
         mac = hmac.new(self._secrets[0] if secret is None else secret, digestmod=hashlib.sha1)
@@ -170,11 +206,13 @@ class SRS:
         return base64.b64encode(mac.digest()).decode()[: self.hash_length]
 
     def _check_hash(self, address: str, given: str, *parts: str) -> None:
+        if not _HASH_TEXT.match(given):  # (a client's text: compare_digest() refuses non-ASCII str)
+            raise SRSError(f"{address!r}: its hash is malformed")
         if len(given) < self.hash_min:
             raise SRSError(f"{address!r}: its hash is too short")
-        given = _fold(given[: self.hash_length])
+        folded = _fold(given[: self.hash_length]).encode("ascii")
         for secret in self._secrets:
-            if hmac.compare_digest(_fold(self._hash(*parts, secret=secret)[: len(given)]), given):
+            if hmac.compare_digest(_fold(self._hash(*parts, secret=secret)[: len(folded)]).encode("ascii"), folded):
                 return
         raise SRSError(f"{address!r}: its hash is not ours (forged, or made with a secret we no longer have)")
 

@@ -4,6 +4,7 @@ end to end, with a real upstream and postsrsd: tests/e2e/test_aliases.py."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -227,6 +228,49 @@ def test_forwarded_mail_gets_an_srs_sender_and_its_bounce_goes_home(tmp_path):
         # Forged, or wrong secret: refused.
         s.mail("")
         forged = SRS("guess", "fwd.example.test").forward("victim@example.com")
+        assert s.rcpt(forged) == (550, "5.1.1", f"<{forged}>: Recipient address rejected: invalid or expired SRS address")
+
+
+def test_a_sender_too_long_for_srs_is_forwarded_as_it_is_with_a_warning(tmp_path):
+    # Its SRS form would pass 64 octets of local part: tx.sender refused it and every RCPT got 451.
+    long_sender = "0100018d2f3c4b5a-6e7f8a9b-1c2d-4e3f-a5b6-c7d8e9f0a1b2-000000@amazonses.com"
+    medium = "newsletter-bounces-12345678@mail.marketing-example.com"
+    with harness(tmp_path, ALIASES, srs_secret=SECRET, srs_domain="fwd.example.test") as h:
+        for sender in (long_sender, medium):
+            s = h.connect(helo="client.example")
+            s.mail(sender)
+            assert s.rcpt("fwd@example.test").code == 250
+            assert s.rcpt("team@example.test").code == 250  # forwarded again: warned once
+            assert s.data("Subject: hi\r\n\r\nhello\r\n").code == 250
+            assert s.delivered[-1].sender == sender
+            warnings = [line.message for line in h.logs if "not SRS" in line.message and sender in line.message]
+            assert len(warnings) == 1 and "64" in warnings[0], warnings
+        assert not any(line.level >= logging.ERROR for line in h.logs)
+
+
+def test_senders_that_need_quotes_or_an_address_literal_get_a_valid_srs_sender(tmp_path):
+    srs = SRS(SECRET, "fwd.example.test")
+    with harness(tmp_path, ALIASES, srs_secret=SECRET, srs_domain="fwd.example.test") as h:
+        for sender in ('"john smith"@example.com', "user@[192.0.2.1]"):
+            s = h.connect(helo="client.example")
+            s.mail(sender)
+            assert s.rcpt("fwd@example.test").code == 250
+            s.data("Subject: hi\r\n\r\nhello\r\n")
+            made = s.delivered[-1].sender
+            assert made == srs.forward(sender) and made.startswith('"SRS0=')
+            # Its bounce comes home, quotes and all.
+            s.mail("")
+            assert s.rcpt(made).code == 250
+            s.data("Subject: bounce\r\n\r\nundeliverable\r\n")
+            assert s.delivered[-1].recipients == (sender,)
+
+
+def test_a_non_ascii_srs_hash_is_refused_not_deferred(tmp_path):
+    stamp = SRS(SECRET, "fwd.example.test").forward("alice@example.com").split("=")[2]
+    forged = f"SRS0=\u00e9123={stamp}=example.com=alice@fwd.example.test"
+    with harness(tmp_path, ALIASES, srs_secret=SECRET, srs_domain="fwd.example.test") as h:
+        s = h.connect(helo="client.example")
+        s.mail("", params={"SMTPUTF8": None})
         assert s.rcpt(forged) == (550, "5.1.1", f"<{forged}>: Recipient address rejected: invalid or expired SRS address")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers.postsrsd import DOMAIN, SECRET, running_postsrsd
+from portcullis import Address
 from portcullis.srs import SRS, SRSError, is_srs
 
 DAY = 86400
@@ -171,6 +172,71 @@ def test_an_address_without_a_domain_is_not_forwarded():
         make().forward("")
 
 
+def test_a_hash_outside_the_base64_alphabet_is_refused_not_a_crash():
+    # An SMTPUTF8 client may put anything there; compare_digest() raised TypeError for non-ASCII text.
+    srs = make()
+    _, _, rest = srs.forward("alice@example.com").split("=", 2)
+    for hash_ in ("\u00e9123", "ab\u00e7d", "a b!"):
+        with pytest.raises(SRSError, match="malformed"):
+            srs.reverse(f"SRS0={hash_}={rest}")
+        with pytest.raises(SRSError, match="malformed"):
+            srs.reverse(f"SRS1={hash_}=hop.test==abcd={rest}")
+
+
+def test_a_quoted_sender_is_rewritten_unquoted_and_quoted_again():
+    srs = make()
+    made = srs.forward('"john smith"@example.com')
+    local, _, domain = made.rpartition("@")
+    assert local.startswith('"SRS0=') and local.endswith('=JV=example.com=john smith"') and domain == "fwd.example.test"
+    # The hash is over the unquoted form, as postsrsd makes it from what Postfix hands it.
+    import base64, hashlib, hmac
+    want = base64.b64encode(hmac.new(b"s3cret", b"jvexample.comjohn smith", hashlib.sha1).digest()).decode()[:4]
+    assert made == f'"SRS0={want}=JV=example.com=john smith"@fwd.example.test'
+    assert srs.reverse(made) == '"john smith"@example.com'
+    # Quotes that were not needed are gone: the same mailbox, the same SRS address.
+    assert srs.forward('"alice"@example.com') == srs.forward("alice@example.com")
+    assert srs.forward('"al\\ice"@example.com') == srs.forward("alice@example.com")
+    weird = '"a\\"b\\\\c"@example.com'  # the mailbox a"b\c
+    assert srs.reverse(srs.forward(weird)) == weird
+    assert Address(srs.forward(weird))
+
+
+def test_an_address_literal_sender_is_rewritten_into_a_valid_address():
+    srs = make()
+    made = srs.forward("user@[192.0.2.1]")
+    assert made.startswith('"SRS0=') and made.endswith('=JV=[192.0.2.1]=user"@fwd.example.test')
+    assert Address(made) and srs.reverse(made) == "user@[192.0.2.1]"
+    srs1 = srs.forward('"SRS0=abcd=AB=[192.0.2.1]=user"@hop1.test')
+    assert srs1.startswith('"SRS1=') and Address(srs1)
+    assert srs.reverse(srs1) == '"SRS0=abcd=AB=[192.0.2.1]=user"@hop1.test'
+
+
+def test_a_sender_too_long_for_an_srs_address_is_refused_with_srserror():
+    # RFC 5321 §4.5.3.1.1: 64 octets of local part. ESPs' VERP senders are long.
+    srs = make()
+    long_sender = "0100018d2f3c4b5a-6e7f8a9b-1c2d-4e3f-a5b6-c7d8e9f0a1b2-000000@amazonses.com"
+    with pytest.raises(SRSError, match="would not be a valid address .*RFC 5321 allows 64"):
+        srs.forward(long_sender)
+    with pytest.raises(SRSError, match="would not be a valid address"):
+        srs.forward("SRS0=abcd=AB=ex.com=" + "u" * 40 + "@other-forwarder.example")  # as SRS1
+    # The longest that fits: "SRS0=HHHH=TT=" (13) + domain + "=" + local = 64 octets.
+    fits = "a" * (64 - 13 - len("example.com") - 1) + "@example.com"
+    made = srs.forward(fits)
+    assert len(made.rpartition("@")[0]) == 64 and srs.reverse(made) == fits
+    with pytest.raises(SRSError):
+        srs.forward("a" + fits)
+
+
+def test_an_srs_address_standing_for_an_invalid_one_is_refused():
+    # Hashed correctly (we sign anything), but the original it names is no address.
+    srs = make()
+    stamp = srs.forward("a@b.test").split("=")[2]
+    bad_local = "x" * 70
+    hash_ = srs._hash(stamp, "example.com", bad_local)
+    with pytest.raises(SRSError, match="not a valid address"):
+        srs.reverse(f"SRS0={hash_}={stamp}=example.com={bad_local}@fwd.example.test")
+
+
 # -- interoperability with postsrsd (Debian's postsrsd: libsrs2's code)
 
 
@@ -193,6 +259,18 @@ def test_postsrsd_reads_what_we_make_and_we_read_what_it_makes(postsrsd):
         assert ours.reverse(made) == sender  # (an SRS0 sender made an SRS1, which reverses to it)
     # Case folded on the way back (a hash with letters of both cases).
     assert postsrsd.reverse(ours.forward("alice@example.com").lower())[0] == 200
+
+
+def test_postsrsd_makes_the_same_address_for_a_sender_that_needs_quotes(postsrsd):
+    # Postfix hands postsrsd the unquoted form (tcp_table(5) encodes a blank as %20) and
+    # quotes what it gets back: the address we make, byte for byte.
+    ours = SRS(SECRET, DOMAIN)
+    for sender, internal in (('"john smith"@example.com', "john%20smith@example.com"),
+                             ("user@[192.0.2.1]", "user@[192.0.2.1]")):
+        code, theirs = postsrsd.forward(internal)
+        local, _, domain = ours.forward(sender).rpartition("@")
+        assert code == 200 and theirs == f"{local[1:-1].replace(' ', '%20')}@{domain}"
+        assert postsrsd.reverse(theirs) == (200, internal)
 
 
 def test_postsrsd_refuses_what_we_refuse(postsrsd):
