@@ -47,6 +47,7 @@ from __future__ import annotations
 import sys
 
 import portcullis as pc
+from portcullis._address import canonical_domain, mailbox_key
 from portcullis.aliases import AliasError, AliasTable
 from portcullis.settings import Settings
 from portcullis.srs import SRS, SRSError, is_srs
@@ -123,7 +124,8 @@ def _load() -> tuple[AliasTable, SRS | None]:
 
 
 TABLE, FORWARDER = _load()
-_LOCAL_SENDER_DOMAINS = TABLE.domains  # senders of these domains need no SRS: our SPF covers them
+_LOCAL_SENDER_DOMAINS = TABLE.domains  # senders of these domains need no SRS: our SPF covers them (canonical forms)
+_SRS_DOMAIN = canonical_domain(FORWARDER.domain) if FORWARDER is not None else None
 
 
 def _rewrite_sender(tx, sender, rcpt: str) -> None:
@@ -138,11 +140,11 @@ def _rewrite_sender(tx, sender, rcpt: str) -> None:
 
 
 def on_rcpt(tx, rcpt):
-    domain = rcpt.domain.lower()
+    domain = canonical_domain(rcpt.domain)
     if not TABLE.is_local(domain):
         return None
     address = str(rcpt)
-    if FORWARDER is not None and domain == FORWARDER.domain and is_srs(rcpt.local):
+    if FORWARDER is not None and domain == _SRS_DOMAIN and is_srs(rcpt.local):
         try:
             return pc.redirect(FORWARDER.reverse(address))
         except SRSError as e:
@@ -156,11 +158,13 @@ def on_rcpt(tx, rcpt):
         return pc.tempfail(f"<{address}>: alias expansion failed; try again later", code=451, status="4.3.0")
     if targets is None:
         return pc.reject(f"<{address}>: Recipient address rejected: User unknown", code=550, status="5.1.1")
-    if len(targets) == 1 and targets[0].lower() == address.lower():
-        return None  # its own mailbox: the next policy and the upstream decide
+    if len(targets) == 1 and mailbox_key(targets[0]) == mailbox_key(address):
+        # Its own mailbox: the next policy and the upstream decide. Spelt otherwise ("alice"@ for alice@):
+        # as the table spells it, so that it is one recipient with the same mailbox reached another way.
+        return None if targets[0] == address else pc.rewrite(targets[0])
     sender = tx.sender
-    if (FORWARDER is not None and sender and sender.domain.lower() not in _LOCAL_SENDER_DOMAINS
-            and any(t.rpartition("@")[2].lower() not in _LOCAL_SENDER_DOMAINS for t in targets)):
+    if (FORWARDER is not None and sender and canonical_domain(sender.domain) not in _LOCAL_SENDER_DOMAINS
+            and any(canonical_domain(t.rpartition("@")[2]) not in _LOCAL_SENDER_DOMAINS for t in targets)):
         _rewrite_sender(tx, sender, address)
     # One target: a rewrite, so the policies after this one decide on it; several: the expansion is final.
     return pc.rewrite(targets[0]) if len(targets) == 1 else pc.redirect(*targets)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import ipaddress
 
 import portcullis as pc
+from portcullis._address import canonical_domain
 from portcullis.aliases import AliasError, AliasTable
 from portcullis.senders import SenderLogins
 from portcullis.settings import Settings, in_networks
@@ -86,7 +87,8 @@ def _load():
         aliases = AliasTable.read(pc.path(table["file"]), local_domains=s["local_domains"],
                                   recipient_delimiter=s["recipient_delimiter"],
                                   propagate_extension=table.get("propagate_extension", True))
-    return logins, aliases, {d.lower().rstrip(".") for d in s["local_domains"]}, _networks(s["trusted_networks"])
+    # One form of each domain (A-labels): bücher.example listed covers xn--bcher-kva.example used, and back.
+    return logins, aliases, {canonical_domain(d) for d in s["local_domains"]}, _networks(s["trusted_networks"])
 
 
 LOGINS, ALIASES, LOCAL_DOMAINS, TRUSTED = _load()
@@ -118,6 +120,6 @@ def on_mail(tx, sender):
         return pc.reject(f"<{address}>: Sender address rejected: not owned by user {shown}", code=553, status="5.7.1")
     if in_networks(tx.conn.client_ip, TRUSTED):
         return None
-    if sender.domain.lower().rstrip(".") in LOCAL_DOMAINS or LOGINS.owners(address):
+    if canonical_domain(sender.domain) in LOCAL_DOMAINS or LOGINS.owners(address):
         return pc.reject(f"<{address}>: Sender address rejected: not logged in", code=553, status="5.7.1")
     return None

@@ -21,6 +21,11 @@ virtual(5)'s:
   wait while the operator fixes the table, not bounce). Loops among exact
   entries are found when the table is read (``AliasTable.loops``).
 
+- Keys are mailboxes (``mailbox_key``): case-insensitive, a quoted local
+  part the same as the dot-atom it spells (``"alice"@`` is ``alice@``,
+  RFC 5321 §4.1.2; Postfix unquotes before every lookup), an
+  internationalized domain the same in U-labels and A-labels.
+
 Lookups are dictionary lookups: the size of the table does not slow a RCPT.
 """
 
@@ -29,7 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from ._address import Address
+from ._address import Address, canonical_domain, mailbox_key, quote_local, unquote_local
 from .maps import MapEntry, MapError, PostfixMap, iter_map
 
 __all__ = ["AliasError", "AliasTable", "split_extension"]
@@ -60,33 +65,37 @@ class AliasTable:
         self.propagate_extension = propagate_extension
         self.max_depth = max_depth
         self.max_targets = max_targets
-        self.domains: set[str] = {d.lower().rstrip(".") for d in local_domains}
+        self.domains: set[str] = {canonical_domain(d) for d in local_domains}
         self.exact: dict[str, tuple[str, ...]] = {}
         self.catchall: dict[str, tuple[str, ...]] = {}
         #: Lines of a key listed again (the first entry counts, as in Postfix): (key, line).
         self.duplicates: list[tuple[str, int]] = []
         lines: dict[str, int] = {}  # key -> its line, for messages
         for entry in table:
-            key = entry.key
+            local, at, domain = entry.key.rpartition("@")
+            if not at:
+                if not _is_domain(entry.key):
+                    raise MapError(path, entry.line, f"{entry.key!r} is neither user@domain, @domain nor a domain"
+                                                     " (a bare user needs a domain here)")
+                key = canonical_domain(entry.key)
+            else:
+                key = mailbox_key(entry.key)  # "alice"@ and alice@ are one key
             if key in lines:
-                self.duplicates.append((key, entry.line))
+                self.duplicates.append((entry.key, entry.line))
                 continue
             lines[key] = entry.line
-            local, at, domain = key.rpartition("@")
             if not at:
-                if not _is_domain(key):
-                    raise MapError(path, entry.line,
-                                   f"{key!r} is neither user@domain, @domain nor a domain (a bare user needs a domain here)")
-                self.domains.add(key.rstrip("."))  # a virtual alias domain: the value does not matter
+                self.domains.add(key)  # a virtual alias domain: the value does not matter
                 continue
             targets = tuple(_checked_target(path, entry.line, t) for t in entry.values)
+            domain = canonical_domain(domain)
             if local:
-                _checked_target(path, entry.line, key)
+                _checked_target(path, entry.line, entry.key)
                 self.exact[key] = targets
             elif _is_domain(domain):
                 self.catchall[domain] = targets
             else:
-                raise MapError(path, entry.line, f"{key!r}: no domain after the @")
+                raise MapError(path, entry.line, f"{entry.key!r}: no domain after the @")
             self.domains.add(domain)
         #: Loops among exact entries, each as the keys around it (a -> b -> a): empty when there are none.
         self.loops = self._find_loops()
@@ -103,13 +112,13 @@ class AliasTable:
 
     def is_local(self, domain: str) -> bool:
         """Whether mail for ``domain`` is ours to expand (listed local, or named in the table)."""
-        return domain.lower().rstrip(".") in self.domains
+        return canonical_domain(domain) in self.domains
 
     def lookup(self, address: str, use_catchall: bool = True) -> tuple[str, tuple[str, ...]] | None:
         """The entry ``address`` matches, as (key, targets with any extension put back), or None.
         ``use_catchall=False``: exact entries only."""
         local, _, domain = address.rpartition("@")
-        domain = domain.lower()
+        local, domain = unquote_local(local), canonical_domain(domain)
         key = f"{local.lower()}@{domain}"
         targets = self.exact.get(key)
         if targets is not None:
@@ -141,9 +150,10 @@ class AliasTable:
             found = self.lookup(current, use_catchall)
             if found is None and not path:
                 return None  # no entry for the address itself
-            if found is None or (path and current.lower() == path[-1]):  # no entry, or its own mailbox
-                if current.lower() not in seen:
-                    seen.add(current.lower())
+            here = mailbox_key(current)
+            if found is None or (path and here == path[-1]):  # no entry, or its own mailbox
+                if here not in seen:
+                    seen.add(here)
                     final.append(current)
                     if len(final) > self.max_targets:
                         raise AliasError(f"{address} expands to more than {self.max_targets} addresses (max_targets)")
@@ -151,10 +161,9 @@ class AliasTable:
             if len(path) >= self.max_depth:
                 raise AliasError(f"{address} nests deeper than {self.max_depth} levels (max_depth): "
                                  + " -> ".join(path + (current,)))
-            here = current.lower()
             below = path + (here,)
             for target in found[1]:
-                folded = target.lower()
+                folded = mailbox_key(target)
                 if folded != here and folded in path:  # (equal to here: its own mailbox, final)
                     raise AliasError(f"alias loop: {' -> '.join(below + (folded,))}")
             for target in reversed(found[1]):  # (a loop: a generator costs more than it saves here)
@@ -179,7 +188,7 @@ class AliasTable:
                     state[path.pop()] = 2
                     iters.pop()
                     continue
-                key = target.lower()
+                key = mailbox_key(target)
                 if key == path[-1] or key not in self.exact:
                     continue
                 if state.get(key) == 1:
@@ -210,6 +219,9 @@ def _is_domain(text: str) -> bool:
 
 
 def _checked_target(path: str, line: int, target: str) -> str:
+    if target.startswith("#"):
+        raise MapError(path, line, f"{target!r} is not an address: a '#' after a value is not a comment"
+                                   " (only a line that starts with '#' is, as for postmap)")
     if "@" not in target:
         raise MapError(path, line, f"{target!r} has no domain")
     try:
@@ -220,5 +232,6 @@ def _checked_target(path: str, line: int, target: str) -> str:
 
 
 def _with_extension(target: str, extension: str) -> str:
+    # On the unquoted local part, quoted again if it needs it ("john smith"@ + "+x": "john smith+x"@).
     local, _, domain = target.rpartition("@")
-    return f"{local}{extension}@{domain}"
+    return f"{quote_local(unquote_local(local) + extension)}@{domain}"

@@ -10,6 +10,10 @@ own it::
 ``SenderLogins.owners(address)`` looks an address up as Postfix does: as
 it is, then without its extension (``alice+tag@`` as ``alice@``), then as
 ``@domain``. ``owns(login, address)`` compares logins case-insensitively.
+Addresses are compared as mailboxes (``mailbox_key``): ``"ceo"@``, ``c\\eo``
+in quotes and ``ceo@`` are one sender (RFC 5321 §4.1.2; Postfix unquotes
+before every lookup), and an internationalized domain is one domain in
+U-labels and A-labels.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from ._address import canonical_domain, mailbox_key, unquote_local
 from .aliases import split_extension
 from .maps import MapError, PostfixMap, read_map
 
@@ -36,7 +41,7 @@ class SenderLogins:
             local, at, domain = key.rpartition("@")
             if not at or not domain:
                 raise MapError(table.path, entry.line, f"{key!r}: want address@domain or @domain")
-            self.table[key] = frozenset(login.lower() for login in entry.values)
+            self.table.setdefault(mailbox_key(key), frozenset(login.lower() for login in entry.values))
 
     @classmethod
     def read(cls, path: str | os.PathLike[str], **settings: object) -> SenderLogins:
@@ -45,8 +50,8 @@ class SenderLogins:
 
     def owners(self, address: str) -> frozenset[str]:
         """The logins listed for ``address`` (lowercased; empty when none is)."""
-        local, _, domain = address.rpartition("@")
-        local, domain = local.lower(), domain.lower()
+        local, _, domain = str(address).rpartition("@")
+        local, domain = unquote_local(local).lower(), canonical_domain(domain)
         found = self.table.get(f"{local}@{domain}")
         if found is None:
             base, extension = split_extension(local, self.delimiters)
@@ -61,8 +66,8 @@ class SenderLogins:
         ``login_is_address``) the login is that very address."""
         login = login.lower()
         if self.login_is_address and "@" in login:
-            local, _, domain = address.lower().rpartition("@")
-            if login in (f"{local}@{domain}", f"{split_extension(local, self.delimiters)[0]}@{domain}"):
+            local, _, domain = mailbox_key(address).rpartition("@")
+            if mailbox_key(login) in (f"{local}@{domain}", f"{split_extension(local, self.delimiters)[0]}@{domain}"):
                 return True
         return login in self.owners(address)
 

@@ -116,6 +116,30 @@ def test_recursion_self_reference_and_duplicates(tmp_path):
     assert t.loops == []
 
 
+def test_a_quoted_local_part_is_the_same_mailbox(tmp_path):
+    # RFC 5321 §4.1.2: "alice"@ is alice@ (Postfix unquotes before every lookup).
+    t = table_of(tmp_path, "alice@example.test alice.smith@example.test\n"
+                           '"Bob"@example.test bob@example.net\n'
+                           "team@example.test alice@example.test, \"alice\"@example.test, bob@example.test\n")
+    assert t.expand('"alice"@example.test') == ["alice.smith@example.test"]
+    assert t.expand('"al\\ice"@example.test') == ["alice.smith@example.test"]
+    assert t.expand('"alice+x"@example.test') == ["alice.smith+x@example.test"]
+    assert t.expand("bob@example.test") == ["bob@example.net"]  # a key written quoted is the same key
+    assert t.expand("team@example.test") == ["alice.smith@example.test", "bob@example.net"]  # once each
+    assert t.lookup('"team"@example.test')[0] == "team@example.test"
+    # A loop through a quoted spelling is a loop.
+    t = table_of(tmp_path, 'a@example.test "b"@example.test\nb@example.test "a"@example.test\n')
+    assert t.loops == [["a@example.test", "b@example.test", "a@example.test"]]
+
+
+def test_an_internationalized_domain_is_one_domain_in_u_labels_and_a_labels(tmp_path):
+    t = table_of(tmp_path, "info@b\u00fccher.example alice@example.test\n", local_domains=["xn--caf-dma.example"])
+    assert t.is_local("xn--bcher-kva.example") and t.is_local("B\u00fccher.Example.")
+    assert t.is_local("caf\u00e9.example") and not t.is_local("cafe.example")
+    assert t.expand("info@xn--bcher-kva.example") == ["alice@example.test"]
+    assert t.expand("Info@B\u00dcCHER.example") == ["alice@example.test"]
+
+
 def test_loops_are_found_when_read_and_when_expanded(tmp_path):
     t = table_of(tmp_path, "a@example.test b@example.test\nb@example.test c@example.test, a@example.test\n"
                            "c@example.test c@example.test\n")
@@ -272,6 +296,18 @@ def test_a_non_ascii_srs_hash_is_refused_not_deferred(tmp_path):
         s = h.connect(helo="client.example")
         s.mail("", params={"SMTPUTF8": None})
         assert s.rcpt(forged) == (550, "5.1.1", f"<{forged}>: Recipient address rejected: invalid or expired SRS address")
+
+
+def test_the_policy_finds_a_quoted_recipient_and_leaves_its_own_mailbox_alone(tmp_path):
+    with harness(tmp_path, ALIASES) as h:
+        s = h.connect(helo="client.example")
+        s.mail("sender@example.com")
+        for rcpt in ('"alice"@example.test', '"team"@example.test', '"t\\eam"@example.test'):
+            assert s.rcpt(rcpt).code == 250, rcpt
+        assert s.rcpt('"nobody"@example.test')[:2] == (550, "5.1.1")
+        s.data("Subject: hi\r\n\r\nhello\r\n")
+        # alice's own mailbox, spelt as the table does: one recipient with her address from the team.
+        assert s.delivered[-1].recipients == ("alice@example.test", "bob@example.test", "carol@example.net")
 
 
 def test_an_expired_srs_address_is_refused(tmp_path):

@@ -88,6 +88,35 @@ def test_an_unauthenticated_client_may_not_use_local_or_owned_senders(tmp_path):
         assert mail(h, "").code == 250
 
 
+def test_a_quoted_local_part_is_the_same_sender(tmp_path):
+    # RFC 5321 §4.1.2: "ceo"@ and ceo@ are one mailbox; Postfix unquotes before the lookup.
+    (tmp_path / "senders").write_text('ceo@partner.example ceo\n"Boss"@partner.example boss\n')
+    t = SenderLogins.read(tmp_path / "senders", login_is_address=True)
+    for spelling in ('"ceo"@partner.example', '"c\\eo"@Partner.Example', '"CEO"@partner.example'):
+        assert t.owners(spelling) == {"ceo"}, spelling
+    assert t.owners("boss@partner.example") == {"boss"}  # a key written quoted is the same key
+    assert t.owns("alice@example.test", '"alice"@example.test') and t.owns('"alice"@example.test', "alice@example.test")
+    with harness(tmp_path) as h:
+        for spelling in ('"alice"@example.test', '"al\\ice"@example.test', '"sales"@example.test'):
+            assert mail(h, spelling) == (
+                553, "5.7.1", f"<{spelling}>: Sender address rejected: not logged in"), spelling
+            assert mail(h, spelling, "alice").code == 250, spelling
+        assert mail(h, '"x"@example.org')[:2] == (553, "5.7.1")  # carol's domain
+        assert mail(h, '"alice"@example.test', "bob")[:2] == (553, "5.7.1")
+
+
+def test_an_internationalized_domain_is_one_domain_in_u_labels_and_a_labels(tmp_path):
+    (tmp_path / "senders").write_text("ceo@b\u00fccher.example ceo\n")
+    t = SenderLogins.read(tmp_path / "senders")
+    assert t.owners("ceo@xn--bcher-kva.example") == {"ceo"} and t.owners("ceo@B\u00dcCHER.example") == {"ceo"}
+    for listed, used in (("b\u00fccher.example", "boss@xn--bcher-kva.example"),
+                         ("xn--bcher-kva.example", "boss@b\u00fccher.example"),
+                         ("XN--BCHER-KVA.example", "boss@b\u00fccher.example")):
+        with harness(tmp_path, senders={"local_domains": [listed]}) as h:
+            s = h.connect(client_ip="192.0.2.1", helo="client.example")
+            assert s.mail(used, params={"SMTPUTF8": None})[:2] == (553, "5.7.1"), (listed, used)
+
+
 def test_trusted_networks_need_no_login(tmp_path):
     with harness(tmp_path, relay={"trusted_networks": ["10.0.0.0/8", "2001:db8::/32"]}) as h:
         assert mail(h, "alice@example.test", client_ip="10.1.2.3").code == 250
