@@ -9,10 +9,12 @@ virtual(5)'s:
   value is ignored, as Postfix ignores it).
 - An address is looked up as it is, then, when its local part has the
   recipient delimiter, without its extension (``alice+tag@`` as ``alice@``),
-  then as its domain's catch-all. An extension matched away is put back on
-  every target (``alice+tag@`` -> ``alice.smith+tag@``), as Postfix's
-  ``propagate_unmatched_extensions`` does by default; ``propagate_extension
-  = False`` turns that off.
+  then as its domain's catch-all. An extension matched away by the
+  extension-less entry is put back on every target (``alice+tag@`` ->
+  ``alice.smith+tag@``), as Postfix's ``propagate_unmatched_extensions``
+  does by default; ``propagate_extension = False`` turns that off. A
+  catch-all's targets get no extension (``x+tag@`` -> ``catchall@``), as in
+  Postfix, where only a ``user@domain`` match hands the extension back.
 - Targets are expanded again, recursively. A target equal to the address
   being expanded is that address's own mailbox: delivered, not expanded.
   Each final address is delivered once.
@@ -127,14 +129,14 @@ class AliasTable:
         if extension:
             key = f"{base.lower()}@{domain}"
             targets = self.exact.get(key)
-        if targets is None:
-            key = "@" + domain
-            targets = self.catchall.get(domain) if use_catchall else None
-            if targets is None:
-                return None
-        if extension and self.propagate_extension:
-            targets = tuple(_with_extension(t, extension) for t in targets)
-        return key, targets
+            if targets is not None:
+                if self.propagate_extension:
+                    targets = tuple(_with_extension(t, extension) for t in targets)
+                return key, targets
+        # The catch-all's targets as they are: Postfix (mail_addr_find) hands the extension back
+        # only when user@domain matched, not @domain.
+        targets = self.catchall.get(domain) if use_catchall else None
+        return None if targets is None else ("@" + domain, targets)
 
     def expand(self, address: str, use_catchall: bool = True) -> list[str] | None:
         """The final addresses mail for ``address`` goes to, each once, in

@@ -86,7 +86,9 @@ def test_an_exact_entry_beats_the_catchall_and_the_extension_is_tried_before_it(
     t = table_of(tmp_path, "alice@example.test alice@example.test\n@example.test catchall@example.test\n")
     assert t.expand("alice@example.test") == ["alice@example.test"]
     assert t.expand("alice+news@example.test") == ["alice+news@example.test"]  # alice@, tag put back
-    assert t.expand("bob+news@example.test") == ["catchall+news@example.test"]
+    # A catch-all's targets get no extension: Postfix hands it back for a user@domain match only.
+    assert t.expand("bob+news@example.test") == ["catchall@example.test"]
+    assert t.expand("alice+news@example.test") == ["alice+news@example.test"]
     assert t.expand("catchall@example.test") == ["catchall@example.test"]  # the catch-all's own mailbox
 
 
@@ -99,6 +101,12 @@ def test_the_delimiter_and_extension_propagation_are_settings(tmp_path):
     assert table_of(tmp_path, text, recipient_delimiter="").expand("alice+x@example.test") is None
     assert table_of(tmp_path, text, recipient_delimiter="-+").expand("alice-x@example.test") == [
         "alice.smith-x@example.test", "alice-x@example.net"]
+    # Through a catch-all, the extension is dropped; matched by the base further down, it comes back.
+    t = table_of(tmp_path, "@example.net bob@elsewhere.example\ncarol@example.net carol@elsewhere.example\n"
+                           "@example.org carol@example.net\n", local_domains=["example.net", "example.org"])
+    assert t.expand("x+y@example.net") == ["bob@elsewhere.example"]
+    assert t.expand("carol+y@example.net") == ["carol+y@elsewhere.example"]
+    assert t.expand("x+y@example.org") == ["carol@elsewhere.example"]
     # An exact entry with the extension wins over the base.
     t = table_of(tmp_path, text + "alice+x@example.test other@example.test\n")
     assert t.expand("alice+x@example.test") == ["other@example.test"]
