@@ -620,7 +620,7 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
     default: co_return reply{501, "5.1.3", "Bad recipient address syntax"};
   }
   if (!parsed.value->params.empty())
-    co_return reply{555, "5.5.4", "Unsupported parameter " + parsed.value->params.front().keyword};
+    co_return smtp::unsupported_parameter(parsed.value->params.front().keyword);
   if (relay_.lost()) co_return upstream_lost();
   const auto& gen = *gen_;
   // Not an open relay: decided here, before the policy or the upstream hear of it.

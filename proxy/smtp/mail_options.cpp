@@ -46,10 +46,17 @@ std::variant<mail_options, reply> parse_mail_params(const std::vector<esmtp_para
       // authenticated through XCLIENT.
       if (!p.has_value) return bad("AUTH needs a value");
     } else {
-      return reply{555, "5.5.4", "Unsupported parameter " + p.keyword};
+      return unsupported_parameter(p.keyword);
     }
   }
   return options;
+}
+
+reply unsupported_parameter(std::string_view keyword) {
+  // The keyword is the client's, of any length: cut, so the line stays within 512 octets (RFC 5321 §4.5.3.1.5).
+  constexpr std::size_t shown = 64;
+  return reply{555, "5.5.4",
+               "Unsupported parameter " + std::string(keyword.substr(0, shown)) + (keyword.size() > shown ? "..." : "")};
 }
 
 }  // namespace portcullis::smtp

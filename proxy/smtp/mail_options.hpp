@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -29,5 +30,8 @@ struct mail_param_rules {
 // The options, or the reply that refuses the parameters.
 std::variant<mail_options, reply> parse_mail_params(const std::vector<esmtp_param>& params,
                                                     const mail_param_rules& rules);
+
+// 555 for a MAIL or RCPT parameter we do not take, naming it (cut to 64 characters).
+reply unsupported_parameter(std::string_view keyword);
 
 }  // namespace portcullis::smtp

@@ -34,6 +34,9 @@ CASES = [
     ("rcpt-space", [EHLO, MAIL], "RCPT TO:<b c@example.test>", 501, "5.1.3"),
     ("mail-unknown-param", [EHLO], "MAIL FROM:<a@example.test> FOO=BAR", 555, "5.5.4"),
     ("rcpt-unknown-param", [EHLO, MAIL], "RCPT TO:<b@example.test> NOTIFY=NEVER", 555, "5.5.4"),
+    # The keyword is named in the reply, cut: the line stays within 512 octets (RFC 5321 §4.5.3.1.5).
+    ("mail-long-unknown-param", [EHLO], "MAIL FROM:<a@example.test> " + "X" * 480 + "=1", 555, "5.5.4"),
+    ("rcpt-long-unknown-param", [EHLO, MAIL], "RCPT TO:<b@example.test> " + "X" * 480 + "=1", 555, "5.5.4"),
     ("mail-bad-body", [EHLO], "MAIL FROM:<a@example.test> BODY=BINARYMIME", 501, "5.5.4"),
     ("mail-bad-size", [EHLO], "MAIL FROM:<a@example.test> SIZE=12x", 501, "5.5.4"),
     ("mail-duplicate-param", [EHLO], "MAIL FROM:<a@example.test> SIZE=1 SIZE=2", 501, "5.5.4"),
@@ -68,6 +71,7 @@ def test_error_reply_and_session_continues(start_daemon, fake_upstream, setup, c
             c.exchange(line, want)
         r = c.exchange(command, code, status)
         assert r.text, "a reply needs human-readable text"
+        assert all(len(line) + 6 <= 512 for line in r.lines), r  # ("ddd " and CRLF around it)
         # The session is still alive and in a sane state.
         c.exchange("RSET", 250, "2.0.0")
         c.exchange("NOOP", 250, "2.0.0")

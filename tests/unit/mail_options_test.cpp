@@ -58,5 +58,16 @@ TEST(mail_options, table) {
   }
 }
 
+// The client's keyword is named in the 555, cut so the line stays within 512 octets (RFC 5321 §4.5.3.1.5).
+TEST(mail_options, an_unsupported_keyword_of_any_length_keeps_the_reply_within_512_octets) {
+  const std::string keyword(2000, 'X');
+  const auto got = parse_mail_params(params_of(keyword + "=1"), {1000000, true, false});
+  ASSERT_TRUE(std::holds_alternative<reply>(got));
+  const auto wire = std::get<reply>(got).wire();
+  EXPECT_LE(wire.size(), max_reply_line_octets);
+  EXPECT_EQ(wire, "555 5.5.4 Unsupported parameter " + std::string(64, 'X') + "...\r\n");
+  EXPECT_EQ(unsupported_parameter("RET").wire(), "555 5.5.4 Unsupported parameter RET\r\n");
+}
+
 }  // namespace
 }  // namespace portcullis::smtp
