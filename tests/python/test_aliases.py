@@ -207,6 +207,47 @@ def test_a_large_table_reads_fast_and_looks_up_in_constant_time(tmp_path):
     assert t.expand("user99999@example.test") == ["mailbox99999@example.test", "user99999@example.net"]
 
 
+def doc_blocks(name: str) -> dict[str, list[str]]:
+    """The plain ``` blocks (no language: table files) of docs/NAME, by the "## " section they are in."""
+    blocks: dict[str, list[str]] = {}
+    section, block, language = "", None, ""
+    for line in (Path(__file__).resolve().parents[2] / "docs" / name).read_text().splitlines(keepends=True):
+        if block is not None:
+            if line.startswith("```"):
+                if not language:
+                    blocks.setdefault(section, []).append("".join(block))
+                block = None
+            else:
+                block.append(line)
+        elif line.startswith("## "):
+            section = line[3:].strip()
+        elif line.startswith("```"):
+            block, language = [], line[3:].strip()
+    return blocks
+
+
+def test_the_alias_files_in_the_docs_load_and_do_what_they_say(tmp_path):
+    # The daemon refused to start on the example: its "# ..." after values were read as targets.
+    blocks = doc_blocks("aliases.md")
+    [example] = blocks["The alias file"]
+    t = table_of(tmp_path, example)
+    assert t.loops == [] and t.duplicates == []
+    assert t.expand("info@example.test") == ["alice@example.test", "bob@example.test", "carol@partner.example"]
+    assert t.expand("anyone@example.net") == ["alice@example.test"]
+    assert t.expand("old-name+x@example.test") == ["alice+x@example.test"]
+    assert t.is_local("example.org") and t.expand("x@example.org") is None
+    [worked] = blocks["Worked example: a domain that forwards"]
+    t = table_of(tmp_path, worked)
+    assert t.expand("team@example.test") == ["alice@example.test", "bob@example.test", "carol@partner.example"]
+    assert t.expand("alice+news@example.test") == ["alice+news@example.test"]
+    assert t.expand("dave@example.test") == ["dave@new-job.example"] and t.expand("zed@example.test") is None
+
+
+def test_a_hash_after_a_value_is_named_as_no_comment(tmp_path):
+    with pytest.raises(MapError, match="line 1: '#' is not an address: a '#' after a value is not a comment"):
+        table_of(tmp_path, "a@example.test b@example.test   # b's\n")
+
+
 # -- the policy
 
 

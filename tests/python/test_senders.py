@@ -35,6 +35,29 @@ def test_owners_by_address_extension_and_domain(tmp_path):
     assert not SenderLogins.read(tmp_path / "senders").owns("dave@example.net", "dave@example.net")  # the default
 
 
+def test_the_tables_in_the_docs_say_what_the_text_says(tmp_path):
+    # A "# ..." after a value is no comment: its words were read as logins ("every" owned example.org).
+    from test_aliases import doc_blocks
+    blocks = doc_blocks("senders.md")
+    [table] = blocks["The table"]
+    (tmp_path / "senders").write_text(table)
+    t = SenderLogins.read(tmp_path / "senders")
+    assert t.table == {"alice@example.test": {"alice"}, "sales@example.test": {"alice", "bob"},
+                       "@example.org": {"carol"}}
+    aliases, senders = blocks["Worked example: submission for example.test"]
+    (tmp_path / "senders").write_text(senders)
+    (tmp_path / "aliases").write_text(aliases)
+    config = {"senders": {"file": "senders", "owns_aliases": True},
+              "aliases": {"file": "aliases", "local_domains": ["example.test"]}}
+    (tmp_path / "portcullis.toml").write_text("")
+    with Harness([POLICY], config_path=tmp_path / "portcullis.toml", config=config) as h:
+        for login, sender, code in (("alice", "alice@example.test", 250), ("alice", "alice+news@example.test", 250),
+                                    ("alice", "team@example.test", 250), ("bob", "sales@example.test", 250),
+                                    ("bob", "alice@example.test", 553), ("bob", "bob@gmail.example", 553),
+                                    (None, "alice@example.test", 553), (None, "someone@elsewhere.example", 250)):
+            assert mail(h, sender, login).code == code, (login, sender)
+
+
 def test_a_key_without_a_domain_is_refused(tmp_path):
     (tmp_path / "senders").write_text("alice alice\n")
     with pytest.raises(MapError, match="line 1: 'alice': want address@domain"):
