@@ -17,7 +17,8 @@ virtual(5)'s:
   Postfix, where only a ``user@domain`` match hands the extension back.
 - Targets are expanded again, recursively. A target equal to the address
   being expanded is that address's own mailbox: delivered, not expanded.
-  Each final address is delivered once.
+  Each final address is delivered once, and each address expanded once
+  (a sub-group shared by several groups is looked up once, not once a path).
 - Bounds: a loop, nesting deeper than ``max_depth``, or more than
   ``max_targets`` final addresses raise ``AliasError`` (the mail should
   wait while the operator fixes the table, not bounce). Loops among exact
@@ -145,15 +146,23 @@ class AliasTable:
         exact entries only, at every level."""
         final: list[str] = []
         seen: set[str] = set()
+        # Each address is expanded once, as Postfix's cleanup does: groups that share sub-groups
+        # would otherwise cost a lookup per path (2 ** depth of them, nested pairwise). An address
+        # met again off its own path is done (depth first: all below it was expanded before
+        # anything else); one met on its path is a loop, found by its parent.
+        expanded: set[str] = set()
         # Depth first, in table order: (address, the keys on its path).
         stack: list[tuple[str, tuple[str, ...]]] = [(address, ())]
         while stack:
             current, path = stack.pop()
-            found = self.lookup(current, use_catchall)
+            here = mailbox_key(current)
+            own = bool(path) and here == path[-1]  # its own mailbox: final, not expanded
+            if not own and here in expanded:
+                continue
+            found = None if own else self.lookup(current, use_catchall)
             if found is None and not path:
                 return None  # no entry for the address itself
-            here = mailbox_key(current)
-            if found is None or (path and here == path[-1]):  # no entry, or its own mailbox
+            if found is None:  # no entry, or its own mailbox
                 if here not in seen:
                     seen.add(here)
                     final.append(current)
@@ -163,6 +172,7 @@ class AliasTable:
             if len(path) >= self.max_depth:
                 raise AliasError(f"{address} nests deeper than {self.max_depth} levels (max_depth): "
                                  + " -> ".join(path + (current,)))
+            expanded.add(here)
             below = path + (here,)
             for target in found[1]:
                 folded = mailbox_key(target)
