@@ -11,7 +11,9 @@ access rules in (postmap(1), virtual(5))::
 
 A logical line is a key, blanks, and a value; ``read_map`` splits the value
 into items at commas and blanks (``values``), as virtual(5) and
-smtpd_sender_login_maps read it. Keys are lowercased (as ``postmap`` does
+smtpd_sender_login_maps read it, but not inside double quotes: a quoted
+local part may hold both (``"john smith"@example.test``, as Postfix parses
+the value as an RFC 822 address list). Keys are lowercased (as ``postmap`` does
 without ``-f``); values keep their case. A key listed twice keeps its first
 entry, as Postfix does, and the later line is reported in ``duplicates``.
 """
@@ -24,7 +26,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["MapEntry", "MapError", "PostfixMap", "iter_map", "read_map"]
 
-_ITEM_SEPARATORS = re.compile(r"[,\s]+")
+# An item: runs of anything but blanks, commas and quotes, and quoted strings (a backslash
+# escapes the next character in them; one left open runs to the end: the address check says so).
+_ITEM = re.compile(r'(?:[^\s,"]+|"(?:[^"\\]|\\.)*(?:"|\\?\Z))+')
 
 
 class MapError(ValueError):
@@ -77,7 +81,7 @@ def iter_map(path: str | os.PathLike[str], *, lowercase_keys: bool = True):  # -
         for key, value, line in _logical_lines(name, _decoded_lines(name, f)):
             if lowercase_keys:
                 key = key.lower()
-            items = tuple(v for v in _ITEM_SEPARATORS.split(value) if v)
+            items = tuple(_ITEM.findall(value))
             if not items:  # only commas
                 raise MapError(name, line, f"{key!r} has no value")
             yield MapEntry(key, items, line)

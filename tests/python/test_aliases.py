@@ -49,6 +49,23 @@ def test_map_lines_comments_continuations_and_duplicates(tmp_path):
     assert [(d.key, d.line) for d in m.duplicates] == [("team@example.test", 8)]  # the first one wins
 
 
+def test_map_values_split_at_commas_and_blanks_but_not_in_quotes(tmp_path):
+    path = tmp_path / "map"
+    path.write_text('team@example.test  "john smith"@example.test, bob@example.test,"a, b"@example.net\n'
+                    '  "c\\"d"@example.net   "x y"z@example.net\n')
+    assert read_map(path).entries["team@example.test"].values == (
+        '"john smith"@example.test', "bob@example.test", '"a, b"@example.net', '"c\\"d"@example.net',
+        '"x y"z@example.net')
+
+
+def test_quoted_targets_load_and_get_the_extension_inside_the_quotes(tmp_path):
+    t = table_of(tmp_path, 'team@example.test  "john smith"@example.net, bob@example.net\n')
+    assert t.expand("team@example.test") == ['"john smith"@example.net', "bob@example.net"]
+    assert t.expand("team+x@example.test") == ['"john smith+x"@example.net', "bob+x@example.net"]
+    with pytest.raises(MapError, match="line 1: .*is not an address"):
+        table_of(tmp_path, 'team@example.test  "john smith@example.net, bob@example.net\n')  # left open
+
+
 @pytest.mark.parametrize("text,line,why", [
     ("lonely@example.test\n", 1, "has no value"),
     ("  starts@example.test with blanks\n", 1, "continuation"),
