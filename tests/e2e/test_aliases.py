@@ -156,3 +156,41 @@ def test_sighup_reads_the_file_again_and_a_broken_file_keeps_the_old_table(alias
     with d.connect() as c:  # the old table still answers
         c.exchange("MAIL FROM:<sender@origin.example>", 250)
         c.exchange("RCPT TO:<new@example.test>", 250)
+
+
+def test_long_quoted_and_literal_senders_are_forwarded_and_their_bounces_come_home(aliases_daemon,
+                                                                                  aiosmtpd_upstream):
+    d = aliases_daemon(ALIASES + "fwd@example.test  someone@example.org\n")
+    # Too long for SRS (over 64 octets of local part once rewritten): forwarded as it is, with a warning,
+    # where every RCPT got 451 until the sender's queue gave up.
+    long_sender = "newsletter-bounces-12345678@mail.marketing-example.com"
+    senders = (long_sender, '"john smith"@origin.example', "user@[192.0.2.1]")
+    for sender in senders:
+        with d.connect() as c:
+            assert c.transaction(sender, ["fwd@example.test"], MESSAGE).code == 250
+    envs = aiosmtpd_upstream.wait_messages(3)
+    assert envs[0]["mail_from"] == long_sender
+    d.wait_log(r"aliases: forwarding to <fwd@example\.test> with the sender <newsletter-bounces-12345678@"
+               r"mail\.marketing-example\.com> as it is, not SRS: .*64")
+    made = [env["mail_from"] for env in envs[1:]]
+    assert re.fullmatch(rf'"SRS0=[A-Za-z0-9+/]{{4}}=[A-Z2-7]{{2}}=origin\.example=john smith"@{re.escape(DOMAIN)}', made[0])
+    assert re.fullmatch(rf'"SRS0=[A-Za-z0-9+/]{{4}}=[A-Z2-7]{{2}}=\[192\.0\.2\.1\]=user"@{re.escape(DOMAIN)}', made[1])
+    for n, (srs_address, sender) in enumerate(zip(made, senders[1:]), 4):
+        with d.connect() as c:
+            assert c.transaction("", [srs_address], b"Subject: Undelivered Mail\r\n\r\nbounce").code == 250
+        assert aiosmtpd_upstream.wait_messages(n)[-1]["rcpt_tos"] == [sender]
+    assert "Traceback" not in d.log_text()
+
+
+def test_a_non_ascii_srs_hash_is_refused_and_a_quoted_recipient_found(aliases_daemon, aiosmtpd_upstream):
+    d = aliases_daemon()
+    forged = srs0("sender", "origin.example").split("=", 2)
+    forged = f"SRS0=\u00e9123={forged[2]}"
+    with d.connect() as c:
+        c.exchange("MAIL FROM:<> SMTPUTF8", 250)
+        c.exchange(f"RCPT TO:<{forged}>", 550, "5.1.1")  # was 451 and a TypeError in the log
+        c.exchange("RSET", 250)
+        c.exchange("MAIL FROM:<sender@origin.example>", 250)
+        c.exchange('RCPT TO:<"alice"@example.test>', 250)  # the same mailbox as alice@ (RFC 5321 §4.1.2)
+        c.exchange('RCPT TO:<"nobody"@example.test>', 550, "5.1.1")
+    assert "Traceback" not in d.log_text()

@@ -70,3 +70,19 @@ def test_clients_that_did_not_log_in_may_not_use_local_senders(senders_daemon, a
         553, b"5.7.1 <alice@example.test>: Sender address rejected: not logged in")
     assert send(d, "stranger@elsewhere.example", None) == {}  # inbound mail
     assert aiosmtpd_upstream.wait_messages(1)[0]["mail_from"] == "stranger@elsewhere.example"
+
+
+def test_a_quoted_spelling_of_a_local_sender_needs_a_login_too(senders_daemon, aiosmtpd_upstream):
+    # "alice"@ and "al\ice"@ are alice@ (RFC 5321 §4.1.2): they passed without a login.
+    d = senders_daemon
+    for sender in ('"alice"@example.test', '"al\\ice"@example.test'):
+        s = smtplib.SMTP_SSL("127.0.0.1", d.tls_port, local_hostname="client.test", timeout=10,
+                             context=client_context())
+        try:
+            s.ehlo()
+            assert s.docmd(f"MAIL FROM:<{sender}>") == (
+                553, f"5.7.1 <{sender}>: Sender address rejected: not logged in".encode())
+            s.login("alice", "alice-pw-1")
+            assert s.docmd(f"MAIL FROM:<{sender}>")[0] == 250  # hers once she logged in
+        finally:
+            s.close()
