@@ -11,15 +11,24 @@ Configure it in ``[attachments]`` (every key optional; the defaults are in
     archives = true                  # look at the names inside ZIP archives (and ZIPs in them)
     max_archive_size = 10485760      # bytes of archive looked into; bigger ones are passed unread
 
-Every part of the message is looked at: nested multiparts, attached
-messages (``message/rfc822``) and their parts. A part is blocked when its
-file name (``Content-Disposition`` ``filename``, else ``Content-Type``
-``name``; RFC 2231 encoded names decoded) ends in a blocked extension
-(``invoice.pdf.exe`` ends in ``exe``; case does not matter), when its
-Content-Type is blocked, or when it is a ZIP archive holding such a name.
-Only the archive's directory is read (no file is extracted), so it is
-cheap. An encrypted or broken archive is passed (and logged): refusing
+Every part of the message is looked at: the message itself when it is a
+single part that is not text (a bare ``application/zip`` or
+``application/x-msdownload`` body), nested multiparts, attached messages
+(``message/rfc822``) and their parts. A part is blocked when one of its
+file names (``Content-Disposition`` ``filename`` and ``Content-Type``
+``name``, both; RFC 2231 and RFC 2047 encoded names decoded) ends in a
+blocked extension (``invoice.pdf.exe`` ends in ``exe``; case does not
+matter), when its Content-Type is blocked, or when it is a ZIP archive
+holding such a name. Only the archive's directory is read (no file is
+extracted; a ZIP inside a ZIP is decompressed to read its own), so it is
+cheap. An encrypted or broken archive, or a broken member of one, is
+passed (and logged) and the other entries are still checked: refusing
 every unreadable ZIP is a choice for ``extra_extensions = ["zip"]``.
+
+A MIME structure Python's email package fails on (it raises on some
+malformed parameters) is read again with the lenient ``compat32`` policy
+and checked; one that cannot be read either way is refused with
+``550 5.7.1 Message refused: its MIME structure cannot be read``.
 
 A blocked message gets ``550 5.7.1 Message refused: attachment "NAME" is
 of a blocked type (.EXT)`` and a log line.
@@ -27,9 +36,14 @@ of a blocked type (.EXT)`` and a log line.
 
 from __future__ import annotations
 
+import email.errors
+import email.header
+import email.message
 import email.policy
+import email.utils
 import io
 import zipfile
+import zlib
 from email.parser import BytesParser
 
 import portcullis as pc
@@ -48,6 +62,14 @@ MIME_TYPES = (
 )
 _KEYS = ("extensions", "extra_extensions", "allowed_extensions", "mime_types", "archives", "max_archive_size")
 _ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
+try:
+    from lzma import LZMAError as _LZMAError
+except ImportError:  # a Python built without lzma: zipfile cannot read such members either
+    class _LZMAError(Exception):
+        pass
+#: What reading a damaged, encrypted or unsupported archive (or member) raises.
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, _LZMAError, NotImplementedError,
+                   RuntimeError, EOFError, ValueError, OSError)
 
 
 def _names(table: dict, key: str, default: tuple) -> set[str]:
@@ -92,27 +114,64 @@ def _in_archive(data: bytes, depth: int = 0) -> tuple[str, str] | None:
                     return info.filename, extension
                 if (depth < 1 and info.filename.lower().endswith(".zip") and not info.flag_bits & 0x1
                         and info.file_size <= SETTINGS["max_archive_size"]):
-                    found = _in_archive(archive.read(info), depth + 1)
+                    try:
+                        inner = archive.read(info)
+                    except _ARCHIVE_ERRORS as e:  # a corrupt member: the other entries still count
+                        pc.log.info("attachments: archive member %r could not be read (%s): passed", info.filename, e)
+                        continue
+                    found = _in_archive(inner, depth + 1)
                     if found:
                         return f"{info.filename}/{found[0]}", found[1]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError) as e:
+    except _ARCHIVE_ERRORS as e:
         pc.log.info("attachments: an archive could not be read (%s): passed", e)
     return None
 
 
+def _decoded(value) -> str:
+    """A file name parameter as text: RFC 2231 (a tuple from get_param) and RFC 2047 encodings decoded."""
+    if isinstance(value, tuple):
+        value = email.utils.collapse_rfc2231_value(value)
+    value = str(value or "").strip()
+    if "=?" in value:  # an encoded-word the parser left as it is (compat32 always, default when unquoted)
+        try:
+            value = str(email.header.make_header(email.header.decode_header(value)))
+        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+            pass
+    return value
+
+
+def _file_names(part) -> list[str]:
+    """The part's file names: Content-Disposition filename and Content-Type name (either may hide .exe)."""
+    names = []
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        readers = [part]
+        raw = next((value for key, value in part.raw_items() if key.lower() == header), None)
+        if raw is not None and part.policy is not email.policy.compat32:
+            lenient = email.message.Message()  # policy.default drops a parameter like name==?UTF-8?B?...?=
+            lenient[header] = raw
+            readers.append(lenient)
+        for reader in readers:
+            try:
+                name = _decoded(reader.get_param(param, header=header))
+            except Exception:  # a header too broken to decode
+                name = ""
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
 def _problem(part) -> tuple[str, str] | None:
     """(what to name, why) for a blocked part, or None."""
-    try:
-        name = part.get_filename() or ""
-    except Exception:  # a header too broken to decode
-        name = ""
+    names = _file_names(part)
+    for name in names:
+        extension = _blocked_name(name)
+        if extension:
+            return name, f".{extension}"
+    name = names[0] if names else ""
     content_type = part.get_content_type()
-    extension = _blocked_name(name) if name else None
-    if extension:
-        return name, f".{extension}"
     if content_type in SETTINGS["mime_types"]:
         return name or content_type, content_type
-    if SETTINGS["archives"] and (content_type in _ZIP_TYPES or name.lower().endswith(".zip")):
+    if SETTINGS["archives"] and (content_type in _ZIP_TYPES or any(n.lower().endswith(".zip") for n in names)):
         data = part.get_payload(decode=True) or b""
         if len(data) <= SETTINGS["max_archive_size"]:
             found = _in_archive(data)
@@ -121,20 +180,35 @@ def _problem(part) -> tuple[str, str] | None:
     return None
 
 
+def _first_problem(raw: bytes, policy) -> tuple[str, str] | None:
+    """(name, why) of the first blocked part of the message, parsed with ``policy``, or None."""
+    for part in BytesParser(policy=policy).parsebytes(raw).walk():
+        if not part.is_multipart():
+            problem = _problem(part)
+            if problem:
+                return problem
+    return None
+
+
 def on_data(tx, message):
     content_type = (message.get("Content-Type") or "").lower()
-    if not content_type.startswith(("multipart/", "message/")) and "name" not in content_type and \
+    if (not content_type or content_type.startswith("text/")) and "name" not in content_type and \
             "filename" not in (message.get("Content-Disposition") or "").lower():
         return None  # a single text part: nothing attached, nothing to parse
-    parsed = BytesParser(policy=email.policy.default).parsebytes(message.raw)
-    for part in parsed.walk():
-        if part.is_multipart():
-            continue
-        problem = _problem(part)
-        if problem:
-            name, why = problem
-            shown = "".join(c if " " <= c < "\x7f" and c != '"' else "?" for c in name)[:100]
-            pc.log.info("attachments: refused %r (%s)", name, why)
-            return pc.reject(f'Message refused: attachment "{shown}" is of a blocked type ({why})',
-                             code=550, status="5.7.1")
+    try:
+        problem = _first_problem(message.raw, email.policy.default)
+    except Exception as e:  # the email package fails on some malformed headers (an IndexError, ...)
+        pc.log.info("attachments: the MIME structure could not be parsed (%s: %s): read again leniently",
+                    type(e).__name__, e)
+        try:
+            problem = _first_problem(message.raw, email.policy.compat32)
+        except Exception as e:
+            pc.log.warning("attachments: refused, the MIME structure cannot be read (%s: %s)", type(e).__name__, e)
+            return pc.reject("Message refused: its MIME structure cannot be read", code=550, status="5.7.1")
+    if problem:
+        name, why = problem
+        shown = "".join(c if " " <= c < "\x7f" and c != '"' else "?" for c in name)[:100]
+        pc.log.info("attachments: refused %r (%s)", name, why)
+        return pc.reject(f'Message refused: attachment "{shown}" is of a blocked type ({why})',
+                         code=550, status="5.7.1")
     return None

@@ -3,6 +3,7 @@ nested multiparts, attached messages, ZIP archives (and ZIPs in them)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import zipfile
 from email.message import EmailMessage
@@ -103,3 +104,88 @@ def test_settings_change_the_lists():
 def test_bad_settings(table, why):
     with pytest.raises(PolicyLoadError, match=why):
         Harness([POLICY], config={"attachments": table})
+
+
+def b64(data: bytes) -> str:
+    return base64.encodebytes(data).decode().replace("\n", "\r\n")
+
+
+HEAD = "From: a@example.com\r\nTo: b@example.test\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+EXE = b64(b"MZ\x90\x00" * 50)
+
+
+def multipart(*parts: str) -> bytes:
+    body = "".join(f"--BB\r\n{part}" for part in parts)
+    return (HEAD + "Content-Type: multipart/mixed; boundary=BB\r\n\r\n--BB\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+            + body + "--BB--\r\n").encode()
+
+
+def test_a_single_part_message_is_checked_like_a_part(h):
+    # the message itself is the attachment: it used to go unparsed, as it has no multipart and no name
+    exe = HEAD + "Content-Type: application/x-msdownload\r\nContent-Transfer-Encoding: base64\r\n\r\n" + EXE
+    assert send(h, exe.encode())[:2] == (550, "5.7.1")
+    archive = (HEAD + "Content-Type: application/zip\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+               + b64(zipped({"invoice.exe": b"MZ"})))
+    r = send(h, archive.encode())
+    assert r[:2] == (550, "5.7.1") and 'attachment "archive/invoice.exe"' in r.text
+    for harmless in (HEAD + "\r\ntext\r\n", HEAD + "Content-Type: text/html; charset=utf-8\r\n\r\n<p>x</p>\r\n",
+                     HEAD + "Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64(b"%PDF")):
+        assert send(h, harmless.encode()).code == 250, harmless
+
+
+def corrupt_member_zip() -> bytes:
+    """A ZIP whose member nested.zip has a corrupt deflate stream, with invoice.exe after it."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("nested.zip", b"PK" + bytes(range(256)) * 8)
+        z.writestr("invoice.exe", b"MZ" * 100)
+    raw = bytearray(out.getvalue())
+    start = 30 + len("nested.zip")  # nested.zip's data, after its local header
+    for i in range(start, start + 8):
+        raw[i] ^= 0xFF
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("on_error", ["tempfail", "accept"])
+def test_a_corrupt_member_is_passed_and_the_rest_still_checked(on_error):
+    message = multipart('Content-Type: application/zip; name="docs.zip"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+                        + b64(corrupt_member_zip()))
+    with Harness([POLICY], on_error=on_error) as h:
+        r = send(h, message)
+        assert r[:2] == (550, "5.7.1") and 'attachment "docs.zip/invoice.exe"' in r.text, r
+        assert any("archive member 'nested.zip' could not be read" in line.message for line in h.logs)
+
+
+@pytest.mark.parametrize("on_error", ["tempfail", "accept"])
+def test_a_malformed_parameter_is_read_leniently(on_error):
+    # "name*0*" with nothing after it makes policy.default raise IndexError inside parsebytes()
+    bad = "Content-Type: text/plain; name*0*\r\n\r\nhi\r\n"
+    exe = f'Content-Type: application/octet-stream; name="invoice.exe"\r\nContent-Transfer-Encoding: base64\r\n\r\n{EXE}'
+    with Harness([POLICY], on_error=on_error) as h:
+        r = send(h, multipart(bad, exe))
+        assert r[:2] == (550, "5.7.1") and 'attachment "invoice.exe"' in r.text, r
+        assert send(h, multipart(bad)).code == 250
+        assert any("read again leniently" in line.message for line in h.logs)
+
+
+def test_a_mime_structure_no_parser_reads_is_refused(h):
+    class Failing:
+        def __init__(self, policy):
+            pass
+
+        def parsebytes(self, raw):
+            raise IndexError("string index out of range")
+
+    h.module("attachments.py").BytesParser = Failing
+    r = send(h, mail(("report.pdf", b"%PDF-1.4", "application/pdf")))
+    assert r[:2] == (550, "5.7.1") and "MIME structure cannot be read" in r.text
+
+
+@pytest.mark.parametrize("headers", [
+    'Content-Type: application/octet-stream; name="evil.exe"\r\nContent-Disposition: attachment; filename="evil.pdf"',
+    'Content-Type: application/octet-stream; name="evil.pdf"\r\nContent-Disposition: attachment; filename="evil.exe"',
+    "Content-Type: application/octet-stream; name==?UTF-8?B?ZXZpbC5leGU=?=",
+])
+def test_every_file_name_of_a_part_counts(h, headers):
+    r = send(h, multipart(f"{headers}\r\nContent-Transfer-Encoding: base64\r\n\r\n{EXE}"))
+    assert r[:2] == (550, "5.7.1") and 'attachment "evil.exe"' in r.text, r
