@@ -90,3 +90,85 @@ def test_flags_warn_and_negation_with_groups(tmp_path):
 def test_errors_say_which_line(tmp_path, rules, line, why):
     with pytest.raises(PolicyLoadError, match=f"line {line}: .*{why}"):
         harness(tmp_path, rules)
+
+
+@pytest.mark.parametrize("rules,why", [
+    ("/^Subject: (.*)SPAM/  REPLACE Subject: $2\n", r"\$2 is out of range: the regex has 1 group"),
+    ("/^Subject: (.*)SPAM/  REJECT ${3} and $(1)\n", r"\$\{3\} is out of range"),
+    ("/^Subject: (.*)SPAM/  REJECT $0\n", r"\$0 is out of range"),
+    ("/^Subject: (.*)SPAM/  REJECT $1x\n", r"\$1x is not a group number"),
+    ("/^Subject: (.*)SPAM/  REJECT ${1\n", r"an unclosed \$\{"),
+])
+def test_a_group_the_regex_does_not_have_is_refused_at_load(tmp_path, rules, why):
+    # Postfix refuses an out-of-range $number at load; it used to load and then fail every matching message
+    with pytest.raises(PolicyLoadError, match=f"line 1: {why}"):
+        harness(tmp_path, rules)
+
+
+def test_groups_dollars_and_an_unmatched_group(tmp_path):
+    rules = ("/^Subject: (a)?(.*)SPAM$/  REJECT [$1] [${2}] [$(2)] costs $$5\n"
+             "/^X-(1)(2)(3)(4)(5)(6)(7)(8)(9)(10)(11)(12):/ REJECT twelve $12 ${1}2\n")
+    with harness(tmp_path, rules) as h:
+        assert send(h, BASE + "Subject: hello SPAM\r\n")[0] == (550, "5.7.1", "[] [hello ] [hello ] costs $5")
+        assert send(h, BASE + "X-123456789101112: x\r\n")[0].text == "twelve 12 12"
+
+
+def test_postfix_table_syntax(tmp_path):
+    # tabs and runs of blanks between the fields, any delimiter, "! /x/", pcre_table(5) flags, POSIX classes
+    rules = ("/^Subject:.*tabbed/\tREJECT\t5.7.1\tTab separated\n"
+             "|^X-Path: a/b|   REJECT   bar delimited\n"
+             "%^X-Pct: a\\%b%  REJECT percent delimited, escaped inside\n"
+             "/^X-Dot: a.b$/s  REJECT s flag\n"
+             "/Anchored/A  REJECT anchored\n"
+             "/^X-Greedy: (a+)/U  REJECT ungreedy [$1]\n"
+             "/^X-Lazy: (a+?)/U  REJECT lazy under U [$1]\n"
+             "/^X-Ends: a$/EX  REJECT no effect flags\n"
+             "/^X-Class: [[:digit:]]+[[:space:]][^[:alpha:]]$/  REJECT posix classes\n"
+             "! /^(From|To|Date|Subject|X-.*):/ REJECT 5.7.0 Header not allowed\n")
+    with harness(tmp_path, rules) as h:
+        assert send(h, BASE + "Subject: tabbed\r\n")[0] == (550, "5.7.1", "Tab separated")
+        assert send(h, BASE + "X-Path: a/b\r\n")[0].text == "bar delimited"
+        assert send(h, BASE + "X-Pct: a%b\r\n")[0].text == "percent delimited, escaped inside"
+        assert send(h, BASE + "Reply-To: c@example.com\r\n")[0] == (550, "5.7.0", "Header not allowed")
+        assert send(h, BASE + "X-Dot: axb\r\n")[0].text == "s flag"
+        assert send(h, BASE + "X-Anchored: 1\r\n")[0].code == 250  # not at the start of the field
+        assert send(h, "Anchored: 1\r\n" + BASE)[0].text == "anchored"
+        assert send(h, BASE + "X-Greedy: aaa\r\n")[0].text == "ungreedy [a]"
+        assert send(h, BASE + "X-Lazy: aaa\r\n")[0].text == "lazy under U [aaa]"
+        assert send(h, BASE + "X-Ends: a\r\n")[0].text == "no effect flags"
+        assert send(h, BASE + "X-Class: 42 !\r\n")[0].text == "posix classes"
+        assert send(h, BASE + "X-Class: 42 z\r\n")[0].code == 250
+
+
+def test_if_endif_blocks_nest(tmp_path):
+    rules = ("if /^Subject:/\n"
+             "/viagra/  REJECT spam subject\n"
+             "IF !/urgent/\n"
+             "/money/  REJECT money without urgency\n"
+             "endif\n"
+             "/^Subject: (.*) now$/  REPLACE Subject: $1\n"
+             "ENDIF\n"
+             "/viagra/  WARN viagra elsewhere\n")
+    with harness(tmp_path, rules) as h:
+        assert send(h, BASE + "Subject: viagra\r\n")[0].text == "spam subject"
+        assert send(h, BASE + "Subject: money\r\n")[0].text == "money without urgency"
+        assert send(h, BASE + "Subject: urgent money\r\n")[0].code == 250
+        reply, delivered = send(h, BASE + "Subject: act now\r\nX-Note: viagra\r\n")
+        assert reply.code == 250 and b"\r\nSubject: act\r\n" in delivered.message
+        assert any("warning X-Note (header_checks line 8): viagra elsewhere" in l.message for l in h.logs)
+
+
+@pytest.mark.parametrize("rules,line,why", [
+    ("if /a/\n/b/ REJECT\n", 1, "an if without its endif"),
+    ("/b/ REJECT\nendif\n", 2, "an endif without its if"),
+    ("if /a/\n  /b/ REJECT\nendif\n", 1, "text after the if's regex"),
+    ("endif x\n", 1, "text after endif"),
+    ("/a/U$ REJECT\n", 1, r"unknown flag '\$'"),
+    ("/a+/Ux REJECT\n", 1, "U flag cannot be combined with x"),
+    ("/[[:alpah:]]/ REJECT\n", 1, r"\[:alpah:\] is not supported"),
+    ("!\n", 1, "no /regex/ after the !"),
+    ("|abc REJECT\n", 1, r"not closed \(no second '\|'\)"),
+])
+def test_block_and_flag_errors_say_which_line(tmp_path, rules, line, why):
+    with pytest.raises(PolicyLoadError, match=f"line {line}: .*{why}"):
+        harness(tmp_path, rules)
