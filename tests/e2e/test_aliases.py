@@ -173,7 +173,8 @@ def test_long_quoted_and_literal_senders_are_forwarded_and_their_bounces_come_ho
     d.wait_log(r"aliases: forwarding to <fwd@example\.test> with the sender <newsletter-bounces-12345678@"
                r"mail\.marketing-example\.com> as it is, not SRS: .*64")
     made = [env["mail_from"] for env in envs[1:]]
-    assert re.fullmatch(rf'"SRS0=[A-Za-z0-9+/]{{4}}=[A-Z2-7]{{2}}=origin\.example=john smith"@{re.escape(DOMAIN)}', made[0])
+    assert re.fullmatch(rf'"SRS0=[A-Za-z0-9+/]{{4}}=[A-Z2-7]{{2}}=origin\.example=john smith"@{re.escape(DOMAIN)}',
+                        made[0])
     assert re.fullmatch(rf'"SRS0=[A-Za-z0-9+/]{{4}}=[A-Z2-7]{{2}}=\[192\.0\.2\.1\]=user"@{re.escape(DOMAIN)}', made[1])
     for n, (srs_address, sender) in enumerate(zip(made, senders[1:]), 4):
         with d.connect() as c:

@@ -339,7 +339,8 @@ def test_forwarded_mail_gets_an_srs_sender_and_its_bounce_goes_home(tmp_path):
         # Forged, or wrong secret: refused.
         s.mail("")
         forged = SRS("guess", "fwd.example.test").forward("victim@example.com")
-        assert s.rcpt(forged) == (550, "5.1.1", f"<{forged}>: Recipient address rejected: invalid or expired SRS address")
+        assert s.rcpt(forged) == (550, "5.1.1",
+                                  f"<{forged}>: Recipient address rejected: invalid or expired SRS address")
 
 
 def test_a_sender_too_long_for_srs_is_forwarded_as_it_is_with_a_warning(tmp_path):
@@ -382,7 +383,8 @@ def test_a_non_ascii_srs_hash_is_refused_not_deferred(tmp_path):
     with harness(tmp_path, ALIASES, srs_secret=SECRET, srs_domain="fwd.example.test") as h:
         s = h.connect(helo="client.example")
         s.mail("", params={"SMTPUTF8": None})
-        assert s.rcpt(forged) == (550, "5.1.1", f"<{forged}>: Recipient address rejected: invalid or expired SRS address")
+        assert s.rcpt(forged) == (550, "5.1.1",
+                                  f"<{forged}>: Recipient address rejected: invalid or expired SRS address")
 
 
 def test_the_policy_finds_a_quoted_recipient_and_leaves_its_own_mailbox_alone(tmp_path):
