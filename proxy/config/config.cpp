@@ -795,6 +795,14 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     problems.push_back(at("server", "require_tls") + "needs a [tls] table with cert and key");
   if (cfg->server.require_auth && !cfg->auth.enabled)
     problems.push_back(at("server", "require_auth") + "needs an [auth] table");
+  // AUTH is offered on TLS connections only, unless allow_plaintext: with no
+  // [tls] it would never be, and require_auth would refuse every MAIL.
+  if (cfg->auth.enabled && !cfg->tls.enabled && !cfg->auth.allow_plaintext) {
+    const auto& loc = root.at("auth").location();
+    problems.push_back(loc.file_name() + ":" + std::to_string(loc.line()) +
+                       ": auth: AUTH is offered over TLS only: needs a [tls] table with cert and key, or "
+                       "allow_plaintext = true");
+  }
   // The seal's cv= is the arc= of our Authentication-Results (RFC 8617 §5.1.1).
   if (cfg->arc_seal.enabled && !(cfg->checks.arc && cfg->checks.authentication_results) &&
       root.at("arc_seal").contains("domain"))

@@ -346,12 +346,19 @@ def needs(tmp_path_factory):
     }
 
 
+# Tables a table needs beside it ([auth] is offered over TLS only, unless allow_plaintext).
+TABLES_NEEDED = {"auth": ["tls"]}
+
+
 def config_text(needs, settings: dict[str, dict[str, str]]) -> str:
     """A config: [server] hostname, each table's needs, then the settings (TOML text values)."""
     tables: dict[str, dict[str, str]] = {"server": dict(needs["server"])}
     for table, kv in settings.items():
         tables.setdefault(table, dict(needs.get(table, {})))
         tables[table].update(kv)
+        for other in TABLES_NEEDED.get(table, []):
+            if other in needs:
+                tables.setdefault(other, dict(needs[other]))
     return "".join(f"[{t}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) + "\n" for t, kv in tables.items())
 
 
@@ -407,6 +414,7 @@ NEEDS_ERRORS = {
     "listen_tls without [tls]": ({"server": {"listen_tls": '["127.0.0.1:2465"]'}}, "server.listen_tls"),
     "require_tls without [tls]": ({"server": {"require_tls": "true"}}, "server.require_tls"),
     "require_auth without [auth]": ({"server": {"require_auth": "true"}}, "server.require_auth"),
+    "auth without [tls] nor allow_plaintext": ({"auth": {"max_failures": "5"}}, "auth"),
     "nothing to listen on": ({"server": {"listen": "[]"}}, "server.listen"),
     "dmarc without spf and dkim": ({"checks": {"dmarc": "true"}}, "checks.dmarc"),
     "arc_seal without arc": ({"arc_seal": {"domain": '"example.test"', "selector": '"s1"', "key_file": '"k.pem"'}},

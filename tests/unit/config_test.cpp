@@ -587,6 +587,9 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[server]\nlisten_tls = [\"127.0.0.1:4650\"]\n", "2: server.listen_tls: needs a [tls] table with cert and key"},
       {"[server]\n\nrequire_tls = true\n", "3: server.require_tls: needs a [tls] table with cert and key"},
       {"[server]\nrequire_auth = true\n", "2: server.require_auth: needs an [auth] table"},
+      // AUTH is offered over TLS only: with no [tls] and no allow_plaintext, never.
+      {"[server]\nrequire_auth = true\n[auth]\n",
+       "3: auth: AUTH is offered over TLS only: needs a [tls] table with cert and key, or allow_plaintext = true"},
       {"[checks]\ndmarc = true\n", "2: checks.dmarc: needs spf = true and dkim = true (DMARC passes on an aligned SPF or DKIM pass)"},
       {"[checks]\nspf = true\ndmarc = true\n",
        "3: checks.dmarc: needs spf = true and dkim = true (DMARC passes on an aligned SPF or DKIM pass)"},
@@ -665,7 +668,7 @@ TEST_F(ConfigTest, ValuesThatPass) {
       "[upstream]\nurl = \"smtps://[2001:db8::25]:465\"\n",
       "[upstream]\nstarttls = \"never\"\nclient_info = \"xclient\"\n",
       "[upstream]\ntimeout = 86400\n[policy]\ntimeout = 86400\nthreads = 1024\non_error = \"tempfail\"\n",
-      "[auth]\nfailure_window = 86400\nmax_failures = 1000000\n",
+      "[auth]\nfailure_window = 86400\nmax_failures = 1000000\nallow_plaintext = true\n",
       "[dns]\ntimeout = 60\n",
       "[relay]\nlocal_domains = [\"example.test\", \"EXAMPLE.org\", \"localhost\"]\n",
       "[checks]\nspf = false\ndkim = false\ndmarc = false\nauthentication_results = false\n",
