@@ -15,6 +15,9 @@ namespace {
 
 constexpr std::chrono::seconds request_timeout{10};
 constexpr std::size_t max_request_header = 8192;
+// Scrapers at once: more are closed at once, so that idle connections
+// cannot take the worker's file descriptors from its SMTP clients.
+constexpr unsigned max_connections = 16;
 
 }  // namespace
 
@@ -43,7 +46,13 @@ awaitable<void> metrics_listener::accept_loop() {
       co_await pause.async_wait(asio::use_awaitable);
       continue;
     }
-    asio::co_spawn(socket.get_executor(), serve(std::move(socket)), asio::detached);
+    if (connections_->load() >= max_connections) {
+      spdlog::warn("metrics: {} connections open already; one more closed", max_connections);
+      continue;  // (closed with the socket)
+    }
+    ++*connections_;
+    asio::co_spawn(socket.get_executor(), serve(std::move(socket)),
+                   [connections = connections_](std::exception_ptr) { --*connections; });
   }
 }
 
@@ -54,7 +63,11 @@ awaitable<void> metrics_listener::serve(tcp::socket socket) {
   parser.header_limit(max_request_header);
   stream.expires_after(request_timeout);
   boost::system::error_code ec;
-  co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  // The header first: another method is answered 405 whatever its body.
+  co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  const auto method = ec ? http::verb::unknown : parser.get().method();
+  const bool head = method == http::verb::head, asked = method == http::verb::get || head;
+  if (!ec && asked) co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
   http::response<http::string_body> res;
   if (ec) {
     if (ec == http::error::end_of_stream || ec == beast::error::timeout) co_return;  // nothing asked
@@ -63,8 +76,7 @@ awaitable<void> metrics_listener::serve(tcp::socket socket) {
   } else {
     const auto& req = parser.get();
     res.version(req.version());
-    const bool head = req.method() == http::verb::head;
-    if (req.method() != http::verb::get && !head) {
+    if (!asked) {
       res.result(http::status::method_not_allowed);
       res.set(http::field::allow, "GET, HEAD");
       res.body() = "only GET\n";
@@ -74,12 +86,18 @@ awaitable<void> metrics_listener::serve(tcp::socket socket) {
       auto a = answer_(target);
       res.result(a.status);
       res.set(http::field::content_type, a.content_type);
-      if (!head) res.body() = std::move(a.body);
+      res.body() = std::move(a.body);
     }
   }
   res.set(http::field::server, "portcullis");
   res.keep_alive(false);
   res.prepare_payload();
+  if (head) {
+    // The length a GET would have (RFC 9110 §9.3.2), and no body.
+    const auto length = res.body().size();
+    res.body().clear();
+    res.set(http::field::content_length, std::to_string(length));
+  }
   co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
   stream.socket().shutdown(tcp::socket::shutdown_send, ec);
 }

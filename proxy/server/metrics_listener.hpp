@@ -5,6 +5,7 @@
 // more than one worker each listens with SO_REUSEPORT, as the SMTP ports do.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <string>
 
@@ -33,6 +34,8 @@ class metrics_listener {
 
   tcp::acceptor acceptor_;
   handler answer_;
+  // Connections being served; shared with their coroutines, which may end after this object.
+  std::shared_ptr<std::atomic<unsigned>> connections_ = std::make_shared<std::atomic<unsigned>>(0);
 };
 
 }  // namespace portcullis

@@ -12,6 +12,7 @@ import http.client
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -188,12 +189,44 @@ def test_healthz_and_what_else_the_listener_answers(policy_daemon, aiosmtpd_upst
     assert get(d.metrics_port, "/nothing")[0] == 404
     assert get(d.metrics_port, "/metrics", method="POST")[0] == 405
     assert get(d.metrics_port, "/metrics", method="HEAD") == (200, "")
+    # A POST with a body is 405 too (the method is looked at before the body is read).
+    conn = http.client.HTTPConnection("127.0.0.1", d.metrics_port, timeout=5)
+    conn.request("POST", "/metrics", body=b"x=1")
+    assert conn.getresponse().status == 405
+    conn.close()
+    # HEAD says the length GET's body has (RFC 9110 §9.3.2), and sends none.
+    conn = http.client.HTTPConnection("127.0.0.1", d.metrics_port, timeout=5)
+    conn.request("HEAD", "/healthz")
+    r = conn.getresponse()
+    assert r.status == 200 and r.read() == b""
+    conn.close()
+    assert int(r.getheader("Content-Length")) == len(get(d.metrics_port, "/healthz")[1].encode())
     # Not HTTP at all: refused, and the listener goes on serving.
     import socket
     with socket.create_connection(("127.0.0.1", d.metrics_port), timeout=5) as s:
         s.sendall(b"EHLO x\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400")
     assert get(d.metrics_port, "/healthz")[0] == 200
+
+
+def test_idle_metrics_connections_are_capped_and_smtp_goes_on(policy_daemon, aiosmtpd_upstream):
+    """Connections to the metrics port that say nothing: at most 16 are held, the rest closed at
+    once, so they cannot take the worker's file descriptors from SMTP; scrapes resume after."""
+    import socket
+    d = start(policy_daemon, aiosmtpd_upstream, 1)
+    idle = [socket.create_connection(("127.0.0.1", d.metrics_port), timeout=5) for _ in range(16)]
+    try:
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", d.metrics_port), timeout=5)
+        assert extra.recv(100) == b""  # closed at once, no request read
+        extra.close()
+        d.wait_log(r"warning metrics: 16 connections open already; one more closed$")
+        with d.connect() as c:
+            c.exchange("NOOP", 250)
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(lambda: get(d.metrics_port, "/healthz")[0] == 200, timeout=5, what="the metrics listener")
 
 
 def test_upstream_failures_are_counted(policy_daemon):
