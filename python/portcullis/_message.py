@@ -32,6 +32,8 @@ ENCODED_WORD_LIMIT = 75
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 #: RFC 5322 §3.6.8: a field name is ftext, printable US-ASCII but ":" (no space, no obs WSP before ":").
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")
+#: An </body> tag (any case, ASCII only: a search that keeps the text's length, unlike lower()).
+_BODY_END_TAG = re.compile(r"</body[ \t\r\n]*>", re.IGNORECASE | re.ASCII)
 #: Text that a reader would take for an encoded-word: encoded too when in a non-ASCII value.
 _LOOKS_ENCODED = re.compile(r"=\?.*\?=")
 
@@ -453,7 +455,24 @@ class Message:
             _core.check_message(raw[: len(raw) - (len(self._original) - self._body_start)])
         else:
             _core.check_message(raw)
+            if self._body_set:
+                self._check_part_headers(raw)
         return raw
+
+    def _check_part_headers(self, raw: bytes) -> None:
+        """A new body's MIME part headers hold no line over FOLD_HARD_LIMIT octets (RFC 5322
+        §2.1.1) that is not as received (``ValueError``). (The message's own fields: each
+        generated one is folded within the limit when it is made.)"""
+        if "multipart" not in (self.get("Content-Type") or "").lower():
+            return  # (no MIME parts: the email package is not even imported)
+        from . import _mime
+
+        body = self._body
+        assert body is not None
+        for line in _mime.long_header_lines(body, raw[: len(raw) - len(body)]):
+            if self._original.find(line, self._body_start) < 0:
+                raise ValueError(f"a header line of a MIME part of the new body has {len(line)} octets;"
+                                 f" lines are limited to {FOLD_HARD_LIMIT} (RFC 5322 §2.1.1)")
 
     def as_email(self) -> email.message.EmailMessage:
         """The message as a stdlib ``EmailMessage`` (a parsed copy: changing it changes nothing here)."""
@@ -537,8 +556,10 @@ class Message:
 
         def append(content_type: str, current: str) -> str:
             if content_type == "text/html":
-                at = current.lower().rfind("</body>")
-                return current + block if at < 0 else current[:at] + block + current[at:]
+                last = None
+                for last in _BODY_END_TAG.finditer(current):
+                    pass
+                return current + block if last is None else current[:last.start()] + block + current[last.start():]
             return current + ("" if not current or current.endswith("\n") else "\n") + text
 
         return self.edit_text(append)

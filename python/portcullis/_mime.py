@@ -6,11 +6,20 @@ bloat the message). So the body is split at its boundaries (RFC 2046 §5.1)
 with the offsets kept, only the text parts a caller changes are decoded and
 encoded again (their own transfer encoding kept, quoted-printable where 7bit
 can no longer hold the text), and the rest is copied as it came.
+
+A part encoded again never holds a line that a reader would take for a
+delimiter of a multipart it is in (RFC 2046 §5.1.1): text that decodes to
+``--boundary`` (say ``=2D=2Dboundary`` in quoted-printable) would otherwise end
+the part there and start one that the policies before the edit never saw.
+Its octets that are not valid in its charset (8-bit text labelled us-ascii)
+are kept as they came: only what the edit added is encoded.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import codecs
 import email.message
 import email.policy
 import email.utils
@@ -19,8 +28,32 @@ import re
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 
+from ._message import FOLD_HARD_LIMIT, fold
+
 _HEADER_END = re.compile(rb"\r\n\r\n")
 _PARSER = BytesHeaderParser(policy=email.policy.compat32)
+#: RFC 2045 §6.7 (5): an encoded line is at most 76 characters, its soft line break included.
+_QP_LINE = 76
+
+
+def _parse_header(header: bytes) -> email.message.Message:
+    return _PARSER.parsebytes(header if header else b"\r\n")
+
+
+def _keep_octets(error: UnicodeEncodeError, unencodable: str) -> tuple[str | bytes, int]:
+    """An encoding error handler: a lone surrogate from ``surrogateescape`` is the octet it
+    stands for (the original's, kept), any other character that the charset cannot hold
+    becomes ``unencodable`` (``"&#N;"`` formatted with its code point, or ``"?"``)."""
+    char = error.object[error.start]
+    if "\udc80" <= char <= "\udcff":
+        return bytes([ord(char) - 0xDC00]), error.start + 1
+    if "\ud800" <= char <= "\udfff":
+        return "?", error.start + 1
+    return unencodable.replace("N", str(ord(char))), error.start + 1
+
+
+codecs.register_error("portcullis.html-reference", lambda e: _keep_octets(e, "&#N;"))
+codecs.register_error("portcullis.question-mark", lambda e: _keep_octets(e, "?"))
 
 
 @dataclass
@@ -39,13 +72,23 @@ class TextPart:
     _start: int  # offsets of the part (header and body) in the message body
     _end: int
     _content_type_field: str  # its Content-Type value, to set another charset in
+    _delimiters: tuple[bytes, ...] = ()  # "--boundary" of each multipart the part is in
     _text: str | None = None
     changed: bool = False
 
     @property
     def text(self) -> str:
         if self._text is None:
-            decoded = _decode(self._body, self.encoding).decode(self.charset, "replace")
+            octets = _decode(self._body, self.encoding)
+            try:
+                # Octets not valid in the charset are kept as lone surrogates, to be written back as
+                # they came (8-bit text labelled us-ascii is common).
+                decoded = octets.decode(self.charset, "surrogateescape")
+                if any("\udc80" <= c <= "\udcff" for c in decoded) and \
+                        decoded.encode(self.charset, "surrogateescape") != octets:
+                    raise UnicodeError("not kept by surrogateescape")
+            except UnicodeError:  # (a charset that is not ASCII-compatible: utf-16 with an odd octet)
+                decoded = octets.decode(self.charset, "replace")
             self._text = decoded.replace("\r\n", "\n")  # Python's line ends; CRLF again when encoded
         return self._text
 
@@ -61,19 +104,39 @@ class TextPart:
         ends without its last CRLF (RFC 2046 §5.1.1: that one belongs to the delimiter)."""
         text = self.text.replace("\r\n", "\n").replace("\r", "\n")
         changes: dict[str, str] = {}
-        try:
-            data = text.encode(self.charset)
+        try:  # (the original's octets that its charset does not hold are lone surrogates: kept)
+            data = text.encode(self.charset, "surrogateescape")
         except UnicodeEncodeError:
-            data = text.encode("utf-8")
-            changes["Content-Type"] = _with_charset(self._content_type_field, "utf-8")
+            utf8 = text.encode("utf-8", "surrogateescape")
+            try:
+                utf8.decode("utf-8")  # the original's octets valid as UTF-8 too (or none not in its charset)
+            except UnicodeDecodeError:
+                # Octets valid in no charset we could say: they stay as they are, under the charset
+                # they came with, and what the edit added that this charset cannot hold is written
+                # as a character reference in HTML, "?" in plain text.
+                handler = "portcullis.html-reference" if self.content_type == "text/html" else "portcullis.question-mark"
+                data = text.encode(self.charset, handler)
+            else:
+                data = utf8
+                changes["Content-Type"] = _with_charset(self._content_type_field, "utf-8")
         encoding = self.encoding
         if encoding in ("7bit", "8bit", "binary") and (
-                (encoding == "7bit" and max(data, default=0) > 127) or any(len(l) > 998 for l in data.split(b"\n"))):
+                (encoding == "7bit" and max(data, default=0) > 127) or any(len(l) > 998 for l in data.split(b"\n"))
+                or _delimiter_line(data, self._delimiters)):
             encoding = changes["Content-Transfer-Encoding"] = "quoted-printable"
         body = _encode(data, encoding)
+        if _delimiter_line(body, self._delimiters):  # (quoted-printable and base64 never make one)
+            raise ValueError("the edited text would end its MIME part early: a line of it is a delimiter"
+                             " of a multipart it is in (RFC 2046 §5.1.1)")
         if not top and body.endswith(b"\r\n"):
             body = body[:-2]
         return changes, body
+
+
+def _delimiter_line(data: bytes, delimiters: tuple[bytes, ...]) -> bool:
+    """Whether a line of ``data`` begins with one of ``delimiters`` (``--boundary``: a reader
+    may take it for a delimiter, RFC 2046 §5.1.1, whatever follows on the line)."""
+    return any(data.startswith(d) or b"\n" + d in data for d in delimiters)
 
 
 def text_parts(body: bytes, top_header: bytes) -> list[TextPart]:
@@ -81,6 +144,34 @@ def text_parts(body: bytes, top_header: bytes) -> list[TextPart]:
     parts: list[TextPart] = []
     _walk(body, top_header, 0, len(body), parts, top=True)
     return parts
+
+
+def long_header_lines(body: bytes, top_header: bytes) -> list[bytes]:
+    """The lines of the header sections of the MIME parts in ``body`` (at any depth, not inside
+    attached messages) over FOLD_HARD_LIMIT octets (RFC 5322 §2.1.1)."""
+    found: list[bytes] = []
+
+    def walk(header: bytes, start: int, end: int) -> None:
+        fields = _parse_header(header)
+        if not (fields.get_content_type() or "").lower().startswith("multipart/"):
+            return
+        boundary = email.utils.collapse_rfc2231_value(fields.get_param("boundary") or "")
+        if not boundary:
+            return
+        for sub_start, sub_end in _sections(body, start, end, str(boundary).encode("latin-1", "replace")):
+            header_end = _part_header_end(body, sub_start, sub_end)
+            found.extend(line for line in body[sub_start:header_end].split(b"\r\n") if len(line) > FOLD_HARD_LIMIT)
+            walk(body[sub_start:header_end], header_end, sub_end)
+
+    walk(top_header, 0, len(body))
+    return found
+
+
+def _part_header_end(body: bytes, start: int, end: int) -> int:
+    if body.startswith(b"\r\n", start):
+        return start + 2  # no header fields: text/plain; charset=us-ascii
+    match = _HEADER_END.search(body, start, end)
+    return match.end() if match else end  # all header: no body
 
 
 def rebuilt(body: bytes, parts: list[TextPart]) -> tuple[bytes, dict[str, str]]:
@@ -104,21 +195,19 @@ def rebuilt(body: bytes, parts: list[TextPart]) -> tuple[bytes, dict[str, str]]:
     return b"".join(out), top_changes
 
 
-def _walk(body: bytes, header: bytes, start: int, end: int, parts: list[TextPart], top: bool = False) -> None:
-    fields = _PARSER.parsebytes(header) if header else _PARSER.parsebytes(b"\r\n")
+def _walk(body: bytes, header: bytes, start: int, end: int, parts: list[TextPart], top: bool = False,
+          delimiters: tuple[bytes, ...] = ()) -> None:
+    fields = _parse_header(header)
     ctype = (fields.get_content_type() or "text/plain").lower()
     if ctype.startswith("multipart/"):
         boundary = email.utils.collapse_rfc2231_value(fields.get_param("boundary") or "")
         if not boundary:
             return
-        for sub_start, sub_end in _sections(body, start, end, str(boundary).encode("latin-1", "replace")):
-            if body.startswith(b"\r\n", sub_start):
-                header_end = sub_start + 2  # no header fields: text/plain; charset=us-ascii
-            else:
-                match = _HEADER_END.search(body, sub_start, sub_end)
-                header_end = match.end() if match else sub_end  # all header: no body
-
-            _walk(body, body[sub_start:header_end], header_end, sub_end, parts)
+        boundary_octets = str(boundary).encode("latin-1", "replace")
+        inside = delimiters + (b"--" + boundary_octets,)
+        for sub_start, sub_end in _sections(body, start, end, boundary_octets):
+            header_end = _part_header_end(body, sub_start, sub_end)
+            _walk(body, body[sub_start:header_end], header_end, sub_end, parts, delimiters=inside)
         return
     disposition = str(fields.get("Content-Disposition") or "").split(";")[0].strip().lower()
     if ctype not in ("text/plain", "text/html") or disposition == "attachment":
@@ -133,7 +222,7 @@ def _walk(body: bytes, header: bytes, start: int, end: int, parts: list[TextPart
         return
     part_start = start if top else start - len(header)
     parts.append(TextPart(ctype, charset, encoding, b"" if top else header, body[start:end], part_start, end,
-                          str(fields.get("Content-Type") or "text/plain; charset=us-ascii")))
+                          str(fields.get("Content-Type") or "text/plain; charset=us-ascii"), delimiters))
 
 
 def _sections(body: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
@@ -172,28 +261,58 @@ def _encode(data: bytes, encoding: str) -> bytes:
         raw = base64.b64encode(data)
         return b"\r\n".join(raw[i:i + 76] for i in range(0, len(raw), 76)) + b"\r\n"
     if encoding == "quoted-printable":
-        data = quopri.encodestring(data.replace(b"\r\n", b"\n"))
+        data = _quoted_printable(data.replace(b"\r\n", b"\n"))
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+def _quoted_printable(data: bytes) -> bytes:
+    """``data`` (LF line ends) in quoted-printable, no encoded line starting with ``--``: its
+    first ``-`` is written ``=2D`` (RFC 2045 §6.7 (1) allows it), so that no line of the part
+    can be a multipart delimiter (RFC 2046 §5.1.1), whatever the text decodes to. Lines are at
+    most 76 characters (binascii's encoder makes a few of 78, before white space it encodes)."""
+    out: list[bytes] = []
+    for line in binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).split(b"\n"):
+        while True:
+            if line.startswith(b"--"):
+                line = b"=2D" + line[1:]
+            if len(line) <= _QP_LINE:
+                break
+            # Too long: a soft line break before the 76th character, not inside an =XX.
+            soft = line.endswith(b"=")
+            text = line[:-1] if soft else line
+            cut = _QP_LINE - 1
+            if text[cut - 1:cut] == b"=":
+                cut -= 1
+            elif text[cut - 2:cut - 1] == b"=":
+                cut -= 2
+            out.append(text[:cut] + b"=")
+            line = text[cut:] + (b"=" if soft else b"")
+        out.append(line)
+    return b"\n".join(out)
+
+
 def _with_field(header: bytes, name: bytes, value: bytes) -> bytes:
-    """The header section with field ``name`` set to ``value`` (replaced where it stands, else added)."""
+    """The header section with field ``name`` set to ``value`` (replaced where it stands, else
+    added), folded at white space (RFC 5322 §2.1.1: a line is at most 998 octets; ValueError
+    when a run without white space is longer)."""
     lines = [line for line in re.split(rb"(?<=\r\n)", header) if line]
+    this_field = re.compile(re.escape(name) + rb":", re.I)
+    field = fold(name, value)
     out, replaced, skipping = [], False, False
     for line in lines:
         if skipping and line[:1] in (b" ", b"\t"):
             continue
         skipping = False
-        if line.lower().startswith(name.lower() + b":"):
+        if this_field.match(line):
             if not replaced:
-                out.append(name + b": " + value + b"\r\n")
+                out.append(field)
                 replaced = True
             skipping = True
             continue
         out.append(line)
     if not replaced:
         blank = len(out) - 1 if out and out[-1] == b"\r\n" else len(out)
-        out.insert(blank, name + b": " + value + b"\r\n")
+        out.insert(blank, field)
     return b"".join(out)
 
 
@@ -202,4 +321,4 @@ def _with_charset(content_type: str, charset: str) -> str:
     holder = email.message.Message()
     holder["Content-Type"] = content_type
     holder.set_param("charset", charset)
-    return " ".join(str(holder["Content-Type"]).split())  # one line: generated fields fold themselves
+    return " ".join(str(holder["Content-Type"]).split())  # one line: _with_field folds it

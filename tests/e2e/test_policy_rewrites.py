@@ -7,6 +7,7 @@ and header and body edits that leave every untouched byte as it was."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -264,6 +265,81 @@ def test_a_stray_line_in_the_header_section_becomes_body(policy_daemon, aiosmtpd
     [env] = aiosmtpd_upstream.wait_messages(1)
     assert content_without_received(env["content"]) == (
         b"X-Added: 1\r\nSubject: x\r\n\r\nnot a header line\r\nX-Later: y\r\n\r\nbody\r\n")
+
+
+# -- the text of the message (edit_text, append_text) ------------------------------
+
+
+def _mime_parts(raw: bytes) -> list[str]:
+    import email
+    import email.policy
+
+    return [p.get_content_type() for p in email.message_from_bytes(raw, policy=email.policy.default).walk()]
+
+
+def test_a_footer_does_not_turn_text_into_a_part_the_attachment_policy_never_saw(policy_daemon, aiosmtpd_upstream):
+    """A quoted-printable text part whose text decodes to "--BB" and an executable's header: the
+    attachment policy (first) sees text; the footer (after it) must not re-encode that line as
+    a real delimiter (RFC 2046 §5.1.1), which would give the upstream an x-msdownload part."""
+    root = Path(__file__).resolve().parents[2]
+    d = policy_daemon(aiosmtpd_upstream.url, root / "policies" / "attachments.py", """
+        def on_data(tx, message):
+            message.append_text("-- scanned by Portcullis")
+    """, attachments={})
+    message = (b"From: a@example.test\r\nTo: bob@example.test\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
+               b'Content-Type: multipart/mixed; boundary="BB"\r\n\r\n'
+               b"--BB\r\nContent-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+               b"\r\nHello\r\n=2D=2DBB\r\nContent-Type: application/x-msdownload\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAA\r\n--BB--\r\n")
+    with d.connect() as c:
+        exact(send(c, "ann@example.test", ["bob@example.test"], message), 250, "2.0.0",
+              "Ok: queued as AIO00001 (aiosmtpd)")
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    got = content_without_received(env["content"])
+    assert _mime_parts(got) == _mime_parts(message) == ["multipart/mixed", "text/plain"]
+    assert [line for line in got.split(b"\r\n") if line.startswith(b"--BB")] == [b"--BB", b"--BB--"]
+    assert got.endswith(b"\r\n=2D-BB\r\nContent-Type: application/x-msdownload\r\n"
+                        b"Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAA\r\n"
+                        b"=2D- scanned by Portcullis\r\n--BB--\r\n")
+
+
+def test_footers_keep_the_text_they_are_added_to(policy_daemon, aiosmtpd_upstream):
+    """8-bit octets that are not in the part's charset (Latin-1 sent as us-ascii) stay as they came;
+    the HTML footer goes before </body> whatever lower() would make of the text before it; a
+    part's Content-Type given a charset stays within 998 octets a line (RFC 5322 §2.1.1)."""
+    d = policy_daemon(aiosmtpd_upstream.url, """
+        def on_data(tx, message):
+            message.append_text("-- footer", html="<p>FOOTER</p>")
+    """)
+    latin1 = (b"Subject: one\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n"
+              b"\r\nCaf\xe9 cr\xe8me br\xfbl\xe9e\r\n")
+    html = ("Subject: two\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\n<html><body>\u0130stanbul \u0130zmir</body></html>\r\n").encode()
+    with d.connect() as c:
+        for message in (latin1, html):
+            exact(send(c, "ann@example.test", ["bob@example.test"], message, " BODY=8BITMIME"), 250, "2.0.0",
+                  f"Ok: queued as AIO0000{1 if message is latin1 else 2} (aiosmtpd)")
+    first, second = (content_without_received(env["content"]) for env in aiosmtpd_upstream.wait_messages(2))
+    assert first == latin1 + b"-- footer\r\n"
+    assert second == html.replace(b"</body>", b"<p>FOOTER</p></body>")
+
+
+def test_a_part_content_type_given_a_charset_is_folded(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, """
+        def on_data(tx, message):
+            message.append_text("Gr\u00fc\u00dfe")
+    """)
+    params = b"".join(b';\r\n x-p%d="%s"' % (i, bytes([97 + i]) * 150) for i in range(8))
+    message = (b"Subject: hi\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"BB\"\r\n\r\n"
+               b"--BB\r\nContent-Type: text/plain; charset=us-ascii" + params + b"\r\n\r\nHello\r\n--BB--\r\n")
+    with d.connect() as c:
+        exact(send(c, "ann@example.test", ["bob@example.test"], message), 250, "2.0.0",
+              "Ok: queued as AIO00001 (aiosmtpd)")
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    got = env["content"]
+    assert max(len(line) for line in got.split(b"\r\n")) <= 998
+    assert b'charset="utf-8"' in got and all(b'x-p%d="%s"' % (i, bytes([97 + i]) * 150) in got for i in range(8))
+    assert got.endswith(b"\r\n\r\nHello\r\nGr=C3=BC=C3=9Fe\r\n--BB--\r\n")
 
 
 # -- what a stage's outcome does to its rewrites -----------------------------------
