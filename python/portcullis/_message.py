@@ -413,14 +413,25 @@ class Message:
             return self._original
         if self._on_top_only():  # fields added on top, and nothing else
             return self._prepended_bytes() + self._original
+        parts = self._head_parts()
+        parts.append(self._body_bytes())
+        return b"".join(parts)
+
+    def _head_parts(self) -> list[bytes]:
+        """The header section as written: each field's bytes, CRLF-ended, and the empty line
+        when the message has one or a body."""
         parts = []
         for f in self._fields:
             parts.append(f.raw if f.raw.endswith(CRLF) else f.raw + CRLF)
-        body = self.body
-        if self._blank_line or body:
+        if self._blank_line or self._body_bytes():
             parts.append(CRLF)
-        parts.append(body)
-        return b"".join(parts)
+        return parts
+
+    def _body_bytes(self) -> bytes | memoryview:
+        """The body, not copied from the message as received when nobody read or set it."""
+        if self._body is not None:
+            return self._body
+        return memoryview(self._original)[self._body_start :]
 
     def __bytes__(self) -> bytes:
         return self.raw
@@ -531,8 +542,8 @@ class Message:
         Returns how many parts changed."""
         from . import _mime
 
-        raw, body = self.raw, self.body
-        parts = _mime.text_parts(body, raw[: len(raw) - len(body)])
+        body = self.body
+        parts = _mime.text_parts(body, b"".join(self._head_parts()))  # (not raw: a copy of the body)
         changed = 0
         for part in parts:
             new = edit(part.content_type, part.text)
@@ -607,10 +618,22 @@ class Message:
         """Whether a hook changed the message (a header or the body)."""
         if self._changed and not self._parsed():
             return bool(self._prepended)
-        return self._changed and self.raw != self._original
+        return self._changed and not self._is_original()
+
+    def _is_original(self) -> bool:
+        """Whether ``raw`` would be the message as received (compared piece by piece: not joined
+        into a copy of the message, which the engine then asks for again)."""
+        original, at = self._original, 0
+        for part in self._head_parts():
+            if not original.startswith(part, at):
+                return False
+            at += len(part)
+        if self._body is None:
+            return at == self._body_start
+        return len(original) - at == len(self._body) and original.endswith(self._body)
 
     def __repr__(self) -> str:
-        return f"<Message {len(self._fields)} header fields, {len(self.body)} bytes of body>"
+        return f"<Message {len(self._fields)} header fields, {len(self._body_bytes())} bytes of body>"
 
 
 def _is_mime_field(name: str) -> bool:

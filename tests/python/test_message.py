@@ -416,3 +416,38 @@ def test_edit_text_survives_mangled_mime_and_changes_nothing_it_was_not_asked_to
         assert m.edit_text(lambda ctype, text: None) == 0 and m.raw == raw
         m.append_text("footer")  # must not raise, whatever the structure
         assert m.raw.startswith(base[: head_end - 2])  # the message's own header untouched
+
+
+# The whole message is copied into Python bytes only where it has to be.
+
+
+def test_changed_and_the_text_edits_do_not_build_the_message(monkeypatch):
+    builds = []
+    raw_property = pc.Message.raw
+    monkeypatch.setattr(pc.Message, "raw", property(lambda self: builds.append(1) or raw_property.fget(self)))
+    m = pc.Message(MESSAGE)
+    m.replace_header("To", "them@example.test")
+    assert m.changed and builds == []
+    m.append_text("footer")
+    assert builds == []
+    assert m._checked_raw().endswith(b"Bye\r\nfooter\r\n") and builds == [1]  # (the engine's one copy)
+
+
+def test_changed_is_whether_the_bytes_differ():
+    m = pc.Message(MESSAGE)
+    m.body = m.body
+    assert not m.changed
+    m.body = b"Hello\r\n"
+    assert m.changed
+    m.body = MESSAGE[MESSAGE.index(b"\r\n\r\n") + 4:]
+    assert not m.changed
+    m.remove_header("X-Latin1")
+    assert m.changed
+    short = pc.Message(b"Subject: no final crlf")
+    short.body = b""
+    assert short.changed  # (written back with the CRLF it lacked)
+    for raw in (b"", b"\r\n", b"\r\nbody\r\n", b"Subject: x\r\n", b"Subject: x\r\nnot a field\r\n"):
+        m = pc.Message(raw)
+        m.remove_header("Absent")
+        m.body = m.body
+        assert m.changed == (m.raw != raw), raw
