@@ -30,8 +30,10 @@ ENCODED_WORD_LIMIT = 75
 #: RFC 2047 §5 (3): in a phrase, Q-encoded text may hold only these as they are
 #: (the strictest of the three contexts, so one encoding fits every header).
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
-#: RFC 5322 §3.6.8: a field name is ftext, printable US-ASCII but ":" (no space, no obs WSP before ":").
-_FIELD_NAME = re.compile(rb"[!-9;-~]+")
+#: RFC 5322 §3.6.8: a field name is ftext, printable US-ASCII but ":"; §4.5 (obs-optional and the
+#: other obsolete fields): white space may stand between the name and the colon, and §4 says a reader
+#: MUST take that syntax. (Such a field is written back as it came: only its name is read without it.)
+_FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*")
 #: An </body> tag (any case, ASCII only: a search that keeps the text's length, unlike lower()).
 _BODY_END_TAG = re.compile(r"</body[ \t\r\n]*>", re.IGNORECASE | re.ASCII)
 #: Text that a reader would take for an encoded-word: encoded too when in a non-ASCII value.
@@ -52,7 +54,7 @@ class _Field:
     def parsed(cls, raw: bytes, colon: int) -> _Field:
         # RFC 5322 §2.2.3: unfolding removes each CRLF that precedes WSP.
         unfolded = raw[colon + 1 :].replace(CRLF, b"").strip(_WSP)
-        return cls(raw[:colon].decode("ascii"), unfolded.decode("utf-8", "surrogateescape"), raw)
+        return cls(raw[:colon].rstrip(_WSP).decode("ascii"), unfolded.decode("utf-8", "surrogateescape"), raw)
 
     @classmethod
     def generated(cls, name: str, value: str, utf8: bool) -> _Field:
@@ -226,7 +228,8 @@ def _head_is_whole(raw: bytes) -> bool:
 
 
 def _header_name_end(line: bytes) -> int:
-    """The index of the colon ending a well-formed field name in ``line``, or -1."""
+    """The index of the colon ending a well-formed field name in ``line`` (white space between
+    them allowed: RFC 5322 §4.5, obsolete syntax), or -1."""
     colon = line.find(b":")
     if colon <= 0:
         return -1
@@ -417,12 +420,13 @@ class Message:
         parts.append(self._body_bytes())
         return b"".join(parts)
 
-    def _head_parts(self) -> list[bytes]:
+    def _head_parts(self, fields_as: Callable[[_Field], bytes] = lambda f: f.raw) -> list[bytes]:
         """The header section as written: each field's bytes, CRLF-ended, and the empty line
         when the message has one or a body."""
         parts = []
         for f in self._fields:
-            parts.append(f.raw if f.raw.endswith(CRLF) else f.raw + CRLF)
+            field = fields_as(f)
+            parts.append(field if field.endswith(CRLF) else field + CRLF)
         if self._blank_line or self._body_bytes():
             parts.append(CRLF)
         return parts
@@ -491,7 +495,14 @@ class Message:
         import email.parser
         import email.policy
 
-        parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(self.raw)
+        raw = self.raw
+        if any(f.raw[len(f.name) : len(f.name) + 1] != b":" for f in self._fields):
+            # A field in obsolete syntax (``Name :``, RFC 5322 §4.5), which the stdlib parser
+            # takes for the start of the body: given to it without the white space.
+            parts = self._head_parts(lambda f: f.name.encode("ascii") + f.raw[len(f.name) :].lstrip(_WSP))
+            parts.append(self._body_bytes())
+            raw = b"".join(parts)
+        parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw)
         assert isinstance(parsed, email.message.EmailMessage)
         return parsed
 

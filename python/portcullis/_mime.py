@@ -32,12 +32,17 @@ from ._message import FOLD_HARD_LIMIT, fold
 
 _HEADER_END = re.compile(rb"\r\n\r\n")
 _PARSER = BytesHeaderParser(policy=email.policy.compat32)
+#: RFC 5322 §4.5 (obs-optional and the other obsolete fields): white space between a field name and its
+#: colon, read as §4 asks.
+_OBS_COLON = re.compile(rb"(?m)^([!-9;-~]+)[ \t]+:")
 #: RFC 2045 §6.7 (5): an encoded line is at most 76 characters, its soft line break included.
 _QP_LINE = 76
 
 
 def _parse_header(header: bytes) -> email.message.Message:
-    return _PARSER.parsebytes(header if header else b"\r\n")
+    """A header section parsed (the stdlib parser does not take a field in obsolete syntax,
+    ``Name :``: it reads it without the white space, the bytes staying as they are)."""
+    return _PARSER.parsebytes(_OBS_COLON.sub(rb"\1:", header) if header else b"\r\n")
 
 
 def _keep_octets(error: UnicodeEncodeError, unencodable: str) -> tuple[str | bytes, int]:
@@ -296,7 +301,7 @@ def _with_field(header: bytes, name: bytes, value: bytes) -> bytes:
     added), folded at white space (RFC 5322 §2.1.1: a line is at most 998 octets; ValueError
     when a run without white space is longer)."""
     lines = [line for line in re.split(rb"(?<=\r\n)", header) if line]
-    this_field = re.compile(re.escape(name) + rb":", re.I)
+    this_field = re.compile(re.escape(name) + rb"[ \t]*:", re.I)  # (obsolete syntax too: WSP before the colon)
     field = fold(name, value)
     out, replaced, skipping = [], False, False
     for line in lines:

@@ -418,6 +418,45 @@ def test_edit_text_survives_mangled_mime_and_changes_nothing_it_was_not_asked_to
         assert m.raw.startswith(base[: head_end - 2])  # the message's own header untouched
 
 
+# RFC 5322 §4.5 obsolete syntax: white space between a field name and its colon. §4: a reader MUST take it.
+OBSOLETE = (b"From: a@b.test\r\nSubject : hello\r\nTo\t: c@d.test\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: text/html\r\n\r\n<b>hi</b>\r\n")
+
+
+def test_a_field_in_obsolete_syntax_is_a_field_written_back_as_it_came():
+    m = pc.Message(OBSOLETE)
+    assert m.headers == [("From", "a@b.test"), ("Subject", "hello"), ("To", "c@d.test"), ("MIME-Version", "1.0"),
+                         ("Content-Type", "text/html")]
+    assert m.get("subject") == "hello" and m.body == b"<b>hi</b>\r\n"
+    m.replace_header("X-Tag", "1")
+    assert m.raw == b"X-Tag: 1\r\n" + OBSOLETE  # no empty line put in: To and the rest stay header
+    m.replace_header("Subject", "new")
+    assert m.remove_header("to") == 1
+    assert m.raw == (b"X-Tag: 1\r\nFrom: a@b.test\r\nSubject: new\r\nMIME-Version: 1.0\r\n"
+                     b"Content-Type: text/html\r\n\r\n<b>hi</b>\r\n")
+    # Fields added on top of an unread message: what a parse gives.
+    lazy = pc.Message._lazy(lambda: OBSOLETE)
+    lazy.add_header("X-Tag", "1")
+    assert lazy.raw == b"X-Tag: 1\r\n" + OBSOLETE
+    # The stdlib parser reads it too (given the name and colon together).
+    parsed = pc.Message(OBSOLETE).as_email()
+    assert parsed["Subject"] == "hello" and parsed["To"] == "c@d.test" and parsed.get_content_type() == "text/html"
+    # Not a field still: no name, or a name with white space inside it.
+    for stray in (b": x", b"Bad Name : x", b"N\xc3\xa9 : x"):
+        m = pc.Message(b"Subject: x\r\n" + stray + b"\r\nTo: y\r\n\r\nbody\r\n")
+        assert m.headers == [("Subject", "x")]
+
+
+def test_a_mime_field_in_obsolete_syntax_is_read_by_the_text_edits():
+    raw = (b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type : multipart/mixed; boundary=BB\r\n\r\n"
+           b"--BB\r\nContent-Type : text/plain; charset=us-ascii\r\n\r\nHello\r\n--BB--\r\n")
+    m = pc.Message(raw)
+    assert m.append_text("Gr\u00fc\u00dfe") == 1
+    # The part's own Content-Type is replaced where it stands, not added a second time.
+    assert m.body == (b"--BB\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+                      b"Content-Transfer-Encoding: quoted-printable\r\n\r\nHello\r\nGr=C3=BC=C3=9Fe\r\n--BB--\r\n")
+
+
 # The whole message is copied into Python bytes only where it has to be.
 
 
