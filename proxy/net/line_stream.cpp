@@ -182,6 +182,17 @@ awaitable<void> line_stream::close_after_drain(duration drain_limit) {
     close(false);
     co_return;
   }
+  if (tls_) {
+    // close_notify first (RFC 8446 §6.1: a TLS peer tells a close from a
+    // cut by it), then the peer's own, or whatever it still sends, read and
+    // dropped by the shutdown, within the drain limit.
+    boost::system::error_code ec;
+    arm(std::chrono::steady_clock::now() + drain_limit);
+    co_await tls_->async_shutdown(asio::redirect_error(asio::use_awaitable, ec));
+    disarm();
+    close();
+    co_return;
+  }
   if (seen == waiting::data) {
     boost::system::error_code ec;
     socket_.shutdown(tcp::socket::shutdown_send, ec);

@@ -126,6 +126,7 @@ class line_stream {
   // unread makes the kernel send RST, and a peer that gets RST may drop what
   // it had not read yet (our last reply): with input left, we send FIN and
   // discard what still comes, until the peer closes or `drain_limit` passes.
+  // Over TLS, close_notify goes first and the peer's is awaited as long.
   awaitable<void> close_after_drain(duration drain_limit);
   tcp::socket& socket() { return socket_; }
 

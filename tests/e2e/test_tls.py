@@ -96,6 +96,24 @@ def test_smtplib_implicit_tls(tls_daemon, aiosmtpd_upstream):
     d.wait_log(r"connect from \[127\.0\.0\.1\]:\d+ \(implicit TLS\)$")
 
 
+@pytest.mark.parametrize("ending", ["QUIT", "idle timeout"])
+def test_the_daemon_ends_tls_with_close_notify(tls_daemon, ending):
+    """After 221 (QUIT) and after 421 (a timeout), the client reads a close_notify (RFC 8446 §6.1),
+    not a bare TCP close: it can tell our end from a cut connection."""
+    d = tls_daemon(server={"idle_timeout": 1})
+    ctx = client_context()
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # (a bare close raises, as OpenSSL 3 clients see it)
+    raw = socket.create_connection(("127.0.0.1", d.tls_port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="mx.test", suppress_ragged_eofs=False) as s:
+        s.sendall(b"EHLO client.test\r\n" + (b"QUIT\r\n" if ending == "QUIT" else b""))
+        got = b""
+        while chunk := s.recv(4096):  # b"": the close_notify; SSLEOFError: a bare close
+            got += chunk
+    assert got.endswith(b"221 2.0.0 mx.test Bye\r\n" if ending == "QUIT" else b"\r\n"), got[-100:]
+    if ending != "QUIT":
+        assert b"\r\n421 4.4.2 " in got, got[-200:]
+
+
 def test_tls12_with_intermediate_cipher(tls_daemon, aiosmtpd_upstream):
     d = tls_daemon()
     ctx = client_context(maximum=ssl.TLSVersion.TLSv1_2)
