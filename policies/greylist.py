@@ -17,8 +17,13 @@ Configure it in ``[greylist]`` (the defaults shown):
 
 Deferred recipients get ``451 4.7.1 Greylisted, try again in N seconds``
 (with ``skip_dkim_pass``, the whole message gets it at the end of DATA
-unless it carries a passing signature). The sender is compared lowercased
-without its ``+extension``; ``<>`` is a sender like any other.
+unless it carries a passing signature). The sender is the one the client
+gave at MAIL (not the SRS form a forwarding policy such as ``aliases.py``
+puts in ``tx.sender`` at an earlier RCPT), compared without its
+``+extension``. Sender and recipient are compared as mailboxes: lowercased,
+quotes undone (``"al\\ice"@x`` is ``alice@x``), the domain in A-labels
+(``bücher.example`` is ``xn--bcher-kva.example``); ``<>`` is a sender like
+any other.
 
 The triplets live in ``pc.store`` (``[store] url``): with Redis, every
 daemon sharing it knows what any of them has seen.
@@ -30,6 +35,7 @@ import hashlib
 import ipaddress
 
 import portcullis as pc
+from portcullis._address import mailbox_key
 from portcullis.settings import Settings, client_address, in_networks
 
 _DEFAULTS = {"delay": 300, "retry_window": 172800, "lifetime": 3024000, "ipv4_prefix": 24, "ipv6_prefix": 64,
@@ -64,12 +70,29 @@ def _exempt(tx) -> bool:
     return SETTINGS["skip_spf_pass"] and tx.spf is not None and tx.spf.result == "pass"
 
 
-def _key(tx, rcpt) -> str:
-    sender = str(tx.sender).lower()
-    local, at, domain = sender.rpartition("@")
+def _sender_key(sender) -> str:
+    """The sender as a triplet holds it: its mailbox key without its ``+extension`` (split
+    on the unquoted local part). A plain lower-case address is its own key, as it was
+    before keys were canonical: triplets stored then are still found."""
+    key = mailbox_key(sender)
+    local, at, domain = key.rpartition("@")
     if at and "+" in local:
-        sender = local.split("+", 1)[0] + "@" + domain
-    triplet = "\0".join((_client_network(tx.conn.client_ip), sender, str(rcpt).lower()))
+        key = local.split("+", 1)[0] + "@" + domain
+    return key
+
+
+def on_mail(tx, sender):
+    # The sender as the client gave it: a later policy may rewrite tx.sender (aliases.py puts
+    # its SRS form there at a forwarded RCPT), and the retry of this mail must find its triplets.
+    tx.data["greylist_sender"] = _sender_key(sender)
+    return None
+
+
+def _key(tx, rcpt) -> str:
+    sender = tx.data.get("greylist_sender")
+    if sender is None:  # on_mail did not run (an earlier policy decided MAIL): the first RCPT's sender
+        sender = tx.data["greylist_sender"] = _sender_key(tx.sender)
+    triplet = "\0".join((_client_network(tx.conn.client_ip), sender, mailbox_key(rcpt)))
     # Hashed: addresses may be longer than a store key, and the store needs no addresses in clear.
     return "greylist:" + hashlib.sha256(triplet.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 

@@ -9,16 +9,20 @@ Configure it in ``[ratelimit]`` (the defaults shown; a limit of 0 is off):
     recipients_per_client = 0      # accepted recipients per client address
     messages_per_login = 0         # per AUTH login
     recipients_per_login = 0
-    messages_per_sender = 0        # per envelope sender (lowercased; <> is not limited)
+    messages_per_sender = 0        # per envelope sender (as a mailbox; <> is not limited)
     recipients_per_sender = 0
     ipv6_prefix = 64               # IPv6 clients are counted by network
     networks = []                  # clients never limited (CIDR)
 
 Past a limit, MAIL (for messages) or RCPT (for recipients) gets ``450
 4.7.1 Rate limit reached for <what>; try again in N seconds``: the client
-keeps the mail and retries. Counting happens when the command is let
-through (a MAIL or RCPT refused here does not count; one refused later by
-another policy or the upstream does).
+keeps the mail and retries. The sender is the one the client gave at MAIL
+(not the SRS form a forwarding policy such as ``aliases.py`` puts in
+``tx.sender`` at an earlier RCPT), counted as a mailbox: lowercased, quotes
+undone (``"al\\ice"@x`` is ``alice@x``), the domain in A-labels, so that
+no other spelling of one address escapes its limit. Counting happens when
+the command is let through (a MAIL or RCPT refused here does not count; one
+refused later by another policy or the upstream does).
 
 The window slides: each limit keeps a counter for this window and the one
 before, and weighs the one before by how much of it still falls in the last
@@ -34,6 +38,7 @@ import hashlib
 import ipaddress
 
 import portcullis as pc
+from portcullis._address import mailbox_key, quote_local
 from portcullis.settings import Settings, client_address
 
 _LIMITS = ("messages_per_client", "recipients_per_client", "messages_per_login", "recipients_per_login",
@@ -69,6 +74,20 @@ _UNIT_LIMITS = {unit: tuple(SETTINGS[f"{unit}_per_{who}"] for who in ("client", 
                 for unit in ("messages", "recipients")}
 
 
+def _sender(tx) -> str:
+    """The sender the limits count (its mailbox key; "" for <>): the one on_mail recorded."""
+    sender = tx.data.get("ratelimit_sender")
+    if sender is None:  # on_mail did not run (an earlier policy decided MAIL)
+        sender = tx.data["ratelimit_sender"] = mailbox_key(tx.sender)
+    return sender
+
+
+def _shown(key: str) -> str:
+    """A mailbox key as an address again (its local part quoted if it needs it)."""
+    local, _, domain = key.rpartition("@")
+    return f"{quote_local(local)}@{domain}"
+
+
 def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
     """(store key part, what the reply names, limit) for each limit on ``unit`` that applies."""
     conn = tx.conn
@@ -81,9 +100,11 @@ def _subjects(tx, unit: str) -> list[tuple[str, str, int]]:
         out.append((f"client:{client}", f"client {client}", per_client))
     if per_login and conn.auth_user is not None:
         out.append((f"login:{conn.auth_user.lower()}", f"login {conn.auth_user}", per_login))
-    if per_sender and tx.sender:
-        sender = str(tx.sender).lower()
-        out.append((f"sender:{sender}", f"sender <{sender}>", per_sender))
+    if per_sender:
+        sender = _sender(tx)
+        if sender:  # <> is not limited
+            # A plain lower-case address is its own key, as before keys were canonical.
+            out.append((f"sender:{sender}", f"sender <{_shown(sender)}>", per_sender))
     return out
 
 
@@ -119,15 +140,23 @@ async def _check_and_count(tx, unit: str):
     return None
 
 
+def _record_sender(tx, sender) -> None:
+    # The sender as the client gave it: a later policy may rewrite tx.sender (aliases.py puts
+    # its SRS form there at a forwarded RCPT), and one sender must stay one counter.
+    tx.data["ratelimit_sender"] = mailbox_key(sender)
+
+
 if pc.store.in_memory():
     # The memory store answers at once: plain hooks, no trip to the event loop.
     def on_mail(tx, sender):
+        _record_sender(tx, sender)
         return pc.store.run_at_once(_check_and_count(tx, "messages"))
 
     def on_rcpt(tx, rcpt):
         return pc.store.run_at_once(_check_and_count(tx, "recipients"))
 else:
     async def on_mail(tx, sender):
+        _record_sender(tx, sender)
         return await _check_and_count(tx, "messages")
 
     async def on_rcpt(tx, rcpt):

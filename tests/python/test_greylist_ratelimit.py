@@ -4,12 +4,14 @@ tests/e2e/test_greylist_ratelimit.py."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from pathlib import Path
 
 import pytest
 
+import portcullis as pc
 from portcullis.testing import Harness, PolicyLoadError
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -87,6 +89,58 @@ def test_dkim_pass_decides_at_the_end_of_data():
         assert s.data("Subject: x\r\n\r\nbody\r\n").code == 250
 
 
+def test_every_spelling_of_a_mailbox_is_one_triplet():
+    with greylist() as h:
+        net = fresh_net()
+        _, r = attempt(h, net, '"alice"@example.com', "bob@bücher.example")
+        assert r[:2] == (451, "4.7.1")
+        NOW[0] += 1.1
+        # Quoted or not, escaped or not, +extension on the unquoted local part, U- or A-label domain.
+        _, r = attempt(h, net, '"al\\ice+news"@EXAMPLE.com', "Bob@xn--bcher-kva.example")
+        assert r.code == 250
+        _, r = attempt(h, net, "alice@example.com", '"bob"@BÜCHER.example')
+        assert r.code == 250
+
+
+def test_plain_addresses_keep_the_keys_stored_before_canonical_keys():
+    """An upgrade must not greylist every known triplet again: a plain address gives the key of the
+    earlier versions (the network, the lowercased sender without +extension and recipient, hashed)."""
+    with greylist() as h:
+        net = fresh_net()
+        network = net.rsplit(".", 1)[0] + ".0/24"
+        triplet = "\0".join((network, "a@example.com", "b@example.test"))
+        pc.store.set_sync("greylist:" + hashlib.sha256(triplet.encode()).hexdigest()[:32], "ok", ttl=3600)
+        _, r = attempt(h, net, "A+list@Example.COM", "B@example.test")
+        assert r.code == 250
+
+
+def forwarding(tmp_path, files: list[str], **tables) -> Harness:
+    """The policies ``files`` names, aliases.py among them (examples/forwarding has greylist.py
+    first): forwarded RCPTs get an SRS sender, one that changes every day."""
+    (tmp_path / "virtual").write_text("a@example.net a@elsewhere.example\nb@example.net b@elsewhere.example\n")
+    (tmp_path / "portcullis.toml").write_text("")
+    config = {"aliases": {"file": "virtual", "local_domains": ["example.net"], "srs_secret": "s3cret",
+                          "srs_domain": "srs.example.net"}, **tables}
+    return Harness([POLICIES / f for f in files], config_path=tmp_path / "portcullis.toml", config=config,
+                   clock=lambda: NOW[0])
+
+
+@pytest.mark.parametrize("files", [["greylist.py", "aliases.py"], ["aliases.py", "greylist.py"]])
+def test_the_srs_sender_of_a_forwarded_rcpt_is_not_the_triplets_sender(tmp_path, files):
+    with forwarding(tmp_path, files, greylist={"delay": 300}) as h:
+        net = fresh_net()
+        for n in range(3):  # the first attempt, a retry 6 minutes on, and the next day's mail
+            s = h.connect(client_ip=net, helo="mta.origin.example")
+            s.mail("eve@origin.example")
+            replies = [s.rcpt("a@example.net"), s.rcpt("b@example.net")]
+            expected = [451, 451] if n == 0 else [250, 250]
+            assert [r.code for r in replies] == expected, (n, replies)
+            if n == 1:
+                assert s.data("Subject: hi\r\n\r\nhello\r\n").code == 250
+                assert s.delivered[-1].sender.startswith("SRS0=")  # the forwarding did happen
+            NOW[0] += 360 if n == 0 else 86400
+
+
 @pytest.mark.parametrize("table,why", [({"delay": -1}, "delay"), ({"colour": 1}, "unknown key"),
                                        ({"networks": ["10.0.0.0/33"]}, "networks"), ({"skip_spf_pass": 1}, "true or false")])
 def test_greylist_settings_are_checked(table, why):
@@ -132,6 +186,31 @@ def test_recipients_per_login_and_per_sender():
         s.rset()
         s.mail("")  # <> has no sender limit
         assert s.rcpt("postmaster@example.net").code == 250
+
+
+def test_every_spelling_of_a_sender_counts_against_one_limit():
+    with ratelimit(window=60, messages_per_sender=2) as h:
+        mail = lambda sender: h.connect(client_ip=fresh_net(), helo="c.example").mail(sender)  # noqa: E731
+        assert mail("alice@bücher.example").code == 250
+        assert mail('"alice"@xn--bcher-kva.example').code == 250
+        r = mail('"al\\ice"@BÜCHER.example')
+        assert r[:2] == (450, "4.7.1") and "sender <alice@xn--bcher-kva.example>" in r.text
+        # A local part that needs its quotes is named with them.
+        replies = [mail('"john smith"@example.test'), mail('"john\\ smith"@Example.test'),
+                   mail('"John Smith"@example.test')]
+        assert [r.code for r in replies] == [250, 250, 450]
+        assert 'sender <"john smith"@example.test>' in replies[2].text
+
+
+@pytest.mark.parametrize("files", [["ratelimit.py", "aliases.py"], ["aliases.py", "ratelimit.py"]])
+def test_the_srs_sender_of_a_forwarded_rcpt_counts_as_the_senders(tmp_path, files):
+    with forwarding(tmp_path, files, ratelimit={"window": 60, "recipients_per_sender": 2}) as h:
+        sender = f"eve{next(_networks)}@origin.example"  # counters outlive a test: a sender of its own
+        s = h.connect(client_ip=fresh_net(), helo="mta.origin.example")
+        s.mail(sender)
+        replies = [s.rcpt("a@example.net"), s.rcpt("b@example.net"), s.rcpt("x@other.example")]
+        assert [r.code for r in replies] == [250, 250, 450]
+        assert f"sender <{sender}>" in replies[2].text
 
 
 def test_the_window_slides():
