@@ -15,6 +15,10 @@ in ``[dmarc]`` (every key optional; the defaults shown):
     skip_domains = []              # From domains never enforced
     trusted_forwarders = []        # ARC sealers (d=) whose valid chain excuses a DMARC failure
 
+Domains are compared in one form, lowercased and in A-labels: an entry
+``bücher.example`` matches a From domain or sealer ``xn--bcher-kva.example``
+and the other way round.
+
 A mailing list that changes the message breaks its author's DKIM signature
 and so its DMARC. When the list seals what it received with ARC (RFC 8617)
 and its domain is in ``trusted_forwarders``, a message whose chain passes
@@ -30,6 +34,7 @@ mask the mark.
 from __future__ import annotations
 
 import portcullis as pc
+from portcullis._address import canonical_domain
 
 ACTIONS = ("reject", "quarantine", "none")
 
@@ -64,7 +69,8 @@ def _settings() -> dict:
         domains = settings[key]
         if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
             raise ValueError(f"[dmarc] {key}: want a list of domains")
-        settings[key] = frozenset(d.lower().rstrip(".") for d in domains)
+        # Canonical (A-labels, lowercased): a U-label entry matches the A-label name and back.
+        settings[key] = frozenset(canonical_domain(d) for d in domains)
     return settings
 
 
@@ -79,7 +85,7 @@ def on_data(tx, message):
         return None  # the daemon does not evaluate DMARC: nothing to enforce
     if SETTINGS["skip_authenticated"] and tx.conn.auth_user is not None:
         return None
-    if result.domain in SETTINGS["skip_domains"]:
+    if canonical_domain(result.domain) in SETTINGS["skip_domains"]:
         return None
     if result.result == "temperror":
         if SETTINGS["temperror"] == "tempfail":
@@ -90,7 +96,7 @@ def on_data(tx, message):
         return None
     arc = tx.arc
     if arc is not None and arc.result == "pass":
-        forwarders = SETTINGS["trusted_forwarders"].intersection(arc.sealers)
+        forwarders = SETTINGS["trusted_forwarders"].intersection(canonical_domain(d) for d in arc.sealers)
         if forwarders:
             pc.log.info("DMARC: fail for %s excused: ARC chain sealed by %s", result.domain, ", ".join(sorted(forwarders)))
             return None

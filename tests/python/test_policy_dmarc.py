@@ -88,6 +88,20 @@ def test_a_trusted_forwarders_arc_chain_excuses_a_failure():
     assert deliver(Harness([POLICY]), dmarc("fail", "reject"), arc=by_list)[0].code == 550
 
 
+@pytest.mark.parametrize("listed,reported", [("bücher.example", "xn--bcher-kva.example"),
+                                              ("XN--BCHER-KVA.example.", "bücher.example"),
+                                              ("Bücher.Example", "BÜCHER.example")])
+def test_domains_match_in_u_labels_and_a_labels(listed, reported):
+    """An internationalized name is one name in U-labels and in A-labels: a list entry matches the
+    domain the DMARC result or the ARC chain reports, in either form."""
+    h = Harness([POLICY], config={"dmarc": {"skip_domains": [listed]}})
+    assert deliver(h, dmarc("fail", "reject", domain=reported))[0].code == 250
+    assert deliver(h, dmarc("fail", "reject", domain="other.example"))[0].code == 550
+    h = Harness([POLICY], config={"dmarc": {"trusted_forwarders": ["lists." + listed]}})
+    assert deliver(h, dmarc("fail", "reject"), arc=pc.ArcResult("pass", 1, ("lists." + reported,)))[0].code == 250
+    assert deliver(h, dmarc("fail", "reject"), arc=pc.ArcResult("pass", 1, ("lists.other.example",)))[0].code == 550
+
+
 @pytest.mark.parametrize("table", [{"trusted_forwarders": "lists.test"}, {"rejet": "none"}, {"reject": "bounce"}, {"temperror": "reject"},
                                    {"honour_pct": "yes"}, {"quarantine_header": "X Bad"},
                                    {"skip_domains": "example.test"}])
