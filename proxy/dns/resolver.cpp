@@ -23,6 +23,14 @@ namespace {
 
 constexpr int class_in = 1;
 constexpr int rcode_nxdomain = 3;
+constexpr std::uint16_t type_soa = 6;
+
+// The longest any answer is kept, and a negative one (NXDOMAIN, NODATA):
+// unbound's own defaults (cache-max-ttl, cache-max-negative-ttl), set here
+// for its cache too, so that both caches agree and a record published
+// after a negative answer is seen within the hour.
+constexpr std::uint32_t max_ttl = 86400;
+constexpr std::uint32_t max_negative_ttl = 3600;
 
 // Zones unbound answers itself by default (RFC 6761, RFC 6303, AS112). A
 // stub resolver asks its nameserver about every name: tests serve `.test`
@@ -60,6 +68,8 @@ void configure(ub_ctx* ctx, const resolver_options& o) {
   text += "  do-not-query-localhost: no\n";        // the nameserver may well be on 127.0.0.1
   text += "  infra-keep-probing: yes\n";           // a nameserver that timed out once is asked again
   text += "  unblock-lan-zones: yes\n  insecure-lan-zones: yes\n";
+  text += "  cache-max-ttl: " + std::to_string(max_ttl) + "\n";
+  text += "  cache-max-negative-ttl: " + std::to_string(max_negative_ttl) + "\n";
   for (const char* zone : own_zones) text += std::string("  local-zone: \"") + zone + "\" nodefault\n";
   const auto bytes = std::max<std::size_t>(o.cache_bytes - o.cache_bytes / 8, 64 * 1024);  // (an eighth: answer_memo)
   text += "  rrset-cache-size: " + std::to_string(bytes / 2) + "\n";
@@ -131,20 +141,81 @@ std::optional<record> decode(rr_type type, const unsigned char* p, std::size_t n
   return std::nullopt;
 }
 
-answer answer_of(rr_type type, const ub_result& res) {
+constexpr std::size_t past_end = std::string::npos;
+
+// Past a domain name in wire format (compression pointers allowed, RFC 1035
+// §4.1.4) at `at`; past_end if it runs past the end.
+std::size_t skip_name(const unsigned char* p, std::size_t n, std::size_t at) {
+  while (at < n) {
+    const unsigned len = p[at];
+    if (len == 0) return at + 1;
+    if ((len & 0xC0) == 0xC0) return at + 2 <= n ? at + 2 : past_end;
+    if ((len & 0xC0) != 0) return past_end;
+    at += 1 + len;
+  }
+  return past_end;
+}
+
+std::uint16_t u16(const unsigned char* p) { return static_cast<std::uint16_t>(p[0] << 8 | p[1]); }
+
+// Whether the reply (header, question, answer, authority: RFC 1035 §4.1)
+// carries an SOA in its authority section: what makes a negative answer
+// cacheable (RFC 2308 §5). A reply that does not parse has none.
+bool has_authority_soa(const void* packet, int length) {
+  if (packet == nullptr || length < 12) return false;
+  const auto* p = static_cast<const unsigned char*>(packet);
+  const auto n = static_cast<std::size_t>(length);
+  const unsigned questions = u16(p + 4), answers = u16(p + 6), authorities = u16(p + 8);
+  std::size_t at = 12;
+  for (unsigned i = 0; i < questions; ++i) {
+    at = skip_name(p, n, at);
+    if (at == past_end || at + 4 > n) return false;
+    at += 4;  // type, class
+  }
+  for (unsigned i = 0; i < answers + authorities; ++i) {
+    at = skip_name(p, n, at);
+    if (at == past_end || at + 10 > n) return false;
+    const std::uint16_t type = u16(p + at);
+    const std::size_t rdata = u16(p + at + 8);
+    if (i >= answers && type == type_soa) return true;
+    at += 10 + rdata;
+  }
+  return false;
+}
+
+// An answer, and whether a cache may keep it.
+struct outcome {
   answer a;
+  bool cacheable = true;
+};
+
+// The TTL of a negative answer (NXDOMAIN, NODATA): its SOA's, at most an
+// hour. Without an SOA it is not to be cached (RFC 2308 §5): libunbound
+// reports a TTL of 32768 s for it and keeps it 5 s; the TTL given on is 0.
+void negative(outcome& out, std::uint32_t ttl, const ub_result& res) {
+  out.cacheable = has_authority_soa(res.answer_packet, res.answer_len);
+  out.a.ttl = out.cacheable ? std::min(ttl, max_negative_ttl) : 0;
+}
+
+outcome answer_of(rr_type type, const ub_result& res) {
+  outcome out;
+  answer& a = out.a;
+  const auto ttl = static_cast<std::uint32_t>(std::max(res.ttl, 0));
   if (res.rcode == rcode_nxdomain || res.nxdomain) {
     a.what = answer::status::nxdomain;
-    a.ttl = static_cast<std::uint32_t>(std::max(res.ttl, 0));
-    return a;
+    negative(out, ttl, res);
+    return out;
   }
   if (res.rcode != 0) {
     a.error = "rcode " + std::to_string(res.rcode) + (res.rcode == 2 ? " (SERVFAIL)" : res.rcode == 5 ? " (REFUSED)" : "");
-    return a;
+    return out;
   }
   a.what = answer::status::ok;
-  a.ttl = static_cast<std::uint32_t>(std::max(res.ttl, 0));
-  if (!res.havedata) return a;
+  a.ttl = std::min(ttl, max_ttl);
+  if (!res.havedata) {
+    negative(out, ttl, res);  // NODATA (RFC 2308 §2.2)
+    return out;
+  }
   for (int i = 0; res.data[i] != nullptr; ++i) {
     auto r = decode(type, reinterpret_cast<const unsigned char*>(res.data[i]), static_cast<std::size_t>(res.len[i]));
     if (r) a.records.push_back(std::move(*r));
@@ -153,7 +224,7 @@ answer answer_of(rr_type type, const ub_result& res) {
     std::stable_sort(a.records.begin(), a.records.end(),
                      [](const record& x, const record& y) { return x.preference < y.preference; });
   }
-  return a;
+  return out;
 }
 
 }  // namespace
@@ -220,7 +291,8 @@ class answer_memo {
     return a;
   }
 
-  // Answers that name something or that nothing exists (RFC 2308), for their TTL.
+  // Answers that name something or that nothing exists (RFC 2308), for their
+  // TTL (the caller leaves out what may not be cached).
   void put(std::string_view name, rr_type type, const answer& a) {
     if ((a.what != answer::status::ok && a.what != answer::status::nxdomain) || a.ttl == 0) return;
     std::size_t bytes = 2 * name.size() + 128;
@@ -381,10 +453,11 @@ struct resolver::impl {
     auto p = std::move(it->second);
     queries.erase(it);
     p->timer.cancel();
-    answer a = err != 0 || result == nullptr ? failed(ub_strerror(err)) : answer_of(p->type, *result);
+    outcome o = err != 0 || result == nullptr ? outcome{failed(ub_strerror(err)), false} : answer_of(p->type, *result);
     if (result) ub_resolve_free(result);
-    memo.put(p->name, p->type, a);
-    finish(*p, std::move(a));
+    // RFC 2308 §5: a negative answer without an SOA is not kept (libunbound keeps none either).
+    if (o.cacheable) memo.put(p->name, p->type, o.a);
+    finish(*p, std::move(o.a));
   }
 
   const std::chrono::milliseconds timeout;

@@ -4,7 +4,7 @@
 //
 // libunbound does the work (the protocol, UDP with TCP fallback on
 // truncation, EDNS, a cache by TTL bounded in bytes, negative answers
-// cached per RFC 2308); this class runs it on a thread of its own ("pc-dns"),
+// cached per RFC 2308, not those without an SOA); this class runs it on a thread of its own ("pc-dns"),
 // bounds every lookup by the timeout and hands each answer back exactly
 // once: to a callback, a coroutine (on the caller's executor) or a blocked
 // caller. It is a stub resolver: every name, `.test` and the reverse zones

@@ -27,7 +27,9 @@ Semantics:
   * A name with records but none of the asked type answers NOERROR with no
     answer (NODATA) and an SOA in the authority section.  A name that is not
     in the zones answers NXDOMAIN, except an ancestor of a name that is (an
-    empty non-terminal, RFC 8020 section 2) which answers NODATA.
+    empty non-terminal, RFC 8020 section 2) which answers NODATA.  With
+    ``negative_soa=False`` (``--no-soa``) negative answers carry no SOA, as
+    some servers send them (RFC 2308 section 5: not to be cached).
   * "TIMEOUT" / "SERVFAIL" apply to every type the name has no records of: a
     name whose only entry is "TIMEOUT" never answers at all.  This is how the
     openspf suite reads them: ``spftimeout.example.net`` has a TXT record and
@@ -220,10 +222,11 @@ class Zones:
     sockets, so it is safe to share between the server's threads.
     """
 
-    def __init__(self, zonedata=None, ttl=DEFAULT_TTL):
+    def __init__(self, zonedata=None, ttl=DEFAULT_TTL, negative_soa=True):
         if not isinstance(ttl, int) or ttl < 0:
             raise ZoneError("ttl must be a non-negative integer: %r" % (ttl,))
         self.ttl = ttl
+        self.negative_soa = negative_soa
         self.nodes = {}
         for name, entries in (zonedata or {}).items():
             self._add_node(name, entries)
@@ -329,6 +332,8 @@ class Zones:
         return reply                    # chain longer than CNAME_CHAIN_MAX
 
     def _add_soa(self, reply):
+        if not self.negative_soa:
+            return
         times = (SOA_SERIAL, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, self.ttl)
         reply.add_auth(RR(SOA_OWNER, QTYPE.SOA, ttl=self.ttl,
                           rdata=SOA(SOA_MNAME, SOA_RNAME, times)))
@@ -436,10 +441,11 @@ class DnsServer:
     """
 
     def __init__(self, zonedata=None, *, ttl=DEFAULT_TTL, port=0,
-                 address=DEFAULT_ADDRESS, logger=None):
+                 address=DEFAULT_ADDRESS, logger=None, negative_soa=True):
         self.address = address
         self.ttl = ttl
-        self.zones = Zones(zonedata, ttl)
+        self.negative_soa = negative_soa
+        self.zones = Zones(zonedata, ttl, negative_soa)
         self.stopping = threading.Event()
         self._requested_port = port
         self._logger = logger or quiet_logger()
@@ -512,7 +518,7 @@ class DnsServer:
         """
         if ttl is not None:
             self.ttl = ttl
-        self.zones = Zones(zonedata, self.ttl)
+        self.zones = Zones(zonedata, self.ttl, self.negative_soa)
 
     # -- query counts ----------------------------------------------------
 
@@ -570,6 +576,8 @@ def main(argv=None):
     parser.add_argument("--ttl", type=int, default=None,
                         help="TTL of every record (default: the file's, "
                              "else %d)" % DEFAULT_TTL)
+    parser.add_argument("--no-soa", action="store_true",
+                        help="negative answers without an SOA")
     parser.add_argument("--verbose", action="store_true",
                         help="log every query to stderr")
     args = parser.parse_args(argv)
@@ -585,7 +593,8 @@ def main(argv=None):
         logger = DNSLogger(logf=lambda line: print(line, file=sys.stderr,
                                                    flush=True))
     server = DnsServer(zonedata, ttl=ttl, port=args.port,
-                       address=args.address, logger=logger)
+                       address=args.address, logger=logger,
+                       negative_soa=not args.no_soa)
     done = threading.Event()
 
     def reload_zones(signum, frame):

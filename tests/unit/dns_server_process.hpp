@@ -12,19 +12,26 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace portcullis::testing {
 
 class dns_server {
  public:
-  // `ttl`: the TTL of every record, seconds (else the server's default, 300).
-  explicit dns_server(const std::string& zones_json, int ttl = -1) {
+  // `ttl`: the TTL of every record, seconds (else the server's default, 300);
+  // `negative_soa` false: NXDOMAIN and NODATA answers come without an SOA.
+  explicit dns_server(const std::string& zones_json, int ttl = -1, bool negative_soa = true) {
     char path[] = "/tmp/portcullis-zonesXXXXXX";
     const int fd = ::mkstemp(path);
     if (fd < 0) throw std::runtime_error("mkstemp");
     ::close(fd);
     zones_ = path;
     std::ofstream(zones_) << zones_json;
+    const std::string ttl_text = std::to_string(ttl);
+    std::vector<const char*> argv{"python3", PORTCULLIS_SOURCE_DIR "/tests/dns/dns_server.py", "--zones", zones_.c_str()};
+    if (ttl >= 0) argv.insert(argv.end(), {"--ttl", ttl_text.c_str()});
+    if (!negative_soa) argv.push_back("--no-soa");
+    argv.push_back(nullptr);
     int out[2];
     if (::pipe(out) != 0) throw std::runtime_error("pipe");
     pid_ = ::fork();
@@ -32,14 +39,7 @@ class dns_server {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a test that crashes takes its server along
       ::dup2(out[1], 1);
       ::close(out[0]);
-      const std::string ttl_text = std::to_string(ttl);
-      if (ttl >= 0) {
-        ::execl("/usr/bin/python3", "python3", PORTCULLIS_SOURCE_DIR "/tests/dns/dns_server.py", "--zones",
-                zones_.c_str(), "--ttl", ttl_text.c_str(), static_cast<char*>(nullptr));
-      } else {
-        ::execl("/usr/bin/python3", "python3", PORTCULLIS_SOURCE_DIR "/tests/dns/dns_server.py", "--zones",
-                zones_.c_str(), static_cast<char*>(nullptr));
-      }
+      ::execv("/usr/bin/python3", const_cast<char* const*>(argv.data()));
       ::_exit(127);
     }
     ::close(out[1]);

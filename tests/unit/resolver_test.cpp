@@ -124,6 +124,46 @@ TEST_F(Resolver, CachesAnswersForTheirTtl) {
   EXPECT_EQ(r.lookup_sync("after.example.test", rr_type::a).what, answer::status::timeout);
 }
 
+// RFC 2308 §5: a negative answer without an SOA SHOULD NOT be cached.
+// libunbound reports a TTL of 32768 s for it and keeps it 5 s; kept for
+// that TTL, a record published a minute later would stay unseen for 9 hours.
+TEST_F(Resolver, DoesNotKeepNegativeAnswersWithoutAnSoa) {
+  dns_server server(zones, -1, false);
+  resolver r(options_for(server, 300ms));
+  const auto nx = r.lookup_sync("nothing.example.test", rr_type::a);
+  ASSERT_EQ(nx.what, answer::status::nxdomain);
+  EXPECT_EQ(nx.ttl, 0u);
+  const auto nodata = r.lookup_sync("example.test", rr_type::a);
+  ASSERT_TRUE(nodata.ok()) << nodata.error;
+  ASSERT_TRUE(nodata.records.empty());
+  EXPECT_EQ(nodata.ttl, 0u);
+  EXPECT_FALSE(r.cached("nothing.example.test", rr_type::a).has_value());
+  EXPECT_FALSE(r.cached("example.test", rr_type::a).has_value());
+  ASSERT_TRUE(r.lookup_sync("mail.example.test", rr_type::a).ok());
+  server.stop();  // from now on only a cache answers
+  std::this_thread::sleep_for(6500ms);  // (past libunbound's 5 s, in whole seconds)
+  EXPECT_EQ(r.lookup_sync("nothing.example.test", rr_type::a).what, answer::status::timeout);
+  EXPECT_EQ(r.lookup_sync("example.test", rr_type::a).what, answer::status::timeout);
+  EXPECT_TRUE(r.lookup_sync("mail.example.test", rr_type::a).ok());  // a positive answer is kept
+}
+
+// TTLs are capped as unbound caps them: a day, an hour for negative answers.
+TEST_F(Resolver, CapsTheTtlsItKeepsAnswersFor) {
+  dns_server server(zones, 7 * 86400);  // records, and the SOA that makes negative answers cacheable
+  resolver r(options_for(server));
+  const auto a = r.lookup_sync("mail.example.test", rr_type::a);
+  ASSERT_TRUE(a.ok()) << a.error;
+  EXPECT_LE(a.ttl, 86400u);
+  EXPECT_GT(a.ttl, 86000u);
+  const auto nx = r.lookup_sync("nothing.example.test", rr_type::a);
+  ASSERT_EQ(nx.what, answer::status::nxdomain);
+  EXPECT_LE(nx.ttl, 3600u);
+  EXPECT_GT(nx.ttl, 3500u);
+  const auto kept = r.cached("nothing.example.test", rr_type::a);  // with an SOA: kept
+  ASSERT_TRUE(kept.has_value());
+  EXPECT_LE(kept->ttl, 3600u);
+}
+
 TEST_F(Resolver, CachedAnswersOnlyWhatIsRememberedAndNeverQueries) {
   resolver r(options_for(*shared_));
   EXPECT_FALSE(r.cached("after.example.test", rr_type::a).has_value());  // never asked: nothing
