@@ -58,7 +58,6 @@ namespace {
 // beyond it the upstream is answering nonsense.
 constexpr std::size_t max_reply_read = 4096;
 constexpr std::size_t max_reply_lines = 100;
-constexpr std::chrono::seconds quit_timeout{5};  // we do not wait long to say goodbye
 
 using smtp::reply_fit;
 using smtp::reply_to;
@@ -206,8 +205,7 @@ class smtp_upstream final : public upstream {
 
   awaitable<void> quit() override {
     if (!stream_) co_return;
-    const bool written = co_await stream_->write(std::string_view("QUIT\r\n"), quit_timeout);
-    if (written) (void)co_await stream_->read_line(max_reply_read, quit_timeout);
+    co_await say_goodbye(*stream_);
     close();
   }
 

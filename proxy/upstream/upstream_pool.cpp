@@ -90,14 +90,19 @@ void upstream_pool::retire(std::vector<pooled_connection> gone, bool polite) {
   }
 }
 
+awaitable<void> say_goodbye(line_stream& stream) {
+  const bool written = co_await stream.write(std::string_view("QUIT\r\n"), quit_timeout);
+  if (written) {
+    auto reply = co_await stream.read_line(max_quit_reply, quit_timeout);
+    (void)reply;
+    co_await stream.close_after_drain(quit_timeout);
+  }
+  stream.close();
+}
+
 awaitable<void> upstream_pool::quit(pooled_connection c) {
   c.stream->rebind(strand_);
-  const bool written = co_await c.stream->write(std::string_view("QUIT\r\n"), quit_timeout);
-  if (written) {
-    auto reply = co_await c.stream->read_line(max_quit_reply, quit_timeout);
-    (void)reply;
-  }
-  c.stream->close();
+  co_await say_goodbye(*c.stream);
   --quitting_;
 }
 

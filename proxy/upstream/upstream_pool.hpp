@@ -29,6 +29,10 @@
 
 namespace portcullis {
 
+// QUIT, its reply read, and the connection closed (over TLS, with
+// close_notify both ways: RFC 8446 §6.1), each step within a few seconds.
+awaitable<void> say_goodbye(line_stream& stream);
+
 // An upstream connection between two sessions, with what it learnt of the upstream.
 struct pooled_connection {
   std::unique_ptr<line_stream> stream;

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from conftest import wait_until
 from fake_upstream import DEFAULTS
 from sec_helpers import make_cert
 from tls_fake_upstream import TlsFakeUpstream
@@ -257,3 +258,25 @@ def test_a_354_behind_rcpt_s_reply_in_a_tls_record_of_its_own_never_sends_the_me
         assert any(b"same-session" in m for m in up.messages) and len(up.commands) == 2
     finally:
         up.stop()
+
+
+def test_the_proxy_ends_a_tls_upstream_connection_with_close_notify(start_daemon, tmp_path):
+    """After the upstream's 221 the proxy sends its close_notify (RFC 8446 §6.1) and awaits the
+    upstream's: a session's own connection, and one the pool kept and closes when idle."""
+    up = _tls_upstream(tmp_path)
+    try:
+        d = start_daemon(up.url, upstream={"pool_size": 0})
+        with d.connect() as c:
+            assert c.transaction("a@example.test", [R1], b"Subject: t\r\n\r\nx").code == 250
+            c.exchange("QUIT", 221)
+        wait_until(lambda: up.goodbyes, timeout=10, what="the upstream's QUIT")
+        assert up.goodbyes == ["close_notify"]
+        d2 = start_daemon(up.url, upstream={"pool_idle_timeout": 1})
+        with d2.connect() as c:
+            assert c.transaction("a@example.test", [R1], b"Subject: t\r\n\r\nx").code == 250
+            c.exchange("QUIT", 221)
+        wait_until(lambda: len(up.goodbyes) == 2, timeout=10, what="the pooled connection's QUIT")
+        assert up.goodbyes == ["close_notify", "close_notify"]
+    finally:
+        up.stop()
+

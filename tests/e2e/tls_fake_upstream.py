@@ -32,6 +32,7 @@ class TlsFakeUpstream:
         self._lock = threading.Lock()
         self.commands: list[list[str]] = []
         self.messages: list[bytes] = []
+        self.goodbyes: list[str] = []  # per QUIT: "close_notify" (the proxy's), or "bare close"
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -134,6 +135,20 @@ class TlsFakeUpstream:
                     reply("250 2.0.0 Reset (tls.fake)")
                 elif verb == "QUIT":
                     reply("221 2.0.0 Bye")
+                    sock.settimeout(5)
+                    try:
+                        while True:  # ours out, then the proxy's close_notify in
+                            try:
+                                tls.unwrap()
+                                break
+                            except ssl.SSLWantReadError:
+                                flush()
+                                receive()
+                        goodbye = "close_notify"
+                    except (EOFError, OSError, ssl.SSLError):
+                        goodbye = "bare close"
+                    with self._lock:
+                        self.goodbyes.append(goodbye)
                     return
                 else:
                     reply("502 5.5.2 not here")
