@@ -1,5 +1,7 @@
 #include "smtp/message_check.hpp"
 
+#include "smtp/message_header.hpp"
+
 namespace portcullis::smtp {
 
 bool is_valid_header_name(std::string_view name) {
@@ -12,6 +14,15 @@ bool is_valid_header_name(std::string_view name) {
 bool is_valid_header_value(std::string_view value) {
   return value.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
 }
+
+namespace {
+
+// A field's first line: a name, then the colon, with white space allowed
+// between them (RFC 5322 §4.5, obs-optional: "Subject : x" is a field, which
+// a reader must take; header_field_name drops that white space as they do).
+bool is_field_line(std::string_view line) { return is_valid_header_name(header_field_name(line)); }
+
+}  // namespace
 
 std::optional<std::string> message_problem(std::string_view message) {
   bool in_header = true;
@@ -32,9 +43,7 @@ std::optional<std::string> message_problem(std::string_view message) {
       } else if (line.front() == ' ' || line.front() == '\t') {
         if (line_no == 1) return "the message starts with a continuation line";
       } else {
-        const auto colon = line.find(':');
-        if (colon == std::string_view::npos || !is_valid_header_name(line.substr(0, colon)))
-          return "malformed header on line " + std::to_string(line_no);
+        if (!is_field_line(line)) return "malformed header on line " + std::to_string(line_no);
       }
     }
     if (crlf == std::string_view::npos) break;  // a last line without CRLF gets one on the wire
@@ -61,8 +70,7 @@ bool head_is_whole(std::string_view message) {
     if (line.front() == ' ' || line.front() == '\t') {
       if (!in_field) return false;
     } else {
-      const auto colon = line.find(':');
-      if (colon == std::string_view::npos || !is_valid_header_name(line.substr(0, colon))) return false;
+      if (!is_field_line(line)) return false;
       in_field = true;
     }
     pos = crlf + 2;

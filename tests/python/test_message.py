@@ -289,10 +289,11 @@ def test_the_whole_head_test_agrees_with_its_definition_and_with_a_parse():
 
     import _portcullis_core
 
-    definition = re.compile(rb"(?:[!-9;-~]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*(?:\r\n|\Z)")
+    definition = re.compile(rb"(?:[!-9;-~]+[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*(?:\r\n|\Z)")
     pieces = [b"Subject: hi\r\n", b"To:x\r\n", b"X-E:\r\n", b" folded\r\n", b"\tfolded\r\n", b"\r\n",
               b"no colon\r\n", b": no name\r\n", b"Bad Name: x\r\n", b"A: bare\nLF\r\n", b"A: bare\rCR\r\n",
-              b"A: cr\r\r\n", b"\n", b"\r", b"A: unterminated", b"N\xc3\xa9: x\r\n", b"body\r\n", b" ", b":"]
+              b"A: cr\r\r\n", b"\n", b"\r", b"A: unterminated", b"N\xc3\xa9: x\r\n", b"body\r\n", b" ", b":",
+              b"Subject : obsolete\r\n", b"To\t:x\r\n", b"Sub ject : x\r\n"]
     rng = random.Random(7)
     for _ in range(3000):
         raw = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 7)))
