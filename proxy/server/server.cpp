@@ -328,7 +328,7 @@ awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) 
     }
     std::string why;
     if (!admit(peer.address(), why)) {
-      asio::co_spawn(socket.get_executor(), refuse(std::move(socket), why), asio::detached);
+      asio::co_spawn(socket.get_executor(), refuse(std::move(socket), why, implicit_tls), asio::detached);
       continue;
     }
     const std::string id = next_session_id();
@@ -403,15 +403,24 @@ http_answer server::answer_http(std::string_view path) {
   return {404, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n"};
 }
 
-awaitable<void> server::refuse(tcp::socket socket, std::string reason) {
+awaitable<void> server::refuse(tcp::socket socket, std::string reason, bool implicit_tls) {
   boost::system::error_code ec;
   const auto peer = socket.remote_endpoint(ec);
   spdlog::warn("refused {}: {}", ec ? std::string("client") : peer.address().to_string(), reason);
   line_stream stream(std::move(socket));
-  const auto r = smtp::reply{421, "4.7.0", env_.current()->cfg->server.hostname + " " + reason + ", try again later"};
+  const auto gen = env_.current();
+  // On an implicit-TLS port the 421 is said inside TLS (RFC 8314 §3): in
+  // clear text, the client's handshake reads it as garbage and never learns
+  // it may try again. The handshake is bounded as the write is.
+  if (implicit_tls && (!gen->tls || !co_await stream.start_tls(gen->tls->context(), ssl::stream_base::server, {},
+                                                                refusal_timeout))) {
+    stream.close();
+    co_return;
+  }
+  const auto r = smtp::reply{421, "4.7.0", gen->cfg->server.hostname + " " + reason + ", try again later"};
   const std::string wire = r.wire();
-  const bool written = co_await stream.write(std::string_view(wire), refusal_timeout);
-  (void)written;
+  if (co_await stream.write(std::string_view(wire), refusal_timeout))
+    co_await stream.close_after_drain(refusal_timeout);
   stream.close();
 }
 

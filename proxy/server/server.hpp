@@ -75,7 +75,7 @@ class server {
   awaitable<void> accept_loop(tcp::acceptor& acceptor, bool implicit_tls);
   awaitable<void> handle_signals();
   awaitable<void> drain();
-  awaitable<void> refuse(tcp::socket socket, std::string reason);
+  awaitable<void> refuse(tcp::socket socket, std::string reason, bool implicit_tls);
   void reload();
   // A reload is over, whatever its outcome: told to the supervisor (or systemd).
   void reload_done(bool accepted);

@@ -114,6 +114,24 @@ def test_the_daemon_ends_tls_with_close_notify(tls_daemon, ending):
         assert b"\r\n421 4.4.2 " in got, got[-200:]
 
 
+def test_a_connection_refused_on_the_implicit_tls_port_gets_its_421_inside_tls(tls_daemon):
+    """Over a per-client limit, a client of the implicit-TLS port reads the 421 after its handshake
+    (RFC 8314 §3), not clear text its handshake would take for a broken record."""
+    d = tls_daemon(server={"max_connections_per_client": 1})
+    ctx = client_context()
+    first = ctx.wrap_socket(socket.create_connection(("127.0.0.1", d.tls_port), timeout=10), server_hostname="mx.test")
+    try:
+        assert first.recv(100).startswith(b"220 ")
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", d.tls_port), timeout=10),
+                             server_hostname="mx.test") as second:
+            got = b""
+            while chunk := second.recv(4096):
+                got += chunk
+        assert got == b"421 4.7.0 mx.test too many connections from your address, try again later\r\n", got
+    finally:
+        first.close()
+
+
 def test_tls12_with_intermediate_cipher(tls_daemon, aiosmtpd_upstream):
     d = tls_daemon()
     ctx = client_context(maximum=ssl.TLSVersion.TLSv1_2)
