@@ -33,6 +33,11 @@ struct dns_state {
   };
   std::vector<ready_answer> ready;
   int wakeup_fd = -1;
+  // An async lookup holds its resolver until answered (a reload that
+  // replaces it must not answer the lookup "stopped"), and gives it back
+  // here: the resolver's own thread must not drop the last reference (its
+  // destructor joins that thread). Dropped by the next dns_take or lookup.
+  std::vector<std::shared_ptr<dns::resolver>> released;
 };
 
 dns_state& state() {
@@ -47,7 +52,18 @@ int wakeup_fd(dns_state& s) {
   return s.wakeup_fd;
 }
 
+// (Not under the mutex: the last reference to a resolver ends its thread.)
+void drop_released() {
+  std::vector<std::shared_ptr<dns::resolver>> released;
+  auto& s = state();
+  {
+    std::lock_guard lock(s.mutex);
+    released.swap(s.released);
+  }
+}
+
 std::shared_ptr<dns::resolver> current_resolver() {
+  drop_released();
   auto& s = state();
   std::lock_guard lock(s.mutex);
   if (!s.resolver) s.resolver = std::make_shared<dns::resolver>(s.options);
@@ -94,8 +110,12 @@ void set_resolver_options(const dns::resolver_options& options) {
     auto& s = state();
     std::lock_guard lock(s.mutex);
     s.options = options;
+    // The same [dns] (every reload of a setup where only pc.dns asks): the
+    // resolver stays, and its cache with it.
+    if (s.resolver && s.resolver->options() == options) return;
     old = std::move(s.resolver);  // the next lookup makes one with these options
   }
+  // `old` ends here, outside the lock, unless lookups still hold it: they are answered by it.
 }
 
 void define_dns(py::module_& m) {
@@ -140,10 +160,13 @@ void define_dns(py::module_& m) {
           std::lock_guard lock(s.mutex);
           wakeup_fd(s);
         }
-        current_resolver()->lookup(name, type, [token, type](dns::answer a) {
+        auto resolver = current_resolver();
+        auto* asked = resolver.get();
+        asked->lookup(name, type, [token, type, held = std::move(resolver)](dns::answer a) mutable {
           auto& s = state();
           std::lock_guard lock(s.mutex);
           s.ready.push_back({token, type, std::move(a)});
+          s.released.push_back(std::move(held));
           const std::uint64_t one = 1;
           [[maybe_unused]] auto n = ::write(s.wakeup_fd, &one, sizeof one);
         });
@@ -165,6 +188,10 @@ void define_dns(py::module_& m) {
           auto& s = state();
           std::lock_guard lock(s.mutex);
           taken.swap(s.ready);
+        }
+        {
+          py::gil_scoped_release unlocked;  // (a resolver released for good joins its thread)
+          drop_released();
         }
         py::list out;
         for (const auto& r : taken) out.append(py::make_tuple(r.token, as_python(r.answer, r.type)));

@@ -338,7 +338,7 @@ struct resolver::impl {
   };
 
   explicit impl(const resolver_options& o)
-      : timeout(o.timeout), memo(o.cache_bytes / 8), ctx(ub_ctx_create()), watch(io), guard(asio::make_work_guard(io)) {
+      : options(o), timeout(o.timeout), memo(o.cache_bytes / 8), ctx(ub_ctx_create()), watch(io), guard(asio::make_work_guard(io)) {
     if (ctx == nullptr) throw std::runtime_error("cannot create the resolver");
     try {
       configure(ctx, o);
@@ -460,6 +460,7 @@ struct resolver::impl {
     finish(*p, std::move(o.a));
   }
 
+  const resolver_options options;
   const std::chrono::milliseconds timeout;
   answer_memo memo;
   ub_ctx* ctx;
@@ -479,6 +480,8 @@ resolver::resolver(const resolver_options& options) : impl_(std::make_unique<imp
 resolver::~resolver() = default;
 
 std::chrono::milliseconds resolver::timeout() const { return impl_->timeout; }
+
+const resolver_options& resolver::options() const { return impl_->options; }
 
 void resolver::lookup(std::string name, rr_type type, callback done) {
   if (auto known = impl_->memo.get(name, type)) {

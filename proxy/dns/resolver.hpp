@@ -35,6 +35,8 @@ struct resolver_options {
   std::string nameserver;  // "IP:PORT" or "[IPv6]:PORT"; empty: the servers of /etc/resolv.conf
   std::chrono::milliseconds timeout{5000};
   std::size_t cache_bytes = 8 * 1024 * 1024;  // records and answers together (an eighth: fresh answers served at once)
+
+  bool operator==(const resolver_options&) const = default;
 };
 
 // A DNS name a lookup may ask for: labels of 1-63 bytes, 253 at most in all
@@ -89,6 +91,8 @@ class resolver {
   }
 
   std::chrono::milliseconds timeout() const;
+  // What it was made with: a reload with the same keeps it (and its cache).
+  const resolver_options& options() const;
 
  private:
   struct impl;

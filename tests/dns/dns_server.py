@@ -16,7 +16,8 @@ Zone format: a mapping of owner name -> list of entries::
         {"MX": [10, "mx.example.com"]},
         {"PTR": "mail.example.com"}, {"CNAME": "other.example.com"},
         "TIMEOUT",    # the server never answers (see below)
-        "SERVFAIL"    # the server answers SERVFAIL (see below)
+        "SERVFAIL",   # the server answers SERVFAIL (see below)
+        {"DELAY": 1.5}  # no answer for the name before 1.5 s after its first query
       ],
       "*.wild.example": [{"A": "192.0.2.9"}]  # RFC 4592 wildcard
     }
@@ -34,6 +35,9 @@ Semantics:
     name whose only entry is "TIMEOUT" never answers at all.  This is how the
     openspf suite reads them: ``spftimeout.example.net`` has a TXT record and
     "TIMEOUT", and only its type SPF lookups time out.
+  * {"DELAY": seconds} holds every answer for the name (of any type) until
+    that long after its first query, retries included: a lookup still in
+    flight when a test acts.
   * A CNAME is followed within the zones (RFC 1034 section 4.3.2), the chain
     and the final answer both in the reply.
   * TXT/SPF strings longer than 255 bytes are split into several
@@ -64,6 +68,7 @@ import select
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 
 from dnslib import (AAAA, CNAME, EDNS0, MX, PTR, QTYPE, RCODE, RR, SOA, TXT,
@@ -202,12 +207,13 @@ def make_rdata(rtype, value):
 class ZoneNode:
     """The records of one owner name."""
 
-    __slots__ = ("rdatas", "timeout", "servfail")
+    __slots__ = ("rdatas", "timeout", "servfail", "delay")
 
     def __init__(self):
         self.rdatas = {}          # type code -> [rdata]
         self.timeout = False
         self.servfail = False
+        self.delay = 0.0          # seconds before each answer
 
     @property
     def cname(self):
@@ -259,8 +265,18 @@ class Zones:
                                 % (name, entry))
             for rtype, value in entry.items():
                 rtype = str(rtype).upper()
+                if rtype == "DELAY":
+                    if not isinstance(value, (int, float)) or value < 0:
+                        raise ZoneError("%s: DELAY must be a number of seconds: %r" % (name, value))
+                    node.delay = float(value)
+                    continue
                 rdata = make_rdata(rtype, value)
                 node.rdatas.setdefault(qtype_code(rtype), []).append(rdata)
+
+    def delay(self, qname):
+        """Seconds to wait before answering a query for qname (its DELAY)."""
+        node = self.nodes.get(name_key(qname))
+        return node.delay if node is not None else 0.0
 
     def exists(self, key):
         return key in self.nodes or key in self.ancestors
@@ -390,7 +406,12 @@ class ZoneHandler(DNSHandler):
         logger.log_request(self, request)
         if request.questions:
             owner.count_query(request.q.qname, request.q.qtype, self.protocol)
-        reply = owner.zones.answer(request)
+        zones = owner.zones
+        if request.questions and zones.delay(request.q.qname):
+            # (Each query has a thread of its own.) Counted from the first
+            # query, so that a client's retries are answered with it.
+            owner.stopping.wait(owner.hold_for(request.q.qname, zones.delay(request.q.qname)))
+        reply = zones.answer(request)
         if reply is None:
             self._hold_connection(owner.stopping)
             raise NoReply("no reply by zone data (TIMEOUT)")
@@ -452,6 +473,7 @@ class DnsServer:
         self._servers = []
         self._threads = []
         self._counts = Counter()
+        self._first_asked = {}    # name key -> time.monotonic() of its first query (DELAY)
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------
@@ -526,6 +548,12 @@ class DnsServer:
         with self._lock:
             self._counts[(name_key(qname), qtype, transport)] += 1
 
+    def hold_for(self, qname, delay):
+        """Seconds left until a DELAY name may be answered: `delay` after its first query."""
+        with self._lock:
+            first = self._first_asked.setdefault(name_key(qname), time.monotonic())
+        return max(0.0, first + delay - time.monotonic())
+
     def queries(self, name, qtype=None, transport=None):
         """How many queries for name arrived (of qtype, over "udp"/"tcp").
 
@@ -550,6 +578,7 @@ class DnsServer:
     def reset_queries(self):
         with self._lock:
             self._counts.clear()
+            self._first_asked.clear()
 
 
 def load_zone_file(path):

@@ -57,6 +57,7 @@ ZONES = {
     "slow.example.com": ["TIMEOUT"],
     "txtonly-slow.example.com": [{"TXT": "v=spf1 -all"}, "TIMEOUT"],
     "broken.example.com": ["SERVFAIL"],
+    "late.example.com": [{"A": "192.0.2.5"}, {"DELAY": 0.5}],
     "*.wild.example.com": [{"A": "192.0.2.99"}],
     "host.wild.example.com": [{"TXT": "not a wildcard"}],
     "x.sub.wild.example.com": [{"A": "192.0.2.98"}],
@@ -171,6 +172,28 @@ def test_nodata_and_nxdomain(server):
         assert reply.answer == []
         assert [dns.rdatatype.to_text(r.rdtype) for r in reply.authority] == [
             "SOA"]
+
+
+def test_negative_answers_without_an_soa():
+    with DnsServer(ZONES, negative_soa=False) as running:
+        for name, rcode in (("mx.example.com", dns.rcode.NOERROR),
+                            ("nowhere.example.com", dns.rcode.NXDOMAIN)):
+            reply = ask(running.port, name, "TXT")
+            assert reply.rcode() == rcode
+            assert reply.answer == [] and reply.authority == []
+
+
+def test_a_delayed_name_answers_late_and_others_meanwhile(server):
+    got = {}
+    started = time.monotonic()
+    late = threading.Thread(target=lambda: got.setdefault(
+        "late", ask(server.port, "late.example.com", "A")))
+    late.start()
+    assert ask(server.port, "example.com", "A").answer  # not held up
+    assert time.monotonic() - started < 0.4
+    late.join()
+    assert time.monotonic() - started >= 0.5
+    assert [str(r) for r in got["late"].answer[0]] == ["192.0.2.5"]
 
 
 def test_wildcard(server):
