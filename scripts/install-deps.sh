@@ -17,6 +17,7 @@ BUILD_PACKAGES=(
   libopendkim-dev           # OpenDKIM: the tests' second opinion on DKIM (tests/tools)
   libopendmarc-dev          # DMARC records (proxy/checks)
   libpsl-dev publicsuffix   # organizational domains: the Public Suffix List
+  libidn2-dev               # internationalized domains as A-labels for SPF and DMARC (proxy/checks)
   libsodium-dev             # Ed25519 DKIM signatures (proxy/checks)
   libsystemd-dev            # sd_notify: readiness for systemd's Type=notify (packaging/systemd)
   swaks                     # the quick start's example client (README)

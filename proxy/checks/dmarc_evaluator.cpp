@@ -6,6 +6,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "checks/idna_domain.hpp"
 #include "checks/message_fields.hpp"
 #include "smtp/text.hpp"
 
@@ -156,6 +157,13 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
   if (!domain) return stop(kind::permerror, problem);
   r.domain = std::move(*domain);
   if (r.domain.front() == '[') return stop(kind::permerror, "the From domain is an address literal");
+  // An internationalized From domain (an SMTPUTF8 message) is looked up and
+  // aligned as A-labels (RFC 7489 §6.6.3, RFC 8616 §4-5): SPF and DKIM name
+  // domains in A-labels, and DNS has the record at _dmarc.<A-labels>.
+  // tx.dmarc.domain and header.from= carry that form too.
+  auto ascii = a_label_domain(r.domain);
+  if (!ascii) return stop(kind::permerror, "the From domain is not a valid internationalized domain name (IDNA2008)");
+  r.domain = smtp::to_lower(*ascii);
   r.org_domain = organizational_domain(r.domain);
 
   // Policy discovery (§6.6.3).
@@ -196,7 +204,10 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
 
   // Identifier alignment (§3.1): strict is the same name, relaxed the same organizational domain.
   const auto aligned = [&](std::string_view domain, int mode) {
-    const std::string d = smtp::to_lower(domain);
+    const auto ascii = a_label_domain(domain);  // (a DKIM d= may come in U-labels too, RFC 8616 §4)
+    if (!ascii) return false;
+    std::string d = smtp::to_lower(*ascii);
+    if (d.ends_with('.')) d.pop_back();
     if (d == r.domain) return true;
     return mode != DMARC_RECORD_A_STRICT && !d.empty() && organizational_domain(d) == r.org_domain;
   };

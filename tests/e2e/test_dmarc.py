@@ -65,6 +65,8 @@ def zones(keys: dict) -> dict:
         "_dmarc.pct.co.uk": [{"TXT": "v=DMARC1; p=reject; pct=0"}],
         "_dmarc.slow.co.uk": ["TIMEOUT"],
         "_dmarc.broken.co.uk": [{"TXT": "v=DMARC1; rua=mailto:dmarc@broken.co.uk"}],  # no p=
+        "xn--exmple-cua.co.uk": spf,  # exämple.co.uk, as DNS has it
+        "_dmarc.xn--exmple-cua.co.uk": [{"TXT": "v=DMARC1; p=reject"}],
     }
 
 
@@ -175,6 +177,39 @@ def test_dns_trouble_is_temperror_and_a_broken_record_permerror(dmarc_daemon):
     assert time.monotonic() - started < 5
     assert dmarc_of(d, CLIENT, "a@example.co.uk", message("alice@broken.co.uk"))["dmarc"] == "permerror"
     d.wait_log(r"[0-9A-F]{12}: dmarc=permerror header\.from=broken\.co\.uk \(the DMARC record of broken\.co\.uk: .*\)$")
+
+
+def send_smtputf8(d, client: str, mail_from: str, body: bytes):
+    """As send(), with MAIL FROM's SMTPUTF8 (RFC 6531): the From field may then name U-labels."""
+    with d.client() as c:
+        c.send(f"PROXY TCP4 {client} 127.0.0.1 40000 25\r\n".encode())
+        c.expect(220)
+        c.exchange("EHLO client.example.test", 250)
+        c.exchange(f"MAIL FROM:<{mail_from}> SMTPUTF8", 250)
+        c.exchange("RCPT TO:<bob@example.net>", 250)
+        c.exchange("DATA", 354)
+        c.send(body.rstrip(b"\r\n") + b"\r\n.\r\n")
+        return c.reply()
+
+
+def test_an_internationalized_from_domain_is_looked_up_and_aligned_as_a_labels(dmarc_daemon):
+    # RFC 7489 §6.6.3, RFC 8616 §4-5: _dmarc.<A-labels>, and alignment with the
+    # A-labels SPF and DKIM use. As UTF-8 the lookup found nothing: dmarc=none,
+    # and the domain's p=reject was never applied.
+    d = dmarc_daemon()
+    for author in ("alice@exämple.co.uk", "alice@EXÄMPLE.co.uk", "alice@xn--exmple-cua.co.uk"):
+        r = send_smtputf8(d, CLIENT, "a@xn--exmple-cua.co.uk", message(author))
+        assert r.code == 451 and r.text.startswith("dmarc="), str(r)
+        got = dict(field.split("=", 1) for field in r.text.split())
+        assert (got["dmarc"], got["from"], got["p"], got["spf"]) == (
+            "pass", "xn--exmple-cua.co.uk", "reject", "pass:1"), (author, got)
+    r = send_smtputf8(d, CLIENT, "a@xn--exmple-cua.co.uk", message("alice@ex♥mple.co.uk"))  # not IDNA2008
+    assert r.text.startswith("dmarc=permerror "), str(r)
+    d.wait_log(r"[0-9A-F]{12}: dmarc=pass header\.from=xn--exmple-cua\.co\.uk p=reject dis=none$")
+
+    enforcing = dmarc_daemon(DMARC_POLICY)
+    r = send_smtputf8(enforcing, STRANGER, "a@other.co.uk", message("alice@exämple.co.uk"))
+    assert (r.code, r.status) == (550, "5.7.1"), str(r)
 
 
 def test_no_usable_from_is_permerror(dmarc_daemon):

@@ -204,6 +204,42 @@ TEST(DmarcEvaluator, PermerrorForABrokenRecordOrNoUsableFromDomain) {
   EXPECT_EQ(f.from("a@example.test, B <b@EXAMPLE.test>").result, kind::fail);
 }
 
+// RFC 7489 §6.6.3, RFC 8616 §4-5: an internationalized From domain (an
+// SMTPUTF8 message) is looked up and aligned as A-labels, the form SPF and
+// DKIM name domains in; as UTF-8 it found no record, and p=reject was lost.
+TEST(DmarcEvaluator, AnInternationalizedFromDomainIsLookedUpAndAlignedAsALabels) {
+  fixture f;
+  f.dns->txt["_dmarc.xn--exmple-cua.test"] = {"v=DMARC1; p=reject"};
+  auto r = f.from("a@exämple.test", spf(spf_result::kind::pass, "xn--exmple-cua.test"));
+  EXPECT_EQ(r.result, kind::pass) << r.problem;
+  EXPECT_TRUE(r.spf_aligned);
+  EXPECT_EQ(r.policy, policy::reject);
+  EXPECT_EQ(r.domain, "xn--exmple-cua.test");  // reported as A-labels (tx.dmarc, header.from=)
+  EXPECT_EQ(f.dns->asked.back(), "_dmarc.xn--exmple-cua.test");
+
+  // Nothing aligned: the domain's p=reject holds.
+  r = f.from("Ä <a@EXÄMPLE.test>", spf(spf_result::kind::pass, "example.net"));
+  EXPECT_EQ(r.result, kind::fail) << r.problem;
+  EXPECT_EQ(r.disposition, policy::reject);
+
+  // A DKIM d= in U-labels aligns with an A-label From domain, and back.
+  r = f.from("a@xn--exmple-cua.test", std::nullopt, dkim(dkim_signature::kind::pass, "exämple.test"));
+  EXPECT_TRUE(r.dkim_aligned);
+  EXPECT_EQ(r.result, kind::pass);
+
+  // A subdomain finds its organizational domain's record, relaxed alignment by A-labels.
+  r = f.from("a@post.exämple.test", spf(spf_result::kind::pass, "xn--exmple-cua.test"));
+  EXPECT_EQ(r.org_domain, "xn--exmple-cua.test");
+  EXPECT_TRUE(r.org_record);
+  EXPECT_EQ(r.result, kind::pass);
+
+  // A name IDNA2008 refuses is no usable From domain.
+  const auto asked = f.dns->asked.size();
+  r = f.from("a@ex♥mple.test");
+  EXPECT_EQ(r.result, kind::permerror);
+  EXPECT_EQ(f.dns->asked.size(), asked);  // nothing looked up
+}
+
 TEST(DmarcEvaluator, HostileRecordsAndFromFields) {
   fixture f;
   // A 40 KB tag, thousands of report addresses, a long list of tags: parsed (or refused) without harm.
