@@ -49,7 +49,7 @@ struct client_table::entry {
   std::int64_t slice_last_ms[failure_slices];   // the latest failure in each slice; 0: none
   std::uint32_t slice_failures[failure_slices];
   std::uint8_t key[16];
-  std::uint8_t used;
+  std::uint8_t used;  // 0: never used (a search ends here); 1: an address; 2: being written (a worker died there)
 };
 
 class client_table::lock : public robust_lock {
@@ -58,12 +58,13 @@ class client_table::lock : public robust_lock {
   explicit lock(pthread_mutex_t* m) : robust_lock(m, "client table") {}
 };
 
-client_table::client_table(unsigned workers, std::size_t capacity) : workers_(workers), capacity_(capacity) {
+client_table::client_table(unsigned workers, std::size_t capacity)
+    : workers_(workers), slots_(capacity * client_table_slots_per_address) {
   if (workers == 0 || capacity == 0) throw std::invalid_argument("client_table: no workers or no capacity");
   const std::size_t slots_at = align_up(sizeof(header), alignof(std::max_align_t));
   const std::size_t entries_at = align_up(slots_at + workers * sizeof(worker_slot), alignof(std::max_align_t));
-  const std::size_t counts_at = align_up(entries_at + capacity * sizeof(entry), alignof(std::max_align_t));
-  bytes_ = counts_at + std::size_t{workers} * capacity * sizeof(std::uint32_t);
+  const std::size_t counts_at = align_up(entries_at + slots_ * sizeof(entry), alignof(std::max_align_t));
+  bytes_ = counts_at + std::size_t{workers} * slots_ * sizeof(std::uint32_t);
   // Zero-filled by the kernel: every slot starts unused, every count at 0.
   map_ = std::make_unique<shared_mapping>(bytes_, "client table");
   auto* base = map_->data();
@@ -80,7 +81,7 @@ client_table::client_table(unsigned workers, std::size_t capacity) : workers_(wo
 client_table::~client_table() = default;
 
 std::uint32_t& client_table::count(unsigned worker, std::size_t slot) const {
-  return counts_[std::size_t{worker} * capacity_ + slot];
+  return counts_[std::size_t{worker} * slots_ + slot];
 }
 
 std::size_t client_table::open_connections(std::size_t slot) const {
@@ -93,15 +94,21 @@ std::size_t client_table::find(const std::uint8_t (&key)[16], bool create, std::
   std::uint64_t a, b;
   std::memcpy(&a, key, 8);
   std::memcpy(&b, key + 8, 8);
-  const std::size_t home = mix64(mix64(a ^ header_->hash_seed) ^ b) % capacity_;
+  const std::size_t home = mix64(mix64(a ^ header_->hash_seed) ^ b) % slots_;
   std::size_t free_slot = npos, evictable = npos;
-  for (std::size_t i = 0; i < client_table_probe && i < capacity_; ++i) {
-    const std::size_t s = (home + i) % capacity_;
+  for (std::size_t i = 0; i < client_table_probe && i < slots_; ++i) {
+    const std::size_t s = (home + i) % slots_;
     entry& e = entries_[s];
-    if (e.used && std::memcmp(e.key, key, sizeof key) == 0) return s;
+    if (e.used == 1 && std::memcmp(e.key, key, sizeof key) == 0) return s;
+    // A slot never used ends the search: a slot, once used, stays so (it is
+    // taken over, not freed), and an address takes the first it may have.
+    if (!e.used) {
+      if (create && free_slot == npos) free_slot = s;
+      break;
+    }
     if (!create || free_slot != npos) continue;
-    const bool connected = e.used && open_connections(s) > 0;
-    if (!e.used || (!connected && e.failures_expire_ms <= now_ms)) {
+    const bool connected = open_connections(s) > 0;
+    if (!connected && (e.used == 2 || e.failures_expire_ms <= now_ms)) {
       free_slot = s;
     } else if (!connected && (evictable == npos || e.failures_expire_ms < entries_[evictable].failures_expire_ms)) {
       evictable = s;  // only failed logins on record: the first to go when there is no room
@@ -111,7 +118,7 @@ std::size_t client_table::find(const std::uint8_t (&key)[16], bool create, std::
   const std::size_t s = free_slot != npos ? free_slot : evictable;
   if (s == npos) return npos;
   entry& e = entries_[s];
-  e.used = 0;
+  e.used = 2;  // being written: in the search's way still (a worker dying here must not cut a chain), no match
   e.failures_expire_ms = 0;
   std::memset(e.slice_last_ms, 0, sizeof e.slice_last_ms);
   std::memset(e.slice_failures, 0, sizeof e.slice_failures);
@@ -196,7 +203,7 @@ bool client_table::over_failure_limit(const asio::ip::address& client, std::size
 
 void client_table::forget_worker(unsigned worker) {
   lock l(&header_->mutex);
-  std::memset(&count(worker, 0), 0, capacity_ * sizeof(std::uint32_t));
+  std::memset(&count(worker, 0), 0, slots_ * sizeof(std::uint32_t));
   worker_slots_[worker].connections = 0;
   worker_slots_[worker].ready.store(0);
 }

@@ -17,7 +17,8 @@
 //
 // A fixed-size open-addressing hash of addresses (seeded per run, so a
 // client cannot pick colliding addresses): an address is looked for among
-// client_table_probe slots from its hash. When none of those slots is free,
+// client_table_probe slots from its hash (up to the first never used: an
+// address is never placed past one). When none of those slots is free,
 // an address that only has failed logins on record (the oldest-expiring
 // one) gives its slot up; when all of them hold open connections, the new
 // connection is refused (admission::table_full: 421 4.7.0) and a failed
@@ -38,8 +39,13 @@ namespace portcullis {
 
 class shared_mapping;
 
-inline constexpr std::size_t client_table_capacity = 16384;  // addresses held at once
-inline constexpr std::size_t client_table_probe = 32;        // slots looked at for one address
+inline constexpr std::size_t client_table_capacity = 16384;  // addresses held at once, at least
+// Twice as many slots as addresses, and a long probe: at half load a run of
+// client_table_probe taken slots is all but impossible (about e^-12 a slot
+// for linear probing), so the table takes its capacity in addresses, where
+// one slot per address and a short probe refused the 10,000th.
+inline constexpr std::size_t client_table_slots_per_address = 2;
+inline constexpr std::size_t client_table_probe = 64;  // slots looked at for one address, at most
 // A failure window is counted in this many slices (sliding, in steps of a
 // slice): a failure counts for at least failure_window and at most one
 // slice (failure_window / (slices - 1)) longer; never less.
@@ -104,13 +110,13 @@ class client_table {
   std::uint32_t& count(unsigned worker, std::size_t slot) const;
 
   unsigned workers_;
-  std::size_t capacity_;
+  std::size_t slots_;  // client_table_slots_per_address a capacity's address
   std::size_t bytes_ = 0;
   std::unique_ptr<shared_mapping> map_;
   header* header_ = nullptr;
   worker_slot* worker_slots_ = nullptr;
   entry* entries_ = nullptr;
-  std::uint32_t* counts_ = nullptr;  // [workers][capacity]
+  std::uint32_t* counts_ = nullptr;  // [workers][slots]
 };
 
 }  // namespace portcullis

@@ -47,17 +47,17 @@ struct shared_kv::header {
 
 struct shared_kv::entry {
   std::int64_t expires_ms;  // 0: free; forever: no time to live
-  std::uint16_t key_size;
+  std::uint16_t key_size;   // 0: never used (a search ends here)
   std::uint16_t value_size;
   char key[shared_kv_max_key];
   char value[shared_kv_max_value];
 };
 
-shared_kv::shared_kv(std::size_t capacity) : capacity_(capacity) {
+shared_kv::shared_kv(std::size_t capacity) : capacity_(capacity), slots_(capacity * shared_kv_slots_per_key) {
   if (capacity == 0) throw std::invalid_argument("shared_kv: no capacity");
   const std::size_t entries_at = align_up(sizeof(header), alignof(std::max_align_t));
   // Zero-filled by the kernel: every slot starts free; pages are touched only as slots are used.
-  map_ = std::make_unique<shared_mapping>(entries_at + capacity * sizeof(entry), "policy store");
+  map_ = std::make_unique<shared_mapping>(entries_at + slots_ * sizeof(entry), "policy store");
   header_ = new (map_->data()) header;
   entries_ = reinterpret_cast<entry*>(map_->data() + entries_at);
   init_robust_mutex(&header_->mutex);
@@ -67,11 +67,18 @@ shared_kv::shared_kv(std::size_t capacity) : capacity_(capacity) {
 shared_kv::~shared_kv() = default;
 
 std::size_t shared_kv::find(std::string_view key, bool create, std::int64_t now_ms) {
-  const std::size_t home = hash_of(key, header_->hash_seed) % capacity_;
+  const std::size_t home = hash_of(key, header_->hash_seed) % slots_;
   std::size_t free_slot = npos, soonest = npos;
-  for (std::size_t i = 0; i < shared_kv_probe && i < capacity_; ++i) {
-    const std::size_t s = (home + i) % capacity_;
+  for (std::size_t i = 0; i < shared_kv_probe && i < slots_; ++i) {
+    const std::size_t s = (home + i) % slots_;
     entry& e = entries_[s];
+    // A slot never used (no key ever written: keys are never empty) ends the
+    // search: a key takes the first free slot of its run, and a slot freed
+    // (expired, erased) keeps its key size, so no run is cut.
+    if (e.key_size == 0) {
+      if (create && free_slot == npos) free_slot = s;
+      break;
+    }
     const bool live = e.expires_ms > now_ms;
     if (live && e.key_size == key.size() && std::memcmp(e.key, key.data(), key.size()) == 0) return s;
     if (!create) continue;

@@ -4,10 +4,14 @@
 // decimal integers, as in Redis), each with an optional time to live.
 //
 // A fixed-size open-addressing hash (seeded per run, so a client cannot
-// pick colliding keys): a key is looked for among shared_kv_probe slots
-// from its hash. A new key takes a free or expired slot there; failing
-// that, the one that expires soonest; when every slot there lives forever,
-// the write is refused (`full`), never an existing key dropped silently.
+// pick colliding keys) of twice as many slots as the capacity in keys: a key
+// is looked for among shared_kv_probe slots from its hash, up to the first
+// never used. A new key takes a free or expired slot there; failing that,
+// the one that expires soonest; when every slot there lives forever, the
+// write is refused (`full`), never an existing key dropped silently. At the
+// capacity, half the slots are taken, where a run of shared_kv_probe taken
+// ones is all but impossible (about e^-24 a slot for linear probing): the
+// table holds its capacity, and only past it do keys give way or get refused.
 // One robust mutex guards it (store/shared_memory.hpp); operations are a
 // few hundred nanoseconds, so it is held that long.
 //
@@ -30,7 +34,8 @@ class shared_mapping;
 
 inline constexpr std::size_t shared_kv_max_key = 200;
 inline constexpr std::size_t shared_kv_max_value = 256;
-inline constexpr std::size_t shared_kv_probe = 32;
+inline constexpr std::size_t shared_kv_probe = 128;
+inline constexpr std::size_t shared_kv_slots_per_key = 2;
 inline constexpr std::size_t shared_kv_default_entries = 65536;
 
 class shared_kv {
@@ -61,6 +66,7 @@ class shared_kv {
   std::size_t find(std::string_view key, bool create, std::int64_t now_ms);
 
   std::size_t capacity_;
+  std::size_t slots_;  // shared_kv_slots_per_key a key of the capacity
   std::unique_ptr<shared_mapping> map_;
   header* header_ = nullptr;
   entry* entries_ = nullptr;

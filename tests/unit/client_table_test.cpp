@@ -96,7 +96,7 @@ TEST(ClientTable, FailuresSpreadOverTheWindowAllCount) {
 // A table of 4 slots: connected clients fill it, then a new one is refused;
 // a client with only failed logins gives its slot up.
 TEST(ClientTable, AFullTableRefusesAndEvictsFailuresFirst) {
-  client_table t(1, 4);
+  client_table t(1, 2);  // 4 slots: every address probes every one
   const auto now = client_table::clock::now();
   t.record_failure(ip("198.51.100.9"), 600s, now);
   for (int i = 1; i <= 4; ++i)
@@ -110,6 +110,20 @@ TEST(ClientTable, AFullTableRefusesAndEvictsFailuresFirst) {
   EXPECT_EQ(t.connections(ip("192.0.2.1")), 2u);
   t.release(0, ip("192.0.2.4"));
   EXPECT_EQ(t.admit(0, ip("192.0.2.5"), 5, 100), admission::admitted);  // its slot is free again
+}
+
+// The documented capacity holds: that many addresses with connections at once
+// (one slot per address and a 32-slot probe refused about the 10,000th of 16,384).
+TEST(ClientTable, ItHoldsItsCapacityInAddresses) {
+  client_table t(2, client_table_capacity);
+  for (std::size_t i = 0; i < client_table_capacity; ++i) {
+    const auto a = asio::ip::make_address_v6(asio::ip::address_v6::bytes_type{
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, static_cast<unsigned char>(i >> 8),
+        static_cast<unsigned char>(i)});
+    ASSERT_EQ(t.admit(static_cast<unsigned>(i % 2), a, 5, 1000000), admission::admitted) << i;
+  }
+  EXPECT_EQ(t.connections(ip("2001:db8::1")), 1u);
+  EXPECT_EQ(t.connections(ip("2001:db8::3fff")), 1u);
 }
 
 TEST(ClientTable, SessionNumbersAreUniqueAcrossProcesses) {

@@ -75,7 +75,7 @@ TEST(SharedKv, Bounds) {
 }
 
 TEST(SharedKv, WhenFullTheSoonestToExpireGivesWayNeverAKeptOne) {
-  shared_kv kv(shared_kv_probe);  // every key probes every slot
+  shared_kv kv(shared_kv_probe / shared_kv_slots_per_key);  // every key probes every slot
   for (std::size_t i = 0; i < shared_kv_probe; ++i)
     ASSERT_EQ(kv.set("forever" + std::to_string(i), "v", std::nullopt, t0), status::ok);
   EXPECT_EQ(kv.set("one more", "v", 10s, t0), status::full);
@@ -92,6 +92,35 @@ TEST(SharedKv, WhenFullTheSoonestToExpireGivesWayNeverAKeptOne) {
   EXPECT_EQ(kv.get("newest", t0), "3");
   EXPECT_EQ(kv.set("after", "4", std::nullopt, t0 + 25s), status::ok);  // "later" expired: its slot is free
   EXPECT_EQ(kv.get("after", t0 + 25s), "4");
+}
+
+// The capacity holds: the default table takes that many keys without a time
+// to live (a 32-slot probe over one slot per key refused about the 32,000th of
+// 65,536), and that many with one, none of them given up while live.
+TEST(SharedKv, ItHoldsItsCapacityInKeys) {
+  for (const bool with_ttl : {false, true}) {
+    SCOPED_TRACE(with_ttl);
+    shared_kv kv(shared_kv_default_entries);
+    const std::optional<shared_kv::clock::duration> ttl = with_ttl ? std::optional(3600s) : std::nullopt;
+    for (std::size_t i = 0; i < shared_kv_default_entries; ++i)
+      ASSERT_EQ(kv.set("key" + std::to_string(i), "v", ttl, t0), status::ok) << i;
+    std::size_t live = 0;
+    for (std::size_t i = 0; i < shared_kv_default_entries; ++i) live += kv.get("key" + std::to_string(i), t0).has_value();
+    EXPECT_EQ(live, shared_kv_default_entries);
+  }
+}
+
+// A freed slot (erased, expired) does not end a search: keys stored past it are found.
+TEST(SharedKv, KeysPastAFreedSlotAreFound) {
+  shared_kv kv(shared_kv_probe / shared_kv_slots_per_key);  // every slot taken below: runs overlap
+  for (std::size_t i = 0; i < shared_kv_probe; ++i)
+    ASSERT_EQ(kv.set("k" + std::to_string(i), std::to_string(i), i % 2 ? std::optional(5s) : std::nullopt, t0),
+              status::ok);
+  for (std::size_t i = 0; i < shared_kv_probe; i += 4) kv.erase("k" + std::to_string(i), t0);  // freed
+  const auto later = t0 + 10s;  // the odd ones expired: freed too
+  for (std::size_t i = 2; i < shared_kv_probe; i += 4) EXPECT_EQ(kv.get("k" + std::to_string(i), later), std::to_string(i));
+  EXPECT_EQ(kv.set("new", "n", std::nullopt, later), status::ok);  // takes a freed slot
+  for (std::size_t i = 2; i < shared_kv_probe; i += 4) EXPECT_EQ(kv.get("k" + std::to_string(i), later), std::to_string(i));
 }
 
 TEST(SharedKv, ProcessesForkedAfterItShareIt) {
