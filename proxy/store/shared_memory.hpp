@@ -23,7 +23,10 @@ namespace portcullis {
 class shared_mapping {
  public:
   shared_mapping(std::size_t bytes, const char* what) : bytes_(bytes) {
-    map_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    // No reserve: a table is sized for its most (pc.store's largest is
+    // gigabytes) but its pages are made only as slots are used, so the
+    // kernel's overcommit heuristic must not refuse it on a small machine.
+    map_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (map_ == MAP_FAILED) throw std::system_error(errno, std::generic_category(), std::string(what) + " mmap");
   }
   ~shared_mapping() { munmap(map_, bytes_); }
