@@ -5,6 +5,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "checks/idna_domain.hpp"
 #include "checks/spf_dns_layer.hpp"
 #include "dns/resolver.hpp"
 #include "net/network.hpp"
@@ -151,6 +152,15 @@ spf_result spf_checker::check_now(const asio::ip::address& client_address, std::
                                   const smtp::address& sender) const {
   spf_result out;
   out.domain = identity_domain(helo, sender, out.helo);
+  // §4.3: an internationalized domain (an SMTPUTF8 sender or HELO) is checked
+  // as A-labels; one that does not convert is malformed: "none". The result
+  // names the A-label form, as DMARC aligns with it.
+  if (auto ascii = a_label_domain(out.domain)) {
+    out.domain = std::move(*ascii);
+  } else {
+    out.problem = "not a valid internationalized domain name (IDNA2008): " + out.domain;
+    return out;  // none (§4.3)
+  }
   if (!checkable_domain(out.domain)) {
     out.problem = out.domain.empty() ? "no domain to check" : "not a domain name: " + out.domain;
     return out;  // none (§4.3)
@@ -178,9 +188,10 @@ spf_result spf_checker::check_now(const asio::ip::address& client_address, std::
     e.request = o.request;
     set_client(o.request, client);
     // HELO first, so that <> is checked as postmaster@HELO (§2.4).
-    const std::string helo_text(helo);
+    // (%{h} of an internationalized HELO name: its A-labels, when it has them.)
+    const std::string helo_text = a_label_domain(helo).value_or(std::string(helo));
     if (!helo_text.empty()) SPF_request_set_helo_dom(o.request, helo_text.c_str());
-    const std::string from = out.helo ? "postmaster@" + out.domain : sender.local + "@" + sender.domain;
+    const std::string from = out.helo ? "postmaster@" + out.domain : sender.local + "@" + out.domain;
     SPF_request_set_env_from(o.request, from.c_str());
     const SPF_errcode_t err = SPF_request_query_mailfrom(o.request, &o.response);
     if (o.response == nullptr) throw libspf2_fault("no response");

@@ -62,6 +62,8 @@ ZONES = {
     "bomb.example.test": [{"TXT": "v=spf1 exists:%{l}%{l}%{l}%{l}%{l}%{l}%{l}%{l}.%{d}.%{d}.%{d}.%{d} -all"}],
     "huge.example.test": [{"TXT": "v=spf1 " + " ".join(f"ip4:10.{i // 250}.{i % 250}.1" for i in range(2500))
                            + " -all"}],
+    # exämple.test, as DNS has it (RFC 7208 §4.3: A-labels).
+    "xn--exmple-cua.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}],
 }
 
 
@@ -88,13 +90,14 @@ def spf_daemon(policy_daemon, aiosmtpd_upstream, dns_server):
     return start
 
 
-def spf_of(d, client: str, sender: str, helo: str = "client.example.test") -> tuple[str, str, str]:
-    """(result, domain, explanation) of tx.spf as the policy saw it."""
+def spf_of(d, client: str, sender: str, helo: str = "client.example.test",
+           params: str = "") -> tuple[str, str, str]:
+    """(result, domain, explanation) of tx.spf as the policy saw it; `params` follow MAIL FROM's address."""
     with d.client() as c:
         c.send(v1(client))
         c.expect(220)
         c.exchange(f"EHLO {helo}", 250)
-        c.cmd(f"MAIL FROM:<{sender}>")
+        c.cmd(f"MAIL FROM:<{sender}>{params}")
         r = c.reply()
     m = re.fullmatch(r"spf=(\S+) domain=(\S+) exp=(.*)", r.text)
     assert r.code == 451 and m, str(r)
@@ -128,6 +131,19 @@ def test_the_null_sender_is_checked_as_postmaster_at_the_helo_name(spf_daemon):
     assert spf_of(d, "192.0.2.20", "", helo="helo.example.test") == ("pass", "helo.example.test", "-")
     assert spf_of(d, "192.0.2.21", "", helo="helo.example.test")[0] == "fail"
     assert spf_of(d, "192.0.2.21", "", helo="[192.0.2.21]") == ("none", "[192.0.2.21]", "-")  # no domain (§2.3)
+
+
+def test_an_internationalized_sender_domain_is_checked_as_a_labels(spf_daemon, dns_server):
+    # RFC 7208 §4.3: IDNs MUST be encoded as A-labels. As UTF-8 the record
+    # was not found: none, where pyspf (on the same DNS) says pass or fail.
+    d = spf_daemon()
+    for client, want in (("192.0.2.7", "pass"), ("198.51.100.1", "fail")):
+        for sender in ("a@exämple.test", "a@EXÄMPLE.test", "a@xn--exmple-cua.test"):
+            assert spf_of(d, client, sender, params=" SMTPUTF8") == (want, "xn--exmple-cua.test", "-"), sender
+        assert reference_spf(dns_server.port, client, "client.example.test", "a@exämple.test")[0] == want
+    # A domain IDNA2008 refuses is malformed: none, without a lookup (§4.3).
+    assert spf_of(d, "192.0.2.7", "a@ex♥mple.test", params=" SMTPUTF8") == ("none", "ex♥mple.test", "-")
+    d.wait_log(r"spf=none mailfrom=ex♥mple\.test client=\[192\.0\.2\.7\] \(not a valid internationalized domain name")
 
 
 def test_an_ipv4_mapped_client_is_checked_as_ipv4(spf_daemon):

@@ -251,6 +251,38 @@ TEST(SpfCheckerOnATable, KeepsEveryLabelWhenAMacroAsksForAsManyOrMore) {
 }
 
 
+// RFC 7208 §4.3: an internationalized domain is checked as A-labels (an
+// SMTPUTF8 sender, or HELO name, in U-labels); one that does not convert is
+// malformed: "none", without a lookup. As UTF-8 it found no record: none.
+TEST(SpfCheckerOnATable, ChecksAnInternationalizedDomainAsALabels) {
+  std::vector<std::string> asked;
+  const spf_checker checker(
+      from_table({{{"xn--exmple-cua.test", dns::rr_type::txt}, {"v=spf1 ip4:192.0.2.0/24 -all exp=why.test"}},
+                  {{"why.test", dns::rr_type::txt}, {"%{d} refuses %{s} (helo %{h})"}}},
+                 &asked),
+      "mx.example.test");
+  const auto pass = checker.check_now(asio::ip::make_address("192.0.2.7"), "h.test", smtp::address{"a", "exämple.test"});
+  EXPECT_EQ(pass.result, kind::pass) << pass.problem;
+  EXPECT_EQ(pass.domain, "xn--exmple-cua.test");  // what DMARC aligns with
+  EXPECT_EQ(asked, (std::vector<std::string>{"xn--exmple-cua.test"}));
+
+  const auto fail = checker.check_now(asio::ip::make_address("198.51.100.1"), "hélo.test", smtp::address{"a", "EXÄMPLE.test"});
+  EXPECT_EQ(fail.result, kind::fail) << fail.problem;
+  EXPECT_EQ(fail.explanation, "xn--exmple-cua.test refuses a@xn--exmple-cua.test (helo xn--hlo-bma.test)");
+
+  // The null sender: the HELO name, converted the same.
+  const auto helo = checker.check_now(asio::ip::make_address("192.0.2.7"), "exämple.test", smtp::address{});
+  EXPECT_EQ(helo.result, kind::pass) << helo.problem;
+  EXPECT_TRUE(helo.helo);
+  EXPECT_EQ(helo.domain, "xn--exmple-cua.test");
+
+  asked.clear();
+  const auto bad = checker.check_now(asio::ip::make_address("192.0.2.7"), "h.test", smtp::address{"a", "ex♥mple.test"});
+  EXPECT_EQ(bad.result, kind::none);
+  EXPECT_NE(bad.problem.find("IDNA2008"), std::string::npos) << bad.problem;
+  EXPECT_TRUE(asked.empty());
+}
+
 // libspf2's server is kept per thread (checks/spf_checker.cpp): checkers
 // that take turns on one thread (a reload's, say) each check with their own
 // receiver (%{r}) and limits.
