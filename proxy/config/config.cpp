@@ -379,6 +379,7 @@ class table_reader {
     std::string s;
     if (!get(key, s)) return;
     if (s.empty()) problem_at(key, "empty path");
+    else if (s.find('\0') != std::string::npos) problem_at(key, "a path with a NUL in it (the system would end it there)");
     else out = base / s;
   }
 

@@ -583,6 +583,8 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[log]\nformat = \"xml\"\n", "2: log.format: \"xml\" is not one of \"text\", \"json\""},
       {"[policy]\nfiles = [\"a.py\", \"\"]\n", "2: policy.files: \"\" is an empty path"},
       {"[auth]\nusers_file = \"\"\n", "2: auth.users_file: empty path"},
+      {"[auth]\nusers_file = \"users\\u0000.txt\"\n",
+       "2: auth.users_file: a path with a NUL in it (the system would end it there)"},
       // Settings that need another table (start-up, --check-config and SIGHUP alike).
       {"[server]\nlisten_tls = [\"127.0.0.1:4650\"]\n", "2: server.listen_tls: needs a [tls] table with cert and key"},
       {"[server]\n\nrequire_tls = true\n", "3: server.require_tls: needs a [tls] table with cert and key"},
