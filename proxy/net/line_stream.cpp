@@ -1,5 +1,6 @@
 #include "net/line_stream.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -133,6 +134,11 @@ line_stream::waiting line_stream::peek_socket() {
   if (n > 0) return waiting::data;
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return waiting::nothing;
   return waiting::end;
+}
+
+bool line_stream::peer_finished_sending() {
+  pollfd p{socket_.native_handle(), POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 bool line_stream::has_unread_input() {

@@ -61,6 +61,9 @@ class line_stream {
   // Raw bytes: under TLS they may be TLS's own records.
   enum class waiting { nothing, data, end };
   waiting peek_socket();
+  // Has the peer shut its side (FIN), even with bytes still unread before it
+  // (which a peek sees instead)? Looked at without waiting (POLLRDHUP).
+  bool peer_finished_sending();
 
   // Hands an idle stream (no operation pending) to another strand: a pooled
   // upstream connection taken by another session. The deadline timer's

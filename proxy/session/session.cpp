@@ -478,7 +478,12 @@ awaitable<bool> session::read_proxy_header() {
     }
     if (parsed == smtp::proxy_parse::done) break;
     if (in.size() == seen) {
-      // The rest of the header has not arrived: the socket stays readable, so wait a moment.
+      // The rest of the header has not arrived: the socket stays readable, so wait a moment
+      // (unless the peer has shut its side: the rest never comes).
+      if (client_.peer_finished_sending()) {
+        log_.info("the connection ended within the PROXY header");
+        co_return false;
+      }
       asio::steady_timer pause(client_.socket().get_executor(), proxy_header_pause);
       co_await pause.async_wait(asio::use_awaitable);
     }

@@ -255,6 +255,22 @@ def test_silent_plain_smtp_client_gets_no_greeting(proxied):
     d.wait_log(rf"{sid}: no PROXY header before the connection ended or timed out$")
 
 
+def test_a_peer_that_closes_within_the_header_is_let_go_at_once(proxied):
+    """Part of a header, then FIN: the rest never comes. The session ends at once, not at the
+    idle timeout (a peek sees the same bytes for ever, never the FIN behind them)."""
+    import socket
+    import time
+    d = proxied(idle_timeout=30)
+    with d.client() as c:
+        sid = d.session_of(c.local_port)
+        c.send(v1("192.0.2.1", "127.0.0.1", 1, 25)[:12])
+        started = time.monotonic()
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.closed(timeout=10)
+        assert time.monotonic() - started < 5
+    d.wait_log(rf"{sid}: the connection ended within the PROXY header$")
+
+
 def test_header_split_across_writes(proxied):
     d = proxied()
     header = v2("2001:db8::99", "2001:db8::1", 40100, 25)
