@@ -4,8 +4,10 @@
 // budget, DNS trouble), and the records it is given pass our validator first.
 #include "checks/spf_dns_layer.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "checks/spf_record.hpp"
 #include "smtp/text.hpp"
@@ -115,6 +117,12 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* layer, const char* domain, ns_type type, 
   auto& e = evaluation_of(layer);
   const auto ours = our_type(type);
   if (!ours || e.permerror) return SPF_dns_rr_new_init(layer, domain, type, 0, NO_DATA);
+  if (e.explaining) {
+    // §6.2: the explanation never changes the result: no term, no void
+    // lookup, no budget spent (past it, nothing is asked).
+    if (std::chrono::steady_clock::now() >= e.deadline) return SPF_dns_rr_new_init(layer, domain, type, 0, TRY_AGAIN);
+    return rr_of(layer, domain, type, e.lookup(fitted(domain), *ours));
+  }
   // Each term that queries DNS (a, mx, ptr, exists here; include and
   // redirect in get_spf) makes one lookup of its own; an mx or ptr term then
   // looks up the names it found, which are not terms (§4.6.4).
@@ -144,6 +152,65 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* layer, const char* domain, ns_type type, 
     for (const auto& r : answer.records) e.follow_ups.insert(name_key(r.value));
   }
   return rr_of(layer, domain, type, answer);
+}
+
+// Whether `text` (a record or an explanation) uses the "p" macro (§7.3).
+bool uses_p_macro(std::string_view text) {
+  for (std::size_t i = 0; i + 2 < text.size(); ++i) {
+    if (text[i] != '%') continue;
+    if (text[i + 1] == '{' && (text[i + 2] == 'p' || text[i + 2] == 'P')) return true;
+    ++i;  // "%%", "%_", "%-" (or a stray "%", which the validator refused)
+  }
+  return false;
+}
+
+// The name the reverse zone has the client's address at (RFC 1035 §3.5, RFC 3596 §2.5).
+std::string reverse_name(const asio::ip::address& client) {
+  std::string out;
+  if (client.is_v4()) {
+    const auto b = client.to_v4().to_bytes();
+    for (auto it = b.rbegin(); it != b.rend(); ++it) out += std::to_string(*it) + '.';
+    return out + "in-addr.arpa";
+  }
+  static constexpr char hex[] = "0123456789abcdef";
+  const auto b = client.to_v6().to_bytes();
+  for (auto it = b.rbegin(); it != b.rend(); ++it) {
+    out += hex[*it & 0xF];
+    out += '.';
+    out += hex[*it >> 4];
+    out += '.';
+  }
+  return out + "ip6.arpa";
+}
+
+// §7.3 "p": the client's validated name (§5.5), found as libspf2 would (the
+// first PTR name, of at most 10 (§4.6.4), with the client among its
+// addresses; "unknown" without one), and set on the request before libspf2
+// expands the macro, so that it never looks it up itself: its lookups came
+// through lookup() above as terms (a PTR query is one, for the ptr
+// mechanism), and a record of 10 terms and %{p} was a permerror, an
+// explanation with %{p} turned a fail into one. These lookups are no term
+// (§4.6.4 counts include, a, mx, ptr, exists and redirect; pyspf the same)
+// and no void lookup; past the check's budget none is made.
+void set_client_name(spf_evaluation& e, SPF_request_t* request) {
+  if (request == nullptr || request->client_dom != nullptr) return;
+  const auto ask = [&e](const std::string& name, dns::rr_type type) {
+    return std::chrono::steady_clock::now() < e.deadline ? e.lookup(name, type) : dns::answer{};
+  };
+  std::string name = "unknown";
+  const auto names = ask(reverse_name(e.client), dns::rr_type::ptr);
+  const auto family = e.client.is_v4() ? dns::rr_type::a : dns::rr_type::aaaa;
+  const std::size_t tried = std::min<std::size_t>(names.records.size(), e.limits.mx_hosts);
+  for (std::size_t i = 0; i < tried && name == "unknown"; ++i) {
+    for (const auto& address : ask(fitted(names.records[i].value), family).records) {
+      boost::system::error_code bad;
+      if (asio::ip::make_address(address.value, bad) == e.client && !bad) {
+        name = names.records[i].value;
+        break;
+      }
+    }
+  }
+  request->client_dom = ::strdup(name.c_str());  // (libspf2 frees it with the request)
 }
 
 bool is_spf_record(std::string_view txt) {
@@ -205,6 +272,7 @@ SPF_errcode_t get_spf(SPF_server_t* server, SPF_request_t* request, SPF_response
   }
   const std::string text = spf_macros_for_values(
       spf_record_for_client(spf_record_for_libspf2(records.front()), !e.client.is_v4()), macro_values(e, request));
+  if (uses_p_macro(text)) set_client_name(e, request);
   const auto [mechanisms, modifiers] = spf_term_counts(text);
   const bool compiled = SPF_record_compile(server, response, recordp, text.c_str()) == SPF_E_SUCCESS;
   // libspf2 drops the terms past 511 bytes of its compiled form without a
@@ -261,6 +329,14 @@ std::optional<std::string> expand(SPF_server_t* server, SPF_request_t* request, 
 // expand: no explanation (empty), as if there were no exp=.
 SPF_errcode_t get_exp(SPF_server_t* server, const char* domain, char** bufp, size_t* buflenp) {
   auto& e = evaluation_of(server->resolver);
+  // §6.2: the result is known; nothing here may change it (no term counted,
+  // no permerror, no budget overrun: see lookup()).
+  const bool was_explaining = std::exchange(e.explaining, true);
+  struct restore {
+    spf_evaluation& e;
+    bool was;
+    ~restore() { e.explaining = was; }
+  } restored{e, was_explaining};
   std::string explanation;
   const bool in_time = std::chrono::steady_clock::now() < e.deadline;
   const auto answer = in_time ? e.lookup(fitted(domain), dns::rr_type::txt) : dns::answer{};
@@ -269,6 +345,7 @@ SPF_errcode_t get_exp(SPF_server_t* server, const char* domain, char** bufp, siz
   };
   if (answer.ok() && answer.records.size() == 1 && printable(answer.records.front().value) && e.request != nullptr) {
     const std::string& text = answer.records.front().value;
+    if (uses_p_macro(text)) set_client_name(e, e.request);
     bool ok = true;
     for (std::size_t start = 0; ok;) {
       const auto space = text.find(' ', start);

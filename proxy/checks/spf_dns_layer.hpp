@@ -38,6 +38,7 @@ struct spf_evaluation {
   bool record_fetched = false;           // the checked domain's own record (not a DNS term)
   std::set<std::string> follow_ups;      // names an mx or ptr term looks up next (not terms)
   bool dns_trouble = false;              // a lookup timed out or failed: temperror material
+  bool explaining = false;               // the exp= text is fetched and expanded: no accounting (§6.2)
   bool out_of_time = false;              // the budget ran out
   std::optional<std::string> permerror;  // a bad record or a limit passed: nothing more is asked
 };

@@ -62,6 +62,15 @@ ZONES = {
     "bomb.example.test": [{"TXT": "v=spf1 exists:%{l}%{l}%{l}%{l}%{l}%{l}%{l}%{l}.%{d}.%{d}.%{d}.%{d} -all"}],
     "huge.example.test": [{"TXT": "v=spf1 " + " ".join(f"ip4:10.{i // 250}.{i % 250}.1" for i in range(2500))
                            + " -all"}],
+    # Ten DNS-querying terms and the p macro, in a term and in the explanation (§4.6.4, §6.2).
+    "p.example.test": [{"TXT": "v=spf1 " + " ".join(f"a:h{i}.many.example.test" for i in range(9))
+                        + " exists:%{p}.allow.example.test -all"}],
+    "pexp.example.test": [{"TXT": "v=spf1 " + " ".join(f"a:h{i}.many.example.test" for i in range(10))
+                           + " -all exp=why.pexp.example.test"}],
+    "why.pexp.example.test": [{"TXT": "%{i} (%{p}) may not send for %{d}"}],
+    "7.2.0.192.in-addr.arpa": [{"PTR": "mail.client.example.test"}],
+    "mail.client.example.test": [{"A": "192.0.2.7"}],
+    "mail.client.example.test.allow.example.test": [{"A": "127.0.0.2"}],
     # exämple.test, as DNS has it (RFC 7208 §4.3: A-labels).
     "xn--exmple-cua.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}],
 }
@@ -144,6 +153,21 @@ def test_an_internationalized_sender_domain_is_checked_as_a_labels(spf_daemon, d
     # A domain IDNA2008 refuses is malformed: none, without a lookup (§4.3).
     assert spf_of(d, "192.0.2.7", "a@ex♥mple.test", params=" SMTPUTF8") == ("none", "ex♥mple.test", "-")
     d.wait_log(r"spf=none mailfrom=ex♥mple\.test client=\[192\.0\.2\.7\] \(not a valid internationalized domain name")
+
+
+def test_the_p_macro_is_no_term_and_the_explanation_changes_no_result(spf_daemon, dns_server):
+    # §4.6.4 counts the terms that query DNS, not the lookups %{p} makes (the
+    # PTR query counted as an 11th term: permerror); §6.2: the explanation
+    # never changes the result (expanding %{p} in it turned a fail into a
+    # permerror). pyspf, on the same DNS, agrees.
+    d = spf_daemon()
+    assert spf_of(d, "192.0.2.7", "a@p.example.test") == ("pass", "p.example.test", "-")
+    assert spf_of(d, "192.0.2.7", "a@pexp.example.test") == (
+        "fail", "pexp.example.test", "192.0.2.7 (mail.client.example.test) may not send for pexp.example.test")
+    assert spf_of(d, "198.51.100.1", "a@pexp.example.test") == (
+        "fail", "pexp.example.test", "198.51.100.1 (unknown) may not send for pexp.example.test")
+    for client, sender in (("192.0.2.7", "a@p.example.test"), ("192.0.2.7", "a@pexp.example.test")):
+        assert reference_spf(dns_server.port, client, "client.example.test", sender)[0] == spf_of(d, client, sender)[0]
 
 
 def test_an_ipv4_mapped_client_is_checked_as_ipv4(spf_daemon):

@@ -283,6 +283,50 @@ TEST(SpfCheckerOnATable, ChecksAnInternationalizedDomainAsALabels) {
   EXPECT_TRUE(asked.empty());
 }
 
+// RFC 7208 §4.6.4 counts the terms that query DNS (include, a, mx, ptr,
+// exists, redirect), not the lookups the %{p} macro makes: libspf2 made
+// them through the DNS layer, whose PTR query counted as an 11th term.
+// And §6.2: the explanation never changes the result, %{p} in it included.
+TEST(SpfCheckerOnATable, ThePMacroIsNoTermInTheRecordOrTheExplanation) {
+  std::string ten = "v=spf1";
+  answer_table table{{{"7.2.0.192.in-addr.arpa", dns::rr_type::ptr}, {"other.client.test", "mail.client.test"}},
+                     {{"mail.client.test", dns::rr_type::a}, {"192.0.2.7"}},
+                     {{"why.test", dns::rr_type::txt}, {"%{i} (%{p}) may not send for %{d}"}}};
+  for (int i = 0; i < 9; ++i) {
+    ten += " a:h" + std::to_string(i) + ".example.test";
+    table[{"h" + std::to_string(i) + ".example.test", dns::rr_type::a}] = {"203.0.113.1"};
+  }
+  table[{"p.example.test", dns::rr_type::txt}] = {ten + " exists:%{p}.allow.test -all"};
+  table[{"mail.client.test.allow.test", dns::rr_type::a}] = {"127.0.0.2"};
+  table[{"e.example.test", dns::rr_type::txt}] = {ten + " a:h9.example.test -all exp=why.test"};
+  table[{"h9.example.test", dns::rr_type::a}] = {"203.0.113.1"};
+  std::vector<std::string> asked;
+  const spf_checker checker(from_table(table, &asked), "mx.example.test");
+  const auto client = asio::ip::make_address("192.0.2.7");
+
+  // Ten terms, the last exists:%{p}: the validated name is the second PTR name.
+  const auto p = checker.check_now(client, "h.test", smtp::address{"a", "p.example.test"});
+  EXPECT_EQ(p.result, kind::pass) << p.problem;
+  EXPECT_EQ(asked.back(), "mail.client.test.allow.test");
+
+  // Ten terms and a fail: %{p} in the explanation leaves it a fail.
+  const auto e = checker.check_now(client, "h.test", smtp::address{"a", "e.example.test"});
+  EXPECT_EQ(e.result, kind::fail) << e.problem;
+  EXPECT_EQ(e.explanation, "192.0.2.7 (mail.client.test) may not send for e.example.test");
+
+  // No validated name: "unknown" (§7.3).
+  const auto stranger = checker.check_now(asio::ip::make_address("192.0.2.8"), "h.test", smtp::address{"a", "e.example.test"});
+  EXPECT_EQ(stranger.result, kind::fail) << stranger.problem;
+  EXPECT_EQ(stranger.explanation, "192.0.2.8 (unknown) may not send for e.example.test");
+
+  // An eleventh term is still one too many (§4.6.4), and a ptr mechanism still a term.
+  table[{"p11.example.test", dns::rr_type::txt}] = {ten + " a:h9.example.test exists:%{p}.allow.test -all"};
+  table[{"ptr.example.test", dns::rr_type::txt}] = {ten + " a:h9.example.test ptr -all"};
+  const spf_checker again(from_table(table, &asked), "mx.example.test");
+  EXPECT_EQ(again.check_now(client, "h.test", smtp::address{"a", "p11.example.test"}).result, kind::permerror);
+  EXPECT_EQ(again.check_now(client, "h.test", smtp::address{"a", "ptr.example.test"}).result, kind::permerror);
+}
+
 // libspf2's server is kept per thread (checks/spf_checker.cpp): checkers
 // that take turns on one thread (a reload's, say) each check with their own
 // receiver (%{r}) and limits.
