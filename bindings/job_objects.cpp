@@ -18,7 +18,8 @@ struct names {
   attribute local{"_local"}, domain{"_domain"}, params{"_params"}, conn{"_conn"}, id{"_id"}, sender{"_sender"},
       recipients{"_recipients"}, smtputf8{"_smtputf8"}, body_8bit{"_body_8bit"}, spf{"spf"}, dkim{"dkim"},
       dmarc{"dmarc"}, arc{"arc"}, dkim_sign{"_dkim_sign"}, arc_seal{"_arc_seal"}, data{"data"}, tx{"tx"},
-      session_conn{"conn"}, before{"before"}, loader{"_loader"}, prepended{"_prepended"}, changed{"_changed"},
+      session_conn{"conn"}, before{"before"}, loader{"_loader"}, head_loader{"_head_loader"},
+      prepended{"_prepended"}, changed{"_changed"},
       message_smtputf8{"_smtputf8"}, is_parsed{"_is_parsed"}, head_whole{"_head_whole"}, conn_id{"_id"},
       client_ip{"_client_ip"}, client_port{"_client_port"}, helo{"_helo"}, tls{"_tls"}, tls_version{"_tls_version"},
       tls_cipher{"_tls_cipher"}, auth_user{"_auth_user"}, conn_data{"data"}, session_engine{"engine"},
@@ -77,7 +78,26 @@ PyObject* load_message(PyObject* self, PyObject* /*unused*/) {
 PyMethodDef load_message_def = {"load_message", load_message, METH_NOARGS,
                                 "The message as received, read from the daemon's store (None if it has none)."};
 
-py::object message_loader(stored_message stored) {
+// Its header section only (message_store::read_head): reading a field of a
+// 50 MiB message reads its header, not the 50 MiB.
+PyObject* load_head(PyObject* self, PyObject* /*unused*/) {
+  const auto* stored = static_cast<const stored_message*>(PyCapsule_GetPointer(self, loader_capsule));
+  if (stored == nullptr) return nullptr;
+  if (!*stored) Py_RETURN_NONE;
+  try {
+    const auto head = (*stored)->read_head();
+    return PyBytes_FromStringAndSize(head.data(), static_cast<Py_ssize_t>(head.size()));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyMethodDef load_head_def = {"load_head", load_head, METH_NOARGS,
+                             "The header section of the message as received, up to its empty line (Message._head_loader)."};
+
+// `def` bound to a capsule holding `stored`.
+py::object bound_to(stored_message stored, PyMethodDef& def) {
   auto* held = new stored_message(std::move(stored));
   PyObject* capsule = PyCapsule_New(held, loader_capsule, [](PyObject* c) {
     delete static_cast<stored_message*>(PyCapsule_GetPointer(c, loader_capsule));
@@ -86,11 +106,13 @@ py::object message_loader(stored_message stored) {
     delete held;
     throw py::error_already_set();
   }
-  PyObject* f = PyCFunction_New(&load_message_def, capsule);
+  PyObject* f = PyCFunction_New(&def, capsule);
   Py_DECREF(capsule);
   if (f == nullptr) throw py::error_already_set();
   return py::reinterpret_steal<py::object>(f);
 }
+
+py::object message_loader(stored_message stored) { return bound_to(std::move(stored), load_message_def); }
 
 }  // namespace
 
@@ -272,10 +294,12 @@ void job_objects::add_recipients(py::handle session, py::handle tx, py::handle p
   n.before.set(session, py::make_tuple(n.sender.get(tx), copy));
 }
 
-py::object job_objects::lazy_message(py::handle loader, bool smtputf8, py::handle head_whole) const {
+py::object job_objects::lazy_message(py::handle loader, bool smtputf8, py::handle head_whole,
+                                     py::handle head_loader) const {
   const auto& n = name();
   py::object m = bare_instance(message_);
   n.loader.set(m, loader);
+  n.head_loader.set(m, head_loader);
   n.prepended.set(m, py::list());
   n.changed.set(m, py::bool_(false));
   n.message_smtputf8.set(m, py::bool_(smtputf8));
@@ -286,7 +310,8 @@ py::object job_objects::lazy_message(py::handle loader, bool smtputf8, py::handl
 
 py::object job_objects::lazy_message(std::shared_ptr<const message_store> stored, bool smtputf8,
                                      py::handle head_whole) const {
-  return lazy_message(message_loader(std::move(stored)), smtputf8, head_whole);
+  const auto head = bound_to(stored, load_head_def);
+  return lazy_message(message_loader(std::move(stored)), smtputf8, head_whole, head);
 }
 
 void define_job_objects(py::module_& m) {
@@ -316,11 +341,13 @@ void define_job_objects(py::module_& m) {
            "session.tx made or brought up to date from the daemon's envelope; sets session.tx and session.before.")
       .def(
           "lazy_message",
-          [](const job_objects& o, py::handle loader, bool smtputf8, py::handle head_whole) {
-            return o.lazy_message(loader, smtputf8, head_whole);
+          [](const job_objects& o, py::handle loader, bool smtputf8, py::handle head_whole, py::handle head_loader) {
+            return o.lazy_message(loader, smtputf8, head_whole, head_loader);
           },
           py::arg("loader"), py::arg("smtputf8"), py::arg("head_whole") = py::none(),
-          "A Message read from loader() when a hook first looks at it (Message._lazy).");
+          py::arg("head_loader") = py::none(),
+          "A Message read from loader() when a hook first looks at it, its header section alone from "
+          "head_loader() when only that is needed (Message._lazy).");
 }
 
 }  // namespace portcullis::bindings

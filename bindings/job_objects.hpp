@@ -56,7 +56,8 @@ class job_objects {
   // What transaction_of would make of the longer envelope, for less.
   void add_recipients(pybind11::handle session, pybind11::handle tx, pybind11::handle parts, Py_ssize_t from) const;
   // Message._lazy: read from `loader()` when a hook first looks at it.
-  pybind11::object lazy_message(pybind11::handle loader, bool smtputf8, pybind11::handle head_whole) const;
+  pybind11::object lazy_message(pybind11::handle loader, bool smtputf8, pybind11::handle head_whole,
+                                pybind11::handle head_loader) const;
   // The same, its loader reading `stored` (None when there is none).
   pybind11::object lazy_message(std::shared_ptr<const message_store> stored, bool smtputf8,
                                 pybind11::handle head_whole) const;

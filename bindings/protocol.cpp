@@ -363,7 +363,11 @@ void define_protocol(py::module_& m) {
       .def_property("message", &bytes_field<&policy_result::message>, &set_bytes_field<&policy_result::message>)
       .def_property("message_prefix", &bytes_field<&policy_result::message_prefix>,
                     &set_bytes_field<&policy_result::message_prefix>,
-                    "header fields put on top of the message as received (whole CRLF-ended fields), instead of `message`")
+                    "header fields put on top of the message as received (whole CRLF-ended fields), instead of `message`; "
+                    "with message_keep_from, a whole header section")
+      .def_readwrite("message_keep_from", &policy_result::message_keep_from,
+                     "0: message_prefix goes on top of the whole message as received; else the byte of it (its "
+                     "body's first) that follows message_prefix")
       .def_readwrite("generation", &policy_result::generation)
       .def_property(
           "hook_counts", [](const policy_result& r) { return std::vector<unsigned>(r.hooks.count.begin(), r.hooks.count.end()); },

@@ -116,6 +116,11 @@ struct policy_result {
   // the message as received (whole CRLF-ended fields): the daemon puts them
   // above its own copy, and the message itself is neither read nor copied.
   std::optional<std::string> message_prefix;
+  // With message_prefix, where the message as received goes on after it: 0,
+  // all of it (fields put on top); else the start of its body, the prefix
+  // then being a whole new header section (a header edit: the body, however
+  // big, is neither read into Python nor copied back).
+  std::size_t message_keep_from = 0;
   std::optional<std::string> dkim_sign;  // tx.dkim_sign: "" for False, else the domain
   std::optional<bool> arc_seal;          // tx.arc_seal: False
   // The policy file whose hook gave the verdict or the error ("": none did), for the log.

@@ -218,9 +218,14 @@ verdict python_policy::verdict_of(const std::string& stage, const connection_sta
   }
   if (stage == "data" && result.message_prefix) {
     if (result.message) return failure(conn, stage, "the policy gave both a message and fields for its top");
-    if (auto problem = smtp::header_fields_problem(*result.message_prefix))
-      return failure(conn, stage, "invalid message from policy: " + *problem);
+    const auto& prefix = *result.message_prefix;
+    // Fields on top of the message, or (kept from its body on) a whole header section.
+    auto problem = result.message_keep_from == 0 ? smtp::header_fields_problem(prefix)
+                   : !prefix.ends_with("\r\n")  ? std::optional<std::string>("the header section does not end with CRLF")
+                                                  : smtp::message_problem(prefix);
+    if (problem) return failure(conn, stage, "invalid message from policy: " + *problem);
     v.message_prefix = std::move(*result.message_prefix);
+    v.message_keep_from = result.message_keep_from;
   }
 
   if (!result.verdict) return v;
@@ -326,9 +331,11 @@ awaitable<verdict> python_policy::on_data(const connection_state& conn, const tr
   job->message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
   auto result = co_await run(std::move(job));
   auto v = decide("data", conn, std::move(*result), &tx);
-  if (v.message_prefix && v.message_prefix->size() + received_size > max_message_size_) {
+  if (v.message_prefix && v.message_keep_from > received_size)
+    co_return failure(conn, "data", "the policy kept the message from past its end");
+  if (v.message_prefix && v.message_prefix->size() + received_size - v.message_keep_from > max_message_size_) {
     std::string why = "the message from policy has ";  // (appended: g++ 12 warns, wrongly, at "..." + std::string)
-    why += std::to_string(v.message_prefix->size() + received_size);
+    why += std::to_string(v.message_prefix->size() + received_size - v.message_keep_from);
     why += " octets; server.max_message_size is ";
     why += std::to_string(max_message_size_);
     co_return failure(conn, "data", why);

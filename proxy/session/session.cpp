@@ -799,8 +799,9 @@ awaitable<reply> session::deliver(std::size_t& size) {
   if (v.message) {
     message = message_store::wrap(v.message);
   } else if (v.message_prefix) {
-    // Fields put on top: above the message as received, which is shared, not copied.
-    message = message_store::with_prefix(std::move(*v.message_prefix), received);
+    // Fields put on top, or a new header section: above the message (or its
+    // body) as received, which is shared, not copied.
+    message = message_store::with_prefix(std::move(*v.message_prefix), received, v.message_keep_from);
   }
   size = message->size();
   if (v.stops()) co_return refused_by_policy("message", v);

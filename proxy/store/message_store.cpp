@@ -81,11 +81,14 @@ std::shared_ptr<const message_store> message_store::wrap(std::shared_ptr<const s
 }
 
 std::shared_ptr<const message_store> message_store::with_prefix(std::string prefix,
-                                                                std::shared_ptr<const message_store> rest) {
+                                                                std::shared_ptr<const message_store> rest,
+                                                                std::size_t rest_from) {
+  if (rest_from > rest->size()) throw std::invalid_argument("message_store::with_prefix: past the end");
   std::shared_ptr<message_store> s(new message_store());
-  s->size_ = prefix.size() + rest->size();
+  s->size_ = prefix.size() + rest->size() - rest_from;
   s->prefix_ = std::move(prefix);
   s->rest_ = std::move(rest);
+  s->rest_from_ = rest_from;
   s->sealed_ = true;
   return s;
 }
@@ -184,7 +187,8 @@ bool message_store::seal() {
   return !failed();
 }
 
-message_store::reader::reader(const message_store& m, std::size_t chunk) : m_(m), chunk_(std::max<std::size_t>(chunk, 1)) {}
+message_store::reader::reader(const message_store& m, std::size_t chunk, std::size_t from)
+    : m_(m), offset_(from), chunk_(std::max<std::size_t>(chunk, 1)) {}
 
 std::string_view message_store::reader::next() {
   if (failed() || offset_ >= m_.size_) return {};
@@ -193,12 +197,13 @@ std::string_view message_store::reader::next() {
     return {};
   }
   if (m_.rest_) {
-    // The prefix as a view, then the rest as its own reader gives it.
+    // The prefix as a view, then the rest (from rest_from_) as its own reader gives it.
     if (offset_ < m_.prefix_.size()) {
+      const auto from = offset_;
       offset_ = m_.prefix_.size();
-      return m_.prefix_;
+      return std::string_view(m_.prefix_).substr(from);
     }
-    if (!rest_) rest_ = std::make_unique<reader>(*m_.rest_, chunk_);
+    if (!rest_) rest_ = std::make_unique<reader>(*m_.rest_, chunk_, m_.rest_from_ + (offset_ - m_.prefix_.size()));
     const auto chunk = rest_->next();
     if (rest_->failed()) error_ = rest_->error();
     if (chunk.empty() && !failed()) error_ = "the message is shorter than its size";
@@ -207,8 +212,9 @@ std::string_view message_store::reader::next() {
   }
   if (m_.fd_ < 0) {
     // In memory: all of it at once, as a view (no copy).
+    const auto from = offset_;
     offset_ = m_.size_;
-    return m_.memory_view();
+    return m_.memory_view().substr(from);
   }
   if (!buf_) buf_ = std::make_unique_for_overwrite<char[]>(chunk_);
   const std::size_t want = std::min(chunk_, m_.size_ - offset_);
@@ -241,6 +247,22 @@ void message_store::read_into(char* to) const {
   }
   if (r.failed()) throw std::runtime_error(r.error());
   if (at != size_) throw std::runtime_error("the message is shorter than its size");
+}
+
+std::string message_store::read_head() const {
+  std::string out;
+  reader r(*this, 64 * 1024);
+  for (auto chunk = r.next(); !chunk.empty(); chunk = r.next()) {
+    const std::size_t from = out.size() < 3 ? 0 : out.size() - 3;  // (an empty line across two chunks)
+    out.append(chunk);
+    if (out.starts_with("\r\n")) return out.substr(0, 2);
+    if (const auto end = out.find("\r\n\r\n", from); end != std::string::npos) {
+      out.resize(end + 4);
+      return out;
+    }
+  }
+  if (r.failed()) throw std::runtime_error(r.error());
+  return out;
 }
 
 }  // namespace portcullis

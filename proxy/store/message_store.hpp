@@ -63,11 +63,14 @@ class message_store {
   // A message already in memory (a policy's edit), as a sealed store: shared,
   // not copied, and not counted in the budget (it exists already).
   static std::shared_ptr<const message_store> wrap(std::shared_ptr<const std::string> message);
-  // `prefix` (header fields a policy put on top) followed by `rest`, as one
-  // sealed store: `rest` is shared, not copied, however big (a 50 MiB
-  // message with a field added costs the field).
+  // `prefix` followed by `rest` from its byte `rest_from` on, as one sealed
+  // store: `rest` is shared, not copied, however big. Header fields a policy
+  // put on top (rest_from 0), or a new header section over the body as
+  // received (rest_from: where that body starts): a 50 MiB message with its
+  // header edited costs the header.
   static std::shared_ptr<const message_store> with_prefix(std::string prefix,
-                                                          std::shared_ptr<const message_store> rest);
+                                                          std::shared_ptr<const message_store> rest,
+                                                          std::size_t rest_from = 0);
 
   // Writing, before seal(). False once the store failed (the spill file
   // could not be made or written: error() says why); later bytes are dropped.
@@ -90,7 +93,8 @@ class message_store {
   class reader {
    public:
     static constexpr std::size_t default_chunk = 128 * 1024;
-    explicit reader(const message_store& m, std::size_t chunk = default_chunk);
+    // From byte `from` of the message on.
+    explicit reader(const message_store& m, std::size_t chunk = default_chunk, std::size_t from = 0);
     // The next bytes, valid until the next call; empty at the end or on a
     // read error (failed()).
     std::string_view next();
@@ -115,6 +119,10 @@ class message_store {
   // The same into `to`, which holds size() bytes (the policy engine's bytes
   // object, read straight into). Throws std::runtime_error on a read error.
   void read_into(char* to) const;
+  // The header section: the message up to and including its first empty line
+  // (CRLF CRLF, or a CRLF at the very start), or all of it when it has none;
+  // read in chunks, no further. Throws std::runtime_error on a read error.
+  std::string read_head() const;
 
  private:
   message_store() = default;  // wrap()
@@ -135,6 +143,7 @@ class message_store {
   // with_prefix(): the message is prefix_, then rest_.
   std::string prefix_;
   std::shared_ptr<const message_store> rest_;
+  std::size_t rest_from_ = 0;
   // Spilled: the file holds [0, size_ - pending_), pending_ bytes wait in staging_.
   int fd_ = -1;
   std::unique_ptr<char[]> staging_;

@@ -162,6 +162,8 @@ def result_as_dict(result: Any) -> dict[str, Any]:
              message=result.message)
     if result.message_prefix is not None:
         d["message_prefix"] = result.message_prefix
+        if result.message_keep_from:
+            d["message_keep_from"] = result.message_keep_from
     if result.generation:
         d["generation"] = result.generation
     return d
@@ -1307,8 +1309,11 @@ class _StageRun:
         if message is not None and message.changed:
             result = result or _core.Result()
             on_top = message._added_on_top()
+            new_head = None if on_top is not None else message._new_head()
             if on_top is not None:
                 result.message_prefix = on_top  # the daemon's message stays where it is
+            elif new_head is not None:  # the fields changed, not the body: it stays where it is
+                result.message_prefix, result.message_keep_from = new_head
             else:
                 result.message = message._checked_raw()
         if tx is not None and self.stage == "data" and (tx._dkim_sign is not None or tx._arc_seal is not None):

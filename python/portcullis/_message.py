@@ -298,11 +298,12 @@ class Message:
     """
 
     __slots__ = ("_original", "_fields", "_blank_line", "_body_start", "_body", "_body_set", "_changed", "_smtputf8",
-                 "_loader", "_prepended", "_is_parsed", "_head_whole")
+                 "_loader", "_prepended", "_is_parsed", "_head_whole", "_head_loader", "_head")
 
     def __init__(self, raw: bytes, *, smtputf8: bool = False) -> None:
         """Parses ``raw``: the message as received (CRLF line ends, no NUL), ``ValueError`` otherwise."""
         self._loader = None
+        self._head_loader = None
         self._prepended: list[_Field] = []
         self._changed = False
         self._smtputf8 = bool(smtputf8)
@@ -311,15 +312,21 @@ class Message:
         self._parse_original()
 
     @classmethod
-    def _lazy(cls, loader: Callable[[], bytes], *, smtputf8: bool = False, head_whole: bool | None = None) -> Message:
+    def _lazy(cls, loader: Callable[[], bytes], *, smtputf8: bool = False, head_whole: bool | None = None,
+              head_loader: Callable[[], bytes] | None = None) -> Message:
         """A message read from ``loader()`` the first time a hook looks at it (the engine's: the
         daemon's bytes are not copied for a hook that never reads them), and parsed the first
         time a hook needs its fields (fields added on top need no parsing: the commonest edit).
+        ``head_loader()``: its header section alone (up to and with the empty line, or all of
+        it without one), read for the fields when the body is not needed yet: a hook that reads
+        or edits fields of a 50 MiB message reads its header, and an edit of fields alone goes
+        back as a new header section over the body the daemon holds (``_new_head``).
         ``head_whole``: whether its header section is all fields (``_head_is_whole``), when the
         daemon knows; None: found out from the bytes when needed. The engine's jobs get theirs
         from ``_core.JobObjects.lazy_message``, which makes the same in C."""
         message = cls.__new__(cls)
         message._loader = loader
+        message._head_loader = head_loader
         message._prepended = []
         message._changed = False
         message._smtputf8 = bool(smtputf8)
@@ -328,13 +335,36 @@ class Message:
         return message
 
     def _parse_original(self) -> None:
-        self._fields, self._blank_line, self._body_start = _parse(self._original)
+        self._fields, self._blank_line, self._body_start = _parse(self._received_head())
         self._body: bytes | None = None  # sliced from _original when first read
         self._body_set = False
         # Fields added before the parse go on top, the last added first.
         self._fields[:0] = self._prepended[::-1]
         self._prepended = []
         self._is_parsed = True
+
+    def _received_head(self) -> bytes:
+        """The message as received, or (read alone while the rest is not needed) its header
+        section: all a parse and a comparison of fields need."""
+        try:
+            return object.__getattribute__(self, "_original")
+        except AttributeError:
+            pass
+        try:
+            return object.__getattribute__(self, "_head")
+        except AttributeError:
+            pass
+        head_loader = self._head_loader
+        if head_loader is None:
+            return self._original  # (read whole)
+        self._head_loader = None
+        head = _message_bytes(head_loader())
+        if not head.endswith(CRLF + CRLF) and head != CRLF:
+            self._original = head  # no empty line: the header section is the whole message
+            self._loader = None
+            return head
+        self._head = head
+        return head
 
     def _parsed(self) -> bool:
         # (A flag: asking the slot itself raised an AttributeError each time, dearer than the rest.)
@@ -458,6 +488,18 @@ class Message:
 
     def _prepended_bytes(self) -> bytes:
         return b"".join(f.raw for f in reversed(self._prepended))  # the last added on top
+
+    def _new_head(self) -> tuple[bytes, int] | None:
+        """A message whose fields changed and whose body did not: its new header section (with
+        the empty line) and where the body as received starts, for the daemon to put the one
+        over the other (``Result.message_keep_from``), checked as ``_checked_raw`` checks it.
+        The body is then neither read into Python nor copied back, however big. None for any
+        other change (a new body, or no empty line to keep the body after)."""
+        if not self._changed or not self._parsed() or self._body_set or not self._blank_line:
+            return None
+        head = b"".join(self._head_parts())
+        _core.check_message(head)
+        return head, self._body_start
 
     def _checked_raw(self) -> bytes:
         """``raw``, checked as the daemon checks a message it relays (``ValueError``). The
@@ -634,13 +676,14 @@ class Message:
     def _is_original(self) -> bool:
         """Whether ``raw`` would be the message as received (compared piece by piece: not joined
         into a copy of the message, which the engine then asks for again)."""
-        original, at = self._original, 0
+        original, at = self._received_head(), 0
         for part in self._head_parts():
             if not original.startswith(part, at):
                 return False
             at += len(part)
         if self._body is None:
             return at == self._body_start
+        original = self._original
         return len(original) - at == len(self._body) and original.endswith(self._body)
 
     def __repr__(self) -> str:

@@ -602,8 +602,8 @@ class Session:
             return self._reply(Reply(250, "2.0.0", "Ok: discarded"))
         if result["message"] is not None:
             delivered = result["message"]
-        else:  # fields put on top, as the daemon puts them above the message it holds
-            delivered = result.get("message_prefix", b"") + raw
+        else:  # fields put on top (or a new header section over its body), as the daemon does it
+            delivered = result.get("message_prefix", b"") + raw[result.get("message_keep_from", 0):]
         delivery = Delivery(sender, tuple(recipients), delivered)
         self.delivered.append(delivery)
         self.harness.deliveries.append(delivery)

@@ -98,6 +98,38 @@ def test_a_50_mib_message_arrives_byte_exact_without_growing_rss(start_daemon, b
         assert growth < 8, f"VmHWM grew by {growth:.1f} MiB for a 50 MiB message"
 
 
+@pytest.mark.parametrize("hook", [
+    "message.get('Subject')",
+    "message.replace_header('Subject', message.get('Subject') + ' [checked]'); message.add_header('X-Tag', 'yes')",
+])
+def test_a_hook_that_reads_or_edits_fields_of_a_50_mib_message_does_not_read_its_body(
+        policy_daemon, big_upstream, tmp_path, hook):
+    """The fields are read from the header section alone, and an edit of fields goes back as a
+    new header section over the body the daemon holds: the body never enters Python, nor is it
+    copied back (the whole file was read into a bytes, then copied three times over)."""
+    d = policy_daemon(big_upstream.url, f"""
+        def on_data(tx, message):
+            {hook}
+    """, server={"max_message_size": 64 * MiB})
+    message = big_message(50 * MiB)
+    with d.connect() as c:
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: small\r\n\r\nhi").code == 250
+        before = vm_hwm_kib(d.pid)
+        r = c.transaction("a@example.test", ["b@example.test"], stuffed(message)[:-2])
+        assert r.code == 250, r
+        after = vm_hwm_kib(d.pid)
+    got = big_upstream.handler.envelopes[-1]["content"]
+    want_head = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: big\r\n"
+    if "replace_header" in hook:
+        want_head = b"X-Tag: yes\r\nFrom: a@example.test\r\nTo: b@example.test\r\nSubject: big [checked]\r\n"
+    body = message[message.index(b"\r\n\r\n") + 2:]
+    assert got.endswith(want_head + body), got[:400]
+    growth = (after - before) / 1024
+    print(f"VmHWM {before} KiB -> {after} KiB (+{growth:.1f} MiB) for a {len(message) / MiB:.0f} MiB message")
+    if not SANITIZED:
+        assert growth < 8, f"VmHWM grew by {growth:.1f} MiB for a 50 MiB message"
+
+
 def test_clients_sending_big_messages_without_the_dot_stay_within_the_budget(start_daemon, aiosmtpd_upstream, tmp_path):
     clients, each = 20, 6 * MiB
     spill = tmp_path / "spill"

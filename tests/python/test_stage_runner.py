@@ -125,7 +125,33 @@ def test_fields_added_on_top_go_back_alone_and_the_message_is_not_read(policy_fi
 @pytest.mark.parametrize("raw, hook, why", [
     (b"Subject: x\r\n\r\nbody\r\n", "message.get('Subject')", "read first"),
     (b"Subject: x\r\n\r\nbody\r\n", "message.remove_header('Subject')", "another change"),
+    (b"Subject: x\r\n\r\nbody\r\n", "message.body", "the body read"),
+])
+def test_a_change_of_fields_alone_sends_the_new_header_section_over_the_body_kept(policy_file, raw, hook, why):
+    # The daemon puts the new header section over the body it holds (message_keep_from: where
+    # that body starts): the body goes neither into Python (unless a hook reads it) nor back.
+    host = EngineHost([policy_file(f"""
+        def on_data(tx, message):
+            {hook}
+            message.add_header("X-Seen", "yes")
+            tx.data["message"] = message
+    """)])
+    r = host.run_plain(job("data", tx_snapshot=tx(recipients=["b@example.test"]), message=raw))
+    assert r.message is None, why
+    import portcullis as pc
+
+    expected = pc.Message(raw)
+    eval(hook, {"message": expected})
+    expected.add_header("X-Seen", "yes")
+    assert r.message_prefix + raw[r.message_keep_from:] == expected.raw, why
+    assert r.message_keep_from == raw.index(b"\r\n\r\n") + 4, why
+    loaded = session(host).tx.data["message"]._loader is None
+    assert loaded == (hook == "message.body"), why  # the header section alone was read for the fields
+
+
+@pytest.mark.parametrize("raw, hook, why", [
     (b"not a field\r\nbody\r\n", "None", "a header section that is not all fields"),
+    (b"Subject: x\r\n\r\nbody\r\n", "setattr(message, 'body', b'new\\r\\n')", "a new body"),
 ])
 def test_any_other_change_sends_the_whole_message(policy_file, raw, hook, why):
     host = EngineHost([policy_file(f"""

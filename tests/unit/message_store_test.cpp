@@ -269,5 +269,44 @@ TEST_F(MessageStore, WithPrefix) {
   EXPECT_EQ(message_store::with_prefix("", text)->read_all(), "Subject: x\r\n\r\nb\r\n");
 }
 
+// A new header section over the received message's body: the prefix, then
+// the received bytes from `rest_from` on, in memory and from a file alike.
+TEST_F(MessageStore, WithPrefixFromAnOffset) {
+  const std::string head = "Subject: new\r\n\r\n";
+  for (const std::size_t size : {std::size_t{100}, std::size_t{5000}}) {
+    auto mem = memory(1 << 20);
+    auto received = std::make_shared<message_store>(mem, spill_settings{1000, dir_});
+    const std::string old_head = "Subject: old\r\nX-Gone: 1\r\n\r\n";
+    const auto body = pattern(size, 3);
+    ASSERT_TRUE(received->append(old_head + body));
+    ASSERT_TRUE(received->seal());
+    const auto m = message_store::with_prefix(head, received, old_head.size());
+    EXPECT_EQ(m->size(), head.size() + size);
+    for (const std::size_t chunk : {std::size_t{1}, std::size_t{7}, std::size_t{4096}})
+      EXPECT_EQ(read_back(*m, chunk), head + body) << size << " bytes, chunks of " << chunk;
+    EXPECT_EQ(m->read_all(), head + body);
+    EXPECT_EQ(message_store::with_prefix(head, received, received->size())->read_all(), head);
+    EXPECT_THROW(message_store::with_prefix(head, received, received->size() + 1), std::invalid_argument);
+  }
+}
+
+// The header section alone: up to and with the empty line, found across chunks; all without one.
+TEST_F(MessageStore, ReadHead) {
+  const auto stored = [&](const std::string& text) {
+    auto mem = memory(1 << 20);
+    auto m = std::make_shared<message_store>(mem, spill_settings{100, dir_});  // past 100 bytes: a file
+    EXPECT_TRUE(m->append(text));
+    EXPECT_TRUE(m->seal());
+    return m;
+  };
+  const std::string fields = "Subject: x\r\n" + std::string(200, 'a') + ": b\r\n";
+  EXPECT_EQ(stored(fields + "\r\n" + pattern(300000, 5))->read_head(), fields + "\r\n");
+  EXPECT_EQ(stored(fields + "\r\nbody\r\n")->read_head(), fields + "\r\n");
+  EXPECT_EQ(stored(fields)->read_head(), fields);  // no empty line: all of it
+  EXPECT_EQ(stored("\r\nbody\r\n")->read_head(), "\r\n");
+  const std::string long_head = "X: " + std::string(200000, 'h') + "\r\n\r\n";  // over several chunks
+  EXPECT_EQ(stored(long_head + "body\r\n")->read_head(), long_head);
+}
+
 }  // namespace
 }  // namespace portcullis
