@@ -2,6 +2,7 @@
 
 #include <pybind11/stl.h>
 
+#include "checks/idna_domain.hpp"
 #include "smtp/address.hpp"
 #include "smtp/message_check.hpp"
 
@@ -48,6 +49,13 @@ void define_core(py::module_& m) {
       },
       py::arg("text"), py::arg("utf8") = true,
       "Parses 'local@domain' (RFC 5321 §4.1.2, SMTPUTF8 allowed by default); raises ValueError.");
+
+  m.def(
+      "a_label_domain",
+      [](std::string_view domain) -> std::optional<std::string> { return checks::a_label_domain(domain); },
+      py::arg("domain"),
+      "The domain in A-labels as the daemon's checks take it (libidn2: IDNA2008, UTS #46 non-transitional, "
+      "NFC); as it is when all ASCII; None when IDNA2008 refuses it.");
 
   m.def(
       "check_header_name",

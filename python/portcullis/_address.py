@@ -134,16 +134,16 @@ def quote_local(local: str) -> str:
 def canonical_domain(domain: str) -> str:
     """A domain in the one form tables are keyed with: lowercased, no trailing dot, and
     an internationalized name in A-labels (``bücher.example`` -> ``xn--bcher-kva.example``,
-    RFC 5890: the same name either way). The conversion is Python's ``idna`` codec, which
-    is IDNA 2003 (nameprep: ``ß`` becomes ``ss``, where IDNA 2008 keeps it); a name it
-    cannot convert, and an address literal (``[192.0.2.1]``), is only lowercased."""
+    RFC 5890: the same name either way), converted as the daemon's SPF and DMARC checks
+    convert it (libidn2: IDNA 2008 with UTS #46 non-transitional mapping, so ``straße.de``
+    is ``xn--strae-oqa.de``, never ``strasse.de``, another domain). A name IDNA 2008
+    refuses, and an address literal (``[192.0.2.1]``), is only lowercased: it matches
+    only itself."""
     domain = domain.rstrip(".").lower()
     if domain.isascii():
         return domain
-    try:
-        return domain.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return domain
+    converted = _core.a_label_domain(domain)
+    return converted.lower() if converted is not None else domain
 
 
 def mailbox_key(address: object) -> str:

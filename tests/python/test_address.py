@@ -91,3 +91,17 @@ def test_address_list_checks_everything_going_in():
         with pytest.raises(ValueError):
             bad()
     assert len(rcpts) == 5
+
+
+def test_table_keys_put_a_domain_in_the_a_labels_the_daemon_checks_with():
+    # IDNA 2008 as the daemon's SPF and DMARC take it (libidn2): straße.de and strasse.de are
+    # two domains, and a U-label name matches its own A-label spelling.
+    from portcullis._address import canonical_domain, mailbox_key
+
+    assert canonical_domain("straße.de") == "xn--strae-oqa.de" == canonical_domain("XN--STRAE-OQA.de.")
+    assert canonical_domain("strasse.de") == "strasse.de"
+    assert canonical_domain("Bücher.Example.") == "xn--bcher-kva.example"
+    assert mailbox_key('"CEO"@straße.de') != mailbox_key("ceo@strasse.de")
+    assert mailbox_key('"CEO"@straße.de') == mailbox_key("ceo@xn--strae-oqa.de")
+    assert canonical_domain("[192.0.2.1]") == "[192.0.2.1]"
+    assert canonical_domain("a\u200db.example") == "a\u200db.example"  # refused by IDNA 2008: only itself
