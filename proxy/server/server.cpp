@@ -34,6 +34,11 @@ namespace portcullis {
 namespace {
 
 constexpr std::chrono::seconds refusal_timeout{5};  // writing a 421 to a client we will not serve
+// A refusal on an implicit-TLS port: its handshake, and the wait for the
+// client's close_notify, kept short (refusals come when the daemon is at its
+// limits), and at most this many at once: past it, closed with no word.
+constexpr std::chrono::seconds refusal_tls_timeout{2};
+constexpr unsigned max_tls_refusals = 32;
 constexpr std::chrono::milliseconds drain_poll{50};
 // For I/O threads still in a plain hook once the context stopped (the policy engine gives its threads as long).
 constexpr std::chrono::seconds io_thread_grace{5};
@@ -409,18 +414,30 @@ awaitable<void> server::refuse(tcp::socket socket, std::string reason, bool impl
   spdlog::warn("refused {}: {}", ec ? std::string("client") : peer.address().to_string(), reason);
   line_stream stream(std::move(socket));
   const auto gen = env_.current();
-  // On an implicit-TLS port the 421 is said inside TLS (RFC 8314 §3): in
-  // clear text, the client's handshake reads it as garbage and never learns
-  // it may try again. The handshake is bounded as the write is.
-  if (implicit_tls && (!gen->tls || !co_await stream.start_tls(gen->tls->context(), ssl::stream_base::server, {},
-                                                                refusal_timeout))) {
+  const auto r = smtp::reply{421, "4.7.0", gen->cfg->server.hostname + " " + reason + ", try again later"};
+  const std::string wire = r.wire();
+  if (!implicit_tls) {
+    const bool written = co_await stream.write(std::string_view(wire), refusal_timeout);
+    (void)written;
     stream.close();
     co_return;
   }
-  const auto r = smtp::reply{421, "4.7.0", gen->cfg->server.hostname + " " + reason + ", try again later"};
-  const std::string wire = r.wire();
-  if (co_await stream.write(std::string_view(wire), refusal_timeout))
-    co_await stream.close_after_drain(refusal_timeout);
+  // On an implicit-TLS port the 421 is said inside TLS (RFC 8314 §3): in
+  // clear text, the client's handshake reads it as garbage and never learns
+  // it may try again. A handshake costs CPU and time, which a flood of
+  // refused connections must not take: bounded, and so many at once.
+  struct counted {
+    std::atomic<unsigned>& n;
+    const unsigned before = n.fetch_add(1);
+    ~counted() { --n; }
+  } count{tls_refusals_};
+  if (!gen->tls || count.before >= max_tls_refusals) {
+    stream.close();
+    co_return;
+  }
+  if (co_await stream.start_tls(gen->tls->context(), ssl::stream_base::server, {}, refusal_tls_timeout) &&
+      co_await stream.write(std::string_view(wire), refusal_tls_timeout))
+    co_await stream.close_after_drain(refusal_tls_timeout);  // (close_notify, the client's awaited that long)
   stream.close();
 }
 

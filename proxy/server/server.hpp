@@ -2,6 +2,7 @@
 // SIGTERM/SIGINT drain), and the I/O threads that run every session.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -122,6 +123,7 @@ class server {
   asio::signal_set signals_;
   // Reloads by SIGHUP order: started, and the newest installed (reload()).
   std::uint64_t reloads_started_ = 0;
+  std::atomic<unsigned> tls_refusals_{0};  // refusals on implicit-TLS ports in progress
   std::uint64_t reload_installed_ = 0;
 
   std::mutex sessions_mutex_;  // guards the two below (sessions live on many threads)

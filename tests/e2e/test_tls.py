@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from conftest import wait_until
 from sec_helpers import (  # noqa: F401  (certs, sec_daemon are fixtures)
     Client,
     cert_der,
@@ -130,6 +131,28 @@ def test_a_connection_refused_on_the_implicit_tls_port_gets_its_421_inside_tls(t
         assert got == b"421 4.7.0 mx.test too many connections from your address, try again later\r\n", got
     finally:
         first.close()
+
+
+def test_refusals_on_the_implicit_tls_port_are_bounded(tls_daemon):
+    """A flood of connections that say nothing, past the limits, on the implicit-TLS port: at
+    most 32 refusals wait for a handshake at once (the rest are closed with no word), each at
+    most 2 s, so they cannot take the daemon's file descriptors from the clients it serves."""
+    import os
+    import time
+    d = tls_daemon(server={"max_connections": 1})
+    held = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    try:
+        assert held.recv(100).startswith(b"220 ")
+        fds = lambda: len(os.listdir(f"/proc/{d.pid}/fd"))  # noqa: E731
+        before = fds()
+        flood = [socket.create_connection(("127.0.0.1", d.tls_port), timeout=10) for _ in range(100)]
+        time.sleep(0.5)
+        assert fds() - before <= 32 + 2, fds() - before
+        wait_until(lambda: fds() <= before, timeout=6, what="the refusals to end")
+        for s in flood:
+            s.close()
+    finally:
+        held.close()
 
 
 def test_tls12_with_intermediate_cipher(tls_daemon, aiosmtpd_upstream):
