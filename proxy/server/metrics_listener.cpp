@@ -3,6 +3,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <algorithm>
+
 #include "log.hpp"
 #include "net/network.hpp"
 
@@ -13,10 +15,13 @@ namespace http = beast::http;
 
 namespace {
 
-constexpr std::chrono::seconds request_timeout{10};
+constexpr std::chrono::seconds request_timeout{10};  // for the whole exchange
+constexpr std::chrono::seconds header_timeout{2};    // for the request to arrive
 constexpr std::size_t max_request_header = 8192;
-// Scrapers at once: more are closed at once, so that idle connections
-// cannot take the worker's file descriptors from its SMTP clients.
+// Connections at once, so that idle ones cannot take the worker's file
+// descriptors from its SMTP clients. Past it, the oldest still silent gives
+// way to the new one (a scraper asks at once): connections that say nothing
+// cannot keep Prometheus or a health check out.
 constexpr unsigned max_connections = 16;
 
 }  // namespace
@@ -46,25 +51,53 @@ awaitable<void> metrics_listener::accept_loop() {
       co_await pause.async_wait(asio::use_awaitable);
       continue;
     }
-    if (connections_->load() >= max_connections) {
-      spdlog::warn("metrics: {} connections open already; one more closed", max_connections);
-      continue;  // (closed with the socket)
+    {
+      std::lock_guard lock(connections_->mutex);
+      if (connections_->open >= max_connections) {
+        const auto oldest = std::find_if(connections_->silent.begin(), connections_->silent.end(),
+                                         [](const auto& w) { return !w.evicted; });
+        if (oldest == connections_->silent.end()) {
+          spdlog::warn("metrics: {} connections being answered; one more closed", max_connections);
+          continue;  // (closed with the socket)
+        }
+        oldest->evicted = true;  // closed on its own strand; its coroutine leaves the list
+        oldest->close();
+        spdlog::warn("metrics: {} connections open; the oldest that has said nothing is closed", max_connections);
+      }
+      ++connections_->open;
     }
-    ++*connections_;
-    asio::co_spawn(socket.get_executor(), serve(std::move(socket)),
-                   [connections = connections_](std::exception_ptr) { --*connections; });
+    asio::co_spawn(socket.get_executor(), serve(std::move(socket)), [c = connections_](std::exception_ptr) {
+      std::lock_guard lock(c->mutex);
+      --c->open;
+    });
   }
 }
 
-awaitable<void> metrics_listener::serve(tcp::socket socket) {
-  beast::tcp_stream stream(std::move(socket));
+awaitable<void> metrics_listener::serve(tcp::socket accepted) {
+  // Until its request has come, the stream is on the list of those the next
+  // connection may close (on this strand: the read below then ends).
+  const auto shared = std::make_shared<beast::tcp_stream>(std::move(accepted));
+  auto& stream = *shared;
+  std::list<connections::waiting>::iterator listed;
+  {
+    std::lock_guard lock(connections_->mutex);
+    listed = connections_->silent.insert(connections_->silent.end(), {[shared] {
+      asio::post(shared->get_executor(), [shared] { shared->close(); });
+    }});
+  }
+  const auto unlist = [&, c = connections_] {
+    std::lock_guard lock(c->mutex);
+    c->silent.erase(listed);
+  };
   beast::flat_buffer buffer(max_request_header);
   http::request_parser<http::empty_body> parser;
   parser.header_limit(max_request_header);
-  stream.expires_after(request_timeout);
+  stream.expires_after(header_timeout);
   boost::system::error_code ec;
   // The header first: another method is answered 405 whatever its body.
   co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  unlist();
+  stream.expires_after(request_timeout);
   const auto method = ec ? http::verb::unknown : parser.get().method();
   const bool head = method == http::verb::head, asked = method == http::verb::get || head;
   if (!ec && asked) co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));

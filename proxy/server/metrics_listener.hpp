@@ -5,8 +5,10 @@
 // more than one worker each listens with SO_REUSEPORT, as the SMTP ports do.
 #pragma once
 
-#include <atomic>
 #include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "asio.hpp"
@@ -30,12 +32,23 @@ class metrics_listener {
 
  private:
   awaitable<void> accept_loop();
-  awaitable<void> serve(tcp::socket socket);
+  awaitable<void> serve(tcp::socket accepted);
+
+  // The connections open, those still waiting for their request oldest
+  // first; shared with their coroutines, which may end after this object.
+  struct connections {
+    std::mutex mutex;
+    unsigned open = 0;
+    struct waiting {
+      std::function<void()> close;  // posts the close of its socket to the socket's strand
+      bool evicted = false;
+    };
+    std::list<waiting> silent;
+  };
 
   tcp::acceptor acceptor_;
   handler answer_;
-  // Connections being served; shared with their coroutines, which may end after this object.
-  std::shared_ptr<std::atomic<unsigned>> connections_ = std::make_shared<std::atomic<unsigned>>(0);
+  std::shared_ptr<connections> connections_ = std::make_shared<connections>();
 };
 
 }  // namespace portcullis
