@@ -292,7 +292,11 @@ bool is_ip_endpoint(const std::string& s, std::string* canonical = nullptr) {
   if (canonical) {
     unsigned char buf[16] = {};
     inet_pton(v6 ? AF_INET6 : AF_INET, host.c_str(), buf);
-    *canonical = std::string(reinterpret_cast<char*>(buf), v6 ? 16 : 4) + ":" + std::to_string(std::stoul(port));
+    // An IPv4-mapped address (::ffff:a.b.c.d) is that IPv4 address: one listener, whichever way it is written.
+    static constexpr unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    const bool v4 = !v6 || std::memcmp(buf, mapped, sizeof mapped) == 0;
+    *canonical = std::string(reinterpret_cast<char*>(buf) + (v6 && v4 ? 12 : 0), v4 ? 4 : 16) + ":" +
+                 std::to_string(std::stoul(port));
   }
   return true;
 }

@@ -89,8 +89,9 @@ std::vector<bound_listener> bind_listeners(const config& cfg, bool reuse_port) {
       if (reuse_port) a.set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true));
       // "[::]:25" is IPv6's alone, as Postfix and nginx bind it: else it
       // takes "0.0.0.0:25" too, which then cannot bind (or, with
-      // SO_REUSEPORT, shares IPv4 clients with it).
-      if (ep.protocol() == tcp::v6()) a.set_option(asio::ip::v6_only(true));
+      // SO_REUSEPORT, shares IPv4 clients with it). An IPv4-mapped address
+      // ([::ffff:192.0.2.1]:25) is IPv4's, and binds only without it.
+      if (ep.protocol() == tcp::v6() && !ep.address().to_v6().is_v4_mapped()) a.set_option(asio::ip::v6_only(true));
       // Replies go out one write per batch (a whole pipelined group at
       // once): Nagle's algorithm would only hold the next batch back until
       // the client's delayed ACK of the previous one. Set on the listener,

@@ -211,15 +211,18 @@ class Daemon:
         return self.proc.poll() is not None
 
     def _listening(self) -> bool:
-        want = (f"0100007F:{self.port:04X}", f"00000000:{self.port:04X}")  # (loopback, or the wildcard)
-        try:
-            with open("/proc/net/tcp") as f:
-                for line in f.readlines()[1:]:
-                    parts = line.split()
-                    if parts[1] in want and parts[3] == "0A":
-                        return True
-        except OSError:
-            pass
+        # Loopback, the wildcard, or loopback IPv4-mapped on an IPv6 socket.
+        want = (f"0100007F:{self.port:04X}", f"00000000:{self.port:04X}",
+                f"0000000000000000FFFF00000100007F:{self.port:04X}")
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(table) as f:
+                    for line in f.readlines()[1:]:
+                        parts = line.split()
+                        if parts[1] in want and parts[3] == "0A":
+                            return True
+            except OSError:
+                pass
         return False
 
     @property

@@ -398,16 +398,19 @@ if checking and os.path.exists({str(marker)!r}):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_ipv4_and_ipv6_wildcards_on_one_port_each_serve_their_family(start_daemon, aiosmtpd_upstream, workers):
+@pytest.mark.parametrize("listen", [["0.0.0.0:{port}", "[::]:{port}"], ["[::ffff:127.0.0.1]:{port}", "[::1]:{port}"]])
+def test_ipv4_and_ipv6_listeners_on_one_port_each_serve_their_family(start_daemon, aiosmtpd_upstream, workers,
+                                                                       listen):
     """The usual MX listen list, "0.0.0.0:P" and "[::]:P": the IPv6 socket is IPv6's alone
-    (IPV6_V6ONLY), so both bind with one process too, and each family's clients reach the daemon."""
+    (IPV6_V6ONLY), so both bind with one process too, and each family's clients reach the daemon.
+    An IPv4-mapped address is IPv4's (its socket is not IPV6_V6ONLY, which it could not bind)."""
     d = start_daemon(aiosmtpd_upstream.url, server={"workers": workers})
     port = d.port
     d.stop()
-    d.tables["server"]["listen"] = [f"0.0.0.0:{port}", f"[::]:{port}"]
+    d.tables["server"]["listen"] = [address.format(port=port) for address in listen]
     d.write_config()
     d.start()
-    d.wait_log(rf"info listening on \[::\]:{port}$", count=workers)
+    d.wait_log(rf"info listening on {re.escape(listen[1].format(port=port))}$", count=workers)
     assert "cannot listen" not in d.log_text()
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         with socket.socket(family) as s:

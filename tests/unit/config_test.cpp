@@ -549,6 +549,11 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       // A wildcard takes its family's connections on the port: a specific address beside it overlaps.
       {"[server]\nlisten = [\"0.0.0.0:25\", \"127.0.0.1:25\"]\n",
        "2: server.listen: \"127.0.0.1:25\" overlaps \"0.0.0.0:25\" (one port, and an address the other's wildcard covers)"},
+      // An IPv4-mapped address is its IPv4 address.
+      {"[server]\nlisten = [\"127.0.0.1:25\", \"[::ffff:127.0.0.1]:25\"]\n",
+       "2: server.listen: \"[::ffff:127.0.0.1]:25\" is listed twice (a second socket on it cannot bind)"},
+      {"[server]\nlisten = [\"0.0.0.0:25\", \"[::ffff:127.0.0.1]:25\"]\n",
+       "2: server.listen: \"[::ffff:127.0.0.1]:25\" overlaps \"0.0.0.0:25\" (one port, and an address the other's wildcard covers)"},
       {"[server]\nlisten = [\"[::1]:25\"]\nlisten_tls = [\"[::]:25\"]\n[tls]\ncert = \"c\"\nkey = \"k\"\n",
        "3: server.listen_tls: \"[::]:25\" overlaps \"[::1]:25\" (one port, and an address the other's wildcard covers)"},
       {"[server]\nlisten = []\n", "2: server.listen: nothing to listen on (listen and listen_tls are both empty)"},
