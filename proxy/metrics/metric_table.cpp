@@ -140,7 +140,7 @@ void series::set(double value) const {
 double series::value() const { return slot_ ? slot_->value.load(std::memory_order_relaxed) : 0; }
 
 void series::observe(double value) const {
-  if (!slot_ || std::isnan(value)) return;  // (it would count in the lowest bucket and make the sum NaN for good)
+  if (!slot_ || !std::isfinite(value)) return;  // (NaN counts in the lowest bucket; either makes the sum NaN for good)
   const auto* end = family_->bounds + family_->bucket_count;
   const auto* bound = std::lower_bound(family_->bounds, end, value);  // the first bound >= value (Prometheus' "le")
   if (bound != end) slot_->buckets[bound - family_->bounds].fetch_add(1, std::memory_order_relaxed);

@@ -170,8 +170,8 @@ class Histogram(_Metric):
 
     def _observe(self, series: Any, value: float) -> None:
         value = float(value)
-        if math.isnan(value):
-            raise ValueError(f"{self.name}: NaN is not an observation")
+        if not math.isfinite(value):  # (NaN in a bucket and the sum for good; +Inf then -Inf: NaN too)
+            raise ValueError(f"{self.name}: an observation is a finite number, not {value}")
         series.observe(value)
 
     def _fails(self, *_: Any) -> None:

@@ -112,8 +112,10 @@ TEST(MetricTable, HistogramBuckets) {
   EXPECT_EQ(m.bucket[2].cumulative_count, 4u);
   EXPECT_EQ(m.bucket[2].upper_bound, std::numeric_limits<double>::infinity());
   EXPECT_NE(text_of(t).find("lat_seconds_bucket{le=\"+Inf\"} 4"), std::string::npos);
-  // NaN is no observation: neither in a bucket nor in the sum.
+  // NaN and infinities are no observations: neither in a bucket nor in the sum.
   t.get(h).observe(std::numeric_limits<double>::quiet_NaN());
+  t.get(h).observe(std::numeric_limits<double>::infinity());
+  t.get(h).observe(-std::numeric_limits<double>::infinity());
   const auto after = t.collect()[0].metric.at(0).histogram;
   EXPECT_EQ(after.sample_count, 4u);
   EXPECT_DOUBLE_EQ(after.sample_sum, 2.65);
