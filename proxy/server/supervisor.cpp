@@ -36,6 +36,7 @@ constexpr std::chrono::seconds stable_run{10};  // ran this long: restarted at o
 constexpr std::chrono::seconds stop_margin{15};
 // A reload's policy check (a child running --check-config) may take this long.
 constexpr std::chrono::seconds check_timeout{60};
+constexpr std::size_t max_check_output = 64 * 1024;  // of a failed check's lines, what is kept for the log
 constexpr std::chrono::seconds idle_wake{1};  // sigtimedwait with nothing scheduled
 // While systemd waits to hear that every worker serves (or has reloaded): the
 // workers set a flag in shared memory, read this often.
@@ -101,29 +102,27 @@ std::vector<std::string> check_config(const std::filesystem::path& file, const s
       stopping = true;
       break;
     }
+    // The check may have ended with the pipe still open: a process its
+    // policies started holds it (and may write on). What the check wrote is
+    // in the pipe already.
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      break;
+    }
     pollfd p{out[0], POLLIN, 0};
     const int n = poll(&p, 1, static_cast<int>(std::min<long>(left.count(), 100)));
-    if (n < 0 && errno == EINTR) continue;
-    if (n == 0) {
-      // The check ended but the pipe is still open: a process its policies
-      // started holds it. What the check wrote is in the pipe already.
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        exited = true;
-        break;
-      }
-      continue;
-    }
-    if (n < 0) continue;
+    if (n <= 0) continue;
     char buf[4096];
     const ssize_t got = read(out[0], buf, sizeof buf);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) break;
-    text.append(buf, static_cast<std::size_t>(got));
+    if (text.size() < max_check_output) text.append(buf, static_cast<std::size_t>(got));
   }
-  if (exited) {  // (drained without waiting: the holder may write on)
+  if (exited) {  // (drained without waiting, and no more than is kept: the holder may write on)
     fcntl(out[0], F_SETFL, O_NONBLOCK);
     char buf[4096];
-    for (ssize_t got; (got = read(out[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(got));
+    for (ssize_t got; text.size() < max_check_output && (got = read(out[0], buf, sizeof buf)) > 0;)
+      text.append(buf, static_cast<std::size_t>(got));
   }
   close(out[0]);
   if (timed_out || stopping) kill(pid, SIGKILL);

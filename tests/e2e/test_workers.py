@@ -373,18 +373,20 @@ def test_sigterm_during_a_reload_s_policy_check_stops_at_once(policy_daemon, aio
     d.wait_log(r"reload: the daemon is stopping: the reload's check was abandoned$")
 
 
+@pytest.mark.parametrize("holder", [["sleep", "20"], ["yes"]])
 def test_a_reload_s_check_ends_when_its_process_does_even_if_a_child_of_it_holds_the_output(
-        policy_daemon, aiosmtpd_upstream, tmp_path):
+        policy_daemon, aiosmtpd_upstream, tmp_path, holder):
     """A policy that starts a long-lived process at import (a helper it talks to) hands it the
     check's output pipe: the check is over when the checking process ends, not when the pipe
-    closes (else every reload waited the check's 60 s, then was refused)."""
+    closes (else every reload waited the check's 60 s, then was refused), even if that process
+    writes to it without end (yes)."""
     marker = tmp_path / "spawn"
     policy = f"""
 import os, subprocess
 with open("/proc/self/cmdline", "rb") as f:
     checking = b"--check-config" in f.read()
 if checking and os.path.exists({str(marker)!r}):
-    subprocess.Popen(["sleep", "20"], start_new_session=True)
+    subprocess.Popen({holder!r}, start_new_session=True)
     print("the check's own line")
 """
     d = policy_daemon(aiosmtpd_upstream.url, policy, server=WORKERS)
@@ -394,7 +396,7 @@ if checking and os.path.exists({str(marker)!r}):
     d.signal(signal.SIGHUP)
     d.wait_log(r"^\S+ \[\d+\] info reload: .* reloaded; new sessions use it$", count=2, timeout=20)
     assert time.monotonic() - started < 10
-    subprocess.run(["pkill", "-f", "^sleep 20$"], check=False)
+    subprocess.run(["pkill", "-f", "^" + " ".join(holder) + "$"], check=False)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
