@@ -50,6 +50,21 @@ def stuffed(message: bytes) -> bytes:
     return b"." + body if body.startswith(b".") else body
 
 
+def send_measured(d, message: bytes) -> tuple[str, float]:
+    """Sends `message` in a session whose first, small message puts what every session costs in
+    the baseline; its session id and how much the daemon's peak RSS grew for it (MiB)."""
+    with d.connect() as c:
+        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: small\r\n\r\nhi").code == 250
+        before = vm_hwm_kib(d.pid)
+        r = c.transaction("a@example.test", ["b@example.test"], stuffed(message)[:-2])
+        assert r.code == 250, r
+        after = vm_hwm_kib(d.pid)
+        sid = d.session_id(c.local_port)
+    growth = (after - before) / 1024
+    print(f"VmHWM {before} KiB -> {after} KiB (+{growth:.1f} MiB) for a {len(message) / MiB:.0f} MiB message")
+    return sid, growth
+
+
 @pytest.fixture
 def big_upstream():
     """aiosmtpd without its 32 MiB DATA limit."""
@@ -76,14 +91,7 @@ def test_a_50_mib_message_arrives_byte_exact_without_growing_rss(start_daemon, b
     d = start_daemon(big_upstream.url, log_level="debug",
                      server={"max_message_size": 64 * MiB, "message_spill_dir": str(spill)})
     message = big_message(50 * MiB)
-    with d.connect() as c:
-        # A small one first: what every session costs is in the baseline.
-        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: small\r\n\r\nhi").code == 250
-        before = vm_hwm_kib(d.pid)
-        r = c.transaction("a@example.test", ["b@example.test"], stuffed(message)[:-2])
-        assert r.code == 250, r
-        after = vm_hwm_kib(d.pid)
-        sid = d.session_id(c.local_port)
+    sid, growth = send_measured(d, message)
     d.wait_log(rf" {sid}: message goes to a temporary file in {spill} at \d+ octets "
                r"\(larger than server.message_memory_threshold\)")
     assert not os.listdir(spill)  # the file had no name
@@ -92,8 +100,6 @@ def test_a_50_mib_message_arrives_byte_exact_without_growing_rss(start_daemon, b
     assert head.startswith(b"Received: ") and sep
     assert len(sep[2:] + body) == len(message)
     assert hashlib.sha256(sep[2:] + body).digest() == hashlib.sha256(message).digest()
-    growth = (after - before) / 1024
-    print(f"VmHWM {before} KiB -> {after} KiB (+{growth:.1f} MiB) for a {len(message) / MiB:.0f} MiB message")
     if not SANITIZED:  # ASan's quarantine and shadow memory say nothing about ours
         assert growth < 8, f"VmHWM grew by {growth:.1f} MiB for a 50 MiB message"
 
@@ -112,20 +118,13 @@ def test_a_hook_that_reads_or_edits_fields_of_a_50_mib_message_does_not_read_its
             {hook}
     """, server={"max_message_size": 64 * MiB})
     message = big_message(50 * MiB)
-    with d.connect() as c:
-        assert c.transaction("a@example.test", ["b@example.test"], b"Subject: small\r\n\r\nhi").code == 250
-        before = vm_hwm_kib(d.pid)
-        r = c.transaction("a@example.test", ["b@example.test"], stuffed(message)[:-2])
-        assert r.code == 250, r
-        after = vm_hwm_kib(d.pid)
+    _, growth = send_measured(d, message)
     got = big_upstream.handler.envelopes[-1]["content"]
     want_head = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: big\r\n"
     if "replace_header" in hook:
         want_head = b"X-Tag: yes\r\nFrom: a@example.test\r\nTo: b@example.test\r\nSubject: big [checked]\r\n"
     body = message[message.index(b"\r\n\r\n") + 2:]
     assert got.endswith(want_head + body), got[:400]
-    growth = (after - before) / 1024
-    print(f"VmHWM {before} KiB -> {after} KiB (+{growth:.1f} MiB) for a {len(message) / MiB:.0f} MiB message")
     if not SANITIZED:
         assert growth < 8, f"VmHWM grew by {growth:.1f} MiB for a 50 MiB message"
 

@@ -63,11 +63,9 @@ async def on_mail(tx, sender):
 """
 
 
-def test_a_reload_keeps_the_resolver_pc_dns_alone_uses(policy_daemon, dns_server, tmp_path):
-    # No [checks], a maildir upstream: only pc.dns asks (policies/dnsbl.py's
-    # setup). A SIGHUP with the same [dns] keeps its resolver: a lookup in
-    # flight is answered (it was "the resolver stopped", which a DNSBL reads
-    # as "not listed"), and the cache stays.
+def pc_dns_daemon(policy_daemon, dns_server, tmp_path):
+    """No [checks], a maildir upstream: only pc.dns asks (policies/dnsbl.py's setup). The daemon,
+    and a MAIL whose reply text says what the policy's lookup found."""
     maildir = tmp_path / "Maildir"
     for sub in ("new", "cur", "tmp"):
         (maildir / sub).mkdir(parents=True)
@@ -79,12 +77,25 @@ def test_a_reload_keeps_the_resolver_pc_dns_alone_uses(policy_daemon, dns_server
             c.cmd(f"MAIL FROM:<a@{domain}>")
             return c.reply().text
 
-    assert mail_from("listed.test") == "dns=127.0.0.2"
-    asked = dns_server.queries("listed.test", "A")
-    got = {}
+    return d, mail_from
+
+
+def lookup_in_flight(dns_server, mail_from) -> tuple[threading.Thread, dict]:
+    """A MAIL whose lookup (late.test, answered slowly) has started; its reply text lands in ["late"]."""
+    got: dict = {}
     in_flight = threading.Thread(target=lambda: got.setdefault("late", mail_from("late.test")))
     in_flight.start()
     wait_until(lambda: dns_server.queries("late.test", "A") > 0, what="the slow lookup to start")
+    return in_flight, got
+
+
+def test_a_reload_keeps_the_resolver_pc_dns_alone_uses(policy_daemon, dns_server, tmp_path):
+    # A SIGHUP with the same [dns] keeps pc.dns's resolver: a lookup in flight is answered (it
+    # was "the resolver stopped", which a DNSBL reads as "not listed"), and the cache stays.
+    d, mail_from = pc_dns_daemon(policy_daemon, dns_server, tmp_path)
+    assert mail_from("listed.test") == "dns=127.0.0.2"
+    asked = dns_server.queries("listed.test", "A")
+    in_flight, got = lookup_in_flight(dns_server, mail_from)
     d.reload()  # the same config
     in_flight.join(10)
     assert got.get("late") == "dns=127.0.0.2"
@@ -93,22 +104,9 @@ def test_a_reload_keeps_the_resolver_pc_dns_alone_uses(policy_daemon, dns_server
 
 
 def test_a_reload_with_another_dns_lets_lookups_in_flight_finish(policy_daemon, dns_server, tmp_path):
-    maildir = tmp_path / "Maildir"
-    for sub in ("new", "cur", "tmp"):
-        (maildir / sub).mkdir(parents=True)
-    d = policy_daemon(f"maildir:{maildir}", RESOLVING_POLICY,
-                      dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 5})
-
-    def mail_from(domain: str) -> str:
-        with d.connect() as c:
-            c.cmd(f"MAIL FROM:<a@{domain}>")
-            return c.reply().text
-
+    d, mail_from = pc_dns_daemon(policy_daemon, dns_server, tmp_path)
     assert mail_from("listed.test") == "dns=127.0.0.2"
-    got = {}
-    in_flight = threading.Thread(target=lambda: got.setdefault("late", mail_from("late.test")))
-    in_flight.start()
-    wait_until(lambda: dns_server.queries("late.test", "A") > 0, what="the slow lookup to start")
+    in_flight, got = lookup_in_flight(dns_server, mail_from)
     d.reload({"dns": {"timeout": 4}})  # a new resolver for new lookups; the old one answers its own
     in_flight.join(10)
     assert got.get("late") == "dns=127.0.0.2"
