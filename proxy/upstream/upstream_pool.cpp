@@ -9,6 +9,9 @@ namespace portcullis {
 namespace {
 constexpr std::chrono::seconds quit_timeout{5};          // we do not wait long to say goodbye
 constexpr std::size_t max_quit_reply = 4096;             // the longest line we read of a QUIT's reply
+// For the upstream's close_notify after its 221 (it sends it at once): short,
+// so that a goodbye fits in close_all's wait at shutdown.
+constexpr std::chrono::seconds goodbye_drain{1};
 constexpr std::chrono::milliseconds min_reap_period{100};
 constexpr std::chrono::milliseconds max_reap_period{1000};  // an idle connection outlives its timeout by at most this
 constexpr std::chrono::milliseconds close_all_poll{20};
@@ -95,7 +98,7 @@ awaitable<void> say_goodbye(line_stream& stream) {
   if (written) {
     auto reply = co_await stream.read_line(max_quit_reply, quit_timeout);
     (void)reply;
-    co_await stream.close_after_drain(quit_timeout);
+    co_await stream.close_after_drain(goodbye_drain);
   }
   stream.close();
 }

@@ -264,13 +264,22 @@ def test_a_policy_that_catches_the_value_error_delivers_the_clean_message(policy
             message.add_header("X-Ok", "1")
             message.headers  # parsed now: the body is read from its slot
             message._body = b"line\\rMAIL FROM:<evil@example.test>\\r\\n"
+            message._body_set = True  # (else the body as received goes, under the new header section)
          """, "bare"),
         ("""
             _portcullis_core.check_message = lambda raw: None
             message.add_header("X-Ok", "1")
             message.headers  # parsed now: the body is read from its slot
             message._body = b"NUL \\x00 here\\r\\n"
+            message._body_set = True
          """, "NUL"),
+        # A new header section over the body as received (message_keep_from), forged.
+        ("""
+            _portcullis_core.check_message = lambda raw: None
+            message.add_header("X-Ok", "1")
+            message.headers  # parsed now: a change of fields alone goes as a new header section
+            message._fields[0].raw = b"X-Ok: 1\\nBcc: victim@example.test\\r\\n"
+         """, "bare"),
         # Fields for the top of the message (the daemon puts them above its own copy), forged
         # in the bytes it reads them from.
         ("""
@@ -282,7 +291,7 @@ def test_a_policy_that_catches_the_value_error_delivers_the_clean_message(policy
             message._prepended[0].raw = b"X-Ok: 1"
          """, "does not end with CRLF"),
     ],
-    ids=["header-bare-lf", "body-bare-cr", "body-nul", "top-empty-line", "top-no-crlf"],
+    ids=["header-bare-lf", "body-bare-cr", "body-nul", "head-bare-lf", "top-empty-line", "top-no-crlf"],
 )
 def test_cpp_refuses_a_malformed_message_past_python(policy_daemon, aiosmtpd_upstream, body, problem):
     """These disable the interpreter-wide Python validators: a daemon each."""
