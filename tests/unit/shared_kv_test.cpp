@@ -17,6 +17,13 @@ using status = shared_kv::status;
 
 const shared_kv::clock::time_point t0 = shared_kv::clock::time_point(1000h);
 
+// "k12": appended, not "k" + std::to_string(12) (g++ 12 warns, wrongly, -Wrestrict, at that operator+).
+std::string numbered(const char* prefix, std::size_t n) {
+  std::string out = prefix;
+  out += std::to_string(n);
+  return out;
+}
+
 std::int64_t incr(shared_kv& kv, std::string_view key, std::int64_t by = 1,
                   std::optional<shared_kv::clock::duration> ttl = std::nullopt, shared_kv::clock::time_point now = t0) {
   std::int64_t n = 0;
@@ -103,9 +110,9 @@ TEST(SharedKv, ItHoldsItsCapacityInKeys) {
     shared_kv kv(shared_kv_default_entries);
     const std::optional<shared_kv::clock::duration> ttl = with_ttl ? std::optional(3600s) : std::nullopt;
     for (std::size_t i = 0; i < shared_kv_default_entries; ++i)
-      ASSERT_EQ(kv.set("key" + std::to_string(i), "v", ttl, t0), status::ok) << i;
+      ASSERT_EQ(kv.set(numbered("key", i), "v", ttl, t0), status::ok) << i;
     std::size_t live = 0;
-    for (std::size_t i = 0; i < shared_kv_default_entries; ++i) live += kv.get("key" + std::to_string(i), t0).has_value();
+    for (std::size_t i = 0; i < shared_kv_default_entries; ++i) live += kv.get(numbered("key", i), t0).has_value();
     EXPECT_EQ(live, shared_kv_default_entries);
   }
 }
@@ -114,13 +121,13 @@ TEST(SharedKv, ItHoldsItsCapacityInKeys) {
 TEST(SharedKv, KeysPastAFreedSlotAreFound) {
   shared_kv kv(shared_kv_probe / shared_kv_slots_per_key);  // every slot taken below: runs overlap
   for (std::size_t i = 0; i < shared_kv_probe; ++i)
-    ASSERT_EQ(kv.set("k" + std::to_string(i), std::to_string(i), i % 2 ? std::optional(5s) : std::nullopt, t0),
+    ASSERT_EQ(kv.set(numbered("k", i), std::to_string(i), i % 2 ? std::optional(5s) : std::nullopt, t0),
               status::ok);
-  for (std::size_t i = 0; i < shared_kv_probe; i += 4) kv.erase("k" + std::to_string(i), t0);  // freed
+  for (std::size_t i = 0; i < shared_kv_probe; i += 4) kv.erase(numbered("k", i), t0);  // freed
   const auto later = t0 + 10s;  // the odd ones expired: freed too
-  for (std::size_t i = 2; i < shared_kv_probe; i += 4) EXPECT_EQ(kv.get("k" + std::to_string(i), later), std::to_string(i));
+  for (std::size_t i = 2; i < shared_kv_probe; i += 4) EXPECT_EQ(kv.get(numbered("k", i), later), std::to_string(i));
   EXPECT_EQ(kv.set("new", "n", std::nullopt, later), status::ok);  // takes a freed slot
-  for (std::size_t i = 2; i < shared_kv_probe; i += 4) EXPECT_EQ(kv.get("k" + std::to_string(i), later), std::to_string(i));
+  for (std::size_t i = 2; i < shared_kv_probe; i += 4) EXPECT_EQ(kv.get(numbered("k", i), later), std::to_string(i));
 }
 
 TEST(SharedKv, ProcessesForkedAfterItShareIt) {
