@@ -36,6 +36,7 @@ of a blocked type (.EXT)`` and a log line.
 
 from __future__ import annotations
 
+import binascii
 import email.errors
 import email.header
 import email.message
@@ -180,14 +181,44 @@ def _problem(part) -> tuple[str, str] | None:
     return None
 
 
-def _first_problem(raw: bytes, policy) -> tuple[str, str] | None:
+# How deep encoded attached messages are opened (each level is a parse of its own).
+_MAX_ENCODED_MESSAGE_DEPTH = 5
+
+
+def _first_problem(raw: bytes, policy, depth: int = 0) -> tuple[str, str] | None:
     """(name, why) of the first blocked part of the message, parsed with ``policy``, or None."""
     for part in BytesParser(policy=policy).parsebytes(raw).walk():
-        if not part.is_multipart():
-            problem = _problem(part)
-            if problem:
-                return problem
+        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        if part.get_content_maintype() == "message" and encoding == "base64":
+            # An attached message sent base64 (RFC 2046 §5.2.1 forbids it, and the parser
+            # reads the encoded text as the message; a mail client may decode and show it):
+            # decoded and looked into as a message of its own. (Quoted-printable is not:
+            # the parser has cut its encoded header apart before it can be decoded.)
+            if depth < _MAX_ENCODED_MESSAGE_DEPTH:
+                problem = _first_problem(_decoded_message(part), policy, depth + 1)
+                if problem:
+                    return problem
+            continue
+        if part.is_multipart():
+            continue
+        problem = _problem(part)
+        if problem:
+            return problem
     return None
+
+
+def _decoded_message(part) -> bytes:
+    """The message a base64 message/* part holds, decoded (what is not base64 is dropped)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):  # (base64 text has no header field: it is all the body)
+        text = payload[0].as_bytes(policy=email.policy.compat32) if payload else b""
+    else:
+        text = str(payload).encode("ascii", "surrogateescape")
+    data = b"".join(text.split()).rstrip(b"=")
+    try:
+        return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
+    except binascii.Error:  # (a length no padding mends)
+        return b""
 
 
 def on_data(tx, message):

@@ -189,3 +189,18 @@ def test_a_mime_structure_no_parser_reads_is_refused(h):
 def test_every_file_name_of_a_part_counts(h, headers):
     r = send(h, multipart(f"{headers}\r\nContent-Transfer-Encoding: base64\r\n\r\n{EXE}"))
     assert r[:2] == (550, "5.7.1") and 'attachment "evil.exe"' in r.text, r
+
+
+def test_an_attached_message_sent_base64_is_looked_into(h):
+    """RFC 2046 §5.2.1 forbids encoding a message/rfc822 part, so the parser reads the base64
+    text as the message; a mail client may decode it all the same: its attachments are checked."""
+    encoding = "base64"
+    inner = mail(("tool.exe", b"MZ", "application/octet-stream"))
+    body = base64.encodebytes(inner)
+    message = (b"From: a@example.com\r\nTo: b@example.test\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+               b'Content-Type: multipart/mixed; boundary="XX"\r\n\r\n'
+               b"--XX\r\nContent-Type: text/plain\r\n\r\nforwarded\r\n"
+               b"--XX\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: " + encoding.encode() +
+               b"\r\n\r\n" + body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n--XX--\r\n")
+    r = send(h, message)
+    assert r[:2] == (550, "5.7.1") and "tool.exe" in r.text, r
