@@ -79,14 +79,19 @@ PyMethodDef load_message_def = {"load_message", load_message, METH_NOARGS,
                                 "The message as received, read from the daemon's store (None if it has none)."};
 
 // Its header section only (message_store::read_head): reading a field of a
-// 50 MiB message reads its header, not the 50 MiB.
+// 50 MiB message reads its header, not the 50 MiB. None for a header section
+// past this size, or none at all (no empty line): the whole message is read
+// then, once, straight into its bytes object.
+constexpr std::size_t max_head_read = 1 << 20;
+
 PyObject* load_head(PyObject* self, PyObject* /*unused*/) {
   const auto* stored = static_cast<const stored_message*>(PyCapsule_GetPointer(self, loader_capsule));
   if (stored == nullptr) return nullptr;
   if (!*stored) Py_RETURN_NONE;
   try {
-    const auto head = (*stored)->read_head();
-    return PyBytes_FromStringAndSize(head.data(), static_cast<Py_ssize_t>(head.size()));
+    const auto head = (*stored)->read_head(max_head_read);
+    if (!head) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(head->data(), static_cast<Py_ssize_t>(head->size()));
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
   }

@@ -328,11 +328,20 @@ awaitable<verdict> python_policy::on_data(const connection_state& conn, const tr
   auto job = base_job(policy_stage::data, conn);
   add_transaction(*job, tx);
   const auto received_size = message->size();
+  const message_ptr received = message;
   job->message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
   auto result = co_await run(std::move(job));
   auto v = decide("data", conn, std::move(*result), &tx);
-  if (v.message_prefix && v.message_keep_from > received_size)
-    co_return failure(conn, "data", "the policy kept the message from past its end");
+  // A new header section goes over the body as received: it ends with the
+  // empty line, and the body kept starts right after the received one's (no
+  // line cut in two, nothing of the received header read as body).
+  if (v.message_prefix && v.message_keep_from != 0) {
+    const auto& head = *v.message_prefix;
+    if (!head.ends_with("\r\n\r\n") && head != "\r\n")
+      co_return failure(conn, "data", "invalid message from policy: its header section does not end with an empty line");
+    if (received->head_size(v.message_keep_from) != v.message_keep_from)
+      co_return failure(conn, "data", "invalid message from policy: the body it keeps does not start where the received one does");
+  }
   if (v.message_prefix && v.message_prefix->size() + received_size - v.message_keep_from > max_message_size_) {
     std::string why = "the message from policy has ";  // (appended: g++ 12 warns, wrongly, at "..." + std::string)
     why += std::to_string(v.message_prefix->size() + received_size - v.message_keep_from);

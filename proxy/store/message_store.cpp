@@ -249,12 +249,13 @@ void message_store::read_into(char* to) const {
   if (at != size_) throw std::runtime_error("the message is shorter than its size");
 }
 
-std::string message_store::read_head() const {
+std::optional<std::string> message_store::read_head(std::size_t limit) const {
   std::string out;
+  out.reserve(std::min(size_, limit));
   reader r(*this, 64 * 1024);
-  for (auto chunk = r.next(); !chunk.empty(); chunk = r.next()) {
+  for (auto chunk = r.next(); !chunk.empty() && out.size() < limit; chunk = r.next()) {
     const std::size_t from = out.size() < 3 ? 0 : out.size() - 3;  // (an empty line across two chunks)
-    out.append(chunk);
+    out.append(chunk.substr(0, limit - out.size()));
     if (out.starts_with("\r\n")) return out.substr(0, 2);
     if (const auto end = out.find("\r\n\r\n", from); end != std::string::npos) {
       out.resize(end + 4);
@@ -262,7 +263,12 @@ std::string message_store::read_head() const {
     }
   }
   if (r.failed()) throw std::runtime_error(r.error());
-  return out;
+  return std::nullopt;
+}
+
+std::size_t message_store::head_size(std::size_t limit) const {
+  const auto head = read_head(limit);
+  return head ? head->size() : std::string::npos;
 }
 
 }  // namespace portcullis

@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -119,10 +120,14 @@ class message_store {
   // The same into `to`, which holds size() bytes (the policy engine's bytes
   // object, read straight into). Throws std::runtime_error on a read error.
   void read_into(char* to) const;
-  // The header section: the message up to and including its first empty line
-  // (CRLF CRLF, or a CRLF at the very start), or all of it when it has none;
-  // read in chunks, no further. Throws std::runtime_error on a read error.
-  std::string read_head() const;
+  // The header section's size: the message up to and including its first
+  // empty line (CRLF CRLF, or a CRLF at the very start), when that line ends
+  // within the first `limit` bytes; npos else. Reads no further.
+  std::size_t head_size(std::size_t limit) const;
+  // That header section, read alone; nullopt past `limit` or without an
+  // empty line (read the whole message then). Throws std::runtime_error on
+  // a read error.
+  std::optional<std::string> read_head(std::size_t limit) const;
 
  private:
   message_store() = default;  // wrap()

@@ -358,12 +358,10 @@ class Message:
         if head_loader is None:
             return self._original  # (read whole)
         self._head_loader = None
-        head = _message_bytes(head_loader())
-        if not head.endswith(CRLF + CRLF) and head != CRLF:
-            self._original = head  # no empty line: the header section is the whole message
-            self._loader = None
-            return head
-        self._head = head
+        head = head_loader()
+        if head is None:  # (no empty line, or a header section too big to read alone)
+            return self._original  # (read whole)
+        self._head = head = _message_bytes(head)
         return head
 
     def _parsed(self) -> bool:

@@ -129,6 +129,20 @@ def test_a_hook_that_reads_or_edits_fields_of_a_50_mib_message_does_not_read_its
         assert growth < 8, f"VmHWM grew by {growth:.1f} MiB for a 50 MiB message"
 
 
+def test_a_hook_reading_a_field_of_a_big_message_without_an_empty_line_reads_it_once(policy_daemon, big_upstream):
+    """No empty line (the first line that is not a field starts the body): the message is read
+    whole, once (not built in pieces and then copied, which took twice its size)."""
+    d = policy_daemon(big_upstream.url, """
+        def on_data(tx, message):
+            message.get('Subject')
+    """, server={"max_message_size": 64 * MiB})
+    message = b"Subject: big\r\nFrom: a@example.test\r\n" + b"".join(b"c" * 900 + b"\r\n" for _ in range(30 * MiB // 902))
+    _, growth = send_measured(d, message)
+    assert big_upstream.handler.envelopes[-1]["content"].endswith(message)
+    if not SANITIZED:
+        assert growth < 45, f"VmHWM grew by {growth:.1f} MiB for a 30 MiB message"
+
+
 def test_clients_sending_big_messages_without_the_dot_stay_within_the_budget(start_daemon, aiosmtpd_upstream, tmp_path):
     clients, each = 20, 6 * MiB
     spill = tmp_path / "spill"

@@ -280,6 +280,22 @@ def test_a_policy_that_catches_the_value_error_delivers_the_clean_message(policy
             message.headers  # parsed now: a change of fields alone goes as a new header section
             message._fields[0].raw = b"X-Ok: 1\\nBcc: victim@example.test\\r\\n"
          """, "bare"),
+        # ... or kept from elsewhere than where the body as received starts, or without its empty line.
+        ("""
+            message.add_header("X-Ok", "1")
+            message.headers
+            message._body_start -= 1
+         """, "the body it keeps does not start where the received one does"),
+        ("""
+            message.add_header("X-Ok", "1")
+            message.headers
+            message._body_start += 2
+         """, "the body it keeps does not start where the received one does"),
+        ("""
+            message.add_header("X-Ok", "1")
+            message.headers
+            type(message)._head_parts = lambda self, fields_as=None: [b"X-Ok: 1\\r\\n"]
+         """, "its header section does not end with an empty line"),
         # Fields for the top of the message (the daemon puts them above its own copy), forged
         # in the bytes it reads them from.
         ("""
@@ -291,7 +307,8 @@ def test_a_policy_that_catches_the_value_error_delivers_the_clean_message(policy
             message._prepended[0].raw = b"X-Ok: 1"
          """, "does not end with CRLF"),
     ],
-    ids=["header-bare-lf", "body-bare-cr", "body-nul", "head-bare-lf", "top-empty-line", "top-no-crlf"],
+    ids=["header-bare-lf", "body-bare-cr", "body-nul", "head-bare-lf", "keep-from-before", "keep-from-after",
+         "head-no-empty-line", "top-empty-line", "top-no-crlf"],
 )
 def test_cpp_refuses_a_malformed_message_past_python(policy_daemon, aiosmtpd_upstream, body, problem):
     """These disable the interpreter-wide Python validators: a daemon each."""

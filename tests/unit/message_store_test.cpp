@@ -290,7 +290,8 @@ TEST_F(MessageStore, WithPrefixFromAnOffset) {
   }
 }
 
-// The header section alone: up to and with the empty line, found across chunks; all without one.
+// The header section alone: up to and with the empty line, found across
+// chunks; none without one, or past the limit (the whole message is read then).
 TEST_F(MessageStore, ReadHead) {
   const auto stored = [&](const std::string& text) {
     auto mem = memory(1 << 20);
@@ -299,13 +300,18 @@ TEST_F(MessageStore, ReadHead) {
     EXPECT_TRUE(m->seal());
     return m;
   };
+  constexpr std::size_t limit = 1 << 20;
   const std::string fields = "Subject: x\r\n" + std::string(200, 'a') + ": b\r\n";
-  EXPECT_EQ(stored(fields + "\r\n" + pattern(300000, 5))->read_head(), fields + "\r\n");
-  EXPECT_EQ(stored(fields + "\r\nbody\r\n")->read_head(), fields + "\r\n");
-  EXPECT_EQ(stored(fields)->read_head(), fields);  // no empty line: all of it
-  EXPECT_EQ(stored("\r\nbody\r\n")->read_head(), "\r\n");
+  EXPECT_EQ(stored(fields + "\r\n" + pattern(300000, 5))->read_head(limit), fields + "\r\n");
+  EXPECT_EQ(stored(fields + "\r\nbody\r\n")->read_head(limit), fields + "\r\n");
+  EXPECT_EQ(stored(fields)->read_head(limit), std::nullopt);  // no empty line
+  EXPECT_EQ(stored("\r\nbody\r\n")->read_head(limit), "\r\n");
   const std::string long_head = "X: " + std::string(200000, 'h') + "\r\n\r\n";  // over several chunks
-  EXPECT_EQ(stored(long_head + "body\r\n")->read_head(), long_head);
+  EXPECT_EQ(stored(long_head + "body\r\n")->read_head(limit), long_head);
+  EXPECT_EQ(stored(long_head + "body\r\n")->read_head(100000), std::nullopt);  // past the limit
+  EXPECT_EQ(stored(long_head + "body\r\n")->head_size(long_head.size()), long_head.size());
+  EXPECT_EQ(stored(long_head + "body\r\n")->head_size(long_head.size() - 1), std::string::npos);
+  EXPECT_EQ(stored(fields + "\r\nbody\r\n")->head_size(limit), fields.size() + 2);
 }
 
 }  // namespace
