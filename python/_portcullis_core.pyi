@@ -9,6 +9,10 @@ embedded: bool
 def parse_address(text: str, utf8: bool = True) -> tuple[str, str]:
     """(local, domain) of "local@domain" (RFC 5321 §4.1.2); ValueError on bad syntax."""
 
+def a_label_domain(domain: str) -> str | None:
+    """The domain in A-labels as the daemon's checks take it (libidn2: IDNA 2008, UTS #46
+    non-transitional, NFC); as it is when all ASCII; None when IDNA 2008 refuses it."""
+
 def check_header_name(name: str) -> None:
     """ValueError unless printable ASCII without colon or space (RFC 5322 §3.6.8)."""
 
@@ -81,6 +85,9 @@ class Result:
     recipients: list[str] | None
     message: bytes | None
     message_prefix: bytes | None
+    #: 0: message_prefix goes on top of the whole message as received; else the byte of it
+    #: (its body's first) that follows message_prefix, then a whole new header section.
+    message_keep_from: int
     generation: int
     hook_counts: list[int]
     async_only: int
@@ -109,7 +116,8 @@ class JobObjects:
     # session.tx made or brought up to date from the daemon's envelope; sets session.tx and session.before.
     def transaction_of(self, session: Any, envelope: tuple[Any, ...]) -> Any: ...
     # A Message read from loader() when a hook first looks at it (Message._lazy).
-    def lazy_message(self, loader: Any, smtputf8: bool, head_whole: bool | None = None) -> Any: ...
+    def lazy_message(self, loader: Any, smtputf8: bool, head_whole: bool | None = None,
+                     head_loader: Any = None) -> Any: ...
 
 class StageRunner:
     """A stage job's hooks called from C++ (bindings/stage_runner.cpp; docs/policy-engine.md)."""

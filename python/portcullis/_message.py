@@ -474,7 +474,7 @@ class Message:
         if self._parsed():
             return False
         whole = self._head_whole  # (a lazy message's: only one is ever unparsed)
-        return whole if whole is not None else _head_is_whole(self._original)
+        return whole if whole is not None else _head_is_whole(self._received_head())
 
     def _added_on_top(self) -> bytes | None:
         """The fields added on top of a message otherwise unchanged and unread, as the bytes the
