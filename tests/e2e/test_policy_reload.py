@@ -253,13 +253,13 @@ def test_a_reload_that_ends_after_a_newer_one_is_dropped(policy_daemon, aiosmtpd
     import signal
 
     d = policy_daemon(aiosmtpd_upstream.url, "def on_helo(conn, hostname):\n    return None\n")
-    slow = tmp_path / "slow_a.py"
-    slow.write_text("import time\ntime.sleep(1.5)\nimport portcullis as pc\n"
+    slow, importing = tmp_path / "slow_a.py", tmp_path / "importing"
+    slow.write_text(f"import time\nopen({str(importing)!r}, 'w').close()\ntime.sleep(1.5)\nimport portcullis as pc\n"
                     "def on_helo(conn, hostname):\n    return pc.reject('reload A ran')\n")
     d.tables["policy"] = {"files": [str(slow)]}
     d.write_config()
     d.signal(signal.SIGHUP)  # A: importing for 1.5 s
-    time.sleep(0.3)
+    wait_until(importing.exists, timeout=10, what="reload A to import its policy")  # (it has read the config)
     del d.tables["policy"]
     d.write_config()
     d.signal(signal.SIGHUP)  # B: no policies, installed at once

@@ -155,12 +155,13 @@ def test_a_dropped_older_reload_says_nothing(policy_daemon, aiosmtpd_upstream, n
     did not happen, as the last word)."""
     d = policy_daemon(aiosmtpd_upstream.url, POLICY)
     ready = notify_socket.wait_for("READY")
-    slow = tmp_path / "slow_a.py"
-    slow.write_text("import time\ntime.sleep(1.5)\n" + POLICY)
+    slow, importing = tmp_path / "slow_a.py", tmp_path / "importing"
+    slow.write_text(f"import time\nopen({str(importing)!r}, 'w').close()\ntime.sleep(1.5)\n" + POLICY)
     d.tables["policy"] = {"files": [str(slow)]}
     d.write_config()
     d.signal(signal.SIGHUP)  # A
     first = notify_socket.wait_for("RELOADING", after=ready + 1)
+    wait_until(importing.exists, timeout=10, what="reload A to import its policy")  # (it has read the config)
     del d.tables["policy"]
     d.write_config()
     d.signal(signal.SIGHUP)  # B
