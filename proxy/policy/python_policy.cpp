@@ -219,10 +219,11 @@ verdict python_policy::verdict_of(const std::string& stage, const connection_sta
   if (stage == "data" && result.message_prefix) {
     if (result.message) return failure(conn, stage, "the policy gave both a message and fields for its top");
     const auto& prefix = *result.message_prefix;
-    // Fields on top of the message, or (kept from its body on) a whole header section.
+    // Fields on top of the message, or (kept from its body on) a whole header section, empty line included.
+    const bool whole_head = prefix.ends_with("\r\n\r\n") || prefix == "\r\n";
     auto problem = result.message_keep_from == 0 ? smtp::header_fields_problem(prefix)
-                   : !prefix.ends_with("\r\n")  ? std::optional<std::string>("the header section does not end with CRLF")
-                                                  : smtp::message_problem(prefix);
+                   : !whole_head ? std::optional<std::string>("its header section does not end with an empty line")
+                                 : smtp::message_problem(prefix);
     if (problem) return failure(conn, stage, "invalid message from policy: " + *problem);
     v.message_prefix = std::move(*result.message_prefix);
     v.message_keep_from = result.message_keep_from;
@@ -327,21 +328,17 @@ awaitable<verdict> python_policy::on_data(const connection_state& conn, const tr
   if (!has_hooks(policy_stage::data)) co_return verdict{};
   auto job = base_job(policy_stage::data, conn);
   add_transaction(*job, tx);
-  const auto received_size = message->size();
   const message_ptr received = message;
   job->message = std::move(message);  // shared, not copied: the job owns it as long as it needs it
   auto result = co_await run(std::move(job));
   auto v = decide("data", conn, std::move(*result), &tx);
-  // A new header section goes over the body as received: it ends with the
-  // empty line, and the body kept starts right after the received one's (no
-  // line cut in two, nothing of the received header read as body).
-  if (v.message_prefix && v.message_keep_from != 0) {
-    const auto& head = *v.message_prefix;
-    if (!head.ends_with("\r\n\r\n") && head != "\r\n")
-      co_return failure(conn, "data", "invalid message from policy: its header section does not end with an empty line");
-    if (received->head_size(v.message_keep_from) != v.message_keep_from)
-      co_return failure(conn, "data", "invalid message from policy: the body it keeps does not start where the received one does");
-  }
+  // A new header section (checked whole by decide) goes over the body as
+  // received: that body must start right after the received header section
+  // (no line cut in two, nothing of the received header read as body).
+  if (v.message_prefix && v.message_keep_from != 0 &&
+      received->head_size(v.message_keep_from) != v.message_keep_from)
+    co_return failure(conn, "data", "invalid message from policy: the body it keeps does not start where the received one does");
+  const auto received_size = received->size();
   if (v.message_prefix && v.message_prefix->size() + received_size - v.message_keep_from > max_message_size_) {
     std::string why = "the message from policy has ";  // (appended: g++ 12 warns, wrongly, at "..." + std::string)
     why += std::to_string(v.message_prefix->size() + received_size - v.message_keep_from);
