@@ -10,11 +10,14 @@ Configure it in ``[attachments]`` (every key optional; the defaults are in
     mime_types = [...]               # blocked Content-Types (replaces the default list)
     archives = true                  # look at the names inside ZIP archives (and ZIPs in them)
     max_archive_size = 10485760      # bytes of archive looked into; bigger ones are passed unread
+    encoded_files = true             # look for files uuencoded or yEnc-encoded in text parts
 
 Every part of the message is looked at: the message itself when it is a
 single part that is not text (a bare ``application/zip`` or
 ``application/x-msdownload`` body), nested multiparts, attached messages
-(``message/rfc822``) and their parts. A part is blocked when one of its
+(``message/rfc822``, also when sent base64 or quoted-printable, which RFC 2046
+forbids but mail clients decode), their parts, and files uuencoded or
+yEnc-encoded in a text part (which Thunderbird shows as attachments). A part is blocked when one of its
 file names (``Content-Disposition`` ``filename`` and ``Content-Type``
 ``name``, both; RFC 2231 and RFC 2047 encoded names decoded) ends in a
 blocked extension (``invoice.pdf.exe`` ends in ``exe``; case does not
@@ -36,13 +39,13 @@ of a blocked type (.EXT)`` and a log line.
 
 from __future__ import annotations
 
-import binascii
 import email.errors
 import email.header
 import email.message
 import email.policy
 import email.utils
 import io
+import re
 import zipfile
 import zlib
 from email.parser import BytesParser
@@ -61,7 +64,8 @@ MIME_TYPES = (
     "application/x-msi", "application/hta", "application/x-ms-shortcut", "application/java-archive",
     "application/x-sh", "application/x-bat",
 )
-_KEYS = ("extensions", "extra_extensions", "allowed_extensions", "mime_types", "archives", "max_archive_size")
+_KEYS = ("extensions", "extra_extensions", "allowed_extensions", "mime_types", "archives", "max_archive_size",
+         "encoded_files")
 _ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
 try:
     from lzma import LZMAError as _LZMAError
@@ -85,9 +89,11 @@ def _settings() -> dict:
     extensions = (_names(table, "extensions", EXTENSIONS) | _names(table, "extra_extensions", ())) - _names(
         table, "allowed_extensions", ())
     s = {"extensions": extensions, "mime_types": _names(table, "mime_types", MIME_TYPES),
-         "archives": table.get("archives", True), "max_archive_size": table.get("max_archive_size", 10 * 1024 * 1024)}
-    if not isinstance(s["archives"], bool):
-        raise ValueError("[attachments] archives: want true or false")
+         "archives": table.get("archives", True), "max_archive_size": table.get("max_archive_size", 10 * 1024 * 1024),
+         "encoded_files": table.get("encoded_files", True)}
+    for key in ("archives", "encoded_files"):
+        if not isinstance(s[key], bool):
+            raise ValueError(f"[attachments] {key}: want true or false")
     if isinstance(s["max_archive_size"], bool) or not isinstance(s["max_archive_size"], int) or s["max_archive_size"] < 0:
         raise ValueError("[attachments] max_archive_size: want a number of bytes")
     return s
@@ -183,49 +189,80 @@ def _problem(part) -> tuple[str, str] | None:
 
 # How deep encoded attached messages are opened (each level is a parse of its own).
 _MAX_ENCODED_MESSAGE_DEPTH = 5
+_ENCODINGS = ("base64", "quoted-printable")
+
+# A file encoded in the text itself, which mail clients (Thunderbird, for one) show as an
+# attachment: uuencode's and sharutils' "begin 644 NAME", yEnc's "=ybegin ... name=NAME".
+_ENCODED_FILE = re.compile(rb"^(?:begin(?:-base64)? [0-7]{3,4} +(?P<uu>[^\r\n]+)"
+                           rb"|=ybegin [^\r\n]*?\bname=(?P<y>[^\r\n]+))", re.MULTILINE)
+
+
+def _encoding(part) -> str:
+    return str(part.get("Content-Transfer-Encoding") or "").strip().lower()
+
+
+def _opaque_encoded_messages(base: type) -> type:
+    """``base`` (the parser's message class) for which an encoded message/* part is a leaf.
+
+    RFC 2046 §5.2.1 forbids encoding a message/rfc822 part, so the parser would read the
+    encoded text as the message itself (quoted-printable's soft line breaks cutting its
+    header apart); a mail client may decode it and show what it holds all the same. Seen
+    as a leaf, its payload stays the exact encoded text, decoded and parsed below."""
+    class Part(base):
+        def get_content_maintype(self) -> str:
+            maintype = super().get_content_maintype()
+            return "application" if maintype == "message" and _encoding(self) in _ENCODINGS else maintype
+    return Part
+
+
+_PARTS = {email.policy.default: _opaque_encoded_messages(email.message.EmailMessage),
+          email.policy.compat32: _opaque_encoded_messages(email.message.Message)}
+
+
+def _encoded_files(part) -> tuple[str, str] | None:
+    """(name, why) of a blocked file uuencoded or yEnc-encoded in a text part, or None."""
+    for match in _ENCODED_FILE.finditer(part.get_payload(decode=True) or b""):
+        name = (match["uu"] or match["y"]).decode("utf-8", "replace").strip()
+        extension = _blocked_name(name)
+        if extension:
+            return name, f".{extension} (encoded in the text)"
+    return None
 
 
 def _first_problem(raw: bytes, policy, depth: int = 0) -> tuple[str, str] | None:
     """(name, why) of the first blocked part of the message, parsed with ``policy``, or None."""
-    for part in BytesParser(policy=policy).parsebytes(raw).walk():
-        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-        if part.get_content_maintype() == "message" and encoding == "base64":
-            # An attached message sent base64 (RFC 2046 §5.2.1 forbids it, and the parser
-            # reads the encoded text as the message; a mail client may decode and show it):
-            # decoded and looked into as a message of its own. (Quoted-printable is not:
-            # the parser has cut its encoded header apart before it can be decoded.)
+    for part in BytesParser(_PARTS[policy], policy=policy).parsebytes(raw).walk():
+        if part.get_content_type().startswith("message/") and _encoding(part) in _ENCODINGS:
             if depth < _MAX_ENCODED_MESSAGE_DEPTH:
-                problem = _first_problem(_decoded_message(part), policy, depth + 1)
+                problem = _first_problem(part.get_payload(decode=True) or b"", policy, depth + 1)
                 if problem:
                     return problem
             continue
         if part.is_multipart():
             continue
         problem = _problem(part)
+        if not problem and SETTINGS["encoded_files"] and part.get_content_maintype() == "text":
+            problem = _encoded_files(part)
         if problem:
             return problem
     return None
 
 
-def _decoded_message(part) -> bytes:
-    """The message a base64 message/* part holds, decoded (what is not base64 is dropped)."""
-    payload = part.get_payload()
-    if isinstance(payload, list):  # (base64 text has no header field: it is all the body)
-        text = payload[0].as_bytes(policy=email.policy.compat32) if payload else b""
-    else:
-        text = str(payload).encode("ascii", "surrogateescape")
-    data = b"".join(text.split()).rstrip(b"=")
-    try:
-        return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
-    except binascii.Error:  # (a length no padding mends)
-        return b""
+def _plain_text(message) -> bool:
+    """Whether the message is a single text part with no file name and no file encoded in it:
+    nothing attached, nothing to parse (the body is searched only when it is not encoded)."""
+    content_type = (message.get("Content-Type") or "").lower()
+    if content_type and not content_type.startswith("text/") or "name" in content_type or \
+            "filename" in (message.get("Content-Disposition") or "").lower():
+        return False
+    if not SETTINGS["encoded_files"]:
+        return True
+    return _encoding(message) not in _ENCODINGS and not _ENCODED_FILE.search(message.body)
 
 
 def on_data(tx, message):
-    content_type = (message.get("Content-Type") or "").lower()
-    if (not content_type or content_type.startswith("text/")) and "name" not in content_type and \
-            "filename" not in (message.get("Content-Disposition") or "").lower():
-        return None  # a single text part: nothing attached, nothing to parse
+    if _plain_text(message):
+        return None
     try:
         problem = _first_problem(message.raw, email.policy.default)
     except Exception as e:  # the email package fails on some malformed headers (an IndexError, ...)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import quopri
 import zipfile
 from email.message import EmailMessage
 from pathlib import Path
@@ -99,7 +100,7 @@ def test_settings_change_the_lists():
         assert any("could not be read" in line.message for line in h.logs)
 
 
-@pytest.mark.parametrize("table,why", [({"extensions": "exe"}, "list of strings"), ({"archives": 1}, "true or false"),
+@pytest.mark.parametrize("table,why", [({"extensions": "exe"}, "list of strings"), ({"archives": 1}, "true or false"), ({"encoded_files": "yes"}, "true or false"),
                                        ({"colour": 1}, "unknown key"), ({"max_archive_size": -1}, "bytes")])
 def test_bad_settings(table, why):
     with pytest.raises(PolicyLoadError, match=why):
@@ -170,7 +171,7 @@ def test_a_malformed_parameter_is_read_leniently(on_error):
 
 def test_a_mime_structure_no_parser_reads_is_refused(h):
     class Failing:
-        def __init__(self, policy):
+        def __init__(self, _class=None, policy=None):
             pass
 
         def parsebytes(self, raw):
@@ -191,16 +192,59 @@ def test_every_file_name_of_a_part_counts(h, headers):
     assert r[:2] == (550, "5.7.1") and 'attachment "evil.exe"' in r.text, r
 
 
-def test_an_attached_message_sent_base64_is_looked_into(h):
-    """RFC 2046 §5.2.1 forbids encoding a message/rfc822 part, so the parser reads the base64
+def qp_soft_broken(data: bytes) -> bytes:
+    """Quoted-printable with a soft line break every 20 octets or so: the attached message's
+    own header lines are cut apart, so only a decoder sees its attachment's name."""
+    lines = []
+    for line in data.split(b"\r\n"):
+        encoded, pieces = quopri.encodestring(line).replace(b"=\n", b"").rstrip(b"\n"), []
+        while len(encoded) > 20:
+            cut = 20 - (2 if encoded[18:19] == b"=" else 1 if encoded[19:20] == b"=" else 0)
+            pieces.append(encoded[:cut] + b"=")
+            encoded = encoded[cut:]
+        lines.append(b"\r\n".join(pieces + [encoded]))
+    return b"\r\n".join(lines)
+
+
+def forwarded(inner: bytes, encoding: str) -> bytes:
+    body = base64.encodebytes(inner).replace(b"\n", b"\r\n") if encoding == "base64" else qp_soft_broken(inner)
+    return (b"From: a@example.com\r\nTo: b@example.test\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="XX"\r\n\r\n'
+            b"--XX\r\nContent-Type: text/plain\r\n\r\nforwarded\r\n"
+            b"--XX\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: " + encoding.encode() +
+            b"\r\n\r\n" + body + b"\r\n--XX--\r\n")
+
+
+@pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
+def test_an_encoded_attached_message_is_looked_into(h, encoding):
+    """RFC 2046 §5.2.1 forbids encoding a message/rfc822 part, so the parser reads the encoded
     text as the message; a mail client may decode it all the same: its attachments are checked."""
-    encoding = "base64"
-    inner = mail(("tool.exe", b"MZ", "application/octet-stream"))
-    body = base64.encodebytes(inner)
-    message = (b"From: a@example.com\r\nTo: b@example.test\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
-               b'Content-Type: multipart/mixed; boundary="XX"\r\n\r\n'
-               b"--XX\r\nContent-Type: text/plain\r\n\r\nforwarded\r\n"
-               b"--XX\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: " + encoding.encode() +
-               b"\r\n\r\n" + body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n--XX--\r\n")
-    r = send(h, message)
+    r = send(h, forwarded(mail(("tool.exe", b"MZ", "application/octet-stream")), encoding))
     assert r[:2] == (550, "5.7.1") and "tool.exe" in r.text, r
+    assert send(h, forwarded(mail(("tool.pdf", b"MZ", "application/octet-stream")), encoding)).code == 250
+
+
+UUENCODED = "begin 644 invoice.exe\r\n#35H`\r\n`\r\nend\r\n"
+YENCODED = "=ybegin line=128 size=2 name=invoice.exe\r\nwx\r\n=yend size=2\r\n"
+
+
+@pytest.mark.parametrize("block", [UUENCODED, YENCODED, UUENCODED.replace("begin 644", "begin-base64 644")])
+def test_a_file_encoded_in_the_text_is_checked(h, block):
+    """uuencode and yEnc blocks in a text part: Thunderbird shows them as attachments."""
+    single = HEAD + "\r\nhello\r\n" + block
+    r = send(h, single.encode())
+    assert r[:2] == (550, "5.7.1") and 'attachment "invoice.exe" is of a blocked type (.exe (encoded in the text))' \
+        in r.text, r
+    r = send(h, multipart("Content-Type: text/plain\r\n\r\n" + block))
+    assert r[:2] == (550, "5.7.1") and "invoice.exe" in r.text, r
+    # quoted-printable hides "begin" from a search of the raw text, not from the decoded one
+    hidden = HEAD + "Content-Transfer-Encoding: quoted-printable\r\n\r\nhello\r\n=" + block.encode().hex()[:2] \
+        + block[1:]
+    assert send(h, hidden.encode())[:2] == (550, "5.7.1")
+    assert send(h, (HEAD + "\r\n" + block.replace("invoice.exe", "invoice.txt")).encode()).code == 250
+    assert send(h, (HEAD + "\r\nwe begin 644 times a day.exe\r\n").encode()).code == 250
+
+
+def test_encoded_files_can_be_left_alone():
+    with Harness([POLICY], config={"attachments": {"encoded_files": False}}) as h:
+        assert send(h, (HEAD + "\r\n" + UUENCODED).encode()).code == 250
