@@ -75,8 +75,7 @@ class Settings:
             raise ValueError(f"[{self.name}] {key}: {e}") from None
 
 
-@functools.lru_cache(maxsize=4096)  # ipaddress parses in Python (2-4 us); a client sends many commands
-@functools.lru_cache(maxsize=4096)  # policies ask it at every command; an address is parsed once per client
+@functools.lru_cache(maxsize=4096)  # ipaddress parses in Python (2-4 us); policies ask at every command
 def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The client's address (``conn.client_ip``), an IPv4-mapped IPv6 one as the IPv4 it is."""
     address = ipaddress.ip_address(ip)
