@@ -33,6 +33,11 @@ simulated is the SMTP side around it):
   the daemon does, but not ESMTP parameters, line lengths, TLS or
   ``require_auth``; ``tls=`` and ``auth_user=`` of ``connect()`` set the state
   directly. ``auth()`` asks the on_auth hooks only (no ``[auth] users_file``).
+  The config's limits and relay guard are the daemon's: ``[server]
+  max_recipients`` (``452 4.5.3``; discarded RCPTs count, and so do a
+  redirect's targets), ``max_message_size`` (a rewrite past either is a policy
+  error, ``451 4.3.0``) and ``[relay]`` (``554 5.7.1 Relay access denied``
+  unless ``auth_user=`` or a ``client_ip=`` in ``trusted_networks``).
 - Commands run one at a time; use the engine (``h.host.dispatch``, with
   ``_core.Job`` objects) directly to run sessions concurrently.
 """
@@ -43,6 +48,7 @@ import asyncio
 import email.message
 import email.parser
 import email.policy
+import ipaddress
 import itertools
 import logging
 import os
@@ -60,6 +66,7 @@ from ._address import Address
 from ._engine import POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, job_from_dict, load_config, result_as_dict
 from ._log import LOGGER_NAME, format_record, record_session_id
 from ._objects import ArcResult, DkimSignature, DmarcResult, SpfResult
+from .settings import client_address
 
 __all__ = ["Delivery", "Harness", "LogLine", "PolicyLoadError", "Reply", "Session", "SessionClosed"]
 
@@ -135,9 +142,9 @@ def _mailbox_key(address: str) -> tuple[str, str]:
     return (local, domain.translate(_ASCII_LOWER)) if at else (address, "")
 
 
-def _once(addresses: Iterable[str]) -> list[str]:
-    """Each mailbox once, the first spelling kept, in order."""
-    seen: set[tuple[str, str]] = set()
+def _once(addresses: Iterable[str], known: Iterable[str] = ()) -> list[str]:
+    """Each mailbox once, the first spelling kept, in order (none of ``known``)."""
+    seen: set[tuple[str, str]] = {_mailbox_key(a) for a in known}
     out = []
     for a in addresses:
         key = _mailbox_key(a)
@@ -145,6 +152,46 @@ def _once(addresses: Iterable[str]) -> list[str]:
             seen.add(key)
             out.append(a)
     return out
+
+
+class _RelayGuard:
+    """The daemon's open-relay guard (proxy/session/relay_guard.cpp; RFC 5321 §3.6.1, §7.1):
+    with ``[relay]``, a client neither authenticated nor in ``trusted_networks`` may send
+    only to ``local_domains``."""
+
+    def __init__(self, table: Mapping[str, Any]) -> None:
+        self.local_domains = {self._canonical(d) for d in table.get("local_domains", [])}
+        try:
+            self.trusted_networks = [self._network(n) for n in table.get("trusted_networks", [])]
+        except ValueError as e:
+            raise ValueError(f"[relay] trusted_networks: {e}") from None
+
+    @staticmethod
+    def _canonical(domain: str) -> str:
+        return domain.translate(_ASCII_LOWER).removesuffix(".")
+
+    @staticmethod
+    def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        # As network::parse: an IPv4-mapped base is the IPv4 address it holds.
+        base, slash, bits = entry.partition("/")
+        address = client_address(base)
+        return ipaddress.ip_network(f"{address}/{bits}" if slash else address, strict=False)
+
+    def trusts(self, client_ip: str) -> bool:
+        try:
+            address = client_address(client_ip)
+        except ValueError:  # a test's made-up client: in no network
+            return False
+        return any(address in network for network in self.trusted_networks)
+
+    def is_local(self, rcpt: Address) -> bool:
+        """A recipient in one of our domains with no routing in its local part (a downstream
+        MTA could still honour "user%foreign@local", "a!b@local", "\"u@foreign\"@local")."""
+        if not rcpt.domain:  # RFC 5321 §4.1.1.3: <Postmaster> alone is always ours.
+            return rcpt.local.translate(_ASCII_LOWER) == "postmaster"
+        if any(c in rcpt.local for c in "%!@"):
+            return False
+        return self._canonical(rcpt.domain) in self.local_domains
 
 
 class _LogCapture(logging.Handler):
@@ -217,6 +264,9 @@ class Harness:
         self.hostname: str = hostname or server.get("hostname", DEFAULT_HOSTNAME)
         self.max_message_size: int = server.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
         self.max_recipients: int = server.get("max_recipients", DEFAULT_MAX_RECIPIENTS)
+        relay = merged.get("relay")
+        # [relay]: absent, the upstream decides relaying (and the harness's takes everything).
+        self._relay = _RelayGuard(relay) if relay is not None else None
         self.on_error: str = on_error or policy.get("on_error", "tempfail")
         #: Every message delivered in any session of this harness, in order.
         self.deliveries: list[Delivery] = []
@@ -381,6 +431,39 @@ class Session:
             return None, {"verdict": None, "auth": None, "sender": None, "recipients": None, "message": None}
         return Reply(*POLICY_ERROR_REPLY), result
 
+    def _checked(self, stage: str, result: dict[str, Any], received: bytes | None = None) -> dict[str, Any]:
+        """The daemon's checks of a result against the server's limits (python_policy.cpp
+        verdict_of and on_data; the engine checked the rest): past one, the stage fails as a
+        hook error does, logged, then policy.on_error."""
+        if result["error"] is not None:
+            return result
+        why = self._past_limits(stage, result, received)
+        if why is None:
+            return result
+        logging.getLogger(LOGGER_NAME).error("policy error in on_%s: %s", stage, why, extra={"session_id": self.id})
+        return {**result, "error": why}
+
+    def _past_limits(self, stage: str, result: dict[str, Any], received: bytes | None) -> str | None:
+        max_recipients, max_size = self.harness.max_recipients, self.harness.max_message_size
+        if result["recipients"] is not None:
+            count = len(_once(result["recipients"]))
+            if count > max_recipients:
+                return f"policy set {count} recipients; server.max_recipients is {max_recipients}"
+        if stage == "data" and result["message"] is not None and len(result["message"]) > max_size:
+            return f"the message from policy has {len(result['message'])} octets; server.max_message_size is {max_size}"
+        verdict = result["verdict"]
+        if stage == "rcpt" and verdict and verdict["kind"] == "redirect":
+            count = len(_once(verdict["addresses"]))
+            if count > max_recipients:
+                return f"redirect to {count} addresses; server.max_recipients is {max_recipients}"
+        prefix = result.get("message_prefix")
+        if stage == "data" and prefix is not None and received is not None:
+            # Fields on top of the message as received, or a new header section over its body.
+            size = len(prefix) + len(received) - result.get("message_keep_from", 0)
+            if size > max_size:
+                return f"the message from policy has {size} octets; server.max_message_size is {max_size}"
+        return None
+
     def _apply_envelope(self, result: dict[str, Any]) -> None:
         if self._tx is None:
             return
@@ -503,7 +586,7 @@ class Session:
             spf = SpfResult(spf, address.domain if sender else (self.helo_name or ""))
         self._tx = {"id": f"{self.id}.{self._transactions}", "sender": str(address), "params": address.params,
                     "recipients": [], "accepted": 0, "spf": spf}
-        refused, result = self._outcome(self._ask("mail"))
+        refused, result = self._outcome(self._checked("mail", self._ask("mail")))
         verdict = result["verdict"]
         if refused or self._stops(verdict):
             self._tx = None
@@ -524,9 +607,17 @@ class Session:
             return self._reply(Reply(501, "5.1.3", "Bad recipient address syntax"))
         if params:
             return self._reply(Reply(555, "5.5.4", f"Unsupported parameter {next(iter(params)).upper()}"))
-        if len(self._tx["recipients"]) >= self.harness.max_recipients:
+        relay = self.harness._relay
+        # Not an open relay: decided before the policy hears of it.
+        if (relay is not None and self.auth_user is None and not relay.trusts(self.client_ip)
+                and not relay.is_local(address)):
+            return self._reply(Reply(554, "5.7.1", "Relay access denied"))
+        # Accepted RCPTs count, discarded ones too, and so does every mailbox to deliver to.
+        max_recipients = self.harness.max_recipients
+        if self._tx["accepted"] >= max_recipients or len(self._tx["recipients"]) >= max_recipients:
             return self._reply(Reply(452, "4.5.3", "Too many recipients"))  # RFC 5321 §4.5.3.1.8
-        refused, result = self._outcome(self._ask("rcpt", rcpt=str(address), rcpt_params={}))
+        refused, result = self._outcome(
+            self._checked("rcpt", self._ask("rcpt", rcpt=str(address), rcpt_params={})))
         if refused:
             return self._reply(refused)
         self._apply_envelope(result)  # rewrites accumulate whatever the verdict
@@ -539,7 +630,10 @@ class Session:
             return self._reply(Reply(250, "2.1.5", "Ok"))
         targets = verdict["addresses"] if verdict and verdict["kind"] == "redirect" else [str(address)]
         # A mailbox is delivered once (the domain compared without case, as the daemon does).
-        self._tx["recipients"] = _once([*self._tx["recipients"], *targets])
+        targets = _once(targets, known=self._tx["recipients"])
+        if len(self._tx["recipients"]) + len(targets) > max_recipients:
+            return self._reply(Reply(452, "4.5.3", "Too many recipients"))
+        self._tx["recipients"] += targets
         self._tx["accepted"] += 1
         return self._reply(self._with_policy_text(Reply(250, "2.1.5", "Ok"), verdict))
 
@@ -588,7 +682,7 @@ class Session:
             return self._reply(Reply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
         self._tx = tx
         try:
-            refused, result = self._outcome(self._ask("data", message=raw))
+            refused, result = self._outcome(self._checked("data", self._ask("data", message=raw), raw))
         finally:
             self._tx = None
         if refused:

@@ -48,7 +48,7 @@ class Case:
     steps: tuple[Step, ...]
     #: (sender, recipients) of each message the upstream gets, in order.
     delivered: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    #: Tables the daemon needs besides [policy] (AUTH without TLS, for one).
+    #: Tables the daemon needs besides [policy] (AUTH without TLS, for one); the harness's config.
     tables: dict = field(default_factory=dict)
     #: The daemon does not do this yet: why, and where the fix belongs.
     daemon_xfail: str | None = None
@@ -66,6 +66,7 @@ def auth_plain(user: str, password: str) -> str:
 HELLO = Step("CONNECT", 220, "", f"{HOSTNAME} ESMTP Portcullis")
 EHLO = Step("EHLO client.test", 250)
 AUTH_TABLES = {"auth": {"allow_plaintext": True}}
+LIMITS = {"server": {"max_recipients": 2, "max_message_size": 1000}}
 
 
 def _auth_case(name: str, verdict: str, reply: tuple[int, str, str], daemon_xfail: str | None = None) -> Case:
@@ -190,6 +191,67 @@ CASES: list[Case] = [
               Step("RCPT TO:<bob@example.test>", 250, "2.1.5", "Ok"),
               Step("DATA", 250, "2.0.0", "Ok")),
          delivered=(("new@example.test", ("c@example.test", "d@example.test")),)),
+    # server.max_recipients counts accepted RCPTs (discarded ones too) and the mailboxes to
+    # deliver to; a rewrite past it, or past max_message_size, is a policy error.
+    Case("rcpt-discarded-count-toward-max-recipients", """
+        def on_rcpt(tx, rcpt):
+            if rcpt.local.startswith("void"):
+                return pc.discard()
+        """, (HELLO, EHLO,
+              Step("MAIL FROM:<ann@example.test>", 250, "2.1.0", "Ok"),
+              Step("RCPT TO:<void1@example.test>", 250, "2.1.5", "Ok"),
+              Step("RCPT TO:<void2@example.test>", 250, "2.1.5", "Ok"),
+              Step("RCPT TO:<bob@example.test>", 452, "4.5.3", "Too many recipients")), tables=LIMITS),
+    Case("rcpt-redirect-targets-pass-max-recipients", """
+        def on_rcpt(tx, rcpt):
+            if rcpt.local == "team":
+                return pc.redirect("t1@example.test", "t2@example.test")
+        """, (HELLO, EHLO,
+              Step("MAIL FROM:<zed@example.test>", 250, "2.1.0", "Ok"),
+              Step("RCPT TO:<ann@example.test>", 250, "2.1.5", "Ok"),
+              Step("RCPT TO:<team@example.test>", 452, "4.5.3", "Too many recipients"),
+              Step("DATA", 250, "2.0.0", "Ok")),
+         delivered=(("zed@example.test", ("ann@example.test",)),), tables=LIMITS),
+    Case("rcpt-redirect-past-max-recipients", """
+        def on_rcpt(tx, rcpt):
+            if rcpt.local == "team":
+                return pc.redirect("t1@example.test", "t2@example.test", "t3@example.test")
+        """, (HELLO, EHLO,
+              Step("MAIL FROM:<zed@example.test>", 250, "2.1.0", "Ok"),
+              Step("RCPT TO:<team@example.test>", *POLICY_FAILURE),
+              Step("RCPT TO:<ann@example.test>", 250, "2.1.5", "Ok"),
+              Step("DATA", 250, "2.0.0", "Ok")),
+         delivered=(("zed@example.test", ("ann@example.test",)),), tables=LIMITS),
+    Case("rcpt-recipients-grown-past-max", """
+        def on_rcpt(tx, rcpt):
+            if rcpt.local == "grow":
+                tx.recipients.extend(["g1@example.test", "g2@example.test", "g3@example.test"])
+        """, (HELLO, EHLO,
+              Step("MAIL FROM:<zed@example.test>", 250, "2.1.0", "Ok"),
+              Step("RCPT TO:<grow@example.test>", *POLICY_FAILURE),
+              Step("RCPT TO:<ann@example.test>", 250, "2.1.5", "Ok"),
+              Step("DATA", 250, "2.0.0", "Ok")),
+         delivered=(("zed@example.test", ("ann@example.test",)),), tables=LIMITS),
+    Case("data-message-past-max-message-size", """
+        def on_data(tx, message):
+            message.body = b"z" * 1000
+        """, (HELLO, EHLO,
+              Step("MAIL FROM:<ann@example.test>", 250, "2.1.0", "Ok"),
+              Step("RCPT TO:<bob@example.test>", 250, "2.1.5", "Ok"),
+              Step("DATA", *POLICY_FAILURE)), tables=LIMITS),
+    # [relay]: a client neither authenticated nor trusted sends only to local_domains,
+    # decided before the policy hears of the recipient.
+    Case("relay-access-denied", """
+        def on_rcpt(tx, rcpt):
+            if rcpt.domain.lower() != "example.test":  # never asked: the guard refused it first
+                return pc.accept("Asked")
+        """, (HELLO, EHLO,
+              Step("MAIL FROM:<ann@example.test>", 250, "2.1.0", "Ok"),
+              Step("RCPT TO:<x@other.test>", 554, "5.7.1", "Relay access denied"),
+              Step("RCPT TO:<bob@EXAMPLE.test>", 250, "2.1.5", "Ok"),
+              Step("DATA", 250, "2.0.0", "Ok")),
+         delivered=(("ann@example.test", ("bob@EXAMPLE.test",)),),
+         tables={"relay": {"local_domains": ["example.test"]}}),
 ]
 
 IDS = [c.name for c in CASES]

@@ -32,7 +32,7 @@ def play(session, step):
 def test_reply_table_on_the_harness(case: Case, tmp_path):
     policy = tmp_path / "policy.py"
     policy.write_text(case.source)
-    with Harness([policy], hostname="mx.test") as h:
+    with Harness([policy], config=case.tables, hostname="mx.test") as h:
         session = h.connect()
         for step in case.steps:
             reply = session.greeting if step.command == "CONNECT" else play(session, step)

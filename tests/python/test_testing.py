@@ -345,6 +345,120 @@ def test_max_recipients(harness):
     assert s.rcpt("d@example.test") == (452, "4.5.3", "Too many recipients")
 
 
+LIMITS_POLICY = """
+    import portcullis as pc
+    def on_mail(tx, sender):
+        if sender.local == "grow":
+            tx.recipients = ["g1@example.test", "g2@example.test", "g3@example.test"]
+    def on_rcpt(tx, rcpt):
+        if rcpt.local.startswith("void"):
+            return pc.discard()
+        if rcpt.local == "two":
+            return pc.redirect("t1@example.test", "t2@example.test")
+        if rcpt.local == "three":
+            return pc.redirect("t1@example.test", "t2@example.test", "t3@example.test")
+        if rcpt.local == "grow":
+            tx.recipients.extend(["g1@example.test", "g2@example.test", "g3@example.test"])
+    def on_data(tx, message):
+        subject = message.get("Subject")
+        if subject == "big body":
+            message.body = (b"z" * 98 + b"\\r\\n") * 12
+        if subject == "big field":
+            message.add_header("X-Filler", "filler " * 150)  # fields on top: the body is kept
+        if subject == "grow":
+            tx.recipients = ["g1@example.test", "g2@example.test", "g3@example.test"]
+"""
+POLICY_FAILURE = (451, "4.3.0", "Temporary policy failure, try again later")
+
+
+def test_discarded_and_redirected_rcpts_count_toward_max_recipients(harness):
+    # The daemon counts accepted RCPTs (discarded ones too) and the mailboxes to deliver to.
+    h = harness(LIMITS_POLICY, config={"server": {"max_recipients": 2}})
+    s = h.connect(helo="c.example")
+    s.mail("a@example.test")
+    assert s.rcpt("void1@example.test") == (250, "2.1.5", "Ok")
+    assert s.rcpt("void2@example.test") == (250, "2.1.5", "Ok")
+    assert s.rcpt("b@example.test") == (452, "4.5.3", "Too many recipients")
+    s.rset()
+    s.mail("a@example.test")
+    assert s.rcpt("b@example.test") == (250, "2.1.5", "Ok")
+    assert s.rcpt("two@example.test") == (452, "4.5.3", "Too many recipients")  # 1 + 2 targets
+    assert s.rcpt("t1@example.test") == (250, "2.1.5", "Ok")
+    assert s.data(MSG) == (250, "2.0.0", "Ok")
+    assert s.delivered[0].recipients == ("b@example.test", "t1@example.test")
+
+
+def test_rewrites_past_max_recipients_are_a_policy_error(harness):
+    h = harness(LIMITS_POLICY, config={"server": {"max_recipients": 2}})
+    s = h.connect(helo="c.example")
+    assert s.mail("grow@example.test") == POLICY_FAILURE
+    s.mail("a@example.test")
+    assert s.rcpt("three@example.test") == POLICY_FAILURE
+    assert s.rcpt("grow@example.test") == POLICY_FAILURE
+    assert s.rcpt("b@example.test") == (250, "2.1.5", "Ok")  # none of the failed stages' rewrites stayed
+    assert s.data(b"Subject: grow\r\n\r\nhi\r\n") == POLICY_FAILURE
+    assert h.deliveries == []
+    errors = [line.message for line in h.logs if line.level >= 40 and line.session_id == s.id]
+    assert errors == ["policy error in on_mail: policy set 3 recipients; server.max_recipients is 2",
+                      "policy error in on_rcpt: redirect to 3 addresses; server.max_recipients is 2",
+                      "policy error in on_rcpt: policy set 3 recipients; server.max_recipients is 2",
+                      "policy error in on_data: policy set 3 recipients; server.max_recipients is 2"]
+
+
+def test_rewrites_past_max_recipients_with_on_error_accept(harness):
+    h = harness(LIMITS_POLICY, config={"server": {"max_recipients": 2}}, on_error="accept")
+    s = h.connect(helo="c.example")
+    s.mail("a@example.test")
+    assert s.rcpt("three@example.test") == (250, "2.1.5", "Ok")  # as if the hook said nothing
+    assert s.rcpt("grow@example.test") == (250, "2.1.5", "Ok")
+    assert s.data(MSG) == (250, "2.0.0", "Ok")
+    assert s.delivered[0].recipients == ("three@example.test", "grow@example.test")
+
+
+def test_a_message_rewritten_past_max_message_size_is_a_policy_error(harness):
+    h = harness(LIMITS_POLICY, config={"server": {"max_message_size": 1000}})
+    s = h.connect(helo="c.example")
+    for subject, size in (("big body", 1221), ("big field", 1114)):
+        s.mail("a@example.test")
+        s.rcpt("b@example.test")
+        assert s.data(f"Subject: {subject}\r\n\r\nhi\r\n") == POLICY_FAILURE
+        assert h.logs[-1].message == (f"policy error in on_data: the message from policy has {size} octets; "
+                                      "server.max_message_size is 1000")
+    s.mail("a@example.test")
+    s.rcpt("b@example.test")
+    assert s.data(b"Subject: small\r\n\r\nhi\r\n") == (250, "2.0.0", "Ok")
+    assert len(h.deliveries) == 1
+
+
+def test_relay_guard(harness):
+    h = harness("""
+        import portcullis as pc
+        def on_rcpt(tx, rcpt):
+            pc.log.info("asked about %s", rcpt)
+    """, config={"relay": {"local_domains": ["Example.TEST."], "trusted_networks": ["198.51.100.0/24", "::ffff:203.0.113.5"]}})
+    denied = (554, "5.7.1", "Relay access denied")
+    s = h.connect(client_ip="192.0.2.1", helo="c.example")
+    s.mail("a@elsewhere.test")
+    assert s.rcpt("x@other.test") == denied
+    assert s.rcpt("x@example.test") == (250, "2.1.5", "Ok")
+    assert s.rcpt("Y@EXAMPLE.test") == (250, "2.1.5", "Ok")
+    assert s.rcpt("Postmaster") == (250, "2.1.5", "Ok")  # RFC 5321 §4.1.1.3
+    for routed in ("u%other.test@example.test", "a!b@example.test", '"u@other.test"@example.test'):
+        assert s.rcpt(routed) == denied
+    assert [line.message for line in h.logs if line.session_id == s.id] == [
+        "asked about x@example.test", "asked about Y@EXAMPLE.test", "asked about Postmaster"]
+    for trusted in (h.connect(client_ip="198.51.100.9", helo="c.example"),
+                    h.connect(client_ip="::ffff:198.51.100.9", helo="c.example"),
+                    h.connect(client_ip="203.0.113.5", helo="c.example"),
+                    h.connect(helo="c.example", auth_user="alice")):
+        trusted.mail("a@example.test")
+        assert trusted.rcpt("x@other.test") == (250, "2.1.5", "Ok")
+    # Without [relay] the upstream decides (the harness's takes everything).
+    s = harness().connect(helo="c.example")
+    s.mail("a@example.test")
+    assert s.rcpt("x@other.test") == (250, "2.1.5", "Ok")
+
+
 def test_the_harness_hands_hooks_the_checks_a_test_chooses(policy_file) -> None:
     from portcullis.testing import Harness
 
