@@ -592,8 +592,21 @@ def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[
         raise _exit_of(e) from None
 
 
+def _hook_failed(e: BaseException) -> bool:
+    """Whether ``e``, out of a hook called in a task, is the hook's failure: any exception
+    (KeyboardInterrupt, a BaseException of the policy's own) but the task's own cancellation
+    (the job abandoned, the daemon stopping) and the closing of its coroutine, which go on up.
+    (Out of the loop, a KeyboardInterrupt would stop the policy engine for every session.)"""
+    if isinstance(e, GeneratorExit):
+        return False
+    if isinstance(e, asyncio.CancelledError):  # raised by the hook itself, or the task's
+        task = asyncio.current_task()
+        return task is None or not task.cancelling()
+    return True
+
+
 def _failure(hook: Hook, e: BaseException) -> HookFailure:
-    """What a hook that raised ``e`` (HookFailure, SystemExit or an Exception) fails its stage with."""
+    """What a hook that raised ``e`` (HookFailure, SystemExit or any other exception) fails its stage with."""
     if isinstance(e, HookFailure):
         return e
     return _raised(hook, _exit_of(e) if isinstance(e, SystemExit) else e)
@@ -637,7 +650,9 @@ async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...], loop: asy
                 value = await _await_with_deadline(hook, value, deadline, engine.timeout, loop)
     except HookFailure:
         raise
-    except Exception as e:
+    except BaseException as e:
+        if not _hook_failed(e):
+            raise
         raise _raised(hook, e) from e
     return value
 
@@ -999,7 +1014,7 @@ class EngineHost:
                 # Async, or a plain hook returning a coroutine (a verdict, the usual value, is not: asked first).
                 if value is not None and type(value) is not Verdict and inspect.isawaitable(value):
                     value = self._await_from_thread(engine, hook, value, start + timeout)
-            except (HookFailure, SystemExit, Exception) as e:
+            except BaseException as e:  # (a thread of its own or an I/O thread's: nothing to pass on)
                 value = _failure(hook, e)
             finally:
                 del running[thread]
@@ -1058,7 +1073,9 @@ class EngineHost:
                     else:
                         start = _monotonic()
                         value = await call_hook(run.engine, hook, run.args, loop)
-                except (HookFailure, SystemExit, Exception) as e:
+                except BaseException as e:
+                    if not _hook_failed(e):
+                        raise
                     value = _failure(hook, e)
                 if value is None:  # the common case, kept short (as in run_plain)
                     hook.observed_none(_monotonic() - start)
@@ -1096,8 +1113,13 @@ class EngineHost:
         context = contextvars.copy_context()  # pc.log knows the session there too
 
         async def on_loop() -> Any:
-            return await _await_with_deadline(hook, awaitable, loop.time() + max(0.0, deadline - time.monotonic()),
-                                              engine.timeout, loop)
+            try:
+                return await _await_with_deadline(hook, awaitable, loop.time() + max(0.0, deadline - time.monotonic()),
+                                                  engine.timeout, loop)
+            except BaseException as e:  # a KeyboardInterrupt out of this task would stop the loop
+                if not _hook_failed(e):
+                    raise
+                raise _failure(hook, e) from None
 
         future = asyncio.run_coroutine_threadsafe(context.run(on_loop), loop)
         try:
@@ -1525,6 +1547,22 @@ class _PolicyLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     Handle made, run and dropped for each job. Every other call_soon queues."""
 
     call_soon = _core.claiming_call_soon
+    _until: asyncio.Future[Any] | None = None  # what run_until_complete runs the loop for
+
+    def run_until_complete(self, future: Any) -> Any:
+        self._until = until = asyncio.ensure_future(future, loop=self)
+        try:
+            return super().run_until_complete(until)
+        finally:
+            self._until = None
+
+    def stop(self) -> None:
+        # The loop stops when what it runs for is done (asyncio's own callback calls this
+        # then); a hook that stops it would stop the policy engine for every session.
+        if self._until is not None and not self._until.done():
+            log.error("a policy called stop() on the policy engine's event loop: ignored")
+            return
+        super().stop()
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
@@ -1575,7 +1613,18 @@ def run_host(
     try:
         host = EngineHost(files, config_path, timeout, on_error, threads)
         try:
-            loop.run_until_complete(_JobRunner(host, loop, _core if core is None else core, wakeup_fd).run())
+            runner = loop.create_task(_JobRunner(host, loop, _core if core is None else core, wakeup_fd).run())
+            while True:
+                try:
+                    loop.run_until_complete(runner)
+                    break
+                except (KeyboardInterrupt, SystemExit) as e:
+                    if runner.done():
+                        raise
+                    # Out of a callback a policy left on the loop (asyncio lets these two
+                    # through): the loop, and every session's hooks, go on.
+                    log.error("the policy engine's event loop went on after %s out of a callback: %s",
+                              type(e).__name__, e, extra={DETAIL: exception_lines(e)})
         finally:
             # Hooks still running (cancelled with their jobs) get a moment to
             # unwind; one that ignores the cancellation is left behind.

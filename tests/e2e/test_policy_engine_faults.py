@@ -261,3 +261,80 @@ def test_a_non_ascii_header_is_encoded_without_smtputf8(policy_daemon, aiosmtpd_
     assert content_without_received(utf8["content"]) == (
         "X-Note: Grüße vom Proxy\r\nSubject: utf8\r\n\r\nascii body\r\n".encode())
     assert utf8["smtp_utf8"]
+
+
+# -- a hook that raises what is not an Exception, or stops the loop -------------------
+
+EXOTIC = """
+    import asyncio
+    import portcullis as pc
+
+    class Abort(BaseException):
+        pass
+
+    def raise_for(local):
+        if local == "kbd":
+            raise KeyboardInterrupt
+        if local == "base":
+            raise Abort("the policy's own")
+        if local == "cancel":
+            raise asyncio.CancelledError
+        if local == "stop":
+            asyncio.get_running_loop().stop()
+        if local == "callback":
+            def interrupt():
+                raise KeyboardInterrupt
+            asyncio.get_running_loop().call_soon(interrupt)
+
+    async def on_rcpt(tx, rcpt):
+        if rcpt.local.startswith("later-"):
+            await asyncio.sleep(0.01)  # past its first step: in a task on the loop
+        raise_for(rcpt.local.removeprefix("later-"))
+        return pc.accept("fine")
+
+    def on_mail(tx, sender):
+        if sender.local.startswith("plain-"):
+            raise_for(sender.local.removeprefix("plain-"))
+        return None
+"""
+
+
+def test_a_hook_raising_a_base_exception_or_stopping_the_loop_fails_only_its_stage(policy_daemon, aiosmtpd_upstream):
+    """KeyboardInterrupt (or a BaseException of the policy's own, or a CancelledError of its
+    own) out of a hook is its failure: 451 and its traceback with the session id, never the
+    end of the policy engine (out of the loop, KeyboardInterrupt stopped it: every hook
+    after it failed, 451 until a restart). loop.stop() from a hook is ignored, as is a
+    KeyboardInterrupt out of a callback a hook left on the loop."""
+    d = policy_daemon(aiosmtpd_upstream.url, EXOTIC, policy={"timeout": 2})
+
+    def rcpt(local: str):
+        with d.client() as c:
+            c.expect(220)
+            c.exchange("EHLO client.test", 250)
+            c.exchange("MAIL FROM:<ann@example.test>", 250)
+            c.cmd(f"RCPT TO:<{local}@example.test>")
+            return c.reply(), d.session_id(c.local_port)
+
+    def mail(local: str):
+        with d.client() as c:
+            c.expect(220)
+            c.exchange("EHLO client.test", 250)
+            c.cmd(f"MAIL FROM:<{local}@example.test>")
+            return c.reply()
+
+    for local in ("kbd", "later-kbd", "base", "later-base", "cancel", "later-cancel"):
+        reply, sid = rcpt(local)
+        exact(reply, *POLICY_FAILURE)
+        d.wait_log(sid + r".*on_rcpt in .* raised an exception")
+        assert rcpt("ok")[0].code == 250, local  # the engine lives on
+    for local in ("stop", "later-stop", "callback", "later-callback"):
+        assert rcpt(local)[0].code == 250, local
+        assert rcpt("ok")[0].code == 250, local
+    d.wait_log(re.escape("called stop() on the policy engine's event loop: ignored"))
+    d.wait_log("event loop went on after KeyboardInterrupt out of a callback")
+    for local in ("plain-kbd", "plain-base", "plain-cancel"):
+        exact(mail(local), *POLICY_FAILURE)
+        assert mail("ann").code == 250, local
+    assert "policy engine stopped" not in d.log_text()
+    assert "internal error in the policy engine" not in d.log_text()
+    assert_clean(d)
