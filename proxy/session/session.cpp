@@ -385,7 +385,8 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
   smtp::sasl_exchange exchange;
   auto step = exchange.start(cmd.arg);
   while (step.state == smtp::sasl_exchange::status::challenge) {
-    queue(reply{334, "", step.challenge});
+    queue(reply{334, "", step.challenge});  // (counted here: the command loop counts only the final reply)
+    metrics::count(metrics::family::replies_total, {stage_label(smtp::verb::auth), metrics::reply_class(334)});
     const bool flushed = co_await flush();
     if (!flushed) co_return reply{};
     auto line = co_await client_.read_line(smtp::sasl_max_line_length, cfg_.server.idle_timeout);
@@ -700,6 +701,7 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
   }
   set_stage(stage::data);
   queue(reply{354, "", "End data with <CR><LF>.<CR><LF>"});
+  metrics::count(metrics::family::replies_total, {stage_label(smtp::verb::data), metrics::reply_class(354)});
   const bool flushed = co_await flush();
   if (!flushed) co_return reply{};
   auto refused = co_await receive_message();
