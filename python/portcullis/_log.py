@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import linecache
 import logging
+import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 import _portcullis_core as _core
 
@@ -12,6 +16,9 @@ from . import _context
 
 #: The logger name; child loggers (``portcullis.policy.aliases``) go the same way.
 LOGGER_NAME = "portcullis.policy"
+
+#: How much of an object's repr a log line about it shows (a repr may be megabytes).
+MAX_REPR = 200
 
 #: The LogRecord attribute (``extra={DETAIL: [...]}``) holding lines the engine
 #: made itself (a hook's stack, a policy file's problems): each becomes a log
@@ -94,12 +101,78 @@ def format_record(record: logging.LogRecord) -> str:
     return "\n".join(record_lines(record))
 
 
+def _short_repr(obj: object) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__} object: repr() failed>"
+    return text if len(text) <= MAX_REPR else text[:MAX_REPR] + "..."
+
+
+def log_unraisable(unraisable: Any) -> None:
+    """``sys.unraisablehook``: an exception Python could not raise (in a ``__del__``, a
+    finalizer, a weakref callback) as one error record, "Exception ignored in: <object>"
+    then its traceback a line at a time, tagged with the session whose hook was running
+    (Python's own hook writes it to stderr as bare lines)."""
+    try:
+        summary = unraisable.err_msg or "Exception ignored in"
+        if unraisable.object is not None:
+            summary = f"{summary}: {_short_repr(unraisable.object)}"
+        exc = unraisable.exc_value
+        if exc is None:
+            detail = [getattr(unraisable.exc_type, "__name__", str(unraisable.exc_type))]
+        else:
+            if exc.__traceback__ is None and unraisable.exc_traceback is not None:
+                exc = exc.with_traceback(unraisable.exc_traceback)
+            detail = traceback_lines(exc)
+        log.error("%s", summary, extra={DETAIL: detail})
+    except Exception:
+        sys.__unraisablehook__(unraisable)
+
+
+def _write_warning(file: TextIO | None, message: Warning | str, category: type[Warning], filename: str,
+                   lineno: int, line: str | None) -> None:
+    # What Python's showwarning writes (warnings._showwarnmsg_impl).
+    try:
+        if file is not None:
+            file.write(warnings.formatwarning(message, category, filename, lineno, line))
+    except OSError:
+        pass
+
+
+def log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning``: a warning (``RuntimeWarning: coroutine ... was never
+    awaited``) as one warning record, "file:line: Category: message" and its source line,
+    tagged with the session whose hook was running. One shown to a file of the caller's
+    goes there, as Python shows it."""
+    if file is not None:
+        _write_warning(file, message, category, filename, lineno, line)
+        return
+    try:
+        source = (line if line is not None else linecache.getline(filename, lineno)).strip()
+        log.warning("%s:%s: %s: %s", filename, lineno, category.__name__, message,
+                    extra={DETAIL: [f"  {source}"] if source else []})
+    except Exception:
+        _write_warning(sys.stderr, message, category, filename, lineno, line)
+
+
+def log_stray_errors() -> None:
+    """Python's own reports of what no code catches, unraisable exceptions and warnings,
+    go to the policy logger (``log_unraisable``, ``log_warning``) instead of stderr."""
+    sys.unraisablehook = log_unraisable
+    warnings.showwarning = log_warning
+
+
 def make_logger() -> logging.Logger:
     """The ``portcullis.policy`` logger with the daemon handler installed once.
 
     In the daemon (the embedded ``_portcullis_core``) the root logger writes
     to the daemon's log too, so that what other libraries log (asyncio's
-    "Task exception was never retrieved") is escaped and tagged like the rest.
+    "Task exception was never retrieved") is escaped and tagged like the rest,
+    and so do Python's reports of unraisable exceptions and of warnings
+    (``log_stray_errors``). Elsewhere (tests, a policy's own scripts) Python's
+    hooks stay as they are.
     """
     logger = logging.getLogger(LOGGER_NAME)
     if not any(isinstance(h, CoreLogHandler) for h in logger.handlers):
@@ -109,6 +182,7 @@ def make_logger() -> logging.Logger:
         if not any(isinstance(h, CoreLogHandler) for h in root.handlers):
             root.addHandler(CoreLogHandler())
         logger.propagate = False  # its own handler has written it
+        log_stray_errors()
     # Without a level the root's WARNING would hide a policy's info lines; the
     # daemon's own log settings decide what is finally written.
     if logger.level == logging.NOTSET:
