@@ -234,7 +234,7 @@ py::object job_objects::address_list(py::handle parts) const {
   return list;
 }
 
-py::object job_objects::transaction_of(py::handle session, py::handle envelope) const {
+py::object job_objects::transaction_of(py::handle session, py::handle envelope, bool renew) const {
   const auto& n = name();
   const py::object e = items_of(envelope, 10, "an envelope is a tuple of 10");
   auto item = [&](Py_ssize_t i) { return py::handle(PySequence_Fast_GET_ITEM(e.ptr(), i)); };
@@ -248,7 +248,13 @@ py::object job_objects::transaction_of(py::handle session, py::handle envelope) 
     if (r < 0) throw py::error_already_set();
     same = r == 1;
   }
-  if (!same) {
+  if (same && renew) {
+    const py::object old = tx;
+    tx = bare_instance(transaction_);
+    n.conn.set(tx, n.session_conn.get(session));
+    n.id.set(tx, tx_id);
+    for (const attribute* kept : {&n.dkim_sign, &n.arc_seal, &n.data}) kept->set(tx, kept->get(old));
+  } else if (!same) {
     tx = bare_instance(transaction_);
     n.conn.set(tx, n.session_conn.get(session));
     n.id.set(tx, tx_id);
@@ -343,7 +349,9 @@ void define_job_objects(py::module_& m) {
       .def("address_list", &job_objects::address_list, py::arg("parts"),
            "An AddressList of (local part, domain) pairs, each with no parameters.")
       .def("transaction_of", &job_objects::transaction_of, py::arg("session"), py::arg("envelope"),
-           "session.tx made or brought up to date from the daemon's envelope; sets session.tx and session.before.")
+           py::arg("renew") = false,
+           "session.tx made or brought up to date from the daemon's envelope; sets session.tx and session.before. "
+           "renew: a new object for the same transaction, with its data, dkim_sign and arc_seal.")
       .def(
           "lazy_message",
           [](const job_objects& o, py::handle loader, bool smtputf8, py::handle head_whole, py::handle head_loader) {

@@ -48,7 +48,10 @@ class job_objects {
   // envelope_tuple), which is the truth: rewrites it did not apply are gone.
   // Sets session.tx and session.before (tx's sender and recipients as made,
   // for rewrites) and returns tx.
-  pybind11::object transaction_of(pybind11::handle session, pybind11::handle envelope) const;
+  // `renew`: a new object even for the same transaction (the one the session
+  // has stays with a hook abandoned at its deadline, whose writes must go
+  // nowhere), with its data, dkim_sign and arc_seal.
+  pybind11::object transaction_of(pybind11::handle session, pybind11::handle envelope, bool renew = false) const;
   // session.tx given the recipients of `parts` (an envelope's (local part,
   // domain) pairs) from `from` on, which the daemon took since tx was made
   // as it sent it: tx keeps its sender and first recipients (Addresses are

@@ -283,6 +283,7 @@ void define_protocol(py::module_& m) {
       .def_readwrite("tls_cipher", &policy_job::tls_cipher)
       .def_readwrite("auth_user", &policy_job::auth_user)
       .def_readwrite("has_tx", &policy_job::has_tx)
+      .def_readwrite("fresh_transaction", &policy_job::fresh_transaction)
       .def_readwrite("tx_id", &policy_job::tx_id)
       .def_property(
           "sender", [](const policy_job& j) { return j.sender.str(); },

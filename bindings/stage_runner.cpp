@@ -556,7 +556,7 @@ py::object decided(const verdict_rules& rules, policy_stage stage, py::handle st
   }
   // Counted last: a hook's call is counted once, here or (on any way out above) in Python.
   if (!result || !observe_verdict(observer, elapsed, py::cast<std::string>(kind))) return {};
-  if (!tx.is_none()) n.envelope.set(session, envelope);  // tx still is what the daemon sent
+  if (!tx.is_none() && n.tx.get(session).is(tx)) n.envelope.set(session, envelope);  // tx still is what the daemon sent
   return py::cast(std::move(*result));
 }
 
@@ -601,11 +601,14 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     } else {
       tx = n.tx.get(session);
       envelope = n.envelope.get(session);  // (None until a stage ends with tx as the daemon sent it)
-      const Py_ssize_t common = tx.is_none() ? -1 : recipients_in_common(job, envelope.ptr());
+      const Py_ssize_t common = tx.is_none() || job.fresh_transaction ? -1 : recipients_in_common(job, envelope.ptr());
       const bool checked = job.spf || job.dkim || job.dmarc || job.arc;
-      const bool same = common == static_cast<Py_ssize_t>(job.recipients.size()) ||
-                        (checked && !tx.is_none() && equal(envelope_tuple(job), envelope));
-      if (!same && common >= 0 && envelope_kept(session, tx)) {  // DATA after RCPT: tx takes the new recipients
+      const bool same = !job.fresh_transaction && (common == static_cast<Py_ssize_t>(job.recipients.size()) ||
+                                                   (checked && !tx.is_none() && equal(envelope_tuple(job), envelope)));
+      if (job.fresh_transaction) {  // tx stays with a hook abandoned at its deadline (python_policy::run)
+        envelope = envelope_tuple(job);
+        tx = make_->transaction_of(session, envelope, true);
+      } else if (!same && common >= 0 && envelope_kept(session, tx)) {  // DATA after RCPT: tx takes the new recipients
         envelope = envelope_with_recipients(envelope.ptr(), job, common);
         make_->add_recipients(session, tx, PyTuple_GET_ITEM(envelope.ptr(), 3), common);
       } else if (!same) {
@@ -741,7 +744,8 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     }
   }
   if (!result) return resume(count, py::none(), false, 0.0);
-  n.envelope.set(session, envelope);  // tx's envelope still is what the daemon sent
+  // (Not after the deadline: a later job may have given the session a new tx.)
+  if (n.tx.get(session).is(tx)) n.envelope.set(session, envelope);  // tx's envelope still is what the daemon sent
   return result;
 }
 

@@ -117,6 +117,8 @@ class Job:
     tls_cipher: str
     auth_user: str | None
     has_tx: bool
+    #: the session's last job was abandoned at its deadline: the hooks get a new transaction object
+    fresh_transaction: bool
     tx_id: str
     sender: str  # addresses are held parsed: setting one that does not parse raises ValueError
     sender_params: dict[str, str | None]
@@ -211,7 +213,7 @@ class JobObjects:
     # An AddressList of (local part, domain) pairs, each with no parameters.
     def address_list(self, parts: Any) -> Any: ...
     # session.tx made or brought up to date from the daemon's envelope; sets session.tx and session.before.
-    def transaction_of(self, session: Any, envelope: tuple[Any, ...]) -> Any: ...
+    def transaction_of(self, session: Any, envelope: tuple[Any, ...], renew: bool = False) -> Any: ...
     # session.tx given the recipients of parts from start on (the daemon took them since tx was
     # made as it sent it): its sender and first recipients kept, session.before brought along.
     def add_recipients(self, session: Any, tx: Any, parts: Any, start: int) -> None: ...

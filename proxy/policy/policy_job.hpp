@@ -44,6 +44,9 @@ struct policy_job {
   bool has_tx = false;     // transaction (mail, rcpt, data)
   bool smtputf8 = false;   // MAIL ... SMTPUTF8 (RFC 6531): headers may be UTF-8 (RFC 6532)
   bool body_8bit = false;  // MAIL ... BODY=8BITMIME (RFC 6152)
+  // The session's last job was abandoned at its deadline while a hook may
+  // run on: the hooks get a new transaction object (see python_policy::run).
+  bool fresh_transaction = false;
   unsigned short client_port = 0;
   policy_generation generation = 0;  // the policies to bind a new session to; 0: the current ones
   // connection
@@ -125,6 +128,9 @@ struct policy_result {
   std::optional<bool> arc_seal;          // tx.arc_seal: False
   // The policy file whose hook gave the verdict or the error ("": none did), for the log.
   std::string decided_by;
+  // Answered at its deadline while a hook of it may still run (and write to
+  // the transaction object it was given).
+  bool abandoned = false;
   // reload: the generation loaded and its hooks
   policy_generation generation = 0;
   generation_hooks hooks;

@@ -304,12 +304,15 @@ struct python_engine::channel {
     } else if (auto running_job = running.find(id); running_job != running.end() && running_job->second.on_loop) {
       cancelled.push_back(id);  // its first step is running in place; the loop cancels the task once it can
       r.error = "no answer from the policy engine in time";
+      r.abandoned = true;
     } else if (running_job != running.end()) {
       stuck_jobs.push_back(running_job->second);  // the loop logs where the hook stands
       r.error = past + " and was abandoned (its thread runs on)";
+      r.abandoned = true;
     } else {
-      cancelled.push_back(id);  // the loop cancels the task once it can
+      cancelled.push_back(id);  // the loop cancels the task once it can (a hook may ignore that)
       r.error = "no answer from the policy engine in time";
+      r.abandoned = true;
     }
     return r;
   }

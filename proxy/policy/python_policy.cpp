@@ -85,6 +85,7 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
       timeout_(cfg.policy.timeout),
       accept_on_error_(cfg.policy.on_error == on_error_mode::accept),
       max_recipients_(cfg.server.max_recipients),
+      hostname_(cfg.server.hostname),
       max_message_size_(cfg.server.max_message_size) {}
 
 // The last session of this settings snapshot is gone (or it never had one).
@@ -103,12 +104,17 @@ awaitable<std::unique_ptr<policy_result>> python_policy::run(policy_job_ptr job)
   const auto hooks = static_cast<long>(hooks_.count[static_cast<std::size_t>(stage)]);
   const auto deadline = timeout_ * std::max(1L, hooks) +
                         (route == python_engine::route::loop ? loop_safety_margin : std::chrono::seconds(0));
+  const std::string session_id = job->session_id;  // (a short string: no allocation)
   {
     std::lock_guard lock(known_mutex_);
     if (stage == policy_stage::disconnect) {
-      known_.erase(job->session_id);
+      known_.erase(session_id);
+      abandoned_.erase(session_id);
     } else {
-      known_.insert(job->session_id);
+      known_.insert(session_id);
+      // A hook of the job abandoned before may still write to the transaction
+      // object it got, into this stage's rewrites: this job's hooks get a new one.
+      if (job->has_tx && !abandoned_.empty() && abandoned_.erase(session_id)) job->fresh_transaction = true;
     }
   }
   // The engine answers exactly once: with the result, or at the deadline
@@ -148,6 +154,10 @@ awaitable<std::unique_ptr<policy_result>> python_policy::run(policy_job_ptr job)
         asio::defer(io, std::move(submit));
       },
       asio::use_awaitable);
+  if (result->abandoned && stage != policy_stage::disconnect) {
+    std::lock_guard lock(known_mutex_);
+    abandoned_.insert(session_id);
+  }
   co_return result;
 }
 
@@ -266,6 +276,9 @@ awaitable<verdict> python_policy::on_connect(const connection_state& conn) {
   if (!has_hooks(policy_stage::connect)) co_return verdict{};
   auto result = co_await run(base_job(policy_stage::connect, conn));
   auto v = decide("connect", conn, std::move(*result), nullptr);
+  // pc.accept(text) makes the greeting "220 HOSTNAME TEXT": one line of at most 512 octets too.
+  if (v.what == verdict::kind::accept && 4 + hostname_.size() + 1 + v.reply.text().size() + 2 > max_reply_line)
+    v = failure(conn, "connect", "invalid accept text: the greeting \"220 " + hostname_ + " TEXT\" passes 512 octets");
   // RFC 5321 §3.1/§4.2: a greeting refusal is 554 (or 421 for a temporary one).
   if (v.what == verdict::kind::reject) v.reply.code = 554;
   if (v.what == verdict::kind::tempfail) v.reply.code = 421;

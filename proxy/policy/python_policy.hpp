@@ -61,8 +61,12 @@ class python_policy final : public policy {
   // told to Python even when no hook runs at disconnect.
   std::mutex known_mutex_;
   std::unordered_set<std::string> known_;
+  // Sessions whose last job was abandoned while a hook may run on: their
+  // next transaction job gets a fresh transaction object.
+  std::unordered_set<std::string> abandoned_;
   bool accept_on_error_;
   std::size_t max_recipients_;
+  std::string hostname_;  // server.hostname: a greeting's own text goes after it
   std::uint64_t max_message_size_;
 };
 

@@ -1198,7 +1198,9 @@ class _StageRun:
             session.tx = session.envelope = tx = None
         else:
             tx = session.tx
-            if tx is None or envelope != session.envelope:
+            if job.fresh_transaction:  # tx stays with a hook abandoned at its deadline: its writes go nowhere
+                tx = _job_objects.transaction_of(session, envelope, True)
+            elif tx is None or envelope != session.envelope:
                 tx = _job_objects.transaction_of(session, envelope)
             session.envelope = None
         conn = session.conn
@@ -1297,6 +1299,10 @@ class _StageRun:
         tx = self.session.tx
         if tx is None and self.message is None:
             return result  # connect, helo, auth: nothing to rewrite
+        if self.args[0] is not tx:
+            # The daemon gave up on this stage at its deadline and a later one renewed the
+            # session's transaction: the session is that stage's now (this result goes nowhere).
+            return result
         try:
             return self._with_rewrites(tx, result)
         except (ValueError, TypeError) as e:

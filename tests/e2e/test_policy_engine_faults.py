@@ -338,3 +338,66 @@ def test_a_hook_raising_a_base_exception_or_stopping_the_loop_fails_only_its_sta
     assert "policy engine stopped" not in d.log_text()
     assert "internal error in the policy engine" not in d.log_text()
     assert_clean(d)
+
+
+# -- a hook abandoned at its deadline writes on -----------------------------------
+
+LATE_WRITER = """
+    import time
+    import portcullis as pc
+
+    def on_rcpt(tx, rcpt):
+        if rcpt.local == "slow":
+            time.sleep(1.4)  # past policy.timeout: the client has had its 451
+            tx.recipients.append("leak@example.test")
+            tx.sender = "leaksender@example.test"
+            tx.data["late"] = True
+            pc.log.info("the abandoned hook wrote its rewrites")
+            return pc.reject("too late anyway")
+        if rcpt.local == "next":
+            time.sleep(0.8)  # the abandoned hook writes meanwhile
+            tx.data["next"] = True
+        return None
+
+    def on_data(tx, message):
+        pc.log.info(f"data sees {sorted(tx.data)} from {tx.sender}")
+"""
+
+
+def test_a_hook_abandoned_at_its_deadline_cannot_rewrite_a_later_stage(policy_daemon, aiosmtpd_upstream):
+    """A plain hook past policy.timeout runs on in its thread (it cannot be stopped): the client
+    got 451 for its stage, and what it writes to the transaction afterwards must go nowhere. It
+    wrote into the very object the session's next stage was given, whose rewrites then went
+    upstream (a sender and a recipient the client was told had failed)."""
+    d = policy_daemon(aiosmtpd_upstream.url, LATE_WRITER, policy={"timeout": TIMEOUT})
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("EHLO client.test", 250)
+        c.exchange("MAIL FROM:<ann@example.test>", 250)
+        c.cmd("RCPT TO:<slow@example.test>")
+        exact(c.reply(timeout=5), *POLICY_FAILURE)
+        c.exchange("RCPT TO:<next@example.test>", 250)
+        d.wait_log("the abandoned hook wrote its rewrites")
+        c.exchange("DATA", 354)
+        c.send(b"Subject: late\r\n\r\nbody\r\n.\r\n")
+        assert c.reply().code == 250
+        c.exchange("QUIT", 221)
+    envelope = aiosmtpd_upstream.envelopes[-1]
+    assert (envelope["mail_from"], envelope["rcpt_tos"]) == ("ann@example.test", ["next@example.test"]), envelope
+    # tx.data goes on with the transaction (the abandoned hook's write to it too)
+    d.wait_log(re.escape("data sees ['late', 'next'] from ann@example.test"))
+    assert_clean(d)
+
+
+def test_a_greeting_text_past_512_octets_is_a_policy_error(policy_daemon, aiosmtpd_upstream):
+    # pc.accept(text) checks its text for "250 2.0.0 TEXT"; the greeting is "220 HOSTNAME TEXT"
+    d = policy_daemon(aiosmtpd_upstream.url, """
+        import portcullis as pc
+
+        def on_connect(conn):
+            return pc.accept("G" * 500)
+    """)
+    with d.client() as c:
+        r = c.reply()
+        assert (r.code, r.status) == (421, "4.3.0") and len(r.raw) <= 512, r
+    d.wait_log(re.escape('invalid accept text: the greeting "220 mx.test TEXT" passes 512 octets'))
