@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstring>
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -564,6 +565,19 @@ void read_upstream(table_reader& t, upstream_config& u, const std::filesystem::p
     t.problem_at("helo", as_shown(u.helo) + " " + domain_want + " or address literal ([192.0.2.1], [IPv6:2001:db8::1])");
   t.get("tls_verify", u.tls_verify);
   t.get_path("tls_ca_file", u.tls_ca_file, base);
+  // The final dot's reply never waits less than any other reply: given below
+  // `timeout` it is refused; left out, it is 600 s or `timeout` if that is more.
+  std::chrono::seconds done{0};  // stays 0 when left out, or out of range (that problem is told)
+  t.get_seconds("data_done_timeout", done, std::chrono::seconds(1));
+  if (!t.has("data_done_timeout")) {
+    u.data_done_timeout = std::max(u.data_done_timeout, u.timeout);  // (its default, 600 s, or more)
+  } else if (done.count() > 0) {
+    u.data_done_timeout = done;
+    if (done < u.timeout)
+      t.problem_at("data_done_timeout", std::to_string(done.count()) + " is below upstream.timeout (" +
+                                            std::to_string(u.timeout.count()) +
+                                            "): the reply to the final dot may take longer than any other, never less");
+  }
   bool v6 = false;
   if (t.get("tls_name", u.tls_name) && !is_domain(u.tls_name) && !is_ip(u.tls_name, v6))
     t.problem_at("tls_name", as_shown(u.tls_name) + " is not a domain name or IP address");

@@ -82,7 +82,13 @@ struct upstream_config {
   std::string port = "25";
   std::filesystem::path maildir;
   starttls_mode starttls = starttls_mode::opportunistic;
-  std::chrono::seconds timeout{60};
+  std::chrono::seconds timeout{60};  // per reply, and per step of a write (RFC 5321 §4.5.3.2)
+  // For the reply to the message's final dot: RFC 5321 §4.5.3.2.6 gives the
+  // server 10 minutes (it may run content filters first), and a client that
+  // gives up sooner makes the message a duplicate (RFC 1047): the upstream
+  // queues it, the client hears 451 and sends it again. Postfix's
+  // smtp_data_done_timeout. Never below `timeout` (a default under it is raised to it).
+  std::chrono::seconds data_done_timeout{600};
   std::string helo;  // our EHLO name upstream; default server.hostname
   // Upstream TLS: verification of the upstream's certificate.
   bool tls_verify = false;             // opportunistic TLS is usually unauthenticated (as Postfix's "may")

@@ -557,9 +557,12 @@ class smtp_upstream final : public upstream {
   // first of a pipelined group (the next reply may already be buffered).
   awaitable<answer> read_reply(reply_to what, bool more_owed = false) {
     const std::string stage(name(what));
+    // RFC 5321 §4.5.3.2.6: the final dot's reply may take 10 minutes (content
+    // filters run first); cut short, the client sends the message again.
+    const auto timeout = what == reply_to::end_of_data ? cfg_.data_done_timeout : cfg_.timeout;
     smtp::reply_parser parser;
     for (std::size_t n = 0; n < max_reply_lines; ++n) {
-      auto line = co_await stream_->read_line(max_reply_read, cfg_.timeout);
+      auto line = co_await stream_->read_line(max_reply_read, timeout);
       switch (line.st) {
         case line_stream::status::ok: break;
         case line_stream::status::timeout:

@@ -29,7 +29,7 @@ using smtp::mail_options;  // what MAIL FROM carried besides the address
 // has exactly one reply to the client (failure_reply).
 enum class upstream_failure {
   unreachable,          // cannot resolve or connect; greeting or EHLO refused
-  timeout,              // no reply, or no write progress, within upstream.timeout (RFC 5321 §4.5.3.2)
+  timeout,              // no reply, or no write progress, within upstream.timeout (the final dot's reply: data_done_timeout; RFC 5321 §4.5.3.2)
   lost,                 // the connection broke
   protocol,             // not a reply, a reply out of place (RFC 5321 §4.3.2), or unsolicited bytes
   tls,                  // STARTTLS to the upstream required but not offered, refused or failed

@@ -26,7 +26,14 @@ A behaviour is either reply text ("451 4.3.0 busy"; multi-line replies use
     {"send": TEXT, "then": TEXT2, "delay": SECONDS}
                answer TEXT, then SECONDS later send TEXT2 unasked (str or
                bytes each; a str gets CRLF): a reply in one segment and
-               unsolicited bytes in another
+               unsolicited bytes in another. TEXT2 "TEXT3|close" sends TEXT3
+               and closes the connection, "close" closes it saying nothing
+               (an idle timeout's 421, or a silent one, while the proxy
+               waits for its client)
+    {"wait": SECONDS, "send": TEXT}
+               answer TEXT (any behaviour above) SECONDS late: a content
+               filter that takes its time over the final dot ("then" may
+               follow too)
 
 Like Postfix, it answers a MAIL sent while a transaction is open (after a
 MAIL it accepted, until RSET or the message's final reply; a refused DATA
@@ -224,7 +231,11 @@ class FakeUpstream:
                 if self._stop.wait(delay):
                     return
                 try:
-                    send(text)
+                    closing = isinstance(text, str) and (text == "close" or text.endswith("|close"))
+                    if text != "close":
+                        send(text[: -len("|close")] if closing else text)
+                    if closing:
+                        sock.shutdown(socket.SHUT_RDWR)  # the serving thread's recv() ends: it closes
                 except OSError:
                     pass
 
@@ -235,8 +246,12 @@ class FakeUpstream:
         def act(behaviour) -> bool:
             """Carries out a behaviour; False when the connection is over."""
             if isinstance(behaviour, dict):
-                send(behaviour["send"])
-                send_later(behaviour["then"], float(behaviour.get("delay", 0.2)))
+                if behaviour.get("wait") and self._stop.wait(float(behaviour["wait"])):
+                    return False
+                if not act(behaviour["send"]):
+                    return False
+                if "then" in behaviour:
+                    send_later(behaviour["then"], float(behaviour.get("delay", 0.2)))
                 return True
             if isinstance(behaviour, bytes):
                 send(behaviour)

@@ -21,6 +21,7 @@ LOST = (451, "4.4.1", "Upstream connection lost, try again later")
 NONSENSE = (451, "4.3.0", "Upstream server error, try again later")
 CLOSING = (421, "4.3.2", "fake.upstream closing")
 UP_TIMEOUT = 1
+DONE_TIMEOUT = 3  # upstream.data_done_timeout: the final dot's reply may take longer than any other
 
 # (id, script, replies to FLOW then to the message's dot, recipients delivered, log line, stalls)
 CASES = [
@@ -93,7 +94,7 @@ def full_transaction(c, tag: str):
 )
 def test_upstream_failure(start_daemon, fake_upstream, script, replies, delivered, log, stalls):
     up = fake_upstream(script)
-    d = start_daemon(up.url, upstream={"timeout": UP_TIMEOUT})
+    d = start_daemon(up.url, upstream={"timeout": UP_TIMEOUT, "data_done_timeout": DONE_TIMEOUT})
     refused = script.get("CONNECT") == "refuse"
     with d.connect() as c:
         sid = d.session_id(c.local_port)
@@ -106,9 +107,10 @@ def test_upstream_failure(start_daemon, fake_upstream, script, replies, delivere
             r = c.reply()
             check(r, want)
             if stalls and want == UNAVAILABLE:
-                # The stall was cut off by upstream.timeout, not by anything else.
+                # The stall was cut off by upstream.timeout (the final dot's: data_done_timeout), not by anything else.
+                limit = DONE_TIMEOUT if "DOT" in script else UP_TIMEOUT
                 elapsed = time.monotonic() - t0
-                assert UP_TIMEOUT * 0.8 <= elapsed < UP_TIMEOUT + 3, elapsed
+                assert limit * 0.8 <= elapsed < limit + 3, elapsed
         assert r.code != 250 or delivered, "a 250 for mail the upstream did not take"
         if r.code == 421:
             # RFC 5321 §3.8: the upstream is going away, and so do we.
@@ -182,6 +184,40 @@ def test_upstream_closed_between_transactions_is_reconnected(start_daemon, fake_
         c.send(b"Subject: second\r\n\r\ntwo\r\n.\r\n")
         c.expect(250, "2.0.0")
     assert up.wait_for(lambda: len(up.messages) == 2)
+
+
+def test_the_final_reply_may_take_longer_than_any_other(start_daemon, fake_upstream):
+    """RFC 5321 §4.5.3.2.6: the reply to the final dot may take 10 minutes (a
+    content filter runs first). Cut at upstream.timeout, the upstream queues
+    the message while the client hears 451 and sends it again (RFC 1047). The
+    default upstream.data_done_timeout (600 s) waits; and nothing of the
+    session's own (idle_timeout, data_timeout: 1 s here) cuts the client off
+    while it waits for that reply."""
+    up = fake_upstream({"DOT": [{"wait": 2.5, "send": "250 2.0.0 Ok: queued as SLOW1"}]})
+    d = start_daemon(up.url, upstream={"timeout": UP_TIMEOUT}, server={"idle_timeout": 1, "data_timeout": 1})
+    with d.connect() as c:
+        t0 = time.monotonic()
+        r = c.transaction("a@example.test", [R1], b"Subject: slow\r\n\r\nonce")
+        check(r, (250, "2.0.0", "Ok: queued as SLOW1"))
+        assert time.monotonic() - t0 >= 2.4
+        full_transaction(c, "after-the-slow-one")  # the connection was not dropped as out of step
+        c.exchange("QUIT", 221)
+    assert [m.content.count(b"once") for m in up.messages if b"Subject: slow" in m.content] == [1]
+    assert len(up.connections) == 1
+
+
+def test_the_final_reply_is_awaited_data_done_timeout_then_451(start_daemon, fake_upstream):
+    """Past upstream.data_done_timeout the reply to the final dot is given up on: 451 4.4.1."""
+    up = fake_upstream({"DOT": ["stall"]})
+    d = start_daemon(up.url, upstream={"timeout": UP_TIMEOUT, "data_done_timeout": 2})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        t0 = time.monotonic()
+        r = c.transaction("a@example.test", [R1], FAILING_BODY.rstrip(b"\r\n"))
+        elapsed = time.monotonic() - t0
+        check(r, UNAVAILABLE)
+        assert 1.8 <= elapsed < 5, elapsed
+    d.wait_log(rf"{sid}: upstream: timed out waiting for the reply to end of data$")
 
 
 def test_slow_but_steady_upstream_gets_a_big_message(start_daemon, fake_upstream):

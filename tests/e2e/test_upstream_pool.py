@@ -174,7 +174,7 @@ def test_rset_of_a_kept_connection_without_pipelining_goes_first(start_daemon, f
 ], ids=["timeout", "garbage", "out-of-place", "unsolicited-after-250", "lost"])
 def test_connection_is_never_kept_after_a_failure(start_daemon, fake_upstream, script, client_gets):
     up = fake_upstream(script)
-    d = start_daemon(up.url, upstream={"timeout": 1})
+    d = start_daemon(up.url, upstream={"timeout": 1, "data_done_timeout": 1})
     with d.connect() as c:
         c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
         c.cmd("RCPT TO:<b@example.test>")

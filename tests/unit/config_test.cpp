@@ -95,6 +95,7 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_EQ(cfg->upstream.starttls, starttls_mode::opportunistic);
   EXPECT_EQ(cfg->upstream.client_info, client_info_mode::none);
   EXPECT_EQ(cfg->upstream.timeout, 60s);
+  EXPECT_EQ(cfg->upstream.data_done_timeout, 600s);  // RFC 5321 §4.5.3.2.6, Postfix's smtp_data_done_timeout
   EXPECT_EQ(cfg->upstream.pool_size, 16u);
   EXPECT_EQ(cfg->upstream.pool_idle_timeout, 30s);
   EXPECT_EQ(cfg->upstream.helo, cfg->server.hostname);
@@ -304,6 +305,29 @@ threads = 4
   EXPECT_EQ(cfg->policy.threads, 4u);
 }
 
+// The final dot's reply waits at least as long as any other reply (RFC 5321 §4.5.3.2.6 gives it 10 minutes).
+TEST_F(ConfigTest, DataDoneTimeoutIsNeverBelowTheReplyTimeout) {
+  EXPECT_EQ(load_config(write("[upstream]\ntimeout = 30\n"))->upstream.data_done_timeout, 600s);
+  // Left out, it follows a longer reply timeout up.
+  EXPECT_EQ(load_config(write("[upstream]\ntimeout = 900\n"))->upstream.data_done_timeout, 900s);
+  const auto both = load_config(write("[upstream]\ntimeout = 10\ndata_done_timeout = 10\n"));
+  EXPECT_EQ(both->upstream.timeout, 10s);
+  EXPECT_EQ(both->upstream.data_done_timeout, 10s);
+  EXPECT_EQ(load_config(write("[upstream]\ndata_done_timeout = 3600\n"))->upstream.data_done_timeout, 3600s);
+  // Given below it: refused (and told once when out of range).
+  const fs::path below = write("[upstream]\ntimeout = 60\ndata_done_timeout = 30\n");
+  auto got = problems(below);
+  EXPECT_EQ(got, std::vector<std::string>{below.string() +
+                                          ":3: upstream.data_done_timeout: 30 is below upstream.timeout (60): the reply "
+                                          "to the final dot may take longer than any other, never less"})
+      << joined(got);
+  const fs::path zero = write("[upstream]\ntimeout = 900\ndata_done_timeout = 0\n");
+  got = problems(zero);
+  EXPECT_EQ(got, std::vector<std::string>{zero.string() +
+                                          ":3: upstream.data_done_timeout: 0 is out of range (want 1 to 86400 seconds)"})
+      << joined(got);
+}
+
 struct upstream_case {
   std::string url;
   upstream_config::kind scheme;
@@ -453,6 +477,8 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
       {"[server]\nshutdown_grace = 100000\n", "2: server.shutdown_grace: 100000 is out of range (want 0 to 86400 seconds)"},
       {"[upstream]\ntimeout = 0\n", "2: upstream.timeout: 0" + range_1_day},
       {"[upstream]\ntimeout = 31536000\n", "2: upstream.timeout: 31536000" + range_1_day},
+      {"[upstream]\ndata_done_timeout = 86401\n", "2: upstream.data_done_timeout: 86401" + range_1_day},
+      {"[upstream]\ndata_done_timeout = 1.5\n", "2: upstream.data_done_timeout: wrong type (want an integer)"},
       {"[upstream]\npool_size = -1\n", "2: upstream.pool_size: -1 is out of range (want 0 to 1000)"},
       {"[upstream]\npool_size = 1001\n", "2: upstream.pool_size: 1001 is out of range (want 0 to 1000)"},
       {"[upstream]\npool_idle_timeout = 0\n", "2: upstream.pool_idle_timeout: 0 is out of range (want 1 to 240 seconds)"},
@@ -674,6 +700,7 @@ TEST_F(ConfigTest, ValuesThatPass) {
       "[upstream]\nurl = \"smtp://localhost:25\"\n",
       "[upstream]\nurl = \"smtps://[2001:db8::25]:465\"\n",
       "[upstream]\nstarttls = \"never\"\nclient_info = \"xclient\"\n",
+      "[upstream]\ndata_done_timeout = 86400\n",
       "[upstream]\ntimeout = 86400\n[policy]\ntimeout = 86400\nthreads = 1024\non_error = \"tempfail\"\n",
       "[auth]\nfailure_window = 86400\nmax_failures = 1000000\nallow_plaintext = true\n",
       "[dns]\ntimeout = 60\n",
