@@ -1173,7 +1173,7 @@ class _StageRun:
     stops when it says the stage ended, then ``finish``."""
 
     __slots__ = ("session", "engine", "stage", "hooks", "args", "message", "result", "envelope", "rewritten",
-                 "rewritten_by")
+                 "rewritten_by", "failed")
 
     def __init__(self, host: EngineHost, job: Any) -> None:
         stage, connection, envelope, arguments = job.state()  # one call into the daemon's job for it all
@@ -1191,6 +1191,7 @@ class _StageRun:
         self.result: _core.Result | None = None
         self.rewritten: Address | None = None  # the recipient a pc.rewrite() made, for the hooks after it
         self.rewritten_by = ""  # the policy file whose hook made it
+        self.failed = False  # a hook failed and, per policy.on_error = "accept", the next ones were asked
         # The daemon's envelope, which session.tx holds unchanged again only
         # once this stage ends with no hook having changed it (see finish).
         self.envelope = envelope
@@ -1235,6 +1236,7 @@ class _StageRun:
         run.args, run.message, run.envelope = args, message, envelope
         run.result = None
         run.rewritten, run.rewritten_by = rewritten or (None, "")
+        run.failed = False
         return run
 
     def took(self, hook: Hook, value: Any) -> bool:
@@ -1273,9 +1275,17 @@ class _StageRun:
         return True
 
     def fail(self, hook: Hook, failure: HookFailure) -> bool:
-        """A hook failed: logged; whether the stage ends with the error (not at disconnect)."""
+        """A hook failed: logged; whether the stage ends with the error (not at disconnect, nor
+        with policy.on_error = "accept": the next hooks are asked, as after a None)."""
         failure.log()
         if self.stage in NOTIFICATIONS:
+            return False
+        if self.engine.on_error == "accept":
+            # A policy listed after a failing one (a blocklist, say) still decides; what the
+            # stage rewrote is dropped (the failed hook may have left it half-changed).
+            log.warning("policy error in on_%s (accepting, per policy.on_error): %s; the next hooks are asked, "
+                        "and this stage's rewrites are dropped", self.stage, failure.summary)
+            self.failed = True
             return False
         self.result = error_result(failure.text)
         self.result.decided_by = hook.file
@@ -1284,6 +1294,8 @@ class _StageRun:
     def finish(self) -> _core.Result | None:
         """The job's result: the deciding hook's, or the error, with the hooks' rewrites. Never raises."""
         result = self.result
+        if self.failed:  # (policy.on_error = "accept") the verdict of a hook after the failure, or None
+            return None if self.stage in NOTIFICATIONS else result
         if self.rewritten is not None and (result is None or (result.verdict is not None
                                                               and result.verdict.kind == "accept")):
             # Rewritten and then let through: the daemon delivers to the new recipient.

@@ -128,6 +128,53 @@ def test_on_error_accept_proceeds(policy_daemon, aiosmtpd_upstream, stage):
         assert env["mail_from"] == "ann@example.test"
 
 
+def test_on_error_accept_still_asks_the_next_policy(policy_daemon, aiosmtpd_upstream):
+    """A failing hook with on_error = "accept" is skipped as if it had returned None: a policy
+    after it (a blocklist, say) still decides. The daemon used to end the stage at the failure,
+    so a broken first policy let through what the second refused. What the stage rewrote is
+    dropped (the failed hook may have left the transaction half-changed)."""
+    broken = """
+        def on_rcpt(tx, rcpt):
+            tx.recipients.append("added@example.test")
+            raise RuntimeError("broken at rcpt")
+
+        def on_data(tx, message):
+            message.add_header("X-Broken", "yes")
+            raise RuntimeError("broken at data")
+    """
+    blocklist = """
+        import portcullis as pc
+
+        def on_rcpt(tx, rcpt):
+            if rcpt.local == "blocked":
+                return pc.reject("blocked by the second policy", code=550, status="5.7.1")
+
+        def on_data(tx, message):
+            if message.get("Subject") == "blocked":
+                return pc.reject("message blocked by the second policy", code=550, status="5.7.1")
+    """
+    d = policy_daemon(aiosmtpd_upstream.url, broken, blocklist, policy={"on_error": "accept"})
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("EHLO client.test", 250)
+        c.exchange("MAIL FROM:<ann@example.test>", 250)
+        c.exchange("RCPT TO:<blocked@example.test>", 550, "5.7.1", "blocked by the second policy")
+        c.exchange("RCPT TO:<bob@example.test>", 250)
+        c.exchange("DATA", 354)
+        c.send(b"Subject: blocked\r\n\r\nbody\r\n.\r\n")
+        c.expect(550, "5.7.1", "message blocked by the second policy")
+        c.exchange("MAIL FROM:<ann@example.test>", 250)
+        c.exchange("RCPT TO:<bob@example.test>", 250)
+        c.exchange("DATA", 354)
+        c.send(b"Subject: fine\r\n\r\nbody\r\n.\r\n")
+        c.expect(250)
+        sid = d.session_id(c.local_port)
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    assert env["rcpt_tos"] == ["bob@example.test"] and b"X-Broken" not in env["content"], env
+    d.wait_log(rf"^\S+ warning {sid}: policy error in on_rcpt \(accepting, per policy\.on_error\): "
+               rf".*the next hooks are asked")
+
+
 def test_sys_exit_in_a_hook_does_not_stop_the_daemon(policy_daemon, aiosmtpd_upstream):
     d = policy_daemon(aiosmtpd_upstream.url, """
         import sys
