@@ -1,10 +1,13 @@
 #include "config/config.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <pwd.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <cstring>
 #include <algorithm>
 #include <fstream>
@@ -547,6 +550,7 @@ void read_server(table_reader& t, server_config& s, const std::filesystem::path&
     std::error_code ec;
     if (!std::filesystem::is_directory(s.message_spill_dir, ec))
       t.problem_at("message_spill_dir", as_shown(s.message_spill_dir.string()) + " is not a directory");
+    else if (auto why = spill_directory_problem(s.message_spill_dir)) t.problem_at("message_spill_dir", *why);
   }
   t.get_count("workers", s.workers, 0, max_config_workers);
   // Looked up here, so that --check-config and a reload report an unknown
@@ -692,6 +696,10 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   };
 
   section("server", [&](table_reader& t) { read_server(t, cfg->server, base); });
+  if (cfg->server.message_spill_dir.empty()) {
+    if (auto why = spill_directory_problem({}))
+      problems.push_back(f + ": server.message_spill_dir: not set, and " + *why + "; set TMPDIR or server.message_spill_dir");
+  }
   if (cfg->server.hostname.empty()) {
     cfg->server.hostname = default_hostname();
     if (!is_domain(cfg->server.hostname))
@@ -833,6 +841,52 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   if (cfg->upstream.tls_name.empty()) cfg->upstream.tls_name = cfg->upstream.host;
   if (!problems.empty()) throw config_error(std::move(problems));
   return cfg;
+}
+
+std::optional<std::string> spill_directory_problem(const std::filesystem::path& configured) {
+  std::filesystem::path dir = configured;
+  if (dir.empty()) {  // as message_store does: $TMPDIR, else /tmp
+    std::error_code ec;
+    dir = std::filesystem::temp_directory_path(ec);
+    if (ec) dir = "/tmp";
+  }
+  // As the store makes its files (message_store.cpp): O_TMPFILE, else mkstemp.
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+    std::string name = (dir / "portcullis-check-XXXXXX").string();
+    fd = ::mkostemp(name.data(), O_CLOEXEC);
+    if (fd >= 0) ::unlink(name.c_str());
+  }
+  if (fd < 0) {
+    const int error = errno;
+    return as_shown(dir.string()) + ": cannot create a file in it (" + std::strerror(error) +
+           "); messages above server.message_memory_threshold are stored there";
+  }
+  ::close(fd);
+  return std::nullopt;
+}
+
+std::optional<std::string> config_line_of(const config& cfg, const std::vector<std::string>& path) {
+  try {
+    std::istringstream stream(cfg.text);
+    const auto root = toml::parse(stream, cfg.file.string());
+    const toml::value* v = &root;
+    for (const auto& step : path) {
+      const bool index = step.find_first_not_of("0123456789") == std::string::npos;
+      if (index) {
+        const auto i = std::stoul(step);
+        if (!v->is_array() || i >= v->as_array().size()) return std::nullopt;
+        v = &v->as_array()[i];
+      } else {
+        if (!v->is_table() || !v->contains(step)) return std::nullopt;
+        v = &v->at(step);
+      }
+    }
+    const auto& loc = v->location();
+    return loc.file_name() + ":" + std::to_string(loc.line()) + ": ";
+  } catch (const std::exception&) {  // (parsed once already: not expected)
+    return std::nullopt;
+  }
 }
 
 }  // namespace portcullis

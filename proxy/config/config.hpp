@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -246,6 +247,18 @@ class config_error : public std::runtime_error {
 // reload all go through here, so they make exactly the same checks
 // (including the cross-checks between tables: listen_tls needs [tls], ...).
 std::shared_ptr<const config> load_config(const std::filesystem::path& file);
+
+// Where `path` (a table, a key, a list's index as digits, ...) is written in
+// the text `cfg` was read from: "FILE:LINE: ", for the problems found after
+// load_config (--check-config's certificates, keys, users file, policies);
+// nullopt when it is not written there.
+std::optional<std::string> config_line_of(const config& cfg, const std::vector<std::string>& path);
+
+// Why messages cannot be stored in the spill directory (`configured`, or
+// when empty $TMPDIR, else /tmp), tried as the message store does it: a new
+// unlinked file. nullopt when they can. load_config runs it (so start-up,
+// --check-config and a reload do), as the user who runs it.
+std::optional<std::string> spill_directory_problem(const std::filesystem::path& configured);
 
 // Nesting bound checked before the text reaches the TOML parser, which
 // recurses once per level (a 10,000-deep array overflows the stack): arrays,
