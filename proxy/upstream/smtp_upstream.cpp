@@ -7,6 +7,7 @@
 // (a stray 354 after a RCPT reply would pass for DATA's go-ahead, and the
 // message's final reply would then be that DATA's 354): the connection is
 // dropped, the client gets 451 4.3.0, and the next MAIL opens a fresh one.
+#include <algorithm>
 #include <map>
 #include <set>
 #include <sstream>
@@ -557,23 +558,42 @@ class smtp_upstream final : public upstream {
   // first of a pipelined group (the next reply may already be buffered).
   awaitable<answer> read_reply(reply_to what, bool more_owed = false) {
     const std::string stage(name(what));
+    const bool final_dot = what == reply_to::end_of_data;
     // RFC 5321 §4.5.3.2.6: the final dot's reply may take 10 minutes (content
     // filters run first); cut short, the client sends the message again.
-    const auto timeout = what == reply_to::end_of_data ? cfg_.data_done_timeout : cfg_.timeout;
+    const auto timeout = final_dot ? cfg_.data_done_timeout : cfg_.timeout;
     smtp::reply_parser parser;
+    std::string first;  // the final dot's: its reply's first line, or its start (taken_anyway)
     for (std::size_t n = 0; n < max_reply_lines; ++n) {
+      if (final_dot && n == 0) {
+        // Its start looked at before read_line takes the line: one over
+        // max_reply_read comes back with no text at all.
+        auto in = co_await stream_->read_some(timeout);  // what is buffered, else one read
+        if (in.empty()) {
+          if (stream_->last_status() == line_stream::status::timeout)
+            co_return fail(upstream_failure::timeout, "timed out waiting for the reply to " + stage);
+          co_return fail(upstream_failure::lost, "connection lost waiting for the reply to " + stage);
+        }
+        first = std::string(in.substr(0, std::min({in.size(), in.find('\n'), smtp::max_reply_line_octets})));
+      }
       auto line = co_await stream_->read_line(max_reply_read, timeout);
       switch (line.st) {
         case line_stream::status::ok: break;
         case line_stream::status::timeout:
+          if (auto taken = taken_anyway(what, first, "timed out waiting for the rest of the reply")) co_return *taken;
           co_return fail(upstream_failure::timeout, "timed out waiting for the reply to " + stage);
         case line_stream::status::too_long:
+          if (auto taken = taken_anyway(what, first, "over-long reply line")) co_return *taken;
           co_return fail(upstream_failure::protocol, "over-long reply line to " + stage);
-        default: co_return fail(upstream_failure::lost, "connection lost waiting for the reply to " + stage);
+        default:
+          if (auto taken = taken_anyway(what, first, "connection lost in the reply")) co_return *taken;
+          co_return fail(upstream_failure::lost, "connection lost waiting for the reply to " + stage);
       }
+      if (final_dot && n == 0) first = std::string(line.text);
       switch (parser.feed_line(line.text)) {
         case smtp::reply_parser::state::need_more: continue;
         case smtp::reply_parser::state::malformed:
+          if (auto taken = taken_anyway(what, first, "malformed reply line " + printable(line.text))) co_return *taken;
           co_return fail(upstream_failure::protocol, "malformed reply to " + stage + ": " + printable(line.text));
         case smtp::reply_parser::state::complete: break;
       }
@@ -592,7 +612,7 @@ class smtp_upstream final : public upstream {
       if (more_owed) co_return answer{std::move(r), std::nullopt, fits};
       // Lock step: nothing more is owed until our next command.
       if (stream_->has_unread_input()) {
-        if (what == reply_to::end_of_data && fits == reply_fit::success) {
+        if (final_dot && fits == reply_fit::success) {
           // The upstream took the message (RFC 5321 §6.1: its 250 takes on
           // responsibility for it): a 451 now would make the client send it
           // twice. The client hears the 250; the connection is not reused.
@@ -609,7 +629,32 @@ class smtp_upstream final : public upstream {
           .set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
       co_return answer{std::move(r), std::nullopt, fits};
     }
+    if (auto taken = taken_anyway(what, first, "more than " + std::to_string(max_reply_lines) + " reply lines"))
+      co_return *taken;
     co_return fail(upstream_failure::protocol, "too many reply lines to " + stage);
+  }
+
+  // The reply to the final dot went wrong (a line too long, too many lines,
+  // a broken line, the connection lost or silent) after its first line had
+  // said 250: the upstream has taken the message (RFC 5321 §6.1), and a 451
+  // would make the client send it again. The client gets that first line
+  // alone, as a 250 we can stand behind (its enhanced code kept, its text cut
+  // to fit, smtp::reply_parser); the connection, out of step, is dropped.
+  // `first` is the first line, or the start of one over max_reply_read.
+  std::optional<answer> taken_anyway(reply_to what, std::string_view first, const std::string& why) {
+    if (!first.empty() && first.back() == '\r') first.remove_suffix(1);  // (a line cut short by a loss)
+    if (what != reply_to::end_of_data || !first.starts_with("250")) return std::nullopt;
+    if (first.size() > 3 && first[3] != ' ' && first[3] != '-') return std::nullopt;
+    std::string line(first);
+    if (line.size() > 3) line[3] = ' ';  // the first line as the whole reply
+    smtp::reply_parser alone;
+    if (alone.feed_line(line) != smtp::reply_parser::state::complete) return std::nullopt;
+    auto r = alone.take();
+    log_.warn("upstream: {} after the 250 to end of data (the message is queued upstream): the client gets its first "
+              "line, {}; dropping the connection",
+              why, printable(r.summary()));
+    close();
+    return answer{std::move(r), std::nullopt, reply_fit::success};
   }
 
   // Bytes from the upstream while it owes us no reply. What came with the

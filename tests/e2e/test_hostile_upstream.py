@@ -83,6 +83,26 @@ CASES = [
     ("unsolicited-after-the-dots-250", {"DOT": ["250 2.0.0 Ok: queued as Q1\r\n250 2.0.0 again"]}, None,
      {"DOT": (250, "2.0.0", "Ok: queued as Q1")},
      r"upstream: unsolicited data after the 250 to end of data \(the message is queued upstream\)", True, 0),
+    # A reply to the dot that goes wrong after its first line said 250: the message is queued
+    # upstream, so the client hears that first line (a 451 would make it send the message again).
+    ("over-4096-octet-250-to-the-dot", {"DOT": ["250 2.0.0 Ok: queued as LONG1 " + "x" * 5000]}, None,
+     {"DOT": (250, "2.0.0", ("Ok: queued as LONG1 " + "x" * 5000)[:CUT])},
+     r"upstream: over-long reply line after the 250 to end of data \(the message is queued upstream\): the client "
+     r"gets its first line, 250 2\.0\.0 Ok: queued as LONG1 x+(\.\.\.)?; dropping the connection", True, 0),
+    ("120-line-250-to-the-dot", {"DOT": ["\r\n".join(["250-2.0.0 line"] * 120 + ["250 2.0.0 Ok: queued as MANY1"])]},
+     None, {"DOT": (250, "2.0.0", "line")},
+     r"upstream: more than 100 reply lines after the 250 to end of data \(the message is queued upstream\)", True, 0),
+    ("garbage-after-a-250-line-to-the-dot", {"DOT": ["250-2.0.0 Ok: queued as G1\r\ngarbage"]}, None,
+     {"DOT": (250, "2.0.0", "Ok: queued as G1")},
+     r"upstream: malformed reply line garbage after the 250 to end of data", True, 0),
+    ("lost-after-a-250-line-to-the-dot", {"DOT": ["250-2.0.0 Ok: queued as C1|close"]}, None,
+     {"DOT": (250, "2.0.0", "Ok: queued as C1")},
+     r"upstream: connection lost in the reply after the 250 to end of data", True, 0),
+    # ... but not one that never said 250.
+    ("over-4096-octet-554-to-the-dot", {"DOT": ["554 5.7.1 " + "x" * 5000]}, "DOT", None,
+     r"upstream: over-long reply line to end of data", True, 0),
+    ("over-4096-octet-250-to-rcpt", {f"RCPT {R1}": ["250 2.1.5 " + "x" * 5000]}, "RCPT1", None,
+     r"upstream: over-long reply line to RCPT", True, 0),
     # Over-long lines and 8-bit or control characters: the reply stands, its text is made fit.
     ("600-octet-rcpt-reply", {f"RCPT {R1}": ["250 2.1.5 " + LONG]}, None, {"RCPT1": (250, "2.1.5", "x" * CUT)},
      None, False, 0),
