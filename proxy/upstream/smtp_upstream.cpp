@@ -621,6 +621,19 @@ class smtp_upstream final : public upstream {
           close();
           co_return answer{std::move(r), std::nullopt, fits};
         }
+        if (fits == reply_fit::refusal) {
+          // RFC 5321 §3.8 lets a server say 421 at any time: Postfix at its
+          // smtpd_hard_error_limit writes its refusal and "421 ... Error: too
+          // many errors" in one go. The client hears the refusal (a 5xx
+          // stays one), and the connection is closed.
+          auto closing = co_await closing_reply_behind();
+          if (closing) {
+            log_.warn("upstream: {} to {}, then closing: {}", printable(r.summary()), stage,
+                      printable(closing->summary()));
+            close();
+            co_return answer{std::move(r), std::nullopt, fits};
+          }
+        }
         co_return fail(upstream_failure::protocol, "unsolicited data after the reply to " + stage +
                                                        " (out of step, or a response injection); dropping the connection");
       }
@@ -632,6 +645,26 @@ class smtp_upstream final : public upstream {
     if (auto taken = taken_anyway(what, first, "more than " + std::to_string(max_reply_lines) + " reply lines"))
       co_return *taken;
     co_return fail(upstream_failure::protocol, "too many reply lines to " + stage);
+  }
+
+  // What is unread behind a refusal, when it is exactly one whole 421 reply
+  // (one line or more, nothing after it): the upstream closing. Anything
+  // else there (another reply, a part of one) keeps the lock step's guard:
+  // nullopt, a protocol failure, never a reply taken out of its place. A
+  // 421 partly arrived is waited for as any reply is. (Under TLS, records
+  // TLS still holds behind it are not looked at: the connection closes.)
+  awaitable<std::optional<smtp::reply>> closing_reply_behind() {
+    smtp::reply_parser parser;
+    for (std::size_t n = 0; n < max_reply_lines; ++n) {
+      auto line = co_await stream_->read_line(max_reply_read, cfg_.timeout);
+      if (line.st != line_stream::status::ok || !line.text.starts_with("421")) co_return std::nullopt;
+      const auto state = parser.feed_line(line.text);
+      if (state == smtp::reply_parser::state::malformed) co_return std::nullopt;
+      if (state == smtp::reply_parser::state::need_more) continue;
+      if (stream_->has_buffered_input()) co_return std::nullopt;
+      co_return parser.take();
+    }
+    co_return std::nullopt;
   }
 
   // The reply to the final dot went wrong (a line too long, too many lines,

@@ -78,6 +78,27 @@ CASES = [
      r"upstream: unsolicited data after the reply to DATA", True, 0),
     ("unsolicited-after-rcpt-bytes", {f"RCPT {R2}": [b"250 2.1.5 ok\r\nxyz"]}, "RCPT2", None,
      r"upstream: unsolicited data after the reply to RCPT", True, 0),
+    # A refusal, then one whole 421 in the same write (Postfix at smtpd_hard_error_limit; RFC 5321
+    # §3.8): the client hears the refusal, a 5xx as a 5xx, and the connection closes. Anything else
+    # behind a reply stays out of step.
+    ("refusal-then-421", {f"RCPT {R2}": [
+        "550 5.1.1 no such user\r\n421 4.7.0 fake.upstream Error: too many errors|close"]}, None,
+     {"RCPT2": (550, "5.1.1", "no such user"), "DATA": (451, "4.4.1", "Upstream connection lost, try again later")},
+     r"upstream: 550 5\.1\.1 no such user to RCPT, then closing: 421 4\.7\.0 fake\.upstream Error: too many errors$",
+     True, 0),
+    ("refusal-then-multiline-421", {"MAIL": [
+        "554 5.7.1 sender refused\r\n421-4.7.0 fake.upstream\r\n421 4.7.0 Error: too many errors|close"]}, None,
+     {"MAIL": (554, "5.7.1", "sender refused")},
+     r"upstream: 554 5\.7\.1 sender refused to MAIL, then closing: 421 4\.7\.0 fake\.upstream / Error: too many "
+     r"errors$", True, 0),
+    ("refusal-then-421-then-more", {f"RCPT {R2}": ["550 5.1.1 no\r\n421 4.7.0 bye\r\n250 2.1.5 more"]}, "RCPT2", None,
+     r"upstream: unsolicited data after the reply to RCPT", True, 0),
+    ("refusal-then-half-a-421", {f"RCPT {R2}": [b"550 5.1.1 no\r\n421 4.7.0 by"]}, "RCPT2", None,
+     r"upstream: unsolicited data after the reply to RCPT", True, 0),
+    ("refusal-then-another-refusal", {f"RCPT {R2}": ["550 5.1.1 no\r\n550 5.1.1 no again"]}, "RCPT2", None,
+     r"upstream: unsolicited data after the reply to RCPT", True, 0),
+    ("success-then-421", {"MAIL": ["250 2.1.0 ok\r\n421 4.7.0 bye"]}, "MAIL", None,
+     r"upstream: unsolicited data after the reply to MAIL", True, 0),
     # After the dot's 250 the message is the upstream's: the client hears the
     # 250 (a 451 would make it send the message twice); the connection goes.
     ("unsolicited-after-the-dots-250", {"DOT": ["250 2.0.0 Ok: queued as Q1\r\n250 2.0.0 again"]}, None,

@@ -216,6 +216,45 @@ def test_after_postfix_refuses_data_the_next_transaction_goes_through(sec_daemon
 
 
 # --------------------------------------------------------------------------
+# Postfix's error limits
+
+
+@pytest.fixture
+def postfix_hard_error_limit():
+    """Postfix that refuses one recipient and says 421 after its second error (smtpd_hard_error_limit)."""
+    if NO_POSTFIX:
+        pytest.skip(NO_POSTFIX)
+    pf = PostfixInstance({"smtpd_recipient_restrictions": "check_recipient_access inline:{nobody@example.test=REJECT}",
+                          "smtpd_hard_error_limit": "2"}, name="pf-hard")
+    try:
+        pf.start()
+        yield pf
+    finally:
+        pf.stop()
+
+
+def test_a_refusal_with_postfix_s_421_behind_it_reaches_the_client_as_it_is(sec_daemon, postfix_hard_error_limit):
+    """At its error limit Postfix writes its refusal and "421 ... too many errors" in one go (RFC 5321
+    §3.8 allows a 421 any time): the client hears the 554, not a 451 that would turn a refusal into a
+    retry; the connection closes, and the next transaction goes on a new one."""
+    pf = postfix_hard_error_limit
+    d = sec_daemon(pf.url, upstream={"pool_size": 0})
+    with d.connect() as c:
+        sid = d.session_of(c.local_port)
+        c.exchange("MAIL FROM:<alice@remote.test>", 250)
+        c.exchange("RCPT TO:<user@example.test>", 250)
+        c.exchange("RCPT TO:<nobody@example.test>", 554, "5.7.1")
+        r = c.exchange("RCPT TO:<nobody@example.test>", 554, "5.7.1")
+        assert "Recipient address rejected" in r.text, str(r)
+        c.exchange("DATA", 451, "4.4.1")  # the upstream closed: this transaction cannot go on
+        c.exchange("RSET", 250)
+        r = c.transaction("alice@remote.test", ["user@example.test"], BODY)
+        assert (r.code, r.status) == (250, "2.0.0") and QUEUED.match(r.lines[0]), str(r)
+    d.wait_log(rf"{sid}: upstream: 554 5\.7\.1 .* to RCPT, then closing: 421 4\.7\.0 .*too many errors$")
+    assert "unsolicited" not in d.log_text()
+
+
+# --------------------------------------------------------------------------
 # STARTTLS to the upstream
 
 
