@@ -58,31 +58,154 @@ spdlog::level::level_enum spdlog_level(portcullis::log_level l) {
   return spdlog::level::info;
 }
 
+// Set by the supervisor for the --check-config child of a reload: a changed
+// server.user takes effect on restart (the reload warns), so that check does
+// not ask whether this process could become it.
+constexpr const char* reload_check_env = "PORTCULLIS_RELOAD_CHECK";
+
 // server.user, looked up (the config check did too, but the database may
-// have changed since); nullopt without it, or when it is root (nothing to
-// drop). Throws when it cannot be used.
+// have changed since); nullopt without it, or when it is the user the daemon
+// runs as already (root started as root, or the unit's User=): nothing to
+// change. Throws when it cannot be used.
 std::optional<portcullis::run_as> user_to_run_as(const portcullis::config& cfg) {
   if (cfg.server.user.empty()) return std::nullopt;
   auto user = portcullis::lookup_user(cfg.server.user);
-  if (!user) throw std::runtime_error("server.user: \"" + cfg.server.user + "\": no such user");
-  if (user->uid == 0 && geteuid() == 0) return std::nullopt;
+  if (!user) throw std::runtime_error("\"" + cfg.server.user + "\": no such user");
+  if (user->uid == geteuid()) return std::nullopt;
   if (geteuid() != 0)
-    throw std::runtime_error(fmt::format("server.user = \"{}\" needs the daemon started as root (it runs as uid {}); "
-                                         "start it as root, or remove server.user",
+    throw std::runtime_error(fmt::format("\"{}\" needs the daemon started as root (it runs as uid {}); "
+                                         "start it as root or as that user, or remove server.user",
                                          user->name, geteuid()));
   return user;
 }
 
+// "FILE:LINE: table.key: " of a problem found after load_config: the line of
+// the key, else of the nearest table above it that is written, else none.
+std::string located(const portcullis::config& cfg, const std::vector<std::string>& path) {
+  std::string name;
+  for (const auto& step : path)
+    name += step.find_first_not_of("0123456789") == std::string::npos ? "[" + step + "]"
+                                                                      : (name.empty() ? "" : ".") + step;
+  for (auto upto = path.size(); upto > 0; --upto)
+    if (auto where = portcullis::config_line_of(cfg, {path.begin(), path.begin() + static_cast<std::ptrdiff_t>(upto)}))
+      return *where + name + ": ";
+  return cfg.file.string() + ": " + name + ": ";
+}
+
 // Run as `user`: what a reload reads again must stay readable, where
-// messages spill must be writable (the rest is read at start as that user anyway).
+// messages spill must be writable (the rest is read at start as that user
+// anyway). Every problem, located.
+std::vector<std::string> access_problems_as(const portcullis::run_as& user, const portcullis::config& cfg) {
+  std::vector<std::string> problems;
+  if (access(cfg.file.c_str(), R_OK) != 0) {
+    const int error = errno;
+    problems.push_back(fmt::format("{}: user {} cannot read {} ({}); a SIGHUP reload reads it again", cfg.file.string(),
+                                   user.name, cfg.file.string(), std::strerror(error)));
+  }
+  if (auto why = portcullis::spill_directory_problem(cfg.server.message_spill_dir))
+    problems.push_back(located(cfg, {"server", "message_spill_dir"}) + "as user " + user.name + ", " + *why);
+  return problems;
+}
+
 void check_access_as(const portcullis::run_as& user, const portcullis::config& cfg) {
-  const auto refuse = [&](const char* verb, const std::filesystem::path& p, const char* why) {
-    throw std::runtime_error(
-        fmt::format("user {} cannot {} {} ({}); {}", user.name, verb, p.string(), std::strerror(errno), why));
+  const auto problems = access_problems_as(user, cfg);
+  if (!problems.empty()) throw std::runtime_error(problems.front());
+}
+
+// --check-config after load_config: whether this process could start with
+// it (server.user), then everything read at start-up that load_config does
+// not open (certificates, the users file, signing keys, the policies), as
+// the user who will read it. Every problem, as "FILE:LINE: key: what".
+std::vector<std::string> start_up_problems(const portcullis::config& cfg) {
+  std::vector<std::string> problems;
+  const auto add = [&](const std::vector<std::string>& path, const std::string& what) {
+    problems.push_back(located(cfg, path) + what);
   };
-  if (access(cfg.file.c_str(), R_OK) != 0) refuse("read", cfg.file, "a SIGHUP reload reads it again");
-  if (!cfg.server.message_spill_dir.empty() && access(cfg.server.message_spill_dir.c_str(), W_OK | X_OK) != 0)
-    refuse("write to", cfg.server.message_spill_dir, "server.message_spill_dir holds large messages");
+  // As root with server.user: checked as that user, who will read these files.
+  if (geteuid() != 0 && std::getenv(reload_check_env) != nullptr) {
+    // (A reload: the user does not change; see reload_check_env.)
+  } else {
+    try {
+      if (const auto user = user_to_run_as(cfg)) {
+        portcullis::become_user(*user, false);
+        const auto more = access_problems_as(*user, cfg);
+        problems.insert(problems.end(), more.begin(), more.end());
+      }
+    } catch (const std::exception& e) {
+      add({"server", "user"}, e.what());
+    }
+  }
+  // Each certificate pair alone, so that every bad one is told.
+  if (cfg.tls.enabled) {
+    const auto pair_problem = [&](const std::filesystem::path& cert, const std::filesystem::path& key,
+                                  std::vector<std::string> where) {
+      portcullis::tls_config one;
+      one.enabled = true;
+      one.cert = cert;
+      one.key = key;
+      try {
+        portcullis::tls_server_context tls(one);
+      } catch (const portcullis::tls_error& e) {
+        // Its message starts with the file it could not use.
+        const std::string what = e.what();
+        where.push_back(what.rfind(key.string() + ":", 0) == 0 ? "key" : "cert");
+        add(where, what);
+      }
+    };
+    pair_problem(cfg.tls.cert, cfg.tls.key, {"tls"});
+    for (std::size_t i = 0; i < cfg.tls.certificates.size(); ++i)
+      pair_problem(cfg.tls.certificates[i].cert, cfg.tls.certificates[i].key, {"tls", "certificates", std::to_string(i)});
+  }
+  if (cfg.upstream.tls_verify) {
+    try {
+      portcullis::tls_client_context upstream_tls(cfg.upstream);
+    } catch (const portcullis::tls_error& e) {
+      std::string what = e.what();
+      const std::string prefix = "upstream.tls_ca_file: ";
+      if (what.rfind(prefix, 0) == 0) what.erase(0, prefix.size());
+      add({"upstream", cfg.upstream.tls_ca_file.empty() ? "tls_verify" : "tls_ca_file"}, what);
+    }
+  }
+  if (!cfg.auth.users_file.empty()) {
+    try {
+      portcullis::auth::users_file::load(cfg.auth.users_file);
+    } catch (const portcullis::auth::users_file_error& e) {
+      for (const auto& p : e.problems()) add({"auth", "users_file"}, p);
+    }
+  }
+  if (cfg.dkim_sign.enabled) {
+    // Each key alone; the table's own key_file comes first, then [[dkim_sign.keys]].
+    const bool own = portcullis::config_line_of(cfg, {"dkim_sign", "key_file"}).has_value();
+    for (std::size_t i = 0; i < cfg.dkim_sign.keys.size(); ++i) {
+      auto one = cfg.dkim_sign;
+      one.keys = {cfg.dkim_sign.keys[i]};
+      try {
+        portcullis::checks::dkim_signer signer(one);
+      } catch (const std::runtime_error& e) {
+        add(own && i == 0 ? std::vector<std::string>{"dkim_sign", "key_file"}
+                          : std::vector<std::string>{"dkim_sign", "keys", std::to_string(i - (own ? 1 : 0)), "key_file"},
+            e.what());
+      }
+    }
+  }
+  if (cfg.arc_seal.enabled) {
+    try {
+      portcullis::checks::arc_sealer sealer(cfg.arc_seal, cfg.server.hostname);
+    } catch (const std::runtime_error& e) {
+      add({"arc_seal", "key_file"}, e.what());
+    }
+  }
+  // Loading every policy is part of the check: a policy that does not import
+  // fails it. (The policies load together, in one interpreter: the first
+  // that fails is told.)
+  if (!cfg.policy.files.empty()) {
+    try {
+      portcullis::python_engine engine(cfg);
+    } catch (const std::exception& e) {
+      add({"policy", "files"}, e.what());
+    }
+  }
+  return problems;
 }
 
 // glibc gives threads that contend for malloc arenas of their own, up to 8
@@ -123,40 +246,9 @@ int main(int argc, char** argv) {
   if (!std::getenv("PORTCULLIS_LOG_LEVEL")) spdlog::set_level(spdlog_level(cfg->log.level));
   if (cfg->log.format == portcullis::log_format::json) portcullis::log_as_json();
   if (check_only) {
-    {
-      try {
-        // Root with server.user: checked as that user, who will read these files.
-        if (geteuid() == 0) {
-          if (const auto user = user_to_run_as(*cfg)) {
-            portcullis::become_user(*user, false);
-            check_access_as(*user, *cfg);
-          }
-        }
-        if (cfg->tls.enabled) portcullis::tls_server_context tls(cfg->tls);
-        if (cfg->upstream.tls_verify) portcullis::tls_client_context upstream_tls(cfg->upstream);
-        if (!cfg->auth.users_file.empty()) portcullis::auth::users_file::load(cfg->auth.users_file);
-        if (cfg->dkim_sign.enabled) portcullis::checks::dkim_signer signer(cfg->dkim_sign);
-        if (cfg->arc_seal.enabled) portcullis::checks::arc_sealer sealer(cfg->arc_seal, cfg->server.hostname);
-      } catch (const portcullis::tls_error& e) {
-        std::cerr << e.what() << "\n";
-        return 1;
-      } catch (const portcullis::auth::users_file_error& e) {
-        for (const auto& p : e.problems()) std::cerr << p << "\n";
-        return 1;
-      } catch (const std::runtime_error& e) {  // a [dkim_sign] or [arc_seal] key that cannot be used, server.user
-        std::cerr << argv[2] << ": " << e.what() << "\n";
-        return 1;
-      }
-    }
-    // Loading every policy is part of the check: a policy that does not import fails it.
-    if (!cfg->policy.files.empty()) {
-      try {
-        portcullis::python_engine engine(*cfg);
-      } catch (const std::exception& e) {
-        std::cerr << argv[2] << ": policy.files: " << e.what() << "\n";
-        return 1;
-      }
-    }
+    const auto problems = start_up_problems(*cfg);
+    for (const auto& p : problems) std::cerr << p << "\n";
+    if (!problems.empty()) return 1;
     std::cout << argv[2] << ": ok\n";
     return 0;
   }
@@ -193,7 +285,12 @@ int main(int argc, char** argv) {
     }
   };
   try {
-    const auto user = user_to_run_as(*cfg);
+    std::optional<portcullis::run_as> user;
+    try {
+      user = user_to_run_as(*cfg);
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(located(*cfg, {"server", "user"}) + e.what());
+    }
     if (!user && geteuid() == 0 && !cfg->policy.files.empty())
       spdlog::warn("policies run as root; set server.user");
     // Before any fork: every worker inherits these shared mappings.

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <sstream>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "log.hpp"
 #include "metrics/metrics.hpp"
@@ -71,8 +73,17 @@ std::vector<std::string> check_config(const std::filesystem::path& file, const s
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
   std::string self = "/proc/self/exe", flag = "--check-config", path = file.string();
   char* argv[] = {self.data(), flag.data(), path.data(), nullptr};
+  // Marked as a reload's check (main.cpp): a changed server.user takes effect
+  // on restart, so this process (the user already) need not be able to become it.
+  constexpr std::string_view marked = "PORTCULLIS_RELOAD_CHECK=";
+  std::string marker = std::string(marked) + "1";
+  std::vector<char*> env;
+  for (char** e = environ; *e != nullptr; ++e)
+    if (std::string_view(*e).substr(0, marked.size()) != marked) env.push_back(*e);
+  env.push_back(marker.data());
+  env.push_back(nullptr);
   pid_t pid = 0;
-  const int rc = posix_spawn(&pid, self.c_str(), &actions, &attr, argv, environ);
+  const int rc = posix_spawn(&pid, self.c_str(), &actions, &attr, argv, env.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   close(out[1]);

@@ -228,27 +228,103 @@ def test_unknown_user_fails_start_and_check_config(portcullis_bin, tmp_path):
         assert want in p.stderr, p.stderr
 
 
-def test_user_set_but_not_started_as_root_fails_to_start(portcullis_bin, workdir):
+def as_nobody():
+    os.setgroups([])
+    os.setgid(NOBODY.pw_gid)
+    os.setuid(NOBODY.pw_uid)
+
+
+def unprivileged_config(workdir: Path, **server) -> Path:
     cfg = workdir / "portcullis.toml"
-    cfg.write_text(render_toml({"server": {"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"],
-                                           "user": "nobody", "workers": 1},
+    cfg.write_text(render_toml({"server": {"hostname": "mx.test", "listen": [f"127.0.0.1:{free_port()}"], "workers": 1,
+                                           **server},
                                 "upstream": {"url": "smtp://127.0.0.1:25"}}))
     cfg.chmod(0o644)
+    return cfg
 
-    def as_nobody():
-        os.setgroups([])
-        os.setgid(NOBODY.pw_gid)
-        os.setuid(NOBODY.pw_uid)
 
+def line_of(cfg: Path, key: str) -> int:
+    return next(i for i, l in enumerate(cfg.read_text().splitlines(), 1) if l.startswith(f"{key} ="))
+
+
+def test_another_user_when_not_started_as_root_fails_start_and_check_config(portcullis_bin, workdir):
+    cfg = unprivileged_config(workdir, user="daemon")
+    other = pwd.getpwnam("daemon")
     p = subprocess.run([str(portcullis_bin), "--config", str(cfg)], capture_output=True, text=True, timeout=20,
                        preexec_fn=as_nobody)
     assert p.returncode == 1, p
-    assert (f'critical cannot start: server.user = "nobody" needs the daemon started as root (it runs as uid '
-            f'{NOBODY.pw_uid}); start it as root, or remove server.user') in p.stderr, p.stderr
-    # --check-config as any user: it checks the file, it drops nothing.
+    problem = (f'{cfg}:{line_of(cfg, "user")}: server.user: "{other.pw_name}" needs the daemon started as root (it '
+               f'runs as uid {NOBODY.pw_uid}); start it as root or as that user, or remove server.user')
+    assert f"critical cannot start: {problem}" in p.stderr, p.stderr
+    # --check-config tells whether this config starts: not for this user (it said "ok" before).
     p = subprocess.run([str(portcullis_bin), "--check-config", str(cfg)], capture_output=True, text=True, timeout=20,
                        preexec_fn=as_nobody)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stderr.splitlines() == [problem], p.stderr
+    # Checked as root, for a daemon started as root: fine.
+    p = subprocess.run([str(portcullis_bin), "--check-config", str(cfg)], capture_output=True, text=True, timeout=20)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_user_the_daemon_runs_as_already_changes_nothing(portcullis_bin, workdir, aiosmtpd_upstream, workers):
+    """The unit's User=portcullis with user = "portcullis" in the config: the check passes, and so does start-up."""
+    d = Daemon(portcullis_bin, workdir, aiosmtpd_upstream.url, {"server": {"user": "nobody", "workers": workers}}, None)
+    d.config_path.chmod(0o644)
+    p = subprocess.run([str(portcullis_bin), "--check-config", str(d.config_path)], capture_output=True, text=True,
+                       timeout=20, preexec_fn=as_nobody)
+    assert p.returncode == 0, p.stdout + p.stderr
+    d.preexec = as_nobody
+    d.start()
+    try:
+        d.wait_log(r"info listening on", count=workers)
+        assert proc_status(d.pid)["Uid"].split() == [str(NOBODY.pw_uid)] * 4
+        with d.connect() as c:
+            assert c.transaction("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody").code == 250
+        # A reload's check (the supervisor's child, as nobody) passes too.
+        d.signal(signal.SIGHUP)
+        d.wait_log(r"reload: .* reloaded; new sessions use it", count=workers, timeout=30)
+    finally:
+        assert d.stop() == 0
+
+
+def test_an_unwritable_spill_dir_fails_start_check_config_and_reload(portcullis_bin, workdir, aiosmtpd_upstream):
+    """Started unprivileged (as the unit starts it): every large message would get 452."""
+    spill = workdir / "spill"
+    spill.mkdir()
+    spill.chmod(0o755)  # root's: nobody cannot make a file in it
+    cfg = unprivileged_config(workdir, message_spill_dir=str(spill))
+    problem = (f'{cfg}:{line_of(cfg, "message_spill_dir")}: server.message_spill_dir: "{spill}": cannot create a '
+               f'file in it (Permission denied); messages above server.message_memory_threshold are stored there')
+    for flag in ("--check-config", "--config"):
+        p = subprocess.run([str(portcullis_bin), flag, str(cfg)], capture_output=True, text=True, timeout=20,
+                           preexec_fn=as_nobody)
+        assert p.returncode == 1, p
+        assert problem in p.stderr, p.stderr
+    # Not set: TMPDIR (else /tmp) is tried the same way.
+    p = subprocess.run([str(portcullis_bin), "--check-config", str(unprivileged_config(workdir))], capture_output=True,
+                       text=True, timeout=20, preexec_fn=as_nobody, env={**os.environ, "TMPDIR": str(spill)})
+    assert p.returncode == 1, p
+    assert (f'server.message_spill_dir: not set, and "{spill}": cannot create a file in it (Permission denied)'
+            in p.stderr), p.stderr
+    # A reload that finds it unwritable is refused, and the daemon keeps the directory it had.
+    os.chown(spill, NOBODY.pw_uid, NOBODY.pw_gid)
+    d = Daemon(portcullis_bin, workdir, aiosmtpd_upstream.url, {"server": {"message_spill_dir": str(spill), "message_memory_threshold": 0}}, None)
+    d.config_path.chmod(0o644)
+    d.preexec = as_nobody
+    d.start()
+    try:
+        other = workdir / "spill2"
+        other.mkdir()
+        other.chmod(0o755)
+        d.reload({"server": {"message_spill_dir": str(other)}}, expect_ok=False)
+        d.wait_log(rf'error reload: {re.escape(str(d.config_path))}:\d+: server\.message_spill_dir: '
+                   rf'"{re.escape(str(other))}": cannot create a file in it \(Permission denied\)')
+        d.wait_log(r"error reload: keeping the running configuration$")
+        with d.connect() as c:  # stored in the old directory (every message goes to a file)
+            assert c.transaction("a@example.test", ["b@example.test"], b"Subject: x\r\n\r\nbody").code == 250
+    finally:
+        assert d.stop() == 0
 
 
 def test_files_the_user_cannot_read_fail_start_and_check_config(portcullis_bin, tmp_path):

@@ -1,0 +1,64 @@
+"""`--check-config` reports every problem it finds, each as man/portcullis.8 has it,
+`FILE:LINE: key: what is wrong`, with the line of the key in the config: the
+files the config names (certificates, the users file, keys, policies) too,
+not only the first of them that fails."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from conftest import render_toml, sanitized_python_env
+
+
+def check(portcullis_bin, cfg):
+    return subprocess.run([str(portcullis_bin), "--check-config", str(cfg)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **sanitized_python_env()})
+
+
+def line_of(cfg, table: str, key: str) -> int:
+    lines = cfg.read_text().splitlines()
+    start = lines.index(f"[{table}]")
+    return next(i for i, l in enumerate(lines[start:], start + 1) if l.startswith(f"{key} ="))
+
+
+def test_every_broken_file_reference_is_reported_at_its_line(portcullis_bin, tmp_path):
+    cfg = tmp_path / "multi.toml"
+    cfg.write_text(render_toml({
+        "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
+        "upstream": {"url": "smtp://127.0.0.1:25"},
+        "tls": {"cert": "nope.pem", "key": "nope.key"},
+        "auth": {"users_file": "nousers"},
+        "policy": {"files": ["nopolicy.py"]},
+    }))
+    r = check(portcullis_bin, cfg)
+    assert r.returncode == 1, r
+    assert r.stdout == ""
+    want = [
+        rf"{re.escape(str(cfg))}:{line_of(cfg, 'tls', 'cert')}: tls\.cert: {re.escape(str(tmp_path))}/nope\.pem: "
+        rf"cannot use the certificate chain: .+",
+        rf"{re.escape(str(cfg))}:{line_of(cfg, 'auth', 'users_file')}: auth\.users_file: "
+        rf"{re.escape(str(tmp_path))}/nousers: cannot read: No such file or directory",
+        rf"{re.escape(str(cfg))}:{line_of(cfg, 'policy', 'files')}: policy\.files: .*nopolicy\.py.*",
+    ]
+    lines = [l for l in r.stderr.splitlines() if l.startswith(str(cfg))]  # (the policy engine logs too)
+    assert len(lines) == len(want), r.stderr
+    for line, pattern in zip(lines, want):
+        assert re.fullmatch(pattern, line), (line, r.stderr)
+
+
+def test_a_problem_in_the_users_file_names_the_config_line_and_its_own(portcullis_bin, tmp_path):
+    users = tmp_path / "users"
+    users.write_text("alice:not-a-hash\nbob:also-not\n")
+    cfg = tmp_path / "users.toml"
+    cfg.write_text(render_toml({
+        "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
+        "upstream": {"url": "smtp://127.0.0.1:25"},
+        "auth": {"users_file": "users", "allow_plaintext": True},
+    }))
+    r = check(portcullis_bin, cfg)
+    assert r.returncode == 1, r
+    prefix = f"{cfg}:{line_of(cfg, 'auth', 'users_file')}: auth.users_file: {users}:"
+    lines = [l for l in r.stderr.splitlines() if l.startswith(str(cfg))]
+    assert [l[:len(prefix) + 2] for l in lines] == [prefix + "1:", prefix + "2:"], r.stderr
