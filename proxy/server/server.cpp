@@ -497,6 +497,12 @@ void server::reload() {
   if (fresh->metrics.listen != old->metrics.listen)
     spdlog::warn("reload: [metrics] listen changed; that takes effect on restart");
   if (fresh->server.user != old->server.user) spdlog::warn("reload: server.user changed; that takes effect on restart");
+  // Both sized once, in run(): the I/O threads and their spares, and the
+  // policy engine's most threads for plain hooks.
+  if (fresh->server.threads != old->server.threads)
+    spdlog::warn("reload: server.threads changed; that takes effect on restart");
+  if (fresh->policy.threads != old->policy.threads)
+    spdlog::warn("reload: policy.threads changed; that takes effect on restart");
   auto swap_in = [this, fresh, next, counted, this_reload](policy_generation loaded) {
     if (this_reload < reload_installed_) {
       // (Its policies retire with this object, as an old generation's do: on_unload runs.)

@@ -195,7 +195,8 @@ def test_check_config_reports_a_broken_policy(portcullis_bin, tmp_path, broken):
     out = check_config(portcullis_bin, tmp_path, source)
     assert out.returncode == 1, out
     config = re.escape(str(tmp_path / "check.toml"))
-    assert re.search(rf"^{config}: policy\.files: {re.escape(str(tmp_path))}/{problem}$", out.stderr, re.M), out.stderr
+    assert re.search(rf"^{config}:\d+: policy\.files: {re.escape(str(tmp_path))}/{problem}$", out.stderr, re.M), \
+        out.stderr
     assert out.stdout == ""
 
 
@@ -269,3 +270,15 @@ def test_a_reload_that_ends_after_a_newer_one_is_dropped(policy_daemon, aiosmtpd
     assert "reload A ran" not in d.log_text()
     with d.connect(ehlo="x.test") as c:  # (EHLO went through: no hook of A's refused it)
         c.exchange("MAIL FROM:<a@example.test>", 250)
+
+
+def test_a_reload_warns_that_thread_counts_take_effect_on_restart(policy_daemon, aiosmtpd_upstream):
+    """server.threads (the I/O pool) and policy.threads (the hook threads, the I/O spares) are sized at start-up."""
+    d = policy_daemon(aiosmtpd_upstream.url, "def on_helo(conn, hostname):\n    return None\n", policy={"threads": 4})
+    d.reload({"server": {"threads": 3}, "policy": {"threads": 5}})
+    d.wait_log(r"warning reload: server\.threads changed; that takes effect on restart$")
+    d.wait_log(r"warning reload: policy\.threads changed; that takes effect on restart$")
+    before = d.log_text().count("takes effect on restart")
+    d.reload({})  # unchanged: nothing more to say
+    assert d.log_text().count("takes effect on restart") == before
+    assert d.stop() == 0
