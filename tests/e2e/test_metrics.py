@@ -142,6 +142,8 @@ def test_the_counters_match_the_traffic_whichever_worker_answers(policy_daemon, 
         assert value(s, "portcullis_replies_total", stage="rcpt", **{"class": "4xx"}) == 1
         assert value(s, "portcullis_replies_total", stage="mail", **{"class": "4xx"}) == 1
         assert value(s, "portcullis_replies_total", stage="data", **{"class": "2xx"}) == delivered + 1
+        # Each DATA's 354 too, besides the reply to its dot.
+        assert value(s, "portcullis_replies_total", stage="data", **{"class": "3xx"}) == delivered + 1
         policy = str(d.policy_files[0])
         mails = delivered + 5
         assert value(s, "portcullis_hook_duration_seconds_count", policy=policy, hook="on_mail") == mails
@@ -174,6 +176,21 @@ def test_the_counters_match_the_traffic_whichever_worker_answers(policy_daemon, 
     d.signal(signal.SIGHUP)  # (the supervisor's check of the config is slow under ASan: waited for below)
     wait_until(lambda: value(scrape(d.metrics_port), "portcullis_reloads_total", outcome="ok") == 1, timeout=30,
                what="the reload")
+    assert d.stop() == 0
+
+
+def test_auth_challenges_are_counted_as_3xx(policy_daemon, aiosmtpd_upstream):
+    d = start(policy_daemon, aiosmtpd_upstream, 1, auth={"allow_plaintext": True})
+    with d.connect() as c:
+        c.exchange("AUTH LOGIN", 334)  # Username:
+        c.exchange("YW5u", 334)  # Password:
+        c.exchange("*", 501)  # cancelled (RFC 4954 §4)
+        c.exchange("QUIT", 221)
+    wait_until(lambda: value(scrape(d.metrics_port), "portcullis_connections_open") == 0, timeout=10,
+               what="the session to end")
+    s = scrape(d.metrics_port)
+    assert value(s, "portcullis_replies_total", stage="auth", **{"class": "3xx"}) == 2
+    assert value(s, "portcullis_replies_total", stage="auth", **{"class": "5xx"}) == 1
     assert d.stop() == 0
 
 
