@@ -163,6 +163,7 @@ struct python_engine::channel {
   job_id next_id = 1;
   bool stopping = false;
   bool thread_done = false;  // the loop's thread
+  bool died = false;         // it ended before the daemon said stop
   // The workers: one more is started only when a job would wait behind
   // workers that are all in hooks taking long (a slow lookup must not hold
   // up other sessions), up to max_workers.
@@ -871,14 +872,23 @@ void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, s
     Py_CLEAR(ch->loop_runner);
   }
   PyGILState_Release(gil);
+  bool died = false;
   {
     std::lock_guard lock(ch->mutex);
+    // (Before the first load reported, the engine's constructor throws instead.)
+    died = ch->died = !ch->stopping && ch->load_reported && !ch->load_error;
     ch->thread_done = true;
     ch->stopping = true;
     ch->cv.notify_all();
     ch->wake_all_threads();
   }
   ch->fail_waiting("the policy engine has stopped");
+  if (died) {
+    // Every hook would fail from now on (451 until a restart): the worker
+    // drains and exits non-zero, to be restarted by the supervisor or systemd.
+    lasting_logger().critical("the policy engine cannot go on: stopping this process so that it is restarted");
+    ::kill(::getpid(), SIGTERM);
+  }
 }
 
 }  // namespace
@@ -915,6 +925,11 @@ python_engine::python_engine(const config& cfg) {
 }
 
 python_engine::~python_engine() { stop(); }
+
+bool python_engine::died() const {
+  std::lock_guard lock(channel_->mutex);
+  return channel_->died;
+}
 
 void python_engine::stop() {
   if (!thread_.joinable()) return;

@@ -98,6 +98,11 @@ class python_engine {
   // on): Python drops those policies once their last session ends.
   void release(policy_generation generation);
 
+  // Whether the policy thread ended without being asked to (a fault in the
+  // engine itself): every hook fails from then on, so the worker has been
+  // told to stop (SIGTERM to itself) and exits non-zero, to be restarted.
+  bool died() const;
+
   struct channel;  // shared by the engine and its policy thread (python_engine.cpp)
 
  private:

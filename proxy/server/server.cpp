@@ -313,10 +313,10 @@ int server::run() {
                  std::chrono::duration_cast<std::chrono::seconds>(io_thread_grace).count());
     spdlog::info("stopped");
     spdlog::shutdown();
-    std::_Exit(0);
+    std::_Exit(engine_ && engine_->died() ? 1 : 0);
   }
   spdlog::info("stopped");
-  return 0;
+  return engine_ && engine_->died() ? 1 : 0;  // (a restart brings the policy engine back)
 }
 
 awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) {

@@ -401,3 +401,50 @@ def test_a_greeting_text_past_512_octets_is_a_policy_error(policy_daemon, aiosmt
         r = c.reply()
         assert (r.code, r.status) == (421, "4.3.0") and len(r.raw) <= 512, r
     d.wait_log(re.escape('invalid accept text: the greeting "220 mx.test TEXT" passes 512 octets'))
+
+
+CANCEL_ALL = """
+    import asyncio
+
+    async def on_rcpt(tx, rcpt):
+        if rcpt.local == "cancel-all":
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            await asyncio.sleep(0.05)
+        return None
+"""
+
+
+def cancel_all(d) -> None:
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("EHLO client.test", 250)
+        c.exchange("MAIL FROM:<ann@example.test>", 250)
+        c.cmd("RCPT TO:<cancel-all@example.test>")
+        c.reply(timeout=BACKSTOP + 5)
+    d.wait_log("the policy engine cannot go on: stopping this process so that it is restarted", timeout=BACKSTOP + 5)
+
+
+def test_a_policy_engine_that_cannot_go_on_stops_its_process_to_be_restarted(policy_daemon, aiosmtpd_upstream):
+    """A hook that cancels every task on the loop (the engine's own runner with them) ends the
+    policy engine: every hook after that would fail, 451 until someone restarted the daemon.
+    The process drains and exits 1 instead, for its supervisor (or systemd) to restart it."""
+    d = policy_daemon(aiosmtpd_upstream.url, CANCEL_ALL, policy={"timeout": TIMEOUT})
+    cancel_all(d)
+    assert d.proc.wait(timeout=30) == 1
+    d.stop()
+    d.proc = None  # (stopped here: the teardown wants 0 of the daemons it stops)
+
+
+def test_a_worker_whose_policy_engine_cannot_go_on_is_restarted(policy_daemon, aiosmtpd_upstream):
+    d = policy_daemon(aiosmtpd_upstream.url, CANCEL_ALL, policy={"timeout": TIMEOUT}, server={"workers": 2})
+    cancel_all(d)
+    d.wait_log(r"supervisor: worker \d \(process \d+\) exited with 1; .*restarting it", timeout=30)
+    d.wait_log(r"supervisor: worker \d is process \d+", count=3, timeout=30)
+    for _ in range(4):  # whichever worker takes it, mail goes through
+        with d.client() as c:
+            c.expect(220)
+            c.exchange("EHLO client.test", 250)
+            c.exchange("MAIL FROM:<ann@example.test>", 250)
+            c.exchange("RCPT TO:<bob@example.test>", 250)
