@@ -60,6 +60,21 @@ namespace {
 constexpr std::size_t max_reply_read = 4096;
 constexpr std::size_t max_reply_lines = 100;
 
+// A kept connection carries the upstream's state of it from one client's
+// session to the next. Postfix's smtpd counts, per connection, the errors
+// (4xx/5xx replies) and the "junk" commands (RSET, NOOP, HELO/EHLO, XCLIENT,
+// XFORWARD: each kept connection's reuse costs a RSET), forgets both only
+// when a message is delivered (XCLIENT forgets neither: tried on Postfix
+// 3.7), and past its limits (smtpd_soft_error_limit 10,
+// smtpd_junk_command_limit 100, 1 under stress) delays each reply by
+// smtpd_error_sleep_time, then says 421: a legitimate client would pay for
+// the refusals earned by the spammer before it. So a connection goes back to
+// the pool only with no refusal since its last delivery (or its opening),
+// with fewer junk commands than this since then, and when it has served
+// fewer sessions than that (whatever else an upstream keeps per connection).
+constexpr std::size_t max_junk_commands_kept = 50;  // half of Postfix's smtpd_junk_command_limit
+constexpr std::size_t max_sessions_per_connection = 100;
+
 using smtp::reply_fit;
 using smtp::reply_to;
 
@@ -188,6 +203,10 @@ class smtp_upstream final : public upstream {
       if (last) break;
     }
     auto final_reply = co_await read_reply(reply_to::end_of_data);
+    if (final_reply.ok()) {
+      refused_ = false;  // a delivery: Postfix forgives the connection's errors and junk commands
+      junk_ = 0;
+    }
     // From the first byte of the message to the final reply.
     if (!final_reply.failed) metrics::observe_since(metrics::family::upstream_duration_seconds, {"END-OF-DATA"}, sending);
     in_transaction_ = false;
@@ -210,16 +229,20 @@ class smtp_upstream final : public upstream {
     close();
   }
 
-  // Back to the pool only in step (no reply owed, nothing unread). The
-  // session makes sure no transaction of its client was left open
-  // (upstream_relay::finish). The RSET that readies it for another client
-  // goes with that client's first command (command()): given back here,
-  // the connection costs no round trip at the end of a session.
+  // Back to the pool only in step (no reply owed, nothing unread), and
+  // with nothing the upstream holds against the connection that another
+  // client would pay for (fit_for_another_client). The session makes sure
+  // no transaction of its client was left open (upstream_relay::finish).
+  // The RSET that readies it for another client goes with that client's
+  // first command (command()): given back here, the connection costs no
+  // round trip at the end of a session.
   awaitable<void> release() override {
     const bool poolable = stream_ && pool_ && !owed_ && pool_->keeps(cfg_);
     if (poolable && in_transaction_) co_await reset();  // (its DATA refused; a failed RSET closes it)
-    if (poolable && stream_ && !in_transaction_) {
+    if (poolable && stream_ && !in_transaction_ && fit_for_another_client()) {
       pooled_connection c{std::move(stream_), std::move(caps_), std::move(xclient_sent_)};
+      c.sessions = sessions_;
+      c.junk_commands = junk_;
       auto refused = pool_->give_back(cfg_, std::move(c));
       if (!refused) {
         log_.debug("upstream: connection kept for the next session");
@@ -232,6 +255,26 @@ class smtp_upstream final : public upstream {
   }
 
  private:
+  // See max_junk_commands_kept: what the upstream counts against this connection is nothing another client should pay for.
+  bool fit_for_another_client() const {
+    if (refused_) {
+      log_.debug("upstream: connection not kept: the upstream refused a command on it since its last delivery "
+                 "(it counts that against the connection)");
+      return false;
+    }
+    if (junk_ >= max_junk_commands_kept) {
+      log_.debug("upstream: connection not kept: {} commands outside a transaction (RSET, EHLO, ...) since its last "
+                 "delivery",
+                 junk_);
+      return false;
+    }
+    if (sessions_ >= max_sessions_per_connection) {
+      log_.debug("upstream: connection not kept: it served {} sessions", sessions_);
+      return false;
+    }
+    return true;
+  }
+
   // The config's choices (one place to read them).
   bool starttls_never() const { return cfg_.starttls == starttls_mode::never; }
   bool starttls_opportunistic() const { return cfg_.starttls == starttls_mode::opportunistic; }
@@ -257,6 +300,9 @@ class smtp_upstream final : public upstream {
     auto endpoints = co_await resolve();
     if (!endpoints) co_return setup_failure{upstream_failure::unreachable};
     stream_ = std::make_unique<line_stream>(tcp::socket(io_));
+    sessions_ = 1;  // a new connection: the upstream holds nothing against it yet
+    junk_ = 0;
+    refused_ = false;
     const auto ec = co_await stream_->connect(*endpoints, cfg_.timeout);
     if (ec) {
       log_.warn("upstream: cannot connect to {}:{}: {}", cfg_.host, cfg_.port, ec.message());
@@ -499,6 +545,9 @@ class smtp_upstream final : public upstream {
     stream_ = std::move(c->stream);
     caps_ = std::move(c->caps);
     xclient_sent_ = std::move(c->xclient_sent);
+    sessions_ = c->sessions + 1;
+    junk_ = c->junk_commands;
+    refused_ = false;  // (a connection is kept only so)
     in_transaction_ = false;
     owed_ = false;
     reused_ = true;
@@ -522,6 +571,7 @@ class smtp_upstream final : public upstream {
       with_rset = false;
     }
     const std::string wire = (with_rset ? "RSET\r\n" : "") + line + "\r\n";
+    junk_ += (with_rset ? 1 : 0) + (junk_command(what) ? 1 : 0);
     owed_ = true;
     const auto sent = std::chrono::steady_clock::now();
     const bool written = co_await stream_->write(std::string_view(wire), cfg_.timeout);
@@ -535,6 +585,12 @@ class smtp_upstream final : public upstream {
     // The verb: "MAIL", "RCPT", "XCLIENT", ...
     if (!a.failed) metrics::observe_since(metrics::family::upstream_duration_seconds, {line.substr(0, line.find(' '))}, sent);
     co_return a;
+  }
+
+  // Postfix's junk commands (smtpd_junk_command_limit): those outside a transaction.
+  static bool junk_command(reply_to what) {
+    return what == reply_to::rset || what == reply_to::ehlo || what == reply_to::helo || what == reply_to::xclient ||
+           what == reply_to::xforward;
   }
 
   // RSET got exactly 250: RFC 5321 §4.1.1.5 makes 250 the only answer to
@@ -605,6 +661,7 @@ class smtp_upstream final : public upstream {
         co_return answer{std::move(r), std::nullopt, reply_fit::refusal};
       }
       const auto fits = smtp::fit(what, r.code);
+      if (fits == reply_fit::refusal) refused_ = true;
       if (fits == reply_fit::out_of_place)
         co_return fail(upstream_failure::protocol,
                        "a " + std::to_string(r.code) + " reply does not answer " + stage + " (RFC 5321 §4.3.2): " +
@@ -763,6 +820,10 @@ class smtp_upstream final : public upstream {
   bool rset_due_ = false;  // ... and its RSET goes with the next command (command())
   bool failure_counted_ = false;  // fail() counted this MAIL's failure (portcullis_upstream_failures_total)
   std::string xclient_sent_;  // the attributes of the last XCLIENT the upstream took on this connection, and the EHLO name after it
+  // What the upstream holds against this connection (fit_for_another_client), kept with it in the pool:
+  bool refused_ = false;       // it refused a command since the connection's last delivery (or opening)
+  std::size_t junk_ = 0;       // commands outside a transaction since then (junk_command)
+  std::size_t sessions_ = 0;   // the client sessions it served, this one included
 };
 
 }  // namespace

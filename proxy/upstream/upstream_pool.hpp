@@ -3,7 +3,10 @@
 // connect, greeting, EHLO (and STARTTLS) and QUIT per message.
 //
 // A connection comes back only clean: its transaction ended, with nothing
-// unread. Its RSET goes with the next session's first command on it (see
+// unread, and nothing the upstream holds against it that the next client
+// would pay for (smtp_upstream: no refusal since its last delivery, few
+// commands outside a transaction since then, at most 100 sessions served;
+// Postfix's error and junk command counts). Its RSET goes with the next session's first command on it (see
 // smtp_upstream's command()), which drops it for a fresh one unless the RSET
 // gets 250 (RFC 5321 §4.1.1.5). It serves only sessions whose
 // [upstream] settings are the ones the pool was last configured with (a reload
@@ -39,6 +42,8 @@ struct pooled_connection {
   std::map<std::string, std::string> caps;  // the last EHLO's extensions
   std::string xclient_sent;                 // the attributes of the XCLIENT in force on it ("" if none)
   std::chrono::steady_clock::time_point idle_since{};
+  std::size_t sessions = 0;       // the client sessions it served (smtp_upstream caps them)
+  std::size_t junk_commands = 0;  // its commands outside a transaction since its last delivery
 };
 
 class upstream_pool : public std::enable_shared_from_this<upstream_pool> {

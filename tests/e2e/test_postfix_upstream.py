@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -252,6 +253,42 @@ def test_a_refusal_with_postfix_s_421_behind_it_reaches_the_client_as_it_is(sec_
         assert (r.code, r.status) == (250, "2.0.0") and QUEUED.match(r.lines[0]), str(r)
     d.wait_log(rf"{sid}: upstream: 554 5\.7\.1 .* to RCPT, then closing: 421 4\.7\.0 .*too many errors$")
     assert "unsolicited" not in d.log_text()
+
+
+@pytest.fixture
+def postfix_error_sleep():
+    """Postfix that refuses one sender and, past 2 errors on a connection, waits 2 s before each reply."""
+    if NO_POSTFIX:
+        pytest.skip(NO_POSTFIX)
+    pf = PostfixInstance({"smtpd_sender_restrictions": "check_sender_access inline:{spam@bad.test=REJECT}",
+                          "smtpd_delay_reject": "no", "smtpd_soft_error_limit": "2", "smtpd_hard_error_limit": "5",
+                          "smtpd_error_sleep_time": "2s"}, name="pf-errs")
+    try:
+        pf.start()
+        yield pf
+    finally:
+        pf.stop()
+
+
+@pytest.mark.parametrize("client_info", ["none", "xclient"])
+def test_a_kept_connection_carries_no_refusals_to_the_next_client(sec_daemon, postfix_error_sleep, client_info):
+    """Postfix counts the errors of a connection until a message is delivered on it (XCLIENT does not
+    reset them): a connection that got refusals is not kept, so a client after four refused ones is
+    served at once, not delayed for their errors (or, past smtpd_hard_error_limit, sent away)."""
+    pf = postfix_error_sleep
+    d = sec_daemon(pf.url, upstream={"client_info": client_info})
+    for i in range(4):
+        with d.connect(ehlo=f"spammer{i}.test") as c:
+            sid = d.session_of(c.local_port)
+            c.exchange("MAIL FROM:<spam@bad.test>", 554, "5.7.1")
+            c.exchange("QUIT", 221)
+        d.wait_log(rf"{sid}: disconnect from ")
+    with d.connect(ehlo="legit.test") as c:
+        t0 = time.monotonic()
+        r = c.transaction("alice@remote.test", ["user@example.test"], BODY)
+        took = time.monotonic() - t0
+        assert (r.code, r.status) == (250, "2.0.0") and QUEUED.match(r.lines[0]), str(r)
+    assert took < 1.5, f"the legitimate client waited {took:.1f} s for the refusals of others"
 
 
 # --------------------------------------------------------------------------

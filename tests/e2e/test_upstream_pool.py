@@ -4,7 +4,9 @@ does not cost an upstream connect, EHLO and QUIT per message.
 
 What the pool promises, each checked here against the counting fake upstream:
 a connection goes back only clean (its transaction over), never after a
-failure or a client that left mid-transaction; the next session's first
+failure or a client that left mid-transaction, nor with anything the upstream
+holds against it (a refusal since its last delivery, 50 commands outside a
+transaction since then, 100 sessions served); the next session's first
 command on it goes with an RSET that must get 250 (pipelined when the upstream
 offers PIPELINING), else it is dropped and a fresh connection serves; one the
 upstream closed (or spoke on) while idle is replaced without the client noticing; the
@@ -204,17 +206,72 @@ def test_client_leaving_mid_transaction_costs_the_connection(start_daemon, fake_
     assert len(up.connections) == 2
 
 
-def test_refused_transaction_leaves_a_clean_connection(start_daemon, fake_upstream):
-    """A refusal is no failure: the connection is in step, RSET readies it."""
-    up = fake_upstream({"DOT": ["554 5.7.1 no thanks"]})
+def test_a_refusal_costs_the_connection_until_a_delivery(start_daemon, fake_upstream):
+    """The upstream counts refusals against the connection (Postfix: smtpd_soft_error_limit,
+    smtpd_hard_error_limit), and forgets them only when a message is delivered: a connection that
+    got a refusal since its last delivery is not kept, or the next, unrelated client would pay for
+    them (delayed replies, then a 421)."""
+    up = fake_upstream({"DOT": ["554 5.7.1 no thanks"], "MAIL spam@bad.test": "554 5.7.1 go away"})
     d = start_daemon(up.url, log_level="debug")
     with d.connect() as c:
         r = c.transaction("a@example.test", ["b@example.test"], BODY)
         assert (r.code, r.status) == (554, "5.7.1")
         c.exchange("QUIT", 221)
-    kept(d, up, 1)
+    assert up.wait_for(lambda: up.connections[0].commands[-1] == "QUIT"), up.connections[0].commands
+    assert "RSET" not in up.connections[0].commands
+    d.wait_log(r"upstream: connection not kept: the upstream refused a command on it since its last delivery")
     one_message(d, "next")
-    assert len(up.connections) == 1
+    assert len(up.connections) == 2
+    # A refusal, then a delivery in the same session: forgiven, the connection is kept.
+    kept(d, up, 1)
+    with d.connect() as c:
+        c.exchange("MAIL FROM:<spam@bad.test>", 554, "5.7.1")
+        r = c.transaction("a@example.test", ["b@example.test"], BODY + b"delivered")
+        assert (r.code, r.status) == (250, "2.0.0"), str(r)
+        c.exchange("QUIT", 221)
+    kept(d, up, 2)
+    one_message(d, "on the same connection")
+    assert len(up.connections) == 2
+    assert up.wait_for(lambda: len(up.messages) == 3)
+
+
+def test_sessions_that_deliver_nothing_wear_a_connection_out(start_daemon, fake_upstream):
+    """Each reuse costs a RSET, which Postfix counts as a junk command until a message is delivered
+    (smtpd_junk_command_limit 100, then every one is an error): a connection is kept only while
+    it has sent fewer than 50 commands outside a transaction (RSET, EHLO, XCLIENT, XFORWARD) since its
+    last delivery."""
+    up = fake_upstream()
+    d = start_daemon(up.url, log_level="debug")
+    for i in range(30):  # address probes: MAIL, RCPT, RSET, QUIT, no message
+        with d.connect() as c:
+            c.exchange("MAIL FROM:<probe@example.test>", 250)
+            c.exchange("RCPT TO:<b@example.test>", 250)
+            c.exchange("RSET", 250)
+            c.exchange("QUIT", 221)
+        d.wait_log(r"upstream: (connection kept for the next session|connection not kept: .*)$", count=i + 1)
+    first = up.connections[0].commands
+    junk = [c for c in first if c.split(" ")[0] in ("RSET", "EHLO")]
+    # EHLO, then the 25 clients' RSETs and the RSETs readying it for the 24 after the first.
+    assert len(junk) == 50 and first[-1] == "QUIT", first
+    d.wait_log(r"upstream: connection not kept: 50 commands outside a transaction \(RSET, EHLO, \.\.\.\) since its "
+               r"last delivery$")
+    assert len(up.connections) == 2
+
+
+def test_a_connection_serves_at_most_100_sessions(start_daemon, fake_upstream):
+    """Whatever else an upstream holds per connection, a kept connection serves 100 client sessions
+    at most (each delivering: nothing else retires it), then gets QUIT."""
+    up = fake_upstream()
+    d = start_daemon(up.url, log_level="debug")
+    for i in range(101):
+        one_message(d, f"m{i}")
+        if i < 99:
+            kept(d, up, i + 1)
+    d.wait_log(r"upstream: connection not kept: it served 100 sessions$")
+    assert up.wait_for(lambda: len(up.messages) == 101)
+    assert sum(1 for c in up.connections[0].commands if c.startswith("MAIL")) == 100
+    assert up.connections[0].commands[-1] == "QUIT"
+    assert len(up.connections) == 2
 
 
 def test_idle_connections_are_closed_after_the_idle_timeout(start_daemon, fake_upstream):

@@ -32,6 +32,8 @@ class PoolTest : public ::testing::Test {
     c.stream = std::make_unique<line_stream>(std::move(ours));
     c.caps["SIZE"] = "1000";
     c.xclient_sent = " ADDR=192.0.2.1";
+    c.sessions = 7;        // what the upstream holds against it (smtp_upstream decides on these)
+    c.junk_commands = 12;
     return c;
   }
 
@@ -86,6 +88,8 @@ TEST_F(PoolTest, KeepsForTheSameSettingsOnly) {
   ASSERT_TRUE(c);
   EXPECT_EQ(c->caps.at("SIZE"), "1000");
   EXPECT_EQ(c->xclient_sent, " ADDR=192.0.2.1");  // the identity in force on it travels with it
+  EXPECT_EQ(c->sessions, 7u);                      // so do the sessions it served and its junk commands
+  EXPECT_EQ(c->junk_commands, 12u);
   EXPECT_EQ(pool->idle(), 0u);
   EXPECT_FALSE(pool->take(cfg->upstream, io.get_executor()));
 }
@@ -151,6 +155,8 @@ TEST_F(PoolTest, ReaperKeepsTheRestWhole) {
     EXPECT_EQ(c->caps.size(), 1u);
     EXPECT_EQ(c->caps["SIZE"], "1000");
     EXPECT_EQ(c->xclient_sent, " ADDR=192.0.2.1");
+    EXPECT_EQ(c->sessions, 7u);
+    EXPECT_EQ(c->junk_commands, 12u);
   }
 }
 
