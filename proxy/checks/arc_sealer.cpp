@@ -6,6 +6,7 @@
 #include "checks/arc_sets.hpp"
 #include "checks/dkim_canon.hpp"
 #include "checks/dkim_crypto.hpp"
+#include "checks/message_fields.hpp"
 #include "checks/off_thread.hpp"
 #include "smtp/message_header.hpp"
 #include "smtp/text.hpp"
@@ -58,7 +59,13 @@ std::string arc_sealer::seal_now(std::string_view prefix, const message_store& m
                                  const std::optional<arc_result>& checked, std::string& why_not,
                                  std::optional<std::int64_t> now) const {
   body_hasher body(dkim_canonicalization::relaxed, std::nullopt);
-  const auto fields = read_for_signatures(message, prefix, [&body](const auto&) { return std::vector{&body}; });
+  const auto read = read_for_signatures(message, prefix, max_checked_header,
+                                        [&body](const auto&) { return std::vector{&body}; });
+  if (!read) {  // (its chain was not validated either: the same bound, the same reason)
+    why_not = "its header section is larger than " + std::to_string(max_checked_header / 1024) + " KiB";
+    return "";
+  }
+  const auto& fields = *read;
   const auto chain = find_arc_chain(fields);
   // §5.1.1: cv= is the chain's validation on arrival; a chain that ended in
   // failure, or that has no room, is not continued.

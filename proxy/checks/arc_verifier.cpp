@@ -5,6 +5,7 @@
 #include "checks/arc_sets.hpp"
 #include "checks/dkim_canon.hpp"
 #include "checks/dkim_crypto.hpp"
+#include "checks/message_fields.hpp"
 
 namespace portcullis::checks {
 
@@ -27,12 +28,14 @@ arc_result arc_verifier::verify_now(const message_store& message, std::optional<
   // signature's body hash as the rest streams by.
   arc_chain chain;
   std::optional<body_hasher> body;
-  const auto fields = read_for_signatures(message, {}, [&](const std::vector<std::string>& header) {
+  const auto fields = read_for_signatures(message, {}, max_checked_header, [&](const std::vector<std::string>& header) {
     chain = find_arc_chain(header);
     if (chain.sets.empty()) return std::vector<body_hasher*>{};
     const auto& ams = chain.sets.back().message_tags;
     return std::vector{&body.emplace(ams.body_canon, ams.length)};
   });
+  if (!fields)  // (whether it has ARC fields at all is not known)
+    return fail("header section too large (over " + std::to_string(max_checked_header / 1024) + " KiB): not validated");
 
   if (!chain.any) return r;  // §5.2 step 1: none
   if (!chain.problem.empty()) return fail(chain.problem);
@@ -42,14 +45,15 @@ arc_result arc_verifier::verify_now(const message_store& message, std::optional<
 
   const auto deadline = std::chrono::steady_clock::now() + budget_;
   const std::int64_t at = now.value_or(std::time(nullptr));
-  // One signature over `data`: "" or why it does not verify.
-  const auto verify = [&](const dkim_signature_fields& sig, const std::string& data) -> std::string {
+  // One signature over data hashed to `digest`: "" or why it does not verify.
+  const auto verify = [&](const dkim_signature_fields& sig, const std::string& digest) -> std::string {
     if (auto problem = check_dkim_times(sig, at); !problem.empty()) return problem;
     if (std::chrono::steady_clock::now() > deadline)
       return "not verified: key lookups took over " + std::to_string(budget_.count() / 1000) + " s in all";
     auto found = find_dkim_key(lookup_, *keys_, sig);
     if (!found.key) return found.problem;
-    return signature_verifies(*found.key, data, base64_decode(sig.signature)) ? "" : "signature verification failed";
+    return digest_signature_verifies(*found.key, digest, base64_decode(sig.signature)) ? ""
+                                                                                        : "signature verification failed";
   };
 
   // §5.2 step 5: the newest message signature.
@@ -61,17 +65,19 @@ arc_result arc_verifier::verify_now(const message_store& message, std::optional<
   } else if (base64_decode(ams.body_hash) != body->digest()) {
     problem = "body hash did not verify";
   } else {
-    problem = verify(ams, signed_fields(fields, ams.headers, ams.header_canon) +
-                              unsigned_signature_field(fields[newest.message_signature], ams.header_canon));
+    sha256_hasher data;
+    for_each_signed_field(*fields, ams.headers, ams.header_canon, [&data](std::string_view f) { data.update(f); });
+    data.update(unsigned_signature_field((*fields)[newest.message_signature], ams.header_canon));
+    problem = verify(ams, data.digest());
   }
   if (!problem.empty())
     return fail("ARC-Message-Signature[" + std::to_string(sets.size()) + "] did not validate: " + problem);
 
   // §5.2 step 7: every seal, the newest first; seal i covers sets 1 to i.
-  auto covered = arc_set_fields_of(fields, sets);
+  auto covered = arc_set_fields_of(*fields, sets);
   for (std::size_t i = sets.size(); i > 0; --i) {
     covered.resize(i);
-    if (problem = verify(sets[i - 1].seal_tags, arc_seal_data(covered)); !problem.empty())
+    if (problem = verify(sets[i - 1].seal_tags, sha256_of(arc_seal_data(covered))); !problem.empty())
       return fail("ARC-Seal[" + std::to_string(i) + "] did not validate: " + problem);
   }
   r.result = arc_result::kind::pass;

@@ -35,7 +35,8 @@ class arc_verifier {
   arc_verifier& operator=(const arc_verifier&) = delete;
 
   // The chain's validation at `now` (seconds since the epoch; default: the
-  // clock): none (no ARC fields), pass, or fail with the reason. Throws
+  // clock): none (no ARC fields), pass, or fail with the reason; a header
+  // section longer than max_checked_header is not read on (fail). Throws
   // std::runtime_error when a spilled message cannot be read.
   arc_result verify_now(const message_store& message, std::optional<std::int64_t> now = {}) const;
 

@@ -80,7 +80,10 @@ std::string authentication_results_header(std::string_view authserv_id, const st
   for (const auto& sig : dkim ? *dkim : dkim_results{}) {
     std::string m = "dkim=" + std::string(to_string(sig.result));
     if (!sig.problem.empty()) m += " reason=" + value(sig.problem, max_reason);
-    method(m + " header.d=" + value(sig.domain) + " header.s=" + value(sig.selector));
+    // (An entry with no d= stands for no one signature: all of a header
+    // section too large to read.)
+    if (!sig.domain.empty()) m += " header.d=" + value(sig.domain) + " header.s=" + value(sig.selector);
+    method(m);
   }
   if (dmarc) {
     // RFC 7489 §11.2, with the policy and the disposition in a comment as OpenDMARC writes them.

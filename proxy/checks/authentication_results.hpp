@@ -17,8 +17,9 @@ namespace portcullis::checks {
 // "Authentication-Results: <authserv_id>;\r\n\tspf=pass smtp.mailfrom=example.com;\r\n\tdkim=pass
 // header.d=example.com header.s=sel;\r\n\tdmarc=pass (p=reject dis=none)
 // header.from=example.com\r\n": one result a folded line (§2.2),
-// one per DKIM signature ("dkim=none" for a message without), "none" when
-// no check was made. A result that is not pass says why in a reason
+// one per DKIM signature ("dkim=none" for a message without; one without
+// header.d and header.s for an entry that stands for no one signature),
+// "none" when no check was made. A result that is not pass says why in a reason
 // (§2.3), printable ASCII, quoted, shortened.
 std::string authentication_results_header(std::string_view authserv_id, const std::optional<spf_result>& spf,
                                           const std::optional<dkim_results>& dkim = std::nullopt,

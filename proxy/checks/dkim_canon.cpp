@@ -203,6 +203,13 @@ std::vector<std::string> signed_field_names(const std::vector<std::string>& fiel
 
 std::string signed_fields(const std::vector<std::string>& fields, const std::vector<std::string>& h,
                           dkim_canonicalization c) {
+  std::string out;
+  for_each_signed_field(fields, h, c, [&out](std::string_view field) { out += field; });
+  return out;
+}
+
+void for_each_signed_field(const std::vector<std::string>& fields, const std::vector<std::string>& h,
+                           dkim_canonicalization c, const std::function<void(std::string_view)>& out) {
   // The fields sorted by name (any case), each name's from the bottom up: h=
   // takes one per mention (§5.4.2), found by a binary search, not a scan of
   // the header. (A scan per mention made an h= of N names over N fields
@@ -220,7 +227,6 @@ std::string signed_fields(const std::vector<std::string>& fields, const std::vec
   by_name.reserve(fields.size());
   for (std::size_t i = fields.size(); i-- > 0;) by_name.push_back({smtp::header_field_name(fields[i]), i, 0});
   std::stable_sort(by_name.begin(), by_name.end(), [&](const named& a, const named& b) { return less(a.name, b.name); });
-  std::string out;
   for (const auto& name : h) {
     const auto first = std::lower_bound(by_name.begin(), by_name.end(), name,
                                         [&](const named& e, std::string_view n) { return less(e.name, n); });
@@ -228,9 +234,8 @@ std::string signed_fields(const std::vector<std::string>& fields, const std::vec
     const auto next = first + static_cast<std::ptrdiff_t>(first->taken);
     if (next == by_name.end() || !smtp::equals_nocase(next->name, name)) continue;  // all taken (oversigning)
     ++first->taken;
-    out += canonical_header(fields[next->index], c);
+    out(canonical_header(fields[next->index], c));
   }
-  return out;
 }
 
 }  // namespace portcullis::checks

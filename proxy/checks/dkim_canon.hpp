@@ -6,6 +6,7 @@
 // than the signature itself; and it leaks Ed25519 signing keys.)
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,5 +60,9 @@ std::vector<std::string> signed_field_names(const std::vector<std::string>& fiel
 // name whose fields are all taken (oversigning).
 std::string signed_fields(const std::vector<std::string>& fields, const std::vector<std::string>& h,
                           dkim_canonicalization c);
+// The same, each canonical field handed to `out` in turn (a verifier hashes
+// them as they come, with no copy of them all).
+void for_each_signed_field(const std::vector<std::string>& fields, const std::vector<std::string>& h,
+                           dkim_canonicalization c, const std::function<void(std::string_view)>& out);
 
 }  // namespace portcullis::checks

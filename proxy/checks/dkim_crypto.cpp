@@ -21,6 +21,24 @@ std::string sha256_of(std::string_view data) {
   return std::string(reinterpret_cast<const char*>(digest), n);
 }
 
+sha256_hasher::sha256_hasher() {
+  if (EVP_DigestInit_ex(hash_.ctx, sha256(), nullptr) != 1) throw std::runtime_error("OpenSSL: SHA-256 failed");
+}
+
+void sha256_hasher::update(std::string_view bytes) {
+  if (!bytes.empty() && EVP_DigestUpdate(hash_.ctx, bytes.data(), bytes.size()) != 1)
+    throw std::runtime_error("OpenSSL: SHA-256 failed");
+}
+
+std::string sha256_hasher::digest() const {
+  md_context copy;
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (EVP_MD_CTX_copy_ex(copy.ctx, hash_.ctx) != 1 || EVP_DigestFinal_ex(copy.ctx, digest, &n) != 1)
+    throw std::runtime_error("OpenSSL: SHA-256 failed");
+  return std::string(reinterpret_cast<const char*>(digest), n);
+}
+
 std::string base64_encode(std::string_view bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3), '\0');
   const int written = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
@@ -73,18 +91,29 @@ void body_hasher::take() {
   canonical_.clear();
 }
 
-std::vector<std::string> read_for_signatures(const message_store& message, std::string_view prefix,
-                                             const body_wanted& wanted) {
+std::optional<std::vector<std::string>> read_for_signatures(const message_store& message, std::string_view prefix,
+                                                            std::size_t max_header, const body_wanted& wanted) {
   std::vector<std::string> fields;
   smtp::header_reader header;
   const auto on_field = [&](std::string_view f) { fields.emplace_back(f); };
+  if (prefix.size() > max_header) return std::nullopt;
   if (!prefix.empty()) header.feed(prefix, on_field);
+  std::size_t read = prefix.size();  // of the header section
   std::vector<body_hasher*> hashers;
   bool asked = false;
   message_store::reader in(message);
   for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
-    const std::size_t used = header.done() ? 0 : header.feed(chunk, on_field);
-    if (!header.done()) continue;
+    std::size_t used = 0;
+    if (!header.done()) {
+      // Never more than max_header bytes to the reader, which holds a field until it ends.
+      const auto piece = chunk.substr(0, max_header - read);
+      used = header.feed(piece, on_field);
+      read += used;
+      if (!header.done()) {
+        if (read >= max_header && !(piece.size() == chunk.size() && in.at_end())) return std::nullopt;
+        continue;
+      }
+    }
     if (!asked) {
       asked = true;
       hashers = wanted(fields);

@@ -35,6 +35,20 @@ struct md_context {
   md_context& operator=(const md_context&) = delete;
 };
 
+// SHA-256 over pieces fed one after the other: the header data a signature
+// covers hashed as it is made, with no copy of it whole. Throws
+// std::runtime_error when OpenSSL fails.
+class sha256_hasher {
+ public:
+  sha256_hasher();
+  void update(std::string_view bytes);
+  // The hash of what was fed so far, as bytes; more may be fed after.
+  std::string digest() const;
+
+ private:
+  md_context hash_;
+};
+
 std::string base64_encode(std::string_view bytes);
 // Checked base64 (dkim_fields: groups of four, "=" only at the end) to bytes.
 std::string base64_decode(std::string_view text);
@@ -68,10 +82,12 @@ class body_hasher {
 // A message read once for its signatures: the header fields of `prefix`
 // (whole fields, to go on top) and of the message, in order; once they are
 // all read, `wanted(fields)` names the body hashers its body goes to (none:
-// the body is not read), each finished at the end. Throws
+// the body is not read), each finished at the end. nullopt when the header
+// section, `prefix` included, is longer than `max_header` bytes: no more of
+// it is read (nor kept), nor the body, and `wanted` is not called. Throws
 // std::runtime_error when a spilled message cannot be read.
 using body_wanted = std::function<std::vector<body_hasher*>(const std::vector<std::string>& fields)>;
-std::vector<std::string> read_for_signatures(const message_store& message, std::string_view prefix,
-                                             const body_wanted& wanted);
+std::optional<std::vector<std::string>> read_for_signatures(const message_store& message, std::string_view prefix,
+                                                            std::size_t max_header, const body_wanted& wanted);
 
 }  // namespace portcullis::checks

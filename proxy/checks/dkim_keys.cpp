@@ -80,7 +80,10 @@ dkim_key_outcome find_dkim_key(const txt_lookup& lookup, dkim_key_cache& cache, 
 }
 
 bool signature_verifies(verifying_key& k, const std::string& data, const std::string& signature) {
-  const std::string digest = sha256_of(data);
+  return digest_signature_verifies(k, sha256_of(data), signature);
+}
+
+bool digest_signature_verifies(verifying_key& k, std::string_view digest, const std::string& signature) {
   const auto* sig = reinterpret_cast<const unsigned char*>(signature.data());
   const auto* hashed = reinterpret_cast<const unsigned char*>(digest.data());
   bool ok = false;

@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "checks/dkim_fields.hpp"
@@ -64,5 +65,7 @@ dkim_key_outcome find_dkim_key(const txt_lookup& lookup, dkim_key_cache& cache, 
 // the data's SHA-256 hash (PKCS #1 v1.5); ed25519-sha256 signs the hash with
 // PureEdDSA (RFC 8463 §3).
 bool signature_verifies(verifying_key& key, const std::string& data, const std::string& signature);
+// The same from the data's SHA-256 hash (sha256_hasher: data hashed as it is made).
+bool digest_signature_verifies(verifying_key& key, std::string_view digest, const std::string& signature);
 
 }  // namespace portcullis::checks

@@ -7,6 +7,7 @@
 #include "checks/dkim_crypto.hpp"
 #include "checks/dkim_fields.hpp"
 #include "checks/dkim_keys.hpp"
+#include "checks/message_fields.hpp"
 #include "smtp/message_header.hpp"
 #include "smtp/text.hpp"
 
@@ -70,7 +71,16 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
     for (auto& h : hashers) wanted.push_back(h.get());
     return wanted;
   };
-  const auto fields = read_for_signatures(message, {}, read_signatures);
+  const auto fields = read_for_signatures(message, {}, max_checked_header, read_signatures);
+  if (!fields) {
+    // No signature can be verified without the fields it names, which may
+    // come anywhere in the header section; and it is not kept past the cap.
+    dkim_signature too_large;
+    too_large.result = kind::permerror;
+    too_large.problem = "header section too large (over " + std::to_string(max_checked_header / 1024) +
+                        " KiB): not verified";
+    return {too_large};
+  }
 
   dkim_results out;
   for (auto& s : sigs) {
@@ -86,9 +96,12 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
       } else if (body && base64_decode(s.tags.body_hash) != body->digest()) {
         decide(s, kind::fail, "body hash did not verify");
       } else if (body) {
-        const std::string data = signed_fields(fields, s.tags.headers, s.tags.header_canon) +
-                                 unsigned_signature_field(fields[s.field], s.tags.header_canon);
-        const bool ok = signature_verifies(*key, data, base64_decode(s.tags.signature));
+        // (Hashed as the fields are canonicalized: no copy of them all.)
+        sha256_hasher data;
+        for_each_signed_field(*fields, s.tags.headers, s.tags.header_canon,
+                              [&data](std::string_view field) { data.update(field); });
+        data.update(unsigned_signature_field((*fields)[s.field], s.tags.header_canon));
+        const bool ok = digest_signature_verifies(*key, data.digest(), base64_decode(s.tags.signature));
         decide(s, ok ? kind::pass : kind::fail, ok ? "" : "signature verification failed");
       }
     }

@@ -37,8 +37,9 @@ class dkim_verifier {
   dkim_verifier& operator=(const dkim_verifier&) = delete;
 
   // Every DKIM-Signature of the message, verified (empty: none), at `now`
-  // (seconds since the epoch; default: the clock). Throws
-  // std::runtime_error when a spilled message cannot be read.
+  // (seconds since the epoch; default: the clock). A header section longer
+  // than max_checked_header is not read on: one permerror entry, no domain.
+  // Throws std::runtime_error when a spilled message cannot be read.
   dkim_results verify_now(const message_store& message, std::optional<std::int64_t> now = {}) const;
 
  private:

@@ -128,16 +128,24 @@ std::string dmarc_evaluator::organizational_domain(std::string_view domain) cons
 
 dmarc_result dmarc_evaluator::evaluate_now(const message_store& message, const std::optional<spf_result>& spf,
                                            const std::optional<dkim_results>& dkim) const {
-  std::vector<std::string> from;
+  std::optional<std::vector<std::string>> from;
   try {
-    from = header_values(message, "From");
+    from = header_values(message, "From", max_checked_header);
   } catch (const std::runtime_error& e) {
     dmarc_result r;
     r.result = dmarc_result::kind::temperror;
     r.problem = e.what();
     return r;
   }
-  return evaluate(from, spf, dkim);
+  if (!from) {
+    // A From past the first MiB could be missed, and another before it trusted.
+    dmarc_result r;
+    r.result = dmarc_result::kind::permerror;
+    r.problem = "the header section is larger than " + std::to_string(max_checked_header / 1024) +
+                " KiB: its From fields are not read";
+    return r;
+  }
+  return evaluate(*from, spf, dkim);
 }
 
 dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_values,

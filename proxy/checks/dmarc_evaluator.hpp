@@ -36,7 +36,8 @@ class dmarc_evaluator {
   dmarc_evaluator(const dmarc_evaluator&) = delete;
   dmarc_evaluator& operator=(const dmarc_evaluator&) = delete;
 
-  // The message's From field(s), read from its header section.
+  // The message's From field(s), read from its header section (at most
+  // max_checked_header bytes of it: past them, permerror).
   dmarc_result evaluate_now(const message_store& message, const std::optional<spf_result>& spf,
                             const std::optional<dkim_results>& dkim) const;
   // The same from the From fields' values (each unfolded).

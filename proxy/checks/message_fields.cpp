@@ -7,14 +7,22 @@
 
 namespace portcullis::checks {
 
-std::vector<std::string> header_values(const message_store& message, std::string_view name) {
+std::optional<std::vector<std::string>> header_values(const message_store& message, std::string_view name,
+                                                      std::size_t max_header) {
   std::vector<std::string> out;
   smtp::header_reader header;
   const auto on_field = [&](std::string_view field) {
     if (smtp::equals_nocase(smtp::header_field_name(field), name)) out.push_back(smtp::header_field_value(field));
   };
   message_store::reader in(message);
-  for (auto chunk = in.next(); !chunk.empty() && !header.done(); chunk = in.next()) header.feed(chunk, on_field);
+  std::size_t read = 0;  // of the header section
+  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next()) {
+    // Never more than max_header bytes to the reader, which holds a field until it ends.
+    const auto piece = chunk.substr(0, max_header - read);
+    read += header.feed(piece, on_field);
+    if (header.done()) break;
+    if (read >= max_header && !(piece.size() == chunk.size() && in.at_end())) return std::nullopt;
+  }
   if (in.failed()) throw std::runtime_error("the message could not be read: " + in.error());
   header.finish(on_field);
   return out;

@@ -1,6 +1,7 @@
 // Header fields of a stored message, as the checks read them.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -10,10 +11,22 @@
 
 namespace portcullis::checks {
 
+// The most of a header section the checks of a received message read (the
+// DKIM and ARC verifiers, DMARC's From): what they keep of it is held in
+// memory, outside server.message_memory_budget, so a message whose header
+// section goes on past this is not checked (DKIM permerror, ARC fail, DMARC
+// permerror), whatever its size; its body costs nothing either way. Real
+// header sections are a few KB, a 50-set ARC chain some hundreds. (The same
+// size as the policy engine's max_head_read in bindings/job_objects.cpp, for
+// another purpose: past that one, a policy reads the whole message instead.)
+inline constexpr std::size_t max_checked_header = std::size_t{1} << 20;
+
 // The unfolded values of every field called `name` (any case), in order.
-// Reads only the header section. Throws std::runtime_error when a spilled
-// message cannot be read.
-std::vector<std::string> header_values(const message_store& message, std::string_view name);
+// Reads only the header section, at most `max_header` bytes of it: nullopt
+// when it goes on past them (what was read is dropped). Throws
+// std::runtime_error when a spilled message cannot be read.
+std::optional<std::vector<std::string>> header_values(const message_store& message, std::string_view name,
+                                                      std::size_t max_header);
 
 // The author's domain (RFC 7489 §3.1, §6.6.1) from the From fields' values:
 // one From field whose mailboxes are all of one domain, lower-cased (an

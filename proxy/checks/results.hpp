@@ -39,10 +39,10 @@ struct dkim_signature {
     fail,       // they do not (the message changed, or a wrong key)
     neutral,    // not evaluated: past [checks] dkim_signatures
     temperror,  // the key could not be fetched now (DNS timeout or failure)
-    permerror,  // a broken signature, no key, a revoked or unusable key
+    permerror,  // a broken signature, no key, a revoked or unusable key; a header section too large to read
   };
   kind result = kind::neutral;
-  std::string domain;    // d=
+  std::string domain;    // d= (empty for the one entry of a header section too large to read)
   std::string selector;  // s=
   std::string problem;   // why, unless pass
 };
@@ -58,7 +58,9 @@ constexpr std::string_view to_string(dkim_signature::kind k) {
   return "?";
 }
 
-using dkim_results = std::vector<dkim_signature>;  // in the message's order; empty: no signature
+// In the message's order; empty: no signature. One permerror entry, with no
+// domain, when the header section is larger than max_checked_header.
+using dkim_results = std::vector<dkim_signature>;
 
 // The DMARC evaluation of a message (RFC 7489; results of RFC 8601 §2.7.1).
 struct dmarc_result {

@@ -181,6 +181,40 @@ def test_authentication_results_carry_each_signature(dkim_daemon, keys, aiosmtpd
     d.wait_log(r"[0-9A-F]{12}: dkim=permerror d=example\.test s=missing \(key not found in DNS\)$")
 
 
+def high_water_mib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_large_header_section_is_not_held_in_memory(dkim_daemon, keys):
+    """Four messages at once, each 30 MiB of header fields: the DKIM and ARC verifiers read (and
+    keep) at most 1 MiB of a header section, and give up past it (dkim=permerror, arc=fail). They
+    held it whole, several times over, outside the message memory budget: 4 x 38 MiB of header
+    took the daemon's RSS to 436 MiB, where the same bytes in the bodies cost it 30 MiB."""
+    d = dkim_daemon(checks={"arc": True}, server={"max_message_size": 40 * 1024 * 1024})
+    pad = b"X-Pad: " + b"a" * 390 + b"\r\n"
+    message = sign(MESSAGE, keys).replace(b"\r\n\r\n", b"\r\n" + pad * (30 * 2**20 // len(pad)) + b"\r\n\r\n", 1)
+    before = high_water_mib(d.proc.pid)
+    results = []
+
+    def send():
+        results.append(dkim_of(d, message))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    grown = high_water_mib(d.proc.pid) - before
+    assert grown < 64, f"the daemon's RSS grew by {grown} MiB"
+    assert results == ["permerror::"] * 4, results
+    d.wait_log(r"[0-9A-F]{12}: dkim=permerror d= s= \(header section too large \(over 1024 KiB\): not verified\)$",
+               count=4)
+    d.wait_log(r"[0-9A-F]{12}: arc=fail \(header section too large \(over 1024 KiB\): not validated\)$", count=4)
+
+
 def test_a_message_of_header_fields_only_verifies(dkim_daemon, keys, dns_server):
     """No empty line and no body (RFC 5322 §3.5 allows it): the fields end the message."""
     header_only = MESSAGE.split(b"\r\n\r\n", 1)[0] + b"\r\n"

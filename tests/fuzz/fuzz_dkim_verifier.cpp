@@ -14,6 +14,7 @@
 #include <string>
 
 #include "checks/dkim_verifier.hpp"
+#include "checks/message_fields.hpp"
 #include "fuzz_check.hpp"
 #include "fuzz_txt_table.hpp"
 #include "smtp/message_header.hpp"
@@ -68,7 +69,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto message = message_store::wrap(std::make_shared<const std::string>(reinterpret_cast<const char*>(data), size));
   const std::int64_t now = 1796190049 + 60;  // (the seeds' t=)
   const auto results = verifier.verify_now(*message, now);
-  FUZZ_CHECK(results.size() == signatures);
+  // (Past max_checked_header of header section: one entry whatever the count.)
+  if (size <= checks::max_checked_header) FUZZ_CHECK(results.size() == signatures);
 
   const auto again = verifier.verify_now(*message, now);
   FUZZ_CHECK(again.size() == results.size());

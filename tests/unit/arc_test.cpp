@@ -10,6 +10,7 @@
 #include "checks/arc_sets.hpp"
 #include "checks/arc_verifier.hpp"
 #include "checks/dkim_crypto.hpp"
+#include "checks/message_fields.hpp"
 #include "unit/txt_table.hpp"
 
 namespace portcullis::checks {
@@ -169,6 +170,16 @@ TEST(ArcVerifier, AMessageOfHeaderFieldsOnly) {
   const auto header_only = two_hops.substr(0, two_hops.find("\n\n") + 1);
   EXPECT_EQ(validate(dns, header_only),
             "fail i=2 lists.test relay.test (ARC-Message-Signature[2] did not validate: body hash did not verify)");
+}
+
+// Past max_checked_header bytes, the header section is neither read on nor
+// kept (DKIM's limit too): the chain is not validated.
+TEST(ArcVerifier, AHeaderSectionPastTheCapIsNotRead) {
+  table dns = sealers_dns();
+  const std::string pad = "X-Pad: " + std::string(max_checked_header, 'a') + "\n";
+  EXPECT_EQ(validate(dns, pad + two_hops), "fail i=0 (header section too large (over 1024 KiB): not validated)");
+  EXPECT_EQ(validate(dns, "X-Pad: " + std::string(max_checked_header / 2, 'a') + "\n" + two_hops),
+            "pass i=2 lists.test relay.test");
 }
 
 // Our sealer, with the key above as mx.test's.

@@ -44,6 +44,18 @@ TEST(AuthenticationResultsHeader, Table) {
   EXPECT_LT(long_reason.size(), 300u);
 }
 
+// A DKIM entry with no d= stands for no one signature (a header section too
+// large to read): it has no header.d nor header.s (RFC 8601 §2.2 makes
+// propspecs optional).
+TEST(AuthenticationResultsHeader, ADkimEntryForNoOneSignature) {
+  dkim_signature too_large;
+  too_large.result = dkim_signature::kind::permerror;
+  too_large.problem = "header section too large (over 1024 KiB): not verified";
+  EXPECT_EQ(authentication_results_header("mx", std::nullopt, dkim_results{too_large}),
+            "Authentication-Results: mx;\r\n"
+            "\tdkim=permerror reason=\"header section too large (over 1024 KiB): not verified\"\r\n");
+}
+
 TEST(AuthservId, ReadsTokenQuotedAndAfterComments) {
   EXPECT_EQ(authserv_id_of(" mx.example.test; spf=pass"), "mx.example.test");
   EXPECT_EQ(authserv_id_of(" mx.example.test 1; spf=pass"), "mx.example.test");  // with a version

@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
+#include "checks/message_fields.hpp"
 #include "unit/txt_table.hpp"
 
 namespace portcullis::checks {
@@ -128,6 +131,50 @@ TEST(DkimVerifier, SignaturesPastTheLimitAreNotEvaluated) {
   EXPECT_EQ(verify(dns, field + field + relaxed_simple, 2),
             "pass,pass,neutral(not evaluated: more than 2 signatures)");
   EXPECT_EQ(verify(dns, field + "Received: by x\n" + relaxed_simple, 5), "pass,pass");  // signed fields above: fine
+}
+
+// A message whose header section is `header_size` bytes (its empty line
+// included): the signed message with a padding field, then its body.
+std::string with_header_of(std::size_t header_size) {
+  const std::string signed_message = crlf(relaxed_simple);
+  const auto body = signed_message.find("\r\n\r\n") + 2;  // the empty line's start
+  const std::string pad_start = "X-Pad: ";
+  const std::size_t pad = header_size - (body + 2) - pad_start.size() - 2;
+  return signed_message.substr(0, body) + pad_start + std::string(pad, 'a') + "\r\n" + signed_message.substr(body);
+}
+
+std::shared_ptr<const message_store> spilled(const std::string& bytes) {
+  auto m = std::make_shared<message_store>(std::make_shared<message_memory>(0),
+                                           spill_settings{0, std::filesystem::path(::testing::TempDir())});
+  EXPECT_TRUE(m->append(bytes) && m->seal());
+  EXPECT_TRUE(m->spilled());
+  return m;
+}
+
+// The header section is read, and kept, up to max_checked_header bytes: a
+// message past them is not verified (a sender sent 38 MiB of it four times
+// at once: each copy was held in memory, outside the message memory
+// budget, several times over), in memory or spilled (read in pieces).
+TEST(DkimVerifier, AHeaderSectionPastTheCapIsNotRead) {
+  table dns;
+  dns.txt("rsa._domainkey.example.test", rsa_record);
+  const dkim_verifier v(dns.lookup(), 5);
+  const auto summary = [&](const message_store& m) {
+    std::string out;
+    for (const auto& r : v.verify_now(m)) out += std::string(to_string(r.result)) + ":" + r.domain + "(" + r.problem + ")";
+    return out;
+  };
+  const auto at_cap = with_header_of(max_checked_header), past_cap = with_header_of(max_checked_header + 1);
+  ASSERT_EQ(past_cap.find("\r\n\r\n") + 4, max_checked_header + 1);
+  EXPECT_EQ(summary(*message_store::wrap(std::make_shared<std::string>(at_cap))), "pass:example.test()");
+  EXPECT_EQ(summary(*spilled(at_cap)), "pass:example.test()");
+  const std::string too_large = "permerror:(header section too large (over 1024 KiB): not verified)";
+  EXPECT_EQ(summary(*message_store::wrap(std::make_shared<std::string>(past_cap))), too_large);
+  EXPECT_EQ(summary(*spilled(past_cap)), too_large);
+  EXPECT_EQ(summary(*spilled(past_cap + std::string(3 * max_checked_header, 'b'))), too_large);
+  // A message that is all header fields, and ends within the cap, is read whole.
+  const std::string head_only = with_header_of(max_checked_header).substr(0, max_checked_header - 2);
+  EXPECT_EQ(summary(*spilled(head_only)), "fail:example.test(body hash did not verify)");
 }
 
 TEST(DkimVerifier, AKeyChangedInDnsIsANewKey) {

@@ -7,6 +7,8 @@
 
 #include <map>
 
+#include "checks/message_fields.hpp"
+
 using namespace portcullis;
 using namespace portcullis::checks;
 using kind = dmarc_result::kind;
@@ -262,4 +264,22 @@ TEST(DmarcEvaluator, HostileRecordsAndFromFields) {
   EXPECT_EQ(f.from(list).domain, "tags.test");
   EXPECT_EQ(f.from(std::string(32768, '(') + std::string(32768, ')') + "a@tags.test").domain, "tags.test");
   EXPECT_EQ(f.from(std::string(65536, '(')).result, kind::permerror);
+}
+
+// Past max_checked_header bytes of header section, the From fields are not
+// all known (one could come after): permerror, and no more of it is read.
+TEST(DmarcEvaluator, AFromPastTheHeaderCapIsNotRead) {
+  fixture f;
+  f.dns->txt["_dmarc.paypal.test"] = {"v=DMARC1; p=reject"};
+  const std::string head = "From: x@evil.test\r\nX-Pad: " + std::string(max_checked_header, 'a') + "\r\n";
+  auto r = f.evaluator.evaluate_now(*message_store::wrap(std::make_shared<std::string>(
+                                        head + "From: service@paypal.test\r\n\r\nbody\r\n")),
+                                    std::nullopt, dkim_results{});
+  EXPECT_EQ(r.result, kind::permerror);
+  EXPECT_EQ(r.problem, "the header section is larger than 1024 KiB: its From fields are not read");
+  r = f.evaluator.evaluate_now(*message_store::wrap(std::make_shared<std::string>(
+                                   "From: service@paypal.test\r\n\r\n" + std::string(2 * max_checked_header, 'b'))),
+                               std::nullopt, dkim_results{});
+  EXPECT_EQ(r.result, kind::fail);  // a large body is no matter
+  EXPECT_EQ(r.domain, "paypal.test");
 }
