@@ -25,6 +25,10 @@ sha256_hasher::sha256_hasher() {
   if (EVP_DigestInit_ex(hash_.ctx, sha256(), nullptr) != 1) throw std::runtime_error("OpenSSL: SHA-256 failed");
 }
 
+sha256_hasher::sha256_hasher(const sha256_hasher& other) {
+  if (EVP_MD_CTX_copy_ex(hash_.ctx, other.hash_.ctx) != 1) throw std::runtime_error("OpenSSL: SHA-256 failed");
+}
+
 void sha256_hasher::update(std::string_view bytes) {
   if (!bytes.empty() && EVP_DigestUpdate(hash_.ctx, bytes.data(), bytes.size()) != 1)
     throw std::runtime_error("OpenSSL: SHA-256 failed");

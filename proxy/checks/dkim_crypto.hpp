@@ -41,6 +41,8 @@ struct md_context {
 class sha256_hasher {
  public:
   sha256_hasher();
+  sha256_hasher(const sha256_hasher& other);  // what `other` hashed so far, to go on from separately
+  sha256_hasher& operator=(const sha256_hasher&) = delete;
   void update(std::string_view bytes);
   // The hash of what was fed so far, as bytes; more may be fed after.
   std::string digest() const;
