@@ -80,8 +80,8 @@ std::string authentication_results_header(std::string_view authserv_id, const st
   for (const auto& sig : dkim ? *dkim : dkim_results{}) {
     std::string m = "dkim=" + std::string(to_string(sig.result));
     if (!sig.problem.empty()) m += " reason=" + value(sig.problem, max_reason);
-    // (An entry with no d= stands for no one signature: all of a header
-    // section too large to read.)
+    // (An entry with no d= stands for no one signature: the ones past
+    // [checks] dkim_signatures, or all of a header section too large.)
     if (!sig.domain.empty()) m += " header.d=" + value(sig.domain) + " header.s=" + value(sig.selector);
     method(m);
   }

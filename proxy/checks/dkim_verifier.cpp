@@ -37,6 +37,7 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
   using kind = dkim_signature::kind;
   std::vector<signature_state> sigs;
   std::vector<std::unique_ptr<body_hasher>> hashers;
+  std::size_t past_limit = 0;  // signatures not evaluated: counted, not parsed nor kept
 
   const auto decide = [](signature_state& s, kind k, std::string problem) {
     s.result.result = k;
@@ -47,13 +48,13 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
   const auto read_signatures = [&](const std::vector<std::string>& fields) {
     for (std::size_t i = 0; i < fields.size(); ++i) {
       if (!smtp::equals_nocase(smtp::header_field_name(fields[i]), "DKIM-Signature")) continue;
+      if (sigs.size() >= max_signatures_) {
+        ++past_limit;
+        continue;
+      }
       signature_state s;
       s.field = i;
-      if (sigs.size() >= max_signatures_) {
-        const auto value = smtp::header_field_value(fields[i]);
-        parse_dkim_signature(value, s.tags);  // (only to name it)
-        decide(s, kind::neutral, "not evaluated: more than " + std::to_string(max_signatures_) + " signatures");
-      } else if (auto problem = parse_dkim_signature(smtp::header_field_value(fields[i]), s.tags); !problem.empty()) {
+      if (auto problem = parse_dkim_signature(smtp::header_field_value(fields[i]), s.tags); !problem.empty()) {
         decide(s, kind::permerror, std::move(problem));
       } else if (problem = check_dkim_times(s.tags, now.value_or(std::time(nullptr))); !problem.empty()) {
         decide(s, kind::permerror, std::move(problem));
@@ -106,6 +107,15 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
       }
     }
     out.push_back(std::move(s.result));
+  }
+  if (past_limit > 0) {
+    // One entry for them all (and one log line, one Authentication-Results
+    // result, one policy object): a sender writes as many as it likes.
+    dkim_signature rest;
+    rest.result = kind::neutral;
+    rest.problem = std::to_string(past_limit) + " more signature" + (past_limit == 1 ? "" : "s") +
+                   " not evaluated (past the first " + std::to_string(max_signatures_) + ")";
+    out.push_back(std::move(rest));
   }
   return out;
 }

@@ -30,7 +30,10 @@ class dkim_verifier {
   using txt_lookup = checks::txt_lookup;
 
   // At most `max_signatures` signatures are evaluated (the first ones, top
-  // down); the others are listed neutral.
+  // down); the others are only counted, in one neutral entry at the end
+  // ("N more signatures not evaluated"), so that what follows a message's
+  // results (log lines, metrics, Authentication-Results, tx.dkim) stays
+  // bounded however many it has.
   dkim_verifier(txt_lookup lookup, unsigned max_signatures);
   ~dkim_verifier();
   dkim_verifier(const dkim_verifier&) = delete;

@@ -37,12 +37,12 @@ struct dkim_signature {
   enum class kind {
     pass,       // the signature and the body hash verify
     fail,       // they do not (the message changed, or a wrong key)
-    neutral,    // not evaluated: past [checks] dkim_signatures
+    neutral,    // not evaluated: the one entry that counts the signatures past [checks] dkim_signatures
     temperror,  // the key could not be fetched now (DNS timeout or failure)
     permerror,  // a broken signature, no key, a revoked or unusable key; a header section too large to read
   };
   kind result = kind::neutral;
-  std::string domain;    // d= (empty for the one entry of a header section too large to read)
+  std::string domain;    // d= (empty for an entry that stands for no one signature: those not evaluated, or all)
   std::string selector;  // s=
   std::string problem;   // why, unless pass
 };
@@ -58,8 +58,10 @@ constexpr std::string_view to_string(dkim_signature::kind k) {
   return "?";
 }
 
-// In the message's order; empty: no signature. One permerror entry, with no
-// domain, when the header section is larger than max_checked_header.
+// In the message's order; empty: no signature. At most [checks]
+// dkim_signatures entries, and one more, neutral, counting the signatures
+// past them (none of them parsed); or one permerror entry, with no domain,
+// when the header section is larger than max_checked_header.
 using dkim_results = std::vector<dkim_signature>;
 
 // The DMARC evaluation of a message (RFC 7489; results of RFC 8601 §2.7.1).

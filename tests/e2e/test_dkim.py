@@ -163,8 +163,30 @@ def test_many_signatures_are_bounded(dkim_daemon, keys):
     header = one.split(b"\r\nFrom:", 1)[0] + b"\r\n"
     hostile = header * 199 + one  # 200 signatures, the same one
     started = time.monotonic()
-    assert dkim_of(d, hostile) == "pass:example.test:rsa*3,neutral:example.test:rsa*197"
+    assert dkim_of(d, hostile) == "pass:example.test:rsa*3,neutral::"  # the 197 others: one entry, no name
     assert time.monotonic() - started < 10
+    d.wait_log(r"[0-9A-F]{12}: dkim=neutral d= s= \(197 more signatures not evaluated \(past the first 3\)\)$")
+
+
+def test_signatures_past_the_limit_cost_one_result_downstream(policy_daemon, aiosmtpd_upstream, dns_server):
+    """20,000 signature fields (620 KB): each was a result, a log line, a metric, an
+    Authentication-Results entry we added (an 18 MB header for 200,000) and a policy object.
+    Now the limit's and one counting the rest, its reason in RFC 8601 syntax."""
+    counter = "import portcullis as pc\n\ndef on_data(tx, message):\n    pc.log.info('policy got %d dkim results', len(tx.dkim))\n"
+    d = policy_daemon(aiosmtpd_upstream.url, counter, checks={"dkim": True, "authentication_results": True},
+                      dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1})
+    hostile = b"DKIM-Signature: d=a.test; s=s\r\n" * 20_000 + MESSAGE
+    with d.connect() as c:
+        r = c.transaction("alice@example.test", ["bob@example.net"], hostile)
+    assert r.code == 250, str(r)
+    content = aiosmtpd_upstream.wait_messages(1)[-1]["content"]
+    ours = content.split(b"\r\nReceived: ", 1)[0].decode()
+    assert ours.startswith(f"Authentication-Results: {HOSTNAME};"), ours[:200]
+    assert ours.count("dkim=") == 6, ours[:2000]
+    assert ours.endswith('\tdkim=neutral reason="19995 more signatures not evaluated (past the first 5)"'), ours[-300:]
+    assert len(ours) < 2000
+    d.wait_log(r"policy got 6 dkim results")
+    assert d.log_text().count("dkim=") < 20
 
 
 def test_authentication_results_carry_each_signature(dkim_daemon, keys, aiosmtpd_upstream):

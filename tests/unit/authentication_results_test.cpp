@@ -44,9 +44,9 @@ TEST(AuthenticationResultsHeader, Table) {
   EXPECT_LT(long_reason.size(), 300u);
 }
 
-// A DKIM entry with no d= stands for no one signature (a header section too
-// large to read): it has no header.d nor header.s (RFC 8601 §2.2 makes
-// propspecs optional).
+// A DKIM entry with no d= stands for no one signature (those past [checks]
+// dkim_signatures, or a header section too large to read): it has no
+// header.d nor header.s (RFC 8601 §2.2 makes propspecs optional).
 TEST(AuthenticationResultsHeader, ADkimEntryForNoOneSignature) {
   dkim_signature too_large;
   too_large.result = dkim_signature::kind::permerror;
@@ -54,6 +54,16 @@ TEST(AuthenticationResultsHeader, ADkimEntryForNoOneSignature) {
   EXPECT_EQ(authentication_results_header("mx", std::nullopt, dkim_results{too_large}),
             "Authentication-Results: mx;\r\n"
             "\tdkim=permerror reason=\"header section too large (over 1024 KiB): not verified\"\r\n");
+  dkim_signature one;
+  one.result = dkim_signature::kind::pass;
+  one.domain = "example.test";
+  one.selector = "s";
+  dkim_signature counted;
+  counted.result = dkim_signature::kind::neutral;
+  counted.problem = "19999 more signatures not evaluated (past the first 5)";
+  EXPECT_EQ(authentication_results_header("mx", std::nullopt, dkim_results{one, counted}),
+            "Authentication-Results: mx;\r\n\tdkim=pass header.d=example.test header.s=s;\r\n"
+            "\tdkim=neutral reason=\"19999 more signatures not evaluated (past the first 5)\"\r\n");
 }
 
 TEST(AuthservId, ReadsTokenQuotedAndAfterComments) {

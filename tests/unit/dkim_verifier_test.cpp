@@ -129,8 +129,28 @@ TEST(DkimVerifier, SignaturesPastTheLimitAreNotEvaluated) {
   dns.txt("rsa._domainkey.example.test", rsa_record);
   const std::string field = relaxed_simple.substr(0, relaxed_simple.find("From:"));
   EXPECT_EQ(verify(dns, field + field + relaxed_simple, 2),
-            "pass,pass,neutral(not evaluated: more than 2 signatures)");
+            "pass,pass,neutral(1 more signature not evaluated (past the first 2))");
   EXPECT_EQ(verify(dns, field + "Received: by x\n" + relaxed_simple, 5), "pass,pass");  // signed fields above: fine
+}
+
+// However many signatures a sender writes, the results (and what follows
+// them: a log line, a metric, an Authentication-Results entry and a policy
+// object each) are at most the limit and one entry counting the rest, with
+// no name: each of 20,000 was one before.
+TEST(DkimVerifier, SignaturesPastTheLimitAreOneEntry) {
+  table dns;
+  dns.txt("rsa._domainkey.example.test", rsa_record);
+  std::string many;
+  for (int i = 0; i < 20000; ++i) many += "DKIM-Signature: d=a.test; s=s\n";
+  const dkim_verifier v(dns.lookup(), 2);
+  const auto results = v.verify_now(*message_store::wrap(std::make_shared<std::string>(crlf(many + relaxed_simple))));
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[0].result, dkim_signature::kind::permerror);
+  EXPECT_EQ(results[0].domain, "a.test");
+  EXPECT_EQ(results[2].result, dkim_signature::kind::neutral);
+  EXPECT_EQ(results[2].domain, "");
+  EXPECT_EQ(results[2].selector, "");
+  EXPECT_EQ(results[2].problem, "19999 more signatures not evaluated (past the first 2)");
 }
 
 // A message whose header section is `header_size` bytes (its empty line
