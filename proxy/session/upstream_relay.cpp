@@ -58,9 +58,49 @@ awaitable<std::optional<smtp::reply>> upstream_relay::sync(const transaction& tx
 
 awaitable<smtp::reply> upstream_relay::data(std::string_view header, const message_store& message) {
   auto& up = connection();
+  if (open_) {
+    const auto waited = co_await up.after_wait();
+    if (waited == wait_outcome::out_of_step) {
+      open_ = false;
+      co_return failure_reply(upstream_failure::protocol);
+    }
+    if (waited == wait_outcome::closed) {
+      auto refused = co_await give_again();
+      if (refused) co_return *refused;
+    }
+  }
   auto r = co_await up.data(header, message);
   open_ = false;  // the final reply ends the upstream transaction, whatever it says
   co_return smtp::with_status(std::move(r), "2.0.0");
+}
+
+// Nothing of the message went to the closed connection, so giving the
+// transaction again cannot make a second copy. The client was told that
+// the upstream took the sender and each of these recipients: if the
+// upstream now answers any of them otherwise (a recipient refused, the
+// connection refused), the message is refused for now (a 451, or the
+// upstream's own 4xx) and the client sends it again later, when each reply
+// reaches it in its place. Never a 250 for fewer recipients than the client
+// was told (those left out would be lost), never the upstream's 5xx for a
+// message whose envelope the client was told it took.
+awaitable<std::optional<smtp::reply>> upstream_relay::give_again() {
+  auto& up = connection();
+  log_.info("upstream: giving the transaction again on a new connection: from=<{}> to={}", printable(sender_.str()),
+            printable(smtp::join_paths(recipients_), 2000));
+  auto r = co_await up.mail(sender_, options_);
+  bool mail_taken = r.positive();
+  for (std::size_t i = 0; mail_taken && i < recipients_.size() && r.positive(); ++i) {
+    const auto& recipient = recipients_[i];
+    r = co_await up.rcpt(recipient);
+    if (!r.positive()) log_.info("upstream: <{}> refused this time: {}", printable(recipient.str()), printable(r.summary()));
+  }
+  if (r.positive()) co_return std::nullopt;
+  log_.info("upstream: the transaction given again was refused ({}); the message is refused for now",
+            printable(r.summary()));
+  if (mail_taken) co_await up.reset();  // (RSET: the connection may serve on)
+  open_ = false;
+  if (r.transient()) co_return smtp::with_status(std::move(r), "2.0.0");
+  co_return smtp::reply{451, "4.4.1", "Upstream connection lost, try again later"};
 }
 
 awaitable<void> upstream_relay::reset() {

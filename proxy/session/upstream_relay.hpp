@@ -35,7 +35,10 @@ class upstream_relay {
   // was given (a policy rewrote it), redoes the upstream transaction. The
   // upstream's refusal, if any, is the client's answer to its DATA.
   awaitable<std::optional<smtp::reply>> sync(const transaction& tx);
-  // DATA, our `header`, the message; the upstream's final reply.
+  // DATA, our `header`, the message; the upstream's final reply. When the
+  // upstream closed the connection while the transaction waited for the
+  // message (the client sending it, the hooks running), the transaction is
+  // given again first, on a new connection (give_again).
   awaitable<smtp::reply> data(std::string_view header, const message_store& message);
   // Ends the upstream transaction, if one is open (RSET), so the connection serves the next.
   awaitable<void> reset();
@@ -51,6 +54,10 @@ class upstream_relay {
 
  private:
   upstream& connection();
+  // The transaction as the upstream took it (MAIL, each RCPT), on a new
+  // connection; nullopt when it took it so again, else the reply for the
+  // client's DATA.
+  awaitable<std::optional<smtp::reply>> give_again();
 
   upstream_factory make_;
   const session_log& log_;

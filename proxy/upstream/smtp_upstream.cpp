@@ -213,6 +213,36 @@ class smtp_upstream final : public upstream {
     co_return std::move(final_reply.reply);
   }
 
+  // Nothing is owed (the last RCPT's reply was read) and nothing should
+  // come; a look at the socket (one syscall, as before DATA anyway) says
+  // whether the upstream closed the idle transaction: Postfix writes "421
+  // 4.4.2 ... Error: timeout exceeded" and closes. Then nothing of the
+  // message has gone, and the transaction can be given again on a new
+  // connection (upstream_relay::data). Anything else it said unasked is out
+  // of step (the stray 354 that would pass for DATA's go-ahead).
+  awaitable<wait_outcome> after_wait() override {
+    if (!stream_ || owed_ || !in_transaction_ || !stream_->peer_gone()) co_return wait_outcome::open;
+    smtp::reply_parser parser;
+    for (std::size_t n = 0; n < max_reply_lines; ++n) {
+      auto line = co_await stream_->read_line(max_reply_read, cfg_.timeout);
+      if (line.st == line_stream::status::eof) {  // (after nothing, or a part of a 421)
+        log_.warn("upstream: closed the connection while the transaction waited for the message");
+        close();
+        co_return wait_outcome::closed;
+      }
+      if (line.st != line_stream::status::ok || !line.text.starts_with("421")) break;
+      const auto state = parser.feed_line(line.text);
+      if (state == smtp::reply_parser::state::need_more) continue;
+      if (state == smtp::reply_parser::state::malformed) break;
+      const auto r = parser.take();
+      log_.warn("upstream: closing while the transaction waited for the message: {}", printable(r.summary()));
+      close();
+      co_return wait_outcome::closed;
+    }
+    fail(upstream_failure::protocol, "unsolicited data from the upstream before DATA; dropping the connection");
+    co_return wait_outcome::out_of_step;
+  }
+
   awaitable<void> reset() override {
     if (!stream_ || !in_transaction_) co_return;
     const std::string line = "RSET";

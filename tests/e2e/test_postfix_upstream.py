@@ -291,6 +291,49 @@ def test_a_kept_connection_carries_no_refusals_to_the_next_client(sec_daemon, po
     assert took < 1.5, f"the legitimate client waited {took:.1f} s for the refusals of others"
 
 
+@pytest.fixture
+def postfix_short_timeout():
+    """Postfix that ends a session idle for 3 s (smtpd_timeout; 300 s by default, 10 s under stress)."""
+    if NO_POSTFIX:
+        pytest.skip(NO_POSTFIX)
+    pf = PostfixInstance({"smtpd_timeout": "3s"}, name="pf-idle")
+    try:
+        pf.start()
+        yield pf
+    finally:
+        pf.stop()
+
+
+@pytest.mark.parametrize("client_info", ["none", "xclient"])
+def test_a_client_slower_than_postfix_s_timeout_still_delivers(sec_daemon, postfix_short_timeout, client_info):
+    """MAIL and RCPT go upstream as the client sends them; the upstream transaction then waits while
+    the client sends its message (5 s here, well within server.data_timeout). Postfix gives up on it
+    after smtpd_timeout ("421 4.4.2 ... Error: timeout exceeded"): nothing of the message has gone,
+    so the proxy gives the transaction again on a new connection. The message is queued once."""
+    pf = postfix_short_timeout
+    d = sec_daemon(pf.url, upstream={"client_info": client_info})
+    with d.connect(source="127.0.0.5", timeout=30) as c:
+        sid = d.session_of(c.local_port, ip="127.0.0.5")
+        c.exchange("MAIL FROM:<alice@remote.test>", 250)
+        c.exchange("RCPT TO:<user@example.test>", 250)
+        c.exchange("DATA", 354)
+        for i in range(5):  # a slow link: steady progress, 1 s a line
+            c.send(b"X-Line: %d\r\n" % i)
+            time.sleep(1)
+        c.send(b"Subject: slow\r\n\r\nbody\r\n.\r\n")
+        r = c.reply()
+        assert (r.code, r.status) == (250, "2.0.0") and QUEUED.match(r.lines[0]), str(r)
+        qid = QUEUED.match(r.lines[0]).group(1)
+    d.wait_log(rf"{sid}: upstream: closing while the transaction waited for the message: 421 4\.4\.2 .*timeout "
+               rf"exceeded$")
+    pf.wait_log(rf"postfix/smtpd\[\d+\]: timeout after RCPT from ")
+    if client_info == "xclient":
+        pf.wait_log(rf"postfix/smtpd\[\d+\]: {qid}: client=unknown\[127\.0\.0\.5\]$")
+    pf.wait_log(rf"postfix/qmgr\[\d+\]: {qid}: from=<alice@remote\.test>")
+    time.sleep(0.5)
+    assert len(re.findall(r"postfix/qmgr\[\d+\]: \w+: from=<alice@remote\.test>", pf.log_text())) == 1  # queued once
+
+
 # --------------------------------------------------------------------------
 # STARTTLS to the upstream
 

@@ -5,6 +5,7 @@ proxy serves on: the same session (when it is still open) and a new one."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -218,6 +219,84 @@ def test_the_final_reply_is_awaited_data_done_timeout_then_451(start_daemon, fak
         check(r, UNAVAILABLE)
         assert 1.8 <= elapsed < 5, elapsed
     d.wait_log(rf"{sid}: upstream: timed out waiting for the reply to end of data$")
+
+
+# -- the upstream ends the transaction while it waits for the client's message ----------
+# (its own command timeout: Postfix's smtpd_timeout, 300 s, 10 s under stress). Nothing of the
+# message has gone, so the transaction is given again on a new connection.
+
+IDLE_421 = "421 4.4.2 fake.upstream Error: timeout exceeded|close"
+
+
+def slow_message(c, rcpts, body: bytes, pause: float = 0.8):
+    """MAIL, RCPTs, DATA, then the message `pause` seconds later (a slow client)."""
+    c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+    for r in rcpts:
+        c.exchange(f"RCPT TO:<{r}>", 250, "2.1.5")
+    c.exchange("DATA", 354)
+    c.send(body[:10])
+    time.sleep(pause)
+    c.send(body[10:] + b"\r\n.\r\n")
+    return c.reply()
+
+
+@pytest.mark.parametrize("goodbye", [IDLE_421, "close"], ids=["idle-421", "silent-close"])
+def test_a_transaction_the_upstream_closed_while_the_client_sent_is_given_again(start_daemon, fake_upstream,
+                                                                                 goodbye):
+    up = fake_upstream({f"RCPT {R2}": [{"send": "250 2.1.5 ok", "then": goodbye, "delay": 0.3}]})
+    d = start_daemon(up.url, upstream={"timeout": UP_TIMEOUT})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        r = slow_message(c, [R1, R2], b"Subject: slow client\r\n\r\nonce")
+        check(r, (250, "2.0.0", "Ok: queued as FAKE1"))
+        full_transaction(c, "after")
+    [m, _] = up.messages
+    assert m.rcpt_tos == [R1, R2] and m.content.count(b"once") == 1
+    assert "DATA" not in up.connections[0].commands
+    assert up.connections[1].commands[1:4] == ["MAIL FROM:<a@example.test>", f"RCPT TO:<{R1}>", f"RCPT TO:<{R2}>"]
+    seen = (r"closing while the transaction waited for the message: 421 4\.4\.2 fake\.upstream Error: timeout exceeded"
+            if goodbye == IDLE_421 else r"closed the connection while the transaction waited for the message")
+    d.wait_log(rf"{sid}: upstream: {seen}$")
+    d.wait_log(rf"{sid}: upstream: giving the transaction again on a new connection: from=<a@example\.test> "
+               rf"to=<{R1}>,<{R2}>$")
+
+
+@pytest.mark.parametrize("second,want", [
+    ("550 5.1.1 no such user now", (451, "4.4.1", "Upstream connection lost, try again later")),
+    ("450 4.2.1 mailbox busy", (450, "4.2.1", "mailbox busy")),
+], ids=["now-refused", "now-tempfailed"])
+def test_a_transaction_given_again_and_answered_otherwise_is_refused_for_now(start_daemon, fake_upstream, second,
+                                                                             want):
+    """The client was told both recipients were taken: if the upstream now refuses one, the message
+    goes to nobody (never to fewer recipients than the client was told) and the client tries it again
+    later, when the refusal reaches it at its RCPT (a 5xx now would bounce it for the other one too)."""
+    up = fake_upstream({f"RCPT {R2}": [{"send": "250 2.1.5 ok", "then": IDLE_421, "delay": 0.3}, second]})
+    d = start_daemon(up.url, upstream={"timeout": UP_TIMEOUT})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        r = slow_message(c, [R1, R2], FAILING_BODY.rstrip(b"\r\n"))
+        check(r, want)
+        full_transaction(c, "same-session")
+    assert not [m for m in up.messages if b"FAILING-TX" in m.content]
+    assert up.connections[1].commands[1:5] == ["MAIL FROM:<a@example.test>", f"RCPT TO:<{R1}>", f"RCPT TO:<{R2}>",
+                                               "RSET"]
+    d.wait_log(rf"{sid}: upstream: the transaction given again was refused \({re.escape(second)}\); the message is "
+               rf"refused for now$")
+
+
+def test_a_transaction_closed_while_a_hook_ran_is_given_again(policy_daemon, fake_upstream):
+    """The same while on_data runs (a slow content check): the message goes once, to both."""
+    up = fake_upstream({f"RCPT {R2}": [{"send": "250 2.1.5 ok", "then": IDLE_421, "delay": 0.3}]})
+    d = policy_daemon(up.url, """
+        import asyncio
+        async def on_data(tx, message):
+            await asyncio.sleep(1)
+    """, upstream={"timeout": UP_TIMEOUT})
+    with d.connect() as c:
+        r = c.transaction("a@example.test", [R1, R2], b"Subject: hooked\r\n\r\nonce")
+        check(r, (250, "2.0.0"))
+    [m] = up.messages
+    assert m.rcpt_tos == [R1, R2] and m.content.count(b"once") == 1
 
 
 def test_slow_but_steady_upstream_gets_a_big_message(start_daemon, fake_upstream):
