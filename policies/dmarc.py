@@ -14,10 +14,22 @@ in ``[dmarc]`` (every key optional; the defaults shown):
     skip_authenticated = true      # mail from AUTH clients is ours, not a forgery
     skip_domains = []              # From domains never enforced
     trusted_forwarders = []        # ARC sealers (d=) whose valid chain excuses a DMARC failure
+    unusable_from = "reject"       # a From with no domain to check: "reject" (550 5.7.1), "quarantine" or "none"
 
 Domains are compared in one form, lowercased and in A-labels: an entry
 ``bücher.example`` matches a From domain or sealer ``xn--bcher-kva.example``
 and the other way round.
+
+A From naming several domains (several mailboxes, or several From fields)
+has each evaluated, and the strictest failure is enforced (RFC 7489
+§6.6.1); such a message is skipped only when ``skip_domains`` lists every
+one of them. A From that gives no domain to evaluate (``tx.dmarc.
+unusable_from``: no From field, one that does not parse, an address literal,
+more than 8 domains, a header section over 1 MiB) falls outside DMARC, and
+so would a forgery that makes its From so: ``unusable_from`` decides, as
+OpenDMARC's ``RequiredHeaders`` does (reject by default; RFC 5322 §3.6 asks
+for exactly one From field with a mailbox). A ``permerror`` for a broken
+DMARC record is the domain owner's mistake and is not enforced.
 
 A mailing list that changes the message breaks its author's DKIM signature
 and so its DMARC. When the list seals what it received with ARC (RFC 8617)
@@ -50,11 +62,12 @@ def _settings() -> dict:
         "skip_authenticated": table.pop("skip_authenticated", True),
         "skip_domains": table.pop("skip_domains", []),
         "trusted_forwarders": table.pop("trusted_forwarders", []),
+        "unusable_from": table.pop("unusable_from", "reject"),
     }
     # A typo must not silently turn enforcement off: refuse what we do not know.
     if table:
         raise ValueError(f"[dmarc]: unknown key(s) {', '.join(sorted(table))}")
-    for key in ("reject", "quarantine"):
+    for key in ("reject", "quarantine", "unusable_from"):
         if settings[key] not in ACTIONS:
             raise ValueError(f"[dmarc] {key} = {settings[key]!r}: want one of {', '.join(ACTIONS)}")
     if settings["temperror"] not in ("accept", "tempfail"):
@@ -77,6 +90,17 @@ def _settings() -> dict:
 SETTINGS = _settings()
 
 
+def _act(action: str, message, reject_text: str, mark: str, log_text: str):
+    """Applies an action ("reject", "quarantine" or "none") to the message."""
+    if action == "reject":
+        pc.log.info("DMARC: rejected, %s", log_text)
+        return pc.reject(reject_text)
+    if action == "quarantine":
+        pc.log.info("DMARC: quarantined, %s", log_text)
+        message.add_header(SETTINGS["quarantine_header"], mark)
+    return None
+
+
 def on_data(tx, message):
     header = SETTINGS["quarantine_header"]
     message.remove_header(header)  # only our mark counts
@@ -85,7 +109,12 @@ def on_data(tx, message):
         return None  # the daemon does not evaluate DMARC: nothing to enforce
     if SETTINGS["skip_authenticated"] and tx.conn.auth_user is not None:
         return None
-    if canonical_domain(result.domain) in SETTINGS["skip_domains"]:
+    if result.unusable_from:
+        return _act(SETTINGS["unusable_from"], message,
+                    "Message rejected: its From field gives no domain to check DMARC for",
+                    "DMARC: no usable From domain", "no usable From domain")
+    authors = result.from_domains or (result.domain,)
+    if all(canonical_domain(d) in SETTINGS["skip_domains"] for d in authors):
         return None
     if result.result == "temperror":
         if SETTINGS["temperror"] == "tempfail":
@@ -102,10 +131,6 @@ def on_data(tx, message):
             return None
     asked = result.disposition if SETTINGS["honour_pct"] else result.policy
     action = SETTINGS.get(asked, "none") if asked in ("reject", "quarantine") else "none"
-    if action == "reject":
-        pc.log.info("DMARC: rejected, From domain %s (p=%s)", result.domain, result.policy)
-        return pc.reject(f"Message rejected: DMARC policy of {result.domain} (p={result.policy})")
-    if action == "quarantine":
-        pc.log.info("DMARC: quarantined, From domain %s (p=%s)", result.domain, result.policy)
-        message.add_header(header, f"DMARC policy of {result.domain} (p={result.policy})")
-    return None
+    return _act(action, message, f"Message rejected: DMARC policy of {result.domain} (p={result.policy})",
+                f"DMARC policy of {result.domain} (p={result.policy})",
+                f"From domain {result.domain} (p={result.policy})")

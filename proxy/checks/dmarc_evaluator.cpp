@@ -3,6 +3,7 @@
 #include <sys/types.h>
 
 #include <algorithm>
+#include <optional>
 #include <random>
 #include <stdexcept>
 
@@ -110,8 +111,8 @@ struct dmarc_evaluator::library {
   }
 };
 
-dmarc_evaluator::dmarc_evaluator(txt_lookup lookup, sample draw)
-    : lookup_(std::move(lookup)), draw_(draw ? std::move(draw) : sample(random_sample)),
+dmarc_evaluator::dmarc_evaluator(txt_lookup lookup, sample draw, std::chrono::milliseconds budget)
+    : lookup_(std::move(lookup)), draw_(draw ? std::move(draw) : sample(random_sample)), budget_(budget),
       lib_(std::make_unique<library>()) {
   // The system's list (Debian's publicsuffix package), else the one built into libpsl.
   lib_->psl = psl_latest(nullptr);
@@ -141,6 +142,7 @@ dmarc_result dmarc_evaluator::evaluate_now(const message_store& message, const s
     // A From past the first MiB could be missed, and another before it trusted.
     dmarc_result r;
     r.result = dmarc_result::kind::permerror;
+    r.unusable_from = true;
     r.problem = "the header section is larger than " + std::to_string(max_checked_header / 1024) +
                 " KiB: its From fields are not read";
     return r;
@@ -148,9 +150,61 @@ dmarc_result dmarc_evaluator::evaluate_now(const message_store& message, const s
   return evaluate(*from, spf, dkim);
 }
 
+namespace {
+
+// How strongly one author domain's result speaks against the message: the
+// highest is reported (§6.6.1: "the most strict policy selected among the
+// checks that fail"; the first of equals). A failure whose domain asks for
+// quarantine or reject comes first, by disposition then policy (which also
+// orders them by policy: a disposition is at most one step milder); then a
+// domain that could not be evaluated now (its policy unknown: it may ask
+// for reject), a failure that asks for nothing, a broken record, no record,
+// and pass only when every domain passed.
+int severity(const dmarc_result& r) {
+  using kind = dmarc_result::kind;
+  const auto rank = [](policy_kind p) { return static_cast<int>(p); };  // unspecified, none, quarantine, reject
+  switch (r.result) {
+    case kind::fail:
+      if (r.policy == policy_kind::quarantine || r.policy == policy_kind::reject)
+        return 100 + 4 * rank(r.disposition) + rank(r.policy);
+      return 40;
+    case kind::temperror: return 50;
+    case kind::permerror: return 30;
+    case kind::none: return 20;
+    case kind::pass: return 10;
+  }
+  return 0;
+}
+
+}  // namespace
+
 dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_values,
                                        const std::optional<spf_result>& spf,
                                        const std::optional<dkim_results>& dkim) const {
+  // The author domains (§3.1, §6.6.1): every one the From field(s) name.
+  std::string problem;
+  auto domains = author_domains(from_values, problem);
+  if (!domains) {
+    dmarc_result r;
+    r.result = dmarc_result::kind::permerror;
+    r.unusable_from = true;
+    r.problem = std::move(problem);
+    return r;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + budget_;
+  std::optional<dmarc_result> strictest;
+  for (const auto& domain : *domains) {
+    auto r = evaluate_domain(domain, spf, dkim, deadline);
+    if (!strictest || severity(r) > severity(*strictest)) strictest = std::move(r);
+  }
+  dmarc_result r = std::move(*strictest);  // (author_domains names one at least)
+  r.from_domains = author_domain_list(std::move(*domains));
+  return r;
+}
+
+dmarc_result dmarc_evaluator::evaluate_domain(const std::string& author, const std::optional<spf_result>& spf,
+                                              const std::optional<dkim_results>& dkim,
+                                              std::chrono::steady_clock::time_point deadline) const {
   using kind = dmarc_result::kind;
   dmarc_result r;
   const auto stop = [&](kind k, std::string why) {
@@ -158,26 +212,26 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
     r.problem = std::move(why);
     return r;
   };
-
-  // The author's domain (§3.1, §6.6.1): one From field, its mailboxes all of one domain.
-  std::string problem;
-  auto domain = author_domain(from_values, problem);
-  if (!domain) return stop(kind::permerror, problem);
-  r.domain = std::move(*domain);
-  if (r.domain.front() == '[') return stop(kind::permerror, "the From domain is an address literal");
-  // An internationalized From domain (an SMTPUTF8 message) is looked up and
-  // aligned as A-labels (RFC 7489 §6.6.3, RFC 8616 §4-5): SPF and DKIM name
-  // domains in A-labels, and DNS has the record at _dmarc.<A-labels>.
+  // In A-labels (RFC 7489 §6.6.3, RFC 8616 §4-5; author_domains made them):
+  // SPF and DKIM name domains so, and DNS has the record at _dmarc.<A-labels>.
   // tx.dmarc.domain and header.from= carry that form too.
-  auto ascii = a_label_domain(r.domain);
-  if (!ascii) return stop(kind::permerror, "the From domain is not a valid internationalized domain name (IDNA2008)");
-  r.domain = smtp::to_lower(*ascii);
+  r.domain = author;
   r.org_domain = organizational_domain(r.domain);
 
   // Policy discovery (§6.6.3).
-  auto found = discover(lookup_, r.domain);
+  const auto look_up = [&](const std::string& name) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      discovery late;
+      late.what = discovery::outcome::error;
+      late.error = "_dmarc." + name + ": not looked up: the lookups took over " +
+                   std::to_string(budget_.count() / 1000) + " s in all";
+      return late;
+    }
+    return discover(lookup_, name);
+  };
+  auto found = look_up(r.domain);
   if (found.what == discovery::outcome::none && r.org_domain != r.domain) {
-    found = discover(lookup_, r.org_domain);
+    found = look_up(r.org_domain);
     r.org_record = true;
   }
   switch (found.what) {

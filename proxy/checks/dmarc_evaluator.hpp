@@ -8,8 +8,16 @@
 // so a signature by a public suffix (d=co.uk) would align with every domain
 // under it, and a domain under an unlisted TLD (.test) would have no
 // organizational domain. Blocks on DNS: the checks' threads call it.
+//
+// A message may name several author domains (several mailboxes in From, or
+// several From fields, which RFC 5322 §3.6 forbids): each is evaluated and
+// the strictest failure reported (RFC 7489 §6.6.1), so that a p=reject
+// domain's forgery cannot get away by naming one more. Up to
+// max_author_domains of them; a From that names more, or none that can be
+// evaluated, is dmarc_result::unusable_from.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -23,6 +31,10 @@
 
 namespace portcullis::checks {
 
+// How long one evaluation may spend on policy lookups in all: each author
+// domain takes one or two (§6.6.3). Past it, the domains left are temperror.
+inline constexpr std::chrono::milliseconds dmarc_lookup_budget{20000};
+
 class dmarc_evaluator {
  public:
   // A TXT lookup (the resolver's, blocking; a table in the tests).
@@ -31,13 +43,14 @@ class dmarc_evaluator {
   using sample = std::function<unsigned()>;
 
   // Throws std::runtime_error when the Public Suffix List cannot be loaded.
-  explicit dmarc_evaluator(txt_lookup lookup, sample draw = {});
+  explicit dmarc_evaluator(txt_lookup lookup, sample draw = {},
+                           std::chrono::milliseconds budget = dmarc_lookup_budget);
   ~dmarc_evaluator();
   dmarc_evaluator(const dmarc_evaluator&) = delete;
   dmarc_evaluator& operator=(const dmarc_evaluator&) = delete;
 
   // The message's From field(s), read from its header section (at most
-  // max_checked_header bytes of it: past them, permerror).
+  // max_checked_header bytes of it: past them, unusable_from).
   dmarc_result evaluate_now(const message_store& message, const std::optional<spf_result>& spf,
                             const std::optional<dkim_results>& dkim) const;
   // The same from the From fields' values (each unfolded).
@@ -50,8 +63,14 @@ class dmarc_evaluator {
 
  private:
   struct library;
+  // One author domain (A-labels), evaluated; its lookups made before `deadline`.
+  dmarc_result evaluate_domain(const std::string& author, const std::optional<spf_result>& spf,
+                               const std::optional<dkim_results>& dkim,
+                               std::chrono::steady_clock::time_point deadline) const;
+
   txt_lookup lookup_;
   sample draw_;
+  std::chrono::milliseconds budget_;
   std::unique_ptr<library> lib_;
 };
 

@@ -3,8 +3,10 @@
 // Authentication-Results header (RFC 8601) reports them.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace portcullis::checks {
@@ -64,27 +66,67 @@ constexpr std::string_view to_string(dkim_signature::kind k) {
 // when the header section is larger than max_checked_header.
 using dkim_results = std::vector<dkim_signature>;
 
+// The author domains of a message (usually one) behind one pointer: a
+// dmarc_result travels in every policy job, whose size is held within
+// glibc's thread cache (policy/policy_job.hpp). A value: copies are deep.
+class author_domain_list {
+ public:
+  author_domain_list() = default;
+  explicit author_domain_list(std::vector<std::string> domains)
+      : list_(domains.empty() ? nullptr : std::make_unique<std::vector<std::string>>(std::move(domains))) {}
+  author_domain_list(const author_domain_list& other)
+      : list_(other.list_ ? std::make_unique<std::vector<std::string>>(*other.list_) : nullptr) {}
+  author_domain_list& operator=(const author_domain_list& other) {
+    if (this != &other) *this = author_domain_list(other);
+    return *this;
+  }
+  author_domain_list(author_domain_list&&) noexcept = default;
+  author_domain_list& operator=(author_domain_list&&) noexcept = default;
+
+  const std::vector<std::string>& get() const {
+    static const std::vector<std::string> none;
+    return list_ ? *list_ : none;
+  }
+
+ private:
+  std::unique_ptr<std::vector<std::string>> list_;
+};
+
 // The DMARC evaluation of a message (RFC 7489; results of RFC 8601 §2.7.1).
+// (The small fields first, together: see author_domain_list.)
 struct dmarc_result {
   enum class kind {
     none,       // the From domain publishes no DMARC policy (nor does its organizational domain)
     pass,       // SPF or DKIM passed for a domain aligned with the From domain
     fail,       // neither did
     temperror,  // the policy could not be fetched now (DNS timeout or failure)
-    permerror,  // no usable From domain (none, several, malformed), or a broken record
+    permerror,  // a broken record; or no usable From domain (unusable_from)
   };
   enum class policy_kind { unspecified, none, quarantine, reject };
   kind result = kind::none;
-  std::string domain;      // the From domain (RFC 5322.From, lower-cased); empty if there is none
-  std::string org_domain;  // its organizational domain (the Public Suffix List, §3.2)
-  bool org_record = false;             // the policy is the organizational domain's (§6.6.3)
   policy_kind policy = policy_kind::unspecified;       // p=, or sp= for a subdomain under the org's record
   policy_kind disposition = policy_kind::unspecified;  // what the domain asks for this message: none if it
                                                        // passed, else the policy (one step milder when pct= left it out)
   unsigned pct = 100;
+  // The From domain (RFC 5322.From, lower-cased, A-labels); empty if there is
+  // none. With several author domains (§6.6.1), the one whose result is
+  // reported: the strictest failure (see dmarc_evaluator).
+  std::string domain;
+  std::string org_domain;  // its organizational domain (the Public Suffix List, §3.2)
+  std::string problem;     // why, for temperror, permerror and none
+  bool org_record = false;  // the policy is the organizational domain's (§6.6.3)
   bool spf_aligned = false;
   bool dkim_aligned = false;
-  std::string problem;  // why, for temperror, permerror and none
+  // The From field(s) give no domain to evaluate: none, one that is no
+  // mailbox list, an address literal, a name IDNA2008 refuses, more than
+  // max_author_domains domains, or a header section past
+  // max_checked_header. result is permerror then, domain empty. RFC 7489
+  // leaves such messages out of DMARC (§6.6.1), so a spoofed From could
+  // hide behind one: unlike a broken record, a policy may refuse them.
+  bool unusable_from = false;
+  // Every distinct author domain the From field(s) name, in order, each
+  // evaluated (at most max_author_domains); empty when unusable_from.
+  author_domain_list from_domains;
 };
 
 constexpr std::string_view to_string(dmarc_result::kind k) {

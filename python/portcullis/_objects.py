@@ -132,6 +132,14 @@ class DmarcResult:
     ``disposition`` what it asks for this message: "none" when it passed, else
     the policy, one step milder when ``pct=`` sampled the message out.
     Rejecting is the operator's choice: see ``policies/dmarc.py``.
+
+    A From may name several domains (mailboxes of several domains, or
+    several From fields): each is evaluated (RFC 7489 §6.6.1) and listed in
+    ``from_domains``, and the result is the strictest failure among them
+    (``domain`` the one it is for). ``unusable_from`` (result "permerror",
+    ``domain`` empty) says the From gives no domain to evaluate: none, one
+    that does not parse, an address literal, more than 8 domains, a header
+    section over 1 MiB; a permerror without it is a broken DMARC record.
     """
 
     result: str  #: pass, fail, none, temperror or permerror
@@ -142,6 +150,8 @@ class DmarcResult:
     pct: int = 100
     spf_aligned: bool = False  #: SPF passed for a domain aligned with the From domain
     dkim_aligned: bool = False  #: a DKIM signature passed for a domain aligned with it
+    from_domains: tuple[str, ...] = ()  #: every author domain the From names, evaluated (A-labels)
+    unusable_from: bool = False  #: the From gives no domain to evaluate (result permerror)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,8 @@ def on_data(tx, message):
         return pc.tempfail("dmarc=unset")
     return pc.tempfail(f"dmarc={d.result} from={d.domain or '-'} p={d.policy} dis={d.disposition} "
                        f"org={d.org_domain or '-'} spf={tx.spf.result}:{int(d.spf_aligned)} "
-                       f"dkim={','.join(s.result + ':' + s.domain for s in tx.dkim) or '-'}:{int(d.dkim_aligned)}")
+                       f"dkim={','.join(s.result + ':' + s.domain for s in tx.dkim) or '-'}:{int(d.dkim_aligned)} "
+                       f"authors={','.join(d.from_domains) or '-'} unusable={int(d.unusable_from)}")
 """
 
 CLIENT = "192.0.2.7"         # permitted by the SPF records below
@@ -212,16 +213,63 @@ def test_an_internationalized_from_domain_is_looked_up_and_aligned_as_a_labels(d
     assert (r.code, r.status) == (550, "5.7.1"), str(r)
 
 
-def test_no_usable_from_is_permerror(dmarc_daemon):
+def test_every_from_domain_is_evaluated_and_no_usable_one_is_permerror(dmarc_daemon):
+    """RFC 7489 §6.6.1: with several author domains, each is evaluated and the strictest failure is the
+    result; a From with none to evaluate is permerror, told apart (unusable_from) from a broken record."""
     d = dmarc_daemon()
     two_domains = message("alice@example.co.uk").replace(b"From: Alice <alice@example.co.uk>",
-                                                         b"From: alice@example.co.uk, mallory@other.co.uk")
-    assert dmarc_of(d, CLIENT, "a@example.co.uk", two_domains)["dmarc"] == "permerror"
+                                                         b"From: alice@example.co.uk, mallory@quarantine.co.uk")
+    got = dmarc_of(d, CLIENT, "a@example.co.uk", two_domains)  # SPF passes for example.co.uk alone
+    assert (got["dmarc"], got["from"], got["p"], got["authors"], got["unusable"]) == (
+        "fail", "quarantine.co.uk", "quarantine", "example.co.uk,quarantine.co.uk", "0"), got
     two_fields = b"From: mallory@other.co.uk\r\n" + message("alice@example.co.uk")
-    assert dmarc_of(d, CLIENT, "a@example.co.uk", two_fields)["dmarc"] == "permerror"
+    got = dmarc_of(d, STRANGER, "a@other.co.uk", two_fields)
+    assert (got["dmarc"], got["from"], got["p"], got["authors"]) == (
+        "fail", "example.co.uk", "reject", "other.co.uk,example.co.uk"), got
+    # Each author passing, or having no record: what the strictest says (none), never fail.
+    got = dmarc_of(d, CLIENT, "a@example.co.uk", two_fields)
+    assert (got["dmarc"], got["from"]) == ("none", "other.co.uk"), got
     no_from = re.sub(rb"From: [^\r]*\r\n", b"", message("alice@example.co.uk"))
     got = dmarc_of(d, CLIENT, "a@example.co.uk", no_from)
-    assert (got["dmarc"], got["from"]) == ("permerror", "-")
+    assert (got["dmarc"], got["from"], got["authors"], got["unusable"]) == ("permerror", "-", "-", "1"), got
+    got = dmarc_of(d, CLIENT, "a@example.co.uk", message("alice@broken.co.uk"))
+    assert (got["dmarc"], got["unusable"]) == ("permerror", "0"), got
+    d.wait_log(r"[0-9A-F]{12}: dmarc=permerror header\.from=- \(no From field\)$")
+
+
+# A p=reject domain's forgery, From written so that a single-domain check gave up (permerror, which
+# policies/dmarc.py leaves alone): each got through. Now each is evaluated, or refused as unusable.
+FORGED_FROMS = {
+    "a second mailbox": (b"Alice <alice@example.co.uk>, <x@other.co.uk>", "DMARC policy of example.co.uk"),
+    "a second mailbox first": (b"<x@other.co.uk>, Alice <alice@example.co.uk>", "DMARC policy of example.co.uk"),
+    "a group": (b"Team: x@other.co.uk, alice@example.co.uk;", "DMARC policy of example.co.uk"),
+    "a second From field": (b"Alice <alice@example.co.uk>\r\nFrom: x@other.co.uk", "DMARC policy of example.co.uk"),
+    "a root dot": (b"Alice <alice@example.co.uk.>", "DMARC policy of example.co.uk"),
+    "an unclosed comment": (b"Alice <alice@example.co.uk> (", "no domain to check"),
+    "words after the address": (b'"Alice" <alice@example.co.uk> x', "no domain to check"),
+    "an address literal beside": (b"alice@example.co.uk, x@[192.0.2.1]", "no domain to check"),
+    "nine domains": (b"alice@example.co.uk, " + b", ".join(b"x@d%d.other.co.uk" % i for i in range(8)),
+                     "no domain to check"),
+}
+
+
+@pytest.mark.parametrize("name", FORGED_FROMS)
+def test_a_forgery_cannot_hide_behind_its_from_field(dmarc_daemon, name):
+    d = dmarc_daemon(DMARC_POLICY)
+    from_value, reason = FORGED_FROMS[name]
+    forged = message("alice@example.co.uk").replace(b"Alice <alice@example.co.uk>", from_value, 1)
+    r = send(d, STRANGER, "a@other.co.uk", forged)
+    assert (r.code, r.status) == (550, "5.7.1") and reason in r.text, (name, str(r))
+
+
+def test_mail_of_several_authors_that_authenticates_is_delivered(dmarc_daemon):
+    d = dmarc_daemon(DMARC_POLICY)
+    both = message("alice@example.co.uk").replace(b"From: Alice <alice@example.co.uk>",
+                                                  b"From: Alice <alice@example.co.uk>, Bob <bob@other.co.uk>")
+    assert send(d, CLIENT, "a@bounces.example.co.uk", both).code == 250
+    no_from = re.sub(rb"From: [^\r]*\r\n", b"", message("alice@example.co.uk"))
+    assert send(dmarc_daemon(DMARC_POLICY, dmarc={"unusable_from": "none"}), CLIENT, "a@example.co.uk",
+                no_from).code == 250
 
 
 def test_the_policy_enforces_reject_and_quarantine(dmarc_daemon, aiosmtpd_upstream):

@@ -16,9 +16,33 @@ MESSAGE = "From: alice@example.test\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\
 HEADER = "X-Portcullis-Quarantine"
 
 
-def dmarc(result="fail", policy="reject", disposition=None, domain="example.test"):
+@pytest.fixture(autouse=True)
+def whole_dmarc_results(monkeypatch):
+    """portcullis.testing hands tx.dmarc to the engine through _engine.job_from_dict, which knows its fields
+    up to dkim_aligned only (from_domains and unusable_from are the daemon's since): until it
+    knows them, the job is given them here, as the daemon gives them."""
+    import portcullis.testing as testing
+
+    original = testing.job_from_dict
+
+    def whole(job):
+        j = original(job)
+        result = (job.get("tx") or {}).get("dmarc")
+        if result is not None:
+            j.dmarc = tuple(j.dmarc)[:8] + (tuple(result.get("from_domains", ())), bool(result.get("unusable_from")))
+        return j
+
+    monkeypatch.setattr(testing, "job_from_dict", whole)
+
+
+def dmarc(result="fail", policy="reject", disposition=None, domain="example.test", **more):
     return pc.DmarcResult(result, domain, policy, disposition if disposition is not None else policy,
-                          domain, 100, False, False)
+                          domain, 100, False, False, **more)
+
+
+def unusable_from():
+    """What the daemon reports for a From with no domain to evaluate."""
+    return pc.DmarcResult("permerror", "", None, None, "", 100, False, False, (), True)
 
 
 def deliver(h: Harness, result: pc.DmarcResult | None, message: str = MESSAGE, auth_user=None, arc=None):
@@ -88,6 +112,31 @@ def test_a_trusted_forwarders_arc_chain_excuses_a_failure():
     assert deliver(Harness([POLICY]), dmarc("fail", "reject"), arc=by_list)[0].code == 550
 
 
+def test_a_from_with_no_domain_to_check_is_refused_unless_told():
+    """No From field, one that does not parse, too many domains...: outside DMARC, so a forgery could make
+    its From so. `unusable_from` decides, rejecting by default; a broken DMARC record stays unenforced."""
+    reply, _ = deliver(Harness([POLICY]), unusable_from())
+    assert reply[:2] == (550, "5.7.1") and "From" in reply.text, reply
+    reply, delivered = deliver(Harness([POLICY], config={"dmarc": {"unusable_from": "quarantine"}}), unusable_from())
+    assert reply.code == 250
+    assert delivered.as_email()[HEADER] == "DMARC: no usable From domain"
+    reply, delivered = deliver(Harness([POLICY], config={"dmarc": {"unusable_from": "none"}}), unusable_from())
+    assert reply.code == 250 and HEADER not in delivered.as_email()
+    assert deliver(Harness([POLICY]), unusable_from(), auth_user="alice")[0].code == 250
+    assert deliver(Harness([POLICY]), dmarc("permerror", None))[0].code == 250
+
+
+def test_several_from_domains_are_skipped_only_when_all_are_listed():
+    """The daemon reports the strictest failure among a From's domains; skip_domains must not let a listed
+    one carry an unlisted one through."""
+    h = Harness([POLICY], config={"dmarc": {"skip_domains": ["partner.test"]}})
+    both = dmarc("fail", "reject", domain="partner.test", from_domains=("partner.test", "paypal.test"))
+    assert deliver(h, both)[0].code == 550
+    listed = dmarc("fail", "reject", domain="partner.test", from_domains=("partner.test", "xn--prtner-bua.test"))
+    h = Harness([POLICY], config={"dmarc": {"skip_domains": ["partner.test", "pärtner.test"]}})
+    assert deliver(h, listed)[0].code == 250
+
+
 @pytest.mark.parametrize("listed,reported", [("bücher.example", "xn--bcher-kva.example"),
                                               ("XN--BCHER-KVA.example.", "bücher.example"),
                                               ("Bücher.Example", "BÜCHER.example")])
@@ -103,6 +152,7 @@ def test_domains_match_in_u_labels_and_a_labels(listed, reported):
 
 
 @pytest.mark.parametrize("table", [{"trusted_forwarders": "lists.test"}, {"rejet": "none"}, {"reject": "bounce"}, {"temperror": "reject"},
+                                   {"unusable_from": "accept"},
                                    {"honour_pct": "yes"}, {"quarantine_header": "X Bad"},
                                    {"skip_domains": "example.test"}])
 def test_a_bad_table_stops_the_policy_loading(table):

@@ -191,20 +191,164 @@ TEST(DmarcEvaluator, PermerrorForABrokenRecordOrNoUsableFromDomain) {
   f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; rua=mailto:d@example.test"};  // no p=
   auto r = f.from("a@example.test");
   EXPECT_EQ(r.result, kind::permerror);
+  EXPECT_FALSE(r.unusable_from);  // the domain owner's mistake
   EXPECT_NE(r.problem.find("example.test"), std::string::npos);
   f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=bogus"};
   EXPECT_EQ(f.from("a@example.test").result, kind::permerror);
 
-  EXPECT_EQ(f.evaluator.evaluate({}, std::nullopt, std::nullopt).result, kind::permerror);
-  EXPECT_EQ(f.evaluator.evaluate({"a@example.test", "b@example.test"}, std::nullopt, std::nullopt).result,
-            kind::permerror);
-  EXPECT_EQ(f.from("a@one.test, b@two.test").result, kind::permerror);
-  EXPECT_EQ(f.from("not an address").result, kind::permerror);
-  EXPECT_EQ(f.from("a@[192.0.2.1]").result, kind::permerror);
+  // No domain to evaluate: the From's fault, not a record's.
+  const auto unusable = [&](const std::vector<std::string>& from_values) {
+    const auto asked = f.dns->asked.size();
+    const auto u = f.evaluator.evaluate(from_values, std::nullopt, std::nullopt);
+    EXPECT_EQ(f.dns->asked.size(), asked);  // nothing looked up
+    return u.result == kind::permerror && u.unusable_from && u.domain.empty() && u.from_domains.get().empty()
+               ? u.problem
+               : "usable: " + std::string(to_string(u.result)) + " " + u.domain;
+  };
+  EXPECT_EQ(unusable({}), "no From field");
+  EXPECT_EQ(unusable({"not an address"}), "the From field is not a list of mailboxes");
+  EXPECT_EQ(unusable({"a@[192.0.2.1]"}), "a From domain is an address literal");
+  EXPECT_EQ(unusable({"undisclosed-recipients:;"}), "the From field is not a list of mailboxes");
+  // One mailbox that does not parse hides the others' domains: the whole From is unusable.
+  EXPECT_EQ(unusable({"PayPal <service@paypal.test> ("}), "the From field is not a list of mailboxes");
+  EXPECT_EQ(unusable({"\"PayPal\" <service@paypal.test> x"}), "the From field is not a list of mailboxes");
+  EXPECT_EQ(unusable({"a@example.test", "junk"}), "the From field is not a list of mailboxes");
+  EXPECT_EQ(unusable({"a@example.test, b@[192.0.2.1]"}), "a From domain is an address literal");
+  EXPECT_EQ(unusable({"a@example.test.."}), "the From field is not a list of mailboxes");
   // Several mailboxes of one domain are that domain.
   f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject"};
-  EXPECT_EQ(f.from("a@example.test, B <b@EXAMPLE.test>").result, kind::fail);
+  r = f.from("a@example.test, B <b@EXAMPLE.test>");
+  EXPECT_EQ(r.result, kind::fail);
+  EXPECT_EQ(r.from_domains.get(), std::vector<std::string>{"example.test"});
 }
+
+// RFC 7489 §6.6.1: a From naming several domains has each evaluated, and the
+// strictest failure wins. Refused as permerror, which policies leave alone,
+// it let a p=reject domain's forgery through by naming one more mailbox, or
+// adding a second From field.
+TEST(DmarcEvaluator, EveryAuthorDomainIsEvaluatedAndTheStrictestFailureReported) {
+  fixture f;
+  f.dns->txt["_dmarc.paypal.test"] = {"v=DMARC1; p=reject"};
+  f.dns->txt["_dmarc.evil.test"] = {"v=DMARC1; p=none"};
+  f.dns->txt["_dmarc.mild.test"] = {"v=DMARC1; p=quarantine"};
+  const auto evil_spf = spf(spf_result::kind::pass, "evil.test");
+  for (const std::vector<std::string>& from : std::vector<std::vector<std::string>>{
+           {"PayPal <service@paypal.test>, <x@evil.test>"},
+           {"<x@evil.test>, PayPal <service@paypal.test>"},
+           {"PayPal <service@paypal.test>", "x@evil.test"},
+           {"x@evil.test", "Team: a@mild.test, service@paypal.test;"},
+       }) {
+    const auto r = f.evaluator.evaluate(from, evil_spf, dkim_results{});
+    EXPECT_EQ(r.result, kind::fail) << from[0];
+    EXPECT_EQ(r.domain, "paypal.test") << from[0];
+    EXPECT_EQ(r.policy, policy::reject) << from[0];
+    EXPECT_EQ(r.disposition, policy::reject) << from[0];
+    EXPECT_FALSE(r.unusable_from);
+  }
+  auto r = f.evaluator.evaluate({"x@evil.test", "y@mild.test, z@evil.test"}, evil_spf, dkim_results{});
+  EXPECT_EQ(r.domain, "mild.test");
+  EXPECT_EQ(r.policy, policy::quarantine);
+  EXPECT_EQ(r.from_domains.get(), (std::vector<std::string>{"evil.test", "mild.test"}));
+  // A p=none failure asks for nothing: a domain whose policy could not be fetched (it may ask for
+  // reject) comes before it; a failure that asks for something, after it.
+  f.dns->trouble["_dmarc.slow.test"] = dns::answer::status::timeout;
+  r = f.evaluator.evaluate({"a@nothing.test, b@slow.test"}, std::nullopt, dkim_results{});
+  EXPECT_EQ(r.result, kind::temperror);  // (nothing.test has no record)
+  f.dns->txt["_dmarc.nothing.test"] = {"v=DMARC1; p=none"};
+  r = f.evaluator.evaluate({"a@nothing.test, b@slow.test"}, std::nullopt, dkim_results{});
+  EXPECT_EQ(r.result, kind::temperror);
+  EXPECT_EQ(r.domain, "slow.test");
+  r = f.evaluator.evaluate({"a@slow.test, b@paypal.test"}, std::nullopt, dkim_results{});
+  EXPECT_EQ(r.result, kind::fail);
+  EXPECT_EQ(r.domain, "paypal.test");
+  // pct= sampled one out: the other, whose disposition stands, is stricter; equals: the first.
+  f.dns->txt["_dmarc.sampled.test"] = {"v=DMARC1; p=reject; pct=10"};
+  f.draw = 50;
+  r = f.evaluator.evaluate({"a@sampled.test, b@mild.test"}, std::nullopt, dkim_results{});
+  EXPECT_EQ(r.domain, "sampled.test");  // dis=quarantine as mild.test's, p=reject
+  EXPECT_EQ(r.disposition, policy::quarantine);
+  r = f.evaluator.evaluate({"a@sampled.test, b@paypal.test"}, std::nullopt, dkim_results{});
+  EXPECT_EQ(r.domain, "paypal.test");
+  // Pass only when every author domain passes.
+  r = f.evaluator.evaluate({"a@evil.test"}, evil_spf, dkim_results{});
+  EXPECT_EQ(r.result, kind::pass);
+  r = f.evaluator.evaluate({"a@evil.test, b@nothing.test"}, evil_spf, dkim(dkim_signature::kind::pass, "nothing.test"));
+  EXPECT_EQ(r.result, kind::pass);
+  r = f.evaluator.evaluate({"a@evil.test, b@norecord.test"}, evil_spf, dkim_results{});
+  EXPECT_EQ(r.result, kind::none);
+  EXPECT_EQ(r.domain, "norecord.test");
+}
+
+TEST(DmarcEvaluator, AuthorDomainsAreBounded) {
+  fixture f;
+  std::string eight;
+  for (int i = 0; i < 8; ++i) eight += (i ? ", a@d" : "a@d") + std::to_string(i) + ".test";
+  const std::string nine = eight + ", b@d0.test, a@d8.test";
+  auto r = f.from(eight);
+  EXPECT_FALSE(r.unusable_from);
+  EXPECT_EQ(r.from_domains.get().size(), max_author_domains);
+  f.dns->asked.clear();
+  r = f.from(nine);
+  EXPECT_TRUE(r.unusable_from);
+  EXPECT_EQ(r.problem, "the From field names more than 8 domains");
+  EXPECT_TRUE(f.dns->asked.empty());
+  // Distinct domains are counted, not mailboxes: one domain named in every form is one.
+  r = f.evaluator.evaluate({"a@xn--exmple-cua.test, b@EXÄMPLE.test", "c@exämple.test., d@XN--EXMPLE-CUA.TEST"},
+                           std::nullopt, dkim_results{});
+  EXPECT_EQ(r.from_domains.get(), std::vector<std::string>{"xn--exmple-cua.test"});
+}
+
+// "paypal.test." is the DNS name paypal.test written absolute (RFC 1034
+// §3.1), and mail readers show it as paypal.test: its policy holds. (Taken
+// for no mailbox list, it made the forgery's DMARC permerror.)
+TEST(DmarcEvaluator, ARootDotIsTheSameDomain) {
+  fixture f;
+  f.dns->txt["_dmarc.paypal.test"] = {"v=DMARC1; p=reject"};
+  for (const char* from : {"service@paypal.test.", "PayPal <service@PayPal.Test.>", "service@paypal.test. (PayPal)",
+                           "a@paypal.test., b@paypal.test.", "\"x.\" <service@paypal.test.>"}) {
+    const auto r = f.from(from, spf(spf_result::kind::pass, "evil.test"));
+    EXPECT_EQ(r.result, kind::fail) << from << ": " << r.problem;
+    EXPECT_EQ(r.domain, "paypal.test") << from;
+    EXPECT_EQ(r.policy, policy::reject) << from;
+  }
+  // Aligned as the same name, too.
+  EXPECT_EQ(f.from("service@paypal.test.", spf(spf_result::kind::pass, "paypal.test")).result, kind::pass);
+  // Only the one root dot: a dot in a quoted local part or a comment stays where it is.
+  EXPECT_EQ(f.from("\"a.\"@paypal.test (b.)").domain, "paypal.test");
+}
+
+// Past max_checked_header bytes of header section, the From fields are not
+// all known (one could come after): unusable.
+TEST(DmarcEvaluator, AFromPastTheHeaderCapIsUnusable) {
+  fixture f;
+  f.dns->txt["_dmarc.paypal.test"] = {"v=DMARC1; p=reject"};
+  const std::string head = "From: x@evil.test\r\nX-Pad: " + std::string(max_checked_header, 'a') + "\r\n";
+  auto r = f.evaluator.evaluate_now(*message_store::wrap(std::make_shared<std::string>(
+                                        head + "From: service@paypal.test\r\n\r\nbody\r\n")),
+                                    std::nullopt, dkim_results{});
+  EXPECT_EQ(r.result, kind::permerror);
+  EXPECT_TRUE(r.unusable_from);
+  EXPECT_EQ(r.problem, "the header section is larger than 1024 KiB: its From fields are not read");
+  r = f.evaluator.evaluate_now(*message_store::wrap(std::make_shared<std::string>(
+                                   "From: service@paypal.test\r\n\r\n" + std::string(2 * max_checked_header, 'b'))),
+                               std::nullopt, dkim_results{});
+  EXPECT_EQ(r.result, kind::fail);  // a large body is no matter
+  EXPECT_EQ(r.domain, "paypal.test");
+}
+
+// The lookups of all the author domains share one time budget.
+TEST(DmarcEvaluator, TheLookupsShareABudget) {
+  auto dns = std::make_shared<zone>();
+  dns->txt["_dmarc.paypal.test"] = {"v=DMARC1; p=reject"};
+  const dmarc_evaluator spent{[dns](const std::string& n) { return (*dns)(n); }, [] { return 0u; },
+                              std::chrono::milliseconds(-1)};
+  const auto r = spent.evaluate({"a@paypal.test"}, std::nullopt, dkim_results{});
+  EXPECT_EQ(r.result, kind::temperror);
+  EXPECT_EQ(r.problem, "_dmarc.paypal.test: not looked up: the lookups took over 0 s in all");
+  EXPECT_TRUE(dns->asked.empty());
+}
+
+
 
 // RFC 7489 §6.6.3, RFC 8616 §4-5: an internationalized From domain (an
 // SMTPUTF8 message) is looked up and aligned as A-labels, the form SPF and
@@ -264,22 +408,4 @@ TEST(DmarcEvaluator, HostileRecordsAndFromFields) {
   EXPECT_EQ(f.from(list).domain, "tags.test");
   EXPECT_EQ(f.from(std::string(32768, '(') + std::string(32768, ')') + "a@tags.test").domain, "tags.test");
   EXPECT_EQ(f.from(std::string(65536, '(')).result, kind::permerror);
-}
-
-// Past max_checked_header bytes of header section, the From fields are not
-// all known (one could come after): permerror, and no more of it is read.
-TEST(DmarcEvaluator, AFromPastTheHeaderCapIsNotRead) {
-  fixture f;
-  f.dns->txt["_dmarc.paypal.test"] = {"v=DMARC1; p=reject"};
-  const std::string head = "From: x@evil.test\r\nX-Pad: " + std::string(max_checked_header, 'a') + "\r\n";
-  auto r = f.evaluator.evaluate_now(*message_store::wrap(std::make_shared<std::string>(
-                                        head + "From: service@paypal.test\r\n\r\nbody\r\n")),
-                                    std::nullopt, dkim_results{});
-  EXPECT_EQ(r.result, kind::permerror);
-  EXPECT_EQ(r.problem, "the header section is larger than 1024 KiB: its From fields are not read");
-  r = f.evaluator.evaluate_now(*message_store::wrap(std::make_shared<std::string>(
-                                   "From: service@paypal.test\r\n\r\n" + std::string(2 * max_checked_header, 'b'))),
-                               std::nullopt, dkim_results{});
-  EXPECT_EQ(r.result, kind::fail);  // a large body is no matter
-  EXPECT_EQ(r.domain, "paypal.test");
 }
