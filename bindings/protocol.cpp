@@ -156,8 +156,8 @@ using dmarc_fields = std::tuple<std::string, std::string, std::optional<std::str
                                 std::string, unsigned, bool, bool>;
 
 // (result, domain, policy, disposition, org_domain, pct, spf_aligned,
-// dkim_aligned), then optionally (from_domains, unusable_from): a test's job
-// may leave those out (their defaults: none, false).
+// dkim_aligned), then optionally (from_domains, unusable_from, arc_aligned):
+// a test's job may leave those out (their defaults: none, false, false).
 void set_dmarc(policy_job& j, const py::object& t) {
   if (t.is_none()) {
     j.dmarc.reset();
@@ -165,8 +165,8 @@ void set_dmarc(policy_job& j, const py::object& t) {
   }
   using k = checks::dmarc_result::kind;
   const auto items = t.cast<py::sequence>();
-  if (items.size() != std::tuple_size_v<dmarc_fields> && items.size() != std::tuple_size_v<dmarc_fields> + 2)
-    throw py::value_error("a DMARC result is a sequence of 8 or 10 items");
+  if (items.size() != std::tuple_size_v<dmarc_fields> && items.size() != std::tuple_size_v<dmarc_fields> + 3)
+    throw py::value_error("a DMARC result is a sequence of 8 or 11 items");
   auto [result, domain, policy, disposition, org_domain, pct, spf_aligned, dkim_aligned] =
       py::tuple(items[py::slice(0, std::tuple_size_v<dmarc_fields>, 1)]).cast<dmarc_fields>();
   checks::dmarc_result r;
@@ -181,14 +181,15 @@ void set_dmarc(policy_job& j, const py::object& t) {
   if (items.size() > std::tuple_size_v<dmarc_fields>) {
     r.from_domains = checks::author_domain_list(items[8].cast<std::vector<std::string>>());
     r.unusable_from = items[9].cast<bool>();
+    r.arc_aligned = items[10].cast<bool>();
   }
   j.dmarc = std::move(r);
 }
 
 // (result, domain, policy, disposition, org_domain, pct, spf_aligned,
-// dkim_aligned, from_domains, unusable_from), policy and disposition None
-// when no record applies, from_domains a tuple; or None without a DMARC
-// check.
+// dkim_aligned, from_domains, unusable_from, arc_aligned), policy and
+// disposition None when no record applies, from_domains a tuple; or None
+// without a DMARC check.
 py::object dmarc_tuple(const policy_job& j) {
   if (!j.dmarc) return py::none();
   const auto& d = *j.dmarc;
@@ -197,7 +198,7 @@ py::object dmarc_tuple(const policy_job& j) {
   for (std::size_t i = 0; i < domains.size(); ++i) from_domains[i] = py::str(domains[i]);
   return py::make_tuple(std::string(checks::to_string(d.result)), d.domain, policy_name(d.policy),
                         policy_name(d.disposition), d.org_domain, d.pct, d.spf_aligned, d.dkim_aligned,
-                        std::move(from_domains), d.unusable_from);
+                        std::move(from_domains), d.unusable_from, d.arc_aligned);
 }
 
 void set_arc(policy_job& j, const py::object& t) {
@@ -349,7 +350,7 @@ void define_protocol(py::module_& m) {
           "envelope: None outside a transaction, else (tx id, sender, sender_params, recipients, smtputf8, "
           "body_8bit, spf, dkim, dmarc, arc), spf being None or (result, domain, explanation), dkim None or [(result, "
           "domain, selector), ...], dmarc None or (result, domain, policy, disposition, org_domain, pct, "
-          "spf_aligned, dkim_aligned, from_domains, unusable_from), arc None or (result, instances, sealers); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
+          "spf_aligned, dkim_aligned, from_domains, unusable_from, arc_aligned), arc None or (result, instances, sealers); arguments: the stage's own (helo: hostname; auth: (mechanism, username, password); rcpt: "
           "(recipient, rcpt_params); delivered: (code, status, text)), else None; each address as (local part, domain).");
 
   py::class_<policy_reply>(m, "VerdictReply", "A verdict as the daemon applies it (kind, code, status, text).")

@@ -33,8 +33,16 @@ DMARC record is the domain owner's mistake and is not enforced.
 
 A mailing list that changes the message breaks its author's DKIM signature
 and so its DMARC. When the list seals what it received with ARC (RFC 8617)
-and its domain is in ``trusted_forwarders``, a message whose chain passes
-(``[checks] arc = true``) and was sealed by one of them is not enforced.
+and its domain is in ``trusted_forwarders``, a failing message is not
+enforced when (``[checks] arc = true``) its chain passes, the newest set
+(the hop that handed the message over) is the list's, and that set's
+ARC-Authentication-Results show the message authenticated for its From
+domain when the list got it (``tx.dmarc.arc_aligned``: an aligned SPF or
+DKIM pass, or a DMARC pass). An older set of the list's vouches for
+nothing: a seal covers only the ARC fields, so anyone can copy one from
+mail the list once sent them onto a forgery and seal that (RFC 8617 §5.2
+checks only the newest message signature). Nor does the list's seal over
+mail that failed when it got it: the list relayed a forgery.
 
 "Quarantine" marks the message with one header (``quarantine_header:
 DMARC policy of example.com (p=quarantine)``) that the upstream files on
@@ -124,11 +132,17 @@ def on_data(tx, message):
     if result.result != "fail":
         return None
     arc = tx.arc
-    if arc is not None and arc.result == "pass":
-        forwarders = SETTINGS["trusted_forwarders"].intersection(canonical_domain(d) for d in arc.sealers)
-        if forwarders:
-            pc.log.info("DMARC: fail for %s excused: ARC chain sealed by %s", result.domain, ", ".join(sorted(forwarders)))
-            return None
+    if arc is not None and arc.result == "pass" and arc.sealers:
+        # Only the newest set's sealer handed us this message (the highest i=; an older seal can be
+        # copied onto anything), and only what it found authenticated when it got it is vouched for.
+        newest = canonical_domain(arc.sealers[-1])
+        if newest in SETTINGS["trusted_forwarders"]:
+            if result.arc_aligned:
+                pc.log.info("DMARC: fail for %s excused: ARC chain sealed last by %s, which found it authenticated",
+                            result.domain, newest)
+                return None
+            pc.log.info("DMARC: fail for %s not excused: %s sealed it, but its results show no pass for it",
+                        result.domain, newest)
     asked = result.disposition if SETTINGS["honour_pct"] else result.policy
     action = SETTINGS.get(asked, "none") if asked in ("reject", "quarantine") else "none"
     return _act(action, message, f"Message rejected: DMARC policy of {result.domain} (p={result.policy})",

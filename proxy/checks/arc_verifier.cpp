@@ -3,9 +3,11 @@
 #include <ctime>
 
 #include "checks/arc_sets.hpp"
+#include "checks/authentication_results.hpp"
 #include "checks/dkim_canon.hpp"
 #include "checks/dkim_crypto.hpp"
 #include "checks/message_fields.hpp"
+#include "smtp/message_header.hpp"
 
 namespace portcullis::checks {
 
@@ -39,7 +41,8 @@ std::vector<std::string> seal_digests(const std::vector<arc_set_fields>& sets) {
 
 }  // namespace
 
-arc_result arc_verifier::verify_now(const message_store& message, std::optional<std::int64_t> now) const {
+arc_result arc_verifier::verify_now(const message_store& message, std::optional<std::int64_t> now,
+                                    std::vector<reported_pass>* newest_passes) const {
   arc_result r;
   const auto fail = [&r](std::string problem) {
     r.result = arc_result::kind::fail;
@@ -103,6 +106,12 @@ arc_result arc_verifier::verify_now(const message_store& message, std::optional<
       return fail("ARC-Seal[" + std::to_string(i) + "] did not validate: " + problem);
   }
   r.result = arc_result::kind::pass;
+  if (newest_passes) {
+    // What the last intermediary found, under its seal (RFC 8617 §4.1.1):
+    // its ARC-Authentication-Results, past the "i=N;" that starts it.
+    const std::string aar = smtp::header_field_value((*fields)[newest.results]);
+    *newest_passes = reported_passes(std::string_view(aar).substr(aar.find(';') + 1), max_arc_authenticated);
+  }
   return r;
 }
 

@@ -13,10 +13,13 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <vector>
 
+#include "checks/authentication_results.hpp"
 #include "checks/dkim_keys.hpp"
 #include "checks/results.hpp"
 #include "store/message_store.hpp"
@@ -27,6 +30,10 @@ namespace portcullis::checks {
 // hold 50 sets, each naming keys of its own on slow servers.
 inline constexpr std::chrono::milliseconds arc_lookup_budget{20000};
 
+// Of the newest set's ARC-Authentication-Results, the passes kept (see
+// verify_now): a sealer writes a few; a sender, any number.
+inline constexpr std::size_t max_arc_authenticated = 16;
+
 class arc_verifier {
  public:
   explicit arc_verifier(txt_lookup lookup, std::chrono::milliseconds budget = arc_lookup_budget);
@@ -36,9 +43,15 @@ class arc_verifier {
 
   // The chain's validation at `now` (seconds since the epoch; default: the
   // clock): none (no ARC fields), pass, or fail with the reason; a header
-  // section longer than max_checked_header is not read on (fail). Throws
-  // std::runtime_error when a spilled message cannot be read.
-  arc_result verify_now(const message_store& message, std::optional<std::int64_t> now = {}) const;
+  // section longer than max_checked_header is not read on (fail). When it
+  // passes and `newest_passes` is given, what the newest set's
+  // ARC-Authentication-Results report as passed goes there
+  // (reported_passes: at most max_arc_authenticated, the first ones), the
+  // findings of the hop that handed the message over, under its seal: what
+  // DMARC's arc_aligned is made of. Throws std::runtime_error when a
+  // spilled message cannot be read.
+  arc_result verify_now(const message_store& message, std::optional<std::int64_t> now = {},
+                        std::vector<reported_pass>* newest_passes = nullptr) const;
 
  private:
   txt_lookup lookup_;

@@ -59,6 +59,102 @@ std::string authserv_id_of(std::string_view v) {
   return id;
 }
 
+namespace {
+
+// RFC 8601 §2.2's Keyword (letters, digits, "-"), and a property name's
+// characters (special-smtp-verb and Keyword, "_" as some write them).
+bool is_keyword_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+}
+
+// A reader of the parts of an Authentication-Results value.
+struct results_reader {
+  std::string_view v;
+  std::size_t i = 0;
+
+  bool at(char c) {
+    i = skip_cfws(v, i);
+    if (i >= v.size() || v[i] != c) return false;
+    ++i;
+    return true;
+  }
+  std::string keyword() {
+    i = skip_cfws(v, i);
+    const std::size_t start = i;
+    while (i < v.size() && is_keyword_char(v[i])) ++i;
+    return smtp::to_lower(v.substr(start, i - start));
+  }
+  // A value: a token, a quoted-string, or a pvalue's [local-part "@"] domain
+  // (quoted parts unquoted), up to CFWS or ";".
+  std::string value() {
+    i = skip_cfws(v, i);
+    std::string out;
+    while (i < v.size() && !smtp::is_wsp(v[i]) && v[i] != '\r' && v[i] != '\n' && v[i] != ';' && v[i] != '(') {
+      if (v[i] != '"') {
+        out += v[i++];
+        continue;
+      }
+      for (++i; i < v.size() && v[i] != '"'; ++i) {
+        if (v[i] == '\\' && i + 1 < v.size()) ++i;
+        out += v[i];
+      }
+      if (i < v.size()) ++i;  // the closing quote
+    }
+    return out;
+  }
+};
+
+// The domain of a pvalue: after its last "@", if any.
+std::string domain_of(std::string_view identity) {
+  const auto at = identity.rfind('@');
+  return smtp::to_lower(at == std::string_view::npos ? identity : identity.substr(at + 1));
+}
+
+}  // namespace
+
+std::vector<reported_pass> reported_passes(std::string_view value, std::size_t max) {
+  std::vector<reported_pass> out;
+  results_reader in{value};
+  in.value();  // the authserv-id
+  in.i = skip_cfws(value, in.i);
+  while (in.i < value.size() && value[in.i] >= '0' && value[in.i] <= '9') ++in.i;  // authres-version
+  // Each resinfo: ";" method [ "/" version ] "=" result, then reasonspec and propspecs.
+  while (out.size() < max && in.at(';')) {
+    const std::string method = in.keyword();
+    if (method.empty()) break;
+    if (in.at('/')) in.keyword();
+    if (!in.at('=')) break;  // ("none": no results)
+    const std::string result = in.keyword();
+    std::string d, i, mailfrom, helo, from;
+    for (;;) {
+      const std::size_t before = in.i;
+      const std::string ptype = in.keyword();
+      if (ptype.empty()) {
+        in.i = before;
+        break;
+      }
+      std::string property;
+      if (ptype != "reason" && in.at('.')) property = in.keyword();
+      if (!in.at('=')) return out;
+      const std::string v = in.value();
+      if (ptype == "header" && property == "d") d = v;
+      if (ptype == "header" && property == "i") i = v;
+      if (ptype == "header" && property == "from") from = v;
+      if (ptype == "smtp" && property == "mailfrom") mailfrom = v;
+      if (ptype == "smtp" && property == "helo") helo = v;
+    }
+    if (result != "pass") continue;
+    std::string domain;
+    if (method == "dkim") domain = domain_of(!d.empty() ? d : i);
+    if (method == "spf") domain = domain_of(!mailfrom.empty() ? mailfrom : helo);
+    if (method == "dmarc") domain = domain_of(from);
+    if (domain.empty()) continue;
+    reported_pass pass{method, std::move(domain)};
+    if (std::find(out.begin(), out.end(), pass) == out.end()) out.push_back(std::move(pass));
+  }
+  return out;
+}
+
 std::string authentication_results_header(std::string_view authserv_id, const std::optional<spf_result>& spf,
                                           const std::optional<dkim_results>& dkim,
                                           const std::optional<dmarc_result>& dmarc,

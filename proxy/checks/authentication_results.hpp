@@ -76,4 +76,14 @@ class claimed_results_finder {
 // CFWS, RFC 8601 §2.2), or empty.
 std::string authserv_id_of(std::string_view value);
 
+// What an Authentication-Results value (RFC 8601 §2.2: the authserv-id,
+// then the results) reports as passed by the methods DMARC builds on, in
+// order: (method, domain) with method "dkim" (the domain of header.d, else
+// of header.i), "spf" (of smtp.mailfrom, else smtp.helo) or "dmarc"
+// (header.from), both lower-cased; each pair once, at most `max` of them.
+// Comments and folding are skipped; where the value breaks the grammar, the
+// results before that point are what it reports.
+using reported_pass = std::pair<std::string, std::string>;
+std::vector<reported_pass> reported_passes(std::string_view value, std::size_t max);
+
 }  // namespace portcullis::checks

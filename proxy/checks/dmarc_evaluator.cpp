@@ -128,7 +128,8 @@ std::string dmarc_evaluator::organizational_domain(std::string_view domain) cons
 }
 
 dmarc_result dmarc_evaluator::evaluate_now(const message_store& message, const std::optional<spf_result>& spf,
-                                           const std::optional<dkim_results>& dkim) const {
+                                           const std::optional<dkim_results>& dkim,
+                                           const std::vector<reported_pass>& arc_passes) const {
   std::optional<std::vector<std::string>> from;
   try {
     from = header_values(message, "From", max_checked_header);
@@ -147,7 +148,7 @@ dmarc_result dmarc_evaluator::evaluate_now(const message_store& message, const s
                 " KiB: its From fields are not read";
     return r;
   }
-  return evaluate(*from, spf, dkim);
+  return evaluate(*from, spf, dkim, arc_passes);
 }
 
 namespace {
@@ -180,7 +181,8 @@ int severity(const dmarc_result& r) {
 
 dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_values,
                                        const std::optional<spf_result>& spf,
-                                       const std::optional<dkim_results>& dkim) const {
+                                       const std::optional<dkim_results>& dkim,
+                                       const std::vector<reported_pass>& arc_passes) const {
   // The author domains (§3.1, §6.6.1): every one the From field(s) name.
   std::string problem;
   auto domains = author_domains(from_values, problem);
@@ -193,17 +195,21 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
   }
   const auto deadline = std::chrono::steady_clock::now() + budget_;
   std::optional<dmarc_result> strictest;
+  bool all_arc_aligned = true;  // every failing domain
   for (const auto& domain : *domains) {
-    auto r = evaluate_domain(domain, spf, dkim, deadline);
+    auto r = evaluate_domain(domain, spf, dkim, arc_passes, deadline);
+    if (r.result == dmarc_result::kind::fail) all_arc_aligned = all_arc_aligned && r.arc_aligned;
     if (!strictest || severity(r) > severity(*strictest)) strictest = std::move(r);
   }
   dmarc_result r = std::move(*strictest);  // (author_domains names one at least)
+  r.arc_aligned = r.result == dmarc_result::kind::fail && all_arc_aligned;
   r.from_domains = author_domain_list(std::move(*domains));
   return r;
 }
 
 dmarc_result dmarc_evaluator::evaluate_domain(const std::string& author, const std::optional<spf_result>& spf,
                                               const std::optional<dkim_results>& dkim,
+                                              const std::vector<reported_pass>& arc_passes,
                                               std::chrono::steady_clock::time_point deadline) const {
   using kind = dmarc_result::kind;
   dmarc_result r;
@@ -284,6 +290,18 @@ dmarc_result dmarc_evaluator::evaluate_domain(const std::string& author, const s
   }
   r.result = kind::fail;
   r.disposition = r.pct >= 100 || draw_() < r.pct ? r.policy : milder(r.policy);
+
+  // What the last intermediary found (RFC 8617 §7.2: a receiver may let a
+  // sealer it trusts speak for the message as that sealer got it): its
+  // ARC-Authentication-Results, which its seal covers, report a pass for
+  // this domain, or one aligned with it as this domain's record asks.
+  for (const auto& [method, identity] : arc_passes) {
+    if ((method == "dmarc" && aligned(identity, DMARC_RECORD_A_STRICT)) ||
+        (method == "dkim" && aligned(identity, adkim)) || (method == "spf" && aligned(identity, aspf))) {
+      r.arc_aligned = true;
+      break;
+    }
+  }
   return r;
 }
 

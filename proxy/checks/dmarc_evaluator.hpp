@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "checks/authentication_results.hpp"
 #include "checks/results.hpp"
 #include "dns/resolver.hpp"
 #include "store/message_store.hpp"
@@ -51,11 +52,15 @@ class dmarc_evaluator {
 
   // The message's From field(s), read from its header section (at most
   // max_checked_header bytes of it: past them, unusable_from).
+  // `arc_passes`: what the newest ARC set's ARC-Authentication-Results report
+  // as passed, when the chain passed (arc_verifier); they give arc_aligned.
   dmarc_result evaluate_now(const message_store& message, const std::optional<spf_result>& spf,
-                            const std::optional<dkim_results>& dkim) const;
+                            const std::optional<dkim_results>& dkim,
+                            const std::vector<reported_pass>& arc_passes = {}) const;
   // The same from the From fields' values (each unfolded).
   dmarc_result evaluate(const std::vector<std::string>& from_values, const std::optional<spf_result>& spf,
-                        const std::optional<dkim_results>& dkim) const;
+                        const std::optional<dkim_results>& dkim,
+                        const std::vector<reported_pass>& arc_passes = {}) const;
 
   // The organizational domain (§3.2): the registrable domain by the Public
   // Suffix List, its "*" default rule included; a public suffix is its own.
@@ -65,7 +70,7 @@ class dmarc_evaluator {
   struct library;
   // One author domain (A-labels), evaluated; its lookups made before `deadline`.
   dmarc_result evaluate_domain(const std::string& author, const std::optional<spf_result>& spf,
-                               const std::optional<dkim_results>& dkim,
+                               const std::optional<dkim_results>& dkim, const std::vector<reported_pass>& arc_passes,
                                std::chrono::steady_clock::time_point deadline) const;
 
   txt_lookup lookup_;

@@ -124,6 +124,12 @@ struct dmarc_result {
   // leaves such messages out of DMARC (§6.6.1), so a spoofed From could
   // hide behind one: unlike a broken record, a policy may refuse them.
   bool unusable_from = false;
+  // fail: for every failing author domain, the newest ARC set's
+  // ARC-Authentication-Results report a pass aligned with it (dmarc=pass
+  // header.from=, or an SPF or DKIM pass aligned as its record's
+  // aspf=/adkim= ask): what the last intermediary found when it got the
+  // message, under its seal. False otherwise, and without a passing chain.
+  bool arc_aligned = false;
   // Every distinct author domain the From field(s) name, in order, each
   // evaluated (at most max_author_domains); empty when unusable_from.
   author_domain_list from_domains;

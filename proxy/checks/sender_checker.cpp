@@ -100,6 +100,7 @@ awaitable<message_results> sender_checker::message(const message_ptr& message, c
 
 message_results sender_checker::check_message(const message_store& message, const std::optional<spf_result>& spf) const {
   message_results found;
+  std::vector<reported_pass> sealer_passes;  // the newest ARC set's findings, for DMARC
   // Each check answers for itself: OpenSSL failing (memory) or a spilled
   // message that cannot be read is that check's temperror (ARC: fail).
   if (dkim_) {
@@ -112,24 +113,26 @@ message_results sender_checker::check_message(const message_store& message, cons
       found.dkim = dkim_results{s};
     }
   }
-  if (dmarc_) {
-    try {
-      found.dmarc = dmarc_->evaluate_now(message, spf, found.dkim);
-    } catch (const std::exception& e) {
-      dmarc_result r;
-      r.result = dmarc_result::kind::temperror;
-      r.problem = e.what();
-      found.dmarc = std::move(r);
-    }
-  }
   if (arc_) {
     try {
-      found.arc = arc_->verify_now(message);
+      found.arc = arc_->verify_now(message, std::nullopt, &sealer_passes);
     } catch (const std::exception& e) {
       arc_result r;
       r.result = arc_result::kind::fail;
       r.problem = e.what();
       found.arc = std::move(r);
+    }
+  }
+  // DMARC last: with the chain validated, it tells whether the newest
+  // sealer's findings vouch for the From domains (arc_aligned).
+  if (dmarc_) {
+    try {
+      found.dmarc = dmarc_->evaluate_now(message, spf, found.dkim, sealer_passes);
+    } catch (const std::exception& e) {
+      dmarc_result r;
+      r.result = dmarc_result::kind::temperror;
+      r.problem = e.what();
+      found.dmarc = std::move(r);
     }
   }
   return found;

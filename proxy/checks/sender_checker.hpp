@@ -46,7 +46,7 @@ class sender_checker final : public sender_checks {
   const sender_checker_settings& settings() const { return settings_; }
 
  private:
-  // DKIM, DMARC and ARC on the calling thread.
+  // DKIM, ARC and DMARC on the calling thread.
   message_results check_message(const message_store& message, const std::optional<spf_result>& spf) const;
 
   std::shared_ptr<dns::resolver> resolver_;

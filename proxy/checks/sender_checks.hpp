@@ -34,9 +34,9 @@ class sender_checks {
                                     const smtp::address& sender) = 0;
   // The checks of the message as received that the checker was made for,
   // in one hop to its threads (a thread switch costs more than some checks):
-  // RFC 6376 verification of every DKIM-Signature, then RFC 7489 evaluation
-  // of the From domain from those results and `spf`, and RFC 8617 validation
-  // of the ARC chain. A check not asked for is left unset.
+  // RFC 6376 verification of every DKIM-Signature, RFC 8617 validation of
+  // the ARC chain, then RFC 7489 evaluation of the From domains from those
+  // results and `spf`. A check not asked for is left unset.
   virtual awaitable<message_results> message(const message_ptr& message, const std::optional<spf_result>& spf) = 0;
 };
 

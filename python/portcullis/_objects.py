@@ -152,6 +152,8 @@ class DmarcResult:
     dkim_aligned: bool = False  #: a DKIM signature passed for a domain aligned with it
     from_domains: tuple[str, ...] = ()  #: every author domain the From names, evaluated (A-labels)
     unusable_from: bool = False  #: the From gives no domain to evaluate (result permerror)
+    #: fail: the newest ARC set's ARC-Authentication-Results report a pass aligned with every failing domain
+    arc_aligned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,19 +45,22 @@ def keys(tmp_path_factory):
 def dns_server(keys):
     record = [{"TXT": keys["rsa_record"]}]
     zones = {"rsa._domainkey.example.test": record, "arc._domainkey.lists.test": record,
-             "seal._domainkey.mx.test": record, "slow._domainkey.lists.test": ["TIMEOUT"]}
+             "seal._domainkey.mx.test": record, "slow._domainkey.lists.test": ["TIMEOUT"],
+             "_dmarc.example.test": [{"TXT": "v=DMARC1; p=reject"}], "arc._domainkey.evil.test": record}
     with DnsServer(zones) as server:
         yield server
 
 
-def forwarded(message: bytes, keys: dict, hops: int = 1, selector: str = "arc") -> bytes:
-    """The message as a mailing list (lists.test) forwards it: authenticated, then ARC sealed by dkimpy."""
+def forwarded(message: bytes, keys: dict, hops: int = 1, selector: str = "arc", by: bytes = b"lists.test",
+              found: bytes = b"dkim=pass header.d=example.test", headers: list[bytes] | None = None) -> bytes:
+    """The message as a mailing list (lists.test) forwards it: authenticated (`found`), then ARC sealed by
+    dkimpy (its message signature over `headers`, by default dkimpy's choice)."""
     for _ in range(hops):
         has_chain = b"ARC-Seal:" in message
-        ar = b"Authentication-Results: lists.test; dkim=pass header.d=example.test" + (
-            b"; arc=pass\r\n" if has_chain else b"\r\n")
+        ar = b"Authentication-Results: " + by + b"; " + found + (b"; arc=pass\r\n" if has_chain else b"\r\n")
         message = ar + message
-        message = b"".join(dkim.arc_sign(message, selector.encode(), b"lists.test", keys["rsa"], b"lists.test")) + message
+        options = {"include_headers": headers} if headers else {}
+        message = b"".join(dkim.arc_sign(message, selector.encode(), by, keys["rsa"], by, **options)) + message
     return message
 
 
@@ -248,3 +251,57 @@ def test_check_config_loads_the_sealing_key(portcullis_bin, tmp_path):
     r = subprocess.run([str(portcullis_bin), "--check-config", str(config)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1, r
     assert "arc_seal" in r.stderr and "not-a-key.pem" in r.stderr, r.stderr
+
+
+DMARC_POLICY = Path(__file__).resolve().parents[2] / "policies" / "dmarc.py"
+
+
+def test_a_trusted_forwarder_excuses_only_what_it_handed_over_authenticated(policy_daemon, aiosmtpd_upstream,
+                                                                             dns_server, keys):
+    """policies/dmarc.py's trusted_forwarders: a DMARC failure (example.test, p=reject) is excused when
+    the chain passes, its newest set is the list's, and the list found the message authenticated. A seal
+    covers the ARC fields alone (RFC 8617 §5.2 checks the newest message signature only): an older set
+    of the list's, copied from mail the list once sent the forger, excused any forgery sealed on top."""
+    d = policy_daemon(aiosmtpd_upstream.url, DMARC_POLICY,
+                      checks={"spf": True, "dkim": True, "dmarc": True, "arc": True},
+                      dmarc={"trusted_forwarders": ["lists.test"]},
+                      dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1})
+    txt = txt_lookup(dns_server.port)
+
+    def send(message: bytes):
+        assert dkim.arc_verify(message, dnsfunc=txt)[0] in (dkim.CV_Pass, dkim.CV_Fail)
+        with d.connect() as c:
+            return c.transaction("m@evil.test", ["bob@example.net"], message[:-2])
+
+    # The list verified Alice's signature, added its footer (breaking it), and sealed: excused.
+    footed = sign(MESSAGE, keys).replace(b"Hello list.", b"Hello list.\r\n-- \r\nlist footer")
+    r = send(forwarded(footed, keys))
+    assert r.code == 250, str(r)
+    d.wait_log(r"DMARC: fail for example\.test excused: ARC chain sealed last by lists\.test")
+
+    # The forger's own mail through the list, rewritten as Alice's, sealed again by the forger.
+    own = MESSAGE.replace(b"From: Alice <alice@example.test>", b"From: Mallory <m@evil.test>")
+    by_list = forwarded(own, keys, found=b"dkim=pass header.d=evil.test")
+    phish = by_list.replace(b"From: Mallory <m@evil.test>", b"From: Alice <alice@example.test>").replace(
+        b"Hello list.", b"Log in at http://evil.test/")
+    replayed = forwarded(phish, keys, by=b"evil.test", found=b"dkim=none")
+    assert dkim.arc_verify(replayed, dnsfunc=txt)[0] == dkim.CV_Pass
+    r = send(replayed)
+    assert (r.code, r.status) == (550, "5.7.1"), str(r)
+
+    # A forgery the list relayed as it got it: its seal is the list's, its results say nothing passed.
+    relayed = forwarded(MESSAGE, keys, found=b"dkim=none; spf=fail smtp.mailfrom=m@evil.test")
+    r = send(relayed)
+    assert (r.code, r.status) == (550, "5.7.1"), str(r)
+    d.wait_log(r"DMARC: fail for example\.test not excused: lists\.test sealed it, but its results show no pass")
+
+    # The forger's mail through the list, a From of Alice's put on top of the list's signed one: the
+    # list's message signature takes the bottom one (RFC 6376 §5.4.2; dkimpy takes the top one and
+    # fails the chain), so the chain passes, but the list found only the forger's domain authenticated.
+    own_by_list = forwarded(own, keys, found=b"dkim=pass header.d=evil.test", headers=[b"from", b"to", b"subject"])
+    with d.connect() as c:
+        r = c.transaction("m@evil.test", ["bob@example.net"], b"From: Alice <alice@example.test>\r\n" + own_by_list[:-2])
+    assert (r.code, r.status) == (550, "5.7.1"), str(r)
+    d.wait_log(r"[0-9A-F]{12}: arc=pass \(i=1 by lists\.test\)$", count=3)
+    d.wait_log(r"DMARC: fail for example\.test not excused: lists\.test sealed it", count=2)
+

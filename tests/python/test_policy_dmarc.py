@@ -19,7 +19,7 @@ HEADER = "X-Portcullis-Quarantine"
 @pytest.fixture(autouse=True)
 def whole_dmarc_results(monkeypatch):
     """portcullis.testing hands tx.dmarc to the engine through _engine.job_from_dict, which knows its fields
-    up to dkim_aligned only (from_domains and unusable_from are the daemon's since): until it
+    up to dkim_aligned only (from_domains, unusable_from and arc_aligned are the daemon's since): until it
     knows them, the job is given them here, as the daemon gives them."""
     import portcullis.testing as testing
 
@@ -29,7 +29,8 @@ def whole_dmarc_results(monkeypatch):
         j = original(job)
         result = (job.get("tx") or {}).get("dmarc")
         if result is not None:
-            j.dmarc = tuple(j.dmarc)[:8] + (tuple(result.get("from_domains", ())), bool(result.get("unusable_from")))
+            j.dmarc = tuple(j.dmarc)[:8] + (tuple(result.get("from_domains", ())), bool(result.get("unusable_from")),
+                                            bool(result.get("arc_aligned")))
         return j
 
     monkeypatch.setattr(testing, "job_from_dict", whole)
@@ -104,12 +105,35 @@ def test_authenticated_senders_are_not_enforced_unless_told():
 def test_a_trusted_forwarders_arc_chain_excuses_a_failure():
     h = Harness([POLICY], config={"dmarc": {"trusted_forwarders": ["Lists.Example.net"]}})
     by_list = pc.ArcResult("pass", 1, ("lists.example.net",))
-    assert deliver(h, dmarc("fail", "reject"), arc=by_list)[0].code == 250
+    vouched = dmarc("fail", "reject", arc_aligned=True)
+    assert deliver(h, vouched, arc=by_list)[0].code == 250
     assert any("excused" in line.message for line in h.logs)
     # A chain that fails, or one sealed by others only, excuses nothing.
-    assert deliver(h, dmarc("fail", "reject"), arc=pc.ArcResult("fail", 1, ("lists.example.net",)))[0].code == 550
-    assert deliver(h, dmarc("fail", "reject"), arc=pc.ArcResult("pass", 1, ("other.test",)))[0].code == 550
-    assert deliver(Harness([POLICY]), dmarc("fail", "reject"), arc=by_list)[0].code == 550
+    assert deliver(h, vouched, arc=pc.ArcResult("fail", 1, ("lists.example.net",)))[0].code == 550
+    assert deliver(h, vouched, arc=pc.ArcResult("pass", 1, ("other.test",)))[0].code == 550
+    assert deliver(Harness([POLICY]), vouched, arc=by_list)[0].code == 550
+
+
+def test_only_the_newest_seal_of_a_trusted_forwarder_excuses():
+    """A seal covers only the ARC fields (RFC 8617 §5.2 validates the newest message signature alone): an
+    older set of the list's is anyone's to copy from mail the list once sent them onto a forgery, under a
+    set of their own. Only the newest sealer handed the message over."""
+    h = Harness([POLICY], config={"dmarc": {"trusted_forwarders": ["lists.example.net"]}})
+    vouched = dmarc("fail", "reject", arc_aligned=True)
+    replayed = pc.ArcResult("pass", 2, ("lists.example.net", "evil.test"))
+    assert deliver(h, vouched, arc=replayed)[0][:2] == (550, "5.7.1")
+    relayed_on = pc.ArcResult("pass", 2, ("other.test", "lists.example.net"))
+    assert deliver(h, vouched, arc=relayed_on)[0].code == 250
+
+
+def test_a_trusted_forwarder_vouches_only_for_what_it_found_authenticated():
+    """The list's own findings, in its ARC-Authentication-Results (tx.dmarc.arc_aligned), must show the From
+    domain authenticated when the list got it: else the list relayed a forgery, and its seal says so."""
+    h = Harness([POLICY], config={"dmarc": {"trusted_forwarders": ["lists.example.net"]}})
+    by_list = pc.ArcResult("pass", 1, ("lists.example.net",))
+    reply, _ = deliver(h, dmarc("fail", "reject"), arc=by_list)
+    assert reply[:2] == (550, "5.7.1")
+    assert any("not excused" in line.message for line in h.logs)
 
 
 def test_a_from_with_no_domain_to_check_is_refused_unless_told():
@@ -147,8 +171,9 @@ def test_domains_match_in_u_labels_and_a_labels(listed, reported):
     assert deliver(h, dmarc("fail", "reject", domain=reported))[0].code == 250
     assert deliver(h, dmarc("fail", "reject", domain="other.example"))[0].code == 550
     h = Harness([POLICY], config={"dmarc": {"trusted_forwarders": ["lists." + listed]}})
-    assert deliver(h, dmarc("fail", "reject"), arc=pc.ArcResult("pass", 1, ("lists." + reported,)))[0].code == 250
-    assert deliver(h, dmarc("fail", "reject"), arc=pc.ArcResult("pass", 1, ("lists.other.example",)))[0].code == 550
+    vouched = dmarc("fail", "reject", arc_aligned=True)
+    assert deliver(h, vouched, arc=pc.ArcResult("pass", 1, ("lists." + reported,)))[0].code == 250
+    assert deliver(h, vouched, arc=pc.ArcResult("pass", 1, ("lists.other.example",)))[0].code == 550
 
 
 @pytest.mark.parametrize("table", [{"trusted_forwarders": "lists.test"}, {"rejet": "none"}, {"reject": "bounce"}, {"temperror": "reject"},

@@ -113,6 +113,13 @@ class ArcSealerForTests {
   std::unique_ptr<arc_sealer> sealer_;
 };
 
+arc_result checked_pass(unsigned instances) {
+  arc_result r;
+  r.result = arc_result::kind::pass;
+  r.instances = instances;
+  return r;
+}
+
 std::string replaced(std::string m, std::string_view from, std::string_view to) {
   return m.replace(m.find(from), from.size(), to);
 }
@@ -219,6 +226,34 @@ TEST(ArcVerifier, TheSealsOfALongChainValidate) {
     m = set + prefix + m;
   }
   EXPECT_EQ(validate(dns, m).substr(0, 10), "pass i=50 ");
+}
+
+// What the newest set's ARC-Authentication-Results report as passed: the
+// last intermediary's findings, which DMARC may take (arc_aligned).
+TEST(ArcVerifier, TheNewestSetsPassesAreReported) {
+  table dns = sealers_dns();
+  const arc_verifier v(dns.lookup());
+  const auto passes = [&](const std::string& message_lf) {
+    std::vector<reported_pass> out{{"stale", "entry"}};
+    const auto r = v.verify_now(*message_store::wrap(std::make_shared<std::string>(crlf(message_lf))), std::nullopt, &out);
+    std::string text = std::string(to_string(r.result)) + ":";
+    for (const auto& [method, domain] : out) text += " " + method + "=" + domain;
+    return text;
+  };
+  EXPECT_EQ(passes(two_hops), "pass:");  // (dkim=none; arc= is not reported)
+  EXPECT_EQ(passes(plain), "none: stale=entry");  // untouched unless the chain passes
+  ArcSealerForTests sealer;
+  std::string why_not;
+  const auto m = message_store::wrap(std::make_shared<std::string>(crlf(two_hops)));
+  const std::string results = "Authentication-Results: mx.test; arc=pass; spf=pass smtp.mailfrom=b@Bounce.Example.test;"
+                              " dkim=pass header.d=example.test header.s=s; dkim=fail header.d=evil.test;"
+                              " dmarc=pass (p=reject) header.from=example.test\r\n";
+  const auto third = sealer.get().seal_now(results, *m, checked_pass(2), why_not);
+  ASSERT_FALSE(third.empty()) << why_not;
+  EXPECT_EQ(passes(third + crlf(two_hops)),
+            "pass: spf=bounce.example.test dkim=example.test dmarc=example.test");
+  // A failing chain reports nothing: its results are no one's word.
+  EXPECT_EQ(passes(replaced(third + crlf(two_hops), "Hello list.", "Hello all.")).substr(0, 5), "fail:");
 }
 
 // Our sealer, with the key above as mx.test's.

@@ -66,6 +66,35 @@ TEST(AuthenticationResultsHeader, ADkimEntryForNoOneSignature) {
             "\tdkim=neutral reason=\"19999 more signatures not evaluated (past the first 5)\"\r\n");
 }
 
+TEST(ReportedPasses, WhatAnAuthenticationResultsValueSaysPassed) {
+  const auto passes = [](std::string_view value, std::size_t max = 16) {
+    std::string out;
+    for (const auto& [method, domain] : reported_passes(value, max)) out += (out.empty() ? "" : " ") + method + ":" + domain;
+    return out;
+  };
+  EXPECT_EQ(passes(" lists.test; dkim=pass header.d=Example.TEST header.s=s; spf=pass smtp.mailfrom=a@bounces.example.test;"
+                   " dmarc=pass (p=reject dis=none) header.from=example.test"),
+            "dkim:example.test spf:bounces.example.test dmarc:example.test");
+  // Only passes; header.i when there is no header.d; smtp.helo when there is no smtp.mailfrom; each pair once.
+  EXPECT_EQ(passes("mx 1; dkim=fail header.d=a.test; dkim=pass header.i=@b.test; spf=pass smtp.helo=c.test;"
+                   " dkim=pass header.d=b.test; spf=softfail smtp.mailfrom=d.test; arc=pass; iprev=pass policy.iprev=192.0.2.1"),
+            "dkim:b.test spf:c.test");
+  // Comments, folding, quoting, versions and reasons anywhere RFC 8601 allows them.
+  EXPECT_EQ(passes(" (c) \"lists.test\" (c);\r\n\t dkim/1 (x) = (y) pass (good) reason=\"a; b\" (z)\r\n"
+                   "  header.d = (d) example.test;\tspf=pass smtp.mailfrom=\"a b\"@mail.example.test"),
+            "dkim:example.test spf:mail.example.test");
+  // A pass with no domain to it is none; "none" is no result; the grammar broken: what came before.
+  EXPECT_EQ(passes("mx; dkim=pass; dmarc=pass header.from="), "");
+  EXPECT_EQ(passes("mx; none"), "");
+  EXPECT_EQ(passes("mx; dkim=pass header.d=a.test; dkim pass header.d=b.test; dmarc=pass header.from=c.test"), "dkim:a.test");
+  EXPECT_EQ(passes("mx; dkim=pass header.d=a.test header.d"), "");
+  // At most `max` of them.
+  std::string many = "mx";
+  for (int i = 0; i < 1000; ++i) many += "; dkim=pass header.d=d" + std::to_string(i) + ".test";
+  EXPECT_EQ(reported_passes(many, 16).size(), 16u);
+  EXPECT_EQ(passes(many, 2), "dkim:d0.test dkim:d1.test");
+}
+
 TEST(AuthservId, ReadsTokenQuotedAndAfterComments) {
   EXPECT_EQ(authserv_id_of(" mx.example.test; spf=pass"), "mx.example.test");
   EXPECT_EQ(authserv_id_of(" mx.example.test 1; spf=pass"), "mx.example.test");  // with a version

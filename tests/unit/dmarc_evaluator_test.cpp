@@ -348,7 +348,41 @@ TEST(DmarcEvaluator, TheLookupsShareABudget) {
   EXPECT_TRUE(dns->asked.empty());
 }
 
-
+// arc_aligned: the newest ARC set's results (a chain that passed) report a
+// pass aligned with each failing From domain, by its record's alignment.
+TEST(DmarcEvaluator, WhatTheNewestSealerFoundIsAligned) {
+  fixture f;
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject"};
+  f.dns->txt["_dmarc.strict.test"] = {"v=DMARC1; p=reject; adkim=s; aspf=s"};
+  const auto aligned = [&](const std::string& from, std::vector<reported_pass> passes) {
+    const auto r = f.evaluator.evaluate({from}, std::nullopt, dkim_results{}, passes);
+    EXPECT_EQ(r.result, kind::fail) << from;
+    return r.arc_aligned;
+  };
+  EXPECT_TRUE(aligned("a@example.test", {{"dkim", "example.test"}}));
+  EXPECT_TRUE(aligned("a@example.test", {{"dkim", "mail.example.test"}}));  // relaxed
+  EXPECT_TRUE(aligned("a@news.example.test", {{"spf", "bounces.example.test"}}));
+  EXPECT_TRUE(aligned("a@example.test", {{"dmarc", "example.test"}}));
+  EXPECT_TRUE(aligned("a@example.test", {{"dkim", "evil.test"}, {"dmarc", "EXAMPLE.test."}}));
+  EXPECT_FALSE(aligned("a@example.test", {}));
+  EXPECT_FALSE(aligned("a@example.test", {{"dkim", "evil.test"}, {"spf", "example.net"}}));
+  EXPECT_FALSE(aligned("a@example.test", {{"dmarc", "news.example.test"}}));  // a DMARC pass is for its domain
+  EXPECT_FALSE(aligned("a@example.test", {{"arc", "example.test"}}));
+  EXPECT_FALSE(aligned("a@strict.test", {{"dkim", "mail.strict.test"}}));
+  EXPECT_TRUE(aligned("a@strict.test", {{"dkim", "strict.test"}}));
+  // With several failing From domains, each must be vouched for.
+  auto r = f.evaluator.evaluate({"a@example.test, b@strict.test"}, std::nullopt, dkim_results{},
+                                {{"dkim", "example.test"}});
+  EXPECT_FALSE(r.arc_aligned);
+  r = f.evaluator.evaluate({"a@example.test, b@strict.test"}, std::nullopt, dkim_results{},
+                           {{"dkim", "example.test"}, {"spf", "strict.test"}});
+  EXPECT_TRUE(r.arc_aligned);
+  // Only a failure is vouched for.
+  r = f.evaluator.evaluate({"a@example.test"}, spf(spf_result::kind::pass, "example.test"), dkim_results{},
+                           {{"dkim", "example.test"}});
+  EXPECT_EQ(r.result, kind::pass);
+  EXPECT_FALSE(r.arc_aligned);
+}
 
 // RFC 7489 §6.6.3, RFC 8616 §4-5: an internationalized From domain (an
 // SMTPUTF8 message) is looked up and aligned as A-labels, the form SPF and
