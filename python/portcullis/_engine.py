@@ -131,7 +131,8 @@ def job_from_dict(job: dict[str, Any]) -> Any:
         if dmarc is not None:
             j.dmarc = (dmarc["result"], dmarc.get("domain", ""), dmarc.get("policy"), dmarc.get("disposition"),
                        dmarc.get("org_domain", ""), int(dmarc.get("pct", 100)), bool(dmarc.get("spf_aligned")),
-                       bool(dmarc.get("dkim_aligned")))
+                       bool(dmarc.get("dkim_aligned")), tuple(dmarc.get("from_domains", ())),
+                       bool(dmarc.get("unusable_from")), bool(dmarc.get("arc_aligned")))
         arc = tx.get("arc")
         if arc is not None:
             j.arc = (arc["result"], int(arc.get("instances", 0)), list(arc.get("sealers", ())))

@@ -16,26 +16,6 @@ MESSAGE = "From: alice@example.test\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\
 HEADER = "X-Portcullis-Quarantine"
 
 
-@pytest.fixture(autouse=True)
-def whole_dmarc_results(monkeypatch):
-    """portcullis.testing hands tx.dmarc to the engine through _engine.job_from_dict, which knows its fields
-    up to dkim_aligned only (from_domains, unusable_from and arc_aligned are the daemon's since): until it
-    knows them, the job is given them here, as the daemon gives them."""
-    import portcullis.testing as testing
-
-    original = testing.job_from_dict
-
-    def whole(job):
-        j = original(job)
-        result = (job.get("tx") or {}).get("dmarc")
-        if result is not None:
-            j.dmarc = tuple(j.dmarc)[:8] + (tuple(result.get("from_domains", ())), bool(result.get("unusable_from")),
-                                            bool(result.get("arc_aligned")))
-        return j
-
-    monkeypatch.setattr(testing, "job_from_dict", whole)
-
-
 def dmarc(result="fail", policy="reject", disposition=None, domain="example.test", **more):
     return pc.DmarcResult(result, domain, policy, disposition if disposition is not None else policy,
                           domain, 100, False, False, **more)
