@@ -140,5 +140,10 @@ async def on_rcpt(tx, rcpt):
     if SETTINGS["skip_authenticated"] and conn.auth_user is not None:
         return None
     lookup = conn.data.get("dnsbl_lookup")
-    score, hits = await lookup if lookup is not None else await _verdict(conn)
+    if lookup is None or lookup.cancelled():
+        # A lookup cancelled by something else than this hook is started again.
+        lookup = conn.data["dnsbl_lookup"] = asyncio.ensure_future(_verdict(conn))
+    # Shielded: a RCPT hook the engine cancels past [policy] timeout must not
+    # cancel the connection's lookup, which every later RCPT awaits.
+    score, hits = await asyncio.shield(lookup)
     return _refusal(conn, hits) if score >= SETTINGS["threshold"] else None

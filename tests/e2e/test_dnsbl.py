@@ -5,6 +5,7 @@ looked up through the daemon's own resolver ([dns] nameserver)."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,26 @@ def test_reject_at_connect(dnsbl_daemon):
     d = dnsbl_daemon(reject_at="connect")
     with session(d, "203.0.113.5") as c:
         c.expect(554, "5.7.1")
+
+
+@pytest.mark.parametrize("on_error, first", [("accept", 250), ("tempfail", 451)])
+def test_a_rcpt_timed_out_does_not_cancel_the_lookup(policy_daemon, aiosmtpd_upstream, on_error, first):
+    # The list answers after 2 s, the hook is given 1: the first RCPT times
+    # out, its hook is cancelled, and the lookup it was waiting on must live
+    # on for the next RCPT (it was cancelled with it: every later RCPT of the
+    # connection failed, so with on_error = "accept" a listed client got all
+    # its recipients through).
+    with DnsServer({"5.113.0.203.zen.test": [{"A": "127.0.0.2"}, {"DELAY": 2}]}) as server:
+        d = policy_daemon(aiosmtpd_upstream.url, POLICY, server={"proxy_protocol": True},
+                          policy={"timeout": 1, "on_error": on_error},
+                          dns={"nameserver": f"127.0.0.1:{server.port}", "timeout": 5},
+                          dnsbl={"zones": {"zen.test": 2}, "threshold": 2})
+        with session(d, "203.0.113.5") as c:
+            c.expect(220)
+            c.exchange("HELO client.example", 250)
+            c.exchange("MAIL FROM:<a@origin.example>", 250)
+            c.exchange("RCPT TO:<b0@example.test>", first)
+            time.sleep(1.5)  # the answer is in 2 s after connect
+            for i in (1, 2):
+                c.exchange(f"RCPT TO:<b{i}@example.test>", 554, "5.7.1")
+        d.wait_log(r"dnsbl: client \[203\.0\.113\.5\] scores 2 ")
