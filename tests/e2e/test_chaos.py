@@ -370,7 +370,7 @@ def test_upstream_faults_amid_concurrent_sessions_never_become_a_250(start_daemo
     # connections: a connection that failed is never reused, no fault leaks into another
     # session's transaction, and only what the upstream took with 250 got a 250.
     up = fake_upstream()
-    d = start_daemon(up.url, upstream={"timeout": 2}, server={"max_connections_per_client": 200, **shape})
+    d = start_daemon(up.url, upstream={"timeout": 2, "data_done_timeout": 2}, server={"max_connections_per_client": 200, **shape})
     crowd = Crowd(d, UpstreamChaos, up)
     try:
         time.sleep(DURATION)
