@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
-#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -565,10 +565,6 @@ void read_upstream(table_reader& t, upstream_config& u, const std::filesystem::p
   t.get("url", u.url);
   t.get_choice("starttls", u.starttls, starttls_names);
   t.get_seconds("timeout", u.timeout, std::chrono::seconds(1));
-  if (t.get("helo", u.helo) && !is_domain(u.helo) && !is_address_literal(u.helo))
-    t.problem_at("helo", as_shown(u.helo) + " " + domain_want + " or address literal ([192.0.2.1], [IPv6:2001:db8::1])");
-  t.get("tls_verify", u.tls_verify);
-  t.get_path("tls_ca_file", u.tls_ca_file, base);
   // The final dot's reply never waits less than any other reply: given below
   // `timeout` it is refused; left out, it is 600 s or `timeout` if that is more.
   std::chrono::seconds done{0};  // stays 0 when left out, or out of range (that problem is told)
@@ -582,6 +578,10 @@ void read_upstream(table_reader& t, upstream_config& u, const std::filesystem::p
                                             std::to_string(u.timeout.count()) +
                                             "): the reply to the final dot may take longer than any other, never less");
   }
+  if (t.get("helo", u.helo) && !is_domain(u.helo) && !is_address_literal(u.helo))
+    t.problem_at("helo", as_shown(u.helo) + " " + domain_want + " or address literal ([192.0.2.1], [IPv6:2001:db8::1])");
+  t.get("tls_verify", u.tls_verify);
+  t.get_path("tls_ca_file", u.tls_ca_file, base);
   bool v6 = false;
   if (t.get("tls_name", u.tls_name) && !is_domain(u.tls_name) && !is_ip(u.tls_name, v6))
     t.problem_at("tls_name", as_shown(u.tls_name) + " is not a domain name or IP address");
