@@ -16,10 +16,18 @@ local part may hold both (``"john smith"@example.test``, as Postfix parses
 the value as an RFC 822 address list). Keys are lowercased (as ``postmap`` does
 without ``-f``); values keep their case. A key listed twice keeps its first
 entry, as Postfix does, and the later line is reported in ``duplicates``.
+
+The key ends at the first blank outside double quotes (a backslash escapes
+the next character), as postmap(1) finds it: ``"john smith"@example.test``
+is one key. A line postmap skips with a warning (a key with no value, a
+continuation line with nothing before it) is skipped with a warning in the
+log here too (logger ``portcullis.policy.maps``): one typo does not refuse
+the whole file, as it does not for Postfix.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,6 +37,12 @@ __all__ = ["MapEntry", "MapError", "PostfixMap", "iter_map", "read_map"]
 # An item: runs of anything but blanks, commas and quotes, and quoted strings (a backslash
 # escapes the next character in them; one left open runs to the end: the address check says so).
 _ITEM = re.compile(r'(?:[^\s,"]+|"(?:[^"\\]|\\.)*(?:"|\\?\Z))+')
+
+# A key: up to the first blank outside double quotes, a backslash escaping the next
+# character (postmap.c and dict_thash.c split a line so). A quote left open ends nothing.
+_KEY = re.compile(r'(?:\\.|"[^"]*"|[^\s"\\])+')
+
+_log = logging.getLogger("portcullis.policy.maps")
 
 
 class MapError(ValueError):
@@ -59,7 +73,8 @@ class PostfixMap:
 
 def read_map(path: str | os.PathLike[str], *, lowercase_keys: bool = True) -> PostfixMap:
     """Reads a Postfix table file; raises ``MapError`` (with file and line) for a
-    file that cannot be read or is not UTF-8, or a key without a value."""
+    file that cannot be read or is not UTF-8, or a value of commas alone (a key
+    with no value at all is skipped with a warning, as postmap does)."""
     table = PostfixMap(os.fspath(path))
     for entry in iter_map(path, lowercase_keys=lowercase_keys):
         if entry.key in table.entries:
@@ -107,18 +122,24 @@ def _logical_lines(name: str, lines):  # -> Iterator[tuple[str, str, int]]
             continue
         if line[0] in " \t":
             if key_line is None:
-                raise MapError(name, number, "a continuation line (it starts with blanks) with no line before it")
+                _log.warning("%s, line %d: a continuation line (it starts with blanks) with no line before it:"
+                             " skipped, as postmap does", name, number)
+                continue
             parts.append(stripped)
             continue
         if key_line is not None:
-            yield _split(name, " ".join(parts), key_line[1])
+            yield from _split(name, " ".join(parts), key_line[1])
         key_line, parts = (stripped, number), [stripped]
     if key_line is not None:
-        yield _split(name, " ".join(parts), key_line[1])
+        yield from _split(name, " ".join(parts), key_line[1])
 
 
-def _split(name: str, logical: str, line: int) -> tuple[str, str, int]:
-    key, *value = logical.split(None, 1)
-    if not value:
-        raise MapError(name, line, f"{key!r} has no value")
-    return key, value[0], line
+def _split(name: str, logical: str, line: int):  # -> Iterator[tuple[str, str, int]] (none for a line skipped)
+    found = _KEY.match(logical)
+    key = found.group() if found else ""
+    value = logical[len(key):]
+    if not key or not value[:1].isspace():
+        _log.warning("%s, line %d: expected format: key whitespace value: %r skipped, as postmap does",
+                     name, line, logical[:80])
+        return
+    yield key, value.strip(), line

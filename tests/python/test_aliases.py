@@ -5,6 +5,8 @@ end to end, with a real upstream and postsrsd: tests/e2e/test_aliases.py."""
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -67,8 +69,6 @@ def test_quoted_targets_load_and_get_the_extension_inside_the_quotes(tmp_path):
 
 
 @pytest.mark.parametrize("text,line,why", [
-    ("lonely@example.test\n", 1, "has no value"),
-    ("  starts@example.test with blanks\n", 1, "continuation"),
     ("ok@example.test a@example.test\nbad@example.test ,,,\n", 2, "has no value"),
 ])
 def test_map_errors_say_where(tmp_path, text, line, why):
@@ -77,6 +77,40 @@ def test_map_errors_say_where(tmp_path, text, line, why):
     with pytest.raises(MapError, match=why) as e:
         read_map(path)
     assert e.value.line == line and str(e.value).startswith(f"{path}, line {line}: ")
+
+
+POSTMAP_CASES = (
+    '"john smith"@example.test   js@x.example\n'  # a quoted key with a blank: one key
+    '"a b"\\ c@example.test v@x.example\n'
+    'lonely@example.test\n'  # no value: postmap warns and skips it, so do we
+    '"open@example.test x@x.example\n'  # a quote left open: no key, skipped
+    'bob@example.test  bob@x.example\n'
+)
+
+
+def test_keys_as_postmap_finds_them_and_lines_it_skips(tmp_path, caplog):
+    path = tmp_path / "map"
+    path.write_text("  starts@example.test with blanks\n" + POSTMAP_CASES)
+    with caplog.at_level(logging.WARNING, logger="portcullis.policy.maps"):
+        m = read_map(path)
+    assert {k: e.values for k, e in m.entries.items()} == {
+        '"john smith"@example.test': ("js@x.example",), '"a b"\\ c@example.test': ("v@x.example",),
+        "bob@example.test": ("bob@x.example",)}
+    assert [r.getMessage().split(": ")[0] for r in caplog.records] == [f"{path}, line {n}" for n in (1, 4, 5)]
+    assert "skipped, as postmap does" in caplog.text
+
+
+@pytest.mark.skipif(not shutil.which("postmap"), reason="postfix's postmap is not installed")
+def test_keys_agree_with_postmap(tmp_path):
+    path = tmp_path / "map"
+    path.write_text(POSTMAP_CASES)
+    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\n")
+    ours = read_map(path).entries
+    for key in ('"john smith"@example.test', '"a b"\\ c@example.test', "lonely@example.test",
+                '"open@example.test', "bob@example.test"):
+        p = subprocess.run(["postmap", "-c", str(tmp_path), "-q", key, f"texthash:{path}"],
+                           capture_output=True, text=True)
+        assert (p.stdout.strip() or None) == (" ".join(ours[key].values) if key in ours else None), key
 
 
 def test_map_that_cannot_be_read_or_is_not_utf8(tmp_path):
