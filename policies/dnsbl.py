@@ -9,6 +9,7 @@ Configure it in ``[dnsbl]`` (the defaults shown; ``zones`` is required):
     reject_at = "rcpt"             # "rcpt" (the envelope is in the log) or "connect"
     networks = []                  # clients never looked up (CIDR)
     skip_authenticated = true      # AUTH clients are never refused (at rcpt)
+    error_answers = {}             # zone = ["127.0.0.N", ...]: more of a list's own error codes
 
 Each zone is looked up once per connection, all at once, through the
 daemon's resolver (``pc.dns``, with its cache): the client's address
@@ -16,7 +17,10 @@ reversed under the zone (``5.113.0.203.zen.spamhaus.example``; IPv6 by
 nibbles). A zone that answers an A record in 127.0.0.0/8 adds its weight
 (negative weights are allow lists); answers in 127.255.255.0/24 are the
 list's own error codes (a refused query) and count for nothing, as does a
-lookup that fails or times out (logged). A weight may also be given per
+lookup that fails or times out (logged). So does 127.0.0.255 from an allow
+list (a zone with a negative weight): dnswl.org's answer to a resolver over
+its limit (SpamAssassin's RCVD_IN_DNSWL_BLOCKED), which is no allowance;
+``error_answers`` names more of a zone's own error codes. A weight may also be given per
 answer: ``"bl.example=127.0.0.2" = 3`` counts only that answer.
 
 A client whose score reaches ``threshold`` gets ``554 5.7.1 Service
@@ -32,7 +36,12 @@ import ipaddress
 import portcullis as pc
 from portcullis.settings import Settings, client_address, in_networks
 
-_KEYS = ("zones", "threshold", "reject_at", "networks", "skip_authenticated")
+_KEYS = ("zones", "threshold", "reject_at", "networks", "skip_authenticated", "error_answers")
+
+# Every list's own error codes (Spamhaus: a refused or over-quota query), and an allow
+# list's too: dnswl.org answers 127.0.0.255 to a resolver over its limit.
+_LIST_ERRORS = ipaddress.ip_network("127.255.255.0/24")
+_ALLOW_LIST_ERRORS = frozenset({"127.0.0.255"})
 
 
 def _settings() -> dict:
@@ -66,12 +75,32 @@ def _settings() -> dict:
         s["networks"] = [ipaddress.ip_network(n, strict=False) for n in table.get("networks", [])]
     except (TypeError, ValueError) as e:
         raise ValueError(f"[dnsbl] networks: {e}") from None
+    s["error_answers"] = _error_answers(parsed, table.get("error_answers", {}))
     return s
+
+
+def _error_answers(zones: list, table) -> dict[str, frozenset[str]]:
+    """zone -> the answers besides 127.255.255.0/24 that are its own error codes."""
+    if not isinstance(table, dict):
+        raise ValueError("[dnsbl] error_answers: want an inline table of zone = [\"127.0.0.N\", ...]")
+    allow = {zone for zone, _, weight in zones if weight < 0}
+    errors = {zone: set(_ALLOW_LIST_ERRORS) if zone in allow else set() for zone, _, _ in zones}
+    for name, answers in table.items():
+        zone = name.strip().strip(".").lower()
+        if zone not in errors:
+            raise ValueError(f"[dnsbl] error_answers: {name!r} is not one of the zones")
+        if not isinstance(answers, list) or not answers:
+            raise ValueError(f"[dnsbl] error_answers: {name!r}: want a list of \"127.0.0.N\"")
+        for answer in answers:
+            try:
+                errors[zone].add(str(ipaddress.IPv4Address(str(answer).strip())))
+            except ValueError:
+                raise ValueError(f"[dnsbl] error_answers: {name!r}: {answer!r} is not 127.0.0.N") from None
+    return {zone: frozenset(found) for zone, found in errors.items()}
 
 
 SETTINGS = _settings()
 _ZONES = sorted({zone for zone, _, _ in SETTINGS["zones"]})
-_LIST_ERRORS = ipaddress.ip_network("127.255.255.0/24")
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
@@ -90,9 +119,9 @@ async def _answers(name: str, zone: str) -> set[str]:
         pc.log.warning("dnsbl: %s did not answer for the client: %s", zone, e)
         return set()
     listed = {a for a in found if ipaddress.ip_address(a) in _LOOPBACK}
-    errors = {a for a in listed if ipaddress.ip_address(a) in _LIST_ERRORS}
+    errors = {a for a in listed if ipaddress.ip_address(a) in _LIST_ERRORS or a in SETTINGS["error_answers"][zone]}
     if errors:
-        pc.log.warning("dnsbl: %s refused the query (%s): not counted", zone, ", ".join(sorted(errors)))
+        pc.log.warning("dnsbl: %s refused the query (its error code %s): not counted", zone, ", ".join(sorted(errors)))
     return listed - errors
 
 

@@ -28,6 +28,10 @@ ZONES = {
     "7.113.0.203.wl.test": [{"A": "127.0.10.1"}],
     "8.113.0.203.bl.test": [{"A": "127.255.255.254"}],  # the list refuses the query
     "9.113.0.203.bl.test": [{"A": "192.0.2.1"}],        # not a listing: outside 127/8
+    "10.113.0.203.bl.test": [{"A": "127.0.0.2"}],
+    "10.113.0.203.wl.test": [{"A": "127.0.0.255"}],     # dnswl.org: the resolver is over its limit
+    "11.113.0.203.bl.test": [{"A": "127.0.0.3"}],
+    "11.113.0.203.wl.test": [{"A": "127.0.0.255"}],
     f"{V6_NAME}.bl.test": [{"A": "127.0.0.2"}],
     "*.slow.test": ["TIMEOUT"],
 }
@@ -73,6 +77,19 @@ def test_weights_answers_allow_lists_and_list_errors(dns_server):
         assert rcpt(h, "198.51.100.1").code == 250  # NXDOMAIN everywhere
 
 
+def test_an_allow_lists_over_the_limit_answer_is_no_allowance(dns_server):
+    # 127.0.0.255 from dnswl.org is "your resolver is over its limit": it counted
+    # as an allow-list hit (-5), and every client on bl.test passed.
+    with harness() as h:
+        assert rcpt(h, "203.0.113.10")[:2] == (554, "5.7.1")
+        assert any("wl.test refused the query (its error code 127.0.0.255)" in line.message for line in h.logs)
+    # A block list's 127.0.0.255 is a listing unless error_answers says otherwise.
+    with harness(zones={"bl.test": 2, "wl.test": -5}, error_answers={"bl.test": ["127.0.0.3"]}) as h:
+        assert rcpt(h, "203.0.113.11").code == 250  # bl.test's own error code: not counted
+        assert rcpt(h, "203.0.113.10")[:2] == (554, "5.7.1")
+        assert any("bl.test refused the query (its error code 127.0.0.3)" in line.message for line in h.logs)
+
+
 def test_a_zone_that_times_out_counts_for_nothing(dns_server):
     with harness(zones={"slow.test": 5, "bl.test": 2}) as h:
         assert rcpt(h, "203.0.113.5")[:2] == (554, "5.7.1")
@@ -94,6 +111,9 @@ def test_exemptions_and_reject_at_connect(dns_server):
     ({"zones": {}}, "zones: required"), ({"zones": {"bl.test": "x"}}, "must be a number"),
     ({"zones": {"bl.test=nope": 1}}, "want zone=127"), ({"threshold": 0}, "threshold"),
     ({"reject_at": "data"}, "reject_at"), ({"colour": 1}, "unknown key"),
+    ({"error_answers": {"nope.test": ["127.0.0.3"]}}, "error_answers: 'nope.test' is not one of the zones"),
+    ({"error_answers": {"bl.test": ["x"]}}, "error_answers: 'bl.test': 'x' is not 127"),
+    ({"error_answers": {"bl.test": "127.0.0.3"}}, "want a list"),
 ])
 def test_settings_are_checked(table, why):
     with pytest.raises(PolicyLoadError, match=why):
