@@ -16,14 +16,17 @@ Like the daemon's own, the values live in memory that every worker process
 shares: one scrape gives the totals, and a reload or a restarted worker
 keeps counting from where it was. Declaring a name again with the same
 type, labels and buckets (a reload, another worker) gives the same metric;
-with others it is ValueError (a restart changes them). Names starting with
-``portcullis_`` are the daemon's. Without the daemon (``portcullis.testing``,
+with others it is ValueError (a restart changes them), as is a name whose
+samples would share a name with another family's (a histogram ``req_seconds``
+has ``req_seconds_count``: no gauge may be called so, whichever comes first).
+Names starting with ``portcullis_`` are the daemon's. Without the daemon (``portcullis.testing``,
 a unit test) the metrics count in this process; ``value`` reads them back.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,12 +40,42 @@ __all__ = ["Counter", "Gauge", "Histogram", "counter", "gauge", "histogram", "ex
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+# The sample names a family of each type puts in an exposition, as suffixes of its name
+# (a counter's _total: OpenMetrics names its sample so). Two families whose samples share a
+# name make a broken exposition (two TYPE lines for one sample), so that is refused.
+_SAMPLE_SUFFIXES = {"counter": ("", "_total"), "gauge": ("",), "histogram": ("", "_bucket", "_sum", "_count")}
+_TYPE_LINE = re.compile(r"^# TYPE (\S+) (\S+)$", re.MULTILINE)
+
+
+def _samples(name: str, kind: str) -> set[str]:
+    return {name + suffix for suffix in _SAMPLE_SUFFIXES.get(kind, ("",))}
+
+
+def _check_samples_are_its_own(name: str, kind: str) -> None:
+    """ValueError if a family declared before (the daemon's or a policy's) has a sample named as
+    one of this one's, or the other way round (a histogram req_seconds and a gauge req_seconds_count)."""
+    mine = _samples(name, kind)
+    for other, other_kind in _TYPE_LINE.findall(_core.metrics_exposition()):
+        shared = mine & _samples(other, other_kind) if other != name else set()
+        if shared:
+            raise ValueError(f"metric name {name!r}: its sample {min(shared)} would be one of the {other_kind} "
+                             f"{other!r} too (a {kind} {name} has samples {', '.join(sorted(mine))})")
+
+
+def _label_text(value: Any) -> str:
+    """A label value as the table takes it: text that UTF-8 can carry, a lone surrogate
+    (a header's undecodable byte, surrogateescape) shown as "?", as a control character is."""
+    text = str(value)
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
 class _Metric:
     _kind = ""
 
     def __init__(self, name: str, help: str, labels: Iterable[str] = (), buckets: Sequence[float] = ()) -> None:
         if not isinstance(name, str) or name.startswith("portcullis_"):
             raise ValueError(f"metric name {name!r}: names starting with portcullis_ are the daemon's")
+        _check_samples_are_its_own(name, self._kind)
         self.name = name
         self.label_names = tuple(labels)
         self._family = _core.metrics_family(name, help, self._kind, list(self.label_names), [float(b) for b in buckets])
@@ -52,7 +85,7 @@ class _Metric:
     def _series(self, values: tuple[str, ...]) -> Any:
         series = self._children.get(values)
         if series is None:
-            series = self._children[values] = _core.metrics_series(self._family, list(values))
+            series = self._children[values] = _core.metrics_series(self._family, [_label_text(v) for v in values])
         return series
 
     def labels(self, *values: Any, **named: Any) -> Any:

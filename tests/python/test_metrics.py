@@ -119,3 +119,29 @@ def test_a_hooks_none_observer_counts_as_observed_does_and_keeps_its_figures_ali
     text = pc.metrics.exposition()
     assert re.search(r'portcullis_verdicts_total\{hook="on_rcpt",verdict="none"\} (\d+)', text)
     assert 'portcullis_hook_duration_seconds_count{policy="/t/none_observer.py",hook="on_rcpt"} 2' in text
+
+
+@pytest.mark.parametrize("first, second", [
+    (("histogram", "clash_a_seconds"), ("gauge", "clash_a_seconds_count")),
+    (("gauge", "clash_b_seconds_bucket"), ("histogram", "clash_b_seconds")),  # either order
+    (("counter", "clash_c_sum"), ("histogram", "clash_c")),
+    (("counter", "clash_d"), ("counter", "clash_d_total")),
+    (("gauge", "clash_e_total"), ("counter", "clash_e")),
+])
+def test_a_family_whose_samples_would_be_anothers_is_refused(first, second):
+    # Two families with a sample of the same name (a histogram req_seconds and a gauge
+    # req_seconds_count) made an exposition with that sample twice, under two TYPE lines.
+    getattr(pc.metrics, first[0])(first[1], "first")
+    with pytest.raises(ValueError, match=f"metric name '{second[1]}': its sample .* would be one of the {first[0]} "
+                                         f"'{first[1]}'"):
+        getattr(pc.metrics, second[0])(second[1], "second")
+    assert f"# TYPE {second[1]} " not in pc.metrics.exposition()
+    getattr(pc.metrics, first[0])(first[1], "first")  # declared again: still the same metric
+
+
+def test_a_label_value_with_a_lone_surrogate_is_counted_with_a_question_mark():
+    odd = pc.metrics.counter("odd_label_total", "odd", labels=["v"])
+    odd.labels(v="x\udcff").inc()  # a header's undecodable byte, as surrogateescape gives it
+    odd.labels("x\udcff").inc()
+    assert odd.labels(v="x?").value == 2
+    assert 'odd_label_total{v="x?"} 2' in pc.metrics.exposition()
