@@ -76,8 +76,9 @@ def _sender_key(sender) -> str:
     before keys were canonical: triplets stored then are still found."""
     key = mailbox_key(sender)
     local, at, domain = key.rpartition("@")
-    if at and "+" in local:
-        key = local.split("+", 1)[0] + "@" + domain
+    base = local.split("+", 1)[0]
+    if at and base and base != local:  # "+a@o" has no extension (Postfix's split_addr): kept whole
+        key = base + "@" + domain
     return key
 
 

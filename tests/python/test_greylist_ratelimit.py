@@ -102,6 +102,17 @@ def test_every_spelling_of_a_mailbox_is_one_triplet():
         assert r.code == 250
 
 
+def test_a_local_part_starting_with_plus_is_not_an_extension():
+    # "+a@o" was cut to "@o": every such sender of a domain shared one triplet.
+    with greylist() as h:
+        net = fresh_net()
+        assert attempt(h, net, "+a@example.com", "b@example.test")[1][:2] == (451, "4.7.1")
+        NOW[0] += 1.1
+        assert attempt(h, net, "+a@example.com", "b@example.test")[1].code == 250
+        assert attempt(h, net, "+b@example.com", "b@example.test")[1][:2] == (451, "4.7.1")
+        assert attempt(h, net, "+a+x@example.com", "b@example.test")[1][:2] == (451, "4.7.1")
+
+
 def test_plain_addresses_keep_the_keys_stored_before_canonical_keys():
     """An upgrade must not greylist every known triplet again: a plain address gives the key of the
     earlier versions (the network, the lowercased sender without +extension and recipient, hashed)."""
