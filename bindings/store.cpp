@@ -7,7 +7,8 @@
 //
 // Errors: a key, value or ttl of the wrong type is TypeError / ValueError
 // (store.py's docstring); a full table is pc.store.Error; incr on a value
-// that is not an integer, or past 64 bits, ValueError.
+// that is not an integer (as Redis reads one: "007" and "-0" are not), or
+// past 64 bits, ValueError (store.py turns Redis's answers into the same).
 #include <chrono>
 #include <cmath>
 
@@ -44,7 +45,11 @@ std::string_view checked_key(py::handle key, std::string& bytes) {
   return text;
 }
 
-// A time to live: None, or an int or float (not a bool) above 0, in seconds.
+// The longest time to live either backend takes, in seconds (31 years).
+constexpr double max_ttl_seconds = 1e9;
+
+// A time to live: None, or an int or float (not a bool) above 0 and at most
+// max_ttl_seconds, in seconds.
 std::optional<double> checked_ttl(py::handle ttl) {
   if (ttl.is_none()) return std::nullopt;
   PyObject* t = ttl.ptr();
@@ -54,6 +59,8 @@ std::optional<double> checked_ttl(py::handle ttl) {
     if (seconds == -1.0 && PyErr_Occurred()) throw py::error_already_set();
   }
   if (!(seconds > 0)) throw py::value_error("ttl is a number of seconds above 0, not " + shown(ttl));
+  if (!(seconds <= max_ttl_seconds))  // inf and nan too
+    throw py::value_error("ttl is at most 1e9 seconds (31 years), not " + shown(ttl));
   return seconds;
 }
 
@@ -85,8 +92,7 @@ std::string_view utf8_of(const py::str& text) {
 
 // The memory table's limit on a time to live, and its unit.
 std::optional<shared_kv::clock::duration> kv_ttl(std::optional<double> seconds) {
-  if (!seconds) return std::nullopt;
-  if (!std::isfinite(*seconds) || *seconds > 1e9) throw py::value_error("ttl: want seconds above 0");
+  if (!seconds) return std::nullopt;  // checked_ttl bounds it
   return std::chrono::duration_cast<shared_kv::clock::duration>(std::chrono::duration<double>(*seconds));
 }
 
@@ -103,7 +109,8 @@ void raise_for(shared_kv::status s, std::string_view key) {
       throw py::error_already_set();
     }
     case shared_kv::status::not_integer:
-      throw py::value_error("pc.store: " + std::string(key.substr(0, 100)) + " does not hold an integer");
+      throw py::value_error("pc.store: " + std::string(key.substr(0, 100)) +
+                            " does not hold an integer (decimal, 64 bits, no leading zero, as Redis's INCR wants)");
     case shared_kv::status::overflow:
       throw py::value_error("pc.store: " + std::string(key.substr(0, 100)) + " would overflow 64 bits");
   }

@@ -129,6 +129,10 @@ shared_kv::status shared_kv::incr(std::string_view key, std::int64_t by, std::op
     const char* end = e.value + e.value_size;
     auto [ptr, ec] = std::from_chars(e.value, end, value);
     if (ec != std::errc() || ptr != end || e.value_size == 0) return status::not_integer;
+    // Redis's INCR reads an integer as it would write it (string2ll): no leading
+    // zero ("007"), no "-0"; both backends refuse the same values.
+    const bool negative = e.value[0] == '-';
+    if (e.value[negative] == '0' && e.value_size > 1) return status::not_integer;
   }
   if (__builtin_add_overflow(value, by, &value)) return status::overflow;
   char text[24];

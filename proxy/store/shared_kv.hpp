@@ -54,6 +54,8 @@ class shared_kv {
              clock::time_point now = clock::now());
   // Adds `by` to the integer at `key` (a missing key counts as 0 and gets
   // `ttl`; an existing one keeps its expiry) and gives the new value.
+  // not_integer: the value is not a decimal int64 as Redis's INCR reads one
+  // (no sign but "-", no leading zero, not "-0").
   status incr(std::string_view key, std::int64_t by, std::optional<clock::duration> ttl, std::int64_t& result,
               clock::time_point now = clock::now());
   bool erase(std::string_view key, clock::time_point now = clock::now());

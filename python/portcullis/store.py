@@ -13,8 +13,13 @@ daemons, its keys prefixed with ``[store] prefix`` (``"portcullis:"``).
 Values are text (``set`` takes ``str``, ``int`` or ``float``); counters are
 decimal integers, as in Redis. ``incr`` is atomic: a new key starts at 0 and
 gets ``ttl`` seconds to live, an existing one keeps its expiry (a fixed
-window; sliding windows are several keys). Keys are at most 200 bytes and,
-in memory, values at most 256.
+window; sliding windows are several keys; a key set without one keeps
+none). A counter is what Redis's INCR reads as one: a decimal integer of 64
+bits without a leading zero (``"007"`` and ``"-0"`` are not); incr on any
+other value, or past 64 bits, is ValueError on both backends. Keys are at
+most 200 bytes (a lone surrogate, ``surrogateescape``, is the byte it
+stands for, on both backends) and, in memory, values at most 256; a ttl is
+at most 1e9 seconds.
 
 Plain (``def``) hooks use the ``*_sync`` forms. A store that cannot answer
 (Redis down, past ``[store] timeout``) raises ``pc.store.Error``: the hook
@@ -63,7 +68,19 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[
     weakref.WeakKeyDictionary())
 
 
-def _redis_error(e: Exception) -> Error:
+# What Redis answers an INCRBY it refuses, and the memory table's ValueError for each
+# (bindings/store.cpp's raise_for): both backends raise the same for the same value.
+_REDIS_INCR_REFUSALS = (
+    ("not an integer", "does not hold an integer (decimal, 64 bits, no leading zero, as Redis's INCR wants)"),
+    ("would overflow", "would overflow 64 bits"),
+)
+
+
+def _redis_error(e: Exception, key: str = "") -> Exception:
+    if type(e).__name__ == "ResponseError":
+        for answer, why in _REDIS_INCR_REFUSALS:
+            if answer in str(e):
+                return ValueError(f"pc.store: {key[:100]} {why}")
     return Error(f"pc.store: Redis: {type(e).__name__}: {e}")
 
 
@@ -92,21 +109,34 @@ def _px(ttl: float | None) -> int | None:
     return None if ttl is None else max(1, int(ttl * 1000))
 
 
-def _redis_incr(client: Any, key: str, by: int, ttl: float | None) -> Any:
+def _redis_incr(client: Any, key: bytes, by: int, ttl: float | None) -> Any:
     pipe = client.pipeline(transaction=True)  # MULTI ... EXEC: atomic
-    pipe.incrby(key, by)
     if ttl is not None:
-        # Only a key that has no expiry yet (a new one) gets it: INCR keeps an existing key's.
-        pipe.pexpire(key, _px(ttl), nx=True)
+        # Only a new key gets the ttl: SET NX makes it (at 0, with its expiry) only if it is
+        # not there, and leaves an existing one as it is, expiry or none (as INCR does, and the
+        # memory table). In the same MULTI as the INCRBY: no other client comes between.
+        pipe.set(key, "0", px=_px(ttl), nx=True)
+    pipe.incrby(key, by)
     return pipe.execute()
+
+
+def _redis_key(prefix: str, key: object) -> bytes:
+    # A lone surrogate stands for the byte it escapes, as the memory table counts it.
+    return (prefix + _checked_key(key)).encode("utf-8", "surrogateescape")
+
+
+def _redis_value(value: object) -> str:
+    text = _checked_value(value)
+    text.encode("utf-8")  # a lone surrogate: UnicodeEncodeError, as the memory table's set raises
+    return text
 
 
 # Each operation once, for Redis: (the call on a client and a prefixed key, what Redis's answer
 # means, what the arguments after the key are checked with).
 _REDIS_OPERATIONS: dict[str, tuple[Any, Any, tuple[Any, ...]]] = {
     "get": (lambda c, k: c.get(k), lambda r: r, ()),
-    "set": (lambda c, k, text, ttl: c.set(k, text, px=_px(ttl)), lambda r: None, (_checked_value, _checked_ttl)),
-    "incr": (_redis_incr, lambda r: int(r[0]), (_checked_by, _checked_ttl)),
+    "set": (lambda c, k, text, ttl: c.set(k, text, px=_px(ttl)), lambda r: None, (_redis_value, _checked_ttl)),
+    "incr": (_redis_incr, lambda r: int(r[-1]), (_checked_by, _checked_ttl)),
     "delete": (lambda c, k: c.delete(k), bool, ()),
 }
 
@@ -116,31 +146,32 @@ _MEMORY_OPERATIONS: dict[str, Any] = {
 }
 
 
-def _redis_operation(name: str, prefix: str, key: object, args: tuple[Any, ...]) -> tuple[Any, Any, str, tuple[Any, ...]]:
+def _redis_operation(name: str, prefix: str, key: object, args: tuple[Any, ...]) -> tuple[Any, Any, bytes, tuple[Any, ...]]:
     """(call, meaning, prefixed key, arguments) of a Redis operation, its key and arguments
     checked as the memory backend checks its own."""
     redis_op, meaning, checks = _REDIS_OPERATIONS[name]
-    return redis_op, meaning, prefix + _checked_key(key), tuple(check(a) for check, a in zip(checks, args))
+    return redis_op, meaning, _redis_key(prefix, key), tuple(check(a) for check, a in zip(checks, args))
 
 
 def _redis_call_sync(name: str, url: str, prefix: str, timeout: float, key: object, *args: Any) -> Any:
-    redis_op, meaning, key, args = _redis_operation(name, prefix, key, args)
+    redis_op, meaning, prefixed, args = _redis_operation(name, prefix, key, args)
     try:
-        return meaning(redis_op(_sync_client(url, timeout), key, *args))
+        return meaning(redis_op(_sync_client(url, timeout), prefixed, *args))
     except Exception as e:
-        raise _redis_error(e) from None
+        raise _redis_error(e, key) from None  # type: ignore[arg-type]
 
 
 def _redis_call(name: str, url: str, prefix: str, timeout: float, key: object, *args: Any) -> Any:
-    redis_op, meaning, key, args = _redis_operation(name, prefix, key, args)
-    return _redis(redis_op, meaning, url, timeout, key, args)
+    redis_op, meaning, prefixed, args = _redis_operation(name, prefix, key, args)
+    return _redis(redis_op, meaning, url, timeout, prefixed, args, key)
 
 
-async def _redis(redis_op: Any, meaning: Any, url: str, timeout: float, key: str, args: tuple[Any, ...]) -> Any:
+async def _redis(redis_op: Any, meaning: Any, url: str, timeout: float, prefixed: bytes, args: tuple[Any, ...],
+                 key: Any) -> Any:
     try:
-        return meaning(await redis_op(_async_client(url, timeout), key, *args))
+        return meaning(await redis_op(_async_client(url, timeout), prefixed, *args))
     except Exception as e:
-        raise _redis_error(e) from None
+        raise _redis_error(e, key) from None
 
 
 class _Backend:
