@@ -8,7 +8,10 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <span>
 #include <stdexcept>
+#include <string>
+#include <string_view>
 
 #include "store/shared_memory.hpp"
 
@@ -111,6 +114,32 @@ void check_spec(const family_spec& s) {
       bad("bucket bounds must be finite and increasing");
 }
 
+// The sample names a family puts in an exposition, as suffixes of its name
+// (a counter's _total too: OpenMetrics names its sample so).
+std::span<const std::string_view> sample_suffixes(kind k) {
+  static constexpr std::string_view counter[] = {"", "_total"}, gauge[] = {""},
+                                    histogram[] = {"", "_bucket", "_sum", "_count"};
+  using suffixes = std::span<const std::string_view>;
+  return k == kind::counter ? suffixes(counter) : k == kind::gauge ? suffixes(gauge) : suffixes(histogram);
+}
+
+constexpr std::string_view kind_name(kind k) {
+  return k == kind::counter ? "counter" : k == kind::gauge ? "gauge" : "histogram";
+}
+
+// A sample of `name` (a `k`) that family `other` also has, or "": two families
+// sharing a sample name make a broken exposition (two TYPE lines for it).
+std::string shared_sample(std::string_view name, kind k, std::string_view other, kind other_kind) {
+  for (const auto mine : sample_suffixes(k)) {
+    std::string sample(name);
+    sample += mine;
+    for (const auto theirs : sample_suffixes(other_kind))
+      if (sample.size() == other.size() + theirs.size() && sample.starts_with(other) && sample.ends_with(theirs))
+        return sample;
+  }
+  return {};
+}
+
 bool same_spec(const family_slot& f, const family_spec& s) {
   if (f.kind != s.kind || f.label_count != s.labels.size() || f.bucket_count != s.buckets.size()) return false;
   for (std::size_t i = 0; i < s.labels.size(); ++i)
@@ -167,8 +196,15 @@ std::uint32_t metric_table::family(const family_spec& spec) {
   robust_lock lock(&header_->mutex, "metrics");
   const auto n = header_->families.load(std::memory_order_acquire);
   for (std::uint32_t i = 0; i < n; ++i) {
-    if (spec.name != families_[i].name) continue;
-    if (!same_spec(families_[i], spec))
+    const auto& f = families_[i];
+    if (spec.name != f.name) {
+      // (Checked here, under the table's lock: two workers declaring at once see each other.)
+      if (const auto sample = shared_sample(spec.name, spec.kind, f.name, f.kind); !sample.empty())
+        throw std::invalid_argument("metric name '" + spec.name + "': its sample " + sample + " would be one of the " +
+                                    std::string(kind_name(f.kind)) + " '" + f.name + "' too");
+      continue;
+    }
+    if (!same_spec(f, spec))
       throw std::invalid_argument("metric " + spec.name + " was declared before with another type, labels or buckets");
     return i;
   }

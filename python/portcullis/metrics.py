@@ -26,7 +26,6 @@ a unit test) the metrics count in this process; ``value`` reads them back.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,28 +37,6 @@ __all__ = ["Counter", "Gauge", "Histogram", "counter", "gauge", "histogram", "ex
 
 #: Prometheus' default buckets (seconds).
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-# The sample names a family of each type puts in an exposition, as suffixes of its name
-# (a counter's _total: OpenMetrics names its sample so). Two families whose samples share a
-# name make a broken exposition (two TYPE lines for one sample), so that is refused.
-_SAMPLE_SUFFIXES = {"counter": ("", "_total"), "gauge": ("",), "histogram": ("", "_bucket", "_sum", "_count")}
-_TYPE_LINE = re.compile(r"^# TYPE (\S+) (\S+)$", re.MULTILINE)
-
-
-def _samples(name: str, kind: str) -> set[str]:
-    return {name + suffix for suffix in _SAMPLE_SUFFIXES.get(kind, ("",))}
-
-
-def _check_samples_are_its_own(name: str, kind: str) -> None:
-    """ValueError if a family declared before (the daemon's or a policy's) has a sample named as
-    one of this one's, or the other way round (a histogram req_seconds and a gauge req_seconds_count)."""
-    mine = _samples(name, kind)
-    for other, other_kind in _TYPE_LINE.findall(_core.metrics_exposition()):
-        shared = mine & _samples(other, other_kind) if other != name else set()
-        if shared:
-            raise ValueError(f"metric name {name!r}: its sample {min(shared)} would be one of the {other_kind} "
-                             f"{other!r} too (a {kind} {name} has samples {', '.join(sorted(mine))})")
 
 
 def _label_text(value: Any) -> str:
@@ -75,7 +52,6 @@ class _Metric:
     def __init__(self, name: str, help: str, labels: Iterable[str] = (), buckets: Sequence[float] = ()) -> None:
         if not isinstance(name, str) or name.startswith("portcullis_"):
             raise ValueError(f"metric name {name!r}: names starting with portcullis_ are the daemon's")
-        _check_samples_are_its_own(name, self._kind)
         self.name = name
         self.label_names = tuple(labels)
         self._family = _core.metrics_family(name, help, self._kind, list(self.label_names), [float(b) for b in buckets])

@@ -141,6 +141,20 @@ TEST(MetricTable, FamiliesAreCheckedAndFoundAgain) {
   EXPECT_THROW(t.family({"d", "", kind::gauge, {}, {}}), std::length_error);
 }
 
+TEST(MetricTable, NoTwoFamiliesShareASampleName) {
+  // Checked by the table, under its lock: a worker declaring a clashing family sees
+  // the other's even if both declare at once (the exposition would hold the sample twice).
+  metric_table t(8, 64);
+  t.family({"req_seconds", "", kind::histogram, {}, {1}});
+  EXPECT_THROW(t.family({"req_seconds_count", "", kind::gauge, {}, {}}), std::invalid_argument);
+  EXPECT_THROW(t.family({"req_seconds_bucket", "", kind::counter, {}, {}}), std::invalid_argument);
+  t.family({"mails_total", "", kind::gauge, {}, {}});
+  EXPECT_THROW(t.family({"mails", "", kind::counter, {}, {}}), std::invalid_argument);  // its _total
+  EXPECT_THROW(t.family({"req_seconds_sum", "", kind::counter, {}, {}}), std::invalid_argument);
+  t.family({"req", "", kind::histogram, {}, {1}});  // req_sum, req_count...: none is another's
+  t.family({"req_seconds_total", "", kind::gauge, {}, {}});
+}
+
 TEST(MetricTable, AFullTableDropsAndCountsWhatItCannotHold) {
   metric_table t(2, 8);
   const auto f = t.family({"per_client_total", "", kind::counter, {"client"}, {}});
