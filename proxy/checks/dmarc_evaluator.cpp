@@ -3,6 +3,8 @@
 #include <sys/types.h>
 
 #include <algorithm>
+#include <future>
+#include <map>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -194,10 +196,22 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
     return r;
   }
   const auto deadline = std::chrono::steady_clock::now() + budget_;
+  // Several author domains: every policy record they may need is looked up at
+  // once, first. One after the other, an attacker's From padded with domains
+  // whose DNS never answers used up the time of the real author's, which was
+  // then temperror, not its fail with p=reject.
+  std::map<std::string, dns::answer> fetched;
+  if (domains->size() > 1) {
+    std::map<std::string, std::future<dns::answer>> pending;
+    for (const auto& domain : *domains)
+      for (const auto& name : {domain, organizational_domain(domain)})
+        if (!pending.contains(name)) pending.emplace(name, std::async(std::launch::async, lookup_, "_dmarc." + name));
+    for (auto& [name, answer] : pending) fetched.emplace(name, answer.get());
+  }
   std::optional<dmarc_result> strictest;
   bool all_arc_aligned = true;  // every failing domain
   for (const auto& domain : *domains) {
-    auto r = evaluate_domain(domain, spf, dkim, arc_passes, deadline);
+    auto r = evaluate_domain(domain, spf, dkim, arc_passes, deadline, fetched);
     if (r.result == dmarc_result::kind::fail) all_arc_aligned = all_arc_aligned && r.arc_aligned;
     if (!strictest || severity(r) > severity(*strictest)) strictest = std::move(r);
   }
@@ -210,7 +224,8 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
 dmarc_result dmarc_evaluator::evaluate_domain(const std::string& author, const std::optional<spf_result>& spf,
                                               const std::optional<dkim_results>& dkim,
                                               const std::vector<reported_pass>& arc_passes,
-                                              std::chrono::steady_clock::time_point deadline) const {
+                                              std::chrono::steady_clock::time_point deadline,
+                                              const std::map<std::string, dns::answer>& fetched) const {
   using kind = dmarc_result::kind;
   dmarc_result r;
   const auto stop = [&](kind k, std::string why) {
@@ -226,6 +241,8 @@ dmarc_result dmarc_evaluator::evaluate_domain(const std::string& author, const s
 
   // Policy discovery (§6.6.3).
   const auto look_up = [&](const std::string& name) {
+    if (const auto answer = fetched.find(name); answer != fetched.end())
+      return discover([&answer](const std::string&) { return answer->second; }, name);
     if (std::chrono::steady_clock::now() > deadline) {
       discovery late;
       late.what = discovery::outcome::error;

@@ -19,6 +19,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -68,10 +69,12 @@ class dmarc_evaluator {
 
  private:
   struct library;
-  // One author domain (A-labels), evaluated; its lookups made before `deadline`.
+  // One author domain (A-labels), evaluated; its lookups made before
+  // `deadline`, or found in `fetched` (by the domain they are for).
   dmarc_result evaluate_domain(const std::string& author, const std::optional<spf_result>& spf,
                                const std::optional<dkim_results>& dkim, const std::vector<reported_pass>& arc_passes,
-                               std::chrono::steady_clock::time_point deadline) const;
+                               std::chrono::steady_clock::time_point deadline,
+                               const std::map<std::string, dns::answer>& fetched) const;
 
   txt_lookup lookup_;
   sample draw_;

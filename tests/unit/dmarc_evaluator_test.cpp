@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "checks/message_fields.hpp"
 
@@ -19,12 +22,18 @@ namespace {
 struct zone {
   std::map<std::string, std::vector<std::string>> txt;  // name -> TXT records
   std::map<std::string, dns::answer::status> trouble;  // name -> timeout or failure
+  std::chrono::milliseconds trouble_takes{0};  // how long a lookup in trouble takes to fail
+  mutable std::mutex asking;  // (several author domains are looked up at once)
   mutable std::vector<std::string> asked;
 
   dns::answer operator()(const std::string& name) const {
-    asked.push_back(name);
+    {
+      std::lock_guard lock(asking);
+      asked.push_back(name);
+    }
     dns::answer a;
     if (auto t = trouble.find(name); t != trouble.end()) {
+      std::this_thread::sleep_for(trouble_takes);
       a.what = t->second;
       return a;
     }
@@ -346,6 +355,30 @@ TEST(DmarcEvaluator, TheLookupsShareABudget) {
   EXPECT_EQ(r.result, kind::temperror);
   EXPECT_EQ(r.problem, "_dmarc.paypal.test: not looked up: the lookups took over 0 s in all");
   EXPECT_TRUE(dns->asked.empty());
+}
+
+// A From padded with domains whose DNS never answers does not use up the real
+// author's time: every domain's records are looked up at once, first.
+TEST(DmarcEvaluator, SlowDomainsInTheFromDoNotHideAnother) {
+  auto dns = std::make_shared<zone>();
+  dns->txt["_dmarc.paypal.test"] = {"v=DMARC1; p=reject"};
+  dns->trouble_takes = std::chrono::milliseconds(300);
+  std::string from;
+  for (int i = 1; i <= 6; ++i) {
+    const std::string slow = "s" + std::to_string(i) + ".evil.test";
+    dns->trouble["_dmarc." + slow] = dns::answer::status::timeout;
+    from += "x@";
+    from += slow;
+    from += ", ";
+  }
+  from += "CEO <ceo@paypal.test>";
+  // One after the other, the six slow domains took 6 x 2 x 300 ms, past the 1 s budget.
+  const dmarc_evaluator evaluator{[dns](const std::string& n) { return (*dns)(n); }, [] { return 0u; },
+                                  std::chrono::milliseconds(1000)};
+  const auto r = evaluator.evaluate({from}, std::nullopt, dkim_results{});
+  EXPECT_EQ(r.result, kind::fail) << r.problem;
+  EXPECT_EQ(r.domain, "paypal.test");
+  EXPECT_EQ(r.policy, policy::reject);
 }
 
 // arc_aligned: the newest ARC set's results (a chain that passed) report a
