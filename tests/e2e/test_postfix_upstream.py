@@ -24,6 +24,18 @@ BODY = b"Subject: to postfix\r\n\r\nthrough the proxy"
 QUEUED = re.compile(r"^2\.0\.0 Ok: queued as ([0-9A-Za-z]+)$")
 
 
+def running_postfix(settings: dict, name: str):
+    """A Postfix instance with `settings` for a test or a module (skipped without Postfix), stopped after."""
+    if NO_POSTFIX:
+        pytest.skip(NO_POSTFIX)
+    pf = PostfixInstance(settings, name=name)
+    try:
+        pf.start()
+        yield pf
+    finally:
+        pf.stop()
+
+
 @pytest.fixture(scope="module")
 def postfix_tls(tmp_path_factory):
     """Postfix that lets 127.0.0.0/8 use XCLIENT/XFORWARD and offers STARTTLS."""
@@ -51,30 +63,16 @@ def postfix_tls(tmp_path_factory):
 @pytest.fixture(scope="module")
 def postfix_plain():
     """Postfix without TLS that authorizes nobody for XCLIENT or XFORWARD."""
-    if NO_POSTFIX:
-        pytest.skip(NO_POSTFIX)
-    pf = PostfixInstance({"smtpd_authorized_xclient_hosts": "", "smtpd_authorized_xforward_hosts": ""},
-                         name="pf-plain")
-    try:
-        pf.start()
-        yield pf
-    finally:
-        pf.stop()
+    yield from running_postfix({"smtpd_authorized_xclient_hosts": "", "smtpd_authorized_xforward_hosts": ""},
+                               "pf-plain")
 
 
 @pytest.fixture(scope="module")
 def postfix_data_checks():
     """Postfix that refuses DATA for one sender (smtpd_data_restrictions), as a milter or a
     content policy at DATA does: its MAIL and RCPTs stay in force after the refusal."""
-    if NO_POSTFIX:
-        pytest.skip(NO_POSTFIX)
-    pf = PostfixInstance({"smtpd_data_restrictions": "check_sender_access inline:{refused@remote.test=REJECT}"},
-                         name="pf-data")
-    try:
-        pf.start()
-        yield pf
-    finally:
-        pf.stop()
+    yield from running_postfix({"smtpd_data_restrictions": "check_sender_access inline:{refused@remote.test=REJECT}"},
+                               "pf-data")
 
 
 def deliver(d, source: str, rcpt: str = "user@example.test", helo: str = "client.test") -> str:
@@ -223,15 +221,9 @@ def test_after_postfix_refuses_data_the_next_transaction_goes_through(sec_daemon
 @pytest.fixture
 def postfix_hard_error_limit():
     """Postfix that refuses one recipient and says 421 after its second error (smtpd_hard_error_limit)."""
-    if NO_POSTFIX:
-        pytest.skip(NO_POSTFIX)
-    pf = PostfixInstance({"smtpd_recipient_restrictions": "check_recipient_access inline:{nobody@example.test=REJECT}",
-                          "smtpd_hard_error_limit": "2"}, name="pf-hard")
-    try:
-        pf.start()
-        yield pf
-    finally:
-        pf.stop()
+    yield from running_postfix({"smtpd_recipient_restrictions":
+                                "check_recipient_access inline:{nobody@example.test=REJECT}",
+                                "smtpd_hard_error_limit": "2"}, "pf-hard")
 
 
 def test_a_refusal_with_postfix_s_421_behind_it_reaches_the_client_as_it_is(sec_daemon, postfix_hard_error_limit):
@@ -258,16 +250,9 @@ def test_a_refusal_with_postfix_s_421_behind_it_reaches_the_client_as_it_is(sec_
 @pytest.fixture
 def postfix_error_sleep():
     """Postfix that refuses one sender and, past 2 errors on a connection, waits 2 s before each reply."""
-    if NO_POSTFIX:
-        pytest.skip(NO_POSTFIX)
-    pf = PostfixInstance({"smtpd_sender_restrictions": "check_sender_access inline:{spam@bad.test=REJECT}",
-                          "smtpd_delay_reject": "no", "smtpd_soft_error_limit": "2", "smtpd_hard_error_limit": "5",
-                          "smtpd_error_sleep_time": "2s"}, name="pf-errs")
-    try:
-        pf.start()
-        yield pf
-    finally:
-        pf.stop()
+    yield from running_postfix({"smtpd_sender_restrictions": "check_sender_access inline:{spam@bad.test=REJECT}",
+                                "smtpd_delay_reject": "no", "smtpd_soft_error_limit": "2",
+                                "smtpd_hard_error_limit": "5", "smtpd_error_sleep_time": "2s"}, "pf-errs")
 
 
 @pytest.mark.parametrize("client_info", ["none", "xclient"])
@@ -294,14 +279,7 @@ def test_a_kept_connection_carries_no_refusals_to_the_next_client(sec_daemon, po
 @pytest.fixture
 def postfix_short_timeout():
     """Postfix that ends a session idle for 3 s (smtpd_timeout; 300 s by default, 10 s under stress)."""
-    if NO_POSTFIX:
-        pytest.skip(NO_POSTFIX)
-    pf = PostfixInstance({"smtpd_timeout": "3s"}, name="pf-idle")
-    try:
-        pf.start()
-        yield pf
-    finally:
-        pf.stop()
+    yield from running_postfix({"smtpd_timeout": "3s"}, "pf-idle")
 
 
 @pytest.mark.parametrize("client_info", ["none", "xclient"])

@@ -94,23 +94,25 @@ std::string validate(table& dns, const std::string& message_lf, std::chrono::mil
   return out;
 }
 
-// Our sealer, mx.test with the key above (the ArcSealer fixture's, for tests of the verifier).
+// Our sealer: mx.test, selector seal, with the key above (written to `key_file` in the test folder).
+std::unique_ptr<arc_sealer> mx_test_sealer(const std::string& key_file) {
+  const auto path = std::filesystem::path(::testing::TempDir()) / key_file;
+  std::ofstream(path) << arc_key;
+  arc_seal_config c;
+  c.enabled = true;
+  c.domain = "mx.test";
+  c.selector = "seal";
+  c.key_file = path;
+  return std::make_unique<arc_sealer>(c, "mx.test");
+}
+
+// The ArcSealer fixture's sealer, for tests of the verifier.
 class ArcSealerForTests {
  public:
-  ArcSealerForTests() {
-    const auto path = std::filesystem::path(::testing::TempDir()) / "arc_test_key_v.pem";
-    std::ofstream(path) << arc_key;
-    arc_seal_config c;
-    c.enabled = true;
-    c.domain = "mx.test";
-    c.selector = "seal";
-    c.key_file = path;
-    sealer_ = std::make_unique<arc_sealer>(c, "mx.test");
-  }
   const arc_sealer& get() const { return *sealer_; }
 
  private:
-  std::unique_ptr<arc_sealer> sealer_;
+  std::unique_ptr<arc_sealer> sealer_ = mx_test_sealer("arc_test_key_v.pem");
 };
 
 arc_result checked_pass(unsigned instances) {
@@ -259,16 +261,7 @@ TEST(ArcVerifier, TheNewestSetsPassesAreReported) {
 // Our sealer, with the key above as mx.test's.
 class ArcSealer : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto path = std::filesystem::path(::testing::TempDir()) / "arc_test_key.pem";
-    std::ofstream(path) << arc_key;
-    arc_seal_config c;
-    c.enabled = true;
-    c.domain = "mx.test";
-    c.selector = "seal";
-    c.key_file = path;
-    sealer = std::make_unique<arc_sealer>(c, "mx.test");
-  }
+  void SetUp() override { sealer = mx_test_sealer("arc_test_key.pem"); }
   // Our Authentication-Results and the message as received (LF lines), sealed; "" with why_not set when not.
   std::string seal(const std::string& message_lf, std::optional<arc_result> chain, std::string results = "mx.test; arc=pass") {
     const std::string prefix = "Authentication-Results: " + results + "\r\n";
