@@ -248,18 +248,17 @@ py::object job_objects::transaction_of(py::handle session, py::handle envelope, 
     if (r < 0) throw py::error_already_set();
     same = r == 1;
   }
-  if (same && renew) {
+  if (!same || renew) {
     const py::object old = tx;
     tx = bare_instance(transaction_);
     n.conn.set(tx, n.session_conn.get(session));
     n.id.set(tx, tx_id);
-    for (const attribute* kept : {&n.dkim_sign, &n.arc_seal, &n.data}) kept->set(tx, kept->get(old));
-  } else if (!same) {
-    tx = bare_instance(transaction_);
-    n.conn.set(tx, n.session_conn.get(session));
-    n.id.set(tx, tx_id);
-    for (const attribute* unset : {&n.dkim_sign, &n.arc_seal}) unset->set(tx, py::none());
-    n.data.set(tx, py::dict());
+    if (same) {  // renewed: the transaction's own state goes on in the new object
+      for (const attribute* kept : {&n.dkim_sign, &n.arc_seal, &n.data}) kept->set(tx, kept->get(old));
+    } else {
+      for (const attribute* unset : {&n.dkim_sign, &n.arc_seal}) unset->set(tx, py::none());
+      n.data.set(tx, py::dict());
+    }
   }
   n.sender.set(tx, sender);
   n.recipients.set(tx, recipients);

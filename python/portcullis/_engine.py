@@ -1296,7 +1296,7 @@ class _StageRun:
         """The job's result: the deciding hook's, or the error, with the hooks' rewrites. Never raises."""
         result = self.result
         if self.failed:  # (policy.on_error = "accept") the verdict of a hook after the failure, or None
-            return None if self.stage in NOTIFICATIONS else result
+            return result
         if self.rewritten is not None and (result is None or (result.verdict is not None
                                                               and result.verdict.kind == "accept")):
             # Rewritten and then let through: the daemon delivers to the new recipient.
