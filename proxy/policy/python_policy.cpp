@@ -388,6 +388,7 @@ awaitable<void> python_policy::on_disconnect(const connection_state& conn) {
     {
       std::lock_guard lock(known_mutex_);
       known = known_.erase(conn.id) > 0;
+      abandoned_.erase(conn.id);  // (run() erases it at a disconnect job; this one has none)
     }
     if (known) engine_->forget(conn.id);
     co_return;
