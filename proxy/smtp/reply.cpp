@@ -77,7 +77,13 @@ reply_parser::state reply_parser::feed_line(std::string_view line) {
   if (line.size() < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '5' || !is_digit(line[2]))
     return state::malformed;
   const int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
-  if (started_ && code != building_.code) return state::malformed;
+  if (started_ && code != building_.code) {
+    // RFC 5321 §4.2.1 has every line carry the same code; when they differ,
+    // the last line's decides, as in Postfix's SMTP client (smtp_chat_resp):
+    // the client hears what it would have heard from the upstream directly.
+    building_.code = code;
+    codes_differed_ = true;
+  }
   bool last = true;
   if (line.size() > 3) {
     if (line[3] == '-')
@@ -96,6 +102,7 @@ reply_parser::state reply_parser::feed_line(std::string_view line) {
   if (!started_) {
     building_ = reply{};
     building_.code = code;
+    codes_differed_ = false;
     building_.status = std::string(status);
     started_ = true;
   } else if (building_.status != status) {

@@ -56,8 +56,9 @@ std::string sanitized_reply_text(std::string_view text, std::size_t max_octets);
 
 // Accumulates the lines of one reply from a server (the upstream).
 // Lines come without CRLF. Anything that is not "ddd[- ]text" (RFC 5321 §4.2:
-// first digit 2-5, second 0-5) or changes code between lines is a protocol
-// error: the upstream is answering nonsense. The text of a well-formed line is
+// first digit 2-5, second 0-5) is a protocol error: the upstream is
+// answering nonsense. Lines whose codes differ make one reply with the last
+// line's code (codes_differed() says so). The text of a well-formed line is
 // sanitised (sanitized_reply_text): it reaches our client, and an over-long
 // line or 8-bit text is no reason to lose the transaction.
 class reply_parser {
@@ -66,10 +67,13 @@ class reply_parser {
   state feed_line(std::string_view line);
   // Valid once feed_line returned complete; resets the parser.
   reply take();
+  // Whether the lines of the reply being built (or just completed) gave different codes.
+  bool codes_differed() const { return codes_differed_; }
 
  private:
   reply building_;
   bool started_ = false;
+  bool codes_differed_ = false;
 };
 
 }  // namespace portcullis::smtp

@@ -683,7 +683,12 @@ class smtp_upstream final : public upstream {
           co_return fail(upstream_failure::protocol, "malformed reply to " + stage + ": " + printable(line.text));
         case smtp::reply_parser::state::complete: break;
       }
+      const bool codes_differed = parser.codes_differed();
       auto r = parser.take();
+      if (codes_differed)
+        log_.warn("upstream: the lines of its reply to {} give different codes (RFC 5321 §4.2.1); the last line's "
+                  "is taken: {}",
+                  stage, printable(r.summary()));
       if (r.code == 421) {
         // RFC 5321 §3.8: the upstream is closing; so do we, cleanly.
         log_.warn("upstream: closing at {}: {}", stage, printable(r.summary()));

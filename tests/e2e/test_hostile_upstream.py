@@ -65,8 +65,9 @@ CASES = [
     # Garbage continuation and code changes inside a reply.
     ("garbage-continuation", {f"RCPT {R1}": ["250-2.1.5 ok\r\ngarbage"]}, "RCPT1", None,
      r"upstream: malformed reply to RCPT: garbage", True, 0),
+    # (A code change makes the last line's code the reply's: here one out of place.)
     ("code-change-in-continuation", {"MAIL": ["250-2.1.0 ok\r\n354 go"]}, "MAIL", None,
-     r"upstream: malformed reply to MAIL: 354 go", True, 0),
+     r"upstream: a 354 reply does not answer MAIL", True, 0),
     # Unsolicited bytes after a complete reply.
     ("unsolicited-after-greeting", {"GREETING": ["220 fake.upstream ESMTP\r\n250 2.1.0 early"]}, "MAIL", None,
      r"upstream: unsolicited data after the reply to greeting", True, 0),
@@ -217,6 +218,43 @@ def test_hostile_upstream(start_daemon, fake_upstream, script, fails_at, want, l
     with d.connect() as c2:
         follow_up(c2, "new-session")
     assert up.wait_for(lambda: any(b"new-session" in m.content for m in up.messages))
+
+
+@pytest.mark.parametrize("step,reply,want", [
+    ("DOT", "250-2.0.0 Ok: queued as M1\r\n550 5.7.1 refused after all", 550),
+    ("DOT", "550-5.7.1 refused\r\n250 2.0.0 Ok: queued as M2", 250),
+    ("RCPT", "550-5.1.1 unknown\r\n250 2.1.5 Ok", 250),
+    ("RCPT", "250-2.1.5 Ok\r\n450 4.2.0 try later", 450),
+], ids=["250-then-550-to-the-dot", "550-then-250-to-the-dot", "550-then-250-to-rcpt", "250-then-450-to-rcpt"])
+def test_a_reply_whose_lines_give_different_codes_is_its_last_lines(start_daemon, fake_upstream, step, reply, want):
+    """RFC 5321 §4.2.1 has every line of a reply carry one code. When an
+    upstream breaks that, its last line decides, as in Postfix's own SMTP
+    client: the client hears what it would have heard talking to the upstream
+    directly (taking the first line instead told "250" of a refused message)."""
+    up = fake_upstream({step: [reply]})
+    d = start_daemon(up.url, upstream={"timeout": 2})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        if step == "RCPT":
+            c.cmd(f"RCPT TO:<{R1}>")
+            r = c.reply()
+            assert r.code == want, str(r)
+            # One code on every line the client gets.
+            assert [line[:3] for line in r.raw.decode().split("\r\n")[:-1]] == [str(want)] * 2, r.raw
+        else:
+            c.exchange(f"RCPT TO:<{R1}>", 250, "2.1.5")
+            c.exchange("DATA", 354)
+            c.send(FAILING_BODY + b"\r\n.\r\n")
+            r = c.reply()
+            assert r.code == want, str(r)
+        d.wait_log(rf"{sid}: upstream: the lines of its reply to {'RCPT' if step == 'RCPT' else 'end of data'} give "
+                   rf"different codes \(RFC 5321 §4\.2\.1\); the last line's is taken: {want} ")
+        # Well-formed all the same: the connection goes on.
+        c.exchange("RSET", 250, "2.0.0")
+        follow_up(c, "after-mixed-codes")
+    assert up.wait_for(lambda: any(b"after-mixed-codes" in m.content for m in up.messages))
+    assert len(up.connections) == 1
 
 
 def test_late_354_never_becomes_the_final_reply(start_daemon, fake_upstream):
