@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -331,11 +332,15 @@ void supervisor::report_readiness() {
   const std::size_t ready = serving();
   if (reloading_) {
     // A worker that died meanwhile is restarted with the new configuration: nothing to wait for.
-    const bool done = std::all_of(reload_waits_.begin(), reload_waits_.end(), [&](const reload_wait& r) {
+    const auto finished = [&](const reload_wait& r) {
       return workers_[r.worker].pid != r.pid || clients_.reloads(r.worker) != r.reloads_before;
-    });
-    if (!done && clock::now() < reload_deadline_) return;
-    if (!done) spdlog::warn("reload: a worker has not finished its reload within {} s", check_timeout.count());
+    };
+    const auto unfinished = std::count_if(reload_waits_.begin(), reload_waits_.end(), std::not_fn(finished));
+    if (unfinished > 0 && clock::now() < reload_deadline_) return;
+    if (unfinished > 0)
+      spdlog::warn("reload: {} of {} workers have not finished their reload within {} s (a policy's hook or import "
+                   "still busy?); they run their previous configuration until they do",
+                   unfinished, reload_waits_.size(), check_timeout.count());
     reloading_ = false;
     // A worker that refused what the check passed (a policy failing to import
     // there) keeps its old configuration: the daemon now runs two.
@@ -346,9 +351,12 @@ void supervisor::report_readiness() {
       spdlog::error("reload: {} of {} workers refused {} and keep their previous configuration (see their lines above)",
                     refused, reload_waits_.size(), cfg_->file.string());
     if (started_) {
-      notify_ready(refused > 0 ? fmt::format("{}; reload refused by {} of {} workers (see the log)", status(), refused,
-                                             reload_waits_.size())
-                               : status() + "; reloaded " + cfg_->file.string());
+      std::string told = status();
+      if (refused > 0) told += fmt::format("; reload refused by {} of {} workers (see the log)", refused, reload_waits_.size());
+      if (unfinished > 0)
+        told += fmt::format("; reload not finished by {} of {} workers (see the log)", unfinished, reload_waits_.size());
+      if (refused == 0 && unfinished == 0) told += "; reloaded " + cfg_->file.string();
+      notify_ready(told);
       ready_told_ = ready;
       return;
     }
