@@ -330,8 +330,7 @@ awaitable<reply> session::dispatch(const smtp::command& cmd) {
       co_return reply{502, "5.5.1", std::string(cmd.name) + " not available"};
     case verb::starttls: co_return co_await on_starttls(cmd);
     case verb::auth: co_return co_await on_auth(cmd);
-    case verb::bdat:
-      co_return reply{502, "5.5.1", std::string(cmd.name) + " not implemented"};
+    case verb::bdat: co_return co_await on_bdat(cmd);
     case verb::unknown: break;
   }
   co_return reply{500, "5.5.1", "Command unrecognized"};
@@ -370,6 +369,34 @@ std::vector<std::string> session::ehlo_lines() const {
 }
 
 bool session::auth_offered() const { return cfg_.auth.enabled && (conn_.tls || cfg_.auth.allow_plaintext); }
+
+// CHUNKING is not offered (RFC 3030), but a client that sends BDAT anyway
+// sends its chunk right behind the command: those octets are read and
+// dropped, never taken for commands (a line of the message reading "RSET"
+// or "MAIL FROM:<...>" would be one). Where the chunk ends is unknown when
+// the size is not one, and a chunk over max_message_size is not worth
+// reading: the connection is closed then.
+awaitable<reply> session::on_bdat(const smtp::command& cmd) {
+  const auto size = smtp::bdat_chunk_size(cmd.arg);
+  if (!size || *size > cfg_.server.max_message_size) {
+    log_.warn("BDAT {} (CHUNKING is not offered): {}; closing", printable(cmd.arg),
+              size ? "its chunk is over max_message_size" : "where its chunk ends is unknown");
+    co_return reply{421, "4.5.0", cfg_.server.hostname + " BDAT not implemented (use DATA); closing connection"};
+  }
+  for (std::uint64_t left = *size; left > 0;) {
+    auto in = co_await client_.read_some(cfg_.server.data_timeout);
+    if (in.empty() && client_.last_status() == line_stream::status::woken) continue;
+    if (in.empty()) {
+      log_.info("{} in a BDAT chunk", client_.last_status() == line_stream::status::timeout ? "timeout" : "client lost");
+      co_return reply{421, "4.4.2", cfg_.server.hostname + " Timeout, closing connection"};
+    }
+    const auto take = static_cast<std::size_t>(std::min<std::uint64_t>(left, in.size()));
+    client_.consume(take);
+    left -= take;
+  }
+  log_.info("BDAT (CHUNKING is not offered): its {} octets dropped", *size);
+  co_return reply{502, "5.5.1", std::string(cmd.name) + " not implemented (use DATA)"};
+}
 
 awaitable<reply> session::on_auth(const smtp::command& cmd) {
   const auto& a = cfg_.auth;

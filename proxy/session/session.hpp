@@ -59,6 +59,7 @@ class session : public std::enable_shared_from_this<session> {
   awaitable<reply> on_rset(const smtp::command& cmd);
   awaitable<reply> on_starttls(const smtp::command& cmd);
   awaitable<reply> on_auth(const smtp::command& cmd);
+  awaitable<reply> on_bdat(const smtp::command& cmd);
   // on_auth's check of the credentials: the policy first, then the users_file.
   awaitable<reply> check_credentials(std::string_view mechanism, const std::string& user, const std::string& password);
   bool auth_offered() const;

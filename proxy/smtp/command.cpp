@@ -51,4 +51,17 @@ command parse_command(std::string_view line) {
   return cmd;
 }
 
+std::optional<std::uint64_t> bdat_chunk_size(std::string_view arg) {
+  const auto sp = arg.find(' ');
+  const std::string_view digits = arg.substr(0, sp);
+  if (sp != std::string_view::npos && !equals_nocase(arg.substr(sp + 1), "LAST")) return std::nullopt;
+  if (digits.empty() || digits.size() > 18) return std::nullopt;  // (18 digits: no overflow)
+  std::uint64_t n = 0;
+  for (char c : digits) {
+    if (!is_digit(c)) return std::nullopt;
+    n = n * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  return n;
+}
+
 }  // namespace portcullis::smtp

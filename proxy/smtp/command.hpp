@@ -1,6 +1,8 @@
 // SMTP command lines (RFC 5321 §4.1.1): verb and argument, nothing else.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string_view>
 
 namespace portcullis::smtp {
@@ -21,5 +23,10 @@ struct command {
 
 // `line` is one command line without its CRLF.
 command parse_command(std::string_view line);
+
+// The chunk size of a BDAT argument (RFC 3030 §3: chunk-size [SP "LAST"],
+// chunk-size 1*DIGIT), or nullopt when it is not that: then where the
+// chunk behind the command ends is unknown.
+std::optional<std::uint64_t> bdat_chunk_size(std::string_view arg);
 
 }  // namespace portcullis::smtp

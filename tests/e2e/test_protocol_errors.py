@@ -3,6 +3,7 @@ enhanced status (RFC 5321 §4.2/§4.3.2, RFC 3463), and the session goes on."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -58,7 +59,7 @@ CASES = [
     ("xforward", [EHLO], "XFORWARD ADDR=192.0.2.1", 502, "5.5.1"),
     ("starttls-not-offered", [EHLO], "STARTTLS", 502, "5.5.1"),
     ("auth-not-offered", [EHLO], "AUTH PLAIN AGFAYg==", 502, "5.5.1"),
-    ("bdat-not-offered", [EHLO, MAIL, RCPT], "BDAT 10 LAST", 502, "5.5.1"),
+    ("bdat-not-offered", [EHLO, MAIL, RCPT], "BDAT 0 LAST", 502, "5.5.1"),  # (its chunk: test_bdat_chunk_*)
 ]
 
 
@@ -78,6 +79,50 @@ def test_error_reply_and_session_continues(start_daemon, fake_upstream, setup, c
     if code >= 400:
         # A refused command never reaches the upstream.
         assert command not in up.commands
+
+
+def test_bdat_chunk_is_skipped_never_read_as_commands(start_daemon, fake_upstream):
+    """CHUNKING is not offered, but a client that sends BDAT sends its chunk
+    right behind it (RFC 3030 §3), in later segments too: those octets are
+    dropped, and lines in them that look like commands are never run."""
+    up = fake_upstream()
+    d = start_daemon(up.url)
+    chunk = b"RSET\r\nMAIL FROM:<smuggled@example.test>\r\nRCPT TO:<victim@example.test>\r\nQUIT\r\n"
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.exchange("RCPT TO:<b@example.test>", 250, "2.1.5")
+        c.send(f"BDAT {len(chunk)} LAST\r\n".encode() + chunk[:20])
+        time.sleep(0.1)
+        c.send(chunk[20:] + b"NOOP\r\n")  # the rest of the chunk and the next command, pipelined
+        r = c.expect(502, "5.5.1")
+        assert "DATA" in r.text
+        c.expect(250, "2.0.0")  # NOOP's
+        # The transaction is as it was: DATA sends the message.
+        c.exchange("DATA", 354)
+        c.send(b"Subject: after BDAT\r\n\r\nbody\r\n.\r\n")
+        r = c.reply()
+        assert r.code == 250, str(r)
+    d.wait_log(rf"{sid}: BDAT \(CHUNKING is not offered\): its {len(chunk)} octets dropped")
+    assert not any("smuggled" in cmd or "victim" in cmd for cmd in up.commands), up.commands
+    assert up.wait_for(lambda: len(up.messages) == 1)
+
+
+@pytest.mark.parametrize("arg,why", [("LAST", "where its chunk ends is unknown"),
+                                     ("12x", "where its chunk ends is unknown"),
+                                     ("10 MORE", "where its chunk ends is unknown"),
+                                     ("10001", "its chunk is over max_message_size")])
+def test_bdat_chunk_that_cannot_be_skipped_closes(start_daemon, fake_upstream, arg, why):
+    up = fake_upstream()
+    d = start_daemon(up.url, server={"max_message_size": 10000})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        c.cmd(f"BDAT {arg}")
+        c.send(b"MAIL FROM:<smuggled@example.test>\r\n")
+        c.expect(421, "4.5.0")
+        assert c.closed(), "the connection stays open after BDAT whose chunk cannot be skipped"
+    d.wait_log(rf"{sid}: BDAT {re.escape(arg)} \(CHUNKING is not offered\): {why}; closing")
+    assert not any("smuggled" in cmd for cmd in up.commands)
 
 
 def test_line_too_long_then_session_continues(start_daemon, fake_upstream):

@@ -3,8 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace portcullis::smtp {
@@ -167,6 +170,32 @@ TEST(ParseCommand, ViewsPointIntoTheLine) {
     EXPECT_TRUE(inside(got.name));
     EXPECT_TRUE(inside(got.arg));
   }
+}
+
+// RFC 3030 §3: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]; chunk-size = 1*DIGIT.
+TEST(BdatChunkSize, Table) {
+  const std::vector<std::pair<std::string_view, std::optional<std::uint64_t>>> cases = {
+      {"0", 0},
+      {"10", 10},
+      {"10 LAST", 10},
+      {"10 last", 10},
+      {"0 LAST", 0},
+      {"007", 7},
+      {"999999999999999999", 999999999999999999ULL},  // 18 digits
+      {"", std::nullopt},
+      {"LAST", std::nullopt},
+      {"12x", std::nullopt},
+      {"-1", std::nullopt},
+      {"+1", std::nullopt},
+      {"10 MORE", std::nullopt},
+      {"10 LAST x", std::nullopt},
+      {"10  LAST", std::nullopt},
+      {"10 ", std::nullopt},
+      {" 10", std::nullopt},
+      {"1000000000000000000", std::nullopt},  // 19 digits: refused, never wrapped
+      {"99999999999999999999999", std::nullopt},
+  };
+  for (const auto& [arg, want] : cases) EXPECT_EQ(bdat_chunk_size(arg), want) << "\"" << arg << "\"";
 }
 
 }  // namespace
