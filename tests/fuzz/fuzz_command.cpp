@@ -1,5 +1,6 @@
 // libFuzzer target: one command line (without CRLF) into parse_command, and
 // MAIL/RCPT arguments on into the path parser.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -35,6 +36,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const bool reverse = cmd.kind == verb::mail;
     portcullis::smtp::fuzz::check_path_argument(cmd.arg, reverse, false);
     portcullis::smtp::fuzz::check_path_argument(cmd.arg, reverse, true);
+  }
+
+  // A BDAT chunk size is digits alone (with " LAST" at most), and read as written.
+  if (const auto size = bdat_chunk_size(cmd.arg)) {
+    const std::string_view digits = cmd.arg.substr(0, cmd.arg.find(' '));
+    FUZZ_CHECK(!digits.empty() && digits.size() <= 18);
+    FUZZ_CHECK(std::to_string(*size) == digits.substr(std::min(digits.find_first_not_of('0'), digits.size() - 1)));
   }
   return 0;
 }
