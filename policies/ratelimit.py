@@ -9,8 +9,9 @@ Configure it in ``[ratelimit]`` (the defaults shown; a limit of 0 is off):
     recipients_per_client = 0      # accepted recipients per client address
     messages_per_login = 0         # per AUTH login
     recipients_per_login = 0
-    messages_per_sender = 0        # per envelope sender (as a mailbox; <> is not limited)
+    messages_per_sender = 0        # per envelope sender (as a mailbox without its +extension; <> is not limited)
     recipients_per_sender = 0
+    recipient_delimiter = "+"      # default: [aliases] recipient_delimiter, else "+"; "" for none
     ipv6_prefix = 64               # IPv6 clients are counted by network
     networks = []                  # clients never limited (CIDR)
 
@@ -19,8 +20,10 @@ Past a limit, MAIL (for messages) or RCPT (for recipients) gets ``450
 keeps the mail and retries. The sender is the one the client gave at MAIL
 (not the SRS form a forwarding policy such as ``aliases.py`` puts in
 ``tx.sender`` at an earlier RCPT), counted as a mailbox: lowercased, quotes
-undone (``"al\\ice"@x`` is ``alice@x``), the domain in A-labels, so that
-no other spelling of one address escapes its limit. Counting happens when
+undone (``"al\\ice"@x`` is ``alice@x``), the domain in A-labels, and
+without its extension (``alice+1@x`` is ``alice@x``; split as aliases.py
+splits a recipient, on ``recipient_delimiter``), so that no other spelling
+of one address escapes its limit. Counting happens when
 the command is let through (a MAIL or RCPT refused here does not count; one
 refused later by another policy or the upstream does).
 
@@ -39,11 +42,12 @@ import ipaddress
 
 import portcullis as pc
 from portcullis._address import mailbox_key, quote_local
+from portcullis.aliases import split_extension
 from portcullis.settings import Settings, client_address
 
 _LIMITS = ("messages_per_client", "recipients_per_client", "messages_per_login", "recipients_per_login",
            "messages_per_sender", "recipients_per_sender")
-_DEFAULTS = {"window": 3600, "ipv6_prefix": 64, "networks": [], **{k: 0 for k in _LIMITS}}
+_DEFAULTS = {"window": 3600, "ipv6_prefix": 64, "networks": [], "recipient_delimiter": "+", **{k: 0 for k in _LIMITS}}
 
 
 def _settings() -> dict:
@@ -51,6 +55,12 @@ def _settings() -> dict:
     s = {"window": table.integer("window", 1, 30 * 86400), "ipv6_prefix": table.integer("ipv6_prefix", 16, 128),
          "networks": table.networks("networks")}
     s.update({key: table.integer(key, 0, 10**9) for key in _LIMITS})
+    # Unless set here, the delimiter aliases.py splits recipients on: one site, one idea of an extension.
+    aliases = pc.config.get("aliases", {})
+    default = aliases.get("recipient_delimiter", "+") if isinstance(aliases, dict) else "+"
+    s["recipient_delimiter"] = table.given.get("recipient_delimiter", default)
+    if not isinstance(s["recipient_delimiter"], str):
+        raise table.error("recipient_delimiter", "a string")
     return s
 
 
@@ -74,11 +84,21 @@ _UNIT_LIMITS = {unit: tuple(SETTINGS[f"{unit}_per_{who}"] for who in ("client", 
                 for unit in ("messages", "recipients")}
 
 
+def _sender_key(sender) -> str:
+    """The sender as its limits count it: its mailbox key without its extension, so that
+    alice+1@, alice+2@... share alice@'s counter (as greylist.py's triplets do). A plain
+    lower-case address without extension is its own key, as before keys were canonical."""
+    key = mailbox_key(sender)
+    local, at, domain = key.rpartition("@")
+    base, extension = split_extension(local, SETTINGS["recipient_delimiter"])
+    return f"{base}@{domain}" if at and extension else key
+
+
 def _sender(tx) -> str:
-    """The sender the limits count (its mailbox key; "" for <>): the one on_mail recorded."""
+    """The sender the limits count ("" for <>): the one on_mail recorded."""
     sender = tx.data.get("ratelimit_sender")
     if sender is None:  # on_mail did not run (an earlier policy decided MAIL)
-        sender = tx.data["ratelimit_sender"] = mailbox_key(tx.sender)
+        sender = tx.data["ratelimit_sender"] = _sender_key(tx.sender)
     return sender
 
 
@@ -143,7 +163,7 @@ async def _check_and_count(tx, unit: str):
 def _record_sender(tx, sender) -> None:
     # The sender as the client gave it: a later policy may rewrite tx.sender (aliases.py puts
     # its SRS form there at a forwarded RCPT), and one sender must stay one counter.
-    tx.data["ratelimit_sender"] = mailbox_key(sender)
+    tx.data["ratelimit_sender"] = _sender_key(sender)
 
 
 if pc.store.in_memory():

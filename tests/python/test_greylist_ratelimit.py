@@ -213,6 +213,26 @@ def test_every_spelling_of_a_sender_counts_against_one_limit():
         assert 'sender <"john smith"@example.test>' in replies[2].text
 
 
+def test_extensions_of_a_sender_count_against_its_mailboxs_limit():
+    with ratelimit(window=60, messages_per_sender=2) as h:
+        n = next(_networks)  # counters outlive a test: a sender of its own
+        mail = lambda sender: h.connect(client_ip=fresh_net(), helo="c.example").mail(sender)  # noqa: E731
+        replies = [mail(f"alice{n}+1@example.com"), mail(f"Alice{n}+2@example.com"), mail(f"alice{n}@example.com")]
+        assert [r.code for r in replies] == [250, 250, 450]
+        assert f"sender <alice{n}@example.com>" in replies[2].text
+        assert mail(f"+alice{n}@example.com").code == 250  # a delimiter in first place is no extension
+    # The delimiter is [aliases]'s unless [ratelimit] sets its own.
+    config = {"ratelimit": {"window": 60, "messages_per_sender": 1}, "aliases": {"recipient_delimiter": "-"}}
+    with Harness([POLICIES / "ratelimit.py"], config=config, clock=lambda: NOW[0]) as h:
+        mail = lambda sender: h.connect(client_ip=fresh_net(), helo="c.example").mail(sender).code  # noqa: E731
+        assert [mail(f"bob{n}-a@example.com"), mail(f"bob{n}-b@example.com"), mail(f"bob{n}+c@example.com")] \
+            == [250, 450, 250]
+    config["ratelimit"]["recipient_delimiter"] = "+"
+    with Harness([POLICIES / "ratelimit.py"], config=config, clock=lambda: NOW[0]) as h:
+        assert [mail(f"carol{n}+a@example.com"), mail(f"carol{n}+b@example.com"), mail(f"carol{n}-c@example.com")] \
+            == [250, 450, 250]
+
+
 @pytest.mark.parametrize("files", [["ratelimit.py", "aliases.py"], ["aliases.py", "ratelimit.py"]])
 def test_the_srs_sender_of_a_forwarded_rcpt_counts_as_the_senders(tmp_path, files):
     with forwarding(tmp_path, files, ratelimit={"window": 60, "recipients_per_sender": 2}) as h:
@@ -246,7 +266,8 @@ def test_exempt_networks_and_ipv6_networks():
 
 
 @pytest.mark.parametrize("table,why", [({"window": 0}, "window"), ({"messages_per_client": -1}, "messages_per_client"),
-                                       ({"colour": 1}, "unknown key"), ({"networks": ["x"]}, "networks")])
+                                       ({"colour": 1}, "unknown key"), ({"networks": ["x"]}, "networks"),
+                                       ({"recipient_delimiter": 1}, "recipient_delimiter")])
 def test_ratelimit_settings_are_checked(table, why):
     with pytest.raises(PolicyLoadError, match=why):
         ratelimit(**table)
