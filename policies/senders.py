@@ -8,7 +8,8 @@ Configure it in ``[senders]`` (the defaults shown):
     login_is_address = false         # true: a login that is an address (alice@example.test) owns it, listed or not
     owns_aliases = false             # a login also owns the aliases ([aliases] file) that expand to
                                      #   an address it owns (team@ -> alice@: alice may send as team@)
-    local_domains = []               # default: [aliases] local_domains
+    local_domains = []               # default: every domain aliases.py takes as local ([aliases] local_domains,
+                                     #   the domains named in [aliases] file, srs_domain); [] without [aliases]
     trusted_networks = []            # default: [relay] trusted_networks
     recipient_delimiter = "+"        # default: [aliases] recipient_delimiter, else "+"
 
@@ -49,7 +50,7 @@ def _settings() -> dict:
         "file": table.get("file", ""),
         "login_is_address": table.get("login_is_address", False),
         "owns_aliases": table.get("owns_aliases", False),
-        "local_domains": table.get("local_domains", aliases.get("local_domains", [])),
+        "local_domains": table.get("local_domains"),  # None: the alias table's domains (_load)
         "trusted_networks": table.get("trusted_networks", pc.config.get("relay", {}).get("trusted_networks", [])),
         "recipient_delimiter": table.get("recipient_delimiter", aliases.get("recipient_delimiter", "+")),
     }
@@ -57,6 +58,8 @@ def _settings() -> dict:
         if not isinstance(settings[key], bool):
             raise ValueError(f"[senders] {key}: want true or false")
     for key in ("local_domains", "trusted_networks"):
+        if key == "local_domains" and settings[key] is None:
+            continue
         if not isinstance(settings[key], list) or not all(isinstance(v, str) and v for v in settings[key]):
             raise ValueError(f"[senders] {key}: want a list of strings")
     if not isinstance(settings["file"], str) or not isinstance(settings["recipient_delimiter"], str):
@@ -81,14 +84,23 @@ def _load():
                                 login_is_address=s["login_is_address"])
               if s["file"] else SenderLogins(recipient_delimiter=s["recipient_delimiter"],
                                              login_is_address=s["login_is_address"]))
+    config = pc.config.get("aliases", {})
     aliases = None
-    if s["owns_aliases"]:
-        table = pc.config["aliases"]
-        aliases = AliasTable.read(pc.path(table["file"]), local_domains=s["local_domains"],
+    if config.get("file") and (s["owns_aliases"] or s["local_domains"] is None):
+        # The domains aliases.py takes as local, as it works them out: a domain named only in the
+        # file (a key, a catch-all, "domain -") or the SRS domain is as much ours as a listed one,
+        # and a client that did not log in must not use it either.
+        listed = list(config.get("local_domains", [])) + ([config["srs_domain"]] if config.get("srs_domain") else [])
+        aliases = AliasTable.read(pc.path(config["file"]), local_domains=listed,
                                   recipient_delimiter=s["recipient_delimiter"],
-                                  propagate_extension=table.get("propagate_extension", True))
+                                  propagate_extension=config.get("propagate_extension", True))
+    if s["local_domains"] is not None:
+        local = s["local_domains"]
+    else:
+        local = aliases.domains if aliases is not None else config.get("local_domains", [])
     # One form of each domain (A-labels): bücher.example listed covers xn--bcher-kva.example used, and back.
-    return logins, aliases, {canonical_domain(d) for d in s["local_domains"]}, _networks(s["trusted_networks"])
+    return (logins, aliases if s["owns_aliases"] else None, {canonical_domain(d) for d in local},
+            _networks(s["trusted_networks"]))
 
 
 LOGINS, ALIASES, LOCAL_DOMAINS, TRUSTED = _load()

@@ -111,6 +111,27 @@ def test_an_unauthenticated_client_may_not_use_local_or_owned_senders(tmp_path):
         assert mail(h, "").code == 250
 
 
+def test_without_local_domains_every_domain_the_alias_table_takes_as_local_is_local(tmp_path):
+    # docs/aliases.md: the domains named in the file (keys, catch-alls, "domain -") and srs_domain are local too.
+    (tmp_path / "senders").write_text(SENDERS)
+    (tmp_path / "aliases").write_text("alice@example.test alice@example.test\nceo@example.com boss@example.test\n"
+                                      "@example.net alice@example.test\nexample.info -\n")
+    (tmp_path / "portcullis.toml").write_text("")
+    aliases = {"file": "aliases", "local_domains": ["example.test"], "srs_secret": "s", "srs_domain": "fwd.example.test"}
+    config = {"senders": {"file": "senders"}, "aliases": aliases}
+    with Harness([POLICY], config_path=tmp_path / "portcullis.toml", config=config) as h:
+        for sender in ("alice@example.test", "ceo@example.com", "any@example.net", "x@example.info",
+                       "postmaster@fwd.example.test"):
+            assert mail(h, sender) == (553, "5.7.1", f"<{sender}>: Sender address rejected: not logged in"), sender
+        assert mail(h, "stranger@elsewhere.example").code == 250
+    # [senders] local_domains set: those domains alone.
+    config["senders"]["local_domains"] = ["example.info"]
+    with Harness([POLICY], config_path=tmp_path / "portcullis.toml", config=config) as h:
+        assert mail(h, "x@example.info")[:2] == (553, "5.7.1")
+        assert mail(h, "ceo@example.com").code == 250
+        assert mail(h, "alice@example.test")[:2] == (553, "5.7.1")  # listed in the senders table
+
+
 def test_a_quoted_local_part_is_the_same_sender(tmp_path):
     # RFC 5321 §4.1.2: "ceo"@ and ceo@ are one mailbox; Postfix unquotes before the lookup.
     (tmp_path / "senders").write_text('ceo@partner.example ceo\n"Boss"@partner.example boss\n')
