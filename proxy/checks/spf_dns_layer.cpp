@@ -68,12 +68,11 @@ dns::answer fetch(spf_evaluation& e, std::string name, dns::rr_type type) {
   return answer;
 }
 
-// Whether `name` carries any_address_suffix (it loses it).
-bool strip_any_address(std::string& name) {
+// Whether `name` carries the check's any-address marker (it loses it).
+bool strip_any_address(std::string& name, std::string_view marker) {
   if (!name.empty() && name.back() == '.') name.pop_back();
-  const auto n = any_address_suffix.size();
-  if (name.size() <= n || !smtp::equals_nocase(std::string_view(name).substr(name.size() - n), any_address_suffix))
-    return false;
+  const auto n = marker.size();
+  if (name.size() <= n || !smtp::equals_nocase(std::string_view(name).substr(name.size() - n), marker)) return false;
   name.resize(name.size() - n);
   return true;
 }
@@ -136,11 +135,11 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* layer, const char* domain, ns_type type, 
     }
   }
   std::string name = domain;
-  const bool any_address = strip_any_address(name);
+  const bool any_address = strip_any_address(name, e.any_address);
   auto answer = fetch(e, std::move(name), *ours);
   if (answer.ok() && any_address) {
     if (*ours == dns::rr_type::mx) {
-      for (auto& r : answer.records) r.value += any_address_suffix;  // their addresses are "any" too
+      for (auto& r : answer.records) r.value += e.any_address;  // their addresses are "any" too
     } else if (!answer.records.empty() && (*ours == dns::rr_type::a) == e.client.is_v4()) {
       answer.records.assign(1, dns::record{e.client.to_string(), 0});  // it has an address: the client's matches
     }
@@ -271,7 +270,8 @@ SPF_errcode_t get_spf(SPF_server_t* server, SPF_request_t* request, SPF_response
     return fail(SPF_RESULT_PERMERROR, SPF_E_SYNTAX, *e.permerror);
   }
   const std::string text = spf_macros_for_values(
-      spf_record_for_client(spf_record_for_libspf2(records.front()), !e.client.is_v4()), macro_values(e, request));
+      spf_record_for_client(spf_record_for_libspf2(records.front()), !e.client.is_v4(), e.any_address),
+      macro_values(e, request));
   if (uses_p_macro(text)) set_client_name(e, request);
   const auto [mechanisms, modifiers] = spf_term_counts(text);
   const bool compiled = SPF_record_compile(server, response, recordp, text.c_str()) == SPF_E_SUCCESS;

@@ -19,6 +19,7 @@ extern "C" {
 
 #include "asio.hpp"
 #include "checks/spf_checker.hpp"
+#include "checks/spf_record.hpp"
 #include "dns/answer.hpp"
 
 namespace portcullis::checks {
@@ -26,12 +27,17 @@ namespace portcullis::checks {
 // One check's state: libspf2 hands it to the layer's functions as their hook.
 struct spf_evaluation {
   spf_evaluation(const spf_checker::dns_lookup& d, const spf_limits& l, asio::ip::address c)
-      : lookup(d), limits(l), client(std::move(c)), deadline(std::chrono::steady_clock::now() + l.budget) {}
+      : lookup(d),
+        limits(l),
+        client(std::move(c)),
+        deadline(std::chrono::steady_clock::now() + l.budget),
+        any_address(any_address_marker()) {}
 
   const spf_checker::dns_lookup& lookup;
   const spf_limits& limits;
   const asio::ip::address client;  // IPv4-mapped IPv6 already made IPv4
   const std::chrono::steady_clock::time_point deadline;
+  const std::string any_address;         // this check's secret marker of a /0 name (spf_record_for_client)
   SPF_request_t* request = nullptr;      // for expanding an explanation
   unsigned voids = 0;                    // lookups that named nothing
   unsigned dns_terms = 0;                // §4.6.4, counted across include and redirect

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <cstdio>
+#include <random>
 
 #include "smtp/text.hpp"
 
@@ -503,7 +505,17 @@ std::string spf_macros_for_values(std::string_view text, const spf_macro_value& 
   });
 }
 
-std::string spf_record_for_client(std::string_view record, bool ipv6) {
+std::string any_address_marker() {
+  // 64 bits from the system's CSPRNG (getrandom): never guessed within one check.
+  std::random_device random;
+  const std::uint64_t secret = (std::uint64_t{random()} << 32) ^ random();
+  char marker[64];
+  std::snprintf(marker, sizeof marker, ".any-address-%016llx.portcullis.invalid",
+                static_cast<unsigned long long>(secret));
+  return marker;
+}
+
+std::string spf_record_for_client(std::string_view record, bool ipv6, std::string_view marker) {
   std::string out(record.substr(0, spf_version.size()));
   std::string redirect;
   bool has_all = false;
@@ -530,7 +542,7 @@ std::string spf_record_for_client(std::string_view record, bool ipv6) {
       // libspf2 takes a length of 0 for "none" (/32, /128): the name is marked instead.
       out += ':';
       out += cidr.rest.empty() ? std::string_view("%{d}") : cidr.rest.substr(1);
-      out += any_address_suffix;
+      out += marker;
       return true;
     }
     out += cidr.rest;

@@ -46,19 +46,22 @@ std::string spf_record_for_libspf2(std::string_view record);
 // What marks a name whose every address matches: an a or mx term whose
 // CIDR length for the client's family is 0 (§5.3, §5.4). libspf2 reads a
 // length of 0 as "none" (/32, /128) and has no term for it, so the name
-// gets this suffix instead, and the checker's DNS layer answers a lookup of
-// a marked name with the client's own address when the name has any (and a
-// marked MX lookup with marked host names). ".invalid" (RFC 6761) never
-// names anything real.
-inline constexpr std::string_view any_address_suffix = ".any-address.portcullis.invalid";
+// gets a marker suffix instead, and the checker's DNS layer answers a
+// lookup of a marked name with the client's own address when the name has
+// any (and a marked MX lookup with marked host names). The marker is a
+// secret of the one check (any_address_marker): a name the client chose
+// (its HELO through %{h}, its sender through %{l}) or a record's own text
+// could end in a fixed one and pass any client. ".invalid" (RFC 6761)
+// never names anything real.
+std::string any_address_marker();
 
 // A record from spf_record_for_libspf2 made ready for a client of one
 // family: an a or mx term keeps only that family's CIDR length, and one of
-// 0 marks the name (any_address_suffix, "%{d}" when there is none);
+// 0 marks the name (`marker`, from any_address_marker; "%{d}" when there is none);
 // redirect= goes after the mechanisms, where §6.1 applies it (libspf2
 // applies it where it stands), or goes when there is an "all" (§6.1: then
 // it is ignored).
-std::string spf_record_for_client(std::string_view libspf2_record, bool ipv6);
+std::string spf_record_for_client(std::string_view libspf2_record, bool ipv6, std::string_view marker);
 
 // (mechanisms, modifiers) of a valid record as libspf2 counts them once it
 // compiled it (redirect= among the mechanisms): fewer means it dropped some.

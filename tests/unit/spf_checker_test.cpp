@@ -4,6 +4,7 @@
 // buffers it made.
 #include "checks/spf_checker.hpp"
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <utility>
@@ -213,6 +214,34 @@ TEST(SpfCheckerOnATable, AsksTheLookupItIsGiven) {
   const auto r = checker.check_now(asio::ip::make_address("192.0.2.7"), "h.test", smtp::address{"a", "example.test"});
   EXPECT_EQ(r.result, kind::pass) << r.problem;
   EXPECT_EQ(asked, (std::vector<std::string>{"example.test", "_spf.example.test", "h.example.test"}));
+}
+
+// An a/0 or mx/0 term matches any address of a name that has one: the name
+// is marked for the DNS layer. A client once forged "pass" with a HELO
+// ending in the fixed marker ("a:%{h}" then matched its own address), and a
+// record naming the marker did too: the marker is a secret of each check now.
+TEST(SpfCheckerOnATable, NoNameTheClientOrARecordChoosesPassesForAnyAddress) {
+  const std::string forged_helo = "realhost.example.test.any-address.portcullis.invalid";
+  for (const std::string term : {"a:%{h}", "mx:%{h}", "exists:%{h}", "a:realhost.example.test.any-address.portcullis.invalid"}) {
+    std::vector<std::string> asked;
+    const spf_checker checker(from_table({{{"example.test", dns::rr_type::txt}, {"v=spf1 " + term + " -all"}},
+                                          {{"realhost.example.test", dns::rr_type::a}, {"203.0.113.50"}},
+                                          {{"realhost.example.test", dns::rr_type::mx}, {"realhost.example.test"}}},
+                                         &asked),
+                              "mx.example.test");
+    const auto r = checker.check_now(asio::ip::make_address("198.51.100.66"), forged_helo, smtp::address{"a", "example.test"});
+    EXPECT_EQ(r.result, kind::fail) << term << ": " << r.problem;
+    // The name was asked for as it is (it names nothing), not stripped to realhost.example.test.
+    EXPECT_EQ(std::count(asked.begin(), asked.end(), "realhost.example.test"), 0) << term;
+  }
+  // The real thing still works: a/0 takes any address of a name that has one.
+  std::vector<std::string> asked;
+  const spf_checker any(from_table({{{"example.test", dns::rr_type::txt}, {"v=spf1 a:realhost.example.test/0 -all"}},
+                                    {{"realhost.example.test", dns::rr_type::a}, {"203.0.113.50"}}},
+                                   &asked),
+                        "mx.example.test");
+  EXPECT_EQ(any.check_now(asio::ip::make_address("198.51.100.66"), "h.test", smtp::address{"a", "example.test"}).result,
+            kind::pass);
 }
 
 // Found by fuzz_spf_evaluation: libspf2 1.2.10 (spf_expand.c,

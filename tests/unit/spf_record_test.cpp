@@ -439,7 +439,7 @@ TEST(SpfRecordForClient, Table) {
     bool ipv6;
     std::string want;
   };
-  const std::string any(any_address_suffix);
+  const std::string any = ".any-address-0123456789abcdef.portcullis.invalid";
   const std::vector<client_case> cases = {
       {"v=spf1 a mx -all", false, "v=spf1 a mx -all"},
       {"v=spf1 a/24 mx:m.example.com//64 -all", false, "v=spf1 a/24 mx:m.example.com -all"},
@@ -457,8 +457,17 @@ TEST(SpfRecordForClient, Table) {
   for (const auto& c : cases) {
     SCOPED_TRACE(testing::Message() << "record: \"" << c.record << "\" ipv6=" << c.ipv6);
     ASSERT_EQ(spf_record_error(c.record), std::nullopt);
-    EXPECT_EQ(spf_record_for_client(c.record, c.ipv6), c.want);
+    EXPECT_EQ(spf_record_for_client(c.record, c.ipv6, any), c.want);
   }
+}
+
+// The marker is a secret of one check: a name a client chose (a HELO through
+// %{h}) cannot end in it, as it could in a fixed one.
+TEST(SpfRecordForClient, AnyAddressMarkerIsNewForEveryCheck) {
+  const std::string a = any_address_marker(), b = any_address_marker();
+  EXPECT_NE(a, b);
+  EXPECT_TRUE(a.starts_with(".any-address-") && a.ends_with(".portcullis.invalid")) << a;
+  EXPECT_EQ(a.size(), std::string_view(".any-address-0123456789abcdef.portcullis.invalid").size());
 }
 
 TEST(SpfTermCounts, CountsAsLibspf2Does) {
