@@ -7,7 +7,8 @@ Configure it in ``[senders]`` (the defaults shown):
     file = ""                        # lines "address  login[, login...]"; "@domain" allowed
     login_is_address = false         # true: a login that is an address (alice@example.test) owns it, listed or not
     owns_aliases = false             # a login also owns the aliases ([aliases] file) that expand to
-                                     #   an address it owns (team@ -> alice@: alice may send as team@)
+                                     #   an address it owns (team@ -> alice@: alice may send as team@),
+                                     #   unless the file lists owners for that sender: then those alone
     local_domains = []               # default: every domain aliases.py takes as local ([aliases] local_domains,
                                      #   the domains named in [aliases] file, srs_domain); [] without [aliases]
     trusted_networks = []            # default: [relay] trusted_networks
@@ -19,8 +20,8 @@ The rules, for a MAIL FROM other than ``<>``:
   file lists the login for the address, its extension-less form or its
   ``@domain``; or, with ``login_is_address``, the login is the address
   itself; or, with
-  ``owns_aliases``, the sender is an alias that expands to an address the
-  login owns): otherwise ``553 5.7.1 <sender>: Sender address rejected:
+  ``owns_aliases``, the sender is an alias the file has no line for that
+  expands to an address the login owns): otherwise ``553 5.7.1 <sender>: Sender address rejected:
   not owned by user LOGIN``.
 - A client that did not authenticate and is not in ``trusted_networks``
   may not use a sender of a local domain, nor one the file lists an owner
@@ -109,7 +110,10 @@ LOGINS, ALIASES, LOCAL_DOMAINS, TRUSTED = _load()
 def _owns(login: str, sender: str) -> bool:
     if LOGINS.owns(login, sender):
         return True
-    if ALIASES is None:
+    # First match, as Postfix's smtpd_sender_login_maps: a sender the table lists (as it is, without
+    # its extension, or by its @domain) has the owners listed there and no others. The aliases speak
+    # only for senders the table does not list, or whoever gets a copy of ceo@ could send as ceo@.
+    if ALIASES is None or LOGINS.owners(sender):
         return False
     try:
         # Exact entries only: a catch-all would hand its whole domain to whoever it points at.

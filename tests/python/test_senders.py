@@ -102,6 +102,27 @@ def test_a_login_owns_the_aliases_that_expand_to_its_address_when_asked(tmp_path
         assert mail(h, "random@example.test", "catchall@example.test")[:2] == (553, "5.7.1")
 
 
+def test_the_aliases_speak_only_for_senders_the_table_does_not_list(tmp_path):
+    # First match, as smtpd_sender_login_maps: the assistant gets copies of ceo@'s mail, yet the
+    # table says ceo@ is ceo's alone.
+    (tmp_path / "senders").write_text("ceo@example.test ceo\nassistant@example.test assistant\n@example.org carol\n")
+    (tmp_path / "aliases").write_text("ceo@example.test ceo@example.test, assistant@example.test\n"
+                                      "assistant@example.test assistant@example.test\n"
+                                      "team@example.test ceo@example.test, assistant@example.test\n"
+                                      "sales@example.org assistant@example.test\n")
+    (tmp_path / "portcullis.toml").write_text("")
+    config = {"senders": {"file": "senders", "owns_aliases": True},
+              "aliases": {"file": "aliases", "local_domains": ["example.test"]}}
+    with Harness([POLICY], config_path=tmp_path / "portcullis.toml", config=config) as h:
+        assert mail(h, "ceo@example.test", "assistant")[:2] == (553, "5.7.1")
+        assert mail(h, "ceo+x@example.test", "assistant")[:2] == (553, "5.7.1")  # listed without its extension
+        assert mail(h, "ceo@example.test", "ceo").code == 250
+        assert mail(h, "team@example.test", "assistant").code == 250  # no line: its expansion decides
+        assert mail(h, "team@example.test", "ceo").code == 250
+        assert mail(h, "sales@example.org", "assistant")[:2] == (553, "5.7.1")  # listed by its @domain: carol's
+        assert mail(h, "sales@example.org", "carol").code == 250
+
+
 def test_an_unauthenticated_client_may_not_use_local_or_owned_senders(tmp_path):
     with harness(tmp_path) as h:
         assert mail(h, "alice@example.test") == (
