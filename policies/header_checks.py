@@ -44,8 +44,14 @@ regex's groups (one it does not have is refused at load, as Postfix does);
 Actions (Postfix's names; blanks or tabs between the fields):
 
 - ``REJECT [text]``: ``550 5.7.1 text`` (``Message content rejected``); a
-  text starting with an enhanced status code (``5.7.1 ...``) gives that code;
-- ``DEFER [text]``: ``451 4.7.1 text``;
+  text starting with an enhanced status code (``5.7.1 ...``) gives that
+  code; one starting with ``4.x.x`` makes it a temporary failure, ``451
+  4.x.x text``, as in Postfix (``2.x.x``, which Postfix refuses, is made
+  ``4.x.x``, with a warning at load);
+- ``DEFER [text]``: ``451 4.7.1 text`` (``Message content deferred``); a
+  status the text starts with gives that code, made class 4 if it is not
+  (``DEFER 5.7.1 x`` is ``451 4.7.1 x``, with a warning at load), as in
+  Postfix: a DEFER is always temporary;
 - ``DISCARD [text]``: accept the message and deliver nothing (logged);
 - ``WARN [text]``: log it, go on;
 - ``IGNORE``: remove the field;
@@ -293,11 +299,26 @@ def read_rules(path: str) -> list[Rule]:
     return rules
 
 
+def _warn_about_statuses(rules: list[Rule]) -> None:
+    """A warning at load for a status Postfix would change (it warns when the rule fires)."""
+    for rule in rules:
+        literal = rule.text[0] if rule.text and isinstance(rule.text[0], str) else ""
+        found = _STATUS.match(literal) if rule.action in ("REJECT", "DEFER") else None
+        if found is None or found.group(1) == "4" or (rule.action == "REJECT" and found.group(1) == "5"):
+            continue
+        status = ".".join(found.groups())
+        pc.log.warning("header_checks: line %d: %s %s: the reply will be 451 4%s (%s), as Postfix makes it",
+                       rule.line, rule.action, status, status[1:],
+                       "DEFER is always temporary" if rule.action == "DEFER" else "want 4.x.x or 5.x.x")
+
+
 def _settings() -> list[Rule]:
     table = Settings("header_checks", {"file": None})
     if not isinstance(table["file"], str) or not table["file"]:
         raise ValueError("[header_checks] file: required")
-    return read_rules(str(pc.path(table["file"])))
+    rules = read_rules(str(pc.path(table["file"])))
+    _warn_about_statuses(rules)
+    return rules
 
 
 RULES = _settings()
@@ -324,15 +345,22 @@ def _expand(text: tuple, found: re.Match | None) -> str:
     return "".join(piece if isinstance(piece, str) else found.group(piece) or "" for piece in text)
 
 
-def _reply(action: str, text: str):
-    status = _STATUS.match(text)
+def _reply(action: str, text: str) -> tuple[int, str, str]:
+    """(code, status, text) of a REJECT or DEFER, as Postfix's cleanup (cleanup_act) makes it: the
+    status the text starts with, else the default; a REJECT whose status is not 5.x.x and every
+    DEFER are temporary (class 4: 451, the status's class made 4)."""
     if action == "REJECT":
-        code, default_status, default_text = 550, "5.7.1", "Message content rejected"
+        default_status, default_text = "5.7.1", "Message content rejected"
     else:
-        code, default_status, default_text = 451, "4.7.1", "Message content deferred"
-    if status and status.group(1) == str(code)[0]:
-        return code, ".".join(status.groups()), text[status.end():] or default_text
-    return code, default_status, text or default_text
+        default_status, default_text = "4.7.1", "Message content deferred"
+    found = _STATUS.match(text)
+    if found is None:
+        status = default_status
+    else:
+        status, text = ".".join(found.groups()), text[found.end():]
+        if action == "DEFER" or status[0] != "5":  # DEFER 5.7.1 and REJECT 2.0.0 are 4.x.x, as in Postfix
+            status = "4" + status[1:]
+    return (550 if status[0] == "5" else 451), status, text or default_text
 
 
 def on_data(tx, message):
@@ -347,7 +375,7 @@ def on_data(tx, message):
         where = f"{name} (header_checks line {rule.line})"
         if rule.action in ("REJECT", "DEFER"):
             code, status, reply = _reply(rule.action, text)
-            pc.log.info("header_checks: %s %s: %s", rule.action.lower(), where, reply)
+            pc.log.info("header_checks: %s %s: %s %s", rule.action.lower(), where, status, reply)
             return (pc.reject if code >= 500 else pc.tempfail)(reply, code=code, status=status)
         if rule.action == "DISCARD":
             pc.log.info("header_checks: discard %s%s", where, f": {text}" if text else "")

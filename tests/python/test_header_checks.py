@@ -54,6 +54,23 @@ def test_reject_defer_and_discard(tmp_path):
         assert any("discard X-Mailer (header_checks line 6): bulk" in line.message for line in h.logs)
 
 
+def test_a_reject_with_a_4xx_status_and_every_defer_are_temporary(tmp_path, caplog):
+    # Postfix's cleanup_act: REJECT 4.x.x defers (451, that status); DEFER is class 4 whatever it is given.
+    rules = ("/^Subject:.*maybe/   REJECT 4.7.1 Try again later\n"
+             "/^Subject:.*defer5/  DEFER 5.7.1 Blocked\n"
+             "/^Subject:.*ok2/     REJECT 2.0.0 Odd\n"
+             "/^Subject:.*plain/   DEFER\n"
+             "/^Subject:.*hard/    REJECT 5.7.2 Hard\n")
+    with harness(tmp_path, rules) as h:
+        assert send(h, BASE + "Subject: maybe spam\r\n")[0] == (451, "4.7.1", "Try again later")
+        assert send(h, BASE + "Subject: defer5\r\n")[0] == (451, "4.7.1", "Blocked")
+        assert send(h, BASE + "Subject: ok2\r\n")[0] == (451, "4.0.0", "Odd")
+        assert send(h, BASE + "Subject: plain\r\n")[0] == (451, "4.7.1", "Message content deferred")
+        assert send(h, BASE + "Subject: hard\r\n")[0] == (550, "5.7.2", "Hard")
+    warned = [r.getMessage() for r in caplog.records if "as Postfix makes it" in r.getMessage()]  # at load
+    assert len(warned) == 2 and "line 2: DEFER 5.7.1" in warned[0] and "line 3: REJECT 2.0.0" in warned[1]
+
+
 def test_ignore_replace_prepend_edit_only_the_matching_field(tmp_path):
     with harness(tmp_path) as h:
         headers = ("Received: from internal.example by mx\r\nReceived: from outside.example by mx\r\n" + BASE +
