@@ -18,6 +18,12 @@ required, relative to the config file's folder):
     srs_max_age = 21                 # days an SRS address is good for bounces
     srs_hash_length = 4              # characters of the hash (libsrs2 and postsrsd: 4)
 
+List it in ``[policy] files`` after the policies that judge the recipient
+the client gave (``greylist.py``, ``ratelimit.py``: a ``pc.redirect`` is
+final, so those listed after this one never see a recipient that expands to
+several addresses, nor an SRS bounce), and before those that should see the
+rewritten recipient.
+
 At each RCPT of a local domain (``local_domains``, the domains named in the
 file, and ``srs_domain``):
 

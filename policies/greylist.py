@@ -25,6 +25,10 @@ quotes undone (``"al\\ice"@x`` is ``alice@x``), the domain in A-labels
 (``bücher.example`` is ``xn--bcher-kva.example``); ``<>`` is a sender like
 any other.
 
+List it before ``aliases.py``: it judges the recipient the client gave, and
+a recipient aliases.py expands to several addresses (or an SRS bounce) is a
+final ``pc.redirect`` that the policies after it never see.
+
 The triplets live in ``pc.store`` (``[store] url``): with Redis, every
 daemon sharing it knows what any of them has seen.
 """

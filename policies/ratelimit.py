@@ -27,6 +27,10 @@ of one address escapes its limit. Counting happens when
 the command is let through (a MAIL or RCPT refused here does not count; one
 refused later by another policy or the upstream does).
 
+List it before ``aliases.py``: it counts the recipients the client gave,
+and a recipient aliases.py expands to several addresses (or an SRS bounce)
+is a final ``pc.redirect`` that the policies after it never see.
+
 The window slides: each limit keeps a counter for this window and the one
 before, and weighs the one before by how much of it still falls in the last
 ``window`` seconds (the approximation Redis rate limiters use). Counters

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,34 @@ def test_the_srs_sender_of_a_forwarded_rcpt_is_not_the_triplets_sender(tmp_path,
                 assert s.data("Subject: hi\r\n\r\nhello\r\n").code == 250
                 assert s.delivered[-1].sender.startswith("SRS0=")  # the forwarding did happen
             NOW[0] += 360 if n == 0 else 86400
+
+
+def test_greylist_and_ratelimit_go_before_aliases_which_redirects_for_good(tmp_path):
+    # aliases.py answers a list with pc.redirect, final by the contract: listed after it, greylisting
+    # and rate limits never saw team@. The docs and the examples list them before it.
+    text = (POLICIES.parent / "docs" / "aliases.md").read_text()
+    files = tomllib.loads(text.split("## Enabling it", 1)[1].split("```toml", 1)[1].split("```", 1)[0])["policy"]["files"]
+    configs = [POLICIES.parent / "docs" / "aliases.md"] + sorted((POLICIES.parent / "examples").glob("*/*.toml"))
+    for where, listed in [(configs[0], files)] + [(c, tomllib.loads(c.read_text()).get("policy", {}).get("files", []))
+                                                  for c in configs[1:]]:
+        names = [Path(f).name for f in listed]
+        if "aliases.py" in names:
+            assert all(names.index(p) < names.index("aliases.py") for p in ("greylist.py", "ratelimit.py")
+                       if p in names), (where, names)
+    assert "greylist.py" in [Path(f).name for f in files]
+    (tmp_path / "virtual").write_text("a@example.net a@example.net\nb@example.net b@example.net\n"
+                                      "team@example.net a@example.net, b@example.net\n")
+    (tmp_path / "portcullis.toml").write_text("")
+    config = {"aliases": {"file": "virtual", "local_domains": ["example.net"]}, "greylist": {"delay": 1},
+              "ratelimit": {"window": 60, "recipients_per_client": 1}}
+    with Harness([POLICIES / f for f in ("greylist.py", "ratelimit.py", "aliases.py")],
+                 config_path=tmp_path / "portcullis.toml", config=config, clock=lambda: NOW[0]) as h:
+        net = fresh_net()
+        assert attempt(h, net, "spam@spam.example", "team@example.net")[1][:2] == (451, "4.7.1")  # greylisted
+        NOW[0] += 1.1
+        s, r = attempt(h, net, "spam@spam.example", "team@example.net")
+        assert r.code == 250
+        assert s.rcpt("team@example.net")[:2] == (450, "4.7.1")  # counted: one recipient per client
 
 
 @pytest.mark.parametrize("table,why", [({"delay": -1}, "delay"), ({"colour": 1}, "unknown key"),
