@@ -50,8 +50,9 @@ class cached_only_attempt {
   std::vector<std::pair<dns::rr_type, dns::answer::status>> answered_;
 };
 
-dns::answer look_up(dns::resolver& r, const std::string& name, dns::rr_type type) {
-  return current_attempt != nullptr ? current_attempt->look_up(r, name, type) : r.lookup_sync(name, type);
+dns::answer look_up(dns::resolver& r, const std::string& name, dns::rr_type type,
+                    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max()) {
+  return current_attempt != nullptr ? current_attempt->look_up(r, name, type) : r.lookup_sync(name, type, deadline);
 }
 
 // Larger messages are checked on the pool: hashing them is work for it.
@@ -63,7 +64,9 @@ sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const se
     : resolver_(std::move(resolver)), settings_(settings), pool_(std::max(1u, settings.threads)) {
   auto* r = resolver_.get();  // (the checker, and so every check, holds the resolver)
   if (settings.spf) {
-    const auto lookup = [r](const std::string& name, dns::rr_type type) { return look_up(*r, name, type); };
+    const auto lookup = [r](const std::string& name, dns::rr_type type, std::chrono::steady_clock::time_point deadline) {
+      return look_up(*r, name, type, deadline);
+    };
     spf_.emplace(lookup, settings.receiver, settings.spf_skip_networks);
   }
   const auto txt = [r](const std::string& name) { return look_up(*r, name, dns::rr_type::txt); };

@@ -131,8 +131,9 @@ void set_client(SPF_request_t* request, const asio::ip::address& client) {
 
 // The lookup holds the resolver: it lives as long as the checker.
 spf_checker::dns_lookup lookup_on(std::shared_ptr<dns::resolver> resolver) {
-  return [resolver = std::move(resolver)](const std::string& name, dns::rr_type type) {
-    return resolver->lookup_sync(name, type);
+  return [resolver = std::move(resolver)](const std::string& name, dns::rr_type type,
+                                         std::chrono::steady_clock::time_point deadline) {
+    return resolver->lookup_sync(name, type, deadline);
   };
 }
 

@@ -36,7 +36,9 @@ class spf_checker {
  public:
   // Where a check's DNS answers come from: the resolver (blocking), or a
   // table in the tests and the fuzzer, so that they run the daemon's code.
-  using dns_lookup = std::function<dns::answer(const std::string& name, dns::rr_type type)>;
+  // A lookup waits until `deadline` at most (the check's budget, spf_limits::budget).
+  using dns_lookup = std::function<dns::answer(const std::string& name, dns::rr_type type,
+                                               std::chrono::steady_clock::time_point deadline)>;
 
   // `receiver` is our host name (the %{r} macro); clients in `skip` are
   // not checked (result none); throws std::invalid_argument for a bad entry.

@@ -61,10 +61,12 @@ dns::answer fetch(spf_evaluation& e, std::string name, dns::rr_type type) {
     nothing.what = dns::answer::status::timeout;
     return nothing;
   }
-  auto answer = e.lookup(fitted(std::move(name)), type);
+  auto answer = e.lookup(fitted(std::move(name)), type, e.deadline);
   if (answer.is_void() && ++e.voids > e.limits.void_lookups && !e.permerror)
     e.permerror = "more than " + std::to_string(e.limits.void_lookups) + " lookups named nothing (RFC 7208 §4.6.4)";
   if (answer.what == dns::answer::status::timeout || answer.what == dns::answer::status::failure) e.dns_trouble = true;
+  // (A lookup waits until the deadline at most: one cut short there is the budget's end.)
+  if (answer.what == dns::answer::status::timeout && std::chrono::steady_clock::now() >= e.deadline) e.out_of_time = true;
   return answer;
 }
 
@@ -120,7 +122,7 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* layer, const char* domain, ns_type type, 
     // §6.2: the explanation never changes the result: no term, no void
     // lookup, no budget spent (past it, nothing is asked).
     if (std::chrono::steady_clock::now() >= e.deadline) return SPF_dns_rr_new_init(layer, domain, type, 0, TRY_AGAIN);
-    return rr_of(layer, domain, type, e.lookup(fitted(domain), *ours));
+    return rr_of(layer, domain, type, e.lookup(fitted(domain), *ours, e.deadline));
   }
   // Each term that queries DNS (a, mx, ptr, exists here; include and
   // redirect in get_spf) makes one lookup of its own; an mx or ptr term then
@@ -182,34 +184,48 @@ std::string reverse_name(const asio::ip::address& client) {
   return out + "ip6.arpa";
 }
 
-// §7.3 "p": the client's validated name (§5.5), found as libspf2 would (the
-// first PTR name, of at most 10 (§4.6.4), with the client among its
-// addresses; "unknown" without one), and set on the request before libspf2
-// expands the macro, so that it never looks it up itself: its lookups came
-// through lookup() above as terms (a PTR query is one, for the ptr
-// mechanism), and a record of 10 terms and %{p} was a permerror, an
-// explanation with %{p} turned a fail into one. These lookups are no term
-// (§4.6.4 counts include, a, mx, ptr, exists and redirect; pyspf the same)
-// and no void lookup; past the check's budget none is made.
+// §7.3 "p": the client's validated name (§5.5): of its PTR names (at most
+// 10, §4.6.4), those with the client among their addresses; of several,
+// the domain being checked itself, else one of its subdomains, else the
+// first ("unknown" without one). Set on the request before libspf2 expands
+// the macro, for the record (or explanation) of the domain at hand, so that
+// libspf2 never looks it up itself: its lookups came through lookup() above
+// as terms (a PTR query is one, for the ptr mechanism), and a record of 10
+// terms and %{p} was a permerror, an explanation with %{p} turned a fail
+// into one. These lookups are no term (§4.6.4 counts include, a, mx, ptr,
+// exists and redirect; pyspf the same), no void lookup, made once a check;
+// past the check's budget none is made.
 void set_client_name(spf_evaluation& e, SPF_request_t* request) {
-  if (request == nullptr || request->client_dom != nullptr) return;
-  const auto ask = [&e](const std::string& name, dns::rr_type type) {
-    return std::chrono::steady_clock::now() < e.deadline ? e.lookup(name, type) : dns::answer{};
-  };
-  std::string name = "unknown";
-  const auto names = ask(reverse_name(e.client), dns::rr_type::ptr);
-  const auto family = e.client.is_v4() ? dns::rr_type::a : dns::rr_type::aaaa;
-  const std::size_t tried = std::min<std::size_t>(names.records.size(), e.limits.mx_hosts);
-  for (std::size_t i = 0; i < tried && name == "unknown"; ++i) {
-    for (const auto& address : ask(fitted(names.records[i].value), family).records) {
-      boost::system::error_code bad;
-      if (asio::ip::make_address(address.value, bad) == e.client && !bad) {
-        name = names.records[i].value;
-        break;
+  if (request == nullptr) return;
+  if (!e.validated_names) {
+    const auto ask = [&e](const std::string& name, dns::rr_type type) {
+      return std::chrono::steady_clock::now() < e.deadline ? e.lookup(name, type, e.deadline) : dns::answer{};
+    };
+    e.validated_names.emplace();
+    const auto names = ask(reverse_name(e.client), dns::rr_type::ptr);
+    const auto family = e.client.is_v4() ? dns::rr_type::a : dns::rr_type::aaaa;
+    const std::size_t tried = std::min<std::size_t>(names.records.size(), e.limits.mx_hosts);
+    for (std::size_t i = 0; i < tried; ++i) {
+      for (const auto& address : ask(fitted(names.records[i].value), family).records) {
+        boost::system::error_code bad;
+        if (asio::ip::make_address(address.value, bad) == e.client && !bad) {
+          e.validated_names->push_back(names.records[i].value);
+          break;
+        }
       }
     }
   }
-  request->client_dom = ::strdup(name.c_str());  // (libspf2 frees it with the request)
+  const auto& names = *e.validated_names;
+  const std::string domain = name_key(request->cur_dom ? request->cur_dom : "");
+  const auto under = [&domain](const std::string& n) {
+    const auto k = name_key(n);
+    return k.size() > domain.size() && k.ends_with(domain) && k[k.size() - domain.size() - 1] == '.';
+  };
+  auto chosen = std::find_if(names.begin(), names.end(), [&domain](const std::string& n) { return name_key(n) == domain; });
+  if (chosen == names.end()) chosen = std::find_if(names.begin(), names.end(), under);
+  if (chosen == names.end()) chosen = names.begin();
+  std::free(request->client_dom);  // (one set for another domain's record; libspf2 frees the last with the request)
+  request->client_dom = ::strdup(chosen == names.end() ? "unknown" : chosen->c_str());
 }
 
 bool is_spf_record(std::string_view txt) {
@@ -339,7 +355,7 @@ SPF_errcode_t get_exp(SPF_server_t* server, const char* domain, char** bufp, siz
   } restored{e, was_explaining};
   std::string explanation;
   const bool in_time = std::chrono::steady_clock::now() < e.deadline;
-  const auto answer = in_time ? e.lookup(fitted(domain), dns::rr_type::txt) : dns::answer{};
+  const auto answer = in_time ? e.lookup(fitted(domain), dns::rr_type::txt, e.deadline) : dns::answer{};
   const auto printable = [](std::string_view s) {
     return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c < 0x7F; });
   };
@@ -357,7 +373,9 @@ SPF_errcode_t get_exp(SPF_server_t* server, const char* domain, char** bufp, siz
       explanation += ' ';
       start = space + 1;
     }
-    if (!ok) explanation.clear();
+    // One printable ASCII line, as the record's text was: a macro's value
+    // (an SMTPUTF8 sender's %{l}) may have brought 8-bit text in.
+    if (!ok || !printable(explanation)) explanation.clear();
   }
   return put(explanation, bufp, buflenp);
 }

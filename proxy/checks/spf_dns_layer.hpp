@@ -16,6 +16,7 @@ extern "C" {
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "asio.hpp"
 #include "checks/spf_checker.hpp"
@@ -47,6 +48,7 @@ struct spf_evaluation {
   bool explaining = false;               // the exp= text is fetched and expanded: no accounting (§6.2)
   bool out_of_time = false;              // the budget ran out
   std::optional<std::string> permerror;  // a bad record or a limit passed: nothing more is asked
+  std::optional<std::vector<std::string>> validated_names;  // the client's, for %{p} (set_client_name), once asked
 };
 
 // The layer for one check (lookup, get_spf, get_exp); `e` must outlive its use.

@@ -512,10 +512,17 @@ void resolver::counted_from_memo(rr_type type, answer::status what) {
   metrics::count(metrics::family::dns_memo_answers_total);
 }
 
-answer resolver::lookup_sync(std::string name, rr_type type) {
-  auto promise = std::make_shared<std::promise<answer>>();
+answer resolver::lookup_sync(std::string name, rr_type type, std::chrono::steady_clock::time_point deadline) {
+  auto promise = std::make_shared<std::promise<answer>>();  // (shared: the answer may come after we stopped waiting)
   auto result = promise->get_future();
   lookup(std::move(name), type, [promise](answer a) { promise->set_value(std::move(a)); });
+  if (deadline != std::chrono::steady_clock::time_point::max() &&
+      result.wait_until(deadline) == std::future_status::timeout) {
+    answer late;
+    late.what = answer::status::timeout;
+    late.error = "the check's time budget ran out";
+    return late;
+  }
   return result.get();
 }
 

@@ -61,8 +61,10 @@ class resolver {
   void lookup(std::string name, rr_type type, callback done);
 
   // Blocks the calling thread until the answer: for libspf2, the DKIM verifier and
-  // plain Python hooks, never for an I/O thread.
-  answer lookup_sync(std::string name, rr_type type);
+  // plain Python hooks, never for an I/O thread. Past `deadline` (a check's
+  // time budget) it stops waiting: a timeout.
+  answer lookup_sync(std::string name, rr_type type,
+                     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max());
 
   // The answer at once, with no query, when one is still within its TTL (or
   // the name cannot exist: NXDOMAIN); else nothing. Never waits: for checks

@@ -188,7 +188,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   std::size_t lookups = 0;
   const checks::spf_checker checker(
-      [&](const std::string& name, dns::rr_type type) {
+      [&](const std::string& name, dns::rr_type type, std::chrono::steady_clock::time_point) {
         ++lookups;
         return answer_from(s, name, type);
       },

@@ -140,6 +140,20 @@ TEST_F(SpfChecker, ADnsTimeoutIsATemperror) {
   EXPECT_EQ(r.result, kind::temperror) << r.problem;
 }
 
+// The budget holds for the whole check: a lookup under way when it ends
+// stops waiting there, not at [dns] timeout (here 3 s against a 1 s budget).
+TEST_F(SpfChecker, ALookupStopsWaitingAtTheEndOfTheBudget) {
+  dns::resolver_options o;
+  o.nameserver = server_->endpoint();
+  o.timeout = 3000ms;
+  spf_limits limits;
+  limits.budget = 1000ms;
+  const spf_checker slow(std::make_shared<dns::resolver>(o), "mx.example.test", {}, limits);
+  const auto r = slow.check_now(asio::ip::make_address("192.0.2.1"), "client.test", smtp::address{"a", "slow.example.test"});
+  EXPECT_EQ(r.result, kind::temperror);
+  EXPECT_EQ(r.problem, "the check took longer than 1 s");
+}
+
 TEST_F(SpfChecker, DoesNotCheckLoopbackClients) {
   auto r = check("127.0.0.1", "a@pass.example.test");
   EXPECT_EQ(r.result, kind::none);
@@ -192,7 +206,8 @@ TEST_F(SpfChecker, RunsOnTheCheckersThreadsForCoroutines) {
 using answer_table = std::map<std::pair<std::string, dns::rr_type>, std::vector<std::string>>;
 
 spf_checker::dns_lookup from_table(answer_table table, std::vector<std::string>* asked) {
-  return [table = std::move(table), asked](const std::string& name, dns::rr_type type) {
+  return [table = std::move(table), asked](const std::string& name, dns::rr_type type,
+                                           std::chrono::steady_clock::time_point) {
     asked->push_back(name);
     dns::answer a;
     a.what = dns::answer::status::nxdomain;
@@ -214,6 +229,21 @@ TEST(SpfCheckerOnATable, AsksTheLookupItIsGiven) {
   const auto r = checker.check_now(asio::ip::make_address("192.0.2.7"), "h.test", smtp::address{"a", "example.test"});
   EXPECT_EQ(r.result, kind::pass) << r.problem;
   EXPECT_EQ(asked, (std::vector<std::string>{"example.test", "_spf.example.test", "h.example.test"}));
+}
+
+// The explanation reaches a reply: one printable ASCII line, after its
+// macros too (an SMTPUTF8 sender's local part is 8-bit), else none.
+TEST(SpfCheckerOnATable, AnExplanationThatExpandsToEightBitTextIsDropped) {
+  std::vector<std::string> asked;
+  const spf_checker checker(from_table({{{"example.test", dns::rr_type::txt}, {"v=spf1 -all exp=why.test"}},
+                                        {{"why.test", dns::rr_type::txt}, {"%{l} may not send"}}},
+                                       &asked),
+                            "mx.example.test");
+  const auto client = asio::ip::make_address("192.0.2.7");
+  EXPECT_EQ(checker.check_now(client, "h.test", smtp::address{"ann", "example.test"}).explanation, "ann may not send");
+  const auto utf8 = checker.check_now(client, "h.test", smtp::address{"\xc3\xbc", "example.test"});
+  EXPECT_EQ(utf8.result, kind::fail);
+  EXPECT_EQ(utf8.explanation, "");
 }
 
 // An a/0 or mx/0 term matches any address of a name that has one: the name
@@ -322,8 +352,11 @@ TEST(SpfCheckerOnATable, ThePMacroIsNoTermInTheRecordOrTheExplanation) {
                      {{"mail.client.test", dns::rr_type::a}, {"192.0.2.7"}},
                      {{"why.test", dns::rr_type::txt}, {"%{i} (%{p}) may not send for %{d}"}}};
   for (int i = 0; i < 9; ++i) {
-    ten += " a:h" + std::to_string(i) + ".example.test";
-    table[{"h" + std::to_string(i) + ".example.test", dns::rr_type::a}] = {"203.0.113.1"};
+    // (Appended, not "h" + std::to_string(i): g++ 12's -Warray-bounds misfires on the sum.)
+    std::string host = "h";
+    host.append(std::to_string(i)).append(".example.test");
+    ten.append(" a:").append(host);
+    table[{host, dns::rr_type::a}] = {"203.0.113.1"};
   }
   table[{"p.example.test", dns::rr_type::txt}] = {ten + " exists:%{p}.allow.test -all"};
   table[{"mail.client.test.allow.test", dns::rr_type::a}] = {"127.0.0.2"};
@@ -354,6 +387,37 @@ TEST(SpfCheckerOnATable, ThePMacroIsNoTermInTheRecordOrTheExplanation) {
   const spf_checker again(from_table(table, &asked), "mx.example.test");
   EXPECT_EQ(again.check_now(client, "h.test", smtp::address{"a", "p11.example.test"}).result, kind::permerror);
   EXPECT_EQ(again.check_now(client, "h.test", smtp::address{"a", "ptr.example.test"}).result, kind::permerror);
+}
+
+// §7.3: of several validated names, %{p} is the checked domain itself, else
+// one of its subdomains, else any: each record's own domain (an include's too).
+TEST(SpfCheckerOnATable, ThePMacroPrefersTheNameUnderTheDomainBeingChecked) {
+  answer_table table{
+      {{"10.2.0.192.in-addr.arpa", dns::rr_type::ptr}, {"aaa.other.test", "mail.pdom.test", "pdom.test", "x.inc.test"}},
+      {{"aaa.other.test", dns::rr_type::a}, {"192.0.2.10"}},
+      {{"mail.pdom.test", dns::rr_type::a}, {"192.0.2.10"}},
+      {{"pdom.test", dns::rr_type::a}, {"192.0.2.10"}},
+      {{"x.inc.test", dns::rr_type::a}, {"192.0.2.10"}},
+      {{"pdom.test", dns::rr_type::txt}, {"v=spf1 exists:%{p}.allow.test -all"}},
+      {{"pdom.test.allow.test", dns::rr_type::a}, {"127.0.0.2"}},
+      {{"outer.test", dns::rr_type::txt}, {"v=spf1 include:inc.test -all"}},
+      {{"inc.test", dns::rr_type::txt}, {"v=spf1 exists:%{p}.allow.test -all"}},
+      {{"x.inc.test.allow.test", dns::rr_type::a}, {"127.0.0.2"}},
+      {{"nomatch.test", dns::rr_type::txt}, {"v=spf1 exists:%{p}.allow.test -all"}},
+      {{"aaa.other.test.allow.test", dns::rr_type::a}, {"127.0.0.2"}},
+  };
+  std::vector<std::string> asked;
+  const spf_checker checker(from_table(table, &asked), "mx.example.test");
+  const auto client = asio::ip::make_address("192.0.2.10");
+  const auto check = [&](const char* domain) {
+    asked.clear();
+    const auto r = checker.check_now(client, "h.test", smtp::address{"a", domain});
+    EXPECT_EQ(r.result, kind::pass) << domain << ": " << r.problem;
+    return asked.back();
+  };
+  EXPECT_EQ(check("pdom.test"), "pdom.test.allow.test");          // the domain itself, before mail.pdom.test
+  EXPECT_EQ(check("outer.test"), "x.inc.test.allow.test");        // a subdomain of the include's domain, in its record
+  EXPECT_EQ(check("nomatch.test"), "aaa.other.test.allow.test");  // none under it: the first
 }
 
 // libspf2's server is kept per thread (checks/spf_checker.cpp): checkers
