@@ -8,7 +8,9 @@ virtual(5)'s:
   exact entry matches) or a bare ``domain`` (declares a local domain; its
   value is ignored, as Postfix ignores it).
 - An address is looked up as it is, then, when its local part has the
-  recipient delimiter, without its extension (``alice+tag@`` as ``alice@``),
+  recipient delimiter, without its extension (``alice+tag@`` as ``alice@``;
+  never ``owner-*`` or ``*-request`` with ``-`` as a delimiter, nor
+  ``postmaster`` or ``MAILER-DAEMON``: see ``split_extension``),
   then as its domain's catch-all. An extension matched away by the
   extension-less entry is put back on every target (``alice+tag@`` ->
   ``alice.smith+tag@``), as Postfix's ``propagate_unmatched_extensions``
@@ -212,16 +214,33 @@ class AliasTable:
         return loops
 
 
+# Local parts Postfix's split_addr never splits, whatever the delimiter (the last is
+# double_bounce_sender's default): MAILER-DAEMON is no "MAILER" with extension "-DAEMON".
+_NEVER_SPLIT = frozenset(("postmaster", "mailer-daemon", "double-bounce"))
+
+
 def split_extension(local: str, delimiters: str) -> tuple[str, str]:
     """(base, extension with its delimiter) of a local part: ``alice+tag`` ->
-    (``alice``, ``+tag``); the extension is "" without a delimiter (or one in
-    first place). Each character of ``delimiters`` is a delimiter."""
+    (``alice``, ``+tag``), cut at the first character of ``delimiters`` (each
+    character is a delimiter). The extension is "", as in Postfix's
+    split_addr, when there is no delimiter, when the local part starts with
+    one (``-x+y`` with ``"+-"``: the base would be empty), for
+    ``postmaster``, ``MAILER-DAEMON`` and ``double-bounce``, and, when ``-``
+    is a delimiter, for ``owner-*`` and ``*-request`` (mailing-list
+    addresses, kept whole for compatibility)."""
     cut = -1
     for delimiter in delimiters:  # a loop, not min() over a generator: this runs for every address looked up
         i = local.find(delimiter)
-        if i > 0 and (cut < 0 or i < cut):
+        if i >= 0 and (cut < 0 or i < cut):
             cut = i
-    return (local, "") if cut < 0 else (local[:cut], local[cut:])
+    if cut <= 0:  # none, or the first character
+        return local, ""
+    lowered = local.lower()
+    if lowered in _NEVER_SPLIT:
+        return local, ""
+    if "-" in delimiters and (lowered.startswith("owner-") or (len(lowered) > 8 and lowered.endswith("-request"))):
+        return local, ""
+    return local[:cut], local[cut:]
 
 
 def _is_domain(text: str) -> bool:

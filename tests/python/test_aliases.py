@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from portcullis.aliases import AliasError, AliasTable
+from portcullis.aliases import AliasError, AliasTable, split_extension
 from portcullis.maps import MapError, read_map
 from portcullis.srs import SRS
 from portcullis.testing import Harness, PolicyLoadError
@@ -161,6 +161,45 @@ def test_the_delimiter_and_extension_propagation_are_settings(tmp_path):
     # An exact entry with the extension wins over the base.
     t = table_of(tmp_path, text + "alice+x@example.test other@example.test\n")
     assert t.expand("alice+x@example.test") == ["other@example.test"]
+
+
+@pytest.mark.parametrize("local,delimiters,want", [
+    ("alice+tag", "+", ("alice", "+tag")),
+    ("alice-a+b", "+-", ("alice", "-a+b")),  # the first delimiter, whichever it is
+    ("+alice", "+", ("+alice", "")),
+    ("-x+y", "+-", ("-x+y", "")),  # a delimiter in first place: no split at all, as split_addr
+    ("owner-list", "-", ("owner-list", "")),  # Postfix never splits these when '-' is a delimiter
+    ("Owner-List", "+-", ("Owner-List", "")),
+    ("list-request", "-", ("list-request", "")),
+    ("list-request", "+", ("list-request", "")),
+    ("list-request+x", "+", ("list-request", "+x")),  # '-' no delimiter: the usual rule
+    ("owner-list+x", "+", ("owner-list", "+x")),
+    ("-request", "-", ("-request", "")),
+    ("a-request", "-", ("a-request", "")),
+    ("MAILER-DAEMON", "-", ("MAILER-DAEMON", "")),  # nor these, whatever the delimiter
+    ("double-bounce", "-", ("double-bounce", "")),
+    ("postmaster", "s", ("postmaster", "")),
+    ("bob", "", ("bob", "")),
+])
+def test_the_extension_is_split_as_postfix_split_addr_does(local, delimiters, want):
+    assert split_extension(local, delimiters) == want
+
+
+def test_list_addresses_are_not_split_on_a_dash(tmp_path):
+    (tmp_path / "virtual").write_text("list@example.test ann@example.net, ben@example.net\n"
+                                      "owner@example.test boss@example.net\n@example.test catchall@example.test\n")
+    (tmp_path / "portcullis.toml").write_text("")
+    config = {"aliases": {"file": "virtual", "local_domains": ["example.test"], "recipient_delimiter": "+-"}}
+    with Harness([POLICY], config_path=tmp_path / "portcullis.toml", config=config) as h:
+        for rcpt, want in (("list-request@example.test", ("catchall@example.test",)),
+                           ("owner-list@example.test", ("catchall@example.test",)),
+                           ("-x+y@example.test", ("catchall@example.test",)),
+                           ("list-x@example.test", ("ann-x@example.net", "ben-x@example.net"))):
+            s = h.connect(client_ip="192.0.2.1", helo="c.example")
+            s.mail("x@example.com")
+            assert s.rcpt(rcpt).code == 250, rcpt
+            assert s.data("Subject: t\r\n\r\nx\r\n").code == 250
+            assert s.delivered[-1].recipients == want, rcpt
 
 
 def test_recursion_self_reference_and_duplicates(tmp_path):
