@@ -18,12 +18,18 @@ virtual(5)'s:
   catch-all's targets get no extension (``x+tag@`` -> ``catchall@``), as in
   Postfix, where only a ``user@domain`` match hands the extension back.
 - Targets are expanded again, recursively. A target equal to the address
-  being expanded is that address's own mailbox: delivered, not expanded.
+  being expanded is that address's own mailbox: delivered, not expanded;
+  and an address that expanded into itself is final wherever it is met
+  again (Postfix's cleanup_map1n lets an address expand into itself once),
+  so ``alice@ -> alice@, bob@`` with ``bob@ -> bob@, alice@`` is alice and
+  bob, not a loop.
   Each final address is delivered once, and each address expanded once
   (a sub-group shared by several groups is looked up once, not once a path).
-- Bounds: a loop, nesting deeper than ``max_depth``, or more than
-  ``max_targets`` final addresses raise ``AliasError`` (the mail should
-  wait while the operator fixes the table, not bounce). Loops among exact
+- Bounds: a loop (a way back to an address being expanded on which no
+  address expanded into itself: ``a@ -> b@``, ``b@ -> a@``), nesting
+  deeper than ``max_depth``, or more than ``max_targets`` final addresses
+  raise ``AliasError`` (the mail should wait while the operator fixes the
+  table, not bounce). Loops among exact
   entries are found when the table is read (``AliasTable.loops``).
 
 - Keys are mailboxes (``mailbox_key``): case-insensitive, a quoted local
@@ -153,12 +159,16 @@ class AliasTable:
         # met again off its own path is done (depth first: all below it was expanded before
         # anything else); one met on its path is a loop, found by its parent.
         expanded: set[str] = set()
+        # Addresses that expanded into themselves (alice@ -> alice@, bob@): met again anywhere, they
+        # are final, as Postfix's cleanup_map1n lets an address expand into itself once. So
+        # alice@ -> alice@, bob@ with bob@ -> bob@, alice@ is alice and bob, not a loop.
+        selfed: set[str] = set()
         # Depth first, in table order: (address, the keys on its path).
         stack: list[tuple[str, tuple[str, ...]]] = [(address, ())]
         while stack:
             current, path = stack.pop()
             here = mailbox_key(current)
-            own = bool(path) and here == path[-1]  # its own mailbox: final, not expanded
+            own = bool(path) and (here == path[-1] or here in selfed)  # its own mailbox: final, not expanded
             if not own and here in expanded:
                 continue
             found = None if own else self.lookup(current, use_catchall)
@@ -176,10 +186,15 @@ class AliasTable:
                                  + " -> ".join(path + (current,)))
             expanded.add(here)
             below = path + (here,)
-            for target in found[1]:
-                folded = mailbox_key(target)
-                if folded != here and folded in path:  # (equal to here: its own mailbox, final)
-                    raise AliasError(f"alias loop: {' -> '.join(below + (folded,))}")
+            folded_targets = [mailbox_key(target) for target in found[1]]
+            if here in folded_targets:
+                selfed.add(here)
+            for folded in folded_targets:
+                # Back to an address on the path: a loop, unless an address on the way round expanded
+                # into itself (Postfix stops there: the way round adds nothing). Equal to here: its own mailbox.
+                if folded != here and folded in path:
+                    if not any(key in selfed for key in below[below.index(folded):]):
+                        raise AliasError(f"alias loop: {' -> '.join(below + (folded,))}")
             for target in reversed(found[1]):  # (a loop: a generator costs more than it saves here)
                 stack.append((target, below))
         return final
@@ -187,7 +202,11 @@ class AliasTable:
     # -- the pieces
 
     def _find_loops(self) -> list[list[str]]:
-        """Cycles among exact entries (a target that is itself an exact key, not the entry's own key)."""
+        """Cycles among exact entries (a target that is itself an exact key, not the entry's own
+        key) on which no entry expands into itself: one that does ends the way round (see expand),
+        so alice@ -> alice@, bob@ with bob@ -> bob@, alice@ is no loop; a -> b, b -> a is."""
+        # An entry that lists its own key is final when met again: no cycle goes through it.
+        selfed = {key for key, targets in self.exact.items() if any(mailbox_key(t) == key for t in targets)}
         state: dict[str, int] = {}  # 1: on the current path, 2: done
         loops: list[list[str]] = []
         for start in self.exact:
@@ -203,7 +222,7 @@ class AliasTable:
                     iters.pop()
                     continue
                 key = mailbox_key(target)
-                if key == path[-1] or key not in self.exact:
+                if key == path[-1] or key not in self.exact or key in selfed:
                     continue
                 if state.get(key) == 1:
                     loops.append(path[path.index(key):] + [key])

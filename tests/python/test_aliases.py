@@ -251,6 +251,41 @@ def test_loops_are_found_when_read_and_when_expanded(tmp_path):
         t.expand("q@example.test")
 
 
+def test_an_address_that_expands_into_itself_is_final_when_met_again(tmp_path):
+    # Postfix's cleanup_map1n lets an address expand into itself once, and stops there: alice and
+    # bob, each keeping a mailbox and copying the other, is no loop.
+    t = table_of(tmp_path, "alice@example.test alice@example.test, bob@example.test\n"
+                           "bob@example.test bob@example.test, alice@example.test\n")
+    assert t.loops == []
+    assert t.expand("alice@example.test") == ["alice@example.test", "bob@example.test"]
+    assert t.expand("bob+x@example.test") == ["bob+x@example.test", "alice+x@example.test"]
+    # The way round stops at an address that copied itself: a -> b -> b, a is b alone, as in Postfix.
+    t = table_of(tmp_path, "a@example.test b@example.test\nb@example.test b@example.test, a@example.test\n"
+                           "x@example.test a@example.test, c@example.test\nc@example.test c@example.test, x@example.test\n")
+    assert t.loops == []
+    assert t.expand("a@example.test") == ["b@example.test"]
+    assert t.expand("x@example.test") == ["b@example.test", "c@example.test"]
+    # With no address copying itself on the way round it is a loop, as before.
+    t = table_of(tmp_path, "a@example.test a@example.test, b@example.test\nb@example.test c@example.test\n"
+                           "c@example.test b@example.test\n")
+    assert t.loops == [["b@example.test", "c@example.test", "b@example.test"]]
+    with pytest.raises(AliasError, match="alias loop: a@example.test -> b@example.test -> c@example.test -> b@"):
+        t.expand("a@example.test")
+
+
+def test_the_policy_loads_mutual_copies_and_delivers_each_once(tmp_path):
+    (tmp_path / "virtual").write_text("alice@example.test alice@example.test, bob@example.test\n"
+                                      "bob@example.test bob@example.test, alice@example.test\n")
+    (tmp_path / "portcullis.toml").write_text("")
+    config = {"aliases": {"file": "virtual", "local_domains": ["example.test"]}}
+    with Harness([POLICY], config_path=tmp_path / "portcullis.toml", config=config) as h:
+        s = h.connect(client_ip="192.0.2.1", helo="c.example")
+        s.mail("x@example.com")
+        assert s.rcpt("alice@example.test").code == 250 and s.rcpt("bob@example.test").code == 250
+        assert s.data("Subject: t\r\n\r\nx\r\n").code == 250
+        assert s.delivered[-1].recipients == ("alice@example.test", "bob@example.test")
+
+
 def test_shared_sub_groups_are_expanded_once_not_once_a_path(tmp_path):
     # a0 -> a1, b1; b0 -> a1, b1; ... : 2 ** depth paths to the bottom, 2 final addresses.
     depth = 18
