@@ -7,6 +7,10 @@ virtual(5)'s:
 - A key is ``user@domain`` (exact), ``@domain`` (catch-all: used when no
   exact entry matches) or a bare ``domain`` (declares a local domain; its
   value is ignored, as Postfix ignores it).
+- A first target ``@otherdomain`` is the same user in otherdomain (a
+  domain alias: ``@example.net @example.com``); the user is the local part
+  as given, less an extension matched away (which then goes back on every
+  target, as below).
 - An address is looked up as it is, then, when its local part has the
   recipient delimiter, without its extension (``alice+tag@`` as ``alice@``;
   never ``owner-*`` or ``*-request`` with ``-`` as a delimiter, nor
@@ -98,7 +102,7 @@ class AliasTable:
             if not at:
                 self.domains.add(key)  # a virtual alias domain: the value does not matter
                 continue
-            targets = tuple(_checked_target(path, entry.line, t) for t in entry.values)
+            targets = tuple(_checked_target(path, entry.line, t, first=i == 0) for i, t in enumerate(entry.values))
             domain = canonical_domain(domain)
             if local:
                 _checked_target(path, entry.line, entry.key)
@@ -133,19 +137,22 @@ class AliasTable:
         key = f"{local.lower()}@{domain}"
         targets = self.exact.get(key)
         if targets is not None:
-            return key, targets
+            return key, _with_user(targets, local)
         base, extension = split_extension(local, self.delimiters)
         if extension:
             key = f"{base.lower()}@{domain}"
             targets = self.exact.get(key)
             if targets is not None:
+                # As Postfix's mail_addr_map: "@otherdomain" gets the user without the extension
+                # matched away, then the extension goes back on every target.
+                targets = _with_user(targets, base)
                 if self.propagate_extension:
                     targets = tuple(_with_extension(t, extension) for t in targets)
                 return key, targets
         # The catch-all's targets as they are: Postfix (mail_addr_find) hands the extension back
-        # only when user@domain matched, not @domain.
+        # only when user@domain matched, not @domain; so "@otherdomain" gets the whole local part.
         targets = self.catchall.get(domain) if use_catchall else None
-        return None if targets is None else ("@" + domain, targets)
+        return None if targets is None else ("@" + domain, _with_user(targets, local))
 
     def expand(self, address: str, use_catchall: bool = True) -> list[str] | None:
         """The final addresses mail for ``address`` goes to, each once, in
@@ -222,6 +229,8 @@ class AliasTable:
                     iters.pop()
                     continue
                 key = mailbox_key(target)
+                if key.startswith("@"):  # "@otherdomain": the same user there
+                    key = path[-1].rpartition("@")[0] + key
                 if key == path[-1] or key not in self.exact or key in selfed:
                     continue
                 if state.get(key) == 1:
@@ -268,10 +277,18 @@ def _is_domain(text: str) -> bool:
     return "@" not in text and len(labels) > 1 and all(labels)
 
 
-def _checked_target(path: str, line: int, target: str) -> str:
+def _checked_target(path: str, line: int, target: str, first: bool = False) -> str:
     if target.startswith("#"):
         raise MapError(path, line, f"{target!r} is not an address: a '#' after a value is not a comment"
                                    " (only a line that starts with '#' is, as for postmap)")
+    if target.startswith("@"):
+        # virtual(5): "@otherdomain" is the same user in otherdomain, and only as the first address
+        # of a result (Postfix makes nothing of it further on: it would be an address with no user).
+        if not first:
+            raise MapError(path, line, f"{target!r}: an @otherdomain target must be the first of its line")
+        if not _is_domain(target[1:]):
+            raise MapError(path, line, f"{target!r}: no domain after the @")
+        return target
     if "@" not in target:
         raise MapError(path, line, f"{target!r} has no domain")
     try:
@@ -279,6 +296,13 @@ def _checked_target(path: str, line: int, target: str) -> str:
     except ValueError as e:
         raise MapError(path, line, f"{target!r} is not an address: {e}") from None
     return target
+
+
+def _with_user(targets: tuple[str, ...], local: str) -> tuple[str, ...]:
+    """``targets`` with a first target ``@otherdomain`` made ``local@otherdomain`` (``local`` unquoted)."""
+    if not targets[0].startswith("@"):
+        return targets
+    return (quote_local(local) + targets[0],) + targets[1:]
 
 
 def _with_extension(target: str, extension: str) -> str:

@@ -202,6 +202,42 @@ def test_list_addresses_are_not_split_on_a_dash(tmp_path):
             assert s.delivered[-1].recipients == want, rcpt
 
 
+def test_an_at_domain_target_is_the_same_user_in_that_domain(tmp_path):
+    # virtual(5): a result "@otherdomain" becomes the same user in otherdomain (first address only).
+    t = table_of(tmp_path, "alice@example.com alice@example.com\n@example.net @example.com\n"
+                           "bob@example.org @example.com, archive@example.com\n", local_domains=["example.com"])
+    assert t.expand("alice@example.net") == ["alice@example.com"]
+    assert t.expand("Zed+x@example.net") == ["Zed+x@example.com"]  # a catch-all: the whole local part
+    assert t.expand("Alice+x@example.net") == ["alice+x@example.com"]  # then alice@example.com's entry
+    assert t.expand('"john smith"@example.net') == ['"john smith"@example.com']
+    assert t.expand("bob@example.org") == ["bob@example.com", "archive@example.com"]
+    # Matched without its extension: the user without it, then the extension back on every target.
+    assert t.expand("bob+x@example.org") == ["bob+x@example.com", "archive+x@example.com"]
+    t = table_of(tmp_path, "bob@example.org @example.com\n", propagate_extension=False)
+    assert t.expand("bob+x@example.org") == ["bob@example.com"]
+    # Loops through it are loops.
+    t = table_of(tmp_path, "bob@example.org @example.com\nbob@example.com @example.org\n")
+    assert t.loops == [["bob@example.org", "bob@example.com", "bob@example.org"]]
+    for text, why in (("a@example.org b@example.com, @example.com\n", "must be the first"),
+                      ("a@example.org @\n", "no domain after the @"), ("@example.org @nodot\n", "no domain")):
+        with pytest.raises(MapError, match=why):
+            table_of(tmp_path, text)
+
+
+def test_a_domain_alias_through_the_policy(tmp_path):
+    (tmp_path / "virtual").write_text("alice@example.com alice@example.com\n@example.net @example.com\n")
+    (tmp_path / "portcullis.toml").write_text("")
+    config = {"aliases": {"file": "virtual", "local_domains": ["example.com"]}}
+    with Harness([POLICY], config_path=tmp_path / "portcullis.toml", config=config) as h:
+        s = h.connect(client_ip="192.0.2.1", helo="c.example")
+        s.mail("x@example.org")
+        assert s.rcpt("alice+news@example.net").code == 250
+        assert s.rcpt("nobody@example.net").code == 250  # example.com's server decides on it
+        assert s.rcpt("nobody@example.com")[:2] == (550, "5.1.1")
+        assert s.data("Subject: t\r\n\r\nx\r\n").code == 250
+        assert s.delivered[-1].recipients == ("alice+news@example.com", "nobody@example.com")
+
+
 def test_recursion_self_reference_and_duplicates(tmp_path):
     t = table_of(tmp_path,
                  "all@example.test sales@example.test, dev@example.test, boss@example.test\n"
@@ -382,6 +418,8 @@ def test_the_alias_files_in_the_docs_load_and_do_what_they_say(tmp_path):
     assert t.expand("anyone@example.net") == ["alice@example.test"]
     assert t.expand("old-name+x@example.test") == ["alice+x@example.test"]
     assert t.is_local("example.org") and t.expand("x@example.org") is None
+    assert t.expand("team@example.com") == ["alice@example.test", "bob@example.test", "carol@partner.example"]
+    assert t.expand("bob+x@example.com") == ["bob+x@example.test"]
     [worked] = blocks["Worked example: a domain that forwards"]
     t = table_of(tmp_path, worked)
     assert t.expand("team@example.test") == ["alice@example.test", "bob@example.test", "carol@partner.example"]
