@@ -14,13 +14,14 @@ Configure it in ``[greylist]`` (the defaults shown):
     skip_authenticated = true      # AUTH clients are never greylisted
     skip_spf_pass = false          # mail whose MAIL FROM passed SPF ([checks] spf) is not greylisted
     skip_dkim_pass = false         # mail with a passing DKIM signature is not: the decision waits for the end of DATA
+    recipient_delimiter = "+"      # default: [aliases] recipient_delimiter, else "+"; "" for none
 
 Deferred recipients get ``451 4.7.1 Greylisted, try again in N seconds``
 (with ``skip_dkim_pass``, the whole message gets it at the end of DATA
 unless it carries a passing signature). The sender is the one the client
 gave at MAIL (not the SRS form a forwarding policy such as ``aliases.py``
 puts in ``tx.sender`` at an earlier RCPT), compared without its
-``+extension``. Sender and recipient are compared as mailboxes: lowercased,
+extension (cut at ``recipient_delimiter`` as Postfix's split_addr cuts it). Sender and recipient are compared as mailboxes: lowercased,
 quotes undone (``"al\\ice"@x`` is ``alice@x``), the domain in A-labels
 (``bücher.example`` is ``xn--bcher-kva.example``); ``<>`` is a sender like
 any other.
@@ -40,10 +41,12 @@ import ipaddress
 
 import portcullis as pc
 from portcullis._address import mailbox_key
+from portcullis.aliases import base_mailbox_key
 from portcullis.settings import Settings, client_address, in_networks
 
 _DEFAULTS = {"delay": 300, "retry_window": 172800, "lifetime": 3024000, "ipv4_prefix": 24, "ipv6_prefix": 64,
-             "networks": [], "skip_authenticated": True, "skip_spf_pass": False, "skip_dkim_pass": False}
+             "networks": [], "skip_authenticated": True, "skip_spf_pass": False, "skip_dkim_pass": False,
+             "recipient_delimiter": "+"}
 
 
 def _settings() -> dict:
@@ -53,6 +56,7 @@ def _settings() -> dict:
     s = {key: table.integer(key, *bounds) for key, bounds in limits.items()}
     s.update({key: table.boolean(key) for key in ("skip_authenticated", "skip_spf_pass", "skip_dkim_pass")})
     s["networks"] = table.networks("networks")
+    s["recipient_delimiter"] = table.recipient_delimiter()
     return s
 
 
@@ -75,15 +79,10 @@ def _exempt(tx) -> bool:
 
 
 def _sender_key(sender) -> str:
-    """The sender as a triplet holds it: its mailbox key without its ``+extension`` (split
-    on the unquoted local part). A plain lower-case address is its own key, as it was
+    """The sender as a triplet holds it: its mailbox key without its extension (split on
+    the unquoted local part). A plain lower-case address is its own key, as it was
     before keys were canonical: triplets stored then are still found."""
-    key = mailbox_key(sender)
-    local, at, domain = key.rpartition("@")
-    base = local.split("+", 1)[0]
-    if at and base and base != local:  # "+a@o" has no extension (Postfix's split_addr): kept whole
-        key = base + "@" + domain
-    return key
+    return base_mailbox_key(sender, SETTINGS["recipient_delimiter"])
 
 
 def on_mail(tx, sender):

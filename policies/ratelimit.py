@@ -46,7 +46,7 @@ import ipaddress
 
 import portcullis as pc
 from portcullis._address import mailbox_key, quote_local
-from portcullis.aliases import split_extension
+from portcullis.aliases import base_mailbox_key
 from portcullis.settings import Settings, client_address
 
 _LIMITS = ("messages_per_client", "recipients_per_client", "messages_per_login", "recipients_per_login",
@@ -59,12 +59,7 @@ def _settings() -> dict:
     s = {"window": table.integer("window", 1, 30 * 86400), "ipv6_prefix": table.integer("ipv6_prefix", 16, 128),
          "networks": table.networks("networks")}
     s.update({key: table.integer(key, 0, 10**9) for key in _LIMITS})
-    # Unless set here, the delimiter aliases.py splits recipients on: one site, one idea of an extension.
-    aliases = pc.config.get("aliases", {})
-    default = aliases.get("recipient_delimiter", "+") if isinstance(aliases, dict) else "+"
-    s["recipient_delimiter"] = table.given.get("recipient_delimiter", default)
-    if not isinstance(s["recipient_delimiter"], str):
-        raise table.error("recipient_delimiter", "a string")
+    s["recipient_delimiter"] = table.recipient_delimiter()
     return s
 
 
@@ -92,10 +87,7 @@ def _sender_key(sender) -> str:
     """The sender as its limits count it: its mailbox key without its extension, so that
     alice+1@, alice+2@... share alice@'s counter (as greylist.py's triplets do). A plain
     lower-case address without extension is its own key, as before keys were canonical."""
-    key = mailbox_key(sender)
-    local, at, domain = key.rpartition("@")
-    base, extension = split_extension(local, SETTINGS["recipient_delimiter"])
-    return f"{base}@{domain}" if at and extension else key
+    return base_mailbox_key(sender, SETTINGS["recipient_delimiter"])
 
 
 def _sender(tx) -> str:

@@ -271,6 +271,15 @@ def split_extension(local: str, delimiters: str) -> tuple[str, str]:
     return local[:cut], local[cut:]
 
 
+def base_mailbox_key(address: object, delimiters: str) -> str:
+    """``mailbox_key`` of an address without its extension (``split_extension``):
+    alice+1@, alice+2@... are all alice@. A key with no extension is unchanged."""
+    key = mailbox_key(address)
+    local, at, domain = key.rpartition("@")
+    base, extension = split_extension(local, delimiters)
+    return f"{base}@{domain}" if at and extension else key
+
+
 def _is_domain(text: str) -> bool:
     # A bare key needs a dot to be a domain: "alice" alone is a user with its domain left out.
     labels = text.rstrip(".").split(".")

@@ -67,6 +67,16 @@ class Settings:
             raise self.error(key, "a list of strings")
         return value
 
+    def recipient_delimiter(self) -> str:
+        """The table's ``recipient_delimiter``: its own, else ``[aliases]``'s (the one
+        aliases.py splits recipients on: one site, one idea of an extension), else "+"."""
+        aliases = _context.current_config().get("aliases", {})
+        default = aliases.get("recipient_delimiter", "+") if isinstance(aliases, dict) else "+"
+        value = self.given.get("recipient_delimiter", default)
+        if not isinstance(value, str):
+            raise self.error("recipient_delimiter", "a string")
+        return value
+
     def networks(self, key: str) -> list[Network]:
         """A list of addresses and networks in CIDR notation (``10.0.0.0/8``, ``2001:db8::/32``)."""
         try:

@@ -114,6 +114,24 @@ def test_a_local_part_starting_with_plus_is_not_an_extension():
         assert attempt(h, net, "+a+x@example.com", "b@example.test")[1][:2] == (451, "4.7.1")
 
 
+def test_the_extension_is_cut_at_the_sites_recipient_delimiter():
+    """greylist.py cut only "+": with [aliases] recipient_delimiter = "-" (ratelimit.py and
+    senders.py cut at "-"), alice-news@ was a triplet of its own. Its own key wins."""
+    config = {"greylist": {"delay": 1}, "aliases": {"recipient_delimiter": "-"}}
+    with Harness([POLICIES / "greylist.py"], config=config, clock=lambda: NOW[0]) as h:
+        net = fresh_net()
+        assert attempt(h, net, "alice-news@example.com", "b@example.test")[1][:2] == (451, "4.7.1")
+        NOW[0] += 1.1
+        assert attempt(h, net, "alice-digest@example.com", "b@example.test")[1].code == 250
+        # Postfix's split_addr keeps list addresses whole: owner-list@ is not owner@.
+        assert attempt(h, net, "owner-list@example.com", "b@example.test")[1][:2] == (451, "4.7.1")
+    with greylist(recipient_delimiter="") as h:  # "": no extension at all
+        net = fresh_net()
+        assert attempt(h, net, "alice+a@example.com", "b@example.test")[1][:2] == (451, "4.7.1")
+        NOW[0] += 1.1
+        assert attempt(h, net, "alice+b@example.com", "b@example.test")[1][:2] == (451, "4.7.1")
+
+
 def test_plain_addresses_keep_the_keys_stored_before_canonical_keys():
     """An upgrade must not greylist every known triplet again: a plain address gives the key of the
     earlier versions (the network, the lowercased sender without +extension and recipient, hashed)."""
