@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "asio.hpp"
 #include "session/client_table.hpp"
@@ -26,6 +27,15 @@ class auth_failures {
   void record(const asio::ip::address& client, clock::duration window, clock::time_point now = clock::now()) {
     table_->record_failure(client, window, now);
   }
+
+  // A login about to be checked, counted as failed now (atomically with the
+  // limit's check, across workers); nullopt when the client is over `limit`.
+  std::optional<failure_reservation> reserve(const asio::ip::address& client, std::size_t limit,
+                                             clock::duration window, clock::time_point now = clock::now()) {
+    return table_->reserve_failure(client, limit, window, now);
+  }
+  // The reserved login did not fail after all.
+  void cancel(const asio::ip::address& client, const failure_reservation& r) { table_->cancel_failure(client, r); }
 
   // Has this client failed `limit` times within `window`?
   bool over_limit(const asio::ip::address& client, std::size_t limit, clock::duration window,

@@ -167,22 +167,35 @@ std::size_t client_table::connections() {
   return total;
 }
 
-void client_table::record_failure(const asio::ip::address& client, clock::duration window, clock::time_point now) {
-  std::uint8_t key[16];
-  key_of(client, key);
-  const std::int64_t now_ms = to_ms(now), window_ms = std::max<std::int64_t>(1, to_ms(window));
+std::size_t client_table::failures_within(const entry& e, std::int64_t now_ms, std::int64_t window_ms) {
+  std::size_t n = 0;
+  // A slice counts whole while its latest failure is within the window.
+  for (std::size_t i = 0; i < failure_slices; ++i)
+    if (e.slice_last_ms[i] != 0 && e.slice_last_ms[i] > now_ms - window_ms) n += e.slice_failures[i];
+  return n;
+}
+
+failure_reservation client_table::add_failure(entry& e, std::int64_t now_ms, std::int64_t window_ms) {
+  window_ms = std::max<std::int64_t>(1, window_ms);
   // Rounded up, so that (slices - 1) slices cover the window: the slice
   // reused for `now` held failures older than the window.
   const std::int64_t slice_ms = (window_ms + failure_slices - 2) / (failure_slices - 1);
-  lock l(&header_->mutex);
-  const std::size_t s = find(key, true, now_ms);
-  if (s == npos) return;  // full of connected clients (see the top of client_table.hpp)
-  entry& e = entries_[s];
   const auto slice = static_cast<std::size_t>(now_ms / slice_ms % failure_slices);
   if (e.slice_last_ms[slice] == 0 || e.slice_last_ms[slice] / slice_ms != now_ms / slice_ms) e.slice_failures[slice] = 0;
   e.slice_last_ms[slice] = std::max<std::int64_t>(now_ms, 1);
   ++e.slice_failures[slice];
   e.failures_expire_ms = std::max(e.failures_expire_ms, now_ms + window_ms + slice_ms);
+  return failure_reservation{slice, now_ms / slice_ms, slice_ms};
+}
+
+void client_table::record_failure(const asio::ip::address& client, clock::duration window, clock::time_point now) {
+  std::uint8_t key[16];
+  key_of(client, key);
+  const std::int64_t now_ms = to_ms(now);
+  lock l(&header_->mutex);
+  const std::size_t s = find(key, true, now_ms);
+  if (s == npos) return;  // full of connected clients (see the top of client_table.hpp)
+  add_failure(entries_[s], now_ms, to_ms(window));
 }
 
 bool client_table::over_failure_limit(const asio::ip::address& client, std::size_t limit, clock::duration window,
@@ -193,12 +206,33 @@ bool client_table::over_failure_limit(const asio::ip::address& client, std::size
   lock l(&header_->mutex);
   const std::size_t s = find(key, false, now_ms);
   if (s == npos) return false;
-  const entry& e = entries_[s];
-  std::size_t n = 0;
-  // A slice counts whole while its latest failure is within the window.
-  for (std::size_t i = 0; i < failure_slices; ++i)
-    if (e.slice_last_ms[i] != 0 && e.slice_last_ms[i] > now_ms - window_ms) n += e.slice_failures[i];
-  return n >= limit;
+  return failures_within(entries_[s], now_ms, window_ms) >= limit;
+}
+
+std::optional<failure_reservation> client_table::reserve_failure(const asio::ip::address& client, std::size_t limit,
+                                                                 clock::duration window, clock::time_point now) {
+  std::uint8_t key[16];
+  key_of(client, key);
+  const std::int64_t now_ms = to_ms(now), window_ms = to_ms(window);
+  lock l(&header_->mutex);
+  const std::size_t s = find(key, true, now_ms);
+  if (s == npos) return failure_reservation{};  // full of connected clients: not counted, as record_failure
+  if (failures_within(entries_[s], now_ms, window_ms) >= limit) return std::nullopt;
+  return add_failure(entries_[s], now_ms, window_ms);
+}
+
+void client_table::cancel_failure(const asio::ip::address& client, const failure_reservation& r) {
+  if (r.slice >= failure_slices || r.slice_ms <= 0) return;
+  std::uint8_t key[16];
+  key_of(client, key);
+  lock l(&header_->mutex);
+  const std::size_t s = find(key, false, 0);
+  if (s == npos) return;  // gone (evicted): nothing of it left to take back
+  entry& e = entries_[s];
+  // Only while the slice still counts the time it was reserved in (a slice
+  // reused since has been zeroed: the reserved failure is gone already).
+  if (e.slice_last_ms[r.slice] == 0 || e.slice_last_ms[r.slice] / r.slice_ms != r.slice_number) return;
+  if (e.slice_failures[r.slice] > 0) --e.slice_failures[r.slice];
 }
 
 void client_table::forget_worker(unsigned worker) {

@@ -32,12 +32,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "asio.hpp"
 
 namespace portcullis {
 
 class shared_mapping;
+
+// A failed login counted ahead of a password check (client_table::reserve_failure),
+// to be taken back if the check succeeds. Empty: nothing was counted.
+struct failure_reservation {
+  std::size_t slice = static_cast<std::size_t>(-1);
+  std::int64_t slice_number = 0;  // which slice of time it was counted in (now / slice length)
+  std::int64_t slice_ms = 0;
+};
 
 inline constexpr std::size_t client_table_capacity = 16384;  // addresses held at once, at least
 // Twice as many slots as addresses, and a long probe: at half load a run of
@@ -79,6 +88,17 @@ class client_table {
   bool over_failure_limit(const asio::ip::address& client, std::size_t limit, clock::duration window,
                           clock::time_point now = clock::now());
 
+  // Atomically (one lock, so parallel sessions in any worker cannot each
+  // pass the check before any of them records): unless `client` has failed
+  // `limit` times within `window`, count one more failure now and say where,
+  // so that a login that then succeeds can take it back; nullopt when over
+  // the limit. A login is counted before its (slow) password check: a check
+  // in flight counts against the limit.
+  std::optional<failure_reservation> reserve_failure(const asio::ip::address& client, std::size_t limit,
+                                                     clock::duration window, clock::time_point now = clock::now());
+  // The login reserved did not fail: one failure fewer (if its slice still holds it).
+  void cancel_failure(const asio::ip::address& client, const failure_reservation& r);
+
   // The supervisor, once `worker` is reaped: none of its connections is open any more.
   void forget_worker(unsigned worker);
   // A worker says it is listening (the supervisor tells a worker that fails
@@ -107,6 +127,9 @@ class client_table {
   // made for it if one can be (see the top of this file).
   std::size_t find(const std::uint8_t (&key)[16], bool create, std::int64_t now_ms);
   std::size_t open_connections(std::size_t slot) const;
+  // Under the lock: failures of `e` within the window; one more at `now`.
+  static std::size_t failures_within(const entry& e, std::int64_t now_ms, std::int64_t window_ms);
+  static failure_reservation add_failure(entry& e, std::int64_t now_ms, std::int64_t window_ms);
   std::uint32_t& count(unsigned worker, std::size_t slot) const;
 
   unsigned workers_;

@@ -440,7 +440,17 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
   } else {
     const auto& creds = exchange.credentials();
     const char* mechanism = creds.mechanism == smtp::sasl_mechanism::plain ? "PLAIN" : "LOGIN";
+    // Counted as a failure before the (slow) check, atomically with the
+    // limit: sessions in parallel (in any worker) cannot each get a guess
+    // past max_failures_per_client. Taken back unless the answer is 535.
+    const auto reserved =
+        env_.failed_logins().reserve(conn_.client.address(), a.max_failures_per_client, a.failure_window);
+    if (!reserved) {
+      log_.warn("too many failed logins from this address; closing");
+      co_return reply{421, "4.7.0", cfg_.server.hostname + " Too many failed logins, try again later"};
+    }
     r = co_await check_credentials(mechanism, creds.authcid, creds.password);
+    if (r.code != 535) env_.failed_logins().cancel(conn_.client.address(), *reserved);
     if (r.code == 235) {
       conn_.auth_user = creds.authcid;
       log_.info("AUTH {} as {}", mechanism, printable(creds.authcid));
@@ -451,7 +461,7 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
   }
   metrics::count(metrics::family::auth_total, {r.transient() ? "tempfail" : "failure"});
   if (r.code == 535 || step.error == smtp::sasl_error::malformed || step.error == smtp::sasl_error::bad_base64) {
-    env_.failed_logins().record(conn_.client.address(), a.failure_window);
+    if (r.code != 535) env_.failed_logins().record(conn_.client.address(), a.failure_window);  // (a 535 was reserved)
     if (++auth_failures_ >= a.max_failures) {
       log_.warn("{} failed logins in this session; closing", auth_failures_);
       queue(r);

@@ -11,6 +11,7 @@ import base64
 import shutil
 import smtplib
 import subprocess
+import threading
 import warnings
 
 import pytest
@@ -455,6 +456,45 @@ def test_max_failures_per_client_across_connections(auth_daemon):
     # Another address is not affected.
     with d.tls_connect(source="127.0.0.2") as c:
         c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW), 235, "2.7.0")
+
+
+def test_max_failures_per_client_holds_for_parallel_sessions(auth_daemon, tmp_path):
+    """Sessions in parallel cannot each get a guess past max_failures_per_client:
+    an attempt counts against the limit from before its password check (a slow
+    bcrypt here, so all of them are in flight at once), not from its 535."""
+    if crypt.METHOD_BLOWFISH not in crypt.methods:
+        pytest.skip("libcrypt without bcrypt")
+    users = tmp_path / "slow-users.txt"
+    users.write_text(f"alice:{crypt.crypt(ALICE_PW, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 10))}\n")
+    d = auth_daemon(auth={"users_file": str(users), "max_failures": 3, "max_failures_per_client": 5})
+    clients = [d.tls_connect() for _ in range(20)]
+    barrier = threading.Barrier(len(clients))
+    codes: list[int] = []
+
+    def guess(i, c):
+        barrier.wait()
+        c.cmd("AUTH PLAIN " + plain("alice", f"wrong-{i}"))
+        codes.append(c.reply().code)
+
+    threads = [threading.Thread(target=guess, args=(i, c)) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for c in clients:
+        c.close()
+    assert len(codes) == 20
+    assert codes.count(535) == 5, codes
+    assert codes.count(421) == 15, codes
+    # A right password is refused too, now, and a success does not use up the limit elsewhere.
+    with d.tls_connect() as c:
+        c.cmd("AUTH PLAIN " + plain("alice", ALICE_PW))
+        c.expect(421, "4.7.0", "Too many failed logins, try again later")
+    with d.tls_connect(source="127.0.0.2") as c:
+        c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW), 235, "2.7.0")
+    for _ in range(6):
+        with d.tls_connect(source="127.0.0.3") as c:
+            c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW), 235, "2.7.0")
 
 
 # --------------------------------------------------------------------------

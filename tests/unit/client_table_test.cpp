@@ -7,7 +7,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace portcullis {
 namespace {
@@ -91,6 +94,57 @@ TEST(ClientTable, FailuresSpreadOverTheWindowAllCount) {
   for (int i = 0; i < 10; ++i) t.record_failure(a, 100s, t0 + i * 10s);  // one per slice and more
   EXPECT_TRUE(t.over_failure_limit(a, 10, 100s, t0 + 95s));
   EXPECT_FALSE(t.over_failure_limit(a, 10, 100s, t0 + 115s));  // the first ones went
+}
+
+// A login is counted before its password check, atomically with the limit:
+// attempts in flight count, and one that succeeds is taken back.
+TEST(ClientTable, ReservedFailuresCountAgainstTheLimitUntilTakenBack) {
+  client_table t(1);
+  const auto a = ip("192.0.2.1");
+  const auto t0 = client_table::clock::time_point(1000s);
+  std::vector<failure_reservation> in_flight;
+  for (int i = 0; i < 3; ++i) {
+    auto r = t.reserve_failure(a, 3, 600s, t0);
+    ASSERT_TRUE(r) << i;
+    in_flight.push_back(*r);
+  }
+  EXPECT_FALSE(t.reserve_failure(a, 3, 600s, t0));  // three in flight: a fourth waits for none of them
+  EXPECT_TRUE(t.over_failure_limit(a, 3, 600s, t0));
+  t.cancel_failure(a, in_flight[0]);  // that one logged in
+  EXPECT_FALSE(t.over_failure_limit(a, 3, 600s, t0 + 1s));
+  EXPECT_TRUE(t.over_failure_limit(a, 2, 600s, t0 + 1s));
+  EXPECT_TRUE(t.reserve_failure(a, 3, 600s, t0 + 1s));
+  EXPECT_FALSE(t.reserve_failure(a, 3, 600s, t0 + 1s));
+  // Successes never use the limit up.
+  const auto b = ip("192.0.2.2");
+  for (int i = 0; i < 10; ++i) {
+    auto r = t.reserve_failure(b, 2, 600s, t0 + i * 1s);
+    ASSERT_TRUE(r) << i;
+    t.cancel_failure(b, *r);
+  }
+  EXPECT_FALSE(t.over_failure_limit(b, 1, 600s, t0 + 10s));
+  // A reservation whose slice has been reused since is not taken back from newer failures.
+  const auto c = ip("192.0.2.3");
+  auto old = t.reserve_failure(c, 5, 600s, t0);
+  ASSERT_TRUE(old);
+  t.record_failure(c, 600s, t0 + 2 * 600s + 600s / (failure_slices - 1) * failure_slices);
+  t.cancel_failure(c, *old);
+  EXPECT_TRUE(t.over_failure_limit(c, 1, 600s, t0 + 2 * 600s + 600s / (failure_slices - 1) * failure_slices));
+}
+
+// Threads racing for the last places: exactly `limit` get one.
+TEST(ClientTable, ReservationsInParallelNeverPassTheLimit) {
+  client_table t(1);
+  const auto a = ip("192.0.2.9");
+  std::atomic<int> granted{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 16; ++i)
+    threads.emplace_back([&] {
+      for (int j = 0; j < 50; ++j)
+        if (t.reserve_failure(a, 10, 600s)) ++granted;
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(granted.load(), 10);
 }
 
 // A table of 4 slots: connected clients fill it, then a new one is refused;
