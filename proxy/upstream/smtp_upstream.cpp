@@ -309,15 +309,20 @@ class smtp_upstream final : public upstream {
   bool starttls_never() const { return cfg_.starttls == starttls_mode::never; }
   bool starttls_opportunistic() const { return cfg_.starttls == starttls_mode::opportunistic; }
   bool starttls_required() const { return cfg_.starttls == starttls_mode::required; }
+  // TLS or no mail: "required", and "opportunistic" with tls_verify (Postfix's
+  // "verify" level is mandatory TLS: a certificate that fails the check, or an
+  // upstream that stops offering STARTTLS, must not get the mail in clear).
+  bool tls_mandatory() const { return starttls_required() || (starttls_opportunistic() && cfg_.tls_verify); }
   bool sends_xclient() const { return cfg_.client_info == client_info_mode::xclient; }
   bool sends_xforward() const { return cfg_.client_info == client_info_mode::xforward; }
 
   // Connects, reads the greeting, EHLOs, and secures the connection as
   // upstream.starttls says. An opportunistic STARTTLS that fails is retried
-  // once in clear on a new connection (as Postfix's "may" level).
+  // once in clear on a new connection (as Postfix's "may" level), unless
+  // tls_verify makes TLS mandatory.
   awaitable<setup_result> connect() {
     auto failure = co_await connect_once(true);
-    if (failure && failure->kind == upstream_failure::tls && starttls_opportunistic() &&
+    if (failure && failure->kind == upstream_failure::tls && starttls_opportunistic() && !tls_mandatory() &&
         cfg_.scheme == upstream_config::kind::smtp) {
       log_.warn("upstream: retrying without TLS (upstream.starttls = \"opportunistic\")");
       auto plain = co_await connect_once(false);
@@ -347,8 +352,9 @@ class smtp_upstream final : public upstream {
     if (ready) co_return ready;
     if (cfg_.scheme != upstream_config::kind::smtp || starttls_never()) co_return std::nullopt;
     if (!caps_.count("STARTTLS") || !try_starttls) {
-      if (starttls_required()) {
-        log_.error("upstream: STARTTLS required but {}", try_starttls ? "not offered" : "it failed");
+      if (tls_mandatory()) {
+        log_.error("upstream: STARTTLS {} but {}", starttls_required() ? "required" : "with tls_verify",
+                   try_starttls ? "not offered" : "it failed");
         close();
         co_return setup_failure{upstream_failure::tls};
       }

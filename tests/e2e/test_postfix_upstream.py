@@ -347,6 +347,30 @@ def test_opportunistic_without_tls_goes_in_clear(sec_daemon, postfix_plain):
     postfix_plain.wait_log(rf"{qid}: client=localhost\[127\.0\.0\.1\]$|{qid}: client=\S+\[127\.0\.0\.1\]$")
 
 
+def test_verified_starttls_to_postfix(sec_daemon, postfix_tls):
+    d = sec_daemon(postfix_tls.url, upstream={"tls_verify": True, "tls_name": "upstream.test",
+                                              "tls_ca_file": str(postfix_tls.dir / "upstream.pem")})
+    deliver(d, "127.0.0.1")
+
+
+def test_tls_verify_never_falls_back_to_clear_text(sec_daemon, postfix_tls, postfix_plain):
+    """tls_verify is Postfix's "verify" level: TLS is mandatory. A certificate that fails the
+    check, or an upstream (or a man in the middle) that stops offering STARTTLS, got the mail
+    in clear with the default starttls = "opportunistic": worse than not verifying at all."""
+    for pf, log in ((postfix_tls, r"upstream: TLS handshake with upstream\.test failed: .*certificate verify failed"),
+                    (postfix_plain, r"upstream: STARTTLS with tls_verify but not offered$")):
+        d = sec_daemon(pf.url, upstream={"tls_verify": True, "tls_name": "upstream.test"})  # (the system's CAs)
+        queued_before = len(re.findall(r"from=<sender@remote\.test>", pf.log_text()))
+        with d.connect() as c:
+            sid = d.session_of(c.local_port)
+            r = c.exchange("MAIL FROM:<sender@remote.test>", 451, "4.7.5")
+            assert r.text == "Upstream server TLS failure, try again later"
+        d.wait_log(rf"{sid}: {log}")
+        assert "retrying without TLS" not in d.log_text()
+        time.sleep(0.5)  # (Postfix logs a queued message at once)
+        assert len(re.findall(r"from=<sender@remote\.test>", pf.log_text())) == queued_before, "it went in clear"
+
+
 # --------------------------------------------------------------------------
 # Clients may not speak for themselves
 
