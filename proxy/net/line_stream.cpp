@@ -9,6 +9,8 @@
 #include <cstring>
 #include <vector>
 
+#include "net/network.hpp"
+
 namespace portcullis {
 
 namespace {
@@ -285,10 +287,17 @@ awaitable<bool> line_stream::fill(std::chrono::steady_clock::time_point deadline
 
 awaitable<boost::system::error_code> line_stream::connect(const tcp::resolver::results_type& endpoints,
                                                           duration timeout) {
-  boost::system::error_code ec;
+  boost::system::error_code ec = asio::error::host_not_found;
   arm(std::chrono::steady_clock::now() + timeout);
-  const auto endpoint = co_await asio::async_connect(socket_, endpoints, asio::redirect_error(asio::use_awaitable, ec));
-  (void)endpoint;
+  // Each address in turn, as asio::async_connect would, but on a socket
+  // opened close-on-exec (network.hpp open_close_on_exec).
+  for (const auto& entry : endpoints) {
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    ec = open_close_on_exec(socket_, entry.endpoint().protocol());
+    if (!ec) co_await socket_.async_connect(entry.endpoint(), asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec || token_->expired) break;
+  }
   const bool expired = disarm();
   if (expired) co_return asio::error::timed_out;
   if (!ec) socket_.set_option(tcp::no_delay(true), ec);

@@ -42,8 +42,9 @@ void metrics_listener::close() {
 
 awaitable<void> metrics_listener::accept_loop() {
   for (;;) {
-    boost::system::error_code ec;
-    auto socket = co_await acceptor_.async_accept(asio::make_strand(acceptor_.get_executor()), asio::redirect_error(asio::use_awaitable, ec));
+    tcp::socket socket(asio::make_strand(acceptor_.get_executor()));
+    tcp::endpoint peer;
+    const auto ec = co_await accept_close_on_exec(acceptor_, socket, peer);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor_.is_open()) co_return;
       spdlog::warn("metrics: accept: {}", ec.message());

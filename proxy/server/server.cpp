@@ -82,7 +82,7 @@ std::vector<bound_listener> bind_listeners(const config& cfg, bool reuse_port) {
     try {
       tcp::acceptor a(scratch);
       const auto ep = parse_endpoint(address);
-      a.open(ep.protocol());
+      if (const auto ec = open_close_on_exec(a, ep.protocol())) throw boost::system::system_error(ec);
       a.set_option(tcp::acceptor::reuse_address(true));
       // Every worker listens on its own socket; the kernel spreads new
       // connections over them by a hash of the addresses (README "Workers").
@@ -323,8 +323,8 @@ awaitable<void> server::accept_loop(tcp::acceptor& acceptor, bool implicit_tls) 
   for (;;) {
     boost::system::error_code ec;
     tcp::endpoint peer;  // filled by accept() itself: no getpeername() per connection
-    tcp::socket socket =
-        co_await acceptor.async_accept(make_session_executor(io_), peer, asio::redirect_error(asio::use_awaitable, ec));
+    tcp::socket socket(make_session_executor(io_));
+    ec = co_await accept_close_on_exec(acceptor, socket, peer);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;  // shutting down
       spdlog::warn("accept: {}", ec.message());  // e.g. out of file descriptors: keep serving the others
