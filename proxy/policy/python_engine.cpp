@@ -27,12 +27,24 @@
 #include "bindings/stage_runner.hpp"
 #include "log.hpp"
 #include "net/io_pool.hpp"
+#include "server/server_signals.hpp"
 
 namespace py = pybind11;
 
 namespace portcullis {
 
 namespace {
+
+// A thread that runs Python lets the daemon's stop and reload signals in
+// (HUP, TERM, INT) in its own mask: a process a policy starts (subprocess,
+// os.system, posix_spawn) inherits the mask of the thread that starts it,
+// and with them blocked it would ignore terminate() and a service stop.
+// This costs the daemon nothing: the server installs its signal_set (a
+// handler that only queues the signal for its io_context) before it makes
+// this engine (server.hpp), so a signal the kernel hands to one of these
+// threads is queued and acted on as one the main thread takes; and the
+// supervisor, which takes them with sigtimedwait, runs no Python.
+void let_stop_signals_in() { mask_server_signals(SIG_UNBLOCK); }
 
 constexpr auto stop_wait = std::chrono::seconds(5);     // for the policy threads to leave their loops
 constexpr auto load_wait = std::chrono::seconds(120);   // for the policies to import
@@ -633,6 +645,7 @@ bool python_engine::channel::run_on_loop_here(job_id id, policy_job_ptr& job) {
 void python_engine::channel::run_worker(std::shared_ptr<channel> self) {
   channel& ch = *self;
   pthread_setname_np(pthread_self(), "pc-policy");  // in top -H and perf
+  let_stop_signals_in();
   const PyGILState_STATE gil = PyGILState_Ensure();
   const unsigned long ident = PyThread_get_thread_ident();
   PyThreadState* state = PyEval_SaveThread();
@@ -688,6 +701,7 @@ void python_engine::channel::run_worker(std::shared_ptr<channel> self) {
 void python_engine::channel::run_monitor(std::shared_ptr<channel> self) {
   channel& ch = *self;
   pthread_setname_np(pthread_self(), "pc-monitor");
+  let_stop_signals_in();
   std::unique_lock lock(ch.mutex);
   while (!ch.stopping) {
     const auto now = clock::now();
@@ -845,6 +859,7 @@ void start_interpreter_once() {
 void policy_thread(std::shared_ptr<python_engine::channel> ch, double timeout, std::string on_error,
                    unsigned threads) {
   pthread_setname_np(pthread_self(), "pc-loop");
+  let_stop_signals_in();
   // The GIL for the thread's life, through the C API: a thread state of its
   // own, deleted on release. (pybind11's gil_scoped_acquire crashed in
   // _PyThreadState_DeleteCurrent at the end of such a thread.)

@@ -114,10 +114,10 @@ server::server(std::shared_ptr<const config> cfg, client_table& clients, unsigne
                std::vector<bound_listener> listeners)
     : clients_(clients),
       worker_(worker),
+      signals_(io_, SIGINT, SIGTERM, SIGHUP),
       upstream_pool_(std::make_shared<upstream_pool>(io_)),
       engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
-      env_(nullptr),
-      signals_(io_, SIGINT, SIGTERM, SIGHUP) {
+      env_(nullptr) {
   for (auto& l : listeners) {
     if (l.role() == listener_role::metrics)
       metrics_socket_.emplace(std::move(l));

@@ -103,6 +103,10 @@ class server {
   client_table& clients_;
   unsigned worker_;
   asio::io_context io_;
+  // HUP, TERM, INT: made before the policy engine, whose threads let them in
+  // (python_engine.cpp let_stop_signals_in), so that one the kernel gives
+  // such a thread is queued here, not fatal.
+  asio::signal_set signals_;
   // Idle upstream connections shared by every session (they close before io_ stops: drain()).
   std::shared_ptr<upstream_pool> upstream_pool_;
   std::shared_ptr<python_engine> engine_;  // only with [policy] files; before env_, which uses it
@@ -120,7 +124,6 @@ class server {
   std::vector<listener> listeners_;
   std::optional<bound_listener> metrics_socket_;  // until run() serves it
   std::unique_ptr<metrics_listener> metrics_;
-  asio::signal_set signals_;
   // Reloads by SIGHUP order: started, and the newest installed (reload()).
   std::uint64_t reloads_started_ = 0;
   std::atomic<unsigned> tls_refusals_{0};  // refusals on implicit-TLS ports in progress

@@ -1,7 +1,11 @@
 """What a process a policy starts (os.system, subprocess) gets from the
-daemon: no socket of its (every one is close-on-exec)."""
+daemon: no socket of its (every one is close-on-exec), and a signal mask
+that lets TERM, INT and HUP in (the daemon's threads block them only until
+its handlers are in place; a policy's threads never do)."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -51,3 +55,43 @@ def test_children_inherit_no_socket(policy_daemon, fake_upstream, tmp_path, work
     for listing in sorted(out.iterdir()):
         text = wait_until(lambda: listing.read_text() or None, timeout=5, what=f"{listing.name} written")
         assert "socket:" not in text, f"{listing.name}: a child inherited a socket:\n{text}"
+
+
+# Starts `sleep 30` at import (the loader), in a plain hook and in an async
+# hook, and records each child's blocked signals (SigBlk of /proc/PID/status).
+MASK_POLICY = """
+import subprocess, threading
+OUT = {out!r}
+def spawn(where):
+    p = subprocess.Popen(["sleep", "30"])
+    with open(f"/proc/{{p.pid}}/status") as f:
+        blocked = [l for l in f if l.startswith("SigBlk:")][0].split()[1]
+    p.kill()
+    p.wait()
+    with open(OUT, "a") as f:
+        f.write(f"{{where}} {{threading.current_thread().name}} {{blocked}}\\n")
+spawn("import")
+def on_connect(conn):
+    spawn("plain")
+async def on_helo(conn, hostname):
+    spawn("async")
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_children_do_not_block_stop_signals(policy_daemon, fake_upstream, tmp_path, workers):
+    up = fake_upstream()
+    out = tmp_path / "masks"
+    d = policy_daemon(up.url, MASK_POLICY.format(out=str(out)), server={"workers": workers})
+    if workers > 1:
+        d.wait_log(r"listening on", count=workers, timeout=15)
+    with d.client(timeout=15) as c:
+        c.expect(220)
+        c.exchange("EHLO x.test", 250)
+        c.exchange("QUIT", 221)
+    wait_until(lambda: out.exists() and {"import", "plain", "async"} <= {l.split()[0] for l in out.read_text().splitlines()},
+               timeout=10, what="every child's mask")
+    stop_signals = (1 << (1 - 1)) | (1 << (2 - 1)) | (1 << (15 - 1))  # HUP, INT, TERM
+    for line in out.read_text().splitlines():
+        where, thread, blocked = line.split()
+        assert int(blocked, 16) & stop_signals == 0, f"a child started {where} ({thread}) blocks {blocked}"
