@@ -60,7 +60,11 @@ std::string seconds(std::chrono::steady_clock::duration d) {
 
 // Runs this program with --check-config (the policies load in that child,
 // never in the supervisor). Its output lines when the check failed; empty when it passed.
-std::vector<std::string> check_config(const std::filesystem::path& file, const sigset_t& child_mask) {
+// `meanwhile` runs between its reads (every tenth of a second at most):
+// the supervisor's other duties, which a slow check must not hold up; it
+// returns true when the daemon stops, which abandons the check.
+std::vector<std::string> check_config(const std::filesystem::path& file, const sigset_t& child_mask,
+                                      const std::function<bool()>& meanwhile) {
   std::vector<std::string> problems;
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) return {std::string("cannot check the policies: pipe: ") + std::strerror(errno)};
@@ -110,7 +114,7 @@ std::vector<std::string> check_config(const std::filesystem::path& file, const s
       timed_out = true;
       break;
     }
-    if (stop_pending()) {
+    if (stop_pending() || meanwhile()) {
       stopping = true;
       break;
     }
@@ -234,11 +238,13 @@ void supervisor::start(unsigned w) {
 }
 
 void supervisor::reap() {
-  int status = 0;
-  pid_t pid;
-  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    const auto it = std::find_if(workers_.begin(), workers_.end(), [pid](const worker& w) { return w.pid == pid; });
-    if (it == workers_.end()) continue;
+  // Worker by worker, never waitpid(-1): a reload's check (a child too) is
+  // waited by check_config, which reaps workers meanwhile.
+  for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+    if (!it->pid) continue;
+    int status = 0;
+    const pid_t pid = waitpid(it->pid, &status, WNOHANG);
+    if (pid != it->pid) continue;
     const auto w = static_cast<unsigned>(it - workers_.begin());
     const bool was_ready = clients_.ready(w);
     // Its sessions are gone with it: their connections no longer count against their clients.
@@ -293,7 +299,21 @@ void supervisor::reload() {
     keep_running({"the listen_tls ports stay open until a restart and need [tls] cert and key"});
     return;
   }
-  if (auto problems = check_config(fresh->file, before_); !problems.empty()) {
+  // While the check runs (up to check_timeout), a worker that dies is
+  // reaped and restarted as in run(): its clients must not wait for a slow
+  // policy import. A TERM or INT abandons the check (check_config).
+  const auto tend_workers = [this] {
+    sigset_t child;
+    sigemptyset(&child);
+    sigaddset(&child, SIGCHLD);
+    const timespec now_only{0, 0};
+    if (sigtimedwait(&child, nullptr, &now_only) == SIGCHLD) reap();
+    const auto now = clock::now();
+    for (unsigned w = 0; w < workers_.size() && !stopping_; ++w)
+      if (!workers_[w].pid && now >= workers_[w].restart_at) start(w);
+    return stopping_;
+  };
+  if (auto problems = check_config(fresh->file, before_, tend_workers); !problems.empty()) {
     keep_running(problems);
     return;
   }

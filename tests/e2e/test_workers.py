@@ -419,3 +419,28 @@ def test_ipv4_and_ipv6_listeners_on_one_port_each_serve_their_family(start_daemo
             s.settimeout(5)
             s.connect((host, port))
             assert s.recv(100).startswith(b"220 "), host
+
+
+def test_a_worker_that_dies_during_a_reload_s_policy_check_is_restarted_meanwhile(policy_daemon, aiosmtpd_upstream,
+                                                                                 tmp_path):
+    """The supervisor checks a reload's policies in a child (up to 60 s); a worker that dies
+    meanwhile is reaped and restarted at once, not after the check: its clients are served."""
+    marker = tmp_path / "slow"
+    d = policy_daemon(aiosmtpd_upstream.url,
+                      f"import os, time\nif os.environ.get('PORTCULLIS_RELOAD_CHECK') and os.path.exists({str(marker)!r}):\n"
+                      "    time.sleep(30)\n", server=WORKERS)
+    pids = worker_pids(d)
+    marker.touch()  # the reload's check now takes 30 s
+    d.signal(signal.SIGHUP)
+    wait_until(lambda: len(children(d.pid) - pids) == 1, timeout=10, what="the reload's check to run")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)  # both: a new connection can only be served by a restarted worker
+    now = wait_until(lambda: (lambda p: p if p and not p & pids else None)(worker_pids(d)), timeout=15,
+                     what="the workers restarted during the check")
+    with d.client(timeout=10) as c:
+        c.expect(220)
+        c.exchange("QUIT", 221)
+    assert "reload: the policy check did not finish" not in d.log_text()
+    assert d.stop() == 0, d.log_text()  # (abandons the check)
+    d.wait_log(r"reload: the daemon is stopping: the reload's check was abandoned$")
+    assert len(now) == 2
