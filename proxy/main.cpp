@@ -41,6 +41,8 @@ std::shared_ptr<const portcullis::config> load_or_report(const char* file) {
     return portcullis::load_config(file);
   } catch (const portcullis::config_error& e) {
     for (const auto& p : e.problems()) std::cerr << p << "\n";
+  } catch (const std::exception& e) {  // (not a config problem: out of memory, ...) still told, not an abort
+    std::cerr << file << ": " << e.what() << "\n";
   }
   return nullptr;
 }

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <pwd.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -648,6 +649,36 @@ bool is_domain(std::string_view s) {
 config_error::config_error(std::vector<std::string> problems)
     : std::runtime_error(join(problems)), problems_(std::move(problems)) {}
 
+namespace {
+
+// The whole file, or config_error naming it and why (a directory, an I/O
+// error): what a stream would throw as std::ios_base::failure, which the
+// callers (start-up, --check-config, a reload) do not take for a bad config.
+std::string read_config_file(const std::filesystem::path& file) {
+  const std::string f = file.string();
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw config_error({f + ": cannot open: " + std::strerror(errno)});
+  struct closer {
+    int fd;
+    ~closer() { ::close(fd); }
+  } close_it{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw config_error({f + ": cannot read: " + std::strerror(errno)});
+  if (S_ISDIR(st.st_mode)) throw config_error({f + ": cannot read: " + std::strerror(EISDIR)});
+  std::string text;
+  char buf[16384];
+  for (;;) {
+    const ssize_t got = ::read(fd, buf, sizeof buf);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw config_error({f + ": cannot read: " + std::strerror(errno)});
+    if (got == 0) break;
+    text.append(buf, static_cast<std::size_t>(got));
+  }
+  return text;
+}
+
+}  // namespace
+
 std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   auto cfg = std::make_shared<config>();
   cfg->file = file;
@@ -655,10 +686,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
   std::vector<std::string> problems;
   toml::value root;
   {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw config_error({f + ": cannot open: " + std::strerror(errno)});
-    const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-    if (in.bad()) throw config_error({f + ": cannot read: " + std::strerror(errno)});
+    const std::string text = read_config_file(file);
     if (const auto line = too_deep_at(text, max_config_nesting))
       throw config_error({f + ":" + std::to_string(line) + ": nested more than " + std::to_string(max_config_nesting) +
                           " levels deep (arrays, inline tables, table headers and dotted keys together)"});

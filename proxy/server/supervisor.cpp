@@ -294,6 +294,9 @@ void supervisor::reload() {
   } catch (const config_error& e) {
     keep_running(e.problems());
     return;
+  } catch (const std::exception& e) {  // anything else load_config may throw: the daemon serves on
+    keep_running({cfg_->file.string() + ": " + e.what()});
+    return;
   }
   if (!cfg_->server.listen_tls.empty() && !fresh->tls.enabled) {
     keep_running({"the listen_tls ports stay open until a restart and need [tls] cert and key"});

@@ -62,3 +62,16 @@ def test_a_problem_in_the_users_file_names_the_config_line_and_its_own(portculli
     prefix = f"{cfg}:{line_of(cfg, 'auth', 'users_file')}: auth.users_file: {users}:"
     lines = [l for l in r.stderr.splitlines() if l.startswith(str(cfg))]
     assert [l[:len(prefix) + 2] for l in lines] == [prefix + "1:", prefix + "2:"], r.stderr
+
+
+def test_a_config_path_that_cannot_be_read_is_a_problem_not_a_crash(portcullis_bin, tmp_path):
+    """A directory (or an I/O error) where the config should be: reported as any problem, exit 1,
+    by --check-config and at start-up alike (it was an uncaught exception: abort, exit 134)."""
+    where = tmp_path / "portcullis.toml"
+    where.mkdir()
+    r = check(portcullis_bin, where)
+    assert r.returncode == 1, r
+    assert r.stderr.splitlines() == [f"{where}: cannot read: Is a directory"], r.stderr
+    r = subprocess.run([str(portcullis_bin), "--config", str(where)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r
+    assert f"{where}: cannot read: Is a directory" in r.stderr

@@ -444,3 +444,27 @@ def test_a_worker_that_dies_during_a_reload_s_policy_check_is_restarted_meanwhil
     assert d.stop() == 0, d.log_text()  # (abandons the check)
     d.wait_log(r"reload: the daemon is stopping: the reload's check was abandoned$")
     assert len(now) == 2
+
+
+def test_a_reload_of_a_config_path_that_cannot_be_read_keeps_the_daemon_serving(start_daemon, aiosmtpd_upstream):
+    """The config replaced by a directory (a botched deploy): the SIGHUP is refused as any bad
+    config is, and the daemon serves on (it stopped: an uncaught exception in the supervisor)."""
+    d = start_daemon(aiosmtpd_upstream.url, server=WORKERS)
+    pids = worker_pids(d)
+    saved = d.config_path.with_name("saved.toml")
+    os.rename(d.config_path, saved)
+    d.config_path.mkdir()
+    try:
+        d.signal(signal.SIGHUP)
+        d.wait_log(rf"^\S+ error reload: {re.escape(str(d.config_path))}: cannot read: Is a directory$", timeout=10)
+        d.wait_log(r"^\S+ error reload: keeping the running configuration$")
+        held = serve_on_both(d, pids)
+        for c in held.values():
+            c.exchange("QUIT", 221)
+            c.close()
+    finally:
+        d.config_path.rmdir()
+        os.rename(saved, d.config_path)
+    assert children(d.pid) == pids
+    d.reload()  # and a good one later is taken
+    assert d.stop() == 0

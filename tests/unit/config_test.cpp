@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -862,6 +864,18 @@ TEST_F(ConfigTest, MissingFile) {
   const auto got = problems(file);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].rfind(file.string() + ": cannot open", 0), 0u) << got[0];
+}
+
+// A path that opens but cannot be read (a directory, an I/O error) is a
+// config problem like any other, not a stream exception: the callers would
+// abort at start-up, or stop the daemon on a SIGHUP.
+TEST_F(ConfigTest, DirectoryIsAProblemNotAnException) {
+  const fs::path file = dir_ / "a-directory.toml";
+  fs::create_directories(file);
+  std::vector<std::string> got;
+  EXPECT_NO_THROW(got = problems(file));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0], file.string() + ": cannot read: " + std::strerror(EISDIR)) << got[0];
 }
 
 }  // namespace
