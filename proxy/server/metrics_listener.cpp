@@ -23,6 +23,9 @@ constexpr std::size_t max_request_header = 8192;
 // way to the new one (a scraper asks at once): connections that say nothing
 // cannot keep Prometheus or a health check out.
 constexpr unsigned max_connections = 16;
+// A flood of connections past max_connections is told once in this long
+// (with how many since), not once per connection.
+constexpr std::chrono::seconds crowded_log_interval{10};
 
 }  // namespace
 
@@ -58,12 +61,12 @@ awaitable<void> metrics_listener::accept_loop() {
         const auto oldest = std::find_if(connections_->silent.begin(), connections_->silent.end(),
                                          [](const auto& w) { return !w.evicted; });
         if (oldest == connections_->silent.end()) {
-          spdlog::warn("metrics: {} connections being answered; one more closed", max_connections);
+          crowded("one more is closed");
           continue;  // (closed with the socket)
         }
         oldest->evicted = true;  // closed on its own strand; its coroutine leaves the list
         oldest->close();
-        spdlog::warn("metrics: {} connections open; the oldest that has said nothing is closed", max_connections);
+        crowded("the oldest that has said nothing is closed");
       }
       ++connections_->open;
     }
@@ -74,8 +77,23 @@ awaitable<void> metrics_listener::accept_loop() {
   }
 }
 
+// (Under connections_->mutex.)
+void metrics_listener::crowded(std::string_view what) {
+  auto& c = *connections_;
+  ++c.crowded_since_told;
+  const auto now = std::chrono::steady_clock::now();
+  if (c.crowded_told != std::chrono::steady_clock::time_point{} && now - c.crowded_told < crowded_log_interval) return;
+  if (c.crowded_since_told > 1)
+    spdlog::warn("metrics: {} connections open; {} ({} such connections since the last line)", max_connections, what,
+                 c.crowded_since_told);
+  else
+    spdlog::warn("metrics: {} connections open; {}", max_connections, what);
+  c.crowded_told = now;
+  c.crowded_since_told = 0;
+}
+
 awaitable<void> metrics_listener::serve(tcp::socket accepted) {
-  // Until its request has come, the stream is on the list of those the next
+  // Until its whole request has come, the stream is on the list of those the next
   // connection may close (on this strand: the read below then ends).
   const auto shared = std::make_shared<beast::tcp_stream>(std::move(accepted));
   auto& stream = *shared;
@@ -96,17 +114,25 @@ awaitable<void> metrics_listener::serve(tcp::socket accepted) {
   stream.expires_after(header_timeout);
   boost::system::error_code ec;
   // The header first: another method is answered 405 whatever its body.
+  // The header is the whole request: no body is ever read. Another method is
+  // answered 405 whatever its body; a GET or HEAD that announces one, 400
+  // (a body there has no meaning, RFC 9110 §9.3.1, and waiting for it would
+  // let a client hold the connection for request_timeout).
   co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
   unlist();
-  stream.expires_after(request_timeout);
+  stream.expires_after(request_timeout);  // (for the answer's write)
   const auto method = ec ? http::verb::unknown : parser.get().method();
   const bool head = method == http::verb::head, asked = method == http::verb::get || head;
-  if (!ec && asked) co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  const bool with_body = !ec && (parser.chunked() || parser.content_length().value_or(0) > 0);
   http::response<http::string_body> res;
   if (ec) {
     if (ec == http::error::end_of_stream || ec == beast::error::timeout) co_return;  // nothing asked
     res.result(http::status::bad_request);
     res.body() = "bad request\n";
+  } else if (asked && with_body) {
+    res.version(parser.get().version());
+    res.result(http::status::bad_request);
+    res.body() = "a GET or HEAD carries no body\n";
   } else {
     const auto& req = parser.get();
     res.version(req.version());

@@ -5,11 +5,13 @@
 // more than one worker each listens with SO_REUSEPORT, as the SMTP ports do.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 #include "asio.hpp"
 
@@ -33,6 +35,8 @@ class metrics_listener {
  private:
   awaitable<void> accept_loop();
   awaitable<void> serve(tcp::socket accepted);
+  // One connection too many: warned once in a while, not per connection.
+  void crowded(std::string_view what);
 
   // The connections open, those still waiting for their request oldest
   // first; shared with their coroutines, which may end after this object.
@@ -44,6 +48,8 @@ class metrics_listener {
       bool evicted = false;
     };
     std::list<waiting> silent;
+    std::chrono::steady_clock::time_point crowded_told{};  // the last warning of a crowd
+    unsigned long crowded_since_told = 0;
   };
 
   tcp::acceptor acceptor_;

@@ -310,3 +310,39 @@ def test_dns_lookups_are_counted_by_type_and_result(start_daemon, aiosmtpd_upstr
         s = scrape(port)
         assert value(s, "portcullis_dns_lookups_total", type="A", result="nxdomain") >= 1
         assert value(s, "portcullis_upstream_failures_total", kind="unreachable") == 1
+
+
+def test_a_get_announcing_a_body_is_answered_at_once_and_a_crowd_is_warned_once(policy_daemon, aiosmtpd_upstream):
+    """A GET or HEAD carries no body (RFC 9110 §9.3.1): one that announces one is answered 400 at
+    once, not held open waiting for it, so 16 of them cannot keep the scrapes out. A crowd of
+    connections past the cap is warned about once in a while, not once per connection."""
+    import socket
+    d = start(policy_daemon, aiosmtpd_upstream, 1)
+    announced = [b"Content-Length: 10\r\n", b"Transfer-Encoding: chunked\r\n"]
+    held = []
+    try:
+        for i in range(16):
+            s = socket.create_connection(("127.0.0.1", d.metrics_port), timeout=5)
+            method = b"HEAD" if i == 0 else b"GET"
+            s.sendall(method + b" /metrics HTTP/1.1\r\nHost: x\r\n" + announced[i % 2] + b"\r\n")
+            held.append(s)
+        for s in held:
+            assert s.recv(100).startswith(b"HTTP/1.1 400 ")  # (not after request_timeout: recv gives up in 5 s)
+        for _ in range(3):
+            assert get(d.metrics_port, "/healthz")[0] == 200
+        # Content-Length: 0 is no body.
+        with socket.create_connection(("127.0.0.1", d.metrics_port), timeout=5) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for s in held:
+            s.close()
+    idle = [socket.create_connection(("127.0.0.1", d.metrics_port), timeout=5) for _ in range(40)]
+    try:
+        assert get(d.metrics_port, "/healthz")[0] == 200
+        d.wait_log(r"warning metrics: 16 connections open; the oldest that has said nothing is closed$")
+        time.sleep(0.5)
+        assert len(re.findall(r"warning metrics: 16 connections open", d.log_text())) == 1, d.log_text()[-3000:]
+    finally:
+        for s in idle:
+            s.close()
