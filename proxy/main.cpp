@@ -259,6 +259,18 @@ int main(int argc, char** argv) {
   // A spill file past RLIMIT_FSIZE: the write fails with EFBIG and the
   // client gets 452 4.3.1, instead of the signal killing the daemon.
   std::signal(SIGXFSZ, SIG_IGN);
+  // SIGUSR1, SIGUSR2 and SIGALRM mean nothing to the daemon (README
+  // "Signals"), and their default action would kill it (a stray `kill
+  // -USR1`, a log rotator's habit): caught by a handler that does nothing,
+  // in the supervisor and (inherited by fork) every worker. Caught, not
+  // SIG_IGN: exec resets a handler, so a process a policy starts gets their
+  // default as usual, where an ignored signal would stay ignored in it.
+  // SIGQUIT keeps its default, a core dump.
+  struct sigaction nothing {};
+  nothing.sa_handler = [](int) {};
+  nothing.sa_flags = SA_RESTART;
+  sigemptyset(&nothing.sa_mask);
+  for (const int sig : {SIGUSR1, SIGUSR2, SIGALRM}) sigaction(sig, &nothing, nullptr);
   const unsigned workers = portcullis::worker_count(cfg->server);
   spdlog::info("portcullis {} starting as {}{}", PORTCULLIS_VERSION, cfg->server.hostname,
                workers > 1 ? fmt::format(" with {} workers", workers) : std::string());

@@ -468,3 +468,25 @@ def test_a_reload_of_a_config_path_that_cannot_be_read_keeps_the_daemon_serving(
     assert children(d.pid) == pids
     d.reload()  # and a good one later is taken
     assert d.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_usr1_usr2_and_alrm_are_ignored(start_daemon, aiosmtpd_upstream, workers):
+    """SIGUSR1, SIGUSR2 and SIGALRM mean nothing to the daemon: sent to the supervisor or a worker,
+    they change nothing (their default action killed it). SIGQUIT keeps its core dump (README)."""
+    d = start_daemon(aiosmtpd_upstream.url, server={"workers": workers})
+    pids = worker_pids(d, workers) if workers > 1 else set()
+    for pid in [d.pid, *pids]:
+        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
+            os.kill(pid, sig)
+    time.sleep(1)
+    assert d.proc.poll() is None, d.log_text()
+    if workers > 1:
+        assert children(d.pid) == pids
+        for c in serve_on_both(d, pids).values():
+            c.close()
+    with d.client(timeout=10) as c:
+        c.expect(220)
+        c.exchange("QUIT", 221)
+    assert "killed by signal" not in d.log_text()
+    assert d.stop() == 0
