@@ -484,7 +484,7 @@ class smtp_upstream final : public upstream {
     }
     xclient_sent_ = identity;
     // Our EHLO now speaks for the client: its name, or XCLIENT's HELO would be overwritten.
-    auto again = co_await ehlo(client_ehlo_name());
+    auto again = co_await ehlo(client_ehlo_name(), true);
     co_return again;
   }
 
@@ -502,19 +502,31 @@ class smtp_upstream final : public upstream {
     co_return capabilities;
   }
 
-  // EHLO (HELO when refused) and the upstream's extensions.
-  awaitable<setup_result> ehlo(const std::string& name) {
-    const std::string line = "EHLO " + name;
-    auto ehlo = co_await command(line, reply_to::ehlo);
-    if (!ehlo.failed && ehlo.reply.permanent() && stream_) {
+  // EHLO (HELO when refused) and the upstream's extensions. `for_client`:
+  // the one after XCLIENT, which speaks for the client: HELO when the client
+  // said HELO (else the upstream records ESMTP over XCLIENT's PROTO=SMTP),
+  // HELO after EHLO only when EHLO is not known (500, 502: RFC 5321 §3.2),
+  // and a refusal is the upstream's verdict on the client's name: the client
+  // hears it as it is (a 5xx stays one), and it is no upstream failure.
+  awaitable<setup_result> ehlo(const std::string& name, bool for_client = false) {
+    const bool extended = !for_client || client_.esmtp;
+    const std::string line = (extended ? "EHLO " : "HELO ") + name;
+    auto ehlo = co_await command(line, extended ? reply_to::ehlo : reply_to::helo);
+    const bool unknown_command = ehlo.reply.code == 500 || ehlo.reply.code == 502;
+    if (extended && !ehlo.failed && ehlo.reply.permanent() && stream_ && (!for_client || unknown_command)) {
       const std::string helo_line = "HELO " + name;
       auto helo = co_await command(helo_line, reply_to::helo);  // RFC 5321 §3.2
       ehlo = std::move(helo);
     }
     if (ehlo.failed) co_return setup_failure{*ehlo.failed};
     if (!ehlo.ok()) {
-      if (stream_) log_.warn("upstream: EHLO refused: {}", printable(ehlo.reply.summary()));
+      if (stream_) log_.warn("upstream: {} refused: {}", for_client ? "the client's HELO name" : "EHLO",
+                             printable(ehlo.reply.summary()));
       close();
+      if (for_client) {
+        failure_counted_ = true;  // (not counted: setup_failed)
+        co_return setup_failure{upstream_failure::client_info_refused, ehlo.reply};
+      }
       co_return setup_failure{upstream_failure::unreachable};
     }
     caps_.clear();

@@ -312,6 +312,39 @@ def test_a_client_slower_than_postfix_s_timeout_still_delivers(sec_daemon, postf
     assert len(re.findall(r"postfix/qmgr\[\d+\]: \w+: from=<alice@remote\.test>", pf.log_text())) == 1  # queued once
 
 
+@pytest.fixture(scope="module")
+def postfix_helo_checks():
+    """Postfix that judges the HELO name at once (smtpd_delay_reject = no) and refuses bad.test for
+    good, and refuses one recipient (its reject line names the protocol the client spoke)."""
+    yield from running_postfix({"smtpd_delay_reject": "no", "smtpd_helo_required": "yes",
+                                "smtpd_helo_restrictions": "check_helo_access inline:{bad.test=REJECT}",
+                                "smtpd_recipient_restrictions": "check_recipient_access inline:{refused@example.test=REJECT}"},
+                               "pf-helo")
+
+
+def test_postfix_refusing_the_clients_helo_name_after_xclient_is_heard_as_it_is(sec_daemon, postfix_helo_checks):
+    """The EHLO after XCLIENT speaks for the client: Postfix's permanent refusal of its name
+    reached the client as 451 4.4.1 (it retried for days), after a pointless HELO."""
+    d = sec_daemon(postfix_helo_checks.url, upstream={"client_info": "xclient"})
+    with d.connect(ehlo="bad.test") as c:
+        sid = d.session_of(c.local_port)
+        r = c.exchange("MAIL FROM:<sender@remote.test>", 554, "5.7.1")
+        assert "Helo command rejected" in r.text, str(r)
+    d.wait_log(rf"{sid}: upstream: the client's HELO name refused: 554 5\.7\.1 ")
+    deliver(d, "127.0.0.1", helo="good.test")  # another name is served
+
+
+def test_a_client_that_said_helo_is_smtp_to_postfix_after_xclient(sec_daemon, postfix_helo_checks):
+    """XCLIENT PROTO=SMTP was overwritten by the proxy's own EHLO after it: Postfix recorded ESMTP."""
+    d = sec_daemon(postfix_helo_checks.url, upstream={"client_info": "xclient", "pool_size": 0})
+    with d.connect(ehlo=None) as c:
+        c.exchange("HELO old.client.test", 250)
+        c.exchange("MAIL FROM:<sender@remote.test>", 250)
+        c.exchange("RCPT TO:<refused@example.test>", 554)
+    postfix_helo_checks.wait_log(r"reject: RCPT from \S+: 554 5\.7\.1 <refused@example\.test>: Recipient address "
+                                 r"rejected: Access denied; .*proto=SMTP helo=<old\.client\.test>")
+
+
 # --------------------------------------------------------------------------
 # STARTTLS to the upstream
 
