@@ -14,14 +14,20 @@ constexpr const char* intermediate_ciphers =
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384";
 
-void harden(ssl::context& ctx) {
+// Ours to the upstream: what Postfix's SMTP client offers ("medium" and up),
+// CBC suites included. An upstream of TLS 1.2 and CBC suites alone (older
+// appliances) then gets TLS: opportunistic TLS that found no shared suite
+// sent the mail in clear (RFC 7435: some encryption beats none).
+constexpr const char* upstream_ciphers = "HIGH:!aNULL:!eNULL:!MD5:!RC4:!3DES:!DSS:!PSK:!SRP:!CAMELLIA:!ARIA";
+
+void harden(ssl::context& ctx, const char* ciphers = intermediate_ciphers) {
   ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
                   ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::no_compression |
                   ssl::context::single_dh_use);
   SSL_CTX* native = ctx.native_handle();
   SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
   SSL_CTX_set_options(native, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-  if (SSL_CTX_set_cipher_list(native, intermediate_ciphers) != 1) throw tls_error("cannot set the cipher list");
+  if (SSL_CTX_set_cipher_list(native, ciphers) != 1) throw tls_error("cannot set the cipher list");
 }
 
 std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& cert, const std::filesystem::path& key) {
@@ -78,7 +84,7 @@ tls_server_context::tls_server_context(const tls_config& cfg) {
 }
 
 tls_client_context::tls_client_context(const upstream_config& cfg) : context_(ssl::context::tls_client) {
-  harden(context_);
+  harden(context_, upstream_ciphers);
   if (!cfg.tls_verify) {
     context_.set_verify_mode(ssl::verify_none);
     return;

@@ -297,6 +297,21 @@ def _tls_upstream(tmp_path, **kw) -> TlsFakeUpstream:
     return TlsFakeUpstream(str(cert), str(key), **kw)
 
 
+@pytest.mark.parametrize("ciphers", ["ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA"])
+def test_an_upstream_of_cbc_suites_alone_gets_tls(start_daemon, tmp_path, ciphers):
+    """Our client offered the server side's AEAD-only list: no shared suite, and opportunistic
+    STARTTLS then went on in clear (here, smtps: no mail at all). Postfix's client offers these."""
+    up = _tls_upstream(tmp_path, ciphers=ciphers)
+    try:
+        d = start_daemon(up.url, upstream={"timeout": 2})
+        with d.connect() as c:
+            r = c.transaction("a@example.test", [R1], b"Subject: cbc\r\n\r\nbody")
+            assert (r.code, r.status) == (250, "2.0.0"), str(r)
+        assert len(up.messages) == 1
+    finally:
+        up.stop()
+
+
 def test_a_reply_behind_the_final_250_in_a_tls_record_of_its_own_reaches_no_later_client(start_daemon, tmp_path):
     up = _tls_upstream(tmp_path, after={"DOT": ["250 2.0.0 stale, unasked"]})
     try:

@@ -24,9 +24,13 @@ import time
 
 
 class TlsFakeUpstream:
-    def __init__(self, cert: str, key: str, after: dict[str, list[str]] | None = None, later: float = 0):
+    def __init__(self, cert: str, key: str, after: dict[str, list[str]] | None = None, later: float = 0,
+                 ciphers: str | None = None):
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._ctx.load_cert_chain(cert, key)
+        if ciphers:  # TLS 1.2 with these suites alone (an older appliance)
+            self._ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            self._ctx.set_ciphers(ciphers)
         self._after = dict(after or {})
         self._later = later
         self._lock = threading.Lock()
