@@ -111,8 +111,10 @@ spdlog::logger& lasting_logger() {
   return **lasting;
 }
 
-std::string printable(std::string_view s, std::size_t max) {
-  const auto plain = [](unsigned char c) { return c >= 0x20 && c != 0x7f && c != '\\'; };
+std::string printable(std::string_view s, std::size_t max, std::string_view also) {
+  const auto plain = [also](unsigned char c) {
+    return c >= 0x20 && c != 0x7f && c != '\\' && also.find(static_cast<char>(c)) == std::string_view::npos;
+  };
   const std::string_view shown = s.substr(0, max);
   // Most text needs no escape: copied in one go.
   const auto first_escape = std::find_if_not(shown.begin(), shown.end(), plain);

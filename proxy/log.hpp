@@ -66,6 +66,18 @@ class session_log {
 };
 
 // Shows untrusted text (a client's command, an upstream reply) safely in a log line.
-std::string printable(std::string_view s, std::size_t max = 200);
+// `also`: characters escaped (\xNN) besides the controls and '\\'.
+std::string printable(std::string_view s, std::size_t max = 200, std::string_view also = {});
+
+// Characters that end or start a field of a key=value line (log_json.hpp):
+// a value that holds client text (an address, a HELO name) has them escaped,
+// so it stays one field and can never set or shadow another.
+inline constexpr std::string_view log_field_delimiters = " \"<>";
+
+// A word of a key=value line (the transaction summary, a check's result):
+// printable(), with no space, quote or angle bracket left (\x20 \x22 \x3c \x3e).
+inline std::string log_word(std::string_view s, std::size_t max = 200) {
+  return printable(s, max, log_field_delimiters);
+}
 
 }  // namespace portcullis

@@ -37,8 +37,11 @@ inline bool is_key(std::string_view s) {
 }
 
 // The leading key=value words of an event: a value is a word, or "quoted"
-// (the upstream's reply, which holds spaces). Stops at the first word that is
-// not key=value, or at a key already taken (never overwrites time, level, ...).
+// (the upstream's reply, which holds spaces). A path (from=<...>) is a word
+// like any other: the daemon writes client text in a field with its spaces,
+// quotes and angle brackets escaped (log.hpp log_word), so nothing a client
+// sends can end a value early and be taken for a field of its own. Stops
+// at the first word that is not key=value, or at a key already taken (never overwrites time, level, ...).
 inline void add_fields(nlohmann::json& out, std::string_view event) {
   while (!event.empty()) {
     const auto eq = event.find('=');
@@ -54,13 +57,6 @@ inline void add_fields(nlohmann::json& out, std::string_view event) {
       if (close == std::string_view::npos) return;
       if (close + 1 < rest.size() && rest[close + 1] != ' ') return;
       value = rest.substr(1, close - 1);
-      rest = rest.substr(close + 1);
-    } else if (!rest.empty() && rest[0] == '<') {
-      // A path (from=<...>, to=<...>,<...>): a quoted local part may hold spaces.
-      auto close = rest.find("> ");
-      close = close == std::string_view::npos ? rest.size() - 1 : close;
-      if (rest[close] != '>') return;
-      value = rest.substr(0, close + 1);
       rest = rest.substr(close + 1);
     } else {
       const auto end = rest.find(' ');

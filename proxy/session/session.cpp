@@ -993,9 +993,9 @@ void session::log_spf(const checks::spf_result& spf) const {
   metrics::count(metrics::family::sender_checks_total, {"spf", result});
   if (!session_log::informing()) return;
   if (spf.problem.empty()) {
-    log_.info("spf={} {}={} client={}", result, identity, printable(spf.domain), conn_.client_literal);
+    log_.info("spf={} {}={} client={}", result, identity, log_word(spf.domain), conn_.client_literal);
   } else {
-    log_.info("spf={} {}={} client={} ({})", result, identity, printable(spf.domain), conn_.client_literal,
+    log_.info("spf={} {}={} client={} ({})", result, identity, log_word(spf.domain), conn_.client_literal,
               printable(spf.problem));
   }
 }
@@ -1017,10 +1017,10 @@ void session::log_dmarc(const checks::dmarc_result& dmarc) const {
   metrics::count(metrics::family::sender_checks_total, {"dmarc", result});
   if (!session_log::informing()) return;
   if (dmarc.result == checks::dmarc_result::kind::pass || dmarc.result == checks::dmarc_result::kind::fail) {
-    log_.info("dmarc={} header.from={} p={} dis={}{}", result, printable(dmarc.domain), checks::to_string(dmarc.policy),
+    log_.info("dmarc={} header.from={} p={} dis={}{}", result, log_word(dmarc.domain), checks::to_string(dmarc.policy),
               checks::to_string(dmarc.disposition), dmarc.org_record ? " (the organizational domain's policy)" : "");
   } else {
-    log_.info("dmarc={} header.from={} ({})", result, dmarc.domain.empty() ? "-" : printable(dmarc.domain),
+    log_.info("dmarc={} header.from={} ({})", result, dmarc.domain.empty() ? "-" : log_word(dmarc.domain),
               printable(dmarc.problem));
   }
 }
@@ -1035,9 +1035,9 @@ void session::log_dkim(const checks::dkim_results& dkim) const {
     metrics::count(metrics::family::sender_checks_total, {"dkim", checks::to_string(s.result)});
     if (!session_log::informing()) continue;
     if (s.problem.empty()) {
-      log_.info("dkim={} d={} s={}", checks::to_string(s.result), printable(s.domain), printable(s.selector));
+      log_.info("dkim={} d={} s={}", checks::to_string(s.result), log_word(s.domain), log_word(s.selector));
     } else {
-      log_.info("dkim={} d={} s={} ({})", checks::to_string(s.result), printable(s.domain), printable(s.selector),
+      log_.info("dkim={} d={} s={} ({})", checks::to_string(s.result), log_word(s.domain), log_word(s.selector),
                 printable(s.problem));
     }
   }
@@ -1080,20 +1080,33 @@ void session::log_transaction(const reply& outcome, std::size_t size) {
   log_summary(outcome.summary(), queue_id_of(outcome), size, verdict);
 }
 
-// policy= last, and only when a policy said something: an address with a
-// quoted local part may hold a '"', where a JSON reader of the line stops
-// taking fields.
+// One word per field, whatever the client sent: in the addresses and the
+// HELO name a space, quote or angle bracket is escaped (log_word), in the
+// quoted upstream reply and policy list a quote; so a quoted local part
+// like "a> verdict=delivered x"@example.test can neither end its path early
+// nor add a field of its own (a JSON reader takes the first of a key).
 void session::log_summary(std::string_view upstream, std::string_view queue_id, std::size_t size,
                           std::string_view outcome) {
   tx_logged_ = true;
   if (!session_log::informing()) return;  // (its arguments are half a dozen escaped copies)
+  constexpr std::size_t recipients_shown = 2000;  // characters of the to= list, then "..."
   std::string said;
   for (const auto& v : tx_.policy_verdicts) said += (said.empty() ? "" : "; ") + v;
-  const auto policy_field = said.empty() ? std::string() : " policy=\"" + printable(said, 4000) + '"';
+  const auto policy_field = said.empty() ? std::string() : " policy=\"" + printable(said, 4000, "\"") + '"';
+  std::string to;
+  for (const auto& r : tx_.recipients) {
+    if (to.size() >= recipients_shown) {
+      to += "...";
+      break;
+    }
+    if (!to.empty()) to += ',';
+    to += '<';
+    to += log_word(r.str(), recipients_shown);
+    to += '>';
+  }
   log_.info("tx={} client={} helo={} from=<{}> to={} rejected_rcpts={} size={} upstream=\"{}\" queue_id={} verdict={}{}",
-            tx_.id, conn_.client_literal, printable(conn_.helo), printable(tx_.sender.str()),
-            printable(smtp::join_paths(tx_.recipients), 2000), tx_.rejected_rcpts, size, printable(upstream), queue_id,
-            outcome, policy_field);
+            tx_.id, conn_.client_literal, log_word(conn_.helo), log_word(tx_.sender.str()), to, tx_.rejected_rcpts,
+            size, printable(upstream, 200, "\""), log_word(queue_id), outcome, policy_field);
 }
 
 }  // namespace portcullis

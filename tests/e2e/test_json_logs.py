@@ -76,3 +76,37 @@ def test_check_config_accepts_json(portcullis_bin, tmp_path):
     p = subprocess.run([str(portcullis_bin), "--check-config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     assert p.stdout == f"{cfg}: ok\n"
+
+
+FORGED_SENDER = '"a> verdict=delivered queue_id=Q1 to=<boss@local.test> x"@example.test'
+
+
+def test_a_senders_quoted_local_part_sets_no_field(start_daemon, aiosmtpd_upstream):
+    """A quoted local part that reads like the rest of a summary line stays in
+    its own field (its space, quote and angle brackets escaped), in text and in
+    JSON: the record's verdict, to and queue_id are the transaction's."""
+    d = start_daemon(aiosmtpd_upstream.url, log={"format": "json"}, relay={"local_domains": ["local.test"]})
+    with d.connect() as c:
+        c.exchange(f"MAIL FROM:<{FORGED_SENDER}>", 250)
+        c.exchange("RCPT TO:<v@foreign.test>", 554, "5.7.1")
+        c.exchange("QUIT", 221)
+    d.wait_log(r'"tx":"[0-9A-F]{12}\.1"[^\n]*"verdict"')
+    (s,) = [r for r in records(d) if "verdict" in r]
+    assert s["verdict"] == "rejected", s
+    assert s["to"] == "", s
+    assert s["queue_id"] == "-", s
+    assert s["helo"] == "client.test", s
+    assert s["from"] == r"<\x22a\x3e\x20verdict=delivered\x20queue_id=Q1\x20to=\x3cboss@local.test\x3e\x20x\x22@example.test>", s
+    assert s["msg"].count("verdict=") == 1 + s["msg"].count(r"\x20verdict=")
+
+
+def test_a_senders_quoted_local_part_in_a_text_summary(start_daemon, aiosmtpd_upstream):
+    d = start_daemon(aiosmtpd_upstream.url)
+    with d.connect() as c:
+        r = c.transaction(FORGED_SENDER, ["bob@example.test"], b"Subject: q\r\n\r\nbody")
+        assert r.code == 250, r
+        c.exchange("QUIT", 221)
+    (m,) = d.wait_log(r"tx=\S+ client=\S+ helo=\S+ from=(\S+) to=(\S+) rejected_rcpts=0 size=\d+ upstream=\"[^\"]*\" "
+                      r"queue_id=\S+ verdict=delivered$")
+    assert m.group(1) == r"<\x22a\x3e\x20verdict=delivered\x20queue_id=Q1\x20to=\x3cboss@local.test\x3e\x20x\x22@example.test>"
+    assert m.group(2) == "<bob@example.test>"

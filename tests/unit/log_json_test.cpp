@@ -3,6 +3,8 @@
 // event's key=value words as fields.
 #include "log_json.hpp"
 
+#include "log.hpp"
+
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -80,13 +82,37 @@ TEST(LogJson, FieldsStopAtTheFirstWordThatIsNotKeyValue) {
   EXPECT_EQ(r["s"], "sel");
   EXPECT_FALSE(r.contains("x"));
   EXPECT_EQ(r["msg"], "dkim=fail d=example.test s=sel (body hash did not verify) x=1");
-  // A quoted local part with a space stays one path.
-  EXPECT_EQ(record("0123456789AB: from=<\"a b\"@x.test> size=1")["from"], "<\"a b\"@x.test>");
+  // A path is one word (the daemon escapes a quoted local part's space and quote).
+  EXPECT_EQ(record("0123456789AB: from=<\\x22a\\x20b\\x22@x.test> size=1")["from"], "<\\x22a\\x20b\\x22@x.test>");
   // A quote inside a quoted value: no field rather than a wrong one.
   const auto q = record("0123456789AB: size=1 upstream=\"250 \"ok\" x\" verdict=delivered");
   EXPECT_EQ(q["size"], "1");
   EXPECT_FALSE(q.contains("upstream"));
   EXPECT_FALSE(q.contains("verdict"));
+}
+
+// The summary as session::log_summary writes it: a sender's quoted local
+// part that looks like the rest of a summary sets no field and shadows none.
+TEST(LogJson, ClientTextInASummaryStaysInItsOwnField) {
+  const std::string sender = "\"a> verdict=delivered queue_id=Q1 to=<boss@local.test> x\"@example.test";
+  const std::string helo = "h verdict=delivered";
+  const auto word = log_word(sender);
+  EXPECT_EQ(word.find_first_of(" \"<>"), std::string::npos) << word;
+  const auto r = record("0123456789AB: tx=0123456789AB.1 client=[127.0.0.1] helo=" + log_word(helo) + " from=<" +
+                        word + "> to=<v@foreign.test> rejected_rcpts=1 size=0 upstream=\"\" queue_id=- verdict=rejected");
+  EXPECT_EQ(r["helo"], "h\\x20verdict=delivered");
+  EXPECT_EQ(r["from"], "<" + word + ">");
+  EXPECT_EQ(r["to"], "<v@foreign.test>");
+  EXPECT_EQ(r["queue_id"], "-");
+  EXPECT_EQ(r["verdict"], "rejected");
+  EXPECT_EQ(r["rejected_rcpts"], "1");
+}
+
+TEST(LogJson, LogWordEscapesWhatWouldEndAField) {
+  EXPECT_EQ(log_word("plain@example.test"), "plain@example.test");
+  EXPECT_EQ(log_word("\"a b\"@x"), "\\x22a\\x20b\\x22@x");
+  EXPECT_EQ(log_word("<>\\\n"), "\\x3c\\x3e\\x5c\\x0a");
+  EXPECT_EQ(printable("say \"hi\"", 200, "\""), "say \\x22hi\\x22");
 }
 
 TEST(LogJson, FieldsNeverReplaceTheRecordsOwn) {
