@@ -478,8 +478,12 @@ awaitable<bool> line_stream::start_tls(ssl::context& ctx, ssl::stream_base::hand
   tls_.emplace(socket_, ctx);
   SSL* native = tls_->native_handle();
   if (side == ssl::stream_base::client && !server_name.empty()) {
-    SSL_set_tlsext_host_name(native, server_name.c_str());
-    // Checked by OpenSSL during the handshake when the context verifies peers.
+    // SNI names a host, never an address (RFC 6066 §3: "Literal IPv4 and IPv6
+    // addresses are not permitted"); an address is still checked below.
+    boost::system::error_code not_an_address;
+    (void)asio::ip::make_address(server_name, not_an_address);
+    if (not_an_address) SSL_set_tlsext_host_name(native, server_name.c_str());
+    // Checked by OpenSSL during the handshake when the context verifies peers (IP SANs for an address).
     SSL_set1_host(native, server_name.c_str());
   }
   boost::system::error_code ec;

@@ -312,6 +312,20 @@ def test_an_upstream_of_cbc_suites_alone_gets_tls(start_daemon, tmp_path, cipher
         up.stop()
 
 
+def test_sni_names_a_host_never_an_address(start_daemon, tmp_path):
+    """RFC 6066 §3: no IP literal in SNI (an smtps://127.0.0.1 url sent "127.0.0.1")."""
+    up = _tls_upstream(tmp_path)
+    try:
+        for tls_name, want in ((None, None), ("tls.fake", "tls.fake")):
+            d = start_daemon(up.url, upstream={"timeout": 2, **({"tls_name": tls_name} if tls_name else {})})
+            with d.connect() as c:
+                r = c.transaction("a@example.test", [R1], b"Subject: sni\r\n\r\nbody")
+                assert r.code == 250, str(r)
+            assert up.server_names[-1] == want, up.server_names
+    finally:
+        up.stop()
+
+
 def test_a_reply_behind_the_final_250_in_a_tls_record_of_its_own_reaches_no_later_client(start_daemon, tmp_path):
     up = _tls_upstream(tmp_path, after={"DOT": ["250 2.0.0 stale, unasked"]})
     try:

@@ -31,6 +31,8 @@ class TlsFakeUpstream:
         if ciphers:  # TLS 1.2 with these suites alone (an older appliance)
             self._ctx.maximum_version = ssl.TLSVersion.TLSv1_2
             self._ctx.set_ciphers(ciphers)
+        self.server_names: list[str | None] = []  # the SNI of each handshake (None: none sent)
+        self._ctx.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
         self._after = dict(after or {})
         self._later = later
         self._lock = threading.Lock()
