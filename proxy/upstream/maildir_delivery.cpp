@@ -92,8 +92,13 @@ std::string to_lf(std::string_view header, std::string_view message) {
 delivery deliver(const std::filesystem::path& root, const std::string& hostname, const smtp::address& sender,
                  const std::vector<smtp::address>& recipients, std::string_view header,
                  const message_store& message, directory_sync sync) {
+  // A Maildir is its owner's alone (Postfix's local(8), maildirmake: 0700):
+  // what is made of it here is made so (0755 let every local user list the
+  // mail's arrival times); what exists stays as its owner set it.
   std::error_code ec;
-  for (const char* sub : {"tmp", "new", "cur"}) std::filesystem::create_directories(root / sub, ec);
+  if (root.has_parent_path()) std::filesystem::create_directories(root.parent_path(), ec);
+  ::mkdir(root.c_str(), 0700);
+  for (const char* sub : {"tmp", "new", "cur"}) ::mkdir((root / sub).c_str(), 0700);
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
   // Unique per host (Maildir: time.unique.host): microseconds, pid, a counter.
