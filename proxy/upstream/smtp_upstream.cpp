@@ -287,6 +287,13 @@ class smtp_upstream final : public upstream {
  private:
   // See max_junk_commands_kept: what the upstream counts against this connection is nothing another client should pay for.
   bool fit_for_another_client() const {
+    // Postfix no longer offers XCLIENT once it was told of a client outside
+    // smtpd_authorized_xclient_hosts (XCLIENT_README: "usually no longer
+    // authorized"): the next client could not be named on this connection.
+    if (sends_xclient() && !caps_.count("XCLIENT")) {
+      log_.debug("upstream: connection not kept: its last EHLO no longer offers XCLIENT");
+      return false;
+    }
     if (refused_) {
       log_.debug("upstream: connection not kept: the upstream refused a command on it since its last delivery "
                  "(it counts that against the connection)");

@@ -145,6 +145,24 @@ def test_xclient_with_proxy_protocol_source(sec_daemon, postfix_tls):
     postfix_tls.wait_log(rf"{qid}: client=unknown\[192\.0\.2\.77\]$")
 
 
+def test_a_connection_that_no_longer_offers_xclient_is_not_kept(sec_daemon, postfix_tls):
+    """After XCLIENT ADDR= of a client outside smtpd_authorized_xclient_hosts Postfix's EHLO offers
+    XCLIENT no more: the connection was kept, and each next session logged an error, counted an
+    upstream failure and connected again."""
+    d = sec_daemon(postfix_tls.url, upstream={"client_info": "xclient"}, server={"proxy_protocol": True})
+    for source in ("203.0.113.5", "198.51.100.7", "192.0.2.9"):
+        with d.client() as c:
+            c.send(f"PROXY TCP4 {source} 127.0.0.1 45000 25\r\n".encode())
+            c.expect(220)
+            c.exchange("EHLO behind-lb.test", 250)
+            r = c.transaction("sender@remote.test", ["user@example.test"], BODY)
+            assert (r.code, r.status) == (250, "2.0.0"), str(r)
+            qid = QUEUED.match(r.lines[0]).group(1)
+            c.exchange("QUIT", 221)
+        postfix_tls.wait_log(rf"{qid}: client=unknown\[{re.escape(source)}\]$")
+    assert "does not offer XCLIENT" not in d.log_text()
+
+
 def test_xclient_refused_fails_closed(sec_daemon, postfix_plain):
     d = sec_daemon(postfix_plain.url, upstream={"client_info": "xclient"})
     with d.connect(source="127.0.0.5") as c:
