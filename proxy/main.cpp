@@ -170,7 +170,8 @@ std::vector<std::string> start_up_problems(const portcullis::config& cfg) {
   }
   if (!cfg.auth.users_file.empty()) {
     try {
-      portcullis::auth::users_file::load(cfg.auth.users_file);
+      const auto users = portcullis::auth::users_file::load(cfg.auth.users_file);
+      for (const auto& w : users.warnings()) spdlog::warn("{}", w);  // (mixed hash costs: not a problem)
     } catch (const portcullis::auth::users_file_error& e) {
       for (const auto& p : e.problems()) add({"auth", "users_file"}, p);
     }

@@ -188,8 +188,7 @@ users_file users_file::parse(std::string_view text, std::string_view name) {
   users_file out;
   std::vector<std::string> problems;
   std::unordered_map<std::string, std::size_t> defined_on;  // user -> line
-  std::map<std::string, std::pair<std::size_t, std::string>> by_cost;  // cost key -> (count, first hash)
-  std::vector<std::string> cost_order;  // keys by first appearance, for a deterministic tie-break
+  std::map<std::string, std::string> cost_users;  // cost key -> the first user with it
 
   std::size_t number = 0;
   while (!text.empty()) {
@@ -259,43 +258,52 @@ users_file users_file::parse(std::string_view text, std::string_view name) {
       continue;
     }
     out.hashes_.emplace(std::string(user), std::string(hash));
-    const std::string key(cost_key(hash));
-    auto& [count, example] = by_cost[key];
-    if (count++ == 0) {
-      example = hash;
-      cost_order.push_back(key);
-    }
+    if (cost_users.emplace(std::string(cost_key(hash)), std::string(user)).second)
+      out.timing_references_.emplace_back(hash);
   }
   if (!problems.empty()) throw users_file_error(std::move(problems));
 
-  std::size_t best = 0;
-  for (const auto& key : cost_order) {
-    const auto& [count, example] = by_cost[key];
-    if (count > best) {
-      best = count;
-      out.timing_reference_ = example;
+  if (out.timing_references_.empty()) out.timing_references_.push_back(default_reference_hash());
+  if (out.timing_references_.size() > 1) {
+    std::string costs;
+    for (const auto& ref : out.timing_references_) {
+      const std::string key(cost_key(ref));
+      costs += (costs.empty() ? "" : ", ") + key + " (" + cost_users[key] + ")";
     }
+    out.warnings_.push_back(std::string(name) + ": " + std::to_string(out.timing_references_.size()) +
+                            " hash schemes or costs (" + costs +
+                            "): so that login times tell no user from another, every login computes a hash of each, "
+                            "the slowest included; rehash every user with one scheme and cost for faster logins");
   }
-  if (out.timing_reference_.empty()) out.timing_reference_ = default_reference_hash();
   return out;
 }
 
 bool users_file::verify(std::string_view user, std::string_view password) const {
   const auto it = hashes_.find(std::string(user));
   const bool known = it != hashes_.end();
-  const std::string& hash = known ? it->second : timing_reference_;
+  const std::string_view own_cost = known ? cost_key(it->second) : std::string_view{};
   // crypt(3) reads a C string: a NUL would cut the password short ("a\0b"
   // checked as "a"). Such a password, or one past libcrypt's limit, still
-  // costs its hash computation, with an empty phrase, and never matches.
+  // costs its hash computations, with an empty phrase, and never matches.
   const bool usable = password.find('\0') == std::string_view::npos && password.size() < CRYPT_MAX_PASSPHRASE_SIZE;
   std::string phrase(usable ? password : std::string_view{});
 
   // struct crypt_data is 32 KiB: on the heap, zeroed (crypt_r wants its
   // `initialized` field 0), one per call so that verify() is thread-safe.
   auto data = std::make_unique<crypt_data>();
-  const char* computed = crypt_r(phrase.c_str(), hash.c_str(), data.get());
-  // libxcrypt returns a "*0"/"*1" failure token (or NULL) rather than a hash.
-  const bool match = computed && computed[0] != '*' && constant_time_equals(computed, hash);
+  // One computation per cost in the file, whoever the user (an unknown user
+  // answered as fast as the commonest cost would tell a user with a rarer,
+  // slower hash from one that does not exist): the user's own hash for its
+  // cost, a reference hash for each other, whose result is thrown away.
+  bool match = false;
+  for (const auto& reference : timing_references_) {
+    const bool own = known && cost_key(reference) == own_cost;
+    const std::string& hash = own ? it->second : reference;
+    const char* computed = crypt_r(phrase.c_str(), hash.c_str(), data.get());
+    // libxcrypt returns a "*0"/"*1" failure token (or NULL) rather than a hash.
+    const bool equal = computed && computed[0] != '*' && constant_time_equals(computed, hash);
+    if (own) match = equal;
+  }
   explicit_bzero(data.get(), sizeof(crypt_data));  // it held the password (`input`)
   explicit_bzero(phrase.data(), phrase.size());
   return known && usable && match;

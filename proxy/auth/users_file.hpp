@@ -43,24 +43,30 @@ class users_file {
   // an I/O thread; run it where the policy work runs. Thread-safe (crypt_r
   // with its own crypt_data per call).
   //
-  // Timing does not tell which users exist: an unknown user costs the same
-  // hash computation, against the timing_reference() hash (whose result is
-  // thrown away), and hashes are compared in constant time. User names are
+  // Timing does not tell which users exist: every call computes one hash
+  // of each cost the file holds (timing_references()), a user's own hash
+  // standing for its cost and the results of the others thrown away, so an
+  // unknown user, a user with a cheap hash and one with an expensive hash
+  // cost the same; hashes are compared in constant time. User names are
   // exact octets (case-sensitive).
   bool verify(std::string_view user, std::string_view password) const;
 
   bool contains(std::string_view user) const { return hashes_.find(std::string(user)) != hashes_.end(); }
   std::size_t size() const { return hashes_.size(); }
 
-  // The hash an unknown user is checked against: one of the file's own
-  // hashes with the most common scheme and cost, so it takes as long as a
-  // typical real user; with no users, a fresh hash of libcrypt's preferred
-  // scheme.
-  const std::string& timing_reference() const { return timing_reference_; }
+  // One of the file's hashes for each scheme and cost in it (in order of
+  // first appearance); with no users, a fresh hash of libcrypt's preferred
+  // scheme. verify() computes each of them (or the user's own in its place).
+  const std::vector<std::string>& timing_references() const { return timing_references_; }
+
+  // What the operator should hear at load (the caller logs them; this type
+  // does not): a file that mixes costs makes every login pay for each.
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
   std::unordered_map<std::string, std::string> hashes_;
-  std::string timing_reference_;
+  std::vector<std::string> timing_references_;
+  std::vector<std::string> warnings_;
 };
 
 // "" when `hash` is a crypt(3) string users_file accepts, else why not

@@ -58,7 +58,9 @@ std::shared_ptr<tls_server_context> make_tls(const config& cfg) {
 // Null without [auth] users_file; throws auth::users_file_error listing file:line problems.
 std::shared_ptr<const auth::users_file> load_users(const config& cfg) {
   if (!cfg.auth.enabled || cfg.auth.users_file.empty()) return nullptr;
-  return std::make_shared<const auth::users_file>(auth::users_file::load(cfg.auth.users_file));
+  auto users = std::make_shared<const auth::users_file>(auth::users_file::load(cfg.auth.users_file));
+  for (const auto& w : users->warnings()) spdlog::warn("{}", w);  // (mixed hash costs)
+  return users;
 }
 
 // Null when nothing will speak TLS to the upstream.

@@ -497,6 +497,31 @@ def test_max_failures_per_client_holds_for_parallel_sessions(auth_daemon, tmp_pa
             c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW), 235, "2.7.0")
 
 
+def test_a_users_file_that_mixes_costs_is_warned_about(auth_daemon, portcullis_bin, tmp_path):
+    """Every login computes a hash of each cost in the file (so an unknown
+    user is not answered faster than a user with a rarer, slower hash): said
+    at load and by --check-config, which still passes."""
+    if crypt.METHOD_BLOWFISH not in crypt.methods:
+        pytest.skip("libcrypt without bcrypt")
+    users = tmp_path / "mixed-users.txt"
+    users.write_text(f"alice:{crypt.crypt(ALICE_PW, crypt.mksalt(crypt.METHOD_SHA512))}\n"
+                     f"admin:{crypt.crypt(BOB_PW, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 6))}\n")
+    d = auth_daemon(auth={"users_file": str(users)})
+    d.wait_log(r"warning .*mixed-users\.txt: 2 hash schemes or costs \(\$6\$ \(alice\), \$2b\$06\$ \(admin\)\): "
+               r".*every login computes a hash of each")
+    with d.tls_connect() as c:
+        c.exchange("AUTH PLAIN " + plain("admin", BOB_PW), 235, "2.7.0")
+    with d.tls_connect() as c:
+        c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW), 235, "2.7.0")
+    with d.tls_connect() as c:
+        c.exchange("AUTH PLAIN " + plain("nobody", ALICE_PW), 535, "5.7.8")
+    p = subprocess.run([str(portcullis_bin), "--check-config", str(d.config_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == f"{d.config_path}: ok\n"
+    assert "mixed-users.txt: 2 hash schemes or costs" in p.stderr, p.stderr
+
+
 # --------------------------------------------------------------------------
 # The on_auth hook
 

@@ -112,7 +112,9 @@ TEST(UsersFile, ManyUsersCommentsAndBlankLines) {
 TEST(UsersFile, EmptyFileVerifiesNobody) {
   const users_file users = users_file::parse("# nobody yet\n", "users");
   EXPECT_EQ(users.size(), 0u);
-  EXPECT_FALSE(users.timing_reference().empty());
+  ASSERT_EQ(users.timing_references().size(), 1u);
+  EXPECT_FALSE(users.timing_references()[0].empty());
+  EXPECT_TRUE(users.warnings().empty());
   EXPECT_FALSE(users.verify("alice", "anything"));
   EXPECT_FALSE(users.verify("alice", ""));
 }
@@ -244,17 +246,38 @@ TEST_F(UsersFileOnDisk, MissingFile) {
 
 // ---- timing ----------------------------------------------------------------------------
 
-TEST(UsersFile, TimingReferenceIsTheCommonestCost) {
+// Every login computes one hash of each cost in the file: an unknown user is
+// not answered at the commonest cost, which would tell a user with a rarer,
+// slower hash (bcrypt among sha512-crypt users) from one that does not exist.
+TEST(UsersFile, EveryCostInTheFileIsATimingReference) {
   const std::string y1 = make_hash("$y$", 1, "a"), y2 = make_hash("$y$", 1, "b");
   const std::string b = make_hash("$2b$", 5, "c");
-  const users_file users = users_file::parse("bob:" + b + "\nalice:" + y1 + "\ncarol:" + y2 + "\n", "users");
-  EXPECT_EQ(users.timing_reference(), y1);  // two $y$ of one cost beat one bcrypt; the first of them
+  const users_file users = users_file::parse("alice:" + y1 + "\ncarol:" + y2 + "\nbob:" + b + "\n", "users");
+  EXPECT_EQ(users.timing_references(), (std::vector<std::string>{y1, b}));  // one per cost, the first of each
   const users_file one = users_file::parse("bob:" + b + "\n", "users");
-  EXPECT_EQ(one.timing_reference(), b);
+  EXPECT_EQ(one.timing_references(), std::vector<std::string>{b});
+  EXPECT_TRUE(one.warnings().empty());
   // Costs count, not only schemes: "$6$rounds=N$" differs from the default "$6$".
   const std::string s1 = make_hash("$6$", 1000, "a"), s2 = make_hash("$6$", 2000, "b"), s3 = make_hash("$6$", 2000, "c");
   const users_file sha = users_file::parse("a:" + s1 + "\nb:" + s2 + "\nc:" + s3 + "\n", "users");
-  EXPECT_EQ(sha.timing_reference(), s2);
+  EXPECT_EQ(sha.timing_references(), (std::vector<std::string>{s1, s2}));
+  // Still right for every user, whichever reference stands for its cost.
+  EXPECT_TRUE(users.verify("alice", "a"));
+  EXPECT_TRUE(users.verify("carol", "b"));
+  EXPECT_TRUE(users.verify("bob", "c"));
+  EXPECT_FALSE(users.verify("bob", "a"));
+  EXPECT_FALSE(users.verify("mallory", "a"));
+  EXPECT_FALSE(sha.verify("c", "b"));
+  EXPECT_TRUE(sha.verify("c", "c"));
+}
+
+TEST(UsersFile, MixedCostsAreWarnedAbout) {
+  const std::string s = make_hash("$6$", 1000, "a"), b = make_hash("$2b$", 5, "c");
+  const users_file users = users_file::parse("user1:" + s + "\nadmin:" + b + "\n", "users.txt");
+  ASSERT_EQ(users.warnings().size(), 1u);
+  const std::string& w = users.warnings()[0];
+  EXPECT_TRUE(contains(w, "users.txt: 2 hash schemes or costs ($6$rounds=1000$ (user1), $2b$05$ (admin))")) << w;
+  EXPECT_TRUE(contains(w, "every login computes a hash of each")) << w;
 }
 
 double median_seconds(const std::function<void()>& f) {
