@@ -4,6 +4,8 @@
 // '%', '!' or '@' ("user%foreign@local", "a!b@local", "\"u@foreign\"@local")
 // could be relayed onward by a downstream MTA that still honours them.
 // Source routes ("@route:u@x") are already reduced to "u@x" by the parser.
+// Domains are compared in A-labels: a recipient's U-labels (SMTPUTF8) are
+// converted first, and one that does not convert is not local.
 #pragma once
 
 #include <set>
@@ -25,7 +27,7 @@ class relay_guard {
 
  private:
   bool enabled_;
-  std::set<std::string> local_domains_;  // lower case, no trailing dot
+  std::set<std::string> local_domains_;  // A-labels, lower case, no trailing dot
   network_list trusted_;
 };
 

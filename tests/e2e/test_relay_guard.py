@@ -143,3 +143,20 @@ def test_proxy_protocol_source_decides_trust(sec_daemon, aiosmtpd_upstream):
         c.exchange("MAIL FROM:<a@remote.test>", 250)
         c.exchange("RCPT TO:<y@foreign.test>", 250, "2.1.5")
     assert rcpts_seen(aiosmtpd_upstream) == ["y@foreign.test"]
+
+
+def test_a_u_label_domain_under_smtputf8_is_local(sec_daemon, aiosmtpd_upstream):
+    """SMTPUTF8 (RFC 6531 §3.2) lets a recipient's domain come in U-labels:
+    it is compared with local_domains in A-labels (libidn2), so x@exämple.test
+    is as local as x@xn--exmple-cua.test; a domain that does not convert to
+    A-labels is nobody's and still refused."""
+    d = sec_daemon(aiosmtpd_upstream.url, relay={"local_domains": ["xn--exmple-cua.test"]})
+    with d.connect() as c:
+        c.exchange("MAIL FROM:<a@remote.test> SMTPUTF8", 250)
+        c.exchange("RCPT TO:<x@exämple.test>", 250, "2.1.5")
+        c.exchange("RCPT TO:<y@EXÄMPLE.test>", 250, "2.1.5")  # case-insensitive, U-labels too
+        c.exchange("RCPT TO:<z@xn--exmple-cua.test>", 250, "2.1.5")
+        c.exchange("RCPT TO:<w@exämple.test.foreign.test>", 554, "5.7.1", "Relay access denied")
+        c.exchange("RCPT TO:<v@\u2603.test>", 554, "5.7.1", "Relay access denied")  # not IDNA2008: no A-label
+        c.exchange("RCPT TO:<u@exampel.test>", 554, "5.7.1")
+    assert rcpts_seen(aiosmtpd_upstream) == ["x@exämple.test", "y@EXÄMPLE.test", "z@xn--exmple-cua.test"]
