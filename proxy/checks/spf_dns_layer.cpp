@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "checks/spf_record.hpp"
+#include "dns/resolver.hpp"
 #include "smtp/text.hpp"
 
 namespace portcullis::checks {
@@ -165,25 +166,6 @@ bool uses_p_macro(std::string_view text) {
   return false;
 }
 
-// The name the reverse zone has the client's address at (RFC 1035 §3.5, RFC 3596 §2.5).
-std::string reverse_name(const asio::ip::address& client) {
-  std::string out;
-  if (client.is_v4()) {
-    const auto b = client.to_v4().to_bytes();
-    for (auto it = b.rbegin(); it != b.rend(); ++it) out += std::to_string(*it) + '.';
-    return out + "in-addr.arpa";
-  }
-  static constexpr char hex[] = "0123456789abcdef";
-  const auto b = client.to_v6().to_bytes();
-  for (auto it = b.rbegin(); it != b.rend(); ++it) {
-    out += hex[*it & 0xF];
-    out += '.';
-    out += hex[*it >> 4];
-    out += '.';
-  }
-  return out + "ip6.arpa";
-}
-
 // §7.3 "p": the client's validated name (§5.5): of its PTR names (at most
 // 10, §4.6.4), those with the client among their addresses; of several,
 // the domain being checked itself, else one of its subdomains, else the
@@ -202,7 +184,7 @@ void set_client_name(spf_evaluation& e, SPF_request_t* request) {
       return std::chrono::steady_clock::now() < e.deadline ? e.lookup(name, type, e.deadline) : dns::answer{};
     };
     e.validated_names.emplace();
-    const auto names = ask(reverse_name(e.client), dns::rr_type::ptr);
+    const auto names = ask(dns::reverse_name(e.client), dns::rr_type::ptr);
     const auto family = e.client.is_v4() ? dns::rr_type::a : dns::rr_type::aaaa;
     const std::size_t tried = std::min<std::size_t>(names.records.size(), e.limits.mx_hosts);
     for (std::size_t i = 0; i < tried; ++i) {

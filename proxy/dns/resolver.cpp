@@ -512,6 +512,24 @@ void resolver::counted_from_memo(rr_type type, answer::status what) {
   metrics::count(metrics::family::dns_memo_answers_total);
 }
 
+std::string reverse_name(const asio::ip::address& address) {
+  std::string out;
+  if (address.is_v4()) {
+    const auto b = address.to_v4().to_bytes();
+    for (auto it = b.rbegin(); it != b.rend(); ++it) out.append(std::to_string(*it)).append(".");
+    return out + "in-addr.arpa";
+  }
+  static constexpr char hex[] = "0123456789abcdef";
+  const auto b = address.to_v6().to_bytes();
+  for (auto it = b.rbegin(); it != b.rend(); ++it) {
+    out += hex[*it & 0xF];
+    out += '.';
+    out += hex[*it >> 4];
+    out += '.';
+  }
+  return out + "ip6.arpa";
+}
+
 answer resolver::lookup_sync(std::string name, rr_type type, std::chrono::steady_clock::time_point deadline) {
   auto promise = std::make_shared<std::promise<answer>>();  // (shared: the answer may come after we stopped waiting)
   auto result = promise->get_future();

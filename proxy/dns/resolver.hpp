@@ -101,4 +101,8 @@ class resolver {
   std::unique_ptr<impl> impl_;
 };
 
+// The name the reverse zone has an address at (RFC 1035 §3.5, RFC 3596 §2.5):
+// "4.3.2.1.in-addr.arpa", or the 32 nibbles of an IPv6 address under ip6.arpa.
+std::string reverse_name(const asio::ip::address& address);
+
 }  // namespace portcullis::dns

@@ -209,19 +209,21 @@ std::shared_ptr<generation> server::make_generation(std::shared_ptr<const config
   g->relay = std::make_shared<relay_guard>(cfg->relay);
   g->users = load_users(*cfg);
   g->proxy_trusted = std::make_shared<network_list>(cfg->server.proxy_trusted);
-  // One resolver for the checks and an upstream given by name (a numeric one needs none).
+  // One resolver for the checks, an upstream given by name (a numeric one
+  // needs none) and the client's host name that XCLIENT/XFORWARD tell it.
   boost::system::error_code numeric;
   asio::ip::make_address(cfg->upstream.host, numeric);
-  const bool upstream_by_name = cfg->upstream.scheme != upstream_config::kind::maildir && numeric;
+  const bool smtp_upstream = cfg->upstream.scheme != upstream_config::kind::maildir;
+  const bool upstream_needs_dns = smtp_upstream && (numeric || cfg->upstream.client_info != client_info_mode::none);
   const bool any_check = cfg->checks.spf || cfg->checks.dkim || cfg->checks.dmarc || cfg->checks.arc;
-  if (upstream_by_name || any_check) g->resolver = resolver_for(*cfg);
+  if (upstream_needs_dns || any_check) g->resolver = resolver_for(*cfg);
   g->checks = make_checks(*cfg, g->resolver);
   // The key is read again on every reload: a rotated key needs only a SIGHUP.
   if (cfg->dkim_sign.enabled) g->signer = std::make_shared<checks::dkim_signer>(cfg->dkim_sign);
   if (cfg->arc_seal.enabled)
     g->sealer = std::make_shared<checks::arc_sealer>(cfg->arc_seal, cfg->server.hostname);
   g->make_upstream = [cfg, tls = make_upstream_tls(*cfg), &pool = env_.blocking_pool(), kept = upstream_pool_,
-                       resolver = upstream_by_name ? g->resolver : nullptr](
+                       resolver = upstream_needs_dns ? g->resolver : nullptr](
                          const session_log& log, const connection_state& client, asio::any_io_executor io) {
     return portcullis::make_upstream(*cfg, log, client, std::move(io), pool, tls, kept, resolver);
   };

@@ -404,6 +404,8 @@ class smtp_upstream final : public upstream {
   // cleared the login, or a new HELO. Otherwise the upstream would decide
   // relaying on a stale LOGIN=.
   awaitable<setup_result> identify() {
+    if ((sends_xclient() || sends_xforward()) && wants(sends_xclient() ? "XCLIENT" : "XFORWARD", "NAME"))
+      co_await find_client_hostname();
     if (sends_xclient()) {
       const std::string attributes = client_attributes("XCLIENT");
       if (attributes.empty()) {
@@ -437,6 +439,53 @@ class smtp_upstream final : public upstream {
     co_return std::nullopt;
   }
 
+  // Whether the upstream's `verb` (XCLIENT, XFORWARD) takes `attribute`.
+  bool wants(const std::string& verb, const std::string& attribute) const {
+    const auto offered = caps_.find(verb);
+    if (offered == caps_.end()) return false;
+    std::istringstream words(smtp::to_upper(offered->second));
+    for (std::string w; words >> w;)
+      if (w == attribute) return true;
+    return false;
+  }
+
+  // NAME for XCLIENT and XFORWARD: the client's host name as Postfix's smtpd
+  // finds it, a PTR name of its address whose own address records include
+  // that address (forward-confirmed: what reject_unknown_client_hostname
+  // checks); "[UNAVAILABLE]" without one, "[TEMPUNAVAIL]" when a lookup
+  // failed for now (XCLIENT_README). Looked up through [dns], once a session
+  // for its client's address. (Always "[UNAVAILABLE]" made Postfix refuse
+  // every client under reject_unknown_client_hostname.)
+  awaitable<void> find_client_hostname() {
+    const auto address = unmapped(client_.client.address());
+    if (hostname_of_ == address && !hostname_.empty()) co_return;
+    hostname_of_ = address;
+    hostname_ = "[UNAVAILABLE]";
+    if (!resolver_) co_return;
+    const auto temporary = [](const dns::answer& a) {
+      return a.what == dns::answer::status::timeout || a.what == dns::answer::status::failure;
+    };
+    const auto names = co_await resolver_->async_lookup(dns::reverse_name(address), dns::rr_type::ptr, asio::use_awaitable);
+    bool trouble = temporary(names);
+    const auto family = address.is_v4() ? dns::rr_type::a : dns::rr_type::aaaa;
+    constexpr std::size_t max_names = 10;  // (as for SPF's ptr: RFC 7208 §4.6.4)
+    for (std::size_t i = 0; names.ok() && i < std::min(names.records.size(), max_names); ++i) {
+      std::string name = names.records[i].value;
+      if (!name.empty() && name.back() == '.') name.pop_back();
+      if (name.empty()) continue;
+      const auto addresses = co_await resolver_->async_lookup(name, family, asio::use_awaitable);
+      trouble = trouble || temporary(addresses);
+      for (const auto& r : addresses.records) {
+        boost::system::error_code bad;
+        if (asio::ip::make_address(r.value, bad) == address && !bad) {
+          hostname_ = name;
+          co_return;
+        }
+      }
+    }
+    if (trouble) hostname_ = "[TEMPUNAVAIL]";
+  }
+
   // XCLIENT / XFORWARD attributes the upstream asked for, xtext-encoded
   // (RFC 3461 §4): NAME ADDR PORT PROTO HELO LOGIN.
   std::string client_attributes(const std::string& verb) const {
@@ -450,7 +499,7 @@ class smtp_upstream final : public upstream {
     auto add = [&](const char* name, const std::string& value) {
       if (wanted.count(name)) out += std::string(" ") + name + "=" + xtext(value);
     };
-    add("NAME", "[UNAVAILABLE]");  // no reverse DNS lookups in the proxy
+    add("NAME", hostname_.empty() ? "[UNAVAILABLE]" : hostname_);  // (find_client_hostname)
     add("ADDR", v6 ? "IPV6:" + client_.client_ip : client_.client_ip);  // formatted once, by set_client
     add("PORT", std::to_string(client_.client.port()));
     add("PROTO", client_.esmtp ? "ESMTP" : "SMTP");
@@ -872,7 +921,9 @@ class smtp_upstream final : public upstream {
   std::unique_ptr<line_stream> stream_;  // a unique_ptr: it may go to the pool and come to another session
   std::shared_ptr<tls_client_context> tls_;
   std::shared_ptr<upstream_pool> pool_;  // null: no connection is kept past the session
-  std::shared_ptr<dns::resolver> resolver_;  // null: the system's (getaddrinfo)
+  std::shared_ptr<dns::resolver> resolver_;  // null: the system's (getaddrinfo), and no client host name
+  asio::ip::address hostname_of_;  // the client address hostname_ is the name of
+  std::string hostname_;           // its XCLIENT/XFORWARD NAME (find_client_hostname)
   std::map<std::string, std::string> caps_;  // EHLO keyword (upper case) -> its parameters
   bool in_transaction_ = false;
   bool owed_ = false;    // a command (or message) went out and its reply has not been read: out of step

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
+
+from pathlib import Path
 
 import pytest
 
@@ -461,6 +464,39 @@ def test_xclient_command_on_the_wire(sec_daemon, fake_upstream, tmp_path):
                        f"HELO=weird+3Dhelo+2Bname.test LOGIN=we+2Bird+3Duser")
     assert cmds[2].startswith("EHLO ")
     assert cmds[3] == "MAIL FROM:<a@example.test>"
+
+
+CLIENT_NAMES = {
+    "77.2.0.192.in-addr.arpa": [{"PTR": "mail.client.example.test."}],
+    "mail.client.example.test": [{"A": "192.0.2.77"}],
+    "78.2.0.192.in-addr.arpa": [{"PTR": "liar.example.test"}],  # its name does not lead back to it
+    "liar.example.test": [{"A": "192.0.2.99"}],
+    "80.2.0.192.in-addr.arpa": ["TIMEOUT"],
+}
+
+
+@pytest.mark.parametrize("verb", ["XCLIENT", "XFORWARD"])
+def test_the_client_s_name_is_its_forward_confirmed_ptr_name(sec_daemon, fake_upstream, verb):
+    """NAME was always [UNAVAILABLE] ("the lookup failed for good"): Postfix then refused every
+    client under reject_unknown_client_hostname, those with a good reverse name too."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dns"))
+    from dns_server import DnsServer
+
+    up = fake_upstream({"EHLO": FAKE_EHLO.format(ext=f"{verb} NAME ADDR"), "XCLIENT": "220 fake.upstream ESMTP",
+                        "XFORWARD": "250 2.0.0 Ok"})
+    with DnsServer(CLIENT_NAMES) as dns:
+        d = sec_daemon(up.url, upstream={"client_info": verb.lower(), "pool_size": 0},
+                       server={"proxy_protocol": True}, dns={"nameserver": f"127.0.0.1:{dns.port}", "timeout": 1})
+        want = {"192.0.2.77": "mail.client.example.test", "192.0.2.78": "[UNAVAILABLE]",
+                "192.0.2.79": "[UNAVAILABLE]", "192.0.2.80": "[TEMPUNAVAIL]"}
+        for source, name in want.items():
+            with d.client() as c:
+                c.send(f"PROXY TCP4 {source} 127.0.0.1 45000 25\r\n".encode())
+                c.expect(220)
+                c.exchange("EHLO client.test", 250)
+                assert c.transaction("a@example.test", ["b@example.test"], BODY).code == 250
+            sent = [cmd for cmd in up.commands if cmd.startswith(verb)]
+            assert sent[-1] == f"{verb} NAME={name} ADDR={source}", sent
 
 
 def test_xclient_only_advertised_attributes(sec_daemon, fake_upstream):
