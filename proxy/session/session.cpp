@@ -248,10 +248,14 @@ awaitable<void> session::serve() {
       r = reply{500, "5.5.2", "Command lines must end with CRLF and hold no bare CR or NUL"};
     } else {
       const auto cmd = smtp::parse_command(line.text);
-      if (log_.debugging()) log_.debug("<- {}", printable(cmd.kind == smtp::verb::auth ? cmd.name : line.text));
+      if (log_.debugging()) log_command(cmd, line.text);
       replied_at = stage_label(cmd.kind);
       const bool in_transaction = stage_ == stage::transaction;
       r = co_await dispatch(cmd);
+      if (cmd.kind == smtp::verb::auth)
+        after_refused_auth_ = r.code != 235;
+      else if (cmd.kind != smtp::verb::unknown && !cmd.bad_syntax)
+        after_refused_auth_ = false;
       if (cmd.kind == smtp::verb::rcpt && in_transaction && r.code >= 400)
         (r.code < 500 ? rcpt_tempfailed_ : rcpt_rejected_) = true;
     }
@@ -334,6 +338,26 @@ awaitable<reply> session::dispatch(const smtp::command& cmd) {
     case verb::unknown: break;
   }
   co_return reply{500, "5.5.1", "Command unrecognized"};
+}
+
+// Debug logging shows every command but never credentials: an AUTH's
+// arguments are left out, and so is a line that is no command, which may
+// be a client's base64 credentials pipelined behind an AUTH we refused
+// (538, 503, 504, 421) or sent where a command was expected. Such a line
+// shows its first few characters (a mistyped verb is still seen) and its
+// length, and right after a refused AUTH only its length.
+void session::log_command(const smtp::command& cmd, std::string_view line) const {
+  constexpr std::size_t shown_of_non_command = 4;  // characters of its first word
+  if (cmd.kind == smtp::verb::auth) {
+    log_.debug("<- {}", printable(cmd.name));
+  } else if (cmd.kind != smtp::verb::unknown && !cmd.bad_syntax) {
+    log_.debug("<- {}", printable(line));
+  } else if (after_refused_auth_) {
+    log_.debug("<- a line that is no command, {} octets (not shown: it follows a refused AUTH)", line.size());
+  } else {
+    const auto word = line.substr(0, std::min(line.find(' '), shown_of_non_command));
+    log_.debug("<- a line that is no command, {} octets, starting {}...", line.size(), log_word(word));
+  }
 }
 
 awaitable<reply> session::on_helo(const smtp::command& cmd, bool extended) {

@@ -98,6 +98,7 @@ class session : public std::enable_shared_from_this<session> {
   // The transaction's summary line (once), with what the policies said.
   void log_transaction(const reply& outcome, std::size_t size);
   void log_summary(std::string_view upstream, std::string_view queue_id, std::size_t size, std::string_view outcome);
+  void log_command(const smtp::command& cmd, std::string_view line) const;
   // What a policy said at MAIL, a RCPT or DATA, for the summary line.
   void note_verdict(std::string_view stage, const verdict& v, const smtp::address* rcpt = nullptr);
   // portcullis_transactions_total: once per transaction, whichever way it ends.
@@ -131,6 +132,7 @@ class session : public std::enable_shared_from_this<session> {
   // The transaction's metrics: counted yet; RCPT refusals (temporary, permanent); discarded by policy.
   bool tx_counted_ = false;
   bool tx_logged_ = false;  // its summary line is written
+  bool after_refused_auth_ = false;  // the last command was an AUTH refused (its text is not logged)
   bool rcpt_tempfailed_ = false;
   bool rcpt_rejected_ = false;
   bool discarded_ = false;

@@ -413,6 +413,41 @@ def on_auth(conn, mechanism, username, password):
     assert "on_auth saw bob via LOGIN" in log
 
 
+def test_credentials_pipelined_behind_a_refused_auth_never_logged(auth_daemon):
+    """A client that pipelines its base64 credentials behind an AUTH we refuse
+    (538 without TLS, 504, 503 once logged in) has them read as commands:
+    debug logging shows such a line's length, never its text."""
+    d = auth_daemon(log_level="debug")
+    user, secret = b64("alice"), b64("S3cr3t-pass-Zq")
+    with d.connect() as c:  # in clear: AUTH is refused 538
+        c.send(f"AUTH LOGIN\r\n{user}\r\n{secret}\r\n")
+        c.expect(538, "5.7.11")
+        c.expect(500, "5.5.1")
+        c.expect(500, "5.5.1")
+    with d.tls_connect() as c:
+        c.send(f"AUTH CRAM-MD5\r\n{secret}\r\nNOOP\r\n{b64('other-secret-Kx')}\r\nXYZZY plugh\r\n")
+        c.expect(504)
+        c.expect(500, "5.5.1")
+        c.expect(250)
+        c.expect(500, "5.5.1")
+        c.expect(500, "5.5.1")
+        c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW), 235)
+        c.send(f"AUTH LOGIN\r\n{secret}\r\n")
+        c.expect(503)
+        c.expect(500, "5.5.1")
+    d.wait_log(r"disconnect from", count=2)
+    log = d.log_text()
+    for form in (secret, secret[:8], user, b64("other-secret-Kx")[:8], ALICE_PW):
+        assert form not in log, f"{form!r} is in the log"
+    assert log.count("<- a line that is no command, 20 octets (not shown: it follows a refused AUTH)") == 3, log
+    assert "<- a line that is no command, 8 octets (not shown: it follows a refused AUTH)" in log  # the user
+    assert "<- NOOP" in log
+    # Away from an AUTH, a line that is no command shows its first characters and its length only.
+    assert "<- a line that is no command, 20 octets, starting b3Ro..." in log
+    assert "<- a line that is no command, 11 octets, starting XYZZ..." in log
+    assert "plugh" not in log
+
+
 # --------------------------------------------------------------------------
 # Brute force
 
