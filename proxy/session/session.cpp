@@ -256,8 +256,12 @@ awaitable<void> session::serve() {
         after_refused_auth_ = r.code != 235;
       else if (cmd.kind != smtp::verb::unknown && !cmd.bad_syntax)
         after_refused_auth_ = false;
-      if (cmd.kind == smtp::verb::rcpt && in_transaction && r.code >= 400)
+      if (cmd.kind == smtp::verb::rcpt && in_transaction && r.code >= 400) {
         (r.code < 500 ? rcpt_tempfailed_ : rcpt_rejected_) = true;
+        // Every refused RCPT of the transaction counts in its summary: the relay guard's,
+        // a bad address's and a limit's as well as a policy's or the upstream's.
+        if (stage_ == stage::transaction) ++tx_.rejected_rcpts;
+      }
     }
     if (r.code) metrics::count(metrics::family::replies_total, {replied_at, metrics::reply_class(r.code)});
     if (r.code) queue(r);  // 0: the reply was already written (DATA's 354 path failed)
@@ -703,10 +707,7 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
   auto v = co_await policy_.on_rcpt(conn_, tx_, rcpt);
   note_verdict("rcpt", v, &rcpt);
   apply_rewrites(v);
-  if (v.stops()) {
-    ++tx_.rejected_rcpts;
-    co_return refused_by_policy("RCPT TO:<" + rcpt.str() + ">", v);
-  }
+  if (v.stops()) co_return refused_by_policy("RCPT TO:<" + rcpt.str() + ">", v);
   if (v.what == verdict::kind::discard) {
     // Accepted, never delivered: the client must not learn the difference.
     ++tx_.accepted_rcpts;
@@ -723,7 +724,6 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
   if (tx_.recipients.size() + targets.size() > max_recipients) {
     log_.info("RCPT TO:<{}> refused: its {} new recipient(s) would pass server.max_recipients",
               printable(rcpt.str()), targets.size());
-    ++tx_.rejected_rcpts;
     co_return too_many_recipients();
   }
   const std::size_t delivered_before = tx_.recipients.size();
@@ -745,7 +745,6 @@ awaitable<reply> session::on_rcpt(const smtp::command& cmd) {
     // Targets of a failed redirect that the upstream took are not delivered:
     // the envelope is redone before DATA.
     tx_.recipients.resize(delivered_before);
-    ++tx_.rejected_rcpts;
     log_.info("RCPT TO:<{}> refused: {}", printable(rcpt.str()), printable(r.summary()));
   }
   co_return r;

@@ -131,3 +131,23 @@ def test_the_verdicts_noted_are_bounded(policy_daemon, aiosmtpd_upstream):
     # At most 50 noted, and the field at most 4,000 characters (then "..."): it still closes.
     assert said.endswith('..."') and len(said) <= 4000 + len('..."'), said
     assert 20 <= said.count("rcpt <nobody@example.test> reject by ") <= 50, said
+
+
+def test_every_refused_rcpt_counts_in_rejected_rcpts(start_daemon, aiosmtpd_upstream):
+    """Only refusals by a policy or the upstream were counted: the relay guard's 554 (the most
+    common refusal of an MX), a bad address's 501 and a limit's 452 left rejected_rcpts=0."""
+    d = start_daemon(aiosmtpd_upstream.url, server={"max_recipients": 2},
+                     relay={"local_domains": ["example.test"]})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        c.exchange("MAIL FROM:<ann@example.org>", 250)
+        c.exchange("RCPT TO:<someone@elsewhere.example>", 554, "5.7.1")
+        c.exchange("RCPT TO:<bad address@example.test>", 501)
+        c.exchange("RCPT TO:<one@example.test>", 250)
+        c.exchange("RCPT TO:<two@example.test>", 250)
+        r = c.exchange("RCPT TO:<three@example.test>", 452)
+        c.exchange("DATA", 354)
+        c.send(b"Subject: counted\r\n\r\nbody\r\n.\r\n")
+        assert c.reply().code == 250
+        c.exchange("QUIT", 221)
+    d.wait_log(rf"{sid}: tx={sid}\.1 .* rejected_rcpts=3 .* verdict=delivered$")
