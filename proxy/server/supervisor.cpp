@@ -60,11 +60,12 @@ std::string seconds(std::chrono::steady_clock::duration d) {
 
 // Runs this program with --check-config (the policies load in that child,
 // never in the supervisor). Its output lines when the check failed; empty when it passed.
-// `meanwhile` runs between its reads (every tenth of a second at most):
-// the supervisor's other duties, which a slow check must not hold up; it
+// `meanwhile` runs between its reads (every tenth of a second at most),
+// given the check's pid (its exit is this function's to collect): the
+// supervisor's other duties, which a slow check must not hold up; it
 // returns true when the daemon stops, which abandons the check.
 std::vector<std::string> check_config(const std::filesystem::path& file, const sigset_t& child_mask,
-                                      const std::function<bool()>& meanwhile) {
+                                      const std::function<bool(pid_t)>& meanwhile) {
   std::vector<std::string> problems;
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) return {std::string("cannot check the policies: pipe: ") + std::strerror(errno)};
@@ -114,7 +115,7 @@ std::vector<std::string> check_config(const std::filesystem::path& file, const s
       timed_out = true;
       break;
     }
-    if (stop_pending() || meanwhile()) {
+    if (stop_pending() || meanwhile(pid)) {
       stopping = true;
       break;
     }
@@ -237,14 +238,21 @@ void supervisor::start(unsigned w) {
   spdlog::info("supervisor: worker {} is process {}", w, pid);
 }
 
-void supervisor::reap() {
-  // Worker by worker, never waitpid(-1): a reload's check (a child too) is
-  // waited by check_config, which reaps workers meanwhile.
-  for (auto it = workers_.begin(); it != workers_.end(); ++it) {
-    if (!it->pid) continue;
+void supervisor::reap(pid_t theirs) {
+  // Every child that ended, one at a time (waitid's WNOWAIT looks before
+  // anything is collected): a worker, or a process the supervisor adopted
+  // as process 1 of a container (one a policy left running: never left a
+  // zombie), but not `theirs`, a reload's check, which check_config
+  // collects itself (and after which this runs again).
+  for (;;) {
+    siginfo_t ended{};
+    if (waitid(P_ALL, 0, &ended, WEXITED | WNOHANG | WNOWAIT) != 0 || ended.si_pid == 0) return;
+    if (theirs != 0 && ended.si_pid == theirs) return;
     int status = 0;
-    const pid_t pid = waitpid(it->pid, &status, WNOHANG);
-    if (pid != it->pid) continue;
+    const pid_t pid = waitpid(ended.si_pid, &status, WNOHANG);
+    if (pid != ended.si_pid) return;
+    const auto it = std::find_if(workers_.begin(), workers_.end(), [pid](const worker& w) { return w.pid == pid; });
+    if (it == workers_.end()) continue;  // (an adopted one: nothing more to do)
     const auto w = static_cast<unsigned>(it - workers_.begin());
     const bool was_ready = clients_.ready(w);
     // Its sessions are gone with it: their connections no longer count against their clients.
@@ -305,18 +313,20 @@ void supervisor::reload() {
   // While the check runs (up to check_timeout), a worker that dies is
   // reaped and restarted as in run(): its clients must not wait for a slow
   // policy import. A TERM or INT abandons the check (check_config).
-  const auto tend_workers = [this] {
+  const auto tend_workers = [this](pid_t check) {
     sigset_t child;
     sigemptyset(&child);
     sigaddset(&child, SIGCHLD);
     const timespec now_only{0, 0};
-    if (sigtimedwait(&child, nullptr, &now_only) == SIGCHLD) reap();
+    if (sigtimedwait(&child, nullptr, &now_only) == SIGCHLD) reap(check);
     const auto now = clock::now();
     for (unsigned w = 0; w < workers_.size() && !stopping_; ++w)
       if (!workers_[w].pid && now >= workers_[w].restart_at) start(w);
     return stopping_;
   };
-  if (auto problems = check_config(fresh->file, before_, tend_workers); !problems.empty()) {
+  auto problems = check_config(fresh->file, before_, tend_workers);
+  reap();  // what ended behind the check (its SIGCHLD may have been taken meanwhile)
+  if (!problems.empty()) {
     keep_running(problems);
     return;
   }

@@ -49,7 +49,7 @@ class supervisor {
   };
 
   void start(unsigned w);
-  void reap();
+  void reap(pid_t theirs = 0);  // `theirs`: a child another waits for (a reload's check)
   void reload();
   void stop(int sig);
   std::size_t running() const;

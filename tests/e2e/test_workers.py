@@ -490,3 +490,44 @@ def test_usr1_usr2_and_alrm_are_ignored(start_daemon, aiosmtpd_upstream, workers
         c.exchange("QUIT", 221)
     assert "killed by signal" not in d.log_text()
     assert d.stop() == 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(p) for p in f.read().split()]
+    return found
+
+
+def test_as_process_1_the_supervisor_leaves_no_zombie(start_daemon, aiosmtpd_upstream, tmp_path, portcullis_bin):
+    """In a container the supervisor is process 1 and adopts what a policy left running. It
+    reaped its workers one by one (waitpid(pid)), so every adopted process that ended stayed a
+    zombie for as long as the daemon ran."""
+    if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a PID namespace here")
+    wrapper = tmp_path / "as-pid-1"
+    wrapper.write_text(f'#!/bin/sh\nexec unshare --pid --fork --kill-child --mount-proc {portcullis_bin} "$@"\n')
+    wrapper.chmod(0o755)
+    policy = tmp_path / "orphans.py"
+    policy.write_text("import os\n\ndef on_connect(conn):\n    os.system('sleep 0.2 & exit 0')  # the sleep outlives its shell\n")
+    d = start_daemon(aiosmtpd_upstream.url, server={"workers": 2}, policy={"files": [str(policy)]})
+    d.stop()  # (the same config, again under unshare:)
+    d.binary = wrapper
+    d.start()
+    wait_until(lambda: len(re.findall(r"info listening on ", d.log_text())) >= 2, timeout=10, what="both workers")
+    [supervisor] = _children(d.proc.pid)
+    try:
+        for _ in range(6):
+            with d.connect() as c:
+                c.exchange("QUIT", 221)
+        time.sleep(1.5)  # every sleep has ended
+        states = {}
+        for pid in _children(supervisor):
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            states[pid] = (stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2])
+        assert [s for s in states.values() if s[1] == "Z"] == [], states
+    finally:
+        os.kill(supervisor, signal.SIGTERM)  # (unshare --fork passes no TERM on)
+        d.proc.wait(timeout=20)
