@@ -87,24 +87,25 @@ namespace {
 
 boost::system::error_code last_error() { return {errno, boost::system::system_category()}; }
 
-}  // namespace
-
-boost::system::error_code open_close_on_exec(tcp::acceptor& acceptor, const tcp& protocol) {
+// An acceptor or a socket, opened on a descriptor made close-on-exec from the start.
+template <class Socket>
+boost::system::error_code open_close_on_exec_as(Socket& s, const tcp& protocol) {
   const int fd = ::socket(protocol.family(), SOCK_STREAM | SOCK_CLOEXEC, protocol.protocol());
   if (fd < 0) return last_error();
   boost::system::error_code ec;
-  acceptor.assign(protocol, fd, ec);
+  s.assign(protocol, fd, ec);
   if (ec) ::close(fd);
   return ec;
 }
 
+}  // namespace
+
+boost::system::error_code open_close_on_exec(tcp::acceptor& acceptor, const tcp& protocol) {
+  return open_close_on_exec_as(acceptor, protocol);
+}
+
 boost::system::error_code open_close_on_exec(tcp::socket& socket, const tcp& protocol) {
-  const int fd = ::socket(protocol.family(), SOCK_STREAM | SOCK_CLOEXEC, protocol.protocol());
-  if (fd < 0) return last_error();
-  boost::system::error_code ec;
-  socket.assign(protocol, fd, ec);
-  if (ec) ::close(fd);
-  return ec;
+  return open_close_on_exec_as(socket, protocol);
 }
 
 awaitable<boost::system::error_code> accept_close_on_exec(tcp::acceptor& acceptor, tcp::socket& into, tcp::endpoint& peer) {
