@@ -52,4 +52,23 @@ bool is_valid_utf8(std::string_view s) {
   return true;
 }
 
+bool is_valid_hostname(std::string_view s) {
+  if (s.empty() || s.size() > 255) return false;
+  bool all_numeric = true;
+  std::size_t label = 0;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (c == '.') {
+      if (label == 0 || s[i - 1] == '-') return false;
+      label = 0;
+      continue;
+    }
+    const bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    if (!letter && !is_digit(c) && !(c == '-' && label > 0)) return false;
+    if (++label > 63) return false;
+    all_numeric = all_numeric && is_digit(c);
+  }
+  return label > 0 && s.back() != '-' && !all_numeric;
+}
+
 }  // namespace portcullis::smtp

@@ -59,4 +59,10 @@ inline std::string to_upper(std::string_view s) {
 bool is_valid_utf8(std::string_view s);
 bool is_ascii(std::string_view s);
 
+// A host name as Postfix's valid_hostname takes one (for a name from DNS:
+// a PTR record's): labels of letters, digits, "-" and "_", 1 to 63 octets,
+// none starting or ending with "-", 255 octets in all, and not all digits
+// and dots (that would read as an address).
+bool is_valid_hostname(std::string_view s);
+
 }  // namespace portcullis::smtp

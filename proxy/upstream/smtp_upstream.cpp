@@ -290,8 +290,10 @@ class smtp_upstream final : public upstream {
     // Postfix no longer offers XCLIENT once it was told of a client outside
     // smtpd_authorized_xclient_hosts (XCLIENT_README: "usually no longer
     // authorized"): the next client could not be named on this connection.
-    if (sends_xclient() && !caps_.count("XCLIENT")) {
-      log_.debug("upstream: connection not kept: its last EHLO no longer offers XCLIENT");
+    if (sends_xclient() && (!caps_.count("XCLIENT") || extensions_unknown_)) {
+      log_.debug("upstream: connection not kept: {}", extensions_unknown_
+                                                          ? "after the client's HELO, whether it offers XCLIENT is unknown"
+                                                          : "its last EHLO no longer offers XCLIENT");
       return false;
     }
     if (refused_) {
@@ -472,7 +474,9 @@ class smtp_upstream final : public upstream {
     for (std::size_t i = 0; names.ok() && i < std::min(names.records.size(), max_names); ++i) {
       std::string name = names.records[i].value;
       if (!name.empty() && name.back() == '.') name.pop_back();
-      if (name.empty()) continue;
+      // Postfix refuses XCLIENT with a NAME that is no host name (501 Bad NAME syntax: every
+      // MAIL of the client would fail), and its smtpd takes such a name for "unknown" itself.
+      if (!smtp::is_valid_hostname(name)) continue;
       const auto addresses = co_await resolver_->async_lookup(name, family, asio::use_awaitable);
       trouble = trouble || temporary(addresses);
       for (const auto& r : addresses.records) {
@@ -569,10 +573,12 @@ class smtp_upstream final : public upstream {
     const std::string line = (extended ? "EHLO " : "HELO ") + name;
     auto ehlo = co_await command(line, extended ? reply_to::ehlo : reply_to::helo);
     const bool unknown_command = ehlo.reply.code == 500 || ehlo.reply.code == 502;
+    bool listed = extended;  // an EHLO's reply lists the extensions, a HELO's none
     if (extended && !ehlo.failed && ehlo.reply.permanent() && stream_ && (!for_client || unknown_command)) {
       const std::string helo_line = "HELO " + name;
       auto helo = co_await command(helo_line, reply_to::helo);  // RFC 5321 §3.2
       ehlo = std::move(helo);
+      listed = false;
     }
     if (ehlo.failed) co_return setup_failure{*ehlo.failed};
     if (!ehlo.ok()) {
@@ -585,6 +591,14 @@ class smtp_upstream final : public upstream {
       }
       co_return setup_failure{upstream_failure::unreachable};
     }
+    if (for_client && !listed) {
+      // What the upstream offered before XCLIENT stands for this session (its
+      // next MAIL finds XCLIENT there, said already); whether it still offers
+      // XCLIENT is unknown, so the connection is not kept for another client.
+      extensions_unknown_ = true;
+      co_return std::nullopt;
+    }
+    extensions_unknown_ = false;
     caps_.clear();
     for (std::size_t i = 1; i < ehlo.reply.lines.size(); ++i) {
       const auto& l = ehlo.reply.lines[i];
@@ -922,6 +936,7 @@ class smtp_upstream final : public upstream {
   std::shared_ptr<tls_client_context> tls_;
   std::shared_ptr<upstream_pool> pool_;  // null: no connection is kept past the session
   std::shared_ptr<dns::resolver> resolver_;  // null: the system's (getaddrinfo), and no client host name
+  bool extensions_unknown_ = false;  // the last greeting was the client's HELO after XCLIENT (ehlo)
   asio::ip::address hostname_of_;  // the client address hostname_ is the name of
   std::string hostname_;           // its XCLIENT/XFORWARD NAME (find_client_hostname)
   std::map<std::string, std::string> caps_;  // EHLO keyword (upper case) -> its parameters

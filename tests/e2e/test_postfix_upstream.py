@@ -355,6 +355,19 @@ def test_postfix_refusing_the_clients_helo_name_after_xclient_is_heard_as_it_is(
     deliver(d, "127.0.0.1", helo="good.test")  # another name is served
 
 
+def test_a_client_that_said_helo_sends_several_messages_on_one_connection(sec_daemon, postfix_tls):
+    """The HELO after XCLIENT lists no extensions: they were dropped, and the next MAIL found no
+    XCLIENT offered (an error, the connection dropped, a new one)."""
+    d = sec_daemon(postfix_tls.url, upstream={"client_info": "xclient"})
+    with d.connect(ehlo=None) as c:
+        c.exchange("HELO old.client.test", 250)
+        for _ in range(3):
+            r = c.transaction("sender@remote.test", ["user@example.test"], BODY)
+            assert (r.code, r.status) == (250, "2.0.0"), str(r)
+        c.exchange("QUIT", 221)
+    assert "does not offer XCLIENT" not in d.log_text()
+
+
 def test_a_client_that_said_helo_is_smtp_to_postfix_after_xclient(sec_daemon, postfix_helo_checks):
     """XCLIENT PROTO=SMTP was overwritten by the proxy's own EHLO after it: Postfix recorded ESMTP."""
     d = sec_daemon(postfix_helo_checks.url, upstream={"client_info": "xclient", "pool_size": 0})
@@ -472,6 +485,8 @@ CLIENT_NAMES = {
     "78.2.0.192.in-addr.arpa": [{"PTR": "liar.example.test"}],  # its name does not lead back to it
     "liar.example.test": [{"A": "192.0.2.99"}],
     "80.2.0.192.in-addr.arpa": ["TIMEOUT"],
+    "81.2.0.192.in-addr.arpa": [{"PTR": "-mail.client.example.test"}],  # no host name: Postfix would refuse it
+    "-mail.client.example.test": [{"A": "192.0.2.81"}],
 }
 
 
@@ -488,7 +503,7 @@ def test_the_client_s_name_is_its_forward_confirmed_ptr_name(sec_daemon, fake_up
         d = sec_daemon(up.url, upstream={"client_info": verb.lower(), "pool_size": 0},
                        server={"proxy_protocol": True}, dns={"nameserver": f"127.0.0.1:{dns.port}", "timeout": 1})
         want = {"192.0.2.77": "mail.client.example.test", "192.0.2.78": "[UNAVAILABLE]",
-                "192.0.2.79": "[UNAVAILABLE]", "192.0.2.80": "[TEMPUNAVAIL]"}
+                "192.0.2.79": "[UNAVAILABLE]", "192.0.2.80": "[TEMPUNAVAIL]", "192.0.2.81": "[UNAVAILABLE]"}
         for source, name in want.items():
             with d.client() as c:
                 c.send(f"PROXY TCP4 {source} 127.0.0.1 45000 25\r\n".encode())

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace portcullis::smtp {
@@ -58,6 +59,37 @@ TEST(IsValidUtf8, Table) {
     SCOPED_TRACE(testing::PrintToString(s));
     EXPECT_EQ(is_valid_utf8(s), want);
   }
+}
+
+// Postfix's valid_hostname: what a PTR name must be to go upstream as XCLIENT NAME.
+TEST(IsValidHostname, Table) {
+  const std::string label63(63, 'a'), label64(64, 'a');
+  std::string long_name;
+  while (long_name.size() < 255) long_name.append("abcd.");
+  const std::vector<std::pair<std::string, bool>> cases = {
+      {"mail.example.test", true},
+      {"MAIL-1.Example.test", true},
+      {"a", true},
+      {"_dmarc.example.test", true},
+      {"1a.example.test", true},
+      {"123.example", true},  // a digit-only label, not an address
+      {label63 + ".test", true},
+      {long_name + "test", false},  // over 255
+      {"", false},
+      {"-mail.example.test", false},
+      {"mail-.example.test", false},
+      {"mail.-example.test", false},
+      {"mail..example.test", false},
+      {".example.test", false},
+      {"example.test.", false},
+      {"192.0.2.78", false},  // all digits and dots
+      {"2001:db8::1", false},
+      {"mail example.test", false},
+      {"mail\x80.example.test", false},
+      {"mail/x.example.test", false},
+      {label64 + ".test", false},
+  };
+  for (const auto& [name, want] : cases) EXPECT_EQ(is_valid_hostname(name), want) << name;
 }
 
 TEST(IsAscii, Table) {
