@@ -78,7 +78,7 @@ from portcullis.maps import MapError
 from portcullis.settings import Settings
 
 ACTIONS = ("REJECT", "DEFER", "DISCARD", "WARN", "IGNORE", "REPLACE", "PREPEND", "DUNNO", "OK")
-_STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\s+")
+_STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")  # (a status alone, with no text, too)
 _MACRO = re.compile(r"\$(?:\{([^}]*)\}|\(([^)]*)\)|(\w+))", re.ASCII)  # Postfix's mac_parse: $name, ${name}, $(name)
 _FIELD = re.compile(r"([!-9;-~]+):\s?(.*)\Z", re.S)
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}

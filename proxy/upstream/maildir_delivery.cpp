@@ -95,10 +95,13 @@ delivery deliver(const std::filesystem::path& root, const std::string& hostname,
   // A Maildir is its owner's alone (Postfix's local(8), maildirmake: 0700):
   // what is made of it here is made so (0755 let every local user list the
   // mail's arrival times); what exists stays as its owner set it.
+  // (maildir:/x/Maildir/ names /x/Maildir: its "parent" must not be made first.)
   std::error_code ec;
-  if (root.has_parent_path()) std::filesystem::create_directories(root.parent_path(), ec);
-  ::mkdir(root.c_str(), 0700);
-  for (const char* sub : {"tmp", "new", "cur"}) ::mkdir((root / sub).c_str(), 0700);
+  auto dir = root.lexically_normal();
+  if (!dir.has_filename() && dir.has_parent_path()) dir = dir.parent_path();
+  if (dir.has_parent_path()) std::filesystem::create_directories(dir.parent_path(), ec);
+  ::mkdir(dir.c_str(), 0700);
+  for (const char* sub : {"tmp", "new", "cur"}) ::mkdir((dir / sub).c_str(), 0700);
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
   // Unique per host (Maildir: time.unique.host): microseconds, pid, a counter.

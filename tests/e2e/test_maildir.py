@@ -52,12 +52,12 @@ def test_each_transaction_its_own_file_and_recipients_once(start_daemon, tmp_pat
 def test_the_maildir_made_is_its_owners_alone(start_daemon, tmp_path):
     """Its directories were made 0755 (the umask's): any local user could list when mail
     came and how much. Made 0700 as Postfix's local(8) makes them; an existing one keeps its mode."""
-    maildir = tmp_path / "deep" / "Maildir"
-    d = start_daemon(f"maildir:{maildir}")
-    with d.connect() as c:
-        assert c.transaction("sender@example.test", [R[0]], b"Subject: x\r\n\r\nbody").code == 250
-    for path in (maildir, maildir / "tmp", maildir / "new", maildir / "cur"):
-        assert path.stat().st_mode & 0o777 == 0o700, f"{path}: {oct(path.stat().st_mode & 0o777)}"
+    for maildir, url in ((tmp_path / "deep" / "Maildir", ""), (tmp_path / "slash" / "Maildir", "/")):
+        d = start_daemon(f"maildir:{maildir}{url}")
+        with d.connect() as c:
+            assert c.transaction("sender@example.test", [R[0]], b"Subject: x\r\n\r\nbody").code == 250
+        for path in (maildir, maildir / "tmp", maildir / "new", maildir / "cur"):
+            assert path.stat().st_mode & 0o777 == 0o700, f"{path}: {oct(path.stat().st_mode & 0o777)}"
     shared = tmp_path / "Shared"
     for sub in ("tmp", "new", "cur"):
         (shared / sub).mkdir(parents=True)

@@ -69,6 +69,11 @@ def test_a_reject_with_a_4xx_status_and_every_defer_are_temporary(tmp_path, capl
         assert send(h, BASE + "Subject: hard\r\n")[0] == (550, "5.7.2", "Hard")
     warned = [r.getMessage() for r in caplog.records if "as Postfix makes it" in r.getMessage()]  # at load
     assert len(warned) == 2 and "line 2: DEFER 5.7.1" in warned[0] and "line 3: REJECT 2.0.0" in warned[1]
+    # A status with no text after it is a status too (it read as the text "4.7.1" of a 550).
+    rules = "/^Subject:.*bare4/  REJECT 4.7.1\n/^Subject:.*bare5/  DEFER 5.7.1\n"
+    with harness(tmp_path, rules) as h:
+        assert send(h, BASE + "Subject: bare4\r\n")[0] == (451, "4.7.1", "Message content rejected")
+        assert send(h, BASE + "Subject: bare5\r\n")[0] == (451, "4.7.1", "Message content deferred")
 
 
 def test_ignore_replace_prepend_edit_only_the_matching_field(tmp_path):
