@@ -9,7 +9,7 @@
 #include <cstring>
 #include <vector>
 
-#include "net/network.hpp"
+#include "net/close_on_exec.hpp"
 
 namespace portcullis {
 
@@ -290,7 +290,7 @@ awaitable<boost::system::error_code> line_stream::connect(const tcp::resolver::r
   boost::system::error_code ec = asio::error::host_not_found;
   arm(std::chrono::steady_clock::now() + timeout);
   // Each address in turn, as asio::async_connect would, but on a socket
-  // opened close-on-exec (network.hpp open_close_on_exec).
+  // opened close-on-exec (close_on_exec.hpp).
   for (const auto& entry : endpoints) {
     boost::system::error_code ignored;
     socket_.close(ignored);

@@ -42,16 +42,4 @@ std::string address_literal(std::string_view ip);
 // "192.0.2.1:25" or "[2001:db8::1]:25", as the config checked it (config.cpp is_ip_endpoint).
 tcp::endpoint parse_endpoint(const std::string& hostport);
 
-// Every socket the daemon opens is close-on-exec, made so by the call that
-// makes it (SOCK_CLOEXEC, accept4), not by a later fcntl: a policy's child
-// (os.system, subprocess with close_fds=False), started by another thread at
-// any moment, must not inherit a listening port (it would keep the port
-// after the daemon stopped and, under SO_REUSEPORT, take its connections), a
-// client or an upstream connection. Asio's own open() and accept() do not.
-boost::system::error_code open_close_on_exec(tcp::acceptor& acceptor, const tcp& protocol);
-boost::system::error_code open_close_on_exec(tcp::socket& socket, const tcp& protocol);
-// The next connection on `acceptor`, accepted close-on-exec into `into` (closed
-// before); `peer` set from accept itself. Errors as async_accept's.
-awaitable<boost::system::error_code> accept_close_on_exec(tcp::acceptor& acceptor, tcp::socket& into, tcp::endpoint& peer);
-
 }  // namespace portcullis

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "log.hpp"
+#include "net/close_on_exec.hpp"
 #include "net/network.hpp"
 
 namespace portcullis {

@@ -18,6 +18,7 @@
 #include "log.hpp"
 #include "metrics/metrics.hpp"
 #include "net/io_pool.hpp"
+#include "net/close_on_exec.hpp"
 #include "net/network.hpp"
 #include "net/session_executor.hpp"
 #include "policy/python_engine.hpp"
