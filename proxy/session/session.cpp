@@ -405,6 +405,8 @@ bool session::auth_offered() const { return cfg_.auth.enabled && (conn_.tls || c
 // the size is not one, and a chunk over max_message_size is not worth
 // reading: the connection is closed then.
 awaitable<reply> session::on_bdat(const smtp::command& cmd) {
+  // (cmd's views point into the read buffer: gone once the chunk is read. Copied first.)
+  const std::string verb(cmd.name);
   const auto size = smtp::bdat_chunk_size(cmd.arg);
   if (!size || *size > cfg_.server.max_message_size) {
     log_.warn("BDAT {} (CHUNKING is not offered): {}; closing", printable(cmd.arg),
@@ -423,7 +425,7 @@ awaitable<reply> session::on_bdat(const smtp::command& cmd) {
     left -= take;
   }
   log_.info("BDAT (CHUNKING is not offered): its {} octets dropped", *size);
-  co_return reply{502, "5.5.1", std::string(cmd.name) + " not implemented (use DATA)"};
+  co_return reply{502, "5.5.1", verb + " not implemented (use DATA)"};
 }
 
 awaitable<reply> session::on_auth(const smtp::command& cmd) {
