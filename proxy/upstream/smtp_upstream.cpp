@@ -406,7 +406,7 @@ class smtp_upstream final : public upstream {
   // cleared the login, or a new HELO. Otherwise the upstream would decide
   // relaying on a stale LOGIN=.
   awaitable<setup_result> identify() {
-    if ((sends_xclient() || sends_xforward()) && wants(sends_xclient() ? "XCLIENT" : "XFORWARD", "NAME"))
+    if ((sends_xclient() || sends_xforward()) && offered_attributes(sends_xclient() ? "XCLIENT" : "XFORWARD").count("NAME"))
       co_await find_client_hostname();
     if (sends_xclient()) {
       const std::string attributes = client_attributes("XCLIENT");
@@ -441,14 +441,14 @@ class smtp_upstream final : public upstream {
     co_return std::nullopt;
   }
 
-  // Whether the upstream's `verb` (XCLIENT, XFORWARD) takes `attribute`.
-  bool wants(const std::string& verb, const std::string& attribute) const {
-    const auto offered = caps_.find(verb);
-    if (offered == caps_.end()) return false;
-    std::istringstream words(smtp::to_upper(offered->second));
-    for (std::string w; words >> w;)
-      if (w == attribute) return true;
-    return false;
+  // The attributes the upstream's `verb` (XCLIENT, XFORWARD) takes, upper case: its EHLO keyword's parameters.
+  std::set<std::string> offered_attributes(const std::string& verb) const {
+    std::set<std::string> wanted;
+    if (const auto offered = caps_.find(verb); offered != caps_.end()) {
+      std::istringstream words(smtp::to_upper(offered->second));
+      for (std::string w; words >> w;) wanted.insert(w);
+    }
+    return wanted;
   }
 
   // NAME for XCLIENT and XFORWARD: the client's host name as Postfix's smtpd
@@ -493,11 +493,8 @@ class smtp_upstream final : public upstream {
   // XCLIENT / XFORWARD attributes the upstream asked for, xtext-encoded
   // (RFC 3461 §4): NAME ADDR PORT PROTO HELO LOGIN.
   std::string client_attributes(const std::string& verb) const {
-    const auto offered = caps_.find(verb);
-    if (offered == caps_.end()) return {};
-    std::set<std::string> wanted;
-    std::istringstream words(smtp::to_upper(offered->second));
-    for (std::string w; words >> w;) wanted.insert(w);
+    if (!caps_.count(verb)) return {};
+    const auto wanted = offered_attributes(verb);
     const bool v6 = unmapped(client_.client.address()).is_v6();
     std::string out;
     auto add = [&](const char* name, const std::string& value) {
