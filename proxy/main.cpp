@@ -216,19 +216,28 @@ std::vector<std::string> start_up_problems(const portcullis::config& cfg) {
 // (message buffers of a MiB). The daemon has many threads (I/O, checks,
 // policy) but little contention: two arenas cut the peak RSS of 20 sessions
 // relaying 1 MiB messages by about 5 MiB at no cost in CPU (bench/bench.py).
-// Set before any thread exists; MALLOC_ARENA_MAX or a GLIBC_TUNABLES
-// arena_max in the environment still decides.
-void limit_malloc_arenas() {
+//
+// glibc also raises its mmap threshold to the largest block freed, so after
+// the first big message the stores' buffers (up to message_memory_threshold)
+// come from the arenas and stay there once freed. A fixed threshold of
+// 128 KiB (glibc's starting value) gives them back at free: 57.1 -> 53.2 MiB
+// peak RSS in the same case, the CPU per message within the noise.
+//
+// Set before any thread exists; the environment (MALLOC_ARENA_MAX,
+// MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES) still decides what it names.
+void tune_malloc() {
   const char* tunables = std::getenv("GLIBC_TUNABLES");
-  if (std::getenv("MALLOC_ARENA_MAX") != nullptr || (tunables != nullptr && std::strstr(tunables, "arena_max") != nullptr))
-    return;
-  mallopt(M_ARENA_MAX, 2);
+  const auto set_by_environment = [tunables](const char* variable, const char* tunable) {
+    return std::getenv(variable) != nullptr || (tunables != nullptr && std::strstr(tunables, tunable) != nullptr);
+  };
+  if (!set_by_environment("MALLOC_ARENA_MAX", "arena_max")) mallopt(M_ARENA_MAX, 2);
+  if (!set_by_environment("MALLOC_MMAP_THRESHOLD_", "mmap_threshold")) mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  limit_malloc_arenas();
+  tune_malloc();
   if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
     std::cout << usage;  // asked for: stdout and success; a wrong command line gets it on stderr, exit 2
     return 0;
