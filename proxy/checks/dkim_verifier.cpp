@@ -24,10 +24,58 @@ struct signature_state {
   bool decided = false;
 };
 
+// Whether a signature of `signer` (its d=) may align with `author` (RFC 7489
+// §3.1.1): the same organizational domain when `organizational` is given;
+// else the same domain, a parent or a subdomain of it.
+bool may_align(std::string_view signer, const std::string& author, const dkim_verifier::domain_map& organizational) {
+  const auto under = [](std::string_view name, std::string_view parent) {
+    return name.size() > parent.size() && name.ends_with(parent) && name[name.size() - parent.size() - 1] == '.';
+  };
+  if (signer == author || under(signer, author) || under(author, signer)) return true;
+  return organizational && organizational(signer) == organizational(author);
+}
+
+// The indexes of the DKIM-Signature fields to evaluate, top down: all of
+// them when they are at most `max`; else `max` of them, those that may
+// align with an author domain first. Sets `total` to how many there are.
+std::vector<std::size_t> signatures_to_evaluate(const std::vector<std::string>& fields, std::size_t max,
+                                                const dkim_verifier::domain_map& organizational,
+                                                std::size_t& total) {
+  std::vector<std::size_t> signatures;
+  std::vector<std::string> from;
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    const auto name = smtp::header_field_name(fields[i]);
+    if (smtp::equals_nocase(name, "DKIM-Signature")) signatures.push_back(i);
+    if (smtp::equals_nocase(name, "From")) from.push_back(smtp::header_field_value(fields[i]));
+  }
+  total = signatures.size();
+  if (signatures.size() <= max) return signatures;
+  std::string problem;
+  const auto authors = author_domains(from, problem);
+  std::vector<std::size_t> chosen, others;
+  for (const auto i : signatures) {
+    std::string error;
+    const auto tags = authors ? parse_dkim_tags(smtp::header_field_value(fields[i]), error) : std::nullopt;
+    const auto d = tags ? std::find_if(tags->begin(), tags->end(), [](const auto& t) { return t.first == "d"; })
+                        : dkim_tags::const_iterator{};
+    const bool aligned = tags && d != tags->end() && std::any_of(authors->begin(), authors->end(), [&](const auto& a) {
+                           return may_align(smtp::to_lower(d->second), a, organizational);
+                         });
+    if (chosen.size() < max && aligned) chosen.push_back(i);
+    else if (others.size() < max) others.push_back(i);
+  }
+  for (std::size_t k = 0; chosen.size() < max; ++k) chosen.push_back(others[k]);
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
 }  // namespace
 
-dkim_verifier::dkim_verifier(txt_lookup lookup, unsigned max_signatures)
-    : lookup_(std::move(lookup)), max_signatures_(max_signatures), keys_(std::make_unique<dkim_key_cache>()) {
+dkim_verifier::dkim_verifier(txt_lookup lookup, unsigned max_signatures, domain_map organizational_domain)
+    : lookup_(std::move(lookup)),
+      max_signatures_(max_signatures),
+      organizational_domain_(std::move(organizational_domain)),
+      keys_(std::make_unique<dkim_key_cache>()) {
   sha256();  // (fails here, at start-up, if ever)
 }
 
@@ -37,7 +85,7 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
   using kind = dkim_signature::kind;
   std::vector<signature_state> sigs;
   std::vector<std::unique_ptr<body_hasher>> hashers;
-  std::size_t past_limit = 0;  // signatures not evaluated: counted, not parsed nor kept
+  std::size_t past_limit = 0;  // signatures not evaluated: counted, not verified nor kept
 
   const auto decide = [](signature_state& s, kind k, std::string problem) {
     s.result.result = k;
@@ -46,12 +94,10 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
   };
   // Once the header is read: the signatures, each parsed, and a body hasher for each way the body is wanted.
   const auto read_signatures = [&](const std::vector<std::string>& fields) {
-    for (std::size_t i = 0; i < fields.size(); ++i) {
-      if (!smtp::equals_nocase(smtp::header_field_name(fields[i]), "DKIM-Signature")) continue;
-      if (sigs.size() >= max_signatures_) {
-        ++past_limit;
-        continue;
-      }
+    std::size_t total = 0;
+    const auto chosen = signatures_to_evaluate(fields, max_signatures_, organizational_domain_, total);
+    past_limit = total - chosen.size();
+    for (const auto i : chosen) {
       signature_state s;
       s.field = i;
       if (auto problem = parse_dkim_signature(smtp::header_field_value(fields[i]), s.tags); !problem.empty()) {
@@ -114,7 +160,7 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
     dkim_signature rest;
     rest.result = kind::neutral;
     rest.problem = std::to_string(past_limit) + " more signature" + (past_limit == 1 ? "" : "s") +
-                   " not evaluated (past the first " + std::to_string(max_signatures_) + ")";
+                   " not evaluated (limit " + std::to_string(max_signatures_) + ")";
     out.push_back(std::move(rest));
   }
   return out;

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "checks/dkim_keys.hpp"
 #include "checks/results.hpp"
@@ -29,12 +30,20 @@ class dkim_verifier {
   // A TXT lookup (the resolver's, blocking; a table in the tests).
   using txt_lookup = checks::txt_lookup;
 
-  // At most `max_signatures` signatures are evaluated (the first ones, top
-  // down); the others are only counted, in one neutral entry at the end
-  // ("N more signatures not evaluated"), so that what follows a message's
-  // results (log lines, metrics, Authentication-Results, tx.dkim) stays
-  // bounded however many it has.
-  dkim_verifier(txt_lookup lookup, unsigned max_signatures);
+  // The organizational domain of a name (DMARC's, by the Public Suffix List).
+  using domain_map = std::function<std::string(std::string_view)>;
+
+  // At most `max_signatures` signatures are evaluated; the others are only
+  // counted, in one neutral entry at the end ("N more signatures not
+  // evaluated"), so that what follows a message's results (log lines,
+  // metrics, Authentication-Results, tx.dkim) stays bounded however many it
+  // has. When there are more, those that may align with an author domain
+  // (RFC 7489 §3.1.1: d= of the same organizational domain, given
+  // `organizational_domain`, else the domain itself, a parent or a
+  // subdomain) go first, top down, then the others: signatures that lists
+  // and forwarders add on top cannot push out the author's, which DMARC
+  // needs.
+  dkim_verifier(txt_lookup lookup, unsigned max_signatures, domain_map organizational_domain = {});
   ~dkim_verifier();
   dkim_verifier(const dkim_verifier&) = delete;
   dkim_verifier& operator=(const dkim_verifier&) = delete;
@@ -48,6 +57,7 @@ class dkim_verifier {
  private:
   txt_lookup lookup_;
   unsigned max_signatures_;
+  domain_map organizational_domain_;
   std::unique_ptr<dkim_key_cache> keys_;
 };
 

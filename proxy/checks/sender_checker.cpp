@@ -70,8 +70,10 @@ sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const se
     spf_.emplace(lookup, settings.receiver, settings.spf_skip_networks);
   }
   const auto txt = [r](const std::string& name) { return look_up(*r, name, dns::rr_type::txt); };
-  if (settings.dkim) dkim_.emplace(txt, settings.max_dkim_signatures);
   if (settings.dmarc) dmarc_.emplace(txt);
+  dkim_verifier::domain_map organizational;  // (DMARC's: the signatures it may use go first)
+  if (dmarc_) organizational = [d = &*dmarc_](std::string_view name) { return d->organizational_domain(name); };
+  if (settings.dkim) dkim_.emplace(txt, settings.max_dkim_signatures, std::move(organizational));
   if (settings.arc) arc_.emplace(txt);
 }
 

@@ -165,7 +165,7 @@ def test_many_signatures_are_bounded(dkim_daemon, keys):
     started = time.monotonic()
     assert dkim_of(d, hostile) == "pass:example.test:rsa*3,neutral::"  # the 197 others: one entry, no name
     assert time.monotonic() - started < 10
-    d.wait_log(r"[0-9A-F]{12}: dkim=neutral d= s= \(197 more signatures not evaluated \(past the first 3\)\)$")
+    d.wait_log(r"[0-9A-F]{12}: dkim=neutral d= s= \(197 more signatures not evaluated \(limit 3\)\)$")
 
 
 def test_signatures_past_the_limit_cost_one_result_downstream(policy_daemon, aiosmtpd_upstream, dns_server):
@@ -183,7 +183,7 @@ def test_signatures_past_the_limit_cost_one_result_downstream(policy_daemon, aio
     ours = content.split(b"\r\nReceived: ", 1)[0].decode()
     assert ours.startswith(f"Authentication-Results: {HOSTNAME};"), ours[:200]
     assert ours.count("dkim=") == 6, ours[:2000]
-    assert ours.endswith('\tdkim=neutral reason="19995 more signatures not evaluated (past the first 5)"'), ours[-300:]
+    assert ours.endswith('\tdkim=neutral reason="19995 more signatures not evaluated (limit 5)"'), ours[-300:]
     assert len(ours) < 2000
     d.wait_log(r"policy got 6 dkim results")
     assert d.log_text().count("dkim=") < 20

@@ -60,10 +60,10 @@ TEST(AuthenticationResultsHeader, ADkimEntryForNoOneSignature) {
   one.selector = "s";
   dkim_signature counted;
   counted.result = dkim_signature::kind::neutral;
-  counted.problem = "19999 more signatures not evaluated (past the first 5)";
+  counted.problem = "19999 more signatures not evaluated (limit 5)";
   EXPECT_EQ(authentication_results_header("mx", std::nullopt, dkim_results{one, counted}),
             "Authentication-Results: mx;\r\n\tdkim=pass header.d=example.test header.s=s;\r\n"
-            "\tdkim=neutral reason=\"19999 more signatures not evaluated (past the first 5)\"\r\n");
+            "\tdkim=neutral reason=\"19999 more signatures not evaluated (limit 5)\"\r\n");
 }
 
 TEST(ReportedPasses, WhatAnAuthenticationResultsValueSaysPassed) {
