@@ -11,6 +11,8 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <string_view>
+#include <vector>
 
 #include "dns/resolver.hpp"
 #include "log.hpp"
@@ -429,13 +431,14 @@ class smtp_upstream final : public upstream {
         close();
         co_return setup_failure{upstream_failure::client_info_refused};
       }
-      const std::string line = "XFORWARD" + attributes;
-      auto forwarded = co_await command(line, reply_to::xforward);
-      if (forwarded.failed) co_return setup_failure{*forwarded.failed};
-      if (!forwarded.ok()) {
-        log_.error("upstream: XFORWARD refused: {}", printable(forwarded.reply.summary()));
-        close();
-        co_return setup_failure{upstream_failure::client_info_refused};
+      for (const auto& line : command_lines("XFORWARD", attributes)) {
+        auto forwarded = co_await command(line, reply_to::xforward);
+        if (forwarded.failed) co_return setup_failure{*forwarded.failed};
+        if (!forwarded.ok()) {
+          log_.error("upstream: XFORWARD refused: {}", printable(forwarded.reply.summary()));
+          close();
+          co_return setup_failure{upstream_failure::client_info_refused};
+        }
       }
     }
     co_return std::nullopt;
@@ -491,22 +494,50 @@ class smtp_upstream final : public upstream {
   }
 
   // XCLIENT / XFORWARD attributes the upstream asked for, xtext-encoded
-  // (RFC 3461 §4): NAME ADDR PORT PROTO HELO LOGIN.
+  // (RFC 3461 §4): NAME ADDR PORT PROTO HELO LOGIN. Postfix refuses the
+  // whole command (501) for a value over 255 octets as sent, which a HELO
+  // name or a login full of characters xtext encodes can be: such a HELO is
+  // left out (the EHLO after XCLIENT names the client), such a LOGIN goes
+  // as [UNAVAILABLE] (left out, the last client's on this connection would
+  // stand; the upstream then sees no login: less trust, never more).
   std::string client_attributes(const std::string& verb) const {
     if (!caps_.count(verb)) return {};
+    constexpr std::size_t max_value = 255;
     const auto wanted = offered_attributes(verb);
     const bool v6 = unmapped(client_.client.address()).is_v6();
     std::string out;
-    auto add = [&](const char* name, const std::string& value) {
-      if (wanted.count(name)) out += std::string(" ") + name + "=" + xtext(value);
+    auto add = [&](const char* name, const std::string& value, const char* if_too_long = nullptr) {
+      if (!wanted.count(name)) return;
+      auto encoded = xtext(value);
+      if (encoded.size() > max_value && !if_too_long) return;
+      if (encoded.size() > max_value) encoded = if_too_long;
+      out += std::string(" ") + name + "=" + encoded;
     };
     add("NAME", hostname_.empty() ? "[UNAVAILABLE]" : hostname_);  // (find_client_hostname)
     add("ADDR", v6 ? "IPV6:" + client_.client_ip : client_.client_ip);  // formatted once, by set_client
     add("PORT", std::to_string(client_.client.port()));
     add("PROTO", client_.esmtp ? "ESMTP" : "SMTP");
     add("HELO", client_.helo.empty() ? "[UNAVAILABLE]" : client_.helo);
-    if (verb == "XCLIENT") add("LOGIN", client_.auth_user.value_or("[UNAVAILABLE]"));
+    if (verb == "XCLIENT") add("LOGIN", client_.auth_user.value_or("[UNAVAILABLE]"), "[UNAVAILABLE]");
     return out;
+  }
+
+  // The commands that carry `attributes` (" NAME=... ADDR=...", xtext: no
+  // space within a value): as few as keep each line within SMTP's 512
+  // octets, the attributes in order, as XCLIENT_README and XFORWARD_README
+  // ask ("send the information in multiple commands"): a HELO name and a
+  // login of 255 octets each fill more than one line.
+  static std::vector<std::string> command_lines(const std::string& verb, std::string_view attributes) {
+    constexpr std::size_t max_line = 510;  // 512 with the CRLF
+    std::vector<std::string> lines{verb};
+    while (!attributes.empty()) {
+      const auto end = std::min(attributes.find(' ', 1), attributes.size());
+      const auto attribute = attributes.substr(0, end);  // (at most " LOGIN=" and 255 octets)
+      if (lines.back().size() + attribute.size() > max_line) lines.push_back(verb);
+      lines.back() += attribute;
+      attributes.remove_prefix(end);
+    }
+    return lines;
   }
 
   // The name our EHLO after XCLIENT gives: the client's.
@@ -531,13 +562,14 @@ class smtp_upstream final : public upstream {
   // greets again; we EHLO again (XCLIENT_README). Refused, we fail closed:
   // relaying as 127.0.0.1 could make the upstream trust every client.
   awaitable<setup_result> send_xclient(const std::string& attributes, const std::string& identity) {
-    const std::string line = "XCLIENT" + attributes;
-    auto greeting = co_await command(line, reply_to::xclient);
-    if (greeting.failed) co_return setup_failure{*greeting.failed};
-    if (!greeting.ok()) {
-      log_.error("upstream: XCLIENT refused: {}", printable(greeting.reply.summary()));
-      close();
-      co_return setup_failure{upstream_failure::client_info_refused};
+    for (const auto& line : command_lines("XCLIENT", attributes)) {
+      auto greeting = co_await command(line, reply_to::xclient);
+      if (greeting.failed) co_return setup_failure{*greeting.failed};
+      if (!greeting.ok()) {
+        log_.error("upstream: XCLIENT refused: {}", printable(greeting.reply.summary()));
+        close();
+        co_return setup_failure{upstream_failure::client_info_refused};
+      }
     }
     xclient_sent_ = identity;
     // Our EHLO now speaks for the client: its name, or XCLIENT's HELO would be overwritten.

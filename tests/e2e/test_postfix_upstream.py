@@ -135,6 +135,20 @@ def test_xclient_postfix_sees_the_client_helo(sec_daemon, postfix_tls):
     assert m.group(1) == "helo-of-the-client.test"
 
 
+def test_xclient_postfix_takes_a_helo_name_too_long_as_xtext(sec_daemon, postfix_tls):
+    """Postfix refuses XCLIENT (501) for a value over 255 octets as sent: a HELO name of '='s
+    (xtext +3D) made every MAIL of that client 451. The HELO attribute is left out, and the
+    EHLO after XCLIENT gives Postfix the client's name."""
+    d = sec_daemon(postfix_tls.url, upstream={"client_info": "xclient", "pool_size": 0})
+    helo = ".".join(["=" * 40] * 4) + ".test"
+    with d.connect(ehlo=helo, source="127.0.0.5") as c:
+        c.exchange("MAIL FROM:<sender@remote.test>", 250, "2.1.0")
+        c.exchange("RCPT TO:<long-helo@helo-check.test>", 554, "5.7.1")
+    m = postfix_tls.wait_log(r"NOQUEUE: reject: RCPT from unknown\[127\.0\.0\.5\]: 554 5\.7\.1 "
+                             r"<long-helo@helo-check\.test>: Relay access denied; .* helo=<([^>]*)>$")
+    assert m.group(1) == helo
+
+
 def test_xclient_with_proxy_protocol_source(sec_daemon, postfix_tls):
     """The PROXY header's source is what Postfix is told."""
     d = sec_daemon(postfix_tls.url, upstream={"client_info": "xclient"}, server={"proxy_protocol": True})
@@ -477,6 +491,48 @@ def test_xclient_command_on_the_wire(sec_daemon, fake_upstream, tmp_path):
                        f"HELO=weird+3Dhelo+2Bname.test LOGIN=we+2Bird+3Duser")
     assert cmds[2].startswith("EHLO ")
     assert cmds[3] == "MAIL FROM:<a@example.test>"
+
+
+def test_attributes_past_512_octets_go_in_several_commands(sec_daemon, fake_upstream, tmp_path):
+    """One line of them all went over SMTP's 512 octets with a long HELO name and login:
+    XCLIENT_README asks for several commands, in order, each within the limit."""
+    up = fake_upstream({"EHLO": FAKE_EHLO.format(ext="XCLIENT NAME ADDR PORT PROTO HELO LOGIN"),
+                        "XCLIENT": "220 fake.upstream ESMTP"})
+    login = "u" + "=" * 80
+    users = write_users(tmp_path / "users", {login: "Pass-Word-1"})
+    d = sec_daemon(up.url, upstream={"client_info": "xclient"},
+                   auth={"users_file": str(users), "allow_plaintext": True})
+    helo = "=" * 60 + "." + "=" * 20 + ".test"
+    with d.connect(ehlo=helo, source="127.0.0.5") as c:
+        port = c.local_port
+        c.exchange("AUTH PLAIN " + b64(f"\0{login}\0Pass-Word-1"), 235)
+        assert c.transaction("a@example.test", ["b@example.test"], BODY).code == 250
+    sent = [x for x in up.commands if x.startswith("XCLIENT")]
+    encoded_helo = "+3D" * 60 + "." + "+3D" * 20 + ".test"
+    assert sent == [f"XCLIENT NAME=[UNAVAILABLE] ADDR=127.0.0.5 PORT={port} PROTO=ESMTP HELO={encoded_helo}",
+                    "XCLIENT LOGIN=u" + "+3D" * 80]
+    assert all(len(x) + 2 <= 512 for x in sent)
+
+
+@pytest.mark.parametrize("verb", ["XCLIENT", "XFORWARD"])
+def test_values_over_255_octets_as_xtext_are_not_sent(sec_daemon, fake_upstream, tmp_path, verb):
+    """Postfix refuses the whole command (501 5.5.4 attribute value too long) for one such value:
+    every MAIL of the client was 451. A HELO is left out (the EHLO after XCLIENT names the
+    client); a LOGIN goes as [UNAVAILABLE], never left out (the last client's would stand)."""
+    up = fake_upstream({"EHLO": FAKE_EHLO.format(ext=f"{verb} ADDR HELO LOGIN"),
+                        "XCLIENT": "220 fake.upstream ESMTP", "XFORWARD": "250 2.0.0 Ok"})
+    login = "u" + "=" * 90
+    users = write_users(tmp_path / "users", {login: "Pass-Word-1"})
+    d = sec_daemon(up.url, upstream={"client_info": verb.lower()},
+                   auth={"users_file": str(users), "allow_plaintext": True})
+    helo = ".".join(["=" * 40] * 3) + ".test"  # 126 octets, 368 as xtext
+    with d.connect(ehlo=helo, source="127.0.0.5") as c:
+        c.exchange("AUTH PLAIN " + b64(f"\0{login}\0Pass-Word-1"), 235)
+        assert c.transaction("a@example.test", ["b@example.test"], BODY).code == 250
+    sent = [x for x in up.commands if x.startswith(verb)]
+    assert sent == [f"{verb} ADDR=127.0.0.5" + (" LOGIN=[UNAVAILABLE]" if verb == "XCLIENT" else "")]
+    if verb == "XCLIENT":
+        assert up.commands[up.commands.index(sent[0]) + 1] == f"EHLO {helo}"
 
 
 CLIENT_NAMES = {
