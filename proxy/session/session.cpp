@@ -879,6 +879,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
     discarded_ = true;
     co_return reply{250, "2.0.0", "Ok: discarded"};
   }
+  if (client_left()) co_return client_lost_before_delivery();
   auto refused = co_await relay_.sync(tx_);
   if (refused) co_return *refused;
   std::string header;
@@ -899,9 +900,24 @@ awaitable<reply> session::deliver(std::size_t& size) {
     header = seal + header;
   }
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
+  if (client_left()) co_return client_lost_before_delivery();
   auto upstream_reply = co_await relay_.data(header, *message);
   upstream_final_ = upstream_reply;
   co_return with_policy_text(std::move(upstream_reply), v);
+}
+
+// A client that reset the connection, or closed it with nothing more said,
+// while the message was checked and the policies ran (up to policy.timeout)
+// never hears the upstream's 250 and sends the message again: relayed now,
+// the upstream would get it twice. (A FIN behind a pipelined QUIT, or TLS's
+// close_notify, still has the message relayed: a client that closes its
+// side may still read the replies.)
+bool session::client_left() { return !client_.has_unread_input() && client_.peek_socket() == line_stream::waiting::end; }
+
+reply session::client_lost_before_delivery() {
+  log_.info("client lost before the message went upstream; nothing delivered");
+  set_stage(stage::closing);
+  return reply{421, "4.4.2", cfg_.server.hostname + " Lost connection before delivery"};
 }
 
 awaitable<std::optional<reply>> session::dkim_sign(const message_ptr& message, std::string& field) {

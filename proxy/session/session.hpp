@@ -79,6 +79,9 @@ class session : public std::enable_shared_from_this<session> {
   // upstream (or none); a reply when the message must not go (signing failed, a policy
   // asked for a key we do not have).
   awaitable<std::optional<reply>> dkim_sign(const message_ptr& message, std::string& field);
+  // Has the client gone while its message waited for the checks and policies?
+  bool client_left();
+  reply client_lost_before_delivery();
   // A signature or seal made (its fields into `field`, a log line a
   // selector), not made (a log line), or failed (the 451 for the client).
   std::optional<reply> take_signature(const checks::dkim_signing& s, std::string_view done, std::string& field) const;

@@ -104,3 +104,42 @@ def test_data_timeout_is_per_chunk_not_per_message(start_daemon, aiosmtpd_upstre
         assert time.monotonic() - t0 > 1.5
     [env] = aiosmtpd_upstream.wait_messages(1)
     assert env["content"].endswith(b"\r\nSubject: trickle\r\n\r\nline 0\r\nline 1\r\nline 2\r\nline 3\r\nline 4\r\n")
+
+
+SLOW_ON_DATA = """
+import time
+
+def on_data(tx, message):
+    time.sleep(1)  # a slow hook: a DNS lookup, a content scanner
+    message.add_header("X-Scanned", "yes")
+"""
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_a_client_gone_while_its_message_is_checked_gets_nothing_relayed(policy_daemon, fake_upstream, how):
+    """The client sent its dot and went away while on_data ran. It never hears the upstream's
+    250, so it sends the message again: relayed anyway, the upstream got it twice."""
+    up = fake_upstream()
+    d = policy_daemon(up.url, SLOW_ON_DATA, policy={"timeout": 5})
+    c = d.connect()
+    sid = d.session_id(c.local_port)
+    start_data(c)
+    c.send(b"Subject: once\r\n\r\nhello\r\n.\r\n")
+    time.sleep(0.3)  # the daemon has the whole message; the hook runs
+    hard_close(c) if how == "rst" else c.close()
+    d.wait_log(rf"{sid}: client lost before the message went upstream; nothing delivered$")
+    assert up.wait_for(lambda: "RSET" in up.commands)  # the upstream's transaction ended
+    assert "DATA" not in up.commands and up.messages == []
+
+
+def test_a_client_that_closes_its_side_behind_quit_still_gets_its_message_relayed(policy_daemon, fake_upstream):
+    """A FIN behind a pipelined QUIT is a half-close: the client may still read the replies."""
+    up = fake_upstream()
+    d = policy_daemon(up.url, SLOW_ON_DATA, policy={"timeout": 5})
+    c = d.connect()
+    start_data(c)
+    c.send(b"Subject: once\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+    c.sock.shutdown(socket.SHUT_WR)
+    c.expect(250, "2.0.0")
+    c.expect(221)
+    assert len(up.messages) == 1
