@@ -836,6 +836,7 @@ awaitable<std::optional<reply>> session::receive_message() {
 
 awaitable<reply> session::deliver(std::size_t& size) {
   const message_ptr received = message_;
+  const auto received_at = std::chrono::steady_clock::now();
   if (gen_->checks && (cfg_.checks.dkim || cfg_.checks.dmarc || cfg_.checks.arc)) {
     // Over the message exactly as received, before any policy sees or edits
     // it: DKIM (RFC 6376), DMARC judged on those results and SPF's (RFC
@@ -879,7 +880,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
     discarded_ = true;
     co_return reply{250, "2.0.0", "Ok: discarded"};
   }
-  if (client_left()) co_return client_lost_before_delivery();
+  if (client_left(received_at)) co_return client_lost_before_delivery();
   auto refused = co_await relay_.sync(tx_);
   if (refused) co_return *refused;
   std::string header;
@@ -900,7 +901,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
     header = seal + header;
   }
   // The client hears 250 only once the upstream said 250 (lock step: nothing lost, nothing doubled).
-  if (client_left()) co_return client_lost_before_delivery();
+  if (client_left(received_at)) co_return client_lost_before_delivery();
   auto upstream_reply = co_await relay_.data(header, *message);
   upstream_final_ = upstream_reply;
   co_return with_policy_text(std::move(upstream_reply), v);
@@ -911,8 +912,13 @@ awaitable<reply> session::deliver(std::size_t& size) {
 // never hears the upstream's 250 and sends the message again: relayed now,
 // the upstream would get it twice. (A FIN behind a pipelined QUIT, or TLS's
 // close_notify, still has the message relayed: a client that closes its
-// side may still read the replies.)
-bool session::client_left() { return !client_.has_unread_input() && client_.peek_socket() == line_stream::waiting::end; }
+// side may still read the replies.) Looked at once the message has waited
+// 50 ms: no system call a message on the fast path, where the window is
+// the one every SMTP server has (RFC 1047).
+bool session::client_left(std::chrono::steady_clock::time_point since) {
+  if (std::chrono::steady_clock::now() - since < std::chrono::milliseconds(50)) return false;
+  return !client_.has_unread_input() && client_.peek_socket() == line_stream::waiting::end;
+}
 
 reply session::client_lost_before_delivery() {
   log_.info("client lost before the message went upstream; nothing delivered");

@@ -5,6 +5,7 @@
 // state). The upstream side of the lock step is upstream_relay's.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -80,7 +81,7 @@ class session : public std::enable_shared_from_this<session> {
   // asked for a key we do not have).
   awaitable<std::optional<reply>> dkim_sign(const message_ptr& message, std::string& field);
   // Has the client gone while its message waited for the checks and policies?
-  bool client_left();
+  bool client_left(std::chrono::steady_clock::time_point since);
   reply client_lost_before_delivery();
   // A signature or seal made (its fields into `field`, a log line a
   // selector), not made (a log line), or failed (the 451 for the client).
