@@ -38,6 +38,8 @@ _FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*")
 _BODY_END_TAG = re.compile(r"</body[ \t\r\n]*>", re.IGNORECASE | re.ASCII)
 #: Text that a reader would take for an encoded-word: encoded too when in a non-ASCII value.
 _LOOKS_ENCODED = re.compile(r"=\?.*\?=")
+#: A line over FOLD_HARD_LIMIT octets (its CRLF not counted).
+_LONG_LINE = re.compile(rb"[^\r\n]{%d,}" % (FOLD_HARD_LIMIT + 1))
 
 
 class _Field:
@@ -415,7 +417,10 @@ class Message:
         """The body: everything after the empty line that ends the header section.
 
         Assignable (bytes): CR, LF and CRLF line ends all become CRLF, a
-        final CRLF is added when missing, and a NUL raises ``ValueError``.
+        final CRLF is added when missing, and a NUL raises ``ValueError``, as
+        does a line over 998 octets that the client did not send (RFC 5321
+        §4.5.3.1.6: an upstream refuses it, or breaks it on the way and any
+        DKIM signature with it).
         """
         if self._body is None:
             self._body = self._original[self._body_start :]
@@ -433,6 +438,10 @@ class Message:
         if data and not data.endswith(CRLF):
             data += CRLF
         self._fields  # a lazy message loads now, or loading later would undo this
+        for line in _LONG_LINE.finditer(data):
+            if self._original.find(line.group(), self._body_start) < 0:
+                raise ValueError(f"a line of the new body has {len(line.group())} octets; lines are limited to"
+                                 f" {FOLD_HARD_LIMIT} (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)")
         self._body = data
         self._body_set = True
         self._changed = True
@@ -509,25 +518,8 @@ class Message:
         if not self._body_set and self._blank_line:
             _core.check_message(raw[: len(raw) - (len(self._original) - self._body_start)])
         else:
-            _core.check_message(raw)
-            if self._body_set:
-                self._check_part_headers(raw)
+            _core.check_message(raw)  # (a new body's lines were checked as it was set)
         return raw
-
-    def _check_part_headers(self, raw: bytes) -> None:
-        """A new body's MIME part headers hold no line over FOLD_HARD_LIMIT octets (RFC 5322
-        §2.1.1) that is not as received (``ValueError``). (The message's own fields: each
-        generated one is folded within the limit when it is made.)"""
-        if "multipart" not in (self.get("Content-Type") or "").lower():
-            return  # (no MIME parts: the email package is not even imported)
-        from . import _mime
-
-        body = self._body
-        assert body is not None
-        for line in _mime.long_header_lines(body, raw[: len(raw) - len(body)]):
-            if self._original.find(line, self._body_start) < 0:
-                raise ValueError(f"a header line of a MIME part of the new body has {len(line)} octets;"
-                                 f" lines are limited to {FOLD_HARD_LIMIT} (RFC 5322 §2.1.1)")
 
     def as_email(self) -> email.message.EmailMessage:
         """The message as a stdlib ``EmailMessage`` (a parsed copy: changing it changes nothing here)."""

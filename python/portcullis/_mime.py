@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 
-from ._message import FOLD_HARD_LIMIT, fold
+from ._message import fold
 
 _HEADER_END = re.compile(rb"\r\n\r\n")
 _PARSER = BytesHeaderParser(policy=email.policy.compat32)
@@ -149,27 +149,6 @@ def text_parts(body: bytes, top_header: bytes) -> list[TextPart]:
     parts: list[TextPart] = []
     _walk(body, top_header, 0, len(body), parts, top=True)
     return parts
-
-
-def long_header_lines(body: bytes, top_header: bytes) -> list[bytes]:
-    """The lines of the header sections of the MIME parts in ``body`` (at any depth, not inside
-    attached messages) over FOLD_HARD_LIMIT octets (RFC 5322 §2.1.1)."""
-    found: list[bytes] = []
-
-    def walk(header: bytes, start: int, end: int) -> None:
-        fields = _parse_header(header)
-        if not (fields.get_content_type() or "").lower().startswith("multipart/"):
-            return
-        boundary = email.utils.collapse_rfc2231_value(fields.get_param("boundary") or "")
-        if not boundary:
-            return
-        for sub_start, sub_end in _sections(body, start, end, str(boundary).encode("latin-1", "replace")):
-            header_end = _part_header_end(body, sub_start, sub_end)
-            found.extend(line for line in body[sub_start:header_end].split(b"\r\n") if len(line) > FOLD_HARD_LIMIT)
-            walk(body[sub_start:header_end], header_end, sub_end)
-
-    walk(top_header, 0, len(body))
-    return found
 
 
 def _part_header_end(body: bytes, start: int, end: int) -> int:

@@ -234,7 +234,7 @@ CASES: list[Case] = [
          delivered=(("zed@example.test", ("ann@example.test",)),), tables=LIMITS),
     Case("data-message-past-max-message-size", """
         def on_data(tx, message):
-            message.body = b"z" * 1000
+            message.body = b"zzzzzzzzz\\r\\n" * 100  # 1100 octets, in lines of 11
         """, (HELLO, EHLO,
               Step("MAIL FROM:<ann@example.test>", 250, "2.1.0", "Ok"),
               Step("RCPT TO:<bob@example.test>", 250, "2.1.5", "Ok"),

@@ -165,6 +165,24 @@ def test_body_normalised_to_crlf():
         m.body = "text"  # type: ignore[assignment]
 
 
+def test_a_new_body_line_over_998_octets_is_refused_unless_the_client_sent_it():
+    """RFC 5321 §4.5.3.1.6: a line is at most 1000 octets with its CRLF. A hook's longer one went
+    upstream as it was: aiosmtpd refused the message for good, Postfix broke the line on the
+    next hop, and the DKIM signature we had added with it."""
+    m = pc.Message(b"Subject: x\r\n\r\nshort\r\n")
+    m.body = b"w" * 998 + b"\r\n"  # at the limit
+    with pytest.raises(ValueError, match="999 octets"):
+        m.body = b"w" * 999
+    with pytest.raises(ValueError, match="2000 octets"):
+        m.body = b"ok\n" + b"word " * 400 + b"\nok"
+    assert m.body == b"w" * 998 + b"\r\n"  # (unchanged by a refused assignment)
+    # The client's own long line, kept or moved, is its business.
+    long_line = b"q" * 1500
+    m = pc.Message(b"Subject: x\r\n\r\n" + long_line + b"\r\n")
+    m.body = b"added above\r\n" + m.body
+    assert m.raw.endswith(long_line + b"\r\n")
+
+
 def test_message_must_be_crlf_without_nul():
     for bad in (b"Subject: x\n\nbody\n", b"Subject: x\r\n\r\nbare\rcr\r\n", b"Subject: x\r\n\r\nnul\x00\r\n"):
         with pytest.raises(ValueError):
