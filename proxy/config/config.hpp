@@ -141,7 +141,7 @@ struct checks_config {
   bool spf = false;   // RFC 7208, before on_mail (tx.spf)
   // Clients SPF does not check (result none): this host's own processes, as
   // policyd-spf's skip_addresses.
-  std::vector<std::string> spf_skip_networks{"127.0.0.0/8", "::1"};
+  std::vector<std::string> spf_skip_networks;  // none: every client is checked, this host's too
   bool dkim = false;  // RFC 6376, before on_data (tx.dkim)
   unsigned dkim_signatures = 5;  // evaluated per message; the others are neutral
   bool dmarc = false;  // RFC 7489, after dkim, before on_data (tx.dmarc); needs spf and dkim

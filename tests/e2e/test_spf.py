@@ -40,6 +40,7 @@ def on_mail(tx, sender):
 
 ZONES = {
     "pass.example.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all"}],
+    "local.example.test": [{"TXT": "v=spf1 ip4:127.0.0.1 -all"}],
     "fail.example.test": [{"TXT": "v=spf1 -all exp=why.fail.example.test"}],
     "why.fail.example.test": [{"TXT": "%{i} may not send for %{d}"}],
     "soft.example.test": [{"TXT": "v=spf1 ~all"}],
@@ -226,14 +227,26 @@ def test_a_policy_rejects_on_fail_and_the_log_says_why(spf_daemon, aiosmtpd_upst
     aiosmtpd_upstream.wait_messages(1)
 
 
-def test_a_loopback_client_is_not_checked(spf_daemon):
-    d = spf_daemon(server={"proxy_protocol": False})
-    with d.client() as c:
+def loopback_spf(d, sender: str) -> str:
+    with d.client() as c:  # (from 127.0.0.1, no PROXY header)
         c.expect(220)
         c.exchange("EHLO client.example.test", 250)
-        c.cmd("MAIL FROM:<a@pass.example.test>")
-        r = c.reply()
-    assert r.text == "spf=none domain=pass.example.test exp=-", str(r)
+        c.cmd(f"MAIL FROM:<{sender}>")
+        return c.reply().text
+
+
+def test_a_loopback_client_is_checked_as_any_other(spf_daemon):
+    """A client of this host was never checked (none), even with no spf_skip_networks, and
+    libspf2's own entry point passes it unasked: both gone, it is checked as any client."""
+    d = spf_daemon(server={"proxy_protocol": False})
+    assert loopback_spf(d, "a@local.example.test") == "spf=pass domain=local.example.test exp=-"
+    assert loopback_spf(d, "a@pass.example.test") == "spf=fail domain=pass.example.test exp=-"
+    d.wait_log(r"spf=fail mailfrom=pass\.example\.test client=\[127\.0\.0\.1\]$")
+
+
+def test_a_client_in_spf_skip_networks_is_not_checked(spf_daemon):
+    d = spf_daemon(server={"proxy_protocol": False}, checks={"spf_skip_networks": ["127.0.0.0/8"]})
+    assert loopback_spf(d, "a@pass.example.test") == "spf=none domain=pass.example.test exp=-"
     d.wait_log(r"spf=none mailfrom=pass\.example\.test client=\[127\.0\.0\.1\] "
                r"\(not checked: the client is in \[checks\] spf_skip_networks\)$")
 

@@ -116,7 +116,7 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_FALSE(cfg->checks.dmarc);
   EXPECT_FALSE(cfg->checks.authentication_results);
   EXPECT_EQ(cfg->checks.threads, 8u);
-  EXPECT_EQ(cfg->checks.spf_skip_networks, (std::vector<std::string>{"127.0.0.0/8", "::1"}));
+  EXPECT_EQ(cfg->checks.spf_skip_networks, std::vector<std::string>{});
   EXPECT_EQ(cfg->checks.dkim_signatures, 5u);
   EXPECT_EQ(cfg->dns.nameserver, "");
   EXPECT_EQ(cfg->dns.timeout, 5s);

@@ -42,6 +42,7 @@ std::string zones() {
   hosts += ",\n  \"55.2.0.192.in-addr.arpa\": [" + ptrs + "]";
   return R"({
   "pass.example.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all"}],
+  "local.example.test": [{"TXT": "v=spf1 ip4:127.0.0.1 ip6:::1 -all"}],
   "fail.example.test": [{"TXT": "v=spf1 -all exp=why.fail.example.test"}],
   "why.fail.example.test": [{"TXT": "%{i} may not  send for %{d}"}],
   "badexp.example.test": [{"TXT": "v=spf1 -all exp=why.badexp.example.test"}],
@@ -157,14 +158,25 @@ TEST_F(SpfChecker, ALookupStopsWaitingAtTheEndOfTheBudget) {
   EXPECT_EQ(r.problem, "the check took longer than 1 s");
 }
 
-TEST_F(SpfChecker, DoesNotCheckLoopbackClients) {
-  auto r = check("127.0.0.1", "a@pass.example.test");
+// A loopback client is checked as any other: libspf2's own entry point
+// passes it unasked ("localhost is always allowed"), and a client of this
+// host was never checked at all, even with no spf_skip_networks.
+TEST_F(SpfChecker, ChecksLoopbackClientsAsAnyOther) {
+  spf_checker bare(resolver_, "mx.example.test", {});
+  for (const char* client : {"127.0.0.1", "127.0.0.2", "::1"}) {
+    const auto r = bare.check_now(asio::ip::make_address(client), "h.test", smtp::address{"a", "pass.example.test"});
+    EXPECT_EQ(r.result, kind::fail) << client << ": " << r.problem;
+  }
+  for (const char* client : {"127.0.0.1", "::1"}) {
+    const auto r = bare.check_now(asio::ip::make_address(client), "h.test", smtp::address{"a", "local.example.test"});
+    EXPECT_EQ(r.result, kind::pass) << client << ": " << r.problem;
+  }
+  EXPECT_EQ(bare.check_now(asio::ip::make_address("127.0.0.2"), "h.test", smtp::address{"a", "local.example.test"}).result,
+            kind::fail);
+  spf_checker skipping(resolver_, "mx.example.test", {"127.0.0.0/8"});
+  const auto r = skipping.check_now(asio::ip::make_address("127.0.0.1"), "h.test", smtp::address{"a", "pass.example.test"});
   EXPECT_EQ(r.result, kind::none);
   EXPECT_EQ(r.problem, "not checked: the client is in [checks] spf_skip_networks");
-  // Without the default list a loopback client is still not checked: libspf2 would pass it unasked.
-  spf_checker bare(resolver_, "mx.example.test", {});
-  EXPECT_EQ(bare.check_now(asio::ip::make_address("::1"), "h.test", smtp::address{"a", "pass.example.test"}).problem,
-            "not checked: a loopback client");
 }
 
 TEST_F(SpfChecker, DoesNotCheckTheNetworksItIsToldToSkip) {
