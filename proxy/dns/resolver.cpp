@@ -35,8 +35,11 @@ constexpr std::uint32_t max_negative_ttl = 3600;
 // Zones unbound answers itself by default (RFC 6761, RFC 6303, AS112). A
 // stub resolver asks its nameserver about every name: tests serve `.test`
 // and documentation networks, and an operator's nameserver may serve
-// reverse zones of private networks. `unblock-lan-zones` covers RFC 1918.
+// reverse zones of private networks, or loopback's (a PTR of 127.0.0.1
+// was unbound's "localhost", whatever [dns] nameserver said; without one,
+// /etc/hosts still answers first). `unblock-lan-zones` covers RFC 1918.
 constexpr std::array own_zones{
+    "localhost.", "127.in-addr.arpa.", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.",
     "test.", "invalid.", "onion.", "home.arpa.", "resolver.arpa.", "service.arpa.",
     "0.in-addr.arpa.", "254.169.in-addr.arpa.", "2.0.192.in-addr.arpa.", "100.51.198.in-addr.arpa.",
     "113.0.203.in-addr.arpa.", "255.255.255.255.in-addr.arpa.",

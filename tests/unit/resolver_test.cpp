@@ -23,6 +23,8 @@ const std::string zones = R"({
                    {"TXT": ["v=spf1 ", "ip4:192.0.2.0/24 ", "-all"]}],
   "long.example.test": [{"TXT": ")" + long_text + R"("}],
   "10.2.0.192.in-addr.arpa": [{"PTR": "mail.example.test"}],
+  "1.0.0.127.in-addr.arpa": [{"PTR": "loop.example.test"}],
+  "localhost": [{"A": "192.0.2.99"}],
   "slow.example.test": ["TIMEOUT"],
   "after.example.test": [{"A": "192.0.2.11"}]
 })";
@@ -70,6 +72,16 @@ TEST_F(Resolver, AnswersEachTypeFromTheNameserver) {
             std::vector<std::string>{"v=spf1 ip4:192.0.2.0/24 -all"});
   EXPECT_EQ(values(r.lookup_sync("10.2.0.192.in-addr.arpa", rr_type::ptr)),
             std::vector<std::string>{"mail.example.test"});
+}
+
+// The zones unbound answers itself by default go to the nameserver as any
+// other: a PTR of 127.0.0.1 was unbound's "localhost", whatever the zone
+// said (a policy's reverse lookup of a loopback client saw no record of it).
+TEST_F(Resolver, AsksTheNameserverAboutLoopbackAndLocalhostToo) {
+  resolver r(options_for(*shared_));
+  EXPECT_EQ(values(r.lookup_sync("1.0.0.127.in-addr.arpa", rr_type::ptr)), std::vector<std::string>{"loop.example.test"});
+  EXPECT_EQ(r.lookup_sync("2.0.0.127.in-addr.arpa", rr_type::ptr).what, answer::status::nxdomain);
+  EXPECT_EQ(values(r.lookup_sync("localhost", rr_type::a)), std::vector<std::string>{"192.0.2.99"});
 }
 
 TEST_F(Resolver, TellsNoSuchNameFromNoSuchRecord) {
