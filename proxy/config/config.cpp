@@ -567,11 +567,12 @@ void read_upstream(table_reader& t, upstream_config& u, const std::filesystem::p
   t.get_choice("starttls", u.starttls, starttls_names);
   t.get_seconds("timeout", u.timeout, std::chrono::seconds(1));
   // The final dot's reply never waits less than any other reply: given below
-  // `timeout` it is refused; left out, it is 600 s or `timeout` if that is more.
+  // `timeout` it is refused. Left out, it is `timeout` when that is given
+  // (CONTRACT.md: "seconds per upstream reply"), else 600 s.
   std::chrono::seconds done{0};  // stays 0 when left out, or out of range (that problem is told)
   t.get_seconds("data_done_timeout", done, std::chrono::seconds(1));
   if (!t.has("data_done_timeout")) {
-    u.data_done_timeout = std::max(u.data_done_timeout, u.timeout);  // (its default, 600 s, or more)
+    if (t.has("timeout")) u.data_done_timeout = u.timeout;
   } else if (done.count() > 0) {
     u.data_done_timeout = done;
     if (done < u.timeout)

@@ -88,7 +88,8 @@ struct upstream_config {
   // server 10 minutes (it may run content filters first), and a client that
   // gives up sooner makes the message a duplicate (RFC 1047): the upstream
   // queues it, the client hears 451 and sends it again. Postfix's
-  // smtp_data_done_timeout. Never below `timeout` (a default under it is raised to it).
+  // smtp_data_done_timeout. Never below `timeout`; left out, `timeout` when
+  // that is given (every reply then waits as long), else this.
   std::chrono::seconds data_done_timeout{600};
   std::string helo;  // our EHLO name upstream; default server.hostname
   // Upstream TLS: verification of the upstream's certificate.

@@ -190,12 +190,13 @@ def test_upstream_closed_between_transactions_is_reconnected(start_daemon, fake_
 def test_the_final_reply_may_take_longer_than_any_other(start_daemon, fake_upstream):
     """RFC 5321 §4.5.3.2.6: the reply to the final dot may take 10 minutes (a
     content filter runs first). Cut at upstream.timeout, the upstream queues
-    the message while the client hears 451 and sends it again (RFC 1047). The
-    default upstream.data_done_timeout (600 s) waits; and nothing of the
+    the message while the client hears 451 and sends it again (RFC 1047).
+    upstream.data_done_timeout (Postfix's 600 s) waits; and nothing of the
     session's own (idle_timeout, data_timeout: 1 s here) cuts the client off
     while it waits for that reply."""
     up = fake_upstream({"DOT": [{"wait": 2.5, "send": "250 2.0.0 Ok: queued as SLOW1"}]})
-    d = start_daemon(up.url, upstream={"timeout": UP_TIMEOUT}, server={"idle_timeout": 1, "data_timeout": 1})
+    d = start_daemon(up.url, upstream={"timeout": UP_TIMEOUT, "data_done_timeout": 600},
+                     server={"idle_timeout": 1, "data_timeout": 1})
     with d.connect() as c:
         t0 = time.monotonic()
         r = c.transaction("a@example.test", [R1], b"Subject: slow\r\n\r\nonce")
@@ -205,6 +206,19 @@ def test_the_final_reply_may_take_longer_than_any_other(start_daemon, fake_upstr
         c.exchange("QUIT", 221)
     assert [m.content.count(b"once") for m in up.messages if b"Subject: slow" in m.content] == [1]
     assert len(up.connections) == 1
+
+
+def test_an_upstream_timeout_given_holds_for_the_final_reply_too(start_daemon, fake_upstream):
+    """CONTRACT.md: [upstream] timeout is "seconds per upstream reply". Given, and no
+    data_done_timeout, the final dot's reply waited 600 s all the same."""
+    up = fake_upstream({"DOT": ["stall"]})
+    d = start_daemon(up.url, upstream={"timeout": 2})
+    with d.connect() as c:
+        t0 = time.monotonic()
+        r = c.transaction("a@example.test", [R1], FAILING_BODY.rstrip(b"\r\n"))
+        elapsed = time.monotonic() - t0
+        check(r, UNAVAILABLE)
+        assert 1.8 <= elapsed < 5, elapsed
 
 
 def test_the_final_reply_is_awaited_data_done_timeout_then_451(start_daemon, fake_upstream):
