@@ -513,7 +513,9 @@ class smtp_upstream final : public upstream {
       if (encoded.size() > max_value) encoded = if_too_long;
       out += std::string(" ") + name + "=" + encoded;
     };
-    add("NAME", hostname_.empty() ? "[UNAVAILABLE]" : hostname_);  // (find_client_hostname)
+    // (find_client_hostname; XFORWARD's NAME takes no [TEMPUNAVAIL]: Postfix refuses the command)
+    const bool unknown = hostname_.empty() || (verb == "XFORWARD" && hostname_ == "[TEMPUNAVAIL]");
+    add("NAME", unknown ? "[UNAVAILABLE]" : hostname_);
     add("ADDR", v6 ? "IPV6:" + client_.client_ip : client_.client_ip);  // formatted once, by set_client
     add("PORT", std::to_string(client_.client.port()));
     add("PROTO", client_.esmtp ? "ESMTP" : "SMTP");

@@ -220,6 +220,19 @@ def test_xforward_postfix_logs_the_original_client(sec_daemon, postfix_tls):
         postfix_tls.wait_log(rf"{q}: client=\S+\[127\.0\.0\.1\], orig_client=unknown\[127\.0\.0\.6\]$")
 
 
+def test_xforward_postfix_takes_a_client_whose_name_lookup_failed(sec_daemon, postfix_tls):
+    """XFORWARD NAME=[TEMPUNAVAIL] is XCLIENT's word only: Postfix refused the command (501 5.5.4
+    Bad NAME syntax), and every MAIL of a client whose PTR lookup timed out was 451."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dns"))
+    from dns_server import DnsServer
+
+    with DnsServer({"5.0.0.127.in-addr.arpa": ["TIMEOUT"]}) as dns:
+        d = sec_daemon(postfix_tls.url, upstream={"client_info": "xforward"},
+                       dns={"nameserver": f"127.0.0.1:{dns.port}", "timeout": 1})
+        qid = deliver(d, "127.0.0.5", helo="fwd-client.test")
+    postfix_tls.wait_log(rf"{qid}: client=\S+\[127\.0\.0\.1\], orig_client=unknown\[127\.0\.0\.5\]$")
+
+
 # --------------------------------------------------------------------------
 # DATA refused
 
@@ -558,8 +571,10 @@ def test_the_client_s_name_is_its_forward_confirmed_ptr_name(sec_daemon, fake_up
     with DnsServer(CLIENT_NAMES) as dns:
         d = sec_daemon(up.url, upstream={"client_info": verb.lower(), "pool_size": 0},
                        server={"proxy_protocol": True}, dns={"nameserver": f"127.0.0.1:{dns.port}", "timeout": 1})
+        # (XFORWARD's NAME takes no [TEMPUNAVAIL]: Postfix refuses the command, 501 5.5.4)
         want = {"192.0.2.77": "mail.client.example.test", "192.0.2.78": "[UNAVAILABLE]",
-                "192.0.2.79": "[UNAVAILABLE]", "192.0.2.80": "[TEMPUNAVAIL]", "192.0.2.81": "[UNAVAILABLE]"}
+                "192.0.2.79": "[UNAVAILABLE]", "192.0.2.80": "[TEMPUNAVAIL]" if verb == "XCLIENT" else "[UNAVAILABLE]",
+                "192.0.2.81": "[UNAVAILABLE]"}
         for source, name in want.items():
             with d.client() as c:
                 c.send(f"PROXY TCP4 {source} 127.0.0.1 45000 25\r\n".encode())
