@@ -35,11 +35,14 @@ constexpr std::uint32_t max_negative_ttl = 3600;
 // Zones unbound answers itself by default (RFC 6761, RFC 6303, AS112). A
 // stub resolver asks its nameserver about every name: tests serve `.test`
 // and documentation networks, and an operator's nameserver may serve
-// reverse zones of private networks, or loopback's (a PTR of 127.0.0.1
-// was unbound's "localhost", whatever [dns] nameserver said; without one,
-// /etc/hosts still answers first). `unblock-lan-zones` covers RFC 1918.
+// reverse zones of private networks. `unblock-lan-zones` covers RFC 1918.
+// Loopback's (below) go to [dns] nameserver when one is set: a PTR of
+// 127.0.0.1 was unbound's "localhost" whatever it served. Without one they
+// stay unbound's (and /etc/hosts'), as a system resolver answers them,
+// never a wait on a nameserver that may not answer.
+constexpr std::array loopback_zones{
+    "localhost.", "127.in-addr.arpa.", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa."};
 constexpr std::array own_zones{
-    "localhost.", "127.in-addr.arpa.", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.",
     "test.", "invalid.", "onion.", "home.arpa.", "resolver.arpa.", "service.arpa.",
     "0.in-addr.arpa.", "254.169.in-addr.arpa.", "2.0.192.in-addr.arpa.", "100.51.198.in-addr.arpa.",
     "113.0.203.in-addr.arpa.", "255.255.255.255.in-addr.arpa.",
@@ -74,6 +77,8 @@ void configure(ub_ctx* ctx, const resolver_options& o) {
   text += "  cache-max-ttl: " + std::to_string(max_ttl) + "\n";
   text += "  cache-max-negative-ttl: " + std::to_string(max_negative_ttl) + "\n";
   for (const char* zone : own_zones) text += std::string("  local-zone: \"") + zone + "\" nodefault\n";
+  if (!o.nameserver.empty())
+    for (const char* zone : loopback_zones) text += std::string("  local-zone: \"") + zone + "\" nodefault\n";
   const auto bytes = std::max<std::size_t>(o.cache_bytes - o.cache_bytes / 8, 64 * 1024);  // (an eighth: answer_memo)
   text += "  rrset-cache-size: " + std::to_string(bytes / 2) + "\n";
   text += "  msg-cache-size: " + std::to_string(bytes / 2) + "\n";
