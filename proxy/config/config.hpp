@@ -146,7 +146,7 @@ struct checks_config {
   bool dkim = false;  // RFC 6376, before on_data (tx.dkim)
   unsigned dkim_signatures = 5;  // evaluated per message; the others are neutral
   bool dmarc = false;  // RFC 7489, after dkim, before on_data (tx.dmarc); needs spf and dkim
-  bool arc = false;    // RFC 8617: the chain validated before on_data (tx.arc) (checks/arc_verifier)
+  bool arc = false;    // RFC 8617: the chain validated before on_data (tx.arc) (checks/arc_verifier); left out: `dkim`
   bool authentication_results = false;  // RFC 8601 header on relayed mail
   unsigned threads = 8;  // run libspf2, DKIM and DMARC, which block on DNS (never an I/O thread)
 };

@@ -103,6 +103,18 @@ def test_chains_dkimpy_made_verify(arc_daemon, keys, dns_server):
     assert arc_of(d, forwarded(signed, keys, selector="slow")).startswith("arc=fail")
 
 
+def test_the_contract_s_checks_set_tx_arc(policy_daemon, aiosmtpd_upstream, dns_server, keys):
+    """CONTRACT.md sets tx.arc before on_data and names no [checks] key for it: with its checks
+    (spf, dkim, dmarc, authentication_results) tx.arc was None, and a policy reading
+    tx.arc.result failed every message (451 4.3.0). Left out, arc goes with dkim."""
+    d = policy_daemon(aiosmtpd_upstream.url, REPORTER,
+                      checks={"spf": True, "dkim": True, "dmarc": True, "authentication_results": True},
+                      dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1})
+    signed = sign(MESSAGE, keys)
+    assert arc_of(d, MESSAGE) == "arc=none i=0 by=-"
+    assert arc_of(d, forwarded(signed, keys)) == "arc=pass i=1 by=lists.test"
+
+
 def forwarded_after_a_change(message: bytes, keys: dict) -> bytes:
     """Sealed by the list, changed on the way (a footer), then sealed again by a relay: the newest message
     signature holds, the older one does not; the chain passes (RFC 8617 §5.2 checks the newest only)."""
