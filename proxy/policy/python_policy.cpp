@@ -279,8 +279,9 @@ awaitable<verdict> python_policy::on_connect(const connection_state& conn) {
   // pc.accept(text) makes the greeting "220 HOSTNAME TEXT": one line of at most 512 octets too.
   if (v.what == verdict::kind::accept && 4 + hostname_.size() + 1 + v.reply.text().size() + 2 > max_reply_line)
     v = failure(conn, "connect", "invalid accept text: the greeting \"220 " + hostname_ + " TEXT\" passes 512 octets");
-  // RFC 5321 §3.1/§4.2: a greeting refusal is 554 (or 421 for a temporary one).
-  if (v.what == verdict::kind::reject) v.reply.code = 554;
+  // RFC 5321 §3.1/§4.2: a greeting refusal is 554 (or 421 for a temporary
+  // one); or 521, RFC 7504's "does not accept mail", when the policy says so.
+  if (v.what == verdict::kind::reject && v.reply.code != 521) v.reply.code = 554;
   if (v.what == verdict::kind::tempfail) v.reply.code = 421;
   co_return v;
 }

@@ -502,8 +502,8 @@ class Session:
         verdict = result["verdict"]
         if refused or self._stops(verdict):
             reply = refused or self._verdict_reply(verdict)
-            # RFC 5321 §3.1/§4.2: a refused greeting is 554, or 421 when temporary.
-            reply = reply._replace(code=554 if reply.code >= 500 else 421)
+            # RFC 5321 §3.1/§4.2: a refused greeting is 554 (or RFC 7504's 521 when asked), or 421 when temporary.
+            reply = reply._replace(code=(reply.code if reply.code == 521 else 554) if reply.code >= 500 else 421)
             self.greeting = self._reply(reply)
             self._disconnect()
             return

@@ -44,12 +44,13 @@ def send_message(c, message: bytes = MESSAGE):
     "expression,code,status,text",
     [
         ("pc.reject('Go away')", 554, "5.7.1", "Go away"),
-        # RFC 5321 §3.1: a refused greeting is 554 whatever the code asked for.
-        ("pc.reject('No service here', code=521, status='5.3.2')", 554, "5.3.2", "No service here"),
+        # RFC 5321 §3.1: a refused greeting is 554 whatever the code asked for, but RFC 7504's 521.
+        ("pc.reject('No service here', code=521, status='5.3.2')", 521, "5.3.2", "No service here"),
+        ("pc.reject('No service here', code=553, status='5.7.1')", 554, "5.7.1", "No service here"),
         ("pc.tempfail('Too busy')", 421, "4.7.1", "Too busy"),
         ("pc.tempfail('Come back later', code=450, status='4.3.2')", 421, "4.3.2", "Come back later"),
     ],
-    ids=["reject", "reject-521", "tempfail", "tempfail-450"],
+    ids=["reject", "reject-521", "reject-553", "tempfail", "tempfail-450"],
 )
 def test_connect_refused(policy_daemon, aiosmtpd_upstream, expression, code, status, text):
     d = start(policy_daemon, aiosmtpd_upstream, connect=expression)

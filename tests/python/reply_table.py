@@ -88,6 +88,11 @@ CASES: list[Case] = [
         def on_connect(conn):
             return pc.reject("Go away", code=550, status="5.7.1")
         """, (Step("CONNECT", 554, "5.7.1", "Go away"),)),
+    # RFC 7504's 521 ("does not accept mail") is a greeting's too: given, it is kept.
+    Case("connect-reject-521", """
+        def on_connect(conn):
+            return pc.reject("No mail here", code=521, status="5.3.2")
+        """, (Step("CONNECT", 521, "5.3.2", "No mail here"),)),
     Case("connect-tempfail", """
         def on_connect(conn):
             return pc.tempfail("Busy", code=451, status="4.7.1")
