@@ -1,8 +1,8 @@
 """Alias expansion and forwarding, with SRS for forwarded mail.
 
 Reads a Postfix virtual(5)-format file at load (so on start-up and on every
-SIGHUP; a file with an error or a loop keeps the old policies and says
-where). Configure it in ``[aliases]`` (the defaults shown; ``file`` is
+SIGHUP; a file with an error keeps the old policies and says where; a loop
+is told as a warning, with its lines, and bounded where it is met). Configure it in ``[aliases]`` (the defaults shown; ``file`` is
 required, relative to the config file's folder):
 
     [aliases]
@@ -35,8 +35,9 @@ file, and ``srs_domain``):
   one decide on the new recipient), several a ``pc.redirect``; one that
   expands to itself alone is left to the next policy and the upstream;
 - a recipient with neither gets ``550 5.1.1``;
-- a loop met through a catch-all, or a bound passed, gets ``451 4.3.0``
-  (the mail waits while the table is fixed) and an error in the log.
+- a loop met (the file's own, or one through catch-alls), or a bound
+  passed, gets ``451 4.3.0`` (the mail waits while the table is fixed) and
+  an error in the log.
 
 When a recipient expands to an address outside the local domains, the
 sender's domain is not local and SRS is configured, the envelope sender
@@ -120,9 +121,13 @@ def _load() -> tuple[AliasTable, SRS | None]:
                             propagate_extension=settings["propagate_extension"],
                             max_depth=settings["max_depth"], max_targets=settings["max_targets"])
     if table.loops:
+        # Bounded where met (451 4.3.0 for a recipient whose expansion meets one: the mail waits
+        # while the file is fixed), as Postfix bounds its own; the rest of the table serves.
         shown = "; ".join(" -> ".join(f"{k} (line {table.lines[k]})" for k in loop[:-1]) + f" -> {loop[-1]}"
                           for loop in table.loops[:5])
-        raise ValueError(f"{table.path}: alias loop{'s' if len(table.loops) > 1 else ''}: {shown}")
+        pc.log.warning("aliases: %s: alias loop%s: %s; mail to %s is deferred (451 4.3.0) until it is fixed",
+                       table.path, "s" if len(table.loops) > 1 else "", shown,
+                       "the addresses on it" if len(table.loops) == 1 else "the addresses on them")
     for key, line in table.duplicates[:10]:
         pc.log.warning("aliases: %s, line %d: %s is listed again; the first entry counts", table.path, line, key)
     pc.log.info("aliases: %d entries from %s", len(table), table.path)

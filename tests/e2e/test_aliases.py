@@ -114,7 +114,8 @@ def test_catchall_plus_addressing_and_unknown_users(aliases_daemon, aiosmtpd_ups
     assert env["mail_from"] == "sender@origin.example"  # every target local but the unknown domain: no SRS
 
 
-def test_a_loop_in_the_file_keeps_the_daemon_from_starting(portcullis_bin, tmp_path):
+def test_a_loop_in_the_file_is_a_warning_and_bounded_where_met(portcullis_bin, tmp_path):
+    """CONTRACT.md: "loops and depth are bounded". The daemon refused to start on one."""
     (tmp_path / "virtual").write_text("a@example.test b@example.test\nb@example.test a@example.test\n")
     config = tmp_path / "portcullis.toml"
     config.write_text(render_toml({
@@ -124,12 +125,20 @@ def test_a_loop_in_the_file_keeps_the_daemon_from_starting(portcullis_bin, tmp_p
         "aliases": {"file": "virtual", "local_domains": ["example.test"]},  # relative to the config file
     }))
     env = {**os.environ, **sanitized_python_env()}
-    for mode in ("--check-config", "--config"):
-        r = subprocess.run([str(portcullis_bin), mode, str(config)], capture_output=True, text=True, timeout=60,
-                           env=env)
-        assert r.returncode != 0
-        assert re.search(r"virtual: alias loop: a@example\.test \(line 1\) -> b@example\.test \(line 2\) "
-                         r"-> a@example\.test", r.stderr), (mode, r.stderr)
+    r = subprocess.run([str(portcullis_bin), "--check-config", str(config)], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"virtual: alias loop: a@example\.test \(line 1\) -> b@example\.test \(line 2\) "
+                     r"-> a@example\.test", r.stderr), r.stderr
+
+
+def test_a_loop_in_the_file_tempfails_its_recipients(aliases_daemon, aiosmtpd_upstream):
+    d = aliases_daemon("a@example.test b@example.test\nb@example.test a@example.test\nalice@example.test alice@example.test\n")
+    d.wait_log(r"alias loop: a@example\.test \(line 1\) -> b@example\.test \(line 2\) -> a@example\.test")
+    with d.connect() as c:
+        c.exchange("MAIL FROM:<sender@origin.example>", 250)
+        c.exchange("RCPT TO:<a@example.test>", 451, "4.3.0")
+        c.exchange("RCPT TO:<alice@example.test>", 250)
 
 
 def test_a_loop_met_through_catchalls_tempfails(aliases_daemon, aiosmtpd_upstream):
