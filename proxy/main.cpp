@@ -2,6 +2,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -205,7 +206,13 @@ std::vector<std::string> start_up_problems(const portcullis::config& cfg) {
     try {
       portcullis::python_engine engine(cfg);
     } catch (const std::exception& e) {
-      add({"policy", "files"}, e.what());
+      // A setting a policy refused in its own table is told at its line of
+      // the config (portcullis._engine finds it): not under policy.files.
+      const std::string what = e.what(), own = cfg.file.string() + ":";
+      if (what.starts_with(own) && what.size() > own.size() && std::isdigit(static_cast<unsigned char>(what[own.size()])))
+        problems.push_back(what);
+      else
+        add({"policy", "files"}, what);
     }
   }
   return problems;

@@ -247,7 +247,29 @@ def parse_config(text: bytes, config_path: str | os.PathLike[str] | None = None)
         raise PolicyLoadError([LoadProblem(str(config_path), int(match.group(1)) if match else None, str(e))]) from e
 
 
-def _problem_from_exception(path: str, exc: BaseException) -> LoadProblem:
+#: How a policy names a setting of its own table it refuses (portcullis.settings and the ready-made
+#: policies): "[table] key: ..." or "[table]: unknown key(s) key, ...".
+_SETTING_PROBLEM = re.compile(r"\[([A-Za-z0-9_-]+)\](?: ([A-Za-z0-9_-]+)[ :=]|: unknown keys?(?:\(s\))? ([A-Za-z0-9_-]+))")
+
+
+def _setting_line(config_path: str, table: str, key: str) -> int | None:
+    """The line of ``key`` in the config's ``[table]`` (a plain ``key = ...`` line), or None."""
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    current = None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if text.startswith("[") and not text.startswith("[["):
+            current = text[1 : text.find("]")].strip().strip("\"'")
+        elif current == table and re.match(rf"""(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*=""", text):
+            return number
+    return None
+
+
+def _problem_from_exception(path: str, exc: BaseException, config_path: str | None = None) -> LoadProblem:
     # The traceback from the policy's own code on (not the import machinery's).
     tb = exc.__traceback__
     while tb is not None and (_is_internal(tb.tb_frame.f_code.co_filename)
@@ -256,6 +278,10 @@ def _problem_from_exception(path: str, exc: BaseException) -> LoadProblem:
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     if isinstance(exc, SyntaxError):
         return LoadProblem(exc.filename or path, exc.lineno, f"{type(exc).__name__}: {exc.msg}", text)
+    # A setting the policy refuses: where it is in the config (CONTRACT.md: "with file and line").
+    if isinstance(exc, ValueError) and config_path is not None and (m := _SETTING_PROBLEM.match(str(exc))):
+        if (line := _setting_line(config_path, m.group(1), m.group(2) or m.group(3))) is not None:
+            return LoadProblem(config_path, line, f"{exc} (refused by {path})")
     # The line: the innermost frame in the policy file itself.
     line = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
@@ -350,7 +376,7 @@ class Engine:
         try:
             spec.loader.exec_module(module)
         except (Exception, SystemExit) as e:
-            return [_problem_from_exception(path, e)]
+            return [_problem_from_exception(path, e, self.config_path)]
         return self._collect_hooks(module, path)
 
     def _collect_hooks(self, module: types.ModuleType, path: str) -> list[LoadProblem]:

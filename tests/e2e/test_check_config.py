@@ -75,3 +75,26 @@ def test_a_config_path_that_cannot_be_read_is_a_problem_not_a_crash(portcullis_b
     r = subprocess.run([str(portcullis_bin), "--config", str(where)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, r
     assert f"{where}: cannot read: Is a directory" in r.stderr
+
+
+def test_a_setting_a_policy_refuses_is_reported_at_its_own_line(portcullis_bin, tmp_path):
+    """CONTRACT.md: unknown keys are an error "with file and line". In a policy's own table the
+    line given was [policy] files' (where the policy is named), not the key's."""
+    policies = os.path.join(os.path.dirname(__file__), "..", "..", "policies")
+    (tmp_path / "virtual").write_text("a@example.test a@example.test\n")
+    for table, bad, message in (
+            ({"file": "virtual", "bogus_key": 1}, "bogus_key", r"\[aliases\]: unknown key\(s\) bogus_key"),
+            ({"file": "virtual", "max_depth": 0}, "max_depth", r"\[aliases\] max_depth: want an integer .*")):
+        cfg = tmp_path / "policy-table.toml"
+        cfg.write_text(render_toml({
+            "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
+            "upstream": {"url": "smtp://127.0.0.1:25"},
+            "policy": {"files": [os.path.abspath(os.path.join(policies, "aliases.py"))]},
+            "aliases": table,
+        }))
+        r = check(portcullis_bin, cfg)
+        assert r.returncode == 1, r
+        lines = [l for l in r.stderr.splitlines() if l.startswith(str(cfg))]
+        assert len(lines) == 1, r.stderr
+        assert re.fullmatch(rf"{re.escape(str(cfg))}:{line_of(cfg, 'aliases', bad)}: {message} \(refused by .*aliases\.py\)",
+                            lines[0]), r.stderr
