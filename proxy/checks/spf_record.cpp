@@ -570,6 +570,15 @@ std::pair<std::size_t, std::size_t> spf_term_counts(std::string_view record) {
   return {mechanisms, modifiers};
 }
 
+std::size_t spf_longest_macro_term(std::string_view record) {
+  std::size_t longest = 0;
+  for_each_term(record, [&](std::string_view, std::string_view term) {
+    if (term.find('%') != std::string_view::npos) longest = std::max(longest, term.size());
+    return true;
+  });
+  return longest;
+}
+
 std::string spf_record_for_libspf2(std::string_view record) {
   std::string out(record.substr(0, spf_version.size()));
   const auto trailing = for_each_term(record, [&](std::string_view separator, std::string_view term) {

@@ -67,6 +67,20 @@ std::string spf_record_for_client(std::string_view libspf2_record, bool ipv6, st
 // compiled it (redirect= among the mechanisms): fewer means it dropped some.
 std::pair<std::size_t, std::size_t> spf_term_counts(std::string_view record);
 
+// The longest macro-string libspf2 is given to compile (a term of a record,
+// a word of an explanation) when it holds a macro. Debian 12's libspf2
+// (1.2.10) writes past its buffer when a string literal starts within 4
+// bytes of a term's 511 bytes of compiled data (CVE-2023-42118, fixed
+// upstream after that release): an explanation word of 127 "%{d}" and a
+// letter smashed the stack; a record term with a long literal after them
+// too. Compiled, a macro-string takes at most 2.4 bytes a character ("x%{d}"
+// repeated, measured), so 200 characters stay under 480 bytes. Real terms
+// with macros are a few dozen characters.
+inline constexpr std::size_t libspf2_max_macro_string = 200;
+
+// The length of the record's longest term that holds a macro ('%'); 0 for none.
+std::size_t spf_longest_macro_term(std::string_view record);
+
 // What a macro letter (lower case) stands for in one check (RFC 7208 §7.3),
 // where it is known before libspf2 expands it; nullopt where not ("p").
 using spf_macro_value = std::function<std::optional<std::string>(char letter)>;

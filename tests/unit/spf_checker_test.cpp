@@ -30,6 +30,16 @@ std::string huge_record() {
   return r + " -all";
 }
 
+// 127 macros (508 bytes compiled: within 4 of libspf2's 511) and then a
+// literal: what made Debian's libspf2 1.2.10 write past its buffer
+// (CVE-2023-42118), from an explanation at once, from a record term with a
+// literal long enough to leave its 4 KiB buffer.
+std::string macros_then_literal(std::size_t literal) {
+  std::string s;
+  for (int i = 0; i < 127; ++i) s += "%{d}";
+  return s + ".a" + std::string(literal, 'a');
+}
+
 std::string zones() {
   std::string many = "v=spf1";
   std::string hosts, ptrs;
@@ -55,6 +65,9 @@ std::string zones() {
   "helo.example.test": [{"TXT": "v=spf1 a -all"}, {"A": "192.0.2.20"}],
   "voids.example.test": [{"TXT": "v=spf1 a:n1.example.test a:n2.example.test a:n3.example.test -all"}],
   "huge.example.test": [{"TXT": ")" + huge_record() + R"("}],
+  "longexp.example.test": [{"TXT": "v=spf1 -all exp=why.longexp.example.test"}],
+  "why.longexp.example.test": [{"TXT": "Denied: )" + macros_then_literal(1) + R"("}],
+  "longterm.example.test": [{"TXT": "v=spf1 exists:)" + macros_then_literal(3700) + R"( -all"}],
   "many.example.test": [{"TXT": ")" + many + R"( -all"}])" + hosts + "\n}";
 }
 
@@ -134,6 +147,20 @@ TEST_F(SpfChecker, SaysSoWhenLibspf2CannotHoldARecord) {
   auto r = check("10.3.1.1", "a@huge.example.test");
   EXPECT_EQ(r.result, kind::permerror);
   EXPECT_NE(r.problem.find("too big for libspf2 (2501 mechanisms"), std::string::npos) << r.problem;
+}
+
+// Text a domain's owner writes never reaches libspf2's compiler when it is
+// too long for it (libspf2_max_macro_string): each of these smashed the
+// stack of the process that checked (the worker, and every session on it).
+TEST_F(SpfChecker, NoMacroStringTooLongForLibspf2GoesToIt) {
+  const auto exp = check("198.51.100.1", "a@longexp.example.test");
+  EXPECT_EQ(exp.result, kind::fail);
+  EXPECT_EQ(exp.explanation, "");  // as if there were no exp=
+  const auto term = check("198.51.100.1", "a@longterm.example.test");
+  EXPECT_EQ(term.result, kind::permerror);
+  EXPECT_NE(term.problem.find("has a term with macros of 4217 characters, too long for libspf2 (at most 200)"),
+            std::string::npos)
+      << term.problem;
 }
 
 TEST_F(SpfChecker, ADnsTimeoutIsATemperror) {
