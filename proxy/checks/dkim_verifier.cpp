@@ -55,7 +55,8 @@ std::vector<std::size_t> signatures_to_evaluate(const std::vector<std::string>& 
   std::vector<std::size_t> chosen, others;
   for (const auto i : signatures) {
     std::string error;
-    const auto tags = authors ? parse_dkim_tags(smtp::header_field_value(fields[i]), error) : std::nullopt;
+    const std::string value = authors ? smtp::header_field_value(fields[i]) : std::string();  // (the tags view it)
+    const auto tags = authors ? parse_dkim_tags(value, error) : std::nullopt;
     const auto d = tags ? std::find_if(tags->begin(), tags->end(), [](const auto& t) { return t.first == "d"; })
                         : dkim_tags::const_iterator{};
     const bool aligned = tags && d != tags->end() && std::any_of(authors->begin(), authors->end(), [&](const auto& a) {
