@@ -431,15 +431,8 @@ class smtp_upstream final : public upstream {
         close();
         co_return setup_failure{upstream_failure::client_info_refused};
       }
-      for (const auto& line : command_lines("XFORWARD", attributes)) {
-        auto forwarded = co_await command(line, reply_to::xforward);
-        if (forwarded.failed) co_return setup_failure{*forwarded.failed};
-        if (!forwarded.ok()) {
-          log_.error("upstream: XFORWARD refused: {}", printable(forwarded.reply.summary()));
-          close();
-          co_return setup_failure{upstream_failure::client_info_refused};
-        }
-      }
+      auto sent = co_await send_client_info("XFORWARD", attributes, reply_to::xforward);
+      co_return sent;
     }
     co_return std::nullopt;
   }
@@ -560,19 +553,26 @@ class smtp_upstream final : public upstream {
     return out;
   }
 
-  // Postfix XCLIENT: the upstream then treats us as the client itself and
-  // greets again; we EHLO again (XCLIENT_README). Refused, we fail closed:
-  // relaying as 127.0.0.1 could make the upstream trust every client.
-  awaitable<setup_result> send_xclient(const std::string& attributes, const std::string& identity) {
-    for (const auto& line : command_lines("XCLIENT", attributes)) {
-      auto greeting = co_await command(line, reply_to::xclient);
-      if (greeting.failed) co_return setup_failure{*greeting.failed};
-      if (!greeting.ok()) {
-        log_.error("upstream: XCLIENT refused: {}", printable(greeting.reply.summary()));
+  // XCLIENT or XFORWARD with `attributes`, in as many commands as they take;
+  // a refusal of any fails closed.
+  awaitable<setup_result> send_client_info(const std::string& verb, const std::string& attributes, reply_to what) {
+    for (const auto& line : command_lines(verb, attributes)) {
+      auto answered = co_await command(line, what);
+      if (answered.failed) co_return setup_failure{*answered.failed};
+      if (!answered.ok()) {
+        log_.error("upstream: {} refused: {}", verb, printable(answered.reply.summary()));
         close();
         co_return setup_failure{upstream_failure::client_info_refused};
       }
     }
+    co_return std::nullopt;
+  }
+
+  // Postfix XCLIENT: the upstream then treats us as the client itself and
+  // greets again; we EHLO again (XCLIENT_README). Refused, we fail closed:
+  // relaying as 127.0.0.1 could make the upstream trust every client.
+  awaitable<setup_result> send_xclient(const std::string& attributes, const std::string& identity) {
+    if (auto failed = co_await send_client_info("XCLIENT", attributes, reply_to::xclient)) co_return failed;
     xclient_sent_ = identity;
     // Our EHLO now speaks for the client: its name, or XCLIENT's HELO would be overwritten.
     auto again = co_await ehlo(client_ehlo_name(), true);
