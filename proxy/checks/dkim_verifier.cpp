@@ -41,15 +41,17 @@ bool may_align(std::string_view signer, const std::string& author, const dkim_ve
 std::vector<std::size_t> signatures_to_evaluate(const std::vector<std::string>& fields, std::size_t max,
                                                 const dkim_verifier::domain_map& organizational,
                                                 std::size_t& total) {
-  std::vector<std::size_t> signatures;
-  std::vector<std::string> from;
+  std::vector<std::size_t> signatures, from_fields;
   for (std::size_t i = 0; i < fields.size(); ++i) {
     const auto name = smtp::header_field_name(fields[i]);
     if (smtp::equals_nocase(name, "DKIM-Signature")) signatures.push_back(i);
-    if (smtp::equals_nocase(name, "From")) from.push_back(smtp::header_field_value(fields[i]));
+    if (smtp::equals_nocase(name, "From")) from_fields.push_back(i);
   }
   total = signatures.size();
   if (signatures.size() <= max) return signatures;
+  // (Only past the limit: the From's values unfolded, its domains parsed.)
+  std::vector<std::string> from;
+  for (const auto i : from_fields) from.push_back(smtp::header_field_value(fields[i]));
   std::string problem;
   const auto authors = author_domains(from, problem);
   std::vector<std::size_t> chosen, others;
