@@ -76,9 +76,10 @@ void configure(ub_ctx* ctx, const resolver_options& o) {
   text += "  unblock-lan-zones: yes\n  insecure-lan-zones: yes\n";
   text += "  cache-max-ttl: " + std::to_string(max_ttl) + "\n";
   text += "  cache-max-negative-ttl: " + std::to_string(max_negative_ttl) + "\n";
-  for (const char* zone : own_zones) text += std::string("  local-zone: \"") + zone + "\" nodefault\n";
+  const auto ask_the_nameserver = [&text](const char* zone) { text += std::string("  local-zone: \"") + zone + "\" nodefault\n"; };
+  for (const char* zone : own_zones) ask_the_nameserver(zone);
   if (!o.nameserver.empty())
-    for (const char* zone : loopback_zones) text += std::string("  local-zone: \"") + zone + "\" nodefault\n";
+    for (const char* zone : loopback_zones) ask_the_nameserver(zone);
   const auto bytes = std::max<std::size_t>(o.cache_bytes - o.cache_bytes / 8, 64 * 1024);  // (an eighth: answer_memo)
   text += "  rrset-cache-size: " + std::to_string(bytes / 2) + "\n";
   text += "  msg-cache-size: " + std::to_string(bytes / 2) + "\n";
