@@ -502,8 +502,10 @@ class smtp_upstream final : public upstream {
     auto add = [&](const char* name, const std::string& value, const char* if_too_long = nullptr) {
       if (!wanted.count(name)) return;
       auto encoded = xtext(value);
-      if (encoded.size() > max_value && !if_too_long) return;
-      if (encoded.size() > max_value) encoded = if_too_long;
+      if (encoded.size() > max_value) {
+        if (!if_too_long) return;
+        encoded = if_too_long;
+      }
       out += std::string(" ") + name + "=" + encoded;
     };
     // (find_client_hostname; XFORWARD's NAME takes no [TEMPUNAVAIL]: Postfix refuses the command)
