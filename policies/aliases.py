@@ -2,8 +2,9 @@
 
 Reads a Postfix virtual(5)-format file at load (so on start-up and on every
 SIGHUP; a file with an error keeps the old policies and says where; a loop
-is told as a warning, with its lines, and bounded where it is met). Configure it in ``[aliases]`` (the defaults shown; ``file`` is
-required, relative to the config file's folder):
+is told as a warning, with its lines, and bounded where it is met).
+Configure it in ``[aliases]`` (the defaults shown; ``file`` is required,
+relative to the config file's folder):
 
     [aliases]
     file = "aliases"                 # lines "PATTERN  TARGET[, TARGET...]"
