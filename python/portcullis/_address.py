@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import SupportsIndex, overload
@@ -131,6 +132,7 @@ def quote_local(local: str) -> str:
     return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every address of every command: a domain is converted once
 def canonical_domain(domain: str) -> str:
     """A domain in the one form tables are keyed with: lowercased, no trailing dot, and
     an internationalized name in A-labels (``bücher.example`` -> ``xn--bcher-kva.example``,
@@ -152,7 +154,11 @@ def mailbox_key(address: object) -> str:
     spelling of one mailbox (``"Ceo"@Partner.example``, ``c\\eo``, U- or A-label domain)
     finds the same entry, and ``@domain`` for a catch-all key. A text without ``@`` is
     lowercased only."""
-    text = str(address)
+    return _text_key(str(address))
+
+
+@functools.lru_cache(maxsize=4096)  # (mailbox_key's work, once per spelling of an address)
+def _text_key(text: str) -> str:
     local, at, domain = text.rpartition("@")
     if not at:
         return text.lower()
