@@ -408,33 +408,27 @@ class smtp_upstream final : public upstream {
   // cleared the login, or a new HELO. Otherwise the upstream would decide
   // relaying on a stale LOGIN=.
   awaitable<setup_result> identify() {
-    if ((sends_xclient() || sends_xforward()) && offered_attributes(sends_xclient() ? "XCLIENT" : "XFORWARD").count("NAME"))
-      co_await find_client_hostname();
-    if (sends_xclient()) {
-      const std::string attributes = client_attributes("XCLIENT");
-      if (attributes.empty()) {
-        log_.error("upstream: upstream.client_info = \"xclient\" but the upstream does not offer XCLIENT to us");
-        close();
-        co_return setup_failure{upstream_failure::client_info_refused};
-      }
-      // The EHLO after it speaks for the client too (send_xclient): an upstream whose XCLIENT
-      // takes no HELO hears the client's name only there, so the name is part of what was said.
-      const std::string identity = attributes + "\n" + client_ehlo_name();
-      if (identity == xclient_sent_) co_return std::nullopt;
-      auto sent = co_await send_xclient(attributes, identity);
-      co_return sent;
+    if (!sends_xclient() && !sends_xforward()) co_return std::nullopt;
+    const std::string verb = sends_xclient() ? "XCLIENT" : "XFORWARD";
+    const auto offered = offered_attributes(verb);  // (empty: the upstream does not offer the verb)
+    if (offered.count("NAME")) co_await find_client_hostname();
+    const std::string attributes = client_attributes(verb, offered);
+    if (attributes.empty()) {
+      log_.error("upstream: upstream.client_info = \"{}\" but the upstream does not offer {} to us",
+                 sends_xclient() ? "xclient" : "xforward", verb);
+      close();
+      co_return setup_failure{upstream_failure::client_info_refused};
     }
     if (sends_xforward()) {
-      const std::string attributes = client_attributes("XFORWARD");
-      if (attributes.empty()) {
-        log_.error("upstream: upstream.client_info = \"xforward\" but the upstream does not offer XFORWARD to us");
-        close();
-        co_return setup_failure{upstream_failure::client_info_refused};
-      }
-      auto sent = co_await send_client_info("XFORWARD", attributes, reply_to::xforward);
+      auto sent = co_await send_client_info(verb, attributes, reply_to::xforward);
       co_return sent;
     }
-    co_return std::nullopt;
+    // The EHLO after it speaks for the client too (send_xclient): an upstream whose XCLIENT
+    // takes no HELO hears the client's name only there, so the name is part of what was said.
+    const std::string identity = attributes + "\n" + client_ehlo_name();
+    if (identity == xclient_sent_) co_return std::nullopt;
+    auto sent = co_await send_xclient(attributes, identity);
+    co_return sent;
   }
 
   // The attributes the upstream's `verb` (XCLIENT, XFORWARD) takes, upper case: its EHLO keyword's parameters.
@@ -493,10 +487,10 @@ class smtp_upstream final : public upstream {
   // left out (the EHLO after XCLIENT names the client), such a LOGIN goes
   // as [UNAVAILABLE] (left out, the last client's on this connection would
   // stand; the upstream then sees no login: less trust, never more).
-  std::string client_attributes(const std::string& verb) const {
+  // `wanted`: offered_attributes(verb).
+  std::string client_attributes(const std::string& verb, const std::set<std::string>& wanted) const {
     if (!caps_.count(verb)) return {};
     constexpr std::size_t max_value = 255;
-    const auto wanted = offered_attributes(verb);
     const bool v6 = unmapped(client_.client.address()).is_v6();
     std::string out;
     auto add = [&](const char* name, const std::string& value, const char* if_too_long = nullptr) {
