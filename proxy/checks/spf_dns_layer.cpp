@@ -271,12 +271,12 @@ SPF_errcode_t get_spf(SPF_server_t* server, SPF_request_t* request, SPF_response
       spf_record_for_client(spf_record_for_libspf2(records.front()), !e.client.is_v4(), e.any_address),
       macro_values(e, request));
   if (uses_p_macro(text)) set_client_name(e, request);
-  if (const auto longest = spf_longest_macro_term(text); longest > libspf2_max_macro_string) {
+  const auto [mechanisms, modifiers, longest] = spf_shape_of(text);
+  if (longest > libspf2_max_macro_string) {
     e.permerror = "the SPF record" + where + " has a term with macros of " + std::to_string(longest) +
                   " characters, too long for libspf2 (at most " + std::to_string(libspf2_max_macro_string) + ")";
     return fail(SPF_RESULT_PERMERROR, SPF_E_BIG_MECH, *e.permerror);
   }
-  const auto [mechanisms, modifiers] = spf_term_counts(text);
   const bool compiled = SPF_record_compile(server, response, recordp, text.c_str()) == SPF_E_SUCCESS;
   // libspf2 drops the terms past 511 bytes of its compiled form without a
   // word (SPF_MAX_MECH_LEN): it would evaluate another record than the

@@ -566,23 +566,15 @@ std::string spf_record_for_client(std::string_view record, bool ipv6, std::strin
   return out;
 }
 
-std::pair<std::size_t, std::size_t> spf_term_counts(std::string_view record) {
-  std::size_t mechanisms = 0, modifiers = 0;
+spf_record_shape spf_shape_of(std::string_view record) {
+  spf_record_shape shape;
   for_each_term(record, [&](std::string_view, std::string_view term) {
     const auto parts = split_term(term);
-    ++(parts.modifier && !equals_nocase(parts.name, "redirect") ? modifiers : mechanisms);
+    ++(parts.modifier && !equals_nocase(parts.name, "redirect") ? shape.modifiers : shape.mechanisms);
+    if (term.find('%') != std::string_view::npos) shape.longest_macro_term = std::max(shape.longest_macro_term, term.size());
     return true;
   });
-  return {mechanisms, modifiers};
-}
-
-std::size_t spf_longest_macro_term(std::string_view record) {
-  std::size_t longest = 0;
-  for_each_term(record, [&](std::string_view, std::string_view term) {
-    if (term.find('%') != std::string_view::npos) longest = std::max(longest, term.size());
-    return true;
-  });
-  return longest;
+  return shape;
 }
 
 std::string spf_record_for_libspf2(std::string_view record) {

@@ -63,9 +63,6 @@ std::string any_address_marker();
 // it is ignored).
 std::string spf_record_for_client(std::string_view libspf2_record, bool ipv6, std::string_view marker);
 
-// (mechanisms, modifiers) of a valid record as libspf2 counts them once it
-// compiled it (redirect= among the mechanisms): fewer means it dropped some.
-std::pair<std::size_t, std::size_t> spf_term_counts(std::string_view record);
 
 // The longest macro-string libspf2 is given to compile (a term of a record,
 // a word of an explanation) when it holds a macro. Debian 12's libspf2
@@ -78,8 +75,18 @@ std::pair<std::size_t, std::size_t> spf_term_counts(std::string_view record);
 // with macros are a few dozen characters.
 inline constexpr std::size_t libspf2_max_macro_string = 200;
 
-// The length of the record's longest term that holds a macro ('%'); 0 for none.
-std::size_t spf_longest_macro_term(std::string_view record);
+// A valid record as libspf2 is about to compile it, measured in one walk:
+// its mechanisms and modifiers as libspf2 counts them once compiled
+// (redirect= among the mechanisms: fewer means it dropped some), and the
+// length of its longest term that holds a macro ('%'; 0 for none), which
+// must stay within libspf2_max_macro_string.
+struct spf_record_shape {
+  std::size_t mechanisms = 0;
+  std::size_t modifiers = 0;
+  std::size_t longest_macro_term = 0;
+  bool operator==(const spf_record_shape&) const = default;
+};
+spf_record_shape spf_shape_of(std::string_view record);
 
 // What a macro letter (lower case) stands for in one check (RFC 7208 §7.3),
 // where it is known before libspf2 expands it; nullopt where not ("p").

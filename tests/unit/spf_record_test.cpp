@@ -470,13 +470,16 @@ TEST(SpfRecordForClient, AnyAddressMarkerIsNewForEveryCheck) {
   EXPECT_EQ(a.size(), std::string_view(".any-address-0123456789abcdef.portcullis.invalid").size());
 }
 
-TEST(SpfTermCounts, CountsAsLibspf2Does) {
-  EXPECT_EQ(spf_term_counts("v=spf1"), std::make_pair(std::size_t{0}, std::size_t{0}));
-  EXPECT_EQ(spf_term_counts("v=spf1 a mx:x.example.com/24 -all"), std::make_pair(std::size_t{3}, std::size_t{0}));
+TEST(SpfShapeOf, CountsAsLibspf2Does) {
+  EXPECT_EQ(spf_shape_of("v=spf1"), (spf_record_shape{0, 0, 0}));
+  EXPECT_EQ(spf_shape_of("v=spf1 a mx:x.example.com/24 -all"), (spf_record_shape{3, 0, 0}));
   // redirect= is among libspf2's mechanisms; exp= a modifier.
-  EXPECT_EQ(spf_term_counts("v=spf1 ip4:192.0.2.0/24  redirect=r.example.com exp=e.example.com"),
-            std::make_pair(std::size_t{2}, std::size_t{1}));
-  EXPECT_EQ(spf_term_counts("v=spf1 exists:%{i}.x.example.com/24 ~all"), std::make_pair(std::size_t{2}, std::size_t{0}));
+  EXPECT_EQ(spf_shape_of("v=spf1 ip4:192.0.2.0/24  redirect=r.example.com exp=e.example.com"),
+            (spf_record_shape{2, 1, 0}));
+  // The longest term with a macro, whatever its kind; terms without one do not count.
+  EXPECT_EQ(spf_shape_of("v=spf1 exists:%{i}.x.example.com/24 ~all"), (spf_record_shape{2, 0, 28}));
+  EXPECT_EQ(spf_shape_of("v=spf1 a:very-long-name-without-macros.example.com exp=%{d}.e.example a:%{l}.x"),
+            (spf_record_shape{2, 1, 18}));
 }
 
 // libspf2 cuts a value's first character when a DIGIT keeps as many labels as
