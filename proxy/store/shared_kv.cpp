@@ -1,5 +1,6 @@
 #include "store/shared_kv.hpp"
 
+#include <atomic>
 #include <charconv>
 #include <cstring>
 #include <limits>
@@ -91,6 +92,28 @@ std::size_t shared_kv::find(std::string_view key, bool create, std::int64_t now_
   return free_slot != npos ? free_slot : soonest;  // (only a key with a time to live gives way)
 }
 
+void shared_kv::write(std::size_t slot, std::string_view key, std::string_view value, std::int64_t expires_ms) {
+  entry& e = entries_[slot];
+  int store = 0;
+  // Each store made in the order written (the compiler may neither merge nor
+  // move them: a process dying between two must find the slot free or whole).
+  const auto stored = [&] {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (after_store_for_tests) after_store_for_tests(++store);
+  };
+  e.expires_ms = 0;  // free: a slot freed keeps its key size, so no run of the search is cut
+  stored();
+  e.key_size = static_cast<std::uint16_t>(key.size());
+  std::memcpy(e.key, key.data(), key.size());
+  stored();
+  e.value_size = static_cast<std::uint16_t>(value.size());
+  stored();
+  std::memcpy(e.value, value.data(), value.size());
+  stored();
+  e.expires_ms = expires_ms;  // live again, whole
+  stored();
+}
+
 std::optional<std::string> shared_kv::get(std::string_view key, clock::time_point now) {
   if (key.size() > shared_kv_max_key) return std::nullopt;
   robust_lock l(&header_->mutex, "policy store");
@@ -106,14 +129,7 @@ shared_kv::status shared_kv::set(std::string_view key, std::string_view value, s
   robust_lock l(&header_->mutex, "policy store");
   const std::size_t s = find(key, true, now_ms);
   if (s == npos) return status::full;
-  entry& e = entries_[s];
-  // The value first and the expiry last: a worker dying halfway leaves a slot that is free or whole.
-  e.expires_ms = 0;
-  e.key_size = static_cast<std::uint16_t>(key.size());
-  std::memcpy(e.key, key.data(), key.size());
-  e.value_size = static_cast<std::uint16_t>(value.size());
-  std::memcpy(e.value, value.data(), value.size());
-  e.expires_ms = expiry_of(ttl, now_ms);
+  write(s, key, value, expiry_of(ttl, now_ms));
   return status::ok;
 }
 
@@ -137,20 +153,16 @@ shared_kv::status shared_kv::incr(std::string_view key, std::int64_t by, std::op
   if (__builtin_add_overflow(value, by, &value)) return status::overflow;
   char text[24];
   const auto written = std::to_chars(text, text + sizeof text, value).ptr - text;
-  if (s == npos) {
+  const std::string_view digits(text, static_cast<std::size_t>(written));
+  if (s != npos) {
+    // In place: its expiry kept, as Redis's INCR keeps it. (Its digits and
+    // their length are two stores: written over a live slot, a worker dying
+    // between them left 99 + 1 read as "10".)
+    write(s, key, digits, entries_[s].expires_ms);
+  } else {
     s = find(key, true, now_ms);
     if (s == npos) return status::full;
-    entry& e = entries_[s];
-    e.expires_ms = 0;
-    e.key_size = static_cast<std::uint16_t>(key.size());
-    std::memcpy(e.key, key.data(), key.size());
-    e.value_size = static_cast<std::uint16_t>(written);
-    std::memcpy(e.value, text, written);
-    e.expires_ms = expiry_of(ttl, now_ms);
-  } else {
-    entry& e = entries_[s];  // keeps its expiry, as Redis's INCR does
-    std::memcpy(e.value, text, written);
-    e.value_size = static_cast<std::uint16_t>(written);
+    write(s, key, digits, expiry_of(ttl, now_ms));
   }
   result = value;
   return status::ok;

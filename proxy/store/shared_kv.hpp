@@ -13,7 +13,10 @@
 // ones is all but impossible (about e^-24 a slot for linear probing): the
 // table holds its capacity, and only past it do keys give way or get refused.
 // One robust mutex guards it (store/shared_memory.hpp); operations are a
-// few hundred nanoseconds, so it is held that long.
+// few hundred nanoseconds, so it is held that long. A worker may die holding
+// it (SIGKILL, a crash): every update frees its slot first and makes it live
+// last, so the next process to lock finds the slot whole or free (the key
+// gone), never half written (a counter's new digits with its old length).
 //
 // The daemon makes the process's table before its workers fork
 // (make_process_kv); anything else that asks (the extension module, the
@@ -61,11 +64,17 @@ class shared_kv {
   bool erase(std::string_view key, clock::time_point now = clock::now());
   std::size_t capacity() const { return capacity_; }
 
+  // For the tests: called after each store of an update with its number
+  // (1, 2, ...), so that a test can end the process exactly there.
+  static inline void (*after_store_for_tests)(int store) = nullptr;
+
  private:
   struct header;
   struct entry;
   // Under the lock: the slot holding `key`, or (with `create`) the slot it may take; npos for none.
   std::size_t find(std::string_view key, bool create, std::int64_t now_ms);
+  // Under the lock: `slot` made `key` = `value`, living until `expires_ms`, in the order above.
+  void write(std::size_t slot, std::string_view key, std::string_view value, std::int64_t expires_ms);
 
   std::size_t capacity_;
   std::size_t slots_;  // shared_kv_slots_per_key a key of the capacity

@@ -54,7 +54,8 @@ class robust_lock {
  public:
   robust_lock(pthread_mutex_t* m, const char* what) : m_(m) {
     const int rc = pthread_mutex_lock(m_);
-    // Its owner died holding it: every update is one store, so the table is consistent.
+    // Its owner died holding it: each table's updates leave it usable at every
+    // store (shared_kv::write; the client table's entries are written the same way).
     if (rc == EOWNERDEAD) pthread_mutex_consistent(m_);
     else if (rc != 0) throw std::system_error(rc, std::generic_category(), std::string(what) + " lock");
   }

@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <functional>
+#include <optional>
 #include <string>
 
 namespace portcullis {
@@ -151,6 +153,65 @@ TEST(SharedKv, ProcessesForkedAfterItShareIt) {
   }
   EXPECT_EQ(kv.get("shared"), std::to_string(1 + (children + 1) * each));
   for (int c = 0; c < children; ++c) EXPECT_EQ(kv.get("child" + std::to_string(c)), "here");
+}
+
+// A worker killed while it writes (it holds the lock: the next process gets
+// EOWNERDEAD) leaves the key whole or gone, at each of the update's stores:
+// never a counter's new digits with its old length (99 + 1 read as "10",
+// which the next incr made 11), nor a value cut or run on.
+int die_after_store = 0;
+
+void die_if_due(int store) {
+  if (store == die_after_store) _exit(0);
+}
+
+// `update` run by a child process that dies right after the update's
+// `store`-th store, holding the lock; then `then` in this process, on the same
+// table (its lock taken as EOWNERDEAD).
+void dying_at(int store, const std::function<void(shared_kv&)>& before, const std::function<void(shared_kv&)>& update,
+              const std::function<void(shared_kv&)>& then) {
+  shared_kv kv(1024);
+  before(kv);
+  const pid_t child = fork();
+  if (child == 0) {
+    die_after_store = store;
+    shared_kv::after_store_for_tests = die_if_due;
+    update(kv);
+    _exit(1);  // (past its last store)
+  }
+  int status_code = 0;
+  ASSERT_EQ(waitpid(child, &status_code, 0), child);
+  ASSERT_TRUE(WIFEXITED(status_code));
+  then(kv);
+}
+
+TEST(SharedKv, AWorkerDyingMidUpdateLeavesTheKeyWholeOrGone) {
+  const auto nothing = [](shared_kv&) {};
+  const auto plus_one = [](shared_kv& kv) { incr(kv, "c"); };
+  int gone = 0;
+  for (int store = 1; store <= 6; ++store) {
+    SCOPED_TRACE(store);
+    // A counter counted in place: 100, or gone; the next incr counts on from there.
+    dying_at(store, [](shared_kv& kv) { kv.set("c", "99", std::nullopt, t0); }, plus_one, [&](shared_kv& kv) {
+      const auto c = kv.get("c", t0);
+      EXPECT_TRUE(c == std::nullopt || c == "100") << *c;
+      gone += c == std::nullopt;
+      EXPECT_EQ(incr(kv, "c"), c ? 101 : 1);
+    });
+    // A counter made: 1, or none.
+    dying_at(store, nothing, plus_one, [](shared_kv& kv) {
+      const auto c = kv.get("c", t0);
+      EXPECT_TRUE(c == std::nullopt || c == "1") << *c;
+    });
+    // A shorter value over a longer one: the new one whole, or none.
+    dying_at(store, [](shared_kv& kv) { kv.set("c", "a longer value", std::nullopt, t0); },
+             [](shared_kv& kv) { kv.set("c", "short", std::nullopt, t0); },
+             [](shared_kv& kv) {
+               const auto c = kv.get("c", t0);
+               EXPECT_TRUE(c == std::nullopt || c == "short") << *c;
+             });
+  }
+  EXPECT_EQ(gone, 4);  // (a write's 5 stores: gone after each but the last; there is no 6th)
 }
 
 TEST(SharedKv, TheProcessTableIsMadeOnceAndKept) {
