@@ -145,7 +145,9 @@ async def _check_and_count(tx, unit: str):
         if previous * (1 - into / window) + current <= limit:
             continue
         for key in counted:  # refused: this attempt does not count
-            await pc.store.incr(key, by=-1)
+            # With the counter's ttl: a counter gone meanwhile (evicted from a full memory
+            # store) is made again at -1, and must not then live forever.
+            await pc.store.incr(key, ttl=2 * window + 60, by=-1)
         # When enough of the previous window has slid out; if this one alone is full, when it ends.
         if current <= limit and previous:
             wait = window * (1 - (limit - current) / previous) - into

@@ -291,6 +291,25 @@ def test_the_srs_sender_of_a_forwarded_rcpt_counts_as_the_senders(tmp_path, file
         assert f"sender <{sender}>" in replies[2].text
 
 
+def test_every_counter_write_carries_the_windows_time_to_live(monkeypatch):
+    # A refused attempt's refund (by=-1) too: a counter evicted from a full memory store
+    # between the count and the refund is made again by it, and without a ttl it lived
+    # forever (at -1: one more attempt past the limit, and a key never evicted).
+    calls = []
+    real_incr = pc.store.incr
+
+    async def recording_incr(key, ttl=None, *, by=1):
+        calls.append((by, ttl))
+        return await real_incr(key, ttl, by=by)
+
+    monkeypatch.setattr(pc.store, "incr", recording_incr)
+    with ratelimit(window=60, messages_per_client=1) as h:
+        ip = fresh_net()
+        assert [h.connect(client_ip=ip, helo="c.example").mail("a@example.com").code for _ in range(2)] == [250, 450]
+    assert [by for by, _ in calls] == [1, 1, -1]
+    assert all(ttl == 2 * 60 + 60 for _, ttl in calls)
+
+
 def test_the_window_slides():
     with ratelimit(window=2, messages_per_client=2) as h:
         ip = fresh_net()
