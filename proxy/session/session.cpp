@@ -781,6 +781,16 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
   }
   log_transaction(r, size);
   if (auto final_reply = std::exchange(upstream_final_, std::nullopt)) {
+    if (r.positive()) {
+      // The upstream has the message: the client hears so now, before the
+      // notifications (on_delivered, on_reset) run. A stop's grace period
+      // ending, a crash or a slow hook while they run must not leave
+      // delivered mail unacknowledged: the client would send it again.
+      metrics::count(metrics::family::replies_total, {stage_label(smtp::verb::data), metrics::reply_class(r.code)});
+      queue(r);
+      co_await flush();     // (a client gone: flush() ends the session)
+      r = reply{};  // (0: written already; serve() queues nothing)
+    }
     try {
       co_await policy_.on_delivered(conn_, tx_, *final_reply);  // a notification: its outcome changes nothing
     } catch (const std::exception& e) {

@@ -179,6 +179,32 @@ def test_sigterm_grace_period_bounds_the_wait(start_daemon, fake_upstream):
     assert "DATA" not in up.commands and up.messages == []
 
 
+@pytest.mark.parametrize("hook", ["on_delivered(tx, reply)", "on_reset(tx)"])
+def test_sigterm_while_the_notifications_run_leaves_no_delivered_mail_unacknowledged(
+        policy_daemon, aiosmtpd_upstream, hook):
+    """The upstream took the message: the client hears its 250 before the
+    notifications run. (It heard it only after them: a stop whose grace
+    period ended while a slow one ran dropped the session, and the client,
+    never told, sent the mail again: twice delivered.)"""
+    d = policy_daemon(aiosmtpd_upstream.url, f"""
+        import asyncio
+
+        async def {hook}:
+            await asyncio.sleep(3)
+        """, server={"shutdown_grace": 1})
+    c = d.connect()
+    c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+    c.exchange("RCPT TO:<b@example.test>", 250, "2.1.5")
+    c.exchange("DATA", 354)
+    c.send(b"Subject: told\r\n\r\nonce\r\n.\r\n")
+    aiosmtpd_upstream.wait_messages(1)
+    d.signal(signal.SIGTERM)
+    c.expect(250, "2.0.0")
+    assert d.proc.wait(timeout=10) == 0
+    assert len(aiosmtpd_upstream.envelopes) == 1
+    c.close()
+
+
 def test_sigint_also_exits_0(start_daemon, fake_upstream):
     d = start_daemon(fake_upstream().url)
     with d.connect() as c:

@@ -5,6 +5,7 @@ message a policy or the proxy refused; a hook that fails changes nothing."""
 from __future__ import annotations
 
 from conftest import json_lines as records
+from conftest import wait_until
 
 NOTIFIED = """
 import json
@@ -31,6 +32,8 @@ def test_on_delivered_is_told_the_upstreams_final_reply(policy_daemon, aiosmtpd_
         assert c.transaction("a@example.com", ["b@example.test"], b"Subject: 1\r\n\r\nhello").code == 250
         assert c.transaction("a@example.com", ["b@example.test"], b"Subject: 2\r\n\r\nrefuse me").code == 550
         assert c.transaction("boom@example.com", ["b@example.test"], b"Subject: 3\r\n\r\nhello").code == 250
+    # (A delivered message's 250 goes out before on_delivered runs: the last one may still be running.)
+    wait_until(lambda: record.exists() and len(records(record)) == 2, 5, what="on_delivered told of both deliveries")
     [first, third] = records(record)
     assert first[:2] == ["a@example.com", ["b@example.test", "added@example.test"]]  # as delivered
     assert first[2:4] == [250, "2.0.0"] and "queued as AIO" in first[4] and first[5] is True
