@@ -251,6 +251,8 @@ server::~server() {
   boost::system::error_code ignored;
   signals_.clear(ignored);
   for (const int sig : server_signals) std::signal(sig, SIG_IGN);
+  // (Its engine, if it started, is in a handler io_ drops unrun: stopped with it.)
+  if (engine_starter_.joinable()) engine_starter_.join();
 }
 
 // 12 hex digits: unique in this run across every worker (the shared counter
@@ -477,6 +479,12 @@ void server::reload() {
   };
   const auto old = env_.current()->cfg;
   notify_reloading("reloading " + old->file.string());
+  if (engine_starting_) {
+    spdlog::error("reload: the policies the last reload brought are still loading; send SIGHUP again once they are");
+    counted("failed");
+    reload_done(false);
+    return;
+  }
   // Exactly the checks of start-up (load_config runs them all), then what
   // only a running server can tell: whether its open listeners can be served.
   std::shared_ptr<const config> fresh;
@@ -530,17 +538,31 @@ void server::reload() {
     return;
   }
   if (!engine_) {
-    // Policies where there were none: the interpreter starts now (this
-    // thread waits for the import; a restart avoids that).
-    try {
-      engine_ = std::make_shared<python_engine>(*fresh);
-    } catch (const std::exception& e) {
-      spdlog::error("reload: policies did not load, keeping the running configuration: {}", e.what());
-      counted("failed");
-      reload_done(false);
-      return;
-    }
-    swap_in(engine_->first_generation());
+    // Policies where there were none: the interpreter starts now, on a
+    // thread of its own (an I/O thread, often the worker's only one, would
+    // stop serving for the whole import), and is swapped in on an I/O thread.
+    if (engine_starter_.joinable()) engine_starter_.join();  // (an earlier start, over: its handler posted)
+    engine_starting_ = true;
+    engine_starter_ = std::thread([this, fresh, swap_in, counted] {
+      std::shared_ptr<python_engine> started;
+      std::string why;
+      try {
+        started = std::make_shared<python_engine>(*fresh);
+      } catch (const std::exception& e) {
+        why = e.what();
+      }
+      asio::post(io_, [this, started, why, swap_in, counted] {
+        if (started) engine_ = started;
+        engine_starting_ = false;
+        if (!started) {
+          spdlog::error("reload: policies did not load, keeping the running configuration: {}", why);
+          counted("failed");
+          reload_done(false);
+          return;
+        }
+        swap_in(engine_->first_generation());
+      });
+    });
     return;
   }
   // Sessions in progress keep the policies they started with; the policy

@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -128,6 +129,11 @@ class server {
   std::uint64_t reloads_started_ = 0;
   std::atomic<unsigned> tls_refusals_{0};  // refusals on implicit-TLS ports in progress
   std::uint64_t reload_installed_ = 0;
+  // A reload that brought the first policies: the engine starts (the
+  // interpreter, the import) on this thread, not on an I/O thread, which
+  // would stop serving meanwhile; reloads wait until it is done.
+  std::thread engine_starter_;
+  std::atomic<bool> engine_starting_{false};
 
   std::mutex sessions_mutex_;  // guards the two below (sessions live on many threads)
   std::unordered_map<std::string, std::weak_ptr<session>> sessions_;

@@ -17,7 +17,7 @@ import signal
 import textwrap
 import time
 
-from conftest import content_without_received, exact
+from conftest import content_without_received, exact, wait_until
 
 POLICY_FAILURE = (451, "4.3.0", "Temporary policy failure, try again later")
 # python_policy.cpp: the backstop is policy.timeout x files + 5 s.
@@ -122,6 +122,41 @@ def test_reload_onto_a_broken_then_a_fixed_policy_from_none(start_daemon, aiosmt
         r = c.transaction("ann@example.test", ["bob@example.test"], b"Subject: hi\r\n\r\nbody")
         assert (r.code, r.status) == (250, "2.0.0"), r
         c.exchange("QUIT", 221)
+    [env] = aiosmtpd_upstream.wait_messages(1)
+    assert b"\r\nX-Policy: fixed\r\n" in env["content"]
+    assert d.stop() == 0
+    assert_clean(d)
+
+
+def test_the_first_policies_a_reload_brings_load_while_sessions_are_served(start_daemon, aiosmtpd_upstream, tmp_path,
+                                                                           monkeypatch):
+    """Policies where there were none: the interpreter starts and imports
+    them off the I/O threads. (The import ran on the worker's only I/O
+    thread: every session of the worker stood still until it was done.)
+    A SIGHUP meanwhile is refused, and said so; the import's swaps in after."""
+    from conftest import sanitized_python_env
+
+    for name, value in sanitized_python_env().items():
+        monkeypatch.setenv(name, value)
+    d = start_daemon(aiosmtpd_upstream.url, server={"workers": 1, "threads": 1})
+    policy = tmp_path / "policy.py"
+    importing = tmp_path / "importing"
+    policy.write_text(f"import time\nopen({str(importing)!r}, 'w').close()\ntime.sleep(3)  # a slow import\n"
+                      + textwrap.dedent(FIXED))
+    c = d.connect()
+    d.tables = d._merge(d.tables, {"policy": {"files": [str(policy)], "timeout": 10}})
+    d.write_config()
+    d.signal(signal.SIGHUP)
+    wait_until(importing.exists, 10, what="the policy's import to start")
+    started = time.monotonic()
+    c.exchange("NOOP", 250)
+    assert time.monotonic() - started < 1, "the session stood still during the import"
+    d.signal(signal.SIGHUP)
+    d.wait_log(r"error reload: the policies the last reload brought are still loading; send SIGHUP again once they are")
+    d.wait_log(r"reload: .* reloaded; new sessions use it", timeout=15)
+    c.close()
+    with d.connect() as c2:
+        assert c2.transaction("ann@example.test", ["bob@example.test"], b"Subject: hi\r\n\r\nbody").code == 250
     [env] = aiosmtpd_upstream.wait_messages(1)
     assert b"\r\nX-Policy: fixed\r\n" in env["content"]
     assert d.stop() == 0
