@@ -342,6 +342,16 @@ int main(int argc, char** argv) {
       portcullis::become_user(*user, true);
       check_access_as(*user, *cfg);
     }
+    // The workers' SO_REUSEPORT sockets would join those of another daemon
+    // of this user on the same addresses (one started twice by mistake, an
+    // old one still running) and quietly share its clients. Bound once here
+    // without it and let go: an address in use fails as one process's does.
+    try {
+      portcullis::bind_listeners(*cfg, false);
+    } catch (const std::exception& e) {
+      spdlog::critical("{}", e.what());  // (as a single process says it)
+      return 1;
+    }
     // Forked before any thread or the interpreter starts (supervisor.hpp).
     portcullis::supervisor parent(std::move(cfg), clients,
                                   [&](unsigned worker, std::shared_ptr<const portcullis::config> c) {

@@ -316,6 +316,18 @@ def test_listen_port_in_use_fails_to_start(portcullis_bin, tmp_path):
     assert f"critical cannot listen on 127.0.0.1:{port}: " in p.stderr
 
 
+def test_a_second_daemon_on_the_same_address_fails_to_start_with_workers_too(start_daemon, fake_upstream):
+    """Workers bind with SO_REUSEPORT, which would let a second daemon (of the
+    same user) join the first's addresses and quietly take some of its
+    clients; it fails as a single process does."""
+    d = start_daemon(fake_upstream().url, server={"workers": 2})
+    cfg = d.config_path.parent / "second.toml"
+    cfg.write_text(d.config_path.read_text())
+    p = subprocess.run([str(d.binary), "--config", str(cfg)], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert f"critical cannot listen on 127.0.0.1:{d.port}: Address already in use" in p.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["HUP", "TERM"])
 def test_a_signal_while_one_process_imports_its_policies_is_handled_not_fatal(policy_daemon, aiosmtpd_upstream, sig):
     """workers = 1 (the default on one core): a HUP or TERM during start-up (a slow policy
