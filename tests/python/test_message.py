@@ -181,6 +181,11 @@ def test_a_new_body_line_over_998_octets_is_refused_unless_the_client_sent_it():
     m = pc.Message(b"Subject: x\r\n\r\n" + long_line + b"\r\n")
     m.body = b"added above\r\n" + m.body
     assert m.raw.endswith(long_line + b"\r\n")
+    m.body = m.body * 3000  # (as many as a policy likes: each is looked up, not searched for)
+    assert m.body.count(long_line) == 3000
+    # A part of it is a line the client did not send.
+    with pytest.raises(ValueError, match="1499 octets"):
+        m.body = long_line[1:] + b"\r\n"
 
 
 def test_message_must_be_crlf_without_nul():
