@@ -173,18 +173,25 @@ class smtp_upstream final : public upstream {
     auto go_ahead = co_await command(line, reply_to::data);
     // Its refusal (the transaction stays open upstream: the next MAIL resets it), or a failure (a 250 is one).
     if (!go_ahead.ok()) co_return std::move(go_ahead.reply);
-    // One gather write per chunk of the store (one in all for a message held
-    // in memory): our header first, then the body as dot-stuffed slices of
-    // the chunk. No copy of the message is made.
+    // One gather write per slice of at most 64 KiB of the store's chunks (a
+    // message held in memory is one chunk): our header first, then the
+    // slice's dot-stuffed pieces, views of the message, not copies. Each
+    // stuffed line is two pieces (32 bytes of views, an iovec of the write):
+    // a slice with more than a write's batch of them is copied into one
+    // buffer instead, or a message of "." lines would cost 20 times its size.
     message_store::reader in(message);
     smtp::dot_stuffer stuffer;
     std::vector<std::string_view> pieces;
     std::vector<asio::const_buffer> buffers;
+    std::string packed;  // a slice with many stuffed lines, copied into one buffer
     bool first = true;
     owed_ = true;  // from the first byte of the message on, its final reply is owed
     const auto sending = std::chrono::steady_clock::now();
+    constexpr std::size_t max_slice = 64 * 1024;
+    constexpr std::size_t max_pieces = 64;  // line_stream::write's batch of iovecs
+    std::string_view chunk;
     for (;;) {
-      const auto chunk = in.next();
+      if (chunk.empty()) chunk = in.next();
       if (in.failed()) {
         // Never the end-of-data dot after a part of the message: closing the
         // connection makes the upstream drop what it got.
@@ -196,10 +203,18 @@ class smtp_upstream final : public upstream {
       buffers.clear();
       if (first) buffers.emplace_back(header.data(), header.size());
       first = false;
-      stuffer.stuff(chunk, pieces);
-      const bool last = in.at_end();
+      const auto slice = chunk.substr(0, max_slice);
+      chunk.remove_prefix(slice.size());
+      stuffer.stuff(slice, pieces);
+      const bool last = chunk.empty() && in.at_end();
       if (last) stuffer.finish(pieces);  // in the same write as the last chunk
-      for (auto p : pieces) buffers.emplace_back(p.data(), p.size());
+      if (pieces.size() > max_pieces) {
+        packed.clear();
+        for (auto p : pieces) packed.append(p);
+        buffers.emplace_back(packed.data(), packed.size());
+      } else {
+        for (auto p : pieces) buffers.emplace_back(p.data(), p.size());
+      }
       const bool written = co_await stream_->write(buffers, cfg_.timeout);
       if (!written) co_return write_failed("sending the message").reply;
       if (last) break;
