@@ -175,6 +175,18 @@ verdict python_policy::failure(const connection_state& conn, const std::string& 
   return on_error();
 }
 
+verdict python_policy::too_big(const connection_state& conn, std::size_t size) const {
+  auto v = failure(conn, "data", "the message from policy has " + std::to_string(size) +
+                                     " octets; server.max_message_size is " + std::to_string(max_message_size_));
+  // Edited so again at every try: a 451 had the client retry until the message bounced.
+  // (RFC 1870 §6.1; Postfix's cleanup says the same of a milter's edit that grew too big.)
+  if (v.what == verdict::kind::tempfail) {
+    v.what = verdict::kind::reject;
+    v.reply = smtp::reply{552, "5.3.4", "Message size exceeds fixed maximum message size"};
+  }
+  return v;
+}
+
 verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result&& result,
                               const transaction* tx) const {
   auto by = std::move(result.decided_by);
@@ -221,9 +233,7 @@ verdict python_policy::verdict_of(const std::string& stage, const connection_sta
   if (stage == "data" && result.message) {
     if (auto problem = smtp::message_problem(*result.message))
       return failure(conn, stage, "invalid message from policy: " + *problem);
-    if (result.message->size() > max_message_size_)
-      return failure(conn, stage, "the message from policy has " + std::to_string(result.message->size()) +
-                                      " octets; server.max_message_size is " + std::to_string(max_message_size_));
+    if (result.message->size() > max_message_size_) return too_big(conn, result.message->size());
     v.message = std::make_shared<const std::string>(std::move(*result.message));
   }
   if (stage == "data" && result.message_prefix) {
@@ -353,12 +363,11 @@ awaitable<verdict> python_policy::on_data(const connection_state& conn, const tr
       received->head_size(v.message_keep_from) != v.message_keep_from)
     co_return failure(conn, "data", "invalid message from policy: the body it keeps does not start where the received one does");
   const auto received_size = received->size();
-  if (v.message_prefix && v.message_prefix->size() + received_size - v.message_keep_from > max_message_size_) {
-    std::string why = "the message from policy has ";  // (appended: g++ 12 warns, wrongly, at "..." + std::string)
-    why += std::to_string(v.message_prefix->size() + received_size - v.message_keep_from);
-    why += " octets; server.max_message_size is ";
-    why += std::to_string(max_message_size_);
-    co_return failure(conn, "data", why);
+  if (const auto size = v.message_prefix ? v.message_prefix->size() + received_size - v.message_keep_from : 0;
+      size > max_message_size_) {
+    auto refused = too_big(conn, size);
+    refused.by = v.by;
+    co_return refused;
   }
   co_return v;
 }

@@ -52,6 +52,9 @@ class python_policy final : public policy {
   verdict on_error() const;
   // A failure found here (invalid verdict or rewrite): logged, then on_error().
   verdict failure(const connection_state& conn, const std::string& stage, const std::string& why) const;
+  // An edited message of `size` octets, past server.max_message_size: a failure,
+  // whose refusal (unless on_error accepts) is for good, 552 5.3.4.
+  verdict too_big(const connection_state& conn, std::size_t size) const;
 
   std::shared_ptr<python_engine> engine_;
   policy_generation generation_;

@@ -36,8 +36,9 @@ simulated is the SMTP side around it):
   The config's limits and relay guard are the daemon's: ``[server]
   max_recipients`` (``452 4.5.3``; discarded RCPTs count, and so do a
   redirect's targets), ``max_message_size`` (a rewrite past either is a policy
-  error, ``451 4.3.0``) and ``[relay]`` (``554 5.7.1 Relay access denied``
-  unless ``auth_user=`` or a ``client_ip=`` in ``trusted_networks``).
+  error, ``451 4.3.0``; past ``max_message_size`` refused for good, ``552
+  5.3.4``) and ``[relay]`` (``554 5.7.1 Relay access denied`` unless
+  ``auth_user=`` or a ``client_ip=`` in ``trusted_networks``).
 - Commands run one at a time; use the engine (``h.host.dispatch``, with
   ``_core.Job`` objects) directly to run sessions concurrently.
 """
@@ -67,6 +68,9 @@ from ._engine import POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, job_from_d
 from ._log import LOGGER_NAME, format_record, record_session_id
 from ._objects import ArcResult, DkimSignature, DmarcResult, SpfResult
 from .settings import client_address
+
+# A message a policy edited past server.max_message_size (unless on_error accepts it).
+_TOO_BIG_REPLY = (552, "5.3.4", "Message size exceeds fixed maximum message size")
 
 __all__ = ["Delivery", "Harness", "LogLine", "PolicyLoadError", "Reply", "Session", "SessionClosed"]
 
@@ -429,7 +433,7 @@ class Session:
             return None, result
         if self.harness.on_error == "accept":
             return None, {"verdict": None, "auth": None, "sender": None, "recipients": None, "message": None}
-        return Reply(*POLICY_ERROR_REPLY), result
+        return Reply(*result.get("error_reply", POLICY_ERROR_REPLY)), result
 
     def _checked(self, stage: str, result: dict[str, Any], received: bytes | None = None) -> dict[str, Any]:
         """The daemon's checks of a result against the server's limits (python_policy.cpp
@@ -441,6 +445,8 @@ class Session:
         if why is None:
             return result
         logging.getLogger(LOGGER_NAME).error("policy error in on_%s: %s", stage, why, extra={"session_id": self.id})
+        if "max_message_size" in why:  # (edited so at every try: refused for good, python_policy.cpp too_big)
+            return {**result, "error": why, "error_reply": _TOO_BIG_REPLY}
         return {**result, "error": why}
 
     def _past_limits(self, stage: str, result: dict[str, Any], received: bytes | None) -> str | None:

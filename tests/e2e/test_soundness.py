@@ -120,16 +120,24 @@ def test_a_stage_with_an_invalid_rewrite_rewrites_nothing(policy_daemon, aiosmtp
     assert env["rcpt_tos"] == ["ok@example.test"]
 
 
-def test_a_body_rewrite_over_max_message_size_is_a_policy_error(policy_daemon, aiosmtpd_upstream):
+@pytest.mark.parametrize("on_error", ["tempfail", "accept"])
+def test_a_rewrite_over_max_message_size_is_a_policy_error_refused_for_good(policy_daemon, aiosmtpd_upstream, on_error):
+    """Edited so again at every try: 552 5.3.4, not a 451 the client retries until the
+    message bounces; with on_error = "accept", the message goes as received."""
     d = policy_daemon(aiosmtpd_upstream.url, """
         def on_data(tx, message):
             message.body = (b"x" * 70 + b"\\r\\n") * 300
-    """, server={"max_message_size": 10000})
+    """, server={"max_message_size": 10000}, policy={"on_error": on_error})
     with d.connect() as c:
         r = send_mail(c, "big")
-        assert (r.code, r.status) == (451, "4.3.0"), r
-    d.wait_log(r"max_message_size")
-    assert aiosmtpd_upstream.envelopes == []
+    d.wait_log(r"policy error in on_data: the message from policy has \d+ octets; server.max_message_size is 10000")
+    if on_error == "accept":
+        assert (r.code, r.status) == (250, "2.0.0"), r
+        [env] = aiosmtpd_upstream.wait_messages(1)
+        assert b"x" * 70 not in env["content"]
+    else:
+        assert (r.code, r.status, r.text) == (552, "5.3.4", "Message size exceeds fixed maximum message size"), r
+        assert aiosmtpd_upstream.envelopes == []
 
 
 # -- the SIGHUP storm ---------------------------------------------------------------------

@@ -24,6 +24,8 @@ UPSTREAM_SCRIPT = {
 }
 HOSTNAME = "mx.test"
 POLICY_FAILURE = (451, "4.3.0", "Temporary policy failure, try again later")
+# A message a policy edited past max_message_size: so again at every try, refused for good.
+TOO_BIG = (552, "5.3.4", "Message size exceeds fixed maximum message size")
 MESSAGE = b"Subject: table\r\n\r\nbody\r\n"
 
 
@@ -197,7 +199,7 @@ CASES: list[Case] = [
               Step("DATA", 250, "2.0.0", "Ok")),
          delivered=(("new@example.test", ("c@example.test", "d@example.test")),)),
     # server.max_recipients counts accepted RCPTs (discarded ones too) and the mailboxes to
-    # deliver to; a rewrite past it, or past max_message_size, is a policy error.
+    # deliver to; a rewrite past it is a policy error, and one past max_message_size too, refused for good.
     Case("rcpt-discarded-count-toward-max-recipients", """
         def on_rcpt(tx, rcpt):
             if rcpt.local.startswith("void"):
@@ -243,7 +245,7 @@ CASES: list[Case] = [
         """, (HELLO, EHLO,
               Step("MAIL FROM:<ann@example.test>", 250, "2.1.0", "Ok"),
               Step("RCPT TO:<bob@example.test>", 250, "2.1.5", "Ok"),
-              Step("DATA", *POLICY_FAILURE)), tables=LIMITS),
+              Step("DATA", *TOO_BIG)), tables=LIMITS),
     # [relay]: a client neither authenticated nor trusted sends only to local_domains,
     # decided before the policy hears of the recipient.
     Case("relay-access-denied", """
