@@ -202,10 +202,14 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
   // then temperror, not its fail with p=reject.
   std::map<std::string, dns::answer> fetched;
   if (domains->size() > 1) {
+    // (Deferred, each runs on this thread at its get(): a check tried from
+    // cached answers only must make its lookups itself, which then miss,
+    // and never wait for DNS on an I/O thread.)
+    const auto launch = !parallel_ || parallel_() ? std::launch::async : std::launch::deferred;
     std::map<std::string, std::future<dns::answer>> pending;
     for (const auto& domain : *domains)
       for (const auto& name : {domain, organizational_domain(domain)})
-        if (!pending.contains(name)) pending.emplace(name, std::async(std::launch::async, lookup_, "_dmarc." + name));
+        if (!pending.contains(name)) pending.emplace(name, std::async(launch, lookup_, "_dmarc." + name));
     for (auto& [name, answer] : pending) fetched.emplace(name, answer.get());
   }
   std::optional<dmarc_result> strictest;
@@ -304,6 +308,19 @@ dmarc_result dmarc_evaluator::evaluate_domain(const std::string& author, const s
     r.result = kind::pass;
     r.disposition = policy_kind::none;
     return r;
+  }
+  // An aligned identifier whose check failed on DNS (SPF temperror, a DKIM
+  // key lookup that timed out) may pass when tried again: temperror, not a
+  // failure to refuse for good. The record's policy stays known, so that a
+  // policy can defer (policies/dmarc.py: 451) rather than let it through:
+  // SPF can be made to time out by whoever answers a name the record has
+  // looked up (a ptr term asks the client's own DNS).
+  bool unknown = spf && spf->result == spf_result::kind::temperror && aligned(spf->domain, aspf);
+  for (const auto& sig : dkim ? *dkim : dkim_results{})
+    unknown = unknown || (sig.result == dkim_signature::kind::temperror && aligned(sig.domain, adkim));
+  if (unknown) {
+    r.disposition = policy_kind::none;  // (nothing asked of this message yet)
+    return stop(kind::temperror, "an aligned SPF or DKIM check failed on DNS; nothing aligned passed");
   }
   r.result = kind::fail;
   r.disposition = r.pct >= 100 || draw_() < r.pct ? r.policy : milder(r.policy);

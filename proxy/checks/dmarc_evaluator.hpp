@@ -51,6 +51,12 @@ class dmarc_evaluator {
   dmarc_evaluator(const dmarc_evaluator&) = delete;
   dmarc_evaluator& operator=(const dmarc_evaluator&) = delete;
 
+  // Whether the lookups of several author domains may run on threads of
+  // their own (else one after the other on the caller's): not while a check
+  // is tried on an I/O thread from cached answers only, whose lookups must
+  // be the calling thread's (sender_checker.cpp). Unset: always.
+  void set_parallel_lookups(std::function<bool()> allowed) { parallel_ = std::move(allowed); }
+
   // The message's From field(s), read from its header section (at most
   // max_checked_header bytes of it: past them, unusable_from).
   // `arc_passes`: what the newest ARC set's ARC-Authentication-Results report
@@ -79,6 +85,7 @@ class dmarc_evaluator {
   txt_lookup lookup_;
   sample draw_;
   std::chrono::milliseconds budget_;
+  std::function<bool()> parallel_;
   std::unique_ptr<library> lib_;
 };
 

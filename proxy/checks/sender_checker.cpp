@@ -70,7 +70,11 @@ sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const se
     spf_.emplace(lookup, settings.receiver, settings.spf_skip_networks);
   }
   const auto txt = [r](const std::string& name) { return look_up(*r, name, dns::rr_type::txt); };
-  if (settings.dmarc) dmarc_.emplace(txt);
+  if (settings.dmarc) {
+    dmarc_.emplace(txt);
+    // (std::async's threads have no current_attempt: they would wait for DNS while the I/O thread waits for them.)
+    dmarc_->set_parallel_lookups([] { return current_attempt == nullptr; });
+  }
   dkim_verifier::domain_map organizational;  // (DMARC's: the signatures it may use go first)
   if (dmarc_) organizational = [d = &*dmarc_](std::string_view name) { return d->organizational_domain(name); };
   if (settings.dkim) dkim_.emplace(txt, settings.max_dkim_signatures, std::move(organizational));

@@ -118,6 +118,27 @@ TEST(DmarcEvaluator, FailWhenNothingAlignedPasses) {
   EXPECT_EQ(r.result, kind::fail);
 }
 
+// An aligned check that failed on DNS may pass when tried again: temperror,
+// with the record's policy known (a policy defers, 451, rather than
+// refusing for good or letting a message of a p=reject domain through).
+TEST(DmarcEvaluator, TemperrorWhenAnAlignedCheckFailedOnDns) {
+  fixture f;
+  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject"};
+  auto r = f.from("a@example.test", spf(spf_result::kind::temperror, "bounces.example.test"));
+  EXPECT_EQ(r.result, kind::temperror);
+  EXPECT_EQ(r.policy, policy::reject);
+  EXPECT_EQ(r.disposition, policy::none);
+  r = f.from("a@example.test", spf(spf_result::kind::fail, "example.test"),
+             dkim(dkim_signature::kind::temperror, "example.test"));
+  EXPECT_EQ(r.result, kind::temperror);
+  // An aligned pass decides; a temperror of another organization's is no matter.
+  r = f.from("a@example.test", spf(spf_result::kind::temperror, "example.test"),
+             dkim(dkim_signature::kind::pass, "example.test"));
+  EXPECT_EQ(r.result, kind::pass);
+  r = f.from("a@example.test", spf(spf_result::kind::temperror, "example.net"));
+  EXPECT_EQ(r.result, kind::fail);
+}
+
 TEST(DmarcEvaluator, StrictAlignmentWantsTheSameName) {
   fixture f;
   f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject; adkim=s; aspf=s"};
