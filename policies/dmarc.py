@@ -31,6 +31,14 @@ OpenDMARC's ``RequiredHeaders`` does (reject by default; RFC 5322 §3.6 asks
 for exactly one From field with a mailbox). A ``permerror`` for a broken
 DMARC record is the domain owner's mistake and is not enforced.
 
+A ``temperror`` whose policy is known (``tx.dmarc.policy`` set: the record
+was fetched, but an aligned SPF or DKIM check failed on DNS and nothing
+aligned passed) is deferred, ``451 4.7.5``, whenever this policy would act
+on a failure of that domain: tried again, it may pass, and letting it
+through would let a forger in who can make such a lookup time out (an SPF
+``ptr`` term asks the client's own DNS). ``temperror`` above is for a
+policy that could not be fetched.
+
 A mailing list that changes the message breaks its author's DKIM signature
 and so its DMARC. When the list seals what it received with ARC (RFC 8617)
 and its domain is in ``trusted_forwarders``, a failing message is not
@@ -125,6 +133,11 @@ def on_data(tx, message):
     if all(canonical_domain(d) in SETTINGS["skip_domains"] for d in authors):
         return None
     if result.result == "temperror":
+        if result.policy in ("reject", "quarantine") and SETTINGS[result.policy] != "none":
+            pc.log.info("DMARC: deferred, From domain %s (p=%s): an aligned check failed on DNS",
+                        result.domain, result.policy)
+            return pc.tempfail(f"DMARC: the authentication of {result.domain} could not be checked, try again later",
+                               status="4.7.5")
         if SETTINGS["temperror"] == "tempfail":
             return pc.tempfail(f"DMARC policy of {result.domain} could not be fetched, try again later",
                                status="4.7.5")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def zones(keys: dict) -> dict:
         "pct.co.uk": [{"TXT": "v=spf1 -all"}],
         "_dmarc.pct.co.uk": [{"TXT": "v=DMARC1; p=reject; pct=0"}],
         "_dmarc.slow.co.uk": ["TIMEOUT"],
+        "_dmarc.slow2.co.uk": ["TIMEOUT"],
+        "spfslow.co.uk": ["TIMEOUT"],  # its SPF record never comes
+        "_dmarc.spfslow.co.uk": [{"TXT": "v=DMARC1; p=reject"}],
         "_dmarc.broken.co.uk": [{"TXT": "v=DMARC1; rua=mailto:dmarc@broken.co.uk"}],  # no p=
         "xn--exmple-cua.co.uk": spf,  # exämple.co.uk, as DNS has it
         "_dmarc.xn--exmple-cua.co.uk": [{"TXT": "v=DMARC1; p=reject"}],
@@ -178,6 +182,49 @@ def test_dns_trouble_is_temperror_and_a_broken_record_permerror(dmarc_daemon):
     assert time.monotonic() - started < 5
     assert dmarc_of(d, CLIENT, "a@example.co.uk", message("alice@broken.co.uk"))["dmarc"] == "permerror"
     d.wait_log(r"[0-9A-F]{12}: dmarc=permerror header\.from=broken\.co\.uk \(the DMARC record of broken\.co\.uk: .*\)$")
+
+
+def test_an_aligned_check_that_failed_on_dns_is_temperror_and_deferred_not_refused(dmarc_daemon):
+    """It may pass when tried again: not the domain's p=reject for good (a 550
+    bounced mail its sender would have got through), nor let through (a
+    forger who can make an SPF lookup time out would be): 451 4.7.5."""
+    got = dmarc_of(dmarc_daemon(), CLIENT, "a@spfslow.co.uk", message("alice@spfslow.co.uk"))
+    assert (got["dmarc"], got["p"], got["dis"], got["spf"]) == ("temperror", "reject", "none", "temperror:0"), got
+    r = send(dmarc_daemon(DMARC_POLICY), CLIENT, "a@spfslow.co.uk", message("alice@spfslow.co.uk"))
+    assert (r.code, r.status) == (451, "4.7.5"), str(r)
+
+
+def test_several_authors_lookups_never_hold_the_io_thread(dmarc_daemon):
+    """A check is first tried on the I/O thread from cached answers only; the
+    policy lookups of several author domains ran on threads of their own,
+    which waited for DNS while the I/O thread waited for them: every session
+    of the worker stood still (a second, here)."""
+    d = dmarc_daemon(server={"threads": 1})
+    other = d.client()
+    other.send(f"PROXY TCP4 {CLIENT} 127.0.0.1 40001 25\r\n".encode())
+    other.expect(220)
+    done = threading.Event()
+    waited = []
+
+    def meanwhile():
+        while not done.is_set():
+            started = time.monotonic()
+            other.exchange("NOOP", 250)
+            waited.append(time.monotonic() - started)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=meanwhile)
+    watcher.start()
+    try:
+        body = message("alice@slow.co.uk").replace(b"From: Alice <alice@slow.co.uk>",
+                                                  b"From: alice@slow.co.uk, bob@slow2.co.uk")
+        got = dmarc_of(d, CLIENT, "a@example.co.uk", body)
+    finally:
+        done.set()
+        watcher.join()
+    assert got["dmarc"] == "temperror", got
+    assert max(waited) < 0.5, f"a session waited {max(waited):.2f} s for a NOOP"
+    other.close()
 
 
 def send_smtputf8(d, client: str, mail_from: str, body: bytes):

@@ -48,6 +48,17 @@ def test_reject_quarantine_and_what_passes():
         assert HEADER not in delivered.as_email(), result
 
 
+def test_a_temperror_of_a_domain_whose_policy_is_known_is_deferred():
+    # An aligned SPF or DKIM check failed on DNS: it may pass when tried again (never refused for
+    # good), and it must not let a forger through who can make such a lookup time out.
+    h = Harness([POLICY])
+    for policy in ("reject", "quarantine"):
+        reply, _ = deliver(h, dmarc("temperror", policy, "none"))
+        assert reply[:2] == (451, "4.7.5") and "example.test" in reply.text, policy
+    assert deliver(h, dmarc("temperror", "none", "none"))[0].code == 250  # nothing to enforce
+    assert deliver(Harness([POLICY], config={"dmarc": {"reject": "none"}}), dmarc("temperror", "reject", "none"))[0].code == 250
+
+
 def test_a_forged_mark_is_removed():
     h = Harness([POLICY])
     forged = f"{HEADER}: no\r\n{HEADER}: really\r\n" + MESSAGE
