@@ -351,10 +351,17 @@ awaitable<std::string_view> line_stream::read_some(duration timeout) {
 awaitable<std::string_view> line_stream::peek(std::size_t max, duration timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
+    if (std::exchange(woken_, false)) {  // (wake(): the owner decides what next)
+      last_ = status::woken;
+      co_return std::string_view{};
+    }
     boost::system::error_code ec;
     arm(deadline);
+    reading_ = true;  // (what wake() cancels)
     co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    reading_ = false;
     const bool expired = disarm();
+    if (woken_) continue;
     if (expired || ec) {
       last_ = expired ? status::timeout : status::eof;
       co_return std::string_view{};

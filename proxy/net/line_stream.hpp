@@ -84,7 +84,7 @@ class line_stream {
   // Looks at up to `max` bytes waiting on the socket without taking them
   // (MSG_PEEK), once the socket is readable: for a PROXY header, which must
   // not pull in what follows it (a TLS ClientHello that TLS must read itself).
-  // Empty on eof or timeout (see last_status()).
+  // Empty on eof, timeout or wake() (see last_status()).
   awaitable<std::string_view> peek(std::size_t max, duration timeout);
   // Takes `n` bytes that peek() showed off the socket.
   bool skip_peeked(std::size_t n);

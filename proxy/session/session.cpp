@@ -134,8 +134,9 @@ session::~session() = default;
 
 void session::stop() {
   stopping_ = true;
-  // Only a session blocked on the next command is interrupted; one busy with
-  // a command (DATA, AUTH, a TLS handshake, a write) finishes it.
+  // Only a session blocked on the next command (or on its PROXY header) is
+  // interrupted; one busy with a command (DATA, AUTH, a TLS handshake, a
+  // write) finishes it.
   if (awaiting_command_) client_.wake();
 }
 
@@ -189,7 +190,9 @@ awaitable<void> session::run() {
 awaitable<void> session::serve() {
   const auto& s = cfg_.server;
   if (s.proxy_protocol) {
+    awaiting_command_ = true;  // (a stop closes a connection that has not said who it is for yet)
     const bool told = co_await read_proxy_header();
+    awaiting_command_ = false;
     if (!told) co_return;
   }
   if (implicit_tls_) {
@@ -536,7 +539,10 @@ awaitable<bool> session::read_proxy_header() {
       in = peeked;
     }
     if (in.empty()) {
-      log_.info("no PROXY header before the connection ended or timed out");
+      if (client_.last_status() == line_stream::status::woken)
+        log_.info("stopping: no PROXY header yet; closing");
+      else
+        log_.info("no PROXY header before the connection ended or timed out");
       co_return false;
     }
     const auto parsed = smtp::parse_proxy_header(in, header);

@@ -6,6 +6,7 @@ plain SMTP are closed without a greeting; LOCAL/UNKNOWN keep the peer."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import ssl
 import struct
@@ -286,3 +287,15 @@ def test_header_split_across_writes(proxied):
         c.send(h[10:])
         c.expect(220)
         assert c.exchange("EHLO split.test", 250).lines[0].endswith("[192.0.2.98]")
+
+
+def test_a_stop_closes_a_connection_that_has_not_sent_its_header_at_once(proxied):
+    """Nothing of it has begun: it does not hold the stop for server.shutdown_grace (it did, 30 s)."""
+    d = proxied(shutdown_grace=20)
+    waiting = socket.create_connection(("127.0.0.1", d.port))
+    d.wait_log(r"connect from \[127\.0\.0\.1\]")
+    d.signal(signal.SIGTERM)
+    d.wait_log(r"info [0-9A-F]{12}: stopping: no PROXY header yet; closing$")
+    assert d.proc.wait(timeout=5) == 0
+    assert waiting.recv(100) == b""
+    waiting.close()
