@@ -793,8 +793,9 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
       // ending, a crash or a slow hook while they run must not leave
       // delivered mail unacknowledged: the client would send it again.
       metrics::count(metrics::family::replies_total, {stage_label(smtp::verb::data), metrics::reply_class(r.code)});
+      message_.reset();  // its memory back to the budget first (the notifications do not see it)
       queue(r);
-      co_await flush();     // (a client gone: flush() ends the session)
+      co_await flush();  // (a client gone: flush() ends the session)
       r = reply{};  // (0: written already; serve() queues nothing)
     }
     try {
