@@ -51,6 +51,8 @@ std::shared_ptr<verifying_key> dkim_key_cache::get(const dkim_key_fields& record
   return k;
 }
 
+std::string dkim_key_name(const dkim_signature_fields& sig) { return sig.selector + "._domainkey." + sig.domain; }
+
 dkim_key_outcome find_dkim_key(const txt_lookup& lookup, dkim_key_cache& cache, const dkim_signature_fields& sig) {
   using kind = dkim_signature::kind;
   dkim_key_outcome out;
@@ -59,7 +61,7 @@ dkim_key_outcome find_dkim_key(const txt_lookup& lookup, dkim_key_cache& cache, 
     out.problem = std::move(problem);
     return std::move(out);
   };
-  const auto answer = lookup(sig.selector + "._domainkey." + sig.domain);
+  const auto answer = lookup(dkim_key_name(sig));
   if (answer.what == dns::answer::status::timeout || answer.what == dns::answer::status::failure)
     return fail(kind::temperror, "key DNS query failed");
   if (answer.is_void()) return fail(kind::permerror, "key not found in DNS");

@@ -59,6 +59,8 @@ struct dkim_key_outcome {
   dkim_signature::kind failure = dkim_signature::kind::permerror;
   std::string problem;
 };
+// Where the key of `sig` is published (RFC 6376 §3.6.2.1): s._domainkey.d.
+std::string dkim_key_name(const dkim_signature_fields& sig);
 dkim_key_outcome find_dkim_key(const txt_lookup& lookup, dkim_key_cache& cache, const dkim_signature_fields& sig);
 
 // Whether `signature` (raw bytes) signs `data` with `key`: rsa-sha256 signs

@@ -77,7 +77,10 @@ sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const se
   }
   dkim_verifier::domain_map organizational;  // (DMARC's: the signatures it may use go first)
   if (dmarc_) organizational = [d = &*dmarc_](std::string_view name) { return d->organizational_domain(name); };
-  if (settings.dkim) dkim_.emplace(txt, settings.max_dkim_signatures, std::move(organizational));
+  if (settings.dkim) {
+    dkim_.emplace(txt, settings.max_dkim_signatures, std::move(organizational));
+    dkim_->set_parallel_lookups([] { return current_attempt == nullptr; });  // (as DMARC's, above)
+  }
   if (settings.arc) arc_.emplace(txt);
 }
 

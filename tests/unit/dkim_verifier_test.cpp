@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <mutex>
+#include <thread>
 
 #include "checks/message_fields.hpp"
 #include "unit/txt_table.hpp"
@@ -114,6 +116,40 @@ TEST(DkimVerifier, KeyTroubleAndItsResults) {
   EXPECT_EQ(verify(dns, relaxed_simple), "permerror(unable to apply public key)");
   dns.txt("rsa._domainkey.example.test", "v=DKIM1; k=ed25519; p=" + rsa_record.substr(rsa_record.find("p=") + 2));
   EXPECT_EQ(verify(dns, relaxed_simple), "permerror(signature-key type mismatch)");
+}
+
+// The keys of several signatures are asked for together: one after the
+// other, five whose keys never answered held a check thread five [dns]
+// timeouts. (Unless told not to: an attempt from cached answers only.)
+TEST(DkimVerifier, TheKeysOfSeveralSignaturesAreAskedForTogether) {
+  std::mutex m;
+  int now = 0, most = 0;
+  const txt_lookup slow = [&](const std::string&) {
+    {
+      std::lock_guard lock(m);
+      most = std::max(most, ++now);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // (so that the lookups overlap)
+    std::lock_guard lock(m);
+    --now;
+    dns::answer a;
+    a.what = dns::answer::status::timeout;
+    return a;
+  };
+  std::string signed_by_five;
+  for (const char* s : {"s1", "s2", "s3", "s4", "s5"})
+    signed_by_five += std::string("DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=") + s +
+                      "; h=from; bh=AAAA; b=AAAA\n";
+  const auto in = message_store::wrap(std::make_shared<std::string>(crlf(signed_by_five + message)));
+  dkim_verifier v(slow, 5);
+  auto results = v.verify_now(*in);
+  ASSERT_EQ(results.size(), 5u);
+  for (const auto& r : results) EXPECT_EQ(r.result, dkim_signature::kind::temperror);
+  EXPECT_EQ(most, 5);
+  most = 0;
+  v.set_parallel_lookups([] { return false; });
+  results = v.verify_now(*in);
+  EXPECT_EQ(most, 1);
 }
 
 TEST(DkimVerifier, TimesAreCheckedAgainstTheClock) {
