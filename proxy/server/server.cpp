@@ -20,6 +20,7 @@
 #include "net/io_pool.hpp"
 #include "net/close_on_exec.hpp"
 #include "net/network.hpp"
+#include "net/proxy_reader.hpp"
 #include "net/session_executor.hpp"
 #include "policy/python_engine.hpp"
 #include "policy/python_policy.hpp"
@@ -442,6 +443,15 @@ awaitable<void> server::refuse(tcp::socket socket, std::string reason, bool impl
   if (!gen->tls || count.before >= max_tls_refusals) {
     stream.close();
     co_return;
+  }
+  // Behind a load balancer, its PROXY header comes first: taken off, or the
+  // handshake reads it as a broken record and the client hears no 421.
+  if (gen->cfg->server.proxy_protocol && !ec && gen->proxy_trusted->contains(peer.address())) {
+    const auto read = co_await read_proxy_header(stream, std::chrono::steady_clock::now() + refusal_tls_timeout);
+    if (read.what != proxy_header_read::outcome::read) {
+      stream.close();
+      co_return;
+    }
   }
   if (co_await stream.start_tls(gen->tls->context(), ssl::stream_base::server, {}, refusal_tls_timeout) &&
       co_await stream.write(std::string_view(wire), refusal_tls_timeout))

@@ -11,7 +11,7 @@
 #include "session/received_header.hpp"
 #include "smtp/dot_decoder.hpp"
 #include "smtp/mail_options.hpp"
-#include "smtp/proxy_header.hpp"
+#include "net/proxy_reader.hpp"
 #include "smtp/sasl.hpp"
 #include "smtp/text.hpp"
 
@@ -42,7 +42,6 @@ reply with_policy_text(reply r, const verdict& v) {
 
 constexpr std::chrono::seconds goodbye_timeout{10};  // writing the last reply to a client that left
 constexpr std::chrono::seconds goodbye_drain{2};     // for a client that still sends, to read our last reply
-constexpr std::chrono::milliseconds proxy_header_pause{20};  // between peeks at a partial PROXY header
 // RFC 2920 §3.2 lets a server hold replies while complete pipelined commands
 // wait, not forever: past this many octets of replies they go out first, and
 // a client that does not read them stops being read (the write times out).
@@ -191,7 +190,7 @@ awaitable<void> session::serve() {
   const auto& s = cfg_.server;
   if (s.proxy_protocol) {
     awaiting_command_ = true;  // (a stop closes a connection that has not said who it is for yet)
-    const bool told = co_await read_proxy_header();
+    const bool told = co_await take_proxy_header();
     awaiting_command_ = false;
     if (!told) co_return;
   }
@@ -519,7 +518,7 @@ awaitable<reply> session::check_credentials(std::string_view mechanism, const st
   co_return reply{235, "2.7.0", "Authentication successful"};
 }
 
-awaitable<bool> session::read_proxy_header() {
+awaitable<bool> session::take_proxy_header() {
   // Only a trusted load balancer may say who the client is; anyone else
   // could claim any address (and with it, trusted_networks).
   if (!gen_->proxy_trusted->contains(conn_.client.address())) {
@@ -527,46 +526,14 @@ awaitable<bool> session::read_proxy_header() {
               conn_.client_literal);
     co_return false;
   }
-  // Peeked, never read past: what follows may be a TLS ClientHello.
-  smtp::proxy_header header;
-  const auto deadline = std::chrono::steady_clock::now() + cfg_.server.idle_timeout;
-  std::size_t seen = 0;
-  for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    std::string_view in;
-    if (left.count() > 0) {
-      auto peeked = co_await client_.peek(smtp::proxy_v2_max_length, left);
-      in = peeked;
-    }
-    if (in.empty()) {
-      if (client_.last_status() == line_stream::status::woken)
-        log_.info("stopping: no PROXY header yet; closing");
-      else
-        log_.info("no PROXY header before the connection ended or timed out");
-      co_return false;
-    }
-    const auto parsed = smtp::parse_proxy_header(in, header);
-    if (parsed == smtp::proxy_parse::invalid) {
-      log_.warn("invalid PROXY header ({}); closing", header.problem.empty() ? "malformed" : header.problem);
-      co_return false;
-    }
-    if (parsed == smtp::proxy_parse::done) break;
-    if (in.size() == seen) {
-      // The rest of the header has not arrived: the socket stays readable, so wait a moment
-      // (unless the peer has shut its side: the rest never comes).
-      if (client_.peer_finished_sending()) {
-        log_.info("the connection ended within the PROXY header");
-        co_return false;
-      }
-      asio::steady_timer pause(client_.socket().get_executor(), proxy_header_pause);
-      co_await pause.async_wait(asio::use_awaitable);
-    }
-    seen = in.size();
+  const auto read = co_await read_proxy_header(client_, std::chrono::steady_clock::now() + cfg_.server.idle_timeout);
+  switch (read.what) {
+    case proxy_header_read::outcome::read: break;
+    case proxy_header_read::outcome::invalid: log_.warn("{}; closing", read.problem); co_return false;
+    case proxy_header_read::outcome::woken: log_.info("{}; closing", read.problem); co_return false;
+    case proxy_header_read::outcome::ended: log_.info("{}", read.problem); co_return false;
   }
-  if (!client_.skip_peeked(header.length)) {
-    log_.info("lost the connection while reading the PROXY header");
-    co_return false;
-  }
+  const auto& header = read.header;
   if (!header.local_or_unknown) {
     // From here on the header's source is the client: policies, relay
     // decisions, logs, Received and XCLIENT all see it.

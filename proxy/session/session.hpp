@@ -68,7 +68,7 @@ class session : public std::enable_shared_from_this<session> {
   // The TLS handshake as server; false (logged) when it failed and the session must end.
   awaitable<bool> handshake();
   // The PROXY v1/v2 header (server.proxy_protocol); false (logged) when the session must end.
-  awaitable<bool> read_proxy_header();
+  awaitable<bool> take_proxy_header();
 
   // Reads the message after 354; nullopt when the session must end (timeout, lost client).
   awaitable<std::optional<reply>> receive_message();

@@ -299,3 +299,27 @@ def test_a_stop_closes_a_connection_that_has_not_sent_its_header_at_once(proxied
     assert d.proc.wait(timeout=5) == 0
     assert waiting.recv(100) == b""
     waiting.close()
+
+
+def test_a_refusal_on_an_implicit_tls_port_behind_a_load_balancer_is_a_421_in_tls(sec_daemon, aiosmtpd_upstream,
+                                                                                   certs):
+    """The 421 goes inside TLS (RFC 8314 §3), after the PROXY header is taken off: the handshake
+    read the header as a broken record, and the client heard a TLS error, not that it may retry."""
+    cert, key = certs["mx"]
+    d = sec_daemon(aiosmtpd_upstream.url, tls_port=True, server={"proxy_protocol": True, "max_connections": 1},
+                   tls={"cert": str(cert), "key": str(key)})
+    with Client(d.tls_port) as first:
+        first.send(v1("192.0.2.50", "127.0.0.1", 41000, 465))
+        first.wrap(client_context())
+        first.expect(220)
+        with socket.create_connection(("127.0.0.1", d.tls_port)) as raw:
+            tls, inc = bio_handshake(raw, v1("192.0.2.51", "127.0.0.1", 41001, 465))
+            data = b""
+            while b"\r\n" not in data:
+                try:
+                    data += tls.read(4096)
+                except ssl.SSLWantReadError:
+                    got = raw.recv(65536)
+                    assert got, f"closed before the 421: {data!r}"
+                    inc.write(got)
+            assert data.startswith(b"421 4.7.0 mx.test too many connections, try again later\r\n"), data
