@@ -86,6 +86,8 @@ class policy {
   // refused, RSET, a new HELO or STARTTLS.
   virtual awaitable<void> on_reset(const connection_state& conn, const transaction& tx) { co_return; }
   virtual awaitable<void> on_disconnect(const connection_state& conn) = 0;
+  // Whether on_delivered or on_reset run anything (and so may take time).
+  virtual bool notifies_transactions() const { return false; }
 };
 
 // With no policy files configured, every stage proceeds: the upstream decides.

@@ -30,6 +30,9 @@ class python_policy final : public policy {
   awaitable<void> on_delivered(const connection_state& conn, const transaction& tx, const smtp::reply& r) override;
   awaitable<void> on_reset(const connection_state& conn, const transaction& tx) override;
   awaitable<void> on_disconnect(const connection_state& conn) override;
+  bool notifies_transactions() const override {
+    return has_hooks(policy_stage::delivered) || has_hooks(policy_stage::reset);
+  }
 
  private:
   // Whether the stage has hooks; a stage without any costs no job.

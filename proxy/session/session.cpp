@@ -754,11 +754,13 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
   }
   log_transaction(r, size);
   if (auto final_reply = std::exchange(upstream_final_, std::nullopt)) {
-    if (r.positive()) {
+    if (r.positive() && policy_.notifies_transactions()) {
       // The upstream has the message: the client hears so now, before the
       // notifications (on_delivered, on_reset) run. A stop's grace period
       // ending, a crash or a slow hook while they run must not leave
       // delivered mail unacknowledged: the client would send it again.
+      // (Without them, it goes with the replies to what the client
+      // pipelined after the dot, in one write: nothing comes between.)
       metrics::count(metrics::family::replies_total, {stage_label(smtp::verb::data), metrics::reply_class(r.code)});
       message_.reset();  // its memory back to the budget first (the notifications do not see it)
       queue(r);
