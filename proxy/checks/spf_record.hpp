@@ -63,7 +63,6 @@ std::string any_address_marker();
 // it is ignored).
 std::string spf_record_for_client(std::string_view libspf2_record, bool ipv6, std::string_view marker);
 
-
 // The longest macro-string libspf2 is given to compile (a term of a record,
 // a word of an explanation) when it holds a macro. Debian 12's libspf2
 // (1.2.10) writes past its buffer when a string literal starts within 4
