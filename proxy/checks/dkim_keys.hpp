@@ -17,12 +17,10 @@
 
 #include "checks/dkim_fields.hpp"
 #include "checks/results.hpp"
+#include "checks/txt_lookup.hpp"
 #include "dns/answer.hpp"
 
 namespace portcullis::checks {
-
-// A TXT lookup (the resolver's, blocking; a table in the tests).
-using txt_lookup = std::function<dns::answer(const std::string& name)>;
 
 // A public key ready to verify with: RSA's verification context is set up
 // once (OpenSSL 3's set-up looks the algorithm up under locks, half the cost

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <ctime>
-#include <future>
 #include <map>
 #include <set>
 
@@ -137,19 +136,15 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
 
   // The keys of several signatures, asked for together: one after the other,
   // five whose keys never answered held a check thread five [dns] timeouts
-  // (and eight such messages every check thread). Not in an attempt from
-  // cached answers only, whose lookups must be the calling thread's.
-  std::map<std::string, std::shared_future<dns::answer>> asked;
-  if (!parallel_ || parallel_()) {
-    std::set<std::string> names;
-    for (const auto& s : sigs)
-      if (!s.decided) names.insert(dkim_key_name(s.tags));
-    if (names.size() > 1)
-      for (const auto& name : names) asked.emplace(name, std::async(std::launch::async, lookup_, name).share());
-  }
+  // (and eight such messages every check thread).
+  std::set<std::string> names;
+  for (const auto& s : sigs)
+    if (!s.decided) names.insert(dkim_key_name(s.tags));
+  std::map<std::string, dns::answer> fetched;
+  if (names.size() > 1) fetched = together_ ? together_(names) : look_up_together(lookup_, names);
   const txt_lookup lookup = [&](const std::string& name) {
-    const auto pending = asked.find(name);
-    return pending != asked.end() ? pending->second.get() : lookup_(name);
+    const auto answer = fetched.find(name);
+    return answer != fetched.end() ? answer->second : lookup_(name);
   };
   dkim_results out;
   for (auto& s : sigs) {

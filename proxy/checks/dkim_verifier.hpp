@@ -54,18 +54,16 @@ class dkim_verifier {
   // Throws std::runtime_error when a spilled message cannot be read.
   dkim_results verify_now(const message_store& message, std::optional<std::int64_t> now = {}) const;
 
-  // Whether the key lookups of several signatures may run together on
-  // threads of their own (else one after the other on the caller's): not
-  // while a check is tried on an I/O thread from cached answers only, whose
-  // lookups must be the calling thread's (sender_checker.cpp). Unset: always.
-  void set_parallel_lookups(std::function<bool()> allowed) { parallel_ = std::move(allowed); }
+  // How the keys of several signatures are looked up (sender_checker.cpp
+  // decides). Unset: look_up_together.
+  void set_lookups_together(txt_lookups together) { together_ = std::move(together); }
 
  private:
   txt_lookup lookup_;
   unsigned max_signatures_;
   domain_map organizational_domain_;
   std::unique_ptr<dkim_key_cache> keys_;
-  std::function<bool()> parallel_;
+  txt_lookups together_;
 };
 
 }  // namespace portcullis::checks

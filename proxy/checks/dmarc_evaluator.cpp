@@ -3,10 +3,10 @@
 #include <sys/types.h>
 
 #include <algorithm>
-#include <future>
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <stdexcept>
 
 #include "checks/idna_domain.hpp"
@@ -200,17 +200,12 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
   // once, first. One after the other, an attacker's From padded with domains
   // whose DNS never answers used up the time of the real author's, which was
   // then temperror, not its fail with p=reject.
-  std::map<std::string, dns::answer> fetched;
+  std::map<std::string, dns::answer> fetched;  // (by the record's name, _dmarc.<domain>)
   if (domains->size() > 1) {
-    // (Deferred, each runs on this thread at its get(): a check tried from
-    // cached answers only must make its lookups itself, which then miss,
-    // and never wait for DNS on an I/O thread.)
-    const auto launch = !parallel_ || parallel_() ? std::launch::async : std::launch::deferred;
-    std::map<std::string, std::future<dns::answer>> pending;
+    std::set<std::string> names;
     for (const auto& domain : *domains)
-      for (const auto& name : {domain, organizational_domain(domain)})
-        if (!pending.contains(name)) pending.emplace(name, std::async(launch, lookup_, "_dmarc." + name));
-    for (auto& [name, answer] : pending) fetched.emplace(name, answer.get());
+      for (const auto& name : {domain, organizational_domain(domain)}) names.insert("_dmarc." + name);
+    fetched = together_ ? together_(names) : look_up_together(lookup_, names);
   }
   std::optional<dmarc_result> strictest;
   bool all_arc_aligned = true;  // every failing domain
@@ -245,7 +240,7 @@ dmarc_result dmarc_evaluator::evaluate_domain(const std::string& author, const s
 
   // Policy discovery (§6.6.3).
   const auto look_up = [&](const std::string& name) {
-    if (const auto answer = fetched.find(name); answer != fetched.end())
+    if (const auto answer = fetched.find("_dmarc." + name); answer != fetched.end())
       return discover([&answer](const std::string&) { return answer->second; }, name);
     if (std::chrono::steady_clock::now() > deadline) {
       discovery late;

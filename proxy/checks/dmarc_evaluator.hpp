@@ -28,6 +28,7 @@
 
 #include "checks/authentication_results.hpp"
 #include "checks/results.hpp"
+#include "checks/txt_lookup.hpp"
 #include "dns/resolver.hpp"
 #include "store/message_store.hpp"
 
@@ -39,8 +40,7 @@ inline constexpr std::chrono::milliseconds dmarc_lookup_budget{20000};
 
 class dmarc_evaluator {
  public:
-  // A TXT lookup (the resolver's, blocking; a table in the tests).
-  using txt_lookup = std::function<dns::answer(const std::string& name)>;
+  using txt_lookup = checks::txt_lookup;
   // A number in [0, 100) for the pct= sample (random; fixed in the tests).
   using sample = std::function<unsigned()>;
 
@@ -51,11 +51,9 @@ class dmarc_evaluator {
   dmarc_evaluator(const dmarc_evaluator&) = delete;
   dmarc_evaluator& operator=(const dmarc_evaluator&) = delete;
 
-  // Whether the lookups of several author domains may run on threads of
-  // their own (else one after the other on the caller's): not while a check
-  // is tried on an I/O thread from cached answers only, whose lookups must
-  // be the calling thread's (sender_checker.cpp). Unset: always.
-  void set_parallel_lookups(std::function<bool()> allowed) { parallel_ = std::move(allowed); }
+  // How the policy records of several author domains are looked up
+  // (sender_checker.cpp decides). Unset: look_up_together.
+  void set_lookups_together(txt_lookups together) { together_ = std::move(together); }
 
   // The message's From field(s), read from its header section (at most
   // max_checked_header bytes of it: past them, unusable_from).
@@ -76,7 +74,7 @@ class dmarc_evaluator {
  private:
   struct library;
   // One author domain (A-labels), evaluated; its lookups made before
-  // `deadline`, or found in `fetched` (by the domain they are for).
+  // `deadline`, or found in `fetched` (by the record's name).
   dmarc_result evaluate_domain(const std::string& author, const std::optional<spf_result>& spf,
                                const std::optional<dkim_results>& dkim, const std::vector<reported_pass>& arc_passes,
                                std::chrono::steady_clock::time_point deadline,
@@ -85,7 +83,7 @@ class dmarc_evaluator {
   txt_lookup lookup_;
   sample draw_;
   std::chrono::milliseconds budget_;
-  std::function<bool()> parallel_;
+  txt_lookups together_;
   std::unique_ptr<library> lib_;
 };
 

@@ -1,6 +1,7 @@
 #include "checks/sender_checker.hpp"
 
 #include <exception>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -69,17 +70,23 @@ sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const se
     };
     spf_.emplace(lookup, settings.receiver, settings.spf_skip_networks);
   }
-  const auto txt = [r](const std::string& name) { return look_up(*r, name, dns::rr_type::txt); };
+  const txt_lookup txt = [r](const std::string& name) { return look_up(*r, name, dns::rr_type::txt); };
+  // Several names at once, each on a thread of its own; in an attempt from
+  // cached answers only, one after the other on the calling thread, whose
+  // attempt it is (std::async's threads have no current_attempt: they would
+  // wait for DNS while the I/O thread waits for them).
+  const txt_lookups together = [txt](const std::set<std::string>& names) {
+    return current_attempt != nullptr ? look_up_in_turn(txt, names) : look_up_together(txt, names);
+  };
   if (settings.dmarc) {
     dmarc_.emplace(txt);
-    // (std::async's threads have no current_attempt: they would wait for DNS while the I/O thread waits for them.)
-    dmarc_->set_parallel_lookups([] { return current_attempt == nullptr; });
+    dmarc_->set_lookups_together(together);
   }
   dkim_verifier::domain_map organizational;  // (DMARC's: the signatures it may use go first)
   if (dmarc_) organizational = [d = &*dmarc_](std::string_view name) { return d->organizational_domain(name); };
   if (settings.dkim) {
     dkim_.emplace(txt, settings.max_dkim_signatures, std::move(organizational));
-    dkim_->set_parallel_lookups([] { return current_attempt == nullptr; });  // (as DMARC's, above)
+    dkim_->set_lookups_together(together);
   }
   if (settings.arc) arc_.emplace(txt);
 }
