@@ -136,7 +136,7 @@ void session::stop() {
   // Only a session blocked on the next command (or on its PROXY header) is
   // interrupted; one busy with a command (DATA, AUTH, a TLS handshake, a
   // write) finishes it.
-  if (awaiting_command_) client_.wake();
+  if (interruptible_wait_) client_.wake();
 }
 
 void session::set_stage(stage to) {
@@ -147,6 +147,11 @@ void session::set_stage(stage to) {
 }
 
 void session::queue(const reply& r) { out_ += r.wire(); }
+
+void session::answer(std::string_view stage, const reply& r) {
+  metrics::count(metrics::family::replies_total, {stage, metrics::reply_class(r.code)});
+  queue(r);
+}
 
 reply session::refused_by_policy(const std::string& what, const verdict& v) {
   if (v.by.empty()) {
@@ -189,9 +194,9 @@ awaitable<void> session::run() {
 awaitable<void> session::serve() {
   const auto& s = cfg_.server;
   if (s.proxy_protocol) {
-    awaiting_command_ = true;  // (a stop closes a connection that has not said who it is for yet)
+    interruptible_wait_ = true;  // (a stop closes a connection that has not said who it is for yet)
     const bool told = co_await take_proxy_header();
-    awaiting_command_ = false;
+    interruptible_wait_ = false;
     if (!told) co_return;
   }
   if (implicit_tls_) {
@@ -200,14 +205,13 @@ awaitable<void> session::serve() {
   }
   auto v = co_await policy_.on_connect(conn_);
   set_stage(stage::greeted);
-  metrics::count(metrics::family::replies_total, {"connect", metrics::reply_class(v.stops() ? v.reply.code : 220)});
   if (v.stops()) {
     // RFC 5321 §3.1: a 554 greeting; we then simply close rather than wait for QUIT.
-    queue(refused_by_policy("connection", v));
+    answer("connect", refused_by_policy("connection", v));
     set_stage(stage::closing);
   } else {
     const bool own_text = v.what == verdict::kind::accept && !v.reply.text().empty();
-    queue(reply{220, "", s.hostname + " " + (own_text ? v.reply.text() : "ESMTP Portcullis")});
+    answer("connect", reply{220, "", s.hostname + " " + (own_text ? v.reply.text() : "ESMTP Portcullis")});
   }
 
   while (stage_ != stage::closing) {
@@ -225,9 +229,9 @@ awaitable<void> session::serve() {
     const std::size_t read_limit = cfg_.auth.enabled ? std::max(s.max_line_length, smtp::sasl_max_line_length)
                                                      : s.max_line_length;
     client_.shrink_if_idle();  // between commands: no argument points into the buffer now
-    awaiting_command_ = true;
+    interruptible_wait_ = true;
     auto line = co_await client_.read_line(read_limit, s.idle_timeout);
-    awaiting_command_ = false;
+    interruptible_wait_ = false;
     if (line.st == line_stream::status::woken) continue;
     if (line.st == line_stream::status::eof) {
       log_.info("client closed the connection{}",
@@ -265,8 +269,7 @@ awaitable<void> session::serve() {
         if (stage_ == stage::transaction) ++tx_.rejected_rcpts;
       }
     }
-    if (r.code) metrics::count(metrics::family::replies_total, {replied_at, metrics::reply_class(r.code)});
-    if (r.code) queue(r);  // 0: the reply was already written (DATA's 354 path failed)
+    if (r.code) answer(replied_at, r);  // 0: the reply was already written (DATA's 354 path failed)
     // Refusals cost the client, temporary ones too: each may have cost an upstream round trip.
     if (r.code >= 400 && r.code != 421 && ++errors_ >= s.max_errors) {
       log_.warn("too many errors ({}); closing", errors_);
@@ -444,8 +447,7 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
   smtp::sasl_exchange exchange;
   auto step = exchange.start(cmd.arg);
   while (step.state == smtp::sasl_exchange::status::challenge) {
-    queue(reply{334, "", step.challenge});  // (counted here: the command loop counts only the final reply)
-    metrics::count(metrics::family::replies_total, {stage_label(smtp::verb::auth), metrics::reply_class(334)});
+    answer(stage_label(smtp::verb::auth), reply{334, "", step.challenge});  // (the command loop answers only the final reply)
     const bool flushed = co_await flush();
     if (!flushed) co_return reply{};
     auto line = co_await client_.read_line(smtp::sasl_max_line_length, cfg_.server.idle_timeout);
@@ -496,7 +498,7 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
     if (r.code != 535) env_.failed_logins().record(conn_.client.address(), a.failure_window);  // (a 535 was reserved)
     if (++auth_failures_ >= a.max_failures) {
       log_.warn("{} failed logins in this session; closing", auth_failures_);
-      queue(r);
+      answer(stage_label(smtp::verb::auth), r);
       co_return reply{421, "4.7.0", cfg_.server.hostname + " Too many failed logins, closing connection"};
     }
   }
@@ -572,7 +574,7 @@ awaitable<reply> session::on_starttls(const smtp::command& cmd) {
   if (conn_.tls) co_return reply{554, "5.5.1", "TLS already active"};  // RFC 3207 §4
   if (!cmd.arg.empty()) co_return bad_syntax("Syntax: STARTTLS");
   if (stage_ == stage::transaction) co_return bad_sequence("STARTTLS not allowed during a mail transaction");
-  queue(reply{220, "2.0.0", "Ready to start TLS"});
+  answer(stage_label(smtp::verb::starttls), reply{220, "2.0.0", "Ready to start TLS"});
   const bool flushed = co_await flush();
   if (!flushed) co_return reply{};
   // CVE-2011-0411: anything pipelined behind STARTTLS came in clear; it is
@@ -735,8 +737,7 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
     co_return upstream_lost();
   }
   set_stage(stage::data);
-  queue(reply{354, "", "End data with <CR><LF>.<CR><LF>"});
-  metrics::count(metrics::family::replies_total, {stage_label(smtp::verb::data), metrics::reply_class(354)});
+  answer(stage_label(smtp::verb::data), reply{354, "", "End data with <CR><LF>.<CR><LF>"});
   const bool flushed = co_await flush();
   if (!flushed) co_return reply{};
   auto refused = co_await receive_message();
@@ -761,9 +762,8 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
       // delivered mail unacknowledged: the client would send it again.
       // (Without them, it goes with the replies to what the client
       // pipelined after the dot, in one write: nothing comes between.)
-      metrics::count(metrics::family::replies_total, {stage_label(smtp::verb::data), metrics::reply_class(r.code)});
       message_.reset();  // its memory back to the budget first (the notifications do not see it)
-      queue(r);
+      answer(stage_label(smtp::verb::data), r);
       co_await flush();  // (a client gone: flush() ends the session)
       r = reply{};  // (0: written already; serve() queues nothing)
     }

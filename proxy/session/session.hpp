@@ -93,6 +93,9 @@ class session : public std::enable_shared_from_this<session> {
   void apply_rewrites(const verdict& v);
 
   void queue(const reply& r);
+  // A reply to the client's command (or connection), counted under its stage
+  // (portcullis_replies_total), then queued.
+  void answer(std::string_view stage, const reply& r);
   reply refused_by_policy(const std::string& what, const verdict& v);
   awaitable<bool> flush();
   void log_spf(const checks::spf_result& spf) const;
@@ -132,7 +135,7 @@ class session : public std::enable_shared_from_this<session> {
   std::size_t errors_ = 0;
   std::size_t auth_failures_ = 0;
   bool stopping_ = false;
-  bool awaiting_command_ = false;  // blocked reading the next command: stop() may wake it
+  bool interruptible_wait_ = false;  // blocked reading the next command or the PROXY header: stop() may wake it
   // The transaction's metrics: counted yet; RCPT refusals (temporary, permanent); discarded by policy.
   bool tx_counted_ = false;
   bool tx_logged_ = false;  // its summary line is written

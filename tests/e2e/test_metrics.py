@@ -194,6 +194,19 @@ def test_auth_challenges_are_counted_as_3xx(policy_daemon, aiosmtpd_upstream):
     assert d.stop() == 0
 
 
+def test_the_refused_login_before_the_goodbye_is_counted(policy_daemon, aiosmtpd_upstream):
+    d = start(policy_daemon, aiosmtpd_upstream, 1, auth={"allow_plaintext": True, "max_failures": 1})
+    with d.connect() as c:
+        c.exchange("AUTH PLAIN !!!", 501)  # not base64: a failed login, the session's last
+        c.expect(421, "4.7.0")
+    wait_until(lambda: value(scrape(d.metrics_port), "portcullis_connections_open") == 0, timeout=10,
+               what="the session to end")
+    s = scrape(d.metrics_port)
+    assert value(s, "portcullis_replies_total", stage="auth", **{"class": "5xx"}) == 1
+    assert value(s, "portcullis_replies_total", stage="auth", **{"class": "4xx"}) == 1
+    assert d.stop() == 0
+
+
 def test_healthz_and_what_else_the_listener_answers(policy_daemon, aiosmtpd_upstream):
     d = start(policy_daemon, aiosmtpd_upstream, 1)
     status, body = get(d.metrics_port, "/healthz")
