@@ -148,22 +148,35 @@ def _decoded(value) -> str:
 
 
 def _file_names(part) -> list[str]:
-    """The part's file names: Content-Disposition filename and Content-Type name (either may hide .exe)."""
+    """The part's file names: every Content-Disposition filename and Content-Type name (either may
+    hide .exe), in every field of the two and in every spelling, plain or RFC 2231, repeated or not:
+    mail clients differ in the one they show (RFC 6266's, for one, prefers filename* to filename)."""
     names = []
+
+    def add(value) -> None:
+        try:
+            name = _decoded(value)
+        except Exception:  # a value too broken to decode
+            name = ""
+        if name and name not in names:
+            names.append(name)
+
     for header, param in (("content-disposition", "filename"), ("content-type", "name")):
-        readers = [part]
-        raw = next((value for key, value in part.raw_items() if key.lower() == header), None)
-        if raw is not None and part.policy is not email.policy.compat32:
-            lenient = email.message.Message()  # policy.default drops a parameter like name==?UTF-8?B?...?=
+        try:
+            add(part.get_param(param, header=header))  # (as the part's own policy reads it)
+        except Exception:
+            pass
+        for raw in (value for key, value in part.raw_items() if key.lower() == header):
+            # (compat32: policy.default drops a parameter like name==?UTF-8?B?...?=, and gives one value a name)
+            lenient = email.message.Message()
             lenient[header] = raw
-            readers.append(lenient)
-        for reader in readers:
             try:
-                name = _decoded(reader.get_param(param, header=header))
-            except Exception:  # a header too broken to decode
-                name = ""
-            if name and name not in names:
-                names.append(name)
+                params = lenient.get_params([], header=header)
+            except Exception:  # a header too broken to read
+                params = []
+            for key, value in params:
+                if key.strip().lower() == param:
+                    add(value)
     return names
 
 

@@ -87,6 +87,28 @@ def test_rfc2231_names_are_decoded():
         assert r[:2] == (550, "5.7.1") and 'attachment "Rechnung ?.exe"' in r.text
 
 
+# A part may name its file more than once: plain and RFC 2231 spellings, repeated
+# parameters, repeated fields. Mail clients differ in the one they show (a
+# client following RFC 6266 shows filename*), so every one is checked.
+@pytest.mark.parametrize("fields", [
+    ["Content-Disposition: attachment; filename=\"a.txt\"; filename*=UTF-8''a.exe"],
+    ["Content-Disposition: attachment; filename=\"a.txt\"; filename*0=\"a.e\"; filename*1=\"xe\""],
+    ["Content-Disposition: attachment; filename=\"a.txt\"; filename=\"a.exe\""],
+    ["Content-Disposition: attachment; filename=\"a.txt\"", "Content-Disposition: attachment; filename=\"a.exe\""],
+    ["Content-Type: application/octet-stream; name=\"a.txt\"; name*=UTF-8''a.exe"],
+])
+def test_every_name_a_part_gives_its_file_is_checked(fields):
+    body = ("From: a@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+            "--b\r\nContent-Type: text/plain\r\n\r\nsee\r\n"
+            "--b\r\n" + "".join(f + "\r\n" for f in fields) +
+            ("" if any(f.startswith("Content-Type") for f in fields) else "Content-Type: application/octet-stream\r\n") +
+            "Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n--b--\r\n")
+    with Harness([POLICY]) as h:
+        r = send(h, body.encode())
+        assert r[:2] == (550, "5.7.1") and '"a.exe"' in r.text, r
+
+
 def test_settings_change_the_lists():
     exe = mail(("tool.exe", b"MZ", "application/octet-stream"))
     with Harness([POLICY], config={"attachments": {"allowed_extensions": ["exe"]}}) as h:
