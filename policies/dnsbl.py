@@ -131,7 +131,8 @@ async def _verdict(conn):
     if cached is not None:
         return cached
     address = client_address(conn.client_ip)
-    if in_networks(conn.client_ip, SETTINGS["networks"]) or address.is_loopback:
+    # (A link-local client, fe80::1%eth0, is on our own link: no list has it, nor can its scope be reversed.)
+    if in_networks(conn.client_ip, SETTINGS["networks"]) or address.is_loopback or address.is_link_local:
         conn.data["dnsbl"] = (0, [])
         return conn.data["dnsbl"]
     name = _reversed_name(address)

@@ -102,6 +102,8 @@ def test_exemptions_and_reject_at_connect(dns_server):
         assert rcpt(h, "203.0.113.5").code == 250
     with harness() as h:
         assert rcpt(h, "203.0.113.5", auth_user="alice").code == 250
+        assert rcpt(h, "fe80::1%eth0").code == 250  # on our own link: not looked up (its scope broke the name)
+        assert rcpt(h, "169.254.0.5").code == 250
     with harness(reject_at="connect") as h:
         assert h.connect(client_ip="203.0.113.5").greeting[:2] == (554, "5.7.1")
         assert h.connect(client_ip="198.51.100.3").greeting.code == 220
