@@ -148,9 +148,13 @@ async def _check_and_count(tx, unit: str):
             # With the counter's ttl: a counter gone meanwhile (evicted from a full memory
             # store) is made again at -1, and must not then live forever.
             await pc.store.incr(key, ttl=2 * window + 60, by=-1)
-        # When enough of the previous window has slid out; if this one alone is full, when it ends.
+        # When enough of the previous window has slid out. If this one alone is full, that is
+        # in the next one, where this one's count (less this attempt) is the previous and the
+        # attempt the first: (current - 1) * (1 - f) + 1 <= limit, f its part gone by.
         if current <= limit and previous:
             wait = window * (1 - (limit - current) / previous) - into
+        elif current > limit and current > 1:
+            wait = (window - into) + window * (1 - (limit - 1) / (current - 1))
         else:
             wait = window - into
         return pc.tempfail(f"Rate limit reached for {shown} ({limit} {unit} per {window} s); "

@@ -222,10 +222,31 @@ def test_messages_per_client_and_the_retry_hint():
         r = h.connect(client_ip=ip, helo="c.example").mail("a@example.com")
         assert r[:2] == (450, "4.7.1")
         assert r.text.startswith(f"Rate limit reached for client {ip} (3 messages per 60 s); try again in ")
-        assert 1 <= int(r.text.split("try again in ")[1].split()[0]) <= 60
+        assert 1 <= int(r.text.split("try again in ")[1].split()[0]) <= 2 * 60  # (into the next window)
         r2 = h.connect(client_ip=ip, helo="c.example").mail("a@example.com")
         assert r2[:2] == (450, "4.7.1")  # refused attempts do not count, and do not unblock either
         assert h.connect(client_ip=fresh_net(), helo="c.example").mail("a@example.com").code == 250
+
+
+# The hint is the moment the next attempt passes, not a second before: when
+# enough of the previous window has slid out, in this window or (if this one
+# alone is over the limit) in the next.
+@pytest.mark.parametrize("start,sent_before", [(0, 0), (30, 0), (10, 3), (50, 2)])
+def test_the_retry_hint_is_when_the_next_attempt_passes(start, sent_before):
+    with ratelimit(window=60, messages_per_client=3) as h:
+        ip = fresh_net()
+        mail = lambda: h.connect(client_ip=ip, helo="c.example").mail("a@example.com")  # noqa: E731
+        NOW[0] -= 60 - start  # sent_before in the window before, at its start
+        for _ in range(sent_before):
+            assert mail().code == 250
+        NOW[0] += 60 - start + start
+        while (r := mail()).code == 250:
+            pass
+        hint = int(r.text.split("try again in ")[1].split()[0])
+        NOW[0] += hint - 1
+        assert mail().code == 450, hint
+        NOW[0] += 1
+        assert mail().code == 250, hint
 
 
 def test_recipients_per_login_and_per_sender():
