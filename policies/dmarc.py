@@ -138,7 +138,7 @@ def on_data(tx, message):
                         result.domain, result.policy)
             return pc.tempfail(f"DMARC: the authentication of {result.domain} could not be checked, try again later",
                                status="4.7.5")
-        if SETTINGS["temperror"] == "tempfail":
+        if SETTINGS["temperror"] == "tempfail" and result.policy is None:  # (a policy known: it said above)
             return pc.tempfail(f"DMARC policy of {result.domain} could not be fetched, try again later",
                                status="4.7.5")
         return None

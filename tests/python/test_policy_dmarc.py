@@ -82,6 +82,9 @@ def test_options():
     assert deliver(h, dmarc("fail", "reject"))[0].code == 250
     assert deliver(h, dmarc("fail", "quarantine"))[0].code == 550
     assert deliver(h, dmarc("temperror", None))[0][:2] == (451, "4.7.5")
+    # A policy fetched that would not act on a failure: nothing to wait for (it said "could not be fetched").
+    assert deliver(h, dmarc("temperror", "none", "none"))[0].code == 250
+    assert deliver(h, dmarc("temperror", "reject", "none"))[0].code == 250  # (reject = "none" here)
     assert deliver(h, dmarc("fail", "quarantine", domain="lists.example.test"))[0].code == 250
     h = Harness([POLICY], config={"dmarc": {"quarantine_header": "X-Q"}})
     assert deliver(h, dmarc("fail", "quarantine"))[1].as_email()["X-Q"].startswith("DMARC policy")
