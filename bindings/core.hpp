@@ -48,6 +48,20 @@ struct resolver_options;
 
 namespace portcullis::bindings {
 
+// The deadline of the plain hook this thread runs, in time.monotonic()'s
+// seconds (pc.dns.resolve_sync waits no longer: the hook is abandoned then,
+// and its thread should come back to the pool). Set for the scope's life.
+class hook_deadline_scope {
+ public:
+  explicit hook_deadline_scope(double deadline);
+  ~hook_deadline_scope();
+  hook_deadline_scope(const hook_deadline_scope&) = delete;
+  hook_deadline_scope& operator=(const hook_deadline_scope&) = delete;
+
+ private:
+  double previous_;
+};
+
 // The daemon's resolver for pc.dns (null: one of pc.dns's own, made on first use).
 void set_resolver(std::shared_ptr<dns::resolver> resolver);
 // pc.dns makes its own resolver with these at its next lookup (the daemon's [dns], without checks).

@@ -118,6 +118,20 @@ void set_resolver_options(const dns::resolver_options& options) {
   // `old` ends here, outside the lock, unless lookups still hold it: they are answered by it.
 }
 
+namespace {
+thread_local double hook_deadline = 0;  // 0: none (time.monotonic()'s seconds)
+
+std::chrono::steady_clock::time_point lookup_deadline() {
+  if (hook_deadline <= 0) return std::chrono::steady_clock::time_point::max();
+  // (steady_clock is CLOCK_MONOTONIC, as time.monotonic() is)
+  return std::chrono::steady_clock::time_point(
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(hook_deadline)));
+}
+}  // namespace
+
+hook_deadline_scope::hook_deadline_scope(double deadline) : previous_(std::exchange(hook_deadline, deadline)) {}
+hook_deadline_scope::~hook_deadline_scope() { hook_deadline = previous_; }
+
 void define_dns(py::module_& m) {
   m.def(
       "dns_configure",
@@ -144,12 +158,25 @@ void define_dns(py::module_& m) {
         dns::answer a;
         {
           auto r = current_resolver();
+          const auto deadline = lookup_deadline();
           py::gil_scoped_release unlocked;  // other threads run Python meanwhile
-          a = r->lookup_sync(name, type);
+          a = r->lookup_sync(name, type, deadline);
         }
         return as_python(a, type);
       },
-      py::arg("name"), py::arg("type"), "Blocks until the answer: (status, records, ttl, error).");
+      py::arg("name"), py::arg("type"),
+      "Blocks until the answer, or the deadline of the plain hook that asks: (status, records, ttl, error).");
+
+  m.def(
+      "call_with_deadline",
+      [](double deadline, py::handle function, py::handle args) {
+        hook_deadline_scope limit(deadline);
+        const auto result = PyObject_Call(function.ptr(), args.ptr(), nullptr);
+        if (result == nullptr) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(result);
+      },
+      py::arg("deadline"), py::arg("function"), py::arg("args"),
+      "function(*args) as a plain hook whose deadline is `deadline` (time.monotonic()'s seconds).");
 
   m.def(
       "dns_lookup",

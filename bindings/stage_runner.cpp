@@ -708,7 +708,10 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       const py::tuple where = py::make_tuple(hook, timeout_object);  // where report_stuck looks
       if (PyDict_SetItem(running_.ptr(), thread.ptr(), where.ptr()) < 0) throw py::error_already_set();
       start = monotonic();
-      value = PyObject_Call(function.ptr(), args.ptr(), nullptr);
+      {
+        hook_deadline_scope limit(start + timeout);
+        value = PyObject_Call(function.ptr(), args.ptr(), nullptr);
+      }
       elapsed = monotonic() - start;
       py::object exception;
       if (value == nullptr) exception = raised_exception();

@@ -65,7 +65,10 @@ def dns_lookup(name: str, type: str, token: int) -> None:
     """Starts a lookup; its answer comes from dns_take(), with the token, once dns_wakeup_fd() is readable."""
 
 def dns_lookup_sync(name: str, type: str) -> tuple[str, list[Any], int, str]:
-    """Blocks until the answer."""
+    """Blocks until the answer, or the deadline of the plain hook that asks."""
+
+def call_with_deadline(deadline: float, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """function(*args) as a plain hook whose deadline is ``deadline`` (time.monotonic()'s seconds)."""
 
 def dns_take() -> list[tuple[int, tuple[str, list[Any], int, str]]]:
     """The answers of dns_lookup() ready since the last call."""

@@ -547,7 +547,7 @@ answer resolver::lookup_sync(std::string name, rr_type type, std::chrono::steady
       result.wait_until(deadline) == std::future_status::timeout) {
     answer late;
     late.what = answer::status::timeout;
-    late.error = "the check's time budget ran out";
+    late.error = "the time budget ran out (the check's or the hook's)";
     return late;
   }
   return result.get();

@@ -610,11 +610,12 @@ def _exit_of(e: SystemExit) -> HookExit:
     return HookExit(f"the hook called sys.exit({e.code!r})")
 
 
-def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[str, int] | None) -> Any:
+def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[str, int] | None,
+               deadline: float) -> Any:
     if where is not None:
         where["thread"] = threading.get_ident()
     try:
-        return function(*args)
+        return _core.call_with_deadline(deadline, function, args)  # (pc.dns.resolve_sync waits no longer)
     except SystemExit as e:
         raise _exit_of(e) from None
 
@@ -660,7 +661,8 @@ async def call_hook(engine: Engine, hook: Hook, args: tuple[Any, ...], loop: asy
         else:
             where: dict[str, int] = {}
             context = contextvars.copy_context()
-            future = loop.run_in_executor(engine.executor, context.run, _call_sync, hook.function, args, where)
+            future = loop.run_in_executor(engine.executor, context.run, _call_sync, hook.function, args, where,
+                                          deadline)
             try:
                 done, _ = await asyncio.wait({future}, timeout=engine.timeout)
             except asyncio.CancelledError:

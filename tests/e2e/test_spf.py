@@ -347,6 +347,32 @@ def test_policies_look_names_up_through_the_daemons_resolver(policy_daemon, aios
     assert r.text == ("mx=[(10, 'mail.mx.example.test')] nx=nowhere.example.test txt=['v=spf1 ~all']"), str(r)
 
 
+STUCK_LOOKUP = """
+import time
+import portcullis as pc
+
+def on_mail(tx, sender):
+    start = time.monotonic()
+    try:
+        pc.dns.resolve_sync(sender.domain, "TXT")
+    except pc.dns.Timeout:
+        pc.log.info(f"gave up after {time.monotonic() - start:.1f} s")
+"""
+
+
+def test_a_plain_hooks_lookup_ends_with_the_hook_and_gives_its_thread_back(policy_daemon, aiosmtpd_upstream,
+                                                                             dns_server):
+    # [dns] timeout is 5 s, the hook's 1 s: the lookup held the pool's only thread
+    # 4 s past the hook's abandonment, and the next session's hook never started.
+    d = policy_daemon(aiosmtpd_upstream.url, STUCK_LOOKUP, policy={"timeout": 1, "threads": 1},
+                      dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 5})
+    with d.connect() as c:
+        c.exchange("MAIL FROM:<a@slow.example.test>", 451, "4.3.0")
+    d.wait_log(r"gave up after 1\.\d s$")
+    with d.connect() as c:
+        c.exchange("MAIL FROM:<a@soft.example.test>", 250)
+
+
 def test_the_upstream_gets_our_authentication_results_and_no_forged_ones(spf_daemon, aiosmtpd_upstream):
     from conftest import HOSTNAME
 
