@@ -62,6 +62,23 @@ namespace {
 constexpr std::size_t max_reply_read = 4096;
 constexpr std::size_t max_reply_lines = 100;
 
+// A reply's time runs from the start of its wait, however many lines and
+// reads it comes in (RFC 5321 §4.5.3.2: the timeouts are per reply): a reply
+// dripped line by line took up to max_reply_lines timeouts, 100 minutes of
+// `timeout` and 1,000 of data_done_timeout, past the client's own wait for
+// the final dot's reply, which then sent the message again.
+class reply_deadline {
+ public:
+  explicit reply_deadline(line_stream::duration timeout) : end_(std::chrono::steady_clock::now() + timeout) {}
+  // What is left for the next read (at least a moment: a line already buffered is still taken).
+  line_stream::duration left() const {
+    return std::max<line_stream::duration>(end_ - std::chrono::steady_clock::now(), std::chrono::milliseconds(1));
+  }
+
+ private:
+  std::chrono::steady_clock::time_point end_;
+};
+
 // A kept connection carries the upstream's state of it from one client's
 // session to the next. Postfix's smtpd counts, per connection, the errors
 // (4xx/5xx replies) and the "junk" commands (RSET, NOOP, HELO/EHLO, XCLIENT,
@@ -240,8 +257,9 @@ class smtp_upstream final : public upstream {
   awaitable<wait_outcome> after_wait() override {
     if (!stream_ || owed_ || !in_transaction_ || !stream_->peer_gone()) co_return wait_outcome::open;
     smtp::reply_parser parser;
+    const reply_deadline deadline(cfg_.timeout);
     for (std::size_t n = 0; n < max_reply_lines; ++n) {
-      auto line = co_await stream_->read_line(max_reply_read, cfg_.timeout);
+      auto line = co_await stream_->read_line(max_reply_read, deadline.left());
       if (line.st == line_stream::status::eof) {  // (after nothing, or a part of a 421)
         log_.warn("upstream: closed the connection while the transaction waited for the message");
         close();
@@ -777,14 +795,14 @@ class smtp_upstream final : public upstream {
     const bool final_dot = what == reply_to::end_of_data;
     // RFC 5321 §4.5.3.2.6: the final dot's reply may take 10 minutes (content
     // filters run first); cut short, the client sends the message again.
-    const auto timeout = final_dot ? cfg_.data_done_timeout : cfg_.timeout;
+    const reply_deadline deadline(final_dot ? cfg_.data_done_timeout : cfg_.timeout);
     smtp::reply_parser parser;
     std::string first;  // the final dot's: its reply's first line, or its start (taken_anyway)
     for (std::size_t n = 0; n < max_reply_lines; ++n) {
       if (final_dot && n == 0) {
         // Its start looked at before read_line takes the line: one over
         // max_reply_read comes back with no text at all.
-        auto in = co_await stream_->read_some(timeout);  // what is buffered, else one read
+        auto in = co_await stream_->read_some(deadline.left());  // what is buffered, else one read
         if (in.empty()) {
           if (stream_->last_status() == line_stream::status::timeout)
             co_return fail(upstream_failure::timeout, "timed out waiting for the reply to " + stage);
@@ -792,7 +810,7 @@ class smtp_upstream final : public upstream {
         }
         first = std::string(in.substr(0, std::min({in.size(), in.find('\n'), smtp::max_reply_line_octets})));
       }
-      auto line = co_await stream_->read_line(max_reply_read, timeout);
+      auto line = co_await stream_->read_line(max_reply_read, deadline.left());
       switch (line.st) {
         case line_stream::status::ok: break;
         case line_stream::status::timeout:
@@ -877,8 +895,9 @@ class smtp_upstream final : public upstream {
   // TLS still holds behind it are not looked at: the connection closes.)
   awaitable<std::optional<smtp::reply>> closing_reply_behind() {
     smtp::reply_parser parser;
+    const reply_deadline deadline(cfg_.timeout);
     for (std::size_t n = 0; n < max_reply_lines; ++n) {
-      auto line = co_await stream_->read_line(max_reply_read, cfg_.timeout);
+      auto line = co_await stream_->read_line(max_reply_read, deadline.left());
       if (line.st != line_stream::status::ok || !line.text.starts_with("421")) co_return std::nullopt;
       const auto state = parser.feed_line(line.text);
       if (state == smtp::reply_parser::state::malformed) co_return std::nullopt;

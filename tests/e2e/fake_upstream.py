@@ -30,6 +30,9 @@ A behaviour is either reply text ("451 4.3.0 busy"; multi-line replies use
                and closes the connection, "close" closes it saying nothing
                (an idle timeout's 421, or a silent one, while the proxy
                waits for its client)
+    {"drip": [LINE, ...], "every": SECONDS}
+               answer with these lines (each a str, CRLF added), SECONDS
+               apart: a reply that comes a line at a time
     {"wait": SECONDS, "send": TEXT}
                answer TEXT (any behaviour above) SECONDS late: a content
                filter that takes its time over the final dot ("then" may
@@ -245,6 +248,12 @@ class FakeUpstream:
 
         def act(behaviour) -> bool:
             """Carries out a behaviour; False when the connection is over."""
+            if isinstance(behaviour, dict) and "drip" in behaviour:
+                for i, line in enumerate(behaviour["drip"]):
+                    if i and self._stop.wait(float(behaviour["every"])):
+                        return False
+                    send(line)
+                return True
             if isinstance(behaviour, dict):
                 if behaviour.get("wait") and self._stop.wait(float(behaviour["wait"])):
                     return False
@@ -387,7 +396,7 @@ class FakeUpstream:
 def _starts(behaviour, code: str) -> bool:
     """Does this behaviour answer with `code` (first, when it says more)?"""
     if isinstance(behaviour, dict):
-        behaviour = behaviour["send"]
+        behaviour = behaviour["drip"][0] if "drip" in behaviour else behaviour["send"]
     if isinstance(behaviour, bytes):
         return behaviour.startswith(code.encode())
     return isinstance(behaviour, str) and behaviour.startswith(code)

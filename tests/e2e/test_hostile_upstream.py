@@ -257,6 +257,34 @@ def test_a_reply_whose_lines_give_different_codes_is_its_last_lines(start_daemon
     assert len(up.connections) == 1
 
 
+@pytest.mark.parametrize("step", ["RCPT", "DOT"])
+def test_a_reply_dripped_a_line_at_a_time_has_one_timeout_in_all(start_daemon, fake_upstream, step):
+    """RFC 5321 §4.5.3.2's timeouts are per reply: each line restarted the
+    wait, so a reply could take 100 timeouts (1,000 minutes of
+    data_done_timeout, long past the client's own wait for the final dot's
+    reply: it sent the message again while the upstream queued it)."""
+    code = "250" if step == "RCPT" else "451"
+    lines = [f"{code}-{i} slowly" for i in range(5)] + [f"{code} done"]
+    up = fake_upstream({step: [{"drip": lines, "every": 0.5}]})
+    d = start_daemon(up.url, upstream={"timeout": 1, "data_done_timeout": 1})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        start = time.monotonic()
+        if step == "RCPT":
+            c.cmd(f"RCPT TO:<{R1}>")
+        else:
+            c.exchange(f"RCPT TO:<{R1}>", 250, "2.1.5")
+            c.exchange("DATA", 354)
+            start = time.monotonic()
+            c.send(FAILING_BODY + b"\r\n.\r\n")
+        r = c.reply()
+        took = time.monotonic() - start
+        assert (r.code, r.status) == (451, "4.4.1"), str(r)
+        assert took < 2, took  # (all six lines: 2.5 s)
+    d.wait_log(rf"{sid}: upstream: .*timed out waiting for the (rest of the )?reply")
+
+
 def test_late_354_never_becomes_the_final_reply(start_daemon, fake_upstream):
     """The issue's reproduction: RCPT answered with "250 ok" and then "354 go".
     The stray 354 must not pass for DATA's go-ahead (the client would get the
