@@ -96,11 +96,17 @@ signing_key read_signing_key(const std::filesystem::path& path, std::string_view
   // The key's type decides the algorithm; a key the signer would refuse at
   // the first message is refused here, at start-up or reload.
   {
+    // No pass phrase: without a callback OpenSSL asks for one on the
+    // terminal, and start-up, a reload (and the SIGTERM behind it) waited.
+    const auto no_pass_phrase = [](char*, int, int, void*) { return -1; };
     BIO* bio = BIO_new_mem_buf(key.pem.data(), static_cast<int>(key.pem.size()));
-    if (bio) key.parsed.reset(PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr), EVP_PKEY_free);
+    if (bio) key.parsed.reset(PEM_read_bio_PrivateKey(bio, nullptr, no_pass_phrase, nullptr), EVP_PKEY_free);
     BIO_free(bio);
   }
   EVP_PKEY* k = key.parsed.get();
+  if (k == nullptr && key.pem.find("ENCRYPTED") != std::string::npos)
+    throw std::runtime_error(where + "an encrypted key: the daemon cannot be given its pass phrase (store it "
+                                     "unencrypted, readable only by the daemon's user)");
   if (k == nullptr) throw std::runtime_error(where + "no PEM private key");
   switch (EVP_PKEY_get_base_id(k)) {
     case EVP_PKEY_RSA:

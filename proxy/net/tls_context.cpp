@@ -4,6 +4,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <fstream>
+#include <string>
+
 namespace portcullis {
 
 namespace {
@@ -28,6 +31,19 @@ void harden(ssl::context& ctx, const char* ciphers = intermediate_ciphers) {
   SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
   SSL_CTX_set_options(native, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   if (SSL_CTX_set_cipher_list(native, ciphers) != 1) throw tls_error("cannot set the cipher list");
+  // An encrypted key is refused: without this OpenSSL asks for its pass
+  // phrase on the terminal, and start-up or a reload waited for it.
+  SSL_CTX_set_default_passwd_cb(native, [](char*, int, int, void*) { return -1; });
+}
+
+// A PEM file of an encrypted key ("BEGIN ENCRYPTED PRIVATE KEY", or the
+// older "Proc-Type: 4,ENCRYPTED"): what OpenSSL's own error hides.
+bool encrypted_pem(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string head(4096, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<std::size_t>(in.gcount()));
+  return head.find("ENCRYPTED") != std::string::npos;
 }
 
 std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& cert, const std::filesystem::path& key) {
@@ -38,6 +54,9 @@ std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& ce
   // Asio has already taken OpenSSL's error queue into `ec`.
   if (ec) throw tls_error(cert.string() + ": cannot use the certificate chain: " + ec.message());
   ctx->use_private_key_file(key.string(), ssl::context::pem, ec);
+  if (ec && encrypted_pem(key))
+    throw tls_error(key.string() + ": an encrypted key: the daemon cannot be given its pass phrase (store it "
+                                   "unencrypted, readable only by root)");
   if (ec) throw tls_error(key.string() + ": cannot use the private key: " + ec.message());
   if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
     throw tls_error(key.string() + ": the key does not match " + cert.string());

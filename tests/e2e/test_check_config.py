@@ -98,3 +98,53 @@ def test_a_setting_a_policy_refuses_is_reported_at_its_own_line(portcullis_bin, 
         assert len(lines) == 1, r.stderr
         assert re.fullmatch(rf"{re.escape(str(cfg))}:{line_of(cfg, 'aliases', bad)}: {message} \(refused by .*aliases\.py\)",
                             lines[0]), r.stderr
+
+
+def test_an_encrypted_key_is_refused_at_once_not_asked_a_pass_phrase_for(portcullis_bin, tmp_path):
+    """OpenSSL, given no pass-phrase callback, asks on the terminal: --check-config, the
+    start and a reload (a SIGTERM waiting behind it) hung there. Run on a terminal here."""
+    import pty
+    import select
+    import time
+
+    key = tmp_path / "enc.key"
+    subprocess.run(["openssl", "genrsa", "-aes128", "-passout", "pass:x", "-out", str(key), "2048"], check=True,
+                   capture_output=True)
+    subprocess.run(["openssl", "req", "-x509", "-new", "-key", str(key), "-passin", "pass:x", "-subj", "/CN=mx.test",
+                    "-days", "2", "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    cfg = tmp_path / "enc.toml"
+    cfg.write_text(render_toml({
+        "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
+        "upstream": {"url": "smtp://127.0.0.1:25"},
+        "tls": {"cert": "cert.pem", "key": "enc.key"},
+        "dkim_sign": {"domains": ["example.test"], "selector": "s1", "key_file": "enc.key"},
+    }))
+    env = {**os.environ, **sanitized_python_env()}
+    pid, fd = pty.fork()
+    if pid == 0:  # (the child: the terminal is its controlling one, as an operator's shell)
+        os.execve(str(portcullis_bin), [str(portcullis_bin), "--check-config", str(cfg)], env)
+    out, deadline = b"", time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # (EIO: the child is gone)
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            assert b"pass phrase:" not in out, out
+        _, status = os.waitpid(pid, 0)
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 1, text
+    for table, name in (("tls", "key"), ("dkim_sign", "key_file")):
+        assert re.search(rf":{line_of(cfg, table, name)}: {table}\.{name}: .*an encrypted key: the daemon cannot be "
+                         rf"given its pass phrase", text), text
