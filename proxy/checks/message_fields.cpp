@@ -89,6 +89,19 @@ bool is_ascii(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
 }
 
+// An internationalized domain (an SMTPUTF8 message) in A-labels, as DNS has
+// it and SPF, DKIM and [dkim_sign] name it (RFC 8616 §4-5); an ASCII one is
+// in them already (and mailbox_domains lower-cased it).
+std::optional<std::string> in_a_labels(const std::string& domain, std::string& problem) {
+  if (is_ascii(domain)) return domain;
+  auto ascii = a_label_domain(domain);
+  if (!ascii) {
+    problem = "a From domain is not a valid internationalized domain name (IDNA2008)";
+    return std::nullopt;
+  }
+  return smtp::to_lower(*ascii);
+}
+
 }  // namespace
 
 std::optional<std::vector<std::string>> author_domains(const std::vector<std::string>& from_values,
@@ -109,24 +122,14 @@ std::optional<std::vector<std::string>> author_domains(const std::vector<std::st
         problem = "a From domain is an address literal";
         return std::nullopt;
       }
-      // An internationalized domain (an SMTPUTF8 message) in A-labels, as
-      // DNS has it and SPF and DKIM name it (RFC 8616 §4-5); an ASCII one
-      // is in them already (and mailbox_domains lower-cased it).
-      std::string name = d;
-      if (!is_ascii(d)) {
-        auto ascii = a_label_domain(d);
-        if (!ascii) {
-          problem = "a From domain is not a valid internationalized domain name (IDNA2008)";
-          return std::nullopt;
-        }
-        name = smtp::to_lower(*ascii);
-      }
-      if (std::find(out.begin(), out.end(), name) != out.end()) continue;
+      auto name = in_a_labels(d, problem);
+      if (!name) return std::nullopt;
+      if (std::find(out.begin(), out.end(), *name) != out.end()) continue;
       if (out.size() >= max_domains) {
         problem = "the From field names more than " + std::to_string(max_domains) + " domains";
         return std::nullopt;
       }
-      out.push_back(std::move(name));
+      out.push_back(std::move(*name));
     }
   }
   return out;
@@ -148,7 +151,7 @@ std::optional<std::string> author_domain(const std::vector<std::string>& from_va
       return std::nullopt;
     }
   }
-  return domains->front();
+  return in_a_labels(domains->front(), problem);
 }
 
 }  // namespace portcullis::checks

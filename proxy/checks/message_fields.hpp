@@ -45,8 +45,8 @@ std::optional<std::vector<std::string>> author_domains(const std::vector<std::st
                                                        std::size_t max_domains = max_author_domains);
 
 // The one author domain of a message to sign (the DKIM signer): one From
-// field whose mailboxes are all of one domain, lower-cased, as written (an
-// address literal included); else nullopt and why in `problem`.
+// field whose mailboxes are all of one domain, lower-cased, in A-labels (an
+// address literal as written); else nullopt and why in `problem`.
 std::optional<std::string> author_domain(const std::vector<std::string>& from_values, std::string& problem);
 
 }  // namespace portcullis::checks

@@ -60,6 +60,7 @@ def key_zones(keys) -> dict:
         "rsa._domainkey.other.test": [{"TXT": keys["rsa_record"]}],
         "ed._domainkey.example.test": [{"TXT": keys["ed_record"]}],
         "ed._domainkey.third.test": [{"TXT": keys["ed_record"]}],
+        "rsa._domainkey.xn--bcher-kva.test": [{"TXT": keys["rsa_record"]}],
     }
 
 
@@ -195,6 +196,24 @@ def test_who_is_signed_for(signing_daemon, aiosmtpd_upstream, dns_server):
     d.reload({"dkim_sign": {"subdomains": True}})
     content = deliver(d, aiosmtpd_upstream, sub, proxy_from="127.0.0.2")
     assert signature_tags(content)["d"] == "example.test" and verifies(content, dns_server.port)
+
+
+def test_an_internationalized_from_domain_is_signed_as_its_a_labels(signing_daemon, aiosmtpd_upstream, dns_server):
+    # [dkim_sign] domains are in A-labels (a U-label there is refused); the From's U-labels were
+    # compared as they were written, and such mail was never signed.
+    d = signing_daemon(dkim_sign={"domains": ["xn--bcher-kva.test"]})
+    message = MESSAGE.replace(b"alice@example.test", "alice@bücher.test".encode())
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("EHLO client.example.test", 250)
+        c.exchange("MAIL FROM:<alice@xn--bcher-kva.test> SMTPUTF8", 250)
+        c.exchange("RCPT TO:<bob@example.net>", 250)
+        c.exchange("DATA", 354)
+        c.send(message + b".\r\n")
+        c.expect(250)
+    content = aiosmtpd_upstream.wait_messages(1)[-1]["content"]
+    assert signature_tags(content)["d"] == "xn--bcher-kva.test"
+    assert verifies(content, dns_server.port)
 
 
 def test_a_policy_chooses_per_message(signing_daemon, aiosmtpd_upstream, dns_server):
