@@ -24,13 +24,18 @@ bool is_token(std::string_view s) {
   return true;
 }
 
-// A value as RFC 8601 writes it: a token, or a quoted-string of printable ASCII.
+// A value as RFC 8601 writes it: a token, or a quoted-string of printable
+// ASCII, of at most `max` octets and its quotes (escapes count: a d= of 300
+// '"' made a line of 1,100 octets, past RFC 5322's 998, and the upstream
+// refused the message).
 std::string value(std::string_view s, std::size_t max = 255) {
   if (is_token(s) && s.size() <= max) return std::string(s);
   std::string out = "\"";
-  for (std::size_t i = 0; i < s.size() && i < max; ++i) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
     const auto u = static_cast<unsigned char>(s[i]);
-    if (s[i] == '"' || s[i] == '\\') out += '\\';
+    const bool escaped = s[i] == '"' || s[i] == '\\';
+    if (out.size() + (escaped ? 2 : 1) > max + 1) break;  // (never half an escape)
+    if (escaped) out += '\\';
     out += (u >= 0x20 && u < 0x7F) ? s[i] : '?';
   }
   return out + "\"";

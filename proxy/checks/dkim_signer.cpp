@@ -49,7 +49,19 @@ std::vector<std::string> fields_to_sign(const std::vector<std::string>& fields) 
 
 std::string h_tag_value(const std::vector<std::string>& names) {
   std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ":") + n;
+  std::size_t column = 4;  // (its line starts "\th=")
+  for (const auto& n : names) {
+    if (!out.empty()) {
+      out += ':';
+      ++column;
+      if (column + n.size() > 78) {
+        out += "\r\n\t";
+        column = 1;
+      }
+    }
+    out += n;
+    column += n.size();
+  }
   return out;
 }
 
@@ -238,7 +250,7 @@ std::string dkim_signer::sign_with(const message_store& message, const std::stri
   // What every signature covers (§3.7): the covered fields, then its own field as the verifier will take it.
   const std::string covered = signed_fields(fields, h, dkim_canonicalization::relaxed);
   const std::string common = "; c=relaxed/relaxed; d=" + domain;
-  const std::string rest = ";\r\n\tt=" + std::to_string(std::time(nullptr)) + "; h=" + h_tag_value(h) +
+  const std::string rest = ";\r\n\tt=" + std::to_string(std::time(nullptr)) + ";\r\n\th=" + h_tag_value(h) +
                            ";\r\n\tbh=" + base64_encode(body.digest()) + ";\r\n\tb=";
   std::string out;
   for (const auto* k : keys) {

@@ -68,7 +68,10 @@ std::string folded_signature(const signing_key& key, const std::string& data);
 // with these fields has, From once more than present (checks/dkim_canon's
 // signed_field_names): what our DKIM and ARC message signatures cover.
 std::vector<std::string> fields_to_sign(const std::vector<std::string>& fields);
-// Those names as an h= value ("from:to:...").
+// Those names as an h= value ("from:to:...") on a line of its own (after
+// "\th="), folded after a colon before a line passes 78 octets (RFC 6376
+// §3.5 lets FWS surround each colon): 400 To fields made a line of 4 KB,
+// past RFC 5322's 998, and the upstream refused the message.
 std::string h_tag_value(const std::vector<std::string>& names);
 
 class dkim_signer final : public mail_signer {

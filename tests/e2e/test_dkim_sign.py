@@ -198,6 +198,18 @@ def test_who_is_signed_for(signing_daemon, aiosmtpd_upstream, dns_server):
     assert signature_tags(content)["d"] == "example.test" and verifies(content, dns_server.port)
 
 
+def test_a_signature_over_many_fields_keeps_its_lines_short(signing_daemon, aiosmtpd_upstream, dns_server):
+    # 400 To fields signed made an h= line of 4 KB (RFC 5322 §2.1.1: 998 at most): the upstream refused it.
+    d = signing_daemon()
+    many = MESSAGE.replace(b"To: Bob <bob@example.net>\r\n",
+                           b"".join(b"To: r%d@example.net\r\n" % i for i in range(400)))
+    content = deliver(d, aiosmtpd_upstream, many)
+    head = content.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78 + 2
+    assert signature_tags(content)["h"].lower().split(":").count("to") == 400
+    assert verifies(content, dns_server.port)
+
+
 def test_an_internationalized_from_domain_is_signed_as_its_a_labels(signing_daemon, aiosmtpd_upstream, dns_server):
     # [dkim_sign] domains are in A-labels (a U-label there is refused); the From's U-labels were
     # compared as they were written, and such mail was never signed.

@@ -44,6 +44,32 @@ TEST(AuthenticationResultsHeader, Table) {
   EXPECT_LT(long_reason.size(), 300u);
 }
 
+// Escapes count against a value's bound: a d= and s= of 300 '"' each made a
+// line of 1,100 octets (RFC 5322 §2.1.1: 998 at most), and the upstream
+// refused the message. A value is never cut inside an escape.
+TEST(AuthenticationResultsHeader, EveryLineFitsHoweverHostileTheValues) {
+  for (const char c : {'"', '\\', 'x'}) {
+    dkim_signature sig;
+    sig.result = dkim_signature::kind::permerror;
+    sig.domain = std::string(300, c);
+    sig.selector = std::string(301, c);
+    sig.problem = std::string(5000, c);
+    const auto field = authentication_results_header("mx", spf(kind::fail, std::string(999, c), false, std::string(999, c)),
+                                                     dkim_results{sig});
+    std::size_t start = 0;
+    for (auto end = field.find("\r\n"); end != std::string::npos; start = end + 2, end = field.find("\r\n", start)) {
+      const auto line = field.substr(start, end - start);
+      EXPECT_LE(line.size(), 998u) << line;
+      // Each quoted value ends in an unescaped quote: an even run of backslashes before it.
+      for (auto q = line.find("\" "); q != std::string::npos; q = line.find("\" ", q + 1)) {
+        std::size_t backslashes = 0;
+        while (backslashes < q && line[q - 1 - backslashes] == '\\') ++backslashes;
+        EXPECT_EQ(backslashes % 2, 0u) << line;
+      }
+    }
+  }
+}
+
 // A DKIM entry with no d= stands for no one signature (those past [checks]
 // dkim_signatures, or a header section too large to read): it has no
 // header.d nor header.s (RFC 8601 §2.2 makes propspecs optional).
