@@ -86,7 +86,9 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
       accept_on_error_(cfg.policy.on_error == on_error_mode::accept),
       max_recipients_(cfg.server.max_recipients),
       hostname_(cfg.server.hostname),
-      max_message_size_(cfg.server.max_message_size) {}
+      max_message_size_(cfg.server.max_message_size),
+      choice_may_wait_((cfg.dkim_sign.enabled || cfg.arc_seal.enabled) &&
+                       (has_hooks(policy_stage::mail) || has_hooks(policy_stage::rcpt))) {}
 
 // The last session of this settings snapshot is gone (or it never had one).
 python_policy::~python_policy() { engine_->release(generation_); }
@@ -349,7 +351,7 @@ awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const tr
 }
 
 awaitable<verdict> python_policy::on_data(const connection_state& conn, const transaction& tx, message_ptr message) {
-  if (!has_hooks(policy_stage::data)) co_return verdict{};
+  if (!has_hooks(policy_stage::data) && !choice_may_wait_) co_return verdict{};
   auto job = base_job(policy_stage::data, conn);
   add_transaction(*job, tx);
   const message_ptr received = message;

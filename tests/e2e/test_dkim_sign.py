@@ -228,6 +228,26 @@ def test_an_internationalized_from_domain_is_signed_as_its_a_labels(signing_daem
     assert verifies(content, dns_server.port)
 
 
+@pytest.mark.parametrize("policy,want", [
+    ("def on_mail(tx, sender):\n    tx.dkim_sign = False\n", None),
+    ("def on_rcpt(tx, rcpt):\n    tx.dkim_sign = 'other.test'\n", "other.test"),
+])
+def test_a_choice_made_before_on_data_holds_without_an_on_data_hook(signing_daemon, aiosmtpd_upstream, dns_server,
+                                                                     policy, want):
+    # The choice came back only with the data stage's result, whose job went only to an on_data hook.
+    d = signing_daemon(policy)
+    content = deliver(d, aiosmtpd_upstream)
+    assert signature_tags(content).get("d") == want if want else b"DKIM-Signature" not in content
+
+
+def test_arc_seal_false_in_on_mail_holds_without_an_on_data_hook(policy_daemon, aiosmtpd_upstream, dns_server, keys):
+    d = policy_daemon(aiosmtpd_upstream.url, "def on_mail(tx, sender):\n    tx.arc_seal = False\n",
+                      checks={"arc": True, "authentication_results": True},
+                      dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 1},
+                      arc_seal={"domain": "example.test", "selector": "rsa", "key_file": str(keys["rsa_file"])})
+    assert b"ARC-Seal" not in deliver(d, aiosmtpd_upstream)
+
+
 def test_a_policy_chooses_per_message(signing_daemon, aiosmtpd_upstream, dns_server):
     choose = """
 import portcullis as pc
