@@ -30,6 +30,10 @@ awaitable<smtp::reply> upstream_relay::mail(const transaction& tx) {
 
 awaitable<smtp::reply> upstream_relay::rcpt(const smtp::address& recipient) {
   auto& up = connection();
+  if (auto refused = co_await after_wait(upstream::next_command::rcpt)) {
+    lost_ = true;  // the transaction is gone upstream: the rest of it cannot go through
+    co_return *refused;
+  }
   auto r = co_await up.rcpt(recipient);
   r = smtp::with_status(std::move(r), "2.1.5");
   if (r.positive())
@@ -58,20 +62,21 @@ awaitable<std::optional<smtp::reply>> upstream_relay::sync(const transaction& tx
 
 awaitable<smtp::reply> upstream_relay::data(std::string_view header, const message_store& message) {
   auto& up = connection();
-  if (open_) {
-    const auto waited = co_await up.after_wait();
-    if (waited == wait_outcome::out_of_step) {
-      open_ = false;
-      co_return failure_reply(upstream_failure::protocol);
-    }
-    if (waited == wait_outcome::closed) {
-      auto refused = co_await give_again();
-      if (refused) co_return *refused;
-    }
-  }
+  if (auto refused = co_await after_wait(upstream::next_command::data)) co_return *refused;
   auto r = co_await up.data(header, message);
   open_ = false;  // the final reply ends the upstream transaction, whatever it says
   co_return smtp::with_status(std::move(r), "2.0.0");
+}
+
+awaitable<std::optional<smtp::reply>> upstream_relay::after_wait(upstream::next_command next) {
+  if (!open_) co_return std::nullopt;
+  const auto waited = co_await connection().after_wait(next);
+  if (waited == wait_outcome::out_of_step) {
+    open_ = false;
+    co_return failure_reply(upstream_failure::protocol);
+  }
+  if (waited == wait_outcome::closed) co_return co_await give_again();
+  co_return std::nullopt;
 }
 
 // Nothing of the message went to the closed connection, so giving the

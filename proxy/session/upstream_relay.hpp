@@ -38,7 +38,8 @@ class upstream_relay {
   // DATA, our `header`, the message; the upstream's final reply. When the
   // upstream closed the connection while the transaction waited for the
   // message (the client sending it, the hooks running), the transaction is
-  // given again first, on a new connection (give_again).
+  // given again first, on a new connection (after_wait); so it is before a
+  // RCPT.
   awaitable<smtp::reply> data(std::string_view header, const message_store& message);
   // Ends the upstream transaction, if one is open (RSET), so the connection serves the next.
   awaitable<void> reset();
@@ -54,6 +55,11 @@ class upstream_relay {
 
  private:
   upstream& connection();
+  // Before the next command of an open transaction: when the upstream closed
+  // it while we waited for the client (its idle timeout, Postfix's
+  // smtpd_timeout: 10 s under stress), it is given again on a new connection
+  // (give_again); nullopt when the command may go, else the reply for it.
+  awaitable<std::optional<smtp::reply>> after_wait(upstream::next_command next);
   // The transaction as the upstream took it (MAIL, each RCPT), on a new
   // connection; nullopt when it took it so again, else the reply for the
   // client's DATA.

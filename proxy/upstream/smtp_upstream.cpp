@@ -62,6 +62,10 @@ namespace {
 constexpr std::size_t max_reply_read = 4096;
 constexpr std::size_t max_reply_lines = 100;
 
+// A RCPT this soon after the last reply goes without a look at the socket
+// for an upstream gone meanwhile (after_wait): no command timeout is so short.
+constexpr auto quick_next_command = std::chrono::milliseconds(100);
+
 // A reply's time runs from the start of its wait, however many lines and
 // reads it comes in (RFC 5321 §4.5.3.2: the timeouts are per reply): a reply
 // dripped line by line took up to max_reply_lines timeouts, 100 minutes of
@@ -254,14 +258,17 @@ class smtp_upstream final : public upstream {
   // message has gone, and the transaction can be given again on a new
   // connection (upstream_relay::data). Anything else it said unasked is out
   // of step (the stray 354 that would pass for DATA's go-ahead).
-  awaitable<wait_outcome> after_wait() override {
-    if (!stream_ || owed_ || !in_transaction_ || !stream_->peer_gone()) co_return wait_outcome::open;
+  awaitable<wait_outcome> after_wait(next_command next) override {
+    if (!stream_ || owed_ || !in_transaction_) co_return wait_outcome::open;
+    if (next == next_command::rcpt && std::chrono::steady_clock::now() - last_reply_ < quick_next_command)
+      co_return wait_outcome::open;
+    if (!stream_->peer_gone()) co_return wait_outcome::open;
     smtp::reply_parser parser;
     const reply_deadline deadline(cfg_.timeout);
     for (std::size_t n = 0; n < max_reply_lines; ++n) {
       auto line = co_await stream_->read_line(max_reply_read, deadline.left());
       if (line.st == line_stream::status::eof) {  // (after nothing, or a part of a 421)
-        log_.warn("upstream: closed the connection while the transaction waited for the message");
+        log_.warn("upstream: closed the connection while the transaction waited for the client");
         close();
         co_return wait_outcome::closed;
       }
@@ -270,7 +277,7 @@ class smtp_upstream final : public upstream {
       if (state == smtp::reply_parser::state::need_more) continue;
       if (state == smtp::reply_parser::state::malformed) break;
       const auto r = parser.take();
-      log_.warn("upstream: closing while the transaction waited for the message: {}", printable(r.summary()));
+      log_.warn("upstream: closing while the transaction waited for the client: {}", printable(r.summary()));
       close();
       co_return wait_outcome::closed;
     }
@@ -831,6 +838,7 @@ class smtp_upstream final : public upstream {
           co_return fail(upstream_failure::protocol, "malformed reply to " + stage + ": " + printable(line.text));
         case smtp::reply_parser::state::complete: break;
       }
+      last_reply_ = std::chrono::steady_clock::now();
       const bool codes_differed = parser.codes_differed();
       auto r = parser.take();
       if (codes_differed)
@@ -1003,6 +1011,7 @@ class smtp_upstream final : public upstream {
   std::map<std::string, std::string> caps_;  // EHLO keyword (upper case) -> its parameters
   bool in_transaction_ = false;
   bool owed_ = false;    // a command (or message) went out and its reply has not been read: out of step
+  std::chrono::steady_clock::time_point last_reply_;  // when the last reply was read whole (after_wait)
   bool reused_ = false;  // this MAIL's connection came from the pool
   bool rset_due_ = false;  // ... and its RSET goes with the next command (command())
   bool failure_counted_ = false;  // fail() counted this MAIL's failure (portcullis_upstream_failures_total)

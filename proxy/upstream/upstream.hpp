@@ -40,8 +40,8 @@ std::string_view name(upstream_failure f);
 // 451 4.4.1 (unreachable, timeout, lost), 451 4.3.0 (protocol, client info), 451 4.7.5 (tls).
 smtp::reply failure_reply(upstream_failure f);
 
-// What a connection came to while its transaction waited for the message
-// (the client sending it, the hooks): upstream::after_wait.
+// What a connection came to while its transaction waited for the client
+// (its next RCPT, its message, the hooks): upstream::after_wait.
 enum class wait_outcome {
   open,         // in step and still there (or there is no connection: data() says so)
   closed,       // the upstream closed it (EOF, or its idle-timeout 421): closed here too, nothing of the message went
@@ -57,11 +57,16 @@ class upstream {
   // DATA, then `header` (our Received:) and `message` (sealed; read in
   // chunks, dot-stuffed as it goes), then the final reply.
   virtual awaitable<smtp::reply> data(std::string_view header, const message_store& message) = 0;
-  // Just before data(): whether the connection outlived the wait since the
-  // last RCPT. An upstream ends a transaction idle past its command timeout
-  // (RFC 5321 §4.5.3.2.7: 5 minutes at least; Postfix's smtpd_timeout, 10 s
-  // under stress), while the client may take longer to send its message.
-  virtual awaitable<wait_outcome> after_wait() { co_return wait_outcome::open; }
+  // Just before data() or a RCPT: whether the connection
+  // outlived the wait since the last reply. An upstream ends a transaction
+  // idle past its command timeout (RFC 5321 §4.5.3.2.7: 5 minutes at least;
+  // Postfix's smtpd_timeout, 10 s under stress), while the client may take
+  // longer to send its next command or its message. Before a RCPT only a
+  // wait of some length is looked at (the look is a system call, and the
+  // RCPT's own reply would show anything else out of step); before DATA
+  // always (a stray 354 must not pass for DATA's go-ahead).
+  enum class next_command { rcpt, data };
+  virtual awaitable<wait_outcome> after_wait(next_command next) { co_return wait_outcome::open; }
   // Ends the transaction in progress (RSET) so the connection serves the next one.
   virtual awaitable<void> reset() = 0;
   // False once a failure closed the connection (until the next MAIL reconnects).

@@ -350,7 +350,7 @@ def test_a_client_slower_than_postfix_s_timeout_still_delivers(sec_daemon, postf
         r = c.reply()
         assert (r.code, r.status) == (250, "2.0.0") and QUEUED.match(r.lines[0]), str(r)
         qid = QUEUED.match(r.lines[0]).group(1)
-    d.wait_log(rf"{sid}: upstream: closing while the transaction waited for the message: 421 4\.4\.2 .*timeout "
+    d.wait_log(rf"{sid}: upstream: closing while the transaction waited for the client: 421 4\.4\.2 .*timeout "
                rf"exceeded$")
     pf.wait_log(rf"postfix/smtpd\[\d+\]: timeout after RCPT from ")
     if client_info == "xclient":

@@ -268,11 +268,32 @@ def test_a_transaction_the_upstream_closed_while_the_client_sent_is_given_again(
     assert m.rcpt_tos == [R1, R2] and m.content.count(b"once") == 1
     assert "DATA" not in up.connections[0].commands
     assert up.connections[1].commands[1:4] == ["MAIL FROM:<a@example.test>", f"RCPT TO:<{R1}>", f"RCPT TO:<{R2}>"]
-    seen = (r"closing while the transaction waited for the message: 421 4\.4\.2 fake\.upstream Error: timeout exceeded"
-            if goodbye == IDLE_421 else r"closed the connection while the transaction waited for the message")
+    seen = (r"closing while the transaction waited for the client: 421 4\.4\.2 fake\.upstream Error: timeout exceeded"
+            if goodbye == IDLE_421 else r"closed the connection while the transaction waited for the client")
     d.wait_log(rf"{sid}: upstream: {seen}$")
     d.wait_log(rf"{sid}: upstream: giving the transaction again on a new connection: from=<a@example\.test> "
                rf"to=<{R1}>,<{R2}>$")
+
+
+@pytest.mark.parametrize("goodbye", [IDLE_421, "close"], ids=["idle-421", "silent-close"])
+def test_a_transaction_the_upstream_closed_before_a_rcpt_is_given_again(start_daemon, fake_upstream, goodbye):
+    # A client that paused between RCPTs heard the stale 421 at its next RCPT and lost its session.
+    up = fake_upstream({f"RCPT {R1}": [{"send": "250 2.1.5 ok", "then": goodbye, "delay": 0.3}]})
+    d = start_daemon(up.url, upstream={"timeout": UP_TIMEOUT})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.exchange(f"RCPT TO:<{R1}>", 250, "2.1.5")
+        time.sleep(0.8)
+        c.exchange(f"RCPT TO:<{R2}>", 250, "2.1.5")
+        c.exchange("DATA", 354)
+        c.send(b"Subject: paused\r\n\r\nonce\r\n.\r\n")
+        check(c.reply(), (250, "2.0.0", "Ok: queued as FAKE1"))
+    [m] = up.messages
+    assert m.rcpt_tos == [R1, R2] and m.content.count(b"once") == 1
+    assert up.connections[1].commands[1:4] == ["MAIL FROM:<a@example.test>", f"RCPT TO:<{R1}>", f"RCPT TO:<{R2}>"]
+    d.wait_log(rf"{sid}: upstream: giving the transaction again on a new connection: from=<a@example\.test> "
+               rf"to=<{R1}>$")
 
 
 @pytest.mark.parametrize("second,want", [
