@@ -725,7 +725,11 @@ class smtp_upstream final : public upstream {
   // Takes a kept connection from the pool, if one is there.
   void adopt_pooled() {
     if (!pool_) return;
-    auto c = pool_->take(cfg_, io_);
+    std::size_t dropped = 0;
+    auto c = pool_->take(cfg_, io_, &dropped);
+    if (dropped)
+      log_.info("upstream pool: {} kept connection(s) closed by the upstream while idle (or it spoke unasked); dropped",
+                dropped);
     if (!c) return;
     stream_ = std::move(c->stream);
     caps_ = std::move(c->caps);

@@ -50,7 +50,8 @@ std::size_t upstream_pool::idle() const {
   return idle_.size();
 }
 
-std::optional<pooled_connection> upstream_pool::take(const upstream_config& u, asio::any_io_executor ex) {
+std::optional<pooled_connection> upstream_pool::take(const upstream_config& u, asio::any_io_executor ex,
+                                                     std::size_t* dropped) {
   for (;;) {
     std::optional<pooled_connection> c;
     {
@@ -62,7 +63,7 @@ std::optional<pooled_connection> upstream_pool::take(const upstream_config& u, a
     // One look (a non-blocking peek): the upstream closed it while idle, or
     // said something unasked (its idle-timeout 421). Either way it is done.
     if (c->stream->peer_gone()) {
-      spdlog::info("upstream pool: a kept connection was closed by the upstream while idle (or it spoke unasked); dropped");
+      if (dropped) ++*dropped;
       c->stream->close();
       continue;
     }

@@ -55,8 +55,10 @@ class upstream_pool : public std::enable_shared_from_this<upstream_pool> {
   // after every reload. Kept connections made under other settings are closed.
   void configure(std::shared_ptr<const config> cfg);
   // A kept connection for a session with settings `u`, now bound to `ex`; none
-  // when there is none, or `u` are not the settings in force.
-  std::optional<pooled_connection> take(const upstream_config& u, asio::any_io_executor ex);
+  // when there is none, or `u` are not the settings in force. `dropped`
+  // counts the kept ones found closed by the upstream (the session logs them).
+  std::optional<pooled_connection> take(const upstream_config& u, asio::any_io_executor ex,
+                                        std::size_t* dropped = nullptr);
   // Keeps `c` (made under `u`) if it may be; otherwise hands it back for the caller to QUIT.
   std::optional<pooled_connection> give_back(const upstream_config& u, pooled_connection c);
   // Whether give_back would keep a connection made under `u`.
