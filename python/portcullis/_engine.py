@@ -699,6 +699,8 @@ async def _await_with_deadline(hook: Hook, awaitable: Any, deadline: float, time
     except SystemExit as e:
         raise _exit_of(e) from None
     if returned:
+        if loop.time() > deadline:  # a first step that blocked: no timer could stop it
+            raise _too_late(hook, timeout)
         return value
     return await _rest_with_deadline(hook, awaitable, steps, value, deadline, timeout, loop)
 
@@ -729,6 +731,8 @@ async def _rest_with_deadline(hook: Hook, awaitable: Any, steps: Any, first: Any
     if expired:  # the hook swallowed the cancellation and returned: too late all the same
         task.uncancel()
         raise _timeout_failure(hook, timeout, "cancelled", expired[0])
+    if loop.time() > deadline:  # its last step blocked past the deadline, before the timer could fire
+        raise _too_late(hook, timeout)
     return value
 
 
@@ -765,6 +769,12 @@ def _forget(task: asyncio.Future[Any]) -> None:
     # A cancelled hook may still fail while unwinding: nobody waits for it any more.
     if not task.cancelled():
         task.exception()
+
+
+def _too_late(hook: Hook, timeout: float) -> HookFailure:
+    # A hook that answered past policy.timeout: its answer is not taken (docs/policy-api.md).
+    return HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late",
+                       timed_out=True)
 
 
 def _timeout_failure(hook: Hook, timeout: float, fate: str, stack: str) -> HookFailure:
@@ -1050,8 +1060,7 @@ class EngineHost:
             elapsed = _monotonic() - start
             if elapsed > timeout and not isinstance(value, HookFailure):
                 # The daemon may still wait (several hooks share the job's deadline): not for this one.
-                value = HookFailure(f"{hook.label} ran past policy.timeout ({timeout:g} s); its answer came too late",
-                                    timed_out=True)
+                value = _too_late(hook, timeout)
             if value is None:
                 hook.observed_none(elapsed)
                 continue
@@ -1106,10 +1115,15 @@ class EngineHost:
                     if not _hook_failed(e):
                         raise
                     value = _failure(hook, e)
+                elapsed = _monotonic() - start
+                if elapsed > timeout and not isinstance(value, HookFailure):
+                    # A step that blocked (a synchronous call in an async def) past the deadline
+                    # before its timer could fire: too late, as for a plain hook.
+                    value = _too_late(hook, timeout)
                 if value is None:  # the common case, kept short (as in run_plain)
-                    hook.observed_none(_monotonic() - start)
+                    hook.observed_none(elapsed)
                     continue
-                _observed(hook, _monotonic() - start, value)
+                _observed(hook, elapsed, value)
                 if run.took(hook, value):
                     break
             return run.finish()

@@ -545,6 +545,21 @@ def test_a_verdict_past_the_timeout_is_a_timeout(policy_file):
     assert r["verdict"] is None and "ran past policy.timeout" in r["error"]
 
 
+@pytest.mark.parametrize("in_python", [
+    pytest.param(False, marks=pytest.mark.xfail(
+        reason="the runner's first step on the loop (stage_runner.cpp, on_loop) has no lateness rule yet: "
+               "a C++ fix", strict=False)),
+    True])
+@pytest.mark.parametrize("value", ["pc.reject('too late', code=550)", "None"])
+def test_an_async_hook_s_first_step_past_the_timeout_is_a_timeout(policy_file, in_python, value):
+    # It blocked (a synchronous call in an async def): no timer could cancel it, and its
+    # answer comes too late, as a plain hook's (test_a_verdict_past_the_timeout_is_a_timeout).
+    f = policy_file(f"import time, portcullis as pc\nasync def on_helo(conn, h):\n    time.sleep(0.1)\n"
+                    f"    return {value}\n")
+    r = result_as_dict(_on_the_loop(EngineHost([f], timeout=0.05), job("helo", hostname="h"), in_python))
+    assert r["verdict"] is None and "ran past policy.timeout (0.05 s); its answer came too late" in r["error"]
+
+
 # -- on the loop: the first steps of async hooks ---------------------------------
 
 

@@ -209,6 +209,28 @@ def test_errors_tempfail_by_default(harness):
     assert "returned 'not a verdict'" in errors[2].message
 
 
+def test_an_async_hook_that_answers_past_the_timeout_fails_as_a_plain_one_does(harness):
+    # A step that blocks (a synchronous call in an async def) past policy.timeout cannot be
+    # cancelled: its answer, whatever it is, comes too late, as a plain hook's would.
+    h = harness("""
+        import asyncio, time
+        import portcullis as pc
+        async def on_mail(tx, sender):
+            if sender.local == "waits":
+                await asyncio.sleep(0)
+            if sender.local != "quick":
+                time.sleep(0.3)
+            if sender.local == "none":
+                return None
+            return pc.reject("a verdict too late", code=550, status="5.7.1")
+    """, timeout=0.1)
+    s = h.connect(helo="c.example")
+    for local in ("blocks", "waits", "none"):  # in its first step; in its last; no verdict
+        assert s.mail(f"{local}@example.test") == (451, "4.3.0", "Temporary policy failure, try again later"), local
+        assert "ran past policy.timeout (0.1 s); its answer came too late" in h.logs[-1].message, local
+    assert s.mail("quick@example.test") == (550, "5.7.1", "a verdict too late")
+
+
 def test_on_error_accept_proceeds_without_the_rewrites(harness):
     h = harness("""
         def on_mail(tx, sender):
