@@ -27,6 +27,7 @@ import time
 import tomllib
 import traceback
 import types
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -620,17 +621,50 @@ def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[
         raise _exit_of(e) from None
 
 
+#: The job tasks the engine itself cancelled (abandoned at their deadline, the daemon stopping):
+#: any other cancel of a job's task is a hook's doing (see _hook_failed).
+_engine_cancels: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
+
+
+def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancels a job's task for the engine (not a hook's failure, unlike a hook's own cancel)."""
+    _engine_cancels.add(task)
+    task.cancel()
+
+
 def _hook_failed(e: BaseException) -> bool:
     """Whether ``e``, out of a hook called in a task, is the hook's failure: any exception
-    (KeyboardInterrupt, a BaseException of the policy's own) but the task's own cancellation
-    (the job abandoned, the daemon stopping) and the closing of its coroutine, which go on up.
-    (Out of the loop, a KeyboardInterrupt would stop the policy engine for every session.)"""
+    (KeyboardInterrupt, a BaseException of the policy's own, a GeneratorExit or a cancel of
+    its own task) but the engine's cancel of the task (the job abandoned, the daemon
+    stopping) and the closing of its coroutine, which go on up. Called in the frame that
+    awaited the hook. (Out of the loop, a KeyboardInterrupt would stop the policy engine for
+    every session.)"""
     if isinstance(e, GeneratorExit):
-        return False
-    if isinstance(e, asyncio.CancelledError):  # raised by the hook itself, or the task's
+        # close() throws a new one into each frame where it waits, innermost first: this
+        # frame's has no frame under it. One the hook raised comes up from the hook's frames.
+        tb = e.__traceback__
+        return tb is not None and tb.tb_next is not None
+    if isinstance(e, asyncio.CancelledError):
         task = asyncio.current_task()
-        return task is None or not task.cancelling()
+        if task is None or not task.cancelling():
+            return True  # raised by the hook itself
+        if task in _engine_cancels:
+            return False
+        task.uncancel()  # the hook cancelled its own task: its failure, and the cancel is spent
+        return True
     return True
+
+
+async def _spend_cancel(task: asyncio.Future[Any]) -> None:
+    # A hook cancelled its own task and returned: the cancel, due at the task's next step,
+    # would end the task with the job's result lost (as "abandoned"). Taken here, the job
+    # ends with its hooks' value, as one whose first steps the daemon takes does.
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        if task in _engine_cancels:
+            raise
+        task.uncancel()
 
 
 def _failure(hook: Hook, e: BaseException) -> HookFailure:
@@ -1126,7 +1160,11 @@ class EngineHost:
                 _observed(hook, elapsed, value)
                 if run.took(hook, value):
                     break
-            return run.finish()
+            result = run.finish()
+            task = asyncio.current_task(loop)
+            if task is not None and getattr(task, "_must_cancel", False) and task not in _engine_cancels:
+                await _spend_cancel(task)
+            return result
         finally:
             _scope.reset(token)
             if run.stage == "disconnect":
@@ -1500,7 +1538,7 @@ class _JobRunner:
         for job_id in cancelled:
             task = self.by_id.get(job_id)
             if task is not None:
-                task.cancel()
+                _cancel(task)
         for thread, session_id in stuck:
             self.host.report_stuck(thread, session_id)
         if stopping and not self.stopping:
@@ -1508,7 +1546,7 @@ class _JobRunner:
             # out): what still runs is cancelled, and answered with an error.
             self.stopping = True
             for task in list(self.tasks):
-                task.cancel()
+                _cancel(task)
         self.maybe_stop()
 
     def _waiting(self, job_id: Any, task: asyncio.Task[Any]) -> None:
@@ -1531,6 +1569,7 @@ class _JobRunner:
         e = task.exception()
         if e is None:
             return task.result()
+        log.error("internal error in the policy engine:", extra={DETAIL: exception_lines(e)})
         return error_result(f"internal error in the policy engine:\n{format_exception(e)}")
 
     @staticmethod
@@ -1691,7 +1730,7 @@ def run_host(
             # unwind; one that ignores the cancellation is left behind.
             leftovers = asyncio.all_tasks(loop)
             for task in leftovers:
-                task.cancel()
+                _cancel(task)
                 task.add_done_callback(_forget)
             if leftovers:
                 loop.run_until_complete(asyncio.wait(leftovers, timeout=STOP_GRACE))

@@ -240,6 +240,23 @@ def test_an_async_hook_that_suspends_is_awaited_to_its_end(policy_file):
     assert "RuntimeError: after three steps" in r[2]["error"] and "in on_helo" in r[2]["error"]
 
 
+def test_a_job_whose_coroutine_the_engine_closes_ends_there(policy_file):
+    # The engine closing a job's coroutine (its task dropped) throws GeneratorExit in where
+    # the hook waits: not the hook's failure, and no hook after it runs.
+    config = {}
+    waits = policy_file("import asyncio\nasync def on_mail(tx, sender):\n    await asyncio.sleep(5)\n")
+    after = policy_file("import portcullis as pc\nasync def on_mail(tx, sender):\n    pc.config['after'] = True\n")
+    host = host_for(waits, after, config=config)
+
+    async def go():
+        coro = host._drive(job("mail", tx_snapshot=tx()), asyncio.get_running_loop())
+        assert isinstance(coro.send(None), asyncio.Future)  # the hook waits for its sleep
+        coro.close()
+
+    run(go())
+    assert config == {}
+
+
 def test_sync_timeout_is_abandoned_with_where_it_hung(policy_file, core_log):
     f = policy_file("""
         import time

@@ -560,6 +560,18 @@ def test_an_async_hook_s_first_step_past_the_timeout_is_a_timeout(policy_file, i
     assert r["verdict"] is None and "ran past policy.timeout (0.05 s); its answer came too late" in r["error"]
 
 
+@pytest.mark.parametrize("in_python", [False, True])
+@pytest.mark.parametrize("what", ["raise GeneratorExit", "asyncio.current_task().cancel()\n    await asyncio.sleep(0)",
+                                  "await asyncio.sleep(0)\n    raise GeneratorExit"])
+def test_a_hook_s_own_generator_exit_or_cancel_is_its_failure_both_ways(policy_file, in_python, what):
+    # Not the engine closing or cancelling the job: with on_error = "accept", the next policy decides.
+    first = policy_file(f"import asyncio\nasync def on_helo(conn, h):\n    {what}\n")
+    second = policy_file("import portcullis as pc\nasync def on_helo(conn, h):\n    return pc.reject('second', code=550)\n")
+    r = result_as_dict(_on_the_loop(EngineHost([first, second], on_error="accept"), job("helo", hostname="h"),
+                                    in_python))
+    assert r["error"] is None and r["verdict"]["text"] == "second"
+
+
 # -- on the loop: the first steps of async hooks ---------------------------------
 
 
@@ -825,7 +837,7 @@ def test_a_job_left_waiting_is_cancelled_through_its_coroutine_into_the_hook(pol
     """)])
     runner, daemon = _runner(host, lent_loop)
     assert runner.run_here(1, job("helo", hostname="h")) is True
-    runner.by_id[1].cancel()  # as drain does with a job the daemon abandoned
+    _engine._cancel(runner.by_id[1])  # as drain does with a job the daemon abandoned
     _leave_loop()
     lent_loop.run_until_complete(asyncio.sleep(0.05))
     assert session(host).conn.data["cancelled"] is True
@@ -982,7 +994,7 @@ def test_a_task_factory_is_asked_for_each_job_s_task_and_asyncio_s_python_task_s
     waiting = runner.by_id[3]
     assert type(waiting) is asyncio.tasks._PyTask
     assert runner.run_here(4, job("helo", hostname="wait long")) is True
-    runner.by_id[4].cancel("abandoned by the daemon")
+    _engine._cancel(runner.by_id[4])  # as drain does
     _leave_loop()
     lent_loop.run_until_complete(asyncio.sleep(0.1))
     completed = dict(daemon.completed)

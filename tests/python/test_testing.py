@@ -244,6 +244,50 @@ def test_on_error_accept_proceeds_without_the_rewrites(harness):
     assert s.delivered[0].sender == "a@example.test"
 
 
+BREAKS_ITS_TASK = """
+    import asyncio
+    async def on_mail(tx, sender):
+        if sender.local.startswith("later-"):
+            await asyncio.sleep(0)  # past its first step
+        what = sender.local.removeprefix("later-")
+        if what == "genexit":
+            raise GeneratorExit("the hook's own")
+        if what == "cancel":
+            asyncio.current_task().cancel()
+            await asyncio.sleep(0)
+        if what == "cancel-and-return":  # takes effect once the task waits or ends: not a failure
+            asyncio.current_task().cancel()
+"""
+BLOCKLIST = """
+    import portcullis as pc
+    async def on_mail(tx, sender):
+        return pc.reject("blocked by the second policy", code=553, status="5.7.1")
+"""
+
+
+@pytest.mark.parametrize("on_error", ["accept", "tempfail"])
+@pytest.mark.parametrize("what", ["genexit", "later-genexit", "cancel", "later-cancel", "cancel-and-return",
+                                  "later-cancel-and-return"])
+def test_a_hook_that_raises_generator_exit_or_cancels_its_own_task_fails_as_any_other(policy_file, on_error, what):
+    # Whatever a hook raises is its failure (the engine's own close or cancel of the task is
+    # not): logged with its traceback, and with on_error = "accept" the policies after it decide.
+    with Harness([policy_file(BREAKS_ITS_TASK), policy_file(BLOCKLIST)], on_error=on_error) as h:
+        s = h.connect(helo="c.example")
+        reply = s.mail(f"{what}@example.test")
+        errors = [line.message for line in h.logs if line.level >= 40]
+        if what.endswith("cancel-and-return"):
+            assert reply == (553, "5.7.1", "blocked by the second policy") and errors == []
+            return
+        if on_error == "accept":
+            assert reply == (553, "5.7.1", "blocked by the second policy")
+        else:
+            assert reply == (451, "4.3.0", "Temporary policy failure, try again later")
+        assert len(errors) == 1 and errors[0].startswith("on_mail in ") and "raised an exception:" in errors[0]
+        assert "Traceback (most recent call last):" in errors[0] and "in on_mail" in errors[0]
+        assert ("GeneratorExit: the hook's own" if "genexit" in what else "CancelledError") in errors[0]
+        assert s.mail("ok@example.test") == (553, "5.7.1", "blocked by the second policy")  # the session goes on
+
+
 def test_connect_error_gives_421(harness):
     h = harness("def on_connect(conn): raise ValueError('x')\n")
     assert h.connect().greeting == (421, "4.3.0", "Temporary policy failure, try again later")
