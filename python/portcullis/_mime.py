@@ -145,9 +145,16 @@ def _delimiter_line(data: bytes, delimiters: tuple[bytes, ...]) -> bool:
 
 
 def text_parts(body: bytes, top_header: bytes) -> list[TextPart]:
-    """The text parts of a message whose header section is ``top_header`` and body ``body``."""
+    """The text parts of a message whose header section is ``top_header`` and body ``body``,
+    in the message's order, at any depth of nested multiparts."""
     parts: list[TextPart] = []
-    _walk(body, top_header, 0, len(body), parts, top=True)
+    # An explicit stack, not recursion: a message of a thousand nested multiparts is only
+    # some 70 KB, and a recursive walk raised RecursionError on it.
+    stack: list[tuple[bytes, int, int, bool, tuple[bytes, ...]]] = [(top_header, 0, len(body), True, ())]
+    while stack:
+        header, start, end, top, delimiters = stack.pop()
+        inner = _walk(body, header, start, end, parts, top, delimiters)
+        stack.extend(reversed(inner))  # the first sub-part next: the message's order
     return parts
 
 
@@ -179,34 +186,38 @@ def rebuilt(body: bytes, parts: list[TextPart]) -> tuple[bytes, dict[str, str]]:
     return b"".join(out), top_changes
 
 
-def _walk(body: bytes, header: bytes, start: int, end: int, parts: list[TextPart], top: bool = False,
-          delimiters: tuple[bytes, ...] = ()) -> None:
+def _walk(body: bytes, header: bytes, start: int, end: int, parts: list[TextPart], top: bool,
+          delimiters: tuple[bytes, ...]) -> list[tuple[bytes, int, int, bool, tuple[bytes, ...]]]:
+    """One part: a text part goes into ``parts``; a multipart's sub-parts are returned, in
+    order, for ``text_parts`` to walk (header, start, end, top, delimiters)."""
     fields = _parse_header(header)
     ctype = (fields.get_content_type() or "text/plain").lower()
     if ctype.startswith("multipart/"):
         boundary = email.utils.collapse_rfc2231_value(fields.get_param("boundary") or "")
         if not boundary:
-            return
+            return []
         boundary_octets = str(boundary).encode("latin-1", "replace")
         inside = delimiters + (b"--" + boundary_octets,)
+        inner = []
         for sub_start, sub_end in _sections(body, start, end, boundary_octets):
             header_end = _part_header_end(body, sub_start, sub_end)
-            _walk(body, body[sub_start:header_end], header_end, sub_end, parts, delimiters=inside)
-        return
+            inner.append((body[sub_start:header_end], header_end, sub_end, False, inside))
+        return inner
     disposition = str(fields.get("Content-Disposition") or "").split(";")[0].strip().lower()
     if ctype not in ("text/plain", "text/html") or disposition == "attachment":
-        return
+        return []
     charset = str(fields.get_content_charset() or "us-ascii")
     try:
         "".encode(charset)
     except LookupError:
-        return  # a charset Python does not know: left alone
+        return []  # a charset Python does not know: left alone
     encoding = str(fields.get("Content-Transfer-Encoding") or "7bit").strip().lower()  # (str: a Header for 8-bit)
     if encoding not in ("7bit", "8bit", "binary", "quoted-printable", "base64"):
-        return
+        return []
     part_start = start if top else start - len(header)
     parts.append(TextPart(ctype, charset, encoding, b"" if top else header, body[start:end], part_start, end,
                           str(fields.get("Content-Type") or "text/plain; charset=us-ascii"), delimiters))
+    return []
 
 
 def _sections(body: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:

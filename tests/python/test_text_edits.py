@@ -198,3 +198,30 @@ def test_a_new_body_with_a_part_header_line_over_998_octets_is_refused():
     m = pc.Message(raw)
     assert m.append_text("footer") == 1
     assert long_line in m._checked_raw()
+
+
+# -- 5. nesting: no recursion per level ---------------------------------------------------------------
+
+
+def nested(depth: int) -> bytes:
+    """A text part under ``depth`` multiparts nested one in the other, a text part beside each."""
+    head = HEAD + b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n"
+    opening = b"".join(b"--b%d\r\nContent-Type: text/plain\r\n\r\nlevel %d\r\n"
+                       b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i, i, i + 1)
+                       for i in range(depth))
+    closing = b"".join(b"\r\n--b%d--" % i for i in range(depth - 1, -1, -1))
+    return head + opening + b"--b%d\r\nContent-Type: text/plain\r\n\r\ninnermost\r\n--b%d--" % (depth, depth) + closing + b"\r\n"
+
+
+def test_a_thousand_and_more_nested_multiparts_are_edited_in_the_message_s_order():
+    # Some 90 KB: a walk that recursed per level raised RecursionError past about 1,000 levels.
+    depth = 1500
+    message = pc.Message(nested(depth))
+    seen = []
+    assert message.edit_text(lambda ctype, text: seen.append(text.strip()) or None) == 0
+    assert seen == [f"level {i}" for i in range(depth)] + ["innermost"]
+    assert message.append_text("footer") == depth + 1
+    raw = message.raw
+    assert raw.count(b"footer") == depth + 1
+    assert b"level 0\r\nfooter\r\n--b0\r\n" in raw and b"innermost\r\nfooter\r\n--b1500--" in raw
+    assert raw.replace(b"\r\nfooter", b"") == nested(depth)  # nothing else moved
