@@ -1671,6 +1671,22 @@ class _PolicyLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         self.get_debug = (True).__bool__ if enabled else (False).__bool__  # type: ignore[method-assign]
 
 
+def run_policy_loop(loop: _PolicyLoop, until: asyncio.Future[Any]) -> None:
+    """Runs the policy loop until ``until`` is done (the daemon's policy thread, and
+    ``portcullis.testing``'s): a hook's stop() is ignored there, and a KeyboardInterrupt or
+    SystemExit out of a callback a policy left on the loop is logged, the loop going on."""
+    while True:
+        try:
+            loop.run_until_complete(until)
+            return
+        except (KeyboardInterrupt, SystemExit) as e:
+            if until.done():
+                raise
+            # (asyncio lets these two through): the loop, and every session's hooks, go on.
+            log.error("the policy engine's event loop went on after %s out of a callback: %s",
+                      type(e).__name__, e, extra={DETAIL: exception_lines(e)})
+
+
 def run_host(
     files: Sequence[str],
     config_path: str | None,
@@ -1714,17 +1730,7 @@ def run_host(
         host = EngineHost(files, config_path, timeout, on_error, threads)
         try:
             runner = loop.create_task(_JobRunner(host, loop, _core if core is None else core, wakeup_fd).run())
-            while True:
-                try:
-                    loop.run_until_complete(runner)
-                    break
-                except (KeyboardInterrupt, SystemExit) as e:
-                    if runner.done():
-                        raise
-                    # Out of a callback a policy left on the loop (asyncio lets these two
-                    # through): the loop, and every session's hooks, go on.
-                    log.error("the policy engine's event loop went on after %s out of a callback: %s",
-                              type(e).__name__, e, extra={DETAIL: exception_lines(e)})
+            run_policy_loop(loop, runner)
         finally:
             # Hooks still running (cancelled with their jobs) get a moment to
             # unwind; one that ignores the cancellation is left behind.

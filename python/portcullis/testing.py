@@ -64,7 +64,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from ._address import Address
-from ._engine import POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, job_from_dict, load_config, result_as_dict
+from ._engine import (POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, _PolicyLoop, job_from_dict, load_config,
+                      result_as_dict, run_policy_loop)
 from ._log import LOGGER_NAME, format_record, record_session_id
 from ._objects import ArcResult, DkimSignature, DmarcResult, SpfResult
 from .settings import client_address
@@ -212,10 +213,15 @@ class _LogCapture(logging.Handler):
             harness.logs.append(LogLine(session_id, record.levelno, format_record(record)))
 
 
-def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, until: asyncio.Future[None]) -> None:
     if not loop.is_closed():
-        loop.call_soon_threadsafe(loop.stop)
+        loop.call_soon_threadsafe(_done, until)  # (the loop ignores a stop() before that)
         thread.join(timeout=5)
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Harness:
@@ -290,10 +296,14 @@ class Harness:
             threads,
             config=merged,
         )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="portcullis-testing", daemon=True)
+        # The daemon's loop and its way of running it: a hook's stop() is ignored, a KeyboardInterrupt
+        # out of a callback logged (on a loop of asyncio's own, either stopped the harness for good).
+        self._loop = _PolicyLoop()
+        until: asyncio.Future[None] = self._loop.create_future()  # done at close()
+        self._thread = threading.Thread(target=run_policy_loop, args=(self._loop, until), name="portcullis-testing",
+                                        daemon=True)
         self._thread.start()
-        self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread)
+        self._finalizer = weakref.finalize(self, _stop_loop, self._loop, self._thread, until)
         self._capture = _LogCapture(self)
         logging.getLogger(LOGGER_NAME).addHandler(self._capture)
 

@@ -1,5 +1,6 @@
 """portcullis.testing.Harness: scripted dialogues through the engine, replies as the daemon gives them."""
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,32 @@ def test_a_hook_that_raises_generator_exit_or_cancels_its_own_task_fails_as_any_
         assert "Traceback (most recent call last):" in errors[0] and "in on_mail" in errors[0]
         assert ("GeneratorExit: the hook's own" if "genexit" in what else "CancelledError") in errors[0]
         assert s.mail("ok@example.test") == (553, "5.7.1", "blocked by the second policy")  # the session goes on
+
+
+def test_a_hook_that_stops_the_loop_or_interrupts_it_is_ignored_as_by_the_daemon(harness):
+    # The harness runs the daemon's loop the daemon's way: on a loop of asyncio's own, stop()
+    # (or a KeyboardInterrupt out of a callback) stopped it, and the harness hung for good.
+    h = harness("""
+        import asyncio
+        async def on_mail(tx, sender):
+            if sender.local == "stop":
+                asyncio.get_running_loop().stop()
+            if sender.local == "interrupt":
+                def interrupt():
+                    raise KeyboardInterrupt
+                asyncio.get_running_loop().call_soon(interrupt)
+    """)
+    replies = []
+    for local in ("stop", "interrupt", "ok"):
+        asking = threading.Thread(target=lambda: replies.append(h.connect(helo="c.example").mail(f"{local}@example.test")),
+                                  daemon=True)
+        asking.start()
+        asking.join(5)
+        assert not asking.is_alive(), f"the harness hung after {local}"
+    assert [r.code for r in replies] == [250, 250, 250]
+    messages = [line.message for line in h.logs]
+    assert any("called stop() on the policy engine's event loop: ignored" in m for m in messages)
+    assert any("event loop went on after KeyboardInterrupt out of a callback" in m for m in messages)
 
 
 def test_connect_error_gives_421(harness):
