@@ -376,7 +376,7 @@ class Engine:
         self.modules.append(module)
         try:
             spec.loader.exec_module(module)
-        except (Exception, SystemExit) as e:
+        except BaseException as e:  # KeyboardInterrupt, GeneratorExit, the policy's own too: its file and line
             return [_problem_from_exception(path, e, self.config_path)]
         return self._collect_hooks(module, path)
 

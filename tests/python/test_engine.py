@@ -584,6 +584,21 @@ def test_exception_at_import_names_the_line_and_keeps_the_traceback(policy_file)
     assert f'File "{f}", line 3, in <module>' in str(e.value) and "_engine.py" not in str(e.value)
 
 
+@pytest.mark.parametrize("raised, reported", [
+    ("KeyboardInterrupt", "KeyboardInterrupt: "),
+    ("GeneratorExit('at import')", "GeneratorExit: at import"),
+    ("Abort('mine')", "Abort: mine"),
+])
+def test_a_base_exception_at_import_names_the_line_as_an_exception_does(policy_file, raised, reported):
+    # (It was reported as an internal error of the policy engine, with no file or line.)
+    f = policy_file(f"class Abort(BaseException):\n    pass\n\nraise {raised}\n")
+    with pytest.raises(PolicyLoadError) as e:
+        Engine([f])
+    assert str(e.value.problems[0]) == f"{f}:4: {reported}"
+    assert f'File "{f}", line 4, in <module>' in str(e.value)
+    assert check_policies([f]) == [f"{f}:4: {reported}"]
+
+
 def test_every_problem_is_reported(policy_file, tmp_path):
     good = policy_file("def on_connect(conn): pass\n")
     bad_arity = policy_file("def on_mail(tx): pass\n")
