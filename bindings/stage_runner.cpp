@@ -687,7 +687,7 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
     PyObject* value = nullptr;
     double start = 0, elapsed = 0;
     if (on_loop) {
-      // Its first step here, as `_drive` takes it (`_core.first_step`); no lateness rule for it there either.
+      // Its first step here, as `_drive` takes it (`_core.first_step`).
       if (n.is_async.get(hook).ptr() != Py_True) return go_on(i, py::none());  // a plain hook: a thread of the pool
       start = monotonic();
       const auto coro = py::reinterpret_steal<py::object>(PyObject_Call(function.ptr(), args.ptr(), nullptr));
@@ -697,6 +697,9 @@ py::object stage_runner::run(py::handle host, const policy_job& job, py::handle 
       if (sent == PYGEN_NEXT) return go_on(i, py::make_tuple(py::reinterpret_steal<py::object>(value), false, start, coro));
       const auto result = py::reinterpret_steal<py::object>(value);
       elapsed = monotonic() - start;
+      // A first step that blocked past the deadline (time.sleep in an async
+      // hook): its answer is too late, as a plain hook's is; Python says so.
+      if (elapsed > timeout) return go_on(i, py::make_tuple(result, false, start, py::none()));
       if (!result.is_none()) {
         py::object made = decided(rules, stage, stage_name, hook, result, elapsed, session, tx, message,
                                   envelope, rewrite, args);

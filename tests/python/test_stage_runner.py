@@ -545,11 +545,7 @@ def test_a_verdict_past_the_timeout_is_a_timeout(policy_file):
     assert r["verdict"] is None and "ran past policy.timeout" in r["error"]
 
 
-@pytest.mark.parametrize("in_python", [
-    pytest.param(False, marks=pytest.mark.xfail(
-        reason="the runner's first step on the loop (stage_runner.cpp, on_loop) has no lateness rule yet: "
-               "a C++ fix", strict=False)),
-    True])
+@pytest.mark.parametrize("in_python", [False, True])
 @pytest.mark.parametrize("value", ["pc.reject('too late', code=550)", "None"])
 def test_an_async_hook_s_first_step_past_the_timeout_is_a_timeout(policy_file, in_python, value):
     # It blocked (a synchronous call in an async def): no timer could cancel it, and its
