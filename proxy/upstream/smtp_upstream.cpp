@@ -223,11 +223,19 @@ class smtp_upstream final : public upstream {
       pieces.clear();
       buffers.clear();
       if (first) buffers.emplace_back(header.data(), header.size());
-      first = false;
       const auto slice = chunk.substr(0, max_slice);
       chunk.remove_prefix(slice.size());
       stuffer.stuff(slice, pieces);
       const bool last = chunk.empty() && in.at_end();
+      // Its reply comes after the dot (RFC 5321 §4.1.1.4): anything the
+      // upstream said while a message of several slices went out would be
+      // read as the final reply ("250 early", then a refusal after the dot).
+      // One look before the last slice; the dot then never goes, and closing
+      // the connection makes the upstream drop what it got.
+      if (last && !first && stream_->peer_gone())
+        co_return fail(upstream_failure::protocol,
+                       "spoke before the end of the message (out of step); dropping the connection")
+            .reply;
       if (last) stuffer.finish(pieces);  // in the same write as the last chunk
       if (pieces.size() > max_pieces) {
         packed.clear();
@@ -238,6 +246,7 @@ class smtp_upstream final : public upstream {
       }
       const bool written = co_await stream_->write(buffers, cfg_.timeout);
       if (!written) co_return write_failed("sending the message").reply;
+      first = false;
       if (last) break;
     }
     auto final_reply = co_await read_reply(reply_to::end_of_data);

@@ -285,6 +285,24 @@ def test_a_reply_dripped_a_line_at_a_time_has_one_timeout_in_all(start_daemon, f
     d.wait_log(rf"{sid}: upstream: .*timed out waiting for the (rest of the )?reply")
 
 
+def test_a_reply_while_the_message_goes_out_is_never_the_final_one(start_daemon, fake_upstream):
+    """A reply comes after the dot (RFC 5321 §4.1.1.4). One said while a large message went out was
+    read as the final reply: "250 early", and the client got it for a message the upstream then
+    refused. Now the dot never goes (the upstream drops what it got) and the client gets 451 4.3.0."""
+    up = fake_upstream({"BODY": ["250 2.0.0 early"], "DOT": ["554 5.7.1 refused after all"]})
+    d = start_daemon(up.url, upstream={"timeout": 2})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        c.exchange(f"RCPT TO:<{R1}>", 250, "2.1.5")
+        c.exchange("DATA", 354)
+        c.send(FAILING_BODY + b"\r\n" + (b"x" * 998 + b"\r\n") * 6000 + b".\r\n")  # 6 MB: many slices
+        r = c.reply(timeout=30)
+        assert (r.code, r.status) == NONSENSE, str(r)
+    assert not up.messages
+    d.wait_log(rf"{sid}: upstream: spoke before the end of the message \(out of step\)")
+
+
 def test_late_354_never_becomes_the_final_reply(start_daemon, fake_upstream):
     """The issue's reproduction: RCPT answered with "250 ok" and then "354 go".
     The stray 354 must not pass for DATA's go-ahead (the client would get the
