@@ -58,13 +58,6 @@ struct store_sink final : smtp::byte_sink {
   void write(std::string_view bytes) override { store.append(bytes); }  // a failure is read after the end
 };
 
-bool is_ascii(const message_store& m) {
-  message_store::reader in(m);
-  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next())
-    if (!smtp::is_ascii(chunk)) return false;
-  return true;
-}
-
 const char* spill_reason_name(message_store::spill_reason r) {
   switch (r) {
     case message_store::spill_reason::none: return "none";
@@ -845,7 +838,7 @@ awaitable<reply> session::deliver(std::size_t& size) {
   // RFC 6152 §3: 8-bit text an edit brought in is declared to the upstream
   // (the envelope is then redone with BODY=8BITMIME).
   const std::string* edit = v.message ? v.message.get() : v.message_prefix ? &*v.message_prefix : nullptr;
-  if (edit && !tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*edit) && is_ascii(*received))
+  if (edit && !tx_.options.body_8bit && !tx_.options.smtputf8 && !smtp::is_ascii(*edit) && all_ascii(*received))
     tx_.options.body_8bit = true;
   if (v.message) {
     message = message_store::wrap(v.message);

@@ -271,4 +271,12 @@ std::size_t message_store::head_size(std::size_t limit) const {
   return head ? head->size() : std::string::npos;
 }
 
+bool all_ascii(const message_store& m) {
+  message_store::reader in(m);
+  for (auto chunk = in.next(); !chunk.empty(); chunk = in.next())
+    if (std::any_of(chunk.begin(), chunk.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; }))
+      return false;
+  return true;
+}
+
 }  // namespace portcullis

@@ -159,4 +159,9 @@ class message_store {
   std::string error_;
 };
 
+// Whether no byte of the sealed message is 8-bit (RFC 6152: what an upstream
+// without 8BITMIME may be sent). A read error finds none: the reader that
+// sends the message meets it too, and says so.
+bool all_ascii(const message_store& m);
+
 }  // namespace portcullis

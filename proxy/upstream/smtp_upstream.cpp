@@ -190,6 +190,10 @@ class smtp_upstream final : public upstream {
 
   awaitable<smtp::reply> data(std::string_view header, const message_store& message) override {
     if (!stream_) co_return failure_reply(upstream_failure::lost);
+    // RFC 6152 §3, for 8-bit content the client never declared (BODY=8BITMIME
+    // is refused at MAIL): looked for only when the upstream lacks 8BITMIME.
+    if (!caps_.count("8BITMIME") && !all_ascii(message))
+      co_return smtp::reply{554, "5.6.3", "Upstream server cannot accept 8-bit content"};
     const std::string line = "DATA";
     auto go_ahead = co_await command(line, reply_to::data);
     // Its refusal (the transaction stays open upstream: the next MAIL resets it), or a failure (a 250 is one).

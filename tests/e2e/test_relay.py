@@ -364,6 +364,20 @@ def test_upstream_without_8bitmime_or_smtputf8(start_daemon, fake_upstream):
     assert [x for x in up.commands if x.startswith("MAIL")] == ["MAIL FROM:<a@example.test>"]
 
 
+def test_undeclared_8bit_content_never_goes_to_a_7bit_upstream(start_daemon, fake_upstream):
+    """A client that sends 8-bit without BODY=8BITMIME (common, and Postfix takes it) got past the
+    MAIL check: the upstream got the 8-bit bytes. Refused at DATA's end instead, nothing sent."""
+    up = fake_upstream({"EHLO": "250-fake.upstream\r\n250 PIPELINING"})
+    d = start_daemon(up.url)
+    with d.connect() as c:
+        r = c.transaction("a@example.test", ["b@example.test"], "Subject: café\r\n\r\ndéjà vu".encode())
+        assert (r.code, r.status) == (554, "5.6.3"), str(r)
+        r = c.transaction("a@example.test", ["b@example.test"], b"Subject: cafe\r\n\r\nplain")
+        assert (r.code, r.status) == (250, "2.0.0"), str(r)
+    assert len(up.messages) == 1 and b"plain" in up.messages[0].content
+    assert "DATA" in up.commands and up.commands.count("DATA") == 1
+
+
 def test_ehlo_mid_transaction_resets_it(start_daemon, fake_upstream):
     up = fake_upstream()
     d = start_daemon(up.url, upstream={"pool_size": 0})  # the whole upstream dialogue of one session, down to its QUIT: no pooled connection
