@@ -116,11 +116,18 @@ std::string printable(std::string_view s, std::size_t max, std::string_view also
     return c >= 0x20 && c != 0x7f && c != '\\' && also.find(static_cast<char>(c)) == std::string_view::npos;
   };
   const std::string_view shown = s.substr(0, max);
-  // Most text needs no escape: copied in one go.
-  const auto first_escape = std::find_if_not(shown.begin(), shown.end(), plain);
+  // Most text needs no escape: copied in one go (up to a byte that may
+  // start a C1 control or U+2028/U+2029 too: looked at one by one).
+  const auto first_escape = std::find_if_not(shown.begin(), shown.end(), [&plain](unsigned char c) {
+    return plain(c) && c != 0xc2 && c != 0xe2;
+  });
   std::string out(shown.begin(), first_escape);
-  for (unsigned char c : shown.substr(static_cast<std::size_t>(first_escape - shown.begin()))) {
-    if (plain(c)) {
+  for (auto i = static_cast<std::size_t>(first_escape - shown.begin()); i < shown.size(); ++i) {
+    const auto c = static_cast<unsigned char>(shown[i]);
+    if (const auto n = c >= 0x80 ? unicode_break_at(shown, i) : 0) {  // (log_text.hpp)
+      append_unicode_escape(out, shown, i, n);
+      i += n - 1;
+    } else if (plain(c)) {
       out += static_cast<char>(c);
     } else {
       static constexpr char hex[] = "0123456789abcdef";

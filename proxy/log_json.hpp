@@ -96,7 +96,8 @@ inline std::string json_log_record(std::string_view time, std::string_view level
   log_json_detail::add_fields(out, event);
   for (const auto& [key, value] : {std::pair{"client", context.client}, {"stage", context.stage}, {"tx", context.tx}})
     if (!value.empty() && !out.contains(key)) out[key] = std::string(value);
-  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  // ASCII only (\uXXXX): U+2028, U+2029 and the C1 controls break lines for Unicode-aware readers.
+  return out.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace portcullis

@@ -17,10 +17,37 @@ namespace portcullis {
 // is for showing a client's text exactly, backslashes escaped too).
 inline bool needs_log_escape(unsigned char c) { return c < 0x20 || c == 0x7f; }
 
+// The UTF-8 of a character that ends a line or drives a terminal as well:
+// the C1 controls (U+0080-U+009F: NEL, CSI...) and U+2028/U+2029, which
+// Unicode-aware readers (Python's splitlines, JavaScript) take for line
+// breaks. Its length at `i` (2 or 3), else 0.
+inline std::size_t unicode_break_at(std::string_view s, std::size_t i) {
+  const auto at = [&s](std::size_t k) { return k < s.size() ? static_cast<unsigned char>(s[k]) : 0u; };
+  if (at(i) == 0xc2 && at(i + 1) >= 0x80 && at(i + 1) <= 0x9f) return 2;
+  if (at(i) == 0xe2 && at(i + 1) == 0x80 && (at(i + 2) == 0xa8 || at(i + 2) == 0xa9)) return 3;
+  return 0;
+}
+
+// Such a character as \uXXXX.
+inline void append_unicode_escape(std::string& out, std::string_view s, std::size_t i, std::size_t n) {
+  static constexpr char hex[] = "0123456789abcdef";
+  const unsigned code = n == 2 ? static_cast<unsigned char>(s[i + 1]) : 0x2000u | (static_cast<unsigned char>(s[i + 2]) - 0x80u);
+  out += "\\u";
+  for (int shift = 12; shift >= 0; shift -= 4) out += hex[(code >> shift) & 15];
+}
+
 inline std::string escape_log_text(std::string_view s) {
   std::string out;
   out.reserve(s.size());
-  for (const unsigned char c : s) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      if (const auto n = unicode_break_at(s, i)) {
+        append_unicode_escape(out, s, i, n);
+        i += n - 1;
+        continue;
+      }
+    }
     if (!needs_log_escape(c)) {
       out += static_cast<char>(c);
       continue;
@@ -42,8 +69,10 @@ inline std::string escape_log_text(std::string_view s) {
 
 // Whether `s` can be written as it is (the common case: no copy is made).
 inline bool is_log_safe(std::string_view s) {
-  for (const unsigned char c : s)
-    if (needs_log_escape(c)) return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (needs_log_escape(c) || (c >= 0x80 && unicode_break_at(s, i))) return false;
+  }
   return true;
 }
 

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -18,6 +20,9 @@ using nlohmann::json;
 json record(std::string_view message, long pid = 0) {
   const std::string line = json_log_record("2026-12-02T16:30:00.123Z", "info", pid, message);
   EXPECT_EQ(line.find('\n'), std::string::npos) << line;
+  // ASCII only: U+2028/U+2029 and C1 controls end lines for Unicode-aware readers.
+  EXPECT_TRUE(std::all_of(line.begin(), line.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+      << line;
   return json::parse(line);
 }
 
@@ -113,6 +118,7 @@ TEST(LogJson, LogWordEscapesWhatWouldEndAField) {
   EXPECT_EQ(log_word("\"a b\"@x"), "\\x22a\\x20b\\x22@x");
   EXPECT_EQ(log_word("<>\\\n"), "\\x3c\\x3e\\x5c\\x0a");
   EXPECT_EQ(printable("say \"hi\"", 200, "\""), "say \\x22hi\\x22");
+  EXPECT_EQ(printable("a\xc2\x85" "b\xe2\x80\xa8" "c\xc3\xa9"), "a\\u0085b\\u2028c\xc3\xa9");
 }
 
 TEST(LogJson, FieldsNeverReplaceTheRecordsOwn) {
@@ -127,6 +133,7 @@ TEST(LogJson, ControlCharactersAndBadUtf8StayInOneValidLine) {
   const auto r = record("0123456789AB: AUTH as ann\r\n2026-12-02 info FORGED\x1b[31m \xff\xfe end");
   EXPECT_EQ(r["msg"], "AUTH as ann\r\n2026-12-02 info FORGED\x1b[31m \xef\xbf\xbd\xef\xbf\xbd end");
   EXPECT_EQ(record("0123456789AB: helo=\xc3\xa9t\xc3\xa9")["helo"], "\xc3\xa9t\xc3\xa9");  // UTF-8 kept
+  EXPECT_EQ(record("0123456789AB: a\xe2\x80\xa8" "b\xc2\x85")["msg"], "a\xe2\x80\xa8" "b\xc2\x85");  // (as \\uXXXX)
 }
 
 }  // namespace

@@ -29,6 +29,14 @@ TEST(EscapeLogText, Table) {
       {"Gr\xc3\xbc\xc3\x9f" "e", "Gr\xc3\xbc\xc3\x9f" "e"},  // UTF-8 passes
       {"\x80\xff", "\x80\xff"},                          // so do other 8-bit octets (no C1 here)
       {" ~", " ~"},                                      // the printable range's ends
+      // C1 controls and U+2028/U+2029 in UTF-8: line breaks to Unicode-aware readers, CSI to terminals.
+      {"a\xc2\x85" "b", "a\\u0085b"},
+      {"\xc2\x9b" "31m", "\\u009b31m"},
+      {"x\xe2\x80\xa8" "2026-01-01T00:00:00.000 info forged", "x\\u20282026-01-01T00:00:00.000 info forged"},
+      {"\xe2\x80\xa9", "\\u2029"},
+      {"nbsp\xc2\xa0 dash\xe2\x80\x94", "nbsp\xc2\xa0 dash\xe2\x80\x94"},  // other characters pass
+      {"cut\xc2", "cut\xc2"},
+      {"cut\xe2\x80", "cut\xe2\x80"},
   };
   for (const auto& [in, want] : cases) {
     EXPECT_EQ(escape_log_text(in), want) << "input: " << in;
