@@ -622,6 +622,18 @@ std::string to_string(on_error_mode m) { return name_of(on_error_names, m); }
 std::string to_string(log_level l) { return name_of(log_level_names, l); }
 std::string to_string(log_format f) { return name_of(log_format_names, f); }
 
+std::shared_ptr<const config> with_restart_only_settings_of(const config& running, const config& loaded) {
+  auto kept = std::make_shared<config>(loaded);
+  kept->server.listen = running.server.listen;
+  kept->server.listen_tls = running.server.listen_tls;
+  kept->metrics.listen = running.metrics.listen;
+  kept->server.user = running.server.user;
+  kept->server.threads = running.server.threads;
+  kept->server.workers = running.server.workers;
+  kept->policy.threads = running.policy.threads;
+  return kept;
+}
+
 unsigned worker_count(const server_config& s) {
   return s.workers ? s.workers : std::max(1u, std::thread::hardware_concurrency());
 }
@@ -800,7 +812,7 @@ std::shared_ptr<const config> load_config(const std::filesystem::path& file) {
     t.each_table("keys", [&](table_reader& r) { read_dkim_key(r, base, k.keys, signing); });
     t.get_list("networks", k.networks, is_network, "is not an address or network (want 192.0.2.0/24 or 2001:db8::/32)");
     t.get("subdomains", k.subdomains);
-    if (!own_key && !t.has("keys"))
+    if (!own_key && k.keys.empty())  // (no keys table, or keys = [])
       for (const char* setting : {"networks", "subdomains"})
         t.problem_at(setting, "needs a key to sign with (domains, selector and key_file, or keys)");
   });

@@ -299,6 +299,12 @@ bool is_domain(std::string_view s);
 
 // server.workers, 0 resolved: one per core (at least one).
 unsigned worker_count(const server_config& s);
+
+// The config in force after a reload: `loaded`, with the settings only a
+// restart changes (listen, listen_tls, [metrics] listen, user, threads,
+// workers, policy.threads) kept as `running` has them, so that what runs,
+// its status line and the next reload's comparisons agree with what is served.
+std::shared_ptr<const config> with_restart_only_settings_of(const config& running, const config& loaded);
 // I/O threads of each worker: server.threads, or (0) the cores shared among the workers.
 unsigned io_thread_count(const server_config& s);
 

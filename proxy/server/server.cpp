@@ -497,11 +497,13 @@ void server::reload() {
   }
   // Exactly the checks of start-up (load_config runs them all), then what
   // only a running server can tell: whether its open listeners can be served.
+  std::shared_ptr<const config> loaded_cfg;
   std::shared_ptr<const config> fresh;
   std::shared_ptr<generation> next;
   try {
-    fresh = load_config(old->file);
-    if (auto why = cannot_serve_listeners(*fresh)) throw std::invalid_argument(*why);
+    loaded_cfg = load_config(old->file);
+    if (auto why = cannot_serve_listeners(*loaded_cfg)) throw std::invalid_argument(*why);
+    fresh = with_restart_only_settings_of(*old, *loaded_cfg);
     next = make_generation(fresh);
   } catch (const config_error& e) {
     keep_running(e.problems());
@@ -515,17 +517,21 @@ void server::reload() {
     reload_done(false);
     return;
   }
-  if (fresh->server.listen != old->server.listen || fresh->server.listen_tls != old->server.listen_tls)
+  const auto& asked = *loaded_cfg;  // (against what runs: the settings of start-up, for these)
+  if (asked.server.listen != old->server.listen || asked.server.listen_tls != old->server.listen_tls)
     spdlog::warn("reload: listen addresses changed; they take effect on restart");
-  if (fresh->metrics.listen != old->metrics.listen)
+  if (asked.metrics.listen != old->metrics.listen)
     spdlog::warn("reload: [metrics] listen changed; that takes effect on restart");
-  if (fresh->server.user != old->server.user) spdlog::warn("reload: server.user changed; that takes effect on restart");
+  if (asked.server.user != old->server.user) spdlog::warn("reload: server.user changed; that takes effect on restart");
   // Both sized once, in run(): the I/O threads and their spares, and the
   // policy engine's most threads for plain hooks.
-  if (fresh->server.threads != old->server.threads)
+  if (asked.server.threads != old->server.threads)
     spdlog::warn("reload: server.threads changed; that takes effect on restart");
-  if (fresh->policy.threads != old->policy.threads)
+  if (asked.policy.threads != old->policy.threads)
     spdlog::warn("reload: policy.threads changed; that takes effect on restart");
+  // (With workers, the supervisor says so for the daemon.)
+  if (worker_count(old->server) == 1 && worker_count(asked.server) != 1)
+    spdlog::warn("reload: server.workers changed; that takes effect on restart");
   auto swap_in = [this, fresh, next, counted, this_reload](policy_generation loaded) {
     if (this_reload < reload_installed_) {
       // (Its policies retire with this object, as an old generation's do: on_unload runs.)

@@ -334,14 +334,11 @@ void supervisor::reload() {
     spdlog::warn("reload: server.workers changed; that takes effect on restart");
   if (fresh->server.user != cfg_->server.user) spdlog::warn("reload: server.user changed; that takes effect on restart");
   // For the workers started from now on (a crashed one restarted): the new
-  // settings, but the listen addresses the daemon opened at start-up, which
-  // a reload does not change (a restarted worker binding new ones would
-  // serve them alone, or fail for ever on a port taken).
-  auto kept = std::make_shared<config>(*fresh);
-  kept->server.listen = cfg_->server.listen;
-  kept->server.listen_tls = cfg_->server.listen_tls;
-  kept->metrics.listen = cfg_->metrics.listen;
-  cfg_ = std::move(kept);
+  // settings, but those of start-up that a reload does not change (a
+  // restarted worker binding new listen addresses would serve them alone, or
+  // fail for ever on a port taken; one of other threads or user would differ
+  // from its siblings).
+  cfg_ = with_restart_only_settings_of(*cfg_, *fresh);
   // Each count read before its SIGHUP: the reload after it moves the count.
   reload_waits_.clear();
   for (unsigned w = 0; w < workers_.size(); ++w) {

@@ -273,12 +273,22 @@ def test_a_reload_that_ends_after_a_newer_one_is_dropped(policy_daemon, aiosmtpd
 
 
 def test_a_reload_warns_that_thread_counts_take_effect_on_restart(policy_daemon, aiosmtpd_upstream):
-    """server.threads (the I/O pool) and policy.threads (the hook threads, the I/O spares) are sized at start-up."""
+    """server.threads (the I/O pool), policy.threads (the hook threads, the I/O spares) and
+    server.workers are sized at start-up. Each reload compares the file with what runs: the
+    settings of start-up (it compared with the last reload's file, and a file set back to what
+    runs was warned about)."""
     d = policy_daemon(aiosmtpd_upstream.url, "def on_helo(conn, hostname):\n    return None\n", policy={"threads": 4})
-    d.reload({"server": {"threads": 3}, "policy": {"threads": 5}})
+    warned = lambda: d.log_text().count("takes effect on restart")  # noqa: E731
+    reloaded = lambda: d.log_text().count("reloaded; new sessions use it")  # noqa: E731
+    d.reload({"server": {"threads": 3, "workers": 4}, "policy": {"threads": 5}})
     d.wait_log(r"warning reload: server\.threads changed; that takes effect on restart$")
     d.wait_log(r"warning reload: policy\.threads changed; that takes effect on restart$")
-    before = d.log_text().count("takes effect on restart")
-    d.reload({})  # unchanged: nothing more to say
-    assert d.log_text().count("takes effect on restart") == before
+    d.wait_log(r"warning reload: server\.workers changed; that takes effect on restart$")
+    wait_until(lambda: warned() == 3, timeout=5, what="the three warnings")
+    d.reload({})  # the file still asks for them, and what runs is still start-up's: said again
+    wait_until(lambda: warned() == 6, timeout=5, what="the warnings again")
+    done = reloaded()
+    d.reload({"server": {"threads": 2, "workers": 1}, "policy": {"threads": 4}})  # what runs: nothing to say
+    wait_until(lambda: reloaded() > done, timeout=5, what="the reload")
+    assert warned() == 6
     assert d.stop() == 0

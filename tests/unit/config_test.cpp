@@ -651,6 +651,8 @@ TEST_F(ConfigTest, ProblemsCarryFileAndLine) {
        "6: dkim_sign.keys[0].colour: unknown key"},
       {"[dkim_sign]\nkeys = {domains = [\"a.test\"]}\n", "2: dkim_sign.keys: wrong type (want a list of tables)"},
       {"[dkim_sign]\nnetworks = []\n", "2: dkim_sign.networks: needs a key to sign with (domains, selector and key_file, or keys)"},
+      {"[dkim_sign]\nkeys = []\nnetworks = [\"10.0.0.0/8\"]\n",
+       "3: dkim_sign.networks: needs a key to sign with (domains, selector and key_file, or keys)"},
       {"[dkim_sign]\n\nsubdomains = true\n",
        "3: dkim_sign.subdomains: needs a key to sign with (domains, selector and key_file, or keys)"},
       // One DNS name, one public key: two keys cannot sign as the same selector of a domain.
