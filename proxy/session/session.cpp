@@ -27,6 +27,7 @@ reply bad_sequence(std::string text) { return {503, "5.5.1", std::move(text)}; }
 reply bad_syntax(std::string text) { return {501, "5.5.4", std::move(text)}; }
 reply upstream_lost() { return {451, "4.4.1", "Upstream connection lost, try again later"}; }
 reply too_many_recipients() { return {452, "4.5.3", "Too many recipients"}; }  // RFC 5321 §4.5.3.1.8
+constexpr std::size_t max_rcpt_overshoot = 1000;  // such refusals that do not count as errors (serve())
 
 // Whether a line the client sent (a command, or an AUTH exchange's answer) ends
 // in CRLF and holds no bare CR or NUL (RFC 5321 §2.3.8).
@@ -263,9 +264,15 @@ awaitable<void> session::serve() {
       }
     }
     if (r.code) answer(replied_at, r);  // 0: the reply was already written (DATA's 354 path failed)
-    // Refusals cost the client, temporary ones too: each may have cost an upstream round trip.
-    if (r.code >= 400 && r.code != 421 && ++errors_ >= s.max_errors) {
-      log_.warn("too many errors ({}); closing", errors_);
+    // Refusals cost the client, temporary ones too: each may have cost an
+    // upstream round trip. Not a RCPT past max_recipients, up to 1,000 of them
+    // (Postfix's smtpd_recipient_overshoot_limit): RFC 5321 §4.5.3.1.10 has
+    // the client send those in a transaction of its own, after this one's
+    // DATA (counted, a message to 1,010 recipients never went).
+    const bool overshoot = r.code == 452 && r.status == "4.5.3" && ++rcpt_overshoot_ <= max_rcpt_overshoot;
+    if (r.code >= 400 && r.code != 421) ++errors_;
+    if (r.code >= 400 && r.code != 421 && !overshoot && ++errors_counted_ >= s.max_errors) {
+      log_.warn("too many errors ({}); closing", errors_counted_);
       queue(reply{421, "4.7.0", s.hostname + " Too many errors, closing connection"});
       break;
     }
@@ -604,7 +611,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
     default: co_return reply{501, "5.1.7", "Bad sender address syntax"};
   }
   auto options = smtp::parse_mail_params(parsed.value->params,
-                                         {s.max_message_size, conn_.esmtp, cfg_.auth.enabled});
+                                         {s.max_message_size, conn_.esmtp, auth_offered()});
   if (auto* refusal = std::get_if<reply>(&options)) co_return *refusal;
 
   // policy: it sees the transaction before anything goes upstream
@@ -747,6 +754,10 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
     r = std::move(delivered);
   }
   log_transaction(r, size);
+  // A message delivered forgives the client's errors so far, as Postfix's
+  // smtpd does: a relay that reuses its connection is not cut off by the
+  // refused recipients of earlier messages.
+  if (r.positive()) errors_counted_ = 0;
   if (auto final_reply = std::exchange(upstream_final_, std::nullopt)) {
     if (r.positive() && policy_.notifies_transactions()) {
       // The upstream has the message: the client hears so now, before the

@@ -132,7 +132,9 @@ class session : public std::enable_shared_from_this<session> {
   // The upstream's final reply to the message just relayed, for on_delivered (cleared after).
   std::optional<reply> upstream_final_;
   std::string out_;                       // replies waiting to be written (RFC 2920 §3.2)
-  std::size_t errors_ = 0;
+  std::size_t errors_ = 0;           // refusals in the session (its disconnect line)
+  std::size_t errors_counted_ = 0;   // those that count toward max_errors: since the last message delivered
+  std::size_t rcpt_overshoot_ = 0;   // RCPTs refused past max_recipients
   std::size_t auth_failures_ = 0;
   bool stopping_ = false;
   bool interruptible_wait_ = false;  // blocked reading the next command or the PROXY header: stop() may wake it

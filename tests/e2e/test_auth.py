@@ -82,6 +82,8 @@ def test_auth_offered_only_after_starttls(auth_daemon):
         c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW), 538, "5.7.11",
                    "Encryption required for requested authentication mechanism")
         c.exchange("AUTH LOGIN", 538, "5.7.11")
+        # AUTH= belongs to the extension (RFC 4954 §5): not offered here, so not taken either.
+        c.exchange("MAIL FROM:<alice@example.test> AUTH=<>", 555, "5.5.4")
         c.starttls()
         r = c.exchange("EHLO tls.test", 250)
         assert "AUTH PLAIN LOGIN" in ehlo_keywords(r), r.lines

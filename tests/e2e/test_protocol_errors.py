@@ -174,6 +174,32 @@ def test_max_errors_closes_with_421(start_daemon, fake_upstream):
     d.wait_log(rf"{sid}: disconnect from \[127\.0\.0\.1\] transactions=0 errors=3")
 
 
+def test_a_delivery_forgives_the_errors_and_recipients_past_the_limit_are_none(start_daemon, fake_upstream):
+    """As Postfix's smtpd: a message delivered forgives the errors before it (a relay reusing its
+    connection was cut off mid-transaction by earlier messages' refused recipients), and a RCPT
+    past max_recipients is no error (RFC 5321 §4.5.3.1.10: the client sends those recipients
+    in a transaction of their own; counted, a message to more than them never went)."""
+    up = fake_upstream({"RCPT bad@example.test": ["550 5.1.1 no such user"] * 10})
+    d = start_daemon(up.url, server={"max_errors": 3, "max_recipients": 2})
+    with d.connect() as c:
+        for i in range(4):  # one refusal each: 4 in all, never 3 since a delivery
+            c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+            c.exchange("RCPT TO:<bad@example.test>", 550, "5.1.1")
+            c.exchange("RCPT TO:<b@example.test>", 250, "2.1.5")
+            c.exchange("DATA", 354)
+            c.send(b"Subject: %d\r\n\r\nbody\r\n.\r\n" % i)
+            c.expect(250, "2.0.0")
+        c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+        for r in ("r1", "r2"):
+            c.exchange(f"RCPT TO:<{r}@example.test>", 250, "2.1.5")
+        for r in range(5):  # past max_recipients (and past max_errors): the client is still served
+            c.exchange(f"RCPT TO:<x{r}@example.test>", 452, "4.5.3")
+        c.exchange("DATA", 354)
+        c.send(b"Subject: many\r\n\r\nbody\r\n.\r\n")
+        c.expect(250, "2.0.0")
+    assert len(up.messages) == 5
+
+
 def test_http_request_closes_connection(start_daemon, fake_upstream):
     up = fake_upstream()
     d = start_daemon(up.url)
