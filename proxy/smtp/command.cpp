@@ -29,10 +29,16 @@ bool strip_keyword(std::string_view& arg, std::string_view keyword) {
   return true;
 }
 
+bool is_blank(char c) { return c == ' ' || c == '\t'; }
+
 }  // namespace
 
 command parse_command(std::string_view line) {
   command cmd;
+  // RFC 5321 §4.1.1: white space before the CRLF SHOULD be tolerated (some
+  // clients send "EHLO host " or "RSET\t"); the verb and its argument keep
+  // their one SP.
+  while (!line.empty() && is_blank(line.back())) line.remove_suffix(1);
   const auto sp = line.find(' ');
   cmd.name = line.substr(0, sp);
   cmd.arg = sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1);

@@ -200,6 +200,23 @@ def test_a_delivery_forgives_the_errors_and_recipients_past_the_limit_are_none(s
     assert len(up.messages) == 5
 
 
+def test_trailing_white_space_is_tolerated(start_daemon, fake_upstream):
+    """RFC 5321 §4.1.1: a receiver SHOULD tolerate white space before the CRLF ("EHLO host "
+    got 501, and such a client could not start a session at all)."""
+    up = fake_upstream()
+    d = start_daemon(up.url)
+    with d.client() as c:
+        c.expect(220)
+        c.exchange("EHLO client.test ", 250)
+        c.exchange("RSET\t", 250, "2.0.0")
+        c.exchange("MAIL FROM:<a@example.test>\t", 250, "2.1.0")
+        c.exchange("RCPT TO:<b@example.test> ", 250, "2.1.5")
+        c.exchange("DATA  ", 354)
+        c.send(b"Subject: spaced\r\n\r\nbody\r\n.\r\n")
+        c.expect(250, "2.0.0")
+    assert len(up.messages) == 1
+
+
 def test_http_request_closes_connection(start_daemon, fake_upstream):
     up = fake_upstream()
     d = start_daemon(up.url)

@@ -113,6 +113,12 @@ const std::vector<command_case> command_cases = {
     {"MAIL TO:<a@b>", verb::mail, "MAIL", "TO:<a@b>", true},
     {"MAIL  FROM:<a@b>", verb::mail, "MAIL", " FROM:<a@b>", true},
     {"MAIL FROM=<a@b>", verb::mail, "MAIL", "FROM=<a@b>", true},
+    // Trailing white space is tolerated (RFC 5321 §4.1.1: SHOULD).
+    {"EHLO client.test ", verb::ehlo, "EHLO", "client.test"},
+    {"RSET\t", verb::rset, "RSET", ""},
+    {"DATA  ", verb::data, "DATA", ""},
+    {"MAIL FROM:<a@b> SIZE=10\t ", verb::mail, "MAIL", "<a@b> SIZE=10"},
+    {"AUTH PLAIN AGEAYg== ", verb::auth, "AUTH", "PLAIN AGEAYg=="},
     {"RCPT", verb::rcpt, "RCPT", "", true},
     {"RCPT <a@b>", verb::rcpt, "RCPT", "<a@b>", true},
     {"RCPT TO <a@b>", verb::rcpt, "RCPT", "TO <a@b>", true},
