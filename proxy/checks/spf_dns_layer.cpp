@@ -128,18 +128,35 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* layer, const char* domain, ns_type type, 
   // Each term that queries DNS (a, mx, ptr, exists here; include and
   // redirect in get_spf) makes one lookup of its own; an mx or ptr term then
   // looks up the names it found, which are not terms (§4.6.4).
+  bool for_ptr = *ours == dns::rr_type::ptr;
   if (*ours == dns::rr_type::mx || *ours == dns::rr_type::ptr) {
     count_dns_term(e);
     e.follow_ups.clear();
+    e.follow_ups_of_ptr = for_ptr;
   } else if (*ours == dns::rr_type::a || *ours == dns::rr_type::aaaa) {
-    if (e.follow_ups.erase(name_key(domain)) == 0) {
+    // (One name per record: libspf2 looks up every record's, a host named by
+    // two MX records twice, and the second lookup is no term of its own.)
+    if (const auto follow_up = e.follow_ups.find(name_key(domain)); follow_up == e.follow_ups.end()) {
       count_dns_term(e);
       e.follow_ups.clear();
+    } else {
+      e.follow_ups.erase(follow_up);
+      for_ptr = e.follow_ups_of_ptr;
     }
   }
   std::string name = domain;
   const bool any_address = strip_any_address(name, e.any_address);
+  const bool trouble_before = e.dns_trouble;
   auto answer = fetch(e, std::move(name), *ours);
+  // §5.5: a DNS error on the ptr term's PTR lookup, or on the address lookup
+  // of one of its names, is no match, not temperror (libspf2 makes it one):
+  // the client's own reverse zone would turn a domain's fail into temperror.
+  if (for_ptr && !e.out_of_time &&
+      (answer.what == dns::answer::status::timeout || answer.what == dns::answer::status::failure)) {
+    e.dns_trouble = trouble_before;
+    answer = dns::answer{};
+    answer.what = dns::answer::status::ok;
+  }
   if (answer.ok() && any_address) {
     if (*ours == dns::rr_type::mx) {
       for (auto& r : answer.records) r.value += e.any_address;  // their addresses are "any" too

@@ -43,7 +43,8 @@ struct spf_evaluation {
   unsigned voids = 0;                    // lookups that named nothing
   unsigned dns_terms = 0;                // §4.6.4, counted across include and redirect
   bool record_fetched = false;           // the checked domain's own record (not a DNS term)
-  std::set<std::string> follow_ups;      // names an mx or ptr term looks up next (not terms)
+  std::multiset<std::string> follow_ups;  // names an mx or ptr term looks up next (not terms), once a record
+  bool follow_ups_of_ptr = false;        // ... a ptr term's (§5.5: their DNS errors are no match)
   bool dns_trouble = false;              // a lookup timed out or failed: temperror material
   bool explaining = false;               // the exp= text is fetched and expanded: no accounting (§6.2)
   bool out_of_time = false;              // the budget ran out

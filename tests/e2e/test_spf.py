@@ -72,6 +72,19 @@ ZONES = {
     "7.2.0.192.in-addr.arpa": [{"PTR": "mail.client.example.test"}],
     "mail.client.example.test": [{"A": "192.0.2.7"}],
     "mail.client.example.test.allow.example.test": [{"A": "127.0.0.2"}],
+    # §5.5: a DNS error in the ptr term's lookups is no match (the client's own reverse zone).
+    "ptr.example.test": [{"TXT": "v=spf1 ptr -all"}],
+    "ptrname.example.test": [{"TXT": "v=spf1 ptr:ptrname.example.test -all"}],
+    "12.2.0.192.in-addr.arpa": ["SERVFAIL"],
+    "13.2.0.192.in-addr.arpa": [{"PTR": "bad.ptrname.example.test"}, {"PTR": "good.ptrname.example.test"}],
+    "bad.ptrname.example.test": ["SERVFAIL"],
+    "good.ptrname.example.test": [{"A": "192.0.2.13"}],
+    # One host named by two MX records: its second address lookup is no DNS term (10 in all here).
+    "mxtwice.example.test": [{"TXT": "v=spf1 " + " ".join(f"a:h{i}.many.example.test" for i in range(8))
+                              + " mx:twice.example.test a:hit.example.test -all"}],
+    "twice.example.test": [{"MX": [10, "host.twice.example.test"]}, {"MX": [20, "host.twice.example.test"]}],
+    "host.twice.example.test": [{"A": "203.0.113.9"}],
+    "hit.example.test": [{"A": "192.0.2.14"}],
     # exämple.test, as DNS has it (RFC 7208 §4.3: A-labels).
     "xn--exmple-cua.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}],
 }
@@ -128,6 +141,18 @@ def test_every_result_reaches_the_policy_before_on_mail(spf_daemon):
     assert spf_of(d, "192.0.2.9", "a@incl.example.test")[0] == "pass"
     assert spf_of(d, "198.51.100.5", "a@mx.example.test")[0] == "pass"
     assert spf_of(d, "198.51.100.6", "a@mx.example.test")[0] == "fail"
+
+
+def test_dns_errors_in_a_ptr_terms_lookups_are_no_match(spf_daemon):
+    # RFC 7208 §5.5 (libspf2 made them temperror: a forger's reverse zone turned fail into temperror).
+    d = spf_daemon()
+    assert spf_of(d, "192.0.2.12", "a@ptr.example.test")[0] == "fail"  # its PTR lookup SERVFAILs
+    assert spf_of(d, "192.0.2.13", "a@ptrname.example.test")[0] == "pass"  # one name's A lookup SERVFAILs
+
+
+def test_a_host_named_by_two_mx_records_is_one_term(spf_daemon):
+    d = spf_daemon()
+    assert spf_of(d, "192.0.2.14", "a@mxtwice.example.test")[0] == "pass"  # (it was permerror: 11 terms)
 
 
 def test_the_explanation_is_the_domains_text_expanded(spf_daemon):
