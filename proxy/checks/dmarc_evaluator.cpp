@@ -179,7 +179,73 @@ int severity(const dmarc_result& r) {
   return 0;
 }
 
+std::string_view trimmed(std::string_view s) {
+  while (!s.empty() && smtp::is_wsp(s.front())) s.remove_prefix(1);
+  while (!s.empty() && smtp::is_wsp(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+bool is_policy(std::string_view v) {
+  return smtp::equals_nocase(v, "none") || smtp::equals_nocase(v, "quarantine") || smtp::equals_nocase(v, "reject");
+}
+
+// A reporting URI list with one URI at least (RFC 7489 §6.4: "mailto:..."):
+// what makes a record without a valid p= one of p=none (§6.6.3).
+bool has_reporting_uri(std::string_view v) {
+  for (std::size_t start = 0; start <= v.size();) {
+    auto end = v.find(',', start);
+    if (end == std::string_view::npos) end = v.size();
+    auto uri = trimmed(v.substr(start, end - start));
+    const auto colon = uri.find(':');
+    if (colon != std::string_view::npos && colon > 0 && colon + 1 < uri.size() && smtp::is_alpha(uri.front())) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
 }  // namespace
+
+std::optional<std::string> dmarc_policy_record(std::string_view record) {
+  // (v=DMARC1 first: discovery chose the record by it.)
+  std::optional<std::string_view> p, sp, pct, adkim, aspf;
+  bool reports = false;
+  for (std::size_t start = 0; start < record.size();) {
+    auto end = record.find(';', start);
+    if (end == std::string_view::npos) end = record.size();
+    const auto tag = record.substr(start, end - start);
+    start = end + 1;
+    const auto eq = tag.find('=');
+    if (eq == std::string_view::npos) continue;
+    const auto name = trimmed(tag.substr(0, eq));
+    const auto value = trimmed(tag.substr(eq + 1));
+    const auto first = [&value](std::optional<std::string_view>& slot) {
+      if (!slot) slot = value;
+    };
+    if (smtp::equals_nocase(name, "p")) first(p);
+    else if (smtp::equals_nocase(name, "sp")) first(sp);
+    else if (smtp::equals_nocase(name, "pct")) first(pct);
+    else if (smtp::equals_nocase(name, "adkim")) first(adkim);
+    else if (smtp::equals_nocase(name, "aspf")) first(aspf);
+    else if (smtp::equals_nocase(name, "rua")) reports = reports || has_reporting_uri(value);
+  }
+  // §6.6.3 step 6: no valid p=, or an invalid sp=: p=none when the record
+  // asks for reports, else no DMARC at all.
+  std::string out = "v=DMARC1; p=";
+  if (!p || !is_policy(*p) || (sp && !is_policy(*sp))) {
+    if (!reports) return std::nullopt;
+    return out + "none";
+  }
+  out += *p;
+  if (sp) out += "; sp=" + std::string(*sp);
+  // §6.3: a syntax error in the rest goes for the default.
+  if (pct && !pct->empty() && pct->size() <= 3 && std::all_of(pct->begin(), pct->end(), smtp::is_digit) &&
+      std::stoi(std::string(*pct)) <= 100)
+    out += "; pct=" + std::string(*pct);
+  for (const auto& [tag, value] : {std::pair{"adkim", adkim}, {"aspf", aspf}})
+    if (value && (smtp::equals_nocase(*value, "r") || smtp::equals_nocase(*value, "s")))
+      out += "; " + std::string(tag) + "=" + std::string(*value);
+  return out;
+}
 
 dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_values,
                                        const std::optional<spf_result>& spf,
@@ -270,7 +336,11 @@ dmarc_result dmarc_evaluator::evaluate_domain(const std::string& author, const s
   policy_context ctx;
   ctx.p = opendmarc_policy_connect_init(text(client), 0);
   if (ctx.p == nullptr) return stop(kind::temperror, "libopendmarc: out of memory");
-  std::string record = found.record, from = r.domain, org = r.org_domain;
+  auto policy_record = dmarc_policy_record(found.record);
+  if (!policy_record)
+    return stop(kind::none, "the DMARC record of " + policy_domain +
+                                " has no valid p= (or an invalid sp=) and asks for no reports: no policy (RFC 7489 §6.6.3)");
+  std::string record = std::move(*policy_record), from = r.domain, org = r.org_domain;
   const auto status = opendmarc_policy_store_dmarc(ctx.p, text(record), text(from), r.org_record ? text(org) : nullptr);
   if (status != DMARC_PARSE_OKAY)
     return stop(kind::permerror, "the DMARC record of " + policy_domain + ": " +

@@ -38,6 +38,14 @@ namespace portcullis::checks {
 // domain takes one or two (§6.6.3). Past it, the domains left are temperror.
 inline constexpr std::chrono::milliseconds dmarc_lookup_budget{20000};
 
+// The DMARC record as libopendmarc gets it: the tags that decide (p, sp,
+// pct, adkim, aspf), each the first of its name, those of invalid values
+// dropped for their defaults (RFC 7489 §6.3); without a valid p= (or with an
+// invalid sp=), "p=none" when rua= names a reporting URI, else nullopt: no
+// DMARC (§6.6.3 step 6). The reporting tags go: nothing is reported, and a
+// broken one made the whole record permerror.
+std::optional<std::string> dmarc_policy_record(std::string_view record);
+
 class dmarc_evaluator {
  public:
   using txt_lookup = checks::txt_lookup;

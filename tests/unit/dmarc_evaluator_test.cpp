@@ -216,15 +216,41 @@ TEST(DmarcEvaluator, TemperrorWhenThePolicyCannotBeFetched) {
   EXPECT_EQ(f.from("a@sub.example.test").result, kind::temperror);  // at the org domain
 }
 
-TEST(DmarcEvaluator, PermerrorForABrokenRecordOrNoUsableFromDomain) {
+// RFC 7489 §6.3 and §6.6.3 step 6: a record's mistakes go for the defaults
+// (a pct=150 or adkim=x made the record permerror, and p=reject was not
+// enforced); without a valid p= (or with an invalid sp=) it is p=none when it
+// asks for reports, else no DMARC at all.
+TEST(DmarcEvaluator, ABrokenRecordGoesForItsDefaults) {
   fixture f;
-  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; rua=mailto:d@example.test"};  // no p=
-  auto r = f.from("a@example.test");
-  EXPECT_EQ(r.result, kind::permerror);
-  EXPECT_FALSE(r.unusable_from);  // the domain owner's mistake
-  EXPECT_NE(r.problem.find("example.test"), std::string::npos);
-  f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=bogus"};
-  EXPECT_EQ(f.from("a@example.test").result, kind::permerror);
+  const auto of = [&](const std::string& record) {
+    f.dns->txt["_dmarc.example.test"] = {record};
+    return f.from("a@example.test");
+  };
+  for (const char* record : {"v=DMARC1; rua=mailto:d@example.test", "v=DMARC1; p=bogus; rua=mailto:d@example.test",
+                             "v=DMARC1; p=reject; sp=bad; rua=mailto:d@example.test"}) {
+    const auto r = of(record);
+    EXPECT_EQ(r.result, kind::fail) << record;
+    EXPECT_EQ(r.policy, policy::none) << record;
+  }
+  for (const char* record : {"v=DMARC1; adkim=r", "v=DMARC1; p=bogus", "v=DMARC1; p=reject; sp=bad",
+                             "v=DMARC1; p=reject; sp=bad; rua=nothing"}) {
+    const auto r = of(record);
+    EXPECT_EQ(r.result, kind::none) << record;
+    EXPECT_NE(r.problem.find("no valid p="), std::string::npos) << r.problem;
+  }
+  for (const char* record : {"v=DMARC1; p=reject; pct=abc", "v=DMARC1; p=reject; pct=150", "v=DMARC1; p=reject; adkim=x",
+                             "v=DMARC1; p=reject; aspf=; fo=zzz; rf=nope; ri=x; ruf=bad", "v=DMARC1;p=REJECT;pct=100"}) {
+    const auto r = of(record);
+    EXPECT_EQ(r.result, kind::fail) << record;
+    EXPECT_EQ(r.policy, policy::reject) << record;
+    EXPECT_EQ(r.pct, 100u) << record;
+    EXPECT_EQ(r.disposition, policy::reject) << record;
+  }
+  EXPECT_EQ(of("v=DMARC1; p=reject; pct=0").disposition, policy::quarantine);  // (a valid pct= still counts)
+}
+
+TEST(DmarcEvaluator, PermerrorForNoUsableFromDomain) {
+  fixture f;
 
   // No domain to evaluate: the From's fault, not a record's.
   const auto unusable = [&](const std::vector<std::string>& from_values) {
@@ -247,7 +273,7 @@ TEST(DmarcEvaluator, PermerrorForABrokenRecordOrNoUsableFromDomain) {
   EXPECT_EQ(unusable({"a@example.test.."}), "the From field is not a list of mailboxes");
   // Several mailboxes of one domain are that domain.
   f.dns->txt["_dmarc.example.test"] = {"v=DMARC1; p=reject"};
-  r = f.from("a@example.test, B <b@EXAMPLE.test>");
+  const auto r = f.from("a@example.test, B <b@EXAMPLE.test>");
   EXPECT_EQ(r.result, kind::fail);
   EXPECT_EQ(r.from_domains.get(), std::vector<std::string>{"example.test"});
 }
