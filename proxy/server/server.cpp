@@ -42,6 +42,8 @@ constexpr std::chrono::seconds refusal_timeout{5};  // writing a 421 to a client
 constexpr std::chrono::seconds refusal_tls_timeout{2};
 constexpr unsigned max_tls_refusals = 32;
 constexpr std::chrono::milliseconds drain_poll{50};
+// After shutdown_grace, what sessions waiting in a transaction get to say 421 and end.
+constexpr std::chrono::seconds last_moment{1};
 // For I/O threads still in a plain hook once the context stopped (the policy engine gives its threads as long).
 constexpr std::chrono::seconds io_thread_grace{5};
 
@@ -620,13 +622,23 @@ awaitable<void> server::drain() {
       if (auto s = weak.lock()) asio::post(s->executor(), [s] { s->stop(); });
   }
   const auto grace = env_.current()->cfg->server.shutdown_grace;
-  const auto deadline = std::chrono::steady_clock::now() + grace;
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  bool told = false;
   asio::steady_timer timer(io_);
   for (;;) {
     {
       std::lock_guard lock(sessions_mutex_);
       if (total_ == 0) break;
-      if (std::chrono::steady_clock::now() >= deadline) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline && !told) {
+        // A session waiting for the client's next command in a transaction
+        // hears 421 now (RFC 5321 §3.8), its transaction logged and ended
+        // upstream (it was dropped without a word); a moment more for that.
+        for (auto& [id, weak] : sessions_)
+          if (auto s = weak.lock()) asio::post(s->executor(), [s] { s->stop(true); });
+        told = true;
+        deadline = now + last_moment;
+      } else if (now >= deadline) {
         spdlog::warn("grace period over; dropping {} session(s); their unfinished mail was not acknowledged", total_);
         break;
       }

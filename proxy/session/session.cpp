@@ -125,8 +125,9 @@ session::session(tcp::socket socket, tcp::endpoint client, std::string id, sessi
 
 session::~session() = default;
 
-void session::stop() {
+void session::stop(bool now) {
   stopping_ = true;
+  stopping_now_ = stopping_now_ || now;
   // Only a session blocked on the next command (or on its PROXY header) is
   // interrupted; one busy with a command (DATA, AUTH, a TLS handshake, a
   // write) finishes it.
@@ -214,7 +215,7 @@ awaitable<void> session::serve() {
       const bool flushed = co_await flush();
       if (!flushed) break;
     }
-    if ((stopping_ || env_.stopping()) && stage_ != stage::transaction) {
+    if ((stopping_ || env_.stopping()) && (stage_ != stage::transaction || stopping_now_)) {
       queue(reply{421, "4.3.2", s.hostname + " Service shutting down, closing connection"});
       break;
     }

@@ -42,7 +42,10 @@ class session : public std::enable_shared_from_this<session> {
   awaitable<void> run();
   // Shutdown: a session waiting for a command closes now (421); one in a
   // transaction finishes it first. Call on the session's executor.
-  void stop();
+  // The daemon stops: the session ends once it waits for the client's next
+  // command outside a transaction (421). `now`: in a transaction too (the
+  // grace period is over): 421, the transaction logged and ended upstream.
+  void stop(bool now = false);
   asio::any_io_executor executor() { return client_.socket().get_executor(); }
 
  private:
@@ -137,6 +140,7 @@ class session : public std::enable_shared_from_this<session> {
   std::size_t rcpt_overshoot_ = 0;   // RCPTs refused past max_recipients
   std::size_t auth_failures_ = 0;
   bool stopping_ = false;
+  bool stopping_now_ = false;  // stop(true): not even a transaction waits
   bool interruptible_wait_ = false;  // blocked reading the next command or the PROXY header: stop() may wake it
   // The transaction's metrics: counted yet; RCPT refusals (temporary, permanent); discarded by policy.
   bool tx_counted_ = false;

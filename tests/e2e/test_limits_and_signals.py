@@ -179,6 +179,25 @@ def test_sigterm_grace_period_bounds_the_wait(start_daemon, fake_upstream):
     assert "DATA" not in up.commands and up.messages == []
 
 
+def test_a_transaction_waiting_for_its_client_at_the_grace_periods_end_hears_421(start_daemon, fake_upstream):
+    """RFC 5321 §3.8: it was dropped without a word, no summary line, the upstream's transaction
+    left to its own timeout."""
+    up = fake_upstream()
+    d = start_daemon(up.url, server={"shutdown_grace": 1})
+    c = d.connect()
+    sid = d.session_id(c.local_port)
+    c.exchange("MAIL FROM:<a@example.test>", 250, "2.1.0")
+    c.exchange("RCPT TO:<b@example.test>", 250, "2.1.5")
+    d.signal(signal.SIGTERM)
+    c.expect(421, "4.3.2", timeout=5)
+    assert d.proc.wait(timeout=10) == 0
+    d.wait_log(rf"{sid}: tx={sid}\.1 .* verdict=")
+    d.wait_log(rf"{sid}: disconnect from ")
+    assert "grace period over; dropping" not in d.log_text()
+    assert up.wait_for(lambda: "RSET" in up.commands or "QUIT" in up.commands)
+    c.close()
+
+
 @pytest.mark.parametrize("hook", ["on_delivered(tx, reply)", "on_reset(tx)"])
 def test_sigterm_while_the_notifications_run_leaves_no_delivered_mail_unacknowledged(
         policy_daemon, aiosmtpd_upstream, hook, tmp_path, monkeypatch):
