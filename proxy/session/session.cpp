@@ -267,7 +267,7 @@ awaitable<void> session::serve() {
     if (r.code) answer(replied_at, r);  // 0: the reply was already written (DATA's 354 path failed)
     // Refusals cost the client, temporary ones too: each may have cost an
     // upstream round trip. Not a RCPT past max_recipients, up to 1,000 of them
-    // (Postfix's smtpd_recipient_overshoot_limit): RFC 5321 §4.5.3.1.10 has
+    // a transaction (Postfix's smtpd_recipient_overshoot_limit): RFC 5321 §4.5.3.1.10 has
     // the client send those in a transaction of its own, after this one's
     // DATA (counted, a message to 1,010 recipients never went).
     const bool overshoot = r.code == 452 && r.status == "4.5.3" && ++rcpt_overshoot_ <= max_rcpt_overshoot;
@@ -601,6 +601,7 @@ awaitable<reply> session::on_mail(const smtp::command& cmd) {
   // check: sequence and syntax
   if (stage_ == stage::greeted) co_return bad_sequence("Send EHLO or HELO first");
   if (stage_ == stage::transaction) co_return bad_sequence("Nested MAIL command");
+  rcpt_overshoot_ = 0;  // (a transaction's own, as Postfix's rcpt_overshoot)
   if (s.require_tls && !conn_.tls) co_return reply{530, "5.7.0", "Must issue a STARTTLS command first"};
   if (s.require_auth && !conn_.auth_user) co_return reply{530, "5.7.0", "Authentication required"};  // RFC 4954 §6
   if (cmd.bad_syntax) co_return bad_syntax("Syntax: MAIL FROM:<address>");
@@ -758,7 +759,7 @@ awaitable<reply> session::on_data(const smtp::command& cmd) {
   // A message delivered forgives the client's errors so far, as Postfix's
   // smtpd does: a relay that reuses its connection is not cut off by the
   // refused recipients of earlier messages.
-  if (r.positive()) errors_counted_ = 0;
+  if (r.positive() && upstream_final_) errors_counted_ = 0;  // (not a discard: nothing delivered)
   if (auto final_reply = std::exchange(upstream_final_, std::nullopt)) {
     if (r.positive() && policy_.notifies_transactions()) {
       // The upstream has the message: the client hears so now, before the

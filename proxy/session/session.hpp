@@ -137,7 +137,7 @@ class session : public std::enable_shared_from_this<session> {
   std::string out_;                       // replies waiting to be written (RFC 2920 §3.2)
   std::size_t errors_ = 0;           // refusals in the session (its disconnect line)
   std::size_t errors_counted_ = 0;   // those that count toward max_errors: since the last message delivered
-  std::size_t rcpt_overshoot_ = 0;   // RCPTs refused past max_recipients
+  std::size_t rcpt_overshoot_ = 0;   // RCPTs refused past max_recipients in the transaction
   std::size_t auth_failures_ = 0;
   bool stopping_ = false;
   bool stopping_now_ = false;  // stop(true): not even a transaction waits

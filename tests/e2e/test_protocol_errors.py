@@ -200,6 +200,26 @@ def test_a_delivery_forgives_the_errors_and_recipients_past_the_limit_are_none(s
     assert len(up.messages) == 5
 
 
+def test_the_recipients_past_the_limit_that_are_no_error_are_counted_per_transaction(start_daemon, fake_upstream):
+    """Postfix's rcpt_overshoot is reset with the transaction: counted for the session, a relay
+    sending large list posts on one connection was cut off at the second."""
+    up = fake_upstream()
+    d = start_daemon(up.url, server={"max_errors": 10, "max_recipients": 1})
+    with d.connect() as c:
+        for i in range(2):
+            lines = ["MAIL FROM:<a@example.test>", "RCPT TO:<b@example.test>"]
+            lines += [f"RCPT TO:<x{n}@example.test>" for n in range(1005)]  # 1,000 free, 5 counted
+            c.send("".join(line + "\r\n" for line in lines).encode())
+            c.expect(250, "2.1.0")
+            c.expect(250, "2.1.5")
+            for _ in range(1005):
+                c.expect(452, "4.5.3")
+            c.exchange("DATA", 354)
+            c.send(b"Subject: %d\r\n\r\nbody\r\n.\r\n" % i)
+            c.expect(250, "2.0.0")
+    assert len(up.messages) == 2
+
+
 def test_trailing_white_space_is_tolerated(start_daemon, fake_upstream):
     """RFC 5321 §4.1.1: a receiver SHOULD tolerate white space before the CRLF ("EHLO host "
     got 501, and such a client could not start a session at all)."""
