@@ -84,6 +84,7 @@ STOP_GRACE = 1.0
 _generations = itertools.count(1)
 _get_ident, _monotonic = threading.get_ident, time.monotonic  # called at every hook
 _first_step = _core.first_step  # an async hook's first step (most hooks' only one)
+_call_with_deadline = _core.call_with_deadline  # a plain hook, pc.dns.resolve_sync bounded by its deadline
 _scope = _context.scope  # set around every stage's hooks
 _Result = _core.Result
 # Frames of these files are the engine's, not the policy's: left out of tracebacks and stacks.
@@ -616,7 +617,7 @@ def _call_sync(function: Callable[..., Any], args: tuple[Any, ...], where: dict[
     if where is not None:
         where["thread"] = threading.get_ident()
     try:
-        return _core.call_with_deadline(deadline, function, args)  # (pc.dns.resolve_sync waits no longer)
+        return _call_with_deadline(deadline, function, args)  # (pc.dns.resolve_sync waits no longer)
     except SystemExit as e:
         raise _exit_of(e) from None
 
@@ -1078,7 +1079,8 @@ class EngineHost:
             try:
                 if first is None:
                     start = _monotonic()
-                    value = hook.function(*run.args)  # (run.args: a rewrite changes the recipient)
+                    # (run.args: a rewrite changes the recipient; the deadline: pc.dns.resolve_sync's)
+                    value = _call_with_deadline(start + timeout, hook.function, run.args)
                 else:
                     value, raised, start = first
                     first = None

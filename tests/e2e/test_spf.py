@@ -385,14 +385,19 @@ def on_mail(tx, sender):
 """
 
 
+@pytest.mark.parametrize("before", [None, "def on_mail(tx, sender):\n    raise RuntimeError('first')\n"],
+                         ids=["the-runners-path", "pythons-path"])
 def test_a_plain_hooks_lookup_ends_with_the_hook_and_gives_its_thread_back(policy_daemon, aiosmtpd_upstream,
-                                                                             dns_server):
+                                                                             dns_server, before):
     # [dns] timeout is 5 s, the hook's 1 s: the lookup held the pool's only thread
     # 4 s past the hook's abandonment, and the next session's hook never started.
-    d = policy_daemon(aiosmtpd_upstream.url, STUCK_LOOKUP, policy={"timeout": 1, "threads": 1},
+    # (After a hook that raised, with on_error = "accept", Python runs the rest.)
+    policies = [before, STUCK_LOOKUP] if before else [STUCK_LOOKUP]
+    d = policy_daemon(aiosmtpd_upstream.url, *policies,
+                      policy={"timeout": 1, "threads": 1, **({"on_error": "accept"} if before else {})},
                       dns={"nameserver": f"127.0.0.1:{dns_server.port}", "timeout": 5})
     with d.connect() as c:
-        c.exchange("MAIL FROM:<a@slow.example.test>", 451, "4.3.0")
+        c.exchange("MAIL FROM:<a@slow.example.test>", *((250,) if before else (451, "4.3.0")))  # (on_error)
     d.wait_log(r"gave up after 1\.\d s$")
     with d.connect() as c:
         c.exchange("MAIL FROM:<a@soft.example.test>", 250)
