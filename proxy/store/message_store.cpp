@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "smtp/text.hpp"
+
 namespace portcullis {
 
 namespace {
@@ -274,8 +276,7 @@ std::size_t message_store::head_size(std::size_t limit) const {
 bool all_ascii(const message_store& m) {
   message_store::reader in(m);
   for (auto chunk = in.next(); !chunk.empty(); chunk = in.next())
-    if (std::any_of(chunk.begin(), chunk.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; }))
-      return false;
+    if (!smtp::is_ascii(chunk)) return false;
   return true;
 }
 

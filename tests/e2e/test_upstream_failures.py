@@ -64,7 +64,8 @@ CASES = [
     ("data-stall", {"DATA": ["stall"]}, [OK_MAIL, OK_RCPT, OK_RCPT, OK_RCPT, GO, UNAVAILABLE], None,
      r"upstream: timed out waiting for the reply to DATA", True),
     ("body-close", {"BODY": ["close"]}, [OK_MAIL, OK_RCPT, OK_RCPT, OK_RCPT, GO, UNAVAILABLE], None,
-     r"upstream: (connection lost waiting for the reply to end of data|write failed while sending the message)", False),
+     r"upstream: (connection lost waiting for the reply to end of data|write failed while sending the message|"
+     r"connection lost while sending the message)", False),
     ("dot-452", {"DOT": ["452 4.3.1 full"]}, [OK_MAIL, OK_RCPT, OK_RCPT, OK_RCPT, GO, (452, "4.3.1", "full")], None, None, False),
     ("dot-554-multiline", {"DOT": ["554-5.7.1 rejected as spam\r\n554 5.7.1 see https://fake.upstream/why"]},
      [OK_MAIL, OK_RCPT, OK_RCPT, OK_RCPT, GO,
