@@ -196,15 +196,16 @@ bool envelope_kept(py::handle session, py::handle tx) {
   return true;
 }
 
-// At on_data (a message): no signing or sealing choice made.
+// No signing or sealing choice made (tx.dkim_sign, tx.arc_seal).
 bool no_signing_choice(py::handle tx) {
   return name().dkim_sign.get(tx).is_none() && name().arc_seal.get(tx).is_none();
 }
 
 // Whether the hooks left the message as received (no message: before on_data)
-// and made no signing or sealing choice.
+// and made no signing or sealing choice (from MAIL on: it goes back with the
+// stage that made it).
 bool message_kept(py::handle tx, py::handle message) {
-  return message.is_none() || (name().changed.get(message).ptr() == Py_False && no_signing_choice(tx));
+  return no_signing_choice(tx) && (message.is_none() || name().changed.get(message).ptr() == Py_False);
 }
 
 // Whether the hooks left tx as the daemon sent it: its envelope, and at

@@ -44,8 +44,8 @@ struct verdict {
   std::shared_ptr<const std::string> message;  // on_data: the edited message (CRLF lines, unstuffed)
   std::optional<std::string> message_prefix;   // on_data, or: header fields to put on top of the message as received
   std::size_t message_keep_from = 0;           // ... from this byte of it on (its body: a new header section)
-  std::optional<std::string> dkim_sign;  // on_data: tx.dkim_sign ("": do not sign; else the domain to sign as)
-  std::optional<bool> arc_seal;          // on_data: tx.arc_seal (false: do not seal)
+  std::optional<std::string> dkim_sign;  // tx.dkim_sign, from MAIL on ("": do not sign; else the domain to sign as)
+  std::optional<bool> arc_seal;          // tx.arc_seal, from MAIL on (false: do not seal)
   bool failed = false;  // a hook failed (or returned something invalid): policy.on_error made this verdict
   std::string by;       // the policy file whose hook gave this verdict (or failed), for the log; "" for none
 

@@ -86,9 +86,7 @@ python_policy::python_policy(std::shared_ptr<python_engine> engine, const config
       accept_on_error_(cfg.policy.on_error == on_error_mode::accept),
       max_recipients_(cfg.server.max_recipients),
       hostname_(cfg.server.hostname),
-      max_message_size_(cfg.server.max_message_size),
-      choice_may_wait_((cfg.dkim_sign.enabled || cfg.arc_seal.enabled) &&
-                       (has_hooks(policy_stage::mail) || has_hooks(policy_stage::rcpt))) {}
+      max_message_size_(cfg.server.max_message_size) {}
 
 // The last session of this settings snapshot is gone (or it never had one).
 python_policy::~python_policy() { engine_->release(generation_); }
@@ -226,12 +224,12 @@ verdict python_policy::verdict_of(const std::string& stage, const connection_sta
                                       std::to_string(max_recipients_));
     v.recipients = std::move(rcpts);
   }
-  if (stage == "data" && result.dkim_sign) {
+  if (result.dkim_sign) {
     if (!result.dkim_sign->empty() && !is_domain(*result.dkim_sign))
       return failure(conn, stage, "tx.dkim_sign is not a domain: " + printable(*result.dkim_sign));
     v.dkim_sign = smtp::to_lower(*result.dkim_sign);
   }
-  if (stage == "data" && result.arc_seal) v.arc_seal = result.arc_seal;
+  if (result.arc_seal) v.arc_seal = result.arc_seal;
   if (stage == "data" && result.message) {
     if (auto problem = smtp::message_problem(*result.message))
       return failure(conn, stage, "invalid message from policy: " + *problem);
@@ -351,7 +349,7 @@ awaitable<verdict> python_policy::on_rcpt(const connection_state& conn, const tr
 }
 
 awaitable<verdict> python_policy::on_data(const connection_state& conn, const transaction& tx, message_ptr message) {
-  if (!has_hooks(policy_stage::data) && !choice_may_wait_) co_return verdict{};
+  if (!has_hooks(policy_stage::data)) co_return verdict{};
   auto job = base_job(policy_stage::data, conn);
   add_transaction(*job, tx);
   const message_ptr received = message;

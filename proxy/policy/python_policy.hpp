@@ -74,10 +74,6 @@ class python_policy final : public policy {
   std::size_t max_recipients_;
   std::string hostname_;  // server.hostname: a greeting's own text goes after it
   std::uint64_t max_message_size_;
-  // A signing or sealing choice (tx.dkim_sign, tx.arc_seal) that on_mail or
-  // on_rcpt may have made comes back with the data stage's result: its job
-  // goes even with no on_data hook when the config signs or seals.
-  bool choice_may_wait_ = false;
 };
 
 }  // namespace portcullis

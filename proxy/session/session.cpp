@@ -845,8 +845,6 @@ awaitable<reply> session::deliver(std::size_t& size) {
   auto v = co_await policy_.on_data(conn_, tx_, received);
   note_verdict("data", v);
   apply_rewrites(v);
-  if (v.dkim_sign) tx_.dkim_sign = v.dkim_sign;
-  if (v.arc_seal) tx_.arc_seal = v.arc_seal;
   message_ptr message = received;
   // RFC 6152 §3: 8-bit text an edit brought in is declared to the upstream
   // (the envelope is then redone with BODY=8BITMIME).
@@ -999,6 +997,8 @@ message_ptr session::without_claimed_results(message_ptr message) {
 void session::apply_rewrites(const verdict& v) {
   if (v.sender) tx_.sender = *v.sender;
   if (v.recipients) tx_.recipients = *v.recipients;
+  if (v.dkim_sign) tx_.dkim_sign = v.dkim_sign;
+  if (v.arc_seal) tx_.arc_seal = v.arc_seal;
 }
 
 awaitable<reply> session::on_rset(const smtp::command& cmd) {

@@ -1439,7 +1439,9 @@ class _StageRun:
                 result.message_prefix, result.message_keep_from = new_head
             else:
                 result.message = message._checked_raw()
-        if tx is not None and self.stage == "data" and (tx._dkim_sign is not None or tx._arc_seal is not None):
+        # A signing or sealing choice goes back from the stage that made it (MAIL on), not from
+        # on_data alone: a policy with no on_data hook has no job there.
+        if tx is not None and (tx._dkim_sign is not None or tx._arc_seal is not None):
             result = result or _core.Result()
             if tx._dkim_sign is not None:
                 result.dkim_sign = "" if tx._dkim_sign is False else tx._dkim_sign
