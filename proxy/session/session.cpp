@@ -458,6 +458,7 @@ awaitable<reply> session::on_auth(const smtp::command& cmd) {
       break;
     }
     if (line.st != line_stream::status::ok) {
+      log_.info("{} during AUTH", line.st == line_stream::status::timeout ? "timeout" : "connection lost");
       set_stage(stage::closing);
       co_return reply{421, "4.4.2", cfg_.server.hostname + " Timeout or lost connection during AUTH"};
     }

@@ -275,6 +275,15 @@ def test_login_edge_cases(auth_daemon):
         assert r.raw == INVALID
 
 
+def test_a_timeout_during_an_auth_exchange_is_logged(auth_daemon):
+    d = auth_daemon(server={"idle_timeout": 1})
+    with d.tls_connect() as c:
+        sid = d.session_of(c.local_port, timeout=5)
+        c.exchange("AUTH LOGIN", 334)
+        c.expect(421, "4.4.2", timeout=5)
+    d.wait_log(rf"{sid}: timeout during AUTH$")
+
+
 def test_cancel_with_star(auth_daemon):
     d = auth_daemon()
     with d.tls_connect() as c:
