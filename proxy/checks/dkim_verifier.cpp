@@ -141,7 +141,7 @@ dkim_results dkim_verifier::verify_now(const message_store& message, std::option
   for (const auto& s : sigs)
     if (!s.decided) names.insert(dkim_key_name(s.tags));
   std::map<std::string, dns::answer> fetched;
-  if (names.size() > 1) fetched = together_ ? together_(names) : look_up_together(lookup_, names);
+  if (names.size() > 1) fetched = together_(lookup_, names);
   const txt_lookup lookup = [&](const std::string& name) {
     const auto answer = fetched.find(name);
     return answer != fetched.end() ? answer->second : lookup_(name);

@@ -55,7 +55,7 @@ class dkim_verifier {
   dkim_results verify_now(const message_store& message, std::optional<std::int64_t> now = {}) const;
 
   // How the keys of several signatures are looked up (sender_checker.cpp
-  // decides). Unset: look_up_together.
+  // decides; look_up_together unless told).
   void set_lookups_together(txt_lookups together) { together_ = std::move(together); }
 
  private:
@@ -63,7 +63,7 @@ class dkim_verifier {
   unsigned max_signatures_;
   domain_map organizational_domain_;
   std::unique_ptr<dkim_key_cache> keys_;
-  txt_lookups together_;
+  txt_lookups together_ = look_up_together;
 };
 
 }  // namespace portcullis::checks

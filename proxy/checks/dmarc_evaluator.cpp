@@ -271,7 +271,7 @@ dmarc_result dmarc_evaluator::evaluate(const std::vector<std::string>& from_valu
     std::set<std::string> names;
     for (const auto& domain : *domains)
       for (const auto& name : {domain, organizational_domain(domain)}) names.insert("_dmarc." + name);
-    fetched = together_ ? together_(names) : look_up_together(lookup_, names);
+    fetched = together_(lookup_, names);
   }
   std::optional<dmarc_result> strictest;
   bool all_arc_aligned = true;  // every failing domain

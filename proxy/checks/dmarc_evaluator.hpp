@@ -60,7 +60,7 @@ class dmarc_evaluator {
   dmarc_evaluator& operator=(const dmarc_evaluator&) = delete;
 
   // How the policy records of several author domains are looked up
-  // (sender_checker.cpp decides). Unset: look_up_together.
+  // (sender_checker.cpp decides; look_up_together unless told).
   void set_lookups_together(txt_lookups together) { together_ = std::move(together); }
 
   // The message's From field(s), read from its header section (at most
@@ -91,7 +91,7 @@ class dmarc_evaluator {
   txt_lookup lookup_;
   sample draw_;
   std::chrono::milliseconds budget_;
-  txt_lookups together_;
+  txt_lookups together_ = look_up_together;
   std::unique_ptr<library> lib_;
 };
 

@@ -75,8 +75,8 @@ sender_checker::sender_checker(std::shared_ptr<dns::resolver> resolver, const se
   // cached answers only, one after the other on the calling thread, whose
   // attempt it is (std::async's threads have no current_attempt: they would
   // wait for DNS while the I/O thread waits for them).
-  const txt_lookups together = [txt](const std::set<std::string>& names) {
-    return current_attempt != nullptr ? look_up_in_turn(txt, names) : look_up_together(txt, names);
+  const txt_lookups together = [](const txt_lookup& lookup, const std::set<std::string>& names) {
+    return current_attempt != nullptr ? look_up_in_turn(lookup, names) : look_up_together(lookup, names);
   };
   if (settings.dmarc) {
     dmarc_.emplace(txt);
