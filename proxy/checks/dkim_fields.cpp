@@ -12,11 +12,7 @@ namespace {
 
 using smtp::is_fws;
 
-std::string_view trim_fws(std::string_view s) {
-  while (!s.empty() && is_fws(s.front())) s.remove_prefix(1);
-  while (!s.empty() && is_fws(s.back())) s.remove_suffix(1);
-  return s;
-}
+std::string_view trim_fws(std::string_view s) { return smtp::trimmed(s, is_fws); }
 
 std::string without_fws(std::string_view s) { return smtp::without_bytes(s, is_fws); }
 

@@ -179,11 +179,7 @@ int severity(const dmarc_result& r) {
   return 0;
 }
 
-std::string_view trimmed(std::string_view s) {
-  while (!s.empty() && smtp::is_wsp(s.front())) s.remove_prefix(1);
-  while (!s.empty() && smtp::is_wsp(s.back())) s.remove_suffix(1);
-  return s;
-}
+std::string_view trimmed_wsp(std::string_view s) { return smtp::trimmed(s, smtp::is_wsp); }
 
 bool is_policy(std::string_view v) {
   return smtp::equals_nocase(v, "none") || smtp::equals_nocase(v, "quarantine") || smtp::equals_nocase(v, "reject");
@@ -195,7 +191,7 @@ bool has_reporting_uri(std::string_view v) {
   for (std::size_t start = 0; start <= v.size();) {
     auto end = v.find(',', start);
     if (end == std::string_view::npos) end = v.size();
-    auto uri = trimmed(v.substr(start, end - start));
+    auto uri = trimmed_wsp(v.substr(start, end - start));
     const auto colon = uri.find(':');
     if (colon != std::string_view::npos && colon > 0 && colon + 1 < uri.size() && smtp::is_alpha(uri.front())) return true;
     start = end + 1;
@@ -216,8 +212,8 @@ std::optional<std::string> dmarc_policy_record(std::string_view record) {
     start = end + 1;
     const auto eq = tag.find('=');
     if (eq == std::string_view::npos) continue;
-    const auto name = trimmed(tag.substr(0, eq));
-    const auto value = trimmed(tag.substr(eq + 1));
+    const auto name = trimmed_wsp(tag.substr(0, eq));
+    const auto value = trimmed_wsp(tag.substr(eq + 1));
     const auto first = [&value](std::optional<std::string_view>& slot) {
       if (!slot) slot = value;
     };

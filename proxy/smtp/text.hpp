@@ -18,6 +18,14 @@ constexpr bool is_line_end(char c) { return c == '\r' || c == '\n'; }
 // §2.8) is made of. (One compare for a byte above SP, most of any text.)
 constexpr bool is_fws(char c) { return static_cast<unsigned char>(c) <= ' ' && (is_wsp(c) || is_line_end(c)); }
 
+// `s` without the bytes `drop` picks at its ends (a tag's name or value).
+template <class Drop>
+constexpr std::string_view trimmed(std::string_view s, Drop drop) {
+  while (!s.empty() && drop(s.front())) s.remove_prefix(1);
+  while (!s.empty() && drop(s.back())) s.remove_suffix(1);
+  return s;
+}
+
 // `s` without the bytes `drop` picks, the runs between them copied whole
 // (a DKIM key or signature is hundreds of bytes, a few runs where folded).
 template <class Drop>
