@@ -236,12 +236,14 @@ class smtp_upstream final : public upstream {
       // read as the final reply ("250 early", then a refusal after the dot).
       // One look before the last slice; the dot then never goes, and closing
       // the connection makes the upstream drop what it got.
-      if (last && !first && stream_->peer_gone()) {
-        if (!stream_->has_unread_input() && stream_->peek_socket() == line_stream::waiting::end)
+      if (last && !first) {
+        const auto said = stream_->has_unread_input() ? line_stream::waiting::data : stream_->peek_socket();
+        if (said == line_stream::waiting::end)
           co_return fail(upstream_failure::lost, "connection lost while sending the message").reply;
-        co_return fail(upstream_failure::protocol,
-                       "spoke before the end of the message (out of step); dropping the connection")
-            .reply;
+        if (said == line_stream::waiting::data)
+          co_return fail(upstream_failure::protocol,
+                         "spoke before the end of the message (out of step); dropping the connection")
+              .reply;
       }
       if (last) stuffer.finish(pieces);  // in the same write as the last chunk
       if (pieces.size() > max_pieces) {
