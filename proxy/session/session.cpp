@@ -270,12 +270,14 @@ awaitable<void> session::serve() {
     // a transaction (Postfix's smtpd_recipient_overshoot_limit): RFC 5321 §4.5.3.1.10 has
     // the client send those in a transaction of its own, after this one's
     // DATA (counted, a message to 1,010 recipients never went).
-    const bool overshoot = r.code == 452 && r.status == "4.5.3" && ++rcpt_overshoot_ <= max_rcpt_overshoot;
-    if (r.code >= 400 && r.code != 421) ++errors_;
-    if (r.code >= 400 && r.code != 421 && !overshoot && ++errors_counted_ >= s.max_errors) {
-      log_.warn("too many errors ({}); closing", errors_counted_);
-      queue(reply{421, "4.7.0", s.hostname + " Too many errors, closing connection"});
-      break;
+    if (r.code >= 400 && r.code != 421) {
+      ++errors_;
+      const bool overshoot = r.code == 452 && r.status == "4.5.3" && ++rcpt_overshoot_ <= max_rcpt_overshoot;
+      if (!overshoot && ++errors_counted_ >= s.max_errors) {
+        log_.warn("too many errors ({}); closing", errors_counted_);
+        queue(reply{421, "4.7.0", s.hostname + " Too many errors, closing connection"});
+        break;
+      }
     }
     if (r.code == 421 || r.code == 221) set_stage(stage::closing);
   }
