@@ -39,7 +39,7 @@ namespace {
 // (HUP, TERM, INT) in its own mask: a process a policy starts (subprocess,
 // os.system, posix_spawn) inherits the mask of the thread that starts it,
 // and with them blocked it would ignore terminate() and a service stop.
-// This costs the daemon nothing: the server installs its signal_set (a
+// This costs the daemon nothing: the server installs its signal queue (a
 // handler that only queues the signal for its io_context) before it makes
 // this engine (server.hpp), so a signal the kernel hands to one of these
 // threads is queued and acted on as one the main thread takes; and the

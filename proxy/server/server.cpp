@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -120,7 +119,7 @@ server::server(std::shared_ptr<const config> cfg, client_table& clients, unsigne
                std::vector<bound_listener> listeners)
     : clients_(clients),
       worker_(worker),
-      signals_(io_, SIGINT, SIGTERM, SIGHUP),
+      signals_(io_),
       upstream_pool_(std::make_shared<upstream_pool>(io_)),
       engine_(cfg->policy.files.empty() ? nullptr : std::make_shared<python_engine>(*cfg)),
       env_(nullptr) {
@@ -247,13 +246,6 @@ std::shared_ptr<policy> server::make_policy(const config& cfg, policy_generation
 }
 
 server::~server() {
-  // Exiting: a TERM, INT or HUP from now on (systemd signals every process
-  // of the unit, and the supervisor forwards its own) must not kill this
-  // process halfway through its exit (the policies' on_unload, the engine's
-  // threads), as the default action would once signals_ lets go of them.
-  boost::system::error_code ignored;
-  signals_.clear(ignored);
-  for (const int sig : server_signals) std::signal(sig, SIG_IGN);
   // (Its engine, if it started, is in a handler io_ drops unrun: stopped with it.)
   if (engine_starter_.joinable()) engine_starter_.join();
 }
@@ -463,7 +455,7 @@ awaitable<void> server::refuse(tcp::socket socket, std::string reason, bool impl
 
 awaitable<void> server::handle_signals() {
   for (;;) {
-    const int sig = co_await signals_.async_wait(asio::use_awaitable);
+    const int sig = co_await signals_.next();
     if (sig == SIGHUP) {
       reload();
       continue;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "asio.hpp"
+#include "server/server_signals.hpp"
 #include "session/environment.hpp"
 
 namespace portcullis {
@@ -106,8 +107,8 @@ class server {
   asio::io_context io_;
   // HUP, TERM, INT: made before the policy engine, whose threads let them in
   // (python_engine.cpp let_stop_signals_in), so that one the kernel gives
-  // such a thread is queued here, not fatal.
-  asio::signal_set signals_;
+  // such a thread is queued here, not fatal; and let go of (ignored) after it.
+  server_signal_queue signals_;
   // Idle upstream connections shared by every session (they close before io_ stops: drain()).
   std::shared_ptr<upstream_pool> upstream_pool_;
   std::shared_ptr<python_engine> engine_;  // only with [policy] files; before env_, which uses it

@@ -169,7 +169,7 @@ supervisor::supervisor(std::shared_ptr<const config> cfg, client_table& clients,
 
 int supervisor::run() {
   // Blocked here and taken with sigtimedwait; each worker gets the old mask
-  // back and installs its own handlers (Asio's signal_set).
+  // back and installs its own handlers (server_signal_queue).
   sigprocmask(SIG_BLOCK, &handled_, &before_);
   // A --check-config child then imports the policies with no capability at all.
   keep_capabilities_from_children();
