@@ -285,7 +285,7 @@ SPF_errcode_t get_spf(SPF_server_t* server, SPF_request_t* request, SPF_response
     return fail(SPF_RESULT_PERMERROR, SPF_E_SYNTAX, *e.permerror);
   }
   const std::string text = spf_macros_for_values(
-      spf_record_for_client(spf_record_for_libspf2(records.front()), !e.client.is_v4(), e.any_address),
+      spf_record_for_client(spf_record_for_libspf2(records.front()), e.client, e.any_address),
       macro_values(e, request));
   if (uses_p_macro(text)) set_client_name(e, request);
   const auto [mechanisms, modifiers, longest] = spf_shape_of(text);

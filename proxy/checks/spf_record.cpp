@@ -6,10 +6,13 @@
 #include <sys/random.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cstdint>
 #include <cstdio>
 #include <random>
+
+#include <boost/asio/ip/address.hpp>
 
 #include "smtp/text.hpp"
 
@@ -98,6 +101,34 @@ bool is_ip6_network(std::string_view s) {
   const std::string text(s);
   in6_addr address;
   return inet_pton(AF_INET6, text.c_str(), &address) == 1;
+}
+
+// Whether an ip4 or ip6 term's ":network[/length]" (valid) holds `client`;
+// §5.6: never an address of the other family.
+bool network_holds(std::string_view argument, bool ip4, const boost::asio::ip::address& client) {
+  if (ip4 != client.is_v4()) return false;
+  argument.remove_prefix(1);  // ':'
+  const auto slash = argument.find('/');
+  const std::string network(argument.substr(0, slash));
+  int bits = ip4 ? max_ip4_cidr : max_ip6_cidr;
+  if (slash != std::string_view::npos) {
+    bits = 0;
+    for (const char digit : argument.substr(slash + 1)) bits = bits * 10 + (digit - '0');
+  }
+  std::array<unsigned char, 16> held{};
+  inet_pton(ip4 ? AF_INET : AF_INET6, network.c_str(), held.data());
+  std::array<unsigned char, 16> bytes{};
+  if (ip4) {
+    const auto v4 = client.to_v4().to_bytes();
+    std::copy(v4.begin(), v4.end(), bytes.begin());
+  } else {
+    bytes = client.to_v6().to_bytes();
+  }
+  std::size_t i = 0;
+  for (; bits >= 8; bits -= 8, ++i)
+    if (held[i] != bytes[i]) return false;
+  const unsigned mask = (0xFF00U >> bits) & 0xFFU;  // the top `bits` of the next byte
+  return bits == 0 || ((held[i] ^ bytes[i]) & mask) == 0;
 }
 
 // toplabel = ( *alphanum ALPHA *alphanum ) /
@@ -521,7 +552,9 @@ std::string any_address_marker() {
   return marker;
 }
 
-std::string spf_record_for_client(std::string_view record, bool ipv6, std::string_view marker) {
+std::string spf_record_for_client(std::string_view record, const boost::asio::ip::address& client,
+                                  std::string_view marker) {
+  const bool ipv6 = !client.is_v4();
   std::string out(record.substr(0, spf_version.size()));
   std::string redirect;
   bool has_all = false;
@@ -533,6 +566,8 @@ std::string spf_record_for_client(std::string_view record, bool ipv6, std::strin
     }
     const auto kind = parts.modifier ? mechanism::unknown : mechanism_named(parts.name);
     has_all = has_all || kind == mechanism::all;
+    const bool ip_term = kind == mechanism::ip4 || kind == mechanism::ip6;
+    if (ip_term && !network_holds(parts.argument, kind == mechanism::ip4, client)) return true;
     out += ' ';
     if (kind != mechanism::a && kind != mechanism::mx) {
       out += term;

@@ -16,6 +16,8 @@
 #include <string_view>
 #include <utility>
 
+#include <boost/asio/ip/address.hpp>
+
 namespace portcullis::checks {
 
 // Why `record` (one TXT record's strings joined, starting "v=spf1") is a
@@ -55,13 +57,17 @@ std::string spf_record_for_libspf2(std::string_view record);
 // never names anything real.
 std::string any_address_marker();
 
-// A record from spf_record_for_libspf2 made ready for a client of one
-// family: an a or mx term keeps only that family's CIDR length, and one of
-// 0 marks the name (`marker`, from any_address_marker; "%{d}" when there is none);
-// redirect= goes after the mechanisms, where §6.1 applies it (libspf2
-// applies it where it stands), or goes when there is an "all" (§6.1: then
-// it is ignored).
-std::string spf_record_for_client(std::string_view libspf2_record, bool ipv6, std::string_view marker);
+// A record from spf_record_for_libspf2 made ready for one client (an
+// IPv4-mapped IPv6 address already made IPv4): an ip4 or ip6 term that
+// does not hold the client goes (it queries nothing and cannot match, so the
+// result is the same, and a long record of addresses stays within the 511
+// bytes libspf2 compiles a record into); an a or mx term keeps only the
+// client's family's CIDR length, and one of 0 marks the name (`marker`,
+// from any_address_marker; "%{d}" when there is none); redirect= goes after
+// the mechanisms, where §6.1 applies it (libspf2 applies it where it
+// stands), or goes when there is an "all" (§6.1: then it is ignored).
+std::string spf_record_for_client(std::string_view libspf2_record, const boost::asio::ip::address& client,
+                                  std::string_view marker);
 
 // The longest macro-string libspf2 is given to compile (a term of a record,
 // a word of an explanation) when it holds a macro. Debian 12's libspf2

@@ -4,7 +4,9 @@
 // record is valid depends neither on letter case, nor on the order of its
 // terms, nor on trailing spaces; a valid record stays valid with one more
 // term; and the record made for libspf2 is valid, a fixed point of the
-// rewrite, and free of the /0 ip4 and ip6 networks libspf2 refuses.
+// rewrite, and free of the /0 ip4 and ip6 networks libspf2 refuses; made
+// for one client, it is valid still, its terms a subset, and it keeps no
+// ip4 term for an IPv6 client or ip6 term for an IPv4 one.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -60,6 +62,22 @@ void check_for_libspf2(std::string_view record) {
   }
 }
 
+// (`record` already made for libspf2.)
+void check_for_client(const std::string& record, const char* client) {
+  const auto address = boost::asio::ip::make_address(client);
+  const std::string made = spf_record_for_client(record, address, any_address_marker());
+  FUZZ_CHECK(is_valid(made));
+  FUZZ_CHECK(terms_of(made).size() <= terms_of(record).size());
+  const auto before = terms_of(record);
+  for (auto term : terms_of(made)) {
+    if (term[0] == '+' || term[0] == '-' || term[0] == '~' || term[0] == '?') term.remove_prefix(1);
+    const bool ip4 = starts_with_nocase(term, "ip4:"), ip6 = starts_with_nocase(term, "ip6:");
+    if (!ip4 && !ip6) continue;
+    FUZZ_CHECK(address.is_v4() ? ip4 : ip6);
+    FUZZ_CHECK(std::any_of(before.begin(), before.end(), [&](std::string_view t) { return t.ends_with(term); }));
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -85,5 +103,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (const char c : record) FUZZ_CHECK(c == ' ' || (c >= 0x21 && c <= 0x7e));
   FUZZ_CHECK(is_valid(record + " -all"));
   check_for_libspf2(record);
+  const std::string for_libspf2 = spf_record_for_libspf2(record);
+  for (const char* client : {"192.0.2.1", "0.0.0.0", "255.255.255.255", "2001:db8::1", "::", "ffff::1"})
+    check_for_client(for_libspf2, client);
   return 0;
 }

@@ -431,33 +431,46 @@ TEST(SpfRecordForLibspf2, Table) {
   }
 }
 
-// What a client of one family needs of a record libspf2 reads: its family's
-// CIDR only, a length of 0 as the any-address mark, redirect= last or gone.
+// What one client needs of a record libspf2 reads: its family's CIDR only,
+// a length of 0 as the any-address mark, redirect= last or gone, and only
+// the ip4/ip6 terms that hold it.
 TEST(SpfRecordForClient, Table) {
   struct client_case {
     std::string record;
-    bool ipv6;
+    std::string client;
     std::string want;
   };
   const std::string any = ".any-address-0123456789abcdef.portcullis.invalid";
+  const std::string v4 = "198.51.100.7", v6 = "2001:db8::7";
   const std::vector<client_case> cases = {
-      {"v=spf1 a mx -all", false, "v=spf1 a mx -all"},
-      {"v=spf1 a/24 mx:m.example.com//64 -all", false, "v=spf1 a/24 mx:m.example.com -all"},
-      {"v=spf1 a/24 mx:m.example.com//64 -all", true, "v=spf1 a mx:m.example.com//64 -all"},
-      {"v=spf1 a/0 -all", false, "v=spf1 a:%{d}" + any + " -all"},
-      {"v=spf1 a/0 -all", true, "v=spf1 a -all"},
-      {"v=spf1 -a:e.example.com//0 ~all", true, "v=spf1 -a:e.example.com" + any + " ~all"},
-      {"v=spf1 ?mx:e.example.com/0//0", false, "v=spf1 ?mx:e.example.com" + any},
-      {"v=spf1 A:%{d}.x.example.com/0", false, "v=spf1 A:%{d}.x.example.com" + any},
+      {"v=spf1 a mx -all", v4, "v=spf1 a mx -all"},
+      {"v=spf1 a/24 mx:m.example.com//64 -all", v4, "v=spf1 a/24 mx:m.example.com -all"},
+      {"v=spf1 a/24 mx:m.example.com//64 -all", v6, "v=spf1 a mx:m.example.com//64 -all"},
+      {"v=spf1 a/0 -all", v4, "v=spf1 a:%{d}" + any + " -all"},
+      {"v=spf1 a/0 -all", v6, "v=spf1 a -all"},
+      {"v=spf1 -a:e.example.com//0 ~all", v6, "v=spf1 -a:e.example.com" + any + " ~all"},
+      {"v=spf1 ?mx:e.example.com/0//0", v4, "v=spf1 ?mx:e.example.com" + any},
+      {"v=spf1 A:%{d}.x.example.com/0", v4, "v=spf1 A:%{d}.x.example.com" + any},
       // §6.1: redirect after the mechanisms, and none with "all".
-      {"v=spf1 redirect=r.example.com ip4:192.0.2.1", false, "v=spf1 ip4:192.0.2.1 redirect=r.example.com"},
-      {"v=spf1 redirect=r.example.com ~all", false, "v=spf1 ~all"},
-      {"v=spf1 exp=e.example.com -all", false, "v=spf1 exp=e.example.com -all"},
+      {"v=spf1 redirect=r.example.com ip4:192.0.2.1", "192.0.2.1", "v=spf1 ip4:192.0.2.1 redirect=r.example.com"},
+      {"v=spf1 redirect=r.example.com ip4:192.0.2.1", v4, "v=spf1 redirect=r.example.com"},
+      {"v=spf1 redirect=r.example.com ~all", v4, "v=spf1 ~all"},
+      {"v=spf1 exp=e.example.com -all", v4, "v=spf1 exp=e.example.com -all"},
+      // ip4/ip6: only the terms that hold the client, each as it was.
+      {"v=spf1 ip4:192.0.2.0/24 -ip4:198.51.100.0/25 ip6:2001:db8::/32 -all", v4, "v=spf1 -ip4:198.51.100.0/25 -all"},
+      {"v=spf1 ip4:192.0.2.0/24 -ip4:198.51.100.0/25 ip6:2001:db8::/32 -all", v6, "v=spf1 ip6:2001:db8::/32 -all"},
+      {"v=spf1 ip4:198.51.100.6/31 ip4:198.51.100.8/29 IP4:198.51.100.7 ~all", v4, "v=spf1 ip4:198.51.100.6/31 IP4:198.51.100.7 ~all"},
+      {"v=spf1 ip4:198.51.100.6 ip4:198.51.100.0/30 ip4:198.51.100.4/30 -all", v4, "v=spf1 ip4:198.51.100.4/30 -all"},
+      {"v=spf1 ip6:2001:db8::6/127 ip6:2001:db8::8/125 ip6:2001:db8::7/128 ?all", v6, "v=spf1 ip6:2001:db8::6/127 ip6:2001:db8::7/128 ?all"},
+      {"v=spf1 ip6:2001:db9::/32 ip6:2001:db8:8000::/33 ip6:2001:db8::/33", v6, "v=spf1 ip6:2001:db8::/33"},
+      // The halves of a /0 (spf_record_for_libspf2): the one of the client's half.
+      {"v=spf1 ip4:0.0.0.0/1 ip4:128.0.0.0/1 ip6:::/1 ip6:8000::/1", v4, "v=spf1 ip4:128.0.0.0/1"},
+      {"v=spf1 ip4:0.0.0.0/1 ip4:128.0.0.0/1 ip6:::/1 ip6:8000::/1", v6, "v=spf1 ip6:::/1"},
   };
   for (const auto& c : cases) {
-    SCOPED_TRACE(testing::Message() << "record: \"" << c.record << "\" ipv6=" << c.ipv6);
+    SCOPED_TRACE(testing::Message() << "record: \"" << c.record << "\" client " << c.client);
     ASSERT_EQ(spf_record_error(c.record), std::nullopt);
-    EXPECT_EQ(spf_record_for_client(c.record, c.ipv6, any), c.want);
+    EXPECT_EQ(spf_record_for_client(c.record, boost::asio::ip::make_address(c.client), any), c.want);
   }
 }
 
