@@ -658,8 +658,8 @@ def _hook_failed(e: BaseException) -> bool:
 
 async def _spend_cancel(task: asyncio.Future[Any]) -> None:
     # A hook cancelled its own task and returned: the cancel, due at the task's next step,
-    # would end the task with the job's result lost (as "abandoned"). Taken here, the job
-    # ends with its hooks' value, as one whose first steps the daemon takes does.
+    # would fail the next hook that waits, or end the task with the job's result lost (as
+    # "abandoned"). Taken here, the job goes on as one whose first steps the daemon takes does.
     try:
         await asyncio.sleep(0)
     except asyncio.CancelledError:
@@ -1128,6 +1128,7 @@ class EngineHost:
         """run.hooks[index:] in this task (``pending``: see ``_resume_async``), and the job's result."""
         token = _scope.set(run.session.scope)  # pc.log's session and pc.config, for the hooks
         timeout = run.engine.timeout
+        task = asyncio.current_task(loop)
         try:
             for hook in run.hooks[index:]:
                 try:
@@ -1152,6 +1153,10 @@ class EngineHost:
                         raise
                     value = _failure(hook, e)
                 elapsed = _monotonic() - start
+                if task is not None and task._must_cancel and task not in _engine_cancels:
+                    # The hook cancelled its own task and returned: spent now, not in the
+                    # next hook's first wait (which it would fail) or at the end (the job lost).
+                    await _spend_cancel(task)
                 if elapsed > timeout and not isinstance(value, HookFailure):
                     # A step that blocked (a synchronous call in an async def) past the deadline
                     # before its timer could fire: too late, as for a plain hook.
@@ -1162,11 +1167,7 @@ class EngineHost:
                 _observed(hook, elapsed, value)
                 if run.took(hook, value):
                     break
-            result = run.finish()
-            task = asyncio.current_task(loop)
-            if task is not None and getattr(task, "_must_cancel", False) and task not in _engine_cancels:
-                await _spend_cancel(task)
-            return result
+            return run.finish()
         finally:
             _scope.reset(token)
             if run.stage == "disconnect":

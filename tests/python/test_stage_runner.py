@@ -568,6 +568,19 @@ def test_a_hook_s_own_generator_exit_or_cancel_is_its_failure_both_ways(policy_f
     assert r["error"] is None and r["verdict"]["text"] == "second"
 
 
+@pytest.mark.parametrize("in_python", [False, True])
+def test_a_cancel_a_hook_left_pending_fails_no_later_hook_both_ways(policy_file, in_python):
+    # The first cancels its own task and returns: not a failure; the cancel, due at the task's
+    # next wait, was the second hook's CancelledError (its failure, and so no verdict).
+    first = policy_file("import asyncio\nasync def on_helo(conn, h):\n    await asyncio.sleep(0)\n"
+                        "    asyncio.current_task().cancel()\n")
+    second = policy_file("import asyncio\nimport portcullis as pc\nasync def on_helo(conn, h):\n"
+                         "    await asyncio.sleep(0)\n    return pc.reject('second', code=550)\n")
+    r = result_as_dict(_on_the_loop(EngineHost([first, second], on_error="accept"), job("helo", hostname="h"),
+                                    in_python))
+    assert r["error"] is None and r["verdict"]["text"] == "second"
+
+
 # -- on the loop: the first steps of async hooks ---------------------------------
 
 

@@ -264,15 +264,26 @@ BLOCKLIST = """
     async def on_mail(tx, sender):
         return pc.reject("blocked by the second policy", code=553, status="5.7.1")
 """
+# The same after a wait of its own: a cancel the hook before it left pending landed here,
+# blaming this hook (its CancelledError, logged as its failure).
+BLOCKLIST_AFTER_A_WAIT = """
+    import asyncio
+    import portcullis as pc
+    async def on_mail(tx, sender):
+        await asyncio.sleep(0)
+        return pc.reject("blocked by the second policy", code=553, status="5.7.1")
+"""
 
 
 @pytest.mark.parametrize("on_error", ["accept", "tempfail"])
 @pytest.mark.parametrize("what", ["genexit", "later-genexit", "cancel", "later-cancel", "cancel-and-return",
                                   "later-cancel-and-return"])
-def test_a_hook_that_raises_generator_exit_or_cancels_its_own_task_fails_as_any_other(policy_file, on_error, what):
+@pytest.mark.parametrize("second", [BLOCKLIST, BLOCKLIST_AFTER_A_WAIT], ids=["second", "second-waits"])
+def test_a_hook_that_raises_generator_exit_or_cancels_its_own_task_fails_as_any_other(policy_file, on_error, what,
+                                                                                        second):
     # Whatever a hook raises is its failure (the engine's own close or cancel of the task is
     # not): logged with its traceback, and with on_error = "accept" the policies after it decide.
-    with Harness([policy_file(BREAKS_ITS_TASK), policy_file(BLOCKLIST)], on_error=on_error) as h:
+    with Harness([policy_file(BREAKS_ITS_TASK), policy_file(second)], on_error=on_error) as h:
         s = h.connect(helo="c.example")
         reply = s.mail(f"{what}@example.test")
         errors = [line.message for line in h.logs if line.level >= 40]
