@@ -11,6 +11,7 @@ Configure it in ``[attachments]`` (every key optional; the defaults are in
     archives = true                  # look at the names inside ZIP archives (and ZIPs in them)
     max_archive_size = 10485760      # bytes of archive looked into; bigger ones are passed unread
     encoded_files = true             # look for files uuencoded or yEnc-encoded in text parts
+    ambiguous_parts = true           # refuse a part with two different Content-Type (or -Transfer-Encoding) fields
 
 Every part of the message is looked at: the message itself when it is a
 single part that is not text (a bare ``application/zip`` or
@@ -27,6 +28,14 @@ extracted; a ZIP inside a ZIP is decompressed to read its own), so it is
 cheap. An encrypted or broken archive, or a broken member of one, is
 passed (and logged) and the other entries are still checked: refusing
 every unreadable ZIP is a choice for ``extra_extensions = ["zip"]``.
+
+A part with two different ``Content-Type`` fields, or two different
+``Content-Transfer-Encoding`` fields, is ambiguous: mail clients differ in
+the one they read (Python's email package reads the first), and a file could
+hide behind the other. Such a message is refused with ``550 5.7.1 Message
+refused: its MIME structure is ambiguous (two different Content-Type
+fields)``; ``ambiguous_parts = false`` checks it as the first fields say.
+The same field twice with the same value is not ambiguous.
 
 A MIME structure Python's email package fails on (it raises on some
 malformed parameters) is read again with the lenient ``compat32`` policy
@@ -65,7 +74,7 @@ MIME_TYPES = (
     "application/x-sh", "application/x-bat",
 )
 _KEYS = ("extensions", "extra_extensions", "allowed_extensions", "mime_types", "archives", "max_archive_size",
-         "encoded_files")
+         "encoded_files", "ambiguous_parts")
 _ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
 try:
     from lzma import LZMAError as _LZMAError
@@ -90,8 +99,8 @@ def _settings() -> dict:
         table, "allowed_extensions", ())
     s = {"extensions": extensions, "mime_types": _names(table, "mime_types", MIME_TYPES),
          "archives": table.get("archives", True), "max_archive_size": table.get("max_archive_size", 10 * 1024 * 1024),
-         "encoded_files": table.get("encoded_files", True)}
-    for key in ("archives", "encoded_files"):
+         "encoded_files": table.get("encoded_files", True), "ambiguous_parts": table.get("ambiguous_parts", True)}
+    for key in ("archives", "encoded_files", "ambiguous_parts"):
         if not isinstance(s[key], bool):
             raise ValueError(f"[attachments] {key}: want true or false")
     if isinstance(s["max_archive_size"], bool) or not isinstance(s["max_archive_size"], int) or s["max_archive_size"] < 0:
@@ -242,9 +251,34 @@ def _encoded_files(part) -> tuple[str, str] | None:
     return None
 
 
+# The fields that say how a part is read: one value each, or the part means different things
+# to different mail clients.
+_STRUCTURE_FIELDS = ("Content-Type", "Content-Transfer-Encoding")
+
+
+class _Ambiguous(Exception):
+    """A part has two different values of ``field`` (one of _STRUCTURE_FIELDS)."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+def _check_unambiguous(get_all) -> None:
+    """Raises _Ambiguous when ``get_all`` (a part's, or the message's) gives a structure
+    field two different values (compared without case and runs of white space)."""
+    for field in _STRUCTURE_FIELDS:
+        values = get_all(field) or ()
+        if len(values) > 1 and len({" ".join(str(v).split()).lower() for v in values}) > 1:
+            raise _Ambiguous(field)
+
+
 def _first_problem(raw: bytes, policy, depth: int = 0) -> tuple[str, str] | None:
-    """(name, why) of the first blocked part of the message, parsed with ``policy``, or None."""
+    """(name, why) of the first blocked part of the message, parsed with ``policy``, or None.
+    Raises _Ambiguous (with ``ambiguous_parts``) at the first ambiguous part."""
     for part in BytesParser(_PARTS[policy], policy=policy).parsebytes(raw).walk():
+        if SETTINGS["ambiguous_parts"]:
+            _check_unambiguous(part.get_all)
         if part.get_content_type().startswith("message/") and _encoding(part) in _ENCODINGS:
             if depth < _MAX_ENCODED_MESSAGE_DEPTH:
                 problem = _first_problem(part.get_payload(decode=True) or b"", policy, depth + 1)
@@ -273,16 +307,31 @@ def _plain_text(message) -> bool:
     return _encoding(message) not in _ENCODINGS and not _ENCODED_FILE.search(message.body)
 
 
+def _ambiguous(field: str):
+    pc.log.info("attachments: refused, a part has two different %s fields", field)
+    return pc.reject(f"Message refused: its MIME structure is ambiguous (two different {field} fields)",
+                     code=550, status="5.7.1")
+
+
 def on_data(tx, message):
+    if SETTINGS["ambiguous_parts"]:
+        try:
+            _check_unambiguous(message.get_all)  # (before the plain-text shortcut, which reads the first)
+        except _Ambiguous as e:
+            return _ambiguous(e.field)
     if _plain_text(message):
         return None
     try:
         problem = _first_problem(message.raw, email.policy.default)
+    except _Ambiguous as e:
+        return _ambiguous(e.field)
     except Exception as e:  # the email package fails on some malformed headers (an IndexError, ...)
         pc.log.info("attachments: the MIME structure could not be parsed (%s: %s): read again leniently",
                     type(e).__name__, e)
         try:
             problem = _first_problem(message.raw, email.policy.compat32)
+        except _Ambiguous as e:
+            return _ambiguous(e.field)
         except Exception as e:
             pc.log.warning("attachments: refused, the MIME structure cannot be read (%s: %s)", type(e).__name__, e)
             return pc.reject("Message refused: its MIME structure cannot be read", code=550, status="5.7.1")

@@ -123,6 +123,7 @@ def test_settings_change_the_lists():
 
 
 @pytest.mark.parametrize("table,why", [({"extensions": "exe"}, "list of strings"), ({"archives": 1}, "true or false"), ({"encoded_files": "yes"}, "true or false"),
+                                       ({"ambiguous_parts": "no"}, "true or false"),
                                        ({"colour": 1}, "unknown key"), ({"max_archive_size": -1}, "bytes")])
 def test_bad_settings(table, why):
     with pytest.raises(PolicyLoadError, match=why):
@@ -270,3 +271,34 @@ def test_a_file_encoded_in_the_text_is_checked(h, block):
 def test_encoded_files_can_be_left_alone():
     with Harness([POLICY], config={"attachments": {"encoded_files": False}}) as h:
         assert send(h, (HEAD + "\r\n" + UUENCODED).encode()).code == 250
+
+
+# Two different Content-Type (or Content-Transfer-Encoding) fields: Python's parser reads the
+# first, a mail client may read the last. Here the first says plain text (nothing to look
+# at), the last a multipart with a program in it.
+TWO_TYPES = (HEAD + "Content-Type: text/plain\r\nContent-Type: multipart/mixed; boundary=BB\r\n\r\n"
+             "--BB\r\nContent-Type: text/plain\r\n\r\nhi\r\n--BB\r\nContent-Type: application/octet-stream\r\n"
+             "Content-Disposition: attachment; filename=run.exe\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+             + EXE + "--BB--\r\n").encode()
+# In a part: read as 7bit, the text holds nothing; read as base64, a uuencoded program.
+TWO_ENCODINGS = multipart("Content-Type: text/plain\r\nContent-Transfer-Encoding: 7bit\r\n"
+                          "Content-Transfer-Encoding: base64\r\n\r\n"
+                          + b64(b"begin 644 setup.exe\r\nM39\r\n`\r\nend\r\n"))
+
+
+def test_a_part_with_two_different_structure_fields_is_refused(h):
+    for message, field in ((TWO_TYPES, "Content-Type"), (TWO_ENCODINGS, "Content-Transfer-Encoding")):
+        r = send(h, message)
+        assert r[:2] == (550, "5.7.1") and r.text.endswith(
+            f"Message refused: its MIME structure is ambiguous (two different {field} fields)"), r
+        assert any(f"a part has two different {field} fields" in line.message for line in h.logs)
+    # The same value twice (white space and case aside) is no ambiguity.
+    same = HEAD + "Content-Type: text/plain\r\ncontent-type:  TEXT/plain\r\n\r\nhi\r\n"
+    assert send(h, same.encode()).code == 250
+    assert send(h, multipart("Content-Type: text/plain\r\nContent-Type: text/plain\r\n\r\nhi\r\n")).code == 250
+
+
+def test_ambiguous_parts_can_be_read_as_their_first_fields_say():
+    with Harness([POLICY], config={"attachments": {"ambiguous_parts": False}}) as h:
+        assert send(h, TWO_TYPES).code == 250  # the first: plain text
+        assert send(h, TWO_ENCODINGS).code == 250  # the first: 7bit text
