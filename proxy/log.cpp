@@ -111,6 +111,16 @@ spdlog::logger& lasting_logger() {
   return **lasting;
 }
 
+void log_lines(spdlog::level::level_enum level, std::string_view prefix, std::string_view text) {
+  while (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+  for (;;) {
+    const auto end = text.find('\n');
+    spdlog::log(level, "{}{}", prefix, text.substr(0, end));
+    if (end == std::string_view::npos) return;
+    text.remove_prefix(end + 1);
+  }
+}
+
 std::string printable(std::string_view s, std::size_t max, std::string_view also) {
   const auto plain = [also](unsigned char c) {
     return c >= 0x20 && c != 0x7f && c != '\\' && also.find(static_cast<char>(c)) == std::string_view::npos;

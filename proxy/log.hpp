@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace portcullis {
 
@@ -20,6 +21,10 @@ void log_as_worker();
 // left behind in a hook stuck in C code): it is never destroyed, whereas
 // spdlog's registry goes with the other statics at exit.
 spdlog::logger& lasting_logger();
+
+// Logs `text` a line at a time, each after `prefix` ("reload: "): a Python
+// traceback in an error reads as in a terminal (one line would escape its newlines).
+void log_lines(spdlog::level::level_enum level, std::string_view prefix, std::string_view text);
 
 // Where a session stands, for its JSON lines ([log] format = "json" adds
 // these fields to each; text lines keep "SESSION: event").

@@ -311,7 +311,7 @@ int main(int argc, char** argv) {
       portcullis::server daemon(std::move(c), clients, worker, std::move(listeners));
       return daemon.run();
     } catch (const std::exception& e) {
-      spdlog::critical("cannot start: {}", e.what());
+      portcullis::log_lines(spdlog::level::critical, "cannot start: ", e.what());
       return 1;
     }
   };
@@ -360,7 +360,7 @@ int main(int argc, char** argv) {
                                   });
     return parent.run();
   } catch (const std::exception& e) {
-    spdlog::critical("cannot start: {}", e.what());
+    portcullis::log_lines(spdlog::level::critical, "cannot start: ", e.what());
     return 1;
   }
 }

@@ -565,7 +565,7 @@ void server::reload() {
         if (started) engine_ = started;
         engine_starting_ = false;
         if (!started) {
-          spdlog::error("reload: policies did not load, keeping the running configuration: {}", why);
+          log_lines(spdlog::level::err, "reload: ", "policies did not load, keeping the running configuration: " + why);
           counted("failed");
           reload_done(false);
           return;
@@ -581,11 +581,13 @@ void server::reload() {
                                                                 policy_generation loaded) {
     asio::post(io_, [this, error = std::move(error), swap_in, counted, loaded, this_reload] {
       if (error && this_reload < reload_installed_) {  // (a newer reload is running: its outcome stands)
-        spdlog::error("reload: policies of an older reload did not load (a newer one was installed): {}", *error);
+        log_lines(spdlog::level::err, "reload: ",
+                  "policies of an older reload did not load (a newer one was installed): " + *error);
         return;
       }
       if (error) {
-        spdlog::error("reload: policies did not load, keeping the running ones and configuration: {}", *error);
+        log_lines(spdlog::level::err, "reload: ",
+                  "policies did not load, keeping the running ones and configuration: " + *error);
         counted("failed");
         reload_done(false);
         return;

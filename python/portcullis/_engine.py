@@ -979,9 +979,8 @@ class EngineHost:
             # binds its sessions to it by number until it sends "release".
             engine.held = True
         except Exception as e:  # PolicyLoadError, or a bad setting in the job
-            # The problems name the operator's files and lines: safe to give a line each.
-            log.error("policies did not load (any loaded before stay in force):",
-                      extra={DETAIL: str(e).rstrip("\n").split("\n")})
+            # Not logged here: the daemon tells it once, as its start-up, reload or
+            # --check-config tells any problem (a line each).
             return error_result(str(e))
         log.info("policies loaded: %s", ", ".join(engine.files) or "none")
         result = _core.Result()

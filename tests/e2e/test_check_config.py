@@ -100,6 +100,29 @@ def test_a_setting_a_policy_refuses_is_reported_at_its_own_line(portcullis_bin, 
                             lines[0]), r.stderr
 
 
+def test_a_policy_that_does_not_import_is_told_once(portcullis_bin, tmp_path):
+    """The problem and its traceback, once: the policy engine logged the same lines before it
+    (so a reload's check told every line twice), and the daemon's own line escaped the
+    traceback's newlines."""
+    policy = tmp_path / "broken.py"
+    policy.write_text("import no_such_module_here\n")
+    cfg = tmp_path / "broken-policy.toml"
+    cfg.write_text(render_toml({
+        "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
+        "upstream": {"url": "smtp://127.0.0.1:25"},
+        "policy": {"files": [str(policy)]},
+    }))
+    r = check(portcullis_bin, cfg)
+    assert r.returncode == 1 and r.stdout == "", r
+    assert r.stderr == (
+        f"{cfg}:{line_of(cfg, 'policy', 'files')}: policy.files: {policy}:1: ModuleNotFoundError: "
+        "No module named 'no_such_module_here'\n"
+        "Traceback (most recent call last):\n"
+        f'  File "{policy}", line 1, in <module>\n'
+        "    import no_such_module_here\n"
+        "ModuleNotFoundError: No module named 'no_such_module_here'\n"), r.stderr
+
+
 def test_an_encrypted_key_is_refused_at_once_not_asked_a_pass_phrase_for(portcullis_bin, tmp_path):
     """OpenSSL, given no pass-phrase callback, asks on the terminal: --check-config, the
     start and a reload (a SIGTERM waiting behind it) hung there. Run on a terminal here."""

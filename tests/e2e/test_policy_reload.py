@@ -157,6 +157,8 @@ def test_broken_policy_on_reload_keeps_the_old_one(policy_daemon, aiosmtpd_upstr
     d.wait_log(r"^\S+ error reload: policies did not load, keeping the running ones and configuration: "
                r"(?:.*\n)*?.*" + problem)
     assert not re.search(r"reload: .* reloaded; new sessions use it", d.log_text())
+    # Told once, a line each (the engine logged it too, and the daemon's line escaped the newlines).
+    assert d.log_text().count("did not load") == 1 and "\\n" not in d.log_text(), d.log_text()
     # The old policy (and config) goes on, for the open session and new ones alike.
     send_one(open_session, "open")
     open_session.close()
