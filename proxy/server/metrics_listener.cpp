@@ -16,6 +16,18 @@ namespace http = beast::http;
 
 namespace {
 
+// The path a request target names: without its query (Prometheus may add
+// parameters), and without the scheme and host of the absolute form
+// ("http://host:9100/metrics"), which a server must accept (RFC 9112 §3.2.2)
+// and a proxy in front of the listener may send.
+std::string_view path_of(std::string_view target) {
+  target = target.substr(0, target.find('?'));
+  const auto scheme_end = target.find("://");
+  if (scheme_end == std::string_view::npos || target.starts_with('/')) return target;
+  const auto path = target.find('/', scheme_end + 3);
+  return path == std::string_view::npos ? std::string_view("/") : target.substr(path);
+}
+
 constexpr std::chrono::seconds request_timeout{10};  // for the whole exchange
 constexpr std::chrono::seconds header_timeout{2};    // for the request to arrive
 constexpr std::size_t max_request_header = 8192;
@@ -142,9 +154,7 @@ awaitable<void> metrics_listener::serve(tcp::socket accepted) {
       res.set(http::field::allow, "GET, HEAD");
       res.body() = "only GET\n";
     } else {
-      std::string_view target(req.target().data(), req.target().size());
-      target = target.substr(0, target.find('?'));  // Prometheus may add parameters
-      auto a = answer_(target);
+      auto a = answer_(path_of(std::string_view(req.target().data(), req.target().size())));
       res.result(a.status);
       res.set(http::field::content_type, a.content_type);
       res.body() = std::move(a.body);

@@ -216,6 +216,10 @@ def test_healthz_and_what_else_the_listener_answers(policy_daemon, aiosmtpd_upst
     status, body = get(d.metrics_port, "/healthz")
     assert status == 200 and re.match(r"serving\nupstream: last reply \d+ s ago\n", body), body
     assert get(d.metrics_port, "/metrics?x=1")[0] == 200
+    # The absolute form, as a proxy sends it (RFC 9112 §3.2.2: a server accepts it).
+    assert get(d.metrics_port, f"http://127.0.0.1:{d.metrics_port}/metrics")[0] == 200
+    assert get(d.metrics_port, f"HTTP://localhost/healthz?x=1")[0] == 200
+    assert get(d.metrics_port, "http://localhost")[0] == 404
     assert get(d.metrics_port, "/nothing")[0] == 404
     assert get(d.metrics_port, "/metrics", method="POST")[0] == 405
     assert get(d.metrics_port, "/metrics", method="HEAD") == (200, "")
