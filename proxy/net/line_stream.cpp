@@ -331,7 +331,7 @@ awaitable<line_stream::line> line_stream::read_line(std::size_t max_len, duratio
       // RFC 5321 §4.5.3.1.4: reply 500 and skip the rest of the line.
       consume(std::min(in.size(), lf == std::string_view::npos ? in.size() : lf + 1));
       skipping_ = lf == std::string_view::npos;
-      co_return line{status::too_long, {}, true};
+      co_return line{status::too_long, in.substr(0, max_len), true};  // (its start names the command)
     } else {
       scanned = in.size();
     }

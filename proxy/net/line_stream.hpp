@@ -41,7 +41,7 @@ class line_stream {
 
   enum class status {
     ok,        // `text` holds a line
-    too_long,  // over the limit: the rest of the line is skipped on the next read
+    too_long,  // over the limit: `text` is its start (up to the limit); the rest is skipped on the next read
     eof,       // the peer closed (or reset) the connection
     timeout,   // no complete line before the deadline
     woken,     // wake() was called (shutdown)

@@ -243,7 +243,9 @@ awaitable<void> session::serve() {
     const bool too_long = line.st == line_stream::status::too_long ||
                           (line.text.size() + 2 > s.max_line_length &&
                            smtp::parse_command(line.text).kind != smtp::verb::auth);
-    if (too_long) {
+    if (too_long && cfg_.auth.enabled && smtp::parse_command(line.text).kind == smtp::verb::auth) {
+      r = smtp::reply_for(smtp::sasl_error::line_too_long);  // an initial response too long (RFC 4954 §4)
+    } else if (too_long) {
       r = reply{500, "5.5.2", "Line too long"};  // RFC 5321 §4.5.3.1.4
     } else if (!well_ended(line)) {
       r = reply{500, "5.5.2", "Command lines must end with CRLF and hold no bare CR or NUL"};

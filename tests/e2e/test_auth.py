@@ -344,9 +344,10 @@ def test_auth_sequence_errors(auth_daemon, aiosmtpd_upstream):
 def test_auth_line_too_long(auth_daemon):
     d = auth_daemon()
     with d.tls_connect() as c:
-        # An AUTH command line over 12288 octets is a command line too long (the README's
-        # 500 5.5.2; RFC 4954 §6 suggests 5.5.6, which the exchange's own lines get).
-        c.exchange("AUTH PLAIN " + "QUFB" * 4000, 500, "5.5.2", "Line too long")
+        # An AUTH command line over 12288 octets: its initial response is too long
+        # (RFC 4954 §4, §6: 500 5.5.6, as the exchange's own lines get), not 5.5.2.
+        c.exchange("AUTH PLAIN " + "QUFB" * 4000, 500, "5.5.6", "Authentication Exchange line is too long")
+        c.exchange("NOOP " + "x" * 13000, 500, "5.5.2", "Line too long")
         c.exchange("NOOP", 250)
         c.exchange("AUTH PLAIN " + plain("alice", ALICE_PW) + "QUFB" * 2000, 501, "5.5.2")  # long, within limit
         c.exchange("AUTH PLAIN", 334)
