@@ -12,6 +12,12 @@ import subprocess
 from conftest import render_toml, sanitized_python_env
 
 
+def config_text(tables: dict) -> str:
+    """A config that listens and has an upstream, with ``tables`` besides."""
+    return render_toml({"server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
+                        "upstream": {"url": "smtp://127.0.0.1:25"}, **tables})
+
+
 def check(portcullis_bin, cfg):
     return subprocess.run([str(portcullis_bin), "--check-config", str(cfg)], capture_output=True, text=True,
                           timeout=60, env={**os.environ, **sanitized_python_env()})
@@ -25,9 +31,7 @@ def line_of(cfg, table: str, key: str) -> int:
 
 def test_every_broken_file_reference_is_reported_at_its_line(portcullis_bin, tmp_path):
     cfg = tmp_path / "multi.toml"
-    cfg.write_text(render_toml({
-        "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
-        "upstream": {"url": "smtp://127.0.0.1:25"},
+    cfg.write_text(config_text({
         "tls": {"cert": "nope.pem", "key": "nope.key"},
         "auth": {"users_file": "nousers"},
         "policy": {"files": ["nopolicy.py"]},
@@ -52,9 +56,7 @@ def test_a_problem_in_the_users_file_names_the_config_line_and_its_own(portculli
     users = tmp_path / "users"
     users.write_text("alice:not-a-hash\nbob:also-not\n")
     cfg = tmp_path / "users.toml"
-    cfg.write_text(render_toml({
-        "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
-        "upstream": {"url": "smtp://127.0.0.1:25"},
+    cfg.write_text(config_text({
         "auth": {"users_file": "users", "allow_plaintext": True},
     }))
     r = check(portcullis_bin, cfg)
@@ -86,9 +88,7 @@ def test_a_setting_a_policy_refuses_is_reported_at_its_own_line(portcullis_bin, 
             ({"file": "virtual", "bogus_key": 1}, "bogus_key", r"\[aliases\]: unknown key\(s\) bogus_key"),
             ({"file": "virtual", "max_depth": 0}, "max_depth", r"\[aliases\] max_depth: want an integer .*")):
         cfg = tmp_path / "policy-table.toml"
-        cfg.write_text(render_toml({
-            "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
-            "upstream": {"url": "smtp://127.0.0.1:25"},
+        cfg.write_text(config_text({
             "policy": {"files": [os.path.abspath(os.path.join(policies, "aliases.py"))]},
             "aliases": table,
         }))
@@ -107,9 +107,7 @@ def test_a_policy_that_does_not_import_is_told_once(portcullis_bin, tmp_path):
     policy = tmp_path / "broken.py"
     policy.write_text("import no_such_module_here\n")
     cfg = tmp_path / "broken-policy.toml"
-    cfg.write_text(render_toml({
-        "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
-        "upstream": {"url": "smtp://127.0.0.1:25"},
+    cfg.write_text(config_text({
         "policy": {"files": [str(policy)]},
     }))
     r = check(portcullis_bin, cfg)
@@ -136,9 +134,7 @@ def test_an_encrypted_key_is_refused_at_once_not_asked_a_pass_phrase_for(portcul
     subprocess.run(["openssl", "req", "-x509", "-new", "-key", str(key), "-passin", "pass:x", "-subj", "/CN=mx.test",
                     "-days", "2", "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
     cfg = tmp_path / "enc.toml"
-    cfg.write_text(render_toml({
-        "server": {"hostname": "mx.test", "listen": ["127.0.0.1:2525"]},
-        "upstream": {"url": "smtp://127.0.0.1:25"},
+    cfg.write_text(config_text({
         "tls": {"cert": "cert.pem", "key": "enc.key"},
         "dkim_sign": {"domains": ["example.test"], "selector": "s1", "key_file": "enc.key"},
     }))
