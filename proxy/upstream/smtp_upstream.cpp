@@ -572,19 +572,32 @@ class smtp_upstream final : public upstream {
   }
 
   // The commands that carry `attributes` (" NAME=... ADDR=...", xtext: no
-  // space within a value): as few as keep each line within SMTP's 512
-  // octets, the attributes in order, as XCLIENT_README and XFORWARD_README
-  // ask ("send the information in multiple commands"): a HELO name and a
-  // login of 255 octets each fill more than one line.
+  // space within a value): one when they fit SMTP's 512 octets, else as few
+  // as keep each line within them, as XCLIENT_README and XFORWARD_README ask
+  // ("send the information in multiple commands"): a HELO name and a login of
+  // 255 octets each fill more than one line. Then NAME and ADDR go together
+  // in the last: Postfix holds each XCLIENT after one that changed them to
+  // the new client's rights (smtpd_authorized_xclient_hosts), and refused
+  // the rest for a client outside them (every MAIL was 451).
   static std::vector<std::string> command_lines(const std::string& verb, std::string_view attributes) {
     constexpr std::size_t max_line = 510;  // 512 with the CRLF
-    std::vector<std::string> lines{verb};
+    if (verb.size() + attributes.size() <= max_line) return {verb + std::string(attributes)};
+    std::vector<std::string> units;  // each attribute with its space; NAME and ADDR one unit, last
+    std::string identity;
     while (!attributes.empty()) {
       const auto end = std::min(attributes.find(' ', 1), attributes.size());
       const auto attribute = attributes.substr(0, end);  // (at most " LOGIN=" and 255 octets)
-      if (lines.back().size() + attribute.size() > max_line) lines.push_back(verb);
-      lines.back() += attribute;
+      if (attribute.starts_with(" NAME=") || attribute.starts_with(" ADDR="))
+        identity += attribute;
+      else
+        units.emplace_back(attribute);
       attributes.remove_prefix(end);
+    }
+    if (!identity.empty()) units.push_back(identity);
+    std::vector<std::string> lines{verb};
+    for (const auto& unit : units) {
+      if (lines.back().size() + unit.size() > max_line) lines.push_back(verb);
+      lines.back() += unit;
     }
     return lines;
   }

@@ -508,7 +508,8 @@ def test_xclient_command_on_the_wire(sec_daemon, fake_upstream, tmp_path):
 
 def test_attributes_past_512_octets_go_in_several_commands(sec_daemon, fake_upstream, tmp_path):
     """One line of them all went over SMTP's 512 octets with a long HELO name and login:
-    XCLIENT_README asks for several commands, in order, each within the limit."""
+    XCLIENT_README asks for several commands, each within the limit; NAME and ADDR last
+    (see test_a_client_outside_postfixs_xclient_hosts_may_need_two_commands)."""
     up = fake_upstream({"EHLO": FAKE_EHLO.format(ext="XCLIENT NAME ADDR PORT PROTO HELO LOGIN"),
                         "XCLIENT": "220 fake.upstream ESMTP"})
     login = "u" + "=" * 80
@@ -522,9 +523,30 @@ def test_attributes_past_512_octets_go_in_several_commands(sec_daemon, fake_upst
         assert c.transaction("a@example.test", ["b@example.test"], BODY).code == 250
     sent = [x for x in up.commands if x.startswith("XCLIENT")]
     encoded_helo = "+3D" * 60 + "." + "+3D" * 20 + ".test"
-    assert sent == [f"XCLIENT NAME=[UNAVAILABLE] ADDR=127.0.0.5 PORT={port} PROTO=ESMTP HELO={encoded_helo}",
-                    "XCLIENT LOGIN=u" + "+3D" * 80]
+    assert sent == [f"XCLIENT PORT={port} PROTO=ESMTP HELO={encoded_helo}",
+                    "XCLIENT LOGIN=u" + "+3D" * 80 + " NAME=[UNAVAILABLE] ADDR=127.0.0.5"]
     assert all(len(x) + 2 <= 512 for x in sent)
+
+
+def test_a_client_outside_postfixs_xclient_hosts_may_need_two_commands(sec_daemon, postfix_tls, tmp_path):
+    """A long HELO name and a long login take two XCLIENT commands. Postfix holds the second
+    to the rights of the client the first named (smtpd_authorized_xclient_hosts): with NAME
+    and ADDR in the first, a client behind a load balancer had the second refused, and every
+    MAIL of it was 451."""
+    login = "u" * 200
+    users = write_users(tmp_path / "users", {login: "Pass-Word-1"})
+    d = sec_daemon(postfix_tls.url, upstream={"client_info": "xclient", "pool_size": 0},
+                   server={"proxy_protocol": True}, auth={"users_file": str(users), "allow_plaintext": True})
+    helo = ".".join(["h" * 60] * 4) + ".test"  # 249 octets
+    with d.client() as c:
+        c.send(b"PROXY TCP4 192.0.2.12 127.0.0.1 45000 25\r\n")
+        c.expect(220)
+        c.exchange(f"EHLO {helo}", 250)
+        c.exchange("AUTH PLAIN " + b64(f"\0{login}\0Pass-Word-1"), 235)
+        r = c.transaction("sender@remote.test", ["user@example.test"], BODY)
+        assert (r.code, r.status) == (250, "2.0.0"), str(r)
+        qid = QUEUED.match(r.lines[0]).group(1)
+    postfix_tls.wait_log(rf"{qid}: client=unknown\[192\.0\.2\.12\]$")
 
 
 @pytest.mark.parametrize("verb", ["XCLIENT", "XFORWARD"])
