@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <string>
+#include <string_view>
 
 namespace portcullis {
 
@@ -46,9 +47,17 @@ bool encrypted_pem(const std::filesystem::path& path) {
   return head.find("ENCRYPTED") != std::string::npos;
 }
 
-std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& cert, const std::filesystem::path& key) {
+// `index`: the pair's place in [tls] (0: cert and key, then [[tls.certificates]]).
+std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& cert, const std::filesystem::path& key,
+                                                 std::size_t index) {
   auto ctx = std::make_unique<ssl::context>(ssl::context::tls_server);
   harden(*ctx);
+  // A session (an ID or a ticket) resumes only under the certificate it was
+  // made with: one made for mx.example was resumed asking for another name,
+  // its certificate unchecked (RFC 6066 §3: MUST NOT).
+  const std::string session_context = "portcullis-certificate-" + std::to_string(index);
+  SSL_CTX_set_session_id_context(ctx->native_handle(), reinterpret_cast<const unsigned char*>(session_context.data()),
+                                 static_cast<unsigned>(session_context.size()));
   boost::system::error_code ec;
   ctx->use_certificate_chain_file(cert.string(), ec);
   // Asio has already taken OpenSSL's error queue into `ec`.
@@ -64,19 +73,41 @@ std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& ce
   return ctx;
 }
 
-// SNI (RFC 6066 §3): switch to the first pair whose certificate covers the name.
+// The host name a ClientHello asks for (its server_name extension, RFC 6066
+// §3), or empty.
+std::string_view asked_name(SSL* ssl) {
+  const unsigned char* data = nullptr;
+  std::size_t size = 0;
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &data, &size) != 1 || size < 2) return {};
+  std::string_view list(reinterpret_cast<const char*>(data), size);
+  const std::size_t listed = (static_cast<unsigned char>(list[0]) << 8) | static_cast<unsigned char>(list[1]);
+  list = list.substr(2, listed);
+  while (list.size() >= 3) {
+    const auto type = static_cast<unsigned char>(list[0]);
+    const std::size_t length = (static_cast<unsigned char>(list[1]) << 8) | static_cast<unsigned char>(list[2]);
+    if (list.size() < 3 + length) return {};
+    if (type == TLSEXT_NAMETYPE_host_name) return list.substr(3, length);
+    list.remove_prefix(3 + length);
+  }
+  return {};
+}
+
+// SNI: switch to the first pair whose certificate covers the name. Chosen at
+// the ClientHello, before OpenSSL decides on resuming a session (the
+// servername callback comes after it), so that each certificate's session
+// context holds: a session resumes only under the certificate it was made with.
 int choose_certificate(SSL* ssl, int*, void* arg) {
-  const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-  if (!name) return SSL_TLSEXT_ERR_NOACK;
+  const std::string name(asked_name(ssl));
+  if (name.empty() || name.find('\0') != std::string::npos) return SSL_CLIENT_HELLO_SUCCESS;
   auto* contexts = static_cast<std::vector<std::unique_ptr<ssl::context>>*>(arg);
   for (auto& ctx : *contexts) {
     X509* cert = SSL_CTX_get0_certificate(ctx->native_handle());
-    if (cert && X509_check_host(cert, name, 0, 0, nullptr) == 1) {
+    if (cert && X509_check_host(cert, name.data(), name.size(), 0, nullptr) == 1) {
       if (ctx.get() != contexts->front().get()) SSL_set_SSL_CTX(ssl, ctx->native_handle());
-      return SSL_TLSEXT_ERR_OK;
+      break;
     }
   }
-  return SSL_TLSEXT_ERR_NOACK;  // the default certificate it is
+  return SSL_CLIENT_HELLO_SUCCESS;  // (no pair covers it: the default certificate)
 }
 
 }  // namespace
@@ -93,12 +124,11 @@ std::string openssl_errors() {
 }
 
 tls_server_context::tls_server_context(const tls_config& cfg) {
-  contexts_.push_back(server_context_for(cfg.cert, cfg.key));
-  for (const auto& pair : cfg.certificates) contexts_.push_back(server_context_for(pair.cert, pair.key));
+  contexts_.push_back(server_context_for(cfg.cert, cfg.key, 0));
+  for (const auto& pair : cfg.certificates) contexts_.push_back(server_context_for(pair.cert, pair.key, contexts_.size()));
   if (contexts_.size() > 1) {
     SSL_CTX* def = contexts_.front()->native_handle();
-    SSL_CTX_set_tlsext_servername_callback(def, choose_certificate);
-    SSL_CTX_set_tlsext_servername_arg(def, &contexts_);
+    SSL_CTX_set_client_hello_cb(def, choose_certificate, &contexts_);
   }
 }
 

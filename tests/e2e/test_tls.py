@@ -401,6 +401,37 @@ def test_sni_picks_the_certificate(sec_daemon, aiosmtpd_upstream, certs):
             c.expect(220)
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_session_resumes_only_under_the_certificate_it_was_made_with(sec_daemon, aiosmtpd_upstream, certs,
+                                                                        version):
+    """RFC 6066 §3: a server MUST NOT resume a session asked for with another name. A session
+    made with mx.test's certificate was resumed asking for other.test (and the other way round):
+    the client got no certificate for the name it asked, and none was checked."""
+    (mx_cert, mx_key), (other_cert, other_key) = certs["mx"], certs["other"]
+    d = sec_daemon(aiosmtpd_upstream.url, tls_port=True,
+                   tls={"cert": str(mx_cert), "key": str(mx_key),
+                        "certificates": [{"cert": str(other_cert), "key": str(other_key)}]})
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.minimum_version = context.maximum_version = version
+
+    def greeted(name, session=None):
+        """(the certificate, whether the session was resumed, the session) of one connection."""
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", d.tls_port), timeout=5),
+                                 server_hostname=name, session=session) as t:
+            reader = t.makefile("rb")
+            assert reader.readline().startswith(b"220 ")  # (TLS 1.3: the tickets come with it)
+            t.sendall(b"QUIT\r\n")
+            assert reader.readline().startswith(b"221 ")
+            return t.getpeercert(binary_form=True), t.session_reused, t.session
+
+    for first, then, want in (("mx.test", "other.test", other_cert), ("other.test", "mx.test", mx_cert)):
+        made, reused, session = greeted(first)
+        assert not reused
+        assert greeted(first, session)[:2] == (made, True)  # resumed under its own certificate
+        assert greeted(then, session)[:2] == (cert_der(want), False), f"{first} -> {then}"
+
+
 def test_sighup_reloads_certificates(sec_daemon, aiosmtpd_upstream, tmp_path):
     live = tmp_path / "live"
     old_cert, old_key = make_cert(tmp_path / "old", "mx", ["mx.test"])
