@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import gc
 import importlib.util
 import inspect
 import itertools
@@ -454,6 +455,13 @@ class Engine:
         self._run_unloaders()  # close pools, flush state: before the modules go
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._unregister_modules()
+        # A module is a cycle (its functions hold its globals): only the collector frees
+        # it, and its full pass hardly ever runs on its own (a policy's big tables are
+        # strings, which it does not count): each reload kept the old tables. Let go of
+        # here (a hook still running holds what it uses), and collected now.
+        self.modules, self.unloaders = [], []
+        self.hooks = {stage: [] for stage in self.hooks}
+        gc.collect()
 
     def __repr__(self) -> str:
         return f"<Engine generation {self.generation}: {len(self.files)} file(s), {self.sessions} session(s)>"

@@ -1,6 +1,8 @@
 import asyncio
+import gc
 import sys
 import time
+import weakref
 
 import pytest
 from enginehelp import RESULT_KEYS, ask, job, run, tx
@@ -710,6 +712,24 @@ def test_reload_with_no_session_drops_the_old_engine_at_once(policy_file):
     old = host.engine
     host.reload()
     assert old.closed and host.engine is not old
+
+
+def test_a_closed_generation_is_freed_though_its_module_is_a_cycle(policy_file):
+    """A module's functions hold its globals, and its globals the functions: only the
+    collector frees a dropped generation, and its full pass hardly ever ran (a policy's big
+    tables are strings, which it does not count). Each SIGHUP kept a generation: +33 MB a
+    reload with a 100,000-line alias map. Closing one collects."""
+    f = policy_file("class Table(dict):\n    pass\nTABLE = Table(big=1)\ndef on_connect(conn): pass\n")
+    host = EngineHost([f])
+    table = weakref.ref(host.engine.modules[0].TABLE)
+    was_enabled = gc.isenabled()
+    gc.disable()  # (the collector runs only when asked: as in a daemon whose heap is mostly strings)
+    try:
+        host.reload()
+        assert table() is None
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def test_broken_reload_keeps_the_old_engine(policy_file, tmp_path, core_log):
