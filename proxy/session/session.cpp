@@ -813,12 +813,24 @@ awaitable<std::optional<reply>> session::receive_message() {
   }
   const bool stored = message_->seal();
   switch (decoder.failure()) {
-    case smtp::dot_decoder::fault::none:
+    case smtp::dot_decoder::fault::none: {
       if (!stored) {
         log_.error("message not stored: {}", message_->error());
         co_return storage_full();
       }
+      // A first line that continues nothing (RFC 5322 §2.2.3) is read three
+      // ways: the body's start (the policies' pc.Message), a line skipped
+      // (Python's email, the checks), or, once our Received: is on top, its
+      // continuation, and the fields after it the upstream's and the mail
+      // reader's: an attachment or a Subject the policies never saw.
+      message_store::reader first(*message_, 1);
+      const auto start = first.next();
+      if (!start.empty() && (start.front() == ' ' || start.front() == '\t')) {
+        log_.warn("message refused: its first line starts with white space (a continuation of nothing)");
+        co_return reply{550, "5.6.0", "Message refused: its first line starts with white space"};
+      }
       co_return reply{};
+    }
     case smtp::dot_decoder::fault::bare_line_ending:
       log_.warn("message refused: bare CR or LF (possible SMTP smuggling)");
       co_return reply{550, "5.5.2", "Message refused: bare CR or LF; lines must end with CRLF"};
