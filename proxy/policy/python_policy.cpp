@@ -187,6 +187,17 @@ verdict python_policy::too_big(const connection_state& conn, std::size_t size) c
   return v;
 }
 
+verdict python_policy::too_many(const connection_state& conn, const std::string& stage, const std::string& why) const {
+  auto v = failure(conn, stage, why + "; server.max_recipients is " + std::to_string(max_recipients_));
+  // As many at every try (an alias list longer than the limit): a 451 had
+  // the client retry until the message bounced, days later.
+  if (v.what == verdict::kind::tempfail) {
+    v.what = verdict::kind::reject;
+    v.reply = smtp::reply{550, "5.5.3", "Too many recipients"};  // RFC 3463
+  }
+  return v;
+}
+
 verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result&& result,
                               const transaction* tx) const {
   auto by = std::move(result.decided_by);
@@ -220,8 +231,7 @@ verdict python_policy::verdict_of(const std::string& stage, const connection_sta
       add_once(rcpts, std::move(*a));
     }
     if (rcpts.size() > max_recipients_)
-      return failure(conn, stage, "policy set " + std::to_string(rcpts.size()) + " recipients; server.max_recipients is " +
-                                      std::to_string(max_recipients_));
+      return too_many(conn, stage, "policy set " + std::to_string(rcpts.size()) + " recipients");
     v.recipients = std::move(rcpts);
   }
   if (result.dkim_sign) {
@@ -273,8 +283,7 @@ verdict python_policy::verdict_of(const std::string& stage, const connection_sta
       add_once(v.redirect_to, std::move(*a));
     }
     if (v.redirect_to.size() > max_recipients_)
-      return failure(conn, stage, "redirect to " + std::to_string(v.redirect_to.size()) +
-                                      " addresses; server.max_recipients is " + std::to_string(max_recipients_));
+      return too_many(conn, stage, "redirect to " + std::to_string(v.redirect_to.size()) + " addresses");
     v.what = verdict::kind::redirect;
   } else {
     return failure(conn, stage, "verdict '" + printable(k) + "' is not allowed in on_" + stage);

@@ -58,6 +58,8 @@ class python_policy final : public policy {
   // An edited message of `size` octets, past server.max_message_size: a failure,
   // whose refusal (unless on_error accepts) is for good, 552 5.3.4.
   verdict too_big(const connection_state& conn, std::size_t size) const;
+  // More recipients than server.max_recipients (`why` says how): refused for good, 550 5.5.3.
+  verdict too_many(const connection_state& conn, const std::string& stage, const std::string& why) const;
 
   std::shared_ptr<python_engine> engine_;
   policy_generation generation_;

@@ -72,6 +72,7 @@ from .settings import client_address
 
 # A message a policy edited past server.max_message_size (unless on_error accepts it).
 _TOO_BIG_REPLY = (552, "5.3.4", "Message size exceeds fixed maximum message size")
+_TOO_MANY_REPLY = (550, "5.5.3", "Too many recipients")
 
 __all__ = ["Delivery", "Harness", "LogLine", "PolicyLoadError", "Reply", "Session", "SessionClosed"]
 
@@ -457,6 +458,8 @@ class Session:
         logging.getLogger(LOGGER_NAME).error("policy error in on_%s: %s", stage, why, extra={"session_id": self.id})
         if "max_message_size" in why:  # (edited so at every try: refused for good, python_policy.cpp too_big)
             return {**result, "error": why, "error_reply": _TOO_BIG_REPLY}
+        if "max_recipients" in why:  # (as many at every try: python_policy.cpp too_many)
+            return {**result, "error": why, "error_reply": _TOO_MANY_REPLY}
         return {**result, "error": why}
 
     def _past_limits(self, stage: str, result: dict[str, Any], received: bytes | None) -> str | None:

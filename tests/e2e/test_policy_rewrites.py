@@ -46,6 +46,23 @@ def test_sender_rewritten_in_on_mail_goes_upstream_once(policy_daemon, aiosmtpd_
     assert content_without_received(env["content"]) == MESSAGE
 
 
+def test_a_redirect_past_max_recipients_is_refused_for_good(policy_daemon, aiosmtpd_upstream):
+    """An alias list longer than server.max_recipients: the same at every try, so 550 5.5.3,
+    not a 451 the client retried until the message bounced days later."""
+    d = policy_daemon(aiosmtpd_upstream.url, """
+        import portcullis as pc
+        def on_rcpt(tx, rcpt):
+            if rcpt.local == "everyone":
+                return pc.redirect(*[f"member{i}@example.test" for i in range(5)])
+    """, server={"max_recipients": 4})
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        c.exchange("MAIL FROM:<ann@example.test>", 250, "2.1.0")
+        c.exchange("RCPT TO:<everyone@example.test>", 550, "5.5.3", "Too many recipients")
+        c.exchange("RCPT TO:<bob@example.test>", 250, "2.1.5")
+    d.wait_log(rf"{sid}: policy error in on_rcpt: redirect to 5 addresses; server\.max_recipients is 4$")
+
+
 @pytest.mark.parametrize("stage", ["rcpt", "data"])
 @pytest.mark.parametrize("new_sender,upstream_sees", [("srs0=x@rewritten.test", "srs0=x@rewritten.test"),
                                                       ("", "<>")], ids=["address", "null"])
