@@ -98,7 +98,8 @@ def _srs(settings: dict) -> SRS | None:
             raise ValueError("[aliases]: srs_secret and srs_secret_file both set; keep one")
         path = pc.path(settings["srs_secret_file"])
         try:
-            secrets = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            # As postsrsd reads it: a line is a secret as it stands, blanks included.
+            secrets = [line for line in path.read_text().splitlines() if line]
         except OSError as e:
             raise ValueError(f"[aliases] srs_secret_file: cannot read {path}: {e.strerror}") from None
         if not secrets:
@@ -151,18 +152,31 @@ def _rewrite_sender(tx, sender, rcpt: str) -> None:
                            rcpt, sender, e)
 
 
+def _forwarded(tx, rcpt: str, targets: list[str]) -> None:
+    """``rcpt`` goes to ``targets``: the sender gets its SRS form when one of them is outside
+    the local domains and the sender's own domain is not local (our SPF does not cover it)."""
+    sender = tx.sender
+    if (FORWARDER is not None and sender and canonical_domain(sender.domain) not in _LOCAL_SENDER_DOMAINS
+            and any(canonical_domain(t.rpartition("@")[2]) not in _LOCAL_SENDER_DOMAINS for t in targets)):
+        _rewrite_sender(tx, sender, rcpt)
+
+
 def on_rcpt(tx, rcpt):
     domain = canonical_domain(rcpt.domain)
     if not TABLE.is_local(domain):
         return None
     address = str(rcpt)
-    if FORWARDER is not None and domain == _SRS_DOMAIN and is_srs(rcpt.local):
+    if FORWARDER is not None and domain == _SRS_DOMAIN and is_srs(address):  # (a quoted local part may hold "@")
         try:
-            return pc.redirect(FORWARDER.reverse(address))
+            original = FORWARDER.reverse(address)
         except SRSError as e:
             pc.log.info("aliases: RCPT <%s> refused: %s", address, e)
             return pc.reject(f"<{address}>: Recipient address rejected: invalid or expired SRS address",
                              code=550, status="5.1.1")
+        # A reply (not a bounce) goes on to the original sender's domain: as any mail we
+        # forward there, with a sender of ours (as Postfix with postsrsd rewrites every one).
+        _forwarded(tx, address, [original])
+        return pc.redirect(original)
     try:
         targets = TABLE.expand(address)
     except AliasError as e:
@@ -174,9 +188,6 @@ def on_rcpt(tx, rcpt):
         # Its own mailbox: the next policy and the upstream decide. Spelt otherwise ("alice"@ for alice@):
         # as the table spells it, so that it is one recipient with the same mailbox reached another way.
         return None if targets[0] == address else pc.rewrite(targets[0])
-    sender = tx.sender
-    if (FORWARDER is not None and sender and canonical_domain(sender.domain) not in _LOCAL_SENDER_DOMAINS
-            and any(canonical_domain(t.rpartition("@")[2]) not in _LOCAL_SENDER_DOMAINS for t in targets)):
-        _rewrite_sender(tx, sender, address)
+    _forwarded(tx, address, targets)
     # One target: a rewrite, so the policies after this one decide on it; several: the expansion is final.
     return pc.rewrite(targets[0]) if len(targets) == 1 else pc.redirect(*targets)

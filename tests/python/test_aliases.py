@@ -506,10 +506,29 @@ def test_a_sender_too_long_for_srs_is_forwarded_as_it_is_with_a_warning(tmp_path
         assert not any(line.level >= logging.ERROR for line in h.logs)
 
 
+def test_a_reply_to_an_srs_address_goes_on_with_an_srs_sender(tmp_path):
+    # A reply (a vacation message, a challenge) is not a bounce: it goes on to the original
+    # sender's domain with its own sender, which SPF there refused. Rewritten, as Postfix with
+    # postsrsd rewrites every sender it forwards.
+    srs = SRS(SECRET, "fwd.example.test")
+    made = srs.forward("orig@origin.example")
+    with harness(tmp_path, ALIASES, srs_secret=SECRET, srs_domain="fwd.example.test") as h:
+        s = h.connect(helo="client.example")
+        s.mail("autoreply@remote.example")
+        assert s.rcpt(made).code == 250
+        s.data("Subject: away\r\n\r\nback monday\r\n")
+        [d] = s.delivered
+        assert d.recipients == ("orig@origin.example",) and d.sender == srs.forward("autoreply@remote.example")
+        s.mail("alice@example.test")  # a local sender: our SPF covers it
+        assert s.rcpt(made).code == 250
+        s.data("Subject: away\r\n\r\nback monday\r\n")
+        assert s.delivered[-1].sender == "alice@example.test"
+
+
 def test_senders_that_need_quotes_or_an_address_literal_get_a_valid_srs_sender(tmp_path):
     srs = SRS(SECRET, "fwd.example.test")
     with harness(tmp_path, ALIASES, srs_secret=SECRET, srs_domain="fwd.example.test") as h:
-        for sender in ('"john smith"@example.com', "user@[192.0.2.1]"):
+        for sender in ('"john smith"@example.com', "user@[192.0.2.1]", '"a@b"@origin.example'):
             s = h.connect(helo="client.example")
             s.mail(sender)
             assert s.rcpt("fwd@example.test").code == 250
@@ -602,14 +621,16 @@ def test_a_bad_table_or_setting_does_not_load(tmp_path):
 
 
 def test_the_secret_may_come_from_a_postsrsd_secret_file(tmp_path):
-    (tmp_path / "srs.secret").write_text(f"new-secret\n{SECRET}\n")
+    # Each line a secret as it stands (postsrsd strips only the line ending): "new-secret "
+    # with its blank, or the addresses of the two stop matching.
+    (tmp_path / "srs.secret").write_text(f"new-secret \r\n\n{SECRET}\n")
     old = SRS(SECRET, "fwd.example.test").forward("a@example.com")
     with harness(tmp_path, ALIASES, srs_secret_file="srs.secret", srs_domain="fwd.example.test") as h:
         s = h.connect(helo="client.example")
         s.mail("x@example.com")
         s.rcpt("fwd@example.test")
         s.data("Subject: hi\r\n\r\nhello\r\n")
-        assert s.delivered[-1].sender == SRS("new-secret", "fwd.example.test").forward("x@example.com")
+        assert s.delivered[-1].sender == SRS("new-secret ", "fwd.example.test").forward("x@example.com")
         s.mail("")
         assert s.rcpt(old).code == 250  # the old secret still verifies
 
