@@ -345,12 +345,22 @@ class table_reader {
     }
   }
 
+  // An integer as the file writes it: toml11 reads one past 64 bits as the
+  // nearest limit, which a message should not show as if written.
+  std::string as_written(const std::string& key, std::int64_t n) const {
+    const auto where = table_.at(key).location();
+    const std::string& line = where.line_str();
+    const std::size_t start = where.column() > 0 ? where.column() - 1 : 0;
+    if (where.region() == 0 || start + where.region() > line.size()) return std::to_string(n);
+    return line.substr(start, where.region());
+  }
+
   void get_seconds(const std::string& key, std::chrono::seconds& out, std::chrono::seconds min,
                    std::chrono::seconds max = max_config_duration) {
     std::int64_t n = out.count();
     if (!get(key, n)) return;
     if (n < min.count() || n > max.count()) {
-      problem_at(key, std::to_string(n) + " is out of range (want " + std::to_string(min.count()) + " to " +
+      problem_at(key, as_written(key, n) + " is out of range (want " + std::to_string(min.count()) + " to " +
                           std::to_string(max.count()) + " seconds)");
       return;
     }
@@ -362,7 +372,7 @@ class table_reader {
     std::int64_t n = static_cast<std::int64_t>(out);
     if (!get(key, n)) return;
     if (n < 0 || static_cast<std::uint64_t>(n) < min || static_cast<std::uint64_t>(n) > max) {
-      problem_at(key, std::to_string(n) + " is out of range (want " + std::to_string(min) + " to " +
+      problem_at(key, as_written(key, n) + " is out of range (want " + std::to_string(min) + " to " +
                           std::to_string(max) + ")");
       return;
     }

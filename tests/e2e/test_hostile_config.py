@@ -75,6 +75,11 @@ CASES = [
             {"server": {"max_recipients": "-1"}}),
     Hostile("max-message-size-huge", r"server\.max_message_size: 9223372036854775807 is out of range",
             {"server": {"max_message_size": "9223372036854775807"}}),
+    # Past 64 bits (read as the nearest limit): shown as written, not as that limit.
+    Hostile("max-message-size-past-64-bits", r"server\.max_message_size: 99999999999999999999999 is out of range",
+            {"server": {"max_message_size": "99999999999999999999999"}}),
+    Hostile("idle-timeout-below-64-bits", rf"server\.idle_timeout: -99999999999999999999999 {RANGE_DAY}",
+            {"server": {"idle_timeout": "-99999999999999999999999"}}),
     Hostile("max-line-length-below-rfc", r"server\.max_line_length: 100 is out of range \(want 512 to 65536\)",
             {"server": {"max_line_length": "100"}}),
     Hostile("threads-huge", r"server\.threads: 4294967297 is out of range \(want 0 to 1024\)",
