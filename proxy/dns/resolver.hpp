@@ -40,8 +40,9 @@ struct resolver_options {
 };
 
 // A DNS name a lookup may ask for: labels of 1-63 bytes, 253 at most in all
-// (RFC 1035 §2.3.4), a final dot allowed. Others are answered NXDOMAIN
-// without a query, as the name cannot exist.
+// (RFC 1035 §2.3.4), a final dot allowed, no NUL and no backslash (which
+// libunbound would read as an escape). Others are answered NXDOMAIN without
+// a query, as the name cannot exist (as a host name).
 bool valid_query_name(std::string_view name);
 
 class resolver {

@@ -92,6 +92,15 @@ def test_async_lookups_run_side_by_side_without_blocking_the_loop(dns_server: Dn
     assert ticks > 20  # the loop ran on while the timeout lookup waited
 
 
+def test_a_name_with_a_backslash_is_no_name_not_an_escape(dns_server: DnsServer) -> None:
+    # libunbound read "\\." as a dot inside a label and "\\000" as a NUL: the name asked was
+    # not the one written, and the length check counted another.
+    for name in ("mail\\.example.test", "mail\\000.example.test", "mail.example.test\\"):
+        with pytest.raises(pc.dns.NXDOMAIN):
+            pc.dns.resolve_sync(name, "A")
+    assert pc.dns.resolve_sync("mail.example.test", "A") == ["192.0.2.10"]
+
+
 def test_a_cancelled_lookup_leaves_nothing_behind(dns_server: DnsServer) -> None:
     async def main() -> list[str]:
         with pytest.raises(asyncio.TimeoutError):
@@ -124,3 +133,40 @@ def test_answers_come_from_the_cache_within_their_ttl(dns_server: DnsServer) -> 
     for _ in range(5):
         assert pc.dns.resolve_sync("mail.example.test", "A") == ["192.0.2.10"]
     assert dns_server.queries("mail.example.test", "A") == before  # asked once, in the first test
+
+
+@pytest.mark.parametrize("evil", [["SERVFAIL", {"DELAY": 2.5}], ["TIMEOUT"]], ids=["late", "never"])
+def test_names_the_nameserver_answers_late_or_never_cost_no_other_lookup(evil: list) -> None:
+    # A sender picks names whose zone's servers are dead (SPF, DKIM d= and s=, DMARC): the
+    # nameserver (a recursive one) answers SERVFAIL after its own timeout, past ours, or not
+    # at all. Their queries stay out past our timeout; 20 at once took unbound's few ports,
+    # and every other lookup waited, unsent, and failed, for minutes after (README: a
+    # nameserver that stops answering costs each lookup its timeout; here it answers the
+    # other names at once).
+    zones = {f"evil{i}.attacker.test": evil for i in range(400)}
+    zones.update({f"good{i}.example.test": [{"A": "192.0.2.1"}] for i in range(40)})
+    with dns_serving(zones):
+        names = iter(range(400))
+        lock = threading.Lock()
+        stop = time.monotonic() + 5
+
+        def attack() -> None:
+            while time.monotonic() < stop:
+                with lock:
+                    i = next(names, None)
+                if i is None:
+                    return
+                with pytest.raises(pc.dns.Error):
+                    pc.dns.resolve_sync(f"evil{i}.attacker.test", "A")
+
+        attackers = [threading.Thread(target=attack) for _ in range(20)]
+        for t in attackers:
+            t.start()
+        during = []
+        while time.monotonic() < stop - 1:
+            during.append(pc.dns.resolve_sync(f"good{len(during)}.example.test", "A"))
+            time.sleep(0.2)
+        for t in attackers:
+            t.join()
+        after = [pc.dns.resolve_sync(f"good{30 + i}.example.test", "A") for i in range(5)]
+        assert during == [["192.0.2.1"]] * len(during) and after == [["192.0.2.1"]] * 5
