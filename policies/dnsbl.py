@@ -34,7 +34,7 @@ import asyncio
 import ipaddress
 
 import portcullis as pc
-from portcullis.settings import Settings, client_address, in_networks
+from portcullis.settings import Settings, client_address, in_networks, network
 
 _KEYS = ("zones", "threshold", "reject_at", "networks", "skip_authenticated", "error_answers")
 
@@ -72,7 +72,7 @@ def _settings() -> dict:
     if not isinstance(s["skip_authenticated"], bool):
         raise ValueError("[dnsbl] skip_authenticated: want true or false")
     try:
-        s["networks"] = [ipaddress.ip_network(n, strict=False) for n in table.get("networks", [])]
+        s["networks"] = [network(n) for n in table.get("networks", [])]
     except (TypeError, ValueError) as e:
         raise ValueError(f"[dnsbl] networks: {e}") from None
     s["error_answers"] = _error_answers(parsed, table.get("error_answers", {}))

@@ -33,13 +33,12 @@ are read at load: on start-up and on every SIGHUP.
 
 from __future__ import annotations
 
-import ipaddress
 
 import portcullis as pc
 from portcullis._address import canonical_domain
 from portcullis.aliases import AliasError, AliasTable
 from portcullis.senders import SenderLogins
-from portcullis.settings import Settings, in_networks
+from portcullis.settings import Settings, in_networks, network
 
 _KEYS = ("file", "login_is_address", "owns_aliases", "local_domains", "trusted_networks", "recipient_delimiter")
 
@@ -74,7 +73,7 @@ def _settings() -> dict:
 
 def _networks(values: list[str]) -> list:
     try:
-        return [ipaddress.ip_network(v, strict=False) for v in values]
+        return [network(v) for v in values]
     except ValueError as e:
         raise ValueError(f"[senders] trusted_networks: {e}") from None
 

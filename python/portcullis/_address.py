@@ -145,7 +145,10 @@ def canonical_domain(domain: str) -> str:
     if domain.isascii():
         return domain
     converted = _core.a_label_domain(domain)
-    return converted.lower() if converted is not None else domain
+    # (Again once mapped: a full-width or ideographic dot, U+FF0E or U+3002, at the end maps to
+    # one, and "example.test。" was another domain than example.test: an unauthenticated
+    # client sent as a local domain past senders.py, while the relay guard called it local.)
+    return converted.lower().rstrip(".") if converted is not None else domain
 
 
 def mailbox_key(address: object) -> str:

@@ -78,11 +78,22 @@ class Settings:
         return value
 
     def networks(self, key: str) -> list[Network]:
-        """A list of addresses and networks in CIDR notation (``10.0.0.0/8``, ``2001:db8::/32``)."""
+        """A list of addresses and networks in CIDR notation (``10.0.0.0/8``, ``2001:db8::/32``),
+        read as ``network`` reads each."""
         try:
-            return [ipaddress.ip_network(n, strict=False) for n in self.strings(key)]
+            return [network(n) for n in self.strings(key)]
         except ValueError as e:
             raise ValueError(f"[{self.name}] {key}: {e}") from None
+
+
+def network(entry: str) -> Network:
+    """An address or a network in CIDR notation as the daemon reads ``[relay] trusted_networks``
+    (net/network.cpp): an IPv4-mapped base (``::ffff:10.0.0.0/8``) is the IPv4 network it holds,
+    as a client's IPv4-mapped address is the IPv4 one (``client_address``). Read as IPv6, it
+    held no client: the daemon trusted one that a policy did not."""
+    base, slash, bits = entry.partition("/")
+    address = client_address(base)
+    return ipaddress.ip_network(f"{address}/{bits}" if slash else address, strict=False)
 
 
 @functools.lru_cache(maxsize=4096)  # ipaddress parses in Python (2-4 us); policies ask at every command

@@ -49,7 +49,6 @@ import asyncio
 import email.message
 import email.parser
 import email.policy
-import ipaddress
 import itertools
 import logging
 import os
@@ -68,7 +67,7 @@ from ._engine import (POLICY_ERROR_REPLY, EngineHost, PolicyLoadError, _PolicyLo
                       result_as_dict, run_policy_loop)
 from ._log import LOGGER_NAME, format_record, record_session_id
 from ._objects import ArcResult, DkimSignature, DmarcResult, SpfResult
-from .settings import client_address
+from .settings import client_address, network
 
 # A message a policy edited past server.max_message_size (unless on_error accepts it).
 _TOO_BIG_REPLY = (552, "5.3.4", "Message size exceeds fixed maximum message size")
@@ -168,20 +167,13 @@ class _RelayGuard:
     def __init__(self, table: Mapping[str, Any]) -> None:
         self.local_domains = {self._canonical(d) for d in table.get("local_domains", [])}
         try:
-            self.trusted_networks = [self._network(n) for n in table.get("trusted_networks", [])]
+            self.trusted_networks = [network(n) for n in table.get("trusted_networks", [])]
         except ValueError as e:
             raise ValueError(f"[relay] trusted_networks: {e}") from None
 
     @staticmethod
     def _canonical(domain: str) -> str:
         return domain.translate(_ASCII_LOWER).removesuffix(".")
-
-    @staticmethod
-    def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        # As network::parse: an IPv4-mapped base is the IPv4 address it holds.
-        base, slash, bits = entry.partition("/")
-        address = client_address(base)
-        return ipaddress.ip_network(f"{address}/{bits}" if slash else address, strict=False)
 
     def trusts(self, client_ip: str) -> bool:
         try:

@@ -105,3 +105,5 @@ def test_table_keys_put_a_domain_in_the_a_labels_the_daemon_checks_with():
     assert mailbox_key('"CEO"@straße.de') == mailbox_key("ceo@xn--strae-oqa.de")
     assert canonical_domain("[192.0.2.1]") == "[192.0.2.1]"
     assert canonical_domain("a\u200db.example") == "a\u200db.example"  # refused by IDNA 2008: only itself
+    # A full-width or ideographic dot at the end maps to a dot (UTS #46): the same domain.
+    assert canonical_domain("example.test\u3002") == canonical_domain("example\uff0etest\uff0e") == "example.test"

@@ -192,6 +192,21 @@ def test_trusted_networks_need_no_login(tmp_path):
         assert mail(h, "alice@example.test", "bob", client_ip="10.1.2.3")[:2] == (553, "5.7.1")
     with harness(tmp_path, senders={"trusted_networks": ["192.0.2.0/24"]}) as h:
         assert mail(h, "alice@example.test").code == 250
+    # Written IPv4-mapped, as the daemon's relay guard reads it: the IPv4 network it holds.
+    with harness(tmp_path, relay={"trusted_networks": ["::ffff:10.0.0.0/8", "::ffff:192.0.2.1"]}) as h:
+        assert mail(h, "alice@example.test", client_ip="10.1.2.3").code == 250
+        assert mail(h, "alice@example.test", client_ip="192.0.2.1").code == 250
+        assert mail(h, "alice@example.test", client_ip="192.0.2.2")[:2] == (553, "5.7.1")
+
+
+def test_a_local_domain_ending_in_a_wide_dot_is_the_local_domain(tmp_path):
+    # UTS #46 maps U+3002 and U+FF0E to a dot: "example.test\u3002" is example.test (the relay
+    # guard said so), but was another domain to the table, and an unauthenticated client sent
+    # as alice@ past this policy.
+    with harness(tmp_path) as h:
+        for spelling in ("alice@example.test\u3002", "alice@example\uff0etest\uff0e"):
+            s = h.connect(client_ip="192.0.2.1", helo="client.example")
+            assert s.mail(spelling, params={"SMTPUTF8": None})[:2] == (553, "5.7.1"), spelling
 
 
 def test_a_login_with_odd_characters_is_shown_safely(tmp_path):
