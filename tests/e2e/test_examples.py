@@ -75,6 +75,16 @@ def test_the_inbound_mx_example_relays_through_its_alias_file(portcullis_bin, tm
     assert env["rcpt_tos"] == ["alice@example.test", "bob@example.test"]
 
 
+def test_no_example_leaves_the_mta_behind_it_blind_to_the_client():
+    """In front of an MTA every connection comes from the proxy's address, which a Postfix that
+    permits mynetworks relays for: the scale-out example, as shipped, was an open relay. Each
+    example names the client to it (client_info) or guards relaying itself ([relay])."""
+    import tomllib
+    for config in sorted(EXAMPLES.glob("*/*.toml")):
+        tables = tomllib.loads(config.read_text())
+        assert tables["upstream"].get("client_info") or "relay" in tables, config
+
+
 def _runnable(config: Path, *files: str) -> dict:
     """The staged example's tables, made runnable here: every file path absolute, no waiting for
     greylisting, no DNS checks, no listen address or upstream of its own (the fixtures give them)."""
