@@ -35,7 +35,8 @@ the one they read (Python's email package reads the first), and a file could
 hide behind the other. Such a message is refused with ``550 5.7.1 Message
 refused: its MIME structure is ambiguous (two different Content-Type
 fields)``; ``ambiguous_parts = false`` checks it as the first fields say.
-The same field twice with the same value is not ambiguous.
+The same field twice saying the same (type and encoding in any case,
+parameters exactly: a boundary is case-sensitive) is not ambiguous.
 
 A MIME structure Python's email package fails on (it raises on some
 malformed parameters) is read again with the lenient ``compat32`` policy
@@ -264,12 +265,28 @@ class _Ambiguous(Exception):
         self.field = field
 
 
+def _meaning(field: str, value) -> tuple:
+    """What a structure field's value says: its type (or encoding) without case, and each
+    parameter's value exactly (a boundary is case-sensitive, RFC 2046 §5.1.1: "BB" and "bb"
+    are two multiparts)."""
+    text = str(value)
+    if field == "Content-Type":
+        lenient = email.message.Message()
+        lenient[field] = text
+        try:
+            params = lenient.get_params(header=field) or []
+        except Exception:  # too broken to read: as written
+            return (text,)
+        return tuple((key.strip().lower(), value if i else "") for i, (key, value) in enumerate(params))
+    return (" ".join(text.split()).lower(),)
+
+
 def _check_unambiguous(get_all) -> None:
     """Raises _Ambiguous when ``get_all`` (a part's, or the message's) gives a structure
-    field two different values (compared without case and runs of white space)."""
+    field two values that say different things (``_meaning``)."""
     for field in _STRUCTURE_FIELDS:
         values = get_all(field) or ()
-        if len(values) > 1 and len({" ".join(str(v).split()).lower() for v in values}) > 1:
+        if len(values) > 1 and len({_meaning(field, v) for v in values}) > 1:
             raise _Ambiguous(field)
 
 

@@ -28,7 +28,8 @@ simulated is the SMTP side around it):
   by default).
 - ``data()`` takes the message as it is meant, not as SMTP carries it: lone
   LF or CR become CRLF (as ``smtplib`` does), a final CRLF is added, and
-  there is no dot-stuffing to do. A NUL gives ``550 5.6.0`` as in the daemon.
+  there is no dot-stuffing to do. A NUL, and a first line that starts with
+  white space, give ``550 5.6.0`` as in the daemon.
 - Commands check sequence (``503 5.5.1``) and address syntax (``501``) as
   the daemon does, but not ESMTP parameters, line lengths, TLS or
   ``require_auth``; ``tls=`` and ``auth_user=`` of ``connect()`` set the state
@@ -36,8 +37,7 @@ simulated is the SMTP side around it):
   The config's limits and relay guard are the daemon's: ``[server]
   max_recipients`` (``452 4.5.3``; discarded RCPTs count, and so do a
   redirect's targets), ``max_message_size`` (a rewrite past either is a policy
-  error, ``451 4.3.0``; past ``max_message_size`` refused for good, ``552
-  5.3.4``) and ``[relay]`` (``554 5.7.1 Relay access denied`` unless
+  error, refused for good: ``550 5.5.3`` and ``552 5.3.4``) and ``[relay]`` (``554 5.7.1 Relay access denied`` unless
   ``auth_user=`` or a ``client_ip=`` in ``trusted_networks``).
 - Commands run one at a time; use the engine (``h.host.dispatch``, with
   ``_core.Job`` objects) directly to run sessions concurrently.
@@ -689,6 +689,8 @@ class Session:
         tx, self._tx = self._tx, None  # the transaction ends with this reply, whatever it is
         if b"\0" in raw:
             return self._reply(Reply(550, "5.6.0", "Message refused: NUL byte in message"))
+        if raw[:1] in (b" ", b"\t"):  # (a first line that continues nothing: session.cpp)
+            return self._reply(Reply(550, "5.6.0", "Message refused: its first line starts with white space"))
         if len(raw) > self.harness.max_message_size:
             return self._reply(Reply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
         self._tx = tx

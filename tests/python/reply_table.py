@@ -167,6 +167,16 @@ CASES: list[Case] = [
               Step("RCPT TO:<y@example.test>", 250, "2.1.5", "Ok"),
               Step("DATA", 250, "2.0.0", "Ok")),
          delivered=(("zed@example.test", ("ann@example.test",)),)),
+    # A first line that continues nothing: refused before any policy (the policies would read it
+    # as the body's start, the upstream as a continuation of our Received:).
+    Case("data-first-line-white-space", """
+        def on_data(tx, message):
+            return pc.accept()
+        """, (HELLO, EHLO,
+              Step("MAIL FROM:<ann@example.test>", 250, "2.1.0", "Ok"),
+              Step("RCPT TO:<bob@example.test>", 250, "2.1.5", "Ok"),
+              Step("DATA", 550, "5.6.0", "Message refused: its first line starts with white space",
+                   message=b" x\r\nSubject: hidden\r\n\r\nbody\r\n"))),
     Case("data-discard", """
         def on_data(tx, message):
             return pc.discard()

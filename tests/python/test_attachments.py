@@ -286,14 +286,22 @@ TWO_ENCODINGS = multipart("Content-Type: text/plain\r\nContent-Transfer-Encoding
                           + b64(b"begin 644 setup.exe\r\nM39\r\n`\r\nend\r\n"))
 
 
+# The same type, and boundaries that differ only in case: two multiparts (RFC 2046 §5.1.1). Python
+# reads the first (no part has its boundary: nothing seen), a client the last (run.exe).
+TWO_BOUNDARIES = TWO_TYPES.replace(b"Content-Type: text/plain\r\nContent-Type: multipart/mixed; boundary=BB",
+                                   b"Content-Type: multipart/mixed; boundary=BB\r\nContent-Type: multipart/mixed; boundary=bb"
+                                   ).replace(b"--BB", b"--bb")
+
+
 def test_a_part_with_two_different_structure_fields_is_refused(h):
-    for message, field in ((TWO_TYPES, "Content-Type"), (TWO_ENCODINGS, "Content-Transfer-Encoding")):
+    for message, field in ((TWO_TYPES, "Content-Type"), (TWO_ENCODINGS, "Content-Transfer-Encoding"),
+                           (TWO_BOUNDARIES, "Content-Type")):
         r = send(h, message)
         assert r[:2] == (550, "5.7.1") and r.text.endswith(
             f"Message refused: its MIME structure is ambiguous (two different {field} fields)"), r
         assert any(f"a part has two different {field} fields" in line.message for line in h.logs)
     # The same value twice (white space and case aside) is no ambiguity.
-    same = HEAD + "Content-Type: text/plain\r\ncontent-type:  TEXT/plain\r\n\r\nhi\r\n"
+    same = HEAD + "Content-Type: text/plain; charset=utf-8\r\ncontent-type:  TEXT/plain;  CHARSET=utf-8\r\n\r\nhi\r\n"
     assert send(h, same.encode()).code == 250
     assert send(h, multipart("Content-Type: text/plain\r\nContent-Type: text/plain\r\n\r\nhi\r\n")).code == 250
 
