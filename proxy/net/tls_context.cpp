@@ -1,9 +1,13 @@
 #include "net/tls_context.hpp"
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
+#include <array>
+#include <cctype>
 #include <fstream>
 #include <string>
 #include <string_view>
@@ -94,20 +98,44 @@ std::string_view asked_name(SSL* ssl) {
 
 // SNI: switch to the first pair whose certificate covers the name. Chosen at
 // the ClientHello, before OpenSSL decides on resuming a session (the
-// servername callback comes after it), so that each certificate's session
-// context holds: a session resumes only under the certificate it was made with.
+// servername callback comes after it), with a session context of the pair
+// and the name asked: a session resumes only under the certificate and the
+// name it was made with (RFC 6066 §3: not for another name, even one the
+// same certificate covers; nor with no name for one made with one).
 int choose_certificate(SSL* ssl, int*, void* arg) {
-  const std::string name(asked_name(ssl));
-  if (name.empty() || name.find('\0') != std::string::npos) return SSL_CLIENT_HELLO_SUCCESS;
+  std::string name(asked_name(ssl));
+  if (name.find('\0') != std::string::npos) name.clear();
+  for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   auto* contexts = static_cast<std::vector<std::unique_ptr<ssl::context>>*>(arg);
-  for (auto& ctx : *contexts) {
-    X509* cert = SSL_CTX_get0_certificate(ctx->native_handle());
+  unsigned char index = 0;
+  for (std::size_t i = 0; i < contexts->size() && !name.empty(); ++i) {
+    SSL_CTX* ctx = (*contexts)[i]->native_handle();
+    X509* cert = SSL_CTX_get0_certificate(ctx);
     if (cert && X509_check_host(cert, name.data(), name.size(), 0, nullptr) == 1) {
-      if (ctx.get() != contexts->front().get()) SSL_set_SSL_CTX(ssl, ctx->native_handle());
+      if (i > 0) SSL_set_SSL_CTX(ssl, ctx);
+      index = static_cast<unsigned char>(i);
       break;
     }
   }
+  // The pair's number and a digest of the name, in the 32 bytes a session context holds.
+  std::array<unsigned char, SSL_MAX_SID_CTX_LENGTH> context{};
+  context[0] = index;
+  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
+  unsigned digest_size = 0;
+  EVP_Digest(name.data(), name.size(), digest.data(), &digest_size, EVP_sha256(), nullptr);
+  const auto copied = std::min<std::size_t>(digest_size, context.size() - 1);
+  std::copy_n(digest.begin(), copied, context.begin() + 1);
+  SSL_set_session_id_context(ssl, context.data(), static_cast<unsigned>(1 + copied));
   return SSL_CLIENT_HELLO_SUCCESS;  // (no pair covers it: the default certificate)
+}
+
+// Says the name was used to choose the certificate (RFC 6066 §3: the server
+// hello then carries an empty server_name) when this pair's certificate covers it.
+int acknowledge_name(SSL* ssl, int*, void*) {
+  const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  X509* cert = SSL_get_certificate(ssl);
+  if (name && cert && X509_check_host(cert, name, 0, 0, nullptr) == 1) return SSL_TLSEXT_ERR_OK;
+  return SSL_TLSEXT_ERR_NOACK;
 }
 
 }  // namespace
@@ -129,6 +157,7 @@ tls_server_context::tls_server_context(const tls_config& cfg) {
   if (contexts_.size() > 1) {
     SSL_CTX* def = contexts_.front()->native_handle();
     SSL_CTX_set_client_hello_cb(def, choose_certificate, &contexts_);
+    for (auto& ctx : contexts_) SSL_CTX_set_tlsext_servername_callback(ctx->native_handle(), acknowledge_name);
   }
 }
 

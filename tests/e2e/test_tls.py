@@ -425,11 +425,30 @@ def test_a_session_resumes_only_under_the_certificate_it_was_made_with(sec_daemo
             assert reader.readline().startswith(b"221 ")
             return t.getpeercert(binary_form=True), t.session_reused, t.session
 
-    for first, then, want in (("mx.test", "other.test", other_cert), ("other.test", "mx.test", mx_cert)):
+    for first, then, want in (("mx.test", "other.test", other_cert), ("other.test", "mx.test", mx_cert),
+                              # the same certificate, another name (or none): a full handshake too
+                              ("other.test", "www.other.test", other_cert), ("mx.test", None, mx_cert),
+                              (None, "mx.test", mx_cert)):
         made, reused, session = greeted(first)
         assert not reused
-        assert greeted(first, session)[:2] == (made, True)  # resumed under its own certificate
+        assert greeted(first, session)[:2] == (made, True)  # resumed under its own certificate and name
         assert greeted(then, session)[:2] == (cert_der(want), False), f"{first} -> {then}"
+
+
+def test_the_name_that_chose_the_certificate_is_acknowledged(sec_daemon, aiosmtpd_upstream, certs):
+    """RFC 6066 §3: a server that used the name to choose its certificate says so with an
+    empty server_name in its hello; none for a name no certificate covers."""
+    (mx_cert, mx_key), (other_cert, other_key) = certs["mx"], certs["other"]
+    d = sec_daemon(aiosmtpd_upstream.url, tls_port=True,
+                   tls={"cert": str(mx_cert), "key": str(mx_key),
+                        "certificates": [{"cert": str(other_cert), "key": str(other_key)}]})
+    for version in ("-tls1_2", "-tls1_3"):
+        for name, acknowledged in (("other.test", True), ("mx.test", True), ("unknown.test", False)):
+            out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{d.tls_port}", version,
+                                  "-servername", name, "-tlsextdebug", "-ign_eof"],
+                                 input=b"QUIT\r\n", capture_output=True, timeout=20)
+            text = out.stdout.decode("latin-1") + out.stderr.decode("latin-1")
+            assert ('TLS server extension "server name"' in text) == acknowledged, (version, name, text)
 
 
 def test_sighup_reloads_certificates(sec_daemon, aiosmtpd_upstream, tmp_path):
