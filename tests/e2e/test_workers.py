@@ -544,14 +544,38 @@ except ProcessLookupError:
 """
 
 
-@pytest.mark.parametrize("round_", range(3))
-def test_a_flood_of_terms_through_a_workers_exit_never_kills_it(policy_daemon, aiosmtpd_upstream, round_):
-    """However many TERMs come while a worker exits (systemd's and the
-    supervisor's, a user's repeated `kill`), each moment of its exit has them
-    queued or ignored, never their default action (death). asio::signal_set,
-    when let go of, put the default back for an instant before ~server
-    ignored them: a worker died there in CI (1 run in ~50). That instant is
-    too short to hit at will; this floods every other moment."""
+# Preloaded into the daemon: every time a TERM's default action (death) is put back, the
+# process waits 300 ms there, so that a TERM in that instant is no longer a matter of luck.
+DEFAULT_ACTION_WIDENED = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <unistd.h>
+typedef int (*sigaction_fn)(int, const struct sigaction*, struct sigaction*);
+int sigaction(int sig, const struct sigaction* act, struct sigaction* old) {
+  static sigaction_fn real;
+  if (!real) real = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+  int rc = real(sig, act, old);
+  if (sig == SIGTERM && act && act->sa_handler == SIG_DFL) usleep(300000);
+  return rc;
+}
+"""
+
+
+def test_a_flood_of_terms_through_a_workers_exit_never_kills_it(policy_daemon, aiosmtpd_upstream, tmp_path,
+                                                                 monkeypatch):
+    """However many TERMs come while a worker exits (systemd's and the supervisor's, a user's
+    repeated `kill`), each moment of its exit has them queued or ignored, never their default
+    action (death). asio::signal_set, when let go of, put the default back for an instant before
+    ~server ignored them: a worker died there in CI (1 run in ~50). The preloaded sigaction
+    makes any such instant 300 ms long."""
+    source = tmp_path / "widened.c"
+    source.write_text(DEFAULT_ACTION_WIDENED)
+    shim = tmp_path / "widened.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"], check=True)
+    monkeypatch.setenv("LD_PRELOAD", str(shim))
+    # (under ASan its runtime must come first in the list: told not to mind)
+    monkeypatch.setenv("ASAN_OPTIONS", os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0")
     d = policy_daemon(aiosmtpd_upstream.url, "def on_unload():\n    pass\n", server={**WORKERS, "workers": 2})
     floods = [subprocess.Popen([sys.executable, "-c", FLOOD, str(pid)]) for pid in sorted(worker_pids(d, 2))]
     try:
