@@ -38,7 +38,7 @@ import _portcullis_core as _core
 
 from . import _context
 from ._address import Address, AddressList, as_recipient, as_sender
-from ._log import DETAIL, log, traceback_lines
+from ._log import DETAIL, log, log_text, traceback_lines
 from ._message import Message
 from ._objects import ArcResult, Connection, DkimSignature, DmarcResult, SpfResult, Transaction, UpstreamReply
 from ._verdicts import Verdict
@@ -94,9 +94,11 @@ _INTERNAL_FILES = (__file__, os.path.dirname(concurrent.futures.__file__), os.pa
 
 
 def error_result(text: str) -> _core.Result:
-    """A result that reports a failure; C++ applies policy.on_error. (None is the empty result: "next".)"""
+    """A result that reports a failure; C++ applies policy.on_error. (None is the empty result: "next".)
+    A lone surrogate in ``text`` (a hook's error quoting an undecodable header octet) is written
+    as ``log_text`` writes it: it could not cross to C++, and the hook's error became an internal one."""
     result = _core.Result()
-    result.error = text
+    result.error = log_text(text)
     return result
 
 

@@ -39,9 +39,22 @@ class CoreLogHandler(logging.Handler):
         try:
             session_id = record_session_id(record)
             for line in record_lines(record):
-                _core.log(record.levelno, session_id, line)
+                _core.log(record.levelno, session_id, log_text(line))
         except Exception:  # a log line must never break a hook
             self.handleError(record)
+
+
+def log_text(text: str) -> str:
+    """``text`` as the daemon's log can take it: a lone surrogate (an undecodable octet of a
+    header value, as the API hands those out) is written as that octet's escape
+    (``\\xe9``); any other as ``\\udXXX``. (As it was, the text could not cross to C++: the
+    line was lost, and Python's own "Logging error" dump went to stderr instead.)"""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def record_session_id(record: logging.LogRecord) -> str:

@@ -104,6 +104,27 @@ def test_a_hook_that_raises_gives_451_and_logs_the_traceback(policy_daemon, aios
     assert d.proc.poll() is None
 
 
+def test_a_hook_error_quoting_an_undecodable_header_octet_is_told_as_it_is(policy_daemon, aiosmtpd_upstream):
+    """A header value carries an undecodable octet as a lone surrogate: quoted in a log line or in
+    the hook's error, the text could not cross to C++. The log line was lost (Python's "Logging
+    error" dump on stderr instead), and the hook's ValueError became an internal engine error."""
+    d = policy_daemon(aiosmtpd_upstream.url, """
+        import portcullis as pc
+        def on_data(tx, message):
+            subject = message.get("Subject")
+            pc.log.info("subject %s", subject)
+            raise ValueError(f"bad {subject}")
+    """)
+    with d.connect() as c:
+        sid = d.session_id(c.local_port)
+        r = c.transaction("ann@example.test", ["bob@example.test"], b"Subject: caf\xe9 boom\r\n\r\nbody")
+        assert (r.code, r.status) == (451, "4.3.0")
+    d.wait_log(rf"^\S+ info {sid}: subject caf\\xe9 boom$")
+    d.wait_log(rf"^\S+ error {sid}: ValueError: bad caf\\(xe9|udce9) boom$")
+    text = d.log_text()
+    assert "Logging error" not in text and "internal error" not in text, text
+
+
 @pytest.mark.parametrize("stage", ["connect", "helo", "mail", "rcpt", "data"])
 def test_on_error_accept_proceeds(policy_daemon, aiosmtpd_upstream, stage):
     d = policy_daemon(aiosmtpd_upstream.url, RAISES, probe={"connect": stage == "connect"},

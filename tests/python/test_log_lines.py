@@ -4,18 +4,9 @@ own; the daemon escapes what a line holds (issue 7, item F)."""
 
 import logging
 
-import pytest
-
 from portcullis import _log
 
 FORGED = "alice\n2026-12-01T00:00:00.000 info S0: AUTH PLAIN as admin\r"
-
-
-@pytest.fixture
-def core_log(monkeypatch):
-    lines = []
-    monkeypatch.setattr("portcullis._log._core.log", lambda level, sid, msg: lines.append((level, sid, msg)))
-    return lines
 
 
 def test_a_message_is_one_line_whatever_it_holds(core_log):
@@ -62,3 +53,13 @@ def test_format_record_joins_the_lines_for_the_harness():
     record = logging.LogRecord("portcullis.policy", logging.ERROR, __file__, 1, "msg", (), None)
     setattr(record, _log.DETAIL, ["a", "b"])
     assert _log.format_record(record) == "msg\na\nb"
+
+
+def test_an_undecodable_header_octet_reaches_the_log_as_itself(core_log):
+    # A header value carries an undecodable octet as a lone surrogate (surrogateescape): as text
+    # it could not cross to the daemon; the line was lost, and Python's "Logging error" dump
+    # went to stderr instead, with no time or session id.
+    subject = b"caf\xe9 boom".decode("utf-8", "surrogateescape")
+    _log.log.info("subject %s", subject, extra={"session_id": "S9"})
+    _log.log.info("odd %s", "\ud800", extra={"session_id": "S9"})  # (not an octet: shown as its escape)
+    assert core_log == [(logging.INFO, "S9", "subject caf\\xe9 boom"), (logging.INFO, "S9", "odd \\ud800")]
