@@ -36,11 +36,15 @@ __all__ = ["MapEntry", "MapError", "PostfixMap", "iter_map", "read_map"]
 
 # An item: runs of anything but blanks, commas and quotes, and quoted strings (a backslash
 # escapes the next character in them; one left open runs to the end: the address check says so).
-_ITEM = re.compile(r'(?:[^\s,"]+|"(?:[^"\\]|\\.)*(?:"|\\?\Z))+')
+_ITEM = re.compile(r'(?:[^\s,"]+|"(?:[^"\\]|\\.)*(?:"|\\?\Z))+', re.ASCII)
 
 # A key: up to the first blank outside double quotes, a backslash escaping the next
 # character (postmap.c and dict_thash.c split a line so). A quote left open ends nothing.
-_KEY = re.compile(r'(?:\\.|"[^"]*"|[^\s"\\])+')
+_KEY = re.compile(r'(?:\\.|"[^"]*"|[^\s"\\])+', re.ASCII)
+
+# Postfix's white space: ASCII's (ISSPACE), never U+3000 or a no-break space, which belong
+# to a key or a value.
+_BLANKS = " \t\n\v\f\r"
 
 _log = logging.getLogger("portcullis.policy.maps")
 
@@ -117,10 +121,10 @@ def _logical_lines(name: str, lines):  # -> Iterator[tuple[str, str, int]]
     key_line: tuple[str, int] | None = None
     parts: list[str] = []
     for number, line in enumerate(lines, 1):
-        stripped = line.strip()
+        stripped = line.strip(_BLANKS)
         if not stripped or stripped.startswith("#"):
             continue
-        if line[0] in " \t":
+        if line[0] in _BLANKS:
             if key_line is None:
                 _log.warning("%s, line %d: a continuation line (it starts with blanks) with no line before it:"
                              " skipped, as postmap does", name, number)
@@ -138,8 +142,8 @@ def _split(name: str, logical: str, line: int):  # -> Iterator[tuple[str, str, i
     found = _KEY.match(logical)
     key = found.group() if found else ""
     value = logical[len(key):]
-    if not key or not value[:1].isspace():
+    if not key or not value or value[0] not in _BLANKS:
         _log.warning("%s, line %d: expected format: key whitespace value: %r skipped, as postmap does",
                      name, line, logical[:80])
         return
-    yield key, value.strip(), line
+    yield key, value.strip(_BLANKS), line
