@@ -68,7 +68,14 @@ std::string_view series_key(std::span<const std::string_view> values, char (&out
     std::size_t keep = std::min(v.size(), share);
     if (keep < v.size())
       while (keep > 0 && (static_cast<unsigned char>(v[keep]) & 0xC0) == 0x80) --keep;  // not inside a UTF-8 sequence
-    for (const char c : v.substr(0, keep)) out[size++] = static_cast<unsigned char>(c) < 0x20 ? '?' : c;
+    // Control characters as '?': C0, DEL and C1 (U+0080-U+009F, 0xC2 0x80-0x9F in UTF-8).
+    const auto kept = v.substr(0, keep);
+    for (std::size_t i = 0; i < kept.size(); ++i) {
+      const auto c = static_cast<unsigned char>(kept[i]);
+      const bool c1 = c == 0xC2 && i + 1 < kept.size() && (static_cast<unsigned char>(kept[i + 1]) & 0xE0) == 0x80;
+      out[size++] = c < 0x20 || c == 0x7F || c1 ? '?' : kept[i];
+      if (c1) ++i;
+    }
     out[size++] = separator;
   }
   return {out, size};

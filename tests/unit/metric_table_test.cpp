@@ -43,8 +43,10 @@ TEST(MetricTable, LabelValuesAreEscapedAndCut) {
   metric_table t(8, 64);
   const auto f = t.family({"odd_total", "", kind::counter, {"v"}, {}});
   t.get(f, {"a\"b\\c\nd"}).inc();  // the newline is a control character: '?'
+  t.get(f, {"del\x7f" "c1\xc2\x85" "e\xc2\xa0"}).inc();  // DEL and C1 too; U+00A0 is no control
   const auto text = text_of(t);
   EXPECT_NE(text.find("odd_total{v=\"a\\\"b\\\\c?d\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("odd_total{v=\"del?c1?e\xc2\xa0\"} 1"), std::string::npos) << text;
   const std::string long_value(1000, 'x');
   t.get(f, {long_value}).inc();
   t.get(f, {long_value + "y"}).inc();  // the same series once cut
