@@ -33,7 +33,6 @@ are read at load: on start-up and on every SIGHUP.
 
 from __future__ import annotations
 
-
 import portcullis as pc
 from portcullis._address import canonical_domain
 from portcullis.aliases import AliasError, AliasTable

@@ -444,35 +444,42 @@ class Session:
         hook error does, logged, then policy.on_error."""
         if result["error"] is not None:
             return result
-        why = self._past_limits(stage, result, received)
-        if why is None:
+        past = self._past_limits(stage, result, received)
+        if past is None:
             return result
+        why, reply = past
         logging.getLogger(LOGGER_NAME).error("policy error in on_%s: %s", stage, why, extra={"session_id": self.id})
-        if "max_message_size" in why:  # (edited so at every try: refused for good, python_policy.cpp too_big)
-            return {**result, "error": why, "error_reply": _TOO_BIG_REPLY}
-        if "max_recipients" in why:  # (as many at every try: python_policy.cpp too_many)
-            return {**result, "error": why, "error_reply": _TOO_MANY_REPLY}
-        return {**result, "error": why}
+        return {**result, "error": why, "error_reply": reply}
 
-    def _past_limits(self, stage: str, result: dict[str, Any], received: bytes | None) -> str | None:
+    def _past_limits(self, stage: str, result: dict[str, Any],
+                     received: bytes | None) -> tuple[str, tuple[int, str, str]] | None:
+        """(why, the refusal) of the first limit the result passes, or None. Each is refused for
+        good: the rewrite would be the same at every try (python_policy.cpp too_big, too_many)."""
         max_recipients, max_size = self.harness.max_recipients, self.harness.max_message_size
+
+        def too_many(what: str) -> tuple[str, tuple[int, str, str]]:
+            return f"{what}; server.max_recipients is {max_recipients}", _TOO_MANY_REPLY
+
+        def too_big(size: int) -> tuple[str, tuple[int, str, str]]:
+            return f"the message from policy has {size} octets; server.max_message_size is {max_size}", _TOO_BIG_REPLY
+
         if result["recipients"] is not None:
             count = len(_once(result["recipients"]))
             if count > max_recipients:
-                return f"policy set {count} recipients; server.max_recipients is {max_recipients}"
+                return too_many(f"policy set {count} recipients")
         if stage == "data" and result["message"] is not None and len(result["message"]) > max_size:
-            return f"the message from policy has {len(result['message'])} octets; server.max_message_size is {max_size}"
+            return too_big(len(result["message"]))
         verdict = result["verdict"]
         if stage == "rcpt" and verdict and verdict["kind"] == "redirect":
             count = len(_once(verdict["addresses"]))
             if count > max_recipients:
-                return f"redirect to {count} addresses; server.max_recipients is {max_recipients}"
+                return too_many(f"redirect to {count} addresses")
         prefix = result.get("message_prefix")
         if stage == "data" and prefix is not None and received is not None:
             # Fields on top of the message as received, or a new header section over its body.
             size = len(prefix) + len(received) - result.get("message_keep_from", 0)
             if size > max_size:
-                return f"the message from policy has {size} octets; server.max_message_size is {max_size}"
+                return too_big(size)
         return None
 
     def _apply_envelope(self, result: dict[str, Any]) -> None:
