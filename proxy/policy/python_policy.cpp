@@ -175,27 +175,27 @@ verdict python_policy::failure(const connection_state& conn, const std::string& 
   return on_error();
 }
 
-verdict python_policy::too_big(const connection_state& conn, std::size_t size) const {
-  auto v = failure(conn, "data", "the message from policy has " + std::to_string(size) +
-                                     " octets; server.max_message_size is " + std::to_string(max_message_size_));
-  // Edited so again at every try: a 451 had the client retry until the message bounced.
-  // (RFC 1870 §6.1; Postfix's cleanup says the same of a milter's edit that grew too big.)
+verdict python_policy::failure_for_good(const connection_state& conn, const std::string& stage, const std::string& why,
+                                        smtp::reply refusal) const {
+  auto v = failure(conn, stage, why);
   if (v.what == verdict::kind::tempfail) {
     v.what = verdict::kind::reject;
-    v.reply = smtp::reply{552, "5.3.4", "Message size exceeds fixed maximum message size"};
+    v.reply = std::move(refusal);
   }
   return v;
 }
 
+verdict python_policy::too_big(const connection_state& conn, std::size_t size) const {
+  // (RFC 1870 §6.1; Postfix's cleanup says the same of a milter's edit that grew too big.)
+  return failure_for_good(conn, "data",
+                          "the message from policy has " + std::to_string(size) + " octets; server.max_message_size is " +
+                              std::to_string(max_message_size_),
+                          smtp::reply{552, "5.3.4", "Message size exceeds fixed maximum message size"});
+}
+
 verdict python_policy::too_many(const connection_state& conn, const std::string& stage, const std::string& why) const {
-  auto v = failure(conn, stage, why + "; server.max_recipients is " + std::to_string(max_recipients_));
-  // As many at every try (an alias list longer than the limit): a 451 had
-  // the client retry until the message bounced, days later.
-  if (v.what == verdict::kind::tempfail) {
-    v.what = verdict::kind::reject;
-    v.reply = smtp::reply{550, "5.5.3", "Too many recipients"};  // RFC 3463
-  }
-  return v;
+  return failure_for_good(conn, stage, why + "; server.max_recipients is " + std::to_string(max_recipients_),
+                          smtp::reply{550, "5.5.3", "Too many recipients"});  // RFC 3463
 }
 
 verdict python_policy::decide(const std::string& stage, const connection_state& conn, policy_result&& result,

@@ -55,10 +55,14 @@ class python_policy final : public policy {
   verdict on_error() const;
   // A failure found here (invalid verdict or rewrite): logged, then on_error().
   verdict failure(const connection_state& conn, const std::string& stage, const std::string& why) const;
-  // An edited message of `size` octets, past server.max_message_size: a failure,
-  // whose refusal (unless on_error accepts) is for good, 552 5.3.4.
+  // A failure the same at every try (the rewrite would be made again): its
+  // refusal, unless on_error accepts, is `refusal`, for good; a 451 had the
+  // client retry until the message bounced, days later.
+  verdict failure_for_good(const connection_state& conn, const std::string& stage, const std::string& why,
+                           smtp::reply refusal) const;
+  // An edited message of `size` octets, past server.max_message_size: 552 5.3.4.
   verdict too_big(const connection_state& conn, std::size_t size) const;
-  // More recipients than server.max_recipients (`why` says how): refused for good, 550 5.5.3.
+  // More recipients than server.max_recipients (`why` says how): 550 5.5.3.
   verdict too_many(const connection_state& conn, const std::string& stage, const std::string& why) const;
 
   std::shared_ptr<python_engine> engine_;
