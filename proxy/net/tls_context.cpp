@@ -51,17 +51,9 @@ bool encrypted_pem(const std::filesystem::path& path) {
   return head.find("ENCRYPTED") != std::string::npos;
 }
 
-// `index`: the pair's place in [tls] (0: cert and key, then [[tls.certificates]]).
-std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& cert, const std::filesystem::path& key,
-                                                 std::size_t index) {
+std::unique_ptr<ssl::context> server_context_for(const std::filesystem::path& cert, const std::filesystem::path& key) {
   auto ctx = std::make_unique<ssl::context>(ssl::context::tls_server);
   harden(*ctx);
-  // A session (an ID or a ticket) resumes only under the certificate it was
-  // made with: one made for mx.example was resumed asking for another name,
-  // its certificate unchecked (RFC 6066 §3: MUST NOT).
-  const std::string session_context = "portcullis-certificate-" + std::to_string(index);
-  SSL_CTX_set_session_id_context(ctx->native_handle(), reinterpret_cast<const unsigned char*>(session_context.data()),
-                                 static_cast<unsigned>(session_context.size()));
   boost::system::error_code ec;
   ctx->use_certificate_chain_file(cert.string(), ec);
   // Asio has already taken OpenSSL's error queue into `ec`.
@@ -152,8 +144,8 @@ std::string openssl_errors() {
 }
 
 tls_server_context::tls_server_context(const tls_config& cfg) {
-  contexts_.push_back(server_context_for(cfg.cert, cfg.key, 0));
-  for (const auto& pair : cfg.certificates) contexts_.push_back(server_context_for(pair.cert, pair.key, contexts_.size()));
+  contexts_.push_back(server_context_for(cfg.cert, cfg.key));
+  for (const auto& pair : cfg.certificates) contexts_.push_back(server_context_for(pair.cert, pair.key));
   if (contexts_.size() > 1) {
     SSL_CTX* def = contexts_.front()->native_handle();
     SSL_CTX_set_client_hello_cb(def, choose_certificate, &contexts_);
