@@ -6,13 +6,14 @@
 #include <sys/random.h>
 
 #include <algorithm>
-#include <array>
 #include <cctype>
 #include <cstdint>
 #include <cstdio>
 #include <random>
 
 #include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/network_v4.hpp>
+#include <boost/asio/ip/network_v6.hpp>
 
 #include "smtp/text.hpp"
 
@@ -106,29 +107,17 @@ bool is_ip6_network(std::string_view s) {
 // Whether an ip4 or ip6 term's ":network[/length]" (valid) holds `client`;
 // §5.6: never an address of the other family.
 bool network_holds(std::string_view argument, bool ip4, const boost::asio::ip::address& client) {
+  namespace ip = boost::asio::ip;
   if (ip4 != client.is_v4()) return false;
-  argument.remove_prefix(1);  // ':'
-  const auto slash = argument.find('/');
-  const std::string network(argument.substr(0, slash));
-  int bits = ip4 ? max_ip4_cidr : max_ip6_cidr;
-  if (slash != std::string_view::npos) {
-    bits = 0;
-    for (const char digit : argument.substr(slash + 1)) bits = bits * 10 + (digit - '0');
-  }
-  std::array<unsigned char, 16> held{};
-  inet_pton(ip4 ? AF_INET : AF_INET6, network.c_str(), held.data());
-  std::array<unsigned char, 16> bytes{};
+  std::string network(argument.substr(1));  // (after the ':')
+  if (network.find('/') == std::string::npos) network += ip4 ? "/32" : "/128";
+  boost::system::error_code ec;
   if (ip4) {
-    const auto v4 = client.to_v4().to_bytes();
-    std::copy(v4.begin(), v4.end(), bytes.begin());
-  } else {
-    bytes = client.to_v6().to_bytes();
+    const auto held = ip::make_network_v4(network, ec);
+    return !ec && ip::network_v4(client.to_v4(), held.prefix_length()).canonical() == held.canonical();
   }
-  std::size_t i = 0;
-  for (; bits >= 8; bits -= 8, ++i)
-    if (held[i] != bytes[i]) return false;
-  const unsigned mask = (0xFF00U >> bits) & 0xFFU;  // the top `bits` of the next byte
-  return bits == 0 || ((held[i] ^ bytes[i]) & mask) == 0;
+  const auto held = ip::make_network_v6(network, ec);
+  return !ec && ip::network_v6(client.to_v6(), held.prefix_length()).canonical() == held.canonical();
 }
 
 // toplabel = ( *alphanum ALPHA *alphanum ) /
